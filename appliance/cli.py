@@ -1,0 +1,349 @@
+"""The ``appliance`` command.
+
+Config path: ``--config``, else ``APPLIANCE_CONFIG``, else ``config/appliance.yaml``.
+Exit codes: 0 success, 1 failure (invalid config, failed job), 2 usage errors
+(click's own); ``status`` uses 0/1/2 for healthy/degraded/unhealthy.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import default_config_path, diff_configs, load_config
+from .errors import ApplianceError, ConfigError
+
+log = logging.getLogger("appliance.cli")
+
+
+def _config_path(ctx) -> Path:
+    return Path(ctx.obj["config"]) if ctx.obj.get("config") else default_config_path()
+
+
+def _load(ctx):
+    try:
+        return load_config(_config_path(ctx))
+    except ConfigError as e:
+        for line in e.errors:
+            click.echo(line, err=True)
+        ctx.exit(1)
+
+
+def _runtime(ctx, **kw):
+    from .runtime import Runtime
+    cfg = _load(ctx)
+    try:
+        rt = Runtime(cfg, **kw)
+        rt.adopt_running_config()
+        return rt
+    except ApplianceError as e:
+        click.echo(f"error: {e.message}", err=True)
+        ctx.exit(1)
+
+
+def _fail(msg: str, code: int = 1):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), envvar=None,
+              help="appliance.yaml (default: $APPLIANCE_CONFIG or config/appliance.yaml)")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+@click.version_option(__version__, prog_name="appliance")
+@click.pass_context
+def main(ctx, config, log_level):
+    """Market Data Appliance: verified OHLCV candles, backed up and served."""
+    from .runtime import setup_logging
+    setup_logging(log_level)
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    if config:
+        os.environ["APPLIANCE_CONFIG"] = str(Path(config).resolve())
+
+
+# --------------------------------------------------------------------------- config
+
+@main.command("check-config")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--diff", "show_diff", is_flag=True,
+              help="also show what a reload would change against the running config")
+@click.pass_context
+def check_config(ctx, path, show_diff):
+    """Validate a config file (like promtool check config)."""
+    t0 = time.monotonic()
+    p = Path(path) if path else _config_path(ctx)
+    try:
+        cfg = load_config(p)
+    except ConfigError as e:
+        for line in e.errors:
+            click.echo(line)
+        click.echo(f"FAILED: {p}: {len(e.errors)} error(s)", err=True)
+        sys.exit(1)
+    syms = cfg.symbols
+    click.echo(f"SUCCESS: {p} is valid: {len(syms)} symbols, provider {cfg['provider']['name']}, "
+               f"{len(cfg['schedules'])} schedules, sha256 {cfg.sha256[:12]} "
+               f"({(time.monotonic() - t0) * 1000:.0f} ms)")
+    if show_diff:
+        from .runtime import Runtime
+        from . import reload as reload_mod
+        try:
+            running = reload_mod.running_config(Runtime(cfg))
+        except Exception as e:  # noqa: BLE001 - nothing running is a normal answer
+            click.echo(f"(no running config to compare with: {e})")
+            return
+        click.echo(json.dumps(diff_configs(running, cfg), indent=2, default=str))
+
+
+@main.command()
+@click.pass_context
+def reload(ctx):
+    """Validate appliance.yaml and make it the running config of every process."""
+    from . import reload as reload_mod
+    rt = _runtime(ctx)
+    res = reload_mod.reload_config(rt, source="cli", actor=os.environ.get("USER"))
+    if not res["ok"]:
+        for line in res["errors"]:
+            click.echo(line, err=True)
+        click.echo("reload refused; the running config is unchanged", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(res["diff"], indent=2, default=str))
+    click.echo(f"reloaded: config {res['sha256'][:12]} is running (version {res['version']})")
+
+
+# --------------------------------------------------------------------------- database
+
+@main.command()
+@click.pass_context
+def migrate(ctx):
+    """Apply pending database migrations."""
+    from . import db, services
+    cfg = _load(ctx)
+    try:
+        ep = services.resolve(cfg)
+        applied = db.migrate(ep.database_url)
+    except ApplianceError as e:
+        _fail(e.message)
+    click.echo(f"migrations applied: {applied or 'none (up to date)'}; schema version "
+               f"{db.latest_version()} ({ep.describe()})")
+
+
+# --------------------------------------------------------------------------- jobs
+
+def _parse_date(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@main.command()
+@click.argument("symbols", nargs=-1)
+@click.option("--start", callback=_parse_date, help="first session (YYYY-MM-DD)")
+@click.option("--end", callback=_parse_date, help="last session (YYYY-MM-DD), inclusive")
+@click.option("--enqueue", is_flag=True, help="run on the worker instead of in this process")
+@click.pass_context
+def backfill(ctx, symbols, start, end, enqueue):
+    """Fetch missing candles (all configured symbols, or SYMBOLS)."""
+    from .config import SYMBOL_RE
+    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+    if bad:
+        _fail(f"not a valid symbol: {', '.join(bad)}", 2)
+    if start and end and start > end:
+        _fail("--start is after --end", 2)
+    rt = _runtime(ctx)
+    from . import db
+    db.migrate(rt.endpoints.database_url)
+    params = {"symbols": list(symbols) or None, "start": start.isoformat() if start else None,
+              "end": end.isoformat() if end else None}
+    if enqueue:
+        from .queue import enqueue as enq
+        run_id = enq(rt, "backfill", params)
+        click.echo(f"queued backfill run {run_id}")
+        return
+    from .jobs import backfill as bf, runs
+    res = _run_with_progress(rt, "backfill", bf.run, params)
+    click.echo(_summary_line(res))
+    sys.exit(0 if res.get("status") == "ok" else 1)
+
+
+def _summary_line(res: dict) -> str:
+    keys = ("status", "plan", "symbols", "symbols_ok", "inserted", "updated", "revised",
+            "rejected", "requests", "retries", "duration_s")
+    line = ", ".join(f"{k}={res[k]}" for k in keys if k in res)
+    if res.get("failed"):
+        line += "\nfailed: " + "; ".join(f"{k}: {v}" for k, v in res["failed"].items())
+    return line
+
+
+def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
+    """Run a job in this process with a progress bar on a terminal."""
+    from .jobs import runs
+    interactive = sys.stderr.isatty()
+    state = {"last": None}
+    try:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        prog = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} symbols"),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                        disable=not interactive, transient=False)
+    except ImportError:  # pragma: no cover
+        prog = None
+
+    with prog:
+        task = prog.add_task(job, total=None, info="")
+
+        def wrapped(rt_, run_id, report, **kw):
+            def report2(data, force=False):
+                report(data, force)
+                if "symbols_total" in data:
+                    prog.update(task, total=data["symbols_total"], completed=data["symbols_done"],
+                                info=f"rows {data.get('rows', 0)} req {data.get('requests', 0)}"
+                                     + (f" {data['current']}" if data.get("current") else ""))
+                    if not interactive:
+                        now = time.monotonic()
+                        if state["last"] is None or now - state["last"] > 5:
+                            state["last"] = now
+                            click.echo(f"progress: {data['symbols_done']}/{data['symbols_total']}"
+                                       f" symbols, {data.get('rows', 0)} rows, "
+                                       f"{data.get('requests', 0)} requests", err=True)
+            return fn(rt_, run_id, report2, **kw)
+
+        try:
+            return runs.execute(rt, job, runs.manual_slot(), wrapped, trigger="manual",
+                                params=params)
+        except ApplianceError as e:
+            _fail(e.message)
+
+
+# --------------------------------------------------------------------------- processes
+
+@main.command()
+@click.pass_context
+def serve(ctx):
+    """Run the web server (gunicorn, server.workers processes)."""
+    from .web.server import serve as run_server
+    cfg = _load(ctx)
+    run_server(cfg)
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="run queued jobs, then exit")
+@click.option("--name", default=None, help="worker name (default: host + pid)")
+@click.pass_context
+def worker(ctx, burst, name):
+    """Run one RQ worker for the appliance's queue."""
+    from .worker import run_worker
+    rt = _runtime(ctx)
+    sys.exit(run_worker(rt, burst=burst, name=name))
+
+
+@main.command()
+@click.pass_context
+def scheduler(ctx):
+    """Run the scheduler: cron jobs from appliance.yaml (UTC), heartbeat, catch-up."""
+    from .schedule import run_scheduler
+    rt = _runtime(ctx)
+    sys.exit(run_scheduler(rt))
+
+
+@main.command()
+@click.option("--no-initial-backfill", is_flag=True, help="skip the first-start backfill")
+@click.pass_context
+def up(ctx, no_initial_backfill):
+    """Migrate, then run web server, worker and scheduler, supervised."""
+    from .supervisor import run_up
+    cfg = _load(ctx)
+    sys.exit(run_up(cfg, initial_backfill=not no_initial_backfill))
+
+
+# --------------------------------------------------------------------------- backups
+
+@main.command()
+@click.pass_context
+def backup(ctx):
+    """Back up the database now (pg_dump -Fc + manifest) into backup.path."""
+    from .jobs import backup as job
+    rt = _runtime(ctx)
+    res = _run_with_progress(rt, "backup", job.run, {})
+    click.echo(json.dumps(res, indent=2, default=str))
+    sys.exit(0 if res.get("status") == "ok" else 1)
+
+
+@main.command()
+@click.option("--rescan", is_flag=True, help="rebuild the catalogue from the manifests on disk")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def backups(ctx, rescan, as_json):
+    """List backups (newest first)."""
+    from . import backups as bk
+    rt = _runtime(ctx)
+    with rt.conn() as conn:
+        if rescan:
+            res = bk.rescan(conn, rt.config)
+            click.echo(f"rescan: {json.dumps(res, default=str)}")
+        rows = bk.list_backups(conn)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>5}  {r['filename']}  {r.get('size_bytes') or 0:>12} B  "
+                   f"{r['status']:<8} restore test: {r.get('restore_test_status') or '-'}")
+
+
+@main.command("restore-test")
+@click.argument("backup", default="latest")
+@click.pass_context
+def restore_test(ctx, backup):
+    """Prove a backup restores: into a scratch database, compared with its manifest."""
+    from .jobs import restore_test as job
+    rt = _runtime(ctx)
+    res = _run_with_progress(rt, "restore_test", job.run, {"backup": backup})
+    click.echo(json.dumps(res, indent=2, default=str))
+    sys.exit(0 if res.get("status") == "ok" else 1)
+
+
+@main.command()
+@click.argument("backup")
+@click.option("--yes", is_flag=True, help="really replace the live database")
+@click.pass_context
+def restore(ctx, backup, yes):
+    """Recover the database from BACKUP (a file, an id or 'latest')."""
+    from . import backups as bk
+    rt = _runtime(ctx)
+    if not yes:
+        click.echo(bk.restore_plan_text(rt, backup))
+        click.echo("\nNothing was changed. Run again with --yes to do it.")
+        sys.exit(1)
+    try:
+        res = bk.full_restore(rt, backup, progress=lambda m: click.echo(m, err=True))
+    except ApplianceError as e:
+        _fail(e.message)
+    click.echo(json.dumps(res, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- status
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable")
+@click.option("--watch", is_flag=True, help="refresh in place")
+@click.option("--interval", default=5.0, show_default=True)
+@click.pass_context
+def status(ctx, as_json, watch, interval):
+    """Health, alerts, jobs, backups and freshness (exit 0 healthy, 1 degraded, 2 unhealthy)."""
+    from .statusview import run_status
+    cfg = _load(ctx)
+    sys.exit(run_status(cfg, as_json=as_json, watch=watch, interval=interval))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

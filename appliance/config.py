@@ -1,0 +1,558 @@
+"""Loading, validating and comparing ``appliance.yaml``.
+
+``load_config(path)`` is the only way a config comes to life. It reads the file,
+interpolates ``${VAR}`` / ``${VAR:-default}`` (and ``VAR_FILE``), applies the
+defaults, validates against ``appliance.schema.json`` and then runs the
+semantic checks (cron strings, unique symbols, dates, ordered thresholds,
+paths). Every problem is reported as ``PATH:LINE: at <json.path>: <message>``
+in one ``ConfigError``; nothing half-valid is ever returned. The result is
+read-only.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from .errors import ConfigError
+
+MAX_CONFIG_BYTES = 1024 * 1024
+SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,14}$")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+SCHEMA_PATH = Path(__file__).with_name("appliance.schema.json")
+
+#: Keys whose values are secrets: masked in the console, the API and diffs.
+SECRET_PATHS = {
+    ("server", "admin_token"), ("server", "read_token"), ("server", "secret_key"),
+    ("provider", "polygon", "api_key"), ("provider", "tiingo", "api_key"),
+    ("alerts", "email", "password"),
+}
+#: Keys a reload cannot change: the processes would have to be restarted.
+RESTART_KEYS = [("database", "url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
+                ("server", "workers"), ("server", "threads")]
+
+DEFAULTS: dict[str, Any] = {
+    "database": {"url": "", "pool_size": 10, "connect_timeout_seconds": 3,
+                 "statement_timeout_seconds": 60},
+    "redis": {"url": ""},
+    "data_dir": "./var",
+    "server": {"bind": "127.0.0.1:8000", "workers": 2, "threads": 4, "admin_token": "",
+               "read_token": "", "login_for_read": False, "secret_key": "",
+               "max_request_bytes": 1024 * 1024},
+    "provider": {
+        "name": "demo",
+        "polygon": {"api_key": "", "base_url": "https://api.polygon.io", "requests_per_minute": 5,
+                    "timeout_seconds": 30, "max_retries": 5, "auth": "query",
+                    "grouped_daily": True},
+        "yahoo": {"base_url": "https://query1.finance.yahoo.com", "requests_per_minute": 60,
+                  "timeout_seconds": 30},
+        "tiingo": {"api_key": "", "base_url": "https://api.tiingo.com", "requests_per_minute": 50},
+        "csv": {"path": "./data/csv"},
+        "demo": {"seed": 42},
+    },
+    "history": {"start": "2021-01-01", "lookback_sessions": 5},
+    "symbols": ["AAPL", "MSFT"],
+    "calendar": "XNYS",
+    "schedules": {"backfill": "0 2 * * *", "backup": "0 3 * * 0", "restore_test": "0 4 1 * *",
+                  "spot_check": "0 5 2 * *", "maintenance": "0 6 3 * *",
+                  "disk_check": "0 * * * *", "retention": "30 1 * * *", "alerts": "* * * * *",
+                  "performance_review": "0 7 1 */3 *"},
+    "jobs": {"timeout_seconds": 3600, "retries": 2, "retry_interval_seconds": 60,
+             "catch_up": True},
+    "retention": {"backups_keep": 12, "job_runs_days": 180, "events_days": 90, "data_years": None},
+    "backup": {"path": "./var/backups", "min_free_pct": 20, "require_mount": False,
+               "parallel_jobs": 2},
+    "alerts": {"validation_rate_warn_pct": 90, "validation_rate_critical_pct": 50,
+               "stale_after_sessions": 1, "disk_free_min_pct": 20, "backup_max_age_days": 8,
+               "backup_failing_days": 7, "gaps_flagged_max_pct": 5,
+               "spot_check_mismatch_max_pct": 1, "scheduler_heartbeat_max_seconds": 120,
+               "job_failures_max": 3, "rate_limited_max_per_hour": 20, "for_seconds": {},
+               "webhook": {"url": "", "timeout_seconds": 5},
+               "email": {"smtp_host": "", "smtp_port": 587, "starttls": True, "username": "",
+                         "password": "", "from": "", "to": []}},
+    "quality": {"gap_threshold_pct": 20, "split_tolerance_pct": 2,
+                "grid": {"green": 0.95, "yellow": 0.85}},
+    "spot_check": {"source": "yahoo", "samples": 20, "match_pct": 0.2, "mismatch_pct": 1},
+    "dashboard": {"refresh_seconds": 10},
+}
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps dates as strings (the schema checks them) and
+    refuses duplicate keys."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _walk_lines(node, path: tuple, lines: dict, dupes: list) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for k, v in node.value:
+            key = k.value
+            if key in seen:
+                dupes.append((path + (key,), k.start_mark.line + 1))
+            seen.add(key)
+            lines[path + (key,)] = k.start_mark.line + 1
+            _walk_lines(v, path + (key,), lines, dupes)
+            # the value's own line wins for scalars on the next line, keep the key's
+            lines[path + (key,)] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _walk_lines(item, path + (i,), lines, dupes)
+
+
+def json_path(path) -> str:
+    out = "$"
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+@dataclass
+class _Ctx:
+    path: str
+    lines: dict
+    errors: list
+
+    def line(self, path: tuple) -> int:
+        path = tuple(path)
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+    def err(self, path, message: str) -> None:
+        self.errors.append(f"{self.path}:{self.line(path)}: at {json_path(path)}: {message}")
+
+
+# --------------------------------------------------------------------------- interpolation
+
+def _secret_from_env(name: str, env: Mapping[str, str], ctx: _Ctx, path) -> str | None:
+    if name in env:
+        return env[name]
+    file_var = name + "_FILE"
+    if file_var in env:
+        try:
+            return Path(env[file_var]).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            ctx.err(path, f"cannot read {file_var}={env[file_var]!r}: {e.__class__.__name__}: "
+                          f"{getattr(e, 'strerror', None) or e}")
+            return ""
+    return None
+
+
+def _interpolate(value, path: tuple, env: Mapping[str, str], ctx: _Ctx):
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path + (k,), env, ctx) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path + (i,), env, ctx) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def repl(m: re.Match) -> str:
+        name, has_default, default = m.group(1), m.group(2), m.group(3)
+        got = _secret_from_env(name, env, ctx, path)
+        if got is None or (has_default and got == ""):
+            if has_default:
+                return default or ""
+            ctx.err(path, f"environment variable {name} is not set (nor {name}_FILE); "
+                          f"set it or write ${{{name}:-default}}")
+            return ""
+        return got
+
+    return _ENV_RE.sub(repl, value)
+
+
+# --------------------------------------------------------------------------- read-only config
+
+def _freeze(v):
+    if isinstance(v, dict):
+        return MappingProxyType({k: _freeze(x) for k, x in v.items()})
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v):
+    if isinstance(v, Mapping):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "for_seconds":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@dataclass(frozen=True)
+class SymbolSpec:
+    symbol: str
+    since: dt.date
+    active: bool = True
+
+
+class Config:
+    """A validated, read-only configuration.
+
+    ``cfg["server"]["bind"]`` reads values; ``cfg.get("alerts.for_seconds")``
+    reads a dotted path. Paths (``data_dir``, ``backup.path``, ``provider.csv.path``)
+    are already absolute.
+    """
+
+    def __init__(self, data: dict, *, path: Path, text: str):
+        self._data = _freeze(data)
+        self.path = path
+        self.text = text
+        self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def get(self, dotted: str, default=None):
+        cur: Any = self._data
+        for part in dotted.split("."):
+            if not isinstance(cur, Mapping) or part not in cur:
+                return default
+            cur = cur[part]
+        return cur
+
+    def to_dict(self) -> dict:
+        return _thaw(self._data)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self._data["data_dir"])
+
+    @property
+    def symbols(self) -> list[SymbolSpec]:
+        start = dt.date.fromisoformat(self._data["history"]["start"])
+        out = []
+        for item in self._data["symbols"]:
+            if isinstance(item, str):
+                out.append(SymbolSpec(item, start))
+            else:
+                since = dt.date.fromisoformat(item["since"]) if item.get("since") else start
+                out.append(SymbolSpec(item["symbol"], since, item.get("active", True)))
+        return out
+
+    @property
+    def active_symbols(self) -> list[str]:
+        return [s.symbol for s in self.symbols if s.active]
+
+    def masked(self) -> dict:
+        """The running config as a dict with every secret replaced by ``********``."""
+        d = self.to_dict()
+        for p in SECRET_PATHS:
+            cur = d
+            for part in p[:-1]:
+                cur = cur.get(part) if isinstance(cur, dict) else None
+                if cur is None:
+                    break
+            if isinstance(cur, dict) and cur.get(p[-1]):
+                cur[p[-1]] = "********"
+        for sect in ("database", "redis"):
+            if d.get(sect, {}).get("url"):
+                d[sect]["url"] = mask_url(d[sect]["url"])
+        return d
+
+
+def mask_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:********@host/db``."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1********@", url)
+
+
+# --------------------------------------------------------------------------- loading
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("APPLIANCE_CONFIG") or "config/appliance.yaml")
+
+
+def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
+                text: str | bytes | None = None) -> Config:
+    """Load and validate a config file.
+
+    ``text`` may be given to validate content not (yet) at ``path``.
+    Raises ConfigError listing every problem.
+    """
+    p = Path(path) if path is not None else default_config_path()
+    env = os.environ if env is None else env
+    shown = str(path if path is not None else p)
+    if text is None:
+        try:
+            if p.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError([f"{shown}:1: at $: file is {p.stat().st_size} bytes, "
+                                   f"more than the {MAX_CONFIG_BYTES} allowed"])
+            raw = p.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError([f"{shown}:1: at $: file not found"]) from None
+        except IsADirectoryError:
+            raise ConfigError([f"{shown}:1: at $: is a directory, not a file"]) from None
+        except PermissionError as e:
+            raise ConfigError([f"{shown}:1: at $: cannot read: {e.strerror}"]) from None
+    else:
+        raw = text.encode("utf-8") if isinstance(text, str) else text
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{shown}:1: at $: file is {len(raw)} bytes, more than the "
+                           f"{MAX_CONFIG_BYTES} allowed"])
+    try:
+        src = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError([f"{shown}:{line}: at $: not valid UTF-8 (byte 0x{raw[e.start]:02x} "
+                           f"at offset {e.start})"]) from None
+    if "\x00" in src:
+        line = src[: src.index("\x00")].count("\n") + 1
+        raise ConfigError([f"{shown}:{line}: at $: contains a NUL byte"])
+
+    ctx = _Ctx(shown, {}, [])
+    try:
+        node = yaml.compose(src, Loader=_Loader)
+        data = yaml.load(src, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark else 1
+        msg = getattr(e, "problem", None) or str(e)
+        ctxt = getattr(e, "context", None)
+        raise ConfigError([f"{shown}:{line}: at $: YAML syntax error: {msg}"
+                           + (f" ({ctxt})" if ctxt else "")]) from None
+    except RecursionError:
+        raise ConfigError([f"{shown}:1: at $: YAML nesting too deep"]) from None
+    if node is None or data is None:
+        raise ConfigError([f"{shown}:1: at $: the file is empty; expected a mapping of settings"])
+    dupes: list = []
+    _walk_lines(node, (), ctx.lines, dupes)
+    for dpath, line in dupes:
+        ctx.errors.append(f"{shown}:{line}: at {json_path(dpath)}: duplicate key "
+                          f"{dpath[-1]!r}")
+    if not isinstance(data, dict):
+        raise ConfigError([f"{shown}:1: at $: expected a mapping of settings, "
+                           f"got {type(data).__name__}"])
+
+    data = _interpolate(data, (), env, ctx)
+    merged = _deep_merge(DEFAULTS, data)
+    _validate_schema(merged, ctx)
+    if not ctx.errors:
+        _semantic_checks(merged, ctx, base=p.resolve().parent)
+    if ctx.errors:
+        raise ConfigError(ctx.errors)
+    return Config(merged, path=p.resolve(), text=src)
+
+
+_validator: Draft202012Validator | None = None
+
+
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _validate_schema(data: dict, ctx: _Ctx) -> None:
+    global _validator
+    if _validator is None:
+        _validator = Draft202012Validator(schema())
+    errors = sorted(_validator.iter_errors(data), key=lambda e: (ctx.line(e.absolute_path),
+                                                                list(map(str, e.absolute_path))))
+    for e in errors:
+        path = tuple(e.absolute_path)
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            allowed = set(e.schema.get("properties", {}))
+            for extra in sorted(k for k in e.instance if k not in allowed):
+                hint = _close_match(extra, allowed)
+                ctx.err(path + (extra,), f"unknown key {extra!r}"
+                        + (f" (did you mean {hint!r}?)" if hint else ""))
+            continue
+        if e.validator == "oneOf" and path and path[0] == "symbols":
+            val = e.instance
+            if isinstance(val, str):
+                ctx.err(path, f"{val!r} is not a valid symbol (expected upper-case letters, "
+                              f"digits, '.' or '-', at most 15 characters)")
+            elif isinstance(val, dict):
+                sub = Draft202012Validator(e.schema["oneOf"][1])
+                for se in sub.iter_errors(val):
+                    spath = path + tuple(se.absolute_path)
+                    if se.validator == "additionalProperties":
+                        for extra in sorted(k for k in val if k not in ("symbol", "since", "active")):
+                            ctx.err(path + (extra,), f"unknown key {extra!r}")
+                    else:
+                        ctx.err(spath, se.message)
+            else:
+                ctx.err(path, f"expected a symbol string or {{symbol, since}}, got "
+                              f"{type(val).__name__}")
+            continue
+        ctx.err(path, e.message)
+
+
+def _close_match(word: str, options) -> str | None:
+    import difflib
+    m = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.75)
+    return m[0] if m else None
+
+
+def _semantic_checks(d: dict, ctx: _Ctx, base: Path) -> None:
+    from croniter import croniter
+
+    for job, expr in d["schedules"].items():
+        if len(expr.split()) != 5 or not croniter.is_valid(expr):
+            ctx.err(("schedules", job), f"invalid cron expression {expr!r} (expected five fields: "
+                                        f"minute hour day-of-month month day-of-week, in UTC)")
+
+    def check_date(path, value):
+        try:
+            d_ = dt.date.fromisoformat(value)
+        except ValueError:
+            ctx.err(path, f"{value!r} is not a valid date (YYYY-MM-DD)")
+            return None
+        if d_ > dt.date.today():
+            ctx.err(path, f"{value} is in the future")
+        if d_.year < 1900:
+            ctx.err(path, f"{value} is before 1900")
+        return d_
+
+    check_date(("history", "start"), d["history"]["start"])
+    seen: dict[str, int] = {}
+    for i, item in enumerate(d["symbols"]):
+        sym = item if isinstance(item, str) else item["symbol"]
+        if sym in seen:
+            ctx.err(("symbols", i), f"duplicate symbol {sym!r} (first at $.symbols[{seen[sym]}])")
+        else:
+            seen[sym] = i
+        if isinstance(item, dict) and item.get("since"):
+            check_date(("symbols", i, "since"), item["since"])
+
+    a = d["alerts"]
+    if a["validation_rate_warn_pct"] <= a["validation_rate_critical_pct"]:
+        ctx.err(("alerts", "validation_rate_warn_pct"),
+                f"validation_rate_warn_pct ({a['validation_rate_warn_pct']}) must be above "
+                f"validation_rate_critical_pct ({a['validation_rate_critical_pct']})")
+    g = d["quality"]["grid"]
+    if g["green"] <= g["yellow"]:
+        ctx.err(("quality", "grid", "green"),
+                f"grid.green ({g['green']}) must be above grid.yellow ({g['yellow']})")
+    s = d["spot_check"]
+    if s["match_pct"] > s["mismatch_pct"]:
+        ctx.err(("spot_check", "match_pct"), "match_pct must not be above mismatch_pct")
+    host, _, port = d["server"]["bind"].rpartition(":")
+    if not 0 < int(port) < 65536:
+        ctx.err(("server", "bind"), f"port {port} out of range 1-65535")
+    for url_key in ("database", "redis"):
+        url = d[url_key]["url"]
+        schemes = (("postgresql://", "postgres://") if url_key == "database"
+                   else ("redis://", "rediss://", "unix://"))
+        if url and not url.startswith(schemes):
+            ctx.err((url_key, "url"), f"expected a URL starting with {' or '.join(schemes)}")
+
+    prov = d["provider"]
+    if prov["name"] == "polygon" and not prov["polygon"]["api_key"]:
+        ctx.err(("provider", "polygon", "api_key"),
+                "provider is polygon but the API key is empty: set POLYGON_API_KEY "
+                "(or POLYGON_API_KEY_FILE) in the environment")
+    if d["spot_check"]["source"] == "tiingo" and not prov["tiingo"]["api_key"]:
+        ctx.err(("provider", "tiingo", "api_key"),
+                "spot_check.source is tiingo but provider.tiingo.api_key is empty")
+    if d["alerts"]["email"]["smtp_host"] and not d["alerts"]["email"]["to"]:
+        ctx.err(("alerts", "email", "to"), "smtp_host is set but no recipients in 'to'")
+
+    # Paths: absolute, or relative to the config file's folder.
+    def absolutize(container: dict, key: str, path):
+        v = container[key]
+        pth = Path(v).expanduser()
+        if not pth.is_absolute():
+            pth = (base / pth)
+        container[key] = str(pth.resolve() if pth.exists() else Path(os.path.normpath(pth)))
+
+    absolutize(d, "data_dir", ("data_dir",))
+    absolutize(d["backup"], "path", ("backup", "path"))
+    absolutize(d["provider"]["csv"], "path", ("provider", "csv", "path"))
+
+
+# --------------------------------------------------------------------------- diff
+
+def _flatten(d, prefix=()) -> Iterator[tuple[tuple, Any]]:
+    if isinstance(d, Mapping):
+        for k, v in d.items():
+            yield from _flatten(v, prefix + (k,))
+    else:
+        yield prefix, d
+
+
+def diff_configs(old: Config | None, new: Config) -> dict:
+    """What changes when ``new`` replaces ``old``.
+
+    Returns ``{"symbols_added", "symbols_removed", "schedules_changed",
+    "changed", "restart_required"}``; secrets appear masked.
+    """
+    if old is None:
+        return {"symbols_added": [s.symbol for s in new.symbols], "symbols_removed": [],
+                "schedules_changed": {}, "changed": {}, "restart_required": []}
+    o_syms = [s.symbol for s in old.symbols if s.active]
+    n_syms = [s.symbol for s in new.symbols if s.active]
+    o_m, n_m = old.masked(), new.masked()
+    o_flat = {k: v for k, v in _flatten({k: v for k, v in o_m.items() if k != "symbols"})}
+    n_flat = {k: v for k, v in _flatten({k: v for k, v in n_m.items() if k != "symbols"})}
+    changed = {}
+    for k in sorted(set(o_flat) | set(n_flat), key=lambda t: ".".join(map(str, t))):
+        if o_flat.get(k) != n_flat.get(k):
+            if k in SECRET_PATHS:
+                changed[".".join(k)] = {"old": "********", "new": "********"}
+            else:
+                changed[".".join(k)] = {"old": _jsonable(o_flat.get(k)),
+                                        "new": _jsonable(n_flat.get(k))}
+    o_raw, n_raw = old.to_dict(), new.to_dict()
+    restart = []
+    for k in RESTART_KEYS:
+        ov, nv = o_raw, n_raw
+        for part in k:
+            ov, nv = ov.get(part), nv.get(part)
+        if ov != nv:
+            restart.append(".".join(k))
+    since_changed = {}
+    o_since = {s.symbol: s.since for s in old.symbols}
+    for s in new.symbols:
+        if s.symbol in o_since and o_since[s.symbol] != s.since:
+            since_changed[s.symbol] = {"old": o_since[s.symbol].isoformat(),
+                                       "new": s.since.isoformat()}
+    return {
+        "symbols_added": [s for s in n_syms if s not in o_syms],
+        "symbols_removed": [s for s in o_syms if s not in n_syms],
+        "symbols_since_changed": since_changed,
+        "schedules_changed": {k[len("schedules."):]: v for k, v in changed.items()
+                              if k.startswith("schedules.")},
+        "changed": changed,
+        "restart_required": restart,
+    }
+
+
+def _jsonable(v):
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def diff_is_empty(diff: dict) -> bool:
+    return not (diff["symbols_added"] or diff["symbols_removed"] or diff["changed"]
+                or diff.get("symbols_since_changed"))

@@ -1,0 +1,248 @@
+"""Health and status, as /health, /api/v1/status, the console and
+``appliance status`` report them. One place computes them so that they agree.
+
+Every probe has a short time limit: a hung PostgreSQL or Redis makes the
+answer "error" within about a second, never a hung request.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import logging
+import threading
+import time
+
+from psycopg.rows import dict_row
+
+from . import store
+
+log = logging.getLogger("appliance.health")
+
+API_VERSION = "1"
+DB_TIMEOUT_S = 0.8
+
+_executor = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
+_inflight = threading.Semaphore(2)
+
+
+def _with_timeout(fn, timeout: float):
+    """Run ``fn`` in a helper thread; raise TimeoutError after ``timeout``.
+    At most two probes can be stuck at once; beyond that we answer at once."""
+    if not _inflight.acquire(blocking=False):
+        raise TimeoutError("earlier probes are still hanging")
+
+    def wrapped():
+        try:
+            return fn()
+        finally:
+            _inflight.release()
+
+    fut = _executor.submit(wrapped)
+    return fut.result(timeout=timeout)
+
+
+def db_snapshot(rt, timeout: float = DB_TIMEOUT_S) -> dict:
+    """Everything status needs from PostgreSQL, or ``{"status": "error", ...}``."""
+    def probe():
+        with rt.pool.connection(timeout=timeout) as conn:
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(int(timeout * 1000)),))
+            out = store.summary(conn)
+            out["open_alerts"] = store.open_alerts(conn)
+            out["last_runs"] = _last_runs(conn)
+            out["latest_backup"] = store.latest_backup(conn)
+            out["last_reload"] = store.last_config_reload(conn)
+            return out
+    try:
+        snap = _with_timeout(probe, timeout + 0.1)
+        snap["status"] = "ok"
+        return snap
+    except Exception as e:  # noqa: BLE001 - any failure is "database unreachable"
+        return {"status": "error", "error": _short(e)}
+
+
+def _last_runs(conn) -> dict:
+    from .jobs.runs import last_by_job
+    return last_by_job(conn)
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{e.__class__.__name__}: {msg}"[:300]
+
+
+def redis_probe(rt) -> dict:
+    try:
+        rt.redis.ping()
+        age = rt.heartbeat_age("scheduler")
+        workers = rt.heartbeat_age("worker")
+        return {"status": "ok", "scheduler_heartbeat_age_s": age, "worker_heartbeat_age_s": workers}
+    except Exception as e:  # noqa: BLE001
+        return {"status": "error", "error": _short(e), "scheduler_heartbeat_age_s": None,
+                "worker_heartbeat_age_s": None}
+
+
+def sessions_behind(cfg, latest: str | None, now: dt.datetime) -> int | None:
+    if not latest:
+        return None
+    from . import calendar as tcal
+    try:
+        return int(tcal.sessions_behind(cfg["calendar"], dt.date.fromisoformat(latest), now))
+    except Exception:  # noqa: BLE001 - a calendar problem must not break health
+        log.exception("sessions_behind failed")
+        return None
+
+
+def compute(rt, now: dt.datetime | None = None) -> dict:
+    """The full picture: health fields plus the snapshot used by status/console."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    cfg = rt.config
+    snap = db_snapshot(rt)
+    rd = redis_probe(rt)
+    hb_max = cfg["alerts"]["scheduler_heartbeat_max_seconds"]
+    sched_age = rd.get("scheduler_heartbeat_age_s")
+    scheduler_running = rd["status"] == "ok" and sched_age is not None and sched_age <= hb_max
+    worker_age = rd.get("worker_heartbeat_age_s")
+    worker_alive = rd["status"] == "ok" and worker_age is not None and worker_age <= hb_max
+    a = cfg["alerts"]
+    reasons: list[str] = []
+    if snap["status"] != "ok":
+        status = "unhealthy"
+        reasons.append("database unreachable: " + snap.get("error", ""))
+        latest, rate, behind = None, None, None
+    else:
+        latest = snap["latest_data"]
+        rate = snap["validation_rate_pct"]
+        behind = sessions_behind(cfg, latest, now)
+        status = "healthy"
+        crit = [x for x in snap["open_alerts"] if x["severity"] == "critical"]
+        warn = [x for x in snap["open_alerts"] if x["severity"] == "warning"]
+        if not scheduler_running:
+            status = "degraded"
+            reasons.append("scheduler not running" if rd["status"] == "ok"
+                           else "redis unreachable: scheduler state unknown")
+        if snap["total_records"] and rate < a["validation_rate_warn_pct"]:
+            status = "degraded"
+            reasons.append(f"validation rate {rate}% below {a['validation_rate_warn_pct']}%")
+        if behind is not None and behind > a["stale_after_sessions"]:
+            status = "degraded"
+            reasons.append(f"data is {behind} trading sessions behind")
+        if snap["total_records"] == 0:
+            status = "degraded"
+            reasons.append("no data stored yet")
+        if crit or warn:
+            status = "degraded"
+            reasons.extend(f"{x['severity']} alert: {x['key']}" for x in crit + warn)
+    last_reload = snap.get("last_reload") if snap["status"] == "ok" else None
+    return {
+        "status": status,
+        "timestamp": now.isoformat().replace("+00:00", "Z"),
+        "scheduler_running": scheduler_running,
+        "worker_alive": worker_alive,
+        "latest_data": latest,
+        "latest_data_sessions_behind": behind,
+        "validation_rate_pct": rate,
+        "database": "ok" if snap["status"] == "ok" else "error",
+        "redis": rd["status"],
+        "config_last_reload_successful": (last_reload or {}).get("ok", True),
+        "config_sha256": cfg.sha256,
+        "provider": cfg["provider"]["name"],
+        "reasons": reasons,
+        "_snap": snap,
+        "_redis": rd,
+    }
+
+
+def health_body(h: dict) -> dict:
+    return {k: v for k, v in h.items() if not k.startswith("_")}
+
+
+def status_body(rt, h: dict) -> dict:
+    """/api/v1/status: the original system's field names, kept for scripts."""
+    snap, rd, cfg = h["_snap"], h["_redis"], rt.config
+    ok = snap["status"] == "ok"
+    database = {"status": "ok" if ok else "error"}
+    if ok:
+        database.update({k: snap[k] for k in (
+            "symbols_available", "total_records", "validated_records", "validation_rate_pct",
+            "latest_data", "gaps_flagged", "gaps_flagged_pct", "missing_sessions", "size_bytes",
+            "stats_updated_at")})
+        database["latest_data_sessions_behind"] = h["latest_data_sessions_behind"]
+    else:
+        database["error"] = snap.get("error")
+    last_runs = snap.get("last_runs", {}) if ok else {}
+    bf = last_runs.get("backfill", {}).get("last")
+    scheduler = job_overview(rt, last_runs)
+    backups = {}
+    if ok:
+        lb = snap.get("latest_backup")
+        backups = {"latest": lb,
+                   "age_hours": (round((dt.datetime.now(dt.timezone.utc) - lb["created_at"])
+                                       .total_seconds() / 3600, 2) if lb else None)}
+        lt = store_last_restore_test(rt)
+        backups["last_restore_test"] = lt
+    return {
+        "api_version": API_VERSION,
+        "status": h["status"],
+        "timestamp": h["timestamp"],
+        "reasons": h["reasons"],
+        "provider": cfg["provider"]["name"],
+        "database": database,
+        "data_quality": {
+            "records_with_gaps_flagged": snap.get("gaps_flagged") if ok else None,
+            "validation_rate_pct": snap.get("validation_rate_pct") if ok else None,
+            "scheduler_status": "running" if h["scheduler_running"] else "stopped",
+            "last_backfill": _run_brief(bf),
+        },
+        "scheduler": {"running": h["scheduler_running"],
+                      "heartbeat_age_s": rd.get("scheduler_heartbeat_age_s"),
+                      "worker_alive": h["worker_alive"], "jobs": scheduler},
+        "backups": backups,
+        "alerts": snap.get("open_alerts", []) if ok else [],
+        "config": {"sha256": cfg.sha256, "path": str(cfg.path),
+                   "version": rt.config_version(),
+                   "last_reload": snap.get("last_reload") if ok else None,
+                   "last_reload_successful": h["config_last_reload_successful"]},
+    }
+
+
+def store_last_restore_test(rt):
+    try:
+        with rt.pool.connection(timeout=DB_TIMEOUT_S) as conn:
+            return store.last_restore_test(conn)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _run_brief(r: dict | None) -> dict | None:
+    if not r:
+        return None
+    dur = None
+    if r.get("started_at") and r.get("finished_at"):
+        dur = round((r["finished_at"] - r["started_at"]).total_seconds(), 3)
+    res = r.get("result") or {}
+    return {"id": r["id"], "status": r["status"], "trigger": r.get("trigger"),
+            "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
+            "duration_s": dur, "rows": (res.get("inserted", 0) or 0) + (res.get("updated", 0) or 0)
+            if res else None, "error": r.get("error")}
+
+
+def job_overview(rt, last_runs: dict) -> dict:
+    """Per scheduled job: next run (UTC), last run, last success, last failure."""
+    from croniter import croniter
+    now = dt.datetime.now(dt.timezone.utc)
+    out = {}
+    for job, expr in rt.config["schedules"].items():
+        try:
+            nxt = croniter(expr, now).get_next(dt.datetime)
+        except Exception:  # noqa: BLE001
+            nxt = None
+        lr = last_runs.get(job, {})
+        out[job] = {"schedule": expr, "next_run": nxt,
+                    "last_run": _run_brief(lr.get("last")),
+                    "last_success": _run_brief(lr.get("last_success")),
+                    "last_failure": _run_brief(lr.get("last_failure"))}
+    return out
+
+
+def exit_code(status: str) -> int:
+    return {"healthy": 0, "degraded": 1}.get(status, 2)

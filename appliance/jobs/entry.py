@@ -1,0 +1,76 @@
+"""What RQ runs: ``run_job(name, ...)`` builds this process's Runtime, looks the
+job up in ``JOBS`` and runs it through ``runs.execute`` (claim, progress,
+outcome). Each job module exposes ``run(rt, run_id, report, **params) -> dict``.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+from . import runs
+
+log = logging.getLogger("appliance.jobs")
+
+#: job name -> "module:function"
+JOBS = {
+    "backfill": "appliance.jobs.backfill:run",
+    "backup": "appliance.jobs.backup:run",
+    "restore_test": "appliance.jobs.restore_test:run",
+    "spot_check": "appliance.jobs.spot_check:run",
+    "maintenance": "appliance.jobs.maintenance:run",
+    "disk_check": "appliance.jobs.disk_check:run",
+    "retention": "appliance.jobs.retention:run",
+    "alerts": "appliance.jobs.alerts_job:run",
+    "performance_review": "appliance.jobs.performance:run",
+}
+
+_rt = None
+
+
+def job_function(name: str):
+    try:
+        target = JOBS[name]
+    except KeyError:
+        raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(JOBS))}") from None
+    mod, fn = target.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def available_jobs() -> list[str]:
+    out = []
+    for name in JOBS:
+        try:
+            job_function(name)
+            out.append(name)
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+def runtime():
+    """This process's Runtime (a forked work horse builds its own)."""
+    global _rt
+    if _rt is None or _rt.pid != os.getpid():
+        from ..runtime import Runtime
+        _rt = Runtime.from_path(os.environ.get("APPLIANCE_CONFIG"), pool_size=4)
+        _rt.pid = os.getpid()
+        _rt.open()
+    return _rt
+
+
+def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
+            trigger: str = "manual", run_id: int | None = None) -> dict:
+    """RQ entry point. ``slot`` None means: the slot is computed from the
+    job's schedule (a scheduled run); ``run_id`` set means: already claimed."""
+    from rq import get_current_job
+    rt = runtime()
+    fn = job_function(name)
+    current = get_current_job()
+    rq_id = current.id if current is not None else None
+    if slot is None and run_id is None:
+        from ..schedule import current_slot
+        slot = current_slot(rt.config, name)
+        trigger = "scheduled"
+    return runs.execute(rt, name, slot or runs.manual_slot(), fn, trigger=trigger,
+                        params=params or {}, run_id=run_id, rq_job_id=rq_id)

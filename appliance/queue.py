@@ -1,0 +1,36 @@
+"""Putting work on the RQ queue for the worker(s)."""
+from __future__ import annotations
+
+from rq import Queue, Retry
+
+from .jobs import runs
+
+QUEUE_NAME = "appliance"
+
+
+def queue(rt) -> Queue:
+    return Queue(QUEUE_NAME, connection=rt.redis, default_timeout=rt.config["jobs"]["timeout_seconds"])
+
+
+def enqueue(rt, job: str, params: dict | None = None, *, trigger: str = "manual",
+            slot: str | None = None) -> int:
+    """Claim a manual slot for ``job``, enqueue it, return the ``job_runs`` id."""
+    cfg = rt.config
+    slot = slot or runs.manual_slot()
+    with rt.conn() as conn:
+        run_id = runs.claim(conn, job, slot, trigger=trigger, params=params or {},
+                            timeout_s=cfg["jobs"]["timeout_seconds"])
+        if run_id is None:
+            raise RuntimeError(f"slot {slot} of {job} is already taken")
+    retries = cfg["jobs"]["retries"]
+    q = queue(rt)
+    rq_job = q.enqueue("appliance.jobs.entry.run_job", job, params or {}, slot=slot,
+                       trigger=trigger, run_id=run_id,
+                       job_timeout=cfg["jobs"]["timeout_seconds"],
+                       retry=Retry(max=retries, interval=cfg["jobs"]["retry_interval_seconds"])
+                       if retries else None,
+                       result_ttl=86400, failure_ttl=7 * 86400,
+                       description=f"{job} ({trigger})")
+    with rt.conn() as conn:
+        runs.set_rq_id(conn, run_id, rq_job.id)
+    return run_id

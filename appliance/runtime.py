@@ -1,0 +1,179 @@
+"""A process's view of the appliance: the running config, where the services
+are, a PostgreSQL pool and a Redis client.
+
+The running config is shared by every process through Redis: a successful
+reload stores the accepted file text under ``appliance:config:text`` and bumps
+``appliance:config:version``. Each process compares that version with its own
+at most once a second (``config`` property) and swaps in the new config when
+it changed; a job that is already running keeps the config it started with.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from . import db, services
+from .config import Config, load_config
+from .errors import ConfigError
+
+log = logging.getLogger("appliance.runtime")
+
+K_CONFIG_TEXT = "appliance:config:text"
+K_CONFIG_SHA = "appliance:config:sha"
+K_CONFIG_PATH = "appliance:config:path"
+K_CONFIG_VERSION = "appliance:config:version"
+K_HEARTBEAT = "appliance:heartbeat:{}"
+
+
+class Runtime:
+    """Config + endpoints + pool + redis for one process. Nothing connects
+    until ``open()`` (the pool) or first use (redis)."""
+
+    def __init__(self, config: Config, *, endpoints: services.Endpoints | None = None,
+                 pool_size: int | None = None, check_interval: float = 1.0):
+        self._config = config
+        self._config_version = 0
+        self._last_check = 0.0
+        self._lock = threading.Lock()
+        self.check_interval = check_interval
+        self.endpoints = endpoints or services.resolve(config)
+        self.pool = db.make_pool(
+            self.endpoints.database_url,
+            max_size=pool_size or config["database"]["pool_size"],
+            connect_timeout=config["database"]["connect_timeout_seconds"],
+            statement_timeout_s=config["database"]["statement_timeout_seconds"])
+        self._redis: redis.Redis | None = None
+        self._opened = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def from_path(cls, path: str | os.PathLike | None = None, **kw) -> "Runtime":
+        cfg = load_config(path)
+        rt = cls(cfg, **kw)
+        rt.adopt_running_config()
+        return rt
+
+    def open(self, wait: bool = True, timeout: float = 30.0) -> "Runtime":
+        if not self._opened:
+            self.pool.open()
+            if wait:
+                self.pool.wait(timeout=timeout)
+            self._opened = True
+        return self
+
+    def close(self) -> None:
+        if self._opened:
+            self.pool.close()
+            self._opened = False
+        if self._redis is not None:
+            self._redis.close()
+
+    @contextmanager
+    def conn(self):
+        """A pooled connection; commits on success, rolls back on error."""
+        if not self._opened:
+            self.open()
+        with self.pool.connection() as c:
+            yield c
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis_client(self.endpoints.redis_url)
+        return self._redis
+
+    # ------------------------------------------------------------------ config
+    @property
+    def config(self) -> Config:
+        now = time.monotonic()
+        if now - self._last_check >= self.check_interval:
+            self._last_check = now
+            try:
+                self._maybe_swap()
+            except redis.RedisError:
+                pass  # Redis down: keep the config we have
+        return self._config
+
+    def config_version(self) -> int:
+        return self._config_version
+
+    def adopt_running_config(self) -> None:
+        """At start: use the config last accepted by a reload, when it is for
+        the same file (a process restarted after a reload must not fall back to
+        an older file content, nor pick up an unvalidated edit)."""
+        try:
+            self._maybe_swap(force=True)
+        except redis.RedisError as e:
+            log.warning("Redis unreachable at start-up (%s); using %s as read", e,
+                        self._config.path)
+
+    def _maybe_swap(self, force: bool = False) -> None:
+        r = self.redis
+        v = r.get(K_CONFIG_VERSION)
+        if v is None:
+            return
+        v = int(v)
+        if v == self._config_version and not force:
+            return
+        text, path = r.mget(K_CONFIG_TEXT, K_CONFIG_PATH)
+        if text is None or path is None or Path(path.decode()) != self._config.path:
+            self._config_version = v
+            return
+        with self._lock:
+            try:
+                cfg = load_config(self._config.path, text=text)
+            except ConfigError as e:  # cannot happen for an accepted text, unless env changed
+                log.error("running config from Redis no longer validates: %s", e)
+                self._config_version = v
+                return
+            if cfg.sha256 != self._config.sha256:
+                log.info("config %s swapped in (version %d)", cfg.sha256[:12], v)
+            self._config = cfg
+            self._config_version = v
+
+    def publish_config(self, cfg: Config) -> int:
+        """Make ``cfg`` the running config of every process; returns the new version."""
+        pipe = self.redis.pipeline()
+        pipe.set(K_CONFIG_TEXT, cfg.text)
+        pipe.set(K_CONFIG_SHA, cfg.sha256)
+        pipe.set(K_CONFIG_PATH, str(cfg.path))
+        pipe.incr(K_CONFIG_VERSION)
+        v = pipe.execute()[-1]
+        with self._lock:
+            self._config = cfg
+            self._config_version = int(v)
+        return int(v)
+
+    # ------------------------------------------------------------------ liveness
+    def heartbeat(self, role: str, ttl: int = 300, ident: str | None = None) -> None:
+        key = K_HEARTBEAT.format(role if ident is None else f"{role}:{ident}")
+        self.redis.set(key, str(time.time()), ex=ttl)
+
+    def heartbeat_age(self, role: str) -> float | None:
+        """Seconds since the freshest heartbeat of ``role`` (any instance)."""
+        r = self.redis
+        keys = [K_HEARTBEAT.format(role)] + list(r.scan_iter(K_HEARTBEAT.format(role) + ":*",
+                                                             count=100))
+        vals = [v for v in r.mget(keys) if v is not None] if keys else []
+        if not vals:
+            return None
+        return max(0.0, time.time() - max(float(v) for v in vals))
+
+
+def redis_client(url: str, timeout: float = 0.5) -> redis.Redis:
+    """A client with short timeouts, so that a hung Redis cannot hang a request."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                health_check_interval=30)
+
+
+def setup_logging(level: str | None = None) -> None:
+    level = (level or os.environ.get("APPLIANCE_LOG_LEVEL") or "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

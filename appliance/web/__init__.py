@@ -1,0 +1,75 @@
+"""The Flask application: REST API, health, metrics and the HTMX console."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask
+
+from ..config import Config, load_config
+from ..runtime import Runtime
+
+log = logging.getLogger("appliance.web")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _asset_dir(name: str) -> str:
+    """templates/ and static/ live at the top of the source tree; an installed
+    package finds them through APPLIANCE_HOME or its data files."""
+    for base in (os.environ.get("APPLIANCE_HOME"), str(ROOT), "/usr/share/market-data-appliance",
+                 os.path.join(os.sys.prefix, "share", "market-data-appliance")):
+        if base and (Path(base) / name).is_dir():
+            return str(Path(base) / name)
+    return str(ROOT / name)
+
+
+def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Runtime | None = None,
+               wait: bool = False) -> Flask:
+    """Build the app. Pools are created here (``open=False``) and opened before
+    the first request; nothing connects at import."""
+    if runtime is None:
+        cfg = config if isinstance(config, Config) else load_config(config)
+        runtime = Runtime(cfg)
+        runtime.adopt_running_config()
+    app = Flask("appliance", template_folder=_asset_dir("templates"),
+                static_folder=_asset_dir("static"), static_url_path="/static")
+    app.config["RUNTIME"] = runtime
+    cfg = runtime.config
+    app.config["MAX_CONTENT_LENGTH"] = cfg["server"]["max_request_bytes"]
+    app.secret_key = cfg["server"]["secret_key"] or _derived_secret(runtime)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
+    runtime.open(wait=wait)
+
+    from . import api, metrics
+    api.register(app)
+    metrics.register(app)
+    try:
+        from . import console
+    except ImportError:
+        console = None
+    if console is not None:
+        console.register(app)
+    return app
+
+
+def _derived_secret(rt: Runtime) -> str:
+    """Without server.secret_key, a key kept in data_dir (created once, 0600)."""
+    path = Path(rt.config["data_dir"]) / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        import secrets
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        return key
+    except FileExistsError:  # another worker created it just now
+        return path.read_text().strip()
+
+
+def runtime_of(app) -> Runtime:
+    return app.config["RUNTIME"]

@@ -1,0 +1,135 @@
+"""``GET /metrics`` in Prometheus text format.
+
+Gauges about the store, jobs, backups and config are read from PostgreSQL at
+scrape time (from the running aggregates, so a scrape is cheap); the HTTP
+latency histogram is kept per gunicorn worker in prometheus-client's
+multiprocess directory when ``PROMETHEUS_MULTIPROC_DIR`` is set.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+
+from flask import Response, current_app, g, request
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
+                               generate_latest, multiprocess)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .. import health as health_mod
+from .. import store
+
+HTTP_LATENCY = Histogram("appliance_http_request_duration_seconds",
+                         "HTTP request latency by endpoint", ["method", "endpoint", "status"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+class StoreCollector:
+    def __init__(self, rt):
+        self.rt = rt
+
+    def collect(self):
+        rt = self.rt
+        h = health_mod.compute(rt)
+        snap = h["_snap"]
+        up = GaugeMetricFamily("appliance_up", "1 when the component answers", labels=["component"])
+        up.add_metric(["database"], 1 if h["database"] == "ok" else 0)
+        up.add_metric(["redis"], 1 if h["redis"] == "ok" else 0)
+        up.add_metric(["scheduler"], 1 if h["scheduler_running"] else 0)
+        up.add_metric(["worker"], 1 if h["worker_alive"] else 0)
+        yield up
+        hs = GaugeMetricFamily("appliance_health_status", "0 healthy, 1 degraded, 2 unhealthy")
+        hs.add_metric([], health_mod.exit_code(h["status"]))
+        yield hs
+        cfg_ok = GaugeMetricFamily("appliance_config_last_reload_successful",
+                                   "1 when the last config reload succeeded")
+        cfg_ok.add_metric([], 1 if h["config_last_reload_successful"] else 0)
+        yield cfg_ok
+        if snap["status"] != "ok":
+            return
+        for name, key, doc in (
+                ("appliance_records", "total_records", "candles stored"),
+                ("appliance_validated_records", "validated_records", "candles that passed validation"),
+                ("appliance_symbols", "symbols_available", "symbols with stored data"),
+                ("appliance_validation_rate_pct", "validation_rate_pct", "validated / total, %"),
+                ("appliance_gaps_flagged", "gaps_flagged", "candles flagged split or jump"),
+                ("appliance_missing_sessions", "missing_sessions", "expected sessions with no candle"),
+                ("appliance_database_size_bytes", "size_bytes", "size of the database")):
+            m = GaugeMetricFamily(name, doc)
+            m.add_metric([], float(snap[key] or 0))
+            yield m
+        behind = h["latest_data_sessions_behind"]
+        m = GaugeMetricFamily("appliance_latest_data_age_sessions",
+                              "trading sessions between the latest stored and the latest completed")
+        m.add_metric([], float(behind) if behind is not None else float("nan"))
+        yield m
+        try:
+            with rt.pool.connection(timeout=1) as conn:
+                vendor = store.vendor_counts(conn)
+                job_stats = store.job_run_stats(conn)
+                lb = store.latest_backup(conn)
+                lrt = store.last_restore_test(conn)
+                alerts = store.open_alerts(conn)
+        except Exception:  # noqa: BLE001
+            return
+        req = CounterMetricFamily("appliance_vendor_requests", "vendor HTTP requests",
+                                  labels=["provider", "kind", "label"])
+        for prov, kind, label, n in vendor:
+            req.add_metric([prov, kind, label], n)
+        yield req
+        runs = CounterMetricFamily("appliance_job_runs", "job runs by status",
+                                   labels=["job", "status"])
+        dur = CounterMetricFamily("appliance_job_run_duration_seconds",
+                                  "total seconds spent in job runs", labels=["job", "status"])
+        for job, st, n, secs in job_stats:
+            runs.add_metric([job, st], n)
+            dur.add_metric([job, st], float(secs))
+        yield runs
+        yield dur
+        age = GaugeMetricFamily("appliance_backup_age_seconds", "age of the latest good backup")
+        size = GaugeMetricFamily("appliance_backup_size_bytes", "size of the latest good backup")
+        if lb:
+            age.add_metric([], (dt.datetime.now(dt.timezone.utc) - lb["created_at"]).total_seconds())
+            size.add_metric([], float(lb["size_bytes"] or 0))
+        yield age
+        yield size
+        rtst = GaugeMetricFamily("appliance_restore_test_passed",
+                                 "1 when the latest restore test passed, 0 when it failed")
+        if lrt:
+            rtst.add_metric([], 1 if lrt["status"] == "passed" else 0)
+        yield rtst
+        al = GaugeMetricFamily("appliance_alerts_open", "open alerts", labels=["severity", "key"])
+        for a in alerts:
+            al.add_metric([a["severity"], a["key"]], 1)
+        yield al
+
+
+def register(app) -> None:
+    rt = app.config["RUNTIME"]
+
+    @app.before_request
+    def _start():
+        g._t0 = time.perf_counter()
+
+    @app.after_request
+    def _observe(resp):
+        t0 = getattr(g, "_t0", None)
+        if t0 is not None and request.endpoint != "static":
+            HTTP_LATENCY.labels(request.method, request.endpoint or "unknown",
+                                str(resp.status_code)).observe(time.perf_counter() - t0)
+        return resp
+
+    @app.get("/metrics")
+    def metrics():
+        registry = CollectorRegistry()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry.register(_LocalHistograms())
+        registry.register(StoreCollector(current_app.config["RUNTIME"]))
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _LocalHistograms:
+    def collect(self):
+        yield from HTTP_LATENCY.collect()

