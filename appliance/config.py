@@ -390,7 +390,7 @@ def _validate_schema(data: dict, ctx: _Ctx) -> None:
                 ctx.err(path, f"{val!r} is not a valid symbol (expected upper-case letters, "
                               f"digits, '.' or '-', at most 15 characters)")
             elif isinstance(val, dict):
-                sub = Draft202012Validator(e.schema["oneOf"][1])
+                sub = _validator.evolve(schema=e.schema["oneOf"][1])
                 for se in sub.iter_errors(val):
                     spath = path + tuple(se.absolute_path)
                     if se.validator == "additionalProperties":
@@ -402,7 +402,21 @@ def _validate_schema(data: dict, ctx: _Ctx) -> None:
                 ctx.err(path, f"expected a symbol string or {{symbol, since}}, got "
                               f"{type(val).__name__}")
             continue
-        ctx.err(path, e.message)
+        ctx.err(path, _friendly(e))
+
+
+_PATTERN_HINTS = {
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}$": "is not a date (expected YYYY-MM-DD)",
+    "^[^:]+:[0-9]{1,5}$": "is not HOST:PORT (e.g. 127.0.0.1:8000)",
+    "^https?://": "is not an http(s):// URL",
+    "^[A-Z0-9]{3,5}$": "is not an exchange calendar code (e.g. XNYS)",
+}
+
+
+def _friendly(e) -> str:
+    if e.validator == "pattern" and e.validator_value in _PATTERN_HINTS:
+        return f"{e.instance!r} {_PATTERN_HINTS[e.validator_value]}"
+    return e.message
 
 
 def _close_match(word: str, options) -> str | None:

@@ -1,0 +1,165 @@
+"""The config corpus (tests/config/*.good.yaml / *.bad.yaml) and the loader's
+contract: every error as PATH:LINE: at <json.path>: <message>."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.config import diff_configs, load_config
+from appliance.errors import ConfigError
+
+CORPUS = Path(__file__).resolve().parents[1] / "config"
+BAD = sorted(CORPUS.glob("*.bad.yaml"))
+GOOD = sorted(CORPUS.glob("*.good.yaml"))
+
+
+def _meta(path: Path):
+    env, expect = {}, []
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        if m := re.match(r"# env: (\w+)=(.*)$", line):
+            env[m.group(1)] = m.group(2).replace("{dir}", str(path.parent))
+        if m := re.match(r"# expect: (.*)$", line):
+            expect.append(m.group(1).replace("{path}", str(path)))
+    return env, expect
+
+
+def test_the_corpus_has_at_least_twenty_bad_files():
+    assert len(BAD) >= 20
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.name)
+def test_each_bad_file_fails_with_its_exact_error(path):
+    env, expect = _meta(path)
+    assert expect, f"{path.name} has no '# expect:' line"
+    with pytest.raises(ConfigError) as ei:
+        load_config(str(path), env=env)
+    assert ei.value.errors == expect
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: p.name)
+def test_each_good_file_loads(path):
+    env, _ = _meta(path)
+    cfg = load_config(str(path), env=env)
+    assert cfg.symbols
+
+
+def test_the_shipped_config_runs_as_it_is_with_the_demo_provider():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "appliance.yaml", env={})
+    assert cfg["provider"]["name"] == "demo"
+    assert cfg["database"]["url"] == "" and cfg["redis"]["url"] == ""
+    assert cfg["server"]["bind"] == "127.0.0.1:8000"
+
+
+def test_interpolation_uses_defaults_and_env(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("symbols: [AAPL]\nserver:\n  bind: ${BIND:-127.0.0.1:9000}\n"
+                 "  admin_token: ${TOKEN}\n")
+    cfg = load_config(p, env={"TOKEN": "abc"})
+    assert cfg["server"]["bind"] == "127.0.0.1:9000"
+    assert cfg["server"]["admin_token"] == "abc"
+    cfg = load_config(p, env={"TOKEN": "abc", "BIND": "0.0.0.0:8080"})
+    assert cfg["server"]["bind"] == "0.0.0.0:8080"
+
+
+def test_a_secret_may_come_from_a_file(tmp_path):
+    (tmp_path / "tok").write_text("from-file\n")
+    p = tmp_path / "a.yaml"
+    p.write_text("symbols: [AAPL]\nserver:\n  admin_token: ${TOKEN}\n")
+    cfg = load_config(p, env={"TOKEN_FILE": str(tmp_path / "tok")})
+    assert cfg["server"]["admin_token"] == "from-file"
+
+
+def test_every_error_is_reported_not_just_the_first(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("symbols: [AAPL]\nserver:\n  workers: two\n  wokers: 2\nbogus: 1\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, env={})
+    lines = ei.value.errors
+    assert len(lines) == 3
+    assert any(":3: at $.server.workers:" in l for l in lines)
+    assert any(":4: at $.server.wokers: unknown key" in l for l in lines)
+    assert any(":5: at $.bogus: unknown key" in l for l in lines)
+
+
+def test_the_loaded_config_is_read_only(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("symbols: [AAPL]\n")
+    cfg = load_config(p, env={})
+    with pytest.raises(TypeError):
+        cfg["server"]["bind"] = "0.0.0.0:1"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg["symbols"][0] = "X"  # type: ignore[index]
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "etc").mkdir()
+    p = tmp_path / "etc" / "a.yaml"
+    p.write_text("symbols: [AAPL]\ndata_dir: ../var\nbackup: {path: bk}\n")
+    cfg = load_config(p, env={})
+    assert cfg["data_dir"] == str(tmp_path / "var")
+    assert cfg["backup"]["path"] == str(tmp_path / "etc" / "bk")
+
+
+def test_secrets_are_masked(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("symbols: [AAPL]\nserver: {admin_token: hunter2}\n"
+                 "database: {url: 'postgresql://u:pw@h/db'}\n")
+    m = load_config(p, env={}).masked()
+    assert m["server"]["admin_token"] == "********"
+    assert "pw" not in m["database"]["url"]
+    assert "hunter2" not in repr(m)
+
+
+def test_a_huge_file_is_refused_with_its_size(tmp_path):
+    p = tmp_path / "a.yaml"
+    p.write_text("symbols: [AAPL]\n" + "# padding\n" * 120_000)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, env={})
+    assert "more than the 1048576 allowed" in ei.value.errors[0]
+
+
+def test_diff_names_added_and_removed_symbols_and_changed_schedules(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("symbols: [AAPL, MSFT]\nschedules: {backfill: '0 2 * * *'}\n")
+    b.write_text("symbols: [AAPL, NVDA]\nschedules: {backfill: '30 3 * * *'}\n"
+                 "server: {bind: '127.0.0.1:9000', admin_token: x}\n")
+    d = diff_configs(load_config(a, env={}), load_config(b, env={}))
+    assert d["symbols_added"] == ["NVDA"]
+    assert d["symbols_removed"] == ["MSFT"]
+    assert d["schedules_changed"] == {"backfill": {"old": "0 2 * * *", "new": "30 3 * * *"}}
+    assert d["restart_required"] == ["server.bind"]
+    assert d["changed"]["server.admin_token"] == {"old": "********", "new": "********"}
+
+
+def _cli(*args, env=None):
+    import os
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True,
+                          text=True, env=e, timeout=60)
+
+
+def test_check_config_exits_zero_with_a_one_line_summary():
+    r = _cli("check-config", str(CORPUS / "minimal.good.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("SUCCESS: ")
+    assert len(r.stdout.strip().splitlines()) == 1
+
+
+def test_check_config_prints_every_error_with_path_and_line_and_exits_one():
+    path = CORPUS / "duplicate-symbols.bad.yaml"
+    r = _cli("check-config", str(path))
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[0] == (f"{path}:4: at $.symbols[2]: duplicate symbol 'AAPL' "
+                                        f"(first at $.symbols[0])")
+
+
+def test_check_config_uses_appliance_config_when_no_path_is_given():
+    path = CORPUS / "bad-cron.bad.yaml"
+    r = _cli("check-config", env={"APPLIANCE_CONFIG": str(path)})
+    assert r.returncode == 1
+    assert f"{path}:" in r.stdout
