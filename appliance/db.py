@@ -39,7 +39,14 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float
         kwargs["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
     return ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
                           kwargs=kwargs, name=name, check=ConnectionPool.check_connection,
+                          reset=_reset,
                           reconnect_timeout=30)
+
+
+def _reset(conn) -> None:
+    """A connection goes back to the pool as it came out: transactional."""
+    if conn.autocommit:
+        conn.autocommit = False
 
 
 def migrations() -> list[tuple[int, str, Path]]:

@@ -94,28 +94,41 @@ def upsert_bars(conn, payload: bytes, *, first: dt.date, last: dt.date,
     """
     if not payload:
         return {"inserted": 0, "updated": 0, "revised": 0}
+    if conn.autocommit:  # the staging table empties itself at every commit
+        raise RuntimeError("upsert_bars needs a connection inside a transaction")
     ensure_partitions_for(conn, first, last)
     _ensure_stage(conn)
     with conn.cursor() as cur:
+        cur.execute("TRUNCATE md_stage")
         with cur.copy(f"COPY md_stage ({', '.join(_STAGE_COLS)}) FROM STDIN") as cp:
             cp.write(payload)
-        cur.execute(
-            """INSERT INTO revisions (symbol, timeframe, ts, old, new, run_id)
-               SELECT m.symbol, m.timeframe, m.ts,
-                      jsonb_build_object('open', m.open, 'high', m.high, 'low', m.low,
-                                         'close', m.close, 'volume', m.volume, 'vwap', m.vwap,
-                                         'trades', m.trades, 'source', m.source),
-                      jsonb_build_object('open', s.open, 'high', s.high, 'low', s.low,
-                                         'close', s.close, 'volume', s.volume, 'vwap', s.vwap,
-                                         'trades', s.trades, 'source', s.source),
-                      %(run)s
-               FROM md_stage s
-               JOIN market_data m ON m.symbol = s.symbol AND m.timeframe = %(tf)s
-                    AND m.ts = (s.session::timestamp AT TIME ZONE 'America/New_York')
-               WHERE (m.open, m.high, m.low, m.close, m.volume)
-                     IS DISTINCT FROM (s.open, s.high, s.low, s.close, s.volume)""",
-            {"run": run_id, "tf": timeframe})
-        revised = cur.rowcount
+        n_stage = cur.execute("SELECT count(*) FROM md_stage").fetchone()[0]
+        # one join finds both the bars that exist already and those the vendor revised
+        existing, revised = cur.execute(
+            """WITH j AS (
+                 SELECT m.symbol, m.timeframe, m.ts, s.open AS s_open, s.high AS s_high,
+                        s.low AS s_low, s.close AS s_close, s.volume AS s_volume,
+                        s.vwap AS s_vwap, s.trades AS s_trades, s.source AS s_source,
+                        m.open, m.high, m.low, m.close, m.volume, m.vwap, m.trades, m.source
+                 FROM md_stage s
+                 JOIN market_data m ON m.symbol = s.symbol AND m.timeframe = %(tf)s
+                      AND m.ts = (s.session::timestamp AT TIME ZONE 'America/New_York')),
+               rev AS (
+                 INSERT INTO revisions (symbol, timeframe, ts, old, new, run_id)
+                 SELECT symbol, timeframe, ts,
+                        jsonb_build_object('open', open, 'high', high, 'low', low,
+                                           'close', close, 'volume', volume, 'vwap', vwap,
+                                           'trades', trades, 'source', source),
+                        jsonb_build_object('open', s_open, 'high', s_high, 'low', s_low,
+                                           'close', s_close, 'volume', s_volume, 'vwap', s_vwap,
+                                           'trades', s_trades, 'source', s_source),
+                        %(run)s
+                 FROM j
+                 WHERE (open, high, low, close, volume)
+                       IS DISTINCT FROM (s_open, s_high, s_low, s_close, s_volume)
+                 RETURNING 1)
+               SELECT (SELECT count(*) FROM j), (SELECT count(*) FROM rev)""",
+            {"run": run_id, "tf": timeframe}).fetchone()
         cur.execute(
             f"""INSERT INTO market_data (symbol, timeframe, ts, {', '.join(_VALUE_COLS)})
                SELECT symbol, %(tf)s, (session::timestamp AT TIME ZONE 'America/New_York'),
@@ -125,12 +138,11 @@ def upsert_bars(conn, payload: bytes, *, first: dt.date, last: dt.date,
                  {', '.join(f'{c} = EXCLUDED.{c}' for c in _VALUE_COLS)},
                  ingested_at = now()
                WHERE ({', '.join('market_data.' + c for c in _VALUE_COLS)})
-                     IS DISTINCT FROM ({', '.join('EXCLUDED.' + c for c in _VALUE_COLS)})
-               RETURNING (xmax = 0)""",
+                     IS DISTINCT FROM ({', '.join('EXCLUDED.' + c for c in _VALUE_COLS)})""",
             {"tf": timeframe})
-        rows = cur.fetchall()
-    inserted = sum(1 for (ins,) in rows if ins)
-    return {"inserted": inserted, "updated": len(rows) - inserted, "revised": revised}
+        affected = cur.rowcount
+    inserted = n_stage - existing
+    return {"inserted": inserted, "updated": affected - inserted, "revised": revised}
 
 
 def last_close_before(conn, symbol: str, session: dt.date, timeframe: str = TIMEFRAME):

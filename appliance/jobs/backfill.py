@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from .. import calendar as tcal
-from .. import quality, store
+from .. import db, quality, store
 from ..errors import LockBusy, ProviderAuthError, ProviderError
 from ..providers import make_provider
 from ..providers.base import Bars
@@ -98,8 +98,13 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
         if last is None:
             plans.append(SymbolPlan(sym, since, end, full=True))
         else:
-            prev = tcal.previous_sessions(cal, last, lookback) if lookback else []
-            s = prev[0] if len(prev) else last
+            # re-fetch the `lookback` most recent stored sessions (vendors revise them)
+            if lookback <= 0:
+                s = last + dt.timedelta(days=1)
+            elif lookback == 1:
+                s = last
+            else:
+                s = tcal.previous_sessions(cal, last, lookback - 1)[0].astype(object)
             s = max(s, since) if last >= since else s
             plans.append(SymbolPlan(sym, min(s, end), end, full=False))
     plans = [p for p in plans if p.start <= p.end]
@@ -123,18 +128,17 @@ def run(rt, run_id, report, symbols=None, start=None, end=None, now=None) -> dic
     syms = list(symbols) if symbols else cfg.active_symbols
     stats = CountingStats()
     provider = make_provider(cfg["provider"], stats=stats)
-    lock_conn = rt.pool.getconn()
+    if hasattr(provider, "universe"):  # the demo provider's grouped daily knows only these
+        provider.universe = tuple(dict.fromkeys(list(provider.universe) + syms))
+    # a connection of its own: the lock lives as long as it, also if the worker is killed
+    lock_conn = db.connect(rt.endpoints.database_url, autocommit=True)
     try:
-        lock_conn.autocommit = True
         got = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (BACKFILL_LOCK,)).fetchone()[0]
         if not got:
             raise LockBusy("another backfill is running; this one did not start")
-        try:
-            return _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now)
-        finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (BACKFILL_LOCK,))
+        return _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now)
     finally:
-        rt.pool.putconn(lock_conn)
+        lock_conn.close()
 
 
 def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now) -> dict:

@@ -65,8 +65,8 @@ class Bars:
         # reverse-stable unique keeps the last occurrence of each session
         rev = self.session[::-1]
         _, idx = np.unique(rev, return_index=True)
+        # np.unique orders by session, so ``keep`` is already in session order
         keep = (len(self) - 1 - idx)
-        keep.sort()
         return self.take(keep)
 
     def take(self, idx) -> "Bars":

@@ -1,0 +1,212 @@
+"""Polygon.io (also served as api.massive.com): the primary source.
+
+* Aggregates ``/v2/aggs/ticker/{T}/range/1/day/{from}/{to}`` with
+  ``adjusted=false`` (raw prices: the appliance applies splits itself),
+  ``sort=asc``, ``limit=50000``, following ``next_url`` until absent.
+* Grouped daily ``/v2/aggs/grouped/locale/us/market/stocks/{date}``: every
+  symbol of one session in one request.
+* Splits ``/v3/reference/splits`` (paginated, duplicates removed).
+
+``t`` is the Unix millisecond start of the bar (00:00 America/New_York for a
+daily bar). Dates are always taken in America/New_York: a timestamp late in
+the New York evening is already the next day in UTC.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterator, Mapping
+from urllib.parse import quote
+
+import numpy as np
+
+from ..calendar import local_dates
+from ..errors import ProviderAuthError, ProviderDataError, ProviderError
+from .base import Bars, Split
+from .http import HttpClient, redact_text
+
+DATA_STATUSES = ("OK", "DELAYED")
+MAX_PAGES = 10_000
+
+
+def _iso(d) -> str:
+    if isinstance(d, str):
+        return dt.date.fromisoformat(d).isoformat()
+    if isinstance(d, dt.datetime):
+        d = d.date()
+    if isinstance(d, np.datetime64):
+        d = d.astype("datetime64[D]").astype(dt.date)
+    return d.isoformat()
+
+
+def _as_date(d) -> dt.date:
+    return dt.date.fromisoformat(_iso(d))
+
+
+def _columns(results: list, where: str) -> tuple:
+    """(t_ms, o, h, l, c, v, vw, n) arrays from Polygon result objects."""
+    nan = float("nan")
+    try:
+        t = np.array([r["t"] for r in results], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProviderDataError(f"polygon: result without a usable timestamp 't' in {where}: {e}",
+                                url=where or None) from None
+
+    def col(key: str) -> np.ndarray:
+        return np.array([nan if (v := r.get(key)) is None else v for r in results],
+                        dtype=np.float64)
+
+    try:
+        cols = (col("o"), col("h"), col("l"), col("c"), col("v"), col("vw"))
+        n = np.array([-1 if (x := r.get("n")) is None else x for r in results], dtype=np.int64)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ProviderDataError(f"polygon: non-numeric value in {where}: {e}",
+                                url=where or None) from None
+    return (t, *cols, n)
+
+
+def bars_from_results(symbol: str, results: list, source: str = "polygon",
+                      where: str = "") -> Bars:
+    """Bars from Polygon result objects (``o h l c v t`` expected, ``vw n``
+    optional: NaN / -1). A result without ``t`` cannot be placed:
+    ProviderDataError. A missing price stays NaN for validation to flag."""
+    if not results:
+        return Bars.empty(symbol, source)
+    t, o, h, lo, c, v, vw, n = _columns(results, where)
+    session = local_dates(t // 1000, "America/New_York")
+    return Bars(symbol, session, o, h, lo, c, v, vw, n, source).sorted()
+
+
+class PolygonProvider:
+    name = "polygon"
+    label = "Polygon"
+    supports_grouped = True
+    split_adjusted = False
+
+    def __init__(self, api_key: str, base_url: str = "https://api.polygon.io",
+                 requests_per_minute: float = 5, timeout_seconds: float = 30,
+                 max_retries: int = 5, auth: str = "query", stats=None,
+                 client: HttpClient | None = None, max_retry_seconds: float = 120,
+                 limiter=None):
+        if not api_key:
+            raise ProviderAuthError("provider.polygon.api_key is empty: set POLYGON_API_KEY "
+                                    "(or provider.polygon.api_key in the config file)")
+        if auth not in ("query", "header"):
+            raise ProviderError(f"provider.polygon.auth must be 'query' or 'header', not {auth!r}",
+                                permanent=True)
+        self.api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.auth = auth
+        self.client = client or HttpClient(
+            "polygon", requests_per_minute, timeout_seconds=timeout_seconds,
+            max_retries=max_retries, max_retry_seconds=max_retry_seconds, stats=stats,
+            limiter=limiter)
+
+    @property
+    def stats(self):
+        return self.client.stats
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"PolygonProvider(base_url={self.base_url!r}, auth={self.auth!r})"
+
+    # -- requests ----------------------------------------------------------------
+    def _get(self, url: str, params: Mapping | None = None) -> dict:
+        params = dict(params or {})
+        headers = {}
+        if self.auth == "query":
+            params["apiKey"] = self.api_key
+        else:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        _, data = self.client.get_json(url, params=params, headers=headers,
+                                       redact=(self.api_key,))
+        shown = redact_text(url, (self.api_key,))
+        if not isinstance(data, dict):
+            raise ProviderDataError(f"polygon: expected a JSON object from {shown}, got "
+                                    f"{type(data).__name__}", url=shown)
+        status = data.get("status")
+        if status is not None and status not in DATA_STATUSES:
+            msg = data.get("error") or data.get("message") or ""
+            raise ProviderDataError(f"polygon: status {status!r} from {shown}: {msg}", url=shown)
+        return data
+
+    def _pages(self, url: str, params: Mapping) -> Iterator[dict]:
+        """The first page, then each ``next_url`` (the key re-added by ``_get``)."""
+        data = self._get(url, params)
+        yield data
+        pages = 1
+        while data.get("next_url"):
+            pages += 1
+            if pages > MAX_PAGES:
+                raise ProviderDataError(f"polygon: more than {MAX_PAGES} pages from "
+                                        f"{redact_text(url, (self.api_key,))}")
+            data = self._get(data["next_url"])
+            yield data
+
+    # -- the Provider interface -----------------------------------------------------
+    def daily_bars(self, symbol: str, start, end) -> Bars:
+        """Raw daily bars, ``start``..``end`` inclusive (America/New_York dates)."""
+        url = (f"{self.base_url}/v2/aggs/ticker/{quote(symbol, safe='.')}/range/1/day/"
+               f"{_iso(start)}/{_iso(end)}")
+        params = {"adjusted": "false", "sort": "asc", "limit": 50000}
+        results: list = []
+        for page in self._pages(url, params):
+            res = page.get("results")
+            if res:
+                results.extend(res)
+        bars = bars_from_results(symbol, results, "polygon", redact_text(url, (self.api_key,)))
+        if len(bars):
+            lo, hi = np.datetime64(_iso(start), "D"), np.datetime64(_iso(end), "D")
+            keep = (bars.session >= lo) & (bars.session <= hi)
+            if not keep.all():
+                bars = bars.take(np.nonzero(keep)[0])
+        return bars
+
+    def grouped_daily(self, session) -> dict[str, Bars]:
+        """Every symbol's raw bar for one session (empty on holidays/weekends).
+
+        Bars are dated with the requested session."""
+        day = _iso(session)
+        url = f"{self.base_url}/v2/aggs/grouped/locale/us/market/stocks/{day}"
+        data = self._get(url, {"adjusted": "false"})
+        results = [r for r in (data.get("results") or ()) if r.get("T")]
+        if not results:
+            return {}
+        _, o, h, lo, c, v, vw, n = _columns(results, redact_text(url, (self.api_key,)))
+        sess = np.full(1, np.datetime64(day, "D"))
+        out: dict[str, Bars] = {}
+        for i, r in enumerate(results):
+            j = slice(i, i + 1)
+            out[r["T"]] = Bars(r["T"], sess.copy(), o[j], h[j], lo[j], c[j], v[j], vw[j], n[j],
+                               "polygon")
+        return out
+
+    def splits(self, symbol: str, start=None, end=None) -> list[Split]:
+        """Splits of ``symbol`` (optionally within ``start``..``end``), deduplicated,
+        sorted by execution date; fractional ratios are kept as floats."""
+        url = f"{self.base_url}/v3/reference/splits"
+        params: dict = {"ticker": symbol, "limit": 1000}
+        if start is not None:
+            params["execution_date.gte"] = _iso(start)
+        if end is not None:
+            params["execution_date.lte"] = _iso(end)
+        seen: set[tuple] = set()
+        out: list[Split] = []
+        lo = _as_date(start) if start is not None else None
+        hi = _as_date(end) if end is not None else None
+        for page in self._pages(url, params):
+            for r in page.get("results") or ():
+                if r.get("ticker", symbol) != symbol:
+                    continue
+                try:
+                    d = dt.date.fromisoformat(r["execution_date"])
+                    f, t = float(r["split_from"]), float(r["split_to"])
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ProviderDataError(f"polygon: malformed split record {r!r}: {e}",
+                                            url=url) from None
+                if f <= 0 or t <= 0 or (lo and d < lo) or (hi and d > hi):
+                    continue
+                key = (d, f, t)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(Split(symbol, d, f, t))
+        out.sort(key=lambda s: (s.execution_date, s.split_from, s.split_to))
+        return out

@@ -1,0 +1,404 @@
+"""A loopback Polygon (Massive) server answering in the vendor's shapes.
+
+Data-driven: ``PolygonFake(bars, splits)`` where ``bars`` maps a symbol to a
+list of ``(date, o, h, l, c, v, vw, n)`` rows (``vw``/``n`` may be None and are
+then left out, as Polygon does) or to a columnar ``Bars``; ``splits`` are
+``Split`` objects or ``(symbol, date, split_from, split_to)`` tuples. Bars are
+raw; ``adjusted=true`` (Polygon's default) answers split-adjusted values.
+
+Endpoints: aggregates (real ``next_url`` pagination past ``page_size``
+results), grouped daily, splits (paginated past ``splits_page_size``). The
+key is checked (``apiKey`` or ``Authorization: Bearer``; 401 bodies as
+Polygon's), dates before ``plan_start`` get Polygon's 403 plan body, and the
+faults of ``FakeServer`` can be injected (see ``tests.fakes``).
+
+``make_truth(symbols, start, end, seed)`` builds realistic raw bars on XNYS
+sessions with one 4-for-1 split, for tests and benchmarks.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from appliance import calendar as tcal
+from appliance.providers.base import Bars, Split
+
+from . import FakeServer, Response
+
+BODY_401_UNKNOWN = "Unknown API Key"
+BODY_401_MISSING = "API Key was not provided"
+BODY_403_PLAN = ("Your plan doesn't include this data timeframe. Please upgrade your plan at "
+                 "https://polygon.io/pricing")
+BODY_429 = ("You've exceeded the maximum requests per minute, please wait or upgrade your "
+            "subscription to continue. https://polygon.io/pricing")
+NY = "America/New_York"
+
+
+def _d64(x) -> np.datetime64:
+    if isinstance(x, dt.datetime):
+        x = x.date()
+    return np.datetime64(x, "D")
+
+
+def _num(x: float):
+    """Integral floats as ints (``135647456``), others as round-trip floats."""
+    f = float(x)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+def _as_bars(symbol: str, data) -> Bars:
+    if isinstance(data, Bars):
+        return data.sorted()
+    return Bars.from_rows(symbol, data, "truth")
+
+
+def _as_split(s) -> Split:
+    if isinstance(s, Split):
+        return s
+    sym, d, fr, to = s
+    if isinstance(d, str):
+        d = dt.date.fromisoformat(d)
+    return Split(sym, d, float(fr), float(to))
+
+
+@dataclass
+class Truth:
+    """What the fake serves: ``bars`` symbol -> raw ``Bars``; ``splits``."""
+
+    bars: dict[str, Bars]
+    splits: list[Split]
+
+    def __iter__(self):  # ``bars, splits = make_truth(...)``
+        return iter((self.bars, self.splits))
+
+    def rows(self, symbol: str) -> list[tuple]:
+        b = self.bars[symbol]
+        return [(d, o, h, lo, c, v, None if np.isnan(vw) else vw, None if n < 0 else n)
+                for d, o, h, lo, c, v, vw, n in zip(
+                    b.session.astype(dt.date).tolist(), b.open.tolist(), b.high.tolist(),
+                    b.low.tolist(), b.close.tolist(), b.volume.tolist(), b.vwap.tolist(),
+                    b.trades.tolist())]
+
+    @property
+    def n_candles(self) -> int:
+        return sum(len(b) for b in self.bars.values())
+
+
+def make_truth(symbols: Iterable[str], start, end, seed: int = 7, *,
+               split_symbol: str | None = None, split_date=None, split_to: float = 4.0,
+               calendar: str = "XNYS") -> Truth:
+    """Realistic raw daily bars on the calendar's sessions in ``start``..``end``.
+
+    Prices have 4 decimals (like Polygon), volumes are integers, ``vw`` lies
+    within the bar and ``n`` is a trade count. ``split_symbol`` (default: the
+    first symbol) gets a ``split_to``-for-1 split on ``split_date`` (default:
+    the middle session): raw prices drop by the ratio that session."""
+    symbols = list(symbols)
+    sess = tcal.sessions(calendar, start, end)
+    n = len(sess)
+    out: dict[str, Bars] = {}
+    splits: list[Split] = []
+    if symbols and n:
+        split_symbol = split_symbol or symbols[0]
+        if split_date is None:
+            split_date = sess[n // 2].astype(dt.date)
+        split_date = _d64(split_date).astype(dt.date)
+        splits.append(Split(split_symbol, split_date, 1.0, float(split_to)))
+    for sym in symbols:
+        rng = np.random.default_rng([seed, zlib.crc32(sym.encode())])
+        sigma = rng.uniform(0.01, 0.025)
+        p0 = float(np.exp(rng.uniform(np.log(10), np.log(300))))
+        ret = rng.standard_normal(n) * sigma + rng.uniform(-0.0002, 0.0006)
+        close = p0 * np.exp(np.cumsum(ret))
+        prev = np.concatenate([[p0], close[:-1]])
+        opn = prev * np.exp(rng.standard_normal(n) * sigma * 0.3)
+        wick = np.abs(rng.standard_normal((2, n))) * sigma * 0.5
+        high = np.maximum(opn, close) * np.exp(wick[0])
+        low = np.minimum(opn, close) * np.exp(-wick[1])
+        vol = np.exp(rng.normal(np.log(rng.uniform(5e5, 5e7)), 0.4, n))
+        factor = np.ones(n)
+        for s in splits:
+            if s.symbol == sym:
+                factor[sess < _d64(s.execution_date)] *= s.split_to / s.split_from
+        o = np.round(opn * factor, 4)
+        c = np.round(close * factor, 4)
+        h = np.maximum(np.round(high * factor, 4), np.maximum(o, c))
+        lo = np.minimum(np.round(low * factor, 4), np.minimum(o, c))
+        v = np.round(vol / factor)
+        w = rng.uniform(0.3, 0.7, n)
+        vw = np.round(lo + (h - lo) * w, 4)
+        trades = np.maximum(1, v // rng.integers(50, 400, n)).astype(np.int64)
+        out[sym] = Bars(sym, sess.copy(), o, h, lo, c, v, vw, trades, "truth")
+    return Truth(out, splits)
+
+
+def _b64(obj: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _unb64(s: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)))
+
+
+class PolygonFake(FakeServer):
+    """See the module docstring. ``requests`` counts per path; ``log`` lists
+    ``(path, query, status, fault)``."""
+
+    def __init__(self, bars: Mapping | None = None, splits: Iterable = (), *,
+                 api_key: str | None = "test-key", page_size: int = 50000,
+                 splits_page_size: int = 1000, plan_start=None, status: str = "OK",
+                 requests_per_minute: float | None = None, clock=time.monotonic, **fault_kw):
+        super().__init__(**fault_kw)
+        self.api_key = api_key
+        self.page_size = int(page_size)
+        self.splits_page_size = int(splits_page_size)
+        self.plan_start = _d64(plan_start) if plan_start is not None else None
+        self.status = status
+        self.requests_per_minute = requests_per_minute
+        self.clock = clock
+        self._times: list[float] = []
+        self.rate_limited = 0
+        self._data: dict[str, Bars] = {}
+        self._t_ms: dict[str, np.ndarray] = {}
+        self._splits: list[Split] = [_as_split(s) for s in splits]
+        self._dlock = threading.Lock()
+        for sym, rows in (bars or {}).items():
+            self.set_bars(sym, rows)
+
+    # -- data ---------------------------------------------------------------------
+    def set_bars(self, symbol: str, rows) -> None:
+        """Replace a symbol's bars (e.g. to simulate a vendor revision)."""
+        b = _as_bars(symbol, rows)
+        t = tcal.local_time_epochs(b.session, 0, NY) * 1000
+        with self._dlock:
+            self._data[symbol] = b
+            self._t_ms[symbol] = t
+
+    def add_split(self, split) -> None:
+        with self._dlock:
+            self._splits.append(_as_split(split))
+
+    def _factor(self, symbol: str, sess: np.ndarray) -> np.ndarray:
+        f = np.ones(len(sess))
+        for s in self._splits:
+            if s.symbol == symbol:
+                f[sess < _d64(s.execution_date)] *= s.ratio
+        return f
+
+    # -- responses ------------------------------------------------------------------------
+    def fault_response(self, kind, n):
+        rid = self.request_id(n)
+        if kind == "429":
+            return Response(429, {"status": "ERROR", "request_id": rid, "error": BODY_429})
+        if kind == "500":
+            return Response(500, {"status": "ERROR", "request_id": rid,
+                                  "error": "Internal Server Error"})
+        if kind == "502":
+            return Response(502, "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n"
+                                 "<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
+                                 "</body>\r\n</html>\r\n", {"Content-Type": "text/html"})
+        if kind == "503":
+            return Response(503, "upstream connect error or disconnect/reset before headers. "
+                                 "reset reason: connection failure",
+                            {"Content-Type": "text/plain"})
+        return None
+
+    def _auth(self, query: dict, headers, rid: str) -> Response | None:
+        if self.api_key is None:
+            return None
+        key = query.get("apiKey")
+        auth = headers.get("Authorization") or ""
+        if key is None and auth.startswith("Bearer "):
+            key = auth[len("Bearer "):]
+        if not key:
+            return Response(401, {"status": "ERROR", "request_id": rid, "error": BODY_401_MISSING})
+        if key != self.api_key:
+            return Response(401, {"status": "ERROR", "request_id": rid, "error": BODY_401_UNKNOWN})
+        return None
+
+    def _rate_limit(self, rid: str) -> Response | None:
+        if not self.requests_per_minute:
+            return None
+        now = self.clock()
+        with self._lock:
+            self._times = [t for t in self._times if now - t < 60.0]
+            if len(self._times) >= self.requests_per_minute:
+                self.rate_limited += 1
+                return Response(429, {"status": "ERROR", "request_id": rid, "error": BODY_429})
+            self._times.append(now)
+        return None
+
+    def _forbidden(self, rid: str) -> Response:
+        return Response(403, {"status": "NOT_AUTHORIZED", "request_id": rid, "message": BODY_403_PLAN})
+
+    def route(self, path, query, headers, fault, n):
+        rid = self.request_id(n)
+        resp = self._auth(query, headers, rid) or self._rate_limit(rid)
+        if resp is not None:
+            return resp
+        parts = path.strip("/").split("/")
+        if len(parts) == 9 and parts[:2] == ["v2", "aggs"] and parts[2] == "ticker" \
+                and parts[4] == "range":
+            return self._aggs(parts[3], parts[5], parts[6], parts[7], parts[8], query, fault, rid)
+        if len(parts) == 8 and parts[:7] == ["v2", "aggs", "grouped", "locale", "us", "market",
+                                             "stocks"]:
+            return self._grouped(parts[7], query, rid)
+        if path.rstrip("/") == "/v3/reference/splits":
+            return self._splits_page(query, rid)
+        return Response(404, {"status": "NOT_FOUND", "request_id": rid,
+                              "message": "Not found: " + path})
+
+    @staticmethod
+    def _parse_when(s: str) -> np.datetime64:
+        if s.isdigit():  # a millisecond timestamp (as in next_url)
+            return tcal.local_dates(np.array([int(s) // 1000]), NY)[0]
+        return np.datetime64(dt.date.fromisoformat(s), "D")
+
+    def _aggs(self, ticker, mult, span, frm, to, query, fault, rid):
+        try:
+            lo, hi = self._parse_when(frm), self._parse_when(to)
+        except ValueError:
+            return Response(400, {"status": "ERROR", "request_id": rid,
+                                  "error": "Could not parse the time parameter: 'from'."})
+        if mult != "1" or span != "day":
+            return Response(400, {"status": "ERROR", "request_id": rid,
+                                  "error": "this fake serves 1/day aggregates only"})
+        opts = {"adjusted": query.get("adjusted", "true"), "sort": query.get("sort", "asc"),
+                "limit": query.get("limit", "5000")}
+        if "cursor" in query:
+            opts.update(_unb64(query["cursor"]))
+        if self.plan_start is not None and lo < self.plan_start:
+            return self._forbidden(rid)
+        adjusted = str(opts["adjusted"]).lower() != "false"
+        limit = max(1, min(int(opts["limit"]), 50000, self.page_size))
+        with self._dlock:
+            b = self._data.get(ticker)
+            t_all = self._t_ms.get(ticker)
+        head = {"ticker": ticker}
+        results = []
+        next_url = None
+        if b is not None and len(b):
+            a = int(np.searchsorted(b.session, lo, side="left"))
+            z = int(np.searchsorted(b.session, hi, side="right"))
+            if opts["sort"] == "desc":
+                idx = np.arange(z - 1, a - 1, -1)
+            else:
+                idx = np.arange(a, z)
+            if fault == "empty_page" and len(idx):
+                page, rest = idx[:0], idx
+            else:
+                page, rest = idx[:limit], idx[limit:]
+            if len(rest):
+                nxt = int(t_all[rest[0]])
+                if opts["sort"] == "desc":
+                    frm2, to2 = frm, str(nxt)
+                else:
+                    frm2, to2 = str(nxt), to
+                cursor = _b64({"adjusted": "true" if adjusted else "false", "sort": opts["sort"],
+                               "limit": str(opts["limit"])})
+                next_url = (f"{self.base_url}/v2/aggs/ticker/{ticker}/range/1/day/{frm2}/{to2}"
+                            f"?cursor={cursor}")
+            if len(page):
+                f = self._factor(ticker, b.session[page]) if adjusted else np.ones(len(page))
+                results = self._results(b, t_all, page, f)
+        body = {**head, "queryCount": len(results), "resultsCount": len(results),
+                "adjusted": adjusted}
+        if results:
+            body["results"] = results
+        body.update({"status": self.status, "request_id": rid, "count": len(results)})
+        if next_url:
+            body["next_url"] = next_url
+        return Response(200, body)
+
+    @staticmethod
+    def _results(b: Bars, t_all, idx, factor, symbol: str | None = None,
+                 t_override: np.ndarray | None = None) -> list[dict]:
+        o = (b.open[idx] * factor).tolist()
+        h = (b.high[idx] * factor).tolist()
+        lo = (b.low[idx] * factor).tolist()
+        c = (b.close[idx] * factor).tolist()
+        vw = (b.vwap[idx] * factor).tolist()
+        v = (b.volume[idx] / factor).tolist()
+        n = b.trades[idx].tolist()
+        t = (t_all[idx] if t_override is None else t_override).tolist()
+        out = []
+        for i in range(len(o)):
+            r = {"T": symbol} if symbol else {}
+            r["v"] = _num(v[i])
+            if vw[i] == vw[i]:  # not NaN
+                r["vw"] = vw[i]
+            r["o"], r["c"], r["h"], r["l"], r["t"] = o[i], c[i], h[i], lo[i], t[i]
+            if n[i] >= 0:
+                r["n"] = n[i]
+            out.append(r)
+        return out
+
+    def _grouped(self, date_s, query, rid):
+        try:
+            day = np.datetime64(dt.date.fromisoformat(date_s), "D")
+        except ValueError:
+            return Response(400, {"status": "ERROR", "request_id": rid,
+                                  "error": "Could not parse the date parameter."})
+        if self.plan_start is not None and day < self.plan_start:
+            return self._forbidden(rid)
+        adjusted = query.get("adjusted", "true").lower() != "false"
+        t_close = tcal.local_time_epochs(np.array([day]), 16 * 3600, NY) * 1000
+        results = []
+        with self._dlock:
+            items = list(self._data.items())
+            t_map = dict(self._t_ms)
+        for sym, b in items:
+            i = int(np.searchsorted(b.session, day))
+            if i < len(b) and b.session[i] == day:
+                idx = np.array([i])
+                f = self._factor(sym, b.session[idx]) if adjusted else np.ones(1)
+                results.extend(self._results(b, t_map[sym], idx, f, symbol=sym,
+                                             t_override=t_close))
+        body = {"queryCount": len(results), "resultsCount": len(results), "adjusted": adjusted}
+        if results:
+            body["results"] = results
+        body.update({"status": self.status, "request_id": rid, "count": len(results)})
+        return Response(200, body)
+
+    def _splits_page(self, query, rid):
+        if "cursor" in query:
+            q = _unb64(query["cursor"])
+        else:
+            q = {k: query[k] for k in ("ticker", "execution_date.gte", "execution_date.lte",
+                                       "limit", "order") if k in query}
+            q["offset"] = 0
+        with self._dlock:
+            rows = list(self._splits)
+        if q.get("ticker"):
+            rows = [s for s in rows if s.symbol == q["ticker"]]
+        if q.get("execution_date.gte"):
+            g = dt.date.fromisoformat(q["execution_date.gte"])
+            rows = [s for s in rows if s.execution_date >= g]
+        if q.get("execution_date.lte"):
+            le = dt.date.fromisoformat(q["execution_date.lte"])
+            rows = [s for s in rows if s.execution_date <= le]
+        rows.sort(key=lambda s: s.execution_date, reverse=q.get("order", "desc") != "asc")
+        limit = max(1, min(int(q.get("limit", 10)), 1000, self.splits_page_size))
+        off = int(q.get("offset", 0))
+        page = rows[off:off + limit]
+        results = []
+        for s in page:
+            sid = hashlib.sha256(f"{s.symbol}{s.execution_date}{s.split_from}{s.split_to}{off}"
+                                 .encode()).hexdigest()
+            results.append({"execution_date": s.execution_date.isoformat(), "id": "E" + sid,
+                            "split_from": _num(s.split_from), "split_to": _num(s.split_to),
+                            "ticker": s.symbol})
+        body = {"results": results, "status": "OK", "request_id": rid}
+        if off + limit < len(rows):
+            q2 = dict(q, offset=off + limit)
+            body["next_url"] = f"{self.base_url}/v3/reference/splits?cursor={_b64(q2)}"
+        return Response(200, body)
