@@ -24,6 +24,9 @@ TIMEFRAME = "1d"
 _STAGE_COLS = ("symbol", "session", "open", "high", "low", "close", "volume", "vwap", "trades",
                "source", "validated", "quality_score", "issues", "gap_detected", "gap_kind",
                "gap_pct")
+_DIRECT_COLS = ("symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "vwap",
+                "trades", "source", "validated", "quality_score", "issues", "gap_detected",
+                "gap_kind", "gap_pct")
 _VALUE_COLS = ("open", "high", "low", "close", "volume", "vwap", "trades", "source", "validated",
                "quality_score", "issues", "gap_detected", "gap_kind", "gap_pct")
 _PRICE_COLS = ("open", "high", "low", "close", "volume", "vwap", "trades")
@@ -46,8 +49,10 @@ def _fmt_float_col(a: np.ndarray) -> list[str]:
     return res
 
 
-def copy_text(bars, checked, *, issues_of) -> bytes:
-    """The staging COPY payload (text format) for one symbol's bars."""
+def copy_text(bars, checked, *, issues_of, direct: bool = False) -> bytes:
+    """The COPY payload (text format) for one symbol's bars: staging columns
+    (``_STAGE_COLS``), or with ``direct`` the columns of market_data itself
+    (``_DIRECT_COLS``: bar start as a New York midnight, timeframe 1d)."""
     n = len(bars)
     if n == 0:
         return b""
@@ -64,6 +69,8 @@ def copy_text(bars, checked, *, issues_of) -> bytes:
     kinds = ["\\N" if k is None else str(k) for k in checked.gap_kind.tolist()]
     gpct = _fmt_float_col(np.asarray(checked.gap_pct, dtype=np.float64))
     src = bars.source
+    if direct:
+        sess = [f"1d\t{d} 00:00 America/New_York" for d in sess]
     lines = [f"{sym}\t{sess[i]}\t{o[i]}\t{h[i]}\t{l[i]}\t{c[i]}\t{v[i]}\t{vw[i]}\t{tr[i]}\t{src}\t"
              f"{valid[i]}\t{score[i]}\t{issues[i]}\t{gap[i]}\t{kinds[i]}\t{gpct[i]}\n"
              for i in range(n)]
@@ -84,9 +91,10 @@ def ensure_partitions_for(conn, first: dt.date, last: dt.date) -> None:
     db.ensure_partitions(conn, first.year, last.year)
 
 
-def upsert_bars(conn, payload: bytes, *, first: dt.date, last: dt.date,
+def upsert_bars(conn, payload: bytes, *, symbol: str, first: dt.date, last: dt.date,
                 run_id: int | None = None, timeframe: str = TIMEFRAME) -> dict:
-    """COPY ``payload`` (from ``copy_text``) into staging, then one upsert.
+    """COPY ``payload`` (from ``copy_text``, one symbol's bars) into staging,
+    then one upsert.
 
     Idempotent: an unchanged bar is not rewritten. A changed price or volume is
     recorded in ``revisions`` with the old and new values. Returns counts
@@ -102,6 +110,9 @@ def upsert_bars(conn, payload: bytes, *, first: dt.date, last: dt.date,
         cur.execute("TRUNCATE md_stage")
         with cur.copy(f"COPY md_stage ({', '.join(_STAGE_COLS)}) FROM STDIN") as cp:
             cp.write(payload)
+        # the planner knows nothing of a fresh temp table: without this it may scan
+        # all of market_data instead of probing its primary key
+        cur.execute("ANALYZE md_stage")
         n_stage = cur.execute("SELECT count(*) FROM md_stage").fetchone()[0]
         # one join finds both the bars that exist already and those the vendor revised
         existing, revised = cur.execute(
@@ -112,7 +123,10 @@ def upsert_bars(conn, payload: bytes, *, first: dt.date, last: dt.date,
                         m.open, m.high, m.low, m.close, m.volume, m.vwap, m.trades, m.source
                  FROM md_stage s
                  JOIN market_data m ON m.symbol = s.symbol AND m.timeframe = %(tf)s
-                      AND m.ts = (s.session::timestamp AT TIME ZONE 'America/New_York')),
+                      AND m.ts = (s.session::timestamp AT TIME ZONE 'America/New_York')
+                 WHERE m.symbol = %(symbol)s
+                   AND m.ts >= (%(first)s::date::timestamp AT TIME ZONE 'America/New_York')
+                   AND m.ts < ((%(last)s::date + 1)::timestamp AT TIME ZONE 'America/New_York')),
                rev AS (
                  INSERT INTO revisions (symbol, timeframe, ts, old, new, run_id)
                  SELECT symbol, timeframe, ts,
@@ -128,7 +142,8 @@ def upsert_bars(conn, payload: bytes, *, first: dt.date, last: dt.date,
                        IS DISTINCT FROM (s_open, s_high, s_low, s_close, s_volume)
                  RETURNING 1)
                SELECT (SELECT count(*) FROM j), (SELECT count(*) FROM rev)""",
-            {"run": run_id, "tf": timeframe}).fetchone()
+            {"run": run_id, "tf": timeframe, "first": first, "last": last,
+             "symbol": symbol}).fetchone()
         cur.execute(
             f"""INSERT INTO market_data (symbol, timeframe, ts, {', '.join(_VALUE_COLS)})
                SELECT symbol, %(tf)s, (session::timestamp AT TIME ZONE 'America/New_York'),
@@ -143,6 +158,41 @@ def upsert_bars(conn, payload: bytes, *, first: dt.date, last: dt.date,
         affected = cur.rowcount
     inserted = n_stage - existing
     return {"inserted": inserted, "updated": affected - inserted, "revised": revised}
+
+
+def write_bars(conn, bars, checked, *, issues_of, run_id: int | None = None) -> dict:
+    """Store one symbol's validated bars; returns ``{"inserted", "updated", "revised"}``.
+
+    When none of the bars' sessions is stored yet (a new symbol, a first
+    backfill) the rows are COPY'd straight into market_data; otherwise they go
+    through staging and one upsert that records revisions.
+    """
+    if len(bars) == 0:
+        return {"inserted": 0, "updated": 0, "revised": 0}
+    first = bars.session[0].astype(object)
+    last = bars.session[-1].astype(object)
+    if conn.autocommit:
+        raise RuntimeError("write_bars needs a connection inside a transaction")
+    ensure_partitions_for(conn, first, last)
+    overlap = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM market_data WHERE symbol = %s AND timeframe = %s
+             AND ts >= (%s::date::timestamp AT TIME ZONE 'America/New_York')
+             AND ts < ((%s::date + 1)::timestamp AT TIME ZONE 'America/New_York'))""",
+        (bars.symbol, TIMEFRAME, first, last)).fetchone()[0]
+    if not overlap:
+        payload = copy_text(bars, checked, issues_of=issues_of, direct=True)
+        try:
+            with conn.transaction():  # a savepoint: a race falls back to the upsert
+                with conn.cursor() as cur:
+                    with cur.copy(f"COPY market_data ({', '.join(_DIRECT_COLS)}) FROM STDIN") as cp:
+                        cp.write(payload)
+            return {"inserted": len(bars), "updated": 0, "revised": 0}
+        except Exception as e:  # noqa: BLE001
+            import psycopg
+            if not isinstance(e, psycopg.errors.UniqueViolation):
+                raise
+    payload = copy_text(bars, checked, issues_of=issues_of)
+    return upsert_bars(conn, payload, symbol=bars.symbol, first=first, last=last, run_id=run_id)
 
 
 def last_close_before(conn, symbol: str, session: dt.date, timeframe: str = TIMEFRAME):
@@ -342,18 +392,40 @@ def sync_symbols(conn, specs) -> dict:
 # --------------------------------------------------------------------------- reading candles
 
 def _historical_select(adjusted: bool, include_invalid: bool) -> str:
-    factor = ("""coalesce((SELECT exp(sum(ln(sp.split_from / sp.split_to))) FROM splits sp
-                           WHERE sp.symbol = m.symbol
-                             AND sp.execution_date > (m.ts AT TIME ZONE 'America/New_York')::date),
-                          1.0)""" if adjusted else "1.0")
+    """Candles of one symbol between two session dates (both inclusive).
+
+    Unadjusted prices are the stored values, untouched. Adjusted prices are
+    ``price * k`` and volume ``volume / k``, where ``k`` is the product of
+    ``split_from / split_to`` of every stored split executed after the bar, the
+    product taken from the latest split backwards (one multiplication per
+    split, no logarithms, so that a single 4-for-1 split gives exactly
+    ``price * 0.25``). Parameters: symbol, tf, start, end, limit.
+    """
+    if adjusted:
+        with_ = """WITH RECURSIVE sp AS (
+              SELECT execution_date, split_from / split_to AS r,
+                     row_number() OVER (ORDER BY execution_date DESC) AS n
+              FROM splits WHERE symbol = %(symbol)s AND split_from > 0 AND split_to > 0),
+            cum AS (SELECT n, execution_date, r AS k FROM sp WHERE n = 1
+                    UNION ALL
+                    SELECT sp.n, sp.execution_date, cum.k * sp.r
+                    FROM cum JOIN sp ON sp.n = cum.n + 1)"""
+        factor = """CROSS JOIN LATERAL (SELECT coalesce(
+              (SELECT c.k FROM cum c
+               WHERE c.execution_date > (m.ts AT TIME ZONE 'America/New_York')::date
+               ORDER BY c.execution_date LIMIT 1), 1.0) AS k) f"""
+        cols = """m.open * f.k AS open, m.high * f.k AS high, m.low * f.k AS low,
+               m.close * f.k AS close, m.volume / f.k AS volume, m.vwap * f.k AS vwap"""
+    else:
+        with_, factor = "", ""
+        cols = "m.open, m.high, m.low, m.close, m.volume, m.vwap"
     valid = "" if include_invalid else "AND m.validated"
-    return f"""
+    return f"""{with_}
         SELECT (m.ts AT TIME ZONE 'America/New_York')::date AS time,
-               m.open * f.k AS open, m.high * f.k AS high, m.low * f.k AS low,
-               m.close * f.k AS close, m.volume / f.k AS volume, m.vwap * f.k AS vwap,
+               {cols},
                m.trades, m.validated, m.quality_score, m.gap_detected, m.gap_kind, m.source,
                m.issues
-        FROM market_data m CROSS JOIN LATERAL (SELECT {factor} AS k) f
+        FROM market_data m {factor}
         WHERE m.symbol = %(symbol)s AND m.timeframe = %(tf)s
           AND m.ts >= (%(start)s::date::timestamp AT TIME ZONE 'America/New_York')
           AND m.ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE 'America/New_York')
@@ -362,24 +434,43 @@ def _historical_select(adjusted: bool, include_invalid: bool) -> str:
         LIMIT %(limit)s"""
 
 
+def _finite(col: str) -> str:
+    """NULL for NaN/Infinity: JSON has no such numbers."""
+    return f"CASE WHEN {col} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE {col} END"
+
+
 def historical_json_sql(adjusted: bool, include_invalid: bool) -> str:
     """SQL returning one JSON text per candle, in the API's field order.
 
-    PostgreSQL encodes float8 with the shortest exact representation, so a
-    price comes back exactly as the vendor sent it.
+    PostgreSQL prints float8 with the shortest text that reads back as the
+    same double, so a price comes back exactly as the vendor sent it.
     """
     inner = _historical_select(adjusted, include_invalid)
-    return f"""SELECT json_build_object('time', time, 'open', open, 'high', high, 'low', low,
-                   'close', close, 'volume', volume, 'vwap', vwap, 'validated', validated,
-                   'quality_score', quality_score, 'gap_detected', gap_detected,
+    f = _finite
+    return f"""SELECT json_build_object('time', time, 'open', {f('open')}, 'high', {f('high')},
+                   'low', {f('low')}, 'close', {f('close')}, 'volume', {f('volume')},
+                   'vwap', {f('vwap')}, 'validated', validated,
+                   'quality_score', {f('quality_score')}, 'gap_detected', gap_detected,
                    'gap_kind', gap_kind, 'source', source)::text
                FROM ({inner}) q"""
 
 
+def _csv_text(col: str) -> str:
+    """A text column as a CSV field: quoted only when it needs to be."""
+    return (f"""CASE WHEN {col} ~ E'[",\\r\\n]' THEN '"' || replace({col}, '"', '""') || '"' """
+            f"ELSE {col} END")
+
+
 def historical_csv_sql(adjusted: bool, include_invalid: bool) -> str:
+    """SQL returning one CSV line (with its newline) per candle, columns as in
+    ``HISTORICAL_CSV_HEADER``; booleans ``true``/``false``, NULL as empty."""
     inner = _historical_select(adjusted, include_invalid)
-    return f"""SELECT time, open, high, low, close, volume, vwap, validated, quality_score,
-                      gap_detected, gap_kind, source FROM ({inner}) q"""
+    b = "CASE WHEN {0} THEN 'true' ELSE 'false' END".format
+    return f"""SELECT format(E'%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s\\n',
+                      time, open, high, low, close, volume, vwap, {b('validated')},
+                      quality_score, {b('gap_detected')}, {_csv_text('gap_kind')},
+                      {_csv_text('source')})
+               FROM ({inner}) q"""
 
 
 HISTORICAL_CSV_HEADER = ("time", "open", "high", "low", "close", "volume", "vwap", "validated",

@@ -36,20 +36,22 @@ class CountingStats:
     PostgreSQL so every process's counts show in /metrics."""
 
     def __init__(self):
-        self._c: Counter = Counter()
+        self._c: Counter = Counter()       # not yet flushed
+        self._all: Counter = Counter()     # since this run started
         self._lock = threading.Lock()
 
     def incr(self, provider: str, kind: str, label: str) -> None:
         with self._lock:
             self._c[(provider, kind, str(label))] += 1
+            self._all[(provider, kind, str(label))] += 1
 
     def total(self, kind: str) -> int:
         with self._lock:
-            return sum(n for (p, k, _), n in self._c.items() if k == kind)
+            return sum(n for (p, k, _), n in self._all.items() if k == kind)
 
     def snapshot(self) -> dict:
         with self._lock:
-            return dict(self._c)
+            return dict(self._all)
 
     def flush(self, conn) -> None:
         with self._lock:
@@ -268,8 +270,7 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
-        payload = store.copy_text(bars, checked, issues_of=quality.issues_of)
-        res = store.upsert_bars(conn, payload, first=first, last=last, run_id=run_id)
+        res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
         store.checkpoint(conn, p.symbol, last, run_id)
         out.update(res)
         out["rejected"] += int((~checked.valid).sum())
