@@ -73,6 +73,9 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
         raise ServiceError(f"embedded PostgreSQL in {pgdata} is not running")
     try:
         import pgserver
+        from pgserver.postgres_server import PostgresServer
+        if info is None:  # pgserver caches handles per folder: a stopped server's must go
+            PostgresServer._instances.pop(pgdata.resolve(), None)
         srv = pgserver.get_server(pgdata, cleanup_mode=None)
     except subprocess.CalledProcessError as e:
         logtail = _tail(pgdata / "log")

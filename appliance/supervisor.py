@@ -46,8 +46,11 @@ def _spawn(role: str, cfg) -> subprocess.Popen:
 def run_up(cfg, *, initial_backfill: bool = True) -> int:
     from .runtime import Runtime
 
+    from .web.server import check_bind
+
     t0 = time.monotonic()
     try:
+        check_bind(cfg["server"]["bind"])
         ep = services.resolve(cfg)
     except ApplianceError as e:
         log.error("%s", e.message)

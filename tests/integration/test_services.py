@@ -1,0 +1,135 @@
+"""The embedded services and `appliance up`, as real processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from appliance import services
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def short_dir():
+    import shutil
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="appl-s-", dir="/tmp"))
+    yield d
+    services.stop_embedded_redis(d)
+    services.stop_embedded_postgres(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_embedded_postgres_keeps_its_data_across_restarts(short_dir):
+    url = services.embedded_postgres(short_dir)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE TABLE kept (x int)")
+        c.execute("INSERT INTO kept VALUES (42)")
+    services.stop_embedded_postgres(short_dir)
+    url = services.embedded_postgres(short_dir)
+    with psycopg.connect(url) as c:
+        assert c.execute("SELECT x FROM kept").fetchone() == (42,)
+
+
+def test_embedded_postgres_recovers_after_being_killed(short_dir):
+    services.embedded_postgres(short_dir)
+    pid = int((short_dir / "pg" / "postmaster.pid").read_text().splitlines()[0])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    assert (short_dir / "pg" / "postmaster.pid").exists()  # stale pid file left behind
+    url = services.embedded_postgres(short_dir)
+    with psycopg.connect(url) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_embedded_redis_keeps_its_data_across_restarts(short_dir):
+    import redis
+    url = services.embedded_redis(short_dir)
+    redis.Redis.from_url(url).set("k", "v")
+    services.stop_embedded_redis(short_dir)
+    url = services.embedded_redis(short_dir)
+    assert redis.Redis.from_url(url).get("k") == b"v"
+
+
+def _write_cfg(d: Path, port: int, **extra) -> Path:
+    cfg = {"data_dir": str(d / "var"), "server": {"bind": f"127.0.0.1:{port}", "workers": 1},
+           "symbols": ["AAPL", "MSFT"], "history": {"start": "2025-06-02"},
+           "backup": {"path": str(d / "backups")}, **extra}
+    p = d / "appliance.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _get(url: str, timeout: float = 2):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, json.loads(r.read())
+
+
+def test_serve_refuses_a_port_in_use_with_a_clear_message(short_dir):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    try:
+        cfg = _write_cfg(short_dir, port)
+        r = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up"],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        s.close()
+    assert r.returncode == 1
+    assert f"server.bind 127.0.0.1:{port} is already in use" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_up_serves_with_embedded_services_and_stops_cleanly_on_sigterm(short_dir):
+    port = _free_port()
+    cfg = _write_cfg(short_dir, port)
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        body = None
+        while time.monotonic() < deadline:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/health")
+                if body.get("latest_data"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert body is not None, "never served /health"
+        assert body["database"] == "ok" and body["redis"] == "ok"
+        assert body["latest_data"] is not None, "the initial backfill did not store data"
+        status, st = _get(f"http://127.0.0.1:{port}/api/v1/status")
+        assert st["database"]["symbols_available"] == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert "appliance stopped" in out
+    # the embedded servers stopped with it
+    assert services._postmaster_info(short_dir / "var" / "pg") is None
+    assert not services._redis_alive(f"unix://{short_dir}/var/redis/redis.sock")
