@@ -42,6 +42,7 @@ def _runtime(ctx, **kw):
     try:
         rt = Runtime(cfg, **kw)
         rt.adopt_running_config()
+        ctx.call_on_close(rt.close)
         return rt
     except ApplianceError as e:
         click.echo(f"error: {e.message}", err=True)
@@ -107,6 +108,16 @@ def check_config(ctx, path, show_diff):
 def reload(ctx):
     """Validate appliance.yaml and make it the running config of every process."""
     from . import reload as reload_mod
+    path = _config_path(ctx)
+    try:
+        load_config(path)
+    except ConfigError as e:
+        for line in e.errors:
+            click.echo(line, err=True)
+        click.echo("reload refused; the running config is unchanged", err=True)
+        reload_mod.record_refused_from_broken_file(path, e.errors, source="cli",
+                                                   actor=os.environ.get("USER"))
+        sys.exit(1)
     rt = _runtime(ctx)
     res = reload_mod.reload_config(rt, source="cli", actor=os.environ.get("USER"))
     if not res["ok"]:

@@ -506,6 +506,32 @@ def _semantic_checks(d: dict, ctx: _Ctx, base: Path) -> None:
     absolutize(d["provider"]["csv"], "path", ("provider", "csv", "path"))
 
 
+def salvage_connection_settings(path, env: Mapping[str, str] | None = None) -> Config:
+    """A config holding only the connection settings of a file that does not
+    validate: ``database``, ``redis`` and ``data_dir`` as far as they can be
+    read (interpolated leniently), defaults for everything else. Used to
+    record a refused reload; never for running anything."""
+    env = os.environ if env is None else env
+    p = Path(path)
+    picked: dict = {}
+    try:
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
+    except Exception:  # noqa: BLE001 - broken YAML: defaults only
+        raw = None
+    if isinstance(raw, dict):
+        ctx = _Ctx(str(p), {}, [])
+        for key in ("database", "redis", "data_dir"):
+            val = raw.get(key)
+            if key == "data_dir" and isinstance(val, str):
+                picked[key] = _interpolate(val, (key,), env, ctx)
+            elif isinstance(val, dict) and isinstance(val.get("url", ""), str):
+                picked[key] = {"url": _interpolate(val.get("url", ""), (key, "url"), env, ctx)}
+    data = _deep_merge(DEFAULTS, picked)
+    d = Path(data["data_dir"]).expanduser()
+    data["data_dir"] = str(d if d.is_absolute() else (p.resolve().parent / d))
+    return Config(data, path=p.resolve(), text="")
+
+
 # --------------------------------------------------------------------------- diff
 
 def _flatten(d, prefix=()) -> Iterator[tuple[tuple, Any]]:

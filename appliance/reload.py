@@ -49,6 +49,10 @@ def reload_config(rt, *, source: str, actor: str | None = None,
         backfill_run = None
         with rt.conn() as conn:
             sync = store.sync_symbols(conn, new.symbols)
+        # Without a published baseline (no `appliance up`, nothing reloaded yet) the
+        # diff above compares the file with itself; the symbols table knows better.
+        for key, syms in (("symbols_added", sync["added"]), ("symbols_removed", sync["removed"])):
+            diff[key] += [s for s in syms if s not in diff[key]]
         added = sorted(set(diff["symbols_added"]) | set(sync["added"]) |
                        set(diff.get("symbols_since_changed", {})))
         if added:
@@ -79,3 +83,27 @@ def _record(rt, source, actor, sha, ok, error, diff) -> None:
                                 + (error or "").splitlines()[0], {"errors": error})
     except Exception:  # noqa: BLE001 - recording must not turn a refusal into a crash
         log.exception("could not record the reload attempt")
+
+
+def record_refused_from_broken_file(path, errors: list[str], *, source: str,
+                                   actor: str | None = None) -> bool:
+    """Record a refused reload when the file cannot even be loaded (so there is
+    no config to find the database with). The endpoints are salvaged from the
+    broken file when its connection settings are readable, else from the
+    defaults (the embedded servers in ./var beside it). Best effort: returns
+    False when the database cannot be reached; never starts a server."""
+    from .config import salvage_connection_settings
+    from .runtime import Runtime
+    try:
+        cfg = salvage_connection_settings(path)
+        from . import services
+        ep = services.resolve(cfg, start=False)
+        rt = Runtime(cfg, endpoints=ep, pool_size=1)
+        try:
+            _record(rt, source, actor, None, False, "\n".join(errors), None)
+        finally:
+            rt.close()
+        return True
+    except Exception as e:  # noqa: BLE001 - recording is a courtesy here
+        log.info("could not record the refused reload: %s", e)
+        return False

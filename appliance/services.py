@@ -155,6 +155,9 @@ def pg_tools(database_url: str, embedded: bool) -> Path:
         for v in versions:
             if major is None or v >= major:
                 return root / str(v) / "bin"
+    # pgserver's own tools (version 16) can dump and restore servers up to 16
+    if major is not None and major <= 16:
+        return pg_bin_dir_embedded()
     which = shutil.which("pg_dump")
     if which:
         return Path(which).parent

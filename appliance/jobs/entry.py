@@ -59,12 +59,28 @@ def runtime():
     return _rt
 
 
+class JobRuntime:
+    """This process's Runtime with the config pinned when a run starts: a
+    reload during a run applies from the next run on, never halfway through
+    (also under a worker that runs several jobs in one process)."""
+
+    def __init__(self, rt):
+        self._rt = rt
+        self.config = rt.config  # the running config, as of now
+
+    def __getattr__(self, name):
+        return getattr(self._rt, name)
+
+
 def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
             trigger: str = "manual", run_id: int | None = None) -> dict:
     """RQ entry point. ``slot`` None means: the slot is computed from the
-    job's schedule (a scheduled run); ``run_id`` set means: already claimed."""
+    job's schedule (a scheduled run); ``run_id`` set means: already claimed.
+    The scheduler passes the slot it enqueued for (``trigger="scheduled"``)."""
     from rq import get_current_job
-    rt = runtime()
+    from ..backups import wait_while_suspended
+    wait_while_suspended(runtime())  # a full restore is swapping the database
+    rt = JobRuntime(runtime())
     fn = job_function(name)
     current = get_current_job()
     rq_id = current.id if current is not None else None

@@ -1,0 +1,94 @@
+"""``appliance worker``: one RQ worker on the ``appliance`` queue.
+
+The default forking ``rq.Worker`` runs each job in a fresh work horse, which
+builds its own Runtime from ``$APPLIANCE_CONFIG`` (set here to this process's
+config file) and adopts the running config from Redis, so a job runs with the
+config that was current when it started. A job's exception is recorded by
+``runs.execute`` (job_runs row + event) and handled by RQ (retry or failed
+registry); it never ends the worker. A work horse that dies without raising
+(killed, out of memory) has its run marked failed here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+import redis
+
+from .queue import QUEUE_NAME
+from .runtime import K_HEARTBEAT
+
+log = logging.getLogger("appliance.worker")
+
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_TTL = 30
+
+
+def _rq_connection(url: str) -> redis.Redis:
+    # No read timeout: the worker blocks on the queue for minutes at a time, and
+    # rq.Worker quits on a redis TimeoutError.
+    return redis.Redis.from_url(url, socket_connect_timeout=5,
+                                health_check_interval=30)
+
+
+def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
+    """Called by the worker (not the horse) when a work horse died abruptly."""
+    from . import db, store
+    msg = f"work horse {retpid} died (exit status {ret_val}) while running RQ job {job.id}"
+    try:
+        with db.connect(rt.endpoints.database_url) as conn:
+            rows = conn.execute(
+                """UPDATE job_runs SET status = 'failed', finished_at = now(), error = %s
+                   WHERE rq_job_id = %s AND status IN ('queued', 'running')
+                   RETURNING id, job""", (msg, job.id)).fetchall()
+            for rid, name in rows:
+                store.add_event(conn, "error", name, f"{name} failed: {msg}", {"run_id": rid})
+    except Exception:  # noqa: BLE001 - the worker must survive its bookkeeping
+        log.exception("could not record the death of the work horse for %s", job.id)
+
+
+def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
+    """Work the ``appliance`` queue until SIGTERM/SIGINT (or, with ``burst``,
+    until it is empty). Returns the exit code (0)."""
+    from rq import Queue, Worker
+
+    cfg = rt.config
+    os.environ["APPLIANCE_CONFIG"] = str(Path(cfg.path).resolve())
+    name = name or f"appliance-{socket.gethostname()}-{os.getpid()}"
+    conn = _rq_connection(rt.endpoints.redis_url)
+    q = Queue(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])
+    worker = Worker([q], connection=conn, name=name,
+                    work_horse_killed_handler=lambda *a: _mark_killed(rt, *a))
+
+    stop = threading.Event()
+
+    def beat():
+        while True:
+            try:
+                rt.heartbeat("worker", ttl=HEARTBEAT_TTL, ident=name)
+            except redis.RedisError as e:
+                log.warning("worker heartbeat failed: %s", e)
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    hb = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    hb.start()
+    log.info("worker %s on queue %r (config %s)", name, QUEUE_NAME, os.environ["APPLIANCE_CONFIG"])
+    try:
+        # with_scheduler: RQ's own scheduler moves retries with an interval back
+        # onto the queue; it is unrelated to the appliance's cron scheduler.
+        worker.work(burst=burst, with_scheduler=True,
+                    logging_level=logging.getLevelName(logging.getLogger().level))
+    finally:
+        stop.set()
+        hb.join(timeout=2)
+        try:
+            rt.redis.delete(K_HEARTBEAT.format(f"worker:{name}"))
+        except redis.RedisError:
+            pass
+        conn.close()
+    log.info("worker %s stopped", name)
+    return 0

@@ -1,0 +1,135 @@
+"""``appliance worker`` as a real process: failures are recorded and survived,
+retries are bounded by the config, SIGTERM stops it cleanly."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from rq import Queue
+from rq.job import Job
+
+from appliance import queue as queue_mod
+from appliance.config import DEFAULTS
+from appliance.jobs import runs
+from appliance.runtime import Runtime
+
+QUIET = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}
+
+
+def cli(path, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
+                            env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until(pred, timeout: float, what: str, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=10)
+
+
+def _rt(path) -> Runtime:
+    rt = Runtime.from_path(path)
+    rt.open()
+    return rt
+
+
+def _run(rt, run_id):
+    with rt.conn() as conn:
+        return runs.get(conn, run_id)
+
+
+def test_a_failing_job_is_recorded_failed_and_the_worker_keeps_running(config_factory, procs):
+    path = config_factory(schedules=QUIET, symbols=["AAPL"], history={"start": "2026-11-02"})
+    rt = _rt(path)
+    bad = queue_mod.enqueue(rt, "backfill", {"no_such_parameter": 1})
+    good = queue_mod.enqueue(rt, "backfill", {})
+    w = cli(path, "worker", "--name", "w1")
+    procs.append(w)
+    wait_until(lambda: _run(rt, good)["status"] in ("ok", "partial", "failed"), 30,
+               "the second job to finish")
+    failed, ok = _run(rt, bad), _run(rt, good)
+    assert failed["status"] == "failed"
+    assert "no_such_parameter" in failed["error"]
+    assert failed["finished_at"] is not None
+    assert ok["status"] == "ok", ok
+    with rt.conn() as conn:
+        ev = conn.execute("""SELECT level, message, details->>'run_id' FROM events
+                             WHERE kind = 'backfill' ORDER BY id""").fetchall()
+    assert ("error", str(bad)) in [(lvl, rid) for lvl, _, rid in ev]
+    assert any("failed" in msg and rid == str(bad) for _, msg, rid in ev)
+    # RQ saw the failure too (failed registry), and the worker lives on
+    rq_bad = Job.fetch(failed["rq_job_id"], connection=rt.redis)
+    assert rq_bad.get_status() == "failed"
+    assert w.poll() is None
+    assert rt.heartbeat_age("worker") is not None
+    # and still takes work
+    third = queue_mod.enqueue(rt, "backfill", {})
+    wait_until(lambda: _run(rt, third)["status"] == "ok", 30, "a job after the failure")
+
+    w.send_signal(signal.SIGTERM)
+    out, _ = w.communicate(timeout=20)
+    assert w.returncode == 0, out
+    assert rt.heartbeat_age("worker") is None  # its heartbeat went with it
+    rt.close()
+
+
+def test_a_failing_job_is_retried_as_often_as_configured_then_left_failed(config_factory):
+    path = config_factory(schedules=QUIET, jobs={"retries": 1, "retry_interval_seconds": 1})
+    rt = _rt(path)
+    bad = queue_mod.enqueue(rt, "backfill", {"no_such_parameter": 1})
+    rq_id = _run(rt, bad)["rq_job_id"]
+    job = Job.fetch(rq_id, connection=rt.redis)
+    assert job.timeout == 600  # jobs.timeout_seconds of the test config
+    assert job.retries_left == 1
+    # burst workers until RQ has given up (the retry waits its interval first)
+    deadline = time.monotonic() + 30
+    while Job.fetch(rq_id, connection=rt.redis).get_status() != "failed":
+        assert time.monotonic() < deadline, "RQ never gave up"
+        p = cli(path, "worker", "--burst")
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 0, out
+        time.sleep(0.3)
+    row = _run(rt, bad)
+    assert (row["status"], row["attempts"]) == ("failed", 2)
+    assert Queue("appliance", connection=rt.redis).count == 0
+    rt.close()
+
+
+def test_a_work_horse_that_dies_without_raising_has_its_run_marked_failed(config_factory):
+    path = config_factory(schedules=QUIET)
+    rt = _rt(path)
+    with rt.conn() as conn:
+        run_id = runs.claim(conn, "backfill", runs.manual_slot(), rq_job_id="dies-abruptly")
+    # the horse exits at once, as if killed (out of memory, SIGKILL)
+    Queue("appliance", connection=rt.redis).enqueue("os._exit", 3, job_id="dies-abruptly")
+    p = cli(path, "worker", "--burst")
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out
+    row = _run(rt, run_id)
+    assert row["status"] == "failed"
+    assert "died" in row["error"] and "dies-abruptly" in row["error"]
+    with rt.conn() as conn:
+        n = conn.execute("""SELECT count(*) FROM events WHERE kind = 'backfill'
+                            AND level = 'error' AND details->>'run_id' = %s""",
+                         (str(run_id),)).fetchone()[0]
+    assert n == 1
+    rt.close()
