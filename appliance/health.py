@@ -21,28 +21,34 @@ log = logging.getLogger("appliance.health")
 API_VERSION = "1"
 DB_TIMEOUT_S = 0.8
 
-_executor = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
-_inflight = threading.Semaphore(2)
+_executor = cf.ThreadPoolExecutor(max_workers=6, thread_name_prefix="health")
+_inflight = threading.Semaphore(2)        # DB probes that may be stuck at once
+_inflight_redis = threading.Semaphore(2)  # Redis probes that may be stuck at once
 
 
-def _with_timeout(fn, timeout: float):
-    """Run ``fn`` in a helper thread; raise TimeoutError after ``timeout``.
-    At most two probes can be stuck at once; beyond that we answer at once."""
-    if not _inflight.acquire(blocking=False):
-        raise TimeoutError("earlier probes are still hanging")
+def _submit(fn, sem: threading.Semaphore) -> cf.Future:
+    """Run ``fn`` in a helper thread. When earlier probes of the same kind are
+    still hanging, the future fails at once instead of queueing behind them."""
+    if not sem.acquire(blocking=False):
+        fut: cf.Future = cf.Future()
+        fut.set_exception(TimeoutError("earlier probes are still hanging"))
+        return fut
 
     def wrapped():
         try:
             return fn()
         finally:
-            _inflight.release()
+            sem.release()
 
-    fut = _executor.submit(wrapped)
-    return fut.result(timeout=timeout)
+    return _executor.submit(wrapped)
 
 
-def db_snapshot(rt, timeout: float = DB_TIMEOUT_S) -> dict:
-    """Everything status needs from PostgreSQL, or ``{"status": "error", ...}``."""
+def _with_timeout(fn, timeout: float):
+    """Run ``fn`` in a helper thread; raise TimeoutError after ``timeout``."""
+    return _submit(fn, _inflight).result(timeout=timeout)
+
+
+def _start_db_probe(rt, timeout: float) -> cf.Future:
     def probe():
         with rt.pool.connection(timeout=timeout) as conn:
             conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(int(timeout * 1000)),))
@@ -50,14 +56,26 @@ def db_snapshot(rt, timeout: float = DB_TIMEOUT_S) -> dict:
             out["open_alerts"] = store.open_alerts(conn)
             out["last_runs"] = _last_runs(conn)
             out["latest_backup"] = store.latest_backup(conn)
+            out["last_restore_test"] = store.last_restore_test(conn)
             out["last_reload"] = store.last_config_reload(conn)
             return out
+    return _submit(probe, _inflight)
+
+
+def _db_result(fut: cf.Future, timeout: float) -> dict:
     try:
-        snap = _with_timeout(probe, timeout + 0.1)
+        snap = fut.result(timeout=max(0.0, timeout))
         snap["status"] = "ok"
         return snap
     except Exception as e:  # noqa: BLE001 - any failure is "database unreachable"
+        if isinstance(e, (TimeoutError, cf.TimeoutError)) and not str(e):
+            e = TimeoutError("no answer within the probe time limit")
         return {"status": "error", "error": _short(e)}
+
+
+def db_snapshot(rt, timeout: float = DB_TIMEOUT_S) -> dict:
+    """Everything status needs from PostgreSQL, or ``{"status": "error", ...}``."""
+    return _db_result(_start_db_probe(rt, timeout), timeout + 0.1)
 
 
 def _last_runs(conn) -> dict:
@@ -92,12 +110,32 @@ def sessions_behind(cfg, latest: str | None, now: dt.datetime) -> int | None:
         return None
 
 
+REDIS_WAIT_S = 0.6
+
+
+def _redis_result(fut: cf.Future, timeout: float) -> dict:
+    try:
+        return fut.result(timeout=max(0.0, timeout))
+    except Exception as e:  # noqa: BLE001
+        if isinstance(e, (TimeoutError, cf.TimeoutError)) and not str(e):
+            e = TimeoutError("no answer within the probe time limit")
+        return {"status": "error", "error": _short(e), "scheduler_heartbeat_age_s": None,
+                "worker_heartbeat_age_s": None}
+
+
 def compute(rt, now: dt.datetime | None = None) -> dict:
-    """The full picture: health fields plus the snapshot used by status/console."""
+    """The full picture: health fields plus the snapshot used by status/console.
+
+    PostgreSQL and Redis are probed at the same time, each with its own time
+    limit, so that the whole answer takes at most about a second even when
+    both hang."""
     now = now or dt.datetime.now(dt.timezone.utc)
-    cfg = rt.config
-    snap = db_snapshot(rt)
-    rd = redis_probe(rt)
+    t0 = time.monotonic()
+    db_fut = _start_db_probe(rt, DB_TIMEOUT_S)
+    rd_fut = _submit(lambda: redis_probe(rt), _inflight_redis)
+    cfg = rt.config  # may wait up to the Redis client timeout (config version check)
+    snap = _db_result(db_fut, DB_TIMEOUT_S + 0.1 - (time.monotonic() - t0))
+    rd = _redis_result(rd_fut, REDIS_WAIT_S - (time.monotonic() - t0))
     hb_max = cfg["alerts"]["scheduler_heartbeat_max_seconds"]
     sched_age = rd.get("scheduler_heartbeat_age_s")
     scheduler_running = rd["status"] == "ok" and sched_age is not None and sched_age <= hb_max
@@ -178,8 +216,7 @@ def status_body(rt, h: dict) -> dict:
         backups = {"latest": lb,
                    "age_hours": (round((dt.datetime.now(dt.timezone.utc) - lb["created_at"])
                                        .total_seconds() / 3600, 2) if lb else None)}
-        lt = store_last_restore_test(rt)
-        backups["last_restore_test"] = lt
+        backups["last_restore_test"] = snap.get("last_restore_test")
     return {
         "api_version": API_VERSION,
         "status": h["status"],

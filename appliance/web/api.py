@@ -1,14 +1,27 @@
-"""REST API v1, /health, and the JSON error contract."""
+"""REST API v1, /health, and the JSON error contract.
+
+Every answer is JSON (CSV for ``historical?format=csv``, Prometheus text for
+/metrics); every error is ``{"error": {"code", "message"}}`` with the right
+status, never a stack trace. Inputs are checked before any query (symbols
+against the config's symbol pattern, dates, integers, unknown fields) and all
+SQL goes through ``store`` with bound parameters. ``openapi.py`` describes
+exactly what is answered here; the tests check every response against it.
+"""
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
 import json
 import logging
 import math
+import re
+import sys
+from zoneinfo import ZoneInfo
 
 import psycopg
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -23,13 +36,20 @@ log = logging.getLogger("appliance.api")
 
 bp = Blueprint("api", __name__)
 
+NY = ZoneInfo("America/New_York")
 MAX_LIMIT = 1_000_000
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
+MAX_ID = 2**63 - 1
+#: Rows fetched before the response starts: a typical request (a year of daily
+#: bars) is answered whole, with ``count`` before ``data``; larger ones stream.
+FIRST_CHUNK = 2000
+STREAM_CHUNK = 2000
+_DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+JOB_NAMES = ("backfill", "backup", "restore_test", "spot_check", "maintenance", "disk_check",
+             "retention", "alerts", "performance_review")
 
 
 class JSONProvider(DefaultJSONProvider):
-    """ISO 8601 dates, no NaN (null instead), stable key order as written."""
+    """ISO 8601 dates, no NaN (null instead), keys in the order written."""
 
     sort_keys = False
 
@@ -46,7 +66,10 @@ class JSONProvider(DefaultJSONProvider):
     def dumps(self, obj, **kw):
         kw.setdefault("default", self.default)
         kw.setdefault("ensure_ascii", False)
-        return json.dumps(_clean(obj), **kw)
+        # < > & only ever occur inside strings: escaped, an echoed input can
+        # never be read as markup by a browser that sniffs the content
+        return (json.dumps(_clean(obj), **kw).replace("<", "\\u003c").replace(">", "\\u003e")
+                .replace("&", "\\u0026"))
 
 
 def _clean(o):
@@ -68,81 +91,101 @@ def rt():
 def _params(allowed: set[str]) -> dict:
     unknown = sorted(set(request.args) - allowed)
     if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; allowed: "
-                         f"{', '.join(sorted(allowed))}", "unknown_field")
+        allowed_txt = ", ".join(sorted(allowed)) or "none"
+        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)[:200]}; allowed: "
+                         f"{allowed_txt}", "unknown_field")
+    for k in allowed:
+        if len(request.args.getlist(k)) > 1:
+            raise BadRequest(f"query parameter {k} is given more than once", "bad_request")
     return request.args
 
 
 def _date(args, name: str, default: dt.date | None) -> dt.date | None:
     v = args.get(name)
-    if v is None or v == "":
+    if v is None:
         return default
     try:
-        d = dt.date.fromisoformat(v)
+        if not _DATE_RE.match(v):
+            raise ValueError
+        return dt.date.fromisoformat(v)
     except ValueError:
-        raise BadRequest(f"{name}={v!r} is not a date (YYYY-MM-DD)", "bad_date") from None
-    if d.year < 1800 or d.year > 2200:
-        raise BadRequest(f"{name}={v!r} is out of range", "bad_date")
-    return d
+        raise BadRequest(f"{name}={v[:40]!r} is not a date (YYYY-MM-DD)", "bad_date") from None
 
 
-def _bool(args, name: str, default: bool) -> bool:
+def _bool(args, name: str, default):
     v = args.get(name)
-    if v is None or v == "":
+    if v is None:
         return default
-    if v.lower() in _TRUE:
+    if v == "true":
         return True
-    if v.lower() in _FALSE:
+    if v == "false":
         return False
-    raise BadRequest(f"{name}={v!r} must be true or false", "bad_boolean")
+    raise BadRequest(f"{name}={v[:40]!r} must be true or false", "bad_boolean")
 
 
 def _int(args, name: str, default: int | None, lo: int, hi: int) -> int | None:
     v = args.get(name)
-    if v is None or v == "":
+    if v is None:
         return default
     try:
+        if not re.fullmatch(r"[+-]?[0-9]{1,19}", v):
+            raise ValueError
         n = int(v)
     except ValueError:
-        raise BadRequest(f"{name}={v!r} is not an integer", "bad_integer") from None
+        raise BadRequest(f"{name}={v[:40]!r} is not an integer", "bad_integer") from None
     if not lo <= n <= hi:
         raise BadRequest(f"{name}={n} must be between {lo} and {hi}", "out_of_range")
     return n
 
 
-def _symbol(symbol: str) -> str:
-    if not SYMBOL_RE.match(symbol or ""):
-        raise BadRequest(f"{symbol[:40]!r} is not a valid symbol (upper-case letters, digits, "
-                         f"'.' or '-', at most 15 characters)", "bad_symbol")
+def _symbol(symbol) -> str:
+    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
+        shown = symbol[:40] if isinstance(symbol, str) else symbol
+        raise BadRequest(f"{shown!r} is not a valid symbol (an upper-case letter, then up to 14 "
+                         f"upper-case letters, digits, '.' or '-')", "bad_symbol")
     return symbol
 
 
+def _configured(symbol: str) -> bool:
+    return any(s.symbol == symbol for s in rt().config.symbols)
+
+
 def _known_symbol(conn, symbol: str) -> bool:
+    if _configured(symbol):
+        return True
     return conn.execute("""SELECT 1 FROM symbols WHERE symbol = %s
                            UNION ALL SELECT 1 FROM symbol_stats WHERE symbol = %s LIMIT 1""",
                         (symbol, symbol)).fetchone() is not None
 
 
 def _json_body(allowed: set[str]) -> dict:
-    if not request.data:
+    raw = request.get_data(cache=True)
+    if not raw or not raw.strip():
         return {}
     try:
-        body = json.loads(request.data)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the request body is not valid JSON", "bad_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", "bad_json")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; allowed: "
-                         f"{', '.join(sorted(allowed))}", "unknown_field")
+        allowed_txt = ", ".join(sorted(allowed)) or "none"
+        raise BadRequest(f"unknown field(s): {', '.join(map(str, unknown))[:200]}; allowed: "
+                         f"{allowed_txt}", "unknown_field")
     return body
+
+
+def _today_ny() -> dt.date:
+    return dt.datetime.now(NY).date()
 
 
 # --------------------------------------------------------------------------- health / status
 
 @bp.get("/health")
 def health():
+    """Never needs a token (load balancers, container health checks); extra
+    query parameters (cache busters) are ignored."""
     h = health_mod.compute(rt())
     body = health_mod.health_body(h)
     return jsonify(body), (503 if h["status"] == "unhealthy" else 200)
@@ -157,36 +200,61 @@ def status():
     return jsonify(body), (503 if h["status"] == "unhealthy" else 200)
 
 
-# --------------------------------------------------------------------------- data
+# --------------------------------------------------------------------------- symbols
+
+def _symbol_json(r: dict) -> dict:
+    return {"symbol": r["symbol"], "active": bool(r["active"]), "configured": bool(r["configured"]),
+            "since": r.get("since"),
+            "first_date": r["first_session"], "last_date": r["last_session"],
+            "records": int(r["records"] or 0), "validated_records": int(r["validated"] or 0),
+            "gaps": int(r["gaps"] or 0), "missing_sessions": int(r["missing_sessions"] or 0),
+            "completeness": r["completeness"], "quality_score": r["quality_score"],
+            "source": r["source"], "last_update": r["last_update"]}
+
 
 @bp.get("/api/v1/symbols")
 @require_read
 def symbols():
+    """Every configured symbol (with or without data) and every stored one."""
     args = _params({"active"})
-    active = _bool(args, "active", None) if args.get("active") else None
+    active = _bool(args, "active", None)
+    cfg = rt().config
     with rt().conn() as conn:
-        rows = store.symbol_rows(conn)
+        rows = {r["symbol"]: r for r in store.symbol_rows(conn)}
+    # the running config is the truth about what is configured, even before
+    # the symbols table has been synchronised with it
+    for spec in cfg.symbols:
+        r = rows.get(spec.symbol)
+        if r is None:
+            rows[spec.symbol] = {"symbol": spec.symbol, "active": spec.active, "configured": True,
+                                 "since": spec.since, "first_session": None, "last_session": None,
+                                 "records": 0, "validated": 0, "gaps": 0, "missing_sessions": 0,
+                                 "completeness": None, "quality_score": None, "source": None,
+                                 "last_update": None}
+        else:
+            r.update(active=spec.active, configured=True, since=spec.since)
+    configured = {s.symbol for s in cfg.symbols}
     out = []
-    for r in rows:
-        if active is not None and r["active"] != active:
+    for sym in sorted(rows):
+        r = rows[sym]
+        if sym not in configured:
+            r.update(active=False, configured=False)
+        if active is not None and bool(r["active"]) != active:
             continue
-        out.append({"symbol": r["symbol"], "active": r["active"], "configured": r["configured"],
-                    "first_date": r["first_session"], "last_date": r["last_session"],
-                    "records": r["records"], "validated_records": r["validated"],
-                    "gaps": r["gaps"], "missing_sessions": r["missing_sessions"],
-                    "completeness": r["completeness"], "quality_score": r["quality_score"],
-                    "source": r["source"], "last_update": r["last_update"]})
+        out.append(_symbol_json(r))
     return jsonify({"count": len(out), "symbols": out})
 
+
+# --------------------------------------------------------------------------- historical
 
 @bp.get("/api/v1/historical/<path:symbol>")
 @require_read
 def historical(symbol: str):
     args = _params({"start", "end", "adjusted", "format", "limit", "include_invalid"})
     symbol = _symbol(symbol)
-    today = dt.date.today()
-    end = _date(args, "end", today)
-    start = _date(args, "start", end - dt.timedelta(days=365))
+    end = _date(args, "end", _today_ny())
+    start = _date(args, "start", max(dt.date.min, end - dt.timedelta(days=365))
+                  if end.toordinal() > 365 else dt.date.min)
     if start > end:
         raise BadRequest(f"start ({start}) is after end ({end})", "bad_range")
     adjusted = _bool(args, "adjusted", False)
@@ -194,70 +262,158 @@ def historical(symbol: str):
     limit = _int(args, "limit", None, 1, MAX_LIMIT)
     fmt = args.get("format", "json")
     if fmt not in ("json", "csv"):
-        raise BadRequest(f"format={fmt!r} must be json or csv", "bad_format")
-    with rt().conn() as conn:
-        if not _known_symbol(conn, symbol):
-            return api_error(404, "unknown_symbol",
-                             f"symbol {symbol} is not configured and has no stored data")
+        raise BadRequest(f"format={fmt[:40]!r} must be json or csv", "bad_format")
     params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end,
               "limit": limit}
-    pool = rt().pool
+    sql_text = (store.historical_csv_sql if fmt == "csv" else store.historical_json_sql)(
+        adjusted, include_invalid)
+
+    # The first rows are read before answering: an unknown symbol must still be
+    # a 404 and a database error a 503, not a broken 200. Daily bars are at
+    # most one row per calendar day, so a range of up to FIRST_CHUNK days is
+    # fetched in one go (a prepared statement, the cheapest path); longer
+    # ranges are streamed in chunks while the connection is held.
+    small = (end - start).days < FIRST_CHUNK or (limit is not None and limit < FIRST_CHUNK)
+    cm = rt().conn()
+    conn = cm.__enter__()
+    released = False
+    try:
+        cur = conn.cursor()
+        if small:
+            rows = None
+            first = [r[0] for r in cur.execute(sql_text, params).fetchall()]
+        else:
+            rows = cur.stream(sql_text, params, size=STREAM_CHUNK)
+            first = [r[0] for r in itertools.islice(rows, FIRST_CHUNK)]
+        done = len(first) < FIRST_CHUNK or small
+        unknown = done and not first and not _known_symbol(conn, symbol)
+        if done:  # everything is in hand: give the connection back before answering
+            released = True
+            cm.__exit__(None, None, None)
+    except BaseException:
+        if not released:
+            cm.__exit__(*sys.exc_info())
+        raise
+    if unknown:
+        return api_error(404, "unknown_symbol",
+                         f"symbol {symbol} is not configured and has no stored data")
+
+    def body():
+        if fmt == "csv":
+            yield (",".join(store.HISTORICAL_CSV_HEADER) + "\n" + "".join(first)).encode()
+            if not done:
+                for chunk in _chunks(rows):
+                    yield "".join(chunk).encode()
+        else:
+            head = (f'{{"symbol": "{symbol}", "timeframe": "{store.TIMEFRAME}", '
+                    f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
+                    f'"adjusted": {"true" if adjusted else "false"}, ')
+            if done:
+                yield (f'{head}"count": {len(first)}, "data": [' + ", ".join(first)
+                       + "]}").encode()
+            else:
+                n = len(first)
+                yield (head + '"data": [' + ", ".join(first)).encode()
+                for chunk in _chunks(rows):
+                    n += len(chunk)
+                    yield (", " + ", ".join(chunk)).encode()
+                yield f'], "count": {n}}}'.encode()
+
+    headers = {}
     if fmt == "csv":
-        sql_text = store.historical_csv_sql(adjusted, include_invalid)
+        mimetype = "text/csv"
+        headers["Content-Disposition"] = f'inline; filename="{symbol}_{start}_{end}.csv"'
+    else:
+        mimetype = "application/json"
+    if done:
+        return Response(list(body()), mimetype=mimetype, headers=headers)
+    return Response(_Stream(body(), conn, cm, symbol), mimetype=mimetype, headers=headers)
 
-        def gen_csv():
-            with pool.connection() as conn:
-                with conn.cursor() as cur:
-                    copy_sql = f"COPY ({cur.mogrify(sql_text, params)}) TO STDOUT WITH (FORMAT csv, HEADER true)"
-                    with cur.copy(copy_sql) as cp:
-                        for chunk in cp:
-                            yield bytes(chunk)
 
-        return Response(stream_with_context(gen_csv()), mimetype="text/csv",
-                        headers={"Content-Disposition":
-                                 f"inline; filename={symbol}_{start}_{end}.csv"})
+def _chunks(rows):
+    chunk = []
+    for r in rows:
+        chunk.append(r[0])
+        if len(chunk) >= STREAM_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
-    sql_text = store.historical_json_sql(adjusted, include_invalid)
-    head = json.dumps({"symbol": symbol, "timeframe": store.TIMEFRAME,
-                       "start_date": start.isoformat(), "end_date": end.isoformat(),
-                       "adjusted": adjusted})[:-1]
 
-    def gen_json():
-        n = 0
-        yield head + ', "data": ['
-        with pool.connection() as conn:
-            with conn.cursor(name="hist") as cur:
-                cur.itersize = 5000
-                cur.execute(sql_text, params)
-                while True:
-                    rows = cur.fetchmany(5000)
-                    if not rows:
-                        break
-                    part = ",".join(r[0] for r in rows)
-                    yield ("," + part) if n else part
-                    n += len(rows)
-        yield f'], "count": {n}}}'
+class _Stream:
+    """The body of a streamed answer that holds a pooled connection; the
+    connection goes back to the pool when the server closes the body, whether
+    it was sent whole, cut short by the client, or never iterated (HEAD)."""
 
-    return Response(stream_with_context(gen_json()), mimetype="application/json")
+    def __init__(self, gen, conn, cm, what: str):
+        self.gen, self.conn, self.cm, self.what = gen, conn, cm, what
+        self.finished = False
+        self.failed = False
+        self.closed = False
 
+    def __iter__(self):
+        try:
+            yield from self.gen
+            self.finished = True
+            self.close()  # everything is sent: the connection goes back at once
+        except Exception:
+            # the status line is sent: stop, so that the server cuts the
+            # connection and the client sees an incomplete answer
+            self.failed = True
+            log.exception("historical %s: failed while streaming", self.what)
+            raise
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.gen.close()
+            if not self.finished and not self.failed:
+                self.conn.cancel_safe()  # stop a query the client no longer wants
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            if self.finished:
+                self.cm.__exit__(None, None, None)
+            else:
+                err = RuntimeError("response not sent whole")
+                self.cm.__exit__(RuntimeError, err, None)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+
+
+# --------------------------------------------------------------------------- gaps
 
 @bp.get("/api/v1/gaps")
 @require_read
 def gaps():
     args = _params({"symbol", "kind", "since", "until", "limit"})
-    sym = _symbol(args["symbol"]) if args.get("symbol") else None
-    kind = args.get("kind") or None
+    sym = _symbol(args["symbol"]) if "symbol" in args else None
+    kind = args.get("kind")
     if kind not in (None, "split", "jump", "missing"):
-        raise BadRequest(f"kind={kind!r} must be split, jump or missing", "bad_kind")
+        raise BadRequest(f"kind={kind[:40]!r} must be split, jump or missing", "bad_kind")
     since = _date(args, "since", None)
     until = _date(args, "until", None)
+    if since and until and since > until:
+        raise BadRequest(f"since ({since}) is after until ({until})", "bad_range")
     limit = _int(args, "limit", 500, 1, 100_000)
     with rt().conn() as conn:
+        if sym is not None and not _known_symbol(conn, sym):
+            return api_error(404, "unknown_symbol",
+                             f"symbol {sym} is not configured and has no stored data")
         rows = store.gaps(conn, symbol=sym, kind=kind, since=since, until=until, limit=limit)
+    out = []
     for r in rows:
-        r["split_ratio"] = (f"{_num(r['split_to'])}:{_num(r['split_from'])}"
-                            if r.get("split_from") else None)
-    return jsonify({"count": len(rows), "gaps": rows})
+        out.append({"symbol": r["symbol"], "session": r["session"], "kind": r["kind"],
+                    "jump_pct": r["jump_pct"], "open": r["open"], "close": r["close"],
+                    "split_from": r["split_from"], "split_to": r["split_to"],
+                    "split_ratio": (f"{_num(r['split_to'])}:{_num(r['split_from'])}"
+                                    if r.get("split_from") else None)})
+    return jsonify({"count": len(out), "gaps": out})
 
 
 def _num(x: float) -> str:
@@ -266,10 +422,21 @@ def _num(x: float) -> str:
 
 # --------------------------------------------------------------------------- jobs
 
+_RUN_FIELDS = ("id", "job", "slot", "trigger", "status", "params", "progress", "result", "error",
+               "attempts", "created_at", "started_at", "finished_at")
+
+
 def _run_json(r: dict) -> dict:
-    return {k: r.get(k) for k in ("id", "job", "slot", "trigger", "status", "params", "progress",
-                                  "result", "error", "attempts", "created_at", "started_at",
-                                  "finished_at")}
+    out = {k: r.get(k) for k in _RUN_FIELDS}
+    for k in ("params", "progress", "result"):
+        if not isinstance(out[k], dict):
+            out[k] = {}
+    dur = None
+    if r.get("started_at") and r.get("finished_at"):
+        dur = round((r["finished_at"] - r["started_at"]).total_seconds(), 3)
+    out["duration_s"] = dur
+    out["url"] = f"/api/v1/jobs/{r['id']}"
+    return out
 
 
 @bp.get("/api/v1/jobs")
@@ -277,7 +444,10 @@ def _run_json(r: dict) -> dict:
 def jobs():
     from ..jobs import runs
     args = _params({"job", "limit"})
-    job = args.get("job") or None
+    job = args.get("job")
+    if job is not None and job not in JOB_NAMES:
+        raise BadRequest(f"job={job[:40]!r} is not a job; jobs: {', '.join(JOB_NAMES)}",
+                         "bad_job")
     limit = _int(args, "limit", 50, 1, 1000)
     with rt().conn() as conn:
         rows = runs.recent(conn, job=job, limit=limit)
@@ -285,46 +455,70 @@ def jobs():
 
 
 @bp.get("/api/v1/jobs/<int:run_id>")
-@require_read
+@require_admin
 def job(run_id: int):
     from ..jobs import runs
     _params(set())
-    with rt().conn() as conn:
-        r = runs.get(conn, run_id)
+    r = None
+    if run_id <= MAX_ID:
+        with rt().conn() as conn:
+            r = runs.get(conn, run_id)
     if r is None:
         return api_error(404, "unknown_job", f"no job run {run_id}")
     return jsonify(_run_json(r))
+
+
+def _queued(run_id: int):
+    return jsonify({"job_id": run_id, "status": "queued", "url": f"/api/v1/jobs/{run_id}"}), 202
 
 
 @bp.post("/api/v1/backfill")
 @require_admin
 def post_backfill():
     from ..queue import enqueue
+    _params(set())
     body = _json_body({"symbols", "start", "end"})
-    syms = body.get("symbols")
-    if syms is not None:
+    syms = None
+    if "symbols" in body:
+        syms = body["symbols"]
         if not isinstance(syms, list) or not all(isinstance(s, str) for s in syms):
-            raise BadRequest("symbols must be a list of strings", "bad_symbols")
+            raise BadRequest("symbols must be a list of symbol strings", "bad_symbols")
+        if not syms:
+            raise BadRequest("symbols is empty; omit it to backfill every configured symbol",
+                             "bad_symbols")
+        if len(syms) > 20000:
+            raise BadRequest("too many symbols (at most 20000)", "bad_symbols")
         for s in syms:
             _symbol(s)
-        if len(syms) > 20000:
-            raise BadRequest("too many symbols", "bad_symbols")
+        configured = {s.symbol for s in rt().config.symbols}
+        missing = [s for s in syms if s not in configured]
+        if missing:
+            return api_error(422, "not_configured",
+                             f"not configured: {', '.join(missing[:20])}; add them to symbols "
+                             f"in appliance.yaml and reload (reloading backfills new symbols)")
+        syms = list(dict.fromkeys(syms))
     dates = {}
     for k in ("start", "end"):
-        v = body.get(k)
-        if v is not None:
+        if k in body:
+            v = body[k]
             if not isinstance(v, str):
                 raise BadRequest(f"{k} must be a date string (YYYY-MM-DD)", "bad_date")
             dates[k] = _date({k: v}, k, None)
     if dates.get("start") and dates.get("end") and dates["start"] > dates["end"]:
-        raise BadRequest("start is after end", "bad_range")
-    run_id = enqueue(rt(), "backfill", {"symbols": syms or None,
+        raise BadRequest(f"start ({dates['start']}) is after end ({dates['end']})", "bad_range")
+    run_id = enqueue(rt(), "backfill", {"symbols": syms,
                                         "start": body.get("start"), "end": body.get("end")})
-    return jsonify({"job_id": run_id, "status": "queued",
-                    "url": f"/api/v1/jobs/{run_id}"}), 202
+    return _queued(run_id)
 
 
 # --------------------------------------------------------------------------- config
+
+def _reload_json(r: dict | None) -> dict | None:
+    if not r:
+        return None
+    return {"id": r["id"], "ts": r["ts"], "source": r["source"], "actor": r["actor"],
+            "sha256": r["sha256"], "ok": r["ok"], "error": r["error"]}
+
 
 @bp.get("/api/v1/config")
 @require_read
@@ -334,33 +528,57 @@ def config():
     with rt().conn() as conn:
         last = store.last_config_reload(conn)
     return jsonify({"path": str(cfg.path), "sha256": cfg.sha256, "version": rt().config_version(),
-                    "last_reload": last, "config": cfg.masked()})
+                    "last_reload": _reload_json(last), "config": cfg.masked()})
 
 
 @bp.post("/api/v1/config/reload")
 @require_admin
 def config_reload():
     from .. import reload as reload_mod
+    _params(set())
     _json_body(set())
     res = reload_mod.reload_config(rt(), source="api", actor="api")
     if not res["ok"]:
         return api_error(res["status"], "config_invalid" if res["status"] == 422
                          else "restart_required", "\n".join(res["errors"]),
-                         errors=res["errors"])
+                         errors=list(res["errors"]))
     return jsonify({"ok": True, "sha256": res["sha256"], "version": res["version"],
                     "diff": res["diff"], "backfill_job_id": res["backfill_run_id"]})
 
 
 # --------------------------------------------------------------------------- backups
 
+_BACKUP_FIELDS = ("id", "filename", "path", "created_at", "size_bytes", "sha256", "status",
+                  "restore_test_status", "restore_test_at", "restore_test_seconds")
+
+
+def _backup_rows(conn, limit: int) -> list[dict]:
+    try:
+        from .. import backups as bk
+    except ImportError:
+        bk = None
+    if bk is not None and hasattr(bk, "list_backups"):
+        rows = bk.list_backups(conn, limit=limit)
+    else:
+        from psycopg.rows import dict_row
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("""SELECT * FROM backups WHERE status <> 'deleted'
+                           ORDER BY created_at DESC, id DESC LIMIT %s""", (limit,))
+            rows = cur.fetchall()
+    out = []
+    for r in rows:
+        r = r if isinstance(r, dict) else getattr(r, "__dict__", {})
+        out.append({k: r.get(k) for k in _BACKUP_FIELDS})
+    return out
+
+
 @bp.get("/api/v1/backups")
 @require_read
 def backups():
-    from .. import backups as bk
     args = _params({"limit"})
     limit = _int(args, "limit", 100, 1, 10000)
     with rt().conn() as conn:
-        rows = bk.list_backups(conn, limit=limit)
+        rows = _backup_rows(conn, limit)
     return jsonify({"count": len(rows), "backups": rows})
 
 
@@ -368,39 +586,52 @@ def backups():
 @require_admin
 def post_backup():
     from ..queue import enqueue
+    _params(set())
     _json_body(set())
-    run_id = enqueue(rt(), "backup", {})
-    return jsonify({"job_id": run_id, "status": "queued", "url": f"/api/v1/jobs/{run_id}"}), 202
+    return _queued(enqueue(rt(), "backup", {}))
 
 
 @bp.post("/api/v1/backups/<int:backup_id>/restore-test")
 @require_admin
 def post_restore_test(backup_id: int):
     from ..queue import enqueue
+    _params(set())
     _json_body(set())
-    with rt().conn() as conn:
-        row = conn.execute("SELECT status FROM backups WHERE id = %s", (backup_id,)).fetchone()
+    row = None
+    if backup_id <= MAX_ID:
+        with rt().conn() as conn:
+            row = conn.execute("SELECT status FROM backups WHERE id = %s",
+                               (backup_id,)).fetchone()
     if row is None:
         return api_error(404, "unknown_backup", f"no backup {backup_id}")
     if row[0] != "ok":
-        return api_error(409, "backup_unusable", f"backup {backup_id} is {row[0]}")
-    run_id = enqueue(rt(), "restore_test", {"backup": str(backup_id)})
-    return jsonify({"job_id": run_id, "status": "queued", "url": f"/api/v1/jobs/{run_id}"}), 202
+        return api_error(409, "backup_unusable",
+                         f"backup {backup_id} is {row[0]}; only a backup with status ok "
+                         f"can be restore-tested")
+    return _queued(enqueue(rt(), "restore_test", {"backup": str(backup_id)}))
 
 
 # --------------------------------------------------------------------------- alerts
+
+_ALERT_FIELDS = ("id", "key", "severity", "status", "message", "details", "opened_at",
+                 "resolved_at", "acknowledged_at", "acknowledged_by")
+
 
 @bp.get("/api/v1/alerts")
 @require_read
 def alerts():
     args = _params({"status", "limit"})
-    st = args.get("status") or "open"
+    st = args.get("status", "open")
     if st not in ("open", "resolved", "all"):
-        raise BadRequest(f"status={st!r} must be open, resolved or all", "bad_status")
+        raise BadRequest(f"status={st[:40]!r} must be open, resolved or all", "bad_status")
     limit = _int(args, "limit", 200, 1, 10000)
     with rt().conn() as conn:
         rows = store.alerts_list(conn, status=st, limit=limit)
-    return jsonify({"count": len(rows), "alerts": rows})
+    out = [{k: r.get(k) for k in _ALERT_FIELDS} for r in rows]
+    for a in out:
+        if not isinstance(a["details"], dict):
+            a["details"] = {}
+    return jsonify({"count": len(out), "alerts": out})
 
 
 # --------------------------------------------------------------------------- openapi
@@ -421,6 +652,17 @@ def _is_api_path() -> bool:
 def register(app) -> None:
     app.json = JSONProvider(app)
     app.register_blueprint(bp)
+    max_bytes = app.config.get("MAX_CONTENT_LENGTH")
+
+    @app.before_request
+    def _too_large():
+        # before authentication and routing: a huge body is refused at once
+        n = request.content_length
+        if max_bytes and n is not None and n > max_bytes:
+            return api_error(413, "payload_too_large",
+                             f"the request body is {n} bytes; at most {max_bytes} are accepted "
+                             f"(server.max_request_bytes)")
+        return None
 
     @app.errorhandler(BadRequest)
     def _bad(e: BadRequest):
@@ -429,20 +671,31 @@ def register(app) -> None:
     @app.errorhandler(psycopg.OperationalError)
     @app.errorhandler(PoolTimeout)
     def _db_down(e):
+        if isinstance(e, psycopg.errors.QueryCanceled):
+            return api_error(503, "timeout", "the query took too long; narrow the range")
         log.warning("database unavailable: %s", e)
         return api_error(503, "database_unavailable",
                          "the database is unreachable right now; try again shortly")
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(e):
+        log.warning("redis unavailable: %s", e)
+        return api_error(503, "queue_unavailable",
+                         "Redis (the job queue) is unreachable right now; try again shortly")
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):
         if _is_api_path() or request.accept_mimetypes.best == "application/json":
             code = (e.name or "error").lower().replace(" ", "_")
-            return api_error(e.code or 500, code, e.description or e.name)
+            resp = api_error(e.code or 500, code, e.description or e.name)
+            if e.code == 405 and getattr(e, "valid_methods", None):
+                resp.headers["Allow"] = ", ".join(e.valid_methods)
+            return resp
         return e
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        if isinstance(e, (psycopg.errors.QueryCanceled,)):
+        if isinstance(e, psycopg.errors.QueryCanceled):
             return api_error(503, "timeout", "the query took too long; narrow the range")
+        log.exception("unhandled error on %s %s", request.method, request.path)
         return api_error(500, "internal_error", "internal error; see the server log")

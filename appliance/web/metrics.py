@@ -72,8 +72,9 @@ class StoreCollector:
                 alerts = store.open_alerts(conn)
         except Exception:  # noqa: BLE001
             return
-        req = CounterMetricFamily("appliance_vendor_requests", "vendor HTTP requests",
-                                  labels=["provider", "kind", "label"])
+        req = CounterMetricFamily("appliance_vendor_requests",
+                                  "vendor HTTP requests by kind (request, retry, error) and "
+                                  "HTTP status or failure", labels=["provider", "kind", "status"])
         for prov, kind, label, n in vendor:
             req.add_metric([prov, kind, label], n)
         yield req
@@ -86,6 +87,22 @@ class StoreCollector:
             dur.add_metric([job, st], float(secs))
         yield runs
         yield dur
+        last_dur = GaugeMetricFamily("appliance_job_last_run_duration_seconds",
+                                     "duration of the latest finished run of each job",
+                                     labels=["job", "status"])
+        last_ok = GaugeMetricFamily("appliance_job_last_success_timestamp_seconds",
+                                    "when the latest successful run of each job finished",
+                                    labels=["job"])
+        for job, lr in (snap.get("last_runs") or {}).items():
+            r = lr.get("last")
+            if r and r.get("started_at") and r.get("finished_at"):
+                last_dur.add_metric([job, r["status"]],
+                                    (r["finished_at"] - r["started_at"]).total_seconds())
+            ok = lr.get("last_success")
+            if ok and ok.get("finished_at"):
+                last_ok.add_metric([job], ok["finished_at"].timestamp())
+        yield last_dur
+        yield last_ok
         age = GaugeMetricFamily("appliance_backup_age_seconds", "age of the latest good backup")
         size = GaugeMetricFamily("appliance_backup_size_bytes", "size of the latest good backup")
         if lb:
@@ -95,9 +112,14 @@ class StoreCollector:
         yield size
         rtst = GaugeMetricFamily("appliance_restore_test_passed",
                                  "1 when the latest restore test passed, 0 when it failed")
+        rtts = GaugeMetricFamily("appliance_restore_test_timestamp_seconds",
+                                 "when the latest restore test ran")
         if lrt:
             rtst.add_metric([], 1 if lrt["status"] == "passed" else 0)
+            if lrt.get("at"):
+                rtts.add_metric([], lrt["at"].timestamp())
         yield rtst
+        yield rtts
         al = GaugeMetricFamily("appliance_alerts_open", "open alerts", labels=["severity", "key"])
         for a in alerts:
             al.add_metric([a["severity"], a["key"]], 1)
