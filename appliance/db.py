@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import time
 from pathlib import Path
 
 import psycopg
@@ -38,15 +39,27 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float
     if statement_timeout_s:
         kwargs["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
     return ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
-                          kwargs=kwargs, name=name, check=ConnectionPool.check_connection,
-                          reset=_reset,
+                          kwargs=kwargs, name=name, check=_check_if_idle, reset=_reset,
                           reconnect_timeout=30)
+
+
+IDLE_CHECK_S = 30.0
 
 
 def _reset(conn) -> None:
     """A connection goes back to the pool as it came out: transactional."""
     if conn.autocommit:
         conn.autocommit = False
+    conn._returned_at = time.monotonic()
+
+
+def _check_if_idle(conn) -> None:
+    """Ping only connections that sat idle a while: a busy API must not pay a
+    round trip per request, yet a server restart is still noticed (a broken
+    connection found later raises OperationalError, answered as a 503, and
+    the pool replaces it)."""
+    if time.monotonic() - getattr(conn, "_returned_at", 0.0) >= IDLE_CHECK_S:
+        ConnectionPool.check_connection(conn)
 
 
 def migrations() -> list[tuple[int, str, Path]]:

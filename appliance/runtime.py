@@ -29,6 +29,7 @@ K_CONFIG_SHA = "appliance:config:sha"
 K_CONFIG_PATH = "appliance:config:path"
 K_CONFIG_VERSION = "appliance:config:version"
 K_HEARTBEAT = "appliance:heartbeat:{}"
+REDIS_DOWN_BACKOFF_S = 10.0
 
 
 class Runtime:
@@ -97,7 +98,9 @@ class Runtime:
             try:
                 self._maybe_swap()
             except redis.RedisError:
-                pass  # Redis down: keep the config we have
+                # Redis down: keep the config we have, and do not pay a timeout
+                # on every request while it stays down
+                self._last_check = now + REDIS_DOWN_BACKOFF_S
         return self._config
 
     def config_version(self) -> int:
