@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import select
 import time
 from pathlib import Path
 
@@ -54,11 +55,22 @@ def _reset(conn) -> None:
 
 
 def _check_if_idle(conn) -> None:
-    """Ping only connections that sat idle a while: a busy API must not pay a
-    round trip per request, yet a server restart is still noticed (a broken
-    connection found later raises OperationalError, answered as a 503, and
-    the pool replaces it)."""
+    """Check a connection before handing it out without a round trip when it
+    can be helped: an idle connection has nothing to read, so a readable
+    socket means the server said something (terminated the session,
+    restarted) and the connection gets a real check (and is replaced when
+    broken). Connections idle for a while are pinged anyway."""
+    if conn.closed or conn.broken:
+        ConnectionPool.check_connection(conn)
+        return
     if time.monotonic() - getattr(conn, "_returned_at", 0.0) >= IDLE_CHECK_S:
+        ConnectionPool.check_connection(conn)
+        return
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        readable = True
+    if readable:
         ConnectionPool.check_connection(conn)
 
 
