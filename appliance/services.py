@@ -38,8 +38,10 @@ class Endpoints:
 
     def describe(self) -> str:
         from .config import mask_url
-        pg = "embedded PostgreSQL" if self.embedded_pg else f"PostgreSQL at {mask_url(self.database_url)}"
-        rd = "embedded Redis" if self.embedded_redis else f"Redis at {mask_url(self.redis_url)}"
+        pg = (f"embedded PostgreSQL at {self.database_url}" if self.embedded_pg
+              else f"PostgreSQL at {mask_url(self.database_url)}")
+        rd = (f"embedded Redis at {self.redis_url}" if self.embedded_redis
+              else f"Redis at {mask_url(self.redis_url)}")
         return f"{pg}; {rd}"
 
 
