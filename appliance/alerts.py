@@ -1,0 +1,497 @@
+"""Alert rules over measured state.
+
+Each rule has a key, a severity, a threshold from ``alerts:`` in
+appliance.yaml, a ``for`` duration and a message with the response steps.
+``evaluate(rt, now)`` measures everything once, then per rule:
+
+* condition true, no active row   -> a ``pending`` row (pending_since = now);
+* pending for at least ``for``    -> ``open`` (opened_at = now), notifiers told;
+* condition false while pending   -> the row is dropped (it never opened);
+* condition false while open      -> ``resolved`` (resolved_at = now), notifiers told.
+
+So a condition that flaps faster than its ``for`` never opens an alert.
+``backup_failed`` is opened and resolved by the backup job itself; the rules
+leave it alone. Notifications (webhook JSON POST, SMTP e-mail) are best effort:
+a failing notifier is logged and recorded as an event, never blocks the rules.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import smtplib
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Callable
+
+import requests
+from psycopg.rows import dict_row
+
+from . import store
+
+log = logging.getLogger("appliance.alerts")
+
+K_429_SAMPLES = "appliance:alerts:429"
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    severity: str          # warning | critical
+    for_seconds: int       # default; alerts.for_seconds[key] overrides
+    summary: str
+    response: str
+    check: Callable        # (m: Measures, cfg) -> (firing: bool, message: str, details: dict)
+
+
+@dataclass
+class Measures:
+    """What the rules look at, measured once per evaluation."""
+
+    now: dt.datetime
+    health: dict
+    disk: dict               # name -> {"path", "free_pct", "free_bytes"} or {"error"}
+    job_history: dict        # job -> [statuses, newest first]
+    last_backup_ok: dt.datetime | None
+    backup_failures_since_ok: int
+    first_backup_failure_since_ok: dt.datetime | None
+    last_restore_test: dict | None
+    last_spot_check: dict | None
+    vendor_auth_error: dict | None
+    rate_limited_last_hour: int | None
+    installed_at: dt.datetime | None = None
+
+
+# --------------------------------------------------------------------------- rules
+
+def _validation(level: str):
+    def check(m: Measures, cfg):
+        snap = m.health["_snap"]
+        if snap.get("status") != "ok" or not snap.get("total_records"):
+            return False, "", {}
+        rate = snap["validation_rate_pct"]
+        a = cfg["alerts"]
+        limit = a["validation_rate_critical_pct"] if level == "critical" else \
+            a["validation_rate_warn_pct"]
+        if level == "warning" and rate < a["validation_rate_critical_pct"]:
+            return False, "", {}  # the critical rule speaks for it
+        return (rate < limit,
+                f"validation rate {rate}% is below {limit}%",
+                {"validation_rate_pct": rate, "threshold_pct": limit})
+    return check
+
+
+def _stale(m: Measures, cfg):
+    behind = m.health.get("latest_data_sessions_behind")
+    limit = cfg["alerts"]["stale_after_sessions"]
+    if behind is None:
+        return False, "", {}
+    return (behind > limit,
+            f"the latest stored session ({m.health['latest_data']}) is {behind} trading "
+            f"session(s) behind the latest completed one (allowed: {limit})",
+            {"latest_data": m.health["latest_data"], "sessions_behind": behind})
+
+
+def _scheduler(m: Measures, cfg):
+    if m.health.get("redis") != "ok":
+        return True, "Redis is unreachable: the scheduler cannot run", {"redis": "error"}
+    age = m.health["_redis"].get("scheduler_heartbeat_age_s")
+    limit = cfg["alerts"]["scheduler_heartbeat_max_seconds"]
+    return (not m.health["scheduler_running"],
+            "no scheduler heartbeat" + (f" for {age:.0f} s" if age is not None else "")
+            + f" (allowed: {limit} s)", {"heartbeat_age_s": age})
+
+
+def _worker(m: Measures, cfg):
+    if m.health.get("redis") != "ok":
+        return False, "", {}  # scheduler_stopped already says Redis is down
+    age = m.health["_redis"].get("worker_heartbeat_age_s")
+    return (not m.health["worker_alive"],
+            "no worker heartbeat" + (f" for {age:.0f} s" if age is not None else ""),
+            {"heartbeat_age_s": age})
+
+
+def _jobs_failing(m: Measures, cfg):
+    n = cfg["alerts"]["job_failures_max"]
+    bad = sorted(job for job, sts in m.job_history.items()
+                 if len(sts) >= n and all(s == "failed" for s in sts[:n]))
+    return (bool(bad), f"the last {n} runs of {', '.join(bad)} failed", {"jobs": bad})
+
+
+def _backup_stale(m: Measures, cfg):
+    limit = cfg["alerts"]["backup_max_age_days"]
+    if m.last_backup_ok is None:
+        # a new installation is not late until it has existed for the allowed age
+        if m.installed_at is None or (m.now - m.installed_at).total_seconds() / 86400 <= limit:
+            return False, "", {}
+        return True, "there is no good backup yet", {"last_backup": None}
+    age_days = (m.now - m.last_backup_ok).total_seconds() / 86400
+    return (age_days > limit,
+            f"the newest good backup is {age_days:.1f} days old (allowed: {limit})",
+            {"last_backup": m.last_backup_ok.isoformat(), "age_days": round(age_days, 2)})
+
+
+def _backup_failing(m: Measures, cfg):
+    days = cfg["alerts"]["backup_failing_days"]
+    first = m.first_backup_failure_since_ok
+    if not m.backup_failures_since_ok or first is None:
+        return False, "", {}
+    span = (m.now - first).total_seconds() / 86400
+    return (span >= days,
+            f"backups have been failing for {span:.1f} days ({m.backup_failures_since_ok} "
+            f"failed runs since the last good one)",
+            {"failing_days": round(span, 2), "failed_runs": m.backup_failures_since_ok})
+
+
+def _restore_test(m: Measures, cfg):
+    t = m.last_restore_test
+    if not t:
+        return False, "", {}
+    return (t.get("status") == "failed",
+            f"the last restore test ({t.get('filename')}) failed: "
+            f"{(t.get('error') or 'see its result')}"[:500],
+            {"backup_id": t.get("backup_id"), "at": str(t.get("at"))})
+
+
+def _disk(name: str):
+    def check(m: Measures, cfg):
+        d = m.disk.get(name) or {}
+        limit = cfg["alerts"]["disk_free_min_pct"]
+        if "free_pct" not in d:
+            return False, "", {}
+        return (d["free_pct"] < limit,
+                f"{d['path']}: {d['free_pct']:.1f}% free (minimum {limit}%)",
+                {"path": d["path"], "free_pct": round(d["free_pct"], 2),
+                 "free_bytes": d.get("free_bytes")})
+    return check
+
+
+def _gaps(m: Measures, cfg):
+    snap = m.health["_snap"]
+    if snap.get("status") != "ok" or not snap.get("total_records"):
+        return False, "", {}
+    pct = snap["gaps_flagged_pct"]
+    limit = cfg["alerts"]["gaps_flagged_max_pct"]
+    return (pct > limit, f"{pct}% of candles are flagged as gaps (allowed: {limit}%)",
+            {"gaps_flagged_pct": pct, "gaps_flagged": snap["gaps_flagged"]})
+
+
+def _spot_check(m: Measures, cfg):
+    r = m.last_spot_check
+    if not r:
+        return False, "", {}
+    pct = float(r.get("mismatch_pct") or 0)
+    limit = cfg["alerts"]["spot_check_mismatch_max_pct"]
+    pairs = [p for p in r.get("pairs", []) if p.get("verdict") == "mismatch"]
+    listed = ", ".join(f"{p['symbol']} {p['session']} ({p.get('diff_pct')}%)" for p in pairs[:10])
+    return (pct > limit,
+            f"{pct}% of spot-checked closes differ from the second source "
+            f"(allowed: {limit}%): {listed}",
+            {"mismatch_pct": pct, "pairs": pairs[:50]})
+
+
+def _vendor_auth(m: Measures, cfg):
+    e = m.vendor_auth_error
+    if not e:
+        return False, "", {}
+    return True, f"the vendor refused the request: {e['message']}", {"since": str(e["ts"])}
+
+
+def _rate_limited(m: Measures, cfg):
+    n = m.rate_limited_last_hour
+    limit = cfg["alerts"]["rate_limited_max_per_hour"]
+    if n is None:
+        return False, "", {}
+    return (n > limit, f"{n} rate-limited (429) vendor answers in the last hour "
+                       f"(allowed: {limit})", {"count_last_hour": n})
+
+
+RULES: list[Rule] = [
+    Rule("validation_rate_critical", "critical", 0, "Validation rate critically low",
+         "Open the console's Symbols page and the red rows' symbol pages: each failed candle "
+         "shows the rule it failed. Check Events for vendor errors; verify the API key. "
+         "Escalate now.", _validation("critical")),
+    Rule("validation_rate_low", "warning", 300, "Low validation rate",
+         "Many candles fail quality checks: look at the symbol pages of the red rows, check "
+         "Events for vendor errors; a vendor outage recovers with the next backfill.",
+         _validation("warning")),
+    Rule("data_stale", "warning", 600, "Data stale",
+         "Check the last backfill in Jobs and whether the scheduler runs (appliance status); "
+         "run 'appliance backfill'.", _stale),
+    Rule("scheduler_stopped", "critical", 120, "Scheduler stopped",
+         "systemctl status appliance-scheduler; journalctl -u appliance-scheduler -n 50; "
+         "systemctl restart market-data-api.", _scheduler),
+    Rule("worker_down", "critical", 120, "No worker alive",
+         "systemctl status 'appliance-worker@*'; restart the workers.", _worker),
+    Rule("job_failing", "warning", 0, "Jobs failing repeatedly",
+         "Open Jobs: each failed run shows its error.", _jobs_failing),
+    Rule("backup_stale", "warning", 0, "Backup too old",
+         "Run 'appliance backup'; check that the backup drive is mounted.", _backup_stale),
+    Rule("backup_failing", "critical", 0, "Backups failing for a week",
+         "The appliance has no fresh backup: fix the cause named by backup_failed and run "
+         "'appliance backup'. Escalate.", _backup_failing),
+    Rule("restore_test_failed", "critical", 0, "Restore test failed",
+         "Its result says what differed. Take a new backup and test it; keep the failed "
+         "archive for analysis.", _restore_test),
+    Rule("disk_low_data", "warning", 0, "Low disk space (data)",
+         "Free space on the data directory's disk or grow it.", _disk("data")),
+    Rule("disk_low_backup", "warning", 0, "Low disk space (backups)",
+         "Free space on the backup drive or lower retention.backups_keep.", _disk("backup")),
+    Rule("gaps_high", "warning", 0, "Many gaps flagged",
+         "Review the Gaps page now (the monthly gap review).", _gaps),
+    Rule("spot_check_mismatch", "warning", 0, "Spot-check mismatch",
+         "The alert lists the pairs: re-fetch them with 'appliance backfill SYMBOL --start D "
+         "--end D' and compare again; investigate the data source.", _spot_check),
+    Rule("vendor_auth", "critical", 0, "Vendor authentication failed",
+         "Fix POLYGON_API_KEY (or the plan) and run 'appliance reload'.", _vendor_auth),
+    Rule("vendor_rate_limited", "warning", 0, "Vendor rate limiting",
+         "Lower provider.polygon.requests_per_minute to the plan's limit.", _rate_limited),
+]
+
+
+def rule_keys() -> list[str]:
+    """Keys of every alert that can open (the rules plus the backup job's own)."""
+    return [r.key for r in RULES] + ["backup_failed"]
+
+
+# --------------------------------------------------------------------------- measuring
+
+def disk_free(path: str, disk_usage=shutil.disk_usage) -> dict:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        u = disk_usage(str(p))
+    except OSError as e:
+        return {"path": path, "error": str(e)}
+    return {"path": path, "free_pct": 100.0 * u.free / u.total if u.total else 0.0,
+            "free_bytes": u.free, "total_bytes": u.total}
+
+
+def measure(rt, now: dt.datetime, disk_usage=shutil.disk_usage) -> Measures:
+    from . import health as health_mod
+    cfg = rt.config
+    h = health_mod.compute(rt, now=now)
+    disk = {"data": disk_free(cfg["data_dir"], disk_usage),
+            "backup": disk_free(cfg["backup"]["path"], disk_usage)}
+    jobs, last_ok, fails, first_fail, lrt, spot, auth = {}, None, 0, None, None, None, None
+    rate, installed = None, None
+    if h["_snap"].get("status") == "ok":
+        with rt.conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+            n = cfg["alerts"]["job_failures_max"]
+            cur.execute("""SELECT job, array_agg(status ORDER BY created_at DESC) AS sts
+                           FROM (SELECT job, status, created_at,
+                                        row_number() OVER (PARTITION BY job
+                                                           ORDER BY created_at DESC) AS rn
+                                 FROM job_runs WHERE status IN ('ok', 'partial', 'failed')) r
+                           WHERE rn <= %s GROUP BY job""", (n,))
+            jobs = {r["job"]: r["sts"] for r in cur.fetchall()}
+            cur.execute("SELECT max(created_at) AS t FROM backups WHERE status = 'ok'")
+            last_ok = cur.fetchone()["t"]
+            cur.execute("SELECT min(applied_at) AS t FROM schema_migrations")
+            installed = cur.fetchone()["t"]
+            cur.execute("""SELECT count(*) AS n, min(coalesce(finished_at, created_at)) AS first
+                           FROM job_runs WHERE job = 'backup' AND status = 'failed'
+                             AND created_at > coalesce(%s, '-infinity'::timestamptz)""",
+                        (last_ok,))
+            row = cur.fetchone()
+            fails, first_fail = row["n"], row["first"]
+            cur.execute("""SELECT id AS backup_id, filename, restore_test_status AS status,
+                                  restore_test_at AS at, restore_test_result->>'error' AS error
+                           FROM backups WHERE restore_test_at IS NOT NULL
+                           ORDER BY restore_test_at DESC LIMIT 1""")
+            lrt = cur.fetchone()
+            cur.execute("""SELECT result FROM job_runs WHERE job = 'spot_check'
+                             AND status IN ('ok', 'partial')
+                           ORDER BY finished_at DESC NULLS LAST LIMIT 1""")
+            row = cur.fetchone()
+            spot = row["result"] if row else None
+            # an auth error from the vendor after the last backfill that fetched fine
+            cur.execute("""SELECT e.ts, e.message FROM events e
+                           WHERE e.kind = 'vendor' AND e.level = 'error'
+                             AND e.ts > coalesce((SELECT max(finished_at) FROM job_runs
+                                                   WHERE job = 'backfill' AND status = 'ok'),
+                                                  '-infinity'::timestamptz)
+                           ORDER BY e.ts DESC LIMIT 1""")
+            auth = cur.fetchone()
+            total_429 = cur.execute(
+                """SELECT coalesce(sum(count), 0) AS n FROM vendor_requests
+                   WHERE kind = 'request' AND label = '429'""").fetchone()["n"]
+        rate = _rate_last_hour(rt, int(total_429), now)
+    return Measures(now, h, disk, jobs, last_ok, fails, first_fail, lrt, spot, auth, rate,
+                    installed)
+
+
+def _rate_last_hour(rt, total: int, now: dt.datetime) -> int | None:
+    """429s in the last hour, from samples of the cumulative counter kept in
+    Redis by each evaluation (None until an hour-old sample exists or Redis is down)."""
+    try:
+        r = rt.redis
+        ts = now.timestamp()
+        r.zadd(K_429_SAMPLES, {f"{ts}:{total}": ts})
+        r.zremrangebyscore(K_429_SAMPLES, "-inf", ts - 2 * 3600)
+        # the newest sample at least an hour old is the base of the count
+        old = r.zrevrangebyscore(K_429_SAMPLES, ts - 3600, "-inf", start=0, num=1)
+        if not old:
+            return None
+        base = int(old[0].decode().split(":")[1])
+        return max(0, total - base)
+    except Exception:  # noqa: BLE001 - Redis down: this rule cannot tell
+        return None
+
+
+# --------------------------------------------------------------------------- evaluating
+
+def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage,
+             notify: bool = True) -> dict:
+    """Measure, apply every rule, open/resolve alerts. Returns what changed."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    cfg = rt.config
+    m = measure(rt, now, disk_usage)
+    if m.health["_snap"].get("status") != "ok":
+        return {"error": "database unreachable: alerts cannot be stored", "opened": [],
+                "resolved": [], "pending": []}
+    overrides = dict(cfg["alerts"]["for_seconds"])
+    opened, resolved, pending, firing = [], [], [], []
+    with rt.conn() as conn:
+        active = {r["key"]: r for r in _active(conn)}
+        for rule in RULES:
+            try:
+                is_firing, message, details = rule.check(m, cfg)
+            except Exception as e:  # noqa: BLE001 - one broken rule must not stop the rest
+                log.exception("alert rule %s failed", rule.key)
+                store.add_event(conn, "error", "alert", f"rule {rule.key} failed: {e}")
+                continue
+            row = active.get(rule.key)
+            for_s = int(overrides.get(rule.key, rule.for_seconds))
+            if is_firing:
+                firing.append(rule.key)
+                text = f"{rule.summary}: {message}. Response: {rule.response}"
+                if row is None:
+                    row = _insert(conn, rule, text, details, now,
+                                  open_now=for_s <= 0)
+                    (opened if row["status"] == "open" else pending).append(row)
+                elif row["status"] == "pending":
+                    if (now - row["pending_since"]).total_seconds() >= for_s:
+                        row = _update(conn, row["id"], text, details, status="open", at=now)
+                        opened.append(row)
+                    else:
+                        _update(conn, row["id"], text, details)
+                        pending.append(row)
+                else:
+                    _update(conn, row["id"], text, details)
+            elif row is not None:
+                if row["status"] == "pending":
+                    conn.execute("DELETE FROM alerts WHERE id = %s", (row["id"],))
+                else:
+                    row = _update(conn, row["id"], row["message"], None, status="resolved",
+                                  at=now)
+                    resolved.append(row)
+        for r in opened:
+            store.add_event(conn, "warning" if r["severity"] == "warning" else "error",
+                            "alert", f"alert {r['key']} opened: {r['message']}",
+                            {"alert_id": r["id"]})
+        for r in resolved:
+            store.add_event(conn, "info", "alert", f"alert {r['key']} resolved",
+                            {"alert_id": r["id"]})
+    if notify:
+        for r in opened:
+            _notify(rt, "open", r)
+        for r in resolved:
+            _notify(rt, "resolved", r)
+    return {"opened": [r["key"] for r in opened], "resolved": [r["key"] for r in resolved],
+            "pending": [r["key"] for r in pending], "firing": firing}
+
+
+def _active(conn) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT * FROM alerts WHERE status IN ('pending', 'open') "
+                    "AND key <> 'backup_failed'")
+        return cur.fetchall()
+
+
+def _insert(conn, rule: Rule, message: str, details: dict, now, *, open_now: bool) -> dict:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """INSERT INTO alerts (key, severity, status, message, details, pending_since,
+                                   opened_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+            (rule.key, rule.severity, "open" if open_now else "pending", message,
+             json.dumps(details, default=str), now, now if open_now else None))
+        return cur.fetchone()
+
+
+def _update(conn, alert_id: int, message: str, details: dict | None, *,
+            status: str | None = None, at=None) -> dict:
+    sets, args = ["message = %s"], [message]
+    if details is not None:
+        sets.append("details = %s")
+        args.append(json.dumps(details, default=str))
+    if status == "open":
+        sets += ["status = 'open'", "opened_at = %s"]
+        args.append(at)
+    elif status == "resolved":
+        sets += ["status = 'resolved'", "resolved_at = %s"]
+        args.append(at)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"UPDATE alerts SET {', '.join(sets)} WHERE id = %s RETURNING *",
+                    (*args, alert_id))
+        return cur.fetchone()
+
+
+def acknowledge(conn, alert_id: int, who: str) -> bool:
+    cur = conn.execute("""UPDATE alerts SET acknowledged_at = now(), acknowledged_by = %s
+                          WHERE id = %s AND status = 'open' AND acknowledged_at IS NULL""",
+                       (who, alert_id))
+    return cur.rowcount == 1
+
+
+# --------------------------------------------------------------------------- notifying
+
+def _payload(event: str, row: dict) -> dict:
+    return {"event": event, "key": row["key"], "severity": row["severity"],
+            "status": row["status"], "message": row["message"], "details": row["details"],
+            "opened_at": row.get("opened_at"), "resolved_at": row.get("resolved_at"),
+            "source": "market-data-appliance"}
+
+
+def _notify(rt, event: str, row: dict) -> None:
+    cfg = rt.config["alerts"]
+    body = _payload(event, row)
+    if cfg["webhook"]["url"]:
+        try:
+            r = requests.post(cfg["webhook"]["url"], data=json.dumps(body, default=str),
+                              headers={"Content-Type": "application/json"},
+                              timeout=cfg["webhook"]["timeout_seconds"])
+            r.raise_for_status()
+        except Exception as e:  # noqa: BLE001 - a notifier never blocks the rules
+            _notifier_failed(rt, "webhook", e)
+    em = cfg["email"]
+    if em["smtp_host"] and em["to"]:
+        try:
+            msg = EmailMessage()
+            msg["Subject"] = (f"[{row['severity'].upper()}] {row['key']} "
+                              f"{'opened' if event == 'open' else 'resolved'}")
+            msg["From"] = em["from"] or "appliance@localhost"
+            msg["To"] = ", ".join(em["to"])
+            msg.set_content(json.dumps(body, indent=2, default=str))
+            with smtplib.SMTP(em["smtp_host"], em["smtp_port"], timeout=10) as s:
+                if em["starttls"]:
+                    s.starttls()
+                if em["username"]:
+                    s.login(em["username"], em["password"])
+                s.send_message(msg)
+        except Exception as e:  # noqa: BLE001
+            _notifier_failed(rt, "email", e)
+
+
+def _notifier_failed(rt, which: str, e: Exception) -> None:
+    log.warning("alert %s notification failed: %s", which, e)
+    try:
+        with rt.conn() as conn:
+            store.add_event(conn, "warning", "alert", f"{which} notification failed: "
+                                                      f"{e.__class__.__name__}: {e}"[:500])
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,128 @@
+"""``appliance status``: the operator's terminal view (the old monitor.sh).
+
+Health, open alerts, jobs, backups and data freshness, from the same
+computation as /health and /api/v1/status. Rich text on a terminal, plain
+text when piped, ``--json`` for scripts, ``--watch`` to refresh in place.
+Exit code: 0 healthy, 1 degraded, 2 unhealthy (cron- and Nagios-friendly).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+
+from . import health as health_mod
+
+
+def snapshot(rt) -> dict:
+    h = health_mod.compute(rt)
+    return health_mod.status_body(rt, h)
+
+
+def _age(ts) -> str:
+    if not ts:
+        return "-"
+    if isinstance(ts, str):
+        ts = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    s = (dt.datetime.now(dt.timezone.utc) - ts).total_seconds()
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s / n:.1f}{unit} ago"
+    return f"{s:.0f}s ago"
+
+
+def render_lines(st: dict) -> list[tuple[str, str]]:
+    """(style, text) lines; style is a rich style name or ''."""
+    colour = {"healthy": "bold green", "degraded": "bold yellow", "unhealthy": "bold red"}
+    out = [(colour.get(st["status"], ""), f"Market Data Appliance: {st['status'].upper()}"
+            f"   provider {st.get('provider')}   {st.get('timestamp')}")]
+    for r in st.get("reasons", []):
+        out.append(("yellow", f"  - {r}"))
+    d = st["database"]
+    if d.get("status") == "ok":
+        behind = d.get("latest_data_sessions_behind")
+        out.append(("", f"Data       {d['symbols_available']} symbols, {d['total_records']:,} "
+                        f"candles, validation {d['validation_rate_pct']}%, gaps "
+                        f"{d['gaps_flagged']} ({d['gaps_flagged_pct']}%)"))
+        out.append(("", f"Freshness  latest {d.get('latest_data') or '-'}"
+                        + (f" ({behind} session(s) behind)" if behind is not None else "")))
+    else:
+        out.append(("bold red", f"Database   ERROR: {d.get('error')}"))
+    sch = st.get("scheduler", {})
+    out.append(("", f"Scheduler  {'running' if sch.get('running') else 'STOPPED'}, worker "
+                    f"{'alive' if sch.get('worker_alive') else 'DOWN'}"))
+    for job, j in sorted((sch.get("jobs") or {}).items()):
+        last = j.get("last_run") or {}
+        nxt = j.get("next_run")
+        out.append(("", f"  {job:<19} last {last.get('status') or '-':<8} "
+                        f"{_age(last.get('finished_at') or last.get('started_at')):<12} "
+                        f"next {str(nxt)[:16] if nxt else '-'}"))
+    b = st.get("backups") or {}
+    lb = b.get("latest")
+    rtst = b.get("last_restore_test") or {}
+    out.append(("", f"Backups    latest {lb['filename'] if lb else 'none'}"
+                    + (f" ({_age(lb['created_at'])})" if lb else "")
+                    + f", restore test {rtst.get('status') or '-'}"))
+    alerts = st.get("alerts") or []
+    out.append(("bold" if alerts else "", f"Alerts     {len(alerts)} open"))
+    for a in alerts:
+        out.append(("red" if a["severity"] == "critical" else "yellow",
+                    f"  [{a['severity']}] {a['key']}: {a['message'][:160]}"))
+    return out
+
+
+def run_status(cfg, *, as_json: bool = False, watch: bool = False, interval: float = 5.0) -> int:
+    from .runtime import Runtime
+    rt = Runtime(cfg, pool_size=2)
+    rt.adopt_running_config()
+    try:
+        rt.open(wait=False)
+        if as_json:
+            st = snapshot(rt)
+            print(json.dumps(st, default=str, indent=2))
+            return health_mod.exit_code(st["status"])
+        tty = sys.stdout.isatty()
+        if not watch:
+            st = snapshot(rt)
+            _print(render_lines(st), tty)
+            return health_mod.exit_code(st["status"])
+        return _watch(rt, interval, tty)
+    finally:
+        rt.close()
+
+
+def _print(lines, tty: bool) -> None:
+    if tty:
+        from rich.console import Console
+        c = Console()
+        for style, text in lines:
+            c.print(text, style=style or None, markup=False, highlight=False)
+    else:
+        for _, text in lines:
+            print(text)
+
+
+def _watch(rt, interval: float, tty: bool) -> int:
+    code = 2
+    try:
+        if tty:
+            from rich.live import Live
+            from rich.text import Text
+            with Live(refresh_per_second=4, screen=False) as live:
+                while True:
+                    st = snapshot(rt)
+                    code = health_mod.exit_code(st["status"])
+                    t = Text()
+                    for style, text in render_lines(st):
+                        t.append(text + "\n", style=style or None)
+                    live.update(t)
+                    time.sleep(interval)
+        while True:
+            st = snapshot(rt)
+            code = health_mod.exit_code(st["status"])
+            _print(render_lines(st), False)
+            print("", flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return code

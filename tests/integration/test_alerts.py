@@ -1,0 +1,340 @@
+"""Alert rules with a controllable clock, on real PostgreSQL and Redis."""
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import socketserver
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from appliance import alerts
+from appliance.runtime import Runtime
+
+NY = ZoneInfo("America/New_York")
+T0 = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.timezone.utc)  # a Tuesday
+
+
+def _rt(path):
+    rt = Runtime.from_path(path)
+    rt.open()
+    return rt
+
+
+def _ny(y, mo, d, h, mi=0):
+    return dt.datetime(y, mo, d, h, mi, tzinfo=NY).astimezone(dt.timezone.utc)
+
+
+def _stats(rt, symbol="AAPL", *, records=100, validated=100, gaps=0, last=dt.date(2026, 11, 24)):
+    with rt.conn() as conn:
+        conn.execute(
+            """INSERT INTO symbol_stats (symbol, first_session, last_session, records, validated,
+                   gaps, expected_sessions, completeness, mean_score, quality_score)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, 1, 1, 1)
+               ON CONFLICT (symbol) DO UPDATE SET last_session = EXCLUDED.last_session,
+                 records = EXCLUDED.records, validated = EXCLUDED.validated,
+                 gaps = EXCLUDED.gaps""",
+            (symbol, dt.date(2026, 1, 2), last, records, validated, gaps, records))
+
+
+def _beat(rt, ts: dt.datetime):
+    rt.redis.set("appliance:heartbeat:scheduler", str(ts.timestamp()))
+    rt.redis.set("appliance:heartbeat:worker", str(ts.timestamp()))
+
+
+def _active(rt) -> dict:
+    with rt.conn() as conn:
+        return {k: s for k, s in conn.execute(
+            "SELECT key, status FROM alerts WHERE status IN ('pending', 'open')")}
+
+
+@pytest.fixture
+def rt(config_factory, monkeypatch):
+    # the rules' heartbeat ages are measured against the wall clock: freeze it
+    # at each evaluation's `now` through the heartbeats we write ourselves
+    path = config_factory(alerts={"scheduler_heartbeat_max_seconds": 60})
+    r = _rt(path)
+    yield r
+    r.close()
+
+
+def _ok_disk(path):
+    return collections.namedtuple("U", "total used free")(100, 50, 50)
+
+
+def _eval(rt, now, **kw):
+    kw.setdefault("disk_usage", _ok_disk)
+    _beat(rt, dt.datetime.now(dt.timezone.utc))
+    return alerts.evaluate(rt, now=now, notify=kw.pop("notify", True), **kw)
+
+
+def test_validation_rate_alerts_open_at_their_thresholds_and_resolve(rt):
+    _stats(rt, records=100, validated=40)           # 40 %: critical (for 0)
+    r = _eval(rt, T0)
+    assert "validation_rate_critical" in r["opened"]
+    assert _active(rt).get("validation_rate_low") is None
+    _stats(rt, records=100, validated=80)           # 80 %: warning, after its 300 s
+    r = _eval(rt, T0 + dt.timedelta(seconds=10))
+    assert "validation_rate_critical" in r["resolved"]
+    assert _active(rt)["validation_rate_low"] == "pending"
+    r = _eval(rt, T0 + dt.timedelta(seconds=200))
+    assert _active(rt)["validation_rate_low"] == "pending"
+    r = _eval(rt, T0 + dt.timedelta(seconds=311))
+    assert r["opened"] == ["validation_rate_low"]
+    _stats(rt, records=100, validated=100)
+    r = _eval(rt, T0 + dt.timedelta(seconds=400))
+    assert r["resolved"] == ["validation_rate_low"]
+    assert _active(rt) == {}
+    with rt.conn() as conn:
+        hist = conn.execute("SELECT key, status, opened_at IS NOT NULL, resolved_at IS NOT NULL "
+                            "FROM alerts ORDER BY id").fetchall()
+    assert hist == [("validation_rate_critical", "resolved", True, True),
+                    ("validation_rate_low", "resolved", True, True)]
+
+
+def test_a_flapping_condition_never_opens(rt):
+    _stats(rt, records=100, validated=80)
+    _eval(rt, T0)
+    assert _active(rt)["validation_rate_low"] == "pending"
+    _stats(rt, records=100, validated=100)
+    _eval(rt, T0 + dt.timedelta(seconds=60))
+    assert _active(rt) == {}
+    with rt.conn() as conn:
+        assert conn.execute("SELECT count(*) FROM alerts").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("stored,now", [
+    (dt.date(2026, 11, 27), _ny(2026, 11, 30, 8)),   # Monday morning after Thanksgiving Friday
+    (dt.date(2026, 11, 25), _ny(2026, 11, 27, 10)),  # the day after Thanksgiving, before close
+    (dt.date(2025, 6, 18), _ny(2025, 6, 20, 9)),     # Juneteenth (Thursday) is no session
+    (dt.date(2025, 4, 17), _ny(2025, 4, 21, 9)),     # Good Friday is no session
+    (dt.date(2026, 11, 20), _ny(2026, 11, 22, 12)),  # a Sunday
+])
+def test_weekends_and_exchange_holidays_are_never_stale(rt, stored, now):
+    _stats(rt, last=stored)
+    _eval(rt, now)
+    _eval(rt, now + dt.timedelta(hours=2))
+    assert "data_stale" not in _active(rt)
+
+
+def test_data_two_sessions_behind_is_stale_after_its_for_duration(rt):
+    _stats(rt, last=dt.date(2025, 6, 16))            # Mon; Tue and Wed are complete by Fri
+    now = _ny(2025, 6, 20, 9)
+    _eval(rt, now)
+    assert _active(rt)["data_stale"] == "pending"
+    r = _eval(rt, now + dt.timedelta(seconds=601))
+    assert r["opened"] == ["data_stale"]
+    with rt.conn() as conn:
+        msg = conn.execute("SELECT message FROM alerts WHERE key = 'data_stale'").fetchone()[0]
+    assert "2 trading session(s) behind" in msg
+    _stats(rt, last=dt.date(2025, 6, 18))
+    assert _eval(rt, now + dt.timedelta(seconds=700))["resolved"] == ["data_stale"]
+
+
+def test_scheduler_stopped_opens_after_120_s_and_resolves_with_a_heartbeat(rt):
+    _stats(rt)
+    rt.redis.delete("appliance:heartbeat:scheduler")
+    r = alerts.evaluate(rt, now=T0, disk_usage=_ok_disk)
+    assert _active(rt)["scheduler_stopped"] == "pending"
+    r = alerts.evaluate(rt, now=T0 + dt.timedelta(seconds=121), disk_usage=_ok_disk)
+    assert "scheduler_stopped" in r["opened"]
+    r = _eval(rt, T0 + dt.timedelta(seconds=180))
+    assert "scheduler_stopped" in r["resolved"]
+
+
+def test_disk_alerts_follow_free_space(rt):
+    _stats(rt)
+    low = lambda p: collections.namedtuple("U", "total used free")(1000, 900, 100)  # 10 % free
+    r = _eval(rt, T0, disk_usage=low)
+    assert {"disk_low_data", "disk_low_backup"} <= set(r["opened"])
+    r = _eval(rt, T0 + dt.timedelta(seconds=60))
+    assert {"disk_low_data", "disk_low_backup"} <= set(r["resolved"])
+
+
+def test_a_nearly_full_backup_filesystem_opens_the_disk_alert(config_factory, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "filler").write_bytes(b"x" * 900_000)
+        rt = _rt(config_factory(backup={"path": str(mnt), "min_free_pct": 1}))
+        try:
+            _stats(rt)
+            _beat(rt, dt.datetime.now(dt.timezone.utc))
+            r = alerts.evaluate(rt, now=T0)
+            assert "disk_low_backup" in r["opened"]
+            with rt.conn() as conn:
+                msg = conn.execute("SELECT message FROM alerts WHERE key = 'disk_low_backup'"
+                                   ).fetchone()[0]
+            assert str(mnt) in msg
+        finally:
+            rt.close()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_failed_restore_test_and_a_vendor_auth_error_open_criticals(rt):
+    _stats(rt)
+    with rt.conn() as conn:
+        conn.execute("""INSERT INTO backups (filename, path, status, restore_test_status,
+                          restore_test_at, restore_test_result)
+                        VALUES ('market_data_20261122_030000.dump', '/x', 'ok', 'failed', now(),
+                                '{"error": "row count market_data: manifest 10, restored 9"}')""")
+        conn.execute("""INSERT INTO events (level, kind, message)
+                        VALUES ('error', 'vendor', 'Unknown API Key')""")
+    r = _eval(rt, T0)
+    assert {"restore_test_failed", "vendor_auth"} <= set(r["opened"])
+    with rt.conn() as conn:
+        sev = dict(conn.execute("SELECT key, severity FROM alerts"))
+        msg = conn.execute("SELECT message FROM alerts WHERE key = 'vendor_auth'").fetchone()[0]
+    assert sev["restore_test_failed"] == sev["vendor_auth"] == "critical"
+    assert "Unknown API Key" in msg
+    with rt.conn() as conn:  # a backfill that worked clears the auth alert
+        conn.execute("""INSERT INTO job_runs (job, slot, status, started_at, finished_at)
+                        VALUES ('backfill', 'x', 'ok', now(), now() + interval '1 second')""")
+    assert "vendor_auth" in _eval(rt, T0 + dt.timedelta(seconds=60))["resolved"]
+
+
+def test_a_spot_check_mismatch_opens_with_the_pairs_listed(rt):
+    _stats(rt)
+    result = {"mismatch_pct": 5.0, "pairs": [
+        {"symbol": "AAPL", "session": "2026-10-01", "diff_pct": 3.2, "verdict": "mismatch"},
+        {"symbol": "MSFT", "session": "2026-10-02", "diff_pct": 0.0, "verdict": "match"}]}
+    with rt.conn() as conn:
+        conn.execute("""INSERT INTO job_runs (job, slot, status, result, started_at, finished_at)
+                        VALUES ('spot_check', 'x', 'ok', %s, now(), now())""",
+                     (json.dumps(result),))
+    r = _eval(rt, T0)
+    assert "spot_check_mismatch" in r["opened"]
+    with rt.conn() as conn:
+        msg = conn.execute("SELECT message FROM alerts WHERE key = 'spot_check_mismatch'"
+                           ).fetchone()[0]
+    assert "AAPL 2026-10-01 (3.2%)" in msg and "MSFT" not in msg
+
+
+def test_repeatedly_failing_jobs_open_an_alert(rt):
+    _stats(rt)
+    with rt.conn() as conn:
+        for i in range(3):
+            conn.execute("""INSERT INTO job_runs (job, slot, status, created_at)
+                            VALUES ('backfill', %s, 'failed', now() + %s * interval '1 s')""",
+                         (f"s{i}", i))
+    r = _eval(rt, T0)
+    assert "job_failing" in r["opened"]
+
+
+class _Hook(BaseHTTPRequestHandler):
+    got: list = []
+
+    def do_POST(self):  # noqa: N802
+        n = int(self.headers.get("Content-Length", 0))
+        type(self).got.append(json.loads(self.rfile.read(n)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+class _SMTP(socketserver.StreamRequestHandler):
+    mails: list = []
+
+    def handle(self):
+        w = lambda s: self.wfile.write((s + "\r\n").encode())
+        w("220 localhost ESMTP test")
+        data, in_data = [], False
+        for raw in self.rfile:
+            line = raw.decode().rstrip("\r\n")
+            if in_data:
+                if line == ".":
+                    in_data = False
+                    type(self).mails.append("\n".join(data))
+                    data = []
+                    w("250 OK")
+                else:
+                    data.append(line)
+                continue
+            cmd = line.split(" ", 1)[0].upper()
+            if cmd in ("EHLO", "HELO"):
+                w("250 localhost")
+            elif cmd == "DATA":
+                in_data = True
+                w("354 go ahead")
+            elif cmd == "QUIT":
+                w("221 bye")
+                return
+            else:
+                w("250 OK")
+
+
+def test_webhook_and_email_receive_open_and_resolve(config_factory):
+    _Hook.got, _SMTP.mails = [], []
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTP)
+    for srv in (hook, smtp):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        rt = _rt(config_factory(alerts={
+            "webhook": {"url": f"http://127.0.0.1:{hook.server_address[1]}/hook"},
+            "email": {"smtp_host": "127.0.0.1", "smtp_port": smtp.server_address[1],
+                      "starttls": False, "from": "appliance@example.org",
+                      "to": ["ops@example.org"]}}))
+        try:
+            _stats(rt, records=100, validated=10)
+            _eval(rt, T0)
+            _stats(rt, records=100, validated=100)
+            _eval(rt, T0 + dt.timedelta(seconds=60))
+        finally:
+            rt.close()
+    finally:
+        hook.shutdown()
+        smtp.shutdown()
+    events = [(m["event"], m["key"]) for m in _Hook.got]
+    assert events == [("open", "validation_rate_critical"), ("resolved", "validation_rate_critical")]
+    assert len(_SMTP.mails) == 2
+    assert "Subject: [CRITICAL] validation_rate_critical opened" in _SMTP.mails[0]
+    assert "Subject: [CRITICAL] validation_rate_critical resolved" in _SMTP.mails[1]
+
+
+def test_a_failing_notifier_never_blocks_the_rules(config_factory):
+    rt = _rt(config_factory(alerts={"webhook": {"url": "http://127.0.0.1:9/nothing",
+                                                "timeout_seconds": 1}}))
+    try:
+        _stats(rt, records=100, validated=10)
+        r = _eval(rt, T0)
+        assert "validation_rate_critical" in r["opened"]
+        with rt.conn() as conn:
+            ev = conn.execute("SELECT message FROM events WHERE message LIKE 'webhook%'"
+                              ).fetchall()
+        assert ev
+    finally:
+        rt.close()
+
+
+def test_status_json_exit_codes_follow_health(config_factory, tmp_path):
+    path = config_factory()
+    r = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path), "status",
+                        "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr          # no scheduler running: degraded
+    body = json.loads(r.stdout)
+    assert body["status"] == "degraded" and body["database"]["status"] == "ok"
+    plain = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
+                            "status"], capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 1
+    assert "Market Data Appliance: DEGRADED" in plain.stdout
+    assert "Scheduler  STOPPED" in plain.stdout
+    dead = tmp_path / "dead.yaml"
+    dead.write_text(path.read_text().replace(
+        path.read_text().split("url: ", 1)[1].split("\n", 1)[0],
+        "postgresql://postgres@127.0.0.1:9/none", 1))
+    r = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(dead), "status",
+                        "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert json.loads(r.stdout)["database"]["status"] == "error"
