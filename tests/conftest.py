@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE_DB = "appliance_test_template"
+TEMPLATE_DB = f"appliance_test_template_{os.getpid()}"  # concurrent runs must not share it
 
 
 def _replace_db(url: str, dbname: str) -> str:
