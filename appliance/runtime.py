@@ -83,6 +83,17 @@ class Runtime:
         with self.pool.connection() as c:
             yield c
 
+    @contextmanager
+    def read_conn(self):
+        """A pooled connection in autocommit mode, for single read-only
+        statements: no BEGIN/COMMIT round trips (the pool makes it
+        transactional again when it comes back)."""
+        if not self._opened:
+            self.open()
+        with self.pool.connection() as c:
+            c.autocommit = True
+            yield c
+
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:

@@ -274,7 +274,7 @@ def historical(symbol: str):
     # fetched in one go (a prepared statement, the cheapest path); longer
     # ranges are streamed in chunks while the connection is held.
     small = (end - start).days < FIRST_CHUNK or (limit is not None and limit < FIRST_CHUNK)
-    cm = rt().conn()
+    cm = rt().read_conn()
     conn = cm.__enter__()
     released = False
     try:
