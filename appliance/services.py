@@ -18,12 +18,17 @@ import signal
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ServiceError
 
 log = logging.getLogger("appliance.services")
+
+# pgserver asks platformdirs for a runtime dir, which warns when XDG_RUNTIME_DIR
+# is unset (root shells, systemd services); the fallback it uses is fine
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 DB_NAME = "market_data"
 _SOCKET_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
