@@ -36,9 +36,14 @@ def _load(ctx):
         ctx.exit(1)
 
 
-def _runtime(ctx, **kw):
+def _runtime(ctx, *, one_shot: bool = True, **kw):
+    """A Runtime for this command. ``one_shot``: embedded servers this command
+    had to start are stopped again when it ends."""
+    from . import services
     from .runtime import Runtime
     cfg = _load(ctx)
+    if one_shot:
+        ctx.call_on_close(services.stop_started_here)
     try:
         rt = Runtime(cfg, **kw)
         rt.adopt_running_config()
@@ -93,8 +98,10 @@ def check_config(ctx, path, show_diff):
                f"{len(cfg['schedules'])} schedules, sha256 {cfg.sha256[:12]} "
                f"({(time.monotonic() - t0) * 1000:.0f} ms)")
     if show_diff:
+        from . import services
         from .runtime import Runtime
         from . import reload as reload_mod
+        ctx.call_on_close(services.stop_started_here)
         try:
             running = reload_mod.running_config(Runtime(cfg))
         except Exception as e:  # noqa: BLE001 - nothing running is a normal answer
@@ -137,6 +144,7 @@ def migrate(ctx):
     """Apply pending database migrations."""
     from . import db, services
     cfg = _load(ctx)
+    ctx.call_on_close(services.stop_started_here)
     try:
         ep = services.resolve(cfg)
         applied = db.migrate(ep.database_url)
@@ -254,7 +262,7 @@ def serve(ctx):
 def worker(ctx, burst, name):
     """Run one RQ worker for the appliance's queue."""
     from .worker import run_worker
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, one_shot=False)
     sys.exit(run_worker(rt, burst=burst, name=name))
 
 
@@ -263,7 +271,7 @@ def worker(ctx, burst, name):
 def scheduler(ctx):
     """Run the scheduler: cron jobs from appliance.yaml (UTC), heartbeat, catch-up."""
     from .schedule import run_scheduler
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, one_shot=False)
     sys.exit(run_scheduler(rt))
 
 
@@ -351,8 +359,10 @@ def restore(ctx, backup, yes):
 @click.pass_context
 def status(ctx, as_json, watch, interval):
     """Health, alerts, jobs, backups and freshness (exit 0 healthy, 1 degraded, 2 unhealthy)."""
+    from . import services
     from .statusview import run_status
     cfg = _load(ctx)
+    ctx.call_on_close(services.stop_started_here)
     sys.exit(run_status(cfg, as_json=as_json, watch=watch, interval=interval))
 
 

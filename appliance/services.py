@@ -31,6 +31,9 @@ log = logging.getLogger("appliance.services")
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 DB_NAME = "market_data"
+
+#: data dirs whose embedded servers this process started (not merely attached to)
+_started: set[tuple[str, Path]] = set()
 _SOCKET_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 
 
@@ -84,6 +87,8 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
         if info is None:  # pgserver caches handles per folder: a stopped server's must go
             PostgresServer._instances.pop(pgdata.resolve(), None)
         srv = pgserver.get_server(pgdata, cleanup_mode=None)
+        if info is None:
+            _started.add(("pg", Path(data_dir)))
     except subprocess.CalledProcessError as e:
         logtail = _tail(pgdata / "log")
         raise ServiceError(f"embedded PostgreSQL in {pgdata} failed to start: {e}. "
@@ -227,6 +232,7 @@ def embedded_redis(data_dir: Path, *, start: bool = True) -> str:
     while time.monotonic() < deadline:
         if _redis_alive(url):
             log.info("embedded Redis started at %s", sock)
+            _started.add(("redis", Path(data_dir)))
             return url
         time.sleep(0.05)
     raise ServiceError(f"embedded Redis did not answer on {sock} within 10 s; log:\n"
@@ -270,6 +276,18 @@ def stop_embedded_redis(data_dir: Path) -> None:
     while time.monotonic() < deadline and _pid_alive(pid):
         time.sleep(0.05)
     log.info("embedded Redis stopped")
+
+
+def stop_started_here() -> None:
+    """Stop the embedded servers this process started, for one-shot commands
+    (a `migrate` or `backfill` with the appliance not running leaves nothing
+    behind); servers that were already running are left alone."""
+    for kind, data_dir in sorted(_started, key=lambda t: t[0] != "redis"):
+        if kind == "redis":
+            stop_embedded_redis(data_dir)
+        else:
+            stop_embedded_postgres(data_dir)
+    _started.clear()
 
 
 def stop_embedded(cfg) -> None:
