@@ -21,31 +21,67 @@ log = logging.getLogger("appliance.health")
 API_VERSION = "1"
 DB_TIMEOUT_S = 0.8
 
-_executor = cf.ThreadPoolExecutor(max_workers=6, thread_name_prefix="health")
-_inflight = threading.Semaphore(2)        # DB probes that may be stuck at once
-_inflight_redis = threading.Semaphore(2)  # Redis probes that may be stuck at once
+_executor = cf.ThreadPoolExecutor(max_workers=16, thread_name_prefix="health")
+MAX_STUCK = 2  # probes of one kind past their time limit and still running
 
 
-def _submit(fn, sem: threading.Semaphore) -> cf.Future:
-    """Run ``fn`` in a helper thread. When earlier probes of the same kind are
-    still hanging, the future fails at once instead of queueing behind them."""
-    if not sem.acquire(blocking=False):
+class _Gate:
+    """Counts probes that outlived their time limit. While MAX_STUCK of them
+    still hang, new probes of that kind fail at once instead of piling up
+    threads; probes that answer in time never count, so concurrent healthy
+    checks are never refused."""
+
+    def __init__(self):
+        self.stuck = 0
+        self.lock = threading.Lock()
+
+    def open(self) -> bool:
+        with self.lock:
+            return self.stuck < MAX_STUCK
+
+    def mark_stuck(self, fut: cf.Future) -> None:
+        with self.lock:
+            if fut.done() or getattr(fut, "_counted", False):
+                return
+            fut._counted = True
+            self.stuck += 1
+
+        def release(_f):
+            with self.lock:
+                self.stuck -= 1
+        fut.add_done_callback(release)
+
+
+_inflight = _Gate()        # DB probes
+_inflight_redis = _Gate()  # Redis probes
+
+
+def _submit(fn, gate: _Gate) -> cf.Future:
+    """Run ``fn`` in a helper thread, or fail at once while earlier probes of
+    the same kind are still hanging."""
+    if not gate.open():
         fut: cf.Future = cf.Future()
         fut.set_exception(TimeoutError("earlier probes are still hanging"))
         return fut
+    fut = _executor.submit(fn)
+    fut._gate = gate
+    return fut
 
-    def wrapped():
-        try:
-            return fn()
-        finally:
-            sem.release()
 
-    return _executor.submit(wrapped)
+def _wait(fut: cf.Future, timeout: float):
+    """``fut.result(timeout)``; a probe that runs past it is counted as stuck."""
+    try:
+        return fut.result(timeout=max(0.0, timeout))
+    except (TimeoutError, cf.TimeoutError):
+        gate = getattr(fut, "_gate", None)
+        if gate is not None:
+            gate.mark_stuck(fut)
+        raise
 
 
 def _with_timeout(fn, timeout: float):
     """Run ``fn`` in a helper thread; raise TimeoutError after ``timeout``."""
-    return _submit(fn, _inflight).result(timeout=timeout)
+    return _wait(_submit(fn, _inflight), timeout)
 
 
 def _start_db_probe(rt, timeout: float) -> cf.Future:
@@ -64,7 +100,7 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
 
 def _db_result(fut: cf.Future, timeout: float) -> dict:
     try:
-        snap = fut.result(timeout=max(0.0, timeout))
+        snap = _wait(fut, timeout)
         snap["status"] = "ok"
         return snap
     except Exception as e:  # noqa: BLE001 - any failure is "database unreachable"
@@ -115,7 +151,7 @@ REDIS_WAIT_S = 0.6
 
 def _redis_result(fut: cf.Future, timeout: float) -> dict:
     try:
-        return fut.result(timeout=max(0.0, timeout))
+        return _wait(fut, timeout)
     except Exception as e:  # noqa: BLE001
         if isinstance(e, (TimeoutError, cf.TimeoutError)) and not str(e):
             e = TimeoutError("no answer within the probe time limit")
