@@ -27,6 +27,7 @@ from jsonschema import Draft202012Validator
 from .errors import ConfigError
 
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_EXPANDED_NODES = 200_000  # aliases can make a small file huge ("billion laughs")
 SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,14}$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
 SCHEMA_PATH = Path(__file__).with_name("appliance.schema.json")
@@ -121,6 +122,23 @@ def _walk_lines(node, path: tuple, lines: dict, dupes: list) -> None:
         for i, item in enumerate(node.value):
             lines[path + (i,)] = item.start_mark.line + 1
             _walk_lines(item, path + (i,), lines, dupes)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Number of values ``node`` stands for once every alias is expanded;
+    memoized per node, so it costs one visit per distinct node."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_EXPANDED_NODES + 1  # a cycle counts as too big
+    if isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        n = 1
+    memo[key] = n = min(n, MAX_EXPANDED_NODES + 1)
+    return n
 
 
 def json_path(path) -> str:
@@ -347,6 +365,9 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
         raise ConfigError([f"{shown}:1: at $: YAML nesting too deep"]) from None
     if node is None or data is None:
         raise ConfigError([f"{shown}:1: at $: the file is empty; expected a mapping of settings"])
+    if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+        raise ConfigError([f"{shown}:1: at $: YAML anchors and aliases expand to more than "
+                           f"{MAX_EXPANDED_NODES} values; write the settings out"])
     dupes: list = []
     _walk_lines(node, (), ctx.lines, dupes)
     for dpath, line in dupes:
