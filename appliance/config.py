@@ -40,14 +40,14 @@ SECRET_PATHS = {
 }
 #: Keys a reload cannot change: the processes would have to be restarted.
 RESTART_KEYS = [("database", "url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
-                ("server", "workers"), ("server", "threads")]
+                ("server", "workers"), ("server", "threads"), ("server", "worker_class")]
 
 DEFAULTS: dict[str, Any] = {
     "database": {"url": "", "pool_size": 10, "connect_timeout_seconds": 3,
                  "statement_timeout_seconds": 60},
     "redis": {"url": ""},
     "data_dir": "./var",
-    "server": {"bind": "127.0.0.1:8000", "workers": 2, "threads": 4, "admin_token": "",
+    "server": {"bind": "127.0.0.1:8000", "workers": 2, "threads": 4, "worker_class": "gevent", "admin_token": "",
                "read_token": "", "login_for_read": False, "secret_key": "",
                "max_request_bytes": 1024 * 1024},
     "provider": {

@@ -5,7 +5,7 @@
    the appliance (``appliance serve``) and of ``bench/minimal_app.py`` (the
    same SQL through psycopg, the same body, no framework) under the same
    gunicorn settings (``server.workers`` processes x ``server.threads``
-   threads, gthread). The figure that matters is the ratio appliance/minimal.
+   threads, same worker class). The figure that matters is the ratio appliance/minimal.
 2. ``GET /api/v1/status`` latency with 10 million rows in ``market_data``
    (500 symbols x 20,000 sessions, generated with INSERT ... SELECT
    generate_series into its own database; symbol_stats filled by one

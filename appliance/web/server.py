@@ -40,8 +40,11 @@ def gunicorn_options(cfg) -> dict:
     return {
         "bind": s["bind"],
         "workers": s["workers"],
-        "worker_class": "gthread",
+        # gevent: a slow or stalled client costs a greenlet, not one of a few
+        # threads, so a thousand of them cannot starve everyone else
+        "worker_class": s["worker_class"],
         "threads": s["threads"],
+        "worker_connections": 2000,
         "timeout": 120,
         "graceful_timeout": 20,
         "keepalive": 5,
