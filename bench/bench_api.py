@@ -285,49 +285,61 @@ def bench_historical(args, tmp: Path) -> dict:
 
 # --------------------------------------------------------------------------- part 2
 
+def load_rows(url: str, rows: int, n_sym: int = 500) -> dict:
+    """Fill market_data with ``rows`` synthetic daily candles (``n_sym`` symbols
+    S0001.., weekdays from 1946) with INSERT … SELECT generate_series, then
+    symbol_stats with one aggregate, then VACUUM ANALYZE. Returns timings."""
+    per_sym = rows // n_sym
+    t0 = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        first = dt.date(1946, 1, 2)
+        last_year = first.year + int(per_sym / 260) + 2
+        db.ensure_partitions(conn, first.year, last_year)
+        conn.execute("SET synchronous_commit = off")
+        conn.execute("CREATE TEMP TABLE days AS SELECT d::date AS d FROM generate_series("
+                     "%s::date, %s::date, '1 day') d WHERE extract(isodow FROM d) < 6 "
+                     "ORDER BY d LIMIT %s", (first, dt.date(last_year, 12, 31), per_sym))
+        for lo in range(1, n_sym + 1, 50):  # 50 symbols (1M rows) per statement
+            conn.execute(
+                """INSERT INTO market_data (symbol, timeframe, ts, open, high, low, close,
+                       volume, vwap, trades, source, validated, quality_score, gap_detected)
+                   SELECT 'S' || lpad(s::text, 4, '0'), '1d',
+                          (d::timestamp AT TIME ZONE 'America/New_York'),
+                          100 + (s %% 7), 101 + (s %% 7), 99 + (s %% 7), 100.5 + (s %% 7),
+                          1e6, 100.2, 1000, 'bench', (s + d - DATE '1946-01-01') %% 997 <> 0,
+                          1.0, (s + d - DATE '1946-01-01') %% 4999 = 0
+                   FROM generate_series(%s::int, %s::int) s CROSS JOIN days""",
+                (lo, min(lo + 49, n_sym)))
+        t_insert = time.monotonic() - t0
+        t1 = time.monotonic()
+        conn.execute(
+            """INSERT INTO symbol_stats (symbol, first_session, last_session, records,
+                   validated, gaps, missing_sessions, expected_sessions, completeness,
+                   mean_score, quality_score, source)
+               SELECT symbol, (min(ts) AT TIME ZONE 'America/New_York')::date,
+                      (max(ts) AT TIME ZONE 'America/New_York')::date, count(*),
+                      count(*) FILTER (WHERE validated), count(*) FILTER (WHERE gap_detected),
+                      0, count(*), 1.0, avg(quality_score),
+                      count(*) FILTER (WHERE validated)::float / count(*), max(source)
+               FROM market_data GROUP BY symbol""")
+        conn.execute("INSERT INTO symbols (symbol, since) SELECT symbol, first_session "
+                     "FROM symbol_stats")
+        t_stats = time.monotonic() - t1
+        t2 = time.monotonic()
+        conn.execute("VACUUM ANALYZE market_data")
+        t_vacuum = time.monotonic() - t2
+    return {"insert_s": round(t_insert, 1), "symbol_stats_s": round(t_stats, 1),
+            "vacuum_analyze_s": round(t_vacuum, 1),
+            "load_total_s": round(time.monotonic() - t0, 1)}
+
+
 def bench_status(args, tmp: Path) -> dict:
     name = "appliance_bench_10m"
     url = _fresh_db(name)
     n_sym = 500
-    per_sym = args.rows // n_sym
     try:
-        t0 = time.monotonic()
+        timings = load_rows(url, args.rows, n_sym)
         with psycopg.connect(url, autocommit=True) as conn:
-            first = dt.date(1946, 1, 2)
-            last_year = first.year + int(per_sym / 260) + 2
-            db.ensure_partitions(conn, first.year, last_year)
-            conn.execute("SET synchronous_commit = off")
-            conn.execute("CREATE TEMP TABLE days AS SELECT d::date AS d FROM generate_series("
-                         "%s::date, %s::date, '1 day') d WHERE extract(isodow FROM d) < 6 "
-                         "ORDER BY d LIMIT %s", (first, dt.date(last_year, 12, 31), per_sym))
-            for lo in range(1, n_sym + 1, 50):  # 50 symbols (1M rows) per statement
-                conn.execute(
-                    """INSERT INTO market_data (symbol, timeframe, ts, open, high, low, close,
-                           volume, vwap, trades, source, validated, quality_score, gap_detected)
-                       SELECT 'S' || lpad(s::text, 4, '0'), '1d',
-                              (d::timestamp AT TIME ZONE 'America/New_York'),
-                              100 + (s %% 7), 101 + (s %% 7), 99 + (s %% 7), 100.5 + (s %% 7),
-                              1e6, 100.2, 1000, 'bench', (s + d - DATE '1946-01-01') %% 997 <> 0,
-                              1.0, (s + d - DATE '1946-01-01') %% 4999 = 0
-                       FROM generate_series(%s::int, %s::int) s CROSS JOIN days""",
-                    (lo, min(lo + 49, n_sym)))
-            t_insert = time.monotonic() - t0
-            t1 = time.monotonic()
-            conn.execute(
-                """INSERT INTO symbol_stats (symbol, first_session, last_session, records,
-                       validated, gaps, missing_sessions, expected_sessions, completeness,
-                       mean_score, quality_score, source)
-                   SELECT symbol, (min(ts) AT TIME ZONE 'America/New_York')::date,
-                          (max(ts) AT TIME ZONE 'America/New_York')::date, count(*),
-                          count(*) FILTER (WHERE validated), count(*) FILTER (WHERE gap_detected),
-                          0, count(*), 1.0, avg(quality_score),
-                          count(*) FILTER (WHERE validated)::float / count(*), max(source)
-                   FROM market_data GROUP BY symbol""")
-            conn.execute("INSERT INTO symbols (symbol, since) SELECT symbol, first_session "
-                         "FROM symbol_stats")
-            t_stats = time.monotonic() - t1
-            conn.execute("VACUUM ANALYZE market_data")
-            t_load = time.monotonic() - t0
             t2 = time.monotonic()
             n = conn.execute("SELECT count(*) FROM market_data").fetchone()[0]
             t_count = time.monotonic() - t2
@@ -346,8 +358,7 @@ def bench_status(args, tmp: Path) -> dict:
         dbb = st.pop("last_body")["database"]
         h.pop("last_body")
         assert dbb["total_records"] == n, (dbb, n)
-        return {"rows": n, "symbols": n_sym, "insert_s": round(t_insert, 1),
-                "symbol_stats_s": round(t_stats, 1), "load_total_s": round(t_load, 1),
+        return {"rows": n, "symbols": n_sym, **timings,
                 "full_count_s": round(t_count, 3), "status": st, "health": h,
                 "status_database_block": dbb}
     finally:
