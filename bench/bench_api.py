@@ -217,7 +217,8 @@ def sequential_latency(port: int, path: str, n: int) -> dict:
     lat.sort()
     return {"n": n, "p50_ms": round(statistics.median(lat), 2),
             "p99_ms": round(lat[int(n * 0.99) - 1], 2), "max_ms": round(lat[-1], 2),
-            "last_body": json.loads(body)}
+            "last_body": json.loads(body) if r.getheader("Content-Type", "").startswith(
+                "application/json") else None}
 
 
 # --------------------------------------------------------------------------- part 1

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,29 +35,8 @@ from appliance import calendar as tcal  # noqa: E402
 from appliance import db, quality, store  # noqa: E402
 from tests.fakes.polygon_fake import PolygonFake, make_truth  # noqa: E402
 
-SERVER = os.environ.get("APPLIANCE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("APPLIANCE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-def _db_url(name: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-    p = conninfo_to_dict(SERVER)
-    p["dbname"] = name
-    return make_conninfo(**p)
-
-
-def _fresh_db(name: str) -> str:
-    with psycopg.connect(SERVER, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        c.execute(f'CREATE DATABASE "{name}"')
-    url = _db_url(name)
-    db.migrate(url)
-    return url
-
-
-def _drop_db(name: str) -> None:
-    with psycopg.connect(SERVER, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_api import REDIS, _drop_db, _fresh_db  # noqa: E402 - one place for bench databases
 
 
 def symbols(n: int) -> list[str]:
@@ -72,13 +49,7 @@ def symbols(n: int) -> list[str]:
 
 def write_config(path: Path, url: str, fake_url: str, syms: list[str], start: dt.date) -> Path:
     import yaml
-    from urllib.parse import quote
-    from psycopg.conninfo import conninfo_to_dict
-    p = conninfo_to_dict(url)
-    host = p.get("host", "127.0.0.1")
-    pg_url = (f"postgresql://{p.get('user', 'postgres')}@/{p['dbname']}?host={quote(host)}"
-              if host.startswith("/") else
-              f"postgresql://{p.get('user', 'postgres')}@{host}:{p.get('port', 5432)}/{p['dbname']}")
+    pg_url = url  # already a postgresql:// URL
     cfg = {"database": {"url": pg_url}, "redis": {"url": REDIS},
            "data_dir": str(path.parent / "var"),
            "provider": {"name": "polygon", "polygon": {

@@ -2,54 +2,39 @@
 -- extension can be created, else natively range-partitioned by year (the
 -- appliance creates partitions ahead of the data it writes).
 
+CREATE TABLE market_data (
+  symbol        text             NOT NULL,
+  timeframe     text             NOT NULL DEFAULT '1d',
+  ts            timestamptz      NOT NULL,
+  open          double precision,
+  high          double precision,
+  low           double precision,
+  close         double precision,
+  volume        double precision,
+  vwap          double precision,
+  trades        bigint,
+  source        text             NOT NULL,
+  validated     boolean          NOT NULL,
+  quality_score real             NOT NULL,
+  issues        text[]           NOT NULL DEFAULT '{}',
+  gap_detected  boolean          NOT NULL DEFAULT false,
+  gap_kind      text,
+  gap_pct       real,
+  ingested_at   timestamptz      NOT NULL DEFAULT now(),
+  PRIMARY KEY (symbol, timeframe, ts)
+) PARTITION BY RANGE (ts);
+
+-- With TimescaleDB the same table becomes a hypertable instead: a hypertable
+-- cannot be made from a partitioned table, so it is recreated unpartitioned
+-- (it is empty here) with the same columns.
 DO $$
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
     CREATE EXTENSION IF NOT EXISTS timescaledb;
-    CREATE TABLE market_data (
-      symbol        text             NOT NULL,
-      timeframe     text             NOT NULL DEFAULT '1d',
-      ts            timestamptz      NOT NULL,
-      open          double precision,
-      high          double precision,
-      low           double precision,
-      close         double precision,
-      volume        double precision,
-      vwap          double precision,
-      trades        bigint,
-      source        text             NOT NULL,
-      validated     boolean          NOT NULL,
-      quality_score real             NOT NULL,
-      issues        text[]           NOT NULL DEFAULT '{}',
-      gap_detected  boolean          NOT NULL DEFAULT false,
-      gap_kind      text,
-      gap_pct       real,
-      ingested_at   timestamptz      NOT NULL DEFAULT now(),
-      PRIMARY KEY (symbol, timeframe, ts)
-    );
+    CREATE TABLE market_data_plain (LIKE market_data INCLUDING ALL);
+    DROP TABLE market_data;
+    ALTER TABLE market_data_plain RENAME TO market_data;
     PERFORM create_hypertable('market_data', 'ts', chunk_time_interval => interval '1 year');
-  ELSE
-    CREATE TABLE market_data (
-      symbol        text             NOT NULL,
-      timeframe     text             NOT NULL DEFAULT '1d',
-      ts            timestamptz      NOT NULL,
-      open          double precision,
-      high          double precision,
-      low           double precision,
-      close         double precision,
-      volume        double precision,
-      vwap          double precision,
-      trades        bigint,
-      source        text             NOT NULL,
-      validated     boolean          NOT NULL,
-      quality_score real             NOT NULL,
-      issues        text[]           NOT NULL DEFAULT '{}',
-      gap_detected  boolean          NOT NULL DEFAULT false,
-      gap_kind      text,
-      gap_pct       real,
-      ingested_at   timestamptz      NOT NULL DEFAULT now(),
-      PRIMARY KEY (symbol, timeframe, ts)
-    ) PARTITION BY RANGE (ts);
   END IF;
 END $$;
 

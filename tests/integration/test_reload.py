@@ -20,6 +20,7 @@ from appliance import schedule
 from appliance.config import DEFAULTS
 from appliance.jobs import backfill, entry, runs
 from appliance.runtime import K_CONFIG_VERSION, Runtime
+from tests.support import wait_until
 
 QUIET = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}
 BASE = dict(schedules={**QUIET, "backfill": "0 2 * * *"}, symbols=["AAPL", "MSFT"],
@@ -36,16 +37,6 @@ def run_cli(path, *args, timeout: float = 60) -> tuple[int, str, str]:
     p = cli(path, *args)
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
-
-
-def wait_until(pred, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from appliance import schedule
 from appliance.config import DEFAULTS, load_config
 from appliance.jobs import runs
 from appliance.runtime import Runtime
+from tests.support import wait_until
 
 UTC = dt.timezone.utc
 #: every job on 1 January only, so that nothing but the job under test falls due
@@ -48,16 +49,6 @@ def run_cli(path, *args, tz: str | None = None, timeout: float = 60) -> tuple[in
     p = cli(path, *args, tz=tz)
     out, _ = p.communicate(timeout=timeout)
     return p.returncode, out
-
-
-def wait_until(pred, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def stop(p: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> tuple[int, str]:

@@ -16,14 +16,7 @@ import pytest
 import yaml
 
 from appliance import services
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -105,7 +98,7 @@ def test_serve_refuses_a_port_in_use_with_a_clear_message(short_dir):
 
 
 def test_up_serves_with_embedded_services_and_stops_cleanly_on_sigterm(short_dir):
-    port = _free_port()
+    port = free_port()
     cfg = _write_cfg(short_dir, port)
     proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -16,6 +16,7 @@ from appliance import queue as queue_mod
 from appliance.config import DEFAULTS
 from appliance.jobs import runs
 from appliance.runtime import Runtime
+from tests.support import wait_until
 
 QUIET = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}
 
@@ -24,16 +25,6 @@ def cli(path, *args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
                             env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_until(pred, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

@@ -3,21 +3,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from tests.support import free_port, wait_until  # noqa: F401 - re-exported for the scenarios
+
 ADMIN = {"Authorization": "Bearer test-admin-token"}
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def cli(config: Path, *args, **kw) -> subprocess.Popen:
@@ -26,16 +18,6 @@ def cli(config: Path, *args, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(config),
                              *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=True, **kw)
-
-
-def wait_until(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def kill_group(p: subprocess.Popen) -> None:

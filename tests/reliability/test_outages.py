@@ -89,6 +89,7 @@ def test_postgres_restarted_while_serving(own_services, tmp_path):
             # a backfill during the outage fails cleanly (recorded once PostgreSQL is back)
             with pytest.raises(Exception):
                 runs.execute(rt, "backfill", runs.manual_slot(), backfill.run)
+            restart_at = time.monotonic()
             services.embedded_postgres(d)
             up_at = time.monotonic()
             time.sleep(6.0)
@@ -97,10 +98,11 @@ def test_postgres_restarted_while_serving(own_services, tmp_path):
                 f.result()
     finally:
         srv.shutdown()
-    before = [r for r in results if r[0] < down_at]
+    before = [r for r in results if r[0] + r[4] < down_at]
     # requests that started after the server was gone and ended before it was back
-    during = [r for r in results if r[0] - r[4] > stopped_at + 0.2 and r[0] < up_at]
-    after = [r for r in results if r[0] > up_at + 5.0]
+    # (each entry: start time, url, status, body, seconds taken)
+    during = [r for r in results if r[0] > stopped_at + 0.2 and r[0] + r[4] < restart_at]
+    after = [r for r in results if r[0] > up_at + 5.0]  # started 5 s after the restart
     assert before and during and after
     assert all(r[2] == 200 for r in before), [r[3].get("reasons") for r in before if r[2] != 200][:2]
     # during the outage: JSON errors, 503, answered promptly
