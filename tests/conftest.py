@@ -14,7 +14,6 @@ import itertools
 import os
 import shutil
 import tempfile
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -183,6 +182,18 @@ def app(runtime):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def procs():
+    """Processes a test starts; any still running at the end are killed."""
+    import subprocess
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=10)
 
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}

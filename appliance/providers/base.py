@@ -13,6 +13,17 @@ from typing import Iterable, Protocol
 import numpy as np
 
 
+def iso_date(d) -> str:
+    """YYYY-MM-DD of a date, datetime, numpy datetime64 or ISO string."""
+    if isinstance(d, str):
+        return dt.date.fromisoformat(d).isoformat()
+    if isinstance(d, dt.datetime):
+        d = d.date()
+    if isinstance(d, np.datetime64):
+        d = d.astype("datetime64[D]").astype(dt.date)
+    return d.isoformat()
+
+
 @dataclass
 class Bars:
     """Daily bars of one symbol, sorted by session ascending.

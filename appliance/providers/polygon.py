@@ -21,25 +21,17 @@ import numpy as np
 
 from ..calendar import local_dates
 from ..errors import ProviderAuthError, ProviderDataError, ProviderError
-from .base import Bars, Split
+from .base import Bars, Split, iso_date
 from .http import HttpClient, redact_text
 
 DATA_STATUSES = ("OK", "DELAYED")
 MAX_PAGES = 10_000
 
 
-def _iso(d) -> str:
-    if isinstance(d, str):
-        return dt.date.fromisoformat(d).isoformat()
-    if isinstance(d, dt.datetime):
-        d = d.date()
-    if isinstance(d, np.datetime64):
-        d = d.astype("datetime64[D]").astype(dt.date)
-    return d.isoformat()
 
 
 def _as_date(d) -> dt.date:
-    return dt.date.fromisoformat(_iso(d))
+    return dt.date.fromisoformat(iso_date(d))
 
 
 def _columns(results: list, where: str) -> tuple:
@@ -145,7 +137,7 @@ class PolygonProvider:
     def daily_bars(self, symbol: str, start, end) -> Bars:
         """Raw daily bars, ``start``..``end`` inclusive (America/New_York dates)."""
         url = (f"{self.base_url}/v2/aggs/ticker/{quote(symbol, safe='.')}/range/1/day/"
-               f"{_iso(start)}/{_iso(end)}")
+               f"{iso_date(start)}/{iso_date(end)}")
         params = {"adjusted": "false", "sort": "asc", "limit": 50000}
         results: list = []
         for page in self._pages(url, params):
@@ -154,7 +146,7 @@ class PolygonProvider:
                 results.extend(res)
         bars = bars_from_results(symbol, results, "polygon", redact_text(url, (self.api_key,)))
         if len(bars):
-            lo, hi = np.datetime64(_iso(start), "D"), np.datetime64(_iso(end), "D")
+            lo, hi = np.datetime64(iso_date(start), "D"), np.datetime64(iso_date(end), "D")
             keep = (bars.session >= lo) & (bars.session <= hi)
             if not keep.all():
                 bars = bars.take(np.nonzero(keep)[0])
@@ -164,7 +156,7 @@ class PolygonProvider:
         """Every symbol's raw bar for one session (empty on holidays/weekends).
 
         Bars are dated with the requested session."""
-        day = _iso(session)
+        day = iso_date(session)
         url = f"{self.base_url}/v2/aggs/grouped/locale/us/market/stocks/{day}"
         data = self._get(url, {"adjusted": "false"})
         results = [r for r in (data.get("results") or ()) if r.get("T")]
@@ -185,9 +177,9 @@ class PolygonProvider:
         url = f"{self.base_url}/v3/reference/splits"
         params: dict = {"ticker": symbol, "limit": 1000}
         if start is not None:
-            params["execution_date.gte"] = _iso(start)
+            params["execution_date.gte"] = iso_date(start)
         if end is not None:
-            params["execution_date.lte"] = _iso(end)
+            params["execution_date.lte"] = iso_date(end)
         seen: set[tuple] = set()
         out: list[Split] = []
         lo = _as_date(start) if start is not None else None

@@ -14,18 +14,10 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import ProviderAuthError, ProviderDataError
-from .base import Bars, Split
+from .base import Bars, Split, iso_date
 from .http import HttpClient
 
 
-def _iso(d) -> str:
-    if isinstance(d, str):
-        return dt.date.fromisoformat(d).isoformat()
-    if isinstance(d, dt.datetime):
-        d = d.date()
-    if isinstance(d, np.datetime64):
-        d = d.astype("datetime64[D]").astype(dt.date)
-    return d.isoformat()
 
 
 class TiingoProvider:
@@ -53,7 +45,7 @@ class TiingoProvider:
 
     def _rows(self, symbol: str, start, end) -> list[dict]:
         url = f"{self.base_url}/tiingo/daily/{quote(symbol.lower(), safe='.-')}/prices"
-        params = {"startDate": _iso(start), "endDate": _iso(end), "format": "json"}
+        params = {"startDate": iso_date(start), "endDate": iso_date(end), "format": "json"}
         _, data = self.client.get_json(url, params=params,
                                        headers={"Authorization": f"Token {self.api_key}"},
                                        redact=(self.api_key,))

@@ -44,16 +44,6 @@ def config_path(config_factory):
     return config_factory(**BASE)
 
 
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.communicate(timeout=10)
-
-
 def _reloads(rt) -> list[tuple]:
     with rt.conn() as conn:
         return conn.execute("SELECT source, ok, error, diff, sha256 FROM config_reloads ORDER BY id"

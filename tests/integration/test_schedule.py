@@ -72,16 +72,6 @@ def foreign_tz():
     time.tzset()
 
 
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.communicate(timeout=10)
-
-
 def _rt(path, **kw) -> Runtime:
     rt = Runtime.from_path(path, **kw)
     rt.open()

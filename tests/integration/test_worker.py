@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from rq import Queue
 from rq.job import Job
 
@@ -25,16 +24,6 @@ def cli(path, *args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
                             env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.communicate(timeout=10)
 
 
 def _rt(path) -> Runtime:
