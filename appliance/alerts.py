@@ -21,6 +21,8 @@ import json
 import logging
 import shutil
 import smtplib
+import threading
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -34,6 +36,8 @@ from . import store
 log = logging.getLogger("appliance.alerts")
 
 K_429_SAMPLES = "appliance:alerts:429"
+EVALUATE_LOCK = 7_345_800
+K_LAST_EVAL = "appliance:alerts:last_evaluation"  # wall-clock time of the last evaluation
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def _backup_failing(m: Measures, cfg):
     if not m.backup_failures_since_ok or first is None:
         return False, "", {}
     span = (m.now - first).total_seconds() / 86400
-    return (span >= days,
+    return (span > days,
             f"backups have been failing for {span:.1f} days ({m.backup_failures_since_ok} "
             f"failed runs since the last good one)",
             {"failing_days": round(span, 2), "failed_runs": m.backup_failures_since_ok})
@@ -209,45 +213,79 @@ def _rate_limited(m: Measures, cfg):
 
 
 RULES: list[Rule] = [
+    # The responses follow the operations guide's "Alerts & Responses" and
+    # "Escalation" sections, with the appliance's own commands and pages.
     Rule("validation_rate_critical", "critical", 0, "Validation rate critically low",
-         "Open the console's Symbols page and the red rows' symbol pages: each failed candle "
-         "shows the rule it failed. Check Events for vendor errors; verify the API key. "
-         "Escalate now.", _validation("critical")),
+         "1. Escalate now (validation below the critical threshold). 2. Console Symbols: open "
+         "the red rows; each failed candle names the check it failed. 3. Console Events "
+         "(kind vendor/backfill): vendor errors, timeouts. 4. Check the vendor's status page "
+         "and that the API key is still valid. 5. Re-fetch one symbol: 'appliance backfill "
+         "SYMBOL --start D --end D'.", _validation("critical")),
     Rule("validation_rate_low", "warning", 300, "Low validation rate",
-         "Many candles fail quality checks: look at the symbol pages of the red rows, check "
-         "Events for vendor errors; a vendor outage recovers with the next backfill.",
+         "1. Console Symbols: open the red rows; each failed candle names the check it failed "
+         "(a new symbol with incomplete data is a common cause). 2. Console Events (kind "
+         "vendor/backfill): vendor degradation or timeouts during the backfill. 3. Check the "
+         "vendor's status page and that the API key is still valid. 4. A vendor outage "
+         "recovers with the next backfill: no action needed once it resolves.",
          _validation("warning")),
     Rule("data_stale", "warning", 600, "Data stale",
-         "Check the last backfill in Jobs and whether the scheduler runs (appliance status); "
-         "run 'appliance backfill'.", _stale),
+         "1. 'appliance status': is the scheduler running, did the last backfill fail? "
+         "2. Console Jobs: the last backfill's error. 3. If the scheduler is stopped: "
+         "'systemctl restart appliance-scheduler'. 4. Run one now: 'appliance backfill' "
+         "(or Run now in the console) and watch it complete. 5. If it still fails, check the "
+         "database ('appliance status' shows Database ERROR).", _stale),
     Rule("scheduler_stopped", "critical", 120, "Scheduler stopped",
-         "systemctl status appliance-scheduler; journalctl -u appliance-scheduler -n 50; "
-         "systemctl restart market-data-api.", _scheduler),
+         "1. 'systemctl status appliance-scheduler' (or 'appliance status'). 2. "
+         "'journalctl -u appliance-scheduler -n 50'. 3. 'systemctl restart appliance-scheduler'"
+         " (everything: 'systemctl restart market-data-api.target'). 4. Verify: "
+         "'appliance status' shows Scheduler running. 5. Still failing: check PostgreSQL and "
+         "Redis ('appliance status').", _scheduler),
     Rule("worker_down", "critical", 120, "No worker alive",
-         "systemctl status 'appliance-worker@*'; restart the workers.", _worker),
+         "Jobs are queued but nothing runs them. 1. \"systemctl status 'appliance-worker@*'\". "
+         "2. \"journalctl -u 'appliance-worker@*' -n 50\". 3. 'systemctl restart "
+         "market-data-api.target'. 4. Verify: 'appliance status' shows worker alive.", _worker),
     Rule("job_failing", "warning", 0, "Jobs failing repeatedly",
-         "Open Jobs: each failed run shows its error.", _jobs_failing),
+         "1. Console Jobs: each failed run shows its error and progress. 2. Console Events "
+         "for the same period. 3. Fix the cause, then Run now from the console.",
+         _jobs_failing),
     Rule("backup_stale", "warning", 0, "Backup too old",
-         "Run 'appliance backup'; check that the backup drive is mounted.", _backup_stale),
-    Rule("backup_failing", "critical", 0, "Backups failing for a week",
-         "The appliance has no fresh backup: fix the cause named by backup_failed and run "
-         "'appliance backup'. Escalate.", _backup_failing),
+         "1. Console Backups (or 'appliance backups'): did the last backup fail? 2. Is the "
+         "backup drive mounted and writable ('df -h' on backup.path)? 3. Run one now: "
+         "'appliance backup'.", _backup_stale),
+    Rule("backup_failing", "critical", 0, "Backups failing for over a week",
+         "Escalate: the appliance has no fresh backup. 1. Console Backups and Jobs: the "
+         "backup runs' error (drive not mounted, disk full, pg_dump failure). 2. Fix it and "
+         "run 'appliance backup'; the alert resolves with the first good backup.",
+         _backup_failing),
     Rule("restore_test_failed", "critical", 0, "Restore test failed",
-         "Its result says what differed. Take a new backup and test it; keep the failed "
-         "archive for analysis.", _restore_test),
+         "Escalate: the latest backup may not be usable. 1. Console Backups: the test's "
+         "result says what differed. 2. Take a new backup ('appliance backup') and test it "
+         "('appliance restore-test'). 3. Keep the failed archive for analysis.",
+         _restore_test),
     Rule("disk_low_data", "warning", 0, "Low disk space (data)",
-         "Free space on the data directory's disk or grow it.", _disk("data")),
+         "1. 'df -h' on data_dir. 2. Free space or grow the disk. 3. Large old history: set "
+         "retention.data_years (the maintenance job drops whole old partitions).",
+         _disk("data")),
     Rule("disk_low_backup", "warning", 0, "Low disk space (backups)",
-         "Free space on the backup drive or lower retention.backups_keep.", _disk("backup")),
+         "1. 'df -h' on backup.path. 2. Lower retention.backups_keep or rotate the backup "
+         "drive. 3. Backups refuse to start below backup.min_free_pct.", _disk("backup")),
     Rule("gaps_high", "warning", 0, "Many gaps flagged",
-         "Review the Gaps page now (the monthly gap review).", _gaps),
+         "Review the console's Gaps page now (the monthly gap review): splits show as 50 %+ "
+         "jumps with a matching split, halts as unusual gaps, corruption as random ones. "
+         "Re-fetch suspicious sessions with 'appliance backfill SYMBOL --start D --end D'.",
+         _gaps),
     Rule("spot_check_mismatch", "warning", 0, "Spot-check mismatch",
-         "The alert lists the pairs: re-fetch them with 'appliance backfill SYMBOL --start D "
-         "--end D' and compare again; investigate the data source.", _spot_check),
+         "The pairs are listed. 1. Re-fetch them: 'appliance backfill SYMBOL --start D "
+         "--end D'. 2. Run the spot-check again (console Jobs, Run now). 3. Still different: "
+         "investigate the data source (a missed split shows as a constant ratio).",
+         _spot_check),
     Rule("vendor_auth", "critical", 0, "Vendor authentication failed",
-         "Fix POLYGON_API_KEY (or the plan) and run 'appliance reload'.", _vendor_auth),
+         "Every request is refused. 1. Verify the API key (POLYGON_API_KEY or "
+         "provider.polygon.api_key) and the plan. 2. Fix it and 'appliance reload'. 3. Run "
+         "'appliance backfill'; the alert resolves when a backfill succeeds.", _vendor_auth),
     Rule("vendor_rate_limited", "warning", 0, "Vendor rate limiting",
-         "Lower provider.polygon.requests_per_minute to the plan's limit.", _rate_limited),
+         "1. Lower provider.polygon.requests_per_minute to the plan's limit and 'appliance "
+         "reload'. 2. Console Events (kind vendor): retries and waits.", _rate_limited),
 ]
 
 
@@ -356,6 +394,9 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
     overrides = dict(cfg["alerts"]["for_seconds"])
     opened, resolved, pending, firing = [], [], [], []
     with rt.conn() as conn:
+        # evaluations (the alerts job, disk_check, a manual run) take turns: two
+        # at once would both insert the same pending alert
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVALUATE_LOCK,))
         active = {r["key"]: r for r in _active(conn)}
         for rule in RULES:
             try:
@@ -396,6 +437,10 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
         for r in resolved:
             store.add_event(conn, "info", "alert", f"alert {r['key']} resolved",
                             {"alert_id": r["id"]})
+    try:
+        rt.redis.set(K_LAST_EVAL, str(time.time()), ex=86400)
+    except Exception:  # noqa: BLE001 - Redis down: the watchdog just evaluates again
+        pass
     if notify:
         for r in opened:
             _notify(rt, "open", r)
@@ -446,6 +491,49 @@ def acknowledge(conn, alert_id: int, who: str) -> bool:
                           WHERE id = %s AND status = 'open' AND acknowledged_at IS NULL""",
                        (who, alert_id))
     return cur.rowcount == 1
+
+
+# --------------------------------------------------------------------------- watchdog
+
+def last_evaluation_age(rt) -> float | None:
+    """Seconds since the last evaluation anywhere (None: never, or Redis is down)."""
+    try:
+        v = rt.redis.get(K_LAST_EVAL)
+    except Exception:  # noqa: BLE001
+        return None
+    return None if v is None else max(0.0, time.time() - float(v))
+
+
+def watchdog(rt, stop: threading.Event, interval: float = 60.0,
+             disk_usage=shutil.disk_usage) -> None:
+    """Fallback evaluator for a long-running process that is not a worker (the
+    web server, the scheduler).
+
+    The ``alerts`` job is enqueued by the scheduler and run by a worker, so a
+    dead scheduler or a dead worker would silence exactly the alerts that say
+    so. This loop evaluates the rules itself whenever no evaluation happened
+    for two intervals (normally the every-minute job keeps it idle).
+    Evaluations take turns on an advisory lock, so any number of watchdogs is
+    safe. Returns when ``stop`` is set."""
+    while not stop.wait(interval):
+        try:
+            age = last_evaluation_age(rt)
+            if age is None or age > 2 * interval:
+                res = evaluate(rt, disk_usage=disk_usage)
+                if res.get("opened") or res.get("resolved"):
+                    log.info("alerts watchdog: opened %s, resolved %s",
+                             res.get("opened"), res.get("resolved"))
+        except Exception:  # noqa: BLE001 - the watchdog must outlive one bad evaluation
+            log.exception("alerts watchdog evaluation failed")
+
+
+def start_watchdog(rt, interval: float = 60.0, **kw) -> tuple[threading.Thread, threading.Event]:
+    """``watchdog`` in a daemon thread; set the returned event to stop it."""
+    stop = threading.Event()
+    t = threading.Thread(target=watchdog, args=(rt, stop, interval), kwargs=kw,
+                         name="alerts-watchdog", daemon=True)
+    t.start()
+    return t, stop
 
 
 # --------------------------------------------------------------------------- notifying

@@ -4,6 +4,11 @@ Health, open alerts, jobs, backups and data freshness, from the same
 computation as /health and /api/v1/status. Rich text on a terminal, plain
 text when piped, ``--json`` for scripts, ``--watch`` to refresh in place.
 Exit code: 0 healthy, 1 degraded, 2 unhealthy (cron- and Nagios-friendly).
+
+Besides what /health computes, the view asks the web server itself
+(``GET /health`` on ``server.bind``): a web server that does not answer is the
+guide's "API not responding" and makes the status unhealthy, which /health
+cannot say about itself.
 """
 from __future__ import annotations
 
@@ -15,9 +20,48 @@ import time
 from . import health as health_mod
 
 
+WEB_TIMEOUT_S = 2.0
+
+
+def web_url(cfg) -> str:
+    host, _, port = cfg["server"]["bind"].rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/health"
+
+
+def web_probe(cfg, timeout: float = WEB_TIMEOUT_S) -> dict:
+    """Does the web server answer /health? (any JSON answer counts, also a 503)"""
+    import requests
+    url = web_url(cfg)
+    try:
+        r = requests.get(url, timeout=timeout)
+        body = r.json()
+        if not isinstance(body, dict) or "status" not in body:
+            raise ValueError(f"HTTP {r.status_code} without a health body")
+        return {"status": "ok", "url": url, "http_status": r.status_code,
+                "reported": body["status"]}
+    except Exception as e:  # noqa: BLE001 - any failure is "not answering"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return {"status": "error", "url": url, "error": f"{e.__class__.__name__}: {msg}"[:300]}
+
+
 def snapshot(rt) -> dict:
-    h = health_mod.compute(rt)
-    return health_mod.status_body(rt, h)
+    import concurrent.futures as cf
+    with cf.ThreadPoolExecutor(max_workers=1) as ex:
+        web_fut = ex.submit(web_probe, rt.config)
+        h = health_mod.compute(rt)
+        st = health_mod.status_body(rt, h)
+        web = web_fut.result()
+    st["web"] = web
+    if web["status"] != "ok":
+        st["status"] = "unhealthy"
+        st["reasons"] = [f"web server not answering at {web['url']}: {web['error']}",
+                         *st["reasons"]]
+    return st
 
 
 def _age(ts) -> str:
@@ -39,6 +83,11 @@ def render_lines(st: dict) -> list[tuple[str, str]]:
             f"   provider {st.get('provider')}   {st.get('timestamp')}")]
     for r in st.get("reasons", []):
         out.append(("yellow", f"  - {r}"))
+    w = st.get("web") or {}
+    if w:
+        out.append(("" if w.get("status") == "ok" else "bold red",
+                    f"Web        {'answering' if w.get('status') == 'ok' else 'NOT ANSWERING'} "
+                    f"at {w.get('url')}"))
     d = st["database"]
     if d.get("status") == "ok":
         behind = d.get("latest_data_sessions_behind")

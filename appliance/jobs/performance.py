@@ -8,6 +8,11 @@
   re-written candle counts in the month of its last write) and the estimated
   bytes they take (rows x the average bytes per row above). One scan of
   ``market_data``: this job runs a few times a year.
+* ``growth_by_market_month``: candles per month of market time over the last
+  12 months, and ``projected_bytes_per_month``: the mean of the last three
+  complete market months x the average bytes per row -- what the store grows
+  by each month with the current symbol list (a first backfill of years of
+  history lands in one ingestion month; this does not).
 * ``slowest_queries``: the top ``SLOW_QUERIES`` statements of this database by
   mean execution time from ``pg_stat_statements`` when the extension is
   installed in the database (it also needs ``shared_preload_libraries``);
@@ -48,6 +53,25 @@ def _growth(conn, avg_row_bytes) -> list[dict]:
     return [{"month": m, "rows": int(n),
              "bytes_estimated": int(n * avg_row_bytes) if avg_row_bytes else None}
             for m, n in rows]
+
+
+def _market_months(conn, avg_row_bytes) -> tuple[list[dict], int | None]:
+    rows = conn.execute(
+        """SELECT to_char(date_trunc('month', ts AT TIME ZONE 'America/New_York'), 'YYYY-MM'),
+                  count(*)
+           FROM market_data
+           WHERE ts >= date_trunc('month', now() AT TIME ZONE 'America/New_York')
+                       - interval '12 months'
+           GROUP BY 1 ORDER BY 1""").fetchall()
+    months = [{"month": m, "rows": int(n),
+               "bytes_estimated": int(n * avg_row_bytes) if avg_row_bytes else None}
+              for m, n in rows]
+    this_month = conn.execute(
+        "SELECT to_char(now() AT TIME ZONE 'America/New_York', 'YYYY-MM')").fetchone()[0]
+    complete = [m for m in months if m["month"] < this_month][-3:]
+    if not complete or not avg_row_bytes:
+        return months, None
+    return months, int(sum(m["rows"] for m in complete) / len(complete) * avg_row_bytes)
 
 
 def _slow_queries(conn) -> tuple[dict, list[dict]]:
@@ -127,6 +151,7 @@ def run(rt, run_id, report) -> dict:
         md = _market_data(conn, timescale)
         report({"phase": "growth"}, True)
         growth = _growth(conn, md["avg_row_bytes"])
+        by_month, projected = _market_months(conn, md["avg_row_bytes"])
         pss, slow = _slow_queries(conn)
         tables, indexes = _sizes(conn)
         compression, compression_note = _compression(conn, timescale)
@@ -138,6 +163,8 @@ def run(rt, run_id, report) -> dict:
         "growth": growth,
         "growth_method": "rows per month of ingested_at x average bytes per row "
                          "(market_data bytes / rows)",
+        "growth_by_market_month": by_month,
+        "projected_bytes_per_month": projected,
         "pg_stat_statements": pss,
         "slowest_queries": slow,
         "tables": tables,

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import socketserver
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
@@ -14,7 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from appliance import alerts
+from appliance.jobs import alerts_job, backfill, runs
 from appliance.runtime import Runtime
+from tests.fakes.polygon_fake import PolygonFake, make_truth
 
 NY = ZoneInfo("America/New_York")
 T0 = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.timezone.utc)  # a Tuesday
@@ -318,23 +319,255 @@ def test_a_failing_notifier_never_blocks_the_rules(config_factory):
         rt.close()
 
 
-def test_status_json_exit_codes_follow_health(config_factory, tmp_path):
-    path = config_factory()
-    r = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path), "status",
-                        "--json"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1, r.stderr          # no scheduler running: degraded
-    body = json.loads(r.stdout)
-    assert body["status"] == "degraded" and body["database"]["status"] == "ok"
-    plain = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
-                            "status"], capture_output=True, text=True, timeout=60)
-    assert plain.returncode == 1
-    assert "Market Data Appliance: DEGRADED" in plain.stdout
-    assert "Scheduler  STOPPED" in plain.stdout
-    dead = tmp_path / "dead.yaml"
-    dead.write_text(path.read_text().replace(
-        path.read_text().split("url: ", 1)[1].split("\n", 1)[0],
-        "postgresql://postgres@127.0.0.1:9/none", 1))
-    r = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(dead), "status",
-                        "--json"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r.stderr
-    assert json.loads(r.stdout)["database"]["status"] == "error"
+# --------------------------------------------------------------------------- every other rule
+
+def test_no_worker_alive_opens_after_120_s_and_resolves_with_a_heartbeat(rt):
+    _stats(rt)
+    now = str(dt.datetime.now(dt.timezone.utc).timestamp())
+    rt.redis.set("appliance:heartbeat:scheduler", now)
+    rt.redis.delete("appliance:heartbeat:worker")
+    alerts.evaluate(rt, now=T0, disk_usage=_ok_disk)
+    assert _active(rt) == {"worker_down": "pending"}
+    alerts.evaluate(rt, now=T0 + dt.timedelta(seconds=100), disk_usage=_ok_disk)
+    assert _active(rt) == {"worker_down": "pending"}
+    r = alerts.evaluate(rt, now=T0 + dt.timedelta(seconds=121), disk_usage=_ok_disk)
+    assert r["opened"] == ["worker_down"]
+    r = _eval(rt, T0 + dt.timedelta(seconds=130))
+    assert r["resolved"] == ["worker_down"]
+
+
+def test_repeatedly_failing_jobs_resolve_when_the_job_succeeds_again(rt):
+    _stats(rt)
+    with rt.conn() as conn:
+        for i in range(2):
+            conn.execute("""INSERT INTO job_runs (job, slot, status, created_at)
+                            VALUES ('backfill', %s, 'failed', now() + %s * interval '1 s')""",
+                         (f"s{i}", i))
+    assert "job_failing" not in _eval(rt, T0)["opened"]  # two failures are not "repeatedly"
+    with rt.conn() as conn:
+        conn.execute("""INSERT INTO job_runs (job, slot, status, created_at)
+                        VALUES ('backfill', 's2', 'failed', now() + interval '2 s')""")
+    r = _eval(rt, T0 + dt.timedelta(seconds=60))
+    assert r["opened"] == ["job_failing"]
+    with rt.conn() as conn:
+        msg = conn.execute("SELECT message FROM alerts WHERE key = 'job_failing'").fetchone()[0]
+        conn.execute("""INSERT INTO job_runs (job, slot, status, created_at)
+                        VALUES ('backfill', 's3', 'ok', now() + interval '3 s')""")
+    assert "the last 3 runs of backfill failed" in msg and "Response:" in msg
+    assert _eval(rt, T0 + dt.timedelta(seconds=120))["resolved"] == ["job_failing"]
+
+
+def _backup(rt, name, created_at, status="ok"):
+    with rt.conn() as conn:
+        conn.execute("""INSERT INTO backups (filename, path, created_at, status)
+                        VALUES (%s, '/b/' || %s, %s, %s)""", (name, name, created_at, status))
+
+
+def _failed_backup_run(rt, slot, at):
+    with rt.conn() as conn:
+        conn.execute("""INSERT INTO job_runs (job, slot, status, created_at, started_at,
+                                              finished_at, error)
+                        VALUES ('backup', %s, 'failed', %s, %s, %s, 'backup path not mounted')""",
+                     (slot, at, at, at))
+
+
+def test_an_old_backup_opens_backup_stale_and_backups_failing_for_a_week_open_a_critical(rt):
+    _stats(rt)
+    _backup(rt, "b1.dump", T0 - dt.timedelta(days=7))
+    assert "backup_stale" not in _eval(rt, T0)["opened"]     # 7 days: within 8
+    _failed_backup_run(rt, "w1", T0 - dt.timedelta(days=5))   # failing for 6 days: not yet
+    r = _eval(rt, T0 + dt.timedelta(days=1, seconds=1))
+    assert r["opened"] == ["backup_stale"]
+    assert "backup_failing" not in _active(rt)
+    r = _eval(rt, T0 + dt.timedelta(days=2))                  # exactly 7 days: not more
+    assert r["opened"] == []
+    r = _eval(rt, T0 + dt.timedelta(days=2, seconds=1))       # more than a week
+    assert r["opened"] == ["backup_failing"]
+    with rt.conn() as conn:
+        sev = dict(conn.execute("SELECT key, severity FROM alerts"))
+        msg = conn.execute("SELECT message FROM alerts WHERE key = 'backup_stale'").fetchone()[0]
+    assert sev == {"backup_stale": "warning", "backup_failing": "critical"}
+    assert "the newest good backup is 9.0 days old (allowed: 8)" in msg
+    _backup(rt, "b2.dump", T0 + dt.timedelta(days=2, seconds=30))  # a good backup again
+    r = _eval(rt, T0 + dt.timedelta(days=2, seconds=60))
+    assert sorted(r["resolved"]) == ["backup_failing", "backup_stale"]
+
+
+def test_gaps_above_their_threshold_open_and_resolve(rt):
+    _stats(rt, records=1000, validated=1000, gaps=51)          # 5.1 % > 5 %
+    r = _eval(rt, T0)
+    assert r["opened"] == ["gaps_high"]
+    _stats(rt, records=1000, validated=1000, gaps=50)          # 5 %: at the limit, fine
+    assert _eval(rt, T0 + dt.timedelta(seconds=60))["resolved"] == ["gaps_high"]
+
+
+def _count_429(rt, n):
+    with rt.conn() as conn:
+        conn.execute("""INSERT INTO vendor_requests (provider, kind, label, count)
+                        VALUES ('polygon', 'request', '429', %s)
+                        ON CONFLICT (provider, kind, label)
+                        DO UPDATE SET count = vendor_requests.count + EXCLUDED.count""", (n,))
+
+
+def test_sustained_rate_limiting_opens_over_an_hour_and_resolves_when_it_stops(rt):
+    _stats(rt)
+    _count_429(rt, 500)                                        # old, before the first sample
+    assert _eval(rt, T0)["opened"] == []
+    _count_429(rt, 15)
+    _eval(rt, T0 + dt.timedelta(minutes=30))                   # no hour of samples yet
+    _count_429(rt, 10)
+    r = _eval(rt, T0 + dt.timedelta(minutes=61))               # 25 in the last hour > 20
+    assert r["opened"] == ["vendor_rate_limited"]
+    with rt.conn() as conn:
+        msg = conn.execute("SELECT message FROM alerts WHERE key = 'vendor_rate_limited'"
+                           ).fetchone()[0]
+    assert "25 rate-limited (429) vendor answers in the last hour" in msg
+    r = _eval(rt, T0 + dt.timedelta(minutes=125))              # none since T0+61m
+    assert r["resolved"] == ["vendor_rate_limited"]
+
+
+def test_a_for_seconds_override_delays_even_a_critical(config_factory):
+    r = _rt(config_factory(alerts={"for_seconds": {"validation_rate_critical": 90,
+                                                   "disk_low_data": 30}}))
+    try:
+        _stats(r, records=100, validated=10)
+        low = lambda p: collections.namedtuple("U", "total used free")(1000, 990, 10)
+        _eval(r, T0, disk_usage=low)
+        assert _active(r)["validation_rate_critical"] == "pending"
+        assert _active(r)["disk_low_data"] == "pending"
+        res = _eval(r, T0 + dt.timedelta(seconds=30), disk_usage=low)
+        assert "disk_low_data" in res["opened"] and "validation_rate_critical" in res["pending"]
+        res = _eval(r, T0 + dt.timedelta(seconds=90), disk_usage=low)
+        assert res["opened"] == ["validation_rate_critical"]
+    finally:
+        r.close()
+
+
+def test_acknowledging_marks_an_open_alert_once(rt):
+    _stats(rt, records=100, validated=10)
+    _eval(rt, T0)
+    with rt.conn() as conn:
+        aid = conn.execute("SELECT id FROM alerts WHERE key = 'validation_rate_critical'"
+                           ).fetchone()[0]
+        assert alerts.acknowledge(conn, aid, "ops")
+        assert not alerts.acknowledge(conn, aid, "someone else")
+        row = conn.execute("SELECT status, acknowledged_by, acknowledged_at IS NOT NULL "
+                           "FROM alerts WHERE id = %s", (aid,)).fetchone()
+    assert row == ("open", "ops", True)   # acknowledged, still open until the cause is gone
+    _stats(rt, records=100, validated=100)
+    assert _eval(rt, T0 + dt.timedelta(seconds=60))["resolved"] == ["validation_rate_critical"]
+    with rt.conn() as conn:
+        assert not alerts.acknowledge(conn, aid, "late")       # resolved: nothing to acknowledge
+
+
+def test_every_rule_has_a_severity_a_for_duration_and_response_steps():
+    keys = [r.key for r in alerts.RULES]
+    assert len(keys) == len(set(keys))
+    for r in alerts.RULES:
+        assert r.severity in ("warning", "critical")
+        assert r.for_seconds >= 0 and r.response and r.summary
+    assert set(alerts.rule_keys()) >= {
+        "validation_rate_low", "validation_rate_critical", "data_stale", "scheduler_stopped",
+        "worker_down", "job_failing", "backup_stale", "backup_failing", "restore_test_failed",
+        "disk_low_data", "disk_low_backup", "gaps_high", "spot_check_mismatch", "vendor_auth",
+        "vendor_rate_limited"}
+
+
+# --------------------------------------------------------------------------- where alerts show
+
+def test_an_open_alert_shows_in_health_the_api_and_metrics(config_factory):
+    from appliance.web import create_app
+    r = _rt(config_factory())
+    try:
+        _stats(r, records=100, validated=10)
+        _eval(r, T0)
+        client = create_app(runtime=r).test_client()
+        health = client.get("/health").get_json()
+        assert "critical alert: validation_rate_critical" in health["reasons"]
+        assert health["status"] == "degraded"
+        api = client.get("/api/v1/alerts").get_json()
+        assert [a["key"] for a in api["alerts"]] == ["validation_rate_critical"]
+        assert "Response:" in api["alerts"][0]["message"]
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'appliance_alerts_open{key="validation_rate_critical",severity="critical"} 1.0' \
+            in metrics
+        _stats(r, records=100, validated=100)
+        _eval(r, T0 + dt.timedelta(seconds=60))
+        assert client.get("/api/v1/alerts").get_json()["alerts"] == []
+        resolved = client.get("/api/v1/alerts?status=resolved").get_json()["alerts"]
+        assert [a["key"] for a in resolved] == ["validation_rate_critical"]
+    finally:
+        r.close()
+
+
+def test_the_alerts_job_evaluates_the_rules_and_records_its_run(rt):
+    _stats(rt, records=100, validated=10)
+    _beat(rt, dt.datetime.now(dt.timezone.utc))
+    res = runs.execute(rt, "alerts", runs.manual_slot(), alerts_job.run,
+                       params={"now": T0.isoformat()})
+    assert res["status"] == "ok" and "validation_rate_critical" in res["opened"]
+    with rt.conn() as conn:
+        run = runs.get(conn, res["run_id"])
+    assert run["status"] == "ok" and "validation_rate_critical" in run["result"]["opened"]
+
+
+def test_a_backfill_refused_by_the_vendor_opens_vendor_auth_until_one_succeeds(config_factory):
+    truth = make_truth(["AAPL"], dt.date(2024, 1, 2), dt.date(2024, 1, 31), seed=3)
+    with PolygonFake(truth.bars, truth.splits, api_key="right-key") as poly:
+        def runtime_with(key):
+            return _rt(config_factory(
+                provider={"name": "polygon",
+                          "polygon": {"api_key": key, "base_url": poly.base_url,
+                                      "requests_per_minute": 6000,
+                                      "retry_backoff_seconds": 0.01}},
+                symbols=["AAPL"], history={"start": "2024-01-02", "lookback_sessions": 5}))
+        r = runtime_with("wrong-key")
+        try:
+            res = runs.execute(r, "backfill", runs.manual_slot(), backfill.run,
+                               params={"end": "2024-01-31"})
+            assert res["status"] == "failed", res
+            opened = _eval(r, T0)["opened"]
+            assert "vendor_auth" in opened
+            with r.conn() as conn:
+                sev, msg = conn.execute("SELECT severity, message FROM alerts "
+                                        "WHERE key = 'vendor_auth'").fetchone()
+            assert sev == "critical" and "Unknown API Key" in msg
+        finally:
+            r.close()
+        r = runtime_with("right-key")   # the operator fixed the key
+        try:
+            res = runs.execute(r, "backfill", runs.manual_slot(), backfill.run,
+                               params={"end": "2024-01-31"})
+            assert res["status"] == "ok", res
+            assert "vendor_auth" in _eval(r, T0 + dt.timedelta(seconds=60))["resolved"]
+        finally:
+            r.close()
+
+
+def test_the_watchdog_opens_scheduler_and_worker_alerts_when_nothing_runs_the_alerts_job(
+        config_factory):
+    from tests.support import wait_until
+    r = _rt(config_factory(alerts={"for_seconds": {"scheduler_stopped": 0, "worker_down": 0}}))
+    try:
+        _stats(r)
+        # no scheduler, no worker: the every-minute alerts job cannot run
+        assert alerts.last_evaluation_age(r) is None
+        thread, stop = alerts.start_watchdog(r, interval=0.2,
+                                             disk_usage=_ok_disk)
+        try:
+            wait_until(lambda: {"scheduler_stopped", "worker_down"} <= set(
+                k for k, s in _active(r).items() if s == "open"), 30, "the watchdog's alerts")
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert alerts.last_evaluation_age(r) is not None
+    finally:
+        r.close()
+
+
+def test_the_watchdog_stays_idle_while_the_alerts_job_evaluates(rt):
+    _stats(rt)
+    _eval(rt, T0)   # as the every-minute job does
+    age = alerts.last_evaluation_age(rt)
+    assert age is not None and age < 2 * 60   # within two intervals: the watchdog waits

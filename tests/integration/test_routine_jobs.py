@@ -3,14 +3,18 @@ second source, maintenance (statistics, index rebuilds, partitions ahead, data
 retention), retention of the appliance's own history, and the performance review."""
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import functools
+import subprocess
 
 import numpy as np
 import pytest
 
-from appliance import db
+from appliance import alerts, db
 from appliance.errors import ProviderError
-from appliance.jobs import backfill, maintenance, performance, retention, runs, spot_check
+from appliance.jobs import (backfill, disk_check, maintenance, performance, retention, runs,
+                            spot_check)
 from appliance.providers.base import Bars
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 from tests.fakes.yahoo_fake import YahooFake
@@ -129,6 +133,30 @@ def test_spot_check_finds_exactly_the_one_wrong_price_of_the_second_source(store
         ev = conn.execute("""SELECT count(*) FROM events WHERE kind = 'spot_check'
                              AND level = 'warning'""").fetchone()[0]
     assert ev == 1
+
+
+def test_one_wrong_price_among_the_sampled_pairs_of_a_symbol_opens_the_spot_check_alert(
+        stored, truth):
+    wrong_day = np.datetime64("2024-03-05", "D")  # NVDA, after its split
+    b = truth.bars["NVDA"]
+    i = int(np.nonzero(b.session == wrong_day)[0][0])
+    close = b.close.copy()
+    close[i] *= 0.95
+    bad = dict(truth.bars)
+    bad["NVDA"] = Bars("NVDA", b.session, b.open, b.high, b.low, close, b.volume, b.vwap,
+                       b.trades, "truth")
+    with YahooFake(bad, truth.splits) as yahoo:
+        rt = stored(yahoo.base_url, samples=len(b))
+        res = _execute(rt, "spot_check", spot_check.run, symbols=["NVDA"])
+    assert res["mismatches"] == 1 and res["mismatch_pct"] > 1  # 1 of the NVDA sessions
+    ev = alerts.evaluate(rt, disk_usage=lambda p: collections.namedtuple("U", "total used free")(
+        100, 10, 90), notify=False)
+    assert "spot_check_mismatch" in ev["opened"]
+    with rt.conn() as conn:
+        msg, details = conn.execute("SELECT message, details FROM alerts "
+                                    "WHERE key = 'spot_check_mismatch'").fetchone()
+    assert "NVDA 2024-03-05" in msg and "Response:" in msg
+    assert [(p["symbol"], p["session"]) for p in details["pairs"]] == [("NVDA", "2024-03-05")]
 
 
 def test_spot_check_samples_a_bounded_random_subset(stored, truth):
@@ -272,6 +300,46 @@ def test_maintenance_retention_drops_whole_old_partitions_and_keeps_recent_data(
         rt.close()
 
 
+# --------------------------------------------------------------------------- disk check
+
+def test_disk_check_records_free_space_and_opens_the_disk_alert_when_low(runtime):
+    full = lambda p: collections.namedtuple("U", "total used free")(1000, 950, 50)  # 5 % free
+    res = runs.execute(runtime, "disk_check", runs.manual_slot(),
+                       functools.partial(disk_check.run, disk_usage=full))
+    assert res["status"] == "ok"
+    assert res["low"] == ["data", "backup"]
+    assert res["disks"]["data"]["free_pct"] == 5.0
+    assert {"disk_low_data", "disk_low_backup"} <= set(res["alerts_opened"])
+    fine = lambda p: collections.namedtuple("U", "total used free")(1000, 500, 500)
+    res = runs.execute(runtime, "disk_check", runs.manual_slot(),
+                       functools.partial(disk_check.run, disk_usage=fine))
+    assert res["low"] == [] and {"disk_low_data", "disk_low_backup"} <= set(
+        res["alerts_resolved"])
+
+
+def test_disk_check_measures_a_real_nearly_full_backup_filesystem(config_factory, tmp_path):
+    mnt = tmp_path / "backupfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    rt = None
+    try:
+        rt = _open(config_factory(backup={"path": str(mnt / "backups"), "min_free_pct": 1}))
+        (mnt / "filler").write_bytes(b"x" * 1_900_000)
+        res = _execute(rt, "disk_check", disk_check.run)
+        assert res["disks"]["backup"]["free_pct"] < 20, res["disks"]
+        assert res["disks"]["backup"]["total_bytes"] == 2 * 1024 * 1024
+        assert "backup" in res["low"] and "disk_low_backup" in res["alerts_opened"]
+        (mnt / "filler").unlink()   # space freed: the alert resolves
+        res = _execute(rt, "disk_check", disk_check.run)
+        assert "backup" not in res["low"] and "disk_low_backup" in res["alerts_resolved"]
+    finally:
+        if rt is not None:
+            rt.close()
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 # --------------------------------------------------------------------------- retention
 
 def test_retention_deletes_old_history_but_never_a_running_job(runtime):
@@ -339,3 +407,21 @@ def test_performance_review_reports_sizes_growth_and_what_is_unavailable(runtime
     with runtime.conn() as conn:
         stored = runs.get(conn, res["run_id"])
     assert stored["status"] == "ok" and stored["result"]["database_bytes"] == res["database_bytes"]
+
+
+def test_performance_review_projects_monthly_growth_from_recent_market_months(runtime):
+    today = dt.datetime.now(dt.timezone.utc).date()
+    first = (today.replace(day=1) - dt.timedelta(days=100)).replace(day=1)
+    with runtime.conn() as conn:
+        _insert_rows(conn, symbols=2, days=(today - first).days, start=first)
+        _insert_rows(conn, symbols=2, days=10, start=dt.date(2019, 1, 2))  # older than a year
+    res = _execute(runtime, "performance_review", performance.run)
+    months = res["growth_by_market_month"]
+    assert months[0]["month"] == first.strftime("%Y-%m")
+    assert sum(m["rows"] for m in months) == 2 * (today - first).days
+    this_month = today.strftime("%Y-%m")
+    complete = [m for m in months if m["month"] < this_month][-3:]
+    assert len(complete) == 3 and all(m["rows"] in (56, 58, 60, 62) for m in complete)
+    avg = res["market_data"]["avg_row_bytes"]
+    assert res["projected_bytes_per_month"] == int(
+        sum(m["rows"] for m in complete) / 3 * avg)
