@@ -491,8 +491,13 @@ def run_scheduler(rt) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # evaluates the alert rules itself if the every-minute job stops running
+    # (a dead worker would otherwise silence the alert that says so)
+    from .alerts import start_watchdog
+    _, watchdog_stop = start_watchdog(rt)
     try:
         return proc.run()
     finally:
+        watchdog_stop.set()
         proc.shutdown()
         rt.close()

@@ -26,7 +26,7 @@ def _asset_dir(name: str) -> str:
 
 
 def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Runtime | None = None,
-               wait: bool = False) -> Flask:
+               wait: bool = False, watchdog: bool = False) -> Flask:
     """Build the app. Pools are created here (``open=False``) and opened before
     the first request; nothing connects at import."""
     if runtime is None:
@@ -51,6 +51,11 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
         console = None
     if console is not None:
         console.register(app)
+    if watchdog:
+        # the web server evaluates the alert rules itself when nothing else
+        # does (a dead scheduler would otherwise silence its own alert)
+        from ..alerts import start_watchdog
+        start_watchdog(runtime)
     return app
 
 

@@ -78,7 +78,7 @@ def serve(cfg) -> None:
 
         def load(self):
             from . import create_app
-            return create_app(config_path)
+            return create_app(config_path, watchdog=True)
 
     App().run()
 
