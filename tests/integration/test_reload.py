@@ -76,7 +76,7 @@ def test_a_reload_adds_a_symbol_that_then_gets_backfilled(runtime, config_factor
     assert (source, ok, error) == ("cli", True, None)
     assert diff["symbols_added"] == ["NVDA"] and diff["symbols_removed"] == []
     # every process follows: this one (another Runtime) swaps the config in
-    wait_until(lambda: runtime.config.sha256 == sha, 5, "the running config to swap")
+    wait_until(lambda: runtime.config.sha256 == sha, 15, "the running config to swap")
     assert [s.symbol for s in runtime.config.symbols] == ["AAPL", "MSFT", "NVDA"]
     with runtime.conn() as conn:
         queued = [r for r in runs.recent(conn, job="backfill") if r["trigger"] == "reload"]
@@ -161,7 +161,7 @@ def test_a_running_scheduler_re_registers_a_changed_schedule_after_an_api_reload
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["diff"]["schedules_changed"] == {
         "backfill": {"old": "0 2 * * *", "new": "15 4 * * 1-5"}}
-    wait_until(lambda: cron() == "15 4 * * 1-5", 10, "the re-registered cron job")
+    wait_until(lambda: cron() == "15 4 * * 1-5", 30, "the re-registered cron job")
     score = runtime.redis.zscore("rq:scheduler:scheduled_jobs", "appliance-cron-backfill")
     nxt = dt.datetime.fromtimestamp(score, dt.timezone.utc)
     assert (nxt.hour, nxt.minute, nxt.weekday() < 5) == (4, 15, True)
