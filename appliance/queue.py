@@ -24,13 +24,19 @@ def enqueue(rt, job: str, params: dict | None = None, *, trigger: str = "manual"
             raise RuntimeError(f"slot {slot} of {job} is already taken")
     retries = cfg["jobs"]["retries"]
     q = queue(rt)
-    rq_job = q.enqueue("appliance.jobs.entry.run_job", job, params or {}, slot=slot,
-                       trigger=trigger, run_id=run_id,
-                       job_timeout=cfg["jobs"]["timeout_seconds"],
-                       retry=Retry(max=retries, interval=cfg["jobs"]["retry_interval_seconds"])
-                       if retries else None,
-                       result_ttl=86400, failure_ttl=7 * 86400,
-                       description=f"{job} ({trigger})")
+    try:
+        rq_job = q.enqueue("appliance.jobs.entry.run_job", job, params or {}, slot=slot,
+                           trigger=trigger, run_id=run_id,
+                           job_timeout=cfg["jobs"]["timeout_seconds"],
+                           retry=Retry(max=retries, interval=cfg["jobs"]["retry_interval_seconds"])
+                           if retries else None,
+                           result_ttl=86400, failure_ttl=7 * 86400,
+                           description=f"{job} ({trigger})")
+    except Exception as e:
+        # nothing will ever run it (Redis unreachable): the run must not stay 'queued'
+        with rt.conn() as conn:
+            runs.finish(conn, run_id, "failed", error=f"could not be queued: {e}")
+        raise
     with rt.conn() as conn:
         runs.set_rq_id(conn, run_id, rq_job.id)
     return run_id

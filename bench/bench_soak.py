@@ -149,9 +149,12 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             up.kill()
     minutes = []
-    for m in range(int(args.duration // 60) + 1):
-        lat = sorted(s[3] for s in stats if m * 60 <= s[0] < (m + 1) * 60)
-        errs = sum(1 for s in stats if m * 60 <= s[0] < (m + 1) * 60 and s[2] != 200)
+    # whole minutes of the run (requests finishing after the deadline, while the
+    # clients stop, count in the totals but get no bucket of their own)
+    for m in range(max(1, -(-args.duration // 60))):
+        lo, hi = m * 60, min((m + 1) * 60, args.duration)
+        lat = sorted(s[3] for s in stats if lo <= s[0] < hi)
+        errs = sum(1 for s in stats if lo <= s[0] < hi and s[2] != 200)
         if lat:
             minutes.append({"minute": m + 1, "requests": len(lat), "errors": errs,
                             "p50_ms": round(lat[len(lat) // 2] * 1000, 1),

@@ -100,7 +100,8 @@ def _errors_name_a_line(text: str, path: Path) -> bool:
     return re.search(re.escape(str(path)) + r":\d+: at \$", text) is not None
 
 
-def test_fifty_broken_configs_are_refused_by_the_api_and_the_cli(runtime, config_path, app):
+def test_fifty_broken_configs_are_refused_by_the_api_and_the_cli(runtime, config_path, app,
+                                                                 survived):
     good = config_path.read_text()
     corpus = broken_configs(good)
     assert len(corpus) >= 50
@@ -131,10 +132,13 @@ def test_fifty_broken_configs_are_refused_by_the_api_and_the_cli(runtime, config
     # the CLI records a refusal when it can still read the broken file's connection
     # settings (not when the YAML itself is unreadable)
     assert by["cli"] >= len(corpus) - 15, by
+    survived(f"{len(corpus)} broken files: {refused_api} refused by POST /api/v1/config/reload "
+             f"and {refused_cli} by `appliance reload`, each naming PATH:LINE; running config "
+             f"sha {sha0[:12]} unchanged; {by['api']} + {by['cli']} refusals recorded")
 
 
 def test_broken_configs_through_sighup_and_the_console_change_nothing(config_factory, tmp_path,
-                                                                      database_url):
+                                                                      database_url, survived):
     port = free_port()
     path = config_factory(data_dir=str(tmp_path / "var"),
                           server={"bind": f"127.0.0.1:{port}", "workers": 1})
@@ -176,6 +180,9 @@ def test_broken_configs_through_sighup_and_the_console_change_nothing(config_fac
             assert cfg_sha() == sha0, name
         assert child_pids() == pids0, "a process was restarted"
         assert up.poll() is None
+        survived(f"{len(sample)} broken files through SIGHUP to `appliance up` and the console's "
+                 f"reload: all {2 * len(sample)} refused naming the file, config sha "
+                 f"{sha0[:12]} unchanged, the same {len(pids0)} child PIDs")
     finally:
         path.write_text(good)
         up.send_signal(signal.SIGTERM)
@@ -204,7 +211,7 @@ HOSTILE = ["../../etc/passwd", "'; DROP TABLE market_data; --", "<script>alert(1
            "AAPL%00", "A" * 5000, "%2e%2e%2f%2e%2e%2fetc"]
 
 
-def test_hostile_symbols_and_bodies_get_clean_errors(client, admin_headers, runtime):
+def test_hostile_symbols_and_bodies_get_clean_errors(client, admin_headers, runtime, survived):
     for sym in HOSTILE:
         for url in (f"/api/v1/historical/{sym}", f"/api/v1/gaps?symbol={sym}"):
             r = client.get(url)
@@ -220,9 +227,11 @@ def test_hostile_symbols_and_bodies_get_clean_errors(client, admin_headers, runt
     with runtime.conn() as conn:  # nothing was dropped or queued
         assert conn.execute("SELECT count(*) FROM job_runs").fetchone()[0] == 0
         assert conn.execute("SELECT to_regclass('market_data') IS NOT NULL").fetchone()[0]
+    survived(f"{len(HOSTILE)} hostile symbols x 3 endpoints answered 400/404 JSON; 3 x 10 MB "
+             f"bodies answered 413; 0 jobs queued, market_data still there")
 
 
-def test_a_thousand_slow_clients_do_not_stop_the_server(config_factory, tmp_path):
+def test_a_thousand_slow_clients_do_not_stop_the_server(config_factory, tmp_path, survived):
     port = free_port()
     path = config_factory(data_dir=str(tmp_path / "var"),
                           server={"bind": f"127.0.0.1:{port}", "workers": 2, "threads": 4})
@@ -276,3 +285,5 @@ def test_a_thousand_slow_clients_do_not_stop_the_server(config_factory, tmp_path
     assert opened >= 900, f"only {opened} slow connections could be opened"
     assert ok == 20, f"{ok}/20 normal requests answered while {opened} slow clients hung on"
     assert took < 60
+    survived(f"{opened} slow clients held sockets open sending a byte a second; a normal "
+             f"client got {ok}/20 answers in {took:.1f} s")
