@@ -64,14 +64,19 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
                     work_horse_killed_handler=lambda *a: _mark_killed(rt, *a))
 
     stop = threading.Event()
+    # beat often enough for the configured staleness limit (the one /health
+    # and the alerts judge the heartbeat by), never more than every HEARTBEAT_SECONDS
+    from .schedule import heartbeat_settings
+    every, ttl = heartbeat_settings(cfg)
+    every = min(every, HEARTBEAT_SECONDS)
 
     def beat():
         while True:
             try:
-                rt.heartbeat("worker", ttl=HEARTBEAT_TTL, ident=name)
+                rt.heartbeat("worker", ttl=max(ttl, HEARTBEAT_TTL), ident=name)
             except redis.RedisError as e:
                 log.warning("worker heartbeat failed: %s", e)
-            if stop.wait(HEARTBEAT_SECONDS):
+            if stop.wait(every):
                 return
 
     hb = threading.Thread(target=beat, name="heartbeat", daemon=True)

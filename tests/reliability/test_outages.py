@@ -243,6 +243,15 @@ def test_redis_stopped_keeps_data_served_and_opens_an_alert(own_services, tmp_pa
         services.embedded_redis(d)
         back_at = time.monotonic()
         wait_until(all_running, 60, "the worker and scheduler heartbeats after Redis came back")
+
+        def fresh_beats():  # both beat again since Redis came back
+            try:
+                ages = [rt.heartbeat_age(role) for role in ("scheduler", "worker")]
+            except Exception:  # noqa: BLE001 - the client reconnects
+                return False
+            since = time.monotonic() - back_at
+            return all(a is not None and a < since for a in ages)
+        wait_until(fresh_beats, 60, "fresh worker and scheduler heartbeats")
         resumed = time.monotonic() - back_at
         # the worker takes work again
         r = requests.post(f"{base}/api/v1/backfill", json={}, headers=ADMIN, timeout=10)
@@ -276,5 +285,5 @@ def test_redis_stopped_keeps_data_served_and_opens_an_alert(own_services, tmp_pa
     survived(f"Redis down {outage:.1f} s: {served} /api/v1/historical requests all 200 from "
              f"PostgreSQL (slowest {slowest:.2f} s), /health degraded with scheduler_running "
              f"false, POST /api/v1/backfill a 503 JSON error, alert scheduler_stopped opened; "
-             f"Redis back: worker and scheduler heartbeats in {resumed:.1f} s "
+             f"Redis back: fresh worker and scheduler heartbeats within {resumed:.1f} s "
              f"({restarts} supervised restarts), a queued backfill ran ok, the alert resolved")
