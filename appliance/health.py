@@ -129,10 +129,40 @@ def redis_probe(rt) -> dict:
         rt.redis.ping()
         age = rt.heartbeat_age("scheduler")
         workers = rt.heartbeat_age("worker")
-        return {"status": "ok", "scheduler_heartbeat_age_s": age, "worker_heartbeat_age_s": workers}
+        return {"status": "ok", "scheduler_heartbeat_age_s": age, "worker_heartbeat_age_s": workers,
+                "processes": _processes(rt)}
     except Exception as e:  # noqa: BLE001
         return {"status": "error", "error": _short(e), "scheduler_heartbeat_age_s": None,
                 "worker_heartbeat_age_s": None}
+
+
+def _processes(rt) -> dict | None:
+    """The state ``appliance up`` publishes for its children (None when the
+    processes are not supervised by ``up``, e.g. under systemd)."""
+    import json
+
+    from .supervisor import K_PROCESSES
+    raw = rt.redis.get(K_PROCESSES)
+    if not raw:
+        return None
+    try:
+        return {role: {"state": v.get("state"), "pid": v.get("pid"),
+                       "restarts": v.get("restarts", 0), "last_exit_code": v.get("last_exit_code"),
+                       "last_error": v.get("last_error") or []}
+                for role, v in json.loads(raw).items()}
+    except (ValueError, AttributeError):
+        return None
+
+
+def process_reasons(procs: dict | None) -> list[str]:
+    """One reason per supervised process that is not running."""
+    out = []
+    for role, p in (procs or {}).items():
+        if p.get("state") != "running":
+            last = (p.get("last_error") or ["-"])[-1]
+            out.append(f"{role} process down: exited with code {p.get('last_exit_code')} "
+                       f"({p.get('restarts')} restarts); last error: {last}"[:300])
+    return out
 
 
 def sessions_behind(cfg, latest: str | None, now: dt.datetime) -> int | None:
@@ -203,6 +233,9 @@ def compute(rt, now: dt.datetime | None = None) -> dict:
         if snap["total_records"] == 0:
             status = "degraded"
             reasons.append("no data stored yet")
+        if (down := process_reasons(rd.get("processes"))):
+            status = "degraded"
+            reasons.extend(down)
         if crit or warn:
             status = "degraded"
             reasons.extend(f"{x['severity']} alert: {x['key']}" for x in crit + warn)
@@ -220,6 +253,7 @@ def compute(rt, now: dt.datetime | None = None) -> dict:
         "config_last_reload_successful": (last_reload or {}).get("ok", True),
         "config_sha256": cfg.sha256,
         "provider": cfg["provider"]["name"],
+        "processes": rd.get("processes"),
         "reasons": reasons,
         "_snap": snap,
         "_redis": rd,

@@ -8,12 +8,17 @@ SIGTERM or Ctrl-C stops the children, then the embedded servers.
 """
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 
 from . import db, services, store
@@ -23,24 +28,93 @@ log = logging.getLogger("appliance.up")
 
 CHILDREN = ("serve", "worker", "scheduler")
 
+#: Like systemd's StartLimitBurst: a child that exits this many times in a row,
+#: each within START_FAST_S of starting, will not come up by retrying; ``up``
+#: stops and exits non-zero with that child's last error lines.
+START_LIMIT_BURST = 5
+START_FAST_S = 10.0
+#: How long ``up`` waits for the web server to answer /health before it says so.
+READY_TIMEOUT_S = 120.0
+#: Redis key with the supervised processes' state (read by /health and status).
+K_PROCESSES = "appliance:processes"
+ERROR_LINES = 20
+
 
 @dataclass
 class Child:
     role: str
     proc: subprocess.Popen | None = None
     restarts: int = 0
+    fast_exits: int = 0
     started_at: float = 0.0
     next_start: float = 0.0
-    history: list = field(default_factory=list)
+    last_code: int | None = None
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=ERROR_LINES))
+    last_error: list = field(default_factory=list)
+
+    def state(self) -> dict:
+        return {"state": "running" if self.proc is not None else "restarting",
+                "pid": self.proc.pid if self.proc is not None else None,
+                "restarts": self.restarts, "last_exit_code": self.last_code,
+                "last_error": self.last_error[-3:]}
 
 
-def _spawn(role: str, cfg) -> subprocess.Popen:
+def _pump(stream, tail: collections.deque) -> None:
+    """Copy a child's stderr to ours line by line, keeping the last lines for
+    the message when it keeps failing."""
+    out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+    for raw in iter(stream.readline, b""):
+        if out is not None:
+            try:
+                out.write(raw)
+                out.flush()
+            except (OSError, ValueError):
+                pass
+        tail.append(raw.decode("utf-8", "replace").rstrip())
+    stream.close()
+
+
+def _spawn(child: Child, cfg) -> subprocess.Popen:
     env = dict(os.environ)
     env["APPLIANCE_CONFIG"] = str(cfg.path)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = [sys.executable, "-m", "appliance.cli", "--config", str(cfg.path), role]
+    cmd = [sys.executable, "-m", "appliance.cli", "--config", str(cfg.path), child.role]
+    child.tail.clear()
     # own process group: Ctrl-C in the terminal reaches us, and we stop children in order
-    return subprocess.Popen(cmd, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
+    threading.Thread(target=_pump, args=(proc.stderr, child.tail), daemon=True,
+                     name=f"stderr-{child.role}").start()
+    return proc
+
+
+def _health_url(cfg) -> str:
+    host, _, port = cfg["server"]["bind"].rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/health"
+
+
+def _answers(url: str) -> bool:
+    """True when the web server answers /health at all (any HTTP status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def publish_processes(rt, children: dict) -> None:
+    """Write the children's state where /health and ``appliance status`` read it."""
+    try:
+        rt.redis.set(K_PROCESSES, json.dumps({c.role: c.state() for c in children.values()}),
+                     ex=30)
+    except Exception:  # noqa: BLE001 - Redis down: health says so by itself
+        pass
 
 
 def run_up(cfg, *, initial_backfill: bool = True) -> int:
@@ -90,7 +164,7 @@ def run_up(cfg, *, initial_backfill: bool = True) -> int:
     signal.signal(signal.SIGHUP, on_hup)
 
     for c in children.values():
-        c.proc = _spawn(c.role, cfg)
+        c.proc = _spawn(c, cfg)
         c.started_at = time.monotonic()
         log.info("started %s (pid %d)", c.role, c.proc.pid)
 
@@ -101,43 +175,82 @@ def run_up(cfg, *, initial_backfill: bool = True) -> int:
             log.info("empty database: initial backfill queued (job run %d)", run_id)
         except Exception as e:  # noqa: BLE001
             log.warning("could not queue the initial backfill: %s", e)
-    log.info("appliance up in %.1f s: http://%s/dashboard", time.monotonic() - t0,
-             cfg["server"]["bind"])
+    health_url = _health_url(cfg)
+    ready = False
+    next_probe = next_publish = 0.0
+    log.info("children started; waiting for the web server to answer %s", health_url)
+    code = 0
 
     try:
         while not stopping["flag"]:
+            now = time.monotonic()
+            if not ready and now >= next_probe:
+                next_probe = now + 0.5
+                if children["serve"].proc is not None and _answers(health_url):
+                    ready = True
+                    log.info("appliance up in %.1f s: http://%s/dashboard", now - t0,
+                             cfg["server"]["bind"])
+                elif now - t0 > READY_TIMEOUT_S:
+                    log.warning("the web server has not answered %s after %.0f s",
+                                health_url, now - t0)
+                    next_probe = now + 30
+            if now >= next_publish:
+                next_publish = now + 5
+                publish_processes(rt, children)
             if reload_requested["flag"]:
                 reload_requested["flag"] = False
                 _reload(rt)
-            now = time.monotonic()
             for c in children.values():
                 if c.proc is not None and c.proc.poll() is not None:
-                    code = c.proc.returncode
+                    c.proc.wait()
+                    time.sleep(0.1)  # let the pump thread copy the last lines
+                    c.last_code = c.proc.returncode
+                    c.last_error = [ln for ln in c.tail if ln.strip()]
                     c.proc = None
                     lived = now - c.started_at
                     c.restarts += 1
+                    c.fast_exits = c.fast_exits + 1 if lived < START_FAST_S else 0
+                    publish_processes(rt, children)
+                    _record_exit(rt, c, lived)
+                    if c.fast_exits >= START_LIMIT_BURST:
+                        log.error("%s exited %d times in a row within %.0f s of starting; "
+                                  "giving up. Its last error lines:\n%s", c.role, c.fast_exits,
+                                  START_FAST_S, "\n".join("  " + ln for ln in c.last_error)
+                                  or "  (it printed nothing)")
+                        code = 1
+                        stopping["flag"] = True
+                        break
                     delay = 1.0 if lived > 60 else min(30.0, 2.0 ** min(c.restarts, 5))
                     c.next_start = now + delay
-                    log.error("%s exited with code %s after %.0f s; restarting in %.0f s",
-                              c.role, code, lived, delay)
-                    try:
-                        with rt.conn() as conn:
-                            store.add_event(conn, "error", "process",
-                                            f"{c.role} exited with code {code}; restarted",
-                                            {"role": c.role, "code": code})
-                    except Exception:  # noqa: BLE001
-                        pass
+                    log.error("%s exited with code %s after %.0f s; restarting in %.0f s "
+                              "(last line: %s)", c.role, c.last_code, lived, delay,
+                              c.last_error[-1] if c.last_error else "-")
                 if c.proc is None and now >= c.next_start and not stopping["flag"]:
-                    c.proc = _spawn(c.role, cfg)
+                    c.proc = _spawn(c, cfg)
                     c.started_at = now
                     log.info("restarted %s (pid %d)", c.role, c.proc.pid)
             time.sleep(0.2)
     finally:
         _stop_children(children)
+        try:
+            rt.redis.delete(K_PROCESSES)
+        except Exception:  # noqa: BLE001
+            pass
         rt.close()
         services.stop_embedded(cfg)
-        log.info("appliance stopped")
-    return 0
+        log.info("appliance stopped" if code == 0 else "appliance stopped: a process would not start")
+    return code
+
+
+def _record_exit(rt, c: Child, lived: float) -> None:
+    try:
+        with rt.conn() as conn:
+            store.add_event(conn, "error", "process",
+                            f"{c.role} exited with code {c.last_code} after {lived:.0f} s",
+                            {"role": c.role, "code": c.last_code,
+                             "last_error": c.last_error[-5:]})
+    except Exception:  # noqa: BLE001 - the log line above already says it
+        pass
 
 
 def _reload(rt) -> None:

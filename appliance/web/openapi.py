@@ -122,6 +122,13 @@ def _schemas() -> dict:
         "config_last_reload_successful": BOOL,
         "config_sha256": STR,
         "provider": STR,
+        "processes": _n({"type": "object", "description":
+                         "Under `appliance up`: each supervised process (serve, worker, "
+                         "scheduler) with its state; null when not supervised by `up`.",
+                         "additionalProperties": _obj({
+                             "state": {"type": "string", "enum": ["running", "restarting"]},
+                             "pid": _n(INT), "restarts": INT, "last_exit_code": _n(INT),
+                             "last_error": {"type": "array", "items": STR}})}),
         "reasons": {"type": "array", "items": STR}})
     database = _obj({
         "status": {"type": "string", "enum": ["ok", "error"]},
