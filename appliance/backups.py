@@ -50,7 +50,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from . import __version__, db, services, store
+from . import __version__, db, history, services, store
 from .errors import ApplianceError, BackupError, LockBusy
 
 log = logging.getLogger("appliance.backups")
@@ -452,6 +452,39 @@ def record_restore_test(conn, backup_id: int, *, passed: bool, seconds: float,
         ("passed" if passed else "failed", seconds, json.dumps(result, default=str), backup_id))
 
 
+#: Restore-test results kept in a manifest (newest last).
+MANIFEST_RESTORE_TESTS = 20
+
+
+def note_restore_test(manifest_path: Path, *, passed: bool, seconds: float,
+                      error: str | None, run_id: int | None = None) -> None:
+    """Add a restore-test result to the manifest on the drive, so that a host
+    that only has the drive knows which archives were proven. Written to a
+    temporary file and renamed: a crash leaves the old manifest whole."""
+    try:
+        m = read_manifest(manifest_path)
+        tests = list(m.get("restore_tests") or [])
+        tests.append({"at": utcnow().isoformat(), "passed": passed, "seconds": seconds,
+                      "error": error, "job_run_id": run_id})
+        m["restore_tests"] = tests[-MANIFEST_RESTORE_TESTS:]
+        tmp = manifest_path.with_name(f".{manifest_path.name}.partial")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(m, f, indent=2, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, manifest_path)
+        _fsync_dir(manifest_path.parent)
+    except (OSError, BackupError) as e:
+        # the catalogue row still records it; a read-only drive must not fail the test
+        log.warning("could not record the restore test in %s: %s", manifest_path, e)
+
+
+def latest_restore_test(m: dict) -> dict | None:
+    tests = m.get("restore_tests") or []
+    return tests[-1] if tests else None
+
+
 def open_alert(conn, message: str, details: dict, severity: str = "critical") -> None:
     """The ``backup_failed`` alert: opened by a failed backup, resolved by the
     next good one."""
@@ -543,9 +576,18 @@ def rescan(conn, cfg) -> dict:
         seen.add(fn)
         size = archive.stat().st_size if archive.exists() else None
         status = "ok" if size is not None and size == m["archive"].get("size_bytes") else "missing"
-        upsert_backup(conn, filename=fn, path=str(archive), created_at=m.get("created_at"),
-                      size_bytes=m["archive"].get("size_bytes"), sha256=m["archive"].get("sha256"),
-                      manifest=m, status=status)
+        bid = upsert_backup(conn, filename=fn, path=str(archive), created_at=m.get("created_at"),
+                            size_bytes=m["archive"].get("size_bytes"),
+                            sha256=m["archive"].get("sha256"), manifest=m, status=status)
+        if (rtest := latest_restore_test(m)) is not None:
+            conn.execute(
+                """UPDATE backups SET restore_test_status = %s, restore_test_at = %s,
+                          restore_test_seconds = %s,
+                          restore_test_result = coalesce(restore_test_result, %s)
+                    WHERE id = %s AND (restore_test_at IS NULL OR restore_test_at < %s)""",
+                ("passed" if rtest["passed"] else "failed", rtest["at"], rtest.get("seconds"),
+                 json.dumps({"passed": rtest["passed"], "error": rtest.get("error"),
+                             "from_manifest": True}), bid, rtest["at"]))
         if fn in have:
             updated += 1
         else:
@@ -742,7 +784,7 @@ BACKUP_STEPS = [
 ]
 
 
-def create_backup(rt, report=None) -> dict:
+def create_backup(rt, report=None, run_id: int | None = None) -> dict:
     """Write one backup (archive + manifest) into backup.path; apply retention.
 
     Returns the result dict (status ok). Raises BackupError (also LockBusy) with
@@ -771,7 +813,7 @@ def create_backup(rt, report=None) -> dict:
         space = check_free_space(lock_conn, cfg, bdir)
         steps.ok("check free space", f"{human(space['free_bytes'])} free, "
                                      f"{human(space['needed_bytes'])} needed")
-        res = _dump(rt, cfg, url, bdir, steps, lock_conn, space, t0)
+        res = _dump(rt, cfg, url, bdir, steps, lock_conn, space, t0, run_id)
         steps.start("retention")
         with rt.conn() as conn:
             resolve_alert(conn)
@@ -807,7 +849,8 @@ def _new_name(bdir: Path) -> tuple[str, dt.datetime]:
         time.sleep(0.2)
 
 
-def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float) -> dict:
+def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
+          run_id: int | None = None) -> dict:
     name, started = _new_name(bdir)
     final = bdir / name
     tmp = bdir / f".{name}.partial"
@@ -891,6 +934,8 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float) -
             "snapshot": snapshot,
             "host": socket.gethostname(),
             "free_space_check": space,
+            "job_run_id": run_id,
+            "restore_tests": [],
         }
         os.rename(tmp, final)
         with open(mtmp, "w", encoding="utf-8") as f:
@@ -1193,6 +1238,8 @@ def restore_test(rt, backup="latest", report=None) -> dict:
     passed = error is None
     result.update({"passed": passed, "seconds": seconds, "error": error,
                    "scratch_database": scratch, "steps": steps.items})
+    note_restore_test(ref.manifest_path, passed=passed, seconds=seconds, error=error,
+                      run_id=getattr(report, "run_id", None))
     with rt.conn() as conn:
         record_restore_test(conn, ref.id, passed=passed, seconds=seconds, result=result)
         if passed:
@@ -1284,6 +1331,28 @@ def restore_plan_text(rt, backup) -> str:
     return "\n".join(lines)
 
 
+def _history_text(merged: dict) -> str:
+    if merged["lineage"] == "same":
+        return "kept from the live database (the archive's older copy is not used)"
+    text = "taken from the archive"
+    if merged["marked_interrupted"]:
+        text += f", {merged['marked_interrupted']} run(s) in flight in it marked as they ended"
+    if merged["lineage"] == "other":
+        text += ", the live database's runs and events appended"
+    return text
+
+
+def _reevaluate_alerts(rt) -> dict:
+    """The alert rules over the restored state, so no alert stays open (or
+    opens) on the archive's word alone."""
+    from . import alerts
+    try:
+        return alerts.evaluate(rt)
+    except Exception as e:  # noqa: BLE001 - the next alerts run evaluates again
+        log.warning("alert evaluation after the restore failed: %s", e)
+        return {"error": str(e)}
+
+
 def _has_catalogue(conn) -> bool:
     if conn is None:
         return False
@@ -1371,7 +1440,12 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
         if chk["mismatches"]:
             raise BackupError("restored database differs from the manifest: "
                               + "; ".join(chk["mismatches"][:20]))
-        say("counts match the manifest; swapping databases")
+        say("counts match the manifest; bringing its schema up to date")
+        applied = db.migrate(url_for(url, new))
+        merged = history.merge_into_restored(url if live_exists and has_cat else None,
+                                             url_for(url, new), ref.manifest)
+        say(f"operations history: {_history_text(merged)}")
+        say("swapping databases")
         if live_conn is not None:
             live_conn.close()
             live_conn = None
@@ -1403,7 +1477,7 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
             conns_blocked = False
         say(f"swapped: {live!r} is the restored database"
             + (f", the previous one is kept as {old!r}" if live_exists else ""))
-        applied = db.migrate(url)
+        applied += db.migrate(url)
         with psycopg.connect(url, connect_timeout=10) as c:
             scan = rescan(c, cfg)
             store.add_event(c, "warning", "restore",
@@ -1416,7 +1490,8 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
                 "old_database": old if live_exists else None,
                 "restore_seconds": round(secs, 3), "seconds": round(time.monotonic() - t0, 3),
                 "candles": chk["validation"]["candles"], "migrations_applied": applied,
-                "catalogue": scan}
+                "catalogue": scan, "history": merged,
+                "alerts": _reevaluate_alerts(rt)}
     finally:
         if live_conn is not None:
             live_conn.close()

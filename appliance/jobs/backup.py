@@ -12,6 +12,6 @@ from .. import backups
 
 
 def run(rt, run_id, report) -> dict:
-    res = backups.create_backup(rt, report)
+    res = backups.create_backup(rt, report, run_id=run_id)
     res["run_id"] = run_id
     return res

@@ -185,8 +185,10 @@ def journey(repo: Path, work: Path, figures: dict) -> None:
                                 f"{res.stdout[-400:]}{res.stderr[-400:]}")
         say(f"ok: {cmd}  ->  {out.splitlines()[0][:70]}")
     code, body = get(BASE + "/dashboard")
-    if code != 200 or b"AAPL" not in body:
-        raise JourneyFailed(f"/dashboard answered {code} without the demo symbols")
+    page = body.decode(errors="replace")
+    shown = f"{total:,}"
+    if code != 200 or "<h1>Dashboard</h1>" not in page or shown not in page:
+        raise JourneyFailed(f"/dashboard answered {code} without the stored count {shown}")
     say(f"/dashboard loads ({len(body)} bytes)")
 
 
