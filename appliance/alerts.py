@@ -117,11 +117,45 @@ def _worker(m: Measures, cfg):
             {"heartbeat_age_s": age})
 
 
+#: A job scheduled less often than this opens ``job_failing`` on its first
+#: failure: waiting for three failed runs of a monthly job is three months.
+RARE_JOB_INTERVAL_S = 7 * 86400
+
+
+def rare_jobs(schedules: dict) -> set[str]:
+    """Jobs whose cron runs less often than weekly (the longest gap between
+    consecutive runs over the next year decides)."""
+    import datetime as _dt
+
+    from croniter import croniter
+    out = set()
+    start = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
+    for job, expr in schedules.items():
+        try:
+            it = croniter(expr, start)
+            prev = it.get_next(_dt.datetime)
+            for _ in range(60):
+                nxt = it.get_next(_dt.datetime)
+                if (nxt - prev).total_seconds() > RARE_JOB_INTERVAL_S:
+                    out.add(job)
+                    break
+                prev = nxt
+                if (nxt - start).days > 366:
+                    break
+        except (ValueError, KeyError):
+            continue
+    return out
+
+
 def _jobs_failing(m: Measures, cfg):
     n = cfg["alerts"]["job_failures_max"]
+    rare = rare_jobs(cfg["schedules"])
     bad = sorted(job for job, sts in m.job_history.items()
-                 if len(sts) >= n and all(s == "failed" for s in sts[:n]))
-    return (bool(bad), f"the last {n} runs of {', '.join(bad)} failed", {"jobs": bad})
+                 if (len(sts) >= n and all(s == "failed" for s in sts[:n]))
+                 or (job in rare and sts and sts[0] == "failed"))
+    what = "; ".join(f"the last run of {j} failed" if j in rare else f"the last {n} runs of {j} "
+                     f"failed" for j in bad)
+    return (bool(bad), what, {"jobs": bad})
 
 
 def _backup_stale(m: Measures, cfg):

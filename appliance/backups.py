@@ -1347,10 +1347,28 @@ def _reevaluate_alerts(rt) -> dict:
     opens) on the archive's word alone."""
     from . import alerts
     try:
+        # the swap ended every connection to the old live database
+        rt.pool.check()
         return alerts.evaluate(rt)
     except Exception as e:  # noqa: BLE001 - the next alerts run evaluates again
         log.warning("alert evaluation after the restore failed: %s", e)
         return {"error": str(e)}
+
+
+def kept_databases(rt) -> list[tuple[str, int]]:
+    """(name, size in bytes) of the databases full restores kept."""
+    url = rt.endpoints.database_url
+    live = db_name(url)
+    with _maintenance_conn(url) as mc:
+        return [(r[0], int(r[1])) for r in mc.execute(
+            """SELECT datname, pg_database_size(datname) FROM pg_database
+                WHERE datname LIKE %s ORDER BY datname""", (f"{live}\\_old\\_%",))]
+
+
+def drop_kept_database(rt, name: str) -> None:
+    url = rt.endpoints.database_url
+    with _maintenance_conn(url) as mc:
+        drop_db(mc, name, db_name(url))
 
 
 def _has_catalogue(conn) -> bool:

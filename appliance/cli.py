@@ -36,16 +36,28 @@ def _load(ctx):
         ctx.exit(1)
 
 
-def _runtime(ctx, *, one_shot: bool = True, **kw):
+def _runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False, **kw):
     """A Runtime for this command. ``one_shot``: embedded servers this command
-    had to start are stopped again when it ends."""
-    from . import services
+    had to start are stopped again when it ends. ``migrate``: bring the schema
+    up to date first (a fresh host has none yet); ``"try"``: a failure is only
+    a warning (the restore of a damaged database must still run)."""
+    from . import db, services
     from .runtime import Runtime
     cfg = _load(ctx)
     if one_shot:
         ctx.call_on_close(services.stop_started_here)
     try:
         rt = Runtime(cfg, **kw)
+        if migrate:
+            try:
+                applied = db.migrate(rt.endpoints.database_url)
+                if applied:
+                    click.echo(f"applied migrations {applied}", err=True)
+            except Exception as e:  # noqa: BLE001 - say it; "try" goes on
+                if migrate != "try":
+                    raise ApplianceError(f"database migration failed: {e}") from None
+                click.echo(f"warning: could not migrate the live database ({e}); going on",
+                           err=True)
         rt.adopt_running_config()
         ctx.call_on_close(rt.close)
         return rt
@@ -179,9 +191,7 @@ def backfill(ctx, symbols, start, end, enqueue):
         _fail(f"not a valid symbol: {', '.join(bad)}", 2)
     if start and end and start > end:
         _fail("--start is after --end", 2)
-    rt = _runtime(ctx)
-    from . import db
-    db.migrate(rt.endpoints.database_url)
+    rt = _runtime(ctx, migrate=True)
     params = {"symbols": list(symbols) or None, "start": start.isoformat() if start else None,
               "end": end.isoformat() if end else None}
     if enqueue:
@@ -244,6 +254,37 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
             _fail(e.message)
 
 
+@main.command("run")
+@click.argument("job")
+@click.option("--enqueue", is_flag=True, help="queue it for the worker instead")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
+              help="a job parameter, e.g. -p backup=latest for restore_test")
+@click.pass_context
+def run_job(ctx, job, enqueue, params):
+    """Run any job now, the same run the scheduler would start (JOB: backfill,
+    backup, restore_test, spot_check, maintenance, disk_check, retention,
+    alerts, performance_review)."""
+    from .jobs import entry
+    if job not in entry.JOBS:
+        _fail(f"unknown job {job!r}; jobs: {', '.join(entry.JOBS)}", 2)
+    kv = {}
+    for p in params:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            _fail(f"--param {p!r}: expected KEY=VALUE", 2)
+        kv[k] = v
+    if job == "restore_test":
+        kv.setdefault("backup", "latest")
+    rt = _runtime(ctx, migrate=True)
+    if enqueue:
+        from .queue import enqueue as enq
+        click.echo(f"queued {job} run {enq(rt, job, kv)}")
+        return
+    res = _run_with_progress(rt, job, entry.job_function(job), kv)
+    click.echo(json.dumps(res, indent=2, default=str))
+    sys.exit(0 if res.get("status") in ("ok", None) else 1)
+
+
 # --------------------------------------------------------------------------- processes
 
 @main.command()
@@ -292,7 +333,7 @@ def up(ctx, no_initial_backfill):
 def backup(ctx):
     """Back up the database now (pg_dump -Fc + manifest) into backup.path."""
     from .jobs import backup as job
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, migrate=True)
     res = _run_with_progress(rt, "backup", job.run, {})
     click.echo(json.dumps(res, indent=2, default=str))
     sys.exit(0 if res.get("status") == "ok" else 1)
@@ -305,7 +346,7 @@ def backup(ctx):
 def backups(ctx, rescan, as_json):
     """List backups (newest first)."""
     from . import backups as bk
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, migrate=True)
     with rt.conn() as conn:
         if rescan:
             res = bk.rescan(conn, rt.config)
@@ -325,7 +366,7 @@ def backups(ctx, rescan, as_json):
 def restore_test(ctx, backup):
     """Prove a backup restores: into a scratch database, compared with its manifest."""
     from .jobs import restore_test as job
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, migrate=True)
     res = _run_with_progress(rt, "restore_test", job.run, {"backup": backup})
     click.echo(json.dumps(res, indent=2, default=str))
     sys.exit(0 if res.get("status") == "ok" else 1)
@@ -338,7 +379,7 @@ def restore_test(ctx, backup):
 def restore(ctx, backup, yes):
     """Recover the database from BACKUP (a file, an id or 'latest')."""
     from . import backups as bk
-    rt = _runtime(ctx)
+    rt = _runtime(ctx, migrate="try")
     if not yes:
         click.echo(bk.restore_plan_text(rt, backup))
         click.echo("\nNothing was changed. Run again with --yes to do it.")
@@ -348,6 +389,35 @@ def restore(ctx, backup, yes):
     except ApplianceError as e:
         _fail(e.message)
     click.echo(json.dumps(res, indent=2, default=str))
+
+
+@main.command("kept-databases")
+@click.option("--drop", "drop", metavar="NAME", help="drop this kept database")
+@click.option("--yes", is_flag=True, help="really drop it")
+@click.pass_context
+def kept_databases(ctx, drop, yes):
+    """List the databases a restore kept (NAME_old_…), or drop one of them,
+    on the appliance's own PostgreSQL (embedded or external)."""
+    from . import backups as bk
+    rt = _runtime(ctx)
+    try:
+        kept = bk.kept_databases(rt)
+        if drop is None:
+            for name, size in kept:
+                click.echo(f"{name}  {bk.human(size)}")
+            if not kept:
+                click.echo("no kept databases")
+            return
+        if drop not in {n for n, _ in kept}:
+            _fail(f"{drop!r} is not a kept database; kept: "
+                  f"{', '.join(n for n, _ in kept) or 'none'}", 2)
+        if not yes:
+            click.echo(f"would drop {drop}; run again with --yes to do it")
+            sys.exit(1)
+        bk.drop_kept_database(rt, drop)
+        click.echo(f"dropped {drop}")
+    except ApplianceError as e:
+        _fail(e.message)
 
 
 # --------------------------------------------------------------------------- status

@@ -99,10 +99,15 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
 
 
 def _db_result(fut: cf.Future, timeout: float) -> dict:
+    import psycopg
     try:
         snap = _wait(fut, timeout)
         snap["status"] = "ok"
         return snap
+    except psycopg.errors.UndefinedTable:
+        return {"status": "error", "not_migrated": True,
+                "error": "the database answers but has no appliance schema yet: run "
+                         "`appliance migrate` (or `appliance up`, which migrates)"}
     except Exception as e:  # noqa: BLE001 - any failure is "database unreachable"
         if isinstance(e, (TimeoutError, cf.TimeoutError)) and not str(e):
             e = TimeoutError("no answer within the probe time limit")
@@ -211,7 +216,8 @@ def compute(rt, now: dt.datetime | None = None) -> dict:
     reasons: list[str] = []
     if snap["status"] != "ok":
         status = "unhealthy"
-        reasons.append("database unreachable: " + snap.get("error", ""))
+        reasons.append(("database not migrated: " if snap.get("not_migrated") else
+                        "database unreachable: ") + snap.get("error", ""))
         latest, rate, behind = None, None, None
     else:
         latest = snap["latest_data"]
@@ -239,9 +245,21 @@ def compute(rt, now: dt.datetime | None = None) -> dict:
         if crit or warn:
             status = "degraded"
             reasons.extend(f"{x['severity']} alert: {x['key']}" for x in crit + warn)
+    # One severity for every view (/health, the console badge, status): the
+    # status says whether it works, the severity how urgent what is wrong is.
+    critical = status == "unhealthy" or not scheduler_running
+    if snap["status"] == "ok":
+        if snap["total_records"] and rate is not None and rate < a["validation_rate_critical_pct"]:
+            critical = True
+            reasons.append(f"validation rate {rate}% below critical "
+                           f"{a['validation_rate_critical_pct']}%")
+        if any(x["severity"] == "critical" for x in snap["open_alerts"]):
+            critical = True
+    severity = "critical" if critical else ("warning" if status != "healthy" else "ok")
     last_reload = snap.get("last_reload") if snap["status"] == "ok" else None
     return {
         "status": status,
+        "severity": severity,
         "timestamp": now.isoformat().replace("+00:00", "Z"),
         "scheduler_running": scheduler_running,
         "worker_alive": worker_alive,
@@ -290,6 +308,7 @@ def status_body(rt, h: dict) -> dict:
     return {
         "api_version": API_VERSION,
         "status": h["status"],
+        "severity": h["severity"],
         "timestamp": h["timestamp"],
         "reasons": h["reasons"],
         "provider": cfg["provider"]["name"],

@@ -67,6 +67,8 @@ def _copy(src, dst, table: str, cols: list[str]) -> None:
 
 def _sequence_floor(conn, table: str, floor: int = 0) -> None:
     """Move ``table``'s id sequence past every id in it and past ``floor``."""
+    if "id" not in _columns(conn, table):
+        return
     seq = conn.execute("SELECT pg_get_serial_sequence(%s, 'id')", (table,)).fetchone()[0]
     if seq is None:
         return
@@ -76,6 +78,8 @@ def _sequence_floor(conn, table: str, floor: int = 0) -> None:
 
 
 def _sequence_value(conn, table: str) -> int:
+    if "id" not in _columns(conn, table):
+        return 0
     seq = conn.execute("SELECT pg_get_serial_sequence(%s, 'id')", (table,)).fetchone()[0]
     if seq is None:
         return 0

@@ -79,8 +79,10 @@ def _age(ts) -> str:
 def render_lines(st: dict) -> list[tuple[str, str]]:
     """(style, text) lines; style is a rich style name or ''."""
     colour = {"healthy": "bold green", "degraded": "bold yellow", "unhealthy": "bold red"}
+    sev = st.get("severity")
     out = [(colour.get(st["status"], ""), f"Market Data Appliance: {st['status'].upper()}"
-            f"   provider {st.get('provider')}   {st.get('timestamp')}")]
+            + (f" ({sev})" if sev and sev != "ok" else "")
+            + f"   provider {st.get('provider')}   {st.get('timestamp')}")]
     for r in st.get("reasons", []):
         out.append(("yellow", f"  - {r}"))
     w = st.get("web") or {}
@@ -110,9 +112,15 @@ def render_lines(st: dict) -> list[tuple[str, str]]:
     b = st.get("backups") or {}
     lb = b.get("latest")
     rtst = b.get("last_restore_test") or {}
+    # the latest backup's own restore test, and the last test of any backup:
+    # a test that passed for an older archive says nothing of the newest one
     out.append(("", f"Backups    latest {lb['filename'] if lb else 'none'}"
-                    + (f" ({_age(lb['created_at'])})" if lb else "")
-                    + f", restore test {rtst.get('status') or '-'}"))
+                    + (f" ({_age(lb['created_at'])}), its restore test "
+                       f"{lb.get('restore_test_status') or 'not run yet'}" if lb else "")))
+    if rtst:
+        out.append(("" if rtst.get("status") == "passed" else "bold red",
+                    f"           last restore test {rtst.get('status')} for "
+                    f"{rtst.get('filename')} ({_age(rtst.get('at'))})"))
     alerts = st.get("alerts") or []
     out.append(("bold" if alerts else "", f"Alerts     {len(alerts)} open"))
     for a in alerts:
@@ -152,8 +160,17 @@ def _print(lines, tty: bool) -> None:
             print(text)
 
 
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 def _watch(rt, interval: float, tty: bool) -> int:
+    import signal
     code = 2
+    # SIGTERM/SIGHUP end the watch like Ctrl-C does, so that rich's Live
+    # restores the terminal (the cursor it hides) on the way out
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         if tty:
             from rich.live import Live

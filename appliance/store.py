@@ -248,11 +248,15 @@ def splits_for(conn, symbol: str):
 # --------------------------------------------------------------------------- symbol stats
 
 def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
-                         timeframe: str = TIMEFRAME) -> dict | None:
+                         timeframe: str = TIMEFRAME,
+                         expected_from: dt.date | None = None) -> dict | None:
     """Recompute one symbol's running aggregates (and its missing sessions).
 
     ``cal_sessions_fn(first, last)`` returns the calendar's sessions;
     ``score_fn(n_valid, n_total, n_present, n_expected, mean_score)`` the symbol score.
+    ``expected_from``: the first session the symbol should have (its configured
+    start, when the vendor has not yet been asked from there); None means the
+    first stored bar (the vendor had nothing earlier: the listing date).
     """
     row = conn.execute(
         """SELECT (min(ts) AT TIME ZONE 'America/New_York')::date,
@@ -269,7 +273,7 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
         conn.execute("DELETE FROM symbol_stats WHERE symbol = %s", (symbol,))
         conn.execute("DELETE FROM missing_sessions WHERE symbol = %s", (symbol,))
         return None
-    expected = cal_sessions_fn(first, last)
+    expected = cal_sessions_fn(min(first, expected_from) if expected_from else first, last)
     present = stored_sessions(conn, symbol, timeframe)
     missing = np.setdiff1d(expected, present)
     n_present = len(expected) - len(missing)
@@ -577,6 +581,21 @@ def add_vendor_counts(conn, counts: dict) -> None:
 def vendor_counts(conn) -> list[tuple]:
     return conn.execute("SELECT provider, kind, label, count FROM vendor_requests "
                         "ORDER BY 1, 2, 3").fetchall()
+
+
+def history_coverage(conn, symbol: str) -> tuple[dt.date | None, dt.date | None]:
+    """(first stored session, earliest session the vendor was asked for)."""
+    row = conn.execute(
+        """SELECT st.first_session, sy.history_from FROM symbols sy
+             LEFT JOIN symbol_stats st USING (symbol) WHERE sy.symbol = %s""",
+        (symbol,)).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def mark_history_from(conn, symbol: str, session: dt.date) -> None:
+    """A whole-history fetch from ``session`` completed for ``symbol``."""
+    conn.execute("""UPDATE symbols SET history_from = least(coalesce(history_from, %s), %s)
+                     WHERE symbol = %s""", (session, session, symbol))
 
 
 def checkpoint(conn, symbol: str, session: dt.date, run_id: int | None) -> None:

@@ -97,7 +97,12 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
             continue
         last = store.last_stored_session(conn, sym)
         since = specs[sym].since if sym in specs else default_since
+        first, asked_from = store.history_coverage(conn, sym)
         if last is None:
+            plans.append(SymbolPlan(sym, since, end, full=True))
+        elif first is not None and since < first and (asked_from is None or since < asked_from):
+            # `since` (or history.start) moved earlier than anything asked for
+            # so far: the whole history again, which fills the earlier sessions
             plans.append(SymbolPlan(sym, since, end, full=True))
         else:
             # re-fetch the `lookback` most recent stored sessions (vendors revise them)
@@ -245,6 +250,8 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
+        if p.full:
+            store.mark_history_from(conn, p.symbol, p.start)
         if len(bars) == 0:
             return out
         first = bars.session[0].astype(object)
@@ -279,8 +286,18 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
     return out
 
 
+def expected_from(conn, cfg, symbol: str) -> dt.date | None:
+    """Where completeness counts from: the configured start until the vendor
+    has been asked from there; after that the first stored bar (the vendor
+    had nothing earlier, so that is the listing date)."""
+    specs = {s.symbol: s.since for s in cfg.symbols}
+    since = specs.get(symbol) or dt.date.fromisoformat(cfg["history"]["start"])
+    _first, asked_from = store.history_coverage(conn, symbol)
+    return since if asked_from is None or asked_from > since else None
+
+
 def refresh_stats(conn, cfg, symbol: str) -> dict | None:
     cal = cfg["calendar"]
     return store.refresh_symbol_stats(
         conn, symbol, cal_sessions_fn=lambda a, b: tcal.sessions(cal, a, b),
-        score_fn=quality.symbol_score)
+        score_fn=quality.symbol_score, expected_from=expected_from(conn, cfg, symbol))

@@ -59,10 +59,17 @@ def progress(conn, run_id: int, data: dict) -> None:
 
 def finish(conn, run_id: int, status: str, result: dict | None = None,
            error: str | None = None) -> None:
+    # the last progress report may have said "comparing 6/7": the progress
+    # ends in the run's final state, whatever the job reported last
     conn.execute(
         """UPDATE job_runs SET status = %s, result = %s, error = %s, finished_at = now(),
-           heartbeat_at = now() WHERE id = %s""",
-        (status, json.dumps(result or {}, default=str), error, run_id))
+           heartbeat_at = now(),
+           progress = CASE WHEN progress ? 'phase'
+                            AND progress->>'phase' NOT IN ('done', 'passed', 'failed')
+                           THEN progress || jsonb_build_object('phase', %s::text, 'final', %s::text)
+                           ELSE progress || jsonb_build_object('final', %s::text) END
+           WHERE id = %s""",
+        (status, json.dumps(result or {}, default=str), error, status, status, status, run_id))
 
 
 def get(conn, run_id: int) -> dict | None:

@@ -455,7 +455,7 @@ def jobs():
 
 
 @bp.get("/api/v1/jobs/<int:run_id>")
-@require_admin
+@require_read
 def job(run_id: int):
     from ..jobs import runs
     _params(set())
@@ -509,6 +509,22 @@ def post_backfill():
     run_id = enqueue(rt(), "backfill", {"symbols": syms,
                                         "start": body.get("start"), "end": body.get("end")})
     return _queued(run_id)
+
+
+@bp.post("/api/v1/jobs/<name>/run")
+@require_admin
+def post_job(name: str):
+    """Run any scheduled job now (queued for the worker)."""
+    from ..queue import enqueue
+    _params(set())
+    _json_body(set())
+    if name not in JOB_NAMES:
+        return api_error(404, "unknown_job", f"{name[:40]!r} is not a job; jobs: "
+                                             f"{', '.join(JOB_NAMES)}")
+    params = {"backup": "latest"} if name == "restore_test" else {}
+    if name == "backfill":
+        params = {"symbols": None, "start": None, "end": None}
+    return _queued(enqueue(rt(), name, params))
 
 
 # --------------------------------------------------------------------------- config

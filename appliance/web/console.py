@@ -282,27 +282,13 @@ def quality_class(score, grid=None) -> str:
 
 
 def badge_level(h: dict, cfg) -> tuple[str, str, list[str]]:
-    """(css class, text, reasons): green healthy, yellow degraded, red critical
-    (database down, scheduler stopped, validation rate below critical, or a
-    critical alert)."""
-    a = cfg["alerts"]
-    snap = h["_snap"]
-    reasons = list(h["reasons"])
-    critical = h["database"] != "ok" or not h["scheduler_running"]
-    if snap.get("status") == "ok":
-        rate = snap.get("validation_rate_pct")
-        if snap.get("total_records") and rate is not None and \
-                rate < a["validation_rate_critical_pct"]:
-            critical = True
-            reasons.append(f"validation rate {rate}% below critical "
-                           f"{a['validation_rate_critical_pct']}%")
-        if any(x["severity"] == "critical" for x in snap.get("open_alerts", [])):
-            critical = True
-    if critical:
-        return "unhealthy", "Critical", reasons
-    if h["status"] != "healthy":
-        return "degraded", "Degraded", reasons
-    return "healthy", "Healthy", reasons
+    """(css class, text, reasons) from the health snapshot: the text is
+    /health's status, the colour its severity (red for anything critical)."""
+    text = {"healthy": "Healthy", "degraded": "Degraded", "unhealthy": "Unhealthy"}[h["status"]]
+    cls = {"critical": "unhealthy", "warning": "degraded", "ok": "healthy"}[h["severity"]]
+    if h["severity"] == "critical" and h["status"] == "degraded":
+        text = "Degraded · critical"
+    return cls, text, list(h["reasons"])
 
 
 def dashboard_data() -> dict:
@@ -594,7 +580,7 @@ def jobs():
         names = [r[0] for r in conn.execute("SELECT DISTINCT job FROM job_runs ORDER BY 1")]
     views = [run_view(r) for r in rows]
     return page("jobs.html", "partials/jobs_table.html", "jobs-table", runs=views, job=job,
-                job_names=names)
+                job_names=names, schedules=dict(rt().config["schedules"]))
 
 
 def _get_run(run_id: int) -> dict:
@@ -622,6 +608,19 @@ def run_backfill():
     run_id = _enqueue("backfill", {})
     return _done("partials/run_queued.html", url_for("console.jobs"), run_id=run_id,
                  what="Backfill of all symbols")
+
+
+@bp.post("/jobs/<name>/run")
+@admin_post
+def run_job(name: str):
+    """Any scheduled job, now (the Jobs page's Run now buttons)."""
+    from .api import JOB_NAMES
+    if name not in JOB_NAMES:
+        abort(404)
+    params = {"backup": "latest"} if name == "restore_test" else {}
+    run_id = _enqueue(name, params)
+    return _done("partials/run_queued.html", url_for("console.jobs"), run_id=run_id,
+                 what=f"{name.replace('_', ' ').capitalize()}")
 
 
 # --------------------------------------------------------------------------- backups

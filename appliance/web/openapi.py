@@ -111,6 +111,10 @@ def _schemas() -> dict:
                   "acknowledged_at", "acknowledged_by"])
     health = _obj({
         "status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
+        "severity": {"type": "string", "enum": ["ok", "warning", "critical"],
+                     "description": "How urgent what is wrong is: critical for an unreachable "
+                                    "database, a stopped scheduler, a critical validation rate "
+                                    "or an open critical alert."},
         "timestamp": DATETIME,
         "scheduler_running": BOOL,
         "worker_alive": BOOL,
@@ -147,6 +151,7 @@ def _schemas() -> dict:
     status = _obj({
         "api_version": STR,
         "status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
+        "severity": {"type": "string", "enum": ["ok", "warning", "critical"]},
         "timestamp": DATETIME,
         "reasons": {"type": "array", "items": STR},
         "provider": STR,
@@ -369,11 +374,20 @@ def _paths() -> dict:
             "Recent job runs, newest first", _json(_ref("JobList"), "Job runs."),
             [_q("job", {"type": "string", "enum": list(_job_names())}, "Only this job."),
              _limit(50, 1000)])},
-        "/api/v1/jobs/{id}": {"get": _admin(
+        "/api/v1/jobs/{id}": {"get": _read(
             "One job run with its progress",
-            {"200": _json(_ref("JobRun"), "The run.")},
-            params=[id_path("id", "Job run id (job_id of a 202 answer).")],
-            errors=("400", "401", "403", "404", "503"))},
+            _json(_ref("JobRun"), "The run."),
+            [id_path("id", "Job run id (job_id of a 202 answer).")],
+            errors=("400", "401", "404", "503"))},
+        "/api/v1/jobs/{name}/run": {"post": _admin(
+            "Run a job now",
+            {"202": queued}, body=_ref("Empty"),
+            params=[{"name": "name", "in": "path", "required": True,
+                     "schema": {"type": "string", "enum": list(_job_names())},
+                     "description": "Any scheduled job; backfill runs for every configured "
+                                    "symbol, restore_test tests the latest backup."}],
+            errors=("400", "401", "403", "404", "413", "503"),
+            description="The same run the scheduler would start, queued for the worker.")},
         "/api/v1/backfill": {"post": _admin(
             "Queue a backfill",
             {"202": queued}, body=_ref("BackfillRequest"),

@@ -182,7 +182,7 @@ def test_screenshots_of_the_dashboard_and_a_symbol_page(browser, server, runtime
         log.close()
     assert (SCREENSHOTS / "dashboard.png").stat().st_size > 10_000
     assert (SCREENSHOTS / "symbol.png").stat().st_size > 10_000
-    assert badge in ("Healthy", "Degraded", "Critical")
+    assert badge in ("Healthy", "Degraded", "Degraded · critical", "Unhealthy")
 
 
 def test_reading_works_with_javascript_off(browser, server):

@@ -501,7 +501,7 @@ def test_read_endpoints_reject_bad_parameters(loaded, path, query, code):
 
 ADMIN_CALLS = [("POST", "/api/v1/backfill"), ("POST", "/api/v1/config/reload"),
                ("POST", "/api/v1/backups"), ("POST", "/api/v1/backups/1/restore-test"),
-               ("GET", "/api/v1/jobs/1")]
+               ("POST", "/api/v1/jobs/spot_check/run")]
 
 
 @pytest.mark.parametrize("method,path", ADMIN_CALLS)
@@ -634,8 +634,23 @@ def test_read_token_protects_reads_but_not_health(config_factory):
         assert c.get("/api/v1/symbols",
                      headers={"Authorization": "Bearer test-admin-token"}).status_code == 200
         assert c.get("/health").status_code == 200
+        # the URL every POST answers with is a read endpoint, as the README says
+        assert c.get("/api/v1/jobs/1").status_code == 401
+        assert c.get("/api/v1/jobs/1",
+                     headers={"Authorization": "Bearer reader-token"}).status_code == 404
     finally:
         app.config["RUNTIME"].close()
+
+
+def test_every_scheduled_job_can_be_queued_now_and_followed_with_a_read(api, runtime):
+    for name in runtime.config["schedules"]:
+        r = api.post(f"/api/v1/jobs/{name}/run",
+                     headers={"Authorization": "Bearer test-admin-token"})
+        assert r.status_code == 202, (name, r.get_json())
+        run = api.get(r.get_json()["url"]).get_json()
+        assert run["job"] == name and run["status"] in ("queued", "running", "ok", "failed")
+    r = api.post("/api/v1/jobs/nope/run", headers={"Authorization": "Bearer test-admin-token"})
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "unknown_job"
 
 
 # --------------------------------------------------------------------------- gaps, alerts, jobs

@@ -8,3 +8,8 @@ CREATE TABLE appliance_instance (
   singleton  boolean     NOT NULL DEFAULT true UNIQUE CHECK (singleton)
 );
 INSERT INTO appliance_instance DEFAULT VALUES;
+
+-- The earliest session the vendor has been asked for, per symbol, by a
+-- completed whole-history fetch. A `since` earlier than it means history is
+-- still to be fetched; completeness counts from `since` until it has been.
+ALTER TABLE symbols ADD COLUMN history_from date;

@@ -1,0 +1,242 @@
+"""Recovery an operator can trust: a restore keeps the operations history, a
+fresh host recovers from the backup drive alone with the commands of
+OPERATIONS.md as written, and the numbers stay true afterwards."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from appliance import alerts, backups, history
+from appliance.jobs import backfill, runs
+from appliance.jobs import backup as backup_job
+from appliance.jobs import restore_test as restore_job
+from appliance.runtime import Runtime
+
+from conftest import write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _backfill(rt, **params):
+    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params=params)
+    assert res["status"] == "ok", res
+    return res
+
+
+def _runs(url: str) -> list[tuple]:
+    with psycopg.connect(url) as c:
+        return c.execute("SELECT id, job, status, error FROM job_runs ORDER BY id").fetchall()
+
+
+def _drop_kept(url: str, live: str) -> None:
+    with psycopg.connect(backups.url_for(url, "postgres"), autocommit=True) as c:
+        for (name,) in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                 (f"{live}_old_%",)).fetchall():
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_restore_keeps_the_operations_history_newer_than_the_archive(
+        runtime, database_url):
+    rt = runtime
+    _backfill(rt)
+    with psycopg.connect(database_url) as c:
+        inflight = c.execute(
+            """INSERT INTO job_runs (job, slot, status, started_at, heartbeat_at)
+               VALUES ('spot_check', 'manual:inflight', 'running', now(), now())
+               RETURNING id""").fetchone()[0]
+    b = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run, params={})
+    assert b["status"] == "ok"
+    # the spot-check that was running when the dump was taken ends after it
+    with rt.conn() as c:
+        runs.finish(c, inflight, "failed", {}, "vendor unreachable")
+    t = runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+                     params={"backup": "latest"})
+    assert t["status"] == "ok"
+    before = _runs(database_url)
+    live = backups.db_name(database_url)
+    try:
+        res = backups.full_restore(rt, "latest")
+        assert res["history"]["lineage"] == "same"
+        after = _runs(database_url)
+        assert after == before, "the restore rewound or changed the job history"
+        # the backup run that took the dump is ok, not 'running' for ever
+        assert (b["run_id"], "backup", "ok", None) in after
+        assert not [r for r in after if r[2] in ("running", "queued")]
+        # no run id is reused: the next run gets an id past every earlier one
+        with rt.conn() as c:
+            nxt = runs.claim(c, "disk_check", runs.manual_slot())
+            assert nxt > max(r[0] for r in before)
+            cat = {r["filename"]: r for r in backups.list_backups(c)}
+            assert cat[b["filename"]]["restore_test_status"] == "passed"
+            # no alert opened on the archive's word: the backup did not fail
+            assert c.execute("""SELECT count(*) FROM alerts WHERE key LIKE 'backup%%'
+                                AND status = 'open'""").fetchone()[0] == 0
+        assert "error" not in res["alerts"]
+    finally:
+        _drop_kept(database_url, live)
+
+
+def test_the_manifest_records_restore_tests_so_a_rescan_knows_what_was_proven(
+        runtime, database_url):
+    rt = runtime
+    _backfill(rt)
+    b = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run, params={})
+    runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+                 params={"backup": "latest"})
+    mpath = backups.manifest_path_for(Path(rt.config["backup"]["path"]) / b["filename"])
+    m = json.loads(mpath.read_text())
+    assert m["job_run_id"] == b["run_id"]
+    assert [t["passed"] for t in m["restore_tests"]] == [True]
+    assert oct(mpath.stat().st_mode & 0o777) == "0o600"
+    with rt.conn() as c:  # a catalogue that lost the result gets it back from the drive
+        c.execute("UPDATE backups SET restore_test_status = NULL, restore_test_at = NULL")
+        backups.rescan(c, rt.config)
+        row = backups.list_backups(c)[0]
+    assert row["restore_test_status"] == "passed"
+
+
+def _recovery_commands() -> list[str]:
+    """The `appliance …` commands of OPERATIONS.md's recovery procedure, in order."""
+    text = (ROOT / "OPERATIONS.md").read_text()
+    sec = text.split("### Recovery after complete system failure", 1)[1].split("\n## ", 1)[0]
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", sec, re.S):
+        cmds += [ln.split("#")[0].strip() for ln in block.splitlines()
+                 if ln.strip().startswith("appliance ")]
+    cmds += re.findall(r"`(appliance kept-databases[^`]*)`", sec)
+    return cmds
+
+
+def _cli(args: str, cfg: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "APPLIANCE_CONFIG": str(cfg)}
+    env = {k: v for k, v in env.items() if not k.startswith("APPLIANCE_TEST_")}
+    p = subprocess.run([sys.executable, "-m", "appliance.cli", *args.split()[1:]],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=cfg.parent)
+    if check:
+        assert p.returncode == 0, f"{args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+@pytest.mark.slow
+def test_the_recovery_procedure_of_operations_md_works_on_a_fresh_host(
+        runtime, database_url, request):
+    old = runtime
+    _backfill(old)
+    b = runs.execute(old, "backup", runs.manual_slot(), backup_job.run, params={})
+    old_runs = {(r[0], r[1]) for r in _runs(database_url)}  # what the archive holds
+    # the restore test runs after the dump: only the manifest can tell of it
+    t = runs.execute(old, "restore_test", runs.manual_slot(), restore_job.run,
+                     params={"backup": "latest"})
+    assert t["status"] == "ok"
+    bdir = Path(old.config["backup"]["path"])
+    manifest = json.loads(backups.manifest_path_for(bdir / b["filename"]).read_text())
+
+    # the fresh host: nothing but the config and the backup drive; embedded
+    # PostgreSQL and Redis in a new data_dir (no URLs configured)
+    # a short path: pgserver's unix socket lives in data_dir
+    host = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(host, ignore_errors=True))
+    cfg = write_config(host / "appliance.yaml", "", "", data_dir=str(host / "var"),
+                       backup={"path": str(bdir), "min_free_pct": 1})
+    cmds = _recovery_commands()
+    assert cmds[:3] == ["appliance backups --rescan", "appliance restore latest",
+                        "appliance restore latest --yes"], cmds
+    listing = _cli(cmds[0], cfg)
+    assert b["filename"] in listing.stdout and "restore test: passed" in listing.stdout
+    plan = _cli(cmds[1], cfg, check=False)
+    assert plan.returncode == 1 and "Nothing was changed" in plan.stdout
+    res = json.loads(_cli(cmds[2], cfg).stdout)
+    assert res["status"] == "ok" and res["history"]["lineage"] in ("other", "none")
+
+    from appliance import services
+    url = services.embedded_postgres(host / "var", dbname="market_data")
+    try:
+        with psycopg.connect(url) as c:
+            counts = dict(c.execute("SELECT symbol, count(*) FROM market_data GROUP BY 1"))
+            assert counts == manifest["row_counts"]["symbols"]
+            got = {(r[0], r[1]): r[2] for r in c.execute(
+                "SELECT id, job, status FROM job_runs")}
+            # the old host's history came with the archive, nothing is in flight
+            assert old_runs <= set(got), "the old host's runs are missing"
+            assert got[(b["run_id"], "backup")] == "ok"
+            assert "running" not in got.values() and "queued" not in got.values()
+            row = c.execute("SELECT restore_test_status FROM backups WHERE filename = %s",
+                            (b["filename"],)).fetchone()
+            assert row == ("passed",)
+    finally:
+        services.stop_embedded_postgres(host / "var")
+    for cmd in cmds[3:]:
+        if cmd.startswith("appliance kept-databases --drop"):
+            kept = _cli("appliance kept-databases", cfg).stdout.split()
+            name = next(k for k in kept if "_old_" in k)
+            cmd = re.sub(r"market_data_old_\S+", name, cmd)
+        out = _cli(cmd, cfg)
+        if cmd == "appliance restore-test latest":
+            assert json.loads(out.stdout)["status"] == "ok"
+    assert "_old_" not in _cli("appliance kept-databases", cfg).stdout
+
+
+def test_moving_since_earlier_fills_the_history_without_flags(config_factory):
+    rt = Runtime.from_path(config_factory(history={"start": "2025-01-02",
+                                                  "lookback_sessions": 5},
+                                          symbols=["AAPL"]))
+    rt.open()
+    try:
+        _backfill(rt)
+        with rt.conn() as c:
+            first, n1, compl = c.execute(
+                "SELECT first_session, records, completeness FROM symbol_stats").fetchone()
+        assert str(first) == "2025-01-02" and compl == 1.0
+        # the operator asks for a longer history and reloads
+        from appliance.reload import reload_config
+        write_config(rt.config.path, rt.config["database"]["url"], rt.config["redis"]["url"],
+                     history={"start": "2025-01-02", "lookback_sessions": 5},
+                     symbols=[{"symbol": "AAPL", "since": "2024-01-02"}])
+        r = reload_config(rt, source="cli")
+        assert r["ok"] and r["backfill_run_id"], r
+        with rt.conn() as c:
+            # until the backfill ran, completeness counts from the new start
+            stats = backfill.refresh_stats(c, rt.config, "AAPL")
+        assert stats["missing"] == 252 and stats["completeness"] < 0.7  # 2024 is missing
+        _backfill(rt, symbols=["AAPL"])
+        with rt.conn() as c:
+            first, n2, compl = c.execute(
+                "SELECT first_session, records, completeness FROM symbol_stats").fetchone()
+        assert str(first) == "2024-01-02" and n2 > n1 + 200 and compl == 1.0
+        _backfill(rt)  # a plain backfill afterwards asks only for recent sessions
+        with rt.conn() as c:
+            assert c.execute("SELECT records FROM symbol_stats").fetchone()[0] == n2
+    finally:
+        rt.close()
+
+
+def test_a_failed_monthly_job_opens_an_alert_on_its_first_failure(runtime):
+    rt = runtime
+    assert "spot_check" in alerts.rare_jobs(rt.config["schedules"])
+    assert "backfill" not in alerts.rare_jobs(rt.config["schedules"])
+    with rt.conn() as c:
+        rid = runs.claim(c, "spot_check", runs.manual_slot())
+        runs.start(c, rid)
+        runs.progress(c, rid, {"phase": "comparing", "symbols_done": 6, "symbols": 7})
+        runs.finish(c, rid, "failed", {}, "second source unreachable")
+        prog = runs.get(c, rid)["progress"]
+    assert prog["phase"] == "failed" and prog["final"] == "failed"
+    m = alerts.measure(rt, dt.datetime.now(dt.timezone.utc))
+    active, message, details = alerts._jobs_failing(m, rt.config)
+    assert active and details["jobs"] == ["spot_check"]
+    assert "the last run of spot_check failed" in message
+
+
+def test_history_lineage_is_per_database(database_url):
+    with psycopg.connect(database_url) as c:
+        assert history.instance_id(c)
