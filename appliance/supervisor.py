@@ -12,6 +12,7 @@ import collections
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import db, services, store
 from .errors import ApplianceError
@@ -37,7 +39,8 @@ START_FAST_S = 10.0
 READY_TIMEOUT_S = 120.0
 #: Redis key with the supervised processes' state (read by /health and status).
 K_PROCESSES = "appliance:processes"
-ERROR_LINES = 20
+ERROR_LINES = 80
+_ERRORISH = re.compile(r"Error|Exception|error:|invalid|not found|denied|refused")
 
 
 @dataclass
@@ -59,9 +62,47 @@ class Child:
                 "last_error": self.last_error[-3:]}
 
 
+#: Without systemd's journal, ``up`` keeps every process's log here (in
+#: data_dir), rotated at LOG_BYTES with LOG_KEEP old files.
+LOG_FILE = "log/appliance.log"
+LOG_BYTES = 10 * 1024 * 1024
+LOG_KEEP = 5
+_file_log: logging.Handler | None = None
+
+
+def open_log_file(cfg) -> Path:
+    """Send this process's log and its children's output to data_dir/log."""
+    global _file_log
+    from logging.handlers import RotatingFileHandler
+    path = Path(cfg["data_dir"]) / LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _file_log = RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_KEEP,
+                                    encoding="utf-8")
+    _file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(_file_log)
+    return path
+
+
+def _to_file(line: str) -> None:
+    h = _file_log
+    if h is None:
+        return
+    # a child's line is already formatted: written as it is, rotation included
+    rec = logging.makeLogRecord({"msg": line})
+    h.acquire()
+    try:
+        if h.shouldRollover(rec):
+            h.doRollover()
+        if h.stream is not None:
+            h.stream.write(line + "\n")
+            h.stream.flush()
+    finally:
+        h.release()
+
+
 def _pump(stream, tail: collections.deque) -> None:
-    """Copy a child's stderr to ours line by line, keeping the last lines for
-    the message when it keeps failing."""
+    """Copy a child's stderr to ours (and the log file) line by line, keeping
+    the last lines for the message when it keeps failing."""
     out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
     for raw in iter(stream.readline, b""):
         if out is not None:
@@ -70,8 +111,23 @@ def _pump(stream, tail: collections.deque) -> None:
                 out.flush()
             except (OSError, ValueError):
                 pass
-        tail.append(raw.decode("utf-8", "replace").rstrip())
+        line = raw.decode("utf-8", "replace").rstrip()
+        tail.append(line)
+        try:
+            _to_file(line)
+        except Exception:  # noqa: BLE001 - a full disk must not stop the pump
+            pass
     stream.close()
+
+
+def error_lines(tail, limit: int = 12) -> list[str]:
+    """What a dying child said that matters: the lines that name an error
+    (a traceback's chain ends in its least telling exception), then its last
+    lines."""
+    lines = [ln for ln in tail if ln.strip()]
+    errs = list(dict.fromkeys(ln.strip() for ln in lines if _ERRORISH.search(ln)))
+    last = [ln.strip() for ln in lines[-3:]]
+    return (errs[:limit - len(last)] + [ln for ln in last if ln not in errs]) or last
 
 
 def _spawn(child: Child, cfg) -> subprocess.Popen:
@@ -123,12 +179,31 @@ def run_up(cfg, *, initial_backfill: bool = True) -> int:
     from .web.server import check_bind
 
     t0 = time.monotonic()
+    stopping = {"flag": False}
+    reload_requested = {"flag": False}
+
+    def on_term(signum, _frame):
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stopping["flag"] = True
+
+    def on_hup(_signum, _frame):
+        reload_requested["flag"] = True
+
+    # before anything starts: a Ctrl-C during start-up stops what has started
+    # instead of being lost in a library's retry loop
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
     try:
         check_bind(cfg["server"]["bind"])
         ep = services.resolve(cfg)
     except ApplianceError as e:
         log.error("%s", e.message)
         return 1
+    try:
+        log.info("logging to %s", open_log_file(cfg))
+    except OSError as e:
+        log.warning("no log file (%s); the log goes to this terminal only", e)
     log.info("using %s", ep.describe())
     try:
         applied = db.migrate(ep.database_url)
@@ -149,26 +224,14 @@ def run_up(cfg, *, initial_backfill: bool = True) -> int:
     rt.publish_config(cfg)
 
     children = {role: Child(role) for role in CHILDREN}
-    stopping = {"flag": False}
-    reload_requested = {"flag": False}
-
-    def on_term(signum, _frame):
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stopping["flag"] = True
-
-    def on_hup(_signum, _frame):
-        reload_requested["flag"] = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-
     for c in children.values():
+        if stopping["flag"]:
+            break
         c.proc = _spawn(c, cfg)
         c.started_at = time.monotonic()
         log.info("started %s (pid %d)", c.role, c.proc.pid)
 
-    if empty and initial_backfill:
+    if empty and initial_backfill and not stopping["flag"]:
         try:
             from .queue import enqueue
             run_id = enqueue(rt, "backfill", {}, trigger="initial")
@@ -205,7 +268,7 @@ def run_up(cfg, *, initial_backfill: bool = True) -> int:
                     c.proc.wait()
                     time.sleep(0.1)  # let the pump thread copy the last lines
                     c.last_code = c.proc.returncode
-                    c.last_error = [ln for ln in c.tail if ln.strip()]
+                    c.last_error = error_lines(c.tail)
                     c.proc = None
                     lived = now - c.started_at
                     c.restarts += 1

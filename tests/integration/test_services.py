@@ -118,11 +118,41 @@ def test_up_serves_with_embedded_services_and_stops_cleanly_on_sigterm(short_dir
         assert body["latest_data"] is not None, "the initial backfill did not store data"
         status, st = _get(f"http://127.0.0.1:{port}/api/v1/status")
         assert st["database"]["symbols_available"] == 2
+        deadline = time.monotonic() + 30
+        while body.get("processes") is None and time.monotonic() < deadline:
+            time.sleep(1)
+            status, body = _get(f"http://127.0.0.1:{port}/health")
+        assert {r: p["state"] for r, p in body["processes"].items()} == \
+            {"serve": "running", "worker": "running", "scheduler": "running"}
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-3000:]
     assert "appliance stopped" in out
+    # without systemd the log, children's lines included, is in data_dir
+    logged = (short_dir / "var" / "log" / "appliance.log").read_text()
+    assert "appliance up in" in logged and "Booting worker" in logged
     # the embedded servers stopped with it
     assert services._postmaster_info(short_dir / "var" / "pg") is None
     assert not services._redis_alive(f"unix://{short_dir}/var/redis/redis.sock")
+
+
+def test_up_gives_up_on_a_child_that_keeps_failing_at_start_and_says_why(short_dir):
+    # the web server's worker class cannot be imported: the defect a missing
+    # runtime dependency caused (gunicorn's gevent worker without `packaging`)
+    shadow = short_dir / "shadow"
+    shadow.mkdir()
+    (shadow / "gevent.py").write_text("raise ImportError('gevent is broken in this test')\n")
+    port = free_port()
+    cfg = _write_cfg(short_dir, port)
+    env = {**os.environ, "PYTHONPATH": str(shadow)}
+    r = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up",
+                        "--no-initial-backfill"], capture_output=True, text=True, timeout=240,
+                       env=env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "serve exited 5 times in a row" in r.stderr
+    tail = r.stderr.split("giving up. Its last error lines:", 1)[1]
+    assert "gevent is broken in this test" in tail
+    assert "appliance up in" not in r.stderr, "up reported success while serve failed"
+    assert "appliance stopped: a process would not start" in r.stderr
+    assert services._postmaster_info(short_dir / "var" / "pg") is None
