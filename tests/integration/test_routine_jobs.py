@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import functools
+import re
 import subprocess
 
 import numpy as np
@@ -425,3 +426,36 @@ def test_performance_review_projects_monthly_growth_from_recent_market_months(ru
     avg = res["market_data"]["avg_row_bytes"]
     assert res["projected_bytes_per_month"] == int(
         sum(m["rows"] for m in complete) / 3 * avg)
+
+
+def test_spot_check_runs_now_from_the_console_and_its_failure_opens_an_alert(stored):
+    import subprocess
+    import sys
+
+    from appliance import alerts
+    from appliance.web import create_app
+    from tests.integration.test_console import login
+    rt = stored("http://127.0.0.1:9")  # the second source is unreachable
+    app = create_app(runtime=rt)
+    app.config["TESTING"] = True
+    client = app.test_client()
+    tok = login(client)
+    page = client.get("/jobs").get_data(as_text=True)
+    assert 'data-job="spot_check"' in page
+    r = client.post("/jobs/spot_check/run", headers={"HX-Request": "true", "X-CSRFToken": tok})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    run_id = int(re.search(r"queued as run (\d+)", r.get_data(as_text=True)).group(1))
+    w = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(rt.config.path),
+                        "worker", "--burst"], capture_output=True, text=True, timeout=240)
+    assert w.returncode == 0, w.stderr[-2000:]
+    with rt.conn() as conn:
+        status, prog, error = conn.execute(
+            "SELECT status, progress, error FROM job_runs WHERE id = %s", (run_id,)).fetchone()
+    assert status == "failed" and error
+    assert prog.get("final") == "failed" and prog.get("phase") != "comparing"
+    res = alerts.evaluate(rt)
+    assert "job_failing" in res["opened"], res
+    with rt.conn() as conn:
+        msg = conn.execute("SELECT message FROM alerts WHERE key = 'job_failing' "
+                           "AND status = 'open'").fetchone()[0]
+    assert "the last run of spot_check failed" in msg
