@@ -143,16 +143,6 @@ def _spawn(child: Child, cfg) -> subprocess.Popen:
     return proc
 
 
-def _health_url(cfg) -> str:
-    host, _, port = cfg["server"]["bind"].rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/health"
-
-
 def _answers(url: str) -> bool:
     """True when the web server answers /health at all (any HTTP status)."""
     try:
@@ -238,7 +228,8 @@ def run_up(cfg, *, initial_backfill: bool = True) -> int:
             log.info("empty database: initial backfill queued (job run %d)", run_id)
         except Exception as e:  # noqa: BLE001
             log.warning("could not queue the initial backfill: %s", e)
-    health_url = _health_url(cfg)
+    from .statusview import web_url
+    health_url = web_url(cfg)
     ready = False
     next_probe = next_publish = 0.0
     log.info("children started; waiting for the web server to answer %s", health_url)
