@@ -164,136 +164,174 @@ def publish_processes(rt, children: dict) -> None:
 
 
 def run_up(cfg, *, initial_backfill: bool = True) -> int:
-    from .runtime import Runtime
+    """Run the appliance until SIGTERM/SIGINT; the exit code (1 when it could
+    not start, or a child would not stay up)."""
+    return Supervisor(cfg).run(initial_backfill=initial_backfill)
 
-    from .web.server import check_bind
 
-    t0 = time.monotonic()
-    stopping = {"flag": False}
-    reload_requested = {"flag": False}
+class Supervisor:
+    """``appliance up``'s state: the runtime, the children and the flags the
+    signal handlers set."""
 
-    def on_term(signum, _frame):
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.t0 = time.monotonic()
+        self.stopping = False
+        self.reload_requested = False
+        self.code = 0
+        self.rt = None
+        self.children = {role: Child(role) for role in CHILDREN}
+
+    def _on_term(self, signum, _frame):
         log.info("received %s: stopping", signal.Signals(signum).name)
-        stopping["flag"] = True
+        self.stopping = True
 
-    def on_hup(_signum, _frame):
-        reload_requested["flag"] = True
+    def _on_hup(self, _signum, _frame):
+        self.reload_requested = True
 
-    # before anything starts: a Ctrl-C during start-up stops what has started
-    # instead of being lost in a library's retry loop
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-    try:
-        check_bind(cfg["server"]["bind"])
-        ep = services.resolve(cfg)
-    except ApplianceError as e:
-        log.error("%s", e.message)
-        return 1
-    try:
-        log.info("logging to %s", open_log_file(cfg))
-    except OSError as e:
-        log.warning("no log file (%s); the log goes to this terminal only", e)
-    log.info("using %s", ep.describe())
-    try:
-        applied = db.migrate(ep.database_url)
-    except Exception as e:  # noqa: BLE001 - say what failed, no traceback
-        log.error("migration failed: %s", e)
-        return 1
-    if applied:
-        log.info("applied migrations %s", applied)
-    rt = Runtime(cfg, endpoints=ep, pool_size=3)
-    rt.open()
-    with rt.conn() as conn:
-        store.sync_symbols(conn, cfg.symbols)
-        empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM symbol_stats)").fetchone()[0]
-        store.record_config_reload(conn, source="startup", actor=None, sha256=cfg.sha256, ok=True,
-                                   error=None, diff={})
-        store.add_event(conn, "info", "startup", f"appliance starting ({ep.describe()}), "
-                                                  f"provider {cfg['provider']['name']}")
-    rt.publish_config(cfg)
+    def run(self, *, initial_backfill: bool) -> int:
+        # before anything starts: a Ctrl-C during start-up stops what has
+        # started instead of being lost in a library's retry loop
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        try:
+            empty = self._start()
+            if empty is None:
+                self.code = 1
+                return 1
+            self._spawn_all()
+            if empty and initial_backfill and not self.stopping:
+                self._initial_backfill()
+            self._loop()
+        finally:
+            self._stop()
+        return self.code
 
-    children = {role: Child(role) for role in CHILDREN}
-    for c in children.values():
-        if stopping["flag"]:
-            break
-        c.proc = _spawn(c, cfg)
-        c.started_at = time.monotonic()
-        log.info("started %s (pid %d)", c.role, c.proc.pid)
+    def _start(self) -> bool | None:
+        """Services, migrations, the runtime; whether the database is empty
+        (None: it could not start, and the log says why)."""
+        from .runtime import Runtime
+        from .web.server import check_bind
+        cfg = self.cfg
+        try:
+            check_bind(cfg["server"]["bind"])
+            ep = services.resolve(cfg)
+        except ApplianceError as e:
+            log.error("%s", e.message)
+            return None
+        try:
+            log.info("logging to %s", open_log_file(cfg))
+        except OSError as e:
+            log.warning("no log file (%s); the log goes to this terminal only", e)
+        log.info("using %s", ep.describe())
+        try:
+            applied = db.migrate(ep.database_url)
+        except Exception as e:  # noqa: BLE001 - say what failed, no traceback
+            log.error("migration failed: %s", e)
+            return None
+        if applied:
+            log.info("applied migrations %s", applied)
+        self.rt = Runtime(cfg, endpoints=ep, pool_size=3)
+        self.rt.open()
+        with self.rt.conn() as conn:
+            store.sync_symbols(conn, cfg.symbols)
+            empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM symbol_stats)").fetchone()[0]
+            store.record_config_reload(conn, source="startup", actor=None, sha256=cfg.sha256,
+                                       ok=True, error=None, diff={})
+            store.add_event(conn, "info", "startup", f"appliance starting ({ep.describe()}), "
+                                                      f"provider {cfg['provider']['name']}")
+        self.rt.publish_config(cfg)
+        return bool(empty)
 
-    if empty and initial_backfill and not stopping["flag"]:
+    def _spawn_all(self) -> None:
+        for c in self.children.values():
+            if self.stopping:
+                break
+            c.proc = _spawn(c, self.cfg)
+            c.started_at = time.monotonic()
+            log.info("started %s (pid %d)", c.role, c.proc.pid)
+
+    def _initial_backfill(self) -> None:
         try:
             from .queue import enqueue
-            run_id = enqueue(rt, "backfill", {}, trigger="initial")
+            run_id = enqueue(self.rt, "backfill", {}, trigger="initial")
             log.info("empty database: initial backfill queued (job run %d)", run_id)
         except Exception as e:  # noqa: BLE001
             log.warning("could not queue the initial backfill: %s", e)
-    from .statusview import web_url
-    health_url = web_url(cfg)
-    ready = False
-    next_probe = next_publish = 0.0
-    log.info("children started; waiting for the web server to answer %s", health_url)
-    code = 0
 
-    try:
-        while not stopping["flag"]:
+    def _loop(self) -> None:
+        from .statusview import web_url
+        health_url = web_url(self.cfg)
+        ready = False
+        next_probe = next_publish = 0.0
+        log.info("children started; waiting for the web server to answer %s", health_url)
+        while not self.stopping:
             now = time.monotonic()
             if not ready and now >= next_probe:
                 next_probe = now + 0.5
-                if children["serve"].proc is not None and _answers(health_url):
+                if self.children["serve"].proc is not None and _answers(health_url):
                     ready = True
-                    log.info("appliance up in %.1f s: http://%s/dashboard", now - t0,
-                             cfg["server"]["bind"])
-                elif now - t0 > READY_TIMEOUT_S:
+                    log.info("appliance up in %.1f s: http://%s/dashboard", now - self.t0,
+                             self.cfg["server"]["bind"])
+                elif now - self.t0 > READY_TIMEOUT_S:
                     log.warning("the web server has not answered %s after %.0f s",
-                                health_url, now - t0)
+                                health_url, now - self.t0)
                     next_probe = now + 30
             if now >= next_publish:
                 next_publish = now + 5
-                publish_processes(rt, children)
-            if reload_requested["flag"]:
-                reload_requested["flag"] = False
-                _reload(rt)
-            for c in children.values():
-                if c.proc is not None and c.proc.poll() is not None:
-                    c.proc.wait()
-                    time.sleep(0.1)  # let the pump thread copy the last lines
-                    c.last_code = c.proc.returncode
-                    c.last_error = error_lines(c.tail)
-                    c.proc = None
-                    lived = now - c.started_at
-                    c.restarts += 1
-                    c.fast_exits = c.fast_exits + 1 if lived < START_FAST_S else 0
-                    publish_processes(rt, children)
-                    _record_exit(rt, c, lived)
-                    if c.fast_exits >= START_LIMIT_BURST:
-                        log.error("%s exited %d times in a row within %.0f s of starting; "
-                                  "giving up. Its last error lines:\n%s", c.role, c.fast_exits,
-                                  START_FAST_S, "\n".join("  " + ln for ln in c.last_error)
-                                  or "  (it printed nothing)")
-                        code = 1
-                        stopping["flag"] = True
-                        break
-                    delay = 1.0 if lived > 60 else min(30.0, 2.0 ** min(c.restarts, 5))
-                    c.next_start = now + delay
-                    log.error("%s exited with code %s after %.0f s; restarting in %.0f s "
-                              "(last line: %s)", c.role, c.last_code, lived, delay,
-                              c.last_error[-1] if c.last_error else "-")
-                if c.proc is None and now >= c.next_start and not stopping["flag"]:
-                    c.proc = _spawn(c, cfg)
+                publish_processes(self.rt, self.children)
+            if self.reload_requested:
+                self.reload_requested = False
+                _reload(self.rt)
+            for c in self.children.values():
+                if c.proc is not None and c.proc.poll() is not None and not self._exited(c, now):
+                    return
+                if c.proc is None and now >= c.next_start and not self.stopping:
+                    c.proc = _spawn(c, self.cfg)
                     c.started_at = now
                     log.info("restarted %s (pid %d)", c.role, c.proc.pid)
             time.sleep(0.2)
-    finally:
-        _stop_children(children)
-        try:
-            rt.redis.delete(K_PROCESSES)
-        except Exception:  # noqa: BLE001
-            pass
-        rt.close()
-        services.stop_embedded(cfg)
-        log.info("appliance stopped" if code == 0 else "appliance stopped: a process would not start")
-    return code
+
+    def _exited(self, c: Child, now: float) -> bool:
+        """Record a child's exit and plan its restart; False when it keeps
+        failing at start (``up`` gives up, like systemd's start limit)."""
+        c.proc.wait()
+        time.sleep(0.1)  # let the pump thread copy the last lines
+        c.last_code = c.proc.returncode
+        c.last_error = error_lines(c.tail)
+        c.proc = None
+        lived = now - c.started_at
+        c.restarts += 1
+        c.fast_exits = c.fast_exits + 1 if lived < START_FAST_S else 0
+        publish_processes(self.rt, self.children)
+        _record_exit(self.rt, c, lived)
+        if c.fast_exits >= START_LIMIT_BURST:
+            log.error("%s exited %d times in a row within %.0f s of starting; giving up. "
+                      "Its last error lines:\n%s", c.role, c.fast_exits, START_FAST_S,
+                      "\n".join("  " + ln for ln in c.last_error) or "  (it printed nothing)")
+            self.code = 1
+            self.stopping = True
+            return False
+        delay = 1.0 if lived > 60 else min(30.0, 2.0 ** min(c.restarts, 5))
+        c.next_start = now + delay
+        log.error("%s exited with code %s after %.0f s; restarting in %.0f s (last line: %s)",
+                  c.role, c.last_code, lived, delay, c.last_error[-1] if c.last_error else "-")
+        return True
+
+    def _stop(self) -> None:
+        _stop_children(self.children)
+        if self.rt is not None:
+            try:
+                self.rt.redis.delete(K_PROCESSES)
+            except Exception:  # noqa: BLE001
+                pass
+            self.rt.close()
+        services.stop_embedded(self.cfg)
+        log.info("appliance stopped" if self.code == 0 else
+                 "appliance stopped: a process would not start"
+                 if any(c.fast_exits for c in self.children.values())
+                 else "appliance stopped: it could not start")
 
 
 def _record_exit(rt, c: Child, lived: float) -> None:
