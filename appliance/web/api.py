@@ -29,6 +29,7 @@ from werkzeug.exceptions import HTTPException
 from .. import health as health_mod
 from .. import store
 from ..config import SYMBOL_RE
+from ..jobs.registry import JOB_NAMES
 from .auth import require_admin, require_read
 from .errors import BadRequest, api_error
 
@@ -44,8 +45,6 @@ MAX_ID = 2**63 - 1
 FIRST_CHUNK = 2000
 STREAM_CHUNK = 2000
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-JOB_NAMES = ("backfill", "backup", "restore_test", "spot_check", "maintenance", "disk_check",
-             "retention", "alerts", "performance_review")
 
 
 class JSONProvider(DefaultJSONProvider):
