@@ -239,7 +239,7 @@ def save_splits(conn, splits: Iterable, source: str) -> int:
 
 
 def splits_for(conn, symbol: str):
-    from .providers.base import Split
+    from .candles import Split
     rows = conn.execute("""SELECT symbol, execution_date, split_from, split_to FROM splits
                            WHERE symbol = %s ORDER BY execution_date""", (symbol,)).fetchall()
     return [Split(*r) for r in rows]

@@ -24,7 +24,7 @@ from .. import db, quality, store
 from ..errors import LockBusy, ProviderAuthError, ProviderError
 from ..locks import BACKFILL_LOCK
 from ..providers import make_provider
-from ..providers.base import Bars
+from ..candles import Bars
 from ..providers.http import MemoryStats
 
 log = logging.getLogger("appliance.backfill")

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..errors import ConfigError, ProviderAuthError
-from .base import Bars, Provider, Split
+from ..candles import Bars, Split
+from .base import Provider
 
 NAMES = ("polygon", "yahoo", "tiingo", "csv", "demo")
 

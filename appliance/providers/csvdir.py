@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from ..errors import ProviderDataError, ProviderError
-from .base import Bars, Split
+from ..candles import Bars, Split
 
 REQUIRED = ("date", "open", "high", "low", "close", "volume")
 OPTIONAL = ("vwap", "trades")

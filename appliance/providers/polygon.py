@@ -21,7 +21,7 @@ import numpy as np
 
 from ..calendar import local_dates
 from ..errors import ProviderAuthError, ProviderDataError, ProviderError
-from .base import Bars, Split, iso_date
+from ..candles import Bars, Split, iso_date
 from .http import HttpClient, redact_text
 
 DATA_STATUSES = ("OK", "DELAYED")

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import ProviderAuthError, ProviderDataError
-from .base import Bars, Split, iso_date
+from ..candles import Bars, Split, iso_date
 from .http import HttpClient
 
 

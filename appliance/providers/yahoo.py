@@ -19,7 +19,7 @@ import numpy as np
 
 from ..calendar import local_dates, local_midnight_epoch
 from ..errors import ProviderDataError, ProviderError
-from .base import Bars, Split
+from ..candles import Bars, Split
 from .http import HttpClient
 
 NY = "America/New_York"

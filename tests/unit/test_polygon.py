@@ -7,7 +7,7 @@ import pytest
 
 from appliance.errors import ProviderAuthError, ProviderDataError
 from appliance.providers import make_provider
-from appliance.providers.base import Split
+from appliance.candles import Split
 from appliance.providers.http import HttpClient, MemoryStats
 from appliance.providers.polygon import PolygonProvider, bars_from_results
 from tests.fakes import StaticFake

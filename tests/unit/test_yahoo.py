@@ -7,7 +7,7 @@ import pytest
 
 from appliance.errors import ProviderAuthError, ProviderError
 from appliance.providers import make_provider
-from appliance.providers.base import Split
+from appliance.candles import Split
 from appliance.providers.http import HttpClient, MemoryStats
 from appliance.providers.tiingo import TiingoProvider
 from appliance.providers.yahoo import YahooProvider
