@@ -79,11 +79,6 @@ def _wait(fut: cf.Future, timeout: float):
         raise
 
 
-def _with_timeout(fn, timeout: float):
-    """Run ``fn`` in a helper thread; raise TimeoutError after ``timeout``."""
-    return _wait(_submit(fn, _inflight), timeout)
-
-
 def _start_db_probe(rt, timeout: float) -> cf.Future:
     def probe():
         with rt.pool.connection(timeout=timeout) as conn:
@@ -112,11 +107,6 @@ def _db_result(fut: cf.Future, timeout: float) -> dict:
         if isinstance(e, (TimeoutError, cf.TimeoutError)) and not str(e):
             e = TimeoutError("no answer within the probe time limit")
         return {"status": "error", "error": _short(e)}
-
-
-def db_snapshot(rt, timeout: float = DB_TIMEOUT_S) -> dict:
-    """Everything status needs from PostgreSQL, or ``{"status": "error", ...}``."""
-    return _db_result(_start_db_probe(rt, timeout), timeout + 0.1)
 
 
 def _last_runs(conn) -> dict:
@@ -329,14 +319,6 @@ def status_body(rt, h: dict) -> dict:
                    "last_reload": snap.get("last_reload") if ok else None,
                    "last_reload_successful": h["config_last_reload_successful"]},
     }
-
-
-def store_last_restore_test(rt):
-    try:
-        with rt.pool.connection(timeout=DB_TIMEOUT_S) as conn:
-            return store.last_restore_test(conn)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _run_brief(r: dict | None) -> dict | None:
