@@ -6,6 +6,16 @@ import datetime as dt
 from typing import Protocol
 
 from ..candles import Bars, Split
+from ..errors import ProviderAuthError
+
+
+def require_api_key(vendor: str, key: str | None) -> str:
+    """``key``, or ProviderAuthError saying where to set it when it is empty."""
+    if not key:
+        raise ProviderAuthError(f"provider.{vendor}.api_key is empty: set "
+                                f"{vendor.upper()}_API_KEY (or provider.{vendor}.api_key in the "
+                                f"config file)")
+    return key
 
 
 class Provider(Protocol):

@@ -371,3 +371,13 @@ class HttpClient:
                             attempt, self.max_retries, delay)
                 if delay > 0:
                     self.sleep(delay)
+
+
+def client_for(vendor: str, settings: Mapping, *, stats: Stats | None = None,
+               limiter: RateLimiter | None = None) -> HttpClient:
+    """The HttpClient a ``provider.<vendor>`` config section describes."""
+    return HttpClient(vendor, settings["requests_per_minute"],
+                      timeout_seconds=settings["timeout_seconds"],
+                      max_retries=settings["max_retries"],
+                      max_retry_seconds=settings["max_retry_seconds"], stats=stats,
+                      limiter=limiter, backoff_base=settings["retry_backoff_seconds"])
