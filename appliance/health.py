@@ -136,7 +136,7 @@ def _processes(rt) -> dict | None:
     processes are not supervised by ``up``, e.g. under systemd)."""
     import json
 
-    from .supervisor import K_PROCESSES
+    from .runtime import K_PROCESSES
     raw = rt.redis.get(K_PROCESSES)
     if not raw:
         return None
