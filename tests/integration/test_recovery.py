@@ -22,7 +22,7 @@ from appliance.jobs import backup as backup_job
 from appliance.jobs import restore_test as restore_job
 from appliance.runtime import Runtime
 
-from conftest import write_config
+from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
