@@ -52,11 +52,11 @@ from psycopg.rows import dict_row
 
 from . import __version__, db, history, services, store
 from .errors import ApplianceError, BackupError, LockBusy
+from .locks import BACKFILL_LOCK
 
 log = logging.getLogger("appliance.backups")
 
 BACKUP_LOCK = 7_345_200           # one backup at a time (pg advisory lock, live database)
-BACKFILL_LOCK = 7_345_100         # taken by a full restore so that no backfill writes meanwhile
 SUSPEND_KEY = "appliance:jobs:suspended"
 SUSPEND_TTL_S = 6 * 3600
 ALERT_KEY = "backup_failed"

@@ -264,9 +264,9 @@ def run_job(ctx, job, enqueue, params):
     """Run any job now, the same run the scheduler would start (JOB: backfill,
     backup, restore_test, spot_check, maintenance, disk_check, retention,
     alerts, performance_review)."""
-    from .jobs import entry
-    if job not in entry.JOBS:
-        _fail(f"unknown job {job!r}; jobs: {', '.join(entry.JOBS)}", 2)
+    from .jobs import registry
+    if job not in registry.JOBS:
+        _fail(f"unknown job {job!r}; jobs: {', '.join(registry.JOBS)}", 2)
     kv = {}
     for p in params:
         k, sep, v = p.partition("=")
@@ -280,7 +280,7 @@ def run_job(ctx, job, enqueue, params):
         from .queue import enqueue as enq
         click.echo(f"queued {job} run {enq(rt, job, kv)}")
         return
-    res = _run_with_progress(rt, job, entry.job_function(job), kv)
+    res = _run_with_progress(rt, job, registry.job_function(job), kv)
     click.echo(json.dumps(res, indent=2, default=str))
     sys.exit(0 if res.get("status") in ("ok", None) else 1)
 

@@ -25,6 +25,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from .errors import ConfigError
+from .jobs.registry import default_schedules
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_EXPANDED_NODES = 200_000  # aliases can make a small file huge ("billion laughs")
@@ -68,10 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "history": {"start": "2021-01-01", "lookback_sessions": 5},
     "symbols": ["AAPL", "MSFT"],
     "calendar": "XNYS",
-    "schedules": {"backfill": "0 2 * * *", "backup": "0 3 * * 0", "restore_test": "0 4 1 * *",
-                  "spot_check": "0 5 2 * *", "maintenance": "0 6 3 * *",
-                  "disk_check": "0 * * * *", "retention": "30 1 * * *", "alerts": "* * * * *",
-                  "performance_review": "0 7 1 */3 *"},
+    "schedules": default_schedules(),
     "jobs": {"timeout_seconds": 3600, "retries": 2, "retry_interval_seconds": 60,
              "catch_up": True},
     "retention": {"backups_keep": 12, "job_runs_days": 180, "events_days": 90, "data_years": None},

@@ -76,7 +76,3 @@ class LockBusy(JobError):
 
 class BackupError(ApplianceError):
     code = "backup_error"
-
-
-class RestoreTestError(BackupError):
-    code = "restore_test_failed"

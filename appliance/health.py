@@ -79,11 +79,6 @@ def _wait(fut: cf.Future, timeout: float):
         raise
 
 
-def _with_timeout(fn, timeout: float):
-    """Run ``fn`` in a helper thread; raise TimeoutError after ``timeout``."""
-    return _wait(_submit(fn, _inflight), timeout)
-
-
 def _start_db_probe(rt, timeout: float) -> cf.Future:
     def probe():
         with rt.pool.connection(timeout=timeout) as conn:
@@ -114,11 +109,6 @@ def _db_result(fut: cf.Future, timeout: float) -> dict:
         return {"status": "error", "error": _short(e)}
 
 
-def db_snapshot(rt, timeout: float = DB_TIMEOUT_S) -> dict:
-    """Everything status needs from PostgreSQL, or ``{"status": "error", ...}``."""
-    return _db_result(_start_db_probe(rt, timeout), timeout + 0.1)
-
-
 def _last_runs(conn) -> dict:
     from .jobs.runs import last_by_job
     return last_by_job(conn)
@@ -146,7 +136,7 @@ def _processes(rt) -> dict | None:
     processes are not supervised by ``up``, e.g. under systemd)."""
     import json
 
-    from .supervisor import K_PROCESSES
+    from .runtime import K_PROCESSES
     raw = rt.redis.get(K_PROCESSES)
     if not raw:
         return None
@@ -329,14 +319,6 @@ def status_body(rt, h: dict) -> dict:
                    "last_reload": snap.get("last_reload") if ok else None,
                    "last_reload_successful": h["config_last_reload_successful"]},
     }
-
-
-def store_last_restore_test(rt):
-    try:
-        with rt.pool.connection(timeout=DB_TIMEOUT_S) as conn:
-            return store.last_restore_test(conn)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _run_brief(r: dict | None) -> dict | None:

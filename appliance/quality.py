@@ -58,7 +58,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .providers.base import Bars, Split
+from .candles import Bars, Split
 
 RULES: tuple[str, ...] = (
     "missing_field",

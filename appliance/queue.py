@@ -6,6 +6,17 @@ from rq import Queue, Retry
 from .jobs import runs
 
 QUEUE_NAME = "appliance"
+#: what RQ runs for every job, scheduled or manual
+RUN_FUNC = "appliance.jobs.entry.run_job"
+#: how long RQ keeps a finished job's result, and a failed job (seconds)
+RESULT_TTL = 86400
+FAILURE_TTL = 7 * 86400
+
+
+def retry(cfg) -> Retry | None:
+    """RQ's retry policy for a run under ``cfg`` (``jobs.retries``, ``jobs.retry_interval_seconds``)."""
+    retries = cfg["jobs"]["retries"]
+    return Retry(max=retries, interval=cfg["jobs"]["retry_interval_seconds"]) if retries else None
 
 
 def queue(rt) -> Queue:
@@ -22,15 +33,13 @@ def enqueue(rt, job: str, params: dict | None = None, *, trigger: str = "manual"
                             timeout_s=cfg["jobs"]["timeout_seconds"])
         if run_id is None:
             raise RuntimeError(f"slot {slot} of {job} is already taken")
-    retries = cfg["jobs"]["retries"]
     q = queue(rt)
     try:
-        rq_job = q.enqueue("appliance.jobs.entry.run_job", job, params or {}, slot=slot,
+        rq_job = q.enqueue(RUN_FUNC, job, params or {}, slot=slot,
                            trigger=trigger, run_id=run_id,
                            job_timeout=cfg["jobs"]["timeout_seconds"],
-                           retry=Retry(max=retries, interval=cfg["jobs"]["retry_interval_seconds"])
-                           if retries else None,
-                           result_ttl=86400, failure_ttl=7 * 86400,
+                           retry=retry(cfg),
+                           result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
                            description=f"{job} ({trigger})")
     except Exception as e:
         # nothing will ever run it (Redis unreachable): the run must not stay 'queued'

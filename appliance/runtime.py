@@ -29,6 +29,8 @@ K_CONFIG_SHA = "appliance:config:sha"
 K_CONFIG_PATH = "appliance:config:path"
 K_CONFIG_VERSION = "appliance:config:version"
 K_HEARTBEAT = "appliance:heartbeat:{}"
+#: the supervised processes' state, written by ``appliance up`` (read by /health and status)
+K_PROCESSES = "appliance:processes"
 REDIS_DOWN_BACKOFF_S = 10.0
 
 

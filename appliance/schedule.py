@@ -1,6 +1,6 @@
 """Cron schedules from ``appliance.yaml``, in UTC, through rq-scheduler.
 
-Every job named in ``schedules`` that exists (``entry.available_jobs()``) is
+Every job named in ``schedules`` that is in the registry (``jobs.registry``) is
 registered with rq-scheduler as a cron job with the id ``appliance-cron-<job>``,
 function ``appliance.jobs.entry.run_job`` and args ``(job, {})``. When a cron
 job falls due, the scheduler enqueues one RQ job per slot, with the id
@@ -37,15 +37,15 @@ from rq.exceptions import NoSuchJobError
 from rq_scheduler import Scheduler
 from rq_scheduler.utils import to_unix
 
+from .jobs.registry import JOBS
+from .queue import FAILURE_TTL, QUEUE_NAME, RESULT_TTL, RUN_FUNC, retry
 from .runtime import K_HEARTBEAT
 
 log = logging.getLogger("appliance.schedule")
 
-QUEUE_NAME = "appliance"
 #: RQ 3 job ids allow only letters, digits, "_" and "-"
 CRON_PREFIX = "appliance-cron-"
 RUN_PREFIX = "appliance-run-"
-RUN_FUNC = "appliance.jobs.entry.run_job"
 SLOT_FORMAT = "%Y-%m-%dT%H:%MZ"
 SLOT_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\dZ$"
 
@@ -80,10 +80,6 @@ def as_utc(t: dt.datetime | None) -> dt.datetime:
 
 def slot_str(t: dt.datetime) -> str:
     return as_utc(t).strftime(SLOT_FORMAT)
-
-
-def parse_slot(slot: str) -> dt.datetime:
-    return dt.datetime.strptime(slot, SLOT_FORMAT).replace(tzinfo=UTC)
 
 
 def due_time(expr: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -180,20 +176,18 @@ class UTCScheduler(Scheduler):
         return run
 
     def _enqueue_slot(self, template, name: str, slot: str):
-        from rq import Queue, Retry
+        from rq import Queue
         from rq.exceptions import DuplicateJobError
         cfg = self._config() if self._config else None
         timeout = cfg["jobs"]["timeout_seconds"] if cfg else template.timeout
-        retries = cfg["jobs"]["retries"] if cfg else 0
-        interval = cfg["jobs"]["retry_interval_seconds"] if cfg else 60
         q = Queue(template.origin or self.queue_name, connection=self.connection)
         args = list(template.args or [name, {}])
         kwargs = {**(template.kwargs or {}), "slot": slot, "trigger": "scheduled"}
         try:
             run = q.enqueue(template.func_name, *args, **kwargs, job_id=run_job_id(name, slot),
                             unique=True, job_timeout=timeout,
-                            retry=Retry(max=retries, interval=interval) if retries else None,
-                            result_ttl=86400, failure_ttl=7 * 86400,
+                            retry=retry(cfg) if cfg else None,
+                            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
                             description=f"{name} (scheduled {slot})")
         except DuplicateJobError:
             log.info("%s slot %s was already enqueued (another scheduler?)", name, slot)
@@ -245,9 +239,7 @@ def make_scheduler(rt, *, interval: float = TICK_SECONDS, clock=None, name=None,
 # --------------------------------------------------------------------------- reconcile
 
 def wanted_schedules(cfg) -> dict[str, str]:
-    from .jobs.entry import available_jobs
-    avail = set(available_jobs())
-    return {job: expr for job, expr in cfg["schedules"].items() if job in avail}
+    return {job: expr for job, expr in cfg["schedules"].items() if job in JOBS}
 
 
 def reconcile(rt, scheduler: UTCScheduler | None = None, *, reset_overdue: bool = False) -> dict:

@@ -12,7 +12,6 @@ import math
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from . import db
@@ -239,7 +238,7 @@ def save_splits(conn, splits: Iterable, source: str) -> int:
 
 
 def splits_for(conn, symbol: str):
-    from .providers.base import Split
+    from .candles import Split
     rows = conn.execute("""SELECT symbol, execution_date, split_from, split_to FROM splits
                            WHERE symbol = %s ORDER BY execution_date""", (symbol,)).fetchall()
     return [Split(*r) for r in rows]
@@ -481,15 +480,6 @@ HISTORICAL_CSV_HEADER = ("time", "open", "high", "low", "close", "volume", "vwap
                          "quality_score", "gap_detected", "gap_kind", "source")
 
 
-def historical_rows(conn, symbol: str, start: dt.date, end: dt.date, *, adjusted: bool = False,
-                    include_invalid: bool = False, limit: int | None = None) -> list[dict]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_historical_select(adjusted, include_invalid),
-                    {"symbol": symbol, "tf": TIMEFRAME, "start": start, "end": end,
-                     "limit": limit})
-        return cur.fetchall()
-
-
 def invalid_candles(conn, symbol: str, limit: int = 500) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -603,24 +593,6 @@ def checkpoint(conn, symbol: str, session: dt.date, run_id: int | None) -> None:
         """INSERT INTO backfill_checkpoints (symbol, last_session, run_id) VALUES (%s, %s, %s)
            ON CONFLICT (symbol) DO UPDATE SET last_session = EXCLUDED.last_session,
              run_id = EXCLUDED.run_id, updated_at = now()""", (symbol, session, run_id))
-
-
-def table_counts(conn) -> dict:
-    """Exact row counts of the appliance's tables (for backup manifests)."""
-    names = [r[0] for r in conn.execute(
-        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-           ORDER BY 1""")]
-    out = {}
-    for name in names:
-        out[name] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(name))).fetchone()[0]
-    return out
-
-
-def per_symbol_counts(conn) -> dict:
-    return {s: n for s, n in conn.execute(
-        "SELECT symbol, count(*) FROM market_data GROUP BY symbol ORDER BY symbol")}
 
 
 # --------------------------------------------------------------------------- status helpers

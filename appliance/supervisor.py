@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import db, services, store
 from .errors import ApplianceError
+from .runtime import K_PROCESSES
 
 log = logging.getLogger("appliance.up")
 
@@ -37,8 +38,6 @@ START_LIMIT_BURST = 5
 START_FAST_S = 10.0
 #: How long ``up`` waits for the web server to answer /health before it says so.
 READY_TIMEOUT_S = 120.0
-#: Redis key with the supervised processes' state (read by /health and status).
-K_PROCESSES = "appliance:processes"
 ERROR_LINES = 80
 _ERRORISH = re.compile(r"Error|Exception|error:|invalid|not found|denied|refused")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,40 +22,12 @@ import numpy as np
 from .. import calendar as tcal
 from .. import db, quality, store
 from ..errors import LockBusy, ProviderAuthError, ProviderError
+from ..locks import BACKFILL_LOCK
 from ..providers import make_provider
-from ..providers.base import Bars
+from ..candles import Bars
+from ..providers.http import MemoryStats
 
 log = logging.getLogger("appliance.backfill")
-
-BACKFILL_LOCK = 7_345_100
-
-
-class CountingStats:
-    """Collects vendor request counters (thread-safe); ``flush`` adds them to
-    PostgreSQL so every process's counts show in /metrics."""
-
-    def __init__(self):
-        self._c: Counter = Counter()       # not yet flushed
-        self._all: Counter = Counter()     # since this run started
-        self._lock = threading.Lock()
-
-    def incr(self, provider: str, kind: str, label: str) -> None:
-        with self._lock:
-            self._c[(provider, kind, str(label))] += 1
-            self._all[(provider, kind, str(label))] += 1
-
-    def total(self, kind: str) -> int:
-        with self._lock:
-            return sum(n for (p, k, _), n in self._all.items() if k == kind)
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return dict(self._all)
-
-    def flush(self, conn) -> None:
-        with self._lock:
-            counts, self._c = dict(self._c), Counter()
-        store.add_vendor_counts(conn, counts)
 
 
 @dataclass
@@ -133,7 +104,7 @@ def run(rt, run_id, report, symbols=None, start=None, end=None, now=None) -> dic
     start = dt.date.fromisoformat(start) if isinstance(start, str) else start
     end = dt.date.fromisoformat(end) if isinstance(end, str) else end
     syms = list(symbols) if symbols else cfg.active_symbols
-    stats = CountingStats()
+    stats = MemoryStats()
     provider = make_provider(cfg["provider"], stats=stats)
     if hasattr(provider, "universe"):  # the demo provider's grouped daily knows only these
         provider.universe = tuple(dict.fromkeys(list(provider.universe) + syms))
@@ -208,7 +179,7 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now)
             for rest in plan.symbols[plan.symbols.index(p) + 1:]:
                 failed[rest.symbol] = "not attempted: " + e.message
             with rt.conn() as conn:
-                stats.flush(conn)
+                store.add_vendor_counts(conn, stats.drain())
                 store.add_event(conn, "error", "vendor", e.message,
                                 {"provider": provider.name, "status": e.status})
             break
@@ -221,10 +192,10 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now)
         done += 1
         if done % 20 == 0:
             with rt.conn() as conn:
-                stats.flush(conn)
+                store.add_vendor_counts(conn, stats.drain())
     requests, retries = stats.total("request"), stats.total("retry")
     with rt.conn() as conn:
-        stats.flush(conn)
+        store.add_vendor_counts(conn, stats.drain())
         for sym, msg in failed.items():
             store.add_event(conn, "error", "backfill", f"{sym}: {msg}", {"symbol": sym})
     progress()

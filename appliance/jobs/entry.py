@@ -1,51 +1,18 @@
 """What RQ runs: ``run_job(name, ...)`` builds this process's Runtime, looks the
-job up in ``JOBS`` and runs it through ``runs.execute`` (claim, progress,
-outcome). Each job module exposes ``run(rt, run_id, report, **params) -> dict``.
+job up in ``jobs.registry`` and runs it through ``runs.execute`` (claim,
+progress, outcome). Each job module exposes ``run(rt, run_id, report, **params) -> dict``.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 
 from . import runs
+from .registry import job_function
 
 log = logging.getLogger("appliance.jobs")
 
-#: job name -> "module:function"
-JOBS = {
-    "backfill": "appliance.jobs.backfill:run",
-    "backup": "appliance.jobs.backup:run",
-    "restore_test": "appliance.jobs.restore_test:run",
-    "spot_check": "appliance.jobs.spot_check:run",
-    "maintenance": "appliance.jobs.maintenance:run",
-    "disk_check": "appliance.jobs.disk_check:run",
-    "retention": "appliance.jobs.retention:run",
-    "alerts": "appliance.jobs.alerts_job:run",
-    "performance_review": "appliance.jobs.performance:run",
-}
-
 _rt = None
-
-
-def job_function(name: str):
-    try:
-        target = JOBS[name]
-    except KeyError:
-        raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(JOBS))}") from None
-    mod, fn = target.split(":")
-    return getattr(importlib.import_module(mod), fn)
-
-
-def available_jobs() -> list[str]:
-    out = []
-    for name in JOBS:
-        try:
-            job_function(name)
-            out.append(name)
-        except (ImportError, AttributeError):
-            pass
-    return out
 
 
 def runtime():

@@ -39,7 +39,7 @@ import numpy as np
 from .. import quality, store
 from ..errors import ProviderError
 from ..providers import make_provider
-from .backfill import CountingStats
+from ..providers.http import MemoryStats
 
 log = logging.getLogger("appliance.jobs.spot_check")
 
@@ -118,7 +118,7 @@ def run(rt, run_id, report, samples=None, symbols=None, source=None, seed=None) 
     source = source or sc["source"]
     match_pct, mismatch_pct = float(sc["match_pct"]), float(sc["mismatch_pct"])
     rng = random.Random(seed)
-    stats = CountingStats()
+    stats = MemoryStats()
     provider = make_provider(cfg["provider"], name=source, stats=stats)
     other_adjusted = bool(getattr(provider, "split_adjusted", False))
 
@@ -175,7 +175,7 @@ def run(rt, run_id, report, samples=None, symbols=None, source=None, seed=None) 
               for v in ("match", "close", "mismatch")}
     mism_pct = round(counts["mismatch"] / compared * 100.0, 4) if compared else 0.0
     with rt.conn() as conn:
-        stats.flush(conn)
+        store.add_vendor_counts(conn, stats.drain())
         if counts["mismatch"]:
             bad = [p for p in out_pairs if p["verdict"] == "mismatch"]
             store.add_event(conn, "warning", "spot_check",

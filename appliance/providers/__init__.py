@@ -7,12 +7,23 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..errors import ConfigError, ProviderAuthError
-from .base import Bars, Provider, Split
+from ..candles import Bars, Split
+from ..config import DEFAULTS
+from ..errors import ConfigError
+from .base import Provider, require_api_key
 
 NAMES = ("polygon", "yahoo", "tiingo", "csv", "demo")
 
-__all__ = ["Bars", "Provider", "Split", "NAMES", "make_provider"]
+__all__ = ["Bars", "Provider", "Split", "NAMES", "make_provider", "settings"]
+
+
+def settings(name: str, section: Mapping | None = None) -> dict:
+    """The ``provider.<name>`` section: ``section`` over the config defaults,
+    the one home of every vendor default. ``csv`` gets none: its default path
+    is relative, and means something only once the loader has resolved it
+    against the config file's folder."""
+    base = DEFAULTS["provider"][name] if name in NAMES and name != "csv" else {}
+    return {**base, **dict(section or {})}
 
 
 def make_provider(provider_cfg: Mapping | None, name: str | None = None, stats=None) -> Provider:
@@ -23,12 +34,7 @@ def make_provider(provider_cfg: Mapping | None, name: str | None = None, stats=N
     CSV provider without a path."""
     cfg = dict(provider_cfg or {})
     name = (name or cfg.get("name") or "demo").lower()
-    sub = dict(cfg.get(name) or {})
-    provider = _build(name, sub, stats)
-    client = getattr(provider, "client", None)
-    if client is not None and sub.get("retry_backoff_seconds"):
-        client.backoff_base = float(sub["retry_backoff_seconds"])
-    return provider
+    return _build(name, settings(name, cfg.get(name)), stats)
 
 
 def _build(name: str, sub: dict, stats) -> Provider:
@@ -36,40 +42,20 @@ def _build(name: str, sub: dict, stats) -> Provider:
         from .http import shared_limiter
         from .polygon import PolygonProvider
 
-        key = sub.get("api_key") or ""
-        if not key:
-            raise ProviderAuthError("provider.polygon.api_key is empty: set POLYGON_API_KEY "
-                                    "(or provider.polygon.api_key in the config file)")
-        rpm = sub.get("requests_per_minute", 5)
-        return PolygonProvider(
-            key, base_url=sub.get("base_url") or "https://api.polygon.io",
-            requests_per_minute=rpm, timeout_seconds=sub.get("timeout_seconds", 30),
-            max_retries=sub.get("max_retries", 5), auth=sub.get("auth") or "query",
-            stats=stats, max_retry_seconds=sub.get("max_retry_seconds", 120),
-            limiter=shared_limiter("polygon", key, rpm))
+        key = require_api_key("polygon", sub["api_key"])
+        return PolygonProvider(sub, stats=stats,
+                               limiter=shared_limiter("polygon", key, sub["requests_per_minute"]))
     if name == "yahoo":
         from .yahoo import YahooProvider
 
-        return YahooProvider(
-            base_url=sub.get("base_url") or "https://query1.finance.yahoo.com",
-            requests_per_minute=sub.get("requests_per_minute", 60),
-            timeout_seconds=sub.get("timeout_seconds", 30), max_retries=sub.get("max_retries", 5),
-            stats=stats, max_retry_seconds=sub.get("max_retry_seconds", 120))
+        return YahooProvider(sub, stats=stats)
     if name == "tiingo":
         from .http import shared_limiter
         from .tiingo import TiingoProvider
 
-        key = sub.get("api_key") or ""
-        if not key:
-            raise ProviderAuthError("provider.tiingo.api_key is empty: set TIINGO_API_KEY "
-                                    "(or provider.tiingo.api_key in the config file)")
-        rpm = sub.get("requests_per_minute", 50)
-        return TiingoProvider(
-            key, base_url=sub.get("base_url") or "https://api.tiingo.com",
-            requests_per_minute=rpm, timeout_seconds=sub.get("timeout_seconds", 30),
-            max_retries=sub.get("max_retries", 5), stats=stats,
-            max_retry_seconds=sub.get("max_retry_seconds", 120),
-            limiter=shared_limiter("tiingo", key, rpm))
+        key = require_api_key("tiingo", sub["api_key"])
+        return TiingoProvider(sub, stats=stats,
+                              limiter=shared_limiter("tiingo", key, sub["requests_per_minute"]))
     if name == "csv":
         from .csvdir import CsvProvider
 
@@ -79,6 +65,6 @@ def _build(name: str, sub: dict, stats) -> Provider:
     if name == "demo":
         from .demo import DemoProvider
 
-        return DemoProvider(seed=sub.get("seed", 42), calendar=sub.get("calendar", "XNYS"),
+        return DemoProvider(seed=sub["seed"], calendar=sub.get("calendar", "XNYS"),
                             universe=sub.get("universe"))
     raise ConfigError([f"provider.name: unknown provider {name!r} (one of {', '.join(NAMES)})"])

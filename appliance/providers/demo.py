@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .. import calendar as tcal
-from .base import Bars, Split
+from ..candles import Bars, Split
 
 EPOCH = dt.date(2000, 1, 3)
 SOURCE = "demo"

@@ -69,15 +69,28 @@ class MemoryStats:
     """Thread-safe in-memory counters keyed by (provider, kind, label).
 
     kind is ``request`` (label: HTTP status, ``timeout`` or ``connection_error``),
-    ``retry`` or ``error`` (label: the reason)."""
+    ``retry`` or ``error`` (label: the reason). ``drain()`` hands over the
+    counts not drained yet (a job adds them to PostgreSQL, so every process's
+    counts show in /metrics); the other readers see every count."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.counters: dict[tuple[str, str, str], int] = collections.Counter()
+        self._undrained: dict[tuple[str, str, str], int] = collections.Counter()
 
     def incr(self, provider: str, kind: str, label: str) -> None:
         with self._lock:
             self.counters[(provider, kind, str(label))] += 1
+            self._undrained[(provider, kind, str(label))] += 1
+
+    def total(self, kind: str) -> int:
+        return self.get(kind=kind)
+
+    def drain(self) -> dict[tuple[str, str, str], int]:
+        """The counts since the last ``drain()``, and forget them."""
+        with self._lock:
+            counts, self._undrained = dict(self._undrained), collections.Counter()
+        return counts
 
     def get(self, provider: str | None = None, kind: str | None = None,
             label: str | None = None) -> int:
@@ -358,3 +371,13 @@ class HttpClient:
                             attempt, self.max_retries, delay)
                 if delay > 0:
                     self.sleep(delay)
+
+
+def client_for(vendor: str, settings: Mapping, *, stats: Stats | None = None,
+               limiter: RateLimiter | None = None) -> HttpClient:
+    """The HttpClient a ``provider.<vendor>`` config section describes."""
+    return HttpClient(vendor, settings["requests_per_minute"],
+                      timeout_seconds=settings["timeout_seconds"],
+                      max_retries=settings["max_retries"],
+                      max_retry_seconds=settings["max_retry_seconds"], stats=stats,
+                      limiter=limiter, backoff_base=settings["retry_backoff_seconds"])

@@ -20,9 +20,10 @@ from urllib.parse import quote
 import numpy as np
 
 from ..calendar import local_dates
-from ..errors import ProviderAuthError, ProviderDataError, ProviderError
-from .base import Bars, Split, iso_date
-from .http import HttpClient, redact_text
+from ..candles import Bars, Split, iso_date
+from ..errors import ProviderDataError, ProviderError
+from .base import require_api_key
+from .http import HttpClient, client_for, redact_text
 
 DATA_STATUSES = ("OK", "DELAYED")
 MAX_PAGES = 10_000
@@ -74,24 +75,19 @@ class PolygonProvider:
     supports_grouped = True
     split_adjusted = False
 
-    def __init__(self, api_key: str, base_url: str = "https://api.polygon.io",
-                 requests_per_minute: float = 5, timeout_seconds: float = 30,
-                 max_retries: int = 5, auth: str = "query", stats=None,
-                 client: HttpClient | None = None, max_retry_seconds: float = 120,
+    def __init__(self, settings: Mapping, *, stats=None, client: HttpClient | None = None,
                  limiter=None):
-        if not api_key:
-            raise ProviderAuthError("provider.polygon.api_key is empty: set POLYGON_API_KEY "
-                                    "(or provider.polygon.api_key in the config file)")
+        """``settings``: the ``provider.polygon`` config section, defaults included
+        (``providers.settings``). ``client`` replaces the one it describes."""
+        api_key = require_api_key("polygon", settings["api_key"])
+        auth = settings["auth"]
         if auth not in ("query", "header"):
             raise ProviderError(f"provider.polygon.auth must be 'query' or 'header', not {auth!r}",
                                 permanent=True)
         self.api_key = api_key
-        self.base_url = base_url.rstrip("/")
+        self.base_url = settings["base_url"].rstrip("/")
         self.auth = auth
-        self.client = client or HttpClient(
-            "polygon", requests_per_minute, timeout_seconds=timeout_seconds,
-            max_retries=max_retries, max_retry_seconds=max_retry_seconds, stats=stats,
-            limiter=limiter)
+        self.client = client or client_for("polygon", settings, stats=stats, limiter=limiter)
 
     @property
     def stats(self):

@@ -9,13 +9,15 @@ Dates are the trading day (``2018-04-12T00:00:00+00:00``).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Mapping
 from urllib.parse import quote
 
 import numpy as np
 
-from ..errors import ProviderAuthError, ProviderDataError
-from .base import Bars, Split, iso_date
-from .http import HttpClient
+from ..candles import Bars, Split, iso_date
+from ..errors import ProviderDataError
+from .base import require_api_key
+from .http import HttpClient, client_for
 
 
 
@@ -26,19 +28,13 @@ class TiingoProvider:
     supports_grouped = False
     split_adjusted = False
 
-    def __init__(self, api_key: str, base_url: str = "https://api.tiingo.com",
-                 requests_per_minute: float = 50, timeout_seconds: float = 30,
-                 max_retries: int = 5, stats=None, client: HttpClient | None = None,
-                 max_retry_seconds: float = 120, limiter=None):
-        if not api_key:
-            raise ProviderAuthError("provider.tiingo.api_key is empty: set TIINGO_API_KEY "
-                                    "(or provider.tiingo.api_key in the config file)")
-        self.api_key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.client = client or HttpClient(
-            "tiingo", requests_per_minute, timeout_seconds=timeout_seconds,
-            max_retries=max_retries, max_retry_seconds=max_retry_seconds, stats=stats,
-            limiter=limiter)
+    def __init__(self, settings: Mapping, *, stats=None, client: HttpClient | None = None,
+                 limiter=None):
+        """``settings``: the ``provider.tiingo`` config section, defaults included
+        (``providers.settings``). ``client`` replaces the one it describes."""
+        self.api_key = require_api_key("tiingo", settings["api_key"])
+        self.base_url = settings["base_url"].rstrip("/")
+        self.client = client or client_for("tiingo", settings, stats=stats, limiter=limiter)
 
     def __repr__(self) -> str:
         return f"TiingoProvider(base_url={self.base_url!r})"

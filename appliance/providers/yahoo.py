@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Mapping
 from urllib.parse import quote
 
 import numpy as np
 
 from ..calendar import local_dates, local_midnight_epoch
+from ..candles import Bars, Split
 from ..errors import ProviderDataError, ProviderError
-from .base import Bars, Split
-from .http import HttpClient
+from .http import HttpClient, client_for
 
 NY = "America/New_York"
 
@@ -46,15 +47,12 @@ class YahooProvider:
     supports_grouped = False
     split_adjusted = True
 
-    def __init__(self, base_url: str = "https://query1.finance.yahoo.com",
-                 requests_per_minute: float = 60, timeout_seconds: float = 30,
-                 max_retries: int = 5, stats=None, client: HttpClient | None = None,
-                 max_retry_seconds: float = 120, limiter=None):
-        self.base_url = base_url.rstrip("/")
-        self.client = client or HttpClient(
-            "yahoo", requests_per_minute, timeout_seconds=timeout_seconds,
-            max_retries=max_retries, max_retry_seconds=max_retry_seconds, stats=stats,
-            limiter=limiter)
+    def __init__(self, settings: Mapping, *, stats=None, client: HttpClient | None = None,
+                 limiter=None):
+        """``settings``: the ``provider.yahoo`` config section, defaults included
+        (``providers.settings``). ``client`` replaces the one it describes."""
+        self.base_url = settings["base_url"].rstrip("/")
+        self.client = client or client_for("yahoo", settings, stats=stats, limiter=limiter)
 
     @property
     def stats(self):

@@ -42,15 +42,10 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
     runtime.open(wait=wait)
 
-    from . import api, metrics
+    from . import api, console, metrics
     api.register(app)
     metrics.register(app)
-    try:
-        from . import console
-    except ImportError:
-        console = None
-    if console is not None:
-        console.register(app)
+    console.register(app)
     if watchdog:
         # the web server evaluates the alert rules itself when nothing else
         # does (a dead scheduler would otherwise silence its own alert)
@@ -74,7 +69,3 @@ def _derived_secret(rt: Runtime) -> str:
         return key
     except FileExistsError:  # another worker created it just now
         return path.read_text().strip()
-
-
-def runtime_of(app) -> Runtime:
-    return app.config["RUNTIME"]

@@ -26,9 +26,11 @@ from flask.json.provider import DefaultJSONProvider
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from .. import backups as backups_mod
 from .. import health as health_mod
 from .. import store
 from ..config import SYMBOL_RE
+from ..jobs.registry import JOB_NAMES
 from .auth import require_admin, require_read
 from .errors import BadRequest, api_error
 
@@ -44,8 +46,6 @@ MAX_ID = 2**63 - 1
 FIRST_CHUNK = 2000
 STREAM_CHUNK = 2000
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-JOB_NAMES = ("backfill", "backup", "restore_test", "spot_check", "maintenance", "disk_check",
-             "retention", "alerts", "performance_review")
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -411,12 +411,13 @@ def gaps():
         out.append({"symbol": r["symbol"], "session": r["session"], "kind": r["kind"],
                     "jump_pct": r["jump_pct"], "open": r["open"], "close": r["close"],
                     "split_from": r["split_from"], "split_to": r["split_to"],
-                    "split_ratio": (f"{_num(r['split_to'])}:{_num(r['split_from'])}"
+                    "split_ratio": (f"{_ratio_term(r['split_to'])}:{_ratio_term(r['split_from'])}"
                                     if r.get("split_from") else None)})
     return jsonify({"count": len(out), "gaps": out})
 
 
-def _num(x: float) -> str:
+def _ratio_term(x: float) -> str:
+    """One side of a split ratio as written: 4.0 -> "4", 1.5 -> "1.5"."""
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
@@ -569,23 +570,8 @@ _BACKUP_FIELDS = ("id", "filename", "path", "created_at", "size_bytes", "sha256"
 
 
 def _backup_rows(conn, limit: int) -> list[dict]:
-    try:
-        from .. import backups as bk
-    except ImportError:
-        bk = None
-    if bk is not None and hasattr(bk, "list_backups"):
-        rows = bk.list_backups(conn, limit=limit)
-    else:
-        from psycopg.rows import dict_row
-        with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("""SELECT * FROM backups WHERE status <> 'deleted'
-                           ORDER BY created_at DESC, id DESC LIMIT %s""", (limit,))
-            rows = cur.fetchall()
-    out = []
-    for r in rows:
-        r = r if isinstance(r, dict) else getattr(r, "__dict__", {})
-        out.append({k: r.get(k) for k in _BACKUP_FIELDS})
-    return out
+    return [{k: r.get(k) for k in _BACKUP_FIELDS}
+            for r in backups_mod.list_backups(conn, limit=limit)]
 
 
 @bp.get("/api/v1/backups")

@@ -41,6 +41,7 @@ from .. import health as health_mod
 from .. import store
 from ..config import SYMBOL_RE, diff_configs, load_config
 from ..errors import ConfigError
+from .api import MAX_ID
 from .auth import admin_token, fingerprint, is_admin, token_matches
 
 log = logging.getLogger("appliance.console")
@@ -585,7 +586,7 @@ def jobs():
 
 def _get_run(run_id: int) -> dict:
     from ..jobs import runs
-    if run_id > 2**63 - 1:
+    if run_id > MAX_ID:
         abort(404)
     with rt().conn() as conn:
         r = runs.get(conn, run_id)
@@ -695,7 +696,7 @@ def backup_now():
 @admin_post
 def restore_test(backup_id: int):
     row = None
-    if backup_id <= 2**63 - 1:
+    if backup_id <= MAX_ID:
         with rt().conn() as conn:
             row = conn.execute("SELECT status FROM backups WHERE id = %s", (backup_id,)).fetchone()
     if row is None or row[0] != "ok":

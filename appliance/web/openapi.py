@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from .. import __version__ as APP_VERSION
 from ..config import SYMBOL_RE
+from ..jobs.registry import JOB_NAMES
 
 SYMBOL_PATTERN = SYMBOL_RE.pattern
 DATE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
@@ -372,7 +373,7 @@ def _paths() -> dict:
             errors=("400", "401", "404", "503"))},
         "/api/v1/jobs": {"get": _read(
             "Recent job runs, newest first", _json(_ref("JobList"), "Job runs."),
-            [_q("job", {"type": "string", "enum": list(_job_names())}, "Only this job."),
+            [_q("job", {"type": "string", "enum": list(JOB_NAMES)}, "Only this job."),
              _limit(50, 1000)])},
         "/api/v1/jobs/{id}": {"get": _read(
             "One job run with its progress",
@@ -383,7 +384,7 @@ def _paths() -> dict:
             "Run a job now",
             {"202": queued}, body=_ref("Empty"),
             params=[{"name": "name", "in": "path", "required": True,
-                     "schema": {"type": "string", "enum": list(_job_names())},
+                     "schema": {"type": "string", "enum": list(JOB_NAMES)},
                      "description": "Any scheduled job; backfill runs for every configured "
                                     "symbol, restore_test tests the latest backup."}],
             errors=("400", "401", "403", "404", "413", "503"),
@@ -422,11 +423,6 @@ def _paths() -> dict:
             "summary": "This document", "security": [{}],
             "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")}}},
     }
-
-
-def _job_names():
-    from .api import JOB_NAMES
-    return JOB_NAMES
 
 
 @lru_cache(maxsize=1)

@@ -30,7 +30,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from appliance import calendar as tcal
-from appliance.providers.base import Bars, Split
+from appliance.candles import Bars, Split
 
 from . import FakeServer, Response
 

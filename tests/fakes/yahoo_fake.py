@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from appliance import calendar as tcal
-from appliance.providers.base import Bars, Split
+from appliance.candles import Bars, Split
 
 from . import FakeServer, Response
 from .polygon_fake import _as_bars, _as_split, _d64, _num

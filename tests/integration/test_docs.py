@@ -12,7 +12,7 @@ import pytest
 
 from appliance.cli import main as cli_main
 from appliance.config import DEFAULTS
-from appliance.jobs.entry import JOBS
+from appliance.jobs.registry import JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "OPERATIONS.md"]

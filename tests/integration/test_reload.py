@@ -18,7 +18,7 @@ from rq.job import Job
 from appliance import reload as reload_mod
 from appliance import schedule
 from appliance.config import DEFAULTS
-from appliance.jobs import backfill, entry, runs
+from appliance.jobs import backfill, entry, registry, runs
 from appliance.runtime import K_CONFIG_VERSION, Runtime
 from tests.support import wait_until
 
@@ -131,7 +131,8 @@ def test_a_reload_during_a_run_applies_from_the_next_run(runtime, config_factory
         seen["after"] = [s.symbol for s in rt.config.symbols]
         return {"status": "ok"}
 
-    monkeypatch.setitem(entry.JOBS, "probe", f"{__name__}:_probe")
+    monkeypatch.setitem(registry.JOBS, "probe",
+                        registry.Job("probe", f"{__name__}:_probe", "* * * * *", "test probe"))
     monkeypatch.setattr(sys.modules[__name__], "_probe", probe, raising=False)
     monkeypatch.setenv("APPLIANCE_CONFIG", str(runtime.config.path))
     monkeypatch.setattr(entry, "_rt", None)

@@ -16,7 +16,7 @@ from appliance import alerts, db
 from appliance.errors import ProviderError
 from appliance.jobs import (backfill, disk_check, maintenance, performance, retention, runs,
                             spot_check)
-from appliance.providers.base import Bars
+from appliance.candles import Bars
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 from tests.fakes.yahoo_fake import YahooFake
 

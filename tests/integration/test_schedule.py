@@ -173,15 +173,15 @@ def test_a_changed_schedule_is_re_registered_on_the_next_tick_after_a_reload(con
 
 def test_an_unscheduled_or_unknown_job_is_not_registered_and_a_removed_one_is_cancelled(
         config_factory, monkeypatch):
-    from appliance.jobs import entry
+    from appliance.jobs import registry
     path = config_factory(schedules={**QUIET, "backfill": "0 2 * * *"})
     rt = _rt(path)
     sch = schedule.make_scheduler(rt)
     res = schedule.reconcile(rt, sch)
-    assert set(res["added"]) == set(entry.available_jobs())
-    assert set(sch.registered()) == set(entry.available_jobs())
-    # a job that disappears (its module no longer importable) is cancelled
-    monkeypatch.setattr(entry, "available_jobs", lambda: [])
+    assert set(res["added"]) == set(registry.JOBS)
+    assert set(sch.registered()) == set(registry.JOBS)
+    # a job that disappears (dropped from the registry by an upgrade) is cancelled
+    monkeypatch.setattr(schedule, "JOBS", {})
     res = schedule.reconcile(rt, sch)
     assert "backfill" in res["removed"]
     assert sch.registered() == {}

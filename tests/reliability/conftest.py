@@ -6,9 +6,21 @@ figures, not only the pass marks.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 _LINES: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    # every scenario here is long (a thousand slow clients, PostgreSQL
+    # restarts): ``slow`` keeps them out of ``make test-quick``, as documented
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.reliability)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

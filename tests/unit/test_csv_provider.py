@@ -5,7 +5,7 @@ import pytest
 
 from appliance.errors import ProviderDataError
 from appliance.providers import make_provider
-from appliance.providers.base import Split
+from appliance.candles import Split
 from appliance.providers.csvdir import CsvProvider
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from appliance.errors import ProviderAuthError, ProviderDataError
-from appliance.providers import make_provider
-from appliance.providers.base import Split
+from appliance.providers import make_provider, settings
+from appliance.candles import Split
 from appliance.providers.http import HttpClient, MemoryStats
 from appliance.providers.polygon import PolygonProvider, bars_from_results
 from tests.fakes import StaticFake
@@ -28,7 +28,8 @@ def provider(fake, key=KEY, auth="query", stats=None, **kw):
     client = HttpClient("polygon", 0, timeout_seconds=kw.pop("timeout_seconds", 2),
                         max_retries=kw.pop("max_retries", 5), stats=stats or MemoryStats(),
                         sleep=lambda s: None)
-    return PolygonProvider(key, base_url=fake.base_url, auth=auth, client=client, **kw)
+    return PolygonProvider(settings("polygon", {"api_key": key, "base_url": fake.base_url,
+                                                "auth": auth}), client=client, **kw)
 
 
 def assert_same(bars, expected):
@@ -229,3 +230,16 @@ def test_make_provider_builds_each_provider_with_defaults(tmp_path):
     assert d.name == "demo" and d.label == "demo (synthetic data)"
     # two providers with the same key share one rate limiter
     assert make_provider(cfg).client.limiter is p.client.limiter
+
+
+def test_make_provider_takes_every_setting_from_the_config_defaults_or_the_section():
+    from appliance.config import DEFAULTS
+    p = make_provider({"name": "polygon", "polygon": {"api_key": KEY,
+                                                      "retry_backoff_seconds": 0.25}})
+    d = DEFAULTS["provider"]["polygon"]
+    assert p.client.backoff_base == 0.25
+    assert (p.client.requests_per_minute, p.client.timeout_seconds, p.client.max_retries,
+            p.client.max_retry_seconds) == (d["requests_per_minute"], d["timeout_seconds"],
+                                            d["max_retries"], d["max_retry_seconds"])
+    y = make_provider({}, name="yahoo")
+    assert y.client.backoff_base == DEFAULTS["provider"]["yahoo"]["retry_backoff_seconds"]

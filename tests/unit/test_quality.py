@@ -5,7 +5,7 @@ import pytest
 
 from appliance import calendar as cal
 from appliance import quality as q
-from appliance.providers.base import Bars, Split
+from appliance.candles import Bars, Split
 
 TODAY = dt.date(2024, 12, 31)
 

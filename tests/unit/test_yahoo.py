@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from appliance.errors import ProviderAuthError, ProviderError
-from appliance.providers import make_provider
-from appliance.providers.base import Split
+from appliance.providers import make_provider, settings
+from appliance.candles import Split
 from appliance.providers.http import HttpClient, MemoryStats
 from appliance.providers.tiingo import TiingoProvider
 from appliance.providers.yahoo import YahooProvider
@@ -28,7 +28,7 @@ def client(name="yahoo"):
 
 
 def yahoo(fake):
-    return YahooProvider(base_url=fake.base_url, client=client())
+    return YahooProvider(settings("yahoo", {"base_url": fake.base_url}), client=client())
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,8 @@ TIINGO_ROW = ('[{"adjClose":1037.29,"adjHigh":1044.65,"adjLow":1026.05,"adjOpen"
 
 def test_tiingo_returns_raw_prices_with_a_token_header():
     with StaticFake({"/tiingo/daily/googl/prices": (200, TIINGO_ROW)}) as f:
-        p = TiingoProvider("tkey", base_url=f.base_url, client=client("tiingo"))
+        p = TiingoProvider(settings("tiingo", {"api_key": "tkey", "base_url": f.base_url}),
+                           client=client("tiingo"))
         b = p.daily_bars("GOOGL", dt.date(2018, 4, 12), dt.date(2018, 4, 12))
         sess, adj = p.adjusted_close("GOOGL", dt.date(2018, 4, 12), dt.date(2018, 4, 12))
         _, query, _, _ = f.log[0]
@@ -125,8 +126,9 @@ def test_tiingo_returns_raw_prices_with_a_token_header():
 def test_tiingo_unknown_ticker_is_a_permanent_error():
     with StaticFake({"/tiingo/daily/zz/prices": (404, {"detail": "Error: Ticker 'ZZ' not found"})}) as f:
         with pytest.raises(ProviderError) as e:
-            TiingoProvider("tkey", base_url=f.base_url, client=client("tiingo")).daily_bars(
-                "ZZ", dt.date(2020, 1, 1), dt.date(2020, 1, 2))
+            TiingoProvider(settings("tiingo", {"api_key": "tkey", "base_url": f.base_url}),
+                           client=client("tiingo")).daily_bars(
+                               "ZZ", dt.date(2020, 1, 1), dt.date(2020, 1, 2))
     assert e.value.permanent and "Ticker 'ZZ' not found" in str(e.value)
 
 

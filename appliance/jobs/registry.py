@@ -1,0 +1,64 @@
+"""The one list of jobs: name, the function RQ runs, the default schedule.
+
+Everything that names a job reads it from here: the config defaults
+(``schedules``), the scheduler, ``jobs.entry``, the REST API and its OpenAPI
+document, the console. Job modules are named as ``"module:function"`` strings
+and imported only when a job runs, so reading this list imports nothing else
+of the appliance (the config, at the bottom of the layers, reads it).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    #: ``"module:function"``; the function is ``run(rt, run_id, report, **params) -> dict``
+    target: str
+    #: cron, UTC: ``schedules.<name>`` when the config does not say
+    schedule: str
+    description: str
+
+
+#: name -> Job, in the order the console and the docs list them
+JOBS: dict[str, Job] = {j.name: j for j in (
+    Job("backfill", "appliance.jobs.backfill:run", "0 2 * * *",
+        "bring every configured symbol up to the latest completed session"),
+    Job("backup", "appliance.jobs.backup:run", "0 3 * * 0",
+        "pg_dump archive and manifest into backup.path, then retention"),
+    Job("restore_test", "appliance.jobs.restore_test:run", "0 4 1 * *",
+        "restore the latest backup into a scratch database and compare with its manifest"),
+    Job("spot_check", "appliance.jobs.spot_check:run", "0 5 2 * *",
+        "compare a sample of stored closes with a second source"),
+    Job("maintenance", "appliance.jobs.maintenance:run", "0 6 3 * *",
+        "ANALYZE, index bloat, partitions ahead, data retention"),
+    Job("disk_check", "appliance.jobs.disk_check:run", "0 * * * *",
+        "free space on the data directory and the backup path"),
+    Job("retention", "appliance.jobs.retention:run", "30 1 * * *",
+        "delete old job history, events and resolved alerts"),
+    Job("alerts", "appliance.jobs.alerts_job:run", "* * * * *",
+        "evaluate every alert rule"),
+    Job("performance_review", "appliance.jobs.performance:run", "0 7 1 */3 *",
+        "database size and growth, slowest queries, table and index sizes"),
+)}
+
+#: the job names, in registry order
+JOB_NAMES: tuple[str, ...] = tuple(JOBS)
+
+
+def default_schedules() -> dict[str, str]:
+    """``{job: cron}``: the ``schedules`` section when the config says nothing."""
+    return {j.name: j.schedule for j in JOBS.values()}
+
+
+def job_function(name: str):
+    """The function that runs job ``name``. Raises ValueError for an unknown
+    job; an ImportError from the job's module is a broken build and propagates."""
+    try:
+        target = JOBS[name].target
+    except KeyError:
+        raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(JOBS))}") from None
+    mod, fn = target.split(":")
+    return getattr(importlib.import_module(mod), fn)

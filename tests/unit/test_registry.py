@@ -1,0 +1,58 @@
+"""The job registry is the one list of jobs: every other place that has to
+repeat it (the JSON schema, the docs, the example config) agrees with it."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance import config
+from appliance.jobs import registry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_config_defaults_are_the_registry_schedules():
+    assert config.DEFAULTS["schedules"] == {n: j.schedule for n, j in registry.JOBS.items()}
+
+
+@pytest.mark.parametrize("path", [config.SCHEMA_PATH, ROOT / "config" / "appliance.schema.json"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_schema_names_exactly_the_registry_jobs(path):
+    sched = json.loads(path.read_text())["properties"]["schedules"]
+    assert list(sched["properties"]) == list(registry.JOBS)
+    assert sched["additionalProperties"] is False
+
+
+def test_every_job_target_is_a_function():
+    for name in registry.JOBS:
+        assert callable(registry.job_function(name)), name
+
+
+def test_an_unknown_job_is_refused_with_the_known_names():
+    with pytest.raises(ValueError, match="unknown job 'nope'; known: alerts, backfill"):
+        registry.job_function("nope")
+
+
+def _documented_schedules(text: str, pattern: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in re.finditer(pattern, text, flags=re.M)}
+
+
+def test_the_docs_show_the_registry_schedules():
+    want = registry.default_schedules()
+    readme = (ROOT / "README.md").read_text()
+    para = readme.split("Default schedules (UTC):", 1)[1].split("\n\n", 1)[0]
+    assert _documented_schedules(para, r"([a-z_]+) `([^`]+)`") == want
+    ops = (ROOT / "OPERATIONS.md").read_text()
+    table = ops.split("## What runs by itself", 1)[1].split("\n---\n", 1)[0]
+    assert _documented_schedules(table, r"^\| `([a-z_]+)` \| `([^`]+)`") == want
+
+
+def test_the_example_config_shows_the_default_schedules():
+    example = yaml.safe_load((ROOT / "config" / "appliance.yaml").read_text())
+    for name, expr in (example.get("schedules") or {}).items():
+        assert name in registry.JOBS
+        assert expr == registry.JOBS[name].schedule, (name, expr)
