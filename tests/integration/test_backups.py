@@ -20,6 +20,7 @@ import pytest
 
 from appliance import backups
 from appliance.errors import BackupError, LockBusy
+from appliance.locks import BACKFILL_LOCK
 from appliance.jobs import backfill, runs
 from appliance.jobs import backup as backup_job
 from appliance.jobs import restore_test as restore_job
@@ -592,7 +593,7 @@ def test_the_backfill_lock_is_held_during_a_restore(loaded, database_url):
     rt = loaded
     _backup(rt)
     holder = psycopg.connect(database_url, autocommit=True)
-    holder.execute("SELECT pg_advisory_lock(%s)", (backfill.BACKFILL_LOCK,))
+    holder.execute("SELECT pg_advisory_lock(%s)", (BACKFILL_LOCK,))
     try:
         with pytest.raises(BackupError, match="backfill still holds its lock"):
             backups.full_restore(rt, "latest", wait_s=1)

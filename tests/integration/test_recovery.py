@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from appliance import alerts, backups, history
+from appliance import backfill as backfill_domain
 from appliance.jobs import backfill, runs
 from appliance.jobs import backup as backup_job
 from appliance.jobs import restore_test as restore_job
@@ -206,7 +207,7 @@ def test_moving_since_earlier_fills_the_history_without_flags(config_factory):
         assert r["ok"] and r["backfill_run_id"], r
         with rt.conn() as c:
             # until the backfill ran, completeness counts from the new start
-            stats = backfill.refresh_stats(c, rt.config, "AAPL")
+            stats = backfill_domain.refresh_stats(c, rt.config, "AAPL")
         assert stats["missing"] == 252 and stats["completeness"] < 0.7  # 2024 is missing
         _backfill(rt, symbols=["AAPL"])
         with rt.conn() as c:

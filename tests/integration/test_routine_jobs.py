@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from appliance import alerts, db
+from appliance import backfill as backfill_domain
 from appliance.errors import ProviderError
 from appliance.jobs import (backfill, disk_check, maintenance, performance, retention, runs,
                             spot_check)
@@ -278,7 +279,7 @@ def test_maintenance_retention_drops_whole_old_partitions_and_keeps_recent_data(
             _insert_rows(conn, symbols=2, days=20, start=dt.date(2015, 3, 2))
             _insert_rows(conn, symbols=2, days=20, start=dt.date(2024, 3, 2))
             for s in ("S001", "S002"):
-                backfill.refresh_stats(conn, rt.config, s)
+                backfill_domain.refresh_stats(conn, rt.config, s)
             before = conn.execute("SELECT first_session FROM symbol_stats WHERE symbol = 'S001'"
                                   ).fetchone()[0]
         assert before.year == 2015

@@ -1,0 +1,283 @@
+"""Maintenance (monthly): statistics, index bloat, partitions ahead, data retention.
+
+Steps, each recorded as an event of kind ``maintenance`` and listed in the result:
+
+1. ``ANALYZE`` of the appliance's tables (on a partitioned ``market_data`` this
+   also analyzes every partition).
+2. Index bloat, for every B-tree index of the appliance's tables and of
+   ``market_data``'s partitions (or TimescaleDB chunks):
+
+   * when the ``pgstattuple`` extension is installed in the database,
+     ``pgstatindex()`` measures it: ``bloat = 1 - avg_leaf_density / fillfactor``;
+   * otherwise it is estimated from the catalog: the size a freshly built index
+     would have is ``reltuples`` x (8-byte index tuple header + the average width
+     of the key columns from ``pg_stats``, aligned to 8 bytes, + a 4-byte line
+     pointer), packed into 8 KiB pages (8152 usable bytes) filled to the index's
+     fillfactor (90 % by default), plus the metapage; ``bloat = 1 - that /
+     pg_relation_size(index)``. Deduplicated B-trees are smaller than this
+     estimate, so it errs towards "not bloated". Expression indexes and indexes
+     that were never analyzed (``reltuples < 0``) are not estimated.
+
+   An index is rebuilt with ``REINDEX INDEX CONCURRENTLY`` (an autocommit
+   connection; never on a partitioned parent: each partition's index is rebuilt
+   on its own) when its bloat is at least ``BLOAT_THRESHOLD_PCT`` (30 %) and it
+   is at least ``MIN_INDEX_BYTES`` (10 MiB) large: rebuilding small indexes buys
+   nothing. Both can be overridden per run (params ``bloat_threshold_pct``,
+   ``min_index_bytes``). Invalid leftovers of an interrupted concurrent rebuild
+   (``*_ccnew*``) are dropped first.
+3. Partitions ahead (plain PostgreSQL): yearly partitions of ``market_data``
+   for this year and the next two.
+4. Data retention, only when ``retention.data_years`` is set: whole yearly
+   partitions (TimescaleDB: whole chunks) that end before 1 January of
+   (this year - data_years) are dropped -- never row-by-row deletes -- and the
+   statistics of the symbols that had candles there are recomputed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+
+from psycopg import sql
+
+from . import db, store
+from .backfill import refresh_stats
+
+log = logging.getLogger("appliance.maintenance")
+
+BLOAT_THRESHOLD_PCT = 30.0
+MIN_INDEX_BYTES = 10 * 1024 * 1024
+PAGE_USABLE_BYTES = 8192 - 24 - 16  # page header, B-tree special space
+DEFAULT_FILLFACTOR = 90
+
+TABLES = ("market_data", "symbols", "symbol_stats", "splits", "missing_sessions", "revisions",
+          "job_runs", "backfill_checkpoints", "backups", "alerts", "events", "config_reloads",
+          "vendor_requests")
+
+
+def _event(conn, message: str, details: dict, level: str = "info") -> None:
+    store.add_event(conn, level, "maintenance", message, details)
+
+
+def _has_extension(conn, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s",
+                        (name,)).fetchone() is not None
+
+
+def _indexes(conn) -> list[dict]:
+    """B-tree indexes (leaf, not partitioned parents) of the appliance's tables,
+    of market_data's partitions and chunks."""
+    rows = conn.execute(
+        """WITH t AS (
+             SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relname = ANY(%s)
+           ), tt AS (
+             SELECT oid FROM t
+             UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.oid
+           )
+           SELECT n.nspname, ic.relname, tc.relname, ic.oid, pg_relation_size(ic.oid),
+                  ic.reltuples, i.indexprs IS NOT NULL,
+                  coalesce(substring(array_to_string(ic.reloptions, ',')
+                                     FROM 'fillfactor=([0-9]+)')::int, %s),
+                  (SELECT sum(coalesce(s.avg_width, 8))
+                   FROM unnest(i.indkey::int2[]) k(attnum)
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                   LEFT JOIN pg_stats s ON s.schemaname = tn.nspname AND s.tablename = tc.relname
+                        AND s.attname = a.attname AND NOT s.inherited
+                   WHERE k.attnum > 0),
+                  (SELECT count(*) FROM unnest(i.indkey::int2[]) k(attnum)
+                   LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                   LEFT JOIN pg_stats s ON s.schemaname = tn.nspname AND s.tablename = tc.relname
+                        AND s.attname = a.attname AND NOT s.inherited
+                   WHERE k.attnum > 0 AND s.avg_width IS NULL)
+           FROM pg_index i
+           JOIN pg_class ic ON ic.oid = i.indexrelid
+           JOIN pg_class tc ON tc.oid = i.indrelid
+           JOIN pg_namespace n ON n.oid = ic.relnamespace
+           JOIN pg_namespace tn ON tn.oid = tc.relnamespace
+           JOIN pg_am am ON am.oid = ic.relam
+           WHERE i.indrelid IN (SELECT oid FROM tt) AND ic.relkind = 'i' AND am.amname = 'btree'
+             AND i.indisvalid
+           ORDER BY pg_relation_size(ic.oid) DESC, ic.relname""",
+        (list(TABLES), DEFAULT_FILLFACTOR)).fetchall()
+    return [{"schema": r[0], "index": r[1], "table": r[2], "oid": r[3], "bytes": int(r[4]),
+             "reltuples": float(r[5]), "expression": bool(r[6]), "fillfactor": int(r[7]),
+             "key_width": None if r[8] is None else float(r[8]), "unknown_widths": int(r[9])}
+            for r in rows]
+
+
+def estimate_bloat(ix: dict) -> tuple[float | None, int | None]:
+    """(bloat percent, expected bytes) from the catalog, or (None, None) when
+    the index cannot be estimated (see the module docstring)."""
+    if ix["expression"] or ix["reltuples"] < 0 or ix["key_width"] is None or ix["bytes"] <= 0:
+        return None, None
+    tuple_bytes = 8 * math.ceil((8 + ix["key_width"]) / 8) + 4
+    per_page = PAGE_USABLE_BYTES * ix["fillfactor"] / 100.0
+    leaf_pages = math.ceil(ix["reltuples"] * tuple_bytes / per_page) if ix["reltuples"] else 1
+    inner_pages = math.ceil(leaf_pages / 200) if leaf_pages > 1 else 0
+    expected = (leaf_pages + inner_pages + 1) * 8192
+    pct = max(0.0, (1 - expected / ix["bytes"]) * 100.0)
+    return round(pct, 2), expected
+
+
+def measure_bloat(conn, ix: dict) -> float | None:
+    """Bloat percent measured by ``pgstatindex`` (pgstattuple)."""
+    row = conn.execute("SELECT avg_leaf_density, leaf_pages FROM pgstatindex(%s::regclass)",
+                       (ix["oid"],)).fetchone()
+    density, leaf_pages = row
+    if not leaf_pages or density is None or math.isnan(density):
+        return 0.0
+    return round(max(0.0, (1 - float(density) / ix["fillfactor"]) * 100.0), 2)
+
+
+def _drop_invalid_leftovers(conn) -> list[str]:
+    rows = conn.execute(
+        """SELECT n.nspname, c.relname FROM pg_index i
+           JOIN pg_class c ON c.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE NOT i.indisvalid AND c.relname LIKE %s""", ("%\\_ccnew%",)).fetchall()
+    dropped = []
+    for schema, name in rows:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+            sql.Identifier(schema, name)))
+        dropped.append(f"{schema}.{name}")
+    return dropped
+
+
+def _retention(rt, conn, cfg, years: int, today: dt.date) -> dict:
+    cutoff_year = today.year - years
+    cutoff = dt.date(cutoff_year, 1, 1)
+    dropped: list[str] = []
+    affected: set[str] = set()
+    if db.is_timescale(conn):
+        affected.update(r[0] for r in conn.execute(
+            "SELECT symbol FROM symbol_stats WHERE first_session < %s", (cutoff,)))
+        conn.execute("SET lock_timeout = '60s'")
+        rows = conn.execute(
+            "SELECT drop_chunks('market_data', older_than => (%s::date::timestamp "
+            "AT TIME ZONE 'America/New_York'))", (cutoff,)).fetchall()
+        dropped = [str(r[0]) for r in rows]
+        for name in dropped:
+            _event(conn, f"retention: dropped chunk {name} (data before {cutoff})",
+                   {"chunk": name, "cutoff": cutoff.isoformat()})
+    else:
+        conn.execute("SET lock_timeout = '60s'")
+        for year in sorted(db.existing_partitions(conn)):
+            if year >= cutoff_year:
+                continue
+            name = f"market_data_y{year:04d}"
+            syms = {r[0] for r in conn.execute(
+                "SELECT symbol FROM symbol_stats WHERE first_session <= %s",
+                (dt.date(year, 12, 31),))}
+            rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(name))).fetchone()[0]
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            affected |= syms
+            dropped.append(name)
+            _event(conn, f"retention: dropped partition {name} ({rows} candle(s); "
+                         f"retention.data_years = {years})",
+                   {"partition": name, "rows": rows, "cutoff": cutoff.isoformat()})
+    conn.execute("RESET lock_timeout")
+    refreshed = []
+    if dropped:
+        with rt.conn() as c:
+            for sym in sorted(affected):
+                refresh_stats(c, cfg, sym)
+                refreshed.append(sym)
+            _event(c, f"retention: statistics recomputed for {len(refreshed)} symbol(s)",
+                   {"symbols": refreshed[:200]})
+    return {"data_years": years, "cutoff": cutoff.isoformat(), "dropped": dropped,
+            "symbols_refreshed": refreshed}
+
+
+def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None, today=None) -> dict:
+    cfg = rt.config
+    threshold = BLOAT_THRESHOLD_PCT if bloat_threshold_pct is None else float(bloat_threshold_pct)
+    min_bytes = MIN_INDEX_BYTES if min_index_bytes is None else int(min_index_bytes)
+    today = dt.date.fromisoformat(today) if isinstance(today, str) else \
+        (today or dt.datetime.now(dt.timezone.utc).date())
+    result: dict = {"status": "ok", "errors": []}
+    # one autocommit connection without the pool's statement timeout: ANALYZE and
+    # REINDEX CONCURRENTLY of a large table take their time, and REINDEX
+    # CONCURRENTLY cannot run inside a transaction
+    conn = db.connect(rt.endpoints.database_url, autocommit=True)
+    try:
+        # 1. statistics
+        report({"phase": "analyze"}, True)
+        present = [r[0] for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relname = ANY(%s) AND relkind IN ('r', 'p') "
+            "AND relnamespace = current_schema()::regnamespace", (list(TABLES),))]
+        conn.execute(sql.SQL("ANALYZE {}").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in present)))
+        result["analyzed"] = sorted(present)
+        _event(conn, f"maintenance: analyzed {len(present)} table(s)", {"tables": present})
+
+        # 2. index bloat
+        report({"phase": "index bloat"}, True)
+        leftovers = _drop_invalid_leftovers(conn)
+        if leftovers:
+            _event(conn, f"maintenance: dropped {len(leftovers)} invalid index(es) left by an "
+                         "interrupted rebuild", {"indexes": leftovers}, "warning")
+        method = "pgstatindex" if _has_extension(conn, "pgstattuple") else "estimate"
+        indexes = []
+        reindexed = []
+        for ix in _indexes(conn):
+            if method == "pgstatindex":
+                try:
+                    pct, expected = measure_bloat(conn, ix), None
+                except Exception as e:  # noqa: BLE001 - fall back to the estimate
+                    log.warning("pgstatindex(%s) failed: %s", ix["index"], e)
+                    pct, expected = estimate_bloat(ix)
+            else:
+                pct, expected = estimate_bloat(ix)
+            entry = {"index": f"{ix['schema']}.{ix['index']}", "table": ix["table"],
+                     "bytes": ix["bytes"], "bloat_pct": pct, "expected_bytes": expected}
+            indexes.append(entry)
+            if pct is None or pct < threshold or ix["bytes"] < min_bytes:
+                continue
+            report({"phase": "reindex", "index": entry["index"]}, True)
+            try:
+                conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(
+                    sql.Identifier(ix["schema"], ix["index"])))
+            except Exception as e:  # noqa: BLE001 - one index must not stop the rest
+                msg = f"REINDEX of {entry['index']} failed: {e}"
+                result["errors"].append(msg)
+                _event(conn, "maintenance: " + msg, {"index": entry["index"]}, "warning")
+                continue
+            # the rebuilt index is a new relation under the same name
+            after_bytes = int(conn.execute(
+                "SELECT pg_relation_size(format('%%I.%%I', %s::text, %s::text)::regclass)",
+                (ix["schema"], ix["index"])).fetchone()[0])
+            done = {**entry, "bytes_after": after_bytes}
+            reindexed.append(done)
+            _event(conn, f"maintenance: rebuilt index {entry['index']} (estimated bloat {pct}%, "
+                         f"{ix['bytes']} -> {after_bytes} bytes)", done)
+        result["index_bloat"] = {"method": method, "threshold_pct": threshold,
+                                 "min_index_bytes": min_bytes, "indexes": indexes}
+        result["reindexed"] = reindexed
+
+        # 3. partitions ahead
+        report({"phase": "partitions"}, True)
+        if db.is_timescale(conn):
+            result["partitions_created"] = []
+            result["partitions_note"] = "TimescaleDB creates chunks as data arrives"
+        else:
+            created = db.ensure_partitions(conn, today.year, today.year + 2)
+            result["partitions_created"] = [f"market_data_y{y:04d}" for y in created]
+            if created:
+                _event(conn, f"maintenance: created partitions {result['partitions_created']}",
+                       {"partitions": result["partitions_created"]})
+
+        # 4. data retention
+        years = cfg.get("retention.data_years")
+        if years:
+            report({"phase": "retention"}, True)
+            result["retention"] = _retention(rt, conn, cfg, int(years), today)
+        else:
+            result["retention"] = {"data_years": None, "dropped": [],
+                                   "note": "retention.data_years is not set: all data kept"}
+    finally:
+        conn.close()
+    if result["errors"]:
+        result["status"] = "partial"
+    return result

@@ -1,0 +1,174 @@
+"""Performance review (quarterly, and on demand).
+
+* ``database_bytes``: ``pg_database_size`` of the appliance's database.
+* ``market_data``: rows, bytes (table + indexes + TOAST of every partition, or
+  ``hypertable_size`` under TimescaleDB) and the average bytes per row
+  (bytes / rows).
+* ``growth``: candles ingested per month (``market_data.ingested_at``; a
+  re-written candle counts in the month of its last write) and the estimated
+  bytes they take (rows x the average bytes per row above). One scan of
+  ``market_data``: this job runs a few times a year.
+* ``growth_by_market_month``: candles per month of market time over the last
+  12 months, and ``projected_bytes_per_month``: the mean of the last three
+  complete market months x the average bytes per row -- what the store grows
+  by each month with the current symbol list (a first backfill of years of
+  history lands in one ingestion month; this does not).
+* ``slowest_queries``: the top ``SLOW_QUERIES`` statements of this database by
+  mean execution time from ``pg_stat_statements`` when the extension is
+  installed in the database (it also needs ``shared_preload_libraries``);
+  otherwise ``pg_stat_statements.message`` says why there are none.
+* ``tables`` / ``indexes``: the ``TOP`` largest (bytes).
+* ``compression``: TimescaleDB's compression ratio of ``market_data`` when the
+  extension is installed, else ``None`` with a note.
+"""
+from __future__ import annotations
+
+import logging
+
+from . import db
+
+log = logging.getLogger("appliance.performance")
+
+TOP = 20
+SLOW_QUERIES = 10
+
+
+def _market_data(conn, timescale: bool) -> dict:
+    if timescale:
+        size = conn.execute("SELECT hypertable_size('market_data')").fetchone()[0]
+    else:
+        size = conn.execute(
+            """SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)
+               FROM pg_inherits i WHERE i.inhparent = 'market_data'::regclass""").fetchone()[0]
+    rows = conn.execute("SELECT count(*) FROM market_data").fetchone()[0]
+    size = int(size or 0)
+    return {"rows": int(rows), "bytes": size,
+            "avg_row_bytes": round(size / rows, 1) if rows else None}
+
+
+def _growth(conn, avg_row_bytes) -> list[dict]:
+    rows = conn.execute(
+        """SELECT to_char(date_trunc('month', ingested_at), 'YYYY-MM'), count(*)
+           FROM market_data GROUP BY 1 ORDER BY 1""").fetchall()
+    return [{"month": m, "rows": int(n),
+             "bytes_estimated": int(n * avg_row_bytes) if avg_row_bytes else None}
+            for m, n in rows]
+
+
+def _market_months(conn, avg_row_bytes) -> tuple[list[dict], int | None]:
+    rows = conn.execute(
+        """SELECT to_char(date_trunc('month', ts AT TIME ZONE 'America/New_York'), 'YYYY-MM'),
+                  count(*)
+           FROM market_data
+           WHERE ts >= date_trunc('month', now() AT TIME ZONE 'America/New_York')
+                       - interval '12 months'
+           GROUP BY 1 ORDER BY 1""").fetchall()
+    months = [{"month": m, "rows": int(n),
+               "bytes_estimated": int(n * avg_row_bytes) if avg_row_bytes else None}
+              for m, n in rows]
+    this_month = conn.execute(
+        "SELECT to_char(now() AT TIME ZONE 'America/New_York', 'YYYY-MM')").fetchone()[0]
+    complete = [m for m in months if m["month"] < this_month][-3:]
+    if not complete or not avg_row_bytes:
+        return months, None
+    return months, int(sum(m["rows"] for m in complete) / len(complete) * avg_row_bytes)
+
+
+def _slow_queries(conn) -> tuple[dict, list[dict]]:
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
+                    ).fetchone() is None:
+        return {"available": False, "message": "pg_stat_statements is not installed"}, []
+    try:
+        with conn.transaction():
+            cols = {r[0] for r in conn.execute(
+                """SELECT attname FROM pg_attribute
+                   WHERE attrelid = 'pg_stat_statements'::regclass AND attnum > 0""")}
+            total, mean = (("total_exec_time", "mean_exec_time") if "total_exec_time" in cols
+                           else ("total_time", "mean_time"))
+            rows = conn.execute(
+                f"""SELECT left(query, 500), calls, {total}, {mean}, rows
+                    FROM pg_stat_statements
+                    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    ORDER BY {mean} DESC LIMIT %s""", (SLOW_QUERIES,)).fetchall()
+    except Exception as e:  # noqa: BLE001 - installed but not preloaded
+        return {"available": False,
+                "message": f"pg_stat_statements is installed but cannot be read: "
+                           f"{str(e).strip().splitlines()[0]}"}, []
+    return {"available": True, "message": f"top {SLOW_QUERIES} by mean execution time"}, [
+        {"query": q, "calls": int(c), "total_ms": round(float(t), 3),
+         "mean_ms": round(float(m), 3), "rows": int(r)} for q, c, t, m, r in rows]
+
+
+def _sizes(conn) -> tuple[list[dict], list[dict]]:
+    tables = conn.execute(
+        """SELECT n.nspname, c.relname, pg_total_relation_size(c.oid), pg_relation_size(c.oid),
+                  pg_indexes_size(c.oid), c.reltuples
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'm')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+             AND n.nspname NOT LIKE 'pg\\_temp%%'
+           ORDER BY 3 DESC, 2 LIMIT %s""", (TOP,)).fetchall()
+    indexes = conn.execute(
+        """SELECT n.nspname, c.relname, t.relname, pg_relation_size(c.oid)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_class t ON t.oid = i.indrelid
+           WHERE c.relkind = 'i'
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+             AND n.nspname NOT LIKE 'pg\\_temp%%'
+           ORDER BY 4 DESC, 2 LIMIT %s""", (TOP,)).fetchall()
+    return ([{"table": f"{s}.{t}", "total_bytes": int(tot), "table_bytes": int(tb),
+              "index_bytes": int(ib), "rows_estimated": max(0, int(rt))}
+             for s, t, tot, tb, ib, rt in tables],
+            [{"index": f"{s}.{i}", "table": t, "bytes": int(b)} for s, i, t, b in indexes])
+
+
+def _compression(conn, timescale: bool) -> tuple[dict | None, str | None]:
+    if not timescale:
+        return None, "timescaledb is not installed: no compression"
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                """SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes),
+                          sum(total_chunks), sum(number_compressed_chunks)
+                   FROM hypertable_compression_stats('market_data')""").fetchone()
+    except Exception as e:  # noqa: BLE001 - compression not enabled on the hypertable
+        return None, f"compression statistics unavailable: {str(e).strip().splitlines()[0]}"
+    before, after, chunks, compressed = row
+    if not compressed:
+        return {"chunks": int(chunks or 0), "compressed_chunks": 0, "ratio": None}, \
+            "no compressed chunks"
+    return {"chunks": int(chunks or 0), "compressed_chunks": int(compressed),
+            "before_bytes": int(before or 0), "after_bytes": int(after or 0),
+            "ratio": round(before / after, 2) if after else None}, None
+
+
+def review(rt, run_id, report) -> dict:
+    with rt.conn() as conn:
+        timescale = db.is_timescale(conn)
+        report({"phase": "sizes"}, True)
+        database_bytes = int(conn.execute(
+            "SELECT pg_database_size(current_database())").fetchone()[0])
+        md = _market_data(conn, timescale)
+        report({"phase": "growth"}, True)
+        growth = _growth(conn, md["avg_row_bytes"])
+        by_month, projected = _market_months(conn, md["avg_row_bytes"])
+        pss, slow = _slow_queries(conn)
+        tables, indexes = _sizes(conn)
+        compression, compression_note = _compression(conn, timescale)
+    return {
+        "status": "ok",
+        "database_bytes": database_bytes,
+        "timescaledb": timescale,
+        "market_data": md,
+        "growth": growth,
+        "growth_method": "rows per month of ingested_at x average bytes per row "
+                         "(market_data bytes / rows)",
+        "growth_by_market_month": by_month,
+        "projected_bytes_per_month": projected,
+        "pg_stat_statements": pss,
+        "slowest_queries": slow,
+        "tables": tables,
+        "indexes": indexes,
+        "compression": compression,
+        "compression_note": compression_note,
+    }
