@@ -119,6 +119,28 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         lock_conn.close()
 
 
+def _fetch_grouped(provider, plan: Plan, report, stats) -> dict[str, list[Bars]]:
+    """One grouped-daily request per planned session, split per symbol. A
+    failed day switches the plan to per-symbol requests (and returns {})."""
+    grouped: dict[str, list[Bars]] = {}
+    for i, session in enumerate(plan.grouped_sessions):
+        try:
+            day = provider.grouped_daily(session)
+        except ProviderAuthError:
+            raise
+        except ProviderError as e:
+            log.warning("grouped daily %s failed (%s); falling back to aggregates", session, e)
+            plan.method = "aggregates"
+            return {}
+        for p in plan.symbols:
+            if p.symbol in day and p.start <= session <= p.end:
+                grouped.setdefault(p.symbol, []).append(day[p.symbol])
+        report({"phase": "grouped", "sessions_done": i + 1,
+                "sessions_total": len(plan.grouped_sessions),
+                "requests": stats.total("request")})
+    return grouped
+
+
 def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now) -> dict:
     cal = cfg["calendar"]
     today = now.astimezone(ZoneInfo("America/New_York")).date()
@@ -141,25 +163,7 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now)
                 "eta_s": round(eta, 1) if eta is not None else None, "plan": plan.describe()})
 
     progress()
-    grouped: dict[str, list[Bars]] = {}
-    if plan.method == "grouped":
-        for i, session in enumerate(plan.grouped_sessions):
-            try:
-                day = provider.grouped_daily(session)
-            except ProviderAuthError:
-                raise
-            except ProviderError as e:
-                # fall back to per-symbol requests for the symbols that needed this day
-                log.warning("grouped daily %s failed (%s); falling back to aggregates", session, e)
-                plan.method = "aggregates"
-                grouped = {}
-                break
-            for p in plan.symbols:
-                if p.symbol in day and p.start <= session <= p.end:
-                    grouped.setdefault(p.symbol, []).append(day[p.symbol])
-            report({"phase": "grouped", "sessions_done": i + 1,
-                    "sessions_total": len(plan.grouped_sessions),
-                    "requests": stats.total("request")})
+    grouped = _fetch_grouped(provider, plan, report, stats) if plan.method == "grouped" else {}
 
     for p in plan.symbols:
         progress(p.symbol)

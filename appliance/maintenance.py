@@ -190,6 +190,52 @@ def _retention(rt, conn, cfg, years: int, today: dt.date) -> dict:
             "symbols_refreshed": refreshed}
 
 
+def _index_bloat(conn, report, threshold: float, min_bytes: int, result: dict) -> None:
+    """Measure every index's bloat and rebuild those past the threshold
+    (concurrently); fills result's index_bloat, reindexed and errors."""
+    leftovers = _drop_invalid_leftovers(conn)
+    if leftovers:
+        _event(conn, f"maintenance: dropped {len(leftovers)} invalid index(es) left by an "
+                     "interrupted rebuild", {"indexes": leftovers}, "warning")
+    method = "pgstatindex" if _has_extension(conn, "pgstattuple") else "estimate"
+    indexes = []
+    reindexed = []
+    for ix in _indexes(conn):
+        if method == "pgstatindex":
+            try:
+                pct, expected = measure_bloat(conn, ix), None
+            except Exception as e:  # noqa: BLE001 - fall back to the estimate
+                log.warning("pgstatindex(%s) failed: %s", ix["index"], e)
+                pct, expected = estimate_bloat(ix)
+        else:
+            pct, expected = estimate_bloat(ix)
+        entry = {"index": f"{ix['schema']}.{ix['index']}", "table": ix["table"],
+                 "bytes": ix["bytes"], "bloat_pct": pct, "expected_bytes": expected}
+        indexes.append(entry)
+        if pct is None or pct < threshold or ix["bytes"] < min_bytes:
+            continue
+        report({"phase": "reindex", "index": entry["index"]}, True)
+        try:
+            conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(
+                sql.Identifier(ix["schema"], ix["index"])))
+        except Exception as e:  # noqa: BLE001 - one index must not stop the rest
+            msg = f"REINDEX of {entry['index']} failed: {e}"
+            result["errors"].append(msg)
+            _event(conn, "maintenance: " + msg, {"index": entry["index"]}, "warning")
+            continue
+        # the rebuilt index is a new relation under the same name
+        after_bytes = int(conn.execute(
+            "SELECT pg_relation_size(format('%%I.%%I', %s::text, %s::text)::regclass)",
+            (ix["schema"], ix["index"])).fetchone()[0])
+        done = {**entry, "bytes_after": after_bytes}
+        reindexed.append(done)
+        _event(conn, f"maintenance: rebuilt index {entry['index']} (estimated bloat {pct}%, "
+                     f"{ix['bytes']} -> {after_bytes} bytes)", done)
+    result["index_bloat"] = {"method": method, "threshold_pct": threshold,
+                             "min_index_bytes": min_bytes, "indexes": indexes}
+    result["reindexed"] = reindexed
+
+
 def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None, today=None) -> dict:
     cfg = rt.config
     threshold = BLOAT_THRESHOLD_PCT if bloat_threshold_pct is None else float(bloat_threshold_pct)
@@ -214,47 +260,7 @@ def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None,
 
         # 2. index bloat
         report({"phase": "index bloat"}, True)
-        leftovers = _drop_invalid_leftovers(conn)
-        if leftovers:
-            _event(conn, f"maintenance: dropped {len(leftovers)} invalid index(es) left by an "
-                         "interrupted rebuild", {"indexes": leftovers}, "warning")
-        method = "pgstatindex" if _has_extension(conn, "pgstattuple") else "estimate"
-        indexes = []
-        reindexed = []
-        for ix in _indexes(conn):
-            if method == "pgstatindex":
-                try:
-                    pct, expected = measure_bloat(conn, ix), None
-                except Exception as e:  # noqa: BLE001 - fall back to the estimate
-                    log.warning("pgstatindex(%s) failed: %s", ix["index"], e)
-                    pct, expected = estimate_bloat(ix)
-            else:
-                pct, expected = estimate_bloat(ix)
-            entry = {"index": f"{ix['schema']}.{ix['index']}", "table": ix["table"],
-                     "bytes": ix["bytes"], "bloat_pct": pct, "expected_bytes": expected}
-            indexes.append(entry)
-            if pct is None or pct < threshold or ix["bytes"] < min_bytes:
-                continue
-            report({"phase": "reindex", "index": entry["index"]}, True)
-            try:
-                conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(
-                    sql.Identifier(ix["schema"], ix["index"])))
-            except Exception as e:  # noqa: BLE001 - one index must not stop the rest
-                msg = f"REINDEX of {entry['index']} failed: {e}"
-                result["errors"].append(msg)
-                _event(conn, "maintenance: " + msg, {"index": entry["index"]}, "warning")
-                continue
-            # the rebuilt index is a new relation under the same name
-            after_bytes = int(conn.execute(
-                "SELECT pg_relation_size(format('%%I.%%I', %s::text, %s::text)::regclass)",
-                (ix["schema"], ix["index"])).fetchone()[0])
-            done = {**entry, "bytes_after": after_bytes}
-            reindexed.append(done)
-            _event(conn, f"maintenance: rebuilt index {entry['index']} (estimated bloat {pct}%, "
-                         f"{ix['bytes']} -> {after_bytes} bytes)", done)
-        result["index_bloat"] = {"method": method, "threshold_pct": threshold,
-                                 "min_index_bytes": min_bytes, "indexes": indexes}
-        result["reindexed"] = reindexed
+        _index_bloat(conn, report, threshold, min_bytes, result)
 
         # 3. partitions ahead
         report({"phase": "partitions"}, True)

@@ -161,6 +161,32 @@ def _in_sorted(values: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
     return sorted_ref[i] == values
 
 
+def _gap_kinds(gap, sess, ref, o, h, lo, c, splits, gap_threshold_pct: float,
+               split_tolerance_pct: float) -> np.ndarray:
+    """``jump`` for each gap, ``split`` where a stored split on that session
+    explains it (the reference close, scaled by the split, fits the bar)."""
+    gap_kind = np.full(len(gap), None, dtype=object)
+    if not gap.any():
+        return gap_kind
+    gap_kind[gap] = GAP_JUMP
+    sdays, sratio = _split_arrays(splits)
+    if not sdays.size:
+        return gap_kind
+    gi = np.nonzero(gap)[0]
+    gi = gi[_in_sorted(sess[gi], sdays)]
+    if gi.size:
+        ratio = sratio[np.searchsorted(sdays, sess[gi])]
+        scaled = ref[gi] * ratio  # the reference in post-split terms
+        tol = split_tolerance_pct / 100.0
+        thr = gap_threshold_pct / 100.0
+        co_a = np.abs(o[gi] / scaled - 1.0)
+        cc_a = np.abs(c[gi] / scaled - 1.0)
+        in_range = (scaled >= lo[gi] * (1 - tol)) & (scaled <= h[gi] * (1 + tol))
+        explained = (co_a <= tol) | (cc_a <= tol) | in_range | (np.maximum(co_a, cc_a) <= thr)
+        gap_kind[gi[explained]] = GAP_SPLIT
+    return gap_kind
+
+
 def validate(bars: Bars, cal_sessions: np.ndarray, today, prev_close: float | None = None,
              splits: Sequence[Split] = (), gap_threshold_pct: float = 20.0,
              split_tolerance_pct: float = 2.0) -> Checked:
@@ -228,25 +254,8 @@ def validate(bars: Bars, cal_sessions: np.ndarray, today, prev_close: float | No
         gap_pct = np.where(np.abs(co) >= np.abs(cc), co, cc)
         gap_pct[~usable] = np.nan
         gap = np.abs(gap_pct) > gap_threshold_pct
-    gap_kind = np.full(n, None, dtype=object)
-    if gap.any():
-        gap_kind[gap] = GAP_JUMP
-        sdays, sratio = _split_arrays(splits)
-        if sdays.size:
-            gi = np.nonzero(gap)[0]
-            on_split = _in_sorted(sess[gi], sdays)
-            gi = gi[on_split]
-            if gi.size:
-                ratio = sratio[np.searchsorted(sdays, sess[gi])]
-                scaled = ref[gi] * ratio  # the reference in post-split terms
-                tol = split_tolerance_pct / 100.0
-                thr = gap_threshold_pct / 100.0
-                co_a = np.abs(o[gi] / scaled - 1.0)
-                cc_a = np.abs(c[gi] / scaled - 1.0)
-                in_range = (scaled >= lo[gi] * (1 - tol)) & (scaled <= h[gi] * (1 + tol))
-                explained = (co_a <= tol) | (cc_a <= tol) | in_range | \
-                    (np.maximum(co_a, cc_a) <= thr)
-                gap_kind[gi[explained]] = GAP_SPLIT
+    gap_kind = _gap_kinds(gap, sess, ref, o, h, lo, c, splits, gap_threshold_pct,
+                          split_tolerance_pct)
     return Checked(valid, mask, score, gap, gap_kind, gap_pct)
 
 

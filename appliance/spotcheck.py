@@ -111,6 +111,27 @@ def verdict(diff_pct: float, match_pct: float, mismatch_pct: float) -> str:
     return "close"
 
 
+def compare_closes(sym: str, items, other: dict, factors, other_adjusted: bool, source: str,
+                   match_pct: float, mismatch_pct: float, unavailable: list) -> list[dict]:
+    """One symbol's sampled (session, stored close) pairs against the second
+    source's closes; sessions it has no close for go to ``unavailable``."""
+    out = []
+    for (d, close), f in zip(items, factors.tolist()):
+        o = other.get(d)
+        if o is None or not np.isfinite(o) or o == 0:
+            unavailable.append({"symbol": sym, "session": d.isoformat(),
+                                "reason": f"no close from {source} for this session"})
+            continue
+        stored_adj = close * f
+        other_adj = o if other_adjusted else o * f
+        diff = abs(stored_adj - other_adj) / abs(other_adj) * 100.0
+        out.append({"symbol": sym, "session": d.isoformat(), "stored_close": close,
+                    "stored_close_adjusted": round(stored_adj, 6),
+                    "other_close": round(other_adj, 6), "diff_pct": round(diff, 4),
+                    "verdict": verdict(diff, match_pct, mismatch_pct)})
+    return out
+
+
 def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed=None) -> dict:
     cfg = rt.config
     sc = cfg["spot_check"]
@@ -150,21 +171,8 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed
                                              bars.close.tolist())}
         sess = np.array([np.datetime64(d, "D") for d, _ in items], dtype="datetime64[D]")
         factors = quality.split_factors(sess, splits[sym])
-        for (d, close), f in zip(items, factors.tolist()):
-            o = other.get(d)
-            if o is None or not np.isfinite(o) or o == 0:
-                unavailable.append({"symbol": sym, "session": d.isoformat(),
-                                    "reason": f"no close from {source} for this session"})
-                continue
-            stored_adj = close * f
-            other_adj = o if other_adjusted else o * f
-            diff = abs(stored_adj - other_adj) / abs(other_adj) * 100.0
-            out_pairs.append({"symbol": sym, "session": d.isoformat(),
-                              "stored_close": close,
-                              "stored_close_adjusted": round(stored_adj, 6),
-                              "other_close": round(other_adj, 6),
-                              "diff_pct": round(diff, 4),
-                              "verdict": verdict(diff, match_pct, mismatch_pct)})
+        out_pairs.extend(compare_closes(sym, items, other, factors, other_adjusted, source,
+                                        match_pct, mismatch_pct, unavailable))
 
     if by_symbol and len(failed_symbols) == len(by_symbol):
         raise ProviderError(f"spot-check: every request to {source} failed "
