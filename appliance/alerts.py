@@ -25,13 +25,12 @@ import threading
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Callable
 
 import requests
 from psycopg.rows import dict_row
 
-from . import store
+from . import store, units
 
 log = logging.getLogger("appliance.alerts")
 
@@ -331,11 +330,8 @@ def rule_keys() -> list[str]:
 # --------------------------------------------------------------------------- measuring
 
 def disk_free(path: str, disk_usage=shutil.disk_usage) -> dict:
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
     try:
-        u = disk_usage(str(p))
+        u = units.disk_usage(path, disk_usage)
     except OSError as e:
         return {"path": path, "error": str(e)}
     return {"path": path, "free_pct": 100.0 * u.free / u.total if u.total else 0.0,

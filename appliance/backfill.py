@@ -142,7 +142,6 @@ def _fetch_grouped(provider, plan: Plan, report, stats) -> dict[str, list[Bars]]
 
 
 def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now) -> dict:
-    cal = cfg["calendar"]
     today = now.astimezone(ZoneInfo("America/New_York")).date()
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)

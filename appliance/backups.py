@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +51,7 @@ from psycopg.rows import dict_row
 
 from . import __version__, db, history, services, store
 from .errors import ApplianceError, BackupError, LockBusy
+from .units import disk_usage, human_bytes
 from .locks import BACKFILL_LOCK
 
 log = logging.getLogger("appliance.backups")
@@ -72,17 +72,6 @@ _MAX_IDENT = 63
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def human(n: float | int | None) -> str:
-    if n is None:
-        return "?"
-    n = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def db_name(url: str) -> str:
@@ -685,14 +674,6 @@ def register(conn, ref: BackupRef) -> int:
 
 # --------------------------------------------------------------------------- free space
 
-def disk_usage(path: Path):
-    """shutil.disk_usage of ``path`` or its nearest existing parent."""
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p)
-
-
 def estimate_archive_size(conn, cfg) -> tuple[int, str]:
     """Expected archive size and how it was estimated. With an earlier backup:
     its archive size scaled by the database's growth since, plus 25%; without
@@ -706,8 +687,8 @@ def estimate_archive_size(conn, cfg) -> tuple[int, str]:
            ORDER BY created_at DESC LIMIT 1""").fetchone()
     if row and row[1]:
         est = int(row[0] * max(1.0, dbsize / row[1]) * 1.25)
-        return est, f"last archive {human(row[0])} scaled by database growth + 25%"
-    return int(dbsize), f"database size {human(dbsize)} (no earlier backup)"
+        return est, f"last archive {human_bytes(row[0])} scaled by database growth + 25%"
+    return int(dbsize), f"database size {human_bytes(dbsize)} (no earlier backup)"
 
 
 def check_free_space(conn, cfg, bdir: Path) -> dict:
@@ -721,9 +702,9 @@ def check_free_space(conn, cfg, bdir: Path) -> dict:
             "estimate": how, "keep_free_bytes": keep, "needed_bytes": need}
     if du.free < need:
         raise BackupError(
-            f"not enough free space on {bdir}: {human(du.free)} free, {human(need)} needed "
-            f"(estimated archive {human(est)} from {how}, plus backup.min_free_pct {pct:g}% of "
-            f"{human(du.total)} kept free); nothing was written", permanent=True)
+            f"not enough free space on {bdir}: {human_bytes(du.free)} free, {human_bytes(need)} needed "
+            f"(estimated archive {human_bytes(est)} from {how}, plus backup.min_free_pct {pct:g}% of "
+            f"{human_bytes(du.total)} kept free); nothing was written", permanent=True)
     return info
 
 
@@ -811,8 +792,8 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
                                                    else ""))
         steps.start("check free space")
         space = check_free_space(lock_conn, cfg, bdir)
-        steps.ok("check free space", f"{human(space['free_bytes'])} free, "
-                                     f"{human(space['needed_bytes'])} needed")
+        steps.ok("check free space", f"{human_bytes(space['free_bytes'])} free, "
+                                     f"{human_bytes(space['needed_bytes'])} needed")
         res = _dump(rt, cfg, url, bdir, steps, lock_conn, space, t0, run_id)
         steps.start("retention")
         with rt.conn() as conn:
@@ -899,9 +880,9 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
                 else f"exit code {rc}"
             if "No space left" in err or "could not write" in err:
                 du = disk_usage(bdir)
-                why += f" (backup path full: {human(du.free)} free)"
+                why += f" (backup path full: {human_bytes(du.free)} free)"
             raise BackupError(f"pg_dump failed: {why}")
-        steps.ok("pg_dump", f"{human(tmp.stat().st_size)} in {dump_s:.1f} s")
+        steps.ok("pg_dump", f"{human_bytes(tmp.stat().st_size)} in {dump_s:.1f} s")
         steps.start("verify archive")
         _fsync_file(tmp)
         entries = list_archive(tools, tmp)
@@ -950,7 +931,7 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
             bid = upsert_backup(conn, filename=name, path=str(final), created_at=started,
                                 size_bytes=size, sha256=digest, manifest=manifest)
             store.add_event(conn, "info", "backup",
-                            f"backup {name} written: {human(size)}, "
+                            f"backup {name} written: {human_bytes(size)}, "
                             f"{counts['validation']['candles']} candles, "
                             f"{time.monotonic() - t0:.1f} s",
                             {"backup_id": bid, "filename": name, "size_bytes": size,
@@ -1121,7 +1102,9 @@ def restore_into(tools: Tools, url: str, dbname: str, archive: Path, jobs: int,
             c.execute("SELECT timescaledb_post_restore()")
     if rc != 0:
         first = _first_error(err)
-        if "end of file" in err or "unexpected end" in err:
+        # a cut-off archive shows as a short read, or (its table of contents
+        # intact, read with --jobs) as data blocks that are not there
+        if "end of file" in err or "unexpected end" in err or "could not find block ID" in err:
             raise CheckFailed("restore", f"archive truncated: pg_restore failed: {first}")
         raise CheckFailed("restore", f"pg_restore failed: {first}")
     return secs
@@ -1301,7 +1284,7 @@ def restore_plan_text(rt, backup) -> str:
     from .config import mask_url
     lines = [
         f"Restore of {ref.archive}",
-        f"  made {m.get('created_at')}, {human(m['archive'].get('size_bytes'))}, "
+        f"  made {m.get('created_at')}, {human_bytes(m['archive'].get('size_bytes'))}, "
         f"sha256 {m['archive'].get('sha256')}",
         f"  schema version {m.get('schema_version')}, appliance {m.get('appliance_version')}, "
         f"PostgreSQL {(m.get('postgres') or {}).get('server_version')}",

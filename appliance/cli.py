@@ -199,7 +199,7 @@ def backfill(ctx, symbols, start, end, enqueue):
         run_id = enq(rt, "backfill", params)
         click.echo(f"queued backfill run {run_id}")
         return
-    from .jobs import backfill as bf, runs
+    from .jobs import backfill as bf
     res = _run_with_progress(rt, "backfill", bf.run, params)
     click.echo(_summary_line(res))
     sys.exit(0 if res.get("status") == "ok" else 1)
@@ -398,13 +398,13 @@ def restore(ctx, backup, yes):
 def kept_databases(ctx, drop, yes):
     """List the databases a restore kept (NAME_old_…), or drop one of them,
     on the appliance's own PostgreSQL (embedded or external)."""
-    from . import backups as bk
+    from . import backups as bk, units
     rt = _runtime(ctx)
     try:
         kept = bk.kept_databases(rt)
         if drop is None:
             for name, size in kept:
-                click.echo(f"{name}  {bk.human(size)}")
+                click.echo(f"{name}  {units.human_bytes(size)}")
             if not kept:
                 click.echo("no kept databases")
             return

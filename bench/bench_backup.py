@@ -35,7 +35,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance import backups, db  # noqa: E402
+from appliance import backups, db, units  # noqa: E402
 from appliance import calendar as tcal  # noqa: E402
 
 SERVER = os.environ.get("APPLIANCE_BENCH_DATABASE_URL",
@@ -182,10 +182,10 @@ def main() -> int:
     print(f"server: PostgreSQL via {backups.db_name(url)} on {SERVER.split('@')[-1]}; "
           f"tools: {tools.version}; pg_restore --jobs={jobs}; {a.rounds} rounds, medians")
     print(f"candles: {n:,} ({a.symbols} symbols x {a.years} years), loaded with COPY in "
-          f"{load_s:.1f} s; database size {backups.human(dbsize)}")
-    print(f"backup job:        {med(bk):6.2f} s   archive {backups.human(size)} "
+          f"{load_s:.1f} s; database size {units.human_bytes(dbsize)}")
+    print(f"backup job:        {med(bk):6.2f} s   archive {units.human_bytes(size)} "
           f"({size / n:.1f} B/candle)")
-    print(f"bare pg_dump -Fc:  {med(bare_d):6.2f} s   archive {backups.human(bare_size)}")
+    print(f"bare pg_dump -Fc:  {med(bare_d):6.2f} s   archive {units.human_bytes(bare_size)}")
     print(f"  backup / bare pg_dump: {med(bk) / med(bare_d):.2f}x")
     runs_of = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     print(f"restore test:      {med(tests):6.2f} s   (runs: {runs_of(tests)})")

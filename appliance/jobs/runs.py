@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 import uuid
-from typing import Any, Callable
+from typing import Callable
 
 from psycopg.rows import dict_row
 

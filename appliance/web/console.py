@@ -38,7 +38,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
 from .. import health as health_mod
-from .. import store
+from .. import store, units
 from ..config import SYMBOL_RE, diff_configs, load_config
 from ..errors import ConfigError
 from .api import MAX_ID
@@ -218,14 +218,7 @@ def f_duration(s) -> str:
 
 
 def f_bytes(n) -> str:
-    if n is None:
-        return "—"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    return units.human_bytes(n, missing="—")
 
 
 def f_num(n, digits: int = 0) -> str:
@@ -649,9 +642,7 @@ def _disk(path) -> dict | None:
     """Free space where backups go (the nearest existing parent when the
     folder is not created yet)."""
     from pathlib import Path
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
+    p = units.nearest_existing(path)
     try:
         u = shutil.disk_usage(p)
     except OSError as e:

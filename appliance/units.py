@@ -1,0 +1,32 @@
+"""Units shown to people, and the disk a path lives on: one home each, so an
+archive's size reads the same in events, the CLI and the console."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def human_bytes(n: float | int | None, missing: str = "?") -> str:
+    """IEC units (1 KiB = 1024 B): ``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
+    if n is None:
+        return missing
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def nearest_existing(path: str | Path) -> Path:
+    """``path``, or its nearest parent that exists (a backup folder that is
+    not created yet still has a disk)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def disk_usage(path: str | Path, usage=shutil.disk_usage):
+    """``shutil.disk_usage`` of the disk ``path`` is (or will be) on."""
+    return usage(str(nearest_existing(path)))
