@@ -18,6 +18,7 @@ from typing import Any, Callable
 from psycopg.rows import dict_row
 
 from .. import store
+from ..config import redact, redact_obj
 from ..errors import ApplianceError
 
 log = logging.getLogger("appliance.jobs")
@@ -62,7 +63,8 @@ def finish(conn, run_id: int, status: str, result: dict | None = None,
     conn.execute(
         """UPDATE job_runs SET status = %s, result = %s, error = %s, finished_at = now(),
            heartbeat_at = now() WHERE id = %s""",
-        (status, json.dumps(result or {}, default=str), error, run_id))
+        (status, json.dumps(redact_obj(json.loads(json.dumps(result or {}, default=str)))),
+         redact(error), run_id))
 
 
 def get(conn, run_id: int) -> dict | None:
