@@ -381,7 +381,7 @@ def mask_url(url: str) -> str:
 #: candidate): ``redact`` removes them from any text before it is stored or shown.
 _known_secrets: set[str] = set()
 _URL_USERINFO_RE = re.compile(r"([a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s@/]+@", re.I)
-_BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+_BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{12,}", re.I)
 
 
 def remember_secrets(cfg: "Config") -> None:
