@@ -657,6 +657,11 @@ def _semantic_checks(d: dict, ctx: _Ctx, base: Path) -> None:
     absolutize(d, "data_dir", ("data_dir",))
     absolutize(d["backup"], "path", ("backup", "path"))
     absolutize(d["provider"]["csv"], "path", ("provider", "csv", "path"))
+    if d["alerts"]["email"]["ca_file"]:
+        absolutize(d["alerts"]["email"], "ca_file", ("alerts", "email", "ca_file"))
+        if not Path(d["alerts"]["email"]["ca_file"]).is_file():
+            ctx.err(("alerts", "email", "ca_file"), f"{d['alerts']['email']['ca_file']} is not a "
+                                                    f"file (a PEM file of the CA)")
 
 
 def salvage_connection_settings(path, env: Mapping[str, str] | None = None) -> Config:
