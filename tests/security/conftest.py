@@ -44,9 +44,9 @@ def served(config_factory, tmp_path):
             if p.poll() is not None:
                 raise AssertionError((tmp_path / f"serve-{port}.log").read_text())
             try:
-                requests.get(base + "/health", timeout=2)
+                requests.get(base + "/health", timeout=10)
                 return base, cfg
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still starting
                 time.sleep(0.2)
         raise AssertionError("appliance serve did not answer")
 
