@@ -207,3 +207,45 @@ def test_check_config_refuses_short_tokens_and_names_the_key(config_factory):
     assert "short-admin-token" not in res.output and "tiny" not in res.output
     ok = config_factory(server=secured(read_token=READ_TOKEN))
     assert CliRunner().invoke(main, ["check-config", str(ok)]).exit_code == 0
+
+
+# --------------------------------------------------------------------------- 10: cookies
+
+def test_secure_cookies_mark_the_cookie_secure_and_send_hsts_over_tls(config_factory):
+    app, rt = app_for(config_factory(server=secured(secure_cookies=True,
+                                                    trusted_proxy_hops=1)))
+    try:
+        c = app.test_client()
+        https = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+        r = c.get("/login", headers=https)
+        assert "max-age=" in r.headers.get("Strict-Transport-Security", "")
+        cookie = r.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert "Strict-Transport-Security" not in c.get("/login").headers  # plain HTTP
+    finally:
+        rt.close()
+    app, rt = app_for(config_factory(server=secured()))
+    try:
+        r = app.test_client().get("/login")
+        assert "Secure" not in r.headers["Set-Cookie"]
+        assert "Strict-Transport-Security" not in r.headers
+    finally:
+        rt.close()
+
+
+def test_behind_a_proxy_the_lockout_is_per_client_not_per_proxy(config_factory):
+    app, rt = app_for(config_factory(server=secured(trusted_proxy_hops=1,
+                                                    auth_max_failures=3)))
+    try:
+        c = app.test_client()
+        bad = {"Authorization": "Bearer wrong-token-wrong-token"}
+        for _ in range(3):
+            c.get("/api/v1/symbols", headers={**bad, "X-Forwarded-For": "203.0.113.7"})
+        r = c.get("/api/v1/symbols", headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                              "X-Forwarded-For": "203.0.113.7"})
+        assert r.status_code == 429
+        r = c.get("/api/v1/symbols", headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                              "X-Forwarded-For": "198.51.100.9"})
+        assert r.status_code == 200
+    finally:
+        rt.close()
