@@ -201,13 +201,13 @@ class Runtime:
 CONFIG_KEY_FILE = "config.key"
 
 
-def secure_dir(path: str | os.PathLike) -> Path:
-    """``path`` created if needed and made 0700, whatever the umask."""
+def secure_dir(path: str | os.PathLike, mode: int = 0o700) -> Path:
+    """``path`` created if needed and made ``mode`` (0700), whatever the umask."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    if p.stat().st_mode & 0o777 != 0o700:
+    if p.stat().st_mode & 0o777 != mode:
         try:
-            p.chmod(0o700)
+            p.chmod(mode)
         except PermissionError:  # not ours (a shared mount): leave it as the operator made it
             log.warning("%s is not ours to chmod; it should be mode 0700", p)
     return p
@@ -223,7 +223,8 @@ def local_secret(data_dir: str | os.PathLike, name: str, make) -> str:
             return value
     except FileNotFoundError:
         pass
-    secure_dir(path.parent)
+    if not path.parent.exists():
+        secure_dir(path.parent)  # an existing data_dir keeps the mode resolve() gave it
     # written whole, then linked into place: a process racing us reads either
     # nothing or the complete secret, and the first link wins
     tmp = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")

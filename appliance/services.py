@@ -58,9 +58,12 @@ def resolve(cfg, *, start: bool = True) -> Endpoints:
     db_url = cfg["database"]["url"]
     rd_url = cfg["redis"]["url"]
     data_dir = Path(cfg["data_dir"])
-    from .runtime import secure_dir
-    secure_dir(data_dir)  # secrets, the embedded servers' files: 0700 whatever the umask
     emb_pg = not db_url
+    from .runtime import secure_dir
+    # secrets, the embedded servers' files: 0700 whatever the umask. As root,
+    # pgserver runs PostgreSQL as its own user, which must pass through
+    # data_dir to reach data_dir/pg (itself 0700): traverse only, no listing.
+    secure_dir(data_dir, 0o711 if emb_pg and os.geteuid() == 0 else 0o700)
     emb_rd = not rd_url
     if emb_pg:
         db_url = embedded_postgres(data_dir, start=start)
