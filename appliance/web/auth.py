@@ -51,6 +51,10 @@ K_KEYSTATS = "appliance:apikeys:stats"
 K_KEYRATE = "appliance:apikeys:rate:{}:{}"
 
 READ, ADMIN, METRICS = "read", "admin", "metrics"
+#: after a Redis error, auth skips Redis for this long (like the runtime's
+#: config check): an unreachable or hung Redis must not add its timeout to
+#: every authenticated request; limits and counts pause meanwhile
+REDIS_DOWN_BACKOFF_S = 10.0
 #: endpoints anyone may reach: liveness for load balancers, the login itself
 #: and the static assets (CSS, JS, no data)
 OPEN_ENDPOINTS = {"api.health", "static", "console.login", "console.logout"}
@@ -70,6 +74,18 @@ class Principal:
 
 def _rt():
     return current_app.config["RUNTIME"]
+
+
+def _redis():
+    """The Redis client, or None while a recent error says it is down."""
+    rt = _rt()
+    return None if time.monotonic() < getattr(rt, "auth_redis_down_until", 0.0) else rt.redis
+
+
+def _redis_failed(e: Exception, what: str) -> None:
+    _rt().auth_redis_down_until = time.monotonic() + REDIS_DOWN_BACKOFF_S
+    log.warning("auth: %s unavailable (Redis: %s); not limited for %.0f s", what, e,
+                REDIS_DOWN_BACKOFF_S)
 
 
 def _server() -> dict:
@@ -165,10 +181,13 @@ def client_addr() -> str:
 
 def locked_for(addr: str) -> int:
     """Seconds left of ``addr``'s lockout (0: not locked)."""
+    r = _redis()
+    if r is None:
+        return 0
     try:
-        ttl = _rt().redis.ttl(K_LOCK.format(addr))
+        ttl = r.ttl(K_LOCK.format(addr))
     except redis.RedisError as e:  # no Redis: no limiting, rather than no service
-        log.warning("auth: lockout state unavailable: %s", e)
+        _redis_failed(e, "lockout state")
         return 0
     return max(int(ttl), 0) if ttl and ttl > 0 else 0
 
@@ -177,8 +196,11 @@ def record_failure(addr: str, kind: str, what: str) -> None:
     """One failed login or wrong token from ``addr``; locks it out at the limit.
     Recorded as an event and counted (appliance_auth_failures_total)."""
     s = _server()
-    r = _rt().redis
+    r = _redis()
+    n, locked = 0, False
     try:
+        if r is None:
+            raise redis.ConnectionError("recently unreachable")
         pipe = r.pipeline()
         # the window starts at the first failure (SET NX EX; EXPIRE NX needs Redis 7)
         pipe.set(K_FAIL.format(addr), 0, ex=int(s["auth_failure_window_seconds"]), nx=True)
@@ -192,14 +214,14 @@ def record_failure(addr: str, kind: str, what: str) -> None:
             if locked:
                 r.hincrby(K_COUNTS, "lockouts", 1)
     except redis.RedisError as e:
-        log.warning("auth: cannot count a failure from %s: %s", addr, e)
-        return
+        if r is not None:
+            _redis_failed(e, "failure counting")
     log.warning("auth: %s refused from %s (%d within %d s)%s", what, addr, n,
                 s["auth_failure_window_seconds"],
                 "; locked out" if locked else "")
     try:
         from .. import store
-        with _rt().conn() as conn:
+        with _rt().pool.connection(timeout=1) as conn:  # a database outage: no wait
             store.add_event(conn, "warning", "auth",
                             f"{what} refused from {addr} ({n} failure(s) within "
                             f"{s['auth_failure_window_seconds']} s)",
@@ -213,10 +235,12 @@ def record_failure(addr: str, kind: str, what: str) -> None:
 
 
 def count_refusal(kind: str) -> None:
+    r = _redis()
     try:
-        _rt().redis.hincrby(K_COUNTS, f"locked_refusals:{kind}", 1)
-    except redis.RedisError:
-        pass
+        if r is not None:
+            r.hincrby(K_COUNTS, f"locked_refusals:{kind}", 1)
+    except redis.RedisError as e:
+        _redis_failed(e, "refusal counting")
 
 
 def _locked_response(seconds: int):
@@ -230,8 +254,10 @@ def _locked_response(seconds: int):
 
 def _count_key_use(p: Principal):
     """Counts a request made with a per-client key; a 429 past its rate."""
-    r = _rt().redis
+    r = _redis()
     now = time.time()
+    if r is None:
+        return None
     try:
         over = False
         if p.requests_per_minute:
@@ -245,7 +271,7 @@ def _count_key_use(p: Principal):
         pipe.hset(K_KEYSTATS, f"{p.name}:last_used", f"{now:.3f}")
         pipe.execute()
     except redis.RedisError as e:
-        log.warning("api key %s: usage not counted: %s", p.name, e)
+        _redis_failed(e, f"api key {p.name} counting")
         return None
     if over:
         wait = max(1, int(60 - now % 60))

@@ -249,3 +249,19 @@ def test_behind_a_proxy_the_lockout_is_per_client_not_per_proxy(config_factory):
         assert r.status_code == 200
     finally:
         rt.close()
+
+
+def test_an_unreachable_redis_costs_logins_not_service(config_factory):
+    """Sessions and limits live in Redis; without it reads still answer."""
+    app, rt = app_for(config_factory(server=secured(read_token=READ_TOKEN)))
+    try:
+        c = app.test_client()
+        rt._redis = redis.Redis(unix_socket_path="/nonexistent/redis.sock",  # noqa: SLF001
+                                socket_connect_timeout=0.2, socket_timeout=0.2)
+        h = {"Authorization": f"Bearer {READ_TOKEN}"}
+        assert c.get("/api/v1/symbols", headers=h).status_code == 200
+        assert c.get("/api/v1/symbols", headers={"Authorization": "Bearer wrong-wrong"}) \
+            .status_code == 401
+        assert c.get("/symbols").status_code == 302  # no session store: not logged in
+    finally:
+        rt.close()
