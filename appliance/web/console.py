@@ -6,9 +6,10 @@ table in place, buttons swap their result in. A request with ``HX-Request``
 and the page's ``HX-Target`` gets the partial alone, any other request the
 full page (which includes the same partial).
 
-Reading needs no login unless ``server.login_for_read`` is true. Everything
+Reading needs no login unless ``server.login_for_read`` is true or
+``server.read_token`` is set (checked app-wide by ``auth.gate``). Everything
 that changes something is a POST that needs an admin login (a form checking
-``server.admin_token``, Flask's signed session cookie) and the session's CSRF
+``server.admin_token``, a server-side session, see ``sessions.py``) and the session's CSRF
 token (form field ``csrf_token`` or header ``X-CSRFToken``, which htmx sends
 from ``hx-headers`` on <body>). Values are escaped by Jinja's autoescape;
 secrets come only from ``Config.masked()``.
