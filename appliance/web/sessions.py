@@ -29,6 +29,7 @@ log = logging.getLogger("appliance.sessions")
 
 PREFIX = "appliance:session:"
 CREATED = "_created"
+ANONYMOUS_TTL_S = 900
 
 
 class ServerSession(SecureCookieSession):
@@ -89,6 +90,10 @@ class RedisSessionInterface(SessionInterface):
         if session.accessed:
             response.vary.add("Cookie")
         idle, _max_age = self._limits()
+        if not session.get("fp"):
+            # no login in it (a login form's CSRF token): kept briefly, so that
+            # anonymous visitors cannot fill Redis
+            idle = min(idle, ANONYMOUS_TTL_S)
         r = self.rt.redis
         try:
             if not session:
