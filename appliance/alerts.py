@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import smtplib
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -597,7 +598,7 @@ def _notify(rt, event: str, row: dict) -> None:
             msg.set_content(json.dumps(body, indent=2, default=str))
             with smtplib.SMTP(em["smtp_host"], em["smtp_port"], timeout=10) as s:
                 if em["starttls"]:
-                    s.starttls()
+                    s.starttls(context=smtp_tls_context(em))
                 if em["username"]:
                     s.login(em["username"], em["password"])
                 s.send_message(msg)
@@ -605,11 +606,36 @@ def _notify(rt, event: str, row: dict) -> None:
             _notifier_failed(rt, "email", e)
 
 
+def smtp_tls_context(em) -> ssl.SSLContext:
+    """STARTTLS verifies the server's certificate and name: against the system's
+    CAs, or ``alerts.email.ca_file`` for a private CA. ``verify_tls: false``
+    (a lab server only) turns the check off."""
+    ctx = ssl.create_default_context(cafile=em.get("ca_file") or None)
+    if not em.get("verify_tls", True):
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _failure_text(which: str, e: Exception) -> str:
+    """What went wrong, without the exception's text: a webhook's URL (the
+    credential) and an SMTP server's replies must not reach the events."""
+    detail = e.__class__.__name__
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status is not None:
+        detail += f" (HTTP {status})"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        detail += f" ({e.verify_message})"
+    elif isinstance(e, smtplib.SMTPResponseException):
+        detail += f" (SMTP {e.smtp_code})"
+    return f"{which} notification failed: {detail}"
+
+
 def _notifier_failed(rt, which: str, e: Exception) -> None:
-    log.warning("alert %s notification failed: %s", which, e)
+    text = _failure_text(which, e)
+    log.warning("alert %s", text)
     try:
         with rt.conn() as conn:
-            store.add_event(conn, "warning", "alert", f"{which} notification failed: "
-                                                      f"{e.__class__.__name__}: {e}"[:500])
+            store.add_event(conn, "warning", "alert", text[:500])
     except Exception:  # noqa: BLE001
         pass

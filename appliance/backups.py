@@ -514,6 +514,19 @@ def read_manifest(path: Path) -> dict:
     return m
 
 
+def manifest_archive(mpath: Path, m: dict) -> Path:
+    """The archive a manifest describes: its ``filename`` must be a name of the
+    appliance's own pattern (``market_data_YYYYMMDD_HHMMSS.dump``), in the
+    manifest's folder. Anything else (a path, ``..``, another name) could make
+    retention or a restore touch a file outside backup.path: BackupError."""
+    fn = m.get("filename", mpath.with_suffix(".dump").name)
+    if not isinstance(fn, str) or not NAME_RE.fullmatch(fn):
+        raise BackupError(f"manifest {mpath.name} names the archive {str(fn)[:80]!r}, which is "
+                          f"not a backup archive name (market_data_YYYYMMDD_HHMMSS.dump in "
+                          f"the manifest's folder); ignored")
+    return mpath.parent / fn
+
+
 def disk_manifests(bdir: Path) -> list[tuple[Path, Path, dict]]:
     """(archive, manifest path, manifest) for every readable manifest, newest first."""
     out = []
@@ -523,10 +536,11 @@ def disk_manifests(bdir: Path) -> list[tuple[Path, Path, dict]]:
         if MANIFEST_RE.match(p.name):
             try:
                 m = read_manifest(p)
+                archive = manifest_archive(p, m)
             except BackupError as e:
                 log.warning("%s", e)
                 continue
-            out.append((bdir / m.get("filename", p.with_suffix(".dump").name), p, m))
+            out.append((archive, p, m))
     return out
 
 
@@ -648,7 +662,7 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
         if p.suffix == ".json":
             mp = p
             m = read_manifest(mp)
-            a = p.parent / m.get("filename", p.with_suffix(".dump").name)
+            a = manifest_archive(mp, m)
         else:
             a, mp = p, manifest_path_for(p)
             m = read_manifest(mp)
@@ -721,9 +735,14 @@ def check_backup_path(cfg) -> Path:
                 f"the backup drive mounted? Nothing was written.", permanent=True)
     else:
         try:
-            bdir.mkdir(parents=True, exist_ok=True)
+            bdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise BackupError(f"cannot create backup.path {bdir}: {e}", permanent=True) from None
+    try:  # backups hold every secret the database holds: 0700, whatever the umask
+        if bdir.stat().st_mode & 0o777 != 0o700:
+            bdir.chmod(0o700)
+    except OSError as e:
+        log.warning("cannot make backup.path %s mode 0700: %s", bdir, e)
     if not os.access(bdir, os.W_OK | os.X_OK):
         raise BackupError(f"backup.path {bdir} is not writable by this user", permanent=True)
     return bdir
@@ -856,7 +875,8 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
         proc = subprocess.Popen(
             [tools("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
              f"--file={tmp}", f"--dbname={target}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=errf, preexec_fn=_die_with_parent)
+            env=env, stdout=subprocess.DEVNULL, stderr=errf, preexec_fn=_die_with_parent,
+            umask=0o077)  # the archive is 0600 whatever the umask
         steps.start("count rows")
         counts = snapshot_counts(snap_conn)
         info = snap_conn.execute(
@@ -918,8 +938,11 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
             "job_run_id": run_id,
             "restore_tests": [],
         }
+        os.chmod(tmp, 0o600)
         os.rename(tmp, final)
-        with open(mtmp, "w", encoding="utf-8") as f:
+        with os.fdopen(os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                       encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
             json.dump(manifest, f, indent=2, sort_keys=True, default=str)
             f.flush()
             os.fsync(f.fileno())
@@ -980,11 +1003,19 @@ def apply_retention(conn, cfg) -> list[str]:
            ORDER BY created_at DESC, id DESC""").fetchall()
     newest_passed = next((r[0] for r in rows if r[3] == "passed"), None)
     deleted = []
+    bdir = backup_dir(cfg)
     for i, (bid, fn, path, _rts) in enumerate(rows):
         if i < keep_n or bid == newest_passed:
             continue
         a = Path(path)
-        for p in (manifest_path_for(a), a):  # the manifest first: no orphan manifest stays
+        if a.parent != bdir or not NAME_RE.fullmatch(a.name):
+            # only the appliance's own archives in backup.path are ever unlinked
+            log.warning("retention: catalogue row %s points at %s, outside %s or not a backup "
+                        "archive name; its files are left alone", bid, a, bdir)
+            files = ()
+        else:
+            files = (manifest_path_for(a), a)
+        for p in files:  # the manifest first: no orphan manifest stays
             try:
                 p.unlink()
             except FileNotFoundError:

@@ -105,6 +105,13 @@ def check_config(ctx, path, show_diff):
             click.echo(line)
         click.echo(f"FAILED: {p}: {len(e.errors)} error(s)", err=True)
         sys.exit(1)
+    from .config import short_tokens
+    weak = short_tokens(cfg)
+    if weak:
+        for line in weak:
+            click.echo(line)
+        click.echo(f"FAILED: {p}: {len(weak)} error(s)", err=True)
+        sys.exit(1)
     syms = cfg.symbols
     click.echo(f"SUCCESS: {p} is valid: {len(syms)} symbols, provider {cfg['provider']['name']}, "
                f"{len(cfg['schedules'])} schedules, sha256 {cfg.sha256[:12]} "
@@ -120,6 +127,37 @@ def check_config(ctx, path, show_diff):
             click.echo(f"(no running config to compare with: {e})")
             return
         click.echo(json.dumps(diff_configs(running, cfg), indent=2, default=str))
+
+
+@main.group("api-key")
+def api_key():
+    """Per-client API keys (server.api_keys in appliance.yaml)."""
+
+
+@api_key.command("new")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "admin"]),
+              default=("read",), show_default=True, help="repeat for several scopes")
+@click.option("--requests-per-minute", type=click.IntRange(1, 1_000_000), default=None,
+              help="refuse this key's requests above this rate (429)")
+def api_key_new(name, scopes, requests_per_minute):
+    """Make a key for client NAME: prints the key once, and the YAML lines to
+    paste under server.api_keys (only its sha256 is kept in the file)."""
+    import hashlib
+    import re
+    import secrets
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        _fail("NAME: letters, digits, '.', '_' or '-' (at most 64), starting with a letter "
+              "or digit", 2)
+    key = "mda_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    entry = f'    - {{name: {name}, sha256: "{digest}", scopes: [{", ".join(scopes)}]'
+    if requests_per_minute:
+        entry += f", requests_per_minute: {requests_per_minute}"
+    entry += "}"
+    click.echo(f"API key for {name} (shown only now; give it to the client):\n\n  {key}\n")
+    click.echo("Paste under server.api_keys in appliance.yaml, then run 'appliance reload':\n")
+    click.echo("server:\n  api_keys:\n" + entry)
 
 
 @main.command()

@@ -37,8 +37,12 @@ SCHEMA_PATH = Path(__file__).with_name("appliance.schema.json")
 SECRET_PATHS = {
     ("server", "admin_token"), ("server", "read_token"), ("server", "secret_key"),
     ("provider", "polygon", "api_key"), ("provider", "tiingo", "api_key"),
-    ("alerts", "email", "password"),
+    ("alerts", "email", "password"), ("alerts", "webhook", "url"), ("server", "metrics_token"),
 }
+#: Tokens that guard the appliance: ``check-config`` refuses shorter ones.
+TOKEN_PATHS = (("server", "admin_token"), ("server", "read_token"), ("server", "metrics_token"))
+MIN_TOKEN_LENGTH = 24
+MASK = "********"
 #: Keys a reload cannot change: the processes would have to be restarted.
 RESTART_KEYS = [("database", "url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
                 ("server", "workers"), ("server", "threads"), ("server", "worker_class")]
@@ -50,7 +54,10 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": "./var",
     "server": {"bind": "127.0.0.1:8000", "workers": 2, "threads": 4, "worker_class": "gevent", "admin_token": "",
                "read_token": "", "login_for_read": False, "secret_key": "",
-               "max_request_bytes": 1024 * 1024},
+               "max_request_bytes": 1024 * 1024, "metrics_token": "",
+               "session_idle_minutes": 60, "session_max_hours": 12, "secure_cookies": False,
+               "trusted_proxy_hops": 0, "auth_max_failures": 20,
+               "auth_failure_window_seconds": 60, "auth_lockout_seconds": 300, "api_keys": []},
     "provider": {
         "name": "demo",
         "polygon": {"api_key": "", "base_url": "https://api.polygon.io", "requests_per_minute": 5,
@@ -82,7 +89,8 @@ DEFAULTS: dict[str, Any] = {
                "job_failures_max": 3, "rate_limited_max_per_hour": 20, "for_seconds": {},
                "webhook": {"url": "", "timeout_seconds": 5},
                "email": {"smtp_host": "", "smtp_port": 587, "starttls": True, "username": "",
-                         "password": "", "from": "", "to": []}},
+                         "password": "", "from": "", "to": [], "ca_file": "",
+                         "verify_tls": True}},
     "quality": {"gap_threshold_pct": 20, "split_tolerance_pct": 2,
                 "grid": {"green": 0.95, "yellow": 0.85}},
     "spot_check": {"source": "yahoo", "samples": 20, "match_pct": 0.2, "mismatch_pct": 1},
@@ -293,16 +301,127 @@ class Config:
                 if cur is None:
                     break
             if isinstance(cur, dict) and cur.get(p[-1]):
-                cur[p[-1]] = "********"
+                cur[p[-1]] = mask_webhook(cur[p[-1]]) if p[-1] == "url" else MASK
         for sect in ("database", "redis"):
             if d.get(sect, {}).get("url"):
                 d[sect]["url"] = mask_url(d[sect]["url"])
+        for k in d.get("server", {}).get("api_keys") or []:
+            if isinstance(k, dict) and k.get("sha256"):
+                k["sha256"] = k["sha256"][:8] + "…"
         return d
+
+    def secret_values(self) -> list[str]:
+        """Every secret this config holds, as text that must never be shown."""
+        out = []
+        for p in SECRET_PATHS:
+            v = self.get(".".join(p))
+            if isinstance(v, str) and v:
+                out.append(v)
+                if p[-1] == "url":  # a webhook's path is the credential (Slack, Teams)
+                    path = re.sub(r"^[a-z][a-z0-9+.-]*://[^/]*", "", v, flags=re.I)
+                    if len(path) > 1:
+                        out.append(path)
+        for sect in ("database", "redis"):
+            out.extend(url_passwords(self[sect]["url"]))
+        return out
+
+
+def mask_webhook(url: str) -> str:
+    """``https://hooks.example/services/T0/B0/xyz`` -> ``https://hooks.example/********``:
+    the host says where notifications go, the path is the credential."""
+    m = re.match(r"^([a-z][a-z0-9+.-]*://[^/?#@]*)", url, flags=re.I)
+    return (m.group(1) + "/" if m else "") + MASK
+
+
+_QUERY_SECRET_RE = re.compile(r"([?&](?:password|pass|pwd|sslpassword|sslkey_password)=)[^&#]*",
+                              re.I)
+
+
+def _split_userinfo(url: str) -> tuple[str, str, str] | None:
+    """(scheme://, userinfo, rest) of a URL with credentials, else None. The
+    userinfo ends at the last ``@`` before the query, so a password holding
+    an unencoded ``@`` is still all in it."""
+    m = re.match(r"^([a-z][a-z0-9+.-]*://)(.*)$", url, flags=re.I | re.S)
+    if not m:
+        return None
+    head, rest = m.groups()
+    at = rest.split("?", 1)[0].rfind("@")
+    if at < 0:
+        return None
+    return head, rest[:at], rest[at:]
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords a database or Redis URL carries (userinfo and ``?password=``)."""
+    out = []
+    parts = _split_userinfo(url or "")
+    if parts and ":" in parts[1]:
+        out.append(parts[1].split(":", 1)[1])
+    out.extend(m.group(0).split("=", 1)[1] for m in _QUERY_SECRET_RE.finditer(url or ""))
+    return [p for p in out if p and p != MASK]
 
 
 def mask_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:********@host/db``."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1********@", url)
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:********@host/db``;
+    ``?password=secret`` is masked too, and a password holding ``@``."""
+    parts = _split_userinfo(url)
+    if parts:
+        head, userinfo, rest = parts
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
+        url = head + userinfo + rest
+    return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, url)
+
+
+# --------------------------------------------------------------------------- redaction
+
+#: Secrets of every config loaded in this process (the running one and any
+#: candidate): ``redact`` removes them from any text before it is stored or shown.
+_known_secrets: set[str] = set()
+_URL_USERINFO_RE = re.compile(r"([a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s@/]+@", re.I)
+_BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{12,}", re.I)
+
+
+def remember_secrets(cfg: "Config") -> None:
+    for v in cfg.secret_values():
+        if len(v) >= 4:  # shorter ones would mangle ordinary words
+            _known_secrets.add(v)
+
+
+def redact(text):
+    """``text`` with every known secret, URL password and Bearer token replaced
+    by ``********``. Used on every message before it is stored (events, job
+    run errors, reload history) or logged."""
+    if not isinstance(text, str) or not text:
+        return text
+    for v in sorted(_known_secrets, key=len, reverse=True):
+        if v in text:
+            text = text.replace(v, MASK)
+    text = _URL_USERINFO_RE.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, text)
+    return _BEARER_RE.sub(lambda m: m.group(1) + MASK, text)
+
+
+def redact_obj(v):
+    """``redact`` applied to every string in a JSON-like value."""
+    if isinstance(v, str):
+        return redact(v)
+    if isinstance(v, Mapping):
+        return {k: redact_obj(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [redact_obj(x) for x in v]
+    return v
+
+
+def short_tokens(cfg: "Config") -> list[str]:
+    """``check-config``'s refusals of guessable tokens (the value is never shown)."""
+    out = []
+    for p in TOKEN_PATHS:
+        v = cfg.get(".".join(p)) or ""
+        if v and len(v) < MIN_TOKEN_LENGTH:
+            out.append(f"{cfg.path}: at {json_path(p)}: the token is {len(v)} characters; at least "
+                       f"{MIN_TOKEN_LENGTH} are required (e.g. openssl rand -hex 32)")
+    return out
 
 
 # --------------------------------------------------------------------------- loading
@@ -381,8 +500,10 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
     if not ctx.errors:
         _semantic_checks(merged, ctx, base=p.resolve().parent)
     if ctx.errors:
-        raise ConfigError(ctx.errors)
-    return Config(merged, path=p.resolve(), text=src)
+        raise ConfigError([redact(e) for e in ctx.errors])
+    cfg = Config(merged, path=p.resolve(), text=src)
+    remember_secrets(cfg)
+    return cfg
 
 
 _validator: Draft202012Validator | None = None
@@ -425,7 +546,18 @@ def _validate_schema(data: dict, ctx: _Ctx) -> None:
                 ctx.err(path, f"expected a symbol string or {{symbol, since}}, got "
                               f"{type(val).__name__}")
             continue
+        if _is_secret_path(path):
+            # jsonschema quotes the value ("123456 is not of type 'string'"); a
+            # secret's value is never repeated
+            ctx.err(path, f"invalid value (not shown: it is a secret): expected "
+                          f"{e.validator_value if e.validator == 'type' else 'a valid ' + e.validator}")
+            continue
         ctx.err(path, _friendly(e))
+
+
+def _is_secret_path(path: tuple) -> bool:
+    return any(tuple(path[:len(p)]) == p for p in SECRET_PATHS) or \
+        (len(path) >= 4 and path[:2] == ("server", "api_keys") and path[3] == "sha256")
 
 
 _PATTERN_HINTS = {
@@ -523,6 +655,11 @@ def _semantic_checks(d: dict, ctx: _Ctx, base: Path) -> None:
     absolutize(d, "data_dir", ("data_dir",))
     absolutize(d["backup"], "path", ("backup", "path"))
     absolutize(d["provider"]["csv"], "path", ("provider", "csv", "path"))
+    if d["alerts"]["email"]["ca_file"]:
+        absolutize(d["alerts"]["email"], "ca_file", ("alerts", "email", "ca_file"))
+        if not Path(d["alerts"]["email"]["ca_file"]).is_file():
+            ctx.err(("alerts", "email", "ca_file"), f"{d['alerts']['email']['ca_file']} is not a "
+                                                    f"file (a PEM file of the CA)")
 
 
 def salvage_connection_settings(path, env: Mapping[str, str] | None = None) -> Config:

@@ -2,7 +2,9 @@
 are, a PostgreSQL pool and a Redis client.
 
 The running config is shared by every process through Redis: a successful
-reload stores the accepted file text under ``appliance:config:text`` and bumps
+reload stores the accepted file text, sealed (encrypted with a key kept in
+``data_dir``, 0600, so that the secrets it may hold are not in clear in Redis
+or its dump file), under ``appliance:config:sealed`` and bumps
 ``appliance:config:version``. Each process compares that version with its own
 at most once a second (``config`` property) and swaps in the new config when
 it changed; a job that is already running keeps the config it started with.
@@ -24,7 +26,8 @@ from .errors import ConfigError
 
 log = logging.getLogger("appliance.runtime")
 
-K_CONFIG_TEXT = "appliance:config:text"
+K_CONFIG_TEXT = "appliance:config:text"  # older versions: the text in clear; removed on publish
+K_CONFIG_SEALED = "appliance:config:sealed"
 K_CONFIG_SHA = "appliance:config:sha"
 K_CONFIG_PATH = "appliance:config:path"
 K_CONFIG_VERSION = "appliance:config:version"
@@ -137,8 +140,16 @@ class Runtime:
         v = int(v)
         if v == self._config_version and not force:
             return
-        text, path = r.mget(K_CONFIG_TEXT, K_CONFIG_PATH)
-        if text is None or path is None or Path(path.decode()) != self._config.path:
+        sealed, path = r.mget(K_CONFIG_SEALED, K_CONFIG_PATH)
+        if sealed is None or path is None or Path(path.decode()) != self._config.path:
+            self._config_version = v
+            return
+        try:
+            text = self._fernet().decrypt(sealed).decode("utf-8")
+        except Exception as e:  # noqa: BLE001 - another data_dir's key: keep our config
+            log.error("the running config in Redis cannot be unsealed with %s (%s); keeping "
+                      "the config as read", self._config.data_dir / CONFIG_KEY_FILE,
+                      e.__class__.__name__)
             self._config_version = v
             return
         with self._lock:
@@ -155,8 +166,10 @@ class Runtime:
 
     def publish_config(self, cfg: Config) -> int:
         """Make ``cfg`` the running config of every process; returns the new version."""
+        sealed = self._fernet().encrypt(cfg.text.encode("utf-8"))
         pipe = self.redis.pipeline()
-        pipe.set(K_CONFIG_TEXT, cfg.text)
+        pipe.set(K_CONFIG_SEALED, sealed)
+        pipe.delete(K_CONFIG_TEXT)
         pipe.set(K_CONFIG_SHA, cfg.sha256)
         pipe.set(K_CONFIG_PATH, str(cfg.path))
         pipe.incr(K_CONFIG_VERSION)
@@ -165,6 +178,11 @@ class Runtime:
             self._config = cfg
             self._config_version = int(v)
         return int(v)
+
+    def _fernet(self):
+        from cryptography.fernet import Fernet
+        return Fernet(local_secret(self._config.data_dir, CONFIG_KEY_FILE,
+                                   lambda: Fernet.generate_key().decode()))
 
     # ------------------------------------------------------------------ liveness
     def heartbeat(self, role: str, ttl: int = 300, ident: str | None = None) -> None:
@@ -182,6 +200,48 @@ class Runtime:
         return max(0.0, time.time() - max(float(v) for v in vals))
 
 
+CONFIG_KEY_FILE = "config.key"
+
+
+def secure_dir(path: str | os.PathLike, mode: int = 0o700) -> Path:
+    """``path`` created if needed and made ``mode`` (0700), whatever the umask."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    if p.stat().st_mode & 0o777 != mode:
+        try:
+            p.chmod(mode)
+        except PermissionError:  # not ours (a shared mount): leave it as the operator made it
+            log.warning("%s is not ours to chmod; it should be mode 0700", p)
+    return p
+
+
+def local_secret(data_dir: str | os.PathLike, name: str, make) -> str:
+    """A secret kept in ``data_dir/name`` (0600), made by ``make()`` the first
+    time; every process of the appliance shares data_dir and so the secret."""
+    path = Path(data_dir) / name
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    if not path.parent.exists():
+        secure_dir(path.parent)  # an existing data_dir keeps the mode resolve() gave it
+    # written whole, then linked into place: a process racing us reads either
+    # nothing or the complete secret, and the first link wins
+    tmp = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(make())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
 def redis_client(url: str, timeout: float = 0.5) -> redis.Redis:
     """A client with short timeouts, so that a hung Redis cannot hang a request."""
     return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
@@ -191,5 +251,27 @@ def redis_client(url: str, timeout: float = 0.5) -> redis.Redis:
 def setup_logging(level: str | None = None) -> None:
     level = (level or os.environ.get("APPLIANCE_LOG_LEVEL") or "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in h.filters):
+            h.addFilter(RedactingFilter())
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+class RedactingFilter(logging.Filter):
+    """Removes secrets (see ``config.redact``) from every record a handler writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .config import redact
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is logging's business
+            return True
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True

@@ -59,6 +59,11 @@ def resolve(cfg, *, start: bool = True) -> Endpoints:
     rd_url = cfg["redis"]["url"]
     data_dir = Path(cfg["data_dir"])
     emb_pg = not db_url
+    from .runtime import secure_dir
+    # secrets, the embedded servers' files: 0700 whatever the umask. As root,
+    # pgserver runs PostgreSQL as its own user, which must pass through
+    # data_dir to reach data_dir/pg (itself 0700): traverse only, no listing.
+    secure_dir(data_dir, 0o711 if emb_pg and os.geteuid() == 0 else 0o700)
     emb_rd = not rd_url
     if emb_pg:
         db_url = embedded_postgres(data_dir, start=start)
@@ -76,8 +81,8 @@ def pg_bin_dir_embedded() -> Path:
 
 def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NAME) -> str:
     """Start (or attach to) the embedded server; return a URL for ``dbname``."""
-    pgdata = Path(data_dir) / "pg"
-    pgdata.mkdir(parents=True, exist_ok=True)
+    from .runtime import secure_dir
+    pgdata = secure_dir(Path(data_dir) / "pg")
     info = _postmaster_info(pgdata)
     if info is None and not start:
         raise ServiceError(f"embedded PostgreSQL in {pgdata} is not running")
@@ -198,8 +203,8 @@ def embedded_redis(data_dir: Path, *, start: bool = True) -> str:
     """Start (or attach to) the embedded Redis; return its unix:// URL."""
     import redis
 
-    rdir = Path(data_dir) / "redis"
-    rdir.mkdir(parents=True, exist_ok=True)
+    from .runtime import secure_dir
+    rdir = secure_dir(Path(data_dir) / "redis")
     sock = _redis_socket_path(rdir)
     url = f"unix://{sock}?db=0"
     if _redis_alive(url):
@@ -224,7 +229,8 @@ def embedded_redis(data_dir: Path, *, start: bool = True) -> str:
            "--appendonly", "yes", "--daemonize", "yes", "--pidfile", str(pidfile),
            "--logfile", str(rdir / "redis.log"), "--save", "300 1"]
     try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=20)
+        # umask 077: its dump and append-only files hold the queue's data, 0600
+        subprocess.run(cmd, check=True, capture_output=True, timeout=20, umask=0o077)
     except (subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired) as e:
         raise ServiceError(f"embedded Redis failed to start: {e}; log:\n"
                            f"{_tail(rdir / 'redis.log')}") from None

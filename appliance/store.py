@@ -534,8 +534,11 @@ def chart_series(conn, symbol: str, *, adjusted: bool, limit: int = 5000) -> lis
 # --------------------------------------------------------------------------- events, counters
 
 def add_event(conn, level: str, kind: str, message: str, details: dict | None = None) -> None:
+    """Events can be read without a login: known secrets are redacted first."""
+    from .config import redact, redact_obj
+    details = json.loads(json.dumps(details or {}, default=str))
     conn.execute("INSERT INTO events (level, kind, message, details) VALUES (%s, %s, %s, %s)",
-                 (level, kind, message, json.dumps(details or {}, default=str)))
+                 (level, kind, redact(message), json.dumps(redact_obj(details))))
 
 
 def recent_events(conn, *, level: str | None = None, kind: str | None = None,
@@ -635,7 +638,18 @@ def record_config_reload(conn, *, source: str, actor: str | None, sha256: str | 
     return conn.execute(
         """INSERT INTO config_reloads (source, actor, sha256, ok, error, diff)
            VALUES (%s, %s, %s, %s, %s, %s) RETURNING id""",
-        (source, actor, sha256, ok, error, json.dumps(diff or {}, default=str))).fetchone()[0]
+        (source, actor, sha256, ok, _redact(error),
+         json.dumps(_redact_obj(json.loads(json.dumps(diff or {}, default=str)))))).fetchone()[0]
+
+
+def _redact(text):
+    from .config import redact
+    return redact(text)
+
+
+def _redact_obj(v):
+    from .config import redact_obj
+    return redact_obj(v)
 
 
 def config_reloads(conn, limit: int = 20) -> list[dict]:

@@ -18,6 +18,7 @@ from typing import Callable
 from psycopg.rows import dict_row
 
 from .. import store
+from ..config import redact, redact_obj
 from ..errors import ApplianceError
 
 log = logging.getLogger("appliance.jobs")
@@ -69,7 +70,8 @@ def finish(conn, run_id: int, status: str, result: dict | None = None,
                            THEN progress || jsonb_build_object('phase', %s::text, 'final', %s::text)
                            ELSE progress || jsonb_build_object('final', %s::text) END
            WHERE id = %s""",
-        (status, json.dumps(result or {}, default=str), error, status, status, status, run_id))
+        (status, json.dumps(redact_obj(json.loads(json.dumps(result or {}, default=str)))),
+         redact(error), status, status, status, run_id))
 
 
 def get(conn, run_id: int) -> dict | None:

@@ -5,7 +5,7 @@ import logging
 import os
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, request
 
 from ..config import Config, load_config
 from ..runtime import Runtime
@@ -39,12 +39,29 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     cfg = runtime.config
     app.config["MAX_CONTENT_LENGTH"] = cfg["server"]["max_request_bytes"]
     app.secret_key = cfg["server"]["secret_key"] or _derived_secret(runtime)
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict")
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
+                      SESSION_COOKIE_SECURE=bool(cfg["server"]["secure_cookies"]))
+    from .sessions import RedisSessionInterface
+    app.session_interface = RedisSessionInterface(runtime)
+    hops = int(cfg["server"]["trusted_proxy_hops"])
+    if hops:
+        # behind the TLS front: the client's address (for the lockout) and
+        # scheme come from the proxy's X-Forwarded-For / -Proto
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
     runtime.open(wait=wait)
 
-    from . import api, console, metrics
+    from . import api, auth, console, metrics
     api.register(app)
+    app.before_request(auth.gate)
     metrics.register(app)
+
+    @app.after_request
+    def _hsts(resp):
+        if runtime.config["server"]["secure_cookies"] and request.is_secure:
+            resp.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return resp
+
     console.register(app)
     if watchdog:
         # the web server evaluates the alert rules itself when nothing else
@@ -56,16 +73,6 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
 
 def _derived_secret(rt: Runtime) -> str:
     """Without server.secret_key, a key kept in data_dir (created once, 0600)."""
-    path = Path(rt.config["data_dir"]) / "secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        import secrets
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_hex(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        return key
-    except FileExistsError:  # another worker created it just now
-        return path.read_text().strip()
+    import secrets
+    from ..runtime import local_secret
+    return local_secret(rt.config["data_dir"], "secret_key", lambda: secrets.token_hex(32))

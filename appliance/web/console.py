@@ -6,9 +6,10 @@ table in place, buttons swap their result in. A request with ``HX-Request``
 and the page's ``HX-Target`` gets the partial alone, any other request the
 full page (which includes the same partial).
 
-Reading needs no login unless ``server.login_for_read`` is true. Everything
+Reading needs no login unless ``server.login_for_read`` is true or
+``server.read_token`` is set (checked app-wide by ``auth.gate``). Everything
 that changes something is a POST that needs an admin login (a form checking
-``server.admin_token``, Flask's signed session cookie) and the session's CSRF
+``server.admin_token``, a server-side session, see ``sessions.py``) and the session's CSRF
 token (form field ``csrf_token`` or header ``X-CSRFToken``, which htmx sends
 from ``hx-headers`` on <body>). Values are escaped by Jinja's autoescape;
 secrets come only from ``Config.masked()``.
@@ -25,7 +26,6 @@ import logging
 import math
 import secrets
 import shutil
-import time
 from functools import wraps
 from urllib.parse import urlencode
 
@@ -41,6 +41,7 @@ from .. import health as health_mod
 from .. import store, units
 from ..config import SYMBOL_RE, diff_configs, load_config
 from ..errors import ConfigError
+from . import auth
 from .api import MAX_ID
 from .auth import admin_token, fingerprint, is_admin, token_matches
 
@@ -123,16 +124,9 @@ def _done(result_template: str, fallback: str, **ctx):
 
 
 @bp.before_request
-def _read_gate():
+def _nonce():
+    # reading is gated app-wide (auth.gate), before this
     g.csp_nonce = secrets.token_urlsafe(16)
-    if request.endpoint in ("console.login", "console.logout"):
-        return None
-    cfg = rt().config["server"]
-    if request.method == "GET" and cfg["login_for_read"] and not is_admin():
-        target = url_for("console.login", next=request.full_path.rstrip("?"))
-        if is_htmx():
-            return Response(status=204, headers={"HX-Redirect": target})
-        return redirect(target)
     return None
 
 
@@ -160,6 +154,7 @@ def _context():
         "csrf_token": csrf_token,
         "csp_nonce": getattr(g, "csp_nonce", ""),
         "is_admin": is_admin(),
+        "logged_in": getattr(auth.principal(), "kind", None) == "session",
         "admin_enabled": bool(admin_token()),
         "provider_name": cfg["provider"]["name"],
         "refresh_seconds": int(cfg["dashboard"]["refresh_seconds"]),
@@ -746,7 +741,15 @@ def _config_ctx() -> dict:
         reloads = store.config_reloads(conn, limit=10)
     text = yaml.safe_dump(cfg.masked(), sort_keys=False, default_flow_style=False,
                           allow_unicode=True)
-    return {"cfg": cfg, "yaml_text": text, "reloads": reloads, "version": r.config_version()}
+    keys = auth.key_stats(r)
+    api_keys = [{"name": k["name"], "scopes": list(k.get("scopes") or ["read"]),
+                 "requests_per_minute": k.get("requests_per_minute"), **keys.get(k["name"], {})}
+                for k in cfg["server"].get("api_keys") or ()]
+    for k in api_keys:
+        if k.get("last_used"):
+            k["last_used"] = dt.datetime.fromtimestamp(k["last_used"], dt.timezone.utc)
+    return {"cfg": cfg, "yaml_text": text, "reloads": reloads, "version": r.config_version(),
+            "api_keys": api_keys}
 
 
 @bp.get("/config")
@@ -872,8 +875,15 @@ def events_page():
 # --------------------------------------------------------------------------- login
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
+    """A local path to go to after the login, else the dashboard. Browsers drop
+    tabs and newlines from URLs (``/\t/evil.example`` is ``//evil.example``, another
+    host), so any control character or space refuses the target outright."""
+    from urllib.parse import urlsplit
+    if target and target.startswith("/") and not target.startswith("//") \
+            and "\\" not in target and not any(ord(c) <= 0x20 or ord(c) == 0x7f for c in target):
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc:
+            return target
     return url_for("console.dashboard")
 
 
@@ -884,21 +894,33 @@ def login():
         return render_template("login.html", next=nxt, error=None)
     if not _csrf_ok():
         return _refused("Missing or wrong CSRF token: reload the login page and try again.")
-    expected = admin_token()
-    if not expected:
+    addr = auth.client_addr()
+    wait = auth.locked_for(addr)
+    if wait:  # checked before the token: a locked-out address learns nothing
+        auth.count_refusal("login")
+        resp = render_template("login.html", next=nxt,
+                               error=f"Too many failed logins from this address; try again "
+                                     f"in {wait} s."), 429, {"Retry-After": str(wait)}
+        return resp
+    cfg = rt().config["server"]
+    expected, reader = admin_token(), cfg["read_token"]
+    if not expected and not reader:
         return render_template("login.html", next=nxt,
-                               error="Admin login is disabled: set server.admin_token in "
+                               error="Login is disabled: set server.admin_token in "
                                      "appliance.yaml and reload."), 403
     given = request.form.get("token") or ""
-    if not token_matches(given, expected):
-        time.sleep(0.3)  # slows guessing a little; the token is the real defence
-        log.warning("console login refused from %s", request.remote_addr)
-        return render_template("login.html", next=nxt, error="Wrong admin token."), 403
+    as_admin = token_matches(given, expected)
+    if not as_admin and not token_matches(given, reader):
+        # no sleep: under gevent it would not serialise guesses; the lockout does
+        auth.record_failure(addr, "login", "a console login")
+        return render_template("login.html", next=nxt,
+                               error="Wrong token." if reader else "Wrong admin token."), 403
     session.clear()
-    session["admin"] = True
-    session["token_fp"] = fingerprint(expected)
+    session.regenerate()  # a new session id: one planted before the login is worthless
+    session["admin" if as_admin else "read"] = True
+    session["fp"] = fingerprint(expected if as_admin else reader)
     session["csrf"] = secrets.token_urlsafe(32)
-    log.info("console login from %s", request.remote_addr)
+    log.info("console %s login from %s", "admin" if as_admin else "read-only", addr)
     return redirect(nxt, code=303)
 
 
@@ -906,7 +928,7 @@ def login():
 def logout():
     if not _csrf_ok():
         return _refused("Missing or wrong CSRF token.")
-    session.clear()
+    session.clear()  # deletes the server-side session: the cookie is worthless from now
     return redirect(url_for("console.dashboard"), code=303)
 
 

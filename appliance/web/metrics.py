@@ -149,7 +149,52 @@ def register(app) -> None:
         else:
             registry.register(_LocalHistograms())
         registry.register(StoreCollector(current_app.config["RUNTIME"]))
+        registry.register(AuthCollector(current_app.config["RUNTIME"]))
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class AuthCollector:
+    """Authentication failures and lockouts, and each API key's use (labelled by
+    the key's name, never the key), from the counters in Redis."""
+
+    def __init__(self, rt):
+        self.rt = rt
+
+    def collect(self):
+        from .auth import auth_counts, key_stats
+        counts = auth_counts(self.rt)
+        fail = CounterMetricFamily("appliance_auth_failures",
+                                   "failed console logins and wrong Bearer tokens",
+                                   labels=["kind"])
+        for kind in ("login", "api"):
+            fail.add_metric([kind], counts.get(f"failures:{kind}", 0))
+        yield fail
+        lock = CounterMetricFamily("appliance_auth_lockouts",
+                                   "client addresses locked out after too many failures")
+        lock.add_metric([], counts.get("lockouts", 0))
+        yield lock
+        refused = CounterMetricFamily("appliance_auth_locked_refusals",
+                                      "attempts refused because the address was locked out",
+                                      labels=["kind"])
+        for kind in ("login", "api"):
+            refused.add_metric([kind], counts.get(f"locked_refusals:{kind}", 0))
+        yield refused
+        stats = key_stats(self.rt)
+        req = CounterMetricFamily("appliance_api_key_requests", "requests made with each API key",
+                                  labels=["key"])
+        rl = CounterMetricFamily("appliance_api_key_rate_limited",
+                                 "requests refused by each API key's requests_per_minute",
+                                 labels=["key"])
+        last = GaugeMetricFamily("appliance_api_key_last_used_timestamp_seconds",
+                                 "when each API key was last used", labels=["key"])
+        for name, st in stats.items():
+            req.add_metric([name], st["requests"])
+            rl.add_metric([name], st["rate_limited"])
+            if st["last_used"]:
+                last.add_metric([name], st["last_used"])
+        yield req
+        yield rl
+        yield last
 
 
 class _LocalHistograms:

@@ -75,6 +75,9 @@ ERROR_RESPONSES = {
     "404": ("NotFound", "No such symbol, job run, backup or path."),
     "405": ("MethodNotAllowed", "The path exists but not with this method."),
     "409": ("Conflict", "The request conflicts with the current state."),
+    "429": ("TooManyRequests", "Too many failed logins or wrong tokens from this address "
+                               "(locked out for server.auth_lockout_seconds), or the API key's "
+                               "requests_per_minute is used up; see Retry-After."),
     "413": ("PayloadTooLarge", "The request body is larger than server.max_request_bytes."),
     "422": ("Unprocessable", "Well-formed but not acceptable (invalid config, unconfigured "
                              "symbols)."),
@@ -277,14 +280,15 @@ def _limit(default: int, maximum: int) -> dict:
 
 
 ADMIN = [{"bearerAuth": []}]
-READ_NOTE = ("Open unless server.read_token is set; then it needs "
-             "'Authorization: Bearer <read_token or admin_token>'.")
+READ_NOTE = ("Open unless server.read_token is set or server.login_for_read is true; then "
+             "it needs 'Authorization: Bearer <read_token, admin_token or an API key with the "
+             "read scope>'.")
 
 
 def _read(summary: str, ok: dict, params: list | None = None, errors=("400", "401", "503"),
           description: str = "") -> dict:
     op = {"summary": summary, "description": (description + " " + READ_NOTE).strip(),
-          "parameters": params or [], "responses": {"200": ok, **_errors(*errors)},
+          "parameters": params or [], "responses": {"200": ok, **_errors(*errors, "429")},
           "security": [{}, {"bearerAuth": []}]}
     return op
 
@@ -295,7 +299,7 @@ def _admin(summary: str, responses: dict, *, body: dict | None = None, params: l
           "description": (description + " Admin only: 'Authorization: Bearer "
                           "<server.admin_token>'.").strip(),
           "parameters": params or [], "security": ADMIN,
-          "responses": {**responses, **_errors(*errors)}}
+          "responses": {**responses, **_errors(*errors, "429")}}
     if body is not None:
         op["requestBody"] = {"required": False,
                              "content": {"application/json": {"schema": body}}}
@@ -322,16 +326,20 @@ def _paths() -> dict:
                                                        "unreachable.")}}},
         "/metrics": {"get": {
             "summary": "Prometheus metrics",
-            "security": [{}],
+            "description": "Open unless server.metrics_token or server.read_token is set or "
+                           "server.login_for_read is true; then it needs 'Authorization: "
+                           "Bearer <metrics_token or a read credential>'.",
+            "security": [{}, {"bearerAuth": []}],
             "responses": {"200": {"description": "Prometheus text exposition format.",
-                                  "content": {"text/plain": {"schema": STR}}}}}},
+                                  "content": {"text/plain": {"schema": STR}}},
+                          **_errors("401", "429")}}},
         "/api/v1/status": {"get": {
             **_read("Everything about the appliance in one answer", _json(
                 _ref("Status"), "Healthy or degraded."), errors=("400", "401")),
             "responses": {
                 "200": _json(_ref("Status"), "Healthy or degraded."),
                 "503": _json(_ref("Status"), "Unhealthy: database.status is error."),
-                **_errors("400", "401")}}},
+                **_errors("400", "401", "429")}}},
         "/api/v1/symbols": {"get": _read(
             "Every configured and every stored symbol",
             _json(_ref("SymbolList"), "Symbols, sorted."),
@@ -420,8 +428,10 @@ def _paths() -> dict:
                            "default": "open"}, "Which alerts."),
              _limit(200, 10000)])},
         "/api/v1/openapi.json": {"get": {
-            "summary": "This document", "security": [{}],
-            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")}}},
+            "summary": "This document", "description": READ_NOTE,
+            "security": [{}, {"bearerAuth": []}],
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document."),
+                          **_errors("401", "429")}}},
     }
 
 
@@ -443,8 +453,9 @@ def _spec() -> dict:
             "responses": responses,
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
-                "description": "server.admin_token (admin endpoints) or server.read_token "
-                               "(read endpoints, when set)."}},
+                "description": "server.admin_token (admin endpoints), server.read_token "
+                               "(read endpoints, when set), or a per-client key of "
+                               "server.api_keys (its scopes)."}},
         },
     }
 

@@ -303,9 +303,9 @@ def test_files_have_the_expected_owners_and_modes(converge):
     expected = {
         "etc/appliance": ("root", SERVICE_USER, "0750"),
         "etc/appliance/appliance.yaml": ("root", SERVICE_USER, "0640"),
-        "etc/appliance/appliance.env": (SERVICE_USER, SERVICE_USER, "0600"),
-        "var/lib/appliance": (SERVICE_USER, SERVICE_USER, "0750"),
-        "mnt/external-backup/market-data-backups": (SERVICE_USER, SERVICE_USER, "0750"),
+        "etc/appliance/appliance.env": ("root", SERVICE_USER, "0640"),
+        "var/lib/appliance": (SERVICE_USER, SERVICE_USER, "0700"),
+        "mnt/external-backup/market-data-backups": (SERVICE_USER, SERVICE_USER, "0700"),
         "opt/appliance": ("root", "root", "0755"),
         "etc/systemd/journald.conf.d/appliance.conf": ("root", "root", "0644"),
         "etc/systemd/timesyncd.conf.d/appliance.conf": ("root", "root", "0644"),

@@ -99,3 +99,46 @@ def test_schemathesis_finds_nothing_without_a_token(served_with_data, tmp_path):
 def test_schemathesis_finds_nothing_with_the_admin_token(served_with_data, tmp_path):
     p = _run(served_with_data, tmp_path, "--header", "Authorization: Bearer test-admin-token")
     assert p.returncode == 0, _explain(p)
+
+
+# --------------------------------------------------------------------------- with reads gated
+
+READ_TOKEN = "schemathesis-read-token-0123456789abcdef"
+CLIENT_KEY = "mda_schemathesis-client-key-0123456789abcdef"
+
+
+@pytest.fixture
+def served_gated(config_factory):
+    """The app with server.read_token and a per-client key (read scope) set:
+    every read needs a credential. The lockout is set high: schemathesis tries
+    wrong credentials on purpose."""
+    import hashlib
+
+    from appliance.runtime import Runtime
+    from appliance.web import create_app
+    cfg = config_factory(server={
+        "admin_token": "test-admin-token", "secret_key": "test-secret",
+        "read_token": READ_TOKEN, "auth_max_failures": 10000,
+        "api_keys": [{"name": "schemathesis", "scopes": ["read"],
+                      "sha256": hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}]})
+    rt = Runtime.from_path(cfg)
+    rt.open()
+    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+                       params={"symbols": ["AAPL"]})
+    assert res["status"] == "ok", res
+    app = create_app(runtime=rt)
+    try:
+        with served(app) as base:
+            yield base
+    finally:
+        rt.close()
+
+
+def test_schemathesis_finds_nothing_with_the_read_token_set(served_gated, tmp_path):
+    p = _run(served_gated, tmp_path, "--header", f"Authorization: Bearer {READ_TOKEN}")
+    assert p.returncode == 0, _explain(p)
+
+
+def test_schemathesis_finds_nothing_with_a_per_client_key(served_gated, tmp_path):
+    p = _run(served_gated, tmp_path, "--header", f"Authorization: Bearer {CLIENT_KEY}")
+    assert p.returncode == 0, _explain(p)

@@ -251,8 +251,10 @@ def test_check_config_diff_shows_what_a_reload_would_change_without_applying_it(
         runtime, config_factory):
     assert reload_mod.reload_config(runtime, source="startup")["ok"]
     version = int(runtime.redis.get(K_CONFIG_VERSION))
+    # check-config refuses tokens shorter than 24 characters (the suite's is 16)
     config_factory(**{**BASE, "symbols": ["AAPL", "MSFT", "NVDA"],
-                      "schedules": {**QUIET, "backfill": "0 3 * * *"}})
+                      "schedules": {**QUIET, "backfill": "0 3 * * *"},
+                      "server": {"admin_token": "test-admin-token-long-enough"}})
     code, out, err = run_cli(runtime.config.path, "check-config", "--diff")
     assert code == 0, out + err
     assert '"symbols_added": [\n    "NVDA"' in out
