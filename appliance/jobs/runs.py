@@ -87,6 +87,14 @@ def recent(conn, *, job: str | None = None, limit: int = 50) -> list[dict]:
         return cur.fetchall()
 
 
+def latest_restore_tests(conn) -> dict[str, dict]:
+    """backup id (as given, a string) -> the newest restore_test run for it."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("""SELECT DISTINCT ON (params->>'backup') * FROM job_runs
+                       WHERE job = 'restore_test' ORDER BY params->>'backup', created_at DESC""")
+        return {r["params"].get("backup"): r for r in cur.fetchall()}
+
+
 def last_by_job(conn) -> dict[str, dict]:
     """Per job: the last run, the last success and the last failure."""
     out: dict[str, dict] = {}

@@ -57,7 +57,7 @@ READ, ADMIN, METRICS = "read", "admin", "metrics"
 REDIS_DOWN_BACKOFF_S = 10.0
 #: endpoints anyone may reach: liveness for load balancers, the login itself
 #: and the static assets (CSS, JS, no data)
-OPEN_ENDPOINTS = {"api.health", "static", "console.login", "console.logout"}
+OPEN_ENDPOINTS = {"api.health", "static", "console.auth.login", "console.auth.logout"}
 
 
 @dataclass(frozen=True)
@@ -325,7 +325,7 @@ def _unauthorized(scope: str):
         resp = api_error(401, "unauthorized", what)
         resp.headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
         return resp
-    target = url_for("console.login", next=request.full_path.rstrip("?"))
+    target = url_for("console.auth.login", next=request.full_path.rstrip("?"))
     if request.headers.get("HX-Request", "").lower() == "true":
         return Response(status=204, headers={"HX-Redirect": target})
     return redirect(target)

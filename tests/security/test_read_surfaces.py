@@ -13,7 +13,7 @@ from .helpers import ADMIN_TOKEN, METRICS_TOKEN, READ_TOKEN, app_for, secured
 
 ROOT = Path(__file__).resolve().parents[2]
 #: reachable by anyone: liveness, the login itself, CSS and JS
-OPEN = {"api.health", "static", "console.login", "console.logout"}
+OPEN = {"api.health", "static", "console.auth.login", "console.auth.logout"}
 SAMPLE = {"int": "1", "default": "AAPL", "path": "AAPL"}
 
 
@@ -34,7 +34,7 @@ def _urls(app) -> list[tuple[str, str, set[str]]]:
 
 
 def _partial_targets() -> set[str]:
-    src = (ROOT / "appliance/web/console.py").read_text()
+    src = "".join(p.read_text() for p in (ROOT / "appliance/web/console").glob("*.py"))
     from appliance.web.console import PANELS
     return set(re.findall(r'page\("[^"]+", "[^"]+", "([^"]+)"', src)) | set(PANELS) | \
         {"config-running", "job-row", "restore-progress"}

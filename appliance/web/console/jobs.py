@@ -1,0 +1,103 @@
+"""Job runs, one run's progress, and the run-now buttons."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from flask import (Blueprint, abort, render_template, request, url_for)
+
+from ..api import MAX_ID
+from .common import (FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt)
+
+log = logging.getLogger("appliance.console")
+
+bp = Blueprint("jobs", __name__)
+
+
+def run_view(r: dict) -> dict:
+    res = r.get("result") or {}
+    prog = r.get("progress") or {}
+    dur = None
+    if r.get("started_at"):
+        end = r.get("finished_at") or dt.datetime.now(dt.timezone.utc)
+        dur = (end - r["started_at"]).total_seconds()
+    rows = None
+    if "inserted" in res or "updated" in res:
+        rows = (res.get("inserted") or 0) + (res.get("updated") or 0)
+    elif "rows" in prog:
+        rows = prog.get("rows")
+    elif "rows" in res:
+        rows = res.get("rows")
+    requests_ = res.get("requests", prog.get("requests"))
+    errors = []
+    if r.get("error"):
+        errors.append(r["error"])
+    failed = res.get("failed")
+    if isinstance(failed, dict) and failed:
+        errors.extend(f"{k}: {v}" for k, v in failed.items())
+    elif isinstance(failed, list) and failed:
+        errors.extend(str(x) for x in failed)
+    pct = None
+    if prog.get("symbols_total"):
+        pct = round(100 * (prog.get("symbols_done") or 0) / prog["symbols_total"])
+    elif prog.get("sessions_total"):
+        pct = round(100 * (prog.get("sessions_done") or 0) / prog["sessions_total"])
+    steps = prog.get("steps") if isinstance(prog.get("steps"), list) else []
+    if steps and pct is None:
+        done = sum(1 for s in steps if isinstance(s, dict) and s.get("status") in ("ok", "failed"))
+        pct = round(100 * done / len(steps))
+    return {**r, "duration_s": dur, "rows": rows, "requests": requests_, "errors": errors,
+            "pct": pct, "steps": steps, "running": r["status"] not in FINISHED,
+            "progress_obj": prog, "result_obj": res}
+
+
+@bp.get("/jobs")
+def jobs():
+    from ...jobs import runs
+    job = request.args.get("job") or ""
+    with rt().conn() as conn:
+        rows = runs.recent(conn, job=job or None, limit=100)
+        names = [r[0] for r in conn.execute("SELECT DISTINCT job FROM job_runs ORDER BY 1")]
+    views = [run_view(r) for r in rows]
+    return page("jobs.html", "partials/jobs_table.html", "jobs-table", runs=views, job=job,
+                job_names=names, schedules=dict(rt().config["schedules"]))
+
+
+def _get_run(run_id: int) -> dict:
+    from ...jobs import runs
+    if run_id > MAX_ID:
+        abort(404)
+    with rt().conn() as conn:
+        r = runs.get(conn, run_id)
+    if r is None:
+        abort(404)
+    return r
+
+
+@bp.get("/jobs/<int:run_id>")
+def job_run(run_id: int):
+    v = run_view(_get_run(run_id))
+    if is_htmx():
+        return render_template("partials/job_row.html", r=v)
+    return render_template("job.html", r=v)
+
+
+@bp.post("/jobs/backfill")
+@admin_post
+def run_backfill():
+    run_id = _enqueue("backfill", {})
+    return _done("partials/run_queued.html", url_for("console.jobs.jobs"), run_id=run_id,
+                 what="Backfill of all symbols")
+
+
+@bp.post("/jobs/<name>/run")
+@admin_post
+def run_job(name: str):
+    """Any scheduled job, now (the Jobs page's Run now buttons)."""
+    from ..api import JOB_NAMES
+    if name not in JOB_NAMES:
+        abort(404)
+    params = {"backup": "latest"} if name == "restore_test" else {}
+    run_id = _enqueue(name, params)
+    return _done("partials/run_queued.html", url_for("console.jobs.jobs"), run_id=run_id,
+                 what=f"{name.replace('_', ' ').capitalize()}")
