@@ -244,7 +244,7 @@ def test_disk_filling_up_midway_leaves_nothing_and_older_backups_intact(
     rt = _runtime_with(config_factory, backup={"path": str(d), "min_free_pct": 0})
     try:
         _backfill(rt)
-        monkeypatch.setattr(backups, "estimate_archive_size", lambda conn, cfg: (1, "test"))
+        monkeypatch.setattr(backups.archive, "estimate_archive_size", lambda conn, cfg: (1, "test"))
         first = _backup(rt)
         assert first["status"] == "ok"
         before = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in _files(d)}

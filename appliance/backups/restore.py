@@ -1,0 +1,284 @@
+"""The full restore: the live database replaced by a backup, by renaming,
+with the operations history kept (``appliance.history``)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+
+from .. import db, history, store
+from ..errors import BackupError
+from ..units import human_bytes
+from ..locks import BACKFILL_LOCK
+from .catalogue import rescan, resolve_backup
+from .common import SUSPEND_KEY, SUSPEND_TTL_S, _MAX_IDENT, db_name, url_for, utcnow
+from .restore_test import CheckFailed, check_restored, restore_into, verify_archive_file
+from .tools import _create_db, _db_exists, _maintenance_conn, _try_catalogue_conn, drop_db, find_tools, list_archive, server_major
+
+log = logging.getLogger("appliance.backups")
+
+log = logging.getLogger("appliance.backups")
+
+
+def restore_plan_text(rt, backup) -> str:
+    """What ``appliance restore BACKUP --yes`` would do, step by step."""
+    cfg = rt.config
+    url = rt.endpoints.database_url
+    live = db_name(url)
+    conn = _try_catalogue_conn(url)
+    try:
+        try:
+            ref = resolve_backup(cfg, backup, conn if _has_catalogue(conn) else None)
+        finally:
+            if conn is not None:
+                conn.close()
+    except BackupError as e:
+        return f"Cannot restore: {e.message}"
+    m = ref.manifest
+    rc = m.get("row_counts") or {}
+    state = "does not exist (it will simply be created)"
+    try:
+        with _maintenance_conn(url) as mc:
+            if _db_exists(mc, live):
+                state = "exists; it will be renamed, not dropped"
+    except BackupError as e:
+        state = f"cannot be checked ({e.message})"
+    stamp = "YYYYMMDD_HHMMSS"
+    from ..config import mask_url
+    lines = [
+        f"Restore of {ref.archive}",
+        f"  made {m.get('created_at')}, {human_bytes(m['archive'].get('size_bytes'))}, "
+        f"sha256 {m['archive'].get('sha256')}",
+        f"  schema version {m.get('schema_version')}, appliance {m.get('appliance_version')}, "
+        f"PostgreSQL {(m.get('postgres') or {}).get('server_version')}",
+        f"  {(rc.get('tables') or {}).get('market_data', 0)} candles for "
+        f"{len(rc.get('symbols') or {})} symbols, {len(rc.get('tables') or {})} tables",
+        f"into the live database {live!r} on {mask_url(url)} (currently: {state}).",
+        "",
+        "Steps:",
+        f"  1. Suspend jobs: set the Redis key {SUSPEND_KEY} (workers and the scheduler start "
+        f"no job while it exists), wait for running jobs, take the backfill lock.",
+        "  2. Verify the archive: size and sha256 against the manifest, pg_restore --list.",
+        f"  3. Create a new database {live}_restore_{stamp} and pg_restore the archive into it "
+        f"(--exit-on-error --jobs={cfg['backup'].get('parallel_jobs')} --no-owner).",
+        "  4. Check it like the restore test: schema version, row counts per table and per "
+        "symbol against the manifest. On any difference: drop it and stop; nothing else changes.",
+        f"  5. Swap: refuse new connections to {live!r}, end its open connections, then in one "
+        f"transaction rename {live!r} -> {live}_old_{stamp} and the new database -> {live!r}.",
+        "  6. Bring the schema up to date (migrations) and rebuild the backup catalogue from "
+        "the manifests on disk.",
+        f"  7. Resume jobs (delete {SUSPEND_KEY}).",
+        "",
+        f"The previous database is kept as {live}_old_{stamp} until you drop it "
+        f"(DROP DATABASE \"{live}_old_{stamp}\").",
+        "Data written after this backup was made is not in it: a backfill after the restore "
+        "fetches the missing sessions again.",
+    ]
+    return "\n".join(lines)
+
+
+def _history_text(merged: dict) -> str:
+    if merged["lineage"] == "same":
+        return "kept from the live database (the archive's older copy is not used)"
+    text = "taken from the archive"
+    if merged["marked_interrupted"]:
+        text += f", {merged['marked_interrupted']} run(s) in flight in it marked as they ended"
+    if merged["lineage"] == "other":
+        text += ", the live database's runs and events appended"
+    return text
+
+
+def _reevaluate_alerts(rt) -> dict:
+    """The alert rules over the restored state, so no alert stays open (or
+    opens) on the archive's word alone."""
+    from .. import alerts
+    try:
+        # the swap ended every connection to the old live database
+        rt.pool.check()
+        return alerts.evaluate(rt)
+    except Exception as e:  # noqa: BLE001 - the next alerts run evaluates again
+        log.warning("alert evaluation after the restore failed: %s", e)
+        return {"error": str(e)}
+
+
+def kept_databases(rt) -> list[tuple[str, int]]:
+    """(name, size in bytes) of the databases full restores kept."""
+    url = rt.endpoints.database_url
+    live = db_name(url)
+    with _maintenance_conn(url) as mc:
+        return [(r[0], int(r[1])) for r in mc.execute(
+            """SELECT datname, pg_database_size(datname) FROM pg_database
+                WHERE datname LIKE %s ORDER BY datname""", (f"{live}\\_old\\_%",))]
+
+
+def drop_kept_database(rt, name: str) -> None:
+    url = rt.endpoints.database_url
+    with _maintenance_conn(url) as mc:
+        drop_db(mc, name, db_name(url))
+
+
+def _has_catalogue(conn) -> bool:
+    if conn is None:
+        return False
+    try:
+        ok = conn.execute("SELECT to_regclass('public.backups') IS NOT NULL").fetchone()[0]
+        conn.rollback()
+        return bool(ok)
+    except psycopg.Error:
+        return False
+
+
+def _running_jobs(conn) -> list[tuple]:
+    return conn.execute(
+        """SELECT id, job FROM job_runs WHERE status = 'running'
+             AND coalesce(heartbeat_at, started_at) > now() - interval '5 minutes'""").fetchall()
+
+
+def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
+                 wait_s: float = 120) -> dict:
+    """Recover the live database from ``backup`` (see ``restore_plan_text``).
+
+    Works when the live database is missing or damaged (the archive is found
+    on disk). Raises BackupError with the reason; on failure before the swap
+    the live database is unchanged and the new one is dropped."""
+    say = progress or (lambda m: log.info("%s", m))
+    cfg = rt.config
+    url = rt.endpoints.database_url
+    live = db_name(url)
+    t0 = time.monotonic()
+    stamp = utcnow().strftime("%Y%m%d_%H%M%S")
+    new = f"{live}_restore_{stamp}"[:_MAX_IDENT]
+    old = f"{live}_old_{stamp}"[:_MAX_IDENT]
+    mconn = _maintenance_conn(url)
+    live_exists = _db_exists(mconn, live)
+    live_conn = _try_catalogue_conn(url) if live_exists else None
+    has_cat = _has_catalogue(live_conn)
+    if live_conn is not None:
+        live_conn.autocommit = True
+    ref = resolve_backup(cfg, backup, live_conn if has_cat else None)
+    say(f"restoring {ref.archive} into {live!r}")
+    suspended = False
+    created = swapped = conns_blocked = False
+    try:
+        try:
+            rt.redis.set(SUSPEND_KEY, json.dumps({"reason": f"restore of {ref.filename}",
+                                                  "since": utcnow().isoformat(),
+                                                  "pid": os.getpid()}), ex=SUSPEND_TTL_S)
+            suspended = True
+            say(f"jobs suspended ({SUSPEND_KEY})")
+        except Exception as e:  # noqa: BLE001 - no Redis, no worker can take a job either
+            say(f"warning: could not set {SUSPEND_KEY} in Redis ({e}); continuing")
+        if live_conn is not None:
+            deadline = time.monotonic() + wait_s
+            while not live_conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                        (BACKFILL_LOCK,)).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise BackupError(f"a backfill still holds its lock after {wait_s:.0f} s; "
+                                      f"nothing was changed")
+                time.sleep(1)
+            if has_cat:
+                while (busy := _running_jobs(live_conn)):
+                    if time.monotonic() > deadline:
+                        raise BackupError(f"jobs still running after {wait_s:.0f} s: "
+                                          f"{busy}; nothing was changed")
+                    time.sleep(1)
+            say("backfill lock taken, no job running")
+        say("verifying the archive")
+        try:
+            verify_archive_file(ref)
+        except CheckFailed as e:
+            raise BackupError(e.reason) from None
+        tools = find_tools(rt, server_major(mconn))
+        list_archive(tools, ref.archive)
+        say(f"restoring into the new database {new}")
+        _create_db(mconn, new, live)
+        created = True
+        ts = bool((ref.manifest.get("database") or {}).get("timescaledb"))
+        try:
+            secs = restore_into(tools, url, new, ref.archive,
+                                int(cfg["backup"].get("parallel_jobs") or 1), timescale=ts)
+        except CheckFailed as e:
+            raise BackupError(e.reason) from None
+        say(f"restored in {secs:.1f} s; comparing with the manifest")
+        chk = check_restored(url, new, ref.manifest)
+        if chk["mismatches"]:
+            raise BackupError("restored database differs from the manifest: "
+                              + "; ".join(chk["mismatches"][:20]))
+        say("counts match the manifest; bringing its schema up to date")
+        applied = db.migrate(url_for(url, new))
+        merged = history.merge_into_restored(url if live_exists and has_cat else None,
+                                             url_for(url, new), ref.manifest)
+        say(f"operations history: {_history_text(merged)}")
+        say("swapping databases")
+        if live_conn is not None:
+            live_conn.close()
+            live_conn = None
+        if live_exists:
+            mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+                sql.Identifier(live)))
+            conns_blocked = True
+            deadline = time.monotonic() + 30
+            while True:
+                mconn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s AND pid <> pg_backend_pid()", (live,))
+                n = mconn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                  (live,)).fetchone()[0]
+                if n == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise BackupError(f"{n} connection(s) to {live!r} would not end")
+                time.sleep(0.2)
+        with mconn.transaction():
+            if live_exists:
+                mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(live), sql.Identifier(old)))
+            mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(new), sql.Identifier(live)))
+        swapped = True
+        if live_exists:
+            mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                sql.Identifier(old)))
+            conns_blocked = False
+        say(f"swapped: {live!r} is the restored database"
+            + (f", the previous one is kept as {old!r}" if live_exists else ""))
+        applied += db.migrate(url)
+        with psycopg.connect(url, connect_timeout=10) as c:
+            scan = rescan(c, cfg)
+            store.add_event(c, "warning", "restore",
+                            f"database restored from {ref.filename}"
+                            + (f"; the previous database is kept as {old}" if live_exists else ""),
+                            {"filename": ref.filename, "old_database": old if live_exists else None,
+                             "seconds": round(time.monotonic() - t0, 3)})
+            c.commit()
+        return {"status": "ok", "backup": ref.filename, "database": live,
+                "old_database": old if live_exists else None,
+                "restore_seconds": round(secs, 3), "seconds": round(time.monotonic() - t0, 3),
+                "candles": chk["validation"]["candles"], "migrations_applied": applied,
+                "catalogue": scan, "history": merged,
+                "alerts": _reevaluate_alerts(rt)}
+    finally:
+        if live_conn is not None:
+            live_conn.close()
+        if created and not swapped:
+            try:
+                drop_db(mconn, new, live)
+            except Exception:  # noqa: BLE001
+                log.exception("could not drop %s", new)
+        if conns_blocked:
+            try:
+                mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                    sql.Identifier(old if swapped else live)))
+            except Exception:  # noqa: BLE001
+                log.exception("could not re-allow connections")
+        mconn.close()
+        if suspended:
+            try:
+                rt.redis.delete(SUSPEND_KEY)
+                say("jobs resumed")
+            except Exception:  # noqa: BLE001
+                say(f"warning: could not delete {SUSPEND_KEY}; it expires by itself")
