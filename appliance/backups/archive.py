@@ -210,6 +210,102 @@ def _new_name(bdir: Path) -> tuple[str, dt.datetime]:
         time.sleep(0.2)
 
 
+def _dump_failure(errf, rc: int, bdir: Path) -> str:
+    """Why pg_dump failed, from its stderr (a full disk says how full)."""
+    errf.seek(0)
+    err = errf.read().decode(errors="replace")
+    why = _first_error(err) if err.strip() else f"killed by signal {-rc}" if rc < 0 \
+        else f"exit code {rc}"
+    if "No space left" in err or "could not write" in err:
+        du = disk_usage(bdir)
+        why += f" (backup path full: {human_bytes(du.free)} free)"
+    return why
+
+
+def _publish(tmp: Path, final: Path, mtmp: Path, manifest: dict) -> None:
+    """Rename the checked archive into place, then write its manifest (the
+    commit marker) the same way: a crash leaves no manifest without its
+    archive."""
+    os.chmod(tmp, 0o600)
+    os.rename(tmp, final)
+    with os.fdopen(os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                   encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)
+        json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(mtmp, manifest_path_for(final))
+    _fsync_dir(final.parent)
+
+
+def _export_snapshot(snap_conn) -> str:
+    """Open the repeatable-read transaction whose snapshot pg_dump and the
+    manifest's counts share; return the snapshot's name."""
+    snap_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    snap_conn.read_only = True
+    # the snapshot exported by the first statement is the transaction's own
+    snapshot = snap_conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    snap_conn.execute("SET LOCAL statement_timeout = 0")
+    snap_conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    return snapshot
+
+
+def _catalogue(rt, final: Path, started: dt.datetime, manifest: dict, t0: float) -> int:
+    """Record a published backup in the catalogue, with an event."""
+    size, digest = manifest["archive"]["size_bytes"], manifest["archive"]["sha256"]
+    with rt.conn() as conn:
+        bid = upsert_backup(conn, filename=final.name, path=str(final), created_at=started,
+                            size_bytes=size, sha256=digest, manifest=manifest)
+        store.add_event(conn, "info", "backup",
+                        f"backup {final.name} written: {human_bytes(size)}, "
+                        f"{manifest['validation']['candles']} candles, "
+                        f"{time.monotonic() - t0:.1f} s",
+                        {"backup_id": bid, "filename": final.name, "size_bytes": size,
+                         "sha256": digest})
+    return bid
+
+
+def _remove_unpublished(tmp: Path, mtmp: Path, final: Path, started: dt.datetime) -> None:
+    """What a failed run wrote, never an older backup of the same name."""
+    for p in (tmp, mtmp, final, manifest_path_for(final)):
+        if p.exists() and (p in (tmp, mtmp) or not _is_older_backup(p, started)):
+            try:
+                p.unlink()
+            except OSError:
+                log.exception("could not remove %s", p)
+
+
+def _manifest(cfg, url: str, name: str, started: dt.datetime, t0: float, dump_s: float,
+              tools, info, counts: dict, snapshot: str, space: dict, run_id: int | None,
+              archive: dict) -> dict:
+    """What the manifest records: the archive, the versions, the counts of
+    the dump's snapshot, and where it came from."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "kind": "market-data-appliance backup",
+        "filename": name,
+        "created_at": started.isoformat(),
+        "finished_at": utcnow().isoformat(),
+        "duration_seconds": round(time.monotonic() - t0, 3),
+        "dump_seconds": round(dump_s, 3),
+        "archive": archive,
+        "postgres": {"server_version": info[0], "server_version_num": int(info[1]),
+                     "pg_dump_version": tools.version},
+        "appliance_version": __version__,
+        "schema_version": counts["schema_version"],
+        "database": {"name": db_name(url), "size_bytes": int(info[2]),
+                     "timescaledb": bool(info[3])},
+        "row_counts": {"tables": counts["tables"], "symbols": counts["symbols"]},
+        "validation": counts["validation"],
+        "config_sha256": cfg.sha256,
+        "snapshot": snapshot,
+        "host": socket.gethostname(),
+        "free_space_check": space,
+        "job_run_id": run_id,
+        "restore_tests": [],
+    }
+
+
 def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
           run_id: int | None = None) -> dict:
     name, started = _new_name(bdir)
@@ -225,12 +321,7 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
         tools = find_tools(rt, major)
         steps.start("pg_dump", f"{tools('pg_dump')} ({tools.major})")
         snap_conn = db.connect(url)
-        snap_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        snap_conn.read_only = True
-        # the snapshot exported by the first statement is the transaction's own
-        snapshot = snap_conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        snap_conn.execute("SET LOCAL statement_timeout = 0")
-        snap_conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        snapshot = _export_snapshot(snap_conn)
         target, env = tool_target(url)
         td = time.monotonic()
         proc = subprocess.Popen(
@@ -255,14 +346,7 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
         snap_conn.close()
         snap_conn = None
         if rc != 0:
-            errf.seek(0)
-            err = errf.read().decode(errors="replace")
-            why = _first_error(err) if err.strip() else f"killed by signal {-rc}" if rc < 0 \
-                else f"exit code {rc}"
-            if "No space left" in err or "could not write" in err:
-                du = disk_usage(bdir)
-                why += f" (backup path full: {human_bytes(du.free)} free)"
-            raise BackupError(f"pg_dump failed: {why}")
+            raise BackupError(f"pg_dump failed: {_dump_failure(errf, rc, bdir)}")
         steps.ok("pg_dump", f"{human_bytes(tmp.stat().st_size)} in {dump_s:.1f} s")
         steps.start("verify archive")
         _fsync_file(tmp)
@@ -274,52 +358,14 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
         size = tmp.stat().st_size
         steps.ok("sha256", digest)
         steps.start("write manifest")
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "kind": "market-data-appliance backup",
-            "filename": name,
-            "created_at": started.isoformat(),
-            "finished_at": utcnow().isoformat(),
-            "duration_seconds": round(time.monotonic() - t0, 3),
-            "dump_seconds": round(dump_s, 3),
-            "archive": {"sha256": digest, "size_bytes": size, "format": "custom",
-                        "toc_entries": entries},
-            "postgres": {"server_version": info[0], "server_version_num": int(info[1]),
-                         "pg_dump_version": tools.version},
-            "appliance_version": __version__,
-            "schema_version": counts["schema_version"],
-            "database": {"name": db_name(url), "size_bytes": int(info[2]),
-                         "timescaledb": bool(info[3])},
-            "row_counts": {"tables": counts["tables"], "symbols": counts["symbols"]},
-            "validation": counts["validation"],
-            "config_sha256": cfg.sha256,
-            "snapshot": snapshot,
-            "host": socket.gethostname(),
-            "free_space_check": space,
-            "job_run_id": run_id,
-            "restore_tests": [],
-        }
-        os.chmod(tmp, 0o600)
-        os.rename(tmp, final)
-        with os.fdopen(os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
-                       encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)
-            json.dump(manifest, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(mtmp, manifest_path_for(final))
-        _fsync_dir(bdir)
+        manifest = _manifest(
+            cfg, url, name, started, t0, dump_s, tools, info, counts, snapshot, space, run_id,
+            archive={"sha256": digest, "size_bytes": size, "format": "custom",
+                     "toc_entries": entries})
+        _publish(tmp, final, mtmp, manifest)
         published = True
         steps.ok("write manifest", manifest_path_for(final).name)
-        with rt.conn() as conn:
-            bid = upsert_backup(conn, filename=name, path=str(final), created_at=started,
-                                size_bytes=size, sha256=digest, manifest=manifest)
-            store.add_event(conn, "info", "backup",
-                            f"backup {name} written: {human_bytes(size)}, "
-                            f"{counts['validation']['candles']} candles, "
-                            f"{time.monotonic() - t0:.1f} s",
-                            {"backup_id": bid, "filename": name, "size_bytes": size,
-                             "sha256": digest})
+        bid = _catalogue(rt, final, started, manifest, t0)
         return {"status": "ok", "backup_id": bid, "filename": name, "path": str(final),
                 "size_bytes": size, "sha256": digest, "candles": counts["validation"]["candles"],
                 "dump_seconds": round(dump_s, 3), "schema_version": counts["schema_version"]}
@@ -334,12 +380,7 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
             except Exception:  # noqa: BLE001
                 pass
         if not published:
-            for p in (tmp, mtmp, final, manifest_path_for(final)):
-                if p.exists() and (p in (tmp, mtmp) or not _is_older_backup(p, started)):
-                    try:
-                        p.unlink()
-                    except OSError:
-                        log.exception("could not remove %s", p)
+            _remove_unpublished(tmp, mtmp, final, started)
 
 
 def _is_older_backup(p: Path, started: dt.datetime) -> bool:

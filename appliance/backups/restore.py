@@ -139,6 +139,120 @@ def _running_jobs(conn) -> list[tuple]:
              AND coalesce(heartbeat_at, started_at) > now() - interval '5 minutes'""").fetchall()
 
 
+def _suspend_jobs(rt, ref, say) -> bool:
+    """Set the suspension key that workers and the scheduler honour."""
+    try:
+        rt.redis.set(SUSPEND_KEY, json.dumps({"reason": f"restore of {ref.filename}",
+                                              "since": utcnow().isoformat(),
+                                              "pid": os.getpid()}), ex=SUSPEND_TTL_S)
+        say(f"jobs suspended ({SUSPEND_KEY})")
+        return True
+    except Exception as e:  # noqa: BLE001 - no Redis, no worker can take a job either
+        say(f"warning: could not set {SUSPEND_KEY} in Redis ({e}); continuing")
+        return False
+
+
+def _wait_until_quiet(live_conn, has_cat: bool, wait_s: float) -> None:
+    """Take the backfill lock and wait for running jobs to end."""
+    deadline = time.monotonic() + wait_s
+    while not live_conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                (BACKFILL_LOCK,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise BackupError(f"a backfill still holds its lock after {wait_s:.0f} s; "
+                              f"nothing was changed")
+        time.sleep(1)
+    while has_cat and (busy := _running_jobs(live_conn)):
+        if time.monotonic() > deadline:
+            raise BackupError(f"jobs still running after {wait_s:.0f} s: {busy}; "
+                              f"nothing was changed")
+        time.sleep(1)
+
+
+def _verified(rt, mconn, ref):
+    """The archive matches its manifest and reads; the client tools for it."""
+    try:
+        verify_archive_file(ref)
+    except CheckFailed as e:
+        raise BackupError(e.reason) from None
+    tools = find_tools(rt, server_major(mconn))
+    list_archive(tools, ref.archive)
+    return tools
+
+
+def _restore_checked(cfg, tools, url: str, new: str, ref, say) -> tuple[float, dict]:
+    """pg_restore into ``new``, then the restore test's comparison."""
+    ts = bool((ref.manifest.get("database") or {}).get("timescaledb"))
+    try:
+        secs = restore_into(tools, url, new, ref.archive,
+                            int(cfg["backup"].get("parallel_jobs") or 1), timescale=ts)
+    except CheckFailed as e:
+        raise BackupError(e.reason) from None
+    say(f"restored in {secs:.1f} s; comparing with the manifest")
+    chk = check_restored(url, new, ref.manifest)
+    if chk["mismatches"]:
+        raise BackupError("restored database differs from the manifest: "
+                          + "; ".join(chk["mismatches"][:20]))
+    return secs, chk
+
+
+def _end_connections(mconn, live: str, wait_s: float = 30) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        mconn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", (live,))
+        n = mconn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                          (live,)).fetchone()[0]
+        if n == 0:
+            return
+        if time.monotonic() > deadline:
+            raise BackupError(f"{n} connection(s) to {live!r} would not end")
+        time.sleep(0.2)
+
+
+def _after_swap(cfg, url: str, ref, old: str | None, t0: float) -> dict:
+    """The catalogue rebuilt from the drive, and the restore's event."""
+    with psycopg.connect(url, connect_timeout=10) as c:
+        scan = rescan(c, cfg)
+        store.add_event(c, "warning", "restore",
+                        f"database restored from {ref.filename}"
+                        + (f"; the previous database is kept as {old}" if old else ""),
+                        {"filename": ref.filename, "old_database": old,
+                         "seconds": round(time.monotonic() - t0, 3)})
+        c.commit()
+    return scan
+
+
+def _swap(mconn, live: str, new: str, old: str | None) -> None:
+    """In one transaction: live -> old (when there is a live database), new ->
+    live; then the kept one takes connections again."""
+    with mconn.transaction():
+        if old is not None:
+            mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(live), sql.Identifier(old)))
+        mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+            sql.Identifier(new), sql.Identifier(live)))
+    if old is not None:
+        mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+            sql.Identifier(old)))
+
+
+def _undo(mconn, live: str, drop: str | None, allow: str | None) -> None:
+    """After a failure: drop the half-made database, let connections into the
+    one that refused them; then close the maintenance connection."""
+    if drop is not None:
+        try:
+            drop_db(mconn, drop, live)
+        except Exception:  # noqa: BLE001
+            log.exception("could not drop %s", drop)
+    if allow is not None:
+        try:
+            mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                sql.Identifier(allow)))
+        except Exception:  # noqa: BLE001
+            log.exception("could not re-allow connections")
+    mconn.close()
+
+
 def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
                  wait_s: float = 120) -> dict:
     """Recover the live database from ``backup`` (see ``restore_plan_text``).
@@ -162,53 +276,18 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
         live_conn.autocommit = True
     ref = resolve_backup(cfg, backup, live_conn if has_cat else None)
     say(f"restoring {ref.archive} into {live!r}")
-    suspended = False
-    created = swapped = conns_blocked = False
+    suspended = created = swapped = conns_blocked = False
     try:
-        try:
-            rt.redis.set(SUSPEND_KEY, json.dumps({"reason": f"restore of {ref.filename}",
-                                                  "since": utcnow().isoformat(),
-                                                  "pid": os.getpid()}), ex=SUSPEND_TTL_S)
-            suspended = True
-            say(f"jobs suspended ({SUSPEND_KEY})")
-        except Exception as e:  # noqa: BLE001 - no Redis, no worker can take a job either
-            say(f"warning: could not set {SUSPEND_KEY} in Redis ({e}); continuing")
+        suspended = _suspend_jobs(rt, ref, say)
         if live_conn is not None:
-            deadline = time.monotonic() + wait_s
-            while not live_conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                        (BACKFILL_LOCK,)).fetchone()[0]:
-                if time.monotonic() > deadline:
-                    raise BackupError(f"a backfill still holds its lock after {wait_s:.0f} s; "
-                                      f"nothing was changed")
-                time.sleep(1)
-            if has_cat:
-                while (busy := _running_jobs(live_conn)):
-                    if time.monotonic() > deadline:
-                        raise BackupError(f"jobs still running after {wait_s:.0f} s: "
-                                          f"{busy}; nothing was changed")
-                    time.sleep(1)
+            _wait_until_quiet(live_conn, has_cat, wait_s)
             say("backfill lock taken, no job running")
         say("verifying the archive")
-        try:
-            verify_archive_file(ref)
-        except CheckFailed as e:
-            raise BackupError(e.reason) from None
-        tools = find_tools(rt, server_major(mconn))
-        list_archive(tools, ref.archive)
+        tools = _verified(rt, mconn, ref)
         say(f"restoring into the new database {new}")
         _create_db(mconn, new, live)
         created = True
-        ts = bool((ref.manifest.get("database") or {}).get("timescaledb"))
-        try:
-            secs = restore_into(tools, url, new, ref.archive,
-                                int(cfg["backup"].get("parallel_jobs") or 1), timescale=ts)
-        except CheckFailed as e:
-            raise BackupError(e.reason) from None
-        say(f"restored in {secs:.1f} s; comparing with the manifest")
-        chk = check_restored(url, new, ref.manifest)
-        if chk["mismatches"]:
-            raise BackupError("restored database differs from the manifest: "
-                              + "; ".join(chk["mismatches"][:20]))
+        secs, chk = _restore_checked(cfg, tools, url, new, ref, say)
         say("counts match the manifest; bringing its schema up to date")
         applied = db.migrate(url_for(url, new))
         merged = history.merge_into_restored(url if live_exists and has_cat else None,
@@ -222,39 +301,13 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
             mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
                 sql.Identifier(live)))
             conns_blocked = True
-            deadline = time.monotonic() + 30
-            while True:
-                mconn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = %s AND pid <> pg_backend_pid()", (live,))
-                n = mconn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                  (live,)).fetchone()[0]
-                if n == 0:
-                    break
-                if time.monotonic() > deadline:
-                    raise BackupError(f"{n} connection(s) to {live!r} would not end")
-                time.sleep(0.2)
-        with mconn.transaction():
-            if live_exists:
-                mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(live), sql.Identifier(old)))
-            mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(new), sql.Identifier(live)))
-        swapped = True
-        if live_exists:
-            mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                sql.Identifier(old)))
-            conns_blocked = False
+            _end_connections(mconn, live)
+        _swap(mconn, live, new, old if live_exists else None)
+        swapped, conns_blocked = True, False
         say(f"swapped: {live!r} is the restored database"
             + (f", the previous one is kept as {old!r}" if live_exists else ""))
         applied += db.migrate(url)
-        with psycopg.connect(url, connect_timeout=10) as c:
-            scan = rescan(c, cfg)
-            store.add_event(c, "warning", "restore",
-                            f"database restored from {ref.filename}"
-                            + (f"; the previous database is kept as {old}" if live_exists else ""),
-                            {"filename": ref.filename, "old_database": old if live_exists else None,
-                             "seconds": round(time.monotonic() - t0, 3)})
-            c.commit()
+        scan = _after_swap(cfg, url, ref, old if live_exists else None, t0)
         return {"status": "ok", "backup": ref.filename, "database": live,
                 "old_database": old if live_exists else None,
                 "restore_seconds": round(secs, 3), "seconds": round(time.monotonic() - t0, 3),
@@ -264,18 +317,8 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
     finally:
         if live_conn is not None:
             live_conn.close()
-        if created and not swapped:
-            try:
-                drop_db(mconn, new, live)
-            except Exception:  # noqa: BLE001
-                log.exception("could not drop %s", new)
-        if conns_blocked:
-            try:
-                mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                    sql.Identifier(old if swapped else live)))
-            except Exception:  # noqa: BLE001
-                log.exception("could not re-allow connections")
-        mconn.close()
+        _undo(mconn, live, new if created and not swapped else None,
+              (old if swapped else live) if conns_blocked else None)
         if suspended:
             try:
                 rt.redis.delete(SUSPEND_KEY)

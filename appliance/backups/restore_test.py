@@ -102,7 +102,65 @@ def check_restored(url: str, dbname: str, manifest: dict, steps: Steps | None = 
             "counts": got}
 
 
-def restore_test(rt, backup="latest", report=None) -> dict:
+def _check_toc(tools, ref: BackupRef) -> int:
+    """The archive's table of contents reads and has the manifest's entries."""
+    try:
+        entries = list_archive(tools, ref.archive)
+    except BackupError as e:
+        raise CheckFailed("pg_restore --list", f"archive unreadable: {e.message}") from None
+    want = ref.manifest["archive"].get("toc_entries")
+    if want is not None and want != entries:
+        raise CheckFailed("pg_restore --list", f"table of contents: manifest {want} "
+                                               f"entries, archive {entries}")
+    return entries
+
+
+def _drop_scratch(url: str, mconn, scratch: str, live: str, steps: Steps,
+                  error: str | None) -> str | None:
+    """Drop the scratch database, whatever happened before; returns the
+    test's error, with a failed drop added to it."""
+    if error is None:
+        steps.start("drop scratch database")
+    try:
+        if mconn is None or mconn.closed:
+            mconn = _maintenance_conn(url)
+        try:
+            drop_db(mconn, scratch, live)
+        finally:
+            mconn.close()
+        if error is None:
+            steps.ok("drop scratch database", scratch)
+        else:
+            steps._item("drop scratch database").update(status="ok", detail=scratch)
+            steps.push()
+        return error
+    except Exception as e:  # noqa: BLE001
+        log.exception("could not drop scratch database %s", scratch)
+        msg = f"could not drop the scratch database {scratch}: {e}"
+        steps._item("drop scratch database").update(status="failed", detail=msg)
+        steps.push()
+        return f"{error}; {msg}" if error else msg
+
+
+def _record_outcome(rt, ref: BackupRef, result: dict, run_id: int | None) -> None:
+    """In the manifest on the drive (so a new host knows), the catalogue and
+    the events."""
+    passed, seconds, error = result["passed"], result["seconds"], result["error"]
+    note_restore_test(ref.manifest_path, passed=passed, seconds=seconds, error=error,
+                      run_id=run_id)
+    with rt.conn() as conn:
+        record_restore_test(conn, ref.id, passed=passed, seconds=seconds, result=result)
+        if passed:
+            store.add_event(conn, "info", "restore_test",
+                            f"restore test of {ref.filename} passed in {seconds:.1f} s",
+                            {"backup_id": ref.id, "seconds": seconds})
+        else:
+            store.add_event(conn, "error", "restore_test",
+                            f"restore test of {ref.filename} failed: {error}",
+                            {"backup_id": ref.id, "seconds": seconds, "error": error})
+
+
+def restore_test(rt, backup="latest", report=None, run_id: int | None = None) -> dict:
     """The restore test of one backup (see module doc). Never touches the live
     database except to record the outcome in the catalogue. Returns a dict
     with status 'ok' (passed) or 'failed' and 'error' saying exactly what
@@ -128,15 +186,7 @@ def restore_test(rt, backup="latest", report=None) -> dict:
             mconn = _maintenance_conn(url)
             tools = find_tools(rt, server_major(mconn))
             steps.start("pg_restore --list")
-            try:
-                entries = list_archive(tools, ref.archive)
-            except BackupError as e:
-                raise CheckFailed("pg_restore --list", f"archive unreadable: {e.message}") from None
-            want = ref.manifest["archive"].get("toc_entries")
-            if want is not None and want != entries:
-                raise CheckFailed("pg_restore --list", f"table of contents: manifest {want} "
-                                                       f"entries, archive {entries}")
-            steps.ok("pg_restore --list", f"{entries} entries")
+            steps.ok("pg_restore --list", f"{_check_toc(tools, ref)} entries")
             steps.start("create scratch database")
             stale = drop_stale_scratch(mconn, live, max(3600, cfg["jobs"]["timeout_seconds"]))
             if stale:
@@ -174,41 +224,14 @@ def restore_test(rt, backup="latest", report=None) -> dict:
             steps.fail(None, error)
     finally:
         if scratch is not None:
-            if error is None:
-                steps.start("drop scratch database")
-            try:
-                if mconn is None or mconn.closed:
-                    mconn = _maintenance_conn(url)
-                drop_db(mconn, scratch, live)
-                if error is None:
-                    steps.ok("drop scratch database", scratch)
-                else:
-                    steps._item("drop scratch database").update(status="ok", detail=scratch)
-                    steps.push()
-            except Exception as e:  # noqa: BLE001
-                log.exception("could not drop scratch database %s", scratch)
-                msg = f"could not drop the scratch database {scratch}: {e}"
-                steps._item("drop scratch database").update(status="failed", detail=msg)
-                steps.push()
-                error = f"{error}; {msg}" if error else msg
-        if mconn is not None:
+            error = _drop_scratch(url, mconn, scratch, live, steps, error)
+        if mconn is not None and not mconn.closed:
             mconn.close()
     seconds = round(time.monotonic() - t0, 3)
     passed = error is None
     result.update({"passed": passed, "seconds": seconds, "error": error,
                    "scratch_database": scratch, "steps": steps.items})
-    note_restore_test(ref.manifest_path, passed=passed, seconds=seconds, error=error,
-                      run_id=getattr(report, "run_id", None))
-    with rt.conn() as conn:
-        record_restore_test(conn, ref.id, passed=passed, seconds=seconds, result=result)
-        if passed:
-            store.add_event(conn, "info", "restore_test",
-                            f"restore test of {ref.filename} passed in {seconds:.1f} s",
-                            {"backup_id": ref.id, "seconds": seconds})
-        else:
-            store.add_event(conn, "error", "restore_test",
-                            f"restore test of {ref.filename} failed: {error}",
-                            {"backup_id": ref.id, "seconds": seconds, "error": error})
+    _record_outcome(rt, ref, result, run_id)
     steps.done("passed" if passed else "failed")
     out = {"status": "ok" if passed else "failed", "backup_id": ref.id,
            "filename": ref.filename, "seconds": seconds,

@@ -13,4 +13,4 @@ from .. import backups
 
 
 def run(rt, run_id, report, backup="latest") -> dict:
-    return backups.restore_test(rt, backup, report)
+    return backups.restore_test(rt, backup, report, run_id=run_id)
