@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis
 
-from appliance import alerts
+from appliance import notify
 from appliance.config import mask_url, redact
 from appliance.jobs import runs
 from appliance.runtime import RedactingFilter, Runtime
@@ -52,7 +52,7 @@ def test_a_failed_notification_writes_no_url_into_the_events(config_factory, dat
     rt = Runtime.from_path(cfg)
     try:
         rt.open()
-        alerts._notify(rt, "open", {"key": "k", "severity": "warning", "status": "open",
+        notify.send(rt, "open", {"key": "k", "severity": "warning", "status": "open",
                                     "message": "m", "details": {}})
         with psycopg.connect(database_url) as conn:
             rows = [r[0] for r in conn.execute("SELECT message || details::text FROM events")]

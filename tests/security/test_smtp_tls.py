@@ -11,7 +11,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from appliance import alerts
+from appliance import notify
 from appliance.runtime import Runtime
 
 from .helpers import free_port, secured
@@ -61,7 +61,7 @@ def _notify(cfg_path):
     rt = Runtime.from_path(cfg_path)
     try:
         rt.open()
-        alerts._notify(rt, "open", dict(ROW))
+        notify.send(rt, "open", dict(ROW))
     finally:
         rt.close()
 
