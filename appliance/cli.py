@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import default_config_path, diff_configs, load_config
+from .config import MIN_TOKEN_LENGTH, TOKEN_PATHS, default_config_path, json_path, load_config
+from .configdiff import diff_configs
 from .errors import ApplianceError, ConfigError
 
 log = logging.getLogger("appliance.cli")
@@ -66,6 +67,17 @@ def _runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False, **kw):
         ctx.exit(1)
 
 
+def _short_tokens(cfg) -> list[str]:
+    """``check-config``'s refusals of guessable tokens (the value is never shown)."""
+    out = []
+    for p in TOKEN_PATHS:
+        v = cfg.get(".".join(p)) or ""
+        if v and len(v) < MIN_TOKEN_LENGTH:
+            out.append(f"{cfg.path}: at {json_path(p)}: the token is {len(v)} characters; at least "
+                       f"{MIN_TOKEN_LENGTH} are required (e.g. openssl rand -hex 32)")
+    return out
+
+
 def _fail(msg: str, code: int = 1):
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
@@ -105,8 +117,7 @@ def check_config(ctx, path, show_diff):
             click.echo(line)
         click.echo(f"FAILED: {p}: {len(e.errors)} error(s)", err=True)
         sys.exit(1)
-    from .config import short_tokens
-    weak = short_tokens(cfg)
+    weak = _short_tokens(cfg)
     if weak:
         for line in weak:
             click.echo(line)

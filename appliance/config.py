@@ -19,12 +19,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import yaml
 from jsonschema import Draft202012Validator
 
 from .errors import ConfigError
+from .redaction import MASK, mask_url, mask_webhook, redact, remember_secrets, url_passwords
 from .jobs.registry import default_schedules
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -42,7 +43,6 @@ SECRET_PATHS = {
 #: Tokens that guard the appliance: ``check-config`` refuses shorter ones.
 TOKEN_PATHS = (("server", "admin_token"), ("server", "read_token"), ("server", "metrics_token"))
 MIN_TOKEN_LENGTH = 24
-MASK = "********"
 #: Keys a reload cannot change: the processes would have to be restarted.
 RESTART_KEYS = [("database", "url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
                 ("server", "workers"), ("server", "threads"), ("server", "worker_class")]
@@ -326,104 +326,6 @@ class Config:
         return out
 
 
-def mask_webhook(url: str) -> str:
-    """``https://hooks.example/services/T0/B0/xyz`` -> ``https://hooks.example/********``:
-    the host says where notifications go, the path is the credential."""
-    m = re.match(r"^([a-z][a-z0-9+.-]*://[^/?#@]*)", url, flags=re.I)
-    return (m.group(1) + "/" if m else "") + MASK
-
-
-_QUERY_SECRET_RE = re.compile(r"([?&](?:password|pass|pwd|sslpassword|sslkey_password)=)[^&#]*",
-                              re.I)
-
-
-def _split_userinfo(url: str) -> tuple[str, str, str] | None:
-    """(scheme://, userinfo, rest) of a URL with credentials, else None. The
-    userinfo ends at the last ``@`` before the query, so a password holding
-    an unencoded ``@`` is still all in it."""
-    m = re.match(r"^([a-z][a-z0-9+.-]*://)(.*)$", url, flags=re.I | re.S)
-    if not m:
-        return None
-    head, rest = m.groups()
-    at = rest.split("?", 1)[0].rfind("@")
-    if at < 0:
-        return None
-    return head, rest[:at], rest[at:]
-
-
-def url_passwords(url: str) -> list[str]:
-    """The passwords a database or Redis URL carries (userinfo and ``?password=``)."""
-    out = []
-    parts = _split_userinfo(url or "")
-    if parts and ":" in parts[1]:
-        out.append(parts[1].split(":", 1)[1])
-    out.extend(m.group(0).split("=", 1)[1] for m in _QUERY_SECRET_RE.finditer(url or ""))
-    return [p for p in out if p and p != MASK]
-
-
-def mask_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:********@host/db``;
-    ``?password=secret`` is masked too, and a password holding ``@``."""
-    parts = _split_userinfo(url)
-    if parts:
-        head, userinfo, rest = parts
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
-        url = head + userinfo + rest
-    return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, url)
-
-
-# --------------------------------------------------------------------------- redaction
-
-#: Secrets of every config loaded in this process (the running one and any
-#: candidate): ``redact`` removes them from any text before it is stored or shown.
-_known_secrets: set[str] = set()
-_URL_USERINFO_RE = re.compile(r"([a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s@/]+@", re.I)
-_BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{12,}", re.I)
-
-
-def remember_secrets(cfg: "Config") -> None:
-    for v in cfg.secret_values():
-        if len(v) >= 4:  # shorter ones would mangle ordinary words
-            _known_secrets.add(v)
-
-
-def redact(text):
-    """``text`` with every known secret, URL password and Bearer token replaced
-    by ``********``. Used on every message before it is stored (events, job
-    run errors, reload history) or logged."""
-    if not isinstance(text, str) or not text:
-        return text
-    for v in sorted(_known_secrets, key=len, reverse=True):
-        if v in text:
-            text = text.replace(v, MASK)
-    text = _URL_USERINFO_RE.sub(lambda m: m.group(1) + MASK + "@", text)
-    text = _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, text)
-    return _BEARER_RE.sub(lambda m: m.group(1) + MASK, text)
-
-
-def redact_obj(v):
-    """``redact`` applied to every string in a JSON-like value."""
-    if isinstance(v, str):
-        return redact(v)
-    if isinstance(v, Mapping):
-        return {k: redact_obj(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [redact_obj(x) for x in v]
-    return v
-
-
-def short_tokens(cfg: "Config") -> list[str]:
-    """``check-config``'s refusals of guessable tokens (the value is never shown)."""
-    out = []
-    for p in TOKEN_PATHS:
-        v = cfg.get(".".join(p)) or ""
-        if v and len(v) < MIN_TOKEN_LENGTH:
-            out.append(f"{cfg.path}: at {json_path(p)}: the token is {len(v)} characters; at least "
-                       f"{MIN_TOKEN_LENGTH} are required (e.g. openssl rand -hex 32)")
-    return out
-
-
 # --------------------------------------------------------------------------- loading
 
 def default_config_path() -> Path:
@@ -686,73 +588,3 @@ def salvage_connection_settings(path, env: Mapping[str, str] | None = None) -> C
     d = Path(data["data_dir"]).expanduser()
     data["data_dir"] = str(d if d.is_absolute() else (p.resolve().parent / d))
     return Config(data, path=p.resolve(), text="")
-
-
-# --------------------------------------------------------------------------- diff
-
-def _flatten(d, prefix=()) -> Iterator[tuple[tuple, Any]]:
-    if isinstance(d, Mapping):
-        for k, v in d.items():
-            yield from _flatten(v, prefix + (k,))
-    else:
-        yield prefix, d
-
-
-def diff_configs(old: Config | None, new: Config) -> dict:
-    """What changes when ``new`` replaces ``old``.
-
-    Returns ``{"symbols_added", "symbols_removed", "schedules_changed",
-    "changed", "restart_required"}``; secrets appear masked.
-    """
-    if old is None:
-        return {"symbols_added": [s.symbol for s in new.symbols], "symbols_removed": [],
-                "schedules_changed": {}, "changed": {}, "restart_required": []}
-    o_syms = [s.symbol for s in old.symbols if s.active]
-    n_syms = [s.symbol for s in new.symbols if s.active]
-    o_m, n_m = old.masked(), new.masked()
-    o_flat = {k: v for k, v in _flatten({k: v for k, v in o_m.items() if k != "symbols"})}
-    n_flat = {k: v for k, v in _flatten({k: v for k, v in n_m.items() if k != "symbols"})}
-    changed = {}
-    for k in sorted(set(o_flat) | set(n_flat), key=lambda t: ".".join(map(str, t))):
-        if o_flat.get(k) != n_flat.get(k):
-            if k in SECRET_PATHS:
-                changed[".".join(k)] = {"old": "********", "new": "********"}
-            else:
-                changed[".".join(k)] = {"old": _jsonable(o_flat.get(k)),
-                                        "new": _jsonable(n_flat.get(k))}
-    o_raw, n_raw = old.to_dict(), new.to_dict()
-    restart = []
-    for k in RESTART_KEYS:
-        ov, nv = o_raw, n_raw
-        for part in k:
-            ov, nv = ov.get(part), nv.get(part)
-        if ov != nv:
-            restart.append(".".join(k))
-    since_changed = {}
-    o_since = {s.symbol: s.since for s in old.symbols}
-    for s in new.symbols:
-        if s.symbol in o_since and o_since[s.symbol] != s.since:
-            since_changed[s.symbol] = {"old": o_since[s.symbol].isoformat(),
-                                       "new": s.since.isoformat()}
-    return {
-        "symbols_added": [s for s in n_syms if s not in o_syms],
-        "symbols_removed": [s for s in o_syms if s not in n_syms],
-        "symbols_since_changed": since_changed,
-        "schedules_changed": {k[len("schedules."):]: v for k, v in changed.items()
-                              if k.startswith("schedules.")},
-        "changed": changed,
-        "restart_required": restart,
-    }
-
-
-def _jsonable(v):
-    if isinstance(v, tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, Mapping):
-        return {k: _jsonable(x) for k, x in v.items()}
-    return v
-
-
-def diff_is_empty(diff: dict) -> bool:
-    return not (diff["symbols_added"] or diff["symbols_removed"] or diff["changed"]
-                or diff.get("symbols_since_changed"))

@@ -14,7 +14,8 @@ import logging
 import threading
 
 from . import store
-from .config import Config, diff_configs, diff_is_empty, load_config
+from .config import Config, load_config
+from .configdiff import diff_configs, diff_is_empty
 from .errors import ConfigError
 
 log = logging.getLogger("appliance.reload")

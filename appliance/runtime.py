@@ -259,10 +259,10 @@ def setup_logging(level: str | None = None) -> None:
 
 
 class RedactingFilter(logging.Filter):
-    """Removes secrets (see ``config.redact``) from every record a handler writes."""
+    """Removes secrets (see ``redaction.redact``) from every record a handler writes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from .config import redact
+        from .redaction import redact
         try:
             msg = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken record is logging's business

@@ -45,7 +45,7 @@ class Endpoints:
     embedded_redis: bool
 
     def describe(self) -> str:
-        from .config import mask_url
+        from .redaction import mask_url
         pg = (f"embedded PostgreSQL at {self.database_url}" if self.embedded_pg
               else f"PostgreSQL at {mask_url(self.database_url)}")
         rd = (f"embedded Redis at {self.redis_url}" if self.embedded_redis

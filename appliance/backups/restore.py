@@ -49,7 +49,7 @@ def restore_plan_text(rt, backup) -> str:
     except BackupError as e:
         state = f"cannot be checked ({e.message})"
     stamp = "YYYYMMDD_HHMMSS"
-    from ..config import mask_url
+    from ..redaction import mask_url
     lines = [
         f"Restore of {ref.archive}",
         f"  made {m.get('created_at')}, {human_bytes(m['archive'].get('size_bytes'))}, "

@@ -18,7 +18,7 @@ from typing import Callable
 from psycopg.rows import dict_row
 
 from .. import store
-from ..config import redact, redact_obj
+from ..redaction import redact, redact_obj
 from ..errors import ApplianceError
 
 log = logging.getLogger("appliance.jobs")

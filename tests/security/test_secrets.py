@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from appliance import notify
-from appliance.config import mask_url, redact
+from appliance.redaction import mask_url, redact
 from appliance.jobs import runs
 from appliance.runtime import RedactingFilter, Runtime
 

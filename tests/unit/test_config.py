@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import diff_configs, load_config
+from appliance.config import load_config
+from appliance.configdiff import diff_configs
 from appliance.errors import ConfigError
 
 CORPUS = Path(__file__).resolve().parents[1] / "config"

@@ -8,7 +8,8 @@ import yaml
 from flask import (Blueprint, Response, render_template)
 
 from ... import store
-from ...config import diff_configs, load_config
+from ...config import load_config
+from ...configdiff import diff_configs
 from ...errors import ConfigError
 from .. import auth
 from .common import (f_json, _actor, admin_post, is_htmx, rt)
