@@ -1,0 +1,154 @@
+"""The bookkeeping tables: events, vendor counters, backfill checkpoints and
+history coverage, alerts, backups and reloads as status reads them."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from psycopg.rows import dict_row
+
+
+
+def add_event(conn, level: str, kind: str, message: str, details: dict | None = None) -> None:
+    """Events can be read without a login: known secrets are redacted first."""
+    from ..redaction import redact, redact_obj
+    details = json.loads(json.dumps(details or {}, default=str))
+    conn.execute("INSERT INTO events (level, kind, message, details) VALUES (%s, %s, %s, %s)",
+                 (level, kind, redact(message), json.dumps(redact_obj(details))))
+
+
+def recent_events(conn, *, level: str | None = None, kind: str | None = None,
+                  limit: int = 200, q: str | None = None) -> list[dict]:
+    levels = {"debug": 0, "info": 1, "warning": 2, "error": 3}
+    min_level = [k for k, v in levels.items() if v >= levels.get(level or "debug", 0)]
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """SELECT id, ts, level, kind, message, details FROM events
+               WHERE level = ANY(%s) AND (%s::text IS NULL OR kind = %s)
+                 AND (%s::text IS NULL OR message ILIKE '%%' || %s || '%%')
+               ORDER BY ts DESC, id DESC LIMIT %s""",
+            (min_level, kind, kind, q, q, limit))
+        return cur.fetchall()
+
+
+def event_kinds(conn) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT kind FROM events ORDER BY 1")]
+
+
+def add_vendor_counts(conn, counts: dict) -> None:
+    """counts: {(provider, kind, label): n}."""
+    with conn.cursor() as cur:
+        for (prov, kind, label), n in counts.items():
+            if n:
+                cur.execute(
+                    """INSERT INTO vendor_requests (provider, kind, label, count)
+                       VALUES (%s, %s, %s, %s) ON CONFLICT (provider, kind, label)
+                       DO UPDATE SET count = vendor_requests.count + EXCLUDED.count""",
+                    (prov, kind, str(label), n))
+
+
+def vendor_counts(conn) -> list[tuple]:
+    return conn.execute("SELECT provider, kind, label, count FROM vendor_requests "
+                        "ORDER BY 1, 2, 3").fetchall()
+
+
+def history_coverage(conn, symbol: str) -> tuple[dt.date | None, dt.date | None]:
+    """(first stored session, earliest session the vendor was asked for)."""
+    row = conn.execute(
+        """SELECT st.first_session, sy.history_from FROM symbols sy
+             LEFT JOIN symbol_stats st USING (symbol) WHERE sy.symbol = %s""",
+        (symbol,)).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def mark_history_from(conn, symbol: str, session: dt.date) -> None:
+    """A whole-history fetch from ``session`` completed for ``symbol``."""
+    conn.execute("""UPDATE symbols SET history_from = least(coalesce(history_from, %s), %s)
+                     WHERE symbol = %s""", (session, session, symbol))
+
+
+def checkpoint(conn, symbol: str, session: dt.date, run_id: int | None) -> None:
+    conn.execute(
+        """INSERT INTO backfill_checkpoints (symbol, last_session, run_id) VALUES (%s, %s, %s)
+           ON CONFLICT (symbol) DO UPDATE SET last_session = EXCLUDED.last_session,
+             run_id = EXCLUDED.run_id, updated_at = now()""", (symbol, session, run_id))
+
+
+# --------------------------------------------------------------------------- status helpers
+
+def open_alerts(conn) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("""SELECT id, key, severity, status, message, details, opened_at,
+                              acknowledged_at, acknowledged_by
+                       FROM alerts WHERE status = 'open'
+                       ORDER BY severity = 'critical' DESC, opened_at DESC""")
+        return cur.fetchall()
+
+
+def latest_backup(conn) -> dict | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("""SELECT id, filename, created_at, size_bytes, sha256, status,
+                              restore_test_status, restore_test_at
+                       FROM backups WHERE status = 'ok' ORDER BY created_at DESC LIMIT 1""")
+        return cur.fetchone()
+
+
+def last_restore_test(conn) -> dict | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("""SELECT id AS backup_id, filename, restore_test_status AS status,
+                              restore_test_at AS at, restore_test_seconds AS seconds
+                       FROM backups WHERE restore_test_at IS NOT NULL
+                       ORDER BY restore_test_at DESC LIMIT 1""")
+        return cur.fetchone()
+
+
+def last_config_reload(conn) -> dict | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("""SELECT id, ts, source, actor, sha256, ok, error, diff FROM config_reloads
+                       ORDER BY ts DESC, id DESC LIMIT 1""")
+        return cur.fetchone()
+
+
+def record_config_reload(conn, *, source: str, actor: str | None, sha256: str | None, ok: bool,
+                         error: str | None, diff: dict | None) -> int:
+    return conn.execute(
+        """INSERT INTO config_reloads (source, actor, sha256, ok, error, diff)
+           VALUES (%s, %s, %s, %s, %s, %s) RETURNING id""",
+        (source, actor, sha256, ok, _redact(error),
+         json.dumps(_redact_obj(json.loads(json.dumps(diff or {}, default=str)))))).fetchone()[0]
+
+
+def _redact(text):
+    from ..redaction import redact
+    return redact(text)
+
+
+def _redact_obj(v):
+    from ..redaction import redact_obj
+    return redact_obj(v)
+
+
+def config_reloads(conn, limit: int = 20) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT * FROM config_reloads ORDER BY ts DESC, id DESC LIMIT %s", (limit,))
+        return cur.fetchall()
+
+
+def alerts_list(conn, *, status: str = "open", limit: int = 200) -> list[dict]:
+    where = {"open": "status = 'open'", "resolved": "status = 'resolved'",
+             "all": "status IN ('open', 'resolved')"}[status]
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"""SELECT id, key, severity, status, message, details, opened_at,
+                               resolved_at, acknowledged_at, acknowledged_by
+                        FROM alerts WHERE {where}
+                        ORDER BY coalesce(resolved_at, opened_at) DESC, id DESC LIMIT %s""",
+                    (limit,))
+        return cur.fetchall()
+
+
+def job_run_stats(conn) -> list[tuple]:
+    """(job, status, count, sum of durations in seconds) over all recorded runs."""
+    return conn.execute(
+        """SELECT job, status, count(*),
+                  coalesce(sum(extract(epoch FROM finished_at - started_at)), 0)
+           FROM job_runs GROUP BY job, status ORDER BY 1, 2""").fetchall()

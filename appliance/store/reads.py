@@ -1,0 +1,146 @@
+"""Reading candles: the historical endpoint's SQL (adjusted on read), gaps,
+invalid candles and the chart series."""
+from __future__ import annotations
+
+import datetime as dt
+
+from psycopg.rows import dict_row
+from .writes import TIMEFRAME
+
+
+
+def _historical_select(adjusted: bool, include_invalid: bool) -> str:
+    """Candles of one symbol between two session dates (both inclusive).
+
+    Unadjusted prices are the stored values, untouched. Adjusted prices are
+    ``price * k`` and volume ``volume / k``, where ``k`` is the product of
+    ``split_from / split_to`` of every stored split executed after the bar, the
+    product taken from the latest split backwards (one multiplication per
+    split, no logarithms, so that a single 4-for-1 split gives exactly
+    ``price * 0.25``). Parameters: symbol, tf, start, end, limit.
+    """
+    if adjusted:
+        with_ = """WITH RECURSIVE sp AS (
+              SELECT execution_date, split_from / split_to AS r,
+                     row_number() OVER (ORDER BY execution_date DESC) AS n
+              FROM splits WHERE symbol = %(symbol)s AND split_from > 0 AND split_to > 0),
+            cum AS (SELECT n, execution_date, r AS k FROM sp WHERE n = 1
+                    UNION ALL
+                    SELECT sp.n, sp.execution_date, cum.k * sp.r
+                    FROM cum JOIN sp ON sp.n = cum.n + 1)"""
+        factor = """CROSS JOIN LATERAL (SELECT coalesce(
+              (SELECT c.k FROM cum c
+               WHERE c.execution_date > (m.ts AT TIME ZONE 'America/New_York')::date
+               ORDER BY c.execution_date LIMIT 1), 1.0) AS k) f"""
+        cols = """m.open * f.k AS open, m.high * f.k AS high, m.low * f.k AS low,
+               m.close * f.k AS close, m.volume / f.k AS volume, m.vwap * f.k AS vwap"""
+    else:
+        with_, factor = "", ""
+        cols = "m.open, m.high, m.low, m.close, m.volume, m.vwap"
+    valid = "" if include_invalid else "AND m.validated"
+    return f"""{with_}
+        SELECT (m.ts AT TIME ZONE 'America/New_York')::date AS time,
+               {cols},
+               m.trades, m.validated, m.quality_score, m.gap_detected, m.gap_kind, m.source,
+               m.issues
+        FROM market_data m {factor}
+        WHERE m.symbol = %(symbol)s AND m.timeframe = %(tf)s
+          AND m.ts >= (%(start)s::date::timestamp AT TIME ZONE 'America/New_York')
+          AND m.ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE 'America/New_York')
+          {valid}
+        ORDER BY m.ts
+        LIMIT %(limit)s"""
+
+
+def _finite(col: str) -> str:
+    """NULL for NaN/Infinity: JSON has no such numbers."""
+    return f"CASE WHEN {col} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE {col} END"
+
+
+def historical_json_sql(adjusted: bool, include_invalid: bool) -> str:
+    """SQL returning one JSON text per candle, in the API's field order.
+
+    PostgreSQL prints float8 with the shortest text that reads back as the
+    same double, so a price comes back exactly as the vendor sent it.
+    """
+    inner = _historical_select(adjusted, include_invalid)
+    f = _finite
+    return f"""SELECT json_build_object('time', time, 'open', {f('open')}, 'high', {f('high')},
+                   'low', {f('low')}, 'close', {f('close')}, 'volume', {f('volume')},
+                   'vwap', {f('vwap')}, 'validated', validated,
+                   'quality_score', {f('quality_score')}, 'gap_detected', gap_detected,
+                   'gap_kind', gap_kind, 'source', source)::text
+               FROM ({inner}) q"""
+
+
+def _csv_text(col: str) -> str:
+    """A text column as a CSV field: quoted only when it needs to be."""
+    return (f"""CASE WHEN {col} ~ E'[",\\r\\n]' THEN '"' || replace({col}, '"', '""') || '"' """
+            f"ELSE {col} END")
+
+
+def historical_csv_sql(adjusted: bool, include_invalid: bool) -> str:
+    """SQL returning one CSV line (with its newline) per candle, columns as in
+    ``HISTORICAL_CSV_HEADER``; booleans ``true``/``false``, NULL as empty."""
+    inner = _historical_select(adjusted, include_invalid)
+    b = "CASE WHEN {0} THEN 'true' ELSE 'false' END".format
+    return f"""SELECT format(E'%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s\\n',
+                      time, open, high, low, close, volume, vwap, {b('validated')},
+                      quality_score, {b('gap_detected')}, {_csv_text('gap_kind')},
+                      {_csv_text('source')})
+               FROM ({inner}) q"""
+
+
+HISTORICAL_CSV_HEADER = ("time", "open", "high", "low", "close", "volume", "vwap", "validated",
+                         "quality_score", "gap_detected", "gap_kind", "source")
+
+
+def invalid_candles(conn, symbol: str, limit: int = 500) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """SELECT (ts AT TIME ZONE 'America/New_York')::date AS time, open, high, low, close,
+                      volume, issues, quality_score
+               FROM market_data WHERE symbol = %s AND NOT validated ORDER BY ts DESC LIMIT %s""",
+            (symbol, limit))
+        return cur.fetchall()
+
+
+def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
+         since: dt.date | None = None, until: dt.date | None = None, limit: int = 500) -> list[dict]:
+    """Flagged candles (split / jump) and missing sessions, newest first, with
+    the vendor split that explains a split gap."""
+    params = {"symbol": symbol, "kind": kind, "since": since, "until": until, "limit": limit}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """SELECT * FROM (
+                 SELECT m.symbol, (m.ts AT TIME ZONE 'America/New_York')::date AS session,
+                        m.gap_kind AS kind, m.gap_pct AS jump_pct, m.close, m.open,
+                        sp.split_from, sp.split_to
+                 FROM market_data m
+                 LEFT JOIN splits sp ON sp.symbol = m.symbol
+                      AND sp.execution_date = (m.ts AT TIME ZONE 'America/New_York')::date
+                 WHERE m.gap_detected
+                   AND (%(symbol)s::text IS NULL OR m.symbol = %(symbol)s)
+                   AND (%(kind)s::text IS NULL OR m.gap_kind = %(kind)s)
+                   AND (%(since)s::date IS NULL
+                        OR m.ts >= (%(since)s::date::timestamp AT TIME ZONE 'America/New_York'))
+                   AND (%(until)s::date IS NULL
+                        OR m.ts < ((%(until)s::date + 1)::timestamp AT TIME ZONE 'America/New_York'))
+                 UNION ALL
+                 SELECT ms.symbol, ms.session, 'missing', NULL, NULL, NULL, NULL, NULL
+                 FROM missing_sessions ms
+                 WHERE (%(kind)s::text IS NULL OR %(kind)s = 'missing')
+                   AND (%(symbol)s::text IS NULL OR ms.symbol = %(symbol)s)
+                   AND (%(since)s::date IS NULL OR ms.session >= %(since)s)
+                   AND (%(until)s::date IS NULL OR ms.session <= %(until)s)
+               ) g ORDER BY session DESC, symbol LIMIT %(limit)s""", params)
+        return cur.fetchall()
+
+
+def chart_series(conn, symbol: str, *, adjusted: bool, limit: int = 5000) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_historical_select(adjusted, True),
+                    {"symbol": symbol, "tf": TIMEFRAME, "start": dt.date(1900, 1, 1),
+                     "end": dt.date(2999, 12, 31), "limit": None})
+        rows = cur.fetchall()
+    return rows[-limit:]

@@ -1,0 +1,157 @@
+"""Symbols and their running aggregates (stats, missing sessions), refreshed
+after every write so that status and the console never scan market_data."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Sequence
+
+import numpy as np
+from psycopg.rows import dict_row
+from .writes import TIMEFRAME, stored_sessions
+
+
+
+def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
+                         timeframe: str = TIMEFRAME,
+                         expected_from: dt.date | None = None) -> dict | None:
+    """Recompute one symbol's running aggregates (and its missing sessions).
+
+    ``cal_sessions_fn(first, last)`` returns the calendar's sessions;
+    ``score_fn(n_valid, n_total, n_present, n_expected, mean_score)`` the symbol score.
+    ``expected_from``: the first session the symbol should have (its configured
+    start, when the vendor has not yet been asked from there); None means the
+    first stored bar (the vendor had nothing earlier: the listing date).
+    """
+    row = conn.execute(
+        """SELECT (min(ts) AT TIME ZONE 'America/New_York')::date,
+                  (max(ts) AT TIME ZONE 'America/New_York')::date,
+                  count(*), count(*) FILTER (WHERE validated),
+                  count(*) FILTER (WHERE gap_detected),
+                  count(*) FILTER (WHERE gap_kind = 'split'),
+                  count(*) FILTER (WHERE gap_kind = 'jump'),
+                  avg(quality_score), max(source)
+           FROM market_data WHERE symbol = %s AND timeframe = %s""",
+        (symbol, timeframe)).fetchone()
+    first, last, n, n_valid, gaps, g_split, g_jump, mean_score, source = row
+    if n == 0:
+        conn.execute("DELETE FROM symbol_stats WHERE symbol = %s", (symbol,))
+        conn.execute("DELETE FROM missing_sessions WHERE symbol = %s", (symbol,))
+        return None
+    expected = cal_sessions_fn(min(first, expected_from) if expected_from else first, last)
+    present = stored_sessions(conn, symbol, timeframe)
+    missing = np.setdiff1d(expected, present)
+    n_present = len(expected) - len(missing)
+    completeness = n_present / len(expected) if len(expected) else 1.0
+    score = score_fn(n_valid, n, n_present, len(expected), float(mean_score or 0))
+    conn.execute("DELETE FROM missing_sessions WHERE symbol = %s", (symbol,))
+    if len(missing):
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO missing_sessions (symbol, session) VALUES (%s, %s)",
+                            [(symbol, d) for d in missing.astype(object).tolist()])
+    conn.execute(
+        """INSERT INTO symbol_stats (symbol, timeframe, first_session, last_session, records,
+               validated, gaps, gaps_split, gaps_jump, missing_sessions, expected_sessions,
+               completeness, mean_score, quality_score, source, last_update)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+           ON CONFLICT (symbol) DO UPDATE SET first_session = EXCLUDED.first_session,
+               last_session = EXCLUDED.last_session, records = EXCLUDED.records,
+               validated = EXCLUDED.validated, gaps = EXCLUDED.gaps,
+               gaps_split = EXCLUDED.gaps_split, gaps_jump = EXCLUDED.gaps_jump,
+               missing_sessions = EXCLUDED.missing_sessions,
+               expected_sessions = EXCLUDED.expected_sessions,
+               completeness = EXCLUDED.completeness, mean_score = EXCLUDED.mean_score,
+               quality_score = EXCLUDED.quality_score, source = EXCLUDED.source,
+               last_update = now()""",
+        (symbol, timeframe, first, last, n, n_valid, gaps, g_split, g_jump, len(missing),
+         len(expected), completeness, mean_score, score, source))
+    return {"symbol": symbol, "records": n, "validated": n_valid, "gaps": gaps,
+            "missing": len(missing), "completeness": completeness, "quality_score": score}
+
+
+def summary(conn) -> dict:
+    """The database part of /api/v1/status, from the running aggregates."""
+    row = conn.execute(
+        """SELECT count(*), coalesce(sum(records), 0), coalesce(sum(validated), 0),
+                  coalesce(sum(gaps), 0), max(last_session), coalesce(sum(missing_sessions), 0),
+                  max(last_update)
+           FROM symbol_stats""").fetchone()
+    n_sym, total, valid, gaps, latest, missing, last_update = row
+    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    total, valid, gaps = int(total), int(valid), int(gaps)
+    return {
+        "symbols_available": int(n_sym),
+        "total_records": total,
+        "validated_records": valid,
+        "validation_rate_pct": round(100.0 * valid / total, 2) if total else 0.0,
+        "latest_data": latest.isoformat() if latest else None,
+        "gaps_flagged": gaps,
+        "gaps_flagged_pct": round(100.0 * gaps / total, 3) if total else 0.0,
+        "missing_sessions": int(missing),
+        "size_bytes": int(size),
+        "stats_updated_at": last_update.isoformat() if last_update else None,
+    }
+
+
+def symbol_rows(conn) -> list[dict]:
+    """Every configured or stored symbol with its stats."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """SELECT coalesce(s.symbol, st.symbol) AS symbol,
+                      coalesce(s.active, false) AS active,
+                      (s.symbol IS NOT NULL AND s.removed_at IS NULL) AS configured,
+                      s.since, st.first_session, st.last_session,
+                      coalesce(st.records, 0) AS records, coalesce(st.validated, 0) AS validated,
+                      coalesce(st.gaps, 0) AS gaps, coalesce(st.gaps_split, 0) AS gaps_split,
+                      coalesce(st.gaps_jump, 0) AS gaps_jump,
+                      coalesce(st.missing_sessions, 0) AS missing_sessions,
+                      st.expected_sessions, st.completeness, st.quality_score, st.mean_score,
+                      st.source, st.last_update
+               FROM symbols s FULL OUTER JOIN symbol_stats st ON st.symbol = s.symbol
+               ORDER BY 1""")
+        return cur.fetchall()
+
+
+def symbol_row(conn, symbol: str) -> dict | None:
+    for r in symbol_rows_for(conn, [symbol]):
+        return r
+    return None
+
+
+def symbol_rows_for(conn, symbols: Sequence[str]) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """SELECT coalesce(s.symbol, st.symbol) AS symbol, coalesce(s.active, false) AS active,
+                      (s.symbol IS NOT NULL AND s.removed_at IS NULL) AS configured, s.since,
+                      st.first_session, st.last_session, coalesce(st.records, 0) AS records,
+                      coalesce(st.validated, 0) AS validated, coalesce(st.gaps, 0) AS gaps,
+                      coalesce(st.missing_sessions, 0) AS missing_sessions, st.completeness,
+                      st.quality_score, st.source, st.last_update
+               FROM symbols s FULL OUTER JOIN symbol_stats st ON st.symbol = s.symbol
+               WHERE coalesce(s.symbol, st.symbol) = ANY(%s)""", (list(symbols),))
+        return cur.fetchall()
+
+
+def sync_symbols(conn, specs) -> dict:
+    """Make the symbols table match the config: add new, reactivate, deactivate
+    removed ones (their data stays). Returns ``{"added", "removed"}``."""
+    existing = {r[0]: (r[1], r[2]) for r in
+                conn.execute("SELECT symbol, active, since FROM symbols").fetchall()}
+    wanted = {s.symbol: s for s in specs}
+    added, removed = [], []
+    for sym, spec in wanted.items():
+        if sym not in existing:
+            added.append(sym)
+        elif not existing[sym][0] and spec.active:
+            added.append(sym)
+        conn.execute(
+            """INSERT INTO symbols (symbol, active, since) VALUES (%s, %s, %s)
+               ON CONFLICT (symbol) DO UPDATE SET active = EXCLUDED.active,
+                 since = EXCLUDED.since,
+                 removed_at = CASE WHEN EXCLUDED.active THEN NULL ELSE symbols.removed_at END""",
+            (sym, spec.active, spec.since))
+    for sym, (active, _) in existing.items():
+        if sym not in wanted and active:
+            removed.append(sym)
+            conn.execute("UPDATE symbols SET active = false, removed_at = now() WHERE symbol = %s",
+                         (sym,))
+    return {"added": added, "removed": removed}
