@@ -21,6 +21,7 @@ import redis
 from . import db, services
 from .config import Config, load_config
 from .errors import ConfigError
+from .logs import setup_logging  # noqa: F401  (kept importable from here)
 
 log = logging.getLogger("appliance.runtime")
 
@@ -184,10 +185,3 @@ def redis_client(url: str, timeout: float = 0.5) -> redis.Redis:
     """A client with short timeouts, so that a hung Redis cannot hang a request."""
     return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
                                 health_check_interval=30)
-
-
-def setup_logging(level: str | None = None) -> None:
-    level = (level or os.environ.get("APPLIANCE_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
