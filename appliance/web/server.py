@@ -64,6 +64,21 @@ def cooperative_psycopg() -> bool:
     return False
 
 
+def warm_up(app) -> None:
+    """Work that would otherwise fall on the first request that needs it, done
+    in the worker before it serves: building the trading calendar (importing
+    exchange_calendars and pandas, then computing 1990 to two years ahead)
+    takes one to several seconds of CPU. Under gevent, CPU work keeps the
+    event loop, so when the first /health, status or alert-watchdog
+    evaluation did it, every request of that worker waited that long."""
+    from .. import calendar
+    rt = app.config["RUNTIME"]
+    try:
+        calendar.all_sessions(rt.config["calendar"])
+    except Exception:  # noqa: BLE001 - the first caller will report it
+        log.exception("could not build the %s trading calendar", rt.config["calendar"])
+
+
 def gunicorn_options(cfg) -> dict:
     s = cfg["server"]
     return {
@@ -111,7 +126,9 @@ def serve(cfg) -> None:
             if cfg["server"]["worker_class"] == "gevent":
                 cooperative_psycopg()
             from . import create_app
-            return create_app(config_path, watchdog=True)
+            app = create_app(config_path, watchdog=True)
+            warm_up(app)
+            return app
 
     App().run()
 

@@ -108,3 +108,17 @@ def test_psycopg_imported_before_the_gevent_patch_is_switched_to_gevent_waiting(
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_the_worker_builds_the_trading_calendar_before_serving(runtime, monkeypatch):
+    """Building the calendar is seconds of CPU: a gevent worker does it at
+    start, not in the first /health or alert evaluation (which would hold
+    every other request of that worker meanwhile)."""
+    from appliance import calendar
+    from appliance.web import create_app
+    from appliance.web.server import warm_up
+    monkeypatch.setattr(calendar, "_cache", {})
+    app = create_app(runtime=runtime)
+    assert runtime.config["calendar"] not in calendar._cache
+    warm_up(app)
+    assert runtime.config["calendar"] in calendar._cache
