@@ -68,7 +68,7 @@ def warm_up(app) -> None:
     """Work that would otherwise fall on the first request that needs it, done
     in the worker before it serves: building the trading calendar (importing
     exchange_calendars and pandas, then computing 1990 to two years ahead)
-    takes one to several seconds of CPU. Under gevent, CPU work keeps the
+    takes about half a second of CPU, seconds on a busy machine. Under gevent, CPU work keeps the
     event loop, so when the first /health, status or alert-watchdog
     evaluation did it, every request of that worker waited that long."""
     from .. import calendar
