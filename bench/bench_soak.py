@@ -273,6 +273,15 @@ def main() -> None:
            "rss_mb_end": end_rss, "pg_connections_start": start_conns,
            "pg_connections_end": end_conns,
            "rss_per_minute": [{"t_s": round(t), "processes": snap} for t, snap in rss_samples]}
+    # which requests failed (status 0: no HTTP answer), and what the appliance logged
+    out["failed_requests"] = [{"t_s": round(t, 1), "url": u, "status": code, "ms": round(took * 1000)}
+                              for t, u, code, took in stats if code != 200][:20]
+    try:
+        lines = (tmp / "up.log").read_text(errors="replace").splitlines()
+        bad = [ln for ln in lines if " ERROR " in ln or "Traceback" in ln or " WARNING " in ln]
+        out["log_problems"] = {"count": len(bad), "first": bad[:20]}
+    except OSError:
+        pass
     shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({k: v for k, v in out.items() if k != "rss_per_minute"}, indent=1))
     print("\nRSS per process, MB (USS in parentheses), sampled at the start and every minute:")
