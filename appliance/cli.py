@@ -91,7 +91,7 @@ def _fail(msg: str, code: int = 1):
 @click.pass_context
 def main(ctx, config, log_level):
     """Market Data Appliance: verified OHLCV candles, backed up and served."""
-    from .runtime import setup_logging
+    from .logs import setup_logging  # not from runtime: no psycopg in the gunicorn master
     setup_logging(log_level)
     ctx.ensure_object(dict)
     ctx.obj["config"] = config

@@ -23,6 +23,7 @@ import redis
 from . import db, services
 from .config import Config, load_config
 from .errors import ConfigError
+from .logs import setup_logging  # noqa: F401  (kept importable from here)
 
 log = logging.getLogger("appliance.runtime")
 
@@ -246,32 +247,3 @@ def redis_client(url: str, timeout: float = 0.5) -> redis.Redis:
     """A client with short timeouts, so that a hung Redis cannot hang a request."""
     return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
                                 health_check_interval=30)
-
-
-def setup_logging(level: str | None = None) -> None:
-    level = (level or os.environ.get("APPLIANCE_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for h in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) for f in h.filters):
-            h.addFilter(RedactingFilter())
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
-
-
-class RedactingFilter(logging.Filter):
-    """Removes secrets (see ``redaction.redact``) from every record a handler writes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from .redaction import redact
-        try:
-            msg = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is logging's business
-            return True
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        clean = redact(msg)
-        if clean != msg:
-            record.msg, record.args = clean, None
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True

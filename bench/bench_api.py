@@ -6,6 +6,18 @@
    same SQL through psycopg, the same body, no framework) under the same
    gunicorn settings (``server.workers`` processes x ``server.threads``
    threads, same worker class). The figure that matters is the ratio appliance/minimal.
+1b. The tail (run first): one year of daily bars (260 rows) for a random
+   symbol out of 500 per request (a wrk Lua script), ``wrk -t2 -c32 -d15s
+   --latency``, the appliance against ``bench/small_app.py`` (Flask +
+   psycopg, the JSON built in Python), both served by gunicorn with the
+   appliance's settings and gevent workers (2 workers, pool of 10 per worker
+   unless told otherwise). Rounds alternate which app goes first. Reported
+   per round and as medians: req/s, p50/p90/p99/p99.9/max and the number of
+   requests over 1 s and 2 s (from wrk's own latency histogram), and the
+   ratios appliance/small app. ``--gevent-monitor 0.1`` runs both with
+   gevent's monitor thread, which prints the stack of anything that keeps a
+   worker's event loop for longer than that (to the server logs named in the
+   result).
 2. ``GET /api/v1/status`` latency with 10 million rows in ``market_data``
    (500 symbols x 20,000 sessions, generated with INSERT ... SELECT
    generate_series into its own database; symbol_stats filled by one
@@ -20,6 +32,9 @@ drops its own databases.
 
     .venv/bin/python bench/bench_api.py [--workers 1] [--threads 4] [--duration 10]
                                         [--connections 32] [--rows 10000000] [--skip-status]
+                                        [--tail-only] [--tail-rounds 2] [--tail-duration 15]
+                                        [--tail-workers 2] [--tail-pool-size 10]
+                                        [--gevent-monitor SECONDS] [--skip-tail]
 """
 from __future__ import annotations
 
@@ -81,14 +96,18 @@ def _drop_db(name: str) -> None:
 
 
 def _config(tmp: Path, name: str, db_url: str, port: int, workers: int, threads: int,
-            symbols: list[str]) -> Path:
+            symbols: list[str], pool_size: int | None = None,
+            worker_class: str | None = None) -> Path:
     path = tmp / f"{name}.yaml"
+    server = {"bind": f"127.0.0.1:{port}", "workers": workers, "threads": threads,
+              "admin_token": "bench-admin-token", "secret_key": "bench"}
+    if worker_class:
+        server["worker_class"] = worker_class
     path.write_text(yaml.safe_dump({
-        "database": {"url": db_url, "pool_size": max(4, threads + 2)},
+        "database": {"url": db_url, "pool_size": pool_size or max(4, threads + 2)},
         "redis": {"url": REDIS},
         "data_dir": str(tmp / f"var-{name}"),
-        "server": {"bind": f"127.0.0.1:{port}", "workers": workers, "threads": threads,
-                   "admin_token": "bench-admin-token", "secret_key": "bench"},
+        "server": server,
         "provider": {"name": "demo"},
         "history": {"start": (dt.date.today() - dt.timedelta(days=400)).isoformat()},
         "symbols": symbols,
@@ -284,6 +303,169 @@ def bench_historical(args, tmp: Path) -> dict:
         _drop_db(name)
 
 
+# --------------------------------------------------------------------------- part 1b: the tail
+
+WRK_RANDOM_SYMBOL = r"""
+-- one year of daily bars for a random symbol out of N per request; the
+-- latency histogram is read in done() to count requests over 1 s and 2 s
+local prefix, query, n = "%(prefix)s", "%(query)s", %(n)d
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("seed", counter * 7919)
+end
+function init(args)
+  math.randomseed(seed or 1)
+end
+function request()
+  return wrk.format("GET", string.format("%%sS%%04d?%%s", prefix, math.random(1, n), query))
+end
+function done(summary, latency, requests)
+  -- latency(i): the i-th distinct latency recorded (microseconds) and its count
+  local over1, over2 = 0, 0
+  for i = 1, #latency do
+    local us, c = latency(i)
+    if us > 1000000 then over1 = over1 + c end
+    if us > 2000000 then over2 = over2 + c end
+  end
+  io.write(string.format("TAIL p50_us=%%d p90_us=%%d p99_us=%%d p999_us=%%d max_us=%%d over_1s=%%d over_2s=%%d requests=%%d timeouts=%%d\n",
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, over1, over2, summary.requests,
+    summary.errors.timeout))
+end
+"""
+
+
+def wrk_tail(base: str, prefix: str, query: str, n_symbols: int, connections: int,
+             duration: int, tmp: Path) -> dict:
+    """wrk -t2 -cN -dS --latency with a random symbol per request; p50/p99/max
+    and the number of requests over 1 s and 2 s from wrk's own histogram."""
+    script = tmp / "random_symbol.lua"
+    script.write_text(WRK_RANDOM_SYMBOL % {"prefix": prefix, "query": query, "n": n_symbols})
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s",
+                          "--latency", "--timeout", "10s", "-s", str(script), base],
+                         capture_output=True, text=True, check=True).stdout
+    m = dict(re.findall(r"(\w+)=(\d+)", re.search(r"^TAIL .*$", out, re.M).group(0)))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: (.*)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": int(m["p50_us"]) / 1000, "p90_ms": int(m["p90_us"]) / 1000,
+            "p99_ms": int(m["p99_us"]) / 1000, "p999_ms": int(m["p999_us"]) / 1000,
+            "max_ms": int(m["max_us"]) / 1000, "over_1s": int(m["over_1s"]),
+            "over_2s": int(m["over_2s"]), "requests": int(m["requests"]),
+            "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errs.group(1).strip() if errs else None}
+
+
+def _gunicorn_cli(opts: dict, bind: str) -> list[str]:
+    """gunicorn's command line for the options ``gunicorn_options`` gives the
+    appliance (the small app is served with exactly these)."""
+    return ["-k", opts["worker_class"], "-w", str(opts["workers"]), "--threads",
+            str(opts["threads"]), "--worker-connections", str(opts["worker_connections"]),
+            "--timeout", str(opts["timeout"]), "--graceful-timeout", str(opts["graceful_timeout"]),
+            "--keep-alive", str(opts["keepalive"]), "--limit-request-line",
+            str(opts["limit_request_line"]), "--log-level", "warning", "-b", bind]
+
+
+def bench_tail(args, tmp: Path) -> dict:
+    """The appliance vs the small Flask + psycopg app (bench/small_app.py), one
+    year of daily bars for a random symbol out of 500 per request, gevent
+    workers, 32 connections, rounds alternating."""
+    name = "appliance_bench_tail"
+    n_sym = 500
+    url = _fresh_db(name)
+    try:
+        t0 = time.monotonic()
+        load_rows(url, n_sym * 300, n_sym)  # 300 sessions from 1946-01-02
+        load_s = round(time.monotonic() - t0, 1)
+        start, end = dt.date(1946, 1, 2), dt.date(1946, 12, 31)
+        q = f"start={start}&end={end}"
+        port_a, port_s = _free_port(), _free_port()
+        syms = [f"S{i:04d}" for i in range(1, n_sym + 1)]
+        cfg_path = _config(tmp, "tail", url, port_a, args.tail_workers, args.threads, syms,
+                           pool_size=args.tail_pool_size, worker_class="gevent")
+        from appliance.config import load_config
+        from appliance.web.server import gunicorn_options
+        opts = gunicorn_options(load_config(cfg_path))
+        env_a = {}
+        if args.gevent_monitor:
+            # gevent's monitor thread prints the stack of any greenlet that
+            # keeps the hub for longer than this
+            env_a = {"GEVENT_MONITOR_THREAD_ENABLE": "true",
+                     "GEVENT_MAX_BLOCKING_TIME": str(args.gevent_monitor)}
+        appliance = Server("appliance", [str(Path(PY).parent / "appliance"), "--config",
+                                         str(cfg_path), "serve"], port_a, env=env_a)
+        small = Server("small", [PY, "-m", "gunicorn", "--chdir", str(ROOT / "bench")]
+                       + _gunicorn_cli(opts, f"127.0.0.1:{port_s}") + ["small_app:app"], port_s,
+                       env={"SMALL_DATABASE_URL": url,
+                            "SMALL_POOL_SIZE": str(args.tail_pool_size), **env_a})
+        try:
+            appliance.wait_ready(f"/api/v1/historical/S0001?{q}")
+            small.wait_ready(f"/historical/S0001?{q}")
+            a = json.loads(_fetch(port_a, f"/api/v1/historical/S0042?{q}"))
+            b = json.loads(_fetch(port_s, f"/historical/S0042?{q}"))
+            assert a["count"] == b["count"] and a["data"][0]["time"] == b["data"][0]["time"], \
+                "the two apps answer different rows"
+            # warm both (connections, caches) before measuring
+            for port, prefix in ((port_s, "/historical/"), (port_a, "/api/v1/historical/")):
+                wrk_tail(f"http://127.0.0.1:{port}", prefix, q, n_sym, args.connections, 3, tmp)
+            rounds = []
+            for i in range(args.tail_rounds):  # alternate, so drift hits both alike
+                order = [("small", port_s, "/historical/"),
+                         ("appliance", port_a, "/api/v1/historical/")]
+                if i % 2:
+                    order.reverse()
+                r = {}
+                for who, port, prefix in order:
+                    r[who] = wrk_tail(f"http://127.0.0.1:{port}", prefix, q, n_sym,
+                                      args.connections, args.tail_duration, tmp)
+                r["p99_ratio"] = round(r["appliance"]["p99_ms"] / r["small"]["p99_ms"], 2)
+                r["rps_ratio"] = round(r["appliance"]["rps"] / r["small"]["rps"], 2)
+                rounds.append(r)
+                print(json.dumps({"tail_round": i + 1, **r}), flush=True)
+            blocked = None
+            if args.gevent_monitor:
+                text = Path(appliance.log.name).read_text()
+                blocked = {"appliance_reports": text.count("appears to be blocked"),
+                           "log": appliance.log.name}
+                stext = Path(small.log.name).read_text()
+                blocked["small_reports"] = stext.count("appears to be blocked")
+                blocked["small_log"] = small.log.name
+        finally:
+            appliance.stop()
+            small.stop()
+        print("| round | app | req/s | p50 ms | p99 ms | max ms | > 1 s | > 2 s |\n"
+              "|---|---|---|---|---|---|---|---|")
+        for i, r in enumerate(rounds, 1):
+            for who in ("appliance", "small"):
+                x = r[who]
+                print(f"| {i} | {who} | {x['rps']:.0f} | {x['p50_ms']:.0f} | {x['p99_ms']:.0f} | "
+                      f"{x['max_ms']:.0f} | {x['over_1s']} | {x['over_2s']} |")
+            print(f"| {i} | ratio | {r['rps_ratio']} | | {r['p99_ratio']} | | | |")
+        med = {}
+        for who in ("appliance", "small"):
+            med[who] = {k: statistics.median(r[who][k] for r in rounds)
+                        for k in ("rps", "p50_ms", "p99_ms", "max_ms", "over_1s", "over_2s")}
+        return {"symbols": n_sym, "rows_per_request": a["count"], "load_s": load_s,
+                "workers": opts["workers"], "worker_class": opts["worker_class"],
+                "pool_size": args.tail_pool_size, "connections": args.connections,
+                "duration_s": args.tail_duration, "rounds": rounds, "median": med,
+                "p99_ratio_median": round(med["appliance"]["p99_ms"] / med["small"]["p99_ms"], 2),
+                "rps_ratio_median": round(med["appliance"]["rps"] / med["small"]["rps"], 2),
+                "gevent_monitor": blocked}
+    finally:
+        _drop_db(name)
+
+
+def _fetch(port: int, path: str) -> bytes:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200, (r.status, body[:300])
+    return body
+
+
 # --------------------------------------------------------------------------- part 2
 
 def load_rows(url: str, rows: int, n_sym: int = 500) -> dict:
@@ -378,11 +560,30 @@ def main() -> None:
     ap.add_argument("--status-requests", type=int, default=200)
     ap.add_argument("--skip-status", action="store_true")
     ap.add_argument("--skip-historical", action="store_true")
+    ap.add_argument("--skip-tail", action="store_true")
+    ap.add_argument("--tail-only", action="store_true",
+                    help="only the tail comparison with the small Flask app")
+    ap.add_argument("--tail-workers", type=int, default=2,
+                    help="gunicorn workers for the tail comparison (the appliance default)")
+    ap.add_argument("--tail-pool-size", type=int, default=10,
+                    help="pool size per worker for both apps (the appliance default)")
+    ap.add_argument("--tail-duration", type=int, default=15)
+    ap.add_argument("--tail-rounds", type=int, default=2)
+    ap.add_argument("--gevent-monitor", type=float, default=0.0, metavar="SECONDS",
+                    help="run both apps with gevent's monitor thread reporting any "
+                         "greenlet that blocks the hub this long")
     ap.add_argument("--keep", action="store_true", help="keep the 10M-row database")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     result = {"cpus": os.cpu_count()}
+    if args.tail_only:
+        args.skip_historical = args.skip_status = True
     try:
+        if not args.skip_tail and not shutil.which("wrk"):
+            print("skipping the tail comparison: it needs wrk (apt-get install wrk)", flush=True)
+        elif not args.skip_tail:
+            result["tail"] = bench_tail(args, tmp)
+            print(json.dumps({"tail": result["tail"]}, indent=1), flush=True)
         if not args.skip_historical:
             result["historical"] = bench_historical(args, tmp)
             print(json.dumps({"historical": result["historical"]}, indent=1), flush=True)

@@ -78,6 +78,11 @@ def main(config_path: str) -> None:
                 self.cfg.set(k, v)
 
         def load(self):
+            # psycopg is imported in this master already (``store``): under
+            # gevent, switch it to gevent-aware waiting as the appliance does
+            if opts["worker_class"] == "gevent":
+                from appliance.web.server import cooperative_psycopg
+                cooperative_psycopg()
             return app
 
     App().run()

@@ -4,11 +4,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flask import Flask, request
 
 from ..config import Config, load_config
-from ..runtime import Runtime
+
+if TYPE_CHECKING:  # imported in create_app: ``web.server`` runs in the gunicorn master,
+    from ..runtime import Runtime  # which must not import psycopg (see web/server.py)
 
 log = logging.getLogger("appliance.web")
 
@@ -29,6 +32,7 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
                wait: bool = False, watchdog: bool = False) -> Flask:
     """Build the app. Pools are created here (``open=False``) and opened before
     the first request; nothing connects at import."""
+    from ..runtime import Runtime
     if runtime is None:
         cfg = config if isinstance(config, Config) else load_config(config)
         runtime = Runtime(cfg)

@@ -1,4 +1,14 @@
-"""Serving the app with gunicorn (``server.workers`` processes, gthread)."""
+"""Serving the app with gunicorn (``server.workers`` processes, gevent or gthread).
+
+With gevent workers every request is a greenlet in one thread, so anything
+that waits without going through gevent's hub stops every request of that
+worker. psycopg 3 picks how it waits for the server when ``psycopg.waiting``
+is first imported: its C ``wait_c`` (a plain ``poll()``, invisible to gevent)
+unless ``select`` is already monkey-patched. gunicorn patches in each worker
+after the fork, so psycopg must not be imported in the master;
+``cooperative_psycopg`` checks it in the worker and corrects it if some
+import got there first.
+"""
 from __future__ import annotations
 
 import errno
@@ -33,6 +43,40 @@ def check_bind(bind: str) -> None:
         raise ServiceError(f"server.bind {bind}: {e.strerror}") from None
     finally:
         s.close()
+
+
+def cooperative_psycopg() -> bool:
+    """In a gevent-patched process, make psycopg wait for PostgreSQL through
+    gevent. Returns True when it had to switch (psycopg was imported before the
+    patch, so it chose the C wait function that blocks the whole worker)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    if not monkey.is_module_patched("select"):
+        return False
+    from psycopg import waiting
+    if waiting.wait is getattr(waiting, "wait_c", None):
+        waiting.wait = waiting.wait_poll  # what psycopg picks when imported after the patch
+        log.warning("psycopg was imported before gevent patched the worker; switched it to "
+                    "gevent-aware waiting")
+        return True
+    return False
+
+
+def warm_up(app) -> None:
+    """Work that would otherwise fall on the first request that needs it, done
+    in the worker before it serves: building the trading calendar (importing
+    exchange_calendars and pandas, then computing 1990 to two years ahead)
+    takes about half a second of CPU, seconds on a busy machine. Under gevent, CPU work keeps the
+    event loop, so when the first /health, status or alert-watchdog
+    evaluation did it, every request of that worker waited that long."""
+    from .. import calendar
+    rt = app.config["RUNTIME"]
+    try:
+        calendar.all_sessions(rt.config["calendar"])
+    except Exception:  # noqa: BLE001 - the first caller will report it
+        log.exception("could not build the %s trading calendar", rt.config["calendar"])
 
 
 def gunicorn_options(cfg) -> dict:
@@ -77,8 +121,14 @@ def serve(cfg) -> None:
             self.cfg.set("child_exit", _child_exit)
 
         def load(self):
+            # in the worker, after gevent's monkey-patching (gunicorn loads the
+            # app there; nothing in the master imports psycopg)
+            if cfg["server"]["worker_class"] == "gevent":
+                cooperative_psycopg()
             from . import create_app
-            return create_app(config_path, watchdog=True)
+            app = create_app(config_path, watchdog=True)
+            warm_up(app)
+            return app
 
     App().run()
 

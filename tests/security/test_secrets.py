@@ -12,7 +12,8 @@ import redis
 from appliance import notify
 from appliance.redaction import mask_url, redact
 from appliance.jobs import runs
-from appliance.runtime import RedactingFilter, Runtime
+from appliance.logs import RedactingFilter
+from appliance.runtime import Runtime
 
 from .helpers import ADMIN_TOKEN, READ_TOKEN, app_for, csrf_of, secured
 
