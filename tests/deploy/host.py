@@ -186,6 +186,7 @@ class BackupDrive:
         if self.device:
             _run(["losetup", "-d", self.device], check=False)
             self.device = ""
+        self.image.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the host

@@ -110,6 +110,8 @@ class Journey:
         env.update(ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_FORCE_COLOR="0", ANSIBLE_DEPRECATION_WARNINGS="0",
                    ANSIBLE_LOCAL_TEMP=str(self.workdir / "ansible-local"),
+                   # per-task durations in the logs: where a slow deploy spends its time
+                   ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks",
                    PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
         t0 = time.monotonic()
         p = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), "site.yml"],
