@@ -36,6 +36,7 @@ APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 # Debian packages that provide the tools, installed on demand when running as root.
 TOOL_PACKAGES = {"mmdebstrap": "mmdebstrap", "systemd-nspawn": "systemd-container"}
 NSPAWN_RUN_DIR = Path("/run/systemd/nspawn")
+ROOT_TMPFS_SIZE = "4g"  # a deployed host uses about 1.5 GB
 # The machine's trust anchors beyond Debian's bundle (a TLS-inspecting proxy's CA,
 # for instance): without them pip inside the host cannot verify the index.
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
@@ -117,7 +118,7 @@ def rootfs_tarball(log=print) -> Path:
         partial = tarball.with_suffix(".tar.partial")
         t0 = time.monotonic()
         argv = ["mmdebstrap", f"--variant={VARIANT}", f"--include={','.join(INCLUDE)}",
-                *[f"--aptopt={f}" for f in opts], SUITE, f"--format=tar", "-",
+                *[f"--aptopt={f}" for f in opts], SUITE, "--format=tar", "-",
                 APT_SOURCES]
         with open(partial, "wb") as out:
             p = subprocess.run([str(a) for a in argv], stdout=out, stderr=subprocess.PIPE,
@@ -194,12 +195,11 @@ class BackupDrive:
 class Host:
     """A booted Debian 12 container. ``pid`` is its PID 1 as seen from here."""
 
-    def __init__(self, workdir: Path, name: str, drive: BackupDrive | None = None, log=print):
+    def __init__(self, workdir: Path, name: str, drive: BackupDrive | None = None):
         self.workdir = workdir
         self.name = name
         self.root = workdir / "root"
         self.drive = drive
-        self.log = log
         self.proc: subprocess.Popen | None = None
         self.pid = 0
         self.boots = 0
@@ -213,6 +213,12 @@ class Host:
         policy-rc.d that keeps package installs from starting services (the
         roles start them once their settings are written)."""
         self.root.mkdir(parents=True)
+        # In memory: the machine's disk is shared, and package installs,
+        # pip and PostgreSQL's initdb are most of a first deploy. It is a
+        # filesystem of its own, so power cycles keep it and teardown is a
+        # single umount.
+        _run(["mount", "-t", "tmpfs", "-o", f"size={ROOT_TMPFS_SIZE},mode=0755", "tmpfs",
+              self.root])
         _run(["tar", "-C", self.root, "-xf", tarball])
         etc = self.root / "etc"
         # The machine's apt configuration replaces the one mmdebstrap wrote
@@ -337,14 +343,16 @@ class Host:
                     pass
             self.poweroff(timeout=30)
         if self.root.exists():
-            # Anything still mounted below the root (a failed teardown) would be
-            # deleted through the mount: unmount first.
+            # Innermost first; anything still mounted below the root would
+            # otherwise be deleted through the mount.
             for line in reversed(Path("/proc/mounts").read_text().splitlines()):
                 target = line.split()[1]
-                if target.startswith(str(self.root) + "/"):
+                if target == str(self.root) or target.startswith(str(self.root) + "/"):
                     _run(["umount", "-l", target], check=False)
             shutil.rmtree(self.root, ignore_errors=True)
-        if self._mounted_run_dir:
+        # Left mounted while another container (a concurrent run) may use it.
+        if self._mounted_run_dir and _run(["pgrep", "-x", "systemd-nspawn"],
+                                          check=False).returncode != 0:
             _run(["umount", NSPAWN_RUN_DIR], check=False)
             self._mounted_run_dir = False
 

@@ -39,7 +39,7 @@ ANSIBLE_DIR = REPO / "ansible"
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
 
-HOST_NAME = "mda-journey"
+HOST_NAME = f"mda-journey-{os.getpid()}"  # concurrent runs get their own machine
 SOURCE_DIR = "/opt/appliance/src"
 VENV = "/opt/appliance/venv"
 ENV_FILE = "/etc/appliance/appliance.env"
@@ -247,7 +247,7 @@ def journey(tmp_path_factory):
         tarball = hostmod.rootfs_tarball(log=_log)
         timings["root filesystem (cache)"] = time.monotonic() - t0
         drive = hostmod.BackupDrive(workdir / "backup-drive.img")
-        host = hostmod.Host(workdir, HOST_NAME, drive, log=_log)
+        host = hostmod.Host(workdir, HOST_NAME, drive)
         t0 = time.monotonic()
         host.prepare(tarball, REPO, SOURCE_DIR, SOURCE_IGNORE)
         timings["unpack and prepare"] = time.monotonic() - t0
