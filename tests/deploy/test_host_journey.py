@@ -61,8 +61,19 @@ SOURCE_IGNORE = shutil.ignore_patterns(
 )
 
 
+_pytest_config = None  # set by the fixture: progress shows even with output captured
+
+
 def _log(msg: str) -> None:
-    print(f"[host-journey {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    line = f"[host-journey {time.strftime('%H:%M:%S')}] {msg}"
+    plugins = _pytest_config.pluginmanager if _pytest_config is not None else None
+    reporter = plugins.get_plugin("terminalreporter") if plugins else None
+    capture = plugins.get_plugin("capturemanager") if plugins else None
+    if reporter is None or capture is None:
+        print(line, flush=True)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
 
 
 def _tail(text: str, lines: int = 60) -> str:
@@ -224,7 +235,9 @@ class Console:
 
 
 @pytest.fixture(scope="module")
-def journey(tmp_path_factory):
+def journey(tmp_path_factory, pytestconfig):
+    global _pytest_config
+    _pytest_config = pytestconfig
     reason = hostmod.unavailable()
     if reason:
         pytest.skip(reason)
@@ -477,5 +490,5 @@ def test_9_systemd_analyze_security_of_each_unit(journey):
         rows.append((unit, m.group(1), m.group(2)))
     table = "| unit | exposure | rating |\n|---|---|---|\n" + "\n".join(
         f"| `{u}` | {s} | {r} |" for u, s, r in rows)
-    print("\nsystemd-analyze security on the deployed host:\n" + table)
+    _log("systemd-analyze security on the deployed host:\n" + table)
     (journey.workdir / "security.md").write_text(table + "\n")
