@@ -85,17 +85,32 @@ def check_free_space(conn, cfg, bdir: Path) -> dict:
     return info
 
 
+def _mount_point_of(path: Path) -> Path | None:
+    """The mount point of the filesystem holding ``path`` (None: path missing)."""
+    if not path.exists():
+        return None
+    p = path.resolve()
+    while not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
 def check_backup_path(cfg) -> Path:
     """The backup directory, created when missing, unless ``backup.require_mount``:
-    then ``backup.path`` itself must be a mount point (checked with
-    os.path.ismount on the configured path, not a parent), so that an unmounted
-    external drive fails loudly instead of filling the system disk."""
+    then ``backup.path`` must already exist on a mounted filesystem other than
+    the root one (the path itself or a folder on the drive, as the Ansible
+    role lays it out), so that an unmounted external drive fails loudly
+    instead of filling the system disk. A missing path is never created then:
+    on an unmounted drive it would land on the system disk."""
     bdir = backup_dir(cfg)
     if cfg["backup"].get("require_mount"):
-        if not os.path.ismount(bdir):
+        mount = _mount_point_of(bdir)
+        if mount is None or mount == Path("/"):
+            where = "does not exist" if mount is None else "is on the root filesystem"
             raise BackupError(
-                f"backup.path {bdir} is not a mount point and backup.require_mount is true: is "
-                f"the backup drive mounted? Nothing was written.", permanent=True)
+                f"backup.path {bdir} is not a mount point nor a folder on one (it {where}) and "
+                f"backup.require_mount is true: is the backup drive mounted? Nothing was "
+                f"written.", permanent=True)
     else:
         try:
             bdir.mkdir(mode=0o700, parents=True, exist_ok=True)

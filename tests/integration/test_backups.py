@@ -219,6 +219,21 @@ def test_backup_accepts_a_mounted_path_when_a_mount_is_required(config_factory, 
         rt.close()
 
 
+def test_backup_accepts_a_folder_on_a_mounted_drive_when_a_mount_is_required(config_factory,
+                                                                              tmpfs):
+    # The Ansible role's layout: the drive at the mount point, backups in a
+    # folder on it owned by the service user.
+    d = tmpfs("64m") / "market-data-backups"
+    d.mkdir()
+    rt = _runtime_with(config_factory, backup={"path": str(d), "require_mount": True,
+                                               "min_free_pct": 1})
+    try:
+        assert _backup(rt)["status"] == "ok"
+        assert any(f.endswith(".dump") for f in _files(d))
+    finally:
+        rt.close()
+
+
 def test_backup_on_a_full_path_writes_nothing_and_raises_an_alert(config_factory, tmpfs):
     d = tmpfs("1m")
     (d / "keep.txt").write_text("operator's file")
