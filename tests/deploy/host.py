@@ -135,6 +135,19 @@ def _pip_local_paths() -> list[Path]:
     """Local folders named by the machine's pip configuration (find-links,
     file:// indexes): bound read-only into the host so its pip.conf works there."""
     paths = []
+    for cp, section in _pip_sections():
+        for key in ("find-links", "extra-index-url", "index-url"):
+            for item in cp.get(section, key, fallback="").split():
+                item = item.removeprefix("file://")
+                if item.startswith("/") and Path(item).is_dir():
+                    # an index URL ends in /simple: bind the folder above it
+                    p = Path(item)
+                    paths.append(p.parent if p.name == "simple" else p)
+    return sorted(set(paths))
+
+
+def _pip_sections():
+    """(parser, section) of every section of the machine's pip configuration."""
     for conf in (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf")):
         if not conf.exists():
             continue
@@ -144,30 +157,16 @@ def _pip_local_paths() -> list[Path]:
         except configparser.Error:
             continue
         for section in cp.sections():
-            for key in ("find-links", "extra-index-url", "index-url"):
-                for item in cp.get(section, key, fallback="").split():
-                    item = item.removeprefix("file://")
-                    if item.startswith("/") and Path(item).is_dir():
-                        # an index URL ends in /simple: bind the folder above it
-                        p = Path(item)
-                        paths.append(p.parent if p.name == "simple" else p)
-    return sorted(set(paths))
+            yield cp, section
 
 
 def _ca_files() -> list[Path]:
     """CA bundles the machine's pip configuration names."""
     out = []
-    for conf in (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf")):
-        if conf.exists():
-            cp = configparser.ConfigParser(interpolation=None)
-            try:
-                cp.read(conf)
-            except configparser.Error:
-                continue
-            for section in cp.sections():
-                cert = cp.get(section, "cert", fallback="").strip()
-                if cert and Path(cert).is_file():
-                    out.append(Path(cert))
+    for cp, section in _pip_sections():
+        cert = cp.get(section, "cert", fallback="").strip()
+        if cert and Path(cert).is_file():
+            out.append(Path(cert))
     return out
 
 

@@ -31,6 +31,7 @@ import requests
 import yaml
 
 from tests.deploy import host as hostmod
+from tests.deploy.test_ansible import _changed_tasks
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -84,16 +85,6 @@ def _recap(output: str) -> dict[str, int]:
     match = re.search(rf"^{HOST_NAME}\s*:\s*(.*)$", output, re.MULTILINE)
     assert match, f"no PLAY RECAP line for {HOST_NAME}:\n{_tail(output)}"
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
-
-
-def _changed_tasks(output: str) -> list[str]:
-    task, changed = "", []
-    for line in output.splitlines():
-        if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            task = line.split("[", 1)[1].rsplit("]", 1)[0]
-        elif line.startswith("changed:"):
-            changed.append(task)
-    return changed
 
 
 @dataclass
