@@ -15,24 +15,20 @@ import itertools
 import json
 import logging
 import math
-import re
 import sys
 from zoneinfo import ZoneInfo
 
-import psycopg
-import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 from flask.json.provider import DefaultJSONProvider
-from psycopg_pool import PoolTimeout
-from werkzeug.exceptions import HTTPException
 
 from .. import backups as backups_mod
 from .. import health as health_mod
 from .. import store
-from ..config import SYMBOL_RE
 from ..jobs.registry import JOB_NAMES
 from .auth import require_admin, require_read
+from . import errors
 from .errors import BadRequest, api_error
+from .params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
 
 log = logging.getLogger("appliance.api")
 
@@ -45,7 +41,6 @@ MAX_ID = 2**63 - 1
 #: bars) is answered whole, with ``count`` before ``data``; larger ones stream.
 FIRST_CHUNK = 2000
 STREAM_CHUNK = 2000
-_DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -88,64 +83,6 @@ def rt():
 
 # --------------------------------------------------------------------------- parameters
 
-def _params(allowed: set[str]) -> dict:
-    unknown = sorted(set(request.args) - allowed)
-    if unknown:
-        allowed_txt = ", ".join(sorted(allowed)) or "none"
-        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)[:200]}; allowed: "
-                         f"{allowed_txt}", "unknown_field")
-    for k in allowed:
-        if len(request.args.getlist(k)) > 1:
-            raise BadRequest(f"query parameter {k} is given more than once", "bad_request")
-    return request.args
-
-
-def _date(args, name: str, default: dt.date | None) -> dt.date | None:
-    v = args.get(name)
-    if v is None:
-        return default
-    try:
-        if not _DATE_RE.match(v):
-            raise ValueError
-        return dt.date.fromisoformat(v)
-    except ValueError:
-        raise BadRequest(f"{name}={v[:40]!r} is not a date (YYYY-MM-DD)", "bad_date") from None
-
-
-def _bool(args, name: str, default):
-    v = args.get(name)
-    if v is None:
-        return default
-    if v == "true":
-        return True
-    if v == "false":
-        return False
-    raise BadRequest(f"{name}={v[:40]!r} must be true or false", "bad_boolean")
-
-
-def _int(args, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    v = args.get(name)
-    if v is None:
-        return default
-    try:
-        if not re.fullmatch(r"[+-]?[0-9]{1,19}", v):
-            raise ValueError
-        n = int(v)
-    except ValueError:
-        raise BadRequest(f"{name}={v[:40]!r} is not an integer", "bad_integer") from None
-    if not lo <= n <= hi:
-        raise BadRequest(f"{name}={n} must be between {lo} and {hi}", "out_of_range")
-    return n
-
-
-def _symbol(symbol) -> str:
-    if not isinstance(symbol, str) or not SYMBOL_RE.match(symbol):
-        shown = symbol[:40] if isinstance(symbol, str) else symbol
-        raise BadRequest(f"{shown!r} is not a valid symbol (an upper-case letter, then up to 14 "
-                         f"upper-case letters, digits, '.' or '-')", "bad_symbol")
-    return symbol
-
-
 def _configured(symbol: str) -> bool:
     return any(s.symbol == symbol for s in rt().config.symbols)
 
@@ -156,24 +93,6 @@ def _known_symbol(conn, symbol: str) -> bool:
     return conn.execute("""SELECT 1 FROM symbols WHERE symbol = %s
                            UNION ALL SELECT 1 FROM symbol_stats WHERE symbol = %s LIMIT 1""",
                         (symbol, symbol)).fetchone() is not None
-
-
-def _json_body(allowed: set[str]) -> dict:
-    raw = request.get_data(cache=True)
-    if not raw or not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("the request body is not valid JSON", "bad_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object", "bad_json")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        allowed_txt = ", ".join(sorted(allowed)) or "none"
-        raise BadRequest(f"unknown field(s): {', '.join(map(str, unknown))[:200]}; allowed: "
-                         f"{allowed_txt}", "unknown_field")
-    return body
 
 
 def _today_ny() -> dt.date:
@@ -194,7 +113,7 @@ def health():
 @bp.get("/api/v1/status")
 @require_read
 def status():
-    _params(set())
+    query_args(set())
     h = health_mod.compute(rt())
     body = health_mod.status_body(rt(), h)
     return jsonify(body), (503 if h["status"] == "unhealthy" else 200)
@@ -216,8 +135,8 @@ def _symbol_json(r: dict) -> dict:
 @require_read
 def symbols():
     """Every configured symbol (with or without data) and every stored one."""
-    args = _params({"active"})
-    active = _bool(args, "active", None)
+    args = query_args({"active"})
+    active = bool_arg(args, "active", None)
     cfg = rt().config
     with rt().conn() as conn:
         rows = {r["symbol"]: r for r in store.symbol_rows(conn)}
@@ -250,16 +169,16 @@ def symbols():
 @bp.get("/api/v1/historical/<path:symbol>")
 @require_read
 def historical(symbol: str):
-    args = _params({"start", "end", "adjusted", "format", "limit", "include_invalid"})
-    symbol = _symbol(symbol)
-    end = _date(args, "end", _today_ny())
-    start = _date(args, "start", max(dt.date.min, end - dt.timedelta(days=365))
+    args = query_args({"start", "end", "adjusted", "format", "limit", "include_invalid"})
+    symbol = symbol_arg(symbol)
+    end = date_arg(args, "end", _today_ny())
+    start = date_arg(args, "start", max(dt.date.min, end - dt.timedelta(days=365))
                   if end.toordinal() > 365 else dt.date.min)
     if start > end:
         raise BadRequest(f"start ({start}) is after end ({end})", "bad_range")
-    adjusted = _bool(args, "adjusted", False)
-    include_invalid = _bool(args, "include_invalid", False)
-    limit = _int(args, "limit", None, 1, MAX_LIMIT)
+    adjusted = bool_arg(args, "adjusted", False)
+    include_invalid = bool_arg(args, "include_invalid", False)
+    limit = int_arg(args, "limit", None, 1, MAX_LIMIT)
     fmt = args.get("format", "json")
     if fmt not in ("json", "csv"):
         raise BadRequest(f"format={fmt[:40]!r} must be json or csv", "bad_format")
@@ -391,16 +310,16 @@ class _Stream:
 @bp.get("/api/v1/gaps")
 @require_read
 def gaps():
-    args = _params({"symbol", "kind", "since", "until", "limit"})
-    sym = _symbol(args["symbol"]) if "symbol" in args else None
+    args = query_args({"symbol", "kind", "since", "until", "limit"})
+    sym = symbol_arg(args["symbol"]) if "symbol" in args else None
     kind = args.get("kind")
     if kind not in (None, "split", "jump", "missing"):
         raise BadRequest(f"kind={kind[:40]!r} must be split, jump or missing", "bad_kind")
-    since = _date(args, "since", None)
-    until = _date(args, "until", None)
+    since = date_arg(args, "since", None)
+    until = date_arg(args, "until", None)
     if since and until and since > until:
         raise BadRequest(f"since ({since}) is after until ({until})", "bad_range")
-    limit = _int(args, "limit", 500, 1, 100_000)
+    limit = int_arg(args, "limit", 500, 1, 100_000)
     with rt().conn() as conn:
         if sym is not None and not _known_symbol(conn, sym):
             return api_error(404, "unknown_symbol",
@@ -444,12 +363,12 @@ def _run_json(r: dict) -> dict:
 @require_read
 def jobs():
     from ..jobs import runs
-    args = _params({"job", "limit"})
+    args = query_args({"job", "limit"})
     job = args.get("job")
     if job is not None and job not in JOB_NAMES:
         raise BadRequest(f"job={job[:40]!r} is not a job; jobs: {', '.join(JOB_NAMES)}",
                          "bad_job")
-    limit = _int(args, "limit", 50, 1, 1000)
+    limit = int_arg(args, "limit", 50, 1, 1000)
     with rt().conn() as conn:
         rows = runs.recent(conn, job=job, limit=limit)
     return jsonify({"count": len(rows), "jobs": [_run_json(r) for r in rows]})
@@ -459,7 +378,7 @@ def jobs():
 @require_read
 def job(run_id: int):
     from ..jobs import runs
-    _params(set())
+    query_args(set())
     r = None
     if run_id <= MAX_ID:
         with rt().conn() as conn:
@@ -477,8 +396,8 @@ def _queued(run_id: int):
 @require_admin
 def post_backfill():
     from ..queue import enqueue
-    _params(set())
-    body = _json_body({"symbols", "start", "end"})
+    query_args(set())
+    body = json_body({"symbols", "start", "end"})
     syms = None
     if "symbols" in body:
         syms = body["symbols"]
@@ -490,7 +409,7 @@ def post_backfill():
         if len(syms) > 20000:
             raise BadRequest("too many symbols (at most 20000)", "bad_symbols")
         for s in syms:
-            _symbol(s)
+            symbol_arg(s)
         configured = {s.symbol for s in rt().config.symbols}
         missing = [s for s in syms if s not in configured]
         if missing:
@@ -504,7 +423,7 @@ def post_backfill():
             v = body[k]
             if not isinstance(v, str):
                 raise BadRequest(f"{k} must be a date string (YYYY-MM-DD)", "bad_date")
-            dates[k] = _date({k: v}, k, None)
+            dates[k] = date_arg({k: v}, k, None)
     if dates.get("start") and dates.get("end") and dates["start"] > dates["end"]:
         raise BadRequest(f"start ({dates['start']}) is after end ({dates['end']})", "bad_range")
     run_id = enqueue(rt(), "backfill", {"symbols": syms,
@@ -517,8 +436,8 @@ def post_backfill():
 def post_job(name: str):
     """Run any scheduled job now (queued for the worker)."""
     from ..queue import enqueue
-    _params(set())
-    _json_body(set())
+    query_args(set())
+    json_body(set())
     if name not in JOB_NAMES:
         return api_error(404, "unknown_job", f"{name[:40]!r} is not a job; jobs: "
                                              f"{', '.join(JOB_NAMES)}")
@@ -540,7 +459,7 @@ def _reload_json(r: dict | None) -> dict | None:
 @bp.get("/api/v1/config")
 @require_read
 def config():
-    _params(set())
+    query_args(set())
     cfg = rt().config
     with rt().conn() as conn:
         last = store.last_config_reload(conn)
@@ -552,8 +471,8 @@ def config():
 @require_admin
 def config_reload():
     from .. import reload as reload_mod
-    _params(set())
-    _json_body(set())
+    query_args(set())
+    json_body(set())
     res = reload_mod.reload_config(rt(), source="api", actor="api")
     if not res["ok"]:
         return api_error(res["status"], "config_invalid" if res["status"] == 422
@@ -577,8 +496,8 @@ def _backup_rows(conn, limit: int) -> list[dict]:
 @bp.get("/api/v1/backups")
 @require_read
 def backups():
-    args = _params({"limit"})
-    limit = _int(args, "limit", 100, 1, 10000)
+    args = query_args({"limit"})
+    limit = int_arg(args, "limit", 100, 1, 10000)
     with rt().conn() as conn:
         rows = _backup_rows(conn, limit)
     return jsonify({"count": len(rows), "backups": rows})
@@ -588,8 +507,8 @@ def backups():
 @require_admin
 def post_backup():
     from ..queue import enqueue
-    _params(set())
-    _json_body(set())
+    query_args(set())
+    json_body(set())
     return _queued(enqueue(rt(), "backup", {}))
 
 
@@ -597,8 +516,8 @@ def post_backup():
 @require_admin
 def post_restore_test(backup_id: int):
     from ..queue import enqueue
-    _params(set())
-    _json_body(set())
+    query_args(set())
+    json_body(set())
     row = None
     if backup_id <= MAX_ID:
         with rt().conn() as conn:
@@ -622,11 +541,11 @@ _ALERT_FIELDS = ("id", "key", "severity", "status", "message", "details", "opene
 @bp.get("/api/v1/alerts")
 @require_read
 def alerts():
-    args = _params({"status", "limit"})
+    args = query_args({"status", "limit"})
     st = args.get("status", "open")
     if st not in ("open", "resolved", "all"):
         raise BadRequest(f"status={st[:40]!r} must be open, resolved or all", "bad_status")
-    limit = _int(args, "limit", 200, 1, 10000)
+    limit = int_arg(args, "limit", 200, 1, 10000)
     with rt().conn() as conn:
         rows = store.alerts_list(conn, status=st, limit=limit)
     out = [{k: r.get(k) for k in _ALERT_FIELDS} for r in rows]
@@ -646,85 +565,7 @@ def openapi():
 
 # --------------------------------------------------------------------------- errors
 
-def _is_api_path() -> bool:
-    p = request.path
-    return p.startswith("/api/") or p in ("/health", "/metrics")
-
-
 def register(app) -> None:
     app.json = JSONProvider(app)
     app.register_blueprint(bp)
-    max_bytes = app.config.get("MAX_CONTENT_LENGTH")
-
-    @app.before_request
-    def _too_large():
-        # before authentication and routing: a huge body is refused at once
-        n = request.content_length
-        if max_bytes and n is not None and n > max_bytes:
-            return api_error(413, "payload_too_large",
-                             f"the request body is {n} bytes; at most {max_bytes} are accepted "
-                             f"(server.max_request_bytes)")
-        if max_bytes and n is None and \
-                "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-            return _read_chunked(max_bytes)
-        return None
-
-    def _read_chunked(limit: int):
-        """A chunked body has no Content-Length: read it here, up to one byte
-        past the limit, so that a body over it is refused (413) instead of
-        being cut at the limit and accepted."""
-        import io
-        env = request.environ
-        stream = env["wsgi.input"]
-        buf = bytearray()
-        while len(buf) <= limit:
-            chunk = stream.read(limit + 1 - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-        if len(buf) > limit:
-            return api_error(413, "payload_too_large",
-                             f"the chunked request body is more than {limit} bytes "
-                             f"(server.max_request_bytes)")
-        env["wsgi.input"] = io.BytesIO(bytes(buf))
-        env["CONTENT_LENGTH"] = str(len(buf))
-        env.pop("wsgi.input_terminated", None)
-        request.__dict__.pop("content_length", None)
-        request.__dict__.pop("stream", None)
-        return None
-
-    @app.errorhandler(BadRequest)
-    def _bad(e: BadRequest):
-        return api_error(e.status, e.code, e.message)
-
-    @app.errorhandler(psycopg.OperationalError)
-    @app.errorhandler(PoolTimeout)
-    def _db_down(e):
-        if isinstance(e, psycopg.errors.QueryCanceled):
-            return api_error(503, "timeout", "the query took too long; narrow the range")
-        log.warning("database unavailable: %s", e)
-        return api_error(503, "database_unavailable",
-                         "the database is unreachable right now; try again shortly")
-
-    @app.errorhandler(redis.RedisError)
-    def _redis_down(e):
-        log.warning("redis unavailable: %s", e)
-        return api_error(503, "queue_unavailable",
-                         "Redis (the job queue) is unreachable right now; try again shortly")
-
-    @app.errorhandler(HTTPException)
-    def _http(e: HTTPException):
-        if _is_api_path() or request.accept_mimetypes.best == "application/json":
-            code = (e.name or "error").lower().replace(" ", "_")
-            resp = api_error(e.code or 500, code, e.description or e.name)
-            if e.code == 405 and getattr(e, "valid_methods", None):
-                resp.headers["Allow"] = ", ".join(e.valid_methods)
-            return resp
-        return e
-
-    @app.errorhandler(Exception)
-    def _unexpected(e: Exception):
-        if isinstance(e, psycopg.errors.QueryCanceled):
-            return api_error(503, "timeout", "the query took too long; narrow the range")
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return api_error(500, "internal_error", "internal error; see the server log")
+    errors.register(app)
