@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 
-from psycopg.rows import dict_row
 
 from . import store
 
@@ -184,6 +183,42 @@ def _redis_result(fut: cf.Future, timeout: float) -> dict:
                 "worker_heartbeat_age_s": None}
 
 
+def _status(a, snap: dict, rd: dict, scheduler_running: bool, rate, behind,
+            reasons: list[str]) -> str:
+    """healthy or degraded, with a reason added for each thing wrong (the
+    database answers)."""
+    before = len(reasons)
+    if not scheduler_running:
+        reasons.append("scheduler not running" if rd["status"] == "ok"
+                       else "redis unreachable: scheduler state unknown")
+    if snap["total_records"] and rate < a["validation_rate_warn_pct"]:
+        reasons.append(f"validation rate {rate}% below {a['validation_rate_warn_pct']}%")
+    if behind is not None and behind > a["stale_after_sessions"]:
+        reasons.append(f"data is {behind} trading sessions behind")
+    if snap["total_records"] == 0:
+        reasons.append("no data stored yet")
+    reasons.extend(process_reasons(rd.get("processes")))
+    reasons.extend(f"{x['severity']} alert: {x['key']}"
+                   for sev in ("critical", "warning")
+                   for x in snap["open_alerts"] if x["severity"] == sev)
+    return "degraded" if len(reasons) > before else "healthy"
+
+
+def _severity(a, snap: dict, status: str, scheduler_running: bool, rate,
+              reasons: list[str]) -> str:
+    """One severity for every view (/health, the console badge, status): the
+    status says whether it works, the severity how urgent what is wrong is."""
+    critical = status == "unhealthy" or not scheduler_running
+    if snap["status"] == "ok":
+        if snap["total_records"] and rate is not None and rate < a["validation_rate_critical_pct"]:
+            critical = True
+            reasons.append(f"validation rate {rate}% below critical "
+                           f"{a['validation_rate_critical_pct']}%")
+        if any(x["severity"] == "critical" for x in snap["open_alerts"]):
+            critical = True
+    return "critical" if critical else ("warning" if status != "healthy" else "ok")
+
+
 def compute(rt, now: dt.datetime | None = None) -> dict:
     """The full picture: health fields plus the snapshot used by status/console.
 
@@ -202,7 +237,6 @@ def compute(rt, now: dt.datetime | None = None) -> dict:
     scheduler_running = rd["status"] == "ok" and sched_age is not None and sched_age <= hb_max
     worker_age = rd.get("worker_heartbeat_age_s")
     worker_alive = rd["status"] == "ok" and worker_age is not None and worker_age <= hb_max
-    a = cfg["alerts"]
     reasons: list[str] = []
     if snap["status"] != "ok":
         status = "unhealthy"
@@ -210,42 +244,10 @@ def compute(rt, now: dt.datetime | None = None) -> dict:
                         "database unreachable: ") + snap.get("error", ""))
         latest, rate, behind = None, None, None
     else:
-        latest = snap["latest_data"]
-        rate = snap["validation_rate_pct"]
+        latest, rate = snap["latest_data"], snap["validation_rate_pct"]
         behind = sessions_behind(cfg, latest, now)
-        status = "healthy"
-        crit = [x for x in snap["open_alerts"] if x["severity"] == "critical"]
-        warn = [x for x in snap["open_alerts"] if x["severity"] == "warning"]
-        if not scheduler_running:
-            status = "degraded"
-            reasons.append("scheduler not running" if rd["status"] == "ok"
-                           else "redis unreachable: scheduler state unknown")
-        if snap["total_records"] and rate < a["validation_rate_warn_pct"]:
-            status = "degraded"
-            reasons.append(f"validation rate {rate}% below {a['validation_rate_warn_pct']}%")
-        if behind is not None and behind > a["stale_after_sessions"]:
-            status = "degraded"
-            reasons.append(f"data is {behind} trading sessions behind")
-        if snap["total_records"] == 0:
-            status = "degraded"
-            reasons.append("no data stored yet")
-        if (down := process_reasons(rd.get("processes"))):
-            status = "degraded"
-            reasons.extend(down)
-        if crit or warn:
-            status = "degraded"
-            reasons.extend(f"{x['severity']} alert: {x['key']}" for x in crit + warn)
-    # One severity for every view (/health, the console badge, status): the
-    # status says whether it works, the severity how urgent what is wrong is.
-    critical = status == "unhealthy" or not scheduler_running
-    if snap["status"] == "ok":
-        if snap["total_records"] and rate is not None and rate < a["validation_rate_critical_pct"]:
-            critical = True
-            reasons.append(f"validation rate {rate}% below critical "
-                           f"{a['validation_rate_critical_pct']}%")
-        if any(x["severity"] == "critical" for x in snap["open_alerts"]):
-            critical = True
-    severity = "critical" if critical else ("warning" if status != "healthy" else "ok")
+        status = _status(cfg["alerts"], snap, rd, scheduler_running, rate, behind, reasons)
+    severity = _severity(cfg["alerts"], snap, status, scheduler_running, rate, reasons)
     last_reload = snap.get("last_reload") if snap["status"] == "ok" else None
     return {
         "status": status,

@@ -65,69 +65,77 @@ class StoreCollector:
         yield m
         try:
             with rt.pool.connection(timeout=1) as conn:
-                vendor = store.vendor_counts(conn)
-                job_stats = store.job_run_stats(conn)
-                lb = store.latest_backup(conn)
-                lrt = store.last_restore_test(conn)
-                alerts = store.open_alerts(conn)
+                rows = {"vendor": store.vendor_counts(conn), "jobs": store.job_run_stats(conn),
+                        "backup": store.latest_backup(conn),
+                        "restore_test": store.last_restore_test(conn),
+                        "alerts": store.open_alerts(conn)}
         except Exception:  # noqa: BLE001
             return
-        req = CounterMetricFamily("appliance_vendor_requests",
-                                  "vendor HTTP requests by kind (request, retry, error) and "
-                                  "HTTP status or failure", labels=["provider", "kind", "status"])
-        for prov, kind, label, n in vendor:
-            req.add_metric([prov, kind, label], n)
-        yield req
-        runs = CounterMetricFamily("appliance_job_runs", "job runs by status",
-                                   labels=["job", "status"])
-        dur = CounterMetricFamily("appliance_job_run_duration_seconds",
-                                  "total seconds spent in job runs", labels=["job", "status"])
-        for job, st, n, secs in job_stats:
-            runs.add_metric([job, st], n)
-            dur.add_metric([job, st], float(secs))
-        yield runs
-        yield dur
-        last_dur = GaugeMetricFamily("appliance_job_last_run_duration_seconds",
-                                     "duration of the latest finished run of each job",
-                                     labels=["job", "status"])
-        last_ok = GaugeMetricFamily("appliance_job_last_success_timestamp_seconds",
-                                    "when the latest successful run of each job finished",
-                                    labels=["job"])
-        for job, lr in (snap.get("last_runs") or {}).items():
-            r = lr.get("last")
-            if r and r.get("started_at") and r.get("finished_at"):
-                last_dur.add_metric([job, r["status"]],
-                                    (r["finished_at"] - r["started_at"]).total_seconds())
-            ok = lr.get("last_success")
-            if ok and ok.get("finished_at"):
-                last_ok.add_metric([job], ok["finished_at"].timestamp())
-        yield last_dur
-        yield last_ok
-        age = GaugeMetricFamily("appliance_backup_age_seconds", "age of the latest good backup")
-        size = GaugeMetricFamily("appliance_backup_size_bytes", "size of the latest good backup")
-        if lb:
-            age.add_metric([], (dt.datetime.now(dt.timezone.utc) - lb["created_at"]).total_seconds())
-            size.add_metric([], float(lb["size_bytes"] or 0))
-        yield age
-        yield size
-        rtst = GaugeMetricFamily("appliance_restore_test_passed",
-                                 "1 when the latest restore test passed, 0 when it failed")
-        rtts = GaugeMetricFamily("appliance_restore_test_timestamp_seconds",
-                                 "when the latest restore test ran")
-        if lrt:
-            rtst.add_metric([], 1 if lrt["status"] == "passed" else 0)
-            if lrt.get("at"):
-                rtts.add_metric([], lrt["at"].timestamp())
-        yield rtst
-        yield rtts
-        al = GaugeMetricFamily("appliance_alerts_open", "open alerts", labels=["severity", "key"])
-        for a in alerts:
-            al.add_metric([a["severity"], a["key"]], 1)
-        yield al
+        yield from _vendor_and_jobs(rows["vendor"], rows["jobs"], snap)
+        yield from _backups_and_alerts(rows["backup"], rows["restore_test"], rows["alerts"])
+
+
+def _vendor_and_jobs(vendor, job_stats, snap: dict):
+    """Vendor request counters, job runs and durations, last success per job."""
+    req = CounterMetricFamily("appliance_vendor_requests",
+                              "vendor HTTP requests by kind (request, retry, error) and "
+                              "HTTP status or failure", labels=["provider", "kind", "status"])
+    for prov, kind, label, n in vendor:
+        req.add_metric([prov, kind, label], n)
+    yield req
+    runs = CounterMetricFamily("appliance_job_runs", "job runs by status",
+                               labels=["job", "status"])
+    dur = CounterMetricFamily("appliance_job_run_duration_seconds",
+                              "total seconds spent in job runs", labels=["job", "status"])
+    for job, st, n, secs in job_stats:
+        runs.add_metric([job, st], n)
+        dur.add_metric([job, st], float(secs))
+    yield runs
+    yield dur
+    last_dur = GaugeMetricFamily("appliance_job_last_run_duration_seconds",
+                                 "duration of the latest finished run of each job",
+                                 labels=["job", "status"])
+    last_ok = GaugeMetricFamily("appliance_job_last_success_timestamp_seconds",
+                                "when the latest successful run of each job finished",
+                                labels=["job"])
+    for job, lr in (snap.get("last_runs") or {}).items():
+        r = lr.get("last")
+        if r and r.get("started_at") and r.get("finished_at"):
+            last_dur.add_metric([job, r["status"]],
+                                (r["finished_at"] - r["started_at"]).total_seconds())
+        ok = lr.get("last_success")
+        if ok and ok.get("finished_at"):
+            last_ok.add_metric([job], ok["finished_at"].timestamp())
+    yield last_dur
+    yield last_ok
+
+
+def _backups_and_alerts(lb, lrt, alerts):
+    """The latest good backup, the latest restore test, the open alerts."""
+    age = GaugeMetricFamily("appliance_backup_age_seconds", "age of the latest good backup")
+    size = GaugeMetricFamily("appliance_backup_size_bytes", "size of the latest good backup")
+    if lb:
+        age.add_metric([], (dt.datetime.now(dt.timezone.utc) - lb["created_at"]).total_seconds())
+        size.add_metric([], float(lb["size_bytes"] or 0))
+    yield age
+    yield size
+    rtst = GaugeMetricFamily("appliance_restore_test_passed",
+                             "1 when the latest restore test passed, 0 when it failed")
+    rtts = GaugeMetricFamily("appliance_restore_test_timestamp_seconds",
+                             "when the latest restore test ran")
+    if lrt:
+        rtst.add_metric([], 1 if lrt["status"] == "passed" else 0)
+        if lrt.get("at"):
+            rtts.add_metric([], lrt["at"].timestamp())
+    yield rtst
+    yield rtts
+    al = GaugeMetricFamily("appliance_alerts_open", "open alerts", labels=["severity", "key"])
+    for a in alerts:
+        al.add_metric([a["severity"], a["key"]], 1)
+    yield al
 
 
 def register(app) -> None:
-    rt = app.config["RUNTIME"]
 
     @app.before_request
     def _start():
