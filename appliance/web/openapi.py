@@ -91,7 +91,8 @@ def _errors(*codes: str) -> dict:
 
 # --------------------------------------------------------------------------- schemas
 
-def _schemas() -> dict:
+def _brief_schemas() -> dict:
+    """The small objects status and the lists share."""
     run_brief = _obj({
         "id": INT, "status": STR, "trigger": _n(STR), "started_at": _n(DATETIME),
         "finished_at": _n(DATETIME), "duration_s": _n(NUM), "rows": _n(INT), "error": _n(STR)},
@@ -113,6 +114,12 @@ def _schemas() -> dict:
         "acknowledged_by": _n(STR)},
         required=["id", "key", "severity", "status", "message", "details", "opened_at",
                   "acknowledged_at", "acknowledged_by"])
+    return {"RunBrief": run_brief, "BackupBrief": backup_brief, "RestoreTest": restore_test,
+            "ConfigReload": config_reload, "Alert": alert}
+
+
+def _status_schemas() -> dict:
+    """Health, status and the pieces they are made of."""
     health = _obj({
         "status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
         "severity": {"type": "string", "enum": ["ok", "warning", "critical"],
@@ -177,6 +184,13 @@ def _schemas() -> dict:
             "sha256": STR, "path": STR, "version": INT,
             "last_reload": _n(_ref("ConfigReload")),
             "last_reload_successful": BOOL})})
+    return {
+        "Health": health, **_brief_schemas(),
+        "DatabaseStatus": database, "JobSchedule": job_schedule, "Status": status,
+    }
+
+
+def _schemas() -> dict:
     symbol = _obj({
         "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
         "active": BOOL, "configured": BOOL, "since": _n(DATE),
@@ -226,9 +240,7 @@ def _schemas() -> dict:
                        "description": "Every problem found (config reload only)."}},
             required=["code", "message"])})
     return {
-        "Error": error, "Health": health, "RunBrief": run_brief, "BackupBrief": backup_brief,
-        "RestoreTest": restore_test, "ConfigReload": config_reload, "Alert": alert,
-        "DatabaseStatus": database, "JobSchedule": job_schedule, "Status": status,
+        "Error": error, **_status_schemas(),
         "Symbol": symbol,
         "SymbolList": _obj({"count": INT, "symbols": {"type": "array", "items": _ref("Symbol")}}),
         "Candle": candle, "Historical": historical, "Gap": gap,
@@ -307,13 +319,14 @@ def _admin(summary: str, responses: dict, *, body: dict | None = None, params: l
 
 
 def _paths() -> dict:
+    return {**_data_paths(), **_ops_paths()}
+
+
+def _data_paths() -> dict:
+    """Health, metrics, status and the market data."""
     symbol_path = {"name": "symbol", "in": "path", "required": True,
                    "schema": {"type": "string", "pattern": SYMBOL_PATTERN, "maxLength": 15},
                    "description": "Ticker, e.g. AAPL or BRK.B.", "example": "AAPL"}
-    id_path = lambda n, d: {"name": n, "in": "path", "required": True,  # noqa: E731
-                            "schema": {"type": "integer", "minimum": 0}, "description": d,
-                            "example": 1}
-    queued = _json(_ref("Queued"), "Queued; poll the url (GET /api/v1/jobs/{id}).")
     return {
         "/health": {"get": {
             "summary": "Liveness and health for load balancers and monitoring",
@@ -379,6 +392,16 @@ def _paths() -> dict:
              _date_param("until", "Sessions on or before this date."),
              _limit(500, 100_000)],
             errors=("400", "401", "404", "503"))},
+    }
+
+
+def _ops_paths() -> dict:
+    """Jobs, config, backups, alerts and the document itself."""
+    id_path = lambda n, d: {"name": n, "in": "path", "required": True,  # noqa: E731
+                            "schema": {"type": "integer", "minimum": 0}, "description": d,
+                            "example": 1}
+    queued = _json(_ref("Queued"), "Queued; poll the url (GET /api/v1/jobs/{id}).")
+    return {
         "/api/v1/jobs": {"get": _read(
             "Recent job runs, newest first", _json(_ref("JobList"), "Job runs."),
             [_q("job", {"type": "string", "enum": list(JOB_NAMES)}, "Only this job."),
@@ -436,6 +459,8 @@ def _paths() -> dict:
 
 
 @lru_cache(maxsize=1)
+
+
 def _spec() -> dict:
     responses = {name: {"description": desc,
                         "content": {"application/json": {"schema": _ref("Error")}}}
