@@ -268,14 +268,11 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
     from .jobs import runs
     interactive = sys.stderr.isatty()
     state = {"last": None}
-    try:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-        prog = Progress(TextColumn("{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} symbols"),
-                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                        disable=not interactive, transient=False)
-    except ImportError:  # pragma: no cover
-        prog = None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    prog = Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total} symbols"),
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                    disable=not interactive, transient=False)
 
     with prog:
         task = prog.add_task(job, total=None, info="")
