@@ -92,7 +92,8 @@ def dashboard_update():
         return Response(status=204)
     if not is_htmx():
         return redirect(url_for("console.dashboard.dashboard"))
-    html = [panels[p].replace(f'id="{p}"', f'id="{p}" hx-swap-oob="true"', 1) for p in changed]
+    # the same partials, marked for an out-of-band swap (each takes ``oob``)
+    html = [render_template(PANELS[p], oob=True, **data) for p in changed]
     html.append(render_template("partials/dash_poller.html", oob=True,
                                 poll_url=poll_url(digests, refresh), refresh_seconds=refresh))
     return "\n".join(html)

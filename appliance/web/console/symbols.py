@@ -98,7 +98,9 @@ def _num(x):
 @bp.get("/console/api/chart/<symbol>")
 def chart_data(symbol: str):
     """Candles (raw or split-adjusted), whitespace for missing sessions, and
-    markers for split/jump gaps, missing sessions and invalid candles."""
+    markers for split/jump gaps, missing sessions and invalid candles. Each
+    marker (and an invalid candle) carries a ``role``; the page colours it
+    from the stylesheet's ``--chart-*`` variables."""
     symbol = _check_symbol(symbol)
     adjusted = request.args.get("adjusted") in ("1", "true")
     with rt().conn() as conn:
@@ -113,15 +115,14 @@ def chart_data(symbol: str):
         else:
             item = {"time": t, "open": o, "high": hi, "low": lo, "close": c}
             if not r["validated"]:
-                item.update(color="#9aa5b5", borderColor="#b42318", wickColor="#b42318")
+                item["role"] = "invalid"
             candles.append(item)
         if not r["validated"]:
-            markers.append({"time": t, "position": "belowBar", "color": "#b42318",
+            markers.append({"time": t, "position": "belowBar", "role": "invalid",
                             "shape": "circle",
                             "text": "invalid: " + ", ".join(r.get("issues") or [])})
         if r["gap_detected"] and r["gap_kind"] in ("split", "jump"):
-            markers.append({"time": t, "position": "aboveBar",
-                            "color": "#1f5fbf" if r["gap_kind"] == "split" else "#8a5a00",
+            markers.append({"time": t, "position": "aboveBar", "role": r["gap_kind"],
                             "shape": "arrowDown", "text": r["gap_kind"]})
     have = {c["time"] for c in candles}
     for m in missing:
@@ -129,7 +130,7 @@ def chart_data(symbol: str):
         if t not in have:
             candles.append({"time": t})
             have.add(t)
-        markers.append({"time": t, "position": "inBar", "color": "#b42318",
+        markers.append({"time": t, "position": "inBar", "role": "missing",
                         "shape": "square", "text": "missing"})
     candles.sort(key=lambda c: c["time"])
     markers.sort(key=lambda m: m["time"])
