@@ -326,13 +326,11 @@ def status_body(rt, h: dict) -> dict:
 def _run_brief(r: dict | None) -> dict | None:
     if not r:
         return None
-    dur = None
-    if r.get("started_at") and r.get("finished_at"):
-        dur = round((r["finished_at"] - r["started_at"]).total_seconds(), 3)
+    from .jobs.runs import duration_s
     res = r.get("result") or {}
     return {"id": r["id"], "status": r["status"], "trigger": r.get("trigger"),
             "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
-            "duration_s": dur, "rows": (res.get("inserted", 0) or 0) + (res.get("updated", 0) or 0)
+            "duration_s": duration_s(r), "rows": (res.get("inserted", 0) or 0) + (res.get("updated", 0) or 0)
             if res else None, "error": r.get("error")}
 
 

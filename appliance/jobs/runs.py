@@ -74,6 +74,16 @@ def finish(conn, run_id: int, status: str, result: dict | None = None,
          redact(error), status, status, status, run_id))
 
 
+def duration_s(r: dict, *, running_until_now: bool = False) -> float | None:
+    """Seconds a run took (so far, with ``running_until_now``), or None."""
+    if not r.get("started_at"):
+        return None
+    end = r.get("finished_at")
+    if end is None and running_until_now:
+        end = dt.datetime.now(dt.timezone.utc)
+    return round((end - r["started_at"]).total_seconds(), 3) if end else None
+
+
 def get(conn, run_id: int) -> dict | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM job_runs WHERE id = %s", (run_id,))

@@ -24,6 +24,7 @@ from flask.json.provider import DefaultJSONProvider
 from .. import backups as backups_mod
 from .. import health as health_mod
 from .. import store
+from ..jobs import runs
 from ..jobs.registry import JOB_NAMES
 from .auth import require_admin, require_read
 from . import errors
@@ -351,10 +352,7 @@ def _run_json(r: dict) -> dict:
     for k in ("params", "progress", "result"):
         if not isinstance(out[k], dict):
             out[k] = {}
-    dur = None
-    if r.get("started_at") and r.get("finished_at"):
-        dur = round((r["finished_at"] - r["started_at"]).total_seconds(), 3)
-    out["duration_s"] = dur
+    out["duration_s"] = runs.duration_s(r)
     out["url"] = f"/api/v1/jobs/{r['id']}"
     return out
 
@@ -362,7 +360,6 @@ def _run_json(r: dict) -> dict:
 @bp.get("/api/v1/jobs")
 @require_read
 def jobs():
-    from ..jobs import runs
     args = query_args({"job", "limit"})
     job = args.get("job")
     if job is not None and job not in JOB_NAMES:
@@ -377,7 +374,6 @@ def jobs():
 @bp.get("/api/v1/jobs/<int:run_id>")
 @require_read
 def job(run_id: int):
-    from ..jobs import runs
     query_args(set())
     r = None
     if run_id <= MAX_ID:

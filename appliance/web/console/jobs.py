@@ -1,7 +1,6 @@
 """Job runs, one run's progress, and the run-now buttons."""
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from flask import (Blueprint, abort, render_template, request, url_for)
@@ -17,10 +16,8 @@ bp = Blueprint("jobs", __name__)
 def run_view(r: dict) -> dict:
     res = r.get("result") or {}
     prog = r.get("progress") or {}
-    dur = None
-    if r.get("started_at"):
-        end = r.get("finished_at") or dt.datetime.now(dt.timezone.utc)
-        dur = (end - r["started_at"]).total_seconds()
+    from ...jobs.runs import duration_s
+    dur = duration_s(r, running_until_now=True)
     rows = None
     if "inserted" in res or "updated" in res:
         rows = (res.get("inserted") or 0) + (res.get("updated") or 0)
