@@ -5,8 +5,9 @@
   window of 60 s (plus a safety margin) ever holds more requests than the
   limit, whatever the bucket would allow. Thread-safe; share one limiter
   between every client that uses the same vendor key (``shared_limiter``).
-* ``HttpClient.get_json``: GET + JSON with retries (exponential backoff with
-  full jitter) on 429, 5xx, timeouts, connection errors and malformed JSON,
+* ``HttpClient.get_json``: GET + JSON with retries (tenacity; exponential
+  backoff with full jitter, at least a 429's Retry-After) on 429, 5xx,
+  timeouts, connection errors and malformed JSON,
   bounded both in count (``max_retries``) and in total time
   (``max_retry_seconds``). 401/403 raise ``ProviderAuthError`` carrying the
   vendor's own message; other 4xx raise a permanent ``ProviderError``.
@@ -27,6 +28,7 @@ import time
 from typing import Callable, Iterable, Mapping, Protocol
 
 import requests
+import tenacity
 
 from ..errors import ProviderAuthError, ProviderDataError, ProviderError
 
@@ -346,31 +348,42 @@ class HttpClient:
         allow = frozenset(allow_statuses)
         shown = self.display_url(url, params, secrets)
         started = self.clock()
-        attempt = 0
-        while True:
-            attempt += 1
+
+        def attempt():
             self.limiter.acquire()
-            try:
-                return self._attempt(url, params, headers, secrets, shown, allow)
-            except _Retryable as r:
-                delay = self.backoff(attempt)
-                if r.retry_after is not None:
-                    delay = max(delay, r.retry_after)
-                elapsed = self.clock() - started
-                if attempt > self.max_retries or elapsed + delay > self.max_retry_seconds:
-                    self._count("error", r.reason)
-                    text = (f"{self.name}: {r.detail} for {shown} "
-                            f"(gave up after {attempt} attempts, {elapsed:.1f}s)")
-                    log.error("%s", text)
-                    if r.reason == "malformed_json":
-                        raise ProviderDataError(text, status=r.status, url=shown) from None
-                    raise ProviderError(text, status=r.status, url=shown,
-                                        permanent=False) from None
-                self._count("retry", r.reason)
-                log.warning("%s: %s for %s; retry %d/%d in %.1fs", self.name, r.detail, shown,
-                            attempt, self.max_retries, delay)
-                if delay > 0:
-                    self.sleep(delay)
+            return self._attempt(url, params, headers, secrets, shown, allow)
+
+        def wait(rs: tenacity.RetryCallState) -> float:
+            r = rs.outcome.exception()
+            delay = self.backoff(rs.attempt_number)
+            return delay if r.retry_after is None else max(delay, r.retry_after)
+
+        def stop(rs: tenacity.RetryCallState) -> bool:
+            return rs.attempt_number > self.max_retries or \
+                self.clock() - started + rs.upcoming_sleep > self.max_retry_seconds
+
+        def before_sleep(rs: tenacity.RetryCallState) -> None:
+            r = rs.outcome.exception()
+            self._count("retry", r.reason)
+            log.warning("%s: %s for %s; retry %d/%d in %.1fs", self.name, r.detail, shown,
+                        rs.attempt_number, self.max_retries, rs.upcoming_sleep)
+
+        def give_up(rs: tenacity.RetryCallState):
+            r = rs.outcome.exception()
+            elapsed = self.clock() - started
+            self._count("error", r.reason)
+            text = (f"{self.name}: {r.detail} for {shown} "
+                    f"(gave up after {rs.attempt_number} attempts, {elapsed:.1f}s)")
+            log.error("%s", text)
+            if r.reason == "malformed_json":
+                raise ProviderDataError(text, status=r.status, url=shown) from None
+            raise ProviderError(text, status=r.status, url=shown, permanent=False) from None
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retryable), wait=wait, stop=stop,
+            before_sleep=before_sleep, retry_error_callback=give_up,
+            sleep=lambda d: self.sleep(d) if d > 0 else None)
+        return retrying(attempt)
 
 
 def client_for(vendor: str, settings: Mapping, *, stats: Stats | None = None,
