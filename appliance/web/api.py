@@ -28,6 +28,7 @@ from ..jobs import runs
 from ..jobs.registry import JOB_NAMES
 from .auth import require_admin, require_read
 from . import errors
+from . import openapi as openapi_doc
 from .errors import BadRequest, api_error
 from .params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
 
@@ -343,8 +344,9 @@ def _ratio_term(x: float) -> str:
 
 # --------------------------------------------------------------------------- jobs
 
-_RUN_FIELDS = ("id", "job", "slot", "trigger", "status", "params", "progress", "result", "error",
-               "attempts", "created_at", "started_at", "finished_at")
+#: the response shapes are declared once, in the OpenAPI document; these are
+#: the fields copied from the row (the others are computed below)
+_RUN_FIELDS = openapi_doc.stored_fields("JobRun", computed=("duration_s", "url"))
 
 
 def _run_json(r: dict) -> dict:
@@ -480,8 +482,7 @@ def config_reload():
 
 # --------------------------------------------------------------------------- backups
 
-_BACKUP_FIELDS = ("id", "filename", "path", "created_at", "size_bytes", "sha256", "status",
-                  "restore_test_status", "restore_test_at", "restore_test_seconds")
+_BACKUP_FIELDS = openapi_doc.stored_fields("Backup")
 
 
 def _backup_rows(conn, limit: int) -> list[dict]:
@@ -530,8 +531,7 @@ def post_restore_test(backup_id: int):
 
 # --------------------------------------------------------------------------- alerts
 
-_ALERT_FIELDS = ("id", "key", "severity", "status", "message", "details", "opened_at",
-                 "resolved_at", "acknowledged_at", "acknowledged_by")
+_ALERT_FIELDS = openapi_doc.stored_fields("Alert")
 
 
 @bp.get("/api/v1/alerts")
@@ -555,8 +555,7 @@ def alerts():
 
 @bp.get("/api/v1/openapi.json")
 def openapi():
-    from .openapi import spec
-    return jsonify(spec())
+    return jsonify(openapi_doc.spec())
 
 
 # --------------------------------------------------------------------------- errors

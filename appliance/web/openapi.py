@@ -485,6 +485,17 @@ def _spec() -> dict:
     }
 
 
+def stored_fields(name: str, computed: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The properties of schema ``name`` in the document's order, less the
+    ``computed`` ones: what the API copies from a row, so the JSON and its
+    schema cannot drift apart."""
+    props = tuple(_schemas()[name]["properties"])
+    missing = set(computed) - set(props)
+    if missing:
+        raise KeyError(f"{name} has no properties {sorted(missing)}")
+    return tuple(p for p in props if p not in computed)
+
+
 def spec() -> dict:
     """The OpenAPI document (a fresh copy; callers may modify it)."""
     return copy.deepcopy(_spec())
