@@ -51,7 +51,7 @@ class Measures:
     """What the rules look at, measured once per evaluation."""
 
     now: dt.datetime
-    health: dict
+    health: object           # health.Health (the snapshot every view reads)
     disk: dict               # name -> {"path", "free_pct", "free_bytes"} or {"error"}
     job_history: dict        # job -> [statuses, newest first]
     last_backup_ok: dt.datetime | None
@@ -68,7 +68,7 @@ class Measures:
 
 def _validation(level: str):
     def check(m: Measures, cfg):
-        snap = m.health["_snap"]
+        snap = m.health.db
         if snap.get("status") != "ok" or not snap.get("total_records"):
             return False, "", {}
         rate = snap["validation_rate_pct"]
@@ -84,31 +84,31 @@ def _validation(level: str):
 
 
 def _stale(m: Measures, cfg):
-    behind = m.health.get("latest_data_sessions_behind")
+    behind = m.health.latest_data_sessions_behind
     limit = cfg["alerts"]["stale_after_sessions"]
     if behind is None:
         return False, "", {}
     return (behind > limit,
-            f"the latest stored session ({m.health['latest_data']}) is {behind} trading "
+            f"the latest stored session ({m.health.latest_data}) is {behind} trading "
             f"session(s) behind the latest completed one (allowed: {limit})",
-            {"latest_data": m.health["latest_data"], "sessions_behind": behind})
+            {"latest_data": m.health.latest_data, "sessions_behind": behind})
 
 
 def _scheduler(m: Measures, cfg):
-    if m.health.get("redis") != "ok":
+    if m.health.redis != "ok":
         return True, "Redis is unreachable: the scheduler cannot run", {"redis": "error"}
-    age = m.health["_redis"].get("scheduler_heartbeat_age_s")
+    age = m.health.queue.get("scheduler_heartbeat_age_s")
     limit = cfg["alerts"]["scheduler_heartbeat_max_seconds"]
-    return (not m.health["scheduler_running"],
+    return (not m.health.scheduler_running,
             "no scheduler heartbeat" + (f" for {age:.0f} s" if age is not None else "")
             + f" (allowed: {limit} s)", {"heartbeat_age_s": age})
 
 
 def _worker(m: Measures, cfg):
-    if m.health.get("redis") != "ok":
+    if m.health.redis != "ok":
         return False, "", {}  # scheduler_stopped already says Redis is down
-    age = m.health["_redis"].get("worker_heartbeat_age_s")
-    return (not m.health["worker_alive"],
+    age = m.health.queue.get("worker_heartbeat_age_s")
+    return (not m.health.worker_alive,
             "no worker heartbeat" + (f" for {age:.0f} s" if age is not None else ""),
             {"heartbeat_age_s": age})
 
@@ -203,7 +203,7 @@ def _disk(name: str):
 
 
 def _gaps(m: Measures, cfg):
-    snap = m.health["_snap"]
+    snap = m.health.db
     if snap.get("status") != "ok" or not snap.get("total_records"):
         return False, "", {}
     pct = snap["gaps_flagged_pct"]
@@ -343,7 +343,7 @@ def measure(rt, now: dt.datetime, disk_usage=shutil.disk_usage) -> Measures:
             "backup": disk_free(cfg["backup"]["path"], disk_usage)}
     jobs, last_ok, fails, first_fail, lrt, spot, auth = {}, None, 0, None, None, None, None
     rate, installed = None, None
-    if h["_snap"].get("status") == "ok":
+    if h.db.get("status") == "ok":
         with rt.conn() as conn, conn.cursor(row_factory=dict_row) as cur:
             n = cfg["alerts"]["job_failures_max"]
             cur.execute("""SELECT job, array_agg(status ORDER BY created_at DESC) AS sts
@@ -415,7 +415,7 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
     now = now or dt.datetime.now(dt.timezone.utc)
     cfg = rt.config
     m = measure(rt, now, disk_usage)
-    if m.health["_snap"].get("status") != "ok":
+    if m.health.db.get("status") != "ok":
         return {"error": "database unreachable: alerts cannot be stored", "opened": [],
                 "resolved": [], "pending": []}
     overrides = dict(cfg["alerts"]["for_seconds"])

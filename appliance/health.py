@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from dataclasses import dataclass, field, fields
 
 
 from . import store
@@ -219,7 +220,38 @@ def _severity(a, snap: dict, status: str, scheduler_running: bool, rate,
     return "critical" if critical else ("warning" if status != "healthy" else "ok")
 
 
-def compute(rt, now: dt.datetime | None = None) -> dict:
+@dataclass(frozen=True)
+class Health:
+    """One snapshot of the appliance's health, read the same way by /health,
+    /api/v1/status, the console badge, /metrics, the alert rules and
+    ``appliance status``. ``db`` is what PostgreSQL said (``status`` ok or
+    error, the counters, open alerts, last runs, backups); ``queue`` what
+    Redis said (heartbeat ages, the supervised processes)."""
+    status: str
+    severity: str
+    timestamp: str
+    scheduler_running: bool
+    worker_alive: bool
+    latest_data: str | None
+    latest_data_sessions_behind: int | None
+    validation_rate_pct: float | None
+    database: str
+    redis: str
+    config_last_reload_successful: bool
+    config_sha256: str
+    provider: str
+    processes: dict | None
+    reasons: list
+    db: dict = field(repr=False)
+    queue: dict = field(repr=False)
+
+    def body(self) -> dict:
+        """/health's fields, in the documented order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("db", "queue")}
+
+
+def compute(rt, now: dt.datetime | None = None) -> Health:
     """The full picture: health fields plus the snapshot used by status/console.
 
     PostgreSQL and Redis are probed at the same time, each with its own time
@@ -249,34 +281,24 @@ def compute(rt, now: dt.datetime | None = None) -> dict:
         status = _status(cfg["alerts"], snap, rd, scheduler_running, rate, behind, reasons)
     severity = _severity(cfg["alerts"], snap, status, scheduler_running, rate, reasons)
     last_reload = snap.get("last_reload") if snap["status"] == "ok" else None
-    return {
-        "status": status,
-        "severity": severity,
-        "timestamp": now.isoformat().replace("+00:00", "Z"),
-        "scheduler_running": scheduler_running,
-        "worker_alive": worker_alive,
-        "latest_data": latest,
-        "latest_data_sessions_behind": behind,
-        "validation_rate_pct": rate,
-        "database": "ok" if snap["status"] == "ok" else "error",
-        "redis": rd["status"],
-        "config_last_reload_successful": (last_reload or {}).get("ok", True),
-        "config_sha256": cfg.sha256,
-        "provider": cfg["provider"]["name"],
-        "processes": rd.get("processes"),
-        "reasons": reasons,
-        "_snap": snap,
-        "_redis": rd,
-    }
+    return Health(
+        status=status, severity=severity,
+        timestamp=now.isoformat().replace("+00:00", "Z"),
+        scheduler_running=scheduler_running, worker_alive=worker_alive,
+        latest_data=latest, latest_data_sessions_behind=behind, validation_rate_pct=rate,
+        database="ok" if snap["status"] == "ok" else "error", redis=rd["status"],
+        config_last_reload_successful=(last_reload or {}).get("ok", True),
+        config_sha256=cfg.sha256, provider=cfg["provider"]["name"],
+        processes=rd.get("processes"), reasons=reasons, db=snap, queue=rd)
 
 
-def health_body(h: dict) -> dict:
-    return {k: v for k, v in h.items() if not k.startswith("_")}
+def health_body(h: "Health") -> dict:
+    return h.body()
 
 
 def status_body(rt, h: dict) -> dict:
     """/api/v1/status: the original system's field names, kept for scripts."""
-    snap, rd, cfg = h["_snap"], h["_redis"], rt.config
+    snap, rd, cfg = h.db, h.queue, rt.config
     ok = snap["status"] == "ok"
     database = {"status": "ok" if ok else "error"}
     if ok:
@@ -284,7 +306,7 @@ def status_body(rt, h: dict) -> dict:
             "symbols_available", "total_records", "validated_records", "validation_rate_pct",
             "latest_data", "gaps_flagged", "gaps_flagged_pct", "missing_sessions", "size_bytes",
             "stats_updated_at")})
-        database["latest_data_sessions_behind"] = h["latest_data_sessions_behind"]
+        database["latest_data_sessions_behind"] = h.latest_data_sessions_behind
     else:
         database["error"] = snap.get("error")
     last_runs = snap.get("last_runs", {}) if ok else {}
@@ -299,27 +321,27 @@ def status_body(rt, h: dict) -> dict:
         backups["last_restore_test"] = snap.get("last_restore_test")
     return {
         "api_version": API_VERSION,
-        "status": h["status"],
-        "severity": h["severity"],
-        "timestamp": h["timestamp"],
-        "reasons": h["reasons"],
+        "status": h.status,
+        "severity": h.severity,
+        "timestamp": h.timestamp,
+        "reasons": h.reasons,
         "provider": cfg["provider"]["name"],
         "database": database,
         "data_quality": {
             "records_with_gaps_flagged": snap.get("gaps_flagged") if ok else None,
             "validation_rate_pct": snap.get("validation_rate_pct") if ok else None,
-            "scheduler_status": "running" if h["scheduler_running"] else "stopped",
+            "scheduler_status": "running" if h.scheduler_running else "stopped",
             "last_backfill": _run_brief(bf),
         },
-        "scheduler": {"running": h["scheduler_running"],
+        "scheduler": {"running": h.scheduler_running,
                       "heartbeat_age_s": rd.get("scheduler_heartbeat_age_s"),
-                      "worker_alive": h["worker_alive"], "jobs": scheduler},
+                      "worker_alive": h.worker_alive, "jobs": scheduler},
         "backups": backups,
         "alerts": snap.get("open_alerts", []) if ok else [],
         "config": {"sha256": cfg.sha256, "path": str(cfg.path),
                    "version": rt.config_version(),
                    "last_reload": snap.get("last_reload") if ok else None,
-                   "last_reload_successful": h["config_last_reload_successful"]},
+                   "last_reload_successful": h.config_last_reload_successful},
     }
 
 

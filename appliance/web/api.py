@@ -109,7 +109,7 @@ def health():
     query parameters (cache busters) are ignored."""
     h = health_mod.compute(rt())
     body = health_mod.health_body(h)
-    return jsonify(body), (503 if h["status"] == "unhealthy" else 200)
+    return jsonify(body), (503 if h.status == "unhealthy" else 200)
 
 
 @bp.get("/api/v1/status")
@@ -118,7 +118,7 @@ def status():
     query_args(set())
     h = health_mod.compute(rt())
     body = health_mod.status_body(rt(), h)
-    return jsonify(body), (503 if h["status"] == "unhealthy" else 200)
+    return jsonify(body), (503 if h.status == "unhealthy" else 200)
 
 
 # --------------------------------------------------------------------------- symbols

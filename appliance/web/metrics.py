@@ -31,19 +31,19 @@ class StoreCollector:
     def collect(self):
         rt = self.rt
         h = health_mod.compute(rt)
-        snap = h["_snap"]
+        snap = h.db
         up = GaugeMetricFamily("appliance_up", "1 when the component answers", labels=["component"])
-        up.add_metric(["database"], 1 if h["database"] == "ok" else 0)
-        up.add_metric(["redis"], 1 if h["redis"] == "ok" else 0)
-        up.add_metric(["scheduler"], 1 if h["scheduler_running"] else 0)
-        up.add_metric(["worker"], 1 if h["worker_alive"] else 0)
+        up.add_metric(["database"], 1 if h.database == "ok" else 0)
+        up.add_metric(["redis"], 1 if h.redis == "ok" else 0)
+        up.add_metric(["scheduler"], 1 if h.scheduler_running else 0)
+        up.add_metric(["worker"], 1 if h.worker_alive else 0)
         yield up
         hs = GaugeMetricFamily("appliance_health_status", "0 healthy, 1 degraded, 2 unhealthy")
-        hs.add_metric([], health_mod.exit_code(h["status"]))
+        hs.add_metric([], health_mod.exit_code(h.status))
         yield hs
         cfg_ok = GaugeMetricFamily("appliance_config_last_reload_successful",
                                    "1 when the last config reload succeeded")
-        cfg_ok.add_metric([], 1 if h["config_last_reload_successful"] else 0)
+        cfg_ok.add_metric([], 1 if h.config_last_reload_successful else 0)
         yield cfg_ok
         if snap["status"] != "ok":
             return
@@ -58,7 +58,7 @@ class StoreCollector:
             m = GaugeMetricFamily(name, doc)
             m.add_metric([], float(snap[key] or 0))
             yield m
-        behind = h["latest_data_sessions_behind"]
+        behind = h.latest_data_sessions_behind
         m = GaugeMetricFamily("appliance_latest_data_age_sessions",
                               "trading sessions between the latest stored and the latest completed")
         m.add_metric([], float(behind) if behind is not None else float("nan"))

@@ -138,7 +138,7 @@ def test_screenshots_of_the_dashboard_and_a_symbol_page(browser, server, runtime
     sched, log = _start_scheduler(config_path, tmp_path)
     try:
         deadline = time.monotonic() + 60
-        while not health.compute(runtime)["scheduler_running"]:
+        while not health.compute(runtime).scheduler_running:
             assert time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()[-2000:]
             time.sleep(0.5)
         # the README's screenshots are refreshed only when asked for, so a test

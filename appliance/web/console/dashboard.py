@@ -17,11 +17,11 @@ bp = Blueprint("dashboard", __name__)
 def badge_level(h: dict, cfg) -> tuple[str, str, list[str]]:
     """(css class, text, reasons) from the health snapshot: the text is
     /health's status, the colour its severity (red for anything critical)."""
-    text = {"healthy": "Healthy", "degraded": "Degraded", "unhealthy": "Unhealthy"}[h["status"]]
-    cls = {"critical": "unhealthy", "warning": "degraded", "ok": "healthy"}[h["severity"]]
-    if h["severity"] == "critical" and h["status"] == "degraded":
+    text = {"healthy": "Healthy", "degraded": "Degraded", "unhealthy": "Unhealthy"}[h.status]
+    cls = {"critical": "unhealthy", "warning": "degraded", "ok": "healthy"}[h.severity]
+    if h.severity == "critical" and h.status == "degraded":
         text = "Degraded · critical"
-    return cls, text, list(h["reasons"])
+    return cls, text, list(h.reasons)
 
 
 def dashboard_data() -> dict:
@@ -30,7 +30,7 @@ def dashboard_data() -> dict:
     h = health_mod.compute(r)
     sb = health_mod.status_body(r, h)
     cls, text, reasons = badge_level(h, cfg)
-    return {"h": h, "sb": sb, "snap": h["_snap"], "cfg": cfg, "badge_class": cls,
+    return {"h": h, "sb": sb, "snap": h.db, "cfg": cfg, "badge_class": cls,
             "badge_text": text, "reasons": reasons,
             "alerts": sb.get("alerts") or [],
             "configured_symbols": len(cfg.active_symbols)}
