@@ -143,9 +143,11 @@ def _spawn(child: Child, cfg) -> subprocess.Popen:
 
 
 def _answers(url: str) -> bool:
-    """True when the web server answers /health at all (any HTTP status)."""
+    """True when the web server answers /health at all (any HTTP status).
+    The time limit is generous: /health answers within about a second by
+    design, more on a loaded machine, and a slow answer is still an answer."""
     try:
-        with urllib.request.urlopen(url, timeout=1.0):
+        with urllib.request.urlopen(url, timeout=5.0):
             return True
     except urllib.error.HTTPError:
         return True

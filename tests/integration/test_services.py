@@ -124,13 +124,17 @@ def test_up_serves_with_embedded_services_and_stops_cleanly_on_sigterm(short_dir
             status, body = _get(f"http://127.0.0.1:{port}/health")
         assert {r: p["state"] for r, p in body["processes"].items()} == \
             {"serve": "running", "worker": "running", "scheduler": "running"}
+        # without systemd the log, children's lines included, is in data_dir
+        log_file = short_dir / "var" / "log" / "appliance.log"
+        deadline = time.monotonic() + 60
+        while "appliance up in" not in log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-3000:]
     assert "appliance stopped" in out
-    # without systemd the log, children's lines included, is in data_dir
-    logged = (short_dir / "var" / "log" / "appliance.log").read_text()
+    logged = log_file.read_text()
     assert "appliance up in" in logged and "Booting worker" in logged
     # the embedded servers stopped with it
     assert services._postmaster_info(short_dir / "var" / "pg") is None
