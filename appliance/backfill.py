@@ -105,7 +105,7 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
     end = dt.date.fromisoformat(end) if isinstance(end, str) else end
     syms = list(symbols) if symbols else cfg.active_symbols
     stats = MemoryStats()
-    provider = make_provider(cfg["provider"], stats=stats)
+    provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
     if hasattr(provider, "universe"):  # the demo provider's grouped daily knows only these
         provider.universe = tuple(dict.fromkeys(list(provider.universe) + syms))
     # a connection of its own: the lock lives as long as it, also if the worker is killed

@@ -140,7 +140,7 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed
     match_pct, mismatch_pct = float(sc["match_pct"]), float(sc["mismatch_pct"])
     rng = random.Random(seed)
     stats = MemoryStats()
-    provider = make_provider(cfg["provider"], name=source, stats=stats)
+    provider = make_provider(cfg["provider"], name=source, stats=stats, redis=rt.redis)
     other_adjusted = bool(getattr(provider, "split_adjusted", False))
 
     with rt.conn() as conn:

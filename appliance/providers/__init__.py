@@ -26,36 +26,45 @@ def settings(name: str, section: Mapping | None = None) -> dict:
     return {**base, **dict(section or {})}
 
 
-def make_provider(provider_cfg: Mapping | None, name: str | None = None, stats=None) -> Provider:
-    """Build a provider from the ``provider:`` config section.
+def _limiter(vendor: str, key: str, sub: Mapping, redis):
+    """Shared by every process when there is a Redis, else by this process."""
+    if redis is not None:
+        from .ratelimit import GlobalRateLimiter
+        return GlobalRateLimiter(redis, vendor, key, sub["requests_per_minute"])
+    from .http import shared_limiter
+    return shared_limiter(vendor, key, sub["requests_per_minute"])
+
+
+def make_provider(provider_cfg: Mapping | None, name: str | None = None, stats=None,
+                  redis=None) -> Provider:
+    """Build a provider from the ``provider:`` config section. With ``redis``
+    (a client), a keyed vendor's rate limit is shared by every process that
+    uses that Redis (``ratelimit.GlobalRateLimiter``).
 
     Missing sub-sections use the defaults. Raises ``ProviderAuthError`` when a
     keyed vendor has an empty key and ``ConfigError`` for an unknown name or a
     CSV provider without a path."""
     cfg = dict(provider_cfg or {})
     name = (name or cfg.get("name") or "demo").lower()
-    return _build(name, settings(name, cfg.get(name)), stats)
+    return _build(name, settings(name, cfg.get(name)), stats, redis)
 
 
-def _build(name: str, sub: dict, stats) -> Provider:
+def _build(name: str, sub: dict, stats, redis=None) -> Provider:
     if name == "polygon":
-        from .http import shared_limiter
         from .polygon import PolygonProvider
 
         key = require_api_key("polygon", sub["api_key"])
         return PolygonProvider(sub, stats=stats,
-                               limiter=shared_limiter("polygon", key, sub["requests_per_minute"]))
+                               limiter=_limiter("polygon", key, sub, redis))
     if name == "yahoo":
         from .yahoo import YahooProvider
 
         return YahooProvider(sub, stats=stats)
     if name == "tiingo":
-        from .http import shared_limiter
         from .tiingo import TiingoProvider
 
         key = require_api_key("tiingo", sub["api_key"])
-        return TiingoProvider(sub, stats=stats,
-                              limiter=shared_limiter("tiingo", key, sub["requests_per_minute"]))
+        return TiingoProvider(sub, stats=stats, limiter=_limiter("tiingo", key, sub, redis))
     if name == "csv":
         from .csvdir import CsvProvider
 

@@ -134,6 +134,7 @@ class RateLimiter:
             self.capacity = max(1, min(cap, self.limit))
             self._log: collections.deque[float] = collections.deque(maxlen=self.limit)
         self._tat: float | None = None  # theoretical arrival time (GCRA form of the bucket)
+        self._paused_until = 0.0
 
     def reserve(self) -> float:
         """Reserve a slot; returns the clock time at which it may be used."""
@@ -147,9 +148,15 @@ class RateLimiter:
             # hard window: the request `limit` slots back must be a full window old
             if len(self._log) >= self.limit:
                 t = max(t, self._log[0] + self.window + self.margin)
+            t = max(t, self._paused_until)
             self._tat = max(tat, t) + self.interval
             self._log.append(t)
             return t
+
+    def pause(self, seconds: float) -> None:
+        """The vendor said 429: no request for ``seconds``."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self.clock() + seconds)
 
     def acquire(self) -> float:
         """Block until a request may be sent; returns the seconds waited."""
@@ -365,6 +372,9 @@ class HttpClient:
         def before_sleep(rs: tenacity.RetryCallState) -> None:
             r = rs.outcome.exception()
             self._count("retry", r.reason)
+            if r.reason == "rate_limited":
+                # the limit is the vendor's, not this client's: slow everyone
+                self.limiter.pause(rs.upcoming_sleep)
             log.warning("%s: %s for %s; retry %d/%d in %.1fs", self.name, r.detail, shown,
                         rs.attempt_number, self.max_retries, rs.upcoming_sleep)
 
