@@ -513,6 +513,25 @@ def _update(conn, alert_id: int, message: str, details: dict | None, *,
         return cur.fetchone()
 
 
+def open_now(conn, key: str, severity: str, message: str, details: dict) -> None:
+    """An alert opened at once by the code that saw the failure (a backup
+    that failed says so itself; the rules only add for-durations)."""
+    conn.execute(
+        """INSERT INTO alerts (key, severity, status, message, details, opened_at)
+           VALUES (%s, %s, 'open', %s, %s, now())
+           ON CONFLICT (key) WHERE status IN ('pending', 'open')
+           DO UPDATE SET message = EXCLUDED.message, details = EXCLUDED.details,
+                         severity = EXCLUDED.severity, status = 'open',
+                         opened_at = coalesce(alerts.opened_at, now())""",
+        (key, severity, message, json.dumps(details, default=str)))
+
+
+def resolve_now(conn, key: str) -> None:
+    """Resolve ``key``'s active alert (the next good backup resolves backup_failed)."""
+    conn.execute("""UPDATE alerts SET status = 'resolved', resolved_at = now()
+                    WHERE key = %s AND status IN ('pending', 'open')""", (key,))
+
+
 def acknowledge(conn, alert_id: int, who: str) -> bool:
     cur = conn.execute("""UPDATE alerts SET acknowledged_at = now(), acknowledged_by = %s
                           WHERE id = %s AND status = 'open' AND acknowledged_at IS NULL""",

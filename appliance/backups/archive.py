@@ -15,11 +15,11 @@ from pathlib import Path
 
 import psycopg
 
-from .. import __version__, db, store
+from .. import __version__, alerts, db, store
 from ..errors import ApplianceError, BackupError, LockBusy
 from ..units import disk_usage, human_bytes
-from .catalogue import backup_dir, open_alert, resolve_alert, upsert_backup
-from .common import BACKUP_LOCK, MANIFEST_FORMAT, NAME_RE, PARTIAL_RE, SUSPEND_KEY, SUSPEND_TTL_S, Steps, _die_with_parent, _fsync_dir, _fsync_file, db_name, sha256_file, tool_target, utcnow
+from .catalogue import backup_dir, upsert_backup
+from .common import ALERT_KEY, BACKUP_LOCK, MANIFEST_FORMAT, NAME_RE, PARTIAL_RE, SUSPEND_KEY, SUSPEND_TTL_S, Steps, _die_with_parent, _fsync_dir, _fsync_file, db_name, sha256_file, tool_target, utcnow
 from .manifest import manifest_path_for, snapshot_counts
 from .retention import apply_retention
 from .tools import _first_error, find_tools, list_archive, read_archive, server_major
@@ -192,7 +192,7 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
         res = _dump(rt, cfg, url, bdir, steps, lock_conn, space, t0, run_id)
         steps.start("retention")
         with rt.conn() as conn:
-            resolve_alert(conn)
+            alerts.resolve_now(conn, ALERT_KEY)
             deleted = apply_retention(conn, cfg)
         steps.ok("retention", f"deleted {len(deleted)}" if deleted else "nothing to delete")
         res["retention_deleted"] = deleted
@@ -205,7 +205,8 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
             try:
                 with rt.conn() as conn:
                     sev = "critical" if getattr(e, "permanent", False) else "warning"
-                    open_alert(conn, f"backup failed: {msg}", {"path": str(backup_dir(cfg))}, sev)
+                    alerts.open_now(conn, ALERT_KEY, sev, f"backup failed: {msg}",
+                                    {"path": str(backup_dir(cfg))})
             except Exception:  # noqa: BLE001 - the database may be what failed
                 log.exception("could not open the backup alert")
         if isinstance(e, (ApplianceError, KeyboardInterrupt, SystemExit)):

@@ -3,26 +3,19 @@
 (``latest``, an id, a file)."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from psycopg.rows import dict_row
 
 from .. import store
 from ..errors import BackupError
-from .common import ALERT_KEY, NAME_RE
+from .common import NAME_RE
 from .manifest import _jsonable, disk_manifests, latest_restore_test, manifest_archive, manifest_path_for, manifest_summary, read_manifest
 
 log = logging.getLogger("appliance.backups")
 
 log = logging.getLogger("appliance.backups")
-
-
-_COLS = ("id, filename, path, created_at, size_bytes, sha256, status, manifest, "
-         "restore_test_status, restore_test_at, restore_test_seconds, restore_test_result, "
-         "deleted_at")
 
 
 def _row_out(r: dict) -> dict:
@@ -33,59 +26,12 @@ def _row_out(r: dict) -> dict:
 
 def list_backups(conn, limit: int = 100) -> list[dict]:
     """Catalogue rows, newest first, as JSON-friendly dicts (the manifest as a summary)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SELECT {_COLS} FROM backups ORDER BY created_at DESC, id DESC LIMIT %s",
-                    (limit,))
-        return [_row_out(r) for r in cur.fetchall()]
+    return [_row_out(r) for r in store.backup_rows(conn, limit)]
 
 
-def get_backup(conn, backup_id: int) -> dict | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SELECT {_COLS} FROM backups WHERE id = %s", (backup_id,))
-        return cur.fetchone()
-
-
-def upsert_backup(conn, *, filename: str, path: str, created_at, size_bytes: int | None,
-                  sha256: str | None, manifest: dict, status: str = "ok") -> int:
-    return conn.execute(
-        """INSERT INTO backups (filename, path, created_at, size_bytes, sha256, status, manifest)
-           VALUES (%s, %s, %s, %s, %s, %s, %s)
-           ON CONFLICT (filename) DO UPDATE SET path = EXCLUDED.path,
-             created_at = EXCLUDED.created_at, size_bytes = EXCLUDED.size_bytes,
-             sha256 = EXCLUDED.sha256, status = EXCLUDED.status, manifest = EXCLUDED.manifest,
-             deleted_at = NULL
-           RETURNING id""",
-        (filename, path, created_at, size_bytes, sha256, status,
-         json.dumps(manifest, default=str))).fetchone()[0]
-
-
-def record_restore_test(conn, backup_id: int, *, passed: bool, seconds: float,
-                        result: dict) -> None:
-    conn.execute(
-        """UPDATE backups SET restore_test_status = %s, restore_test_at = now(),
-                  restore_test_seconds = %s, restore_test_result = %s WHERE id = %s""",
-        ("passed" if passed else "failed", seconds, json.dumps(result, default=str), backup_id))
-
-
-#: Restore-test results kept in a manifest (newest last).
-
-
-def open_alert(conn, message: str, details: dict, severity: str = "critical") -> None:
-    """The ``backup_failed`` alert: opened by a failed backup, resolved by the
-    next good one."""
-    conn.execute(
-        """INSERT INTO alerts (key, severity, status, message, details, opened_at)
-           VALUES (%s, %s, 'open', %s, %s, now())
-           ON CONFLICT (key) WHERE status IN ('pending', 'open')
-           DO UPDATE SET message = EXCLUDED.message, details = EXCLUDED.details,
-                         severity = EXCLUDED.severity, status = 'open',
-                         opened_at = coalesce(alerts.opened_at, now())""",
-        (ALERT_KEY, severity, message, json.dumps(details, default=str)))
-
-
-def resolve_alert(conn) -> None:
-    conn.execute("""UPDATE alerts SET status = 'resolved', resolved_at = now()
-                    WHERE key = %s AND status IN ('pending', 'open')""", (ALERT_KEY,))
+get_backup = store.backup_row
+upsert_backup = store.upsert_backup
+record_restore_test = store.record_restore_test
 
 
 def backup_dir(cfg) -> Path:
@@ -97,7 +43,7 @@ def rescan(conn, cfg) -> dict:
     Rows whose files are gone become 'missing' (or stay 'deleted')."""
     bdir = backup_dir(cfg)
     found = disk_manifests(bdir)
-    have = {r[0]: r[1] for r in conn.execute("SELECT filename, status FROM backups")}
+    have = store.backup_statuses(conn)
     added = updated = 0
     seen = set()
     for archive, _mpath, m in found:
@@ -109,14 +55,7 @@ def rescan(conn, cfg) -> dict:
                             size_bytes=m["archive"].get("size_bytes"),
                             sha256=m["archive"].get("sha256"), manifest=m, status=status)
         if (rtest := latest_restore_test(m)) is not None:
-            conn.execute(
-                """UPDATE backups SET restore_test_status = %s, restore_test_at = %s,
-                          restore_test_seconds = %s,
-                          restore_test_result = coalesce(restore_test_result, %s)
-                    WHERE id = %s AND (restore_test_at IS NULL OR restore_test_at < %s)""",
-                ("passed" if rtest["passed"] else "failed", rtest["at"], rtest.get("seconds"),
-                 json.dumps({"passed": rtest["passed"], "error": rtest.get("error"),
-                             "from_manifest": True}), bid, rtest["at"]))
+            store.restore_test_from_manifest(conn, bid, rtest)
         if fn in have:
             updated += 1
         else:
@@ -124,7 +63,7 @@ def rescan(conn, cfg) -> dict:
     missing = 0
     for fn, status in have.items():
         if fn not in seen and status not in ("deleted", "missing"):
-            conn.execute("UPDATE backups SET status = 'missing' WHERE filename = %s", (fn,))
+            store.mark_backup_missing(conn, fn)
             missing += 1
     orphans = sorted(p.name for p in bdir.iterdir() if NAME_RE.match(p.name)
                      and not manifest_path_for(p).exists()) if bdir.is_dir() else []
@@ -156,9 +95,7 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
     ref: BackupRef | None = None
     if b in ("", "latest"):
         if conn is not None:
-            for (path,) in conn.execute(
-                    """SELECT path FROM backups WHERE status = 'ok'
-                       ORDER BY created_at DESC, id DESC"""):
+            for path in store.good_backup_paths(conn):
                 a = Path(path)
                 if a.exists() and manifest_path_for(a).exists():
                     ref = BackupRef(a, manifest_path_for(a), read_manifest(manifest_path_for(a)))
@@ -194,9 +131,7 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
             m = read_manifest(mp)
         ref = BackupRef(a, mp, m)
     if ref.id is None and conn is not None:
-        row = conn.execute("SELECT id FROM backups WHERE filename = %s",
-                           (ref.filename,)).fetchone()
-        ref.id = row[0] if row else None
+        ref.id = store.backup_id(conn, ref.filename)
     return ref
 
 

@@ -97,6 +97,11 @@ def recent(conn, *, job: str | None = None, limit: int = 50) -> list[dict]:
         return cur.fetchall()
 
 
+def job_names(conn) -> list[str]:
+    """The jobs that have runs, sorted."""
+    return [r[0] for r in conn.execute("SELECT DISTINCT job FROM job_runs ORDER BY 1")]
+
+
 def latest_restore_tests(conn) -> dict[str, dict]:
     """backup id (as given, a string) -> the newest restore_test run for it."""
     with conn.cursor(row_factory=dict_row) as cur:

@@ -55,8 +55,30 @@ from .ops import (
     record_config_reload,
     vendor_counts,
 )
+from .backups import (
+    backup_id,
+    backup_row,
+    backup_rows,
+    backup_status,
+    backup_statuses,
+    good_backup_paths,
+    mark_backup_missing,
+    record_restore_test,
+    restore_test_from_manifest,
+    upsert_backup,
+)
 
 __all__ = [
+    "backup_id",
+    "backup_row",
+    "backup_rows",
+    "backup_status",
+    "backup_statuses",
+    "good_backup_paths",
+    "mark_backup_missing",
+    "record_restore_test",
+    "restore_test_from_manifest",
+    "upsert_backup",
     "NY",
     "TIMEFRAME",
     "copy_text",

@@ -515,16 +515,15 @@ def post_restore_test(backup_id: int):
     from ..queue import enqueue
     query_args(set())
     json_body(set())
-    row = None
+    status = None
     if backup_id <= MAX_ID:
         with rt().conn() as conn:
-            row = conn.execute("SELECT status FROM backups WHERE id = %s",
-                               (backup_id,)).fetchone()
-    if row is None:
+            status = store.backup_status(conn, backup_id)
+    if status is None:
         return api_error(404, "unknown_backup", f"no backup {backup_id}")
-    if row[0] != "ok":
+    if status != "ok":
         return api_error(409, "backup_unusable",
-                         f"backup {backup_id} is {row[0]}; only a backup with status ok "
+                         f"backup {backup_id} is {status}; only a backup with status ok "
                          f"can be restore-tested")
     return _queued(enqueue(rt(), "restore_test", {"backup": str(backup_id)}))
 

@@ -7,7 +7,7 @@ import shutil
 from flask import (Blueprint, Response, abort, redirect, render_template, url_for)
 
 from ... import backups as backups_mod
-from ... import units
+from ... import store, units
 from ...jobs import runs
 from ..api import MAX_ID
 from .jobs import _get_run, run_view
@@ -55,13 +55,13 @@ def backup_now():
 @bp.post("/backups/<int:backup_id>/restore-test")
 @admin_post
 def restore_test(backup_id: int):
-    row = None
+    status = None
     if backup_id <= MAX_ID:
         with rt().conn() as conn:
-            row = conn.execute("SELECT status FROM backups WHERE id = %s", (backup_id,)).fetchone()
-    if row is None or row[0] != "ok":
-        msg = (f"There is no backup {backup_id}." if row is None else
-               f"Backup {backup_id} is {row[0]}; only a backup with status ok can be "
+            status = store.backup_status(conn, backup_id)
+    if status != "ok":
+        msg = (f"There is no backup {backup_id}." if status is None else
+               f"Backup {backup_id} is {status}; only a backup with status ok can be "
                f"restore-tested.")
         return render_template("partials/action_result.html", ok=False, message=msg), \
             (200 if is_htmx() else 409)

@@ -54,7 +54,7 @@ def jobs():
     job = request.args.get("job") or ""
     with rt().conn() as conn:
         rows = runs.recent(conn, job=job or None, limit=100)
-        names = [r[0] for r in conn.execute("SELECT DISTINCT job FROM job_runs ORDER BY 1")]
+        names = runs.job_names(conn)
     views = [run_view(r) for r in rows]
     return page("jobs.html", "partials/jobs_table.html", "jobs-table", runs=views, job=job,
                 job_names=names, schedules=dict(rt().config["schedules"]))
