@@ -116,7 +116,14 @@ def test_up_serves_with_embedded_services_and_stops_cleanly_on_sigterm(short_dir
         assert body is not None, "never served /health"
         assert body["database"] == "ok" and body["redis"] == "ok"
         assert body["latest_data"] is not None, "the initial backfill did not store data"
-        status, st = _get(f"http://127.0.0.1:{port}/api/v1/status")
+        # latest_data appears with the first stored symbol; the initial
+        # backfill stores the second one moments later
+        deadline = time.monotonic() + 60
+        while True:
+            status, st = _get(f"http://127.0.0.1:{port}/api/v1/status")
+            if st["database"]["symbols_available"] == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert st["database"]["symbols_available"] == 2
         deadline = time.monotonic() + 30
         while body.get("processes") is None and time.monotonic() < deadline:
