@@ -319,8 +319,7 @@ def run_job(ctx, job, enqueue, params):
         if not sep or not k:
             _fail(f"--param {p!r}: expected KEY=VALUE", 2)
         kv[k] = v
-    if job == "restore_test":
-        kv.setdefault("backup", "latest")
+    kv = {**registry.run_now_params(job), **kv}
     rt = _runtime(ctx, migrate=True)
     if enqueue:
         from .queue import enqueue as enq

@@ -62,3 +62,10 @@ def job_function(name: str):
         raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(JOBS))}") from None
     mod, fn = target.split(":")
     return getattr(importlib.import_module(mod), fn)
+
+
+def run_now_params(name: str) -> dict:
+    """The parameters of a run started now by hand (CLI, API, console): the
+    same run the scheduler would start; the restore test tests the latest
+    backup."""
+    return {"backup": "latest"} if name == "restore_test" else {}

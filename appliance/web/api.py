@@ -25,7 +25,7 @@ from .. import backups as backups_mod
 from .. import health as health_mod
 from .. import store
 from ..jobs import runs
-from ..jobs.registry import JOB_NAMES
+from ..jobs.registry import JOB_NAMES, run_now_params
 from .auth import require_admin, require_read
 from . import errors
 from . import openapi as openapi_doc
@@ -439,9 +439,7 @@ def post_job(name: str):
     if name not in JOB_NAMES:
         return api_error(404, "unknown_job", f"{name[:40]!r} is not a job; jobs: "
                                              f"{', '.join(JOB_NAMES)}")
-    params = {"backup": "latest"} if name == "restore_test" else {}
-    if name == "backfill":
-        params = {"symbols": None, "start": None, "end": None}
+    params = run_now_params(name)
     return _queued(enqueue(rt(), name, params))
 
 

@@ -91,10 +91,10 @@ def run_backfill():
 @admin_post
 def run_job(name: str):
     """Any scheduled job, now (the Jobs page's Run now buttons)."""
-    from ..api import JOB_NAMES
+    from ...jobs.registry import JOB_NAMES, run_now_params
     if name not in JOB_NAMES:
         abort(404)
-    params = {"backup": "latest"} if name == "restore_test" else {}
+    params = run_now_params(name)
     run_id = _enqueue(name, params)
     return _done("partials/run_queued.html", url_for("console.jobs.jobs"), run_id=run_id,
                  what=f"{name.replace('_', ' ').capitalize()}")
