@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from . import calendar as tcal
-from . import db, quality, store
+from . import db, intraday, quality, store
 from .errors import LockBusy, ProviderAuthError, ProviderError
 from .locks import BACKFILL_LOCK
 from .providers import make_provider
@@ -60,7 +60,7 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
     end = min(end, latest) if end else latest
     lookback = cfg["history"]["lookback_sessions"]
     specs = {s.symbol: s for s in cfg.symbols}
-    default_since = dt.date.fromisoformat(cfg["history"]["start"])
+    default_since = cfg.history_start("1d")
     plans = []
     for sym in symbols:
         if start is not None:
@@ -104,6 +104,9 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
     start = dt.date.fromisoformat(start) if isinstance(start, str) else start
     end = dt.date.fromisoformat(end) if isinstance(end, str) else end
     syms = list(symbols) if symbols else cfg.active_symbols
+    tfs = {s.symbol: s.timeframes for s in cfg.symbols}
+    minute_syms = [s for s in syms if "1m" in tfs.get(s, ())]
+    syms = [s for s in syms if "1d" in tfs.get(s, ("1d",))]
     stats = MemoryStats()
     provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
     if hasattr(provider, "universe"):  # the demo provider's grouped daily knows only these
@@ -114,9 +117,29 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         got = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (BACKFILL_LOCK,)).fetchone()[0]
         if not got:
             raise LockBusy("another backfill is running; this one did not start")
-        return _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now)
+        result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now) \
+            if syms else {"status": "ok", "symbols": 0, "failed": {}}
+        if minute_syms and start is None and end is None:
+            result = _with_minutes(result, intraday.backfill(
+                rt, cfg, provider, stats, run_id, report, minute_syms, now))
+        return result
     finally:
         lock_conn.close()
+
+
+def _with_minutes(daily: dict, minutes: dict) -> dict:
+    """The run's result with the minute phase's under ``minutes``; a symbol
+    whose minutes failed makes the run partial."""
+    out = dict(daily, minutes=minutes)
+    failed = minutes.get("failed") or {}
+    if failed:
+        out["failed"] = dict(daily.get("failed") or {}, **{f"{k} (1m)": v
+                                                            for k, v in failed.items()})
+        if out.get("status") == "ok":
+            out["status"] = "partial"
+        first = "; ".join(f"{k} (1m): {v}" for k, v in list(failed.items())[:5])
+        out["error"] = "; ".join(x for x in (daily.get("error"), first) if x)
+    return out
 
 
 def _fetch_grouped(provider, plan: Plan, report, stats) -> dict[str, list[Bars]]:
@@ -265,7 +288,7 @@ def expected_from(conn, cfg, symbol: str) -> dt.date | None:
     has been asked from there; after that the first stored bar (the vendor
     had nothing earlier, so that is the listing date)."""
     specs = {s.symbol: s.since for s in cfg.symbols}
-    since = specs.get(symbol) or dt.date.fromisoformat(cfg["history"]["start"])
+    since = specs.get(symbol) or cfg.history_start("1d")
     _first, asked_from = store.history_coverage(conn, symbol)
     return since if asked_from is None or asked_from > since else None
 

@@ -197,3 +197,18 @@ def local_time_epochs(dates, seconds_of_day: int = 0,
 
     t1 = wall - off(wall)
     return wall - off(t1)
+
+
+def regular_close_minutes(cal_name: str, days) -> np.ndarray:
+    """Minute of the local day each session's regular close falls on (960 for
+    16:00 New York, 780 on an early close); -1 for a date that is no session."""
+    c = _cal(cal_name)
+    d = np.asarray(days).astype("datetime64[D]")
+    i = np.clip(np.searchsorted(c.sessions, d), 0, len(c.sessions) - 1)
+    hit = c.sessions[i] == d
+    close_s = c.closes_ns[i] // 1_000_000_000
+    inst, offs = _transitions("America/New_York")
+    local = close_s + offs[np.clip(np.searchsorted(inst, close_s, side="right") - 1, 0,
+                                   len(offs) - 1)]
+    minute = (local % 86400) // 60
+    return np.where(hit, minute, -1).astype(np.int64)

@@ -105,3 +105,64 @@ class Split:
     def ratio(self) -> float:
         """Price after / price before (0.25 for a 4-for-1 split)."""
         return self.split_from / self.split_to
+
+
+@dataclass
+class MinuteBars:
+    """One-minute bars of one symbol, sorted by start time.
+
+    ``t`` holds each bar's start in Unix seconds (int64); prices and volume are
+    float64 exactly as parsed from the vendor's JSON; ``vwap``/``trades`` are
+    NaN / -1 when the vendor left them out. ``session`` and ``minute`` (the New
+    York date, and the minute of that day the bar starts) are derived from
+    ``t``.
+    """
+
+    symbol: str
+    t: np.ndarray  # int64 Unix seconds
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    vwap: np.ndarray
+    trades: np.ndarray  # int64, -1 when unknown
+    source: str = "unknown"
+
+    COLUMNS = ("t", "open", "high", "low", "close", "volume", "vwap", "trades")
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    @classmethod
+    def empty(cls, symbol: str, source: str = "unknown") -> "MinuteBars":
+        f = np.empty(0, dtype=np.float64)
+        return cls(symbol, np.empty(0, dtype=np.int64), f, f.copy(), f.copy(), f.copy(),
+                   f.copy(), f.copy(), np.empty(0, dtype=np.int64), source)
+
+    def take(self, idx) -> "MinuteBars":
+        return MinuteBars(self.symbol, *(getattr(self, n)[idx] for n in self.COLUMNS),
+                          self.source)
+
+    def sorted(self) -> "MinuteBars":
+        """Sorted by start, the last bar kept when a start repeats."""
+        if len(self) == 0:
+            return self
+        _, idx = np.unique(self.t[::-1], return_index=True)
+        return self.take(len(self) - 1 - idx)
+
+    def concat(self, other: "MinuteBars") -> "MinuteBars":
+        return MinuteBars(self.symbol, *(np.concatenate([getattr(self, n), getattr(other, n)])
+                                         for n in self.COLUMNS), self.source).sorted()
+
+    @property
+    def session(self) -> np.ndarray:
+        from .calendar import local_dates
+        return local_dates(self.t, "America/New_York")
+
+    @property
+    def minute(self) -> np.ndarray:
+        """Minute of the New York day each bar starts (570 = 09:30)."""
+        from .calendar import local_time_epochs
+        s = self.session
+        return (self.t - local_time_epochs(s, 0)) // 60

@@ -75,11 +75,14 @@ DEFAULTS: dict[str, Any] = {
     },
     "history": {"start": "2021-01-01", "lookback_sessions": 5},
     "symbols": ["AAPL", "MSFT"],
+    "timeframes": ["1d"],
+    "session": "regular",
     "calendar": "XNYS",
     "schedules": default_schedules(),
     "jobs": {"timeout_seconds": 3600, "retries": 2, "retry_interval_seconds": 60,
              "catch_up": True},
-    "retention": {"backups_keep": 12, "job_runs_days": 180, "events_days": 90, "data_years": None},
+    "retention": {"backups_keep": 12, "job_runs_days": 180, "events_days": 90, "data_years": None,
+                  "bar_years": {}},
     "backup": {"path": "./var/backups", "min_free_pct": 20, "require_mount": False,
                "parallel_jobs": 2},
     "alerts": {"validation_rate_warn_pct": 90, "validation_rate_critical_pct": 50,
@@ -241,6 +244,7 @@ class SymbolSpec:
     symbol: str
     since: dt.date
     active: bool = True
+    timeframes: tuple[str, ...] = ("1d",)
 
 
 class Config:
@@ -275,17 +279,33 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self._data["data_dir"])
 
+    def history_start(self, timeframe: str = "1d") -> dt.date:
+        """``history.start``: one date for every stored resolution, or one per
+        resolution (``{1d: ..., 1m: ...}``; a missing one falls back to 1d's,
+        then to the default)."""
+        start = self._data["history"]["start"]
+        if isinstance(start, str):
+            return dt.date.fromisoformat(start)
+        value = start.get(timeframe) or start.get("1d") or DEFAULTS["history"]["start"]
+        return dt.date.fromisoformat(value)
+
     @property
     def symbols(self) -> list[SymbolSpec]:
-        start = dt.date.fromisoformat(self._data["history"]["start"])
+        start = self.history_start("1d")
+        default_tfs = tuple(self._data["timeframes"])
         out = []
         for item in self._data["symbols"]:
             if isinstance(item, str):
-                out.append(SymbolSpec(item, start))
+                out.append(SymbolSpec(item, start, True, default_tfs))
             else:
                 since = dt.date.fromisoformat(item["since"]) if item.get("since") else start
-                out.append(SymbolSpec(item["symbol"], since, item.get("active", True)))
+                out.append(SymbolSpec(item["symbol"], since, item.get("active", True),
+                                      tuple(item.get("timeframes") or default_tfs)))
         return out
+
+    def symbols_with(self, timeframe: str) -> list[str]:
+        """Active symbols that store ``timeframe`` (``1m`` or ``1d``)."""
+        return [s.symbol for s in self.symbols if s.active and timeframe in s.timeframes]
 
     @property
     def active_symbols(self) -> list[str]:
@@ -440,13 +460,30 @@ def _validate_schema(data: dict, ctx: _Ctx) -> None:
                 for se in sub.iter_errors(val):
                     spath = path + tuple(se.absolute_path)
                     if se.validator == "additionalProperties":
-                        for extra in sorted(k for k in val if k not in ("symbol", "since", "active")):
+                        for extra in sorted(k for k in val
+                                           if k not in ("symbol", "since", "active", "timeframes")):
                             ctx.err(path + (extra,), f"unknown key {extra!r}")
                     else:
                         ctx.err(spath, se.message)
             else:
                 ctx.err(path, f"expected a symbol string or {{symbol, since}}, got "
                               f"{type(val).__name__}")
+            continue
+        if e.validator == "oneOf" and path == ("history", "start"):
+            # a date, or one date per resolution: report against the form used
+            sub = _validator.evolve(schema=e.schema["oneOf"][0 if isinstance(e.instance, str)
+                                                              else 1])
+            inner = list(sub.iter_errors(e.instance)) if isinstance(e.instance, (str, dict)) \
+                else []
+            for se in inner:
+                if se.validator == "additionalProperties":
+                    for extra in sorted(k for k in e.instance if k not in ("1d", "1m")):
+                        ctx.err(path + (extra,), f"unknown key {extra!r}: history.start is a "
+                                                 f"date or a mapping of 1d/1m to dates")
+                else:
+                    ctx.err(path + tuple(se.absolute_path), _friendly(se))
+            if not inner:
+                ctx.err(path, "expected a date (YYYY-MM-DD) or {1d: date, 1m: date}")
             continue
         if _is_secret_path(path):
             # jsonschema quotes the value ("123456 is not of type 'string'"); a
@@ -502,7 +539,12 @@ def _semantic_checks(d: dict, ctx: _Ctx, base: Path) -> None:
             ctx.err(path, f"{value} is before 1900")
         return d_
 
-    check_date(("history", "start"), d["history"]["start"])
+    start = d["history"]["start"]
+    if isinstance(start, str):
+        check_date(("history", "start"), start)
+    else:
+        for tf, value in start.items():
+            check_date(("history", "start", tf), value)
     seen: dict[str, int] = {}
     for i, item in enumerate(d["symbols"]):
         sym = item if isinstance(item, str) else item["symbol"]

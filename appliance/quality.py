@@ -305,3 +305,35 @@ def adjust_for_splits(sessions: np.ndarray, prices: np.ndarray, volumes: np.ndar
     adj_p = p * (f[:, None] if p.ndim == 2 else f)
     adj_v = None if volumes is None else np.asarray(volumes, dtype=np.float64) / f
     return adj_p, adj_v
+
+
+# -- intraday -------------------------------------------------------------------
+
+#: Relative tolerance of the daily-versus-minutes rule on high and low, and
+#: on volume (vendors count a day's volume from a wider set of trades).
+DAILY_PRICE_TOLERANCE = 0.005
+DAILY_VOLUME_TOLERANCE = 0.10
+
+
+def minute_rules(o, h, lo, c, v) -> np.ndarray:
+    """Per minute bar: True when its OHLC is consistent (finite, positive,
+    low <= open/close <= high, volume >= 0). Session hours are checked where
+    the bars are kept (``intraday.in_session``)."""
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) \
+            & np.isfinite(v)
+        return finite & (lo > 0) & (lo <= np.minimum(o, c)) & (h >= np.maximum(o, c)) \
+            & (v >= 0)
+
+
+def daily_agrees(daily_high: float, daily_low: float, daily_volume: float,
+                 minutes_high: float, minutes_low: float, minutes_volume: float) -> bool:
+    """The daily bar against the aggregate of its regular-hours minute bars:
+    high and low within ``DAILY_PRICE_TOLERANCE``, volume within
+    ``DAILY_VOLUME_TOLERANCE`` (the daily bar never takes Form T trades, the
+    pre- and after-hours minutes do, so only regular hours are compared)."""
+    def close(a, b, tol):
+        return abs(a - b) <= tol * max(abs(a), abs(b), 1e-12)
+    return close(daily_high, minutes_high, DAILY_PRICE_TOLERANCE) and \
+        close(daily_low, minutes_low, DAILY_PRICE_TOLERANCE) and \
+        close(daily_volume, minutes_volume, DAILY_VOLUME_TOLERANCE)

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..calendar import local_dates
-from ..candles import Bars, Split, iso_date
+from ..candles import Bars, MinuteBars, Split, iso_date
 from ..errors import ProviderDataError, ProviderError
 from .base import require_api_key
 from .http import HttpClient, client_for, redact_text
@@ -69,10 +69,20 @@ def bars_from_results(symbol: str, results: list, source: str = "polygon",
     return Bars(symbol, session, o, h, lo, c, v, vw, n, source).sorted()
 
 
+def minute_bars_from_results(symbol: str, results: list, source: str = "polygon",
+                             where: str = "") -> MinuteBars:
+    """MinuteBars from Polygon result objects (``t`` is the bar's start in ms)."""
+    if not results:
+        return MinuteBars.empty(symbol, source)
+    t, o, h, lo, c, v, vw, n = _columns(results, where)
+    return MinuteBars(symbol, t // 1000, o, h, lo, c, v, vw, n, source).sorted()
+
+
 class PolygonProvider:
     name = "polygon"
     label = "Polygon"
     supports_grouped = True
+    supports_minutes = True
     split_adjusted = False
 
     def __init__(self, settings: Mapping, *, stats=None, client: HttpClient | None = None,
@@ -144,6 +154,33 @@ class PolygonProvider:
         if len(bars):
             lo, hi = np.datetime64(iso_date(start), "D"), np.datetime64(iso_date(end), "D")
             keep = (bars.session >= lo) & (bars.session <= hi)
+            if not keep.all():
+                bars = bars.take(np.nonzero(keep)[0])
+        return bars
+
+    def aggregates(self, symbol: str, multiplier: int, timespan: str, start, end) -> list:
+        """Raw result objects of ``range/{multiplier}/{timespan}/{start}/{end}``
+        (dates, both inclusive), every page followed."""
+        url = (f"{self.base_url}/v2/aggs/ticker/{quote(symbol, safe='.')}/range/{multiplier}/"
+               f"{timespan}/{iso_date(start)}/{iso_date(end)}")
+        params = {"adjusted": "false", "sort": "asc", "limit": 50000}
+        results: list = []
+        for page in self._pages(url, params):
+            res = page.get("results")
+            if res:
+                results.extend(res)
+        return results
+
+    def minute_bars(self, symbol: str, start, end) -> MinuteBars:
+        """Raw one-minute bars of the sessions ``start``..``end`` (New York
+        dates, inclusive; ask for at most a month, as the vendor advises)."""
+        where = f"{symbol} 1/minute {iso_date(start)}..{iso_date(end)}"
+        bars = minute_bars_from_results(symbol, self.aggregates(symbol, 1, "minute", start, end),
+                                        "polygon", where)
+        if len(bars):
+            s = bars.session
+            keep = (s >= np.datetime64(iso_date(start), "D")) & \
+                (s <= np.datetime64(iso_date(end), "D"))
             if not keep.all():
                 bars = bars.take(np.nonzero(keep)[0])
         return bars

@@ -32,10 +32,13 @@ from .symbols import (
 from .reads import (
     HISTORICAL_CSV_HEADER,
     chart_series,
+    daily_hlv,
     gaps,
     historical_csv_sql,
     historical_json_sql,
     invalid_candles,
+    weekly_sql,
+    WEEKLY_CSV_HEADER,
 )
 from .ops import (
     add_event,

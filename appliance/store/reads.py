@@ -9,7 +9,7 @@ from .writes import TIMEFRAME
 
 
 
-def _historical_select(adjusted: bool, include_invalid: bool) -> str:
+def _historical_select(adjusted: bool, include_invalid: bool, limited: bool = True) -> str:
     """Candles of one symbol between two session dates (both inclusive).
 
     Unadjusted prices are the stored values, untouched. Adjusted prices are
@@ -49,7 +49,7 @@ def _historical_select(adjusted: bool, include_invalid: bool) -> str:
           AND m.ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE 'America/New_York')
           {valid}
         ORDER BY m.ts
-        LIMIT %(limit)s"""
+        {"LIMIT %(limit)s" if limited else ""}"""
 
 
 def _finite(col: str) -> str:
@@ -144,3 +144,47 @@ def chart_series(conn, symbol: str, *, adjusted: bool, limit: int = 5000) -> lis
                      "end": dt.date(2999, 12, 31), "limit": None})
         rows = cur.fetchall()
     return rows[-limit:]
+
+
+def daily_hlv(conn, symbol: str, start: dt.date, end: dt.date) -> dict:
+    """{session: (high, low, volume)} of the valid daily bars in a range."""
+    rows = conn.execute(
+        """SELECT (ts AT TIME ZONE 'America/New_York')::date, high, low, volume
+           FROM market_data
+           WHERE symbol = %s AND timeframe = '1d' AND validated
+             AND ts >= (%s::date::timestamp AT TIME ZONE 'America/New_York')
+             AND ts < ((%s::date + 1)::timestamp AT TIME ZONE 'America/New_York')""",
+        (symbol, start, end)).fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def weekly_sql(adjusted: bool, include_invalid: bool, fmt: str) -> str:
+    """Weekly bars from the daily ones (weeks start on Sunday, labelled with
+    that date), SQL returning (epoch_ms, text) like ``minutes.intraday_sql``.
+    Parameters: symbol, tf ('1d'), start, end, after (a week or NULL), limit."""
+    inner = _historical_select(adjusted, include_invalid, limited=False)
+    weeks = f"""SELECT d.time - extract(dow FROM d.time)::int AS week,
+                   (array_agg(d.open ORDER BY d.time))[1] AS open, max(d.high) AS high,
+                   min(d.low) AS low, (array_agg(d.close ORDER BY d.time DESC))[1] AS close,
+                   sum(d.volume) AS volume,
+                   sum(d.vwap * d.volume) FILTER (WHERE d.vwap IS NOT NULL)
+                     / nullif(sum(d.volume) FILTER (WHERE d.vwap IS NOT NULL), 0) AS vwap,
+                   sum(d.trades) AS trades, count(*) AS sessions
+            FROM ({inner}) d GROUP BY 1"""
+    f = _finite
+    if fmt == "csv":
+        text = ("format(E'%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s\\n', w.week, w.open, w.high, "
+                "w.low, w.close, w.volume, w.vwap, w.trades, w.sessions)")
+    else:
+        text = (f"""json_build_object('time', w.week, 'open', {f('w.open')},
+                    'high', {f('w.high')}, 'low', {f('w.low')}, 'close', {f('w.close')},
+                    'volume', {f('w.volume')}, 'vwap', {f('w.vwap')}, 'trades', w.trades,
+                    'sessions', w.sessions)::text""")
+    return f"""SELECT (extract(epoch FROM w.week::timestamp) * 1000)::bigint, {text}
+               FROM ({weeks}) w
+               WHERE (%(after)s::date IS NULL OR w.week > %(after)s::date)
+               ORDER BY w.week LIMIT %(limit)s"""
+
+
+WEEKLY_CSV_HEADER = ("time", "open", "high", "low", "close", "volume", "vwap", "trades",
+                     "sessions")

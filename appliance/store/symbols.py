@@ -35,7 +35,8 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
     first, last, n, n_valid, gaps, g_split, g_jump, mean_score, source = row
     if n == 0:
         conn.execute("DELETE FROM symbol_stats WHERE symbol = %s", (symbol,))
-        conn.execute("DELETE FROM missing_sessions WHERE symbol = %s", (symbol,))
+        conn.execute("DELETE FROM missing_sessions WHERE symbol = %s AND timeframe = %s",
+                     (symbol, timeframe))
         return None
     expected = cal_sessions_fn(min(first, expected_from) if expected_from else first, last)
     present = stored_sessions(conn, symbol, timeframe)
@@ -43,11 +44,13 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
     n_present = len(expected) - len(missing)
     completeness = n_present / len(expected) if len(expected) else 1.0
     score = score_fn(n_valid, n, n_present, len(expected), float(mean_score or 0))
-    conn.execute("DELETE FROM missing_sessions WHERE symbol = %s", (symbol,))
+    conn.execute("DELETE FROM missing_sessions WHERE symbol = %s AND timeframe = %s",
+                     (symbol, timeframe))
     if len(missing):
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO missing_sessions (symbol, session) VALUES (%s, %s)",
-                            [(symbol, d) for d in missing.astype(object).tolist()])
+            cur.executemany(
+                "INSERT INTO missing_sessions (symbol, timeframe, session) VALUES (%s, %s, %s)",
+                [(symbol, timeframe, d) for d in missing.astype(object).tolist()])
     conn.execute(
         """INSERT INTO symbol_stats (symbol, timeframe, first_session, last_session, records,
                validated, gaps, gaps_split, gaps_jump, missing_sessions, expected_sessions,

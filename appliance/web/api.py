@@ -23,11 +23,11 @@ from flask.json.provider import DefaultJSONProvider
 
 from .. import backups as backups_mod
 from .. import health as health_mod
-from .. import store
+from .. import store, timeframes
 from ..jobs import runs
 from ..jobs.registry import JOB_NAMES, run_now_params
 from .auth import require_admin, require_read
-from . import errors
+from . import bars, errors
 from . import openapi as openapi_doc
 from .errors import BadRequest, api_error
 from .params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
@@ -171,8 +171,16 @@ def symbols():
 @bp.get("/api/v1/historical/<path:symbol>")
 @require_read
 def historical(symbol: str):
-    args = query_args({"start", "end", "adjusted", "format", "limit", "include_invalid"})
+    args = query_args({"start", "end", "adjusted", "format", "limit", "include_invalid",
+                       "timeframe", "cursor"})
     symbol = symbol_arg(symbol)
+    timeframe = args.get("timeframe", "1d")
+    if timeframe not in timeframes.ALL:
+        raise BadRequest(f"timeframe={timeframe[:20]!r} must be one of "
+                         f"{', '.join(timeframes.ALL)}", "bad_timeframe")
+    if timeframe == "1d" and "cursor" in args:
+        raise BadRequest("cursor is for timeframes other than 1d (use start/end for daily bars)",
+                         "bad_cursor")
     end = date_arg(args, "end", _today_ny())
     start = date_arg(args, "start", max(dt.date.min, end - dt.timedelta(days=365))
                   if end.toordinal() > 365 else dt.date.min)
@@ -184,6 +192,16 @@ def historical(symbol: str):
     fmt = args.get("format", "json")
     if fmt not in ("json", "csv"):
         raise BadRequest(f"format={fmt[:40]!r} must be json or csv", "bad_format")
+    if timeframe != "1d":
+        answer = bars.respond(rt().read_conn(), symbol=symbol, timeframe=timeframe,
+                              start=start, end=end, adjusted=adjusted,
+                              include_invalid=include_invalid, fmt=fmt, limit=limit,
+                              cursor=args.get("cursor"),
+                              known=lambda conn: _known_symbol(conn, symbol))
+        if answer is None:
+            return api_error(404, "unknown_symbol",
+                             f"symbol {symbol} is not configured and has no stored data")
+        return answer
     params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end,
               "limit": limit}
     sql_text = (store.historical_csv_sql if fmt == "csv" else store.historical_json_sql)(

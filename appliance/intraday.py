@@ -1,0 +1,204 @@
+"""Intraday: one-minute bars for the symbols whose ``timeframes`` include
+``1m``, fetched one month per request (the vendor's advice), validated, stored
+exactly and rolled up to 5m..4h inside PostgreSQL.
+
+A symbol's minute history runs from ``history.start`` (its ``1m`` entry when
+it has one) to the latest completed session. ``minute_checkpoints`` records
+the range already fetched, moved after each month is stored in the same
+transaction, so a restarted backfill goes on from the next month and never
+asks for a stored month again. The plan counts its requests up front, and the
+estimated time of arrival follows from the vendor's rate limit and the pace so
+far.
+
+Rules (labelling in ``timeframes``): minutes outside the configured session
+(``session: regular | extended``) are not kept; a kept bar with inconsistent
+OHLC is stored but flagged invalid and left out of reads and rollups; a
+calendar session without any minute bar is a ``missing`` gap, a missing
+single minute is not (a minute without trades has no bar).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import calendar as tcal
+from . import quality, store
+from .candles import MinuteBars
+from .errors import ProviderAuthError, ProviderError
+from .store import minutes as mstore
+from .timeframes import REGULAR_OPEN, session_window
+
+log = logging.getLogger("appliance.intraday")
+
+
+@dataclass
+class Window:
+    symbol: str
+    start: dt.date
+    end: dt.date
+
+
+def month_windows(symbol: str, start: dt.date, end: dt.date) -> list[Window]:
+    """``start``..``end`` cut at calendar-month ends: one request each."""
+    out = []
+    s = start
+    while s <= end:
+        nxt = (s.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+        e = min(end, nxt - dt.timedelta(days=1))
+        out.append(Window(symbol, s, e))
+        s = nxt
+    return out
+
+
+def plan(conn, cfg, symbols: list[str], *, end: dt.date) -> list[Window]:
+    """The months still to fetch for each symbol's minute history."""
+    out: list[Window] = []
+    start = cfg.history_start("1m")
+    for sym in symbols:
+        cp = mstore.minute_checkpoint(conn, sym)
+        if cp is None:
+            out += month_windows(sym, start, end)
+            continue
+        first, last = cp
+        if start < first:  # history.start moved earlier: the months before first
+            out += month_windows(sym, start, first - dt.timedelta(days=1))
+        if last < end:
+            out += month_windows(sym, last + dt.timedelta(days=1), end)
+    return out
+
+
+def in_session(cfg, bars: MinuteBars) -> np.ndarray:
+    """Per bar: True when it starts inside its session's configured window."""
+    days = bars.session
+    lo, hi = session_window(cfg["calendar"], days, cfg["session"])
+    m = bars.minute
+    return (m >= lo) & (m < hi)
+
+
+def write(conn, cfg, bars: MinuteBars) -> Counter:
+    """Validate ``bars`` (one symbol), store every session they cover and
+    refresh that session's rollups. The caller commits."""
+    out = Counter()
+    if len(bars) == 0:
+        return out
+    keep = in_session(cfg, bars)
+    out["outside_session"] = int((~keep).sum())
+    bars = bars.take(np.nonzero(keep)[0])
+    if len(bars) == 0:
+        return out
+    ok = quality.minute_rules(bars.open, bars.high, bars.low, bars.close, bars.volume)
+    sessions = bars.session
+    minute = bars.minute
+    cut = np.nonzero(np.diff(sessions.astype(np.int64)))[0] + 1
+    rows = []
+    days = []
+    for idx in np.split(np.arange(len(bars)), cut):
+        day = sessions[idx[0]].astype(dt.date)
+        days.append(day)
+        bad = np.nonzero(~ok[idx])[0].tolist()
+        fields = mstore.encode_day(minute[idx], bars.open[idx], bars.high[idx], bars.low[idx],
+                                   bars.close[idx], bars.volume[idx], bars.vwap[idx],
+                                   bars.trades[idx], bad)
+        rows.append([bars.symbol, day.isoformat(), *fields, bars.source])
+    mstore.write_days(conn, rows)
+    mstore.refresh_rollups(conn, bars.symbol, days)
+    out["sessions"] += len(days)
+    out["bars"] += len(bars)
+    out["invalid"] += int((~ok).sum())
+    return out
+
+
+def inconsistent_sessions(conn, cfg, symbol: str, start: dt.date, end: dt.date) -> list[dict]:
+    """Sessions whose daily bar disagrees with its regular-hours minute bars
+    (``quality.daily_agrees``), for sessions holding both."""
+    cal = cfg["calendar"]
+    days = tcal.sessions(cal, start, end)
+    if len(days) == 0:
+        return []
+    _lo, close = session_window(cal, days, "regular")
+    close_by = dict(zip(days.astype(object).tolist(), close.tolist()))
+    minutes = mstore.regular_aggregates(conn, symbol, start, end, REGULAR_OPEN, close_by)
+    daily = store.daily_hlv(conn, symbol, start, end)
+    out = []
+    for session, mh, ml, mv in minutes:
+        d = daily.get(session)
+        if d is not None and not quality.daily_agrees(*d, mh, ml, mv):
+            out.append({"session": session.isoformat(), "daily": list(d),
+                        "minutes": [mh, ml, mv]})
+    return out
+
+
+def refresh_stats(conn, cfg, symbol: str) -> dict | None:
+    """Minute stats and 1m missing sessions of ``symbol``: expected sessions
+    run from the first session asked for (or stored) to the last stored."""
+    cp = mstore.minute_checkpoint(conn, symbol)
+    first = mstore.first_minute_session(conn, symbol)
+    if first is None:
+        return mstore.refresh_minute_stats(conn, symbol, np.empty(0, dtype="datetime64[D]"))
+    start = min(cp[0], first) if cp else first
+    last = mstore.stored_minute_sessions(conn, symbol)[-1].astype(dt.date)
+    expected = tcal.sessions(cfg["calendar"], start, last)
+    bad = inconsistent_sessions(conn, cfg, symbol, start, last)
+    return mstore.refresh_minute_stats(conn, symbol, expected, len(bad))
+
+
+def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
+             now: dt.datetime) -> dict:
+    """Fetch and store the planned months of every symbol; progress with an
+    ETA. Returns totals and the symbols that failed."""
+    if not symbols:
+        return {"symbols": 0, "requests_planned": 0}
+    if not getattr(provider, "supports_minutes", False):
+        msg = f"provider {provider.name} has no minute bars; 1m history not fetched"
+        log.warning(msg)
+        return {"symbols": len(symbols), "error": msg, "failed": {s: msg for s in symbols}}
+    end = tcal.latest_completed_session(cfg["calendar"], now)
+    with rt.conn() as conn:
+        windows = plan(conn, cfg, symbols, end=end)
+    rpm = float(cfg.get(f"provider.{provider.name}.requests_per_minute") or 0)
+    totals, failed = Counter(), {}
+    t0, done = time.monotonic(), 0
+
+    def progress(current=None):
+        left = len(windows) - done
+        pace = (time.monotonic() - t0) / done if done else None
+        by_limit = left * 60.0 / rpm if rpm else None
+        eta = max(x for x in (pace and pace * left, by_limit, 0.0) if x is not None)
+        report({"phase": "minutes", "months_total": len(windows), "months_done": done,
+                "current": current, "bars": totals["bars"], "sessions": totals["sessions"],
+                "requests": stats.total("request"), "eta_s": round(eta, 1)})
+
+    for w in windows:
+        if w.symbol in failed:
+            done += 1
+            continue
+        progress(f"{w.symbol} {w.start:%Y-%m}")
+        try:
+            bars = provider.minute_bars(w.symbol, w.start, w.end)
+            with rt.conn() as conn:
+                totals.update(write(conn, cfg, bars))
+                mstore.set_minute_checkpoint(conn, w.symbol, w.start, w.end, run_id)
+        except ProviderAuthError as e:
+            for s in symbols:
+                failed.setdefault(s, e.message)
+            break
+        except ProviderError as e:
+            failed[w.symbol] = e.message
+            log.warning("minute bars %s %s..%s failed: %s", w.symbol, w.start, w.end, e.message)
+        done += 1
+    with rt.conn() as conn:
+        for sym in symbols:
+            refresh_stats(conn, cfg, sym)
+        for sym, msg in failed.items():
+            store.add_event(conn, "error", "backfill", f"{sym} (1m): {msg}",
+                            {"symbol": sym, "timeframe": "1m"})
+    progress()
+    return {"symbols": len(symbols), "requests_planned": len(windows),
+            "sessions": totals["sessions"], "bars": totals["bars"],
+            "invalid": totals["invalid"], "outside_session": totals["outside_session"],
+            "failed": failed}

@@ -1,0 +1,345 @@
+"""Intraday bars in and out: one-minute bars one row per symbol-session
+(``minute_bars``), their 5m..4h rollups (``rollup_bars``), per-symbol minute
+stats and checkpoints. The layout and its exactness rule are described in
+``migrations/0003_intraday.sql``; the labelling rules in ``timeframes``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterable, Sequence
+
+import numpy as np
+from psycopg.rows import dict_row
+
+from ..timeframes import ROLLUPS
+
+#: Fewest decimals tried before a day is stored as float8 (``raw``).
+MAX_SCALE = 9
+_INT_LIMIT = 2.0 ** 62
+
+
+def _scale_of(values: np.ndarray) -> int | None:
+    """The fewest decimals ``k`` with ``round(x * 10^k) / 10^k == x`` for every
+    finite value, or None when no ``k <= MAX_SCALE`` gives every value back."""
+    x = values[np.isfinite(values)]
+    if x.size == 0:
+        return 0
+    for k in range(MAX_SCALE + 1):
+        p = 10.0 ** k
+        r = np.rint(x * p)
+        if np.abs(r).max() < _INT_LIMIT and np.array_equal(r / p, x):
+            return k
+    return None
+
+
+def _ints(a: np.ndarray, p: float) -> str:
+    ok = np.isfinite(a)
+    r = np.rint(np.where(ok, a, 0.0) * p).astype(np.int64)
+    out = list(map(str, r.tolist()))
+    if not ok.all():
+        for i in np.nonzero(~ok)[0].tolist():
+            out[i] = "NULL"
+    return "{" + ",".join(out) + "}"
+
+
+def _floats(a: np.ndarray) -> str:
+    return "{" + ",".join("NULL" if v != v else repr(v) for v in a.tolist()) + "}"
+
+
+def encode_day(minute: np.ndarray, o, h, lo, c, v, vw, n, invalid: Sequence[int]) -> list[str]:
+    """The COPY text fields (minutes .. invalid) of one session's bars."""
+    prices = np.concatenate([o, h, lo, c, v, vw])
+    k = _scale_of(prices)
+    mins = "{" + ",".join(map(str, minute.tolist())) + "}"
+    trades = "{" + ",".join("NULL" if t < 0 else str(t) for t in n.tolist()) + "}"
+    bad = "{" + ",".join(map(str, invalid)) + "}"
+    if k is None:
+        raw = "{" + ",".join(_floats(a) for a in (o, h, lo, c, v, vw)) + "}"
+        return [mins, r"\N", *([r"\N"] * 6), raw, trades, bad]
+    p = 10.0 ** k
+    return [mins, str(k), *(_ints(a, p) for a in (o, h, lo, c, v, vw)), r"\N", trades, bad]
+
+
+_STAGE = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
+          "vwap", "raw", "trades", "invalid", "source")
+
+
+def write_days(conn, rows: Iterable[list[str]]) -> int:
+    """Upsert whole sessions (each row: the ``_STAGE`` fields as COPY text);
+    a stored session is replaced by the new one. Returns sessions written."""
+    conn.execute("""CREATE TEMP TABLE IF NOT EXISTS minute_stage
+                    (LIKE minute_bars INCLUDING DEFAULTS) ON COMMIT DELETE ROWS""")
+    conn.execute("TRUNCATE minute_stage")
+    cols = ", ".join(_STAGE)
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY minute_stage ({cols}) FROM STDIN") as cp:
+            for r in rows:
+                cp.write(("\t".join(r) + "\n").encode())
+        cur.execute(f"""INSERT INTO minute_bars ({cols})
+                        SELECT {cols} FROM minute_stage
+                        ON CONFLICT (symbol, session) DO UPDATE SET
+                          minutes = EXCLUDED.minutes, scale = EXCLUDED.scale,
+                          open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+                          close = EXCLUDED.close, volume = EXCLUDED.volume,
+                          vwap = EXCLUDED.vwap, raw = EXCLUDED.raw, trades = EXCLUDED.trades,
+                          invalid = EXCLUDED.invalid, source = EXCLUDED.source,
+                          ingested_at = now()""")
+        return cur.rowcount
+
+
+def _decoded(alias: str = "b") -> str:
+    """Per-bar decoded columns of ``unnest(...) WITH ORDINALITY u``."""
+    p = f"power(10::float8, {alias}.scale)"
+
+    def col(name: str, row: int) -> str:
+        return (f"CASE WHEN {alias}.scale IS NULL THEN {alias}.raw[{row}][u.i] "
+                f"ELSE u.{name}::float8 / {p} END")
+
+    return (f"{col('o', 1)} AS open, {col('h', 2)} AS high, {col('lo', 3)} AS low, "
+            f"{col('c', 4)} AS close, {col('v', 5)} AS volume, {col('vw', 6)} AS vwap, "
+            f"u.n AS trades, NOT ((u.i - 1)::smallint = ANY({alias}.invalid)) AS validated")
+
+
+_UNNEST = ("CROSS JOIN LATERAL unnest(b.minutes, b.open, b.high, b.low, b.close, b.volume, "
+           "b.vwap, b.trades) WITH ORDINALITY u(m, o, h, lo, c, v, vw, n, i)")
+
+
+def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
+    """Recompute the 5m..4h rollups of ``symbol`` for ``sessions`` from its
+    valid minute bars (a session without minutes loses its rollups). Returns
+    rollup rows written."""
+    if not sessions:
+        return 0
+    widths = ", ".join(f"('{tf}', {w})" for tf, w in ROLLUPS.items())
+    params = {"symbol": symbol, "sessions": list(sessions)}
+    conn.execute("""DELETE FROM rollup_bars WHERE symbol = %(symbol)s
+                    AND session = ANY(%(sessions)s::date[])""", params)
+    cur = conn.execute(f"""
+        WITH m AS (
+          SELECT b.session, u.m, {_decoded()}
+          FROM minute_bars b {_UNNEST}
+          WHERE b.symbol = %(symbol)s AND b.session = ANY(%(sessions)s::date[])),
+        k AS (
+          SELECT tf.name, m.session, (m.m / tf.width) * tf.width AS start,
+                 (array_agg(m.open ORDER BY m.m))[1] AS open, max(m.high) AS high,
+                 min(m.low) AS low, (array_agg(m.close ORDER BY m.m DESC))[1] AS close,
+                 sum(m.volume) AS volume,
+                 sum(m.vwap * m.volume) FILTER (WHERE m.vwap IS NOT NULL)
+                   / nullif(sum(m.volume) FILTER (WHERE m.vwap IS NOT NULL), 0) AS vwap,
+                 sum(m.trades) AS trades
+          FROM m CROSS JOIN (VALUES {widths}) tf(name, width)
+          WHERE m.validated
+          GROUP BY tf.name, m.session, (m.m / tf.width) * tf.width)
+        INSERT INTO rollup_bars (symbol, timeframe, session, starts, open, high, low, close,
+                                 volume, vwap, trades)
+        SELECT %(symbol)s, name, session, array_agg(start::smallint ORDER BY start),
+               array_agg(open ORDER BY start), array_agg(high ORDER BY start),
+               array_agg(low ORDER BY start), array_agg(close ORDER BY start),
+               array_agg(volume ORDER BY start), array_agg(vwap ORDER BY start),
+               array_agg(trades ORDER BY start)
+        FROM k GROUP BY name, session""", params)
+    return cur.rowcount
+
+
+# -- reads ----------------------------------------------------------------------
+
+_SPLIT_CTE = """sp AS (
+      SELECT execution_date, split_from / split_to AS r,
+             row_number() OVER (ORDER BY execution_date DESC) AS n
+      FROM splits WHERE symbol = %(symbol)s AND split_from > 0 AND split_to > 0),
+    cum AS (SELECT n, execution_date, r AS k FROM sp WHERE n = 1
+            UNION ALL
+            SELECT sp.n, sp.execution_date, cum.k * sp.r FROM cum JOIN sp ON sp.n = cum.n + 1)"""
+_FACTOR = """CROSS JOIN LATERAL (SELECT coalesce(
+      (SELECT c.k FROM cum c WHERE c.execution_date > b.session
+       ORDER BY c.execution_date LIMIT 1), 1.0) AS k) f"""
+
+
+def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
+    """Bars of one symbol (session, minute, ts, prices, trades, validated),
+    parameters symbol, start, end (sessions), after (timestamptz or NULL)."""
+    factor = _FACTOR if adjusted else "CROSS JOIN (SELECT 1.0::float8 AS k) f"
+    if timeframe == "1m":
+        inner = f"""SELECT b.session, u.m, f.k, {_decoded()}
+                    FROM minute_bars b {factor} {_UNNEST}
+                    WHERE b.symbol = %(symbol)s
+                      AND b.session BETWEEN %(start)s AND %(end)s"""
+    else:
+        inner = f"""SELECT b.session, u.m, f.k, u.o AS open, u.h AS high, u.lo AS low,
+                           u.c AS close, u.v AS volume, u.vw AS vwap, u.n AS trades,
+                           true AS validated
+                    FROM rollup_bars b {factor}
+                    CROSS JOIN LATERAL unnest(b.starts, b.open, b.high, b.low, b.close,
+                                              b.volume, b.vwap, b.trades)
+                         u(m, o, h, lo, c, v, vw, n)
+                    WHERE b.symbol = %(symbol)s AND b.timeframe = '{timeframe}'
+                      AND b.session BETWEEN %(start)s AND %(end)s"""
+    valid = "" if include_invalid else "WHERE q.validated"
+    with_ = f"WITH RECURSIVE {_SPLIT_CTE}" if adjusted else ""
+    return f"""{with_}
+        SELECT * FROM (
+          SELECT q.session, q.m,
+                 ((q.session + make_interval(mins => q.m::int))::timestamp
+                   AT TIME ZONE 'America/New_York') AS ts,
+                 q.open * q.k AS open, q.high * q.k AS high, q.low * q.k AS low,
+                 q.close * q.k AS close, q.volume / q.k AS volume, q.vwap * q.k AS vwap,
+                 q.trades, q.validated
+          FROM ({inner}) q {valid}) z
+        WHERE (%(after)s::timestamptz IS NULL OR z.ts > %(after)s::timestamptz)
+        ORDER BY z.ts
+        LIMIT %(limit)s"""
+
+
+def _local_iso(alias: str = "z") -> str:
+    """ISO 8601 New York wall time with its offset, e.g. 2024-03-01T09:30:00-05:00."""
+    lt = f"({alias}.session + make_interval(mins => {alias}.m::int))::timestamp"
+    return (f"to_char({lt}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
+            f"to_char({lt} - ({alias}.ts AT TIME ZONE 'UTC'), 'HH24:MI')")
+
+
+def _finite(col: str) -> str:
+    return f"CASE WHEN {col} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE {col} END"
+
+
+INTRADAY_CSV_HEADER = ("time", "session", "open", "high", "low", "close", "volume", "vwap",
+                       "trades", "validated")
+
+
+def intraday_sql(timeframe: str, *, adjusted: bool, include_invalid: bool, fmt: str) -> str:
+    """SQL returning (epoch_ms, text) per bar: a JSON object or a CSV line."""
+    src = _source(timeframe, adjusted, include_invalid)
+    t = _local_iso()
+    ms = "(extract(epoch FROM z.ts) * 1000)::bigint"
+    f = _finite
+    if fmt == "csv":
+        text = (f"""format(E'%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s\\n', {t}, z.session,
+                    z.open, z.high, z.low, z.close, z.volume, z.vwap, z.trades,
+                    CASE WHEN z.validated THEN 'true' ELSE 'false' END)""")
+    else:
+        text = (f"""json_build_object('time', {t}, 'session', z.session,
+                    'open', {f('z.open')}, 'high', {f('z.high')}, 'low', {f('z.low')},
+                    'close', {f('z.close')}, 'volume', {f('z.volume')},
+                    'vwap', {f('z.vwap')}, 'trades', z.trades,
+                    'validated', z.validated)::text""")
+    return f"SELECT {ms}, {text} FROM ({src}) z"
+
+
+# -- stats, coverage, checkpoints, retention -------------------------------------
+
+def stored_minute_sessions(conn, symbol: str) -> np.ndarray:
+    rows = conn.execute("SELECT session FROM minute_bars WHERE symbol = %s ORDER BY session",
+                        (symbol,)).fetchall()
+    return np.array([r[0] for r in rows], dtype="datetime64[D]")
+
+
+def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
+                         inconsistent: int = 0) -> dict | None:
+    """Recompute ``minute_stats`` and the 1m missing sessions of ``symbol``;
+    ``expected``: the calendar sessions its minute history should cover."""
+    row = conn.execute(
+        """SELECT min(session), max(session), count(*),
+                  coalesce(sum(cardinality(minutes)), 0),
+                  coalesce(sum(cardinality(invalid)), 0)
+           FROM minute_bars WHERE symbol = %s""", (symbol,)).fetchone()
+    first, last, n_sessions, n_bars, n_invalid = row
+    conn.execute("DELETE FROM missing_sessions WHERE symbol = %s AND timeframe = '1m'",
+                 (symbol,))
+    if not n_sessions:
+        conn.execute("DELETE FROM minute_stats WHERE symbol = %s", (symbol,))
+        return None
+    present = stored_minute_sessions(conn, symbol)
+    missing = np.setdiff1d(expected, present)
+    if len(missing):
+        with conn.cursor() as cur:
+            cur.executemany("""INSERT INTO missing_sessions (symbol, timeframe, session)
+                               VALUES (%s, '1m', %s)""",
+                            [(symbol, d) for d in missing.astype(object).tolist()])
+    n_exp = len(expected)
+    completeness = (n_exp - len(missing)) / n_exp if n_exp else 1.0
+    conn.execute(
+        """INSERT INTO minute_stats (symbol, first_bar, last_bar, sessions, bars, invalid,
+                                     missing_sessions, expected_sessions, completeness,
+                                     inconsistent_sessions)
+           SELECT %(s)s,
+                  (SELECT (session + make_interval(mins => minutes[1]))::timestamp
+                          AT TIME ZONE 'America/New_York'
+                   FROM minute_bars WHERE symbol = %(s)s AND session = %(first)s),
+                  (SELECT (session + make_interval(mins => minutes[cardinality(minutes)]))
+                          ::timestamp AT TIME ZONE 'America/New_York'
+                   FROM minute_bars WHERE symbol = %(s)s AND session = %(last)s),
+                  %(n)s, %(bars)s, %(inv)s, %(miss)s, %(exp)s, %(comp)s, %(incons)s
+           ON CONFLICT (symbol) DO UPDATE SET
+             first_bar = EXCLUDED.first_bar, last_bar = EXCLUDED.last_bar,
+             sessions = EXCLUDED.sessions, bars = EXCLUDED.bars, invalid = EXCLUDED.invalid,
+             missing_sessions = EXCLUDED.missing_sessions,
+             expected_sessions = EXCLUDED.expected_sessions,
+             completeness = EXCLUDED.completeness,
+             inconsistent_sessions = EXCLUDED.inconsistent_sessions, last_update = now()""",
+        {"s": symbol, "first": first, "last": last, "n": n_sessions, "bars": n_bars,
+         "inv": n_invalid, "miss": len(missing), "exp": n_exp, "comp": completeness,
+         "incons": inconsistent})
+    return {"symbol": symbol, "sessions": n_sessions, "bars": int(n_bars),
+            "invalid": int(n_invalid), "missing": len(missing), "completeness": completeness}
+
+
+def minute_stats(conn) -> dict[str, dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute("SELECT * FROM minute_stats").fetchall()
+    return {r["symbol"]: r for r in rows}
+
+
+def minute_checkpoint(conn, symbol: str) -> tuple[dt.date, dt.date] | None:
+    """(first session asked for, last session stored) of a symbol's minutes."""
+    row = conn.execute("""SELECT first_asked, last_session FROM minute_checkpoints
+                          WHERE symbol = %s""", (symbol,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def set_minute_checkpoint(conn, symbol: str, first: dt.date, last: dt.date,
+                          run_id: int | None) -> None:
+    """Widen the symbol's fetched range to include ``first``..``last``."""
+    conn.execute("""INSERT INTO minute_checkpoints (symbol, first_asked, last_session, run_id)
+                    VALUES (%s, %s, %s, %s)
+                    ON CONFLICT (symbol) DO UPDATE SET
+                      first_asked = least(minute_checkpoints.first_asked, EXCLUDED.first_asked),
+                      last_session = greatest(minute_checkpoints.last_session,
+                                              EXCLUDED.last_session),
+                      run_id = EXCLUDED.run_id, updated_at = now()""",
+                 (symbol, first, last, run_id))
+
+
+def first_minute_session(conn, symbol: str) -> dt.date | None:
+    return conn.execute("SELECT min(session) FROM minute_bars WHERE symbol = %s",
+                        (symbol,)).fetchone()[0]
+
+
+def delete_bars_before(conn, timeframe: str, cutoff: dt.date) -> int:
+    """Retention: drop ``timeframe`` bars (1m, or one rollup) of sessions
+    before ``cutoff``. Returns sessions (rows) deleted."""
+    if timeframe == "1m":
+        cur = conn.execute("DELETE FROM minute_bars WHERE session < %s", (cutoff,))
+    else:
+        cur = conn.execute("DELETE FROM rollup_bars WHERE timeframe = %s AND session < %s",
+                           (timeframe, cutoff))
+    return cur.rowcount
+
+
+def regular_aggregates(conn, symbol: str, start: dt.date, end: dt.date,
+                       open_min: int, close_by_session: dict) -> list[tuple]:
+    """Per session: high, low and volume of the valid regular-hours minutes
+    (``open_min`` <= minute < that session's close), for the daily-versus-
+    minutes check."""
+    rows = conn.execute(
+        f"""SELECT b.session, u.m, {_decoded()}
+            FROM minute_bars b {_UNNEST}
+            WHERE b.symbol = %s AND b.session BETWEEN %s AND %s AND u.m >= %s""",
+        (symbol, start, end, open_min)).fetchall()
+    agg: dict = {}
+    for session, m, _o, h, lo, _c, v, _vw, _n, ok in rows:
+        if not ok or m >= close_by_session.get(session, 0):
+            continue
+        a = agg.setdefault(session, [float("-inf"), float("inf"), 0.0])
+        a[0] = max(a[0], h)
+        a[1] = min(a[1], lo)
+        a[2] += v
+    return [(s, *a) for s, a in sorted(agg.items())]

@@ -1,0 +1,98 @@
+"""``/api/v1/historical/{symbol}?timeframe=...`` for every timeframe but
+``1d`` (whose answer ``api.historical`` keeps exactly as it always was):
+1m and its rollups 5m..4h, and 1w from the daily bars.
+
+Cursor pagination: at most ``limit`` bars (default and maximum
+``PAGE_MAX``) per answer; when more remain in the range, the answer carries
+``next``, the same request with ``cursor`` set past the last bar returned
+(CSV: a ``Link: <...>; rel="next"`` header). The cursor is opaque to
+clients; it is the last bar's start in Unix milliseconds.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import urlencode
+
+from flask import Response, request
+
+from .. import store
+from ..store import minutes as mstore
+from .errors import BadRequest
+
+PAGE_MAX = 50_000
+#: Bars sent per chunk of a streamed answer.
+CHUNK = 2000
+
+
+def _cursor(raw: str | None, weekly: bool):
+    if raw is None:
+        return None
+    try:
+        ms = int(raw)
+        if not 0 <= ms < 2**53:
+            raise ValueError
+    except ValueError:
+        raise BadRequest(f"cursor={raw[:40]!r} is not a cursor from a 'next' link",
+                         "bad_cursor") from None
+    t = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    return t.date() if weekly else t
+
+
+def _next_link(last_ms: int) -> str:
+    args = request.args.to_dict()
+    args["cursor"] = str(last_ms)
+    return f"{request.path}?{urlencode(args)}"
+
+
+def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.date,
+            adjusted: bool, include_invalid: bool, fmt: str, limit: int | None,
+            cursor: str | None, known) -> Response | None:
+    """The answer, or None when the symbol is unknown (no bar and not
+    configured: ``known(conn)`` is False)."""
+    weekly = timeframe == "1w"
+    page = min(limit or PAGE_MAX, PAGE_MAX)
+    after = _cursor(cursor, weekly)
+    if weekly:
+        sql = store.weekly_sql(adjusted, include_invalid, fmt)
+        header = store.WEEKLY_CSV_HEADER
+    else:
+        sql = mstore.intraday_sql(timeframe, adjusted=adjusted, include_invalid=include_invalid,
+                                  fmt=fmt)
+        header = mstore.INTRADAY_CSV_HEADER
+    params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
+              "limit": page + 1}
+    with conn_cm as conn:
+        rows = conn.execute(sql, params).fetchall()
+        if not rows and not known(conn):
+            return None
+    more = len(rows) > page
+    rows = rows[:page]
+    nxt = _next_link(rows[-1][0]) if more else None
+
+    def chunks():
+        for i in range(0, len(rows), CHUNK):
+            yield [r[1] for r in rows[i:i + CHUNK]]
+
+    if fmt == "csv":
+        def body():
+            yield (",".join(header) + "\n").encode()
+            for c in chunks():
+                yield "".join(c).encode()
+        headers = {"Content-Disposition":
+                   f'inline; filename="{symbol}_{timeframe}_{start}_{end}.csv"'}
+        if nxt:
+            headers["Link"] = f'<{nxt}>; rel="next"'
+        return Response(body(), mimetype="text/csv", headers=headers)
+
+    def body():
+        yield (f'{{"symbol": "{symbol}", "timeframe": "{timeframe}", '
+               f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
+               f'"adjusted": {"true" if adjusted else "false"}, "count": {len(rows)}, '
+               f'"data": [').encode()
+        sep = ""
+        for c in chunks():
+            yield (sep + ", ".join(c)).encode()
+            sep = ", "
+        yield (f'], "next": ' + (f'"{nxt}"' if nxt else "null") + "}").encode()
+
+    return Response(body(), mimetype="application/json")

@@ -1,0 +1,135 @@
+"""Minute bars in PostgreSQL: exact round trip, rollups, the API's timeframes
+and cursor pagination. Bars are built here; the vendor path is in
+test_intraday_backfill.py."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+
+from appliance import calendar as tcal
+from appliance import intraday
+from appliance.candles import MinuteBars
+from appliance.store import minutes as mstore
+
+SYM = "AAPL"
+DAYS = ["2024-11-26", "2024-11-27", "2024-11-29"]  # 11-29: early close (13:00)
+
+
+def _bars(seed=3, session_minutes=(240, 1200), odd_prices=False) -> MinuteBars:
+    rng = np.random.default_rng(seed)
+    ts, cols = [], []
+    for d in DAYS:
+        day = np.datetime64(d, "D")
+        mins = np.arange(*session_minutes)
+        mins = mins[rng.random(len(mins)) > 0.1]  # missing minutes
+        t = tcal.local_time_epochs(np.full(len(mins), day), 0) + mins * 60
+        ts.append(t)
+    t = np.concatenate(ts)
+    n = len(t)
+    c = np.round(200 + np.cumsum(rng.normal(0, 0.05, n)), 2)
+    o = np.round(c + rng.normal(0, 0.02, n), 2)
+    h = np.round(np.maximum(o, c) + np.abs(rng.normal(0, 0.03, n)), 4)
+    lo = np.round(np.minimum(o, c) - np.abs(rng.normal(0, 0.03, n)), 4)
+    if odd_prices:
+        h = h + 1e-11  # no decimal scale represents these: the float8 path
+    v = rng.integers(1, 50_000, n).astype(float)
+    vw = np.round((h + lo + c) / 3, 4)
+    vw[5] = np.nan  # a bar without vwap
+    k = rng.integers(1, 300, n)
+    k[7] = -1  # a bar without a trade count
+    return MinuteBars(SYM, t.astype(np.int64), o, h, lo, c, v, vw, k.astype(np.int64), "test")
+
+
+def _store(runtime, bars, session="extended", cfg_extra=None):
+    cfg = {"calendar": "XNYS", "session": session}
+
+    class Cfg(dict):
+        pass
+    with runtime.conn() as conn:
+        res = intraday.write(conn, Cfg(cfg), bars)
+    return res
+
+
+@pytest.mark.parametrize("odd", [False, True])
+def test_minute_bars_round_trip_to_the_last_digit(runtime, odd):
+    bars = _bars(odd_prices=odd)
+    res = _store(runtime, bars)
+    with runtime.conn() as conn:
+        rows = conn.execute(mstore.intraday_sql("1m", adjusted=False, include_invalid=True,
+                                                fmt="json"),
+                            {"symbol": SYM, "start": dt.date(2024, 11, 1),
+                             "end": dt.date(2024, 11, 30), "after": None,
+                             "limit": None}).fetchall()
+        scale = conn.execute("SELECT array_agg(scale) FROM minute_bars").fetchone()[0]
+    assert (scale == [None] * 3) if odd else all(s is not None for s in scale)
+    got = [json.loads(r[1]) for r in rows]
+    # the early close keeps its after-hours to 17:00 only; the rest of the bars all
+    keep = intraday.in_session({"calendar": "XNYS", "session": "extended"}, bars)
+    assert res["outside_session"] == int((~keep).sum()) > 0
+    want = bars.take(np.nonzero(keep)[0])
+    assert len(got) == len(want) == res["bars"]
+    assert [r[0] // 1000 for r in rows] == want.t.tolist()
+    for name in ("open", "high", "low", "close", "volume"):
+        assert [g[name] for g in got] == getattr(want, name).tolist(), name
+    assert got[5]["vwap"] is None and got[7]["trades"] is None
+    assert [g["vwap"] for g in got if g["vwap"] is not None] == \
+        [x for x in want.vwap.tolist() if x == x]
+    assert got[0]["time"] == "2024-11-26T04:00:00-05:00" or got[0]["time"].startswith(
+        "2024-11-26T04:")
+    assert got[0]["session"] == "2024-11-26"
+
+
+def test_rollups_match_numpy_aggregates_and_regular_session_drops_the_rest(runtime):
+    bars = _bars()
+    _store(runtime, bars, session="regular")
+    keep = intraday.in_session({"calendar": "XNYS", "session": "regular"}, bars)
+    b = bars.take(np.nonzero(keep)[0])
+    assert b.minute.min() >= 570
+    assert b.minute[b.session == np.datetime64("2024-11-29")].max() < 780
+    with runtime.conn() as conn:
+        for tf, width in (("5m", 5), ("1h", 60), ("4h", 240)):
+            rows = conn.execute(mstore.intraday_sql(tf, adjusted=False, include_invalid=False,
+                                                    fmt="json"),
+                                {"symbol": SYM, "start": dt.date(2024, 11, 1),
+                                 "end": dt.date(2024, 11, 30), "after": None,
+                                 "limit": None}).fetchall()
+            got = [json.loads(r[1]) for r in rows]
+            key = b.session.astype(np.int64) * 10_000 + (b.minute // width) * width
+            uniq, first = np.unique(key, return_index=True)
+            assert len(got) == len(uniq), tf
+            for i, (k0, f) in enumerate(zip(uniq, first)):
+                sel = key == k0
+                g = got[i]
+                assert g["open"] == b.open[f]
+                assert g["close"] == b.close[np.nonzero(sel)[0][-1]]
+                assert g["high"] == b.high[sel].max() and g["low"] == b.low[sel].min()
+                assert g["volume"] == b.volume[sel].sum()
+            # hour bars snap to the clock: the 09:00 bar starts at 09:00 and holds 09:30-09:59
+            if tf == "1h":
+                assert got[0]["time"].startswith("2024-11-26T09:00:00")
+
+
+def test_api_timeframes_pagination_and_daily_unchanged(client, runtime):
+    _store(runtime, _bars())
+    q = "/api/v1/historical/AAPL?start=2024-11-01&end=2024-11-30"
+    full = client.get(q + "&timeframe=1m").get_json()
+    assert full["count"] == len(full["data"]) > 1000 and full["next"] is None
+    seen, url = [], q + "&timeframe=1m&limit=700"
+    while url:
+        page = client.get(url).get_json()
+        assert page["count"] <= 700
+        seen += page["data"]
+        url = page["next"]
+    assert seen == full["data"]
+    csv = client.get(q + "&timeframe=15m&format=csv&limit=10")
+    assert csv.status_code == 200 and 'rel="next"' in csv.headers["Link"]
+    assert csv.get_data(as_text=True).splitlines()[0] == \
+        "time,session,open,high,low,close,volume,vwap,trades,validated"
+    bad = client.get(q + "&timeframe=2m")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "bad_timeframe"
+    bad = client.get(q + "&timeframe=1m&cursor=yesterday")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "bad_cursor"
+    assert client.get("/api/v1/historical/ZZZZ?timeframe=5m").status_code == 404
