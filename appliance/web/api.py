@@ -24,6 +24,7 @@ from flask.json.provider import DefaultJSONProvider
 from .. import backups as backups_mod
 from .. import health as health_mod
 from .. import store, timeframes
+from ..store import minutes as mstore
 from ..jobs import runs
 from ..jobs.registry import JOB_NAMES, run_now_params
 from .auth import require_admin, require_read
@@ -123,14 +124,36 @@ def status():
 
 # --------------------------------------------------------------------------- symbols
 
-def _symbol_json(r: dict) -> dict:
+def _resolutions(r: dict, minutes: dict | None) -> list[dict]:
+    """The stored resolutions of one symbol with their first and last bar (the
+    derived ones, 5m..4h and 1w, span the same bars)."""
+    out = []
+    if r.get("first_session"):
+        out.append({"timeframe": "1d", "first": r["first_session"].isoformat(),
+                    "last": r["last_session"].isoformat(), "bars": int(r["records"] or 0),
+                    "completeness": r["completeness"]})
+    if minutes:
+        out.append({"timeframe": "1m", "first": _iso_ny(minutes["first_bar"]),
+                    "last": _iso_ny(minutes["last_bar"]), "bars": int(minutes["bars"]),
+                    "completeness": minutes["completeness"],
+                    "inconsistent_sessions": int(minutes["inconsistent_sessions"])})
+    return out
+
+
+def _iso_ny(t: dt.datetime | None) -> str | None:
+    return t.astimezone(NY).isoformat() if t else None
+
+
+def _symbol_json(r: dict, minutes: dict | None = None) -> dict:
     return {"symbol": r["symbol"], "active": bool(r["active"]), "configured": bool(r["configured"]),
             "since": r.get("since"),
             "first_date": r["first_session"], "last_date": r["last_session"],
             "records": int(r["records"] or 0), "validated_records": int(r["validated"] or 0),
             "gaps": int(r["gaps"] or 0), "missing_sessions": int(r["missing_sessions"] or 0),
             "completeness": r["completeness"], "quality_score": r["quality_score"],
-            "source": r["source"], "last_update": r["last_update"]}
+            "source": r["source"], "last_update": r["last_update"],
+            "timeframes": list(r.get("timeframes") or ()),
+            "resolutions": _resolutions(r, minutes)}
 
 
 @bp.get("/api/v1/symbols")
@@ -142,6 +165,7 @@ def symbols():
     cfg = rt().config
     with rt().conn() as conn:
         rows = {r["symbol"]: r for r in store.symbol_rows(conn)}
+        minutes = mstore.minute_stats(conn)
     # the running config is the truth about what is configured, even before
     # the symbols table has been synchronised with it
     for spec in cfg.symbols:
@@ -151,9 +175,10 @@ def symbols():
                                  "since": spec.since, "first_session": None, "last_session": None,
                                  "records": 0, "validated": 0, "gaps": 0, "missing_sessions": 0,
                                  "completeness": None, "quality_score": None, "source": None,
-                                 "last_update": None}
+                                 "last_update": None, "timeframes": spec.timeframes}
         else:
-            r.update(active=spec.active, configured=True, since=spec.since)
+            r.update(active=spec.active, configured=True, since=spec.since,
+                     timeframes=spec.timeframes)
     configured = {s.symbol for s in cfg.symbols}
     out = []
     for sym in sorted(rows):
@@ -162,7 +187,7 @@ def symbols():
             r.update(active=False, configured=False)
         if active is not None and bool(r["active"]) != active:
             continue
-        out.append(_symbol_json(r))
+        out.append(_symbol_json(r, minutes.get(sym)))
     return jsonify({"count": len(out), "symbols": out})
 
 

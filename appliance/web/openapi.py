@@ -12,6 +12,7 @@ import copy
 from functools import lru_cache
 
 from .. import __version__ as APP_VERSION
+from .. import timeframes
 from ..config import SYMBOL_RE
 from ..jobs.registry import JOB_NAMES
 
@@ -197,7 +198,30 @@ def _schemas() -> dict:
         "first_date": _n(DATE), "last_date": _n(DATE),
         "records": INT, "validated_records": INT, "gaps": INT, "missing_sessions": INT,
         "completeness": _n(NUM), "quality_score": _n(NUM), "source": _n(STR),
-        "last_update": _n(DATETIME)})
+        "last_update": _n(DATETIME),
+        "timeframes": {"type": "array", "items": {"type": "string", "enum": ["1m", "1d"]},
+                       "description": "Stored resolutions configured for it (timeframes)."},
+        "resolutions": {"type": "array", "items": _ref("Resolution"),
+                        "description": "Stored resolutions with their first and last bar; "
+                                       "5m..4h derive from 1m and 1w from 1d."}})
+    resolution = _obj({
+        "timeframe": {"type": "string", "enum": ["1m", "1d"]},
+        "first": {**STR, "description": "Session date (1d) or bar start (1m, ISO 8601 "
+                                        "with the New York offset)."},
+        "last": STR, "bars": INT, "completeness": _n(NUM),
+        "inconsistent_sessions": {**INT, "description": "1m only: sessions whose daily "
+                                  "high/low/volume disagree with their regular-hours "
+                                  "minutes."}},
+        required=["timeframe", "first", "last", "bars", "completeness"])
+    bar = _obj({
+        "time": {**STR, "description": "Bar start, ISO 8601 New York time with its offset."},
+        "session": DATE, "open": _n(NUM), "high": _n(NUM), "low": _n(NUM), "close": _n(NUM),
+        "volume": _n(NUM), "vwap": _n(NUM), "trades": _n(INT), "validated": BOOL})
+    week = _obj({
+        "time": {**DATE, "description": "The Sunday the week starts on."},
+        "open": _n(NUM), "high": _n(NUM), "low": _n(NUM), "close": _n(NUM),
+        "volume": _n(NUM), "vwap": _n(NUM), "trades": _n(INT),
+        "sessions": {**INT, "description": "Daily bars in the week."}})
     candle = _obj({
         "time": {**DATE, "description": "The session date (daily bars)."},
         "open": _n(NUM), "high": _n(NUM), "low": _n(NUM), "close": _n(NUM),
@@ -207,10 +231,16 @@ def _schemas() -> dict:
         "source": STR})
     historical = _obj({
         "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
-        "timeframe": {"type": "string", "enum": ["1d"]},
+        "timeframe": {"type": "string", "enum": list(timeframes.ALL)},
         "start_date": DATE, "end_date": DATE, "adjusted": BOOL,
         "count": {"type": "integer", "minimum": 0},
-        "data": {"type": "array", "items": _ref("Candle")}})
+        "data": {"type": "array", "items": {"oneOf": [_ref("Candle"), _ref("Bar"),
+                                                      _ref("WeekBar")]},
+                 "description": "Candle for 1d, Bar for 1m..4h, WeekBar for 1w."},
+        "next": {**_n(STR), "description": "Not for 1d. The next page (the same request "
+                                           "with cursor), null on the last page."}},
+        required=["symbol", "timeframe", "start_date", "end_date", "adjusted", "count",
+                  "data"])
     gap = _obj({
         "symbol": STR, "session": DATE,
         "kind": {"type": "string", "enum": ["split", "jump", "missing"]},
@@ -243,7 +273,8 @@ def _schemas() -> dict:
         "Error": error, **_status_schemas(),
         "Symbol": symbol,
         "SymbolList": _obj({"count": INT, "symbols": {"type": "array", "items": _ref("Symbol")}}),
-        "Candle": candle, "Historical": historical, "Gap": gap,
+        "Candle": candle, "Bar": bar, "WeekBar": week, "Resolution": resolution,
+        "Historical": historical, "Gap": gap,
         "GapList": _obj({"count": INT, "gaps": {"type": "array", "items": _ref("Gap")}}),
         "JobRun": job_run,
         "JobList": _obj({"count": INT, "jobs": {"type": "array", "items": _ref("JobRun")}}),
@@ -358,7 +389,7 @@ def _data_paths() -> dict:
             _json(_ref("SymbolList"), "Symbols, sorted."),
             [_q("active", {"type": "boolean"}, "Only active (true) or inactive (false) ones.")])},
         "/api/v1/historical/{symbol}": {"get": _read(
-            "Daily candles of one symbol",
+            "Bars of one symbol, daily (default) or another timeframe",
             {"description": "Candles in time order (JSON or CSV with a header row).",
              "content": {"application/json": {"schema": _ref("Historical")},
                          "text/csv": {"schema": {
@@ -379,9 +410,18 @@ def _data_paths() -> dict:
              _q("limit", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                 "At most this many candles (the earliest)."),
              _q("include_invalid", {"type": "boolean", "default": False},
-                "Also candles that failed validation (they are always stored).")],
+                "Also candles that failed validation (they are always stored)."),
+             _q("timeframe", {"type": "string", "enum": list(timeframes.ALL), "default": "1d"},
+                "1m is stored as sent; 5m, 15m, 30m, 1h and 4h are rolled up from it; 1w "
+                "from 1d (weeks start on Sunday). Intraday CSV header: "
+                "time,session,open,high,low,close,volume,vwap,trades,validated; weekly: "
+                "time,open,high,low,close,volume,vwap,trades,sessions."),
+             _q("cursor", STR, "Not for 1d: where the page starts; take it from the "
+                "previous answer's next (JSON) or Link header (CSV).")],
             errors=("400", "401", "404", "503"),
-            description="Large ranges are streamed; count then follows data.")},
+            description="Large daily ranges are streamed; count then follows data. Other "
+                        "timeframes answer at most limit (at most 50000) bars per page "
+                        "with a next link.")},
         "/api/v1/gaps": {"get": _read(
             "Flagged candles (split, jump) and missing sessions, newest first",
             _json(_ref("GapList"), "Gaps."),
