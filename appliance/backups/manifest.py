@@ -15,8 +15,6 @@ from .common import MANIFEST_RE, NAME_RE, _fsync_dir, utcnow
 
 log = logging.getLogger("appliance.backups")
 
-log = logging.getLogger("appliance.backups")
-
 
 def snapshot_counts(conn) -> dict:
     """Row counts per table and per symbol plus the candle validation summary,

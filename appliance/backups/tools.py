@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
 from .. import services, store
 from ..errors import BackupError
 from .common import _MAX_IDENT, _die_with_parent, url_for
