@@ -17,15 +17,12 @@ a failing notifier is logged and recorded as an event, never blocks the rules.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import shutil
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-
-from psycopg.rows import dict_row
 
 from . import notify as notifier, store, units
 
@@ -344,46 +341,16 @@ def measure(rt, now: dt.datetime, disk_usage=shutil.disk_usage) -> Measures:
     jobs, last_ok, fails, first_fail, lrt, spot, auth = {}, None, 0, None, None, None, None
     rate, installed = None, None
     if h.db.get("status") == "ok":
-        with rt.conn() as conn, conn.cursor(row_factory=dict_row) as cur:
-            n = cfg["alerts"]["job_failures_max"]
-            cur.execute("""SELECT job, array_agg(status ORDER BY created_at DESC) AS sts
-                           FROM (SELECT job, status, created_at,
-                                        row_number() OVER (PARTITION BY job
-                                                           ORDER BY created_at DESC) AS rn
-                                 FROM job_runs WHERE status IN ('ok', 'partial', 'failed')) r
-                           WHERE rn <= %s GROUP BY job""", (n,))
-            jobs = {r["job"]: r["sts"] for r in cur.fetchall()}
-            cur.execute("SELECT max(created_at) AS t FROM backups WHERE status = 'ok'")
-            last_ok = cur.fetchone()["t"]
-            cur.execute("SELECT min(applied_at) AS t FROM schema_migrations")
-            installed = cur.fetchone()["t"]
-            cur.execute("""SELECT count(*) AS n, min(coalesce(finished_at, created_at)) AS first
-                           FROM job_runs WHERE job = 'backup' AND status = 'failed'
-                             AND created_at > coalesce(%s, '-infinity'::timestamptz)""",
-                        (last_ok,))
-            row = cur.fetchone()
-            fails, first_fail = row["n"], row["first"]
-            cur.execute("""SELECT id AS backup_id, filename, restore_test_status AS status,
-                                  restore_test_at AS at, restore_test_result->>'error' AS error
-                           FROM backups WHERE restore_test_at IS NOT NULL
-                           ORDER BY restore_test_at DESC LIMIT 1""")
-            lrt = cur.fetchone()
-            cur.execute("""SELECT result FROM job_runs WHERE job = 'spot_check'
-                             AND status IN ('ok', 'partial')
-                           ORDER BY finished_at DESC NULLS LAST LIMIT 1""")
-            row = cur.fetchone()
-            spot = row["result"] if row else None
+        with rt.conn() as conn:
+            jobs = store.runs.recent_outcomes(conn, cfg["alerts"]["job_failures_max"])
+            last_ok = store.last_good_backup_at(conn)
+            installed = store.installed_at(conn)
+            fails, first_fail = store.runs.failures_since(conn, "backup", last_ok)
+            lrt = store.last_restore_test(conn, with_error=True)
+            spot = store.runs.last_success_result(conn, "spot_check")
             # an auth error from the vendor after the last backfill that fetched fine
-            cur.execute("""SELECT e.ts, e.message FROM events e
-                           WHERE e.kind = 'vendor' AND e.level = 'error'
-                             AND e.ts > coalesce((SELECT max(finished_at) FROM job_runs
-                                                   WHERE job = 'backfill' AND status = 'ok'),
-                                                  '-infinity'::timestamptz)
-                           ORDER BY e.ts DESC LIMIT 1""")
-            auth = cur.fetchone()
-            total_429 = cur.execute(
-                """SELECT coalesce(sum(count), 0) AS n FROM vendor_requests
-                   WHERE kind = 'request' AND label = '429'""").fetchone()["n"]
+            auth = store.last_vendor_auth_error(conn)
+            total_429 = store.vendor_429_total(conn)
         rate = _rate_last_hour(rt, int(total_429), now)
     return Measures(now, h, disk, jobs, last_ok, fails, first_fail, lrt, spot, auth, rate,
                     installed)
@@ -423,8 +390,8 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
     with rt.conn() as conn:
         # evaluations (the alerts job, disk_check, a manual run) take turns: two
         # at once would both insert the same pending alert
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVALUATE_LOCK,))
-        active = {r["key"]: r for r in _active(conn)}
+        store.locks.lock_for_transaction(conn, EVALUATE_LOCK)
+        active = {r["key"]: r for r in store.alerts.active_rule_alerts(conn)}
         for rule in RULES:
             try:
                 is_firing, message, details = rule.check(m, cfg)
@@ -438,23 +405,23 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
                 firing.append(rule.key)
                 text = f"{rule.summary}: {message}. Response: {rule.response}"
                 if row is None:
-                    row = _insert(conn, rule, text, details, now,
-                                  open_now=for_s <= 0)
+                    row = store.alerts.insert_alert(conn, rule.key, rule.severity, text, details,
+                                                   now, open_now=for_s <= 0)
                     (opened if row["status"] == "open" else pending).append(row)
                 elif row["status"] == "pending":
                     if (now - row["pending_since"]).total_seconds() >= for_s:
-                        row = _update(conn, row["id"], text, details, status="open", at=now)
+                        row = store.alerts.update_alert(conn, row["id"], text, details, status="open", at=now)
                         opened.append(row)
                     else:
-                        _update(conn, row["id"], text, details)
+                        store.alerts.update_alert(conn, row["id"], text, details)
                         pending.append(row)
                 else:
-                    _update(conn, row["id"], text, details)
+                    store.alerts.update_alert(conn, row["id"], text, details)
             elif row is not None:
                 if row["status"] == "pending":
-                    conn.execute("DELETE FROM alerts WHERE id = %s", (row["id"],))
+                    store.alerts.delete_alert(conn, row["id"])
                 else:
-                    row = _update(conn, row["id"], row["message"], None, status="resolved",
+                    row = store.alerts.update_alert(conn, row["id"], row["message"], None, status="resolved",
                                   at=now)
                     resolved.append(row)
         for r in opened:
@@ -477,66 +444,19 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
             "pending": [r["key"] for r in pending], "firing": firing}
 
 
-def _active(conn) -> list[dict]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT * FROM alerts WHERE status IN ('pending', 'open') "
-                    "AND key <> 'backup_failed'")
-        return cur.fetchall()
-
-
-def _insert(conn, rule: Rule, message: str, details: dict, now, *, open_now: bool) -> dict:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            """INSERT INTO alerts (key, severity, status, message, details, pending_since,
-                                   opened_at)
-               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *""",
-            (rule.key, rule.severity, "open" if open_now else "pending", message,
-             json.dumps(details, default=str), now, now if open_now else None))
-        return cur.fetchone()
-
-
-def _update(conn, alert_id: int, message: str, details: dict | None, *,
-            status: str | None = None, at=None) -> dict:
-    sets, args = ["message = %s"], [message]
-    if details is not None:
-        sets.append("details = %s")
-        args.append(json.dumps(details, default=str))
-    if status == "open":
-        sets += ["status = 'open'", "opened_at = %s"]
-        args.append(at)
-    elif status == "resolved":
-        sets += ["status = 'resolved'", "resolved_at = %s"]
-        args.append(at)
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"UPDATE alerts SET {', '.join(sets)} WHERE id = %s RETURNING *",
-                    (*args, alert_id))
-        return cur.fetchone()
-
-
 def open_now(conn, key: str, severity: str, message: str, details: dict) -> None:
     """An alert opened at once by the code that saw the failure (a backup
     that failed says so itself; the rules only add for-durations)."""
-    conn.execute(
-        """INSERT INTO alerts (key, severity, status, message, details, opened_at)
-           VALUES (%s, %s, 'open', %s, %s, now())
-           ON CONFLICT (key) WHERE status IN ('pending', 'open')
-           DO UPDATE SET message = EXCLUDED.message, details = EXCLUDED.details,
-                         severity = EXCLUDED.severity, status = 'open',
-                         opened_at = coalesce(alerts.opened_at, now())""",
-        (key, severity, message, json.dumps(details, default=str)))
+    store.alerts.open_alert(conn, key, severity, message, details)
 
 
 def resolve_now(conn, key: str) -> None:
     """Resolve ``key``'s active alert (the next good backup resolves backup_failed)."""
-    conn.execute("""UPDATE alerts SET status = 'resolved', resolved_at = now()
-                    WHERE key = %s AND status IN ('pending', 'open')""", (key,))
+    store.alerts.resolve_alert(conn, key)
 
 
 def acknowledge(conn, alert_id: int, who: str) -> bool:
-    cur = conn.execute("""UPDATE alerts SET acknowledged_at = now(), acknowledged_by = %s
-                          WHERE id = %s AND status = 'open' AND acknowledged_at IS NULL""",
-                       (who, alert_id))
-    return cur.rowcount == 1
+    return store.alerts.acknowledge_alert(conn, alert_id, who)
 
 
 # --------------------------------------------------------------------------- watchdog

@@ -114,7 +114,7 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
     # a connection of its own: the lock lives as long as it, also if the worker is killed
     lock_conn = db.connect(rt.endpoints.database_url, autocommit=True)
     try:
-        got = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (BACKFILL_LOCK,)).fetchone()[0]
+        got = store.locks.try_lock(lock_conn, BACKFILL_LOCK)
         if not got:
             raise LockBusy("another backfill is running; this one did not start")
         result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now) \

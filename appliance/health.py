@@ -82,7 +82,7 @@ def _wait(fut: cf.Future, timeout: float):
 def _start_db_probe(rt, timeout: float) -> cf.Future:
     def probe():
         with rt.pool.connection(timeout=timeout) as conn:
-            conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(int(timeout * 1000)),))
+            store.sessions.statement_timeout_local(conn, timeout)
             out = store.summary(conn)
             out["open_alerts"] = store.open_alerts(conn)
             out["last_runs"] = _last_runs(conn)

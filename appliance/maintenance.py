@@ -38,9 +38,8 @@ import datetime as dt
 import logging
 import math
 
-from psycopg import sql
-
 from . import db, store
+from .store import maintenance as mnt
 from .backfill import refresh_stats
 
 log = logging.getLogger("appliance.maintenance")
@@ -59,51 +58,10 @@ def _event(conn, message: str, details: dict, level: str = "info") -> None:
     store.add_event(conn, level, "maintenance", message, details)
 
 
-def _has_extension(conn, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s",
-                        (name,)).fetchone() is not None
-
-
 def _indexes(conn) -> list[dict]:
     """B-tree indexes (leaf, not partitioned parents) of the appliance's tables,
     of market_data's partitions and chunks."""
-    rows = conn.execute(
-        """WITH t AS (
-             SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = current_schema() AND c.relname = ANY(%s)
-           ), tt AS (
-             SELECT oid FROM t
-             UNION SELECT i.inhrelid FROM pg_inherits i JOIN t ON i.inhparent = t.oid
-           )
-           SELECT n.nspname, ic.relname, tc.relname, ic.oid, pg_relation_size(ic.oid),
-                  ic.reltuples, i.indexprs IS NOT NULL,
-                  coalesce(substring(array_to_string(ic.reloptions, ',')
-                                     FROM 'fillfactor=([0-9]+)')::int, %s),
-                  (SELECT sum(coalesce(s.avg_width, 8))
-                   FROM unnest(i.indkey::int2[]) k(attnum)
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                   LEFT JOIN pg_stats s ON s.schemaname = tn.nspname AND s.tablename = tc.relname
-                        AND s.attname = a.attname AND NOT s.inherited
-                   WHERE k.attnum > 0),
-                  (SELECT count(*) FROM unnest(i.indkey::int2[]) k(attnum)
-                   LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                   LEFT JOIN pg_stats s ON s.schemaname = tn.nspname AND s.tablename = tc.relname
-                        AND s.attname = a.attname AND NOT s.inherited
-                   WHERE k.attnum > 0 AND s.avg_width IS NULL)
-           FROM pg_index i
-           JOIN pg_class ic ON ic.oid = i.indexrelid
-           JOIN pg_class tc ON tc.oid = i.indrelid
-           JOIN pg_namespace n ON n.oid = ic.relnamespace
-           JOIN pg_namespace tn ON tn.oid = tc.relnamespace
-           JOIN pg_am am ON am.oid = ic.relam
-           WHERE i.indrelid IN (SELECT oid FROM tt) AND ic.relkind = 'i' AND am.amname = 'btree'
-             AND i.indisvalid
-           ORDER BY pg_relation_size(ic.oid) DESC, ic.relname""",
-        (list(TABLES), DEFAULT_FILLFACTOR)).fetchall()
-    return [{"schema": r[0], "index": r[1], "table": r[2], "oid": r[3], "bytes": int(r[4]),
-             "reltuples": float(r[5]), "expression": bool(r[6]), "fillfactor": int(r[7]),
-             "key_width": None if r[8] is None else float(r[8]), "unknown_widths": int(r[9])}
-            for r in rows]
+    return mnt.btree_indexes(conn, TABLES, DEFAULT_FILLFACTOR)
 
 
 def estimate_bloat(ix: dict) -> tuple[float | None, int | None]:
@@ -122,24 +80,16 @@ def estimate_bloat(ix: dict) -> tuple[float | None, int | None]:
 
 def measure_bloat(conn, ix: dict) -> float | None:
     """Bloat percent measured by ``pgstatindex`` (pgstattuple)."""
-    row = conn.execute("SELECT avg_leaf_density, leaf_pages FROM pgstatindex(%s::regclass)",
-                       (ix["oid"],)).fetchone()
-    density, leaf_pages = row
+    density, leaf_pages = mnt.leaf_density(conn, ix["oid"])
     if not leaf_pages or density is None or math.isnan(density):
         return 0.0
     return round(max(0.0, (1 - float(density) / ix["fillfactor"]) * 100.0), 2)
 
 
 def _drop_invalid_leftovers(conn) -> list[str]:
-    rows = conn.execute(
-        """SELECT n.nspname, c.relname FROM pg_index i
-           JOIN pg_class c ON c.oid = i.indexrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE NOT i.indisvalid AND c.relname LIKE %s""", ("%\\_ccnew%",)).fetchall()
     dropped = []
-    for schema, name in rows:
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-            sql.Identifier(schema, name)))
+    for schema, name in mnt.invalid_rebuild_leftovers(conn):
+        mnt.drop_index_concurrently(conn, schema, name)
         dropped.append(f"{schema}.{name}")
     return dropped
 
@@ -150,34 +100,26 @@ def _retention(rt, conn, cfg, years: int, today: dt.date) -> dict:
     dropped: list[str] = []
     affected: set[str] = set()
     if db.is_timescale(conn):
-        affected.update(r[0] for r in conn.execute(
-            "SELECT symbol FROM symbol_stats WHERE first_session < %s", (cutoff,)))
-        conn.execute("SET lock_timeout = '60s'")
-        rows = conn.execute(
-            "SELECT drop_chunks('market_data', older_than => (%s::date::timestamp "
-            "AT TIME ZONE 'America/New_York'))", (cutoff,)).fetchall()
-        dropped = [str(r[0]) for r in rows]
+        affected.update(mnt.symbols_with_data_before(conn, cutoff))
+        store.sessions.lock_timeout(conn, "60s")
+        dropped = mnt.drop_chunks_before(conn, cutoff)
         for name in dropped:
             _event(conn, f"retention: dropped chunk {name} (data before {cutoff})",
                    {"chunk": name, "cutoff": cutoff.isoformat()})
     else:
-        conn.execute("SET lock_timeout = '60s'")
+        store.sessions.lock_timeout(conn, "60s")
         for year in sorted(db.existing_partitions(conn)):
             if year >= cutoff_year:
                 continue
             name = f"market_data_y{year:04d}"
-            syms = {r[0] for r in conn.execute(
-                "SELECT symbol FROM symbol_stats WHERE first_session <= %s",
-                (dt.date(year, 12, 31),))}
-            rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(name))).fetchone()[0]
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            syms = mnt.symbols_with_data_before(conn, dt.date(year, 12, 31), inclusive=True)
+            rows = mnt.drop_partition(conn, name)
             affected |= syms
             dropped.append(name)
             _event(conn, f"retention: dropped partition {name} ({rows} candle(s); "
                          f"retention.data_years = {years})",
                    {"partition": name, "rows": rows, "cutoff": cutoff.isoformat()})
-    conn.execute("RESET lock_timeout")
+    store.sessions.lock_timeout(conn, None)
     refreshed = []
     if dropped:
         with rt.conn() as c:
@@ -197,7 +139,7 @@ def _index_bloat(conn, report, threshold: float, min_bytes: int, result: dict) -
     if leftovers:
         _event(conn, f"maintenance: dropped {len(leftovers)} invalid index(es) left by an "
                      "interrupted rebuild", {"indexes": leftovers}, "warning")
-    method = "pgstatindex" if _has_extension(conn, "pgstattuple") else "estimate"
+    method = "pgstatindex" if store.databases.has_extension(conn, "pgstattuple") else "estimate"
     indexes = []
     reindexed = []
     for ix in _indexes(conn):
@@ -216,17 +158,14 @@ def _index_bloat(conn, report, threshold: float, min_bytes: int, result: dict) -
             continue
         report({"phase": "reindex", "index": entry["index"]}, True)
         try:
-            conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(
-                sql.Identifier(ix["schema"], ix["index"])))
+            mnt.reindex_concurrently(conn, ix["schema"], ix["index"])
         except Exception as e:  # noqa: BLE001 - one index must not stop the rest
             msg = f"REINDEX of {entry['index']} failed: {e}"
             result["errors"].append(msg)
             _event(conn, "maintenance: " + msg, {"index": entry["index"]}, "warning")
             continue
         # the rebuilt index is a new relation under the same name
-        after_bytes = int(conn.execute(
-            "SELECT pg_relation_size(format('%%I.%%I', %s::text, %s::text)::regclass)",
-            (ix["schema"], ix["index"])).fetchone()[0])
+        after_bytes = mnt.index_bytes(conn, ix["schema"], ix["index"])
         done = {**entry, "bytes_after": after_bytes}
         reindexed.append(done)
         _event(conn, f"maintenance: rebuilt index {entry['index']} (estimated bloat {pct}%, "
@@ -250,11 +189,8 @@ def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None,
     try:
         # 1. statistics
         report({"phase": "analyze"}, True)
-        present = [r[0] for r in conn.execute(
-            "SELECT relname FROM pg_class WHERE relname = ANY(%s) AND relkind IN ('r', 'p') "
-            "AND relnamespace = current_schema()::regnamespace", (list(TABLES),))]
-        conn.execute(sql.SQL("ANALYZE {}").format(
-            sql.SQL(", ").join(sql.Identifier(t) for t in present)))
+        present = mnt.present_tables(conn, TABLES)
+        mnt.analyze(conn, present)
         result["analyzed"] = sorted(present)
         _event(conn, f"maintenance: analyzed {len(present)} table(s)", {"tables": present})
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 
-from . import db
+from . import db, store
+from .store import performance as perf
 
 log = logging.getLogger("appliance.performance")
 
@@ -34,40 +35,24 @@ SLOW_QUERIES = 10
 
 
 def _market_data(conn, timescale: bool) -> dict:
-    if timescale:
-        size = conn.execute("SELECT hypertable_size('market_data')").fetchone()[0]
-    else:
-        size = conn.execute(
-            """SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)
-               FROM pg_inherits i WHERE i.inhparent = 'market_data'::regclass""").fetchone()[0]
-    rows = conn.execute("SELECT count(*) FROM market_data").fetchone()[0]
-    size = int(size or 0)
+    size = perf.market_data_bytes(conn, timescale)
+    rows = perf.market_data_rows(conn)
     return {"rows": int(rows), "bytes": size,
             "avg_row_bytes": round(size / rows, 1) if rows else None}
 
 
 def _growth(conn, avg_row_bytes) -> list[dict]:
-    rows = conn.execute(
-        """SELECT to_char(date_trunc('month', ingested_at), 'YYYY-MM'), count(*)
-           FROM market_data GROUP BY 1 ORDER BY 1""").fetchall()
+    rows = perf.rows_per_ingestion_month(conn)
     return [{"month": m, "rows": int(n),
              "bytes_estimated": int(n * avg_row_bytes) if avg_row_bytes else None}
             for m, n in rows]
 
 
 def _market_months(conn, avg_row_bytes) -> tuple[list[dict], int | None]:
-    rows = conn.execute(
-        """SELECT to_char(date_trunc('month', ts AT TIME ZONE 'America/New_York'), 'YYYY-MM'),
-                  count(*)
-           FROM market_data
-           WHERE ts >= date_trunc('month', now() AT TIME ZONE 'America/New_York')
-                       - interval '12 months'
-           GROUP BY 1 ORDER BY 1""").fetchall()
+    rows, this_month = perf.rows_per_market_month(conn)
     months = [{"month": m, "rows": int(n),
                "bytes_estimated": int(n * avg_row_bytes) if avg_row_bytes else None}
               for m, n in rows]
-    this_month = conn.execute(
-        "SELECT to_char(now() AT TIME ZONE 'America/New_York', 'YYYY-MM')").fetchone()[0]
     complete = [m for m in months if m["month"] < this_month][-3:]
     if not complete or not avg_row_bytes:
         return months, None
@@ -75,21 +60,10 @@ def _market_months(conn, avg_row_bytes) -> tuple[list[dict], int | None]:
 
 
 def _slow_queries(conn) -> tuple[dict, list[dict]]:
-    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
-                    ).fetchone() is None:
+    if not store.databases.has_extension(conn, "pg_stat_statements"):
         return {"available": False, "message": "pg_stat_statements is not installed"}, []
     try:
-        with conn.transaction():
-            cols = {r[0] for r in conn.execute(
-                """SELECT attname FROM pg_attribute
-                   WHERE attrelid = 'pg_stat_statements'::regclass AND attnum > 0""")}
-            total, mean = (("total_exec_time", "mean_exec_time") if "total_exec_time" in cols
-                           else ("total_time", "mean_time"))
-            rows = conn.execute(
-                f"""SELECT left(query, 500), calls, {total}, {mean}, rows
-                    FROM pg_stat_statements
-                    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-                    ORDER BY {mean} DESC LIMIT %s""", (SLOW_QUERIES,)).fetchall()
+        rows = perf.slowest_statements(conn, SLOW_QUERIES)
     except Exception as e:  # noqa: BLE001 - installed but not preloaded
         return {"available": False,
                 "message": f"pg_stat_statements is installed but cannot be read: "
@@ -100,22 +74,8 @@ def _slow_queries(conn) -> tuple[dict, list[dict]]:
 
 
 def _sizes(conn) -> tuple[list[dict], list[dict]]:
-    tables = conn.execute(
-        """SELECT n.nspname, c.relname, pg_total_relation_size(c.oid), pg_relation_size(c.oid),
-                  pg_indexes_size(c.oid), c.reltuples
-           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.relkind IN ('r', 'm')
-             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-             AND n.nspname NOT LIKE 'pg\\_temp%%'
-           ORDER BY 3 DESC, 2 LIMIT %s""", (TOP,)).fetchall()
-    indexes = conn.execute(
-        """SELECT n.nspname, c.relname, t.relname, pg_relation_size(c.oid)
-           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_class t ON t.oid = i.indrelid
-           WHERE c.relkind = 'i'
-             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-             AND n.nspname NOT LIKE 'pg\\_temp%%'
-           ORDER BY 4 DESC, 2 LIMIT %s""", (TOP,)).fetchall()
+    tables = perf.largest_tables(conn, TOP)
+    indexes = perf.largest_indexes(conn, TOP)
     return ([{"table": f"{s}.{t}", "total_bytes": int(tot), "table_bytes": int(tb),
               "index_bytes": int(ib), "rows_estimated": max(0, int(rt))}
              for s, t, tot, tb, ib, rt in tables],
@@ -126,11 +86,7 @@ def _compression(conn, timescale: bool) -> tuple[dict | None, str | None]:
     if not timescale:
         return None, "timescaledb is not installed: no compression"
     try:
-        with conn.transaction():
-            row = conn.execute(
-                """SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes),
-                          sum(total_chunks), sum(number_compressed_chunks)
-                   FROM hypertable_compression_stats('market_data')""").fetchone()
+        row = perf.compression_stats(conn)
     except Exception as e:  # noqa: BLE001 - compression not enabled on the hypertable
         return None, f"compression statistics unavailable: {str(e).strip().splitlines()[0]}"
     before, after, chunks, compressed = row
@@ -146,8 +102,7 @@ def review(rt, run_id, report) -> dict:
     with rt.conn() as conn:
         timescale = db.is_timescale(conn)
         report({"phase": "sizes"}, True)
-        database_bytes = int(conn.execute(
-            "SELECT pg_database_size(current_database())").fetchone()[0])
+        database_bytes = store.databases.current_size(conn)
         md = _market_data(conn, timescale)
         report({"phase": "growth"}, True)
         growth = _growth(conn, md["avg_row_bytes"])

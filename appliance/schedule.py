@@ -37,6 +37,7 @@ from rq.exceptions import NoSuchJobError
 from rq_scheduler import Scheduler
 from rq_scheduler.utils import to_unix
 
+from . import store
 from .jobs.registry import JOBS
 from .queue import FAILURE_TTL, QUEUE_NAME, RESULT_TTL, RUN_FUNC, retry
 from .runtime import K_HEARTBEAT
@@ -287,14 +288,7 @@ def reconcile(rt, scheduler: UTCScheduler | None = None, *, reset_overdue: bool 
 
 def last_claimed_slots(conn) -> dict[str, str]:
     """Per job, the latest cron slot ever claimed (manual runs not counted)."""
-    rows = conn.execute("SELECT job, max(slot) FROM job_runs WHERE slot ~ %s GROUP BY job",
-                        (SLOT_PATTERN,)).fetchall()
-    return {job: slot for job, slot in rows}
-
-
-def installed_at(conn) -> dt.datetime | None:
-    row = conn.execute("SELECT min(applied_at) FROM schema_migrations").fetchone()
-    return row[0] if row else None
+    return store.runs.last_claimed_slots(conn, SLOT_PATTERN)
 
 
 def catch_up(rt, now: dt.datetime | None = None) -> list[dict]:
@@ -314,7 +308,7 @@ def catch_up(rt, now: dt.datetime | None = None) -> list[dict]:
     now = as_utc(now)
     with rt.conn() as conn:
         last = last_claimed_slots(conn)
-        since = installed_at(conn)
+        since = store.installed_at(conn)
     out = []
     for job, expr in wanted_schedules(cfg).items():
         due = due_time(expr, now)

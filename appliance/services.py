@@ -121,9 +121,11 @@ def _postmaster_info(pgdata: Path):
 
 def _ensure_database(base_url: str, dbname: str) -> None:
     import psycopg
+
+    from .store import databases
     with psycopg.connect(base_url, autocommit=True, connect_timeout=10) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{dbname}"')
+        if not databases.exists(conn, dbname):
+            databases.create(conn, dbname)
             log.info("created database %s", dbname)
 
 
@@ -158,9 +160,11 @@ def pg_tools(database_url: str, embedded: bool) -> Path:
     if os.environ.get("APPLIANCE_PG_BIN_DIR"):
         return Path(os.environ["APPLIANCE_PG_BIN_DIR"])
     import psycopg
+
+    from .store import databases
     try:
         with psycopg.connect(database_url, connect_timeout=5) as conn:
-            major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
+            major = databases.server_version_num(conn) // 10000
     except Exception:
         major = None
     root = Path("/usr/lib/postgresql")

@@ -48,36 +48,18 @@ NY = "America/New_York"
 
 
 def _candidates(conn, symbols) -> list[tuple[str, dt.date, dt.date, int]]:
-    rows = conn.execute(
-        """SELECT symbol, first_session, last_session, validated FROM symbol_stats
-           WHERE timeframe = %s AND validated > 0 AND first_session IS NOT NULL
-             AND (%s::text[] IS NULL OR symbol = ANY(%s::text[]))
-           ORDER BY symbol""",
-        (TIMEFRAME, symbols, symbols)).fetchall()
+    rows = store.spotcheck.sampling_candidates(conn, TIMEFRAME, symbols)
     return [(s, a, b, int(n)) for s, a, b, n in rows]
 
 
 def _all_pairs(conn, symbols: list[str]) -> list[tuple[str, dt.date, float]]:
-    rows = conn.execute(
-        """SELECT symbol, (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
-           WHERE timeframe = %s AND symbol = ANY(%s) AND validated ORDER BY symbol, ts""",
-        (TIMEFRAME, symbols)).fetchall()
+    rows = store.spotcheck.validated_closes(conn, TIMEFRAME, symbols)
     return [(s, d, float(c)) for s, d, c in rows]
 
 
 def _probe(conn, symbol: str, day: dt.date):
     """The first validated candle at or after ``day`` (else the last before it)."""
-    row = conn.execute(
-        """SELECT (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
-           WHERE symbol = %s AND timeframe = %s AND validated
-             AND ts >= (%s::date::timestamp AT TIME ZONE 'America/New_York')
-           ORDER BY ts LIMIT 1""", (symbol, TIMEFRAME, day)).fetchone()
-    if row is None:
-        row = conn.execute(
-            """SELECT (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
-               WHERE symbol = %s AND timeframe = %s AND validated
-                 AND ts < (%s::date::timestamp AT TIME ZONE 'America/New_York')
-               ORDER BY ts DESC LIMIT 1""", (symbol, TIMEFRAME, day)).fetchone()
+    row = store.spotcheck.validated_close_near(conn, symbol, TIMEFRAME, day)
     return row
 
 

@@ -237,7 +237,7 @@ class Supervisor:
         self.rt.open()
         with self.rt.conn() as conn:
             store.sync_symbols(conn, cfg.symbols)
-            empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM symbol_stats)").fetchone()[0]
+            empty = store.no_symbol_stats(conn)
             store.record_config_reload(conn, source="startup", actor=None, sha256=cfg.sha256,
                                        ok=True, error=None, diff={})
             store.add_event(conn, "info", "startup", f"appliance starting ({ep.describe()}), "

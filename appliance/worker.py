@@ -40,11 +40,7 @@ def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
     msg = f"work horse {retpid} died (exit status {ret_val}) while running RQ job {job.id}"
     try:
         with db.connect(rt.endpoints.database_url) as conn:
-            rows = conn.execute(
-                """UPDATE job_runs SET status = 'failed', finished_at = now(), error = %s
-                   WHERE rq_job_id = %s AND status IN ('queued', 'running')
-                   RETURNING id, job""", (msg, job.id)).fetchall()
-            for rid, name in rows:
+            for rid, name in store.runs.fail_by_rq_id(conn, job.id, msg):
                 store.add_event(conn, "error", name, f"{name} failed: {msg}", {"run_id": rid})
     except Exception:  # noqa: BLE001 - the worker must survive its bookkeeping
         log.exception("could not record the death of the work horse for %s", job.id)

@@ -56,12 +56,8 @@ def estimate_archive_size(conn, cfg) -> tuple[int, str]:
     its archive size scaled by the database's growth since, plus 25%; without
     one: the whole database size (archives are compressed and hold no index
     data, so this is an upper bound)."""
-    dbsize = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-    row = conn.execute(
-        """SELECT size_bytes, (manifest->'database'->>'size_bytes')::bigint FROM backups
-           WHERE status = 'ok' AND size_bytes IS NOT NULL
-             AND manifest->'database'->>'size_bytes' IS NOT NULL
-           ORDER BY created_at DESC LIMIT 1""").fetchone()
+    dbsize = store.databases.current_size(conn)
+    row = store.last_archive_and_database_size(conn)
     if row and row[1]:
         est = int(row[0] * max(1.0, dbsize / row[1]) * 1.25)
         return est, f"last archive {human_bytes(row[0])} scaled by database growth + 25%"
@@ -180,7 +176,7 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
             raise LockBusy(f"jobs are suspended ({susp.get('reason', 'a restore is running')}); "
                               f"no backup now")
         lock_conn = db.connect(url, autocommit=True)
-        if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (BACKUP_LOCK,)).fetchone()[0]:
+        if not store.locks.try_lock(lock_conn, BACKUP_LOCK):
             raise LockBusy("another backup is running; this one did not start")
         removed = clean_leftovers(lock_conn, bdir)
         steps.ok("check backup path", f"{bdir}" + (f"; removed leftovers {removed}" if removed
@@ -259,11 +255,7 @@ def _export_snapshot(snap_conn) -> str:
     manifest's counts share; return the snapshot's name."""
     snap_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     snap_conn.read_only = True
-    # the snapshot exported by the first statement is the transaction's own
-    snapshot = snap_conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-    snap_conn.execute("SET LOCAL statement_timeout = 0")
-    snap_conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-    return snapshot
+    return store.export_snapshot(snap_conn)
 
 
 def _catalogue(rt, final: Path, started: dt.datetime, manifest: dict, t0: float) -> int:
@@ -347,11 +339,7 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
             umask=0o077)  # the archive is 0600 whatever the umask
         steps.start("count rows")
         counts = snapshot_counts(snap_conn)
-        info = snap_conn.execute(
-            """SELECT current_setting('server_version'), current_setting('server_version_num'),
-                      pg_database_size(current_database()),
-                      EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"""
-        ).fetchone()
+        info = store.database_facts(snap_conn)
         steps.ok("count rows", f"{counts['validation']['candles']} candles, "
                                f"{len(counts['tables'])} tables")
         steps.phase, steps.current = steps.phases["pg_dump"], "pg_dump"

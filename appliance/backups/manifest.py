@@ -9,13 +9,9 @@ import logging
 import os
 from pathlib import Path
 
-from psycopg import sql
-
-from .. import db
+from .. import db, store
 from ..errors import BackupError
 from .common import MANIFEST_RE, NAME_RE, _fsync_dir, utcnow
-
-log = logging.getLogger("appliance.backups")
 
 log = logging.getLogger("appliance.backups")
 
@@ -23,32 +19,9 @@ log = logging.getLogger("appliance.backups")
 def snapshot_counts(conn) -> dict:
     """Row counts per table and per symbol plus the candle validation summary,
     in whatever snapshot ``conn``'s transaction has. market_data is scanned once."""
-    tables = [r[0] for r in conn.execute(
-        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-           ORDER BY 1""")]
-    counts: dict[str, int] = {}
-    symbols: dict[str, int] = {}
-    val = {"candles": 0, "validated": 0, "invalid": 0, "gaps": 0}
-    if "market_data" in tables:
-        for sym, n, ok, bad, gaps in conn.execute(
-                """SELECT symbol, count(*), count(*) FILTER (WHERE validated),
-                          count(*) FILTER (WHERE NOT validated),
-                          count(*) FILTER (WHERE gap_detected)
-                   FROM market_data GROUP BY symbol ORDER BY symbol"""):
-            symbols[sym] = n
-            val["candles"] += n
-            val["validated"] += ok
-            val["invalid"] += bad
-            val["gaps"] += gaps
-    for t in tables:
-        if t == "market_data":
-            counts[t] = val["candles"]
-        else:
-            counts[t] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(t))).fetchone()[0]
+    counts, symbols, val = store.table_and_symbol_counts(conn)
     schema = None
-    if "schema_migrations" in tables:
+    if "schema_migrations" in counts:
         schema = db.schema_version(conn)
     return {"tables": counts, "symbols": symbols, "validation": val, "schema_version": schema}
 

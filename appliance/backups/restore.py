@@ -9,7 +9,6 @@ import time
 from typing import Callable
 
 import psycopg
-from psycopg import sql
 
 from .. import db, history, store
 from ..errors import BackupError
@@ -18,7 +17,7 @@ from ..locks import BACKFILL_LOCK
 from .catalogue import rescan, resolve_backup
 from .common import SUSPEND_KEY, SUSPEND_TTL_S, _MAX_IDENT, db_name, url_for, utcnow
 from .restore_test import CheckFailed, check_restored, restore_into, verify_archive_file
-from .tools import _create_db, _db_exists, _maintenance_conn, _try_catalogue_conn, drop_db, find_tools, list_archive, server_major
+from .tools import _create_db, _maintenance_conn, _try_catalogue_conn, drop_db, find_tools, list_archive, server_major
 
 log = logging.getLogger("appliance.backups")
 
@@ -44,7 +43,7 @@ def restore_plan_text(rt, backup) -> str:
     state = "does not exist (it will simply be created)"
     try:
         with _maintenance_conn(url) as mc:
-            if _db_exists(mc, live):
+            if store.databases.exists(mc, live):
                 state = "exists; it will be renamed, not dropped"
     except BackupError as e:
         state = f"cannot be checked ({e.message})"
@@ -111,9 +110,7 @@ def kept_databases(rt) -> list[tuple[str, int]]:
     url = rt.endpoints.database_url
     live = db_name(url)
     with _maintenance_conn(url) as mc:
-        return [(r[0], int(r[1])) for r in mc.execute(
-            """SELECT datname, pg_database_size(datname) FROM pg_database
-                WHERE datname LIKE %s ORDER BY datname""", (f"{live}\\_old\\_%",))]
+        return store.databases.sizes_like(mc, f"{live}\\_old\\_%")
 
 
 def drop_kept_database(rt, name: str) -> None:
@@ -126,17 +123,11 @@ def _has_catalogue(conn) -> bool:
     if conn is None:
         return False
     try:
-        ok = conn.execute("SELECT to_regclass('public.backups') IS NOT NULL").fetchone()[0]
+        ok = store.scratch.has_catalogue(conn)
         conn.rollback()
         return bool(ok)
     except psycopg.Error:
         return False
-
-
-def _running_jobs(conn) -> list[tuple]:
-    return conn.execute(
-        """SELECT id, job FROM job_runs WHERE status = 'running'
-             AND coalesce(heartbeat_at, started_at) > now() - interval '5 minutes'""").fetchall()
 
 
 def _suspend_jobs(rt, ref, say) -> bool:
@@ -155,13 +146,12 @@ def _suspend_jobs(rt, ref, say) -> bool:
 def _wait_until_quiet(live_conn, has_cat: bool, wait_s: float) -> None:
     """Take the backfill lock and wait for running jobs to end."""
     deadline = time.monotonic() + wait_s
-    while not live_conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                (BACKFILL_LOCK,)).fetchone()[0]:
+    while not store.locks.try_lock(live_conn, BACKFILL_LOCK):
         if time.monotonic() > deadline:
             raise BackupError(f"a backfill still holds its lock after {wait_s:.0f} s; "
                               f"nothing was changed")
         time.sleep(1)
-    while has_cat and (busy := _running_jobs(live_conn)):
+    while has_cat and (busy := store.runs.running_recently(live_conn)):
         if time.monotonic() > deadline:
             raise BackupError(f"jobs still running after {wait_s:.0f} s: {busy}; "
                               f"nothing was changed")
@@ -198,10 +188,7 @@ def _restore_checked(cfg, tools, url: str, new: str, ref, say) -> tuple[float, d
 def _end_connections(mconn, live: str, wait_s: float = 30) -> None:
     deadline = time.monotonic() + wait_s
     while True:
-        mconn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = %s AND pid <> pg_backend_pid()", (live,))
-        n = mconn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                          (live,)).fetchone()[0]
+        n = store.databases.end_sessions(mconn, live)
         if n == 0:
             return
         if time.monotonic() > deadline:
@@ -227,13 +214,10 @@ def _swap(mconn, live: str, new: str, old: str | None) -> None:
     live; then the kept one takes connections again."""
     with mconn.transaction():
         if old is not None:
-            mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(live), sql.Identifier(old)))
-        mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-            sql.Identifier(new), sql.Identifier(live)))
+            store.databases.rename(mconn, live, old)
+        store.databases.rename(mconn, new, live)
     if old is not None:
-        mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-            sql.Identifier(old)))
+        store.databases.allow_connections(mconn, old, True)
 
 
 def _undo(mconn, live: str, drop: str | None, allow: str | None) -> None:
@@ -246,8 +230,7 @@ def _undo(mconn, live: str, drop: str | None, allow: str | None) -> None:
             log.exception("could not drop %s", drop)
     if allow is not None:
         try:
-            mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                sql.Identifier(allow)))
+            store.databases.allow_connections(mconn, allow, True)
         except Exception:  # noqa: BLE001
             log.exception("could not re-allow connections")
     mconn.close()
@@ -269,7 +252,7 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
     new = f"{live}_restore_{stamp}"[:_MAX_IDENT]
     old = f"{live}_old_{stamp}"[:_MAX_IDENT]
     mconn = _maintenance_conn(url)
-    live_exists = _db_exists(mconn, live)
+    live_exists = store.databases.exists(mconn, live)
     live_conn = _try_catalogue_conn(url) if live_exists else None
     has_cat = _has_catalogue(live_conn)
     if live_conn is not None:
@@ -298,8 +281,7 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
             live_conn.close()
             live_conn = None
         if live_exists:
-            mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
-                sql.Identifier(live)))
+            store.databases.allow_connections(mconn, live, False)
             conns_blocked = True
             _end_connections(mconn, live)
         _swap(mconn, live, new, old if live_exists else None)

@@ -67,15 +67,14 @@ def restore_into(tools: Tools, url: str, dbname: str, archive: Path, jobs: int,
     target, env = tool_target(url, dbname)
     if timescale:
         with psycopg.connect(url_for(url, dbname), autocommit=True) as c:
-            c.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            c.execute("SELECT timescaledb_pre_restore()")
+            store.scratch.timescale_pre_restore(c)
     t = time.monotonic()
     rc, _, err = _run_tool([tools("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
                             "--no-owner", "--no-password", f"--dbname={target}", str(archive)], env)
     secs = time.monotonic() - t
     if timescale:
         with psycopg.connect(url_for(url, dbname), autocommit=True) as c:
-            c.execute("SELECT timescaledb_post_restore()")
+            store.scratch.timescale_post_restore(c)
     if rc != 0:
         first = _first_error(err)
         # a cut-off archive shows as a short read, or (its table of contents

@@ -21,9 +21,7 @@ def apply_retention(conn, cfg) -> list[str]:
     newest one whose restore test passed; delete the rest (files + 'deleted'
     in the catalogue, one event each). Returns the deleted file names."""
     keep_n = int(cfg["retention"]["backups_keep"])
-    rows = conn.execute(
-        """SELECT id, filename, path, restore_test_status FROM backups WHERE status = 'ok'
-           ORDER BY created_at DESC, id DESC""").fetchall()
+    rows = store.good_backups(conn)
     newest_passed = next((r[0] for r in rows if r[3] == "passed"), None)
     deleted = []
     bdir = backup_dir(cfg)
@@ -43,8 +41,7 @@ def apply_retention(conn, cfg) -> list[str]:
                 p.unlink()
             except FileNotFoundError:
                 pass
-        conn.execute("UPDATE backups SET status = 'deleted', deleted_at = now() WHERE id = %s",
-                     (bid,))
+        store.mark_backup_deleted(conn, bid)
         store.add_event(conn, "info", "backup",
                         f"backup {fn} deleted by retention (keeping the newest {keep_n}"
                         + (", and the newest with a passed restore test" if newest_passed else "")

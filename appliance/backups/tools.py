@@ -13,13 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
-from .. import services
+from .. import services, store
 from ..errors import BackupError
 from .common import _MAX_IDENT, _die_with_parent, url_for
-
-log = logging.getLogger("appliance.backups")
 
 log = logging.getLogger("appliance.backups")
 
@@ -50,7 +47,7 @@ def _tool_version(bindir: Path, name: str = "pg_dump") -> tuple[int, str] | None
 
 
 def server_major(conn) -> int:
-    return int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
+    return store.databases.server_version_num(conn) // 10000
 
 
 def find_tools(rt, major: int) -> Tools:
@@ -127,8 +124,7 @@ def drop_stale_scratch(mconn, live: str, older_than_s: float) -> list[str]:
     probe = scratch_name(live)
     prefix = probe[:probe.index("_rtest_") + len("_rtest_")]
     dropped = []
-    for (name,) in mconn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
-                                 (prefix,)).fetchall():
+    for name in store.databases.names_starting_with(mconn, prefix):
         m = re.match(r"^(\d+)_[0-9a-f]{6}$", name[len(prefix):])
         if m and time.time() - int(m.group(1)) > older_than_s and name != live:
             drop_db(mconn, name, live)
@@ -151,18 +147,13 @@ def _maintenance_conn(url: str) -> psycopg.Connection:
 def _create_db(mconn, name: str, live: str) -> None:
     if name == live:
         raise BackupError(f"refusing to use {name!r}: it is the live database")
-    mconn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    store.databases.create(mconn, name, template="template0")
 
 
 def drop_db(mconn, name: str, live: str) -> None:
     if name == live:
         raise BackupError(f"refusing to drop {name!r}: it is the live database")
-    mconn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def _db_exists(mconn, name: str) -> bool:
-    return mconn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() \
-        is not None
+    store.databases.drop(mconn, name)
 
 
 def _try_catalogue_conn(url: str):

@@ -21,19 +21,10 @@ def run(rt, run_id, report, job_runs_days=None, events_days=None) -> dict:
     jr_days = int(job_runs_days if job_runs_days is not None else cfg["retention"]["job_runs_days"])
     ev_days = int(events_days if events_days is not None else cfg["retention"]["events_days"])
     with rt.conn() as conn:
-        job_runs = conn.execute(
-            """DELETE FROM job_runs
-               WHERE coalesce(finished_at, created_at) < now() - make_interval(days => %s)
-                 AND status NOT IN ('queued', 'running')""", (jr_days,)).rowcount
-        events = conn.execute(
-            "DELETE FROM events WHERE ts < now() - make_interval(days => %s)",
-            (ev_days,)).rowcount
-        alerts = conn.execute(
-            """DELETE FROM alerts WHERE status = 'resolved'
-               AND resolved_at < now() - make_interval(days => %s)""", (ev_days,)).rowcount
-        reloads = conn.execute(
-            "DELETE FROM config_reloads WHERE ts < now() - make_interval(days => %s)",
-            (jr_days,)).rowcount
+        job_runs = store.runs.delete_finished_before(conn, jr_days)
+        events = store.delete_events_before(conn, ev_days)
+        alerts = store.alerts.delete_resolved_before(conn, ev_days)
+        reloads = store.delete_config_reloads_before(conn, jr_days)
         result = {"job_runs_days": jr_days, "events_days": ev_days,
                   "job_runs_deleted": job_runs, "events_deleted": events,
                   "alerts_deleted": alerts, "config_reloads_deleted": reloads}

@@ -15,9 +15,20 @@ import traceback
 import uuid
 from typing import Callable
 
-from psycopg.rows import dict_row
-
 from .. import store
+from ..store import runs as runs_sql
+# the table's plain reads and writes, used as ``runs.NAME`` by jobs, web and status
+from ..store.runs import (  # noqa: F401
+    claim,
+    get,
+    job_names,
+    last_by_job,
+    latest_restore_tests,
+    progress,
+    recent,
+    set_rq_id,
+    start,
+)
 from ..redaction import redact, redact_obj
 from ..errors import ApplianceError
 
@@ -29,49 +40,12 @@ def manual_slot() -> str:
         uuid.uuid4().hex[:8]
 
 
-def claim(conn, job: str, slot: str, *, trigger: str = "manual", params: dict | None = None,
-          timeout_s: int | None = None, rq_job_id: str | None = None) -> int | None:
-    """Claim (job, slot); return the run id, or None when someone else has it."""
-    row = conn.execute(
-        """INSERT INTO job_runs (job, slot, trigger, status, params, timeout_s, rq_job_id)
-           VALUES (%s, %s, %s, 'queued', %s, %s, %s)
-           ON CONFLICT (job, slot) DO UPDATE SET status = 'queued', error = NULL
-             WHERE job_runs.status = 'failed' AND job_runs.rq_job_id IS NOT NULL
-               AND job_runs.rq_job_id = EXCLUDED.rq_job_id
-           RETURNING id""",
-        (job, slot, trigger, json.dumps(params or {}, default=str), timeout_s, rq_job_id)
-    ).fetchone()
-    return None if row is None else row[0]
-
-
-def set_rq_id(conn, run_id: int, rq_job_id: str) -> None:
-    conn.execute("UPDATE job_runs SET rq_job_id = %s WHERE id = %s", (rq_job_id, run_id))
-
-
-def start(conn, run_id: int) -> None:
-    conn.execute("""UPDATE job_runs SET status = 'running', started_at = now(), heartbeat_at = now(),
-                    attempts = attempts + 1, finished_at = NULL WHERE id = %s""", (run_id,))
-
-
-def progress(conn, run_id: int, data: dict) -> None:
-    conn.execute("UPDATE job_runs SET progress = %s, heartbeat_at = now() WHERE id = %s",
-                 (json.dumps(data, default=str), run_id))
-
-
 def finish(conn, run_id: int, status: str, result: dict | None = None,
            error: str | None = None) -> None:
-    # the last progress report may have said "comparing 6/7": the progress
-    # ends in the run's final state, whatever the job reported last
-    conn.execute(
-        """UPDATE job_runs SET status = %s, result = %s, error = %s, finished_at = now(),
-           heartbeat_at = now(),
-           progress = CASE WHEN progress ? 'phase'
-                            AND progress->>'phase' NOT IN ('done', 'passed', 'failed')
-                           THEN progress || jsonb_build_object('phase', %s::text, 'final', %s::text)
-                           ELSE progress || jsonb_build_object('final', %s::text) END
-           WHERE id = %s""",
-        (status, json.dumps(redact_obj(json.loads(json.dumps(result or {}, default=str)))),
-         redact(error), status, status, status, run_id))
+    """The run's outcome, redacted: results and errors can be read without a login."""
+    runs_sql.finish_run(conn, run_id, status,
+                        json.dumps(redact_obj(json.loads(json.dumps(result or {}, default=str)))),
+                        redact(error))
 
 
 def duration_s(r: dict, *, running_until_now: bool = False) -> float | None:
@@ -84,64 +58,11 @@ def duration_s(r: dict, *, running_until_now: bool = False) -> float | None:
     return round((end - r["started_at"]).total_seconds(), 3) if end else None
 
 
-def get(conn, run_id: int) -> dict | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT * FROM job_runs WHERE id = %s", (run_id,))
-        return cur.fetchone()
-
-
-def recent(conn, *, job: str | None = None, limit: int = 50) -> list[dict]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("""SELECT * FROM job_runs WHERE (%s::text IS NULL OR job = %s)
-                       ORDER BY created_at DESC, id DESC LIMIT %s""", (job, job, limit))
-        return cur.fetchall()
-
-
-def job_names(conn) -> list[str]:
-    """The jobs that have runs, sorted."""
-    return [r[0] for r in conn.execute("SELECT DISTINCT job FROM job_runs ORDER BY 1")]
-
-
-def latest_restore_tests(conn) -> dict[str, dict]:
-    """backup id (as given, a string) -> the newest restore_test run for it."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("""SELECT DISTINCT ON (params->>'backup') * FROM job_runs
-                       WHERE job = 'restore_test' ORDER BY params->>'backup', created_at DESC""")
-        return {r["params"].get("backup"): r for r in cur.fetchall()}
-
-
-def last_by_job(conn) -> dict[str, dict]:
-    """Per job: the last run, the last success and the last failure."""
-    out: dict[str, dict] = {}
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("""SELECT DISTINCT ON (job) * FROM job_runs ORDER BY job, created_at DESC""")
-        for r in cur.fetchall():
-            out.setdefault(r["job"], {})["last"] = r
-        cur.execute("""SELECT DISTINCT ON (job) * FROM job_runs WHERE status IN ('ok', 'partial')
-                       ORDER BY job, finished_at DESC NULLS LAST""")
-        for r in cur.fetchall():
-            out.setdefault(r["job"], {})["last_success"] = r
-        cur.execute("""SELECT DISTINCT ON (job) * FROM job_runs WHERE status = 'failed'
-                       ORDER BY job, finished_at DESC NULLS LAST""")
-        for r in cur.fetchall():
-            out.setdefault(r["job"], {})["last_failure"] = r
-    return out
-
-
 def mark_stale(conn, default_timeout_s: int) -> int:
     """Runs still 'running' (or 'queued' for over a day) whose heartbeat is older
     than their timeout are marked failed: a killed worker leaves nothing running
     forever."""
-    cur = conn.execute(
-        """UPDATE job_runs SET status = 'failed', finished_at = now(),
-               error = coalesce(error, '') || 'stale: no heartbeat for longer than the timeout '
-                       || coalesce(timeout_s, %s) || ' s (worker killed?)'
-           WHERE (status = 'running'
-                  AND coalesce(heartbeat_at, started_at, created_at)
-                      < now() - make_interval(secs => coalesce(timeout_s, %s)))
-              OR (status = 'queued' AND created_at < now() - interval '1 day')
-           RETURNING id, job""", (default_timeout_s, default_timeout_s))
-    rows = cur.fetchall()
+    rows = runs_sql.fail_stale(conn, default_timeout_s)
     for rid, job in rows:
         store.add_event(conn, "error", job, f"run {rid} of {job} marked failed: no heartbeat "
                                              f"within its timeout", {"run_id": rid})

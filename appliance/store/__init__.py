@@ -6,8 +6,29 @@ so; the caller owns the transaction.
 
 The parts: ``writes`` (candles and splits), ``symbols`` (symbols and their
 stats), ``reads`` (candles out), ``ops`` (events, counters, checkpoints, the
-rows status reads). Callers use ``store.NAME``; everything is imported here.
+rows status reads), ``backups`` (the backup catalogue and the dump's
+snapshot); callers use ``store.NAME`` for these. The tables and tasks with a
+module of their own are used as ``store.MODULE.NAME``: ``alerts``, ``runs``
+(job_runs), ``history`` (a restore's history merge), ``maintenance``,
+``performance``, ``spotcheck``, ``databases`` (whole databases on the
+server), ``scratch`` (a database that is not the live one yet), ``locks``
+(advisory locks) and ``sessions`` (session settings).
+
+Outside this package only ``appliance.db`` runs SQL: the connection pool,
+the migration runner and the partitions a migration needs.
 """
+from . import (
+    alerts,
+    databases,
+    history,
+    locks,
+    maintenance,
+    performance,
+    runs,
+    scratch,
+    sessions,
+    spotcheck,
+)
 from .writes import (
     NY,
     TIMEFRAME,
@@ -26,6 +47,8 @@ from .symbols import (
     summary,
     symbol_row,
     symbol_rows,
+    no_symbol_stats,
+    symbol_known,
     symbol_rows_for,
     sync_symbols,
 )
@@ -43,22 +66,33 @@ from .reads import (
 from .ops import (
     add_event,
     add_vendor_counts,
-    alerts_list,
     checkpoint,
     config_reloads,
     event_kinds,
+    delete_config_reloads_before,
+    delete_events_before,
     history_coverage,
+    installed_at,
     job_run_stats,
     last_config_reload,
     last_restore_test,
+    last_vendor_auth_error,
     latest_backup,
     mark_history_from,
-    open_alerts,
     recent_events,
     record_config_reload,
+    vendor_429_total,
     vendor_counts,
 )
+from .alerts import alerts_list, open_alerts
 from .backups import (
+    database_facts,
+    export_snapshot,
+    good_backups,
+    last_archive_and_database_size,
+    last_good_backup_at,
+    mark_backup_deleted,
+    table_and_symbol_counts,
     backup_id,
     backup_row,
     backup_rows,
@@ -72,6 +106,30 @@ from .backups import (
 )
 
 __all__ = [
+    "alerts",
+    "databases",
+    "history",
+    "locks",
+    "maintenance",
+    "performance",
+    "runs",
+    "scratch",
+    "sessions",
+    "spotcheck",
+    "database_facts",
+    "export_snapshot",
+    "good_backups",
+    "last_archive_and_database_size",
+    "last_good_backup_at",
+    "mark_backup_deleted",
+    "table_and_symbol_counts",
+    "no_symbol_stats",
+    "symbol_known",
+    "delete_config_reloads_before",
+    "delete_events_before",
+    "installed_at",
+    "last_vendor_auth_error",
+    "vendor_429_total",
     "backup_id",
     "backup_row",
     "backup_rows",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from psycopg import sql
 from psycopg.rows import dict_row
 
 _COLS = ("id, filename, path, created_at, size_bytes, sha256, status, manifest, "
@@ -81,3 +82,82 @@ def restore_test_from_manifest(conn, backup_id: int, rtest: dict) -> None:
         ("passed" if rtest["passed"] else "failed", rtest["at"], rtest.get("seconds"),
          json.dumps({"passed": rtest["passed"], "error": rtest.get("error"),
                      "from_manifest": True}), backup_id, rtest["at"]))
+
+
+def last_good_backup_at(conn):
+    """When the newest backup with status ok was made, or None."""
+    return conn.execute("SELECT max(created_at) FROM backups WHERE status = 'ok'").fetchone()[0]
+
+
+def last_archive_and_database_size(conn) -> tuple[int, int] | None:
+    """(archive bytes, database bytes then) of the newest good backup that
+    recorded both, or None."""
+    return conn.execute(
+        """SELECT size_bytes, (manifest->'database'->>'size_bytes')::bigint FROM backups
+           WHERE status = 'ok' AND size_bytes IS NOT NULL
+             AND manifest->'database'->>'size_bytes' IS NOT NULL
+           ORDER BY created_at DESC LIMIT 1""").fetchone()
+
+
+def good_backups(conn) -> list[tuple]:
+    """(id, filename, path, restore_test_status) of the good backups, newest first."""
+    return conn.execute(
+        """SELECT id, filename, path, restore_test_status FROM backups WHERE status = 'ok'
+           ORDER BY created_at DESC, id DESC""").fetchall()
+
+
+def mark_backup_deleted(conn, backup_id: int) -> None:
+    conn.execute("UPDATE backups SET status = 'deleted', deleted_at = now() WHERE id = %s",
+                 (backup_id,))
+
+
+# --------------------------------------------------------------------------- the dump's side
+
+def export_snapshot(conn) -> str:
+    """In ``conn``'s (repeatable-read) transaction: export its snapshot, lift
+    the timeouts for as long as a dump takes; the snapshot's name."""
+    # the snapshot exported by the first statement is the transaction's own
+    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    conn.execute("SET LOCAL statement_timeout = 0")
+    conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+    return snapshot
+
+
+def database_facts(conn) -> tuple[str, str, int, bool]:
+    """(server_version, server_version_num, database bytes, has timescaledb)."""
+    return conn.execute(
+        """SELECT current_setting('server_version'), current_setting('server_version_num'),
+                  pg_database_size(current_database()),
+                  EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"""
+    ).fetchone()
+
+
+def table_and_symbol_counts(conn) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Row counts per table (public, not partitions), per symbol, and the candle
+    validation summary, in whatever snapshot ``conn``'s transaction has.
+    market_data is scanned once."""
+    tables = [r[0] for r in conn.execute(
+        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+           ORDER BY 1""")]
+    counts: dict[str, int] = {}
+    symbols: dict[str, int] = {}
+    val = {"candles": 0, "validated": 0, "invalid": 0, "gaps": 0}
+    if "market_data" in tables:
+        for sym, n, ok, bad, gaps in conn.execute(
+                """SELECT symbol, count(*), count(*) FILTER (WHERE validated),
+                          count(*) FILTER (WHERE NOT validated),
+                          count(*) FILTER (WHERE gap_detected)
+                   FROM market_data GROUP BY symbol ORDER BY symbol"""):
+            symbols[sym] = n
+            val["candles"] += n
+            val["validated"] += ok
+            val["invalid"] += bad
+            val["gaps"] += gaps
+    for t in tables:
+        if t == "market_data":
+            counts[t] = val["candles"]
+        else:
+            counts[t] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(t))).fetchone()[0]
+    return counts, symbols, val

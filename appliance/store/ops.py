@@ -1,5 +1,5 @@
 """The bookkeeping tables: events, vendor counters, backfill checkpoints and
-history coverage, alerts, backups and reloads as status reads them."""
+history coverage, backups and reloads as status reads them."""
 from __future__ import annotations
 
 import datetime as dt
@@ -76,15 +76,6 @@ def checkpoint(conn, symbol: str, session: dt.date, run_id: int | None) -> None:
 
 # --------------------------------------------------------------------------- status helpers
 
-def open_alerts(conn) -> list[dict]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("""SELECT id, key, severity, status, message, details, opened_at,
-                              acknowledged_at, acknowledged_by
-                       FROM alerts WHERE status = 'open'
-                       ORDER BY severity = 'critical' DESC, opened_at DESC""")
-        return cur.fetchall()
-
-
 def latest_backup(conn) -> dict | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT id, filename, created_at, size_bytes, sha256, status,
@@ -93,12 +84,14 @@ def latest_backup(conn) -> dict | None:
         return cur.fetchone()
 
 
-def last_restore_test(conn) -> dict | None:
+def last_restore_test(conn, *, with_error: bool = False) -> dict | None:
+    """The newest restore test the catalogue records (with its error: ``with_error``)."""
+    error = ", restore_test_result->>'error' AS error" if with_error else ""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("""SELECT id AS backup_id, filename, restore_test_status AS status,
-                              restore_test_at AS at, restore_test_seconds AS seconds
-                       FROM backups WHERE restore_test_at IS NOT NULL
-                       ORDER BY restore_test_at DESC LIMIT 1""")
+        cur.execute(f"""SELECT id AS backup_id, filename, restore_test_status AS status,
+                               restore_test_at AS at, restore_test_seconds AS seconds{error}
+                        FROM backups WHERE restore_test_at IS NOT NULL
+                        ORDER BY restore_test_at DESC LIMIT 1""")
         return cur.fetchone()
 
 
@@ -134,21 +127,46 @@ def config_reloads(conn, limit: int = 20) -> list[dict]:
         return cur.fetchall()
 
 
-def alerts_list(conn, *, status: str = "open", limit: int = 200) -> list[dict]:
-    where = {"open": "status = 'open'", "resolved": "status = 'resolved'",
-             "all": "status IN ('open', 'resolved')"}[status]
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"""SELECT id, key, severity, status, message, details, opened_at,
-                               resolved_at, acknowledged_at, acknowledged_by
-                        FROM alerts WHERE {where}
-                        ORDER BY coalesce(resolved_at, opened_at) DESC, id DESC LIMIT %s""",
-                    (limit,))
-        return cur.fetchall()
-
-
 def job_run_stats(conn) -> list[tuple]:
     """(job, status, count, sum of durations in seconds) over all recorded runs."""
     return conn.execute(
         """SELECT job, status, count(*),
                   coalesce(sum(extract(epoch FROM finished_at - started_at)), 0)
            FROM job_runs GROUP BY job, status ORDER BY 1, 2""").fetchall()
+
+
+def installed_at(conn) -> dt.datetime | None:
+    """When the appliance was installed: its first migration."""
+    row = conn.execute("SELECT min(applied_at) FROM schema_migrations").fetchone()
+    return row[0] if row else None
+
+
+def last_vendor_auth_error(conn) -> dict | None:
+    """The newest vendor error event after the last backfill that ended ok
+    (ts, message), or None."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("""SELECT e.ts, e.message FROM events e
+                       WHERE e.kind = 'vendor' AND e.level = 'error'
+                         AND e.ts > coalesce((SELECT max(finished_at) FROM job_runs
+                                               WHERE job = 'backfill' AND status = 'ok'),
+                                              '-infinity'::timestamptz)
+                       ORDER BY e.ts DESC LIMIT 1""")
+        return cur.fetchone()
+
+
+def vendor_429_total(conn) -> int:
+    """Rate-limited (429) vendor answers ever counted."""
+    return int(conn.execute(
+        """SELECT coalesce(sum(count), 0) FROM vendor_requests
+           WHERE kind = 'request' AND label = '429'""").fetchone()[0])
+
+
+def delete_events_before(conn, days: int) -> int:
+    return conn.execute("DELETE FROM events WHERE ts < now() - make_interval(days => %s)",
+                        (days,)).rowcount
+
+
+def delete_config_reloads_before(conn, days: int) -> int:
+    return conn.execute(
+        "DELETE FROM config_reloads WHERE ts < now() - make_interval(days => %s)",
+        (days,)).rowcount

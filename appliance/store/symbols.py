@@ -158,3 +158,15 @@ def sync_symbols(conn, specs) -> dict:
             conn.execute("UPDATE symbols SET active = false, removed_at = now() WHERE symbol = %s",
                          (sym,))
     return {"added": added, "removed": removed}
+
+
+def symbol_known(conn, symbol: str) -> bool:
+    """The symbol was ever configured, or has stored candles."""
+    return conn.execute("""SELECT 1 FROM symbols WHERE symbol = %s
+                           UNION ALL SELECT 1 FROM symbol_stats WHERE symbol = %s LIMIT 1""",
+                        (symbol, symbol)).fetchone() is not None
+
+
+def no_symbol_stats(conn) -> bool:
+    """Nothing stored yet: no symbol has statistics."""
+    return bool(conn.execute("SELECT NOT EXISTS (SELECT 1 FROM symbol_stats)").fetchone()[0])

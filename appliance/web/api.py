@@ -93,9 +93,7 @@ def _configured(symbol: str) -> bool:
 def _known_symbol(conn, symbol: str) -> bool:
     if _configured(symbol):
         return True
-    return conn.execute("""SELECT 1 FROM symbols WHERE symbol = %s
-                           UNION ALL SELECT 1 FROM symbol_stats WHERE symbol = %s LIMIT 1""",
-                        (symbol, symbol)).fetchone() is not None
+    return store.symbol_known(conn, symbol)
 
 
 def _today_ny() -> dt.date:

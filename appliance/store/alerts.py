@@ -1,0 +1,106 @@
+"""The ``alerts`` table's SQL: the rules' pending/open/resolved rows, the
+alerts opened at once by the code that saw a failure, acknowledgements, and
+the lists status and the console read."""
+from __future__ import annotations
+
+import json
+
+from psycopg.rows import dict_row
+
+
+def open_alerts(conn) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("""SELECT id, key, severity, status, message, details, opened_at,
+                              acknowledged_at, acknowledged_by
+                       FROM alerts WHERE status = 'open'
+                       ORDER BY severity = 'critical' DESC, opened_at DESC""")
+        return cur.fetchall()
+
+
+def alerts_list(conn, *, status: str = "open", limit: int = 200) -> list[dict]:
+    where = {"open": "status = 'open'", "resolved": "status = 'resolved'",
+             "all": "status IN ('open', 'resolved')"}[status]
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"""SELECT id, key, severity, status, message, details, opened_at,
+                               resolved_at, acknowledged_at, acknowledged_by
+                        FROM alerts WHERE {where}
+                        ORDER BY coalesce(resolved_at, opened_at) DESC, id DESC LIMIT %s""",
+                    (limit,))
+        return cur.fetchall()
+
+
+def active_rule_alerts(conn) -> list[dict]:
+    """Pending and open alerts of the rules (``backup_failed`` is the backup job's)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT * FROM alerts WHERE status IN ('pending', 'open') "
+                    "AND key <> 'backup_failed'")
+        return cur.fetchall()
+
+
+def insert_alert(conn, key: str, severity: str, message: str, details: dict, now, *,
+                 open_now: bool) -> dict:
+    """A new alert row, pending since ``now`` (or open since ``now``)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """INSERT INTO alerts (key, severity, status, message, details, pending_since,
+                                   opened_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+            (key, severity, "open" if open_now else "pending", message,
+             json.dumps(details, default=str), now, now if open_now else None))
+        return cur.fetchone()
+
+
+def update_alert(conn, alert_id: int, message: str, details: dict | None, *,
+                 status: str | None = None, at=None) -> dict:
+    """New message (and details, unless None); ``status`` 'open' or 'resolved' at ``at``."""
+    sets, args = ["message = %s"], [message]
+    if details is not None:
+        sets.append("details = %s")
+        args.append(json.dumps(details, default=str))
+    if status == "open":
+        sets += ["status = 'open'", "opened_at = %s"]
+        args.append(at)
+    elif status == "resolved":
+        sets += ["status = 'resolved'", "resolved_at = %s"]
+        args.append(at)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"UPDATE alerts SET {', '.join(sets)} WHERE id = %s RETURNING *",
+                    (*args, alert_id))
+        return cur.fetchone()
+
+
+def delete_alert(conn, alert_id: int) -> None:
+    conn.execute("DELETE FROM alerts WHERE id = %s", (alert_id,))
+
+
+def open_alert(conn, key: str, severity: str, message: str, details: dict) -> None:
+    """``key``'s alert open now (its active row updated, or a new one)."""
+    conn.execute(
+        """INSERT INTO alerts (key, severity, status, message, details, opened_at)
+           VALUES (%s, %s, 'open', %s, %s, now())
+           ON CONFLICT (key) WHERE status IN ('pending', 'open')
+           DO UPDATE SET message = EXCLUDED.message, details = EXCLUDED.details,
+                         severity = EXCLUDED.severity, status = 'open',
+                         opened_at = coalesce(alerts.opened_at, now())""",
+        (key, severity, message, json.dumps(details, default=str)))
+
+
+def resolve_alert(conn, key: str) -> None:
+    """``key``'s active alert resolved now."""
+    conn.execute("""UPDATE alerts SET status = 'resolved', resolved_at = now()
+                    WHERE key = %s AND status IN ('pending', 'open')""", (key,))
+
+
+def acknowledge_alert(conn, alert_id: int, who: str) -> bool:
+    """An open, unacknowledged alert acknowledged by ``who``; False if there is none."""
+    cur = conn.execute("""UPDATE alerts SET acknowledged_at = now(), acknowledged_by = %s
+                          WHERE id = %s AND status = 'open' AND acknowledged_at IS NULL""",
+                       (who, alert_id))
+    return cur.rowcount == 1
+
+
+def delete_resolved_before(conn, days: int) -> int:
+    """Alerts resolved more than ``days`` ago deleted; how many."""
+    return conn.execute(
+        """DELETE FROM alerts WHERE status = 'resolved'
+           AND resolved_at < now() - make_interval(days => %s)""", (days,)).rowcount

@@ -1,0 +1,71 @@
+"""Statements about whole databases on the server, run on a maintenance
+connection (autocommit, to a database that is neither the live one nor a
+scratch one) or on the database they measure: existence, creation, dropping,
+renaming, sizes, sessions, the server's version."""
+from __future__ import annotations
+
+from psycopg import sql
+
+
+def server_version_num(conn) -> int:
+    """The server's version as a number (150004 for 15.4)."""
+    return int(conn.execute("SHOW server_version_num").fetchone()[0])
+
+
+def current_size(conn) -> int:
+    """Bytes of the database ``conn`` is connected to."""
+    return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
+
+def has_extension(conn, name: str) -> bool:
+    """The extension ``name`` is installed in the database."""
+    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s",
+                        (name,)).fetchone() is not None
+
+
+def exists(mconn, name: str) -> bool:
+    return mconn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() \
+        is not None
+
+
+def create(mconn, name: str, *, template: str | None = None) -> None:
+    """``CREATE DATABASE name`` (from ``template``, else the server's default)."""
+    stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        stmt = sql.SQL("{} TEMPLATE {}").format(stmt, sql.Identifier(template))
+    mconn.execute(stmt)
+
+
+def drop(mconn, name: str) -> None:
+    """Drop ``name`` if it exists, ending its sessions."""
+    mconn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def names_starting_with(mconn, prefix: str) -> list[str]:
+    return [r[0] for r in mconn.execute(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall()]
+
+
+def sizes_like(mconn, pattern: str) -> list[tuple[str, int]]:
+    """(name, bytes) of the databases whose name is LIKE ``pattern``, by name."""
+    return [(r[0], int(r[1])) for r in mconn.execute(
+        """SELECT datname, pg_database_size(datname) FROM pg_database
+            WHERE datname LIKE %s ORDER BY datname""", (pattern,))]
+
+
+def rename(mconn, name: str, to: str) -> None:
+    mconn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(name), sql.Identifier(to)))
+
+
+def allow_connections(mconn, name: str, allow: bool) -> None:
+    mconn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(name), sql.SQL("true" if allow else "false")))
+
+
+def end_sessions(mconn, name: str) -> int:
+    """Terminate every other session on ``name``; how many sessions it still has."""
+    mconn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+    return mconn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                         (name,)).fetchone()[0]

@@ -1,0 +1,92 @@
+"""The performance review's SQL: database, table and index sizes, candles
+per month, ``pg_stat_statements`` and TimescaleDB's compression statistics."""
+from __future__ import annotations
+
+
+def market_data_bytes(conn, timescale: bool) -> int:
+    """Bytes of ``market_data`` (table + indexes + TOAST of every partition, or
+    ``hypertable_size`` under TimescaleDB)."""
+    if timescale:
+        size = conn.execute("SELECT hypertable_size('market_data')").fetchone()[0]
+    else:
+        size = conn.execute(
+            """SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)
+               FROM pg_inherits i WHERE i.inhparent = 'market_data'::regclass""").fetchone()[0]
+    return int(size or 0)
+
+
+def market_data_rows(conn) -> int:
+    return int(conn.execute("SELECT count(*) FROM market_data").fetchone()[0])
+
+
+def rows_per_ingestion_month(conn) -> list[tuple[str, int]]:
+    """(YYYY-MM of ingested_at, candles), by month."""
+    return conn.execute(
+        """SELECT to_char(date_trunc('month', ingested_at), 'YYYY-MM'), count(*)
+           FROM market_data GROUP BY 1 ORDER BY 1""").fetchall()
+
+
+def rows_per_market_month(conn) -> tuple[list[tuple[str, int]], str]:
+    """(YYYY-MM of market time, candles) over the last 12 months, by month, and
+    this month in New York."""
+    rows = conn.execute(
+        """SELECT to_char(date_trunc('month', ts AT TIME ZONE 'America/New_York'), 'YYYY-MM'),
+                  count(*)
+           FROM market_data
+           WHERE ts >= date_trunc('month', now() AT TIME ZONE 'America/New_York')
+                       - interval '12 months'
+           GROUP BY 1 ORDER BY 1""").fetchall()
+    this_month = conn.execute(
+        "SELECT to_char(now() AT TIME ZONE 'America/New_York', 'YYYY-MM')").fetchone()[0]
+    return rows, this_month
+
+
+def slowest_statements(conn, limit: int) -> list[tuple]:
+    """(query, calls, total ms, mean ms, rows) of this database's statements,
+    slowest on average first (``pg_stat_statements``; raises when it cannot
+    be read)."""
+    with conn.transaction():
+        cols = {r[0] for r in conn.execute(
+            """SELECT attname FROM pg_attribute
+               WHERE attrelid = 'pg_stat_statements'::regclass AND attnum > 0""")}
+        total, mean = (("total_exec_time", "mean_exec_time") if "total_exec_time" in cols
+                       else ("total_time", "mean_time"))
+        return conn.execute(
+            f"""SELECT left(query, 500), calls, {total}, {mean}, rows
+                FROM pg_stat_statements
+                WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                ORDER BY {mean} DESC LIMIT %s""", (limit,)).fetchall()
+
+
+def largest_tables(conn, limit: int) -> list[tuple]:
+    """(schema, table, total bytes, table bytes, index bytes, rows estimated)."""
+    return conn.execute(
+        """SELECT n.nspname, c.relname, pg_total_relation_size(c.oid), pg_relation_size(c.oid),
+                  pg_indexes_size(c.oid), c.reltuples
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'm')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+             AND n.nspname NOT LIKE 'pg\\_temp%%'
+           ORDER BY 3 DESC, 2 LIMIT %s""", (limit,)).fetchall()
+
+
+def largest_indexes(conn, limit: int) -> list[tuple]:
+    """(schema, index, table, bytes)."""
+    return conn.execute(
+        """SELECT n.nspname, c.relname, t.relname, pg_relation_size(c.oid)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_class t ON t.oid = i.indrelid
+           WHERE c.relkind = 'i'
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+             AND n.nspname NOT LIKE 'pg\\_temp%%'
+           ORDER BY 4 DESC, 2 LIMIT %s""", (limit,)).fetchall()
+
+
+def compression_stats(conn) -> tuple:
+    """TimescaleDB: (bytes before, bytes after, chunks, compressed chunks) of
+    ``market_data``; raises when compression is not enabled."""
+    with conn.transaction():
+        return conn.execute(
+            """SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes),
+                      sum(total_chunks), sum(number_compressed_chunks)
+               FROM hypertable_compression_stats('market_data')""").fetchone()

@@ -1,0 +1,41 @@
+"""The spot-check's SQL: which symbols can be sampled, and their stored
+validated closes (per New York session)."""
+from __future__ import annotations
+
+import datetime as dt
+
+
+def sampling_candidates(conn, timeframe: str, symbols: list[str] | None) -> list[tuple]:
+    """(symbol, first session, last session, validated candles) of the symbols
+    with validated candles (only ``symbols``, unless None), by symbol."""
+    return conn.execute(
+        """SELECT symbol, first_session, last_session, validated FROM symbol_stats
+           WHERE timeframe = %s AND validated > 0 AND first_session IS NOT NULL
+             AND (%s::text[] IS NULL OR symbol = ANY(%s::text[]))
+           ORDER BY symbol""",
+        (timeframe, symbols, symbols)).fetchall()
+
+
+def validated_closes(conn, timeframe: str, symbols: list[str]) -> list[tuple]:
+    """(symbol, session, close) of every validated candle of ``symbols``."""
+    return conn.execute(
+        """SELECT symbol, (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
+           WHERE timeframe = %s AND symbol = ANY(%s) AND validated ORDER BY symbol, ts""",
+        (timeframe, symbols)).fetchall()
+
+
+def validated_close_near(conn, symbol: str, timeframe: str, day: dt.date):
+    """(session, close) of the first validated candle at or after ``day`` (else
+    the last before it), or None."""
+    row = conn.execute(
+        """SELECT (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
+           WHERE symbol = %s AND timeframe = %s AND validated
+             AND ts >= (%s::date::timestamp AT TIME ZONE 'America/New_York')
+           ORDER BY ts LIMIT 1""", (symbol, timeframe, day)).fetchone()
+    if row is None:
+        row = conn.execute(
+            """SELECT (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
+               WHERE symbol = %s AND timeframe = %s AND validated
+                 AND ts < (%s::date::timestamp AT TIME ZONE 'America/New_York')
+               ORDER BY ts DESC LIMIT 1""", (symbol, timeframe, day)).fetchone()
+    return row
