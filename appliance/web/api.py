@@ -23,7 +23,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from .. import backups as backups_mod
 from .. import health as health_mod
-from .. import store, timeframes
+from .. import store
 from ..store import minutes as mstore
 from ..jobs import runs
 from ..jobs.registry import JOB_NAMES, run_now_params
@@ -122,26 +122,6 @@ def status():
 
 # --------------------------------------------------------------------------- symbols
 
-def _resolutions(r: dict, minutes: dict | None) -> list[dict]:
-    """The stored resolutions of one symbol with their first and last bar (the
-    derived ones, 5m..4h and 1w, span the same bars)."""
-    out = []
-    if r.get("first_session"):
-        out.append({"timeframe": "1d", "first": r["first_session"].isoformat(),
-                    "last": r["last_session"].isoformat(), "bars": int(r["records"] or 0),
-                    "completeness": r["completeness"]})
-    if minutes:
-        out.append({"timeframe": "1m", "first": _iso_ny(minutes["first_bar"]),
-                    "last": _iso_ny(minutes["last_bar"]), "bars": int(minutes["bars"]),
-                    "completeness": minutes["completeness"],
-                    "inconsistent_sessions": int(minutes["inconsistent_sessions"])})
-    return out
-
-
-def _iso_ny(t: dt.datetime | None) -> str | None:
-    return t.astimezone(NY).isoformat() if t else None
-
-
 def _symbol_json(r: dict, minutes: dict | None = None) -> dict:
     return {"symbol": r["symbol"], "active": bool(r["active"]), "configured": bool(r["configured"]),
             "since": r.get("since"),
@@ -151,7 +131,7 @@ def _symbol_json(r: dict, minutes: dict | None = None) -> dict:
             "completeness": r["completeness"], "quality_score": r["quality_score"],
             "source": r["source"], "last_update": r["last_update"],
             "timeframes": list(r.get("timeframes") or ()),
-            "resolutions": _resolutions(r, minutes)}
+            "resolutions": bars.resolutions(r, minutes)}
 
 
 @bp.get("/api/v1/symbols")
@@ -191,19 +171,8 @@ def symbols():
 
 # --------------------------------------------------------------------------- historical
 
-@bp.get("/api/v1/historical/<path:symbol>")
-@require_read
-def historical(symbol: str):
-    args = query_args({"start", "end", "adjusted", "format", "limit", "include_invalid",
-                       "timeframe", "cursor"})
-    symbol = symbol_arg(symbol)
-    timeframe = args.get("timeframe", "1d")
-    if timeframe not in timeframes.ALL:
-        raise BadRequest(f"timeframe={timeframe[:20]!r} must be one of "
-                         f"{', '.join(timeframes.ALL)}", "bad_timeframe")
-    if timeframe == "1d" and "cursor" in args:
-        raise BadRequest("cursor is for timeframes other than 1d (use start/end for daily bars)",
-                         "bad_cursor")
+def _historical_args(args) -> tuple:
+    """(start, end, adjusted, include_invalid, limit, format), checked."""
     end = date_arg(args, "end", _today_ny())
     start = date_arg(args, "start", max(dt.date.min, end - dt.timedelta(days=365))
                   if end.toordinal() > 365 else dt.date.min)
@@ -215,16 +184,25 @@ def historical(symbol: str):
     fmt = args.get("format", "json")
     if fmt not in ("json", "csv"):
         raise BadRequest(f"format={fmt[:40]!r} must be json or csv", "bad_format")
+    return start, end, adjusted, include_invalid, limit, fmt
+
+
+@bp.get("/api/v1/historical/<path:symbol>")
+@require_read
+def historical(symbol: str):
+    args = query_args({"start", "end", "adjusted", "format", "limit", "include_invalid",
+                       "timeframe", "cursor"})
+    symbol = symbol_arg(symbol)
+    timeframe = bars.timeframe_arg(args)
+    start, end, adjusted, include_invalid, limit, fmt = _historical_args(args)
     if timeframe != "1d":
-        answer = bars.respond(rt().read_conn(), symbol=symbol, timeframe=timeframe,
-                              start=start, end=end, adjusted=adjusted,
-                              include_invalid=include_invalid, fmt=fmt, limit=limit,
-                              cursor=args.get("cursor"),
-                              known=lambda conn: _known_symbol(conn, symbol))
-        if answer is None:
-            return api_error(404, "unknown_symbol",
-                             f"symbol {symbol} is not configured and has no stored data")
-        return answer
+        return bars.respond(rt().read_conn(), symbol=symbol, timeframe=timeframe,
+                            start=start, end=end, adjusted=adjusted,
+                            include_invalid=include_invalid, fmt=fmt, limit=limit,
+                            cursor=args.get("cursor"),
+                            known=lambda conn: _known_symbol(conn, symbol)) \
+            or api_error(404, "unknown_symbol",
+                         f"symbol {symbol} is not configured and has no stored data")
     params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end,
               "limit": limit}
     sql_text = (store.historical_csv_sql if fmt == "csv" else store.historical_json_sql)(

@@ -12,16 +12,52 @@ from __future__ import annotations
 
 import datetime as dt
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from flask import Response, request
 
-from .. import store
+from .. import store, timeframes
 from ..store import minutes as mstore
 from .errors import BadRequest
 
 PAGE_MAX = 50_000
 #: Bars sent per chunk of a streamed answer.
 CHUNK = 2000
+
+
+NY = ZoneInfo("America/New_York")
+
+
+def timeframe_arg(args) -> str:
+    """``timeframe`` (default 1d) checked; ``cursor`` only where it applies."""
+    timeframe = args.get("timeframe", "1d")
+    if timeframe not in timeframes.ALL:
+        raise BadRequest(f"timeframe={timeframe[:20]!r} must be one of "
+                         f"{', '.join(timeframes.ALL)}", "bad_timeframe")
+    if timeframe == "1d" and "cursor" in args:
+        raise BadRequest("cursor is for timeframes other than 1d (use start/end for daily bars)",
+                         "bad_cursor")
+    return timeframe
+
+
+def resolutions(r: dict, minutes: dict | None) -> list[dict]:
+    """The stored resolutions of one symbol with their first and last bar (the
+    derived ones, 5m..4h and 1w, span the same bars)."""
+    out = []
+    if r.get("first_session"):
+        out.append({"timeframe": "1d", "first": r["first_session"].isoformat(),
+                    "last": r["last_session"].isoformat(), "bars": int(r["records"] or 0),
+                    "completeness": r["completeness"]})
+    if minutes:
+        out.append({"timeframe": "1m", "first": _iso_ny(minutes["first_bar"]),
+                    "last": _iso_ny(minutes["last_bar"]), "bars": int(minutes["bars"]),
+                    "completeness": minutes["completeness"],
+                    "inconsistent_sessions": int(minutes["inconsistent_sessions"])})
+    return out
+
+
+def _iso_ny(t: dt.datetime | None) -> str | None:
+    return t.astimezone(NY).isoformat() if t else None
 
 
 def _cursor(raw: str | None, weekly: bool):

@@ -191,19 +191,8 @@ def _status_schemas() -> dict:
     }
 
 
-def _schemas() -> dict:
-    symbol = _obj({
-        "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
-        "active": BOOL, "configured": BOOL, "since": _n(DATE),
-        "first_date": _n(DATE), "last_date": _n(DATE),
-        "records": INT, "validated_records": INT, "gaps": INT, "missing_sessions": INT,
-        "completeness": _n(NUM), "quality_score": _n(NUM), "source": _n(STR),
-        "last_update": _n(DATETIME),
-        "timeframes": {"type": "array", "items": {"type": "string", "enum": ["1m", "1d"]},
-                       "description": "Stored resolutions configured for it (timeframes)."},
-        "resolutions": {"type": "array", "items": _ref("Resolution"),
-                        "description": "Stored resolutions with their first and last bar; "
-                                       "5m..4h derive from 1m and 1w from 1d."}})
+def _bar_schemas() -> dict:
+    """Intraday and weekly bars, and a symbol's stored resolutions."""
     resolution = _obj({
         "timeframe": {"type": "string", "enum": ["1m", "1d"]},
         "first": {**STR, "description": "Session date (1d) or bar start (1m, ISO 8601 "
@@ -222,6 +211,23 @@ def _schemas() -> dict:
         "open": _n(NUM), "high": _n(NUM), "low": _n(NUM), "close": _n(NUM),
         "volume": _n(NUM), "vwap": _n(NUM), "trades": _n(INT),
         "sessions": {**INT, "description": "Daily bars in the week."}})
+    return {"Bar": bar, "WeekBar": week, "Resolution": resolution}
+
+
+def _market_schemas() -> dict:
+    """Symbols and bars."""
+    symbol = _obj({
+        "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
+        "active": BOOL, "configured": BOOL, "since": _n(DATE),
+        "first_date": _n(DATE), "last_date": _n(DATE),
+        "records": INT, "validated_records": INT, "gaps": INT, "missing_sessions": INT,
+        "completeness": _n(NUM), "quality_score": _n(NUM), "source": _n(STR),
+        "last_update": _n(DATETIME),
+        "timeframes": {"type": "array", "items": {"type": "string", "enum": ["1m", "1d"]},
+                       "description": "Stored resolutions configured for it (timeframes)."},
+        "resolutions": {"type": "array", "items": _ref("Resolution"),
+                        "description": "Stored resolutions with their first and last bar; "
+                                       "5m..4h derive from 1m and 1w from 1d."}})
     candle = _obj({
         "time": {**DATE, "description": "The session date (daily bars)."},
         "open": _n(NUM), "high": _n(NUM), "low": _n(NUM), "close": _n(NUM),
@@ -241,6 +247,10 @@ def _schemas() -> dict:
                                            "with cursor), null on the last page."}},
         required=["symbol", "timeframe", "start_date", "end_date", "adjusted", "count",
                   "data"])
+    return {"Symbol": symbol, "Candle": candle, **_bar_schemas(), "Historical": historical}
+
+
+def _schemas() -> dict:
     gap = _obj({
         "symbol": STR, "session": DATE,
         "kind": {"type": "string", "enum": ["split", "jump", "missing"]},
@@ -271,10 +281,9 @@ def _schemas() -> dict:
             required=["code", "message"])})
     return {
         "Error": error, **_status_schemas(),
-        "Symbol": symbol,
+        **_market_schemas(),
         "SymbolList": _obj({"count": INT, "symbols": {"type": "array", "items": _ref("Symbol")}}),
-        "Candle": candle, "Bar": bar, "WeekBar": week, "Resolution": resolution,
-        "Historical": historical, "Gap": gap,
+        "Gap": gap,
         "GapList": _obj({"count": INT, "gaps": {"type": "array", "items": _ref("Gap")}}),
         "JobRun": job_run,
         "JobList": _obj({"count": INT, "jobs": {"type": "array", "items": _ref("JobRun")}}),

@@ -1,0 +1,126 @@
+"""The config checks JSON Schema cannot express (cron syntax, dates not in
+the future, duplicate symbols, thresholds in the right order, credentials for
+the chosen vendor), and the clear messages for ``history.start``."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+
+def history_start_errors(e, ctx, validator, friendly) -> None:
+    """``history.start`` is a date or one date per resolution: its schema
+    errors reported against the form used."""
+    path = ("history", "start")
+    sub = validator.evolve(schema=e.schema["oneOf"][0 if isinstance(e.instance, str)
+                                                      else 1])
+    inner = list(sub.iter_errors(e.instance)) if isinstance(e.instance, (str, dict)) \
+        else []
+    for se in inner:
+        if se.validator == "additionalProperties":
+            for extra in sorted(k for k in e.instance if k not in ("1d", "1m")):
+                ctx.err(path + (extra,), f"unknown key {extra!r}: history.start is a "
+                                         f"date or a mapping of 1d/1m to dates")
+        else:
+            ctx.err(path + tuple(se.absolute_path), friendly(se))
+    if not inner:
+        ctx.err(path, "expected a date (YYYY-MM-DD) or {1d: date, 1m: date}")
+
+
+def semantic_checks(d: dict, ctx, base: Path) -> None:
+    """Checks JSON Schema cannot express; then paths made absolute (relative
+    ones are relative to the config file's folder ``base``)."""
+    _schedule_and_date_checks(d, ctx)
+    _value_checks(d, ctx)
+    _absolutize_paths(d, ctx, base)
+
+
+def _schedule_and_date_checks(d: dict, ctx) -> None:
+    from croniter import croniter
+
+    for job, expr in d["schedules"].items():
+        if len(expr.split()) != 5 or not croniter.is_valid(expr):
+            ctx.err(("schedules", job), f"invalid cron expression {expr!r} (expected five fields: "
+                                        f"minute hour day-of-month month day-of-week, in UTC)")
+
+    def check_date(path, value):
+        try:
+            d_ = dt.date.fromisoformat(value)
+        except ValueError:
+            ctx.err(path, f"{value!r} is not a valid date (YYYY-MM-DD)")
+            return None
+        if d_ > dt.date.today():
+            ctx.err(path, f"{value} is in the future")
+        if d_.year < 1900:
+            ctx.err(path, f"{value} is before 1900")
+        return d_
+
+    start = d["history"]["start"]
+    if isinstance(start, str):
+        check_date(("history", "start"), start)
+    else:
+        for tf, value in start.items():
+            check_date(("history", "start", tf), value)
+    seen: dict[str, int] = {}
+    for i, item in enumerate(d["symbols"]):
+        sym = item if isinstance(item, str) else item["symbol"]
+        if sym in seen:
+            ctx.err(("symbols", i), f"duplicate symbol {sym!r} (first at $.symbols[{seen[sym]}])")
+        else:
+            seen[sym] = i
+        if isinstance(item, dict) and item.get("since"):
+            check_date(("symbols", i, "since"), item["since"])
+
+
+def _value_checks(d: dict, ctx) -> None:
+    a = d["alerts"]
+    if a["validation_rate_warn_pct"] <= a["validation_rate_critical_pct"]:
+        ctx.err(("alerts", "validation_rate_warn_pct"),
+                f"validation_rate_warn_pct ({a['validation_rate_warn_pct']}) must be above "
+                f"validation_rate_critical_pct ({a['validation_rate_critical_pct']})")
+    g = d["quality"]["grid"]
+    if g["green"] <= g["yellow"]:
+        ctx.err(("quality", "grid", "green"),
+                f"grid.green ({g['green']}) must be above grid.yellow ({g['yellow']})")
+    s = d["spot_check"]
+    if s["match_pct"] > s["mismatch_pct"]:
+        ctx.err(("spot_check", "match_pct"), "match_pct must not be above mismatch_pct")
+    host, _, port = d["server"]["bind"].rpartition(":")
+    if not 0 < int(port) < 65536:
+        ctx.err(("server", "bind"), f"port {port} out of range 1-65535")
+    for url_key in ("database", "redis"):
+        url = d[url_key]["url"]
+        schemes = (("postgresql://", "postgres://") if url_key == "database"
+                   else ("redis://", "rediss://", "unix://"))
+        if url and not url.startswith(schemes):
+            ctx.err((url_key, "url"), f"expected a URL starting with {' or '.join(schemes)}")
+
+    prov = d["provider"]
+    if prov["name"] == "polygon" and not prov["polygon"]["api_key"]:
+        ctx.err(("provider", "polygon", "api_key"),
+                "provider is polygon but the API key is empty: set POLYGON_API_KEY "
+                "(or POLYGON_API_KEY_FILE) in the environment")
+    if d["spot_check"]["source"] == "tiingo" and not prov["tiingo"]["api_key"]:
+        ctx.err(("provider", "tiingo", "api_key"),
+                "spot_check.source is tiingo but provider.tiingo.api_key is empty")
+    if d["alerts"]["email"]["smtp_host"] and not d["alerts"]["email"]["to"]:
+        ctx.err(("alerts", "email", "to"), "smtp_host is set but no recipients in 'to'")
+
+
+def _absolutize_paths(d: dict, ctx, base: Path) -> None:
+    """Paths: absolute, or relative to the config file's folder."""
+    def absolutize(container: dict, key: str, path):
+        v = container[key]
+        pth = Path(v).expanduser()
+        if not pth.is_absolute():
+            pth = (base / pth)
+        container[key] = str(pth.resolve() if pth.exists() else Path(os.path.normpath(pth)))
+
+    absolutize(d, "data_dir", ("data_dir",))
+    absolutize(d["backup"], "path", ("backup", "path"))
+    absolutize(d["provider"]["csv"], "path", ("provider", "csv", "path"))
+    if d["alerts"]["email"]["ca_file"]:
+        absolutize(d["alerts"]["email"], "ca_file", ("alerts", "email", "ca_file"))
+        if not Path(d["alerts"]["email"]["ca_file"]).is_file():
+            ctx.err(("alerts", "email", "ca_file"), f"{d['alerts']['email']['ca_file']} is not a "
+                                                    f"file (a PEM file of the CA)")
