@@ -172,26 +172,36 @@ class _Spec:
     daily_volume_bias: float
 
 
+#: Extended-hours minutes: volatility and volume relative to a regular minute's.
+EXT_VOLATILITY, EXT_VOLUME = 0.35, 0.04
+
+
 def _profiles():
+    """Per regular slot: volatility and volume (U-shaped, volume mean 1);
+    per slot: the extended-hours fill multiplier."""
     k = np.arange(SLOTS)
     kr = np.clip(k - R0, 0, R1 - R0 - 1)
-    regular = (k >= R0) & (k < R1)
-    vol = np.where(regular, 1 + 1.5 * np.exp(-kr / 30) + 0.7 * np.exp(-(389 - kr) / 30), 0.35)
-    volume = np.where(regular, 1 + 2 * np.exp(-kr / 20) + 1.5 * np.exp(-(389 - kr) / 25), 0.04)
+    vol = 1 + 1.5 * np.exp(-kr / 30) + 0.7 * np.exp(-(389 - kr) / 30)
+    volume = 1 + 2 * np.exp(-kr / 20) + 1.5 * np.exp(-(389 - kr) / 25)
     mod = PRE_OPEN + k
     fill = np.where((mod < 8 * 60) | (mod >= 18 * 60), 0.4, 1.0)
-    return vol, volume / volume[regular].mean(), fill
+    return vol, volume / volume[R0:R1].mean(), fill
 
 
 _VOL, _VOLUME, _FILL = _profiles()
 
 
-def _presence(rng, spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
-    """(bar present, regular slot) masks, shape (sessions, SLOTS)."""
+def _regular(spec: _Spec) -> np.ndarray:
+    """Regular-session slots, shape (sessions, SLOTS): 09:30 to the close."""
+    k = np.arange(SLOTS)[None, :]
+    return (k >= R0) & (k < (spec.closes - PRE_OPEN)[:, None])
+
+
+def _presence(rng, spec: _Spec, regular: np.ndarray) -> np.ndarray:
+    """Which slots have a bar, shape (sessions, SLOTS)."""
     ns = len(spec.sessions)
     k = np.arange(SLOTS)[None, :]
     close = (spec.closes - PRE_OPEN)[:, None]
-    regular = (k >= R0) & (k < close)
     u = rng.random((ns, SLOTS), dtype=np.float32)
     miss = spec.missing * rng.uniform(0.5, 1.5)
     present = regular & (u >= miss)
@@ -200,7 +210,7 @@ def _presence(rng, spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
         after_end = np.minimum(close + AFTER_HOURS_MINUTES, SLOTS)
         ext = (k < R0) | ((k >= close) & (k < after_end))
         present |= ext & (u < fill)
-    return present, regular
+    return present
 
 
 def _split_factor(symbol: str, sessions: np.ndarray, splits: list[Split]) -> np.ndarray:
@@ -219,25 +229,29 @@ def _grid(symbol: str, spec: _Spec, splits: list[Split]):
     p0 = float(np.exp(rng.uniform(np.log(10), np.log(300))))
     day_volume = float(np.exp(rng.uniform(np.log(3e5), np.log(2e7))))
     trade_size = rng.uniform(60, 250)
-    s_min = sigma / np.sqrt(390) * _VOL
-    ret = rng.standard_normal((ns, SLOTS), dtype=np.float32) * s_min[None, :]
+    regular = _regular(spec)
+    s_min = np.where(regular, _VOL, EXT_VOLATILITY) * (sigma / np.sqrt(390))
+    ret = rng.standard_normal((ns, SLOTS), dtype=np.float32) * s_min
     ret[:, 0] += rng.standard_normal(ns) * sigma * 0.4 + rng.uniform(-0.0002, 0.0006)
     logc = np.log(p0) + np.cumsum(ret, axis=None, dtype=np.float64).reshape(ns, SLOTS)
     f = _split_factor(symbol, spec.sessions, splits)[:, None]
     close = np.exp(logc) * f
-    opn = np.exp(logc - ret) * f
-    wick = np.abs(rng.standard_normal((2, ns, SLOTS), dtype=np.float32)) * (0.6 * s_min)
+    opn = close * np.exp(-ret)  # float32 noise is plenty for synthetic prices
+    shape = (ns, SLOTS)
+    f32 = np.float32
+    wick = np.abs(rng.standard_normal((2, *shape), dtype=f32)) * (0.6 * s_min).astype(f32)
     o = np.round(opn, 4)
     c = np.round(close, 4)
-    h = np.maximum(np.round(np.maximum(opn, close) * np.exp(wick[0]), 4), np.maximum(o, c))
-    lo = np.minimum(np.round(np.minimum(opn, close) * np.exp(-wick[1]), 4), np.minimum(o, c))
+    h = np.maximum(np.round(np.maximum(opn, close) * (1 + wick[0]), 4), np.maximum(o, c))
+    lo = np.minimum(np.round(np.minimum(opn, close) * (1 - wick[1]), 4), np.minimum(o, c))
     lo = np.maximum(lo, 0.0001)
-    vw = np.round(lo + (h - lo) * rng.uniform(0.25, 0.75, (ns, SLOTS)), 4)
+    vw = np.round(lo + (h - lo) * (0.25 + 0.5 * rng.random(shape, dtype=f32)), 4)
     day = np.exp(rng.normal(0, 0.35, ns))[:, None] * (day_volume / 390)
-    v_true = day * _VOLUME[None, :] * np.exp(rng.normal(0, 0.6, (ns, SLOTS)))
-    v = np.maximum(1, np.round(v_true / f))
-    n = np.clip(np.floor(v / (trade_size * np.exp(rng.normal(0, 0.3, (ns, SLOTS))))), 1, v)
-    present, regular = _presence(rng, spec)
+    noise = np.exp(rng.standard_normal(shape, dtype=f32) * f32(0.6))
+    v = np.maximum(1, np.round(day * np.where(regular, _VOLUME, EXT_VOLUME) * noise / f))
+    size = trade_size * np.exp(rng.standard_normal(shape, dtype=f32) * f32(0.3))
+    n = np.clip(np.floor(v / size), 1, v)
+    present = _presence(rng, spec, regular)
     return (o, h, lo, c, v, vw, n.astype(np.int64)), present, regular
 
 
