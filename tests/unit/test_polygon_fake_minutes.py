@@ -214,6 +214,8 @@ def test_hour_pages_hold_whole_hours_of_at_most_limit_minutes(truth, fake):
     whole, _ = fetch_all(fake, path, adjusted="false", limit=50000)
     paged, pages = fetch_all(fake, path, adjusted="false", limit=1000)
     assert paged == whole and len(pages) > 3
+    back, _ = fetch_all(fake, path, adjusted="false", limit=1000, sort="desc")
+    assert back == whole[::-1]
     mb = truth.minutes["THIN"]
     for p in pages:
         first, last = p["results"][0]["t"], p["results"][-1]["t"]
