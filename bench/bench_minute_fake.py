@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.minute_bars import aggregate_minutes  # noqa: E402
+from tests.fakes.vendor_minutes import aggregate_minutes  # noqa: E402
 from tests.fakes.minute_truth import make_minute_truth  # noqa: E402
 from tests.fakes.polygon_fake import PolygonFake, _num, aggs_body  # noqa: E402
 

@@ -3,7 +3,7 @@ vendor would derive from them.
 
 ``make_minute_truth(symbols, start, end, seed)`` returns a ``MinuteTruth``:
 a ``Truth`` (``bars``: daily ``Bars``, ``splits``) plus ``minutes`` (symbol ->
-``MinuteBars``), so one ``PolygonFake`` serves 1/day, 1/week and every
+``VendorMinutes``), so one ``PolygonFake`` serves 1/day, 1/week and every
 minute/hour multiplier consistently::
 
     truth = make_minute_truth(["AAPL", "MSFT"], "2024-06-03", "2024-07-31", seed=1)
@@ -19,8 +19,8 @@ What the minutes look like:
   regular minutes' volume. ``session="regular"`` keeps 09:30-16:00 only.
 - Missing minutes: each regular-hours minute is absent with probability
   ``missing`` (scaled per symbol by 0.5-1.5); absent minutes have no bar.
-- Early closes come from ``exchange_calendars`` (``appliance.calendar``
-  does not expose closes): on those days (13:00 close) there is no
+- Early closes come from the calendar (``regular_close_minutes``): on those
+  days (13:00 close) there is no
   regular-session bar at or after the close, after-hours bars run from the
   close for four hours (13:00-17:00 ET) and nothing comes later.
 - Splits: every tenth symbol (``symbols[::10]``, so the first one) by default
@@ -48,10 +48,8 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import threading
-import warnings
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -59,8 +57,8 @@ import numpy as np
 from appliance import calendar as tcal
 from appliance.candles import Bars, Split
 
-from .minute_bars import (AFTER_CLOSE, EARLY_CLOSE, MINUTE_MS, NY, PRE_OPEN, REGULAR_CLOSE,
-                          REGULAR_OPEN, MinuteBars, et_minute_of_day)
+from .vendor_minutes import (AFTER_CLOSE, EARLY_CLOSE, MINUTE_MS, NY, PRE_OPEN, REGULAR_CLOSE,
+                             REGULAR_OPEN, VendorMinutes)
 from .polygon_fake import Truth
 
 SLOTS = AFTER_CLOSE - PRE_OPEN            # 960 minutes 04:00-20:00
@@ -69,39 +67,22 @@ R1 = REGULAR_CLOSE - PRE_OPEN             # end of the regular slots (16:00)
 AFTER_HOURS_MINUTES = 240
 
 
-@lru_cache(maxsize=32)
-def _close_minutes(calendar: str, first: str, last: str) -> tuple[int, ...]:
-    import exchange_calendars as xcals
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        xc = xcals.get_calendar(calendar, start=first, end=last)
-        closes = xc.closes.loc[first:last]
-    ms = closes.dt.tz_convert(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
-    return tuple(et_minute_of_day(ms)[1].tolist())
-
-
 def session_closes(sessions: np.ndarray, calendar: str = "XNYS") -> np.ndarray:
     """ET minute of day of each session's regular close (960 = 16:00, 780 = 13:00)."""
-    if len(sessions) == 0:
-        return np.empty(0, dtype=np.int32)
-    c = _close_minutes(calendar, str(sessions[0]), str(sessions[-1]))
-    if len(c) != len(sessions):
-        raise ValueError(f"{calendar}: {len(c)} closes for {len(sessions)} sessions")
-    return np.array(c, dtype=np.int32)
+    return tcal.regular_close_minutes(calendar, sessions).astype(np.int32)
 
 
 @dataclass
 class MinuteTruth(Truth):
     """``Truth`` (daily ``bars``, ``splits``) plus the minutes behind them.
 
-    ``minutes``: symbol -> raw ``MinuteBars`` (a dict, or a regenerating
+    ``minutes``: symbol -> raw ``VendorMinutes`` (a dict, or a regenerating
     mapping when built with ``keep_minutes=False``); ``sessions``: the
     sessions covered; ``closes``: ET minute of day of each session's close;
     ``session``: ``"extended"`` or ``"regular"``; ``minute_counts`` /
     ``regular_counts``: bars per symbol (all / regular-session only)."""
 
-    minutes: Mapping[str, MinuteBars] = field(default_factory=dict)
+    minutes: Mapping[str, VendorMinutes] = field(default_factory=dict)
     sessions: np.ndarray = field(default_factory=lambda: np.empty(0, "datetime64[D]"))
     closes: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
     session: str = "extended"
@@ -121,17 +102,17 @@ class MinuteTruth(Truth):
     def n_regular_minutes(self) -> int:
         return sum(self.regular_counts.values())
 
-    def regular_minutes(self, symbol: str) -> MinuteBars:
+    def regular_minutes(self, symbol: str) -> VendorMinutes:
         """The symbol's regular-session minute bars only."""
         mb = self.minutes[symbol]
         return mb.take(mb.regular)
 
 
 class RegeneratedMinutes(Mapping):
-    """symbol -> ``MinuteBars`` built on demand by ``make(symbol)``, the last
+    """symbol -> ``VendorMinutes`` built on demand by ``make(symbol)``, the last
     ``cache_symbols`` kept (thread-safe)."""
 
-    def __init__(self, symbols: Iterable[str], make: Callable[[str], MinuteBars],
+    def __init__(self, symbols: Iterable[str], make: Callable[[str], VendorMinutes],
                  cache_symbols: int = 4):
         self._symbols = list(symbols)
         self._known = set(self._symbols)
@@ -140,7 +121,7 @@ class RegeneratedMinutes(Mapping):
         self._size = max(1, int(cache_symbols))
         self._lock = threading.Lock()
 
-    def __getitem__(self, symbol: str) -> MinuteBars:
+    def __getitem__(self, symbol: str) -> VendorMinutes:
         if symbol not in self._known:
             raise KeyError(symbol)
         with self._lock:
@@ -274,16 +255,16 @@ def _daily(symbol: str, spec: _Spec, cols, present, regular) -> Bars:
                 np.round(pv / safe, 4)[keep], np.where(m, n, 0).sum(axis=1)[keep], "truth")
 
 
-def _compress(symbol: str, spec: _Spec, cols, present, regular) -> MinuteBars:
+def _compress(symbol: str, spec: _Spec, cols, present, regular) -> VendorMinutes:
     flat = np.flatnonzero(present)
     row, col = np.divmod(flat, SLOTS)
     t = spec.start_ms[row] + col.astype(np.int64) * MINUTE_MS
     o, h, lo, c, v, vw, n = (x.reshape(-1)[flat] for x in cols)
-    return MinuteBars(symbol, t, o, h, lo, c, v, vw, n, (PRE_OPEN + col).astype(np.int16),
+    return VendorMinutes(symbol, t, o, h, lo, c, v, vw, n, (PRE_OPEN + col).astype(np.int16),
                       regular.reshape(-1)[flat])
 
 
-def _one(symbol: str, spec: _Spec, splits: list[Split]) -> tuple[MinuteBars, Bars]:
+def _one(symbol: str, spec: _Spec, splits: list[Split]) -> tuple[VendorMinutes, Bars]:
     cols, present, regular = _grid(symbol, spec, splits)
     return _compress(symbol, spec, cols, present, regular), \
         _daily(symbol, spec, cols, present, regular)
@@ -318,7 +299,7 @@ def make_minute_truth(symbols: Iterable[str], start, end, seed: int = 7, *,
                  session, float(missing), float(extended_fill), float(daily_volume_bias))
     splits = _default_splits(symbols, sess, split_symbols, split_date, split_to)
     bars: dict[str, Bars] = {}
-    minutes: dict[str, MinuteBars] = {}
+    minutes: dict[str, VendorMinutes] = {}
     counts: dict[str, int] = {}
     regular: dict[str, int] = {}
     for sym in symbols:
@@ -328,10 +309,10 @@ def make_minute_truth(symbols: Iterable[str], start, end, seed: int = 7, *,
         regular[sym] = int(mb.regular.sum())
         if keep_minutes:
             minutes[sym] = mb
-    store: Mapping[str, MinuteBars] = minutes if keep_minutes else RegeneratedMinutes(
+    store: Mapping[str, VendorMinutes] = minutes if keep_minutes else RegeneratedMinutes(
         symbols, lambda s: _one(s, spec, splits)[0], cache_symbols)
     return MinuteTruth(bars, splits, store, sess, closes, session, counts, regular)
 
 
-__all__ = ["MinuteTruth", "MinuteBars", "RegeneratedMinutes", "make_minute_truth",
+__all__ = ["MinuteTruth", "VendorMinutes", "RegeneratedMinutes", "make_minute_truth",
            "session_closes", "EARLY_CLOSE"]

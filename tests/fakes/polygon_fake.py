@@ -17,9 +17,9 @@ faults of ``FakeServer`` can be injected (see ``tests.fakes``).
 sessions with one 4-for-1 split, for tests and benchmarks.
 
 Intraday: ``PolygonFake(bars, splits, minutes=...)`` with ``minutes`` mapping a
-symbol to raw ``MinuteBars`` (``tests.fakes.minute_truth.make_minute_truth``
+symbol to raw ``VendorMinutes`` (``tests.fakes.minute_truth.make_minute_truth``
 builds both consistently). Minute and hour bars are aggregated from them the
-vendor's way (``tests.fakes.minute_bars``); ``from``/``to`` are ET dates
+vendor's way (``tests.fakes.vendor_minutes``); ``from``/``to`` are ET dates
 (inclusive) or epoch ms, and a bar is served when its start lies between
 them. ``limit`` counts base aggregates (minutes for minute/hour spans, days
 for weeks): a page holds whole bars whose base aggregates add up to at most
@@ -43,8 +43,8 @@ from appliance import calendar as tcal
 from appliance.candles import Bars, Split
 
 from . import FakeServer, Response
-from .minute_bars import (SPAN_MINUTES, Buckets, MinuteBars, aggregate_minutes,
-                          parse_instant, reduce_groups, week_starts)
+from .vendor_minutes import (SPAN_MINUTES, Buckets, VendorMinutes, aggregate_minutes,
+                             parse_instant, reduce_groups, week_starts)
 
 BODY_401_UNKNOWN = "Unknown API Key"
 BODY_401_MISSING = "API Key was not provided"
@@ -189,7 +189,7 @@ def aggs_body(ticker: str, adjusted: bool, b: Buckets, status: str, rid: str,
     return head + results + "," + json.dumps(tail, separators=sep)[1:]
 
 
-def _minute_buckets(mb: MinuteBars | None, size: int, lo: int, hi: int
+def _minute_buckets(mb: VendorMinutes | None, size: int, lo: int, hi: int
                     ) -> tuple[Buckets, np.ndarray]:
     """``size``-minute bars starting in ``lo``..``hi`` and their minutes' ``t``."""
     if mb is None or len(mb) == 0:
@@ -236,8 +236,8 @@ class PolygonFake(FakeServer):
         self._dlock = threading.Lock()
         for sym, rows in (bars or {}).items():
             self.set_bars(sym, rows)
-        # symbol -> MinuteBars; a caller's Mapping (possibly regenerating) is kept as is
-        self._minutes: Mapping[str, MinuteBars] = minutes if minutes is not None else {}
+        # symbol -> VendorMinutes; a caller's Mapping (possibly regenerating) is kept as is
+        self._minutes: Mapping[str, VendorMinutes] = minutes if minutes is not None else {}
 
     # -- data ---------------------------------------------------------------------
     def set_bars(self, symbol: str, rows) -> None:
@@ -248,7 +248,7 @@ class PolygonFake(FakeServer):
             self._data[symbol] = b
             self._t_ms[symbol] = t
 
-    def set_minutes(self, symbol: str, minutes: MinuteBars) -> None:
+    def set_minutes(self, symbol: str, minutes: VendorMinutes) -> None:
         """Replace a symbol's raw minute bars."""
         with self._dlock:
             if not isinstance(self._minutes, dict):

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from tests.fakes.minute_bars import MinuteBars
+from tests.fakes.vendor_minutes import VendorMinutes
 from tests.fakes.minute_truth import make_minute_truth
 from tests.fakes.polygon_fake import PolygonFake
 
@@ -360,7 +360,7 @@ def test_auth_rate_limit_faults_and_counting_on_the_minute_path(truth):
 
 def test_minutes_can_be_set_per_symbol():
     t0 = ms(dt.date(2024, 7, 1), 9, 30)
-    mb = MinuteBars.from_rows("ZZ", [(t0 + 60_000, 10.5, 10.6, 10.4, 10.55, 300.0, 10.5, 3),
+    mb = VendorMinutes.from_rows("ZZ", [(t0 + 60_000, 10.5, 10.6, 10.4, 10.55, 300.0, 10.5, 3),
                                      (t0, 10.0, 10.5, 9.9, 10.5, 100.0, 10.2, 1)])
     assert mb.mod.tolist() == [570, 571] and mb.regular.all()
     with PolygonFake(api_key=None) as f:
@@ -368,3 +368,18 @@ def test_minutes_can_be_set_per_symbol():
         body = json.loads(get(f, "/v2/aggs/ticker/ZZ/range/5/minute/2024-07-01/2024-07-01"))
     assert body["results"] == [{"v": 400, "vw": 10.425, "o": 10.0, "c": 10.55, "h": 10.6,
                                 "l": 9.9, "t": t0, "n": 4}]
+
+
+def test_served_minutes_parse_to_the_truths_candles(truth, fake):
+    from appliance.providers.polygon import minute_bars_from_results
+
+    rows, _ = fetch_all(fake, "/v2/aggs/ticker/THIN/range/1/minute/2024-07-01/2024-07-31",
+                        adjusted="false", limit=50000)
+    got = minute_bars_from_results("THIN", rows)
+    mb = truth.minutes["THIN"]
+    want = mb.between(ms(dt.date(2024, 7, 1), 0), ms(dt.date(2024, 8, 1), 0) - 1).to_candles()
+    assert len(got) == len(want) > 0
+    for col in want.COLUMNS:
+        assert np.array_equal(getattr(got, col), getattr(want, col)), col
+    assert (want.minute == mb.between(ms(dt.date(2024, 7, 1), 0),
+                                      ms(dt.date(2024, 8, 1), 0) - 1).mod).all()

@@ -1,7 +1,11 @@
-"""Columnar 1-minute bars and the vendor's way of aggregating them.
+"""Columnar 1-minute bars in the vendor's shape, and the vendor's way of
+aggregating them.
 
-``MinuteBars`` holds one symbol's raw minute bars, ascending by ``t`` (Unix
-milliseconds of the bar's start), with the exact values the fake serves.
+``VendorMinutes`` holds one symbol's raw minute bars, ascending by ``t`` (Unix
+milliseconds of the bar's start, Polygon's keys ``o h l c v vw n``), with the
+exact values the fake serves; ``to_candles()`` gives the appliance's
+``candles.MinuteBars`` (``t`` in seconds) of the same values, to compare with
+what was stored.
 
 Labelling rules (Polygon's, as documented in the vendor notes):
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from appliance import calendar as tcal
+from appliance.candles import MinuteBars
 
 NY = "America/New_York"
 MINUTE_MS = 60_000
@@ -56,7 +61,7 @@ def et_minute_of_day(t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class MinuteBars:
+class VendorMinutes:
     """One symbol's raw 1-minute bars (ascending ``t``).
 
     ``t`` int64 epoch ms of the bar start; ``o h l c vw`` float64 with at most
@@ -87,14 +92,14 @@ class MinuteBars:
         return int(self.t.shape[0])
 
     @classmethod
-    def empty(cls, symbol: str) -> "MinuteBars":
+    def empty(cls, symbol: str) -> "VendorMinutes":
         f = np.empty(0, dtype=np.float64)
         return cls(symbol, np.empty(0, dtype=np.int64), f, f.copy(), f.copy(), f.copy(),
                    f.copy(), f.copy(), np.empty(0, dtype=np.int64),
                    np.empty(0, dtype=np.int16), np.empty(0, dtype=bool))
 
     @classmethod
-    def from_rows(cls, symbol: str, rows) -> "MinuteBars":
+    def from_rows(cls, symbol: str, rows) -> "VendorMinutes":
         """rows: ``(t_ms, o, h, l, c, v, vw, n)`` in any order."""
         rows = sorted(rows)
         if not rows:
@@ -104,11 +109,11 @@ class MinuteBars:
         return cls(symbol, np.array(cols[0], dtype=np.int64), *f,
                    np.array(cols[7], dtype=np.int64))
 
-    def take(self, idx) -> "MinuteBars":
-        return MinuteBars(self.symbol, *(getattr(self, k)[idx] for k in COLUMNS),
+    def take(self, idx) -> "VendorMinutes":
+        return VendorMinutes(self.symbol, *(getattr(self, k)[idx] for k in COLUMNS),
                           self.mod[idx], self.regular[idx])
 
-    def between(self, lo_ms: int, hi_ms: int) -> "MinuteBars":
+    def between(self, lo_ms: int, hi_ms: int) -> "VendorMinutes":
         """Bars with ``lo_ms <= t <= hi_ms``."""
         a = int(np.searchsorted(self.t, lo_ms, side="left"))
         z = int(np.searchsorted(self.t, hi_ms, side="right"))
@@ -120,6 +125,11 @@ class MinuteBars:
 
     def rows(self) -> list[tuple]:
         return list(zip(*(getattr(self, k).tolist() for k in COLUMNS)))
+
+    def to_candles(self, source: str = "truth") -> MinuteBars:
+        """The same bars as the appliance's ``MinuteBars`` (``t`` in seconds)."""
+        return MinuteBars(self.symbol, self.t // 1000, self.o, self.h, self.l, self.c, self.v,
+                          self.vw, self.n, source)
 
 
 @dataclass
@@ -174,7 +184,7 @@ def reduce_groups(starts: np.ndarray, o, h, lo, c, v, vw, n) -> Buckets:
                    np.add.reduceat(n, first), last - first + 1, first)
 
 
-def aggregate_minutes(mb: MinuteBars, size_minutes: int) -> Buckets:
+def aggregate_minutes(mb: VendorMinutes, size_minutes: int) -> Buckets:
     """The vendor's ``size_minutes`` bars from raw minute bars."""
     if size_minutes == 1:
         ones = np.ones(len(mb), dtype=np.int64)
