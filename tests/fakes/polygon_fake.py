@@ -7,13 +7,23 @@ then left out, as Polygon does) or to a columnar ``Bars``; ``splits`` are
 raw; ``adjusted=true`` (Polygon's default) answers split-adjusted values.
 
 Endpoints: aggregates (real ``next_url`` pagination past ``page_size``
-results), grouped daily, splits (paginated past ``splits_page_size``). The
+results; ``day`` and ``week`` spans from the daily bars, ``minute`` and
+``hour`` spans of any multiplier from ``minutes``, see below), grouped daily, splits (paginated past ``splits_page_size``). The
 key is checked (``apiKey`` or ``Authorization: Bearer``; 401 bodies as
 Polygon's), dates before ``plan_start`` get Polygon's 403 plan body, and the
 faults of ``FakeServer`` can be injected (see ``tests.fakes``).
 
 ``make_truth(symbols, start, end, seed)`` builds realistic raw bars on XNYS
 sessions with one 4-for-1 split, for tests and benchmarks.
+
+Intraday: ``PolygonFake(bars, splits, minutes=...)`` with ``minutes`` mapping a
+symbol to raw ``VendorMinutes`` (``tests.fakes.minute_truth.make_minute_truth``
+builds both consistently). Minute and hour bars are aggregated from them the
+vendor's way (``tests.fakes.vendor_minutes``); ``from``/``to`` are ET dates
+(inclusive) or epoch ms, and a bar is served when its start lies between
+them. ``limit`` counts base aggregates (minutes for minute/hour spans, days
+for weeks): a page holds whole bars whose base aggregates add up to at most
+``limit`` (at least one bar). Each page's JSON is built on its own.
 """
 from __future__ import annotations
 
@@ -33,6 +43,8 @@ from appliance import calendar as tcal
 from appliance.candles import Bars, Split
 
 from . import FakeServer, Response
+from .vendor_minutes import (SPAN_MINUTES, Buckets, VendorMinutes, aggregate_minutes,
+                             parse_instant, reduce_groups, week_starts)
 
 BODY_401_UNKNOWN = "Unknown API Key"
 BODY_401_MISSING = "API Key was not provided"
@@ -141,6 +153,56 @@ def make_truth(symbols: Iterable[str], start, end, seed: int = 7, *,
     return Truth(out, splits)
 
 
+_ROW = '{"v":%r,"vw":%r,"o":%r,"c":%r,"h":%r,"l":%r,"t":%r,"n":%r}'
+
+
+def _rows_json(b: Buckets) -> str:
+    """The ``results`` rows as ``json.dumps`` would write them, built fast."""
+    v = [_num(x) for x in b.v.tolist()]
+    cols = (b.vw.tolist(), b.o.tolist(), b.c.tolist(), b.h.tolist(), b.l.tolist(),
+            b.t.tolist(), b.n.tolist())
+    if not np.isnan(b.vw).any() and bool((b.n >= 0).all()):
+        return ",".join([_ROW % r for r in zip(v, *cols)])
+    out = []
+    for v_i, vw, o, c, h, lo, t, n in zip(v, *cols):
+        r = {"v": v_i}
+        if vw == vw:
+            r["vw"] = vw
+        r.update({"o": o, "c": c, "h": h, "l": lo, "t": t})
+        if n >= 0:
+            r["n"] = n
+        out.append(json.dumps(r, separators=(",", ":")))
+    return ",".join(out)
+
+
+def aggs_body(ticker: str, adjusted: bool, b: Buckets, status: str, rid: str,
+              next_url: str | None) -> str:
+    """An aggregates answer, byte for byte as the daily path's ``json.dumps``."""
+    k = len(b)
+    sep = (",", ":")
+    head = json.dumps({"ticker": ticker, "queryCount": k, "resultsCount": k,
+                       "adjusted": adjusted}, separators=sep)[:-1]
+    tail = {"status": status, "request_id": rid, "count": k}
+    if next_url:
+        tail["next_url"] = next_url
+    results = ',"results":[' + _rows_json(b) + "]" if k else ""
+    return head + results + "," + json.dumps(tail, separators=sep)[1:]
+
+
+def _minute_buckets(mb: VendorMinutes | None, size: int, lo: int, hi: int
+                    ) -> tuple[Buckets, np.ndarray]:
+    """``size``-minute bars starting in ``lo``..``hi`` and their minutes' ``t``."""
+    if mb is None or len(mb) == 0:
+        return reduce_groups(np.empty(0, np.int64), *([None] * 7)), np.empty(0, np.int64)
+    a = int(np.searchsorted(mb.t, lo, side="left"))
+    z = int(np.searchsorted(mb.t, hi + size * 60_000, side="left"))
+    sub = mb.take(slice(a, z))
+    bk = aggregate_minutes(sub, size)
+    keep = slice(int(np.searchsorted(bk.t, lo, side="left")),
+                 int(np.searchsorted(bk.t, hi, side="right")))
+    return bk.take(keep), sub.t
+
+
 def _b64(obj: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode().rstrip("=")
 
@@ -156,7 +218,8 @@ class PolygonFake(FakeServer):
     def __init__(self, bars: Mapping | None = None, splits: Iterable = (), *,
                  api_key: str | None = "test-key", page_size: int = 50000,
                  splits_page_size: int = 1000, plan_start=None, status: str = "OK",
-                 requests_per_minute: float | None = None, clock=time.monotonic, **fault_kw):
+                 requests_per_minute: float | None = None, clock=time.monotonic,
+                 minutes: Mapping | None = None, **fault_kw):
         super().__init__(**fault_kw)
         self.api_key = api_key
         self.page_size = int(page_size)
@@ -173,6 +236,8 @@ class PolygonFake(FakeServer):
         self._dlock = threading.Lock()
         for sym, rows in (bars or {}).items():
             self.set_bars(sym, rows)
+        # symbol -> VendorMinutes; a caller's Mapping (possibly regenerating) is kept as is
+        self._minutes: Mapping[str, VendorMinutes] = minutes if minutes is not None else {}
 
     # -- data ---------------------------------------------------------------------
     def set_bars(self, symbol: str, rows) -> None:
@@ -182,6 +247,13 @@ class PolygonFake(FakeServer):
         with self._dlock:
             self._data[symbol] = b
             self._t_ms[symbol] = t
+
+    def set_minutes(self, symbol: str, minutes: VendorMinutes) -> None:
+        """Replace a symbol's raw minute bars."""
+        with self._dlock:
+            if not isinstance(self._minutes, dict):
+                self._minutes = dict(self._minutes)
+            self._minutes[symbol] = minutes
 
     def add_split(self, split) -> None:
         with self._dlock:
@@ -269,17 +341,15 @@ class PolygonFake(FakeServer):
         except ValueError:
             return Response(400, {"status": "ERROR", "request_id": rid,
                                   "error": "Could not parse the time parameter: 'from'."})
+        if span in SPAN_MINUTES or span == "week":
+            return self._bucketed(ticker, mult, span, frm, to, query, fault, rid)
         if mult != "1" or span != "day":
             return Response(400, {"status": "ERROR", "request_id": rid,
-                                  "error": "this fake serves 1/day aggregates only"})
-        opts = {"adjusted": query.get("adjusted", "true"), "sort": query.get("sort", "asc"),
-                "limit": query.get("limit", "5000")}
-        if "cursor" in query:
-            opts.update(_unb64(query["cursor"]))
+                                  "error": "this fake serves 1/day, 1/week and "
+                                           "N/minute, N/hour aggregates"})
+        opts, adjusted, limit = self._opts(query)
         if self.plan_start is not None and lo < self.plan_start:
             return self._forbidden(rid)
-        adjusted = str(opts["adjusted"]).lower() != "false"
-        limit = max(1, min(int(opts["limit"]), 50000, self.page_size))
         with self._dlock:
             b = self._data.get(ticker)
             t_all = self._t_ms.get(ticker)
@@ -318,6 +388,81 @@ class PolygonFake(FakeServer):
         if next_url:
             body["next_url"] = next_url
         return Response(200, body)
+
+    def _opts(self, query: dict) -> tuple[dict, bool, int]:
+        """The request's options (a ``cursor`` carries the first page's), whether
+        to adjust, and the page's limit."""
+        opts = {"adjusted": query.get("adjusted", "true"), "sort": query.get("sort", "asc"),
+                "limit": query.get("limit", "5000")}
+        if "cursor" in query:
+            opts.update(_unb64(query["cursor"]))
+        adjusted = str(opts["adjusted"]).lower() != "false"
+        limit = max(1, min(int(opts["limit"]), 50000, self.page_size))
+        return opts, adjusted, limit
+
+    def _bucketed(self, ticker, mult, span, frm, to, query, fault, rid):
+        """Minute/hour bars from the minutes, week bars from the daily bars."""
+        try:
+            lo, hi = parse_instant(frm, end=False), parse_instant(to, end=True)
+        except ValueError:
+            return Response(400, {"status": "ERROR", "request_id": rid,
+                                  "error": "Could not parse the time parameter: 'from'."})
+        size = int(mult) * SPAN_MINUTES.get(span, 0) if mult.isdigit() else 0
+        if (span == "week" and mult != "1") or (span != "week" and not 1 <= size <= 1440):
+            return Response(400, {"status": "ERROR", "request_id": rid,
+                                  "error": f"this fake does not serve {mult}/{span} aggregates"})
+        opts, adjusted, limit = self._opts(query)
+        if self.plan_start is not None and \
+                tcal.local_dates(np.array([lo // 1000]), NY)[0] < self.plan_start:
+            return self._forbidden(rid)
+        if span == "week":
+            bk, base_t = self._weeks(ticker, lo, hi, adjusted)
+        else:
+            with self._dlock:
+                store = self._minutes
+            mb = store.get(ticker)  # outside the lock: a mapping may generate
+            bk, base_t = _minute_buckets(mb, size, lo, hi)
+        desc = opts["sort"] == "desc"
+        order = np.arange(len(bk))[::-1] if desc else np.arange(len(bk))
+        if fault == "empty_page" and len(order):
+            page, rest = order[:0], order
+        else:
+            k = max(1, int(np.searchsorted(np.cumsum(bk.base[order]), limit, side="right")))
+            page, rest = order[:k], order[k:]
+        next_url = None
+        if len(rest):
+            j = int(rest[0])
+            if desc:  # up to the next bar's last base aggregate
+                frm2, to2 = frm, str(int(base_t[bk.first[j] + bk.base[j] - 1]))
+            else:
+                frm2, to2 = str(int(bk.t[j])), to
+            cursor = _b64({"adjusted": "true" if adjusted else "false", "sort": opts["sort"],
+                           "limit": str(opts["limit"])})
+            next_url = (f"{self.base_url}/v2/aggs/ticker/{ticker}/range/{mult}/{span}/{frm2}/{to2}"
+                        f"?cursor={cursor}")
+        pb = bk.take(page)
+        if adjusted and span != "week" and len(pb):
+            pb = pb.scaled(self._factor(ticker, tcal.local_dates(pb.t // 1000, NY)))
+        return Response(200, aggs_body(ticker, adjusted, pb, self.status, rid, next_url))
+
+    def _weeks(self, ticker, lo, hi, adjusted) -> tuple[Buckets, np.ndarray]:
+        """Weekly bars (Sunday 00:00 ET) of the sessions in ``lo``..``hi``,
+        split-adjusted day by day first when ``adjusted``."""
+        with self._dlock:
+            b = self._data.get(ticker)
+            t_all = self._t_ms.get(ticker)
+        if b is None:
+            return reduce_groups(np.empty(0, np.int64), *([None] * 7)), np.empty(0, np.int64)
+        d = tcal.local_dates(np.array([lo // 1000, hi // 1000]), NY)
+        idx = np.arange(int(np.searchsorted(b.session, d[0], side="left")),
+                        int(np.searchsorted(b.session, d[1], side="right")))
+        f = self._factor(ticker, b.session[idx]) if adjusted else np.ones(len(idx))
+        bk = reduce_groups(week_starts(b.session[idx]), b.open[idx] * f, b.high[idx] * f,
+                           b.low[idx] * f, b.close[idx] * f, b.volume[idx] / f,
+                           b.vwap[idx] * f, b.trades[idx])
+        if len(bk):
+            bk.n[np.minimum.reduceat(b.trades[idx], bk.first) < 0] = -1
+        return bk, t_all[idx]
 
     @staticmethod
     def _results(b: Bars, t_all, idx, factor, symbol: str | None = None,
