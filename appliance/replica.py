@@ -33,6 +33,8 @@ CHECK_S = 3.0
 #: seconds a read waits for a replica connection before it goes to the primary
 ACQUIRE_TIMEOUT_S = 1.0
 PROBE_TIMEOUT_S = 1.0
+#: how the read connections show in the replica's pg_stat_activity
+APPLICATION_NAME = "appliance-reads"
 
 READS = Counter("appliance_db_reads", "API and console reads by the database that served them",
                 ["target"])
@@ -91,7 +93,7 @@ class Replica:
         self.pool = db.make_pool(url, min_size=1, max_size=pool_size, timeout=ACQUIRE_TIMEOUT_S,
                                  connect_timeout=connect_timeout,
                                  statement_timeout_s=statement_timeout_s,
-                                 name="appliance-replica")
+                                 name="appliance-replica", application_name=APPLICATION_NAME)
         self._state: ReplicaState | None = None
         self._lock = threading.Lock()
         self._opened = False
