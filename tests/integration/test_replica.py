@@ -36,7 +36,8 @@ def replica_rt(pair, tmp_path, redis_url):
                         database={"url": pair.primary_url, "read_url": pair.replica_url,
                                   "max_replica_lag_seconds": 30},
                         alerts={"for_seconds": {"replica_lag": 0}},
-                        backfill={"fan_out": False})
+                        backfill={"fan_out": False},
+                        backup={"source": "replica"})
     rt = Runtime.from_path(path)
     rt.open()
     yield rt
@@ -145,3 +146,39 @@ def test_a_lagging_replica_is_not_read(pair, replica_rt):
             c.execute("SELECT pg_wal_replay_resume()")
     wait_until(pair.replayed_everything, 30, "the replica to catch up")
     assert probe(pair.replica_url, 30).state == "ok"
+
+
+def test_a_backup_can_be_dumped_from_the_replica_and_falls_back_to_the_primary(pair,
+                                                                                replica_rt):
+    """backup.source: replica: pg_dump reads the replica (the manifest says
+    so) and the restore test still passes on a scratch database of the
+    primary; with the replica down the backup is taken from the primary and
+    a warning event says why."""
+    from appliance.jobs import backup as backup_job
+    from appliance.jobs import restore_test as restore_job
+    rt = replica_rt
+    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+                        params={"symbols": ["SPY"]})["status"] == "ok"
+    wait_until(pair.replayed_everything, 30, "the replica to replay the backfill")
+
+    def backup():
+        res = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run, params={})
+        assert res["status"] == "ok", res
+        with rt.conn() as conn:
+            return conn.execute("SELECT manifest FROM backups WHERE id = %s",
+                                (res["backup_id"],)).fetchone()[0]
+
+    assert backup()["source"] == "replica"
+    res = runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+                       params={"backup": "latest"})
+    assert res["status"] == "ok", res
+
+    pair.stop_replica()
+    try:
+        assert backup()["source"] == "primary"
+        with rt.conn() as conn:
+            warned = conn.execute("""SELECT message FROM events WHERE kind = 'backup'
+                                     AND level = 'warning' ORDER BY id DESC LIMIT 1""").fetchone()
+        assert warned and "replica is down" in warned[0]
+    finally:
+        pair.start_replica()
