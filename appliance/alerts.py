@@ -243,18 +243,9 @@ def _rate_limited(m: Measures, cfg):
 
 
 def _replica_lag(m: Measures, cfg):
-    r = getattr(m.health, "replica", None) or {}
-    if not r.get("configured"):
-        return False, "", {}
-    limit = cfg["database"]["max_replica_lag_seconds"]
-    details = {"state": r.get("state"), "lag_seconds": r.get("lag_seconds"),
-               "max_replica_lag_seconds": limit}
-    if r.get("state") == "down":
-        return True, "the read replica (database.read_url) does not answer: reads are " \
-                     "served by the primary", details
-    return (r.get("state") == "lagging",
-            f"the read replica lags {r.get('lag_seconds')} s behind the primary (allowed: "
-            f"{limit} s): reads are served by the primary", details)
+    from .replica import lag_alert
+    return lag_alert(getattr(m.health, "replica", None) or {},
+                     cfg["database"]["max_replica_lag_seconds"])
 
 
 RULES: list[Rule] = [

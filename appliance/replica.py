@@ -140,3 +140,18 @@ class Replica:
         with self.pool.connection(timeout=ACQUIRE_TIMEOUT_S) as c:
             c.autocommit = True
             yield c
+
+
+def lag_alert(r: dict, limit: float) -> tuple[bool, str, dict]:
+    """The ``replica_lag`` rule over /health's ``replica`` object: firing while
+    a configured replica is down or lags more than ``limit``."""
+    if not r.get("configured"):
+        return False, "", {}
+    details = {"state": r.get("state"), "lag_seconds": r.get("lag_seconds"),
+               "max_replica_lag_seconds": limit}
+    if r.get("state") == "down":
+        return True, "the read replica (database.read_url) does not answer: reads are " \
+                     "served by the primary", details
+    return (r.get("state") == "lagging",
+            f"the read replica lags {r.get('lag_seconds')} s behind the primary (allowed: "
+            f"{limit} s): reads are served by the primary", details)
