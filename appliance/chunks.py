@@ -15,7 +15,7 @@ work horse killed (``release``), else once its heartbeat is older than
 counts as failed. A chunk's result is recorded only by the process that still
 holds it, so no chunk is counted twice (and the writes are idempotent upserts).
 
-The parent reports progress (chunks, symbols, bars, ``eta_seconds``) while it
+The parent reports progress (chunks, symbols, bars, ``eta_s``) while it
 waits; the finishing step (failure events, the run's result) runs once,
 after the last chunk, whoever ends it (``store.chunks.take_finish``).
 """
@@ -115,7 +115,7 @@ def _progress(rt, run_id: int, report, t0: float, c: dict | None = None) -> None
             "symbols_total": c["symbols"], "symbols_done": c["symbols_done"], "bars": rows,
             "rows": rows, "inserted": int(c["inserted"]), "updated": int(c["updated"]),
             "rejected": int(c["rejected"]), "requests": int(c["requests"]),
-            "retries": int(c["retries"]), "hosts": c["hosts"], "eta_seconds": eta,
+            "retries": int(c["retries"]), "hosts": c["hosts"],
             "eta_s": eta, "plan": f"fanned out: {c['total']} chunk(s)"})
 
 

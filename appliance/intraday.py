@@ -164,14 +164,14 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
     totals, failed = Counter(), {}
     t0, done = time.monotonic(), 0
 
-    def progress(current=None):
+    def progress(current=None, force=False):
         left = len(windows) - done
         pace = (time.monotonic() - t0) / done if done else None
         by_limit = left * 60.0 / rpm if rpm else None
         eta = max(x for x in (pace and pace * left, by_limit, 0.0) if x is not None)
         report({"phase": "minutes", "months_total": len(windows), "months_done": done,
                 "current": current, "bars": totals["bars"], "sessions": totals["sessions"],
-                "requests": stats.total("request"), "eta_s": round(eta, 1)})
+                "requests": stats.total("request"), "eta_s": round(eta, 1)}, force)
 
     for w in windows:
         if w.symbol in failed:
@@ -197,7 +197,7 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
         for sym, msg in failed.items():
             store.add_event(conn, "error", "backfill", f"{sym} (1m): {msg}",
                             {"symbol": sym, "timeframe": "1m"})
-    progress()
+    progress(force=True)
     return {"symbols": len(symbols), "requests_planned": len(windows),
             "sessions": totals["sessions"], "bars": totals["bars"],
             "invalid": totals["invalid"], "outside_session": totals["outside_session"],

@@ -25,6 +25,7 @@ from prometheus_client import Counter
 from psycopg_pool import PoolTimeout
 
 from . import db
+from .store import databases
 
 log = logging.getLogger("appliance.replica")
 
@@ -41,11 +42,6 @@ READS = Counter("appliance_db_reads", "API and console reads by the database tha
 for _t in ("primary", "replica"):
     READS.labels(_t)  # both series exist from the start
 
-LAG_SQL = """SELECT pg_is_in_recovery(),
-                    CASE WHEN NOT pg_is_in_recovery() THEN 0
-                         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-                         ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
-                    END"""
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,7 @@ def probe(url: str, max_lag: float, timeout: float = PROBE_TIMEOUT_S) -> Replica
     try:
         with db.connect(url, autocommit=True, connect_timeout=timeout,
                         statement_timeout_s=timeout) as conn:
-            _in_recovery, lag = conn.execute(LAG_SQL).fetchone()
+            lag = databases.replay_lag(conn)
     except Exception as e:  # noqa: BLE001 - any failure is "down"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         return ReplicaState(True, "down", None, False, msg[:300], now)

@@ -126,7 +126,7 @@ def test_three_workers_share_a_backfill_and_survive_a_killed_one(config_factory,
             assert p["chunks_done"] == p["chunks_total"] == len(SYMS)
             assert p["symbols_done"] == len(SYMS) and p["bars"] == sum(
                 len(truth.rows(s)) for s in SYMS)
-            assert "eta_seconds" in p
+            assert "eta_s" in p
             assert run["result"]["inserted"] == p["bars"]
         finally:
             rt.close()

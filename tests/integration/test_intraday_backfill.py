@@ -164,3 +164,29 @@ def test_a_restarted_backfill_fetches_nothing_twice(config_factory, truth, froze
             assert (p["months_total"], p["months_done"], p["eta_s"]) == (1, 1, 0)
         finally:
             rt.close()
+
+
+def test_cli_backfill_shows_the_minute_phase_with_its_eta(config_factory, truth):
+    """The command as an operator runs it (today's date: every month since the
+    truth's start is planned; the ones after it are empty)."""
+    import subprocess
+    import sys
+    with PolygonFake(truth.bars, truth.splits, minutes=truth.minutes) as fake:
+        path = _cfg(config_factory, fake)
+        res = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
+                              "backfill"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    from appliance import calendar as tcal
+    last = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.timezone.utc))
+    months = len(SYMS) * sum(1 for _ in _months(START, last))
+    # not a terminal: plain progress lines, the last one forced at the end
+    assert f"progress: {months}/{months} months of 1m" in res.stderr, res.stderr
+    assert "ETA 0m00s" in res.stderr
+    assert f"1m: {months} month(s) fetched" in res.stdout
+
+
+def _months(a: dt.date, b: dt.date):
+    y, m = a.year, a.month
+    while (y, m) <= (b.year, b.month):
+        yield y, m
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
