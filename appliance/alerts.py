@@ -242,6 +242,21 @@ def _rate_limited(m: Measures, cfg):
                        f"(allowed: {limit})", {"count_last_hour": n})
 
 
+def _replica_lag(m: Measures, cfg):
+    r = getattr(m.health, "replica", None) or {}
+    if not r.get("configured"):
+        return False, "", {}
+    limit = cfg["database"]["max_replica_lag_seconds"]
+    details = {"state": r.get("state"), "lag_seconds": r.get("lag_seconds"),
+               "max_replica_lag_seconds": limit}
+    if r.get("state") == "down":
+        return True, "the read replica (database.read_url) does not answer: reads are " \
+                     "served by the primary", details
+    return (r.get("state") == "lagging",
+            f"the read replica lags {r.get('lag_seconds')} s behind the primary (allowed: "
+            f"{limit} s): reads are served by the primary", details)
+
+
 RULES: list[Rule] = [
     # The responses follow the operations guide's "Alerts & Responses" and
     # "Escalation" sections, with the appliance's own commands and pages.
@@ -316,6 +331,14 @@ RULES: list[Rule] = [
     Rule("vendor_rate_limited", "warning", 0, "Vendor rate limiting",
          "1. Lower provider.polygon.requests_per_minute to the plan's limit and 'appliance "
          "reload'. 2. Console Events (kind vendor): retries and waits.", _rate_limited),
+    Rule("replica_lag", "warning", 60, "Read replica down or lagging",
+         "Reads are served by the primary meanwhile (nothing is lost). 1. On the replica host: "
+         "'systemctl status postgresql' and its log. 2. On the primary: 'SELECT * FROM "
+         "pg_stat_replication' (is the replica streaming?) and 'SELECT * FROM "
+         "pg_replication_slots' (an inactive slot keeps WAL on the primary's disk). 3. A "
+         "replica far behind catches up by itself once it streams again; one that lost its "
+         "slot must be rebuilt with pg_basebackup. The alert resolves when the lag is back "
+         "under database.max_replica_lag_seconds.", _replica_lag),
 ]
 
 

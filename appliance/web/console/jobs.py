@@ -52,7 +52,7 @@ def run_view(r: dict) -> dict:
 def jobs():
     from ...jobs import runs
     job = request.args.get("job") or ""
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = runs.recent(conn, job=job or None, limit=100)
         names = runs.job_names(conn)
     views = [run_view(r) for r in rows]
@@ -64,8 +64,7 @@ def _get_run(run_id: int) -> dict:
     from ...jobs import runs
     if run_id > MAX_ID:
         abort(404)
-    with rt().conn() as conn:
-        r = runs.get(conn, run_id)
+    r = rt().read_fresh(lambda conn: runs.get(conn, run_id))
     if r is None:
         abort(404)
     return r

@@ -58,7 +58,7 @@ def filtered_symbols(rows: list[dict], args: dict, grid) -> list[dict]:
 @bp.get("/symbols")
 def symbols():
     args = _symbol_args()
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = store.symbol_rows(conn)
     grid = rt().config["quality"]["grid"]
     shown = filtered_symbols(rows, args, grid)
@@ -76,7 +76,7 @@ def _check_symbol(symbol: str) -> str:
 def symbol_page(symbol: str):
     symbol = _check_symbol(symbol)
     adjusted = request.args.get("adjusted") == "1"
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         row = store.symbol_row(conn, symbol)
         if row is None:
             abort(404)
@@ -103,7 +103,7 @@ def chart_data(symbol: str):
     from the stylesheet's ``--chart-*`` variables."""
     symbol = _check_symbol(symbol)
     adjusted = request.args.get("adjusted") in ("1", "true")
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         series = store.chart_series(conn, symbol, adjusted=adjusted)
         missing = store.gaps(conn, symbol=symbol, kind="missing", limit=5000)
     candles, markers = [], []
