@@ -43,6 +43,8 @@ def _role_packages() -> list[str]:
     for role, var in (("host", "host_packages"), ("postgresql", "postgresql_packages"),
                       ("redis", "redis_packages")):
         pkgs += yaml.safe_load((ROLES_DIR / role / "defaults" / "main.yml").read_text())[var]
+    # what Ansible's apt module installs on first use when it is missing
+    pkgs.append("python3-apt")
     return sorted(set(pkgs))
 
 
