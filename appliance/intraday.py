@@ -135,12 +135,11 @@ def inconsistent_sessions(conn, cfg, symbol: str, start: dt.date, end: dt.date) 
 
 def refresh_stats(conn, cfg, symbol: str) -> dict | None:
     """Minute stats and 1m missing sessions of ``symbol``: expected sessions
-    run from the first session asked for (or stored) to the last stored."""
-    cp = mstore.minute_checkpoint(conn, symbol)
-    first = mstore.first_minute_session(conn, symbol)
-    if first is None:
+    run from the first stored session (the vendor's minute history can start
+    later than asked, and retention drops the oldest) to the last stored."""
+    start = mstore.first_minute_session(conn, symbol)
+    if start is None:
         return mstore.refresh_minute_stats(conn, symbol, np.empty(0, dtype="datetime64[D]"))
-    start = min(cp[0], first) if cp else first
     last = mstore.stored_minute_sessions(conn, symbol)[-1].astype(dt.date)
     expected = tcal.sessions(cfg["calendar"], start, last)
     bad = inconsistent_sessions(conn, cfg, symbol, start, last)
@@ -202,3 +201,24 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
             "sessions": totals["sessions"], "bars": totals["bars"],
             "invalid": totals["invalid"], "outside_session": totals["outside_session"],
             "failed": failed}
+
+
+def apply_retention(conn, cfg, today: dt.date) -> dict:
+    """``retention.bar_years``: drop 1m bars (or one rollup) of sessions older
+    than that many years; resolutions not listed are kept for ever. Returns
+    {timeframe: sessions deleted}; the stats of the symbols concerned follow."""
+    out = {}
+    for tf, years in sorted((cfg.get("retention.bar_years") or {}).items()):
+        if not years:
+            continue
+        cutoff = today.replace(year=today.year - int(years), day=min(today.day, 28))
+        out[tf] = mstore.delete_bars_before(conn, tf, cutoff)
+        if out[tf]:
+            store.add_event(conn, "info", "maintenance",
+                            f"retention: {out[tf]} session(s) of {tf} bars before {cutoff} "
+                            f"dropped (retention.bar_years.{tf} = {years})",
+                            {"timeframe": tf, "cutoff": cutoff.isoformat()})
+    if out.get("1m"):
+        for sym in mstore.minute_stats(conn):
+            refresh_stats(conn, cfg, sym)
+    return out

@@ -349,7 +349,7 @@ def gaps():
     out = []
     for r in rows:
         out.append({"symbol": r["symbol"], "session": r["session"], "kind": r["kind"],
-                    "jump_pct": r["jump_pct"], "open": r["open"], "close": r["close"],
+                    "timeframe": r["timeframe"], "jump_pct": r["jump_pct"], "open": r["open"], "close": r["close"],
                     "split_from": r["split_from"], "split_to": r["split_to"],
                     "split_ratio": (f"{_ratio_term(r['split_to'])}:{_ratio_term(r['split_from'])}"
                                     if r.get("split_from") else None)})

@@ -264,6 +264,8 @@ def _schemas() -> dict:
     gap = _obj({
         "symbol": STR, "session": DATE,
         "kind": {"type": "string", "enum": ["split", "jump", "missing"]},
+        "timeframe": {"type": "string", "enum": ["1d", "1m"],
+                      "description": "1m: a session without any minute bar."},
         "jump_pct": _n(NUM), "open": _n(NUM), "close": _n(NUM),
         "split_from": _n(NUM), "split_to": _n(NUM),
         "split_ratio": _n({"type": "string", "description": "to:from, e.g. 4:1"})})
