@@ -118,6 +118,7 @@ def test_minute_backfill_stores_the_vendor_exactly_and_rolls_up_like_it(
                                     "after": None, "limit": 1}).fetchone()
             raw = _rows(rt, "AAPL", "1h", START, START)[0][1]
             assert json.loads(adj[1])["open"] == raw["open"] * 0.25
+            _spot_check_rollups(rt)
         finally:
             rt.close()
 
@@ -190,3 +191,18 @@ def _months(a: dt.date, b: dt.date):
     while (y, m) <= (b.year, b.month):
         yield y, m
         y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+
+
+def _spot_check_rollups(rt):
+    """The spot-check's rollup comparison agrees with the vendor, then finds a
+    bar we corrupt on purpose."""
+    from appliance import intraday
+    from appliance.providers import make_provider
+    provider = make_provider(rt.config["provider"])
+    res = intraday.rollup_check(rt.conn, rt.config, provider, 4, tolerance_pct=0.2, seed=0.5)
+    assert res["days"] == 4 and res["compared"] > 100 and res["mismatches"] == 0, res
+    with rt.conn() as conn:
+        conn.execute("""UPDATE rollup_bars SET high[3] = high[3] * 1.05
+                        WHERE timeframe = '5m'""")
+    res = intraday.rollup_check(rt.conn, rt.config, provider, 4, tolerance_pct=0.2, seed=0.5)
+    assert res["mismatches"] == 4 and res["pairs"][0]["timeframe"] == "5m", res
