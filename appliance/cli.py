@@ -267,26 +267,19 @@ def _summary_line(res: dict) -> str:
     return line
 
 
-def _eta_text(seconds) -> str:
-    if seconds is None:
-        return "ETA ?"
-    s = int(round(seconds))
-    h, rest = divmod(s, 3600)
-    return f"ETA {h}h{rest // 60:02d}m" if h else f"ETA {rest // 60}m{rest % 60:02d}s"
-
-
 def _progress_line(data: dict) -> tuple[int, int, str] | None:
     """(total, done, text) of a backfill's progress report: symbols for daily
     bars, months for minute bars, with the estimated time of arrival."""
+    from .units import eta_text
     current = f" {data['current']}" if data.get("current") else ""
     if "months_total" in data:
         return (data["months_total"], data["months_done"],
                 f"months of 1m, {data.get('bars', 0)} bars, {data.get('requests', 0)} requests, "
-                f"{_eta_text(data.get('eta_s'))}{current}")
+                f"{eta_text(data.get('eta_s'))}{current}")
     if "symbols_total" in data:
         return (data["symbols_total"], data["symbols_done"],
                 f"symbols, {data.get('rows', 0)} rows, {data.get('requests', 0)} requests, "
-                f"{_eta_text(data.get('eta_s'))}{current}")
+                f"{eta_text(data.get('eta_s'))}{current}")
     return None
 
 

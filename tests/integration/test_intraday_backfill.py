@@ -206,3 +206,20 @@ def _spot_check_rollups(rt):
                         WHERE timeframe = '5m'""")
     res = intraday.rollup_check(rt.conn, rt.config, provider, 4, tolerance_pct=0.2, seed=0.5)
     assert res["mismatches"] == 4 and res["pairs"][0]["timeframe"] == "5m", res
+
+
+def test_console_job_page_shows_the_minute_phase_and_its_eta(client, runtime):
+    """A running backfill in its minute phase: the jobs table and the run's page
+    show the months done and the ETA."""
+    from appliance.jobs import runs as runs_mod
+    with runtime.conn() as conn:
+        run_id = runs_mod.claim(conn, "backfill", "manual:eta", trigger="manual",
+                                params={}, timeout_s=600)
+        runs_mod.start(conn, run_id)
+        runs_mod.progress(conn, run_id, {"phase": "minutes", "months_total": 40,
+                                         "months_done": 10, "eta_s": 372.4,
+                                         "current": "SPY 2025-03"})
+    page = client.get(f"/jobs/{run_id}").get_data(as_text=True)
+    assert "ETA 6m12s" in page and "10 of 40 months of minute bars" in page
+    table = client.get("/jobs").get_data(as_text=True)
+    assert "ETA 6m12s" in table and 'aria-valuenow="25"' in table
