@@ -84,7 +84,7 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
             else:
                 s = tcal.previous_sessions(cal, last, lookback - 1)[0].astype(object)
             s = max(s, since) if last >= since else s
-            plans.append(SymbolPlan(sym, min(s, end), end, full=False))
+            plans.append(SymbolPlan(sym, s, end, full=False))  # s > end: up to date
     plans = [p for p in plans if p.start <= p.end]
     per_symbol_cost = len(plans)
     grouped_ok = bool(getattr(provider, "supports_grouped", False)) and \
@@ -117,11 +117,16 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         got = store.locks.try_lock(lock_conn, BACKFILL_LOCK)
         if not got:
             raise LockBusy("another backfill is running; this one did not start")
-        result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now) \
-            if syms else {"status": "ok", "symbols": 0, "failed": {}}
-        if minute_syms and start is None and end is None:
+        windows = []
+        if minute_syms and start is None and end is None:  # minute months still to fetch
+            with rt.conn() as conn:
+                windows = intraday.plan(conn, cfg, minute_syms, end=tcal.latest_completed_session(
+                    cfg["calendar"], now))
+        result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
+                             windows)
+        if windows and "minutes" not in result:  # not fanned out with the daily chunks
             result = _with_minutes(result, intraday.backfill(
-                rt, cfg, provider, stats, run_id, report, minute_syms, now))
+                rt, cfg, provider, stats, run_id, report, minute_syms, windows))
         return result
     finally:
         lock_conn.close()
@@ -164,14 +169,15 @@ def _fetch_grouped(provider, plan: Plan, report, stats) -> dict[str, list[Bars]]
     return grouped
 
 
-def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now) -> dict:
+def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
+                windows=()) -> dict:
     today = now.astimezone(ZoneInfo("America/New_York")).date()
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())
     from . import chunks
-    if chunks.wanted(cfg, plan):  # several symbols: chunks for every worker (chunks.py)
-        return chunks.run_parent(rt, cfg, plan, run_id, report)
+    if chunks.wanted(cfg, plan, windows):  # chunks for every worker (chunks.py)
+        return chunks.run_parent(rt, cfg, plan, run_id, report, windows)
     totals = Counter()
     failed: dict[str, str] = {}
     t0 = time.monotonic()

@@ -2,9 +2,9 @@
 chunks that every worker takes.
 
 The backfill run (the parent, one ``job_runs`` row) plans as before, then
-writes one chunk per symbol, keyed ``(symbol, timeframe, start, end)`` so that
-minute bars can later be split per symbol-month, and enqueues one RQ job per
-chunk (``jobs.backfill_chunk``). Every worker that picks one up claims chunks
+writes one chunk per symbol for daily bars and one per symbol-month for
+minute bars (``intraday.plan``'s windows), keyed ``(symbol, timeframe, start,
+end)``, and enqueues one RQ job per chunk (``jobs.backfill_chunk``). Every worker that picks one up claims chunks
 in PostgreSQL (``store.chunks``) until none is left; the parent claims chunks
 too, so a single worker does the whole backfill by itself, as before.
 
@@ -29,7 +29,7 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
-from . import store
+from . import intraday, store
 from .errors import ProviderError
 from .providers import make_provider
 from .providers.http import MemoryStats
@@ -40,6 +40,7 @@ log = logging.getLogger("appliance.chunks")
 #: what RQ runs for a chunk
 CHUNK_FUNC = "appliance.jobs.backfill_chunk.run"
 DAILY = "1d"
+MINUTE = "1m"
 WAIT_S = 0.5
 
 
@@ -48,11 +49,12 @@ def me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def wanted(cfg, plan) -> bool:
-    """Fan out: enabled, several symbols, and per-symbol requests (a grouped
-    daily plan is a few requests for every symbol at once)."""
+def wanted(cfg, plan, windows=()) -> bool:
+    """Fan out: enabled, several chunks, and per-symbol requests (a grouped
+    daily plan is a few requests for every symbol at once: it runs here, and
+    its minute months after it)."""
     return bool(cfg["backfill"]["fan_out"]) and plan.method == "aggregates" \
-        and len(plan.symbols) > 1
+        and len(plan.symbols) + len(windows) > 1
 
 
 def _limits(cfg) -> dict:
@@ -62,10 +64,12 @@ def _limits(cfg) -> dict:
 
 # --------------------------------------------------------------------------- the parent
 
-def run_parent(rt, cfg, plan, run_id: int, report) -> dict:
-    """Fan ``plan`` out, work chunks here too, wait for the others, return the
-    run's result (computed once by the finishing step)."""
+def run_parent(rt, cfg, plan, run_id: int, report, windows=()) -> dict:
+    """Fan ``plan`` (and the minute ``windows``) out, work chunks here too,
+    wait for the others, return the run's result (computed once by the
+    finishing step)."""
     chunks = [(p.symbol, DAILY, p.start, p.end, p.full) for p in plan.symbols]
+    chunks += [(w.symbol, MINUTE, w.start, w.end, False) for w in windows]
     with rt.conn() as conn:
         total = chunk_store.create_fanout(conn, run_id, me(), chunks)
         pending = chunk_store.chunk_ids(conn, run_id)
@@ -103,6 +107,8 @@ def _enqueue(rt, cfg, run_id: int, chunk_ids: list[int]) -> None:
 
 
 def _progress(rt, run_id: int, report, t0: float, c: dict | None = None) -> None:
+    """The parent's report: chunks, symbols, bars and the ETA (the last one,
+    every chunk ended, is always written)."""
     if c is None:
         with rt.conn() as conn:
             c = chunk_store.counts(conn, run_id)
@@ -116,7 +122,11 @@ def _progress(rt, run_id: int, report, t0: float, c: dict | None = None) -> None
             "rows": rows, "inserted": int(c["inserted"]), "updated": int(c["updated"]),
             "rejected": int(c["rejected"]), "requests": int(c["requests"]),
             "retries": int(c["retries"]), "hosts": c["hosts"],
-            "eta_s": eta, "plan": f"fanned out: {c['total']} chunk(s)"})
+            "minute_months_total": int(c["months_total"]),
+            "minute_months_done": int(c["months_done"]),
+            "minute_bars": int(c["minute_bars"]),
+            "eta_s": eta, "plan": f"fanned out: {c['total']} chunk(s)"},
+           finished >= c["total"])
 
 
 # --------------------------------------------------------------------------- any worker
@@ -156,10 +166,14 @@ def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
     status, error, result = "done", None, {}
     try:
         provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
-        p = SymbolPlan(chunk["symbol"], chunk["start_date"], chunk["end_date"],
-                       full=chunk["full_history"])
-        today = dt.datetime.now(ZoneInfo("America/New_York")).date()
-        res = backfill_symbol(rt, cfg, provider, p, run_id=chunk["run_id"], today=today)
+        if chunk["timeframe"] == MINUTE:
+            w = intraday.Window(chunk["symbol"], chunk["start_date"], chunk["end_date"])
+            res = intraday.fetch_window(rt, cfg, provider, w, chunk["run_id"])
+        else:
+            p = SymbolPlan(chunk["symbol"], chunk["start_date"], chunk["end_date"],
+                           full=chunk["full_history"])
+            today = dt.datetime.now(ZoneInfo("America/New_York")).date()
+            res = backfill_symbol(rt, cfg, provider, p, run_id=chunk["run_id"], today=today)
         result = {k: int(v) for k, v in res.items()}
     except ProviderAuthError as e:
         status, error = "failed", e.message
@@ -207,6 +221,8 @@ def finish(rt, run_id: int) -> dict | None:
     read it. None while chunks are still open or the result is being written."""
     with rt.conn() as conn:
         if chunk_store.take_finish(conn, run_id, me()):
+            for sym in chunk_store.minute_symbols(conn, run_id):
+                intraday.refresh_stats(conn, rt.config, sym)
             res = _result(conn, run_id)
             for sym, msg in chunk_store.failures(conn, run_id).items():
                 store.add_event(conn, "error", "backfill", f"{sym}: {msg}", {"symbol": sym})
@@ -232,6 +248,10 @@ def _result(conn, run_id: int) -> dict:
             "hosts": c["hosts"], "inserted": int(c["inserted"]), "updated": int(c["updated"]),
             "revised": int(c["revised"]), "rejected": int(c["rejected"]),
             "requests": int(c["requests"]), "retries": int(c["retries"]),
+            **({"minutes": {"requests_planned": int(c["months_total"]),
+                            "months_done": int(c["months_done"]),
+                            "sessions": int(c["minute_sessions"]),
+                            "bars": int(c["minute_bars"])}} if c["months_total"] else {}),
             "error": (f"{len(failed)} symbol(s) failed: " +
                       "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5]))
             if failed else None}

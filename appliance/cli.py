@@ -272,6 +272,13 @@ def _progress_line(data: dict) -> tuple[int, int, str] | None:
     bars, months for minute bars, with the estimated time of arrival."""
     from .units import eta_text
     current = f" {data['current']}" if data.get("current") else ""
+    if "chunks_total" in data:
+        months = (f", {data['minute_months_done']}/{data['minute_months_total']} months of 1m"
+                  if data.get("minute_months_total") else "")
+        return (data["chunks_total"], data["chunks_done"] + data.get("chunks_failed", 0),
+                f"chunks ({data.get('symbols_total', 0)} symbols{months}), "
+                f"{data.get('bars', 0) + data.get('minute_bars', 0)} bars, "
+                f"{data.get('requests', 0)} requests, {eta_text(data.get('eta_s'))}")
     if "months_total" in data:
         return (data["months_total"], data["months_done"],
                 f"months of 1m, {data.get('bars', 0)} bars, {data.get('requests', 0)} requests, "

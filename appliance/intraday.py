@@ -3,10 +3,10 @@
 exactly and rolled up to 5m..4h inside PostgreSQL.
 
 A symbol's minute history runs from ``history.start`` (its ``1m`` entry when
-it has one) to the latest completed session. ``minute_checkpoints`` records
-the range already fetched, moved after each month is stored in the same
-transaction, so a restarted backfill goes on from the next month and never
-asks for a stored month again. The plan counts its requests up front, and the
+it has one) to the latest completed session. ``minute_months`` records each
+month fetched and how far, in the transaction that stores it, so a restarted
+backfill asks only for what is missing (in whatever order the months were
+done, by one worker or many) and never for a stored month again. The plan counts its requests up front, and the
 estimated time of arrival follows from the vendor's rate limit and the pace so
 far.
 
@@ -43,33 +43,42 @@ class Window:
     end: dt.date
 
 
-def month_windows(symbol: str, start: dt.date, end: dt.date) -> list[Window]:
-    """``start``..``end`` cut at calendar-month ends: one request each."""
-    out = []
-    s = start
-    while s <= end:
-        nxt = (s.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
-        e = min(end, nxt - dt.timedelta(days=1))
-        out.append(Window(symbol, s, e))
-        s = nxt
-    return out
+def _month_start(d: dt.date) -> dt.date:
+    return d.replace(day=1)
+
+
+def _month_end(d: dt.date) -> dt.date:
+    return (d.replace(day=1) + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
 
 
 def plan(conn, cfg, symbols: list[str], *, end: dt.date) -> list[Window]:
-    """The months still to fetch for each symbol's minute history."""
-    out: list[Window] = []
+    """The windows still to fetch: per symbol and calendar month from
+    ``history.start`` (its 1m entry) to ``end``, less what ``minute_months``
+    says is stored. A month stored up to some day is fetched from the next."""
     start = cfg.history_start("1m")
+    done = mstore.fetched_months(conn, symbols)
+    out: list[Window] = []
     for sym in symbols:
-        cp = mstore.minute_checkpoint(conn, sym)
-        if cp is None:
-            out += month_windows(sym, start, end)
-            continue
-        first, last = cp
-        if start < first:  # history.start moved earlier: the months before first
-            out += month_windows(sym, start, first - dt.timedelta(days=1))
-        if last < end:
-            out += month_windows(sym, last + dt.timedelta(days=1), end)
+        m = _month_start(start)
+        while m <= end:
+            lo, hi = max(m, start), min(_month_end(m), end)
+            got = done.get((sym, m))
+            if got is not None:
+                lo = max(lo, got + dt.timedelta(days=1))
+            if lo <= hi:
+                out.append(Window(sym, lo, hi))
+            m = _month_end(m) + dt.timedelta(days=1)
     return out
+
+
+def fetch_window(rt, cfg, provider, w: Window, run_id) -> Counter:
+    """Fetch one window's minute bars, store them and record the month, in
+    one transaction."""
+    bars = provider.minute_bars(w.symbol, w.start, w.end)
+    with rt.conn() as conn:
+        res = write(conn, cfg, bars)
+        mstore.record_month(conn, w.symbol, _month_start(w.start), w.end, run_id)
+    return res
 
 
 def in_session(cfg, bars: MinuteBars) -> np.ndarray:
@@ -147,18 +156,15 @@ def refresh_stats(conn, cfg, symbol: str) -> dict | None:
 
 
 def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
-             now: dt.datetime) -> dict:
-    """Fetch and store the planned months of every symbol; progress with an
-    ETA. Returns totals and the symbols that failed."""
+             windows: list[Window]) -> dict:
+    """Fetch and store the planned ``windows`` here, in order; progress with
+    an ETA. Returns totals and the symbols that failed."""
     if not symbols:
         return {"symbols": 0, "requests_planned": 0}
     if not getattr(provider, "supports_minutes", False):
         msg = f"provider {provider.name} has no minute bars; 1m history not fetched"
         log.warning(msg)
         return {"symbols": len(symbols), "error": msg, "failed": {s: msg for s in symbols}}
-    end = tcal.latest_completed_session(cfg["calendar"], now)
-    with rt.conn() as conn:
-        windows = plan(conn, cfg, symbols, end=end)
     rpm = float(cfg.get(f"provider.{provider.name}.requests_per_minute") or 0)
     totals, failed = Counter(), {}
     t0, done = time.monotonic(), 0
@@ -178,10 +184,7 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
             continue
         progress(f"{w.symbol} {w.start:%Y-%m}")
         try:
-            bars = provider.minute_bars(w.symbol, w.start, w.end)
-            with rt.conn() as conn:
-                totals.update(write(conn, cfg, bars))
-                mstore.set_minute_checkpoint(conn, w.symbol, w.start, w.end, run_id)
+            totals.update(fetch_window(rt, cfg, provider, w, run_id))
         except ProviderAuthError as e:
             for s in symbols:
                 failed.setdefault(s, e.message)

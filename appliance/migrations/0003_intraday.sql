@@ -58,13 +58,16 @@ EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
   NULL;  -- a server built without lz4: the default (pglz) stays
 END $$;
 
--- Where a symbol's minute backfill has got to, so a restarted run resumes.
-CREATE TABLE minute_checkpoints (
-  symbol       text PRIMARY KEY,
-  first_asked  date        NOT NULL,  -- the earliest session the vendor was asked for
-  last_session date        NOT NULL,  -- the latest session fetched and stored
-  run_id       bigint,
-  updated_at   timestamptz NOT NULL DEFAULT now()
+-- Which months of a symbol's minute bars have been fetched and stored, and
+-- up to which date (the current month grows): a backfill asks the vendor only
+-- for what is not here, whatever order the months were fetched in.
+CREATE TABLE minute_months (
+  symbol      text        NOT NULL,
+  month       date        NOT NULL,  -- the first day of the month
+  fetched_to  date        NOT NULL,  -- the month is stored from its start up to this date
+  run_id      bigint,
+  fetched_at  timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (symbol, month)
 );
 
 -- Missing sessions and stats per stored resolution.

@@ -118,7 +118,12 @@ def counts(conn, run_id: int) -> dict:
                               coalesce(sum((result->>'revised')::bigint), 0) AS revised,
                               coalesce(sum((result->>'rejected')::bigint), 0) AS rejected,
                               coalesce(sum((result->>'requests')::bigint), 0) AS requests,
-                              coalesce(sum((result->>'retries')::bigint), 0) AS retries
+                              coalesce(sum((result->>'retries')::bigint), 0) AS retries,
+                              count(*) FILTER (WHERE timeframe = '1m') AS months_total,
+                              count(*) FILTER (WHERE timeframe = '1m' AND status = 'done')
+                                AS months_done,
+                              coalesce(sum((result->>'bars')::bigint), 0) AS minute_bars,
+                              coalesce(sum((result->>'sessions')::bigint), 0) AS minute_sessions
                        FROM backfill_chunks WHERE run_id = %s""", (run_id,))
         out = cur.fetchone()
         cur.execute("""SELECT split_part(done_by, ':', 1) AS host, count(*) AS n
@@ -129,9 +134,21 @@ def counts(conn, run_id: int) -> dict:
 
 
 def failures(conn, run_id: int) -> dict[str, str]:
+    """{what failed: why}: a symbol's daily chunk by its name, a month of
+    minute bars as ``SYM (1m YYYY-MM)``."""
     return {r[0]: r[1] or "failed" for r in conn.execute(
-        """SELECT symbol, error FROM backfill_chunks WHERE run_id = %s AND status = 'failed'
-           ORDER BY symbol""", (run_id,))}
+        """SELECT CASE WHEN timeframe = '1m'
+                       THEN symbol || ' (1m ' || to_char(start_date, 'YYYY-MM') || ')'
+                       ELSE symbol END, error
+           FROM backfill_chunks WHERE run_id = %s AND status = 'failed'
+           ORDER BY symbol, start_date""", (run_id,))}
+
+
+def minute_symbols(conn, run_id: int) -> list[str]:
+    """Symbols with minute-bar chunks in the run."""
+    return [r[0] for r in conn.execute(
+        """SELECT DISTINCT symbol FROM backfill_chunks WHERE run_id = %s AND timeframe = '1m'
+           ORDER BY 1""", (run_id,))]
 
 
 def fanout(conn, run_id: int) -> dict | None:

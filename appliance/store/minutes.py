@@ -288,24 +288,22 @@ def minute_stats(conn) -> dict[str, dict]:
     return {r["symbol"]: r for r in rows}
 
 
-def minute_checkpoint(conn, symbol: str) -> tuple[dt.date, dt.date] | None:
-    """(first session asked for, last session stored) of a symbol's minutes."""
-    row = conn.execute("""SELECT first_asked, last_session FROM minute_checkpoints
-                          WHERE symbol = %s""", (symbol,)).fetchone()
-    return (row[0], row[1]) if row else None
+def fetched_months(conn, symbols: Sequence[str]) -> dict[tuple[str, dt.date], dt.date]:
+    """{(symbol, first day of month): stored up to this date}."""
+    rows = conn.execute("""SELECT symbol, month, fetched_to FROM minute_months
+                           WHERE symbol = ANY(%s)""", (list(symbols),)).fetchall()
+    return {(r[0], r[1]): r[2] for r in rows}
 
 
-def set_minute_checkpoint(conn, symbol: str, first: dt.date, last: dt.date,
-                          run_id: int | None) -> None:
-    """Widen the symbol's fetched range to include ``first``..``last``."""
-    conn.execute("""INSERT INTO minute_checkpoints (symbol, first_asked, last_session, run_id)
+def record_month(conn, symbol: str, month: dt.date, fetched_to: dt.date,
+                 run_id: int | None) -> None:
+    """The month is stored from its first day up to ``fetched_to``."""
+    conn.execute("""INSERT INTO minute_months (symbol, month, fetched_to, run_id)
                     VALUES (%s, %s, %s, %s)
-                    ON CONFLICT (symbol) DO UPDATE SET
-                      first_asked = least(minute_checkpoints.first_asked, EXCLUDED.first_asked),
-                      last_session = greatest(minute_checkpoints.last_session,
-                                              EXCLUDED.last_session),
-                      run_id = EXCLUDED.run_id, updated_at = now()""",
-                 (symbol, first, last, run_id))
+                    ON CONFLICT (symbol, month) DO UPDATE SET
+                      fetched_to = greatest(minute_months.fetched_to, EXCLUDED.fetched_to),
+                      run_id = EXCLUDED.run_id, fetched_at = now()""",
+                 (symbol, month, fetched_to, run_id))
 
 
 def first_minute_session(conn, symbol: str) -> dt.date | None:

@@ -79,8 +79,11 @@ def test_minute_backfill_stores_the_vendor_exactly_and_rolls_up_like_it(
             res = _run(rt)
             assert res["status"] == "ok", res
             m = res["minutes"]
-            # two months per symbol: one request each (a month is under 50,000 minutes)
-            assert m["requests_planned"] == 2 * len(SYMS)
+            # two months per symbol: one request each (a month is under 50,000 minutes),
+            # each a chunk beside the daily ones
+            assert m["requests_planned"] == m["months_done"] == 2 * len(SYMS)
+            assert res["chunks"] == 3 * len(SYMS) and m["bars"] == sum(
+                len(truth.minutes[s]) for s in SYMS)
             assert fake.count("/v2/aggs/ticker/AAPL/range/1/minute") == 2
             for sym in SYMS:
                 want = truth.minutes[sym].to_candles()
@@ -149,15 +152,15 @@ def test_a_restarted_backfill_fetches_nothing_twice(config_factory, truth, froze
             fake.add_faults(["500"] * 20)
             first = _run(rt)
             assert first["status"] == "partial", first
-            assert "MSFT (1m)" in first["failed"]
+            assert "MSFT (1m 2024-07)" in first["failed"]  # the month, in a fanned-out run
             fake.fault_paths = "/nothing"
             before = len(fake.log)
             second = _run(rt)
             assert second["status"] == "ok", second
             assert second["minutes"]["requests_planned"] == 1  # MSFT's July only
-            minute_requests = [e[0] for e in fake.log[before:] if "/minute/" in e[0]]
-            assert minute_requests == ["/v2/aggs/ticker/MSFT/range/1/minute/2024-07-01/"
-                                       "2024-07-31"], minute_requests
+            # MSFT's July of minute bars, and nothing else (lookback_sessions: 0)
+            again = [e[0] for e in fake.log[before:]]
+            assert again == ["/v2/aggs/ticker/MSFT/range/1/minute/2024-07-01/2024-07-31"], again
             with rt.conn() as conn:
                 run = runs.get(conn, second["run_id"])
             # the minute phase's progress, final: every planned month done, nothing left
@@ -173,7 +176,7 @@ def test_cli_backfill_shows_the_minute_phase_with_its_eta(config_factory, truth)
     import subprocess
     import sys
     with PolygonFake(truth.bars, truth.splits, minutes=truth.minutes) as fake:
-        path = _cfg(config_factory, fake)
+        path = _cfg(config_factory, fake, backfill={"fan_out": False})
         res = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
                               "backfill"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
