@@ -13,8 +13,9 @@
  * scale: the library has no vertical lines).
  *
  * For tests, #chart carries data-timeframe, data-adjusted, data-loaded (bars
- * drawn), data-first (the earliest loaded bar's time), data-breaks (session
- * breaks drawn) and data-more ("1" while older bars remain). */
+ * drawn), data-first (the earliest loaded bar's time), data-last-visible (the
+ * time of the rightmost bar in view), data-breaks (session breaks drawn) and
+ * data-more ("1" while older bars remain). */
 (function () {
   "use strict";
   var el = document.getElementById("chart");
@@ -58,7 +59,8 @@
 
   var state = {
     timeframe: el.dataset.timeframe || "1d", adjusted: el.dataset.adjusted === "1",
-    candles: [], markers: [], breaks: [], older: null, loading: false, generation: 0
+    candles: [], markers: [], breaks: [], older: null, loading: false, placing: false,
+    generation: 0
   };
 
   function coloured(d) {
@@ -114,10 +116,18 @@
     el.dataset.adjusted = state.adjusted ? "1" : "0";
   }
 
-  function draw() {
+  /* Markers go last: their places are worked out against the time scale,
+   * which every series' data (the session breaks' too) makes up. A new
+   * timeframe starts from an empty chart (its times may be of another kind). */
+  function draw(reset) {
+    if (reset) {
+      markers.setMarkers([]);
+      series.setData([]);
+      breaks.setData([]);
+    }
+    breaks.setData(state.breaks.map(function (t) { return { time: t, value: 1 }; }));
     series.setData(state.candles);
     markers.setMarkers(state.markers);
-    breaks.setData(state.breaks.map(function (t) { return { time: t, value: 1 }; }));
   }
 
   function fetchPage(end) {
@@ -149,17 +159,19 @@
       state.breaks = d.breaks || [];
       state.older = d.older;
       state.loading = false;
+      state.placing = true;
       chart.applyOptions({ timeScale: { timeVisible: !!INTRADAY[state.timeframe],
                                         secondsVisible: false } });
-      draw();
+      draw(true);
       var n = state.candles.length;
       if (INTRADAY[state.timeframe] && n > INITIAL_BARS) {
         chart.timeScale().setVisibleLogicalRange({ from: n - INITIAL_BARS, to: n + 2 });
       } else {
         chart.timeScale().fitContent();
       }
+      state.placing = false;
       showStatus();
-      maybeOlder(chart.timeScale().getVisibleLogicalRange());
+      maybeOlder();
     }).catch(function (e) { if (gen === state.generation) { failed(e); } });
   }
 
@@ -182,17 +194,26 @@
         .concat(state.breaks);
       state.older = d.older;
       state.loading = false;
-      draw();
+      state.placing = true;
+      draw(false);
       if (range && older.length) {
         chart.timeScale().setVisibleLogicalRange({ from: range.from + older.length,
                                                    to: range.to + older.length });
       }
+      state.placing = false;
       showStatus();
-      maybeOlder(chart.timeScale().getVisibleLogicalRange());
+      maybeOlder();
     }).catch(function (e) { if (gen === state.generation) { failed(e); } });
   }
 
-  function maybeOlder(range) {
+  /* On every move of the view (and after a page is drawn): fetch the page
+   * before when the first loaded bar is near. Not while a page is being put
+   * in place, and judged by where the view is now (the library may report a
+   * move after the page has placed the view). */
+  function maybeOlder() {
+    if (state.placing) { return; }
+    var ts = chart.timeScale(), range = ts.getVisibleLogicalRange(), shown = ts.getVisibleRange();
+    el.dataset.lastVisible = shown ? String(shown.to) : "";
     if (range && range.from < NEAR && state.older && !state.loading) { loadOlder(); }
   }
   chart.timeScale().subscribeVisibleLogicalRangeChange(maybeOlder);
