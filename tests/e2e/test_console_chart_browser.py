@@ -102,3 +102,18 @@ def test_dragging_back_loads_older_bars_until_the_start_of_history(page, server,
     assert int(_chart(page, "first")) == first_bar
     assert int(_chart(page, "loaded")) == len(with_minutes)
     assert not page.watch.errors, page.watch.errors
+
+
+def test_the_switcher_fits_a_phone(browser, server, minutes):
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                has_touch=True, device_scale_factor=2)
+    pp = phone.new_page()
+    try:
+        pp.goto(f"{server}/symbols/NVDA?timeframe=15m")
+        _wait_drawn(pp, "15m")
+        assert pp.locator("#chart-timeframes a").count() == len(TIMEFRAMES)
+        assert pp.evaluate("document.documentElement.scrollWidth") <= 390
+        pp.tap("#chart-timeframes a[data-timeframe='1h']")
+        _wait_drawn(pp, "1h")
+    finally:
+        phone.close()
