@@ -239,6 +239,12 @@ def _rate_limited(m: Measures, cfg):
                        f"(allowed: {limit})", {"count_last_hour": n})
 
 
+def _replica_lag(m: Measures, cfg):
+    from .replica import lag_alert
+    return lag_alert(getattr(m.health, "replica", None) or {},
+                     cfg["database"]["max_replica_lag_seconds"])
+
+
 RULES: list[Rule] = [
     # The responses follow the operations guide's "Alerts & Responses" and
     # "Escalation" sections, with the appliance's own commands and pages.
@@ -313,6 +319,14 @@ RULES: list[Rule] = [
     Rule("vendor_rate_limited", "warning", 0, "Vendor rate limiting",
          "1. Lower provider.polygon.requests_per_minute to the plan's limit and 'appliance "
          "reload'. 2. Console Events (kind vendor): retries and waits.", _rate_limited),
+    Rule("replica_lag", "warning", 60, "Read replica down or lagging",
+         "Reads are served by the primary meanwhile (nothing is lost). 1. On the replica host: "
+         "'systemctl status postgresql' and its log. 2. On the primary: 'SELECT * FROM "
+         "pg_stat_replication' (is the replica streaming?) and 'SELECT * FROM "
+         "pg_replication_slots' (an inactive slot keeps WAL on the primary's disk). 3. A "
+         "replica far behind catches up by itself once it streams again; one that lost its "
+         "slot must be rebuilt with pg_basebackup. The alert resolves when the lag is back "
+         "under database.max_replica_lag_seconds.", _replica_lag),
 ]
 
 

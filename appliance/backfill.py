@@ -169,6 +169,9 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now)
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())
+    from . import chunks
+    if chunks.wanted(cfg, plan):  # several symbols: chunks for every worker (chunks.py)
+        return chunks.run_parent(rt, cfg, plan, run_id, report)
     totals = Counter()
     failed: dict[str, str] = {}
     t0 = time.monotonic()
@@ -232,6 +235,13 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now)
             "rejected": totals["rejected"], "requests": requests, "retries": retries,
             "error": (f"{len(failed)} symbol(s) failed: " +
                       "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])) if failed else None}
+
+
+def backfill_symbol(rt, cfg, provider, p: SymbolPlan, *, run_id, today) -> Counter:
+    """One symbol's planned range, fetched per symbol and stored (a chunk of a
+    fanned-out backfill)."""
+    return write_symbol(rt, cfg, provider, p, provider.daily_bars(p.symbol, p.start, p.end),
+                        run_id=run_id, today=today)
 
 
 def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today) -> Counter:

@@ -258,9 +258,29 @@ def _summary_line(res: dict) -> str:
     keys = ("status", "plan", "symbols", "symbols_ok", "inserted", "updated", "revised",
             "rejected", "requests", "retries", "duration_s")
     line = ", ".join(f"{k}={res[k]}" for k in keys if k in res)
+    m = res.get("minutes")
+    if m and "requests_planned" in m:
+        line += (f"\n1m: {m['requests_planned']} month(s) fetched, {m.get('sessions', 0)} "
+                 f"session(s), {m.get('bars', 0)} bars")
     if res.get("failed"):
         line += "\nfailed: " + "; ".join(f"{k}: {v}" for k, v in res["failed"].items())
     return line
+
+
+def _progress_line(data: dict) -> tuple[int, int, str] | None:
+    """(total, done, text) of a backfill's progress report: symbols for daily
+    bars, months for minute bars, with the estimated time of arrival."""
+    from .units import eta_text
+    current = f" {data['current']}" if data.get("current") else ""
+    if "months_total" in data:
+        return (data["months_total"], data["months_done"],
+                f"months of 1m, {data.get('bars', 0)} bars, {data.get('requests', 0)} requests, "
+                f"{eta_text(data.get('eta_s'))}{current}")
+    if "symbols_total" in data:
+        return (data["symbols_total"], data["symbols_done"],
+                f"symbols, {data.get('rows', 0)} rows, {data.get('requests', 0)} requests, "
+                f"{eta_text(data.get('eta_s'))}{current}")
+    return None
 
 
 def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
@@ -268,10 +288,10 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
     from .jobs import runs
     interactive = sys.stderr.isatty()
     state = {"last": None}
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn
     prog = Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total} symbols"),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                    TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[info]}"),
                     disable=not interactive, transient=False)
 
     with prog:
@@ -280,17 +300,16 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
         def wrapped(rt_, run_id, report, **kw):
             def report2(data, force=False):
                 report(data, force)
-                if "symbols_total" in data:
-                    prog.update(task, total=data["symbols_total"], completed=data["symbols_done"],
-                                info=f"rows {data.get('rows', 0)} req {data.get('requests', 0)}"
-                                     + (f" {data['current']}" if data.get("current") else ""))
-                    if not interactive:
-                        now = time.monotonic()
-                        if state["last"] is None or now - state["last"] > 5:
-                            state["last"] = now
-                            click.echo(f"progress: {data['symbols_done']}/{data['symbols_total']}"
-                                       f" symbols, {data.get('rows', 0)} rows, "
-                                       f"{data.get('requests', 0)} requests", err=True)
+                line = _progress_line(data)
+                if line is None:
+                    return
+                total, done, info = line
+                prog.update(task, total=total, completed=done, info=info)
+                if not interactive:
+                    now = time.monotonic()
+                    if force or state["last"] is None or now - state["last"] > 5:
+                        state["last"] = now
+                        click.echo(f"progress: {done}/{total} {info}", err=True)
             return fn(rt_, run_id, report2, **kw)
 
         try:

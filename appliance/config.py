@@ -46,12 +46,13 @@ SECRET_PATHS = {
 TOKEN_PATHS = (("server", "admin_token"), ("server", "read_token"), ("server", "metrics_token"))
 MIN_TOKEN_LENGTH = 24
 #: Keys a reload cannot change: the processes would have to be restarted.
-RESTART_KEYS = [("database", "url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
+RESTART_KEYS = [("database", "url"), ("database", "read_url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
                 ("server", "workers"), ("server", "threads"), ("server", "worker_class")]
 
 DEFAULTS: dict[str, Any] = {
     "database": {"url": "", "pool_size": 10, "connect_timeout_seconds": 3,
-                 "statement_timeout_seconds": 60},
+                 "statement_timeout_seconds": 60, "read_url": "",
+                 "max_replica_lag_seconds": 30},
     "redis": {"url": ""},
     "data_dir": "./var",
     "server": {"bind": "127.0.0.1:8000", "workers": 2, "threads": 4, "worker_class": "gevent", "admin_token": "",
@@ -86,7 +87,8 @@ DEFAULTS: dict[str, Any] = {
     "retention": {"backups_keep": 12, "job_runs_days": 180, "events_days": 90, "data_years": None,
                   "bar_years": {}},
     "backup": {"path": "./var/backups", "min_free_pct": 20, "require_mount": False,
-               "parallel_jobs": 2},
+               "parallel_jobs": 2, "source": "primary"},
+    "backfill": {"fan_out": True, "chunk_stale_seconds": 60, "chunk_attempts": 3},
     "alerts": {"validation_rate_warn_pct": 90, "validation_rate_critical_pct": 50,
                "stale_after_sessions": 1, "disk_free_min_pct": 20, "backup_max_age_days": 8,
                "backup_failing_days": 7, "gaps_flagged_max_pct": 5,
@@ -324,9 +326,9 @@ class Config:
                     break
             if isinstance(cur, dict) and cur.get(p[-1]):
                 cur[p[-1]] = mask_webhook(cur[p[-1]]) if p[-1] == "url" else MASK
-        for sect in ("database", "redis"):
-            if d.get(sect, {}).get("url"):
-                d[sect]["url"] = mask_url(d[sect]["url"])
+        for sect, key in (("database", "url"), ("database", "read_url"), ("redis", "url")):
+            if d.get(sect, {}).get(key):
+                d[sect][key] = mask_url(d[sect][key])
         for k in d.get("server", {}).get("api_keys") or []:
             if isinstance(k, dict) and k.get("sha256"):
                 k["sha256"] = k["sha256"][:8] + "…"
@@ -343,8 +345,8 @@ class Config:
                     path = re.sub(r"^[a-z][a-z0-9+.-]*://[^/]*", "", v, flags=re.I)
                     if len(path) > 1:
                         out.append(path)
-        for sect in ("database", "redis"):
-            out.extend(url_passwords(self[sect]["url"]))
+        for sect, key in (("database", "url"), ("database", "read_url"), ("redis", "url")):
+            out.extend(url_passwords(self[sect].get(key) or ""))
         return out
 
 

@@ -52,7 +52,12 @@ def diff_configs(old: Config | None, new: Config) -> dict:
         if s.symbol in o_since and o_since[s.symbol] != s.since:
             since_changed[s.symbol] = {"old": o_since[s.symbol].isoformat(),
                                        "new": s.since.isoformat()}
+    o_tfs = {s.symbol: s.timeframes for s in old.symbols}
+    tfs_changed = {s.symbol: {"old": list(o_tfs[s.symbol]), "new": list(s.timeframes)}
+                   for s in new.symbols
+                   if s.symbol in o_tfs and set(o_tfs[s.symbol]) != set(s.timeframes)}
     return {
+        "symbols_timeframes_changed": tfs_changed,
         "symbols_added": [s for s in n_syms if s not in o_syms],
         "symbols_removed": [s for s in o_syms if s not in n_syms],
         "symbols_since_changed": since_changed,
@@ -73,4 +78,4 @@ def _jsonable(v):
 
 def diff_is_empty(diff: dict) -> bool:
     return not (diff["symbols_added"] or diff["symbols_removed"] or diff["changed"]
-                or diff.get("symbols_since_changed"))
+                or diff.get("symbols_since_changed") or diff.get("symbols_timeframes_changed"))

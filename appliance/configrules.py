@@ -94,6 +94,10 @@ def _value_checks(d: dict, ctx) -> None:
                    else ("redis://", "rediss://", "unix://"))
         if url and not url.startswith(schemes):
             ctx.err((url_key, "url"), f"expected a URL starting with {' or '.join(schemes)}")
+    read_url = d["database"]["read_url"]
+    if read_url and not read_url.startswith(("postgresql://", "postgres://")):
+        ctx.err(("database", "read_url"), "expected a URL starting with postgresql:// or "
+                                          "postgres:// (empty: no replica)")
 
     prov = d["provider"]
     if prov["name"] == "polygon" and not prov["polygon"]["api_key"]:

@@ -34,9 +34,11 @@ def connect(url: str, *, autocommit: bool = False, connect_timeout: float = 5,
 
 def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0,
               connect_timeout: float = 3, statement_timeout_s: float | None = 60,
-              name: str = "appliance") -> ConnectionPool:
+              name: str = "appliance", application_name: str | None = None) -> ConnectionPool:
     """A pool that is not opened yet: call ``pool.open()`` (and ``wait()``) in the factory."""
     kwargs: dict = {"connect_timeout": max(1, int(connect_timeout))}
+    if application_name:
+        kwargs["application_name"] = application_name
     if statement_timeout_s:
         kwargs["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
     return ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=timeout, open=False,

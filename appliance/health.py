@@ -241,6 +241,7 @@ class Health:
     config_sha256: str
     provider: str
     processes: dict | None
+    replica: dict
     reasons: list
     db: dict = field(repr=False)
     queue: dict = field(repr=False)
@@ -261,6 +262,7 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
     t0 = time.monotonic()
     db_fut = _start_db_probe(rt, DB_TIMEOUT_S)
     rd_fut = _submit(lambda: redis_probe(rt), _inflight_redis)
+    rep_fut = _executor.submit(rt.replica_state)  # cached; probes at most every few seconds
     cfg = rt.config  # may wait up to the Redis client timeout (config version check)
     snap = _db_result(db_fut, DB_TIMEOUT_S + 0.1 - (time.monotonic() - t0))
     rd = _redis_result(rd_fut, REDIS_WAIT_S - (time.monotonic() - t0))
@@ -270,6 +272,7 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
     worker_age = rd.get("worker_heartbeat_age_s")
     worker_alive = rd["status"] == "ok" and worker_age is not None and worker_age <= hb_max
     reasons: list[str] = []
+    replica = _replica(rep_fut, cfg, REPLICA_WAIT_S - (time.monotonic() - t0))
     if snap["status"] != "ok":
         status = "unhealthy"
         reasons.append(("database not migrated: " if snap.get("not_migrated") else
@@ -279,6 +282,14 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         latest, rate = snap["latest_data"], snap["validation_rate_pct"]
         behind = sessions_behind(cfg, latest, now)
         status = _status(cfg["alerts"], snap, rd, scheduler_running, rate, behind, reasons)
+    if replica["state"] in ("lagging", "down") and status == "healthy":
+        status = "degraded"
+    if replica["state"] == "down":
+        reasons.append("replica down: reads are served by the primary")
+    elif replica["state"] == "lagging":
+        reasons.append(f"replica lags {replica['lag_seconds']} s (allowed: "
+                       f"{cfg['database']['max_replica_lag_seconds']} s): reads are served by "
+                       f"the primary")
     severity = _severity(cfg["alerts"], snap, status, scheduler_running, rate, reasons)
     last_reload = snap.get("last_reload") if snap["status"] == "ok" else None
     return Health(
@@ -289,7 +300,19 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         database="ok" if snap["status"] == "ok" else "error", redis=rd["status"],
         config_last_reload_successful=(last_reload or {}).get("ok", True),
         config_sha256=cfg.sha256, provider=cfg["provider"]["name"],
-        processes=rd.get("processes"), reasons=reasons, db=snap, queue=rd)
+        processes=rd.get("processes"), replica=replica, reasons=reasons, db=snap, queue=rd)
+
+
+REPLICA_WAIT_S = 1.2
+
+
+def _replica(fut: cf.Future, cfg, timeout: float) -> dict:
+    """/health's ``replica`` object (``off`` when no read_url is configured)."""
+    try:
+        return fut.result(timeout=max(0.05, timeout)).body()
+    except Exception:  # noqa: BLE001 - a hung or broken probe is "down"
+        return {"configured": bool(cfg["database"].get("read_url")), "state": "down",
+                "lag_seconds": None, "serving_reads": False}
 
 
 def health_body(h: "Health") -> dict:

@@ -135,12 +135,11 @@ def inconsistent_sessions(conn, cfg, symbol: str, start: dt.date, end: dt.date) 
 
 def refresh_stats(conn, cfg, symbol: str) -> dict | None:
     """Minute stats and 1m missing sessions of ``symbol``: expected sessions
-    run from the first session asked for (or stored) to the last stored."""
-    cp = mstore.minute_checkpoint(conn, symbol)
-    first = mstore.first_minute_session(conn, symbol)
-    if first is None:
+    run from the first stored session (the vendor's minute history can start
+    later than asked, and retention drops the oldest) to the last stored."""
+    start = mstore.first_minute_session(conn, symbol)
+    if start is None:
         return mstore.refresh_minute_stats(conn, symbol, np.empty(0, dtype="datetime64[D]"))
-    start = min(cp[0], first) if cp else first
     last = mstore.stored_minute_sessions(conn, symbol)[-1].astype(dt.date)
     expected = tcal.sessions(cfg["calendar"], start, last)
     bad = inconsistent_sessions(conn, cfg, symbol, start, last)
@@ -164,14 +163,14 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
     totals, failed = Counter(), {}
     t0, done = time.monotonic(), 0
 
-    def progress(current=None):
+    def progress(current=None, force=False):
         left = len(windows) - done
         pace = (time.monotonic() - t0) / done if done else None
         by_limit = left * 60.0 / rpm if rpm else None
         eta = max(x for x in (pace and pace * left, by_limit, 0.0) if x is not None)
         report({"phase": "minutes", "months_total": len(windows), "months_done": done,
                 "current": current, "bars": totals["bars"], "sessions": totals["sessions"],
-                "requests": stats.total("request"), "eta_s": round(eta, 1)})
+                "requests": stats.total("request"), "eta_s": round(eta, 1)}, force)
 
     for w in windows:
         if w.symbol in failed:
@@ -197,8 +196,87 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
         for sym, msg in failed.items():
             store.add_event(conn, "error", "backfill", f"{sym} (1m): {msg}",
                             {"symbol": sym, "timeframe": "1m"})
-    progress()
+    progress(force=True)
     return {"symbols": len(symbols), "requests_planned": len(windows),
             "sessions": totals["sessions"], "bars": totals["bars"],
             "invalid": totals["invalid"], "outside_session": totals["outside_session"],
             "failed": failed}
+
+
+def apply_retention(conn, cfg, today: dt.date) -> dict:
+    """``retention.bar_years``: drop 1m bars (or one rollup) of sessions older
+    than that many years; resolutions not listed are kept for ever. Returns
+    {timeframe: sessions deleted}; the stats of the symbols concerned follow."""
+    out = {}
+    for tf, years in sorted((cfg.get("retention.bar_years") or {}).items()):
+        if not years:
+            continue
+        cutoff = today.replace(year=today.year - int(years), day=min(today.day, 28))
+        out[tf] = mstore.delete_bars_before(conn, tf, cutoff)
+        if out[tf]:
+            store.add_event(conn, "info", "maintenance",
+                            f"retention: {out[tf]} session(s) of {tf} bars before {cutoff} "
+                            f"dropped (retention.bar_years.{tf} = {years})",
+                            {"timeframe": tf, "cutoff": cutoff.isoformat()})
+    if out.get("1m"):
+        for sym in mstore.minute_stats(conn):
+            refresh_stats(conn, cfg, sym)
+    return out
+
+
+#: The vendor's own aggregates the spot-check compares our rollups with.
+CHECKED_ROLLUPS = (("5m", 5, "minute"), ("1h", 1, "hour"))
+
+
+def _inside(cfg, session: dt.date, start_min: int, width: int) -> bool:
+    lo, hi = session_window(cfg["calendar"], np.array([session], dtype="datetime64[D]"),
+                            cfg["session"])
+    return int(lo[0]) <= start_min and start_min + width <= int(hi[0])
+
+
+def rollup_check(conn_factory, cfg, provider, samples: int, *, tolerance_pct: float,
+                 seed: float | None = None) -> dict:
+    """Our 5m and 1h bars against the vendor's ``range/5/minute`` and
+    ``range/1/hour`` for sampled symbol-days. Only buckets wholly inside the
+    kept session are compared (the vendor's 09:00 hour bar also holds
+    pre-market minutes, which ``session: regular`` does not keep). A bar
+    matches when open, high, low and close are within ``tolerance_pct`` and
+    volume within ten times that."""
+    with conn_factory() as conn:
+        days = mstore.sample_days(conn, samples, seed)
+    compared, mismatches, unavailable = 0, [], []
+    for sym, day in days:
+        for tf, mult, span in CHECKED_ROLLUPS:
+            width = mult if span == "minute" else mult * 60
+            try:
+                vendor = provider.aggregates(sym, mult, span, day, day)
+            except ProviderError as e:
+                unavailable.append({"symbol": sym, "session": day.isoformat(),
+                                    "timeframe": tf, "reason": e.message})
+                continue
+            with conn_factory() as conn:
+                ours = mstore.day_bars(conn, sym, tf, day)
+            for r in vendor:
+                t = int(r.get("t", -1))
+                mine = ours.get(t)
+                start_min = (t // 1000 - tcal.local_midnight_epoch(day)) // 60
+                if mine is None or not _inside(cfg, day, start_min, width):
+                    continue
+                compared += 1
+                diffs = {k: _pct(mine[k], r.get(v)) for k, v in
+                         (("open", "o"), ("high", "h"), ("low", "l"), ("close", "c"))}
+                diffs["volume"] = _pct(mine["volume"], r.get("v")) / 10
+                if max(diffs.values()) > tolerance_pct:
+                    mismatches.append({"symbol": sym, "timeframe": tf, "time": mine["time"],
+                                       "ours": [mine[k] for k in ("open", "high", "low",
+                                                                  "close", "volume")],
+                                       "vendor": [r.get(k) for k in "ohlcv"]})
+    return {"days": len(days), "compared": compared, "mismatches": len(mismatches),
+            "mismatch_pct": round(len(mismatches) / compared * 100, 4) if compared else 0.0,
+            "pairs": mismatches[:50], "unavailable": unavailable}
+
+
+def _pct(a, b) -> float:
+    if a is None or b is None:
+        return float("inf")
+    return abs(float(a) - float(b)) / max(abs(float(b)), 1e-12) * 100.0

@@ -38,7 +38,7 @@ import datetime as dt
 import logging
 import math
 
-from . import db, store
+from . import intraday, db, store
 from .store import maintenance as mnt
 from .backfill import refresh_stats
 
@@ -218,6 +218,7 @@ def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None,
         else:
             result["retention"] = {"data_years": None, "dropped": [],
                                    "note": "retention.data_years is not set: all data kept"}
+        result["bar_retention"] = intraday.apply_retention(conn, cfg, today)
     finally:
         conn.close()
     if result["errors"]:

@@ -54,8 +54,11 @@ def reload_config(rt, *, source: str, actor: str | None = None,
         # diff above compares the file with itself; the symbols table knows better.
         for key, syms in (("symbols_added", sync["added"]), ("symbols_removed", sync["removed"])):
             diff[key] += [s for s in syms if s not in diff[key]]
+        # new symbols, an earlier `since`, a resolution added (timeframes: [1m, 1d])
         added = sorted(set(diff["symbols_added"]) | set(sync["added"]) |
-                       set(diff.get("symbols_since_changed", {})))
+                       set(diff.get("symbols_since_changed", {})) |
+                       {s for s, c in diff.get("symbols_timeframes_changed", {}).items()
+                        if set(c["new"]) - set(c["old"])})
         if added:
             try:
                 from .queue import enqueue

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from . import db, services
+from . import db, replica as replica_mod, services
 from .config import Config, load_config
 from .errors import ConfigError
 from .logs import setup_logging  # noqa: F401  (kept importable from here)
@@ -55,8 +56,19 @@ class Runtime:
             max_size=pool_size or config["database"]["pool_size"],
             connect_timeout=config["database"]["connect_timeout_seconds"],
             statement_timeout_s=config["database"]["statement_timeout_seconds"])
+        self.replica = self._make_replica(config, pool_size)
         self._redis: redis.Redis | None = None
         self._opened = False
+
+    @staticmethod
+    def _make_replica(config: Config, pool_size: int | None):
+        d = config["database"]
+        if not d.get("read_url"):
+            return None
+        return replica_mod.Replica(d["read_url"], float(d["max_replica_lag_seconds"]),
+                                   pool_size=pool_size or d["pool_size"],
+                                   connect_timeout=d["connect_timeout_seconds"],
+                                   statement_timeout_s=d["statement_timeout_seconds"])
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -78,6 +90,8 @@ class Runtime:
         if self._opened:
             self.pool.close()
             self._opened = False
+        if self.replica is not None:
+            self.replica.close()
         if self._redis is not None:
             self._redis.close()
 
@@ -90,15 +104,76 @@ class Runtime:
             yield c
 
     @contextmanager
-    def read_conn(self):
-        """A pooled connection in autocommit mode, for single read-only
-        statements: no BEGIN/COMMIT round trips (the pool makes it
+    def primary_read_conn(self):
+        """A pooled primary connection in autocommit mode, for single
+        read-only statements: no BEGIN/COMMIT round trips (the pool makes it
         transactional again when it comes back)."""
         if not self._opened:
             self.open()
         with self.pool.connection() as c:
             c.autocommit = True
+            c.served_by = "primary"
+            replica_mod.READS.labels("primary").inc()
             yield c
+
+    @contextmanager
+    def read_conn(self):
+        """A connection for API and console reads (autocommit, read only):
+        the replica's when one is configured, answers and is recent enough
+        (``database.max_replica_lag_seconds``), else the primary's. A replica
+        that cannot give a connection is marked down and the primary answers."""
+        rep = self.replica
+        cm = None
+        if rep is not None and rep.state().serving_reads:
+            try:
+                cm = rep.connection()
+                c = cm.__enter__()
+            except replica_mod.READ_ERRORS as e:
+                rep.mark_down(e)
+                cm = None
+        if cm is None:
+            with self.primary_read_conn() as c:
+                yield c
+            return
+        c.served_by = "replica"
+        replica_mod.READS.labels("replica").inc()
+        try:
+            yield c
+        except BaseException as e:
+            if isinstance(e, replica_mod.READ_ERRORS):
+                rep.mark_down(e)
+            if not cm.__exit__(*sys.exc_info()):
+                raise
+        else:
+            cm.__exit__(None, None, None)
+
+    def read(self, fn):
+        """``fn(conn)`` on a read connection (see ``read_conn``); when the
+        replica fails halfway (stopped, restarted) ``fn`` runs again on the
+        primary. ``fn`` must only read."""
+        c = None
+        try:
+            with self.read_conn() as c:
+                return fn(c)
+        except replica_mod.READ_ERRORS:
+            if getattr(c, "served_by", None) != "replica":
+                raise
+        with self.primary_read_conn() as c:
+            return fn(c)
+
+    def read_fresh(self, fn):
+        """``read(fn)``, asked again on the primary when the replica has
+        nothing (None): a row just written (a run queued a moment ago) may not
+        have been replayed yet."""
+        out = self.read(fn)
+        if out is None and self.replica is not None:
+            with self.primary_read_conn() as c:
+                out = fn(c)
+        return out
+
+    def replica_state(self) -> replica_mod.ReplicaState:
+        """The replica's state (``off`` when none is configured)."""
+        return self.replica.state() if self.replica is not None else replica_mod.OFF
 
     @property
     def redis(self) -> redis.Redis:

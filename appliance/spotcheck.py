@@ -1,4 +1,7 @@
-"""Spot-check (monthly): stored closes against a second source.
+"""Spot-check (monthly): stored closes against a second source, and the
+intraday rollups against the primary vendor's own 5m and 1h aggregates
+(``intraday.rollup_check``, for sampled symbol-days of the symbols keeping
+minute bars; under ``rollups`` in the result).
 
 Picks ``spot_check.samples`` random (symbol, session) pairs among the stored
 **validated** daily candles, fetches the same sessions from
@@ -36,7 +39,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from . import quality, store
+from . import intraday, quality, store
 from .errors import ProviderError
 from .providers import make_provider
 from .providers.http import MemoryStats
@@ -172,8 +175,10 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed
                             f"spot-check: {counts['mismatch']} of {compared} sampled closes "
                             f"differ from {source} by more than {mismatch_pct}%",
                             {"run_id": run_id, "pairs": bad[:50]})
+    rollups = _rollups(rt, cfg, n, match_pct, seed, stats, run_id)
     return {
         "status": "partial" if unavailable else "ok",
+        "rollups": rollups,
         "source": source,
         "samples": len(pairs),
         "compared": compared,
@@ -186,3 +191,23 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed
         "pairs": out_pairs,
         "unavailable": unavailable,
     }
+
+
+def _rollups(rt, cfg, samples: int, tolerance_pct: float, seed, stats, run_id) -> dict | None:
+    """Our 5m/1h rollups against the primary vendor's own aggregates, for
+    sampled symbol-days of the symbols keeping minute bars (None when there
+    are none, or the vendor has no such aggregates)."""
+    if not cfg.symbols_with("1m"):
+        return None
+    provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
+    if not hasattr(provider, "aggregates"):
+        return None
+    res = intraday.rollup_check(rt.conn, cfg, provider, samples, tolerance_pct=tolerance_pct,
+                                seed=None if seed is None else (int(seed) % 1000) / 1000.0)
+    if res["mismatches"]:
+        with rt.conn() as conn:
+            store.add_event(conn, "warning", "spot_check",
+                            f"spot-check: {res['mismatches']} of {res['compared']} 5m/1h bars "
+                            f"differ from {provider.name}'s own aggregates",
+                            {"run_id": run_id, "pairs": res["pairs"]})
+    return res

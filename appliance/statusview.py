@@ -57,6 +57,7 @@ def snapshot(rt) -> dict:
         st = health_mod.status_body(rt, h)
         web = web_fut.result()
     st["web"] = web
+    st["replica"] = h.replica
     if web["status"] != "ok":
         st["status"] = "unhealthy"
         st["reasons"] = [f"web server not answering at {web['url']}: {web['error']}",
@@ -74,6 +75,17 @@ def _age(ts) -> str:
         if s >= n:
             return f"{s / n:.1f}{unit} ago"
     return f"{s:.0f}s ago"
+
+
+def replica_line(r: dict) -> tuple[str, str]:
+    """The ``Replica`` line: off, or its state, lag and whether it serves reads."""
+    if not r.get("configured"):
+        return ("", "Replica    off (every read on the primary)")
+    lag = r.get("lag_seconds")
+    text = (f"Replica    {r.get('state')}"
+            + (f", lag {lag:.1f} s" if lag is not None else "")
+            + (", serving reads" if r.get("serving_reads") else ", reads on the primary"))
+    return ("" if r.get("state") == "ok" else "bold yellow", text)
 
 
 def render_lines(st: dict) -> list[tuple[str, str]]:
@@ -100,6 +112,7 @@ def render_lines(st: dict) -> list[tuple[str, str]]:
                         + (f" ({behind} session(s) behind)" if behind is not None else "")))
     else:
         out.append(("bold red", f"Database   ERROR: {d.get('error')}"))
+    out.append(replica_line(st.get("replica") or {}))
     sch = st.get("scheduler", {})
     out.append(("", f"Scheduler  {'running' if sch.get('running') else 'STOPPED'}, worker "
                     f"{'alive' if sch.get('worker_alive') else 'DOWN'}"))

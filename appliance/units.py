@@ -30,3 +30,13 @@ def nearest_existing(path: str | Path) -> Path:
 def disk_usage(path: str | Path, usage=shutil.disk_usage):
     """``shutil.disk_usage`` of the disk ``path`` is (or will be) on."""
     return usage(str(nearest_existing(path)))
+
+
+def eta_text(seconds) -> str:
+    """``ETA 1h05m`` / ``ETA 4m10s`` of an estimate in seconds; ``ETA ?`` when
+    there is none yet."""
+    if not isinstance(seconds, (int, float)):
+        return "ETA ?"
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"ETA {h}h{rest // 60:02d}m" if h else f"ETA {rest // 60}m{rest % 60:02d}s"

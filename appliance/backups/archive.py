@@ -185,7 +185,9 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
         space = check_free_space(lock_conn, cfg, bdir)
         steps.ok("check free space", f"{human_bytes(space['free_bytes'])} free, "
                                      f"{human_bytes(space['needed_bytes'])} needed")
-        res = _dump(rt, cfg, url, bdir, steps, lock_conn, space, t0, run_id)
+        dump_url, source = dump_source(rt, cfg)
+        res = _dump(rt, cfg, dump_url, bdir, steps, lock_conn, space, t0, run_id,
+                    source=source)
         steps.start("retention")
         with rt.conn() as conn:
             alerts.resolve_now(conn, ALERT_KEY)
@@ -211,6 +213,29 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
     finally:
         if lock_conn is not None:
             lock_conn.close()
+
+
+def dump_source(rt, cfg) -> tuple[str, str]:
+    """Where pg_dump reads (``backup.source``): the primary, or the replica of
+    ``database.read_url`` when it answers and keeps up; else the primary, with
+    a warning event saying why."""
+    primary = rt.endpoints.database_url
+    if cfg["backup"]["source"] != "replica":
+        return primary, "primary"
+    from ..replica import probe
+    read_url = cfg["database"]["read_url"]
+    why = "database.read_url is empty"
+    if read_url:
+        st = probe(read_url, float(cfg["database"]["max_replica_lag_seconds"]))
+        if st.serving_reads:
+            return read_url, "replica"
+        why = (f"the replica is down ({st.error})" if st.state == "down" else
+               f"the replica lags {st.lag_seconds} s")
+    msg = f"backup.source is replica but {why}: dumping from the primary"
+    log.warning(msg)
+    with rt.conn() as conn:
+        store.add_event(conn, "warning", "backup", msg, {"source": "primary"})
+    return primary, "primary"
 
 
 def _new_name(bdir: Path) -> tuple[str, dt.datetime]:
@@ -315,7 +340,7 @@ def _manifest(cfg, url: str, name: str, started: dt.datetime, t0: float, dump_s:
 
 
 def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
-          run_id: int | None = None) -> dict:
+          run_id: int | None = None, *, source: str = "primary") -> dict:
     name, started = _new_name(bdir)
     final = bdir / name
     tmp = bdir / f".{name}.partial"
@@ -366,6 +391,7 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
             cfg, url, name, started, t0, dump_s, tools, info, counts, snapshot, space, run_id,
             archive={"sha256": digest, "size_bytes": size, "format": "custom",
                      "toc_entries": entries})
+        manifest["source"] = source
         _publish(tmp, final, mtmp, manifest)
         published = True
         steps.ok("write manifest", manifest_path_for(final).name)

@@ -28,7 +28,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .. import calendar as tcal
-from ..candles import Bars, Split
+from ..candles import Bars, MinuteBars, Split
+from . import demominutes
 
 EPOCH = dt.date(2000, 1, 3)
 SOURCE = "demo"
@@ -64,6 +65,7 @@ class DemoProvider:
     name = "demo"
     label = LABEL
     supports_grouped = True
+    supports_minutes = True
     split_adjusted = False
 
     def __init__(self, seed: int = 42, calendar: str = "XNYS",
@@ -182,6 +184,12 @@ class DemoProvider:
         return Bars(symbol, s.session[j].copy(), s.open[j].copy(), s.high[j].copy(),
                     s.low[j].copy(), s.close[j].copy(), s.volume[j].copy(), s.vwap[j].copy(),
                     s.trades[j].copy(), SOURCE)
+
+    def minute_bars(self, symbol: str, start, end) -> MinuteBars:
+        """Synthetic minute bars of the sessions ``start``..``end``, consistent
+        with the daily bars (``demominutes``)."""
+        return demominutes.minute_bars(self.seed, self.calendar,
+                                       self.daily_bars(symbol, start, end))
 
     def grouped_daily(self, session, symbols: Iterable[str] | None = None) -> dict[str, Bars]:
         """One bar per symbol of the universe (or of ``symbols``) for ``session``;

@@ -69,3 +69,13 @@ def end_sessions(mconn, name: str) -> int:
                   "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
     return mconn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
                          (name,)).fetchone()[0]
+
+
+def replay_lag(conn) -> float | None:
+    """Seconds a hot standby's replay is behind (0 when it has replayed all it
+    received, or on a primary); None when it has replayed nothing yet."""
+    return conn.execute(
+        """SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0
+                       WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+                       ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
+                  END""").fetchone()[0]

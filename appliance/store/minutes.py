@@ -345,6 +345,24 @@ def regular_aggregates(conn, symbol: str, start: dt.date, end: dt.date,
     return [(s, *a) for s, a in sorted(agg.items())]
 
 
+def sample_days(conn, n: int, seed: float | None = None) -> list[tuple[str, dt.date]]:
+    """``n`` random stored (symbol, session) pairs of minute bars."""
+    if seed is not None:
+        conn.execute("SELECT setseed(%s)", (seed,))
+    return [tuple(r) for r in conn.execute(
+        "SELECT symbol, session FROM minute_bars ORDER BY random() LIMIT %s", (n,)).fetchall()]
+
+
+def day_bars(conn, symbol: str, timeframe: str, session: dt.date) -> dict[int, dict]:
+    """{start in Unix ms: bar} of one symbol-session, raw prices, valid bars."""
+    rows = conn.execute(intraday_sql(timeframe, adjusted=False, include_invalid=False,
+                                     fmt="json"),
+                        {"symbol": symbol, "start": session, "end": session, "after": None,
+                         "limit": None}).fetchall()
+    import json
+    return {int(t): json.loads(text) for t, text in rows}
+
+
 # -- the console chart's reads ---------------------------------------------------
 
 def minute_stats_of(conn, symbol: str) -> dict | None:

@@ -114,7 +114,8 @@ def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
         cur.execute(
             """SELECT * FROM (
                  SELECT m.symbol, (m.ts AT TIME ZONE 'America/New_York')::date AS session,
-                        m.gap_kind AS kind, m.gap_pct AS jump_pct, m.close, m.open,
+                        m.gap_kind AS kind, '1d' AS timeframe, m.gap_pct AS jump_pct,
+                        m.close, m.open,
                         sp.split_from, sp.split_to
                  FROM market_data m
                  LEFT JOIN splits sp ON sp.symbol = m.symbol
@@ -127,7 +128,8 @@ def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
                    AND (%(until)s::date IS NULL
                         OR m.ts < ((%(until)s::date + 1)::timestamp AT TIME ZONE 'America/New_York'))
                  UNION ALL
-                 SELECT ms.symbol, ms.session, 'missing', NULL, NULL, NULL, NULL, NULL
+                 SELECT ms.symbol, ms.session, 'missing', ms.timeframe, NULL, NULL, NULL, NULL,
+                        NULL
                  FROM missing_sessions ms
                  WHERE (%(kind)s::text IS NULL OR %(kind)s = 'missing')
                    AND (%(symbol)s::text IS NULL OR ms.symbol = %(symbol)s)

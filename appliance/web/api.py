@@ -141,7 +141,7 @@ def symbols():
     args = query_args({"active"})
     active = bool_arg(args, "active", None)
     cfg = rt().config
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = {r["symbol"]: r for r in store.symbol_rows(conn)}
         minutes = mstore.minute_stats(conn)
     # the running config is the truth about what is configured, even before
@@ -341,7 +341,7 @@ def gaps():
     if since and until and since > until:
         raise BadRequest(f"since ({since}) is after until ({until})", "bad_range")
     limit = int_arg(args, "limit", 500, 1, 100_000)
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         if sym is not None and not _known_symbol(conn, sym):
             return api_error(404, "unknown_symbol",
                              f"symbol {sym} is not configured and has no stored data")
@@ -349,7 +349,7 @@ def gaps():
     out = []
     for r in rows:
         out.append({"symbol": r["symbol"], "session": r["session"], "kind": r["kind"],
-                    "jump_pct": r["jump_pct"], "open": r["open"], "close": r["close"],
+                    "timeframe": r["timeframe"], "jump_pct": r["jump_pct"], "open": r["open"], "close": r["close"],
                     "split_from": r["split_from"], "split_to": r["split_to"],
                     "split_ratio": (f"{_ratio_term(r['split_to'])}:{_ratio_term(r['split_from'])}"
                                     if r.get("split_from") else None)})
@@ -387,7 +387,7 @@ def jobs():
         raise BadRequest(f"job={job[:40]!r} is not a job; jobs: {', '.join(JOB_NAMES)}",
                          "bad_job")
     limit = int_arg(args, "limit", 50, 1, 1000)
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = runs.recent(conn, job=job, limit=limit)
     return jsonify({"count": len(rows), "jobs": [_run_json(r) for r in rows]})
 
@@ -398,8 +398,7 @@ def job(run_id: int):
     query_args(set())
     r = None
     if run_id <= MAX_ID:
-        with rt().conn() as conn:
-            r = runs.get(conn, run_id)
+        r = rt().read_fresh(lambda conn: runs.get(conn, run_id))
     if r is None:
         return api_error(404, "unknown_job", f"no job run {run_id}")
     return jsonify(_run_json(r))
@@ -476,7 +475,7 @@ def _reload_json(r: dict | None) -> dict | None:
 def config():
     query_args(set())
     cfg = rt().config
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         last = store.last_config_reload(conn)
     return jsonify({"path": str(cfg.path), "sha256": cfg.sha256, "version": rt().config_version(),
                     "last_reload": _reload_json(last), "config": cfg.masked()})
@@ -558,7 +557,7 @@ def alerts():
     if st not in ("open", "resolved", "all"):
         raise BadRequest(f"status={st[:40]!r} must be open, resolved or all", "bad_status")
     limit = int_arg(args, "limit", 200, 1, 10000)
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = store.alerts_list(conn, status=st, limit=limit)
     out = [{k: r.get(k) for k in _ALERT_FIELDS} for r in rows]
     for a in out:

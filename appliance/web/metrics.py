@@ -45,6 +45,7 @@ class StoreCollector:
                                    "1 when the last config reload succeeded")
         cfg_ok.add_metric([], 1 if h.config_last_reload_successful else 0)
         yield cfg_ok
+        yield from _replica(h.replica)
         if snap["status"] != "ok":
             return
         for name, key, doc in (
@@ -73,6 +74,22 @@ class StoreCollector:
             return
         yield from _vendor_and_jobs(rows["vendor"], rows["jobs"], snap)
         yield from _backups_and_alerts(rows["backup"], rows["restore_test"], rows["alerts"])
+
+
+def _replica(r: dict):
+    """The read replica: up, its replay lag (absent when off or unknown)."""
+    up = GaugeMetricFamily("appliance_replica_up",
+                           "1 when the read replica answers (ok or lagging), 0 when it is down; "
+                           "absent when none is configured")
+    lag = GaugeMetricFamily("appliance_replica_lag_seconds",
+                            "replay lag of the read replica (0 when it has replayed everything "
+                            "it received)")
+    if r.get("configured"):
+        up.add_metric([], 0 if r.get("state") == "down" else 1)
+        if r.get("lag_seconds") is not None:
+            lag.add_metric([], float(r["lag_seconds"]))
+    yield up
+    yield lag
 
 
 def _vendor_and_jobs(vendor, job_stats, snap: dict):
@@ -207,4 +224,6 @@ class AuthCollector:
 
 class _LocalHistograms:
     def collect(self):
+        from ..replica import READS
         yield from HTTP_LATENCY.collect()
+        yield from READS.collect()

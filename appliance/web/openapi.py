@@ -145,6 +145,16 @@ def _status_schemas() -> dict:
                              "state": {"type": "string", "enum": ["running", "restarting"]},
                              "pid": _n(INT), "restarts": INT, "last_exit_code": _n(INT),
                              "last_error": {"type": "array", "items": STR}})}),
+        "replica": _obj({
+            "configured": {**BOOL, "description": "database.read_url is set"},
+            "state": {"type": "string", "enum": ["ok", "lagging", "down", "off"],
+                      "description": "off: no replica configured; lagging: its replay lag is "
+                                     "above database.max_replica_lag_seconds; down: it does "
+                                     "not answer. Lagging or down makes the status degraded."},
+            "lag_seconds": _n({"type": "number", "minimum": 0}),
+            "serving_reads": {**BOOL, "description": "API and console reads go to the replica "
+                                                     "(else to the primary)"}},
+            description="The streaming replica that serves reads (database.read_url)."),
         "reasons": {"type": "array", "items": STR}})
     database = _obj({
         "status": {"type": "string", "enum": ["ok", "error"]},
@@ -254,6 +264,8 @@ def _schemas() -> dict:
     gap = _obj({
         "symbol": STR, "session": DATE,
         "kind": {"type": "string", "enum": ["split", "jump", "missing"]},
+        "timeframe": {"type": "string", "enum": ["1d", "1m"],
+                      "description": "1m: a session without any minute bar."},
         "jump_pct": _n(NUM), "open": _n(NUM), "close": _n(NUM),
         "split_from": _n(NUM), "split_to": _n(NUM),
         "split_ratio": _n({"type": "string", "description": "to:from, e.g. 4:1"})})

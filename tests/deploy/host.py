@@ -84,6 +84,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ensure_nspawn_run_dir() -> bool:
+    """Mount a tmpfs on /run/systemd/nspawn unless something is mounted
+    there (True: mounted now). nspawn keeps per-machine state there; on a
+    machine without systemd as PID 1 nothing else mounts it."""
+    NSPAWN_RUN_DIR.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mountpoint", "-q", str(NSPAWN_RUN_DIR)]).returncode != 0:
+        _run(["mount", "-t", "tmpfs", "tmpfs", NSPAWN_RUN_DIR])
+        return True
+    return False
+
+
 # --------------------------------------------------------------------------- root filesystem
 
 def _apt_opt_files() -> list[Path]:
@@ -194,9 +205,11 @@ class BackupDrive:
 class Host:
     """A booted Debian 12 container. ``pid`` is its PID 1 as seen from here."""
 
-    def __init__(self, workdir: Path, name: str, drive: BackupDrive | None = None):
+    def __init__(self, workdir: Path, name: str, drive: BackupDrive | None = None,
+                 nspawn_args: tuple[str, ...] = ()):
         self.workdir = workdir
         self.name = name
+        self.nspawn_args = tuple(nspawn_args)  # e.g. --network-bridge=... (tests/deploy/cluster.py)
         self.root = workdir / "root"
         self.drive = drive
         self.proc: subprocess.Popen | None = None
@@ -252,16 +265,12 @@ class Host:
         shutil.copytree(source, self.root / source_dest.lstrip("/"), ignore=ignore, symlinks=True)
 
     def boot(self, timeout: float = 90) -> None:
-        NSPAWN_RUN_DIR.mkdir(parents=True, exist_ok=True)
-        if subprocess.run(["mountpoint", "-q", str(NSPAWN_RUN_DIR)]).returncode != 0:
-            # nspawn keeps per-machine state there; on a machine without
-            # systemd as PID 1 nothing else mounts it.
-            _run(["mount", "-t", "tmpfs", "tmpfs", NSPAWN_RUN_DIR])
-            self._mounted_run_dir = True
+        self._mounted_run_dir = ensure_nspawn_run_dir() or self._mounted_run_dir
         argv = ["systemd-nspawn", "-D", self.root, "-b", "-M", self.name, "--register=no",
                 "--keep-unit", "--console=passive"]
         for p in _pip_local_paths():
             argv.append(f"--bind-ro={p}")
+        argv += self.nspawn_args
         if self.drive is not None and self.drive.device:
             argv += [f"--bind={self.drive.device}",
                      f"--property=DeviceAllow={self.drive.device} rwm"]

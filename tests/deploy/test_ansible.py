@@ -168,6 +168,71 @@ def test_playbook_syntax_check_passes():
     assert result.returncode == 0, _tail(result.stdout + result.stderr)
 
 
+@requires_ansible
+def test_cluster_inventory_syntax_check_passes():
+    result = _run([ANSIBLE_PLAYBOOK, "-i", "inventory.cluster.example.yml", "--syntax-check",
+                   "site.yml"])
+    assert result.returncode == 0, _tail(result.stdout + result.stderr)
+
+
+def test_cluster_example_inventory_has_every_group():
+    inv = yaml.safe_load((ANSIBLE_DIR / "inventory.cluster.example.yml").read_text())
+    cluster = inv["all"]["children"]["cluster"]
+    groups = {name: list((g or {}).get("hosts") or {}) for name, g in cluster["children"].items()}
+    assert set(groups) == {"db", "db_replica", "redis", "web", "workers"}, groups
+    assert len(groups["db"]) == 1 and len(groups["redis"]) == 1, groups
+    assert groups["web"] and groups["workers"] and groups["db_replica"], groups
+    assert not set(groups["db"]) & set(groups["db_replica"]), groups
+    for name, hostvars in cluster["hosts"].items():
+        assert hostvars.get("appliance_private_address"), f"{name} has no private address"
+    documented = (ANSIBLE_DIR / "README.md").read_text()
+    for group in groups:
+        assert f"`{group}`" in documented, f"group {group} is not described in ansible/README.md"
+
+
+@requires_ansible
+def test_cluster_hosts_get_their_part_and_the_inventorys_addresses(tmp_path):
+    """What group_vars/all.yml derives for each host of the example inventory."""
+    names = ["appliance_database_url", "appliance_database_read_url", "appliance_redis_url",
+             "appliance_run_web", "appliance_run_scheduler", "appliance_run_workers",
+             "postgresql_replication_mode", "postgresql_client_addresses",
+             "postgresql_replica_addresses", "redis_bind", "postgresql_manage_database"]
+    playbook = tmp_path / "show.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "hosts": "db:db_replica:redis:web:workers", "gather_facts": False,
+        # the roles' defaults only, as in site.yml's play
+        "roles": [{"role": r, "when": False} for r in ("postgresql", "redis", "appliance")],
+        "tasks": [{"ansible.builtin.debug": {"msg": "VARS {{ {" + ", ".join(
+            f"'{n}': {n}" for n in names) + "} | to_json }}"}}]}]))
+    shutil.copy(playbook, ANSIBLE_DIR / ".show-cluster-vars.yml")
+    try:
+        result = _run([ANSIBLE_PLAYBOOK, "-i", "inventory.cluster.example.yml",
+                       ".show-cluster-vars.yml", "-e", "redis_check_host=127.0.0.1"])
+    finally:
+        (ANSIBLE_DIR / ".show-cluster-vars.yml").unlink()
+    assert result.returncode == 0, _tail(result.stdout + result.stderr)
+    import json
+    got = {}
+    for host, body in re.findall(r'^ok: \[(\S+)\] => \{\n\s*"msg": "VARS (.*)"\n\}', result.stdout,
+                                 re.M):
+        got[host] = json.loads(body.encode().decode("unicode_escape"))
+    assert set(got) == {"mda-01", "mda-02", "mda-03"}, result.stdout[-2000:]
+    for v in got.values():
+        assert v["appliance_database_url"].endswith("@10.0.0.11:5432/market_data")
+        assert v["appliance_database_read_url"].endswith("@10.0.0.12:5432/market_data")
+        assert v["appliance_redis_url"] == "redis://:${REDIS_PASSWORD}@10.0.0.11:6379/0"
+        assert sorted(v["postgresql_client_addresses"]) == ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
+        assert v["postgresql_replica_addresses"] == ["10.0.0.12"]
+    one, two, three = got["mda-01"], got["mda-02"], got["mda-03"]
+    assert (one["appliance_run_web"], one["appliance_run_scheduler"], one["appliance_run_workers"]) \
+        == (True, True, False)
+    assert (two["appliance_run_web"], two["appliance_run_workers"]) == (False, True)
+    assert (three["appliance_run_web"], three["appliance_run_workers"]) == (False, True)
+    assert one["postgresql_replication_mode"] == "primary"
+    assert two["postgresql_replication_mode"] == "replica" and not two["postgresql_manage_database"]
+    assert one["redis_bind"] == "127.0.0.1 -::1 10.0.0.11"
+
+
 def test_every_role_variable_is_documented_in_group_vars():
     documented = (ANSIBLE_DIR / "group_vars" / "all.yml").read_text()
     undocumented = []

@@ -20,6 +20,7 @@ import hashlib
 import json
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable
 from urllib.parse import parse_qsl, urlsplit
@@ -43,7 +44,8 @@ class FakeServer:
 
     def __init__(self, *, faults: Iterable[str | None] = (), fault_rate: float = 0.0,
                  fault_kinds: Iterable[str] = FAULT_KINDS, fault_paths: str | None = None,
-                 seed: int = 0, hang_seconds: float = 2.0):
+                 seed: int = 0, hang_seconds: float = 2.0, bind: str = "127.0.0.1"):
+        self.bind = bind  # another local address, e.g. a test bridge's, for containers
         self._faults: collections.deque = collections.deque(faults)
         self.fault_rate = float(fault_rate)
         self.fault_kinds = tuple(fault_kinds)
@@ -53,6 +55,7 @@ class FakeServer:
         self._lock = threading.Lock()
         self.requests: collections.Counter = collections.Counter()  # path -> count
         self.log: list[tuple[str, dict, int, str | None]] = []  # (path, query, status, fault)
+        self.times: list[float] = []  # time.monotonic() of each request, in arrival order
         self.faults_served: collections.Counter = collections.Counter()
         self._n = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -67,7 +70,7 @@ class FakeServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.bind}:{self.port}"
 
     def start(self):
         fake = self
@@ -81,7 +84,7 @@ class FakeServer:
             def log_message(self, *args):  # quiet
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer((self.bind, 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                         name=f"{type(self).__name__}", daemon=True)
@@ -143,6 +146,7 @@ class FakeServer:
         with self._lock:
             self._n += 1
             n = self._n
+            self.times.append(time.monotonic())
             self.requests[path] += 1
             fault = self._next_fault(path)
             if fault:

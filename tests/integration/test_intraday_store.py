@@ -133,3 +133,21 @@ def test_api_timeframes_pagination_and_daily_unchanged(client, runtime):
     bad = client.get(q + "&timeframe=1m&cursor=yesterday")
     assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "bad_cursor"
     assert client.get("/api/v1/historical/ZZZZ?timeframe=5m").status_code == 404
+
+
+def test_bar_retention_drops_old_minutes_and_keeps_rollups(runtime):
+    _store(runtime, _bars())
+    from appliance import maintenance  # noqa: F401 - the job that calls it
+
+    class Cfg(dict):
+        def get(self, key, default=None):
+            return {"retention.bar_years": {"1m": 1}}.get(key, default)
+    cfg = Cfg(calendar="XNYS", session="extended")
+    with runtime.conn() as conn:
+        out = intraday.apply_retention(conn, cfg, dt.date(2025, 11, 28))
+        left = conn.execute("SELECT array_agg(session ORDER BY session) FROM minute_bars"
+                            ).fetchone()[0]
+        rollups = conn.execute("SELECT count(DISTINCT session) FROM rollup_bars").fetchone()[0]
+    assert out == {"1m": 2}  # 2024-11-26 and -27 are before the cutoff, 2024-11-28
+    assert left == [dt.date(2024, 11, 29)]
+    assert rollups == 3

@@ -9,7 +9,11 @@
 3. ``/health`` must answer within 120 s of the install finishing, then
    report ``healthy`` with the demo data stored.
 4. The README's ``curl`` commands run as written, and ``/dashboard`` loads.
-5. SIGINT to make's process group, as Ctrl-C in the terminal sends it; every
+5. Minute bars, as OPERATIONS.md tells it: SPY gets ``timeframes: [1m, 1d]``
+   and a minute history start 45 days back, ``appliance reload``; the
+   reload's backfill finishes with its months and ETA in its progress, and
+   SPY answers in 1m, 5m, 15m, 1h, 4h, 1d and 1w.
+6. SIGINT to make's process group, as Ctrl-C in the terminal sends it; every
    process of the clone (web, worker, scheduler, embedded PostgreSQL and
    Redis) must be gone within 60 s.
 
@@ -20,6 +24,7 @@ runs before anything is installed.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -190,6 +195,57 @@ def journey(repo: Path, work: Path, figures: dict) -> None:
     if code != 200 or "<h1>Dashboard</h1>" not in page or shown not in page:
         raise JourneyFailed(f"/dashboard answered {code} without the stored count {shown}")
     say(f"/dashboard loads ({len(body)} bytes)")
+    minute_bars(clone, env, figures)
+
+
+def minute_bars(clone: Path, env: dict, figures: dict) -> None:
+    """The operator keeps minute bars for SPY (OPERATIONS.md, "Keep minute bars
+    for a symbol"): edits the config, reloads, the reload's backfill reports
+    its months and ETA, and SPY answers in every timeframe."""
+    cfg = clone / "config" / "appliance.yaml"
+    text = cfg.read_text()
+    start = (dt.date.today() - dt.timedelta(days=45)).isoformat()
+    if "  - SPY\n" not in text or "  start: 2021-01-01" not in text:
+        raise JourneyFailed("config/appliance.yaml no longer lists '  - SPY' and "
+                            "'  start: 2021-01-01'; update this journey with it")
+    text = text.replace("  - SPY\n", "  - {symbol: SPY, timeframes: [1m, 1d]}\n")
+    text = text.replace("  start: 2021-01-01", f"  start: {{1d: 2021-01-01, 1m: {start}}}")
+    cfg.write_text(text)
+    t0 = time.monotonic()
+    res = subprocess.run([str(clone / ".venv/bin/appliance"), "reload"], cwd=clone, env=env,
+                         capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise JourneyFailed(f"appliance reload failed: {res.stdout[-400:]}{res.stderr[-400:]}")
+    say("config reloaded with SPY's minute bars")
+    while True:
+        _, body = get(BASE + "/api/v1/jobs?job=backfill&limit=1")
+        runs_ = json.loads(body).get("jobs") or []
+        run = runs_[0] if runs_ else {}
+        _, body = get(BASE + "/api/v1/symbols")
+        spy = next(s for s in json.loads(body)["symbols"] if s["symbol"] == "SPY")
+        one_m = [r for r in spy.get("resolutions", []) if r["timeframe"] == "1m"]
+        if run.get("status") in ("ok", "partial", "failed") and "months_total" in \
+                (run.get("progress") or {}):
+            if run["status"] != "ok" or not one_m:
+                raise JourneyFailed(f"SPY's minute backfill: {json.dumps(run)[:600]}")
+            break
+        if time.monotonic() - t0 > 180:
+            raise JourneyFailed(f"SPY's minute backfill did not finish in 180 s: "
+                                f"{json.dumps(run)[:600]}")
+        time.sleep(1)
+    p = run["progress"]
+    if "eta_s" not in p:
+        raise JourneyFailed(f"the minute backfill's progress has no ETA: {p}")
+    figures["minute_backfill_s"] = round(time.monotonic() - t0, 1)
+    say(f"minute backfill done: {p['months_done']}/{p['months_total']} months, "
+        f"{one_m[0]['bars']} bars, ETA field {p.get('eta_s')} s, "
+        f"{figures['minute_backfill_s']} s after the reload")
+    for tf in ("1m", "5m", "15m", "1h", "4h", "1d", "1w"):
+        code, body = get(BASE + f"/api/v1/historical/SPY?timeframe={tf}")
+        n = json.loads(body).get("count", 0) if code == 200 else 0
+        if not n:
+            raise JourneyFailed(f"/api/v1/historical/SPY?timeframe={tf}: {code}, {n} bars")
+    say("SPY answers in 1m, 5m, 15m, 1h, 4h, 1d and 1w")
 
 
 def stop(make: subprocess.Popen, clone: Path) -> float:

@@ -34,7 +34,7 @@ def _disk(path) -> dict | None:
 @bp.get("/backups")
 def backups():
     cfg = rt().config
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = backups_mod.list_backups(conn, limit=100)
         running = {k: run_view(v) for k, v in runs.latest_restore_tests(conn).items()
                    if v["status"] not in FINISHED}

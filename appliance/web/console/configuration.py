@@ -52,6 +52,9 @@ def _diff_lines(diff: dict) -> list[tuple[str, str]]:
     for s, ch in (diff.get("symbols_since_changed") or {}).items():
         out.append(("del", f"- {s}.since: {ch.get('old')}"))
         out.append(("add", f"+ {s}.since: {ch.get('new')}"))
+    for s, ch in (diff.get("symbols_timeframes_changed") or {}).items():
+        out.append(("del", f"- {s}.timeframes: {', '.join(ch.get('old') or [])}"))
+        out.append(("add", f"+ {s}.timeframes: {', '.join(ch.get('new') or [])}"))
     for k, ch in (diff.get("changed") or {}).items():
         out.append(("hunk", f"@ {k}"))
         out.append(("del", f"- {k}: {f_json(ch.get('old'))}"))

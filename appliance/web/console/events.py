@@ -16,7 +16,7 @@ def events_page():
     level = request.args.get("level") if request.args.get("level") in EVENT_LEVELS else ""
     kind = (request.args.get("kind") or "")[:40]
     q = (request.args.get("q") or "")[:200]
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = store.recent_events(conn, level=level or None, kind=kind or None, q=q or None,
                                    limit=300)
         kinds = store.event_kinds(conn)

@@ -19,7 +19,7 @@ def gaps_page():
     sym = sym if SYMBOL_RE.match(sym) else ""
     since, until = _date_arg("since"), _date_arg("until")
     min_jump = _float_arg("min_jump")
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = store.gaps(conn, symbol=sym or None, kind=kind or None, since=since, until=until,
                           limit=1000)
     if min_jump is not None:

@@ -5,6 +5,8 @@ import logging
 
 from flask import (Blueprint, abort, render_template, request, url_for)
 
+from ...units import eta_text
+
 from ..api import MAX_ID
 from .common import (FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt)
 
@@ -35,7 +37,9 @@ def run_view(r: dict) -> dict:
     elif isinstance(failed, list) and failed:
         errors.extend(str(x) for x in failed)
     pct = None
-    if prog.get("symbols_total"):
+    if prog.get("months_total"):  # the minute phase of a backfill
+        pct = round(100 * (prog.get("months_done") or 0) / prog["months_total"])
+    elif prog.get("symbols_total"):
         pct = round(100 * (prog.get("symbols_done") or 0) / prog["symbols_total"])
     elif prog.get("sessions_total"):
         pct = round(100 * (prog.get("sessions_done") or 0) / prog["sessions_total"])
@@ -44,7 +48,7 @@ def run_view(r: dict) -> dict:
         done = sum(1 for s in steps if isinstance(s, dict) and s.get("status") in ("ok", "failed"))
         pct = round(100 * done / len(steps))
     return {**r, "duration_s": dur, "rows": rows, "requests": requests_, "errors": errors,
-            "pct": pct, "steps": steps, "running": r["status"] not in FINISHED,
+            "pct": pct, "eta": eta_text(prog["eta_s"]) if "eta_s" in prog else None, "steps": steps, "running": r["status"] not in FINISHED,
             "progress_obj": prog, "result_obj": res}
 
 
@@ -52,7 +56,7 @@ def run_view(r: dict) -> dict:
 def jobs():
     from ...jobs import runs
     job = request.args.get("job") or ""
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         rows = runs.recent(conn, job=job or None, limit=100)
         names = runs.job_names(conn)
     views = [run_view(r) for r in rows]
@@ -64,8 +68,7 @@ def _get_run(run_id: int) -> dict:
     from ...jobs import runs
     if run_id > MAX_ID:
         abort(404)
-    with rt().conn() as conn:
-        r = runs.get(conn, run_id)
+    r = rt().read_fresh(lambda conn: runs.get(conn, run_id))
     if r is None:
         abort(404)
     return r

@@ -63,7 +63,7 @@ def filtered_symbols(rows: list[dict], args: dict, grid) -> list[dict]:
 @bp.get("/symbols")
 def symbols():
     args = _symbol_args()
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         minutes = mstore.minute_stats(conn)
         rows = [dict(r, minutes=minutes.get(r["symbol"])) for r in store.symbol_rows(conn)]
     grid = rt().config["quality"]["grid"]
@@ -98,7 +98,7 @@ def symbol_page(symbol: str):
     timeframe = request.args.get("timeframe", "1d")
     if timeframe not in chart.TIMEFRAMES:
         abort(400, f"timeframe={timeframe[:20]!r} must be one of {', '.join(chart.TIMEFRAMES)}")
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         row = store.symbol_row(conn, symbol)
         if row is None:
             abort(404)
@@ -137,7 +137,7 @@ def chart_data(symbol: str):
     default the latest bar)."""
     symbol = _check_symbol(symbol)
     timeframe, adjusted, end = _chart_args()
-    with rt().conn() as conn:
+    with rt().read_conn() as conn:
         data = chart.page(conn, symbol, timeframe, adjusted=adjusted, end=end)
     resp = jsonify({"symbol": symbol, "timeframe": timeframe, "adjusted": adjusted, **data})
     resp.headers["Cache-Control"] = "no-store"

@@ -1,0 +1,134 @@
+"""One backfill, many workers: three real RQ worker processes on one Redis
+share the chunks of one backfill run. Every chunk is done once, the store
+equals the vendor's truth, a worker killed mid-chunk has its chunk finished
+by another one, and the finishing step runs once."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+
+from appliance import queue as queue_mod
+from appliance.config import DEFAULTS
+from appliance.jobs import runs
+from appliance.runtime import Runtime
+from tests.fakes.polygon_fake import PolygonFake, make_truth
+from tests.support import wait_until
+
+QUIET = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}
+SLOW = ["ZA", "ZB", "ZC"]  # their first request hangs a while: the chunks to kill
+SYMS = [f"S{i:02d}" for i in range(12)] + SLOW
+START, END = dt.date(2024, 1, 2), dt.date(2024, 6, 28)
+
+
+def _worker(path, name, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path),
+                             "worker", "--name", name],
+                            env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _chunks(rt, run_id):
+    with rt.conn() as conn:
+        return conn.execute("""SELECT symbol, status, claimed_by, done_by, attempts
+                               FROM backfill_chunks WHERE run_id = %s ORDER BY id""",
+                            (run_id,)).fetchall()
+
+
+def _stored(rt, symbol):
+    with rt.conn() as conn:
+        return conn.execute(
+            """SELECT (ts AT TIME ZONE 'America/New_York')::date, open, high, low, close, volume,
+                      vwap, trades FROM market_data WHERE symbol = %s ORDER BY ts""",
+            (symbol,)).fetchall()
+
+
+def test_three_workers_share_a_backfill_and_survive_a_killed_one(config_factory, procs,
+                                                                  tmp_path):
+    truth = make_truth(SYMS, START, END, seed=5)
+    fake = PolygonFake(truth.bars, truth.splits, faults=["hang"] * len(SLOW),
+                       fault_paths="/v2/aggs/ticker/Z", hang_seconds=6)
+    with fake:
+        path = config_factory(
+            schedules=QUIET, symbols=SYMS,
+            history={"start": START.isoformat(), "lookback_sessions": 5},
+            provider={"name": "polygon",
+                      "polygon": {"api_key": "test-key", "base_url": fake.base_url,
+                                  "requests_per_minute": 6000, "timeout_seconds": 30,
+                                  "max_retries": 3, "retry_backoff_seconds": 0.01}},
+            backfill={"fan_out": True, "chunk_stale_seconds": 5, "chunk_attempts": 3})
+        rt = Runtime.from_path(path)
+        rt.open()
+        try:
+            logs = [open(tmp_path / f"w{i}.log", "w") for i in range(3)]
+            workers = [_worker(path, f"w{i}", logs[i]) for i in range(3)]
+            procs.extend(workers)
+            run_id = queue_mod.enqueue(rt, "backfill", {"end": END.isoformat()})
+
+            # a slow chunk held by a worker that is not running the parent run
+            def victim():
+                with rt.conn() as conn:
+                    owner = conn.execute("SELECT owner FROM backfill_fanouts WHERE run_id = %s",
+                                         (run_id,)).fetchone()
+                if owner is None:
+                    return None
+                for sym, status, claimed_by, _, _ in _chunks(rt, run_id):
+                    if sym in SLOW and status == "running" and claimed_by != owner[0]:
+                        horse = int(claimed_by.rsplit(":", 1)[1])
+                        parent = _ppid(horse)
+                        for w in workers:
+                            if w.pid == parent:
+                                return sym, claimed_by, horse, w
+                return None
+            sym, killed, horse, w = wait_until(victim, 60, "a slow chunk on a non-parent worker")
+            os.kill(horse, signal.SIGKILL)
+            w.send_signal(signal.SIGKILL)
+
+            def finished():
+                with rt.conn() as conn:
+                    r = runs.get(conn, run_id)
+                return r if r["status"] not in ("queued", "running") else None
+            run = wait_until(finished, 120, "the backfill run to finish")
+            assert run["status"] == "ok", (run, [x.read_text() for x in
+                                                 tmp_path.glob("w*.log")])
+            chunks = _chunks(rt, run_id)
+            assert sorted(c[0] for c in chunks) == sorted(SYMS)
+            assert all(c[1] == "done" for c in chunks), chunks
+            # every chunk done once: one attempt each, two for the one whose worker was killed
+            attempts = {c[0]: c[4] for c in chunks}
+            assert attempts[sym] == 2
+            assert all(n == 1 for s, n in attempts.items() if s != sym), attempts
+            done_by = {c[0]: c[3] for c in chunks}
+            assert done_by[sym] != killed
+            assert len(set(done_by.values())) >= 2, done_by  # the work was shared
+            for s in SYMS:
+                assert _stored(rt, s) == truth.rows(s), s
+            # the finishing step ran once, and the run shows the whole progress
+            with rt.conn() as conn:
+                n_finish = conn.execute(
+                    "SELECT count(*) FROM events WHERE kind = 'backfill' AND message LIKE %s",
+                    (f"backfill run {run_id}: %",)).fetchone()[0]
+                fan = conn.execute("SELECT finished_at, result FROM backfill_fanouts "
+                                   "WHERE run_id = %s", (run_id,)).fetchone()
+            assert n_finish == 1
+            assert fan[0] is not None and fan[1]["symbols_ok"] == len(SYMS)
+            p = run["progress"]
+            assert p["chunks_done"] == p["chunks_total"] == len(SYMS)
+            assert p["symbols_done"] == len(SYMS) and p["bars"] == sum(
+                len(truth.rows(s)) for s in SYMS)
+            assert "eta_s" in p
+            assert run["result"]["inserted"] == p["bars"]
+        finally:
+            rt.close()
+            for f in logs:
+                f.close()
