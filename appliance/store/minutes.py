@@ -359,3 +359,49 @@ def day_bars(conn, symbol: str, timeframe: str, session: dt.date) -> dict[int, d
                          "limit": None}).fetchall()
     import json
     return {int(t): json.loads(text) for t, text in rows}
+
+
+# -- the console chart's reads ---------------------------------------------------
+
+def minute_stats_of(conn, symbol: str) -> dict | None:
+    """The ``minute_stats`` row of one symbol, or None when it has no minutes."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM minute_stats WHERE symbol = %s", (symbol,)).fetchone()
+
+
+def session_page(conn, symbol: str, end: dt.date | None,
+                 sessions: int) -> tuple[dt.date | None, dt.date | None, bool]:
+    """The latest ``sessions`` stored minute sessions of ``symbol`` up to
+    ``end`` (None: the latest stored): (first, last, older ones exist)."""
+    rows = conn.execute("""SELECT session FROM minute_bars
+                           WHERE symbol = %s AND (%s::date IS NULL OR session <= %s::date)
+                           ORDER BY session DESC LIMIT %s""",
+                        (symbol, end, end, sessions + 1)).fetchall()
+    if not rows:
+        return None, None, False
+    page = rows[:sessions]
+    return page[-1][0], page[0][0], len(rows) > sessions
+
+
+def chart_bars(conn, symbol: str, timeframe: str, start: dt.date, end: dt.date, *,
+               adjusted: bool) -> list[tuple]:
+    """(session, minute of the New York day, open, high, low, close, validated)
+    of every ``timeframe`` bar in the sessions ``start``..``end``, oldest
+    first; invalid 1m bars included."""
+    sql = f"""SELECT z.session, z.m, z.open, z.high, z.low, z.close, z.validated
+              FROM ({_source(timeframe, adjusted, True)}) z ORDER BY z.ts"""
+    return conn.execute(sql, {"symbol": symbol, "start": start, "end": end, "after": None,
+                              "limit": None}).fetchall()
+
+
+def missing_sessions_in(conn, symbol: str, timeframe: str, start: dt.date | None,
+                        end: dt.date | None) -> list[dt.date]:
+    """The missing sessions of one stored resolution (``1d`` or ``1m``) in
+    ``start``..``end`` (None: unbounded), oldest first."""
+    rows = conn.execute("""SELECT session FROM missing_sessions
+                           WHERE symbol = %s AND timeframe = %s
+                             AND (%s::date IS NULL OR session >= %s::date)
+                             AND (%s::date IS NULL OR session <= %s::date)
+                           ORDER BY session""",
+                        (symbol, timeframe, start, start, end, end)).fetchall()
+    return [r[0] for r in rows]

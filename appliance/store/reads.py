@@ -139,11 +139,14 @@ def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
         return cur.fetchall()
 
 
-def chart_series(conn, symbol: str, *, adjusted: bool, limit: int = 5000) -> list[dict]:
+def chart_series(conn, symbol: str, *, adjusted: bool, limit: int = 5000,
+                 end: dt.date | None = None) -> list[dict]:
+    """The latest ``limit`` daily candles up to ``end`` (None: the latest),
+    invalid ones included, oldest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_historical_select(adjusted, True),
                     {"symbol": symbol, "tf": TIMEFRAME, "start": dt.date(1900, 1, 1),
-                     "end": dt.date(2999, 12, 31), "limit": None})
+                     "end": end or dt.date(2999, 12, 31), "limit": None})
         rows = cur.fetchall()
     return rows[-limit:]
 

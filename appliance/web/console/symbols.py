@@ -1,19 +1,24 @@
 """The symbol grid, one symbol's page with its chart data, and its backfill button."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import math
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from flask import (Blueprint, abort, jsonify, render_template, request, url_for)
 
-from ... import store
+from ... import store, timeframes
 from ...config import SYMBOL_RE
+from ...store import minutes as mstore
+from ..errors import BadRequest
+from . import chart
 from .common import (quality_class, SORT_KEYS, _done, _enqueue, admin_post, is_htmx, page, rt)
 
 log = logging.getLogger("appliance.console")
 
 bp = Blueprint("symbols", __name__)
+NY = ZoneInfo("America/New_York")
 
 
 def sort_url(endpoint: str, key: str, args: dict, **extra) -> str:
@@ -59,7 +64,8 @@ def filtered_symbols(rows: list[dict], args: dict, grid) -> list[dict]:
 def symbols():
     args = _symbol_args()
     with rt().read_conn() as conn:
-        rows = store.symbol_rows(conn)
+        minutes = mstore.minute_stats(conn)
+        rows = [dict(r, minutes=minutes.get(r["symbol"])) for r in store.symbol_rows(conn)]
     grid = rt().config["quality"]["grid"]
     shown = filtered_symbols(rows, args, grid)
     return page("symbols.html", "partials/symbols_table.html", "symbols-table",
@@ -72,70 +78,68 @@ def _check_symbol(symbol: str) -> str:
     return symbol
 
 
+def _ny_span(minutes: dict | None) -> dict | None:
+    """Minute stats with their first and last bar as New York wall time."""
+    if minutes is None:
+        return None
+    out = dict(minutes)
+    for k in ("first_bar", "last_bar"):
+        t = minutes[k]
+        out[k + "_ny"] = t.astimezone(NY).strftime("%Y-%m-%d %H:%M") if t else None
+    return out
+
+
 @bp.get("/symbols/<symbol>")
 def symbol_page(symbol: str):
+    """The symbol's facts, its chart (timeframes 1m..1w; the intraday ones
+    when it has minute bars), invalid candles and gaps."""
     symbol = _check_symbol(symbol)
     adjusted = request.args.get("adjusted") == "1"
+    timeframe = request.args.get("timeframe", "1d")
+    if timeframe not in chart.TIMEFRAMES:
+        abort(400, f"timeframe={timeframe[:20]!r} must be one of {', '.join(chart.TIMEFRAMES)}")
     with rt().read_conn() as conn:
         row = store.symbol_row(conn, symbol)
         if row is None:
             abort(404)
+        minutes = _ny_span(mstore.minute_stats_of(conn, symbol))
         invalid = store.invalid_candles(conn, symbol, limit=500)
         gaps = store.gaps(conn, symbol=symbol, limit=200)
     configured = symbol in {s.symbol for s in rt().config.symbols}
+    offered = [tf for tf in chart.TIMEFRAMES if minutes or tf not in chart.INTRADAY]
     return render_template("symbol.html", symbol=symbol, row=row, invalid=invalid, gaps=gaps,
-                           adjusted=adjusted, configured=configured,
+                           adjusted=adjusted, configured=configured, minutes=minutes,
+                           timeframe=timeframe, timeframes=offered,
                            qclass=quality_class(row["quality_score"] if row["records"] else None))
 
 
-def _num(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
+def _chart_args() -> tuple[str, bool, dt.date | None]:
+    """(timeframe, adjusted, end) of a chart request, checked."""
+    a = request.args
+    timeframe = a.get("timeframe", "1d")
+    if timeframe not in timeframes.ALL:
+        raise BadRequest(f"timeframe={timeframe[:20]!r} must be one of "
+                         f"{', '.join(timeframes.ALL)}", "bad_timeframe")
+    end = None
+    if a.get("end"):
+        try:
+            end = dt.date.fromisoformat(a["end"])
+        except ValueError:
+            raise BadRequest(f"end={a['end'][:20]!r} is not a date (YYYY-MM-DD)",
+                             "bad_date") from None
+    return timeframe, a.get("adjusted") in ("1", "true"), end
 
 
 @bp.get("/console/api/chart/<symbol>")
 def chart_data(symbol: str):
-    """Candles (raw or split-adjusted), whitespace for missing sessions, and
-    markers for split/jump gaps, missing sessions and invalid candles. Each
-    marker (and an invalid candle) carries a ``role``; the page colours it
-    from the stylesheet's ``--chart-*`` variables."""
+    """One page of the symbol chart (``chart.page``): ``timeframe`` (default
+    1d), ``adjusted`` (1: split-adjusted prices), ``end`` (a session date;
+    default the latest bar)."""
     symbol = _check_symbol(symbol)
-    adjusted = request.args.get("adjusted") in ("1", "true")
+    timeframe, adjusted, end = _chart_args()
     with rt().read_conn() as conn:
-        series = store.chart_series(conn, symbol, adjusted=adjusted)
-        missing = store.gaps(conn, symbol=symbol, kind="missing", limit=5000)
-    candles, markers = [], []
-    for r in series:
-        t = r["time"].isoformat()
-        o, hi, lo, c = (_num(r[k]) for k in ("open", "high", "low", "close"))
-        if None in (o, hi, lo, c):
-            candles.append({"time": t})
-        else:
-            item = {"time": t, "open": o, "high": hi, "low": lo, "close": c}
-            if not r["validated"]:
-                item["role"] = "invalid"
-            candles.append(item)
-        if not r["validated"]:
-            markers.append({"time": t, "position": "belowBar", "role": "invalid",
-                            "shape": "circle",
-                            "text": "invalid: " + ", ".join(r.get("issues") or [])})
-        if r["gap_detected"] and r["gap_kind"] in ("split", "jump"):
-            markers.append({"time": t, "position": "aboveBar", "role": r["gap_kind"],
-                            "shape": "arrowDown", "text": r["gap_kind"]})
-    have = {c["time"] for c in candles}
-    for m in missing:
-        t = m["session"].isoformat()
-        if t not in have:
-            candles.append({"time": t})
-            have.add(t)
-        markers.append({"time": t, "position": "inBar", "role": "missing",
-                        "shape": "square", "text": "missing"})
-    candles.sort(key=lambda c: c["time"])
-    markers.sort(key=lambda m: m["time"])
-    resp = jsonify({"symbol": symbol, "adjusted": adjusted, "candles": candles,
-                    "markers": markers})
+        data = chart.page(conn, symbol, timeframe, adjusted=adjusted, end=end)
+    resp = jsonify({"symbol": symbol, "timeframe": timeframe, "adjusted": adjusted, **data})
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
