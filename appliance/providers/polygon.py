@@ -142,15 +142,8 @@ class PolygonProvider:
     # -- the Provider interface -----------------------------------------------------
     def daily_bars(self, symbol: str, start, end) -> Bars:
         """Raw daily bars, ``start``..``end`` inclusive (America/New_York dates)."""
-        url = (f"{self.base_url}/v2/aggs/ticker/{quote(symbol, safe='.')}/range/1/day/"
-               f"{iso_date(start)}/{iso_date(end)}")
-        params = {"adjusted": "false", "sort": "asc", "limit": 50000}
-        results: list = []
-        for page in self._pages(url, params):
-            res = page.get("results")
-            if res:
-                results.extend(res)
-        bars = bars_from_results(symbol, results, "polygon", redact_text(url, (self.api_key,)))
+        bars = bars_from_results(symbol, self.aggregates(symbol, 1, "day", start, end), "polygon",
+                                 f"{symbol} 1/day {iso_date(start)}..{iso_date(end)}")
         if len(bars):
             lo, hi = np.datetime64(iso_date(start), "D"), np.datetime64(iso_date(end), "D")
             keep = (bars.session >= lo) & (bars.session <= hi)
