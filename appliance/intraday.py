@@ -200,7 +200,7 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
             store.add_event(conn, "error", "backfill", f"{sym} (1m): {msg}",
                             {"symbol": sym, "timeframe": "1m"})
     progress(force=True)
-    return {"symbols": len(symbols), "requests_planned": len(windows),
+    return {"symbols": len(symbols), "requests_planned": len(windows), "months_done": done,
             "sessions": totals["sessions"], "bars": totals["bars"],
             "invalid": totals["invalid"], "outside_session": totals["outside_session"],
             "failed": failed}

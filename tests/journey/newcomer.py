@@ -224,20 +224,20 @@ def minute_bars(clone: Path, env: dict, figures: dict) -> None:
         _, body = get(BASE + "/api/v1/symbols")
         spy = next(s for s in json.loads(body)["symbols"] if s["symbol"] == "SPY")
         one_m = [r for r in spy.get("resolutions", []) if r["timeframe"] == "1m"]
-        if run.get("status") in ("ok", "partial", "failed") and "months_total" in \
-                (run.get("progress") or {}):
-            if run["status"] != "ok" or not one_m:
+        if run.get("status") in ("ok", "partial", "failed") and \
+                (run.get("params") or {}).get("symbols") == ["SPY"]:
+            if run["status"] != "ok" or not one_m or not (run.get("result") or {}).get("minutes"):
                 raise JourneyFailed(f"SPY's minute backfill: {json.dumps(run)[:600]}")
             break
         if time.monotonic() - t0 > 180:
             raise JourneyFailed(f"SPY's minute backfill did not finish in 180 s: "
                                 f"{json.dumps(run)[:600]}")
         time.sleep(1)
-    p = run["progress"]
+    p, m = run["progress"], run["result"]["minutes"]
     if "eta_s" not in p:
         raise JourneyFailed(f"the minute backfill's progress has no ETA: {p}")
     figures["minute_backfill_s"] = round(time.monotonic() - t0, 1)
-    say(f"minute backfill done: {p['months_done']}/{p['months_total']} months, "
+    say(f"minute backfill done: {m['months_done']}/{m['requests_planned']} months, "
         f"{one_m[0]['bars']} bars, ETA field {p.get('eta_s')} s, "
         f"{figures['minute_backfill_s']} s after the reload")
     for tf in ("1m", "5m", "15m", "1h", "4h", "1d", "1w"):
