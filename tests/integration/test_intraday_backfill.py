@@ -92,6 +92,9 @@ def test_minute_backfill_stores_the_vendor_exactly_and_rolls_up_like_it(
                 for col in ("open", "high", "low", "close", "volume", "vwap"):
                     assert [g[col] for _, g in got] == getattr(want, col).tolist(), (sym, col)
                 assert [g["trades"] for _, g in got] == want.trades.tolist()
+                # New York wall time with its summer offset, the session's date
+                assert got[0][1]["time"].endswith("-04:00") and got[0][1]["session"] == \
+                    got[0][1]["time"][:10]
                 # rollups against the vendor's own aggregates, bar for bar
                 for tf, mult, span in (("5m", 5, "minute"), ("1h", 1, "hour"),
                                        ("4h", 4, "hour"), ("15m", 15, "minute")):
