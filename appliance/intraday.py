@@ -31,7 +31,7 @@ from . import quality, store
 from .candles import MinuteBars
 from .errors import ProviderAuthError, ProviderError
 from .store import minutes as mstore
-from .timeframes import REGULAR_OPEN, session_window
+from .timeframes import REGULAR_CLOSE, REGULAR_OPEN, session_window
 
 log = logging.getLogger("appliance.intraday")
 
@@ -130,8 +130,10 @@ def inconsistent_sessions(conn, cfg, symbol: str, start: dt.date, end: dt.date) 
     if len(days) == 0:
         return []
     _lo, close = session_window(cal, days, "regular")
-    close_by = dict(zip(days.astype(object).tolist(), close.tolist()))
-    minutes = mstore.regular_aggregates(conn, symbol, start, end, REGULAR_OPEN, close_by)
+    early = days[close != REGULAR_CLOSE].astype(object).tolist()
+    early_close = int(close[close != REGULAR_CLOSE].max()) if early else REGULAR_CLOSE
+    minutes = mstore.regular_aggregates(conn, symbol, start, end, REGULAR_OPEN, REGULAR_CLOSE,
+                                        early, early_close)
     daily = store.daily_hlv(conn, symbol, start, end)
     out = []
     for session, mh, ml, mv in minutes:

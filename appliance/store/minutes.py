@@ -67,8 +67,11 @@ _STAGE = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close
 def write_days(conn, rows: Iterable[list[str]]) -> int:
     """Upsert whole sessions (each row: the ``_STAGE`` fields as COPY text);
     a stored session is replaced by the new one. Returns sessions written."""
+    # the stage compresses like minute_bars: INSERT ... SELECT moves the
+    # compressed values as they are
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS minute_stage
-                    (LIKE minute_bars INCLUDING DEFAULTS) ON COMMIT DELETE ROWS""")
+                    (LIKE minute_bars INCLUDING DEFAULTS INCLUDING COMPRESSION)
+                    ON COMMIT DELETE ROWS""")
     conn.execute("TRUNCATE minute_stage")
     cols = ", ".join(_STAGE)
     with conn.cursor() as cur:
@@ -106,11 +109,15 @@ _UNNEST = ("CROSS JOIN LATERAL unnest(b.minutes, b.open, b.high, b.low, b.close,
 
 def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
     """Recompute the 5m..4h rollups of ``symbol`` for ``sessions`` from its
-    valid minute bars (a session without minutes loses its rollups). Returns
-    rollup rows written."""
+    valid minute bars (a session without minutes loses its rollups). Minutes
+    are grouped once, into 5m bars; the wider bars are grouped from those (a
+    fifth of the rows), carrying the volume-weighted price sums so that every
+    width's vwap is that of its minutes. Returns rollup rows written."""
     if not sessions:
         return 0
-    widths = ", ".join(f"('{tf}', {w})" for tf, w in ROLLUPS.items())
+    base, *wider = ROLLUPS.items()
+    assert all(w % base[1] == 0 for _, w in wider), "every rollup must be a multiple of the first"
+    widths = ", ".join(f"('{tf}', {w})" for tf, w in wider)
     params = {"symbol": symbol, "sessions": list(sessions)}
     conn.execute("""DELETE FROM rollup_bars WHERE symbol = %(symbol)s
                     AND session = ANY(%(sessions)s::date[])""", params)
@@ -119,23 +126,31 @@ def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
           SELECT b.session, u.m, {_decoded()}
           FROM minute_bars b {_UNNEST}
           WHERE b.symbol = %(symbol)s AND b.session = ANY(%(sessions)s::date[])),
-        k AS (
-          SELECT tf.name, m.session, (m.m / tf.width) * tf.width AS start,
+        f AS (
+          SELECT m.session, (m.m / {base[1]}) * {base[1]} AS start,
                  (array_agg(m.open ORDER BY m.m))[1] AS open, max(m.high) AS high,
                  min(m.low) AS low, (array_agg(m.close ORDER BY m.m DESC))[1] AS close,
                  sum(m.volume) AS volume,
-                 sum(m.vwap * m.volume) FILTER (WHERE m.vwap IS NOT NULL)
-                   / nullif(sum(m.volume) FILTER (WHERE m.vwap IS NOT NULL), 0) AS vwap,
+                 sum(m.vwap * m.volume) FILTER (WHERE m.vwap IS NOT NULL) AS pv,
+                 sum(m.volume) FILTER (WHERE m.vwap IS NOT NULL) AS vv,
                  sum(m.trades) AS trades
-          FROM m CROSS JOIN (VALUES {widths}) tf(name, width)
-          WHERE m.validated
-          GROUP BY tf.name, m.session, (m.m / tf.width) * tf.width)
+          FROM m WHERE m.validated
+          GROUP BY m.session, (m.m / {base[1]}) * {base[1]}),
+        k AS (
+          SELECT '{base[0]}' AS name, * FROM f
+          UNION ALL
+          SELECT tf.name, f.session, (f.start / tf.width) * tf.width,
+                 (array_agg(f.open ORDER BY f.start))[1], max(f.high), min(f.low),
+                 (array_agg(f.close ORDER BY f.start DESC))[1], sum(f.volume), sum(f.pv),
+                 sum(f.vv), sum(f.trades)
+          FROM f CROSS JOIN (VALUES {widths}) tf(name, width)
+          GROUP BY tf.name, f.session, (f.start / tf.width) * tf.width)
         INSERT INTO rollup_bars (symbol, timeframe, session, starts, open, high, low, close,
                                  volume, vwap, trades)
         SELECT %(symbol)s, name, session, array_agg(start::smallint ORDER BY start),
                array_agg(open ORDER BY start), array_agg(high ORDER BY start),
                array_agg(low ORDER BY start), array_agg(close ORDER BY start),
-               array_agg(volume ORDER BY start), array_agg(vwap ORDER BY start),
+               array_agg(volume ORDER BY start), array_agg(pv / nullif(vv, 0) ORDER BY start),
                array_agg(trades ORDER BY start)
         FROM k GROUP BY name, session""", params)
     return cur.rowcount
@@ -322,25 +337,24 @@ def delete_bars_before(conn, timeframe: str, cutoff: dt.date) -> int:
     return cur.rowcount
 
 
-def regular_aggregates(conn, symbol: str, start: dt.date, end: dt.date,
-                       open_min: int, close_by_session: dict) -> list[tuple]:
-    """Per session: high, low and volume of the valid regular-hours minutes
-    (``open_min`` <= minute < that session's close), for the daily-versus-
-    minutes check."""
-    rows = conn.execute(
-        f"""SELECT b.session, u.m, {_decoded()}
-            FROM minute_bars b {_UNNEST}
-            WHERE b.symbol = %s AND b.session BETWEEN %s AND %s AND u.m >= %s""",
-        (symbol, start, end, open_min)).fetchall()
-    agg: dict = {}
-    for session, m, _o, h, lo, _c, v, _vw, _n, ok in rows:
-        if not ok or m >= close_by_session.get(session, 0):
-            continue
-        a = agg.setdefault(session, [float("-inf"), float("inf"), 0.0])
-        a[0] = max(a[0], h)
-        a[1] = min(a[1], lo)
-        a[2] += v
-    return [(s, *a) for s, a in sorted(agg.items())]
+def regular_aggregates(conn, symbol: str, start: dt.date, end: dt.date, open_min: int,
+                       close_min: int, early: Sequence[dt.date], early_close_min: int
+                       ) -> list[tuple]:
+    """Per session with minute bars: (session, high, low, volume) of its valid
+    regular-hours minutes (``open_min`` <= minute < the close:
+    ``early_close_min`` on the ``early`` sessions, else ``close_min``),
+    aggregated in the database."""
+    return [tuple(r) for r in conn.execute(
+        f"""SELECT q.session, max(q.high), min(q.low), sum(q.volume)
+            FROM (SELECT b.session, u.m, {_decoded()}
+                  FROM minute_bars b {_UNNEST}
+                  WHERE b.symbol = %(s)s AND b.session BETWEEN %(a)s AND %(b)s) q
+            WHERE q.validated AND q.m >= %(open)s
+              AND q.m < CASE WHEN q.session = ANY(%(early)s::date[]) THEN %(eclose)s
+                             ELSE %(close)s END
+            GROUP BY q.session ORDER BY q.session""",
+        {"s": symbol, "a": start, "b": end, "open": open_min, "close": close_min,
+         "early": list(early), "eclose": early_close_min}).fetchall()]
 
 
 def sample_days(conn, n: int, seed: float | None = None) -> list[tuple[str, dt.date]]:

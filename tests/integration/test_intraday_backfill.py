@@ -125,6 +125,7 @@ def test_minute_backfill_stores_the_vendor_exactly_and_rolls_up_like_it(
             raw = _rows(rt, "AAPL", "1h", START, START)[0][1]
             assert json.loads(adj[1])["open"] == raw["open"] * 0.25
             _spot_check_rollups(rt)
+            _daily_versus_minutes(rt)
         finally:
             rt.close()
 
@@ -229,3 +230,16 @@ def test_console_job_page_shows_the_minute_phase_and_its_eta(client, runtime):
     assert "ETA 6m12s" in page and "10 of 40 months of minute bars" in page
     table = client.get("/jobs").get_data(as_text=True)
     assert "ETA 6m12s" in table and 'aria-valuenow="25"' in table
+
+
+def _daily_versus_minutes(rt):
+    """A daily high the regular-hours minutes do not reach counts as one
+    inconsistent session (the early close of 07-03 included, untouched)."""
+    from appliance import intraday
+    with rt.conn() as conn:
+        conn.execute("""UPDATE market_data SET high = high * 1.05 WHERE symbol = 'SPY'
+                        AND ts = '2024-07-03 00:00 America/New_York'""")
+        intraday.refresh_stats(conn, rt.config, "SPY")
+        stats = mstore.minute_stats(conn)
+    assert stats["SPY"]["inconsistent_sessions"] == 1
+    assert stats["MSFT"]["inconsistent_sessions"] == 0
