@@ -38,6 +38,7 @@ import argparse
 import datetime as dt
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -485,7 +486,7 @@ def bench_fetch_backfill(truth, syms: list[str], tmp: Path) -> dict:
         rss = [r for _, r in samples]
         res.update(samples=len(rss), rss_max_mb=round(max(rss), 1),
                    rss_p50_mb=round(statistics.median(rss), 1),
-                   rss_first_mb=round(rss[0], 1), rss_last_mb=round(rss[-1], 1),
+                   rss_last_mb=round(rss[-1], 1),
                    bars_per_s=round(res["bars"] / res["seconds"]))
         return res
     finally:
@@ -603,7 +604,10 @@ def main() -> int:
     finally:
         _drop_db(DB)
 
-    fb = bench_fetch_backfill(truth, syms[:a.fetch_symbols], tmp)
+    try:
+        fb = bench_fetch_backfill(truth, syms[:a.fetch_symbols], tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the backup archives
     out["fetch_backfill"] = fb
     say(f"backfill from the fake ({a.fetch_symbols} symbols x 1 year): {fb['bars']:,} bars in "
         f"{fb['seconds']:.1f} s = {fb['bars_per_s']:,} bars/s, {fb['pages']} pages; worker RSS "
