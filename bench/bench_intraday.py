@@ -305,7 +305,11 @@ def load_daily(url: str, truth, syms: list[str]) -> int:
                                 b.session[-1].astype(dt.date))
             chk = quality.validate(b, cal, today)
             store.write_bars(conn, b, chk, issues_of=quality.issues_of)
-            mstore.set_minute_checkpoint(conn, s, YEAR_START, YEAR_END, None)
+            m = YEAR_START.replace(day=1)
+            while m <= YEAR_END:  # every month of the year is stored
+                nxt = (m + dt.timedelta(days=32)).replace(day=1)
+                mstore.record_month(conn, s, m, min(YEAR_END, nxt - dt.timedelta(days=1)), None)
+                m = nxt
             n += len(b)
         conn.execute("INSERT INTO symbols (symbol, since) SELECT unnest(%s::text[]), %s "
                      "ON CONFLICT DO NOTHING", (syms, YEAR_START))
@@ -411,7 +415,10 @@ def bench_daily_update(rt, syms: list[str]) -> dict:
         now = dt.datetime.combine(NEXT_DAY, dt.time(23, 0), dt.timezone.utc)
         t0 = time.perf_counter()
         try:
-            res = intraday.backfill(rt, cfg, provider, stats, None, lambda d: None, syms, now)
+            with rt.conn() as conn:
+                windows = intraday.plan(conn, cfg, syms, end=NEXT_DAY)
+            res = intraday.backfill(rt, cfg, provider, stats, None, lambda d, f=False: None,
+                                    syms, windows)
         finally:
             tm.restore()
         el = time.perf_counter() - t0
@@ -435,7 +442,12 @@ syms = json.loads(sys.argv[2]); now = dt.datetime.fromisoformat(sys.argv[3])
 stats = MemoryStats()
 provider = make_provider(rt.config["provider"], stats=stats, redis=rt.redis)
 t0 = time.perf_counter()
-res = intraday.backfill(rt, rt.config, provider, stats, None, lambda d: None, syms, now)
+from appliance import calendar as tcal
+with rt.conn() as conn:
+    windows = intraday.plan(conn, rt.config, syms,
+                            end=tcal.latest_completed_session("XNYS", now))
+res = intraday.backfill(rt, rt.config, provider, stats, None, lambda d, f=False: None, syms,
+                        windows)
 el = time.perf_counter() - t0
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"seconds": el, "bars": res["bars"], "sessions": res["sessions"],
