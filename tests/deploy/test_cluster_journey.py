@@ -87,6 +87,8 @@ class Journey:
     timings: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
     group_vars: dict = field(default_factory=dict)
+    symbols: list = field(default_factory=lambda: list(SYMBOLS))
+    requests_per_minute: int = REQUESTS_PER_MINUTE
 
     @property
     def primary(self) -> hostmod.Host:
@@ -111,10 +113,10 @@ class Journey:
             "appliance_worker_count": WORKERS_PER_HOST,
             "appliance_provider": "polygon",
             "appliance_polygon_base_url": self.fake.base_url,
-            "appliance_polygon_requests_per_minute": REQUESTS_PER_MINUTE,
+            "appliance_polygon_requests_per_minute": self.requests_per_minute,
             "appliance_polygon_api_key": API_KEY,
             "appliance_history_start": self.state["first"].isoformat(),
-            "appliance_symbols": list(SYMBOLS),
+            "appliance_symbols": list(self.symbols),
             "appliance_database_max_replica_lag_seconds": 30,
             "appliance_alerts": {"validation_rate_warn_pct": 90,
                                  "validation_rate_critical_pct": 50,
@@ -245,8 +247,8 @@ def journey(tmp_path_factory, pytestconfig):
 def test_1_the_playbook_deploys_each_host_its_part(journey):
     p = journey.state["first_deploy"]
     if p.returncode != 0:
-        journals = "\n".join(f"--- {h.name}\n{journey.journal(h, 30)}" for h in journey.cluster.hosts
-                             if h.running)
+        journals = "\n".join(f"--- {h.name}\n{journey.journal(h, 30)}"
+                             for h in journey.cluster.hosts if h.running)
         pytest.fail(f"ansible-playbook failed:\n{_tail(p.stdout + p.stderr, 80)}\n{journals}")
     h1, h2, h3 = journey.cluster.hosts
     workers = [f"appliance-worker@{i}.service" for i in range(1, WORKERS_PER_HOST + 1)]
@@ -411,12 +413,16 @@ def test_6_reads_fall_back_to_the_primary_while_the_replica_is_down(journey):
     path = f"/api/v1/historical/{SYMBOLS[0]}?start={journey.state['first']}"
     expected = journey.get(path)
     h2.sh("systemctl stop postgresql")
+    # `systemctl stop postgresql` can return while the cluster's own unit is
+    # still shutting down; the reads below are those of a stopped replica
+    journey.wait("the replica stopped", lambda: h2.sh(
+        "pg_isready -q -h 127.0.0.1 -p 5432", check=False).returncode == 2, timeout=60)
     try:
         before = journey.reads()
         for _ in range(5):
             r = journey.get(path)
             assert r.status_code == expected.status_code and r.json() == expected.json(), \
-                r.text[:500]
+                f"{r.text[:500]}\n{journey.journal(journey.primary, 40)}"
         after = journey.reads()
         assert after.get("primary", 0) >= before.get("primary", 0) + 5, (before, after)
         journey.wait("/health replica down",
