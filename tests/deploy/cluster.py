@@ -35,6 +35,8 @@ GATEWAY = f"{SUBNET}.1"
 PREFIX_LEN = 24
 WHEELHOUSE = "/var/cache/appliance-wheels"
 ROLES_DIR = Path(__file__).resolve().parents[2] / "ansible" / "roles"
+# services the packages enable on install; the roles enable them where they run
+DISABLED_SERVICES = ("postgresql.service", "redis-server.service")
 
 
 def _role_packages() -> list[str]:
@@ -48,11 +50,32 @@ def _role_packages() -> list[str]:
     return sorted(set(pkgs))
 
 
+def _build_script(packages: list[str]) -> str:
+    """What runs in the builder (the cache is keyed on it)."""
+    return " && ".join([
+        "apt-get update -qq",
+        f"apt-get install -y -qq {' '.join(packages)}",
+        # Installed is not deployed: a host runs PostgreSQL or Redis only when
+        # its role starts them (a worker host has neither), as on a host that
+        # installs the packages at deploy time.
+        f"systemctl disable -q {' '.join(DISABLED_SERVICES)}",
+        # The builder shares the machine's network, where 5432 may be taken, so
+        # the package's new cluster may have got another port; a host's own is 5432.
+        "sed -i 's/^port = [0-9]*/port = 5432/' /etc/postgresql/*/main/postgresql.conf",
+        "python3 -m venv /tmp/wheel-build",
+        f"/tmp/wheel-build/bin/pip wheel -q --wheel-dir {WHEELHOUSE} /opt/appliance/src",
+        # the build backend, for `pip install --no-index` of the source tree
+        f"/tmp/wheel-build/bin/pip download -q --dest {WHEELHOUSE} 'setuptools>=68' wheel",
+        "rm -rf /tmp/wheel-build /opt/appliance/src /var/lib/apt/lists/partial",
+    ])
+
+
 def cluster_rootfs(source: Path, source_ignore, log=print) -> Path:
     """The cached root filesystem with the roles' packages and the wheelhouse."""
     base = hostmod.rootfs_tarball(log=log)
     packages = _role_packages()
-    key = hashlib.sha256("\n".join([base.name, *packages,
+    script = _build_script(packages)
+    key = hashlib.sha256("\n".join([base.name, script,
                                     (source / "pyproject.toml").read_text()]).encode()
                          ).hexdigest()[:16]
     tarball = hostmod.CACHE_DIR / f"cluster-{key}.tar"
@@ -66,16 +89,6 @@ def cluster_rootfs(source: Path, source_ignore, log=print) -> Path:
         builder = hostmod.Host(work, "mda-rootfs-build")
         try:
             builder.prepare(base, source, "/opt/appliance/src", source_ignore)
-            script = " && ".join([
-                "apt-get update -qq",
-                f"apt-get install -y -qq {' '.join(packages)}",
-                "python3 -m venv /tmp/wheel-build",
-                f"/tmp/wheel-build/bin/pip wheel -q --wheel-dir {WHEELHOUSE} /opt/appliance/src",
-                # the build backend, for `pip install --no-index` of the source tree
-                f"/tmp/wheel-build/bin/pip download -q --dest {WHEELHOUSE} "
-                "'setuptools>=68' wheel",
-                "rm -rf /tmp/wheel-build /opt/appliance/src /var/lib/apt/lists/partial",
-            ])
             builder._mounted_run_dir = hostmod.ensure_nspawn_run_dir()
             argv = ["systemd-nspawn", "-q", "-D", str(builder.root), "-M", builder.name,
                     "--register=no", "--keep-unit", "--pipe",

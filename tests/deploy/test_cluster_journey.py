@@ -86,6 +86,9 @@ class Journey:
     web: str
     timings: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
+    group_vars: dict = field(default_factory=dict)
+    symbols: list = field(default_factory=lambda: list(SYMBOLS))
+    requests_per_minute: int = REQUESTS_PER_MINUTE
 
     @property
     def primary(self) -> hostmod.Host:
@@ -110,10 +113,10 @@ class Journey:
             "appliance_worker_count": WORKERS_PER_HOST,
             "appliance_provider": "polygon",
             "appliance_polygon_base_url": self.fake.base_url,
-            "appliance_polygon_requests_per_minute": REQUESTS_PER_MINUTE,
+            "appliance_polygon_requests_per_minute": self.requests_per_minute,
             "appliance_polygon_api_key": API_KEY,
             "appliance_history_start": self.state["first"].isoformat(),
-            "appliance_symbols": list(SYMBOLS),
+            "appliance_symbols": list(self.symbols),
             "appliance_database_max_replica_lag_seconds": 30,
             "appliance_alerts": {"validation_rate_warn_pct": 90,
                                  "validation_rate_critical_pct": 50,
@@ -125,8 +128,12 @@ class Journey:
             "appliance_admin_token": ADMIN_TOKEN,
             "appliance_secret_key": "cluster-secret-key-4b6e8c0a1f8e6c4a2f0d",
         }
+        # The shared settings go where ansible/inventory.cluster.example.yml says,
+        # group_vars/cluster/main.yml next to the inventory: vars in the inventory
+        # file itself rank below the playbook's group_vars/all.yml.
+        self.group_vars = {"cluster": shared}
         return {"all": {"children": {"cluster": {
-            "hosts": hosts, "vars": shared,
+            "hosts": hosts,
             "children": {"db": {"hosts": {n1: None}}, "redis": {"hosts": {n1: None}},
                          "web": {"hosts": {n1: None}}, "db_replica": {"hosts": {n2: None}},
                          "workers": {"hosts": {n2: None, n3: None}}}}}}}
@@ -134,6 +141,10 @@ class Journey:
     def deploy(self, label: str) -> subprocess.CompletedProcess:
         inv = self.workdir / "inventory.yml"
         inv.write_text(yaml.safe_dump(self.inventory(), sort_keys=False))
+        for group, values in self.group_vars.items():
+            d = self.workdir / "group_vars" / group
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "main.yml").write_text(yaml.safe_dump(values, sort_keys=False))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         env.update(ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_FORCE_COLOR="0", ANSIBLE_DEPRECATION_WARNINGS="0",
@@ -235,7 +246,10 @@ def journey(tmp_path_factory, pytestconfig):
 
 def test_1_the_playbook_deploys_each_host_its_part(journey):
     p = journey.state["first_deploy"]
-    assert p.returncode == 0, f"ansible-playbook failed:\n{_tail(p.stdout + p.stderr, 80)}"
+    if p.returncode != 0:
+        journals = "\n".join(f"--- {h.name}\n{journey.journal(h, 30)}"
+                             for h in journey.cluster.hosts if h.running)
+        pytest.fail(f"ansible-playbook failed:\n{_tail(p.stdout + p.stderr, 80)}\n{journals}")
     h1, h2, h3 = journey.cluster.hosts
     workers = [f"appliance-worker@{i}.service" for i in range(1, WORKERS_PER_HOST + 1)]
     want = {h1: ["appliance-web.service", "appliance-scheduler.service", "postgresql",
@@ -303,25 +317,47 @@ def _backfill(journey) -> int:
     return r.json()["job_id"]
 
 
-def _chunks_by_host(journey) -> dict[str, int]:
+def _chunks_by_host(journey, run_id: int) -> dict[str, int]:
+    """Done chunks of the run by the host that finished them (done_by is hostname:pid)."""
     out = clustermod.sql(journey.primary,
-                         "SELECT host, count(*) FROM backfill_chunks WHERE status = 'done' "
-                         "GROUP BY host ORDER BY host")
+                         "SELECT split_part(done_by, ':', 1), count(*) FROM backfill_chunks "
+                         f"WHERE run_id = {int(run_id)} AND status = 'done' GROUP BY 1 ORDER BY 1")
     return {ln.split("|")[0]: int(ln.split("|")[1]) for ln in out.splitlines() if ln}
+
+
+def _parent_host(journey, run_id: int) -> str:
+    """The host whose worker runs the backfill itself (backfill_fanouts.owner, hostname:pid)."""
+    return clustermod.sql(journey.primary, "SELECT split_part(owner, ':', 1) FROM "
+                                           f"backfill_fanouts WHERE run_id = {int(run_id)}")
 
 
 def test_4_a_backfill_is_shared_by_both_worker_hosts_and_survives_losing_one(journey):
     if not CHUNKS_MIGRATION.exists():
         pytest.skip("the backfill's fan-out into chunks (migration 0004_chunks.sql) is not "
                     "in this tree yet")
-    h3 = journey.cluster.hosts[2]
+    h2, h3 = journey.cluster.hosts[1:]
+    workers = " ".join(f"appliance-worker@{i}.service" for i in range(1, WORKERS_PER_HOST + 1))
+    # The run itself (the parent, which fans out and records the result) goes to
+    # mda-c2: mda-c3's workers start once it has fanned out. The host that goes
+    # away is one that only does chunks.
+    h3.sh(f"systemctl stop {workers}")
     t0 = time.monotonic()
     run_id = _backfill(journey)
+    parent = journey.wait("the backfill fanned out", lambda: _parent_host(journey, run_id),
+                          timeout=120)
+    assert parent == h2.name, parent
+    h3.sh(f"systemctl start {workers}")
     # host 3 goes away without a shutdown once it has done some chunks
-    journey.wait("chunks done on mda-c3", lambda: _chunks_by_host(journey).get("mda-c3", 0) >= 3,
-                 timeout=300)
+    journey.wait("chunks done on mda-c3",
+                 lambda: _chunks_by_host(journey, run_id).get(h3.name, 0) >= 3, timeout=300,
+                 every=0.5)
     h3.destroy()
-    _log(f"mda-c3 powered off mid-backfill; chunks so far {_chunks_by_host(journey)}")
+    # what mda-c3 held when it went away (it can no longer finish or beat them)
+    held = clustermod.sql(journey.primary, "SELECT id FROM backfill_chunks WHERE "
+                          f"run_id = {run_id} AND status = 'running' "
+                          f"AND claimed_by LIKE '{h3.name}:%' ORDER BY id").split()
+    _log(f"mda-c3 powered off mid-backfill holding chunk(s) {held}; done so far "
+         f"{_chunks_by_host(journey, run_id)}")
 
     def finished():
         run = journey.api(f"/api/v1/jobs/{run_id}")
@@ -329,9 +365,18 @@ def test_4_a_backfill_is_shared_by_both_worker_hosts_and_survives_losing_one(jou
     run = journey.wait(f"backfill run {run_id}", finished, timeout=900, every=3)
     journey.timings["backfill"] = time.monotonic() - t0
     assert run["status"] == "ok", json.dumps(run)[:2000]
-    by_host = _chunks_by_host(journey)
-    assert by_host.get("mda-c2", 0) > 0 and by_host.get("mda-c3", 0) > 0, by_host
+    by_host = _chunks_by_host(journey, run_id)
+    assert by_host.get(h2.name, 0) > 0 and by_host.get(h3.name, 0) > 0, by_host
     assert sum(by_host.values()) == len(SYMBOLS), by_host
+    # every chunk was done once: none is left running, failed, or done twice
+    statuses = clustermod.sql(journey.primary, "SELECT status, count(*) FROM backfill_chunks "
+                              f"WHERE run_id = {run_id} GROUP BY 1")
+    assert statuses == f"done|{len(SYMBOLS)}", statuses
+    # the chunks mda-c3 held were taken over and finished on mda-c2
+    if held:
+        finishers = clustermod.sql(journey.primary, "SELECT DISTINCT split_part(done_by, ':', 1) "
+                                   f"FROM backfill_chunks WHERE id IN ({', '.join(held)})")
+        assert finishers == h2.name, finishers
     # the store equals the vendor's truth, nothing lost or doubled
     got = {s["symbol"]: s["records"] for s in journey.api("/api/v1/symbols")["symbols"]}
     want = {s: len(journey.truth.bars[s]) for s in SYMBOLS}
@@ -368,12 +413,16 @@ def test_6_reads_fall_back_to_the_primary_while_the_replica_is_down(journey):
     path = f"/api/v1/historical/{SYMBOLS[0]}?start={journey.state['first']}"
     expected = journey.get(path)
     h2.sh("systemctl stop postgresql")
+    # `systemctl stop postgresql` can return while the cluster's own unit is
+    # still shutting down; the reads below are those of a stopped replica
+    journey.wait("the replica stopped", lambda: h2.sh(
+        "pg_isready -q -h 127.0.0.1 -p 5432", check=False).returncode == 2, timeout=60)
     try:
         before = journey.reads()
         for _ in range(5):
             r = journey.get(path)
             assert r.status_code == expected.status_code and r.json() == expected.json(), \
-                r.text[:500]
+                f"{r.text[:500]}\n{journey.journal(journey.primary, 40)}"
         after = journey.reads()
         assert after.get("primary", 0) >= before.get("primary", 0) + 5, (before, after)
         journey.wait("/health replica down",
