@@ -11,10 +11,10 @@ the backfills measure the appliance, not the limit. Needs root, like the
 journey; all hosts share this machine's CPUs, so a second worker host adds
 workers but no CPU.
 
-Two disjoint halves of the symbols, each backfilled once from scratch:
-the first with the workers of both hosts, the second with mda-c3's workers
-stopped. The replica's lag (pg_stat_replication on the primary) is sampled
-during the first. Then ``--clients`` threads read /api/v1/historical (the
+Four disjoint quarters of the symbols, each backfilled once from scratch,
+in the order 2 hosts, 1, 1, 2 (one host: mda-c3's workers stopped). The
+replica's lag (pg_stat_replication on the primary) is sampled during the
+2-host backfills. Then ``--clients`` threads read /api/v1/historical (the
 whole history of a random symbol) for ``--seconds`` while the replica serves
 reads, and again with the replica stopped (every read on the primary).
 
@@ -24,6 +24,7 @@ reads, and again with the replica stopped (every read on the primary).
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import random
 import shutil
@@ -49,6 +50,21 @@ AUTH = {"Authorization": f"Bearer {tj.ADMIN_TOKEN}"}
 LAG_SQL = ("SELECT coalesce(extract(epoch FROM replay_lag), 0), "
            "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0) "
            "FROM pg_stat_replication")
+
+
+def queued(j: tj.Journey) -> int:
+    """Jobs waiting in the RQ queue (on the Redis host)."""
+    out = j.primary.sh(f"REDISCLI_AUTH={tj.REDIS_PASSWORD} redis-cli llen rq:queue:appliance")
+    return int(out.stdout.strip() or 0)
+
+
+def drain(j: tj.Journey) -> float:
+    """Seconds until the queue is empty (a fanned-out run leaves one RQ job
+    per chunk behind; those that find no chunk left end at once)."""
+    t0 = time.monotonic()
+    while queued(j):
+        time.sleep(0.5)
+    return time.monotonic() - t0
 
 
 def backfill(j: tj.Journey, symbols: list[str], sample=None) -> tuple[float, dict]:
@@ -98,7 +114,7 @@ def throughput(j: tj.Journey, symbols: list[str], first: dt.date, clients: int,
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--symbols", type=int, default=300, help="per backfill (two backfills)")
+    ap.add_argument("--symbols", type=int, default=300, help="per backfill (four backfills)")
     ap.add_argument("--sessions", type=int, default=250)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=20)
@@ -107,8 +123,7 @@ def main() -> int:
     if reason:
         print(f"skipped: {reason}")
         return 0
-    symbols = [f"B{i:04d}" for i in range(2 * a.symbols)]
-    half_a, half_b = symbols[:a.symbols], symbols[a.symbols:]
+    symbols = [f"B{i:04d}" for i in range(4 * a.symbols)]
     latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.timezone.utc))
     first = tcal.previous_sessions("XNYS", latest, a.sessions)[0].astype(dt.date)
     truth = make_truth(symbols, first, latest, seed=23)
@@ -143,21 +158,34 @@ def main() -> int:
             if "|" in out:
                 s, b = out.split("|")
                 lags.append((float(s), float(b)))
-        wall2, run2 = backfill(j, half_a, sample)
-        h3.sh(f"systemctl stop {workers}")
-        wall1, run1 = backfill(j, half_b)
-        h3.sh(f"systemctl start {workers}")
-        for name, wall, run in (("2 worker hosts (4 workers)", wall2, run2),
-                                ("1 worker host (2 workers)", wall1, run1)):
+        walls: dict[int, list[float]] = {1: [], 2: []}
+        drains: dict[int, list[float]] = {1: [], 2: []}
+        # ABBA: 2 hosts, 1, 1, 2 (the machine's load drifts)
+        for k, hosts in enumerate((2, 1, 1, 2)):
+            part = symbols[k * a.symbols:(k + 1) * a.symbols]
+            if hosts == 1:
+                h3.sh(f"systemctl stop {workers}")
+            load = os.getloadavg()[0]
+            wall, run = backfill(j, part, sample if hosts == 2 else None)
+            left = drain(j)
+            if hosts == 1:
+                h3.sh(f"systemctl start {workers}")
+            walls[hosts].append(wall)
+            drains[hosts].append(left)
             res = run.get("result") or {}
-            print(f"backfill, {name}: {wall:.1f} s, status {run['status']}, "
-                  f"{res.get('inserted')} candles, {res.get('requests')} requests, "
-                  f"chunks by host {res.get('hosts')}")
-        print(f"ratio 1 host / 2 hosts: {wall1 / wall2:.2f}")
+            print(f"backfill {k + 1}, {hosts} worker host(s) ({2 * hosts} workers): {wall:.1f} s "
+                  f"(run {run['duration_s']:.1f} s), then {left:.1f} s until the queue was "
+                  f"empty; status {run['status']}, {res.get('inserted')} candles, "
+                  f"{res.get('requests')} requests, chunks by host {res.get('hosts')}, "
+                  f"load before {load:.1f}")
+        w1, w2 = statistics.mean(walls[1]), statistics.mean(walls[2])
+        print(f"mean wall: 1 host {w1:.1f} s, 2 hosts {w2:.1f} s; ratio 1 host / 2 hosts "
+              f"{w1 / w2:.2f}; queue empty after: 1 host "
+              f"{statistics.mean(drains[1]):.1f} s, 2 hosts {statistics.mean(drains[2]):.1f} s")
         if lags:
             secs = [s for s, _ in lags]
             byts = [b for _, b in lags]
-            print(f"replica lag during the 2-host backfill ({len(lags)} samples): replay_lag "
+            print(f"replica lag during the 2-host backfills ({len(lags)} samples): replay_lag "
                   f"median {statistics.median(secs):.3f} s, max {max(secs):.3f} s; "
                   f"bytes behind median {statistics.median(byts):.0f}, max {max(byts):.0f}")
 

@@ -13,6 +13,10 @@ dependencies (``WHEELHOUSE``; the deploy installs with ``pip --no-index
 --find-links``). It is built once, with the machine's network, and cached
 next to the base tarball, keyed on the package lists and pyproject.toml.
 
+Each host's nspawn runs in a cgroup of its own (``mda-cluster/<name>``):
+started from one cgroup, the hosts' systemds would share one cgroup tree and
+fail each other's units now and then (status 219/CGROUP).
+
 Everything is torn down by ``Cluster.destroy`` (machines, their tmpfs roots,
 the bridge), also when a test fails.
 """
@@ -140,7 +144,8 @@ class Cluster:
         for name in self.names:
             d = self.workdir / name
             d.mkdir()
-            h = hostmod.Host(d, name, nspawn_args=(f"--network-bridge={self.bridge.name}",))
+            h = hostmod.Host(d, name, nspawn_args=(f"--network-bridge={self.bridge.name}",),
+                             cgroup=f"mda-cluster/{name}")
             self.hosts.append(h)
             h.prepare(tarball, source, source_dest, ignore)
         for h in self.hosts:

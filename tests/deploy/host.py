@@ -181,6 +181,62 @@ def _ca_files() -> list[Path]:
     return out
 
 
+# --------------------------------------------------------------------------- cgroups
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_hierarchies() -> list[Path]:
+    """Where systemd keeps its tree: the unified hierarchy (cgroup v2, or
+    "unified" beside v1 controllers) and the named v1 "systemd" hierarchy."""
+    if (CGROUP_ROOT / "cgroup.procs").exists():
+        return [CGROUP_ROOT]
+    return [p for p in (CGROUP_ROOT / "systemd", CGROUP_ROOT / "unified")
+            if (p / "cgroup.procs").exists()]
+
+
+def _make_cgroup(rel: str) -> list[Path]:
+    dirs = []
+    for h in _cgroup_hierarchies():
+        d = h / rel
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        dirs.append(d)
+    return dirs
+
+
+def _enter_cgroup(dirs: list[Path]) -> None:
+    """In the forked child, before nspawn runs: into its own cgroups."""
+    for d in dirs:
+        try:
+            (d / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            pass
+
+
+def _remove_cgroup(rel: str) -> None:
+    """The cgroup and what the container's systemd left below it, innermost first."""
+    for h in _cgroup_hierarchies():
+        top = h / rel
+        if not top.is_dir():
+            continue
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()),
+                        key=lambda p: len(p.parts), reverse=True):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        for d in (top, *top.relative_to(h).parents):  # and its parents, when empty
+            if d == Path("."):
+                break
+            try:
+                (h / d).rmdir()
+            except OSError:
+                break
+
+
 # --------------------------------------------------------------------------- backup drive
 
 class BackupDrive:
@@ -206,10 +262,15 @@ class Host:
     """A booted Debian 12 container. ``pid`` is its PID 1 as seen from here."""
 
     def __init__(self, workdir: Path, name: str, drive: BackupDrive | None = None,
-                 nspawn_args: tuple[str, ...] = ()):
+                 nspawn_args: tuple[str, ...] = (), cgroup: str | None = None):
         self.workdir = workdir
         self.name = name
         self.nspawn_args = tuple(nspawn_args)  # e.g. --network-bridge=... (tests/deploy/cluster.py)
+        # With --keep-unit the container's systemd takes nspawn's own cgroup as its
+        # root; containers started from one cgroup would share one tree (two hosts'
+        # system.slice/postgresql.service) and their systemds trip over each other
+        # (units fail with status 219/CGROUP). ``cgroup``: a cgroup of its own.
+        self.cgroup = cgroup
         self.root = workdir / "root"
         self.drive = drive
         self.proc: subprocess.Popen | None = None
@@ -276,9 +337,11 @@ class Host:
                      f"--property=DeviceAllow={self.drive.device} rwm"]
         self.boots += 1
         self._console = open(self.workdir / f"console-{self.boots}.log", "w")
+        dirs = _make_cgroup(self.cgroup) if self.cgroup else []
         self.proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL,
                                      stdout=self._console, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=(lambda: _enter_cgroup(dirs)) if dirs else None)
         deadline = time.monotonic() + timeout
         self.pid = 0
         while not self.pid:
@@ -358,6 +421,8 @@ class Host:
                 if target == str(self.root) or target.startswith(str(self.root) + "/"):
                     _run(["umount", "-l", target], check=False)
             shutil.rmtree(self.root, ignore_errors=True)
+        if self.cgroup:
+            _remove_cgroup(self.cgroup)
         # Left mounted while another container (a concurrent run) may use it.
         if self._mounted_run_dir and _run(["pgrep", "-x", "systemd-nspawn"],
                                           check=False).returncode != 0:

@@ -189,8 +189,8 @@ class Journey:
             time.sleep(every)
 
     def journal(self, h: hostmod.Host, lines: int = 60) -> str:
-        return h.sh(f"journalctl --no-pager -n {lines} -u 'appliance-*' -u postgresql@15-main",
-                    check=False).stdout
+        return h.sh(f"journalctl --no-pager -n {lines} -u 'appliance-*' -u postgresql@15-main "
+                    "-u postgresql", check=False).stdout
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +266,10 @@ def test_1_the_playbook_deploys_each_host_its_part(journey):
         for u in absent[h]:
             assert h.sh(f"systemctl is-active {u}", check=False).stdout.strip() != "active", \
                 f"{u} runs on {h.name}"
+    # one key seals the running config in Redis for every host's processes
+    keys = {h.name: h.sh("sha256sum /var/lib/appliance/config.key").stdout.split()[0]
+            for h in journey.cluster.hosts}
+    assert len(set(keys.values())) == 1, keys
     body = journey.wait("/health 200", lambda: (r := journey.get("/health")).status_code == 200
                         and r.json(), timeout=90)
     assert body["database"] == "ok" and body["redis"] == "ok", body
@@ -372,6 +376,10 @@ def test_4_a_backfill_is_shared_by_both_worker_hosts_and_survives_losing_one(jou
     statuses = clustermod.sql(journey.primary, "SELECT status, count(*) FROM backfill_chunks "
                               f"WHERE run_id = {run_id} GROUP BY 1")
     assert statuses == f"done|{len(SYMBOLS)}", statuses
+    # the worker host ran with the running config it was given (sealed by the web host)
+    unsealed = h2.sh("journalctl --no-pager -u 'appliance-worker@*' | grep -c 'cannot be "
+                     "unsealed'", check=False).stdout.strip()
+    assert unsealed == "0", journey.journal(h2)
     # the chunks mda-c3 held were taken over and finished on mda-c2
     if held:
         finishers = clustermod.sql(journey.primary, "SELECT DISTINCT split_part(done_by, ':', 1) "
@@ -437,9 +445,12 @@ def test_6_reads_fall_back_to_the_primary_while_the_replica_is_down(journey):
         h2.sh("systemctl start postgresql")
     journey.wait("/health replica ok",
                  lambda: journey.get("/health").json()["replica"]["state"] == "ok", timeout=90)
-    before = journey.reads()
-    assert journey.get(path).status_code == expected.status_code
-    after = journey.reads()
-    assert after.get("replica", 0) > before.get("replica", 0), (before, after)
+
+    # each web process finds out on its own (its next probe of the replica)
+    def served_by_replica():
+        before = journey.reads()
+        assert journey.get(path).status_code == expected.status_code
+        return journey.reads().get("replica", 0) > before.get("replica", 0)
+    journey.wait("a read served by the replica again", served_by_replica, timeout=60)
     rows = clustermod.sql(journey.primary, "SELECT state FROM pg_stat_replication")
     assert rows == "streaming", rows
