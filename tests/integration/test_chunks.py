@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from appliance import queue as queue_mod
 from appliance.config import DEFAULTS
@@ -132,3 +133,21 @@ def test_three_workers_share_a_backfill_and_survive_a_killed_one(config_factory,
             rt.close()
             for f in logs:
                 f.close()
+            _kill_leftovers(str(path))
+
+
+def _kill_leftovers(config_path: str) -> None:
+    """RQ's work horses run in sessions of their own: one whose worker was
+    killed outlives it. Every process started with this test's config goes."""
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            cmd = (pid_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if config_path.encode() in cmd:
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
