@@ -6,6 +6,7 @@ stats and checkpoints. The layout and its exactness rule are described in
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -374,7 +375,6 @@ def day_bars(conn, symbol: str, timeframe: str, session: dt.date) -> dict[int, d
                                      fmt="json"),
                         {"symbol": symbol, "start": session, "end": session, "after": None,
                          "limit": None}).fetchall()
-    import json
     return {int(t): json.loads(text) for t, text in rows}
 
 
