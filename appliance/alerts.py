@@ -332,7 +332,7 @@ RULES: list[Rule] = [
 
 def rule_keys() -> list[str]:
     """Keys of every alert that can open (the rules plus the backup job's own)."""
-    return [r.key for r in RULES] + ["backup_failed"]
+    return [r.key for r in RULES] + ["backup_failed", "config_invalid"]
 
 
 # --------------------------------------------------------------------------- measuring

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import MIN_TOKEN_LENGTH, TOKEN_PATHS, default_config_path, json_path, load_config
+from .config import default_config_path, load_config
 from .configdiff import diff_configs
 from .errors import ApplianceError, ConfigError
 
@@ -37,45 +37,7 @@ def _load(ctx):
         ctx.exit(1)
 
 
-def _runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False, **kw):
-    """A Runtime for this command. ``one_shot``: embedded servers this command
-    had to start are stopped again when it ends. ``migrate``: bring the schema
-    up to date first (a fresh host has none yet); ``"try"``: a failure is only
-    a warning (the restore of a damaged database must still run)."""
-    from . import db, services
-    from .runtime import Runtime
-    cfg = _load(ctx)
-    if one_shot:
-        ctx.call_on_close(services.stop_started_here)
-    try:
-        rt = Runtime(cfg, **kw)
-        if migrate:
-            try:
-                applied = db.migrate(rt.endpoints.database_url)
-                if applied:
-                    click.echo(f"applied migrations {applied}", err=True)
-            except Exception as e:  # noqa: BLE001 - say it; "try" goes on
-                if migrate != "try":
-                    raise ApplianceError(f"database migration failed: {e}") from None
-                click.echo(f"warning: could not migrate the live database ({e}); going on",
-                           err=True)
-        rt.adopt_running_config()
-        ctx.call_on_close(rt.close)
-        return rt
-    except ApplianceError as e:
-        click.echo(f"error: {e.message}", err=True)
-        ctx.exit(1)
-
-
-def _short_tokens(cfg) -> list[str]:
-    """``check-config``'s refusals of guessable tokens (the value is never shown)."""
-    out = []
-    for p in TOKEN_PATHS:
-        v = cfg.get(".".join(p)) or ""
-        if v and len(v) < MIN_TOKEN_LENGTH:
-            out.append(f"{cfg.path}: at {json_path(p)}: the token is {len(v)} characters; at least "
-                       f"{MIN_TOKEN_LENGTH} are required (e.g. openssl rand -hex 32)")
-    return out
+from .commandruntime import command_runtime as _runtime  # noqa: E402
 
 
 def _fail(msg: str, code: int = 1):
@@ -87,14 +49,17 @@ def _fail(msg: str, code: int = 1):
 @click.option("--config", "config", type=click.Path(dir_okay=False), envvar=None,
               help="appliance.yaml (default: $APPLIANCE_CONFIG or config/appliance.yaml)")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+@click.option("--use-file", is_flag=True,
+              help="use appliance.yaml as it is on disk, not the running config")
 @click.version_option(__version__, prog_name="appliance")
 @click.pass_context
-def main(ctx, config, log_level):
+def main(ctx, config, log_level, use_file):
     """Market Data Appliance: verified OHLCV candles, backed up and served."""
     from .logs import setup_logging  # not from runtime: no psycopg in the gunicorn master
     setup_logging(log_level)
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+    ctx.obj["use_file"] = use_file
     if config:
         os.environ["APPLIANCE_CONFIG"] = str(Path(config).resolve())
 
@@ -104,40 +69,63 @@ def main(ctx, config, log_level):
 @main.command("check-config")
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.option("--diff", "show_diff", is_flag=True,
-              help="also show what a reload would change against the running config")
+              help="also show, as JSON on stdout, what a reload would change in the running "
+                   "appliance (as its processes see it)")
 @click.pass_context
 def check_config(ctx, path, show_diff):
-    """Validate a config file (like promtool check config)."""
+    """Validate a config file (like promtool check config): every problem in
+    one run, schema and semantic. Validated in the appliance's environment
+    (this shell's with appliance.env over it)."""
     t0 = time.monotonic()
     p = Path(path) if path else _config_path(ctx)
     try:
         cfg = load_config(p)
     except ConfigError as e:
         for line in e.errors:
-            click.echo(line)
+            click.echo(line, err=show_diff)
         click.echo(f"FAILED: {p}: {len(e.errors)} error(s)", err=True)
-        sys.exit(1)
-    weak = _short_tokens(cfg)
-    if weak:
-        for line in weak:
-            click.echo(line)
-        click.echo(f"FAILED: {p}: {len(weak)} error(s)", err=True)
         sys.exit(1)
     syms = cfg.symbols
     click.echo(f"SUCCESS: {p} is valid: {len(syms)} symbols, provider {cfg['provider']['name']}, "
                f"{len(cfg['schedules'])} schedules, sha256 {cfg.sha256[:12]} "
-               f"({(time.monotonic() - t0) * 1000:.0f} ms)")
+               f"({(time.monotonic() - t0) * 1000:.0f} ms)", err=show_diff)
     if show_diff:
-        from . import services
-        from .runtime import Runtime
-        from . import reload as reload_mod
-        ctx.call_on_close(services.stop_started_here)
-        try:
-            running = reload_mod.running_config(Runtime(cfg))
-        except Exception as e:  # noqa: BLE001 - nothing running is a normal answer
-            click.echo(f"(no running config to compare with: {e})")
-            return
-        click.echo(json.dumps(diff_configs(running, cfg), indent=2, default=str))
+        sys.exit(_print_diff(ctx, cfg))
+
+
+def _print_diff(ctx, cfg) -> int:
+    """``check-config --diff``: what a reload would change, as the running
+    processes compute it (a dry run of the reload: nothing is applied)."""
+    from . import configsync, reload as reload_mod, services
+    from .runtime import Runtime
+    ctx.call_on_close(services.stop_started_here)
+    try:
+        rt = Runtime(cfg, pool_size=1)
+        ctx.call_on_close(rt.close)
+        peers = configsync.live(rt, cfg.path)
+        got = rt.running_text()
+    except Exception as e:  # noqa: BLE001 - nothing running is a normal answer
+        click.echo(f"no running config to compare with: {e}", err=True)
+        click.echo(json.dumps(None))
+        return 0
+    if peers:
+        res = reload_mod.dry_run(rt, peers, cfg.text, os.environ)
+        if not res["ok"]:
+            for line in res["errors"]:
+                click.echo(line, err=True)
+            click.echo("the running appliance would refuse this config", err=True)
+            return 1
+        click.echo(json.dumps(res["diff"], indent=2, default=str))
+        return 0
+    if got is None:
+        click.echo("no running config to compare with (the appliance has not run)", err=True)
+        click.echo(json.dumps(None))
+        return 0
+    running = load_config(cfg.path, text=got[1])
+    click.echo(f"the appliance is not running; compared with the config it last ran "
+               f"(version {got[0]})", err=True)
+    click.echo(json.dumps(diff_configs(running, cfg), indent=2, default=str))
+    return 0
 
 
 @main.group("api-key")
@@ -174,26 +162,24 @@ def api_key_new(name, scopes, requests_per_minute):
 @main.command()
 @click.pass_context
 def reload(ctx):
-    """Validate appliance.yaml and make it the running config of every process."""
+    """Make appliance.yaml the running config of every process: each running
+    process validates it in its own environment first; one refusal and
+    nothing changes."""
     from . import reload as reload_mod
-    path = _config_path(ctx)
-    try:
-        load_config(path)
-    except ConfigError as e:
-        for line in e.errors:
-            click.echo(line, err=True)
-        click.echo("reload refused; the running config is unchanged", err=True)
-        reload_mod.record_refused_from_broken_file(path, e.errors, source="cli",
-                                                   actor=os.environ.get("USER"))
-        sys.exit(1)
-    rt = _runtime(ctx)
-    res = reload_mod.reload_config(rt, source="cli", actor=os.environ.get("USER"))
+    rt = _runtime(ctx, broken_file_ok=True, announce=False)
+    res = reload_mod.reload_config(rt, source="cli", actor=os.environ.get("USER"),
+                                   caller_env=os.environ)
     if not res["ok"]:
         for line in res["errors"]:
             click.echo(line, err=True)
-        click.echo("reload refused; the running config is unchanged", err=True)
+        click.echo("reload refused; the running config is unchanged"
+                   if res.get("status") != 504 else "reload not confirmed", err=True)
         sys.exit(1)
     click.echo(json.dumps(res["diff"], indent=2, default=str))
+    if res["diff"].get("restart_required"):
+        click.echo(f"restart required: {', '.join(res['diff']['restart_required'])} keep their "
+                   f"old value until the appliance restarts (systemctl restart "
+                   f"market-data-api.target, or stop and start appliance up)", err=True)
     click.echo(f"reloaded: config {res['sha256'][:12]} is running (version {res['version']})")
 
 
@@ -374,7 +360,7 @@ def serve(ctx):
 def worker(ctx, burst, name):
     """Run one RQ worker for the appliance's queue."""
     from .worker import run_worker
-    rt = _runtime(ctx, one_shot=False)
+    rt = _runtime(ctx, one_shot=False, service="worker")
     sys.exit(run_worker(rt, burst=burst, name=name))
 
 
@@ -383,7 +369,7 @@ def worker(ctx, burst, name):
 def scheduler(ctx):
     """Run the scheduler: cron jobs from appliance.yaml (UTC), heartbeat, catch-up."""
     from .schedule import run_scheduler
-    rt = _runtime(ctx, one_shot=False)
+    rt = _runtime(ctx, one_shot=False, service="scheduler")
     sys.exit(run_scheduler(rt))
 
 
@@ -500,11 +486,9 @@ def kept_databases(ctx, drop, yes):
 @click.pass_context
 def status(ctx, as_json, watch, interval):
     """Health, alerts, jobs, backups and freshness (exit 0 healthy, 1 degraded, 2 unhealthy)."""
-    from . import services
     from .statusview import run_status
-    cfg = _load(ctx)
-    ctx.call_on_close(services.stop_started_here)
-    sys.exit(run_status(cfg, as_json=as_json, watch=watch, interval=interval))
+    rt = _runtime(ctx, broken_file_ok=True, pool_size=2)
+    sys.exit(run_status(rt, as_json=as_json, watch=watch, interval=interval))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import configrules
+from .configenv import ENV_FILE_NAME, appliance_env, env_file_path, read_env_file  # noqa: F401
 from jsonschema import Draft202012Validator
 
 from .errors import ConfigError
@@ -42,9 +43,7 @@ SECRET_PATHS = {
     ("provider", "polygon", "api_key"), ("provider", "tiingo", "api_key"),
     ("alerts", "email", "password"), ("alerts", "webhook", "url"), ("server", "metrics_token"),
 }
-#: Tokens that guard the appliance: ``check-config`` refuses shorter ones.
-TOKEN_PATHS = (("server", "admin_token"), ("server", "read_token"), ("server", "metrics_token"))
-MIN_TOKEN_LENGTH = 24
+from .configrules import MIN_TOKEN_LENGTH, TOKEN_PATHS  # noqa: E402,F401 (their home is there)
 #: Keys a reload cannot change: the processes would have to be restarted.
 RESTART_KEYS = [("database", "url"), ("database", "read_url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
                 ("server", "workers"), ("server", "threads"), ("server", "worker_class")]
@@ -166,6 +165,8 @@ class _Ctx:
     path: str
     lines: dict
     errors: list
+    #: paths already reported (a later check does not report them twice)
+    reported: set = field(default_factory=set)
 
     def line(self, path: tuple) -> int:
         path = tuple(path)
@@ -174,7 +175,15 @@ class _Ctx:
         return self.lines.get(path, 1)
 
     def err(self, path, message: str) -> None:
+        self.reported.add(tuple(path))
         self.errors.append(f"{self.path}:{self.line(path)}: at {json_path(path)}: {message}")
+
+    def err_once(self, path, message: str) -> None:
+        """An error, unless this path (or one inside or around it) already has one."""
+        path = tuple(path)
+        if any(p[:len(path)] == path or path[:len(p)] == p for p in self.reported):
+            return
+        self.err(path, message)
 
 
 # --------------------------------------------------------------------------- interpolation
@@ -207,8 +216,9 @@ def _interpolate(value, path: tuple, env: Mapping[str, str], ctx: _Ctx):
         if got is None or (has_default and got == ""):
             if has_default:
                 return default or ""
-            ctx.err(path, f"environment variable {name} is not set (nor {name}_FILE); "
-                          f"set it or write ${{{name}:-default}}")
+            ctx.err(path, f"environment variable {name} is not set (nor {name}_FILE) in the "
+                          f"appliance's environment: put it in {ENV_FILE_NAME} (beside the "
+                          f"config), or write ${{{name}:-default}}")
             return ""
         return got
 
@@ -260,6 +270,9 @@ class Config:
     """
 
     def __init__(self, data: dict, *, path: Path, text: str):
+        #: restart-only keys whose value in the running config differs from
+        #: the one in force (the boot value); applied at the next restart
+        self.pending_restart: list[str] = []
         self._data = _freeze(data)
         self.path = path
         self.text = text
@@ -350,6 +363,28 @@ class Config:
         return out
 
 
+def with_boot_values(cfg: Config, boot: Config | None) -> Config:
+    """``cfg`` with the restart-only keys (RESTART_KEYS) at ``boot``'s values,
+    the ones the processes started with; ``pending_restart`` names the keys
+    whose new value waits for a restart."""
+    if boot is None:
+        return cfg
+    data, b = cfg.to_dict(), boot.to_dict()
+    pending = []
+    for k in RESTART_KEYS:
+        cur, old = data, b
+        for part in k[:-1]:
+            cur, old = cur[part], old[part]
+        if cur.get(k[-1]) != old.get(k[-1]):
+            pending.append(".".join(k))
+            cur[k[-1]] = old.get(k[-1])
+    if not pending:
+        return cfg
+    out = Config(data, path=cfg.path, text=cfg.text)
+    out.pending_restart = pending
+    return out
+
+
 # --------------------------------------------------------------------------- loading
 
 def default_config_path() -> Path:
@@ -364,7 +399,7 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
     Raises ConfigError listing every problem.
     """
     p = Path(path) if path is not None else default_config_path()
-    env = os.environ if env is None else env
+    env = appliance_env(p) if env is None else env
     shown = str(path if path is not None else p)
     if text is None:
         try:
@@ -423,8 +458,9 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
     data = _interpolate(data, (), env, ctx)
     merged = _deep_merge(DEFAULTS, data)
     _validate_schema(merged, ctx)
-    if not ctx.errors:
-        configrules.semantic_checks(merged, ctx, base=p.resolve().parent)
+    # every problem in one run: the semantic checks look at what the schema
+    # found valid and skip the rest
+    configrules.semantic_checks(merged, ctx, base=p.resolve().parent)
     if ctx.errors:
         raise ConfigError([redact(e) for e in ctx.errors])
     cfg = Config(merged, path=p.resolve(), text=src)
@@ -515,8 +551,12 @@ def salvage_connection_settings(path, env: Mapping[str, str] | None = None) -> C
     validate: ``database``, ``redis`` and ``data_dir`` as far as they can be
     read (interpolated leniently), defaults for everything else. Used to
     record a refused reload; never for running anything."""
-    env = os.environ if env is None else env
     p = Path(path)
+    if env is None:
+        try:
+            env = appliance_env(p)
+        except ConfigError:
+            env = os.environ
     picked: dict = {}
     try:
         raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)

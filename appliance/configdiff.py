@@ -20,32 +20,36 @@ def diff_configs(old: Config | None, new: Config) -> dict:
     """What changes when ``new`` replaces ``old``.
 
     Returns ``{"symbols_added", "symbols_removed", "schedules_changed",
-    "changed", "restart_required"}``; secrets appear masked.
+    "changed", "restart_required"}``: values compared as resolved (a secret
+    rotated through the environment is a change) and shown masked; the
+    restart-only keys that differ are listed in ``restart_required`` only,
+    never in ``changed`` (their old value stays in force until a restart).
     """
     if old is None:
         return {"symbols_added": [s.symbol for s in new.symbols], "symbols_removed": [],
                 "schedules_changed": {}, "changed": {}, "restart_required": []}
     o_syms = [s.symbol for s in old.symbols if s.active]
     n_syms = [s.symbol for s in new.symbols if s.active]
-    o_m, n_m = old.masked(), new.masked()
-    o_flat = {k: v for k, v in _flatten({k: v for k, v in o_m.items() if k != "symbols"})}
-    n_flat = {k: v for k, v in _flatten({k: v for k, v in n_m.items() if k != "symbols"})}
-    changed = {}
-    for k in sorted(set(o_flat) | set(n_flat), key=lambda t: ".".join(map(str, t))):
-        if o_flat.get(k) != n_flat.get(k):
-            if k in SECRET_PATHS:
-                changed[".".join(k)] = {"old": "********", "new": "********"}
-            else:
-                changed[".".join(k)] = {"old": _jsonable(o_flat.get(k)),
-                                        "new": _jsonable(n_flat.get(k))}
+    # compared as resolved (a secret rotated in the environment is a change),
+    # shown masked (a secret never appears)
     o_raw, n_raw = old.to_dict(), new.to_dict()
-    restart = []
-    for k in RESTART_KEYS:
-        ov, nv = o_raw, n_raw
-        for part in k:
-            ov, nv = ov.get(part), nv.get(part)
-        if ov != nv:
-            restart.append(".".join(k))
+    o_m, n_m = old.masked(), new.masked()
+    o_flat, n_flat = (dict(_flatten({k: v for k, v in d.items() if k != "symbols"}))
+                      for d in (o_raw, n_raw))
+    o_shown, n_shown = (dict(_flatten({k: v for k, v in d.items() if k != "symbols"}))
+                        for d in (o_m, n_m))
+    restart_keys = {tuple(k) for k in RESTART_KEYS}
+    changed, restart = {}, []
+    for k in sorted(set(o_flat) | set(n_flat), key=lambda t: ".".join(map(str, t))):
+        if o_flat.get(k) == n_flat.get(k):
+            continue
+        if k in restart_keys:
+            restart.append(".".join(k))  # not "changed": the old value stays in force
+        elif k in SECRET_PATHS:
+            changed[".".join(k)] = {"old": "********", "new": "********", "secret": True}
+        else:
+            changed[".".join(k)] = {"old": _jsonable(o_shown.get(k)),
+                                    "new": _jsonable(n_shown.get(k))}
     since_changed = {}
     o_since = {s.symbol: s.since for s in old.symbols}
     for s in new.symbols:

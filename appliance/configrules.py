@@ -27,49 +27,99 @@ def history_start_errors(e, ctx, validator, friendly) -> None:
         ctx.err(path, "expected a date (YYYY-MM-DD) or {1d: date, 1m: date}")
 
 
+#: Tokens that guard the appliance: shorter ones are refused.
+TOKEN_PATHS = (("server", "admin_token"), ("server", "read_token"), ("server", "metrics_token"))
+MIN_TOKEN_LENGTH = 24
+
+
 def semantic_checks(d: dict, ctx, base: Path) -> None:
     """Checks JSON Schema cannot express; then paths made absolute (relative
-    ones are relative to the config file's folder ``base``)."""
-    _schedule_and_date_checks(d, ctx)
-    _value_checks(d, ctx)
-    _absolutize_paths(d, ctx, base)
+    ones are relative to the config file's folder ``base``). Each check runs
+    even when the schema found errors elsewhere, so that one run reports every
+    problem; a check whose input the schema already refused (a wrong type)
+    is skipped, as the schema's message says it."""
+    once = _Once(ctx)
+    for check in (_cron_checks, _date_checks, _symbol_checks, _value_checks, _token_checks,
+                  _provider_checks):
+        try:
+            check(d, once)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+            continue
+    try:
+        _absolutize_paths(d, ctx, base)
+    except (TypeError, KeyError, AttributeError, ValueError):
+        pass
 
 
-def _schedule_and_date_checks(d: dict, ctx) -> None:
+class _Once:
+    """The checks' view of the context: a path the schema already reported
+    is not reported again."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def err(self, path, message: str) -> None:
+        self._ctx.err_once(path, message)
+
+
+def _token_checks(d: dict, ctx) -> None:
+    """The same rule for check-config, reload, up and the units: a guessable
+    token is refused (its value is never shown)."""
+    for p in TOKEN_PATHS:
+        v = d[p[0]].get(p[1]) or ""
+        if isinstance(v, str) and v and len(v) < MIN_TOKEN_LENGTH:
+            ctx.err(p, f"the token is {len(v)} characters; at least {MIN_TOKEN_LENGTH} are "
+                       f"required (e.g. openssl rand -hex 32)")
+
+
+def _cron_checks(d: dict, ctx) -> None:
     from croniter import croniter
 
     for job, expr in d["schedules"].items():
+        if not isinstance(expr, str):
+            continue
         if len(expr.split()) != 5 or not croniter.is_valid(expr):
             ctx.err(("schedules", job), f"invalid cron expression {expr!r} (expected five fields: "
                                         f"minute hour day-of-month month day-of-week, in UTC)")
 
-    def check_date(path, value):
-        try:
-            d_ = dt.date.fromisoformat(value)
-        except ValueError:
-            ctx.err(path, f"{value!r} is not a valid date (YYYY-MM-DD)")
-            return None
-        if d_ > dt.date.today():
-            ctx.err(path, f"{value} is in the future")
-        if d_.year < 1900:
-            ctx.err(path, f"{value} is before 1900")
-        return d_
 
+def _check_date(ctx, path, value):
+    if not isinstance(value, str):
+        return None
+    try:
+        d_ = dt.date.fromisoformat(value)
+    except ValueError:
+        ctx.err(path, f"{value!r} is not a valid date (YYYY-MM-DD)")
+        return None
+    if d_ > dt.date.today():
+        ctx.err(path, f"{value} is in the future")
+    if d_.year < 1900:
+        ctx.err(path, f"{value} is before 1900")
+    return d_
+
+
+def _date_checks(d: dict, ctx) -> None:
     start = d["history"]["start"]
     if isinstance(start, str):
-        check_date(("history", "start"), start)
-    else:
+        _check_date(ctx, ("history", "start"), start)
+    elif isinstance(start, dict):
         for tf, value in start.items():
-            check_date(("history", "start", tf), value)
+            _check_date(ctx, ("history", "start", tf), value)
+
+
+def _symbol_checks(d: dict, ctx) -> None:
     seen: dict[str, int] = {}
     for i, item in enumerate(d["symbols"]):
-        sym = item if isinstance(item, str) else item["symbol"]
+        sym = item if isinstance(item, str) else item.get("symbol") \
+            if isinstance(item, dict) else None
+        if not isinstance(sym, str):
+            continue
         if sym in seen:
             ctx.err(("symbols", i), f"duplicate symbol {sym!r} (first at $.symbols[{seen[sym]}])")
         else:
             seen[sym] = i
         if isinstance(item, dict) and item.get("since"):
-            check_date(("symbols", i, "since"), item["since"])
+            _check_date(ctx, ("symbols", i, "since"), item["since"])
 
 
 def _value_checks(d: dict, ctx) -> None:
@@ -99,11 +149,14 @@ def _value_checks(d: dict, ctx) -> None:
         ctx.err(("database", "read_url"), "expected a URL starting with postgresql:// or "
                                           "postgres:// (empty: no replica)")
 
+
+def _provider_checks(d: dict, ctx) -> None:
     prov = d["provider"]
     if prov["name"] == "polygon" and not prov["polygon"]["api_key"]:
         ctx.err(("provider", "polygon", "api_key"),
                 "provider is polygon but the API key is empty: set POLYGON_API_KEY "
-                "(or POLYGON_API_KEY_FILE) in the environment")
+                "(or POLYGON_API_KEY_FILE) in the appliance's environment (appliance.env "
+                "beside the config)")
     if d["spot_check"]["source"] == "tiingo" and not prov["tiingo"]["api_key"]:
         ctx.err(("provider", "tiingo", "api_key"),
                 "spot_check.source is tiingo but provider.tiingo.api_key is empty")

@@ -239,6 +239,8 @@ class Health:
     redis: str
     config_last_reload_successful: bool
     config_sha256: str
+    #: restart-only keys a reload changed: ``{"keys", "since"}``, or None
+    restart_required: dict | None
     provider: str
     processes: dict | None
     replica: dict
@@ -290,6 +292,10 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         reasons.append(f"replica lags {replica['lag_seconds']} s (allowed: "
                        f"{cfg['database']['max_replica_lag_seconds']} s): reads are served by "
                        f"the primary")
+    restart = rt.restart_required()
+    if restart:
+        reasons.append(f"restart required since {restart['since']}: "
+                       f"{', '.join(restart['keys'])} keep their old value until then")
     severity = _severity(cfg["alerts"], snap, status, scheduler_running, rate, reasons)
     last_reload = snap.get("last_reload") if snap["status"] == "ok" else None
     return Health(
@@ -299,7 +305,7 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         latest_data=latest, latest_data_sessions_behind=behind, validation_rate_pct=rate,
         database="ok" if snap["status"] == "ok" else "error", redis=rd["status"],
         config_last_reload_successful=(last_reload or {}).get("ok", True),
-        config_sha256=cfg.sha256, provider=cfg["provider"]["name"],
+        config_sha256=cfg.sha256, restart_required=restart, provider=cfg["provider"]["name"],
         processes=rd.get("processes"), replica=replica, reasons=reasons, db=snap, queue=rd)
 
 
@@ -364,7 +370,8 @@ def status_body(rt, h: dict) -> dict:
         "config": {"sha256": cfg.sha256, "path": str(cfg.path),
                    "version": rt.config_version(),
                    "last_reload": snap.get("last_reload") if ok else None,
-                   "last_reload_successful": h.config_last_reload_successful},
+                   "last_reload_successful": h.config_last_reload_successful,
+                   "restart_required": h.restart_required},
     }
 
 

@@ -1,8 +1,10 @@
 """Reloading appliance.yaml without a restart.
 
 ``reload_config`` validates the whole file with the same function as
-``check-config``; only a fully valid config that needs no restart is swapped
-in (published through Redis to every process). Every attempt is recorded in
+``check-config``, in the environment of every running process (configsync
+states the rule); only a config every process accepts is published, and the
+reload returns once each process runs it. Restart-only keys keep their value
+until the next restart and the reload says so. Every attempt is recorded in
 ``config_reloads`` with its diff or its errors. Effects: the symbols table
 follows the config (removed symbols keep their data), added symbols are
 backfilled right away, and the scheduler re-registers changed schedules when
@@ -10,11 +12,14 @@ it sees the new version.
 """
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import logging
 import threading
+from pathlib import Path
 
-from . import store
-from .config import Config, load_config
+from . import configsync, store
+from .config import Config, SymbolSpec, load_config
 from .configdiff import diff_configs, diff_is_empty
 from .errors import ConfigError
 
@@ -28,53 +33,146 @@ def running_config(rt) -> Config:
     return rt.config
 
 
+def _file_text(path) -> str:
+    from .config import load_config
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        load_config(path)  # raises the ConfigError that names the problem
+        raise
+
+
 def reload_config(rt, *, source: str, actor: str | None = None,
-                  text: str | bytes | None = None) -> dict:
-    """Returns ``{"ok": True, "diff", "sha256", "version", "backfill_run_id"}`` or
-    ``{"ok": False, "errors": [...], "status": 422|409}``. Never raises for a bad file."""
+                  text: str | bytes | None = None, caller_env=None) -> dict:
+    """Returns ``{"ok": True, "diff", "sha256", "version", "backfill_run_id",
+    "restart_required_since"}`` or ``{"ok": False, "errors": [...], "status": 422|504}``.
+    Never raises for a bad file. While processes of the appliance run, each
+    one validates the new config in its own environment (configsync); with
+    none running, it is validated here. ``caller_env``: the environment of
+    the command that asked (a CLI's shell), for the hints of a refusal."""
     with _lock:
         old = running_config(rt)
         try:
-            new = load_config(old.path, text=text)
+            if text is None:
+                text = _file_text(old.path)
+            elif isinstance(text, bytes):
+                text = text.decode("utf-8")
         except ConfigError as e:
-            _record(rt, source, actor, None, False, "\n".join(e.errors), None)
-            return {"ok": False, "errors": e.errors, "status": 422}
-        diff = diff_configs(old, new)
-        if diff["restart_required"]:
-            msg = (f"{old.path}: changing {', '.join(diff['restart_required'])} needs a restart "
-                   f"of the appliance (systemctl restart market-data-api.target, or stop and "
-                   f"start 'appliance up'); nothing was reloaded")
-            _record(rt, source, actor, new.sha256, False, msg, diff)
-            return {"ok": False, "errors": [msg], "status": 409, "diff": diff}
-        version = rt.publish_config(new)
-        backfill_run = None
-        with rt.conn() as conn:
-            sync = store.sync_symbols(conn, new.symbols)
-        # Without a published baseline (no `appliance up`, nothing reloaded yet) the
-        # diff above compares the file with itself; the symbols table knows better.
-        for key, syms in (("symbols_added", sync["added"]), ("symbols_removed", sync["removed"])):
-            diff[key] += [s for s in syms if s not in diff[key]]
-        # new symbols, an earlier `since`, a resolution added (timeframes: [1m, 1d])
-        added = sorted(set(diff["symbols_added"]) | set(sync["added"]) |
-                       set(diff.get("symbols_since_changed", {})) |
-                       {s for s, c in diff.get("symbols_timeframes_changed", {}).items()
-                        if set(c["new"]) - set(c["old"])})
-        if added:
+            return _refuse(rt, source, actor, e.errors, None)
+        except UnicodeDecodeError:
+            return _refuse(rt, source, actor, [f"{old.path}:1: at $: not valid UTF-8"], None)
+        peers = configsync.live(rt, old.path)
+        if peers:
+            res = _agreed_by(rt, peers, text, caller_env)
+            if not res["ok"]:
+                return _refuse(rt, source, actor, res["errors"], None, status=res["status"])
+            diff, symbols = res["diff"], res["symbols"]
+            sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            version = rt.publish_text(text)
+            behind = configsync.confirmations(rt, peers, version)
+            if behind:
+                msg = (f"config {sha[:12]} was published (version {version}) but "
+                       f"{', '.join(behind)} did not confirm it within "
+                       f"{configsync.ANSWER_TIMEOUT_S:.0f} s")
+                return _refuse(rt, source, actor, [msg], diff, status=504, published=True)
+        else:
             try:
-                from .queue import enqueue
-                backfill_run = enqueue(rt, "backfill", {"symbols": added}, trigger="reload")
-            except Exception as e:  # noqa: BLE001 - the reload itself succeeded
-                log.warning("could not queue the backfill of added symbols: %s", e)
-        _record(rt, source, actor, new.sha256, True, None, diff)
-        summary = ("no changes" if diff_is_empty(diff) else
-                   f"+{len(diff['symbols_added'])}/-{len(diff['symbols_removed'])} symbols, "
-                   f"{len(diff['changed'])} setting(s) changed")
-        with rt.conn() as conn:
-            store.add_event(conn, "info", "reload", f"config reloaded from {source}: {summary}",
-                            {"sha256": new.sha256, "version": version,
-                             "symbols_removed_keep_data": diff["symbols_removed"]})
-        return {"ok": True, "diff": diff, "sha256": new.sha256, "version": version,
-                "backfill_run_id": backfill_run}
+                new = load_config(old.path, text=text)
+            except ConfigError as e:
+                return _refuse(rt, source, actor, e.errors, None)
+            diff, symbols, sha = diff_configs(old, new), new.symbols, new.sha256
+            version = rt.publish_config(new)
+        return _applied(rt, source, actor, diff, symbols, sha, version)
+
+
+def _agreed_by(rt, peers, text: str, caller_env) -> dict:
+    """Propose ``text`` to the running processes; every one must accept it."""
+    cid = configsync.propose(rt, text)
+    try:
+        answers, silent = configsync.collect(rt, cid, peers)
+    finally:
+        configsync.withdraw(rt, cid)
+    errors: dict[str, list[str]] = {}
+    for ident, a in answers.items():
+        for e in a.get("errors") or []:
+            errors.setdefault(e, []).append(ident)
+    if errors or silent:
+        lines = [e if len(who) == len(peers) else f"{e} [in {', '.join(who)}]"
+                 for e, who in errors.items()]
+        lines += [f"{ident} did not answer within {configsync.ANSWER_TIMEOUT_S:.0f} s; "
+                  f"nothing was reloaded" for ident in silent]
+        lines += configsync.hints(list(errors), caller_env or {})
+        return {"ok": False, "errors": lines, "status": 422 if errors else 504}
+    first = answers[sorted(answers)[0]]
+    symbols = [SymbolSpec(s, dt.date.fromisoformat(since), active, tuple(tfs))
+               for s, since, active, tfs in first["symbols"]]
+    return {"ok": True, "diff": first["diff"], "symbols": symbols}
+
+
+def dry_run(rt, peers, text: str, caller_env) -> dict:
+    """What the running processes say of ``text``, nothing applied."""
+    return _agreed_by(rt, peers, text, caller_env)
+
+
+def preview(rt, caller_env=None) -> dict:
+    """What a reload of the file would do, nothing applied: ``{"ok", "diff",
+    "sha256"}`` or ``{"ok": False, "errors"}``; judged by the running
+    processes when there are any, else here."""
+    old = running_config(rt)
+    try:
+        text = _file_text(old.path)
+        peers = configsync.live(rt, old.path)
+        if peers:
+            res = dry_run(rt, peers, text, caller_env)
+        else:
+            res = {"ok": True, "diff": diff_configs(old, load_config(old.path, text=text))}
+    except ConfigError as e:
+        return {"ok": False, "errors": e.errors}
+    if res["ok"]:
+        res["sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return res
+
+
+def _refuse(rt, source, actor, errors, diff, *, status: int = 422,
+            published: bool = False) -> dict:
+    _record(rt, source, actor, None, published, "\n".join(errors), diff)
+    return {"ok": False, "errors": errors, "status": status, "diff": diff}
+
+
+def _applied(rt, source, actor, diff, symbols, sha, version) -> dict:
+    backfill_run = None
+    with rt.conn() as conn:
+        sync = store.sync_symbols(conn, symbols)
+    # Without a published baseline (no `appliance up`, nothing reloaded yet) the
+    # diff compares the file with itself; the symbols table knows better.
+    for key, syms in (("symbols_added", sync["added"]), ("symbols_removed", sync["removed"])):
+        diff[key] += [s for s in syms if s not in diff[key]]
+    # new symbols, an earlier `since`, a resolution added (timeframes: [1m, 1d])
+    added = sorted(set(diff["symbols_added"]) | set(sync["added"]) |
+                   set(diff.get("symbols_since_changed", {})) |
+                   {s for s, c in diff.get("symbols_timeframes_changed", {}).items()
+                    if set(c["new"]) - set(c["old"])})
+    if added:
+        try:
+            from .queue import enqueue
+            backfill_run = enqueue(rt, "backfill", {"symbols": added}, trigger="reload")
+        except Exception as e:  # noqa: BLE001 - the reload itself succeeded
+            log.warning("could not queue the backfill of added symbols: %s", e)
+    since = configsync.mark_restart_required(rt) if diff["restart_required"] else None
+    _record(rt, source, actor, sha, True, None, diff)
+    summary = ("no changes" if diff_is_empty(diff) else
+               f"+{len(diff['symbols_added'])}/-{len(diff['symbols_removed'])} symbols, "
+               f"{len(diff['changed'])} setting(s) changed")
+    if diff["restart_required"]:
+        summary += f"; restart required for {', '.join(diff['restart_required'])}"
+    with rt.conn() as conn:
+        store.add_event(conn, "warning" if since else "info", "reload",
+                        f"config reloaded from {source}: {summary}",
+                        {"sha256": sha, "version": version,
+                         "symbols_removed_keep_data": diff["symbols_removed"],
+                         "restart_required": diff["restart_required"]})
+    return {"ok": True, "diff": diff, "sha256": sha, "version": version,
+            "backfill_run_id": backfill_run, "restart_required_since": since}
 
 
 def _record(rt, source, actor, sha, ok, error, diff) -> None:

@@ -11,6 +11,7 @@ it changed; a job that is already running keeps the config it started with.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 import redis
 
 from . import db, replica as replica_mod, services
-from .config import Config, load_config
+from .config import Config, load_config, with_boot_values
 from .errors import ConfigError
 from .logs import setup_logging  # noqa: F401  (kept importable from here)
 
@@ -33,6 +34,8 @@ K_CONFIG_SEALED = "appliance:config:sealed"
 K_CONFIG_SHA = "appliance:config:sha"
 K_CONFIG_PATH = "appliance:config:path"
 K_CONFIG_VERSION = "appliance:config:version"
+K_BOOT_SEALED = "appliance:config:boot"  # the config of the last cold start (restart-only keys)
+K_RESTART_SINCE = "appliance:config:restart_since"
 K_HEARTBEAT = "appliance:heartbeat:{}"
 #: the supervised processes' state, written by ``appliance up`` (read by /health and status)
 K_PROCESSES = "appliance:processes"
@@ -46,6 +49,7 @@ class Runtime:
     def __init__(self, config: Config, *, endpoints: services.Endpoints | None = None,
                  pool_size: int | None = None, check_interval: float = 1.0):
         self._config = config
+        self._boot: Config | None = None
         self._config_version = 0
         self._last_check = 0.0
         self._lock = threading.Lock()
@@ -73,9 +77,18 @@ class Runtime:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def from_path(cls, path: str | os.PathLike | None = None, **kw) -> "Runtime":
-        cfg = load_config(path)
+        """The running config when the appliance has one for ``path``, else the
+        file (which must then validate)."""
+        from .config import default_config_path, salvage_connection_settings
+        try:
+            cfg, err = load_config(path), None
+        except ConfigError as e:
+            cfg, err = salvage_connection_settings(path or default_config_path()), e
         rt = cls(cfg, **kw)
         rt.adopt_running_config()
+        if err is not None and rt.current_config() is cfg:  # nothing running to join
+            rt.close()
+            raise err
         return rt
 
     def open(self, wait: bool = True, timeout: float = 30.0) -> "Runtime":
@@ -182,6 +195,7 @@ class Runtime:
         return self._redis
 
     # ------------------------------------------------------------------ config
+    # Which config runs, and when: see configsync (the rule, in one place).
     @property
     def config(self) -> Config:
         now = time.monotonic()
@@ -195,18 +209,64 @@ class Runtime:
                 self._last_check = now + REDIS_DOWN_BACKOFF_S
         return self._config
 
+    @property
+    def config_path(self) -> Path:
+        return self._config.path
+
+    def current_config(self) -> Config:
+        """The config in force in this process, without looking for a newer one."""
+        return self._config
+
+    def refresh_config(self) -> None:
+        """Swap in a newly published running config now (the watcher's turn)."""
+        self._last_check = time.monotonic()
+        self._maybe_swap()
+
     def config_version(self) -> int:
         return self._config_version
 
     def adopt_running_config(self) -> None:
-        """At start: use the config last accepted by a reload, when it is for
-        the same file (a process restarted after a reload must not fall back to
-        an older file content, nor pick up an unvalidated edit)."""
+        """Take the running config (a process joining the running appliance):
+        the one last accepted, with the restart-only keys at the values the
+        appliance started with."""
         try:
             self._maybe_swap(force=True)
         except redis.RedisError as e:
             log.warning("Redis unreachable at start-up (%s); using %s as read", e,
                         self._config.path)
+
+    def restart_required(self) -> dict | None:
+        """``{"keys", "since"}`` when a reload changed restart-only keys whose
+        old value is still in force here; None otherwise."""
+        keys = list(self.config.pending_restart)
+        if not keys:
+            return None
+        try:
+            since = self.redis.get(K_RESTART_SINCE)
+        except redis.RedisError:
+            since = None
+        when = (dt.datetime.fromtimestamp(float(since), dt.timezone.utc).isoformat()
+                .replace("+00:00", "Z") if since else None)
+        return {"keys": keys, "since": when}
+
+    def running_text(self) -> tuple[int, str] | None:
+        """(version, text) of the running config for this file, or None."""
+        r = self.redis
+        v, sealed, path = r.mget(K_CONFIG_VERSION, K_CONFIG_SEALED, K_CONFIG_PATH)
+        if v is None or sealed is None or path is None or Path(path.decode()) != self.config_path:
+            return None
+        return int(v), self.unseal(sealed)
+
+    def _load_boot(self) -> Config | None:
+        sealed = self.redis.get(K_BOOT_SEALED)
+        if sealed is None:
+            return None
+        try:
+            return load_config(self._config.path, text=self.unseal(sealed))
+        except Exception as e:  # noqa: BLE001 - no boot values: the running ones stand
+            log.warning("the boot config cannot be read (%s); restart-only keys follow the "
+                        "running config", e)
+            return None
 
     def _maybe_swap(self, force: bool = False) -> None:
         r = self.redis
@@ -216,44 +276,77 @@ class Runtime:
         v = int(v)
         if v == self._config_version and not force:
             return
-        sealed, path = r.mget(K_CONFIG_SEALED, K_CONFIG_PATH)
-        if sealed is None or path is None or Path(path.decode()) != self._config.path:
-            self._config_version = v
-            return
         try:
-            text = self._fernet().decrypt(sealed).decode("utf-8")
+            got = self.running_text()
         except Exception as e:  # noqa: BLE001 - another data_dir's key: keep our config
             log.error("the running config in Redis cannot be unsealed with %s (%s); keeping "
                       "the config as read", self._config.data_dir / CONFIG_KEY_FILE,
                       e.__class__.__name__)
             self._config_version = v
             return
+        if got is None:
+            self._config_version = v
+            return
         with self._lock:
             try:
-                cfg = load_config(self._config.path, text=text)
-            except ConfigError as e:  # cannot happen for an accepted text, unless env changed
-                log.error("running config from Redis no longer validates: %s", e)
+                cfg = load_config(self._config.path, text=got[1])
+            except ConfigError as e:  # every process accepted it; only a changed env gets here
+                log.error("running config from Redis no longer validates here; keeping "
+                          "version %d: %s", self._config_version, e)
                 self._config_version = v
                 return
+            if self._boot is None or force:
+                self._boot = self._load_boot() or self._boot
+            cfg = with_boot_values(cfg, self._boot)
             if cfg.sha256 != self._config.sha256:
                 log.info("config %s swapped in (version %d)", cfg.sha256[:12], v)
             self._config = cfg
             self._config_version = v
 
-    def publish_config(self, cfg: Config) -> int:
-        """Make ``cfg`` the running config of every process; returns the new version."""
-        sealed = self._fernet().encrypt(cfg.text.encode("utf-8"))
+    def publish_config(self, cfg: Config, *, boot: bool = False) -> int:
+        """Make ``cfg`` the running config of every process; returns the new
+        version. ``boot``: a cold start, so also the values of the restart-only
+        keys (nothing is pending a restart any more)."""
+        v = self._publish(cfg.text, cfg.sha256, boot=boot)
+        with self._lock:
+            if boot:
+                self._boot = cfg
+            self._config = with_boot_values(cfg, self._boot)
+            self._config_version = v
+        return v
+
+    def publish_text(self, text: str) -> int:
+        """Publish a text the running processes accepted in their own
+        environment (this process may not resolve it: a CLI's shell)."""
+        import hashlib
+        v = self._publish(text, hashlib.sha256(text.encode("utf-8")).hexdigest())
+        try:
+            with self._lock:
+                self._config = with_boot_values(load_config(self.config_path, text=text),
+                                                self._boot)
+                self._config_version = v
+        except ConfigError:
+            pass
+        return v
+
+    def _publish(self, text: str, sha: str, *, boot: bool = False) -> int:
+        sealed = self.seal(text)
         pipe = self.redis.pipeline()
         pipe.set(K_CONFIG_SEALED, sealed)
         pipe.delete(K_CONFIG_TEXT)
-        pipe.set(K_CONFIG_SHA, cfg.sha256)
-        pipe.set(K_CONFIG_PATH, str(cfg.path))
+        pipe.set(K_CONFIG_SHA, sha)
+        pipe.set(K_CONFIG_PATH, str(self.config_path))
+        if boot:
+            pipe.set(K_BOOT_SEALED, sealed)
+            pipe.delete(K_RESTART_SINCE)
         pipe.incr(K_CONFIG_VERSION)
-        v = pipe.execute()[-1]
-        with self._lock:
-            self._config = cfg
-            self._config_version = int(v)
-        return int(v)
+        return int(pipe.execute()[-1])
+
+    def seal(self, text: str) -> bytes:
+        return self._fernet().encrypt(text.encode("utf-8"))
+
+    def unseal(self, sealed: bytes) -> str:
+        return self._fernet().decrypt(sealed).decode("utf-8")
 
     def _fernet(self):
         from cryptography.fernet import Fernet

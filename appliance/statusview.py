@@ -43,7 +43,7 @@ def web_probe(cfg, timeout: float = WEB_TIMEOUT_S) -> dict:
         if not isinstance(body, dict) or "status" not in body:
             raise ValueError(f"HTTP {r.status_code} without a health body")
         return {"status": "ok", "url": url, "http_status": r.status_code,
-                "reported": body["status"]}
+                "reported": body["status"], "replica": body.get("replica")}
     except Exception as e:  # noqa: BLE001 - any failure is "not answering"
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return {"status": "error", "url": url, "error": f"{e.__class__.__name__}: {msg}"[:300]}
@@ -56,8 +56,16 @@ def snapshot(rt) -> dict:
         h = health_mod.compute(rt)
         st = health_mod.status_body(rt, h)
         web = web_fut.result()
+    # the replica as the web server sees it (it resolved read_url in the
+    # appliance's environment), else as this command does
+    st["replica"] = web.pop("replica", None) or h.replica
     st["web"] = web
-    st["replica"] = h.replica
+    order = ("healthy", "degraded", "unhealthy")
+    if web.get("reported") in order and order.index(web["reported"]) > order.index(st["status"]):
+        st["status"] = web["reported"]
+        st["reasons"] = [f"the web server reports {web['reported']}", *st["reasons"]]
+    if st["replica"].get("state") in ("lagging", "down") and st["status"] == "healthy":
+        st["status"] = "degraded"
     if web["status"] != "ok":
         st["status"] = "unhealthy"
         st["reasons"] = [f"web server not answering at {web['url']}: {web['error']}",
@@ -142,10 +150,9 @@ def render_lines(st: dict) -> list[tuple[str, str]]:
     return out
 
 
-def run_status(cfg, *, as_json: bool = False, watch: bool = False, interval: float = 5.0) -> int:
-    from .runtime import Runtime
-    rt = Runtime(cfg, pool_size=2)
-    rt.adopt_running_config()
+def run_status(rt, *, as_json: bool = False, watch: bool = False, interval: float = 5.0) -> int:
+    """``appliance status`` of the running appliance (the runtime has its
+    running config; the file on disk only finds the servers)."""
     try:
         rt.open(wait=False)
         if as_json:

@@ -132,6 +132,7 @@ def error_lines(tail, limit: int = 12) -> list[str]:
 def _spawn(child: Child, cfg) -> subprocess.Popen:
     env = dict(os.environ)
     env["APPLIANCE_CONFIG"] = str(cfg.path)
+    env["APPLIANCE_JOIN"] = "1"  # the running config up published, not the file as it is now
     env.setdefault("PYTHONUNBUFFERED", "1")
     cmd = [sys.executable, "-m", "appliance.cli", "--config", str(cfg.path), child.role]
     child.tail.clear()
@@ -242,7 +243,7 @@ class Supervisor:
                                        ok=True, error=None, diff={})
             store.add_event(conn, "info", "startup", f"appliance starting ({ep.describe()}), "
                                                       f"provider {cfg['provider']['name']}")
-        self.rt.publish_config(cfg)
+        self.rt.publish_config(cfg, boot=True)  # a cold start takes the file (configsync)
         return bool(empty)
 
     def _spawn_all(self) -> None:
@@ -325,6 +326,10 @@ class Supervisor:
         if self.rt is not None:
             try:
                 self.rt.redis.delete(K_PROCESSES)
+                # its processes are gone: nothing of this appliance runs any
+                # more, so commands take the file again (configsync)
+                from .configsync import forget_host
+                forget_host(self.rt)
             except Exception:  # noqa: BLE001
                 pass
             self.rt.close()

@@ -58,8 +58,10 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     until it is empty). Returns the exit code (0)."""
     from rq import Queue, Worker
 
+    from .jobs import entry
     cfg = rt.config
     os.environ["APPLIANCE_CONFIG"] = str(Path(cfg.path).resolve())
+    entry.parent = rt  # work horses start from this process's config
     name = name or f"appliance-{socket.gethostname()}-{os.getpid()}"
     conn = _rq_connection(rt.endpoints.redis_url)
     q = Queue(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])

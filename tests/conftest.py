@@ -132,7 +132,7 @@ def write_config(path: Path, database_url: str, redis_url: str, **overrides) -> 
         "database": {"url": database_url},
         "redis": {"url": redis_url},
         "data_dir": str(path.parent / "var"),
-        "server": {"bind": "127.0.0.1:18999", "workers": 1, "admin_token": "test-admin-token",
+        "server": {"bind": "127.0.0.1:18999", "workers": 1, "admin_token": "test-admin-token-0123456789",
                    "secret_key": "test-secret"},
         "provider": {"name": "demo"},
         "history": {"start": "2024-01-02", "lookback_sessions": 5},
@@ -196,7 +196,7 @@ def procs():
             p.communicate(timeout=10)
 
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 
 
 @pytest.fixture

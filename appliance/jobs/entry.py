@@ -8,11 +8,15 @@ import logging
 import os
 
 from . import runs
+from ..errors import ConfigError
 from .registry import job_function
 
 log = logging.getLogger("appliance.jobs")
 
 _rt = None
+#: the worker's Runtime (set by ``appliance worker``): a forked work horse
+#: starts from the config its worker runs, never from the file as it is now
+parent = None
 
 
 def runtime():
@@ -20,10 +24,40 @@ def runtime():
     global _rt
     if _rt is None or _rt.pid != os.getpid():
         from ..runtime import Runtime
-        _rt = Runtime.from_path(os.environ.get("APPLIANCE_CONFIG"), pool_size=4)
+        if parent is not None:
+            _rt = Runtime(parent.current_config(), endpoints=parent.endpoints, pool_size=4)
+            _rt.adopt_running_config()
+        else:
+            _rt = Runtime.from_path(os.environ.get("APPLIANCE_CONFIG"), pool_size=4)
         _rt.pid = os.getpid()
         _rt.open()
     return _rt
+
+
+def _config_failed(name: str, run_id: int | None, e: ConfigError) -> None:
+    """A job that cannot load its config is recorded as failed, with the
+    reason, and opens ``config_invalid``: no run stays queued for ever."""
+    from .. import alerts, store
+    from ..config import salvage_connection_settings
+    from ..runtime import Runtime
+    msg = "the job could not load its config: " + "; ".join(e.errors[:3])
+    rt = Runtime(salvage_connection_settings(os.environ.get("APPLIANCE_CONFIG")
+                                             or "config/appliance.yaml"), pool_size=1)
+    try:
+        with rt.conn() as conn:
+            if run_id is None:
+                run_id = runs.claim(conn, name, runs.manual_slot(), trigger="scheduled",
+                                    params={}, timeout_s=60)
+            if run_id is not None:
+                runs.start(conn, run_id)
+                runs.finish(conn, run_id, "failed", {}, msg)
+            store.add_event(conn, "error", name, f"{name} failed: {msg}", {"run_id": run_id})
+            alerts.open_now(conn, "config_invalid", "critical",
+                            f"A job could not load the config: {msg}. Response: run "
+                            f"appliance check-config, fix the file or appliance.env, then "
+                            f"appliance reload", {"job": name, "run_id": run_id})
+    finally:
+        rt.close()
 
 
 class JobRuntime:
@@ -46,8 +80,13 @@ def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
     The scheduler passes the slot it enqueued for (``trigger="scheduled"``)."""
     from rq import get_current_job
     from ..backups import wait_while_suspended
-    wait_while_suspended(runtime())  # a full restore is swapping the database
-    rt = JobRuntime(runtime())
+    try:
+        base = runtime()
+    except ConfigError as e:
+        _config_failed(name, run_id, e)
+        raise
+    wait_while_suspended(base)  # a full restore is swapping the database
+    rt = JobRuntime(base)
     fn = job_function(name)
     current = get_current_job()
     rq_id = current.id if current is not None else None

@@ -29,11 +29,15 @@ def _asset_dir(name: str) -> str:
 
 
 def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Runtime | None = None,
-               wait: bool = False, watchdog: bool = False) -> Flask:
+               wait: bool = False, watchdog: bool = False, service: bool = False) -> Flask:
     """Build the app. Pools are created here (``open=False``) and opened before
-    the first request; nothing connects at import."""
+    the first request; nothing connects at import. ``service``: a web server
+    process of the appliance (gunicorn's worker): it joins the running
+    appliance or starts it from the file, and answers reloads (configsync)."""
     from ..runtime import Runtime
-    if runtime is None:
+    if runtime is None and service:
+        runtime = _service_runtime(config)
+    elif runtime is None:
         cfg = config if isinstance(config, Config) else load_config(config)
         runtime = Runtime(cfg)
         runtime.adopt_running_config()
@@ -42,17 +46,14 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     app.config["RUNTIME"] = runtime
     cfg = runtime.config
     app.config["MAX_CONTENT_LENGTH"] = cfg["server"]["max_request_bytes"]
-    app.secret_key = cfg["server"]["secret_key"] or _derived_secret(runtime)
+    app.secret_key = current_secret_key(runtime)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
                       SESSION_COOKIE_SECURE=bool(cfg["server"]["secure_cookies"]))
     from .sessions import RedisSessionInterface
     app.session_interface = RedisSessionInterface(runtime)
-    hops = int(cfg["server"]["trusted_proxy_hops"])
-    if hops:
-        # behind the TLS front: the client's address (for the lockout) and
-        # scheme come from the proxy's X-Forwarded-For / -Proto
-        from werkzeug.middleware.proxy_fix import ProxyFix
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
+    # behind the TLS front: the client's address (for the lockout) and scheme
+    # come from the proxy's X-Forwarded-For / -Proto (server.trusted_proxy_hops)
+    app.wsgi_app = _LiveProxyFix(app.wsgi_app, runtime)
     runtime.open(wait=wait)
 
     from . import api, auth, console, metrics
@@ -75,8 +76,54 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     return app
 
 
+def _service_runtime(config) -> Runtime:
+    import atexit
+    from .. import configsync
+    from ..config import salvage_connection_settings
+    from ..errors import ConfigError
+    from ..runtime import Runtime
+    path = config.path if isinstance(config, Config) else config
+    try:
+        file_cfg = config if isinstance(config, Config) else load_config(path)
+    except ConfigError:
+        file_cfg = None  # joins the running appliance, or refuses to start below
+    rt = Runtime(file_cfg or salvage_connection_settings(path))
+    configsync.start_service(rt, file_cfg, join=os.environ.get("APPLIANCE_JOIN") == "1")
+    atexit.register(configsync.Watcher(rt, "web").start().close)
+    return rt
+
+
+def current_secret_key(rt: Runtime) -> str:
+    """server.secret_key of the running config (a reload rotates it: every
+    console session signed with the old one ends), else the key kept in data_dir."""
+    return rt.config["server"]["secret_key"] or _derived_secret(rt)
+
+
+class _LiveProxyFix:
+    """werkzeug's ProxyFix with the hop count of the running config (a
+    reload changes it without a restart)."""
+
+    def __init__(self, app, rt):
+        self.app, self.rt, self._fixes = app, rt, {}
+
+    def __call__(self, environ, start_response):
+        hops = int(self.rt.config["server"]["trusted_proxy_hops"])
+        if not hops:
+            return self.app(environ, start_response)
+        if hops not in self._fixes:
+            from werkzeug.middleware.proxy_fix import ProxyFix
+            self._fixes[hops] = ProxyFix(self.app, x_for=hops, x_proto=hops, x_host=0)
+        return self._fixes[hops](environ, start_response)
+
+
 def _derived_secret(rt: Runtime) -> str:
     """Without server.secret_key, a key kept in data_dir (created once, 0600)."""
     import secrets
     from ..runtime import local_secret
-    return local_secret(rt.config["data_dir"], "secret_key", lambda: secrets.token_hex(32))
+    d = rt.config["data_dir"]
+    if _derived.get(d) is None:
+        _derived[d] = local_secret(d, "secret_key", lambda: secrets.token_hex(32))
+    return _derived[d]
+
+
+_derived: dict[str, str] = {}

@@ -490,10 +490,12 @@ def config_reload():
     res = reload_mod.reload_config(rt(), source="api", actor="api")
     if not res["ok"]:
         return api_error(res["status"], "config_invalid" if res["status"] == 422
-                         else "restart_required", "\n".join(res["errors"]),
+                         else "reload_unconfirmed", "\n".join(res["errors"]),
                          errors=list(res["errors"]))
     return jsonify({"ok": True, "sha256": res["sha256"], "version": res["version"],
-                    "diff": res["diff"], "backfill_job_id": res["backfill_run_id"]})
+                    "diff": res["diff"], "backfill_job_id": res["backfill_run_id"],
+                    "restart_required": res["diff"]["restart_required"],
+                    "restart_required_since": res["restart_required_since"]})
 
 
 # --------------------------------------------------------------------------- backups

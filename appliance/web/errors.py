@@ -33,11 +33,13 @@ def _is_api_path() -> bool:
 
 def register(app) -> None:
     """The size limit (chunked bodies included) and the JSON answer for every error."""
-    max_bytes = app.config.get("MAX_CONTENT_LENGTH")
 
     @app.before_request
     def _too_large():
-        # before authentication and routing: a huge body is refused at once
+        # before authentication and routing: a huge body is refused at once;
+        # the limit of the running config (a reload changes it)
+        max_bytes = app.config["RUNTIME"].config["server"]["max_request_bytes"]
+        app.config["MAX_CONTENT_LENGTH"] = max_bytes
         n = request.content_length
         if max_bytes and n is not None and n > max_bytes:
             return api_error(413, "payload_too_large",

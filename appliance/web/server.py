@@ -126,7 +126,7 @@ def serve(cfg) -> None:
             if cfg["server"]["worker_class"] == "gevent":
                 cooperative_psycopg()
             from . import create_app
-            app = create_app(config_path, watchdog=True)
+            app = create_app(config_path, watchdog=True, service=True)
             warm_up(app)
             return app
 

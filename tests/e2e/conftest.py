@@ -22,7 +22,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "JPM", "SPY"]
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-0123456789"
 
 
 def pytest_collection_modifyitems(config, items):

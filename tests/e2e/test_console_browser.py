@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-0123456789"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

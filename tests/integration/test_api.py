@@ -592,7 +592,7 @@ def test_config_shows_the_running_config_with_secrets_masked(api):
     r = api.get("/api/v1/config")
     text = r.get_data(as_text=True)
     assert r.status_code == 200
-    assert "test-admin-token" not in text and "test-secret" not in text
+    assert "test-admin-token-0123456789" not in text and "test-secret" not in text
     assert r.get_json()["config"]["server"]["admin_token"] == "********"
 
 
@@ -624,20 +624,20 @@ def _insert_backup(conn, name, status, restore=None):
 
 
 def test_read_token_protects_reads_but_not_health(config_factory):
-    app = _app_for(config_factory(server={"read_token": "reader-token"}))
+    app = _app_for(config_factory(server={"read_token": "reader-token-0123456789abcdef"}))
     try:
         c = SpecClient(app.test_client())
         assert c.get("/api/v1/symbols").status_code == 401
         assert c.get("/api/v1/symbols", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert c.get("/api/v1/symbols",
-                     headers={"Authorization": "Bearer reader-token"}).status_code == 200
+                     headers={"Authorization": "Bearer reader-token-0123456789abcdef"}).status_code == 200
         assert c.get("/api/v1/symbols",
-                     headers={"Authorization": "Bearer test-admin-token"}).status_code == 200
+                     headers={"Authorization": "Bearer test-admin-token-0123456789"}).status_code == 200
         assert c.get("/health").status_code == 200
         # the URL every POST answers with is a read endpoint, as the README says
         assert c.get("/api/v1/jobs/1").status_code == 401
         assert c.get("/api/v1/jobs/1",
-                     headers={"Authorization": "Bearer reader-token"}).status_code == 404
+                     headers={"Authorization": "Bearer reader-token-0123456789abcdef"}).status_code == 404
     finally:
         app.config["RUNTIME"].close()
 
@@ -645,11 +645,11 @@ def test_read_token_protects_reads_but_not_health(config_factory):
 def test_every_scheduled_job_can_be_queued_now_and_followed_with_a_read(api, runtime):
     for name in runtime.config["schedules"]:
         r = api.post(f"/api/v1/jobs/{name}/run",
-                     headers={"Authorization": "Bearer test-admin-token"})
+                     headers={"Authorization": "Bearer test-admin-token-0123456789"})
         assert r.status_code == 202, (name, r.get_json())
         run = api.get(r.get_json()["url"]).get_json()
         assert run["job"] == name and run["status"] in ("queued", "running", "ok", "failed")
-    r = api.post("/api/v1/jobs/nope/run", headers={"Authorization": "Bearer test-admin-token"})
+    r = api.post("/api/v1/jobs/nope/run", headers={"Authorization": "Bearer test-admin-token-0123456789"})
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "unknown_job"
 
 

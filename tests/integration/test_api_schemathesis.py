@@ -97,7 +97,7 @@ def test_schemathesis_finds_nothing_without_a_token(served_with_data, tmp_path):
 
 
 def test_schemathesis_finds_nothing_with_the_admin_token(served_with_data, tmp_path):
-    p = _run(served_with_data, tmp_path, "--header", "Authorization: Bearer test-admin-token")
+    p = _run(served_with_data, tmp_path, "--header", "Authorization: Bearer test-admin-token-0123456789")
     assert p.returncode == 0, _explain(p)
 
 
@@ -117,7 +117,7 @@ def served_gated(config_factory):
     from appliance.runtime import Runtime
     from appliance.web import create_app
     cfg = config_factory(server={
-        "admin_token": "test-admin-token", "secret_key": "test-secret",
+        "admin_token": "test-admin-token-0123456789", "secret_key": "test-secret",
         "read_token": READ_TOKEN, "auth_max_failures": 10000,
         "api_keys": [{"name": "schemathesis", "scopes": ["read"],
                       "sha256": hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}]})

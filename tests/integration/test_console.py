@@ -18,7 +18,7 @@ def csrf_of(client) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
-def login(client, token="test-admin-token") -> str:
+def login(client, token="test-admin-token-0123456789") -> str:
     tok = csrf_of(client)
     r = client.post("/login", data={"token": token, "csrf_token": tok, "next": "/dashboard"})
     assert r.status_code == 303, r.get_data(as_text=True)
@@ -182,7 +182,7 @@ def test_event_and_symbol_text_with_script_tags_renders_as_text(client, runtime)
 def test_secrets_are_never_rendered(client, app):
     login(client)
     html = client.get("/config").get_data(as_text=True)
-    assert "test-admin-token" not in html and "test-secret" not in html
+    assert "test-admin-token-0123456789" not in html and "test-secret" not in html
     assert "********" in html
 
 
@@ -194,7 +194,7 @@ def test_login_with_the_admin_token_sets_a_session_that_shows_the_actions(client
     r = client.post("/login", data={"token": "wrong", "csrf_token": tok})
     assert r.status_code == 403
     assert "Wrong admin token" in r.get_data(as_text=True)
-    r = client.post("/login", data={"token": "test-admin-token", "csrf_token": tok,
+    r = client.post("/login", data={"token": "test-admin-token-0123456789", "csrf_token": tok,
                                     "next": "/jobs"})
     assert r.status_code == 303 and r.headers["Location"].endswith("/jobs")
     cookie = r.headers["Set-Cookie"]
@@ -204,14 +204,14 @@ def test_login_with_the_admin_token_sets_a_session_that_shows_the_actions(client
 
 def test_login_refuses_an_offsite_next(client):
     tok = csrf_of(client)
-    r = client.post("/login", data={"token": "test-admin-token", "csrf_token": tok,
+    r = client.post("/login", data={"token": "test-admin-token-0123456789", "csrf_token": tok,
                                     "next": "//evil.example/x"})
     assert r.status_code == 303 and r.headers["Location"].endswith("/dashboard")
 
 
 def test_login_itself_needs_the_csrf_token(client):
     client.get("/login")
-    r = client.post("/login", data={"token": "test-admin-token"})
+    r = client.post("/login", data={"token": "test-admin-token-0123456789"})
     assert r.status_code == 403
     assert "Log out" not in client.get("/dashboard").get_data(as_text=True)
 
@@ -261,7 +261,7 @@ def test_the_body_carries_the_csrf_header_for_htmx(client):
 def test_changing_the_admin_token_logs_the_console_out(client, runtime, config_factory):
     login(client)
     assert "Log out" in client.get("/dashboard").get_data(as_text=True)
-    config_factory(server={"admin_token": "another-token-123"})
+    config_factory(server={"admin_token": "another-token-123-0123456789"})
     from appliance.reload import reload_config
     assert reload_config(runtime, source="cli")["ok"]
     assert "Log out" not in client.get("/dashboard").get_data(as_text=True)

@@ -19,6 +19,7 @@ from appliance import reload as reload_mod
 from appliance import schedule
 from appliance.config import DEFAULTS
 from appliance.jobs import backfill, entry, registry, runs
+from appliance.config import load_config
 from appliance.runtime import K_CONFIG_VERSION, Runtime
 from tests.support import wait_until
 
@@ -229,22 +230,29 @@ def test_an_invalid_reload_changes_nothing_and_reports_the_line(runtime, client,
                                AND level = 'error'""").fetchone()[0] >= 1
 
 
-def test_a_restart_only_change_is_refused_by_reload(runtime, config_factory, client,
-                                                    admin_headers):
-    assert reload_mod.reload_config(runtime, source="startup")["ok"]
-    sha = runtime.config.sha256
+def test_a_restart_only_change_waits_for_a_restart_and_says_so(runtime, config_factory, client,
+                                                              admin_headers):
+    runtime.publish_config(runtime.config, boot=True)  # a cold start: the file's values in force
     config_factory(**{**BASE, "server": {"bind": "127.0.0.1:18998"}, "symbols": ["AAPL", "SPY"]})
     r = client.post("/api/v1/config/reload", headers=admin_headers)
-    assert r.status_code == 409
-    err = r.get_json()["error"]
-    assert err["code"] == "restart_required"
-    assert "server.bind" in err["message"] and "restart" in err["message"]
-    assert runtime.config.sha256 == sha
-    assert [s.symbol for s in runtime.config.symbols] == ["AAPL", "MSFT"]
-    (_, ok, error, diff, _), = _reloads(runtime)[1:]
-    assert ok is False and "restart" in error and diff["restart_required"] == ["server.bind"]
-    with runtime.conn() as conn:
-        assert conn.execute("SELECT count(*) FROM symbols WHERE symbol = 'SPY'").fetchone() == (0,)
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["restart_required"] == ["server.bind"] and body["restart_required_since"]
+    assert "server.bind" not in body["diff"]["changed"]  # not shown as changed: not in force
+    # the live keys apply; the restart-only one keeps its value until a restart
+    assert [s.symbol for s in runtime.config.symbols] == ["AAPL", "SPY"]
+    assert runtime.config["server"]["bind"] == "127.0.0.1:18999"
+    h = client.get("/health").get_json()
+    assert h["restart_required"]["keys"] == ["server.bind"]
+    assert any("restart required since" in x for x in h["reasons"])
+    page = client.get("/config").get_data(as_text=True)
+    assert 'id="restart-required"' in page and "server.bind" in page
+    (_, ok, _error, diff, _), = _reloads(runtime)[-1:]
+    assert ok is True and diff["restart_required"] == ["server.bind"]
+    # the next cold start takes the file: the new value is in force, nothing pending
+    runtime.publish_config(load_config(runtime.config.path), boot=True)
+    assert runtime.config["server"]["bind"] == "127.0.0.1:18998"
+    assert client.get("/health").get_json()["restart_required"] is None
 
 
 def test_check_config_diff_shows_what_a_reload_would_change_without_applying_it(

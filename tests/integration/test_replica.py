@@ -15,7 +15,7 @@ from tests.support import wait_until
 
 pytestmark = pytest.mark.skipif(not available(), reason="PostgreSQL 15 server binaries missing")
 
-AUTH = {"Authorization": "Bearer test-admin-token"}
+AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
 
 
 @pytest.fixture(scope="module")

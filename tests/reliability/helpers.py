@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.support import free_port, wait_until  # noqa: F401 - re-exported for the scenarios
 
-ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 
 
 def cli(config: Path, *args, **kw) -> subprocess.Popen:

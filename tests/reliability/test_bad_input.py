@@ -165,7 +165,7 @@ def test_broken_configs_through_sighup_and_the_console_change_nothing(config_fac
         s = requests.Session()
         html = s.get(f"{base}/login", timeout=5).text
         tok = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-        s.post(f"{base}/login", data={"token": "test-admin-token", "csrf_token": tok,
+        s.post(f"{base}/login", data={"token": "test-admin-token-0123456789", "csrf_token": tok,
                                       "next": "/config"}, timeout=5)
         tok = re.search(r'name="csrf_token" value="([^"]+)"',
                         s.get(f"{base}/config", timeout=5).text).group(1)

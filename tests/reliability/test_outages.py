@@ -195,7 +195,7 @@ def test_redis_stopped_keeps_data_served_and_opens_an_alert(own_services, tmp_pa
     port = free_port()
     # heartbeats come every 5 s: allow 30 s so that a late one is not "stopped"
     path, rt = _setup(tmp_path, pg, rd, server={"bind": f"127.0.0.1:{port}", "workers": 1,
-                                                "admin_token": "test-admin-token",
+                                                "admin_token": "test-admin-token-0123456789",
                                                 "secret_key": "test-secret"},
                       alerts={"scheduler_heartbeat_max_seconds": 30})
     base = f"http://127.0.0.1:{port}"

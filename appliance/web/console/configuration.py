@@ -8,9 +8,6 @@ import yaml
 from flask import (Blueprint, Response, render_template)
 
 from ... import store
-from ...config import load_config
-from ...configdiff import diff_configs
-from ...errors import ConfigError
 from .. import auth
 from .common import (f_json, _actor, admin_post, is_htmx, rt)
 
@@ -34,7 +31,7 @@ def _config_ctx() -> dict:
         if k.get("last_used"):
             k["last_used"] = dt.datetime.fromtimestamp(k["last_used"], dt.timezone.utc)
     return {"cfg": cfg, "yaml_text": text, "reloads": reloads, "version": r.config_version(),
-            "api_keys": api_keys}
+            "api_keys": api_keys, "restart_required": r.restart_required()}
 
 
 @bp.get("/config")
@@ -60,22 +57,20 @@ def _diff_lines(diff: dict) -> list[tuple[str, str]]:
         out.append(("del", f"- {k}: {f_json(ch.get('old'))}"))
         out.append(("add", f"+ {k}: {f_json(ch.get('new'))}"))
     for k in diff.get("restart_required") or []:
-        out.append(("meta", f"! {k} needs a restart"))
+        out.append(("meta", f"! {k} needs a restart: its old value stays in force until then"))
     return out
 
 
 @bp.post("/config/check")
 @admin_post
 def config_check():
-    running = rt().config
-    try:
-        new = load_config(running.path)
-    except ConfigError as e:
-        ctx = {"ok": False, "errors": list(e.errors), "action": "check"}
+    from ... import reload as reload_mod
+    res = reload_mod.preview(rt())  # as every running process sees it; nothing applied
+    if not res["ok"]:
+        ctx = {"ok": False, "errors": list(res["errors"]), "action": "check"}
     else:
-        diff = diff_configs(running, new)
-        ctx = {"ok": True, "action": "check", "sha256": new.sha256, "diff_lines": _diff_lines(diff),
-               "restart": diff["restart_required"]}
+        ctx = {"ok": True, "action": "check", "sha256": res["sha256"],
+               "diff_lines": _diff_lines(res["diff"]), "restart": res["diff"]["restart_required"]}
     if is_htmx():
         return render_template("partials/config_result.html", res=ctx)
     return render_template("config.html", result=ctx, **_config_ctx()), (200 if ctx["ok"] else 422)
@@ -89,7 +84,8 @@ def config_reload():
     if res["ok"]:
         ctx = {"ok": True, "action": "reload", "sha256": res["sha256"],
                "diff_lines": _diff_lines(res["diff"]), "version": res["version"],
-               "backfill_run_id": res.get("backfill_run_id"), "restart": []}
+               "backfill_run_id": res.get("backfill_run_id"),
+               "restart": res["diff"]["restart_required"]}
     else:
         ctx = {"ok": False, "action": "reload", "errors": list(res["errors"]),
                "diff_lines": _diff_lines(res.get("diff") or {})}
