@@ -1,0 +1,319 @@
+"""One YAML, one truth: what a reload says is running is what runs, in every
+process and every command (issue "one YAML, one truth").
+
+The appliance runs for real here (``appliance up``: web, worker, scheduler as
+processes with their own environment); the operator's commands run as
+subprocesses with the operator's shell, which is not the appliance's."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from appliance.config import appliance_env, load_config, salvage_connection_settings
+from appliance.runtime import Runtime
+
+from tests.security.helpers import csrf_of
+from tests.support import free_port, wait_until
+
+TOKEN_A = "rotate-me-" + "a" * 30
+TOKEN_B = "rotated-to-" + "b" * 30
+TOKEN_C = "from-a-file-" + "c" * 30
+POLY_KEY = "test-key"
+
+
+def _shell_env(**extra) -> dict:
+    """A fresh shell's environment: nothing of the appliance's own."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("APPLIANCE_", "POLYGON_"))}
+    env.update(extra)
+    return env
+
+
+def _cli(path: Path, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
+                          capture_output=True, text=True, env=env or _shell_env(),
+                          timeout=timeout)
+
+
+class Up:
+    """``appliance up`` started from a shell with ``env``; stopped with Ctrl-C."""
+
+    def __init__(self, path: Path, env: dict):
+        self.path = path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "--config", str(path), "up",
+             "--no-initial-backfill"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=env, start_new_session=True)
+        bind = load_config(path, env=appliance_env(path, base=env))["server"]["bind"]
+        self.base = f"http://{bind}"
+
+    def health(self) -> dict:
+        try:
+            return requests.get(self.base + "/health", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return {}
+
+    def wait_ready(self):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("appliance up exited:\n" + self.proc.stdout.read()[-3000:])
+            h = self.health()
+            return h if h.get("worker_alive") and h.get("scheduler_running") else None
+        return wait_until(ready, 120, "appliance up: web, worker and scheduler")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+@pytest.fixture
+def appliance(config_factory, request):
+    """Starts ``appliance up`` on a config with ``overrides``; the env of the
+    shell that started it is ``env`` (default: nothing of the appliance's)."""
+    started: list[Up] = []
+
+    def start(env: dict | None = None, **overrides) -> Up:
+        port = free_port()
+        server = {"bind": f"127.0.0.1:{port}", "workers": 1,
+                  **overrides.pop("server", {})}
+        path = config_factory(server=server,
+                              schedules={"alerts": "0 0 1 1 *", "backfill": "0 0 1 1 *"},
+                              alerts={"scheduler_heartbeat_max_seconds": 60}, **overrides)
+        up = Up(path, env or _shell_env())
+        started.append(up)
+        up.wait_ready()
+        return up
+
+    yield start
+    for up in started:
+        up.stop()
+
+
+def _edit(path: Path, fn) -> None:
+    data = yaml.safe_load(path.read_text())
+    fn(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _runtime(path: Path) -> Runtime:
+    # the test's own view of the servers (the file may not validate any more)
+    rt = Runtime(salvage_connection_settings(path, env=appliance_env(path, base=_shell_env())))
+    rt.open()
+    return rt
+
+
+def _run_job(up: Up, token: str, job: str = "alerts") -> requests.Response:
+    return requests.post(f"{up.base}/api/v1/jobs/{job}/run", json={},
+                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def _run_status(rt: Runtime, run_id: int) -> str | None:
+    with rt.conn() as c:
+        row = c.execute("SELECT status FROM job_runs WHERE id = %s", (run_id,)).fetchone()
+    return row[0] if row else None
+
+
+# --------------------------------------------------------------------------- finding 2
+
+def test_a_key_only_in_the_operators_shell_is_refused_and_jobs_go_on(appliance):
+    up = appliance(provider={"name": "demo",
+                             "polygon": {"api_key": "${POLYGON_API_KEY:-}",
+                                         "base_url": "http://127.0.0.1:9"}})
+    _edit(up.path, lambda d: d["provider"].update(name="polygon"))
+    # the README's steps as an operator types them: export in the shell, reload
+    res = _cli(up.path, "reload", env=_shell_env(POLYGON_API_KEY=POLY_KEY))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert ("POLYGON_API_KEY is set in your shell but not in the appliance's environment: "
+            "put it in appliance.env") in res.stderr, res.stderr
+    assert "reload refused; the running config is unchanged" in res.stderr
+    h = up.health()
+    assert h["provider"] == "demo" and h["config_last_reload_successful"] is False
+    # the processes kept the config they run: a job queued now runs and is recorded
+    rt = _runtime(up.path)
+    try:
+        r = _run_job(up, "test-admin-token-0123456789")
+        assert r.status_code == 202, r.text
+        rid = r.json()["job_id"]
+        wait_until(lambda: _run_status(rt, rid) in ("ok", "failed"), 60, "the alerts run")
+        assert _run_status(rt, rid) == "ok"
+    finally:
+        rt.close()
+    # put where the appliance reads it, the same reload applies, everywhere
+    (up.path.parent / "appliance.env").write_text(f"POLYGON_API_KEY={POLY_KEY}\n")
+    res = _cli(up.path, "reload")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "reloaded: config" in res.stdout
+    h = up.health()  # the reload returned after every process confirmed
+    assert h["provider"] == "polygon" and h["config_last_reload_successful"] is True
+
+
+# --------------------------------------------------------------------------- finding 3
+
+def test_rotating_the_admin_token_in_appliance_env_or_a_file_takes_effect(appliance, tmp_path):
+    (tmp_path / "appliance.env").write_text(f"APPLIANCE_ADMIN_TOKEN={TOKEN_A}\n")
+    up = appliance(server={"admin_token": "${APPLIANCE_ADMIN_TOKEN}"})
+    http = requests.Session()
+    tok = csrf_of(http.get(up.base + "/login").text)
+    r = http.post(up.base + "/login", data={"token": TOKEN_A, "csrf_token": tok,
+                                             "next": "/dashboard"}, allow_redirects=False)
+    assert r.status_code == 303
+    assert "Log out" in http.get(up.base + "/dashboard").text
+    assert _run_job(up, TOKEN_A).status_code == 202
+
+    (tmp_path / "appliance.env").write_text(f"APPLIANCE_ADMIN_TOKEN={TOKEN_B}\n")
+    res = _cli(up.path, "reload")
+    assert res.returncode == 0, res.stdout + res.stderr
+    diff = json.loads(res.stdout[:res.stdout.rindex("}") + 1])
+    assert diff["changed"]["server.admin_token"] == {"old": "********", "new": "********",
+                                                     "secret": True}
+    assert TOKEN_A not in res.stdout + res.stderr and TOKEN_B not in res.stdout + res.stderr
+    # the reload returned once every process runs it: the old token is refused at once
+    assert _run_job(up, TOKEN_A).status_code == 401
+    assert _run_job(up, TOKEN_B).status_code == 202
+    assert "Log out" not in http.get(up.base + "/dashboard").text
+
+    # the same through APPLIANCE_ADMIN_TOKEN_FILE
+    secret = tmp_path / "admin.token"
+    secret.write_text(TOKEN_C + "\n")
+    secret.chmod(0o600)
+    (tmp_path / "appliance.env").write_text(f"APPLIANCE_ADMIN_TOKEN_FILE={secret}\n")
+    res = _cli(up.path, "reload")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _run_job(up, TOKEN_B).status_code == 401
+    assert _run_job(up, TOKEN_C).status_code == 202
+
+
+# --------------------------------------------------------------------------- findings 6, 7
+
+def test_commands_say_when_the_file_is_not_what_runs(appliance):
+    up = appliance(database={"read_url": "${APPLIANCE_DATABASE_READ_URL:-}"},
+                   env=_shell_env(APPLIANCE_DATABASE_READ_URL="postgresql://u@127.0.0.1:9/x"))
+    # an edit not yet reloaded: the command uses the running config and says so
+    _edit(up.path, lambda d: d.update(symbols=["AAPL", "MSFT", "NVDA"]))
+    res = _cli(up.path, "backfill", "--enqueue")
+    assert res.returncode == 0, res.stderr
+    assert "appliance.yaml differs from the running config (version" in res.stderr
+    assert "run appliance reload first, or --use-file" in res.stderr
+    # a typo while the appliance runs: status reports the running appliance,
+    # warns about the file, and its exit code is the appliance's health
+    up.path.write_text(up.path.read_text() + "wokers: 2\n")
+    res = _cli(up.path, "status", "--json")
+    st = json.loads(res.stdout)
+    assert "does not validate" in res.stderr and "wokers" in res.stderr
+    assert res.returncode == {"healthy": 0, "degraded": 1, "unhealthy": 2}[st["status"]]
+    # read_url is set in the appliance's environment only: the replica it
+    # reads from is down, and status says so as /health does (not "off")
+    assert up.health()["replica"]["state"] == "down"
+    assert st["replica"]["state"] == "down" and st["status"] != "healthy"
+
+
+# --------------------------------------------------------------------------- finding 4
+
+def test_keys_read_at_start_apply_on_reload(config_factory, runtime):
+    from appliance.reload import reload_config
+    from appliance.web import create_app
+    from tests.integration.test_console import login
+    app = create_app(runtime=runtime)
+    app.config["TESTING"] = True
+    c = app.test_client()
+    login(c)
+    assert "Log out" in c.get("/dashboard").get_data(as_text=True)
+    config_factory(server={"secret_key": "a-new-secret-key-" + "k" * 20,
+                           "max_request_bytes": 1024, "trusted_proxy_hops": 1,
+                           "secure_cookies": True})
+    res = reload_config(runtime, source="cli")
+    assert res["ok"] and not res["diff"]["restart_required"], res
+    # a session from before the secret-key rotation has ended
+    assert "Log out" not in c.get("/dashboard").get_data(as_text=True)
+    # the new body limit holds
+    r = c.post("/api/v1/jobs/alerts/run", data=b"x" * 2000,
+               headers={"Authorization": "Bearer test-admin-token-0123456789",
+                        "Content-Type": "application/json"})
+    assert r.status_code == 413 and "1024" in r.get_json()["error"]["message"]
+    # the proxy's scheme is trusted now (one hop): HSTS on a request it says is https
+    r = c.get("/health", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "1.2.3.4"})
+    assert r.headers.get("Strict-Transport-Security")
+
+
+# --------------------------------------------------------------------------- finding 5
+
+def test_a_short_token_is_refused_by_reload_and_by_up(config_factory, runtime, client,
+                                                      admin_headers):
+    path = config_factory(server={"admin_token": "abc"})
+    r = client.post("/api/v1/config/reload", headers=admin_headers)
+    assert r.status_code == 422
+    assert "the token is 3 characters; at least 24 are required" in r.get_json()["error"]["message"]
+    assert client.post("/api/v1/jobs/alerts/run", json={},
+                       headers={"Authorization": "Bearer abc"}).status_code == 401
+    res = _cli(path, "up", timeout=60)
+    assert res.returncode == 1
+    assert "$.server.admin_token: the token is 3 characters" in res.stderr
+    assert "abc" not in res.stderr.replace("characters", "")
+
+
+# --------------------------------------------------------------------------- finding 8
+
+def test_check_config_reports_every_problem_at_once(tmp_path):
+    p = tmp_path / "appliance.yaml"
+    p.write_text("symbols: [AAPL, MSFT, AAPL]\nserver:\n  wokers: 2\n"
+                 "schedules:\n  backfill: '61 * * * *'\n")
+    res = _cli(p, "check-config")
+    assert res.returncode == 1
+    assert "at $.server.wokers: unknown key 'wokers'" in res.stdout
+    assert "invalid cron expression '61 * * * *'" in res.stdout
+    assert "duplicate symbol 'AAPL'" in res.stdout
+    assert "3 error(s)" in res.stderr
+
+
+def test_check_config_diff_prints_only_json(config_factory, runtime):
+    from appliance.reload import reload_config
+    assert reload_config(runtime, source="startup")["ok"]
+    path = config_factory(symbols=["AAPL", "MSFT", "NVDA"])
+    res = _cli(path, "check-config", "--diff")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["symbols_added"] == ["NVDA"]
+    assert "swapped in" not in res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------- jobs never vanish
+
+def test_a_job_that_cannot_load_its_config_is_recorded_failed_with_an_alert(config_factory,
+                                                                            database_url):
+    path = config_factory()
+    rt = _runtime(path)
+    try:
+        with rt.conn() as c:
+            from appliance.jobs import runs
+            rid = runs.claim(c, "backfill", runs.manual_slot(), trigger="manual", params={})
+        # the file broken since, and no running appliance to take a config from
+        path.write_text(path.read_text().replace("provider:\n  name: demo",
+                                                 "provider:\n  name: polygon"))
+        code = ("from appliance.jobs.entry import run_job\n"
+                f"run_job('backfill', {{}}, run_id={rid})\n")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=_shell_env(APPLIANCE_CONFIG=str(path)), timeout=60)
+        assert p.returncode != 0
+        with rt.conn() as c:
+            status, error = c.execute("SELECT status, error FROM job_runs WHERE id = %s",
+                                      (rid,)).fetchone()
+            alert = c.execute("""SELECT severity, message FROM alerts WHERE key = 'config_invalid'
+                                 AND status = 'open'""").fetchone()
+        assert status == "failed" and "could not load its config" in error
+        assert "provider is polygon but the API key is empty" in error
+        assert alert is not None and alert[0] == "critical"
+    finally:
+        rt.close()
