@@ -52,8 +52,9 @@ def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
             for line in file_errors:
                 click.echo(line, err=True)
             ctx.exit(1)
-    if one_shot:
-        ctx.call_on_close(services.stop_started_here)
+    if one_shot:  # only what this command starts (a caller's own servers stay up)
+        before = services.started_here()
+        ctx.call_on_close(lambda: services.stop_started_here(keep=before))
     try:
         if file_cfg is not None:
             rt = Runtime(file_cfg, **kw)

@@ -288,16 +288,22 @@ def stop_embedded_redis(data_dir: Path) -> None:
     log.info("embedded Redis stopped")
 
 
-def stop_started_here() -> None:
+def stop_started_here(keep: frozenset = frozenset()) -> None:
     """Stop the embedded servers this process started, for one-shot commands
     (a `migrate` or `backfill` with the appliance not running leaves nothing
-    behind); servers that were already running are left alone."""
-    for kind, data_dir in sorted(_started, key=lambda t: t[0] != "redis"):
+    behind); servers that were already running, and those in ``keep`` (started
+    before the command), are left alone."""
+    for kind, data_dir in sorted(_started - keep, key=lambda t: t[0] != "redis"):
         if kind == "redis":
             stop_embedded_redis(data_dir)
         else:
             stop_embedded_postgres(data_dir)
-    _started.clear()
+        _started.discard((kind, data_dir))
+
+
+def started_here() -> frozenset:
+    """The embedded servers this process has started so far."""
+    return frozenset(_started)
 
 
 def stop_embedded(cfg) -> None:

@@ -60,6 +60,14 @@ DATETIME = {"type": "string", "format": "date-time"}
 FREE = {"type": "object", "additionalProperties": True}
 
 
+_RESTART = {"type": ["object", "null"], "description":
+            "Restart-only keys a reload changed, whose old value stays in force until the "
+            "appliance restarts (null: none).",
+            "properties": {"keys": {"type": "array", "items": STR},
+                           "since": {"type": ["string", "null"], "format": "date-time"}},
+            "required": ["keys", "since"], "additionalProperties": False}
+
+
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -83,6 +91,7 @@ ERROR_RESPONSES = {
     "422": ("Unprocessable", "Well-formed but not acceptable (invalid config, unconfigured "
                              "symbols)."),
     "503": ("Unavailable", "PostgreSQL or Redis is unreachable (or a query timed out)."),
+    "504": ("NotConfirmed", "A running process of the appliance did not answer in time."),
 }
 
 
@@ -137,6 +146,7 @@ def _status_schemas() -> dict:
         "redis": {"type": "string", "enum": ["ok", "error"]},
         "config_last_reload_successful": BOOL,
         "config_sha256": STR,
+        "restart_required": _RESTART,
         "provider": STR,
         "processes": _n({"type": "object", "description":
                          "Under `appliance up`: each supervised process (serve, worker, "
@@ -194,7 +204,7 @@ def _status_schemas() -> dict:
         "config": _obj({
             "sha256": STR, "path": STR, "version": INT,
             "last_reload": _n(_ref("ConfigReload")),
-            "last_reload_successful": BOOL})})
+            "last_reload_successful": BOOL, "restart_required": _RESTART})})
     return {
         "Health": health, **_brief_schemas(),
         "DatabaseStatus": database, "JobSchedule": job_schedule, "Status": status,
@@ -311,7 +321,9 @@ def _schemas() -> dict:
         "ReloadResult": _obj({
             "ok": {"type": "boolean", "const": True}, "sha256": STR, "version": INT,
             "diff": {**FREE, "description": "symbols_added, symbols_removed, changed, ..."},
-            "backfill_job_id": _n(INT)}),
+            "backfill_job_id": _n(INT),
+            "restart_required": {"type": "array", "items": STR},
+            "restart_required_since": _n(NUM)}),
         "BackfillRequest": _obj({
             "symbols": {"type": "array", "minItems": 1, "maxItems": 20000,
                         "items": {"type": "string", "pattern": SYMBOL_PATTERN},
@@ -494,9 +506,13 @@ def _ops_paths() -> dict:
             "Reload appliance.yaml",
             {"200": _json(_ref("ReloadResult"), "Reloaded; the diff says what changed.")},
             body=_ref("Empty"),
-            errors=("400", "401", "403", "409", "413", "422", "503"),
-            description="422 when the file is invalid (every error with file and line), 409 "
-                        "when a change needs a restart; in both cases the running config stays.")},
+            errors=("400", "401", "403", "413", "422", "503", "504"),
+            description="Every running process validates the file in its own environment "
+                        "first. 422 when the file is invalid there (every error with file and "
+                        "line): the running config stays. 504 when a process did not answer "
+                        "or confirm in time. A change of a restart-only key is accepted and "
+                        "listed in restart_required: its old value stays in force until the "
+                        "appliance restarts.")},
         "/api/v1/backups": {
             "get": _read("Backups, newest first", _json(_ref("BackupList"), "Backups."),
                          [_limit(100, 10000)]),
