@@ -69,6 +69,8 @@ def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
             _say_which_config(ctx, rt, file_cfg, file_errors)
         elif not use_file and configsync.running(rt):
             rt.adopt_running_config()
+        if service is None and announce:
+            rt.pin_config()  # one command, one config
         return rt
     except ApplianceError as e:
         click.echo(f"error: {e.message}", err=True)

@@ -50,6 +50,7 @@ class Runtime:
                  pool_size: int | None = None, check_interval: float = 1.0):
         self._config = config
         self._boot: Config | None = None
+        self._pinned = False
         self._config_version = 0
         self._last_check = 0.0
         self._lock = threading.Lock()
@@ -268,7 +269,14 @@ class Runtime:
                         "running config", e)
             return None
 
+    def pin_config(self) -> None:
+        """Keep the config this runtime has now (a one-shot command that uses
+        the file, or the running config as of its start): no swap follows."""
+        self._pinned = True
+
     def _maybe_swap(self, force: bool = False) -> None:
+        if self._pinned:
+            return
         r = self.redis
         v = r.get(K_CONFIG_VERSION)
         if v is None:

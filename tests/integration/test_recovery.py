@@ -24,6 +24,7 @@ from appliance.jobs import restore_test as restore_job
 from appliance.runtime import Runtime
 
 from tests.conftest import write_config
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,6 +129,38 @@ def _cli(args: str, cfg: Path, check: bool = True) -> subprocess.CompletedProces
     return p
 
 
+def _up_then_ctrl_c(cfg: Path) -> None:
+    import signal
+
+    import requests
+
+    from appliance.config import load_config
+    from tests.support import wait_until
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    up = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up",
+                           "--no-initial-backfill"], env=env, cwd=cfg.parent,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    url = f"http://{load_config(cfg)['server']['bind']}/health"
+
+    def answers():
+        if up.poll() is not None:
+            raise AssertionError("appliance up exited:\n" + up.stdout.read()[-3000:])
+        try:
+            return requests.get(url, timeout=5).status_code in (200, 503)
+        except requests.RequestException:
+            return False
+    try:
+        wait_until(answers, 120, "appliance up to serve")
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+
+
 @pytest.mark.slow
 def test_the_recovery_procedure_of_operations_md_works_on_a_fresh_host(
         runtime, database_url, request):
@@ -147,13 +180,24 @@ def test_the_recovery_procedure_of_operations_md_works_on_a_fresh_host(
     # a short path: pgserver's unix socket lives in data_dir
     host = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
     request.addfinalizer(lambda: shutil.rmtree(host, ignore_errors=True))
+    # step 1: a source checkout with `make up` once (here: `appliance up`, as
+    # make up runs it), stopped with Ctrl-C; its config is the checkout's, whose
+    # backups go to var/backups
+    cfg = write_config(host / "appliance.yaml", "", "", data_dir=str(host / "var"),
+                       backup={"path": str(host / "var" / "backups"), "min_free_pct": 1},
+                       server={"bind": f"127.0.0.1:{free_port()}", "workers": 1})
+    _up_then_ctrl_c(cfg)
+    # step 2: appliance.yaml restored (it names the backup drive); nothing reloaded
     cfg = write_config(host / "appliance.yaml", "", "", data_dir=str(host / "var"),
                        backup={"path": str(bdir), "min_free_pct": 1})
     cmds = _recovery_commands()
     assert cmds[:3] == ["appliance backups --rescan", "appliance restore latest",
                         "appliance restore latest --yes"], cmds
     listing = _cli(cmds[0], cfg)
+    # the drive the restored file names is scanned: the appliance is not
+    # running, so the file is the config (not the one `up` ran in step 1)
     assert b["filename"] in listing.stdout and "restore test: passed" in listing.stdout
+    assert "differs from the running config" not in listing.stderr
     plan = _cli(cmds[1], cfg, check=False)
     assert plan.returncode == 1 and "Nothing was changed" in plan.stdout
     res = json.loads(_cli(cmds[2], cfg).stdout)
