@@ -26,6 +26,7 @@ from .locks import BACKFILL_LOCK
 from .providers import make_provider
 from .candles import Bars
 from .providers.http import MemoryStats
+from .store import demo as dstore
 
 log = logging.getLogger("appliance.backfill")
 
@@ -61,13 +62,20 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
     lookback = cfg["history"]["lookback_sessions"]
     specs = {s.symbol: s for s in cfg.symbols}
     default_since = cfg.history_start("1d")
+    # a real vendor replaces the demo's history: the whole history, which
+    # write_symbol stores in place of every demo bar (demodata.py)
+    demo = set(dstore.demo_symbols(conn, minute=False)) \
+        if start is None and dstore.replacing(provider.name) else set()
     plans = []
     for sym in symbols:
         if start is not None:
             plans.append(SymbolPlan(sym, start, end, full=False))
             continue
-        last = store.last_stored_session(conn, sym)
         since = specs[sym].since if sym in specs else default_since
+        if sym in demo:
+            plans.append(SymbolPlan(sym, since, end, full=True))
+            continue
+        last = store.last_stored_session(conn, sym)
         first, asked_from = store.history_coverage(conn, sym)
         if last is None:
             plans.append(SymbolPlan(sym, since, end, full=True))
@@ -120,6 +128,8 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         windows = []
         if minute_syms and start is None and end is None:  # minute months still to fetch
             with rt.conn() as conn:
+                if dstore.replacing(provider.name):  # months holding demo sessions: again
+                    dstore.forget_demo_months(conn, minute_syms)
                 windows = intraday.plan(conn, cfg, minute_syms, end=tcal.latest_completed_session(
                     cfg["calendar"], now))
         result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
@@ -252,10 +262,12 @@ def backfill_symbol(rt, cfg, provider, p: SymbolPlan, *, run_id, today) -> Count
 
 def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today) -> Counter:
     """Validate, store and checkpoint one symbol's bars; refresh its stats."""
-    cal = cfg["calendar"]
-    q = cfg["quality"]
     out = Counter()
     with rt.conn() as conn:
+        if p.full and dstore.replacing(provider.name):
+            # the vendor's whole history takes the place of any demo bar, in
+            # this transaction: a session it lacks keeps no demo bar
+            out["demo_replaced"] = dstore.drop_daily(conn, p.symbol)
         if p.full:
             try:
                 store.save_splits(conn, provider.splits(p.symbol), provider.name)
@@ -265,37 +277,47 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
         if p.full:
             store.mark_history_from(conn, p.symbol, p.start)
-        if len(bars) == 0:
-            return out
-        first = bars.session[0].astype(object)
-        last = bars.session[-1].astype(object)
-        cal_sessions = tcal.sessions(cal, first, last)
-        prev_close = store.last_close_before(conn, p.symbol, first)
-        splits = store.splits_for(conn, p.symbol)
-        checked = quality.validate(bars, cal_sessions, today, prev_close=prev_close, splits=splits,
-                                   gap_threshold_pct=q["gap_threshold_pct"],
-                                   split_tolerance_pct=q["split_tolerance_pct"])
-        if not p.full and np.any(np.asarray(checked.gap_kind, dtype=object) == "jump"):
-            # a jump may be a split the vendor announced since we last asked
-            try:
-                fresh = provider.splits(p.symbol)
-                if fresh:
-                    store.save_splits(conn, fresh, provider.name)
-                    splits = store.splits_for(conn, p.symbol)
-                    checked = quality.validate(
-                        bars, cal_sessions, today, prev_close=prev_close, splits=splits,
-                        gap_threshold_pct=q["gap_threshold_pct"],
-                        split_tolerance_pct=q["split_tolerance_pct"])
-            except ProviderAuthError:
-                raise
-            except ProviderError as e:
-                log.warning("splits of %s unavailable: %s", p.symbol, e.message)
-        res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
-        store.checkpoint(conn, p.symbol, last, run_id)
-        out.update(res)
-        out["rejected"] += int((~checked.valid).sum())
-    with rt.conn() as conn:
-        refresh_stats(conn, cfg, p.symbol)
+        if len(bars):
+            out.update(_store_bars(conn, cfg, provider, p, bars, run_id=run_id, today=today))
+    if len(bars) or out["demo_replaced"]:
+        with rt.conn() as conn:
+            refresh_stats(conn, cfg, p.symbol)
+    return out
+
+
+def _store_bars(conn, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today) -> Counter:
+    """Validate (splits explain gaps; a jump asks the vendor for new splits),
+    write and checkpoint one symbol's bars, in the caller's transaction."""
+    cal = cfg["calendar"]
+    q = cfg["quality"]
+    out = Counter()
+    first = bars.session[0].astype(object)
+    last = bars.session[-1].astype(object)
+    cal_sessions = tcal.sessions(cal, first, last)
+    prev_close = store.last_close_before(conn, p.symbol, first)
+    splits = store.splits_for(conn, p.symbol)
+    checked = quality.validate(bars, cal_sessions, today, prev_close=prev_close, splits=splits,
+                               gap_threshold_pct=q["gap_threshold_pct"],
+                               split_tolerance_pct=q["split_tolerance_pct"])
+    if not p.full and np.any(np.asarray(checked.gap_kind, dtype=object) == "jump"):
+        # a jump may be a split the vendor announced since we last asked
+        try:
+            fresh = provider.splits(p.symbol)
+            if fresh:
+                store.save_splits(conn, fresh, provider.name)
+                splits = store.splits_for(conn, p.symbol)
+                checked = quality.validate(
+                    bars, cal_sessions, today, prev_close=prev_close, splits=splits,
+                    gap_threshold_pct=q["gap_threshold_pct"],
+                    split_tolerance_pct=q["split_tolerance_pct"])
+        except ProviderAuthError:
+            raise
+        except ProviderError as e:
+            log.warning("splits of %s unavailable: %s", p.symbol, e.message)
+    res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
+    store.checkpoint(conn, p.symbol, last, run_id)
+    out.update(res)
+    out["rejected"] += int((~checked.valid).sum())
     return out
 
 
