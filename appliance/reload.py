@@ -59,6 +59,9 @@ def reload_config(rt, *, source: str, actor: str | None = None,
                        set(diff.get("symbols_since_changed", {})) |
                        {s for s, c in diff.get("symbols_timeframes_changed", {}).items()
                         if set(c["new"]) - set(c["old"])})
+        # --- hook (demodata.py): provider.name changed, the demo history is replaced
+        if "provider.name" in diff["changed"]:
+            added = _with_demo_replacement(rt, new, added)
         if added:
             try:
                 from .queue import enqueue
@@ -75,6 +78,14 @@ def reload_config(rt, *, source: str, actor: str | None = None,
                              "symbols_removed_keep_data": diff["symbols_removed"]})
         return {"ok": True, "diff": diff, "sha256": new.sha256, "version": version,
                 "backfill_run_id": backfill_run}
+
+
+def _with_demo_replacement(rt, new: Config, added: list[str]) -> list[str]:
+    """``added`` and the symbols still holding demo bars that ``new``'s real
+    vendor replaces (``demodata.symbols_to_replace``): one backfill does both."""
+    from . import demodata
+    with rt.conn() as conn:
+        return sorted(set(added) | set(demodata.symbols_to_replace(conn, new)))
 
 
 def _record(rt, source, actor, sha, ok, error, diff) -> None:

@@ -131,6 +131,35 @@ def test_switching_to_polygon_replaces_the_whole_demo_history(config_factory, de
             rt.close()
 
 
+def test_the_reload_that_switches_to_polygon_queues_the_replacement(
+        config_factory, demo_history, vendor):
+    """``appliance reload`` after ``provider.name: polygon``: the backfill it
+    queues (run here by a burst worker) replaces the demo history."""
+    from appliance import schedule
+    from appliance.reload import reload_config
+    rt = _open(demo_history)
+    try:
+        assert schedule.ensure_baseline(rt)  # what `appliance up` does at start
+        with PolygonFake(vendor.bars, vendor.splits) as fake:
+            config_factory(symbols=SYMS, history=HISTORY, provider=_polygon(fake))
+            res = reload_config(rt, source="cli")
+            assert res["ok"], res
+            assert res["diff"]["changed"]["provider.name"] == {"old": "demo", "new": "polygon"}
+            assert res["backfill_run_id"] is not None
+            with rt.conn() as conn:
+                queued = runs.get(conn, res["backfill_run_id"])
+            assert queued["params"]["symbols"] == SYMS and queued["trigger"] == "reload"
+            worker = _cli(demo_history, "worker", "--burst")
+            assert worker.returncode == 0, worker.stderr
+        with rt.conn() as conn:
+            done = runs.get(conn, res["backfill_run_id"])
+        assert done["status"] == "ok", done
+        for sym in SYMS:
+            assert _stored(rt, sym) == vendor.rows(sym), sym
+    finally:
+        rt.close()
+
+
 def test_until_replaced_every_view_says_demo(config_factory, demo_history, vendor):
     """After the switch the latest sessions come from the vendor (a ranged
     backfill, as the incremental one did): the symbols still hold demo bars
