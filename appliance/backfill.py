@@ -127,11 +127,7 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
             raise LockBusy("another backfill is running; this one did not start")
         windows = []
         if minute_syms and start is None and end is None:  # minute months still to fetch
-            with rt.conn() as conn:
-                if dstore.replacing(provider.name):  # months holding demo sessions: again
-                    dstore.forget_demo_months(conn, minute_syms)
-                windows = intraday.plan(conn, cfg, minute_syms, end=tcal.latest_completed_session(
-                    cfg["calendar"], now))
+            windows = _minute_windows(rt, cfg, provider, minute_syms, now)
         result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
                              windows)
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
@@ -140,6 +136,19 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         return result
     finally:
         lock_conn.close()
+
+
+def _minute_windows(rt, cfg, provider, minute_syms: list[str], now) -> list:
+    """The minute months to fetch (``intraday.plan``). With a real vendor,
+    the months of a symbol still holding demo sessions count as not fetched:
+    the vendor's minutes replace the demo's (``demodata``)."""
+    with rt.conn() as conn:
+        if dstore.replacing(provider.name):
+            demo = sorted(set(dstore.demo_symbols(conn, daily=False)) & set(minute_syms))
+            if demo:
+                dstore.forget_demo_months(conn, demo)
+        return intraday.plan(conn, cfg, minute_syms,
+                             end=tcal.latest_completed_session(cfg["calendar"], now))
 
 
 def _with_minutes(daily: dict, minutes: dict) -> dict:

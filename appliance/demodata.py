@@ -32,40 +32,18 @@ from .store import demo as dstore
 
 log = logging.getLogger("appliance.demodata")
 
-DEMO = dstore.DEMO
-
-
+#: a real vendor (not ``demo``) replaces the stored demo bars
 replacing = dstore.replacing
-
-
-def symbols_holding(conn) -> list[str]:
-    """Every symbol that still holds a demo bar (daily or minute)."""
-    return dstore.demo_symbols(conn)
 
 
 def symbols_to_replace(conn, cfg) -> list[str]:
     """The active configured symbols whose demo bars the next backfill
-    replaces (none while the provider is ``demo``)."""
+    replaces (none while the provider is ``demo``): a reload that changes
+    ``provider.name`` queues their backfill (``reload.reload_config``)."""
     if not replacing(cfg["provider"]["name"]):
         return []
     held = set(dstore.demo_symbols(conn))
     return [s for s in cfg.active_symbols if s in held]
-
-
-def queue_replacement(rt, *, trigger: str = "reload") -> int | None:
-    """Queue the backfill that replaces the demo history of every active
-    symbol still holding some with the configured vendor's (call it when
-    ``provider.name`` changes away from ``demo``). Returns the run id, or
-    None when there is nothing to replace."""
-    from .queue import enqueue
-    with rt.conn() as conn:
-        syms = symbols_to_replace(conn, rt.config)
-    if not syms:
-        return None
-    run_id = enqueue(rt, "backfill", {"symbols": syms}, trigger=trigger)
-    log.info("backfill run %s queued: replaces the demo history of %d symbol(s) with %s's",
-             run_id, len(syms), rt.config["provider"]["name"])
-    return run_id
 
 
 def report(rt, symbols: Sequence[str] | None = None) -> dict[str, dict]:
