@@ -226,6 +226,10 @@ def demo_data(ctx, symbols, delete):
     """List the symbols still holding synthetic bars of the demo provider, or
     delete them (the next backfill then fetches their whole history)."""
     from . import demodata
+    from .config import SYMBOL_RE
+    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+    if bad:
+        _fail(f"not a valid symbol: {', '.join(bad)}", 2)
     rt = _runtime(ctx, migrate=True)
     try:
         counts = demodata.delete(rt, symbols or None) if delete else \

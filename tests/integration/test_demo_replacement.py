@@ -226,6 +226,27 @@ def test_demo_data_delete_removes_it_and_the_vendor_fills_the_whole_history(
             rt.close()
 
 
+def test_demo_data_delete_is_refused_while_a_backfill_runs(demo_history):
+    """A running backfill may be replacing the demo data: --delete says so
+    and deletes nothing; a bad symbol is named."""
+    from appliance import db, store
+    from appliance.locks import BACKFILL_LOCK
+    rt = _open(demo_history)
+    lock = db.connect(rt.endpoints.database_url, autocommit=True)
+    try:
+        before = _one(rt, "SELECT count(*) FROM market_data")
+        assert store.locks.try_lock(lock, BACKFILL_LOCK)  # what a running backfill holds
+        out = _cli(demo_history, "demo-data", "--delete")
+        assert out.returncode == 1
+        assert "a backfill is running" in out.stderr and "try again" in out.stderr
+        assert _one(rt, "SELECT count(*) FROM market_data") == before
+        bad = _cli(demo_history, "demo-data", "--delete", "aapl")
+        assert bad.returncode == 2 and "not a valid symbol: aapl" in bad.stderr
+    finally:
+        lock.close()
+        rt.close()
+
+
 # --------------------------------------------------------------------------- minute bars
 
 M_SYMS = ["AAPL", "MSFT"]
