@@ -271,6 +271,8 @@ def backfill_symbol(rt, cfg, provider, p: SymbolPlan, *, run_id, today) -> Count
 
 def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today) -> Counter:
     """Validate, store and checkpoint one symbol's bars; refresh its stats."""
+    cal = cfg["calendar"]
+    q = cfg["quality"]
     out = Counter()
     with rt.conn() as conn:
         if p.full and dstore.replacing(provider.name):
@@ -286,47 +288,39 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
         if p.full:
             store.mark_history_from(conn, p.symbol, p.start)
-        if len(bars):
-            out.update(_store_bars(conn, cfg, provider, p, bars, run_id=run_id, today=today))
-    if len(bars) or out["demo_replaced"]:
-        with rt.conn() as conn:
-            refresh_stats(conn, cfg, p.symbol)
-    return out
-
-
-def _store_bars(conn, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today) -> Counter:
-    """Validate (splits explain gaps; a jump asks the vendor for new splits),
-    write and checkpoint one symbol's bars, in the caller's transaction."""
-    cal = cfg["calendar"]
-    q = cfg["quality"]
-    out = Counter()
-    first = bars.session[0].astype(object)
-    last = bars.session[-1].astype(object)
-    cal_sessions = tcal.sessions(cal, first, last)
-    prev_close = store.last_close_before(conn, p.symbol, first)
-    splits = store.splits_for(conn, p.symbol)
-    checked = quality.validate(bars, cal_sessions, today, prev_close=prev_close, splits=splits,
-                               gap_threshold_pct=q["gap_threshold_pct"],
-                               split_tolerance_pct=q["split_tolerance_pct"])
-    if not p.full and np.any(np.asarray(checked.gap_kind, dtype=object) == "jump"):
-        # a jump may be a split the vendor announced since we last asked
-        try:
-            fresh = provider.splits(p.symbol)
-            if fresh:
-                store.save_splits(conn, fresh, provider.name)
-                splits = store.splits_for(conn, p.symbol)
-                checked = quality.validate(
-                    bars, cal_sessions, today, prev_close=prev_close, splits=splits,
-                    gap_threshold_pct=q["gap_threshold_pct"],
-                    split_tolerance_pct=q["split_tolerance_pct"])
-        except ProviderAuthError:
-            raise
-        except ProviderError as e:
-            log.warning("splits of %s unavailable: %s", p.symbol, e.message)
-    res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
-    store.checkpoint(conn, p.symbol, last, run_id)
-    out.update(res)
-    out["rejected"] += int((~checked.valid).sum())
+        if len(bars) == 0:
+            if out["demo_replaced"]:
+                refresh_stats(conn, cfg, p.symbol)
+            return out
+        first = bars.session[0].astype(object)
+        last = bars.session[-1].astype(object)
+        cal_sessions = tcal.sessions(cal, first, last)
+        prev_close = store.last_close_before(conn, p.symbol, first)
+        splits = store.splits_for(conn, p.symbol)
+        checked = quality.validate(bars, cal_sessions, today, prev_close=prev_close, splits=splits,
+                                   gap_threshold_pct=q["gap_threshold_pct"],
+                                   split_tolerance_pct=q["split_tolerance_pct"])
+        if not p.full and np.any(np.asarray(checked.gap_kind, dtype=object) == "jump"):
+            # a jump may be a split the vendor announced since we last asked
+            try:
+                fresh = provider.splits(p.symbol)
+                if fresh:
+                    store.save_splits(conn, fresh, provider.name)
+                    splits = store.splits_for(conn, p.symbol)
+                    checked = quality.validate(
+                        bars, cal_sessions, today, prev_close=prev_close, splits=splits,
+                        gap_threshold_pct=q["gap_threshold_pct"],
+                        split_tolerance_pct=q["split_tolerance_pct"])
+            except ProviderAuthError:
+                raise
+            except ProviderError as e:
+                log.warning("splits of %s unavailable: %s", p.symbol, e.message)
+        res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
+        store.checkpoint(conn, p.symbol, last, run_id)
+        out.update(res)
+        out["rejected"] += int((~checked.valid).sum())
+    with rt.conn() as conn:
+        refresh_stats(conn, cfg, p.symbol)
     return out
 
 

@@ -131,6 +131,28 @@ def test_switching_to_polygon_replaces_the_whole_demo_history(config_factory, de
             rt.close()
 
 
+def test_a_symbol_the_vendor_does_not_have_keeps_no_demo_bar(config_factory, demo_history,
+                                                            vendor):
+    """NVDA unknown to the vendor: its whole demo history goes, nothing is
+    labelled polygon, and it no longer counts as demo anywhere."""
+    bars = {s: b for s, b in vendor.bars.items() if s != "NVDA"}
+    with PolygonFake(bars, []) as fake:
+        rt = _open(config_factory(symbols=SYMS, history=HISTORY, provider=_polygon(fake)))
+        try:
+            res = _run(rt, end=END.isoformat())
+            assert res["status"] == "ok", res
+            assert _stored(rt, "NVDA") == []
+            assert _one(rt, "SELECT count(*) FROM market_data WHERE source = 'demo'") == 0
+            assert _one(rt, "SELECT count(*) FROM splits WHERE symbol = 'NVDA'") == 0
+            body = _client(rt).get("/api/v1/symbols").get_json()
+            nvda = [x for x in body["symbols"] if x["symbol"] == "NVDA"][0]
+            assert nvda["records"] == 0 and nvda["source"] is None
+            health = _client(rt).get("/health").get_json()
+            assert not [r for r in health["reasons"] if r.startswith("demo_data_present")]
+        finally:
+            rt.close()
+
+
 def test_the_reload_that_switches_to_polygon_queues_the_replacement(
         config_factory, demo_history, vendor):
     """``appliance reload`` after ``provider.name: polygon``: the backfill it
