@@ -153,6 +153,29 @@ def test_a_symbol_the_vendor_does_not_have_keeps_no_demo_bar(config_factory, dem
             rt.close()
 
 
+def test_the_migration_relabels_a_history_already_relabelled_as_real(demo_history):
+    """A database of before the fix (finding 9's state: demo bars, stats
+    saying polygon after the latest sessions came from the vendor): migration
+    0008 labels those symbols demo again."""
+    from appliance import db
+    rt = _open(demo_history)
+    try:
+        with rt.conn() as conn:
+            conn.execute("UPDATE market_data SET source = 'polygon' WHERE symbol = 'AAPL' "
+                         "AND ts >= '2024-12-20'")
+            conn.execute("UPDATE symbol_stats SET source = 'polygon'")  # max(source)
+            conn.execute("ALTER TABLE minute_stats DROP COLUMN source")
+            conn.execute("DELETE FROM schema_migrations WHERE version = 8")
+        assert db.migrate(rt.endpoints.database_url) == [8]
+        with rt.conn() as conn:
+            labels = dict(conn.execute("SELECT symbol, source FROM symbol_stats").fetchall())
+        assert labels == {s: "demo" for s in SYMS}
+        body = _client(rt).get("/api/v1/symbols").get_json()
+        assert {x["source"] for x in body["symbols"]} == {"demo"}
+    finally:
+        rt.close()
+
+
 def test_the_reload_that_switches_to_polygon_queues_the_replacement(
         config_factory, demo_history, vendor):
     """``appliance reload`` after ``provider.name: polygon``: the backfill it
