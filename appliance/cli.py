@@ -241,6 +241,9 @@ def demo_data(ctx, symbols, delete):
                    f"session(s), {c['splits']} split(s)")
     verb = "deleted" if delete else "held"
     click.echo(f"demo data {verb}: {len(counts)} symbol(s)" if counts else "no demo data stored")
+    if delete and counts and not demodata.replacing(rt.config["provider"]["name"]):
+        click.echo("note: provider.name is still demo: the next backfill stores demo data "
+                   "again; set a real vendor and run appliance reload first", err=True)
 
 
 # --------------------------------------------------------------------------- jobs

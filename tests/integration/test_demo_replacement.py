@@ -273,7 +273,8 @@ def test_demo_data_delete_removes_it_and_the_vendor_fills_the_whole_history(
 
 def test_demo_data_delete_is_refused_while_a_backfill_runs(demo_history):
     """A running backfill may be replacing the demo data: --delete says so
-    and deletes nothing; a bad symbol is named."""
+    and deletes nothing; a bad symbol is named. Once free, one symbol's demo
+    data can go alone."""
     from appliance import db, store
     from appliance.locks import BACKFILL_LOCK
     rt = _open(demo_history)
@@ -287,6 +288,14 @@ def test_demo_data_delete_is_refused_while_a_backfill_runs(demo_history):
         assert _one(rt, "SELECT count(*) FROM market_data") == before
         bad = _cli(demo_history, "demo-data", "--delete", "aapl")
         assert bad.returncode == 2 and "not a valid symbol: aapl" in bad.stderr
+        lock.close()
+        # the provider is still demo: done, with a word about the next backfill
+        one = _cli(demo_history, "demo-data", "--delete", "AAPL")
+        assert one.returncode == 0, one.stderr
+        assert "demo data deleted: 1 symbol(s)" in one.stdout
+        assert "provider.name is still demo" in one.stderr
+        assert _one(rt, "SELECT count(*) FROM market_data WHERE symbol = 'AAPL'") == 0
+        assert _one(rt, "SELECT count(*) FROM market_data WHERE symbol = 'MSFT'") > 0
     finally:
         lock.close()
         rt.close()
