@@ -74,6 +74,7 @@ def delete(rt, symbols: Sequence[str] | None = None) -> dict[str, dict]:
                 if days:
                     intraday.refresh_stats(conn, cfg, sym)
         if counts:
+            log.info("demo data deleted: %s", counts)
             with rt.conn() as conn:
                 store.add_event(conn, "info", "demo",
                                 f"demo data of {len(counts)} symbol(s) deleted: "
