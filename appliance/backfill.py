@@ -26,6 +26,7 @@ from .locks import BACKFILL_LOCK
 from .providers import make_provider
 from .candles import Bars
 from .providers.http import MemoryStats
+from .store import demo as dstore
 
 log = logging.getLogger("appliance.backfill")
 
@@ -61,13 +62,20 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
     lookback = cfg["history"]["lookback_sessions"]
     specs = {s.symbol: s for s in cfg.symbols}
     default_since = cfg.history_start("1d")
+    # a real vendor replaces the demo's history: the whole history, which
+    # write_symbol stores in place of every demo bar (demodata.py)
+    demo = set(dstore.demo_symbols(conn, minute=False)) \
+        if start is None and dstore.replacing(provider.name) else set()
     plans = []
     for sym in symbols:
         if start is not None:
             plans.append(SymbolPlan(sym, start, end, full=False))
             continue
-        last = store.last_stored_session(conn, sym)
         since = specs[sym].since if sym in specs else default_since
+        if sym in demo:
+            plans.append(SymbolPlan(sym, since, end, full=True))
+            continue
+        last = store.last_stored_session(conn, sym)
         first, asked_from = store.history_coverage(conn, sym)
         if last is None:
             plans.append(SymbolPlan(sym, since, end, full=True))
@@ -119,9 +127,7 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
             raise LockBusy("another backfill is running; this one did not start")
         windows = []
         if minute_syms and start is None and end is None:  # minute months still to fetch
-            with rt.conn() as conn:
-                windows = intraday.plan(conn, cfg, minute_syms, end=tcal.latest_completed_session(
-                    cfg["calendar"], now))
+            windows = _minute_windows(rt, cfg, provider, minute_syms, now)
         result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
                              windows)
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
@@ -130,6 +136,19 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         return result
     finally:
         lock_conn.close()
+
+
+def _minute_windows(rt, cfg, provider, minute_syms: list[str], now) -> list:
+    """The minute months to fetch (``intraday.plan``). With a real vendor,
+    the months of a symbol still holding demo sessions count as not fetched:
+    the vendor's minutes replace the demo's (``demodata``)."""
+    with rt.conn() as conn:
+        if dstore.replacing(provider.name):
+            demo = sorted(set(dstore.demo_symbols(conn, daily=False)) & set(minute_syms))
+            if demo:
+                dstore.forget_demo_months(conn, demo)
+        return intraday.plan(conn, cfg, minute_syms,
+                             end=tcal.latest_completed_session(cfg["calendar"], now))
 
 
 def _with_minutes(daily: dict, minutes: dict) -> dict:
@@ -256,6 +275,10 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
     q = cfg["quality"]
     out = Counter()
     with rt.conn() as conn:
+        if p.full and dstore.replacing(provider.name):
+            # the vendor's whole history takes the place of any demo bar, in
+            # this transaction: a session it lacks keeps no demo bar
+            out["demo_replaced"] = dstore.drop_daily(conn, p.symbol)
         if p.full:
             try:
                 store.save_splits(conn, provider.splits(p.symbol), provider.name)
@@ -266,6 +289,8 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
         if p.full:
             store.mark_history_from(conn, p.symbol, p.start)
         if len(bars) == 0:
+            if out["demo_replaced"]:
+                refresh_stats(conn, cfg, p.symbol)
             return out
         first = bars.session[0].astype(object)
         last = bars.session[-1].astype(object)

@@ -221,10 +221,15 @@ def finish(rt, run_id: int) -> dict | None:
     read it. None while chunks are still open or the result is being written."""
     with rt.conn() as conn:
         if chunk_store.take_finish(conn, run_id, me()):
-            for sym in chunk_store.minute_symbols(conn, run_id):
+            failures = chunk_store.failures(conn, run_id)
+            minute_syms = chunk_store.minute_symbols(conn, run_id)
+            # a symbol whose months all succeeded holds no demo session any more
+            intraday.drop_demo_leftovers(conn, rt.config["provider"]["name"], minute_syms,
+                                         {k.split(" ")[0] for k in failures})
+            for sym in minute_syms:
                 intraday.refresh_stats(conn, rt.config, sym)
             res = _result(conn, run_id)
-            for sym, msg in chunk_store.failures(conn, run_id).items():
+            for sym, msg in failures.items():
                 store.add_event(conn, "error", "backfill", f"{sym}: {msg}", {"symbol": sym})
             store.add_event(conn, "info", "backfill",
                             f"backfill run {run_id}: {res['symbols_ok']} of {res['symbols']} "

@@ -201,6 +201,37 @@ def migrate(ctx):
                f"{db.latest_version()} ({ep.describe()})")
 
 
+# --------------------------------------------------------------------------- demo data
+
+@main.command("demo-data")
+@click.argument("symbols", nargs=-1)
+@click.option("--delete", "delete", is_flag=True,
+              help="delete the demo data (of SYMBOLS, or of every symbol holding some)")
+@click.pass_context
+def demo_data(ctx, symbols, delete):
+    """List the symbols still holding synthetic bars of the demo provider, or
+    delete them (the next backfill then fetches their whole history)."""
+    from . import demodata
+    from .config import SYMBOL_RE
+    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+    if bad:
+        _fail(f"not a valid symbol: {', '.join(bad)}", 2)
+    rt = _runtime(ctx, migrate=True)
+    try:
+        counts = demodata.delete(rt, symbols or None) if delete else \
+            demodata.report(rt, symbols or None)
+    except ApplianceError as e:
+        _fail(e.message)
+    for sym, c in counts.items():
+        click.echo(f"{sym}  {c['daily_bars']} daily bar(s), {c['minute_sessions']} minute "
+                   f"session(s), {c['splits']} split(s)")
+    verb = "deleted" if delete else "held"
+    click.echo(f"demo data {verb}: {len(counts)} symbol(s)" if counts else "no demo data stored")
+    if delete and counts and not demodata.replacing(rt.config["provider"]["name"]):
+        click.echo("note: provider.name is still demo: the next backfill stores demo data "
+                   "again; set a real vendor and run appliance reload first", err=True)
+
+
 # --------------------------------------------------------------------------- jobs
 
 def _parse_date(_ctx, _param, value):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 
 
 from . import store
+from .store import demo as dstore
 
 log = logging.getLogger("appliance.health")
 
@@ -89,6 +90,7 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
             out["latest_backup"] = store.latest_backup(conn)
             out["last_restore_test"] = store.last_restore_test(conn)
             out["last_reload"] = store.last_config_reload(conn)
+            out["demo_symbols"] = dstore.demo_symbols(conn)
             return out
     return _submit(probe, _inflight)
 
@@ -284,6 +286,10 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         latest, rate = snap["latest_data"], snap["validation_rate_pct"]
         behind = sessions_behind(cfg, latest, now)
         status = _status(cfg["alerts"], snap, rd, scheduler_running, rate, behind, reasons)
+        demo = demo_reason(cfg["provider"]["name"], snap.get("demo_symbols"))
+        if demo:
+            reasons.append(demo)
+            status = "degraded" if status == "healthy" else status
     if replica["state"] in ("lagging", "down") and status == "healthy":
         status = "degraded"
     if replica["state"] == "down":
@@ -307,6 +313,17 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         config_last_reload_successful=(last_reload or {}).get("ok", True),
         config_sha256=cfg.sha256, restart_required=restart, provider=cfg["provider"]["name"],
         processes=rd.get("processes"), replica=replica, reasons=reasons, db=snap, queue=rd)
+
+
+def demo_reason(provider: str, demo_symbols: list[str] | None) -> str | None:
+    """``demo_data_present``: a real vendor is configured but symbols still
+    hold the demo provider's synthetic bars (``demodata``)."""
+    if not demo_symbols or not dstore.replacing(provider):
+        return None
+    names = ", ".join(demo_symbols[:5]) + (", …" if len(demo_symbols) > 5 else "")
+    return (f"demo_data_present: {len(demo_symbols)} symbol(s) still hold synthetic demo bars "
+            f"({names}); the next backfill replaces them with {provider}'s history, or "
+            f"`appliance demo-data --delete` deletes them")
 
 
 REPLICA_WAIT_S = 1.2

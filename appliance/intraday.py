@@ -30,6 +30,7 @@ from . import calendar as tcal
 from . import quality, store
 from .candles import MinuteBars
 from .errors import ProviderAuthError, ProviderError
+from .store import demo as dstore
 from .store import minutes as mstore
 from .timeframes import REGULAR_CLOSE, REGULAR_OPEN, session_window
 
@@ -166,6 +167,9 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
     if not getattr(provider, "supports_minutes", False):
         msg = f"provider {provider.name} has no minute bars; 1m history not fetched"
         log.warning(msg)
+        with rt.conn() as conn:  # nothing replaces demo minutes: they go
+            for sym in drop_demo_leftovers(conn, provider.name, symbols):
+                refresh_stats(conn, cfg, sym)
         return {"symbols": len(symbols), "error": msg, "failed": {s: msg for s in symbols}}
     rpm = float(cfg.get(f"provider.{provider.name}.requests_per_minute") or 0)
     totals, failed = Counter(), {}
@@ -196,6 +200,7 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
             log.warning("minute bars %s %s..%s failed: %s", w.symbol, w.start, w.end, e.message)
         done += 1
     with rt.conn() as conn:
+        drop_demo_leftovers(conn, provider.name, symbols, failed)
         for sym in symbols:
             refresh_stats(conn, cfg, sym)
         for sym, msg in failed.items():
@@ -206,6 +211,26 @@ def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
             "sessions": totals["sessions"], "bars": totals["bars"],
             "invalid": totals["invalid"], "outside_session": totals["outside_session"],
             "failed": failed}
+
+
+def drop_demo_leftovers(conn, provider_name: str, symbols, failed=()) -> dict[str, int]:
+    """After a minute backfill by a real vendor: the demo minute sessions
+    still held by ``symbols`` whose months all succeeded (none in ``failed``)
+    are sessions the vendor does not have; they are deleted with their
+    rollups (``demodata``). Returns {symbol: sessions deleted}; the caller
+    refreshes the minute stats."""
+    if not dstore.replacing(provider_name):
+        return {}
+    held = set(dstore.demo_symbols(conn, daily=False)) - set(failed)
+    out = {}
+    for sym in symbols:
+        if sym in held:
+            days = dstore.drop_minutes(conn, sym)
+            if days:
+                out[sym] = len(days)
+                log.info("%s: %d demo minute session(s) the vendor does not have deleted",
+                         sym, len(days))
+    return out
 
 
 def apply_retention(conn, cfg, today: dt.date) -> dict:

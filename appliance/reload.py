@@ -152,6 +152,10 @@ def _applied(rt, source, actor, diff, symbols, sha, version) -> dict:
                    set(diff.get("symbols_since_changed", {})) |
                    {s for s, c in diff.get("symbols_timeframes_changed", {}).items()
                     if set(c["new"]) - set(c["old"])})
+    if "provider.name" in diff["changed"]:
+        # away from demo: the demo history is replaced by the vendor's (demodata)
+        added = _with_demo_replacement(rt, diff["changed"]["provider.name"]["new"],
+                                       [s.symbol for s in symbols if s.active], added)
     if added:
         try:
             from .queue import enqueue
@@ -173,6 +177,14 @@ def _applied(rt, source, actor, diff, symbols, sha, version) -> dict:
                          "restart_required": diff["restart_required"]})
     return {"ok": True, "diff": diff, "sha256": sha, "version": version,
             "backfill_run_id": backfill_run, "restart_required_since": since}
+
+
+def _with_demo_replacement(rt, provider: str, active: list[str], added: list[str]) -> list[str]:
+    """``added`` and the symbols still holding demo bars that the new real
+    vendor replaces (``demodata.symbols_to_replace``): one backfill does both."""
+    from . import demodata
+    with rt.conn() as conn:
+        return sorted(set(added) | set(demodata.symbols_to_replace(conn, provider, active)))
 
 
 def _record(rt, source, actor, sha, ok, error, diff) -> None:

@@ -258,9 +258,10 @@ def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
     row = conn.execute(
         """SELECT min(session), max(session), count(*),
                   coalesce(sum(cardinality(minutes)), 0),
-                  coalesce(sum(cardinality(invalid)), 0)
+                  coalesce(sum(cardinality(invalid)), 0),
+                  CASE WHEN bool_or(source = 'demo') THEN 'demo' ELSE max(source) END
            FROM minute_bars WHERE symbol = %s""", (symbol,)).fetchone()
-    first, last, n_sessions, n_bars, n_invalid = row
+    first, last, n_sessions, n_bars, n_invalid, source = row
     conn.execute("DELETE FROM missing_sessions WHERE symbol = %s AND timeframe = '1m'",
                  (symbol,))
     if not n_sessions:
@@ -278,7 +279,7 @@ def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
     conn.execute(
         """INSERT INTO minute_stats (symbol, first_bar, last_bar, sessions, bars, invalid,
                                      missing_sessions, expected_sessions, completeness,
-                                     inconsistent_sessions)
+                                     inconsistent_sessions, source)
            SELECT %(s)s,
                   (SELECT (session + make_interval(mins => minutes[1]))::timestamp
                           AT TIME ZONE 'America/New_York'
@@ -286,17 +287,18 @@ def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
                   (SELECT (session + make_interval(mins => minutes[cardinality(minutes)]))
                           ::timestamp AT TIME ZONE 'America/New_York'
                    FROM minute_bars WHERE symbol = %(s)s AND session = %(last)s),
-                  %(n)s, %(bars)s, %(inv)s, %(miss)s, %(exp)s, %(comp)s, %(incons)s
+                  %(n)s, %(bars)s, %(inv)s, %(miss)s, %(exp)s, %(comp)s, %(incons)s, %(src)s
            ON CONFLICT (symbol) DO UPDATE SET
              first_bar = EXCLUDED.first_bar, last_bar = EXCLUDED.last_bar,
              sessions = EXCLUDED.sessions, bars = EXCLUDED.bars, invalid = EXCLUDED.invalid,
              missing_sessions = EXCLUDED.missing_sessions,
              expected_sessions = EXCLUDED.expected_sessions,
              completeness = EXCLUDED.completeness,
-             inconsistent_sessions = EXCLUDED.inconsistent_sessions, last_update = now()""",
+             inconsistent_sessions = EXCLUDED.inconsistent_sessions,
+             source = EXCLUDED.source, last_update = now()""",
         {"s": symbol, "first": first, "last": last, "n": n_sessions, "bars": n_bars,
          "inv": n_invalid, "miss": len(missing), "exp": n_exp, "comp": completeness,
-         "incons": inconsistent})
+         "incons": inconsistent, "src": source})
     return {"symbol": symbol, "sessions": n_sessions, "bars": int(n_bars),
             "invalid": int(n_invalid), "missing": len(missing), "completeness": completeness}
 

@@ -29,7 +29,9 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
                   count(*) FILTER (WHERE gap_detected),
                   count(*) FILTER (WHERE gap_kind = 'split'),
                   count(*) FILTER (WHERE gap_kind = 'jump'),
-                  avg(quality_score), max(source)
+                  avg(quality_score),
+                  -- one demo bar makes the symbol's data demo: never labelled real
+                  CASE WHEN bool_or(source = 'demo') THEN 'demo' ELSE max(source) END
            FROM market_data WHERE symbol = %s AND timeframe = %s""",
         (symbol, timeframe)).fetchone()
     first, last, n, n_valid, gaps, g_split, g_jump, mean_score, source = row

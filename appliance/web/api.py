@@ -122,6 +122,14 @@ def status():
 
 # --------------------------------------------------------------------------- symbols
 
+def source_label(r: dict, minutes: dict | None = None) -> str | None:
+    """A symbol's source: ``demo`` while any of its daily or minute bars is
+    the demo provider's (never a real vendor's name over synthetic bars)."""
+    if (minutes or {}).get("source") == "demo":
+        return "demo"
+    return r.get("source") or (minutes or {}).get("source")
+
+
 def _symbol_json(r: dict, minutes: dict | None = None) -> dict:
     return {"symbol": r["symbol"], "active": bool(r["active"]), "configured": bool(r["configured"]),
             "since": r.get("since"),
@@ -129,7 +137,7 @@ def _symbol_json(r: dict, minutes: dict | None = None) -> dict:
             "records": int(r["records"] or 0), "validated_records": int(r["validated"] or 0),
             "gaps": int(r["gaps"] or 0), "missing_sessions": int(r["missing_sessions"] or 0),
             "completeness": r["completeness"], "quality_score": r["quality_score"],
-            "source": r["source"], "last_update": r["last_update"],
+            "source": source_label(r, minutes), "last_update": r["last_update"],
             "timeframes": list(r.get("timeframes") or ()),
             "resolutions": bars.resolutions(r, minutes)}
 
