@@ -144,9 +144,7 @@ def _status_schemas() -> dict:
         "validation_rate_pct": _n({"type": "number", "minimum": 0, "maximum": 100}),
         "database": {"type": "string", "enum": ["ok", "error"]},
         "redis": {"type": "string", "enum": ["ok", "error"]},
-        "config_last_reload_successful": BOOL,
-        "config_sha256": STR,
-        "restart_required": _RESTART,
+        "config_last_reload_successful": BOOL, "config_sha256": STR, "restart_required": _RESTART,
         "provider": STR,
         "processes": _n({"type": "object", "description":
                          "Under `appliance up`: each supervised process (serve, worker, "
