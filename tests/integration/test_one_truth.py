@@ -130,9 +130,23 @@ def _run_status(rt: Runtime, run_id: int) -> str | None:
 # --------------------------------------------------------------------------- finding 2
 
 def test_a_key_only_in_the_operators_shell_is_refused_and_jobs_go_on(appliance):
-    up = appliance(provider={"name": "demo",
-                             "polygon": {"api_key": "${POLYGON_API_KEY:-}",
-                                         "base_url": "http://127.0.0.1:9"}})
+    import datetime as dt
+
+    from tests.fakes.polygon_fake import PolygonFake, make_truth
+    truth = make_truth(["AAPL", "MSFT"], dt.date(2024, 1, 2), dt.date(2024, 3, 28))
+    with PolygonFake(truth.bars, truth.splits, api_key=POLY_KEY) as fake:
+        up = appliance(provider={"name": "demo",
+                                 "polygon": {"api_key": "${POLYGON_API_KEY:-}",
+                                             "base_url": fake.base_url,
+                                             "requests_per_minute": 6000}},
+                       history={"start": "2024-01-02", "lookback_sessions": 5})
+        res = _cli(up.path, "backfill", "--end", "2024-03-28")  # the demo's history first
+        assert res.returncode == 0, res.stdout + res.stderr
+        _switch_with_the_key_in_the_shell_only(up)
+        _switch_with_the_key_in_appliance_env(up, fake, truth)
+
+
+def _switch_with_the_key_in_the_shell_only(up: Up) -> None:
     _edit(up.path, lambda d: d["provider"].update(name="polygon"))
     # the README's steps as an operator types them: export in the shell, reload
     res = _cli(up.path, "reload", env=_shell_env(POLYGON_API_KEY=POLY_KEY))
@@ -152,6 +166,9 @@ def test_a_key_only_in_the_operators_shell_is_refused_and_jobs_go_on(appliance):
         assert _run_status(rt, rid) == "ok"
     finally:
         rt.close()
+
+
+def _switch_with_the_key_in_appliance_env(up: Up, fake, truth) -> None:
     # put where the appliance reads it, the same reload applies, everywhere
     (up.path.parent / "appliance.env").write_text(f"POLYGON_API_KEY={POLY_KEY}\n")
     res = _cli(up.path, "reload")
@@ -159,6 +176,28 @@ def test_a_key_only_in_the_operators_shell_is_refused_and_jobs_go_on(appliance):
     assert "reloaded: config" in res.stdout
     h = up.health()  # the reload returned after every process confirmed
     assert h["provider"] == "polygon" and h["config_last_reload_successful"] is True
+    # the reload queued the replacement of the demo history by the vendor's
+    rt = _runtime(up.path)
+    try:
+        def replaced():
+            with rt.conn() as c:
+                return c.execute("""SELECT status FROM job_runs WHERE job = 'backfill'
+                                    AND trigger = 'reload' ORDER BY id DESC LIMIT 1""").fetchone()
+        wait_until(lambda: (replaced() or ("",))[0] in ("ok", "failed", "partial"), 120,
+                   "the backfill the reload queued")
+        assert replaced()[0] == "ok"
+        with rt.conn() as c:
+            sources = dict(c.execute("SELECT source, count(*) FROM market_data GROUP BY 1"))
+            closes = dict(c.execute(
+                """SELECT (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
+                   WHERE symbol = 'AAPL'"""))
+        assert set(sources) == {"polygon"}, sources
+        assert closes == {r[0]: r[4] for r in truth.rows("AAPL")}
+    finally:
+        rt.close()
+    body = requests.get(up.base + "/api/v1/symbols", timeout=10).json()
+    assert {s["symbol"]: s["source"] for s in body["symbols"]} == {"AAPL": "polygon",
+                                                                   "MSFT": "polygon"}
 
 
 # --------------------------------------------------------------------------- finding 3
