@@ -165,6 +165,12 @@ def validate(rt, sealed: bytes) -> dict:
     except ConfigError as e:
         return {"ok": False, "errors": e.errors}
     except Exception as e:  # noqa: BLE001 - e.g. another data_dir's sealing key
+        from cryptography.fernet import InvalidToken
+        if isinstance(e, InvalidToken):
+            return {"ok": False, "errors": [
+                f"{rt.config_path}: the new config was sealed with another key than this "
+                f"process's {rt.current_config().data_dir}/config.key: run the command with "
+                f"the appliance's own data_dir (the same config file and user)"]}
         return {"ok": False, "errors": [f"{rt.config_path}: cannot open the candidate: "
                                         f"{e.__class__.__name__}: {e}"]}
     return {"ok": True, "diff": diff_configs(rt.current_config(), new),

@@ -18,7 +18,7 @@ import logging
 import threading
 from pathlib import Path
 
-from . import configsync, store
+from . import alerts, configsync, store
 from .config import Config, SymbolSpec, load_config
 from .configdiff import diff_configs, diff_is_empty
 from .errors import ConfigError
@@ -163,6 +163,8 @@ def _applied(rt, source, actor, diff, symbols, sha, version) -> dict:
         except Exception as e:  # noqa: BLE001 - the reload itself succeeded
             log.warning("could not queue the backfill of added symbols: %s", e)
     since = configsync.mark_restart_required(rt) if diff["restart_required"] else None
+    with rt.conn() as conn:  # every process accepted it: jobs load it again
+        alerts.resolve_now(conn, "config_invalid")
     _record(rt, source, actor, sha, True, None, diff)
     summary = ("no changes" if diff_is_empty(diff) else
                f"+{len(diff['symbols_added'])}/-{len(diff['symbols_removed'])} symbols, "

@@ -73,6 +73,16 @@ class JobRuntime:
         return getattr(self._rt, name)
 
 
+def _config_loaded(rt) -> None:
+    """A job that loads its config again resolves ``config_invalid``."""
+    from .. import alerts
+    try:
+        with rt.conn() as conn:
+            alerts.resolve_now(conn, "config_invalid")
+    except Exception:  # noqa: BLE001 - the job itself reports a database problem
+        pass
+
+
 def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
             trigger: str = "manual", run_id: int | None = None) -> dict:
     """RQ entry point. ``slot`` None means: the slot is computed from the
@@ -85,6 +95,7 @@ def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
     except ConfigError as e:
         _config_failed(name, run_id, e)
         raise
+    _config_loaded(base)
     wait_while_suspended(base)  # a full restore is swapping the database
     rt = JobRuntime(base)
     fn = job_function(name)

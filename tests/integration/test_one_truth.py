@@ -354,5 +354,15 @@ def test_a_job_that_cannot_load_its_config_is_recorded_failed_with_an_alert(conf
         assert status == "failed" and "could not load its config" in error
         assert "provider is polygon but the API key is empty" in error
         assert alert is not None and alert[0] == "critical"
+        # fixed: the next job that loads its config resolves the alert
+        path.write_text(path.read_text().replace("provider:\n  name: polygon",
+                                                 "provider:\n  name: demo"))
+        p = subprocess.run([sys.executable, "-c", "from appliance.jobs.entry import run_job\n"
+                            "run_job('alerts', {})\n"], capture_output=True, text=True,
+                           env=_shell_env(APPLIANCE_CONFIG=str(path)), timeout=60)
+        assert p.returncode == 0, p.stderr[-2000:]
+        with rt.conn() as c:
+            assert c.execute("""SELECT count(*) FROM alerts WHERE key = 'config_invalid'
+                                AND status = 'open'""").fetchone()[0] == 0
     finally:
         rt.close()
