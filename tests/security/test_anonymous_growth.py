@@ -8,10 +8,11 @@ import socket
 import string
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .helpers import ADMIN_TOKEN
+from .helpers import ADMIN_TOKEN, READ_TOKEN, app_for, csrf_of, secured
 
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 HTTP = "appliance_http_request_duration_seconds"
@@ -60,3 +61,106 @@ def test_random_methods_do_not_grow_the_metrics(served):
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
     assert {v for _, lab in after for k, v in lab if k == "status"} <= {
         "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+
+# --------------------------------------------------------------------------- sessions
+
+def _session_keys(redis_url) -> int:
+    import redis
+    r = redis.Redis.from_url(redis_url)
+    try:
+        return len(list(r.scan_iter("appliance:session:*")))
+    finally:
+        r.close()
+
+
+def test_anonymous_visits_store_no_session_and_the_login_still_works(config_factory, redis_url):
+    app, rt = app_for(config_factory(server=secured()))
+    try:
+        for _ in range(30):  # each a new visitor, as a flood would be
+            c = app.test_client()
+            assert c.get("/login").status_code == 200
+            assert c.get("/dashboard").status_code == 200
+        assert _session_keys(redis_url) == 0
+        c = app.test_client()
+        tok = csrf_of(c.get("/login").get_data(as_text=True))
+        assert _session_keys(redis_url) == 0
+        r = c.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": tok})
+        assert r.status_code == 303, r.get_data(as_text=True)
+        assert _session_keys(redis_url) == 1
+        # logged in: an action with the session's CSRF token works
+        csrf = csrf_of(c.get("/backups").get_data(as_text=True))
+        assert c.post("/logout", data={"csrf_token": csrf}).status_code == 303
+        assert _session_keys(redis_url) == 0
+    finally:
+        rt.close()
+
+
+def test_the_login_forms_token_works_only_with_its_own_cookie(config_factory):
+    app, rt = app_for(config_factory(server=secured()))
+    try:
+        a, b = app.test_client(), app.test_client()
+        tok = csrf_of(a.get("/login").get_data(as_text=True))
+        b.get("/login")  # b has a cookie of its own
+        r = b.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": tok})
+        assert r.status_code == 403 and "CSRF" in r.get_data(as_text=True)
+        fresh = app.test_client()  # and no cookie at all
+        r = fresh.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": tok})
+        assert r.status_code == 403
+        r = a.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": tok + "x"})
+        assert r.status_code == 403
+    finally:
+        rt.close()
+
+
+# --------------------------------------------------------------------------- lockout
+
+@pytest.fixture
+def full_redis(tmp_path):
+    """A Redis of its own (the shared one must not fill up), full: every write
+    is refused with OOM, as under Ansible's maxmemory + noeviction."""
+    import redis
+
+    from appliance import services
+    d = tmp_path / "full-redis"
+    url = services.embedded_redis(d)
+    r = redis.Redis.from_url(url)
+
+    def fill():
+        used = int(r.info("memory")["used_memory"])
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", str(used + 200_000))
+        try:
+            for i in range(10_000):
+                r.set(f"filler:{i}", "x" * 1000)
+        except redis.exceptions.OutOfMemoryError:
+            return
+        raise AssertionError("Redis did not fill up")
+
+    yield url, fill
+    r.close()
+    services.stop_embedded_redis(d)
+
+
+@pytest.mark.parametrize("kind", ["bearer", "login"])
+def test_the_lockout_holds_when_redis_refuses_writes(config_factory, full_redis, kind):
+    url, fill = full_redis
+    app, rt = app_for(config_factory(redis={"url": url},
+                                     server=secured(auth_max_failures=3, read_token=READ_TOKEN)))
+    try:
+        c = app.test_client()
+        fill()
+
+        def attempt(token):
+            if kind == "bearer":
+                return c.get("/api/v1/symbols", headers={"Authorization": f"Bearer {token}"})
+            tok = csrf_of(c.get("/login").get_data(as_text=True))
+            return c.post("/login", data={"token": token, "csrf_token": tok})
+
+        for _ in range(3):
+            assert attempt("wrong-" + "w" * 40).status_code in (401, 403)
+        r = attempt(ADMIN_TOKEN)  # the right token, from a locked-out address
+        assert r.status_code == 429, r.get_data(as_text=True)
+        assert int(r.headers["Retry-After"]) > 0
+    finally:
+        rt.close()
