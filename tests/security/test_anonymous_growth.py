@@ -164,3 +164,33 @@ def test_the_lockout_holds_when_redis_refuses_writes(config_factory, full_redis,
         assert int(r.headers["Retry-After"]) > 0
     finally:
         rt.close()
+
+
+# --------------------------------------------------------------------------- /health
+
+def test_a_flood_of_health_checks_is_answered_from_one_probe_per_second(served):
+    """32 clients at once, as in the report: every answer is the last probe's
+    (200, never 'earlier probes are still hanging'), and the probes run at most
+    once a second in each of the two workers."""
+    from concurrent.futures import ThreadPoolExecutor
+    import time
+
+    base, _ = served()
+
+    def client(_):
+        out = []
+        with requests.Session() as http:
+            for _ in range(20):
+                r = http.get(base + "/health", timeout=30)
+                out.append((r.status_code, r.json()))
+        return out
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        answers = [a for batch in pool.map(client, range(32)) for a in batch]
+    elapsed = time.monotonic() - t0
+    assert len(answers) == 640
+    bad = [(code, body.get("reasons")) for code, body in answers if code != 200]
+    assert not bad, bad[:5]
+    probes = {body["timestamp"] for _, body in answers}
+    assert len(probes) <= 2 * (elapsed + 1), (len(probes), elapsed)
