@@ -428,8 +428,9 @@ def test_5b_a_token_rotated_in_the_environment_file_takes_effect_on_reload(journ
     def rotate(old: str, new: str) -> None:
         journey.host.sh(f"sed -i 's/^APPLIANCE_ADMIN_TOKEN=.*/APPLIANCE_ADMIN_TOKEN=\"{new}\"/' "
                         f"{ENV_FILE} && grep -q '{new}' {ENV_FILE}")
-        p = journey.host.sh("systemctl reload market-data-api", check=False)
-        assert p.returncode == 0, p.stdout + p.stderr + journey.journal()
+        for unit in ("market-data-api", "appliance-web"):  # both as documented
+            p = journey.host.sh(f"systemctl reload {unit}", check=False)
+            assert p.returncode == 0, p.stdout + p.stderr + journey.journal()
 
         def post(token: str) -> int:
             return requests.post(journey.web + "/api/v1/jobs/alerts/run", json={}, timeout=30,
