@@ -69,6 +69,16 @@ def mark_stale(conn, default_timeout_s: int) -> int:
     return len(rows)
 
 
+def _stale(conn, job: str, run_id: int, rq_job_id: str | None) -> dict:
+    """An RQ job whose run is not in this database's history (a restore
+    replaced it): it does nothing, and says so."""
+    msg = (f"{job} not run: its run {run_id} is not in this database's history "
+           f"(a restore replaced it); RQ job {rq_job_id}")
+    log.warning("%s", msg)
+    store.add_event(conn, "warning", job, msg, {"run_id": run_id, "rq_job_id": rq_job_id})
+    return {"run_id": None, "status": "skipped", "reason": msg}
+
+
 def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = "manual",
             params: dict | None = None, run_id: int | None = None,
             rq_job_id: str | None = None) -> dict:
@@ -86,6 +96,10 @@ def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = 
             if run_id is None:
                 log.info("%s slot %s already claimed: this run does nothing", job, slot)
                 return {"run_id": None, "status": "skipped", "slot": slot}
+        else:
+            given, run_id = run_id, runs_sql.own_run(conn, run_id, job, rq_job_id)
+            if run_id is None:
+                return _stale(conn, job, given, rq_job_id)
         start(conn, run_id)
     t0 = time.monotonic()
     last = [0.0]
