@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -142,3 +143,30 @@ def test_a_restore_evaluates_the_alerts_again_and_resolves_what_no_longer_holds(
 
 def database_url_of(rt) -> str:
     return rt.endpoints.database_url
+
+
+def test_a_restore_test_of_a_copy_outside_the_catalogue_is_recorded_as_that_copy(
+        runtime, tmp_path):
+    from appliance.jobs import restore_test as restore_job
+    rt = runtime
+    b = _archive(rt)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    src = Path(b["path"])
+    copy = elsewhere / src.name
+    copy.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    (elsewhere / src.with_suffix(".json").name).write_text(
+        src.with_suffix(".json").read_text())
+    res = runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+                       params={"backup": str(copy)})
+    assert res["status"] == "failed" and "truncated" in res["error"]
+    assert res["backup_id"] is None and res["path"] == str(copy)
+    with rt.conn() as c:
+        row = c.execute("SELECT path, restore_test_status FROM backups WHERE id = %s",
+                        (b["backup_id"],)).fetchone()
+        assert row == (str(src), None), "the intact archive was marked by its copy's test"
+        alerts.evaluate(rt)
+        assert c.execute("SELECT count(*) FROM alerts WHERE key = 'restore_test_failed' "
+                         "AND status IN ('pending', 'open')").fetchone()[0] == 0
+        ev = [r[0] for r in c.execute("SELECT message FROM events WHERE kind = 'restore_test'")]
+    assert any(str(copy) in m and "not in the catalogue" in m for m in ev), ev
