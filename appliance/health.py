@@ -282,10 +282,13 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         latest, rate = snap["latest_data"], snap["validation_rate_pct"]
         behind = sessions_behind(cfg, latest, now)
         status = _status(cfg["alerts"], snap, rd, scheduler_running, rate, behind, reasons)
-    if replica["state"] in ("lagging", "down") and status == "healthy":
+    if replica["state"] in ("lagging", "down", "refused") and status == "healthy":
         status = "degraded"
     if replica["state"] == "down":
         reasons.append("replica down: reads are served by the primary")
+    elif replica["state"] == "refused":
+        reasons.append(f"replica refused: {replica.get('reason')}: reads are served by the "
+                       f"primary")
     elif replica["state"] == "lagging":
         reasons.append(f"replica lags {replica['lag_seconds']} s (allowed: "
                        f"{cfg['database']['max_replica_lag_seconds']} s): reads are served by "
