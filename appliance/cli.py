@@ -172,6 +172,22 @@ def api_key_new(name, scopes, requests_per_minute):
 
 
 @main.command()
+@click.argument("address")
+@click.pass_context
+def unlock(ctx, address):
+    """End the lockout of ADDRESS (the client address the auth events name)
+    and clear its count of failed attempts."""
+    from .web.auth import unlock as unlock_addr
+    rt = _runtime(ctx)
+    try:
+        res = unlock_addr(rt, address)
+    except Exception as e:  # noqa: BLE001 - Redis or the database unreachable: say so
+        _fail(f"could not unlock {address}: {e}")
+    click.echo(f"{address}: " + ("lockout ended" if res["was_locked"] else "was not locked out")
+               + f"; {res['failures']} failed attempt(s) cleared")
+
+
+@main.command()
 @click.pass_context
 def reload(ctx):
     """Validate appliance.yaml and make it the running config of every process."""
