@@ -21,7 +21,7 @@ import numpy as np
 
 from . import calendar as tcal
 from . import db, intraday, quality, store
-from .errors import LockBusy, ProviderAuthError, ProviderError
+from .errors import LockBusy, ProviderAuthError, ProviderError, UnknownSymbol
 from .locks import BACKFILL_LOCK
 from .providers import make_provider
 from .candles import Bars
@@ -127,6 +127,7 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
             result = _with_minutes(result, intraday.backfill(
                 rt, cfg, provider, stats, run_id, report, minute_syms, windows))
+        result["unknown_symbols"] = unknown_among(rt, syms)
         return result
     finally:
         lock_conn.close()
@@ -266,7 +267,9 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
         if p.full:
             store.mark_history_from(conn, p.symbol, p.start)
         if len(bars) == 0:
+            _check_known(conn, provider, p.symbol)
             return out
+        store.symbols.clear_unknown(conn, p.symbol)
         first = bars.session[0].astype(object)
         last = bars.session[-1].astype(object)
         cal_sessions = tcal.sessions(cal, first, last)
@@ -297,6 +300,31 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
     with rt.conn() as conn:
         refresh_stats(conn, cfg, p.symbol)
     return out
+
+
+def _check_known(conn, provider, symbol: str) -> None:
+    """Nothing came for ``symbol`` and nothing is stored: when the vendor's
+    reference does not know it, it is marked unknown (the ``symbol_unknown``
+    warning), said as an event, and this symbol's fetch fails (UnknownSymbol)."""
+    ask = getattr(provider, "symbol_known", None)
+    if ask is None or store.symbols.has_daily_bars(conn, symbol):
+        return
+    if ask(symbol) is not False:
+        return
+    msg = (f"{symbol}: the vendor ({provider.name}) does not know this ticker; correct it "
+           f"or remove it from symbols: in appliance.yaml")
+    store.symbols.mark_unknown(conn, symbol, msg)
+    store.add_event(conn, "warning", "symbol_unknown", msg,
+                    {"symbol": symbol, "provider": provider.name})
+    conn.commit()  # kept, although this symbol's fetch fails
+    raise UnknownSymbol(msg, permanent=True)
+
+
+def unknown_among(rt, symbols) -> list[str]:
+    """Those of ``symbols`` the vendor does not know (marked by ``_check_known``)."""
+    with rt.conn() as conn:
+        return [r["symbol"] for r in store.symbols.unknown_symbols(conn)
+                if r["symbol"] in set(symbols)]
 
 
 def expected_from(conn, cfg, symbol: str) -> dt.date | None:
