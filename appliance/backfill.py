@@ -118,19 +118,34 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         if not got:
             raise LockBusy("another backfill is running; this one did not start")
         windows = []
-        if minute_syms and start is None and end is None:  # minute months still to fetch
+        if minute_syms:  # minute months to fetch, bounded like the daily ones
+            latest = tcal.latest_completed_session(cfg["calendar"], now)
             with rt.conn() as conn:
-                windows = intraday.plan(conn, cfg, minute_syms, end=tcal.latest_completed_session(
-                    cfg["calendar"], now))
+                windows = intraday.plan(conn, cfg, minute_syms,
+                                        end=min(end, latest) if end else latest, start=start)
         result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
                              windows)
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
             result = _with_minutes(result, intraday.backfill(
                 rt, cfg, provider, stats, run_id, report, minute_syms, windows))
         result["unknown_symbols"] = unknown_among(rt, syms)
+        result["fetched"] = _fetched(result, syms, minute_syms, windows, start, end)
         return result
     finally:
         lock_conn.close()
+
+
+def _fetched(result: dict, syms, minute_syms, windows, start, end) -> dict:
+    """What the run fetched, per resolution (``--start/--end`` bound both)."""
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    out = {"1d": {"symbols": len(syms), "start": iso(start), "end": iso(end)}}
+    if minute_syms:
+        m = result.get("minutes") or {}
+        out["1m"] = {"symbols": len({w.symbol for w in windows}), "months": len(windows),
+                     "start": iso(min((w.start for w in windows), default=None)),
+                     "end": iso(max((w.end for w in windows), default=None)),
+                     "bars": int(m.get("bars") or 0)}
+    return out
 
 
 def _with_minutes(daily: dict, minutes: dict) -> dict:
