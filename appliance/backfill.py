@@ -114,9 +114,8 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
     # a connection of its own: the lock lives as long as it, also if the worker is killed
     lock_conn = db.connect(rt.endpoints.database_url, autocommit=True)
     try:
-        got = store.locks.try_lock(lock_conn, BACKFILL_LOCK)
-        if not got:
-            raise LockBusy("another backfill is running; this one did not start")
+        if not store.locks.try_lock(lock_conn, BACKFILL_LOCK):
+            _wait_for_lock(rt, cfg, lock_conn, run_id, report)
         windows = []
         if minute_syms:  # minute months to fetch, bounded like the daily ones
             latest = tcal.latest_completed_session(cfg["calendar"], now)
@@ -146,6 +145,33 @@ def _fetched(result: dict, syms, minute_syms, windows, start, end) -> dict:
                      "end": iso(max((w.end for w in windows), default=None)),
                      "bars": int(m.get("bars") or 0)}
     return out
+
+
+#: seconds between two looks at the backfill lock while another backfill runs
+LOCK_POLL_S = 1.0
+
+
+def _wait_for_lock(rt, cfg, lock_conn, run_id, report) -> None:
+    """Another backfill runs: wait for it (its progress says so), then take
+    the lock. It fetches only what that one did not, so nothing is asked
+    twice. Raises LockBusy only when it still runs near this job's timeout."""
+    deadline = time.monotonic() + max(60.0, 0.9 * float(cfg["jobs"]["timeout_seconds"]))
+    while True:
+        with rt.conn() as conn:
+            other = [rid for rid, job in store.runs.running_recently(conn)
+                     if job == "backfill" and rid != run_id]
+        other_id = other[0] if other else None
+        msg = (f"waiting for backfill run {other_id} to finish (one backfill at a time); "
+               f"this one then fetches what is still missing" if other_id else
+               "waiting for the running backfill to finish (one backfill at a time)")
+        report({"phase": "waiting", "waiting_for": other_id, "message": msg})
+        if store.locks.try_lock(lock_conn, BACKFILL_LOCK):
+            return
+        if time.monotonic() > deadline:
+            raise LockBusy(f"backfill run {other_id or '?'} still runs after this one waited "
+                           f"{0.9 * float(cfg['jobs']['timeout_seconds']):.0f} s; this one did "
+                           f"not start")
+        time.sleep(LOCK_POLL_S)
 
 
 def _with_minutes(daily: dict, minutes: dict) -> dict:

@@ -287,6 +287,8 @@ def _progress_line(data: dict) -> tuple[int, int, str] | None:
     """(total, done, text) of a backfill's progress report: symbols for daily
     bars, months for minute bars, with the estimated time of arrival."""
     from .units import eta_text
+    if data.get("phase") == "waiting":
+        return (0, 0, data.get("message") or "waiting")
     current = f" {data['current']}" if data.get("current") else ""
     if "chunks_total" in data:
         months = (f", {data['minute_months_done']}/{data['minute_months_total']} months of 1m"
