@@ -48,6 +48,34 @@ def finish(conn, run_id: int, status: str, result: dict | None = None,
                         redact(error))
 
 
+def progress_counts(prog: dict) -> dict | None:
+    """One reading of a run's progress for every view (Jobs list, run page,
+    CLI): ``done`` of ``total`` in ``unit``, the minute months when there are
+    any, the ETA; None when the progress counts nothing. A fanned-out
+    backfill counts its chunks (daily symbols and minute months together)."""
+    if not isinstance(prog, dict):
+        return None
+    months = None
+    if prog.get("chunks_total"):
+        done, total, unit = (prog.get("chunks_done") or 0) + (prog.get("chunks_failed") or 0), \
+            prog["chunks_total"], "chunks"
+        if prog.get("minute_months_total"):
+            months = (prog.get("minute_months_done") or 0, prog["minute_months_total"])
+    elif prog.get("months_total"):
+        done, total, unit = prog.get("months_done") or 0, prog["months_total"], "months of 1m"
+        months = (done, total)
+    elif prog.get("symbols_total"):
+        done, total, unit = prog.get("symbols_done") or 0, prog["symbols_total"], "symbols"
+    elif prog.get("sessions_total"):
+        done, total, unit = prog.get("sessions_done") or 0, prog["sessions_total"], "sessions"
+    else:
+        return None
+    return {"done": int(done), "total": int(total), "unit": unit,
+            "pct": round(100 * int(done) / int(total)) if total else None,
+            "months_done": months[0] if months else None,
+            "months_total": months[1] if months else None, "eta_s": prog.get("eta_s")}
+
+
 def duration_s(r: dict, *, running_until_now: bool = False) -> float | None:
     """Seconds a run took (so far, with ``running_until_now``), or None."""
     if not r.get("started_at"):

@@ -39,3 +39,29 @@ def test_a_second_backfill_waits_for_the_running_one_and_never_fails(runtime, da
     with rt.conn() as c:
         statuses = {r["id"]: r["status"] for r in runs.recent(c, job="backfill")}
     assert "failed" not in statuses.values(), statuses
+
+
+FANNED = {"phase": "chunks", "chunks_total": 26, "chunks_done": 16, "chunks_failed": 0,
+          "chunks_running": 2, "symbols_total": 2, "symbols_done": 2, "bars": 5000,
+          "rows": 5000, "requests": 18, "minute_months_total": 24, "minute_months_done": 14,
+          "minute_bars": 90000, "eta_s": 122.0, "plan": "fanned out: 26 chunk(s)"}
+
+
+def test_the_jobs_list_the_run_page_and_the_cli_agree_on_months_and_eta(client, runtime):
+    import json
+    from appliance.cli import _progress_line
+    with runtime.conn() as c:
+        rid = runs.claim(c, "backfill", runs.manual_slot())
+        runs.start(c, rid)
+        runs.progress(c, rid, FANNED)
+    listing = client.get("/jobs").get_data(as_text=True)
+    row = listing[listing.index(f'id="run-{rid}"'):]
+    row = row[:row.index("</tr>")]
+    assert 'aria-valuenow="62"' in row, row  # 16 of 26 chunks, not 100 % (2 of 2 symbols)
+    assert "14 of 24 months" in row and "2m02s" in row.replace(" ", ""), row
+    page = client.get(f"/jobs/{rid}").get_data(as_text=True)
+    assert "14 of 24 months" in page
+    assert json.dumps(FANNED, separators=(",", ":"))[:20] not in page, "raw JSON on the run page"
+    assert "minute months done" in page  # a readable table of the progress
+    total, done, text = _progress_line(FANNED)
+    assert (done, total) == (16, 26) and "14/24 months" in text
