@@ -470,8 +470,10 @@ def restore(ctx, backup, yes):
     from . import backups as bk
     rt = _runtime(ctx, migrate="try")
     if not yes:
-        click.echo(bk.restore_plan_text(rt, backup))
-        click.echo("\nNothing was changed. Run again with --yes to do it.")
+        text = bk.restore_plan_text(rt, backup)
+        click.echo(text)
+        click.echo("\nNothing was changed." + ("" if text.startswith(bk.RESTORE_CANNOT) else
+                                               " Run again with --yes to do it."))
         sys.exit(1)
     try:
         res = bk.full_restore(rt, backup, progress=lambda m: click.echo(m, err=True))

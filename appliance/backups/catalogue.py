@@ -126,6 +126,10 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
             a = manifest_archive(mp, m)
         else:
             a, mp = p, manifest_path_for(p)
+            if not a.exists():
+                raise BackupError(f"no archive at {a}" + (" (its manifest is there)"
+                                                          if mp.exists() else
+                                                          " (nor its manifest)"))
             m = read_manifest(mp)
         ref = BackupRef(a, mp, m)
     if ref.id is None and conn is not None:

@@ -37,8 +37,10 @@ def restore_plan_text(rt, backup) -> str:
             if conn is not None:
                 conn.close()
     except BackupError as e:
-        return f"Cannot restore: {e.message}"
+        return f"{CANNOT} {e.message}"
     m = ref.manifest
+    if (why := _unusable(ref)) is not None:
+        return f"{CANNOT} {why}"
     rc = m.get("row_counts") or {}
     state = "does not exist (it will simply be created)"
     try:
@@ -79,6 +81,24 @@ def restore_plan_text(rt, backup) -> str:
         "fetches the missing sessions again.",
     ]
     return "\n".join(lines)
+
+
+#: how ``restore_plan_text`` begins when the restore cannot be done
+CANNOT = "Cannot restore:"
+
+
+def _unusable(ref) -> str | None:
+    """Why the archive cannot be restored at all (missing, or not the size its
+    manifest says), from the file alone; None when it looks whole."""
+    if not ref.archive.exists():
+        return f"the archive {ref.archive} is missing"
+    want = (ref.manifest.get("archive") or {}).get("size_bytes")
+    have = ref.archive.stat().st_size
+    if want is not None and have != want:
+        kind = "truncated" if have < want else "longer than it should be"
+        return (f"the archive {ref.archive} is {human_bytes(have)} ({have} bytes), its manifest "
+                f"says {want} bytes: {kind}, it cannot be restored")
+    return None
 
 
 def _history_text(merged: dict) -> str:

@@ -170,3 +170,26 @@ def test_a_restore_test_of_a_copy_outside_the_catalogue_is_recorded_as_that_copy
                          "AND status IN ('pending', 'open')").fetchone()[0] == 0
         ev = [r[0] for r in c.execute("SELECT message FROM events WHERE kind = 'restore_test'")]
     assert any(str(copy) in m and "not in the catalogue" in m for m in ev), ev
+
+
+def _cli(cfg, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_restore_of_a_missing_or_unusable_archive_says_it_cannot(runtime, config_path,
+                                                                    tmp_path):
+    gone = tmp_path / "nowhere" / "market_data_20260101_000000.dump"
+    p = _cli(config_path, "restore", str(gone))
+    out = p.stdout + p.stderr
+    assert p.returncode == 1
+    assert "Cannot restore" in out and "no archive" in out and str(gone) in out, out
+    assert "no manifest" not in out and "--yes" not in out, out
+    b = _archive(runtime)
+    src = Path(b["path"])
+    with open(src, "r+b") as f:
+        f.truncate(src.stat().st_size // 2)
+    p = _cli(config_path, "restore", str(src))
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and "Cannot restore" in out and "truncated" in out, out
+    assert "--yes" not in out, out
