@@ -65,3 +65,29 @@ def test_the_jobs_list_the_run_page_and_the_cli_agree_on_months_and_eta(client, 
     assert "minute months done" in page  # a readable table of the progress
     total, done, text = _progress_line(FANNED)
     assert (done, total) == (16, 26) and "14/24 months" in text
+
+
+def test_a_fanned_out_run_whose_parent_died_is_finished_by_its_last_chunk(runtime):
+    """The host running the parent job died; other workers did every chunk:
+    the run ends with the chunks' result, not 'running' until the stale check."""
+    import datetime as dt
+
+    from appliance import chunks
+    from appliance.store import chunks as chunk_store
+    rt = runtime
+    start, end = dt.date(2024, 1, 2), dt.date(2024, 2, 28)
+    with rt.conn() as c:
+        rid = runs.claim(c, "backfill", runs.manual_slot())
+        runs.start(c, rid)
+        chunk_store.create_fanout(c, rid, "gone-host:1",
+                                  [(s, chunks.DAILY, start, end, True) for s in ("AAPL", "MSFT")])
+        # its parent's last heartbeat, long ago
+        c.execute("UPDATE job_runs SET heartbeat_at = now() - interval '2 hours' "
+                  "WHERE id = %s", (rid,))
+    chunks.work(rt, rt.config, rid)
+    res = chunks.finish(rt, rid)
+    assert res is not None and res["status"] == "ok", res
+    with rt.conn() as c:
+        run = runs.get(c, rid)
+    assert run["status"] == "ok", (run["status"], run["error"])
+    assert run["result"]["symbols"] == 2 and run["finished_at"] is not None
