@@ -54,7 +54,7 @@ def fence_queue(rt, restored_conn, label: str) -> dict:
     "cancelled": [rq ids], "runs_failed": [run ids]}``; the runs are changed in
     ``restored_conn``'s transaction, the queue at once."""
     q = queue_mod.queue(rt)
-    rows = store.runs.queued_ids_by_rq_id(restored_conn)
+    rows = store.runs.runnable_ids_by_rq_id(restored_conn)
     out: dict = {"kept": 0, "repointed": 0, "cancelled": [], "runs_failed": []}
     # a job a worker holds (waiting for the restore to end) is checked when it starts
     keep: list[str] = list(q.started_job_registry.get_job_ids())

@@ -206,10 +206,12 @@ def own_run(conn, run_id: int, job: str, rq_job_id: str | None) -> int | None:
     return found[0] if found else None
 
 
-def queued_ids_by_rq_id(conn) -> dict[str, tuple[int, str]]:
-    """RQ job id -> (run id, job) of every queued run that records one."""
+def runnable_ids_by_rq_id(conn) -> dict[str, tuple[int, str]]:
+    """RQ job id -> (run id, job) of every run that records one and may still
+    run: queued, or failed and waiting for RQ's retry."""
     return {r[0]: (r[1], r[2]) for r in conn.execute(
-        "SELECT rq_job_id, id, job FROM job_runs WHERE status = 'queued' AND rq_job_id IS NOT NULL")}
+        """SELECT rq_job_id, id, job FROM job_runs
+           WHERE status IN ('queued', 'failed') AND rq_job_id IS NOT NULL""")}
 
 
 def fail_queued_without_job(conn, rq_job_ids: list[str], error: str) -> list[tuple[int, str]]:
