@@ -177,8 +177,7 @@ def restore_test(rt, backup="latest", report=None, run_id: int | None = None) ->
     steps = Steps(report, RESTORE_TEST_STEPS, backup_id=ref.id, filename=ref.filename)
     t0 = time.monotonic()
     result: dict = {"backup_id": ref.id, "filename": ref.filename, "path": str(ref.archive),
-                    "checks": [],
-                    "started_at": utcnow().isoformat()}
+                    "checks": [], "started_at": utcnow().isoformat()}
     scratch = None
     mconn = None
     error = None
