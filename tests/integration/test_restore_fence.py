@@ -193,3 +193,28 @@ def test_a_restore_of_a_missing_or_unusable_archive_says_it_cannot(runtime, conf
     out = p.stdout + p.stderr
     assert p.returncode == 1 and "Cannot restore" in out and "truncated" in out, out
     assert "--yes" not in out, out
+
+
+def test_a_failing_alert_evaluation_fails_the_restore_loudly(runtime, fresh_host):
+    """The evaluation after the swap really fails (the restored database
+    refuses the alert events): the restore raises, naming that step."""
+    from appliance.errors import BackupError
+    rt = runtime
+    with rt.conn() as c:
+        # an archived alert whose condition no longer holds: resolving it writes an event
+        c.execute("""INSERT INTO alerts (key, severity, status, message, details, opened_at)
+                     VALUES ('disk_low_data', 'warning', 'open', 'low disk', '{}', now())""")
+        c.execute("""CREATE FUNCTION no_alert_events() RETURNS trigger LANGUAGE plpgsql AS
+                     $$ BEGIN RAISE EXCEPTION 'alert events refused'; END $$""")
+        c.execute("""CREATE TRIGGER no_alert_events BEFORE INSERT ON events FOR EACH ROW
+                     WHEN (NEW.kind = 'alert') EXECUTE FUNCTION no_alert_events()""")
+    _archive(rt)
+    path, url = fresh_host
+    second = Runtime.from_path(path)
+    try:
+        with pytest.raises(BackupError, match="evaluating the alerts after it failed") as ei:
+            backups.full_restore(second, "latest")
+        assert "alert events refused" in ei.value.message
+        assert "was restored" in ei.value.message
+    finally:
+        second.close()
