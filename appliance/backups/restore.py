@@ -71,8 +71,11 @@ def restore_plan_text(rt, backup) -> str:
         "symbol against the manifest. On any difference: drop it and stop; nothing else changes.",
         f"  5. Swap: refuse new connections to {live!r}, end its open connections, then in one "
         f"transaction rename {live!r} -> {live}_old_{stamp} and the new database -> {live!r}.",
-        "  6. Bring the schema up to date (migrations) and rebuild the backup catalogue from "
-        "the manifests on disk.",
+        "     Before it, the queue is fenced: jobs waiting in Redis that point into the history "
+        "are pointed at their restored runs, or cancelled.",
+        "  6. Bring the schema up to date (migrations), rebuild the backup catalogue from "
+        "the manifests on disk and evaluate the alerts against the restored state (a failure "
+        "here fails the restore).",
         f"  7. Resume jobs (delete {SUSPEND_KEY}).",
         "",
         f"The previous database is kept as {live}_old_{stamp} until you drop it "
