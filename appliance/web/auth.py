@@ -351,6 +351,11 @@ def _unauthorized(scope: str):
     return redirect(target)
 
 
+def _admin_view() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, "requires_admin", False))
+
+
 def _bad_token():
     resp = api_error(401, "unauthorized", "the Bearer token is not valid (unknown, or a "
                                           "revoked API key)")
@@ -376,7 +381,8 @@ def gate():
             # unknown or revoked: refused whatever the endpoint, also where reads
             # are open (a revoked key must stop working), and counted
             record_failure(addr, "api", "a wrong Bearer token")
-            return _bad_token()
+            if not _admin_view():  # an admin endpoint says 401, or 403 while admin is off
+                return _bad_token()
         elif p.kind == "api_key":
             refused = _count_key_use(p)
             if refused is not None:
@@ -411,6 +417,7 @@ def require_admin(fn):
                              f"{p.name} ({p.kind}) has no admin scope: this endpoint needs "
                              f"server.admin_token or an API key with the admin scope")
         return fn(*a, **kw)
+    wrapper.requires_admin = True
     return wrapper
 
 
