@@ -48,7 +48,7 @@ def test_verify_names_why_a_database_is_not_a_standby_of_this_primary(database_u
 
 
 def test_a_read_url_that_is_not_a_standby_is_refused_and_health_says_why(
-        wrong_replica_app, runtime):
+        wrong_replica_app):
     from appliance.jobs import backfill, runs
     c = wrong_replica_app.test_client()
     rt = wrong_replica_app.config["RUNTIME"]
