@@ -218,3 +218,29 @@ def test_a_failing_alert_evaluation_fails_the_restore_loudly(runtime, fresh_host
         assert "was restored" in ei.value.message
     finally:
         second.close()
+
+
+def test_a_job_taken_off_the_queue_before_the_swap_runs_as_its_restored_run(
+        runtime, fresh_host):
+    """A worker had taken the job (it waits for the restore to end): when it
+    starts, its run is found again under its RQ job id, never the archive's."""
+    _archive(runtime)
+    path, url = fresh_host
+    rt = Runtime.from_path(path)
+    rt.open()
+    try:
+        old_id = queue_mod.enqueue(rt, "disk_check", {})
+        with rt.conn() as c:
+            rq_id = runs.get(c, old_id)["rq_job_id"]
+        Queue(queue_mod.QUEUE_NAME, connection=rt.redis).remove(rq_id)  # a worker has it
+        archived = _rows(database_url_of(runtime))
+        backups.full_restore(rt, "latest")
+        from appliance.jobs import disk_check
+        res = runs.execute(rt, "disk_check", runs.manual_slot(), disk_check.run,
+                           run_id=old_id, rq_job_id=rq_id)
+        assert res["status"] == "ok" and res["run_id"] != old_id, res
+        after = _rows(url)
+        assert after[old_id] == archived[old_id], "the held job ran into the archive's run"
+        assert after[res["run_id"]][:2] == ("disk_check", "ok")
+    finally:
+        rt.close()
