@@ -143,6 +143,7 @@ class Runtime:
         except BaseException as e:
             if isinstance(e, replica_mod.READ_ERRORS):
                 rep.mark_down(e)
+                e.replica_read_failed = True  # the web asks the primary once more
             if not cm.__exit__(*sys.exc_info()):
                 raise
         else:

@@ -63,3 +63,23 @@ def test_a_read_url_that_is_not_a_standby_is_refused_and_health_says_why(
     for url in ("/api/v1/symbols", "/api/v1/gaps", "/symbols/AAPL"):
         r = c.get(url, headers=AUTH)
         assert r.status_code == 200, (url, r.status_code, r.get_data(as_text=True)[:300])
+
+
+def test_a_read_that_fails_on_the_replica_is_answered_by_the_primary(wrong_replica_app):
+    """The replica passed its last check but fails the read itself (here: it
+    lacks the appliance's tables): the request is answered from the primary,
+    not a 500, and the replica is marked down until the next check."""
+    import time
+
+    from appliance.jobs import backfill, runs
+    rt = wrong_replica_app.config["RUNTIME"]
+    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+                        params={})["status"] == "ok"
+    c = wrong_replica_app.test_client()
+    for url in ("/api/v1/symbols", "/api/v1/gaps", "/symbols/AAPL", "/symbols"):
+        # as if it had just been verified: the read is tried on it
+        rt.replica._state = replica.ReplicaState(True, "ok", 0.0, True, None, time.monotonic())
+        r = c.get(url, headers=AUTH)
+        assert r.status_code == 200, (url, r.status_code, r.get_data(as_text=True)[:300])
+        assert rt.replica._state.state == "down"
+    assert c.get("/api/v1/symbols", headers=AUTH).get_json()["count"] >= 2
