@@ -239,6 +239,12 @@ def _rate_limited(m: Measures, cfg):
                        f"(allowed: {limit})", {"count_last_hour": n})
 
 
+def _symbol_unknown(m: Measures, cfg):
+    syms = m.health.db.get("unknown_symbols") or []
+    return (bool(syms), f"the vendor does not know {', '.join(syms)}: no bars can be stored "
+                        f"for them", {"symbols": syms})
+
+
 def _replica_lag(m: Measures, cfg):
     from .replica import lag_alert
     return lag_alert(getattr(m.health, "replica", None) or {},
@@ -319,6 +325,10 @@ RULES: list[Rule] = [
     Rule("vendor_rate_limited", "warning", 0, "Vendor rate limiting",
          "1. Lower provider.polygon.requests_per_minute to the plan's limit and 'appliance "
          "reload'. 2. Console Events (kind vendor): retries and waits.", _rate_limited),
+    Rule("symbol_unknown", "warning", 0, "Symbol unknown to the vendor",
+         "1. Check the ticker's spelling (and whether it was renamed or delisted). 2. Correct "
+         "it, or remove it from symbols: in appliance.yaml, and 'appliance reload'. The alert "
+         "resolves when bars are stored for it or it is removed.", _symbol_unknown),
     Rule("replica_lag", "warning", 60, "Read replica down or lagging",
          "Reads are served by the primary meanwhile (nothing is lost). 1. On the replica host: "
          "'systemctl status postgresql' and its log. 2. On the primary: 'SELECT * FROM "

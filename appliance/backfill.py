@@ -21,7 +21,7 @@ import numpy as np
 
 from . import calendar as tcal
 from . import db, intraday, quality, store
-from .errors import LockBusy, ProviderAuthError, ProviderError
+from .errors import LockBusy, ProviderAuthError, ProviderError, UnknownSymbol
 from .locks import BACKFILL_LOCK
 from .providers import make_provider
 from .candles import Bars
@@ -122,33 +122,76 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
     # a connection of its own: the lock lives as long as it, also if the worker is killed
     lock_conn = db.connect(rt.endpoints.database_url, autocommit=True)
     try:
-        got = store.locks.try_lock(lock_conn, BACKFILL_LOCK)
-        if not got:
-            raise LockBusy("another backfill is running; this one did not start")
+        if not store.locks.try_lock(lock_conn, BACKFILL_LOCK):
+            _wait_for_lock(rt, cfg, lock_conn, run_id, report)
         windows = []
-        if minute_syms and start is None and end is None:  # minute months still to fetch
-            windows = _minute_windows(rt, cfg, provider, minute_syms, now)
+        if minute_syms:  # minute months to fetch, bounded like the daily ones
+            windows = _minute_windows(rt, cfg, provider, minute_syms, now, start, end)
         result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
                              windows)
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
             result = _with_minutes(result, intraday.backfill(
                 rt, cfg, provider, stats, run_id, report, minute_syms, windows))
+        result["unknown_symbols"] = unknown_among(rt, syms)
+        result["fetched"] = _fetched(result, syms, minute_syms, windows, start, end)
         return result
     finally:
         lock_conn.close()
 
 
-def _minute_windows(rt, cfg, provider, minute_syms: list[str], now) -> list:
-    """The minute months to fetch (``intraday.plan``). With a real vendor,
-    the months of a symbol still holding demo sessions count as not fetched:
-    the vendor's minutes replace the demo's (``demodata``)."""
+def _minute_windows(rt, cfg, provider, minute_syms: list[str], now, start, end) -> list:
+    """The minute months to fetch (``intraday.plan``), bounded by ``start``
+    and ``end`` like the daily ones. With a real vendor, the months of a
+    symbol still holding demo sessions count as not fetched: the vendor's
+    minutes replace the demo's (``demodata``)."""
+    latest = tcal.latest_completed_session(cfg["calendar"], now)
     with rt.conn() as conn:
         if dstore.replacing(provider.name):
             demo = sorted(set(dstore.demo_symbols(conn, daily=False)) & set(minute_syms))
             if demo:
                 dstore.forget_demo_months(conn, demo)
         return intraday.plan(conn, cfg, minute_syms,
-                             end=tcal.latest_completed_session(cfg["calendar"], now))
+                             end=min(end, latest) if end else latest, start=start)
+
+
+def _fetched(result: dict, syms, minute_syms, windows, start, end) -> dict:
+    """What the run fetched, per resolution (``--start/--end`` bound both)."""
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    out = {"1d": {"symbols": len(syms), "start": iso(start), "end": iso(end)}}
+    if minute_syms:
+        m = result.get("minutes") or {}
+        out["1m"] = {"symbols": len({w.symbol for w in windows}), "months": len(windows),
+                     "start": iso(min((w.start for w in windows), default=None)),
+                     "end": iso(max((w.end for w in windows), default=None)),
+                     "bars": int(m.get("bars") or 0)}
+    return out
+
+
+#: seconds between two looks at the backfill lock while another backfill runs
+LOCK_POLL_S = 1.0
+
+
+def _wait_for_lock(rt, cfg, lock_conn, run_id, report) -> None:
+    """Another backfill runs: wait for it (its progress says so), then take
+    the lock. It fetches only what that one did not, so nothing is asked
+    twice. Raises LockBusy only when it still runs near this job's timeout."""
+    deadline = time.monotonic() + max(60.0, 0.9 * float(cfg["jobs"]["timeout_seconds"]))
+    while True:
+        with rt.conn() as conn:
+            other = [rid for rid, job in store.runs.running_recently(conn)
+                     if job == "backfill" and rid != run_id]
+        other_id = other[0] if other else None
+        msg = (f"waiting for backfill run {other_id} to finish (one backfill at a time); "
+               f"this one then fetches what is still missing" if other_id else
+               "waiting for the running backfill to finish (one backfill at a time)")
+        report({"phase": "waiting", "waiting_for": other_id, "message": msg})
+        if store.locks.try_lock(lock_conn, BACKFILL_LOCK):
+            return
+        if time.monotonic() > deadline:
+            raise LockBusy(f"backfill run {other_id or '?'} still runs after this one waited "
+                           f"{0.9 * float(cfg['jobs']['timeout_seconds']):.0f} s; this one did "
+                           f"not start")
+        time.sleep(LOCK_POLL_S)
 
 
 def _with_minutes(daily: dict, minutes: dict) -> dict:
@@ -291,7 +334,9 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
         if len(bars) == 0:
             if out["demo_replaced"]:
                 refresh_stats(conn, cfg, p.symbol)
+            _check_known(conn, provider, p.symbol)
             return out
+        store.symbols.clear_unknown(conn, p.symbol)
         first = bars.session[0].astype(object)
         last = bars.session[-1].astype(object)
         cal_sessions = tcal.sessions(cal, first, last)
@@ -322,6 +367,31 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
     with rt.conn() as conn:
         refresh_stats(conn, cfg, p.symbol)
     return out
+
+
+def _check_known(conn, provider, symbol: str) -> None:
+    """Nothing came for ``symbol`` and nothing is stored: when the vendor's
+    reference does not know it, it is marked unknown (the ``symbol_unknown``
+    warning), said as an event, and this symbol's fetch fails (UnknownSymbol)."""
+    ask = getattr(provider, "symbol_known", None)
+    if ask is None or store.symbols.has_daily_bars(conn, symbol):
+        return
+    if ask(symbol) is not False:
+        return
+    msg = (f"{symbol}: the vendor ({provider.name}) does not know this ticker; correct it "
+           f"or remove it from symbols: in appliance.yaml")
+    store.symbols.mark_unknown(conn, symbol, msg)
+    store.add_event(conn, "warning", "symbol_unknown", msg,
+                    {"symbol": symbol, "provider": provider.name})
+    conn.commit()  # kept, although this symbol's fetch fails
+    raise UnknownSymbol(msg, permanent=True)
+
+
+def unknown_among(rt, symbols) -> list[str]:
+    """Those of ``symbols`` the vendor does not know (marked by ``_check_known``)."""
+    with rt.conn() as conn:
+        return [r["symbol"] for r in store.symbols.unknown_symbols(conn)
+                if r["symbol"] in set(symbols)]
 
 
 def expected_from(conn, cfg, symbol: str) -> dt.date | None:

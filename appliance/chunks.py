@@ -237,7 +237,7 @@ def finish(rt, run_id: int) -> dict | None:
                             f"{', '.join(f'{h} ({n})' for h, n in res['hosts'].items()) or '-'}",
                             {"run_id": run_id, "hosts": res["hosts"]})
             chunk_store.store_result(conn, run_id, res)
-            _close_orphan_run(conn, run_id, res)
+            _close_orphan_run(conn, run_id, res, _limits(rt.config)["stale_s"])
             return res
         f = chunk_store.fanout(conn, run_id)
     return f["result"] if f and f.get("result") else None
@@ -262,11 +262,15 @@ def _result(conn, run_id: int) -> dict:
             if failed else None}
 
 
-def _close_orphan_run(conn, run_id: int, res: dict) -> None:
-    """The parent died (its run marked failed) but every chunk ended: the run
-    gets the chunks' outcome. A live parent records it itself."""
+def _close_orphan_run(conn, run_id: int, res: dict, stale_s: float) -> None:
+    """The parent died (its run marked failed, or still 'running' with no
+    heartbeat for ``stale_s``: its host went away) but every chunk ended: the
+    run gets the chunks' outcome. A live parent records it itself."""
     from .jobs import runs
     r = runs.get(conn, run_id)
-    if r is not None and r["status"] == "failed":
+    beat = (r or {}).get("heartbeat_at") or (r or {}).get("started_at")
+    silent = beat is None or \
+        (dt.datetime.now(dt.timezone.utc) - beat).total_seconds() > stale_s
+    if r is not None and (r["status"] == "failed" or (r["status"] == "running" and silent)):
         runs.finish(conn, run_id, res["status"], {k: v for k, v in res.items() if k != "status"},
                     res.get("error"))

@@ -160,6 +160,22 @@ def api_key_new(name, scopes, requests_per_minute):
 
 
 @main.command()
+@click.argument("address")
+@click.pass_context
+def unlock(ctx, address):
+    """End the lockout of ADDRESS (the client address the auth events name)
+    and clear its count of failed attempts."""
+    from .web.auth import unlock as unlock_addr
+    rt = _runtime(ctx)
+    try:
+        res = unlock_addr(rt, address)
+    except Exception as e:  # noqa: BLE001 - Redis or the database unreachable: say so
+        _fail(f"could not unlock {address}: {e}")
+    click.echo(f"{address}: " + ("lockout ended" if res["was_locked"] else "was not locked out")
+               + f"; {res['failures']} failed attempt(s) cleared")
+
+
+@main.command()
 @click.pass_context
 def reload(ctx):
     """Make appliance.yaml the running config of every process: each running
@@ -288,6 +304,8 @@ def _progress_line(data: dict) -> tuple[int, int, str] | None:
     """(total, done, text) of a backfill's progress report: symbols for daily
     bars, months for minute bars, with the estimated time of arrival."""
     from .units import eta_text
+    if data.get("phase") == "waiting":
+        return (0, 0, data.get("message") or "waiting")
     current = f" {data['current']}" if data.get("current") else ""
     if "chunks_total" in data:
         months = (f", {data['minute_months_done']}/{data['minute_months_total']} months of 1m"
@@ -469,8 +487,10 @@ def restore(ctx, backup, yes):
     from . import backups as bk
     rt = _runtime(ctx, migrate="try")
     if not yes:
-        click.echo(bk.restore_plan_text(rt, backup))
-        click.echo("\nNothing was changed. Run again with --yes to do it.")
+        text = bk.restore_plan_text(rt, backup)
+        click.echo(text)
+        click.echo("\nNothing was changed." + ("" if text.startswith(bk.RESTORE_CANNOT) else
+                                               " Run again with --yes to do it."))
         sys.exit(1)
     try:
         res = bk.full_restore(rt, backup, progress=lambda m: click.echo(m, err=True))

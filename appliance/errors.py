@@ -50,6 +50,14 @@ class ProviderError(ApplianceError):
         self.url = url
 
 
+class UnknownSymbol(ProviderError):
+    """The vendor does not know the ticker (its reference says so): asking
+    again will not help until the symbol is corrected or removed."""
+
+    code = "symbol_unknown"
+    permanent = True
+
+
 class ProviderAuthError(ProviderError):
     """401/403 from a vendor: retrying will not help; the operator must act."""
 

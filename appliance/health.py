@@ -86,6 +86,7 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
             store.sessions.statement_timeout_local(conn, timeout)
             out = store.summary(conn)
             out["open_alerts"] = store.open_alerts(conn)
+            out["unknown_symbols"] = [r["symbol"] for r in store.symbols.unknown_symbols(conn)]
             out["last_runs"] = _last_runs(conn)
             out["latest_backup"] = store.latest_backup(conn)
             out["last_restore_test"] = store.last_restore_test(conn)
@@ -200,6 +201,9 @@ def _status(a, snap: dict, rd: dict, scheduler_running: bool, rate, behind,
         reasons.append(f"data is {behind} trading sessions behind")
     if snap["total_records"] == 0:
         reasons.append("no data stored yet")
+    if snap.get("unknown_symbols"):
+        reasons.append("symbol(s) the vendor does not know: " + ", ".join(snap["unknown_symbols"])
+                       + " (correct or remove them in symbols:)")
     reasons.extend(process_reasons(rd.get("processes")))
     reasons.extend(f"{x['severity']} alert: {x['key']}"
                    for sev in ("critical", "warning")
@@ -290,10 +294,13 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         if demo:
             reasons.append(demo)
             status = "degraded" if status == "healthy" else status
-    if replica["state"] in ("lagging", "down") and status == "healthy":
+    if replica["state"] in ("lagging", "down", "refused") and status == "healthy":
         status = "degraded"
     if replica["state"] == "down":
         reasons.append("replica down: reads are served by the primary")
+    elif replica["state"] == "refused":
+        reasons.append(f"replica refused: {replica.get('reason')}: reads are served by the "
+                       f"primary")
     elif replica["state"] == "lagging":
         reasons.append(f"replica lags {replica['lag_seconds']} s (allowed: "
                        f"{cfg['database']['max_replica_lag_seconds']} s): reads are served by "

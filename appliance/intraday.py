@@ -52,17 +52,28 @@ def _month_end(d: dt.date) -> dt.date:
     return (d.replace(day=1) + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
 
 
-def plan(conn, cfg, symbols: list[str], *, end: dt.date) -> list[Window]:
-    """The windows still to fetch: per symbol and calendar month from
-    ``history.start`` (its 1m entry) to ``end``, less what ``minute_months``
-    says is stored. A month stored up to some day is fetched from the next."""
-    start = cfg.history_start("1m")
-    done = mstore.fetched_months(conn, symbols)
+def minute_start(cfg, symbol: str) -> dt.date:
+    """Where ``symbol``'s minute history starts: ``history.start`` (its 1m
+    entry), or the symbol's own ``since`` when that is later."""
+    base = cfg.history_start("1m")
+    spec = next((s for s in cfg.symbols if s.symbol == symbol), None)
+    return max(base, spec.since) if spec is not None and spec.since else base
+
+
+def plan(conn, cfg, symbols: list[str], *, end: dt.date,
+         start: dt.date | None = None) -> list[Window]:
+    """The windows to fetch, per symbol and calendar month up to ``end``.
+    Without ``start``: from the symbol's ``minute_start``, less what
+    ``minute_months`` says is stored (a month stored up to some day is
+    fetched from the next). With ``start`` (a bounded re-fetch, like the
+    daily ``--start``): every month of ``start``..``end``, stored or not."""
+    done = mstore.fetched_months(conn, symbols) if start is None else {}
     out: list[Window] = []
     for sym in symbols:
-        m = _month_start(start)
+        first = start if start is not None else minute_start(cfg, sym)
+        m = _month_start(first)
         while m <= end:
-            lo, hi = max(m, start), min(_month_end(m), end)
+            lo, hi = max(m, first), min(_month_end(m), end)
             got = done.get((sym, m))
             if got is not None:
                 lo = max(lo, got + dt.timedelta(days=1))
@@ -76,9 +87,15 @@ def fetch_window(rt, cfg, provider, w: Window, run_id) -> Counter:
     """Fetch one window's minute bars, store them and record the month, in
     one transaction."""
     bars = provider.minute_bars(w.symbol, w.start, w.end)
+    month = _month_start(w.start)
     with rt.conn() as conn:
         res = write(conn, cfg, bars)
-        mstore.record_month(conn, w.symbol, _month_start(w.start), w.end, run_id)
+        # a month is recorded as stored up to a day only when nothing before
+        # the window is missing (a bounded re-fetch mid-month is not a month)
+        got = mstore.fetched_months(conn, [w.symbol]).get((w.symbol, month))
+        if w.start <= max(month, minute_start(cfg, w.symbol)) or \
+                (got is not None and w.start <= got + dt.timedelta(days=1)):
+            mstore.record_month(conn, w.symbol, month, w.end, run_id)
     return res
 
 

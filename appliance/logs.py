@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from logging.handlers import RotatingFileHandler
 
 
 def setup_logging(level: str | None = None) -> None:
@@ -35,3 +36,27 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+class PrivateRotatingFileHandler(RotatingFileHandler):
+    """A rotating log file that only its owner may read (0600, each new file
+    after a rotation too), in a folder only its owner may enter (0700),
+    whatever the umask: the log names addresses, symbols and job details."""
+
+    def __init__(self, filename, *args, **kw):
+        folder = os.path.dirname(os.path.abspath(filename))
+        os.makedirs(folder, exist_ok=True)
+        if os.stat(folder).st_mode & 0o777 != 0o700:
+            try:
+                os.chmod(folder, 0o700)
+            except PermissionError:  # not ours (a shared mount): leave it
+                logging.getLogger("appliance").warning("%s is not ours to chmod", folder)
+        super().__init__(filename, *args, **kw)
+
+    def _open(self):
+        stream = super()._open()
+        try:
+            os.chmod(self.baseFilename, 0o600)
+        except OSError:
+            pass
+        return stream

@@ -48,31 +48,86 @@ for _t in ("primary", "replica"):
 class ReplicaState:
     """What /health, /metrics, ``appliance status`` and the replica_lag rule report."""
     configured: bool
-    state: str                 # ok | lagging | down | off
+    state: str                 # ok | lagging | down | refused | off
     lag_seconds: float | None
     serving_reads: bool
     error: str | None = None
     checked_at: float = 0.0    # time.monotonic() of the probe
 
     def body(self) -> dict:
-        return {"configured": self.configured, "state": self.state,
-                "lag_seconds": self.lag_seconds, "serving_reads": self.serving_reads}
+        out = {"configured": self.configured, "state": self.state,
+               "lag_seconds": self.lag_seconds, "serving_reads": self.serving_reads}
+        if self.state in ("down", "refused") and self.error:
+            out["reason"] = self.error
+        return out
 
 
 OFF = ReplicaState(False, "off", None, False)
-READ_ERRORS = (psycopg.OperationalError, PoolTimeout)
+#: a read failing with one of these on the replica marks it down and is asked
+#: of the primary; the Undefined* ones: the replica lacks what the primary has
+READ_ERRORS = (psycopg.OperationalError, PoolTimeout, psycopg.errors.UndefinedTable,
+               psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction,
+               psycopg.errors.UndefinedObject)
 
 
-def probe(url: str, max_lag: float, timeout: float = PROBE_TIMEOUT_S) -> ReplicaState:
-    """Connect to the replica and measure its replay lag."""
+def refusal(facts: dict, primary_sysid: int | None) -> str | None:
+    """Why a database with ``facts`` (``store.databases.standby_facts``) may
+    not serve this primary's reads, or None when it may."""
+    if not facts["in_recovery"]:
+        return ("not a standby: pg_is_in_recovery() is false there (a primary or a standalone "
+                "database, not a replica of this one)")
+    rid = facts["system_identifier"]
+    if rid is not None and primary_sysid is not None and rid != primary_sysid:
+        return (f"a standby of another primary: system identifier {rid}, this primary's "
+                f"{primary_sysid}")
+    want = db.latest_version()
+    if facts["migration"] is None or facts["migration"] < want:
+        return (f"the appliance's migrations are missing there (schema_migrations: "
+                f"{facts['migration'] or 'none'}, needed: {want})")
+    return None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__)[:300]
+
+
+def primary_identifier(primary_url: str, timeout: float = PROBE_TIMEOUT_S) -> int | None:
+    """The primary's system identifier (None: unreadable; the check is skipped)."""
+    try:
+        with db.connect(primary_url, autocommit=True, connect_timeout=timeout,
+                        statement_timeout_s=timeout) as conn:
+            return databases.system_identifier(conn)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def verify(url: str, primary_url: str | None, timeout: float = 5.0) -> str | None:
+    """Whether ``url`` may serve the reads of the primary at ``primary_url``:
+    None when it is a standby of it with the migrations present, else the
+    reason it is refused (also when it does not answer). For the config
+    reload and ``check-config``, which should refuse such a ``read_url``."""
+    sysid = primary_identifier(primary_url, timeout) if primary_url else None
+    try:
+        with db.connect(url, autocommit=True, connect_timeout=timeout,
+                        statement_timeout_s=timeout) as conn:
+            return refusal(databases.standby_facts(conn), sysid)
+    except Exception as e:  # noqa: BLE001
+        return f"it does not answer: {_first_line(e)}"
+
+
+def probe(url: str, max_lag: float, timeout: float = PROBE_TIMEOUT_S, *,
+          primary_sysid: int | None = None) -> ReplicaState:
+    """Connect to the replica, verify it (``refusal``) and measure its replay lag."""
     now = time.monotonic()
     try:
         with db.connect(url, autocommit=True, connect_timeout=timeout,
                         statement_timeout_s=timeout) as conn:
+            why = refusal(databases.standby_facts(conn), primary_sysid)
+            if why is not None:
+                return ReplicaState(True, "refused", None, False, why, now)
             lag = databases.replay_lag(conn)
     except Exception as e:  # noqa: BLE001 - any failure is "down"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        return ReplicaState(True, "down", None, False, msg[:300], now)
+        return ReplicaState(True, "down", None, False, _first_line(e), now)
     lag = None if lag is None else max(0.0, round(float(lag), 3))
     ok = lag is not None and lag <= max_lag
     return ReplicaState(True, "ok" if ok else "lagging", lag, ok, None, now)
@@ -83,8 +138,10 @@ class Replica:
     replica that is down at start delays nothing) and the cached state."""
 
     def __init__(self, url: str, max_lag: float, *, pool_size: int, connect_timeout: float,
-                 statement_timeout_s: float | None):
+                 statement_timeout_s: float | None, primary_url: str | None = None):
         self.url = url
+        self.primary_url = primary_url
+        self._primary_sysid: int | None = None
         self.max_lag = max_lag
         self.pool = db.make_pool(url, min_size=1, max_size=pool_size, timeout=ACQUIRE_TIMEOUT_S,
                                  connect_timeout=connect_timeout,
@@ -116,7 +173,10 @@ class Replica:
             st = self._state
             if fresh or st is None or time.monotonic() - st.checked_at >= CHECK_S:
                 was = st.state if st else None
-                st = self._state = probe(self.url, self.max_lag)
+                if self._primary_sysid is None and self.primary_url:
+                    self._primary_sysid = primary_identifier(self.primary_url)
+                st = self._state = probe(self.url, self.max_lag,
+                                         primary_sysid=self._primary_sysid)
                 if was is not None and was != st.state:
                     log.warning("replica is %s (lag %s s%s)", st.state, st.lag_seconds,
                                 f"; {st.error}" if st.error else "")
@@ -125,9 +185,9 @@ class Replica:
             self._lock.release()
 
     def mark_down(self, e: Exception) -> None:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        msg = _first_line(e)
         log.warning("replica read failed, reading from the primary: %s", msg)
-        self._state = ReplicaState(True, "down", None, False, msg[:300], time.monotonic())
+        self._state = ReplicaState(True, "down", None, False, msg, time.monotonic())
 
     @contextmanager
     def connection(self):
@@ -148,6 +208,9 @@ def lag_alert(r: dict, limit: float) -> tuple[bool, str, dict]:
     if r.get("state") == "down":
         return True, "the read replica (database.read_url) does not answer: reads are " \
                      "served by the primary", details
+    if r.get("state") == "refused":
+        return True, f"the read replica (database.read_url) is refused: {r.get('reason')}; " \
+                     f"reads are served by the primary", details
     return (r.get("state") == "lagging",
             f"the read replica lags {r.get('lag_seconds')} s behind the primary (allowed: "
             f"{limit} s): reads are served by the primary", details)

@@ -61,19 +61,20 @@ class Runtime:
             max_size=pool_size or config["database"]["pool_size"],
             connect_timeout=config["database"]["connect_timeout_seconds"],
             statement_timeout_s=config["database"]["statement_timeout_seconds"])
-        self.replica = self._make_replica(config, pool_size)
+        self.replica = self._make_replica(config, pool_size, self.endpoints.database_url)
         self._redis: redis.Redis | None = None
         self._opened = False
 
     @staticmethod
-    def _make_replica(config: Config, pool_size: int | None):
+    def _make_replica(config: Config, pool_size: int | None, primary_url: str | None = None):
         d = config["database"]
         if not d.get("read_url"):
             return None
         return replica_mod.Replica(d["read_url"], float(d["max_replica_lag_seconds"]),
                                    pool_size=pool_size or d["pool_size"],
                                    connect_timeout=d["connect_timeout_seconds"],
-                                   statement_timeout_s=d["statement_timeout_seconds"])
+                                   statement_timeout_s=d["statement_timeout_seconds"],
+                                   primary_url=primary_url)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -156,6 +157,7 @@ class Runtime:
         except BaseException as e:
             if isinstance(e, replica_mod.READ_ERRORS):
                 rep.mark_down(e)
+                e.replica_read_failed = True  # the web asks the primary once more
             if not cm.__exit__(*sys.exc_info()):
                 raise
         else:

@@ -92,7 +92,8 @@ def replica_line(r: dict) -> tuple[str, str]:
     lag = r.get("lag_seconds")
     text = (f"Replica    {r.get('state')}"
             + (f", lag {lag:.1f} s" if lag is not None else "")
-            + (", serving reads" if r.get("serving_reads") else ", reads on the primary"))
+            + (", serving reads" if r.get("serving_reads") else ", reads on the primary")
+            + (f": {r['reason']}" if r.get("reason") else ""))
     return ("" if r.get("state") == "ok" else "bold yellow", text)
 
 

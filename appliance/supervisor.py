@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import db, services, store
 from .errors import ApplianceError
+from .logs import PrivateRotatingFileHandler
 from .runtime import K_PROCESSES
 
 log = logging.getLogger("appliance.up")
@@ -72,11 +73,10 @@ _file_log: logging.Handler | None = None
 def open_log_file(cfg) -> Path:
     """Send this process's log and its children's output to data_dir/log."""
     global _file_log
-    from logging.handlers import RotatingFileHandler
     path = Path(cfg["data_dir"]) / LOG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _file_log = RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_KEEP,
-                                    encoding="utf-8")
+    # 0700 folder, 0600 files (rotations too), whatever the umask
+    _file_log = PrivateRotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_KEEP,
+                                           encoding="utf-8")
     _file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(_file_log)
     return path

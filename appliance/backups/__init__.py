@@ -38,14 +38,15 @@ from .catalogue import (BackupRef, backup_dir, get_backup, list_backups, registe
                         resolve_backup)
 from .common import ALERT_KEY, NAME_RE, SUSPEND_KEY, Steps, db_name, tool_target, url_for
 from .manifest import manifest_path_for, note_restore_test, read_manifest
-from .restore import drop_kept_database, full_restore, kept_databases, restore_plan_text
+from .restore import CANNOT as RESTORE_CANNOT, drop_kept_database, full_restore, kept_databases, restore_plan_text
 from .restore_test import RESTORE_TEST_STEPS, CheckFailed, restore_test, verify_archive_file
 from .retention import apply_retention
 from .tools import (_create_db, _maintenance_conn, drop_db, find_tools, scratch_name,
                     server_major)
 
 __all__ = [
-    "ALERT_KEY", "BackupRef", "CheckFailed", "NAME_RE", "RESTORE_TEST_STEPS", "SUSPEND_KEY",
+    "ALERT_KEY", "BackupRef", "CheckFailed", "NAME_RE", "RESTORE_CANNOT", "RESTORE_TEST_STEPS",
+    "SUSPEND_KEY",
     "Steps", "_create_db", "_maintenance_conn", "apply_retention", "backup_dir",
     "check_backup_path", "clean_leftovers", "create_backup", "db_name", "drop_db",
     "drop_kept_database", "estimate_archive_size", "find_tools", "full_restore", "get_backup",

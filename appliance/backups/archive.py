@@ -222,15 +222,16 @@ def dump_source(rt, cfg) -> tuple[str, str]:
     primary = rt.endpoints.database_url
     if cfg["backup"]["source"] != "replica":
         return primary, "primary"
-    from ..replica import probe
+    from ..replica import primary_identifier, probe
     read_url = cfg["database"]["read_url"]
     why = "database.read_url is empty"
     if read_url:
-        st = probe(read_url, float(cfg["database"]["max_replica_lag_seconds"]))
+        st = probe(read_url, float(cfg["database"]["max_replica_lag_seconds"]),
+                   primary_sysid=primary_identifier(primary))
         if st.serving_reads:
             return read_url, "replica"
-        why = (f"the replica is down ({st.error})" if st.state == "down" else
-               f"the replica lags {st.lag_seconds} s")
+        why = (f"the replica is {st.state} ({st.error})" if st.state in ("down", "refused")
+               else f"the replica lags {st.lag_seconds} s")
     msg = f"backup.source is replica but {why}: dumping from the primary"
     log.warning(msg)
     with rt.conn() as conn:

@@ -15,8 +15,6 @@ from .manifest import _jsonable, disk_manifests, latest_restore_test, manifest_a
 
 log = logging.getLogger("appliance.backups")
 
-log = logging.getLogger("appliance.backups")
-
 
 def _row_out(r: dict) -> dict:
     out = {k: _jsonable(v) for k, v in r.items() if k != "manifest"}
@@ -128,16 +126,32 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
             a = manifest_archive(mp, m)
         else:
             a, mp = p, manifest_path_for(p)
+            if not a.exists():
+                raise BackupError(f"no archive at {a}" + (" (its manifest is there)"
+                                                          if mp.exists() else
+                                                          " (nor its manifest)"))
             m = read_manifest(mp)
         ref = BackupRef(a, mp, m)
     if ref.id is None and conn is not None:
-        ref.id = store.backup_id(conn, ref.filename)
+        # a file of the same name elsewhere (a copy) is not the catalogue's archive
+        ref.id = store.backup_id_at(conn, ref.filename, str(ref.archive))
+        if ref.id is None and in_backup_dir(cfg, ref):
+            ref.id = store.backup_id(conn, ref.filename)
     return ref
 
 
-def register(conn, ref: BackupRef) -> int:
-    """Make sure ``ref`` has a catalogue row (a backup copied in by hand)."""
-    if ref.id is None:
+def in_backup_dir(cfg, ref: BackupRef) -> bool:
+    """Whether ``ref``'s archive lies in ``backup.path`` (the catalogue's files)."""
+    try:
+        return ref.archive.resolve().parent == backup_dir(cfg).resolve()
+    except OSError:
+        return False
+
+
+def register(conn, ref: BackupRef, cfg) -> int | None:
+    """Make sure ``ref`` has a catalogue row (a backup copied in by hand into
+    ``backup.path``); a file elsewhere is not catalogued (None)."""
+    if ref.id is None and in_backup_dir(cfg, ref):
         m = ref.manifest
         ref.id = upsert_backup(conn, filename=ref.filename, path=str(ref.archive),
                                created_at=m.get("created_at"),

@@ -9,17 +9,17 @@ import time
 from typing import Callable
 
 import psycopg
+import redis
 
 from .. import db, history, store
 from ..errors import BackupError
 from ..units import human_bytes
 from ..locks import BACKFILL_LOCK
 from .catalogue import rescan, resolve_backup
-from .common import SUSPEND_KEY, SUSPEND_TTL_S, _MAX_IDENT, db_name, url_for, utcnow
+from .fence import fence_queue
+from .common import ALERT_KEY, SUSPEND_KEY, SUSPEND_TTL_S, _MAX_IDENT, db_name, url_for, utcnow
 from .restore_test import CheckFailed, check_restored, restore_into, verify_archive_file
 from .tools import _create_db, _maintenance_conn, _try_catalogue_conn, drop_db, find_tools, list_archive, server_major
-
-log = logging.getLogger("appliance.backups")
 
 log = logging.getLogger("appliance.backups")
 
@@ -37,8 +37,10 @@ def restore_plan_text(rt, backup) -> str:
             if conn is not None:
                 conn.close()
     except BackupError as e:
-        return f"Cannot restore: {e.message}"
+        return f"{CANNOT} {e.message}"
     m = ref.manifest
+    if (why := _unusable(ref)) is not None:
+        return f"{CANNOT} {why}"
     rc = m.get("row_counts") or {}
     state = "does not exist (it will simply be created)"
     try:
@@ -69,8 +71,11 @@ def restore_plan_text(rt, backup) -> str:
         "symbol against the manifest. On any difference: drop it and stop; nothing else changes.",
         f"  5. Swap: refuse new connections to {live!r}, end its open connections, then in one "
         f"transaction rename {live!r} -> {live}_old_{stamp} and the new database -> {live!r}.",
-        "  6. Bring the schema up to date (migrations) and rebuild the backup catalogue from "
-        "the manifests on disk.",
+        "     Before it, the queue is fenced: jobs waiting in Redis that point into the history "
+        "are pointed at their restored runs, or cancelled.",
+        "  6. Bring the schema up to date (migrations), rebuild the backup catalogue from "
+        "the manifests on disk and evaluate the alerts against the restored state (a failure "
+        "here fails the restore).",
         f"  7. Resume jobs (delete {SUSPEND_KEY}).",
         "",
         f"The previous database is kept as {live}_old_{stamp} until you drop it "
@@ -79,6 +84,24 @@ def restore_plan_text(rt, backup) -> str:
         "fetches the missing sessions again.",
     ]
     return "\n".join(lines)
+
+
+#: how ``restore_plan_text`` begins when the restore cannot be done
+CANNOT = "Cannot restore:"
+
+
+def _unusable(ref) -> str | None:
+    """Why the archive cannot be restored at all (missing, or not the size its
+    manifest says), from the file alone; None when it looks whole."""
+    if not ref.archive.exists():
+        return f"the archive {ref.archive} is missing"
+    want = (ref.manifest.get("archive") or {}).get("size_bytes")
+    have = ref.archive.stat().st_size
+    if want is not None and have != want:
+        kind = "truncated" if have < want else "longer than it should be"
+        return (f"the archive {ref.archive} is {human_bytes(have)} ({have} bytes), its manifest "
+                f"says {want} bytes: {kind}, it cannot be restored")
+    return None
 
 
 def _history_text(merged: dict) -> str:
@@ -92,17 +115,52 @@ def _history_text(merged: dict) -> str:
     return text
 
 
-def _reevaluate_alerts(rt) -> dict:
+def _reevaluate_alerts(rt, ref) -> dict:
     """The alert rules over the restored state, so no alert stays open (or
-    opens) on the archive's word alone."""
+    opens) on the archive's word alone. An archived ``backup_failed`` that a
+    good backup made after it disproves is resolved with a note (the backup
+    job that would have resolved it did so after its dump). Raises
+    BackupError when this cannot be done: the restore is then not ok."""
     from .. import alerts
+    note = f"(Resolved after the restore of {ref.filename}: the condition no longer holds.)"
     try:
-        # the swap ended every connection to the old live database
-        rt.pool.check()
-        return alerts.evaluate(rt)
-    except Exception as e:  # noqa: BLE001 - the next alerts run evaluates again
-        log.warning("alert evaluation after the restore failed: %s", e)
+        if not rt.pool.closed:
+            rt.pool.check()  # the swap ended every connection to the old live database
+        t0 = utcnow()
+        resolved = []
+        with rt.conn() as c:
+            good = store.last_good_backup_at(c)
+            if good is not None:
+                resolved = store.alerts.resolve_opened_before(c, ALERT_KEY, good, note)
+        res = alerts.evaluate(rt)
+        if res.get("error"):
+            raise BackupError(res["error"])
+        with rt.conn() as c:
+            store.alerts.add_note(c, res["resolved"], t0, note)
+        if resolved:
+            res["resolved"] = [ALERT_KEY] + res["resolved"]
+        return res
+    except Exception as e:  # noqa: BLE001 - said loudly: the restore is not ok
+        msg = e.message if isinstance(e, BackupError) else f"{e.__class__.__name__}: {e}"
+        raise BackupError(f"the database was restored from {ref.filename}, but evaluating the "
+                          f"alerts after it failed: {msg}. The alerts may be wrong until "
+                          f"`appliance run alerts` succeeds") from None
+
+
+def _fence(rt, new_url: str, ref, say) -> dict:
+    """The queued jobs checked against the restored history (``fence_queue``)."""
+    try:
+        with psycopg.connect(new_url, connect_timeout=10) as c:
+            out = fence_queue(rt, c, f"restore of {ref.filename}")
+            c.commit()
+    except redis.RedisError as e:
+        say(f"warning: could not read the queue in Redis ({e}); no worker can take a job "
+            f"from it either, and one that does is checked against the history when it starts")
         return {"error": str(e)}
+    say(f"queued jobs: {out['kept']} kept, {out['repointed']} pointed at their restored "
+        f"runs, {len(out['cancelled'])} cancelled; {len(out['runs_failed'])} queued run(s) "
+        f"without a job marked failed")
+    return out
 
 
 def kept_databases(rt) -> list[tuple[str, int]]:
@@ -276,6 +334,7 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
         merged = history.merge_into_restored(url if live_exists and has_cat else None,
                                              url_for(url, new), ref.manifest)
         say(f"operations history: {_history_text(merged)}")
+        fence = _fence(rt, url_for(url, new), ref, say)
         say("swapping databases")
         if live_conn is not None:
             live_conn.close()
@@ -294,8 +353,8 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
                 "old_database": old if live_exists else None,
                 "restore_seconds": round(secs, 3), "seconds": round(time.monotonic() - t0, 3),
                 "candles": chk["validation"]["candles"], "migrations_applied": applied,
-                "catalogue": scan, "history": merged,
-                "alerts": _reevaluate_alerts(rt)}
+                "catalogue": scan, "history": merged, "fence": fence,
+                "alerts": _reevaluate_alerts(rt, ref)}
     finally:
         if live_conn is not None:
             live_conn.close()

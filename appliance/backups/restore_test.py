@@ -147,16 +147,20 @@ def _record_outcome(rt, ref: BackupRef, result: dict, run_id: int | None) -> Non
     passed, seconds, error = result["passed"], result["seconds"], result["error"]
     note_restore_test(ref.manifest_path, passed=passed, seconds=seconds, error=error,
                       run_id=run_id)
+    # a file outside the catalogue is named by its path, and only its run says how it went
+    what = ref.filename if ref.id is not None else f"{ref.archive} (not in the catalogue)"
     with rt.conn() as conn:
-        record_restore_test(conn, ref.id, passed=passed, seconds=seconds, result=result)
+        if ref.id is not None:
+            record_restore_test(conn, ref.id, passed=passed, seconds=seconds, result=result)
         if passed:
             store.add_event(conn, "info", "restore_test",
-                            f"restore test of {ref.filename} passed in {seconds:.1f} s",
-                            {"backup_id": ref.id, "seconds": seconds})
+                            f"restore test of {what} passed in {seconds:.1f} s",
+                            {"backup_id": ref.id, "path": str(ref.archive), "seconds": seconds})
         else:
             store.add_event(conn, "error", "restore_test",
-                            f"restore test of {ref.filename} failed: {error}",
-                            {"backup_id": ref.id, "seconds": seconds, "error": error})
+                            f"restore test of {what} failed: {error}",
+                            {"backup_id": ref.id, "path": str(ref.archive), "seconds": seconds,
+                             "error": error})
 
 
 def restore_test(rt, backup="latest", report=None, run_id: int | None = None) -> dict:
@@ -169,11 +173,11 @@ def restore_test(rt, backup="latest", report=None, run_id: int | None = None) ->
     live = db_name(url)
     with rt.conn() as conn:
         ref = resolve_backup(cfg, backup, conn)
-        register(conn, ref)
+        register(conn, ref, cfg)
     steps = Steps(report, RESTORE_TEST_STEPS, backup_id=ref.id, filename=ref.filename)
     t0 = time.monotonic()
-    result: dict = {"backup_id": ref.id, "filename": ref.filename, "checks": [],
-                    "started_at": utcnow().isoformat()}
+    result: dict = {"backup_id": ref.id, "filename": ref.filename, "path": str(ref.archive),
+                    "checks": [], "started_at": utcnow().isoformat()}
     scratch = None
     mconn = None
     error = None
@@ -233,7 +237,7 @@ def restore_test(rt, backup="latest", report=None, run_id: int | None = None) ->
     _record_outcome(rt, ref, result, run_id)
     steps.done("passed" if passed else "failed")
     out = {"status": "ok" if passed else "failed", "backup_id": ref.id,
-           "filename": ref.filename, "seconds": seconds,
+           "filename": ref.filename, "path": str(ref.archive), "seconds": seconds,
            "restore_seconds": result.get("restore_seconds"),
            "validation": result.get("validation"), "checks": len(result["checks"])}
     if not passed:

@@ -48,6 +48,34 @@ def finish(conn, run_id: int, status: str, result: dict | None = None,
                         redact(error))
 
 
+def progress_counts(prog: dict) -> dict | None:
+    """One reading of a run's progress for every view (Jobs list, run page,
+    CLI): ``done`` of ``total`` in ``unit``, the minute months when there are
+    any, the ETA; None when the progress counts nothing. A fanned-out
+    backfill counts its chunks (daily symbols and minute months together)."""
+    if not isinstance(prog, dict):
+        return None
+    months = None
+    if prog.get("chunks_total"):
+        done, total, unit = (prog.get("chunks_done") or 0) + (prog.get("chunks_failed") or 0), \
+            prog["chunks_total"], "chunks"
+        if prog.get("minute_months_total"):
+            months = (prog.get("minute_months_done") or 0, prog["minute_months_total"])
+    elif prog.get("months_total"):
+        done, total, unit = prog.get("months_done") or 0, prog["months_total"], "months of 1m"
+        months = (done, total)
+    elif prog.get("symbols_total"):
+        done, total, unit = prog.get("symbols_done") or 0, prog["symbols_total"], "symbols"
+    elif prog.get("sessions_total"):
+        done, total, unit = prog.get("sessions_done") or 0, prog["sessions_total"], "sessions"
+    else:
+        return None
+    return {"done": int(done), "total": int(total), "unit": unit,
+            "pct": round(100 * int(done) / int(total)) if total else None,
+            "months_done": months[0] if months else None,
+            "months_total": months[1] if months else None, "eta_s": prog.get("eta_s")}
+
+
 def duration_s(r: dict, *, running_until_now: bool = False) -> float | None:
     """Seconds a run took (so far, with ``running_until_now``), or None."""
     if not r.get("started_at"):
@@ -69,6 +97,16 @@ def mark_stale(conn, default_timeout_s: int) -> int:
     return len(rows)
 
 
+def _stale(conn, job: str, run_id: int, rq_job_id: str | None) -> dict:
+    """An RQ job whose run is not in this database's history (a restore
+    replaced it): it does nothing, and says so."""
+    msg = (f"{job} not run: its run {run_id} is not in this database's history "
+           f"(a restore replaced it); RQ job {rq_job_id}")
+    log.warning("%s", msg)
+    store.add_event(conn, "warning", job, msg, {"run_id": run_id, "rq_job_id": rq_job_id})
+    return {"run_id": None, "status": "skipped", "reason": msg}
+
+
 def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = "manual",
             params: dict | None = None, run_id: int | None = None,
             rq_job_id: str | None = None) -> dict:
@@ -86,6 +124,10 @@ def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = 
             if run_id is None:
                 log.info("%s slot %s already claimed: this run does nothing", job, slot)
                 return {"run_id": None, "status": "skipped", "slot": slot}
+        else:
+            given, run_id = run_id, runs_sql.own_run(conn, run_id, job, rq_job_id)
+            if run_id is None:
+                return _stale(conn, job, given, rq_job_id)
         start(conn, run_id)
     t0 = time.monotonic()
     last = [0.0]

@@ -195,6 +195,22 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     return _KEY_PARAM.sub(r"\1" + REDACTED, text)
 
 
+def connection_cause(e: Exception) -> str:
+    """Why a connection failed, first: requests wraps urllib3's reason
+    (``Failed to establish a new connection: [Errno 111] Connection refused``,
+    a name that does not resolve…) in a long ``HTTPConnectionPool(…): Max
+    retries exceeded … (Caused by …)`` text, which a length limit cut before
+    the cause. The URL is said by the caller."""
+    reason = e.args[0] if e.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError -> its cause
+    if isinstance(reason, BaseException):
+        msg = str(reason)
+        # "HTTPConnection(host=..., port=...): Failed to establish ...": the object's repr out
+        tail = msg.split("): ", 1)[1] if "): " in msg else msg
+        return f"{type(reason).__name__}: {tail}"
+    return str(e)
+
+
 def vendor_message(body: bytes | str | None) -> str | None:
     """The human message a vendor put in an error body, if any."""
     if not body:
@@ -307,12 +323,12 @@ class HttpClient:
             self._count("request", "timeout")
             raise _Retryable("timeout", f"timed out after {self.timeout_seconds:g}s") from e
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
-            text = redact_text(str(e), secrets)
+            text = redact_text(connection_cause(e), secrets)
             if "timed out" in text.lower():
                 self._count("request", "timeout")
                 raise _Retryable("timeout", f"timed out after {self.timeout_seconds:g}s") from e
             self._count("request", "connection_error")
-            raise _Retryable("connection_error", f"connection error: {text[:200]}") from e
+            raise _Retryable("connection_error", f"connection error: {text[:300]}") from e
         status = resp.status_code
         self._count("request", str(status))
         if 200 <= status < 300 or status in allow:

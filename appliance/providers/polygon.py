@@ -21,7 +21,7 @@ import numpy as np
 
 from ..calendar import local_dates
 from ..candles import Bars, MinuteBars, Split, iso_date
-from ..errors import ProviderDataError, ProviderError
+from ..errors import ProviderAuthError, ProviderDataError, ProviderError
 from .base import require_api_key
 from .http import HttpClient, client_for, redact_text
 
@@ -140,6 +140,26 @@ class PolygonProvider:
             yield data
 
     # -- the Provider interface -----------------------------------------------------
+    def symbol_known(self, symbol: str) -> bool | None:
+        """Whether the vendor's reference knows ``symbol`` (``/v3/reference/
+        tickers/{symbol}``: 404 NOT_FOUND is False); None when it cannot tell."""
+        url = f"{self.base_url}/v3/reference/tickers/{quote(symbol, safe='.')}"
+        params, headers = {}, {}
+        if self.auth == "query":
+            params["apiKey"] = self.api_key
+        else:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            status, data = self.client.get_json(url, params=params, headers=headers,
+                                                redact=(self.api_key,), allow_statuses=(404,))
+        except ProviderAuthError:
+            raise
+        except ProviderError:
+            return None
+        if status == 404:
+            return False
+        return bool(isinstance(data, dict) and data.get("results"))
+
     def daily_bars(self, symbol: str, start, end) -> Bars:
         """Raw daily bars, ``start``..``end`` inclusive (America/New_York dates)."""
         bars = bars_from_results(symbol, self.aggregates(symbol, 1, "day", start, end), "polygon",

@@ -104,3 +104,21 @@ def delete_resolved_before(conn, days: int) -> int:
     return conn.execute(
         """DELETE FROM alerts WHERE status = 'resolved'
            AND resolved_at < now() - make_interval(days => %s)""", (days,)).rowcount
+
+
+def resolve_opened_before(conn, key: str, before, note: str) -> list[int]:
+    """``key``'s active alert, opened before ``before``, resolved now with
+    ``note`` added to its message; the ids resolved."""
+    return [r[0] for r in conn.execute(
+        """UPDATE alerts SET status = 'resolved', resolved_at = now(),
+                  message = message || ' ' || %s
+           WHERE key = %s AND status IN ('pending', 'open')
+             AND coalesce(opened_at, pending_since) < %s
+           RETURNING id""", (note, key, before))]
+
+
+def add_note(conn, keys: list[str], since, note: str) -> None:
+    """``note`` added to the message of the alerts of ``keys`` resolved since ``since``."""
+    conn.execute("""UPDATE alerts SET message = message || ' ' || %s
+                    WHERE key = ANY(%s) AND status = 'resolved' AND resolved_at >= %s""",
+                 (note, keys, since))

@@ -35,6 +35,14 @@ def backup_id(conn, filename: str) -> int | None:
     return row[0] if row else None
 
 
+def backup_id_at(conn, filename: str, path: str) -> int | None:
+    """The catalogue id of the archive ``filename`` at ``path`` (None: the
+    catalogue's ``filename`` is another file, or there is none)."""
+    row = conn.execute("SELECT id FROM backups WHERE filename = %s AND path = %s",
+                       (filename, path)).fetchone()
+    return row[0] if row else None
+
+
 def backup_statuses(conn) -> dict[str, str]:
     """filename -> status of every catalogue row."""
     return {r[0]: r[1] for r in conn.execute("SELECT filename, status FROM backups")}

@@ -79,3 +79,26 @@ def replay_lag(conn) -> float | None:
                        WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
                        ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
                   END""").fetchone()[0]
+
+
+def system_identifier(conn) -> int | None:
+    """The cluster's system identifier (same on a primary and its standbys);
+    None when this role may not read it."""
+    try:
+        with conn.transaction():
+            return int(conn.execute(
+                "SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    except Exception:  # noqa: BLE001 - e.g. permission denied: the check is skipped
+        return None
+
+
+def standby_facts(conn) -> dict:
+    """What decides whether ``conn``'s database may serve reads as a replica:
+    ``in_recovery``, ``system_identifier`` (or None) and ``migration`` (the
+    newest applied, None without ``schema_migrations``)."""
+    in_rec = bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+    ver = None
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is not None:
+        ver = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    return {"in_recovery": in_rec, "system_identifier": system_identifier(conn),
+            "migration": ver}

@@ -185,3 +185,41 @@ def delete_finished_before(conn, days: int) -> int:
         """DELETE FROM job_runs
            WHERE coalesce(finished_at, created_at) < now() - make_interval(days => %s)
              AND status NOT IN ('queued', 'running')""", (days,)).rowcount
+
+
+def own_run(conn, run_id: int, job: str, rq_job_id: str | None) -> int | None:
+    """The run an RQ job may execute: ``run_id`` when that row is this job's
+    (same job name, and the same RQ job id, or none recorded yet while it is
+    queued); else the queued or retried row of ``job`` that carries
+    ``rq_job_id`` (a restore gave the run another id); else None (the job
+    points into a history that was replaced)."""
+    row = conn.execute("SELECT job, status, rq_job_id FROM job_runs WHERE id = %s",
+                       (run_id,)).fetchone()
+    if row is not None and row[0] == job:
+        if rq_job_id is None or row[2] == rq_job_id or (row[2] is None and row[1] == "queued"):
+            return run_id
+    if rq_job_id is None:
+        return None
+    found = conn.execute(
+        """SELECT id FROM job_runs WHERE rq_job_id = %s AND job = %s
+           ORDER BY id DESC LIMIT 1""", (rq_job_id, job)).fetchone()
+    return found[0] if found else None
+
+
+def runnable_ids_by_rq_id(conn) -> dict[str, tuple[int, str]]:
+    """RQ job id -> (run id, job) of every run that records one and may still
+    run: queued, or failed and waiting for RQ's retry."""
+    return {r[0]: (r[1], r[2]) for r in conn.execute(
+        """SELECT rq_job_id, id, job FROM job_runs
+           WHERE status IN ('queued', 'failed') AND rq_job_id IS NOT NULL""")}
+
+
+def fail_queued_without_job(conn, rq_job_ids: list[str], error: str) -> list[tuple[int, str]]:
+    """Queued runs whose RQ job is not among ``rq_job_ids`` (nothing will run
+    them) marked failed with ``error``; their (id, job). A run that records
+    no RQ job id yet is being queued right now and is left alone."""
+    return conn.execute(
+        """UPDATE job_runs SET status = 'failed', finished_at = now(), error = %s
+           WHERE status = 'queued' AND rq_job_id IS NOT NULL
+             AND NOT (rq_job_id = ANY(%s))
+           RETURNING id, job""", (error, rq_job_ids)).fetchall()

@@ -172,3 +172,30 @@ def symbol_known(conn, symbol: str) -> bool:
 def no_symbol_stats(conn) -> bool:
     """Nothing stored yet: no symbol has statistics."""
     return bool(conn.execute("SELECT NOT EXISTS (SELECT 1 FROM symbol_stats)").fetchone()[0])
+
+
+def has_daily_bars(conn, symbol: str) -> bool:
+    """Any daily candle of ``symbol`` is stored."""
+    return conn.execute("SELECT 1 FROM market_data WHERE symbol = %s AND timeframe = %s LIMIT 1",
+                        (symbol, TIMEFRAME)).fetchone() is not None
+
+
+def mark_unknown(conn, symbol: str, reason: str) -> None:
+    """The vendor does not know ``symbol`` (kept until ``clear_unknown``)."""
+    conn.execute("""INSERT INTO symbols (symbol, unknown_at, unknown_reason)
+                    VALUES (%s, now(), %s)
+                    ON CONFLICT (symbol) DO UPDATE SET unknown_reason = EXCLUDED.unknown_reason,
+                      unknown_at = coalesce(symbols.unknown_at, now())""", (symbol, reason))
+
+
+def clear_unknown(conn, symbol: str) -> None:
+    conn.execute("""UPDATE symbols SET unknown_at = NULL, unknown_reason = NULL
+                    WHERE symbol = %s AND unknown_at IS NOT NULL""", (symbol,))
+
+
+def unknown_symbols(conn) -> list[dict]:
+    """Configured (active) symbols the vendor does not know: symbol, since, reason."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("""SELECT symbol, unknown_at AS since, unknown_reason AS reason FROM symbols
+                       WHERE active AND unknown_at IS NOT NULL ORDER BY symbol""")
+        return cur.fetchall()

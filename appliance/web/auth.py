@@ -249,6 +249,26 @@ def record_failure(addr: str, kind: str, what: str) -> None:
         log.warning("auth: cannot record the failure as an event: %s", e)
 
 
+def unlock(rt, addr: str) -> dict:
+    """End ``addr``'s lockout and its failure count (``appliance unlock``);
+    recorded as an event. Returns ``{"address", "was_locked", "failures"}``."""
+    r = rt.redis
+    pipe = r.pipeline()
+    pipe.ttl(K_LOCK.format(addr))
+    pipe.get(K_FAIL.format(addr))
+    pipe.delete(K_LOCK.format(addr), K_FAIL.format(addr))
+    ttl, fails, _ = pipe.execute()
+    out = {"address": addr, "was_locked": bool(ttl and ttl > 0),
+           "failures": int(fails) if fails else 0}
+    from .. import store
+    with rt.conn() as conn:
+        store.add_event(conn, "info", "auth",
+                        f"{addr} unlocked by the operator ("
+                        + ("it was locked out, " if out["was_locked"] else "not locked out, ")
+                        + f"{out['failures']} failure(s) cleared)", out)
+    return out
+
+
 def count_refusal(kind: str) -> None:
     r = _redis()
     try:
@@ -346,6 +366,18 @@ def _unauthorized(scope: str):
     return redirect(target)
 
 
+def _admin_view() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, "requires_admin", False))
+
+
+def _bad_token():
+    resp = api_error(401, "unauthorized", "the Bearer token is not valid (unknown, or a "
+                                          "revoked API key)")
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="appliance", error="invalid_token"'
+    return resp
+
+
 def gate():
     """The app-wide check of every request (see the module's docstring)."""
     if request.endpoint in OPEN_ENDPOINTS:
@@ -361,9 +393,11 @@ def gate():
         p = identify(tok)
         g.principal = p
         if p is None:
-            # counted whatever the endpoint; answered by the checks below (a read
-            # surface that is open ignores it, an admin endpoint says 401 or 403)
+            # unknown or revoked: refused whatever the endpoint, also where reads
+            # are open (a revoked key must stop working), and counted
             record_failure(addr, "api", "a wrong Bearer token")
+            if not _admin_view():  # an admin endpoint says 401, or 403 while admin is off
+                return _bad_token()
         elif p.kind == "api_key":
             refused = _count_key_use(p)
             if refused is not None:
@@ -389,11 +423,16 @@ def require_admin(fn):
                              "admin endpoints are disabled: set server.admin_token in "
                              "appliance.yaml (e.g. admin_token: ${APPLIANCE_ADMIN_TOKEN}) and reload")
         p = identify(_token_from_header())  # the API takes no cookies: no CSRF to fear
-        if p is None or not p.can(ADMIN):
+        if p is None:
             return api_error(401, "unauthorized",
                              "this endpoint needs 'Authorization: Bearer <server.admin_token>' "
                              "or an API key with the admin scope")
+        if not p.can(ADMIN):
+            return api_error(403, "forbidden",
+                             f"{p.name} ({p.kind}) has no admin scope: this endpoint needs "
+                             f"server.admin_token or an API key with the admin scope")
         return fn(*a, **kw)
+    wrapper.requires_admin = True
     return wrapper
 
 

@@ -6,7 +6,7 @@ import logging
 
 import psycopg
 import redis
-from flask import jsonify, request
+from flask import current_app, g, jsonify, request
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
@@ -29,6 +29,25 @@ class BadRequest(Exception):
 def _is_api_path() -> bool:
     p = request.path
     return p.startswith("/api/") or p in ("/health", "/metrics")
+
+
+def retry_on_primary(e: Exception):
+    """A GET whose read failed on the replica (now marked down) is answered
+    once more, its reads on the primary; the response, or None (not such a
+    failure, a timeout, already retried, or the primary failed too)."""
+    if not getattr(e, "replica_read_failed", False) or request.method not in ("GET", "HEAD") \
+            or g.get("replica_retried") or isinstance(e, psycopg.errors.QueryCanceled):
+        return None
+    g.replica_retried = True
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is None:
+        return None
+    try:
+        return current_app.make_response(
+            current_app.ensure_sync(view)(**(request.view_args or {})))
+    except Exception:  # noqa: BLE001 - the original error is answered instead
+        log.exception("the read failed on the primary too: %s %s", request.method, request.path)
+        return None
 
 
 def register(app) -> None:
@@ -80,6 +99,8 @@ def register(app) -> None:
     @app.errorhandler(psycopg.OperationalError)
     @app.errorhandler(PoolTimeout)
     def _db_down(e):
+        if (again := retry_on_primary(e)) is not None:
+            return again
         if isinstance(e, psycopg.errors.QueryCanceled):
             return api_error(503, "timeout", "the query took too long; narrow the range")
         log.warning("database unavailable: %s", e)
@@ -104,6 +125,8 @@ def register(app) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):
+        if (again := retry_on_primary(e)) is not None:
+            return again
         if isinstance(e, psycopg.errors.QueryCanceled):
             return api_error(503, "timeout", "the query took too long; narrow the range")
         log.exception("unhandled error on %s %s", request.method, request.path)

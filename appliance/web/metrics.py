@@ -94,13 +94,14 @@ class StoreCollector:
 def _replica(r: dict):
     """The read replica: up, its replay lag (absent when off or unknown)."""
     up = GaugeMetricFamily("appliance_replica_up",
-                           "1 when the read replica answers (ok or lagging), 0 when it is down; "
+                           "1 when the read replica answers (ok or lagging), 0 when it is down "
+                           "or refused (not a standby of this primary); "
                            "absent when none is configured")
     lag = GaugeMetricFamily("appliance_replica_lag_seconds",
                             "replay lag of the read replica (0 when it has replayed everything "
                             "it received)")
     if r.get("configured"):
-        up.add_metric([], 0 if r.get("state") == "down" else 1)
+        up.add_metric([], 0 if r.get("state") in ("down", "refused") else 1)
         if r.get("lag_seconds") is not None:
             lag.add_metric([], float(r["lag_seconds"]))
     yield up

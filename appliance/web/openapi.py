@@ -128,6 +128,25 @@ def _brief_schemas() -> dict:
             "ConfigReload": config_reload, "Alert": alert}
 
 
+def _replica_schema() -> dict:
+    """/health's ``replica`` object."""
+    return _obj({
+        "configured": {**BOOL, "description": "database.read_url is set"},
+        "state": {"type": "string", "enum": ["ok", "lagging", "down", "refused", "off"],
+                  "description": "off: no replica configured; lagging: its replay lag is "
+                                 "above database.max_replica_lag_seconds; down: it does "
+                                 "not answer; refused: it is not a standby of this "
+                                 "primary (not in recovery, another system identifier, "
+                                 "or the migrations missing). Lagging, down or refused "
+                                 "makes the status degraded."},
+        "reason": {**STR, "description": "why the replica is down or refused"},
+        "lag_seconds": _n({"type": "number", "minimum": 0}),
+        "serving_reads": {**BOOL, "description": "API and console reads go to the replica "
+                                                 "(else to the primary)"}},
+        ["configured", "state", "lag_seconds", "serving_reads"],
+        description="The streaming replica that serves reads (database.read_url).")
+
+
 def _status_schemas() -> dict:
     """Health, status and the pieces they are made of."""
     health = _obj({
@@ -153,16 +172,7 @@ def _status_schemas() -> dict:
                              "state": {"type": "string", "enum": ["running", "restarting"]},
                              "pid": _n(INT), "restarts": INT, "last_exit_code": _n(INT),
                              "last_error": {"type": "array", "items": STR}})}),
-        "replica": _obj({
-            "configured": {**BOOL, "description": "database.read_url is set"},
-            "state": {"type": "string", "enum": ["ok", "lagging", "down", "off"],
-                      "description": "off: no replica configured; lagging: its replay lag is "
-                                     "above database.max_replica_lag_seconds; down: it does "
-                                     "not answer. Lagging or down makes the status degraded."},
-            "lag_seconds": _n({"type": "number", "minimum": 0}),
-            "serving_reads": {**BOOL, "description": "API and console reads go to the replica "
-                                                     "(else to the primary)"}},
-            description="The streaming replica that serves reads (database.read_url)."),
+        "replica": _replica_schema(),
         "reasons": {"type": "array", "items": STR}})
     database = _obj({
         "status": {"type": "string", "enum": ["ok", "error"]},

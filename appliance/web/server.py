@@ -79,9 +79,24 @@ def warm_up(app) -> None:
         log.exception("could not build the %s trading calendar", rt.config["calendar"])
 
 
+#: the longest unix socket path the kernel takes (sun_path is 108 bytes with its NUL)
+MAX_SOCKET_PATH = 100
+
+
+def control_socket(cfg) -> dict:
+    """gunicorn's control socket, one per instance (in data_dir), never the
+    default ``~/.gunicorn/gunicorn.ctl`` every instance of a user would share;
+    none when data_dir is too deep for a unix socket path."""
+    path = str(Path(cfg["data_dir"]).resolve() / "gunicorn.ctl")
+    if len(path.encode()) > MAX_SOCKET_PATH:
+        return {"control_socket_disable": True}
+    return {"control_socket": path, "control_socket_mode": 0o600}
+
+
 def gunicorn_options(cfg) -> dict:
     s = cfg["server"]
     return {
+        **control_socket(cfg),
         "bind": s["bind"],
         "workers": s["workers"],
         # gevent: a slow or stalled client costs a greenlet, not one of a few

@@ -326,8 +326,23 @@ class PolygonFake(FakeServer):
             return self._grouped(parts[7], query, rid)
         if path.rstrip("/") == "/v3/reference/splits":
             return self._splits_page(query, rid)
+        if len(parts) == 4 and parts[:3] == ["v3", "reference", "tickers"]:
+            return self._ticker(parts[3], rid)
         return Response(404, {"status": "NOT_FOUND", "request_id": rid,
                               "message": "Not found: " + path})
+
+    def _ticker(self, ticker: str, rid: str) -> Response:
+        """``/v3/reference/tickers/{ticker}``: the tickers it has bars for are
+        known; any other is answered as the vendor answers an unknown one."""
+        with self._dlock:
+            known = ticker in self._data
+        if not known:
+            return Response(404, {"status": "NOT_FOUND", "request_id": rid,
+                                  "message": "Ticker not found."})
+        return Response(200, {"results": {"ticker": ticker, "name": ticker, "market": "stocks",
+                                          "locale": "us", "active": True,
+                                          "currency_name": "usd"},
+                              "status": "OK", "request_id": rid})
 
     @staticmethod
     def _parse_when(s: str) -> np.datetime64:

@@ -21,6 +21,7 @@ from appliance import backfill as backfill_domain
 from appliance.jobs import backfill, runs
 from appliance.jobs import backup as backup_job
 from appliance.jobs import restore_test as restore_job
+from appliance.config import DEFAULTS
 from appliance.runtime import Runtime
 
 from tests.conftest import write_config
@@ -285,3 +286,76 @@ def test_a_failed_monthly_job_opens_an_alert_on_its_first_failure(runtime):
 def test_history_lineage_is_per_database(database_url):
     with psycopg.connect(database_url) as c:
         assert history.instance_id(c)
+
+
+@pytest.mark.slow
+def test_the_recovery_procedure_fences_a_queued_job_and_refuses_a_wrong_read_url(
+        runtime, database_url, pg_server_url, template_db, redis_url, tmp_path):
+    """OPERATIONS.md's recovery section, walked on a second install that had
+    queued a job before the restore and whose ``read_url`` names a database
+    that is not a standby: the queued job runs as its own restored run, never
+    into the archive's, and the replica is refused, never ``ok``."""
+    import uuid
+
+    from tests.conftest import _as_url, _replace_db
+    old = runtime
+    _backfill(old)
+    b = runs.execute(old, "backup", runs.manual_slot(), backup_job.run, params={})
+    archived = {r[0]: r[1] for r in _runs(database_url)}
+    made = []
+    for prefix in ("appl_w_", "appl_r_"):
+        name = prefix + uuid.uuid4().hex[:10]
+        with psycopg.connect(pg_server_url, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template_db}"'
+                                                     if prefix == "appl_w_" else ""))
+        made.append((name, _as_url(_replace_db(pg_server_url, name))))
+    (_, url), (_, wrong_replica) = made
+    with psycopg.connect(url) as c:  # another install: its own lineage
+        c.execute("UPDATE appliance_instance SET id = gen_random_uuid()")
+    quiet = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}
+    host = tmp_path / "second"
+    host.mkdir()
+    cfg = write_config(host / "appliance.yaml", url, redis_url, schedules=quiet,
+                       data_dir=str(host / "var"),
+                       database={"url": url, "read_url": wrong_replica},
+                       backup={"path": old.config["backup"]["path"], "min_free_pct": 1})
+    try:
+        queued = _cli("appliance run disk_check --enqueue", cfg).stdout
+        rid = int(re.search(r"run (\d+)", queued).group(1))
+        assert rid in archived, "the queued run's id must name another run in the archive"
+        cmds = _recovery_commands()
+        _cli(cmds[0], cfg)
+        res = json.loads(_cli(cmds[2], cfg).stdout)
+        assert res["status"] == "ok" and res["fence"]["repointed"] == 1, res
+        assert "error" not in res["alerts"]
+        _cli("appliance worker --burst", cfg)
+        after = {r[0]: r[1:] for r in _runs(url)}
+        assert {k: v[0] for k, v in after.items() if k in archived} == archived
+        mine = [k for k, v in after.items() if v[0] == "disk_check" and k not in archived]
+        assert len(mine) == 1 and after[mine[0]][1] == "ok", after
+        assert not [v for v in after.values() if v[1] in ("queued", "running")]
+        for cmd in cmds[3:]:
+            if cmd.startswith("appliance kept-databases --drop"):
+                kept = _cli("appliance kept-databases", cfg).stdout.split()
+                name = next(k for k in kept if "_old_" in k)
+                cmd = re.sub(r"market_data_old_\S+", name, cmd)
+            _cli(cmd, cfg)
+        # step 6's checks, and the daily `appliance status`: the replica is refused, with why
+        from appliance.web import create_app
+        rt = Runtime.from_path(cfg)
+        rt.open()
+        try:
+            client = create_app(runtime=rt).test_client()
+            h = client.get("/health").get_json()
+            assert h["replica"]["state"] == "refused" and "not a standby" in h["replica"]["reason"]
+            assert client.get("/api/v1/status").status_code == 200
+            assert client.get("/api/v1/symbols").status_code == 200
+        finally:
+            rt.close()
+        st = _cli("appliance status", cfg, check=False)
+        assert st.returncode != 0 and "refused" in st.stdout and "not a standby" in st.stdout
+    finally:
+        _drop_kept(url, backups.db_name(url))
+        with psycopg.connect(pg_server_url, autocommit=True) as c:
+            for name, _ in made:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

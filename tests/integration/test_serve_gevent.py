@@ -122,3 +122,17 @@ def test_the_worker_builds_the_trading_calendar_before_serving(runtime, monkeypa
     assert runtime.config["calendar"] not in calendar._cache
     warm_up(app)
     assert runtime.config["calendar"] in calendar._cache
+
+
+def test_each_instance_has_its_own_gunicorn_control_socket(config_factory, tmp_path):
+    """Not the shared ``~/.gunicorn/gunicorn.ctl``: one per data_dir (or none
+    when that path is too long for a unix socket)."""
+    from appliance.config import load_config
+    from appliance.web.server import gunicorn_options
+    cfg = load_config(config_factory(data_dir=str(tmp_path / "v")))
+    opts = gunicorn_options(cfg)
+    assert opts["control_socket"] == str(tmp_path / "v" / "gunicorn.ctl")
+    assert opts["control_socket_mode"] == 0o600
+    deep = tmp_path / ("d" * 120)
+    opts = gunicorn_options(load_config(config_factory(data_dir=str(deep))))
+    assert opts.get("control_socket_disable") is True and "control_socket" not in opts

@@ -48,7 +48,7 @@ def test_keys_read_by_scope_are_limited_and_counted(config_factory):
         assert c.get("/api/v1/symbols").status_code == 401
         assert c.get("/api/v1/symbols", headers=h(rk)).status_code == 200
         assert c.get("/api/v1/historical/AAPL?format=csv", headers=h(rk)).status_code == 200
-        assert c.post("/api/v1/backups", headers=h(rk)).status_code == 401  # read scope only
+        assert c.post("/api/v1/backups", headers=h(rk)).status_code == 403  # read scope only
         assert c.post("/api/v1/backups", headers=h(ak)).status_code == 202  # admin scope
         assert c.get("/api/v1/status", headers=h(ADMIN_TOKEN)).status_code in (200, 503)
         # requests_per_minute 3: of 8 requests at most 6 pass (3 per minute,

@@ -248,3 +248,24 @@ def test_redaction_covers_the_secret_and_any_api_key_parameter():
 def test_a_short_key_is_redacted_as_a_value_without_mangling_the_url():
     assert redact_text("/v2/aggs/ticker/X?apiKey=k", ("k",)) == "/v2/aggs/ticker/X?apiKey=REDACTED"
     assert redact_text("Authorization: Bearer k", ("k",)) == "Authorization: Bearer REDACTED"
+
+
+def test_a_connection_error_keeps_its_cause_after_redaction():
+    """The vendor error says why it could not connect (not a cut-off
+    ``(Caused by N…``), and redaction keeps that while hiding the key."""
+    import socket
+
+    from appliance.redaction import redact
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there: connection refused
+    c = HttpClient("polygon", 6000, timeout_seconds=2, max_retries=0, max_retry_seconds=2,
+                   backoff_base=0.01)
+    with pytest.raises(ProviderError) as ei:
+        c.get_json(f"http://127.0.0.1:{port}/v2/aggs/ticker/AAPL/range/1/day/2024-01-01/"
+                   f"2024-01-05", params={"apiKey": "k3y-that-is-secret"}, redact=["k3y-that-is-secret"])
+    shown = redact(ei.value.message)
+    assert "Connection refused" in shown, shown
+    assert "k3y-that-is-secret" not in shown
+    assert f"http://127.0.0.1:{port}/v2/aggs/ticker/AAPL" in shown

@@ -36,20 +36,16 @@ def run_view(r: dict) -> dict:
         errors.extend(f"{k}: {v}" for k, v in failed.items())
     elif isinstance(failed, list) and failed:
         errors.extend(str(x) for x in failed)
-    pct = None
-    if prog.get("months_total"):  # the minute phase of a backfill
-        pct = round(100 * (prog.get("months_done") or 0) / prog["months_total"])
-    elif prog.get("symbols_total"):
-        pct = round(100 * (prog.get("symbols_done") or 0) / prog["symbols_total"])
-    elif prog.get("sessions_total"):
-        pct = round(100 * (prog.get("sessions_done") or 0) / prog["sessions_total"])
+    from ...jobs.runs import progress_counts
+    counts = progress_counts(prog)  # the same reading as the CLI's
+    pct = counts["pct"] if counts else None
     steps = prog.get("steps") if isinstance(prog.get("steps"), list) else []
     if steps and pct is None:
         done = sum(1 for s in steps if isinstance(s, dict) and s.get("status") in ("ok", "failed"))
         pct = round(100 * done / len(steps))
     return {**r, "duration_s": dur, "rows": rows, "requests": requests_, "errors": errors,
             "pct": pct, "eta": eta_text(prog["eta_s"]) if "eta_s" in prog else None, "steps": steps, "running": r["status"] not in FINISHED,
-            "progress_obj": prog, "result_obj": res}
+            "progress_obj": prog, "result_obj": res, "counts": counts}
 
 
 @bp.get("/jobs")
