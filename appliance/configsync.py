@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import redis
 
+from . import replica
 from .config import Config, load_config
 from .configdiff import diff_configs
 from .errors import ConfigError
@@ -175,9 +176,23 @@ def validate(rt, sealed: bytes) -> dict:
                 f"the appliance's own data_dir (the same config file and user)"]}
         return {"ok": False, "errors": [f"{rt.config_path}: cannot open the candidate: "
                                         f"{e.__class__.__name__}: {e}"]}
+    why = read_url_refusal(rt, new)
+    if why:
+        return {"ok": False, "errors": [why]}
     return {"ok": True, "diff": diff_configs(rt.current_config(), new),
             "symbols": [[s.symbol, s.since.isoformat(), s.active, list(s.timeframes)]
                         for s in new.symbols]}
+
+
+def read_url_refusal(rt, new: Config) -> str | None:
+    """A new ``database.read_url`` must be a standby of this primary
+    (``replica.verify``): the reason it is not, as a config error, or None."""
+    url = new["database"].get("read_url") or ""
+    if not url or url == (rt.current_config()["database"].get("read_url") or ""):
+        return None
+    why = replica.verify(url, rt.endpoints.database_url)
+    return None if why is None else (f"{new.path}: at $.database.read_url: refused as a "
+                                     f"replica of this database: {why}")
 
 
 # --------------------------------------------------------------------------- proposing

@@ -80,6 +80,9 @@ def reload_config(rt, *, source: str, actor: str | None = None,
                 new = load_config(old.path, text=text)
             except ConfigError as e:
                 return _refuse(rt, source, actor, e.errors, None)
+            why = configsync.read_url_refusal(rt, new)
+            if why:
+                return _refuse(rt, source, actor, [why], None)
             diff, symbols, sha = diff_configs(old, new), new.symbols, new.sha256
             version = rt.publish_config(new)
         return _applied(rt, source, actor, diff, symbols, sha, version)

@@ -50,6 +50,30 @@ def retry_on_primary(e: Exception):
         return None
 
 
+def _read_chunked(limit: int):
+    """A chunked body has no Content-Length: read it here, up to one byte
+    past the limit, so that a body over it is refused (413) instead of
+    being cut at the limit and accepted."""
+    env = request.environ
+    stream = env["wsgi.input"]
+    buf = bytearray()
+    while len(buf) <= limit:
+        chunk = stream.read(limit + 1 - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    if len(buf) > limit:
+        return api_error(413, "payload_too_large",
+                         f"the chunked request body is more than {limit} bytes "
+                         f"(server.max_request_bytes)")
+    env["wsgi.input"] = io.BytesIO(bytes(buf))
+    env["CONTENT_LENGTH"] = str(len(buf))
+    env.pop("wsgi.input_terminated", None)
+    request.__dict__.pop("content_length", None)
+    request.__dict__.pop("stream", None)
+    return None
+
+
 def register(app) -> None:
     """The size limit (chunked bodies included) and the JSON answer for every error."""
 
@@ -67,29 +91,6 @@ def register(app) -> None:
         if max_bytes and n is None and \
                 "chunked" in request.headers.get("Transfer-Encoding", "").lower():
             return _read_chunked(max_bytes)
-        return None
-
-    def _read_chunked(limit: int):
-        """A chunked body has no Content-Length: read it here, up to one byte
-        past the limit, so that a body over it is refused (413) instead of
-        being cut at the limit and accepted."""
-        env = request.environ
-        stream = env["wsgi.input"]
-        buf = bytearray()
-        while len(buf) <= limit:
-            chunk = stream.read(limit + 1 - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-        if len(buf) > limit:
-            return api_error(413, "payload_too_large",
-                             f"the chunked request body is more than {limit} bytes "
-                             f"(server.max_request_bytes)")
-        env["wsgi.input"] = io.BytesIO(bytes(buf))
-        env["CONTENT_LENGTH"] = str(len(buf))
-        env.pop("wsgi.input_terminated", None)
-        request.__dict__.pop("content_length", None)
-        request.__dict__.pop("stream", None)
         return None
 
     @app.errorhandler(BadRequest)

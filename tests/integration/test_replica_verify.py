@@ -13,7 +13,7 @@ from appliance import replica
 from appliance.runtime import Runtime
 from tests.conftest import _as_url, _replace_db, write_config
 
-AUTH = {"Authorization": "Bearer test-admin-token"}
+AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
 
 
 @pytest.fixture
@@ -83,3 +83,15 @@ def test_a_read_that_fails_on_the_replica_is_answered_by_the_primary(wrong_repli
         assert r.status_code == 200, (url, r.status_code, r.get_data(as_text=True)[:300])
         assert rt.replica._state.state == "down"
     assert c.get("/api/v1/symbols", headers=AUTH).get_json()["count"] >= 2
+
+
+def test_a_reload_to_a_read_url_that_is_not_a_standby_is_refused_naming_why(
+        config_factory, runtime, empty_db, database_url):
+    from appliance.reload import reload_config
+    assert reload_config(runtime, source="startup")["ok"]
+    config_factory(database={"url": database_url, "read_url": empty_db})
+    res = reload_config(runtime, source="cli")
+    assert res["ok"] is False and res["status"] == 422, res
+    assert "at $.database.read_url: refused as a replica of this database" in res["errors"][0]
+    assert "not a standby" in res["errors"][0]
+    assert not runtime.config["database"]["read_url"]  # nothing changed
