@@ -109,9 +109,8 @@ def migrate(url: str) -> list[int]:
                                  (version, name))
                 log.info("applied migration %04d_%s", version, name)
                 applied_now.append(version)
-            if not is_timescale(conn):
-                year = dt.date.today().year
-                ensure_partitions(conn, year - 1, year + 1)
+            year = dt.date.today().year
+            ensure_partitions(conn, year - 1, year + 1)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied_now
@@ -120,11 +119,6 @@ def migrate(url: str) -> list[int]:
 def schema_version(conn) -> int:
     row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
     return int(row[0] or 0)
-
-
-def is_timescale(conn) -> bool:
-    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() \
-        is not None
 
 
 def existing_partitions(conn) -> set[int]:
@@ -136,10 +130,8 @@ def existing_partitions(conn) -> set[int]:
 
 
 def ensure_partitions(conn, first_year: int, last_year: int) -> list[int]:
-    """Create the yearly partitions of market_data that are missing (plain
-    PostgreSQL only). Partition bounds are UTC year boundaries."""
-    if is_timescale(conn):
-        return []
+    """Create the yearly partitions of market_data that are missing.
+    Partition bounds are UTC year boundaries."""
     have = existing_partitions(conn)
     created = []
     for year in range(first_year, last_year + 1):

@@ -5,7 +5,7 @@ Steps, each recorded as an event of kind ``maintenance`` and listed in the resul
 1. ``ANALYZE`` of the appliance's tables (on a partitioned ``market_data`` this
    also analyzes every partition).
 2. Index bloat, for every B-tree index of the appliance's tables and of
-   ``market_data``'s partitions (or TimescaleDB chunks):
+   ``market_data``'s partitions:
 
    * when the ``pgstattuple`` extension is installed in the database,
      ``pgstatindex()`` measures it: ``bloat = 1 - avg_leaf_density / fillfactor``;
@@ -25,10 +25,10 @@ Steps, each recorded as an event of kind ``maintenance`` and listed in the resul
    nothing. Both can be overridden per run (params ``bloat_threshold_pct``,
    ``min_index_bytes``). Invalid leftovers of an interrupted concurrent rebuild
    (``*_ccnew*``) are dropped first.
-3. Partitions ahead (plain PostgreSQL): yearly partitions of ``market_data``
+3. Partitions ahead: yearly partitions of ``market_data``
    for this year and the next two.
 4. Data retention, only when ``retention.data_years`` is set: whole yearly
-   partitions (TimescaleDB: whole chunks) that end before 1 January of
+   partitions that end before 1 January of
    (this year - data_years) are dropped -- never row-by-row deletes -- and the
    statistics of the symbols that had candles there are recomputed.
 """
@@ -99,26 +99,18 @@ def _retention(rt, conn, cfg, years: int, today: dt.date) -> dict:
     cutoff = dt.date(cutoff_year, 1, 1)
     dropped: list[str] = []
     affected: set[str] = set()
-    if db.is_timescale(conn):
-        affected.update(mnt.symbols_with_data_before(conn, cutoff))
-        store.sessions.lock_timeout(conn, "60s")
-        dropped = mnt.drop_chunks_before(conn, cutoff)
-        for name in dropped:
-            _event(conn, f"retention: dropped chunk {name} (data before {cutoff})",
-                   {"chunk": name, "cutoff": cutoff.isoformat()})
-    else:
-        store.sessions.lock_timeout(conn, "60s")
-        for year in sorted(db.existing_partitions(conn)):
-            if year >= cutoff_year:
-                continue
-            name = f"market_data_y{year:04d}"
-            syms = mnt.symbols_with_data_before(conn, dt.date(year, 12, 31), inclusive=True)
-            rows = mnt.drop_partition(conn, name)
-            affected |= syms
-            dropped.append(name)
-            _event(conn, f"retention: dropped partition {name} ({rows} candle(s); "
-                         f"retention.data_years = {years})",
-                   {"partition": name, "rows": rows, "cutoff": cutoff.isoformat()})
+    store.sessions.lock_timeout(conn, "60s")
+    for year in sorted(db.existing_partitions(conn)):
+        if year >= cutoff_year:
+            continue
+        name = f"market_data_y{year:04d}"
+        syms = mnt.symbols_with_data_before(conn, dt.date(year, 12, 31), inclusive=True)
+        rows = mnt.drop_partition(conn, name)
+        affected |= syms
+        dropped.append(name)
+        _event(conn, f"retention: dropped partition {name} ({rows} candle(s); "
+                     f"retention.data_years = {years})",
+               {"partition": name, "rows": rows, "cutoff": cutoff.isoformat()})
     store.sessions.lock_timeout(conn, None)
     refreshed = []
     if dropped:
@@ -200,15 +192,11 @@ def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None,
 
         # 3. partitions ahead
         report({"phase": "partitions"}, True)
-        if db.is_timescale(conn):
-            result["partitions_created"] = []
-            result["partitions_note"] = "TimescaleDB creates chunks as data arrives"
-        else:
-            created = db.ensure_partitions(conn, today.year, today.year + 2)
-            result["partitions_created"] = [f"market_data_y{y:04d}" for y in created]
-            if created:
-                _event(conn, f"maintenance: created partitions {result['partitions_created']}",
-                       {"partitions": result["partitions_created"]})
+        created = db.ensure_partitions(conn, today.year, today.year + 2)
+        result["partitions_created"] = [f"market_data_y{y:04d}" for y in created]
+        if created:
+            _event(conn, f"maintenance: created partitions {result['partitions_created']}",
+                   {"partitions": result["partitions_created"]})
 
         # 4. data retention
         years = cfg.get("retention.data_years")

@@ -1,9 +1,8 @@
 """Performance review (quarterly, and on demand).
 
 * ``database_bytes``: ``pg_database_size`` of the appliance's database.
-* ``market_data``: rows, bytes (table + indexes + TOAST of every partition, or
-  ``hypertable_size`` under TimescaleDB) and the average bytes per row
-  (bytes / rows).
+* ``market_data``: rows, bytes (table + indexes + TOAST of every partition)
+  and the average bytes per row (bytes / rows).
 * ``growth``: candles ingested per month (``market_data.ingested_at``; a
   re-written candle counts in the month of its last write) and the estimated
   bytes they take (rows x the average bytes per row above). One scan of
@@ -18,14 +17,12 @@
   installed in the database (it also needs ``shared_preload_libraries``);
   otherwise ``pg_stat_statements.message`` says why there are none.
 * ``tables`` / ``indexes``: the ``TOP`` largest (bytes).
-* ``compression``: TimescaleDB's compression ratio of ``market_data`` when the
-  extension is installed, else ``None`` with a note.
 """
 from __future__ import annotations
 
 import logging
 
-from . import db, store
+from . import store
 from .store import performance as perf
 
 log = logging.getLogger("appliance.performance")
@@ -34,8 +31,8 @@ TOP = 20
 SLOW_QUERIES = 10
 
 
-def _market_data(conn, timescale: bool) -> dict:
-    size = perf.market_data_bytes(conn, timescale)
+def _market_data(conn) -> dict:
+    size = perf.market_data_bytes(conn)
     rows = perf.market_data_rows(conn)
     return {"rows": int(rows), "bytes": size,
             "avg_row_bytes": round(size / rows, 1) if rows else None}
@@ -82,38 +79,19 @@ def _sizes(conn) -> tuple[list[dict], list[dict]]:
             [{"index": f"{s}.{i}", "table": t, "bytes": int(b)} for s, i, t, b in indexes])
 
 
-def _compression(conn, timescale: bool) -> tuple[dict | None, str | None]:
-    if not timescale:
-        return None, "timescaledb is not installed: no compression"
-    try:
-        row = perf.compression_stats(conn)
-    except Exception as e:  # noqa: BLE001 - compression not enabled on the hypertable
-        return None, f"compression statistics unavailable: {str(e).strip().splitlines()[0]}"
-    before, after, chunks, compressed = row
-    if not compressed:
-        return {"chunks": int(chunks or 0), "compressed_chunks": 0, "ratio": None}, \
-            "no compressed chunks"
-    return {"chunks": int(chunks or 0), "compressed_chunks": int(compressed),
-            "before_bytes": int(before or 0), "after_bytes": int(after or 0),
-            "ratio": round(before / after, 2) if after else None}, None
-
-
 def review(rt, run_id, report) -> dict:
     with rt.conn() as conn:
-        timescale = db.is_timescale(conn)
         report({"phase": "sizes"}, True)
         database_bytes = store.databases.current_size(conn)
-        md = _market_data(conn, timescale)
+        md = _market_data(conn)
         report({"phase": "growth"}, True)
         growth = _growth(conn, md["avg_row_bytes"])
         by_month, projected = _market_months(conn, md["avg_row_bytes"])
         pss, slow = _slow_queries(conn)
         tables, indexes = _sizes(conn)
-        compression, compression_note = _compression(conn, timescale)
     return {
         "status": "ok",
         "database_bytes": database_bytes,
-        "timescaledb": timescale,
         "market_data": md,
         "growth": growth,
         "growth_method": "rows per month of ingested_at x average bytes per row "
@@ -124,6 +102,4 @@ def review(rt, run_id, report) -> dict:
         "slowest_queries": slow,
         "tables": tables,
         "indexes": indexes,
-        "compression": compression,
-        "compression_note": compression_note,
     }

@@ -229,10 +229,9 @@ def _verified(rt, mconn, ref):
 
 def _restore_checked(cfg, tools, url: str, new: str, ref, say) -> tuple[float, dict]:
     """pg_restore into ``new``, then the restore test's comparison."""
-    ts = bool((ref.manifest.get("database") or {}).get("timescaledb"))
     try:
         secs = restore_into(tools, url, new, ref.archive,
-                            int(cfg["backup"].get("parallel_jobs") or 1), timescale=ts)
+                            int(cfg["backup"].get("parallel_jobs") or 1))
     except CheckFailed as e:
         raise BackupError(e.reason) from None
     say(f"restored in {secs:.1f} s; comparing with the manifest")

@@ -41,8 +41,15 @@ class CheckFailed(Exception):
 
 
 def verify_archive_file(ref: BackupRef) -> dict:
-    """Size and sha256 of the archive against its manifest; raises CheckFailed."""
+    """Size and sha256 of the archive against its manifest; raises CheckFailed.
+    An archive of a TimescaleDB database (written by older versions, whose
+    manifest says ``database.timescaledb``) is refused: the appliance stores
+    plain PostgreSQL only and cannot restore hypertables."""
     a, m = ref.archive, ref.manifest
+    if (m.get("database") or {}).get("timescaledb"):
+        raise CheckFailed("verify sha256", f"{a.name} was taken from a TimescaleDB database; "
+                                           f"this version stores plain PostgreSQL only and "
+                                           f"cannot restore it")
     if not a.exists():
         raise CheckFailed("verify sha256", f"archive missing: {a}")
     size = a.stat().st_size
@@ -60,21 +67,14 @@ def verify_archive_file(ref: BackupRef) -> dict:
     return {"sha256": digest, "size_bytes": size}
 
 
-def restore_into(tools: Tools, url: str, dbname: str, archive: Path, jobs: int,
-                 timescale: bool = False) -> float:
+def restore_into(tools: Tools, url: str, dbname: str, archive: Path, jobs: int) -> float:
     """pg_restore --exit-on-error --jobs --no-owner into ``dbname``; seconds taken.
     Raises CheckFailed('restore', reason)."""
     target, env = tool_target(url, dbname)
-    if timescale:
-        with psycopg.connect(url_for(url, dbname), autocommit=True) as c:
-            store.scratch.timescale_pre_restore(c)
     t = time.monotonic()
     rc, _, err = _run_tool([tools("pg_restore"), "--exit-on-error", f"--jobs={max(1, jobs)}",
                             "--no-owner", "--no-password", f"--dbname={target}", str(archive)], env)
     secs = time.monotonic() - t
-    if timescale:
-        with psycopg.connect(url_for(url, dbname), autocommit=True) as c:
-            store.scratch.timescale_post_restore(c)
     if rc != 0:
         first = _first_error(err)
         # a cut-off archive shows as a short read, or (its table of contents
@@ -199,8 +199,7 @@ def restore_test(rt, backup="latest", report=None, run_id: int | None = None) ->
             steps.ok("create scratch database", scratch)
             jobs = int(cfg["backup"].get("parallel_jobs") or 1)
             steps.start("restore", f"pg_restore --jobs={jobs} into {scratch}")
-            ts = bool((ref.manifest.get("database") or {}).get("timescaledb"))
-            secs = restore_into(tools, url, scratch, ref.archive, jobs, timescale=ts)
+            secs = restore_into(tools, url, scratch, ref.archive, jobs)
             result["restore_seconds"] = round(secs, 3)
             steps.ok("restore", f"{secs:.1f} s")
             chk = check_restored(url, scratch, ref.manifest, steps)

@@ -1,6 +1,5 @@
--- The appliance's tables. market_data is a TimescaleDB hypertable when the
--- extension can be created, else natively range-partitioned by year (the
--- appliance creates partitions ahead of the data it writes).
+-- The appliance's tables. market_data is natively range-partitioned by year
+-- (the appliance creates partitions ahead of the data it writes).
 
 CREATE TABLE market_data (
   symbol        text             NOT NULL,
@@ -23,20 +22,6 @@ CREATE TABLE market_data (
   ingested_at   timestamptz      NOT NULL DEFAULT now(),
   PRIMARY KEY (symbol, timeframe, ts)
 ) PARTITION BY RANGE (ts);
-
--- With TimescaleDB the same table becomes a hypertable instead: a hypertable
--- cannot be made from a partitioned table, so it is recreated unpartitioned
--- (it is empty here) with the same columns.
-DO $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
-    CREATE EXTENSION IF NOT EXISTS timescaledb;
-    CREATE TABLE market_data_plain (LIKE market_data INCLUDING ALL);
-    DROP TABLE market_data;
-    ALTER TABLE market_data_plain RENAME TO market_data;
-    PERFORM create_hypertable('market_data', 'ts', chunk_time_interval => interval '1 year');
-  END IF;
-END $$;
 
 CREATE INDEX market_data_gaps ON market_data (ts) WHERE gap_detected;
 CREATE INDEX market_data_invalid ON market_data (symbol, ts) WHERE NOT validated;

@@ -131,12 +131,11 @@ def export_snapshot(conn) -> str:
     return snapshot
 
 
-def database_facts(conn) -> tuple[str, str, int, bool]:
-    """(server_version, server_version_num, database bytes, has timescaledb)."""
+def database_facts(conn) -> tuple[str, str, int]:
+    """(server_version, server_version_num, database bytes)."""
     return conn.execute(
         """SELECT current_setting('server_version'), current_setting('server_version_num'),
-                  pg_database_size(current_database()),
-                  EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"""
+                  pg_database_size(current_database())"""
     ).fetchone()
 
 

@@ -102,15 +102,6 @@ def symbols_with_data_before(conn, day: dt.date, *, inclusive: bool = False) -> 
         f"SELECT symbol FROM symbol_stats WHERE first_session {op} %s", (day,))}
 
 
-def drop_chunks_before(conn, cutoff: dt.date) -> list[str]:
-    """TimescaleDB: drop ``market_data``'s chunks that end before ``cutoff``
-    (midnight in New York); their names."""
-    rows = conn.execute(
-        "SELECT drop_chunks('market_data', older_than => (%s::date::timestamp "
-        "AT TIME ZONE 'America/New_York'))", (cutoff,)).fetchall()
-    return [str(r[0]) for r in rows]
-
-
 def drop_partition(conn, name: str) -> int:
     """Drop the partition table ``name``; the rows it held."""
     rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(

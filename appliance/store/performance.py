@@ -1,17 +1,13 @@
 """The performance review's SQL: database, table and index sizes, candles
-per month, ``pg_stat_statements`` and TimescaleDB's compression statistics."""
+per month and ``pg_stat_statements``."""
 from __future__ import annotations
 
 
-def market_data_bytes(conn, timescale: bool) -> int:
-    """Bytes of ``market_data`` (table + indexes + TOAST of every partition, or
-    ``hypertable_size`` under TimescaleDB)."""
-    if timescale:
-        size = conn.execute("SELECT hypertable_size('market_data')").fetchone()[0]
-    else:
-        size = conn.execute(
-            """SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)
-               FROM pg_inherits i WHERE i.inhparent = 'market_data'::regclass""").fetchone()[0]
+def market_data_bytes(conn) -> int:
+    """Bytes of ``market_data`` (table + indexes + TOAST of every partition)."""
+    size = conn.execute(
+        """SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)
+           FROM pg_inherits i WHERE i.inhparent = 'market_data'::regclass""").fetchone()[0]
     return int(size or 0)
 
 
@@ -81,12 +77,3 @@ def largest_indexes(conn, limit: int) -> list[tuple]:
              AND n.nspname NOT LIKE 'pg\\_temp%%'
            ORDER BY 4 DESC, 2 LIMIT %s""", (limit,)).fetchall()
 
-
-def compression_stats(conn) -> tuple:
-    """TimescaleDB: (bytes before, bytes after, chunks, compressed chunks) of
-    ``market_data``; raises when compression is not enabled."""
-    with conn.transaction():
-        return conn.execute(
-            """SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes),
-                      sum(total_chunks), sum(number_compressed_chunks)
-               FROM hypertable_compression_stats('market_data')""").fetchone()

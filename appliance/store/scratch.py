@@ -9,11 +9,3 @@ def has_catalogue(conn) -> bool:
     return bool(conn.execute("SELECT to_regclass('public.backups') IS NOT NULL").fetchone()[0])
 
 
-def timescale_pre_restore(conn) -> None:
-    """TimescaleDB ready to take a pg_restore (the extension created first)."""
-    conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    conn.execute("SELECT timescaledb_pre_restore()")
-
-
-def timescale_post_restore(conn) -> None:
-    conn.execute("SELECT timescaledb_post_restore()")

@@ -15,14 +15,15 @@ if TYPE_CHECKING:  # imported in create_app: ``web.server`` runs in the gunicorn
 
 log = logging.getLogger("appliance.web")
 
-ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).resolve().parents[1]
+ROOT = PACKAGE.parent
 
 
 def _asset_dir(name: str) -> str:
-    """templates/ and static/ live at the top of the source tree; an installed
-    package finds them through APPLIANCE_HOME or its data files."""
-    for base in (os.environ.get("APPLIANCE_HOME"), str(ROOT), "/usr/share/market-data-appliance",
-                 os.path.join(os.sys.prefix, "share", "market-data-appliance")):
+    """templates/ and static/: APPLIANCE_HOME when set, else inside the
+    installed package (the wheel maps them to appliance/templates and
+    appliance/static), else the top of the source tree (a checkout)."""
+    for base in (os.environ.get("APPLIANCE_HOME"), str(PACKAGE), str(ROOT)):
         if base and (Path(base) / name).is_dir():
             return str(Path(base) / name)
     return str(ROOT / name)

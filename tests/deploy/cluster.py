@@ -27,6 +27,7 @@ import hashlib
 import shlex
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -38,7 +39,8 @@ SUBNET = "10.77.0"
 GATEWAY = f"{SUBNET}.1"
 PREFIX_LEN = 24
 WHEELHOUSE = "/var/cache/appliance-wheels"
-ROLES_DIR = Path(__file__).resolve().parents[2] / "ansible" / "roles"
+REPO = Path(__file__).resolve().parents[2]
+ROLES_DIR = REPO / "ansible" / "roles"
 # services the packages enable on install; the roles enable them where they run
 DISABLED_SERVICES = ("postgresql.service", "redis-server.service")
 
@@ -54,8 +56,14 @@ def _role_packages() -> list[str]:
     return sorted(set(pkgs))
 
 
+def _build_requires() -> list[str]:
+    """pyproject.toml's build backend requirements."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+
+
 def _build_script(packages: list[str]) -> str:
     """What runs in the builder (the cache is keyed on it)."""
+    backend = " ".join(shlex.quote(r) for r in _build_requires())
     return " && ".join([
         "apt-get update -qq",
         f"apt-get install -y -qq {' '.join(packages)}",
@@ -73,7 +81,7 @@ def _build_script(packages: list[str]) -> str:
         " -r /opt/appliance/src/requirements.lock",
         f"/tmp/wheel-build/bin/pip wheel -q --no-deps --wheel-dir {WHEELHOUSE} /opt/appliance/src",
         # the build backend, for `pip install --no-index` of the source tree
-        f"/tmp/wheel-build/bin/pip download -q --dest {WHEELHOUSE} 'setuptools>=68' wheel",
+        f"/tmp/wheel-build/bin/pip download -q --dest {WHEELHOUSE} {backend}",
         "rm -rf /tmp/wheel-build /opt/appliance/src /var/lib/apt/lists/partial",
     ])
 

@@ -112,23 +112,25 @@ def _apt_opt_files() -> list[Path]:
     return out
 
 
-def rootfs_tarball(log=print) -> Path:
+def rootfs_tarball(log=print, include: tuple[str, ...] = INCLUDE, name: str = "debian") -> Path:
     """The cached root filesystem tarball, built with mmdebstrap on first use.
-    Keyed on everything that decides its content, so a change rebuilds it."""
+    Keyed on everything that decides its content, so a change rebuilds it.
+    ``include``: the packages beyond the variant's (the container journey
+    asks for a slim Python base instead of a systemd host)."""
     opts = _apt_opt_files()
     key = hashlib.sha256(json.dumps({
-        "suite": SUITE, "variant": VARIANT, "include": sorted(INCLUDE),
+        "suite": SUITE, "variant": VARIANT, "include": sorted(include),
         "sources": APT_SOURCES.read_text(), "aptopt": [f.read_text() for f in opts],
     }, sort_keys=True).encode()).hexdigest()[:16]
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE_DIR / f"debian-{SUITE}-{VARIANT}-{key}.tar"
+    tarball = CACHE_DIR / f"{name}-{SUITE}-{VARIANT}-{key}.tar"
     with open(CACHE_DIR / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be building the same tarball
         if tarball.exists():
             return tarball
         partial = tarball.with_suffix(".tar.partial")
         t0 = time.monotonic()
-        argv = ["mmdebstrap", f"--variant={VARIANT}", f"--include={','.join(INCLUDE)}",
+        argv = ["mmdebstrap", f"--variant={VARIANT}", f"--include={','.join(include)}",
                 *[f"--aptopt={f}" for f in opts], SUITE, "--format=tar", "-",
                 APT_SOURCES]
         with open(partial, "wb") as out:

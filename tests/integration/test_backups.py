@@ -136,6 +136,8 @@ def test_backup_writes_an_archive_and_a_manifest_from_one_snapshot(loaded, datab
     assert m["appliance_version"] == __version__
     assert m["schema_version"] == db.latest_version()
     assert m["postgres"]["server_version"]
+    # plain PostgreSQL is the only store: the manifest names no TimescaleDB
+    assert set(m["database"]) == {"name", "size_bytes"}
     assert m["config_sha256"] == rt.config.sha256
     assert m["duration_seconds"] > 0
     fp = _fingerprint(database_url)
@@ -522,6 +524,40 @@ def test_a_manifest_that_disagrees_with_the_data_fails_saying_what_differed(
     _assert_failed(rt, res, f"row count market_data: manifest {n + 34}, restored {n}",
                    database_url, live_before, dbs_before)
     assert "rows for symbol AAPL: manifest" in res["error"]
+
+
+def _mark_timescaledb(backup: dict) -> Path:
+    """The manifest of ``backup`` rewritten as an archive of a TimescaleDB
+    database would have it (older versions wrote ``database.timescaledb``)."""
+    mpath = Path(backup["path"]).with_suffix(".json")
+    m = json.loads(mpath.read_text())
+    m["database"]["timescaledb"] = True
+    mpath.write_text(json.dumps(m))
+    return mpath
+
+
+def test_a_timescaledb_archive_fails_the_restore_test_saying_why(loaded, database_url):
+    rt = loaded
+    b = _backup(rt)
+    live_before, dbs_before = _fingerprint(database_url), _databases(database_url, "%")
+    mpath = _mark_timescaledb(b)
+    res = _restore_test(rt, str(mpath))
+    _assert_failed(rt, res, "taken from a TimescaleDB database", database_url,
+                   live_before, dbs_before)
+    assert "plain PostgreSQL" in res["error"]
+
+
+def test_a_full_restore_of_a_timescaledb_archive_changes_nothing(loaded, database_url):
+    rt = loaded
+    b = _backup(rt)
+    live = backups.db_name(database_url)
+    before = _fingerprint(database_url)
+    _mark_timescaledb(b)
+    with pytest.raises(BackupError, match="taken from a TimescaleDB database"):
+        backups.full_restore(rt, b["filename"])
+    assert _fingerprint(database_url) == before
+    assert _databases(database_url, f"{live}_%") == []
+    assert rt.redis.get(backups.SUSPEND_KEY) is None
 
 
 def test_restore_test_of_an_unknown_backup_is_an_error(loaded):
