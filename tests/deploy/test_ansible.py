@@ -585,3 +585,21 @@ def test_the_env_file_runner_keeps_secrets_off_the_command_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "appliance.envfile", str(envf), "true"],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 2 and "line 1: expected NAME=value" in p.stderr
+
+
+@requires_ansible
+@pytest.mark.parametrize("address, refused", [("203.0.113.5", True), ("mda-01.example.com", True),
+                                              ("10.0.0.11", False), ("172.20.1.2", False),
+                                              ("192.168.4.4", False), ("fd00:1::5", False)])
+def test_the_cluster_play_refuses_a_public_private_address(address, refused):
+    """Only the play's checks run (tag always), against this machine."""
+    env = {**os.environ, "ANSIBLE_GATHERING": "explicit"}
+    result = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", "inventory.cluster.example.yml", "site.yml", "--tags",
+         "always", "-e", "ansible_connection=local", "-e", f"appliance_private_address={address}"],
+        cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=300, env=env)
+    out = result.stdout + result.stderr
+    if refused:
+        assert result.returncode != 0 and "not an address of a private network" in out, out[-2000:]
+    else:
+        assert result.returncode == 0, out[-2000:]
