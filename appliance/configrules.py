@@ -162,6 +162,51 @@ def _provider_checks(d: dict, ctx) -> None:
                 "spot_check.source is tiingo but provider.tiingo.api_key is empty")
     if d["alerts"]["email"]["smtp_host"] and not d["alerts"]["email"]["to"]:
         ctx.err(("alerts", "email", "to"), "smtp_host is set but no recipients in 'to'")
+    _credential_checks(d, ctx)
+
+
+def _credential_checks(d: dict, ctx) -> None:
+    """API keys are one name and one key each; SMTP AUTH never in clear."""
+    names: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    for i, k in enumerate(d["server"].get("api_keys") or ()):
+        name, digest = k.get("name"), str(k.get("sha256", "")).lower()
+        if name in names:
+            ctx.err(("server", "api_keys", i, "name"),
+                    f"duplicate API key name {name!r} (first at $.server.api_keys[{names[name]}])")
+        else:
+            names[name] = i
+        if digest in digests:
+            ctx.err(("server", "api_keys", i, "sha256"),
+                    f"the same key as $.server.api_keys[{digests[digest]}] (two names for one "
+                    f"key: give each client its own, appliance api-key new NAME)")
+        else:
+            digests[digest] = i
+    em = d["alerts"]["email"]
+    if em["smtp_host"] and em["username"] and not em["starttls"] \
+            and not is_loopback_host(em["smtp_host"]):
+        ctx.err(("alerts", "email", "starttls"),
+                "starttls is false but a username is set: the login would cross the network "
+                "in clear; set starttls: true (or leave username empty)")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (brackets allowed)."""
+    import ipaddress
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listens_beyond_loopback(server: dict) -> bool:
+    """The web server can be reached from the network: it binds an address other
+    than loopback, or a reverse proxy (the TLS front) forwards to it."""
+    host = server["bind"].rpartition(":")[0]
+    return not is_loopback_host(host) or int(server.get("trusted_proxy_hops") or 0) > 0
 
 
 def _absolutize_paths(d: dict, ctx, base: Path) -> None:

@@ -10,13 +10,16 @@ starts them, the others attach.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -91,7 +94,8 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
         from pgserver.postgres_server import PostgresServer
         if info is None:  # pgserver caches handles per folder: a stopped server's must go
             PostgresServer._instances.pop(pgdata.resolve(), None)
-        srv = pgserver.get_server(pgdata, cleanup_mode=None)
+        with _search_only_prefixes():
+            srv = pgserver.get_server(pgdata, cleanup_mode=None)
         if info is None:
             _started.add(("pg", Path(data_dir)))
     except subprocess.CalledProcessError as e:
@@ -108,6 +112,39 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
     base = srv.get_uri()
     _ensure_database(base, dbname)
     return srv.get_uri(dbname)
+
+
+@contextlib.contextmanager
+def _search_only_prefixes():
+    """As root, pgserver runs PostgreSQL as its own ``pgserver`` user and, so
+    that this user can reach the data folder and the binaries, adds g+rx,o+rx
+    to every folder above them, up to / (var/, the checkout, a home folder...).
+    Here it adds the search bits only (g+x,o+x; pgserver starts the server's
+    user with root's group, hence g+x): that user can pass through, no one can
+    list or read what was private."""
+    if os.geteuid() != 0:
+        yield
+        return
+    import pgserver.postgres_server as pgs
+    with _PATCH_LOCK:
+        saved = pgs.ensure_prefix_permissions
+        pgs.ensure_prefix_permissions = _search_only
+        try:
+            yield
+        finally:
+            pgs.ensure_prefix_permissions = saved
+
+
+_PATCH_LOCK = threading.Lock()
+SEARCH = stat.S_IXGRP | stat.S_IXOTH
+
+
+def _search_only(path: Path) -> None:
+    """g+x,o+x on every folder above ``path`` that lacks them, nothing else."""
+    for folder in Path(path).parents:
+        mode = folder.stat().st_mode
+        if mode & SEARCH != SEARCH:
+            folder.chmod(stat.S_IMODE(mode) | SEARCH)
 
 
 def _postmaster_info(pgdata: Path):
@@ -134,6 +171,8 @@ def stop_embedded_postgres(data_dir: Path) -> None:
     if _postmaster_info(pgdata) is None:
         return
     user = "pgserver" if os.geteuid() == 0 else None
+    if user:  # var/ may have been made 0700 again since the start (secure_dir)
+        _search_only(pgdata.resolve())
     cmd = [str(pg_bin_dir_embedded() / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=60, user=user)

@@ -169,8 +169,13 @@ def is_admin() -> bool:
 
 
 def read_gated() -> bool:
+    """Reads need a credential: a read token or login_for_read is configured, or
+    the server can be reached from the network and the operator did not open
+    reads explicitly (server.anonymous_reads)."""
+    from ..configrules import listens_beyond_loopback
     s = _server()
-    return bool(s["read_token"] or s["login_for_read"])
+    return bool(s["read_token"] or s["login_for_read"]
+                or (listens_beyond_loopback(s) and not s.get("anonymous_reads")))
 
 
 def client_addr() -> str:
@@ -356,7 +361,9 @@ def _unauthorized(scope: str):
         what = ("/metrics needs 'Authorization: Bearer <server.metrics_token>' (or a read "
                 "credential)" if scope == METRICS else
                 "reading needs 'Authorization: Bearer <server.read_token>' or an API key "
-                "with the read scope")
+                "with the read scope (the server can be reached from the network, or "
+                "server.read_token or server.login_for_read is set; server.anonymous_reads "
+                "opens reads)")
         resp = api_error(401, "unauthorized", what)
         resp.headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
         return resp

@@ -364,9 +364,14 @@ def _limit(default: int, maximum: int) -> dict:
 
 
 ADMIN = [{"bearerAuth": []}]
-READ_NOTE = ("Open unless server.read_token is set or server.login_for_read is true; then "
-             "it needs 'Authorization: Bearer <read_token, admin_token or an API key with the "
-             "read scope>'.")
+METRICS_NOTE = ("Open unless server.metrics_token or server.read_token is set, "
+                "server.login_for_read is true, or the server can be reached from the network "
+                "without server.anonymous_reads; then it needs 'Authorization: Bearer "
+                "<metrics_token or a read credential>'.")
+READ_NOTE = ("Open on loopback unless server.read_token is set or server.login_for_read is "
+             "true, and beyond loopback (or behind a proxy) unless server.anonymous_reads is "
+             "true; otherwise it needs 'Authorization: Bearer <read_token, admin_token or an "
+             "API key with the read scope>'.")
 
 
 def _read(summary: str, ok: dict, params: list | None = None, errors=("400", "401", "503"),
@@ -411,9 +416,7 @@ def _data_paths() -> dict:
                                                        "unreachable.")}}},
         "/metrics": {"get": {
             "summary": "Prometheus metrics",
-            "description": "Open unless server.metrics_token or server.read_token is set or "
-                           "server.login_for_read is true; then it needs 'Authorization: "
-                           "Bearer <metrics_token or a read credential>'.",
+            "description": METRICS_NOTE,
             "security": [{}, {"bearerAuth": []}],
             "responses": {"200": {"description": "Prometheus text exposition format.",
                                   "content": {"text/plain": {"schema": STR}}},

@@ -8,9 +8,10 @@ vendor listens. The bridge exists only while the test runs.
 The hosts have no route out of the bridge, so what a deploy would download
 is put into their root filesystem beforehand: ``cluster_rootfs`` is the
 cached Debian root filesystem of ``host.rootfs_tarball`` plus the Debian
-packages the roles install and a wheelhouse of the appliance's Python
-dependencies (``WHEELHOUSE``; the deploy installs with ``pip --no-index
---find-links``). It is built once, with the machine's network, and cached
+packages the roles install, the appliance's locked Python dependencies
+installed (hash-checked) in the role's virtualenv, and a wheelhouse with the
+package's build backend (``WHEELHOUSE``; the deploy installs with ``pip
+--no-index --find-links``). It is built once, with the machine's network, and cached
 next to the base tarball, keyed on the package lists and pyproject.toml.
 
 Each host's nspawn runs in a cgroup of its own (``mda-cluster/<name>``):
@@ -39,6 +40,7 @@ SUBNET = "10.77.0"
 GATEWAY = f"{SUBNET}.1"
 PREFIX_LEN = 24
 WHEELHOUSE = "/var/cache/appliance-wheels"
+VENV = "/opt/appliance/venv"  # the role's appliance_venv_dir
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "ansible" / "roles"
 # services the packages enable on install; the roles enable them where they run
@@ -75,9 +77,12 @@ def _build_script(packages: list[str]) -> str:
         # the package's new cluster may have got another port; a host's own is 5432.
         "sed -i 's/^port = [0-9]*/port = 5432/' /etc/postgresql/*/main/postgresql.conf",
         "python3 -m venv /tmp/wheel-build",
-        # the very files requirements.lock names (the role installs them with
-        # --require-hashes), then the package itself
-        f"/tmp/wheel-build/bin/pip download -q --require-hashes --dest {WHEELHOUSE}"
+        # The role installs requirements.lock with --require-hashes: a wheel
+        # built here from an sdist would not match its hash, so the locked
+        # packages are installed (hash-checked, with the network) into the
+        # virtualenv the role uses, where the role finds them satisfied;
+        # the wheelhouse holds the package itself and its build backend.
+        f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --require-hashes"
         " -r /opt/appliance/src/requirements.lock",
         f"/tmp/wheel-build/bin/pip wheel -q --no-deps --wheel-dir {WHEELHOUSE} /opt/appliance/src",
         # the build backend, for `pip install --no-index` of the source tree

@@ -533,3 +533,73 @@ def test_a_config_change_reloads_and_does_not_restart(converge):
     assert "RUNNING HANDLER [appliance : Reload appliance]" in result.stdout
     assert "RUNNING HANDLER [appliance : Restart appliance]" not in result.stdout
     assert '- "IBM"' in converge.path("etc/appliance/appliance.yaml").read_text()
+
+
+def _tasks(node):
+    """Every task of a task list, blocks opened."""
+    for t in node or []:
+        if isinstance(t, dict):
+            yield t
+            for key in ("block", "rescue", "always"):
+                yield from _tasks(t.get(key))
+
+
+SECRET_WORDS = re.compile(r"password|passwd|token|secret|api_key|runtime_env|base_env|extra_env",
+                          re.I)
+
+
+def test_no_task_passes_secrets_through_environment():
+    """Ansible's environment: puts each variable on the remote command line
+    (ps -eo args shows it while the task runs, -vvv prints it): secrets go
+    through the root-only secrets file instead (appliance.envfile)."""
+    offenders = []
+    for f in sorted(ANSIBLE_DIR.glob("roles/*/tasks/*.yml")) + sorted(ANSIBLE_DIR.glob("*.yml")):
+        doc = yaml.safe_load(f.read_text())
+        plays = doc if isinstance(doc, list) else []
+        tasks = list(_tasks(plays))
+        for play in plays:
+            if isinstance(play, dict):
+                tasks += list(_tasks(play.get("tasks"))) + list(_tasks(play.get("pre_tasks")))
+                if "environment" in play:
+                    tasks.append(play)
+        for t in tasks:
+            env = t.get("environment")
+            if env is not None and SECRET_WORDS.search(yaml.safe_dump(env)):
+                offenders.append(f"{f.relative_to(ANSIBLE_DIR)}: {t.get('name')}: {env}")
+    assert not offenders, offenders
+
+
+def test_the_env_file_runner_keeps_secrets_off_the_command_line(tmp_path):
+    envf = tmp_path / "appliance.env"
+    envf.write_text('# secrets\nAPPLIANCE_ADMIN_TOKEN="tok$en \\"quoted\\" \\\\ x"\nPLAIN=abc\n')
+    envf.chmod(0o600)
+    probe = ("import os; print(os.environ['APPLIANCE_ADMIN_TOKEN']); print(os.environ['PLAIN']);"
+             "print(open('/proc/self/cmdline','rb').read().replace(b'\\0', b' ').decode())")
+    p = subprocess.run([sys.executable, "-m", "appliance.envfile", str(envf), sys.executable,
+                        "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    token, plain, cmdline = p.stdout.splitlines()
+    assert token == 'tok$en "quoted" \\ x' and plain == "abc"
+    assert "tok$en" not in cmdline
+    envf.write_text("not a variable line\n")
+    p = subprocess.run([sys.executable, "-m", "appliance.envfile", str(envf), "true"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 2 and "line 1: expected NAME=value" in p.stderr
+
+
+@requires_ansible
+@pytest.mark.parametrize("address, refused", [("203.0.113.5", True), ("mda-01.example.com", True),
+                                              ("10.0.0.11", False), ("172.20.1.2", False),
+                                              ("192.168.4.4", False), ("fd00:1::5", False)])
+def test_the_cluster_play_refuses_a_public_private_address(address, refused):
+    """Only the play's checks run (tag always), against this machine."""
+    env = {**os.environ, "ANSIBLE_GATHERING": "explicit"}
+    result = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", "inventory.cluster.example.yml", "site.yml", "--tags",
+         "always", "-e", "ansible_connection=local", "-e", f"appliance_private_address={address}"],
+        cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=300, env=env)
+    out = result.stdout + result.stderr
+    if refused:
+        assert result.returncode != 0 and "not an address of a private network" in out, out[-2000:]
+    else:
+        assert result.returncode == 0, out[-2000:]

@@ -167,3 +167,33 @@ def test_up_gives_up_on_a_child_that_keeps_failing_at_start_and_says_why(short_d
     assert "appliance up in" not in r.stderr, "up reported success while serve failed"
     assert "appliance stopped: a process would not start" in r.stderr
     assert services._postmaster_info(short_dir / "var" / "pg") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pgserver's root path: needs root")
+def test_as_root_the_embedded_postgres_opens_no_folder_to_reading(tmp_path):
+    """As root, pgserver runs PostgreSQL as its own user and used to chmod every
+    folder above the data folder (and above its binaries) g+rx,o+rx. Now the
+    data folder keeps 0700, and var/ and the folders above gain only the search
+    bits the server's user needs to reach it (g+x,o+x, 0711: nothing becomes
+    listable or readable)."""
+    import shutil
+    import tempfile
+    parent = Path(tempfile.mkdtemp(prefix="appl-root-", dir="/tmp"))
+    var = parent / "var"
+    try:
+        parent.chmod(0o700)
+        var.mkdir(mode=0o700)
+        services.embedded_postgres(var)
+        modes = {p: p.stat().st_mode & 0o777 for p in (parent, var, var / "pg")}
+        assert modes[var / "pg"] == 0o700, oct(modes[var / "pg"])
+        for p in (parent, var):
+            assert modes[p] in (0o700, 0o711), f"{p}: {oct(modes[p])}"
+        with psycopg.connect(services.embedded_postgres(var, start=False)) as conn:
+            # a server process loads a library from the server's own folders
+            conn.execute("DO $$ BEGIN PERFORM 1; END $$")
+        var.chmod(0o700)  # as secure_dir does at the next start
+        services.stop_embedded_postgres(var)
+        assert services._postmaster_info(var / "pg") is None  # noqa: SLF001 - it stopped
+    finally:
+        services.stop_embedded_postgres(var)
+        shutil.rmtree(parent, ignore_errors=True)

@@ -104,9 +104,9 @@ def _csrf_ok() -> bool:
     given = request.headers.get("X-CSRFToken") or request.form.get("csrf_token")
     if not given:
         return False
-    expected = session.get("csrf")
-    if expected:
-        return hmac.compare_digest(str(given), str(expected))
+    if session.get("fp"):  # logged in: the session's token
+        expected = session.get("csrf")
+        return bool(expected) and hmac.compare_digest(str(given), str(expected))
     nonce = request.cookies.get(LOGIN_CSRF_COOKIE)
     if not nonce:
         return False
