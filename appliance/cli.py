@@ -135,7 +135,7 @@ def api_key():
 
 @api_key.command("new")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "admin"]),
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "admin", "export"]),
               default=("read",), show_default=True, help="repeat for several scopes")
 @click.option("--requests-per-minute", type=click.IntRange(1, 1_000_000), default=None,
               help="refuse this key's requests above this rate (429)")

@@ -59,7 +59,8 @@ DEFAULTS: dict[str, Any] = {
                "max_request_bytes": 1024 * 1024, "metrics_token": "",
                "session_idle_minutes": 60, "session_max_hours": 12, "secure_cookies": False,
                "trusted_proxy_hops": 0, "auth_max_failures": 20,
-               "auth_failure_window_seconds": 60, "auth_lockout_seconds": 300, "api_keys": []},
+               "auth_failure_window_seconds": 60, "auth_lockout_seconds": 300, "api_keys": [],
+               "export": {"max_rows": 10_000_000}},
     "provider": {
         "name": "demo",
         "polygon": {"api_key": "", "base_url": "https://api.polygon.io", "requests_per_minute": 5,
