@@ -99,9 +99,20 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
 
 # --------------------------------------------------------------------------- bulk
 
-def _may_export() -> bool:
+def _refused() -> Response | None:
+    """401 without a credential, 403 with one that may not export."""
     p = principal()
-    return p is not None and (EXPORT in p.scopes or ADMIN in p.scopes)
+    how = ("an API key with scopes [read, export] (appliance api-key new NAME --scope read "
+           "--scope export) or the admin token")
+    if p is None:
+        resp = api_error(401, "unauthorized", f"bulk export needs 'Authorization: Bearer "
+                                              f"<key>' with the export scope: {how}")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
+        return resp
+    if EXPORT not in p.scopes and ADMIN not in p.scopes:
+        return api_error(403, "export_not_allowed",
+                         f"{p.name} has no export scope; bulk export needs {how}")
+    return None
 
 
 def _symbols(args) -> list[str]:
@@ -148,14 +159,12 @@ def _over_limit(n: int, limit: int, a: dict) -> Response:
 
 @bp.get("/api/v1/bars")
 def bulk():
+    refused = _refused()
+    if refused is not None:
+        return refused
     args = query_args({"symbols", "universe", "timeframe", "start", "end", "format",
                        "adjusted", "include_invalid"})
     a = _bulk_args(args)
-    if not _may_export():
-        return api_error(403, "export_not_allowed",
-                         "bulk export needs a credential with the export scope: an API key "
-                         "with scopes [read, export] (appliance api-key new NAME --scope read "
-                         "--scope export) or the admin token")
     limit = int(rt().config["server"]["export"]["max_rows"])
     cm = rt().read_conn()
     conn = cm.__enter__()
