@@ -439,8 +439,7 @@ def _data_paths() -> dict:
              _q("adjusted", {"type": "boolean", "default": False},
                 "Apply stored splits: prices times the split ratio before a split, volume "
                 "divided by it."),
-             _q("format", {"type": "string", "enum": ["json", "csv", "parquet", "arrow"],
-                           "default": "json"}, openapi_columnar.FORMAT_DOC),
+             openapi_columnar.FORMAT_PARAM,
              _q("limit", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                 "At most this many candles (the earliest)."),
              _q("include_invalid", {"type": "boolean", "default": False},

@@ -28,6 +28,11 @@ def _q(name: str, schema: dict, description: str) -> dict:
             "description": description}
 
 
+#: The ``format`` parameter of the historical answer.
+FORMAT_PARAM = _q("format", {"type": "string", "enum": ["json", "csv", "parquet", "arrow"],
+                             "default": "json"}, FORMAT_DOC)
+
+
 def _error(description: str) -> dict:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
