@@ -312,3 +312,26 @@ def test_a_client_that_goes_away_frees_its_connection_and_query(client, stocked)
     while _busy(stocked) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _busy(stocked)
+
+
+# --------------------------------------------------------------------------- console
+
+@pytest.mark.parametrize("query", ["", "?timeframe=15m&adjusted=1"])
+def test_the_symbol_page_downloads_csv_and_parquet_of_its_range(client, stocked, query):
+    import html
+    import re
+    page = _get(client, f"/symbols/NVDA{query}").get_data(as_text=True)
+    links = {m.group(1): html.unescape(m.group(2)) for m in re.finditer(
+        r'id="download-(csv|parquet)"[^>]*?href="([^"]+)"', page, re.S)}
+    assert set(links) == {"csv", "parquet"}
+    for fmt, url in links.items():
+        assert f"format={fmt}" in url and "start=" in url and "end=" in url
+    tf = "15m" if query else "1d"
+    assert f"timeframe={tf}" in links["csv"]
+    assert ("adjusted=true" if query else "adjusted=false") in links["csv"]
+    want = _json_bars(client, links["csv"].replace("format=csv", "format=json"))
+    assert want
+    t = pq.read_table(io.BytesIO(_get(client, links["parquet"]).get_data()))
+    _same(want, t, tf)
+    csv = _get(client, links["csv"]).get_data(as_text=True).splitlines()
+    assert len(csv) == len(want) + 1
