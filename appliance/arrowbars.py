@@ -17,12 +17,13 @@ import io
 import json
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from .store.columnar import COLUMNS, kind_of
+from .store.columnar import COLUMNS, bars_sql, copy_out, intraday_copy_sql, kind_of
 
 EXCHANGE_TZ = "America/New_York"
 FORMATS = ("json", "csv", "parquet", "arrow")
@@ -68,6 +69,76 @@ class Batches:
         for f, values in zip(self.fields, cols[1:]):
             arrays.append(pa.array(values, f.type))
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def copy_batches(self, symbol: str, blocks: Iterable[bytes],
+                     rows_per_batch: int = 65536) -> Iterator[pa.RecordBatch]:
+        """Record batches of intraday bars from the blocks of a binary COPY
+        (``store.columnar.intraday_copy_sql``), at most ``rows_per_batch`` rows
+        each, decoded by numpy views (a missing price is NaN in the COPY and
+        null here, like the JSON's null)."""
+        buf = bytearray()
+        header = True
+        want = _ROW.itemsize * rows_per_batch
+        for block in blocks:
+            buf += block
+            if header and len(buf) >= _HEADER:
+                del buf[:_HEADER]
+                header = False
+            while not header and len(buf) >= want:
+                yield self._from_rows(symbol, bytes(buf[:want]))
+                del buf[:want]
+        if buf[-2:] == b"\xff\xff":  # the trailer
+            del buf[-2:]
+        if buf:
+            yield self._from_rows(symbol, bytes(buf))
+
+    def _from_rows(self, symbol: str, data: bytes) -> pa.RecordBatch:
+        r = np.frombuffer(data, dtype=_ROW)
+        if r.size and (r["n"] != 10).any():
+            raise ValueError("unexpected COPY row layout")
+        n = len(r)
+        sym = pa.DictionaryArray.from_arrays(
+            pa.array(np.full(n, self.index[symbol], np.int32)), self.dictionary)
+        arrays = [sym, pa.array(r["ms"].astype(np.int64)).cast(TIME_TYPE),
+                  pa.array(r["session"].astype(np.int32) + _PG_EPOCH_DAYS).cast(pa.date32())]
+        for c in ("open", "high", "low", "close", "volume", "vwap"):
+            arrays.append(pa.array(r[c].astype(np.float64), from_pandas=True))
+        trades = r["trades"].astype(np.int64)
+        arrays.append(pa.array(trades, mask=trades < 0))
+        arrays.append(pa.array(r["validated"].astype(bool)))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+
+#: One row of ``store.columnar.intraday_copy_sql`` in PostgreSQL's binary
+#: COPY format: the field count, then each field's length and value.
+_ROW = np.dtype([("n", ">i2"), ("l0", ">i4"), ("ms", ">i8"), ("l1", ">i4"), ("session", ">i4"),
+                 *[x for i, c in enumerate(("open", "high", "low", "close", "volume", "vwap"))
+                   for x in ((f"l{i + 2}", ">i4"), (c, ">f8"))],
+                 ("l8", ">i4"), ("trades", ">i8"), ("l9", ">i4"), ("validated", "u1")])
+_HEADER = 19  # signature (11), flags (4), header extension length (4, zero)
+_PG_EPOCH_DAYS = 10957  # 2000-01-01, PostgreSQL's day 0, in days since 1970-01-01
+
+
+def symbol_batches(conn, batches: "Batches", symbol: str, timeframe: str, *, adjusted: bool,
+                   include_invalid: bool, params: dict, chunk: int = 65536,
+                   keep=None) -> Iterator[pa.RecordBatch]:
+    """One symbol's bars as record batches of at most ``chunk`` rows:
+    intraday ones from a binary COPY read by numpy, daily and weekly ones (a
+    few hundred a year) row by row; ``keep(ms)`` filters the latter."""
+    if kind_of(timeframe) == "intraday":
+        sql = intraday_copy_sql(timeframe, adjusted=adjusted, include_invalid=include_invalid)
+        yield from batches.copy_batches(symbol, copy_out(conn, sql, params), chunk)
+        return
+    sql = bars_sql(timeframe, adjusted=adjusted, include_invalid=include_invalid)
+    rows = []
+    for row in conn.cursor(binary=True).stream(sql, params, size=chunk):
+        if keep is None or keep(row[0]):
+            rows.append(row)
+        if len(rows) >= chunk:
+            yield batches.batch(symbol, rows)
+            rows = []
+    if rows:
+        yield batches.batch(symbol, rows)
 
 
 class _Sink(io.RawIOBase):

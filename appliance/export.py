@@ -84,7 +84,6 @@ def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols
     """The month's bars of every symbol in turn (a weekly bar belongs to the
     month of its Sunday and holds its whole week)."""
     batches = arrowbars.Batches(sch, symbols)
-    sql = cstore.bars_sql(timeframe, adjusted=False, include_invalid=True)
     weekly = timeframe == "1w"
     end = _month_end(month) + dt.timedelta(days=6 if weekly else 0)
     after = month - dt.timedelta(days=1) if weekly else None
@@ -95,16 +94,9 @@ def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols
     for sym in symbols:
         params = {"symbol": sym, "tf": "1d", "start": month, "end": end, "after": after,
                   "limit": None}
-        chunk = []
-        for row in conn.cursor(binary=True).stream(sql, params, size=CHUNK):
-            if weekly and row[0] >= stop_ms:
-                continue
-            chunk.append(row)
-            if len(chunk) >= CHUNK:
-                yield batches.batch(sym, chunk)
-                chunk = []
-        if chunk:
-            yield batches.batch(sym, chunk)
+        yield from arrowbars.symbol_batches(conn, batches, sym, timeframe, adjusted=False,
+                                            include_invalid=True, params=params, chunk=CHUNK,
+                                            keep=lambda ms: ms < stop_ms)
 
 
 def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[str]) -> dict:

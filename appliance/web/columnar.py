@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 
+import pyarrow as pa
 from flask import Blueprint, Response, current_app, request
 
 from .. import arrowbars, store, timeframes
@@ -74,27 +75,35 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
     after = None if daily else bars._cursor(cursor, timeframe == "1w")
     params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
               "limit": page + 1 if page else None}
-    sql = cstore.bars_sql(timeframe, adjusted=adjusted, include_invalid=include_invalid)
     with conn_cm as conn:
-        rows = conn.cursor(binary=True).execute(sql, params).fetchall()
-        if not rows and not known(conn):
+        table = _read_table(conn, symbol, timeframe, adjusted, include_invalid, params)
+        if not table.num_rows and not known(conn):
             return None
         source = _source_of(conn, symbol, timeframe)
-    more = page is not None and len(rows) > page
-    rows = rows[:page] if page else rows
-    nxt = bars._next_link(rows[-1][0]) if more and not daily else None
+    more = page is not None and table.num_rows > page
+    if more:
+        table = table.slice(0, page)
+    nxt = bars._next_link(table.column("time")[-1].value) if more and not daily else None
     meta = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
             "adjusted": adjusted, "include_invalid": include_invalid, "source": source,
-            "cursor": cursor, "count": len(rows), "next": nxt}
-    sch = arrowbars.schema(timeframe, meta)
-    batches = arrowbars.Batches(sch, [symbol])
-    body = list(arrowbars.encode(fmt, sch, (batches.batch(symbol, rows[i:i + CHUNK])
-                                            for i in range(0, max(len(rows), 1), CHUNK))))
+            "cursor": cursor, "count": table.num_rows, "next": nxt}
+    table = table.replace_schema_metadata(arrowbars.schema(timeframe, meta).metadata)
+    body = list(arrowbars.encode(fmt, table.schema, table.to_batches() or
+                                 [pa.RecordBatch.from_pylist([], table.schema)]))
     headers = {"Content-Disposition": f'attachment; filename="{symbol}_{timeframe}_{start}_'
                                       f'{end}.{arrowbars.SUFFIX[fmt]}"'}
     if nxt:
         headers["Link"] = f'<{nxt}>; rel="next"'
     return Response(body, mimetype=arrowbars.MIMETYPES[fmt], headers=headers)
+
+
+def _read_table(conn, symbol: str, timeframe: str, adjusted: bool, include_invalid: bool,
+                params: dict) -> pa.Table:
+    sch = arrowbars.schema(timeframe)
+    b = arrowbars.Batches(sch, [symbol])
+    return pa.Table.from_batches(list(arrowbars.symbol_batches(
+        conn, b, symbol, timeframe, adjusted=adjusted, include_invalid=include_invalid,
+        params=params)), sch)
 
 
 # --------------------------------------------------------------------------- bulk
@@ -191,22 +200,16 @@ def bulk():
 
 
 def _read_batches(conn, sch, a: dict):
-    """Record batches of every symbol in turn, read with one server-side
-    stream per symbol (at most CHUNK rows in hand)."""
+    """Record batches of every symbol in turn, each read as one stream (a
+    binary COPY for intraday bars), at most CHUNK rows in hand."""
     batches = arrowbars.Batches(sch, a["symbols"])
-    sql = cstore.bars_sql(a["timeframe"], adjusted=a["adjusted"],
-                          include_invalid=a["include_invalid"])
     for sym in a["symbols"]:
         params = {"symbol": sym, "tf": "1d", "start": a["start"], "end": a["end"],
                   "after": None, "limit": None}
-        chunk = []
-        for row in conn.cursor(binary=True).stream(sql, params, size=CHUNK):
-            chunk.append(row)
-            if len(chunk) >= CHUNK:
-                yield batches.batch(sym, chunk)
-                chunk = []
-        if chunk:
-            yield batches.batch(sym, chunk)
+        yield from arrowbars.symbol_batches(conn, batches, sym, a["timeframe"],
+                                            adjusted=a["adjusted"],
+                                            include_invalid=a["include_invalid"],
+                                            params=params, chunk=CHUNK)
 
 
 def register(app) -> None:
