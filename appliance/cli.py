@@ -356,7 +356,8 @@ def export_cmd(ctx, timeframe, start, end, out):
     dataset in OUT (timeframe=/year=/month=), only the months that changed."""
     from . import export as export_mod
     rt = _runtime(ctx, migrate=True)
-    start = start or dt.date.fromisoformat(str(rt.config["history"]["start"]))
+    from .timeframes import base_of
+    start = start or rt.config.history_start(base_of(timeframe))
     end = end or dt.date.today()
     if start > end:
         _fail(f"--start ({start}) is after --end ({end})", 2)

@@ -102,6 +102,7 @@ DEFAULTS: dict[str, Any] = {
                 "grid": {"green": 0.95, "yellow": 0.85}},
     "spot_check": {"source": "yahoo", "samples": 20, "match_pct": 0.2, "mismatch_pct": 1},
     "dashboard": {"refresh_seconds": 10},
+    "export": {"out": "", "timeframes": ["1m", "1d"]},
 }
 
 

@@ -10,6 +10,7 @@ import json
 import duckdb
 import pandas as pd
 import polars as pl
+import yaml
 from click.testing import CliRunner
 
 from appliance import export
@@ -106,3 +107,25 @@ def test_a_manifest_that_is_not_one_is_refused_by_name(stocked, tmp_path):
         assert "manifest.json is not an export manifest" in str(e)
     else:
         raise AssertionError("an unreadable manifest was overwritten")
+
+
+def test_the_scheduled_export_job_keeps_the_configured_dataset_up_to_date(stocked,
+                                                                        config_factory,
+                                                                        tmp_path):
+    from appliance.jobs import export_job, runs
+    from appliance.reload import reload_config
+    res = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    assert res["status"] == "ok" and "export.out is empty" in res["skipped"]
+
+    out = tmp_path / "nightly"
+    data = yaml.safe_load(stocked.config.path.read_text())
+    data["export"] = {"out": str(out), "timeframes": ["1m", "1d"]}
+    stocked.config.path.write_text(yaml.safe_dump(data))
+    assert reload_config(stocked, source="cli")["ok"]
+    first = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    assert first["status"] == "ok", first
+    r = first
+    assert r["timeframes"]["1m"]["written"] == 2 and r["timeframes"]["1d"]["written"] > 2
+    assert (out / "timeframe=1d").is_dir() and (out / "timeframe=1m").is_dir()
+    again = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    assert again["status"] == "ok" and again["files_written"] == 0
