@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import time
 
 import pyarrow as pa
 from flask import Blueprint, Response, current_app, request
@@ -191,12 +192,35 @@ def bulk():
     meta = {k: a[k] for k in ("timeframe", "start", "end", "adjusted", "include_invalid")}
     meta["symbols"] = len(a["symbols"])
     sch = arrowbars.schema(a["timeframe"], meta)
-    body = arrowbars.encode(a["format"], sch, _read_batches(conn, sch, a), ROW_GROUP)
+    body = arrowbars.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
+                            ROW_GROUP)
     from .api import _Stream  # the streamed answer that gives its connection back
     name = f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}.{arrowbars.SUFFIX[a["format"]]}'
     return Response(_Stream(body, conn, cm, "bulk bars"),
                     mimetype=arrowbars.MIMETYPES[a["format"]],
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _rate() -> int | None:
+    """The bars per second the caller's key may export (None: no limit)."""
+    p = principal()
+    for k in rt().config["server"].get("api_keys") or ():
+        if p is not None and p.kind == "api_key" and k["name"] == p.name:
+            return k.get("export_rows_per_second")
+    return None
+
+
+def _paced(batches, rate: int | None):
+    """``batches``, no faster than ``rate`` bars per second on average (a
+    batch waits until the bars sent so far are due)."""
+    t0, sent = time.monotonic(), 0
+    for b in batches:
+        if rate:
+            wait = sent / rate - (time.monotonic() - t0)
+            if wait > 0:
+                time.sleep(wait)
+        yield b
+        sent += b.num_rows
 
 
 def _read_batches(conn, sch, a: dict):

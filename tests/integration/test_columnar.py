@@ -27,6 +27,7 @@ from tests.minute_store import store_minutes
 START, END = "2024-05-28", "2024-06-14"
 PARQUET, ARROW = "application/vnd.apache.parquet", "application/vnd.apache.arrow.stream"
 EXPORT_KEY, READ_KEY = "mda_export_key_for_tests_0123456789", "mda_read_key_for_tests_0123456789"
+SLOW_KEY, SLOW_RATE = "mda_slow_key_for_tests_0123456789", 5000
 PRICES = ("open", "high", "low", "close", "volume", "vwap")
 
 
@@ -42,7 +43,9 @@ def stocked(runtime, config_factory):
     from appliance.reload import reload_config
     config_factory(symbols=["AAPL", "MSFT", "NVDA"],
                    server={"api_keys": [_key("research", EXPORT_KEY, ["read", "export"]),
-                                        _key("reader", READ_KEY, ["read"])],
+                                        _key("reader", READ_KEY, ["read"]),
+                                        {**_key("slow", SLOW_KEY, ["read", "export"]),
+                                         "export_rows_per_second": SLOW_RATE}],
                            "export": {"max_rows": 100_000}})
     assert reload_config(runtime, source="cli")["ok"]
     res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run, params={})
@@ -244,6 +247,19 @@ def test_bulk_is_sorted_by_symbol_then_time_and_equals_json(client, stocked, fmt
                     [j[c] for c in PRICES if j[c] is not None]
         else:
             _same(rows, mine, "1m")
+
+
+def test_a_key_with_export_rows_per_second_is_paced(client, stocked):
+    url = f"/api/v1/bars?symbols=AAPL,NVDA&timeframe=1m&start={START}&end={END}&format=arrow"
+    t = time.monotonic()
+    r = client.get(url, headers=_auth(SLOW_KEY))
+    table = ipc.open_stream(r.get_data()).read_all()
+    elapsed = time.monotonic() - t
+    batches = ipc.open_stream(r.get_data())
+    sizes = [b.num_rows for b in batches]
+    assert sum(sizes) == table.num_rows > SLOW_RATE
+    # every batch but the last waits for the bars sent before it to be due
+    assert elapsed >= (table.num_rows - sizes[-1]) / SLOW_RATE
 
 
 def test_bulk_over_max_rows_is_413_saying_how_to_page(client, stocked):
