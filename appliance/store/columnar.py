@@ -102,11 +102,10 @@ def count_rows(conn, timeframe: str, symbols: list[str], start: dt.date, end: dt
 
 def stored_symbols(conn, timeframe: str) -> list[str]:
     """Every symbol with bars of ``timeframe``'s stored resolution, sorted."""
-    table = "minute_bars" if kind_of(timeframe) == "intraday" else "symbol_stats"
-    if table == "symbol_stats":
-        sql = "SELECT DISTINCT symbol FROM market_data WHERE timeframe = '1d' ORDER BY 1"
-    else:
+    if kind_of(timeframe) == "intraday":
         sql = "SELECT DISTINCT symbol FROM minute_bars ORDER BY 1"
+    else:
+        sql = "SELECT DISTINCT symbol FROM market_data WHERE timeframe = '1d' ORDER BY 1"
     return [r[0] for r in conn.execute(sql).fetchall()]
 
 

@@ -21,7 +21,7 @@ import time
 import pyarrow as pa
 from flask import Blueprint, Response, current_app, request
 
-from .. import arrowbars, store, timeframes
+from .. import arrowbars, store
 from ..store import columnar as cstore
 from ..store import minutes as mstore
 from . import bars
@@ -89,8 +89,7 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
             "adjusted": adjusted, "include_invalid": include_invalid, "source": source,
             "cursor": cursor, "count": table.num_rows, "next": nxt}
     table = table.replace_schema_metadata(arrowbars.schema(timeframe, meta).metadata)
-    body = list(arrowbars.encode(fmt, table.schema, table.to_batches() or
-                                 [pa.RecordBatch.from_pylist([], table.schema)]))
+    body = list(arrowbars.encode(fmt, table.schema, table.to_batches()))
     headers = {"Content-Disposition": f'attachment; filename="{symbol}_{timeframe}_{start}_'
                                       f'{end}.{arrowbars.SUFFIX[fmt]}"'}
     if nxt:
@@ -239,5 +238,3 @@ def _read_batches(conn, sch, a: dict):
 def register(app) -> None:
     app.register_blueprint(bp)
 
-
-__all__ = ["bp", "historical", "negotiate", "register", "timeframes"]

@@ -191,6 +191,11 @@ def test_accept_header_and_unknown_format(client, stocked):
     assert _get(client, url, Accept=PARQUET).mimetype == PARQUET
     assert _get(client, url, Accept=ARROW).mimetype == ARROW
     assert _get(client, url, Accept="text/html,*/*;q=0.8").mimetype == "application/json"
+    empty = _get(client, f"/api/v1/historical/MSFT?timeframe=1m&start={START}&end={END}"
+                         f"&format=parquet")  # configured, no minute bars
+    t = pq.read_table(io.BytesIO(empty.get_data()))
+    assert t.num_rows == 0 and "close" in t.schema.names
+    assert client.get("/api/v1/historical/ZZZZ?format=arrow").status_code == 404
     r = client.get(url + "&format=xlsx")
     assert r.status_code == 400
     msg = r.get_json()["error"]["message"]
