@@ -1,6 +1,11 @@
 # Market Data Appliance — the two commands of the quick start:
 #   make up     install into .venv and run the appliance (embedded PostgreSQL + Redis by default)
 #   make test   install the test extras and run the whole test suite
+#   make lock   refresh requirements.lock from pyproject.toml (LOCK_ARGS=--upgrade
+#               to move every pin to the newest allowed release)
+#
+# Everything is installed from requirements.lock (pinned, with hashes), then the
+# package itself without dependencies.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,21 +13,34 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: up install install-test test test-external test-quick check-config bench clean
+LOCK    = requirements.lock
+LOCK_ARGS ?=
+
+.PHONY: up install install-test lock test test-external test-quick check-config bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -e .
+# One lock for the service, the tests and the deployment tools.
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(VENV)/bin/python
+	$(PIP) install --require-hashes -r $(LOCK)
+	$(PIP) install --no-deps -e .
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -e '.[test,deploy]'
-	@touch $@ $(VENV)/.installed
+$(VENV)/.installed-test: $(VENV)/.installed
+	@touch $@
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+
+# `uv pip compile` keeps the pins already in the lock unless told to upgrade
+# (LOCK_ARGS=--upgrade, or "--upgrade-package NAME"). --universal: one lock for
+# every Python 3.11+ on Linux (Debian 12's 3.11.2 needs a package 3.11.7 does not).
+lock: install-test
+	UV_CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/uv pip compile --quiet --all-extras \
+	  --generate-hashes --universal --python-version 3.11 $(LOCK_ARGS) -o $(LOCK) pyproject.toml
+	$(PIP) install --require-hashes -r $(LOCK)
+	@touch $(VENV)/.installed $(VENV)/.installed-test
 
 up: install
 	$(VENV)/bin/appliance up

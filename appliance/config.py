@@ -360,6 +360,7 @@ class Config:
                     path = re.sub(r"^[a-z][a-z0-9+.-]*://[^/]*", "", v, flags=re.I)
                     if len(path) > 1:
                         out.append(path)
+                    out.extend(url_passwords(v))  # a basic-auth password in it
         for sect, key in (("database", "url"), ("database", "read_url"), ("redis", "url")):
             out.extend(url_passwords(self[sect].get(key) or ""))
         return out

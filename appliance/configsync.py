@@ -45,7 +45,8 @@ from .runtime import K_RESTART_SINCE
 log = logging.getLogger("appliance.configsync")
 
 K_PROC = "appliance:proc:"
-K_CANDIDATE = "appliance:config:candidate"
+K_CANDIDATES = "appliance:config:candidates"  # ids of the candidates being validated
+K_CANDIDATE = "appliance:config:candidate:"  # + id: hash {sealed, path}
 K_ACK = "appliance:config:ack:"
 PROC_TTL_S = 5
 WATCH_INTERVAL_S = 0.25
@@ -143,17 +144,18 @@ class Watcher:
                 log.exception("config watcher")
 
     def answer(self) -> None:
-        """Validate the current candidate, if any, in this process's environment."""
+        """Validate the pending candidates, if any, in this process's environment."""
         r = self.rt.redis
-        cand = r.hgetall(K_CANDIDATE)
-        cid = (cand.get(b"id") or b"").decode()
-        if not cid or cid in self._answered:
-            return
-        self._answered.add(cid)
-        if cand.get(b"path", b"").decode() != str(self.rt.config_path):
-            return
-        r.hset(K_ACK + cid, self.ident, json.dumps(validate(self.rt, cand[b"sealed"])))
-        r.expire(K_ACK + cid, 120)
+        for raw in r.smembers(K_CANDIDATES):
+            cid = raw.decode()
+            if cid in self._answered:
+                continue
+            self._answered.add(cid)
+            cand = r.hgetall(K_CANDIDATE + cid)
+            if not cand or cand.get(b"path", b"").decode() != str(self.rt.config_path):
+                continue
+            r.hset(K_ACK + cid, self.ident, json.dumps(validate(self.rt, cand[b"sealed"])))
+            r.expire(K_ACK + cid, 120)
 
 
 def validate(rt, sealed: bytes) -> dict:
@@ -181,11 +183,16 @@ def validate(rt, sealed: bytes) -> dict:
 # --------------------------------------------------------------------------- proposing
 
 def propose(rt, text: str) -> str:
-    """Make ``text`` the candidate every live process validates; its id."""
+    """Make ``text`` a candidate every live process validates; its id. Each
+    candidate has its own id, so that a check and a reload at the same time
+    do not take each other's answers."""
     cid = uuid.uuid4().hex
-    rt.redis.hset(K_CANDIDATE, mapping={"id": cid, "sealed": rt.seal(text),
-                                        "path": str(rt.config_path)})
-    rt.redis.expire(K_CANDIDATE, 300)
+    pipe = rt.redis.pipeline()
+    pipe.hset(K_CANDIDATE + cid, mapping={"sealed": rt.seal(text),
+                                          "path": str(rt.config_path)})
+    pipe.expire(K_CANDIDATE + cid, 300)
+    pipe.sadd(K_CANDIDATES, cid)
+    pipe.execute()
     return cid
 
 
@@ -212,9 +219,10 @@ def collect(rt, cid: str, peers: dict[str, Peer], timeout: float = ANSWER_TIMEOU
 
 
 def withdraw(rt, cid: str) -> None:
-    r = rt.redis
-    if (r.hget(K_CANDIDATE, "id") or b"").decode() == cid:
-        r.delete(K_CANDIDATE)
+    pipe = rt.redis.pipeline()
+    pipe.srem(K_CANDIDATES, cid)
+    pipe.delete(K_CANDIDATE + cid)
+    pipe.execute()
 
 
 def confirmations(rt, peers: dict[str, Peer], version: int,

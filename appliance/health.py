@@ -326,6 +326,45 @@ def demo_reason(provider: str, demo_symbols: list[str] | None) -> str | None:
             f"`appliance demo-data --delete` deletes them")
 
 
+# /health is open to anyone: it probes at most once per HEALTH_INTERVAL_S in
+# each web worker, one probe at a time, and serves that result to every caller
+# in between (callers that arrive during the probe wait for it). A flood then
+# costs no probes, so it cannot make /health report unhealthy either.
+HEALTH_INTERVAL_S = 1.0
+
+
+class _Latest:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.health: Health | None = None
+        self.at = 0.0
+        self.probe: cf.Future | None = None
+
+
+def latest(rt, interval: float = HEALTH_INTERVAL_S) -> Health:
+    """``compute(rt)``, computed at most once per ``interval`` (see above)."""
+    cache = rt.__dict__.setdefault("_health_latest", _Latest())
+    with cache.lock:
+        if cache.health is not None and time.monotonic() - cache.at < interval:
+            return cache.health
+        mine = cache.probe is None
+        if mine:
+            cache.probe = cf.Future()
+        probe = cache.probe
+    if mine:
+        try:
+            h = compute(rt)
+        except BaseException as e:
+            with cache.lock:
+                cache.probe = None
+            probe.set_exception(e)
+            raise
+        with cache.lock:
+            cache.health, cache.at, cache.probe = h, time.monotonic(), None
+        probe.set_result(h)
+    return probe.result()
+
+
 REPLICA_WAIT_S = 1.2
 
 

@@ -11,9 +11,18 @@ MASK = "********"
 
 def mask_webhook(url: str) -> str:
     """``https://hooks.example/services/T0/B0/xyz`` -> ``https://hooks.example/********``:
-    the host says where notifications go, the path is the credential."""
-    m = re.match(r"^([a-z][a-z0-9+.-]*://[^/?#@]*)", url, flags=re.I)
-    return (m.group(1) + "/" if m else "") + MASK
+    the host says where notifications go, the path is the credential. Basic-auth
+    userinfo keeps its user name only (``https://user:********@hooks.example/********``);
+    a userinfo without a password may be a token, and is masked whole."""
+    m = re.match(r"^([a-z][a-z0-9+.-]*://)([^/?#]*)", url, flags=re.I)
+    if not m:
+        return MASK
+    head, authority = m.groups()
+    userinfo, at, host = authority.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        head += (user + ":" + MASK if colon else MASK) + "@"
+    return head + host + "/" + MASK
 
 
 _QUERY_SECRET_RE = re.compile(r"([?&](?:password|pass|pwd|sslpassword|sslkey_password)=)[^&#]*",

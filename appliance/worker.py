@@ -53,10 +53,34 @@ def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
         log.exception("could not release the chunks of work horse %s", retpid)
 
 
+# How long RQ's pub/sub thread (it takes the commands sent to this worker)
+# waits for a message before it looks whether it should stop. RQ waits 60 s,
+# and with redis-py 8 stopping the worker joins that thread: a worker could
+# then take up to a minute to exit after SIGTERM or at the end of a burst.
+PUBSUB_WAIT_SECONDS = 1.0
+
+
+def _worker_class():
+    from rq import Worker
+
+    class AppWorker(Worker):
+        def subscribe(self):
+            """RQ's subscribe, with a short wait (see PUBSUB_WAIT_SECONDS)."""
+            self.log.info("Worker %s: subscribing to channel %s", self.name,
+                          self.pubsub_channel_name)
+            self.pubsub = self.connection.pubsub()
+            self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+            self.pubsub_thread = self.pubsub.run_in_thread(
+                sleep_time=PUBSUB_WAIT_SECONDS, daemon=True,
+                exception_handler=self._pubsub_exception_handler)
+
+    return AppWorker
+
+
 def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     """Work the ``appliance`` queue until SIGTERM/SIGINT (or, with ``burst``,
     until it is empty). Returns the exit code (0)."""
-    from rq import Queue, Worker
+    from rq import Queue
 
     from .jobs import entry
     cfg = rt.config
@@ -65,7 +89,7 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     name = name or f"appliance-{socket.gethostname()}-{os.getpid()}"
     conn = _rq_connection(rt.endpoints.redis_url)
     q = Queue(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])
-    worker = Worker([q], connection=conn, name=name,
+    worker = _worker_class()([q], connection=conn, name=name,
                     work_horse_killed_handler=lambda *a: _mark_killed(rt, *a))
 
     stop = threading.Event()

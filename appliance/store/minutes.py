@@ -174,6 +174,13 @@ _FACTOR = """CROSS JOIN LATERAL (SELECT coalesce(
        ORDER BY c.execution_date LIMIT 1), 1.0) AS k) f"""
 
 
+# The first session to read: ``start``, or with a cursor the New York date of
+# the cursor's time if later (a bar's time falls on its session's date), so a
+# late cursor reads its sessions only, not every one from ``start`` on.
+_FIRST_SESSION = """greatest(%(start)s::date, coalesce(
+      (%(after)s::timestamptz AT TIME ZONE 'America/New_York')::date, %(start)s::date))"""
+
+
 def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
     """Bars of one symbol (session, minute, ts, prices, trades, validated),
     parameters symbol, start, end (sessions), after (timestamptz or NULL)."""
@@ -182,7 +189,7 @@ def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
         inner = f"""SELECT b.session, u.m, f.k, {_decoded()}
                     FROM minute_bars b {factor} {_UNNEST}
                     WHERE b.symbol = %(symbol)s
-                      AND b.session BETWEEN %(start)s AND %(end)s"""
+                      AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s"""
     else:
         inner = f"""SELECT b.session, u.m, f.k, u.o AS open, u.h AS high, u.lo AS low,
                            u.c AS close, u.v AS volume, u.vw AS vwap, u.n AS trades,
@@ -192,7 +199,7 @@ def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
                                               b.volume, b.vwap, b.trades)
                          u(m, o, h, lo, c, v, vw, n)
                     WHERE b.symbol = %(symbol)s AND b.timeframe = '{timeframe}'
-                      AND b.session BETWEEN %(start)s AND %(end)s"""
+                      AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s"""
     valid = "" if include_invalid else "WHERE q.validated"
     with_ = f"WITH RECURSIVE {_SPLIT_CTE}" if adjusted else ""
     return f"""{with_}

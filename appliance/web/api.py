@@ -105,8 +105,9 @@ def _today_ny() -> dt.date:
 @bp.get("/health")
 def health():
     """Never needs a token (load balancers, container health checks); extra
-    query parameters (cache busters) are ignored."""
-    h = health_mod.compute(rt())
+    query parameters (cache busters) are ignored. Probed at most once a second
+    per web worker (``health.latest``): a flood costs no probes."""
+    h = health_mod.latest(rt())
     body = health_mod.health_body(h)
     return jsonify(body), (503 if h.status == "unhealthy" else 200)
 

@@ -84,8 +84,8 @@ def _redis():
 
 def _redis_failed(e: Exception, what: str) -> None:
     _rt().auth_redis_down_until = time.monotonic() + REDIS_DOWN_BACKOFF_S
-    log.warning("auth: %s unavailable (Redis: %s); not limited for %.0f s", what, e,
-                REDIS_DOWN_BACKOFF_S)
+    log.warning("auth: %s unavailable (Redis: %s); this worker counts failures itself "
+                "for %.0f s", what, e, REDIS_DOWN_BACKOFF_S)
 
 
 def _server() -> dict:
@@ -179,22 +179,34 @@ def client_addr() -> str:
 
 # --------------------------------------------------------------------------- guessing
 
+def _local_lockout():
+    """This worker's own failure counts, used while Redis refuses them (lockout.py)."""
+    from .lockout import LocalLockout
+    rt = _rt()
+    if getattr(rt, "auth_local_lockout", None) is None:
+        rt.auth_local_lockout = LocalLockout()
+    return rt.auth_local_lockout
+
+
 def locked_for(addr: str) -> int:
-    """Seconds left of ``addr``'s lockout (0: not locked)."""
+    """Seconds left of ``addr``'s lockout (0: not locked): in Redis, or in this
+    worker's memory when Redis could not count a failure (fails closed)."""
+    local = _local_lockout().locked_for(addr)
     r = _redis()
     if r is None:
-        return 0
+        return local
     try:
         ttl = r.ttl(K_LOCK.format(addr))
-    except redis.RedisError as e:  # no Redis: no limiting, rather than no service
+    except redis.RedisError as e:
         _redis_failed(e, "lockout state")
-        return 0
-    return max(int(ttl), 0) if ttl and ttl > 0 else 0
+        return local
+    return max(int(ttl) if ttl and ttl > 0 else 0, local)
 
 
 def record_failure(addr: str, kind: str, what: str) -> None:
     """One failed login or wrong token from ``addr``; locks it out at the limit.
-    Recorded as an event and counted (appliance_auth_failures_total)."""
+    Recorded as an event and counted (appliance_auth_failures_total). When
+    Redis refuses the count (full, unreachable), this worker counts it."""
     s = _server()
     r = _redis()
     n, locked = 0, False
@@ -216,6 +228,9 @@ def record_failure(addr: str, kind: str, what: str) -> None:
     except redis.RedisError as e:
         if r is not None:
             _redis_failed(e, "failure counting")
+        n, locked = _local_lockout().record_failure(
+            addr, int(s["auth_max_failures"]), float(s["auth_failure_window_seconds"]),
+            float(s["auth_lockout_seconds"]))
     log.warning("auth: %s refused from %s (%d within %d s)%s", what, addr, n,
                 s["auth_failure_window_seconds"],
                 "; locked out" if locked else "")

@@ -60,16 +60,23 @@ def _iso_ny(t: dt.datetime | None) -> str | None:
     return t.astimezone(NY).isoformat() if t else None
 
 
+# the last millisecond a date can hold (9999-12-31T23:59:59.999Z)
+CURSOR_MAX_MS = 253402300799999
+
+
 def _cursor(raw: str | None, weekly: bool):
     if raw is None:
         return None
     try:
         ms = int(raw)
-        if not 0 <= ms < 2**53:
+        if ms < 0:
             raise ValueError
     except ValueError:
         raise BadRequest(f"cursor={raw[:40]!r} is not a cursor from a 'next' link",
                          "bad_cursor") from None
+    if ms > CURSOR_MAX_MS:
+        raise BadRequest(f"cursor={raw[:40]!r} is past the year 9999: not a cursor from a "
+                         f"'next' link", "bad_cursor")
     t = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
     return t.date() if weekly else t
 

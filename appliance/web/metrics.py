@@ -20,8 +20,23 @@ from .. import health as health_mod
 from .. import store
 
 HTTP_LATENCY = Histogram("appliance_http_request_duration_seconds",
-                         "HTTP request latency by endpoint", ["method", "endpoint", "status"],
+                         "HTTP request latency by method, endpoint (the route's view, "
+                         "'unmatched' when no route matched) and status class",
+                         ["method", "endpoint", "status"],
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+# Label values come from closed sets only: any client can send any method,
+# path or status-provoking request, and each new label value is a new series
+# kept (and written to the multiprocess folder) until restart.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def http_labels(method: str, endpoint: str | None, status: int) -> tuple[str, str, str]:
+    """(method or 'other', the view's endpoint or 'unmatched', '2xx'..'5xx')."""
+    klass = status // 100
+    return (method if method in METHODS else "other",
+            endpoint or "unmatched",
+            f"{klass}xx" if 1 <= klass <= 5 else "other")
 
 
 class StoreCollector:
@@ -162,8 +177,8 @@ def register(app) -> None:
     def _observe(resp):
         t0 = getattr(g, "_t0", None)
         if t0 is not None and request.endpoint != "static":
-            HTTP_LATENCY.labels(request.method, request.endpoint or "unknown",
-                                str(resp.status_code)).observe(time.perf_counter() - t0)
+            HTTP_LATENCY.labels(*http_labels(request.method, request.endpoint, resp.status_code)
+                                ).observe(time.perf_counter() - t0)
         return resp
 
     @app.get("/metrics")

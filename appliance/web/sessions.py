@@ -7,6 +7,9 @@ deletes the session for good: a cookie saved before the logout is worthless
 after it. A session ends after ``server.session_idle_minutes`` without a
 request (the key's expiry, renewed by each request) and, used or not,
 ``server.session_max_hours`` after it began. Logging in issues a new id.
+Nothing is stored before a login: a session without one (no ``fp``) is never
+written, so anonymous visitors cannot fill Redis (the login form's CSRF token
+is stateless, see ``console/common.py``).
 
 Flask-Session would also keep sessions in Redis, but it opens the session on
 every request and turns an unreachable Redis into an error on each of them,
@@ -29,7 +32,6 @@ log = logging.getLogger("appliance.sessions")
 
 PREFIX = "appliance:session:"
 CREATED = "_created"
-ANONYMOUS_TTL_S = 900
 
 
 class ServerSession(SecureCookieSession):
@@ -93,13 +95,9 @@ class RedisSessionInterface(SessionInterface):
         if session.accessed:
             response.vary.add("Cookie")
         idle, _max_age = self._limits()
-        if not session.get("fp"):
-            # no login in it (a login form's CSRF token): kept briefly, so that
-            # anonymous visitors cannot fill Redis
-            idle = min(idle, ANONYMOUS_TTL_S)
         r = self.rt.redis
         try:
-            if not session:
+            if not session.get("fp"):  # no login in it: nothing to keep
                 if session.sid and session.modified:  # logout: the session is gone for good
                     r.delete(self._key(app, session.sid))
                     response.delete_cookie(name, domain=domain, path=path, secure=secure,

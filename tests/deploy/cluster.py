@@ -67,7 +67,11 @@ def _build_script(packages: list[str]) -> str:
         # the package's new cluster may have got another port; a host's own is 5432.
         "sed -i 's/^port = [0-9]*/port = 5432/' /etc/postgresql/*/main/postgresql.conf",
         "python3 -m venv /tmp/wheel-build",
-        f"/tmp/wheel-build/bin/pip wheel -q --wheel-dir {WHEELHOUSE} /opt/appliance/src",
+        # the very files requirements.lock names (the role installs them with
+        # --require-hashes), then the package itself
+        f"/tmp/wheel-build/bin/pip download -q --require-hashes --dest {WHEELHOUSE}"
+        " -r /opt/appliance/src/requirements.lock",
+        f"/tmp/wheel-build/bin/pip wheel -q --no-deps --wheel-dir {WHEELHOUSE} /opt/appliance/src",
         # the build backend, for `pip install --no-index` of the source tree
         f"/tmp/wheel-build/bin/pip download -q --dest {WHEELHOUSE} 'setuptools>=68' wheel",
         "rm -rf /tmp/wheel-build /opt/appliance/src /var/lib/apt/lists/partial",
@@ -80,7 +84,8 @@ def cluster_rootfs(source: Path, source_ignore, log=print) -> Path:
     packages = _role_packages()
     script = _build_script(packages)
     key = hashlib.sha256("\n".join([base.name, script,
-                                    (source / "pyproject.toml").read_text()]).encode()
+                                    (source / "pyproject.toml").read_text(),
+                                    (source / "requirements.lock").read_text()]).encode()
                          ).hexdigest()[:16]
     tarball = hostmod.CACHE_DIR / f"cluster-{key}.tar"
     with open(hostmod.CACHE_DIR / ".lock-cluster", "w") as lock:

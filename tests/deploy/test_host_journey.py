@@ -417,6 +417,36 @@ def test_5_a_config_edit_reloads_without_restart_and_backfills_the_new_symbol(jo
     journey.state["candles"] = journey.candle_count()
 
 
+def test_5b_a_token_rotated_in_the_environment_file_takes_effect_on_reload(journey):
+    """OPERATIONS.md, *Rotating tokens and keys*, on the systemd host as
+    written: the new value in appliance.env, then `systemctl reload
+    market-data-api`, from a fresh root shell (host.sh has a clean
+    environment). The running processes pick it up; nothing restarts."""
+    pids = journey.main_pids()
+    rotated = "journey-rotated-token-" + "9" * 16
+
+    def rotate(old: str, new: str) -> None:
+        journey.host.sh(f"sed -i 's/^APPLIANCE_ADMIN_TOKEN=.*/APPLIANCE_ADMIN_TOKEN=\"{new}\"/' "
+                        f"{ENV_FILE} && grep -q '{new}' {ENV_FILE}")
+        for unit in ("market-data-api", "appliance-web"):  # both as documented
+            p = journey.host.sh(f"systemctl reload {unit}", check=False)
+            assert p.returncode == 0, p.stdout + p.stderr + journey.journal()
+
+        def post(token: str) -> int:
+            return requests.post(journey.web + "/api/v1/jobs/alerts/run", json={}, timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"}).status_code
+        deadline = time.monotonic() + 10
+        while post(old) != 401:
+            assert time.monotonic() < deadline, "the old token still works after the reload\n" \
+                + journey.journal()
+            time.sleep(0.5)
+        assert post(new) == 202
+
+    rotate(ADMIN_TOKEN, rotated)
+    rotate(rotated, ADMIN_TOKEN)  # back, for the steps after this one
+    assert journey.main_pids() == pids, "a service restarted for a token rotation"
+
+
 def test_6_after_a_power_cycle_every_service_comes_back_with_its_data(journey):
     before = journey.state["candles"]
     t0 = time.monotonic()

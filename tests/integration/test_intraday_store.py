@@ -151,3 +151,41 @@ def test_bar_retention_drops_old_minutes_and_keeps_rollups(runtime):
     assert out == {"1m": 2}  # 2024-11-26 and -27 are before the cutoff, 2024-11-28
     assert left == [dt.date(2024, 11, 29)]
     assert rollups == 3
+
+
+@pytest.mark.parametrize("cursor", ["253402300800000", "253402300799999999", str(2**53 - 1),
+                                    "-1", "1e12", "99999999999999999999999"])
+def test_a_cursor_past_year_9999_or_malformed_is_a_400_naming_it(client, runtime, cursor):
+    _store(runtime, _bars())
+    r = client.get("/api/v1/historical/AAPL?start=2024-11-01&end=2024-11-30"
+                   f"&timeframe=1m&cursor={cursor}")
+    assert r.status_code == 400, r.get_data(as_text=True)[:300]
+    err = r.get_json()["error"]
+    assert err["code"] == "bad_cursor" and "cursor" in err["message"]
+
+
+def _minute_rows_scanned(runtime, sql, params) -> int:
+    """Rows read from minute_bars by ``sql`` (EXPLAIN ANALYZE)."""
+    with runtime.conn() as conn:
+        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()[0]
+
+    def walk(node):
+        n = node.get("Actual Rows", 0) * node.get("Actual Loops", 1) \
+            if node.get("Relation Name") == "minute_bars" else 0
+        return n + sum(walk(c) for c in node.get("Plans", []))
+    return walk(plan[0]["Plan"])
+
+
+def test_an_intraday_cursor_narrows_the_sessions_read(runtime):
+    """limit=1 with a cursor in the last session reads that session only, not
+    every session from start on."""
+    _store(runtime, _bars())
+    sql = mstore.intraday_sql("1m", adjusted=True, include_invalid=False, fmt="json")
+    base = {"symbol": SYM, "tf": "1d", "start": dt.date(2024, 11, 1),
+            "end": dt.date(2024, 11, 30), "limit": 2}
+    assert _minute_rows_scanned(runtime, sql, {**base, "after": None}) == 3
+    late = dt.datetime(2024, 11, 29, 15, 0, tzinfo=dt.timezone.utc)  # 10:00 New York
+    assert _minute_rows_scanned(runtime, sql, {**base, "after": late}) == 1
+    with runtime.conn() as conn:
+        rows = conn.execute(sql, {**base, "after": late}).fetchall()
+    assert [json.loads(r[1])["time"] for r in rows][0] > "2024-11-29T10:00:00"

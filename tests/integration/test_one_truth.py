@@ -154,8 +154,10 @@ def _switch_with_the_key_in_the_shell_only(up: Up) -> None:
     assert ("POLYGON_API_KEY is set in your shell but not in the appliance's environment: "
             "put it in appliance.env") in res.stderr, res.stderr
     assert "reload refused; the running config is unchanged" in res.stderr
-    h = up.health()
-    assert h["provider"] == "demo" and h["config_last_reload_successful"] is False
+    # (/health serves a probe up to a second old)
+    h = wait_until(lambda: (lambda h: h if h.get("config_last_reload_successful") is False
+                            else None)(up.health()), 5, "/health after the refusal")
+    assert h["provider"] == "demo"
     # the processes kept the config they run: a job queued now runs and is recorded
     rt = _runtime(up.path)
     try:
@@ -174,8 +176,9 @@ def _switch_with_the_key_in_appliance_env(up: Up, fake, truth) -> None:
     res = _cli(up.path, "reload")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "reloaded: config" in res.stdout
-    h = up.health()  # the reload returned after every process confirmed
-    assert h["provider"] == "polygon" and h["config_last_reload_successful"] is True
+    h = wait_until(lambda: (lambda h: h if h.get("provider") == "polygon" else None)(
+        up.health()), 5, "/health with the new provider")  # a probe up to a second old
+    assert h["config_last_reload_successful"] is True
     # the reload queued the replacement of the demo history by the vendor's
     rt = _runtime(up.path)
     try:

@@ -252,7 +252,9 @@ def test_a_restart_only_change_waits_for_a_restart_and_says_so(runtime, config_f
     # the next cold start takes the file: the new value is in force, nothing pending
     runtime.publish_config(load_config(runtime.config.path), boot=True)
     assert runtime.config["server"]["bind"] == "127.0.0.1:18998"
-    assert client.get("/health").get_json()["restart_required"] is None
+    from tests.support import wait_until  # /health serves a probe up to a second old
+    wait_until(lambda: client.get("/health").get_json()["restart_required"] is None, 5,
+               "/health without a pending restart")
 
 
 def test_check_config_diff_shows_what_a_reload_would_change_without_applying_it(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 from rq import Queue
 from rq.job import Job
@@ -113,3 +114,51 @@ def test_a_work_horse_that_dies_without_raising_has_its_run_marked_failed(config
                          (str(run_id),)).fetchone()[0]
     assert n == 1
     rt.close()
+
+
+def _subscribed(rt, name: str) -> bool:
+    """The worker listens on its RQ command channel (its pub/sub thread runs)."""
+    from rq.command import PUBSUB_CHANNEL_TEMPLATE
+    channel = PUBSUB_CHANNEL_TEMPLATE % name
+    return dict(rt.redis.pubsub_numsub(channel)).get(channel.encode(), 0) > 0
+
+
+def test_idle_workers_stop_within_5_s_of_sigterm(config_factory, procs):
+    """RQ's pub/sub thread waits up to its sleep time (60 s in RQ) for a message;
+    stopping the worker must not wait for it. The wait depended on a race, so
+    three workers are stopped at once."""
+    path = config_factory(schedules=QUIET)
+    rt = _rt(path)
+    names = [f"w-stop{i}" for i in range(3)]
+    ws = [cli(path, "worker", "--name", n) for n in names]
+    procs.extend(ws)
+    for n in names:
+        wait_until(lambda n=n: _subscribed(rt, n), 60, f"worker {n} to subscribe to its channel")
+    t0 = time.monotonic()
+    for w in ws:
+        w.send_signal(signal.SIGTERM)
+    wait_until(lambda: all(w.poll() is not None for w in ws), 90, "the workers to exit")
+    took = time.monotonic() - t0
+    outs = [w.communicate(timeout=5)[0] for w in ws]
+    assert [w.returncode for w in ws] == [0, 0, 0], outs
+    assert took < 5, f"the workers took {took:.1f} s to stop after SIGTERM:\n" + "\n".join(outs)
+    rt.close()
+
+
+def _logged_at(out: str, text: str) -> datetime:
+    line = next(ln for ln in out.splitlines() if text in ln)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_a_burst_worker_on_an_empty_queue_exits_within_5_s_of_subscribing(config_factory):
+    path = config_factory(schedules=QUIET)
+    p = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
+                        "worker", "--burst", "--name", "w-burst"],
+                       env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
+                       capture_output=True, text=True, timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    # measured from its own log (the process start is not what is measured)
+    took = (_logged_at(out, "worker w-burst stopped")
+            - _logged_at(out, "subscribing to channel")).total_seconds()
+    assert took < 5, f"worker --burst took {took:.1f} s to quit:\n{out}"

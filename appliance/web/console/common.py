@@ -31,6 +31,7 @@ from functools import wraps
 import psycopg
 import redis
 from flask import (Response, current_app, g, redirect, render_template, request, session)
+from itsdangerous import BadData, URLSafeTimedSerializer
 from psycopg_pool import PoolTimeout
 
 from ... import units
@@ -67,18 +68,62 @@ def page(template: str, partial: str, target: str, status: int = 200, **ctx):
     return render_template(template, **ctx), status
 
 
+# Before a login there is no server-side session (an anonymous visitor must
+# not be able to fill Redis): the login form's CSRF token is then stateless,
+# a random value in a cookie of its own, signed with the secret key and dated
+# (double submit). A token works only with the cookie of the browser it was
+# given to, for LOGIN_CSRF_MAX_AGE_S; a logged-in session has its own token.
+LOGIN_CSRF_COOKIE = "appliance_login_csrf"
+LOGIN_CSRF_MAX_AGE_S = 3600
+
+
+def _login_csrf_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key, salt="appliance-login-csrf")
+
+
+def _login_csrf_nonce() -> str:
+    nonce = g.get("login_csrf_nonce") or request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not 32 <= len(nonce) <= 64:
+        nonce = secrets.token_urlsafe(32)
+        g.login_csrf_new = True
+    g.login_csrf_nonce = nonce
+    return nonce
+
+
 def csrf_token() -> str:
-    tok = session.get("csrf")
-    if not tok:
-        tok = secrets.token_urlsafe(32)
-        session["csrf"] = tok
-    return tok
+    if session.get("fp"):  # logged in: the session's own token
+        tok = session.get("csrf")
+        if not tok:
+            tok = secrets.token_urlsafe(32)
+            session["csrf"] = tok
+        return tok
+    return _login_csrf_signer().dumps(_login_csrf_nonce())
 
 
 def _csrf_ok() -> bool:
-    expected = session.get("csrf")
     given = request.headers.get("X-CSRFToken") or request.form.get("csrf_token")
-    return bool(expected and given) and hmac.compare_digest(str(given), str(expected))
+    if not given:
+        return False
+    expected = session.get("csrf")
+    if expected:
+        return hmac.compare_digest(str(given), str(expected))
+    nonce = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not nonce:
+        return False
+    try:
+        signed = _login_csrf_signer().loads(str(given), max_age=LOGIN_CSRF_MAX_AGE_S)
+    except BadData:
+        return False
+    return isinstance(signed, str) and hmac.compare_digest(signed, nonce)
+
+
+def set_login_csrf_cookie(resp: Response) -> None:
+    """Sends the login form's CSRF cookie when a page made a new one."""
+    if g.get("login_csrf_new"):
+        secure = bool(rt().config["server"].get("secure_cookies")) or \
+            bool(current_app.config.get("SESSION_COOKIE_SECURE"))
+        resp.set_cookie(LOGIN_CSRF_COOKIE, g.login_csrf_nonce, httponly=True,
+                        samesite="Strict", secure=secure, path="/")
 
 
 def _refused(message: str, status: int = 403):
@@ -120,6 +165,7 @@ def _nonce():
 
 
 def _headers(resp: Response):
+    set_login_csrf_cookie(resp)
     nonce = getattr(g, "csp_nonce", "")
     resp.headers.setdefault(
         "Content-Security-Policy",
