@@ -27,7 +27,6 @@ its own database.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
 import json
 import statistics

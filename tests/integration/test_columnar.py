@@ -10,9 +10,9 @@ import hashlib
 import io
 import json
 import time
+from zoneinfo import ZoneInfo
 
 import duckdb
-import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -28,6 +28,7 @@ START, END = "2024-05-28", "2024-06-14"
 PARQUET, ARROW = "application/vnd.apache.parquet", "application/vnd.apache.arrow.stream"
 EXPORT_KEY, READ_KEY = "mda_export_key_for_tests_0123456789", "mda_read_key_for_tests_0123456789"
 SLOW_KEY, SLOW_RATE = "mda_slow_key_for_tests_0123456789", 5000
+NY = ZoneInfo("America/New_York")
 PRICES = ("open", "high", "low", "close", "volume", "vwap")
 
 
@@ -95,7 +96,7 @@ def _same(rows: list[dict], table: pa.Table, timeframe: str) -> None:
     assert len(got) == len(rows)
     for j, a in zip(rows, got):
         if timeframe in ("1d", "1w"):
-            local = a["time"].astimezone(timeframes_tz())
+            local = a["time"].astimezone(NY)
             assert (local.date().isoformat(), local.time()) == (j["time"], dt.time(0))
         else:
             assert a["time"] == dt.datetime.fromisoformat(j["time"])
@@ -107,11 +108,6 @@ def _same(rows: list[dict], table: pa.Table, timeframe: str) -> None:
                 assert a[c] == j[c], (c, j, a)
         if "quality_score" in j:
             assert a["quality_score"] == pytest.approx(j["quality_score"], rel=1e-6)
-
-
-def timeframes_tz():
-    from zoneinfo import ZoneInfo
-    return ZoneInfo("America/New_York")
 
 
 @pytest.mark.parametrize("adjusted", ["false", "true"])
@@ -160,7 +156,7 @@ def test_types_and_metadata_are_what_a_researcher_expects(client, stocked):
          "count": 500}
     assert req["next"] == _next_of(r) and "cursor=" in req["next"]
     # the extended session: the day's first bars are pre-market, from 04:00 New York
-    first = t.column("time")[0].as_py().astimezone(timeframes_tz())
+    first = t.column("time")[0].as_py().astimezone(NY)
     assert dt.time(4, 0) <= first.time() < dt.time(9, 30)
     daily = pq.read_table(io.BytesIO(_get(
         client, "/api/v1/historical/NVDA?start=2024-06-03&end=2024-06-14&format=parquet")
