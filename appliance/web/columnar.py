@@ -145,7 +145,8 @@ def _symbols(args) -> list[str]:
 def _bulk_args(args) -> dict:
     timeframe = bars.timeframe_arg(args)
     end = date_arg(args, "end", dt.datetime.now(NY).date())
-    start = date_arg(args, "start", end - dt.timedelta(days=365))
+    start = date_arg(args, "start", end - dt.timedelta(days=365)
+                     if end.toordinal() > 365 else dt.date.min)
     if start > end:
         raise BadRequest(f"start ({start}) is after end ({end})", "bad_range")
     fmt = args.get("format", "parquet")

@@ -292,6 +292,8 @@ def test_bad_bulk_requests_say_what_is_wrong(client, stocked):
                     ("symbols=AAPL&start=2024-02-01&end=2024-01-01", "bad_range")]:
         r = client.get(f"/api/v1/bars?{q}", headers=h)
         assert r.status_code == 400 and r.get_json()["error"]["code"] == code, q
+    # the default start a year before an end in year 1 is the first day there is
+    assert client.get("/api/v1/bars?symbols=AAPL&end=0001-02-01", headers=h).status_code == 200
 
 
 def _busy(runtime) -> list:
