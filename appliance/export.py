@@ -130,6 +130,8 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
     "rows": rows written}."""
     if start > end:
         raise ValueError(f"start ({start}) is after end ({end})")
+    if end >= dt.date(9999, 12, 1):
+        raise ValueError(f"end ({end}) must be before 9999-12-01")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(out)

@@ -129,3 +129,16 @@ def test_the_scheduled_export_job_keeps_the_configured_dataset_up_to_date(stocke
     assert (out / "timeframe=1d").is_dir() and (out / "timeframe=1m").is_dir()
     again = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
     assert again["status"] == "ok" and again["files_written"] == 0
+
+
+def test_bad_ranges_are_refused_by_name(stocked, tmp_path):
+    r = CliRunner().invoke(
+        __import__("appliance.cli", fromlist=["main"]).main,
+        ["--config", str(stocked.config.path), "export", "--timeframe", "1d",
+         "--start", "2024-02-01", "--end", "2024-01-01", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "--start (2024-02-01) is after --end (2024-01-01)" in r.output
+    r = CliRunner().invoke(
+        __import__("appliance.cli", fromlist=["main"]).main,
+        ["--config", str(stocked.config.path), "export", "--timeframe", "1d",
+         "--start", "2024-01-01", "--end", "9999-12-31", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "must be before 9999-12-01" in r.output
