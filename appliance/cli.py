@@ -135,7 +135,7 @@ def api_key():
 
 @api_key.command("new")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "admin"]),
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "admin", "export"]),
               default=("read",), show_default=True, help="repeat for several scopes")
 @click.option("--requests-per-minute", type=click.IntRange(1, 1_000_000), default=None,
               help="refuse this key's requests above this rate (429)")
@@ -359,6 +359,37 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
                                 params=params)
         except ApplianceError as e:
             _fail(e.message)
+
+
+@main.command("export")
+@click.option("--timeframe", "timeframe", required=True,
+              type=click.Choice(["1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w"]))
+@click.option("--start", callback=_parse_date, help="first session (default: history.start)")
+@click.option("--end", callback=_parse_date, help="last session (default: today)")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="the dataset's directory (created; its manifest.json says what it holds)")
+@click.pass_context
+def export_cmd(ctx, timeframe, start, end, out):
+    """Write the bars of the months of START..END as a Hive-partitioned Parquet
+    dataset in OUT (timeframe=/year=/month=), only the months that changed."""
+    from . import export as export_mod
+    rt = _runtime(ctx, migrate=True)
+    from .timeframes import base_of
+    start = start or rt.config.history_start(base_of(timeframe))
+    end = end or dt.date.today()
+    if start > end:
+        _fail(f"--start ({start}) is after --end ({end})", 2)
+
+    def progress(key, entry):
+        click.echo(f"wrote {key}/{export_mod.FILE}: {entry['rows']} bars, "
+                   f"{len(entry['symbols'])} symbols, {entry['bytes']} bytes")
+    try:
+        res = export_mod.export(rt.read_conn, timeframe, start, end, Path(out), progress)
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(f"export {timeframe} {start}..{end} to {out}: {len(res['written'])} file(s) "
+               f"written ({res['rows']} bars), {res['unchanged']} unchanged, "
+               f"{len(res['removed'])} removed")
 
 
 @main.command("run")

@@ -60,7 +60,8 @@ DEFAULTS: dict[str, Any] = {
                "max_request_bytes": 1024 * 1024, "metrics_token": "",
                "session_idle_minutes": 60, "session_max_hours": 12, "secure_cookies": False,
                "trusted_proxy_hops": 0, "auth_max_failures": 20,
-               "auth_failure_window_seconds": 60, "auth_lockout_seconds": 300, "api_keys": []},
+               "auth_failure_window_seconds": 60, "auth_lockout_seconds": 300, "api_keys": [],
+               "export": {"max_rows": 10_000_000}},
     "provider": {
         "name": "demo",
         "polygon": {"api_key": "", "base_url": "https://api.polygon.io", "requests_per_minute": 5,
@@ -102,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
                 "grid": {"green": 0.95, "yellow": 0.85}},
     "spot_check": {"source": "yahoo", "samples": 20, "match_pct": 0.2, "mismatch_pct": 1},
     "dashboard": {"refresh_seconds": 10},
+    "export": {"out": "", "timeframes": ["1m", "1d"]},
 }
 
 

@@ -42,6 +42,8 @@ JOBS: dict[str, Job] = {j.name: j for j in (
         "evaluate every alert rule"),
     Job("performance_review", "appliance.jobs.performance:run", "0 7 1 */3 *",
         "database size and growth, slowest queries, table and index sizes"),
+    Job("export", "appliance.jobs.export_job:run", "0 8 * * *",
+        "bring the Parquet dataset in export.out up to date (nothing when it is empty)"),
 )}
 
 #: the job names, in registry order

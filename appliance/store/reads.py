@@ -177,7 +177,9 @@ def weekly_sql(adjusted: bool, include_invalid: bool, fmt: str) -> str:
                    sum(d.trades) AS trades, count(*) AS sessions
             FROM ({inner}) d GROUP BY 1"""
     f = _finite
-    if fmt == "csv":
+    if fmt == "columns":  # typed columns (store.columnar)
+        text = "w.week, w.open, w.high, w.low, w.close, w.volume, w.vwap, w.trades, w.sessions"
+    elif fmt == "csv":
         text = ("format(E'%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s\\n', w.week, w.open, w.high, "
                 "w.low, w.close, w.volume, w.vwap, w.trades, w.sessions)")
     else:

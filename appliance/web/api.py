@@ -28,7 +28,7 @@ from ..store import minutes as mstore
 from ..jobs import runs
 from ..jobs.registry import JOB_NAMES, run_now_params
 from .auth import require_admin, require_read
-from . import bars, errors
+from . import bars, columnar, errors
 from . import openapi as openapi_doc
 from .errors import BadRequest, api_error
 from .params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
@@ -190,9 +190,7 @@ def _historical_args(args) -> tuple:
     adjusted = bool_arg(args, "adjusted", False)
     include_invalid = bool_arg(args, "include_invalid", False)
     limit = int_arg(args, "limit", None, 1, MAX_LIMIT)
-    fmt = args.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise BadRequest(f"format={fmt[:40]!r} must be json or csv", "bad_format")
+    fmt = columnar.negotiate(args)  # json, csv, parquet or arrow
     return start, end, adjusted, include_invalid, limit, fmt
 
 
@@ -204,8 +202,9 @@ def historical(symbol: str):
     symbol = symbol_arg(symbol)
     timeframe = bars.timeframe_arg(args)
     start, end, adjusted, include_invalid, limit, fmt = _historical_args(args)
-    if timeframe != "1d":
-        return bars.respond(rt().read_conn(), symbol=symbol, timeframe=timeframe,
+    if fmt in ("parquet", "arrow") or timeframe != "1d":
+        answer = columnar.historical if fmt in ("parquet", "arrow") else bars.respond
+        return answer(rt().read_conn(), symbol=symbol, timeframe=timeframe,
                             start=start, end=end, adjusted=adjusted,
                             include_invalid=include_invalid, fmt=fmt, limit=limit,
                             cursor=args.get("cursor"),
@@ -589,4 +588,5 @@ def openapi():
 def register(app) -> None:
     app.json = JSONProvider(app)
     app.register_blueprint(bp)
+    columnar.register(app)
     errors.register(app)

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from .. import __version__ as APP_VERSION
 from .. import timeframes
+from . import openapi_columnar
 from ..config import SYMBOL_RE
 from ..jobs.registry import JOB_NAMES
 
@@ -396,7 +397,8 @@ def _admin(summary: str, responses: dict, *, body: dict | None = None, params: l
 
 
 def _paths() -> dict:
-    return {**_data_paths(), **_ops_paths()}
+    return {**_data_paths(), **_ops_paths(),
+            **openapi_columnar.paths(SYMBOL_PATTERN, DATE_PATTERN)}
 
 
 def _data_paths() -> dict:
@@ -440,7 +442,8 @@ def _data_paths() -> dict:
                              "type": "string",
                              "description": "Header: time,open,high,low,close,volume,vwap,"
                                             "validated,quality_score,gap_detected,gap_kind,"
-                                            "source"}}}},
+                                            "source"}},
+                         **openapi_columnar.HISTORICAL_CONTENT}},
             [symbol_path,
              _date_param("start", "First session (inclusive); default one year before end.",
                          "2025-10-01"),
@@ -449,8 +452,7 @@ def _data_paths() -> dict:
              _q("adjusted", {"type": "boolean", "default": False},
                 "Apply stored splits: prices times the split ratio before a split, volume "
                 "divided by it."),
-             _q("format", {"type": "string", "enum": ["json", "csv"], "default": "json"},
-                "json or csv."),
+             openapi_columnar.FORMAT_PARAM,
              _q("limit", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                 "At most this many candles (the earliest)."),
              _q("include_invalid", {"type": "boolean", "default": False},

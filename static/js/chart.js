@@ -214,9 +214,32 @@
     if (state.placing) { return; }
     var ts = chart.timeScale(), range = ts.getVisibleLogicalRange(), shown = ts.getVisibleRange();
     el.dataset.lastVisible = shown ? String(shown.to) : "";
+    downloads(shown);
     if (range && range.from < NEAR && state.older && !state.loading) { loadOlder(); }
   }
   chart.timeScale().subscribeVisibleLogicalRangeChange(maybeOlder);
+
+  /* The Download links ask the API for the sessions the view shows, in the
+   * chart's timeframe and prices (a bar's time: a date string, or New York
+   * wall-clock seconds). */
+  function day(t) {
+    if (typeof t === "string") { return t.slice(0, 10); }
+    if (typeof t === "object") {  /* a business day {year, month, day} */
+      return t.year + "-" + String(t.month).padStart(2, "0") + "-" + String(t.day).padStart(2, "0");
+    }
+    return new Date(t * 1000).toISOString().slice(0, 10);
+  }
+  function downloads(shown) {
+    if (!shown) { return; }
+    document.querySelectorAll("#downloads a[data-format]").forEach(function (a) {
+      var u = new URL(a.href, window.location.href);
+      u.searchParams.set("timeframe", state.timeframe);
+      u.searchParams.set("adjusted", state.adjusted ? "true" : "false");
+      u.searchParams.set("start", day(shown.from));
+      u.searchParams.set("end", day(shown.to));
+      a.href = u.pathname + u.search;
+    });
+  }
 
   function choose(ev, change) {
     ev.preventDefault();

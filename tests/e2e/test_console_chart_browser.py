@@ -117,3 +117,33 @@ def test_the_switcher_fits_a_phone(browser, server, minutes):
         _wait_drawn(pp, "1h")
     finally:
         phone.close()
+
+
+def test_the_download_links_follow_the_timeframe_prices_and_visible_range(page, server,
+                                                                         minutes):
+    import io
+    import urllib.parse
+
+    import pyarrow.parquet as pq
+    page.goto(f"{server}/symbols/NVDA")
+    page.wait_for_selector("#chart canvas")
+    page.click("#chart-timeframes a[data-timeframe='15m']")
+    _wait_drawn(page, "15m")
+    page.click("a[data-adjusted='1']")
+    page.wait_for_function("() => document.querySelector('#chart').dataset.adjusted === '1'")
+    _wait_drawn(page, "15m")
+    page.wait_for_function("() => document.querySelector('#download-parquet')"
+                           ".href.includes('timeframe=15m')")
+    href = page.locator("#download-parquet").get_attribute("href")
+    q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(href).query))
+    assert (q["timeframe"], q["adjusted"], q["format"]) == ("15m", "true", "parquet")
+    # the view shows the last sessions of the history
+    assert "2024-05-28" <= q["start"] <= q["end"] == "2024-06-14"
+    r = page.request.get(server + href)
+    assert r.status == 200 and r.headers["content-type"] == "application/vnd.apache.parquet"
+    t = pq.read_table(io.BytesIO(r.body()))
+    sessions = {d.isoformat() for d in t.column("session").to_pylist()}
+    assert min(sessions) >= q["start"] and max(sessions) == q["end"]
+    csv = page.locator("#download-csv").get_attribute("href")
+    assert "format=csv" in csv and "timeframe=15m" in csv
+    assert not page.watch.errors, page.watch.errors

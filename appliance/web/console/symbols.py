@@ -89,6 +89,15 @@ def _ny_span(minutes: dict | None) -> dict | None:
     return out
 
 
+def _stored_range(row: dict, minutes: dict | None, timeframe: str) -> tuple:
+    """The sessions the Download links ask for until the chart says which
+    bars it shows (static/js/chart.js keeps them to the visible range)."""
+    if timeframe in chart.INTRADAY and minutes and minutes.get("first_bar"):
+        return (minutes["first_bar"].astimezone(NY).date(),
+                minutes["last_bar"].astimezone(NY).date())
+    return row.get("first_session"), row.get("last_session")
+
+
 @bp.get("/symbols/<symbol>")
 def symbol_page(symbol: str):
     """The symbol's facts, its chart (timeframes 1m..1w; the intraday ones
@@ -108,6 +117,7 @@ def symbol_page(symbol: str):
     configured = symbol in {s.symbol for s in rt().config.symbols}
     offered = [tf for tf in chart.TIMEFRAMES if minutes or tf not in chart.INTRADAY]
     return render_template("symbol.html", symbol=symbol, row=row, invalid=invalid, gaps=gaps,
+                           download_range=_stored_range(row, minutes, timeframe),
                            adjusted=adjusted, configured=configured, minutes=minutes,
                            timeframe=timeframe, timeframes=offered,
                            qclass=quality_class(row["quality_score"] if row["records"] else None))

@@ -1,0 +1,241 @@
+"""Arrow and Parquet out: ``format=parquet|arrow`` (or the ``Accept`` types)
+on ``/api/v1/historical/{symbol}``, and the bulk endpoint ``/api/v1/bars``.
+
+Historical: the same rows and the same cursor pages as the JSON answer
+(``bars.PAGE_MAX`` bars per page for every timeframe but 1d; the next page's
+link in a ``Link: <...>; rel="next"`` header and in the file's metadata).
+
+Bulk: many symbols in one streamed answer, sorted by symbol then time, each
+Parquet row group (or Arrow / CSV batch) sent as it is read from one
+server-side stream per symbol; the connection is held only while the answer
+is sent and given back (its query cancelled) when the client goes away. It
+needs the ``export`` scope (or ``admin``); ``server.export.max_rows`` bounds
+one answer (413 beyond, saying how to page).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+
+import pyarrow as pa
+from flask import Blueprint, Response, current_app, request
+
+from .. import arrowbars, store
+from ..store import columnar as cstore
+from ..store import minutes as mstore
+from . import bars
+from .auth import ADMIN, principal
+from .errors import BadRequest, api_error
+from .params import bool_arg, date_arg, query_args, symbol_arg
+
+bp = Blueprint("columnar", __name__)
+
+EXPORT = "export"
+#: Rows fetched per round trip and per Arrow batch of the bulk answer.
+CHUNK = 10_000
+#: Rows per Parquet row group of the bulk answer (each sent when complete).
+ROW_GROUP = 100_000
+MAX_SYMBOLS = 20_000
+BULK_FORMATS = ("parquet", "arrow", "csv")
+NY = bars.NY
+
+
+def rt():
+    return current_app.config["RUNTIME"]
+
+
+def negotiate(args) -> str:
+    """``format`` when given, else parquet or arrow when ``Accept`` prefers
+    one of their types, else json (what every answer was before)."""
+    fmt = args.get("format")
+    if fmt is None:
+        best = request.accept_mimetypes.best_match(
+            ["application/json", arrowbars.MIMETYPES["parquet"], arrowbars.MIMETYPES["arrow"]])
+        return {arrowbars.MIMETYPES["parquet"]: "parquet",
+                arrowbars.MIMETYPES["arrow"]: "arrow"}.get(best, "json")
+    if fmt not in arrowbars.FORMATS:
+        raise BadRequest(f"format={fmt[:40]!r} is not a format; formats: "
+                         f"{', '.join(arrowbars.FORMATS)}", "bad_format")
+    return fmt
+
+
+def _source_of(conn, symbol: str, timeframe: str) -> str | None:
+    if cstore.kind_of(timeframe) == "intraday":
+        return (mstore.minute_stats_of(conn, symbol) or {}).get("source")
+    return (store.symbol_row(conn, symbol) or {}).get("source")
+
+
+def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.date,
+               adjusted: bool, include_invalid: bool, fmt: str, limit: int | None,
+               cursor: str | None, known) -> Response | None:
+    """One page of ``symbol``'s bars as Parquet or Arrow, or None when the
+    symbol is unknown."""
+    daily = timeframe == "1d"
+    page = limit if daily else min(limit or bars.PAGE_MAX, bars.PAGE_MAX)
+    after = None if daily else bars._cursor(cursor, timeframe == "1w")
+    params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
+              "limit": page + 1 if page else None}
+    with conn_cm as conn:
+        table = _read_table(conn, symbol, timeframe, adjusted, include_invalid, params)
+        if not table.num_rows and not known(conn):
+            return None
+        source = _source_of(conn, symbol, timeframe)
+    more = page is not None and table.num_rows > page
+    if more:
+        table = table.slice(0, page)
+    nxt = bars._next_link(table.column("time")[-1].value) if more and not daily else None
+    meta = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
+            "adjusted": adjusted, "include_invalid": include_invalid, "source": source,
+            "cursor": cursor, "count": table.num_rows, "next": nxt}
+    table = table.replace_schema_metadata(arrowbars.schema(timeframe, meta).metadata)
+    body = list(arrowbars.encode(fmt, table.schema, table.to_batches()))
+    headers = {"Content-Disposition": f'attachment; filename="{symbol}_{timeframe}_{start}_'
+                                      f'{end}.{arrowbars.SUFFIX[fmt]}"'}
+    if nxt:
+        headers["Link"] = f'<{nxt}>; rel="next"'
+    return Response(body, mimetype=arrowbars.MIMETYPES[fmt], headers=headers)
+
+
+def _read_table(conn, symbol: str, timeframe: str, adjusted: bool, include_invalid: bool,
+                params: dict) -> pa.Table:
+    sch = arrowbars.schema(timeframe)
+    b = arrowbars.Batches(sch, [symbol])
+    return pa.Table.from_batches(list(arrowbars.symbol_batches(
+        conn, b, symbol, timeframe, adjusted=adjusted, include_invalid=include_invalid,
+        params=params)), sch)
+
+
+# --------------------------------------------------------------------------- bulk
+
+def _refused() -> Response | None:
+    """401 without a credential, 403 with one that may not export."""
+    p = principal()
+    how = ("an API key with scopes [read, export] (appliance api-key new NAME --scope read "
+           "--scope export) or the admin token")
+    if p is None:
+        resp = api_error(401, "unauthorized", f"bulk export needs 'Authorization: Bearer "
+                                              f"<key>' with the export scope: {how}")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
+        return resp
+    if EXPORT not in p.scopes and ADMIN not in p.scopes:
+        return api_error(403, "export_not_allowed",
+                         f"{p.name} has no export scope; bulk export needs {how}")
+    return None
+
+
+def _symbols(args) -> list[str]:
+    if ("symbols" in args) == ("universe" in args):
+        raise BadRequest("give either symbols (comma-separated) or universe "
+                         "(configured or stored)", "bad_symbols")
+    if "symbols" in args:
+        syms = [symbol_arg(s) for s in args["symbols"].split(",")]
+        if len(syms) > MAX_SYMBOLS:
+            raise BadRequest(f"too many symbols (at most {MAX_SYMBOLS})", "bad_symbols")
+        return sorted(set(syms))
+    universe = args["universe"]
+    if universe == "configured":
+        return sorted({s.symbol for s in rt().config.symbols})
+    if universe == "stored":
+        return []  # read from the database with the rows
+    raise BadRequest(f"universe={universe[:40]!r} must be configured or stored",
+                     "bad_universe")
+
+
+def _bulk_args(args) -> dict:
+    timeframe = bars.timeframe_arg(args)
+    end = date_arg(args, "end", dt.datetime.now(NY).date())
+    start = date_arg(args, "start", end - dt.timedelta(days=365)
+                     if end.toordinal() > 365 else dt.date.min)
+    if start > end:
+        raise BadRequest(f"start ({start}) is after end ({end})", "bad_range")
+    fmt = args.get("format", "parquet")
+    if fmt not in BULK_FORMATS:
+        raise BadRequest(f"format={fmt[:40]!r} is not a bulk format; formats: "
+                         f"{', '.join(BULK_FORMATS)}", "bad_format")
+    return {"timeframe": timeframe, "start": start, "end": end, "format": fmt,
+            "adjusted": bool_arg(args, "adjusted", False),
+            "include_invalid": bool_arg(args, "include_invalid", False),
+            "symbols": _symbols(args)}
+
+
+def _over_limit(n: int, limit: int, a: dict) -> Response:
+    return api_error(413, "too_many_rows",
+                     f"{n} bars asked for, over server.export.max_rows ({limit}): ask for "
+                     f"fewer symbols or a shorter start..end (e.g. one month per request, "
+                     f"timeframe={a['timeframe']}), or run 'appliance export' for a whole "
+                     f"dataset", max_rows=limit, rows=n)
+
+
+@bp.get("/api/v1/bars")
+def bulk():
+    refused = _refused()
+    if refused is not None:
+        return refused
+    args = query_args({"symbols", "universe", "timeframe", "start", "end", "format",
+                       "adjusted", "include_invalid"})
+    a = _bulk_args(args)
+    limit = int(rt().config["server"]["export"]["max_rows"])
+    cm = rt().read_conn()
+    conn = cm.__enter__()
+    try:
+        if args.get("universe") == "stored":
+            a["symbols"] = cstore.stored_symbols(conn, a["timeframe"])
+        n = cstore.count_rows(conn, a["timeframe"], a["symbols"], a["start"], a["end"],
+                              a["include_invalid"])
+    except BaseException:
+        cm.__exit__(*sys.exc_info())
+        raise
+    if n > limit:
+        cm.__exit__(None, None, None)
+        return _over_limit(n, limit, a)
+    meta = {k: a[k] for k in ("timeframe", "start", "end", "adjusted", "include_invalid")}
+    meta["symbols"] = len(a["symbols"])
+    sch = arrowbars.schema(a["timeframe"], meta)
+    body = arrowbars.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
+                            ROW_GROUP)
+    from .api import _Stream  # the streamed answer that gives its connection back
+    name = f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}.{arrowbars.SUFFIX[a["format"]]}'
+    return Response(_Stream(body, conn, cm, "bulk bars"),
+                    mimetype=arrowbars.MIMETYPES[a["format"]],
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _rate() -> int | None:
+    """The bars per second the caller's key may export (None: no limit)."""
+    p = principal()
+    for k in rt().config["server"].get("api_keys") or ():
+        if p is not None and p.kind == "api_key" and k["name"] == p.name:
+            return k.get("export_rows_per_second")
+    return None
+
+
+def _paced(batches, rate: int | None):
+    """``batches``, no faster than ``rate`` bars per second on average (a
+    batch waits until the bars sent so far are due)."""
+    t0, sent = time.monotonic(), 0
+    for b in batches:
+        if rate:
+            wait = sent / rate - (time.monotonic() - t0)
+            if wait > 0:
+                time.sleep(wait)
+        yield b
+        sent += b.num_rows
+
+
+def _read_batches(conn, sch, a: dict):
+    """Record batches of every symbol in turn, each read as one stream (a
+    binary COPY for intraday bars), at most CHUNK rows in hand."""
+    batches = arrowbars.Batches(sch, a["symbols"])
+    for sym in a["symbols"]:
+        params = {"symbol": sym, "tf": "1d", "start": a["start"], "end": a["end"],
+                  "after": None, "limit": None}
+        yield from arrowbars.symbol_batches(conn, batches, sym, a["timeframe"],
+                                            adjusted=a["adjusted"],
+                                            include_invalid=a["include_invalid"],
+                                            params=params, chunk=CHUNK)
+
+
+def register(app) -> None:
+    app.register_blueprint(bp)
+

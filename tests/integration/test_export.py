@@ -1,0 +1,144 @@
+"""``appliance export``: a Hive-partitioned Parquet dataset that DuckDB,
+polars and pandas read as it is, equal to the API's JSON bar for bar, and
+incremental (nothing written when nothing changed, one file when one
+session changed). Real PostgreSQL; the stock of test_columnar."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import duckdb
+import pandas as pd
+import polars as pl
+import yaml
+from click.testing import CliRunner
+
+from appliance import export
+from tests.integration.test_columnar import END, START, _json_bars, stocked  # noqa: F401
+from tests.minute_store import store_minutes
+
+
+def _files(out) -> dict:
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns
+            for p in out.rglob("*.parquet")}
+
+
+def test_cli_export_is_read_by_duckdb_polars_and_pandas_as_json_says(client, stocked,
+                                                                     tmp_path):
+    out = tmp_path / "dataset"
+    r = CliRunner().invoke(
+        __import__("appliance.cli", fromlist=["main"]).main,
+        ["--config", str(stocked.config.path), "export", "--timeframe", "1m",
+         "--start", START, "--end", END, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "2 file(s) written" in r.output
+    assert set(_files(out)) == {"timeframe=1m/year=2024/month=5/bars.parquet",
+                                "timeframe=1m/year=2024/month=6/bars.parquet"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    june = manifest["partitions"]["timeframe=1m/year=2024/month=6"]
+    assert june["symbols"] == ["AAPL", "NVDA"] and june["rows"] > 0 and june["fingerprint"]
+
+    want = {s: _json_bars(client, f"/api/v1/historical/{s}?timeframe=1m&start={START}"
+                                  f"&end={END}&include_invalid=true") for s in ("AAPL", "NVDA")}
+    rows = duckdb.sql(f"""SELECT symbol, time, close, volume, validated, timeframe, year, month
+                          FROM read_parquet('{out}/**/*.parquet', hive_partitioning=true)
+                          ORDER BY symbol, time""").fetchall()
+    assert len(rows) == sum(len(v) for v in want.values())
+    assert {r[5] for r in rows} == {"1m"} and {(r[6], r[7]) for r in rows} == {(2024, 5),
+                                                                               (2024, 6)}
+    nvda = [r for r in rows if r[0] == "NVDA"]
+    for j, r in zip(want["NVDA"], nvda):
+        assert r[1] == dt.datetime.fromisoformat(j["time"])
+        assert (r[2], r[3], r[4]) == (j["close"], j["volume"], j["validated"])
+    assert not all(r[4] for r in nvda)  # the invalid bars are there, flagged
+
+    lf = pl.scan_parquet(f"{out}/**/*.parquet", hive_partitioning=True)
+    got = (lf.filter(pl.col("symbol").cast(pl.String) == "NVDA").sort("time")
+           .select("close").collect())
+    assert got["close"].to_list() == [j["close"] for j in want["NVDA"]]
+    df = pd.read_parquet(out / "timeframe=1m")
+    assert len(df) == len(rows) and set(df["month"].astype(int)) == {5, 6}
+
+
+def test_a_second_export_writes_nothing_and_a_changed_session_one_file(stocked, tmp_path):
+    out = tmp_path / "ds"
+    start, end = dt.date.fromisoformat(START), dt.date.fromisoformat(END)
+    first = export.export(stocked.read_conn, "5m", start, end, out)
+    assert len(first["written"]) == 2
+    files = _files(out)
+    manifest = (out / "manifest.json").read_text()
+
+    again = export.export(stocked.read_conn, "5m", start, end, out)
+    assert again == {"written": [], "unchanged": 2, "removed": [], "rows": 0}
+    assert _files(out) == files and (out / "manifest.json").read_text() == manifest
+
+    store_minutes(stocked, "AAPL", "2024-06-12", "2024-06-12", seed=11)  # one session again
+    third = export.export(stocked.read_conn, "5m", start, end, out)
+    assert third["written"] == ["timeframe=5m/year=2024/month=6"]
+    now = _files(out)
+    may = "timeframe=5m/year=2024/month=5/bars.parquet"
+    june = "timeframe=5m/year=2024/month=6/bars.parquet"
+    assert now[may] == files[may] and now[june] != files[june]
+
+
+def test_daily_and_weekly_datasets_equal_json(client, stocked, tmp_path):
+    out = tmp_path / "ds"
+    export.export(stocked.read_conn, "1d", dt.date(2024, 1, 1), dt.date(2024, 6, 30), out)
+    export.export(stocked.read_conn, "1w", dt.date(2024, 1, 1), dt.date(2024, 6, 30), out)
+    con = duckdb.connect()
+    for tf, start, end in (("1d", "2024-01-01", "2024-06-30"), ("1w", "2024-01-07",
+                                                                 "2024-07-06")):
+        want = _json_bars(client, f"/api/v1/historical/NVDA?timeframe={tf}&start={start}"
+                                  f"&end={end}&include_invalid=true")
+        got = con.sql(f"""SELECT timezone('America/New_York', time)::date, close, volume
+                          FROM read_parquet('{out}/timeframe={tf}/**/*.parquet',
+                                            hive_partitioning=true)
+                          WHERE symbol = 'NVDA' ORDER BY time""").fetchall()
+        assert [(g[0].isoformat(), g[1], g[2]) for g in got] == \
+            [(j["time"], j["close"], j["volume"]) for j in want], tf
+
+
+def test_a_manifest_that_is_not_one_is_refused_by_name(stocked, tmp_path):
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    try:
+        export.export(stocked.read_conn, "1d", dt.date(2024, 1, 1), dt.date(2024, 1, 31),
+                      tmp_path)
+    except ValueError as e:
+        assert "manifest.json is not an export manifest" in str(e)
+    else:
+        raise AssertionError("an unreadable manifest was overwritten")
+
+
+def test_the_scheduled_export_job_keeps_the_configured_dataset_up_to_date(stocked,
+                                                                        config_factory,
+                                                                        tmp_path):
+    from appliance.jobs import export_job, runs
+    from appliance.reload import reload_config
+    res = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    assert res["status"] == "ok" and "export.out is empty" in res["skipped"]
+
+    out = tmp_path / "nightly"
+    data = yaml.safe_load(stocked.config.path.read_text())
+    data["export"] = {"out": str(out), "timeframes": ["1m", "1d"]}
+    stocked.config.path.write_text(yaml.safe_dump(data))
+    assert reload_config(stocked, source="cli")["ok"]
+    first = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    assert first["status"] == "ok", first
+    r = first
+    assert r["timeframes"]["1m"]["written"] == 2 and r["timeframes"]["1d"]["written"] > 2
+    assert (out / "timeframe=1d").is_dir() and (out / "timeframe=1m").is_dir()
+    again = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    assert again["status"] == "ok" and again["files_written"] == 0
+
+
+def test_bad_ranges_are_refused_by_name(stocked, tmp_path):
+    r = CliRunner().invoke(
+        __import__("appliance.cli", fromlist=["main"]).main,
+        ["--config", str(stocked.config.path), "export", "--timeframe", "1d",
+         "--start", "2024-02-01", "--end", "2024-01-01", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "--start (2024-02-01) is after --end (2024-01-01)" in r.output
+    r = CliRunner().invoke(
+        __import__("appliance.cli", fromlist=["main"]).main,
+        ["--config", str(stocked.config.path), "export", "--timeframe", "1d",
+         "--start", "2024-01-01", "--end", "9999-12-31", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "must be before 9999-12-01" in r.output
