@@ -17,15 +17,12 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import default_config_path, load_config
+from .commandruntime import _config_path, command_runtime as _runtime
+from .config import load_config
 from .configdiff import diff_configs
 from .errors import ApplianceError, ConfigError
 
 log = logging.getLogger("appliance.cli")
-
-
-def _config_path(ctx) -> Path:
-    return Path(ctx.obj["config"]) if ctx.obj.get("config") else default_config_path()
 
 
 def _load(ctx):
@@ -35,9 +32,6 @@ def _load(ctx):
         for line in e.errors:
             click.echo(line, err=True)
         ctx.exit(1)
-
-
-from .commandruntime import command_runtime as _runtime  # noqa: E402
 
 
 def _fail(msg: str, code: int = 1):
