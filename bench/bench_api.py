@@ -61,7 +61,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance import db  # noqa: E402
+from appliance.store import pool as db  # noqa: E402
 
 SERVER = os.environ.get("APPLIANCE_BENCH_DATABASE_URL",
                         "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -249,12 +249,13 @@ def bench_historical(args, tmp: Path) -> dict:
         port_a, port_m = _free_port(), _free_port()
         cfg = _config(tmp, "api", url, port_a, args.workers, args.threads, ["AAPL"])
         # one real backfill from the demo provider: ~13 months of AAPL
-        from appliance.jobs import backfill, runs
-        from appliance.runtime import Runtime
+        from appliance.ingest.backfill import run_backfill
+        from appliance.jobs import runs
+        from appliance.runtime.runtime import Runtime
         rt = Runtime.from_path(cfg)
         rt.open()
         try:
-            res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params={})
+            res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params={})
             assert res["status"] == "ok", res
             with rt.conn() as conn:
                 last = conn.execute("SELECT max(last_session) FROM symbol_stats").fetchone()[0]
@@ -384,7 +385,7 @@ def bench_tail(args, tmp: Path) -> dict:
         syms = [f"S{i:04d}" for i in range(1, n_sym + 1)]
         cfg_path = _config(tmp, "tail", url, port_a, args.tail_workers, args.threads, syms,
                            pool_size=args.tail_pool_size, worker_class="gevent")
-        from appliance.config import load_config
+        from appliance.config.loader import load_config
         from appliance.web.server import gunicorn_options
         opts = gunicorn_options(load_config(cfg_path))
         env_a = {}

@@ -31,8 +31,10 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance import calendar as tcal  # noqa: E402
-from appliance import db, quality, store  # noqa: E402
+from appliance.core import calendar as tcal  # noqa: E402
+from appliance.store import pool as db
+from appliance.core import quality
+from appliance import store  # noqa: E402
 from tests.fakes.polygon_fake import PolygonFake, make_truth  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -63,7 +65,7 @@ def write_config(path: Path, url: str, fake_url: str, syms: list[str], start: dt
 
 CHILD = r"""
 import json, resource, sys, time
-from appliance.runtime import Runtime
+from appliance.runtime.runtime import Runtime
 from appliance.jobs import runs, backfill
 rt = Runtime.from_path(sys.argv[1]); rt.open()
 t0 = time.perf_counter()

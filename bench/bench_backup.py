@@ -35,8 +35,10 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance import backups, db, units  # noqa: E402
-from appliance import calendar as tcal  # noqa: E402
+from appliance.ops import backups
+from appliance.store import pool as db
+from appliance.core import units  # noqa: E402
+from appliance.core import calendar as tcal  # noqa: E402
 
 SERVER = os.environ.get("APPLIANCE_BENCH_DATABASE_URL",
                         "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -134,10 +136,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
 
-    from appliance.jobs import backup as backup_job
-    from appliance.jobs import restore_test as restore_job
+    from appliance.ops.backups import run_backup
+    from appliance.ops.backups import run_restore_test
     from appliance.jobs import runs
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
 
     with psycopg.connect(SERVER, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
@@ -161,7 +163,7 @@ def main() -> int:
             for i in range(a.rounds):
                 bare_d.append(bare_dump(tools, url, Path(d) / "bare.dump"))
                 t = time.perf_counter()
-                res = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run)
+                res = runs.execute(rt, "backup", runs.manual_slot(), run_backup)
                 bk.append(time.perf_counter() - t)
                 assert res["status"] == "ok", res
                 archive, size = Path(res["path"]), res["size_bytes"]
@@ -169,7 +171,7 @@ def main() -> int:
             for i in range(a.rounds):  # alternate, so that neither side gets a warmer cache
                 bares.append(bare_restore(rt, tools, url, archive, jobs))
                 t = time.perf_counter()
-                res = runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+                res = runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,
                                    params={"backup": str(archive)})
                 tests.append(time.perf_counter() - t)
                 assert res["status"] == "ok", res

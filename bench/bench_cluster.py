@@ -40,7 +40,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance import calendar as tcal  # noqa: E402
+from appliance.core import calendar as tcal  # noqa: E402
 from tests.deploy import cluster as clustermod  # noqa: E402
 from tests.deploy import host as hostmod  # noqa: E402
 from tests.deploy import test_cluster_journey as tj  # noqa: E402

@@ -30,7 +30,8 @@ TARGET_MS = 50.0
 
 
 def setup(tmp: Path):
-    from appliance import db, services
+    from appliance.store import pool as db
+    from appliance.runtime import services
     from conftest import _as_url, _replace_db, write_config  # the tests' helpers
     pg = os.environ.get("APPLIANCE_TEST_DATABASE_URL")
     rd = os.environ.get("APPLIANCE_TEST_REDIS_URL")
@@ -94,7 +95,7 @@ def main() -> int:
     pg, name, url, cfg, symbols = setup(tmp)
     try:
         fill(url, symbols)
-        from appliance.runtime import Runtime
+        from appliance.runtime.runtime import Runtime
         from appliance.web import create_app
         rt = Runtime.from_path(cfg)
         rt.open()
@@ -134,10 +135,10 @@ def main() -> int:
         with psycopg.connect(pg, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if not os.environ.get("APPLIANCE_TEST_DATABASE_URL"):
-            from appliance import services
+            from appliance.runtime import services
             services.stop_embedded_postgres(tmp)
         if not os.environ.get("APPLIANCE_TEST_REDIS_URL"):
-            from appliance import services
+            from appliance.runtime import services
             services.stop_embedded_redis(tmp)
     return 0
 

@@ -53,9 +53,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance import intraday, quality, store, units  # noqa: E402
-from appliance import calendar as tcal  # noqa: E402
-from appliance.candles import MinuteBars  # noqa: E402
+from appliance.ingest import minutes as intraday
+from appliance.core import quality, units
+from appliance import store  # noqa: E402
+from appliance.core import calendar as tcal  # noqa: E402
+from appliance.core.candles import MinuteBars  # noqa: E402
 from appliance.store import minutes as mstore  # noqa: E402
 from tests.fakes.minute_truth import make_minute_truth  # noqa: E402
 from tests.fakes.polygon_fake import PolygonFake  # noqa: E402
@@ -296,7 +298,7 @@ def load_daily(url: str, truth, syms: list[str]) -> int:
     today = dt.date.today()
     n = 0
     with psycopg.connect(url) as conn:
-        from appliance import db
+        from appliance.store import pool as db
         db.ensure_partitions(conn, 2023, 2026)
         conn.commit()
         for s in syms:
@@ -433,8 +435,8 @@ def bench_daily_update(rt, syms: list[str]) -> dict:
 
 CHILD = r"""
 import datetime as dt, json, sys, time
-from appliance.runtime import Runtime
-from appliance import intraday
+from appliance.runtime.runtime import Runtime
+from appliance.ingest import minutes as intraday
 from appliance.providers import make_provider
 from appliance.providers.http import MemoryStats
 rt = Runtime.from_path(sys.argv[1]); rt.open()
@@ -442,7 +444,7 @@ syms = json.loads(sys.argv[2]); now = dt.datetime.fromisoformat(sys.argv[3])
 stats = MemoryStats()
 provider = make_provider(rt.config["provider"], stats=stats, redis=rt.redis)
 t0 = time.perf_counter()
-from appliance import calendar as tcal
+from appliance.core import calendar as tcal
 with rt.conn() as conn:
     windows = intraday.plan(conn, rt.config, syms,
                             end=tcal.latest_completed_session("XNYS", now))
@@ -508,9 +510,9 @@ def bench_fetch_backfill(truth, syms: list[str], tmp: Path) -> dict:
 # --------------------------------------------------------------------------- 6. disk
 
 def bench_disk(rt, url: str, tmp: Path) -> dict:
-    from appliance import backups
-    from appliance.jobs import backup as backup_job
-    from appliance.jobs import restore_test as restore_job
+    from appliance.ops import backups
+    from appliance.ops.backups import run_backup
+    from appliance.ops.backups import run_restore_test
     from appliance.jobs import runs
     with backups._maintenance_conn(url) as m:
         tools = backups.find_tools(rt, backups.server_major(m))
@@ -524,12 +526,12 @@ def bench_disk(rt, url: str, tmp: Path) -> dict:
     bare.unlink()
     say(f"  bare pg_dump -Fc: {bare_s:.1f} s, {units.human_bytes(bare_size)}")
     t = time.perf_counter()
-    res = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run)
+    res = runs.execute(rt, "backup", runs.manual_slot(), run_backup)
     backup_s = time.perf_counter() - t
     assert res["status"] == "ok", res
     say(f"  backup job: {backup_s:.1f} s")
     t = time.perf_counter()
-    rtest = runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+    rtest = runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,
                          params={"backup": res["path"]})
     restore_s = time.perf_counter() - t
     assert rtest["status"] == "ok", rtest
@@ -560,7 +562,7 @@ def main() -> int:
     say(f"truth: {truth.n_minutes:,} regular minute bars, {a.symbols} symbols x "
         f"{len(truth.sessions)} sessions ({time.perf_counter() - t0:.1f} s)")
 
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     url = _fresh_db(DB)
     try:
         rt = Runtime.from_path(write_config(tmp / "appliance.yaml", url, "http://127.0.0.1:9",

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_api as ba  # noqa: E402
 
-from appliance import services  # noqa: E402
+from appliance.runtime import services  # noqa: E402
 
 
 def sizes(url: str) -> dict:
@@ -104,16 +104,17 @@ def main() -> None:
             srv.stop()
         print(json.dumps({"latency": out["latency"]}, indent=1, default=str), flush=True)
 
-        from appliance.jobs import backup, restore_test, runs
-        from appliance.runtime import Runtime
+        from appliance.ops.backups import run_backup, run_restore_test
+        from appliance.jobs import runs
+        from appliance.runtime.runtime import Runtime
         rt = Runtime.from_path(cfg)
         rt.open()
         try:
             t0 = time.monotonic()
-            b = runs.execute(rt, "backup", runs.manual_slot(), backup.run)
+            b = runs.execute(rt, "backup", runs.manual_slot(), run_backup)
             t_backup = time.monotonic() - t0
             t1 = time.monotonic()
-            r = runs.execute(rt, "restore_test", runs.manual_slot(), restore_test.run,
+            r = runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,
                              params={"backup": "latest"})
             t_rt = time.monotonic() - t1
             tools = services.pg_tools(rt.endpoints.database_url, rt.endpoints.embedded_pg)

@@ -193,8 +193,8 @@ def main() -> None:
         else:
             raise SystemExit("the appliance did not come up")
         pp = psutil.Process(up.pid)
-        from appliance.config import load_config
-        from appliance import services
+        from appliance.config.loader import load_config
+        from appliance.runtime import services
         db_url = services.resolve(load_config(path), start=False).database_url
         start_rss, start_conns = _rss(pp), _pg_connections(db_url)
         t_start = time.monotonic()

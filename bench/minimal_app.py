@@ -62,7 +62,7 @@ def app(environ, start_response):
 def main(config_path: str) -> None:
     from gunicorn.app.base import BaseApplication
 
-    from appliance.config import load_config
+    from appliance.config.loader import load_config
     from appliance.web.server import gunicorn_options
 
     cfg = load_config(config_path)

@@ -64,7 +64,7 @@ def pg_server_url(services_dir):
     if ext:
         yield ext
         return
-    from appliance import services
+    from appliance.runtime import services
     url = services.embedded_postgres(services_dir, dbname="postgres")
     yield url
     services.stop_embedded_postgres(services_dir)
@@ -76,7 +76,7 @@ def redis_server_url(services_dir):
     if ext:
         yield ext
         return
-    from appliance import services
+    from appliance.runtime import services
     url = services.embedded_redis(services_dir)
     yield url
     services.stop_embedded_redis(services_dir)
@@ -84,7 +84,7 @@ def redis_server_url(services_dir):
 
 @pytest.fixture(scope="session")
 def template_db(pg_server_url):
-    from appliance import db
+    from appliance.store import pool as db
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
@@ -164,7 +164,7 @@ def config_path(config_factory):
 
 @pytest.fixture
 def runtime(config_path):
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     rt = Runtime.from_path(config_path)
     rt.open()
     yield rt

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from appliance import intraday
+from appliance.ingest import minutes as intraday
 from tests.fakes.minute_truth import make_minute_truth
 
 CFG = {"calendar": "XNYS", "session": "extended"}

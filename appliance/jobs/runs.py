@@ -15,10 +15,10 @@ import traceback
 import uuid
 from typing import Callable
 
-from .. import store
-from ..store import runs as runs_sql
+from appliance import store
+from appliance.store import runs as runs_sql
 # the table's plain reads and writes, used as ``runs.NAME`` by jobs, web and status
-from ..store.runs import (  # noqa: F401
+from appliance.store.runs import (  # noqa: F401
     claim,
     get,
     job_names,
@@ -29,8 +29,8 @@ from ..store.runs import (  # noqa: F401
     set_rq_id,
     start,
 )
-from ..redaction import redact, redact_obj
-from ..errors import ApplianceError
+from appliance.config.redaction import redact, redact_obj
+from appliance.core.errors import ApplianceError
 
 log = logging.getLogger("appliance.jobs")
 

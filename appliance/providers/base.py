@@ -1,12 +1,12 @@
 """The provider interface every vendor module implements. The candles it
-returns are the domain types of ``appliance.candles``."""
+returns are the domain types of ``appliance.core.candles``."""
 from __future__ import annotations
 
 import datetime as dt
 from typing import Protocol
 
-from ..candles import Bars, Split
-from ..errors import ProviderAuthError
+from appliance.core.candles import Bars, Split
+from appliance.core.errors import ProviderAuthError
 
 
 def require_api_key(vendor: str, key: str | None) -> str:

@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from ..candles import Bars, Split
-from ..errors import ProviderDataError, ProviderError
+from appliance.core.candles import Bars, Split
+from appliance.core.errors import ProviderDataError, ProviderError
 
 REQUIRED = ("date", "open", "high", "low", "close", "volume")
 OPTIONAL = ("vwap", "trades")

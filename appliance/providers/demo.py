@@ -27,9 +27,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .. import calendar as tcal
-from ..candles import Bars, MinuteBars, Split
-from . import demominutes
+from appliance.core import calendar as tcal
+from appliance.core.candles import Bars, MinuteBars, Split
+from appliance.providers import demominutes
 
 EPOCH = dt.date(2000, 1, 3)
 SOURCE = "demo"

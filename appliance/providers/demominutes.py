@@ -16,8 +16,8 @@ import zlib
 
 import numpy as np
 
-from .. import calendar as tcal
-from ..candles import Bars, MinuteBars
+from appliance.core import calendar as tcal
+from appliance.core.candles import Bars, MinuteBars
 
 REGULAR_OPEN = 570
 PRE_FROM, AFTER_TO = 480, 1080

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 import requests
 import tenacity
 
-from ..errors import ProviderAuthError, ProviderDataError, ProviderError
+from appliance.core.errors import ProviderAuthError, ProviderDataError, ProviderError
 
 log = logging.getLogger("appliance.providers.http")
 

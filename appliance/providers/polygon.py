@@ -19,11 +19,11 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..calendar import local_dates
-from ..candles import Bars, MinuteBars, Split, iso_date
-from ..errors import ProviderAuthError, ProviderDataError, ProviderError
-from .base import require_api_key
-from .http import HttpClient, client_for, redact_text
+from appliance.core.calendar import local_dates
+from appliance.core.candles import Bars, MinuteBars, Split, iso_date
+from appliance.core.errors import ProviderAuthError, ProviderDataError, ProviderError
+from appliance.providers.base import require_api_key
+from appliance.providers.http import HttpClient, client_for, redact_text
 
 DATA_STATUSES = ("OK", "DELAYED")
 MAX_PAGES = 10_000

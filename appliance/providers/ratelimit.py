@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Callable
 
-from .http import RateLimiter
+from appliance.providers.http import RateLimiter
 
 log = logging.getLogger("appliance.providers.ratelimit")
 

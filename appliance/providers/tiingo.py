@@ -14,10 +14,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..candles import Bars, Split, iso_date
-from ..errors import ProviderDataError
-from .base import require_api_key
-from .http import HttpClient, client_for
+from appliance.core.candles import Bars, Split, iso_date
+from appliance.core.errors import ProviderDataError
+from appliance.providers.base import require_api_key
+from appliance.providers.http import HttpClient, client_for
 
 
 

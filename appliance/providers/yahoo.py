@@ -18,10 +18,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..calendar import local_dates, local_midnight_epoch
-from ..candles import Bars, Split
-from ..errors import ProviderDataError, ProviderError
-from .http import HttpClient, client_for
+from appliance.core.calendar import local_dates, local_midnight_epoch
+from appliance.core.candles import Bars, Split
+from appliance.core.errors import ProviderDataError, ProviderError
+from appliance.providers.http import HttpClient, client_for
 
 NY = "America/New_York"
 

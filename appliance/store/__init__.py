@@ -14,22 +14,11 @@ module of their own are used as ``store.MODULE.NAME``: ``alerts``, ``runs``
 server), ``scratch`` (a database that is not the live one yet), ``locks``
 (advisory locks) and ``sessions`` (session settings).
 
-Outside this package only ``appliance.db`` runs SQL: the connection pool,
+Outside this package only ``appliance.store.pool`` runs SQL: the connection pool,
 the migration runner and the partitions a migration needs.
 """
-from . import (
-    alerts,
-    databases,
-    history,
-    locks,
-    maintenance,
-    performance,
-    runs,
-    scratch,
-    sessions,
-    spotcheck,
-)
-from .writes import (
+from appliance.store import (alerts, databases, history, locks, maintenance, performance, runs, scratch, settings as sessions, spotcheck)
+from appliance.store.writes import (
     NY,
     TIMEFRAME,
     copy_text,
@@ -42,7 +31,7 @@ from .writes import (
     upsert_bars,
     write_bars,
 )
-from .symbols import (
+from appliance.store.symbols import (
     refresh_symbol_stats,
     summary,
     symbol_row,
@@ -52,7 +41,7 @@ from .symbols import (
     symbol_rows_for,
     sync_symbols,
 )
-from .reads import (
+from appliance.store.reads import (
     HISTORICAL_CSV_HEADER,
     chart_series,
     daily_hlv,
@@ -63,7 +52,7 @@ from .reads import (
     weekly_sql,
     WEEKLY_CSV_HEADER,
 )
-from .ops import (
+from appliance.store.ops import (
     add_event,
     add_vendor_counts,
     checkpoint,
@@ -84,8 +73,8 @@ from .ops import (
     vendor_429_total,
     vendor_counts,
 )
-from .alerts import alerts_list, open_alerts
-from .backups import (
+from appliance.store.alerts import alerts_list, open_alerts
+from appliance.store.backups import (
     database_facts,
     export_snapshot,
     good_backups,

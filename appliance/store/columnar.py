@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from .minutes import _source
-from .reads import _historical_select, weekly_sql
+from appliance.store.minutes import _source
+from appliance.store.reads import _historical_select, weekly_sql
 
 #: The value columns of each kind of timeframe, in the order returned.
 COLUMNS = {

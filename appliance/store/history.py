@@ -1,4 +1,4 @@
-"""The SQL a full restore's history merge runs (see ``appliance.history``):
+"""The SQL a full restore's history merge runs (see ``appliance.ops.history``):
 the database's lineage id, the columns and id sequences of the operations
 tables, and rows streamed or appended from one database into another."""
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from psycopg.rows import dict_row
 
-from ..timeframes import ROLLUPS
+from appliance.core.timeframes import ROLLUPS
 
 #: Fewest decimals tried before a day is stored as float8 (``raw``).
 MAX_SCALE = 9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from psycopg.rows import dict_row
-from .writes import TIMEFRAME
+from appliance.store.writes import TIMEFRAME
 
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 from psycopg.rows import dict_row
-from .writes import TIMEFRAME, stored_sessions
+from appliance.store.writes import TIMEFRAME, stored_sessions
 
 
 

@@ -8,7 +8,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .. import db
+from appliance.store import pool as db
 
 
 NY = "America/New_York"
@@ -233,7 +233,7 @@ def save_splits(conn, splits: Iterable, source: str) -> int:
 
 
 def splits_for(conn, symbol: str):
-    from ..candles import Split
+    from appliance.core.candles import Split
     rows = conn.execute("""SELECT symbol, execution_date, split_from, split_to FROM splits
                            WHERE symbol = %s ORDER BY execution_date""", (symbol,)).fetchall()
     return [Split(*r) for r in rows]

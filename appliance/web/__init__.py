@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, request
 
-from ..config import Config, load_config
+from appliance.config.loader import Config, load_config
 
 if TYPE_CHECKING:  # imported in create_app: ``web.server`` runs in the gunicorn master,
-    from ..runtime import Runtime  # which must not import psycopg (see web/server.py)
+    from appliance.runtime.runtime import Runtime  # which must not import psycopg (see web/server.py)
 
 log = logging.getLogger("appliance.web")
 
@@ -35,7 +35,7 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     the first request; nothing connects at import. ``service``: a web server
     process of the appliance (gunicorn's worker): it joins the running
     appliance or starts it from the file, and answers reloads (configsync)."""
-    from ..runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     if runtime is None and service:
         runtime = _service_runtime(config)
     elif runtime is None:
@@ -50,14 +50,14 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     app.secret_key = current_secret_key(runtime)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
                       SESSION_COOKIE_SECURE=bool(cfg["server"]["secure_cookies"]))
-    from .sessions import RedisSessionInterface
+    from appliance.web.sessions import RedisSessionInterface
     app.session_interface = RedisSessionInterface(runtime)
     # behind the TLS front: the client's address (for the lockout) and scheme
     # come from the proxy's X-Forwarded-For / -Proto (server.trusted_proxy_hops)
     app.wsgi_app = _LiveProxyFix(app.wsgi_app, runtime)
     runtime.open(wait=wait)
 
-    from . import api, auth, console, metrics
+    from appliance.web import api, auth, console, metrics
     api.register(app)
     app.before_request(auth.gate)
     metrics.register(app)
@@ -72,17 +72,17 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     if watchdog:
         # the web server evaluates the alert rules itself when nothing else
         # does (a dead scheduler would otherwise silence its own alert)
-        from ..alerts import start_watchdog
+        from appliance.alerts.rules import start_watchdog
         start_watchdog(runtime)
     return app
 
 
 def _service_runtime(config) -> Runtime:
     import atexit
-    from .. import configsync
-    from ..config import salvage_connection_settings
-    from ..errors import ConfigError
-    from ..runtime import Runtime
+    from appliance.runtime import configsync
+    from appliance.config.loader import salvage_connection_settings
+    from appliance.core.errors import ConfigError
+    from appliance.runtime.runtime import Runtime
     path = config.path if isinstance(config, Config) else config
     try:
         file_cfg = config if isinstance(config, Config) else load_config(path)
@@ -120,7 +120,7 @@ class _LiveProxyFix:
 def _derived_secret(rt: Runtime) -> str:
     """Without server.secret_key, a key kept in data_dir (created once, 0600)."""
     import secrets
-    from ..runtime import local_secret
+    from appliance.runtime.runtime import local_secret
     d = rt.config["data_dir"]
     if _derived.get(d) is None:
         _derived[d] = local_secret(d, "secret_key", lambda: secrets.token_hex(32))

@@ -21,17 +21,17 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, current_app, jsonify
 from flask.json.provider import DefaultJSONProvider
 
-from .. import backups as backups_mod
-from .. import health as health_mod
-from .. import store
-from ..store import minutes as mstore
-from ..jobs import runs
-from ..jobs.registry import JOB_NAMES, run_now_params
-from .auth import require_admin, require_read
-from . import bars, columnar, errors
-from . import openapi as openapi_doc
-from .errors import BadRequest, api_error
-from .params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
+from appliance.ops import backups as backups_mod
+from appliance.alerts import health as health_mod
+from appliance import store
+from appliance.store import minutes as mstore
+from appliance.jobs import runs
+from appliance.jobs.registry import JOB_NAMES, run_now_params
+from appliance.web.auth import require_admin, require_read
+from appliance.web import bars, columnar, errors
+from appliance.web import openapi as openapi_doc
+from appliance.web.errors import BadRequest, api_error
+from appliance.web.params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
 
 log = logging.getLogger("appliance.api")
 
@@ -419,7 +419,7 @@ def _queued(run_id: int):
 @bp.post("/api/v1/backfill")
 @require_admin
 def post_backfill():
-    from ..queue import enqueue
+    from appliance.jobs.queue import enqueue
     query_args(set())
     body = json_body({"symbols", "start", "end"})
     syms = None
@@ -459,7 +459,7 @@ def post_backfill():
 @require_admin
 def post_job(name: str):
     """Run any scheduled job now (queued for the worker)."""
-    from ..queue import enqueue
+    from appliance.jobs.queue import enqueue
     query_args(set())
     json_body(set())
     if name not in JOB_NAMES:
@@ -492,7 +492,7 @@ def config():
 @bp.post("/api/v1/config/reload")
 @require_admin
 def config_reload():
-    from .. import reload as reload_mod
+    from appliance.jobs import reload as reload_mod
     query_args(set())
     json_body(set())
     res = reload_mod.reload_config(rt(), source="api", actor="api")
@@ -529,7 +529,7 @@ def backups():
 @bp.post("/api/v1/backups")
 @require_admin
 def post_backup():
-    from ..queue import enqueue
+    from appliance.jobs.queue import enqueue
     query_args(set())
     json_body(set())
     return _queued(enqueue(rt(), "backup", {}))
@@ -538,7 +538,7 @@ def post_backup():
 @bp.post("/api/v1/backups/<int:backup_id>/restore-test")
 @require_admin
 def post_restore_test(backup_id: int):
-    from ..queue import enqueue
+    from appliance.jobs.queue import enqueue
     query_args(set())
     json_body(set())
     status = None

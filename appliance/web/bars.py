@@ -16,9 +16,10 @@ from zoneinfo import ZoneInfo
 
 from flask import Response, request
 
-from .. import store, timeframes
-from ..store import minutes as mstore
-from .errors import BadRequest
+from appliance import store
+from appliance.core import timeframes
+from appliance.store import minutes as mstore
+from appliance.web.errors import BadRequest
 
 PAGE_MAX = 50_000
 #: Bars sent per chunk of a streamed answer.

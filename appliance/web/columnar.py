@@ -21,13 +21,14 @@ import time
 import pyarrow as pa
 from flask import Blueprint, Response, current_app, request
 
-from .. import arrowbars, store
-from ..store import columnar as cstore
-from ..store import minutes as mstore
-from . import bars
-from .auth import ADMIN, principal
-from .errors import BadRequest, api_error
-from .params import bool_arg, date_arg, query_args, symbol_arg
+from appliance.ops import arrowbars
+from appliance import store
+from appliance.store import columnar as cstore
+from appliance.store import minutes as mstore
+from appliance.web import bars
+from appliance.web.auth import ADMIN, principal
+from appliance.web.errors import BadRequest, api_error
+from appliance.web.params import bool_arg, date_arg, query_args, symbol_arg
 
 bp = Blueprint("columnar", __name__)
 
@@ -194,7 +195,7 @@ def bulk():
     sch = arrowbars.schema(a["timeframe"], meta)
     body = arrowbars.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
                             ROW_GROUP)
-    from .api import _Stream  # the streamed answer that gives its connection back
+    from appliance.web.api import _Stream  # the streamed answer that gives its connection back
     name = f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}.{arrowbars.SUFFIX[a["format"]]}'
     return Response(_Stream(body, conn, cm, "bulk bars"),
                     mimetype=arrowbars.MIMETYPES[a["format"]],

@@ -16,8 +16,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
                                generate_latest, multiprocess)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .. import health as health_mod
-from .. import store
+from appliance.alerts import health as health_mod
+from appliance import store
 
 HTTP_LATENCY = Histogram("appliance_http_request_duration_seconds",
                          "HTTP request latency by method, endpoint (the route's view, "
@@ -202,7 +202,7 @@ class AuthCollector:
         self.rt = rt
 
     def collect(self):
-        from .auth import auth_counts, key_stats
+        from appliance.web.auth import auth_counts, key_stats
         counts = auth_counts(self.rt)
         fail = CounterMetricFamily("appliance_auth_failures",
                                    "failed console logins and wrong Bearer tokens",
@@ -240,6 +240,6 @@ class AuthCollector:
 
 class _LocalHistograms:
     def collect(self):
-        from ..replica import READS
+        from appliance.runtime.replica import READS
         yield from HTTP_LATENCY.collect()
         yield from READS.collect()

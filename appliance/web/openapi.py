@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 from functools import lru_cache
 
-from .. import __version__ as APP_VERSION
-from .. import timeframes
-from . import openapi_columnar
-from ..config import SYMBOL_RE
-from ..jobs.registry import JOB_NAMES
+from appliance import __version__ as APP_VERSION
+from appliance.core import timeframes
+from appliance.web import openapi_columnar
+from appliance.config.loader import SYMBOL_RE
+from appliance.jobs.registry import JOB_NAMES
 
 SYMBOL_PATTERN = SYMBOL_RE.pattern
 DATE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"

@@ -3,7 +3,8 @@ binary content types of ``/api/v1/historical/{symbol}`` and the bulk
 endpoint ``/api/v1/bars``. ``openapi.py`` merges them into the document."""
 from __future__ import annotations
 
-from .. import arrowbars, timeframes
+from appliance.ops import arrowbars
+from appliance.core import timeframes
 
 BINARY = {"type": "string", "format": "binary"}
 COLUMNS_NOTE = ("Columns: symbol (dictionary-encoded), time (UTC timestamp of the bar's "

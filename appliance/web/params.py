@@ -9,8 +9,8 @@ import re
 
 from flask import request
 
-from ..config import SYMBOL_RE
-from .errors import BadRequest
+from appliance.config.loader import SYMBOL_RE
+from appliance.web.errors import BadRequest
 
 DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 

@@ -19,7 +19,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ..errors import ServiceError
+from appliance.core.errors import ServiceError
 
 log = logging.getLogger("appliance.server")
 
@@ -71,7 +71,7 @@ def warm_up(app) -> None:
     takes about half a second of CPU, seconds on a busy machine. Under gevent, CPU work keeps the
     event loop, so when the first /health, status or alert-watchdog
     evaluation did it, every request of that worker waited that long."""
-    from .. import calendar
+    from appliance.core import calendar
     rt = app.config["RUNTIME"]
     try:
         calendar.all_sessions(rt.config["calendar"])
@@ -140,7 +140,7 @@ def serve(cfg) -> None:
             # app there; nothing in the master imports psycopg)
             if cfg["server"]["worker_class"] == "gevent":
                 cooperative_psycopg()
-            from . import create_app
+            from appliance.web import create_app
             app = create_app(config_path, watchdog=True, service=True)
             warm_up(app)
             return app

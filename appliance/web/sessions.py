@@ -59,7 +59,7 @@ class RedisSessionInterface(SessionInterface):
         return int(s["session_idle_minutes"]) * 60, int(s["session_max_hours"]) * 3600
 
     def open_session(self, app, request):
-        from . import current_secret_key
+        from appliance.web import current_secret_key
         # the running config's key (a reload that rotates it ends every session)
         app.secret_key = current_secret_key(self.rt)
         sid = request.cookies.get(self.get_cookie_name(app))

@@ -127,7 +127,7 @@ def _drop_test_database() -> None:
 
 def _cli_importable() -> bool:
     probe = subprocess.run(
-        [sys.executable, "-c", "import appliance.cli"], cwd=REPO, capture_output=True, timeout=120,
+        [sys.executable, "-c", "import appliance.cli.main"], cwd=REPO, capture_output=True, timeout=120,
     )
     return probe.returncode == 0
 
@@ -463,7 +463,7 @@ def test_fstab_entry_mounts_the_backup_drive_by_uuid_with_nofail(converge):
 @requires_ansible
 def test_rendered_config_passes_check_config(converge):
     if not converge.validated:
-        pytest.skip("the appliance CLI (appliance.cli) is not importable yet: check-config not run")
+        pytest.skip("the appliance CLI (appliance.cli.main) is not importable yet: check-config not run")
     env = dict(os.environ)
     for line in converge.path("etc/appliance/appliance.env").read_text().splitlines():
         if line and not line.startswith("#"):
@@ -551,7 +551,7 @@ SECRET_WORDS = re.compile(r"password|passwd|token|secret|api_key|runtime_env|bas
 def test_no_task_passes_secrets_through_environment():
     """Ansible's environment: puts each variable on the remote command line
     (ps -eo args shows it while the task runs, -vvv prints it): secrets go
-    through the root-only secrets file instead (appliance.envfile)."""
+    through the root-only secrets file instead (appliance.config.envfile)."""
     offenders = []
     for f in sorted(ANSIBLE_DIR.glob("roles/*/tasks/*.yml")) + sorted(ANSIBLE_DIR.glob("*.yml")):
         doc = yaml.safe_load(f.read_text())
@@ -575,14 +575,14 @@ def test_the_env_file_runner_keeps_secrets_off_the_command_line(tmp_path):
     envf.chmod(0o600)
     probe = ("import os; print(os.environ['APPLIANCE_ADMIN_TOKEN']); print(os.environ['PLAIN']);"
              "print(open('/proc/self/cmdline','rb').read().replace(b'\\0', b' ').decode())")
-    p = subprocess.run([sys.executable, "-m", "appliance.envfile", str(envf), sys.executable,
+    p = subprocess.run([sys.executable, "-m", "appliance.config.envfile", str(envf), sys.executable,
                         "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 0, p.stderr
     token, plain, cmdline = p.stdout.splitlines()
     assert token == 'tok$en "quoted" \\ x' and plain == "abc"
     assert "tok$en" not in cmdline
     envf.write_text("not a variable line\n")
-    p = subprocess.run([sys.executable, "-m", "appliance.envfile", str(envf), "true"],
+    p = subprocess.run([sys.executable, "-m", "appliance.config.envfile", str(envf), "true"],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 2 and "line 1: expected NAME=value" in p.stderr
 

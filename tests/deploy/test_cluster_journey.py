@@ -52,7 +52,7 @@ API_KEY = "cluster-polygon-key"
 ADMIN_TOKEN = "cluster-admin-token-5b2d4f6a8c0e1f3a"
 DB_PASSWORD = "7c2e3f9a1c7e5b2d4f6a8c0e1b3d5f7a"
 REDIS_PASSWORD = "1a1f8e6c4a2f0d1b3e5c7a9f2d4b6e8c"
-CHUNKS_MIGRATION = REPO / "appliance" / "migrations" / "0004_chunks.sql"
+CHUNKS_MIGRATION = REPO / "appliance" / "store" / "migrations" / "0004_chunks.sql"
 SOURCE_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "venv", "node_modules", "__pycache__", "*.pyc", "build", "dist",
     "*.egg-info", ".pytest_cache", "tests", "bench", "var", "ansible", ".ansible",
@@ -205,7 +205,7 @@ def journey(tmp_path_factory, pytestconfig):
         pytest.skip(reason)
     if not ANSIBLE_PLAYBOOK.exists():
         pytest.skip(f"ansible-playbook is not installed in {BIN} (pip install '.[deploy]')")
-    from appliance import calendar as tcal
+    from appliance.core import calendar as tcal
     from tests.fakes.polygon_fake import PolygonFake, make_truth
 
     t_start = time.monotonic()

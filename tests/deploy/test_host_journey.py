@@ -234,7 +234,7 @@ def journey(tmp_path_factory, pytestconfig):
         pytest.skip(reason)
     if not ANSIBLE_PLAYBOOK.exists():
         pytest.skip(f"ansible-playbook is not installed in {BIN} (pip install '.[deploy]')")
-    from appliance import calendar as tcal
+    from appliance.core import calendar as tcal
     from tests.fakes.polygon_fake import PolygonFake, make_truth
 
     t_start = time.monotonic()

@@ -59,8 +59,9 @@ def config_path(config_factory):
 
 @pytest.fixture
 def backfilled(runtime):
-    from appliance.jobs import backfill, runs
-    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run, params={})
+    from appliance.ingest.backfill import run_backfill
+    from appliance.jobs import runs
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
     assert res["status"] in ("ok", "partial"), res
     return runtime
 
@@ -82,7 +83,7 @@ def worker(config_path, tmp_path):
     """``appliance worker`` in a subprocess (the same as production runs it)."""
     env = {**os.environ, "APPLIANCE_CONFIG": str(config_path), "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "worker.log", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(config_path),
+    p = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(config_path),
                           "worker"], cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
     yield p
     p.terminate()

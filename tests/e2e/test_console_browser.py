@@ -63,8 +63,9 @@ def test_a_symbol_chart_draws_with_markers_from_local_files_only(page, server):
 
 def test_run_restore_test_shows_live_steps_then_turns_green(page, server, runtime, worker,
                                                            do_login, tmp_path):
-    from appliance.jobs import backup, runs
-    res = runs.execute(runtime, "backup", runs.manual_slot(), backup.run)
+    from appliance.ops.backups import run_backup
+    from appliance.jobs import runs
+    res = runs.execute(runtime, "backup", runs.manual_slot(), run_backup)
     assert res["status"] == "ok", res
     do_login(page, server, "/backups")
     page.click("#backups-table button:has-text('Run restore test')")
@@ -120,7 +121,7 @@ def test_posts_without_login_or_csrf_token_are_refused(page, server, runtime, do
 def _start_scheduler(config_path, tmp_path):
     env = {**os.environ, "APPLIANCE_CONFIG": str(config_path)}
     log = open(tmp_path / "scheduler.log", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(config_path),
+    p = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(config_path),
                           "scheduler"], cwd=str(ROOT), env=env, stdout=log,
                          stderr=subprocess.STDOUT)
     return p, log
@@ -130,10 +131,11 @@ def test_screenshots_of_the_dashboard_and_a_symbol_page(browser, server, runtime
                                                         config_path, tmp_path):
     """A running appliance (worker, scheduler, a tested backup): the dashboard
     as the operator sees it, on a laptop and on a phone, and a symbol page."""
-    from appliance import health
-    from appliance.jobs import backup, restore_test, runs
-    assert runs.execute(runtime, "backup", runs.manual_slot(), backup.run)["status"] == "ok"
-    assert runs.execute(runtime, "restore_test", runs.manual_slot(), restore_test.run,
+    from appliance.alerts import health
+    from appliance.ops.backups import run_backup, run_restore_test
+    from appliance.jobs import runs
+    assert runs.execute(runtime, "backup", runs.manual_slot(), run_backup)["status"] == "ok"
+    assert runs.execute(runtime, "restore_test", runs.manual_slot(), run_restore_test,
                         params={"backup": "latest"})["status"] == "ok"
     sched, log = _start_scheduler(config_path, tmp_path)
     try:

@@ -54,8 +54,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from appliance import calendar as tcal
-from appliance.candles import Bars, Split
+from appliance.core import calendar as tcal
+from appliance.core.candles import Bars, Split
 
 from .vendor_minutes import (AFTER_CLOSE, EARLY_CLOSE, MINUTE_MS, NY, PRE_OPEN, REGULAR_CLOSE,
                              REGULAR_OPEN, VendorMinutes)

@@ -39,8 +39,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from appliance import calendar as tcal
-from appliance.candles import Bars, Split
+from appliance.core import calendar as tcal
+from appliance.core.candles import Bars, Split
 
 from . import FakeServer, Response
 from .vendor_minutes import (SPAN_MINUTES, Buckets, VendorMinutes, aggregate_minutes,

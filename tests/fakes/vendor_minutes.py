@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from appliance import calendar as tcal
-from appliance.candles import MinuteBars
+from appliance.core import calendar as tcal
+from appliance.core.candles import MinuteBars
 
 NY = "America/New_York"
 MINUTE_MS = 60_000

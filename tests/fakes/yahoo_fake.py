@@ -13,8 +13,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from appliance import calendar as tcal
-from appliance.candles import Bars, Split
+from appliance.core import calendar as tcal
+from appliance.core.candles import Bars, Split
 
 from . import FakeServer, Response
 from .polygon_fake import _as_bars, _as_split, _d64, _num

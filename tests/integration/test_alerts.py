@@ -12,9 +12,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from appliance import alerts
-from appliance.jobs import alerts_job, backfill, runs
-from appliance.runtime import Runtime
+from appliance.alerts import rules as alerts
+from appliance.alerts.rules import evaluate_job
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.runtime.runtime import Runtime
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 
 NY = ZoneInfo("America/New_York")
@@ -503,7 +505,7 @@ def test_an_open_alert_shows_in_health_the_api_and_metrics(config_factory):
 def test_the_alerts_job_evaluates_the_rules_and_records_its_run(rt):
     _stats(rt, records=100, validated=10)
     _beat(rt, dt.datetime.now(dt.timezone.utc))
-    res = runs.execute(rt, "alerts", runs.manual_slot(), alerts_job.run,
+    res = runs.execute(rt, "alerts", runs.manual_slot(), evaluate_job,
                        params={"now": T0.isoformat()})
     assert res["status"] == "ok" and "validation_rate_critical" in res["opened"]
     with rt.conn() as conn:
@@ -523,7 +525,7 @@ def test_a_backfill_refused_by_the_vendor_opens_vendor_auth_until_one_succeeds(c
                 symbols=["AAPL"], history={"start": "2024-01-02", "lookback_sessions": 5}))
         r = runtime_with("wrong-key")
         try:
-            res = runs.execute(r, "backfill", runs.manual_slot(), backfill.run,
+            res = runs.execute(r, "backfill", runs.manual_slot(), run_backfill,
                                params={"end": "2024-01-31"})
             assert res["status"] == "failed", res
             opened = _eval(r, T0)["opened"]
@@ -536,7 +538,7 @@ def test_a_backfill_refused_by_the_vendor_opens_vendor_auth_until_one_succeeds(c
             r.close()
         r = runtime_with("right-key")   # the operator fixed the key
         try:
-            res = runs.execute(r, "backfill", runs.manual_slot(), backfill.run,
+            res = runs.execute(r, "backfill", runs.manual_slot(), run_backfill,
                                params={"end": "2024-01-31"})
             assert res["status"] == "ok", res
             assert "vendor_auth" in _eval(r, T0 + dt.timedelta(seconds=60))["resolved"]

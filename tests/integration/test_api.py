@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
-from appliance.jobs import backfill, runs
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
 from appliance.providers.demo import DemoProvider
 from appliance.web import api as api_mod
 from appliance.web.openapi import spec as openapi_spec
@@ -108,7 +109,7 @@ def _undescribed(path: str) -> bool:
 # --------------------------------------------------------------------------- fixtures
 
 def _backfill(rt):
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params={})
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params={})
     assert res["status"] == "ok", res
     return res
 
@@ -275,7 +276,7 @@ def test_symbols_lists_a_configured_symbol_without_data(config_factory):
 
 def _backfill_symbols(app, symbols):
     rt = app.config["RUNTIME"]
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                        params={"symbols": symbols})
     assert res["status"] == "ok", res
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from appliance.jobs import backfill, runs
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -54,7 +55,7 @@ def _st() -> list[str]:
 
 @pytest.fixture
 def served_with_data(runtime, app):
-    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run,
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill,
                        params={"symbols": ["AAPL"]})
     assert res["status"] == "ok", res
     with runtime.conn() as conn:  # backup 1 exists, so restore-test reaches its logic
@@ -114,7 +115,7 @@ def served_gated(config_factory):
     wrong credentials on purpose."""
     import hashlib
 
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     from appliance.web import create_app
     cfg = config_factory(server={
         "admin_token": "test-admin-token-0123456789", "secret_key": "test-secret",
@@ -123,7 +124,7 @@ def served_gated(config_factory):
                       "sha256": hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}]})
     rt = Runtime.from_path(cfg)
     rt.open()
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                        params={"symbols": ["AAPL"]})
     assert res["status"] == "ok", res
     app = create_app(runtime=rt)

@@ -6,11 +6,12 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from appliance.jobs import backfill, runs
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
 
 
 def _run(rt, **params):
-    return runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params=params)
+    return runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params=params)
 
 
 def test_demo_backfill_stores_every_session_and_is_idempotent(runtime):
@@ -64,7 +65,7 @@ def truth():
 
 
 def _runtime_for(path):
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     rt = Runtime.from_path(path)
     rt.open()
     return rt

@@ -18,13 +18,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from appliance import backups
-from appliance.errors import BackupError, LockBusy
-from appliance.locks import BACKFILL_LOCK
-from appliance.jobs import backfill, runs
-from appliance.jobs import backup as backup_job
-from appliance.jobs import restore_test as restore_job
-from appliance.runtime import Runtime
+from appliance.ops import backups
+from appliance.core.errors import BackupError, LockBusy
+from appliance.store.locks import BACKFILL_LOCK
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.ops.backups import run_backup
+from appliance.ops.backups import run_restore_test
+from appliance.runtime.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_TABLES = ("market_data", "symbols", "symbol_stats", "splits", "missing_sessions",
@@ -34,17 +35,17 @@ DATA_TABLES = ("market_data", "symbols", "symbol_stats", "splits", "missing_sess
 # --------------------------------------------------------------------------- helpers
 
 def _backfill(rt):
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params={})
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params={})
     assert res["status"] == "ok", res
     return res
 
 
 def _backup(rt):
-    return runs.execute(rt, "backup", runs.manual_slot(), backup_job.run, params={})
+    return runs.execute(rt, "backup", runs.manual_slot(), run_backup, params={})
 
 
 def _restore_test(rt, backup="latest"):
-    return runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+    return runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,
                         params={"backup": str(backup)})
 
 
@@ -132,7 +133,8 @@ def test_backup_writes_an_archive_and_a_manifest_from_one_snapshot(loaded, datab
     assert m["archive"]["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
     assert m["archive"]["size_bytes"] == archive.stat().st_size
     assert m["archive"]["toc_entries"] > 10
-    from appliance import __version__, db
+    from appliance import __version__
+    from appliance.store import pool as db
     assert m["appliance_version"] == __version__
     assert m["schema_version"] == db.latest_version()
     assert m["postgres"]["server_version"]
@@ -343,9 +345,9 @@ def test_a_killed_backup_process_leaves_only_a_hidden_partial_that_the_next_run_
     bdir = Path(rt.config["backup"]["path"])
     blocker = psycopg.connect(database_url)
     blocker.execute("LOCK TABLE splits IN ACCESS EXCLUSIVE MODE")
-    code = ("import sys; from appliance.runtime import Runtime; from appliance.jobs import runs,"
-            " backup; rt = Runtime.from_path(sys.argv[1]); rt.open();"
-            " runs.execute(rt, 'backup', runs.manual_slot(), backup.run)")
+    code = ("import sys; from appliance.runtime.runtime import Runtime; from appliance.jobs import runs;"
+            " from appliance.ops.backups import run_backup; rt = Runtime.from_path(sys.argv[1]);"
+            " rt.open(); runs.execute(rt, 'backup', runs.manual_slot(), run_backup)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(config_path)], cwd=ROOT)
     try:
         _wait_for(lambda: any(".partial" in n for n in _files(bdir)))

@@ -11,10 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance import queue as queue_mod
-from appliance.config import DEFAULTS
+from appliance.jobs import queue as queue_mod
+from appliance.config.loader import DEFAULTS
 from appliance.jobs import runs
-from appliance.runtime import Runtime
+from appliance.runtime.runtime import Runtime
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 from tests.support import wait_until
 
@@ -25,7 +25,7 @@ START, END = dt.date(2024, 1, 2), dt.date(2024, 6, 28)
 
 
 def _worker(path, name, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path),
+    return subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(path),
                              "worker", "--name", name],
                             env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
                             stdout=log, stderr=subprocess.STDOUT)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from appliance import timeframes
+from appliance.core import timeframes
 from tests.minute_store import store_minutes
 
 START, END = "2024-05-28", "2024-06-14"
@@ -40,8 +40,9 @@ def _key(name: str, key: str, scopes: list[str]) -> dict:
 def stocked(runtime, config_factory):
     """Demo daily bars of AAPL, MSFT and NVDA (NVDA splits 10-for-1 on
     2024-06-10); NVDA's and AAPL's extended-hours minutes of START..END."""
-    from appliance.jobs import backfill, runs
-    from appliance.reload import reload_config
+    from appliance.ingest.backfill import run_backfill
+    from appliance.jobs import runs
+    from appliance.jobs.reload import reload_config
     config_factory(symbols=["AAPL", "MSFT", "NVDA"],
                    server={"api_keys": [_key("research", EXPORT_KEY, ["read", "export"]),
                                         _key("reader", READ_KEY, ["read"]),
@@ -49,7 +50,7 @@ def stocked(runtime, config_factory):
                                          "export_rows_per_second": SLOW_RATE}],
                            "export": {"max_rows": 100_000}})
     assert reload_config(runtime, source="cli")["ok"]
-    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run, params={})
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
     assert res["status"] in ("ok", "partial"), res
     store_minutes(runtime, "NVDA", START, END, split_date="2024-06-10", invalid=3)
     store_minutes(runtime, "AAPL", START, END, seed=9)
@@ -269,7 +270,7 @@ def test_bulk_over_max_rows_is_413_saying_how_to_page(client, stocked):
     assert r.status_code == 200
     assert {"AAPL", "NVDA"} == set(pq.read_table(io.BytesIO(r.get_data()))
                                    .column("symbol").to_pylist())
-    from appliance.reload import reload_config
+    from appliance.jobs.reload import reload_config
     path = stocked.config.path
     data = yaml.safe_load(path.read_text())
     data["server"]["export"] = {"max_rows": 1000}

@@ -28,11 +28,12 @@ def login(client, token="test-admin-token-0123456789") -> str:
 @pytest.fixture
 def backfilled(runtime, config_factory):
     """AAPL (bad ticks), MSFT and NVDA (a 10-for-1 split on 2024-06-10), from the demo provider."""
-    from appliance.jobs import backfill, runs
-    from appliance.reload import reload_config
+    from appliance.ingest.backfill import run_backfill
+    from appliance.jobs import runs
+    from appliance.jobs.reload import reload_config
     config_factory(symbols=["AAPL", "MSFT", "NVDA"])
     assert reload_config(runtime, source="cli")["ok"]
-    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run, params={})
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
     assert res["status"] in ("ok", "partial"), res
     return runtime
 
@@ -70,7 +71,7 @@ def test_dashboard_polls_at_the_configured_interval_and_a_reload_changes_it(
     html = client.get("/dashboard").get_data(as_text=True)
     assert 'hx-trigger="every 10s"' in html
     config_factory(dashboard={"refresh_seconds": 3})
-    from appliance.reload import reload_config
+    from appliance.jobs.reload import reload_config
     assert reload_config(runtime, source="cli")["ok"]
     html = client.get("/dashboard").get_data(as_text=True)
     assert 'hx-trigger="every 3s"' in html
@@ -262,14 +263,14 @@ def test_changing_the_admin_token_logs_the_console_out(client, runtime, config_f
     login(client)
     assert "Log out" in client.get("/dashboard").get_data(as_text=True)
     config_factory(server={"admin_token": "another-token-123-0123456789"})
-    from appliance.reload import reload_config
+    from appliance.jobs.reload import reload_config
     assert reload_config(runtime, source="cli")["ok"]
     assert "Log out" not in client.get("/dashboard").get_data(as_text=True)
 
 
 def test_login_for_read_puts_the_pages_behind_the_login(runtime, config_factory):
     config_factory(server={"login_for_read": True})
-    from appliance.reload import reload_config
+    from appliance.jobs.reload import reload_config
     assert reload_config(runtime, source="cli")["ok"]
     from appliance.web import create_app
     app = create_app(runtime=runtime)
@@ -384,9 +385,10 @@ def test_restore_test_progress_shows_the_steps_then_a_green_result(client, runti
 
 
 def test_backups_page_lists_the_catalogue_and_the_free_space(client, runtime):
-    from appliance import backups
-    from appliance.jobs import backup as backup_job, runs
-    runs.execute(runtime, "backup", runs.manual_slot(), backup_job.run, params={})
+    from appliance.ops import backups
+    from appliance.ops.backups import run_backup
+    from appliance.jobs import runs
+    runs.execute(runtime, "backup", runs.manual_slot(), run_backup, params={})
     with runtime.conn() as conn:
         name = backups.list_backups(conn)[0]["filename"]
     html = client.get("/backups").get_data(as_text=True)
@@ -402,10 +404,11 @@ def test_a_restore_test_of_an_unknown_backup_is_refused(client):
 
 def test_gaps_page_filters_by_kind_and_shows_the_explaining_split(client, runtime, config_factory):
     config_factory(symbols=["NVDA", "AAPL"])
-    from appliance.reload import reload_config
+    from appliance.jobs.reload import reload_config
     assert reload_config(runtime, source="cli")["ok"]
-    from appliance.jobs import backfill, runs
-    runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run, params={})
+    from appliance.ingest.backfill import run_backfill
+    from appliance.jobs import runs
+    runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
     html = client.get("/gaps?kind=split").get_data(as_text=True)
     assert "2024-06-10" in html and "10-for-1" in html and "explained by the split" in html
     assert '<span class="q-label">jump</span>' not in html

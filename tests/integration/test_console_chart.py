@@ -23,11 +23,12 @@ INVALID = 3
 @pytest.fixture
 def charted(runtime, config_factory):
     """Demo daily bars of AAPL, MSFT and NVDA; NVDA's minutes as above."""
-    from appliance.jobs import backfill, runs
-    from appliance.reload import reload_config
+    from appliance.ingest.backfill import run_backfill
+    from appliance.jobs import runs
+    from appliance.jobs.reload import reload_config
     config_factory(symbols=["AAPL", "MSFT", "NVDA"])
     assert reload_config(runtime, source="cli")["ok"]
-    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run, params={})
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
     assert res["status"] in ("ok", "partial"), res
     bars = store_minutes(runtime, "NVDA", START, END, drop=[DROPPED.isoformat()],
                          invalid=INVALID, split_date="2024-06-10")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.jobs import backfill, runs
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
 
 GOLDEN = Path(__file__).with_name("golden")
 QUERIES = {
@@ -26,12 +27,12 @@ QUERIES = {
 
 @pytest.fixture
 def stored(config_factory):
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     path = config_factory(symbols=["AAPL"], history={"start": "2020-01-02",
                                                      "lookback_sessions": 5})
     rt = Runtime.from_path(path)
     rt.open()
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                        params={"end": "2025-06-30"})
     assert res["status"] == "ok", res
     yield rt

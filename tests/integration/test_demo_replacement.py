@@ -13,9 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from appliance import calendar as tcal
-from appliance.jobs import backfill, runs
-from appliance.runtime import Runtime
+from appliance.core import calendar as tcal
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.runtime.runtime import Runtime
 from appliance.store import minutes as mstore
 from tests.fakes.minute_truth import make_minute_truth
 from tests.fakes.polygon_fake import PolygonFake, Truth, make_truth
@@ -28,7 +29,7 @@ HISTORY = {"start": START.isoformat(), "lookback_sessions": 5}
 
 
 def _run(rt, **params):
-    return runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params=params)
+    return runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params=params)
 
 
 def _open(path) -> Runtime:
@@ -58,7 +59,7 @@ def _one(rt, sql, *args):
 
 
 def _cli(path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
+    return subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(path), *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -160,7 +161,7 @@ def test_the_migration_relabels_a_history_already_relabelled_as_real(demo_histor
     """A database of before the fix (finding 9's state: demo bars, stats
     saying polygon after the latest sessions came from the vendor): migration
     0008 labels those symbols demo again."""
-    from appliance import db
+    from appliance.store import pool as db
     rt = _open(demo_history)
     try:
         with rt.conn() as conn:
@@ -183,8 +184,8 @@ def test_the_reload_that_switches_to_polygon_queues_the_replacement(
         config_factory, demo_history, vendor):
     """``appliance reload`` after ``provider.name: polygon``: the backfill it
     queues (run here by a burst worker) replaces the demo history."""
-    from appliance import schedule
-    from appliance.reload import reload_config
+    from appliance.jobs import schedule
+    from appliance.jobs.reload import reload_config
     rt = _open(demo_history)
     try:
         assert schedule.ensure_baseline(rt)  # what `appliance up` does at start
@@ -280,8 +281,9 @@ def test_demo_data_delete_is_refused_while_a_backfill_runs(demo_history):
     """A running backfill may be replacing the demo data: --delete says so
     and deletes nothing; a bad symbol is named. Once free, one symbol's demo
     data can go alone."""
-    from appliance import db, store
-    from appliance.locks import BACKFILL_LOCK
+    from appliance.store import pool as db
+    from appliance import store
+    from appliance.store.locks import BACKFILL_LOCK
     rt = _open(demo_history)
     lock = db.connect(rt.endpoints.database_url, autocommit=True)
     try:
@@ -329,7 +331,7 @@ def minute_vendor():
 @pytest.fixture
 def frozen_now(monkeypatch):
     """Backfills run as of 2024-08-01: the latest completed session is 07-31."""
-    import appliance.backfill as bf
+    import appliance.ingest.backfill as bf
     real = bf.dt.datetime
     now = dt.datetime(2024, 8, 1, 12, tzinfo=dt.timezone.utc)
 

@@ -13,7 +13,7 @@ import polars as pl
 import yaml
 from click.testing import CliRunner
 
-from appliance import export
+from appliance.ops import export
 from tests.integration.test_columnar import END, START, _json_bars, stocked  # noqa: F401
 from tests.minute_store import store_minutes
 
@@ -27,7 +27,7 @@ def test_cli_export_is_read_by_duckdb_polars_and_pandas_as_json_says(client, sto
                                                                      tmp_path):
     out = tmp_path / "dataset"
     r = CliRunner().invoke(
-        __import__("appliance.cli", fromlist=["main"]).main,
+        __import__("appliance.cli.main", fromlist=["main"]).main,
         ["--config", str(stocked.config.path), "export", "--timeframe", "1m",
          "--start", START, "--end", END, "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -112,9 +112,10 @@ def test_a_manifest_that_is_not_one_is_refused_by_name(stocked, tmp_path):
 def test_the_scheduled_export_job_keeps_the_configured_dataset_up_to_date(stocked,
                                                                         config_factory,
                                                                         tmp_path):
-    from appliance.jobs import export_job, runs
-    from appliance.reload import reload_config
-    res = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    from appliance.ops.export import export_dataset
+    from appliance.jobs import runs
+    from appliance.jobs.reload import reload_config
+    res = runs.execute(stocked, "export", runs.manual_slot(), export_dataset, params={})
     assert res["status"] == "ok" and "export.out is empty" in res["skipped"]
 
     out = tmp_path / "nightly"
@@ -122,23 +123,23 @@ def test_the_scheduled_export_job_keeps_the_configured_dataset_up_to_date(stocke
     data["export"] = {"out": str(out), "timeframes": ["1m", "1d"]}
     stocked.config.path.write_text(yaml.safe_dump(data))
     assert reload_config(stocked, source="cli")["ok"]
-    first = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    first = runs.execute(stocked, "export", runs.manual_slot(), export_dataset, params={})
     assert first["status"] == "ok", first
     r = first
     assert r["timeframes"]["1m"]["written"] == 2 and r["timeframes"]["1d"]["written"] > 2
     assert (out / "timeframe=1d").is_dir() and (out / "timeframe=1m").is_dir()
-    again = runs.execute(stocked, "export", runs.manual_slot(), export_job.run, params={})
+    again = runs.execute(stocked, "export", runs.manual_slot(), export_dataset, params={})
     assert again["status"] == "ok" and again["files_written"] == 0
 
 
 def test_bad_ranges_are_refused_by_name(stocked, tmp_path):
     r = CliRunner().invoke(
-        __import__("appliance.cli", fromlist=["main"]).main,
+        __import__("appliance.cli.main", fromlist=["main"]).main,
         ["--config", str(stocked.config.path), "export", "--timeframe", "1d",
          "--start", "2024-02-01", "--end", "2024-01-01", "--out", str(tmp_path / "d")])
     assert r.exit_code == 2 and "--start (2024-02-01) is after --end (2024-01-01)" in r.output
     r = CliRunner().invoke(
-        __import__("appliance.cli", fromlist=["main"]).main,
+        __import__("appliance.cli.main", fromlist=["main"]).main,
         ["--config", str(stocked.config.path), "export", "--timeframe", "1d",
          "--start", "2024-01-01", "--end", "9999-12-31", "--out", str(tmp_path / "d")])
     assert r.exit_code == 1 and "must be before 9999-12-01" in r.output

@@ -9,8 +9,9 @@ import json
 import pytest
 import requests
 
-from appliance.jobs import backfill, runs
-from appliance.runtime import Runtime
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.runtime.runtime import Runtime
 from appliance.store import minutes as mstore
 from tests.fakes.minute_truth import make_minute_truth
 from tests.fakes.polygon_fake import PolygonFake
@@ -40,7 +41,7 @@ def _cfg(config_factory, fake, session="extended", **extra):
 
 
 def _run(rt):
-    return runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params={})
+    return runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params={})
 
 
 def _rows(rt, sym, tf, start=START, end=END):
@@ -59,7 +60,7 @@ def _now():
 @pytest.fixture
 def frozen_now(monkeypatch):
     """Backfills run as of 2024-08-01: the latest completed session is 07-31."""
-    import appliance.backfill as bf
+    import appliance.ingest.backfill as bf
     real = bf.dt.datetime
 
     class Frozen(real):
@@ -181,10 +182,10 @@ def test_cli_backfill_shows_the_minute_phase_with_its_eta(config_factory, truth)
     import sys
     with PolygonFake(truth.bars, truth.splits, minutes=truth.minutes) as fake:
         path = _cfg(config_factory, fake, backfill={"fan_out": False})
-        res = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
+        res = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(path),
                               "backfill"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    from appliance import calendar as tcal
+    from appliance.core import calendar as tcal
     last = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.timezone.utc))
     months = len(SYMS) * sum(1 for _ in _months(START, last))
     # not a terminal: plain progress lines, the last one forced at the end
@@ -203,7 +204,7 @@ def _months(a: dt.date, b: dt.date):
 def _spot_check_rollups(rt):
     """The spot-check's rollup comparison agrees with the vendor, then finds a
     bar we corrupt on purpose."""
-    from appliance import intraday
+    from appliance.ingest import minutes as intraday
     from appliance.providers import make_provider
     provider = make_provider(rt.config["provider"])
     res = intraday.rollup_check(rt.conn, rt.config, provider, 4, tolerance_pct=0.2, seed=0.5)
@@ -235,7 +236,7 @@ def test_console_job_page_shows_the_minute_phase_and_its_eta(client, runtime):
 def _daily_versus_minutes(rt):
     """A daily high the regular-hours minutes do not reach counts as one
     inconsistent session (the early close of 07-03 included, untouched)."""
-    from appliance import intraday
+    from appliance.ingest import minutes as intraday
     with rt.conn() as conn:
         conn.execute("""UPDATE market_data SET high = high * 1.05 WHERE symbol = 'SPY'
                         AND ts = '2024-07-03 00:00 America/New_York'""")

@@ -7,9 +7,10 @@ import datetime as dt
 
 import pytest
 
-from appliance import intraday
-from appliance.jobs import backfill, runs
-from appliance.runtime import Runtime
+from appliance.ingest import minutes as intraday
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.runtime.runtime import Runtime
 from tests.fakes.minute_truth import make_minute_truth
 from tests.fakes.polygon_fake import PolygonFake
 from tests.integration.test_intraday_backfill import frozen_now  # noqa: F401 - a fixture
@@ -54,11 +55,11 @@ def test_a_bounded_backfill_refetches_the_minutes_of_its_range_and_says_so(
         rt = Runtime.from_path(_cfg(config_factory, fake))
         rt.open()
         try:
-            full = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params={})
+            full = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params={})
             assert full["status"] == "ok", full
             before = len(fake.log)
             day = "2024-06-12"
-            res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                params={"symbols": ["AAPL"], "start": day, "end": day})
             assert res["status"] == "ok", res
             paths = [e[0] for e in fake.log[before:]]

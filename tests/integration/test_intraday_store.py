@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from appliance import calendar as tcal
-from appliance import intraday
-from appliance.candles import MinuteBars
+from appliance.core import calendar as tcal
+from appliance.ingest import minutes as intraday
+from appliance.core.candles import MinuteBars
 from appliance.store import minutes as mstore
 
 SYM = "AAPL"
@@ -137,7 +137,7 @@ def test_api_timeframes_pagination_and_daily_unchanged(client, runtime):
 
 def test_bar_retention_drops_old_minutes_and_keeps_rollups(runtime):
     _store(runtime, _bars())
-    from appliance import maintenance  # noqa: F401 - the job that calls it
+    from appliance.ops import maintenance  # noqa: F401 - the job that calls it
 
     class Cfg(dict):
         def get(self, key, default=None):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 
-from appliance import db, store
-from appliance.jobs import backfill, runs
-from appliance.locks import BACKFILL_LOCK
+from appliance.store import pool as db
+from appliance import store
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.store.locks import BACKFILL_LOCK
 from tests.support import wait_until
 
 
@@ -20,7 +22,7 @@ def test_a_second_backfill_waits_for_the_running_one_and_never_fails(runtime, da
     assert store.locks.try_lock(holder, BACKFILL_LOCK)
     out: dict = {}
     t = threading.Thread(target=lambda: out.update(runs.execute(
-        rt, "backfill", runs.manual_slot(), backfill.run, params={"symbols": ["AAPL"]})))
+        rt, "backfill", runs.manual_slot(), run_backfill, params={"symbols": ["AAPL"]})))
     t.start()
     try:
         def waiting():
@@ -49,7 +51,7 @@ FANNED = {"phase": "chunks", "chunks_total": 26, "chunks_done": 16, "chunks_fail
 
 def test_the_jobs_list_the_run_page_and_the_cli_agree_on_months_and_eta(client, runtime):
     import json
-    from appliance.cli import _progress_line
+    from appliance.cli.main import _progress_line
     with runtime.conn() as c:
         rid = runs.claim(c, "backfill", runs.manual_slot())
         runs.start(c, rid)
@@ -72,7 +74,7 @@ def test_a_fanned_out_run_whose_parent_died_is_finished_by_its_last_chunk(runtim
     the run ends with the chunks' result, not 'running' until the stale check."""
     import datetime as dt
 
-    from appliance import chunks
+    from appliance.ingest import chunks
     from appliance.store import chunks as chunk_store
     rt = runtime
     start, end = dt.date(2024, 1, 2), dt.date(2024, 2, 28)

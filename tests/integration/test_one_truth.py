@@ -17,8 +17,8 @@ import pytest
 import requests
 import yaml
 
-from appliance.config import appliance_env, load_config, salvage_connection_settings
-from appliance.runtime import Runtime
+from appliance.config.loader import appliance_env, load_config, salvage_connection_settings
+from appliance.runtime.runtime import Runtime
 
 from tests.security.helpers import csrf_of
 from tests.support import free_port, wait_until
@@ -38,7 +38,7 @@ def _shell_env(**extra) -> dict:
 
 
 def _cli(path: Path, *args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
+    return subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(path), *args],
                           capture_output=True, text=True, env=env or _shell_env(),
                           timeout=timeout)
 
@@ -49,7 +49,7 @@ class Up:
     def __init__(self, path: Path, env: dict):
         self.path = path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "--config", str(path), "up",
+            [sys.executable, "-m", "appliance.cli.main", "--config", str(path), "up",
              "--no-initial-backfill"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=env, start_new_session=True)
         bind = load_config(path, env=appliance_env(path, base=env))["server"]["bind"]
@@ -266,7 +266,7 @@ def test_commands_say_when_the_file_is_not_what_runs(appliance):
 # --------------------------------------------------------------------------- finding 4
 
 def test_keys_read_at_start_apply_on_reload(config_factory, runtime):
-    from appliance.reload import reload_config
+    from appliance.jobs.reload import reload_config
     from appliance.web import create_app
     from tests.integration.test_console import login
     app = create_app(runtime=runtime)
@@ -326,7 +326,7 @@ def test_check_config_reports_every_problem_at_once(tmp_path):
 
 
 def test_check_config_diff_prints_only_json(config_factory, runtime):
-    from appliance.reload import reload_config
+    from appliance.jobs.reload import reload_config
     assert reload_config(runtime, source="startup")["ok"]
     path = config_factory(symbols=["AAPL", "MSFT", "NVDA"])
     res = _cli(path, "check-config", "--diff")

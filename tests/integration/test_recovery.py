@@ -16,13 +16,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from appliance import alerts, backups, history
-from appliance import backfill as backfill_domain
-from appliance.jobs import backfill, runs
-from appliance.jobs import backup as backup_job
-from appliance.jobs import restore_test as restore_job
-from appliance.config import DEFAULTS
-from appliance.runtime import Runtime
+from appliance.alerts import rules as alerts
+from appliance.ops import backups, history
+from appliance.ingest import backfill as backfill_domain
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.ops.backups import run_backup
+from appliance.ops.backups import run_restore_test
+from appliance.config.loader import DEFAULTS
+from appliance.runtime.runtime import Runtime
 
 from tests.conftest import write_config
 from tests.support import free_port
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _backfill(rt, **params):
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params=params)
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params=params)
     assert res["status"] == "ok", res
     return res
 
@@ -57,12 +59,12 @@ def test_a_restore_keeps_the_operations_history_newer_than_the_archive(
             """INSERT INTO job_runs (job, slot, status, started_at, heartbeat_at)
                VALUES ('spot_check', 'manual:inflight', 'running', now(), now())
                RETURNING id""").fetchone()[0]
-    b = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run, params={})
+    b = runs.execute(rt, "backup", runs.manual_slot(), run_backup, params={})
     assert b["status"] == "ok"
     # the spot-check that was running when the dump was taken ends after it
     with rt.conn() as c:
         runs.finish(c, inflight, "failed", {}, "vendor unreachable")
-    t = runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+    t = runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,
                      params={"backup": "latest"})
     assert t["status"] == "ok"
     before = _runs(database_url)
@@ -93,8 +95,8 @@ def test_the_manifest_records_restore_tests_so_a_rescan_knows_what_was_proven(
         runtime, database_url):
     rt = runtime
     _backfill(rt)
-    b = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run, params={})
-    runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+    b = runs.execute(rt, "backup", runs.manual_slot(), run_backup, params={})
+    runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,
                  params={"backup": "latest"})
     mpath = backups.manifest_path_for(Path(rt.config["backup"]["path"]) / b["filename"])
     m = json.loads(mpath.read_text())
@@ -123,7 +125,7 @@ def _recovery_commands() -> list[str]:
 def _cli(args: str, cfg: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "APPLIANCE_CONFIG": str(cfg)}
     env = {k: v for k, v in env.items() if not k.startswith("APPLIANCE_TEST_")}
-    p = subprocess.run([sys.executable, "-m", "appliance.cli", *args.split()[1:]],
+    p = subprocess.run([sys.executable, "-m", "appliance.cli.main", *args.split()[1:]],
                        env=env, capture_output=True, text=True, timeout=300, cwd=cfg.parent)
     if check:
         assert p.returncode == 0, f"{args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
@@ -135,10 +137,10 @@ def _up_then_ctrl_c(cfg: Path) -> None:
 
     import requests
 
-    from appliance.config import load_config
+    from appliance.config.loader import load_config
     from tests.support import wait_until
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    up = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up",
+    up = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg), "up",
                            "--no-initial-backfill"], env=env, cwd=cfg.parent,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
@@ -167,10 +169,10 @@ def test_the_recovery_procedure_of_operations_md_works_on_a_fresh_host(
         runtime, database_url, request):
     old = runtime
     _backfill(old)
-    b = runs.execute(old, "backup", runs.manual_slot(), backup_job.run, params={})
+    b = runs.execute(old, "backup", runs.manual_slot(), run_backup, params={})
     old_runs = {(r[0], r[1]) for r in _runs(database_url)}  # what the archive holds
     # the restore test runs after the dump: only the manifest can tell of it
-    t = runs.execute(old, "restore_test", runs.manual_slot(), restore_job.run,
+    t = runs.execute(old, "restore_test", runs.manual_slot(), run_restore_test,
                      params={"backup": "latest"})
     assert t["status"] == "ok"
     bdir = Path(old.config["backup"]["path"])
@@ -204,7 +206,7 @@ def test_the_recovery_procedure_of_operations_md_works_on_a_fresh_host(
     res = json.loads(_cli(cmds[2], cfg).stdout)
     assert res["status"] == "ok" and res["history"]["lineage"] in ("other", "none")
 
-    from appliance import services
+    from appliance.runtime import services
     url = services.embedded_postgres(host / "var", dbname="market_data")
     try:
         with psycopg.connect(url) as c:
@@ -244,7 +246,7 @@ def test_moving_since_earlier_fills_the_history_without_flags(config_factory):
                 "SELECT first_session, records, completeness FROM symbol_stats").fetchone()
         assert str(first) == "2025-01-02" and compl == 1.0
         # the operator asks for a longer history and reloads
-        from appliance.reload import reload_config
+        from appliance.jobs.reload import reload_config
         write_config(rt.config.path, rt.config["database"]["url"], rt.config["redis"]["url"],
                      history={"start": "2025-01-02", "lookback_sessions": 5},
                      symbols=[{"symbol": "AAPL", "since": "2024-01-02"}])
@@ -300,7 +302,7 @@ def test_the_recovery_procedure_fences_a_queued_job_and_refuses_a_wrong_read_url
     from tests.conftest import _as_url, _replace_db
     old = runtime
     _backfill(old)
-    b = runs.execute(old, "backup", runs.manual_slot(), backup_job.run, params={})
+    b = runs.execute(old, "backup", runs.manual_slot(), run_backup, params={})
     archived = {r[0]: r[1] for r in _runs(database_url)}
     made = []
     for prefix in ("appl_w_", "appl_r_"):

@@ -15,12 +15,13 @@ import pytest
 import yaml
 from rq.job import Job
 
-from appliance import reload as reload_mod
-from appliance import schedule
-from appliance.config import DEFAULTS
-from appliance.jobs import backfill, entry, registry, runs
-from appliance.config import load_config
-from appliance.runtime import K_CONFIG_VERSION, Runtime
+from appliance.jobs import reload as reload_mod
+from appliance.jobs import schedule
+from appliance.config.loader import DEFAULTS
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import entry, registry, runs
+from appliance.config.loader import load_config
+from appliance.runtime.runtime import K_CONFIG_VERSION, Runtime
 from tests.support import wait_until
 
 QUIET = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}
@@ -29,7 +30,7 @@ BASE = dict(schedules={**QUIET, "backfill": "0 2 * * *"}, symbols=["AAPL", "MSFT
 
 
 def cli(path, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
+    return subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(path), *args],
                             env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -96,7 +97,7 @@ def test_a_reload_adds_a_symbol_that_then_gets_backfilled(runtime, config_factor
 def test_a_removed_symbol_stops_being_fetched_but_keeps_its_data(runtime, config_factory, client,
                                                                  admin_headers):
     schedule.ensure_baseline(runtime)
-    assert runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run)["status"] == "ok"
+    assert runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill)["status"] == "ok"
     before = _counts(runtime)
     assert before["MSFT"] > 0
     config_factory(**{**BASE, "symbols": ["AAPL"]})
@@ -114,7 +115,7 @@ def test_a_removed_symbol_stops_being_fetched_but_keeps_its_data(runtime, config
     assert ev["symbols_removed_keep_data"] == ["MSFT"]
     assert list(runtime.config.active_symbols) == ["AAPL"]
     # the next backfill fetches AAPL only
-    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run)
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill)
     assert res["status"] == "ok"
     assert _counts(runtime)["MSFT"] == before["MSFT"]
 

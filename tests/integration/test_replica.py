@@ -6,9 +6,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from appliance import alerts
-from appliance.jobs import backfill, runs
-from appliance.replica import APPLICATION_NAME
+from appliance.alerts import rules as alerts
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.runtime.replica import APPLICATION_NAME
 from tests.conftest import write_config
 from tests.replication import Pair, available
 from tests.support import wait_until
@@ -20,7 +21,7 @@ AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
 
 @pytest.fixture(scope="module")
 def pair():
-    from appliance import db
+    from appliance.store import pool as db
     p = Pair().start()
     try:
         db.migrate(p.primary_url)
@@ -31,7 +32,7 @@ def pair():
 
 @pytest.fixture
 def replica_rt(pair, tmp_path, redis_url):
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     path = write_config(tmp_path / "appliance.yaml", pair.primary_url, redis_url,
                         database={"url": pair.primary_url, "read_url": pair.replica_url,
                                   "max_replica_lag_seconds": 30},
@@ -70,7 +71,7 @@ def _open_alert(rt, key: str) -> bool:
 def test_reads_follow_the_replica_and_fall_back_to_the_primary(pair, replica_rt):
     from appliance.web import create_app
     rt = replica_rt
-    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                         params={"symbols": ["AAPL"]})["status"] == "ok"
     wait_until(pair.replayed_everything, 30, "the replica to replay the backfill")
     app = create_app(runtime=rt)
@@ -112,7 +113,7 @@ def test_reads_follow_the_replica_and_fall_back_to_the_primary(pair, replica_rt)
     assert _open_alert(rt, "replica_lag")
 
     # 3. written while it was down, then it comes back: it catches up and serves again
-    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                         params={"symbols": ["MSFT"]})["status"] == "ok"
     pair.start_replica()
     wait_until(pair.replayed_everything, 30, "the replica to catch up")
@@ -129,7 +130,7 @@ def test_reads_follow_the_replica_and_fall_back_to_the_primary(pair, replica_rt)
 def test_a_lagging_replica_is_not_read(pair, replica_rt):
     """A lag above the threshold sends reads to the primary: measured on the
     replica while its replay is paused and the primary writes."""
-    from appliance.replica import probe
+    from appliance.runtime.replica import probe
     with psycopg.connect(pair.url(pair.rport, "postgres"), autocommit=True) as c:
         c.execute("SELECT pg_wal_replay_pause()")
         try:
@@ -154,22 +155,22 @@ def test_a_backup_can_be_dumped_from_the_replica_and_falls_back_to_the_primary(p
     so) and the restore test still passes on a scratch database of the
     primary; with the replica down the backup is taken from the primary and
     a warning event says why."""
-    from appliance.jobs import backup as backup_job
-    from appliance.jobs import restore_test as restore_job
+    from appliance.ops.backups import run_backup
+    from appliance.ops.backups import run_restore_test
     rt = replica_rt
-    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                         params={"symbols": ["SPY"]})["status"] == "ok"
     wait_until(pair.replayed_everything, 30, "the replica to replay the backfill")
 
     def backup():
-        res = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run, params={})
+        res = runs.execute(rt, "backup", runs.manual_slot(), run_backup, params={})
         assert res["status"] == "ok", res
         with rt.conn() as conn:
             return conn.execute("SELECT manifest FROM backups WHERE id = %s",
                                 (res["backup_id"],)).fetchone()[0]
 
     assert backup()["source"] == "replica"
-    res = runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+    res = runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,
                        params={"backup": "latest"})
     assert res["status"] == "ok", res
 

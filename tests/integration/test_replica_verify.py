@@ -9,8 +9,8 @@ import uuid
 import psycopg
 import pytest
 
-from appliance import replica
-from appliance.runtime import Runtime
+from appliance.runtime import replica
+from appliance.runtime.runtime import Runtime
 from tests.conftest import _as_url, _replace_db, write_config
 
 AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
@@ -49,10 +49,11 @@ def test_verify_names_why_a_database_is_not_a_standby_of_this_primary(database_u
 
 def test_a_read_url_that_is_not_a_standby_is_refused_and_health_says_why(
         wrong_replica_app):
-    from appliance.jobs import backfill, runs
+    from appliance.ingest.backfill import run_backfill
+    from appliance.jobs import runs
     c = wrong_replica_app.test_client()
     rt = wrong_replica_app.config["RUNTIME"]
-    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                         params={})["status"] == "ok"
     h = c.get("/health").get_json()
     rep = h["replica"]
@@ -71,9 +72,10 @@ def test_a_read_that_fails_on_the_replica_is_answered_by_the_primary(wrong_repli
     not a 500, and the replica is marked down until the next check."""
     import time
 
-    from appliance.jobs import backfill, runs
+    from appliance.ingest.backfill import run_backfill
+    from appliance.jobs import runs
     rt = wrong_replica_app.config["RUNTIME"]
-    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                         params={})["status"] == "ok"
     c = wrong_replica_app.test_client()
     for url in ("/api/v1/symbols", "/api/v1/gaps", "/symbols/AAPL", "/symbols"):
@@ -87,7 +89,7 @@ def test_a_read_that_fails_on_the_replica_is_answered_by_the_primary(wrong_repli
 
 def test_a_reload_to_a_read_url_that_is_not_a_standby_is_refused_naming_why(
         config_factory, runtime, empty_db, database_url):
-    from appliance.reload import reload_config
+    from appliance.jobs.reload import reload_config
     assert reload_config(runtime, source="startup")["ok"]
     config_factory(database={"url": database_url, "read_url": empty_db})
     res = reload_config(runtime, source="cli")

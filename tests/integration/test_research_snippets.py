@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import export
+from appliance.ops import export
 from tests.integration.test_api_schemathesis import served
 from tests.integration.test_columnar import EXPORT_KEY, stocked  # noqa: F401
 

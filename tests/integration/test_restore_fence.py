@@ -14,12 +14,14 @@ import psycopg
 import pytest
 from rq import Queue
 
-from appliance import alerts, backups
-from appliance import queue as queue_mod
-from appliance.config import DEFAULTS
-from appliance.jobs import backfill, runs
-from appliance.jobs import backup as backup_job
-from appliance.runtime import Runtime
+from appliance.alerts import rules as alerts
+from appliance.ops import backups
+from appliance.jobs import queue as queue_mod
+from appliance.config.loader import DEFAULTS
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.ops.backups import run_backup
+from appliance.runtime.runtime import Runtime
 
 from tests.conftest import _as_url, _replace_db, write_config
 
@@ -61,17 +63,17 @@ def fresh_host(pg_server_url, template_db, redis_url, tmp_path):
 
 
 def _archive(rt) -> dict:
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params={})
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params={})
     assert res["status"] == "ok", res
     with rt.conn() as c:  # a backup failed once; the good one below resolves it after its dump
         alerts.open_now(c, "backup_failed", "critical", "backup failed: disk full", {})
-    b = runs.execute(rt, "backup", runs.manual_slot(), backup_job.run, params={})
+    b = runs.execute(rt, "backup", runs.manual_slot(), run_backup, params={})
     assert b["status"] == "ok", b
     return b
 
 
 def _worker_burst(path) -> str:
-    p = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
+    p = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(path),
                         "worker", "--burst"], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"})
     assert p.returncode == 0, p.stdout + p.stderr
@@ -147,7 +149,7 @@ def database_url_of(rt) -> str:
 
 def test_a_restore_test_of_a_copy_outside_the_catalogue_is_recorded_as_that_copy(
         runtime, tmp_path):
-    from appliance.jobs import restore_test as restore_job
+    from appliance.ops.backups import run_restore_test
     rt = runtime
     b = _archive(rt)
     elsewhere = tmp_path / "elsewhere"
@@ -157,7 +159,7 @@ def test_a_restore_test_of_a_copy_outside_the_catalogue_is_recorded_as_that_copy
     copy.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     (elsewhere / src.with_suffix(".json").name).write_text(
         src.with_suffix(".json").read_text())
-    res = runs.execute(rt, "restore_test", runs.manual_slot(), restore_job.run,
+    res = runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,
                        params={"backup": str(copy)})
     assert res["status"] == "failed" and "truncated" in res["error"]
     assert res["backup_id"] is None and res["path"] == str(copy)
@@ -173,7 +175,7 @@ def test_a_restore_test_of_a_copy_outside_the_catalogue_is_recorded_as_that_copy
 
 
 def _cli(cfg, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(cfg), *args],
+    return subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg), *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -198,7 +200,7 @@ def test_a_restore_of_a_missing_or_unusable_archive_says_it_cannot(runtime, conf
 def test_a_failing_alert_evaluation_fails_the_restore_loudly(runtime, fresh_host):
     """The evaluation after the swap really fails (the restored database
     refuses the alert events): the restore raises, naming that step."""
-    from appliance.errors import BackupError
+    from appliance.core.errors import BackupError
     rt = runtime
     with rt.conn() as c:
         # an archived alert whose condition no longer holds: resolving it writes an event
@@ -235,8 +237,8 @@ def test_a_job_taken_off_the_queue_before_the_swap_runs_as_its_restored_run(
         Queue(queue_mod.QUEUE_NAME, connection=rt.redis).remove(rq_id)  # a worker has it
         archived = _rows(database_url_of(runtime))
         backups.full_restore(rt, "latest")
-        from appliance.jobs import disk_check
-        res = runs.execute(rt, "disk_check", runs.manual_slot(), disk_check.run,
+        from appliance.alerts.rules import disk_check
+        res = runs.execute(rt, "disk_check", runs.manual_slot(), disk_check,
                            run_id=old_id, rq_job_id=rq_id)
         assert res["status"] == "ok" and res["run_id"] != old_id, res
         after = _rows(url)

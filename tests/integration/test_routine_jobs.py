@@ -12,12 +12,18 @@ import subprocess
 import numpy as np
 import pytest
 
-from appliance import alerts, db
-from appliance import backfill as backfill_domain
-from appliance.errors import ProviderError
-from appliance.jobs import (backfill, disk_check, maintenance, performance, retention, runs,
-                            spot_check)
-from appliance.candles import Bars
+from appliance.alerts import rules as alerts
+from appliance.store import pool as db
+from appliance.ingest import backfill as backfill_domain
+from appliance.core.errors import ProviderError
+from appliance.ingest.backfill import run_backfill
+from appliance.alerts.rules import disk_check
+from appliance.ops.maintenance import maintain
+from appliance.ops.performance import review
+from appliance.ops.retention import prune_history
+from appliance.jobs import runs
+from appliance.ops.spotcheck import spot_check
+from appliance.core.candles import Bars
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 from tests.fakes.yahoo_fake import YahooFake
 
@@ -31,7 +37,7 @@ def _execute(rt, job, fn, **params):
 
 
 def _open(path):
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     rt = Runtime.from_path(path)
     rt.open()
     return rt
@@ -68,7 +74,7 @@ def stored(config_factory, truth):
             return rt
 
         rt = for_yahoo("http://127.0.0.1:9")
-        res = _execute(rt, "backfill", backfill.run, end=END.isoformat())
+        res = _execute(rt, "backfill", run_backfill, end=END.isoformat())
         assert res["status"] == "ok", res
         yield for_yahoo
     for rt in opened:
@@ -90,7 +96,7 @@ def _last_spot_result(rt):
 def test_spot_check_of_a_clean_store_matches_every_pair_including_across_a_split(stored, truth):
     with YahooFake(truth.bars, truth.splits) as yahoo:
         rt = stored(yahoo.base_url, samples=_n_sessions(truth) + 10)
-        res = _execute(rt, "spot_check", spot_check.run)
+        res = _execute(rt, "spot_check", spot_check)
         requests = sum(yahoo.requests.values())
     assert res["status"] == "ok", res
     assert res["samples"] == res["compared"] == _n_sessions(truth)
@@ -120,7 +126,7 @@ def test_spot_check_finds_exactly_the_one_wrong_price_of_the_second_source(store
                        b.trades, "truth")
     with YahooFake(bad, truth.splits) as yahoo:
         rt = stored(yahoo.base_url, samples=_n_sessions(truth))
-        res = _execute(rt, "spot_check", spot_check.run)
+        res = _execute(rt, "spot_check", spot_check)
     assert res["status"] == "ok", res
     mism = [p for p in res["pairs"] if p["verdict"] == "mismatch"]
     assert [(p["symbol"], p["session"]) for p in mism] == [("NVDA", "2024-02-05")]
@@ -149,7 +155,7 @@ def test_one_wrong_price_among_the_sampled_pairs_of_a_symbol_opens_the_spot_chec
                        b.trades, "truth")
     with YahooFake(bad, truth.splits) as yahoo:
         rt = stored(yahoo.base_url, samples=len(b))
-        res = _execute(rt, "spot_check", spot_check.run, symbols=["NVDA"])
+        res = _execute(rt, "spot_check", spot_check, symbols=["NVDA"])
     assert res["mismatches"] == 1 and res["mismatch_pct"] > 1  # 1 of the NVDA sessions
     ev = alerts.evaluate(rt, disk_usage=lambda p: collections.namedtuple("U", "total used free")(
         100, 10, 90), notify=False)
@@ -164,7 +170,7 @@ def test_one_wrong_price_among_the_sampled_pairs_of_a_symbol_opens_the_spot_chec
 def test_spot_check_samples_a_bounded_random_subset(stored, truth):
     with YahooFake(truth.bars, truth.splits) as yahoo:
         rt = stored(yahoo.base_url, samples=15)
-        res = _execute(rt, "spot_check", spot_check.run, seed=3)
+        res = _execute(rt, "spot_check", spot_check, seed=3)
     assert res["status"] == "ok"
     assert res["samples"] == res["compared"] == 15
     keys = {(p["symbol"], p["session"]) for p in res["pairs"]}
@@ -176,7 +182,7 @@ def test_spot_check_lists_a_symbol_the_source_does_not_know_as_unavailable(store
     with YahooFake({"AAPL": truth.bars["AAPL"]}, truth.splits,
                    null_dates=[dt.date(2024, 1, 3)]) as yahoo:
         rt = stored(yahoo.base_url, samples=_n_sessions(truth))
-        res = _execute(rt, "spot_check", spot_check.run)
+        res = _execute(rt, "spot_check", spot_check)
     assert res["status"] == "partial"
     n_nvda = len(truth.bars["NVDA"])
     assert sum(1 for u in res["unavailable"] if u["symbol"] == "NVDA") == n_nvda
@@ -188,7 +194,7 @@ def test_spot_check_fails_when_the_source_fails_for_every_symbol(stored, truth):
     with YahooFake({}, []) as yahoo:
         rt = stored(yahoo.base_url, samples=10)
         with pytest.raises(ProviderError):
-            _execute(rt, "spot_check", spot_check.run)
+            _execute(rt, "spot_check", spot_check)
     with rt.conn() as conn:
         status = conn.execute("SELECT status FROM job_runs WHERE job = 'spot_check'").fetchone()[0]
     assert status == "failed"
@@ -214,7 +220,7 @@ def _indexes_valid(conn) -> bool:
 
 
 def test_maintenance_creates_partitions_ahead_and_keeps_all_data_without_retention(runtime):
-    res = _execute(runtime, "maintenance", maintenance.run)
+    res = _execute(runtime, "maintenance", maintain)
     assert res["status"] == "ok", res
     year = dt.date.today().year
     with runtime.conn() as conn:
@@ -227,21 +233,21 @@ def test_maintenance_creates_partitions_ahead_and_keeps_all_data_without_retenti
     assert res["retention"]["dropped"] == []
     assert res["reindexed"] == []  # nothing is bloated in a fresh store
     assert res["index_bloat"]["method"] in ("estimate", "pgstatindex")
-    again = _execute(runtime, "maintenance", maintenance.run)
+    again = _execute(runtime, "maintenance", maintain)
     assert again["partitions_created"] == []
 
 
 def test_maintenance_rebuilds_a_bloated_index_and_leaves_healthy_ones(runtime):
     with runtime.conn() as conn:
         _insert_rows(conn, symbols=40, days=300, start=dt.date(2019, 1, 1))
-    res = _execute(runtime, "maintenance", maintenance.run, min_index_bytes=0)
+    res = _execute(runtime, "maintenance", maintain, min_index_bytes=0)
     assert res["reindexed"] == [], res["reindexed"]  # a freshly written index is not bloated
     pkey = [i for i in res["index_bloat"]["indexes"]
             if i["index"] == "public.market_data_y2019_pkey"][0]
     assert pkey["bloat_pct"] is not None and pkey["bloat_pct"] < 30
     with runtime.conn() as conn:  # 90 % of the rows go: the index keeps its pages
         conn.execute("DELETE FROM market_data WHERE ts < '2019-10-01' AND ts >= '2019-01-01'")
-    res = _execute(runtime, "maintenance", maintenance.run, min_index_bytes=0)
+    res = _execute(runtime, "maintenance", maintain, min_index_bytes=0)
     done = {i["index"]: i for i in res["reindexed"]}
     assert "public.market_data_y2019_pkey" in done, res["index_bloat"]
     assert done["public.market_data_y2019_pkey"]["bloat_pct"] >= 30
@@ -257,7 +263,7 @@ def test_maintenance_rebuilds_a_bloated_index_and_leaves_healthy_ones(runtime):
 def test_maintenance_with_a_zero_threshold_rebuilds_every_partition_index_concurrently(runtime):
     with runtime.conn() as conn:
         _insert_rows(conn, symbols=5, days=30, start=dt.date(2024, 3, 1))
-    res = _execute(runtime, "maintenance", maintenance.run, bloat_threshold_pct=0,
+    res = _execute(runtime, "maintenance", maintain, bloat_threshold_pct=0,
                    min_index_bytes=0)
     assert res["status"] == "ok", res
     names = {i["index"] for i in res["reindexed"]}
@@ -283,7 +289,7 @@ def test_maintenance_retention_drops_whole_old_partitions_and_keeps_recent_data(
             before = conn.execute("SELECT first_session FROM symbol_stats WHERE symbol = 'S001'"
                                   ).fetchone()[0]
         assert before.year == 2015
-        res = _execute(rt, "maintenance", maintenance.run)
+        res = _execute(rt, "maintenance", maintain)
         assert res["status"] == "ok", res
         assert "market_data_y2015" in res["retention"]["dropped"]
         assert res["retention"]["symbols_refreshed"] == ["S001", "S002"]
@@ -307,14 +313,14 @@ def test_maintenance_retention_drops_whole_old_partitions_and_keeps_recent_data(
 def test_disk_check_records_free_space_and_opens_the_disk_alert_when_low(runtime):
     full = lambda p: collections.namedtuple("U", "total used free")(1000, 950, 50)  # 5 % free
     res = runs.execute(runtime, "disk_check", runs.manual_slot(),
-                       functools.partial(disk_check.run, disk_usage=full))
+                       functools.partial(disk_check, disk_usage=full))
     assert res["status"] == "ok"
     assert res["low"] == ["data", "backup"]
     assert res["disks"]["data"]["free_pct"] == 5.0
     assert {"disk_low_data", "disk_low_backup"} <= set(res["alerts_opened"])
     fine = lambda p: collections.namedtuple("U", "total used free")(1000, 500, 500)
     res = runs.execute(runtime, "disk_check", runs.manual_slot(),
-                       functools.partial(disk_check.run, disk_usage=fine))
+                       functools.partial(disk_check, disk_usage=fine))
     assert res["low"] == [] and {"disk_low_data", "disk_low_backup"} <= set(
         res["alerts_resolved"])
 
@@ -329,12 +335,12 @@ def test_disk_check_measures_a_real_nearly_full_backup_filesystem(config_factory
     try:
         rt = _open(config_factory(backup={"path": str(mnt / "backups"), "min_free_pct": 1}))
         (mnt / "filler").write_bytes(b"x" * 1_900_000)
-        res = _execute(rt, "disk_check", disk_check.run)
+        res = _execute(rt, "disk_check", disk_check)
         assert res["disks"]["backup"]["free_pct"] < 20, res["disks"]
         assert res["disks"]["backup"]["total_bytes"] == 2 * 1024 * 1024
         assert "backup" in res["low"] and "disk_low_backup" in res["alerts_opened"]
         (mnt / "filler").unlink()   # space freed: the alert resolves
-        res = _execute(rt, "disk_check", disk_check.run)
+        res = _execute(rt, "disk_check", disk_check)
         assert "backup" not in res["low"] and "disk_low_backup" in res["alerts_resolved"]
     finally:
         if rt is not None:
@@ -363,7 +369,7 @@ def test_retention_deletes_old_history_but_never_a_running_job(runtime):
             ('c', 'critical', 'open', 'still open', {old}, {old}, NULL)""")
         conn.execute(f"""INSERT INTO config_reloads (ts, source, ok) VALUES
             ({old}, 'cli', true), (now(), 'cli', true)""")
-    res = _execute(runtime, "retention", retention.run)
+    res = _execute(runtime, "retention", prune_history)
     assert res["status"] == "ok"
     assert res["job_runs_deleted"] == 2
     assert res["events_deleted"] == 2
@@ -385,7 +391,7 @@ def test_performance_review_reports_sizes_growth_and_what_is_unavailable(runtime
         _insert_rows(conn, symbols=3, days=50, start=dt.date(2024, 5, 1))
         has_pss = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
                                ).fetchone() is not None
-    res = _execute(runtime, "performance_review", performance.run)
+    res = _execute(runtime, "performance_review", review)
     assert res["status"] == "ok"
     assert res["database_bytes"] > 1_000_000
     md = res["market_data"]
@@ -417,7 +423,7 @@ def test_performance_review_projects_monthly_growth_from_recent_market_months(ru
     with runtime.conn() as conn:
         _insert_rows(conn, symbols=2, days=(today - first).days, start=first)
         _insert_rows(conn, symbols=2, days=10, start=dt.date(2019, 1, 2))  # older than a year
-    res = _execute(runtime, "performance_review", performance.run)
+    res = _execute(runtime, "performance_review", review)
     months = res["growth_by_market_month"]
     assert months[0]["month"] == first.strftime("%Y-%m")
     assert sum(m["rows"] for m in months) == 2 * (today - first).days
@@ -433,7 +439,7 @@ def test_spot_check_runs_now_from_the_console_and_its_failure_opens_an_alert(sto
     import subprocess
     import sys
 
-    from appliance import alerts
+    from appliance.alerts import rules as alerts
     from appliance.web import create_app
     from tests.integration.test_console import login
     rt = stored("http://127.0.0.1:9")  # the second source is unreachable
@@ -446,7 +452,7 @@ def test_spot_check_runs_now_from_the_console_and_its_failure_opens_an_alert(sto
     r = client.post("/jobs/spot_check/run", headers={"HX-Request": "true", "X-CSRFToken": tok})
     assert r.status_code == 200, r.get_data(as_text=True)
     run_id = int(re.search(r"queued as run (\d+)", r.get_data(as_text=True)).group(1))
-    w = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(rt.config.path),
+    w = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(rt.config.path),
                         "worker", "--burst"], capture_output=True, text=True, timeout=240)
     assert w.returncode == 0, w.stderr[-2000:]
     with rt.conn() as conn:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.jobs import backfill, runs
-from appliance.jobs import backup as backup_job
-from appliance.runtime import Runtime
-from appliance.config import DEFAULTS
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.ops.backups import run_backup
+from appliance.runtime.runtime import Runtime
+from appliance.config.loader import DEFAULTS
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,9 +69,9 @@ def test_the_runbook_sections_run_as_written(title, config_factory):
         rt = Runtime.from_path(path)
         rt.open()
         try:
-            assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                 params={"end": end.isoformat()})["status"] == "ok"
-            assert runs.execute(rt, "backup", runs.manual_slot(), backup_job.run,
+            assert runs.execute(rt, "backup", runs.manual_slot(), run_backup,
                                 params={})["status"] == "ok"
             from appliance.web import create_app
             client = create_app(runtime=rt).test_client()
@@ -78,7 +79,7 @@ def test_the_runbook_sections_run_as_written(title, config_factory):
             assert steps, f"{title} has no commands"
             for line in steps:
                 if line.startswith("appliance "):
-                    p = subprocess.run([sys.executable, "-m", "appliance.cli", "--config",
+                    p = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config",
                                         str(path), *shlex.split(line)[1:]], text=True,
                                        capture_output=True, timeout=300,
                                        env={**os.environ, "APPLIANCE_CONFIG": str(path)})

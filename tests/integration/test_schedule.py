@@ -15,10 +15,10 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
-from appliance import schedule
-from appliance.config import DEFAULTS, load_config
+from appliance.jobs import schedule
+from appliance.config.loader import DEFAULTS, load_config
 from appliance.jobs import runs
-from appliance.runtime import Runtime
+from appliance.runtime.runtime import Runtime
 from tests.support import wait_until
 
 UTC = dt.timezone.utc
@@ -41,7 +41,7 @@ def cli(path, *args, tz: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"}
     if tz:
         env["TZ"] = tz
-    return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
+    return subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(path), *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -149,7 +149,7 @@ def test_a_cron_job_fires_at_its_utc_time_on_a_machine_in_another_time_zone(
 
 
 def test_a_changed_schedule_is_re_registered_on_the_next_tick_after_a_reload(config_factory):
-    from appliance import reload as reload_mod
+    from appliance.jobs import reload as reload_mod
     path = config_factory(schedules={**QUIET, "backfill": "0 2 * * *"})
     sched_rt = _rt(path, check_interval=0)
     admin_rt = _rt(path)

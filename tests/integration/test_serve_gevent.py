@@ -55,7 +55,7 @@ def gevent_server(config_factory, procs, tmp_path):
     path = config_factory(server={"bind": f"127.0.0.1:{port}", "workers": 1,
                                   "worker_class": "gevent"})
     log = open(tmp_path / "serve.log", "w+")
-    p = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path), "serve"],
+    p = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(path), "serve"],
                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     procs.append(p)
     _wait_until(lambda: _answers(port, "/api/v1/openapi.json") or p.poll() is not None, 60,
@@ -114,7 +114,7 @@ def test_the_worker_builds_the_trading_calendar_before_serving(runtime, monkeypa
     """Building the calendar is seconds of CPU: a gevent worker does it at
     start, not in the first /health or alert evaluation (which would hold
     every other request of that worker meanwhile)."""
-    from appliance import calendar
+    from appliance.core import calendar
     from appliance.web import create_app
     from appliance.web.server import warm_up
     monkeypatch.setattr(calendar, "_cache", {})
@@ -127,7 +127,7 @@ def test_the_worker_builds_the_trading_calendar_before_serving(runtime, monkeypa
 def test_each_instance_has_its_own_gunicorn_control_socket(config_factory, tmp_path):
     """Not the shared ``~/.gunicorn/gunicorn.ctl``: one per data_dir (or none
     when that path is too long for a unix socket)."""
-    from appliance.config import load_config
+    from appliance.config.loader import load_config
     from appliance.web.server import gunicorn_options
     cfg = load_config(config_factory(data_dir=str(tmp_path / "v")))
     opts = gunicorn_options(cfg)

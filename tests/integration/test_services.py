@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import yaml
 
-from appliance import services
+from appliance.runtime import services
 from tests.support import free_port
 
 
@@ -88,7 +88,7 @@ def test_serve_refuses_a_port_in_use_with_a_clear_message(short_dir):
     port = s.getsockname()[1]
     try:
         cfg = _write_cfg(short_dir, port)
-        r = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up"],
+        r = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg), "up"],
                            capture_output=True, text=True, timeout=60)
     finally:
         s.close()
@@ -100,7 +100,7 @@ def test_serve_refuses_a_port_in_use_with_a_clear_message(short_dir):
 def test_up_serves_with_embedded_services_and_stops_cleanly_on_sigterm(short_dir):
     port = free_port()
     cfg = _write_cfg(short_dir, port)
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up"],
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg), "up"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90
@@ -157,7 +157,7 @@ def test_up_gives_up_on_a_child_that_keeps_failing_at_start_and_says_why(short_d
     port = free_port()
     cfg = _write_cfg(short_dir, port)
     env = {**os.environ, "PYTHONPATH": str(shadow)}
-    r = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(cfg), "up",
+    r = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg), "up",
                         "--no-initial-backfill"], capture_output=True, text=True, timeout=240,
                        env=env)
     assert r.returncode == 1, r.stderr[-3000:]

@@ -18,7 +18,7 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from appliance import calendar as tcal
+from appliance.core import calendar as tcal
 from tests.conftest import write_config
 from tests.support import free_port
 
@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _cli(path, *args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
+    return subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(path),
                            "status", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)
 
@@ -42,7 +42,7 @@ def serving(path):
     """The real web app for the config at ``path``, on its server.bind."""
     from werkzeug.serving import make_server
 
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     from appliance.web import create_app
     rt = Runtime.from_path(path)
     rt.open()
@@ -169,7 +169,7 @@ def test_status_still_answers_when_redis_is_down(web_config, tmp_path, database_
 
 
 def test_watch_refreshes_plain_text_until_interrupted(config_path):
-    p = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(config_path),
+    p = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(config_path),
                           "status", "--watch", "--interval", "0.3"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -194,7 +194,7 @@ def test_watch_on_a_terminal_redraws_in_place_with_colour(config_path):
     master, slave = pty.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "50"}
     env.pop("NO_COLOR", None)
-    p = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(config_path),
+    p = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(config_path),
                           "status", "--watch", "--interval", "0.3"], stdin=slave, stdout=slave,
                          stderr=subprocess.PIPE, cwd=ROOT, env=env, start_new_session=True)
     os.close(slave)
@@ -222,5 +222,5 @@ def test_watch_on_a_terminal_redraws_in_place_with_colour(config_path):
 
 @pytest.mark.parametrize("status,code", [("healthy", 0), ("degraded", 1), ("unhealthy", 2)])
 def test_exit_codes_map_health(status, code):
-    from appliance import health
+    from appliance.alerts import health
     assert health.exit_code(status) == code

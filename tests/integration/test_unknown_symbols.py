@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from appliance import alerts, health
-from appliance.jobs import backfill, runs
-from appliance.statusview import render_lines, snapshot
-from appliance.runtime import Runtime
+from appliance.alerts import rules as alerts
+from appliance.alerts import health
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.ops.statusview import render_lines, snapshot
+from appliance.runtime.runtime import Runtime
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 
 START, END = dt.date(2024, 1, 2), dt.date(2024, 3, 28)
@@ -27,7 +29,7 @@ def test_a_ticker_the_vendor_does_not_know_is_named_everywhere(config_factory):
         rt = Runtime.from_path(path)
         rt.open()
         try:
-            res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                params={"end": END.isoformat()})
             assert res["status"] == "partial", res
             assert "NOPEX" in res["failed"] and "does not know" in res["failed"]["NOPEX"]

@@ -32,8 +32,8 @@ PACKAGED = (
     "appliance/static/css/app.css",
     "appliance/static/js/chart.js",
     "appliance/static/vendor/htmx/htmx.min.js",
-    "appliance/migrations/0001_init.sql",
-    "appliance/appliance.schema.json",
+    "appliance/store/migrations/0001_init.sql",
+    "appliance/config/appliance.schema.json",
 )
 
 

@@ -12,17 +12,17 @@ from datetime import datetime
 from rq import Queue
 from rq.job import Job
 
-from appliance import queue as queue_mod
-from appliance.config import DEFAULTS
+from appliance.jobs import queue as queue_mod
+from appliance.config.loader import DEFAULTS
 from appliance.jobs import runs
-from appliance.runtime import Runtime
+from appliance.runtime.runtime import Runtime
 from tests.support import wait_until
 
 QUIET = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}
 
 
 def cli(path, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
+    return subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(path), *args],
                             env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -152,7 +152,7 @@ def _logged_at(out: str, text: str) -> datetime:
 
 def test_a_burst_worker_on_an_empty_queue_exits_within_5_s_of_subscribing(config_factory):
     path = config_factory(schedules=QUIET)
-    p = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path),
+    p = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(path),
                         "worker", "--burst", "--name", "w-burst"],
                        env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
                        capture_output=True, text=True, timeout=120)

@@ -15,7 +15,7 @@ ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 def cli(config: Path, *args, **kw) -> subprocess.Popen:
     env = dict(os.environ)
     env["APPLIANCE_CONFIG"] = str(config)
-    return subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(config),
+    return subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(config),
                              *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=True, **kw)
 

@@ -17,9 +17,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from appliance import alerts, backups
-from appliance.jobs import backfill, backup as backup_job, runs
-from appliance.runtime import Runtime
+from appliance.alerts import rules as alerts
+from appliance.ops import backups
+from appliance.ingest.backfill import run_backfill
+from appliance.ops.backups import run_backup
+from appliance.jobs import runs
+from appliance.runtime.runtime import Runtime
 
 from .helpers import cli, kill_group, wait_until
 
@@ -51,12 +54,12 @@ def _visible(d: Path) -> list[str]:
 def _loaded_runtime(path: Path) -> Runtime:
     rt = Runtime.from_path(path)
     rt.open()
-    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run)["status"] == "ok"
+    assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill)["status"] == "ok"
     return rt
 
 
 def _backup(rt) -> dict:
-    return runs.execute(rt, "backup", runs.manual_slot(), backup_job.run)
+    return runs.execute(rt, "backup", runs.manual_slot(), run_backup)
 
 
 def _open_alerts(rt) -> dict[str, str]:

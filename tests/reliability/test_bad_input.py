@@ -17,7 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from appliance.cli import main as cli_main
+from appliance.cli.main import main as cli_main
 
 from .helpers import ADMIN, cli, free_port, kill_group, wait_until
 

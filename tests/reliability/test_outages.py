@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from appliance import alerts, db, services
-from appliance.jobs import backfill, runs
-from appliance.runtime import Runtime
+from appliance.alerts import rules as alerts
+from appliance.store import pool as db
+from appliance.runtime import services
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.runtime.runtime import Runtime
 from appliance.web import create_app
 from tests.conftest import write_config
 
@@ -63,7 +66,7 @@ def _setup(tmp_path, pg, rd, **over):
                            "data_dir": str(tmp_path / "var"), **over})
     rt = Runtime.from_path(path)
     rt.open()
-    assert runs.execute(rt, "backfill", runs.manual_slot(), backfill.run)["status"] == "ok"
+    assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill)["status"] == "ok"
     return path, rt
 
 
@@ -102,7 +105,7 @@ def test_postgres_restarted_while_serving(own_services, tmp_path, survived):
 
     def long_backfill():
         try:
-            bf["result"] = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            bf["result"] = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                         params=params)
         except Exception as e:  # noqa: BLE001 - what it raises is asserted below
             bf["error"] = e
@@ -152,7 +155,7 @@ def test_postgres_restarted_while_serving(own_services, tmp_path, survived):
         stale = runs.mark_stale(conn, 600)
         assert conn.execute("SELECT count(*) FROM job_runs WHERE status IN ('running', 'queued')"
                             ).fetchone()[0] == 0
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run, params=params)
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params=params)
     assert res["status"] == "ok", res
     rt.close()
     demo = DemoProvider()

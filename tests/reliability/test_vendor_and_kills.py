@@ -8,8 +8,9 @@ import time
 import psycopg
 import pytest
 
-from appliance.jobs import backfill, runs
-from appliance.runtime import Runtime
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.runtime.runtime import Runtime
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 
 from .helpers import (assert_store_equals_truth, cli, kill_group, polygon_config,
@@ -46,7 +47,7 @@ def test_vendor_chaos_ends_in_the_exact_truth(config_factory, survived):
         rt = _open(polygon_config(config_factory, fake, syms, START,
                                   polygon={"max_retries": 1}))
         try:
-            first = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            first = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                  params={"end": END.isoformat()})
             with rt.conn() as conn:
                 missing = _incomplete(conn, truth, syms)
@@ -60,7 +61,7 @@ def test_vendor_chaos_ends_in_the_exact_truth(config_factory, survived):
         # 2. the usual budget, same chaos: the next run fetches them
         rt = _open(polygon_config(config_factory, fake, syms, START))
         try:
-            second = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            second = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                   params={"end": END.isoformat()})
             assert second["status"] == "ok", second
             with rt.conn() as conn:
@@ -107,12 +108,12 @@ def test_a_worker_killed_mid_backfill_loses_nothing(config_factory, database_url
         try:
             if point == "upsert":
                 # the first half is stored already: its bars go through staging + upsert
-                runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+                runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                              params={"end": "2024-02-15"})
             if point == "fetch":
                 fake.add_faults([None] * 57 + ["hang"])   # the 58th request never answers
             else:
-                from appliance import db
+                from appliance.store import pool as db
                 with rt.conn() as conn:  # so the worker does not stop at CREATE TABLE
                     db.ensure_partitions(conn, START.year, end.year)
                 # the worker blocks on market_data exactly where we want to kill it
@@ -145,7 +146,7 @@ def test_a_worker_killed_mid_backfill_loses_nothing(config_factory, database_url
                 assert status == "failed" and "stale" in error, (status, error)
                 assert conn.execute("SELECT count(*) FROM job_runs WHERE status = 'running'"
                                     ).fetchone()[0] == 0
-            res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                params={"end": end.isoformat()})
             assert res["status"] == "ok", res
             with rt.conn() as conn:

@@ -33,7 +33,7 @@ def served(config_factory, tmp_path):
                   "bind": f"127.0.0.1:{port}"}
         cfg = config_factory(server=server, **overrides)
         log = open(tmp_path / f"serve-{port}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "appliance.cli", "--config", str(cfg),
+        p = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg),
                               "serve"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         started.append(p)

@@ -36,7 +36,7 @@ def login(http, base: str, token: str = ADMIN_TOKEN, next_: str = "/dashboard"):
 
 def app_for(config_path):
     """An in-process app (one more 'worker') on ``config_path``."""
-    from appliance.runtime import Runtime
+    from appliance.runtime.runtime import Runtime
     from appliance.web import create_app
     rt = Runtime.from_path(config_path)
     rt.open()

@@ -121,7 +121,7 @@ def full_redis(tmp_path):
     is refused with OOM, as under Ansible's maxmemory + noeviction."""
     import redis
 
-    from appliance import services
+    from appliance.runtime import services
     d = tmp_path / "full-redis"
     url = services.embedded_redis(d)
     r = redis.Redis.from_url(url)

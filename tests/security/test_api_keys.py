@@ -11,7 +11,7 @@ import requests
 import yaml
 from click.testing import CliRunner
 
-from appliance.cli import main
+from appliance.cli.main import main
 
 from .helpers import ADMIN_TOKEN, READ_TOKEN, app_for, csrf_of, secured
 

@@ -55,7 +55,7 @@ def test_correct_credentials_never_count_and_unlock_clears_the_lock_and_the_coun
             assert c.get("/api/v1/symbols", headers=_h(f"wrong-{i}")).status_code == 401
         assert c.get("/api/v1/symbols", headers=_h(ADMIN_TOKEN)).status_code == 429
         # a process of its own, as the operator runs it
-        res = subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(cfg),
+        res = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg),
                               "unlock", "127.0.0.1"], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "127.0.0.1: lockout ended; 3 failed attempt(s) cleared" in res.stdout

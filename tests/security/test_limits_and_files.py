@@ -13,11 +13,13 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from appliance import backups, services
-from appliance.errors import BackupError
-from appliance.jobs import backfill, runs
-from appliance.jobs import backup as backup_job
-from appliance.runtime import Runtime
+from appliance.ops import backups
+from appliance.runtime import services
+from appliance.core.errors import BackupError
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
+from appliance.ops.backups import run_backup
+from appliance.runtime.runtime import Runtime
 
 from .helpers import ADMIN_TOKEN, secured
 
@@ -111,10 +113,10 @@ def open_umask():
 
 
 def test_backups_and_manifests_are_private_whatever_the_umask(runtime, open_umask):
-    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run,
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill,
                        params={"symbols": ["AAPL"]})
     assert res["status"] == "ok"
-    res = runs.execute(runtime, "backup", runs.manual_slot(), backup_job.run, params={})
+    res = runs.execute(runtime, "backup", runs.manual_slot(), run_backup, params={})
     assert res["status"] == "ok", res
     archive = Path(res["path"])
     assert _mode(archive.parent) == 0o700

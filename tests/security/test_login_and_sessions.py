@@ -13,7 +13,7 @@ import redis
 import requests
 from click.testing import CliRunner
 
-from appliance.cli import main
+from appliance.cli.main import main
 from appliance.web.sessions import PREFIX
 
 from .helpers import ADMIN_TOKEN, READ_TOKEN, app_for, csrf_of, login, secured

@@ -9,11 +9,11 @@ import psycopg
 import pytest
 import redis
 
-from appliance import notify
-from appliance.redaction import mask_url, redact
+from appliance.alerts import notify
+from appliance.config.redaction import mask_url, redact
 from appliance.jobs import runs
-from appliance.logs import RedactingFilter
-from appliance.runtime import Runtime
+from appliance.runtime.logs import RedactingFilter
+from appliance.runtime.runtime import Runtime
 
 from .helpers import ADMIN_TOKEN, READ_TOKEN, app_for, csrf_of, secured
 

@@ -11,8 +11,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from appliance import notify
-from appliance.runtime import Runtime
+from appliance.alerts import notify
+from appliance.runtime.runtime import Runtime
 
 from .helpers import free_port, secured
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.redaction import MASK, mask_webhook, redact
+from appliance.config.redaction import MASK, mask_webhook, redact
 
 from .helpers import ADMIN_TOKEN, app_for, secured
 

@@ -3,7 +3,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from appliance import calendar as cal
+from appliance.core import calendar as cal
 
 NY = ZoneInfo("America/New_York")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import load_config
-from appliance.configdiff import diff_configs
-from appliance.errors import ConfigError
+from appliance.config.loader import load_config
+from appliance.config.diff import diff_configs
+from appliance.core.errors import ConfigError
 
 CORPUS = Path(__file__).resolve().parents[1] / "config"
 BAD = sorted(CORPUS.glob("*.bad.yaml"))
@@ -143,7 +143,7 @@ def _cli(*args, env=None):
     import os
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "appliance.cli.main", *args], capture_output=True,
                           text=True, env=e, timeout=60)
 
 

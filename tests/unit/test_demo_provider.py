@@ -3,8 +3,8 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from appliance import calendar as cal
-from appliance import quality as q
+from appliance.core import calendar as cal
+from appliance.core import quality as q
 from appliance.providers.demo import DemoProvider
 
 NOW = dt.datetime(2025, 12, 31, 22, 0, tzinfo=dt.timezone.utc)

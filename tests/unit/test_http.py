@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from appliance.errors import ProviderAuthError, ProviderDataError, ProviderError
+from appliance.core.errors import ProviderAuthError, ProviderDataError, ProviderError
 from appliance.providers.http import HttpClient, MemoryStats, RateLimiter, redact_text
 from tests.fakes import StaticFake
 from tests.fakes.polygon_fake import PolygonFake
@@ -255,7 +255,7 @@ def test_a_connection_error_keeps_its_cause_after_redaction():
     ``(Caused by N…``), and redaction keeps that while hiding the key."""
     import socket
 
-    from appliance.redaction import redact
+    from appliance.config.redaction import redact
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

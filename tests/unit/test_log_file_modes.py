@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from appliance import supervisor
+from appliance.cli import supervisor
 
 
 def test_the_log_folder_and_files_are_private_whatever_the_umask(tmp_path, monkeypatch):

@@ -5,9 +5,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from appliance.errors import ProviderAuthError, ProviderDataError
+from appliance.core.errors import ProviderAuthError, ProviderDataError
 from appliance.providers import make_provider, settings
-from appliance.candles import Split
+from appliance.core.candles import Split
 from appliance.providers.http import HttpClient, MemoryStats
 from appliance.providers.polygon import PolygonProvider, bars_from_results
 from tests.fakes import StaticFake
@@ -233,7 +233,7 @@ def test_make_provider_builds_each_provider_with_defaults(tmp_path):
 
 
 def test_make_provider_takes_every_setting_from_the_config_defaults_or_the_section():
-    from appliance.config import DEFAULTS
+    from appliance.config.loader import DEFAULTS
     p = make_provider({"name": "polygon", "polygon": {"api_key": KEY,
                                                       "retry_backoff_seconds": 0.25}})
     d = DEFAULTS["provider"]["polygon"]

@@ -3,9 +3,9 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from appliance import calendar as cal
-from appliance import quality as q
-from appliance.candles import Bars, Split
+from appliance.core import calendar as cal
+from appliance.core import quality as q
+from appliance.core.candles import Bars, Split
 
 TODAY = dt.date(2024, 12, 31)
 

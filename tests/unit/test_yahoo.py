@@ -5,9 +5,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from appliance.errors import ProviderAuthError, ProviderError
+from appliance.core.errors import ProviderAuthError, ProviderError
 from appliance.providers import make_provider, settings
-from appliance.candles import Split
+from appliance.core.candles import Split
 from appliance.providers.http import HttpClient, MemoryStats
 from appliance.providers.tiingo import TiingoProvider
 from appliance.providers.yahoo import YahooProvider

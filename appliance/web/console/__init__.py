@@ -19,7 +19,7 @@ from __future__ import annotations
 from flask import Blueprint
 from htmx_flask import Htmx
 
-from . import backups, common, configuration, dashboard, events, gaps, jobs, login, symbols
+from appliance.web.console import backups, common, configuration, dashboard, events, gaps, jobs, login, symbols
 
 bp = Blueprint("console", __name__)
 bp.before_request(common._nonce)

@@ -6,12 +6,13 @@ import shutil
 
 from flask import (Blueprint, Response, abort, redirect, render_template, url_for)
 
-from ... import backups as backups_mod
-from ... import store, units
-from ...jobs import runs
-from ..api import MAX_ID
-from .jobs import _get_run, run_view
-from .common import (FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt)
+from appliance.ops import backups as backups_mod
+from appliance import store
+from appliance.core import units
+from appliance.jobs import runs
+from appliance.web.api import MAX_ID
+from appliance.web.console.jobs import _get_run, run_view
+from appliance.web.console.common import (FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt)
 
 log = logging.getLogger("appliance.console")
 

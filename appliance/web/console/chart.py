@@ -21,9 +21,9 @@ import datetime as dt
 import json
 import math
 
-from ... import store
-from ...store import minutes as mstore
-from ...timeframes import REGULAR_OPEN
+from appliance import store
+from appliance.store import minutes as mstore
+from appliance.core.timeframes import REGULAR_OPEN
 
 #: The switcher's timeframes, finest first; intraday ones need stored minutes.
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d", "1w")

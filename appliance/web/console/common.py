@@ -34,9 +34,9 @@ from flask import (Response, current_app, g, redirect, render_template, request,
 from itsdangerous import BadData, URLSafeTimedSerializer
 from psycopg_pool import PoolTimeout
 
-from ... import units
-from .. import auth
-from ..auth import admin_token, is_admin
+from appliance.core import units
+from appliance.web import auth
+from appliance.web.auth import admin_token, is_admin
 
 log = logging.getLogger("appliance.console")
 
@@ -294,7 +294,7 @@ def _float_arg(name: str) -> float | None:
 
 
 def _enqueue(job: str, params: dict) -> int:
-    from ...queue import enqueue
+    from appliance.jobs.queue import enqueue
     return enqueue(rt(), job, params)
 
 

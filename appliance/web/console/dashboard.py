@@ -6,8 +6,10 @@ import logging
 
 from flask import (Blueprint, Response, redirect, render_template, request, url_for)
 
-from ... import alerts, health as health_mod, store
-from .common import (_actor, admin_post, is_htmx, rt)
+from appliance.alerts import rules as alerts
+from appliance.alerts import health as health_mod
+from appliance import store
+from appliance.web.console.common import (_actor, admin_post, is_htmx, rt)
 
 log = logging.getLogger("appliance.console")
 

@@ -5,8 +5,8 @@ import logging
 
 from flask import (Blueprint, request)
 
-from ... import store
-from .common import (EVENT_LEVELS, page, rt)
+from appliance import store
+from appliance.web.console.common import (EVENT_LEVELS, page, rt)
 
 log = logging.getLogger("appliance.console")
 

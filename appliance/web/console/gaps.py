@@ -5,9 +5,9 @@ import logging
 
 from flask import (Blueprint, request)
 
-from ... import store
-from ...config import SYMBOL_RE
-from .common import (GAP_KINDS, _date_arg, _float_arg, page, rt)
+from appliance import store
+from appliance.config.loader import SYMBOL_RE
+from appliance.web.console.common import (GAP_KINDS, _date_arg, _float_arg, page, rt)
 
 log = logging.getLogger("appliance.console")
 

@@ -6,9 +6,9 @@ import secrets
 
 from flask import (Blueprint, redirect, render_template, request, session, url_for)
 
-from .. import auth
-from ..auth import admin_token, fingerprint, token_matches
-from .common import (_csrf_ok, _refused, rt)
+from appliance.web import auth
+from appliance.web.auth import admin_token, fingerprint, token_matches
+from appliance.web.console.common import (_csrf_ok, _refused, rt)
 
 log = logging.getLogger("appliance.console")
 

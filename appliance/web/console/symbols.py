@@ -8,12 +8,13 @@ from zoneinfo import ZoneInfo
 
 from flask import (Blueprint, abort, jsonify, render_template, request, url_for)
 
-from ... import store, timeframes
-from ...config import SYMBOL_RE
-from ...store import minutes as mstore
-from ..errors import BadRequest
-from . import chart
-from .common import (quality_class, SORT_KEYS, _done, _enqueue, admin_post, is_htmx, page, rt)
+from appliance import store
+from appliance.core import timeframes
+from appliance.config.loader import SYMBOL_RE
+from appliance.store import minutes as mstore
+from appliance.web.errors import BadRequest
+from appliance.web.console import chart
+from appliance.web.console.common import (quality_class, SORT_KEYS, _done, _enqueue, admin_post, is_htmx, page, rt)
 
 log = logging.getLogger("appliance.console")
 

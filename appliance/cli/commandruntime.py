@@ -1,0 +1,183 @@
+"""The Runtime of an ``appliance`` command, with the config the rule in
+``configsync`` gives it (which config, which environment), said on stderr
+when the file on disk is not what runs."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from appliance.config.loader import default_config_path, load_config
+from appliance.core.errors import ApplianceError, ConfigError
+
+log = logging.getLogger("appliance.cli")
+
+
+def _config_path(ctx) -> Path:
+    return Path(ctx.obj["config"]) if ctx.obj.get("config") else default_config_path()
+
+
+def _file_config(ctx):
+    """(the file's config or None, its errors)."""
+    try:
+        return load_config(_config_path(ctx)), []
+    except ConfigError as e:
+        return None, e.errors
+
+
+def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
+             service: str | None = None, broken_file_ok: bool = False, announce: bool = True,
+             **kw):
+    """A Runtime for this command, with the config the rule in ``configsync``
+    gives it: a long-running ``service`` joins the running appliance or starts
+    it from the file; a one-shot command uses the running config while the
+    appliance runs (saying so when the file differs), else the file, and with
+    ``--use-file`` always the file. ``one_shot``: embedded servers this command
+    had to start are stopped again when it ends. ``migrate``: bring the schema
+    up to date first (a fresh host has none yet); ``"try"``: a failure is only
+    a warning (the restore of a damaged database must still run).
+    ``broken_file_ok``: an invalid file only finds the servers (status, reload)."""
+    from appliance.runtime import configsync, services
+    from appliance.config.loader import salvage_connection_settings
+    from appliance.runtime.runtime import Runtime
+    path = _config_path(ctx)
+    file_cfg, file_errors = _file_config(ctx)
+    use_file = bool(ctx.find_root().obj.get("use_file"))
+    if file_cfg is None and (use_file or not broken_file_ok) and service is None:
+        if not use_file and _running_without(ctx, path, file_errors):
+            pass  # an invalid file while the appliance runs: the running config is used
+        else:
+            for line in file_errors:
+                click.echo(line, err=True)
+            ctx.exit(1)
+    if one_shot:  # only what this command starts (a caller's own servers stay up)
+        before = services.started_here()
+        ctx.call_on_close(lambda: services.stop_started_here(keep=before))
+    try:
+        if file_cfg is not None:
+            rt = Runtime(file_cfg, **kw)
+        else:
+            rt = _salvaged_runtime(ctx, path, file_errors, **kw)
+        ctx.call_on_close(rt.close)
+        if migrate:
+            _migrate(rt, migrate)
+        if service is not None:
+            _start_service(ctx, rt, service, file_cfg, file_errors)
+        elif not use_file and announce:
+            _say_which_config(ctx, rt, file_cfg, file_errors)
+        elif not use_file and configsync.running(rt):
+            rt.adopt_running_config()
+        if service is None and announce:
+            rt.pin_config()  # one command, one config
+        return rt
+    except ApplianceError as e:
+        click.echo(f"error: {e.message}", err=True)
+        ctx.exit(1)
+
+
+def _salvaged_runtime(ctx, path, file_errors, **kw):
+    """A Runtime on the servers an invalid file still names, never starting
+    one (an invalid file starts nothing); the file's errors and exit 1 when
+    none answers."""
+    from appliance.runtime import services
+    from appliance.config.loader import salvage_connection_settings
+    from appliance.runtime.runtime import Runtime
+    base = salvage_connection_settings(path)
+    try:
+        ep = services.resolve(base, start=False)
+        rt = Runtime(base, endpoints=ep, **kw)
+        rt.redis.ping()
+        return rt
+    except Exception:  # noqa: BLE001 - nothing to reach: the file's errors are the answer
+        for line in file_errors:
+            click.echo(line, err=True)
+        click.echo("the appliance's servers are not reachable with this file; nothing was "
+                   "changed", err=True)
+        ctx.exit(1)
+
+
+def _running_without(ctx, path, file_errors) -> bool:
+    """Whether the appliance runs although ``path`` does not validate (its
+    servers found from the file's readable connection settings)."""
+    from appliance.runtime import configsync
+    from appliance.config.loader import salvage_connection_settings
+    from appliance.runtime.runtime import Runtime
+    rt = None
+    try:
+        rt = Runtime(salvage_connection_settings(path), pool_size=1)
+        return configsync.running(rt)
+    except Exception:  # noqa: BLE001 - not reachable: not running
+        return False
+    finally:
+        if rt is not None:
+            rt.close()
+
+
+def _migrate(rt, migrate) -> None:
+    from appliance.store import pool as db
+    try:
+        applied = db.migrate(rt.endpoints.database_url)
+        if applied:
+            click.echo(f"applied migrations {applied}", err=True)
+    except Exception as e:  # noqa: BLE001 - say it; "try" goes on
+        if migrate != "try":
+            raise ApplianceError(f"database migration failed: {e}") from None
+        click.echo(f"warning: could not migrate the live database ({e}); going on", err=True)
+
+
+def _start_service(ctx, rt, role: str, file_cfg, file_errors) -> None:
+    from appliance.runtime import configsync
+    try:
+        how = configsync.start_service(rt, file_cfg,
+                                       join=os.environ.get("APPLIANCE_JOIN") == "1")
+    except ConfigError:
+        for line in file_errors:
+            click.echo(line, err=True)
+        ctx.exit(1)
+    log.info("%s %s config %s (version %d)", role, "joined the running appliance with" if
+             how == "joined" else "started the appliance from its file:",
+             rt.current_config().sha256[:12], rt.config_version())
+    if how == "booted":
+        _record_boot(rt, role)
+    watcher = configsync.Watcher(rt, role).start()
+    ctx.call_on_close(watcher.close)
+
+
+def _record_boot(rt, role: str) -> None:
+    """A cold start from the file, as ``appliance up`` records its own."""
+    from appliance import store
+    cfg = rt.current_config()
+    try:
+        with rt.conn() as conn:
+            store.sync_symbols(conn, cfg.symbols)
+            store.record_config_reload(conn, source="startup", actor=role, sha256=cfg.sha256,
+                                       ok=True, error=None, diff=None)
+    except Exception as e:  # noqa: BLE001 - not migrated yet: the next reload syncs
+        log.warning("could not record the start-up config: %s", e)
+
+
+def _say_which_config(ctx, rt, file_cfg, file_errors) -> None:
+    """One-shot commands: the running config while the appliance runs, said
+    on stderr when the file differs from it; else the file."""
+    from appliance.runtime import configsync
+    if not configsync.running(rt):
+        if file_cfg is None:
+            click.echo(f"warning: {_config_path(ctx)} does not validate and the appliance is "
+                       f"not running; only its connection settings are used:", err=True)
+            for line in file_errors:
+                click.echo("  " + line, err=True)
+        return
+    rt.adopt_running_config()
+    v = rt.config_version()
+    if file_cfg is None:
+        click.echo(f"warning: {_config_path(ctx)} does not validate ({len(file_errors)} "
+                   f"error(s), first: {file_errors[0]}); the running config (version {v}) is "
+                   f"used, unchanged", err=True)
+    elif configsync.file_differs(rt, file_cfg):
+        click.echo(f"warning: {file_cfg.path.name} differs from the running config (version "
+                   f"{v}): run appliance reload first, or --use-file; using the running "
+                   f"config", err=True)
+
+

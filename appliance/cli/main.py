@@ -1,0 +1,574 @@
+"""The ``appliance`` command.
+
+Config path: ``--config``, else ``APPLIANCE_CONFIG``, else ``config/appliance.yaml``.
+Exit codes: 0 success, 1 failure (invalid config, failed job), 2 usage errors
+(click's own); ``status`` uses 0/1/2 for healthy/degraded/unhealthy.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from appliance import __version__
+from appliance.cli.commandruntime import _config_path, command_runtime as _runtime
+from appliance.config.loader import load_config
+from appliance.config.diff import diff_configs
+from appliance.core.errors import ApplianceError, ConfigError
+
+log = logging.getLogger("appliance.cli")
+
+
+def _load(ctx):
+    try:
+        return load_config(_config_path(ctx))
+    except ConfigError as e:
+        for line in e.errors:
+            click.echo(line, err=True)
+        ctx.exit(1)
+
+
+def _fail(msg: str, code: int = 1):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), envvar=None,
+              help="appliance.yaml (default: $APPLIANCE_CONFIG or config/appliance.yaml)")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+@click.option("--use-file", is_flag=True,
+              help="use appliance.yaml as it is on disk, not the running config")
+@click.version_option(__version__, prog_name="appliance")
+@click.pass_context
+def main(ctx, config, log_level, use_file):
+    """Market Data Appliance: verified OHLCV candles, backed up and served."""
+    from appliance.runtime.logs import setup_logging  # not from runtime: no psycopg in the gunicorn master
+    setup_logging(log_level)
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    ctx.obj["use_file"] = use_file
+    if config:
+        os.environ["APPLIANCE_CONFIG"] = str(Path(config).resolve())
+
+
+# --------------------------------------------------------------------------- config
+
+@main.command("check-config")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--diff", "show_diff", is_flag=True,
+              help="also show, as JSON on stdout, what a reload would change in the running "
+                   "appliance (as its processes see it)")
+@click.pass_context
+def check_config(ctx, path, show_diff):
+    """Validate a config file (like promtool check config): every problem in
+    one run, schema and semantic. Validated in the appliance's environment
+    (this shell's with appliance.env over it)."""
+    t0 = time.monotonic()
+    p = Path(path) if path else _config_path(ctx)
+    try:
+        cfg = load_config(p)
+    except ConfigError as e:
+        for line in e.errors:
+            click.echo(line, err=show_diff)
+        click.echo(f"FAILED: {p}: {len(e.errors)} error(s)", err=True)
+        sys.exit(1)
+    syms = cfg.symbols
+    click.echo(f"SUCCESS: {p} is valid: {len(syms)} symbols, provider {cfg['provider']['name']}, "
+               f"{len(cfg['schedules'])} schedules, sha256 {cfg.sha256[:12]} "
+               f"({(time.monotonic() - t0) * 1000:.0f} ms)", err=show_diff)
+    if show_diff:
+        sys.exit(_print_diff(ctx, cfg))
+
+
+def _print_diff(ctx, cfg) -> int:
+    """``check-config --diff``: what a reload would change, as the running
+    processes compute it (a dry run of the reload: nothing is applied)."""
+    from appliance.runtime import configsync, services
+    from appliance.jobs import reload as reload_mod
+    from appliance.runtime.runtime import Runtime
+    ctx.call_on_close(services.stop_started_here)
+    try:
+        rt = Runtime(cfg, pool_size=1)
+        ctx.call_on_close(rt.close)
+        peers = configsync.live(rt, cfg.path)
+        got = rt.running_text()
+    except Exception as e:  # noqa: BLE001 - nothing running is a normal answer
+        click.echo(f"no running config to compare with: {e}", err=True)
+        click.echo(json.dumps(None))
+        return 0
+    if peers:
+        res = reload_mod.dry_run(rt, peers, cfg.text, os.environ)
+        if not res["ok"]:
+            for line in res["errors"]:
+                click.echo(line, err=True)
+            click.echo("the running appliance would refuse this config", err=True)
+            return 1
+        click.echo(json.dumps(res["diff"], indent=2, default=str))
+        return 0
+    if got is None:
+        click.echo("no running config to compare with (the appliance has not run)", err=True)
+        click.echo(json.dumps(None))
+        return 0
+    running = load_config(cfg.path, text=got[1])
+    click.echo(f"the appliance is not running; compared with the config it last ran "
+               f"(version {got[0]})", err=True)
+    click.echo(json.dumps(diff_configs(running, cfg), indent=2, default=str))
+    return 0
+
+
+@main.group("api-key")
+def api_key():
+    """Per-client API keys (server.api_keys in appliance.yaml)."""
+
+
+@api_key.command("new")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "admin", "export"]),
+              default=("read",), show_default=True, help="repeat for several scopes")
+@click.option("--requests-per-minute", type=click.IntRange(1, 1_000_000), default=None,
+              help="refuse this key's requests above this rate (429)")
+def api_key_new(name, scopes, requests_per_minute):
+    """Make a key for client NAME: prints the key once, and the YAML lines to
+    paste under server.api_keys (only its sha256 is kept in the file)."""
+    import hashlib
+    import re
+    import secrets
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        _fail("NAME: letters, digits, '.', '_' or '-' (at most 64), starting with a letter "
+              "or digit", 2)
+    key = "mda_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    entry = f'    - {{name: {name}, sha256: "{digest}", scopes: [{", ".join(scopes)}]'
+    if requests_per_minute:
+        entry += f", requests_per_minute: {requests_per_minute}"
+    entry += "}"
+    click.echo(f"API key for {name} (shown only now; give it to the client):\n\n  {key}\n")
+    click.echo("Paste under server.api_keys in appliance.yaml, then run 'appliance reload':\n")
+    click.echo("server:\n  api_keys:\n" + entry)
+
+
+@main.command()
+@click.argument("address")
+@click.pass_context
+def unlock(ctx, address):
+    """End the lockout of ADDRESS (the client address the auth events name)
+    and clear its count of failed attempts."""
+    from appliance.web.auth import unlock as unlock_addr
+    rt = _runtime(ctx)
+    try:
+        res = unlock_addr(rt, address)
+    except Exception as e:  # noqa: BLE001 - Redis or the database unreachable: say so
+        _fail(f"could not unlock {address}: {e}")
+    click.echo(f"{address}: " + ("lockout ended" if res["was_locked"] else "was not locked out")
+               + f"; {res['failures']} failed attempt(s) cleared")
+
+
+@main.command()
+@click.pass_context
+def reload(ctx):
+    """Make appliance.yaml the running config of every process: each running
+    process validates it in its own environment first; one refusal and
+    nothing changes."""
+    from appliance.jobs import reload as reload_mod
+    rt = _runtime(ctx, broken_file_ok=True, announce=False)
+    res = reload_mod.reload_config(rt, source="cli", actor=os.environ.get("USER"),
+                                   caller_env=os.environ)
+    if not res["ok"]:
+        for line in res["errors"]:
+            click.echo(line, err=True)
+        click.echo("reload refused; the running config is unchanged"
+                   if res.get("status") != 504 else "reload not confirmed", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(res["diff"], indent=2, default=str))
+    if res["diff"].get("restart_required"):
+        click.echo(f"restart required: {', '.join(res['diff']['restart_required'])} keep their "
+                   f"old value until the appliance restarts (systemctl restart "
+                   f"market-data-api.target, or stop and start appliance up)", err=True)
+    click.echo(f"reloaded: config {res['sha256'][:12]} is running (version {res['version']})")
+
+
+# --------------------------------------------------------------------------- database
+
+@main.command()
+@click.pass_context
+def migrate(ctx):
+    """Apply pending database migrations."""
+    from appliance.store import pool as db
+    from appliance.runtime import services
+    cfg = _load(ctx)
+    ctx.call_on_close(services.stop_started_here)
+    try:
+        ep = services.resolve(cfg)
+        applied = db.migrate(ep.database_url)
+    except ApplianceError as e:
+        _fail(e.message)
+    click.echo(f"migrations applied: {applied or 'none (up to date)'}; schema version "
+               f"{db.latest_version()} ({ep.describe()})")
+
+
+# --------------------------------------------------------------------------- demo data
+
+@main.command("demo-data")
+@click.argument("symbols", nargs=-1)
+@click.option("--delete", "delete", is_flag=True,
+              help="delete the demo data (of SYMBOLS, or of every symbol holding some)")
+@click.pass_context
+def demo_data(ctx, symbols, delete):
+    """List the symbols still holding synthetic bars of the demo provider, or
+    delete them (the next backfill then fetches their whole history)."""
+    from appliance.ingest import demodata
+    from appliance.config.loader import SYMBOL_RE
+    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+    if bad:
+        _fail(f"not a valid symbol: {', '.join(bad)}", 2)
+    rt = _runtime(ctx, migrate=True)
+    try:
+        counts = demodata.delete(rt, symbols or None) if delete else \
+            demodata.report(rt, symbols or None)
+    except ApplianceError as e:
+        _fail(e.message)
+    for sym, c in counts.items():
+        click.echo(f"{sym}  {c['daily_bars']} daily bar(s), {c['minute_sessions']} minute "
+                   f"session(s), {c['splits']} split(s)")
+    verb = "deleted" if delete else "held"
+    click.echo(f"demo data {verb}: {len(counts)} symbol(s)" if counts else "no demo data stored")
+    if delete and counts and not demodata.replacing(rt.config["provider"]["name"]):
+        click.echo("note: provider.name is still demo: the next backfill stores demo data "
+                   "again; set a real vendor and run appliance reload first", err=True)
+
+
+# --------------------------------------------------------------------------- jobs
+
+def _parse_date(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@main.command()
+@click.argument("symbols", nargs=-1)
+@click.option("--start", callback=_parse_date, help="first session (YYYY-MM-DD)")
+@click.option("--end", callback=_parse_date, help="last session (YYYY-MM-DD), inclusive")
+@click.option("--enqueue", is_flag=True, help="run on the worker instead of in this process")
+@click.pass_context
+def backfill(ctx, symbols, start, end, enqueue):
+    """Fetch missing candles (all configured symbols, or SYMBOLS)."""
+    from appliance.config.loader import SYMBOL_RE
+    bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+    if bad:
+        _fail(f"not a valid symbol: {', '.join(bad)}", 2)
+    if start and end and start > end:
+        _fail("--start is after --end", 2)
+    rt = _runtime(ctx, migrate=True)
+    params = {"symbols": list(symbols) or None, "start": start.isoformat() if start else None,
+              "end": end.isoformat() if end else None}
+    if enqueue:
+        from appliance.jobs.queue import enqueue as enq
+        run_id = enq(rt, "backfill", params)
+        click.echo(f"queued backfill run {run_id}")
+        return
+    from appliance.ingest.backfill import run_backfill
+    res = _run_with_progress(rt, "backfill", run_backfill, params)
+    click.echo(_summary_line(res))
+    sys.exit(0 if res.get("status") == "ok" else 1)
+
+
+def _summary_line(res: dict) -> str:
+    keys = ("status", "plan", "symbols", "symbols_ok", "inserted", "updated", "revised",
+            "rejected", "requests", "retries", "duration_s")
+    line = ", ".join(f"{k}={res[k]}" for k in keys if k in res)
+    m = res.get("minutes")
+    if m and "requests_planned" in m:
+        line += (f"\n1m: {m['requests_planned']} month(s) fetched, {m.get('sessions', 0)} "
+                 f"session(s), {m.get('bars', 0)} bars")
+    if res.get("failed"):
+        line += "\nfailed: " + "; ".join(f"{k}: {v}" for k, v in res["failed"].items())
+    return line
+
+
+def _progress_line(data: dict) -> tuple[int, int, str] | None:
+    """(total, done, text) of a backfill's progress report: symbols for daily
+    bars, months for minute bars, with the estimated time of arrival."""
+    from appliance.core.units import eta_text
+    if data.get("phase") == "waiting":
+        return (0, 0, data.get("message") or "waiting")
+    current = f" {data['current']}" if data.get("current") else ""
+    if "chunks_total" in data:
+        months = (f", {data['minute_months_done']}/{data['minute_months_total']} months of 1m"
+                  if data.get("minute_months_total") else "")
+        return (data["chunks_total"], data["chunks_done"] + data.get("chunks_failed", 0),
+                f"chunks ({data.get('symbols_total', 0)} symbols{months}), "
+                f"{data.get('bars', 0) + data.get('minute_bars', 0)} bars, "
+                f"{data.get('requests', 0)} requests, {eta_text(data.get('eta_s'))}")
+    if "months_total" in data:
+        return (data["months_total"], data["months_done"],
+                f"months of 1m, {data.get('bars', 0)} bars, {data.get('requests', 0)} requests, "
+                f"{eta_text(data.get('eta_s'))}{current}")
+    if "symbols_total" in data:
+        return (data["symbols_total"], data["symbols_done"],
+                f"symbols, {data.get('rows', 0)} rows, {data.get('requests', 0)} requests, "
+                f"{eta_text(data.get('eta_s'))}{current}")
+    return None
+
+
+def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
+    """Run a job in this process with a progress bar on a terminal."""
+    from appliance.jobs import runs
+    interactive = sys.stderr.isatty()
+    state = {"last": None}
+    from rich.progress import BarColumn, Progress, TextColumn
+    prog = Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[info]}"),
+                    disable=not interactive, transient=False)
+
+    with prog:
+        task = prog.add_task(job, total=None, info="")
+
+        def wrapped(rt_, run_id, report, **kw):
+            def report2(data, force=False):
+                report(data, force)
+                line = _progress_line(data)
+                if line is None:
+                    return
+                total, done, info = line
+                prog.update(task, total=total, completed=done, info=info)
+                if not interactive:
+                    now = time.monotonic()
+                    if force or state["last"] is None or now - state["last"] > 5:
+                        state["last"] = now
+                        click.echo(f"progress: {done}/{total} {info}", err=True)
+            return fn(rt_, run_id, report2, **kw)
+
+        try:
+            return runs.execute(rt, job, runs.manual_slot(), wrapped, trigger="manual",
+                                params=params)
+        except ApplianceError as e:
+            _fail(e.message)
+
+
+@main.command("export")
+@click.option("--timeframe", "timeframe", required=True,
+              type=click.Choice(["1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w"]))
+@click.option("--start", callback=_parse_date, help="first session (default: history.start)")
+@click.option("--end", callback=_parse_date, help="last session (default: today)")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="the dataset's directory (created; its manifest.json says what it holds)")
+@click.pass_context
+def export_cmd(ctx, timeframe, start, end, out):
+    """Write the bars of the months of START..END as a Hive-partitioned Parquet
+    dataset in OUT (timeframe=/year=/month=), only the months that changed."""
+    from appliance.ops import export as export_mod
+    rt = _runtime(ctx, migrate=True)
+    from appliance.core.timeframes import base_of
+    start = start or rt.config.history_start(base_of(timeframe))
+    end = end or dt.date.today()
+    if start > end:
+        _fail(f"--start ({start}) is after --end ({end})", 2)
+
+    def progress(key, entry):
+        click.echo(f"wrote {key}/{export_mod.FILE}: {entry['rows']} bars, "
+                   f"{len(entry['symbols'])} symbols, {entry['bytes']} bytes")
+    try:
+        res = export_mod.export(rt.read_conn, timeframe, start, end, Path(out), progress)
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(f"export {timeframe} {start}..{end} to {out}: {len(res['written'])} file(s) "
+               f"written ({res['rows']} bars), {res['unchanged']} unchanged, "
+               f"{len(res['removed'])} removed")
+
+
+@main.command("run")
+@click.argument("job")
+@click.option("--enqueue", is_flag=True, help="queue it for the worker instead")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
+              help="a job parameter, e.g. -p backup=latest for restore_test")
+@click.pass_context
+def run_job(ctx, job, enqueue, params):
+    """Run any job now, the same run the scheduler would start (JOB: backfill,
+    backup, restore_test, spot_check, maintenance, disk_check, retention,
+    alerts, performance_review)."""
+    from appliance.jobs import registry
+    if job not in registry.JOBS:
+        _fail(f"unknown job {job!r}; jobs: {', '.join(registry.JOBS)}", 2)
+    kv = {}
+    for p in params:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            _fail(f"--param {p!r}: expected KEY=VALUE", 2)
+        kv[k] = v
+    kv = {**registry.run_now_params(job), **kv}
+    rt = _runtime(ctx, migrate=True)
+    if enqueue:
+        from appliance.jobs.queue import enqueue as enq
+        click.echo(f"queued {job} run {enq(rt, job, kv)}")
+        return
+    res = _run_with_progress(rt, job, registry.job_function(job), kv)
+    click.echo(json.dumps(res, indent=2, default=str))
+    sys.exit(0 if res.get("status") in ("ok", None) else 1)
+
+
+# --------------------------------------------------------------------------- processes
+
+@main.command()
+@click.pass_context
+def serve(ctx):
+    """Run the web server (gunicorn, server.workers processes)."""
+    from appliance.web.server import serve as run_server
+    cfg = _load(ctx)
+    run_server(cfg)
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="run queued jobs, then exit")
+@click.option("--name", default=None, help="worker name (default: host + pid)")
+@click.pass_context
+def worker(ctx, burst, name):
+    """Run one RQ worker for the appliance's queue."""
+    from appliance.jobs.worker import run_worker
+    rt = _runtime(ctx, one_shot=False, service="worker")
+    sys.exit(run_worker(rt, burst=burst, name=name))
+
+
+@main.command()
+@click.pass_context
+def scheduler(ctx):
+    """Run the scheduler: cron jobs from appliance.yaml (UTC), heartbeat, catch-up."""
+    from appliance.jobs.schedule import run_scheduler
+    rt = _runtime(ctx, one_shot=False, service="scheduler")
+    sys.exit(run_scheduler(rt))
+
+
+@main.command()
+@click.option("--no-initial-backfill", is_flag=True, help="skip the first-start backfill")
+@click.pass_context
+def up(ctx, no_initial_backfill):
+    """Migrate, then run web server, worker and scheduler, supervised."""
+    from appliance.cli.supervisor import run_up
+    cfg = _load(ctx)
+    sys.exit(run_up(cfg, initial_backfill=not no_initial_backfill))
+
+
+# --------------------------------------------------------------------------- backups
+
+@main.command()
+@click.pass_context
+def backup(ctx):
+    """Back up the database now (pg_dump -Fc + manifest) into backup.path."""
+    from appliance.ops.backups import run_backup
+    rt = _runtime(ctx, migrate=True)
+    res = _run_with_progress(rt, "backup", run_restore_test, {})
+    click.echo(json.dumps(res, indent=2, default=str))
+    sys.exit(0 if res.get("status") == "ok" else 1)
+
+
+@main.command()
+@click.option("--rescan", is_flag=True, help="rebuild the catalogue from the manifests on disk")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def backups(ctx, rescan, as_json):
+    """List backups (newest first)."""
+    from appliance.ops import backups as bk
+    rt = _runtime(ctx, migrate=True)
+    with rt.conn() as conn:
+        if rescan:
+            res = bk.rescan(conn, rt.config)
+            click.echo(f"rescan: {json.dumps(res, default=str)}")
+        rows = bk.list_backups(conn)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>5}  {r['filename']}  {r.get('size_bytes') or 0:>12} B  "
+                   f"{r['status']:<8} restore test: {r.get('restore_test_status') or '-'}")
+
+
+@main.command("restore-test")
+@click.argument("backup", default="latest")
+@click.pass_context
+def restore_test(ctx, backup):
+    """Prove a backup restores: into a scratch database, compared with its manifest."""
+    from appliance.ops.backups import run_restore_test
+    rt = _runtime(ctx, migrate=True)
+    res = _run_with_progress(rt, "restore_test", run_restore_test, {"backup": backup})
+    click.echo(json.dumps(res, indent=2, default=str))
+    sys.exit(0 if res.get("status") == "ok" else 1)
+
+
+@main.command()
+@click.argument("backup")
+@click.option("--yes", is_flag=True, help="really replace the live database")
+@click.pass_context
+def restore(ctx, backup, yes):
+    """Recover the database from BACKUP (a file, an id or 'latest')."""
+    from appliance.ops import backups as bk
+    rt = _runtime(ctx, migrate="try")
+    if not yes:
+        text = bk.restore_plan_text(rt, backup)
+        click.echo(text)
+        click.echo("\nNothing was changed." + ("" if text.startswith(bk.RESTORE_CANNOT) else
+                                               " Run again with --yes to do it."))
+        sys.exit(1)
+    try:
+        res = bk.full_restore(rt, backup, progress=lambda m: click.echo(m, err=True))
+    except ApplianceError as e:
+        _fail(e.message)
+    click.echo(json.dumps(res, indent=2, default=str))
+
+
+@main.command("kept-databases")
+@click.option("--drop", "drop", metavar="NAME", help="drop this kept database")
+@click.option("--yes", is_flag=True, help="really drop it")
+@click.pass_context
+def kept_databases(ctx, drop, yes):
+    """List the databases a restore kept (NAME_old_…), or drop one of them,
+    on the appliance's own PostgreSQL (embedded or external)."""
+    from appliance.ops import backups as bk
+    from appliance.core import units
+    rt = _runtime(ctx)
+    try:
+        kept = bk.kept_databases(rt)
+        if drop is None:
+            for name, size in kept:
+                click.echo(f"{name}  {units.human_bytes(size)}")
+            if not kept:
+                click.echo("no kept databases")
+            return
+        if drop not in {n for n, _ in kept}:
+            _fail(f"{drop!r} is not a kept database; kept: "
+                  f"{', '.join(n for n, _ in kept) or 'none'}", 2)
+        if not yes:
+            click.echo(f"would drop {drop}; run again with --yes to do it")
+            sys.exit(1)
+        bk.drop_kept_database(rt, drop)
+        click.echo(f"dropped {drop}")
+    except ApplianceError as e:
+        _fail(e.message)
+
+
+# --------------------------------------------------------------------------- status
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable")
+@click.option("--watch", is_flag=True, help="refresh in place")
+@click.option("--interval", default=5.0, show_default=True)
+@click.pass_context
+def status(ctx, as_json, watch, interval):
+    """Health, alerts, jobs, backups and freshness (exit 0 healthy, 1 degraded, 2 unhealthy)."""
+    from appliance.ops.statusview import run_status
+    rt = _runtime(ctx, broken_file_ok=True, pool_size=2)
+    sys.exit(run_status(rt, as_json=as_json, watch=watch, interval=interval))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,85 @@
+"""What a reload would change: the diff of two configs, secrets masked, and
+the keys that need a restart."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Iterator
+
+from appliance.config.loader import RESTART_KEYS, SECRET_PATHS, Config
+
+
+def _flatten(d, prefix=()) -> Iterator[tuple[tuple, Any]]:
+    if isinstance(d, Mapping):
+        for k, v in d.items():
+            yield from _flatten(v, prefix + (k,))
+    else:
+        yield prefix, d
+
+
+def diff_configs(old: Config | None, new: Config) -> dict:
+    """What changes when ``new`` replaces ``old``.
+
+    Returns ``{"symbols_added", "symbols_removed", "schedules_changed",
+    "changed", "restart_required"}``: values compared as resolved (a secret
+    rotated through the environment is a change) and shown masked; the
+    restart-only keys that differ are listed in ``restart_required`` only,
+    never in ``changed`` (their old value stays in force until a restart).
+    """
+    if old is None:
+        return {"symbols_added": [s.symbol for s in new.symbols], "symbols_removed": [],
+                "schedules_changed": {}, "changed": {}, "restart_required": []}
+    o_syms = [s.symbol for s in old.symbols if s.active]
+    n_syms = [s.symbol for s in new.symbols if s.active]
+    # compared as resolved (a secret rotated in the environment is a change),
+    # shown masked (a secret never appears)
+    o_raw, n_raw = old.to_dict(), new.to_dict()
+    o_m, n_m = old.masked(), new.masked()
+    o_flat, n_flat = (dict(_flatten({k: v for k, v in d.items() if k != "symbols"}))
+                      for d in (o_raw, n_raw))
+    o_shown, n_shown = (dict(_flatten({k: v for k, v in d.items() if k != "symbols"}))
+                        for d in (o_m, n_m))
+    restart_keys = {tuple(k) for k in RESTART_KEYS}
+    changed, restart = {}, []
+    for k in sorted(set(o_flat) | set(n_flat), key=lambda t: ".".join(map(str, t))):
+        if o_flat.get(k) == n_flat.get(k):
+            continue
+        if k in restart_keys:
+            restart.append(".".join(k))  # not "changed": the old value stays in force
+        elif k in SECRET_PATHS:
+            changed[".".join(k)] = {"old": "********", "new": "********", "secret": True}
+        else:
+            changed[".".join(k)] = {"old": _jsonable(o_shown.get(k)),
+                                    "new": _jsonable(n_shown.get(k))}
+    since_changed = {}
+    o_since = {s.symbol: s.since for s in old.symbols}
+    for s in new.symbols:
+        if s.symbol in o_since and o_since[s.symbol] != s.since:
+            since_changed[s.symbol] = {"old": o_since[s.symbol].isoformat(),
+                                       "new": s.since.isoformat()}
+    o_tfs = {s.symbol: s.timeframes for s in old.symbols}
+    tfs_changed = {s.symbol: {"old": list(o_tfs[s.symbol]), "new": list(s.timeframes)}
+                   for s in new.symbols
+                   if s.symbol in o_tfs and set(o_tfs[s.symbol]) != set(s.timeframes)}
+    return {
+        "symbols_timeframes_changed": tfs_changed,
+        "symbols_added": [s for s in n_syms if s not in o_syms],
+        "symbols_removed": [s for s in o_syms if s not in n_syms],
+        "symbols_since_changed": since_changed,
+        "schedules_changed": {k[len("schedules."):]: v for k, v in changed.items()
+                              if k.startswith("schedules.")},
+        "changed": changed,
+        "restart_required": restart,
+    }
+
+
+def _jsonable(v):
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def diff_is_empty(diff: dict) -> bool:
+    return not (diff["symbols_added"] or diff["symbols_removed"] or diff["changed"]
+                or diff.get("symbols_since_changed") or diff.get("symbols_timeframes_changed"))

@@ -1,0 +1,277 @@
+"""One backfill, many workers: a backfill of several symbols fanned out into
+chunks that every worker takes.
+
+The backfill run (the parent, one ``job_runs`` row) plans as before, then
+writes one chunk per symbol for daily bars and one per symbol-month for
+minute bars (``intraday.plan``'s windows), keyed ``(symbol, timeframe, start,
+end)``, and enqueues one RQ job per chunk (``jobs.entry.run_chunk``). Every worker that picks one up claims chunks
+in PostgreSQL (``store.chunks``) until none is left; the parent claims chunks
+too, so a single worker does the whole backfill by itself, as before.
+
+A claim carries ``hostname:pid`` and a heartbeat refreshed while the chunk
+runs. A chunk whose worker died is taken over: at once when RQ reports its
+work horse killed (``release``), else once its heartbeat is older than
+``backfill.chunk_stale_seconds``; after ``backfill.chunk_attempts`` tries it
+counts as failed. A chunk's result is recorded only by the process that still
+holds it, so no chunk is counted twice (and the writes are idempotent upserts).
+
+The parent reports progress (chunks, symbols, bars, ``eta_s``) while it
+waits; the finishing step (failure events, the run's result) runs once,
+after the last chunk, whoever ends it (``store.chunks.take_finish``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+from zoneinfo import ZoneInfo
+
+from appliance.ingest import minutes as intraday
+from appliance import store
+from appliance.core.errors import ProviderError
+from appliance.providers import make_provider
+from appliance.providers.http import MemoryStats
+from appliance.store import chunks as chunk_store
+
+log = logging.getLogger("appliance.chunks")
+
+#: what RQ runs for a chunk
+CHUNK_FUNC = "appliance.jobs.entry.run_chunk"
+DAILY = "1d"
+MINUTE = "1m"
+WAIT_S = 0.5
+
+
+def me() -> str:
+    """This process, as a claim names it: ``hostname:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def wanted(cfg, plan, windows=()) -> bool:
+    """Fan out: enabled, several chunks, and per-symbol requests (a grouped
+    daily plan is a few requests for every symbol at once: it runs here, and
+    its minute months after it)."""
+    return bool(cfg["backfill"]["fan_out"]) and plan.method == "aggregates" \
+        and len(plan.symbols) + len(windows) > 1
+
+
+def _limits(cfg) -> dict:
+    b = cfg["backfill"]
+    return {"stale_s": float(b["chunk_stale_seconds"]), "max_attempts": int(b["chunk_attempts"])}
+
+
+# --------------------------------------------------------------------------- the parent
+
+def run_parent(rt, cfg, plan, run_id: int, report, windows=()) -> dict:
+    """Fan ``plan`` (and the minute ``windows``) out, work chunks here too,
+    wait for the others, return the run's result (computed once by the
+    finishing step)."""
+    chunks = [(p.symbol, DAILY, p.start, p.end, p.full) for p in plan.symbols]
+    chunks += [(w.symbol, MINUTE, w.start, w.end, False) for w in windows]
+    with rt.conn() as conn:
+        total = chunk_store.create_fanout(conn, run_id, me(), chunks)
+        pending = chunk_store.chunk_ids(conn, run_id)
+    _enqueue(rt, cfg, run_id, pending)
+    log.info("backfill run %s: %d chunk(s) for %d worker(s)", run_id, total, len(pending))
+    t0 = time.monotonic()
+    lim = _limits(cfg)
+    while True:
+        did = work(rt, cfg, run_id, limits=lim, report=lambda: _progress(rt, run_id, report, t0))
+        with rt.conn() as conn:
+            chunk_store.give_up(conn, run_id, **lim)
+            c = chunk_store.counts(conn, run_id)
+        _progress(rt, run_id, report, t0, c)
+        if c["done"] + c["failed"] >= c["total"]:
+            res = finish(rt, run_id)
+            if res is not None:
+                return res
+        if not did:
+            time.sleep(WAIT_S)
+
+
+def _enqueue(rt, cfg, run_id: int, chunk_ids: list[int]) -> None:
+    """One RQ job per chunk, for the other workers; Redis away: this process
+    does them all."""
+    from appliance.jobs.queue import FAILURE_TTL, RESULT_TTL, queue
+    try:
+        q = queue(rt)
+        for cid in chunk_ids:
+            q.enqueue(CHUNK_FUNC, run_id, cid, job_timeout=cfg["jobs"]["timeout_seconds"],
+                      result_ttl=RESULT_TTL // 24, failure_ttl=FAILURE_TTL,
+                      description=f"backfill run {run_id} chunk {cid}")
+    except Exception as e:  # noqa: BLE001
+        log.warning("backfill run %s: chunks not queued for other workers (%s); this worker "
+                    "does them", run_id, e)
+
+
+def _progress(rt, run_id: int, report, t0: float, c: dict | None = None) -> None:
+    """The parent's report: chunks, symbols, bars and the ETA (the last one,
+    every chunk ended, is always written)."""
+    if c is None:
+        with rt.conn() as conn:
+            c = chunk_store.counts(conn, run_id)
+    finished = c["done"] + c["failed"]
+    elapsed = time.monotonic() - t0
+    eta = round(elapsed / finished * (c["total"] - finished), 1) if finished else None
+    rows = int(c["inserted"]) + int(c["updated"])
+    report({"phase": "chunks", "chunks_total": c["total"], "chunks_done": c["done"],
+            "chunks_failed": c["failed"], "chunks_running": c["running"],
+            "symbols_total": c["symbols"], "symbols_done": c["symbols_done"], "bars": rows,
+            "rows": rows, "inserted": int(c["inserted"]), "updated": int(c["updated"]),
+            "rejected": int(c["rejected"]), "requests": int(c["requests"]),
+            "retries": int(c["retries"]), "hosts": c["hosts"],
+            "minute_months_total": int(c["months_total"]),
+            "minute_months_done": int(c["months_done"]),
+            "minute_bars": int(c["minute_bars"]),
+            "eta_s": eta, "plan": f"fanned out: {c['total']} chunk(s)"},
+           finished >= c["total"])
+
+
+# --------------------------------------------------------------------------- any worker
+
+def work(rt, cfg, run_id: int, *, first: int | None = None, limits: dict | None = None,
+         report=None) -> int:
+    """Claim and do chunks of ``run_id`` (``first`` before any other) until
+    none is claimable here; returns how many this process did."""
+    lim = limits or _limits(cfg)
+    who = me()
+    n = 0
+    want = first
+    while True:
+        with rt.conn() as conn:
+            chunk = chunk_store.claim(conn, run_id, who, chunk_id=want, **lim)
+            if chunk is None and want is not None:
+                chunk = chunk_store.claim(conn, run_id, who, **lim)
+        want = None
+        if chunk is None:
+            return n
+        _do(rt, cfg, chunk, who, lim["stale_s"])
+        n += 1
+        if report is not None:
+            report()
+
+
+def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
+    """One chunk: fetch, validate, store (``backfill.backfill_symbol``); its
+    heartbeat beats meanwhile."""
+    from appliance.ingest.backfill import SymbolPlan, backfill_symbol
+    from appliance.core.errors import ProviderAuthError
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, args=(rt, chunk["id"], who, stop, stale_s / 4),
+                            daemon=True, name="chunk-heartbeat")
+    beat.start()
+    stats = MemoryStats()
+    status, error, result = "done", None, {}
+    try:
+        provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
+        if chunk["timeframe"] == MINUTE:
+            w = intraday.Window(chunk["symbol"], chunk["start_date"], chunk["end_date"])
+            res = intraday.fetch_window(rt, cfg, provider, w, chunk["run_id"])
+        else:
+            p = SymbolPlan(chunk["symbol"], chunk["start_date"], chunk["end_date"],
+                           full=chunk["full_history"])
+            today = dt.datetime.now(ZoneInfo("America/New_York")).date()
+            res = backfill_symbol(rt, cfg, provider, p, run_id=chunk["run_id"], today=today)
+        result = {k: int(v) for k, v in res.items()}
+    except ProviderAuthError as e:
+        status, error = "failed", e.message
+        with rt.conn() as conn:
+            store.add_event(conn, "error", "vendor", e.message,
+                            {"provider": cfg["provider"]["name"], "status": e.status})
+            chunk_store.fail_pending(conn, chunk["run_id"], "not attempted: " + e.message)
+    except ProviderError as e:
+        status, error = "failed", e.message
+    except Exception as e:  # noqa: BLE001 - one chunk's failure must not stop the others
+        log.exception("backfill chunk %s (%s) failed", chunk["id"], chunk["symbol"])
+        status, error = "failed", f"{e.__class__.__name__}: {e}"
+    finally:
+        stop.set()
+        beat.join(timeout=5)
+    result.update(requests=stats.total("request"), retries=stats.total("retry"))
+    with rt.conn() as conn:
+        store.add_vendor_counts(conn, stats.drain())
+        if not chunk_store.complete(conn, chunk["id"], who, status, result, error):
+            log.warning("backfill chunk %s (%s) was taken over while it ran; its result is "
+                        "not counted here", chunk["id"], chunk["symbol"])
+
+
+def _beat(rt, chunk_id: int, who: str, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try:
+            with rt.conn() as conn:
+                if not chunk_store.beat(conn, chunk_id, who):
+                    return
+        except Exception as e:  # noqa: BLE001 - a missed beat is retried
+            log.warning("chunk %s heartbeat failed: %s", chunk_id, e)
+
+
+def release_dead(rt, who: str) -> int:
+    """Chunks held by ``who`` (a work horse RQ saw die) go back to pending."""
+    with rt.conn() as conn:
+        return chunk_store.release(conn, who)
+
+
+# --------------------------------------------------------------------------- the end
+
+def finish(rt, run_id: int) -> dict | None:
+    """The run's result, once every chunk is done or failed: the process that
+    takes the guard writes the failure events and the result; the others
+    read it. None while chunks are still open or the result is being written."""
+    with rt.conn() as conn:
+        if chunk_store.take_finish(conn, run_id, me()):
+            failures = chunk_store.failures(conn, run_id)
+            minute_syms = chunk_store.minute_symbols(conn, run_id)
+            # a symbol whose months all succeeded holds no demo session any more
+            intraday.drop_demo_leftovers(conn, rt.config["provider"]["name"], minute_syms,
+                                         {k.split(" ")[0] for k in failures})
+            for sym in minute_syms:
+                intraday.refresh_stats(conn, rt.config, sym)
+            res = _result(conn, run_id)
+            for sym, msg in failures.items():
+                store.add_event(conn, "error", "backfill", f"{sym}: {msg}", {"symbol": sym})
+            store.add_event(conn, "info", "backfill",
+                            f"backfill run {run_id}: {res['symbols_ok']} of {res['symbols']} "
+                            f"symbol(s) done in {res['chunks']} chunk(s) by "
+                            f"{', '.join(f'{h} ({n})' for h, n in res['hosts'].items()) or '-'}",
+                            {"run_id": run_id, "hosts": res["hosts"]})
+            chunk_store.store_result(conn, run_id, res)
+            _close_orphan_run(conn, run_id, res, _limits(rt.config)["stale_s"])
+            return res
+        f = chunk_store.fanout(conn, run_id)
+    return f["result"] if f and f.get("result") else None
+
+
+def _result(conn, run_id: int) -> dict:
+    c = chunk_store.counts(conn, run_id)
+    failed = chunk_store.failures(conn, run_id)
+    n = int(c["symbols"])
+    status = "ok" if not failed else ("failed" if len(failed) == n else "partial")
+    return {"status": status, "plan": f"fanned out: {c['total']} chunk(s)", "symbols": n,
+            "symbols_ok": n - len(failed), "failed": failed, "chunks": int(c["total"]),
+            "hosts": c["hosts"], "inserted": int(c["inserted"]), "updated": int(c["updated"]),
+            "revised": int(c["revised"]), "rejected": int(c["rejected"]),
+            "requests": int(c["requests"]), "retries": int(c["retries"]),
+            **({"minutes": {"requests_planned": int(c["months_total"]),
+                            "months_done": int(c["months_done"]),
+                            "sessions": int(c["minute_sessions"]),
+                            "bars": int(c["minute_bars"])}} if c["months_total"] else {}),
+            "error": (f"{len(failed)} symbol(s) failed: " +
+                      "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5]))
+            if failed else None}
+
+
+def _close_orphan_run(conn, run_id: int, res: dict, stale_s: float) -> None:
+    """The parent died (its run marked failed, or still 'running' with no
+    heartbeat for ``stale_s``: its host went away) but every chunk ended: the
+    run gets the chunks' outcome. A live parent records it itself."""
+    from appliance.jobs import runs
+    r = runs.get(conn, run_id)
+    beat = (r or {}).get("heartbeat_at") or (r or {}).get("started_at")
+    silent = beat is None or \
+        (dt.datetime.now(dt.timezone.utc) - beat).total_seconds() > stale_s
+    if r is not None and (r["status"] == "failed" or (r["status"] == "running" and silent)):
+        runs.finish(conn, run_id, res["status"], {k: v for k, v in res.items() if k != "status"},
+                    res.get("error"))

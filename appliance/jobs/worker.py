@@ -1,0 +1,129 @@
+"""``appliance worker``: one RQ worker on the ``appliance`` queue.
+
+The default forking ``rq.Worker`` runs each job in a fresh work horse, which
+builds its own Runtime from ``$APPLIANCE_CONFIG`` (set here to this process's
+config file) and adopts the running config from Redis, so a job runs with the
+config that was current when it started. A job's exception is recorded by
+``runs.execute`` (job_runs row + event) and handled by RQ (retry or failed
+registry); it never ends the worker. A work horse that dies without raising
+(killed, out of memory) has its run marked failed here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+import redis
+
+from appliance.jobs.queue import QUEUE_NAME
+from appliance.runtime.runtime import K_HEARTBEAT
+
+log = logging.getLogger("appliance.worker")
+
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_TTL = 30
+
+
+def _rq_connection(url: str) -> redis.Redis:
+    # No read timeout: the worker blocks on the queue for minutes at a time, and
+    # rq.Worker quits on a redis TimeoutError.
+    return redis.Redis.from_url(url, socket_connect_timeout=5,
+                                health_check_interval=30)
+
+
+def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
+    """Called by the worker (not the horse) when a work horse died abruptly."""
+    from appliance.store import pool as db
+    from appliance import store
+    msg = f"work horse {retpid} died (exit status {ret_val}) while running RQ job {job.id}"
+    try:
+        with db.connect(rt.endpoints.database_url) as conn:
+            for rid, name in store.runs.fail_by_rq_id(conn, job.id, msg):
+                store.add_event(conn, "error", name, f"{name} failed: {msg}", {"run_id": rid})
+    except Exception:  # noqa: BLE001 - the worker must survive its bookkeeping
+        log.exception("could not record the death of the work horse for %s", job.id)
+    try:  # the chunks it held go to another worker at once
+        from appliance.ingest.chunks import release_dead
+        n = release_dead(rt, f"{socket.gethostname()}:{retpid}")
+        if n:
+            log.warning("%d backfill chunk(s) of work horse %s released", n, retpid)
+    except Exception:  # noqa: BLE001
+        log.exception("could not release the chunks of work horse %s", retpid)
+
+
+# How long RQ's pub/sub thread (it takes the commands sent to this worker)
+# waits for a message before it looks whether it should stop. RQ waits 60 s,
+# and with redis-py 8 stopping the worker joins that thread: a worker could
+# then take up to a minute to exit after SIGTERM or at the end of a burst.
+PUBSUB_WAIT_SECONDS = 1.0
+
+
+def _worker_class():
+    from rq import Worker
+
+    class AppWorker(Worker):
+        def subscribe(self):
+            """RQ's subscribe, with a short wait (see PUBSUB_WAIT_SECONDS)."""
+            self.log.info("Worker %s: subscribing to channel %s", self.name,
+                          self.pubsub_channel_name)
+            self.pubsub = self.connection.pubsub()
+            self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+            self.pubsub_thread = self.pubsub.run_in_thread(
+                sleep_time=PUBSUB_WAIT_SECONDS, daemon=True,
+                exception_handler=self._pubsub_exception_handler)
+
+    return AppWorker
+
+
+def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
+    """Work the ``appliance`` queue until SIGTERM/SIGINT (or, with ``burst``,
+    until it is empty). Returns the exit code (0)."""
+    from rq import Queue
+
+    from appliance.jobs import entry
+    cfg = rt.config
+    os.environ["APPLIANCE_CONFIG"] = str(Path(cfg.path).resolve())
+    entry.parent = rt  # work horses start from this process's config
+    name = name or f"appliance-{socket.gethostname()}-{os.getpid()}"
+    conn = _rq_connection(rt.endpoints.redis_url)
+    q = Queue(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])
+    worker = _worker_class()([q], connection=conn, name=name,
+                    work_horse_killed_handler=lambda *a: _mark_killed(rt, *a))
+
+    stop = threading.Event()
+    # beat often enough for the configured staleness limit (the one /health
+    # and the alerts judge the heartbeat by), never more than every HEARTBEAT_SECONDS
+    from appliance.jobs.schedule import heartbeat_settings
+    every, ttl = heartbeat_settings(cfg)
+    every = min(every, HEARTBEAT_SECONDS)
+
+    def beat():
+        while True:
+            try:
+                rt.heartbeat("worker", ttl=max(ttl, HEARTBEAT_TTL), ident=name)
+            except redis.RedisError as e:
+                log.warning("worker heartbeat failed: %s", e)
+            if stop.wait(every):
+                return
+
+    hb = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    hb.start()
+    log.info("worker %s on queue %r (config %s)", name, QUEUE_NAME, os.environ["APPLIANCE_CONFIG"])
+    try:
+        # with_scheduler: RQ's own scheduler moves retries with an interval back
+        # onto the queue; it is unrelated to the appliance's cron scheduler.
+        worker.work(burst=burst, with_scheduler=True,
+                    logging_level=logging.getLevelName(logging.getLogger().level))
+    finally:
+        stop.set()
+        hb.join(timeout=2)
+        try:
+            rt.redis.delete(K_HEARTBEAT.format(f"worker:{name}"))
+        except redis.RedisError:
+            pass
+        conn.close()
+    log.info("worker %s stopped", name)
+    return 0

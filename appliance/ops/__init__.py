@@ -1,0 +1,1 @@
+"""Operations: backups, maintenance, performance, spot checks, history, the status view, export."""

@@ -1,0 +1,161 @@
+"""The catalogue (table ``backups``): a cache of the backup directory that
+``rescan`` rebuilds from the manifests alone, and how a backup is named
+(``latest``, an id, a file)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from appliance import store
+from appliance.core.errors import BackupError
+from appliance.ops.backups.common import NAME_RE
+from appliance.ops.backups.manifest import _jsonable, disk_manifests, latest_restore_test, manifest_archive, manifest_path_for, manifest_summary, read_manifest
+
+log = logging.getLogger("appliance.backups")
+
+
+def _row_out(r: dict) -> dict:
+    out = {k: _jsonable(v) for k, v in r.items() if k != "manifest"}
+    out["manifest"] = manifest_summary(r.get("manifest") or {})
+    return out
+
+
+def list_backups(conn, limit: int = 100) -> list[dict]:
+    """Catalogue rows, newest first, as JSON-friendly dicts (the manifest as a summary)."""
+    return [_row_out(r) for r in store.backup_rows(conn, limit)]
+
+
+get_backup = store.backup_row
+upsert_backup = store.upsert_backup
+record_restore_test = store.record_restore_test
+
+
+def backup_dir(cfg) -> Path:
+    return Path(cfg["backup"]["path"])
+
+
+def rescan(conn, cfg) -> dict:
+    """Rebuild the catalogue from the manifests in ``backup.path`` alone.
+    Rows whose files are gone become 'missing' (or stay 'deleted')."""
+    bdir = backup_dir(cfg)
+    found = disk_manifests(bdir)
+    have = store.backup_statuses(conn)
+    added = updated = 0
+    seen = set()
+    for archive, _mpath, m in found:
+        fn = archive.name
+        seen.add(fn)
+        size = archive.stat().st_size if archive.exists() else None
+        status = "ok" if size is not None and size == m["archive"].get("size_bytes") else "missing"
+        bid = upsert_backup(conn, filename=fn, path=str(archive), created_at=m.get("created_at"),
+                            size_bytes=m["archive"].get("size_bytes"),
+                            sha256=m["archive"].get("sha256"), manifest=m, status=status)
+        if (rtest := latest_restore_test(m)) is not None:
+            store.restore_test_from_manifest(conn, bid, rtest)
+        if fn in have:
+            updated += 1
+        else:
+            added += 1
+    missing = 0
+    for fn, status in have.items():
+        if fn not in seen and status not in ("deleted", "missing"):
+            store.mark_backup_missing(conn, fn)
+            missing += 1
+    orphans = sorted(p.name for p in bdir.iterdir() if NAME_RE.match(p.name)
+                     and not manifest_path_for(p).exists()) if bdir.is_dir() else []
+    res = {"path": str(bdir), "manifests": len(found), "added": added, "updated": updated,
+           "marked_missing": missing, "archives_without_manifest": orphans}
+    store.add_event(conn, "info", "backup", f"catalogue rescanned from {bdir}: "
+                    f"{len(found)} manifest(s), {added} added, {missing} marked missing", res)
+    return res
+
+
+@dataclass
+class BackupRef:
+    archive: Path
+    manifest_path: Path
+    manifest: dict
+    id: int | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.archive.name
+
+
+def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
+    """``backup``: 'latest', a catalogue id, a file name in backup.path, or a
+    path (.dump or .json). Without ``conn`` (database lost) ids cannot be used,
+    'latest' is the newest manifest on disk. Raises BackupError."""
+    bdir = backup_dir(cfg)
+    b = str(backup if backup is not None else "latest").strip()
+    ref: BackupRef | None = None
+    if b in ("", "latest"):
+        if conn is not None:
+            for path in store.good_backup_paths(conn):
+                a = Path(path)
+                if a.exists() and manifest_path_for(a).exists():
+                    ref = BackupRef(a, manifest_path_for(a), read_manifest(manifest_path_for(a)))
+                    break
+        if ref is None:
+            for a, mp, m in disk_manifests(bdir):
+                if a.exists():
+                    ref = BackupRef(a, mp, m)
+                    break
+        if ref is None:
+            raise BackupError(f"no backup found (catalogue and {bdir})")
+    elif b.isdigit():
+        if conn is None:
+            raise BackupError(f"backup id {b} needs the catalogue, which is unavailable: "
+                              f"give the archive's path instead")
+        row = get_backup(conn, int(b))
+        if row is None:
+            raise BackupError(f"no backup {b} in the catalogue")
+        a = Path(row["path"])
+        mp = manifest_path_for(a)
+        ref = BackupRef(a, mp, read_manifest(mp) if mp.exists() else (row["manifest"] or {}),
+                        row["id"])
+    else:
+        p = Path(b).expanduser()
+        if not p.is_absolute() and not p.exists():
+            p = bdir / p
+        if p.suffix == ".json":
+            mp = p
+            m = read_manifest(mp)
+            a = manifest_archive(mp, m)
+        else:
+            a, mp = p, manifest_path_for(p)
+            if not a.exists():
+                raise BackupError(f"no archive at {a}" + (" (its manifest is there)"
+                                                          if mp.exists() else
+                                                          " (nor its manifest)"))
+            m = read_manifest(mp)
+        ref = BackupRef(a, mp, m)
+    if ref.id is None and conn is not None:
+        # a file of the same name elsewhere (a copy) is not the catalogue's archive
+        ref.id = store.backup_id_at(conn, ref.filename, str(ref.archive))
+        if ref.id is None and in_backup_dir(cfg, ref):
+            ref.id = store.backup_id(conn, ref.filename)
+    return ref
+
+
+def in_backup_dir(cfg, ref: BackupRef) -> bool:
+    """Whether ``ref``'s archive lies in ``backup.path`` (the catalogue's files)."""
+    try:
+        return ref.archive.resolve().parent == backup_dir(cfg).resolve()
+    except OSError:
+        return False
+
+
+def register(conn, ref: BackupRef, cfg) -> int | None:
+    """Make sure ``ref`` has a catalogue row (a backup copied in by hand into
+    ``backup.path``); a file elsewhere is not catalogued (None)."""
+    if ref.id is None and in_backup_dir(cfg, ref):
+        m = ref.manifest
+        ref.id = upsert_backup(conn, filename=ref.filename, path=str(ref.archive),
+                               created_at=m.get("created_at"),
+                               size_bytes=m["archive"].get("size_bytes"),
+                               sha256=m["archive"].get("sha256"), manifest=m,
+                               status="ok" if ref.archive.exists() else "missing")
+    return ref.id

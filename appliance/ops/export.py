@@ -1,0 +1,198 @@
+"""``appliance export``: the stored bars as a Hive-partitioned Parquet
+dataset that DuckDB, polars and pandas read as it is::
+
+    DIR/timeframe=1m/year=2024/month=6/bars.parquet
+    DIR/manifest.json
+
+One file per timeframe and month (zstd; rows sorted by symbol then time;
+columns as in the API's Parquet answer, see ``arrowbars``: raw stored
+prices, every stored bar with its ``validated`` flag). The months that hold
+``start``..``end`` are written whole.
+
+Incremental: each month's file is written only when its fingerprint changed
+(the stored resolution's symbols, bar count and latest ingestion time in that
+month, see ``store.columnar.month_fingerprints``); the manifest records, per
+file, the fingerprint, rows, symbols, first and last bar and bytes. A second
+run over unchanged data writes nothing; a session stored again rewrites the
+one file of its month. A month that lost all its bars loses its file. Files
+are written to a temporary name and renamed, the manifest last, so that an
+interrupted run leaves the previous dataset readable.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from appliance.ops import arrowbars
+from appliance.core.timeframes import base_of
+from appliance.store import columnar as cstore
+
+MANIFEST = "manifest.json"
+FILE = "bars.parquet"
+#: Rows fetched per round trip (and per Arrow batch).
+CHUNK = 50_000
+
+
+def _months(start: dt.date, end: dt.date) -> list[dt.date]:
+    out, m = [], start.replace(day=1)
+    while m <= end:
+        out.append(m)
+        m = (m + dt.timedelta(days=32)).replace(day=1)
+    return out
+
+
+def _month_end(m: dt.date) -> dt.date:
+    return (m + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+
+
+def partition(timeframe: str, month: dt.date) -> str:
+    return f"timeframe={timeframe}/year={month.year}/month={month.month}"
+
+
+def fingerprint(symbols: list[str], bars: int, latest) -> str:
+    text = json.dumps([symbols, bars, latest.isoformat() if latest else None])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def load_manifest(out: Path) -> dict:
+    p = out / MANIFEST
+    if not p.exists():
+        return {"format": 1, "partitions": {}}
+    try:
+        data = json.loads(p.read_text())
+        if not isinstance(data.get("partitions"), dict):
+            raise ValueError("no partitions")
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{p} is not an export manifest ({e}); move it away or choose "
+                         f"another --out") from None
+    return data
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols: list[str]):
+    """The month's bars of every symbol in turn (a weekly bar belongs to the
+    month of its Sunday and holds its whole week)."""
+    batches = arrowbars.Batches(sch, symbols)
+    weekly = timeframe == "1w"
+    end = _month_end(month) + dt.timedelta(days=6 if weekly else 0)
+    after = month - dt.timedelta(days=1) if weekly else None
+    # a week whose Sunday is in the next month is that month's
+    nxt = _month_end(month) + dt.timedelta(days=1)
+    stop = dt.datetime(nxt.year, nxt.month, 1, tzinfo=ZoneInfo(arrowbars.EXCHANGE_TZ))
+    stop_ms = int(stop.timestamp() * 1000)
+    for sym in symbols:
+        params = {"symbol": sym, "tf": "1d", "start": month, "end": end, "after": after,
+                  "limit": None}
+        yield from arrowbars.symbol_batches(conn, batches, sym, timeframe, adjusted=False,
+                                            include_invalid=True, params=params, chunk=CHUNK,
+                                            keep=lambda ms: ms < stop_ms)
+
+
+def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[str]) -> dict:
+    sch = arrowbars.schema(timeframe)
+    path = out / partition(timeframe, month) / FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stats = {"rows": 0, "first": None, "last": None}
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, sch, compression="zstd") as w:
+            for b in _month_batches(conn, sch, timeframe, month, symbols):
+                w.write_batch(b)
+                stats["rows"] += b.num_rows
+                times = b.column("time")
+                lo, hi = pa.compute.min(times).as_py(), pa.compute.max(times).as_py()
+                stats["first"] = min(filter(None, (stats["first"], lo)))
+                stats["last"] = max(filter(None, (stats["last"], hi)))
+
+    _write_atomic(path, write)
+    return {"file": str(path.relative_to(out)), "rows": stats["rows"], "symbols": symbols,
+            "first": stats["first"].isoformat() if stats["first"] else None,
+            "last": stats["last"].isoformat() if stats["last"] else None,
+            "bytes": path.stat().st_size}
+
+
+def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
+           progress=None) -> dict:
+    """Bring ``out`` up to date for ``timeframe`` and the months of
+    start..end; ``conn_cm()`` gives a connection (a context manager).
+    Returns {"written": [partitions], "unchanged": n, "removed": [...],
+    "rows": rows written}."""
+    if start > end:
+        raise ValueError(f"start ({start}) is after end ({end})")
+    if end >= dt.date(9999, 12, 1):
+        raise ValueError(f"end ({end}) must be before 9999-12-01")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(out)
+    parts = manifest["partitions"]
+    months = _months(start, end)
+    with conn_cm() as conn:
+        fps = cstore.month_fingerprints(conn, timeframe, months[0], _month_end(months[-1]))
+    result = {"written": [], "unchanged": 0, "removed": [], "rows": 0}
+    for month in months:
+        key = partition(timeframe, month)
+        have = parts.get(key)
+        if month not in fps:
+            if have is not None:
+                (out / have["file"]).unlink(missing_ok=True)
+                del parts[key]
+                result["removed"].append(key)
+            continue
+        symbols, bars, latest = fps[month]
+        fp = fingerprint(symbols, bars, latest)
+        if have is not None and have.get("fingerprint") == fp and (out / have["file"]).exists():
+            result["unchanged"] += 1
+            continue
+        with conn_cm() as conn:
+            entry = _write_month(conn, out, timeframe, month, symbols)
+        entry.update(fingerprint=fp, timeframe=timeframe, month=month.isoformat()[:7],
+                     written_at=dt.datetime.now(dt.timezone.utc).isoformat())
+        parts[key] = entry
+        result["written"].append(key)
+        result["rows"] += entry["rows"]
+        _save(out, manifest)  # a long run keeps what it has done
+        if progress:
+            progress(key, entry)
+    manifest["exchange_timezone"] = arrowbars.EXCHANGE_TZ
+    _save(out, manifest)
+    return result
+
+
+def _save(out: Path, manifest: dict) -> None:
+    data = {**manifest, "partitions": dict(sorted(manifest["partitions"].items()))}
+    _write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def export_dataset(rt, run_id, report, timeframes=None) -> dict:
+    """The ``export`` job (daily by default): brings the Parquet dataset in
+    ``export.out`` up to date for each of ``export.timeframes``, from
+    ``history.start`` to today, writing only the months whose bars changed
+    since the last run. With ``export.out`` empty (the default) it does
+    nothing."""
+    cfg = rt.config
+    out = cfg["export"]["out"]
+    if not out:
+        return {"status": "ok", "skipped": "export.out is empty: no dataset configured"}
+    today = dt.datetime.now(dt.timezone.utc).date()
+    result = {"out": out, "timeframes": {}}
+    written = 0
+    for tf in timeframes or cfg["export"]["timeframes"]:
+        res = export(rt.read_conn, tf, cfg.history_start(base_of(tf)), today, Path(out))
+        result["timeframes"][tf] = {"written": len(res["written"]), "rows": res["rows"],
+                                    "unchanged": res["unchanged"],
+                                    "removed": len(res["removed"])}
+        written += len(res["written"])
+        report({"timeframe": tf, "files_written": written})
+    return {"status": "ok", "files_written": written, **result}

@@ -1,0 +1,428 @@
+"""A process's view of the appliance: the running config, where the services
+are, a PostgreSQL pool and a Redis client.
+
+The running config is shared by every process through Redis: a successful
+reload stores the accepted file text, sealed (encrypted with a key kept in
+``data_dir``, 0600, so that the secrets it may hold are not in clear in Redis
+or its dump file), under ``appliance:config:sealed`` and bumps
+``appliance:config:version``. Each process compares that version with its own
+at most once a second (``config`` property) and swaps in the new config when
+it changed; a job that is already running keeps the config it started with.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from appliance.store import pool as db
+from appliance.runtime import replica as replica_mod, services
+from appliance.config.loader import Config, load_config, with_boot_values
+from appliance.core.errors import ConfigError
+from appliance.runtime.logs import setup_logging  # noqa: F401  (kept importable from here)
+
+log = logging.getLogger("appliance.runtime")
+
+K_CONFIG_TEXT = "appliance:config:text"  # older versions: the text in clear; removed on publish
+K_CONFIG_SEALED = "appliance:config:sealed"
+K_CONFIG_SHA = "appliance:config:sha"
+K_CONFIG_PATH = "appliance:config:path"
+K_CONFIG_VERSION = "appliance:config:version"
+K_BOOT_SEALED = "appliance:config:boot"  # the config of the last cold start (restart-only keys)
+K_RESTART_SINCE = "appliance:config:restart_since"
+K_HEARTBEAT = "appliance:heartbeat:{}"
+#: the supervised processes' state, written by ``appliance up`` (read by /health and status)
+K_PROCESSES = "appliance:processes"
+REDIS_DOWN_BACKOFF_S = 10.0
+
+
+class Runtime:
+    """Config + endpoints + pool + redis for one process. Nothing connects
+    until ``open()`` (the pool) or first use (redis)."""
+
+    def __init__(self, config: Config, *, endpoints: services.Endpoints | None = None,
+                 pool_size: int | None = None, check_interval: float = 1.0):
+        self._config = config
+        self._boot: Config | None = None
+        self._pinned = False
+        self._config_version = 0
+        self._last_check = 0.0
+        self._lock = threading.Lock()
+        self.check_interval = check_interval
+        self.endpoints = endpoints or services.resolve(config)
+        self.pool = db.make_pool(
+            self.endpoints.database_url,
+            max_size=pool_size or config["database"]["pool_size"],
+            connect_timeout=config["database"]["connect_timeout_seconds"],
+            statement_timeout_s=config["database"]["statement_timeout_seconds"])
+        self.replica = self._make_replica(config, pool_size, self.endpoints.database_url)
+        self._redis: redis.Redis | None = None
+        self._opened = False
+
+    @staticmethod
+    def _make_replica(config: Config, pool_size: int | None, primary_url: str | None = None):
+        d = config["database"]
+        if not d.get("read_url"):
+            return None
+        return replica_mod.Replica(d["read_url"], float(d["max_replica_lag_seconds"]),
+                                   pool_size=pool_size or d["pool_size"],
+                                   connect_timeout=d["connect_timeout_seconds"],
+                                   statement_timeout_s=d["statement_timeout_seconds"],
+                                   primary_url=primary_url)
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def from_path(cls, path: str | os.PathLike | None = None, **kw) -> "Runtime":
+        """The running config when the appliance has one for ``path``, else the
+        file (which must then validate)."""
+        from appliance.config.loader import default_config_path, salvage_connection_settings
+        try:
+            cfg, err = load_config(path), None
+        except ConfigError as e:
+            cfg, err = salvage_connection_settings(path or default_config_path()), e
+        rt = cls(cfg, **kw)
+        rt.adopt_running_config()
+        if err is not None and rt.current_config() is cfg:  # nothing running to join
+            rt.close()
+            raise err
+        return rt
+
+    def open(self, wait: bool = True, timeout: float = 30.0) -> "Runtime":
+        if not self._opened:
+            self.pool.open()
+            if wait:
+                self.pool.wait(timeout=timeout)
+            self._opened = True
+        return self
+
+    def close(self) -> None:
+        if self._opened:
+            self.pool.close()
+            self._opened = False
+        if self.replica is not None:
+            self.replica.close()
+        if self._redis is not None:
+            self._redis.close()
+
+    @contextmanager
+    def conn(self):
+        """A pooled connection; commits on success, rolls back on error."""
+        if not self._opened:
+            self.open()
+        with self.pool.connection() as c:
+            yield c
+
+    @contextmanager
+    def primary_read_conn(self):
+        """A pooled primary connection in autocommit mode, for single
+        read-only statements: no BEGIN/COMMIT round trips (the pool makes it
+        transactional again when it comes back)."""
+        if not self._opened:
+            self.open()
+        with self.pool.connection() as c:
+            c.autocommit = True
+            c.served_by = "primary"
+            replica_mod.READS.labels("primary").inc()
+            yield c
+
+    @contextmanager
+    def read_conn(self):
+        """A connection for API and console reads (autocommit, read only):
+        the replica's when one is configured, answers and is recent enough
+        (``database.max_replica_lag_seconds``), else the primary's. A replica
+        that cannot give a connection is marked down and the primary answers."""
+        rep = self.replica
+        cm = None
+        if rep is not None and rep.state().serving_reads:
+            try:
+                cm = rep.connection()
+                c = cm.__enter__()
+            except replica_mod.READ_ERRORS as e:
+                rep.mark_down(e)
+                cm = None
+        if cm is None:
+            with self.primary_read_conn() as c:
+                yield c
+            return
+        c.served_by = "replica"
+        replica_mod.READS.labels("replica").inc()
+        try:
+            yield c
+        except BaseException as e:
+            if isinstance(e, replica_mod.READ_ERRORS):
+                rep.mark_down(e)
+                e.replica_read_failed = True  # the web asks the primary once more
+            if not cm.__exit__(*sys.exc_info()):
+                raise
+        else:
+            cm.__exit__(None, None, None)
+
+    def read(self, fn):
+        """``fn(conn)`` on a read connection (see ``read_conn``); when the
+        replica fails halfway (stopped, restarted) ``fn`` runs again on the
+        primary. ``fn`` must only read."""
+        c = None
+        try:
+            with self.read_conn() as c:
+                return fn(c)
+        except replica_mod.READ_ERRORS:
+            if getattr(c, "served_by", None) != "replica":
+                raise
+        with self.primary_read_conn() as c:
+            return fn(c)
+
+    def read_fresh(self, fn):
+        """``read(fn)``, asked again on the primary when the replica has
+        nothing (None): a row just written (a run queued a moment ago) may not
+        have been replayed yet."""
+        out = self.read(fn)
+        if out is None and self.replica is not None:
+            with self.primary_read_conn() as c:
+                out = fn(c)
+        return out
+
+    def replica_state(self) -> replica_mod.ReplicaState:
+        """The replica's state (``off`` when none is configured)."""
+        return self.replica.state() if self.replica is not None else replica_mod.OFF
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis_client(self.endpoints.redis_url)
+        return self._redis
+
+    # ------------------------------------------------------------------ config
+    # Which config runs, and when: see configsync (the rule, in one place).
+    @property
+    def config(self) -> Config:
+        now = time.monotonic()
+        if now - self._last_check >= self.check_interval:
+            self._last_check = now
+            try:
+                self._maybe_swap()
+            except redis.RedisError:
+                # Redis down: keep the config we have, and do not pay a timeout
+                # on every request while it stays down
+                self._last_check = now + REDIS_DOWN_BACKOFF_S
+        return self._config
+
+    @property
+    def config_path(self) -> Path:
+        return self._config.path
+
+    def current_config(self) -> Config:
+        """The config in force in this process, without looking for a newer one."""
+        return self._config
+
+    def refresh_config(self) -> None:
+        """Swap in a newly published running config now (the watcher's turn)."""
+        self._last_check = time.monotonic()
+        self._maybe_swap()
+
+    def config_version(self) -> int:
+        return self._config_version
+
+    def adopt_running_config(self) -> None:
+        """Take the running config (a process joining the running appliance):
+        the one last accepted, with the restart-only keys at the values the
+        appliance started with."""
+        try:
+            self._maybe_swap(force=True)
+        except redis.RedisError as e:
+            log.warning("Redis unreachable at start-up (%s); using %s as read", e,
+                        self._config.path)
+
+    def restart_required(self) -> dict | None:
+        """``{"keys", "since"}`` when a reload changed restart-only keys whose
+        old value is still in force here; None otherwise."""
+        keys = list(self.config.pending_restart)
+        if not keys:
+            return None
+        try:
+            since = self.redis.get(K_RESTART_SINCE)
+        except redis.RedisError:
+            since = None
+        when = (dt.datetime.fromtimestamp(float(since), dt.timezone.utc).isoformat()
+                .replace("+00:00", "Z") if since else None)
+        return {"keys": keys, "since": when}
+
+    def running_text(self) -> tuple[int, str] | None:
+        """(version, text) of the running config for this file, or None."""
+        r = self.redis
+        v, sealed, path = r.mget(K_CONFIG_VERSION, K_CONFIG_SEALED, K_CONFIG_PATH)
+        if v is None or sealed is None or path is None or Path(path.decode()) != self.config_path:
+            return None
+        return int(v), self.unseal(sealed)
+
+    def _load_boot(self) -> Config | None:
+        sealed = self.redis.get(K_BOOT_SEALED)
+        if sealed is None:
+            return None
+        try:
+            return load_config(self._config.path, text=self.unseal(sealed))
+        except Exception as e:  # noqa: BLE001 - no boot values: the running ones stand
+            log.warning("the boot config cannot be read (%s); restart-only keys follow the "
+                        "running config", e)
+            return None
+
+    def pin_config(self) -> None:
+        """Keep the config this runtime has now (a one-shot command that uses
+        the file, or the running config as of its start): no swap follows."""
+        self._pinned = True
+
+    def _maybe_swap(self, force: bool = False) -> None:
+        if self._pinned:
+            return
+        r = self.redis
+        v = r.get(K_CONFIG_VERSION)
+        if v is None:
+            return
+        v = int(v)
+        if v == self._config_version and not force:
+            return
+        try:
+            got = self.running_text()
+        except Exception as e:  # noqa: BLE001 - another data_dir's key: keep our config
+            log.error("the running config in Redis cannot be unsealed with %s (%s); keeping "
+                      "the config as read", self._config.data_dir / CONFIG_KEY_FILE,
+                      e.__class__.__name__)
+            self._config_version = v
+            return
+        if got is None:
+            self._config_version = v
+            return
+        with self._lock:
+            try:
+                cfg = load_config(self._config.path, text=got[1])
+            except ConfigError as e:  # every process accepted it; only a changed env gets here
+                log.error("running config from Redis no longer validates here; keeping "
+                          "version %d: %s", self._config_version, e)
+                self._config_version = v
+                return
+            if self._boot is None or force:
+                self._boot = self._load_boot() or self._boot
+            cfg = with_boot_values(cfg, self._boot)
+            if cfg.sha256 != self._config.sha256:
+                log.info("config %s swapped in (version %d)", cfg.sha256[:12], v)
+            self._config = cfg
+            self._config_version = v
+
+    def publish_config(self, cfg: Config, *, boot: bool = False) -> int:
+        """Make ``cfg`` the running config of every process; returns the new
+        version. ``boot``: a cold start, so also the values of the restart-only
+        keys (nothing is pending a restart any more)."""
+        v = self._publish(cfg.text, cfg.sha256, boot=boot)
+        with self._lock:
+            if boot:
+                self._boot = cfg
+            self._config = with_boot_values(cfg, self._boot)
+            self._config_version = v
+        return v
+
+    def publish_text(self, text: str) -> int:
+        """Publish a text the running processes accepted in their own
+        environment (this process may not resolve it: a CLI's shell)."""
+        import hashlib
+        v = self._publish(text, hashlib.sha256(text.encode("utf-8")).hexdigest())
+        try:
+            with self._lock:
+                self._config = with_boot_values(load_config(self.config_path, text=text),
+                                                self._boot)
+                self._config_version = v
+        except ConfigError:
+            pass
+        return v
+
+    def _publish(self, text: str, sha: str, *, boot: bool = False) -> int:
+        sealed = self.seal(text)
+        pipe = self.redis.pipeline()
+        pipe.set(K_CONFIG_SEALED, sealed)
+        pipe.delete(K_CONFIG_TEXT)
+        pipe.set(K_CONFIG_SHA, sha)
+        pipe.set(K_CONFIG_PATH, str(self.config_path))
+        if boot:
+            pipe.set(K_BOOT_SEALED, sealed)
+            pipe.delete(K_RESTART_SINCE)
+        pipe.incr(K_CONFIG_VERSION)
+        return int(pipe.execute()[-1])
+
+    def seal(self, text: str) -> bytes:
+        return self._fernet().encrypt(text.encode("utf-8"))
+
+    def unseal(self, sealed: bytes) -> str:
+        return self._fernet().decrypt(sealed).decode("utf-8")
+
+    def _fernet(self):
+        from cryptography.fernet import Fernet
+        return Fernet(local_secret(self._config.data_dir, CONFIG_KEY_FILE,
+                                   lambda: Fernet.generate_key().decode()))
+
+    # ------------------------------------------------------------------ liveness
+    def heartbeat(self, role: str, ttl: int = 300, ident: str | None = None) -> None:
+        key = K_HEARTBEAT.format(role if ident is None else f"{role}:{ident}")
+        self.redis.set(key, str(time.time()), ex=ttl)
+
+    def heartbeat_age(self, role: str) -> float | None:
+        """Seconds since the freshest heartbeat of ``role`` (any instance)."""
+        r = self.redis
+        keys = [K_HEARTBEAT.format(role)] + list(r.scan_iter(K_HEARTBEAT.format(role) + ":*",
+                                                             count=100))
+        vals = [v for v in r.mget(keys) if v is not None] if keys else []
+        if not vals:
+            return None
+        return max(0.0, time.time() - max(float(v) for v in vals))
+
+
+CONFIG_KEY_FILE = "config.key"
+
+
+def secure_dir(path: str | os.PathLike, mode: int = 0o700) -> Path:
+    """``path`` created if needed and made ``mode`` (0700), whatever the umask."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    if p.stat().st_mode & 0o777 != mode:
+        try:
+            p.chmod(mode)
+        except PermissionError:  # not ours (a shared mount): leave it as the operator made it
+            log.warning("%s is not ours to chmod; it should be mode 0700", p)
+    return p
+
+
+def local_secret(data_dir: str | os.PathLike, name: str, make) -> str:
+    """A secret kept in ``data_dir/name`` (0600), made by ``make()`` the first
+    time; every process of the appliance shares data_dir and so the secret."""
+    path = Path(data_dir) / name
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    if not path.parent.exists():
+        secure_dir(path.parent)  # an existing data_dir keeps the mode resolve() gave it
+    # written whole, then linked into place: a process racing us reads either
+    # nothing or the complete secret, and the first link wins
+    tmp = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(make())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def redis_client(url: str, timeout: float = 0.5) -> redis.Redis:
+    """A client with short timeouts, so that a hung Redis cannot hang a request."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                health_check_interval=30)

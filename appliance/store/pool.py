@@ -1,0 +1,146 @@
+"""Connections, pools and the migration runner.
+
+Nothing here connects at import time. Migrations are the numbered SQL files in
+``appliance/store/migrations``; each is applied once, inside a transaction, and
+recorded in ``schema_migrations``. An advisory lock keeps two processes from
+migrating at the same time.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import select
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger("appliance.db")
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_MIGRATION_LOCK = 7_345_001
+_PART_RE = re.compile(r"^market_data_y(\d{4})$")
+
+
+def connect(url: str, *, autocommit: bool = False, connect_timeout: float = 5,
+            statement_timeout_s: float | None = None) -> psycopg.Connection:
+    opts = f"-c statement_timeout={int(statement_timeout_s * 1000)}" if statement_timeout_s else None
+    kwargs = {"options": opts} if opts else {}
+    return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, int(connect_timeout)),
+                           **kwargs)
+
+
+def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 5.0,
+              connect_timeout: float = 3, statement_timeout_s: float | None = 60,
+              name: str = "appliance", application_name: str | None = None) -> ConnectionPool:
+    """A pool that is not opened yet: call ``pool.open()`` (and ``wait()``) in the factory."""
+    kwargs: dict = {"connect_timeout": max(1, int(connect_timeout))}
+    if application_name:
+        kwargs["application_name"] = application_name
+    if statement_timeout_s:
+        kwargs["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+    return ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
+                          kwargs=kwargs, name=name, check=_check_if_idle, reset=_reset,
+                          reconnect_timeout=30)
+
+
+IDLE_CHECK_S = 30.0
+
+
+def _reset(conn) -> None:
+    """A connection goes back to the pool as it came out: transactional."""
+    if conn.autocommit:
+        conn.autocommit = False
+    conn._returned_at = time.monotonic()
+
+
+def _check_if_idle(conn) -> None:
+    """Check a connection before handing it out without a round trip when it
+    can be helped: an idle connection has nothing to read, so a readable
+    socket means the server said something (terminated the session,
+    restarted) and the connection gets a real check (and is replaced when
+    broken). Connections idle for a while are pinged anyway."""
+    if conn.closed or conn.broken:
+        ConnectionPool.check_connection(conn)
+        return
+    if time.monotonic() - getattr(conn, "_returned_at", 0.0) >= IDLE_CHECK_S:
+        ConnectionPool.check_connection(conn)
+        return
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        readable = True
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
+def migrations() -> list[tuple[int, str, Path]]:
+    out = []
+    for p in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        m = re.match(r"^(\d+)_(.+)\.sql$", p.name)
+        if m:
+            out.append((int(m.group(1)), m.group(2), p))
+    return out
+
+
+def latest_version() -> int:
+    return max(v for v, _, _ in migrations())
+
+
+def migrate(url: str) -> list[int]:
+    """Apply pending migrations; return the versions applied."""
+    applied_now = []
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY, name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())""")
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, path in migrations():
+                if version in done:
+                    continue
+                sql = path.read_text(encoding="utf-8")
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                 (version, name))
+                log.info("applied migration %04d_%s", version, name)
+                applied_now.append(version)
+            year = dt.date.today().year
+            ensure_partitions(conn, year - 1, year + 1)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied_now
+
+
+def schema_version(conn) -> int:
+    row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return int(row[0] or 0)
+
+
+def existing_partitions(conn) -> set[int]:
+    rows = conn.execute("""SELECT c.relname FROM pg_inherits i
+                           JOIN pg_class c ON c.oid = i.inhrelid
+                           JOIN pg_class p ON p.oid = i.inhparent
+                           WHERE p.relname = 'market_data'""").fetchall()
+    return {int(m.group(1)) for (name,) in rows if (m := _PART_RE.match(name))}
+
+
+def ensure_partitions(conn, first_year: int, last_year: int) -> list[int]:
+    """Create the yearly partitions of market_data that are missing.
+    Partition bounds are UTC year boundaries."""
+    have = existing_partitions(conn)
+    created = []
+    for year in range(first_year, last_year + 1):
+        if year in have:
+            continue
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS market_data_y{year:04d} PARTITION OF market_data "
+            f"FOR VALUES FROM ('{year:04d}-01-01 00:00:00+00') TO ('{year + 1:04d}-01-01 00:00:00+00')")
+        created.append(year)
+    if created:
+        log.info("created market_data partitions for %s", created)
+    return created
