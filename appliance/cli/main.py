@@ -467,7 +467,7 @@ def backup(ctx):
     """Back up the database now (pg_dump -Fc + manifest) into backup.path."""
     from appliance.ops.backups import run_backup
     rt = _runtime(ctx, migrate=True)
-    res = _run_with_progress(rt, "backup", run_restore_test, {})
+    res = _run_with_progress(rt, "backup", run_backup, {})
     click.echo(json.dumps(res, indent=2, default=str))
     sys.exit(0 if res.get("status") == "ok" else 1)
 
