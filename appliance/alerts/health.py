@@ -16,6 +16,13 @@ from dataclasses import dataclass, field, fields
 
 from appliance import store
 from appliance.store import demo as dstore
+import psycopg
+from appliance.jobs.runs import last_by_job
+import json
+from appliance.runtime.runtime import K_PROCESSES
+from appliance.core import calendar as tcal
+from appliance.jobs.runs import duration_s
+from croniter import croniter
 
 log = logging.getLogger("appliance.health")
 
@@ -97,7 +104,6 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
 
 
 def _db_result(fut: cf.Future, timeout: float) -> dict:
-    import psycopg
     try:
         snap = _wait(fut, timeout)
         snap["status"] = "ok"
@@ -113,7 +119,6 @@ def _db_result(fut: cf.Future, timeout: float) -> dict:
 
 
 def _last_runs(conn) -> dict:
-    from appliance.jobs.runs import last_by_job
     return last_by_job(conn)
 
 
@@ -137,9 +142,7 @@ def redis_probe(rt) -> dict:
 def _processes(rt) -> dict | None:
     """The state ``appliance up`` publishes for its children (None when the
     processes are not supervised by ``up``, e.g. under systemd)."""
-    import json
 
-    from appliance.runtime.runtime import K_PROCESSES
     raw = rt.redis.get(K_PROCESSES)
     if not raw:
         return None
@@ -166,7 +169,6 @@ def process_reasons(procs: dict | None) -> list[str]:
 def sessions_behind(cfg, latest: str | None, now: dt.datetime) -> int | None:
     if not latest:
         return None
-    from appliance.core import calendar as tcal
     try:
         return int(tcal.sessions_behind(cfg["calendar"], dt.date.fromisoformat(latest), now))
     except Exception:  # noqa: BLE001 - a calendar problem must not break health
@@ -441,7 +443,6 @@ def status_body(rt, h: dict) -> dict:
 def _run_brief(r: dict | None) -> dict | None:
     if not r:
         return None
-    from appliance.jobs.runs import duration_s
     res = r.get("result") or {}
     return {"id": r["id"], "status": r["status"], "trigger": r.get("trigger"),
             "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
@@ -451,7 +452,6 @@ def _run_brief(r: dict | None) -> dict | None:
 
 def job_overview(rt, last_runs: dict) -> dict:
     """Per scheduled job: next run (UTC), last run, last success, last failure."""
-    from croniter import croniter
     now = dt.datetime.now(dt.timezone.utc)
     out = {}
     for job, expr in rt.config["schedules"].items():

@@ -27,6 +27,10 @@ from typing import Callable
 from appliance.alerts import notify as notifier
 from appliance import store
 from appliance.core import units
+import datetime as _dt
+from croniter import croniter
+from appliance.runtime.replica import lag_alert
+from appliance.alerts import health as health_mod
 
 log = logging.getLogger("appliance.alerts")
 
@@ -120,9 +124,7 @@ RARE_JOB_INTERVAL_S = 7 * 86400
 def rare_jobs(schedules: dict) -> set[str]:
     """Jobs whose cron runs less often than weekly (the longest gap between
     consecutive runs over the next year decides)."""
-    import datetime as _dt
 
-    from croniter import croniter
     out = set()
     start = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
     for job, expr in schedules.items():
@@ -248,7 +250,6 @@ def _symbol_unknown(m: Measures, cfg):
 
 
 def _replica_lag(m: Measures, cfg):
-    from appliance.runtime.replica import lag_alert
     return lag_alert(getattr(m.health, "replica", None) or {},
                      cfg["database"]["max_replica_lag_seconds"])
 
@@ -359,7 +360,6 @@ def disk_free(path: str, disk_usage=shutil.disk_usage) -> dict:
 
 
 def measure(rt, now: dt.datetime, disk_usage=shutil.disk_usage) -> Measures:
-    from appliance.alerts import health as health_mod
     cfg = rt.config
     h = health_mod.compute(rt, now=now)
     disk = {"data": disk_free(cfg["data_dir"], disk_usage),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Mapping
 
 from appliance.core.errors import ConfigError
+from dotenv import dotenv_values
 
 ENV_FILE_NAME = "appliance.env"
 
@@ -26,7 +27,6 @@ def read_env_file(path: Path) -> dict[str, str]:
     """``KEY=VALUE`` lines (``#`` comments, quotes, ``export`` allowed), as
     systemd's ``EnvironmentFile=`` and shells read them; {} when absent.
     Raises ConfigError when the file exists but cannot be read."""
-    from dotenv import dotenv_values
     try:
         with open(path, encoding="utf-8") as f:
             values = dotenv_values(stream=f)

@@ -44,6 +44,7 @@ SECRET_PATHS = {
     ("alerts", "email", "password"), ("alerts", "webhook", "url"), ("server", "metrics_token"),
 }
 from appliance.config.rules import MIN_TOKEN_LENGTH, TOKEN_PATHS  # noqa: E402,F401 (their home is there)
+import difflib
 #: Keys a reload cannot change: the processes would have to be restarted.
 RESTART_KEYS = [("database", "url"), ("database", "read_url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
                 ("server", "workers"), ("server", "threads"), ("server", "worker_class")]
@@ -545,7 +546,6 @@ def _friendly(e) -> str:
 
 
 def _close_match(word: str, options) -> str | None:
-    import difflib
     m = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.75)
     return m[0] if m else None
 

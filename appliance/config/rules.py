@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
+from croniter import croniter
+import ipaddress
 
 
 def history_start_errors(e, ctx, validator, friendly) -> None:
@@ -73,7 +75,6 @@ def _token_checks(d: dict, ctx) -> None:
 
 
 def _cron_checks(d: dict, ctx) -> None:
-    from croniter import croniter
 
     for job, expr in d["schedules"].items():
         if not isinstance(expr, str):
@@ -192,7 +193,6 @@ def _credential_checks(d: dict, ctx) -> None:
 
 def is_loopback_host(host: str) -> bool:
     """``localhost``, 127.0.0.0/8 or ::1 (brackets allowed)."""
-    import ipaddress
     host = host.strip().strip("[]").lower()
     if host == "localhost":
         return True

@@ -15,9 +15,11 @@ import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 CALENDAR_START = dt.date(1990, 1, 1)
 #: Years of sessions built past today.
@@ -34,7 +36,7 @@ class _Cal:
     closes_ns: np.ndarray  # int64 UTC nanoseconds of each session's close
 
 
-def _to_date64(d) -> np.datetime64:
+def _to_date64(d: Any) -> np.datetime64:
     if isinstance(d, np.datetime64):
         return d.astype("datetime64[D]")
     if isinstance(d, dt.datetime):
@@ -70,7 +72,7 @@ def all_sessions(cal_name: str) -> np.ndarray:
     return _cal(cal_name).sessions
 
 
-def sessions(cal_name: str, start, end) -> np.ndarray:
+def sessions(cal_name: str, start: Any, end: Any) -> np.ndarray:
     """Sessions between ``start`` and ``end``, both inclusive, as ``datetime64[D]``."""
     s = _cal(cal_name).sessions
     lo = np.searchsorted(s, _to_date64(start), side="left")
@@ -78,7 +80,7 @@ def sessions(cal_name: str, start, end) -> np.ndarray:
     return s[lo:hi]
 
 
-def is_session(cal_name: str, date) -> bool:
+def is_session(cal_name: str, date: Any) -> bool:
     s = _cal(cal_name).sessions
     d = _to_date64(date)
     i = np.searchsorted(s, d)
@@ -97,10 +99,11 @@ def latest_completed_session(cal_name: str, now: dt.datetime) -> dt.date:
     i = int(np.searchsorted(c.closes_ns, _now_ns(now), side="right")) - 1
     if i < 0:
         raise ValueError(f"no completed {cal_name} session before {now.isoformat()}")
-    return c.sessions[i].astype(dt.date)
+    day: dt.date = c.sessions[i].astype(dt.date)
+    return day
 
 
-def sessions_behind(cal_name: str, latest_stored, now: dt.datetime) -> int:
+def sessions_behind(cal_name: str, latest_stored: Any, now: dt.datetime) -> int:
     """How many completed sessions come after ``latest_stored`` (0 when up to date)."""
     c = _cal(cal_name)
     done = int(np.searchsorted(c.closes_ns, _now_ns(now), side="right"))  # sessions[:done] completed
@@ -108,29 +111,13 @@ def sessions_behind(cal_name: str, latest_stored, now: dt.datetime) -> int:
     return max(0, done - after)
 
 
-def previous_sessions(cal_name: str, date, n: int) -> np.ndarray:
+def previous_sessions(cal_name: str, date: Any, n: int) -> np.ndarray:
     """The ``n`` sessions strictly before ``date``, ascending (fewer near the
     calendar's start). ``previous_sessions(cal, last_stored, 5)[0]`` is the
     start of a five-session look-back."""
     s = _cal(cal_name).sessions
     i = int(np.searchsorted(s, _to_date64(date), side="left"))
     return s[max(0, i - n):i]
-
-
-def session_offset(cal_name: str, date, n: int) -> dt.date:
-    """The session ``n`` sessions after (n > 0) or before (n < 0) ``date``;
-    ``n == 0`` gives ``date`` itself when it is a session, else the next one."""
-    s = _cal(cal_name).sessions
-    d = _to_date64(date)
-    i = int(np.searchsorted(s, d, side="left"))
-    if n > 0 and i < len(s) and s[i] == d:
-        i += n
-    elif n > 0:
-        i += n - 1
-    else:
-        i += n
-    i = min(max(i, 0), len(s) - 1)
-    return s[i].astype(dt.date)
 
 
 # -- Unix time -> exchange-local dates, vectorised ---------------------------
@@ -145,7 +132,9 @@ def _transitions(tz_name: str) -> tuple[np.ndarray, np.ndarray]:
     utc = dt.timezone.utc
 
     def off(ts: int) -> int:
-        return int(dt.datetime.fromtimestamp(ts, utc).astimezone(tz).utcoffset().total_seconds())
+        offset = dt.datetime.fromtimestamp(ts, utc).astimezone(tz).utcoffset()
+        assert offset is not None  # a ZoneInfo always has one
+        return int(offset.total_seconds())
 
     step = 7 * 86400
     t0 = int(dt.datetime(1900, 1, 1, tzinfo=utc).timestamp())
@@ -169,7 +158,7 @@ def _transitions(tz_name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(instants, dtype=np.int64), np.array(offsets, dtype=np.int64)
 
 
-def local_dates(epoch_seconds, tz_name: str = "America/New_York") -> np.ndarray:
+def local_dates(epoch_seconds: ArrayLike, tz_name: str = "America/New_York") -> np.ndarray:
     """Local calendar dates (``datetime64[D]``) of Unix times in seconds."""
     t = np.asarray(epoch_seconds, dtype=np.int64)
     inst, offs = _transitions(tz_name)
@@ -178,13 +167,13 @@ def local_dates(epoch_seconds, tz_name: str = "America/New_York") -> np.ndarray:
     return ((t + offs[idx]) // 86400).astype("datetime64[D]")
 
 
-def local_midnight_epoch(date, tz_name: str = "America/New_York") -> int:
+def local_midnight_epoch(date: Any, tz_name: str = "America/New_York") -> int:
     """Unix seconds of 00:00 local time on ``date``."""
     d = _to_date64(date).astype(dt.date)
     return int(dt.datetime(d.year, d.month, d.day, tzinfo=ZoneInfo(tz_name)).timestamp())
 
 
-def local_time_epochs(dates, seconds_of_day: int = 0,
+def local_time_epochs(dates: ArrayLike, seconds_of_day: int = 0,
                       tz_name: str = "America/New_York") -> np.ndarray:
     """Unix seconds (int64) of the local wall time ``seconds_of_day`` after
     midnight on each date (e.g. ``9*3600 + 1800`` for 09:30 New York)."""
@@ -192,14 +181,14 @@ def local_time_epochs(dates, seconds_of_day: int = 0,
     wall = days * 86400 + int(seconds_of_day)
     inst, offs = _transitions(tz_name)
 
-    def off(t):
+    def off(t: np.ndarray) -> np.ndarray:
         return offs[np.clip(np.searchsorted(inst, t, side="right") - 1, 0, len(offs) - 1)]
 
     t1 = wall - off(wall)
     return wall - off(t1)
 
 
-def regular_close_minutes(cal_name: str, days) -> np.ndarray:
+def regular_close_minutes(cal_name: str, days: ArrayLike) -> np.ndarray:
     """Minute of the local day each session's regular close falls on (960 for
     16:00 New York, 780 on an early close); -1 for a date that is no session."""
     c = _cal(cal_name)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
+from appliance.core.calendar import local_dates
+from appliance.core.calendar import local_time_epochs
 
 
-def iso_date(d) -> str:
+def iso_date(d: object) -> str:
     """YYYY-MM-DD of a date, datetime, numpy datetime64 or ISO string."""
     if isinstance(d, str):
         return dt.date.fromisoformat(d).isoformat()
@@ -22,6 +25,7 @@ def iso_date(d) -> str:
         d = d.date()
     if isinstance(d, np.datetime64):
         d = d.astype("datetime64[D]").astype(dt.date)
+    assert isinstance(d, dt.date), f"not a date: {d!r}"
     return d.isoformat()
 
 
@@ -56,14 +60,14 @@ class Bars:
                    f.copy(), f.copy(), f.copy(), np.empty(0, dtype=np.int64), source)
 
     @classmethod
-    def from_rows(cls, symbol: str, rows: Iterable[tuple], source: str) -> "Bars":
+    def from_rows(cls, symbol: str, rows: Iterable[tuple[Any, ...]], source: str) -> "Bars":
         """rows: (date, open, high, low, close, volume, vwap|None, trades|None)."""
         rows = list(rows)
         if not rows:
             return cls.empty(symbol, source)
         sess = np.array([np.datetime64(r[0], "D") for r in rows], dtype="datetime64[D]")
 
-        def col(i):
+        def col(i: int) -> np.ndarray:
             return np.array([np.nan if r[i] is None else r[i] for r in rows], dtype=np.float64)
 
         trades = np.array([-1 if r[7] is None else r[7] for r in rows], dtype=np.int64)
@@ -81,14 +85,15 @@ class Bars:
         keep = (len(self) - 1 - idx)
         return self.take(keep)
 
-    def take(self, idx) -> "Bars":
+    def take(self, idx: Any) -> Bars:
         return Bars(self.symbol, self.session[idx], self.open[idx], self.high[idx], self.low[idx],
                     self.close[idx], self.volume[idx], self.vwap[idx], self.trades[idx], self.source)
 
     def concat(self, other: "Bars") -> "Bars":
-        return Bars(self.symbol, *(np.concatenate([getattr(self, n), getattr(other, n)])
-                                   for n in ("session", "open", "high", "low", "close", "volume",
-                                             "vwap", "trades")), self.source).sorted()
+        c = {n: np.concatenate([getattr(self, n), getattr(other, n)])
+             for n in ("session", "open", "high", "low", "close", "volume", "vwap", "trades")}
+        return Bars(self.symbol, c["session"], c["open"], c["high"], c["low"], c["close"],
+                    c["volume"], c["vwap"], c["trades"], self.source).sorted()
 
 
 @dataclass(frozen=True)
@@ -140,9 +145,10 @@ class MinuteBars:
         return cls(symbol, np.empty(0, dtype=np.int64), f, f.copy(), f.copy(), f.copy(),
                    f.copy(), f.copy(), np.empty(0, dtype=np.int64), source)
 
-    def take(self, idx) -> "MinuteBars":
-        return MinuteBars(self.symbol, *(getattr(self, n)[idx] for n in self.COLUMNS),
-                          self.source)
+    def take(self, idx: Any) -> MinuteBars:
+        return MinuteBars(self.symbol, self.t[idx], self.open[idx], self.high[idx],
+                          self.low[idx], self.close[idx], self.volume[idx], self.vwap[idx],
+                          self.trades[idx], self.source)
 
     def sorted(self) -> "MinuteBars":
         """Sorted by start, the last bar kept when a start repeats."""
@@ -152,17 +158,17 @@ class MinuteBars:
         return self.take(len(self) - 1 - idx)
 
     def concat(self, other: "MinuteBars") -> "MinuteBars":
-        return MinuteBars(self.symbol, *(np.concatenate([getattr(self, n), getattr(other, n)])
-                                         for n in self.COLUMNS), self.source).sorted()
+        c = {n: np.concatenate([getattr(self, n), getattr(other, n)]) for n in self.COLUMNS}
+        return MinuteBars(self.symbol, c["t"], c["open"], c["high"], c["low"], c["close"],
+                          c["volume"], c["vwap"], c["trades"], self.source).sorted()
 
     @property
     def session(self) -> np.ndarray:
-        from appliance.core.calendar import local_dates
         return local_dates(self.t, "America/New_York")
 
     @property
     def minute(self) -> np.ndarray:
         """Minute of the New York day each bar starts (570 = 09:30)."""
-        from appliance.core.calendar import local_time_epochs
         s = self.session
-        return (self.t - local_time_epochs(s, 0)) // 60
+        minutes: np.ndarray = (self.t - local_time_epochs(s, 0)) // 60
+        return minutes

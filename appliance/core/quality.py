@@ -54,7 +54,8 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ _SCORES = _score_table()
 _NAMES = [tuple(r for i, r in enumerate(RULES) if m >> i & 1) for m in range(1 << len(RULES))]
 
 
-def issues_of(mask) -> list[str]:
+def issues_of(mask: int) -> list[str]:
     """Rule names set in one ``issue_mask`` value."""
     return list(_NAMES[int(mask) & ((1 << len(RULES)) - 1)])
 
@@ -135,7 +136,7 @@ class Checked:
         return float(self.score.mean()) if len(self) else 0.0
 
 
-def _d64(x) -> np.datetime64:
+def _d64(x: Any) -> np.datetime64:
     if isinstance(x, dt.datetime):
         x = x.date()
     return np.datetime64(x, "D")
@@ -143,7 +144,7 @@ def _d64(x) -> np.datetime64:
 
 def _split_arrays(splits: Iterable[Split]) -> tuple[np.ndarray, np.ndarray]:
     """(dates ascending, combined ratio per date)."""
-    by_day: dict = {}
+    by_day: dict[np.datetime64, float] = {}
     for s in splits:
         d = _d64(s.execution_date)
         by_day[d] = by_day.get(d, 1.0) * s.ratio
@@ -161,7 +162,9 @@ def _in_sorted(values: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
     return sorted_ref[i] == values
 
 
-def _gap_kinds(gap, sess, ref, o, h, lo, c, splits, gap_threshold_pct: float,
+def _gap_kinds(gap: np.ndarray, sess: np.ndarray, ref: np.ndarray, o: np.ndarray,
+               h: np.ndarray, lo: np.ndarray, c: np.ndarray, splits: Sequence[Split],
+               gap_threshold_pct: float,
                split_tolerance_pct: float) -> np.ndarray:
     """``jump`` for each gap, ``split`` where a stored split on that session
     explains it (the reference close, scaled by the split, fits the bar)."""
@@ -187,7 +190,7 @@ def _gap_kinds(gap, sess, ref, o, h, lo, c, splits, gap_threshold_pct: float,
     return gap_kind
 
 
-def validate(bars: Bars, cal_sessions: np.ndarray, today, prev_close: float | None = None,
+def validate(bars: Bars, cal_sessions: np.ndarray, today: Any, prev_close: float | None = None,
              splits: Sequence[Split] = (), gap_threshold_pct: float = 20.0,
              split_tolerance_pct: float = 2.0) -> Checked:
     """Check every candle of ``bars`` (one symbol, ideally sorted by session).
@@ -259,7 +262,8 @@ def validate(bars: Bars, cal_sessions: np.ndarray, today, prev_close: float | No
     return Checked(valid, mask, score, gap, gap_kind, gap_pct)
 
 
-def missing_sessions(stored_sessions: np.ndarray, cal_sessions: np.ndarray, first, last) -> np.ndarray:
+def missing_sessions(stored_sessions: np.ndarray, cal_sessions: np.ndarray, first: Any,
+                     last: Any) -> np.ndarray:
     """Calendar sessions in ``first``..``last`` (inclusive) that have no bar."""
     cal = np.asarray(cal_sessions).astype("datetime64[D]", copy=False)
     a = np.searchsorted(cal, _d64(first), side="left")
@@ -294,19 +298,6 @@ def split_factors(sessions: np.ndarray, splits: Iterable[Split]) -> np.ndarray:
     return suffix[np.searchsorted(days, sess, side="right")]
 
 
-def adjust_for_splits(sessions: np.ndarray, prices: np.ndarray, volumes: np.ndarray | None,
-                      splits: Iterable[Split]):
-    """Split-adjusted copies of ``prices`` (shape ``(n,)`` or ``(n, k)``) and
-    ``volumes`` (or None): values before a split's execution date are
-    multiplied (prices) or divided (volumes) by its ratio. Returns
-    ``(prices, volumes)``."""
-    f = split_factors(sessions, splits)
-    p = np.asarray(prices, dtype=np.float64)
-    adj_p = p * (f[:, None] if p.ndim == 2 else f)
-    adj_v = None if volumes is None else np.asarray(volumes, dtype=np.float64) / f
-    return adj_p, adj_v
-
-
 # -- intraday -------------------------------------------------------------------
 
 #: Relative tolerance of the daily-versus-minutes rule on high and low, and
@@ -315,7 +306,8 @@ DAILY_PRICE_TOLERANCE = 0.005
 DAILY_VOLUME_TOLERANCE = 0.10
 
 
-def minute_rules(o, h, lo, c, v) -> np.ndarray:
+def minute_rules(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
+                 v: np.ndarray) -> np.ndarray:
     """Per minute bar: True when its OHLC is consistent (finite, positive,
     low <= open/close <= high, volume >= 0). Session hours are checked where
     the bars are kept (``intraday.in_session``)."""
@@ -332,7 +324,7 @@ def daily_agrees(daily_high: float, daily_low: float, daily_volume: float,
     high and low within ``DAILY_PRICE_TOLERANCE``, volume within
     ``DAILY_VOLUME_TOLERANCE`` (the daily bar never takes Form T trades, the
     pre- and after-hours minutes do, so only regular hours are compared)."""
-    def close(a, b, tol):
+    def close(a: float, b: float, tol: float) -> bool:
         return abs(a - b) <= tol * max(abs(a), abs(b), 1e-12)
     return close(daily_high, minutes_high, DAILY_PRICE_TOLERANCE) and \
         close(daily_low, minutes_low, DAILY_PRICE_TOLERANCE) and \

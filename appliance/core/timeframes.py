@@ -23,6 +23,7 @@ aggregates line up bar for bar:
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from appliance.core import calendar as tcal
 
@@ -49,7 +50,7 @@ def base_of(timeframe: str) -> str:
     raise ValueError(f"unknown timeframe {timeframe!r}; use one of {', '.join(ALL)}")
 
 
-def session_window(cal_name: str, days, session: str) -> tuple[np.ndarray, np.ndarray]:
+def session_window(cal_name: str, days: ArrayLike, session: str) -> tuple[np.ndarray, np.ndarray]:
     """Per session date: the first kept minute and the minute after the last one
     (``open <= minute < close``), minutes of the New York day. A date that is
     no session gets an empty window (0, 0)."""

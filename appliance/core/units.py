@@ -3,7 +3,9 @@ archive's size reads the same in events, the CLI and the console."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def human_bytes(n: float | int | None, missing: str = "?") -> str:
@@ -27,12 +29,13 @@ def nearest_existing(path: str | Path) -> Path:
     return p
 
 
-def disk_usage(path: str | Path, usage=shutil.disk_usage):
+def disk_usage(path: str | Path,
+               usage: Callable[[str], Any] = shutil.disk_usage) -> Any:
     """``shutil.disk_usage`` of the disk ``path`` is (or will be) on."""
     return usage(str(nearest_existing(path)))
 
 
-def eta_text(seconds) -> str:
+def eta_text(seconds: object) -> str:
     """``ETA 1h05m`` / ``ETA 4m10s`` of an estimate in seconds; ``ETA ?`` when
     there is none yet."""
     if not isinstance(seconds, (int, float)):

@@ -30,11 +30,15 @@ import time
 from zoneinfo import ZoneInfo
 
 from appliance.ingest import minutes as intraday
+from appliance.ingest.daily import SymbolPlan, backfill_symbol
 from appliance import store
 from appliance.core.errors import ProviderError
 from appliance.providers import make_provider
 from appliance.providers.http import MemoryStats
 from appliance.store import chunks as chunk_store
+from appliance.jobs.queue import FAILURE_TTL, RESULT_TTL, queue
+from appliance.core.errors import ProviderAuthError
+from appliance.jobs import runs
 
 log = logging.getLogger("appliance.chunks")
 
@@ -95,7 +99,6 @@ def run_parent(rt, cfg, plan, run_id: int, report, windows=()) -> dict:
 def _enqueue(rt, cfg, run_id: int, chunk_ids: list[int]) -> None:
     """One RQ job per chunk, for the other workers; Redis away: this process
     does them all."""
-    from appliance.jobs.queue import FAILURE_TTL, RESULT_TTL, queue
     try:
         q = queue(rt)
         for cid in chunk_ids:
@@ -155,10 +158,8 @@ def work(rt, cfg, run_id: int, *, first: int | None = None, limits: dict | None 
 
 
 def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
-    """One chunk: fetch, validate, store (``backfill.backfill_symbol``); its
+    """One chunk: fetch, validate, store (``daily.backfill_symbol``); its
     heartbeat beats meanwhile."""
-    from appliance.ingest.backfill import SymbolPlan, backfill_symbol
-    from appliance.core.errors import ProviderAuthError
     stop = threading.Event()
     beat = threading.Thread(target=_beat, args=(rt, chunk["id"], who, stop, stale_s / 4),
                             daemon=True, name="chunk-heartbeat")
@@ -267,7 +268,6 @@ def _close_orphan_run(conn, run_id: int, res: dict, stale_s: float) -> None:
     """The parent died (its run marked failed, or still 'running' with no
     heartbeat for ``stale_s``: its host went away) but every chunk ended: the
     run gets the chunks' outcome. A live parent records it itself."""
-    from appliance.jobs import runs
     r = runs.get(conn, run_id)
     beat = (r or {}).get("heartbeat_at") or (r or {}).get("started_at")
     silent = beat is None or \

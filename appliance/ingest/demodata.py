@@ -6,7 +6,7 @@ is *replaced*: the next backfill (``backfill.make_plan``) fetches its whole
 history from ``history.start`` (or its ``since``), daily and minute bars
 where configured, and
   * its demo daily bars and demo splits are deleted in the transaction that
-    stores the vendor's bars (``backfill.write_symbol``): every session the
+    stores the vendor's bars (``daily.write_symbol``): every session the
     vendor has holds the vendor's bar, the others none;
   * its minute months holding a demo session are fetched again, and once all
     of them are stored, the demo sessions the vendor did not send are deleted
@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from appliance.ingest import backfill, minutes as intraday
+from appliance.ingest import daily, minutes as intraday
 from appliance.store import pool as db
 from appliance import store
 from appliance.core.errors import LockBusy
@@ -72,7 +72,7 @@ def delete(rt, symbols: Sequence[str] | None = None) -> dict[str, dict]:
             with rt.conn() as conn:  # one transaction per symbol
                 dstore.drop_daily(conn, sym)
                 days = dstore.drop_minutes(conn, sym)
-                backfill.refresh_stats(conn, cfg, sym)
+                daily.refresh_stats(conn, cfg, sym)
                 if days:
                     intraday.refresh_stats(conn, cfg, sym)
         if counts:

@@ -11,6 +11,13 @@ from appliance.ingest import chunks
 from appliance.jobs import runs
 from appliance.core.errors import ConfigError
 from appliance.jobs.registry import job_function
+from appliance.alerts import rules as alerts
+from appliance import store
+from appliance.config.loader import salvage_connection_settings
+from appliance.runtime.runtime import Runtime
+from rq import get_current_job
+from appliance.ops.backups import wait_while_suspended
+from appliance.jobs.schedule import current_slot
 
 log = logging.getLogger("appliance.jobs")
 
@@ -24,7 +31,6 @@ def runtime():
     """This process's Runtime (a forked work horse builds its own)."""
     global _rt
     if _rt is None or _rt.pid != os.getpid():
-        from appliance.runtime.runtime import Runtime
         if parent is not None:
             _rt = Runtime(parent.current_config(), endpoints=parent.endpoints, pool_size=4)
             _rt.adopt_running_config()
@@ -38,10 +44,6 @@ def runtime():
 def _config_failed(name: str, run_id: int | None, e: ConfigError) -> None:
     """A job that cannot load its config is recorded as failed, with the
     reason, and opens ``config_invalid``: no run stays queued for ever."""
-    from appliance.alerts import rules as alerts
-    from appliance import store
-    from appliance.config.loader import salvage_connection_settings
-    from appliance.runtime.runtime import Runtime
     msg = "the job could not load its config: " + "; ".join(e.errors[:3])
     rt = Runtime(salvage_connection_settings(os.environ.get("APPLIANCE_CONFIG")
                                              or "config/appliance.yaml"), pool_size=1)
@@ -77,7 +79,6 @@ class JobRuntime:
 
 def _config_loaded(rt) -> None:
     """A job that loads its config again resolves ``config_invalid``."""
-    from appliance.alerts import rules as alerts
     try:
         with rt.conn() as conn:
             alerts.resolve_now(conn, "config_invalid")
@@ -90,8 +91,6 @@ def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
     """RQ entry point. ``slot`` None means: the slot is computed from the
     job's schedule (a scheduled run); ``run_id`` set means: already claimed.
     The scheduler passes the slot it enqueued for (``trigger="scheduled"``)."""
-    from rq import get_current_job
-    from appliance.ops.backups import wait_while_suspended
     try:
         base = runtime()
     except ConfigError as e:
@@ -104,7 +103,6 @@ def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
     current = get_current_job()
     rq_id = current.id if current is not None else None
     if slot is None and run_id is None:
-        from appliance.jobs.schedule import current_slot
         slot = current_slot(rt.config, name)
         trigger = "scheduled"
     return runs.execute(rt, name, slot or runs.manual_slot(), fn, trigger=trigger,
@@ -116,7 +114,6 @@ def run_chunk(run_id: int, chunk_id: int) -> dict:
     the run until none is left (``appliance.ingest.chunks``). Not a scheduled
     job: it has no ``job_runs`` row of its own; the parent run shows the
     progress."""
-    from appliance.ops.backups import wait_while_suspended
     wait_while_suspended(runtime())  # a full restore is swapping the database
     rt = JobRuntime(runtime())
     n = chunks.work(rt, rt.config, run_id, first=chunk_id)

@@ -24,6 +24,11 @@ from appliance import store
 from appliance.config.loader import Config, SymbolSpec, load_config
 from appliance.config.diff import diff_configs, diff_is_empty
 from appliance.core.errors import ConfigError
+from appliance.ingest import demodata
+from appliance.config.loader import salvage_connection_settings
+from appliance.runtime.runtime import Runtime
+from appliance.jobs.queue import enqueue
+from appliance.runtime import services
 
 log = logging.getLogger("appliance.reload")
 _lock = threading.Lock()
@@ -36,7 +41,6 @@ def running_config(rt) -> Config:
 
 
 def _file_text(path) -> str:
-    from appliance.config.loader import load_config
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -163,7 +167,6 @@ def _applied(rt, source, actor, diff, symbols, sha, version) -> dict:
                                        [s.symbol for s in symbols if s.active], added)
     if added:
         try:
-            from appliance.jobs.queue import enqueue
             backfill_run = enqueue(rt, "backfill", {"symbols": added}, trigger="reload")
         except Exception as e:  # noqa: BLE001 - the reload itself succeeded
             log.warning("could not queue the backfill of added symbols: %s", e)
@@ -189,7 +192,6 @@ def _applied(rt, source, actor, diff, symbols, sha, version) -> dict:
 def _with_demo_replacement(rt, provider: str, active: list[str], added: list[str]) -> list[str]:
     """``added`` and the symbols still holding demo bars that the new real
     vendor replaces (``demodata.symbols_to_replace``): one backfill does both."""
-    from appliance.ingest import demodata
     with rt.conn() as conn:
         return sorted(set(added) | set(demodata.symbols_to_replace(conn, provider, active)))
 
@@ -213,11 +215,8 @@ def record_refused_from_broken_file(path, errors: list[str], *, source: str,
     broken file when its connection settings are readable, else from the
     defaults (the embedded servers in ./var beside it). Best effort: returns
     False when the database cannot be reached; never starts a server."""
-    from appliance.config.loader import salvage_connection_settings
-    from appliance.runtime.runtime import Runtime
     try:
         cfg = salvage_connection_settings(path)
-        from appliance.runtime import services
         ep = services.resolve(cfg, start=False)
         rt = Runtime(cfg, endpoints=ep, pool_size=1)
         try:

@@ -41,6 +41,12 @@ from appliance import store
 from appliance.jobs.registry import JOBS
 from appliance.jobs.queue import FAILURE_TTL, QUEUE_NAME, RESULT_TTL, RUN_FUNC, retry
 from appliance.runtime.runtime import K_HEARTBEAT
+from appliance.jobs.queue import enqueue
+from appliance.runtime.runtime import K_CONFIG_VERSION
+from appliance.alerts.rules import start_watchdog
+from rq import Queue
+from rq.exceptions import DuplicateJobError
+from appliance.jobs import runs
 
 log = logging.getLogger("appliance.schedule")
 
@@ -177,8 +183,6 @@ class UTCScheduler(Scheduler):
         return run
 
     def _enqueue_slot(self, template, name: str, slot: str):
-        from rq import Queue
-        from rq.exceptions import DuplicateJobError
         cfg = self._config() if self._config else None
         timeout = cfg["jobs"]["timeout_seconds"] if cfg else template.timeout
         q = Queue(template.origin or self.queue_name, connection=self.connection)
@@ -300,8 +304,6 @@ def catch_up(rt, now: dt.datetime | None = None) -> list[dict]:
     than ``CATCH_UP_MIN_GAP`` away (the every-minute ``alerts`` job never gets
     one). Returns ``[{"job", "slot", "run_id"}]``.
     """
-    from appliance.jobs.queue import enqueue
-    from appliance import store
     cfg = rt.config
     if not cfg["jobs"]["catch_up"]:
         return []
@@ -410,7 +412,6 @@ class SchedulerProcess:
                 self.sch.remove_lock()
         if time.monotonic() - self._last_stale >= STALE_EVERY_SECONDS:
             self._last_stale = time.monotonic()
-            from appliance.jobs import runs
             with self.rt.conn() as conn:
                 n = runs.mark_stale(conn, cfg["jobs"]["timeout_seconds"])
             if n:
@@ -450,8 +451,6 @@ def ensure_baseline(rt) -> bool:
     one by one, without ``appliance up``), publish this one and sync the symbols
     table, as ``appliance up`` does; the first reload then diffs against it.
     Returns True when it published."""
-    from appliance import store
-    from appliance.runtime.runtime import K_CONFIG_VERSION
     if rt.redis.exists(K_CONFIG_VERSION):
         return False
     cfg = rt.config
@@ -479,7 +478,6 @@ def run_scheduler(rt) -> int:
     signal.signal(signal.SIGINT, on_signal)
     # evaluates the alert rules itself if the every-minute job stops running
     # (a dead worker would otherwise silence the alert that says so)
-    from appliance.alerts.rules import start_watchdog
     _, watchdog_stop = start_watchdog(rt)
     try:
         return proc.run()

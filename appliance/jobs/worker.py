@@ -20,6 +20,13 @@ import redis
 
 from appliance.jobs.queue import QUEUE_NAME
 from appliance.runtime.runtime import K_HEARTBEAT
+from appliance.store import pool as db
+from appliance import store
+from rq import Worker
+from rq import Queue
+from appliance.jobs import entry
+from appliance.jobs.schedule import heartbeat_settings
+from appliance.ingest.chunks import release_dead
 
 log = logging.getLogger("appliance.worker")
 
@@ -36,8 +43,6 @@ def _rq_connection(url: str) -> redis.Redis:
 
 def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
     """Called by the worker (not the horse) when a work horse died abruptly."""
-    from appliance.store import pool as db
-    from appliance import store
     msg = f"work horse {retpid} died (exit status {ret_val}) while running RQ job {job.id}"
     try:
         with db.connect(rt.endpoints.database_url) as conn:
@@ -46,7 +51,6 @@ def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
     except Exception:  # noqa: BLE001 - the worker must survive its bookkeeping
         log.exception("could not record the death of the work horse for %s", job.id)
     try:  # the chunks it held go to another worker at once
-        from appliance.ingest.chunks import release_dead
         n = release_dead(rt, f"{socket.gethostname()}:{retpid}")
         if n:
             log.warning("%d backfill chunk(s) of work horse %s released", n, retpid)
@@ -62,7 +66,6 @@ PUBSUB_WAIT_SECONDS = 1.0
 
 
 def _worker_class():
-    from rq import Worker
 
     class AppWorker(Worker):
         def subscribe(self):
@@ -81,9 +84,7 @@ def _worker_class():
 def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     """Work the ``appliance`` queue until SIGTERM/SIGINT (or, with ``burst``,
     until it is empty). Returns the exit code (0)."""
-    from rq import Queue
 
-    from appliance.jobs import entry
     cfg = rt.config
     os.environ["APPLIANCE_CONFIG"] = str(Path(cfg.path).resolve())
     entry.parent = rt  # work horses start from this process's config
@@ -96,7 +97,6 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     stop = threading.Event()
     # beat often enough for the configured staleness limit (the one /health
     # and the alerts judge the heartbeat by), never more than every HEARTBEAT_SECONDS
-    from appliance.jobs.schedule import heartbeat_settings
     every, ttl = heartbeat_settings(cfg)
     every = min(every, HEARTBEAT_SECONDS)
 

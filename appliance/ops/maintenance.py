@@ -42,7 +42,7 @@ from appliance.ingest import minutes as intraday
 from appliance.store import pool as db
 from appliance import store
 from appliance.store import maintenance as mnt
-from appliance.ingest.backfill import refresh_stats
+from appliance.ingest.daily import refresh_stats
 
 log = logging.getLogger("appliance.maintenance")
 

@@ -18,6 +18,9 @@ import sys
 import time
 
 from appliance.alerts import health as health_mod
+import requests
+import concurrent.futures as cf
+import signal
 
 
 WEB_TIMEOUT_S = 2.0
@@ -35,7 +38,6 @@ def web_url(cfg) -> str:
 
 def web_probe(cfg, timeout: float = WEB_TIMEOUT_S) -> dict:
     """Does the web server answer /health? (any JSON answer counts, also a 503)"""
-    import requests
     url = web_url(cfg)
     try:
         r = requests.get(url, timeout=timeout)
@@ -50,7 +52,6 @@ def web_probe(cfg, timeout: float = WEB_TIMEOUT_S) -> dict:
 
 
 def snapshot(rt) -> dict:
-    import concurrent.futures as cf
     with cf.ThreadPoolExecutor(max_workers=1) as ex:
         web_fut = ex.submit(web_probe, rt.config)
         h = health_mod.compute(rt)
@@ -186,7 +187,6 @@ def _interrupt(_signum, _frame):
 
 
 def _watch(rt, interval: float, tty: bool) -> int:
-    import signal
     code = 2
     # SIGTERM/SIGHUP end the watch like Ctrl-C does, so that rich's Live
     # restores the terminal (the cursor it hides) on the way out

@@ -11,6 +11,13 @@ from appliance.core.candles import Bars, Split
 from appliance.config.loader import DEFAULTS
 from appliance.core.errors import ConfigError
 from appliance.providers.base import Provider, require_api_key
+from appliance.providers.http import shared_limiter
+from appliance.providers.ratelimit import GlobalRateLimiter
+from appliance.providers.polygon import PolygonProvider
+from appliance.providers.yahoo import YahooProvider
+from appliance.providers.tiingo import TiingoProvider
+from appliance.providers.csvdir import CsvProvider
+from appliance.providers.demo import DemoProvider
 
 NAMES = ("polygon", "yahoo", "tiingo", "csv", "demo")
 
@@ -29,9 +36,7 @@ def settings(name: str, section: Mapping | None = None) -> dict:
 def _limiter(vendor: str, key: str, sub: Mapping, redis):
     """Shared by every process when there is a Redis, else by this process."""
     if redis is not None:
-        from appliance.providers.ratelimit import GlobalRateLimiter
         return GlobalRateLimiter(redis, vendor, key, sub["requests_per_minute"])
-    from appliance.providers.http import shared_limiter
     return shared_limiter(vendor, key, sub["requests_per_minute"])
 
 
@@ -51,28 +56,23 @@ def make_provider(provider_cfg: Mapping | None, name: str | None = None, stats=N
 
 def _build(name: str, sub: dict, stats, redis=None) -> Provider:
     if name == "polygon":
-        from appliance.providers.polygon import PolygonProvider
 
         key = require_api_key("polygon", sub["api_key"])
         return PolygonProvider(sub, stats=stats,
                                limiter=_limiter("polygon", key, sub, redis))
     if name == "yahoo":
-        from appliance.providers.yahoo import YahooProvider
 
         return YahooProvider(sub, stats=stats)
     if name == "tiingo":
-        from appliance.providers.tiingo import TiingoProvider
 
         key = require_api_key("tiingo", sub["api_key"])
         return TiingoProvider(sub, stats=stats, limiter=_limiter("tiingo", key, sub, redis))
     if name == "csv":
-        from appliance.providers.csvdir import CsvProvider
 
         if not sub.get("path"):
             raise ConfigError(["provider.csv.path: required when provider.name is csv"])
         return CsvProvider(sub["path"])
     if name == "demo":
-        from appliance.providers.demo import DemoProvider
 
         return DemoProvider(seed=sub["seed"], calendar=sub.get("calendar", "XNYS"),
                             universe=sub.get("universe"))

@@ -7,7 +7,7 @@ are converted to New York dates. Rows with a null price are skipped.
 Yahoo's OHLC **are split-adjusted** (``adjclose`` is also dividend-adjusted):
 ``daily_bars`` returns them as Yahoo publishes them and the provider carries
 ``split_adjusted = True``, so a comparison with raw prices must first adjust
-the raw side (``quality.adjust_for_splits``) or un-adjust this one.
+the raw side by the stored splits or un-adjust this one.
 """
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ from appliance.config.loader import Config, load_config
 from appliance.config.diff import diff_configs
 from appliance.core.errors import ConfigError
 from appliance.runtime.runtime import K_RESTART_SINCE
+import re
 
 log = logging.getLogger("appliance.configsync")
 
@@ -289,7 +290,6 @@ def file_differs(rt, file_cfg: Config | None) -> bool:
 def hints(errors: list[str], caller_env) -> list[str]:
     """For a refusal by the running processes: the variables the caller has
     in its shell but the appliance's processes do not."""
-    import re
     out = []
     for name in sorted({m for e in errors
                         for m in re.findall(r"\b(?:variable |set )([A-Z_][A-Z0-9_]*)", e)}):

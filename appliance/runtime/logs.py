@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from logging.handlers import RotatingFileHandler
+from appliance.config.redaction import redact
 
 
 def setup_logging(level: str | None = None) -> None:
@@ -23,7 +24,6 @@ class RedactingFilter(logging.Filter):
     """Removes secrets (see ``redaction.redact``) from every record a handler writes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from appliance.config.redaction import redact
         try:
             msg = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken record is logging's business

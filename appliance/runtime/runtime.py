@@ -26,7 +26,10 @@ from appliance.store import pool as db
 from appliance.runtime import replica as replica_mod, services
 from appliance.config.loader import Config, load_config, with_boot_values
 from appliance.core.errors import ConfigError
+from appliance.runtime.fs import local_secret
 from appliance.runtime.logs import setup_logging  # noqa: F401  (kept importable from here)
+from appliance.config.loader import default_config_path, salvage_connection_settings
+import hashlib
 
 log = logging.getLogger("appliance.runtime")
 
@@ -82,7 +85,6 @@ class Runtime:
     def from_path(cls, path: str | os.PathLike | None = None, **kw) -> "Runtime":
         """The running config when the appliance has one for ``path``, else the
         file (which must then validate)."""
-        from appliance.config.loader import default_config_path, salvage_connection_settings
         try:
             cfg, err = load_config(path), None
         except ConfigError as e:
@@ -329,7 +331,6 @@ class Runtime:
     def publish_text(self, text: str) -> int:
         """Publish a text the running processes accepted in their own
         environment (this process may not resolve it: a CLI's shell)."""
-        import hashlib
         v = self._publish(text, hashlib.sha256(text.encode("utf-8")).hexdigest())
         try:
             with self._lock:
@@ -381,45 +382,6 @@ class Runtime:
 
 
 CONFIG_KEY_FILE = "config.key"
-
-
-def secure_dir(path: str | os.PathLike, mode: int = 0o700) -> Path:
-    """``path`` created if needed and made ``mode`` (0700), whatever the umask."""
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    if p.stat().st_mode & 0o777 != mode:
-        try:
-            p.chmod(mode)
-        except PermissionError:  # not ours (a shared mount): leave it as the operator made it
-            log.warning("%s is not ours to chmod; it should be mode 0700", p)
-    return p
-
-
-def local_secret(data_dir: str | os.PathLike, name: str, make) -> str:
-    """A secret kept in ``data_dir/name`` (0600), made by ``make()`` the first
-    time; every process of the appliance shares data_dir and so the secret."""
-    path = Path(data_dir) / name
-    try:
-        value = path.read_text().strip()
-        if value:
-            return value
-    except FileNotFoundError:
-        pass
-    if not path.parent.exists():
-        secure_dir(path.parent)  # an existing data_dir keeps the mode resolve() gave it
-    # written whole, then linked into place: a process racing us reads either
-    # nothing or the complete secret, and the first link wins
-    tmp = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(make())
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_text().strip()
 
 
 def redis_client(url: str, timeout: float = 0.5) -> redis.Redis:

@@ -26,6 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.core.errors import ServiceError
+from appliance.runtime.fs import secure_dir
+import psycopg
+from appliance.store import databases
+import redis
+from appliance.config.redaction import mask_url
 
 log = logging.getLogger("appliance.services")
 
@@ -48,7 +53,6 @@ class Endpoints:
     embedded_redis: bool
 
     def describe(self) -> str:
-        from appliance.config.redaction import mask_url
         pg = (f"embedded PostgreSQL at {self.database_url}" if self.embedded_pg
               else f"PostgreSQL at {mask_url(self.database_url)}")
         rd = (f"embedded Redis at {self.redis_url}" if self.embedded_redis
@@ -62,7 +66,6 @@ def resolve(cfg, *, start: bool = True) -> Endpoints:
     rd_url = cfg["redis"]["url"]
     data_dir = Path(cfg["data_dir"])
     emb_pg = not db_url
-    from appliance.runtime.runtime import secure_dir
     # secrets, the embedded servers' files: 0700 whatever the umask. As root,
     # pgserver runs PostgreSQL as its own user, which must pass through
     # data_dir to reach data_dir/pg (itself 0700): traverse only, no listing.
@@ -84,7 +87,6 @@ def pg_bin_dir_embedded() -> Path:
 
 def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NAME) -> str:
     """Start (or attach to) the embedded server; return a URL for ``dbname``."""
-    from appliance.runtime.runtime import secure_dir
     pgdata = secure_dir(Path(data_dir) / "pg")
     info = _postmaster_info(pgdata)
     if info is None and not start:
@@ -157,9 +159,7 @@ def _postmaster_info(pgdata: Path):
 
 
 def _ensure_database(base_url: str, dbname: str) -> None:
-    import psycopg
 
-    from appliance.store import databases
     with psycopg.connect(base_url, autocommit=True, connect_timeout=10) as conn:
         if not databases.exists(conn, dbname):
             databases.create(conn, dbname)
@@ -198,9 +198,7 @@ def pg_tools(database_url: str, embedded: bool) -> Path:
         return pg_bin_dir_embedded()
     if os.environ.get("APPLIANCE_PG_BIN_DIR"):
         return Path(os.environ["APPLIANCE_PG_BIN_DIR"])
-    import psycopg
 
-    from appliance.store import databases
     try:
         with psycopg.connect(database_url, connect_timeout=5) as conn:
             major = databases.server_version_num(conn) // 10000
@@ -244,9 +242,7 @@ def _redis_socket_path(rdir: Path) -> Path:
 
 def embedded_redis(data_dir: Path, *, start: bool = True) -> str:
     """Start (or attach to) the embedded Redis; return its unix:// URL."""
-    import redis
 
-    from appliance.runtime.runtime import secure_dir
     rdir = secure_dir(Path(data_dir) / "redis")
     sock = _redis_socket_path(rdir)
     url = f"unix://{sock}?db=0"
@@ -289,7 +285,6 @@ def embedded_redis(data_dir: Path, *, start: bool = True) -> str:
 
 
 def _redis_alive(url: str) -> bool:
-    import redis
     try:
         r = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
         ok = r.ping()

@@ -6,12 +6,12 @@ import datetime as dt
 import json
 
 from psycopg.rows import dict_row
+from appliance.config.redaction import redact, redact_obj
 
 
 
 def add_event(conn, level: str, kind: str, message: str, details: dict | None = None) -> None:
     """Events can be read without a login: known secrets are redacted first."""
-    from appliance.config.redaction import redact, redact_obj
     details = json.loads(json.dumps(details or {}, default=str))
     conn.execute("INSERT INTO events (level, kind, message, details) VALUES (%s, %s, %s, %s)",
                  (level, kind, redact(message), json.dumps(redact_obj(details))))
@@ -112,12 +112,10 @@ def record_config_reload(conn, *, source: str, actor: str | None, sha256: str | 
 
 
 def _redact(text):
-    from appliance.config.redaction import redact
     return redact(text)
 
 
 def _redact_obj(v):
-    from appliance.config.redaction import redact_obj
     return redact_obj(v)
 
 

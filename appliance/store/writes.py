@@ -9,6 +9,8 @@ from typing import Iterable
 import numpy as np
 
 from appliance.store import pool as db
+from appliance.core.candles import Split
+import psycopg
 
 
 NY = "America/New_York"
@@ -182,7 +184,6 @@ def write_bars(conn, bars, checked, *, issues_of, run_id: int | None = None) -> 
                         cp.write(payload)
             return {"inserted": len(bars), "updated": 0, "revised": 0}
         except Exception as e:  # noqa: BLE001
-            import psycopg
             if not isinstance(e, psycopg.errors.UniqueViolation):
                 raise
     payload = copy_text(bars, checked, issues_of=issues_of)
@@ -233,7 +234,6 @@ def save_splits(conn, splits: Iterable, source: str) -> int:
 
 
 def splits_for(conn, symbol: str):
-    from appliance.core.candles import Split
     rows = conn.execute("""SELECT symbol, execution_date, split_from, split_to FROM splits
                            WHERE symbol = %s ORDER BY execution_date""", (symbol,)).fetchall()
     return [Split(*r) for r in rows]

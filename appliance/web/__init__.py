@@ -47,10 +47,10 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     app.config["RUNTIME"] = runtime
     cfg = runtime.config
     app.config["MAX_CONTENT_LENGTH"] = cfg["server"]["max_request_bytes"]
+    from appliance.web.sessions import RedisSessionInterface, current_secret_key
     app.secret_key = current_secret_key(runtime)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
                       SESSION_COOKIE_SECURE=bool(cfg["server"]["secure_cookies"]))
-    from appliance.web.sessions import RedisSessionInterface
     app.session_interface = RedisSessionInterface(runtime)
     # behind the TLS front: the client's address (for the lockout) and scheme
     # come from the proxy's X-Forwarded-For / -Proto (server.trusted_proxy_hops)
@@ -94,12 +94,6 @@ def _service_runtime(config) -> Runtime:
     return rt
 
 
-def current_secret_key(rt: Runtime) -> str:
-    """server.secret_key of the running config (a reload rotates it: every
-    console session signed with the old one ends), else the key kept in data_dir."""
-    return rt.config["server"]["secret_key"] or _derived_secret(rt)
-
-
 class _LiveProxyFix:
     """werkzeug's ProxyFix with the hop count of the running config (a
     reload changes it without a restart)."""
@@ -115,16 +109,3 @@ class _LiveProxyFix:
             from werkzeug.middleware.proxy_fix import ProxyFix
             self._fixes[hops] = ProxyFix(self.app, x_for=hops, x_proto=hops, x_host=0)
         return self._fixes[hops](environ, start_response)
-
-
-def _derived_secret(rt: Runtime) -> str:
-    """Without server.secret_key, a key kept in data_dir (created once, 0600)."""
-    import secrets
-    from appliance.runtime.runtime import local_secret
-    d = rt.config["data_dir"]
-    if _derived.get(d) is None:
-        _derived[d] = local_secret(d, "secret_key", lambda: secrets.token_hex(32))
-    return _derived[d]
-
-
-_derived: dict[str, str] = {}

@@ -31,7 +31,10 @@ from appliance.web.auth import require_admin, require_read
 from appliance.web import bars, columnar, errors
 from appliance.web import openapi as openapi_doc
 from appliance.web.errors import BadRequest, api_error
+from appliance.web.stream import Stream
 from appliance.web.params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
+from appliance.jobs.queue import enqueue
+from appliance.jobs import reload as reload_mod
 
 log = logging.getLogger("appliance.api")
 
@@ -275,7 +278,7 @@ def historical(symbol: str):
         mimetype = "application/json"
     if done:
         return Response(list(body()), mimetype=mimetype, headers=headers)
-    return Response(_Stream(body(), conn, cm, symbol), mimetype=mimetype, headers=headers)
+    return Response(Stream(body(), conn, cm, symbol), mimetype=mimetype, headers=headers)
 
 
 def _chunks(rows):
@@ -287,51 +290,6 @@ def _chunks(rows):
             chunk = []
     if chunk:
         yield chunk
-
-
-class _Stream:
-    """The body of a streamed answer that holds a pooled connection; the
-    connection goes back to the pool when the server closes the body, whether
-    it was sent whole, cut short by the client, or never iterated (HEAD)."""
-
-    def __init__(self, gen, conn, cm, what: str):
-        self.gen, self.conn, self.cm, self.what = gen, conn, cm, what
-        self.finished = False
-        self.failed = False
-        self.closed = False
-
-    def __iter__(self):
-        try:
-            yield from self.gen
-            self.finished = True
-            self.close()  # everything is sent: the connection goes back at once
-        except Exception:
-            # the status line is sent: stop, so that the server cuts the
-            # connection and the client sees an incomplete answer
-            self.failed = True
-            log.exception("historical %s: failed while streaming", self.what)
-            raise
-
-    def close(self):
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.gen.close()
-            if not self.finished and not self.failed:
-                self.conn.cancel_safe()  # stop a query the client no longer wants
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            if self.finished:
-                self.cm.__exit__(None, None, None)
-            else:
-                err = RuntimeError("response not sent whole")
-                self.cm.__exit__(RuntimeError, err, None)
-        except Exception:  # noqa: BLE001
-            pass
-
-
 
 
 # --------------------------------------------------------------------------- gaps
@@ -419,7 +377,6 @@ def _queued(run_id: int):
 @bp.post("/api/v1/backfill")
 @require_admin
 def post_backfill():
-    from appliance.jobs.queue import enqueue
     query_args(set())
     body = json_body({"symbols", "start", "end"})
     syms = None
@@ -459,7 +416,6 @@ def post_backfill():
 @require_admin
 def post_job(name: str):
     """Run any scheduled job now (queued for the worker)."""
-    from appliance.jobs.queue import enqueue
     query_args(set())
     json_body(set())
     if name not in JOB_NAMES:
@@ -492,7 +448,6 @@ def config():
 @bp.post("/api/v1/config/reload")
 @require_admin
 def config_reload():
-    from appliance.jobs import reload as reload_mod
     query_args(set())
     json_body(set())
     res = reload_mod.reload_config(rt(), source="api", actor="api")
@@ -529,7 +484,6 @@ def backups():
 @bp.post("/api/v1/backups")
 @require_admin
 def post_backup():
-    from appliance.jobs.queue import enqueue
     query_args(set())
     json_body(set())
     return _queued(enqueue(rt(), "backup", {}))
@@ -538,7 +492,6 @@ def post_backup():
 @bp.post("/api/v1/backups/<int:backup_id>/restore-test")
 @require_admin
 def post_restore_test(backup_id: int):
-    from appliance.jobs.queue import enqueue
     query_args(set())
     json_body(set())
     status = None

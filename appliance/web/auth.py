@@ -41,6 +41,9 @@ import redis
 from flask import Response, current_app, g, redirect, request, session, url_for
 
 from appliance.web.errors import api_error
+from appliance.config.rules import listens_beyond_loopback
+from appliance.web.lockout import LocalLockout
+from appliance import store
 
 log = logging.getLogger("appliance.auth")
 
@@ -172,7 +175,6 @@ def read_gated() -> bool:
     """Reads need a credential: a read token or login_for_read is configured, or
     the server can be reached from the network and the operator did not open
     reads explicitly (server.anonymous_reads)."""
-    from appliance.config.rules import listens_beyond_loopback
     s = _server()
     return bool(s["read_token"] or s["login_for_read"]
                 or (listens_beyond_loopback(s) and not s.get("anonymous_reads")))
@@ -186,7 +188,6 @@ def client_addr() -> str:
 
 def _local_lockout():
     """This worker's own failure counts, used while Redis refuses them (lockout.py)."""
-    from appliance.web.lockout import LocalLockout
     rt = _rt()
     if getattr(rt, "auth_local_lockout", None) is None:
         rt.auth_local_lockout = LocalLockout()
@@ -240,7 +241,6 @@ def record_failure(addr: str, kind: str, what: str) -> None:
                 s["auth_failure_window_seconds"],
                 "; locked out" if locked else "")
     try:
-        from appliance import store
         with _rt().pool.connection(timeout=1) as conn:  # a database outage: no wait
             store.add_event(conn, "warning", "auth",
                             f"{what} refused from {addr} ({n} failure(s) within "
@@ -265,7 +265,6 @@ def unlock(rt, addr: str) -> dict:
     ttl, fails, _ = pipe.execute()
     out = {"address": addr, "was_locked": bool(ttl and ttl > 0),
            "failures": int(fails) if fails else 0}
-    from appliance import store
     with rt.conn() as conn:
         store.add_event(conn, "info", "auth",
                         f"{addr} unlocked by the operator ("

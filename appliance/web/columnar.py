@@ -28,6 +28,7 @@ from appliance.store import minutes as mstore
 from appliance.web import bars
 from appliance.web.auth import ADMIN, principal
 from appliance.web.errors import BadRequest, api_error
+from appliance.web.stream import Stream
 from appliance.web.params import bool_arg, date_arg, query_args, symbol_arg
 
 bp = Blueprint("columnar", __name__)
@@ -195,9 +196,8 @@ def bulk():
     sch = arrowbars.schema(a["timeframe"], meta)
     body = arrowbars.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
                             ROW_GROUP)
-    from appliance.web.api import _Stream  # the streamed answer that gives its connection back
     name = f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}.{arrowbars.SUFFIX[a["format"]]}'
-    return Response(_Stream(body, conn, cm, "bulk bars"),
+    return Response(Stream(body, conn, cm, "bulk bars"),
                     mimetype=arrowbars.MIMETYPES[a["format"]],
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 

@@ -18,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.alerts import health as health_mod
 from appliance import store
+from appliance.web.auth import auth_counts, key_stats
+from appliance.runtime.replica import READS
 
 HTTP_LATENCY = Histogram("appliance_http_request_duration_seconds",
                          "HTTP request latency by method, endpoint (the route's view, "
@@ -202,7 +204,6 @@ class AuthCollector:
         self.rt = rt
 
     def collect(self):
-        from appliance.web.auth import auth_counts, key_stats
         counts = auth_counts(self.rt)
         fail = CounterMetricFamily("appliance_auth_failures",
                                    "failed console logins and wrong Bearer tokens",
@@ -240,6 +241,5 @@ class AuthCollector:
 
 class _LocalHistograms:
     def collect(self):
-        from appliance.runtime.replica import READS
         yield from HTTP_LATENCY.collect()
         yield from READS.collect()

@@ -25,8 +25,15 @@ import logging
 import secrets
 import time
 
+from typing import TYPE_CHECKING
+
 import redis
 from flask.sessions import SecureCookieSession, SessionInterface
+
+from appliance.runtime.fs import local_secret
+
+if TYPE_CHECKING:
+    from appliance.runtime.runtime import Runtime
 
 log = logging.getLogger("appliance.sessions")
 
@@ -59,7 +66,6 @@ class RedisSessionInterface(SessionInterface):
         return int(s["session_idle_minutes"]) * 60, int(s["session_max_hours"]) * 3600
 
     def open_session(self, app, request):
-        from appliance.web import current_secret_key
         # the running config's key (a reload that rotates it ends every session)
         app.secret_key = current_secret_key(self.rt)
         sid = request.cookies.get(self.get_cookie_name(app))
@@ -124,3 +130,20 @@ class RedisSessionInterface(SessionInterface):
             # idle and absolute limits end it anyway
             response.set_cookie(name, session.sid, domain=domain, path=path, secure=secure,
                                 httponly=True, samesite="Strict")
+
+
+def current_secret_key(rt: Runtime) -> str:
+    """server.secret_key of the running config (a reload rotates it: every
+    console session signed with the old one ends), else the key kept in data_dir."""
+    return rt.config["server"]["secret_key"] or _derived_secret(rt)
+
+
+def _derived_secret(rt: Runtime) -> str:
+    """Without server.secret_key, a key kept in data_dir (created once, 0600)."""
+    d = rt.config["data_dir"]
+    if _derived.get(d) is None:
+        _derived[d] = local_secret(d, "secret_key", lambda: secrets.token_hex(32))
+    return _derived[d]
+
+
+_derived: dict[str, str] = {}

@@ -68,13 +68,6 @@ def test_previous_sessions_are_the_n_before_the_date():
     assert len(cal.previous_sessions("XNYS", dt.date(1990, 1, 3), 5)) == 1
 
 
-def test_session_offset_moves_by_sessions():
-    assert cal.session_offset("XNYS", dt.date(2024, 6, 20), -2) == dt.date(2024, 6, 17)
-    assert cal.session_offset("XNYS", dt.date(2024, 6, 18), 1) == dt.date(2024, 6, 20)
-    assert cal.session_offset("XNYS", dt.date(2024, 6, 19), 0) == dt.date(2024, 6, 20)
-    assert cal.session_offset("XNYS", dt.date(2024, 6, 19), 1) == dt.date(2024, 6, 20)
-
-
 def test_local_dates_match_zoneinfo_on_both_sides_of_dst():
     rng = np.random.default_rng(5)
     ts = rng.integers(0, 4_000_000_000, 3000)

@@ -170,18 +170,14 @@ def test_symbol_score_weights_validity_completeness_and_mean_score():
     assert 0.0 <= q.symbol_score(1, 3, 500, 10, float("nan")) <= 1.0
 
 
-def test_adjust_for_splits_scales_history_before_each_split():
+def test_split_factors_scale_history_before_each_split():
     sess = np.array(["2020-08-27", "2020-08-28", "2020-08-31", "2024-06-07", "2024-06-10"],
                     dtype="datetime64[D]")
     prices = np.array([400.0, 500.0, 125.0, 1200.0, 120.0])
-    vol = np.array([10.0, 10.0, 40.0, 40.0, 400.0])
     splits = [Split("X", dt.date(2024, 6, 10), 1, 10), Split("X", dt.date(2020, 8, 31), 1, 4)]
-    p, v = q.adjust_for_splits(sess, prices, vol, splits)
-    assert p.tolist() == pytest.approx([10.0, 12.5, 12.5, 120.0, 120.0])
-    assert v.tolist() == pytest.approx([400.0, 400.0, 400.0, 400.0, 400.0])
-    p2, none = q.adjust_for_splits(sess, np.stack([prices, prices], axis=1), None, splits)
-    assert p2.shape == (5, 2) and none is None and p2[0, 1] == pytest.approx(10.0)
-    assert q.adjust_for_splits(sess, prices, vol, [])[0].tolist() == prices.tolist()
+    f = q.split_factors(sess, splits)
+    assert (prices * f).tolist() == pytest.approx([10.0, 12.5, 12.5, 120.0, 120.0])
+    assert q.split_factors(sess, []).tolist() == [1.0] * 5
 
 
 def test_empty_bars_validate_to_empty_columns():

@@ -25,6 +25,7 @@ from appliance.ops.backups.common import ALERT_KEY, BACKUP_LOCK, MANIFEST_FORMAT
 from appliance.ops.backups.manifest import manifest_path_for, snapshot_counts
 from appliance.ops.backups.retention import apply_retention
 from appliance.ops.backups.tools import _first_error, find_tools, list_archive, read_archive, server_major
+from appliance.runtime.replica import primary_identifier, probe
 
 log = logging.getLogger("appliance.backups")
 
@@ -224,7 +225,6 @@ def dump_source(rt, cfg) -> tuple[str, str]:
     primary = rt.endpoints.database_url
     if cfg["backup"]["source"] != "replica":
         return primary, "primary"
-    from appliance.runtime.replica import primary_identifier, probe
     read_url = cfg["database"]["read_url"]
     why = "database.read_url is empty"
     if read_url:

@@ -22,6 +22,8 @@ from appliance.ops.backups.fence import fence_queue
 from appliance.ops.backups.common import ALERT_KEY, SUSPEND_KEY, SUSPEND_TTL_S, _MAX_IDENT, db_name, url_for, utcnow
 from appliance.ops.backups.restore_test import CheckFailed, check_restored, restore_into, verify_archive_file
 from appliance.ops.backups.tools import _create_db, _maintenance_conn, _try_catalogue_conn, drop_db, find_tools, list_archive, server_major
+from appliance.config.redaction import mask_url
+from appliance.alerts import rules as alerts
 
 log = logging.getLogger("appliance.backups")
 
@@ -52,7 +54,6 @@ def restore_plan_text(rt, backup) -> str:
     except BackupError as e:
         state = f"cannot be checked ({e.message})"
     stamp = "YYYYMMDD_HHMMSS"
-    from appliance.config.redaction import mask_url
     lines = [
         f"Restore of {ref.archive}",
         f"  made {m.get('created_at')}, {human_bytes(m['archive'].get('size_bytes'))}, "
@@ -123,7 +124,6 @@ def _reevaluate_alerts(rt, ref) -> dict:
     good backup made after it disproves is resolved with a note (the backup
     job that would have resolved it did so after its dump). Raises
     BackupError when this cannot be done: the restore is then not ok."""
-    from appliance.alerts import rules as alerts
     note = f"(Resolved after the restore of {ref.filename}: the condition no longer holds.)"
     try:
         if not rt.pool.closed:

@@ -13,6 +13,7 @@ from appliance.jobs import runs
 from appliance.web.api import MAX_ID
 from appliance.web.console.jobs import _get_run, run_view
 from appliance.web.console.common import (FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt)
+from pathlib import Path
 
 log = logging.getLogger("appliance.console")
 
@@ -22,7 +23,6 @@ bp = Blueprint("backups", __name__)
 def _disk(path) -> dict | None:
     """Free space where backups go (the nearest existing parent when the
     folder is not created yet)."""
-    from pathlib import Path
     p = units.nearest_existing(path)
     try:
         u = shutil.disk_usage(p)

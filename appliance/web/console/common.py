@@ -37,6 +37,7 @@ from psycopg_pool import PoolTimeout
 from appliance.core import units
 from appliance.web import auth
 from appliance.web.auth import admin_token, is_admin
+from appliance.jobs.queue import enqueue
 
 log = logging.getLogger("appliance.console")
 
@@ -294,7 +295,6 @@ def _float_arg(name: str) -> float | None:
 
 
 def _enqueue(job: str, params: dict) -> int:
-    from appliance.jobs.queue import enqueue
     return enqueue(rt(), job, params)
 
 

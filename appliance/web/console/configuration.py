@@ -10,6 +10,7 @@ from flask import (Blueprint, Response, render_template)
 from appliance import store
 from appliance.web import auth
 from appliance.web.console.common import (f_json, _actor, admin_post, is_htmx, rt)
+from appliance.jobs import reload as reload_mod
 
 log = logging.getLogger("appliance.console")
 
@@ -64,7 +65,6 @@ def _diff_lines(diff: dict) -> list[tuple[str, str]]:
 @bp.post("/config/check")
 @admin_post
 def config_check():
-    from appliance.jobs import reload as reload_mod
     res = reload_mod.preview(rt())  # as every running process sees it; nothing applied
     if not res["ok"]:
         ctx = {"ok": False, "errors": list(res["errors"]), "action": "check"}
@@ -79,7 +79,6 @@ def config_check():
 @bp.post("/config/reload")
 @admin_post
 def config_reload():
-    from appliance.jobs import reload as reload_mod
     res = reload_mod.reload_config(rt(), source="console", actor=_actor())
     if res["ok"]:
         ctx = {"ok": True, "action": "reload", "sha256": res["sha256"],

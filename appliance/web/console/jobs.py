@@ -9,6 +9,10 @@ from appliance.core.units import eta_text
 
 from appliance.web.api import MAX_ID
 from appliance.web.console.common import (FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt)
+from appliance.jobs.runs import duration_s
+from appliance.jobs.runs import progress_counts
+from appliance.jobs import runs
+from appliance.jobs.registry import JOB_NAMES, run_now_params
 
 log = logging.getLogger("appliance.console")
 
@@ -18,7 +22,6 @@ bp = Blueprint("jobs", __name__)
 def run_view(r: dict) -> dict:
     res = r.get("result") or {}
     prog = r.get("progress") or {}
-    from appliance.jobs.runs import duration_s
     dur = duration_s(r, running_until_now=True)
     rows = None
     if "inserted" in res or "updated" in res:
@@ -36,7 +39,6 @@ def run_view(r: dict) -> dict:
         errors.extend(f"{k}: {v}" for k, v in failed.items())
     elif isinstance(failed, list) and failed:
         errors.extend(str(x) for x in failed)
-    from appliance.jobs.runs import progress_counts
     counts = progress_counts(prog)  # the same reading as the CLI's
     pct = counts["pct"] if counts else None
     steps = prog.get("steps") if isinstance(prog.get("steps"), list) else []
@@ -50,7 +52,6 @@ def run_view(r: dict) -> dict:
 
 @bp.get("/jobs")
 def jobs():
-    from appliance.jobs import runs
     job = request.args.get("job") or ""
     with rt().read_conn() as conn:
         rows = runs.recent(conn, job=job or None, limit=100)
@@ -61,7 +62,6 @@ def jobs():
 
 
 def _get_run(run_id: int) -> dict:
-    from appliance.jobs import runs
     if run_id > MAX_ID:
         abort(404)
     r = rt().read_fresh(lambda conn: runs.get(conn, run_id))
@@ -90,7 +90,6 @@ def run_backfill():
 @admin_post
 def run_job(name: str):
     """Any scheduled job, now (the Jobs page's Run now buttons)."""
-    from appliance.jobs.registry import JOB_NAMES, run_now_params
     if name not in JOB_NAMES:
         abort(404)
     params = run_now_params(name)

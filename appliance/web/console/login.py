@@ -9,6 +9,7 @@ from flask import (Blueprint, redirect, render_template, request, session, url_f
 from appliance.web import auth
 from appliance.web.auth import admin_token, fingerprint, token_matches
 from appliance.web.console.common import (_csrf_ok, _refused, rt)
+from urllib.parse import urlsplit
 
 log = logging.getLogger("appliance.console")
 
@@ -19,7 +20,6 @@ def _safe_next(target: str | None) -> str:
     """A local path to go to after the login, else the dashboard. Browsers drop
     tabs and newlines from URLs (``/\t/evil.example`` is ``//evil.example``, another
     host), so any control character or space refuses the target outright."""
-    from urllib.parse import urlsplit
     if target and target.startswith("/") and not target.startswith("//") \
             and "\\" not in target and not any(ord(c) <= 0x20 or ord(c) == 0x7f for c in target):
         parts = urlsplit(target)
