@@ -1,6 +1,8 @@
 # Market Data Appliance — the two commands of the quick start:
 #   make up     install into .venv and run the appliance (embedded PostgreSQL + Redis by default)
 #   make test   install the test extras and run the whole test suite
+#   make lint   ruff, the import contracts (lint-imports) and mypy: what .ci/run checks first
+#   make test-unit  the pure and unit tests (tests/unit, seconds): the inner loop
 #   make lock   refresh requirements.lock from pyproject.toml (LOCK_ARGS=--upgrade
 #               to move every pin to the newest allowed release)
 #
@@ -16,7 +18,7 @@ PYTEST_ARGS ?=
 LOCK    = requirements.lock
 LOCK_ARGS ?=
 
-.PHONY: up install install-test lock test test-external test-quick check-config bench clean
+.PHONY: up install install-test lock lint test test-unit test-external test-quick check-config bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +59,17 @@ test-external: install-test
 	APPLIANCE_TEST_DATABASE_URL=$(APPLIANCE_TEST_DATABASE_URL) \
 	APPLIANCE_TEST_REDIS_URL=$(APPLIANCE_TEST_REDIS_URL) \
 	$(PY) -m pytest -m "not e2e and not deploy and not slow" tests/integration $(PYTEST_ARGS)
+
+# Static checks: ruff (style, bugs, imports), the import contracts of
+# pyproject.toml (lint-imports) and mypy (strict where pyproject says).
+lint: install-test
+	$(VENV)/bin/ruff check appliance tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+# The inner loop: pure and unit tests, no services started.
+test-unit: install-test
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 # A fast subset: unit tests and integration tests not marked slow.
 test-quick: install-test

@@ -334,7 +334,7 @@ function done(summary, latency, requests)
     latency:percentile(99.9), latency.max, over1, over2, summary.requests,
     summary.errors.timeout))
 end
-"""
+"""  # noqa: E501
 
 
 def wrk_tail(base: str, prefix: str, query: str, n_symbols: int, connections: int,

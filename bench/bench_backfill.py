@@ -31,10 +31,10 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.core import calendar as tcal  # noqa: E402
-from appliance.store import pool as db
-from appliance.core import quality
 from appliance import store  # noqa: E402
+from appliance.core import calendar as tcal  # noqa: E402
+from appliance.core import quality  # noqa: E402
+from appliance.store import pool as db  # noqa: E402
 from tests.fakes.polygon_fake import PolygonFake, make_truth  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -134,17 +134,17 @@ def bench_write_path(truth, syms) -> dict:
                 b.session.astype(dt.date).tolist(), b.open.tolist(), b.high.tolist(),
                 b.low.tolist(), b.close.tolist(), b.volume.tolist(), b.vwap.tolist(),
                 b.trades.tolist(), chk.valid.tolist(), chk.score.tolist(), issues,
-                chk.gap_detected.tolist(), kinds, np.asarray(chk.gap_pct, float).tolist())])
+                chk.gap_detected.tolist(), kinds, np.asarray(chk.gap_pct, float).tolist(), strict=False)])
     try:
         with psycopg.connect(url) as conn:
             db.ensure_partitions(conn, 2015, 2030)
             conn.commit()
             results = {"store": [], "copy": []}
-            for rep in range(2):
+            for rep in range(2):  # noqa: B007
                 conn.execute("TRUNCATE market_data")
                 conn.commit()
                 t0 = time.perf_counter()
-                for _, first, last, b, chk in payloads:
+                for _, first, last, b, chk in payloads:  # noqa: B007
                     store.write_bars(conn, b, chk, issues_of=quality.issues_of)
                     conn.commit()
                 results["store"].append(time.perf_counter() - t0)

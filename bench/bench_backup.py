@@ -35,10 +35,10 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.ops import backups
-from appliance.store import pool as db
-from appliance.core import units  # noqa: E402
 from appliance.core import calendar as tcal  # noqa: E402
+from appliance.core import units  # noqa: E402
+from appliance.ops import backups  # noqa: E402
+from appliance.store import pool as db  # noqa: E402
 
 SERVER = os.environ.get("APPLIANCE_BENCH_DATABASE_URL",
                         "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -75,7 +75,7 @@ def load(url: str, syms: list[str], years: int) -> int:
                          f"{(h + l_ + cl) / 3:.4f}\t{v // 100}\tbench\t{'f' if b else 't'}\t"
                          f"{0.5 if b else 1.0}\t{'t' if g else 'f'}\n"
                          for d, o, h, l_, cl, v, b, g in zip(days, opn, hi, lo, close, vol, bad,
-                                                            gap)]
+                                                            gap, strict=False)]
                 cp.write("".join(lines))
         c.execute("INSERT INTO symbols (symbol, since) SELECT unnest(%s::text[]), %s",
                   (syms, start))
@@ -88,8 +88,9 @@ def load(url: str, syms: list[str], years: int) -> int:
 
 
 def write_config(path: Path, url: str) -> Path:
-    import yaml
     from urllib.parse import quote
+
+    import yaml
     from psycopg.conninfo import conninfo_to_dict
     p = conninfo_to_dict(url)
     host = p.get("host", "127.0.0.1")
@@ -136,9 +137,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
 
-    from appliance.ops.backups import run_backup
-    from appliance.ops.backups import run_restore_test
     from appliance.jobs import runs
+    from appliance.ops.backups import run_backup, run_restore_test
     from appliance.runtime.runtime import Runtime
 
     with psycopg.connect(SERVER, autocommit=True) as c:
@@ -160,7 +160,7 @@ def main() -> int:
                 tools = backups.find_tools(rt, backups.server_major(m))
             bk, bare_d, tests, bares = [], [], [], []
             archive = None
-            for i in range(a.rounds):
+            for i in range(a.rounds):  # noqa: B007
                 bare_d.append(bare_dump(tools, url, Path(d) / "bare.dump"))
                 t = time.perf_counter()
                 res = runs.execute(rt, "backup", runs.manual_slot(), run_backup)
@@ -168,7 +168,7 @@ def main() -> int:
                 assert res["status"] == "ok", res
                 archive, size = Path(res["path"]), res["size_bytes"]
             bare_size = (Path(d) / "bare.dump").stat().st_size
-            for i in range(a.rounds):  # alternate, so that neither side gets a warmer cache
+            for i in range(a.rounds):  # alternate, so that neither side gets a warmer cache  # noqa: B007
                 bares.append(bare_restore(rt, tools, url, archive, jobs))
                 t = time.perf_counter()
                 res = runs.execute(rt, "restore_test", runs.manual_slot(), run_restore_test,

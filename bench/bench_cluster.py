@@ -24,8 +24,8 @@ reads, and again with the replica stopped (every read on the primary).
 from __future__ import annotations
 
 import argparse
-import os
 import datetime as dt
+import os
 import random
 import shutil
 import statistics
@@ -124,7 +124,7 @@ def main() -> int:
         print(f"skipped: {reason}")
         return 0
     symbols = [f"B{i:04d}" for i in range(4 * a.symbols)]
-    latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.timezone.utc))
+    latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.UTC))
     first = tcal.previous_sessions("XNYS", latest, a.sessions)[0].astype(dt.date)
     truth = make_truth(symbols, first, latest, seed=23)
     workdir = Path(tempfile.mkdtemp(prefix="mda-bench-cluster-"))

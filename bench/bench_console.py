@@ -30,9 +30,10 @@ TARGET_MS = 50.0
 
 
 def setup(tmp: Path):
-    from appliance.store import pool as db
-    from appliance.runtime import services
     from conftest import _as_url, _replace_db, write_config  # the tests' helpers
+
+    from appliance.runtime import services
+    from appliance.store import pool as db
     pg = os.environ.get("APPLIANCE_TEST_DATABASE_URL")
     rd = os.environ.get("APPLIANCE_TEST_REDIS_URL")
     if not pg:

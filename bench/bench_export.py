@@ -43,11 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from appliance.ops import export
-from appliance.ingest import minutes as intraday  # noqa: E402
-from appliance.store import columnar as cstore  # noqa: E402
 from bench_api import _drop_db, _fresh_db  # noqa: E402
 from bench_intraday import YEAR_END, YEAR_START, month_parts, say, symbols, write_config  # noqa: E402
+
+from appliance.ingest import minutes as intraday  # noqa: E402
+from appliance.ops import export  # noqa: E402
+from appliance.store import columnar as cstore  # noqa: E402
 from tests.fakes.minute_truth import make_minute_truth  # noqa: E402
 
 DB = "appliance_bench_export"
@@ -161,10 +162,12 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
     truth = make_minute_truth(syms, YEAR_START, YEAR_END, seed=7, session="regular", missing=0,
                               keep_minutes=False, cache_symbols=2)
+    import hashlib
+
+    import yaml
+
     from appliance.runtime.runtime import Runtime
     from appliance.web import create_app
-    import hashlib
-    import yaml
     url = _fresh_db(DB)
     try:
         path = write_config(tmp / "appliance.yaml", url, "http://127.0.0.1:9", syms)

@@ -53,11 +53,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.ingest import minutes as intraday
-from appliance.core import quality, units
 from appliance import store  # noqa: E402
 from appliance.core import calendar as tcal  # noqa: E402
+from appliance.core import quality, units  # noqa: E402
 from appliance.core.candles import MinuteBars  # noqa: E402
+from appliance.ingest import minutes as intraday  # noqa: E402
 from appliance.store import minutes as mstore  # noqa: E402
 from tests.fakes.minute_truth import make_minute_truth  # noqa: E402
 from tests.fakes.polygon_fake import PolygonFake  # noqa: E402
@@ -137,7 +137,7 @@ def sizes(conn, table: str) -> dict:
                                  pg_relation_size(%s::regclass),
                                  pg_table_size(%s::regclass) - pg_relation_size(%s::regclass),
                                  pg_indexes_size(%s::regclass)""", (table,) * 5).fetchone()
-    return dict(zip(("total", "heap", "toast", "index"), row))
+    return dict(zip(("total", "heap", "toast", "index"), row, strict=False))
 
 
 def bars_stored(conn) -> int:
@@ -153,12 +153,12 @@ def bench_ingest(url: str, cfg, truth, syms: list[str], rounds: int) -> dict:
     rows = []  # the same bars as Python rows for the COPY baseline (prepared beforehand)
     for p in parts:
         ts = (p.t * 1_000_000).astype("datetime64[us]").astype(object)
-        rows.append([(p.symbol, t.replace(tzinfo=dt.timezone.utc), o, h, lo, c, v,
+        rows.append([(p.symbol, t.replace(tzinfo=dt.UTC), o, h, lo, c, v,
                       None if vw != vw else vw, None if k < 0 else k, p.source)
                      for t, o, h, lo, c, v, vw, k in zip(
                          ts.tolist(), p.open.tolist(), p.high.tolist(), p.low.tolist(),
                          p.close.tolist(), p.volume.tolist(), p.vwap.tolist(),
-                         p.trades.tolist())])
+                         p.trades.tolist(), strict=False)])
     res: dict[str, list[float]] = {"write": [], "write_no_rollups": [], "copy": []}
     parts_t: list[dict] = []
     with psycopg.connect(url) as conn:
@@ -414,7 +414,7 @@ def bench_daily_update(rt, syms: list[str]) -> dict:
         tm.patch(mstore, "write_days", "stage + upsert")
         tm.patch(mstore, "refresh_rollups", "rollup refresh")
         tm.patch(intraday, "refresh_stats", "minute stats + consistency")
-        now = dt.datetime.combine(NEXT_DAY, dt.time(23, 0), dt.timezone.utc)
+        now = dt.datetime.combine(NEXT_DAY, dt.time(23, 0), dt.UTC)  # noqa: F841
         t0 = time.perf_counter()
         try:
             with rt.conn() as conn:
@@ -474,7 +474,7 @@ def bench_fetch_backfill(truth, syms: list[str], tmp: Path) -> dict:
     try:
         with PolygonFake(truth.bars, truth.splits, minutes=truth.minutes) as fake:
             cfg = write_config(tmp / "fetch.yaml", url, fake.base_url, syms)
-            now = dt.datetime.combine(YEAR_END, dt.time(23, 0), dt.timezone.utc)
+            now = dt.datetime.combine(YEAR_END, dt.time(23, 0), dt.UTC)
             p = subprocess.Popen([sys.executable, "-c", CHILD, str(cfg), json.dumps(syms),
                                   now.isoformat()], cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
@@ -510,10 +510,9 @@ def bench_fetch_backfill(truth, syms: list[str], tmp: Path) -> dict:
 # --------------------------------------------------------------------------- 6. disk
 
 def bench_disk(rt, url: str, tmp: Path) -> dict:
-    from appliance.ops import backups
-    from appliance.ops.backups import run_backup
-    from appliance.ops.backups import run_restore_test
     from appliance.jobs import runs
+    from appliance.ops import backups
+    from appliance.ops.backups import run_backup, run_restore_test
     with backups._maintenance_conn(url) as m:
         tools = backups.find_tools(rt, backups.server_major(m))
     target, env = backups.tool_target(url)

@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.vendor_minutes import aggregate_minutes  # noqa: E402
 from tests.fakes.minute_truth import make_minute_truth  # noqa: E402
 from tests.fakes.polygon_fake import PolygonFake, _num, aggs_body  # noqa: E402
+from tests.fakes.vendor_minutes import aggregate_minutes  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -53,7 +53,7 @@ def main() -> None:
           f"{truth.n_minutes / gen:,.0f} bars/s, peak RSS {peak_rss_mb():.0f} MB")
 
     months = [(f"{a.start[:4]}-{m:02d}-01", f"{a.start[:4]}-{m:02d}-{d}")
-              for m, d in zip(range(1, 13), (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31))]
+              for m, d in zip(range(1, 13), (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31), strict=False)]
     with PolygonFake(truth.bars, truth.splits, minutes=truth.minutes, api_key=None) as f:
         t0 = time.perf_counter()
         pages = bars = 0
@@ -81,7 +81,7 @@ def main() -> None:
     rows = [{"v": _num(v), "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": t, "n": n}
             for v, vw, o, c, h, lo, t, n in zip(bk.v.tolist(), bk.vw.tolist(), bk.o.tolist(),
                                                  bk.c.tolist(), bk.h.tolist(), bk.l.tolist(),
-                                                 bk.t.tolist(), bk.n.tolist())]
+                                                 bk.t.tolist(), bk.n.tolist(), strict=False)]
     plain = json.dumps({"ticker": syms[0], "queryCount": len(rows), "resultsCount": len(rows),
                         "adjusted": False, "results": rows, "status": "OK", "request_id": "x",
                         "count": len(rows)}, separators=(",", ":"))

@@ -104,8 +104,8 @@ def main() -> None:
             srv.stop()
         print(json.dumps({"latency": out["latency"]}, indent=1, default=str), flush=True)
 
-        from appliance.ops.backups import run_backup, run_restore_test
         from appliance.jobs import runs
+        from appliance.ops.backups import run_backup, run_restore_test
         from appliance.runtime.runtime import Runtime
         rt = Runtime.from_path(cfg)
         rt.open()

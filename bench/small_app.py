@@ -29,7 +29,7 @@ def historical(symbol):
     start, end = request.args["start"], request.args["end"]
     with pool.connection() as conn:
         rows = conn.execute(SQL, (symbol, start, end)).fetchall()
-    data = [dict(zip(KEYS, (r[0].isoformat(),) + r[1:])) for r in rows]
+    data = [dict(zip(KEYS, (r[0].isoformat(),) + r[1:], strict=False)) for r in rows]
     body = {"symbol": symbol, "timeframe": "1d", "start_date": start, "end_date": end,
             "adjusted": False, "count": len(data), "data": data}
     return Response(json.dumps(body), mimetype="application/json")

@@ -35,6 +35,7 @@ def _replace_db(url: str, dbname: str) -> str:
 def _as_url(conninfo: str) -> str:
     """A postgresql:// URL (the config schema wants URLs) from any conninfo."""
     from urllib.parse import quote
+
     from psycopg.conninfo import conninfo_to_dict
     if conninfo.startswith(("postgresql://", "postgres://")):
         return conninfo

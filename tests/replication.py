@@ -70,7 +70,7 @@ class Pair:
         self._run(PG_BIN / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-m", "fast",
                   action)
 
-    def start(self) -> "Pair":
+    def start(self) -> Pair:
         import psycopg
         self._run(PG_BIN / "initdb", "-D", self.pdata, "-U", "postgres", "--auth=trust", "-N",
                   "-E", "UTF8", "--locale=C")

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field, fields
 
+import psycopg
+from croniter import croniter
 
 from appliance import store
-from appliance.store import demo as dstore
-import psycopg
-from appliance.jobs.runs import last_by_job
-import json
-from appliance.runtime.runtime import K_PROCESSES
 from appliance.core import calendar as tcal
-from appliance.jobs.runs import duration_s
-from croniter import croniter
+from appliance.jobs.runs import duration_s, last_by_job
+from appliance.runtime.runtime import K_PROCESSES
+from appliance.store import demo as dstore
 
 log = logging.getLogger("appliance.health")
 
@@ -51,7 +50,7 @@ class _Gate:
         with self.lock:
             if fut.done() or getattr(fut, "_counted", False):
                 return
-            fut._counted = True
+            fut._counted = True  # noqa: SLF001
             self.stuck += 1
 
         def release(_f):
@@ -72,7 +71,7 @@ def _submit(fn, gate: _Gate) -> cf.Future:
         fut.set_exception(TimeoutError("earlier probes are still hanging"))
         return fut
     fut = _executor.submit(fn)
-    fut._gate = gate
+    fut._gate = gate  # noqa: SLF001
     return fut
 
 
@@ -268,7 +267,7 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
     PostgreSQL and Redis are probed at the same time, each with its own time
     limit, so that the whole answer takes at most about a second even when
     both hang."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     db_fut = _start_db_probe(rt, DB_TIMEOUT_S)
     rd_fut = _submit(lambda: redis_probe(rt), _inflight_redis)
@@ -386,7 +385,7 @@ def _replica(fut: cf.Future, cfg, timeout: float) -> dict:
                 "lag_seconds": None, "serving_reads": False}
 
 
-def health_body(h: "Health") -> dict:
+def health_body(h: Health) -> dict:
     return h.body()
 
 
@@ -410,7 +409,7 @@ def status_body(rt, h: dict) -> dict:
     if ok:
         lb = snap.get("latest_backup")
         backups = {"latest": lb,
-                   "age_hours": (round((dt.datetime.now(dt.timezone.utc) - lb["created_at"])
+                   "age_hours": (round((dt.datetime.now(dt.UTC) - lb["created_at"])
                                        .total_seconds() / 3600, 2) if lb else None)}
         backups["last_restore_test"] = snap.get("last_restore_test")
     return {
@@ -452,7 +451,7 @@ def _run_brief(r: dict | None) -> dict | None:
 
 def job_overview(rt, last_runs: dict) -> dict:
     """Per scheduled job: next run (UTC), last run, last success, last failure."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     out = {}
     for job, expr in rt.config["schedules"].items():
         try:

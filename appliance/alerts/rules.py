@@ -16,21 +16,22 @@ a failing notifier is logged and recorded as an event, never blocks the rules.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import datetime as dt
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from appliance.alerts import notify as notifier
-from appliance import store
-from appliance.core import units
-import datetime as _dt
 from croniter import croniter
-from appliance.runtime.replica import lag_alert
+
+from appliance import store
 from appliance.alerts import health as health_mod
+from appliance.alerts import notify as notifier
+from appliance.core import units
+from appliance.runtime.replica import lag_alert
 
 log = logging.getLogger("appliance.alerts")
 
@@ -126,7 +127,7 @@ def rare_jobs(schedules: dict) -> set[str]:
     consecutive runs over the next year decides)."""
 
     out = set()
-    start = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
+    start = _dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     for job, expr in schedules.items():
         try:
             it = croniter(expr, start)
@@ -405,7 +406,7 @@ def _rate_last_hour(rt, total: int, now: dt.datetime) -> int | None:
 def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage,
              notify: bool = True) -> dict:
     """Measure, apply every rule, open/resolve alerts. Returns what changed."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     cfg = rt.config
     m = measure(rt, now, disk_usage)
     if m.health.db.get("status") != "ok":

@@ -1,1 +1,2 @@
-"""The ``appliance`` command: its commands, the runtime they share and the supervisor of ``appliance up``."""
+"""The ``appliance`` command: its commands, the Runtime they share and the supervisor
+of ``appliance up``."""

@@ -40,7 +40,6 @@ def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
     a warning (the restore of a damaged database must still run).
     ``broken_file_ok``: an invalid file only finds the servers (status, reload)."""
     from appliance.runtime import configsync, services
-    from appliance.config.loader import salvage_connection_settings
     from appliance.runtime.runtime import Runtime
     path = _config_path(ctx)
     file_cfg, file_errors = _file_config(ctx)
@@ -81,8 +80,8 @@ def _salvaged_runtime(ctx, path, file_errors, **kw):
     """A Runtime on the servers an invalid file still names, never starting
     one (an invalid file starts nothing); the file's errors and exit 1 when
     none answers."""
-    from appliance.runtime import services
     from appliance.config.loader import salvage_connection_settings
+    from appliance.runtime import services
     from appliance.runtime.runtime import Runtime
     base = salvage_connection_settings(path)
     try:
@@ -101,8 +100,8 @@ def _salvaged_runtime(ctx, path, file_errors, **kw):
 def _running_without(ctx, path, file_errors) -> bool:
     """Whether the appliance runs although ``path`` does not validate (its
     servers found from the file's readable connection settings)."""
-    from appliance.runtime import configsync
     from appliance.config.loader import salvage_connection_settings
+    from appliance.runtime import configsync
     from appliance.runtime.runtime import Runtime
     rt = None
     try:

@@ -17,9 +17,10 @@ from pathlib import Path
 import click
 
 from appliance import __version__
-from appliance.cli.commandruntime import _config_path, command_runtime as _runtime
-from appliance.config.loader import load_config
+from appliance.cli.commandruntime import _config_path
+from appliance.cli.commandruntime import command_runtime as _runtime
 from appliance.config.diff import diff_configs
+from appliance.config.loader import load_config
 from appliance.core.errors import ApplianceError, ConfigError
 
 log = logging.getLogger("appliance.cli")
@@ -49,7 +50,9 @@ def _fail(msg: str, code: int = 1):
 @click.pass_context
 def main(ctx, config, log_level, use_file):
     """Market Data Appliance: verified OHLCV candles, backed up and served."""
-    from appliance.runtime.logs import setup_logging  # not from runtime: no psycopg in the gunicorn master
+    from appliance.runtime.logs import (
+        setup_logging,  # not from runtime: no psycopg in the gunicorn master
+    )
     setup_logging(log_level)
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
@@ -90,8 +93,8 @@ def check_config(ctx, path, show_diff):
 def _print_diff(ctx, cfg) -> int:
     """``check-config --diff``: what a reload would change, as the running
     processes compute it (a dry run of the reload: nothing is applied)."""
-    from appliance.runtime import configsync, services
     from appliance.jobs import reload as reload_mod
+    from appliance.runtime import configsync, services
     from appliance.runtime.runtime import Runtime
     ctx.call_on_close(services.stop_started_here)
     try:
@@ -200,8 +203,8 @@ def reload(ctx):
 @click.pass_context
 def migrate(ctx):
     """Apply pending database migrations."""
-    from appliance.store import pool as db
     from appliance.runtime import services
+    from appliance.store import pool as db
     cfg = _load(ctx)
     ctx.call_on_close(services.stop_started_here)
     try:
@@ -223,8 +226,8 @@ def migrate(ctx):
 def demo_data(ctx, symbols, delete):
     """List the symbols still holding synthetic bars of the demo provider, or
     delete them (the next backfill then fetches their whole history)."""
-    from appliance.ingest import demodata
     from appliance.config.loader import SYMBOL_RE
+    from appliance.ingest import demodata
     bad = [s for s in symbols if not SYMBOL_RE.match(s)]
     if bad:
         _fail(f"not a valid symbol: {', '.join(bad)}", 2)
@@ -533,8 +536,8 @@ def restore(ctx, backup, yes):
 def kept_databases(ctx, drop, yes):
     """List the databases a restore kept (NAME_old_…), or drop one of them,
     on the appliance's own PostgreSQL (embedded or external)."""
-    from appliance.ops import backups as bk
     from appliance.core import units
+    from appliance.ops import backups as bk
     rt = _runtime(ctx)
     try:
         kept = bk.kept_databases(rt)

@@ -23,12 +23,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.store import pool as db
-from appliance.runtime import services
 from appliance import store
 from appliance.core.errors import ApplianceError
+from appliance.runtime import services
 from appliance.runtime.logs import PrivateRotatingFileHandler
 from appliance.runtime.runtime import K_PROCESSES
+from appliance.store import pool as db
 
 log = logging.getLogger("appliance.up")
 

@@ -1,1 +1,2 @@
-"""The configuration: loading, the JSON schema, the checks a schema cannot express, diffs, redaction."""
+"""The configuration: loading, the JSON schema, the rules a schema cannot express,
+diffs, redaction."""

@@ -2,13 +2,13 @@
 the keys that need a restart."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from appliance.config.loader import RESTART_KEYS, SECRET_PATHS, Config
 
 
-def _flatten(d, prefix=()) -> Iterator[tuple[tuple, Any]]:
+def _flatten(d: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     if isinstance(d, Mapping):
         for k, v in d.items():
             yield from _flatten(v, prefix + (k,))
@@ -16,7 +16,7 @@ def _flatten(d, prefix=()) -> Iterator[tuple[tuple, Any]]:
         yield prefix, d
 
 
-def diff_configs(old: Config | None, new: Config) -> dict:
+def diff_configs(old: Config | None, new: Config) -> dict[str, Any]:
     """What changes when ``new`` replaces ``old``.
 
     Returns ``{"symbols_added", "symbols_removed", "schedules_changed",
@@ -72,7 +72,7 @@ def diff_configs(old: Config | None, new: Config) -> dict:
     }
 
 
-def _jsonable(v):
+def _jsonable(v: Any) -> Any:
     if isinstance(v, tuple):
         return [_jsonable(x) for x in v]
     if isinstance(v, Mapping):
@@ -80,6 +80,6 @@ def _jsonable(v):
     return v
 
 
-def diff_is_empty(diff: dict) -> bool:
+def diff_is_empty(diff: dict[str, Any]) -> bool:
     return not (diff["symbols_added"] or diff["symbols_removed"] or diff["changed"]
                 or diff.get("symbols_since_changed") or diff.get("symbols_timeframes_changed"))

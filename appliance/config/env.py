@@ -3,16 +3,17 @@ appliance.yaml are resolved, for every process and every command alike."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
+
+from dotenv import dotenv_values
 
 from appliance.core.errors import ConfigError
-from dotenv import dotenv_values
 
 ENV_FILE_NAME = "appliance.env"
 
 
-def env_file_path(config_path: str | os.PathLike | None = None) -> Path:
+def env_file_path(config_path: str | os.PathLike[str] | None = None) -> Path:
     """The appliance's environment file: ``$APPLIANCE_ENV_FILE``, else
     ``appliance.env`` beside the config file (systemd's units read the same
     file with ``EnvironmentFile=``)."""
@@ -38,7 +39,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def appliance_env(config_path: str | os.PathLike | None = None,
+def appliance_env(config_path: str | os.PathLike[str] | None = None,
                   base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment ``${VAR}`` and ``VAR_FILE`` resolve in: this process's
     environment with the environment file over it (read anew on every load,

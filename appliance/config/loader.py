@@ -16,19 +16,26 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
+from jsonschema import Draft202012Validator
 
 from appliance.config import rules as configrules
 from appliance.config.env import ENV_FILE_NAME, appliance_env, env_file_path, read_env_file  # noqa: F401
-from jsonschema import Draft202012Validator
-
+from appliance.config.redaction import (
+    MASK,
+    mask_url,
+    mask_webhook,
+    redact,
+    remember_secrets,
+    url_passwords,
+)
 from appliance.core.errors import ConfigError
-from appliance.config.redaction import MASK, mask_url, mask_webhook, redact, remember_secrets, url_passwords
 from appliance.jobs.registry import default_schedules
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -43,10 +50,12 @@ SECRET_PATHS = {
     ("provider", "polygon", "api_key"), ("provider", "tiingo", "api_key"),
     ("alerts", "email", "password"), ("alerts", "webhook", "url"), ("server", "metrics_token"),
 }
+import difflib  # noqa: E402
+
 from appliance.config.rules import MIN_TOKEN_LENGTH, TOKEN_PATHS  # noqa: E402,F401 (their home is there)
-import difflib
+
 #: Keys a reload cannot change: the processes would have to be restarted.
-RESTART_KEYS = [("database", "url"), ("database", "read_url"), ("redis", "url"), ("data_dir",), ("server", "bind"),
+RESTART_KEYS = [("database", "url"), ("database", "read_url"), ("redis", "url"), ("data_dir",), ("server", "bind"),  # noqa: E501
                 ("server", "workers"), ("server", "threads"), ("server", "worker_class")]
 
 DEFAULTS: dict[str, Any] = {
@@ -55,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
                  "max_replica_lag_seconds": 30},
     "redis": {"url": ""},
     "data_dir": "./var",
-    "server": {"bind": "127.0.0.1:8000", "workers": 2, "threads": 4, "worker_class": "gevent", "admin_token": "",
+    "server": {"bind": "127.0.0.1:8000", "workers": 2, "threads": 4, "worker_class": "gevent", "admin_token": "",  # noqa: E501
                "read_token": "", "login_for_read": False, "anonymous_reads": False,
                "secret_key": "",
                "max_request_bytes": 1024 * 1024, "metrics_token": "",

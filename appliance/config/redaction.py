@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 MASK = "********"
 
@@ -74,14 +75,14 @@ _URL_USERINFO_RE = re.compile(r"([a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s@/]+@", re.I
 _BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{12,}", re.I)
 
 
-def remember_secrets(cfg) -> None:
+def remember_secrets(cfg: Any) -> None:
     """Learn the secrets of a loaded config (its ``secret_values()``)."""
     for v in cfg.secret_values():
         if len(v) >= 4:  # shorter ones would mangle ordinary words
             _known_secrets.add(v)
 
 
-def redact(text):
+def redact(text: Any) -> Any:
     """``text`` with every known secret, URL password and Bearer token replaced
     by ``********``. Used on every message before it is stored (events, job
     run errors, reload history) or logged."""
@@ -95,7 +96,7 @@ def redact(text):
     return _BEARER_RE.sub(lambda m: m.group(1) + MASK, text)
 
 
-def redact_obj(v):
+def redact_obj(v: Any) -> Any:
     """``redact`` applied to every string in a JSON-like value."""
     if isinstance(v, str):
         return redact(v)

@@ -4,10 +4,11 @@ the chosen vendor), and the clear messages for ``history.start``."""
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 from pathlib import Path
+
 from croniter import croniter
-import ipaddress
 
 
 def history_start_errors(e, ctx, validator, friendly) -> None:

@@ -1,1 +1,1 @@
-"""Pure logic, no I/O: candles, the trading calendar, timeframes, quality checks, units, errors."""
+"""Pure logic, no I/O: candles, the trading calendar, timeframes, quality, units, errors."""

@@ -26,7 +26,7 @@ CALENDAR_START = dt.date(1990, 1, 1)
 YEARS_AHEAD = 2
 
 _lock = threading.Lock()
-_cache: dict[str, "_Cal"] = {}
+_cache: dict[str, _Cal] = {}
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def is_session(cal_name: str, date: Any) -> bool:
 def _now_ns(now: dt.datetime) -> int:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    return int(np.datetime64(now.astimezone(dt.timezone.utc).replace(tzinfo=None), "ns").astype(np.int64))
+    return int(np.datetime64(now.astimezone(dt.UTC).replace(tzinfo=None), "ns").astype(np.int64))
 
 
 def latest_completed_session(cal_name: str, now: dt.datetime) -> dt.date:
@@ -129,7 +129,7 @@ def _transitions(tz_name: str) -> tuple[np.ndarray, np.ndarray]:
     Found by sampling weekly from 1900 to 2100 and bisecting each change down
     to the hour (zone transitions are weeks apart and fall on whole hours)."""
     tz = ZoneInfo(tz_name)
-    utc = dt.timezone.utc
+    utc = dt.UTC
 
     def off(ts: int) -> int:
         offset = dt.datetime.fromtimestamp(ts, utc).astimezone(tz).utcoffset()

@@ -8,13 +8,13 @@ backfill cheap.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from appliance.core.calendar import local_dates
-from appliance.core.calendar import local_time_epochs
+
+from appliance.core.calendar import local_dates, local_time_epochs
 
 
 def iso_date(d: object) -> str:
@@ -54,13 +54,13 @@ class Bars:
         return int(self.session.shape[0])
 
     @classmethod
-    def empty(cls, symbol: str, source: str = "unknown") -> "Bars":
+    def empty(cls, symbol: str, source: str = "unknown") -> Bars:
         f = np.empty(0, dtype=np.float64)
         return cls(symbol, np.empty(0, dtype="datetime64[D]"), f, f.copy(), f.copy(),
                    f.copy(), f.copy(), f.copy(), np.empty(0, dtype=np.int64), source)
 
     @classmethod
-    def from_rows(cls, symbol: str, rows: Iterable[tuple[Any, ...]], source: str) -> "Bars":
+    def from_rows(cls, symbol: str, rows: Iterable[tuple[Any, ...]], source: str) -> Bars:
         """rows: (date, open, high, low, close, volume, vwap|None, trades|None)."""
         rows = list(rows)
         if not rows:
@@ -74,7 +74,7 @@ class Bars:
         b = cls(symbol, sess, col(1), col(2), col(3), col(4), col(5), col(6), trades, source)
         return b.sorted()
 
-    def sorted(self) -> "Bars":
+    def sorted(self) -> Bars:
         """Sorted by session, the last bar kept when a session repeats."""
         if len(self) == 0:
             return self
@@ -89,7 +89,7 @@ class Bars:
         return Bars(self.symbol, self.session[idx], self.open[idx], self.high[idx], self.low[idx],
                     self.close[idx], self.volume[idx], self.vwap[idx], self.trades[idx], self.source)
 
-    def concat(self, other: "Bars") -> "Bars":
+    def concat(self, other: Bars) -> Bars:
         c = {n: np.concatenate([getattr(self, n), getattr(other, n)])
              for n in ("session", "open", "high", "low", "close", "volume", "vwap", "trades")}
         return Bars(self.symbol, c["session"], c["open"], c["high"], c["low"], c["close"],
@@ -140,7 +140,7 @@ class MinuteBars:
         return int(self.t.shape[0])
 
     @classmethod
-    def empty(cls, symbol: str, source: str = "unknown") -> "MinuteBars":
+    def empty(cls, symbol: str, source: str = "unknown") -> MinuteBars:
         f = np.empty(0, dtype=np.float64)
         return cls(symbol, np.empty(0, dtype=np.int64), f, f.copy(), f.copy(), f.copy(),
                    f.copy(), f.copy(), np.empty(0, dtype=np.int64), source)
@@ -150,14 +150,14 @@ class MinuteBars:
                           self.low[idx], self.close[idx], self.volume[idx], self.vwap[idx],
                           self.trades[idx], self.source)
 
-    def sorted(self) -> "MinuteBars":
+    def sorted(self) -> MinuteBars:
         """Sorted by start, the last bar kept when a start repeats."""
         if len(self) == 0:
             return self
         _, idx = np.unique(self.t[::-1], return_index=True)
         return self.take(len(self) - 1 - idx)
 
-    def concat(self, other: "MinuteBars") -> "MinuteBars":
+    def concat(self, other: MinuteBars) -> MinuteBars:
         c = {n: np.concatenate([getattr(self, n), getattr(other, n)]) for n in self.COLUMNS}
         return MinuteBars(self.symbol, c["t"], c["open"], c["high"], c["low"], c["close"],
                           c["volume"], c["vwap"], c["trades"], self.source).sorted()

@@ -53,8 +53,8 @@ bar are ``missing_sessions`` (holidays are never sessions, so never missing).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

@@ -1,1 +1,2 @@
-"""Fetching bars from the providers and writing them: backfills, their chunks, minutes, demo data."""
+"""Fetching bars from the providers and writing them: backfills, one symbol's daily
+bars, their chunks, minutes, demo data."""

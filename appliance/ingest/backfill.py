@@ -17,19 +17,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-
-from appliance.core import calendar as tcal
-from appliance.store import pool as db
-from appliance.ingest import minutes as intraday
 from appliance import store
-from appliance.core.errors import LockBusy, ProviderAuthError, ProviderError
-from appliance.store.locks import BACKFILL_LOCK
-from appliance.providers import make_provider
+from appliance.core import calendar as tcal
 from appliance.core.candles import Bars
+from appliance.core.errors import LockBusy, ProviderAuthError, ProviderError
+from appliance.ingest import chunks
+from appliance.ingest import minutes as intraday
+from appliance.ingest.daily import SymbolPlan, unknown_among, write_symbol
+from appliance.providers import make_provider
 from appliance.providers.http import MemoryStats
 from appliance.store import demo as dstore
-from appliance.ingest.daily import SymbolPlan, unknown_among, write_symbol
-from appliance.ingest import chunks
+from appliance.store import pool as db
+from appliance.store.locks import BACKFILL_LOCK
 
 log = logging.getLogger("appliance.backfill")
 
@@ -103,7 +102,7 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
 def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=None) -> dict:
     """The backfill job (``runs.execute`` calls it). Returns the run's result."""
     cfg = rt.config
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     start = dt.date.fromisoformat(start) if isinstance(start, str) else start
     end = dt.date.fromisoformat(end) if isinstance(end, str) else end
     syms = list(symbols) if symbols else cfg.active_symbols

@@ -18,7 +18,7 @@ holds it, so no chunk is counted twice (and the writes are idempotent upserts).
 The parent reports progress (chunks, symbols, bars, ``eta_s``) while it
 waits; the finishing step (failure events, the run's result) runs once,
 after the last chunk, whoever ends it (``store.chunks.take_finish``).
-"""
+"""  # noqa: E501
 from __future__ import annotations
 
 import datetime as dt
@@ -29,16 +29,15 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
+from appliance import store
+from appliance.core.errors import ProviderAuthError, ProviderError
 from appliance.ingest import minutes as intraday
 from appliance.ingest.daily import SymbolPlan, backfill_symbol
-from appliance import store
-from appliance.core.errors import ProviderError
+from appliance.jobs import runs
+from appliance.jobs.queue import FAILURE_TTL, RESULT_TTL, queue
 from appliance.providers import make_provider
 from appliance.providers.http import MemoryStats
 from appliance.store import chunks as chunk_store
-from appliance.jobs.queue import FAILURE_TTL, RESULT_TTL, queue
-from appliance.core.errors import ProviderAuthError
-from appliance.jobs import runs
 
 log = logging.getLogger("appliance.chunks")
 
@@ -271,7 +270,7 @@ def _close_orphan_run(conn, run_id: int, res: dict, stale_s: float) -> None:
     r = runs.get(conn, run_id)
     beat = (r or {}).get("heartbeat_at") or (r or {}).get("started_at")
     silent = beat is None or \
-        (dt.datetime.now(dt.timezone.utc) - beat).total_seconds() > stale_s
+        (dt.datetime.now(dt.UTC) - beat).total_seconds() > stale_s
     if r is not None and (r["status"] == "failed" or (r["status"] == "running" and silent)):
         runs.finish(conn, run_id, res["status"], {k: v for k, v in res.items() if k != "status"},
                     res.get("error"))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance import store
-from appliance.core import calendar as tcal, quality
+from appliance.core import calendar as tcal
+from appliance.core import quality
 from appliance.core.candles import Bars
 from appliance.core.errors import ProviderAuthError, ProviderError, UnknownSymbol
 from appliance.store import demo as dstore

@@ -23,14 +23,15 @@ history as for a new symbol.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
-from appliance.ingest import daily, minutes as intraday
-from appliance.store import pool as db
 from appliance import store
 from appliance.core.errors import LockBusy
-from appliance.store.locks import BACKFILL_LOCK
+from appliance.ingest import daily
+from appliance.ingest import minutes as intraday
 from appliance.store import demo as dstore
+from appliance.store import pool as db
+from appliance.store.locks import BACKFILL_LOCK
 
 log = logging.getLogger("appliance.demodata")
 

@@ -15,7 +15,7 @@ Rules (labelling in ``timeframes``): minutes outside the configured session
 OHLC is stored but flagged invalid and left out of reads and rollups; a
 calendar session without any minute bar is a ``missing`` gap, a missing
 single minute is not (a minute without trades has no bar).
-"""
+"""  # noqa: E501
 from __future__ import annotations
 
 import datetime as dt
@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from appliance import store
 from appliance.core import calendar as tcal
 from appliance.core import quality
-from appliance import store
 from appliance.core.candles import MinuteBars
 from appliance.core.errors import ProviderAuthError, ProviderError
+from appliance.core.timeframes import REGULAR_CLOSE, REGULAR_OPEN, session_window
 from appliance.store import demo as dstore
 from appliance.store import minutes as mstore
-from appliance.core.timeframes import REGULAR_CLOSE, REGULAR_OPEN, session_window
 
 log = logging.getLogger("appliance.intraday")
 

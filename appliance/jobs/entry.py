@@ -7,17 +7,18 @@ from __future__ import annotations
 import logging
 import os
 
+from rq import get_current_job
+
+from appliance import store
+from appliance.alerts import rules as alerts
+from appliance.config.loader import salvage_connection_settings
+from appliance.core.errors import ConfigError
 from appliance.ingest import chunks
 from appliance.jobs import runs
-from appliance.core.errors import ConfigError
 from appliance.jobs.registry import job_function
-from appliance.alerts import rules as alerts
-from appliance import store
-from appliance.config.loader import salvage_connection_settings
-from appliance.runtime.runtime import Runtime
-from rq import get_current_job
-from appliance.ops.backups import wait_while_suspended
 from appliance.jobs.schedule import current_slot
+from appliance.ops.backups import wait_while_suspended
+from appliance.runtime.runtime import Runtime
 
 log = logging.getLogger("appliance.jobs")
 

@@ -18,17 +18,15 @@ import logging
 import threading
 from pathlib import Path
 
-from appliance.alerts import rules as alerts
-from appliance.runtime import configsync
 from appliance import store
-from appliance.config.loader import Config, SymbolSpec, load_config
+from appliance.alerts import rules as alerts
 from appliance.config.diff import diff_configs, diff_is_empty
+from appliance.config.loader import Config, SymbolSpec, load_config, salvage_connection_settings
 from appliance.core.errors import ConfigError
 from appliance.ingest import demodata
-from appliance.config.loader import salvage_connection_settings
-from appliance.runtime.runtime import Runtime
 from appliance.jobs.queue import enqueue
-from appliance.runtime import services
+from appliance.runtime import configsync, services
+from appliance.runtime.runtime import Runtime
 
 log = logging.getLogger("appliance.reload")
 _lock = threading.Lock()

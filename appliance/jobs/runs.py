@@ -13,10 +13,13 @@ import logging
 import time
 import traceback
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from appliance import store
+from appliance.config.redaction import redact, redact_obj
+from appliance.core.errors import ApplianceError
 from appliance.store import runs as runs_sql
+
 # the table's plain reads and writes, used as ``runs.NAME`` by jobs, web and status
 from appliance.store.runs import (  # noqa: F401
     claim,
@@ -29,14 +32,12 @@ from appliance.store.runs import (  # noqa: F401
     set_rq_id,
     start,
 )
-from appliance.config.redaction import redact, redact_obj
-from appliance.core.errors import ApplianceError
 
 log = logging.getLogger("appliance.jobs")
 
 
 def manual_slot() -> str:
-    return "manual:" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + ":" + \
+    return "manual:" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + ":" + \
         uuid.uuid4().hex[:8]
 
 
@@ -82,7 +83,7 @@ def duration_s(r: dict, *, running_until_now: bool = False) -> float | None:
         return None
     end = r.get("finished_at")
     if end is None and running_until_now:
-        end = dt.datetime.now(dt.timezone.utc)
+        end = dt.datetime.now(dt.UTC)
     return round((end - r["started_at"]).total_seconds(), 3) if end else None
 
 

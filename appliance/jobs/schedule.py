@@ -29,24 +29,21 @@ import socket
 import threading
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 from croniter import croniter
-from rq.exceptions import NoSuchJobError
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq_scheduler import Scheduler
 from rq_scheduler.utils import to_unix
 
 from appliance import store
-from appliance.jobs.registry import JOBS
-from appliance.jobs.queue import FAILURE_TTL, QUEUE_NAME, RESULT_TTL, RUN_FUNC, retry
-from appliance.runtime.runtime import K_HEARTBEAT
-from appliance.jobs.queue import enqueue
-from appliance.runtime.runtime import K_CONFIG_VERSION
 from appliance.alerts.rules import start_watchdog
-from rq import Queue
-from rq.exceptions import DuplicateJobError
 from appliance.jobs import runs
+from appliance.jobs.queue import FAILURE_TTL, QUEUE_NAME, RESULT_TTL, RUN_FUNC, enqueue, retry
+from appliance.jobs.registry import JOBS
+from appliance.runtime.runtime import K_CONFIG_VERSION, K_HEARTBEAT
 
 log = logging.getLogger("appliance.schedule")
 
@@ -67,7 +64,7 @@ STALE_EVERY_SECONDS = 60.0
 #: how often the registry is compared with the config even without a reload
 RECONCILE_EVERY_SECONDS = 60.0
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # --------------------------------------------------------------------------- time
@@ -377,7 +374,7 @@ class SchedulerProcess:
         when it can be had within the lock's lifetime."""
         self.sch.register_birth()
         self.heartbeat(force=True)
-        got = self.sch.wait_for_lock(self.sch._interval + 10)
+        got = self.sch.wait_for_lock(self.sch._interval + 10)  # noqa: SLF001
         if not got:
             log.warning("rq-scheduler lock still held by another scheduler; starting anyway")
         try:
@@ -434,7 +431,7 @@ class SchedulerProcess:
                           e.__class__.__name__, e, backoff)
                 self.stop.wait(backoff)
                 continue
-            self.stop.wait(max(0.0, self.sch._interval - (time.monotonic() - t0)))
+            self.stop.wait(max(0.0, self.sch._interval - (time.monotonic() - t0)))  # noqa: SLF001
         return 0
 
     def shutdown(self) -> None:

@@ -17,16 +17,15 @@ import threading
 from pathlib import Path
 
 import redis
+from rq import Queue, Worker
 
+from appliance import store
+from appliance.ingest.chunks import release_dead
+from appliance.jobs import entry
 from appliance.jobs.queue import QUEUE_NAME
+from appliance.jobs.schedule import heartbeat_settings
 from appliance.runtime.runtime import K_HEARTBEAT
 from appliance.store import pool as db
-from appliance import store
-from rq import Worker
-from rq import Queue
-from appliance.jobs import entry
-from appliance.jobs.schedule import heartbeat_settings
-from appliance.ingest.chunks import release_dead
 
 log = logging.getLogger("appliance.worker")
 

@@ -1,1 +1,2 @@
-"""Operations: backups, maintenance, performance, spot checks, history, the status view, export."""
+"""Operations: backups, maintenance, performance, spot checks, history, retention,
+the status view, export."""

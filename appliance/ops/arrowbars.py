@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -62,11 +62,11 @@ class Batches:
         self.fields = list(sch)[2:]
 
     def batch(self, symbol: str, rows: Sequence[tuple]) -> pa.RecordBatch:
-        cols = list(zip(*rows)) if rows else [()] * (len(self.fields) + 1)
+        cols = list(zip(*rows, strict=False)) if rows else [()] * (len(self.fields) + 1)
         sym = pa.DictionaryArray.from_arrays(
             pa.array([self.index[symbol]] * len(rows), pa.int32()), self.dictionary)
         arrays = [sym, pa.array(cols[0], pa.int64()).cast(TIME_TYPE)]
-        for f, values in zip(self.fields, cols[1:]):
+        for f, values in zip(self.fields, cols[1:], strict=False):
             arrays.append(pa.array(values, f.type))
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
@@ -119,7 +119,7 @@ _HEADER = 19  # signature (11), flags (4), header extension length (4, zero)
 _PG_EPOCH_DAYS = 10957  # 2000-01-01, PostgreSQL's day 0, in days since 1970-01-01
 
 
-def symbol_batches(conn, batches: "Batches", symbol: str, timeframe: str, *, adjusted: bool,
+def symbol_batches(conn, batches: Batches, symbol: str, timeframe: str, *, adjusted: bool,
                    include_invalid: bool, params: dict, chunk: int = 65536,
                    keep=None) -> Iterator[pa.RecordBatch]:
     """One symbol's bars as record batches of at most ``chunk`` rows:

@@ -30,8 +30,8 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from appliance.ops import arrowbars
 from appliance.core.timeframes import base_of
+from appliance.ops import arrowbars
 from appliance.store import columnar as cstore
 
 MANIFEST = "manifest.json"
@@ -158,7 +158,7 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
         with conn_cm() as conn:
             entry = _write_month(conn, out, timeframe, month, symbols)
         entry.update(fingerprint=fp, timeframe=timeframe, month=month.isoformat()[:7],
-                     written_at=dt.datetime.now(dt.timezone.utc).isoformat())
+                     written_at=dt.datetime.now(dt.UTC).isoformat())
         parts[key] = entry
         result["written"].append(key)
         result["rows"] += entry["rows"]
@@ -185,7 +185,7 @@ def export_dataset(rt, run_id, report, timeframes=None) -> dict:
     out = cfg["export"]["out"]
     if not out:
         return {"status": "ok", "skipped": "export.out is empty: no dataset configured"}
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     result = {"out": out, "timeframes": {}}
     written = 0
     for tf in timeframes or cfg["export"]["timeframes"]:

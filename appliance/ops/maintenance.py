@@ -38,11 +38,11 @@ import datetime as dt
 import logging
 import math
 
-from appliance.ingest import minutes as intraday
-from appliance.store import pool as db
 from appliance import store
-from appliance.store import maintenance as mnt
+from appliance.ingest import minutes as intraday
 from appliance.ingest.daily import refresh_stats
+from appliance.store import maintenance as mnt
+from appliance.store import pool as db
 
 log = logging.getLogger("appliance.maintenance")
 
@@ -174,7 +174,7 @@ def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None,
     threshold = BLOAT_THRESHOLD_PCT if bloat_threshold_pct is None else float(bloat_threshold_pct)
     min_bytes = MIN_INDEX_BYTES if min_index_bytes is None else int(min_index_bytes)
     today = dt.date.fromisoformat(today) if isinstance(today, str) else \
-        (today or dt.datetime.now(dt.timezone.utc).date())
+        (today or dt.datetime.now(dt.UTC).date())
     result: dict = {"status": "ok", "errors": []}
     # one autocommit connection without the pool's statement timeout: ANALYZE and
     # REINDEX CONCURRENTLY of a large table take their time, and REINDEX

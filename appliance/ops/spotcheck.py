@@ -39,10 +39,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from appliance.ingest import minutes as intraday
-from appliance.core import quality
 from appliance import store
+from appliance.core import quality
 from appliance.core.errors import ProviderError
+from appliance.ingest import minutes as intraday
 from appliance.providers import make_provider
 from appliance.providers.http import MemoryStats
 
@@ -103,7 +103,7 @@ def compare_closes(sym: str, items, other: dict, factors, other_adjusted: bool, 
     """One symbol's sampled (session, stored close) pairs against the second
     source's closes; sessions it has no close for go to ``unavailable``."""
     out = []
-    for (d, close), f in zip(items, factors.tolist()):
+    for (d, close), f in zip(items, factors.tolist(), strict=False):
         o = other.get(d)
         if o is None or not np.isfinite(o) or o == 0:
             unavailable.append({"symbol": sym, "session": d.isoformat(),
@@ -155,7 +155,7 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed
                                 "reason": f"{source} error: {e.message}"} for d, _ in items)
             continue
         other = {s: float(c) for s, c in zip(bars.session.astype(object).tolist(),
-                                             bars.close.tolist())}
+                                             bars.close.tolist(), strict=False)}
         sess = np.array([np.datetime64(d, "D") for d, _ in items], dtype="datetime64[D]")
         factors = quality.split_factors(sess, splits[sym])
         out_pairs.extend(compare_closes(sym, items, other, factors, other_adjusted, source,

@@ -12,16 +12,16 @@ cannot say about itself.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import datetime as dt
 import json
+import signal
 import sys
 import time
 
-from appliance.alerts import health as health_mod
 import requests
-import concurrent.futures as cf
-import signal
 
+from appliance.alerts import health as health_mod
 
 WEB_TIMEOUT_S = 2.0
 
@@ -79,7 +79,7 @@ def _age(ts) -> str:
         return "-"
     if isinstance(ts, str):
         ts = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    s = (dt.datetime.now(dt.timezone.utc) - ts).total_seconds()
+    s = (dt.datetime.now(dt.UTC) - ts).total_seconds()
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= n:
             return f"{s / n:.1f}{unit} ago"

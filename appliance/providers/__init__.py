@@ -5,19 +5,19 @@ overrides ``provider.name`` (e.g. the second source of the spot-check).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
-from appliance.core.candles import Bars, Split
 from appliance.config.loader import DEFAULTS
+from appliance.core.candles import Bars, Split
 from appliance.core.errors import ConfigError
 from appliance.providers.base import Provider, require_api_key
-from appliance.providers.http import shared_limiter
-from appliance.providers.ratelimit import GlobalRateLimiter
-from appliance.providers.polygon import PolygonProvider
-from appliance.providers.yahoo import YahooProvider
-from appliance.providers.tiingo import TiingoProvider
 from appliance.providers.csvdir import CsvProvider
 from appliance.providers.demo import DemoProvider
+from appliance.providers.http import shared_limiter
+from appliance.providers.polygon import PolygonProvider
+from appliance.providers.ratelimit import GlobalRateLimiter
+from appliance.providers.tiingo import TiingoProvider
+from appliance.providers.yahoo import YahooProvider
 
 NAMES = ("polygon", "yahoo", "tiingo", "csv", "demo")
 

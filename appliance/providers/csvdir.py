@@ -83,7 +83,7 @@ class CsvProvider:
                     def num(c):
                         if c not in pos:
                             return None
-                        x = fields[pos[c]].strip()
+                        x = fields[pos[c]].strip()  # noqa: B023
                         return None if x == "" else float(x)
 
                     trades = num("trades")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import zlib
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -50,7 +50,7 @@ ANOMALY_END = dt.date(2025, 6, 30)
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class _Series:

@@ -66,7 +66,7 @@ def _day(seed: int, symbol: str, bar: Bars, i: int, close_min: int):
     eh = np.maximum(eo, ec) + 0.01
     el = np.maximum(np.minimum(eo, ec) - 0.01, 0.01)
     ev = rng.integers(100, 5000, len(ext)).astype(float)
-    cols = [np.concatenate([e, x]) for e, x in zip((ext, eo, eh, el, ec, ev), reg)]
+    cols = [np.concatenate([e, x]) for e, x in zip((ext, eo, eh, el, ec, ev), reg, strict=False)]
     order = np.argsort(cols[0], kind="stable")
     return day, [x[order] for x in cols]
 
@@ -88,5 +88,5 @@ def minute_bars(seed: int, calendar: str, bars: Bars) -> MinuteBars:
         parts.append((t.astype(np.int64), o, h, lo, c, v, vw, n))
     if not parts:
         return MinuteBars.empty(bars.symbol, SOURCE)
-    cols = [np.concatenate(x) for x in zip(*parts)]
+    cols = [np.concatenate(x) for x in zip(*parts, strict=False)]
     return MinuteBars(bars.symbol, *cols, SOURCE)

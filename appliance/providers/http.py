@@ -25,7 +25,8 @@ import random
 import re
 import threading
 import time
-from typing import Callable, Iterable, Mapping, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import requests
 import tenacity

@@ -14,7 +14,7 @@ the New York evening is already the next day in UTC.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from urllib.parse import quote
 
 import numpy as np

@@ -9,7 +9,7 @@ Dates are the trading day (``2018-04-12T00:00:00+00:00``).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import quote
 
 import numpy as np
@@ -18,8 +18,6 @@ from appliance.core.candles import Bars, Split, iso_date
 from appliance.core.errors import ProviderDataError
 from appliance.providers.base import require_api_key
 from appliance.providers.http import HttpClient, client_for
-
-
 
 
 class TiingoProvider:

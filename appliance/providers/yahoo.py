@@ -12,8 +12,8 @@ the raw side by the stored splits or un-adjust this one.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import quote
 
 import numpy as np

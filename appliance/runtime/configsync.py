@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -37,12 +38,11 @@ from dataclasses import dataclass
 
 import redis
 
-from appliance.runtime import replica
-from appliance.config.loader import Config, load_config
 from appliance.config.diff import diff_configs
+from appliance.config.loader import Config, load_config
 from appliance.core.errors import ConfigError
+from appliance.runtime import replica
 from appliance.runtime.runtime import K_RESTART_SINCE
-import re
 
 log = logging.getLogger("appliance.configsync")
 
@@ -72,7 +72,7 @@ def live(rt, path=None) -> dict[str, Peer]:
     out = {}
     r = rt.redis
     keys = list(r.scan_iter(K_PROC + "*", count=200))
-    for key, raw in zip(keys, r.mget(keys) if keys else []):
+    for key, raw in zip(keys, r.mget(keys) if keys else [], strict=False):
         if raw is None:
             continue
         try:
@@ -114,7 +114,7 @@ class Watcher:
         self._answered: set[str] = set()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         self.beat()
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
         self._thread.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from logging.handlers import RotatingFileHandler
+
 from appliance.config.redaction import redact
 
 

@@ -24,8 +24,8 @@ import psycopg
 from prometheus_client import Counter
 from psycopg_pool import PoolTimeout
 
-from appliance.store import pool as db
 from appliance.store import databases
+from appliance.store import pool as db
 
 log = logging.getLogger("appliance.replica")
 

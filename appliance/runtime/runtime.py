@@ -12,6 +12,7 @@ it changed; a job that is already running keeps the config it started with.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import sys
@@ -22,14 +23,19 @@ from pathlib import Path
 
 import redis
 
-from appliance.store import pool as db
-from appliance.runtime import replica as replica_mod, services
-from appliance.config.loader import Config, load_config, with_boot_values
+from appliance.config.loader import (
+    Config,
+    default_config_path,
+    load_config,
+    salvage_connection_settings,
+    with_boot_values,
+)
 from appliance.core.errors import ConfigError
+from appliance.runtime import replica as replica_mod
+from appliance.runtime import services
 from appliance.runtime.fs import local_secret
 from appliance.runtime.logs import setup_logging  # noqa: F401  (kept importable from here)
-from appliance.config.loader import default_config_path, salvage_connection_settings
-import hashlib
+from appliance.store import pool as db
 
 log = logging.getLogger("appliance.runtime")
 
@@ -82,7 +88,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def from_path(cls, path: str | os.PathLike | None = None, **kw) -> "Runtime":
+    def from_path(cls, path: str | os.PathLike | None = None, **kw) -> Runtime:
         """The running config when the appliance has one for ``path``, else the
         file (which must then validate)."""
         try:
@@ -96,7 +102,7 @@ class Runtime:
             raise err
         return rt
 
-    def open(self, wait: bool = True, timeout: float = 30.0) -> "Runtime":
+    def open(self, wait: bool = True, timeout: float = 30.0) -> Runtime:
         if not self._opened:
             self.pool.open()
             if wait:
@@ -251,7 +257,7 @@ class Runtime:
             since = self.redis.get(K_RESTART_SINCE)
         except redis.RedisError:
             since = None
-        when = (dt.datetime.fromtimestamp(float(since), dt.timezone.utc).isoformat()
+        when = (dt.datetime.fromtimestamp(float(since), dt.UTC).isoformat()
                 .replace("+00:00", "Z") if since else None)
         return {"keys": keys, "since": when}
 

@@ -25,12 +25,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+import redis
+
+from appliance.config.redaction import mask_url
 from appliance.core.errors import ServiceError
 from appliance.runtime.fs import secure_dir
-import psycopg
 from appliance.store import databases
-import redis
-from appliance.config.redaction import mask_url
 
 log = logging.getLogger("appliance.services")
 
@@ -95,7 +96,7 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
         import pgserver
         from pgserver.postgres_server import PostgresServer
         if info is None:  # pgserver caches handles per folder: a stopped server's must go
-            PostgresServer._instances.pop(pgdata.resolve(), None)
+            PostgresServer._instances.pop(pgdata.resolve(), None)  # noqa: SLF001
         with _search_only_prefixes():
             srv = pgserver.get_server(pgdata, cleanup_mode=None)
         if info is None:
@@ -154,7 +155,7 @@ def _postmaster_info(pgdata: Path):
         from pgserver.utils import PostmasterInfo
         info = PostmasterInfo.read_from_pgdata(pgdata)
         return info if info is not None and info.is_running() else None
-    except Exception:  # a half-written pid file: treat as not running
+    except Exception:  # a half-written pid file: treat as not running  # noqa: BLE001
         return None
 
 
@@ -202,7 +203,7 @@ def pg_tools(database_url: str, embedded: bool) -> Path:
     try:
         with psycopg.connect(database_url, connect_timeout=5) as conn:
             major = databases.server_version_num(conn) // 10000
-    except Exception:
+    except Exception:  # noqa: BLE001
         major = None
     root = Path("/usr/lib/postgresql")
     if major and (root / str(major) / "bin" / "pg_dump").exists():
@@ -290,7 +291,7 @@ def _redis_alive(url: str) -> bool:
         ok = r.ping()
         r.close()
         return bool(ok)
-    except Exception:
+    except Exception:  # noqa: BLE001
         return False
 
 

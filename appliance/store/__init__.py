@@ -17,49 +17,47 @@ server), ``scratch`` (a database that is not the live one yet), ``locks``
 Outside this package only ``appliance.store.pool`` runs SQL: the connection pool,
 the migration runner and the partitions a migration needs.
 """
-from appliance.store import (alerts, databases, history, locks, maintenance, performance, runs, scratch, settings as sessions, spotcheck)
-from appliance.store.writes import (
-    NY,
-    TIMEFRAME,
-    copy_text,
-    ensure_partitions_for,
-    last_close_before,
-    last_stored_session,
-    save_splits,
-    splits_for,
-    stored_sessions,
-    upsert_bars,
-    write_bars,
+from appliance.store import (
+    alerts,
+    databases,
+    history,
+    locks,
+    maintenance,
+    performance,
+    runs,
+    scratch,
+    spotcheck,
 )
-from appliance.store.symbols import (
-    refresh_symbol_stats,
-    summary,
-    symbol_row,
-    symbol_rows,
-    no_symbol_stats,
-    symbol_known,
-    symbol_rows_for,
-    sync_symbols,
-)
-from appliance.store.reads import (
-    HISTORICAL_CSV_HEADER,
-    chart_series,
-    daily_hlv,
-    gaps,
-    historical_csv_sql,
-    historical_json_sql,
-    invalid_candles,
-    weekly_sql,
-    WEEKLY_CSV_HEADER,
+from appliance.store import settings as sessions
+from appliance.store.alerts import alerts_list, open_alerts
+from appliance.store.backups import (
+    backup_id,
+    backup_id_at,
+    backup_row,
+    backup_rows,
+    backup_status,
+    backup_statuses,
+    database_facts,
+    export_snapshot,
+    good_backup_paths,
+    good_backups,
+    last_archive_and_database_size,
+    last_good_backup_at,
+    mark_backup_deleted,
+    mark_backup_missing,
+    record_restore_test,
+    restore_test_from_manifest,
+    table_and_symbol_counts,
+    upsert_backup,
 )
 from appliance.store.ops import (
     add_event,
     add_vendor_counts,
     checkpoint,
     config_reloads,
-    event_kinds,
     delete_config_reloads_before,
     delete_events_before,
+    event_kinds,
     history_coverage,
     installed_at,
     job_run_stats,
@@ -73,26 +71,39 @@ from appliance.store.ops import (
     vendor_429_total,
     vendor_counts,
 )
-from appliance.store.alerts import alerts_list, open_alerts
-from appliance.store.backups import (
-    database_facts,
-    export_snapshot,
-    good_backups,
-    last_archive_and_database_size,
-    last_good_backup_at,
-    mark_backup_deleted,
-    table_and_symbol_counts,
-    backup_id,
-    backup_id_at,
-    backup_row,
-    backup_rows,
-    backup_status,
-    backup_statuses,
-    good_backup_paths,
-    mark_backup_missing,
-    record_restore_test,
-    restore_test_from_manifest,
-    upsert_backup,
+from appliance.store.reads import (
+    HISTORICAL_CSV_HEADER,
+    WEEKLY_CSV_HEADER,  # noqa: F401
+    chart_series,
+    daily_hlv,  # noqa: F401
+    gaps,
+    historical_csv_sql,
+    historical_json_sql,
+    invalid_candles,
+    weekly_sql,  # noqa: F401
+)
+from appliance.store.symbols import (
+    no_symbol_stats,
+    refresh_symbol_stats,
+    summary,
+    symbol_known,
+    symbol_row,
+    symbol_rows,
+    symbol_rows_for,
+    sync_symbols,
+)
+from appliance.store.writes import (
+    NY,
+    TIMEFRAME,
+    copy_text,
+    ensure_partitions_for,
+    last_close_before,
+    last_stored_session,
+    save_splits,
+    splits_for,
+    stored_sessions,
+    upsert_bars,
+    write_bars,
 )
 
 __all__ = [

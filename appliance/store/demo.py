@@ -6,7 +6,7 @@ any of its bars is (``refresh_symbol_stats``, ``refresh_minute_stats``)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from collections.abc import Sequence
 
 #: The demo provider's ``source``.
 DEMO = "demo"

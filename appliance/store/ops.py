@@ -6,8 +6,8 @@ import datetime as dt
 import json
 
 from psycopg.rows import dict_row
-from appliance.config.redaction import redact, redact_obj
 
+from appliance.config.redaction import redact, redact_obj
 
 
 def add_event(conn, level: str, kind: str, message: str, details: dict | None = None) -> None:

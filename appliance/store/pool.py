@@ -53,7 +53,7 @@ def _reset(conn) -> None:
     """A connection goes back to the pool as it came out: transactional."""
     if conn.autocommit:
         conn.autocommit = False
-    conn._returned_at = time.monotonic()
+    conn._returned_at = time.monotonic()  # noqa: SLF001
 
 
 def _check_if_idle(conn) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 from psycopg.rows import dict_row
-from appliance.store.writes import TIMEFRAME
 
+from appliance.store.writes import TIMEFRAME
 
 
 def _historical_select(adjusted: bool, include_invalid: bool, limited: bool = True) -> str:

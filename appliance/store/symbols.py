@@ -3,12 +3,12 @@ after every write so that status and the console never scan market_data."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from psycopg.rows import dict_row
-from appliance.store.writes import TIMEFRAME, stored_sessions
 
+from appliance.store.writes import TIMEFRAME, stored_sessions
 
 
 def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,

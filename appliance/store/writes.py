@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
-
-from appliance.store import pool as db
-from appliance.core.candles import Split
 import psycopg
 
+from appliance.core.candles import Split
+from appliance.store import pool as db
 
 NY = "America/New_York"
 TIMEFRAME = "1d"
@@ -54,7 +53,7 @@ def copy_text(bars, checked, *, issues_of, direct: bool = False) -> bytes:
         return b""
     sym = bars.symbol
     sess = bars.session.astype(str).tolist()
-    o, h, l, c, v, vw = (_fmt_float_col(getattr(bars, k)) for k in
+    o, h, l, c, v, vw = (_fmt_float_col(getattr(bars, k)) for k in  # noqa: E741
                          ("open", "high", "low", "close", "volume", "vwap"))
     tr = ["\\N" if t < 0 else str(t) for t in bars.trades.tolist()]
     valid = ["t" if x else "f" for x in checked.valid.tolist()]

@@ -11,7 +11,9 @@ from flask import Flask, request
 from appliance.config.loader import Config, load_config
 
 if TYPE_CHECKING:  # imported in create_app: ``web.server`` runs in the gunicorn master,
-    from appliance.runtime.runtime import Runtime  # which must not import psycopg (see web/server.py)
+    from appliance.runtime.runtime import (
+        Runtime,  # which must not import psycopg (see web/server.py)
+    )
 
 log = logging.getLogger("appliance.web")
 
@@ -79,9 +81,10 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
 
 def _service_runtime(config) -> Runtime:
     import atexit
-    from appliance.runtime import configsync
+
     from appliance.config.loader import salvage_connection_settings
     from appliance.core.errors import ConfigError
+    from appliance.runtime import configsync
     from appliance.runtime.runtime import Runtime
     path = config.path if isinstance(config, Config) else config
     try:

@@ -21,20 +21,20 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, current_app, jsonify
 from flask.json.provider import DefaultJSONProvider
 
-from appliance.ops import backups as backups_mod
-from appliance.alerts import health as health_mod
 from appliance import store
-from appliance.store import minutes as mstore
+from appliance.alerts import health as health_mod
+from appliance.jobs import reload as reload_mod
 from appliance.jobs import runs
+from appliance.jobs.queue import enqueue
 from appliance.jobs.registry import JOB_NAMES, run_now_params
-from appliance.web.auth import require_admin, require_read
+from appliance.ops import backups as backups_mod
+from appliance.store import minutes as mstore
 from appliance.web import bars, columnar, errors
 from appliance.web import openapi as openapi_doc
+from appliance.web.auth import require_admin, require_read
 from appliance.web.errors import BadRequest, api_error
-from appliance.web.stream import Stream
 from appliance.web.params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
-from appliance.jobs.queue import enqueue
-from appliance.jobs import reload as reload_mod
+from appliance.web.stream import Stream
 
 log = logging.getLogger("appliance.api")
 
@@ -315,7 +315,7 @@ def gaps():
     out = []
     for r in rows:
         out.append({"symbol": r["symbol"], "session": r["session"], "kind": r["kind"],
-                    "timeframe": r["timeframe"], "jump_pct": r["jump_pct"], "open": r["open"], "close": r["close"],
+                    "timeframe": r["timeframe"], "jump_pct": r["jump_pct"], "open": r["open"], "close": r["close"],  # noqa: E501
                     "split_from": r["split_from"], "split_to": r["split_to"],
                     "split_ratio": (f"{_ratio_term(r['split_to'])}:{_ratio_term(r['split_from'])}"
                                     if r.get("split_from") else None)})

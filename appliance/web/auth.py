@@ -40,10 +40,10 @@ from functools import wraps
 import redis
 from flask import Response, current_app, g, redirect, request, session, url_for
 
-from appliance.web.errors import api_error
-from appliance.config.rules import listens_beyond_loopback
-from appliance.web.lockout import LocalLockout
 from appliance import store
+from appliance.config.rules import listens_beyond_loopback
+from appliance.web.errors import api_error
+from appliance.web.lockout import LocalLockout
 
 log = logging.getLogger("appliance.auth")
 

@@ -78,7 +78,7 @@ def _cursor(raw: str | None, weekly: bool):
     if ms > CURSOR_MAX_MS:
         raise BadRequest(f"cursor={raw[:40]!r} is past the year 9999: not a cursor from a "
                          f"'next' link", "bad_cursor")
-    t = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
     return t.date() if weekly else t
 
 
@@ -137,6 +137,6 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
         for c in chunks():
             yield (sep + ", ".join(c)).encode()
             sep = ", "
-        yield (f'], "next": ' + (f'"{nxt}"' if nxt else "null") + "}").encode()
+        yield ('], "next": ' + (f'"{nxt}"' if nxt else "null") + "}").encode()
 
     return Response(body(), mimetype="application/json")

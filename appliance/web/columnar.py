@@ -21,15 +21,15 @@ import time
 import pyarrow as pa
 from flask import Blueprint, Response, current_app, request
 
-from appliance.ops import arrowbars
 from appliance import store
+from appliance.ops import arrowbars
 from appliance.store import columnar as cstore
 from appliance.store import minutes as mstore
 from appliance.web import bars
 from appliance.web.auth import ADMIN, principal
 from appliance.web.errors import BadRequest, api_error
-from appliance.web.stream import Stream
 from appliance.web.params import bool_arg, date_arg, query_args, symbol_arg
+from appliance.web.stream import Stream
 
 bp = Blueprint("columnar", __name__)
 
@@ -75,7 +75,7 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
     symbol is unknown."""
     daily = timeframe == "1d"
     page = limit if daily else min(limit or bars.PAGE_MAX, bars.PAGE_MAX)
-    after = None if daily else bars._cursor(cursor, timeframe == "1w")
+    after = None if daily else bars._cursor(cursor, timeframe == "1w")  # noqa: SLF001
     params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
               "limit": page + 1 if page else None}
     with conn_cm as conn:
@@ -86,7 +86,7 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
     more = page is not None and table.num_rows > page
     if more:
         table = table.slice(0, page)
-    nxt = bars._next_link(table.column("time")[-1].value) if more and not daily else None
+    nxt = bars._next_link(table.column("time")[-1].value) if more and not daily else None  # noqa: SLF001
     meta = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
             "adjusted": adjusted, "include_invalid": include_invalid, "source": source,
             "cursor": cursor, "count": table.num_rows, "next": nxt}

@@ -12,14 +12,19 @@ import os
 import time
 
 from flask import Response, current_app, g, request
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
-                               generate_latest, multiprocess)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from appliance.alerts import health as health_mod
 from appliance import store
-from appliance.web.auth import auth_counts, key_stats
+from appliance.alerts import health as health_mod
 from appliance.runtime.replica import READS
+from appliance.web.auth import auth_counts, key_stats
 
 HTTP_LATENCY = Histogram("appliance_http_request_duration_seconds",
                          "HTTP request latency by method, endpoint (the route's view, "
@@ -150,7 +155,7 @@ def _backups_and_alerts(lb, lrt, alerts):
     age = GaugeMetricFamily("appliance_backup_age_seconds", "age of the latest good backup")
     size = GaugeMetricFamily("appliance_backup_size_bytes", "size of the latest good backup")
     if lb:
-        age.add_metric([], (dt.datetime.now(dt.timezone.utc) - lb["created_at"]).total_seconds())
+        age.add_metric([], (dt.datetime.now(dt.UTC) - lb["created_at"]).total_seconds())
         size.add_metric([], float(lb["size_bytes"] or 0))
     yield age
     yield size
@@ -174,7 +179,7 @@ def register(app) -> None:
 
     @app.before_request
     def _start():
-        g._t0 = time.perf_counter()
+        g._t0 = time.perf_counter()  # noqa: SLF001
 
     @app.after_request
     def _observe(resp):

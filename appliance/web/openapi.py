@@ -12,10 +12,10 @@ import copy
 from functools import lru_cache
 
 from appliance import __version__ as APP_VERSION
-from appliance.core import timeframes
-from appliance.web import openapi_columnar
 from appliance.config.loader import SYMBOL_RE
+from appliance.core import timeframes
 from appliance.jobs.registry import JOB_NAMES
+from appliance.web import openapi_columnar
 
 SYMBOL_PATTERN = SYMBOL_RE.pattern
 DATE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"

@@ -3,8 +3,8 @@ binary content types of ``/api/v1/historical/{symbol}`` and the bulk
 endpoint ``/api/v1/bars``. ``openapi.py`` merges them into the document."""
 from __future__ import annotations
 
-from appliance.ops import arrowbars
 from appliance.core import timeframes
+from appliance.ops import arrowbars
 
 BINARY = {"type": "string", "format": "binary"}
 COLUMNS_NOTE = ("Columns: symbol (dictionary-encoded), time (UTC timestamp of the bar's "

@@ -24,7 +24,6 @@ import json
 import logging
 import secrets
 import time
-
 from typing import TYPE_CHECKING
 
 import redis

@@ -210,7 +210,7 @@ def journey(tmp_path_factory, pytestconfig):
 
     t_start = time.monotonic()
     workdir = tmp_path_factory.mktemp("cluster-journey")
-    latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.timezone.utc))
+    latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.UTC))
     first = tcal.previous_sessions("XNYS", latest, HISTORY_SESSIONS)[0].astype(dt.date)
     truth = make_truth(SYMBOLS, first, latest, seed=17)
     c = clustermod.Cluster(workdir, NAMES)
@@ -391,7 +391,7 @@ def test_4_a_backfill_is_shared_by_both_worker_hosts_and_survives_losing_one(jou
     assert got == want
     for symbol in SYMBOLS[::50]:
         rows = journey.candles(symbol)
-        for (d, o, h, lo, c, v, _vw, _n), row in zip(journey.truth.rows(symbol), rows):
+        for (d, o, h, lo, c, v, _vw, _n), row in zip(journey.truth.rows(symbol), rows, strict=False):
             assert row["time"][:10] == d.isoformat()
             assert (row["open"], row["high"], row["low"], row["close"], row["volume"]) == \
                 (o, h, lo, c, v), f"{symbol} {d}: {row}"

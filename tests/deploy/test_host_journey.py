@@ -239,7 +239,7 @@ def journey(tmp_path_factory, pytestconfig):
 
     t_start = time.monotonic()
     workdir = tmp_path_factory.mktemp("host-journey")
-    latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.timezone.utc))
+    latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.UTC))
     first = tcal.previous_sessions("XNYS", latest, HISTORY_SESSIONS)[0].astype(dt.date)
     truth = make_truth([*SYMBOLS, ADDED_SYMBOL], first, latest, seed=13)
     fake = PolygonFake(truth.bars, truth.splits, api_key=API_KEY)
@@ -333,7 +333,7 @@ def test_2_a_backfill_stores_exactly_the_vendors_candles(journey):
         got = journey.candles(symbol)
         assert len(got) == len(want), \
             f"{symbol}: {len(got)} candles stored, the vendor served {len(want)}"
-        for (d, o, h, lo, c, v, _vw, _n), row in zip(want, got):
+        for (d, o, h, lo, c, v, _vw, _n), row in zip(want, got, strict=False):
             assert row["time"][:10] == d.isoformat(), f"{symbol}: {row['time']} != {d}"
             assert (row["open"], row["high"], row["low"], row["close"], row["volume"]) == \
                 (o, h, lo, c, v), f"{symbol} {d}: stored {row}, vendor {(o, h, lo, c, v)}"

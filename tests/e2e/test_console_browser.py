@@ -63,8 +63,8 @@ def test_a_symbol_chart_draws_with_markers_from_local_files_only(page, server):
 
 def test_run_restore_test_shows_live_steps_then_turns_green(page, server, runtime, worker,
                                                            do_login, tmp_path):
-    from appliance.ops.backups import run_backup
     from appliance.jobs import runs
+    from appliance.ops.backups import run_backup
     res = runs.execute(runtime, "backup", runs.manual_slot(), run_backup)
     assert res["status"] == "ok", res
     do_login(page, server, "/backups")
@@ -132,8 +132,8 @@ def test_screenshots_of_the_dashboard_and_a_symbol_page(browser, server, runtime
     """A running appliance (worker, scheduler, a tested backup): the dashboard
     as the operator sees it, on a laptop and on a phone, and a symbol page."""
     from appliance.alerts import health
-    from appliance.ops.backups import run_backup, run_restore_test
     from appliance.jobs import runs
+    from appliance.ops.backups import run_backup, run_restore_test
     assert runs.execute(runtime, "backup", runs.manual_slot(), run_backup)["status"] == "ok"
     assert runs.execute(runtime, "restore_test", runs.manual_slot(), run_restore_test,
                         params={"backup": "latest"})["status"] == "ok"

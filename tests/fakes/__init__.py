@@ -21,8 +21,8 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
 from urllib.parse import parse_qsl, urlsplit
 
 FAULT_KINDS = ("429", "500", "502", "503", "hang", "truncated")
@@ -132,7 +132,7 @@ class FakeServer:
         if kind == "429":
             return Response(429, {"error": "Too Many Requests"})
         if kind in ("500", "502", "503"):
-            return Response(int(kind), "<html><body><h1>%s</h1></body></html>" % kind,
+            return Response(int(kind), "<html><body><h1>%s</h1></body></html>" % kind,  # noqa: UP031
                             {"Content-Type": "text/html"})
         return None
 

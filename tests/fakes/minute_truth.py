@@ -49,17 +49,25 @@ import collections
 import datetime as dt
 import threading
 import zlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from appliance.core import calendar as tcal
 from appliance.core.candles import Bars, Split
 
-from .vendor_minutes import (AFTER_CLOSE, EARLY_CLOSE, MINUTE_MS, NY, PRE_OPEN, REGULAR_CLOSE,
-                             REGULAR_OPEN, VendorMinutes)
 from .polygon_fake import Truth
+from .vendor_minutes import (
+    AFTER_CLOSE,
+    EARLY_CLOSE,
+    MINUTE_MS,
+    NY,
+    PRE_OPEN,
+    REGULAR_CLOSE,
+    REGULAR_OPEN,
+    VendorMinutes,
+)
 
 SLOTS = AFTER_CLOSE - PRE_OPEN            # 960 minutes 04:00-20:00
 R0 = REGULAR_OPEN - PRE_OPEN              # first regular slot (09:30)

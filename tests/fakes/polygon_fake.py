@@ -24,7 +24,7 @@ vendor's way (``tests.fakes.vendor_minutes``); ``from``/``to`` are ET dates
 them. ``limit`` counts base aggregates (minutes for minute/hour spans, days
 for weeks): a page holds whole bars whose base aggregates add up to at most
 ``limit`` (at least one bar). Each page's JSON is built on its own.
-"""
+"""  # noqa: E501
 from __future__ import annotations
 
 import base64
@@ -34,8 +34,8 @@ import json
 import threading
 import time
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -43,8 +43,15 @@ from appliance.core import calendar as tcal
 from appliance.core.candles import Bars, Split
 
 from . import FakeServer, Response
-from .vendor_minutes import (SPAN_MINUTES, Buckets, VendorMinutes, aggregate_minutes,
-                             parse_instant, reduce_groups, week_starts)
+from .vendor_minutes import (
+    SPAN_MINUTES,
+    Buckets,
+    VendorMinutes,
+    aggregate_minutes,
+    parse_instant,
+    reduce_groups,
+    week_starts,
+)
 
 BODY_401_UNKNOWN = "Unknown API Key"
 BODY_401_MISSING = "API Key was not provided"
@@ -98,7 +105,7 @@ class Truth:
                 for d, o, h, lo, c, v, vw, n in zip(
                     b.session.astype(dt.date).tolist(), b.open.tolist(), b.high.tolist(),
                     b.low.tolist(), b.close.tolist(), b.volume.tolist(), b.vwap.tolist(),
-                    b.trades.tolist())]
+                    b.trades.tolist(), strict=False)]
 
     @property
     def n_candles(self) -> int:
@@ -162,9 +169,9 @@ def _rows_json(b: Buckets) -> str:
     cols = (b.vw.tolist(), b.o.tolist(), b.c.tolist(), b.h.tolist(), b.l.tolist(),
             b.t.tolist(), b.n.tolist())
     if not np.isnan(b.vw).any() and bool((b.n >= 0).all()):
-        return ",".join([_ROW % r for r in zip(v, *cols)])
+        return ",".join([_ROW % r for r in zip(v, *cols, strict=False)])
     out = []
-    for v_i, vw, o, c, h, lo, t, n in zip(v, *cols):
+    for v_i, vw, o, c, h, lo, t, n in zip(v, *cols, strict=False):
         r = {"v": v_i}
         if vw == vw:
             r["vw"] = vw

@@ -92,28 +92,28 @@ class VendorMinutes:
         return int(self.t.shape[0])
 
     @classmethod
-    def empty(cls, symbol: str) -> "VendorMinutes":
+    def empty(cls, symbol: str) -> VendorMinutes:
         f = np.empty(0, dtype=np.float64)
         return cls(symbol, np.empty(0, dtype=np.int64), f, f.copy(), f.copy(), f.copy(),
                    f.copy(), f.copy(), np.empty(0, dtype=np.int64),
                    np.empty(0, dtype=np.int16), np.empty(0, dtype=bool))
 
     @classmethod
-    def from_rows(cls, symbol: str, rows) -> "VendorMinutes":
+    def from_rows(cls, symbol: str, rows) -> VendorMinutes:
         """rows: ``(t_ms, o, h, l, c, v, vw, n)`` in any order."""
         rows = sorted(rows)
         if not rows:
             return cls.empty(symbol)
-        cols = list(zip(*rows))
+        cols = list(zip(*rows, strict=False))
         f = [np.array(x, dtype=np.float64) for x in cols[1:7]]
         return cls(symbol, np.array(cols[0], dtype=np.int64), *f,
                    np.array(cols[7], dtype=np.int64))
 
-    def take(self, idx) -> "VendorMinutes":
+    def take(self, idx) -> VendorMinutes:
         return VendorMinutes(self.symbol, *(getattr(self, k)[idx] for k in COLUMNS),
                           self.mod[idx], self.regular[idx])
 
-    def between(self, lo_ms: int, hi_ms: int) -> "VendorMinutes":
+    def between(self, lo_ms: int, hi_ms: int) -> VendorMinutes:
         """Bars with ``lo_ms <= t <= hi_ms``."""
         a = int(np.searchsorted(self.t, lo_ms, side="left"))
         z = int(np.searchsorted(self.t, hi_ms, side="right"))
@@ -124,7 +124,7 @@ class VendorMinutes:
         return tcal.local_dates(self.t // 1000, NY)
 
     def rows(self) -> list[tuple]:
-        return list(zip(*(getattr(self, k).tolist() for k in COLUMNS)))
+        return list(zip(*(getattr(self, k).tolist() for k in COLUMNS), strict=False))
 
     def to_candles(self, source: str = "truth") -> MinuteBars:
         """The same bars as the appliance's ``MinuteBars`` (``t`` in seconds)."""
@@ -151,10 +151,10 @@ class Buckets:
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
-    def take(self, idx) -> "Buckets":
+    def take(self, idx) -> Buckets:
         return Buckets(*(getattr(self, k)[idx] for k in (*COLUMNS, "base", "first")))
 
-    def scaled(self, factor: np.ndarray) -> "Buckets":
+    def scaled(self, factor: np.ndarray) -> Buckets:
         """Split-adjusted copy: prices times ``factor``, volume divided."""
         return Buckets(self.t, self.o * factor, self.h * factor, self.l * factor,
                        self.c * factor, self.v / factor, self.vw * factor, self.n,

@@ -9,7 +9,7 @@ sessions in ``null_dates``, and the 404 body for an unknown symbol.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

@@ -20,7 +20,7 @@ from appliance.runtime.runtime import Runtime
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 
 NY = ZoneInfo("America/New_York")
-T0 = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.timezone.utc)  # a Tuesday
+T0 = dt.datetime(2026, 11, 24, 15, 0, tzinfo=dt.UTC)  # a Tuesday
 
 
 def _rt(path):
@@ -30,7 +30,7 @@ def _rt(path):
 
 
 def _ny(y, mo, d, h, mi=0):
-    return dt.datetime(y, mo, d, h, mi, tzinfo=NY).astimezone(dt.timezone.utc)
+    return dt.datetime(y, mo, d, h, mi, tzinfo=NY).astimezone(dt.UTC)
 
 
 def _stats(rt, symbol="AAPL", *, records=100, validated=100, gaps=0, last=dt.date(2026, 11, 24)):
@@ -72,7 +72,7 @@ def _ok_disk(path):
 
 def _eval(rt, now, **kw):
     kw.setdefault("disk_usage", _ok_disk)
-    _beat(rt, dt.datetime.now(dt.timezone.utc))
+    _beat(rt, dt.datetime.now(dt.UTC))
     return alerts.evaluate(rt, now=now, notify=kw.pop("notify", True), **kw)
 
 
@@ -152,7 +152,7 @@ def test_scheduler_stopped_opens_after_120_s_and_resolves_with_a_heartbeat(rt):
 
 def test_disk_alerts_follow_free_space(rt):
     _stats(rt)
-    low = lambda p: collections.namedtuple("U", "total used free")(1000, 900, 100)  # 10 % free
+    low = lambda p: collections.namedtuple("U", "total used free")(1000, 900, 100)  # 10 % free  # noqa: E731
     r = _eval(rt, T0, disk_usage=low)
     assert {"disk_low_data", "disk_low_backup"} <= set(r["opened"])
     r = _eval(rt, T0 + dt.timedelta(seconds=60))
@@ -170,7 +170,7 @@ def test_a_nearly_full_backup_filesystem_opens_the_disk_alert(config_factory, tm
         rt = _rt(config_factory(backup={"path": str(mnt), "min_free_pct": 1}))
         try:
             _stats(rt)
-            _beat(rt, dt.datetime.now(dt.timezone.utc))
+            _beat(rt, dt.datetime.now(dt.UTC))
             r = alerts.evaluate(rt, now=T0)
             assert "disk_low_backup" in r["opened"]
             with rt.conn() as conn:
@@ -250,7 +250,7 @@ class _SMTP(socketserver.StreamRequestHandler):
     mails: list = []
 
     def handle(self):
-        w = lambda s: self.wfile.write((s + "\r\n").encode())
+        w = lambda s: self.wfile.write((s + "\r\n").encode())  # noqa: E731
         w("220 localhost ESMTP test")
         data, in_data = [], False
         for raw in self.rfile:
@@ -325,7 +325,7 @@ def test_a_failing_notifier_never_blocks_the_rules(config_factory):
 
 def test_no_worker_alive_opens_after_120_s_and_resolves_with_a_heartbeat(rt):
     _stats(rt)
-    now = str(dt.datetime.now(dt.timezone.utc).timestamp())
+    now = str(dt.datetime.now(dt.UTC).timestamp())
     rt.redis.set("appliance:heartbeat:scheduler", now)
     rt.redis.delete("appliance:heartbeat:worker")
     alerts.evaluate(rt, now=T0, disk_usage=_ok_disk)
@@ -433,7 +433,7 @@ def test_a_for_seconds_override_delays_even_a_critical(config_factory):
                                                    "disk_low_data": 30}}))
     try:
         _stats(r, records=100, validated=10)
-        low = lambda p: collections.namedtuple("U", "total used free")(1000, 990, 10)
+        low = lambda p: collections.namedtuple("U", "total used free")(1000, 990, 10)  # noqa: E731
         _eval(r, T0, disk_usage=low)
         assert _active(r)["validation_rate_critical"] == "pending"
         assert _active(r)["disk_low_data"] == "pending"
@@ -504,7 +504,7 @@ def test_an_open_alert_shows_in_health_the_api_and_metrics(config_factory):
 
 def test_the_alerts_job_evaluates_the_rules_and_records_its_run(rt):
     _stats(rt, records=100, validated=10)
-    _beat(rt, dt.datetime.now(dt.timezone.utc))
+    _beat(rt, dt.datetime.now(dt.UTC))
     res = runs.execute(rt, "alerts", runs.manual_slot(), evaluate_job,
                        params={"now": T0.isoformat()})
     assert res["status"] == "ok" and "validation_rate_critical" in res["opened"]

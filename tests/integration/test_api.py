@@ -356,7 +356,7 @@ def test_historical_adjusted_applies_stored_splits(config_factory):
         adj = c.get(q + "&adjusted=true").get_json()
         assert adj["adjusted"] is True
         k = 1.0 / 10.0  # the demo's 10-for-1 split on 2024-06-10, stored from the provider
-        for r, a in zip(raw, adj["data"]):
+        for r, a in zip(raw, adj["data"], strict=False):
             if r["time"] < "2024-06-10":
                 for f in ("open", "high", "low", "close", "vwap"):
                     assert a[f] == r[f] * k, (r["time"], f)
@@ -538,8 +538,9 @@ def test_backfill_is_queued_and_its_progress_can_be_polled(api, runtime, admin_h
     assert job["job"] == "backfill" and job["status"] == "queued"
     assert job["params"] == {"symbols": ["AAPL"], "start": "2025-01-02", "end": "2025-01-31"}
     # the worker's side: run the queued job by id, then poll again
-    from appliance.jobs.entry import run_job  # noqa: F401 - the queued callable exists
     from rq import Queue
+
+    from appliance.jobs.entry import run_job  # noqa: F401 - the queued callable exists
     q = Queue("appliance", connection=runtime.redis)
     assert len(q) == 1
     listed = api.get("/api/v1/jobs?job=backfill").get_json()

@@ -18,14 +18,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from appliance.ops import backups
 from appliance.core.errors import BackupError, LockBusy
-from appliance.store.locks import BACKFILL_LOCK
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
-from appliance.ops.backups import run_backup
-from appliance.ops.backups import run_restore_test
+from appliance.ops import backups
+from appliance.ops.backups import run_backup, run_restore_test
 from appliance.runtime.runtime import Runtime
+from appliance.store.locks import BACKFILL_LOCK
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_TABLES = ("market_data", "symbols", "symbol_stats", "splits", "missing_sessions",
@@ -377,7 +376,7 @@ def test_a_client_older_than_the_server_is_a_clear_error(loaded, monkeypatch, tm
     old.mkdir()
     for tool in ("pg_dump", "pg_restore"):
         f = old / tool
-        f.write_text("#!/bin/sh\necho '%s (PostgreSQL) 9.6.24'\n" % tool)
+        f.write_text("#!/bin/sh\necho '%s (PostgreSQL) 9.6.24'\n" % tool)  # noqa: UP031
         f.chmod(0o755)
     monkeypatch.setenv("APPLIANCE_PG_BIN_DIR", str(old))
     with pytest.raises(BackupError, match="version mismatch.*older"):

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.jobs import queue as queue_mod
 from appliance.config.loader import DEFAULTS
+from appliance.jobs import queue as queue_mod
 from appliance.jobs import runs
 from appliance.runtime.runtime import Runtime
 from tests.fakes.polygon_fake import PolygonFake, make_truth

@@ -95,7 +95,7 @@ def _same(rows: list[dict], table: pa.Table, timeframe: str) -> None:
     """The table's bars are the JSON rows, value for value."""
     got = table.to_pylist()
     assert len(got) == len(rows)
-    for j, a in zip(rows, got):
+    for j, a in zip(rows, got, strict=False):
         if timeframe in ("1d", "1w"):
             local = a["time"].astimezone(NY)
             assert (local.date().isoformat(), local.time()) == (j["time"], dt.time(0))
@@ -129,12 +129,12 @@ def test_parquet_and_arrow_equal_json_bar_for_bar_on_every_timeframe(client, sto
 
 
 def test_split_adjusted_minutes_before_the_split_are_a_tenth(client, stocked):
-    url = f"/api/v1/historical/NVDA?timeframe=1h&start=2024-06-07&end=2024-06-07"
+    url = "/api/v1/historical/NVDA?timeframe=1h&start=2024-06-07&end=2024-06-07"
     raw = pq.read_table(io.BytesIO(_get(client, url + "&format=parquet").get_data()))
     adj = pq.read_table(io.BytesIO(_get(client, url + "&format=parquet&adjusted=true")
                                    .get_data()))
     assert raw.num_rows == adj.num_rows > 0
-    for a, b in zip(raw.column("close").to_pylist(), adj.column("close").to_pylist()):
+    for a, b in zip(raw.column("close").to_pylist(), adj.column("close").to_pylist(), strict=False):
         assert b == a * 0.1
 
 
@@ -243,7 +243,7 @@ def test_bulk_is_sorted_by_symbol_then_time_and_equals_json(client, stocked, fmt
         if fmt == "csv":  # CSV: text in, compare the instants and the prices
             got = mine.to_pylist()
             assert len(got) == len(rows)
-            for j, a in zip(rows, got):
+            for j, a in zip(rows, got, strict=False):
                 assert a["time"] == dt.datetime.fromisoformat(j["time"])
                 assert [a[c] for c in PRICES if j[c] is not None] == \
                     [j[c] for c in PRICES if j[c] is not None]

@@ -385,9 +385,9 @@ def test_restore_test_progress_shows_the_steps_then_a_green_result(client, runti
 
 
 def test_backups_page_lists_the_catalogue_and_the_free_space(client, runtime):
+    from appliance.jobs import runs
     from appliance.ops import backups
     from appliance.ops.backups import run_backup
-    from appliance.jobs import runs
     runs.execute(runtime, "backup", runs.manual_slot(), run_backup, params={})
     with runtime.conn() as conn:
         name = backups.list_backups(conn)[0]["filename"]

@@ -66,12 +66,12 @@ def test_minute_chart_pages_back_to_the_first_bar_with_breaks_and_markers(client
     # every stored bar once, at its New York wall time, oldest page last
     times = [c["time"] for p in reversed(pages) for c in p["candles"] if "open" in c]
     want = [wall_seconds(s, m) for s, m in zip(bars.session.astype(dt.date).tolist(),
-                                               bars.minute.tolist())]
+                                               bars.minute.tolist(), strict=False)]
     assert times == want
     # one session break at the first bar of each stored session
     breaks = [t for p in reversed(pages) for t in p["breaks"]]
     firsts = {}
-    for t, s in zip(want, bars.session.astype(dt.date).tolist()):
+    for t, s in zip(want, bars.session.astype(dt.date).tolist(), strict=False):
         firsts.setdefault(s, t)
     assert breaks == [firsts[s] for s in sessions]
     # the dropped session is a missing gap: whitespace and a marker, in its page only
@@ -99,7 +99,7 @@ def test_rollup_chart_has_one_bar_per_bucket_of_valid_minutes(client, charted, t
     last = bars.session == bars.session[-1]
     ok[np.nonzero(last)[0][10:10 + INVALID]] = False     # invalid minutes are not rolled up
     keys = sorted({(s, m // width * width) for s, m, good in
-                   zip(bars.session.astype(dt.date).tolist(), bars.minute.tolist(), ok) if good})
+                   zip(bars.session.astype(dt.date).tolist(), bars.minute.tolist(), ok, strict=False) if good})  # noqa: E501
     got = [c["time"] for c in d["candles"] if "open" in c]
     assert got == [wall_seconds(s, m) for s, m in keys]
     assert all(t % (width * 60) == 0 for t in got)

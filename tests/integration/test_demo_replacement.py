@@ -281,8 +281,8 @@ def test_demo_data_delete_is_refused_while_a_backfill_runs(demo_history):
     """A running backfill may be replacing the demo data: --delete says so
     and deletes nothing; a bad symbol is named. Once free, one symbol's demo
     data can go alone."""
-    from appliance.store import pool as db
     from appliance import store
+    from appliance.store import pool as db
     from appliance.store.locks import BACKFILL_LOCK
     rt = _open(demo_history)
     lock = db.connect(rt.endpoints.database_url, autocommit=True)
@@ -333,7 +333,7 @@ def frozen_now(monkeypatch):
     """Backfills run as of 2024-08-01: the latest completed session is 07-31."""
     import appliance.ingest.backfill as bf
     real = bf.dt.datetime
-    now = dt.datetime(2024, 8, 1, 12, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2024, 8, 1, 12, tzinfo=dt.UTC)
 
     class Frozen(real):
         @classmethod

@@ -46,7 +46,7 @@ def test_the_docs_show_appliance_commands():
     assert len(APPLIANCE_LINES) >= 15
 
 
-@pytest.mark.parametrize("doc,line", APPLIANCE_LINES, ids=[l for _, l in APPLIANCE_LINES])
+@pytest.mark.parametrize("doc,line", APPLIANCE_LINES, ids=[l for _, l in APPLIANCE_LINES])  # noqa: E741
 def test_each_documented_command_parses_with_the_real_cli(doc, line):
     args = shlex.split(line)[1:]
     args = [a for a in args if not a.startswith("|")]

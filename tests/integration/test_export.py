@@ -47,7 +47,7 @@ def test_cli_export_is_read_by_duckdb_polars_and_pandas_as_json_says(client, sto
     assert {r[5] for r in rows} == {"1m"} and {(r[6], r[7]) for r in rows} == {(2024, 5),
                                                                                (2024, 6)}
     nvda = [r for r in rows if r[0] == "NVDA"]
-    for j, r in zip(want["NVDA"], nvda):
+    for j, r in zip(want["NVDA"], nvda, strict=False):
         assert r[1] == dt.datetime.fromisoformat(j["time"])
         assert (r[2], r[3], r[4]) == (j["close"], j["volume"], j["validated"])
     assert not all(r[4] for r in nvda)  # the invalid bars are there, flagged
@@ -112,9 +112,9 @@ def test_a_manifest_that_is_not_one_is_refused_by_name(stocked, tmp_path):
 def test_the_scheduled_export_job_keeps_the_configured_dataset_up_to_date(stocked,
                                                                         config_factory,
                                                                         tmp_path):
-    from appliance.ops.export import export_dataset
     from appliance.jobs import runs
     from appliance.jobs.reload import reload_config
+    from appliance.ops.export import export_dataset
     res = runs.execute(stocked, "export", runs.manual_slot(), export_dataset, params={})
     assert res["status"] == "ok" and "export.out is empty" in res["skipped"]
 

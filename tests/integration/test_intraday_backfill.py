@@ -54,7 +54,7 @@ def _rows(rt, sym, tf, start=START, end=END):
 
 
 def _now():
-    return dt.datetime(2024, 8, 1, 12, tzinfo=dt.timezone.utc)
+    return dt.datetime(2024, 8, 1, 12, tzinfo=dt.UTC)
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_minute_backfill_stores_the_vendor_exactly_and_rolls_up_like_it(
                     vendor = requests.get(fake.base_url + url, timeout=10).json()["results"]
                     ours = _rows(rt, sym, tf)
                     assert [t for t, _ in ours] == [r["t"] for r in vendor], (sym, tf)
-                    for (_, g), r in zip(ours, vendor):
+                    for (_, g), r in zip(ours, vendor, strict=False):
                         assert (g["open"], g["high"], g["low"], g["close"], g["volume"],
                                 g["trades"]) == (r["o"], r["h"], r["l"], r["c"], r["v"],
                                                  r["n"]), (sym, tf)
@@ -186,7 +186,7 @@ def test_cli_backfill_shows_the_minute_phase_with_its_eta(config_factory, truth)
                               "backfill"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     from appliance.core import calendar as tcal
-    last = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.timezone.utc))
+    last = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.UTC))
     months = len(SYMS) * sum(1 for _ in _months(START, last))
     # not a terminal: plain progress lines, the last one forced at the end
     assert f"progress: {months}/{months} months of 1m" in res.stderr, res.stderr

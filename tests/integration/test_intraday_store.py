@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from appliance.core import calendar as tcal
-from appliance.ingest import minutes as intraday
 from appliance.core.candles import MinuteBars
+from appliance.ingest import minutes as intraday
 from appliance.store import minutes as mstore
 
 SYM = "AAPL"
@@ -20,7 +20,7 @@ DAYS = ["2024-11-26", "2024-11-27", "2024-11-29"]  # 11-29: early close (13:00)
 
 def _bars(seed=3, session_minutes=(240, 1200), odd_prices=False) -> MinuteBars:
     rng = np.random.default_rng(seed)
-    ts, cols = [], []
+    ts, cols = [], []  # noqa: F841
     for d in DAYS:
         day = np.datetime64(d, "D")
         mins = np.arange(*session_minutes)
@@ -100,7 +100,7 @@ def test_rollups_match_numpy_aggregates_and_regular_session_drops_the_rest(runti
             key = b.session.astype(np.int64) * 10_000 + (b.minute // width) * width
             uniq, first = np.unique(key, return_index=True)
             assert len(got) == len(uniq), tf
-            for i, (k0, f) in enumerate(zip(uniq, first)):
+            for i, (k0, f) in enumerate(zip(uniq, first, strict=False)):
                 sel = key == k0
                 g = got[i]
                 assert g["open"] == b.open[f]
@@ -184,7 +184,7 @@ def test_an_intraday_cursor_narrows_the_sessions_read(runtime):
     base = {"symbol": SYM, "tf": "1d", "start": dt.date(2024, 11, 1),
             "end": dt.date(2024, 11, 30), "limit": 2}
     assert _minute_rows_scanned(runtime, sql, {**base, "after": None}) == 3
-    late = dt.datetime(2024, 11, 29, 15, 0, tzinfo=dt.timezone.utc)  # 10:00 New York
+    late = dt.datetime(2024, 11, 29, 15, 0, tzinfo=dt.UTC)  # 10:00 New York
     assert _minute_rows_scanned(runtime, sql, {**base, "after": late}) == 1
     with runtime.conn() as conn:
         rows = conn.execute(sql, {**base, "after": late}).fetchall()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import threading
 
-from appliance.store import pool as db
 from appliance import store
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
+from appliance.store import pool as db
 from appliance.store.locks import BACKFILL_LOCK
 from tests.support import wait_until
 
@@ -51,6 +51,7 @@ FANNED = {"phase": "chunks", "chunks_total": 26, "chunks_done": 16, "chunks_fail
 
 def test_the_jobs_list_the_run_page_and_the_cli_agree_on_months_and_eta(client, runtime):
     import json
+
     from appliance.cli.main import _progress_line
     with runtime.conn() as c:
         rid = runs.claim(c, "backfill", runs.manual_slot())

@@ -17,15 +17,13 @@ import psycopg
 import pytest
 
 from appliance.alerts import rules as alerts
-from appliance.ops import backups, history
+from appliance.config.loader import DEFAULTS
 from appliance.ingest import backfill as backfill_domain
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
-from appliance.ops.backups import run_backup
-from appliance.ops.backups import run_restore_test
-from appliance.config.loader import DEFAULTS
+from appliance.ops import backups, history
+from appliance.ops.backups import run_backup, run_restore_test
 from appliance.runtime.runtime import Runtime
-
 from tests.conftest import write_config
 from tests.support import free_port
 
@@ -279,7 +277,7 @@ def test_a_failed_monthly_job_opens_an_alert_on_its_first_failure(runtime):
         runs.finish(c, rid, "failed", {}, "second source unreachable")
         prog = runs.get(c, rid)["progress"]
     assert prog["phase"] == "failed" and prog["final"] == "failed"
-    m = alerts.measure(rt, dt.datetime.now(dt.timezone.utc))
+    m = alerts.measure(rt, dt.datetime.now(dt.UTC))
     active, message, details = alerts._jobs_failing(m, rt.config)
     assert active and details["jobs"] == ["spot_check"]
     assert "the last run of spot_check failed" in message
@@ -302,7 +300,7 @@ def test_the_recovery_procedure_fences_a_queued_job_and_refuses_a_wrong_read_url
     from tests.conftest import _as_url, _replace_db
     old = runtime
     _backfill(old)
-    b = runs.execute(old, "backup", runs.manual_slot(), run_backup, params={})
+    b = runs.execute(old, "backup", runs.manual_slot(), run_backup, params={})  # noqa: F841
     archived = {r[0]: r[1] for r in _runs(database_url)}
     made = []
     for prefix in ("appl_w_", "appl_r_"):

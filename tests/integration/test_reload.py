@@ -15,12 +15,10 @@ import pytest
 import yaml
 from rq.job import Job
 
-from appliance.jobs import reload as reload_mod
-from appliance.jobs import schedule
-from appliance.config.loader import DEFAULTS
+from appliance.config.loader import DEFAULTS, load_config
 from appliance.ingest.backfill import run_backfill
-from appliance.jobs import entry, registry, runs
-from appliance.config.loader import load_config
+from appliance.jobs import entry, registry, runs, schedule
+from appliance.jobs import reload as reload_mod
 from appliance.runtime.runtime import K_CONFIG_VERSION, Runtime
 from tests.support import wait_until
 
@@ -166,7 +164,7 @@ def test_a_running_scheduler_re_registers_a_changed_schedule_after_an_api_reload
         "backfill": {"old": "0 2 * * *", "new": "15 4 * * 1-5"}}
     wait_until(lambda: cron() == "15 4 * * 1-5", 30, "the re-registered cron job")
     score = runtime.redis.zscore("rq:scheduler:scheduled_jobs", "appliance-cron-backfill")
-    nxt = dt.datetime.fromtimestamp(score, dt.timezone.utc)
+    nxt = dt.datetime.fromtimestamp(score, dt.UTC)
     assert (nxt.hour, nxt.minute, nxt.weekday() < 5) == (4, 15, True)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=15)

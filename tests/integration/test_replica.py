@@ -155,8 +155,7 @@ def test_a_backup_can_be_dumped_from_the_replica_and_falls_back_to_the_primary(p
     so) and the restore test still passes on a scratch database of the
     primary; with the replica down the backup is taken from the primary and
     a warning event says why."""
-    from appliance.ops.backups import run_backup
-    from appliance.ops.backups import run_restore_test
+    from appliance.ops.backups import run_backup, run_restore_test
     rt = replica_rt
     assert runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                         params={"symbols": ["SPY"]})["status"] == "ok"

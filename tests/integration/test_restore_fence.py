@@ -3,7 +3,6 @@ history, the alerts are evaluated again from the real state, and a restore
 test of a file outside the catalogue is recorded as that file."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,14 +14,13 @@ import pytest
 from rq import Queue
 
 from appliance.alerts import rules as alerts
-from appliance.ops import backups
-from appliance.jobs import queue as queue_mod
 from appliance.config.loader import DEFAULTS
 from appliance.ingest.backfill import run_backfill
+from appliance.jobs import queue as queue_mod
 from appliance.jobs import runs
+from appliance.ops import backups
 from appliance.ops.backups import run_backup
 from appliance.runtime.runtime import Runtime
-
 from tests.conftest import _as_url, _replace_db, write_config
 
 QUIET = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 from appliance.alerts import rules as alerts
-from appliance.store import pool as db
-from appliance.ingest import backfill as backfill_domain
-from appliance.core.errors import ProviderError
-from appliance.ingest.backfill import run_backfill
 from appliance.alerts.rules import disk_check
+from appliance.core.candles import Bars
+from appliance.core.errors import ProviderError
+from appliance.ingest import backfill as backfill_domain
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
 from appliance.ops.maintenance import maintain
 from appliance.ops.performance import review
 from appliance.ops.retention import prune_history
-from appliance.jobs import runs
 from appliance.ops.spotcheck import spot_check
-from appliance.core.candles import Bars
+from appliance.store import pool as db
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 from tests.fakes.yahoo_fake import YahooFake
 
@@ -311,14 +311,14 @@ def test_maintenance_retention_drops_whole_old_partitions_and_keeps_recent_data(
 # --------------------------------------------------------------------------- disk check
 
 def test_disk_check_records_free_space_and_opens_the_disk_alert_when_low(runtime):
-    full = lambda p: collections.namedtuple("U", "total used free")(1000, 950, 50)  # 5 % free
+    full = lambda p: collections.namedtuple("U", "total used free")(1000, 950, 50)  # 5 % free  # noqa: E731
     res = runs.execute(runtime, "disk_check", runs.manual_slot(),
                        functools.partial(disk_check, disk_usage=full))
     assert res["status"] == "ok"
     assert res["low"] == ["data", "backup"]
     assert res["disks"]["data"]["free_pct"] == 5.0
     assert {"disk_low_data", "disk_low_backup"} <= set(res["alerts_opened"])
-    fine = lambda p: collections.namedtuple("U", "total used free")(1000, 500, 500)
+    fine = lambda p: collections.namedtuple("U", "total used free")(1000, 500, 500)  # noqa: E731
     res = runs.execute(runtime, "disk_check", runs.manual_slot(),
                        functools.partial(disk_check, disk_usage=fine))
     assert res["low"] == [] and {"disk_low_data", "disk_low_backup"} <= set(
@@ -396,9 +396,9 @@ def test_performance_review_reports_sizes_growth_and_what_is_unavailable(runtime
     assert res["database_bytes"] > 1_000_000
     md = res["market_data"]
     assert md["rows"] == 150 and md["bytes"] > 0 and md["avg_row_bytes"] > 50
-    this_month = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m")
+    this_month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
     assert res["growth"][-1]["rows"] == 150
-    assert res["growth"][-1]["month"] in {this_month, (dt.datetime.now(dt.timezone.utc)
+    assert res["growth"][-1]["month"] in {this_month, (dt.datetime.now(dt.UTC)
                                                         - dt.timedelta(days=1)).strftime("%Y-%m")}
     assert res["growth"][-1]["bytes_estimated"] > 0
     if not has_pss:
@@ -418,7 +418,7 @@ def test_performance_review_reports_sizes_growth_and_what_is_unavailable(runtime
 
 
 def test_performance_review_projects_monthly_growth_from_recent_market_months(runtime):
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     first = (today.replace(day=1) - dt.timedelta(days=100)).replace(day=1)
     with runtime.conn() as conn:
         _insert_rows(conn, symbols=2, days=(today - first).days, start=first)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from appliance.config.loader import DEFAULTS
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
 from appliance.ops.backups import run_backup
 from appliance.runtime.runtime import Runtime
-from appliance.config.loader import DEFAULTS
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 
 ROOT = Path(__file__).resolve().parents[2]

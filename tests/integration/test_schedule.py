@@ -15,13 +15,12 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
-from appliance.jobs import schedule
 from appliance.config.loader import DEFAULTS, load_config
-from appliance.jobs import runs
+from appliance.jobs import runs, schedule
 from appliance.runtime.runtime import Runtime
 from tests.support import wait_until
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 #: every job on 1 January only, so that nothing but the job under test falls due
 QUIET = {job: "0 0 1 1 *" for job in DEFAULTS["schedules"]}
 FOREIGN_TZ = "America/Los_Angeles"

@@ -2,11 +2,11 @@
 against real PostgreSQL and Redis (0 healthy, 1 degraded, 2 unhealthy)."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import pty
-import contextlib
 import select
 import signal
 import subprocess
@@ -61,7 +61,7 @@ def serving(path):
 def _current_data(database_url, symbols=("AAPL", "MSFT")):
     """symbol_stats saying every symbol is current and fully validated."""
     import psycopg
-    latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.timezone.utc))
+    latest = tcal.latest_completed_session("XNYS", dt.datetime.now(dt.UTC))
     with psycopg.connect(database_url, autocommit=True) as conn:
         for s in symbols:
             conn.execute(

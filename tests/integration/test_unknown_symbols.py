@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from appliance.alerts import rules as alerts
 from appliance.alerts import health
+from appliance.alerts import rules as alerts
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
 from appliance.ops.statusview import render_lines, snapshot

@@ -12,8 +12,8 @@ from datetime import datetime
 from rq import Queue
 from rq.job import Job
 
-from appliance.jobs import queue as queue_mod
 from appliance.config.loader import DEFAULTS
+from appliance.jobs import queue as queue_mod
 from appliance.jobs import runs
 from appliance.runtime.runtime import Runtime
 from tests.support import wait_until

@@ -44,7 +44,7 @@ def assert_store_equals_truth(conn, truth, symbols) -> int:
     for sym in symbols:
         got, want = stored_rows(conn, sym), truth.rows(sym)
         assert got == want, f"{sym}: {len(got)} stored vs {len(want)} published, first " \
-                            f"difference at {next((a, b) for a, b in zip(got + [None] * 9, want) if a != b)}"
+                            f"difference at {next((a, b) for a, b in zip(got + [None] * 9, want, strict=False) if a != b)}"  # noqa: E501
         total += len(got)
     return total
 

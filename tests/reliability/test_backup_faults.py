@@ -18,10 +18,10 @@ import psycopg
 import pytest
 
 from appliance.alerts import rules as alerts
-from appliance.ops import backups
 from appliance.ingest.backfill import run_backfill
-from appliance.ops.backups import run_backup
 from appliance.jobs import runs
+from appliance.ops import backups
+from appliance.ops.backups import run_backup
 from appliance.runtime.runtime import Runtime
 
 from .helpers import cli, kill_group, wait_until
@@ -98,7 +98,7 @@ def test_a_backup_process_killed_mid_dump_leaves_older_backups_intact(
                       "WHERE status = 'running'")
             assert runs.mark_stale(c, 10) == 1
         # ... and an alert says backups fail
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         assert "job_failing" in alerts.evaluate(rt, now=now, notify=False)["opened"]
         assert "backup" in _open_alerts(rt)["job_failing"]
         # the next backup removes the leftover and is good; the alert resolves

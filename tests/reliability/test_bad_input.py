@@ -84,14 +84,14 @@ def broken_configs(good: str) -> list[tuple[str, bytes]]:
     # missing secrets
     for i, key in enumerate(["server__admin_token", "provider__polygon__api_key",
                              "alerts__email__password", "server__read_token"]):
-        add(f"secret-{i}", with_(**{key: "${APPLIANCE_RELIABILITY_UNSET_%d}" % i}))
+        add(f"secret-{i}", with_(**{key: "${APPLIANCE_RELIABILITY_UNSET_%d}" % i}))  # noqa: UP031
     # hostile bytes
     add("huge", good + "# " + "x" * (1024 * 1024) + "\n")
     add("non-utf8", good.encode() + b"# caf\xe9\n")
     add("nul", good.encode() + b"calendar: X\x00NYS\n")
     add("deep", good + "deep: " + "[" * 3000 + "]" * 3000 + "\n")
     bomb = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
-                   for p, c in zip([None] + list("abcdefgh"), "abcdefghi"))
+                   for p, c in zip([None] + list("abcdefgh"), "abcdefghi", strict=False))
     add("alias-bomb", good + bomb)
     return out
 
@@ -173,7 +173,7 @@ def test_broken_configs_through_sighup_and_the_console_change_nothing(config_fac
             path.write_bytes(data)
             n0 = _refusals(database_url, "sighup")
             os.kill(up.pid, signal.SIGHUP)
-            wait_until(lambda: _refusals(database_url, "sighup") > n0, 20,
+            wait_until(lambda: _refusals(database_url, "sighup") > n0, 20,  # noqa: B023
                        f"the SIGHUP refusal of {name}")
             r = s.post(f"{base}/config/reload", data={"csrf_token": tok},
                        headers={"X-CSRFToken": tok, "HX-Request": "true"}, timeout=10)

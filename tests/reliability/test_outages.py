@@ -18,11 +18,11 @@ import pytest
 from werkzeug.serving import make_server
 
 from appliance.alerts import rules as alerts
-from appliance.store import pool as db
-from appliance.runtime import services
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
+from appliance.runtime import services
 from appliance.runtime.runtime import Runtime
+from appliance.store import pool as db
 from appliance.web import create_app
 from tests.conftest import write_config
 
@@ -143,7 +143,7 @@ def test_postgres_restarted_while_serving(own_services, tmp_path, survived):
     assert before and during and after
     assert all(r[2] == 200 for r in before), [r[3].get("reasons") for r in before if r[2] != 200][:2]
     # during the outage: JSON errors, 503, answered promptly
-    for _, url, status, body, took in during:
+    for _, url, status, body, took in during:  # noqa: B007
         assert status == 503, (url, status, body)
         assert ("error" in body) if "/historical/" in url else body["status"] == "unhealthy"
     assert max(r[4] for r in results) < 6.0, "a request hung"
@@ -234,7 +234,7 @@ def test_redis_stopped_keeps_data_served_and_opens_an_alert(own_services, tmp_pa
         # work cannot be queued without Redis: a clean JSON refusal, not a 500 or a hang
         r = requests.post(f"{base}/api/v1/backfill", json={}, headers=ADMIN, timeout=10)
         assert r.status_code == 503 and "error" in r.json(), (r.status_code, r.text[:200])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         alerts.evaluate(rt, now=now, notify=False)
         alerts.evaluate(rt, now=now + dt.timedelta(seconds=121), notify=False)
         # open now, whoever opened it: this evaluation or the web server's
@@ -270,7 +270,7 @@ def test_redis_stopped_keeps_data_served_and_opens_an_alert(own_services, tmp_pa
                                   (run_id,)).fetchone()[0]
             return st if st in ("ok", "partial", "failed") else None
         assert wait_until(finished, 60, "the backfill queued after Redis came back") == "ok"
-        alerts.evaluate(rt, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=200),
+        alerts.evaluate(rt, now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=200),
                         notify=False)
         # resolved now, whoever resolved it: this evaluation or the web server's
         # watchdog (the alerts job may not have run since Redis came back)

@@ -13,8 +13,7 @@ from appliance.jobs import runs
 from appliance.runtime.runtime import Runtime
 from tests.fakes.polygon_fake import PolygonFake, make_truth
 
-from .helpers import (assert_store_equals_truth, cli, kill_group, polygon_config,
-                      wait_until)
+from .helpers import assert_store_equals_truth, cli, kill_group, polygon_config, wait_until
 
 pytestmark = pytest.mark.reliability
 

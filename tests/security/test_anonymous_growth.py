@@ -172,8 +172,8 @@ def test_a_flood_of_health_checks_is_answered_from_one_probe_per_second(served):
     """32 clients at once, as in the report: every answer is the last probe's
     (200, never 'earlier probes are still hanging'), and the probes run at most
     once a second in each of the two workers."""
-    from concurrent.futures import ThreadPoolExecutor
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     base, _ = served()
 

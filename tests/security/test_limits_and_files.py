@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from appliance.ops import backups
-from appliance.runtime import services
 from appliance.core.errors import BackupError
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
+from appliance.ops import backups
 from appliance.ops.backups import run_backup
+from appliance.runtime import services
 from appliance.runtime.runtime import Runtime
 
 from .helpers import ADMIN_TOKEN, secured

@@ -18,7 +18,6 @@ from appliance.web.sessions import PREFIX
 
 from .helpers import ADMIN_TOKEN, READ_TOKEN, app_for, csrf_of, login, secured
 
-
 # --------------------------------------------------------------------------- 4: open redirect
 
 @pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "//evil.example",

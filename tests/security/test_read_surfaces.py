@@ -58,7 +58,7 @@ def test_every_route_and_partial_needs_a_credential(config_factory, server):
         assert any(u == "/console/api/chart/AAPL" for _, u, _m in urls)
         assert any(u == "/metrics" for _, u, _m in urls)
         checked = 0
-        for endpoint, url, methods in urls:
+        for endpoint, url, methods in urls:  # noqa: B007
             for method in sorted(methods):
                 r = c.open(url, method=method)
                 assert _refused(r), (method, url, r.status_code, r.get_data(as_text=True)[:200])

@@ -32,7 +32,7 @@ def smtp_server(tmp_path):
     seen = {"auth": [], "mail": []}
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802
             seen["mail"].append(envelope.content)
             return "250 OK"
 

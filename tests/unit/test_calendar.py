@@ -40,7 +40,7 @@ def test_an_early_close_completes_at_one_pm():
 
 
 def test_now_may_be_in_any_timezone():
-    utc = dt.datetime(2024, 6, 18, 20, 0, tzinfo=dt.timezone.utc)  # 16:00 New York
+    utc = dt.datetime(2024, 6, 18, 20, 0, tzinfo=dt.UTC)  # 16:00 New York
     assert cal.latest_completed_session("XNYS", utc) == dt.date(2024, 6, 18)
 
 
@@ -80,5 +80,5 @@ def test_local_dates_match_zoneinfo_on_both_sides_of_dst():
 def test_local_time_epochs_give_the_wall_time_in_new_york():
     days = np.array(["2024-03-08", "2024-03-11", "2024-11-01", "2024-11-04"], dtype="datetime64[D]")
     got = cal.local_time_epochs(days, 9 * 3600 + 1800)
-    for d, t in zip(days.astype(dt.date), got):
+    for d, t in zip(days.astype(dt.date), got, strict=False):
         assert dt.datetime.fromtimestamp(int(t), NY) == ny(d.year, d.month, d.day, 9, 30)

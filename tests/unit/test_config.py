@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config.loader import load_config
 from appliance.config.diff import diff_configs
+from appliance.config.loader import load_config
 from appliance.core.errors import ConfigError
 
 CORPUS = Path(__file__).resolve().parents[1] / "config"
@@ -82,9 +82,9 @@ def test_every_error_is_reported_not_just_the_first(tmp_path):
         load_config(p, env={})
     lines = ei.value.errors
     assert len(lines) == 3
-    assert any(":3: at $.server.workers:" in l for l in lines)
-    assert any(":4: at $.server.wokers: unknown key" in l for l in lines)
-    assert any(":5: at $.bogus: unknown key" in l for l in lines)
+    assert any(":3: at $.server.workers:" in l for l in lines)  # noqa: E741
+    assert any(":4: at $.server.wokers: unknown key" in l for l in lines)  # noqa: E741
+    assert any(":5: at $.bogus: unknown key" in l for l in lines)  # noqa: E741
 
 
 def test_the_loaded_config_is_read_only(tmp_path):

@@ -3,9 +3,9 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from appliance.core.candles import Split
 from appliance.core.errors import ProviderDataError
 from appliance.providers import make_provider
-from appliance.core.candles import Split
 from appliance.providers.csvdir import CsvProvider
 
 

@@ -7,7 +7,7 @@ from appliance.core import calendar as cal
 from appliance.core import quality as q
 from appliance.providers.demo import DemoProvider
 
-NOW = dt.datetime(2025, 12, 31, 22, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2025, 12, 31, 22, 0, tzinfo=dt.UTC)
 FIELDS = ("session", "open", "high", "low", "close", "volume", "vwap", "trades")
 
 
@@ -45,12 +45,12 @@ def test_bars_fall_on_real_sessions_only(demo):
 
 
 def test_there_is_nothing_past_the_latest_completed_session():
-    before_close = dt.datetime(2025, 6, 18, 19, 0, tzinfo=dt.timezone.utc)  # 15:00 New York
+    before_close = dt.datetime(2025, 6, 18, 19, 0, tzinfo=dt.UTC)  # 15:00 New York
     p = DemoProvider(now=lambda: before_close)
     b = p.daily_bars("AAPL", dt.date(2025, 6, 1), dt.date(2026, 1, 1))
     assert b.session[-1] == np.datetime64("2025-06-17")
     assert p.grouped_daily(dt.date(2025, 6, 18)) == {}
-    after_close = dt.datetime(2025, 6, 18, 20, 30, tzinfo=dt.timezone.utc)
+    after_close = dt.datetime(2025, 6, 18, 20, 30, tzinfo=dt.UTC)
     assert DemoProvider(now=lambda: after_close).daily_bars(
         "AAPL", dt.date(2025, 6, 1), dt.date(2026, 1, 1)).session[-1] == np.datetime64("2025-06-18")
 

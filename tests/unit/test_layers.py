@@ -48,9 +48,9 @@ SQL_START = re.compile(
     r"^\s*(SELECT\s|INSERT\s+INTO\s|UPDATE\s+\w+\s+SET\s|DELETE\s+FROM\s|CREATE\s|ALTER\s|"
     r"DROP\s|TRUNCATE\s|WITH\s+\w+\s+AS\s|SHOW\s|SET\s+(LOCAL\s+)?\w+\s*=|RESET\s|ANALYZE\s|"
     r"REINDEX\s+(INDEX|TABLE)\s|COPY\s)")
-#: Where SQL may be written: the store, and db.py (the connection pool and the
+#: Where SQL may be written: the store (with the connection pool and the
 #: migration runner, which must work before any store function's table exists).
-SQL_HOMES = ("appliance/store/", "appliance/store/pool.py")
+SQL_HOMES = ("appliance/store/",)
 
 
 def _string_constants(tree: ast.AST):

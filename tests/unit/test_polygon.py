@@ -5,9 +5,9 @@ import pathlib
 import numpy as np
 import pytest
 
+from appliance.core.candles import Split
 from appliance.core.errors import ProviderAuthError, ProviderDataError
 from appliance.providers import make_provider, settings
-from appliance.core.candles import Split
 from appliance.providers.http import HttpClient, MemoryStats
 from appliance.providers.polygon import PolygonProvider, bars_from_results
 from tests.fakes import StaticFake
@@ -127,10 +127,10 @@ def test_the_recorded_vendor_response_parses_exactly_and_delayed_is_data():
 
 def test_timestamps_convert_with_new_york_not_utc():
     # 2020-07-01 22:30 in New York is already 2020-07-02 in UTC
-    t_evening = int(dt.datetime(2020, 7, 2, 2, 30, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    t_evening = int(dt.datetime(2020, 7, 2, 2, 30, tzinfo=dt.UTC).timestamp() * 1000)
     # 00:00 New York in winter (05:00 UTC) and summer (04:00 UTC)
-    t_winter = int(dt.datetime(2020, 1, 2, 5, 0, tzinfo=dt.timezone.utc).timestamp() * 1000)
-    t_summer = int(dt.datetime(2020, 7, 6, 4, 0, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    t_winter = int(dt.datetime(2020, 1, 2, 5, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    t_summer = int(dt.datetime(2020, 7, 6, 4, 0, tzinfo=dt.UTC).timestamp() * 1000)
     res = [{"o": 1, "h": 1, "l": 1, "c": 1, "v": 1, "t": t} for t in (t_winter, t_evening, t_summer)]
     b = bars_from_results("X", res)
     assert b.session.tolist() == [dt.date(2020, 1, 2), dt.date(2020, 7, 1), dt.date(2020, 7, 6)]

@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from tests.fakes.vendor_minutes import VendorMinutes
 from tests.fakes.minute_truth import make_minute_truth
 from tests.fakes.polygon_fake import PolygonFake
+from tests.fakes.vendor_minutes import VendorMinutes
 
 ET = ZoneInfo("America/New_York")
 KEY = "test-key"
@@ -191,7 +191,7 @@ def test_pages_of_50000_base_minutes_return_every_minute_exactly_once(truth, fak
     assert [r["t"] for r in rows] == mb.t.tolist()
     assert [(r["o"], r["h"], r["l"], r["c"], r["v"], r["vw"], r["n"]) for r in rows] == \
         list(zip(mb.o.tolist(), mb.h.tolist(), mb.l.tolist(), mb.c.tolist(),
-                 [int(v) for v in mb.v.tolist()], mb.vw.tolist(), mb.n.tolist()))
+                 [int(v) for v in mb.v.tolist()], mb.vw.tolist(), mb.n.tolist(), strict=False))
     nxt = pages[0]["next_url"]
     assert nxt.startswith(f"{fake.base_url}/v2/aggs/ticker/AAPL/range/1/minute/"
                           f"{rows[50000]['t']}/{END}?cursor=")
@@ -251,7 +251,7 @@ def test_multi_minute_bars_are_the_vendors_aggregates_of_the_minutes(fake, mult,
                 got, _ = fetch_all(fake, f"/v2/aggs/ticker/{sym}/range/{mult}/{span}/{d}/{d}",
                                    adjusted=adjusted, limit=50000)
                 assert [r["t"] for r in got] == [r["t"] for r in expected]
-                for g, e in zip(got, expected):
+                for g, e in zip(got, expected, strict=False):
                     assert g["v"] == pytest.approx(e["v"], rel=1e-12)
                     assert g["vw"] == pytest.approx(e["vw"], abs=1.5e-4)
                     assert (g["o"], g["c"], g["h"], g["l"], g["n"]) == \
@@ -286,7 +286,7 @@ def test_adjusted_answers_divide_pre_split_prices_and_multiply_volumes(fake):
         raw = json.loads(get(fake, path, adjusted="false"))
         adj = json.loads(get(fake, path))
         assert adj["adjusted"] is True and raw["adjusted"] is False
-        for r, a in zip(raw["results"], adj["results"]):
+        for r, a in zip(raw["results"], adj["results"], strict=False):
             assert a["o"] == r["o"] * 0.25 and a["l"] == r["l"] * 0.25 and a["vw"] == r["vw"] * 0.25
             assert a["v"] == r["v"] * 4 and a["n"] == r["n"] and a["t"] == r["t"]
         path = f"/v2/aggs/ticker/AAPL/range/{span}/{after}/{after}"
@@ -309,8 +309,8 @@ def test_the_daily_bar_is_the_regular_hours_aggregate(truth, fake):
             minutes = minutes_of(fake, sym, d)
             close = dt.time(13) if np.datetime64(d) in truth.early_closes else dt.time(16)
             is_reg = [dt.time(9, 30) <= et(r["t"]).time() < close for r in minutes]
-            reg = [r for r, x in zip(minutes, is_reg) if x]
-            ext = [r for r, x in zip(minutes, is_reg) if not x]
+            reg = [r for r, x in zip(minutes, is_reg, strict=False) if x]
+            ext = [r for r, x in zip(minutes, is_reg, strict=False) if not x]
             assert ext
             daily = json.loads(get(fake, f"/v2/aggs/ticker/{sym}/range/1/day/{d}/{d}",
                                    adjusted="false"))["results"]

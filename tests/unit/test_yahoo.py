@@ -5,9 +5,9 @@ import pathlib
 import numpy as np
 import pytest
 
+from appliance.core.candles import Split
 from appliance.core.errors import ProviderAuthError, ProviderError
 from appliance.providers import make_provider, settings
-from appliance.core.candles import Split
 from appliance.providers.http import HttpClient, MemoryStats
 from appliance.providers.tiingo import TiingoProvider
 from appliance.providers.yahoo import YahooProvider
@@ -46,8 +46,8 @@ def test_the_recorded_chart_parses_to_the_new_york_session():
     assert b.open[0] == 74.05999755859375 and b.close[0] == 75.0875015258789
     assert b.volume[0] == 135480400.0
     assert query["interval"] == "1d" and query["events"] == "div,splits"
-    assert int(query["period1"]) == int(dt.datetime(2020, 1, 1, 5, tzinfo=dt.timezone.utc).timestamp())
-    assert int(query["period2"]) == int(dt.datetime(2020, 1, 4, 5, tzinfo=dt.timezone.utc).timestamp())
+    assert int(query["period1"]) == int(dt.datetime(2020, 1, 1, 5, tzinfo=dt.UTC).timestamp())
+    assert int(query["period2"]) == int(dt.datetime(2020, 1, 4, 5, tzinfo=dt.UTC).timestamp())
 
 
 def test_the_recorded_split_event_becomes_a_split():

@@ -32,17 +32,57 @@ The parts: ``common`` (names, small helpers, the ``Steps`` progress model),
 ``restore_test`` and ``restore`` (the full restore). What the rest of the
 appliance uses is imported here.
 """
-from appliance.ops.backups.archive import (check_backup_path, clean_leftovers, create_backup, estimate_archive_size, run_backup,
-                      jobs_suspended, wait_while_suspended)
-from appliance.ops.backups.catalogue import (BackupRef, backup_dir, get_backup, list_backups, register, rescan,
-                        resolve_backup)
-from appliance.ops.backups.common import ALERT_KEY, NAME_RE, SUSPEND_KEY, Steps, db_name, tool_target, url_for
+from appliance.ops.backups.archive import (
+                      check_backup_path,
+                      clean_leftovers,
+                      create_backup,
+                      estimate_archive_size,
+                      jobs_suspended,
+                      run_backup,
+                      wait_while_suspended,
+)
+from appliance.ops.backups.catalogue import (
+                      BackupRef,
+                      backup_dir,
+                      get_backup,
+                      list_backups,
+                      register,
+                      rescan,
+                      resolve_backup,
+)
+from appliance.ops.backups.common import (
+                      ALERT_KEY,
+                      NAME_RE,
+                      SUSPEND_KEY,
+                      Steps,
+                      db_name,
+                      tool_target,
+                      url_for,
+)
 from appliance.ops.backups.manifest import manifest_path_for, note_restore_test, read_manifest
-from appliance.ops.backups.restore import CANNOT as RESTORE_CANNOT, drop_kept_database, full_restore, kept_databases, restore_plan_text
-from appliance.ops.backups.restore_test import RESTORE_TEST_STEPS, CheckFailed, restore_test, run_restore_test, verify_archive_file
+from appliance.ops.backups.restore import CANNOT as RESTORE_CANNOT
+from appliance.ops.backups.restore import (
+                      drop_kept_database,
+                      full_restore,
+                      kept_databases,
+                      restore_plan_text,
+)
+from appliance.ops.backups.restore_test import (
+                      RESTORE_TEST_STEPS,
+                      CheckFailed,
+                      restore_test,
+                      run_restore_test,
+                      verify_archive_file,
+)
 from appliance.ops.backups.retention import apply_retention
-from appliance.ops.backups.tools import (_create_db, _maintenance_conn, drop_db, find_tools, scratch_name,
-                    server_major)
+from appliance.ops.backups.tools import (
+                      _create_db,
+                      _maintenance_conn,
+                      drop_db,
+                      find_tools,
+                      scratch_name,
+                      server_major,
+)
 
 __all__ = [
     "ALERT_KEY", "BackupRef", "CheckFailed", "NAME_RE", "RESTORE_CANNOT", "RESTORE_TEST_STEPS",

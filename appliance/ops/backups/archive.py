@@ -17,15 +17,37 @@ import psycopg
 
 from appliance import __version__, store
 from appliance.alerts import rules as alerts
-from appliance.store import pool as db
 from appliance.core.errors import ApplianceError, BackupError, LockBusy
 from appliance.core.units import disk_usage, human_bytes
 from appliance.ops.backups.catalogue import backup_dir, upsert_backup
-from appliance.ops.backups.common import ALERT_KEY, BACKUP_LOCK, MANIFEST_FORMAT, NAME_RE, PARTIAL_RE, SUSPEND_KEY, SUSPEND_TTL_S, Steps, _die_with_parent, _fsync_dir, _fsync_file, db_name, sha256_file, tool_target, utcnow
+from appliance.ops.backups.common import (
+    ALERT_KEY,
+    BACKUP_LOCK,
+    MANIFEST_FORMAT,
+    NAME_RE,
+    PARTIAL_RE,
+    SUSPEND_KEY,
+    SUSPEND_TTL_S,
+    Steps,
+    _die_with_parent,
+    _fsync_dir,
+    _fsync_file,
+    db_name,
+    sha256_file,
+    tool_target,
+    utcnow,
+)
 from appliance.ops.backups.manifest import manifest_path_for, snapshot_counts
 from appliance.ops.backups.retention import apply_retention
-from appliance.ops.backups.tools import _first_error, find_tools, list_archive, read_archive, server_major
+from appliance.ops.backups.tools import (
+    _first_error,
+    find_tools,
+    list_archive,
+    read_archive,
+    server_major,
+)
 from appliance.runtime.replica import primary_identifier, probe
+from appliance.store import pool as db
 
 log = logging.getLogger("appliance.backups")
 
@@ -419,7 +441,7 @@ def _is_older_backup(p: Path, started: dt.datetime) -> bool:
     """Never remove a file this run did not create (its name is this run's,
     but be careful anyway: it must be at least as new as this run)."""
     try:
-        return dt.datetime.fromtimestamp(p.stat().st_mtime, dt.timezone.utc) < \
+        return dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC) < \
             started - dt.timedelta(seconds=2)
     except OSError:
         return True

@@ -7,11 +7,18 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from appliance import store
 from appliance.core.errors import BackupError
 from appliance.ops.backups.common import NAME_RE
-from appliance.ops.backups.manifest import _jsonable, disk_manifests, latest_restore_test, manifest_archive, manifest_path_for, manifest_summary, read_manifest
+from appliance.ops.backups.manifest import (
+    _jsonable,
+    disk_manifests,
+    latest_restore_test,
+    manifest_archive,
+    manifest_path_for,
+    manifest_summary,
+    read_manifest,
+)
 
 log = logging.getLogger("appliance.backups")
 

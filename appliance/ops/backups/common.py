@@ -12,7 +12,6 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-
 log = logging.getLogger("appliance.backups")
 
 log = logging.getLogger("appliance.backups")
@@ -31,7 +30,7 @@ _MAX_IDENT = 63
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def db_name(url: str) -> str:

@@ -19,9 +19,9 @@ import logging
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 
-from appliance.jobs import queue as queue_mod
 from appliance import store
 from appliance.ingest.chunks import CHUNK_FUNC
+from appliance.jobs import queue as queue_mod
 
 log = logging.getLogger("appliance.backups")
 

@@ -9,10 +9,10 @@ import logging
 import os
 from pathlib import Path
 
-from appliance.store import pool as db
 from appliance import store
 from appliance.core.errors import BackupError
 from appliance.ops.backups.common import MANIFEST_RE, NAME_RE, _fsync_dir, utcnow
+from appliance.store import pool as db
 
 log = logging.getLogger("appliance.backups")
 

@@ -6,24 +6,45 @@ import json
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg
 import redis
 
-from appliance.store import pool as db
-from appliance.ops import history
 from appliance import store
+from appliance.alerts import rules as alerts
+from appliance.config.redaction import mask_url
 from appliance.core.errors import BackupError
 from appliance.core.units import human_bytes
-from appliance.store.locks import BACKFILL_LOCK
+from appliance.ops import history
 from appliance.ops.backups.catalogue import rescan, resolve_backup
+from appliance.ops.backups.common import (
+    _MAX_IDENT,
+    ALERT_KEY,
+    SUSPEND_KEY,
+    SUSPEND_TTL_S,
+    db_name,
+    url_for,
+    utcnow,
+)
 from appliance.ops.backups.fence import fence_queue
-from appliance.ops.backups.common import ALERT_KEY, SUSPEND_KEY, SUSPEND_TTL_S, _MAX_IDENT, db_name, url_for, utcnow
-from appliance.ops.backups.restore_test import CheckFailed, check_restored, restore_into, verify_archive_file
-from appliance.ops.backups.tools import _create_db, _maintenance_conn, _try_catalogue_conn, drop_db, find_tools, list_archive, server_major
-from appliance.config.redaction import mask_url
-from appliance.alerts import rules as alerts
+from appliance.ops.backups.restore_test import (
+    CheckFailed,
+    check_restored,
+    restore_into,
+    verify_archive_file,
+)
+from appliance.ops.backups.tools import (
+    _create_db,
+    _maintenance_conn,
+    _try_catalogue_conn,
+    drop_db,
+    find_tools,
+    list_archive,
+    server_major,
+)
+from appliance.store import pool as db
+from appliance.store.locks import BACKFILL_LOCK
 
 log = logging.getLogger("appliance.backups")
 

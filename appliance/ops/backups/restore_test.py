@@ -14,7 +14,19 @@ from appliance.core.errors import BackupError
 from appliance.ops.backups.catalogue import BackupRef, record_restore_test, register, resolve_backup
 from appliance.ops.backups.common import Steps, db_name, sha256_file, tool_target, url_for, utcnow
 from appliance.ops.backups.manifest import compare_with_manifest, note_restore_test, snapshot_counts
-from appliance.ops.backups.tools import Tools, _create_db, _first_error, _maintenance_conn, _run_tool, drop_db, drop_stale_scratch, find_tools, list_archive, scratch_name, server_major
+from appliance.ops.backups.tools import (
+    Tools,
+    _create_db,
+    _first_error,
+    _maintenance_conn,
+    _run_tool,
+    drop_db,
+    drop_stale_scratch,
+    find_tools,
+    list_archive,
+    scratch_name,
+    server_major,
+)
 
 log = logging.getLogger("appliance.backups")
 
@@ -130,13 +142,13 @@ def _drop_scratch(url: str, mconn, scratch: str, live: str, steps: Steps,
         if error is None:
             steps.ok("drop scratch database", scratch)
         else:
-            steps._item("drop scratch database").update(status="ok", detail=scratch)
+            steps._item("drop scratch database").update(status="ok", detail=scratch)  # noqa: SLF001
             steps.push()
         return error
     except Exception as e:  # noqa: BLE001
         log.exception("could not drop scratch database %s", scratch)
         msg = f"could not drop the scratch database {scratch}: {e}"
-        steps._item("drop scratch database").update(status="failed", detail=msg)
+        steps._item("drop scratch database").update(status="failed", detail=msg)  # noqa: SLF001
         steps.push()
         return f"{error}; {msg}" if error else msg
 

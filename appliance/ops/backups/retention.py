@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-
 from appliance import store
 from appliance.ops.backups.catalogue import backup_dir
 from appliance.ops.backups.common import NAME_RE

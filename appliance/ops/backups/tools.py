@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psycopg
 
-from appliance.runtime import services
 from appliance import store
 from appliance.core.errors import BackupError
 from appliance.ops.backups.common import _MAX_IDENT, _die_with_parent, url_for
+from appliance.runtime import services
 
 log = logging.getLogger("appliance.backups")
 

@@ -19,14 +19,24 @@ from __future__ import annotations
 from flask import Blueprint
 from htmx_flask import Htmx
 
-from appliance.web.console import backups, common, configuration, dashboard, events, gaps, jobs, login, symbols
+from appliance.web.console import (
+    backups,
+    common,
+    configuration,
+    dashboard,
+    events,
+    gaps,
+    jobs,
+    login,
+    symbols,
+)
 
 bp = Blueprint("console", __name__)
-bp.before_request(common._nonce)
-bp.after_request(common._headers)
-bp.context_processor(common._context)
+bp.before_request(common._nonce)  # noqa: SLF001
+bp.after_request(common._headers)  # noqa: SLF001
+bp.context_processor(common._context)  # noqa: SLF001
 for _exc in common.UNAVAILABLE:
-    bp.register_error_handler(_exc, common._unavailable)
+    bp.register_error_handler(_exc, common._unavailable)  # noqa: SLF001
 for _feature in (dashboard, symbols, jobs, backups, configuration, gaps, events, login):
     bp.register_blueprint(_feature.bp)
 

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
-from flask import (Blueprint, Response, abort, redirect, render_template, url_for)
+from flask import Blueprint, Response, abort, redirect, render_template, url_for
 
-from appliance.ops import backups as backups_mod
 from appliance import store
 from appliance.core import units
 from appliance.jobs import runs
+from appliance.ops import backups as backups_mod
 from appliance.web.api import MAX_ID
+from appliance.web.console.common import FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt
 from appliance.web.console.jobs import _get_run, run_view
-from appliance.web.console.common import (FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt)
-from pathlib import Path
 
 log = logging.getLogger("appliance.console")
 

@@ -22,8 +22,8 @@ import json
 import math
 
 from appliance import store
-from appliance.store import minutes as mstore
 from appliance.core.timeframes import REGULAR_OPEN
+from appliance.store import minutes as mstore
 
 #: The switcher's timeframes, finest first; intraday ones need stored minutes.
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d", "1w")

@@ -30,14 +30,14 @@ from functools import wraps
 
 import psycopg
 import redis
-from flask import (Response, current_app, g, redirect, render_template, request, session)
+from flask import Response, current_app, g, redirect, render_template, request, session
 from itsdangerous import BadData, URLSafeTimedSerializer
 from psycopg_pool import PoolTimeout
 
 from appliance.core import units
+from appliance.jobs.queue import enqueue
 from appliance.web import auth
 from appliance.web.auth import admin_token, is_admin
-from appliance.jobs.queue import enqueue
 
 log = logging.getLogger("appliance.console")
 
@@ -220,8 +220,8 @@ def _age_seconds(ts) -> float | None:
             return None
     if isinstance(ts, dt.datetime):
         if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=dt.timezone.utc)
-        return (dt.datetime.now(dt.timezone.utc) - ts).total_seconds()
+            ts = ts.replace(tzinfo=dt.UTC)
+        return (dt.datetime.now(dt.UTC) - ts).total_seconds()
     return None
 
 
@@ -267,7 +267,7 @@ def f_ts(ts) -> str:
         return "—"
     if isinstance(ts, dt.datetime):
         if ts.tzinfo is not None:
-            ts = ts.astimezone(dt.timezone.utc)
+            ts = ts.astimezone(dt.UTC)
         return ts.strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(ts)
 

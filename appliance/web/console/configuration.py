@@ -5,12 +5,12 @@ import datetime as dt
 import logging
 
 import yaml
-from flask import (Blueprint, Response, render_template)
+from flask import Blueprint, Response, render_template
 
 from appliance import store
-from appliance.web import auth
-from appliance.web.console.common import (f_json, _actor, admin_post, is_htmx, rt)
 from appliance.jobs import reload as reload_mod
+from appliance.web import auth
+from appliance.web.console.common import _actor, admin_post, f_json, is_htmx, rt
 
 log = logging.getLogger("appliance.console")
 
@@ -30,7 +30,7 @@ def _config_ctx() -> dict:
                 for k in cfg["server"].get("api_keys") or ()]
     for k in api_keys:
         if k.get("last_used"):
-            k["last_used"] = dt.datetime.fromtimestamp(k["last_used"], dt.timezone.utc)
+            k["last_used"] = dt.datetime.fromtimestamp(k["last_used"], dt.UTC)
     return {"cfg": cfg, "yaml_text": text, "reloads": reloads, "version": r.config_version(),
             "api_keys": api_keys, "restart_required": r.restart_required()}
 

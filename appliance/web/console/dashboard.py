@@ -4,12 +4,12 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from flask import (Blueprint, Response, redirect, render_template, request, url_for)
+from flask import Blueprint, Response, redirect, render_template, request, url_for
 
-from appliance.alerts import rules as alerts
-from appliance.alerts import health as health_mod
 from appliance import store
-from appliance.web.console.common import (_actor, admin_post, is_htmx, rt)
+from appliance.alerts import health as health_mod
+from appliance.alerts import rules as alerts
+from appliance.web.console.common import _actor, admin_post, is_htmx, rt
 
 log = logging.getLogger("appliance.console")
 

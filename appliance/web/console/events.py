@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import (Blueprint, request)
+from flask import Blueprint, request
 
 from appliance import store
-from appliance.web.console.common import (EVENT_LEVELS, page, rt)
+from appliance.web.console.common import EVENT_LEVELS, page, rt
 
 log = logging.getLogger("appliance.console")
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import (Blueprint, request)
+from flask import Blueprint, request
 
 from appliance import store
 from appliance.config.loader import SYMBOL_RE
-from appliance.web.console.common import (GAP_KINDS, _date_arg, _float_arg, page, rt)
+from appliance.web.console.common import GAP_KINDS, _date_arg, _float_arg, page, rt
 
 log = logging.getLogger("appliance.console")
 

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import (Blueprint, abort, render_template, request, url_for)
+from flask import Blueprint, abort, render_template, request, url_for
 
 from appliance.core.units import eta_text
-
-from appliance.web.api import MAX_ID
-from appliance.web.console.common import (FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt)
-from appliance.jobs.runs import duration_s
-from appliance.jobs.runs import progress_counts
 from appliance.jobs import runs
 from appliance.jobs.registry import JOB_NAMES, run_now_params
+from appliance.jobs.runs import duration_s, progress_counts
+from appliance.web.api import MAX_ID
+from appliance.web.console.common import FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt
 
 log = logging.getLogger("appliance.console")
 
@@ -46,7 +44,7 @@ def run_view(r: dict) -> dict:
         done = sum(1 for s in steps if isinstance(s, dict) and s.get("status") in ("ok", "failed"))
         pct = round(100 * done / len(steps))
     return {**r, "duration_s": dur, "rows": rows, "requests": requests_, "errors": errors,
-            "pct": pct, "eta": eta_text(prog["eta_s"]) if "eta_s" in prog else None, "steps": steps, "running": r["status"] not in FINISHED,
+            "pct": pct, "eta": eta_text(prog["eta_s"]) if "eta_s" in prog else None, "steps": steps, "running": r["status"] not in FINISHED,  # noqa: E501
             "progress_obj": prog, "result_obj": res, "counts": counts}
 
 

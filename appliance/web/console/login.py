@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+from urllib.parse import urlsplit
 
-from flask import (Blueprint, redirect, render_template, request, session, url_for)
+from flask import Blueprint, redirect, render_template, request, session, url_for
 
 from appliance.web import auth
 from appliance.web.auth import admin_token, fingerprint, token_matches
-from appliance.web.console.common import (_csrf_ok, _refused, rt)
-from urllib.parse import urlsplit
+from appliance.web.console.common import _csrf_ok, _refused, rt
 
 log = logging.getLogger("appliance.console")
 

@@ -6,15 +6,24 @@ import logging
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from flask import (Blueprint, abort, jsonify, render_template, request, url_for)
+from flask import Blueprint, abort, jsonify, render_template, request, url_for
 
 from appliance import store
-from appliance.core import timeframes
 from appliance.config.loader import SYMBOL_RE
+from appliance.core import timeframes
 from appliance.store import minutes as mstore
-from appliance.web.errors import BadRequest
 from appliance.web.console import chart
-from appliance.web.console.common import (quality_class, SORT_KEYS, _done, _enqueue, admin_post, is_htmx, page, rt)
+from appliance.web.console.common import (
+    SORT_KEYS,
+    _done,
+    _enqueue,
+    admin_post,
+    is_htmx,
+    page,
+    quality_class,
+    rt,
+)
+from appliance.web.errors import BadRequest
 
 log = logging.getLogger("appliance.console")
 
