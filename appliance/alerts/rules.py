@@ -422,7 +422,7 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
         for rule in RULES:
             try:
                 is_firing, message, details = rule.check(m, cfg)
-            except Exception as e:  # noqa: BLE001 - one broken rule must not stop the rest
+            except Exception as e:  # one broken rule must not stop the rest
                 log.exception("alert rule %s failed", rule.key)
                 store.add_event(conn, "error", "alert", f"rule {rule.key} failed: {e}")
                 continue
@@ -516,7 +516,7 @@ def watchdog(rt, stop: threading.Event, interval: float = 60.0,
                 if res.get("opened") or res.get("resolved"):
                     log.info("alerts watchdog: opened %s, resolved %s",
                              res.get("opened"), res.get("resolved"))
-        except Exception:  # noqa: BLE001 - the watchdog must outlive one bad evaluation
+        except Exception:  # the watchdog must outlive one bad evaluation
             log.exception("alerts watchdog evaluation failed")
 
 

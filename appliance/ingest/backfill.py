@@ -276,7 +276,7 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
         except ProviderError as e:
             failed[p.symbol] = e.message
             log.warning("backfill %s failed: %s", p.symbol, e.message)
-        except Exception as e:  # noqa: BLE001 - one symbol's failure must not stop the rest
+        except Exception as e:  # one symbol's failure must not stop the rest
             failed[p.symbol] = f"{e.__class__.__name__}: {e}"
             log.exception("backfill %s failed", p.symbol)
         done += 1

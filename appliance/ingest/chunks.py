@@ -184,7 +184,7 @@ def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
             chunk_store.fail_pending(conn, chunk["run_id"], "not attempted: " + e.message)
     except ProviderError as e:
         status, error = "failed", e.message
-    except Exception as e:  # noqa: BLE001 - one chunk's failure must not stop the others
+    except Exception as e:  # one chunk's failure must not stop the others
         log.exception("backfill chunk %s (%s) failed", chunk["id"], chunk["symbol"])
         status, error = "failed", f"{e.__class__.__name__}: {e}"
     finally:

@@ -202,7 +202,7 @@ def _record(rt, source, actor, sha, ok, error, diff) -> None:
             if not ok:
                 store.add_event(conn, "error", "reload", f"config reload from {source} refused: "
                                 + (error or "").splitlines()[0], {"errors": error})
-    except Exception:  # noqa: BLE001 - recording must not turn a refusal into a crash
+    except Exception:  # recording must not turn a refusal into a crash
         log.exception("could not record the reload attempt")
 
 

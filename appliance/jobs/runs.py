@@ -151,7 +151,7 @@ def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = 
                             {"run_id": run_id, **{k: v for k, v in result.items()
                                                   if isinstance(v, (int, float, str))}})
         return {"run_id": run_id, "status": status, **result}
-    except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
+    except BaseException as e:  # recorded, then re-raised
         msg = e.message if isinstance(e, ApplianceError) else f"{e.__class__.__name__}: {e}"
         if not isinstance(e, ApplianceError):
             log.error("%s run %s failed:\n%s", job, run_id, traceback.format_exc())

@@ -155,7 +155,7 @@ class UTCScheduler(Scheduler):
         for job, when in list(self.get_jobs_to_queue(with_times=True)):
             try:
                 done.append(self.enqueue_job(job, when))
-            except Exception:  # noqa: BLE001 - one bad entry must not stop the others
+            except Exception:  # one bad entry must not stop the others
                 log.exception("could not enqueue scheduled job %s", job.id)
         return [j for j in done if j is not None]
 

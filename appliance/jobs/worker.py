@@ -47,13 +47,13 @@ def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
         with db.connect(rt.endpoints.database_url) as conn:
             for rid, name in store.runs.fail_by_rq_id(conn, job.id, msg):
                 store.add_event(conn, "error", name, f"{name} failed: {msg}", {"run_id": rid})
-    except Exception:  # noqa: BLE001 - the worker must survive its bookkeeping
+    except Exception:  # the worker must survive its bookkeeping
         log.exception("could not record the death of the work horse for %s", job.id)
     try:  # the chunks it held go to another worker at once
         n = release_dead(rt, f"{socket.gethostname()}:{retpid}")
         if n:
             log.warning("%d backfill chunk(s) of work horse %s released", n, retpid)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("could not release the chunks of work horse %s", retpid)
 
 

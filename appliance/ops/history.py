@@ -36,7 +36,7 @@ import psycopg
 
 from appliance import store
 from appliance.store import history as hsql
-from appliance.store.history import instance_id  # noqa: F401 - part of this module's API
+from appliance.store.history import instance_id  # part of this module's API
 
 log = logging.getLogger("appliance.history")
 

@@ -311,7 +311,7 @@ class HttpClient:
     def _count(self, kind: str, label: str) -> None:
         try:
             self.stats.incr(self.name, kind, label)
-        except Exception:  # noqa: BLE001 - counting must never break a fetch
+        except Exception:  # counting must never break a fetch
             log.exception("stats.incr failed")
 
     # -- the request ------------------------------------------------------------

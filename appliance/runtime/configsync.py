@@ -142,7 +142,7 @@ class Watcher:
                 self.beat()
             except redis.RedisError:
                 continue
-            except Exception:  # noqa: BLE001 - the watcher must outlive one bad turn
+            except Exception:  # the watcher must outlive one bad turn
                 log.exception("config watcher")
 
     def answer(self) -> None:

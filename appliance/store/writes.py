@@ -182,7 +182,7 @@ def write_bars(conn, bars, checked, *, issues_of, run_id: int | None = None) -> 
                     with cur.copy(f"COPY market_data ({', '.join(_DIRECT_COLS)}) FROM STDIN") as cp:
                         cp.write(payload)
             return {"inserted": len(bars), "updated": 0, "revised": 0}
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if not isinstance(e, psycopg.errors.UniqueViolation):
                 raise
     payload = copy_text(bars, checked, issues_of=issues_of)

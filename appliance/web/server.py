@@ -75,7 +75,7 @@ def warm_up(app) -> None:
     rt = app.config["RUNTIME"]
     try:
         calendar.all_sessions(rt.config["calendar"])
-    except Exception:  # noqa: BLE001 - the first caller will report it
+    except Exception:  # the first caller will report it
         log.exception("could not build the %s trading calendar", rt.config["calendar"])
 
 

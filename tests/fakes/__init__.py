@@ -78,7 +78,7 @@ class FakeServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self):  # noqa: N802 - http.server API
+            def do_GET(self):  # http.server API
                 fake._handle(self)
 
             def log_message(self, *args):  # quiet

@@ -236,7 +236,7 @@ def test_repeatedly_failing_jobs_open_an_alert(rt):
 class _Hook(BaseHTTPRequestHandler):
     got: list = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         n = int(self.headers.get("Content-Length", 0))
         type(self).got.append(json.loads(self.rfile.read(n)))
         self.send_response(204)

@@ -50,7 +50,7 @@ def test_a_per_symbol_since_bounds_the_minute_months(config_factory, truth):
 
 
 def test_a_bounded_backfill_refetches_the_minutes_of_its_range_and_says_so(
-        config_factory, truth, frozen_now):  # noqa: F811
+        config_factory, truth, frozen_now):
     with PolygonFake(truth.bars, truth.splits, minutes=truth.minutes) as fake:
         rt = Runtime.from_path(_cfg(config_factory, fake))
         rt.open()

@@ -193,7 +193,7 @@ def test_as_root_the_embedded_postgres_opens_no_folder_to_reading(tmp_path):
             conn.execute("DO $$ BEGIN PERFORM 1; END $$")
         var.chmod(0o700)  # as secure_dir does at the next start
         services.stop_embedded_postgres(var)
-        assert services._postmaster_info(var / "pg") is None  # noqa: SLF001 - it stopped
+        assert services._postmaster_info(var / "pg") is None  # it stopped
     finally:
         services.stop_embedded_postgres(var)
         shutil.rmtree(parent, ignore_errors=True)

@@ -255,7 +255,7 @@ def test_an_unreachable_redis_costs_logins_not_service(config_factory):
     app, rt = app_for(config_factory(server=secured(read_token=READ_TOKEN)))
     try:
         c = app.test_client()
-        rt._redis = redis.Redis(unix_socket_path="/nonexistent/redis.sock",  # noqa: SLF001
+        rt._redis = redis.Redis(unix_socket_path="/nonexistent/redis.sock",
                                 socket_connect_timeout=0.2, socket_timeout=0.2)
         h = {"Authorization": f"Bearer {READ_TOKEN}"}
         assert c.get("/api/v1/symbols", headers=h).status_code == 200

@@ -23,7 +23,7 @@ def _urls(app) -> list[tuple[str, str, set[str]]]:
         if rule.endpoint in OPEN:
             continue
         args = {}
-        for name, conv in rule._converters.items():  # noqa: SLF001 - the converter kinds
+        for name, conv in rule._converters.items():  # the converter kinds
             kind = type(conv).__name__.replace("Converter", "").lower()
             args[name] = SAMPLE.get("int" if kind in ("integer", "int") else kind, "AAPL")
         url = rule.rule

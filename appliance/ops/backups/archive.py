@@ -230,7 +230,7 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
                     sev = "critical" if getattr(e, "permanent", False) else "warning"
                     alerts.open_now(conn, ALERT_KEY, sev, f"backup failed: {msg}",
                                     {"path": str(backup_dir(cfg))})
-            except Exception:  # noqa: BLE001 - the database may be what failed
+            except Exception:  # the database may be what failed
                 log.exception("could not open the backup alert")
         if isinstance(e, (ApplianceError, KeyboardInterrupt, SystemExit)):
             raise

@@ -306,12 +306,12 @@ def _undo(mconn, live: str, drop: str | None, allow: str | None) -> None:
     if drop is not None:
         try:
             drop_db(mconn, drop, live)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not drop %s", drop)
     if allow is not None:
         try:
             store.databases.allow_connections(mconn, allow, True)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not re-allow connections")
     mconn.close()
 

@@ -145,7 +145,7 @@ def _drop_scratch(url: str, mconn, scratch: str, live: str, steps: Steps,
             steps._item("drop scratch database").update(status="ok", detail=scratch)  # noqa: SLF001
             steps.push()
         return error
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         log.exception("could not drop scratch database %s", scratch)
         msg = f"could not drop the scratch database {scratch}: {e}"
         steps._item("drop scratch database").update(status="failed", detail=msg)  # noqa: SLF001
@@ -232,7 +232,7 @@ def restore_test(rt, backup="latest", report=None, run_id: int | None = None) ->
         except BackupError as e:
             error = e.message
             steps.fail(None, e.message)
-        except Exception as e:  # noqa: BLE001 - recorded as the test's failure
+        except Exception as e:  # recorded as the test's failure
             log.exception("restore test of %s", ref.filename)
             error = f"{e.__class__.__name__}: {e}"
             steps.fail(None, error)
