@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +35,7 @@ from appliance.config.redaction import (
     remember_secrets,
     url_passwords,
 )
+from appliance.config.rules import ConfigPath, Doc
 from appliance.core.errors import ConfigError
 from appliance.jobs.registry import default_schedules
 
@@ -130,7 +131,8 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
-def _walk_lines(node, path: tuple, lines: dict, dupes: list) -> None:
+def _walk_lines(node: Any, path: ConfigPath, lines: dict[ConfigPath, int],
+                dupes: list[tuple[ConfigPath, int]]) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen = set()
@@ -149,7 +151,7 @@ def _walk_lines(node, path: tuple, lines: dict, dupes: list) -> None:
             _walk_lines(item, path + (i,), lines, dupes)
 
 
-def _expanded_size(node, memo: dict) -> int:
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
     """Number of values ``node`` stands for once every alias is expanded;
     memoized per node, so it costs one visit per distinct node."""
     key = id(node)
@@ -166,7 +168,7 @@ def _expanded_size(node, memo: dict) -> int:
     return n
 
 
-def json_path(path) -> str:
+def json_path(path: ConfigPath) -> str:
     out = "$"
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
@@ -176,22 +178,22 @@ def json_path(path) -> str:
 @dataclass
 class _Ctx:
     path: str
-    lines: dict
-    errors: list
+    lines: dict[ConfigPath, int]
+    errors: list[str]
     #: paths already reported (a later check does not report them twice)
-    reported: set = field(default_factory=set)
+    reported: set[ConfigPath] = field(default_factory=set)
 
-    def line(self, path: tuple) -> int:
+    def line(self, path: ConfigPath) -> int:
         path = tuple(path)
         while path and path not in self.lines:
             path = path[:-1]
         return self.lines.get(path, 1)
 
-    def err(self, path, message: str) -> None:
+    def err(self, path: ConfigPath, message: str) -> None:
         self.reported.add(tuple(path))
         self.errors.append(f"{self.path}:{self.line(path)}: at {json_path(path)}: {message}")
 
-    def err_once(self, path, message: str) -> None:
+    def err_once(self, path: ConfigPath, message: str) -> None:
         """An error, unless this path (or one inside or around it) already has one."""
         path = tuple(path)
         if any(p[:len(path)] == path or path[:len(p)] == p for p in self.reported):
@@ -201,7 +203,8 @@ class _Ctx:
 
 # --------------------------------------------------------------------------- interpolation
 
-def _secret_from_env(name: str, env: Mapping[str, str], ctx: _Ctx, path) -> str | None:
+def _secret_from_env(name: str, env: Mapping[str, str], ctx: _Ctx,
+                     path: ConfigPath) -> str | None:
     if name in env:
         return env[name]
     file_var = name + "_FILE"
@@ -215,7 +218,7 @@ def _secret_from_env(name: str, env: Mapping[str, str], ctx: _Ctx, path) -> str 
     return None
 
 
-def _interpolate(value, path: tuple, env: Mapping[str, str], ctx: _Ctx):
+def _interpolate(value: Any, path: ConfigPath, env: Mapping[str, str], ctx: _Ctx) -> Any:
     if isinstance(value, dict):
         return {k: _interpolate(v, path + (k,), env, ctx) for k, v in value.items()}
     if isinstance(value, list):
@@ -223,7 +226,7 @@ def _interpolate(value, path: tuple, env: Mapping[str, str], ctx: _Ctx):
     if not isinstance(value, str) or "${" not in value:
         return value
 
-    def repl(m: re.Match) -> str:
+    def repl(m: re.Match[str]) -> str:
         name, has_default, default = m.group(1), m.group(2), m.group(3)
         got = _secret_from_env(name, env, ctx, path)
         if got is None or (has_default and got == ""):
@@ -240,7 +243,7 @@ def _interpolate(value, path: tuple, env: Mapping[str, str], ctx: _Ctx):
 
 # --------------------------------------------------------------------------- read-only config
 
-def _freeze(v):
+def _freeze(v: Any) -> Any:
     if isinstance(v, dict):
         return MappingProxyType({k: _freeze(x) for k, x in v.items()})
     if isinstance(v, list):
@@ -248,7 +251,7 @@ def _freeze(v):
     return v
 
 
-def _thaw(v):
+def _thaw(v: Any) -> Any:
     if isinstance(v, Mapping):
         return {k: _thaw(x) for k, x in v.items()}
     if isinstance(v, tuple):
@@ -256,7 +259,7 @@ def _thaw(v):
     return v
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def _deep_merge(base: Doc, over: Doc) -> Doc:
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "for_seconds":
@@ -282,7 +285,7 @@ class Config:
     are already absolute.
     """
 
-    def __init__(self, data: dict, *, path: Path, text: str):
+    def __init__(self, data: Doc, *, path: Path, text: str) -> None:
         #: restart-only keys whose value in the running config differs from
         #: the one in force (the boot value); applied at the next restart
         self.pending_restart: list[str] = []
@@ -291,10 +294,10 @@ class Config:
         self.text = text
         self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         return self._data[key]
 
-    def get(self, dotted: str, default=None):
+    def get(self, dotted: str, default: Any = None) -> Any:
         cur: Any = self._data
         for part in dotted.split("."):
             if not isinstance(cur, Mapping) or part not in cur:
@@ -302,7 +305,7 @@ class Config:
             cur = cur[part]
         return cur
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> Doc:
         return _thaw(self._data)
 
     @property
@@ -341,11 +344,11 @@ class Config:
     def active_symbols(self) -> list[str]:
         return [s.symbol for s in self.symbols if s.active]
 
-    def masked(self) -> dict:
+    def masked(self) -> Doc:
         """The running config as a dict with every secret replaced by ``********``."""
         d = self.to_dict()
         for p in SECRET_PATHS:
-            cur = d
+            cur: Any = d
             for part in p[:-1]:
                 cur = cur.get(part) if isinstance(cur, dict) else None
                 if cur is None:
@@ -405,7 +408,7 @@ def default_config_path() -> Path:
     return Path(os.environ.get("APPLIANCE_CONFIG") or "config/appliance.yaml")
 
 
-def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
+def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
                 text: str | bytes | None = None) -> Config:
     """Load and validate a config file.
 
@@ -460,7 +463,7 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
     if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
         raise ConfigError([f"{shown}:1: at $: YAML anchors and aliases expand to more than "
                            f"{MAX_EXPANDED_NODES} values; write the settings out"])
-    dupes: list = []
+    dupes: list[tuple[ConfigPath, int]] = []
     _walk_lines(node, (), ctx.lines, dupes)
     for dpath, line in dupes:
         ctx.errors.append(f"{shown}:{line}: at {json_path(dpath)}: duplicate key "
@@ -485,11 +488,11 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
 _validator: Draft202012Validator | None = None
 
 
-def schema() -> dict:
+def schema() -> Doc:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def _validate_schema(data: dict, ctx: _Ctx) -> None:
+def _validate_schema(data: Doc, ctx: _Ctx) -> None:
     global _validator
     if _validator is None:
         _validator = Draft202012Validator(schema())
@@ -535,7 +538,7 @@ def _validate_schema(data: dict, ctx: _Ctx) -> None:
         ctx.err(path, _friendly(e))
 
 
-def _is_secret_path(path: tuple) -> bool:
+def _is_secret_path(path: ConfigPath) -> bool:
     return any(tuple(path[:len(p)]) == p for p in SECRET_PATHS) or \
         (len(path) >= 4 and path[:2] == ("server", "api_keys") and path[3] == "sha256")
 
@@ -548,18 +551,19 @@ _PATTERN_HINTS = {
 }
 
 
-def _friendly(e) -> str:
+def _friendly(e: Any) -> str:
     if e.validator == "pattern" and e.validator_value in _PATTERN_HINTS:
         return f"{e.instance!r} {_PATTERN_HINTS[e.validator_value]}"
     return e.message
 
 
-def _close_match(word: str, options) -> str | None:
+def _close_match(word: str, options: Iterable[str]) -> str | None:
     m = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.75)
     return m[0] if m else None
 
 
-def salvage_connection_settings(path, env: Mapping[str, str] | None = None) -> Config:
+def salvage_connection_settings(path: str | os.PathLike[str],
+                                env: Mapping[str, str] | None = None) -> Config:
     """A config holding only the connection settings of a file that does not
     validate: ``database``, ``redis`` and ``data_dir`` as far as they can be
     read (interpolated leniently), defaults for everything else. Used to
@@ -570,7 +574,7 @@ def salvage_connection_settings(path, env: Mapping[str, str] | None = None) -> C
             env = appliance_env(p)
         except ConfigError:
             env = os.environ
-    picked: dict = {}
+    picked: Doc = {}
     try:
         raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
     except Exception:  # noqa: BLE001 - broken YAML: defaults only

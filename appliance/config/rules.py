@@ -6,12 +6,31 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from croniter import croniter
 
+#: a parsed config document (YAML mapping) and a path in it
+Doc = dict[str, Any]
+ConfigPath = tuple[str | int, ...]
 
-def history_start_errors(e, ctx, validator, friendly) -> None:
+
+class Reporter(Protocol):
+    """Where a check reports a problem."""
+
+    def err(self, path: ConfigPath, message: str) -> None: ...
+
+
+class Ctx(Reporter, Protocol):
+    """``config.loader``'s context: also reports a path only once."""
+
+    def err_once(self, path: ConfigPath, message: str) -> None: ...
+
+
+def history_start_errors(e: Any, ctx: Ctx, validator: Any,
+                         friendly: Callable[..., str]) -> None:
     """``history.start`` is a date or one date per resolution: its schema
     errors reported against the form used."""
     path = ("history", "start")
@@ -35,7 +54,7 @@ TOKEN_PATHS = (("server", "admin_token"), ("server", "read_token"), ("server", "
 MIN_TOKEN_LENGTH = 24
 
 
-def semantic_checks(d: dict, ctx, base: Path) -> None:
+def semantic_checks(d: Doc, ctx: Ctx, base: Path) -> None:
     """Checks JSON Schema cannot express; then paths made absolute (relative
     ones are relative to the config file's folder ``base``). Each check runs
     even when the schema found errors elsewhere, so that one run reports every
@@ -58,14 +77,14 @@ class _Once:
     """The checks' view of the context: a path the schema already reported
     is not reported again."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx: Ctx) -> None:
         self._ctx = ctx
 
-    def err(self, path, message: str) -> None:
+    def err(self, path: ConfigPath, message: str) -> None:
         self._ctx.err_once(path, message)
 
 
-def _token_checks(d: dict, ctx) -> None:
+def _token_checks(d: Doc, ctx: Reporter) -> None:
     """The same rule for check-config, reload, up and the units: a guessable
     token is refused (its value is never shown)."""
     for p in TOKEN_PATHS:
@@ -75,7 +94,7 @@ def _token_checks(d: dict, ctx) -> None:
                        f"required (e.g. openssl rand -hex 32)")
 
 
-def _cron_checks(d: dict, ctx) -> None:
+def _cron_checks(d: Doc, ctx: Reporter) -> None:
 
     for job, expr in d["schedules"].items():
         if not isinstance(expr, str):
@@ -85,7 +104,7 @@ def _cron_checks(d: dict, ctx) -> None:
                                         f"minute hour day-of-month month day-of-week, in UTC)")
 
 
-def _check_date(ctx, path, value):
+def _check_date(ctx: Reporter, path: ConfigPath, value: object) -> dt.date | None:
     if not isinstance(value, str):
         return None
     try:
@@ -100,7 +119,7 @@ def _check_date(ctx, path, value):
     return d_
 
 
-def _date_checks(d: dict, ctx) -> None:
+def _date_checks(d: Doc, ctx: Reporter) -> None:
     start = d["history"]["start"]
     if isinstance(start, str):
         _check_date(ctx, ("history", "start"), start)
@@ -109,7 +128,7 @@ def _date_checks(d: dict, ctx) -> None:
             _check_date(ctx, ("history", "start", tf), value)
 
 
-def _symbol_checks(d: dict, ctx) -> None:
+def _symbol_checks(d: Doc, ctx: Reporter) -> None:
     seen: dict[str, int] = {}
     for i, item in enumerate(d["symbols"]):
         sym = item if isinstance(item, str) else item.get("symbol") \
@@ -124,7 +143,7 @@ def _symbol_checks(d: dict, ctx) -> None:
             _check_date(ctx, ("symbols", i, "since"), item["since"])
 
 
-def _value_checks(d: dict, ctx) -> None:
+def _value_checks(d: Doc, ctx: Reporter) -> None:
     a = d["alerts"]
     if a["validation_rate_warn_pct"] <= a["validation_rate_critical_pct"]:
         ctx.err(("alerts", "validation_rate_warn_pct"),
@@ -152,7 +171,7 @@ def _value_checks(d: dict, ctx) -> None:
                                           "postgres:// (empty: no replica)")
 
 
-def _provider_checks(d: dict, ctx) -> None:
+def _provider_checks(d: Doc, ctx: Reporter) -> None:
     prov = d["provider"]
     if prov["name"] == "polygon" and not prov["polygon"]["api_key"]:
         ctx.err(("provider", "polygon", "api_key"),
@@ -167,7 +186,7 @@ def _provider_checks(d: dict, ctx) -> None:
     _credential_checks(d, ctx)
 
 
-def _credential_checks(d: dict, ctx) -> None:
+def _credential_checks(d: Doc, ctx: Reporter) -> None:
     """API keys are one name and one key each; SMTP AUTH never in clear."""
     names: dict[str, int] = {}
     digests: dict[str, int] = {}
@@ -203,16 +222,16 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def listens_beyond_loopback(server: dict) -> bool:
+def listens_beyond_loopback(server: Doc) -> bool:
     """The web server can be reached from the network: it binds an address other
     than loopback, or a reverse proxy (the TLS front) forwards to it."""
     host = server["bind"].rpartition(":")[0]
     return not is_loopback_host(host) or int(server.get("trusted_proxy_hops") or 0) > 0
 
 
-def _absolutize_paths(d: dict, ctx, base: Path) -> None:
+def _absolutize_paths(d: Doc, ctx: Ctx, base: Path) -> None:
     """Paths: absolute, or relative to the config file's folder."""
-    def absolutize(container: dict, key: str, path):
+    def absolutize(container: Doc, key: str, path: ConfigPath) -> None:
         v = container[key]
         pth = Path(v).expanduser()
         if not pth.is_absolute():
