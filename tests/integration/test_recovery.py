@@ -18,7 +18,7 @@ import pytest
 
 from appliance.alerts import rules as alerts
 from appliance.config.loader import DEFAULTS
-from appliance.ingest import backfill as backfill_domain
+from appliance.ingest import daily
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
 from appliance.ops import backups, history
@@ -252,7 +252,7 @@ def test_moving_since_earlier_fills_the_history_without_flags(config_factory):
         assert r["ok"] and r["backfill_run_id"], r
         with rt.conn() as c:
             # until the backfill ran, completeness counts from the new start
-            stats = backfill_domain.refresh_stats(c, rt.config, "AAPL")
+            stats = daily.refresh_stats(c, rt.config, "AAPL")
         assert stats["missing"] == 252 and stats["completeness"] < 0.7  # 2024 is missing
         _backfill(rt, symbols=["AAPL"])
         with rt.conn() as c:

@@ -16,7 +16,7 @@ from appliance.alerts import rules as alerts
 from appliance.alerts.rules import disk_check
 from appliance.core.candles import Bars
 from appliance.core.errors import ProviderError
-from appliance.ingest import backfill as backfill_domain
+from appliance.ingest import daily
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
 from appliance.ops.maintenance import maintain
@@ -285,7 +285,7 @@ def test_maintenance_retention_drops_whole_old_partitions_and_keeps_recent_data(
             _insert_rows(conn, symbols=2, days=20, start=dt.date(2015, 3, 2))
             _insert_rows(conn, symbols=2, days=20, start=dt.date(2024, 3, 2))
             for s in ("S001", "S002"):
-                backfill_domain.refresh_stats(conn, rt.config, s)
+                daily.refresh_stats(conn, rt.config, s)
             before = conn.execute("SELECT first_session FROM symbol_stats WHERE symbol = 'S001'"
                                   ).fetchone()[0]
         assert before.year == 2015
