@@ -97,6 +97,12 @@ def test_a_backfill_runs_through_rq_with_every_connection_encrypted(servers, tmp
         # and PostgreSQL refuses a connection in clear
         with pytest.raises(psycopg.OperationalError, match="no encryption"):
             psycopg.connect(s.pg_url(sslmode="disable"), connect_timeout=3)
+        # the web app (its sessions, limits and health probes) on the same servers
+        from appliance.web import create_app
+        client = create_app(runtime=rt).test_client()
+        health = client.get("/health")
+        assert health.status_code == 200, health.get_json()
+        assert health.get_json()["database"] == "ok" and health.get_json()["redis"] == "ok"
     finally:
         w.send_signal(signal.SIGTERM)
         out, _ = w.communicate(timeout=30)
