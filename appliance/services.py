@@ -84,17 +84,13 @@ def connection_problem(exc: BaseException, cfg=None) -> str | None:
     were used (for the CA file to name); the drivers' messages name the host
     and port but never the password."""
     from urllib.parse import parse_qs, urlsplit
-    mod = type(exc).__module__ or ""
-    if mod.startswith("psycopg"):
+    mod, name = type(exc).__module__ or "", type(exc).__name__
+    if mod.startswith("psycopg") and name in ("OperationalError", "PoolTimeout"):
         what, keys, ca_key = "PostgreSQL", (("database", "url"), ("database", "read_url")), \
             "sslrootcert"
-    elif mod.startswith("redis") and isinstance(exc, Exception) and \
-            type(exc).__name__ in ("ConnectionError", "TimeoutError", "AuthenticationError"):
+    elif mod.startswith("redis") and name in ("ConnectionError", "TimeoutError"):
         what, keys, ca_key = "Redis", (("redis", "url"),), "ssl_ca_certs"
     else:
-        return None
-    if mod.startswith("psycopg") and type(exc).__name__ not in ("OperationalError",
-                                                                 "PoolTimeout"):
         return None
     text = " ".join(str(exc).split())
     cas = []
@@ -108,7 +104,7 @@ def connection_problem(exc: BaseException, cfg=None) -> str | None:
             cas.append(f"{a}.{b}'s {ca_key}={ca[-1]}")
     trusted = " or ".join(cas) or f"the URL's {ca_key}"
     low = text.lower()
-    if "certificate verify failed" in low and "hostname" in low or "does not match host" in low:
+    if "mismatch" in low or "does not match host" in low:
         hint = (f"the server's certificate does not name the host the URL connects to: "
                 f"connect by a name or address the certificate carries, or issue it for this one")
     elif "certificate verify failed" in low:
