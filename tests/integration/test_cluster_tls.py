@@ -103,6 +103,9 @@ def test_a_backfill_runs_through_rq_with_every_connection_encrypted(servers, tmp
         health = client.get("/health")
         assert health.status_code == 200, health.get_json()
         assert health.get_json()["database"] == "ok" and health.get_json()["redis"] == "ok"
+        # a backup: pg_dump (a tool of its own) connects over TLS too
+        res = _cli(path, "backup")
+        assert res.returncode == 0, res.stdout + res.stderr
     finally:
         w.send_signal(signal.SIGTERM)
         out, _ = w.communicate(timeout=30)
