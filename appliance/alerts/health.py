@@ -16,11 +16,14 @@ from dataclasses import dataclass, field, fields
 
 import psycopg
 from croniter import croniter
+from psycopg_pool import PoolTimeout
 
 from appliance import store
 from appliance.core import calendar as tcal
+from appliance.core.errors import ServiceError
 from appliance.jobs.runs import duration_s, last_by_job
 from appliance.runtime.runtime import K_PROCESSES
+from appliance.runtime.services import connection_problem
 from appliance.store import demo as dstore
 
 log = logging.getLogger("appliance.health")
@@ -88,18 +91,39 @@ def _wait(fut: cf.Future, timeout: float):
 
 def _start_db_probe(rt, timeout: float) -> cf.Future:
     def probe():
-        with rt.pool.connection(timeout=timeout) as conn:
-            store.sessions.statement_timeout_local(conn, timeout)
-            out = store.summary(conn)
-            out["open_alerts"] = store.open_alerts(conn)
-            out["unknown_symbols"] = [r["symbol"] for r in store.symbols.unknown_symbols(conn)]
-            out["last_runs"] = _last_runs(conn)
-            out["latest_backup"] = store.latest_backup(conn)
-            out["last_restore_test"] = store.last_restore_test(conn)
-            out["last_reload"] = store.last_config_reload(conn)
-            out["demo_symbols"] = dstore.demo_symbols(conn)
-            return out
+        try:
+            with rt.pool.connection(timeout=timeout) as conn:
+                store.sessions.statement_timeout_local(conn, timeout)
+                out = store.summary(conn)
+                out["open_alerts"] = store.open_alerts(conn)
+                out["unknown_symbols"] = [r["symbol"]
+                                          for r in store.symbols.unknown_symbols(conn)]
+                out["last_runs"] = _last_runs(conn)
+                out["latest_backup"] = store.latest_backup(conn)
+                out["last_restore_test"] = store.last_restore_test(conn)
+                out["last_reload"] = store.last_config_reload(conn)
+                out["demo_symbols"] = dstore.demo_symbols(conn)
+                return out
+        except PoolTimeout as e:  # says only that no connection came: ask why
+            raise _why_no_connection(rt, e, timeout) from None
     return _submit(probe, _inflight)
+
+
+def _why_no_connection(rt, e: Exception, timeout: float) -> Exception:
+    """A pool that times out says only that; when it failed to connect (not
+    merely busy), one direct attempt says why (a certificate that does not
+    verify, a refused password), in the words of ``services.connection_problem``."""
+    try:
+        failing = rt.pool.get_stats().get("connections_errors", 0) > 0
+    except Exception:  # noqa: BLE001
+        failing = False
+    if not failing:
+        return e
+    try:
+        psycopg.connect(rt.endpoints.database_url, connect_timeout=max(1, int(timeout))).close()
+    except psycopg.OperationalError as real:
+        return ServiceError(connection_problem(real, rt.current_config()) or _short(real))
+    return e
 
 
 def _db_result(fut: cf.Future, timeout: float) -> dict:
@@ -114,7 +138,8 @@ def _db_result(fut: cf.Future, timeout: float) -> dict:
     except Exception as e:  # noqa: BLE001 - any failure is "database unreachable"
         if isinstance(e, (TimeoutError, cf.TimeoutError)) and not str(e):
             e = TimeoutError("no answer within the probe time limit")
-        return {"status": "error", "error": _short(e)}
+        return {"status": "error", "error": e.message if isinstance(e, ServiceError)
+                else _short(e)}
 
 
 def _last_runs(conn) -> dict:
@@ -134,8 +159,9 @@ def redis_probe(rt) -> dict:
         return {"status": "ok", "scheduler_heartbeat_age_s": age, "worker_heartbeat_age_s": workers,
                 "processes": _processes(rt)}
     except Exception as e:  # noqa: BLE001
-        return {"status": "error", "error": _short(e), "scheduler_heartbeat_age_s": None,
-                "worker_heartbeat_age_s": None}
+        return {"status": "error",
+                "error": connection_problem(e, rt.current_config()) or _short(e),
+                "scheduler_heartbeat_age_s": None, "worker_heartbeat_age_s": None}
 
 
 def _processes(rt) -> dict | None:
@@ -195,7 +221,8 @@ def _status(a, snap: dict, rd: dict, scheduler_running: bool, rate, behind,
     before = len(reasons)
     if not scheduler_running:
         reasons.append("scheduler not running" if rd["status"] == "ok"
-                       else "redis unreachable: scheduler state unknown")
+                       else "redis unreachable: scheduler state unknown"
+                       + (f" ({rd['error']})" if rd.get("error") else ""))
     if snap["total_records"] and rate < a["validation_rate_warn_pct"]:
         reasons.append(f"validation rate {rate}% below {a['validation_rate_warn_pct']}%")
     if behind is not None and behind > a["stale_after_sessions"]:

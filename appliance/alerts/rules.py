@@ -16,8 +16,8 @@ a failing notifier is logged and recorded as an event, never blocks the rules.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import datetime as dt
+import functools
 import logging
 import shutil
 import threading
@@ -125,15 +125,23 @@ RARE_JOB_INTERVAL_S = 7 * 86400
 def rare_jobs(schedules: dict) -> set[str]:
     """Jobs whose cron runs less often than weekly (the longest gap between
     consecutive runs over the next year decides)."""
+    return set(_rare_jobs(tuple(sorted(schedules.items()))))
+
+
+@functools.lru_cache(maxsize=32)
+def _rare_jobs(schedules: tuple) -> frozenset:
+    """``rare_jobs`` for one set of schedules, computed once: walking each cron
+    over a year is some 20-50 ms of CPU, which under gevent is time every
+    request of the web worker that runs the alerts watchdog waits."""
 
     out = set()
-    start = _dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    for job, expr in schedules.items():
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for job, expr in schedules:
         try:
             it = croniter(expr, start)
-            prev = it.get_next(_dt.datetime)
+            prev = it.get_next(dt.datetime)
             for _ in range(60):
-                nxt = it.get_next(_dt.datetime)
+                nxt = it.get_next(dt.datetime)
                 if (nxt - prev).total_seconds() > RARE_JOB_INTERVAL_S:
                     out.add(job)
                     break
@@ -142,7 +150,7 @@ def rare_jobs(schedules: dict) -> set[str]:
                     break
         except (ValueError, KeyError):
             continue
-    return out
+    return frozenset(out)
 
 
 def _jobs_failing(m: Measures, cfg):

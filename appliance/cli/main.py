@@ -40,7 +40,30 @@ def _fail(msg: str, code: int = 1):
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group: a PostgreSQL or Redis that cannot be reached (a
+    certificate that does not verify, a TLS-only server asked in clear) ends
+    any command with one line that says what to fix, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            from appliance.runtime.services import connection_problem
+            msg = connection_problem(e, _config_or_none(ctx))
+            if msg is None:
+                raise
+            _fail(msg)
+
+
+def _config_or_none(ctx):
+    try:
+        return load_config(_config_path(ctx))
+    except Exception:  # noqa: BLE001 - only for naming the CA file in a message
+        return None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), envvar=None,
               help="appliance.yaml (default: $APPLIANCE_CONFIG or config/appliance.yaml)")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from croniter import croniter
 
@@ -62,7 +63,7 @@ def semantic_checks(d: Doc, ctx: Ctx, base: Path) -> None:
     is skipped, as the schema's message says it."""
     once = _Once(ctx)
     for check in (_cron_checks, _date_checks, _symbol_checks, _value_checks, _token_checks,
-                  _provider_checks):
+                  _provider_checks, _tls_checks):
         try:
             check(d, once)
         except (TypeError, KeyError, AttributeError, ValueError, IndexError):
@@ -220,6 +221,59 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: the files a connection URL may name for TLS: PostgreSQL's (libpq's
+#: parameters) and Redis's (``rediss://`` query parameters of redis-py)
+PG_TLS_FILES = {"sslrootcert": "the CA certificate the server's certificate is checked against",
+                "sslcert": "the client certificate", "sslkey": "the client certificate's key",
+                "sslcrl": "the certificate revocation list"}
+REDIS_TLS_FILES = {"ssl_ca_certs": "the CA certificate the server's certificate is checked "
+                                   "against",
+                   "ssl_certfile": "the client certificate",
+                   "ssl_keyfile": "the client certificate's key"}
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _tls_checks(d: Doc, ctx: Reporter) -> None:
+    """The TLS settings in the database and Redis URLs: a known ``sslmode``,
+    ``rediss://`` when Redis TLS files are named, and every certificate or
+    key file they name readable by this process (else the first connection
+    fails with a less clear message, or, for Redis, none at all)."""
+    urls: list[tuple[tuple[str, ...], str | None]] = [(("database", "url"), d["database"]["url"]),
+            (("database", "read_url"), d["database"]["read_url"]),
+            (("redis", "url"), d["redis"]["url"])]
+    for path, url in urls:
+        if not url or "?" not in url:
+            continue
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+        is_pg = path[0] == "database"
+        files = PG_TLS_FILES if is_pg else REDIS_TLS_FILES
+        if is_pg and query.get("sslmode", "prefer") not in PG_SSLMODES:
+            ctx.err(path, f"sslmode={query['sslmode']} is not one of {', '.join(PG_SSLMODES)}")
+        if not is_pg and url.startswith("redis://") and set(files) & set(query):
+            ctx.err(path, f"{', '.join(sorted(set(files) & set(query)))} given with redis:// "
+                          f"(clear text): use rediss:// for TLS")
+        for key, what in files.items():
+            name = query.get(key)
+            if not name or (key == "sslrootcert" and name == "system"):
+                continue
+            problem = _unreadable(Path(name))
+            if problem:
+                ctx.err(path, f"{key}={name} ({what}) {problem}")
+
+
+def _unreadable(p: Path) -> str | None:
+    """Why this process cannot read the file ``p``, or None."""
+    if not p.is_absolute():
+        return "is not an absolute path"
+    if not p.exists():
+        return "does not exist"
+    if not p.is_file():
+        return "is not a file"
+    if not os.access(p, os.R_OK):
+        return f"is not readable by this process's user (uid {os.geteuid()})"
+    return None
 
 
 def listens_beyond_loopback(server: Doc) -> bool:

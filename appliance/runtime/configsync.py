@@ -42,7 +42,7 @@ from appliance.config.diff import diff_configs
 from appliance.config.loader import Config, load_config
 from appliance.core.errors import ConfigError
 from appliance.runtime import replica
-from appliance.runtime.runtime import K_RESTART_SINCE
+from appliance.runtime.runtime import K_CONFIG_VERSION, K_RESTART_SINCE
 
 log = logging.getLogger("appliance.configsync")
 
@@ -129,26 +129,42 @@ class Watcher:
         except redis.RedisError:
             pass
 
+    def _body(self) -> str:
+        return json.dumps({"role": self.role, "path": str(self.rt.config_path),
+                           "version": self.rt.config_version(), "at": time.time()})
+
     def beat(self) -> None:
-        body = {"role": self.role, "path": str(self.rt.config_path),
-                "version": self.rt.config_version(), "at": time.time()}
-        self.rt.redis.set(K_PROC + self.ident, json.dumps(body), ex=PROC_TTL_S)
+        self.rt.redis.set(K_PROC + self.ident, self._body(), ex=PROC_TTL_S)
 
     def _run(self) -> None:
         while not self.stop.wait(WATCH_INTERVAL_S):
             try:
-                self.rt.refresh_config()
-                self.answer()
-                self.beat()
+                self.turn()
             except redis.RedisError:
                 continue
             except Exception:  # the watcher must outlive one bad turn
                 log.exception("config watcher")
 
-    def answer(self) -> None:
+    def turn(self) -> None:
+        """One look: the registration renewed, the published version and the
+        pending candidates read, in one round trip (in a web worker this runs
+        four times a second beside the requests, so it stays one wake-up);
+        a new version is swapped in and a new candidate answered."""
+        pipe = self.rt.redis.pipeline(transaction=False)
+        pipe.set(K_PROC + self.ident, self._body(), ex=PROC_TTL_S)
+        pipe.get(K_CONFIG_VERSION)
+        pipe.smembers(K_CANDIDATES)
+        _, version, candidates = pipe.execute()
+        if version is not None and int(version) != self.rt.config_version():
+            self.rt.refresh_config()
+            self.beat()  # the version it runs now, at once (a reload waits for it)
+        if {c.decode() for c in candidates} - self._answered:
+            self.answer(candidates)
+
+    def answer(self, candidates=None) -> None:
         """Validate the pending candidates, if any, in this process's environment."""
         r = self.rt.redis
-        for raw in r.smembers(K_CANDIDATES):
+        for raw in r.smembers(K_CANDIDATES) if candidates is None else candidates:
             cid = raw.decode()
             if cid in self._answered:
                 continue

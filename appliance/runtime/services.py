@@ -24,6 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import redis
@@ -77,6 +78,52 @@ def resolve(cfg, *, start: bool = True) -> Endpoints:
     if emb_rd:
         rd_url = embedded_redis(data_dir, start=start)
     return Endpoints(db_url, rd_url, emb_pg, emb_rd)
+
+
+# --------------------------------------------------------------------------- connection errors
+
+def connection_problem(exc: BaseException, cfg=None) -> str | None:
+    """A sentence for a failure to reach PostgreSQL or Redis that says what to
+    fix (a certificate that does not verify, a server that speaks TLS only),
+    or None when ``exc`` is no such failure. ``cfg``: the config whose URLs
+    were used (for the CA file to name); the drivers' messages name the host
+    and port but never the password."""
+    mod, name = type(exc).__module__ or "", type(exc).__name__
+    if mod.startswith("psycopg") and name in ("OperationalError", "PoolTimeout"):
+        what, keys, ca_key = "PostgreSQL", (("database", "url"), ("database", "read_url")), \
+            "sslrootcert"
+    elif mod.startswith("redis") and name in ("ConnectionError", "TimeoutError"):
+        what, keys, ca_key = "Redis", (("redis", "url"),), "ssl_ca_certs"
+    else:
+        return None
+    text = " ".join(str(exc).split())
+    cas = []
+    for a, b in keys:
+        try:
+            url = (cfg[a].get(b) if cfg is not None else "") or ""
+        except (KeyError, TypeError):
+            url = ""
+        ca = parse_qs(urlsplit(url).query).get(ca_key) if "?" in url else None
+        if ca:
+            cas.append(f"{a}.{b}'s {ca_key}={ca[-1]}")
+    trusted = " or ".join(cas) or f"the URL's {ca_key}"
+    low = text.lower()
+    if "mismatch" in low or "does not match host" in low:
+        hint = ("the server's certificate does not name the host the URL connects to: "
+                "connect by a name or address the certificate carries, or issue it for this one")
+    elif "certificate verify failed" in low:
+        hint = f"the server's certificate is not signed by the CA in {trusted}"
+    elif "no encryption" in low:
+        hint = ("the server accepts this user over TLS only (pg_hba hostssl): add "
+                "?sslmode=verify-full&sslrootcert=CA-FILE to the URL")
+    elif "wrong version number" in low or "record layer failure" in low:
+        hint = "the server does not speak TLS on this port: use redis:// or the TLS port"
+    elif what == "Redis" and ("connection reset by peer" in low or "connection closed" in low):
+        hint = ("the server closed the connection at once: if it speaks TLS only (tls-port, "
+                "port 0), use rediss:// with ssl_ca_certs=CA-FILE")
+    else:
+        hint = ""
+    return f"cannot connect to {what}: {text}" + (f"; {hint}" if hint else "")
 
 
 # --------------------------------------------------------------------------- PostgreSQL

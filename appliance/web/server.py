@@ -141,7 +141,14 @@ def serve(cfg) -> None:
             if cfg["server"]["worker_class"] == "gevent":
                 cooperative_psycopg()
             from appliance.web import create_app
-            app = create_app(config_path, watchdog=True, service=True)
+            try:
+                app = create_app(config_path, watchdog=True, service=True)
+            except Exception as e:
+                from appliance.runtime.services import connection_problem
+                msg = connection_problem(e, cfg)
+                if msg:  # one line that says what to fix, above gunicorn's traceback
+                    log.error("%s", msg)
+                raise
             warm_up(app)
             return app
 

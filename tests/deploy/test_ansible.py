@@ -37,8 +37,9 @@ CONVERGE_VARS = Path(__file__).with_name("converge_vars.yml")
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
 ANSIBLE_LINT = BIN / "ansible-lint"
-ROLES = ("host", "postgresql", "redis", "backup_drive", "appliance")
-REQUIRED_COLLECTIONS = ("ansible/posix", "community/postgresql", "community/general")
+ROLES = ("host", "cluster_tls", "postgresql", "redis", "backup_drive", "appliance")
+REQUIRED_COLLECTIONS = ("ansible/posix", "community/postgresql", "community/general",
+                        "community/crypto")
 
 TEST_DB = "mda_deploy_test"
 SERVICE_USER = "appliance"
@@ -196,12 +197,14 @@ def test_cluster_hosts_get_their_part_and_the_inventorys_addresses(tmp_path):
     names = ["appliance_database_url", "appliance_database_read_url", "appliance_redis_url",
              "appliance_run_web", "appliance_run_scheduler", "appliance_run_workers",
              "postgresql_replication_mode", "postgresql_client_addresses",
-             "postgresql_replica_addresses", "redis_bind", "postgresql_manage_database"]
+             "postgresql_replica_addresses", "redis_bind", "postgresql_manage_database",
+             "postgresql_ssl", "redis_tls", "cluster_tls_address"]
     playbook = tmp_path / "show.yml"
     playbook.write_text(yaml.safe_dump([{
         "hosts": "db:db_replica:redis:web:workers", "gather_facts": False,
         # the roles' defaults only, as in site.yml's play
-        "roles": [{"role": r, "when": False} for r in ("postgresql", "redis", "appliance")],
+        "roles": [{"role": r, "when": False}
+                  for r in ("cluster_tls", "postgresql", "redis", "appliance")],
         "tasks": [{"ansible.builtin.debug": {"msg": "VARS {{ {" + ", ".join(
             f"'{n}': {n}" for n in names) + "} | to_json }}"}}]}]))
     shutil.copy(playbook, ANSIBLE_DIR / ".show-cluster-vars.yml")
@@ -217,10 +220,17 @@ def test_cluster_hosts_get_their_part_and_the_inventorys_addresses(tmp_path):
                                  re.M):
         got[host] = json.loads(body.encode().decode("unicode_escape"))
     assert set(got) == {"mda-01", "mda-02", "mda-03"}, result.stdout[-2000:]
-    for v in got.values():
-        assert v["appliance_database_url"].endswith("@10.0.0.11:5432/market_data")
-        assert v["appliance_database_read_url"].endswith("@10.0.0.12:5432/market_data")
-        assert v["appliance_redis_url"] == "redis://:${REDIS_PASSWORD}@10.0.0.11:6379/0"
+    ca = "/etc/ssl/appliance-cluster/ca.crt"
+    for host, v in got.items():
+        # TLS between the hosts, on by default in the cluster inventory
+        tls = f"?sslmode=verify-full&sslrootcert={ca}"
+        assert v["appliance_database_url"].endswith("@10.0.0.11:5432/market_data" + tls)
+        assert v["appliance_database_read_url"].endswith("@10.0.0.12:5432/market_data" + tls)
+        assert v["appliance_redis_url"] == \
+            f"rediss://:${{REDIS_PASSWORD}}@10.0.0.11:6379/0?ssl_ca_certs={ca}"
+        assert v["postgresql_ssl"] is True and v["redis_tls"] is True
+        assert v["cluster_tls_address"] == {"mda-01": "10.0.0.11", "mda-02": "10.0.0.12",
+                                            "mda-03": "10.0.0.13"}[host]
         assert sorted(v["postgresql_client_addresses"]) == ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
         assert v["postgresql_replica_addresses"] == ["10.0.0.12"]
     one, two, three = got["mda-01"], got["mda-02"], got["mda-03"]

@@ -52,6 +52,8 @@ API_KEY = "cluster-polygon-key"
 ADMIN_TOKEN = "cluster-admin-token-5b2d4f6a8c0e1f3a"
 DB_PASSWORD = "7c2e3f9a1c7e5b2d4f6a8c0e1b3d5f7a"
 REDIS_PASSWORD = "1a1f8e6c4a2f0d1b3e5c7a9f2d4b6e8c"
+#: the cluster CA's certificate on every host (role cluster_tls)
+CLUSTER_CA = "/etc/ssl/appliance-cluster/ca.crt"
 CHUNKS_MIGRATION = REPO / "appliance" / "store" / "migrations" / "0004_chunks.sql"
 SOURCE_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "venv", "node_modules", "__pycache__", "*.pyc", "build", "dist",
@@ -296,22 +298,53 @@ def test_2_the_replica_streams_through_its_slot(journey):
 def test_3_postgresql_and_redis_admit_only_the_inventorys_hosts(journey):
     h1, h2, h3 = journey.cluster.hosts
     primary = journey.cluster.addresses[0]
-    # from a worker host, with the password: admitted
+    # from a worker host, with the password, over TLS checked against the
+    # cluster's CA (appliance_cluster_tls, on by default): admitted
+    tls = f"sslmode=verify-full&sslrootcert={CLUSTER_CA}"
     url = f"postgresql://appliance:{DB_PASSWORD}@{primary}/market_data"
-    assert h3.sh(f"psql {shlex.quote(url)} -XAtqc 'SELECT 1'").stdout.strip() == "1"
-    pong = h3.sh(f"REDISCLI_AUTH={REDIS_PASSWORD} redis-cli -h {primary} ping").stdout.strip()
+    assert h3.sh(f"psql {shlex.quote(url + '?' + tls)} -XAtqc 'SELECT 1'").stdout.strip() == "1"
+    # in clear: refused (hostssl)
+    plain = h3.sh(f"psql {shlex.quote(url + '?sslmode=disable')} -XAtqc 'SELECT 1'", check=False)
+    assert plain.returncode != 0 and "no encryption" in plain.stdout + plain.stderr, plain
+    rcli = f"redis-cli --tls --cacert {CLUSTER_CA} -h {primary}"
+    pong = h3.sh(f"REDISCLI_AUTH={REDIS_PASSWORD} {rcli} ping").stdout.strip()
     assert pong == "PONG"
-    assert "NOAUTH" in h3.sh(f"redis-cli -h {primary} ping", check=False).stdout
+    assert "NOAUTH" in h3.sh(f"{rcli} ping", check=False).stdout
+    # Redis has no plain port: a client in clear gets no answer
+    clear = h3.sh(f"REDISCLI_AUTH={REDIS_PASSWORD} redis-cli -h {primary} ping", check=False)
+    assert "PONG" not in clear.stdout, clear
     # from the machine (10.77.0.1, on the bridge but not in the inventory): refused
     if shutil.which("psql"):
         p = subprocess.run(["psql", f"postgresql://appliance:{DB_PASSWORD}@{primary}/market_data",
                             "-XAtqc", "SELECT 1"], capture_output=True, text=True, timeout=30)
         assert p.returncode != 0 and "no pg_hba.conf entry" in p.stderr, p.stdout + p.stderr
     hba = h1.sh("cat /etc/postgresql/15/main/pg_hba.conf").stdout
-    addresses = {ln.split()[3] for ln in hba.splitlines()
-                 if ln.startswith("host ")}
-    assert addresses == {"127.0.0.1/32", "::1/128",
-                         *(f"{a}/32" for a in journey.cluster.addresses)}, hba
+    loopback = {ln.split()[3] for ln in hba.splitlines() if ln.startswith("host ")}
+    assert loopback == {"127.0.0.1/32", "::1/128"}, hba
+    remote = {ln.split()[3] for ln in hba.splitlines() if ln.startswith("hostssl ")}
+    assert remote == {f"{a}/32" for a in journey.cluster.addresses}, hba
+
+
+def test_3b_the_appliances_and_the_replicas_connections_are_encrypted(journey):
+    """After the deploy (its migrations, a scheduler, workers, the web server
+    and the replica all connected): every connection from another host is
+    TLS, and Redis's clients all came in over its TLS-only port."""
+    h1 = journey.cluster.hosts[0]
+    rows = clustermod.sql(h1, "SELECT a.usename, s.ssl FROM pg_stat_activity a "
+                              "JOIN pg_stat_ssl s USING (pid) WHERE a.client_addr IS NOT NULL "
+                              "AND a.client_addr <> '127.0.0.1' ORDER BY 1, 2")
+    pairs = [tuple(ln.split("|")) for ln in rows.splitlines()]
+    assert ("replicator", "t") in pairs, rows
+    assert any(u == "appliance" for u, _ in pairs), rows
+    assert all(ssl == "t" for _, ssl in pairs), rows
+    rcli = (f"REDISCLI_AUTH={REDIS_PASSWORD} redis-cli --tls --cacert {CLUSTER_CA} "
+            f"-h {journey.cluster.addresses[0]}")
+    port = h1.sh(f"{rcli} config get port").stdout.split()
+    assert port == ["port", "0"], port
+    clients = int(re.search(r"connected_clients:(\d+)",
+                            h1.sh(f"{rcli} info clients").stdout).group(1))
+    # the web server, the scheduler and the workers of both worker hosts
+    assert clients >= 1 + 1 + 2 * WORKERS_PER_HOST, clients
 
 
 def _backfill(journey) -> int:

@@ -165,7 +165,8 @@ def test_status_still_answers_when_redis_is_down(web_config, tmp_path, database_
     assert r.returncode == 1, r.stderr
     body = json.loads(r.stdout)
     assert body["status"] == "degraded"
-    assert "redis unreachable: scheduler state unknown" in body["reasons"]
+    why = [x for x in body["reasons"] if x.startswith("redis unreachable: scheduler state unknown")]
+    assert why and "Connection refused" in why[0], body["reasons"]  # and says why
 
 
 def test_watch_refreshes_plain_text_until_interrupted(config_path):
