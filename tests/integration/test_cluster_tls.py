@@ -17,11 +17,11 @@ import psycopg
 import pytest
 import redis
 
-from appliance import db
-from appliance import queue as queue_mod
 from appliance.config.loader import DEFAULTS
+from appliance.jobs import queue as queue_mod
 from appliance.jobs import runs
 from appliance.runtime.runtime import Runtime
+from appliance.store import pool as db
 from tests import tls_servers
 from tests.conftest import write_config
 from tests.support import wait_until
