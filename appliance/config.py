@@ -42,6 +42,8 @@ SECRET_PATHS = {
     ("server", "admin_token"), ("server", "read_token"), ("server", "secret_key"),
     ("provider", "polygon", "api_key"), ("provider", "tiingo", "api_key"),
     ("alerts", "email", "password"), ("alerts", "webhook", "url"), ("server", "metrics_token"),
+    ("provider", "polygon", "flat_files", "access_key_id"),
+    ("provider", "polygon", "flat_files", "secret_access_key"),
 }
 from .configrules import MIN_TOKEN_LENGTH, TOKEN_PATHS  # noqa: E402,F401 (their home is there)
 #: Keys a reload cannot change: the processes would have to be restarted.
@@ -67,7 +69,11 @@ DEFAULTS: dict[str, Any] = {
         "polygon": {"api_key": "", "base_url": "https://api.polygon.io", "requests_per_minute": 5,
                     "timeout_seconds": 30, "max_retries": 5, "auth": "query",
                     "grouped_daily": True, "max_retry_seconds": 120,
-                    "retry_backoff_seconds": 1.0},
+                    "retry_backoff_seconds": 1.0,
+                    "flat_files": {"enabled": False, "endpoint": "https://files.polygon.io",
+                                   "bucket": "flatfiles", "prefix": "us_stocks_sip",
+                                   "access_key_id": "", "secret_access_key": "",
+                                   "timeout_seconds": 60, "max_retries": 5}},
         "yahoo": {"base_url": "https://query1.finance.yahoo.com", "requests_per_minute": 60,
                   "timeout_seconds": 30, "max_retries": 5, "max_retry_seconds": 120,
                   "retry_backoff_seconds": 1.0},
@@ -79,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "history": {"start": "2021-01-01", "lookback_sessions": 5},
     "symbols": ["AAPL", "MSFT"],
+    # warrants, units and rights by default: not shares (README: "The whole market")
+    "universe": {"enabled": False, "include": [],
+                 "exclude": [r".*\.WS$", r".*\.WS\.[A-Z]$", r".*\.U$", r".*\.RT?$"],
+                 "daily_start": "", "minute_start": ""},
     "timeframes": ["1d"],
     "session": "regular",
     "calendar": "XNYS",

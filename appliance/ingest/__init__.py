@@ -1,0 +1,1 @@
+"""Fetching and writing bars: plans, whole-market files, fan-out."""
