@@ -159,7 +159,7 @@ class FlatFiles:
         try:
             reader = pacsv.open_csv(
                 text, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
-                convert_options=pacsv.ConvertOptions(column_types=types,
+                convert_options=pacsv.ConvertOptions(column_types=types, null_values=[""],
                                                      strings_can_be_null=False,
                                                      quoted_strings_can_be_null=False))
             names = reader.schema.names
@@ -272,7 +272,7 @@ def _block(batch, f: FileInfo) -> Block:
     cols = {n: batch.column(n) for n in COLUMNS}
     for n in ("ticker", "open", "high", "low", "close", "volume", "window_start"):
         if cols[n].null_count:
-            raise FlatFileError(f"{f.key}: {cols[n].null_count} row(s) without a {n}",
+            raise FlatFileError(f"{f.key}: {cols[n].null_count} row(s) with no value for {n}",
                                 permanent=True)
     ns = cols["window_start"].to_numpy()
     t = ns // 1_000_000_000
