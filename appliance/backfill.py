@@ -21,6 +21,7 @@ import numpy as np
 
 from . import calendar as tcal
 from . import db, intraday, quality, store
+from .ingest import flatfiles as flat
 from .errors import LockBusy, ProviderAuthError, ProviderError, UnknownSymbol
 from .locks import BACKFILL_LOCK
 from .providers import make_provider
@@ -127,8 +128,16 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         windows = []
         if minute_syms:  # minute months to fetch, bounded like the daily ones
             windows = _minute_windows(rt, cfg, provider, minute_syms, now, start, end)
-        result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
-                             windows)
+        fplan = None
+        daily_start = start
+        if flat.enabled(cfg):  # the flat files take what they do cheaper; REST the rest
+            fplan, daily_start, windows = plan_files(rt, cfg, provider, syms, windows, start,
+                                                     end, now)
+            report({"phase": "plan", "plan": fplan.describe()})
+        result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, daily_start, end,
+                             now, windows, files=fplan.files if fplan else ())
+        if fplan is not None:
+            result["plan"] = "; ".join(x for x in (fplan.describe(), result.get("plan")) if x)
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
             result = _with_minutes(result, intraday.backfill(
                 rt, cfg, provider, stats, run_id, report, minute_syms, windows))
@@ -137,6 +146,54 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         return result
     finally:
         lock_conn.close()
+
+
+def plan_files(rt, cfg, provider, syms, windows, start, end, now):
+    """The flat-file plan (``ingest.flatfiles.make_plan``) weighed against
+    the REST plan, and what REST is left with: the daily start (the day after
+    the newest file, when files serve daily bars) and the minute windows
+    clipped the same way. Returns (file plan, daily start, windows)."""
+    latest = tcal.latest_completed_session(cfg["calendar"], now)
+    last = min(end, latest) if end else latest
+    with rt.conn() as conn:
+        rest = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
+        fplan = flat.make_plan(conn, cfg, flat.client(cfg), end=last, start=start,
+                               rest_requests={"1d": rest.estimated_requests,
+                                              "1m": len(windows)})
+    daily_start = start
+    if fplan.uses_files("1d") and fplan.covered.get("1d"):
+        daily_start = max(start or dt.date.min, fplan.covered["1d"] + dt.timedelta(days=1))
+    if fplan.uses_files("1m") and fplan.covered.get("1m"):
+        after = fplan.covered["1m"] + dt.timedelta(days=1)
+        windows = [intraday.Window(w.symbol, max(w.start, after), w.end) for w in windows
+                   if w.end >= after]
+    return fplan, daily_start, windows
+
+
+def describe_plan(rt, symbols=None, start=None, end=None, now=None) -> list[str]:
+    """What a backfill would fetch, and how, without fetching (``appliance
+    backfill --plan``)."""
+    cfg = rt.config
+    now = now or dt.datetime.now(dt.timezone.utc)
+    syms = list(symbols) if symbols else cfg.active_symbols
+    tfs = {s.symbol: s.timeframes for s in cfg.symbols}
+    minute_syms = [s for s in syms if "1m" in tfs.get(s, ())]
+    syms = [s for s in syms if "1d" in tfs.get(s, ("1d",))]
+    provider = make_provider(cfg["provider"], stats=MemoryStats(), redis=rt.redis)
+    windows = _minute_windows(rt, cfg, provider, minute_syms, now, start, end) \
+        if minute_syms else []
+    lines = []
+    daily_start = start
+    if flat.enabled(cfg):
+        fplan, daily_start, windows = plan_files(rt, cfg, provider, syms, windows, start, end,
+                                                 now)
+        lines.append("flat files: " + (fplan.describe() or "nothing to do"))
+    with rt.conn() as conn:
+        plan = make_plan(conn, cfg, provider, syms, start=daily_start, end=end, now=now)
+    lines.append(f"1d REST: {plan.describe()}" if plan.symbols else "1d REST: nothing to do")
+    lines.append(f"1m REST: {len(windows)} month request(s) for "
+                 f"{len({w.symbol for w in windows})} symbol(s)")
+    return lines
 
 
 def _minute_windows(rt, cfg, provider, minute_syms: list[str], now, start, end) -> list:
@@ -232,14 +289,44 @@ def _fetch_grouped(provider, plan: Plan, report, stats) -> dict[str, list[Bars]]
 
 
 def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
-                windows=()) -> dict:
+                windows=(), files=()) -> dict:
     today = now.astimezone(ZoneInfo("America/New_York")).date()
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())
     from . import chunks
+    if files:  # one chunk per file (chunks.py); a grouped daily plan runs here first
+        fan = bool(cfg["backfill"]["fan_out"])
+        if plan.method == "grouped" or not fan:
+            daily = _run_here(rt, cfg, provider, stats, run_id, report, plan, today) \
+                if plan.symbols else None
+            res = chunks.run_parent(rt, cfg, Plan("aggregates", []), run_id, report, windows,
+                                    files, enqueue=fan)
+            return _merged(daily, res)
+        return chunks.run_parent(rt, cfg, plan, run_id, report, windows, files)
     if chunks.wanted(cfg, plan, windows):  # chunks for every worker (chunks.py)
         return chunks.run_parent(rt, cfg, plan, run_id, report, windows)
+    return _run_here(rt, cfg, provider, stats, run_id, report, plan, today)
+
+
+def _merged(daily: dict | None, res: dict) -> dict:
+    """A daily phase run here and the fanned-out files' result, as one."""
+    if daily is None:
+        return res
+    out = dict(res)
+    for k in ("symbols", "symbols_ok", "inserted", "updated", "revised", "rejected",
+              "requests", "retries"):
+        out[k] = int(daily.get(k) or 0) + int(res.get(k) or 0)
+    out["failed"] = {**(daily.get("failed") or {}), **(res.get("failed") or {})}
+    out["plan"] = f"{daily.get('plan')}; {res.get('plan')}"
+    both = {daily.get("status", "ok"), res.get("status", "ok")}
+    out["status"] = both.pop() if len(both) == 1 else "partial"
+    out["error"] = "; ".join(x for x in (daily.get("error"), res.get("error")) if x) or None
+    return out
+
+
+def _run_here(rt, cfg, provider, stats, run_id, report, plan: Plan, today) -> dict:
+    """The daily plan run by this process, symbol after symbol."""
     totals = Counter()
     failed: dict[str, str] = {}
     t0 = time.monotonic()

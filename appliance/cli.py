@@ -258,8 +258,10 @@ def _parse_date(_ctx, _param, value):
 @click.option("--start", callback=_parse_date, help="first session (YYYY-MM-DD)")
 @click.option("--end", callback=_parse_date, help="last session (YYYY-MM-DD), inclusive")
 @click.option("--enqueue", is_flag=True, help="run on the worker instead of in this process")
+@click.option("--plan", "show_plan", is_flag=True,
+              help="say what would be fetched and how (flat files or REST), fetch nothing")
 @click.pass_context
-def backfill(ctx, symbols, start, end, enqueue):
+def backfill(ctx, symbols, start, end, enqueue, show_plan):
     """Fetch missing candles (all configured symbols, or SYMBOLS)."""
     from .config import SYMBOL_RE
     bad = [s for s in symbols if not SYMBOL_RE.match(s)]
@@ -270,6 +272,11 @@ def backfill(ctx, symbols, start, end, enqueue):
     rt = _runtime(ctx, migrate=True)
     params = {"symbols": list(symbols) or None, "start": start.isoformat() if start else None,
               "end": end.isoformat() if end else None}
+    if show_plan:
+        from .backfill import describe_plan
+        for line in describe_plan(rt, list(symbols) or None, start, end):
+            click.echo(line)
+        return
     if enqueue:
         from .queue import enqueue as enq
         run_id = enq(rt, "backfill", params)
@@ -289,6 +296,11 @@ def _summary_line(res: dict) -> str:
     if m and "requests_planned" in m:
         line += (f"\n1m: {m['requests_planned']} month(s) fetched, {m.get('sessions', 0)} "
                  f"session(s), {m.get('bars', 0)} bars")
+    f = res.get("files")
+    if f:
+        from .units import human_bytes
+        line += (f"\nflat files: {f['done']} of {f['total']} ingested ({f['failed']} failed), "
+                 f"{human_bytes(f['bytes'])}, {f['rows']} rows, {f['bars']} bars")
     if res.get("failed"):
         line += "\nfailed: " + "; ".join(f"{k}: {v}" for k, v in res["failed"].items())
     return line
@@ -297,10 +309,17 @@ def _summary_line(res: dict) -> str:
 def _progress_line(data: dict) -> tuple[int, int, str] | None:
     """(total, done, text) of a backfill's progress report: symbols for daily
     bars, months for minute bars, with the estimated time of arrival."""
-    from .units import eta_text
+    from .units import eta_text, human_bytes
     if data.get("phase") == "waiting":
         return (0, 0, data.get("message") or "waiting")
     current = f" {data['current']}" if data.get("current") else ""
+    if data.get("files_total"):
+        return (data["chunks_total"], data["chunks_done"] + data.get("chunks_failed", 0),
+                f"chunks: {data['files_done']}/{data['files_total']} flat files "
+                f"({data.get('files_failed', 0)} failed), "
+                f"{human_bytes(data.get('file_bytes', 0))}, {data.get('file_rows', 0)} rows, "
+                f"{data.get('symbols_total', 0)} symbols by REST, "
+                f"{eta_text(data.get('eta_s'))}")
     if "chunks_total" in data:
         months = (f", {data['minute_months_done']}/{data['minute_months_total']} months of 1m"
                   if data.get("minute_months_total") else "")

@@ -304,3 +304,85 @@ def _session_row(pending, info, sel, out, odd, midnight, lo_min, hi_min, day_iso
     vw = np.full(len(idx), np.nan)
     fields = mstore.encode_day(m, o, h, lo, c, v, vw, n, bad)
     return [name, day_iso, *fields, SOURCE]
+
+
+# --------------------------------------------------------------------------- the plan
+
+#: What one file costs, in seconds, when the plan weighs files against REST:
+#: a whole-market day of daily bars is a few hundred KB, one of minute bars
+#: tens of MB and millions of rows (bench/bench_flatfiles.py measures both).
+FILE_SECONDS = {"1d": 0.5, "1m": 60.0}
+#: Marker of a file's chunk in a fanned-out backfill (``chunks``): not a symbol.
+FILE_CHUNK = "*"
+
+
+@dataclass
+class FilePlan:
+    """Per resolution, whether the flat files serve it and which of them to
+    ingest; REST takes only the days after ``covered[tf]`` (the latest
+    sessions, before their file exists)."""
+
+    files: list[FileInfo] = field(default_factory=list)
+    covered: dict[str, dt.date] = field(default_factory=dict)  # tf -> newest file's day
+    chosen: dict[str, str] = field(default_factory=dict)  # tf -> "files" | "rest"
+    reasons: dict[str, str] = field(default_factory=dict)
+    listed: dict[str, int] = field(default_factory=dict)  # tf -> files that exist
+
+    def uses_files(self, tf: str) -> bool:
+        return self.chosen.get(tf) == "files"
+
+    def describe(self) -> str:
+        parts = []
+        for tf in ("1d", "1m"):
+            if tf not in self.chosen:
+                continue
+            if self.uses_files(tf):
+                todo = sum(1 for f in self.files if f.timeframe == tf)
+                newest = self.covered.get(tf)
+                parts.append(f"{tf}: flat files ({todo} to ingest of {self.listed.get(tf, 0)}"
+                             f"{', newest ' + newest.isoformat() if newest else ''}; "
+                             f"{self.reasons[tf]})")
+            else:
+                parts.append(f"{tf}: REST ({self.reasons[tf]})")
+        return "; ".join(parts)
+
+
+def make_plan(conn, cfg, files: FlatFiles | None, *, end: dt.date, start: dt.date | None,
+              rest_requests: dict[str, int]) -> FilePlan:
+    """Choose, per resolution, flat files or REST by cost: the universe
+    (every ticker) only exists in files; for the configured symbols, files
+    when ``FILE_SECONDS`` per session costs less than REST's requests at the
+    vendor's rate (``rest_requests[tf]`` of them). The files chosen are
+    listed; those stored with their current ETag are left out."""
+    out = FilePlan()
+    if files is None:
+        return out
+    rpm = float(cfg.get("provider.polygon.requests_per_minute") or 5)
+    for tf in ("1d", "1m"):
+        first = first_day(cfg, tf)
+        if first is None:
+            continue
+        first = max(first, start) if start else first
+        if first > end:
+            continue
+        n_sessions = len(tcal.sessions(cfg["calendar"], first, end))
+        file_s = n_sessions * FILE_SECONDS[tf]
+        rest_s = rest_requests.get(tf, 0) * 60.0 / rpm
+        if universe_start(cfg, tf) is not None:
+            out.chosen[tf], out.reasons[tf] = "files", "the universe: every ticker of the market"
+        elif rest_requests.get(tf, 0) and file_s < rest_s:
+            out.chosen[tf] = "files"
+            out.reasons[tf] = (f"~{file_s / 60:.0f} min of files beat {rest_requests[tf]} "
+                               f"REST request(s), ~{rest_s / 60:.0f} min at {rpm:g}/min")
+        else:
+            out.chosen[tf] = "rest"
+            out.reasons[tf] = (f"{rest_requests.get(tf, 0)} request(s), ~{rest_s / 60:.0f} min, "
+                               f"beat {n_sessions} file(s), ~{file_s / 60:.0f} min")
+            continue
+        listed = files.list(tf, first, end)
+        out.listed[tf] = len(listed)
+        if listed:
+            out.covered[tf] = listed[-1].day
+        stored = fstore.done(conn, tf, first, end)
+        out.files += [f for f in listed if stored.get(f.day) != f.etag]
+    return out

@@ -77,6 +77,13 @@ class FlatFileError(ProviderDataError):
     permanent = True
 
 
+class OutsidePlan(ProviderAuthError):
+    """403 for one day's file: the vendor plan of these credentials does not
+    reach that date. That file fails; the others go on."""
+
+    code = "flat_file_outside_plan"
+
+
 class FlatFiles:
     """A client of the vendor's flat-file bucket (``provider.polygon.flat_files``)."""
 
@@ -137,6 +144,19 @@ class FlatFiles:
         start = (today.replace(day=1) - dt.timedelta(days=31 * (months - 1))).replace(day=1)
         files = self.list(timeframe, start, today)
         return files[-1] if files else None
+
+    def head(self, timeframe: str, day: dt.date) -> FileInfo | None:
+        """The current version of ``day``'s file (None: there is none yet)."""
+        from botocore.exceptions import ClientError
+        key = self.key(timeframe, day)
+        try:
+            h = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            err = e.response.get("Error") or {}
+            if str(err.get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._error(e, "head", key, day) from None
+        return FileInfo(timeframe, day, key, h["ETag"].strip('"'), int(h["ContentLength"]))
 
     # -- reading -----------------------------------------------------------------
 
@@ -208,8 +228,8 @@ class FlatFiles:
                                      f"{self.endpoint} (provider.polygon.flat_files.bucket; "
                                      f"the vendor's is 'flatfiles')", status=status)
         if code in ("AccessDenied", "Forbidden", "403") or status == 403:
-            if what == "get" and day is not None:
-                return ProviderAuthError(
+            if what in ("get", "head") and day is not None:
+                return OutsidePlan(
                     f"flat files: access denied to {key} ({day}): the vendor plan of these "
                     f"credentials does not include this date (plans differ in how many years "
                     f"of flat files they hold); set universe.daily_start / minute_start or "

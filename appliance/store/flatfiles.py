@@ -139,3 +139,17 @@ def _as_stage(payload: bytes) -> bytes:
         f = line.split("\t")
         out.append("\t".join([f[0], f[2].split(" ", 1)[0], *f[3:]]))
     return ("\n".join(out) + "\n").encode("utf-8")
+
+
+def symbols_on(conn, timeframe: str, days: Sequence[dt.date]) -> list[str]:
+    """Symbols with a bar of ``timeframe`` (1d or 1m) on any of ``days``."""
+    if not days:
+        return []
+    if timeframe == "1d":
+        sql = """SELECT DISTINCT symbol FROM market_data WHERE timeframe = '1d'
+                 AND ts = ANY(SELECT (d::timestamp AT TIME ZONE 'America/New_York')
+                              FROM unnest(%s::date[]) d) ORDER BY 1"""
+    else:
+        sql = """SELECT DISTINCT symbol FROM minute_bars WHERE session = ANY(%s::date[])
+                 ORDER BY 1"""
+    return [r[0] for r in conn.execute(sql, (list(days),))]

@@ -402,3 +402,82 @@ def test_a_403_for_a_date_outside_the_plan_names_the_plan(flat, s3_auth):
                                                 "include this date"):
         ingest.ingest(rt.conn, rt.config, ff, info)
     assert _nothing_stored(rt, "1d", old)
+
+
+# --------------------------------------------------------------------------- the backfill
+
+def _cli(path, *args, timeout=240):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "appliance.cli", "--config", str(path), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "APPLIANCE_LOG_LEVEL": "WARNING"})
+
+
+def test_a_backfill_loads_the_universe_from_files_and_goes_on_past_a_bad_file(flat):
+    make, endpoint, bucket = flat
+    rt, ff = make(backfill={"fan_out": False})
+    _put(endpoint, bucket, "1d", DAY, _csv(_daily_rows()))
+    body = _csv(_daily_rows(DAY2))
+    _put(endpoint, bucket, "1d", DAY2, body[:-20])  # truncated
+    _put(endpoint, bucket, "1m", DAY, _csv(_minute_rows()))
+    plan = _cli(rt.config.path, "backfill", "--plan", "--end", DAY2.isoformat())
+    assert plan.returncode == 0, plan.stderr
+    assert "1d: flat files (2 to ingest of 2, newest 2024-03-06; the universe" in plan.stdout
+    assert "1m: flat files (1 to ingest of 1, newest 2024-03-05" in plan.stdout
+    assert "1d REST: nothing to do" in plan.stdout  # SPY's days are in the files
+
+    r = _cli(rt.config.path, "backfill", "--end", DAY2.isoformat())
+    assert r.returncode == 1, r.stdout + r.stderr  # partial: one file failed
+    assert "flat files: 2 of 3 ingested (1 failed)" in r.stdout
+    assert "flat file 1d 2024-03-06: " in r.stdout and "corrupt or truncated" in r.stdout
+    assert set(_market_rows(rt, DAY)) == {"AAPL", "MSFT", "BRK.B", "BAD"}
+    assert _market_rows(rt, DAY2) == {}
+    with rt.conn() as conn:
+        ev = conn.execute("SELECT message FROM events WHERE kind = 'flat_files' "
+                          "AND level = 'error'").fetchall()
+        stats = conn.execute("SELECT symbol, records FROM symbol_stats ORDER BY 1").fetchall()
+        progress = conn.execute("SELECT progress FROM job_runs ORDER BY id DESC LIMIT 1"
+                                ).fetchone()[0]
+    assert any("2024-03-06.csv.gz: the gzip stream is corrupt" in m for (m,) in ev)
+    assert ("AAPL", 1) in stats  # the API knows the universe's tickers
+    assert progress["files_total"] == 3 and progress["files_done"] == 2
+    assert progress["file_bytes"] > 0 and progress["file_rows"] > 0
+
+    # the file is published again, whole: the next run takes only it
+    _put(endpoint, bucket, "1d", DAY2, body)
+    plan = _cli(rt.config.path, "backfill", "--plan", "--end", DAY2.isoformat())
+    assert "1d: flat files (1 to ingest of 2" in plan.stdout
+    assert "1m: flat files (0 to ingest of 1" in plan.stdout
+    r = _cli(rt.config.path, "backfill", "--end", DAY2.isoformat())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert set(_market_rows(rt, DAY2)) == {"AAPL", "MSFT", "BRK.B", "BAD"}
+
+
+def test_the_plan_takes_rest_for_a_few_symbols_and_files_for_many(config_factory, s3_server,
+                                                                   bucket):
+    from appliance.ingest.flatfiles import make_plan
+    ff_cfg = {"enabled": True, "endpoint": s3_server, "bucket": bucket,
+              "access_key_id": KEY_ID, "secret_access_key": SECRET}
+    _put(s3_server, bucket, "1d", DAY, _csv(_daily_rows()))
+    few = load_config(config_factory(provider={"name": "demo", "polygon": {
+        "flat_files": ff_cfg, "requests_per_minute": 5}}, symbols=["AAPL", "MSFT"],
+        history={"start": "2020-01-02"}))
+    many = load_config(config_factory(provider={"name": "demo", "polygon": {
+        "flat_files": ff_cfg, "requests_per_minute": 5}},
+        symbols=[f"S{i:03d}" for i in range(500)], history={"start": "2020-01-02"}))
+    rt = Runtime.from_path(few.path)
+    rt.open()
+    try:
+        with rt.conn() as conn:
+            p = make_plan(conn, few, ingest.client(few), end=DAY, start=None,
+                          rest_requests={"1d": 2})
+            assert not p.uses_files("1d") and p.files == []
+            assert p.describe().startswith("1d: REST (2 request(s)")
+            p = make_plan(conn, many, ingest.client(many), end=DAY, start=None,
+                          rest_requests={"1d": 500})
+            assert p.uses_files("1d") and [f.day for f in p.files] == [DAY]
+            assert p.covered["1d"] == DAY  # REST takes only the days after it
+    finally:
+        rt.close()
