@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 
 from . import store
 from .store import demo as dstore
+from .store import flatfiles as fstore
 
 log = logging.getLogger("appliance.health")
 
@@ -92,6 +93,7 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
             out["last_restore_test"] = store.last_restore_test(conn)
             out["last_reload"] = store.last_config_reload(conn)
             out["demo_symbols"] = dstore.demo_symbols(conn)
+            out["flat_files"] = fstore.newest(conn)
             return out
     return _submit(probe, _inflight)
 
@@ -250,6 +252,8 @@ class Health:
     provider: str
     processes: dict | None
     replica: dict
+    #: per dataset (1d, 1m): the newest flat file stored; None when flat files are off
+    flat_files: dict | None
     reasons: list
     db: dict = field(repr=False)
     queue: dict = field(repr=False)
@@ -319,7 +323,19 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         database="ok" if snap["status"] == "ok" else "error", redis=rd["status"],
         config_last_reload_successful=(last_reload or {}).get("ok", True),
         config_sha256=cfg.sha256, restart_required=restart, provider=cfg["provider"]["name"],
-        processes=rd.get("processes"), replica=replica, reasons=reasons, db=snap, queue=rd)
+        processes=rd.get("processes"), replica=replica,
+        flat_files=flat_files_brief(cfg, snap), reasons=reasons, db=snap, queue=rd)
+
+
+def flat_files_brief(cfg, snap: dict) -> dict | None:
+    """{dataset: newest day, when, files, bars} of the flat files stored;
+    None when they are off (or the database did not answer)."""
+    if not cfg.get("provider.polygon.flat_files.enabled") or snap.get("status") != "ok":
+        return None
+    return {tf: {"newest_day": r["day"].isoformat(),
+                 "ingested_at": r["ingested_at"].isoformat().replace("+00:00", "Z"),
+                 "files": int(r["files"]), "bars": int(r["bars"] or 0)}
+            for tf, r in (snap.get("flat_files") or {}).items()}
 
 
 def demo_reason(provider: str, demo_symbols: list[str] | None) -> str | None:
@@ -430,6 +446,7 @@ def status_body(rt, h: dict) -> dict:
                       "worker_alive": h.worker_alive, "jobs": scheduler},
         "backups": backups,
         "alerts": snap.get("open_alerts", []) if ok else [],
+        "flat_files": h.flat_files,
         "config": {"sha256": cfg.sha256, "path": str(cfg.path),
                    "version": rt.config_version(),
                    "last_reload": snap.get("last_reload") if ok else None,

@@ -444,6 +444,10 @@ def test_a_backfill_loads_the_universe_from_files_and_goes_on_past_a_bad_file(fl
     assert ("AAPL", 1) in stats  # the API knows the universe's tickers
     assert progress["files_total"] == 3 and progress["files_done"] == 2
     assert progress["file_bytes"] > 0 and progress["file_rows"] > 0
+    from appliance import health
+    ff = health.compute(rt).body()["flat_files"]
+    assert ff["1d"]["newest_day"] == "2024-03-05" and ff["1d"]["files"] == 1
+    assert ff["1m"]["newest_day"] == "2024-03-05"
 
     # the file is published again, whole: the next run takes only it
     _put(endpoint, bucket, "1d", DAY2, body)
