@@ -485,3 +485,67 @@ def test_the_plan_takes_rest_for_a_few_symbols_and_files_for_many(config_factory
             assert p.covered["1d"] == DAY  # REST takes only the days after it
     finally:
         rt.close()
+
+
+def _big_minute_file(day, tickers=600, minutes=range(240, 1200)):
+    """A file of ``tickers`` x ``minutes`` rows, written fast (numpy, not dicts)."""
+    rng = np.random.default_rng(7)
+    mins = np.array(list(minutes))
+    lines = [",".join(COLUMNS)]
+    base = tcal.local_midnight_epoch(day)
+    for k in range(tickers):
+        c = np.round(50 + np.cumsum(rng.normal(0, 0.02, len(mins))), 2)
+        o = np.round(c + rng.normal(0, 0.01, len(mins)), 2)
+        h = np.maximum(o, c) + 0.01
+        lo = np.minimum(o, c) - 0.01
+        tk = f"T{k:04d}"
+        lines += [f"{tk},{100 + j},{o[j]:.2f},{c[j]:.2f},{h[j]:.2f},{lo[j]:.2f},"
+                  f"{(base + int(m) * 60) * 1_000_000_000},{1 + j % 9}"
+                  for j, m in enumerate(mins.tolist())]
+    return gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=1), \
+        tickers * len(mins)
+
+
+def test_a_worker_killed_mid_file_leaves_nothing_and_the_file_is_taken_over(flat, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from appliance import chunks
+    from appliance.store import chunks as chunk_store
+    from tests.support import wait_until
+    make, endpoint, bucket = flat
+    rt, ff = make(backfill={"fan_out": True, "chunk_stale_seconds": 5, "chunk_attempts": 3})
+    body, n_rows = _big_minute_file(DAY)
+    _put(endpoint, bucket, "1m", DAY, body)
+    run_id = 990001
+    with rt.conn() as conn:
+        chunk_store.create_fanout(conn, run_id, "test", [(ingest.FILE_CHUNK, "1m", DAY, DAY,
+                                                          False)])
+    code = (f"from appliance.runtime import Runtime\nfrom appliance import chunks\n"
+            f"rt = Runtime.from_path({str(rt.config.path)!r}); rt.open()\n"
+            f"chunks.work(rt, rt.config, {run_id})\n")
+    victim = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def copying():
+            with rt.conn() as conn:
+                return conn.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE "
+                                    "'COPY minute_stage%%'").fetchone()
+        wait_until(copying, 60, "the worker streaming the file into its COPY", step=0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    with rt.conn() as conn:
+        assert conn.execute("SELECT count(*) FROM minute_bars").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM flat_files").fetchone()[0] == 0
+    # its heartbeat goes stale: this process takes the file over and stores all of it
+    wait_until(lambda: chunks.work(rt, rt.config, run_id), 60, "the chunk taken over")
+    with rt.conn() as conn:
+        status, attempts, = conn.execute("SELECT status, attempts FROM backfill_chunks "
+                                         "WHERE run_id = %s", (run_id,)).fetchone()
+        stored = conn.execute("SELECT sum(cardinality(minutes)) FROM minute_bars").fetchone()[0]
+    assert (status, attempts) == ("done", 2)
+    assert stored == n_rows
