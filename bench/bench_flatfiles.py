@@ -36,7 +36,6 @@ import datetime as dt
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -144,8 +143,16 @@ def child_ingest(cfg_path: str, url: str, tf: str, days: list[str]) -> None:
         for k, v in ingest.ingest(conn, cfg, files, info).items():
             totals[k] = totals.get(k, 0) + v
     secs = time.perf_counter() - t0
-    print(json.dumps({"seconds": secs, "rss_mb": resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024, **totals}))
+    print(json.dumps({"seconds": secs, "rss_mb": peak_rss_mb(), **totals}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: unlike ru_maxrss, not the
+    parent's from before the exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_child(cfg_path, url, tf, days) -> dict:
