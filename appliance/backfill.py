@@ -134,6 +134,7 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
             fplan, daily_start, windows = plan_files(rt, cfg, provider, syms, windows, start,
                                                      end, now)
             report({"phase": "plan", "plan": fplan.describe()})
+            _universe_splits(rt, cfg, provider, fplan, end, now)
         result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, daily_start, end,
                              now, windows, files=fplan.files if fplan else ())
         if fplan is not None:
@@ -146,6 +147,27 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         return result
     finally:
         lock_conn.close()
+
+
+def _universe_splits(rt, cfg, provider, fplan, end, now) -> None:
+    """The universe's splits over the daily days this run stores, from the
+    splits endpoint by execution date (one paged request, not one per
+    ticker), saved before the files so that their gap checks see them."""
+    ask = getattr(provider, "splits_between", None)  # a vendor capability (Polygon)
+    days = [f.day for f in fplan.files if f.timeframe == "1d"]
+    if ask is None or not days or flat.universe_start(cfg, "1d") is None:
+        return
+    last = min(end, tcal.latest_completed_session(cfg["calendar"], now)) if end else \
+        tcal.latest_completed_session(cfg["calendar"], now)
+    try:
+        found = ask(min(days), last)
+    except ProviderAuthError:
+        raise
+    except ProviderError as e:
+        log.warning("universe splits unavailable: %s", e.message)
+        return
+    with rt.conn() as conn:
+        store.save_splits(conn, found, provider.name)
 
 
 def plan_files(rt, cfg, provider, syms, windows, start, end, now):

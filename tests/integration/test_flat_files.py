@@ -117,7 +117,8 @@ def _config(config_factory, endpoint, bucket, *, session="extended", symbols=("S
     env_free = {"enabled": True, "endpoint": endpoint, "bucket": bucket,
                 "access_key_id": KEY_ID, "secret_access_key": SECRET, "max_retries": 0,
                 "timeout_seconds": 10}
-    path = config_factory(provider={"name": "demo", "polygon": {"flat_files": env_free}},
+    provider = over.pop("provider", {"name": "demo", "polygon": {"flat_files": env_free}})
+    path = config_factory(provider=provider,
                           universe={"enabled": True, "exclude": [r".*\.WS$"],
                                     "daily_start": "2024-01-02", "minute_start": minute_start},
                           symbols=list(symbols), session=session, **over)
@@ -549,3 +550,36 @@ def test_a_worker_killed_mid_file_leaves_nothing_and_the_file_is_taken_over(flat
         stored = conn.execute("SELECT sum(cardinality(minutes)) FROM minute_bars").fetchone()[0]
     assert (status, attempts) == ("done", 2)
     assert stored == n_rows
+
+
+def test_the_universes_splits_come_by_execution_date_and_explain_its_gaps(flat):
+    from appliance.candles import Split
+    from tests.fakes.polygon_fake import PolygonFake
+    make, endpoint, bucket = flat
+    prev = [dict(r, ticker=t, open=p, close=p, high=p + 1, low=p - 1)
+            for r in _daily_rows()[:1] for t, p in (("SPLT", 400.0), ("JUMP", 100.0))]
+    cur = [dict(r, ticker=t, open=p, close=p, high=p + 1, low=p - 1,
+                window_start=_ns(DAY2, 0)) for r in _daily_rows()[:1]
+           for t, p in (("SPLT", 100.0), ("JUMP", 200.0))]
+    splits = [Split("SPLT", DAY2, 1.0, 4.0)] + [Split(f"X{i:03d}", DAY, 1.0, 2.0)
+                                                for i in range(5)]
+    with PolygonFake({}, splits, splits_page_size=2) as fake:
+        rt, _ff = make(provider={"name": "polygon", "polygon": {
+            "api_key": "test-key", "base_url": fake.base_url, "requests_per_minute": 6000,
+            "flat_files": {"enabled": True, "endpoint": endpoint, "bucket": bucket,
+                           "access_key_id": KEY_ID, "secret_access_key": SECRET}}},
+            symbols=["SPLT"], backfill={"fan_out": False})
+        _put(endpoint, bucket, "1d", DAY, _csv(prev))
+        _put(endpoint, bucket, "1d", DAY2, _csv(cur))
+        r = _cli(rt.config.path, "backfill", "--end", DAY2.isoformat())
+        assert r.returncode == 0, r.stdout + r.stderr
+        split_queries = [q for p, q, _s, _f in fake.log if p == "/v3/reference/splits"]
+    assert split_queries and all("ticker" not in q for q in split_queries)  # no per-ticker ask
+    assert len(split_queries) == 3  # 6 splits in pages of 2: one paged request
+    with rt.conn() as conn:
+        kinds = dict(conn.execute(
+            """SELECT symbol, gap_kind FROM market_data WHERE timeframe = '1d'
+               AND ts = (%s::date::timestamp AT TIME ZONE 'America/New_York')""", (DAY2,)))
+        n_splits = conn.execute("SELECT count(*) FROM splits").fetchone()[0]
+    assert kinds == {"SPLT": "split", "JUMP": "jump"}
+    assert n_splits == 6
