@@ -133,12 +133,16 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         if flat.enabled(cfg):  # the flat files take what they do cheaper; REST the rest
             fplan, daily_start, windows = plan_files(rt, cfg, provider, syms, windows, start,
                                                      end, now)
+            syms = _not_in_universe_tail(cfg, provider, fplan, syms, now)
             report({"phase": "plan", "plan": fplan.describe()})
             _universe_splits(rt, cfg, provider, fplan, end, now)
         result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, daily_start, end,
                              now, windows, files=fplan.files if fplan else ())
         if fplan is not None:
             result["plan"] = "; ".join(x for x in (fplan.describe(), result.get("plan")) if x)
+            tail = _universe_tail(rt, cfg, provider, fplan, run_id, end, now)
+            if tail:
+                result["universe_rest"] = tail
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
             result = _with_minutes(result, intraday.backfill(
                 rt, cfg, provider, stats, run_id, report, minute_syms, windows))
@@ -147,6 +151,43 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         return result
     finally:
         lock_conn.close()
+
+
+def _not_in_universe_tail(cfg, provider, fplan, syms, now) -> list[str]:
+    """``syms`` less what the universe's grouped-daily tail fetches anyway
+    (``_universe_tail``: its answer holds every ticker, and it keeps the
+    configured symbols as a file does): no session is asked for twice."""
+    if fplan.covered.get("1d") is None or flat.universe_start(cfg, "1d") is None or \
+            not getattr(provider, "supports_grouped", False):
+        return syms
+    return []
+
+
+def _universe_tail(rt, cfg, provider, fplan, run_id, end, now) -> dict | None:
+    """The universe's sessions after its newest daily file (the file of the
+    latest session appears the next morning): one grouped-daily request per
+    session, stored like a file's day. None when there is nothing to do."""
+    newest = fplan.covered.get("1d")
+    if newest is None or flat.universe_start(cfg, "1d") is None or \
+            not getattr(provider, "supports_grouped", False):  # a vendor capability
+        return None
+    latest = tcal.latest_completed_session(cfg["calendar"], now)
+    last = min(end, latest) if end else latest
+    days = tcal.sessions(cfg["calendar"], newest + dt.timedelta(days=1), last)
+    totals = Counter()
+    today = now.astimezone(ZoneInfo("America/New_York")).date()
+    for d in days.astype(object).tolist():
+        try:
+            grouped = provider.grouped_daily(d)
+        except ProviderError as e:
+            log.warning("grouped daily %s for the universe failed: %s", d, e.message)
+            totals["failed"] += 1
+            continue
+        with rt.conn() as conn:
+            totals.update(flat.store_grouped(conn, cfg, d, grouped, source=provider.name,
+                                             run_id=run_id, today=today))
+        totals["sessions"] += 1
+    return dict(totals) or None
 
 
 def _universe_splits(rt, cfg, provider, fplan, end, now) -> None:

@@ -192,26 +192,55 @@ def _daily(conn, cfg, files, info, sel, out, odd, counter, run_id, today) -> Non
     syms = [r[0] for r in keep_rows]
     o, h, lo, c, v = (np.array([r[k] for r in keep_rows], dtype=np.float64) for k in range(1, 6))
     n = np.array([r[6] for r in keep_rows], dtype=np.int64)
-    prev = fstore.prev_closes(conn, info.day)
+    out.update(store_day(conn, cfg, info.day, syms, o, h, lo, c, v, n, source=SOURCE,
+                         run_id=run_id, today=today))
+
+
+def store_day(conn, cfg, day: dt.date, syms: list[str], o, h, lo, c, v, n, *, source: str,
+              run_id, today) -> Counter:
+    """Validate (``quality.validate_day``) and store one session's daily bars
+    of many symbols: a file's day, or a grouped-daily answer for a day whose
+    file is not there yet. Returns inserted, updated, revised, bars,
+    tickers, invalid."""
+    out = Counter()
+    prev = fstore.prev_closes(conn, day)
     ref = np.array([prev.get(s, np.nan) for s in syms], dtype=np.float64)
-    split_rows = fstore.splits_on(conn, info.day)
+    split_rows = fstore.splits_on(conn, day)
     by_index = {i: split_rows[s] for i, s in enumerate(syms) if s in split_rows}
     q = cfg["quality"]
-    cal = tcal.sessions(cfg["calendar"], info.day, info.day)
-    checked = quality.validate_day(info.day, o, h, lo, c, v, ref, cal, today, by_index,
+    cal = tcal.sessions(cfg["calendar"], day, day)
+    checked = quality.validate_day(day, o, h, lo, c, v, ref, cal, today, by_index,
                                    gap_threshold_pct=q["gap_threshold_pct"],
                                    split_tolerance_pct=q["split_tolerance_pct"])
     issues = ["{}" if m == 0 else "{" + ",".join(quality.issues_of(m)) + "}"
               for m in checked.issue_mask.tolist()]
-    payload = fstore.day_copy_text(info.day, syms, o, h, lo, c, v, n, source=SOURCE,
+    payload = fstore.day_copy_text(day, syms, o, h, lo, c, v, n, source=source,
                                    valid=checked.valid, score=checked.score, issues=issues,
                                    gap=checked.gap_detected, gap_kind=checked.gap_kind,
                                    gap_pct=checked.gap_pct)
-    res = fstore.write_day(conn, info.day, payload, run_id)
+    res = fstore.write_day(conn, day, payload, run_id)
     out.update(res)
     out["bars"] += len(syms)
     out["tickers"] += len(syms)
     out["invalid"] += int((~checked.valid).sum())
+    return out
+
+
+def store_grouped(conn, cfg, day: dt.date, grouped: dict, *, source: str, run_id,
+                  today) -> Counter:
+    """A grouped-daily answer ({symbol: Bars} of one session) for the
+    universe's day without a file yet: its tickers kept by the same rules
+    as a file's, stored like a file's day (the file, once there, replaces
+    them; changed bars become revisions)."""
+    sel = selection(cfg, "1d", day)
+    keep = sorted(t for t in grouped if SYMBOL_RE.match(t) and sel.keep(t) and len(grouped[t]))
+    if not keep:
+        return Counter()
+    first = [grouped[t].take([0]) for t in keep]
+    cols = [np.array([float(getattr(b, k)[0]) for b in first]) for k in
+            ("open", "high", "low", "close", "volume")]
+    n = np.array([int(b.trades[0]) for b in first], dtype=np.int64)
+    return store_day(conn, cfg, day, keep, *cols, n, source=source, run_id=run_id, today=today)
 
 
 def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revisions,

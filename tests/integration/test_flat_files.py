@@ -583,3 +583,27 @@ def test_the_universes_splits_come_by_execution_date_and_explain_its_gaps(flat):
         n_splits = conn.execute("SELECT count(*) FROM splits").fetchone()[0]
     assert kinds == {"SPLT": "split", "JUMP": "jump"}
     assert n_splits == 6
+
+
+def test_the_latest_session_without_its_file_comes_by_one_grouped_daily_request(flat):
+    from appliance.candles import Bars
+    from tests.fakes.polygon_fake import PolygonFake
+    make, endpoint, bucket = flat
+    truth = {t: Bars.from_rows(t, [(DAY, 10.0, 11.0, 9.0, 10.5, 1000.0, None, 5),
+                                   (DAY2, p, p + 1, p - 1, p, 5000.0, p, 50)], "polygon")
+             for t, p in (("AAPL", 172.0), ("SPY", 510.0), ("ACME.WS", 0.5))}
+    with PolygonFake(truth, []) as fake:
+        rt, _ff = make(provider={"name": "polygon", "polygon": {
+            "api_key": "test-key", "base_url": fake.base_url, "requests_per_minute": 6000,
+            "flat_files": {"enabled": True, "endpoint": endpoint, "bucket": bucket,
+                           "access_key_id": KEY_ID, "secret_access_key": SECRET}}},
+            symbols=["SPY"], minute_start="", backfill={"fan_out": False})
+        _put(endpoint, bucket, "1d", DAY, _csv(_daily_rows()))  # DAY2's file is late
+        r = _cli(rt.config.path, "backfill", "--end", DAY2.isoformat())
+        assert r.returncode == 0, r.stdout + r.stderr
+        paths = [p for p, _q, _s, _f in fake.log]
+    assert paths.count(f"/v2/aggs/grouped/locale/us/market/stocks/{DAY2}") == 1
+    assert not [p for p in paths if p.startswith("/v2/aggs/ticker/")]  # nothing asked twice
+    got = _market_rows(rt, DAY2)
+    assert set(got) == {"AAPL", "SPY"}  # ACME.WS: excluded by the universe, as from a file
+    assert got["SPY"][:5] == (510.0, 511.0, 509.0, 510.0, 5000.0) and got["SPY"][7] == "polygon"
