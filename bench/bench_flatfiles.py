@@ -229,9 +229,11 @@ def main() -> None:
                 mb = c.execute("SELECT pg_total_relation_size('minute_bars')").fetchone()[0]
                 rb = c.execute("SELECT pg_total_relation_size('rollup_bars')").fetchone()[0]
                 syms = [r[0] for r in c.execute("SELECT symbol FROM minute_bars")]
+                from appliance.ingest.flatfiles import ROLLUP_SLICE
                 from appliance.store import minutes as mstore
                 t0 = time.perf_counter()
-                mstore.refresh_rollups_of(c, syms, [DAY])
+                for i in range(0, len(syms), ROLLUP_SLICE):  # as the ingest does
+                    mstore.refresh_rollups_of(c, syms[i:i + ROLLUP_SLICE], [DAY])
                 out["rollups_seconds"] = time.perf_counter() - t0
                 c.rollback()
             out["bytes_per_minute_bar"] = mb / ing["bars"]
@@ -249,6 +251,12 @@ def main() -> None:
                 out["daily_1250_files_minutes_extrapolated"] = per * 1250 / 60
                 say(f"daily: {per:.2f} s per file, {d['bars']:,} bars; 1,250 files ~ "
                     f"{per * 1250 / 60:.1f} min (extrapolated)")
+                with psycopg.connect(url) as c:
+                    md = c.execute("""SELECT sum(pg_total_relation_size(inhrelid))
+                                      FROM pg_inherits WHERE inhparent = 'market_data'::regclass"""
+                                   ).fetchone()[0]
+                out["daily_bytes_per_bar"] = md / d["bars"]
+                say(f"market_data {md / d['bars']:.0f} B per daily bar (table and indexes)")
     finally:
         server.stop()
         if not a.keep:
