@@ -110,6 +110,27 @@ def selection(cfg, timeframe: str, day: dt.date) -> Selection:
                      exclude=[re.compile(p) for p in u.get("exclude") or ()], symbols=syms)
 
 
+def selection_key(cfg, timeframe: str) -> str:
+    """What decides which tickers a file of ``timeframe`` keeps, as a short
+    hash: the universe's rules and start, and the configured symbols its
+    rules would not keep (those it keeps are stored either way). A file
+    stored under another key is read again (a symbol added later gets its
+    history from the files)."""
+    import hashlib
+    import json
+    u = cfg["universe"]
+    start = universe_start(cfg, timeframe)
+    inc = [re.compile(p) for p in u.get("include") or ()]
+    exc = [re.compile(p) for p in u.get("exclude") or ()]
+    rules = Selection(universe=start is not None, include=inc, exclude=exc)
+    own = sorted((s.symbol, _symbol_start(cfg, s, timeframe).isoformat()) for s in cfg.symbols
+                 if s.active and timeframe in s.timeframes
+                 and not (start is not None and rules.keep(s.symbol)))
+    data = {"u": [start.isoformat() if start else None, list(u.get("include") or ()),
+                  list(u.get("exclude") or ())] if start else None, "s": own}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def first_day(cfg, timeframe: str) -> dt.date | None:
     """The earliest day any kept ticker stores ``timeframe`` from."""
     days = [_symbol_start(cfg, s, timeframe) for s in cfg.symbols
@@ -133,22 +154,26 @@ def ingest(conn_factory, cfg, files: FlatFiles, info: FileInfo, *, run_id=None,
     today = today or dt.datetime.now(ZoneInfo("America/New_York")).date()
     counter = {"bytes": 0}
     out = Counter()
+    key = selection_key(cfg, info.timeframe)
     with conn_factory() as conn:
-        stored = fstore.stored_etag(conn, info.timeframe, info.day)
-        if stored == info.etag:
+        before = fstore.stored(conn, info.timeframe, info.day)
+        if before == (info.etag, key):
             return out
+        # a new version of the file: its changed bars are revisions
+        republished = before is not None and before[0] != info.etag
         sel = selection(cfg, info.timeframe, info.day)
         odd: list[str] = []
         if info.timeframe == "1d":
             _daily(conn, cfg, files, info, sel, out, odd, counter, run_id, today)
         else:
             _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id,
-                     revisions=stored is not None, progress=progress)
+                     revisions=republished, progress=progress)
         out["bytes"] = counter["bytes"]
         out["files"] = 1
         fstore.record(conn, info.timeframe, info.day, info.key, info.etag, info.size,
                       rows=out["rows"], bars=out["bars"], tickers=out["tickers"],
-                      skipped=out["skipped"], revised=out["revised"], run_id=run_id)
+                      skipped=out["skipped"], revised=out["revised"], selection=key,
+                      run_id=run_id)
         if odd:
             store.add_event(conn, "warning", "flat_files",
                             f"{info.key}: {out['odd_tickers']} row(s) with a ticker outside the "
@@ -418,5 +443,6 @@ def make_plan(conn, cfg, files: FlatFiles | None, *, end: dt.date, start: dt.dat
         if listed:
             out.covered[tf] = listed[-1].day
         stored = fstore.done(conn, tf, first, end)
-        out.files += [f for f in listed if stored.get(f.day) != f.etag]
+        key = selection_key(cfg, tf)
+        out.files += [f for f in listed if stored.get(f.day) != (f.etag, key)]
     return out

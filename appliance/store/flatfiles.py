@@ -17,33 +17,37 @@ from psycopg.rows import dict_row
 from .writes import _DIRECT_COLS, ensure_partitions_for, upsert_bars
 
 
-def done(conn, timeframe: str, start: dt.date, end: dt.date) -> dict[dt.date, str]:
-    """{day: ETag} of the files of ``timeframe`` stored for ``start``..``end``."""
-    return {r[0]: r[1] for r in conn.execute(
-        """SELECT day, etag FROM flat_files WHERE timeframe = %s AND day BETWEEN %s AND %s""",
-        (timeframe, start, end))}
+def done(conn, timeframe: str, start: dt.date, end: dt.date) -> dict[dt.date, tuple]:
+    """{day: (ETag, selection)} of the files of ``timeframe`` stored for
+    ``start``..``end``."""
+    return {r[0]: (r[1], r[2]) for r in conn.execute(
+        """SELECT day, etag, selection FROM flat_files
+           WHERE timeframe = %s AND day BETWEEN %s AND %s""", (timeframe, start, end))}
 
 
-def stored_etag(conn, timeframe: str, day: dt.date) -> str | None:
-    row = conn.execute("SELECT etag FROM flat_files WHERE timeframe = %s AND day = %s",
-                       (timeframe, day)).fetchone()
-    return row[0] if row else None
+def stored(conn, timeframe: str, day: dt.date) -> tuple | None:
+    """(ETag, selection) of ``day``'s file as stored, or None."""
+    row = conn.execute("SELECT etag, selection FROM flat_files WHERE timeframe = %s "
+                       "AND day = %s", (timeframe, day)).fetchone()
+    return (row[0], row[1]) if row else None
 
 
 def record(conn, timeframe: str, day: dt.date, key: str, etag: str, size: int, *,
            rows: int, bars: int, tickers: int, skipped: int, revised: int,
-           run_id: int | None) -> None:
+           selection: str, run_id: int | None) -> None:
     """The file ``key`` (version ``etag``) is stored: in the bars' transaction."""
     conn.execute(
         """INSERT INTO flat_files (timeframe, day, key, etag, size, rows, bars, tickers, skipped,
-                                   revised, run_id)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                   revised, selection, run_id)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
            ON CONFLICT (timeframe, day) DO UPDATE SET
              key = EXCLUDED.key, etag = EXCLUDED.etag, size = EXCLUDED.size,
              rows = EXCLUDED.rows, bars = EXCLUDED.bars, tickers = EXCLUDED.tickers,
-             skipped = EXCLUDED.skipped, revised = EXCLUDED.revised, run_id = EXCLUDED.run_id,
+             skipped = EXCLUDED.skipped, revised = EXCLUDED.revised,
+             selection = EXCLUDED.selection, run_id = EXCLUDED.run_id,
              ingested_at = now()""",
-        (timeframe, day, key, etag, size, rows, bars, tickers, skipped, revised, run_id))
+        (timeframe, day, key, etag, size, rows, bars, tickers, skipped, revised, selection,
+         run_id))
 
 
 def newest(conn) -> dict[str, dict]:

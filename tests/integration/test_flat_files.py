@@ -607,3 +607,22 @@ def test_the_latest_session_without_its_file_comes_by_one_grouped_daily_request(
     got = _market_rows(rt, DAY2)
     assert set(got) == {"AAPL", "SPY"}  # ACME.WS: excluded by the universe, as from a file
     assert got["SPY"][:5] == (510.0, 511.0, 509.0, 510.0, 5000.0) and got["SPY"][7] == "polygon"
+
+
+def test_a_symbol_added_later_gets_its_history_from_the_files_read_again(flat):
+    from appliance.ingest.flatfiles import make_plan
+    make, endpoint, bucket = flat
+    rt, ff = make(symbols=["SPY"])
+    info = _put(endpoint, bucket, "1d", DAY, _csv(_daily_rows()))
+    ingest.ingest(rt.conn, rt.config, ff, info)
+    assert "ACME.WS" not in _market_rows(rt, DAY)
+    with rt.conn() as conn:
+        assert make_plan(conn, rt.config, ff, end=DAY, start=None,
+                         rest_requests={"1d": 1}).files == []  # stored: nothing to read
+    rt2, ff2 = make(symbols=["SPY", "ACME.WS"])  # the universe's rules drop it; asked for now
+    with rt2.conn() as conn:
+        plan = make_plan(conn, rt2.config, ff2, end=DAY, start=None, rest_requests={"1d": 2})
+    assert [f.day for f in plan.files] == [DAY]
+    res = ingest.ingest(rt2.conn, rt2.config, ff2, plan.files[0])
+    assert res["files"] == 1 and res["revised"] == 0
+    assert _market_rows(rt2, DAY)["ACME.WS"][:4] == (0.5, 0.6, 0.45, 0.55)
