@@ -445,6 +445,10 @@ def test_a_backfill_loads_the_universe_from_files_and_goes_on_past_a_bad_file(fl
     assert ("AAPL", 1) in stats  # the API knows the universe's tickers
     assert progress["files_total"] == 3 and progress["files_done"] == 2
     assert progress["file_bytes"] > 0 and progress["file_rows"] > 0
+    from appliance.jobs.runs import progress_counts
+    shown = progress_counts(progress)["files"]  # what the Jobs page and the run page show
+    assert (shown["done"], shown["total"], shown["failed"]) == (2, 3, 1)
+    assert shown["rows"] == progress["file_rows"] and shown["bytes"].endswith("B")
     from appliance import health
     ff = health.compute(rt).body()["flat_files"]
     assert ff["1d"]["newest_day"] == "2024-03-05" and ff["1d"]["files"] == 1
