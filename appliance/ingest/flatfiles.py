@@ -228,7 +228,7 @@ def store_day(conn, cfg, day: dt.date, syms: list[str], o, h, lo, c, v, n, *, so
     file is not there yet. Returns inserted, updated, revised, bars,
     tickers, invalid."""
     out = Counter()
-    prev = fstore.prev_closes(conn, day)
+    prev = fstore.prev_closes(conn, day, syms)
     ref = np.array([prev.get(s, np.nan) for s in syms], dtype=np.float64)
     split_rows = fstore.splits_on(conn, day)
     by_index = {i: split_rows[s] for i, s in enumerate(syms) if s in split_rows}

@@ -60,15 +60,22 @@ def newest(conn) -> dict[str, dict]:
         return {r["timeframe"]: r for r in cur.fetchall()}
 
 
-def prev_closes(conn, session: dt.date, lookback_days: int = 20) -> dict[str, float]:
+def prev_closes(conn, session: dt.date, symbols: Sequence[str],
+                lookback_days: int = 20) -> dict[str, float]:
     """{symbol: the close of its last valid daily bar in the ``lookback_days``
-    before ``session``}: what a whole-market day's gap check compares with."""
+    before ``session``}, for ``symbols``: what a whole-market day's gap check
+    compares with. One backward probe of the primary key per symbol (a scan
+    of the days before would read every ticker's bars: measured 0.38 s a
+    file at 9,000 tickers)."""
     return {r[0]: r[1] for r in conn.execute(
-        """SELECT DISTINCT ON (symbol) symbol, close FROM market_data
-           WHERE timeframe = '1d' AND validated
-             AND ts < (%(s)s::date::timestamp AT TIME ZONE 'America/New_York')
-             AND ts >= ((%(s)s::date - %(n)s)::timestamp AT TIME ZONE 'America/New_York')
-           ORDER BY symbol, ts DESC""", {"s": session, "n": lookback_days})}
+        """SELECT s.symbol, p.close FROM unnest(%(syms)s::text[]) s(symbol)
+           CROSS JOIN LATERAL (
+             SELECT close FROM market_data m
+             WHERE m.symbol = s.symbol AND m.timeframe = '1d' AND m.validated
+               AND m.ts < (%(s)s::date::timestamp AT TIME ZONE 'America/New_York')
+               AND m.ts >= ((%(s)s::date - %(n)s)::timestamp AT TIME ZONE 'America/New_York')
+             ORDER BY m.ts DESC LIMIT 1) p""",
+        {"s": session, "n": lookback_days, "syms": list(symbols)})}
 
 
 def splits_on(conn, session: dt.date) -> dict[str, list]:
