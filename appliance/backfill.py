@@ -128,11 +128,17 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         windows = []
         if minute_syms:  # minute months to fetch, bounded like the daily ones
             windows = _minute_windows(rt, cfg, provider, minute_syms, now, start, end)
-        fplan = None
+        fplan, files_error = None, None
         daily_start = start
         if flat.enabled(cfg):  # the flat files take what they do cheaper; REST the rest
-            fplan, daily_start, windows = plan_files(rt, cfg, provider, syms, windows, start,
-                                                     end, now)
+            try:
+                fplan, daily_start, windows = plan_files(rt, cfg, provider, syms, windows,
+                                                         start, end, now)
+            except ProviderAuthError as e:  # wrong keys, no such bucket: REST goes on
+                files_error = e.message
+                with rt.conn() as conn:
+                    store.add_event(conn, "error", "flat_files", e.message, {})
+        if fplan is not None:
             syms = _not_in_universe_tail(cfg, provider, fplan, syms, now)
             report({"phase": "plan", "plan": fplan.describe()})
             _universe_splits(rt, cfg, provider, fplan, end, now)
@@ -146,6 +152,12 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
             result = _with_minutes(result, intraday.backfill(
                 rt, cfg, provider, stats, run_id, report, minute_syms, windows))
+        if files_error:
+            why = files_error.removeprefix("flat files: ")
+            result["failed"] = dict(result.get("failed") or {}, **{"flat files": why})
+            result["error"] = "; ".join(x for x in (result.get("error"), files_error) if x)
+            result["status"] = "partial" if result.get("status") == "ok" else \
+                result.get("status", "failed")
         result["unknown_symbols"] = unknown_among(rt, syms)
         result["fetched"] = _fetched(result, syms, minute_syms, windows, start, end)
         return result

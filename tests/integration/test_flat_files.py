@@ -630,3 +630,18 @@ def test_a_symbol_added_later_gets_its_history_from_the_files_read_again(flat):
     res = ingest.ingest(rt2.conn, rt2.config, ff2, plan.files[0])
     assert res["files"] == 1 and res["revised"] == 0
     assert _market_rows(rt2, DAY)["ACME.WS"][:4] == (0.5, 0.6, 0.45, 0.55)
+
+
+def test_a_missing_bucket_is_named_on_the_run_and_rest_goes_on(flat):
+    make, endpoint, bucket = flat
+    ff_cfg = {"enabled": True, "endpoint": endpoint, "bucket": "no-such-bucket-here",
+              "access_key_id": KEY_ID, "secret_access_key": SECRET}
+    rt, _ff = make(provider={"name": "demo", "polygon": {"flat_files": ff_cfg}},
+                   symbols=["SPY"], backfill={"fan_out": False})
+    r = _cli(rt.config.path, "backfill", "--end", DAY2.isoformat())
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "flat files: bucket 'no-such-bucket-here' does not exist" in r.stdout
+    assert set(_market_rows(rt, DAY2)) == {"SPY"}  # the configured symbol came by REST
+    with rt.conn() as conn:
+        (msg,), = conn.execute("SELECT message FROM events WHERE kind = 'flat_files'").fetchall()
+    assert "no-such-bucket-here" in msg
