@@ -114,6 +114,8 @@ def _universe_checks(d: dict, ctx) -> None:
     u = d["universe"]
     for key in ("include", "exclude"):
         for i, pat in enumerate(u.get(key) or ()):
+            if pat.startswith("glob:"):  # a shell pattern: every one is valid
+                continue
             try:
                 re.compile(pat)
             except re.error as e:

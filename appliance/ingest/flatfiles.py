@@ -21,6 +21,7 @@ decimals as they need, see ``store.minutes``). Bars carry ``source``
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import logging
 import re
 from collections import Counter
@@ -82,6 +83,14 @@ class Selection:
         return not self.universe and not self.symbols
 
 
+def pattern(text: str) -> re.Pattern:
+    """A universe rule: a regular expression, or with ``glob:`` a shell
+    pattern (``glob:*.WS``), matched against the whole ticker."""
+    if text.startswith("glob:"):
+        return re.compile(fnmatch.translate(text[len("glob:"):]))
+    return re.compile(text)
+
+
 def universe_start(cfg, timeframe: str) -> dt.date | None:
     """The universe's first day for ``timeframe`` (None: the universe does
     not store it)."""
@@ -106,8 +115,8 @@ def selection(cfg, timeframe: str, day: dt.date) -> Selection:
                      and _symbol_start(cfg, s, timeframe) <= day)
     u = cfg["universe"]
     return Selection(universe=ustart is not None and ustart <= day,
-                     include=[re.compile(p) for p in u.get("include") or ()],
-                     exclude=[re.compile(p) for p in u.get("exclude") or ()], symbols=syms)
+                     include=[pattern(p) for p in u.get("include") or ()],
+                     exclude=[pattern(p) for p in u.get("exclude") or ()], symbols=syms)
 
 
 def selection_key(cfg, timeframe: str) -> str:
@@ -120,8 +129,8 @@ def selection_key(cfg, timeframe: str) -> str:
     import json
     u = cfg["universe"]
     start = universe_start(cfg, timeframe)
-    inc = [re.compile(p) for p in u.get("include") or ()]
-    exc = [re.compile(p) for p in u.get("exclude") or ()]
+    inc = [pattern(p) for p in u.get("include") or ()]
+    exc = [pattern(p) for p in u.get("exclude") or ()]
     rules = Selection(universe=start is not None, include=inc, exclude=exc)
     own = sorted((s.symbol, _symbol_start(cfg, s, timeframe).isoformat()) for s in cfg.symbols
                  if s.active and timeframe in s.timeframes

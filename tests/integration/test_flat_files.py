@@ -118,9 +118,9 @@ def _config(config_factory, endpoint, bucket, *, session="extended", symbols=("S
                 "access_key_id": KEY_ID, "secret_access_key": SECRET, "max_retries": 0,
                 "timeout_seconds": 10}
     provider = over.pop("provider", {"name": "demo", "polygon": {"flat_files": env_free}})
-    path = config_factory(provider=provider,
-                          universe={"enabled": True, "exclude": [r".*\.WS$"],
-                                    "daily_start": "2024-01-02", "minute_start": minute_start},
+    universe = {"enabled": True, "exclude": [r".*\.WS$"], "daily_start": "2024-01-02",
+                "minute_start": minute_start, **over.pop("universe", {})}
+    path = config_factory(provider=provider, universe=universe,
                           symbols=list(symbols), session=session, **over)
     return path
 
@@ -645,3 +645,10 @@ def test_a_missing_bucket_is_named_on_the_run_and_rest_goes_on(flat):
     with rt.conn() as conn:
         (msg,), = conn.execute("SELECT message FROM events WHERE kind = 'flat_files'").fetchall()
     assert "no-such-bucket-here" in msg
+
+
+def test_universe_rules_may_be_shell_patterns(flat):
+    make, endpoint, bucket = flat
+    rt, ff = make(universe={"exclude": ["glob:BR*"], "include": ["glob:[A-C]*"]})
+    ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1d", DAY, _csv(_daily_rows())))
+    assert set(_market_rows(rt, DAY)) == {"AAPL", "ACME.WS", "BAD"}  # MSFT: not included
