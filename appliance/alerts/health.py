@@ -25,6 +25,7 @@ from appliance.jobs.runs import duration_s, last_by_job
 from appliance.runtime.runtime import K_PROCESSES
 from appliance.runtime.services import connection_problem
 from appliance.store import demo as dstore
+from appliance.store import flatfiles as fstore
 
 log = logging.getLogger("appliance.health")
 
@@ -103,6 +104,7 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
                 out["last_restore_test"] = store.last_restore_test(conn)
                 out["last_reload"] = store.last_config_reload(conn)
                 out["demo_symbols"] = dstore.demo_symbols(conn)
+                out["flat_files"] = fstore.newest(conn)
                 return out
         except PoolTimeout as e:  # says only that no connection came: ask why
             raise _why_no_connection(rt, e, timeout) from None
@@ -278,6 +280,8 @@ class Health:
     provider: str
     processes: dict | None
     replica: dict
+    #: per dataset (1d, 1m): the newest flat file stored; None when flat files are off
+    flat_files: dict | None
     reasons: list
     db: dict = field(repr=False)
     queue: dict = field(repr=False)
@@ -347,7 +351,19 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         database="ok" if snap["status"] == "ok" else "error", redis=rd["status"],
         config_last_reload_successful=(last_reload or {}).get("ok", True),
         config_sha256=cfg.sha256, restart_required=restart, provider=cfg["provider"]["name"],
-        processes=rd.get("processes"), replica=replica, reasons=reasons, db=snap, queue=rd)
+        processes=rd.get("processes"), replica=replica,
+        flat_files=flat_files_brief(cfg, snap), reasons=reasons, db=snap, queue=rd)
+
+
+def flat_files_brief(cfg, snap: dict) -> dict | None:
+    """{dataset: newest day, when, files, bars} of the flat files stored;
+    None when they are off (or the database did not answer)."""
+    if not cfg.get("provider.polygon.flat_files.enabled") or snap.get("status") != "ok":
+        return None
+    return {tf: {"newest_day": r["day"].isoformat(),
+                 "ingested_at": r["ingested_at"].isoformat().replace("+00:00", "Z"),
+                 "files": int(r["files"]), "bars": int(r["bars"] or 0)}
+            for tf, r in (snap.get("flat_files") or {}).items()}
 
 
 def demo_reason(provider: str, demo_symbols: list[str] | None) -> str | None:
@@ -458,6 +474,7 @@ def status_body(rt, h: dict) -> dict:
                       "worker_alive": h.worker_alive, "jobs": scheduler},
         "backups": backups,
         "alerts": snap.get("open_alerts", []) if ok else [],
+        "flat_files": h.flat_files,
         "config": {"sha256": cfg.sha256, "path": str(cfg.path),
                    "version": rt.config_version(),
                    "last_reload": snap.get("last_reload") if ok else None,

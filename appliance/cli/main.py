@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from appliance import __version__
+from appliance.cli import progress
 from appliance.cli.commandruntime import _config_path
 from appliance.cli.commandruntime import command_runtime as _runtime
 from appliance.config.diff import diff_configs
@@ -286,8 +287,10 @@ def _parse_date(_ctx, _param, value):
 @click.option("--start", callback=_parse_date, help="first session (YYYY-MM-DD)")
 @click.option("--end", callback=_parse_date, help="last session (YYYY-MM-DD), inclusive")
 @click.option("--enqueue", is_flag=True, help="run on the worker instead of in this process")
+@click.option("--plan", "show_plan", is_flag=True,
+              help="say what would be fetched and how (flat files or REST), fetch nothing")
 @click.pass_context
-def backfill(ctx, symbols, start, end, enqueue):
+def backfill(ctx, symbols, start, end, enqueue, show_plan):
     """Fetch missing candles (all configured symbols, or SYMBOLS)."""
     from appliance.config.loader import SYMBOL_RE
     bad = [s for s in symbols if not SYMBOL_RE.match(s)]
@@ -298,6 +301,11 @@ def backfill(ctx, symbols, start, end, enqueue):
     rt = _runtime(ctx, migrate=True)
     params = {"symbols": list(symbols) or None, "start": start.isoformat() if start else None,
               "end": end.isoformat() if end else None}
+    if show_plan:
+        from appliance.ingest.backfill import describe_plan
+        for line in describe_plan(rt, list(symbols) or None, start, end):
+            click.echo(line)
+        return
     if enqueue:
         from appliance.jobs.queue import enqueue as enq
         run_id = enq(rt, "backfill", params)
@@ -305,46 +313,8 @@ def backfill(ctx, symbols, start, end, enqueue):
         return
     from appliance.ingest.backfill import run_backfill
     res = _run_with_progress(rt, "backfill", run_backfill, params)
-    click.echo(_summary_line(res))
+    click.echo(progress.summary_line(res))
     sys.exit(0 if res.get("status") == "ok" else 1)
-
-
-def _summary_line(res: dict) -> str:
-    keys = ("status", "plan", "symbols", "symbols_ok", "inserted", "updated", "revised",
-            "rejected", "requests", "retries", "duration_s")
-    line = ", ".join(f"{k}={res[k]}" for k in keys if k in res)
-    m = res.get("minutes")
-    if m and "requests_planned" in m:
-        line += (f"\n1m: {m['requests_planned']} month(s) fetched, {m.get('sessions', 0)} "
-                 f"session(s), {m.get('bars', 0)} bars")
-    if res.get("failed"):
-        line += "\nfailed: " + "; ".join(f"{k}: {v}" for k, v in res["failed"].items())
-    return line
-
-
-def _progress_line(data: dict) -> tuple[int, int, str] | None:
-    """(total, done, text) of a backfill's progress report: symbols for daily
-    bars, months for minute bars, with the estimated time of arrival."""
-    from appliance.core.units import eta_text
-    if data.get("phase") == "waiting":
-        return (0, 0, data.get("message") or "waiting")
-    current = f" {data['current']}" if data.get("current") else ""
-    if "chunks_total" in data:
-        months = (f", {data['minute_months_done']}/{data['minute_months_total']} months of 1m"
-                  if data.get("minute_months_total") else "")
-        return (data["chunks_total"], data["chunks_done"] + data.get("chunks_failed", 0),
-                f"chunks ({data.get('symbols_total', 0)} symbols{months}), "
-                f"{data.get('bars', 0) + data.get('minute_bars', 0)} bars, "
-                f"{data.get('requests', 0)} requests, {eta_text(data.get('eta_s'))}")
-    if "months_total" in data:
-        return (data["months_total"], data["months_done"],
-                f"months of 1m, {data.get('bars', 0)} bars, {data.get('requests', 0)} requests, "
-                f"{eta_text(data.get('eta_s'))}{current}")
-    if "symbols_total" in data:
-        return (data["symbols_total"], data["symbols_done"],
-                f"symbols, {data.get('rows', 0)} rows, {data.get('requests', 0)} requests, "
-                f"{eta_text(data.get('eta_s'))}{current}")
-    return None
 
 
 def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
@@ -364,7 +334,7 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
         def wrapped(rt_, run_id, report, **kw):
             def report2(data, force=False):
                 report(data, force)
-                line = _progress_line(data)
+                line = progress.progress_line(data)
                 if line is None:
                     return
                 total, done, info = line
@@ -402,11 +372,11 @@ def export_cmd(ctx, timeframe, start, end, out):
     if start > end:
         _fail(f"--start ({start}) is after --end ({end})", 2)
 
-    def progress(key, entry):
+    def on_file(key, entry):
         click.echo(f"wrote {key}/{export_mod.FILE}: {entry['rows']} bars, "
                    f"{len(entry['symbols'])} symbols, {entry['bytes']} bytes")
     try:
-        res = export_mod.export(rt.read_conn, timeframe, start, end, Path(out), progress)
+        res = export_mod.export(rt.read_conn, timeframe, start, end, Path(out), on_file)
     except ValueError as e:
         _fail(str(e))
     click.echo(f"export {timeframe} {start}..{end} to {out}: {len(res['written'])} file(s) "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import difflib
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ from appliance.config.redaction import (
     remember_secrets,
     url_passwords,
 )
-from appliance.config.rules import ConfigPath, Doc
+from appliance.config.rules import MIN_TOKEN_LENGTH, TOKEN_PATHS, ConfigPath, Doc  # noqa: F401 (the token rules' home is rules)
 from appliance.core.errors import ConfigError
 from appliance.jobs.registry import default_schedules
 
@@ -50,10 +51,9 @@ SECRET_PATHS = {
     ("server", "admin_token"), ("server", "read_token"), ("server", "secret_key"),
     ("provider", "polygon", "api_key"), ("provider", "tiingo", "api_key"),
     ("alerts", "email", "password"), ("alerts", "webhook", "url"), ("server", "metrics_token"),
+    ("provider", "polygon", "flat_files", "access_key_id"),
+    ("provider", "polygon", "flat_files", "secret_access_key"),
 }
-import difflib  # noqa: E402
-
-from appliance.config.rules import MIN_TOKEN_LENGTH, TOKEN_PATHS  # noqa: E402,F401 (their home is there)
 
 #: Keys a reload cannot change: the processes would have to be restarted.
 RESTART_KEYS = [("database", "url"), ("database", "read_url"), ("redis", "url"), ("data_dir",), ("server", "bind"),  # noqa: E501
@@ -78,7 +78,10 @@ DEFAULTS: dict[str, Any] = {
         "polygon": {"api_key": "", "base_url": "https://api.polygon.io", "requests_per_minute": 5,
                     "timeout_seconds": 30, "max_retries": 5, "auth": "query",
                     "grouped_daily": True, "max_retry_seconds": 120,
-                    "retry_backoff_seconds": 1.0},
+                    "retry_backoff_seconds": 1.0,
+                    "flat_files": {"enabled": False, "endpoint": "https://files.polygon.io",
+                                   "bucket": "flatfiles", "prefix": "us_stocks_sip", "access_key_id": "",
+                                   "secret_access_key": "", "timeout_seconds": 60, "max_retries": 5}},
         "yahoo": {"base_url": "https://query1.finance.yahoo.com", "requests_per_minute": 60,
                   "timeout_seconds": 30, "max_retries": 5, "max_retry_seconds": 120,
                   "retry_backoff_seconds": 1.0},
@@ -90,6 +93,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "history": {"start": "2021-01-01", "lookback_sessions": 5},
     "symbols": ["AAPL", "MSFT"],
+    "universe": {"enabled": False, "include": [],  # excluded: warrants, units, rights
+                 "exclude": [r".*\.WS$", r".*\.WS\.[A-Z]$", r".*\.U$", r".*\.RT?$"],
+                 "daily_start": "", "minute_start": ""},
     "timeframes": ["1d"],
     "session": "regular",
     "calendar": "XNYS",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,7 +64,7 @@ def semantic_checks(d: Doc, ctx: Ctx, base: Path) -> None:
     is skipped, as the schema's message says it."""
     once = _Once(ctx)
     for check in (_cron_checks, _date_checks, _symbol_checks, _value_checks, _token_checks,
-                  _provider_checks, _tls_checks):
+                  _provider_checks, _tls_checks, _universe_checks):
         try:
             check(d, once)
         except (TypeError, KeyError, AttributeError, ValueError, IndexError):
@@ -127,6 +128,35 @@ def _date_checks(d: Doc, ctx: Reporter) -> None:
     elif isinstance(start, dict):
         for tf, value in start.items():
             _check_date(ctx, ("history", "start", tf), value)
+
+
+def _universe_checks(d: Doc, ctx: Reporter) -> None:
+    """The universe's patterns compile; its starts are dates; it needs the
+    flat files (the whole market comes from them) with their credentials."""
+    u = d["universe"]
+    for key in ("include", "exclude"):
+        for i, pat in enumerate(u.get(key) or ()):
+            if pat.startswith("glob:"):  # a shell pattern: every one is valid
+                continue
+            try:
+                re.compile(pat)
+            except re.error as e:
+                ctx.err(("universe", key, i), f"{pat!r} is not a regular expression: {e}")
+    for key in ("daily_start", "minute_start"):
+        if u.get(key):
+            _check_date(ctx, ("universe", key), u[key])
+    ff = d["provider"]["polygon"]["flat_files"]
+    if u.get("enabled") and not ff.get("enabled"):
+        ctx.err(("universe", "enabled"), "the universe comes from the vendor's flat files: set "
+                                         "provider.polygon.flat_files.enabled: true")
+    if ff.get("enabled"):
+        for key, var in (("access_key_id", "POLYGON_S3_ACCESS_KEY_ID"),
+                         ("secret_access_key", "POLYGON_S3_SECRET_ACCESS_KEY")):
+            if not ff.get(key):
+                ctx.err(("provider", "polygon", "flat_files", key),
+                        f"flat files are enabled but {key} is empty: set {var} (or {var}_FILE) "
+                        f"in the appliance's environment (appliance.env beside the config); "
+                        f"it is the S3 key from the vendor's dashboard, not the REST API key")
 
 
 def _symbol_checks(d: Doc, ctx: Reporter) -> None:

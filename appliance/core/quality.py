@@ -190,6 +190,67 @@ def _gap_kinds(gap: np.ndarray, sess: np.ndarray, ref: np.ndarray, o: np.ndarray
     return gap_kind
 
 
+def _bar_checks(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
+                v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rules one candle is checked by on its own: (issue mask of the
+    first five RULES, usable prices)."""
+    prices = np.stack((o, h, lo, c))  # 4 x n
+    nan_p = np.isnan(prices).any(axis=0)
+    inf_p = np.isinf(prices).any(axis=0)
+    nan_v = np.isnan(v)
+    inf_v = np.isinf(v)
+    with np.errstate(invalid="ignore"):
+        nonpos = (prices <= 0).any(axis=0)
+        usable = ~(nan_p | inf_p | nonpos)
+        body_lo = np.minimum(o, c)
+        body_hi = np.maximum(o, c)
+        ohlc_bad = usable & ~((lo <= body_lo) & (body_hi <= h))
+        negvol = v < 0
+    mask = (nan_p | nan_v).astype(np.uint16)
+    mask |= (inf_p | inf_v).astype(np.uint16) << 1
+    mask |= nonpos.astype(np.uint16) << 2
+    mask |= ohlc_bad.astype(np.uint16) << 3
+    mask |= negvol.astype(np.uint16) << 4
+    return mask, usable
+
+
+def validate_day(session: Any, o: Any, h: Any, lo: Any, c: Any, v: Any,
+                 prev_close: np.ndarray, cal_sessions: np.ndarray,
+                 today: Any, splits: dict[int, Sequence[Split]] | None = None,
+                 gap_threshold_pct: float = 20.0, split_tolerance_pct: float = 2.0) -> Checked:
+    """``validate``'s rules for one session's daily bars of many symbols (a
+    whole-market day, one bar per symbol): the same per-candle rules, the
+    session against the calendar and ``today``, and each bar's gap against
+    its symbol's previous close (``prev_close``, NaN when none), explained by
+    that symbol's split on the session (``splits``: {row index: splits})."""
+    o, h, lo, c, v = (np.asarray(a, dtype=np.float64) for a in (o, h, lo, c, v))
+    n = len(o)
+    sess = np.full(n, _d64(session), dtype="datetime64[D]")
+    mask, usable = _bar_checks(o, h, lo, c, v)
+    cal = np.asarray(cal_sessions).astype("datetime64[D]", copy=False)
+    mask |= (~_in_sorted(sess, cal)).astype(np.uint16) << 5
+    mask |= (sess > _d64(today)).astype(np.uint16) << 6
+    valid = mask == 0
+    score = _SCORES[mask]
+    score[~usable] = 0.0
+    ref = np.asarray(prev_close, dtype=np.float64)
+    ref = np.where(np.isfinite(ref) & (ref > 0), ref, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        co = (o / ref - 1.0) * 100.0
+        cc = (c / ref - 1.0) * 100.0
+        gap_pct = np.where(np.abs(co) >= np.abs(cc), co, cc)
+        gap_pct[~usable] = np.nan
+        gap = np.abs(gap_pct) > gap_threshold_pct
+    gap_kind = np.full(n, None, dtype=object)
+    gap_kind[gap] = GAP_JUMP
+    for i, sp in (splits or {}).items():
+        if gap[i]:
+            gap_kind[i] = _gap_kinds(gap[i:i + 1], sess[i:i + 1], ref[i:i + 1], o[i:i + 1],
+                                     h[i:i + 1], lo[i:i + 1], c[i:i + 1], sp,
+                                     gap_threshold_pct, split_tolerance_pct)[0]
+    return Checked(valid, mask, score, gap, gap_kind, gap_pct)
+
+
 def validate(bars: Bars, cal_sessions: np.ndarray, today: Any, prev_close: float | None = None,
              splits: Sequence[Split] = (), gap_threshold_pct: float = 20.0,
              split_tolerance_pct: float = 2.0) -> Checked:
@@ -206,24 +267,7 @@ def validate(bars: Bars, cal_sessions: np.ndarray, today: Any, prev_close: float
         return Checked(np.empty(0, bool), np.empty(0, np.uint16), e, np.empty(0, bool),
                        np.empty(0, object), e.copy())
 
-    prices = np.stack((o, h, lo, c))  # 4 x n
-    nan_p = np.isnan(prices).any(axis=0)
-    inf_p = np.isinf(prices).any(axis=0)
-    nan_v = np.isnan(v)
-    inf_v = np.isinf(v)
-    with np.errstate(invalid="ignore"):
-        nonpos = (prices <= 0).any(axis=0)
-        usable = ~(nan_p | inf_p | nonpos)
-        body_lo = np.minimum(o, c)
-        body_hi = np.maximum(o, c)
-        ohlc_bad = usable & ~((lo <= body_lo) & (body_hi <= h))
-        negvol = v < 0
-
-    mask = (nan_p | nan_v).astype(np.uint16)
-    mask |= (inf_p | inf_v).astype(np.uint16) << 1
-    mask |= nonpos.astype(np.uint16) << 2
-    mask |= ohlc_bad.astype(np.uint16) << 3
-    mask |= negvol.astype(np.uint16) << 4
+    mask, usable = _bar_checks(o, h, lo, c, v)
     cal = np.asarray(cal_sessions).astype("datetime64[D]", copy=False)
     mask |= (~_in_sorted(sess, cal)).astype(np.uint16) << 5
     mask |= (sess > _d64(today)).astype(np.uint16) << 6

@@ -22,6 +22,7 @@ from appliance.core import calendar as tcal
 from appliance.core.candles import Bars
 from appliance.core.errors import LockBusy, ProviderAuthError, ProviderError
 from appliance.ingest import chunks
+from appliance.ingest import flatfiles as flat
 from appliance.ingest import minutes as intraday
 from appliance.ingest.daily import SymbolPlan, unknown_among, write_symbol
 from appliance.providers import make_provider
@@ -121,16 +122,147 @@ def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=Non
         windows = []
         if minute_syms:  # minute months to fetch, bounded like the daily ones
             windows = _minute_windows(rt, cfg, provider, minute_syms, now, start, end)
-        result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
-                             windows)
+        fplan, files_error = None, None
+        daily_start = start
+        if flat.enabled(cfg):  # the flat files take what they do cheaper; REST the rest
+            try:
+                fplan, daily_start, windows = plan_files(rt, cfg, provider, syms, windows,
+                                                         start, end, now)
+            except ProviderAuthError as e:  # wrong keys, no such bucket: REST goes on
+                files_error = e.message
+                with rt.conn() as conn:
+                    store.add_event(conn, "error", "flat_files", e.message, {})
+        if fplan is not None:
+            syms = _not_in_universe_tail(cfg, provider, fplan, syms, now)
+            report({"phase": "plan", "plan": fplan.describe()})
+            _universe_splits(rt, cfg, provider, fplan, end, now)
+        result = _run_locked(rt, cfg, provider, stats, run_id, report, syms, daily_start, end,
+                             now, windows, files=fplan.files if fplan else ())
+        if fplan is not None:
+            result["plan"] = "; ".join(x for x in (fplan.describe(), result.get("plan")) if x)
+            tail = _universe_tail(rt, cfg, provider, fplan, run_id, end, now)
+            if tail:
+                result["universe_rest"] = tail
         if windows and "minutes" not in result:  # not fanned out with the daily chunks
             result = _with_minutes(result, intraday.backfill(
                 rt, cfg, provider, stats, run_id, report, minute_syms, windows))
+        if files_error:
+            why = files_error.removeprefix("flat files: ")
+            result["failed"] = dict(result.get("failed") or {}, **{"flat files": why})
+            result["error"] = "; ".join(x for x in (result.get("error"), files_error) if x)
+            result["status"] = "partial" if result.get("status") == "ok" else \
+                result.get("status", "failed")
         result["unknown_symbols"] = unknown_among(rt, syms)
         result["fetched"] = _fetched(result, syms, minute_syms, windows, start, end)
         return result
     finally:
         lock_conn.close()
+
+
+def _not_in_universe_tail(cfg, provider, fplan, syms, now) -> list[str]:
+    """``syms`` less what the universe's grouped-daily tail fetches anyway
+    (``_universe_tail``: its answer holds every ticker, and it keeps the
+    configured symbols as a file does): no session is asked for twice."""
+    if fplan.covered.get("1d") is None or flat.universe_start(cfg, "1d") is None or \
+            not getattr(provider, "supports_grouped", False):
+        return syms
+    return []
+
+
+def _universe_tail(rt, cfg, provider, fplan, run_id, end, now) -> dict | None:
+    """The universe's sessions after its newest daily file (the file of the
+    latest session appears the next morning): one grouped-daily request per
+    session, stored like a file's day. None when there is nothing to do."""
+    newest = fplan.covered.get("1d")
+    if newest is None or flat.universe_start(cfg, "1d") is None or \
+            not getattr(provider, "supports_grouped", False):  # a vendor capability
+        return None
+    latest = tcal.latest_completed_session(cfg["calendar"], now)
+    last = min(end, latest) if end else latest
+    days = tcal.sessions(cfg["calendar"], newest + dt.timedelta(days=1), last)
+    totals = Counter()
+    today = now.astimezone(ZoneInfo("America/New_York")).date()
+    for d in days.astype(object).tolist():
+        try:
+            grouped = provider.grouped_daily(d)
+        except ProviderError as e:
+            log.warning("grouped daily %s for the universe failed: %s", d, e.message)
+            totals["failed"] += 1
+            continue
+        with rt.conn() as conn:
+            totals.update(flat.store_grouped(conn, cfg, d, grouped, source=provider.name,
+                                             run_id=run_id, today=today))
+        totals["sessions"] += 1
+    return dict(totals) or None
+
+
+def _universe_splits(rt, cfg, provider, fplan, end, now) -> None:
+    """The universe's splits over the daily days this run stores, from the
+    splits endpoint by execution date (one paged request, not one per
+    ticker), saved before the files so that their gap checks see them."""
+    ask = getattr(provider, "splits_between", None)  # a vendor capability (Polygon)
+    days = [f.day for f in fplan.files if f.timeframe == "1d"]
+    if ask is None or not days or flat.universe_start(cfg, "1d") is None:
+        return
+    last = min(end, tcal.latest_completed_session(cfg["calendar"], now)) if end else \
+        tcal.latest_completed_session(cfg["calendar"], now)
+    try:
+        found = ask(min(days), last)
+    except ProviderAuthError:
+        raise
+    except ProviderError as e:
+        log.warning("universe splits unavailable: %s", e.message)
+        return
+    with rt.conn() as conn:
+        store.save_splits(conn, found, provider.name)
+
+
+def plan_files(rt, cfg, provider, syms, windows, start, end, now):
+    """The flat-file plan (``ingest.flatfiles.make_plan``) weighed against
+    the REST plan, and what REST is left with: the daily start (the day after
+    the newest file, when files serve daily bars) and the minute windows
+    clipped the same way. Returns (file plan, daily start, windows)."""
+    latest = tcal.latest_completed_session(cfg["calendar"], now)
+    last = min(end, latest) if end else latest
+    with rt.conn() as conn:
+        rest = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
+        fplan = flat.make_plan(conn, cfg, flat.client(cfg), end=last, start=start,
+                               rest_requests={"1d": rest.estimated_requests,
+                                              "1m": len(windows)})
+    daily_start = start
+    if fplan.uses_files("1d") and fplan.covered.get("1d"):
+        daily_start = max(start or dt.date.min, fplan.covered["1d"] + dt.timedelta(days=1))
+    if fplan.uses_files("1m") and fplan.covered.get("1m"):
+        after = fplan.covered["1m"] + dt.timedelta(days=1)
+        windows = [intraday.Window(w.symbol, max(w.start, after), w.end) for w in windows
+                   if w.end >= after]
+    return fplan, daily_start, windows
+
+
+def describe_plan(rt, symbols=None, start=None, end=None, now=None) -> list[str]:
+    """What a backfill would fetch, and how, without fetching (``appliance
+    backfill --plan``)."""
+    cfg = rt.config
+    now = now or dt.datetime.now(dt.UTC)
+    syms = list(symbols) if symbols else cfg.active_symbols
+    tfs = {s.symbol: s.timeframes for s in cfg.symbols}
+    minute_syms = [s for s in syms if "1m" in tfs.get(s, ())]
+    syms = [s for s in syms if "1d" in tfs.get(s, ("1d",))]
+    provider = make_provider(cfg["provider"], stats=MemoryStats(), redis=rt.redis)
+    windows = _minute_windows(rt, cfg, provider, minute_syms, now, start, end) \
+        if minute_syms else []
+    lines = []
+    daily_start = start
+    if flat.enabled(cfg):
+        fplan, daily_start, windows = plan_files(rt, cfg, provider, syms, windows, start, end,
+                                                 now)
+        lines.append("flat files: " + (fplan.describe() or "nothing to do"))
+    with rt.conn() as conn:
+        plan = make_plan(conn, cfg, provider, syms, start=daily_start, end=end, now=now)
+    lines.append(f"1d REST: {plan.describe()}" if plan.symbols else "1d REST: nothing to do")
+    lines.append(f"1m REST: {len(windows)} month request(s) for "
+                 f"{len({w.symbol for w in windows})} symbol(s)")
+    return lines
 
 
 def _minute_windows(rt, cfg, provider, minute_syms: list[str], now, start, end) -> list:
@@ -226,13 +358,43 @@ def _fetch_grouped(provider, plan: Plan, report, stats) -> dict[str, list[Bars]]
 
 
 def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
-                windows=()) -> dict:
+                windows=(), files=()) -> dict:
     today = now.astimezone(ZoneInfo("America/New_York")).date()
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())
+    if files:  # one chunk per file (chunks.py); a grouped daily plan runs here first
+        fan = bool(cfg["backfill"]["fan_out"])
+        if plan.method == "grouped" or not fan:
+            daily = _run_here(rt, cfg, provider, stats, run_id, report, plan, today) \
+                if plan.symbols else None
+            res = chunks.run_parent(rt, cfg, Plan("aggregates", []), run_id, report, windows,
+                                    files, enqueue=fan)
+            return _merged(daily, res)
+        return chunks.run_parent(rt, cfg, plan, run_id, report, windows, files)
     if chunks.wanted(cfg, plan, windows):  # chunks for every worker (chunks.py)
         return chunks.run_parent(rt, cfg, plan, run_id, report, windows)
+    return _run_here(rt, cfg, provider, stats, run_id, report, plan, today)
+
+
+def _merged(daily: dict | None, res: dict) -> dict:
+    """A daily phase run here and the fanned-out files' result, as one."""
+    if daily is None:
+        return res
+    out = dict(res)
+    for k in ("symbols", "symbols_ok", "inserted", "updated", "revised", "rejected",
+              "requests", "retries"):
+        out[k] = int(daily.get(k) or 0) + int(res.get(k) or 0)
+    out["failed"] = {**(daily.get("failed") or {}), **(res.get("failed") or {})}
+    out["plan"] = f"{daily.get('plan')}; {res.get('plan')}"
+    both = {daily.get("status", "ok"), res.get("status", "ok")}
+    out["status"] = both.pop() if len(both) == 1 else "partial"
+    out["error"] = "; ".join(x for x in (daily.get("error"), res.get("error")) if x) or None
+    return out
+
+
+def _run_here(rt, cfg, provider, stats, run_id, report, plan: Plan, today) -> dict:
+    """The daily plan run by this process, symbol after symbol."""
     totals = Counter()
     failed: dict[str, str] = {}
     t0 = time.monotonic()

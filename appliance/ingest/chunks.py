@@ -31,13 +31,16 @@ from zoneinfo import ZoneInfo
 
 from appliance import store
 from appliance.core.errors import ProviderAuthError, ProviderError
+from appliance.ingest import flatfiles as flat
 from appliance.ingest import minutes as intraday
-from appliance.ingest.daily import SymbolPlan, backfill_symbol
+from appliance.ingest.daily import SymbolPlan, backfill_symbol, refresh_stats
 from appliance.jobs import runs
 from appliance.jobs.queue import FAILURE_TTL, RESULT_TTL, queue
 from appliance.providers import make_provider
+from appliance.providers.flatfiles import OutsidePlan
 from appliance.providers.http import MemoryStats
 from appliance.store import chunks as chunk_store
+from appliance.store import flatfiles as fstore
 
 log = logging.getLogger("appliance.chunks")
 
@@ -68,16 +71,20 @@ def _limits(cfg) -> dict:
 
 # --------------------------------------------------------------------------- the parent
 
-def run_parent(rt, cfg, plan, run_id: int, report, windows=()) -> dict:
-    """Fan ``plan`` (and the minute ``windows``) out, work chunks here too,
-    wait for the others, return the run's result (computed once by the
-    finishing step)."""
+def run_parent(rt, cfg, plan, run_id: int, report, windows=(), files=(),
+               enqueue: bool = True) -> dict:
+    """Fan ``plan`` (and the minute ``windows``, and the flat ``files``: one
+    chunk per file) out, work chunks here too, wait for the others, return
+    the run's result (computed once by the finishing step). Without
+    ``enqueue`` this process does every chunk."""
     chunks = [(p.symbol, DAILY, p.start, p.end, p.full) for p in plan.symbols]
     chunks += [(w.symbol, MINUTE, w.start, w.end, False) for w in windows]
+    chunks += [(flat.FILE_CHUNK, f.timeframe, f.day, f.day, False) for f in files]
     with rt.conn() as conn:
         total = chunk_store.create_fanout(conn, run_id, me(), chunks)
         pending = chunk_store.chunk_ids(conn, run_id)
-    _enqueue(rt, cfg, run_id, pending)
+    if enqueue:
+        _enqueue(rt, cfg, run_id, pending)
     log.info("backfill run %s: %d chunk(s) for %d worker(s)", run_id, total, len(pending))
     t0 = time.monotonic()
     lim = _limits(cfg)
@@ -128,6 +135,9 @@ def _progress(rt, run_id: int, report, t0: float, c: dict | None = None) -> None
             "minute_months_total": int(c["months_total"]),
             "minute_months_done": int(c["months_done"]),
             "minute_bars": int(c["minute_bars"]),
+            "files_total": int(c["files_total"]), "files_done": int(c["files_done"]),
+            "files_failed": int(c["files_failed"]), "file_bytes": int(c["file_bytes"]),
+            "file_rows": int(c["file_rows"]), "file_bars": int(c["file_bars"]),
             "eta_s": eta, "plan": f"fanned out: {c['total']} chunk(s)"},
            finished >= c["total"])
 
@@ -166,16 +176,25 @@ def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
     stats = MemoryStats()
     status, error, result = "done", None, {}
     try:
-        provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
-        if chunk["timeframe"] == MINUTE:
+        if chunk["symbol"] == flat.FILE_CHUNK:
+            res = _do_file(rt, cfg, chunk)
+        elif chunk["timeframe"] == MINUTE:
+            provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
             w = intraday.Window(chunk["symbol"], chunk["start_date"], chunk["end_date"])
             res = intraday.fetch_window(rt, cfg, provider, w, chunk["run_id"])
         else:
+            provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
             p = SymbolPlan(chunk["symbol"], chunk["start_date"], chunk["end_date"],
                            full=chunk["full_history"])
             today = dt.datetime.now(ZoneInfo("America/New_York")).date()
             res = backfill_symbol(rt, cfg, provider, p, run_id=chunk["run_id"], today=today)
         result = {k: int(v) for k, v in res.items()}
+    except OutsidePlan as e:  # this day only: the other files go on
+        status, error = "failed", e.message
+        with rt.conn() as conn:
+            store.add_event(conn, "error", "flat_files", e.message,
+                            {"day": chunk["start_date"].isoformat(),
+                             "timeframe": chunk["timeframe"]})
     except ProviderAuthError as e:
         status, error = "failed", e.message
         with rt.conn() as conn:
@@ -184,6 +203,11 @@ def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
             chunk_store.fail_pending(conn, chunk["run_id"], "not attempted: " + e.message)
     except ProviderError as e:
         status, error = "failed", e.message
+        if chunk["symbol"] == flat.FILE_CHUNK:  # a bad file: said in events, the rest goes on
+            with rt.conn() as conn:
+                store.add_event(conn, "error", "flat_files", e.message,
+                                {"day": chunk["start_date"].isoformat(),
+                                 "timeframe": chunk["timeframe"]})
     except Exception as e:  # one chunk's failure must not stop the others
         log.exception("backfill chunk %s (%s) failed", chunk["id"], chunk["symbol"])
         status, error = "failed", f"{e.__class__.__name__}: {e}"
@@ -196,6 +220,16 @@ def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
         if not chunk_store.complete(conn, chunk["id"], who, status, result, error):
             log.warning("backfill chunk %s (%s) was taken over while it ran; its result is "
                         "not counted here", chunk["id"], chunk["symbol"])
+
+
+def _do_file(rt, cfg, chunk: dict) -> dict:
+    """One flat file's chunk: its current version (a late file is not there
+    yet: nothing to do, the next run takes it), ingested in one transaction."""
+    files = flat.client(cfg)
+    info = files.head(chunk["timeframe"], chunk["start_date"])
+    if info is None:
+        return {"files": 0, "late": 1}
+    return dict(flat.ingest(rt.conn, cfg, files, info, run_id=chunk["run_id"]))
 
 
 def _beat(rt, chunk_id: int, who: str, stop: threading.Event, every: float) -> None:
@@ -229,6 +263,8 @@ def finish(rt, run_id: int) -> dict | None:
                                          {k.split(" ")[0] for k in failures})
             for sym in minute_syms:
                 intraday.refresh_stats(conn, rt.config, sym)
+            _refresh_file_symbols(conn, rt.config, chunk_store.file_days(conn, run_id),
+                                  done=set(minute_syms))
             res = _result(conn, run_id)
             for sym, msg in failures.items():
                 store.add_event(conn, "error", "backfill", f"{sym}: {msg}", {"symbol": sym})
@@ -244,16 +280,31 @@ def finish(rt, run_id: int) -> dict | None:
     return f["result"] if f and f.get("result") else None
 
 
+def _refresh_file_symbols(conn, cfg, days: dict[str, list], done=()) -> None:
+    """The stats of every symbol the run's flat files wrote (each once)."""
+    for sym in fstore.symbols_on(conn, "1d", days.get("1d") or []):
+        refresh_stats(conn, cfg, sym)
+    for sym in fstore.symbols_on(conn, "1m", days.get("1m") or []):
+        if sym not in done:
+            intraday.refresh_stats(conn, cfg, sym)
+
+
 def _result(conn, run_id: int) -> dict:
     c = chunk_store.counts(conn, run_id)
     failed = chunk_store.failures(conn, run_id)
     n = int(c["symbols"])
-    status = "ok" if not failed else ("failed" if len(failed) == n else "partial")
+    sym_failed = [k for k in failed if not k.startswith("flat file ")]
+    units = n + int(c["files_total"])
+    status = "ok" if not failed else ("failed" if len(failed) == units else "partial")
     return {"status": status, "plan": f"fanned out: {c['total']} chunk(s)", "symbols": n,
-            "symbols_ok": n - len(failed), "failed": failed, "chunks": int(c["total"]),
+            "symbols_ok": n - len(sym_failed), "failed": failed, "chunks": int(c["total"]),
             "hosts": c["hosts"], "inserted": int(c["inserted"]), "updated": int(c["updated"]),
             "revised": int(c["revised"]), "rejected": int(c["rejected"]),
             "requests": int(c["requests"]), "retries": int(c["retries"]),
+            **({"files": {"total": int(c["files_total"]), "done": int(c["files_done"]),
+                          "failed": int(c["files_failed"]), "bytes": int(c["file_bytes"]),
+                          "rows": int(c["file_rows"]), "bars": int(c["file_bars"])}}
+               if c["files_total"] else {}),
             **({"minutes": {"requests_planned": int(c["months_total"]),
                             "months_done": int(c["months_done"]),
                             "sessions": int(c["minute_sessions"]),

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from appliance import store
 from appliance.config.redaction import redact, redact_obj
 from appliance.core.errors import ApplianceError
+from appliance.core.units import human_bytes
 from appliance.store import runs as runs_sql
 
 # the table's plain reads and writes, used as ``runs.NAME`` by jobs, web and status
@@ -71,10 +72,17 @@ def progress_counts(prog: dict) -> dict | None:
         done, total, unit = prog.get("sessions_done") or 0, prog["sessions_total"], "sessions"
     else:
         return None
+    files = None
+    if prog.get("files_total"):  # the flat files among the chunks: one chunk each
+        files = {"done": int(prog.get("files_done") or 0), "total": int(prog["files_total"]),
+                 "failed": int(prog.get("files_failed") or 0),
+                 "bytes": human_bytes(prog.get("file_bytes") or 0),
+                 "rows": int(prog.get("file_rows") or 0)}
     return {"done": int(done), "total": int(total), "unit": unit,
             "pct": round(100 * int(done) / int(total)) if total else None,
             "months_done": months[0] if months else None,
-            "months_total": months[1] if months else None, "eta_s": prog.get("eta_s")}
+            "months_total": months[1] if months else None, "files": files,
+            "eta_s": prog.get("eta_s")}
 
 
 def duration_s(r: dict, *, running_until_now: bool = False) -> float | None:

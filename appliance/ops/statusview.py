@@ -123,6 +123,11 @@ def render_lines(st: dict) -> list[tuple[str, str]]:
     else:
         out.append(("bold red", f"Database   ERROR: {d.get('error')}"))
     out.append(replica_line(st.get("replica") or {}))
+    ff = st.get("flat_files")
+    if ff is not None:
+        out.append(("", "Flat files " + ("; ".join(
+            f"{tf} newest {v['newest_day']} ({v['files']} files, ingested "
+            f"{_age(v['ingested_at'])})" for tf, v in sorted(ff.items())) or "none ingested yet")))
     sch = st.get("scheduler", {})
     out.append(("", f"Scheduler  {'running' if sch.get('running') else 'STOPPED'}, worker "
                     f"{'alive' if sch.get('worker_alive') else 'DOWN'}"))

@@ -217,6 +217,26 @@ class PolygonProvider:
                                "polygon")
         return out
 
+    def splits_between(self, start, end) -> list[Split]:
+        """Every ticker's splits executed in ``start``..``end``: one paged
+        request for the whole market (the universe), not one per ticker;
+        deduplicated, sorted by ticker and date."""
+        url = f"{self.base_url}/v3/reference/splits"
+        params = {"execution_date.gte": iso_date(start), "execution_date.lte": iso_date(end),
+                  "limit": 1000}
+        seen: set[tuple] = set()
+        for page in self._pages(url, params):
+            for r in page.get("results") or ():
+                try:
+                    key = (str(r["ticker"]), dt.date.fromisoformat(r["execution_date"]),
+                           float(r["split_from"]), float(r["split_to"]))
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ProviderDataError(f"polygon: malformed split record {r!r}: {e}",
+                                            url=url) from None
+                if key[2] > 0 and key[3] > 0:
+                    seen.add(key)
+        return [Split(*k) for k in sorted(seen)]
+
     def splits(self, symbol: str, start=None, end=None) -> list[Split]:
         """Splits of ``symbol`` (optionally within ``start``..``end``), deduplicated,
         sorted by execution date; fractional ratios are kept as floats."""

@@ -110,8 +110,9 @@ def counts(conn, run_id: int) -> dict:
                               count(*) FILTER (WHERE status = 'done') AS done,
                               count(*) FILTER (WHERE status = 'failed') AS failed,
                               count(*) FILTER (WHERE status = 'running') AS running,
-                              count(DISTINCT symbol) AS symbols,
-                              count(DISTINCT symbol) FILTER (WHERE status IN ('done', 'failed'))
+                              count(DISTINCT symbol) FILTER (WHERE symbol <> '*') AS symbols,
+                              count(DISTINCT symbol) FILTER (WHERE symbol <> '*'
+                                                              AND status IN ('done', 'failed'))
                                 AS symbols_done,
                               coalesce(sum((result->>'inserted')::bigint), 0) AS inserted,
                               coalesce(sum((result->>'updated')::bigint), 0) AS updated,
@@ -119,11 +120,22 @@ def counts(conn, run_id: int) -> dict:
                               coalesce(sum((result->>'rejected')::bigint), 0) AS rejected,
                               coalesce(sum((result->>'requests')::bigint), 0) AS requests,
                               coalesce(sum((result->>'retries')::bigint), 0) AS retries,
-                              count(*) FILTER (WHERE timeframe = '1m') AS months_total,
-                              count(*) FILTER (WHERE timeframe = '1m' AND status = 'done')
-                                AS months_done,
-                              coalesce(sum((result->>'bars')::bigint), 0) AS minute_bars,
-                              coalesce(sum((result->>'sessions')::bigint), 0) AS minute_sessions
+                              count(*) FILTER (WHERE timeframe = '1m' AND symbol <> '*')
+                                AS months_total,
+                              count(*) FILTER (WHERE timeframe = '1m' AND symbol <> '*'
+                                               AND status = 'done') AS months_done,
+                              coalesce(sum((result->>'bars')::bigint) FILTER (WHERE symbol <> '*'), 0)
+                                AS minute_bars,
+                              coalesce(sum((result->>'sessions')::bigint), 0) AS minute_sessions,
+                              count(*) FILTER (WHERE symbol = '*') AS files_total,
+                              count(*) FILTER (WHERE symbol = '*' AND status = 'done')
+                                AS files_done,
+                              count(*) FILTER (WHERE symbol = '*' AND status = 'failed')
+                                AS files_failed,
+                              coalesce(sum((result->>'bytes')::bigint), 0) AS file_bytes,
+                              coalesce(sum((result->>'rows')::bigint), 0) AS file_rows,
+                              coalesce(sum((result->>'bars')::bigint)
+                                       FILTER (WHERE symbol = '*'), 0) AS file_bars
                        FROM backfill_chunks WHERE run_id = %s""", (run_id,))
         out = cur.fetchone()
         cur.execute("""SELECT split_part(done_by, ':', 1) AS host, count(*) AS n
@@ -137,7 +149,9 @@ def failures(conn, run_id: int) -> dict[str, str]:
     """{what failed: why}: a symbol's daily chunk by its name, a month of
     minute bars as ``SYM (1m YYYY-MM)``."""
     return {r[0]: r[1] or "failed" for r in conn.execute(
-        """SELECT CASE WHEN timeframe = '1m'
+        """SELECT CASE WHEN symbol = '*'
+                       THEN 'flat file ' || timeframe || ' ' || to_char(start_date, 'YYYY-MM-DD')
+                       WHEN timeframe = '1m'
                        THEN symbol || ' (1m ' || to_char(start_date, 'YYYY-MM') || ')'
                        ELSE symbol END, error
            FROM backfill_chunks WHERE run_id = %s AND status = 'failed'
@@ -148,7 +162,18 @@ def minute_symbols(conn, run_id: int) -> list[str]:
     """Symbols with minute-bar chunks in the run."""
     return [r[0] for r in conn.execute(
         """SELECT DISTINCT symbol FROM backfill_chunks WHERE run_id = %s AND timeframe = '1m'
-           ORDER BY 1""", (run_id,))]
+             AND symbol <> '*' ORDER BY 1""", (run_id,))]
+
+
+def file_days(conn, run_id: int) -> dict[str, list]:
+    """{timeframe: [day]} of the flat files the run stored (its file chunks done)."""
+    out: dict[str, list] = {}
+    for tf, day in conn.execute(
+            """SELECT timeframe, start_date FROM backfill_chunks
+               WHERE run_id = %s AND symbol = '*' AND status = 'done'
+                 AND coalesce((result->>'files')::int, 0) > 0 ORDER BY 1, 2""", (run_id,)):
+        out.setdefault(tf, []).append(day)
+    return out
 
 
 def fanout(conn, run_id: int) -> dict | None:

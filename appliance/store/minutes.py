@@ -65,9 +65,13 @@ _STAGE = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close
           "vwap", "raw", "trades", "invalid", "source")
 
 
-def write_days(conn, rows: Iterable[list[str]]) -> int:
+def write_days(conn, rows: Iterable[list[str]], *, revisions: bool = False,
+               run_id: int | None = None, stats: dict | None = None) -> int:
     """Upsert whole sessions (each row: the ``_STAGE`` fields as COPY text);
-    a stored session is replaced by the new one. Returns sessions written."""
+    a stored session is replaced by the new one. With ``revisions``, every
+    bar whose prices or volume the new session changes (or adds, or drops)
+    is first recorded in ``revisions`` (``_record_revisions``; their number
+    goes to ``stats["revised"]``). Returns sessions written."""
     # the stage compresses like minute_bars: INSERT ... SELECT moves the
     # compressed values as they are
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS minute_stage
@@ -79,6 +83,10 @@ def write_days(conn, rows: Iterable[list[str]]) -> int:
         with cur.copy(f"COPY minute_stage ({cols}) FROM STDIN") as cp:
             for r in rows:
                 cp.write(("\t".join(r) + "\n").encode())
+        if revisions:
+            n = _record_revisions(cur, run_id)
+            if stats is not None:
+                stats["revised"] = n
         cur.execute(f"""INSERT INTO minute_bars ({cols})
                         SELECT {cols} FROM minute_stage
                         ON CONFLICT (symbol, session) DO UPDATE SET
@@ -89,6 +97,30 @@ def write_days(conn, rows: Iterable[list[str]]) -> int:
                           invalid = EXCLUDED.invalid, source = EXCLUDED.source,
                           ingested_at = now()""")
         return cur.rowcount
+
+
+def _record_revisions(cur, run_id: int | None) -> int:
+    """Bars of the staged sessions (``minute_stage``) that differ from the
+    stored ones, in open, high, low, close or volume, recorded in
+    ``revisions`` (a bar only on one side has ``{}`` on the other)."""
+    def obj(a: str) -> str:
+        return (f"CASE WHEN {a}.symbol IS NULL THEN '{{}}'::jsonb ELSE jsonb_build_object("
+                f"'open', {a}.open, 'high', {a}.high, 'low', {a}.low, 'close', {a}.close, "
+                f"'volume', {a}.volume, 'vwap', {a}.vwap, 'trades', {a}.trades) END")
+    cur.execute(f"""
+        WITH k AS (SELECT DISTINCT symbol, session FROM minute_stage),
+        o AS (SELECT b.symbol, b.session, u.m, {_decoded()}
+              FROM minute_bars b JOIN k ON k.symbol = b.symbol AND k.session = b.session
+              {_UNNEST}),
+        n AS (SELECT b.symbol, b.session, u.m, {_decoded()} FROM minute_stage b {_UNNEST})
+        INSERT INTO revisions (symbol, timeframe, ts, old, new, run_id)
+        SELECT coalesce(o.symbol, n.symbol), '1m',
+               ((coalesce(o.session, n.session) + make_interval(mins => coalesce(o.m, n.m)::int))
+                 ::timestamp AT TIME ZONE 'America/New_York'), {obj('o')}, {obj('n')}, %s
+        FROM o FULL JOIN n ON o.symbol = n.symbol AND o.session = n.session AND o.m = n.m
+        WHERE (o.open, o.high, o.low, o.close, o.volume)
+              IS DISTINCT FROM (n.open, n.high, n.low, n.close, n.volume)""", (run_id,))
+    return cur.rowcount
 
 
 def _decoded(alias: str = "b") -> str:
@@ -109,7 +141,13 @@ _UNNEST = ("CROSS JOIN LATERAL unnest(b.minutes, b.open, b.high, b.low, b.close,
 
 
 def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
-    """Recompute the 5m..4h rollups of ``symbol`` for ``sessions`` from its
+    """Recompute the 5m..4h rollups of ``symbol`` for ``sessions`` (see
+    ``refresh_rollups_of``). Returns rollup rows written."""
+    return refresh_rollups_of(conn, [symbol], sessions)
+
+
+def refresh_rollups_of(conn, symbols: Sequence[str], sessions: Sequence[dt.date]) -> int:
+    """Recompute the 5m..4h rollups of ``symbols`` for ``sessions`` from their
     valid minute bars (a session without minutes loses its rollups). Minutes
     are grouped once, into 5m bars; the wider bars are grouped from those (a
     fifth of the rows), carrying the volume-weighted price sums so that every
@@ -117,21 +155,21 @@ def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
     its first and last minute, taken as ``min(ARRAY[minute, open])`` rather
     than an ordered aggregate: no sort per bucket, a third less time.
     Returns rollup rows written."""
-    if not sessions:
+    if not sessions or not symbols:
         return 0
     base, *wider = ROLLUPS.items()
     assert all(w % base[1] == 0 for _, w in wider), "every rollup must be a multiple of the first"
     widths = ", ".join(f"('{tf}', {w})" for tf, w in wider)
-    params = {"symbol": symbol, "sessions": list(sessions)}
-    conn.execute("""DELETE FROM rollup_bars WHERE symbol = %(symbol)s
+    params = {"symbols": list(symbols), "sessions": list(sessions)}
+    conn.execute("""DELETE FROM rollup_bars WHERE symbol = ANY(%(symbols)s::text[])
                     AND session = ANY(%(sessions)s::date[])""", params)
     cur = conn.execute(f"""
         WITH m AS (
-          SELECT b.session, u.m, {_decoded()}
+          SELECT b.symbol, b.session, u.m, {_decoded()}
           FROM minute_bars b {_UNNEST}
-          WHERE b.symbol = %(symbol)s AND b.session = ANY(%(sessions)s::date[])),
+          WHERE b.symbol = ANY(%(symbols)s::text[]) AND b.session = ANY(%(sessions)s::date[])),
         f AS (
-          SELECT m.session, (m.m / {base[1]}) * {base[1]} AS start,
+          SELECT m.symbol, m.session, (m.m / {base[1]}) * {base[1]} AS start,
                  (min(ARRAY[m.m::float8, m.open]))[2] AS open, max(m.high) AS high,
                  min(m.low) AS low, (max(ARRAY[m.m::float8, m.close]))[2] AS close,
                  sum(m.volume) AS volume,
@@ -139,24 +177,24 @@ def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
                  sum(m.volume) FILTER (WHERE m.vwap IS NOT NULL) AS vv,
                  sum(m.trades) AS trades
           FROM m WHERE m.validated
-          GROUP BY m.session, (m.m / {base[1]}) * {base[1]}),
+          GROUP BY m.symbol, m.session, (m.m / {base[1]}) * {base[1]}),
         k AS (
           SELECT '{base[0]}' AS name, * FROM f
           UNION ALL
-          SELECT tf.name, f.session, (f.start / tf.width) * tf.width,
+          SELECT tf.name, f.symbol, f.session, (f.start / tf.width) * tf.width,
                  (min(ARRAY[f.start::float8, f.open]))[2], max(f.high), min(f.low),
                  (max(ARRAY[f.start::float8, f.close]))[2], sum(f.volume), sum(f.pv),
                  sum(f.vv), sum(f.trades)
           FROM f CROSS JOIN (VALUES {widths}) tf(name, width)
-          GROUP BY tf.name, f.session, (f.start / tf.width) * tf.width)
+          GROUP BY tf.name, f.symbol, f.session, (f.start / tf.width) * tf.width)
         INSERT INTO rollup_bars (symbol, timeframe, session, starts, open, high, low, close,
                                  volume, vwap, trades)
-        SELECT %(symbol)s, name, session, array_agg(start::smallint ORDER BY start),
+        SELECT symbol, name, session, array_agg(start::smallint ORDER BY start),
                array_agg(open ORDER BY start), array_agg(high ORDER BY start),
                array_agg(low ORDER BY start), array_agg(close ORDER BY start),
                array_agg(volume ORDER BY start), array_agg(pv / nullif(vv, 0) ORDER BY start),
                array_agg(trades ORDER BY start)
-        FROM k GROUP BY name, session""", params)
+        FROM k GROUP BY symbol, name, session""", params)
     return cur.rowcount
 
 

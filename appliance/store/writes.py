@@ -86,10 +86,11 @@ def ensure_partitions_for(conn, first: dt.date, last: dt.date) -> None:
     db.ensure_partitions(conn, first.year, last.year)
 
 
-def upsert_bars(conn, payload: bytes, *, symbol: str, first: dt.date, last: dt.date,
+def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, last: dt.date,
                 run_id: int | None = None, timeframe: str = TIMEFRAME) -> dict:
-    """COPY ``payload`` (from ``copy_text``, one symbol's bars) into staging,
-    then one upsert.
+    """COPY ``payload`` (from ``copy_text``, one symbol's bars; with ``symbol``
+    None, the bars of any number of symbols, e.g. a whole-market day) into
+    staging, then one upsert.
 
     Idempotent: an unchanged bar is not rewritten. A changed price or volume is
     recorded in ``revisions`` with the old and new values. Returns counts
@@ -109,9 +110,10 @@ def upsert_bars(conn, payload: bytes, *, symbol: str, first: dt.date, last: dt.d
         # all of market_data instead of probing its primary key
         cur.execute("ANALYZE md_stage")
         n_stage = cur.execute("SELECT count(*) FROM md_stage").fetchone()[0]
+        one_symbol = "m.symbol = %(symbol)s AND" if symbol is not None else ""
         # one join finds both the bars that exist already and those the vendor revised
         existing, revised = cur.execute(
-            """WITH j AS (
+            f"""WITH j AS (
                  SELECT m.symbol, m.timeframe, m.ts, s.open AS s_open, s.high AS s_high,
                         s.low AS s_low, s.close AS s_close, s.volume AS s_volume,
                         s.vwap AS s_vwap, s.trades AS s_trades, s.source AS s_source,
@@ -119,8 +121,8 @@ def upsert_bars(conn, payload: bytes, *, symbol: str, first: dt.date, last: dt.d
                  FROM md_stage s
                  JOIN market_data m ON m.symbol = s.symbol AND m.timeframe = %(tf)s
                       AND m.ts = (s.session::timestamp AT TIME ZONE 'America/New_York')
-                 WHERE m.symbol = %(symbol)s
-                   AND m.ts >= (%(first)s::date::timestamp AT TIME ZONE 'America/New_York')
+                 WHERE {one_symbol}
+                   m.ts >= (%(first)s::date::timestamp AT TIME ZONE 'America/New_York')
                    AND m.ts < ((%(last)s::date + 1)::timestamp AT TIME ZONE 'America/New_York')),
                rev AS (
                  INSERT INTO revisions (symbol, timeframe, ts, old, new, run_id)

@@ -148,6 +148,12 @@ def _replica_schema() -> dict:
         description="The streaming replica that serves reads (database.read_url).")
 
 
+_FLAT_FILES = _n({"type": "object", "description": "The vendor's flat files ingested, per "
+                   "dataset (1d, 1m): the newest day stored, when, how many; null when off.",
+                   "additionalProperties": _obj({"newest_day": DATE, "ingested_at": DATETIME,
+                                                 "files": INT, "bars": INT})})
+
+
 def _status_schemas() -> dict:
     """Health, status and the pieces they are made of."""
     health = _obj({
@@ -174,6 +180,7 @@ def _status_schemas() -> dict:
                              "pid": _n(INT), "restarts": INT, "last_exit_code": _n(INT),
                              "last_error": {"type": "array", "items": STR}})}),
         "replica": _replica_schema(),
+        "flat_files": _FLAT_FILES,
         "reasons": {"type": "array", "items": STR}})
     database = _obj({
         "status": {"type": "string", "enum": ["ok", "error"]},
@@ -210,6 +217,7 @@ def _status_schemas() -> dict:
             "last_restore_test": _n(_ref("RestoreTest"))}, required=[],
             description="Empty when the database is unreachable."),
         "alerts": {"type": "array", "items": _ref("Alert")},
+        "flat_files": _FLAT_FILES,
         "config": _obj({
             "sha256": STR, "path": STR, "version": INT,
             "last_reload": _n(_ref("ConfigReload")),

@@ -52,7 +52,7 @@ FANNED = {"phase": "chunks", "chunks_total": 26, "chunks_done": 16, "chunks_fail
 def test_the_jobs_list_the_run_page_and_the_cli_agree_on_months_and_eta(client, runtime):
     import json
 
-    from appliance.cli.main import _progress_line
+    from appliance.cli.progress import progress_line
     with runtime.conn() as c:
         rid = runs.claim(c, "backfill", runs.manual_slot())
         runs.start(c, rid)
@@ -66,7 +66,7 @@ def test_the_jobs_list_the_run_page_and_the_cli_agree_on_months_and_eta(client, 
     assert "14 of 24 months" in page
     assert json.dumps(FANNED, separators=(",", ":"))[:20] not in page, "raw JSON on the run page"
     assert "minute months done" in page  # a readable table of the progress
-    total, done, text = _progress_line(FANNED)
+    total, done, text = progress_line(FANNED)
     assert (done, total) == (16, 26) and "14/24 months" in text
 
 

@@ -116,6 +116,26 @@ def test_secrets_are_masked(tmp_path):
     assert "hunter2" not in repr(m)
 
 
+def test_the_flat_files_keys_are_masked_in_the_config_the_diff_and_messages(tmp_path):
+    from appliance.config.redaction import redact
+    key_file = tmp_path / "s3-secret"
+    key_file.write_text("s3-secret-value-0123\n")
+    text = ("symbols: [AAPL]\nprovider:\n  polygon:\n    flat_files:\n      enabled: true\n"
+            "      access_key_id: ${S3_ID}\n      secret_access_key: ${S3_SECRET}\n")
+    p = tmp_path / "a.yaml"
+    p.write_text(text)
+    old = load_config(p, env={"S3_ID": "AKIAOLDKEY01", "S3_SECRET_FILE": str(key_file)})
+    ff = old.masked()["provider"]["polygon"]["flat_files"]
+    assert ff["secret_access_key"] == "********" and ff["access_key_id"] == "********"
+    assert old["provider"]["polygon"]["flat_files"]["secret_access_key"] == \
+        "s3-secret-value-0123"
+    assert "s3-secret-value-0123" not in redact("S3 said: bad key s3-secret-value-0123")
+    new = load_config(p, env={"S3_ID": "AKIAOLDKEY01", "S3_SECRET": "s3-rotated-value-4567"})
+    changed = diff_configs(old, new)["changed"]
+    assert changed["provider.polygon.flat_files.secret_access_key"]["new"] == "********"
+    assert "s3-rotated-value-4567" not in repr(changed)
+
+
 def test_a_huge_file_is_refused_with_its_size(tmp_path):
     p = tmp_path / "a.yaml"
     p.write_text("symbols: [AAPL]\n" + "# padding\n" * 120_000)

