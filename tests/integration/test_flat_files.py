@@ -527,7 +527,7 @@ def test_a_worker_killed_mid_file_leaves_nothing_and_the_file_is_taken_over(flat
     with rt.conn() as conn:
         chunk_store.create_fanout(conn, run_id, "test", [(ingest.FILE_CHUNK, "1m", DAY, DAY,
                                                           False)])
-    code = (f"from appliance.runtime.runtime import Runtime\nfrom appliance import chunks\n"
+    code = (f"from appliance.runtime.runtime import Runtime\nfrom appliance.ingest import chunks\n"
             f"rt = Runtime.from_path({str(rt.config.path)!r}); rt.open()\n"
             f"chunks.work(rt, rt.config, {run_id})\n")
     victim = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd(),
