@@ -122,17 +122,16 @@ def write(conn, cfg, bars: MinuteBars) -> Counter:
     sessions = bars.session
     minute = bars.minute
     cut = np.nonzero(np.diff(sessions.astype(np.int64)))[0] + 1
-    rows = []
     days = []
+    staged = []
     for idx in np.split(np.arange(len(bars)), cut):
         day = sessions[idx[0]].astype(dt.date)
         days.append(day)
-        bad = np.nonzero(~ok[idx])[0].tolist()
-        fields = mstore.encode_day(minute[idx], bars.open[idx], bars.high[idx], bars.low[idx],
-                                   bars.close[idx], bars.volume[idx], bars.vwap[idx],
-                                   bars.trades[idx], bad)
-        rows.append([bars.symbol, day.isoformat(), *fields, bars.source])
-    mstore.write_days(conn, rows)
+        staged.append(mstore.MinuteSession(
+            bars.symbol, day, minute[idx], bars.open[idx], bars.high[idx], bars.low[idx],
+            bars.close[idx], bars.volume[idx], bars.vwap[idx], bars.trades[idx],
+            np.nonzero(~ok[idx])[0].tolist(), bars.source))
+    mstore.write_days(conn, staged)
     mstore.refresh_rollups(conn, bars.symbol, days)
     out["sessions"] += len(days)
     out["bars"] += len(bars)

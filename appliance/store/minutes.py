@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from ..timeframes import ROLLUPS
@@ -61,33 +63,63 @@ def encode_day(minute: np.ndarray, o, h, lo, c, v, vw, n, invalid: Sequence[int]
     return [mins, str(k), *(_ints(a, p) for a in (o, h, lo, c, v, vw)), r"\N", trades, bad]
 
 
+#: The staged columns, in COPY order; ``stage_row`` builds a row by these names.
 _STAGE = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
           "vwap", "raw", "trades", "invalid", "source")
+_ENCODED = _STAGE[2:-1]  # what ``encode_day`` returns, in its order
 
 
-def write_days(conn, rows: Iterable[list[str]]) -> int:
-    """Upsert whole sessions (each row: the ``_STAGE`` fields as COPY text);
-    a stored session is replaced by the new one. Returns sessions written."""
+@dataclass(frozen=True)
+class MinuteSession:
+    """One symbol-session of minute bars, as ``write_days`` stores it.
+
+    ``minute``: minute of the exchange day each bar starts; the price arrays
+    are float (NaN: none); ``trades`` is -1 where the vendor sent none;
+    ``invalid``: 0-based positions of the bars failing validation."""
+    symbol: str
+    session: dt.date
+    minute: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    vwap: np.ndarray
+    trades: np.ndarray
+    invalid: Sequence[int]
+    source: str
+
+
+def stage_row(s: MinuteSession) -> list[str]:
+    """The COPY text fields of one session, in ``_STAGE`` order."""
+    encoded = encode_day(s.minute, s.open, s.high, s.low, s.close, s.volume, s.vwap,
+                         s.trades, s.invalid)
+    fields = {"symbol": s.symbol, "session": s.session.isoformat(), "source": s.source,
+              **dict(zip(_ENCODED, encoded, strict=True))}
+    return [fields[c] for c in _STAGE]
+
+
+def write_days(conn, sessions: Iterable[MinuteSession]) -> int:
+    """Upsert whole sessions; a stored session is replaced by the new one.
+    Returns sessions written."""
     # the stage compresses like minute_bars: INSERT ... SELECT moves the
     # compressed values as they are
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS minute_stage
                     (LIKE minute_bars INCLUDING DEFAULTS INCLUDING COMPRESSION)
                     ON COMMIT DELETE ROWS""")
     conn.execute("TRUNCATE minute_stage")
-    cols = ", ".join(_STAGE)
+    cols = sql.SQL(", ").join(map(sql.Identifier, _STAGE))
+    updates = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                                 for c in _STAGE[2:])
     with conn.cursor() as cur:
-        with cur.copy(f"COPY minute_stage ({cols}) FROM STDIN") as cp:
-            for r in rows:
-                cp.write(("\t".join(r) + "\n").encode())
-        cur.execute(f"""INSERT INTO minute_bars ({cols})
-                        SELECT {cols} FROM minute_stage
-                        ON CONFLICT (symbol, session) DO UPDATE SET
-                          minutes = EXCLUDED.minutes, scale = EXCLUDED.scale,
-                          open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
-                          close = EXCLUDED.close, volume = EXCLUDED.volume,
-                          vwap = EXCLUDED.vwap, raw = EXCLUDED.raw, trades = EXCLUDED.trades,
-                          invalid = EXCLUDED.invalid, source = EXCLUDED.source,
-                          ingested_at = now()""")
+        with cur.copy(sql.SQL("COPY minute_stage ({}) FROM STDIN").format(cols)) as cp:
+            for s in sessions:
+                cp.write(("\t".join(stage_row(s)) + "\n").encode())
+        cur.execute(sql.SQL("""INSERT INTO minute_bars ({cols})
+                               SELECT {cols} FROM minute_stage
+                               ON CONFLICT (symbol, session) DO UPDATE SET
+                                 {updates}, ingested_at = now()""").format(
+            cols=cols, updates=updates))
         return cur.rowcount
 
 
@@ -121,17 +153,18 @@ def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
         return 0
     base, *wider = ROLLUPS.items()
     assert all(w % base[1] == 0 for _, w in wider), "every rollup must be a multiple of the first"
-    widths = ", ".join(f"('{tf}', {w})" for tf, w in wider)
+    widths = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(tf), sql.Literal(w))
+                                for tf, w in wider)
     params = {"symbol": symbol, "sessions": list(sessions)}
     conn.execute("""DELETE FROM rollup_bars WHERE symbol = %(symbol)s
                     AND session = ANY(%(sessions)s::date[])""", params)
-    cur = conn.execute(f"""
+    cur = conn.execute(sql.SQL("""
         WITH m AS (
-          SELECT b.session, u.m, {_decoded()}
-          FROM minute_bars b {_UNNEST}
+          SELECT b.session, u.m, {decoded}
+          FROM minute_bars b {unnest}
           WHERE b.symbol = %(symbol)s AND b.session = ANY(%(sessions)s::date[])),
         f AS (
-          SELECT m.session, (m.m / {base[1]}) * {base[1]} AS start,
+          SELECT m.session, (m.m / {width}) * {width} AS start,
                  (min(ARRAY[m.m::float8, m.open]))[2] AS open, max(m.high) AS high,
                  min(m.low) AS low, (max(ARRAY[m.m::float8, m.close]))[2] AS close,
                  sum(m.volume) AS volume,
@@ -139,9 +172,9 @@ def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
                  sum(m.volume) FILTER (WHERE m.vwap IS NOT NULL) AS vv,
                  sum(m.trades) AS trades
           FROM m WHERE m.validated
-          GROUP BY m.session, (m.m / {base[1]}) * {base[1]}),
+          GROUP BY m.session, (m.m / {width}) * {width}),
         k AS (
-          SELECT '{base[0]}' AS name, * FROM f
+          SELECT {name}::text AS name, * FROM f
           UNION ALL
           SELECT tf.name, f.session, (f.start / tf.width) * tf.width,
                  (min(ARRAY[f.start::float8, f.open]))[2], max(f.high), min(f.low),
@@ -156,7 +189,9 @@ def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
                array_agg(low ORDER BY start), array_agg(close ORDER BY start),
                array_agg(volume ORDER BY start), array_agg(pv / nullif(vv, 0) ORDER BY start),
                array_agg(trades ORDER BY start)
-        FROM k GROUP BY name, session""", params)
+        FROM k GROUP BY name, session""").format(
+        decoded=sql.SQL(_decoded()), unnest=sql.SQL(_UNNEST), width=sql.Literal(base[1]),
+        name=sql.Literal(base[0]), widths=widths), params)
     return cur.rowcount
 
 
@@ -184,7 +219,10 @@ _FIRST_SESSION = """greatest(%(start)s::date, coalesce(
 def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
     """Bars of one symbol (session, minute, ts, prices, trades, validated),
     parameters symbol, start, end (sessions), after (timestamptz or NULL)."""
+    if timeframe != "1m" and timeframe not in ROLLUPS:
+        raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
     factor = _FACTOR if adjusted else "CROSS JOIN (SELECT 1.0::float8 AS k) f"
+    tf = sql.Literal(timeframe).as_string(None)  # quoted by psycopg, not by hand
     if timeframe == "1m":
         inner = f"""SELECT b.session, u.m, f.k, {_decoded()}
                     FROM minute_bars b {factor} {_UNNEST}
@@ -198,7 +236,7 @@ def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
                     CROSS JOIN LATERAL unnest(b.starts, b.open, b.high, b.low, b.close,
                                               b.volume, b.vwap, b.trades)
                          u(m, o, h, lo, c, v, vw, n)
-                    WHERE b.symbol = %(symbol)s AND b.timeframe = '{timeframe}'
+                    WHERE b.symbol = %(symbol)s AND b.timeframe = {tf}
                       AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s"""
     valid = "" if include_invalid else "WHERE q.validated"
     with_ = f"WITH RECURSIVE {_SPLIT_CTE}" if adjusted else ""
