@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, fields
 
 
@@ -35,6 +36,7 @@ class _Gate:
     def __init__(self):
         self.stuck = 0
         self.lock = threading.Lock()
+        self.counted: weakref.WeakSet[cf.Future] = weakref.WeakSet()
 
     def open(self) -> bool:
         with self.lock:
@@ -42,9 +44,9 @@ class _Gate:
 
     def mark_stuck(self, fut: cf.Future) -> None:
         with self.lock:
-            if fut.done() or getattr(fut, "_counted", False):
+            if fut.done() or fut in self.counted:
                 return
-            fut._counted = True
+            self.counted.add(fut)
             self.stuck += 1
 
         def release(_f):
@@ -53,6 +55,8 @@ class _Gate:
         fut.add_done_callback(release)
 
 
+#: the gate of each probe running in a helper thread (kept here, not on the future)
+_gates: "weakref.WeakKeyDictionary[cf.Future, _Gate]" = weakref.WeakKeyDictionary()
 _inflight = _Gate()        # DB probes
 _inflight_redis = _Gate()  # Redis probes
 
@@ -65,7 +69,7 @@ def _submit(fn, gate: _Gate) -> cf.Future:
         fut.set_exception(TimeoutError("earlier probes are still hanging"))
         return fut
     fut = _executor.submit(fn)
-    fut._gate = gate
+    _gates[fut] = gate
     return fut
 
 
@@ -74,7 +78,7 @@ def _wait(fut: cf.Future, timeout: float):
     try:
         return fut.result(timeout=max(0.0, timeout))
     except (TimeoutError, cf.TimeoutError):
-        gate = getattr(fut, "_gate", None)
+        gate = _gates.get(fut)
         if gate is not None:
             gate.mark_stuck(fut)
         raise
