@@ -75,7 +75,7 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
         if sym in demo:
             plans.append(SymbolPlan(sym, since, end, full=True))
             continue
-        last = store.last_stored_session(conn, sym)
+        last = store.last_stored_session(conn, sym, tz=tcal.exchange_tz(cfg["calendar"]))
         first, asked_from = store.history_coverage(conn, sym)
         if last is None:
             plans.append(SymbolPlan(sym, since, end, full=True))
@@ -233,7 +233,7 @@ def _fetch_grouped(provider, plan: Plan, report, stats) -> dict[str, list[Bars]]
 
 def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
                 windows=()) -> dict:
-    today = now.astimezone(ZoneInfo("America/New_York")).date()
+    today = now.astimezone(ZoneInfo(tcal.exchange_tz(cfg["calendar"]))).date()
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())
@@ -340,7 +340,8 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
         first = bars.session[0].astype(object)
         last = bars.session[-1].astype(object)
         cal_sessions = tcal.sessions(cal, first, last)
-        prev_close = store.last_close_before(conn, p.symbol, first)
+        prev_close = store.last_close_before(conn, p.symbol, first,
+                                             tz=tcal.exchange_tz(cfg["calendar"]))
         splits = store.splits_for(conn, p.symbol)
         checked = quality.validate(bars, cal_sessions, today, prev_close=prev_close, splits=splits,
                                    gap_threshold_pct=q["gap_threshold_pct"],
@@ -360,7 +361,8 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
-        res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
+        res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id,
+                               tz=tcal.exchange_tz(cfg["calendar"]))
         store.checkpoint(conn, p.symbol, last, run_id)
         out.update(res)
         out["rejected"] += int((~checked.valid).sum())
@@ -408,4 +410,5 @@ def refresh_stats(conn, cfg, symbol: str) -> dict | None:
     cal = cfg["calendar"]
     return store.refresh_symbol_stats(
         conn, symbol, cal_sessions_fn=lambda a, b: tcal.sessions(cal, a, b),
-        score_fn=quality.symbol_score, expected_from=expected_from(conn, cfg, symbol))
+        score_fn=quality.symbol_score, expected_from=expected_from(conn, cfg, symbol),
+        tz=tcal.exchange_tz(cal))

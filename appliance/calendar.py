@@ -30,6 +30,7 @@ _cache: dict[str, "_Cal"] = {}
 @dataclass(frozen=True)
 class _Cal:
     name: str
+    tz: str  # the exchange's IANA time zone, e.g. America/New_York
     sessions: np.ndarray  # datetime64[D], ascending
     closes_ns: np.ndarray  # int64 UTC nanoseconds of each session's close
 
@@ -60,9 +61,16 @@ def _cal(name: str) -> _Cal:
             sessions = xc.sessions.values.astype("datetime64[D]")
             closes = xc.closes.dt.tz_convert(None).to_numpy()  # UTC, naive
             closes_ns = closes.astype("datetime64[ns]").astype(np.int64)
-            c = _Cal(name, sessions, closes_ns)
+            c = _Cal(name, str(xc.tz), sessions, closes_ns)
             _cache[name] = c
     return c
+
+
+def exchange_tz(cal_name: str) -> str:
+    """The exchange's time zone (IANA name) as ``exchange_calendars`` gives it:
+    the one home of the zone that sessions, bar times and the SQL's
+    ``AT TIME ZONE`` use (passed to SQL as a parameter)."""
+    return _cal(cal_name).tz
 
 
 def all_sessions(cal_name: str) -> np.ndarray:
@@ -207,7 +215,7 @@ def regular_close_minutes(cal_name: str, days) -> np.ndarray:
     i = np.clip(np.searchsorted(c.sessions, d), 0, len(c.sessions) - 1)
     hit = c.sessions[i] == d
     close_s = c.closes_ns[i] // 1_000_000_000
-    inst, offs = _transitions("America/New_York")
+    inst, offs = _transitions(c.tz)
     local = close_s + offs[np.clip(np.searchsorted(inst, close_s, side="right") - 1, 0,
                                    len(offs) - 1)]
     minute = (local % 86400) // 60

@@ -29,6 +29,7 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
+from . import calendar as tcal
 from . import intraday, store
 from .errors import ProviderError
 from .providers import make_provider
@@ -172,7 +173,7 @@ def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
         else:
             p = SymbolPlan(chunk["symbol"], chunk["start_date"], chunk["end_date"],
                            full=chunk["full_history"])
-            today = dt.datetime.now(ZoneInfo("America/New_York")).date()
+            today = dt.datetime.now(ZoneInfo(tcal.exchange_tz(cfg["calendar"]))).date()
             res = backfill_symbol(rt, cfg, provider, p, run_id=chunk["run_id"], today=today)
         result = {k: int(v) for k, v in res.items()}
     except ProviderAuthError as e:

@@ -367,6 +367,7 @@ def export_cmd(ctx, timeframe, start, end, out):
     """Write the bars of the months of START..END as a Hive-partitioned Parquet
     dataset in OUT (timeframe=/year=/month=), only the months that changed."""
     from . import export as export_mod
+    from .calendar import exchange_tz
     rt = _runtime(ctx, migrate=True)
     from .timeframes import base_of
     start = start or rt.config.history_start(base_of(timeframe))
@@ -378,7 +379,8 @@ def export_cmd(ctx, timeframe, start, end, out):
         click.echo(f"wrote {key}/{export_mod.FILE}: {entry['rows']} bars, "
                    f"{len(entry['symbols'])} symbols, {entry['bytes']} bytes")
     try:
-        res = export_mod.export(rt.read_conn, timeframe, start, end, Path(out), progress)
+        res = export_mod.export(rt.read_conn, timeframe, start, end, Path(out), progress,
+                                tz=exchange_tz(rt.config["calendar"]))
     except ValueError as e:
         _fail(str(e))
     click.echo(f"export {timeframe} {start}..{end} to {out}: {len(res['written'])} file(s) "

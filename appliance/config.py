@@ -534,11 +534,14 @@ _PATTERN_HINTS = {
     "^[0-9]{4}-[0-9]{2}-[0-9]{2}$": "is not a date (expected YYYY-MM-DD)",
     "^[^:]+:[0-9]{1,5}$": "is not HOST:PORT (e.g. 127.0.0.1:8000)",
     "^https?://": "is not an http(s):// URL",
-    "^[A-Z0-9]{3,5}$": "is not an exchange calendar code (e.g. XNYS)",
 }
 
 
 def _friendly(e) -> str:
+    if e.validator == "enum" and tuple(e.path) == ("calendar",):
+        return (f"{e.instance!r} is not a supported exchange calendar (supported: "
+                f"{', '.join(e.validator_value)}; the session hours and the exchange time "
+                f"zone are those of New York)")
     if e.validator == "pattern" and e.validator_value in _PATTERN_HINTS:
         return f"{e.instance!r} {_PATTERN_HINTS[e.validator_value]}"
     return e.message

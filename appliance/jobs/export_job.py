@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from .. import calendar as tcal
 from .. import export
 from ..timeframes import base_of
 
@@ -22,7 +23,7 @@ def run(rt, run_id, report, timeframes=None) -> dict:
     written = 0
     for tf in timeframes or cfg["export"]["timeframes"]:
         res = export.export(rt.read_conn, tf, cfg.history_start(base_of(tf)), today,
-                            Path(out))
+                            Path(out), tz=tcal.exchange_tz(cfg["calendar"]))
         result["timeframes"][tf] = {"written": len(res["written"]), "rows": res["rows"],
                                     "unchanged": res["unchanged"],
                                     "removed": len(res["removed"])}

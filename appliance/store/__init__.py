@@ -30,7 +30,6 @@ from . import (
     spotcheck,
 )
 from .writes import (
-    NY,
     TIMEFRAME,
     copy_text,
     ensure_partitions_for,
@@ -142,7 +141,6 @@ __all__ = [
     "record_restore_test",
     "restore_test_from_manifest",
     "upsert_backup",
-    "NY",
     "TIMEFRAME",
     "copy_text",
     "ensure_partitions_for",

@@ -213,12 +213,13 @@ _FACTOR = """CROSS JOIN LATERAL (SELECT coalesce(
 # the cursor's time if later (a bar's time falls on its session's date), so a
 # late cursor reads its sessions only, not every one from ``start`` on.
 _FIRST_SESSION = """greatest(%(start)s::date, coalesce(
-      (%(after)s::timestamptz AT TIME ZONE 'America/New_York')::date, %(start)s::date))"""
+      (%(after)s::timestamptz AT TIME ZONE %(tz)s)::date, %(start)s::date))"""
 
 
 def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
     """Bars of one symbol (session, minute, ts, prices, trades, validated),
-    parameters symbol, start, end (sessions), after (timestamptz or NULL)."""
+    parameters symbol, start, end (sessions), after (timestamptz or NULL),
+    tz (the exchange time zone, ``calendar.exchange_tz``)."""
     if timeframe != "1m" and timeframe not in ROLLUPS:
         raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
     factor = _FACTOR if adjusted else "CROSS JOIN (SELECT 1.0::float8 AS k) f"
@@ -244,7 +245,7 @@ def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
         SELECT * FROM (
           SELECT q.session, q.m,
                  ((q.session + make_interval(mins => q.m::int))::timestamp
-                   AT TIME ZONE 'America/New_York') AS ts,
+                   AT TIME ZONE %(tz)s) AS ts,
                  q.open * q.k AS open, q.high * q.k AS high, q.low * q.k AS low,
                  q.close * q.k AS close, q.volume / q.k AS volume, q.vwap * q.k AS vwap,
                  q.trades, q.validated
@@ -297,7 +298,7 @@ def stored_minute_sessions(conn, symbol: str) -> np.ndarray:
 
 
 def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
-                         inconsistent: int = 0) -> dict | None:
+                         inconsistent: int = 0, *, tz: str) -> dict | None:
     """Recompute ``minute_stats`` and the 1m missing sessions of ``symbol``;
     ``expected``: the calendar sessions its minute history should cover."""
     row = conn.execute(
@@ -327,10 +328,10 @@ def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
                                      inconsistent_sessions, source)
            SELECT %(s)s,
                   (SELECT (session + make_interval(mins => minutes[1]))::timestamp
-                          AT TIME ZONE 'America/New_York'
+                          AT TIME ZONE %(tz)s
                    FROM minute_bars WHERE symbol = %(s)s AND session = %(first)s),
                   (SELECT (session + make_interval(mins => minutes[cardinality(minutes)]))
-                          ::timestamp AT TIME ZONE 'America/New_York'
+                          ::timestamp AT TIME ZONE %(tz)s
                    FROM minute_bars WHERE symbol = %(s)s AND session = %(last)s),
                   %(n)s, %(bars)s, %(inv)s, %(miss)s, %(exp)s, %(comp)s, %(incons)s, %(src)s
            ON CONFLICT (symbol) DO UPDATE SET
@@ -343,7 +344,7 @@ def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
              source = EXCLUDED.source, last_update = now()""",
         {"s": symbol, "first": first, "last": last, "n": n_sessions, "bars": n_bars,
          "inv": n_invalid, "miss": len(missing), "exp": n_exp, "comp": completeness,
-         "incons": inconsistent, "src": source})
+         "incons": inconsistent, "src": source, "tz": tz})
     return {"symbol": symbol, "sessions": n_sessions, "bars": int(n_bars),
             "invalid": int(n_invalid), "missing": len(missing), "completeness": completeness}
 
@@ -416,12 +417,13 @@ def sample_days(conn, n: int, seed: float | None = None) -> list[tuple[str, dt.d
         "SELECT symbol, session FROM minute_bars ORDER BY random() LIMIT %s", (n,)).fetchall()]
 
 
-def day_bars(conn, symbol: str, timeframe: str, session: dt.date) -> dict[int, dict]:
+def day_bars(conn, symbol: str, timeframe: str, session: dt.date, *,
+             tz: str) -> dict[int, dict]:
     """{start in Unix ms: bar} of one symbol-session, raw prices, valid bars."""
     rows = conn.execute(intraday_sql(timeframe, adjusted=False, include_invalid=False,
                                      fmt="json"),
                         {"symbol": symbol, "start": session, "end": session, "after": None,
-                         "limit": None}).fetchall()
+                         "limit": None, "tz": tz}).fetchall()
     return {int(t): json.loads(text) for t, text in rows}
 
 
@@ -448,14 +450,14 @@ def session_page(conn, symbol: str, end: dt.date | None,
 
 
 def chart_bars(conn, symbol: str, timeframe: str, start: dt.date, end: dt.date, *,
-               adjusted: bool) -> list[tuple]:
+               adjusted: bool, tz: str) -> list[tuple]:
     """(session, minute of the New York day, open, high, low, close, validated)
     of every ``timeframe`` bar in the sessions ``start``..``end``, oldest
     first; invalid 1m bars included."""
     sql = f"""SELECT z.session, z.m, z.open, z.high, z.low, z.close, z.validated
               FROM ({_source(timeframe, adjusted, True)}) z ORDER BY z.ts"""
     return conn.execute(sql, {"symbol": symbol, "start": start, "end": end, "after": None,
-                              "limit": None}).fetchall()
+                              "limit": None, "tz": tz}).fetchall()
 
 
 def missing_sessions_in(conn, symbol: str, timeframe: str, start: dt.date | None,

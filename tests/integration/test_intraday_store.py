@@ -61,7 +61,7 @@ def test_minute_bars_round_trip_to_the_last_digit(runtime, odd):
         rows = conn.execute(mstore.intraday_sql("1m", adjusted=False, include_invalid=True,
                                                 fmt="json"),
                             {"symbol": SYM, "start": dt.date(2024, 11, 1),
-                             "end": dt.date(2024, 11, 30), "after": None,
+                             "end": dt.date(2024, 11, 30), "after": None, "tz": "America/New_York",
                              "limit": None}).fetchall()
         scale = conn.execute("SELECT array_agg(scale) FROM minute_bars").fetchone()[0]
     assert (scale == [None] * 3) if odd else all(s is not None for s in scale)
@@ -95,7 +95,7 @@ def test_rollups_match_numpy_aggregates_and_regular_session_drops_the_rest(runti
             rows = conn.execute(mstore.intraday_sql(tf, adjusted=False, include_invalid=False,
                                                     fmt="json"),
                                 {"symbol": SYM, "start": dt.date(2024, 11, 1),
-                                 "end": dt.date(2024, 11, 30), "after": None,
+                                 "end": dt.date(2024, 11, 30), "after": None, "tz": "America/New_York",
                                  "limit": None}).fetchall()
             got = [json.loads(r[1]) for r in rows]
             key = b.session.astype(np.int64) * 10_000 + (b.minute // width) * width
@@ -182,7 +182,7 @@ def test_an_intraday_cursor_narrows_the_sessions_read(runtime):
     every session from start on."""
     _store(runtime, _bars())
     sql = mstore.intraday_sql("1m", adjusted=True, include_invalid=False, fmt="json")
-    base = {"symbol": SYM, "tf": "1d", "start": dt.date(2024, 11, 1),
+    base = {"symbol": SYM, "tf": "1d", "tz": "America/New_York", "start": dt.date(2024, 11, 1),
             "end": dt.date(2024, 11, 30), "limit": 2}
     assert _minute_rows_scanned(runtime, sql, {**base, "after": None}) == 3
     late = dt.datetime(2024, 11, 29, 15, 0, tzinfo=dt.timezone.utc)  # 10:00 New York
@@ -243,3 +243,22 @@ def test_an_unknown_intraday_timeframe_is_refused_before_any_sql():
     with pytest.raises(ValueError, match="'1d; DROP TABLE x' is no intraday timeframe"):
         mstore.intraday_sql("1d; DROP TABLE x", adjusted=False, include_invalid=False,
                             fmt="json")
+
+
+def test_the_exchange_time_zone_reaches_the_sql_as_a_parameter(runtime):
+    """The same stored bar falls on the session its time zone says: the zone
+    given is the one the SQL uses (none is written into it)."""
+    from appliance import store
+    with runtime.conn() as conn:
+        store.ensure_partitions_for(conn, dt.date(2024, 3, 1), dt.date(2024, 3, 31))
+        conn.execute("""INSERT INTO market_data (symbol, timeframe, ts, close, source,
+                                                 validated, quality_score)
+                        VALUES ('TZT', '1d', '2024-03-04 00:00 America/New_York', 1.0,
+                                'test', true, 1.0)""")  # 05:00 UTC
+        dates = {tz: store.stored_sessions(conn, "TZT", tz=tz).astype(str).tolist()
+                 for tz in ("America/New_York", "Asia/Tokyo", "Pacific/Honolulu")}
+        hlv = store.daily_hlv(conn, "TZT", dt.date(2024, 3, 3), dt.date(2024, 3, 3),
+                              tz="Pacific/Honolulu")
+    assert dates == {"America/New_York": ["2024-03-04"], "Asia/Tokyo": ["2024-03-04"],
+                     "Pacific/Honolulu": ["2024-03-03"]}
+    assert list(hlv) == [dt.date(2024, 3, 3)]
