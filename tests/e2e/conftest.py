@@ -61,7 +61,7 @@ def config_path(config_factory):
 def backfilled(runtime):
     from appliance.jobs import backfill, runs
     res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run, params={})
-    assert res["status"] in ("ok", "partial"), res
+    assert res["status"] == "ok", res  # the demo provider is deterministic: nothing fails
     return runtime
 
 
