@@ -20,6 +20,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 CALENDAR_START = dt.date(1990, 1, 1)
+#: The zone the US vendors (Polygon, Yahoo) date their bars in, and the one
+#: ``MinuteBars`` counts minutes of the day in: the exchange time zone of XNYS,
+#: the one calendar the config accepts (tests/unit/test_exchange_tz.py holds
+#: them equal). SQL never uses it: it gets ``exchange_tz`` as a parameter.
+US_VENDOR_TZ = "America/New_York"
 #: Years of sessions built past today.
 YEARS_AHEAD = 2
 
@@ -177,7 +182,7 @@ def _transitions(tz_name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(instants, dtype=np.int64), np.array(offsets, dtype=np.int64)
 
 
-def local_dates(epoch_seconds, tz_name: str = "America/New_York") -> np.ndarray:
+def local_dates(epoch_seconds, tz_name: str = US_VENDOR_TZ) -> np.ndarray:
     """Local calendar dates (``datetime64[D]``) of Unix times in seconds."""
     t = np.asarray(epoch_seconds, dtype=np.int64)
     inst, offs = _transitions(tz_name)
@@ -186,14 +191,14 @@ def local_dates(epoch_seconds, tz_name: str = "America/New_York") -> np.ndarray:
     return ((t + offs[idx]) // 86400).astype("datetime64[D]")
 
 
-def local_midnight_epoch(date, tz_name: str = "America/New_York") -> int:
+def local_midnight_epoch(date, tz_name: str = US_VENDOR_TZ) -> int:
     """Unix seconds of 00:00 local time on ``date``."""
     d = _to_date64(date).astype(dt.date)
     return int(dt.datetime(d.year, d.month, d.day, tzinfo=ZoneInfo(tz_name)).timestamp())
 
 
 def local_time_epochs(dates, seconds_of_day: int = 0,
-                      tz_name: str = "America/New_York") -> np.ndarray:
+                      tz_name: str = US_VENDOR_TZ) -> np.ndarray:
     """Unix seconds (int64) of the local wall time ``seconds_of_day`` after
     midnight on each date (e.g. ``9*3600 + 1800`` for 09:30 New York)."""
     days = np.asarray(dates).astype("datetime64[D]").astype(np.int64)

@@ -157,8 +157,8 @@ class MinuteBars:
 
     @property
     def session(self) -> np.ndarray:
-        from .calendar import local_dates
-        return local_dates(self.t, "America/New_York")
+        from .calendar import US_VENDOR_TZ, local_dates
+        return local_dates(self.t, US_VENDOR_TZ)
 
     @property
     def minute(self) -> np.ndarray:

@@ -18,12 +18,12 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..calendar import local_dates, local_midnight_epoch
+from ..calendar import US_VENDOR_TZ, local_dates, local_midnight_epoch
 from ..candles import Bars, Split
 from ..errors import ProviderDataError, ProviderError
 from .http import HttpClient, client_for
 
-NY = "America/New_York"
+NY = US_VENDOR_TZ
 
 
 @dataclass
