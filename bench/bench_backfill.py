@@ -118,7 +118,8 @@ def bench_write_path(truth, syms) -> dict:
         b = truth.bars[s]
         cal = tcal.sessions("XNYS", b.session[0].astype(dt.date), b.session[-1].astype(dt.date))
         chk = quality.validate(b, cal, today)
-        payloads.append((store.copy_text(b, chk, issues_of=quality.issues_of, direct=True),
+        payloads.append((store.copy_text(b, chk, issues_of=quality.issues_of, direct=True,
+                                           tz="America/New_York"),
                          b.session[0].astype(dt.date), b.session[-1].astype(dt.date), b, chk))
     n = sum(len(p[3]) for p in payloads)
     ny = dt.timezone(dt.timedelta(hours=-5))
@@ -145,7 +146,8 @@ def bench_write_path(truth, syms) -> dict:
                 conn.commit()
                 t0 = time.perf_counter()
                 for _, first, last, b, chk in payloads:  # noqa: B007
-                    store.write_bars(conn, b, chk, issues_of=quality.issues_of)
+                    store.write_bars(conn, b, chk, issues_of=quality.issues_of,
+                                     tz="America/New_York")
                     conn.commit()
                 results["store"].append(time.perf_counter() - t0)
                 conn.execute("TRUNCATE market_data")

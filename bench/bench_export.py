@@ -123,6 +123,7 @@ def bench_bulk(client, url: str, syms: list[str], tmp: Path) -> dict:
     with psycopg.connect(url, autocommit=True) as conn:
         for s in syms:
             params = {"symbol": s, "start": YEAR_START, "end": YEAR_END, "after": None,
+                      "tz": "America/New_York",
                       "limit": None}
             for block in cstore.copy_out(conn, sql, params):
                 n_bytes += len(block)
@@ -137,10 +138,10 @@ def bench_bulk(client, url: str, syms: list[str], tmp: Path) -> dict:
 def bench_export(rt, url: str, tmp: Path, n_bars: int) -> dict:
     out = tmp / "dataset"
     t = time.perf_counter()
-    res = export.export(rt.read_conn, "1m", YEAR_START, YEAR_END, out)
+    res = export.export(rt.read_conn, "1m", YEAR_START, YEAR_END, out, tz="America/New_York")
     el = time.perf_counter() - t
     t = time.perf_counter()
-    again = export.export(rt.read_conn, "1m", YEAR_START, YEAR_END, out)
+    again = export.export(rt.read_conn, "1m", YEAR_START, YEAR_END, out, tz="America/New_York")
     again_s = time.perf_counter() - t
     on_disk = sum(p.stat().st_size for p in out.rglob("*.parquet"))
     with psycopg.connect(url) as conn:

@@ -306,7 +306,8 @@ def load_daily(url: str, truth, syms: list[str]) -> int:
             cal = tcal.sessions("XNYS", b.session[0].astype(dt.date),
                                 b.session[-1].astype(dt.date))
             chk = quality.validate(b, cal, today)
-            store.write_bars(conn, b, chk, issues_of=quality.issues_of)
+            store.write_bars(conn, b, chk, issues_of=quality.issues_of,
+                               tz="America/New_York")
             m = YEAR_START.replace(day=1)
             while m <= YEAR_END:  # every month of the year is stored
                 nxt = (m + dt.timedelta(days=32)).replace(day=1)
@@ -383,7 +384,8 @@ def bench_reads(rt, url: str, syms: list[str], days: list[dt.date], n: int) -> d
             for k, q, p in (("1m one symbol-day", q1m, {"start": d, "end": d}),
                             ("1h one year", q1h, {"start": YEAR_START, "end": YEAR_END})):
                 t0 = time.perf_counter()
-                conn.execute(q, {"symbol": s, "after": None, "limit": 100_001, **p}).fetchall()
+                conn.execute(q, {"symbol": s, "after": None, "tz": "America/New_York",
+                                 "limit": 100_001, **p}).fetchall()
                 sql_t[k].append((time.perf_counter() - t0) * 1000)
 
     def pct(xs, q):

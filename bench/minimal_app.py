@@ -43,7 +43,8 @@ def app(environ, start_response):
     q = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
     start, end = dt.date.fromisoformat(q["start"]), dt.date.fromisoformat(q["end"])
     fmt = q.get("format", "json")
-    params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end, "limit": None}
+    params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end, "limit": None,
+              "tz": "America/New_York"}
     sql = (store.historical_csv_sql if fmt == "csv" else store.historical_json_sql)(False, False)
     with _get_pool().connection() as conn:
         rows = [r[0] for r in conn.execute(sql, params).fetchall()]

@@ -22,7 +22,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE_DB = f"appliance_test_template_{os.getpid()}"  # concurrent runs must not share it
+#: the pytest-xdist worker ("gw0", "gw1", ...; "main" without xdist) and how many there are
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+# one migrated template per process (an xdist worker, or a concurrent run): never shared
+TEMPLATE_DB = f"appliance_test_template_{XDIST_WORKER}_{os.getpid()}"
 
 
 def _replace_db(url: str, dbname: str) -> str:
@@ -107,7 +111,20 @@ def database_url(pg_server_url, template_db):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-_redis_dbs = itertools.cycle(range(1, 16))
+
+
+def redis_dbs(worker: str = XDIST_WORKER, workers: int = XDIST_WORKERS) -> range:
+    """The Redis database numbers this process may use: 1..15 (0 is left
+    alone) shared out between the xdist workers, so that two workers on one
+    server never flush each other's database."""
+    if workers > 15:
+        raise pytest.UsageError(f"{workers} xdist workers, but Redis has 15 test databases")
+    i = int(worker[2:]) if worker.startswith("gw") else 0
+    per = 15 // workers
+    return range(1 + i * per, 1 + (i + 1) * per)
+
+
+_redis_dbs = itertools.cycle(redis_dbs())
 
 
 @pytest.fixture

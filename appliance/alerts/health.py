@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, fields
 
 import psycopg
@@ -45,6 +46,7 @@ class _Gate:
     def __init__(self):
         self.stuck = 0
         self.lock = threading.Lock()
+        self.counted: weakref.WeakSet[cf.Future] = weakref.WeakSet()
 
     def open(self) -> bool:
         with self.lock:
@@ -52,9 +54,9 @@ class _Gate:
 
     def mark_stuck(self, fut: cf.Future) -> None:
         with self.lock:
-            if fut.done() or getattr(fut, "_counted", False):
+            if fut.done() or fut in self.counted:
                 return
-            fut._counted = True  # noqa: SLF001
+            self.counted.add(fut)
             self.stuck += 1
 
         def release(_f):
@@ -63,6 +65,8 @@ class _Gate:
         fut.add_done_callback(release)
 
 
+#: the gate of each probe running in a helper thread (kept here, not on the future)
+_gates: weakref.WeakKeyDictionary[cf.Future, _Gate] = weakref.WeakKeyDictionary()
 _inflight = _Gate()        # DB probes
 _inflight_redis = _Gate()  # Redis probes
 
@@ -75,7 +79,7 @@ def _submit(fn, gate: _Gate) -> cf.Future:
         fut.set_exception(TimeoutError("earlier probes are still hanging"))
         return fut
     fut = _executor.submit(fn)
-    fut._gate = gate  # noqa: SLF001
+    _gates[fut] = gate
     return fut
 
 
@@ -84,7 +88,7 @@ def _wait(fut: cf.Future, timeout: float):
     try:
         return fut.result(timeout=max(0.0, timeout))
     except (TimeoutError, cf.TimeoutError):
-        gate = getattr(fut, "_gate", None)
+        gate = _gates.get(fut)
         if gate is not None:
             gate.mark_stuck(fut)
         raise

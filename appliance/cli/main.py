@@ -364,6 +364,7 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
 def export_cmd(ctx, timeframe, start, end, out):
     """Write the bars of the months of START..END as a Hive-partitioned Parquet
     dataset in OUT (timeframe=/year=/month=), only the months that changed."""
+    from appliance.core.calendar import exchange_tz
     from appliance.ops import export as export_mod
     rt = _runtime(ctx, migrate=True)
     from appliance.core.timeframes import base_of
@@ -376,7 +377,8 @@ def export_cmd(ctx, timeframe, start, end, out):
         click.echo(f"wrote {key}/{export_mod.FILE}: {entry['rows']} bars, "
                    f"{len(entry['symbols'])} symbols, {entry['bytes']} bytes")
     try:
-        res = export_mod.export(rt.read_conn, timeframe, start, end, Path(out), on_file)
+        res = export_mod.export(rt.read_conn, timeframe, start, end, Path(out), on_file,
+                                tz=exchange_tz(rt.config["calendar"]))
     except ValueError as e:
         _fail(str(e))
     click.echo(f"export {timeframe} {start}..{end} to {out}: {len(res['written'])} file(s) "

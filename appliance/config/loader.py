@@ -419,8 +419,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
     """Load and validate a config file.
 
     ``text`` may be given to validate content not (yet) at ``path``.
-    Raises ConfigError listing every problem.
-    """
+    Raises ConfigError listing every problem."""
     p = Path(path) if path is not None else default_config_path()
     env = appliance_env(p) if env is None else env
     shown = str(path if path is not None else p)
@@ -553,11 +552,13 @@ _PATTERN_HINTS = {
     "^[0-9]{4}-[0-9]{2}-[0-9]{2}$": "is not a date (expected YYYY-MM-DD)",
     "^[^:]+:[0-9]{1,5}$": "is not HOST:PORT (e.g. 127.0.0.1:8000)",
     "^https?://": "is not an http(s):// URL",
-    "^[A-Z0-9]{3,5}$": "is not an exchange calendar code (e.g. XNYS)",
 }
 
 
 def _friendly(e: Any) -> str:
+    if e.validator == "enum" and tuple(e.path) == ("calendar",):
+        return (f"{e.instance!r} is not a supported exchange calendar (supported: "
+                f"{', '.join(e.validator_value)}; session hours and time zone are New York's)")
     if e.validator == "pattern" and e.validator_value in _PATTERN_HINTS:
         return f"{e.instance!r} {_PATTERN_HINTS[e.validator_value]}"
     return e.message

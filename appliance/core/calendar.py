@@ -22,6 +22,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 CALENDAR_START = dt.date(1990, 1, 1)
+#: The zone the US vendors (Polygon, Yahoo) date their bars in, and the one
+#: ``MinuteBars`` counts minutes of the day in: the exchange time zone of XNYS,
+#: the one calendar the config accepts (tests/unit/test_exchange_tz.py holds
+#: them equal). SQL never uses it: it gets ``exchange_tz`` as a parameter.
+US_VENDOR_TZ = "America/New_York"
 #: Years of sessions built past today.
 YEARS_AHEAD = 2
 
@@ -32,6 +37,7 @@ _cache: dict[str, _Cal] = {}
 @dataclass(frozen=True)
 class _Cal:
     name: str
+    tz: str  # the exchange's IANA time zone, e.g. America/New_York
     sessions: np.ndarray  # datetime64[D], ascending
     closes_ns: np.ndarray  # int64 UTC nanoseconds of each session's close
 
@@ -62,9 +68,16 @@ def _cal(name: str) -> _Cal:
             sessions = xc.sessions.values.astype("datetime64[D]")
             closes = xc.closes.dt.tz_convert(None).to_numpy()  # UTC, naive
             closes_ns = closes.astype("datetime64[ns]").astype(np.int64)
-            c = _Cal(name, sessions, closes_ns)
+            c = _Cal(name, str(xc.tz), sessions, closes_ns)
             _cache[name] = c
     return c
+
+
+def exchange_tz(cal_name: str) -> str:
+    """The exchange's time zone (IANA name) as ``exchange_calendars`` gives it:
+    the one home of the zone that sessions, bar times and the SQL's
+    ``AT TIME ZONE`` use (passed to SQL as a parameter)."""
+    return _cal(cal_name).tz
 
 
 def all_sessions(cal_name: str) -> np.ndarray:
@@ -158,7 +171,7 @@ def _transitions(tz_name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(instants, dtype=np.int64), np.array(offsets, dtype=np.int64)
 
 
-def local_dates(epoch_seconds: ArrayLike, tz_name: str = "America/New_York") -> np.ndarray:
+def local_dates(epoch_seconds: ArrayLike, tz_name: str = US_VENDOR_TZ) -> np.ndarray:
     """Local calendar dates (``datetime64[D]``) of Unix times in seconds."""
     t = np.asarray(epoch_seconds, dtype=np.int64)
     inst, offs = _transitions(tz_name)
@@ -167,14 +180,14 @@ def local_dates(epoch_seconds: ArrayLike, tz_name: str = "America/New_York") -> 
     return ((t + offs[idx]) // 86400).astype("datetime64[D]")
 
 
-def local_midnight_epoch(date: Any, tz_name: str = "America/New_York") -> int:
+def local_midnight_epoch(date: Any, tz_name: str = US_VENDOR_TZ) -> int:
     """Unix seconds of 00:00 local time on ``date``."""
     d = _to_date64(date).astype(dt.date)
     return int(dt.datetime(d.year, d.month, d.day, tzinfo=ZoneInfo(tz_name)).timestamp())
 
 
 def local_time_epochs(dates: ArrayLike, seconds_of_day: int = 0,
-                      tz_name: str = "America/New_York") -> np.ndarray:
+                      tz_name: str = US_VENDOR_TZ) -> np.ndarray:
     """Unix seconds (int64) of the local wall time ``seconds_of_day`` after
     midnight on each date (e.g. ``9*3600 + 1800`` for 09:30 New York)."""
     days = np.asarray(dates).astype("datetime64[D]").astype(np.int64)
@@ -196,7 +209,7 @@ def regular_close_minutes(cal_name: str, days: ArrayLike) -> np.ndarray:
     i = np.clip(np.searchsorted(c.sessions, d), 0, len(c.sessions) - 1)
     hit = c.sessions[i] == d
     close_s = c.closes_ns[i] // 1_000_000_000
-    inst, offs = _transitions("America/New_York")
+    inst, offs = _transitions(c.tz)
     local = close_s + offs[np.clip(np.searchsorted(inst, close_s, side="right") - 1, 0,
                                    len(offs) - 1)]
     minute = (local % 86400) // 60

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.core.calendar import local_dates, local_time_epochs
+from appliance.core.calendar import US_VENDOR_TZ, local_dates, local_time_epochs
 
 
 def iso_date(d: object) -> str:
@@ -164,7 +164,7 @@ class MinuteBars:
 
     @property
     def session(self) -> np.ndarray:
-        return local_dates(self.t, "America/New_York")
+        return local_dates(self.t, US_VENDOR_TZ)
 
     @property
     def minute(self) -> np.ndarray:

@@ -70,7 +70,7 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
         if sym in demo:
             plans.append(SymbolPlan(sym, since, end, full=True))
             continue
-        last = store.last_stored_session(conn, sym)
+        last = store.last_stored_session(conn, sym, tz=tcal.exchange_tz(cfg["calendar"]))
         first, asked_from = store.history_coverage(conn, sym)
         if last is None:
             plans.append(SymbolPlan(sym, since, end, full=True))
@@ -181,7 +181,7 @@ def _universe_tail(rt, cfg, provider, fplan, run_id, end, now) -> dict | None:
     last = min(end, latest) if end else latest
     days = tcal.sessions(cfg["calendar"], newest + dt.timedelta(days=1), last)
     totals = Counter()
-    today = now.astimezone(ZoneInfo("America/New_York")).date()
+    today = now.astimezone(ZoneInfo(tcal.exchange_tz(cfg["calendar"]))).date()
     for d in days.astype(object).tolist():
         try:
             grouped = provider.grouped_daily(d)
@@ -359,7 +359,7 @@ def _fetch_grouped(provider, plan: Plan, report, stats) -> dict[str, list[Bars]]
 
 def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
                 windows=(), files=()) -> dict:
-    today = now.astimezone(ZoneInfo("America/New_York")).date()
+    today = now.astimezone(ZoneInfo(tcal.exchange_tz(cfg["calendar"]))).date()
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())

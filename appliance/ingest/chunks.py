@@ -30,6 +30,7 @@ import time
 from zoneinfo import ZoneInfo
 
 from appliance import store
+from appliance.core import calendar as tcal
 from appliance.core.errors import ProviderAuthError, ProviderError
 from appliance.ingest import flatfiles as flat
 from appliance.ingest import minutes as intraday
@@ -186,7 +187,7 @@ def _do(rt, cfg, chunk: dict, who: str, stale_s: float) -> None:
             provider = make_provider(cfg["provider"], stats=stats, redis=rt.redis)
             p = SymbolPlan(chunk["symbol"], chunk["start_date"], chunk["end_date"],
                            full=chunk["full_history"])
-            today = dt.datetime.now(ZoneInfo("America/New_York")).date()
+            today = dt.datetime.now(ZoneInfo(tcal.exchange_tz(cfg["calendar"]))).date()
             res = backfill_symbol(rt, cfg, provider, p, run_id=chunk["run_id"], today=today)
         result = {k: int(v) for k, v in res.items()}
     except OutsidePlan as e:  # this day only: the other files go on
@@ -282,9 +283,10 @@ def finish(rt, run_id: int) -> dict | None:
 
 def _refresh_file_symbols(conn, cfg, days: dict[str, list], done=()) -> None:
     """The stats of every symbol the run's flat files wrote (each once)."""
-    for sym in fstore.symbols_on(conn, "1d", days.get("1d") or []):
+    tz = tcal.exchange_tz(cfg["calendar"])
+    for sym in fstore.symbols_on(conn, "1d", days.get("1d") or [], tz=tz):
         refresh_stats(conn, cfg, sym)
-    for sym in fstore.symbols_on(conn, "1m", days.get("1m") or []):
+    for sym in fstore.symbols_on(conn, "1m", days.get("1m") or [], tz=tz):
         if sym not in done:
             intraday.refresh_stats(conn, cfg, sym)
 

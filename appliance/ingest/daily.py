@@ -63,7 +63,8 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
         first = bars.session[0].astype(object)
         last = bars.session[-1].astype(object)
         cal_sessions = tcal.sessions(cal, first, last)
-        prev_close = store.last_close_before(conn, p.symbol, first)
+        prev_close = store.last_close_before(conn, p.symbol, first,
+                                             tz=tcal.exchange_tz(cfg["calendar"]))
         splits = store.splits_for(conn, p.symbol)
         checked = quality.validate(bars, cal_sessions, today, prev_close=prev_close, splits=splits,
                                    gap_threshold_pct=q["gap_threshold_pct"],
@@ -83,7 +84,8 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
-        res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
+        res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id,
+                               tz=tcal.exchange_tz(cfg["calendar"]))
         store.checkpoint(conn, p.symbol, last, run_id)
         out.update(res)
         out["rejected"] += int((~checked.valid).sum())
@@ -131,4 +133,5 @@ def refresh_stats(conn, cfg, symbol: str) -> dict | None:
     cal = cfg["calendar"]
     return store.refresh_symbol_stats(
         conn, symbol, cal_sessions_fn=lambda a, b: tcal.sessions(cal, a, b),
-        score_fn=quality.symbol_score, expected_from=expected_from(conn, cfg, symbol))
+        score_fn=quality.symbol_score, expected_from=expected_from(conn, cfg, symbol),
+        tz=tcal.exchange_tz(cal))

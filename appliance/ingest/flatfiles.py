@@ -161,7 +161,7 @@ def ingest(conn_factory, cfg, files: FlatFiles, info: FileInfo, *, run_id=None,
     ``tickers``, ``skipped``, ``odd_tickers``, ``inserted``, ``updated``,
     ``revised``, ``invalid``, ``bytes``. Raises FlatFileError for a bad
     file (nothing of it stored), ProviderError when it cannot be read."""
-    today = today or dt.datetime.now(ZoneInfo("America/New_York")).date()
+    today = today or dt.datetime.now(ZoneInfo(tcal.exchange_tz(cfg["calendar"]))).date()
     counter = {"bytes": 0}
     out = Counter()
     key = selection_key(cfg, info.timeframe)
@@ -238,7 +238,8 @@ def store_day(conn, cfg, day: dt.date, syms: list[str], o, h, lo, c, v, n, *, so
     file is not there yet. Returns inserted, updated, revised, bars,
     tickers, invalid."""
     out = Counter()
-    prev = fstore.prev_closes(conn, day, syms)
+    tz = tcal.exchange_tz(cfg["calendar"])
+    prev = fstore.prev_closes(conn, day, syms, tz=tz)
     ref = np.array([prev.get(s, np.nan) for s in syms], dtype=np.float64)
     split_rows = fstore.splits_on(conn, day)
     by_index = {i: split_rows[s] for i, s in enumerate(syms) if s in split_rows}
@@ -252,8 +253,8 @@ def store_day(conn, cfg, day: dt.date, syms: list[str], o, h, lo, c, v, n, *, so
     payload = fstore.day_copy_text(day, syms, o, h, lo, c, v, n, source=source,
                                    valid=checked.valid, score=checked.score, issues=issues,
                                    gap=checked.gap_detected, gap_kind=checked.gap_kind,
-                                   gap_pct=checked.gap_pct)
-    res = fstore.write_day(conn, day, payload, run_id)
+                                   gap_pct=checked.gap_pct, tz=tz)
+    res = fstore.write_day(conn, day, payload, run_id, tz=tz)
     out.update(res)
     out["bars"] += len(syms)
     out["tickers"] += len(syms)
@@ -325,7 +326,8 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
                 yield row
 
     stats: dict = {}
-    mstore.write_days(conn, rows(), revisions=revisions, run_id=run_id, stats=stats)
+    mstore.write_days(conn, rows(), revisions=revisions, run_id=run_id, stats=stats,
+                      tz=tcal.exchange_tz(cfg["calendar"]))
     out["revised"] += int(stats.get("revised") or 0)
     # in slices: one statement over thousands of symbols plans worse (measured
     # 1.5x slower at 3,000 symbols, bench/README.md "Flat files")
@@ -336,7 +338,7 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
 
 
 def _session_row(pending, info, sel, out, odd, midnight, lo_min, hi_min, day_iso):
-    """One ticker's minute bars of the day as a ``minute_bars`` COPY row, or
+    """One ticker's minute bars of the day as a ``MinuteSession``, or
     None when the ticker is not kept or has no bar in the session."""
     name, parts = pending
     n_rows = sum(z - a for _, a, z in parts)
@@ -371,8 +373,7 @@ def _session_row(pending, info, sel, out, odd, midnight, lo_min, hi_min, day_iso
     out["invalid"] += len(bad)
     out["bars"] += len(idx)
     vw = np.full(len(idx), np.nan)
-    fields = mstore.encode_day(m, o, h, lo, c, v, vw, n, bad)
-    return [name, day_iso, *fields, SOURCE]
+    return mstore.MinuteSession(name, info.day, m, o, h, lo, c, v, vw, n, bad, SOURCE)
 
 
 # --------------------------------------------------------------------------- the plan

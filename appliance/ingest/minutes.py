@@ -123,17 +123,16 @@ def write(conn, cfg, bars: MinuteBars) -> Counter:
     sessions = bars.session
     minute = bars.minute
     cut = np.nonzero(np.diff(sessions.astype(np.int64)))[0] + 1
-    rows = []
     days = []
+    staged = []
     for idx in np.split(np.arange(len(bars)), cut):
         day = sessions[idx[0]].astype(dt.date)
         days.append(day)
-        bad = np.nonzero(~ok[idx])[0].tolist()
-        fields = mstore.encode_day(minute[idx], bars.open[idx], bars.high[idx], bars.low[idx],
-                                   bars.close[idx], bars.volume[idx], bars.vwap[idx],
-                                   bars.trades[idx], bad)
-        rows.append([bars.symbol, day.isoformat(), *fields, bars.source])
-    mstore.write_days(conn, rows)
+        staged.append(mstore.MinuteSession(
+            bars.symbol, day, minute[idx], bars.open[idx], bars.high[idx], bars.low[idx],
+            bars.close[idx], bars.volume[idx], bars.vwap[idx], bars.trades[idx],
+            np.nonzero(~ok[idx])[0].tolist(), bars.source))
+    mstore.write_days(conn, staged)
     mstore.refresh_rollups(conn, bars.symbol, days)
     out["sessions"] += len(days)
     out["bars"] += len(bars)
@@ -153,7 +152,7 @@ def inconsistent_sessions(conn, cfg, symbol: str, start: dt.date, end: dt.date) 
     early_close = int(close[close != REGULAR_CLOSE].max()) if early else REGULAR_CLOSE
     minutes = mstore.regular_aggregates(conn, symbol, start, end, REGULAR_OPEN, REGULAR_CLOSE,
                                         early, early_close)
-    daily = store.daily_hlv(conn, symbol, start, end)
+    daily = store.daily_hlv(conn, symbol, start, end, tz=tcal.exchange_tz(cal))
     out = []
     for session, mh, ml, mv in minutes:
         d = daily.get(session)
@@ -169,11 +168,13 @@ def refresh_stats(conn, cfg, symbol: str) -> dict | None:
     later than asked, and retention drops the oldest) to the last stored."""
     start = mstore.first_minute_session(conn, symbol)
     if start is None:
-        return mstore.refresh_minute_stats(conn, symbol, np.empty(0, dtype="datetime64[D]"))
+        return mstore.refresh_minute_stats(conn, symbol, np.empty(0, dtype="datetime64[D]"),
+                                           tz=tcal.exchange_tz(cfg["calendar"]))
     last = mstore.stored_minute_sessions(conn, symbol)[-1].astype(dt.date)
     expected = tcal.sessions(cfg["calendar"], start, last)
     bad = inconsistent_sessions(conn, cfg, symbol, start, last)
-    return mstore.refresh_minute_stats(conn, symbol, expected, len(bad))
+    return mstore.refresh_minute_stats(conn, symbol, expected, len(bad),
+                                       tz=tcal.exchange_tz(cfg["calendar"]))
 
 
 def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],
@@ -303,11 +304,13 @@ def rollup_check(conn_factory, cfg, provider, samples: int, *, tolerance_pct: fl
                                     "timeframe": tf, "reason": e.message})
                 continue
             with conn_factory() as conn:
-                ours = mstore.day_bars(conn, sym, tf, day)
+                ours = mstore.day_bars(conn, sym, tf, day,
+                                       tz=tcal.exchange_tz(cfg["calendar"]))
             for r in vendor:
                 t = int(r.get("t", -1))
                 mine = ours.get(t)
-                start_min = (t // 1000 - tcal.local_midnight_epoch(day)) // 60
+                start_min = (t // 1000 - tcal.local_midnight_epoch(
+                    day, tcal.exchange_tz(cfg["calendar"]))) // 60
                 if mine is None or not _inside(cfg, day, start_min, width):
                     continue
                 compared += 1

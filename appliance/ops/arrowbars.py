@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 
 from appliance.store.columnar import COLUMNS, bars_sql, copy_out, intraday_copy_sql, kind_of
 
-EXCHANGE_TZ = "America/New_York"
 FORMATS = ("json", "csv", "parquet", "arrow")
 MIMETYPES = {"parquet": "application/vnd.apache.parquet",
              "arrow": "application/vnd.apache.arrow.stream", "csv": "text/csv"}
@@ -38,13 +37,13 @@ SYMBOL_TYPE = pa.dictionary(pa.int32(), pa.string())
 TIME_TYPE = pa.timestamp("ms", tz="UTC")
 
 
-def schema(timeframe: str, request: dict | None = None) -> pa.Schema:
+def schema(timeframe: str, request: dict | None = None, *, tz: str) -> pa.Schema:
     """The schema of ``timeframe``'s bars, with the request in its metadata."""
     fields = [pa.field("symbol", SYMBOL_TYPE, nullable=False),
               pa.field("time", TIME_TYPE, nullable=False)]
     for c in COLUMNS[kind_of(timeframe)]:
         fields.append(pa.field(c, _TYPES.get(c, pa.float64())))
-    meta = {"exchange_timezone": EXCHANGE_TZ, "timeframe": timeframe}
+    meta = {"exchange_timezone": tz, "timeframe": timeframe}
     if request is not None:
         meta["appliance"] = json.dumps(request, default=str)
     return pa.schema(fields, metadata=meta)

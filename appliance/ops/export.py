@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from appliance.core import calendar as tcal
 from appliance.core.timeframes import base_of
 from appliance.ops import arrowbars
 from appliance.store import columnar as cstore
@@ -81,7 +82,8 @@ def _write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols: list[str]):
+def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols: list[str],
+                   tz: str):
     """The month's bars of every symbol in turn (a weekly bar belongs to the
     month of its Sunday and holds its whole week)."""
     batches = arrowbars.Batches(sch, symbols)
@@ -90,25 +92,26 @@ def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols
     after = month - dt.timedelta(days=1) if weekly else None
     # a week whose Sunday is in the next month is that month's
     nxt = _month_end(month) + dt.timedelta(days=1)
-    stop = dt.datetime(nxt.year, nxt.month, 1, tzinfo=ZoneInfo(arrowbars.EXCHANGE_TZ))
+    stop = dt.datetime(nxt.year, nxt.month, 1, tzinfo=ZoneInfo(tz))
     stop_ms = int(stop.timestamp() * 1000)
     for sym in symbols:
         params = {"symbol": sym, "tf": "1d", "start": month, "end": end, "after": after,
-                  "limit": None}
+                  "limit": None, "tz": tz}
         yield from arrowbars.symbol_batches(conn, batches, sym, timeframe, adjusted=False,
                                             include_invalid=True, params=params, chunk=CHUNK,
                                             keep=lambda ms: ms < stop_ms)
 
 
-def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[str]) -> dict:
-    sch = arrowbars.schema(timeframe)
+def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[str],
+                 tz: str) -> dict:
+    sch = arrowbars.schema(timeframe, tz=tz)
     path = out / partition(timeframe, month) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     stats = {"rows": 0, "first": None, "last": None}
 
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, sch, compression="zstd") as w:
-            for b in _month_batches(conn, sch, timeframe, month, symbols):
+            for b in _month_batches(conn, sch, timeframe, month, symbols, tz):
                 w.write_batch(b)
                 stats["rows"] += b.num_rows
                 times = b.column("time")
@@ -124,7 +127,7 @@ def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[
 
 
 def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
-           progress=None) -> dict:
+           progress=None, *, tz: str) -> dict:
     """Bring ``out`` up to date for ``timeframe`` and the months of
     start..end; ``conn_cm()`` gives a connection (a context manager).
     Returns {"written": [partitions], "unchanged": n, "removed": [...],
@@ -139,7 +142,8 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
     parts = manifest["partitions"]
     months = _months(start, end)
     with conn_cm() as conn:
-        fps = cstore.month_fingerprints(conn, timeframe, months[0], _month_end(months[-1]))
+        fps = cstore.month_fingerprints(conn, timeframe, months[0], _month_end(months[-1]),
+                                        tz=tz)
     result = {"written": [], "unchanged": 0, "removed": [], "rows": 0}
     for month in months:
         key = partition(timeframe, month)
@@ -156,7 +160,7 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
             result["unchanged"] += 1
             continue
         with conn_cm() as conn:
-            entry = _write_month(conn, out, timeframe, month, symbols)
+            entry = _write_month(conn, out, timeframe, month, symbols, tz)
         entry.update(fingerprint=fp, timeframe=timeframe, month=month.isoformat()[:7],
                      written_at=dt.datetime.now(dt.UTC).isoformat())
         parts[key] = entry
@@ -165,7 +169,7 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
         _save(out, manifest)  # a long run keeps what it has done
         if progress:
             progress(key, entry)
-    manifest["exchange_timezone"] = arrowbars.EXCHANGE_TZ
+    manifest["exchange_timezone"] = tz
     _save(out, manifest)
     return result
 
@@ -189,7 +193,8 @@ def export_dataset(rt, run_id, report, timeframes=None) -> dict:
     result = {"out": out, "timeframes": {}}
     written = 0
     for tf in timeframes or cfg["export"]["timeframes"]:
-        res = export(rt.read_conn, tf, cfg.history_start(base_of(tf)), today, Path(out))
+        res = export(rt.read_conn, tf, cfg.history_start(base_of(tf)), today, Path(out),
+                     tz=tcal.exchange_tz(cfg["calendar"]))
         result["timeframes"][tf] = {"written": len(res["written"]), "rows": res["rows"],
                                     "unchanged": res["unchanged"],
                                     "removed": len(res["removed"])}

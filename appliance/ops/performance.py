@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 
 from appliance import store
+from appliance.core import calendar as tcal
 from appliance.store import performance as perf
 
 log = logging.getLogger("appliance.performance")
@@ -45,8 +46,8 @@ def _growth(conn, avg_row_bytes) -> list[dict]:
             for m, n in rows]
 
 
-def _market_months(conn, avg_row_bytes) -> tuple[list[dict], int | None]:
-    rows, this_month = perf.rows_per_market_month(conn)
+def _market_months(conn, avg_row_bytes, tz: str) -> tuple[list[dict], int | None]:
+    rows, this_month = perf.rows_per_market_month(conn, tz=tz)
     months = [{"month": m, "rows": int(n),
                "bytes_estimated": int(n * avg_row_bytes) if avg_row_bytes else None}
               for m, n in rows]
@@ -86,7 +87,8 @@ def review(rt, run_id, report) -> dict:
         md = _market_data(conn)
         report({"phase": "growth"}, True)
         growth = _growth(conn, md["avg_row_bytes"])
-        by_month, projected = _market_months(conn, md["avg_row_bytes"])
+        by_month, projected = _market_months(conn, md["avg_row_bytes"],
+                                               tcal.exchange_tz(rt.config["calendar"]))
         pss, slow = _slow_queries(conn)
         tables, indexes = _sizes(conn)
     return {

@@ -40,6 +40,7 @@ from collections import defaultdict
 import numpy as np
 
 from appliance import store
+from appliance.core import calendar as tcal
 from appliance.core import quality
 from appliance.core.errors import ProviderError
 from appliance.ingest import minutes as intraday
@@ -49,7 +50,6 @@ from appliance.providers.http import MemoryStats
 log = logging.getLogger("appliance.spotcheck")
 
 TIMEFRAME = "1d"
-NY = "America/New_York"
 
 
 def _candidates(conn, symbols) -> list[tuple[str, dt.date, dt.date, int]]:
@@ -57,18 +57,18 @@ def _candidates(conn, symbols) -> list[tuple[str, dt.date, dt.date, int]]:
     return [(s, a, b, int(n)) for s, a, b, n in rows]
 
 
-def _all_pairs(conn, symbols: list[str]) -> list[tuple[str, dt.date, float]]:
-    rows = store.spotcheck.validated_closes(conn, TIMEFRAME, symbols)
+def _all_pairs(conn, symbols: list[str], tz: str) -> list[tuple[str, dt.date, float]]:
+    rows = store.spotcheck.validated_closes(conn, TIMEFRAME, symbols, tz=tz)
     return [(s, d, float(c)) for s, d, c in rows]
 
 
-def _probe(conn, symbol: str, day: dt.date):
+def _probe(conn, symbol: str, day: dt.date, tz: str):
     """The first validated candle at or after ``day`` (else the last before it)."""
-    row = store.spotcheck.validated_close_near(conn, symbol, TIMEFRAME, day)
+    row = store.spotcheck.validated_close_near(conn, symbol, TIMEFRAME, day, tz=tz)
     return row
 
 
-def sample_pairs(conn, n: int, *, symbols: list[str] | None = None,
+def sample_pairs(conn, n: int, *, tz: str, symbols: list[str] | None = None,
                  rng: random.Random | None = None) -> list[tuple[str, dt.date, float]]:
     """Up to ``n`` distinct random (symbol, session, raw close) of validated candles."""
     rng = rng or random.Random()
@@ -76,7 +76,7 @@ def sample_pairs(conn, n: int, *, symbols: list[str] | None = None,
     if not cands or n <= 0:
         return []
     if sum(c[3] for c in cands) <= n:
-        return _all_pairs(conn, [c[0] for c in cands])
+        return _all_pairs(conn, [c[0] for c in cands], tz)
     weights = [c[3] for c in cands]
     picked: dict[tuple[str, dt.date], float] = {}
     attempts = 0
@@ -84,7 +84,7 @@ def sample_pairs(conn, n: int, *, symbols: list[str] | None = None,
         attempts += 1
         sym, first, last, _ = rng.choices(cands, weights=weights)[0]
         day = first + dt.timedelta(days=rng.randint(0, max(0, (last - first).days)))
-        row = _probe(conn, sym, day)
+        row = _probe(conn, sym, day, tz)
         if row is not None:
             picked.setdefault((sym, row[0]), float(row[1]))
     return sorted((s, d, c) for (s, d), c in picked.items())
@@ -131,7 +131,8 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed
     other_adjusted = bool(getattr(provider, "split_adjusted", False))
 
     with rt.conn() as conn:
-        pairs = sample_pairs(conn, n, symbols=list(symbols) if symbols else None, rng=rng)
+        pairs = sample_pairs(conn, n, symbols=list(symbols) if symbols else None, rng=rng,
+                             tz=tcal.exchange_tz(cfg["calendar"]))
         by_symbol: dict[str, list[tuple[dt.date, float]]] = defaultdict(list)
         for sym, d, c in pairs:
             by_symbol[sym].append((d, c))

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from appliance.core.calendar import local_dates
+from appliance.core.calendar import US_VENDOR_TZ, local_dates
 from appliance.core.candles import Bars, MinuteBars, Split, iso_date
 from appliance.core.errors import ProviderAuthError, ProviderDataError, ProviderError
 from appliance.providers.base import require_api_key
@@ -65,7 +65,7 @@ def bars_from_results(symbol: str, results: list, source: str = "polygon",
     if not results:
         return Bars.empty(symbol, source)
     t, o, h, lo, c, v, vw, n = _columns(results, where)
-    session = local_dates(t // 1000, "America/New_York")
+    session = local_dates(t // 1000, US_VENDOR_TZ)
     return Bars(symbol, session, o, h, lo, c, v, vw, n, source).sorted()
 
 

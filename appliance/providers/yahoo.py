@@ -18,12 +18,12 @@ from urllib.parse import quote
 
 import numpy as np
 
-from appliance.core.calendar import local_dates, local_midnight_epoch
+from appliance.core.calendar import US_VENDOR_TZ, local_dates, local_midnight_epoch
 from appliance.core.candles import Bars, Split
 from appliance.core.errors import ProviderDataError, ProviderError
 from appliance.providers.http import HttpClient, client_for
 
-NY = "America/New_York"
+NY = US_VENDOR_TZ
 
 
 @dataclass

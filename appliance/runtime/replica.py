@@ -69,6 +69,24 @@ READ_ERRORS = (psycopg.OperationalError, PoolTimeout, psycopg.errors.UndefinedTa
                psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction,
                psycopg.errors.UndefinedObject)
 
+_failed_read = threading.local()
+
+
+def note_failed_read(e: BaseException) -> None:
+    """Remember (per thread) that ``e`` ended a read on the replica, so that
+    the web can answer the request again from the primary."""
+    _failed_read.error = e
+
+
+def failed_on_replica(e: BaseException) -> bool:
+    """Whether ``e`` is the read failure last noted on this thread (forgotten
+    once asked)."""
+    if getattr(_failed_read, "error", None) is e:
+        _failed_read.error = None
+        return True
+    return False
+
+
 
 def refusal(facts: dict, primary_sysid: int | None) -> str | None:
     """Why a database with ``facts`` (``store.databases.standby_facts``) may

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+from psycopg_pool import ConnectionPool
 
 from appliance.config.loader import (
     Config,
@@ -53,8 +54,10 @@ REDIS_DOWN_BACKOFF_S = 10.0
 
 
 class Runtime:
-    """Config + endpoints + pool + redis for one process. Nothing connects
-    until ``open()`` (the pool) or first use (redis)."""
+    """Config + endpoints + pool + redis for one process. Constructing one
+    starts and connects nothing: the endpoints are resolved (which may start
+    the embedded PostgreSQL and Redis) by ``open()`` or the first use of
+    ``endpoints``, ``pool``, ``replica`` or ``redis``."""
 
     def __init__(self, config: Config, *, endpoints: services.Endpoints | None = None,
                  pool_size: int | None = None, check_interval: float = 1.0):
@@ -64,16 +67,51 @@ class Runtime:
         self._config_version = 0
         self._last_check = 0.0
         self._lock = threading.Lock()
+        self._resolve_lock = threading.Lock()
         self.check_interval = check_interval
-        self.endpoints = endpoints or services.resolve(config)
-        self.pool = db.make_pool(
-            self.endpoints.database_url,
-            max_size=pool_size or config["database"]["pool_size"],
-            connect_timeout=config["database"]["connect_timeout_seconds"],
-            statement_timeout_s=config["database"]["statement_timeout_seconds"])
-        self.replica = self._make_replica(config, pool_size, self.endpoints.database_url)
+        self._pool_size = pool_size
+        self._endpoints = endpoints
+        self._pool: ConnectionPool | None = None
+        self._replica: replica_mod.Replica | None = None
+        self._replica_made = False
         self._redis: redis.Redis | None = None
         self._opened = False
+
+    @property
+    def endpoints(self) -> services.Endpoints:
+        """Where PostgreSQL and Redis are; resolved once, on first use (the
+        embedded servers are started or attached to then)."""
+        if self._endpoints is None:
+            with self._resolve_lock:
+                if self._endpoints is None:
+                    self._endpoints = services.resolve(self._config)
+        return self._endpoints
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The primary's pool (made on first use, opened by ``open()``)."""
+        if self._pool is None:
+            url = self.endpoints.database_url
+            with self._resolve_lock:
+                if self._pool is None:
+                    d = self._config["database"]
+                    self._pool = db.make_pool(
+                        url, max_size=self._pool_size or d["pool_size"],
+                        connect_timeout=d["connect_timeout_seconds"],
+                        statement_timeout_s=d["statement_timeout_seconds"])
+        return self._pool
+
+    @property
+    def replica(self) -> replica_mod.Replica | None:
+        """The read replica (``database.read_url``), or None."""
+        if not self._replica_made:
+            url = self.endpoints.database_url if self._config["database"].get("read_url") \
+                else None
+            with self._resolve_lock:
+                if not self._replica_made:
+                    self._replica = self._make_replica(self._config, self._pool_size, url)
+                    self._replica_made = True
+        return self._replica
 
     @staticmethod
     def _make_replica(config: Config, pool_size: int | None, primary_url: str | None = None):
@@ -111,11 +149,11 @@ class Runtime:
         return self
 
     def close(self) -> None:
-        if self._opened:
-            self.pool.close()
-            self._opened = False
-        if self.replica is not None:
-            self.replica.close()
+        if self._opened and self._pool is not None:
+            self._pool.close()
+        self._opened = False
+        if self._replica is not None:
+            self._replica.close()
         if self._redis is not None:
             self._redis.close()
 
@@ -136,7 +174,6 @@ class Runtime:
             self.open()
         with self.pool.connection() as c:
             c.autocommit = True
-            c.served_by = "primary"
             replica_mod.READS.labels("primary").inc()
             yield c
 
@@ -146,6 +183,12 @@ class Runtime:
         the replica's when one is configured, answers and is recent enough
         (``database.max_replica_lag_seconds``), else the primary's. A replica
         that cannot give a connection is marked down and the primary answers."""
+        with self._read_conn() as (c, _on_replica):
+            yield c
+
+    @contextmanager
+    def _read_conn(self):
+        """``read_conn``'s connection and whether the replica serves it."""
         rep = self.replica
         cm = None
         if rep is not None and rep.state().serving_reads:
@@ -157,16 +200,15 @@ class Runtime:
                 cm = None
         if cm is None:
             with self.primary_read_conn() as c:
-                yield c
+                yield c, False
             return
-        c.served_by = "replica"
         replica_mod.READS.labels("replica").inc()
         try:
-            yield c
+            yield c, True
         except BaseException as e:
             if isinstance(e, replica_mod.READ_ERRORS):
                 rep.mark_down(e)
-                e.replica_read_failed = True  # the web asks the primary once more
+                replica_mod.note_failed_read(e)  # the web asks the primary once more
             if not cm.__exit__(*sys.exc_info()):
                 raise
         else:
@@ -176,12 +218,12 @@ class Runtime:
         """``fn(conn)`` on a read connection (see ``read_conn``); when the
         replica fails halfway (stopped, restarted) ``fn`` runs again on the
         primary. ``fn`` must only read."""
-        c = None
+        on_replica = False
         try:
-            with self.read_conn() as c:
+            with self._read_conn() as (c, on_replica):
                 return fn(c)
         except replica_mod.READ_ERRORS:
-            if getattr(c, "served_by", None) != "replica":
+            if not on_replica:
                 raise
         with self.primary_read_conn() as c:
             return fn(c)

@@ -140,13 +140,12 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
     if info is None and not start:
         raise ServiceError(f"embedded PostgreSQL in {pgdata} is not running")
     try:
-        import pgserver
-        from pgserver.postgres_server import PostgresServer
-        if info is None:  # pgserver caches handles per folder: a stopped server's must go
-            PostgresServer._instances.pop(pgdata.resolve(), None)  # noqa: SLF001
-        with _search_only_prefixes():
-            srv = pgserver.get_server(pgdata, cleanup_mode=None)
         if info is None:
+            # a new handle each time it is not running: pgserver's get_server()
+            # would hand back a cached handle of a server stopped since
+            from pgserver.postgres_server import PostgresServer
+            with _search_only_prefixes():
+                info = PostgresServer(pgdata.resolve(), cleanup_mode=None).get_postmaster_info()
             _started.add(("pg", Path(data_dir)))
     except subprocess.CalledProcessError as e:
         logtail = _tail(pgdata / "log")
@@ -159,9 +158,8 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
                            f"log:\n{_tail(pgdata / 'log')}") from None
     except (OSError, AssertionError) as e:
         raise ServiceError(f"embedded PostgreSQL in {pgdata} could not be started: {e}") from None
-    base = srv.get_uri()
-    _ensure_database(base, dbname)
-    return srv.get_uri(dbname)
+    _ensure_database(info.get_uri(), dbname)
+    return info.get_uri(database=dbname)
 
 
 @contextlib.contextmanager

@@ -93,7 +93,6 @@ from appliance.store.symbols import (
     sync_symbols,
 )
 from appliance.store.writes import (
-    NY,
     TIMEFRAME,
     copy_text,
     ensure_partitions_for,
@@ -142,7 +141,6 @@ __all__ = [
     "record_restore_test",
     "restore_test_from_manifest",
     "upsert_backup",
-    "NY",
     "TIMEFRAME",
     "copy_text",
     "ensure_partitions_for",

@@ -6,7 +6,7 @@ instead of one text per bar.
 Every query returns ``ms`` first (the bar's start in Unix milliseconds, the
 cursor and the ``time`` column), then the columns of ``COLUMNS[kind]``.
 Parameters: symbol, tf ('1d'), start, end (sessions), after (timestamptz,
-a week for 1w, or NULL), limit (or NULL).
+a week for 1w, or NULL), limit (or NULL), tz (the exchange time zone).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def kind_of(timeframe: str) -> str:
 
 
 def _ny_ms(date_col: str) -> str:
-    return (f"(extract(epoch FROM ({date_col}::timestamp AT TIME ZONE 'America/New_York'))"
+    return (f"(extract(epoch FROM ({date_col}::timestamp AT TIME ZONE %(tz)s))"
             f" * 1000)::bigint")
 
 
@@ -73,11 +73,11 @@ def copy_out(conn, sql: str, params: dict):
 
 
 def count_rows(conn, timeframe: str, symbols: list[str], start: dt.date, end: dt.date,
-               include_invalid: bool) -> int:
+               include_invalid: bool, *, tz: str) -> int:
     """How many bars ``bars_sql`` gives for these symbols (an upper bound for
     1m with include_invalid false, exact otherwise); cheap: it counts array
     lengths and index entries, it decodes no bar."""
-    p = {"symbols": symbols, "start": start, "end": end, "tf": timeframe}
+    p = {"symbols": symbols, "start": start, "end": end, "tf": timeframe, "tz": tz}
     if timeframe == "1m":
         bad = "" if include_invalid else " - cardinality(invalid)"
         sql = f"""SELECT coalesce(sum(cardinality(minutes){bad}), 0) FROM minute_bars
@@ -91,11 +91,11 @@ def count_rows(conn, timeframe: str, symbols: list[str], start: dt.date, end: dt
         what = ("count(*)" if timeframe == "1d" else
                 "count(DISTINCT (symbol, d - extract(dow FROM d)::int))")
         sql = f"""SELECT {what} FROM (
-                    SELECT symbol, (ts AT TIME ZONE 'America/New_York')::date AS d
+                    SELECT symbol, (ts AT TIME ZONE %(tz)s)::date AS d
                     FROM market_data
                     WHERE symbol = ANY(%(symbols)s) AND timeframe = '1d'
-                      AND ts >= (%(start)s::date::timestamp AT TIME ZONE 'America/New_York')
-                      AND ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE 'America/New_York')
+                      AND ts >= (%(start)s::date::timestamp AT TIME ZONE %(tz)s)
+                      AND ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE %(tz)s)
                       {valid}) q"""
     return int(conn.execute(sql, p).fetchone()[0])
 
@@ -109,25 +109,26 @@ def stored_symbols(conn, timeframe: str) -> list[str]:
     return [r[0] for r in conn.execute(sql).fetchall()]
 
 
-def month_fingerprints(conn, timeframe: str, start: dt.date, end: dt.date) -> dict:
+def month_fingerprints(conn, timeframe: str, start: dt.date, end: dt.date, *,
+                       tz: str) -> dict:
     """{first day of month: (symbols, bars, latest ingestion)} of the stored
     resolution ``timeframe`` is served from, for the months of start..end.
     A replaced session changes its month's latest ingestion; a deleted one its
     counts. Weekly bars belong to the month of their Sunday."""
-    p = {"start": start, "end": end}
+    p = {"start": start, "end": end, "tz": tz}
     if kind_of(timeframe) == "intraday":
         sql = """SELECT date_trunc('month', session)::date, array_agg(DISTINCT symbol),
                         sum(cardinality(minutes)), max(ingested_at)
                  FROM minute_bars WHERE session BETWEEN %(start)s AND %(end)s GROUP BY 1"""
     else:
-        day = "(ts AT TIME ZONE 'America/New_York')::date"
+        day = "(ts AT TIME ZONE %(tz)s)::date"
         label = day if timeframe == "1d" else f"({day} - extract(dow FROM {day})::int)"
         sql = f"""SELECT date_trunc('month', {label})::date, array_agg(DISTINCT symbol),
                          count(*), max(ingested_at)
                   FROM market_data
                   WHERE timeframe = '1d'
-                    AND ts >= (%(start)s::date - 7)::timestamp AT TIME ZONE 'America/New_York'
-                    AND ts < ((%(end)s::date + 7)::timestamp AT TIME ZONE 'America/New_York')
+                    AND ts >= (%(start)s::date - 7)::timestamp AT TIME ZONE %(tz)s
+                    AND ts < ((%(end)s::date + 7)::timestamp AT TIME ZONE %(tz)s)
                   GROUP BY 1"""
     out = {}
     for month, syms, n, latest in conn.execute(sql, p).fetchall():

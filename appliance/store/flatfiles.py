@@ -62,7 +62,7 @@ def newest(conn) -> dict[str, dict]:
         return {r["timeframe"]: r for r in cur.fetchall()}
 
 
-def prev_closes(conn, session: dt.date, symbols: Sequence[str],
+def prev_closes(conn, session: dt.date, symbols: Sequence[str], *, tz: str,
                 lookback_days: int = 20) -> dict[str, float]:
     """{symbol: the close of its last valid daily bar in the ``lookback_days``
     before ``session``}, for ``symbols``: what a whole-market day's gap check
@@ -74,10 +74,10 @@ def prev_closes(conn, session: dt.date, symbols: Sequence[str],
            CROSS JOIN LATERAL (
              SELECT close FROM market_data m
              WHERE m.symbol = s.symbol AND m.timeframe = '1d' AND m.validated
-               AND m.ts < (%(s)s::date::timestamp AT TIME ZONE 'America/New_York')
-               AND m.ts >= ((%(s)s::date - %(n)s)::timestamp AT TIME ZONE 'America/New_York')
+               AND m.ts < (%(s)s::date::timestamp AT TIME ZONE %(tz)s)
+               AND m.ts >= ((%(s)s::date - %(n)s)::timestamp AT TIME ZONE %(tz)s)
              ORDER BY m.ts DESC LIMIT 1) p""",
-        {"s": session, "n": lookback_days, "syms": list(symbols)})}
+        {"s": session, "n": lookback_days, "syms": list(symbols), "tz": tz})}
 
 
 def splits_on(conn, session: dt.date) -> dict[str, list]:
@@ -103,10 +103,10 @@ def _num(values: np.ndarray) -> list[str]:
 
 def day_copy_text(session: dt.date, symbols: Sequence[str], o, h, lo, c, v, trades, *,
                   source: str, valid, score, issues: Sequence[str], gap, gap_kind,
-                  gap_pct) -> bytes:
+                  gap_pct, tz: str) -> bytes:
     """COPY text (market_data's own columns, ``_DIRECT_COLS``) of one day of
     daily bars of many symbols; vwap is NULL (the files have none)."""
-    ts = f"1d\t{session.isoformat()} 00:00 America/New_York"
+    ts = f"1d\t{session.isoformat()} 00:00 {tz}"
     cols = [_num(np.asarray(a, dtype=np.float64)) for a in (o, h, lo, c, v)]
     tr = ["\\N" if t < 0 else str(t) for t in np.asarray(trades).tolist()]
     sc = [repr(float(x)) for x in np.asarray(score).tolist()]
@@ -120,7 +120,7 @@ def day_copy_text(session: dt.date, symbols: Sequence[str], o, h, lo, c, v, trad
     return "".join(lines).encode("utf-8")
 
 
-def write_day(conn, session: dt.date, payload: bytes, run_id: int | None) -> dict:
+def write_day(conn, session: dt.date, payload: bytes, run_id: int | None, *, tz: str) -> dict:
     """Store one day of daily bars of many symbols (``day_copy_text``): COPY
     straight into market_data when none of them is stored yet; otherwise the
     upsert that records revisions (``writes.upsert_bars``). Inside the
@@ -139,7 +139,7 @@ def write_day(conn, session: dt.date, payload: bytes, run_id: int | None) -> dic
         if not isinstance(e, psycopg.errors.UniqueViolation):
             raise
     return upsert_bars(conn, _as_stage(payload), symbol=None, first=session, last=session,
-                       run_id=run_id)
+                       tz=tz, run_id=run_id)
 
 
 def _as_stage(payload: bytes) -> bytes:
@@ -152,15 +152,15 @@ def _as_stage(payload: bytes) -> bytes:
     return ("\n".join(out) + "\n").encode("utf-8")
 
 
-def symbols_on(conn, timeframe: str, days: Sequence[dt.date]) -> list[str]:
+def symbols_on(conn, timeframe: str, days: Sequence[dt.date], *, tz: str) -> list[str]:
     """Symbols with a bar of ``timeframe`` (1d or 1m) on any of ``days``."""
     if not days:
         return []
     if timeframe == "1d":
         sql = """SELECT DISTINCT symbol FROM market_data WHERE timeframe = '1d'
-                 AND ts = ANY(SELECT (d::timestamp AT TIME ZONE 'America/New_York')
+                 AND ts = ANY(SELECT (d::timestamp AT TIME ZONE %s)
                               FROM unnest(%s::date[]) d) ORDER BY 1"""
-    else:
-        sql = """SELECT DISTINCT symbol FROM minute_bars WHERE session = ANY(%s::date[])
-                 ORDER BY 1"""
+        return [r[0] for r in conn.execute(sql, (tz, list(days)))]
+    sql = """SELECT DISTINCT symbol FROM minute_bars WHERE session = ANY(%s::date[])
+             ORDER BY 1"""
     return [r[0] for r in conn.execute(sql, (list(days),))]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from appliance.core.timeframes import ROLLUPS
@@ -61,45 +63,79 @@ def encode_day(minute: np.ndarray, o, h, lo, c, v, vw, n, invalid: Sequence[int]
     return [mins, str(k), *(_ints(a, p) for a in (o, h, lo, c, v, vw)), r"\N", trades, bad]
 
 
+#: The staged columns, in COPY order; ``stage_row`` builds a row by these names.
 _STAGE = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
           "vwap", "raw", "trades", "invalid", "source")
+_ENCODED = _STAGE[2:-1]  # what ``encode_day`` returns, in its order
 
 
-def write_days(conn, rows: Iterable[list[str]], *, revisions: bool = False,
-               run_id: int | None = None, stats: dict | None = None) -> int:
-    """Upsert whole sessions (each row: the ``_STAGE`` fields as COPY text);
-    a stored session is replaced by the new one. With ``revisions``, every
-    bar whose prices or volume the new session changes (or adds, or drops)
-    is first recorded in ``revisions`` (``_record_revisions``; their number
-    goes to ``stats["revised"]``). Returns sessions written."""
+@dataclass(frozen=True)
+class MinuteSession:
+    """One symbol-session of minute bars, as ``write_days`` stores it.
+
+    ``minute``: minute of the exchange day each bar starts; the price arrays
+    are float (NaN: none); ``trades`` is -1 where the vendor sent none;
+    ``invalid``: 0-based positions of the bars failing validation."""
+    symbol: str
+    session: dt.date
+    minute: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    vwap: np.ndarray
+    trades: np.ndarray
+    invalid: Sequence[int]
+    source: str
+
+
+def stage_row(s: MinuteSession) -> list[str]:
+    """The COPY text fields of one session, in ``_STAGE`` order."""
+    encoded = encode_day(s.minute, s.open, s.high, s.low, s.close, s.volume, s.vwap,
+                         s.trades, s.invalid)
+    fields = {"symbol": s.symbol, "session": s.session.isoformat(), "source": s.source,
+              **dict(zip(_ENCODED, encoded, strict=True))}
+    return [fields[c] for c in _STAGE]
+
+
+def write_days(conn, sessions: Iterable[MinuteSession], *, revisions: bool = False,
+               run_id: int | None = None, stats: dict | None = None,
+               tz: str | None = None) -> int:
+    """Upsert whole sessions; a stored session is replaced by the new one.
+    With ``revisions``, every bar whose prices or volume the new session
+    changes (or adds, or drops) is first recorded in ``revisions``
+    (``_record_revisions``, at the exchange time zone ``tz``; their number
+    goes to ``stats["revised"]``).
+    Returns sessions written."""
     # the stage compresses like minute_bars: INSERT ... SELECT moves the
     # compressed values as they are
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS minute_stage
                     (LIKE minute_bars INCLUDING DEFAULTS INCLUDING COMPRESSION)
                     ON COMMIT DELETE ROWS""")
     conn.execute("TRUNCATE minute_stage")
-    cols = ", ".join(_STAGE)
+    cols = sql.SQL(", ").join(map(sql.Identifier, _STAGE))
+    updates = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                                 for c in _STAGE[2:])
     with conn.cursor() as cur:
-        with cur.copy(f"COPY minute_stage ({cols}) FROM STDIN") as cp:
-            for r in rows:
-                cp.write(("\t".join(r) + "\n").encode())
+        with cur.copy(sql.SQL("COPY minute_stage ({}) FROM STDIN").format(cols)) as cp:
+            for s in sessions:
+                cp.write(("\t".join(stage_row(s)) + "\n").encode())
         if revisions:
-            n = _record_revisions(cur, run_id)
+            if tz is None:
+                raise ValueError("write_days: revisions need the exchange time zone (tz)")
+            n = _record_revisions(cur, run_id, tz)
             if stats is not None:
                 stats["revised"] = n
-        cur.execute(f"""INSERT INTO minute_bars ({cols})
-                        SELECT {cols} FROM minute_stage
-                        ON CONFLICT (symbol, session) DO UPDATE SET
-                          minutes = EXCLUDED.minutes, scale = EXCLUDED.scale,
-                          open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
-                          close = EXCLUDED.close, volume = EXCLUDED.volume,
-                          vwap = EXCLUDED.vwap, raw = EXCLUDED.raw, trades = EXCLUDED.trades,
-                          invalid = EXCLUDED.invalid, source = EXCLUDED.source,
-                          ingested_at = now()""")
+        cur.execute(sql.SQL("""INSERT INTO minute_bars ({cols})
+                               SELECT {cols} FROM minute_stage
+                               ON CONFLICT (symbol, session) DO UPDATE SET
+                                 {updates}, ingested_at = now()""").format(
+            cols=cols, updates=updates))
         return cur.rowcount
 
 
-def _record_revisions(cur, run_id: int | None) -> int:
+def _record_revisions(cur, run_id: int | None, tz: str) -> int:
     """Bars of the staged sessions (``minute_stage``) that differ from the
     stored ones, in open, high, low, close or volume, recorded in
     ``revisions`` (a bar only on one side has ``{}`` on the other)."""
@@ -116,10 +152,10 @@ def _record_revisions(cur, run_id: int | None) -> int:
         INSERT INTO revisions (symbol, timeframe, ts, old, new, run_id)
         SELECT coalesce(o.symbol, n.symbol), '1m',
                ((coalesce(o.session, n.session) + make_interval(mins => coalesce(o.m, n.m)::int))
-                 ::timestamp AT TIME ZONE 'America/New_York'), {obj('o')}, {obj('n')}, %s
+                 ::timestamp AT TIME ZONE %s), {obj('o')}, {obj('n')}, %s
         FROM o FULL JOIN n ON o.symbol = n.symbol AND o.session = n.session AND o.m = n.m
         WHERE (o.open, o.high, o.low, o.close, o.volume)
-              IS DISTINCT FROM (n.open, n.high, n.low, n.close, n.volume)""", (run_id,))
+              IS DISTINCT FROM (n.open, n.high, n.low, n.close, n.volume)""", (tz, run_id))
     return cur.rowcount
 
 
@@ -159,17 +195,18 @@ def refresh_rollups_of(conn, symbols: Sequence[str], sessions: Sequence[dt.date]
         return 0
     base, *wider = ROLLUPS.items()
     assert all(w % base[1] == 0 for _, w in wider), "every rollup must be a multiple of the first"
-    widths = ", ".join(f"('{tf}', {w})" for tf, w in wider)
+    widths = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(tf), sql.Literal(w))
+                                for tf, w in wider)
     params = {"symbols": list(symbols), "sessions": list(sessions)}
     conn.execute("""DELETE FROM rollup_bars WHERE symbol = ANY(%(symbols)s::text[])
                     AND session = ANY(%(sessions)s::date[])""", params)
-    cur = conn.execute(f"""
+    cur = conn.execute(sql.SQL("""
         WITH m AS (
-          SELECT b.symbol, b.session, u.m, {_decoded()}
-          FROM minute_bars b {_UNNEST}
+          SELECT b.symbol, b.session, u.m, {decoded}
+          FROM minute_bars b {unnest}
           WHERE b.symbol = ANY(%(symbols)s::text[]) AND b.session = ANY(%(sessions)s::date[])),
         f AS (
-          SELECT m.symbol, m.session, (m.m / {base[1]}) * {base[1]} AS start,
+          SELECT m.symbol, m.session, (m.m / {width}) * {width} AS start,
                  (min(ARRAY[m.m::float8, m.open]))[2] AS open, max(m.high) AS high,
                  min(m.low) AS low, (max(ARRAY[m.m::float8, m.close]))[2] AS close,
                  sum(m.volume) AS volume,
@@ -177,9 +214,9 @@ def refresh_rollups_of(conn, symbols: Sequence[str], sessions: Sequence[dt.date]
                  sum(m.volume) FILTER (WHERE m.vwap IS NOT NULL) AS vv,
                  sum(m.trades) AS trades
           FROM m WHERE m.validated
-          GROUP BY m.symbol, m.session, (m.m / {base[1]}) * {base[1]}),
+          GROUP BY m.symbol, m.session, (m.m / {width}) * {width}),
         k AS (
-          SELECT '{base[0]}' AS name, * FROM f
+          SELECT {name}::text AS name, * FROM f
           UNION ALL
           SELECT tf.name, f.symbol, f.session, (f.start / tf.width) * tf.width,
                  (min(ARRAY[f.start::float8, f.open]))[2], max(f.high), min(f.low),
@@ -194,7 +231,9 @@ def refresh_rollups_of(conn, symbols: Sequence[str], sessions: Sequence[dt.date]
                array_agg(low ORDER BY start), array_agg(close ORDER BY start),
                array_agg(volume ORDER BY start), array_agg(pv / nullif(vv, 0) ORDER BY start),
                array_agg(trades ORDER BY start)
-        FROM k GROUP BY symbol, name, session""", params)
+        FROM k GROUP BY symbol, name, session""").format(
+        decoded=sql.SQL(_decoded()), unnest=sql.SQL(_UNNEST), width=sql.Literal(base[1]),
+        name=sql.Literal(base[0]), widths=widths), params)
     return cur.rowcount
 
 
@@ -216,13 +255,17 @@ _FACTOR = """CROSS JOIN LATERAL (SELECT coalesce(
 # the cursor's time if later (a bar's time falls on its session's date), so a
 # late cursor reads its sessions only, not every one from ``start`` on.
 _FIRST_SESSION = """greatest(%(start)s::date, coalesce(
-      (%(after)s::timestamptz AT TIME ZONE 'America/New_York')::date, %(start)s::date))"""
+      (%(after)s::timestamptz AT TIME ZONE %(tz)s)::date, %(start)s::date))"""
 
 
 def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
     """Bars of one symbol (session, minute, ts, prices, trades, validated),
-    parameters symbol, start, end (sessions), after (timestamptz or NULL)."""
+    parameters symbol, start, end (sessions), after (timestamptz or NULL),
+    tz (the exchange time zone, ``calendar.exchange_tz``)."""
+    if timeframe != "1m" and timeframe not in ROLLUPS:
+        raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
     factor = _FACTOR if adjusted else "CROSS JOIN (SELECT 1.0::float8 AS k) f"
+    tf = sql.Literal(timeframe).as_string(None)  # quoted by psycopg, not by hand
     if timeframe == "1m":
         inner = f"""SELECT b.session, u.m, f.k, {_decoded()}
                     FROM minute_bars b {factor} {_UNNEST}
@@ -236,7 +279,7 @@ def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
                     CROSS JOIN LATERAL unnest(b.starts, b.open, b.high, b.low, b.close,
                                               b.volume, b.vwap, b.trades)
                          u(m, o, h, lo, c, v, vw, n)
-                    WHERE b.symbol = %(symbol)s AND b.timeframe = '{timeframe}'
+                    WHERE b.symbol = %(symbol)s AND b.timeframe = {tf}
                       AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s"""
     valid = "" if include_invalid else "WHERE q.validated"
     with_ = f"WITH RECURSIVE {_SPLIT_CTE}" if adjusted else ""
@@ -244,7 +287,7 @@ def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
         SELECT * FROM (
           SELECT q.session, q.m,
                  ((q.session + make_interval(mins => q.m::int))::timestamp
-                   AT TIME ZONE 'America/New_York') AS ts,
+                   AT TIME ZONE %(tz)s) AS ts,
                  q.open * q.k AS open, q.high * q.k AS high, q.low * q.k AS low,
                  q.close * q.k AS close, q.volume / q.k AS volume, q.vwap * q.k AS vwap,
                  q.trades, q.validated
@@ -297,7 +340,7 @@ def stored_minute_sessions(conn, symbol: str) -> np.ndarray:
 
 
 def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
-                         inconsistent: int = 0) -> dict | None:
+                         inconsistent: int = 0, *, tz: str) -> dict | None:
     """Recompute ``minute_stats`` and the 1m missing sessions of ``symbol``;
     ``expected``: the calendar sessions its minute history should cover."""
     row = conn.execute(
@@ -327,10 +370,10 @@ def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
                                      inconsistent_sessions, source)
            SELECT %(s)s,
                   (SELECT (session + make_interval(mins => minutes[1]))::timestamp
-                          AT TIME ZONE 'America/New_York'
+                          AT TIME ZONE %(tz)s
                    FROM minute_bars WHERE symbol = %(s)s AND session = %(first)s),
                   (SELECT (session + make_interval(mins => minutes[cardinality(minutes)]))
-                          ::timestamp AT TIME ZONE 'America/New_York'
+                          ::timestamp AT TIME ZONE %(tz)s
                    FROM minute_bars WHERE symbol = %(s)s AND session = %(last)s),
                   %(n)s, %(bars)s, %(inv)s, %(miss)s, %(exp)s, %(comp)s, %(incons)s, %(src)s
            ON CONFLICT (symbol) DO UPDATE SET
@@ -343,7 +386,7 @@ def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
              source = EXCLUDED.source, last_update = now()""",
         {"s": symbol, "first": first, "last": last, "n": n_sessions, "bars": n_bars,
          "inv": n_invalid, "miss": len(missing), "exp": n_exp, "comp": completeness,
-         "incons": inconsistent, "src": source})
+         "incons": inconsistent, "src": source, "tz": tz})
     return {"symbol": symbol, "sessions": n_sessions, "bars": int(n_bars),
             "invalid": int(n_invalid), "missing": len(missing), "completeness": completeness}
 
@@ -416,12 +459,13 @@ def sample_days(conn, n: int, seed: float | None = None) -> list[tuple[str, dt.d
         "SELECT symbol, session FROM minute_bars ORDER BY random() LIMIT %s", (n,)).fetchall()]
 
 
-def day_bars(conn, symbol: str, timeframe: str, session: dt.date) -> dict[int, dict]:
+def day_bars(conn, symbol: str, timeframe: str, session: dt.date, *,
+             tz: str) -> dict[int, dict]:
     """{start in Unix ms: bar} of one symbol-session, raw prices, valid bars."""
     rows = conn.execute(intraday_sql(timeframe, adjusted=False, include_invalid=False,
                                      fmt="json"),
                         {"symbol": symbol, "start": session, "end": session, "after": None,
-                         "limit": None}).fetchall()
+                         "limit": None, "tz": tz}).fetchall()
     return {int(t): json.loads(text) for t, text in rows}
 
 
@@ -448,14 +492,14 @@ def session_page(conn, symbol: str, end: dt.date | None,
 
 
 def chart_bars(conn, symbol: str, timeframe: str, start: dt.date, end: dt.date, *,
-               adjusted: bool) -> list[tuple]:
+               adjusted: bool, tz: str) -> list[tuple]:
     """(session, minute of the New York day, open, high, low, close, validated)
     of every ``timeframe`` bar in the sessions ``start``..``end``, oldest
     first; invalid 1m bars included."""
     sql = f"""SELECT z.session, z.m, z.open, z.high, z.low, z.close, z.validated
               FROM ({_source(timeframe, adjusted, True)}) z ORDER BY z.ts"""
     return conn.execute(sql, {"symbol": symbol, "start": start, "end": end, "after": None,
-                              "limit": None}).fetchall()
+                              "limit": None, "tz": tz}).fetchall()
 
 
 def missing_sessions_in(conn, symbol: str, timeframe: str, start: dt.date | None,

@@ -22,18 +22,18 @@ def rows_per_ingestion_month(conn) -> list[tuple[str, int]]:
            FROM market_data GROUP BY 1 ORDER BY 1""").fetchall()
 
 
-def rows_per_market_month(conn) -> tuple[list[tuple[str, int]], str]:
+def rows_per_market_month(conn, *, tz: str) -> tuple[list[tuple[str, int]], str]:
     """(YYYY-MM of market time, candles) over the last 12 months, by month, and
-    this month in New York."""
+    this month in the exchange time zone ``tz``."""
     rows = conn.execute(
-        """SELECT to_char(date_trunc('month', ts AT TIME ZONE 'America/New_York'), 'YYYY-MM'),
+        """SELECT to_char(date_trunc('month', ts AT TIME ZONE %(tz)s), 'YYYY-MM'),
                   count(*)
            FROM market_data
-           WHERE ts >= date_trunc('month', now() AT TIME ZONE 'America/New_York')
+           WHERE ts >= date_trunc('month', now() AT TIME ZONE %(tz)s)
                        - interval '12 months'
-           GROUP BY 1 ORDER BY 1""").fetchall()
+           GROUP BY 1 ORDER BY 1""", {"tz": tz}).fetchall()
     this_month = conn.execute(
-        "SELECT to_char(now() AT TIME ZONE 'America/New_York', 'YYYY-MM')").fetchone()[0]
+        "SELECT to_char(now() AT TIME ZONE %s, 'YYYY-MM')", (tz,)).fetchone()[0]
     return rows, this_month
 
 

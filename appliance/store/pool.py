@@ -12,6 +12,7 @@ import logging
 import re
 import select
 import time
+import weakref
 from pathlib import Path
 
 import psycopg
@@ -47,13 +48,15 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float
 
 
 IDLE_CHECK_S = 30.0
+#: when each pooled connection last came back (kept here, not on the connection)
+_returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
 
 
 def _reset(conn) -> None:
     """A connection goes back to the pool as it came out: transactional."""
     if conn.autocommit:
         conn.autocommit = False
-    conn._returned_at = time.monotonic()  # noqa: SLF001
+    _returned_at[conn] = time.monotonic()
 
 
 def _check_if_idle(conn) -> None:
@@ -65,7 +68,7 @@ def _check_if_idle(conn) -> None:
     if conn.closed or conn.broken:
         ConnectionPool.check_connection(conn)
         return
-    if time.monotonic() - getattr(conn, "_returned_at", 0.0) >= IDLE_CHECK_S:
+    if time.monotonic() - _returned_at.get(conn, 0.0) >= IDLE_CHECK_S:
         ConnectionPool.check_connection(conn)
         return
     try:

@@ -17,7 +17,8 @@ def _historical_select(adjusted: bool, include_invalid: bool, limited: bool = Tr
     ``split_from / split_to`` of every stored split executed after the bar, the
     product taken from the latest split backwards (one multiplication per
     split, no logarithms, so that a single 4-for-1 split gives exactly
-    ``price * 0.25``). Parameters: symbol, tf, start, end, limit.
+    ``price * 0.25``). Parameters: symbol, tf, start, end, limit, tz (the
+    exchange time zone, ``calendar.exchange_tz``).
     """
     if adjusted:
         with_ = """WITH RECURSIVE sp AS (
@@ -39,14 +40,14 @@ def _historical_select(adjusted: bool, include_invalid: bool, limited: bool = Tr
         cols = "m.open, m.high, m.low, m.close, m.volume, m.vwap"
     valid = "" if include_invalid else "AND m.validated"
     return f"""{with_}
-        SELECT (m.ts AT TIME ZONE 'America/New_York')::date AS time,
+        SELECT (m.ts AT TIME ZONE %(tz)s)::date AS time,
                {cols},
                m.trades, m.validated, m.quality_score, m.gap_detected, m.gap_kind, m.source,
                m.issues
         FROM market_data m {factor}
         WHERE m.symbol = %(symbol)s AND m.timeframe = %(tf)s
-          AND m.ts >= (%(start)s::date::timestamp AT TIME ZONE 'America/New_York')
-          AND m.ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE 'America/New_York')
+          AND m.ts >= (%(start)s::date::timestamp AT TIME ZONE %(tz)s)
+          AND m.ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE %(tz)s)
           {valid}
         ORDER BY m.ts
         {"LIMIT %(limit)s" if limited else ""}"""
@@ -95,38 +96,41 @@ HISTORICAL_CSV_HEADER = ("time", "open", "high", "low", "close", "volume", "vwap
                          "quality_score", "gap_detected", "gap_kind", "source")
 
 
-def invalid_candles(conn, symbol: str, limit: int = 500) -> list[dict]:
+def invalid_candles(conn, symbol: str, limit: int = 500, *, tz: str) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            """SELECT (ts AT TIME ZONE 'America/New_York')::date AS time, open, high, low, close,
+            """SELECT (ts AT TIME ZONE %(tz)s)::date AS time, open, high, low, close,
                       volume, issues, quality_score
-               FROM market_data WHERE symbol = %s AND NOT validated ORDER BY ts DESC LIMIT %s""",
-            (symbol, limit))
+               FROM market_data WHERE symbol = %(symbol)s AND NOT validated
+               ORDER BY ts DESC LIMIT %(limit)s""",
+            {"symbol": symbol, "limit": limit, "tz": tz})
         return cur.fetchall()
 
 
 def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
-         since: dt.date | None = None, until: dt.date | None = None, limit: int = 500) -> list[dict]:
+         since: dt.date | None = None, until: dt.date | None = None, limit: int = 500,
+         tz: str) -> list[dict]:
     """Flagged candles (split / jump) and missing sessions, newest first, with
     the vendor split that explains a split gap."""
-    params = {"symbol": symbol, "kind": kind, "since": since, "until": until, "limit": limit}
+    params = {"symbol": symbol, "kind": kind, "since": since, "until": until, "limit": limit,
+              "tz": tz}
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """SELECT * FROM (
-                 SELECT m.symbol, (m.ts AT TIME ZONE 'America/New_York')::date AS session,
+                 SELECT m.symbol, (m.ts AT TIME ZONE %(tz)s)::date AS session,
                         m.gap_kind AS kind, '1d' AS timeframe, m.gap_pct AS jump_pct,
                         m.close, m.open,
                         sp.split_from, sp.split_to
                  FROM market_data m
                  LEFT JOIN splits sp ON sp.symbol = m.symbol
-                      AND sp.execution_date = (m.ts AT TIME ZONE 'America/New_York')::date
+                      AND sp.execution_date = (m.ts AT TIME ZONE %(tz)s)::date
                  WHERE m.gap_detected
                    AND (%(symbol)s::text IS NULL OR m.symbol = %(symbol)s)
                    AND (%(kind)s::text IS NULL OR m.gap_kind = %(kind)s)
                    AND (%(since)s::date IS NULL
-                        OR m.ts >= (%(since)s::date::timestamp AT TIME ZONE 'America/New_York'))
+                        OR m.ts >= (%(since)s::date::timestamp AT TIME ZONE %(tz)s))
                    AND (%(until)s::date IS NULL
-                        OR m.ts < ((%(until)s::date + 1)::timestamp AT TIME ZONE 'America/New_York'))
+                        OR m.ts < ((%(until)s::date + 1)::timestamp AT TIME ZONE %(tz)s))
                  UNION ALL
                  SELECT ms.symbol, ms.session, 'missing', ms.timeframe, NULL, NULL, NULL, NULL,
                         NULL
@@ -140,26 +144,26 @@ def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
 
 
 def chart_series(conn, symbol: str, *, adjusted: bool, limit: int = 5000,
-                 end: dt.date | None = None) -> list[dict]:
+                 end: dt.date | None = None, tz: str) -> list[dict]:
     """The latest ``limit`` daily candles up to ``end`` (None: the latest),
     invalid ones included, oldest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_historical_select(adjusted, True),
                     {"symbol": symbol, "tf": TIMEFRAME, "start": dt.date(1900, 1, 1),
-                     "end": end or dt.date(2999, 12, 31), "limit": None})
+                     "end": end or dt.date(2999, 12, 31), "limit": None, "tz": tz})
         rows = cur.fetchall()
     return rows[-limit:]
 
 
-def daily_hlv(conn, symbol: str, start: dt.date, end: dt.date) -> dict:
+def daily_hlv(conn, symbol: str, start: dt.date, end: dt.date, *, tz: str) -> dict:
     """{session: (high, low, volume)} of the valid daily bars in a range."""
     rows = conn.execute(
-        """SELECT (ts AT TIME ZONE 'America/New_York')::date, high, low, volume
+        """SELECT (ts AT TIME ZONE %(tz)s)::date, high, low, volume
            FROM market_data
-           WHERE symbol = %s AND timeframe = '1d' AND validated
-             AND ts >= (%s::date::timestamp AT TIME ZONE 'America/New_York')
-             AND ts < ((%s::date + 1)::timestamp AT TIME ZONE 'America/New_York')""",
-        (symbol, start, end)).fetchall()
+           WHERE symbol = %(symbol)s AND timeframe = '1d' AND validated
+             AND ts >= (%(start)s::date::timestamp AT TIME ZONE %(tz)s)
+             AND ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE %(tz)s)""",
+        {"symbol": symbol, "start": start, "end": end, "tz": tz}).fetchall()
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 

@@ -16,26 +16,27 @@ def sampling_candidates(conn, timeframe: str, symbols: list[str] | None) -> list
         (timeframe, symbols, symbols)).fetchall()
 
 
-def validated_closes(conn, timeframe: str, symbols: list[str]) -> list[tuple]:
+def validated_closes(conn, timeframe: str, symbols: list[str], *, tz: str) -> list[tuple]:
     """(symbol, session, close) of every validated candle of ``symbols``."""
     return conn.execute(
-        """SELECT symbol, (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
+        """SELECT symbol, (ts AT TIME ZONE %s)::date, close FROM market_data
            WHERE timeframe = %s AND symbol = ANY(%s) AND validated ORDER BY symbol, ts""",
-        (timeframe, symbols)).fetchall()
+        (tz, timeframe, symbols)).fetchall()
 
 
-def validated_close_near(conn, symbol: str, timeframe: str, day: dt.date):
+def validated_close_near(conn, symbol: str, timeframe: str, day: dt.date, *, tz: str):
     """(session, close) of the first validated candle at or after ``day`` (else
     the last before it), or None."""
+    params = {"s": symbol, "tf": timeframe, "day": day, "tz": tz}
     row = conn.execute(
-        """SELECT (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
-           WHERE symbol = %s AND timeframe = %s AND validated
-             AND ts >= (%s::date::timestamp AT TIME ZONE 'America/New_York')
-           ORDER BY ts LIMIT 1""", (symbol, timeframe, day)).fetchone()
+        """SELECT (ts AT TIME ZONE %(tz)s)::date, close FROM market_data
+           WHERE symbol = %(s)s AND timeframe = %(tf)s AND validated
+             AND ts >= (%(day)s::date::timestamp AT TIME ZONE %(tz)s)
+           ORDER BY ts LIMIT 1""", params).fetchone()
     if row is None:
         row = conn.execute(
-            """SELECT (ts AT TIME ZONE 'America/New_York')::date, close FROM market_data
-               WHERE symbol = %s AND timeframe = %s AND validated
-                 AND ts < (%s::date::timestamp AT TIME ZONE 'America/New_York')
-               ORDER BY ts DESC LIMIT 1""", (symbol, timeframe, day)).fetchone()
+            """SELECT (ts AT TIME ZONE %(tz)s)::date, close FROM market_data
+               WHERE symbol = %(s)s AND timeframe = %(tf)s AND validated
+                 AND ts < (%(day)s::date::timestamp AT TIME ZONE %(tz)s)
+               ORDER BY ts DESC LIMIT 1""", params).fetchone()
     return row

@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 from appliance.store.writes import TIMEFRAME, stored_sessions
 
 
-def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
+def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn, tz: str,
                          timeframe: str = TIMEFRAME,
                          expected_from: dt.date | None = None) -> dict | None:
     """Recompute one symbol's running aggregates (and its missing sessions).
@@ -23,8 +23,8 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
     first stored bar (the vendor had nothing earlier: the listing date).
     """
     row = conn.execute(
-        """SELECT (min(ts) AT TIME ZONE 'America/New_York')::date,
-                  (max(ts) AT TIME ZONE 'America/New_York')::date,
+        """SELECT (min(ts) AT TIME ZONE %(tz)s)::date,
+                  (max(ts) AT TIME ZONE %(tz)s)::date,
                   count(*), count(*) FILTER (WHERE validated),
                   count(*) FILTER (WHERE gap_detected),
                   count(*) FILTER (WHERE gap_kind = 'split'),
@@ -32,8 +32,8 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
                   avg(quality_score),
                   -- one demo bar makes the symbol's data demo: never labelled real
                   CASE WHEN bool_or(source = 'demo') THEN 'demo' ELSE max(source) END
-           FROM market_data WHERE symbol = %s AND timeframe = %s""",
-        (symbol, timeframe)).fetchone()
+           FROM market_data WHERE symbol = %(s)s AND timeframe = %(tf)s""",
+        {"s": symbol, "tf": timeframe, "tz": tz}).fetchone()
     first, last, n, n_valid, gaps, g_split, g_jump, mean_score, source = row
     if n == 0:
         conn.execute("DELETE FROM symbol_stats WHERE symbol = %s", (symbol,))
@@ -41,7 +41,7 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn,
                      (symbol, timeframe))
         return None
     expected = cal_sessions_fn(min(first, expected_from) if expected_from else first, last)
-    present = stored_sessions(conn, symbol, timeframe)
+    present = stored_sessions(conn, symbol, timeframe, tz=tz)
     missing = np.setdiff1d(expected, present)
     n_present = len(expected) - len(missing)
     completeness = n_present / len(expected) if len(expected) else 1.0

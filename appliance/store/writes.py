@@ -12,7 +12,6 @@ import psycopg
 from appliance.core.candles import Split
 from appliance.store import pool as db
 
-NY = "America/New_York"
 TIMEFRAME = "1d"
 
 #: Columns of market_data, in the order of the staging COPY.
@@ -44,10 +43,13 @@ def _fmt_float_col(a: np.ndarray) -> list[str]:
     return res
 
 
-def copy_text(bars, checked, *, issues_of, direct: bool = False) -> bytes:
+def copy_text(bars, checked, *, issues_of, direct: bool = False, tz: str | None = None) -> bytes:
     """The COPY payload (text format) for one symbol's bars: staging columns
     (``_STAGE_COLS``), or with ``direct`` the columns of market_data itself
-    (``_DIRECT_COLS``: bar start as a New York midnight, timeframe 1d)."""
+    (``_DIRECT_COLS``: bar start as a midnight of the exchange time zone
+    ``tz``, timeframe 1d)."""
+    if direct and not tz:
+        raise ValueError("copy_text(direct=True) needs the exchange time zone")
     n = len(bars)
     if n == 0:
         return b""
@@ -65,7 +67,7 @@ def copy_text(bars, checked, *, issues_of, direct: bool = False) -> bytes:
     gpct = _fmt_float_col(np.asarray(checked.gap_pct, dtype=np.float64))
     src = bars.source
     if direct:
-        sess = [f"1d\t{d} 00:00 America/New_York" for d in sess]
+        sess = [f"1d\t{d} 00:00 {tz}" for d in sess]
     lines = [f"{sym}\t{sess[i]}\t{o[i]}\t{h[i]}\t{l[i]}\t{c[i]}\t{v[i]}\t{vw[i]}\t{tr[i]}\t{src}\t"
              f"{valid[i]}\t{score[i]}\t{issues[i]}\t{gap[i]}\t{kinds[i]}\t{gpct[i]}\n"
              for i in range(n)]
@@ -87,7 +89,7 @@ def ensure_partitions_for(conn, first: dt.date, last: dt.date) -> None:
 
 
 def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, last: dt.date,
-                run_id: int | None = None, timeframe: str = TIMEFRAME) -> dict:
+                tz: str, run_id: int | None = None, timeframe: str = TIMEFRAME) -> dict:
     """COPY ``payload`` (from ``copy_text``, one symbol's bars; with ``symbol``
     None, the bars of any number of symbols, e.g. a whole-market day) into
     staging, then one upsert.
@@ -120,10 +122,10 @@ def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, las
                         m.open, m.high, m.low, m.close, m.volume, m.vwap, m.trades, m.source
                  FROM md_stage s
                  JOIN market_data m ON m.symbol = s.symbol AND m.timeframe = %(tf)s
-                      AND m.ts = (s.session::timestamp AT TIME ZONE 'America/New_York')
+                      AND m.ts = (s.session::timestamp AT TIME ZONE %(tz)s)
                  WHERE {one_symbol}
-                   m.ts >= (%(first)s::date::timestamp AT TIME ZONE 'America/New_York')
-                   AND m.ts < ((%(last)s::date + 1)::timestamp AT TIME ZONE 'America/New_York')),
+                   m.ts >= (%(first)s::date::timestamp AT TIME ZONE %(tz)s)
+                   AND m.ts < ((%(last)s::date + 1)::timestamp AT TIME ZONE %(tz)s)),
                rev AS (
                  INSERT INTO revisions (symbol, timeframe, ts, old, new, run_id)
                  SELECT symbol, timeframe, ts,
@@ -140,10 +142,10 @@ def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, las
                  RETURNING 1)
                SELECT (SELECT count(*) FROM j), (SELECT count(*) FROM rev)""",
             {"run": run_id, "tf": timeframe, "first": first, "last": last,
-             "symbol": symbol}).fetchone()
+             "symbol": symbol, "tz": tz}).fetchone()
         cur.execute(
             f"""INSERT INTO market_data (symbol, timeframe, ts, {', '.join(_VALUE_COLS)})
-               SELECT symbol, %(tf)s, (session::timestamp AT TIME ZONE 'America/New_York'),
+               SELECT symbol, %(tf)s, (session::timestamp AT TIME ZONE %(tz)s),
                       {', '.join(_VALUE_COLS)}
                FROM md_stage
                ON CONFLICT (symbol, timeframe, ts) DO UPDATE SET
@@ -151,13 +153,13 @@ def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, las
                  ingested_at = now()
                WHERE ({', '.join('market_data.' + c for c in _VALUE_COLS)})
                      IS DISTINCT FROM ({', '.join('EXCLUDED.' + c for c in _VALUE_COLS)})""",
-            {"tf": timeframe})
+            {"tf": timeframe, "tz": tz})
         affected = cur.rowcount
     inserted = n_stage - existing
     return {"inserted": inserted, "updated": affected - inserted, "revised": revised}
 
 
-def write_bars(conn, bars, checked, *, issues_of, run_id: int | None = None) -> dict:
+def write_bars(conn, bars, checked, *, issues_of, tz: str, run_id: int | None = None) -> dict:
     """Store one symbol's validated bars; returns ``{"inserted", "updated", "revised"}``.
 
     When none of the bars' sessions is stored yet (a new symbol, a first
@@ -172,12 +174,13 @@ def write_bars(conn, bars, checked, *, issues_of, run_id: int | None = None) -> 
         raise RuntimeError("write_bars needs a connection inside a transaction")
     ensure_partitions_for(conn, first, last)
     overlap = conn.execute(
-        """SELECT EXISTS (SELECT 1 FROM market_data WHERE symbol = %s AND timeframe = %s
-             AND ts >= (%s::date::timestamp AT TIME ZONE 'America/New_York')
-             AND ts < ((%s::date + 1)::timestamp AT TIME ZONE 'America/New_York'))""",
-        (bars.symbol, TIMEFRAME, first, last)).fetchone()[0]
+        """SELECT EXISTS (SELECT 1 FROM market_data WHERE symbol = %(s)s AND timeframe = %(tf)s
+             AND ts >= (%(first)s::date::timestamp AT TIME ZONE %(tz)s)
+             AND ts < ((%(last)s::date + 1)::timestamp AT TIME ZONE %(tz)s))""",
+        {"s": bars.symbol, "tf": TIMEFRAME, "first": first, "last": last,
+         "tz": tz}).fetchone()[0]
     if not overlap:
-        payload = copy_text(bars, checked, issues_of=issues_of, direct=True)
+        payload = copy_text(bars, checked, issues_of=issues_of, direct=True, tz=tz)
         try:
             with conn.transaction():  # a savepoint: a race falls back to the upsert
                 with conn.cursor() as cur:
@@ -188,32 +191,35 @@ def write_bars(conn, bars, checked, *, issues_of, run_id: int | None = None) -> 
             if not isinstance(e, psycopg.errors.UniqueViolation):
                 raise
     payload = copy_text(bars, checked, issues_of=issues_of)
-    return upsert_bars(conn, payload, symbol=bars.symbol, first=first, last=last, run_id=run_id)
+    return upsert_bars(conn, payload, symbol=bars.symbol, first=first, last=last, tz=tz,
+                       run_id=run_id)
 
 
-def last_close_before(conn, symbol: str, session: dt.date, timeframe: str = TIMEFRAME):
+def last_close_before(conn, symbol: str, session: dt.date, timeframe: str = TIMEFRAME, *,
+                      tz: str):
     row = conn.execute(
         """SELECT close FROM market_data WHERE symbol = %s AND timeframe = %s
-           AND ts < (%s::date::timestamp AT TIME ZONE 'America/New_York')
-           AND validated ORDER BY ts DESC LIMIT 1""", (symbol, timeframe, session)).fetchone()
+           AND ts < (%s::date::timestamp AT TIME ZONE %s)
+           AND validated ORDER BY ts DESC LIMIT 1""", (symbol, timeframe, session, tz)).fetchone()
     return None if row is None else row[0]
 
 
-def stored_sessions(conn, symbol: str, timeframe: str = TIMEFRAME) -> np.ndarray:
+def stored_sessions(conn, symbol: str, timeframe: str = TIMEFRAME, *, tz: str) -> np.ndarray:
     rows = conn.execute(
-        """SELECT (ts AT TIME ZONE 'America/New_York')::date FROM market_data
-           WHERE symbol = %s AND timeframe = %s ORDER BY ts""", (symbol, timeframe)).fetchall()
+        """SELECT (ts AT TIME ZONE %s)::date FROM market_data
+           WHERE symbol = %s AND timeframe = %s ORDER BY ts""",
+        (tz, symbol, timeframe)).fetchall()
     return np.array([r[0] for r in rows], dtype="datetime64[D]")
 
 
-def last_stored_session(conn, symbol: str) -> dt.date | None:
+def last_stored_session(conn, symbol: str, *, tz: str) -> dt.date | None:
     row = conn.execute("SELECT last_session FROM symbol_stats WHERE symbol = %s",
                        (symbol,)).fetchone()
     if row and row[0]:
         return row[0]
     row = conn.execute(
-        """SELECT (max(ts) AT TIME ZONE 'America/New_York')::date FROM market_data
-           WHERE symbol = %s AND timeframe = %s""", (symbol, TIMEFRAME)).fetchone()
+        """SELECT (max(ts) AT TIME ZONE %s)::date FROM market_data
+           WHERE symbol = %s AND timeframe = %s""", (tz, symbol, TIMEFRAME)).fetchone()
     return row[0] if row else None
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,26 +39,32 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
     process of the appliance (gunicorn's worker): it joins the running
     appliance or starts it from the file, and answers reloads (configsync)."""
     from appliance.runtime.runtime import Runtime
+    adopt = False
     if runtime is None and service:
         runtime = _service_runtime(config)
     elif runtime is None:
         cfg = config if isinstance(config, Config) else load_config(config)
         runtime = Runtime(cfg)
-        runtime.adopt_running_config()
+        adopt = True  # the running config, at the first request (Redis is up by then)
     app = Flask("appliance", template_folder=_asset_dir("templates"),
                 static_folder=_asset_dir("static"), static_url_path="/static")
     app.config["RUNTIME"] = runtime
-    cfg = runtime.config
+    # nothing here reaches PostgreSQL or Redis (building an app starts no
+    # server): the config as it is now, the running one from the first request
+    cfg = runtime.current_config()
     app.config["MAX_CONTENT_LENGTH"] = cfg["server"]["max_request_bytes"]
-    from appliance.web.sessions import RedisSessionInterface, current_secret_key
-    app.secret_key = current_secret_key(runtime)
+    from appliance.web.sessions import RedisSessionInterface, secret_key_of
+    app.secret_key = secret_key_of(cfg)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
                       SESSION_COOKIE_SECURE=bool(cfg["server"]["secure_cookies"]))
     app.session_interface = RedisSessionInterface(runtime)
     # behind the TLS front: the client's address (for the lockout) and scheme
     # come from the proxy's X-Forwarded-For / -Proto (server.trusted_proxy_hops)
     app.wsgi_app = _LiveProxyFix(app.wsgi_app, runtime)
-    runtime.open(wait=wait)
+    if service:  # the web service joins the running appliance, or starts it, now
+        runtime.open(wait=wait)
+    else:
+        _open_at_first_request(app, runtime, adopt=adopt, wait=wait)
 
     from appliance.web import api, auth, console, metrics
     api.register(app)
@@ -77,6 +84,24 @@ def create_app(config: Config | str | os.PathLike | None = None, *, runtime: Run
         from appliance.alerts.rules import start_watchdog
         start_watchdog(runtime)
     return app
+
+
+def _open_at_first_request(app: Flask, runtime: Runtime, *, adopt: bool, wait: bool) -> None:
+    """Resolve the services, take the running config and open the pool before
+    the first request is handled (the first of the app's hooks)."""
+    lock = threading.Lock()
+    done: list[bool] = []
+
+    def _open() -> None:
+        if done:
+            return
+        with lock:
+            if not done:
+                if adopt:
+                    runtime.adopt_running_config()
+                runtime.open(wait=wait)
+                done.append(True)
+    app.before_request(_open)
 
 
 def _service_runtime(config) -> Runtime:

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import sys
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, current_app, jsonify
 from flask.json.provider import DefaultJSONProvider
@@ -40,7 +39,6 @@ log = logging.getLogger("appliance.api")
 
 bp = Blueprint("api", __name__)
 
-NY = ZoneInfo("America/New_York")
 MAX_LIMIT = 1_000_000
 MAX_ID = 2**63 - 1
 #: Rows fetched before the response starts: a typical request (a year of daily
@@ -100,7 +98,7 @@ def _known_symbol(conn, symbol: str) -> bool:
 
 
 def _today_ny() -> dt.date:
-    return dt.datetime.now(NY).date()
+    return dt.datetime.now(bars.exchange_zone()).date()
 
 
 # --------------------------------------------------------------------------- health / status
@@ -215,7 +213,7 @@ def historical(symbol: str):
             or api_error(404, "unknown_symbol",
                          f"symbol {symbol} is not configured and has no stored data")
     params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end,
-              "limit": limit}
+              "limit": limit, "tz": bars.exchange_tz()}
     sql_text = (store.historical_csv_sql if fmt == "csv" else store.historical_json_sql)(
         adjusted, include_invalid)
 
@@ -311,7 +309,8 @@ def gaps():
         if sym is not None and not _known_symbol(conn, sym):
             return api_error(404, "unknown_symbol",
                              f"symbol {sym} is not configured and has no stored data")
-        rows = store.gaps(conn, symbol=sym, kind=kind, since=since, until=until, limit=limit)
+        rows = store.gaps(conn, symbol=sym, kind=kind, since=since, until=until, limit=limit,
+                          tz=bars.exchange_tz())
     out = []
     for r in rows:
         out.append({"symbol": r["symbol"], "session": r["session"], "kind": r["kind"],

@@ -14,9 +14,10 @@ import datetime as dt
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from flask import Response, request
+from flask import Response, current_app, request
 
 from appliance import store
+from appliance.core import calendar as tcal
 from appliance.core import timeframes
 from appliance.store import minutes as mstore
 from appliance.web.errors import BadRequest
@@ -26,7 +27,15 @@ PAGE_MAX = 50_000
 CHUNK = 2000
 
 
-NY = ZoneInfo("America/New_York")
+
+
+def exchange_tz() -> str:
+    """The exchange time zone of the running config (``calendar.exchange_tz``)."""
+    return tcal.exchange_tz(current_app.config["RUNTIME"].config["calendar"])
+
+
+def exchange_zone() -> ZoneInfo:
+    return ZoneInfo(exchange_tz())
 
 
 def timeframe_arg(args) -> str:
@@ -58,7 +67,7 @@ def resolutions(r: dict, minutes: dict | None) -> list[dict]:
 
 
 def _iso_ny(t: dt.datetime | None) -> str | None:
-    return t.astimezone(NY).isoformat() if t else None
+    return t.astimezone(exchange_zone()).isoformat() if t else None
 
 
 # the last millisecond a date can hold (9999-12-31T23:59:59.999Z)
@@ -104,6 +113,7 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
                                   fmt=fmt)
         header = mstore.INTRADAY_CSV_HEADER
     params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
+              "tz": exchange_tz(),
               "limit": page + 1}
     with conn_cm as conn:
         rows = conn.execute(sql, params).fetchall()

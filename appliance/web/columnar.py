@@ -40,7 +40,6 @@ CHUNK = 10_000
 ROW_GROUP = 100_000
 MAX_SYMBOLS = 20_000
 BULK_FORMATS = ("parquet", "arrow", "csv")
-NY = bars.NY
 
 
 def rt():
@@ -77,7 +76,7 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
     page = limit if daily else min(limit or bars.PAGE_MAX, bars.PAGE_MAX)
     after = None if daily else bars._cursor(cursor, timeframe == "1w")  # noqa: SLF001
     params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
-              "limit": page + 1 if page else None}
+              "limit": page + 1 if page else None, "tz": bars.exchange_tz()}
     with conn_cm as conn:
         table = _read_table(conn, symbol, timeframe, adjusted, include_invalid, params)
         if not table.num_rows and not known(conn):
@@ -90,7 +89,7 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
     meta = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
             "adjusted": adjusted, "include_invalid": include_invalid, "source": source,
             "cursor": cursor, "count": table.num_rows, "next": nxt}
-    table = table.replace_schema_metadata(arrowbars.schema(timeframe, meta).metadata)
+    table = table.replace_schema_metadata(arrowbars.schema(timeframe, meta, tz=params["tz"]).metadata)
     body = list(arrowbars.encode(fmt, table.schema, table.to_batches()))
     headers = {"Content-Disposition": f'attachment; filename="{symbol}_{timeframe}_{start}_'
                                       f'{end}.{arrowbars.SUFFIX[fmt]}"'}
@@ -101,7 +100,7 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
 
 def _read_table(conn, symbol: str, timeframe: str, adjusted: bool, include_invalid: bool,
                 params: dict) -> pa.Table:
-    sch = arrowbars.schema(timeframe)
+    sch = arrowbars.schema(timeframe, tz=params["tz"])
     b = arrowbars.Batches(sch, [symbol])
     return pa.Table.from_batches(list(arrowbars.symbol_batches(
         conn, b, symbol, timeframe, adjusted=adjusted, include_invalid=include_invalid,
@@ -146,7 +145,8 @@ def _symbols(args) -> list[str]:
 
 def _bulk_args(args) -> dict:
     timeframe = bars.timeframe_arg(args)
-    end = date_arg(args, "end", dt.datetime.now(NY).date())
+    tz = bars.exchange_tz()
+    end = date_arg(args, "end", dt.datetime.now(bars.exchange_zone()).date())
     start = date_arg(args, "start", end - dt.timedelta(days=365)
                      if end.toordinal() > 365 else dt.date.min)
     if start > end:
@@ -158,7 +158,7 @@ def _bulk_args(args) -> dict:
     return {"timeframe": timeframe, "start": start, "end": end, "format": fmt,
             "adjusted": bool_arg(args, "adjusted", False),
             "include_invalid": bool_arg(args, "include_invalid", False),
-            "symbols": _symbols(args)}
+            "symbols": _symbols(args), "tz": tz}
 
 
 def _over_limit(n: int, limit: int, a: dict) -> Response:
@@ -184,7 +184,7 @@ def bulk():
         if args.get("universe") == "stored":
             a["symbols"] = cstore.stored_symbols(conn, a["timeframe"])
         n = cstore.count_rows(conn, a["timeframe"], a["symbols"], a["start"], a["end"],
-                              a["include_invalid"])
+                              a["include_invalid"], tz=a["tz"])
     except BaseException:
         cm.__exit__(*sys.exc_info())
         raise
@@ -193,7 +193,7 @@ def bulk():
         return _over_limit(n, limit, a)
     meta = {k: a[k] for k in ("timeframe", "start", "end", "adjusted", "include_invalid")}
     meta["symbols"] = len(a["symbols"])
-    sch = arrowbars.schema(a["timeframe"], meta)
+    sch = arrowbars.schema(a["timeframe"], meta, tz=a["tz"])
     body = arrowbars.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
                             ROW_GROUP)
     name = f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}.{arrowbars.SUFFIX[a["format"]]}'
@@ -230,7 +230,7 @@ def _read_batches(conn, sch, a: dict):
     batches = arrowbars.Batches(sch, a["symbols"])
     for sym in a["symbols"]:
         params = {"symbol": sym, "tf": "1d", "start": a["start"], "end": a["end"],
-                  "after": None, "limit": None}
+                  "after": None, "limit": None, "tz": a["tz"]}
         yield from arrowbars.symbol_batches(conn, batches, sym, a["timeframe"],
                                             adjusted=a["adjusted"],
                                             include_invalid=a["include_invalid"],

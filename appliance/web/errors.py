@@ -10,6 +10,8 @@ from flask import current_app, g, jsonify, request
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from appliance.runtime import replica
+
 log = logging.getLogger("appliance.api")
 
 
@@ -35,7 +37,7 @@ def retry_on_primary(e: Exception):
     """A GET whose read failed on the replica (now marked down) is answered
     once more, its reads on the primary; the response, or None (not such a
     failure, a timeout, already retried, or the primary failed too)."""
-    if not getattr(e, "replica_read_failed", False) or request.method not in ("GET", "HEAD") \
+    if not replica.failed_on_replica(e) or request.method not in ("GET", "HEAD") \
             or g.get("replica_retried") or isinstance(e, psycopg.errors.QueryCanceled):
         return None
     g.replica_retried = True

@@ -32,6 +32,7 @@ from flask.sessions import SecureCookieSession, SessionInterface
 from appliance.runtime.fs import local_secret
 
 if TYPE_CHECKING:
+    from appliance.config.loader import Config
     from appliance.runtime.runtime import Runtime
 
 log = logging.getLogger("appliance.sessions")
@@ -134,12 +135,17 @@ class RedisSessionInterface(SessionInterface):
 def current_secret_key(rt: Runtime) -> str:
     """server.secret_key of the running config (a reload rotates it: every
     console session signed with the old one ends), else the key kept in data_dir."""
-    return rt.config["server"]["secret_key"] or _derived_secret(rt)
+    return secret_key_of(rt.config)
 
 
-def _derived_secret(rt: Runtime) -> str:
+def secret_key_of(cfg: Config) -> str:
+    """server.secret_key of ``cfg``, else the key kept in its data_dir."""
+    return cfg["server"]["secret_key"] or _derived_secret(cfg)
+
+
+def _derived_secret(cfg: Config) -> str:
     """Without server.secret_key, a key kept in data_dir (created once, 0600)."""
-    d = rt.config["data_dir"]
+    d = cfg["data_dir"]
     if _derived.get(d) is None:
         _derived[d] = local_secret(d, "secret_key", lambda: secrets.token_hex(32))
     return _derived[d]

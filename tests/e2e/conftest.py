@@ -62,7 +62,7 @@ def backfilled(runtime):
     from appliance.ingest.backfill import run_backfill
     from appliance.jobs import runs
     res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
-    assert res["status"] in ("ok", "partial"), res
+    assert res["status"] == "ok", res  # the demo provider is deterministic: nothing fails
     return runtime
 
 

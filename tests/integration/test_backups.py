@@ -25,6 +25,7 @@ from appliance.ops import backups
 from appliance.ops.backups import run_backup, run_restore_test
 from appliance.runtime.runtime import Runtime
 from appliance.store.locks import BACKFILL_LOCK
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_TABLES = ("market_data", "symbols", "symbol_stats", "splits", "missing_sessions",
@@ -66,6 +67,12 @@ def _databases(url: str, like: str) -> list[str]:
     with psycopg.connect(_server_url(url), autocommit=True) as c:
         return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                                         (like,))]
+
+
+def _own_databases(url: str) -> list[str]:
+    """The databases of this test: its own and those named after it (a restore
+    test's scratch database); other tests' (xdist workers) are not its business."""
+    return _databases(url, backups.db_name(url) + "%")
 
 
 def _files(d: Path) -> list[str]:
@@ -296,16 +303,6 @@ def _pg_dump_pids(marker: str) -> list[int]:
     return out
 
 
-def _wait_for(fn, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def test_a_pg_dump_killed_mid_dump_leaves_no_partial_file(loaded, database_url):
     rt = loaded
     bdir = Path(rt.config["backup"]["path"])
@@ -325,8 +322,9 @@ def test_a_pg_dump_killed_mid_dump_leaves_no_partial_file(loaded, database_url):
     t = threading.Thread(target=go)
     t.start()
     try:
-        pids = _wait_for(lambda: _pg_dump_pids(str(bdir)))
-        _wait_for(lambda: any(".partial" in n for n in _files(bdir)))
+        pids = wait_until(lambda: _pg_dump_pids(str(bdir)), 30, "pg_dump running", 0.05)
+        wait_until(lambda: any(".partial" in n for n in _files(bdir)), 30,
+                   "a .partial file", 0.05)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
     finally:
@@ -349,14 +347,15 @@ def test_a_killed_backup_process_leaves_only_a_hidden_partial_that_the_next_run_
             " rt.open(); runs.execute(rt, 'backup', runs.manual_slot(), run_backup)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(config_path)], cwd=ROOT)
     try:
-        _wait_for(lambda: any(".partial" in n for n in _files(bdir)))
+        wait_until(lambda: any(".partial" in n for n in _files(bdir)), 30,
+                   "a .partial file", 0.05)
         dump_pids = _pg_dump_pids(str(bdir))
         proc.kill()
         proc.wait()
         # pg_dump dies with its parent
-        _wait_for(lambda: all(not Path(f"/proc/{p}").exists()
-                              or b"zombie" in Path(f"/proc/{p}/status").read_bytes().lower()
-                              for p in dump_pids))
+        wait_until(lambda: all(not Path(f"/proc/{p}").exists()
+                               or b"zombie" in Path(f"/proc/{p}/status").read_bytes().lower()
+                               for p in dump_pids), 30, "pg_dump gone with its parent", 0.05)
     finally:
         blocker.rollback()
         blocker.close()
@@ -420,7 +419,7 @@ def test_restore_test_passes_and_leaves_the_live_database_untouched(loaded, data
     rt = loaded
     b = _backup(rt)
     live_before = _fingerprint(database_url)
-    dbs_before = _databases(database_url, "%")
+    dbs_before = _own_databases(database_url)
     res = _restore_test(rt, "latest")
     assert res["status"] == "ok", res
     assert res["backup_id"] == b["backup_id"]
@@ -428,7 +427,7 @@ def test_restore_test_passes_and_leaves_the_live_database_untouched(loaded, data
     assert res["validation"]["validated"] + res["validation"]["invalid"] == \
         live_before["market_data"]
     assert _fingerprint(database_url) == live_before
-    assert _databases(database_url, "%") == dbs_before  # the scratch database is gone
+    assert _own_databases(database_url) == dbs_before  # the scratch database is gone
     with rt.conn() as c:
         row = backups.get_backup(c, b["backup_id"])
         prog = runs.get(c, res["run_id"])["progress"]
@@ -460,14 +459,14 @@ def _assert_failed(rt, res, reason: str, database_url, live_before, dbs_before):
     assert row["restore_test_status"] == "failed"
     assert reason in row["restore_test_result"]["error"]
     assert _fingerprint(database_url) == live_before
-    assert _databases(database_url, "%") == dbs_before
+    assert _own_databases(database_url) == dbs_before
     assert any(reason in m for m in _events(rt, "restore_test"))
 
 
 def test_a_flipped_byte_fails_the_restore_test_with_a_sha256_mismatch(loaded, database_url):
     rt = loaded
     b = _backup(rt)
-    live_before, dbs_before = _fingerprint(database_url), _databases(database_url, "%")
+    live_before, dbs_before = _fingerprint(database_url), _own_databases(database_url)
     archive = Path(b["path"])
     _flip_byte(archive, archive.stat().st_size // 2)
     res = _restore_test(rt, b["backup_id"])
@@ -479,7 +478,7 @@ def test_a_flipped_byte_fails_the_restore_test_with_a_sha256_mismatch(loaded, da
 def test_a_truncated_archive_fails_the_restore_test_as_truncated(loaded, database_url):
     rt = loaded
     b = _backup(rt)
-    live_before, dbs_before = _fingerprint(database_url), _databases(database_url, "%")
+    live_before, dbs_before = _fingerprint(database_url), _own_databases(database_url)
     archive = Path(b["path"])
     os.truncate(archive, archive.stat().st_size * 2 // 3)
     res = _restore_test(rt, b["backup_id"])
@@ -492,7 +491,7 @@ def test_a_truncated_archive_with_a_matching_manifest_is_caught_by_pg_restore(
     agree, the table of contents is intact, pg_restore still finds the end missing."""
     rt = loaded
     b = _backup(rt)
-    live_before, dbs_before = _fingerprint(database_url), _databases(database_url, "%")
+    live_before, dbs_before = _fingerprint(database_url), _own_databases(database_url)
     archive = Path(b["path"])
     os.truncate(archive, archive.stat().st_size * 2 // 3)
     mpath = archive.with_suffix(".json")
@@ -514,7 +513,7 @@ def test_a_manifest_that_disagrees_with_the_data_fails_saying_what_differed(
         loaded, database_url):
     rt = loaded
     b = _backup(rt)
-    live_before, dbs_before = _fingerprint(database_url), _databases(database_url, "%")
+    live_before, dbs_before = _fingerprint(database_url), _own_databases(database_url)
     mpath = Path(b["path"]).with_suffix(".json")
     m = json.loads(mpath.read_text())
     n = m["row_counts"]["tables"]["market_data"]
@@ -540,7 +539,7 @@ def _mark_timescaledb(backup: dict) -> Path:
 def test_a_timescaledb_archive_fails_the_restore_test_saying_why(loaded, database_url):
     rt = loaded
     b = _backup(rt)
-    live_before, dbs_before = _fingerprint(database_url), _databases(database_url, "%")
+    live_before, dbs_before = _fingerprint(database_url), _own_databases(database_url)
     mpath = _mark_timescaledb(b)
     res = _restore_test(rt, str(mpath))
     _assert_failed(rt, res, "taken from a TimescaleDB database", database_url,

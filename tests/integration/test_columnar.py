@@ -23,6 +23,7 @@ import yaml
 
 from appliance.core import timeframes
 from tests.minute_store import store_minutes
+from tests.support import wait_until
 
 START, END = "2024-05-28", "2024-06-14"
 PARQUET, ARROW = "application/vnd.apache.parquet", "application/vnd.apache.arrow.stream"
@@ -51,7 +52,7 @@ def stocked(runtime, config_factory):
                            "export": {"max_rows": 100_000}})
     assert reload_config(runtime, source="cli")["ok"]
     res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
-    assert res["status"] in ("ok", "partial"), res
+    assert res["status"] == "ok", res  # the demo provider is deterministic: nothing fails
     store_minutes(runtime, "NVDA", START, END, split_date="2024-06-10", invalid=3)
     store_minutes(runtime, "AAPL", START, END, seed=9)
     return runtime
@@ -301,6 +302,7 @@ def _busy(runtime) -> list:
     with runtime.conn() as conn:
         return conn.execute("""SELECT query FROM pg_stat_activity
                                WHERE state = 'active' AND pid <> pg_backend_pid()
+                                 AND datname = current_database()
                                  AND query LIKE '%%minute_bars%%'""").fetchall()
 
 
@@ -328,10 +330,7 @@ def test_a_client_that_goes_away_frees_its_connection_and_query(client, stocked)
     assert not _all_connections_free(pool, 0.5)
     r.close()  # the client goes away
     assert _all_connections_free(pool, 10)
-    deadline = time.monotonic() + 10
-    while _busy(stocked) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _busy(stocked)
+    wait_until(lambda: not _busy(stocked), 10, "the abandoned query to end", 0.05)
 
 
 # --------------------------------------------------------------------------- console

@@ -34,7 +34,7 @@ def backfilled(runtime, config_factory):
     config_factory(symbols=["AAPL", "MSFT", "NVDA"])
     assert reload_config(runtime, source="cli")["ok"]
     res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
-    assert res["status"] in ("ok", "partial"), res
+    assert res["status"] == "ok", res  # the demo provider is deterministic: nothing fails
     return runtime
 
 
@@ -128,7 +128,7 @@ def test_symbol_page_lists_invalid_candles_with_their_rule_and_feeds_the_chart(c
     html = r.get_data(as_text=True)
     assert 'id="chart"' in html and "lightweight-charts.standalone.production.js" in html
     with backfilled.conn() as conn:
-        invalid = store.invalid_candles(conn, "AAPL")
+        invalid = store.invalid_candles(conn, "AAPL", tz="America/New_York")
     assert invalid, "the demo series has bad ticks for AAPL"
     for c in invalid:
         assert str(c["time"]) in html
@@ -144,7 +144,7 @@ def test_symbol_page_lists_invalid_candles_with_their_rule_and_feeds_the_chart(c
     nv = client.get("/console/api/chart/NVDA").get_json()
     marks = {(m["time"], m["text"]) for m in nv["markers"]}
     with backfilled.conn() as conn:
-        gaps = store.gaps(conn, symbol="NVDA")
+        gaps = store.gaps(conn, symbol="NVDA", tz="America/New_York")
     assert any(g["kind"] == "split" for g in gaps)
     for g in gaps:
         assert (g["session"].isoformat(), g["kind"]) in marks

@@ -29,7 +29,7 @@ def charted(runtime, config_factory):
     config_factory(symbols=["AAPL", "MSFT", "NVDA"])
     assert reload_config(runtime, source="cli")["ok"]
     res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill, params={})
-    assert res["status"] in ("ok", "partial"), res
+    assert res["status"] == "ok", res  # the demo provider is deterministic: nothing fails
     bars = store_minutes(runtime, "NVDA", START, END, drop=[DROPPED.isoformat()],
                          invalid=INVALID, split_date="2024-06-10")
     return bars

@@ -355,6 +355,7 @@ def _minute_rows(rt, sym, tf):
         rows = conn.execute(mstore.intraday_sql(tf, adjusted=False, include_invalid=True,
                                                 fmt="json"),
                             {"symbol": sym, "start": M_START, "end": M_END, "after": None,
+                             "tz": "America/New_York",
                              "limit": None}).fetchall()
     return [(r[0], json.loads(r[1])) for r in rows]
 

@@ -63,17 +63,17 @@ def test_cli_export_is_read_by_duckdb_polars_and_pandas_as_json_says(client, sto
 def test_a_second_export_writes_nothing_and_a_changed_session_one_file(stocked, tmp_path):
     out = tmp_path / "ds"
     start, end = dt.date.fromisoformat(START), dt.date.fromisoformat(END)
-    first = export.export(stocked.read_conn, "5m", start, end, out)
+    first = export.export(stocked.read_conn, "5m", start, end, out, tz="America/New_York")
     assert len(first["written"]) == 2
     files = _files(out)
     manifest = (out / "manifest.json").read_text()
 
-    again = export.export(stocked.read_conn, "5m", start, end, out)
+    again = export.export(stocked.read_conn, "5m", start, end, out, tz="America/New_York")
     assert again == {"written": [], "unchanged": 2, "removed": [], "rows": 0}
     assert _files(out) == files and (out / "manifest.json").read_text() == manifest
 
     store_minutes(stocked, "AAPL", "2024-06-12", "2024-06-12", seed=11)  # one session again
-    third = export.export(stocked.read_conn, "5m", start, end, out)
+    third = export.export(stocked.read_conn, "5m", start, end, out, tz="America/New_York")
     assert third["written"] == ["timeframe=5m/year=2024/month=6"]
     now = _files(out)
     may = "timeframe=5m/year=2024/month=5/bars.parquet"
@@ -83,8 +83,9 @@ def test_a_second_export_writes_nothing_and_a_changed_session_one_file(stocked, 
 
 def test_daily_and_weekly_datasets_equal_json(client, stocked, tmp_path):
     out = tmp_path / "ds"
-    export.export(stocked.read_conn, "1d", dt.date(2024, 1, 1), dt.date(2024, 6, 30), out)
-    export.export(stocked.read_conn, "1w", dt.date(2024, 1, 1), dt.date(2024, 6, 30), out)
+    for tf in ("1d", "1w"):
+        export.export(stocked.read_conn, tf, dt.date(2024, 1, 1), dt.date(2024, 6, 30), out,
+                      tz="America/New_York")
     con = duckdb.connect()
     for tf, start, end in (("1d", "2024-01-01", "2024-06-30"), ("1w", "2024-01-07",
                                                                  "2024-07-06")):
@@ -102,7 +103,7 @@ def test_a_manifest_that_is_not_one_is_refused_by_name(stocked, tmp_path):
     (tmp_path / "manifest.json").write_text("[1, 2]")
     try:
         export.export(stocked.read_conn, "1d", dt.date(2024, 1, 1), dt.date(2024, 1, 31),
-                      tmp_path)
+                      tmp_path, tz="America/New_York")
     except ValueError as e:
         assert "manifest.json is not an export manifest" in str(e)
     else:

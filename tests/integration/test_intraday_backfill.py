@@ -49,6 +49,7 @@ def _rows(rt, sym, tf, start=START, end=END):
         rows = conn.execute(mstore.intraday_sql(tf, adjusted=False, include_invalid=True,
                                                 fmt="json"),
                             {"symbol": sym, "start": start, "end": end, "after": None,
+                             "tz": "America/New_York",
                              "limit": None}).fetchall()
     return [(r[0], json.loads(r[1])) for r in rows]
 
@@ -122,7 +123,7 @@ def test_minute_backfill_stores_the_vendor_exactly_and_rolls_up_like_it(
                 adj = conn.execute(mstore.intraday_sql("1h", adjusted=True,
                                                        include_invalid=False, fmt="json"),
                                    {"symbol": "AAPL", "start": START, "end": START,
-                                    "after": None, "limit": 1}).fetchone()
+                                    "after": None, "tz": "America/New_York", "limit": 1}).fetchone()
             raw = _rows(rt, "AAPL", "1h", START, START)[0][1]
             assert json.loads(adj[1])["open"] == raw["open"] * 0.25
             _spot_check_rollups(rt)

@@ -287,7 +287,15 @@ def test_two_scheduler_processes_catch_up_a_missed_slot_exactly_once(config_fact
                30, "two scheduler heartbeats")
     wait_until(lambda: [r for r in _job_runs(rt) if r["trigger"] == "catch_up"], 15,
                "the catch-up run")
-    time.sleep(1.5)  # both have passed start-up and ticked
+    # a heartbeat newer than this comes from a scheduler's loop: it has passed
+    # start-up (and its catch-up) and ticked
+    seen = time.time()
+
+    def both_ticked() -> bool:
+        keys = list(rt.redis.scan_iter("appliance:heartbeat:scheduler:*"))
+        beats = [float(v) for v in rt.redis.mget(keys) if v is not None] if keys else []
+        return len(beats) == 2 and min(beats) > seen
+    wait_until(both_ticked, 30, "both schedulers past start-up and ticking")
     assert all(p.poll() is None for p in procs)
     caught = [(r["slot"], r["trigger"]) for r in _job_runs(rt) if r["slot"] != "2020-01-01T00:00Z"]
     assert caught == [(missed, "catch_up")]

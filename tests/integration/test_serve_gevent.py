@@ -13,12 +13,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import psycopg
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,15 +30,6 @@ def _get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
         return r.status, r.read()
     finally:
         c.close()
-
-
-def _wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting: {what}")
 
 
 def _answers(port: int, path: str) -> bool:
@@ -58,7 +48,7 @@ def gevent_server(config_factory, procs, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(path), "serve"],
                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     procs.append(p)
-    _wait_until(lambda: _answers(port, "/api/v1/openapi.json") or p.poll() is not None, 60,
+    wait_until(lambda: _answers(port, "/api/v1/openapi.json") or p.poll() is not None, 60,
                 "the web server to answer")
     assert p.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
     yield port
@@ -79,7 +69,7 @@ def test_a_request_waiting_on_postgres_does_not_stop_the_gevent_worker(gevent_se
         t = threading.Thread(target=slow, daemon=True)
         t.start()
         with psycopg.connect(database_url, autocommit=True) as watch:
-            _wait_until(lambda: watch.execute(
+            wait_until(lambda: watch.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock'").fetchone()[0] > 0, 30,
                 "the historical request to wait for the table lock")

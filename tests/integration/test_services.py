@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from appliance.runtime import services
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 
 @pytest.fixture
@@ -45,13 +44,14 @@ def test_embedded_postgres_recovers_after_being_killed(short_dir):
     services.embedded_postgres(short_dir)
     pid = int((short_dir / "pg" / "postmaster.pid").read_text().splitlines()[0])
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.kill(pid, 0)
-            time.sleep(0.05)
+            return False
         except ProcessLookupError:
-            break
+            return True
+    wait_until(gone, 10, "the killed postmaster to be gone", 0.05)
     assert (short_dir / "pg" / "postmaster.pid").exists()  # stale pid file left behind
     url = services.embedded_postgres(short_dir)
     with psycopg.connect(url) as c:
@@ -103,39 +103,27 @@ def test_up_serves_with_embedded_services_and_stops_cleanly_on_sigterm(short_dir
     proc = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg), "up"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 90
-        body = None
-        while time.monotonic() < deadline:
+        def health_with_data():
             try:
-                status, body = _get(f"http://127.0.0.1:{port}/health")
-                if body.get("latest_data"):
-                    break
+                body = _get(f"http://127.0.0.1:{port}/health")[1]
             except OSError:
-                pass
-            time.sleep(0.5)
-        assert body is not None, "never served /health"
+                return None
+            return body if body.get("latest_data") else None
+        body = wait_until(health_with_data, 90, "/health with the first stored data", 0.5)
         assert body["database"] == "ok" and body["redis"] == "ok"
         assert body["latest_data"] is not None, "the initial backfill did not store data"
         # latest_data appears with the first stored symbol; the initial
         # backfill stores the second one moments later
-        deadline = time.monotonic() + 60
-        while True:
-            status, st = _get(f"http://127.0.0.1:{port}/api/v1/status")
-            if st["database"]["symbols_available"] == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert st["database"]["symbols_available"] == 2
-        deadline = time.monotonic() + 30
-        while body.get("processes") is None and time.monotonic() < deadline:
-            time.sleep(1)
-            status, body = _get(f"http://127.0.0.1:{port}/health")
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/api/v1/status")[1]["database"]
+                   ["symbols_available"] == 2, 60, "both symbols stored", 0.5)
+        body = wait_until(lambda: (lambda b: b if b.get("processes") is not None else None)(
+            _get(f"http://127.0.0.1:{port}/health")[1]), 30, "/health listing the processes", 1)
         assert {r: p["state"] for r, p in body["processes"].items()} == \
             {"serve": "running", "worker": "running", "scheduler": "running"}
         # without systemd the log, children's lines included, is in data_dir
         log_file = short_dir / "var" / "log" / "appliance.log"
-        deadline = time.monotonic() + 60
-        while "appliance up in" not in log_file.read_text() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_until(lambda: "appliance up in" in log_file.read_text(), 60,
+                   "'appliance up in' in the log file", 0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)

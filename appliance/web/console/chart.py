@@ -24,6 +24,7 @@ import math
 from appliance import store
 from appliance.core.timeframes import REGULAR_OPEN
 from appliance.store import minutes as mstore
+from appliance.web.bars import exchange_tz
 
 #: The switcher's timeframes, finest first; intraday ones need stored minutes.
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d", "1w")
@@ -93,7 +94,8 @@ def page(conn, symbol: str, timeframe: str, *, adjusted: bool, end: dt.date | No
 
 
 def _daily(conn, symbol: str, adjusted: bool, end: dt.date | None) -> dict:
-    rows = store.chart_series(conn, symbol, adjusted=adjusted, limit=DAILY_PAGE + 1, end=end)
+    rows = store.chart_series(conn, symbol, adjusted=adjusted, limit=DAILY_PAGE + 1, end=end,
+                              tz=exchange_tz())
     more = len(rows) > DAILY_PAGE
     rows = rows[-DAILY_PAGE:]
     candles, markers = [], []
@@ -126,21 +128,21 @@ def _weekly(conn, symbol: str, adjusted: bool, end: dt.date | None) -> dict:
     its sessions is a split or jump gap, missing, or an invalid daily bar
     (left out of the week)."""
     rows = conn.execute(store.weekly_sql(adjusted, False, "json"),
-                        {"symbol": symbol, "tf": "1d", "start": _FAR_PAST,
+                        {"symbol": symbol, "tf": "1d", "start": _FAR_PAST, "tz": exchange_tz(),
                          "end": end or _FAR_FUTURE, "after": None, "limit": None}).fetchall()
     candles = []
     for _ms, text in rows:
         w = json.loads(text)
         candles.append(_candle(w["time"], w["open"], w["high"], w["low"], w["close"]))
     flagged: dict[tuple[str, str], int] = {}
-    for g in store.gaps(conn, symbol=symbol, until=end, limit=_GAP_LIMIT):
+    for g in store.gaps(conn, symbol=symbol, until=end, limit=_GAP_LIMIT, tz=exchange_tz()):
         if g["kind"] in ("split", "jump"):
             key = (_sunday(g["session"]), g["kind"])
             flagged[key] = flagged.get(key, 0) + 1
     for s in mstore.missing_sessions_in(conn, symbol, "1d", None, end):
         key = (_sunday(s), "missing")
         flagged[key] = flagged.get(key, 0) + 1
-    for c in store.invalid_candles(conn, symbol, limit=_GAP_LIMIT):
+    for c in store.invalid_candles(conn, symbol, limit=_GAP_LIMIT, tz=exchange_tz()):
         if end is None or c["time"] <= end:
             key = (_sunday(c["time"]), "invalid")
             flagged[key] = flagged.get(key, 0) + 1
@@ -165,7 +167,7 @@ def _intraday(conn, symbol: str, timeframe: str, adjusted: bool, end: dt.date | 
     candles, markers, breaks = [], [], []
     first_bar: dict[dt.date, int] = {}
     for session, m, o, hi, lo, c, ok in mstore.chart_bars(conn, symbol, timeframe, start, end,
-                                                          adjusted=adjusted):
+                                                          adjusted=adjusted, tz=exchange_tz()):
         t = wall_seconds(session, m)
         if session not in first_bar:
             first_bar[session] = t
@@ -178,7 +180,8 @@ def _intraday(conn, symbol: str, timeframe: str, adjusted: bool, end: dt.date | 
             t = wall_seconds(s, REGULAR_OPEN)
             candles.append({"time": t})
             markers.append(_gap_marker(t, "missing", "missing session"))
-    for g in store.gaps(conn, symbol=symbol, since=start, until=end, limit=_GAP_LIMIT):
+    for g in store.gaps(conn, symbol=symbol, since=start, until=end, limit=_GAP_LIMIT,
+                        tz=exchange_tz()):
         if g["kind"] in ("split", "jump") and g["session"] in first_bar:
             markers.append(_gap_marker(first_bar[g["session"]], g["kind"]))
     return _finish(candles, markers, breaks, start, end, more)

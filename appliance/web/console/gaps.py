@@ -7,6 +7,7 @@ from flask import Blueprint, request
 
 from appliance import store
 from appliance.config.loader import SYMBOL_RE
+from appliance.web.bars import exchange_tz
 from appliance.web.console.common import GAP_KINDS, _date_arg, _float_arg, page, rt
 
 log = logging.getLogger("appliance.console")
@@ -21,7 +22,7 @@ def gaps_page():
     min_jump = _float_arg("min_jump")
     with rt().read_conn() as conn:
         rows = store.gaps(conn, symbol=sym or None, kind=kind or None, since=since, until=until,
-                          limit=1000)
+                          limit=1000, tz=exchange_tz())
     if min_jump is not None:
         rows = [r for r in rows if r["jump_pct"] is not None and abs(r["jump_pct"]) >= min_jump]
     args = {"kind": kind, "symbol": sym, "since": since.isoformat() if since else "",

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, abort, jsonify, render_template, request, url_for
 
@@ -12,6 +11,7 @@ from appliance import store
 from appliance.config.loader import SYMBOL_RE
 from appliance.core import timeframes
 from appliance.store import minutes as mstore
+from appliance.web.bars import exchange_tz, exchange_zone
 from appliance.web.console import chart
 from appliance.web.console.common import (
     SORT_KEYS,
@@ -28,7 +28,6 @@ from appliance.web.errors import BadRequest
 log = logging.getLogger("appliance.console")
 
 bp = Blueprint("symbols", __name__)
-NY = ZoneInfo("America/New_York")
 
 
 def sort_url(endpoint: str, key: str, args: dict, **extra) -> str:
@@ -95,7 +94,7 @@ def _ny_span(minutes: dict | None) -> dict | None:
     out = dict(minutes)
     for k in ("first_bar", "last_bar"):
         t = minutes[k]
-        out[k + "_ny"] = t.astimezone(NY).strftime("%Y-%m-%d %H:%M") if t else None
+        out[k + "_ny"] = t.astimezone(exchange_zone()).strftime("%Y-%m-%d %H:%M") if t else None
     return out
 
 
@@ -103,8 +102,8 @@ def _stored_range(row: dict, minutes: dict | None, timeframe: str) -> tuple:
     """The sessions the Download links ask for until the chart says which
     bars it shows (static/js/chart.js keeps them to the visible range)."""
     if timeframe in chart.INTRADAY and minutes and minutes.get("first_bar"):
-        return (minutes["first_bar"].astimezone(NY).date(),
-                minutes["last_bar"].astimezone(NY).date())
+        return (minutes["first_bar"].astimezone(exchange_zone()).date(),
+                minutes["last_bar"].astimezone(exchange_zone()).date())
     return row.get("first_session"), row.get("last_session")
 
 
@@ -122,8 +121,8 @@ def symbol_page(symbol: str):
         if row is None:
             abort(404)
         minutes = _ny_span(mstore.minute_stats_of(conn, symbol))
-        invalid = store.invalid_candles(conn, symbol, limit=500)
-        gaps = store.gaps(conn, symbol=symbol, limit=200)
+        invalid = store.invalid_candles(conn, symbol, limit=500, tz=exchange_tz())
+        gaps = store.gaps(conn, symbol=symbol, limit=200, tz=exchange_tz())
     configured = symbol in {s.symbol for s in rt().config.symbols}
     offered = [tf for tf in chart.TIMEFRAMES if minutes or tf not in chart.INTRADAY]
     return render_template("symbol.html", symbol=symbol, row=row, invalid=invalid, gaps=gaps,
