@@ -37,6 +37,13 @@ class SymbolPlan:
     start: dt.date
     end: dt.date
     full: bool  # a new symbol (whole history)
+    #: re-fetch its splits and dividends (a whole history, or a range the
+    #: operator asked for: how a vendor's revision of them is taken in)
+    actions: bool = False
+
+    @property
+    def refresh_actions(self) -> bool:
+        return self.full or self.actions
 
 
 @dataclass
@@ -69,7 +76,7 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
     plans = []
     for sym in symbols:
         if start is not None:
-            plans.append(SymbolPlan(sym, start, end, full=False))
+            plans.append(SymbolPlan(sym, start, end, full=False, actions=True))
             continue
         since = specs[sym].since if sym in specs else default_since
         if sym in demo:
@@ -322,13 +329,15 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
             # the vendor's whole history takes the place of any demo bar, in
             # this transaction: a session it lacks keeps no demo bar
             out["demo_replaced"] = dstore.drop_daily(conn, p.symbol)
-        if p.full:
+        if p.refresh_actions:
             try:
                 store.save_splits(conn, provider.splits(p.symbol), provider.name)
             except ProviderAuthError:
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
+        saved_divs = (_save_dividends(conn, provider, p.symbol, run_id)
+                      if p.refresh_actions else [])
         if p.full:
             store.mark_history_from(conn, p.symbol, p.start)
         if len(bars) == 0:
@@ -341,32 +350,100 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
         last = bars.session[-1].astype(object)
         cal_sessions = tcal.sessions(cal, first, last)
         prev_close = store.last_close_before(conn, p.symbol, first)
+        prev_session = store.last_session_before(conn, p.symbol, first)
         splits = store.splits_for(conn, p.symbol)
+        divs = store.dividends.applied_dividends(conn, p.symbol)
         checked = quality.validate(bars, cal_sessions, today, prev_close=prev_close, splits=splits,
                                    gap_threshold_pct=q["gap_threshold_pct"],
-                                   split_tolerance_pct=q["split_tolerance_pct"])
-        if not p.full and np.any(np.asarray(checked.gap_kind, dtype=object) == "jump"):
-            # a jump may be a split the vendor announced since we last asked
+                                   split_tolerance_pct=q["split_tolerance_pct"], dividends=divs,
+                                   prev_session=prev_session)
+        if not p.refresh_actions and np.any(np.asarray(checked.gap_kind, dtype=object) == "jump"):
+            # a jump may be a split or a special dividend the vendor announced
+            # since we last asked
             try:
                 fresh = provider.splits(p.symbol)
                 if fresh:
                     store.save_splits(conn, fresh, provider.name)
                     splits = store.splits_for(conn, p.symbol)
-                    checked = quality.validate(
-                        bars, cal_sessions, today, prev_close=prev_close, splits=splits,
-                        gap_threshold_pct=q["gap_threshold_pct"],
-                        split_tolerance_pct=q["split_tolerance_pct"])
             except ProviderAuthError:
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
+            saved_divs = _save_dividends(conn, provider, p.symbol, run_id)
+            divs = store.dividends.applied_dividends(conn, p.symbol)
+            checked = quality.validate(
+                bars, cal_sessions, today, prev_close=prev_close, splits=splits,
+                gap_threshold_pct=q["gap_threshold_pct"],
+                split_tolerance_pct=q["split_tolerance_pct"], dividends=divs,
+                prev_session=prev_session)
         res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
+        _report_unapplied(conn, provider, p.symbol, saved_divs)
         store.checkpoint(conn, p.symbol, last, run_id)
         out.update(res)
         out["rejected"] += int((~checked.valid).sum())
     with rt.conn() as conn:
         refresh_stats(conn, cfg, p.symbol)
     return out
+
+
+def _save_dividends(conn, provider, symbol: str, run_id) -> list[dt.date]:
+    """Fetch and store ``symbol``'s dividends (vendors that publish them);
+    each one that cannot be applied is said as a ``dividend`` event. Returns
+    the ex-dates saved (new or revised). A vendor error is logged and said,
+    the stored dividends untouched."""
+    fetch = getattr(provider, "dividends", None)  # Polygon and the demo publish them
+    if fetch is None:
+        return []
+    try:
+        fresh = fetch(symbol)
+    except ProviderAuthError:
+        raise
+    except ProviderError as e:
+        log.warning("dividends of %s unavailable: %s", symbol, e.message)
+        store.add_event(conn, "warning", "dividend",
+                        f"{symbol}: dividends unavailable from {provider.name}, the stored "
+                        f"ones are kept: {e.message}", {"symbol": symbol})
+        return []
+    res = store.dividends.save_dividends(conn, fresh, provider.name, run_id)
+    for sym, ex, kind, cash, problem in res["problems"]:
+        store.add_event(conn, "warning", "dividend",
+                        f"{sym}: dividend {kind} ex {ex} not applied: {problem}",
+                        {"symbol": sym, "ex_dividend_date": ex.isoformat(),
+                         "dividend_type": kind, "cash_amount": cash, "problem": problem})
+    if res["revised"]:
+        store.add_event(conn, "info", "dividend",
+                        f"{symbol}: {res['revised']} dividend(s) revised by {provider.name} "
+                        f"(old and new values in dividend_revisions)",
+                        {"symbol": symbol, "revised": res["revised"]})
+    return [k[1] for k in res["saved"]]
+
+
+def _report_unapplied(conn, provider, symbol: str, ex_dates: list[dt.date]) -> None:
+    """A ``dividend`` event for each newly saved dividend that the stored
+    bars cannot apply (no close before its ex-date, or cash not below it)."""
+    if not ex_dates:
+        return
+    rows = store.dividends.unapplied(conn, symbol, ex_dates)
+    early = [u for u in rows if u["reason"] == "no_close_before"]
+    if early:
+        first, last = early[0]["ex_dividend_date"], early[-1]["ex_dividend_date"]
+        store.add_event(conn, "info", "dividend",
+                        f"{symbol}: {len(early)} dividend(s) with ex-dates {first}..{last} not "
+                        f"applied: before the first stored bar (no close before them); they "
+                        f"apply once earlier history is stored",
+                        {"symbol": symbol, "problem": "no_close_before", "count": len(early),
+                         "first": first.isoformat(), "last": last.isoformat(),
+                         "provider": provider.name})
+    for u in rows:
+        if u["reason"] == "no_close_before":
+            continue
+        store.add_event(conn, "warning", "dividend",
+                        f"{symbol}: dividend {u['dividend_type']} ex {u['ex_dividend_date']} "
+                        f"not applied: its cash {u['cash_amount']!r} is not below the close "
+                        f"before it ({u['close_before']!r})",
+                        {"symbol": symbol, "ex_dividend_date": u["ex_dividend_date"].isoformat(),
+                         "dividend_type": u["dividend_type"], "cash_amount": u["cash_amount"],
+                         "problem": u["reason"], "provider": provider.name})
 
 
 def _check_known(conn, provider, symbol: str) -> None:

@@ -12,7 +12,8 @@ module of their own are used as ``store.MODULE.NAME``: ``alerts``, ``runs``
 (job_runs), ``history`` (a restore's history merge), ``maintenance``,
 ``performance``, ``spotcheck``, ``databases`` (whole databases on the
 server), ``scratch`` (a database that is not the live one yet), ``locks``
-(advisory locks) and ``sessions`` (session settings).
+(advisory locks), ``sessions`` (session settings) and ``dividends`` (cash
+dividends and their revisions).
 
 Outside this package only ``appliance.db`` runs SQL: the connection pool,
 the migration runner and the partitions a migration needs.
@@ -20,6 +21,7 @@ the migration runner and the partitions a migration needs.
 from . import (
     alerts,
     databases,
+    dividends,
     history,
     locks,
     maintenance,
@@ -35,6 +37,7 @@ from .writes import (
     copy_text,
     ensure_partitions_for,
     last_close_before,
+    last_session_before,
     last_stored_session,
     save_splits,
     splits_for,
@@ -109,6 +112,7 @@ from .backups import (
 __all__ = [
     "alerts",
     "databases",
+    "dividends",
     "history",
     "locks",
     "maintenance",
@@ -147,6 +151,7 @@ __all__ = [
     "copy_text",
     "ensure_partitions_for",
     "last_close_before",
+    "last_session_before",
     "last_stored_session",
     "save_splits",
     "splits_for",

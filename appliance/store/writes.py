@@ -197,6 +197,16 @@ def last_close_before(conn, symbol: str, session: dt.date, timeframe: str = TIME
     return None if row is None else row[0]
 
 
+def last_session_before(conn, symbol: str, session: dt.date) -> dt.date | None:
+    """The session of the valid daily bar ``last_close_before`` reads."""
+    row = conn.execute(
+        """SELECT (ts AT TIME ZONE 'America/New_York')::date FROM market_data
+           WHERE symbol = %s AND timeframe = '1d'
+           AND ts < (%s::date::timestamp AT TIME ZONE 'America/New_York')
+           AND validated ORDER BY ts DESC LIMIT 1""", (symbol, session)).fetchone()
+    return None if row is None else row[0]
+
+
 def stored_sessions(conn, symbol: str, timeframe: str = TIMEFRAME) -> np.ndarray:
     rows = conn.execute(
         """SELECT (ts AT TIME ZONE 'America/New_York')::date FROM market_data

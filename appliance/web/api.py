@@ -31,7 +31,7 @@ from .auth import require_admin, require_read
 from . import bars, columnar, errors
 from . import openapi as openapi_doc
 from .errors import BadRequest, api_error
-from .params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
+from .params import adjust_arg, bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
 
 log = logging.getLogger("appliance.api")
 
@@ -181,31 +181,31 @@ def symbols():
 # --------------------------------------------------------------------------- historical
 
 def _historical_args(args) -> tuple:
-    """(start, end, adjusted, include_invalid, limit, format), checked."""
+    """(start, end, adjust, include_invalid, limit, format), checked."""
     end = date_arg(args, "end", _today_ny())
     start = date_arg(args, "start", max(dt.date.min, end - dt.timedelta(days=365))
                   if end.toordinal() > 365 else dt.date.min)
     if start > end:
         raise BadRequest(f"start ({start}) is after end ({end})", "bad_range")
-    adjusted = bool_arg(args, "adjusted", False)
+    adjust = adjust_arg(args)
     include_invalid = bool_arg(args, "include_invalid", False)
     limit = int_arg(args, "limit", None, 1, MAX_LIMIT)
     fmt = columnar.negotiate(args)  # json, csv, parquet or arrow
-    return start, end, adjusted, include_invalid, limit, fmt
+    return start, end, adjust, include_invalid, limit, fmt
 
 
 @bp.get("/api/v1/historical/<path:symbol>")
 @require_read
 def historical(symbol: str):
-    args = query_args({"start", "end", "adjusted", "format", "limit", "include_invalid",
+    args = query_args({"start", "end", "adjusted", "adjust", "format", "limit", "include_invalid",
                        "timeframe", "cursor"})
     symbol = symbol_arg(symbol)
     timeframe = bars.timeframe_arg(args)
-    start, end, adjusted, include_invalid, limit, fmt = _historical_args(args)
+    start, end, adjust, include_invalid, limit, fmt = _historical_args(args)
     if fmt in ("parquet", "arrow") or timeframe != "1d":
         answer = columnar.historical if fmt in ("parquet", "arrow") else bars.respond
         return answer(rt().read_conn(), symbol=symbol, timeframe=timeframe,
-                            start=start, end=end, adjusted=adjusted,
+                            start=start, end=end, adjust=adjust,
                             include_invalid=include_invalid, fmt=fmt, limit=limit,
                             cursor=args.get("cursor"),
                             known=lambda conn: _known_symbol(conn, symbol)) \
@@ -214,7 +214,7 @@ def historical(symbol: str):
     params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end,
               "limit": limit}
     sql_text = (store.historical_csv_sql if fmt == "csv" else store.historical_json_sql)(
-        adjusted, include_invalid)
+        adjust, include_invalid)
 
     # The first rows are read before answering: an unknown symbol must still be
     # a 404 and a database error a 503, not a broken 200. Daily bars are at
@@ -246,6 +246,8 @@ def historical(symbol: str):
         return api_error(404, "unknown_symbol",
                          f"symbol {symbol} is not configured and has no stored data")
 
+    adj_head = bars.adjust_fields(adjust)  # read in the request, not while streaming
+
     def body():
         if fmt == "csv":
             yield (",".join(store.HISTORICAL_CSV_HEADER) + "\n" + "".join(first)).encode()
@@ -255,7 +257,7 @@ def historical(symbol: str):
         else:
             head = (f'{{"symbol": "{symbol}", "timeframe": "{store.TIMEFRAME}", '
                     f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
-                    f'"adjusted": {"true" if adjusted else "false"}, ')
+                    f'{adj_head}')
             if done:
                 yield (f'{head}"count": {len(first)}, "data": [' + ", ".join(first)
                        + "]}").encode()

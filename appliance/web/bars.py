@@ -87,8 +87,18 @@ def _next_link(last_ms: int) -> str:
     return f"{request.path}?{urlencode(args)}"
 
 
+def adjust_fields(adjust: str) -> str:
+    """The answer's head fields saying how prices are adjusted: ``adjusted``
+    (true unless none) as always, and ``adjust`` (the mode) when the request
+    named it, so that an answer to an older request keeps its bytes."""
+    head = f'"adjusted": {"false" if adjust == "none" else "true"}, '
+    if "adjust" in request.args:
+        head += f'"adjust": "{adjust}", '
+    return head
+
+
 def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.date,
-            adjusted: bool, include_invalid: bool, fmt: str, limit: int | None,
+            adjust: str, include_invalid: bool, fmt: str, limit: int | None,
             cursor: str | None, known) -> Response | None:
     """The answer, or None when the symbol is unknown (no bar and not
     configured: ``known(conn)`` is False)."""
@@ -96,10 +106,10 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
     page = min(limit or PAGE_MAX, PAGE_MAX)
     after = _cursor(cursor, weekly)
     if weekly:
-        sql = store.weekly_sql(adjusted, include_invalid, fmt)
+        sql = store.weekly_sql(adjust, include_invalid, fmt)
         header = store.WEEKLY_CSV_HEADER
     else:
-        sql = mstore.intraday_sql(timeframe, adjusted=adjusted, include_invalid=include_invalid,
+        sql = mstore.intraday_sql(timeframe, adjust=adjust, include_invalid=include_invalid,
                                   fmt=fmt)
         header = mstore.INTRADAY_CSV_HEADER
     params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
@@ -111,6 +121,7 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
     more = len(rows) > page
     rows = rows[:page]
     nxt = _next_link(rows[-1][0]) if more else None
+    adj_head = adjust_fields(adjust)  # read in the request, not while streaming
 
     def chunks():
         for i in range(0, len(rows), CHUNK):
@@ -130,7 +141,7 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
     def body():
         yield (f'{{"symbol": "{symbol}", "timeframe": "{timeframe}", '
                f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
-               f'"adjusted": {"true" if adjusted else "false"}, "count": {len(rows)}, '
+               f'{adj_head}"count": {len(rows)}, '
                f'"data": [').encode()
         sep = ""
         for c in chunks():

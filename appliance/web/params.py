@@ -10,6 +10,7 @@ import re
 from flask import request
 
 from ..config import SYMBOL_RE
+from ..core.adjustment import BadMode, resolve
 from .errors import BadRequest
 
 DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
@@ -48,6 +49,16 @@ def bool_arg(args, name: str, default):
     if v == "false":
         return False
     raise BadRequest(f"{name}={v[:40]!r} must be true or false", "bad_boolean")
+
+
+def adjust_arg(args) -> str:
+    """The adjustment mode: ``adjust`` (none, splits or total) or the older
+    ``adjusted`` (true = splits, false = none); both given must agree."""
+    adjusted = bool_arg(args, "adjusted", None)
+    try:
+        return resolve(args.get("adjust"), adjusted)
+    except BadMode as e:
+        raise BadRequest(str(e), "bad_adjust") from None
 
 
 def int_arg(args, name: str, default: int | None, lo: int, hi: int) -> int | None:
