@@ -336,6 +336,40 @@ class _Stream:
 
 
 
+# --------------------------------------------------------------------------- dividends
+
+@bp.get("/api/v1/dividends/<path:symbol>")
+@require_read
+def dividends(symbol: str):
+    """A symbol's stored cash dividends, oldest first, each with the factor it
+    contributes to ``adjust=total`` (null when it is not applied, and why)."""
+    args = query_args({"start", "end"})
+    symbol = symbol_arg(symbol)
+    start = date_arg(args, "start", None)
+    end = date_arg(args, "end", None)
+    if start and end and start > end:
+        raise BadRequest(f"start ({start}) is after end ({end})", "bad_range")
+    with rt().read_conn() as conn:
+        if not _known_symbol(conn, symbol):
+            return api_error(404, "unknown_symbol",
+                             f"symbol {symbol} is not configured and has no stored data")
+        rows = store.dividends.dividends_for(conn, symbol, start, end)
+    out = []
+    for r in rows:
+        problem = r["problem"]
+        if problem is None and r["factor"] is None:
+            problem = ("no valid daily bar before the ex-date" if r["close_before"] is None
+                       else "cash not below the close before the ex-date")
+        out.append({"ex_dividend_date": r["ex_dividend_date"],
+                    "dividend_type": r["dividend_type"], "cash_amount": r["cash_amount"],
+                    "currency": r["currency"], "declaration_date": r["declaration_date"],
+                    "record_date": r["record_date"], "pay_date": r["pay_date"],
+                    "frequency": r["frequency"], "close_before": r["close_before"],
+                    "factor": r["factor"], "applied": r["factor"] is not None,
+                    "problem": problem, "source": r["source"]})
+    return jsonify({"symbol": symbol, "count": len(out), "dividends": out})
+
+
 # --------------------------------------------------------------------------- gaps
 
 @bp.get("/api/v1/gaps")
@@ -344,8 +378,9 @@ def gaps():
     args = query_args({"symbol", "kind", "since", "until", "limit"})
     sym = symbol_arg(args["symbol"]) if "symbol" in args else None
     kind = args.get("kind")
-    if kind not in (None, "split", "jump", "missing"):
-        raise BadRequest(f"kind={kind[:40]!r} must be split, jump or missing", "bad_kind")
+    if kind not in (None, "split", "dividend", "jump", "missing"):
+        raise BadRequest(f"kind={kind[:40]!r} must be split, dividend, jump or missing",
+                         "bad_kind")
     since = date_arg(args, "since", None)
     until = date_arg(args, "until", None)
     if since and until and since > until:

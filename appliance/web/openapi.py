@@ -262,12 +262,14 @@ def _market_schemas() -> dict:
         "open": _n(NUM), "high": _n(NUM), "low": _n(NUM), "close": _n(NUM),
         "volume": _n(NUM), "vwap": _n(NUM), "validated": BOOL, "quality_score": _n(NUM),
         "gap_detected": BOOL,
-        "gap_kind": _n({"type": "string", "enum": ["split", "jump"]}),
+        "gap_kind": _n({"type": "string", "enum": ["split", "dividend", "jump"]}),
         "source": STR})
     historical = _obj({
         "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
         "timeframe": {"type": "string", "enum": list(timeframes.ALL)},
         "start_date": DATE, "end_date": DATE, "adjusted": BOOL,
+        "adjust": {"type": "string", "enum": ["none", "splits", "total"],
+                   "description": "The adjustment mode, when the request named adjust."},
         "count": {"type": "integer", "minimum": 0},
         "data": {"type": "array", "items": {"oneOf": [_ref("Candle"), _ref("Bar"),
                                                       _ref("WeekBar")]},
@@ -282,12 +284,26 @@ def _market_schemas() -> dict:
 def _schemas() -> dict:
     gap = _obj({
         "symbol": STR, "session": DATE,
-        "kind": {"type": "string", "enum": ["split", "jump", "missing"]},
+        "kind": {"type": "string", "enum": ["split", "dividend", "jump", "missing"]},
         "timeframe": {"type": "string", "enum": ["1d", "1m"],
                       "description": "1m: a session without any minute bar."},
         "jump_pct": _n(NUM), "open": _n(NUM), "close": _n(NUM),
         "split_from": _n(NUM), "split_to": _n(NUM),
         "split_ratio": _n({"type": "string", "description": "to:from, e.g. 4:1"})})
+    dividend = _obj({
+        "ex_dividend_date": DATE,
+        "dividend_type": {"type": "string", "enum": ["CD", "SC", "LT", "ST"],
+                          "description": "CD regular cash, SC special cash, LT/ST long- and "
+                                         "short-term capital gains."},
+        "cash_amount": _n(NUM), "currency": _n(STR), "declaration_date": _n(DATE),
+        "record_date": _n(DATE), "pay_date": _n(DATE), "frequency": _n(INT),
+        "close_before": {**_n(NUM), "description": "Raw close of the last valid daily bar "
+                                                   "before the ex-date."},
+        "factor": {**_n(NUM), "description": "1 - cash_amount / close_before; null when "
+                                             "not applied."},
+        "applied": BOOL, "problem": _n(STR), "source": STR})
+    dividend_list = _obj({"symbol": STR, "count": INT,
+                          "dividends": {"type": "array", "items": _ref("Dividend")}})
     job_run = _obj({
         "id": INT, "job": STR, "slot": STR, "trigger": STR,
         "status": {"type": "string",
@@ -314,7 +330,7 @@ def _schemas() -> dict:
         "Error": error, **_status_schemas(),
         **_market_schemas(),
         "SymbolList": _obj({"count": INT, "symbols": {"type": "array", "items": _ref("Symbol")}}),
-        "Gap": gap,
+        "Gap": gap, "Dividend": dividend, "DividendList": dividend_list,
         "GapList": _obj({"count": INT, "gaps": {"type": "array", "items": _ref("Gap")}}),
         "JobRun": job_run,
         "JobList": _obj({"count": INT, "jobs": {"type": "array", "items": _ref("JobRun")}}),
@@ -449,9 +465,7 @@ def _data_paths() -> dict:
                          "2025-10-01"),
              _date_param("end", "Last session (inclusive); default today (New York); "
                                 "start after end is a 400.", "2025-10-31"),
-             _q("adjusted", {"type": "boolean", "default": False},
-                "Apply stored splits: prices times the split ratio before a split, volume "
-                "divided by it."),
+             *openapi_columnar.ADJUST_PARAMS,
              openapi_columnar.FORMAT_PARAM,
              _q("limit", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                 "At most this many candles (the earliest)."),
@@ -468,11 +482,19 @@ def _data_paths() -> dict:
             description="Large daily ranges are streamed; count then follows data. Other "
                         "timeframes answer at most limit (at most 50000) bars per page "
                         "with a next link.")},
+        "/api/v1/dividends/{symbol}": {"get": _read(
+            "A symbol's stored cash dividends, oldest first",
+            _json(_ref("DividendList"), "Dividends, each with the factor it contributes to "
+                                        "adjust=total."),
+            [symbol_path,
+             _date_param("start", "Ex-dates on or after this date."),
+             _date_param("end", "Ex-dates on or before this date.")],
+            errors=("400", "401", "404", "503"))},
         "/api/v1/gaps": {"get": _read(
-            "Flagged candles (split, jump) and missing sessions, newest first",
+            "Flagged candles (split, dividend, jump) and missing sessions, newest first",
             _json(_ref("GapList"), "Gaps."),
             [_q("symbol", {"type": "string", "pattern": SYMBOL_PATTERN}, "Only this symbol."),
-             _q("kind", {"type": "string", "enum": ["split", "jump", "missing"]},
+             _q("kind", {"type": "string", "enum": ["split", "dividend", "jump", "missing"]},
                 "Only this kind."),
              _date_param("since", "Sessions on or after this date."),
              _date_param("until", "Sessions on or before this date."),

@@ -322,3 +322,24 @@ def test_a_revised_dividend_is_recorded_and_the_series_follows(stored, client, w
         fake.set_dividends(recs)
         runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
                      params={"symbols": ["KO"], "start": "2024-11-25", "end": END.isoformat()})
+
+
+def test_the_dividends_endpoint_lists_each_with_its_factor_as_documented(client, world):
+    from tests.integration.test_api import validate_response
+    truth, _, special = world
+    r = client.get("/api/v1/dividends/KO", headers=H)
+    assert r.status_code == 200
+    body = validate_response("/api/v1/dividends/KO", "GET", 200, r.content_type, r.get_data())
+    assert body["count"] == 5
+    sc = [d for d in body["dividends"] if d["dividend_type"] == "SC"][0]
+    assert sc["applied"] and sc["cash_amount"] == special
+    assert sc["factor"] == pytest.approx(1 - special / _close_before(truth.bars["KO"], SPECIAL),
+                                         rel=1e-12)
+    bad = client.get("/api/v1/dividends/BAD?start=2023-01-01&end=2024-03-31", headers=H)
+    rows = {d["ex_dividend_date"]: d for d in bad.get_json()["dividends"]}
+    assert rows["2023-06-15"]["problem"] == "no valid daily bar before the ex-date"
+    assert rows["2024-02-15"] == {**rows["2024-02-15"], "applied": False, "factor": None,
+                                  "problem": "no cash amount", "cash_amount": None}
+    assert client.get("/api/v1/dividends/NOPE", headers=H).status_code == 404
+    r = client.get("/api/v1/gaps?symbol=KO&kind=dividend", headers=H)
+    assert [g["session"] for g in r.get_json()["gaps"]] == [SPECIAL.isoformat()]
