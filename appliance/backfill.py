@@ -244,6 +244,7 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())
+    _recent_dividends(rt, provider, plan, run_id)
     from . import chunks
     if chunks.wanted(cfg, plan, windows):  # chunks for every worker (chunks.py)
         return chunks.run_parent(rt, cfg, plan, run_id, report, windows)
@@ -404,6 +405,12 @@ def _save_dividends(conn, provider, symbol: str, run_id) -> list[dt.date]:
                         f"{symbol}: dividends unavailable from {provider.name}, the stored "
                         f"ones are kept: {e.message}", {"symbol": symbol})
         return []
+    return _store_dividends(conn, provider, symbol, fresh, run_id)
+
+
+def _store_dividends(conn, provider, symbol: str, fresh, run_id) -> list[dt.date]:
+    """Store one vendor answer's dividends of ``symbol``, each problem said
+    as a ``dividend`` event; returns the ex-dates saved (new or revised)."""
     res = store.dividends.save_dividends(conn, fresh, provider.name, run_id)
     for sym, ex, kind, cash, problem in res["problems"]:
         store.add_event(conn, "warning", "dividend",
@@ -416,6 +423,39 @@ def _save_dividends(conn, provider, symbol: str, run_id) -> list[dt.date]:
                         f"(old and new values in dividend_revisions)",
                         {"symbol": symbol, "revised": res["revised"]})
     return [k[1] for k in res["saved"]]
+
+
+#: Days before the earliest session of a routine run whose ex-dates it asks for.
+RECENT_DIVIDEND_DAYS = 10
+
+
+def _recent_dividends(rt, provider, plan: Plan, run_id) -> None:
+    """A routine run (no symbol refreshing its corporate actions) asks for
+    the dividends of the whole market going ex in its sessions, in one paged
+    request (``dividends_between``), and stores those of its symbols: so a
+    newly declared dividend enters the total-return series, and the quality
+    check knows it, without one request per symbol. A vendor error is logged
+    and said; the run goes on."""
+    routine = [p for p in plan.symbols if not p.refresh_actions]
+    fetch = getattr(provider, "dividends_between", None)  # Polygon and the demo
+    if not routine or fetch is None:
+        return
+    lo = min(p.start for p in routine) - dt.timedelta(days=RECENT_DIVIDEND_DAYS)
+    hi = max(p.end for p in routine)
+    wanted = {p.symbol for p in routine}
+    with rt.conn() as conn:
+        try:
+            found = fetch(lo, hi, wanted)
+        except ProviderAuthError:
+            raise
+        except ProviderError as e:
+            log.warning("recent dividends unavailable: %s", e.message)
+            store.add_event(conn, "warning", "dividend",
+                            f"dividends going ex {lo}..{hi} unavailable from {provider.name}; "
+                            f"the next run asks again: {e.message}", {})
+            return
+        for sym in sorted(wanted & set(found)):
+            _store_dividends(conn, provider, sym, found[sym], run_id)
 
 
 def _report_unapplied(conn, provider, symbol: str, ex_dates: list[dt.date]) -> None:

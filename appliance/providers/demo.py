@@ -257,3 +257,12 @@ class DemoProvider:
                                 d + dt.timedelta(days=1), d + dt.timedelta(days=14), freq,
                                 "USD", None, tuple(rec.items())))
         return sorted(out, key=lambda x: (x.ex_dividend_date, x.dividend_type))
+
+    def dividends_between(self, start, end, symbols=None) -> dict[str, list[Dividend]]:
+        """The universe's (or ``symbols``') dividends going ex in ``start``..``end``."""
+        out = {}
+        for sym in (symbols if symbols is not None else self.universe):
+            d = self.dividends(sym, start, end)
+            if d:
+                out[sym] = d
+        return out

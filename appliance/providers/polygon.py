@@ -279,6 +279,30 @@ class PolygonProvider:
         return out
 
 
+    def dividends_between(self, start, end, symbols=None) -> dict[str, list[Dividend]]:
+        """The whole market's dividends going ex in ``start``..``end``, by
+        ticker (only those of ``symbols`` when given), from one paged request
+        without a ticker: how a routine run learns of new dividends."""
+        url = f"{self.base_url}/v3/reference/dividends"
+        params = {"ex_dividend_date.gte": iso_date(start), "ex_dividend_date.lte": iso_date(end),
+                  "limit": 1000}
+        out: dict[str, list[Dividend]] = {}
+        seen: set = set()
+        for page in self._pages(url, params):
+            for r in page.get("results") or ():
+                sym = r.get("ticker") if isinstance(r, dict) else None
+                if not sym or (symbols is not None and sym not in symbols):
+                    continue
+                d = dividend_from_record(sym, r, url)
+                key = (sym, d.ex_dividend_date, d.dividend_type, d.cash_amount, d.pay_date)
+                if key not in seen:
+                    seen.add(key)
+                    out.setdefault(sym, []).append(d)
+        for v in out.values():
+            v.sort(key=lambda d: (d.ex_dividend_date, d.dividend_type))
+        return out
+
+
 def _opt_date(r: dict, key: str, where: str):
     v = r.get(key)
     if v in (None, ""):

@@ -343,3 +343,56 @@ def test_the_dividends_endpoint_lists_each_with_its_factor_as_documented(client,
     assert client.get("/api/v1/dividends/NOPE", headers=H).status_code == 404
     r = client.get("/api/v1/gaps?symbol=KO&kind=dividend", headers=H)
     assert [g["session"] for g in r.get_json()["gaps"]] == [SPECIAL.isoformat()]
+
+
+def test_a_routine_run_learns_new_dividends_from_one_market_wide_request(stored, client,
+                                                                         world):
+    rt, fake = stored
+    truth, recs, special = world
+    new = dividend_record("KO", "2024-12-20", 0.25)
+    fake.set_dividends(recs + [new, dividend_record("OTHER", "2024-12-20", 9.0)])
+    before = len(fake.log)
+    try:
+        res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+                           params={"end": END.isoformat()})
+        assert res["status"] == "ok", res
+        asked = [(p, q) for p, q, _, _ in fake.log[before:] if p == "/v3/reference/dividends"]
+        assert len(asked) == 1 and "ticker" not in asked[0][1]
+        assert asked[0][1]["ex_dividend_date.lte"] == END.isoformat()
+        divs = _ko_divs(special) + [(dt.date(2024, 12, 20), 0.25)]
+        want = truth.bars["KO"].close * _hand_factors(truth, "KO", divs)
+        got = [d["close"] for d in _daily(client, "KO", "adjust=total").get_json()["data"]]
+        assert np.allclose(got, want, rtol=1e-9)
+        with rt.conn() as conn:  # a ticker the appliance does not keep is not stored
+            assert conn.execute("SELECT count(*) FROM dividends WHERE symbol = 'OTHER'"
+                                ).fetchone()[0] == 0
+    finally:
+        fake.set_dividends(recs)
+        with rt.conn() as conn:
+            conn.execute("DELETE FROM dividends WHERE symbol = 'KO' AND ex_dividend_date = "
+                         "'2024-12-20'")
+
+
+def test_the_symbol_page_lists_dividends_and_switches_to_total_return(client, world):
+    truth, _, special = world
+    html = client.get("/symbols/KO?adjust=total", headers=H).get_data(as_text=True)
+    assert 'id="dividends-table"' in html and "special" in html and "0.4850" in html
+    assert 'data-adjusted="total" aria-pressed="true"' in html
+    assert 'data-adjusted="total"' in html.split('id="chart"')[1].split(">")[0]
+    assert 'href="/symbols/KO?timeframe=1h&amp;adjust=total"' in html  # the mode is kept
+    bad = client.get("/symbols/BAD", headers=H).get_data(as_text=True)
+    assert "not applied: no cash amount" in bad
+    d = client.get("/console/api/chart/KO?adjust=total", headers=H).get_json()
+    assert d["adjust"] == "total" and d["adjusted"] is True
+    f = _hand_factors(truth, "KO", _ko_divs(special))
+    want = dict(zip(truth.bars["KO"].session.astype(str).tolist(),
+                    (truth.bars["KO"].close * f).tolist()))
+    closes = {c["time"]: c["close"] for c in d["candles"] if "close" in c}
+    assert all(abs(closes[t] / want[t] - 1) < 1e-9 for t in closes)
+    ex = [m for m in d["markers"] if m["role"] == "exdiv"]
+    # the Saturday ex-date is marked on the Monday after it
+    assert {m["time"] for m in ex} >= {"2024-03-14", "2024-06-17", SPECIAL.isoformat()}
+    assert [m["role"] for m in d["markers"] if m["time"] == SPECIAL.isoformat()].count(
+        "dividend") == 1
+    r = client.get("/console/api/chart/KO?adjust=dividends", headers=H)
+    assert r.status_code == 400

@@ -1,7 +1,8 @@
 """The symbol chart's data, one page at a time, for every timeframe: bars,
 whitespace for missing sessions, markers (split, dividend and jump gaps,
-missing sessions, invalid bars, dividend ex-dates) and, for intraday timeframes, the first bar of each
-session (the chart draws a session break there).
+missing sessions, invalid bars; on the daily chart the ex-dividend dates)
+and, for intraday timeframes, the first bar of each session (the chart
+draws a session break there).
 
 Pages run back in time. The first page ends at the latest bar; each page
 gives ``older``, the ``end`` to ask for the page before it, or None when it
@@ -76,7 +77,7 @@ def _dividend_marker(t, d: dict) -> dict:
     cash = "no cash" if d["cash_amount"] is None else f"{d['cash_amount']:g}"
     text = f"ex-div {d['dividend_type']} {cash}" + (" (not applied)" if d["factor"] is None
                                                     else "")
-    return {"time": t, "position": "belowBar", "role": "dividend", "shape": "arrowUp",
+    return {"time": t, "position": "belowBar", "role": "exdiv", "shape": "arrowUp",
             "text": text}
 
 
