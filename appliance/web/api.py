@@ -28,10 +28,11 @@ from ..store import minutes as mstore
 from ..jobs import runs
 from ..jobs.registry import JOB_NAMES, run_now_params
 from .auth import require_admin, require_read
-from . import bars, columnar, errors
+from . import bars, columnar, corpactions, errors
 from . import openapi as openapi_doc
 from .errors import BadRequest, api_error
-from .params import adjust_arg, bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
+from .params import (adjust_arg, bool_arg, date_arg, int_arg, json_body, known_symbol,
+                     query_args, symbol_arg)
 
 log = logging.getLogger("appliance.api")
 
@@ -86,14 +87,6 @@ def rt():
 
 # --------------------------------------------------------------------------- parameters
 
-def _configured(symbol: str) -> bool:
-    return any(s.symbol == symbol for s in rt().config.symbols)
-
-
-def _known_symbol(conn, symbol: str) -> bool:
-    if _configured(symbol):
-        return True
-    return store.symbol_known(conn, symbol)
 
 
 def _today_ny() -> dt.date:
@@ -207,8 +200,7 @@ def historical(symbol: str):
         return answer(rt().read_conn(), symbol=symbol, timeframe=timeframe,
                             start=start, end=end, adjust=adjust,
                             include_invalid=include_invalid, fmt=fmt, limit=limit,
-                            cursor=args.get("cursor"),
-                            known=lambda conn: _known_symbol(conn, symbol)) \
+                            cursor=args.get("cursor"), known=lambda c: known_symbol(c, symbol)) \
             or api_error(404, "unknown_symbol",
                          f"symbol {symbol} is not configured and has no stored data")
     params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end,
@@ -234,7 +226,7 @@ def historical(symbol: str):
             rows = cur.stream(sql_text, params, size=STREAM_CHUNK)
             first = [r[0] for r in itertools.islice(rows, FIRST_CHUNK)]
         done = len(first) < FIRST_CHUNK or small
-        unknown = done and not first and not _known_symbol(conn, symbol)
+        unknown = done and not first and not known_symbol(conn, symbol)
         if done:  # everything is in hand: give the connection back before answering
             released = True
             cm.__exit__(None, None, None)
@@ -246,7 +238,9 @@ def historical(symbol: str):
         return api_error(404, "unknown_symbol",
                          f"symbol {symbol} is not configured and has no stored data")
 
-    adj_head = bars.adjust_fields(adjust)  # read in the request, not while streaming
+    head = (f'{{"symbol": "{symbol}", "timeframe": "{store.TIMEFRAME}", '
+            f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
+            f'{bars.adjust_fields(adjust)}')  # read in the request, not while streaming
 
     def body():
         if fmt == "csv":
@@ -255,9 +249,6 @@ def historical(symbol: str):
                 for chunk in _chunks(rows):
                     yield "".join(chunk).encode()
         else:
-            head = (f'{{"symbol": "{symbol}", "timeframe": "{store.TIMEFRAME}", '
-                    f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
-                    f'{adj_head}')
             if done:
                 yield (f'{head}"count": {len(first)}, "data": [' + ", ".join(first)
                        + "]}").encode()
@@ -336,40 +327,6 @@ class _Stream:
 
 
 
-# --------------------------------------------------------------------------- dividends
-
-@bp.get("/api/v1/dividends/<path:symbol>")
-@require_read
-def dividends(symbol: str):
-    """A symbol's stored cash dividends, oldest first, each with the factor it
-    contributes to ``adjust=total`` (null when it is not applied, and why)."""
-    args = query_args({"start", "end"})
-    symbol = symbol_arg(symbol)
-    start = date_arg(args, "start", None)
-    end = date_arg(args, "end", None)
-    if start and end and start > end:
-        raise BadRequest(f"start ({start}) is after end ({end})", "bad_range")
-    with rt().read_conn() as conn:
-        if not _known_symbol(conn, symbol):
-            return api_error(404, "unknown_symbol",
-                             f"symbol {symbol} is not configured and has no stored data")
-        rows = store.dividends.dividends_for(conn, symbol, start, end)
-    out = []
-    for r in rows:
-        problem = r["problem"]
-        if problem is None and r["factor"] is None:
-            problem = ("no valid daily bar before the ex-date" if r["close_before"] is None
-                       else "cash not below the close before the ex-date")
-        out.append({"ex_dividend_date": r["ex_dividend_date"],
-                    "dividend_type": r["dividend_type"], "cash_amount": r["cash_amount"],
-                    "currency": r["currency"], "declaration_date": r["declaration_date"],
-                    "record_date": r["record_date"], "pay_date": r["pay_date"],
-                    "frequency": r["frequency"], "close_before": r["close_before"],
-                    "factor": r["factor"], "applied": r["factor"] is not None,
-                    "problem": problem, "source": r["source"]})
-    return jsonify({"symbol": symbol, "count": len(out), "dividends": out})
-
-
 # --------------------------------------------------------------------------- gaps
 
 @bp.get("/api/v1/gaps")
@@ -387,7 +344,7 @@ def gaps():
         raise BadRequest(f"since ({since}) is after until ({until})", "bad_range")
     limit = int_arg(args, "limit", 500, 1, 100_000)
     with rt().read_conn() as conn:
-        if sym is not None and not _known_symbol(conn, sym):
+        if sym is not None and not known_symbol(conn, sym):
             return api_error(404, "unknown_symbol",
                              f"symbol {sym} is not configured and has no stored data")
         rows = store.gaps(conn, symbol=sym, kind=kind, since=since, until=until, limit=limit)
@@ -626,4 +583,5 @@ def register(app) -> None:
     app.json = JSONProvider(app)
     app.register_blueprint(bp)
     columnar.register(app)
+    corpactions.register(app)
     errors.register(app)

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from .. import __version__ as APP_VERSION
 from .. import timeframes
-from . import openapi_columnar
+from . import openapi_columnar, openapi_dividends
 from ..config import SYMBOL_RE
 from ..jobs.registry import JOB_NAMES
 
@@ -290,20 +290,6 @@ def _schemas() -> dict:
         "jump_pct": _n(NUM), "open": _n(NUM), "close": _n(NUM),
         "split_from": _n(NUM), "split_to": _n(NUM),
         "split_ratio": _n({"type": "string", "description": "to:from, e.g. 4:1"})})
-    dividend = _obj({
-        "ex_dividend_date": DATE,
-        "dividend_type": {"type": "string", "enum": ["CD", "SC", "LT", "ST"],
-                          "description": "CD regular cash, SC special cash, LT/ST long- and "
-                                         "short-term capital gains."},
-        "cash_amount": _n(NUM), "currency": _n(STR), "declaration_date": _n(DATE),
-        "record_date": _n(DATE), "pay_date": _n(DATE), "frequency": _n(INT),
-        "close_before": {**_n(NUM), "description": "Raw close of the last valid daily bar "
-                                                   "before the ex-date."},
-        "factor": {**_n(NUM), "description": "1 - cash_amount / close_before; null when "
-                                             "not applied."},
-        "applied": BOOL, "problem": _n(STR), "source": STR})
-    dividend_list = _obj({"symbol": STR, "count": INT,
-                          "dividends": {"type": "array", "items": _ref("Dividend")}})
     job_run = _obj({
         "id": INT, "job": STR, "slot": STR, "trigger": STR,
         "status": {"type": "string",
@@ -330,7 +316,7 @@ def _schemas() -> dict:
         "Error": error, **_status_schemas(),
         **_market_schemas(),
         "SymbolList": _obj({"count": INT, "symbols": {"type": "array", "items": _ref("Symbol")}}),
-        "Gap": gap, "Dividend": dividend, "DividendList": dividend_list,
+        "Gap": gap, **openapi_dividends.SCHEMAS,
         "GapList": _obj({"count": INT, "gaps": {"type": "array", "items": _ref("Gap")}}),
         "JobRun": job_run,
         "JobList": _obj({"count": INT, "jobs": {"type": "array", "items": _ref("JobRun")}}),
@@ -414,7 +400,8 @@ def _admin(summary: str, responses: dict, *, body: dict | None = None, params: l
 
 def _paths() -> dict:
     return {**_data_paths(), **_ops_paths(),
-            **openapi_columnar.paths(SYMBOL_PATTERN, DATE_PATTERN)}
+            **openapi_columnar.paths(SYMBOL_PATTERN, DATE_PATTERN),
+            **openapi_dividends.paths(_read, SYMBOL_PATTERN, DATE_PATTERN)}
 
 
 def _data_paths() -> dict:
@@ -482,14 +469,6 @@ def _data_paths() -> dict:
             description="Large daily ranges are streamed; count then follows data. Other "
                         "timeframes answer at most limit (at most 50000) bars per page "
                         "with a next link.")},
-        "/api/v1/dividends/{symbol}": {"get": _read(
-            "A symbol's stored cash dividends, oldest first",
-            _json(_ref("DividendList"), "Dividends, each with the factor it contributes to "
-                                        "adjust=total."),
-            [symbol_path,
-             _date_param("start", "Ex-dates on or after this date."),
-             _date_param("end", "Ex-dates on or before this date.")],
-            errors=("400", "401", "404", "503"))},
         "/api/v1/gaps": {"get": _read(
             "Flagged candles (split, dividend, jump) and missing sessions, newest first",
             _json(_ref("GapList"), "Gaps."),

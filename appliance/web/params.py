@@ -7,7 +7,9 @@ import datetime as dt
 import json
 import re
 
-from flask import request
+from flask import current_app, request
+
+from .. import store
 
 from ..config import SYMBOL_RE
 from ..core.adjustment import BadMode, resolve
@@ -100,3 +102,10 @@ def json_body(allowed: set[str]) -> dict:
         raise BadRequest(f"unknown field(s): {', '.join(map(str, unknown))[:200]}; allowed: "
                          f"{allowed_txt}", "unknown_field")
     return body
+
+
+def known_symbol(conn, symbol: str) -> bool:
+    """Whether ``symbol`` is configured in the running config or has stored data."""
+    if any(s.symbol == symbol for s in current_app.config["RUNTIME"].config.symbols):
+        return True
+    return store.symbol_known(conn, symbol)
