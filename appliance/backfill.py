@@ -65,7 +65,7 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
               end: dt.date | None, now: dt.datetime) -> Plan:
     cal = cfg["calendar"]
     latest = tcal.latest_completed_session(cal, now)
-    end = min(end, latest) if end else latest
+    end_all = min(end, latest) if end else latest
     lookback = cfg["history"]["lookback_sessions"]
     specs = {s.symbol: s for s in cfg.symbols}
     default_since = cfg.history_start("1d")
@@ -73,8 +73,12 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
     # write_symbol stores in place of every demo bar (demodata.py)
     demo = set(dstore.demo_symbols(conn, minute=False)) \
         if start is None and dstore.replacing(provider.name) else set()
+    delisted = store.securities.delisted(conn)
     plans = []
     for sym in symbols:
+        # a delisted security traded until the session before its delisting:
+        # nothing after it is asked for (nothing at all once it is stored)
+        end = min(end_all, delisted[sym] - dt.timedelta(days=1)) if sym in delisted else end_all
         if start is not None:
             plans.append(SymbolPlan(sym, start, end, full=False, actions=True))
             continue
@@ -275,7 +279,7 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
                     bars = bars.concat(b)
                 bars.source = provider.name
             else:
-                bars = provider.daily_bars(p.symbol, p.start, p.end)
+                bars = security_bars(rt, provider, p)
             res = write_symbol(rt, cfg, provider, p, bars, run_id=run_id, today=today)
             totals.update(res)
         except ProviderAuthError as e:
@@ -316,8 +320,73 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
 def backfill_symbol(rt, cfg, provider, p: SymbolPlan, *, run_id, today) -> Counter:
     """One symbol's planned range, fetched per symbol and stored (a chunk of a
     fanned-out backfill)."""
-    return write_symbol(rt, cfg, provider, p, provider.daily_bars(p.symbol, p.start, p.end),
+    return write_symbol(rt, cfg, provider, p, security_bars(rt, provider, p),
                         run_id=run_id, today=today)
+
+
+def security_bars(rt, provider, p: SymbolPlan) -> Bars:
+    """The planned range of ``p.symbol``'s daily bars, fetched under each
+    ticker its security had in that range and only for the dates that ticker
+    named it (a renamed company's older bars come under its older ticker; a
+    ticker another company used before is never read for those dates). A
+    plan that refreshes corporate actions first refreshes the identity
+    (vendors that publish it: Polygon)."""
+    if p.refresh_actions and getattr(provider, "ticker_history", None) is not None:
+        with rt.conn() as conn:
+            refresh_identity(conn, provider, p.symbol)
+    with rt.conn() as conn:
+        sec = store.securities.security(conn, p.symbol)
+    tickers = (sec or {}).get("tickers") or []
+    if not tickers:
+        return provider.daily_bars(p.symbol, p.start, p.end)
+    end = p.end
+    if sec.get("delisted_on"):
+        end = min(end, sec["delisted_on"] - dt.timedelta(days=1))
+    bars = Bars.empty(p.symbol, provider.name)
+    for t in tickers:
+        a = max(p.start, t["valid_from"])
+        b = min(end, t["valid_to"] - dt.timedelta(days=1)) if t["valid_to"] else end
+        if a <= b:
+            got = provider.daily_bars(t["ticker"], a, b)
+            got.symbol = p.symbol
+            bars = bars.concat(got)
+    bars.source = provider.name
+    return bars
+
+
+def refresh_identity(conn, provider, symbol: str) -> None:
+    """Store the security ``symbol`` names (composite FIGI, ticker history)
+    and its delisting, from the vendor. Conflicting events or a FIGI already
+    another symbol's are said as an ``identity`` event and change nothing
+    stored; a vendor error is logged and said, the stored identity kept."""
+    try:
+        ident = provider.ticker_history(symbol)
+        gone = provider.delistings(symbol)
+    except ProviderAuthError:
+        raise
+    except ProviderError as e:
+        log.warning("identity of %s unavailable: %s", symbol, e.message)
+        store.add_event(conn, "warning", "identity", f"{symbol}: ticker history unavailable "
+                        f"from {provider.name}, the stored one is kept: {e.message}",
+                        {"symbol": symbol})
+        return
+    figi = (ident or {}).get("composite_figi")
+    # a delisting of this ticker is this security's when the FIGIs agree (a
+    # reused ticker's earlier company is another security)
+    mine = [g for g in gone if not figi or not g["composite_figi"] or g["composite_figi"] == figi]
+    if ident is None and mine:
+        ident = {"composite_figi": mine[-1]["composite_figi"], "name": mine[-1]["name"],
+                 "events": []}
+    if ident is None:
+        return
+    problem = store.securities.save_identity(conn, symbol, ident, provider.name)
+    if problem:
+        store.add_event(conn, "warning", "identity",
+                        f"{symbol}: ticker history not stored: {problem}",
+                        {"symbol": symbol, "composite_figi": figi, "problem": problem})
+        return
+    store.securities.set_delisted(conn, symbol,
+                                  max(g["delisted_on"] for g in mine) if mine else None)
 
 
 def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today) -> Counter:

@@ -99,3 +99,34 @@ RETURNS double precision LANGUAGE sql STABLE AS $$
   SELECT coalesce((SELECT s.price_factor FROM adjustment_steps(p_symbol, p_mode) s
                    WHERE s.span @> p_day), 1.0)
 $$;
+
+-- Identity. A security is one company's listing, identified by the vendor's
+-- composite FIGI where it has one, and keyed here by the symbol that names
+-- its bars (its ticker in the config). `security_tickers` says which ticker
+-- was in force on each date (from the vendor's ticker-change events: FB from
+-- 2012-05-18, META from 2022-06-09); bars fetched under a ticker are kept only
+-- for the dates it named this security, so a ticker reused by another company
+-- never mixes two companies. `delisted_on` is the vendor's delisted_utc as a
+-- New York date: the security traded before it, is not fetched after it, and
+-- raises no staleness or gap after its last session.
+CREATE TABLE securities (
+  symbol          text        PRIMARY KEY,
+  composite_figi  text,
+  name            text,
+  cik             text,
+  delisted_on     date,
+  source          text        NOT NULL,
+  fetched_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX securities_figi ON securities (composite_figi)
+  WHERE composite_figi IS NOT NULL;
+
+CREATE TABLE security_tickers (
+  symbol      text NOT NULL REFERENCES securities ON DELETE CASCADE,
+  ticker      text NOT NULL,
+  valid_from  date NOT NULL,
+  valid_to    date,
+  PRIMARY KEY (symbol, valid_from),
+  CHECK (valid_to IS NULL OR valid_to > valid_from)
+);
+CREATE INDEX security_tickers_ticker ON security_tickers (ticker, valid_from);

@@ -303,6 +303,57 @@ class PolygonProvider:
         return out
 
 
+    def ticker_history(self, symbol: str) -> dict | None:
+        """The security ``symbol`` names now, from ``/vX/reference/tickers/
+        {symbol}/events?types=ticker_change``: ``{"composite_figi", "name",
+        "cik", "events": [(date, ticker)] oldest first}``; None when the
+        vendor does not know it (404). Malformed events: ProviderDataError."""
+        url = f"{self.base_url}/vX/reference/tickers/{quote(symbol, safe='.')}/events"
+        params, headers = {"types": "ticker_change"}, {}
+        if self.auth == "query":
+            params["apiKey"] = self.api_key
+        else:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        status, data = self.client.get_json(url, params=params, headers=headers,
+                                            redact=(self.api_key,), allow_statuses=(404,))
+        if status == 404 or not isinstance(data, dict) or not data.get("results"):
+            return None
+        r = data["results"]
+        events = []
+        for e in r.get("events") or ():
+            try:
+                if e.get("type") != "ticker_change":
+                    continue
+                events.append((dt.date.fromisoformat(e["date"]), e["ticker_change"]["ticker"]))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise ProviderDataError(f"polygon: malformed ticker event {e!r} of {symbol}",
+                                        url=redact_text(url, (self.api_key,))) from None
+        events.sort()
+        return {"composite_figi": r.get("composite_figi"), "name": r.get("name"),
+                "cik": r.get("cik"), "events": events}
+
+    def delistings(self, symbol: str) -> list[dict]:
+        """Inactive listings of ticker ``symbol`` (``/v3/reference/tickers?
+        ticker=&active=false``): ``[{"composite_figi", "name", "delisted_on"}]``
+        with ``delisted_on`` the New York date of ``delisted_utc``."""
+        out = []
+        url = f"{self.base_url}/v3/reference/tickers"
+        for page in self._pages(url, {"ticker": symbol, "active": "false", "limit": 1000}):
+            for r in page.get("results") or ():
+                if not isinstance(r, dict) or r.get("ticker") != symbol \
+                        or not r.get("delisted_utc"):
+                    continue
+                try:
+                    t = dt.datetime.fromisoformat(str(r["delisted_utc"]).replace("Z", "+00:00"))
+                except ValueError:
+                    raise ProviderDataError(f"polygon: bad delisted_utc {r['delisted_utc']!r} "
+                                            f"of {symbol}", url=url) from None
+                day = local_dates(np.array([int(t.timestamp())]), "America/New_York")[0]
+                out.append({"composite_figi": r.get("composite_figi"), "name": r.get("name"),
+                            "delisted_on": day.astype(dt.date)})
+        return out
+
+
 def _opt_date(r: dict, key: str, where: str):
     v = r.get(key)
     if v in (None, ""):

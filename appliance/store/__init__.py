@@ -13,7 +13,8 @@ module of their own are used as ``store.MODULE.NAME``: ``alerts``, ``runs``
 ``performance``, ``spotcheck``, ``databases`` (whole databases on the
 server), ``scratch`` (a database that is not the live one yet), ``locks``
 (advisory locks), ``sessions`` (session settings) and ``dividends`` (cash
-dividends and their revisions).
+dividends and their revisions) and ``securities`` (identity: FIGI, tickers,
+delistings, the universe as of a date).
 
 Outside this package only ``appliance.db`` runs SQL: the connection pool,
 the migration runner and the partitions a migration needs.
@@ -27,6 +28,7 @@ from . import (
     maintenance,
     performance,
     runs,
+    securities,
     scratch,
     sessions,
     spotcheck,
@@ -118,6 +120,7 @@ __all__ = [
     "maintenance",
     "performance",
     "runs",
+    "securities",
     "scratch",
     "sessions",
     "spotcheck",

@@ -223,7 +223,8 @@ class PolygonFake(FakeServer):
                  splits_page_size: int = 1000, plan_start=None, status: str = "OK",
                  requests_per_minute: float | None = None, clock=time.monotonic,
                  minutes: Mapping | None = None, dividends: Iterable = (),
-                 dividends_page_size: int = 1000, **fault_kw):
+                 dividends_page_size: int = 1000, identities: Mapping | None = None,
+                 inactive: Iterable = (), **fault_kw):
         super().__init__(**fault_kw)
         self.api_key = api_key
         self.page_size = int(page_size)
@@ -239,6 +240,11 @@ class PolygonFake(FakeServer):
         self._splits: list[Split] = [_as_split(s) for s in splits]
         self._dividends: list[dict] = [dict(d) for d in dividends]
         self.dividends_page_size = int(dividends_page_size)
+        # ticker -> {"name", "composite_figi", "cik", "events": [(date, ticker)]}: the
+        # security the ticker names now; inactive listings: {"ticker", "name",
+        # "composite_figi", "delisted_utc"}
+        self._identities = dict(identities or {})
+        self._inactive = [dict(r) for r in inactive]
         self._dlock = threading.Lock()
         for sym, rows in (bars or {}).items():
             self.set_bars(sym, rows)
@@ -341,6 +347,11 @@ class PolygonFake(FakeServer):
             return self._dividends_page(query, rid)
         if len(parts) == 4 and parts[:3] == ["v3", "reference", "tickers"]:
             return self._ticker(parts[3], rid)
+        if len(parts) == 5 and parts[:3] == ["vX", "reference", "tickers"] \
+                and parts[4] == "events":
+            return self._events(parts[3], query, rid)
+        if path.rstrip("/") == "/v3/reference/tickers":
+            return self._tickers(query, rid)
         return Response(404, {"status": "NOT_FOUND", "request_id": rid,
                               "message": "Not found: " + path})
 
@@ -575,6 +586,33 @@ class PolygonFake(FakeServer):
             q2 = dict(q, offset=off + limit)
             body["next_url"] = f"{self.base_url}/v3/reference/splits?cursor={_b64(q2)}"
         return Response(200, body)
+
+    def _events(self, ticker: str, query, rid) -> Response:
+        """``/vX/reference/tickers/{ticker}/events``: the vendor's shape (events
+        newest first); an unknown ticker is a 404 as the vendor answers it."""
+        ident = self._identities.get(ticker)
+        if ident is None:
+            return Response(404, {"status": "NOT_FOUND", "request_id": rid,
+                                  "message": "Ticker not found."})
+        events = [{"ticker_change": {"ticker": t}, "type": "ticker_change",
+                   "date": d.isoformat() if isinstance(d, dt.date) else d}
+                  for d, t in sorted(ident["events"], key=lambda e: str(e[0]), reverse=True)]
+        return Response(200, {"results": {"name": ident.get("name", ticker),
+                                          "composite_figi": ident.get("composite_figi"),
+                                          "cik": ident.get("cik"), "events": events},
+                              "status": "OK", "request_id": rid})
+
+    def _tickers(self, query, rid) -> Response:
+        """``/v3/reference/tickers?ticker=&active=false``: inactive listings."""
+        rows = [r for r in self._inactive
+                if r.get("ticker") == query.get("ticker")
+                and query.get("active", "true").lower() == "false"]
+        results = [{"active": False, "cik": r.get("cik"), "composite_figi": r.get("composite_figi"),
+                    "currency_name": "usd", "delisted_utc": r["delisted_utc"],
+                    "locale": "us", "market": "stocks", "name": r.get("name", r["ticker"]),
+                    "ticker": r["ticker"], "type": "CS"} for r in rows]
+        return Response(200, {"results": results, "status": "OK", "request_id": rid,
+                              "count": len(results)})
 
     def _dividends_page(self, query, rid):
         if "cursor" in query:
