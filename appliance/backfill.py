@@ -77,12 +77,14 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
     plans = []
     for sym in symbols:
         # a delisted security traded until the session before its delisting:
-        # nothing after it is asked for (nothing at all once it is stored)
+        # nothing after it is asked for
         end = min(end_all, delisted[sym] - dt.timedelta(days=1)) if sym in delisted else end_all
         if start is not None:
             plans.append(SymbolPlan(sym, start, end, full=False, actions=True))
             continue
         since = specs[sym].since if sym in specs else default_since
+        if sym in delisted and sym not in demo and store.last_stored_session(conn, sym):
+            continue  # its history is stored: a routine run asks nothing more of it
         if sym in demo:
             plans.append(SymbolPlan(sym, since, end, full=True))
             continue

@@ -227,6 +227,7 @@ def historical(symbol: str):
             first = [r[0] for r in itertools.islice(rows, FIRST_CHUNK)]
         done = len(first) < FIRST_CHUNK or small
         unknown = done and not first and not known_symbol(conn, symbol)
+        tickers = bars.ticker_history(conn, symbol)
         if done:  # everything is in hand: give the connection back before answering
             released = True
             cm.__exit__(None, None, None)
@@ -240,7 +241,7 @@ def historical(symbol: str):
 
     head = (f'{{"symbol": "{symbol}", "timeframe": "{store.TIMEFRAME}", '
             f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
-            f'{bars.adjust_fields(adjust)}')  # read in the request, not while streaming
+            f'{bars.adjust_fields(adjust)}{bars.ticker_fields(tickers)}')  # not while streaming
 
     def body():
         if fmt == "csv":

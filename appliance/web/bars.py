@@ -11,6 +11,7 @@ clients; it is the last bar's start in Unix milliseconds.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -97,6 +98,23 @@ def adjust_fields(adjust: str) -> str:
     return head
 
 
+def ticker_history(conn, symbol: str) -> list[dict] | None:
+    """The tickers ``symbol``'s security had (``{ticker, from, to}``, ``to``
+    exclusive or null), when it had more than one; else None."""
+    sec = store.securities.security(conn, symbol)
+    if not sec or len(sec["tickers"]) < 2:
+        return None
+    return [{"ticker": t["ticker"], "from": t["valid_from"].isoformat(),
+             "to": t["valid_to"].isoformat() if t["valid_to"] else None}
+            for t in sec["tickers"]]
+
+
+def ticker_fields(tickers: list[dict] | None) -> str:
+    """The answer's ``tickers`` head field (the ticker in force on each date of
+    a renamed security), or "" (an answer of any other symbol keeps its bytes)."""
+    return f'"tickers": {json.dumps(tickers)}, ' if tickers else ""
+
+
 def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.date,
             adjust: str, include_invalid: bool, fmt: str, limit: int | None,
             cursor: str | None, known) -> Response | None:
@@ -118,10 +136,11 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
         rows = conn.execute(sql, params).fetchall()
         if not rows and not known(conn):
             return None
+        tickers = ticker_history(conn, symbol)
     more = len(rows) > page
     rows = rows[:page]
     nxt = _next_link(rows[-1][0]) if more else None
-    adj_head = adjust_fields(adjust)  # read in the request, not while streaming
+    adj_head = adjust_fields(adjust) + ticker_fields(tickers)  # in the request, not streaming
 
     def chunks():
         for i in range(0, len(rows), CHUNK):

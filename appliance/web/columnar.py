@@ -81,13 +81,14 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
         if not table.num_rows and not known(conn):
             return None
         source = _source_of(conn, symbol, timeframe)
+        tickers = bars.ticker_history(conn, symbol)
     more = page is not None and table.num_rows > page
     if more:
         table = table.slice(0, page)
     nxt = bars._next_link(table.column("time")[-1].value) if more and not daily else None
     meta = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
             "adjusted": adjust != "none", "adjust": adjust, "include_invalid": include_invalid,
-            "source": source,
+            "source": source, "tickers": tickers,
             "cursor": cursor, "count": table.num_rows, "next": nxt}
     table = table.replace_schema_metadata(arrowbars.schema(timeframe, meta).metadata)
     body = list(arrowbars.encode(fmt, table.schema, table.to_batches()))

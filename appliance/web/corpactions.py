@@ -1,7 +1,13 @@
-"""``GET /api/v1/dividends/{symbol}``: a symbol's stored cash dividends with
-what each contributes to ``adjust=total`` (the adjustment itself is read with
-the bars, ``store.adjustment``). Its OpenAPI parts: ``openapi_dividends``."""
+"""Corporate actions and identity out: ``GET /api/v1/dividends/{symbol}`` (a
+symbol's stored cash dividends with what each contributes to
+``adjust=total``; the adjustment itself is read with the bars,
+``store.adjustment``) and ``GET /api/v1/universe?as_of=`` (the securities
+that traded on a date, with the ticker each had). Their OpenAPI parts:
+``openapi_dividends``."""
 from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, jsonify
 
@@ -11,6 +17,7 @@ from .errors import BadRequest, api_error
 from .params import date_arg, known_symbol, query_args, symbol_arg
 
 bp = Blueprint("corpactions", __name__)
+NY = ZoneInfo("America/New_York")
 
 
 @bp.get("/api/v1/dividends/<path:symbol>")
@@ -43,6 +50,19 @@ def dividends(symbol: str):
                     "factor": r["factor"], "applied": r["factor"] is not None,
                     "problem": problem, "source": r["source"]})
     return jsonify({"symbol": symbol, "count": len(out), "dividends": out})
+
+
+@bp.get("/api/v1/universe")
+@require_read
+def universe():
+    """The securities that traded on ``as_of`` (default today, New York) with
+    the ticker each had then, from the stored reference data (listings,
+    ticker changes, delistings)."""
+    args = query_args({"as_of"})
+    as_of = date_arg(args, "as_of", None) or dt.datetime.now(NY).date()
+    with current_app.config["RUNTIME"].read_conn() as conn:
+        rows = store.securities.universe(conn, as_of)
+    return jsonify({"as_of": as_of, "count": len(rows), "securities": rows})
 
 
 def register(app) -> None:

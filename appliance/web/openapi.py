@@ -270,6 +270,7 @@ def _market_schemas() -> dict:
         "start_date": DATE, "end_date": DATE, "adjusted": BOOL,
         "adjust": {"type": "string", "enum": ["none", "splits", "total"],
                    "description": "The adjustment mode, when the request named adjust."},
+        "tickers": openapi_dividends.TICKERS,
         "count": {"type": "integer", "minimum": 0},
         "data": {"type": "array", "items": {"oneOf": [_ref("Candle"), _ref("Bar"),
                                                       _ref("WeekBar")]},

@@ -1,5 +1,6 @@
-"""The OpenAPI parts of ``GET /api/v1/dividends/{symbol}`` (``corpactions.py``).
-``openapi.py`` merges them into the document."""
+"""The OpenAPI parts of ``GET /api/v1/dividends/{symbol}`` and
+``GET /api/v1/universe`` (``corpactions.py``). ``openapi.py`` merges them
+into the document."""
 from __future__ import annotations
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -28,7 +29,32 @@ _DIVIDEND_PROPS = {
     "problem": {"type": ["string", "null"], "description": "Why it is not applied."},
     "source": {"type": "string"}}
 
+#: The ``tickers`` head field of a bars answer of a renamed security.
+TICKERS = {"type": "array", "description": "Only for a security that had more than one "
+           "ticker: the ticker in force from each date (to: exclusive, null: still).",
+           "items": {"type": "object", "required": ["ticker", "from", "to"],
+                     "additionalProperties": False,
+                     "properties": {"ticker": {"type": "string"}, "from": _DATE,
+                                    "to": _DATE_OR_NULL}}}
+
+_MEMBER_PROPS = {
+    "symbol": {"type": "string", "description": "The symbol its bars are stored under."},
+    "ticker": {"type": "string", "description": "Its ticker on as_of."},
+    "composite_figi": {"type": ["string", "null"]}, "name": {"type": ["string", "null"]},
+    "ticker_since": _DATE_OR_NULL, "delisted_on": _DATE_OR_NULL,
+    "basis": {"type": "string", "enum": ["reference", "stored_bars"],
+              "description": "reference: the vendor's listings, ticker changes and "
+                             "delistings; stored_bars: no ticker history, the span of its "
+                             "stored daily bars."}}
+
 SCHEMAS = {
+    "UniverseMember": {"type": "object", "properties": _MEMBER_PROPS,
+                       "required": list(_MEMBER_PROPS), "additionalProperties": False},
+    "Universe": {"type": "object",
+                 "properties": {"as_of": _DATE, "count": {"type": "integer"},
+                                "securities": {"type": "array",
+                                               "items": _ref("UniverseMember")}},
+                 "required": ["as_of", "count", "securities"], "additionalProperties": False},
     "Dividend": {"type": "object", "properties": _DIVIDEND_PROPS,
                  "required": list(_DIVIDEND_PROPS), "additionalProperties": False},
     "DividendList": {"type": "object",
@@ -54,4 +80,9 @@ def paths(read, symbol_pattern: str, date_pattern: str) -> dict:
         "A symbol's stored cash dividends, oldest first", ok,
         [symbol, date("start", "Ex-dates on or after this date."),
          date("end", "Ex-dates on or before this date.")],
-        errors=("400", "401", "404", "503"))}}
+        errors=("400", "401", "404", "503"))},
+        "/api/v1/universe": {"get": read(
+            "The securities that traded on a date, with the ticker each had",
+            {"description": "By symbol.",
+             "content": {"application/json": {"schema": _ref("Universe")}}},
+            [date("as_of", "The date; default today (New York).")])}}
