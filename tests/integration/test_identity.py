@@ -177,3 +177,13 @@ def test_conflicting_ticker_events_and_a_shared_figi_are_said_and_change_nothing
             store.securities.save_identity(conn, "FBX", shared, "polygon")
         assert store.securities.security(conn, "FBX") is None
         assert len(store.securities.security(conn, "META")["tickers"]) == 2
+
+
+def test_the_symbol_page_shows_the_ticker_history_and_the_delisting(served):
+    _, _, client = served
+    html = client.get("/symbols/META", headers=H).get_data(as_text=True)
+    assert "BBG000MM2P62" in html
+    assert "<code>FB</code> from 2012-05-18 to 2022-06-09 · <code>META</code> from 2022-06-09" \
+        in html
+    old = client.get("/symbols/OLD", headers=H).get_data(as_text=True)
+    assert "delisted 2022-08-01" in old

@@ -116,12 +116,13 @@ def symbol_page(symbol: str):
         invalid = store.invalid_candles(conn, symbol, limit=500)
         gaps = store.gaps(conn, symbol=symbol, limit=200)
         dividends = store.dividends.dividends_for(conn, symbol)
+        security = store.securities.security(conn, symbol)
     configured = symbol in {s.symbol for s in rt().config.symbols}
     offered = [tf for tf in chart.TIMEFRAMES if minutes or tf not in chart.INTRADAY]
     return render_template("symbol.html", symbol=symbol, row=row, invalid=invalid, gaps=gaps,
                            download_range=_stored_range(row, minutes, timeframe),
                            adjust=adjust, adjusted=adjust != "none", adjust_modes=MODES,
-                           dividends=dividends,
+                           dividends=dividends, security=security,
                            configured=configured, minutes=minutes,
                            timeframe=timeframe, timeframes=offered,
                            qclass=quality_class(row["quality_score"] if row["records"] else None))
