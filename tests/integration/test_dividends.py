@@ -396,3 +396,18 @@ def test_the_symbol_page_lists_dividends_and_switches_to_total_return(client, wo
         "dividend") == 1
     r = client.get("/console/api/chart/KO?adjust=dividends", headers=H)
     assert r.status_code == 400
+
+
+def test_total_closes_agree_with_yahoos_adjclose_within_float32(client, world):
+    """The cross-check: Yahoo's ``adjclose`` (the fake computes it from the
+    same raw bars, splits and dividends, at float32 as Yahoo sends it)."""
+    from tests.fakes.yahoo_fake import YahooFake
+    from tests.unit.test_yahoo import yahoo
+    truth, recs, special = world
+    divs = [("KO", ex, cash) for ex, cash in _ko_divs(special)]
+    with YahooFake({"KO": truth.bars["KO"]}, truth.splits, dividends=divs) as fake:
+        sess, adjclose = yahoo(fake).adjusted_close("KO", START, END)
+    ours = {d["time"]: d["close"] for d in _daily(client, "KO", "adjust=total").get_json()["data"]}
+    got = np.array([ours[str(s)] for s in sess.astype("datetime64[D]")])
+    assert len(got) == len(truth.bars["KO"])
+    assert np.allclose(got, adjclose, rtol=2e-7, atol=0)  # float32: 24-bit mantissa
