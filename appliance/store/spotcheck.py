@@ -39,3 +39,13 @@ def validated_close_near(conn, symbol: str, timeframe: str, day: dt.date):
                  AND ts < (%s::date::timestamp AT TIME ZONE 'America/New_York')
                ORDER BY ts DESC LIMIT 1""", (symbol, timeframe, day)).fetchone()
     return row
+
+
+def split_factors(conn, symbol: str, sessions: list[dt.date]) -> list[float]:
+    """The split factor of ``symbol``'s bar of each session, from the one
+    home of the adjustment (``adjustment_factor(symbol, day, 'splits')``)."""
+    rows = conn.execute(
+        """SELECT adjustment_factor(%s, d, 'splits')
+           FROM unnest(%s::date[]) WITH ORDINALITY u(d, i) ORDER BY i""",
+        (symbol, list(sessions))).fetchall()
+    return [r[0] for r in rows]
