@@ -158,7 +158,7 @@ def _bulk_args(args) -> dict:
     return {"timeframe": timeframe, "start": start, "end": end, "format": fmt,
             "adjust": adjust_arg(args),
             "include_invalid": bool_arg(args, "include_invalid", False),
-            "symbols": _symbols(args)}
+            "symbols": _symbols(args), "as_of": date_arg(args, "as_of", None)}
 
 
 def _over_limit(n: int, limit: int, a: dict) -> Response:
@@ -175,7 +175,7 @@ def bulk():
     if refused is not None:
         return refused
     args = query_args({"symbols", "universe", "timeframe", "start", "end", "format",
-                       "adjusted", "adjust", "include_invalid"})
+                       "adjusted", "adjust", "include_invalid", "as_of"})
     a = _bulk_args(args)
     limit = int(rt().config["server"]["export"]["max_rows"])
     cm = rt().read_conn()
@@ -183,6 +183,9 @@ def bulk():
     try:
         if args.get("universe") == "stored":
             a["symbols"] = cstore.stored_symbols(conn, a["timeframe"])
+        if a["as_of"] is not None:  # only the securities that traded that day
+            members = {m["symbol"] for m in store.securities.universe(conn, a["as_of"])}
+            a["symbols"] = [s for s in a["symbols"] if s in members]
         n = cstore.count_rows(conn, a["timeframe"], a["symbols"], a["start"], a["end"],
                               a["include_invalid"])
     except BaseException:

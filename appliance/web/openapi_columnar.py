@@ -71,6 +71,9 @@ def paths(symbol_pattern: str, date_pattern: str) -> dict:
             _q("universe", {"type": "string", "enum": ["configured", "stored"]},
                "configured: every configured symbol; stored: every symbol with bars of the "
                "timeframe (or symbols)."),
+            _q("as_of", date, "Only the symbols whose securities traded on this date (as "
+               "/api/v1/universe lists them): the universe as it was, without survivorship "
+               "bias."),
             _q("timeframe", {"type": "string", "enum": list(timeframes.ALL), "default": "1d"},
                "As for /api/v1/historical."),
             _q("start", date, "First session (inclusive); default one year before end."),

@@ -187,3 +187,15 @@ def test_the_symbol_page_shows_the_ticker_history_and_the_delisting(served):
         in html
     old = client.get("/symbols/OLD", headers=H).get_data(as_text=True)
     assert "delisted 2022-08-01" in old
+
+
+def test_the_bulk_endpoint_takes_the_universe_as_of_a_date(served):
+    import io
+
+    import pyarrow.parquet as pq
+    _, _, client = served
+    r = client.get(f"/api/v1/bars?universe=stored&as_of=2022-03-01&start={START}&end={END}",
+                   headers=H)
+    assert r.status_code == 200, r.get_data(as_text=True)[:300]
+    t = pq.read_table(io.BytesIO(r.get_data()))
+    assert sorted(set(t.column("symbol").to_pylist())) == ["META", "OLD"]
