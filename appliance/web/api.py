@@ -218,6 +218,7 @@ def historical(symbol: str):
     conn = cm.__enter__()
     released = False
     try:
+        tickers = bars.ticker_history(conn, symbol)  # before a stream holds the connection
         cur = conn.cursor()
         if small:
             rows = None
@@ -227,7 +228,6 @@ def historical(symbol: str):
             first = [r[0] for r in itertools.islice(rows, FIRST_CHUNK)]
         done = len(first) < FIRST_CHUNK or small
         unknown = done and not first and not known_symbol(conn, symbol)
-        tickers = bars.ticker_history(conn, symbol)
         if done:  # everything is in hand: give the connection back before answering
             released = True
             cm.__exit__(None, None, None)

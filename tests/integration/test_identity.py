@@ -102,6 +102,10 @@ def test_meta_spans_both_tickers_and_names_the_one_in_force(served, world):
     wk = client.get(f"/api/v1/historical/META?start={START}&end={END}&timeframe=1w",
                     headers=H).get_json()
     assert wk["tickers"] == d["tickers"]
+    # a range long enough to be streamed names them too
+    long = client.get(f"/api/v1/historical/META?start=2015-01-01&end={END}",
+                      headers=H).get_json()
+    assert long["tickers"] == d["tickers"] and long["count"] == len(d["data"])
     # another symbol's answer has no tickers field
     assert "tickers" not in _data(client, "OLD")
 
