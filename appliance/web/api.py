@@ -221,8 +221,7 @@ def historical(symbol: str):
         tickers = bars.ticker_history(conn, symbol)  # before a stream holds the connection
         cur = conn.cursor()
         if small:
-            rows = None
-            first = [r[0] for r in cur.execute(sql_text, params).fetchall()]
+            rows, first = None, [r[0] for r in cur.execute(sql_text, params).fetchall()]
         else:
             rows = cur.stream(sql_text, params, size=STREAM_CHUNK)
             first = [r[0] for r in itertools.islice(rows, FIRST_CHUNK)]
