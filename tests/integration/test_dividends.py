@@ -411,3 +411,19 @@ def test_total_closes_agree_with_yahoos_adjclose_within_float32(client, world):
     got = np.array([ours[str(s)] for s in sess.astype("datetime64[D]")])
     assert len(got) == len(truth.bars["KO"])
     assert np.allclose(got, adjclose, rtol=2e-7, atol=0)  # float32: 24-bit mantissa
+
+
+def test_the_demo_dividends_go_with_the_demo_bars(runtime):
+    """A real vendor replacing the demo's history replaces its dividends too:
+    the demo's never enter a real total-return series."""
+    from appliance import store
+    from appliance.store import demo as dstore
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run,
+                       params={"symbols": ["AAPL"], "end": "2024-12-31"})
+    assert res["status"] == "ok", res
+    with runtime.conn() as conn:
+        demo = store.dividends.dividends_for(conn, "AAPL")
+        assert demo and {d["source"] for d in demo} == {"demo"}
+        assert all(d["factor"] is not None for d in demo if d["ex_dividend_date"].year == 2024)
+        dstore.drop_daily(conn, "AAPL")
+        assert store.dividends.dividends_for(conn, "AAPL") == []
