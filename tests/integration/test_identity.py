@@ -203,3 +203,37 @@ def test_the_bulk_endpoint_takes_the_universe_as_of_a_date(served):
     assert r.status_code == 200, r.get_data(as_text=True)[:300]
     t = pq.read_table(io.BytesIO(r.get_data()))
     assert sorted(set(t.column("symbol").to_pylist())) == ["META", "OLD"]
+
+
+def test_a_reused_tickers_minutes_start_with_its_own_company(config_factory):
+    """Minute bars too: the vendor answers ticker ZZ's minutes of both
+    companies; only those from the second company's listing are stored."""
+    from appliance.runtime import Runtime
+    from tests.fakes.minute_truth import make_minute_truth
+    lo, listed, hi = dt.date(2024, 3, 4), dt.date(2024, 3, 11), dt.date(2024, 3, 15)
+    mt = make_minute_truth(["ZZ"], lo, hi, seed=4, session="regular", missing=0)
+    daily = make_truth(["ZZ"], lo, hi, seed=4, split_date=hi, split_to=1.0)
+    ident = {"ZZ": {"name": "Zed B", "composite_figi": "BBG0ZZB00000",
+                    "events": [(listed, "ZZ")]}}
+    with PolygonFake(daily.bars, [], minutes=mt.minutes, identities=ident) as fake:
+        rt = Runtime.from_path(config_factory(
+            provider={"name": "polygon",
+                      "polygon": {"api_key": "test-key", "base_url": fake.base_url,
+                                  "requests_per_minute": 6000, "timeout_seconds": 2,
+                                  "max_retries": 3, "retry_backoff_seconds": 0.01,
+                                  "grouped_daily": False}},
+            symbols=[{"symbol": "ZZ", "timeframes": ["1m", "1d"]}], session="regular",
+            history={"start": {"1d": lo.isoformat(), "1m": lo.isoformat()},
+                     "lookback_sessions": 0}))
+        rt.open()
+        try:
+            res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+                               params={"end": hi.isoformat()})
+            assert res["status"] == "ok", res
+            with rt.conn() as conn:
+                first_1m = conn.execute("SELECT min(session) FROM minute_bars WHERE symbol = 'ZZ'"
+                                        ).fetchone()[0]
+                first_1d = store.symbol_row(conn, "ZZ")["first_session"]
+        finally:
+            rt.close()
+    assert first_1m == listed and first_1d == listed
