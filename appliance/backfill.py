@@ -26,6 +26,7 @@ from .locks import BACKFILL_LOCK
 from .providers import make_provider
 from .candles import Bars
 from .providers.http import MemoryStats
+from .ingest import corpactions
 from .store import demo as dstore
 
 log = logging.getLogger("appliance.backfill")
@@ -250,7 +251,7 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())
-    _recent_dividends(rt, provider, plan, run_id)
+    corpactions.recent_dividends(rt, provider, plan, run_id)
     from . import chunks
     if chunks.wanted(cfg, plan, windows):  # chunks for every worker (chunks.py)
         return chunks.run_parent(rt, cfg, plan, run_id, report, windows)
@@ -281,7 +282,7 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
                     bars = bars.concat(b)
                 bars.source = provider.name
             else:
-                bars = security_bars(rt, provider, p)
+                bars = corpactions.security_bars(rt, provider, p)
             res = write_symbol(rt, cfg, provider, p, bars, run_id=run_id, today=today)
             totals.update(res)
         except ProviderAuthError as e:
@@ -322,73 +323,8 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
 def backfill_symbol(rt, cfg, provider, p: SymbolPlan, *, run_id, today) -> Counter:
     """One symbol's planned range, fetched per symbol and stored (a chunk of a
     fanned-out backfill)."""
-    return write_symbol(rt, cfg, provider, p, security_bars(rt, provider, p),
+    return write_symbol(rt, cfg, provider, p, corpactions.security_bars(rt, provider, p),
                         run_id=run_id, today=today)
-
-
-def security_bars(rt, provider, p: SymbolPlan) -> Bars:
-    """The planned range of ``p.symbol``'s daily bars, fetched under each
-    ticker its security had in that range and only for the dates that ticker
-    named it (a renamed company's older bars come under its older ticker; a
-    ticker another company used before is never read for those dates). A
-    plan that refreshes corporate actions first refreshes the identity
-    (vendors that publish it: Polygon)."""
-    if p.refresh_actions and getattr(provider, "ticker_history", None) is not None:
-        with rt.conn() as conn:
-            refresh_identity(conn, provider, p.symbol)
-    with rt.conn() as conn:
-        sec = store.securities.security(conn, p.symbol)
-    tickers = (sec or {}).get("tickers") or []
-    if not tickers:
-        return provider.daily_bars(p.symbol, p.start, p.end)
-    end = p.end
-    if sec.get("delisted_on"):
-        end = min(end, sec["delisted_on"] - dt.timedelta(days=1))
-    bars = Bars.empty(p.symbol, provider.name)
-    for t in tickers:
-        a = max(p.start, t["valid_from"])
-        b = min(end, t["valid_to"] - dt.timedelta(days=1)) if t["valid_to"] else end
-        if a <= b:
-            got = provider.daily_bars(t["ticker"], a, b)
-            got.symbol = p.symbol
-            bars = bars.concat(got)
-    bars.source = provider.name
-    return bars
-
-
-def refresh_identity(conn, provider, symbol: str) -> None:
-    """Store the security ``symbol`` names (composite FIGI, ticker history)
-    and its delisting, from the vendor. Conflicting events or a FIGI already
-    another symbol's are said as an ``identity`` event and change nothing
-    stored; a vendor error is logged and said, the stored identity kept."""
-    try:
-        ident = provider.ticker_history(symbol)
-        gone = provider.delistings(symbol)
-    except ProviderAuthError:
-        raise
-    except ProviderError as e:
-        log.warning("identity of %s unavailable: %s", symbol, e.message)
-        store.add_event(conn, "warning", "identity", f"{symbol}: ticker history unavailable "
-                        f"from {provider.name}, the stored one is kept: {e.message}",
-                        {"symbol": symbol})
-        return
-    figi = (ident or {}).get("composite_figi")
-    # a delisting of this ticker is this security's when the FIGIs agree (a
-    # reused ticker's earlier company is another security)
-    mine = [g for g in gone if not figi or not g["composite_figi"] or g["composite_figi"] == figi]
-    if ident is None and mine:
-        ident = {"composite_figi": mine[-1]["composite_figi"], "name": mine[-1]["name"],
-                 "events": []}
-    if ident is None:
-        return
-    problem = store.securities.save_identity(conn, symbol, ident, provider.name)
-    if problem:
-        store.add_event(conn, "warning", "identity",
-                        f"{symbol}: ticker history not stored: {problem}",
-                        {"symbol": symbol, "composite_figi": figi, "problem": problem})
-        return
-    store.securities.set_delisted(conn, symbol,
-                                  max(g["delisted_on"] for g in mine) if mine else None)
 
 
 def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today) -> Counter:
@@ -403,12 +339,13 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
             out["demo_replaced"] = dstore.drop_daily(conn, p.symbol)
         if p.refresh_actions:
             try:
-                store.save_splits(conn, provider.splits(p.symbol), provider.name)
+                store.save_splits(conn, corpactions.own_actions(
+                    conn, provider.splits, p.symbol, "execution_date"), provider.name)
             except ProviderAuthError:
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
-        saved_divs = (_save_dividends(conn, provider, p.symbol, run_id)
+        saved_divs = (corpactions.save_dividends(conn, provider, p.symbol, run_id)
                       if p.refresh_actions else [])
         if p.full:
             store.mark_history_from(conn, p.symbol, p.start)
@@ -441,7 +378,7 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
-            saved_divs = _save_dividends(conn, provider, p.symbol, run_id)
+            saved_divs = corpactions.save_dividends(conn, provider, p.symbol, run_id)
             divs = store.dividends.applied_dividends(conn, p.symbol)
             checked = quality.validate(
                 bars, cal_sessions, today, prev_close=prev_close, splits=splits,
@@ -449,112 +386,13 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 split_tolerance_pct=q["split_tolerance_pct"], dividends=divs,
                 prev_session=prev_session)
         res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id)
-        _report_unapplied(conn, provider, p.symbol, saved_divs)
+        corpactions.report_unapplied(conn, provider, p.symbol, saved_divs)
         store.checkpoint(conn, p.symbol, last, run_id)
         out.update(res)
         out["rejected"] += int((~checked.valid).sum())
     with rt.conn() as conn:
         refresh_stats(conn, cfg, p.symbol)
     return out
-
-
-def _save_dividends(conn, provider, symbol: str, run_id) -> list[dt.date]:
-    """Fetch and store ``symbol``'s dividends (vendors that publish them);
-    each one that cannot be applied is said as a ``dividend`` event. Returns
-    the ex-dates saved (new or revised). A vendor error is logged and said,
-    the stored dividends untouched."""
-    fetch = getattr(provider, "dividends", None)  # Polygon and the demo publish them
-    if fetch is None:
-        return []
-    try:
-        fresh = fetch(symbol)
-    except ProviderAuthError:
-        raise
-    except ProviderError as e:
-        log.warning("dividends of %s unavailable: %s", symbol, e.message)
-        store.add_event(conn, "warning", "dividend",
-                        f"{symbol}: dividends unavailable from {provider.name}, the stored "
-                        f"ones are kept: {e.message}", {"symbol": symbol})
-        return []
-    return _store_dividends(conn, provider, symbol, fresh, run_id)
-
-
-def _store_dividends(conn, provider, symbol: str, fresh, run_id) -> list[dt.date]:
-    """Store one vendor answer's dividends of ``symbol``, each problem said
-    as a ``dividend`` event; returns the ex-dates saved (new or revised)."""
-    res = store.dividends.save_dividends(conn, fresh, provider.name, run_id)
-    for sym, ex, kind, cash, problem in res["problems"]:
-        store.add_event(conn, "warning", "dividend",
-                        f"{sym}: dividend {kind} ex {ex} not applied: {problem}",
-                        {"symbol": sym, "ex_dividend_date": ex.isoformat(),
-                         "dividend_type": kind, "cash_amount": cash, "problem": problem})
-    if res["revised"]:
-        store.add_event(conn, "info", "dividend",
-                        f"{symbol}: {res['revised']} dividend(s) revised by {provider.name} "
-                        f"(old and new values in dividend_revisions)",
-                        {"symbol": symbol, "revised": res["revised"]})
-    return [k[1] for k in res["saved"]]
-
-
-#: Days before the earliest session of a routine run whose ex-dates it asks for.
-RECENT_DIVIDEND_DAYS = 10
-
-
-def _recent_dividends(rt, provider, plan: Plan, run_id) -> None:
-    """A routine run (no symbol refreshing its corporate actions) asks for
-    the dividends of the whole market going ex in its sessions, in one paged
-    request (``dividends_between``), and stores those of its symbols: so a
-    newly declared dividend enters the total-return series, and the quality
-    check knows it, without one request per symbol. A vendor error is logged
-    and said; the run goes on."""
-    routine = [p for p in plan.symbols if not p.refresh_actions]
-    fetch = getattr(provider, "dividends_between", None)  # Polygon and the demo
-    if not routine or fetch is None:
-        return
-    lo = min(p.start for p in routine) - dt.timedelta(days=RECENT_DIVIDEND_DAYS)
-    hi = max(p.end for p in routine)
-    wanted = {p.symbol for p in routine}
-    with rt.conn() as conn:
-        try:
-            found = fetch(lo, hi, wanted)
-        except ProviderAuthError:
-            raise
-        except ProviderError as e:
-            log.warning("recent dividends unavailable: %s", e.message)
-            store.add_event(conn, "warning", "dividend",
-                            f"dividends going ex {lo}..{hi} unavailable from {provider.name}; "
-                            f"the next run asks again: {e.message}", {})
-            return
-        for sym in sorted(wanted & set(found)):
-            _store_dividends(conn, provider, sym, found[sym], run_id)
-
-
-def _report_unapplied(conn, provider, symbol: str, ex_dates: list[dt.date]) -> None:
-    """A ``dividend`` event for each newly saved dividend that the stored
-    bars cannot apply (no close before its ex-date, or cash not below it)."""
-    if not ex_dates:
-        return
-    rows = store.dividends.unapplied(conn, symbol, ex_dates)
-    early = [u for u in rows if u["reason"] == "no_close_before"]
-    if early:
-        first, last = early[0]["ex_dividend_date"], early[-1]["ex_dividend_date"]
-        store.add_event(conn, "info", "dividend",
-                        f"{symbol}: {len(early)} dividend(s) with ex-dates {first}..{last} not "
-                        f"applied: before the first stored bar (no close before them); they "
-                        f"apply once earlier history is stored",
-                        {"symbol": symbol, "problem": "no_close_before", "count": len(early),
-                         "first": first.isoformat(), "last": last.isoformat(),
-                         "provider": provider.name})
-    for u in rows:
-        if u["reason"] == "no_close_before":
-            continue
-        store.add_event(conn, "warning", "dividend",
-                        f"{symbol}: dividend {u['dividend_type']} ex {u['ex_dividend_date']} "
-                        f"not applied: its cash {u['cash_amount']!r} is not below the close "
-                        f"before it ({u['close_before']!r})",
-                        {"symbol": symbol, "ex_dividend_date": u["ex_dividend_date"].isoformat(),
-                         "dividend_type": u["dividend_type"], "cash_amount": u["cash_amount"],
-                         "problem": u["reason"], "provider": provider.name})
 
 
 def _check_known(conn, provider, symbol: str) -> None:

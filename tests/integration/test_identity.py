@@ -12,7 +12,7 @@ import pytest
 from appliance import store
 from appliance.candles import Bars
 from appliance.jobs import backfill, runs
-from tests.fakes.polygon_fake import PolygonFake, make_truth
+from tests.fakes.polygon_fake import PolygonFake, dividend_record, make_truth
 
 START, END = dt.date(2022, 1, 3), dt.date(2022, 12, 30)
 RENAME = dt.date(2022, 6, 9)
@@ -57,7 +57,11 @@ def served(world, config_factory):
     from appliance.runtime import Runtime
     from appliance.web import create_app
     t, bars, identities, inactive = world
-    with PolygonFake(bars, [], identities=identities, inactive=inactive) as fake:
+    divs = [dividend_record("FB", "2022-03-15", 0.5),  # the renamed company's, as FB
+            dividend_record("ZZ", "2022-03-15", 0.7),  # company A's: not ZZ's security's
+            dividend_record("ZZ", "2022-10-14", 0.3)]
+    with PolygonFake(bars, [], identities=identities, inactive=inactive,
+                     dividends=divs) as fake:
         path = config_factory(
             provider={"name": "polygon",
                       "polygon": {"api_key": "test-key", "base_url": fake.base_url,
@@ -237,3 +241,14 @@ def test_a_reused_tickers_minutes_start_with_its_own_company(config_factory):
         finally:
             rt.close()
     assert first_1m == listed and first_1d == listed
+
+
+def test_corporate_actions_follow_the_security_not_the_ticker(served):
+    rt, _, _ = served
+    with rt.conn() as conn:
+        meta = [(d["ex_dividend_date"].isoformat(), d["cash_amount"])
+                for d in store.dividends.dividends_for(conn, "META")]
+        zz = [(d["ex_dividend_date"].isoformat(), d["cash_amount"])
+              for d in store.dividends.dividends_for(conn, "ZZ")]
+    assert meta == [("2022-03-15", 0.5)]  # asked under FB, stored under META
+    assert zz == [("2022-10-14", 0.3)]  # company A's dividend never enters

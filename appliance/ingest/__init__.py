@@ -1,0 +1,1 @@
+"""Fetching and writing bars, and what comes with them (corporate actions, identity)."""
