@@ -117,7 +117,7 @@ def bench_bulk(client, url: str, syms: list[str], tmp: Path) -> dict:
     t = time.perf_counter()
     assert pq.read_table(f).num_rows == rows
     file_s = time.perf_counter() - t
-    sql = cstore.intraday_copy_sql("1m", adjusted=False, include_invalid=False)
+    sql = cstore.intraday_copy_sql("1m", adjust="none", include_invalid=False)
     t = time.perf_counter()
     n_bytes = 0
     with psycopg.connect(url, autocommit=True) as conn:

@@ -376,8 +376,8 @@ def bench_reads(rt, url: str, syms: list[str], days: list[dt.date], n: int) -> d
             times[k].append((time.perf_counter() - t0) * 1000)
     # the same intraday SQL alone (no HTTP, no Flask) on one connection
     sql_t: dict[str, list[float]] = {"1m one symbol-day": [], "1h one year": []}
-    q1m = mstore.intraday_sql("1m", adjusted=False, include_invalid=False, fmt="json")
-    q1h = mstore.intraday_sql("1h", adjusted=False, include_invalid=False, fmt="json")
+    q1m = mstore.intraday_sql("1m", adjust="none", include_invalid=False, fmt="json")
+    q1h = mstore.intraday_sql("1h", adjust="none", include_invalid=False, fmt="json")
     with psycopg.connect(url, autocommit=True) as conn:
         for _ in range(n):
             s, d = rnd.choice(syms), rnd.choice(days)

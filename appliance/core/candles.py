@@ -1,5 +1,5 @@
 """Domain types shared by providers, quality and the store: daily candles of
-one symbol (``Bars``) and a split (``Split``).
+one symbol (``Bars``), a split (``Split``) and a cash dividend (``Dividend``).
 
 Bars travel as columns, not one dict per candle: validation and the COPY into
 PostgreSQL both work on whole columns, which is what makes a 630,000-candle
@@ -110,6 +110,38 @@ class Split:
     def ratio(self) -> float:
         """Price after / price before (0.25 for a 4-for-1 split)."""
         return self.split_from / self.split_to
+
+
+#: The vendor's dividend types: regular cash, special cash, long- and
+#: short-term capital gains distributions.
+DIVIDEND_TYPES = ("CD", "SC", "LT", "ST")
+
+
+@dataclass(frozen=True)
+class Dividend:
+    """A cash distribution of ``cash_amount`` per share, the shares trading
+    without it from the open of ``ex_dividend_date``. ``cash_amount`` is None
+    when the vendor sent none. ``vendor`` holds every field as the vendor
+    sent it (for the store); the typed fields are read from it."""
+
+    symbol: str
+    ex_dividend_date: dt.date
+    dividend_type: str
+    cash_amount: float | None
+    declaration_date: dt.date | None = None
+    record_date: dt.date | None = None
+    pay_date: dt.date | None = None
+    frequency: int | None = None
+    currency: str | None = None
+    vendor_id: str | None = None
+    vendor: tuple[tuple[str, Any], ...] = ()  # (key, value) pairs, hashable
+
+    def fields(self) -> dict[str, Any]:
+        """The vendor's record as sent (or the typed fields when none was kept)."""
+        if self.vendor:
+            return dict(self.vendor)
+        return {"ticker": self.symbol, "ex_dividend_date": self.ex_dividend_date.isoformat(),
+                "dividend_type": self.dividend_type, "cash_amount": self.cash_amount}
 
 
 @dataclass

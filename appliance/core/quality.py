@@ -1,4 +1,4 @@
-"""Candle validation, gap and split detection, quality scores.
+"""Candle validation, gap, split and dividend detection, quality scores.
 
 Pure functions on numpy columns (no I/O, no per-candle Python objects), so a
 whole symbol's history is checked with a few dozen vectorised operations.
@@ -47,7 +47,12 @@ the move, i.e. once the reference is scaled by the split ratio either
   ``split_tolerance_pct``) is within ``split_tolerance_pct`` of it, or
 * the remaining move is no longer above ``gap_threshold_pct``;
 
-otherwise ``"jump"``. Sessions with no bar between a symbol's first and last
+otherwise, ``"dividend"`` when cash dividends go ex on that session (an
+ex-date after the previous bar's session and at most this one: an ex-date on
+a non-session takes effect at the next session) and explain the move the same
+way, the reference lowered by their cash (``ref - sum(cash)``: the price a
+holder of the share without the dividend expects); otherwise ``"jump"``. A
+dividend-explained drop is never a jump. Sessions with no bar between a symbol's first and last
 bar are ``missing_sessions`` (holidays are never sessions, so never missing).
 """
 from __future__ import annotations
@@ -59,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.core.candles import Bars, Split
+from appliance.core.candles import Bars, Dividend, Split
 
 RULES: tuple[str, ...] = (
     "missing_field",
@@ -84,6 +89,7 @@ PENALTY = {
 }
 GAP_SPLIT = "split"
 GAP_JUMP = "jump"
+GAP_DIVIDEND = "dividend"
 GAP_MISSING = "missing"
 
 
@@ -180,14 +186,51 @@ def _gap_kinds(gap: np.ndarray, sess: np.ndarray, ref: np.ndarray, o: np.ndarray
     if gi.size:
         ratio = sratio[np.searchsorted(sdays, sess[gi])]
         scaled = ref[gi] * ratio  # the reference in post-split terms
-        tol = split_tolerance_pct / 100.0
-        thr = gap_threshold_pct / 100.0
-        co_a = np.abs(o[gi] / scaled - 1.0)
-        cc_a = np.abs(c[gi] / scaled - 1.0)
-        in_range = (scaled >= lo[gi] * (1 - tol)) & (scaled <= h[gi] * (1 + tol))
-        explained = (co_a <= tol) | (cc_a <= tol) | in_range | (np.maximum(co_a, cc_a) <= thr)
+        explained = _explained(scaled, o[gi], h[gi], lo[gi], c[gi], gap_threshold_pct,
+                               split_tolerance_pct)
         gap_kind[gi[explained]] = GAP_SPLIT
     return gap_kind
+
+
+def _explained(scaled: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
+               gap_threshold_pct: float, split_tolerance_pct: float) -> np.ndarray:
+    """Where a reference ``scaled`` to the post-event terms fits the bar."""
+    tol = split_tolerance_pct / 100.0
+    thr = gap_threshold_pct / 100.0
+    co_a = np.abs(o / scaled - 1.0)
+    cc_a = np.abs(c / scaled - 1.0)
+    in_range = (scaled >= lo * (1 - tol)) & (scaled <= h * (1 + tol))
+    return (co_a <= tol) | (cc_a <= tol) | in_range | (np.maximum(co_a, cc_a) <= thr)
+
+
+def _dividend_kinds(gap_kind: np.ndarray, gap: np.ndarray, sess: np.ndarray,
+                    prev_sess: np.ndarray, ref: np.ndarray, o: np.ndarray, h: np.ndarray,
+                    lo: np.ndarray, c: np.ndarray, dividends: Iterable[Dividend], gap_threshold_pct: float,
+                    split_tolerance_pct: float) -> None:
+    """``dividend`` (in place) for each ``jump`` that the cash of the
+    dividends going ex at that bar explains."""
+    gi = np.nonzero(gap & (gap_kind == GAP_JUMP))[0]
+    divs = [(_d64(d.ex_dividend_date), float(d.cash_amount)) for d in dividends
+            if d.cash_amount is not None and np.isfinite(d.cash_amount) and d.cash_amount > 0]
+    if not gi.size or not divs:
+        return
+    ex = np.array([d for d, _ in divs], dtype="datetime64[D]")
+    cash = np.array([x for _, x in divs])
+    order = np.argsort(ex, kind="stable")
+    ex, csum = ex[order], np.concatenate([[0.0], np.cumsum(cash[order])])
+    # cash going ex in (previous bar's session, this session]
+    hi = np.searchsorted(ex, sess[gi], side="right")
+    lo_i = np.searchsorted(ex, prev_sess[gi], side="right")
+    d_cash = csum[hi] - csum[lo_i]
+    has = d_cash > 0
+    gi, d_cash = gi[has], d_cash[has]
+    if gi.size:
+        scaled = ref[gi] - d_cash
+        ok = scaled > 0
+        gi, scaled = gi[ok], scaled[ok]
+        explained = _explained(scaled, o[gi], h[gi], lo[gi], c[gi], gap_threshold_pct,
+                               split_tolerance_pct)
+        gap_kind[gi[explained]] = GAP_DIVIDEND
 
 
 def _bar_checks(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
@@ -253,12 +296,15 @@ def validate_day(session: Any, o: Any, h: Any, lo: Any, c: Any, v: Any,
 
 def validate(bars: Bars, cal_sessions: np.ndarray, today: Any, prev_close: float | None = None,
              splits: Sequence[Split] = (), gap_threshold_pct: float = 20.0,
-             split_tolerance_pct: float = 2.0) -> Checked:
+             split_tolerance_pct: float = 2.0, dividends: Sequence[Dividend] = (),
+             prev_session: Any = None) -> Checked:
     """Check every candle of ``bars`` (one symbol, ideally sorted by session).
 
     ``cal_sessions``: the calendar's sessions (sorted ``datetime64[D]``)
     covering at least the bars' range. ``prev_close``: the close of the
-    stored candle just before the first one, for its gap check."""
+    stored candle just before the first one, for its gap check;
+    ``prev_session`` its session (None: the day before the first bar).
+    ``dividends``: the symbol's applicable cash dividends."""
     n = len(bars)
     sess = bars.session.astype("datetime64[D]", copy=False)
     o, h, lo, c, v = bars.open, bars.high, bars.low, bars.close, bars.volume
@@ -303,6 +349,11 @@ def validate(bars: Bars, cal_sessions: np.ndarray, today: Any, prev_close: float
         gap = np.abs(gap_pct) > gap_threshold_pct
     gap_kind = _gap_kinds(gap, sess, ref, o, h, lo, c, splits, gap_threshold_pct,
                           split_tolerance_pct)
+    if dividends:
+        first_prev = sess[0] - 1 if prev_session is None else _d64(prev_session)
+        ref_sess = np.where(prev_idx >= 0, sess[np.maximum(prev_idx, 0)], first_prev)
+        _dividend_kinds(gap_kind, gap, sess, ref_sess, ref, o, h, lo, c, dividends,
+                        gap_threshold_pct, split_tolerance_pct)
     return Checked(valid, mask, score, gap, gap_kind, gap_pct)
 
 

@@ -21,7 +21,7 @@ from appliance import store
 from appliance.core import calendar as tcal
 from appliance.core.candles import Bars
 from appliance.core.errors import LockBusy, ProviderAuthError, ProviderError
-from appliance.ingest import chunks
+from appliance.ingest import chunks, corpactions
 from appliance.ingest import flatfiles as flat
 from appliance.ingest import minutes as intraday
 from appliance.ingest.daily import SymbolPlan, unknown_among, write_symbol
@@ -53,7 +53,7 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
               end: dt.date | None, now: dt.datetime) -> Plan:
     cal = cfg["calendar"]
     latest = tcal.latest_completed_session(cal, now)
-    end = min(end, latest) if end else latest
+    end_all = min(end, latest) if end else latest
     lookback = cfg["history"]["lookback_sessions"]
     specs = {s.symbol: s for s in cfg.symbols}
     default_since = cfg.history_start("1d")
@@ -61,12 +61,18 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
     # write_symbol stores in place of every demo bar (demodata.py)
     demo = set(dstore.demo_symbols(conn, minute=False)) \
         if start is None and dstore.replacing(provider.name) else set()
+    delisted = store.securities.delisted(conn)
     plans = []
     for sym in symbols:
+        # a delisted security traded until the session before its delisting:
+        # nothing after it is asked for
+        end = min(end_all, delisted[sym] - dt.timedelta(days=1)) if sym in delisted else end_all
         if start is not None:
-            plans.append(SymbolPlan(sym, start, end, full=False))
+            plans.append(SymbolPlan(sym, start, end, full=False, actions=True))
             continue
         since = specs[sym].since if sym in specs else default_since
+        if sym in delisted and sym not in demo and store.last_stored_session(conn, sym):
+            continue  # its history is stored: a routine run asks nothing more of it
         if sym in demo:
             plans.append(SymbolPlan(sym, since, end, full=True))
             continue
@@ -363,6 +369,7 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
     with rt.conn() as conn:
         plan = make_plan(conn, cfg, provider, syms, start=start, end=end, now=now)
     log.info("backfill plan: %s", plan.describe())
+    corpactions.recent_dividends(rt, provider, plan, run_id)
     if files:  # one chunk per file (chunks.py); a grouped daily plan runs here first
         fan = bool(cfg["backfill"]["fan_out"])
         if plan.method == "grouped" or not fan:
@@ -422,7 +429,7 @@ def _run_here(rt, cfg, provider, stats, run_id, report, plan: Plan, today) -> di
                     bars = bars.concat(b)
                 bars.source = provider.name
             else:
-                bars = provider.daily_bars(p.symbol, p.start, p.end)
+                bars = corpactions.security_bars(rt, provider, p)
             res = write_symbol(rt, cfg, provider, p, bars, run_id=run_id, today=today)
             totals.update(res)
         except ProviderAuthError as e:

@@ -15,6 +15,7 @@ from appliance.core import calendar as tcal
 from appliance.core import quality
 from appliance.core.candles import Bars
 from appliance.core.errors import ProviderAuthError, ProviderError, UnknownSymbol
+from appliance.ingest import corpactions
 from appliance.store import demo as dstore
 
 log = logging.getLogger("appliance.backfill")
@@ -26,12 +27,19 @@ class SymbolPlan:
     start: dt.date
     end: dt.date
     full: bool  # a new symbol (whole history)
+    #: re-fetch its splits and dividends (a whole history, or a range the
+    #: operator asked for: how a vendor's revision of them is taken in)
+    actions: bool = False
+
+    @property
+    def refresh_actions(self) -> bool:
+        return self.full or self.actions
 
 
 def backfill_symbol(rt, cfg, provider, p: SymbolPlan, *, run_id, today) -> Counter:
     """One symbol's planned range, fetched per symbol and stored (a chunk of a
     fanned-out backfill)."""
-    return write_symbol(rt, cfg, provider, p, provider.daily_bars(p.symbol, p.start, p.end),
+    return write_symbol(rt, cfg, provider, p, corpactions.security_bars(rt, provider, p),
                         run_id=run_id, today=today)
 
 
@@ -45,13 +53,16 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
             # the vendor's whole history takes the place of any demo bar, in
             # this transaction: a session it lacks keeps no demo bar
             out["demo_replaced"] = dstore.drop_daily(conn, p.symbol)
-        if p.full:
+        if p.refresh_actions:
             try:
-                store.save_splits(conn, provider.splits(p.symbol), provider.name)
+                store.save_splits(conn, corpactions.own_actions(
+                    conn, provider.splits, p.symbol, "execution_date"), provider.name)
             except ProviderAuthError:
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
+        saved_divs = (corpactions.save_dividends(conn, provider, p.symbol, run_id)
+                      if p.refresh_actions else [])
         if p.full:
             store.mark_history_from(conn, p.symbol, p.start)
         if len(bars) == 0:
@@ -63,29 +74,37 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
         first = bars.session[0].astype(object)
         last = bars.session[-1].astype(object)
         cal_sessions = tcal.sessions(cal, first, last)
-        prev_close = store.last_close_before(conn, p.symbol, first,
-                                             tz=tcal.exchange_tz(cfg["calendar"]))
+        tz = tcal.exchange_tz(cal)
+        prev_close = store.last_close_before(conn, p.symbol, first, tz=tz)
+        prev_session = store.last_session_before(conn, p.symbol, first, tz=tz)
         splits = store.splits_for(conn, p.symbol)
+        divs = store.dividends.applied_dividends(conn, p.symbol)
         checked = quality.validate(bars, cal_sessions, today, prev_close=prev_close, splits=splits,
                                    gap_threshold_pct=q["gap_threshold_pct"],
-                                   split_tolerance_pct=q["split_tolerance_pct"])
-        if not p.full and np.any(np.asarray(checked.gap_kind, dtype=object) == "jump"):
-            # a jump may be a split the vendor announced since we last asked
+                                   split_tolerance_pct=q["split_tolerance_pct"], dividends=divs,
+                                   prev_session=prev_session)
+        if not p.refresh_actions and np.any(np.asarray(checked.gap_kind, dtype=object) == "jump"):
+            # a jump may be a split or a special dividend the vendor announced
+            # since we last asked
             try:
                 fresh = provider.splits(p.symbol)
                 if fresh:
                     store.save_splits(conn, fresh, provider.name)
                     splits = store.splits_for(conn, p.symbol)
-                    checked = quality.validate(
-                        bars, cal_sessions, today, prev_close=prev_close, splits=splits,
-                        gap_threshold_pct=q["gap_threshold_pct"],
-                        split_tolerance_pct=q["split_tolerance_pct"])
             except ProviderAuthError:
                 raise
             except ProviderError as e:
                 log.warning("splits of %s unavailable: %s", p.symbol, e.message)
+            saved_divs = corpactions.save_dividends(conn, provider, p.symbol, run_id)
+            divs = store.dividends.applied_dividends(conn, p.symbol)
+            checked = quality.validate(
+                bars, cal_sessions, today, prev_close=prev_close, splits=splits,
+                gap_threshold_pct=q["gap_threshold_pct"],
+                split_tolerance_pct=q["split_tolerance_pct"], dividends=divs,
+                prev_session=prev_session)
         res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id,
-                               tz=tcal.exchange_tz(cfg["calendar"]))
+                               tz=tz)
+        corpactions.report_unapplied(conn, provider, p.symbol, saved_divs)
         store.checkpoint(conn, p.symbol, last, run_id)
         out.update(res)
         out["rejected"] += int((~checked.valid).sum())

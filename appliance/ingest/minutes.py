@@ -90,6 +90,7 @@ def fetch_window(rt, cfg, provider, w: Window, run_id) -> Counter:
     bars = provider.minute_bars(w.symbol, w.start, w.end)
     month = _month_start(w.start)
     with rt.conn() as conn:
+        bars = _own_sessions(bars, store.securities.security(conn, w.symbol))
         res = write(conn, cfg, bars)
         # a month is recorded as stored up to a day only when nothing before
         # the window is missing (a bounded re-fetch mid-month is not a month)
@@ -98,6 +99,21 @@ def fetch_window(rt, cfg, provider, w: Window, run_id) -> Counter:
                 (got is not None and w.start <= got + dt.timedelta(days=1)):
             mstore.record_month(conn, w.symbol, month, w.end, run_id)
     return res
+
+
+def _own_sessions(bars: MinuteBars, security: dict | None) -> MinuteBars:
+    """Only the bars of sessions on which the ticker named this security (a
+    ticker another company used before is never stored as its minutes)."""
+    periods = [t for t in (security or {}).get("tickers") or () if t["ticker"] == bars.symbol]
+    if not (security or {}).get("tickers") or len(bars) == 0:
+        return bars
+    keep = np.zeros(len(bars), dtype=bool)
+    for t in periods:
+        k = bars.session >= np.datetime64(t["valid_from"], "D")
+        if t["valid_to"]:
+            k &= bars.session < np.datetime64(t["valid_to"], "D")
+        keep |= k
+    return bars if keep.all() else bars.take(np.nonzero(keep)[0])
 
 
 def in_session(cfg, bars: MinuteBars) -> np.ndarray:

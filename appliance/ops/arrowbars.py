@@ -118,17 +118,17 @@ _HEADER = 19  # signature (11), flags (4), header extension length (4, zero)
 _PG_EPOCH_DAYS = 10957  # 2000-01-01, PostgreSQL's day 0, in days since 1970-01-01
 
 
-def symbol_batches(conn, batches: Batches, symbol: str, timeframe: str, *, adjusted: bool,
+def symbol_batches(conn, batches: Batches, symbol: str, timeframe: str, *, adjust: str,
                    include_invalid: bool, params: dict, chunk: int = 65536,
                    keep=None) -> Iterator[pa.RecordBatch]:
     """One symbol's bars as record batches of at most ``chunk`` rows:
     intraday ones from a binary COPY read by numpy, daily and weekly ones (a
     few hundred a year) row by row; ``keep(ms)`` filters the latter."""
     if kind_of(timeframe) == "intraday":
-        sql = intraday_copy_sql(timeframe, adjusted=adjusted, include_invalid=include_invalid)
+        sql = intraday_copy_sql(timeframe, adjust=adjust, include_invalid=include_invalid)
         yield from batches.copy_batches(symbol, copy_out(conn, sql, params), chunk)
         return
-    sql = bars_sql(timeframe, adjusted=adjusted, include_invalid=include_invalid)
+    sql = bars_sql(timeframe, adjust=adjust, include_invalid=include_invalid)
     rows = []
     for row in conn.cursor(binary=True).stream(sql, params, size=chunk):
         if keep is None or keep(row[0]):

@@ -97,7 +97,7 @@ def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols
     for sym in symbols:
         params = {"symbol": sym, "tf": "1d", "start": month, "end": end, "after": after,
                   "limit": None, "tz": tz}
-        yield from arrowbars.symbol_batches(conn, batches, sym, timeframe, adjusted=False,
+        yield from arrowbars.symbol_batches(conn, batches, sym, timeframe, adjust="none",
                                             include_invalid=True, params=params, chunk=CHUNK,
                                             keep=lambda ms: ms < stop_ms)
 

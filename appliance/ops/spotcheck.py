@@ -9,7 +9,8 @@ Picks ``spot_check.samples`` random (symbol, session) pairs among the stored
 split-adjusted closes, both adjusted as of today:
 
 * the stored close is raw; it is multiplied by the ratios of the stored splits
-  executing after its session (``quality.split_factors``);
+  executing after its session (``adjustment_factor(symbol, day, 'splits')``,
+  the SQL function every read path adjusts with);
 * Yahoo publishes split-adjusted prices (``provider.split_adjusted``) and is
   taken as is; a raw second source is adjusted with the same stored splits.
 
@@ -41,7 +42,6 @@ import numpy as np
 
 from appliance import store
 from appliance.core import calendar as tcal
-from appliance.core import quality
 from appliance.core.errors import ProviderError
 from appliance.ingest import minutes as intraday
 from appliance.providers import make_provider
@@ -136,7 +136,9 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed
         by_symbol: dict[str, list[tuple[dt.date, float]]] = defaultdict(list)
         for sym, d, c in pairs:
             by_symbol[sym].append((d, c))
-        splits = {sym: store.splits_for(conn, sym) for sym in by_symbol}
+        factors_of = {sym: np.array(store.spotcheck.split_factors(
+            conn, sym, [d for d, _ in items], tz=tcal.exchange_tz(cfg["calendar"])))
+            for sym, items in by_symbol.items()}
 
     out_pairs: list[dict] = []
     unavailable: list[dict] = []
@@ -157,10 +159,8 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed
             continue
         other = {s: float(c) for s, c in zip(bars.session.astype(object).tolist(),
                                              bars.close.tolist(), strict=False)}
-        sess = np.array([np.datetime64(d, "D") for d, _ in items], dtype="datetime64[D]")
-        factors = quality.split_factors(sess, splits[sym])
-        out_pairs.extend(compare_closes(sym, items, other, factors, other_adjusted, source,
-                                        match_pct, mismatch_pct, unavailable))
+        out_pairs.extend(compare_closes(sym, items, other, factors_of[sym], other_adjusted,
+                                        source, match_pct, mismatch_pct, unavailable))
 
     if by_symbol and len(failed_symbols) == len(by_symbol):
         raise ProviderError(f"spot-check: every request to {source} failed "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Protocol
 
-from appliance.core.candles import Bars, Split
+from appliance.core.candles import Bars, Dividend, Split
 from appliance.core.errors import ProviderAuthError
 
 
@@ -31,6 +31,11 @@ class Provider(Protocol):
     def splits(self, symbol: str, start: dt.date | None = None,
                end: dt.date | None = None) -> list[Split]:
         """Splits of ``symbol``, deduplicated, sorted by date."""
+
+    def dividends(self, symbol: str, start: dt.date | None = None,
+                  end: dt.date | None = None) -> list[Dividend]:
+        """Cash dividends of ``symbol``, sorted by ex-date (only vendors that
+        publish them: Polygon and the demo)."""
 
     def grouped_daily(self, session: dt.date) -> dict[str, Bars]:
         """All symbols' bars for one session (only when ``supports_grouped``)."""

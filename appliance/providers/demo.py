@@ -16,7 +16,10 @@ So that every state of the console can be seen, the series contain:
 * a few deterministic bad ticks between 2021 and mid-2025: high below low,
   a zero open, a negative volume (AAPL has all three, other symbols some);
 * an unexplained overnight jump of about +30% (AAPL and some others);
-* one session missing from the series for some symbols.
+* one session missing from the series for some symbols;
+* quarterly cash dividends (AAPL, MSFT, JPM, XOM, SPY; type CD) from 2020
+  on, and one special dividend (MSFT, type SC): reference data only, the
+  synthetic prices do not drop on the ex-dates.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from appliance.core import calendar as tcal
-from appliance.core.candles import Bars, MinuteBars, Split
+from appliance.core.candles import Bars, Dividend, MinuteBars, Split
 from appliance.providers import demominutes
 
 EPOCH = dt.date(2000, 1, 3)
@@ -42,6 +45,13 @@ DEMO_SPLITS: dict[str, list[tuple[dt.date, float, float]]] = {
     "AMZN": [(dt.date(2022, 6, 6), 1, 20)],
     "GOOGL": [(dt.date(2022, 7, 18), 1, 20)],
 }
+#: symbol -> (cash per quarter, month of the first ex-date of the year)
+DEMO_DIVIDENDS: dict[str, tuple[float, int]] = {
+    "AAPL": (0.24, 2), "MSFT": (0.75, 2), "JPM": (1.15, 1), "XOM": (0.95, 2), "SPY": (1.6, 3),
+}
+#: symbol -> [(ex-date, cash)]: special (SC) dividends
+DEMO_SPECIAL: dict[str, list[tuple[dt.date, float]]] = {"MSFT": [(dt.date(2024, 11, 20), 3.0)]}
+DIVIDENDS_FROM = 2020
 DEFAULT_UNIVERSE = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "JPM", "XOM", "SPY")
 #: symbols that always carry every kind of anomaly
 SHOWCASE = ("AAPL",)
@@ -217,3 +227,42 @@ class DemoProvider:
                 continue
             out.append(Split(symbol, d, float(fr), float(to)))
         return sorted(out, key=lambda s: s.execution_date)
+
+    def dividends(self, symbol: str, start=None, end=None) -> list[Dividend]:
+        """Quarterly cash dividends (``DEMO_DIVIDENDS``: the ex-date is the
+        second Thursday of the month, declared four weeks before, paid two
+        weeks after) and the special ones, up to the latest session."""
+        latest = self.latest_session()
+        lo = dt.date.fromisoformat(str(np.datetime64(start, "D"))) if start is not None else None
+        hi = dt.date.fromisoformat(str(np.datetime64(end, "D"))) if end is not None else None
+        rows: list[tuple[dt.date, str, float, int]] = []
+        if symbol in DEMO_DIVIDENDS:
+            cash, first = DEMO_DIVIDENDS[symbol]
+            for year in range(DIVIDENDS_FROM, latest.year + 1):
+                for q in range(4):
+                    d = dt.date(year, first + 3 * q, 1)
+                    d += dt.timedelta(days=(3 - d.weekday()) % 7 + 7)  # 2nd Thursday
+                    rows.append((d, "CD", cash, 4))
+        rows += [(d, "SC", c, 0) for d, c in DEMO_SPECIAL.get(symbol, ())]
+        out = []
+        for d, kind, cash, freq in rows:
+            if d > latest or (lo and d < lo) or (hi and d > hi):
+                continue
+            rec = {"cash_amount": cash, "currency": "USD",
+                   "declaration_date": (d - dt.timedelta(days=28)).isoformat(),
+                   "dividend_type": kind, "ex_dividend_date": d.isoformat(), "frequency": freq,
+                   "pay_date": (d + dt.timedelta(days=14)).isoformat(),
+                   "record_date": (d + dt.timedelta(days=1)).isoformat(), "ticker": symbol}
+            out.append(Dividend(symbol, d, kind, cash, d - dt.timedelta(days=28),
+                                d + dt.timedelta(days=1), d + dt.timedelta(days=14), freq,
+                                "USD", None, tuple(rec.items())))
+        return sorted(out, key=lambda x: (x.ex_dividend_date, x.dividend_type))
+
+    def dividends_between(self, start, end, symbols=None) -> dict[str, list[Dividend]]:
+        """The universe's (or ``symbols``') dividends going ex in ``start``..``end``."""
+        out = {}
+        for sym in (symbols if symbols is not None else self.universe):
+            d = self.dividends(sym, start, end)
+            if d:
+                out[sym] = d
+        return out

@@ -6,6 +6,8 @@
 * Grouped daily ``/v2/aggs/grouped/locale/us/market/stocks/{date}``: every
   symbol of one session in one request.
 * Splits ``/v3/reference/splits`` (paginated, duplicates removed).
+* Dividends ``/v3/reference/dividends`` (paginated; exact repeats removed,
+  every field kept as sent: the store merges and judges them).
 
 ``t`` is the Unix millisecond start of the bar (00:00 America/New_York for a
 daily bar). Dates are always taken in America/New_York: a timestamp late in
@@ -20,7 +22,7 @@ from urllib.parse import quote
 import numpy as np
 
 from appliance.core.calendar import US_VENDOR_TZ, local_dates
-from appliance.core.candles import Bars, MinuteBars, Split, iso_date
+from appliance.core.candles import DIVIDEND_TYPES, Bars, Dividend, MinuteBars, Split, iso_date
 from appliance.core.errors import ProviderAuthError, ProviderDataError, ProviderError
 from appliance.providers.base import require_api_key
 from appliance.providers.http import HttpClient, client_for, redact_text
@@ -268,3 +270,141 @@ class PolygonProvider:
                     out.append(Split(symbol, d, f, t))
         out.sort(key=lambda s: (s.execution_date, s.split_from, s.split_to))
         return out
+
+    def dividends(self, symbol: str, start=None, end=None) -> list[Dividend]:
+        """Cash dividends of ``symbol`` (optionally with ex-dates within
+        ``start``..``end``), sorted by ex-date then type; exact repeats sent
+        twice are kept once. A record without a ticker-matching ex-date or
+        type cannot be placed: ProviderDataError. A missing or zero cash
+        amount is kept as sent (None / 0.0): the store refuses to apply it and
+        says so."""
+        url = f"{self.base_url}/v3/reference/dividends"
+        params: dict = {"ticker": symbol, "limit": 1000}
+        if start is not None:
+            params["ex_dividend_date.gte"] = iso_date(start)
+        if end is not None:
+            params["ex_dividend_date.lte"] = iso_date(end)
+        seen: set = set()
+        out: list[Dividend] = []
+        for page in self._pages(url, params):
+            for r in page.get("results") or ():
+                if not isinstance(r, dict) or r.get("ticker", symbol) != symbol:
+                    continue
+                d = dividend_from_record(symbol, r, url)
+                key = (d.ex_dividend_date, d.dividend_type, d.cash_amount, d.pay_date)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(d)
+        out.sort(key=lambda d: (d.ex_dividend_date, d.dividend_type))
+        return out
+
+
+    def dividends_between(self, start, end, symbols=None) -> dict[str, list[Dividend]]:
+        """The whole market's dividends going ex in ``start``..``end``, by
+        ticker (only those of ``symbols`` when given), from one paged request
+        without a ticker: how a routine run learns of new dividends."""
+        url = f"{self.base_url}/v3/reference/dividends"
+        params = {"ex_dividend_date.gte": iso_date(start), "ex_dividend_date.lte": iso_date(end),
+                  "limit": 1000}
+        out: dict[str, list[Dividend]] = {}
+        seen: set = set()
+        for page in self._pages(url, params):
+            for r in page.get("results") or ():
+                sym = r.get("ticker") if isinstance(r, dict) else None
+                if not sym or (symbols is not None and sym not in symbols):
+                    continue
+                d = dividend_from_record(sym, r, url)
+                key = (sym, d.ex_dividend_date, d.dividend_type, d.cash_amount, d.pay_date)
+                if key not in seen:
+                    seen.add(key)
+                    out.setdefault(sym, []).append(d)
+        for v in out.values():
+            v.sort(key=lambda d: (d.ex_dividend_date, d.dividend_type))
+        return out
+
+
+    def ticker_history(self, symbol: str) -> dict | None:
+        """The security ``symbol`` names now, from ``/vX/reference/tickers/
+        {symbol}/events?types=ticker_change``: ``{"composite_figi", "name",
+        "cik", "events": [(date, ticker)] oldest first}``; None when the
+        vendor does not know it (404). Malformed events: ProviderDataError."""
+        url = f"{self.base_url}/vX/reference/tickers/{quote(symbol, safe='.')}/events"
+        params, headers = {"types": "ticker_change"}, {}
+        if self.auth == "query":
+            params["apiKey"] = self.api_key
+        else:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        status, data = self.client.get_json(url, params=params, headers=headers,
+                                            redact=(self.api_key,), allow_statuses=(404,))
+        if status == 404 or not isinstance(data, dict) or not data.get("results"):
+            return None
+        r = data["results"]
+        events = []
+        for e in r.get("events") or ():
+            try:
+                if e.get("type") != "ticker_change":
+                    continue
+                events.append((dt.date.fromisoformat(e["date"]), e["ticker_change"]["ticker"]))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise ProviderDataError(f"polygon: malformed ticker event {e!r} of {symbol}",
+                                        url=redact_text(url, (self.api_key,))) from None
+        events.sort()
+        return {"composite_figi": r.get("composite_figi"), "name": r.get("name"),
+                "cik": r.get("cik"), "events": events}
+
+    def delistings(self, symbol: str) -> list[dict]:
+        """Inactive listings of ticker ``symbol`` (``/v3/reference/tickers?
+        ticker=&active=false``): ``[{"composite_figi", "name", "delisted_on"}]``
+        with ``delisted_on`` the New York date of ``delisted_utc``."""
+        out = []
+        url = f"{self.base_url}/v3/reference/tickers"
+        for page in self._pages(url, {"ticker": symbol, "active": "false", "limit": 1000}):
+            for r in page.get("results") or ():
+                if not isinstance(r, dict) or r.get("ticker") != symbol \
+                        or not r.get("delisted_utc"):
+                    continue
+                try:
+                    t = dt.datetime.fromisoformat(str(r["delisted_utc"]).replace("Z", "+00:00"))
+                except ValueError:
+                    raise ProviderDataError(f"polygon: bad delisted_utc {r['delisted_utc']!r} "
+                                            f"of {symbol}", url=url) from None
+                day = local_dates(np.array([int(t.timestamp())]), "America/New_York")[0]
+                out.append({"composite_figi": r.get("composite_figi"), "name": r.get("name"),
+                            "delisted_on": day.astype(dt.date)})
+        return out
+
+
+def _opt_date(r: dict, key: str, where: str):
+    v = r.get(key)
+    if v in (None, ""):
+        return None
+    try:
+        return dt.date.fromisoformat(str(v)[:10])
+    except ValueError:
+        raise ProviderDataError(f"polygon: dividend record with a bad {key} {v!r}",
+                                url=where) from None
+
+
+def dividend_from_record(symbol: str, r: dict, where: str = "") -> Dividend:
+    """A ``Dividend`` from one ``/v3/reference/dividends`` result object."""
+    ex = _opt_date(r, "ex_dividend_date", where)
+    kind = r.get("dividend_type")
+    if ex is None or kind not in DIVIDEND_TYPES:
+        raise ProviderDataError(f"polygon: dividend record without a usable ex_dividend_date "
+                                f"and dividend_type ({', '.join(DIVIDEND_TYPES)}): {r!r}",
+                                url=where or None)
+    cash = r.get("cash_amount")
+    if cash is not None:
+        try:
+            cash = float(cash)
+        except (TypeError, ValueError):
+            raise ProviderDataError(f"polygon: dividend record with a non-numeric cash_amount "
+                                    f"{cash!r}", url=where or None) from None
+    freq = r.get("frequency")
+    return Dividend(symbol, ex, kind, cash,
+                    declaration_date=_opt_date(r, "declaration_date", where),
+                    record_date=_opt_date(r, "record_date", where),
+                    pay_date=_opt_date(r, "pay_date", where),
+                    frequency=freq if isinstance(freq, int) else None,
+                    currency=r.get("currency"), vendor_id=r.get("id"),
+                    vendor=tuple(r.items()))

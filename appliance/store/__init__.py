@@ -12,7 +12,9 @@ module of their own are used as ``store.MODULE.NAME``: ``alerts``, ``runs``
 (job_runs), ``history`` (a restore's history merge), ``maintenance``,
 ``performance``, ``spotcheck``, ``databases`` (whole databases on the
 server), ``scratch`` (a database that is not the live one yet), ``locks``
-(advisory locks) and ``sessions`` (session settings).
+(advisory locks), ``sessions`` (session settings), ``dividends`` (cash
+dividends and their revisions) and ``securities`` (identity: FIGI, tickers,
+delistings, the universe as of a date).
 
 Outside this package only ``appliance.store.pool`` runs SQL: the connection pool,
 the migration runner and the partitions a migration needs.
@@ -20,12 +22,14 @@ the migration runner and the partitions a migration needs.
 from appliance.store import (
     alerts,
     databases,
+    dividends,
     history,
     locks,
     maintenance,
     performance,
     runs,
     scratch,
+    securities,
     spotcheck,
 )
 from appliance.store import settings as sessions
@@ -97,6 +101,7 @@ from appliance.store.writes import (
     copy_text,
     ensure_partitions_for,
     last_close_before,
+    last_session_before,
     last_stored_session,
     save_splits,
     splits_for,
@@ -108,11 +113,13 @@ from appliance.store.writes import (
 __all__ = [
     "alerts",
     "databases",
+    "dividends",
     "history",
     "locks",
     "maintenance",
     "performance",
     "runs",
+    "securities",
     "scratch",
     "sessions",
     "spotcheck",
@@ -145,6 +152,7 @@ __all__ = [
     "copy_text",
     "ensure_partitions_for",
     "last_close_before",
+    "last_session_before",
     "last_stored_session",
     "save_splits",
     "splits_for",

@@ -35,30 +35,30 @@ def _ny_ms(date_col: str) -> str:
             f" * 1000)::bigint")
 
 
-def bars_sql(timeframe: str, *, adjusted: bool, include_invalid: bool) -> str:
+def bars_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
     """SQL of one symbol's bars as (ms, *COLUMNS[kind])."""
     kind = kind_of(timeframe)
     prices = ", ".join(f"z.{c}::float8" for c in _PRICES)
     if kind == "intraday":
-        src = _source(timeframe, adjusted, include_invalid)
+        src = _source(timeframe, adjust, include_invalid)
         return f"""SELECT (extract(epoch FROM z.ts) * 1000)::bigint, z.session, {prices},
                           z.trades::int8, z.validated FROM ({src}) z"""
     if kind == "daily":
-        src = _historical_select(adjusted, include_invalid)
+        src = _historical_select(adjust, include_invalid)
         return f"""SELECT {_ny_ms('z.time')}, {prices}, z.trades::int8, z.validated,
                           z.quality_score, z.gap_detected, z.gap_kind, z.source
                    FROM ({src}) z"""
-    src = weekly_sql(adjusted, include_invalid, "columns")
+    src = weekly_sql(adjust, include_invalid, "columns")
     return f"""SELECT {_ny_ms('z.week')}, {prices}, z.trades::int8, z.sessions::int8
                FROM ({src}) z"""
 
 
-def intraday_copy_sql(timeframe: str, *, adjusted: bool, include_invalid: bool) -> str:
+def intraday_copy_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
     """``COPY ... TO STDOUT (FORMAT binary)`` of one symbol's intraday bars,
     every field fixed-width and never NULL (a missing price is NaN, a missing
     trade count -1), so that every row has the same bytes: ``arrowbars``
     reads them with one numpy view, no Python object per value."""
-    src = _source(timeframe, adjusted, include_invalid)
+    src = _source(timeframe, adjust, include_invalid)
     prices = ", ".join(f"coalesce(z.{c}::float8, 'NaN')" for c in _PRICES)
     return f"""COPY (SELECT (extract(epoch FROM z.ts) * 1000)::bigint, z.session, {prices},
                             coalesce(z.trades::int8, -1), z.validated FROM ({src}) z)

@@ -45,19 +45,22 @@ def demo_counts(conn, symbols: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 def drop_daily(conn, symbol: str) -> int:
-    """Delete ``symbol``'s demo daily bars and demo splits, and forget how far
+    """Delete ``symbol``'s demo daily bars, demo splits and demo dividends
+    (never to enter a real vendor's total-return series), and forget how far
     back its history was asked for (the demo's answer says nothing of the
     vendor's). Returns the bars deleted. The caller refreshes the stats.
     Writes nothing for a symbol without demo data (a new symbol)."""
     held = conn.execute(
         """SELECT EXISTS (SELECT 1 FROM market_data WHERE symbol = %(s)s AND source = %(d)s)
-               OR EXISTS (SELECT 1 FROM splits WHERE symbol = %(s)s AND source = %(d)s)""",
+               OR EXISTS (SELECT 1 FROM splits WHERE symbol = %(s)s AND source = %(d)s)
+               OR EXISTS (SELECT 1 FROM dividends WHERE symbol = %(s)s AND source = %(d)s)""",
         {"s": symbol, "d": DEMO}).fetchone()[0]
     if not held:
         return 0
     n = conn.execute("DELETE FROM market_data WHERE symbol = %s AND source = %s",
                      (symbol, DEMO)).rowcount
     conn.execute("DELETE FROM splits WHERE symbol = %s AND source = %s", (symbol, DEMO))
+    conn.execute("DELETE FROM dividends WHERE symbol = %s AND source = %s", (symbol, DEMO))
     conn.execute("UPDATE symbols SET history_from = NULL WHERE symbol = %s", (symbol,))
     return n
 

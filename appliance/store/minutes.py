@@ -15,6 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from appliance.core.timeframes import ROLLUPS
+from appliance.store import adjustment as adj
 
 #: Fewest decimals tried before a day is stored as float8 (``raw``).
 MAX_SCALE = 9
@@ -239,18 +240,6 @@ def refresh_rollups_of(conn, symbols: Sequence[str], sessions: Sequence[dt.date]
 
 # -- reads ----------------------------------------------------------------------
 
-_SPLIT_CTE = """sp AS (
-      SELECT execution_date, split_from / split_to AS r,
-             row_number() OVER (ORDER BY execution_date DESC) AS n
-      FROM splits WHERE symbol = %(symbol)s AND split_from > 0 AND split_to > 0),
-    cum AS (SELECT n, execution_date, r AS k FROM sp WHERE n = 1
-            UNION ALL
-            SELECT sp.n, sp.execution_date, cum.k * sp.r FROM cum JOIN sp ON sp.n = cum.n + 1)"""
-_FACTOR = """CROSS JOIN LATERAL (SELECT coalesce(
-      (SELECT c.k FROM cum c WHERE c.execution_date > b.session
-       ORDER BY c.execution_date LIMIT 1), 1.0) AS k) f"""
-
-
 # The first session to read: ``start``, or with a cursor the New York date of
 # the cursor's time if later (a bar's time falls on its session's date), so a
 # late cursor reads its sessions only, not every one from ``start`` on.
@@ -258,21 +247,22 @@ _FIRST_SESSION = """greatest(%(start)s::date, coalesce(
       (%(after)s::timestamptz AT TIME ZONE %(tz)s)::date, %(start)s::date))"""
 
 
-def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
+def _source(timeframe: str, adjust, include_invalid: bool) -> str:
     """Bars of one symbol (session, minute, ts, prices, trades, validated),
     parameters symbol, start, end (sessions), after (timestamptz or NULL),
-    tz (the exchange time zone, ``calendar.exchange_tz``)."""
+    tz (the exchange time zone, ``calendar.exchange_tz``); ``adjust`` a mode of
+    ``core.adjustment`` (or the older bool)."""
     if timeframe != "1m" and timeframe not in ROLLUPS:
         raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
-    factor = _FACTOR if adjusted else "CROSS JOIN (SELECT 1.0::float8 AS k) f"
+    factor = adj.factor_join(adjust, "b.session")
     tf = sql.Literal(timeframe).as_string(None)  # quoted by psycopg, not by hand
     if timeframe == "1m":
-        inner = f"""SELECT b.session, u.m, f.k, {_decoded()}
+        inner = f"""SELECT b.session, u.m, f.kp, f.kv, {_decoded()}
                     FROM minute_bars b {factor} {_UNNEST}
                     WHERE b.symbol = %(symbol)s
                       AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s"""
     else:
-        inner = f"""SELECT b.session, u.m, f.k, u.o AS open, u.h AS high, u.lo AS low,
+        inner = f"""SELECT b.session, u.m, f.kp, f.kv, u.o AS open, u.h AS high, u.lo AS low,
                            u.c AS close, u.v AS volume, u.vw AS vwap, u.n AS trades,
                            true AS validated
                     FROM rollup_bars b {factor}
@@ -282,14 +272,14 @@ def _source(timeframe: str, adjusted: bool, include_invalid: bool) -> str:
                     WHERE b.symbol = %(symbol)s AND b.timeframe = {tf}
                       AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s"""
     valid = "" if include_invalid else "WHERE q.validated"
-    with_ = f"WITH RECURSIVE {_SPLIT_CTE}" if adjusted else ""
+    with_ = f"WITH {adj.steps_cte(adjust)}" if adj.adjusted(adjust) else ""
     return f"""{with_}
         SELECT * FROM (
           SELECT q.session, q.m,
                  ((q.session + make_interval(mins => q.m::int))::timestamp
                    AT TIME ZONE %(tz)s) AS ts,
-                 q.open * q.k AS open, q.high * q.k AS high, q.low * q.k AS low,
-                 q.close * q.k AS close, q.volume / q.k AS volume, q.vwap * q.k AS vwap,
+                 q.open * q.kp AS open, q.high * q.kp AS high, q.low * q.kp AS low,
+                 q.close * q.kp AS close, q.volume / q.kv AS volume, q.vwap * q.kp AS vwap,
                  q.trades, q.validated
           FROM ({inner}) q {valid}) z
         WHERE (%(after)s::timestamptz IS NULL OR z.ts > %(after)s::timestamptz)
@@ -312,9 +302,9 @@ INTRADAY_CSV_HEADER = ("time", "session", "open", "high", "low", "close", "volum
                        "trades", "validated")
 
 
-def intraday_sql(timeframe: str, *, adjusted: bool, include_invalid: bool, fmt: str) -> str:
+def intraday_sql(timeframe: str, *, adjust, include_invalid: bool, fmt: str) -> str:
     """SQL returning (epoch_ms, text) per bar: a JSON object or a CSV line."""
-    src = _source(timeframe, adjusted, include_invalid)
+    src = _source(timeframe, adjust, include_invalid)
     t = _local_iso()
     ms = "(extract(epoch FROM z.ts) * 1000)::bigint"
     f = _finite
@@ -462,7 +452,7 @@ def sample_days(conn, n: int, seed: float | None = None) -> list[tuple[str, dt.d
 def day_bars(conn, symbol: str, timeframe: str, session: dt.date, *,
              tz: str) -> dict[int, dict]:
     """{start in Unix ms: bar} of one symbol-session, raw prices, valid bars."""
-    rows = conn.execute(intraday_sql(timeframe, adjusted=False, include_invalid=False,
+    rows = conn.execute(intraday_sql(timeframe, adjust="none", include_invalid=False,
                                      fmt="json"),
                         {"symbol": symbol, "start": session, "end": session, "after": None,
                          "limit": None, "tz": tz}).fetchall()
@@ -492,12 +482,12 @@ def session_page(conn, symbol: str, end: dt.date | None,
 
 
 def chart_bars(conn, symbol: str, timeframe: str, start: dt.date, end: dt.date, *,
-               adjusted: bool, tz: str) -> list[tuple]:
+               adjust, tz: str) -> list[tuple]:
     """(session, minute of the New York day, open, high, low, close, validated)
     of every ``timeframe`` bar in the sessions ``start``..``end``, oldest
     first; invalid 1m bars included."""
     sql = f"""SELECT z.session, z.m, z.open, z.high, z.low, z.close, z.validated
-              FROM ({_source(timeframe, adjusted, True)}) z ORDER BY z.ts"""
+              FROM ({_source(timeframe, adjust, True)}) z ORDER BY z.ts"""
     return conn.execute(sql, {"symbol": symbol, "start": start, "end": end, "after": None,
                               "limit": None, "tz": tz}).fetchall()
 

@@ -6,41 +6,32 @@ import datetime as dt
 
 from psycopg.rows import dict_row
 
+from appliance.store import adjustment as adj
 from appliance.store.writes import TIMEFRAME
 
 
-def _historical_select(adjusted: bool, include_invalid: bool, limited: bool = True) -> str:
+def _historical_select(adjust, include_invalid: bool, limited: bool = True) -> str:
     """Candles of one symbol between two session dates (both inclusive).
 
-    Unadjusted prices are the stored values, untouched. Adjusted prices are
-    ``price * k`` and volume ``volume / k``, where ``k`` is the product of
-    ``split_from / split_to`` of every stored split executed after the bar, the
-    product taken from the latest split backwards (one multiplication per
-    split, no logarithms, so that a single 4-for-1 split gives exactly
-    ``price * 0.25``). Parameters: symbol, tf, start, end, limit, tz (the
+    ``adjust``: a mode of ``core.adjustment`` (or the older bool: True is
+    ``splits``). Unadjusted prices (``none``) are the stored values,
+    untouched. Adjusted prices are ``price * kp`` and volume ``volume / kv``,
+    the factors of the bar's session from ``adjustment_steps`` (see
+    ``store.adjustment``). Parameters: symbol, tf, start, end, limit, tz (the
     exchange time zone, ``calendar.exchange_tz``).
     """
-    if adjusted:
-        with_ = """WITH RECURSIVE sp AS (
-              SELECT execution_date, split_from / split_to AS r,
-                     row_number() OVER (ORDER BY execution_date DESC) AS n
-              FROM splits WHERE symbol = %(symbol)s AND split_from > 0 AND split_to > 0),
-            cum AS (SELECT n, execution_date, r AS k FROM sp WHERE n = 1
-                    UNION ALL
-                    SELECT sp.n, sp.execution_date, cum.k * sp.r
-                    FROM cum JOIN sp ON sp.n = cum.n + 1)"""
-        factor = """CROSS JOIN LATERAL (SELECT coalesce(
-              (SELECT c.k FROM cum c
-               WHERE c.execution_date > (m.ts AT TIME ZONE 'America/New_York')::date
-               ORDER BY c.execution_date LIMIT 1), 1.0) AS k) f"""
-        cols = """m.open * f.k AS open, m.high * f.k AS high, m.low * f.k AS low,
-               m.close * f.k AS close, m.volume / f.k AS volume, m.vwap * f.k AS vwap"""
+    session = "(m.ts AT TIME ZONE %(tz)s)::date"
+    if adj.adjusted(adjust):
+        with_ = f"WITH {adj.steps_cte(adjust)}"
+        factor = adj.factor_join(adjust, session)
+        cols = """m.open * f.kp AS open, m.high * f.kp AS high, m.low * f.kp AS low,
+               m.close * f.kp AS close, m.volume / f.kv AS volume, m.vwap * f.kp AS vwap"""
     else:
         with_, factor = "", ""
         cols = "m.open, m.high, m.low, m.close, m.volume, m.vwap"
     valid = "" if include_invalid else "AND m.validated"
     return f"""{with_}
-        SELECT (m.ts AT TIME ZONE %(tz)s)::date AS time,
+        SELECT {session} AS time,
                {cols},
                m.trades, m.validated, m.quality_score, m.gap_detected, m.gap_kind, m.source,
                m.issues
@@ -58,13 +49,13 @@ def _finite(col: str) -> str:
     return f"CASE WHEN {col} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE {col} END"
 
 
-def historical_json_sql(adjusted: bool, include_invalid: bool) -> str:
+def historical_json_sql(adjust, include_invalid: bool) -> str:
     """SQL returning one JSON text per candle, in the API's field order.
 
     PostgreSQL prints float8 with the shortest text that reads back as the
     same double, so a price comes back exactly as the vendor sent it.
     """
-    inner = _historical_select(adjusted, include_invalid)
+    inner = _historical_select(adjust, include_invalid)
     f = _finite
     return f"""SELECT json_build_object('time', time, 'open', {f('open')}, 'high', {f('high')},
                    'low', {f('low')}, 'close', {f('close')}, 'volume', {f('volume')},
@@ -80,10 +71,10 @@ def _csv_text(col: str) -> str:
             f"ELSE {col} END")
 
 
-def historical_csv_sql(adjusted: bool, include_invalid: bool) -> str:
+def historical_csv_sql(adjust, include_invalid: bool) -> str:
     """SQL returning one CSV line (with its newline) per candle, columns as in
     ``HISTORICAL_CSV_HEADER``; booleans ``true``/``false``, NULL as empty."""
-    inner = _historical_select(adjusted, include_invalid)
+    inner = _historical_select(adjust, include_invalid)
     b = "CASE WHEN {0} THEN 'true' ELSE 'false' END".format
     return f"""SELECT format(E'%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s\\n',
                       time, open, high, low, close, volume, vwap, {b('validated')},
@@ -143,12 +134,12 @@ def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
         return cur.fetchall()
 
 
-def chart_series(conn, symbol: str, *, adjusted: bool, limit: int = 5000,
+def chart_series(conn, symbol: str, *, adjust, limit: int = 5000,
                  end: dt.date | None = None, tz: str) -> list[dict]:
     """The latest ``limit`` daily candles up to ``end`` (None: the latest),
     invalid ones included, oldest first."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_historical_select(adjusted, True),
+        cur.execute(_historical_select(adjust, True),
                     {"symbol": symbol, "tf": TIMEFRAME, "start": dt.date(1900, 1, 1),
                      "end": end or dt.date(2999, 12, 31), "limit": None, "tz": tz})
         rows = cur.fetchall()
@@ -167,11 +158,11 @@ def daily_hlv(conn, symbol: str, start: dt.date, end: dt.date, *, tz: str) -> di
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
-def weekly_sql(adjusted: bool, include_invalid: bool, fmt: str) -> str:
+def weekly_sql(adjust, include_invalid: bool, fmt: str) -> str:
     """Weekly bars from the daily ones (weeks start on Sunday, labelled with
     that date), SQL returning (epoch_ms, text) like ``minutes.intraday_sql``.
     Parameters: symbol, tf ('1d'), start, end, after (a week or NULL), limit."""
-    inner = _historical_select(adjusted, include_invalid, limited=False)
+    inner = _historical_select(adjust, include_invalid, limited=False)
     weeks = f"""SELECT d.time - extract(dow FROM d.time)::int AS week,
                    (array_agg(d.open ORDER BY d.time))[1] AS open, max(d.high) AS high,
                    min(d.low) AS low, (array_agg(d.close ORDER BY d.time DESC))[1] AS close,

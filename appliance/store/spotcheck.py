@@ -40,3 +40,13 @@ def validated_close_near(conn, symbol: str, timeframe: str, day: dt.date, *, tz:
                  AND ts < (%(day)s::date::timestamp AT TIME ZONE %(tz)s)
                ORDER BY ts DESC LIMIT 1""", params).fetchone()
     return row
+
+
+def split_factors(conn, symbol: str, sessions: list[dt.date], *, tz: str) -> list[float]:
+    """The split factor of ``symbol``'s bar of each session, from the one
+    home of the adjustment (``adjustment_factor(symbol, day, 'splits', tz)``)."""
+    rows = conn.execute(
+        """SELECT adjustment_factor(%s, d, 'splits', %s)
+           FROM unnest(%s::date[]) WITH ORDINALITY u(d, i) ORDER BY i""",
+        (symbol, tz, list(sessions))).fetchall()
+    return [r[0] for r in rows]

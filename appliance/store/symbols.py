@@ -77,8 +77,12 @@ def summary(conn) -> dict:
     """The database part of /api/v1/status, from the running aggregates."""
     row = conn.execute(
         """SELECT count(*), coalesce(sum(records), 0), coalesce(sum(validated), 0),
-                  coalesce(sum(gaps), 0), max(last_session), coalesce(sum(missing_sessions), 0),
-                  max(last_update)
+                  coalesce(sum(gaps), 0),
+                  -- a delisted security's data ends at its last session: never stale
+                  max(last_session) FILTER (WHERE NOT EXISTS (
+                    SELECT 1 FROM securities se
+                    WHERE se.symbol = symbol_stats.symbol AND se.delisted_on IS NOT NULL)),
+                  coalesce(sum(missing_sessions), 0), max(last_update)
            FROM symbol_stats""").fetchone()
     n_sym, total, valid, gaps, latest, missing, last_update = row
     size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]

@@ -204,6 +204,17 @@ def last_close_before(conn, symbol: str, session: dt.date, timeframe: str = TIME
     return None if row is None else row[0]
 
 
+def last_session_before(conn, symbol: str, session: dt.date, *, tz: str) -> dt.date | None:
+    """The session of the valid daily bar ``last_close_before`` reads."""
+    row = conn.execute(
+        """SELECT (ts AT TIME ZONE %(tz)s)::date FROM market_data
+           WHERE symbol = %(symbol)s AND timeframe = '1d'
+           AND ts < (%(session)s::date::timestamp AT TIME ZONE %(tz)s)
+           AND validated ORDER BY ts DESC LIMIT 1""",
+        {"symbol": symbol, "session": session, "tz": tz}).fetchone()
+    return None if row is None else row[0]
+
+
 def stored_sessions(conn, symbol: str, timeframe: str = TIMEFRAME, *, tz: str) -> np.ndarray:
     rows = conn.execute(
         """SELECT (ts AT TIME ZONE %s)::date FROM market_data

@@ -28,11 +28,20 @@ from appliance.jobs.queue import enqueue
 from appliance.jobs.registry import JOB_NAMES, run_now_params
 from appliance.ops import backups as backups_mod
 from appliance.store import minutes as mstore
-from appliance.web import bars, columnar, errors
+from appliance.web import bars, columnar, corpactions, errors
 from appliance.web import openapi as openapi_doc
 from appliance.web.auth import require_admin, require_read
 from appliance.web.errors import BadRequest, api_error
-from appliance.web.params import bool_arg, date_arg, int_arg, json_body, query_args, symbol_arg
+from appliance.web.params import (
+    adjust_arg,
+    bool_arg,
+    date_arg,
+    int_arg,
+    json_body,
+    known_symbol,
+    query_args,
+    symbol_arg,
+)
 from appliance.web.stream import Stream
 
 log = logging.getLogger("appliance.api")
@@ -87,14 +96,6 @@ def rt():
 
 # --------------------------------------------------------------------------- parameters
 
-def _configured(symbol: str) -> bool:
-    return any(s.symbol == symbol for s in rt().config.symbols)
-
-
-def _known_symbol(conn, symbol: str) -> bool:
-    if _configured(symbol):
-        return True
-    return store.symbol_known(conn, symbol)
 
 
 def _today_ny() -> dt.date:
@@ -182,40 +183,39 @@ def symbols():
 # --------------------------------------------------------------------------- historical
 
 def _historical_args(args) -> tuple:
-    """(start, end, adjusted, include_invalid, limit, format), checked."""
+    """(start, end, adjust, include_invalid, limit, format), checked."""
     end = date_arg(args, "end", _today_ny())
     start = date_arg(args, "start", max(dt.date.min, end - dt.timedelta(days=365))
                   if end.toordinal() > 365 else dt.date.min)
     if start > end:
         raise BadRequest(f"start ({start}) is after end ({end})", "bad_range")
-    adjusted = bool_arg(args, "adjusted", False)
+    adjust = adjust_arg(args)
     include_invalid = bool_arg(args, "include_invalid", False)
     limit = int_arg(args, "limit", None, 1, MAX_LIMIT)
     fmt = columnar.negotiate(args)  # json, csv, parquet or arrow
-    return start, end, adjusted, include_invalid, limit, fmt
+    return start, end, adjust, include_invalid, limit, fmt
 
 
 @bp.get("/api/v1/historical/<path:symbol>")
 @require_read
 def historical(symbol: str):
-    args = query_args({"start", "end", "adjusted", "format", "limit", "include_invalid",
+    args = query_args({"start", "end", "adjusted", "adjust", "format", "limit", "include_invalid",
                        "timeframe", "cursor"})
     symbol = symbol_arg(symbol)
     timeframe = bars.timeframe_arg(args)
-    start, end, adjusted, include_invalid, limit, fmt = _historical_args(args)
+    start, end, adjust, include_invalid, limit, fmt = _historical_args(args)
     if fmt in ("parquet", "arrow") or timeframe != "1d":
         answer = columnar.historical if fmt in ("parquet", "arrow") else bars.respond
         return answer(rt().read_conn(), symbol=symbol, timeframe=timeframe,
-                            start=start, end=end, adjusted=adjusted,
+                            start=start, end=end, adjust=adjust,
                             include_invalid=include_invalid, fmt=fmt, limit=limit,
-                            cursor=args.get("cursor"),
-                            known=lambda conn: _known_symbol(conn, symbol)) \
+                            cursor=args.get("cursor"), known=lambda c: known_symbol(c, symbol)) \
             or api_error(404, "unknown_symbol",
                          f"symbol {symbol} is not configured and has no stored data")
     params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end,
               "limit": limit, "tz": bars.exchange_tz()}
     sql_text = (store.historical_csv_sql if fmt == "csv" else store.historical_json_sql)(
-        adjusted, include_invalid)
+        adjust, include_invalid)
 
     # The first rows are read before answering: an unknown symbol must still be
     # a 404 and a database error a 503, not a broken 200. Daily bars are at
@@ -227,15 +227,15 @@ def historical(symbol: str):
     conn = cm.__enter__()
     released = False
     try:
+        tickers = bars.ticker_history(conn, symbol)  # before a stream holds the connection
         cur = conn.cursor()
         if small:
-            rows = None
-            first = [r[0] for r in cur.execute(sql_text, params).fetchall()]
+            rows, first = None, [r[0] for r in cur.execute(sql_text, params).fetchall()]
         else:
             rows = cur.stream(sql_text, params, size=STREAM_CHUNK)
             first = [r[0] for r in itertools.islice(rows, FIRST_CHUNK)]
         done = len(first) < FIRST_CHUNK or small
-        unknown = done and not first and not _known_symbol(conn, symbol)
+        unknown = done and not first and not known_symbol(conn, symbol)
         if done:  # everything is in hand: give the connection back before answering
             released = True
             cm.__exit__(None, None, None)
@@ -247,6 +247,10 @@ def historical(symbol: str):
         return api_error(404, "unknown_symbol",
                          f"symbol {symbol} is not configured and has no stored data")
 
+    head = (f'{{"symbol": "{symbol}", "timeframe": "{store.TIMEFRAME}", '
+            f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
+            f'{bars.adjust_fields(adjust)}{bars.ticker_fields(tickers)}')  # not while streaming
+
     def body():
         if fmt == "csv":
             yield (",".join(store.HISTORICAL_CSV_HEADER) + "\n" + "".join(first)).encode()
@@ -254,9 +258,6 @@ def historical(symbol: str):
                 for chunk in _chunks(rows):
                     yield "".join(chunk).encode()
         else:
-            head = (f'{{"symbol": "{symbol}", "timeframe": "{store.TIMEFRAME}", '
-                    f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
-                    f'"adjusted": {"true" if adjusted else "false"}, ')
             if done:
                 yield (f'{head}"count": {len(first)}, "data": [' + ", ".join(first)
                        + "]}").encode()
@@ -298,15 +299,16 @@ def gaps():
     args = query_args({"symbol", "kind", "since", "until", "limit"})
     sym = symbol_arg(args["symbol"]) if "symbol" in args else None
     kind = args.get("kind")
-    if kind not in (None, "split", "jump", "missing"):
-        raise BadRequest(f"kind={kind[:40]!r} must be split, jump or missing", "bad_kind")
+    if kind not in (None, "split", "dividend", "jump", "missing"):
+        raise BadRequest(f"kind={kind[:40]!r} must be split, dividend, jump or missing",
+                         "bad_kind")
     since = date_arg(args, "since", None)
     until = date_arg(args, "until", None)
     if since and until and since > until:
         raise BadRequest(f"since ({since}) is after until ({until})", "bad_range")
     limit = int_arg(args, "limit", 500, 1, 100_000)
     with rt().read_conn() as conn:
-        if sym is not None and not _known_symbol(conn, sym):
+        if sym is not None and not known_symbol(conn, sym):
             return api_error(404, "unknown_symbol",
                              f"symbol {sym} is not configured and has no stored data")
         rows = store.gaps(conn, symbol=sym, kind=kind, since=since, until=until, limit=limit,
@@ -541,4 +543,5 @@ def register(app) -> None:
     app.json = JSONProvider(app)
     app.register_blueprint(bp)
     columnar.register(app)
+    corpactions.register(app)
     errors.register(app)

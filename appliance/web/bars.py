@@ -11,6 +11,7 @@ clients; it is the last bar's start in Unix milliseconds.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -97,8 +98,35 @@ def _next_link(last_ms: int) -> str:
     return f"{request.path}?{urlencode(args)}"
 
 
+def adjust_fields(adjust: str) -> str:
+    """The answer's head fields saying how prices are adjusted: ``adjusted``
+    (true unless none) as always, and ``adjust`` (the mode) when the request
+    named it, so that an answer to an older request keeps its bytes."""
+    head = f'"adjusted": {"false" if adjust == "none" else "true"}, '
+    if "adjust" in request.args:
+        head += f'"adjust": "{adjust}", '
+    return head
+
+
+def ticker_history(conn, symbol: str) -> list[dict] | None:
+    """The tickers ``symbol``'s security had (``{ticker, from, to}``, ``to``
+    exclusive or null), when it had more than one; else None."""
+    sec = store.securities.security(conn, symbol)
+    if not sec or len(sec["tickers"]) < 2:
+        return None
+    return [{"ticker": t["ticker"], "from": t["valid_from"].isoformat(),
+             "to": t["valid_to"].isoformat() if t["valid_to"] else None}
+            for t in sec["tickers"]]
+
+
+def ticker_fields(tickers: list[dict] | None) -> str:
+    """The answer's ``tickers`` head field (the ticker in force on each date of
+    a renamed security), or "" (an answer of any other symbol keeps its bytes)."""
+    return f'"tickers": {json.dumps(tickers)}, ' if tickers else ""
+
+
 def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.date,
-            adjusted: bool, include_invalid: bool, fmt: str, limit: int | None,
+            adjust: str, include_invalid: bool, fmt: str, limit: int | None,
             cursor: str | None, known) -> Response | None:
     """The answer, or None when the symbol is unknown (no bar and not
     configured: ``known(conn)`` is False)."""
@@ -106,10 +134,10 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
     page = min(limit or PAGE_MAX, PAGE_MAX)
     after = _cursor(cursor, weekly)
     if weekly:
-        sql = store.weekly_sql(adjusted, include_invalid, fmt)
+        sql = store.weekly_sql(adjust, include_invalid, fmt)
         header = store.WEEKLY_CSV_HEADER
     else:
-        sql = mstore.intraday_sql(timeframe, adjusted=adjusted, include_invalid=include_invalid,
+        sql = mstore.intraday_sql(timeframe, adjust=adjust, include_invalid=include_invalid,
                                   fmt=fmt)
         header = mstore.INTRADAY_CSV_HEADER
     params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
@@ -119,9 +147,11 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
         rows = conn.execute(sql, params).fetchall()
         if not rows and not known(conn):
             return None
+        tickers = ticker_history(conn, symbol)
     more = len(rows) > page
     rows = rows[:page]
     nxt = _next_link(rows[-1][0]) if more else None
+    adj_head = adjust_fields(adjust) + ticker_fields(tickers)  # in the request, not streaming
 
     def chunks():
         for i in range(0, len(rows), CHUNK):
@@ -141,7 +171,7 @@ def respond(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.dat
     def body():
         yield (f'{{"symbol": "{symbol}", "timeframe": "{timeframe}", '
                f'"start_date": "{start.isoformat()}", "end_date": "{end.isoformat()}", '
-               f'"adjusted": {"true" if adjusted else "false"}, "count": {len(rows)}, '
+               f'{adj_head}"count": {len(rows)}, '
                f'"data": [').encode()
         sep = ""
         for c in chunks():

@@ -28,7 +28,7 @@ from appliance.store import minutes as mstore
 from appliance.web import bars
 from appliance.web.auth import ADMIN, principal
 from appliance.web.errors import BadRequest, api_error
-from appliance.web.params import bool_arg, date_arg, query_args, symbol_arg
+from appliance.web.params import adjust_arg, bool_arg, date_arg, query_args, symbol_arg
 from appliance.web.stream import Stream
 
 bp = Blueprint("columnar", __name__)
@@ -68,7 +68,7 @@ def _source_of(conn, symbol: str, timeframe: str) -> str | None:
 
 
 def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.date,
-               adjusted: bool, include_invalid: bool, fmt: str, limit: int | None,
+               adjust: str, include_invalid: bool, fmt: str, limit: int | None,
                cursor: str | None, known) -> Response | None:
     """One page of ``symbol``'s bars as Parquet or Arrow, or None when the
     symbol is unknown."""
@@ -78,16 +78,18 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
     params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
               "limit": page + 1 if page else None, "tz": bars.exchange_tz()}
     with conn_cm as conn:
-        table = _read_table(conn, symbol, timeframe, adjusted, include_invalid, params)
+        table = _read_table(conn, symbol, timeframe, adjust, include_invalid, params)
         if not table.num_rows and not known(conn):
             return None
         source = _source_of(conn, symbol, timeframe)
+        tickers = bars.ticker_history(conn, symbol)
     more = page is not None and table.num_rows > page
     if more:
         table = table.slice(0, page)
     nxt = bars._next_link(table.column("time")[-1].value) if more and not daily else None  # noqa: SLF001
     meta = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
-            "adjusted": adjusted, "include_invalid": include_invalid, "source": source,
+            "adjusted": adjust != "none", "adjust": adjust, "include_invalid": include_invalid,
+            "source": source, "tickers": tickers,
             "cursor": cursor, "count": table.num_rows, "next": nxt}
     table = table.replace_schema_metadata(arrowbars.schema(timeframe, meta, tz=params["tz"]).metadata)
     body = list(arrowbars.encode(fmt, table.schema, table.to_batches()))
@@ -98,12 +100,12 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
     return Response(body, mimetype=arrowbars.MIMETYPES[fmt], headers=headers)
 
 
-def _read_table(conn, symbol: str, timeframe: str, adjusted: bool, include_invalid: bool,
+def _read_table(conn, symbol: str, timeframe: str, adjust: str, include_invalid: bool,
                 params: dict) -> pa.Table:
     sch = arrowbars.schema(timeframe, tz=params["tz"])
     b = arrowbars.Batches(sch, [symbol])
     return pa.Table.from_batches(list(arrowbars.symbol_batches(
-        conn, b, symbol, timeframe, adjusted=adjusted, include_invalid=include_invalid,
+        conn, b, symbol, timeframe, adjust=adjust, include_invalid=include_invalid,
         params=params)), sch)
 
 
@@ -156,9 +158,9 @@ def _bulk_args(args) -> dict:
         raise BadRequest(f"format={fmt[:40]!r} is not a bulk format; formats: "
                          f"{', '.join(BULK_FORMATS)}", "bad_format")
     return {"timeframe": timeframe, "start": start, "end": end, "format": fmt,
-            "adjusted": bool_arg(args, "adjusted", False),
+            "adjust": adjust_arg(args),
             "include_invalid": bool_arg(args, "include_invalid", False),
-            "symbols": _symbols(args), "tz": tz}
+            "symbols": _symbols(args), "tz": tz, "as_of": date_arg(args, "as_of", None)}
 
 
 def _over_limit(n: int, limit: int, a: dict) -> Response:
@@ -175,7 +177,7 @@ def bulk():
     if refused is not None:
         return refused
     args = query_args({"symbols", "universe", "timeframe", "start", "end", "format",
-                       "adjusted", "include_invalid"})
+                       "adjusted", "adjust", "include_invalid", "as_of"})
     a = _bulk_args(args)
     limit = int(rt().config["server"]["export"]["max_rows"])
     cm = rt().read_conn()
@@ -183,6 +185,9 @@ def bulk():
     try:
         if args.get("universe") == "stored":
             a["symbols"] = cstore.stored_symbols(conn, a["timeframe"])
+        if a["as_of"] is not None:  # only the securities that traded that day
+            members = {m["symbol"] for m in store.securities.universe(conn, a["as_of"])}
+            a["symbols"] = [s for s in a["symbols"] if s in members]
         n = cstore.count_rows(conn, a["timeframe"], a["symbols"], a["start"], a["end"],
                               a["include_invalid"], tz=a["tz"])
     except BaseException:
@@ -191,7 +196,8 @@ def bulk():
     if n > limit:
         cm.__exit__(None, None, None)
         return _over_limit(n, limit, a)
-    meta = {k: a[k] for k in ("timeframe", "start", "end", "adjusted", "include_invalid")}
+    meta = {k: a[k] for k in ("timeframe", "start", "end", "adjust", "include_invalid")}
+    meta["adjusted"] = a["adjust"] != "none"
     meta["symbols"] = len(a["symbols"])
     sch = arrowbars.schema(a["timeframe"], meta, tz=a["tz"])
     body = arrowbars.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
@@ -232,7 +238,7 @@ def _read_batches(conn, sch, a: dict):
         params = {"symbol": sym, "tf": "1d", "start": a["start"], "end": a["end"],
                   "after": None, "limit": None, "tz": a["tz"]}
         yield from arrowbars.symbol_batches(conn, batches, sym, a["timeframe"],
-                                            adjusted=a["adjusted"],
+                                            adjust=a["adjust"],
                                             include_invalid=a["include_invalid"],
                                             params=params, chunk=CHUNK)
 

@@ -15,7 +15,7 @@ from appliance import __version__ as APP_VERSION
 from appliance.config.loader import SYMBOL_RE
 from appliance.core import timeframes
 from appliance.jobs.registry import JOB_NAMES
-from appliance.web import openapi_columnar
+from appliance.web import openapi_columnar, openapi_dividends
 
 SYMBOL_PATTERN = SYMBOL_RE.pattern
 DATE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
@@ -270,12 +270,15 @@ def _market_schemas() -> dict:
         "open": _n(NUM), "high": _n(NUM), "low": _n(NUM), "close": _n(NUM),
         "volume": _n(NUM), "vwap": _n(NUM), "validated": BOOL, "quality_score": _n(NUM),
         "gap_detected": BOOL,
-        "gap_kind": _n({"type": "string", "enum": ["split", "jump"]}),
+        "gap_kind": _n({"type": "string", "enum": ["split", "dividend", "jump"]}),
         "source": STR})
     historical = _obj({
         "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
         "timeframe": {"type": "string", "enum": list(timeframes.ALL)},
         "start_date": DATE, "end_date": DATE, "adjusted": BOOL,
+        "adjust": {"type": "string", "enum": ["none", "splits", "total"],
+                   "description": "The adjustment mode, when the request named adjust."},
+        "tickers": openapi_dividends.TICKERS,
         "count": {"type": "integer", "minimum": 0},
         "data": {"type": "array", "items": {"oneOf": [_ref("Candle"), _ref("Bar"),
                                                       _ref("WeekBar")]},
@@ -290,7 +293,7 @@ def _market_schemas() -> dict:
 def _schemas() -> dict:
     gap = _obj({
         "symbol": STR, "session": DATE,
-        "kind": {"type": "string", "enum": ["split", "jump", "missing"]},
+        "kind": {"type": "string", "enum": ["split", "dividend", "jump", "missing"]},
         "timeframe": {"type": "string", "enum": ["1d", "1m"],
                       "description": "1m: a session without any minute bar."},
         "jump_pct": _n(NUM), "open": _n(NUM), "close": _n(NUM),
@@ -322,7 +325,7 @@ def _schemas() -> dict:
         "Error": error, **_status_schemas(),
         **_market_schemas(),
         "SymbolList": _obj({"count": INT, "symbols": {"type": "array", "items": _ref("Symbol")}}),
-        "Gap": gap,
+        "Gap": gap, **openapi_dividends.SCHEMAS,
         "GapList": _obj({"count": INT, "gaps": {"type": "array", "items": _ref("Gap")}}),
         "JobRun": job_run,
         "JobList": _obj({"count": INT, "jobs": {"type": "array", "items": _ref("JobRun")}}),
@@ -406,7 +409,8 @@ def _admin(summary: str, responses: dict, *, body: dict | None = None, params: l
 
 def _paths() -> dict:
     return {**_data_paths(), **_ops_paths(),
-            **openapi_columnar.paths(SYMBOL_PATTERN, DATE_PATTERN)}
+            **openapi_columnar.paths(SYMBOL_PATTERN, DATE_PATTERN),
+            **openapi_dividends.paths(_read, SYMBOL_PATTERN, DATE_PATTERN)}
 
 
 def _data_paths() -> dict:
@@ -457,9 +461,7 @@ def _data_paths() -> dict:
                          "2025-10-01"),
              _date_param("end", "Last session (inclusive); default today (New York); "
                                 "start after end is a 400.", "2025-10-31"),
-             _q("adjusted", {"type": "boolean", "default": False},
-                "Apply stored splits: prices times the split ratio before a split, volume "
-                "divided by it."),
+             *openapi_columnar.ADJUST_PARAMS,
              openapi_columnar.FORMAT_PARAM,
              _q("limit", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                 "At most this many candles (the earliest)."),
@@ -477,10 +479,10 @@ def _data_paths() -> dict:
                         "timeframes answer at most limit (at most 50000) bars per page "
                         "with a next link.")},
         "/api/v1/gaps": {"get": _read(
-            "Flagged candles (split, jump) and missing sessions, newest first",
+            "Flagged candles (split, dividend, jump) and missing sessions, newest first",
             _json(_ref("GapList"), "Gaps."),
             [_q("symbol", {"type": "string", "pattern": SYMBOL_PATTERN}, "Only this symbol."),
-             _q("kind", {"type": "string", "enum": ["split", "jump", "missing"]},
+             _q("kind", {"type": "string", "enum": ["split", "dividend", "jump", "missing"]},
                 "Only this kind."),
              _date_param("since", "Sessions on or after this date."),
              _date_param("until", "Sessions on or before this date."),

@@ -39,6 +39,21 @@ def _error(description: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+#: The adjustment parameters of every bars answer (historical and bulk).
+ADJUST_PARAMS = [
+    _q("adjust", {"type": "string", "enum": ["none", "splits", "total"], "default": "none"},
+       "none: prices as traded. splits: prices times the split ratio of every later split, "
+       "volume divided by it. total: splits, and prices times 1 - D / close_before_ex for "
+       "every later cash dividend D (close_before_ex: the raw close of the session before "
+       "the ex-date; an ex-date on a non-session applies from the next session); volume as "
+       "for splits. Factors are compounded from the latest event backwards. The answer "
+       "names adjust when the request does."),
+    _q("adjusted", {"type": "boolean", "default": False},
+       "The older form: true is adjust=splits, false adjust=none; given with adjust, they "
+       "must agree (else 400 bad_adjust)."),
+]
+
+
 def paths(symbol_pattern: str, date_pattern: str) -> dict:
     sym = symbol_pattern.strip("^$")
     date = {"type": "string", "format": "date", "pattern": date_pattern}
@@ -57,13 +72,16 @@ def paths(symbol_pattern: str, date_pattern: str) -> dict:
             _q("universe", {"type": "string", "enum": ["configured", "stored"]},
                "configured: every configured symbol; stored: every symbol with bars of the "
                "timeframe (or symbols)."),
+            _q("as_of", date, "Only the symbols whose securities traded on this date (as "
+               "/api/v1/universe lists them): the universe as it was, without survivorship "
+               "bias."),
             _q("timeframe", {"type": "string", "enum": list(timeframes.ALL), "default": "1d"},
                "As for /api/v1/historical."),
             _q("start", date, "First session (inclusive); default one year before end."),
             _q("end", date, "Last session (inclusive); default today (New York)."),
             _q("format", {"type": "string", "enum": ["parquet", "arrow", "csv"],
                           "default": "parquet"}, "parquet, arrow (IPC stream) or csv."),
-            _q("adjusted", {"type": "boolean", "default": False}, "Apply stored splits."),
+            *ADJUST_PARAMS,
             _q("include_invalid", {"type": "boolean", "default": False},
                "Also bars that failed validation."),
         ],

@@ -7,9 +7,11 @@ import datetime as dt
 import json
 import re
 
-from flask import request
+from flask import current_app, request
 
+from appliance import store
 from appliance.config.loader import SYMBOL_RE
+from appliance.core.adjustment import BadMode, resolve
 from appliance.web.errors import BadRequest
 
 DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
@@ -48,6 +50,16 @@ def bool_arg(args, name: str, default):
     if v == "false":
         return False
     raise BadRequest(f"{name}={v[:40]!r} must be true or false", "bad_boolean")
+
+
+def adjust_arg(args) -> str:
+    """The adjustment mode: ``adjust`` (none, splits or total) or the older
+    ``adjusted`` (true = splits, false = none); both given must agree."""
+    adjusted = bool_arg(args, "adjusted", None)
+    try:
+        return resolve(args.get("adjust"), adjusted)
+    except BadMode as e:
+        raise BadRequest(str(e), "bad_adjust") from None
 
 
 def int_arg(args, name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -89,3 +101,10 @@ def json_body(allowed: set[str]) -> dict:
         raise BadRequest(f"unknown field(s): {', '.join(map(str, unknown))[:200]}; allowed: "
                          f"{allowed_txt}", "unknown_field")
     return body
+
+
+def known_symbol(conn, symbol: str) -> bool:
+    """Whether ``symbol`` is configured in the running config or has stored data."""
+    if any(s.symbol == symbol for s in current_app.config["RUNTIME"].config.symbols):
+        return True
+    return store.symbol_known(conn, symbol)

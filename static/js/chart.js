@@ -3,8 +3,9 @@
  * --border, --text-muted), so the chart follows the light and dark themes;
  * the chart data gives each marker and invalid candle a role, never a colour.
  *
- * Timeframes 1m..1w (the buttons in #chart-timeframes) and raw or
- * split-adjusted prices; the URL follows the choice. Data comes a page at a
+ * Timeframes 1m..1w (the buttons in #chart-timeframes) and raw,
+ * split-adjusted or total-return prices (data-adjusted 0, 1 or total); the
+ * URL follows the choice. Data comes a page at a
  * time from the console's chart endpoint (data-src): the latest page first,
  * then, when the user scrolls back near the first loaded bar, the page before
  * it (end = the page's "older" date), prepended without moving the view, until
@@ -28,7 +29,7 @@
   var text = v("--text-muted"), grid = v("--border");
   var role = {
     invalid: v("--chart-invalid"), split: v("--chart-split"), jump: v("--chart-jump"),
-    missing: v("--chart-missing")
+    missing: v("--chart-missing"), dividend: v("--chart-dividend"), exdiv: v("--chart-exdiv")
   };
   var INTRADAY = { "1m": 1, "5m": 1, "15m": 1, "30m": 1, "1h": 1, "4h": 1 };
   var NEAR = 40;          // bars from the left edge that fetch the page before
@@ -58,7 +59,7 @@
   var adjButtons = document.querySelectorAll(".chart-toolbar [data-adjusted]");
 
   var state = {
-    timeframe: el.dataset.timeframe || "1d", adjusted: el.dataset.adjusted === "1",
+    timeframe: el.dataset.timeframe || "1d", adjusted: el.dataset.adjusted || "0",
     candles: [], markers: [], breaks: [], older: null, loading: false, placing: false,
     generation: 0
   };
@@ -78,7 +79,8 @@
   function pageUrl(s) {
     var q = [];
     if (s.timeframe !== "1d") { q.push("timeframe=" + encodeURIComponent(s.timeframe)); }
-    if (s.adjusted) { q.push("adjusted=1"); }
+    if (s.adjusted === "1") { q.push("adjusted=1"); }
+    if (s.adjusted === "total") { q.push("adjust=total"); }
     return location.pathname + (q.length ? "?" + q.join("&") : "");
   }
 
@@ -90,7 +92,7 @@
       b.href = pageUrl({ timeframe: b.dataset.timeframe, adjusted: state.adjusted });
     });
     adjButtons.forEach(function (b) {
-      var adj = b.dataset.adjusted === "1";
+      var adj = b.dataset.adjusted;
       var on = adj === state.adjusted;
       b.classList.toggle("primary", on);
       b.setAttribute("aria-pressed", on ? "true" : "false");
@@ -105,7 +107,7 @@
   function showStatus() {
     status.textContent = bars() + " bars (" + state.timeframe + "), " +
       state.markers.length + " markers, " +
-      (state.adjusted ? "split-adjusted" : "raw") + " prices";
+      ({ "1": "split-adjusted", total: "total-return" }[state.adjusted] || "raw") + " prices";
     historyNote.textContent = state.loading ? "loading older bars…" :
       (state.older ? "scroll left for older bars" : "start of history");
     el.dataset.loaded = String(bars());
@@ -113,7 +115,7 @@
     el.dataset.breaks = String(state.breaks.length);
     el.dataset.more = state.older ? "1" : "0";
     el.dataset.timeframe = state.timeframe;
-    el.dataset.adjusted = state.adjusted ? "1" : "0";
+    el.dataset.adjusted = state.adjusted;
   }
 
   /* Markers go last: their places are worked out against the time scale,
@@ -132,7 +134,8 @@
 
   function fetchPage(end) {
     var q = "?timeframe=" + encodeURIComponent(state.timeframe) +
-      "&adjusted=" + (state.adjusted ? "1" : "0") + (end ? "&end=" + end : "");
+      (state.adjusted === "total" ? "&adjust=total" : "&adjusted=" + state.adjusted) +
+      (end ? "&end=" + end : "");
     return fetch(el.dataset.src + q,
                  { headers: { "Accept": "application/json" }, credentials: "same-origin" })
       .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.json(); })
@@ -234,7 +237,13 @@
     document.querySelectorAll("#downloads a[data-format]").forEach(function (a) {
       var u = new URL(a.href, window.location.href);
       u.searchParams.set("timeframe", state.timeframe);
-      u.searchParams.set("adjusted", state.adjusted ? "true" : "false");
+      if (state.adjusted === "total") {
+        u.searchParams.delete("adjusted");
+        u.searchParams.set("adjust", "total");
+      } else {
+        u.searchParams.delete("adjust");
+        u.searchParams.set("adjusted", state.adjusted === "1" ? "true" : "false");
+      }
       u.searchParams.set("start", day(shown.from));
       u.searchParams.set("end", day(shown.to));
       a.href = u.pathname + u.search;
@@ -254,7 +263,7 @@
   });
   adjButtons.forEach(function (b) {
     b.addEventListener("click", function (ev) {
-      choose(ev, function () { state.adjusted = b.dataset.adjusted === "1"; });
+      choose(ev, function () { state.adjusted = b.dataset.adjusted; });
     });
   });
   load();

@@ -8,7 +8,10 @@ raw; ``adjusted=true`` (Polygon's default) answers split-adjusted values.
 
 Endpoints: aggregates (real ``next_url`` pagination past ``page_size``
 results; ``day`` and ``week`` spans from the daily bars, ``minute`` and
-``hour`` spans of any multiplier from ``minutes``, see below), grouped daily, splits (paginated past ``splits_page_size``). The
+``hour`` spans of any multiplier from ``minutes``, see below), grouped daily, splits (paginated past ``splits_page_size``), dividends
+(``dividends``: vendor records, see ``dividend_record``; newest ex-date
+first, paginated past ``dividends_page_size``, filters ``ticker`` and
+``ex_dividend_date.gte/.lte``). The
 key is checked (``apiKey`` or ``Authorization: Bearer``; 401 bodies as
 Polygon's), dates before ``plan_start`` get Polygon's 403 plan body, and the
 faults of ``FakeServer`` can be injected (see ``tests.fakes``).
@@ -226,7 +229,9 @@ class PolygonFake(FakeServer):
                  api_key: str | None = "test-key", page_size: int = 50000,
                  splits_page_size: int = 1000, plan_start=None, status: str = "OK",
                  requests_per_minute: float | None = None, clock=time.monotonic,
-                 minutes: Mapping | None = None, **fault_kw):
+                 minutes: Mapping | None = None, dividends: Iterable = (),
+                 dividends_page_size: int = 1000, identities: Mapping | None = None,
+                 inactive: Iterable = (), **fault_kw):
         super().__init__(**fault_kw)
         self.api_key = api_key
         self.page_size = int(page_size)
@@ -240,6 +245,13 @@ class PolygonFake(FakeServer):
         self._data: dict[str, Bars] = {}
         self._t_ms: dict[str, np.ndarray] = {}
         self._splits: list[Split] = [_as_split(s) for s in splits]
+        self._dividends: list[dict] = [dict(d) for d in dividends]
+        self.dividends_page_size = int(dividends_page_size)
+        # ticker -> {"name", "composite_figi", "cik", "events": [(date, ticker)]}: the
+        # security the ticker names now; inactive listings: {"ticker", "name",
+        # "composite_figi", "delisted_utc"}
+        self._identities = dict(identities or {})
+        self._inactive = [dict(r) for r in inactive]
         self._dlock = threading.Lock()
         for sym, rows in (bars or {}).items():
             self.set_bars(sym, rows)
@@ -261,6 +273,11 @@ class PolygonFake(FakeServer):
             if not isinstance(self._minutes, dict):
                 self._minutes = dict(self._minutes)
             self._minutes[symbol] = minutes
+
+    def set_dividends(self, records: Iterable[dict]) -> None:
+        """Replace every dividend record (e.g. to simulate a vendor revision)."""
+        with self._dlock:
+            self._dividends = [dict(d) for d in records]
 
     def add_split(self, split) -> None:
         with self._dlock:
@@ -333,8 +350,15 @@ class PolygonFake(FakeServer):
             return self._grouped(parts[7], query, rid)
         if path.rstrip("/") == "/v3/reference/splits":
             return self._splits_page(query, rid)
+        if path.rstrip("/") == "/v3/reference/dividends":
+            return self._dividends_page(query, rid)
         if len(parts) == 4 and parts[:3] == ["v3", "reference", "tickers"]:
             return self._ticker(parts[3], rid)
+        if len(parts) == 5 and parts[:3] == ["vX", "reference", "tickers"] \
+                and parts[4] == "events":
+            return self._events(parts[3], query, rid)
+        if path.rstrip("/") == "/v3/reference/tickers":
+            return self._tickers(query, rid)
         return Response(404, {"status": "NOT_FOUND", "request_id": rid,
                               "message": "Not found: " + path})
 
@@ -569,3 +593,74 @@ class PolygonFake(FakeServer):
             q2 = dict(q, offset=off + limit)
             body["next_url"] = f"{self.base_url}/v3/reference/splits?cursor={_b64(q2)}"
         return Response(200, body)
+
+    def _events(self, ticker: str, query, rid) -> Response:
+        """``/vX/reference/tickers/{ticker}/events``: the vendor's shape (events
+        newest first); an unknown ticker is a 404 as the vendor answers it."""
+        ident = self._identities.get(ticker)
+        if ident is None:
+            return Response(404, {"status": "NOT_FOUND", "request_id": rid,
+                                  "message": "Ticker not found."})
+        events = [{"ticker_change": {"ticker": t}, "type": "ticker_change",
+                   "date": d.isoformat() if isinstance(d, dt.date) else d}
+                  for d, t in sorted(ident["events"], key=lambda e: str(e[0]), reverse=True)]
+        return Response(200, {"results": {"name": ident.get("name", ticker),
+                                          "composite_figi": ident.get("composite_figi"),
+                                          "cik": ident.get("cik"), "events": events},
+                              "status": "OK", "request_id": rid})
+
+    def _tickers(self, query, rid) -> Response:
+        """``/v3/reference/tickers?ticker=&active=false``: inactive listings."""
+        rows = [r for r in self._inactive
+                if r.get("ticker") == query.get("ticker")
+                and query.get("active", "true").lower() == "false"]
+        results = [{"active": False, "cik": r.get("cik"), "composite_figi": r.get("composite_figi"),
+                    "currency_name": "usd", "delisted_utc": r["delisted_utc"],
+                    "locale": "us", "market": "stocks", "name": r.get("name", r["ticker"]),
+                    "ticker": r["ticker"], "type": "CS"} for r in rows]
+        return Response(200, {"results": results, "status": "OK", "request_id": rid,
+                              "count": len(results)})
+
+    def _dividends_page(self, query, rid):
+        if "cursor" in query:
+            q = _unb64(query["cursor"])
+        else:
+            q = {k: query[k] for k in ("ticker", "ex_dividend_date.gte", "ex_dividend_date.lte",
+                                       "limit", "order") if k in query}
+            q["offset"] = 0
+        with self._dlock:
+            rows = list(self._dividends)
+        if q.get("ticker"):
+            rows = [r for r in rows if r.get("ticker") == q["ticker"]]
+        if q.get("ex_dividend_date.gte"):
+            rows = [r for r in rows if r.get("ex_dividend_date", "") >= q["ex_dividend_date.gte"]]
+        if q.get("ex_dividend_date.lte"):
+            rows = [r for r in rows if r.get("ex_dividend_date", "") <= q["ex_dividend_date.lte"]]
+        rows.sort(key=lambda r: r.get("ex_dividend_date", ""),
+                  reverse=q.get("order", "desc") != "asc")
+        limit = max(1, min(int(q.get("limit", 10)), 1000, self.dividends_page_size))
+        off = int(q.get("offset", 0))
+        body = {"results": rows[off:off + limit], "status": "OK", "request_id": rid}
+        if off + limit < len(rows):
+            q2 = dict(q, offset=off + limit)
+            body["next_url"] = f"{self.base_url}/v3/reference/dividends?cursor={_b64(q2)}"
+        return Response(200, body)
+
+
+def dividend_record(ticker: str, ex_date, cash, dividend_type: str = "CD", *,
+                    frequency: int = 4, currency: str = "USD", **fields) -> dict:
+    """One ``/v3/reference/dividends`` result as the vendor sends it (keys in
+    its alphabetical order; ``cash=None`` leaves ``cash_amount`` out, as a
+    broken record would). ``fields`` override or add keys."""
+    ex = ex_date if isinstance(ex_date, dt.date) else dt.date.fromisoformat(ex_date)
+    rec = {"cash_amount": cash, "currency": currency,
+           "declaration_date": (ex - dt.timedelta(days=30)).isoformat(),
+           "dividend_type": dividend_type, "ex_dividend_date": ex.isoformat(),
+           "frequency": frequency,
+           "id": "E" + hashlib.sha256(f"{ticker}{ex}{dividend_type}{cash}".encode()).hexdigest(),
+           "pay_date": (ex + dt.timedelta(days=14)).isoformat(),
+           "record_date": (ex + dt.timedelta(days=1)).isoformat(), "ticker": ticker}
+    if cash is None:
+        del rec["cash_amount"]
+    rec.update(fields)
+    return dict(sorted(rec.items()))

@@ -3,8 +3,10 @@
 ``YahooFake(bars, splits)`` takes raw truths like ``PolygonFake`` and answers
 as Yahoo does: timestamps at the 09:30 New York open, OHLC and volume
 **split-adjusted** (for every split it knows, as Yahoo adjusts history) at
-float32 precision, ``adjclose`` (no dividends here: equal to the adjusted
-close), ``events.splits`` within the requested period, ``null`` values for the
+float32 precision, ``adjclose`` (the adjusted close, also dividend-adjusted
+for ``dividends``: ``(symbol, ex-date, cash)``, each multiplying the closes
+before its ex-date by ``1 - cash / raw close before it``, as Yahoo does),
+``events.splits`` and ``events.dividends`` within the requested period, ``null`` values for the
 sessions in ``null_dates``, and the 404 body for an unknown symbol.
 """
 from __future__ import annotations
@@ -31,11 +33,12 @@ def _f32(a: np.ndarray) -> list:
 
 class YahooFake(FakeServer):
     def __init__(self, bars: Mapping | None = None, splits: Iterable = (), *,
-                 null_dates: Iterable = (), **fault_kw):
+                 null_dates: Iterable = (), dividends: Iterable = (), **fault_kw):
         super().__init__(**fault_kw)
         self._data: dict[str, Bars] = {s: _as_bars(s, rows) for s, rows in (bars or {}).items()}
         self._splits: list[Split] = [_as_split(s) for s in splits]
         self.null_dates = np.array([_d64(d) for d in null_dates], dtype="datetime64[D]")
+        self._dividends = [(sym, _d64(d), float(c)) for sym, d, c in dividends]
 
     def route(self, path, query, headers, fault, n):
         parts = path.strip("/").split("/")
@@ -94,13 +97,34 @@ class YahooFake(FakeServer):
                     events.setdefault("splits", {})[str(t)] = {
                         "date": t, "numerator": num, "denominator": den,
                         "splitRatio": f"{num}:{den}"}
+            for dsym, ex, cash in self._dividends:
+                t = int(tcal.local_time_epochs(np.array([ex]), OPEN_SOD, NY)[0])
+                if dsym == sym and p1 <= t < p2:
+                    k = float(np.prod([s.ratio for s in self._splits
+                                       if s.symbol == sym and _d64(s.execution_date) > ex]))
+                    events.setdefault("dividends", {})[str(t)] = {"amount": cash * k,
+                                                                  "date": t}
             if events:
                 result["events"] = events
             result["indicators"] = {
                 "quote": [{"close": close, "low": col(b.low), "volume": volume,
                            "open": col(b.open), "high": col(b.high)}],
-                "adjclose": [{"adjclose": close}],
+                "adjclose": [{"adjclose": self._adjclose(sym, b, idx, factor, null)}],
             }
         else:
             result["indicators"] = {"quote": [{}], "adjclose": [{}]}
         return Response(200, {"chart": {"result": [result], "error": None}})
+
+    def _adjclose(self, sym, b, idx, factor, null) -> list:
+        """The split-adjusted closes times, for every dividend going ex after
+        a session, ``1 - cash / raw close before the ex-date``."""
+        f = factor.copy()
+        for dsym, ex, cash in self._dividends:
+            if dsym != sym:
+                continue
+            i = int(np.searchsorted(b.session, ex)) - 1
+            if i >= 0:
+                f[b.session[idx] < ex] *= 1.0 - cash / float(b.close[i])
+        vals = b.close[idx] * f
+        vals[null] = np.nan
+        return _f32(vals)

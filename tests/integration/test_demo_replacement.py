@@ -352,7 +352,7 @@ def _minute_cfg(config_factory, fan_out: bool, **extra):
 
 def _minute_rows(rt, sym, tf):
     with rt.conn() as conn:
-        rows = conn.execute(mstore.intraday_sql(tf, adjusted=False, include_invalid=True,
+        rows = conn.execute(mstore.intraday_sql(tf, adjust="none", include_invalid=True,
                                                 fmt="json"),
                             {"symbol": sym, "start": M_START, "end": M_END, "after": None,
                              "tz": "America/New_York",

@@ -46,7 +46,7 @@ def _run(rt):
 
 def _rows(rt, sym, tf, start=START, end=END):
     with rt.conn() as conn:
-        rows = conn.execute(mstore.intraday_sql(tf, adjusted=False, include_invalid=True,
+        rows = conn.execute(mstore.intraday_sql(tf, adjust="none", include_invalid=True,
                                                 fmt="json"),
                             {"symbol": sym, "start": start, "end": end, "after": None,
                              "tz": "America/New_York",
@@ -120,7 +120,7 @@ def test_minute_backfill_stores_the_vendor_exactly_and_rolls_up_like_it(
             assert all(stats[s]["inconsistent_sessions"] == 0 for s in SYMS), stats
             # adjusted on read: AAPL before its 4-for-1 split is divided by 4
             with rt.conn() as conn:
-                adj = conn.execute(mstore.intraday_sql("1h", adjusted=True,
+                adj = conn.execute(mstore.intraday_sql("1h", adjust="splits",
                                                        include_invalid=False, fmt="json"),
                                    {"symbol": "AAPL", "start": START, "end": START,
                                     "after": None, "tz": "America/New_York", "limit": 1}).fetchone()

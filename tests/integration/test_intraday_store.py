@@ -58,7 +58,7 @@ def test_minute_bars_round_trip_to_the_last_digit(runtime, odd):
     bars = _bars(odd_prices=odd)
     res = _store(runtime, bars)
     with runtime.conn() as conn:
-        rows = conn.execute(mstore.intraday_sql("1m", adjusted=False, include_invalid=True,
+        rows = conn.execute(mstore.intraday_sql("1m", adjust="none", include_invalid=True,
                                                 fmt="json"),
                             {"symbol": SYM, "start": dt.date(2024, 11, 1),
                              "end": dt.date(2024, 11, 30), "after": None, "tz": "America/New_York",
@@ -92,7 +92,7 @@ def test_rollups_match_numpy_aggregates_and_regular_session_drops_the_rest(runti
     assert b.minute[b.session == np.datetime64("2024-11-29")].max() < 780
     with runtime.conn() as conn:
         for tf, width in (("5m", 5), ("1h", 60), ("4h", 240)):
-            rows = conn.execute(mstore.intraday_sql(tf, adjusted=False, include_invalid=False,
+            rows = conn.execute(mstore.intraday_sql(tf, adjust="none", include_invalid=False,
                                                     fmt="json"),
                                 {"symbol": SYM, "start": dt.date(2024, 11, 1),
                                  "end": dt.date(2024, 11, 30), "after": None, "tz": "America/New_York",
@@ -181,7 +181,7 @@ def test_an_intraday_cursor_narrows_the_sessions_read(runtime):
     """limit=1 with a cursor in the last session reads that session only, not
     every session from start on."""
     _store(runtime, _bars())
-    sql = mstore.intraday_sql("1m", adjusted=True, include_invalid=False, fmt="json")
+    sql = mstore.intraday_sql("1m", adjust="splits", include_invalid=False, fmt="json")
     base = {"symbol": SYM, "tf": "1d", "tz": "America/New_York", "start": dt.date(2024, 11, 1),
             "end": dt.date(2024, 11, 30), "limit": 2}
     assert _minute_rows_scanned(runtime, sql, {**base, "after": None}) == 3

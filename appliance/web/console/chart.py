@@ -1,7 +1,8 @@
 """The symbol chart's data, one page at a time, for every timeframe: bars,
-whitespace for missing sessions, markers (split and jump gaps, missing
-sessions, invalid bars) and, for intraday timeframes, the first bar of each
-session (the chart draws a session break there).
+whitespace for missing sessions, markers (split, dividend and jump gaps,
+missing sessions, invalid bars; on the daily chart the ex-dividend dates)
+and, for intraday timeframes, the first bar of each session (the chart
+draws a session break there).
 
 Pages run back in time. The first page ends at the latest bar; each page
 gives ``older``, the ``end`` to ask for the page before it, or None when it
@@ -17,6 +18,7 @@ shows UTC, shows New York time. Each marker and each invalid bar carries a
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import math
@@ -72,6 +74,14 @@ def _gap_marker(t, kind: str, text: str | None = None) -> dict:
             "text": text or kind}
 
 
+def _dividend_marker(t, d: dict) -> dict:
+    cash = "no cash" if d["cash_amount"] is None else f"{d['cash_amount']:g}"
+    text = f"ex-div {d['dividend_type']} {cash}" + (" (not applied)" if d["factor"] is None
+                                                    else "")
+    return {"time": t, "position": "belowBar", "role": "exdiv", "shape": "arrowUp",
+            "text": text}
+
+
 def _older(start: dt.date | None, more: bool) -> str | None:
     return (start - dt.timedelta(days=1)).isoformat() if more and start else None
 
@@ -84,17 +94,18 @@ def _finish(candles: list, markers: list, breaks: list, start, end, more: bool) 
             "end": end.isoformat() if end else None, "older": _older(start, more)}
 
 
-def page(conn, symbol: str, timeframe: str, *, adjusted: bool, end: dt.date | None) -> dict:
-    """One page of chart data ending at ``end`` (None: the latest bar)."""
+def page(conn, symbol: str, timeframe: str, *, adjust: str, end: dt.date | None) -> dict:
+    """One page of chart data ending at ``end`` (None: the latest bar),
+    prices adjusted in mode ``adjust`` (none, splits or total)."""
     if timeframe == "1d":
-        return _daily(conn, symbol, adjusted, end)
+        return _daily(conn, symbol, adjust, end)
     if timeframe == "1w":
-        return _weekly(conn, symbol, adjusted, end)
-    return _intraday(conn, symbol, timeframe, adjusted, end)
+        return _weekly(conn, symbol, adjust, end)
+    return _intraday(conn, symbol, timeframe, adjust, end)
 
 
-def _daily(conn, symbol: str, adjusted: bool, end: dt.date | None) -> dict:
-    rows = store.chart_series(conn, symbol, adjusted=adjusted, limit=DAILY_PAGE + 1, end=end,
+def _daily(conn, symbol: str, adjust: str, end: dt.date | None) -> dict:
+    rows = store.chart_series(conn, symbol, adjust=adjust, limit=DAILY_PAGE + 1, end=end,
                               tz=exchange_tz())
     more = len(rows) > DAILY_PAGE
     rows = rows[-DAILY_PAGE:]
@@ -105,10 +116,16 @@ def _daily(conn, symbol: str, adjusted: bool, end: dt.date | None) -> dict:
         if not r["validated"]:
             markers.append(_gap_marker(t, "invalid",
                                        "invalid: " + ", ".join(r.get("issues") or [])))
-        if r["gap_detected"] and r["gap_kind"] in ("split", "jump"):
+        if r["gap_detected"] and r["gap_kind"] in ("split", "jump", "dividend"):
             markers.append(_gap_marker(t, r["gap_kind"]))
     start = rows[0]["time"] if rows else None
     have = {c["time"] for c in candles}
+    if rows:  # ex-dates, at the first bar trading without the dividend
+        days = sorted(have)
+        for d in store.dividends.dividends_for(conn, symbol, start, rows[-1]["time"]):
+            i = bisect.bisect_left(days, d["ex_dividend_date"].isoformat())
+            if i < len(days):
+                markers.append(_dividend_marker(days[i], d))
     for s in mstore.missing_sessions_in(conn, symbol, "1d", start if more else None, end):
         t = s.isoformat()
         if t not in have:
@@ -123,11 +140,11 @@ def _sunday(d: dt.date) -> str:
     return (d - dt.timedelta(days=(d.weekday() + 1) % 7)).isoformat()
 
 
-def _weekly(conn, symbol: str, adjusted: bool, end: dt.date | None) -> dict:
+def _weekly(conn, symbol: str, adjust: str, end: dt.date | None) -> dict:
     """Every weekly bar up to ``end`` (one page). A week is marked when one of
     its sessions is a split or jump gap, missing, or an invalid daily bar
     (left out of the week)."""
-    rows = conn.execute(store.weekly_sql(adjusted, False, "json"),
+    rows = conn.execute(store.weekly_sql(adjust, False, "json"),
                         {"symbol": symbol, "tf": "1d", "start": _FAR_PAST, "tz": exchange_tz(),
                          "end": end or _FAR_FUTURE, "after": None, "limit": None}).fetchall()
     candles = []
@@ -159,7 +176,7 @@ def _weekly(conn, symbol: str, adjusted: bool, end: dt.date | None) -> dict:
     return _finish(candles, markers, [], first, end or last, False)
 
 
-def _intraday(conn, symbol: str, timeframe: str, adjusted: bool, end: dt.date | None) -> dict:
+def _intraday(conn, symbol: str, timeframe: str, adjust: str, end: dt.date | None) -> dict:
     start, last, more = mstore.session_page(conn, symbol, end, PAGE[timeframe])
     if start is None:
         return _finish([], [], [], None, end, False)
@@ -167,7 +184,7 @@ def _intraday(conn, symbol: str, timeframe: str, adjusted: bool, end: dt.date | 
     candles, markers, breaks = [], [], []
     first_bar: dict[dt.date, int] = {}
     for session, m, o, hi, lo, c, ok in mstore.chart_bars(conn, symbol, timeframe, start, end,
-                                                          adjusted=adjusted, tz=exchange_tz()):
+                                                          adjust=adjust, tz=exchange_tz()):
         t = wall_seconds(session, m)
         if session not in first_bar:
             first_bar[session] = t

@@ -10,6 +10,7 @@ from flask import Blueprint, abort, jsonify, render_template, request, url_for
 from appliance import store
 from appliance.config.loader import SYMBOL_RE
 from appliance.core import timeframes
+from appliance.core.adjustment import MODES, BadMode, mode_of
 from appliance.store import minutes as mstore
 from appliance.web.bars import exchange_tz, exchange_zone
 from appliance.web.console import chart
@@ -112,7 +113,7 @@ def symbol_page(symbol: str):
     """The symbol's facts, its chart (timeframes 1m..1w; the intraday ones
     when it has minute bars), invalid candles and gaps."""
     symbol = _check_symbol(symbol)
-    adjusted = request.args.get("adjusted") == "1"
+    adjust = _adjust_arg(request.args)
     timeframe = request.args.get("timeframe", "1d")
     if timeframe not in chart.TIMEFRAMES:
         abort(400, f"timeframe={timeframe[:20]!r} must be one of {', '.join(chart.TIMEFRAMES)}")
@@ -123,17 +124,32 @@ def symbol_page(symbol: str):
         minutes = _ny_span(mstore.minute_stats_of(conn, symbol))
         invalid = store.invalid_candles(conn, symbol, limit=500, tz=exchange_tz())
         gaps = store.gaps(conn, symbol=symbol, limit=200, tz=exchange_tz())
+        dividends = store.dividends.dividends_for(conn, symbol, tz=exchange_tz())
+        security = store.securities.security(conn, symbol)
     configured = symbol in {s.symbol for s in rt().config.symbols}
     offered = [tf for tf in chart.TIMEFRAMES if minutes or tf not in chart.INTRADAY]
     return render_template("symbol.html", symbol=symbol, row=row, invalid=invalid, gaps=gaps,
                            download_range=_stored_range(row, minutes, timeframe),
-                           adjusted=adjusted, configured=configured, minutes=minutes,
+                           adjust=adjust, adjusted=adjust != "none", adjust_modes=MODES,
+                           dividends=dividends, security=security,
+                           configured=configured, minutes=minutes,
                            timeframe=timeframe, timeframes=offered,
                            qclass=quality_class(row["quality_score"] if row["records"] else None))
 
 
-def _chart_args() -> tuple[str, bool, dt.date | None]:
-    """(timeframe, adjusted, end) of a chart request, checked."""
+def _adjust_arg(a) -> str:
+    """The chart's adjustment mode: ``adjust`` (none, splits, total), or the
+    older ``adjusted`` (1 or true: splits); none by default."""
+    if a.get("adjust"):
+        try:
+            return mode_of(a["adjust"])
+        except BadMode as e:
+            raise BadRequest(str(e), "bad_adjust") from None
+    return mode_of(a.get("adjusted") in ("1", "true"))
+
+
+def _chart_args() -> tuple[str, str, dt.date | None]:
+    """(timeframe, adjust, end) of a chart request, checked."""
     a = request.args
     timeframe = a.get("timeframe", "1d")
     if timeframe not in timeframes.ALL:
@@ -146,19 +162,20 @@ def _chart_args() -> tuple[str, bool, dt.date | None]:
         except ValueError:
             raise BadRequest(f"end={a['end'][:20]!r} is not a date (YYYY-MM-DD)",
                              "bad_date") from None
-    return timeframe, a.get("adjusted") in ("1", "true"), end
+    return timeframe, _adjust_arg(a), end
 
 
 @bp.get("/console/api/chart/<symbol>")
 def chart_data(symbol: str):
     """One page of the symbol chart (``chart.page``): ``timeframe`` (default
-    1d), ``adjusted`` (1: split-adjusted prices), ``end`` (a session date;
-    default the latest bar)."""
+    1d), ``adjust`` (none, splits or total; the older ``adjusted=1`` is
+    splits), ``end`` (a session date; default the latest bar)."""
     symbol = _check_symbol(symbol)
-    timeframe, adjusted, end = _chart_args()
+    timeframe, adjust, end = _chart_args()
     with rt().read_conn() as conn:
-        data = chart.page(conn, symbol, timeframe, adjusted=adjusted, end=end)
-    resp = jsonify({"symbol": symbol, "timeframe": timeframe, "adjusted": adjusted, **data})
+        data = chart.page(conn, symbol, timeframe, adjust=adjust, end=end)
+    resp = jsonify({"symbol": symbol, "timeframe": timeframe, "adjusted": adjust != "none",
+                    "adjust": adjust, **data})
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
