@@ -174,12 +174,12 @@ def recent_dividends(rt, provider, plan, run_id) -> None:
             store_dividends(conn, provider, sym, found[sym], run_id)
 
 
-def report_unapplied(conn, provider, symbol: str, ex_dates: list[dt.date]) -> None:
+def report_unapplied(conn, provider, symbol: str, ex_dates: list[dt.date], *, tz: str) -> None:
     """A ``dividend`` event for each newly saved dividend that the stored
     bars cannot apply (no close before its ex-date, or cash not below it)."""
     if not ex_dates:
         return
-    rows = store.dividends.unapplied(conn, symbol, ex_dates)
+    rows = store.dividends.unapplied(conn, symbol, ex_dates, tz=tz)
     early = [u for u in rows if u["reason"] == "no_close_before"]
     if early:
         first, last = early[0]["ex_dividend_date"], early[-1]["ex_dividend_date"]

@@ -104,7 +104,7 @@ def write_symbol(rt, cfg, provider, p: SymbolPlan, bars: Bars, *, run_id, today)
                 prev_session=prev_session)
         res = store.write_bars(conn, bars, checked, issues_of=quality.issues_of, run_id=run_id,
                                tz=tz)
-        corpactions.report_unapplied(conn, provider, p.symbol, saved_divs)
+        corpactions.report_unapplied(conn, provider, p.symbol, saved_divs, tz=tz)
         store.checkpoint(conn, p.symbol, last, run_id)
         out.update(res)
         out["rejected"] += int((~checked.valid).sum())

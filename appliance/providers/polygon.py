@@ -368,7 +368,7 @@ class PolygonProvider:
                 except ValueError:
                     raise ProviderDataError(f"polygon: bad delisted_utc {r['delisted_utc']!r} "
                                             f"of {symbol}", url=url) from None
-                day = local_dates(np.array([int(t.timestamp())]), "America/New_York")[0]
+                day = local_dates(np.array([int(t.timestamp())]), US_VENDOR_TZ)[0]
                 out.append({"composite_figi": r.get("composite_figi"), "name": r.get("name"),
                             "delisted_on": day.astype(dt.date)})
         return out

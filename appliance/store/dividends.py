@@ -104,7 +104,7 @@ def save_dividends(conn, dividends: Iterable, source: str, run_id: int | None = 
     return res
 
 
-def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date]) -> list[dict]:
+def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> list[dict]:
     """Those of ``symbol``'s dividends with these ex-dates that have no
     problem of their own and still cannot be applied: no valid daily bar
     before the ex-date (``reason`` ``no_close_before``) or cash not below that
@@ -115,11 +115,11 @@ def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date]) -> list[dict]:
            LEFT JOIN LATERAL (
              SELECT m.close FROM market_data m
              WHERE m.symbol = d.symbol AND m.timeframe = '1d' AND m.validated
-               AND m.ts < (d.ex_dividend_date::timestamp AT TIME ZONE 'America/New_York')
+               AND m.ts < (d.ex_dividend_date::timestamp AT TIME ZONE %s)
              ORDER BY m.ts DESC LIMIT 1) c ON true
            WHERE d.symbol = %s AND d.ex_dividend_date = ANY(%s::date[]) AND d.problem IS NULL
              AND (c.close IS NULL OR d.cash_amount >= c.close)
-           ORDER BY 1, 2""", (symbol, list(ex_dates))).fetchall()
+           ORDER BY 1, 2""", (tz, symbol, list(ex_dates))).fetchall()
     return [{"ex_dividend_date": r[0], "dividend_type": r[1], "cash_amount": r[2],
              "close_before": r[3],
              "reason": "no_close_before" if r[3] is None else "cash_not_below_close"}
@@ -127,7 +127,7 @@ def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date]) -> list[dict]:
 
 
 def dividends_for(conn, symbol: str, start: dt.date | None = None,
-                  end: dt.date | None = None) -> list[dict]:
+                  end: dt.date | None = None, *, tz: str) -> list[dict]:
     """``symbol``'s stored dividends (ex-dates in ``start``..``end``, None:
     unbounded), oldest first, with the factor each contributes to the total
     return series (``factor``: ``1 - cash / close_before``, None when not
@@ -143,13 +143,13 @@ def dividends_for(conn, symbol: str, start: dt.date | None = None,
                LEFT JOIN LATERAL (
                  SELECT m.close FROM market_data m
                  WHERE m.symbol = d.symbol AND m.timeframe = '1d' AND m.validated
-                   AND m.ts < (d.ex_dividend_date::timestamp AT TIME ZONE 'America/New_York')
+                   AND m.ts < (d.ex_dividend_date::timestamp AT TIME ZONE %s)
                  ORDER BY m.ts DESC LIMIT 1) c ON true
                WHERE d.symbol = %s
                  AND (%s::date IS NULL OR d.ex_dividend_date >= %s::date)
                  AND (%s::date IS NULL OR d.ex_dividend_date <= %s::date)
                ORDER BY d.ex_dividend_date, d.dividend_type""",
-            (symbol, start, start, end, end)).fetchall()
+            (tz, symbol, start, start, end, end)).fetchall()
 
 
 def applied_dividends(conn, symbol: str):

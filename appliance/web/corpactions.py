@@ -7,17 +7,16 @@ that traded on a date, with the ticker each had). Their OpenAPI parts:
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, jsonify
 
 from appliance import store
 from appliance.web.auth import require_read
+from appliance.web.bars import exchange_tz, exchange_zone
 from appliance.web.errors import BadRequest, api_error
 from appliance.web.params import date_arg, known_symbol, query_args, symbol_arg
 
 bp = Blueprint("corpactions", __name__)
-NY = ZoneInfo("America/New_York")
 
 
 @bp.get("/api/v1/dividends/<path:symbol>")
@@ -35,7 +34,7 @@ def dividends(symbol: str):
         if not known_symbol(conn, symbol):
             return api_error(404, "unknown_symbol",
                              f"symbol {symbol} is not configured and has no stored data")
-        rows = store.dividends.dividends_for(conn, symbol, start, end)
+        rows = store.dividends.dividends_for(conn, symbol, start, end, tz=exchange_tz())
     out = []
     for r in rows:
         problem = r["problem"]
@@ -59,7 +58,7 @@ def universe():
     the ticker each had then, from the stored reference data (listings,
     ticker changes, delistings)."""
     args = query_args({"as_of"})
-    as_of = date_arg(args, "as_of", None) or dt.datetime.now(NY).date()
+    as_of = date_arg(args, "as_of", None) or dt.datetime.now(exchange_zone()).date()
     with current_app.config["RUNTIME"].read_conn() as conn:
         rows = store.securities.universe(conn, as_of)
     return jsonify({"as_of": as_of, "count": len(rows), "securities": rows})

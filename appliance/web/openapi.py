@@ -276,8 +276,7 @@ def _market_schemas() -> dict:
         "symbol": {"type": "string", "pattern": SYMBOL_PATTERN},
         "timeframe": {"type": "string", "enum": list(timeframes.ALL)},
         "start_date": DATE, "end_date": DATE, "adjusted": BOOL,
-        "adjust": {"type": "string", "enum": ["none", "splits", "total"],
-                   "description": "The adjustment mode, when the request named adjust."},
+        "adjust": {"type": "string", "enum": ["none", "splits", "total"]},  # when named
         "tickers": openapi_dividends.TICKERS,
         "count": {"type": "integer", "minimum": 0},
         "data": {"type": "array", "items": {"oneOf": [_ref("Candle"), _ref("Bar"),

@@ -423,8 +423,8 @@ def test_the_demo_dividends_go_with_the_demo_bars(runtime):
                        params={"symbols": ["AAPL"], "end": "2024-12-31"})
     assert res["status"] == "ok", res
     with runtime.conn() as conn:
-        demo = store.dividends.dividends_for(conn, "AAPL")
+        demo = store.dividends.dividends_for(conn, "AAPL", tz="America/New_York")
         assert demo and {d["source"] for d in demo} == {"demo"}
         assert all(d["factor"] is not None for d in demo if d["ex_dividend_date"].year == 2024)
         dstore.drop_daily(conn, "AAPL")
-        assert store.dividends.dividends_for(conn, "AAPL") == []
+        assert store.dividends.dividends_for(conn, "AAPL", tz="America/New_York") == []

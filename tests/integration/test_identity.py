@@ -247,8 +247,8 @@ def test_corporate_actions_follow_the_security_not_the_ticker(served):
     rt, _, _ = served
     with rt.conn() as conn:
         meta = [(d["ex_dividend_date"].isoformat(), d["cash_amount"])
-                for d in store.dividends.dividends_for(conn, "META")]
+                for d in store.dividends.dividends_for(conn, "META", tz="America/New_York")]
         zz = [(d["ex_dividend_date"].isoformat(), d["cash_amount"])
-              for d in store.dividends.dividends_for(conn, "ZZ")]
+              for d in store.dividends.dividends_for(conn, "ZZ", tz="America/New_York")]
     assert meta == [("2022-03-15", 0.5)]  # asked under FB, stored under META
     assert zz == [("2022-10-14", 0.3)]  # company A's dividend never enters

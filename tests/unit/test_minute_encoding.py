@@ -135,4 +135,4 @@ def test_stage_row_puts_each_field_under_its_column():
 @pytest.mark.parametrize("tf", ["1d", "5m'; --", "2m"])
 def test_only_known_intraday_timeframes_reach_sql(tf):
     with pytest.raises(ValueError, match="no intraday timeframe"):
-        mstore.intraday_sql(tf, adjusted=False, include_invalid=False, fmt="json")
+        mstore.intraday_sql(tf, adjust="none", include_invalid=False, fmt="json")

@@ -122,7 +122,8 @@ def _daily(conn, symbol: str, adjust: str, end: dt.date | None) -> dict:
     have = {c["time"] for c in candles}
     if rows:  # ex-dates, at the first bar trading without the dividend
         days = sorted(have)
-        for d in store.dividends.dividends_for(conn, symbol, start, rows[-1]["time"]):
+        for d in store.dividends.dividends_for(conn, symbol, start, rows[-1]["time"],
+                                                   tz=exchange_tz()):
             i = bisect.bisect_left(days, d["ex_dividend_date"].isoformat())
             if i < len(days):
                 markers.append(_dividend_marker(days[i], d))
