@@ -214,7 +214,7 @@ def test_a_minute_file_stores_its_bars_in_new_york_time_per_session(flat, sessio
                 if r["ticker"] == tk and lo <= (r["window_start"] // 10**9
                                                - tcal.local_midnight_epoch(DAY)) // 60 < hi}
         with rt.conn() as conn:
-            got = mstore.day_bars(conn, tk, "1m", DAY)
+            got = mstore.day_bars(conn, tk, "1m", DAY, tz="America/New_York")
         assert set(got) == set(want), tk
         for t, r in want.items():
             g = got[t]
@@ -224,7 +224,7 @@ def test_a_minute_file_stores_its_bars_in_new_york_time_per_session(flat, sessio
             local = dt.datetime.fromtimestamp(t / 1000, tcal_zone())
             assert g["time"] == local.isoformat()
     with rt.conn() as conn:
-        assert mstore.day_bars(conn, "ZZZ.WS", "1m", DAY) == {}
+        assert mstore.day_bars(conn, "ZZZ.WS", "1m", DAY, tz="America/New_York") == {}
     assert res["outside_session"] == (0 if session == "extended" else
                                       sum(1 for r in rows if r["ticker"] != "ZZZ.WS") - res["bars"])
 
@@ -246,7 +246,7 @@ def test_rollups_of_a_minute_file_equal_their_recomputation(flat):
             m = (r["window_start"] // 10**9 - tcal.local_midnight_epoch(DAY)) // 60
             buckets.setdefault(m // width * width, []).append(r)
         with rt.conn() as conn:
-            got = mstore.day_bars(conn, "AAPL", tf, DAY)
+            got = mstore.day_bars(conn, "AAPL", tf, DAY, tz="America/New_York")
         assert len(got) == len(buckets)
         for start, rs in buckets.items():
             t = (tcal.local_midnight_epoch(DAY) + start * 60) * 1000
@@ -269,7 +269,7 @@ def test_a_republished_minute_file_with_one_changed_bar_records_one_revision(fla
     assert res["revised"] == 1
     with rt.conn() as conn:
         (sym, old, new), = conn.execute("SELECT symbol, old, new FROM revisions").fetchall()
-        got = mstore.day_bars(conn, "THIN", "1m", DAY)
+        got = mstore.day_bars(conn, "THIN", "1m", DAY, tz="America/New_York")
     assert sym == "THIN" and new["volume"] == 12345.5 and old["volume"] != 12345.5
     assert got[rows[i]["window_start"] // 1_000_000]["volume"] == 12345.5
 
