@@ -233,6 +233,19 @@ def _dividend_kinds(gap_kind: np.ndarray, gap: np.ndarray, sess: np.ndarray,
         gap_kind[gi[explained]] = GAP_DIVIDEND
 
 
+def _gap_of(o: np.ndarray, c: np.ndarray, ref: np.ndarray, usable: np.ndarray,
+            gap_threshold_pct: float) -> tuple[np.ndarray, np.ndarray]:
+    """(gap_pct, gap) of each bar against its reference close ``ref``: the
+    larger move of its open or close, in percent (NaN where the prices are
+    unusable), and whether it exceeds ``gap_threshold_pct``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        co = (o / ref - 1.0) * 100.0
+        cc = (c / ref - 1.0) * 100.0
+        gap_pct = np.where(np.abs(co) >= np.abs(cc), co, cc)
+        gap_pct[~usable] = np.nan
+        return gap_pct, np.abs(gap_pct) > gap_threshold_pct
+
+
 def _bar_checks(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
                 v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rules one candle is checked by on its own: (issue mask of the
@@ -278,12 +291,7 @@ def validate_day(session: Any, o: Any, h: Any, lo: Any, c: Any, v: Any,
     score[~usable] = 0.0
     ref = np.asarray(prev_close, dtype=np.float64)
     ref = np.where(np.isfinite(ref) & (ref > 0), ref, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        co = (o / ref - 1.0) * 100.0
-        cc = (c / ref - 1.0) * 100.0
-        gap_pct = np.where(np.abs(co) >= np.abs(cc), co, cc)
-        gap_pct[~usable] = np.nan
-        gap = np.abs(gap_pct) > gap_threshold_pct
+    gap_pct, gap = _gap_of(o, c, ref, usable, gap_threshold_pct)
     gap_kind = np.full(n, None, dtype=object)
     gap_kind[gap] = GAP_JUMP
     for i, sp in (splits or {}).items():
@@ -341,12 +349,7 @@ def validate(bars: Bars, cal_sessions: np.ndarray, today: Any, prev_close: float
     first_ref = np.nan if prev_close is None or not np.isfinite(prev_close) or prev_close <= 0 \
         else float(prev_close)
     ref = np.where(prev_idx >= 0, c[np.maximum(prev_idx, 0)], first_ref)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        co = (o / ref - 1.0) * 100.0
-        cc = (c / ref - 1.0) * 100.0
-        gap_pct = np.where(np.abs(co) >= np.abs(cc), co, cc)
-        gap_pct[~usable] = np.nan
-        gap = np.abs(gap_pct) > gap_threshold_pct
+    gap_pct, gap = _gap_of(o, c, ref, usable, gap_threshold_pct)
     gap_kind = _gap_kinds(gap, sess, ref, o, h, lo, c, splits, gap_threshold_pct,
                           split_tolerance_pct)
     if dividends:

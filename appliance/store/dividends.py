@@ -104,6 +104,16 @@ def save_dividends(conn, dividends: Iterable, source: str, run_id: int | None = 
     return res
 
 
+#: the raw close of the last valid daily bar before the ex-date of ``d`` (the
+#: close the total-return factor divides by; the SQL function
+#: ``adjustment_steps`` of migration 0011 reads it the same way), its time
+#: zone the first parameter
+_CLOSE_BEFORE_EX = """SELECT m.close FROM market_data m
+             WHERE m.symbol = d.symbol AND m.timeframe = '1d' AND m.validated
+               AND m.ts < (d.ex_dividend_date::timestamp AT TIME ZONE %s)
+             ORDER BY m.ts DESC LIMIT 1"""
+
+
 def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> list[dict]:
     """Those of ``symbol``'s dividends with these ex-dates that have no
     problem of their own and still cannot be applied: no valid daily bar
@@ -112,11 +122,7 @@ def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> lis
     rows = conn.execute(
         """SELECT d.ex_dividend_date, d.dividend_type, d.cash_amount, c.close
            FROM dividends d
-           LEFT JOIN LATERAL (
-             SELECT m.close FROM market_data m
-             WHERE m.symbol = d.symbol AND m.timeframe = '1d' AND m.validated
-               AND m.ts < (d.ex_dividend_date::timestamp AT TIME ZONE %s)
-             ORDER BY m.ts DESC LIMIT 1) c ON true
+           LEFT JOIN LATERAL (""" + _CLOSE_BEFORE_EX + """) c ON true
            WHERE d.symbol = %s AND d.ex_dividend_date = ANY(%s::date[]) AND d.problem IS NULL
              AND (c.close IS NULL OR d.cash_amount >= c.close)
            ORDER BY 1, 2""", (tz, symbol, list(ex_dates))).fetchall()
@@ -140,11 +146,7 @@ def dividends_for(conn, symbol: str, start: dt.date | None = None,
                       CASE WHEN d.problem IS NULL AND c.close > d.cash_amount
                            THEN 1.0 - d.cash_amount / c.close END AS factor
                FROM dividends d
-               LEFT JOIN LATERAL (
-                 SELECT m.close FROM market_data m
-                 WHERE m.symbol = d.symbol AND m.timeframe = '1d' AND m.validated
-                   AND m.ts < (d.ex_dividend_date::timestamp AT TIME ZONE %s)
-                 ORDER BY m.ts DESC LIMIT 1) c ON true
+               LEFT JOIN LATERAL (""" + _CLOSE_BEFORE_EX + """) c ON true
                WHERE d.symbol = %s
                  AND (%s::date IS NULL OR d.ex_dividend_date >= %s::date)
                  AND (%s::date IS NULL OR d.ex_dividend_date <= %s::date)
