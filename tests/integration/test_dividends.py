@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from appliance.jobs import backfill, runs
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
 from tests.fakes.polygon_fake import PolygonFake, dividend_record, make_truth
 from tests.minute_store import store_minutes
 
@@ -100,7 +101,7 @@ def stored(world, tmp_path_factory, pg_server_url, template_db, redis_server_url
             rt = Runtime.from_path(path)
             rt.open()
             try:
-                res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+                res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                    params={"end": END.isoformat()})
                 assert res["status"] == "ok", res
                 store_minutes(rt, "KO", "2024-09-09", "2024-09-20", seed=3)
@@ -305,7 +306,7 @@ def test_a_revised_dividend_is_recorded_and_the_series_follows(stored, client, w
                ("KO", "2024-11-29") else r for r in recs]
     fake.set_dividends(revised)
     try:
-        res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+        res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                            params={"symbols": ["KO"], "start": "2024-11-25",
                                    "end": END.isoformat()})
         assert res["status"] == "ok", res
@@ -321,7 +322,7 @@ def test_a_revised_dividend_is_recorded_and_the_series_follows(stored, client, w
         assert np.allclose(got, want, rtol=1e-9)
     finally:
         fake.set_dividends(recs)
-        runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+        runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                      params={"symbols": ["KO"], "start": "2024-11-25", "end": END.isoformat()})
 
 
@@ -354,7 +355,7 @@ def test_a_routine_run_learns_new_dividends_from_one_market_wide_request(stored,
     fake.set_dividends(recs + [new, dividend_record("OTHER", "2024-12-20", 9.0)])
     before = len(fake.log)
     try:
-        res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+        res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                            params={"end": END.isoformat()})
         assert res["status"] == "ok", res
         asked = [(p, q) for p, q, _, _ in fake.log[before:] if p == "/v3/reference/dividends"]
@@ -419,7 +420,7 @@ def test_the_demo_dividends_go_with_the_demo_bars(runtime):
     the demo's never enter a real total-return series."""
     from appliance import store
     from appliance.store import demo as dstore
-    res = runs.execute(runtime, "backfill", runs.manual_slot(), backfill.run,
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), run_backfill,
                        params={"symbols": ["AAPL"], "end": "2024-12-31"})
     assert res["status"] == "ok", res
     with runtime.conn() as conn:

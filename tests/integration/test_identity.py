@@ -11,7 +11,8 @@ import pytest
 
 from appliance import store
 from appliance.core.candles import Bars
-from appliance.jobs import backfill, runs
+from appliance.ingest.backfill import run_backfill
+from appliance.jobs import runs
 from tests.fakes.polygon_fake import PolygonFake, dividend_record, make_truth
 
 START, END = dt.date(2022, 1, 3), dt.date(2022, 12, 30)
@@ -72,7 +73,7 @@ def served(world, config_factory):
         rt = Runtime.from_path(path)
         rt.open()
         try:
-            res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                params={"end": END.isoformat()})
             assert res["status"] == "ok", res
             yield rt, fake, create_app(runtime=rt).test_client()
@@ -142,7 +143,7 @@ def test_a_delisted_ticker_keeps_its_history_and_is_no_longer_fetched(served, wo
     assert missing == 0
     assert summary["latest_data"] == END.isoformat()
     before = len(fake.log)
-    res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                        params={"end": END.isoformat()})
     assert res["status"] == "ok", res
     assert not [p for p, *_ in fake.log[before:] if "/ticker/OLD/" in p]
@@ -231,7 +232,7 @@ def test_a_reused_tickers_minutes_start_with_its_own_company(config_factory):
                      "lookback_sessions": 0}))
         rt.open()
         try:
-            res = runs.execute(rt, "backfill", runs.manual_slot(), backfill.run,
+            res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
                                params={"end": hi.isoformat()})
             assert res["status"] == "ok", res
             with rt.conn() as conn:

@@ -241,7 +241,7 @@ def test_a_raw_row_of_equal_lengths_is_accepted(runtime):
 
 def test_an_unknown_intraday_timeframe_is_refused_before_any_sql():
     with pytest.raises(ValueError, match="'1d; DROP TABLE x' is no intraday timeframe"):
-        mstore.intraday_sql("1d; DROP TABLE x", adjusted=False, include_invalid=False,
+        mstore.intraday_sql("1d; DROP TABLE x", adjust="none", include_invalid=False,
                             fmt="json")
 
 
