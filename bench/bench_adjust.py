@@ -65,7 +65,7 @@ def load(url: str, cfg) -> dict:
     with psycopg.connect(url) as conn:
         checked = quality.validate(bars, tcal.sessions("XNYS", YEAR_START, YEAR_END), YEAR_END,
                                    splits=daily.splits)
-        store.write_bars(conn, bars, checked, issues_of=quality.issues_of)
+        store.write_bars(conn, bars, checked, issues_of=quality.issues_of, tz="America/New_York")
         store.save_splits(conn, daily.splits, "bench")
         divs = [Dividend(SYM, dt.date(2024, m, 14), "CD", 0.5) for m in (3, 6, 9, 12)]
         divs.append(Dividend(SYM, dt.date(2024, 11, 20), "SC", 3.0))

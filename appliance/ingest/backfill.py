@@ -71,7 +71,8 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
             plans.append(SymbolPlan(sym, start, end, full=False, actions=True))
             continue
         since = specs[sym].since if sym in specs else default_since
-        if sym in delisted and sym not in demo and store.last_stored_session(conn, sym):
+        if sym in delisted and sym not in demo and store.last_stored_session(
+                conn, sym, tz=tcal.exchange_tz(cfg["calendar"])):
             continue  # its history is stored: a routine run asks nothing more of it
         if sym in demo:
             plans.append(SymbolPlan(sym, since, end, full=True))
