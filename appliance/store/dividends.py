@@ -13,7 +13,9 @@ import datetime as dt
 import json
 import math
 from collections.abc import Iterable
+from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -35,18 +37,20 @@ def _vendor_json(d) -> dict:
     return json.loads(json.dumps(d.fields(), default=str))
 
 
-def merge(dividends: Iterable) -> list[tuple[object, str | None, dict]]:
+def merge(dividends: Iterable[Dividend]) -> list[tuple[Dividend, str | None, dict[str, Any]]]:
     """One entry per key: (the dividend, its problem or None, its vendor
     record). Records of a key that differ only in other fields than the cash
     amount are merged (the last one sent wins); different cash amounts are a
     conflict."""
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple[str, dt.date, str], list[Dividend]] = {}
     for d in dividends:
         groups.setdefault((d.symbol, d.ex_dividend_date, d.dividend_type), []).append(d)
-    out = []
+    out: list[tuple[Dividend, str | None, dict[str, Any]]] = []
     for recs in groups.values():
         last = recs[-1]
         amounts = sorted({repr(r.cash_amount) for r in recs})
+        problem: str | None
+        vendor: dict[str, Any]
         if len(amounts) > 1:
             problem = (f"the vendor sent {len(amounts)} different cash amounts for this "
                        f"dividend ({', '.join(amounts)})")
@@ -58,12 +62,14 @@ def merge(dividends: Iterable) -> list[tuple[object, str | None, dict]]:
     return out
 
 
-def save_dividends(conn, dividends: Iterable, source: str, run_id: int | None = None) -> dict:
+def save_dividends(conn: psycopg.Connection[Any], dividends: Iterable[Dividend], source: str,
+                   run_id: int | None = None) -> dict[str, Any]:
     """Upsert one vendor answer's dividends (see the module doc). Returns
     ``{"inserted", "revised", "unchanged", "saved": [keys inserted or
     revised], "problems": [(symbol, ex-date, type, cash, problem)] of the
     entries saved with a problem}``."""
-    res = {"inserted": 0, "revised": 0, "unchanged": 0, "saved": [], "problems": []}
+    res: dict[str, Any] = {"inserted": 0, "revised": 0, "unchanged": 0, "saved": [],
+                           "problems": []}
     for d, problem, vendor in merge(dividends):
         key = (d.symbol, d.ex_dividend_date, d.dividend_type)
         row = conn.execute(

@@ -14,6 +14,7 @@ import select
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -28,7 +29,7 @@ _PART_RE = re.compile(r"^market_data_y(\d{4})$")
 def connect(url: str, *, autocommit: bool = False, connect_timeout: float = 5,
             statement_timeout_s: float | None = None) -> psycopg.Connection:
     opts = f"-c statement_timeout={int(statement_timeout_s * 1000)}" if statement_timeout_s else None
-    kwargs = {"options": opts} if opts else {}
+    kwargs: dict[str, Any] = {"options": opts} if opts else {}
     return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, int(connect_timeout)),
                            **kwargs)
 
@@ -72,7 +73,7 @@ def _check_if_idle(conn) -> None:
         ConnectionPool.check_connection(conn)
         return
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        readable = bool(select.select([conn.fileno()], [], [], 0)[0])
     except (OSError, ValueError):
         readable = True
     if readable:
