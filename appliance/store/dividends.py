@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
+from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -120,7 +121,7 @@ _CLOSE_BEFORE_EX = """SELECT m.close FROM market_data m
              ORDER BY m.ts DESC LIMIT 1"""
 
 
-def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> list[dict]:
+def unapplied(conn: Connection[Any], symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> list[dict]:
     """Those of ``symbol``'s dividends with these ex-dates that have no
     problem of their own and still cannot be applied: no valid daily bar
     before the ex-date (``reason`` ``no_close_before``) or cash not below that
@@ -138,7 +139,7 @@ def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> lis
             for r in rows]
 
 
-def dividends_for(conn, symbol: str, start: dt.date | None = None,
+def dividends_for(conn: Connection[Any], symbol: str, start: dt.date | None = None,
                   end: dt.date | None = None, *, tz: str) -> list[dict]:
     """``symbol``'s stored dividends (ex-dates in ``start``..``end``, None:
     unbounded), oldest first, with the factor each contributes to the total
@@ -160,7 +161,7 @@ def dividends_for(conn, symbol: str, start: dt.date | None = None,
             (tz, symbol, start, start, end, end)).fetchall()
 
 
-def applied_dividends(conn, symbol: str):
+def applied_dividends(conn: Connection[Any], symbol: str):
     """``symbol``'s dividends that enter its total-return factor, as
     ``Dividend`` objects (for quality's dividend rule)."""
     rows = conn.execute(
@@ -170,7 +171,7 @@ def applied_dividends(conn, symbol: str):
     return [Dividend(*r) for r in rows]
 
 
-def revisions(conn, symbol: str, limit: int = 100) -> list[dict]:
+def revisions(conn: Connection[Any], symbol: str, limit: int = 100) -> list[dict]:
     """``symbol``'s dividend revisions, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(

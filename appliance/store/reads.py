@@ -3,7 +3,9 @@ invalid candles and the chart series."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
+from psycopg import Connection
 from psycopg.rows import dict_row
 
 from appliance.store import adjustment as adj
@@ -87,7 +89,7 @@ HISTORICAL_CSV_HEADER = ("time", "open", "high", "low", "close", "volume", "vwap
                          "quality_score", "gap_detected", "gap_kind", "source")
 
 
-def invalid_candles(conn, symbol: str, limit: int = 500, *, tz: str) -> list[dict]:
+def invalid_candles(conn: Connection[Any], symbol: str, limit: int = 500, *, tz: str) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """SELECT (ts AT TIME ZONE %(tz)s)::date AS time, open, high, low, close,
@@ -98,7 +100,7 @@ def invalid_candles(conn, symbol: str, limit: int = 500, *, tz: str) -> list[dic
         return cur.fetchall()
 
 
-def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
+def gaps(conn: Connection[Any], *, symbol: str | None = None, kind: str | None = None,
          since: dt.date | None = None, until: dt.date | None = None, limit: int = 500,
          tz: str) -> list[dict]:
     """Flagged candles (split / jump) and missing sessions, newest first, with
@@ -134,7 +136,7 @@ def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
         return cur.fetchall()
 
 
-def chart_series(conn, symbol: str, *, adjust, limit: int = 5000,
+def chart_series(conn: Connection[Any], symbol: str, *, adjust, limit: int = 5000,
                  end: dt.date | None = None, tz: str) -> list[dict]:
     """The latest ``limit`` daily candles up to ``end`` (None: the latest),
     invalid ones included, oldest first."""
@@ -146,7 +148,7 @@ def chart_series(conn, symbol: str, *, adjust, limit: int = 5000,
     return rows[-limit:]
 
 
-def daily_hlv(conn, symbol: str, start: dt.date, end: dt.date, *, tz: str) -> dict:
+def daily_hlv(conn: Connection[Any], symbol: str, start: dt.date, end: dt.date, *, tz: str) -> dict:
     """{session: (high, low, volume)} of the valid daily bars in a range."""
     rows = conn.execute(
         """SELECT (ts AT TIME ZONE %(tz)s)::date, high, low, volume
