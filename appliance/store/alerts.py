@@ -3,6 +3,7 @@ alerts opened at once by the code that saw a failure, acknowledgements, and
 the lists status and the console read."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -12,7 +13,7 @@ from psycopg.rows import dict_row
 from appliance.store.pool import one_row
 
 
-def open_alerts(conn: Connection[Any]) -> list[dict]:
+def open_alerts(conn: Connection[Any]) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT id, key, severity, status, message, details, opened_at,
                               acknowledged_at, acknowledged_by
@@ -21,7 +22,7 @@ def open_alerts(conn: Connection[Any]) -> list[dict]:
         return cur.fetchall()
 
 
-def alerts_list(conn: Connection[Any], *, status: str = "open", limit: int = 200) -> list[dict]:
+def alerts_list(conn: Connection[Any], *, status: str = "open", limit: int = 200) -> list[dict[str, Any]]:
     where = {"open": "status = 'open'", "resolved": "status = 'resolved'",
              "all": "status IN ('open', 'resolved')"}[status]
     with conn.cursor(row_factory=dict_row) as cur:
@@ -33,7 +34,7 @@ def alerts_list(conn: Connection[Any], *, status: str = "open", limit: int = 200
         return cur.fetchall()
 
 
-def active_rule_alerts(conn: Connection[Any]) -> list[dict]:
+def active_rule_alerts(conn: Connection[Any]) -> list[dict[str, Any]]:
     """Pending and open alerts of the rules (``backup_failed`` is the backup job's)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM alerts WHERE status IN ('pending', 'open') "
@@ -41,8 +42,9 @@ def active_rule_alerts(conn: Connection[Any]) -> list[dict]:
         return cur.fetchall()
 
 
-def insert_alert(conn: Connection[Any], key: str, severity: str, message: str, details: dict, now, *,
-                 open_now: bool) -> dict:
+def insert_alert(conn: Connection[Any], key: str, severity: str, message: str, details: dict[str, Any],
+                 now: dt.datetime, *,
+                 open_now: bool) -> dict[str, Any]:
     """A new alert row, pending since ``now`` (or open since ``now``)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -54,10 +56,11 @@ def insert_alert(conn: Connection[Any], key: str, severity: str, message: str, d
         return one_row(cur)
 
 
-def update_alert(conn: Connection[Any], alert_id: int, message: str, details: dict | None, *,
-                 status: str | None = None, at=None) -> dict | None:
+def update_alert(conn: Connection[Any], alert_id: int, message: str, details: dict[str, Any] | None, *,
+                 status: str | None = None, at: dt.datetime | None = None) -> dict[str, Any] | None:
     """New message (and details, unless None); ``status`` 'open' or 'resolved' at ``at``."""
-    sets, args = ["message = %s"], [message]
+    sets: list[str] = ["message = %s"]
+    args: list[Any] = [message]
     if details is not None:
         sets.append("details = %s")
         args.append(json.dumps(details, default=str))
@@ -77,7 +80,7 @@ def delete_alert(conn: Connection[Any], alert_id: int) -> None:
     conn.execute("DELETE FROM alerts WHERE id = %s", (alert_id,))
 
 
-def open_alert(conn: Connection[Any], key: str, severity: str, message: str, details: dict) -> None:
+def open_alert(conn: Connection[Any], key: str, severity: str, message: str, details: dict[str, Any]) -> None:
     """``key``'s alert open now (its active row updated, or a new one)."""
     conn.execute(
         """INSERT INTO alerts (key, severity, status, message, details, opened_at)
@@ -110,7 +113,7 @@ def delete_resolved_before(conn: Connection[Any], days: int) -> int:
            AND resolved_at < now() - make_interval(days => %s)""", (days,)).rowcount
 
 
-def resolve_opened_before(conn: Connection[Any], key: str, before, note: str) -> list[int]:
+def resolve_opened_before(conn: Connection[Any], key: str, before: dt.datetime, note: str) -> list[int]:
     """``key``'s active alert, opened before ``before``, resolved now with
     ``note`` added to its message; the ids resolved."""
     return [r[0] for r in conn.execute(
@@ -121,7 +124,7 @@ def resolve_opened_before(conn: Connection[Any], key: str, before, note: str) ->
            RETURNING id""", (note, key, before))]
 
 
-def add_note(conn: Connection[Any], keys: list[str], since, note: str) -> None:
+def add_note(conn: Connection[Any], keys: list[str], since: dt.datetime, note: str) -> None:
     """``note`` added to the message of the alerts of ``keys`` resolved since ``since``."""
     conn.execute("""UPDATE alerts SET message = message || ' ' || %s
                     WHERE key = ANY(%s) AND status = 'resolved' AND resolved_at >= %s""",

@@ -1,6 +1,7 @@
 """The backup catalogue's SQL (table ``backups``)."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -14,7 +15,7 @@ _COLS = ("id, filename, path, created_at, size_bytes, sha256, status, manifest, 
          "deleted_at")
 
 
-def backup_rows(conn: Connection[Any], limit: int = 100) -> list[dict]:
+def backup_rows(conn: Connection[Any], limit: int = 100) -> list[dict[str, Any]]:
     """Catalogue rows, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {_COLS} FROM backups ORDER BY created_at DESC, id DESC LIMIT %s",
@@ -22,7 +23,7 @@ def backup_rows(conn: Connection[Any], limit: int = 100) -> list[dict]:
         return cur.fetchall()
 
 
-def backup_row(conn: Connection[Any], backup_id: int) -> dict | None:
+def backup_row(conn: Connection[Any], backup_id: int) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {_COLS} FROM backups WHERE id = %s", (backup_id,))
         return cur.fetchone()
@@ -57,8 +58,9 @@ def good_backup_paths(conn: Connection[Any]) -> list[str]:
         "SELECT path FROM backups WHERE status = 'ok' ORDER BY created_at DESC, id DESC")]
 
 
-def upsert_backup(conn: Connection[Any], *, filename: str, path: str, created_at, size_bytes: int | None,
-                  sha256: str | None, manifest: dict, status: str = "ok") -> int:
+def upsert_backup(conn: Connection[Any], *, filename: str, path: str, created_at: dt.datetime | None,
+                  size_bytes: int | None,
+                  sha256: str | None, manifest: dict[str, Any], status: str = "ok") -> int:
     return one_row(conn.execute(
         """INSERT INTO backups (filename, path, created_at, size_bytes, sha256, status, manifest)
            VALUES (%s, %s, %s, %s, %s, %s, %s)
@@ -76,14 +78,14 @@ def mark_backup_missing(conn: Connection[Any], filename: str) -> None:
 
 
 def record_restore_test(conn: Connection[Any], backup_id: int, *, passed: bool, seconds: float,
-                        result: dict) -> None:
+                        result: dict[str, Any]) -> None:
     conn.execute(
         """UPDATE backups SET restore_test_status = %s, restore_test_at = now(),
                   restore_test_seconds = %s, restore_test_result = %s WHERE id = %s""",
         ("passed" if passed else "failed", seconds, json.dumps(result, default=str), backup_id))
 
 
-def restore_test_from_manifest(conn: Connection[Any], backup_id: int, rtest: dict) -> None:
+def restore_test_from_manifest(conn: Connection[Any], backup_id: int, rtest: dict[str, Any]) -> None:
     """A restore test the manifest records, unless the catalogue knows a newer one."""
     conn.execute(
         """UPDATE backups SET restore_test_status = %s, restore_test_at = %s,
@@ -95,7 +97,7 @@ def restore_test_from_manifest(conn: Connection[Any], backup_id: int, rtest: dic
                      "from_manifest": True}), backup_id, rtest["at"]))
 
 
-def last_good_backup_at(conn: Connection[Any]):
+def last_good_backup_at(conn: Connection[Any]) -> dt.datetime | None:
     """When the newest backup with status ok was made, or None."""
     return one_row(conn.execute("SELECT max(created_at) FROM backups WHERE status = 'ok'"))[0]
 
@@ -110,7 +112,7 @@ def last_archive_and_database_size(conn: Connection[Any]) -> tuple[int, int] | N
            ORDER BY created_at DESC LIMIT 1""").fetchone()
 
 
-def good_backups(conn: Connection[Any]) -> list[tuple]:
+def good_backups(conn: Connection[Any]) -> list[tuple[Any, ...]]:
     """(id, filename, path, restore_test_status) of the good backups, newest first."""
     return conn.execute(
         """SELECT id, filename, path, restore_test_status FROM backups WHERE status = 'ok'

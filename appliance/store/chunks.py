@@ -20,7 +20,7 @@ _CLAIMABLE = """(status = 'pending'
                 AND attempts < %(max)s"""
 
 
-def create_fanout(conn: Connection[Any], run_id: int, owner: str, chunks: list[tuple]) -> int:
+def create_fanout(conn: Connection[Any], run_id: int, owner: str, chunks: list[tuple[Any, ...]]) -> int:
     """The run's chunks ``(symbol, timeframe, start, end, full_history)``; a
     run that starts again (an RQ retry) keeps the chunks it already has.
     Returns the number of chunks of the run."""
@@ -46,7 +46,7 @@ def chunk_ids(conn: Connection[Any], run_id: int, status: str = "pending") -> li
 
 
 def claim(conn: Connection[Any], run_id: int, who: str, *, stale_s: float, max_attempts: int,
-          chunk_id: int | None = None) -> dict | None:
+          chunk_id: int | None = None) -> dict[str, Any] | None:
     """Claim ``chunk_id`` (or, None, the first claimable chunk of the run)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"""UPDATE backfill_chunks SET status = 'running', claimed_by = %(who)s,
@@ -69,7 +69,7 @@ def beat(conn: Connection[Any], chunk_id: int, who: str) -> bool:
                         (chunk_id, who)).rowcount == 1
 
 
-def complete(conn: Connection[Any], chunk_id: int, who: str, status: str, result: dict,
+def complete(conn: Connection[Any], chunk_id: int, who: str, status: str, result: dict[str, Any],
              error: str | None = None) -> bool:
     """Record the outcome of a chunk ``who`` still holds (done or failed)."""
     return conn.execute(
@@ -107,7 +107,7 @@ def give_up(conn: Connection[Any], run_id: int, *, stale_s: float, max_attempts:
            RETURNING symbol""", (run_id, max_attempts, stale_s))]
 
 
-def counts(conn: Connection[Any], run_id: int) -> dict:
+def counts(conn: Connection[Any], run_id: int) -> dict[str, Any]:
     """Progress of the run: chunks by status, symbols, bars, per host."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT count(*) AS total,
@@ -169,9 +169,9 @@ def minute_symbols(conn: Connection[Any], run_id: int) -> list[str]:
              AND symbol <> '*' ORDER BY 1""", (run_id,))]
 
 
-def file_days(conn: Connection[Any], run_id: int) -> dict[str, list]:
+def file_days(conn: Connection[Any], run_id: int) -> dict[str, list[Any]]:
     """{timeframe: [day]} of the flat files the run stored (its file chunks done)."""
-    out: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
     for tf, day in conn.execute(
             """SELECT timeframe, start_date FROM backfill_chunks
                WHERE run_id = %s AND symbol = '*' AND status = 'done'
@@ -180,7 +180,7 @@ def file_days(conn: Connection[Any], run_id: int) -> dict[str, list]:
     return out
 
 
-def fanout(conn: Connection[Any], run_id: int) -> dict | None:
+def fanout(conn: Connection[Any], run_id: int) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM backfill_fanouts WHERE run_id = %s", (run_id,))
         return cur.fetchone()
@@ -197,6 +197,6 @@ def take_finish(conn: Connection[Any], run_id: int, who: str) -> bool:
         (who, run_id, run_id)).rowcount == 1
 
 
-def store_result(conn: Connection[Any], run_id: int, result: dict) -> None:
+def store_result(conn: Connection[Any], run_id: int, result: dict[str, Any]) -> None:
     conn.execute("UPDATE backfill_fanouts SET result = %s WHERE run_id = %s",
                  (json.dumps(result, default=str), run_id))

@@ -11,9 +11,11 @@ a week for 1w, or NULL), limit (or NULL), tz (the exchange time zone).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
 from psycopg import Connection
+from psycopg.abc import Buffer
 
 from appliance.store.minutes import _source
 from appliance.store.pool import one_row
@@ -39,7 +41,7 @@ def _ny_ms(date_col: str) -> str:
             f" * 1000)::bigint")
 
 
-def bars_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
+def bars_sql(timeframe: str, *, adjust: str | bool | None, include_invalid: bool) -> str:
     """SQL of one symbol's bars as (ms, *COLUMNS[kind])."""
     kind = kind_of(timeframe)
     prices = ", ".join(f"z.{c}::float8" for c in _PRICES)
@@ -57,7 +59,7 @@ def bars_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
                FROM ({src}) z"""
 
 
-def intraday_copy_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
+def intraday_copy_sql(timeframe: str, *, adjust: str | bool | None, include_invalid: bool) -> str:
     """``COPY ... TO STDOUT (FORMAT binary)`` of one symbol's intraday bars,
     every field fixed-width and never NULL (a missing price is NaN, a missing
     trade count -1), so that every row has the same bytes: ``arrowbars``
@@ -69,7 +71,7 @@ def intraday_copy_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
                TO STDOUT (FORMAT binary)"""
 
 
-def copy_out(conn: Connection[Any], sql: str, params: dict):
+def copy_out(conn: Connection[Any], sql: str, params: dict[str, Any]) -> Iterator[Buffer]:
     """The bytes of a ``COPY ... TO STDOUT``, block by block."""
     with conn.cursor() as cur:
         with cur.copy(sql, params) as cp:
@@ -114,7 +116,7 @@ def stored_symbols(conn: Connection[Any], timeframe: str) -> list[str]:
 
 
 def month_fingerprints(conn: Connection[Any], timeframe: str, start: dt.date, end: dt.date, *,
-                       tz: str) -> dict:
+                       tz: str) -> dict[str, Any]:
     """{first day of month: (symbols, bars, latest ingestion)} of the stored
     resolution ``timeframe`` is served from, for the months of start..end.
     A replaced session changes its month's latest ingestion; a deleted one its

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 from appliance.core.candles import Dividend
 
 
-def problem_of(cash) -> str | None:
+def problem_of(cash: float | None) -> str | None:
     """Why a cash amount cannot be applied, or None when it can."""
     if cash is None:
         return "no cash amount"
@@ -34,7 +34,7 @@ def problem_of(cash) -> str | None:
     return None
 
 
-def _vendor_json(d) -> dict:
+def _vendor_json(d: Dividend) -> dict[str, Any]:
     return json.loads(json.dumps(d.fields(), default=str))
 
 
@@ -121,7 +121,8 @@ _CLOSE_BEFORE_EX = """SELECT m.close FROM market_data m
              ORDER BY m.ts DESC LIMIT 1"""
 
 
-def unapplied(conn: Connection[Any], symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> list[dict]:
+def unapplied(conn: Connection[Any], symbol: str, ex_dates: Iterable[dt.date], *,
+              tz: str) -> list[dict[str, Any]]:
     """Those of ``symbol``'s dividends with these ex-dates that have no
     problem of their own and still cannot be applied: no valid daily bar
     before the ex-date (``reason`` ``no_close_before``) or cash not below that
@@ -140,7 +141,7 @@ def unapplied(conn: Connection[Any], symbol: str, ex_dates: Iterable[dt.date], *
 
 
 def dividends_for(conn: Connection[Any], symbol: str, start: dt.date | None = None,
-                  end: dt.date | None = None, *, tz: str) -> list[dict]:
+                  end: dt.date | None = None, *, tz: str) -> list[dict[str, Any]]:
     """``symbol``'s stored dividends (ex-dates in ``start``..``end``, None:
     unbounded), oldest first, with the factor each contributes to the total
     return series (``factor``: ``1 - cash / close_before``, None when not
@@ -161,7 +162,7 @@ def dividends_for(conn: Connection[Any], symbol: str, start: dt.date | None = No
             (tz, symbol, start, start, end, end)).fetchall()
 
 
-def applied_dividends(conn: Connection[Any], symbol: str):
+def applied_dividends(conn: Connection[Any], symbol: str) -> list[Dividend]:
     """``symbol``'s dividends that enter its total-return factor, as
     ``Dividend`` objects (for quality's dividend rule)."""
     rows = conn.execute(
@@ -171,7 +172,7 @@ def applied_dividends(conn: Connection[Any], symbol: str):
     return [Dividend(*r) for r in rows]
 
 
-def revisions(conn: Connection[Any], symbol: str, limit: int = 100) -> list[dict]:
+def revisions(conn: Connection[Any], symbol: str, limit: int = 100) -> list[dict[str, Any]]:
     """``symbol``'s dividend revisions, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(

@@ -21,7 +21,8 @@ from appliance.core.candles import Split
 from appliance.store.writes import _DIRECT_COLS, ensure_partitions_for, upsert_bars
 
 
-def done(conn: Connection[Any], timeframe: str, start: dt.date, end: dt.date) -> dict[dt.date, tuple]:
+def done(conn: Connection[Any], timeframe: str, start: dt.date,
+         end: dt.date) -> dict[dt.date, tuple[Any, ...]]:
     """{day: (ETag, selection)} of the files of ``timeframe`` stored for
     ``start``..``end``."""
     return {r[0]: (r[1], r[2]) for r in conn.execute(
@@ -29,7 +30,7 @@ def done(conn: Connection[Any], timeframe: str, start: dt.date, end: dt.date) ->
            WHERE timeframe = %s AND day BETWEEN %s AND %s""", (timeframe, start, end))}
 
 
-def stored(conn: Connection[Any], timeframe: str, day: dt.date) -> tuple | None:
+def stored(conn: Connection[Any], timeframe: str, day: dt.date) -> tuple[Any, ...] | None:
     """(ETag, selection) of ``day``'s file as stored, or None."""
     row = conn.execute("SELECT etag, selection FROM flat_files WHERE timeframe = %s "
                        "AND day = %s", (timeframe, day)).fetchone()
@@ -54,7 +55,7 @@ def record(conn: Connection[Any], timeframe: str, day: dt.date, key: str, etag: 
          run_id))
 
 
-def newest(conn: Connection[Any]) -> dict[str, dict]:
+def newest(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
     """Per dataset (1d, 1m): the newest day stored, when, and how many files."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT DISTINCT ON (timeframe) timeframe, day, ingested_at, etag,
@@ -82,9 +83,9 @@ def prev_closes(conn: Connection[Any], session: dt.date, symbols: Sequence[str],
         {"s": session, "n": lookback_days, "syms": list(symbols), "tz": tz})}
 
 
-def splits_on(conn: Connection[Any], session: dt.date) -> dict[str, list]:
+def splits_on(conn: Connection[Any], session: dt.date) -> dict[str, list[Any]]:
     """{symbol: [Split]} of the splits effective at ``session``'s open."""
-    out: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
     for r in conn.execute("""SELECT symbol, execution_date, split_from, split_to FROM splits
                              WHERE execution_date = %s""", (session,)):
         out.setdefault(r[0], []).append(Split(*r))
@@ -103,9 +104,11 @@ def _num(values: np.ndarray) -> list[str]:
     return out
 
 
-def day_copy_text(session: dt.date, symbols: Sequence[str], o, h, lo, c, v, trades, *,
-                  source: str, valid, score, issues: Sequence[str], gap, gap_kind,
-                  gap_pct, tz: str) -> bytes:
+def day_copy_text(session: dt.date, symbols: Sequence[str], o: np.ndarray, h: np.ndarray, lo: np.ndarray,
+                  c: np.ndarray, v: np.ndarray, trades: np.ndarray, *,
+                  source: str, valid: np.ndarray, score: np.ndarray, issues: Sequence[str], gap: np.ndarray,
+                  gap_kind: np.ndarray,
+                  gap_pct: np.ndarray, tz: str) -> bytes:
     """COPY text (market_data's own columns, ``_DIRECT_COLS``) of one day of
     daily bars of many symbols; vwap is NULL (the files have none)."""
     ts = f"1d\t{session.isoformat()} 00:00 {tz}"
@@ -123,7 +126,7 @@ def day_copy_text(session: dt.date, symbols: Sequence[str], o, h, lo, c, v, trad
 
 
 def write_day(conn: Connection[Any], session: dt.date, payload: bytes, run_id: int | None, *,
-              tz: str) -> dict:
+              tz: str) -> dict[str, Any]:
     """Store one day of daily bars of many symbols (``day_copy_text``): COPY
     straight into market_data when none of them is stored yet; otherwise the
     upsert that records revisions (``writes.upsert_bars``). Inside the

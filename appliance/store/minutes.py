@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from psycopg import Connection, sql
+from psycopg import Connection, Cursor, sql
 from psycopg.rows import dict_row
 
 from appliance.core.timeframes import ROLLUPS
@@ -52,7 +52,8 @@ def _floats(a: np.ndarray) -> str:
     return "{" + ",".join("NULL" if v != v else repr(v) for v in a.tolist()) + "}"
 
 
-def encode_day(minute: np.ndarray, o, h, lo, c, v, vw, n, invalid: Sequence[int]) -> list[str]:
+def encode_day(minute: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
+               v: np.ndarray, vw: np.ndarray, n: np.ndarray, invalid: Sequence[int]) -> list[str]:
     """The COPY text fields (minutes .. invalid) of one session's bars."""
     prices = np.concatenate([o, h, lo, c, v, vw])
     k = _scale_of(prices)
@@ -103,7 +104,7 @@ def stage_row(s: MinuteSession) -> list[str]:
 
 
 def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revisions: bool = False,
-               run_id: int | None = None, stats: dict | None = None,
+               run_id: int | None = None, stats: dict[str, Any] | None = None,
                tz: str | None = None) -> int:
     """Upsert whole sessions; a stored session is replaced by the new one.
     With ``revisions``, every bar whose prices or volume the new session
@@ -138,7 +139,7 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
         return cur.rowcount
 
 
-def _record_revisions(cur, run_id: int | None, tz: str) -> int:
+def _record_revisions(cur: Cursor[Any], run_id: int | None, tz: str) -> int:
     """Bars of the staged sessions (``minute_stage``) that differ from the
     stored ones, in open, high, low, close or volume, recorded in
     ``revisions`` (a bar only on one side has ``{}`` on the other)."""
@@ -249,7 +250,7 @@ _FIRST_SESSION = """greatest(%(start)s::date, coalesce(
       (%(after)s::timestamptz AT TIME ZONE %(tz)s)::date, %(start)s::date))"""
 
 
-def _source(timeframe: str, adjust, include_invalid: bool) -> str:
+def _source(timeframe: str, adjust: str | bool | None, include_invalid: bool) -> str:
     """Bars of one symbol (session, minute, ts, prices, trades, validated),
     parameters symbol, start, end (sessions), after (timestamptz or NULL),
     tz (the exchange time zone, ``calendar.exchange_tz``); ``adjust`` a mode of
@@ -304,7 +305,7 @@ INTRADAY_CSV_HEADER = ("time", "session", "open", "high", "low", "close", "volum
                        "trades", "validated")
 
 
-def intraday_sql(timeframe: str, *, adjust, include_invalid: bool, fmt: str) -> str:
+def intraday_sql(timeframe: str, *, adjust: str | bool | None, include_invalid: bool, fmt: str) -> str:
     """SQL returning (epoch_ms, text) per bar: a JSON object or a CSV line."""
     src = _source(timeframe, adjust, include_invalid)
     t = _local_iso()
@@ -332,7 +333,7 @@ def stored_minute_sessions(conn: Connection[Any], symbol: str) -> np.ndarray:
 
 
 def refresh_minute_stats(conn: Connection[Any], symbol: str, expected: np.ndarray,
-                         inconsistent: int = 0, *, tz: str) -> dict | None:
+                         inconsistent: int = 0, *, tz: str) -> dict[str, Any] | None:
     """Recompute ``minute_stats`` and the 1m missing sessions of ``symbol``;
     ``expected``: the calendar sessions its minute history should cover."""
     row = one_row(conn.execute(
@@ -383,7 +384,7 @@ def refresh_minute_stats(conn: Connection[Any], symbol: str, expected: np.ndarra
             "invalid": int(n_invalid), "missing": len(missing), "completeness": completeness}
 
 
-def minute_stats(conn: Connection[Any]) -> dict[str, dict]:
+def minute_stats(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("SELECT * FROM minute_stats").fetchall()
     return {r["symbol"]: r for r in rows}
@@ -425,7 +426,7 @@ def delete_bars_before(conn: Connection[Any], timeframe: str, cutoff: dt.date) -
 
 def regular_aggregates(conn: Connection[Any], symbol: str, start: dt.date, end: dt.date, open_min: int,
                        close_min: int, early: Sequence[dt.date], early_close_min: int
-                       ) -> list[tuple]:
+                       ) -> list[tuple[Any, ...]]:
     """Per session with minute bars: (session, high, low, volume) of its valid
     regular-hours minutes (``open_min`` <= minute < the close:
     ``early_close_min`` on the ``early`` sessions, else ``close_min``),
@@ -452,7 +453,7 @@ def sample_days(conn: Connection[Any], n: int, seed: float | None = None) -> lis
 
 
 def day_bars(conn: Connection[Any], symbol: str, timeframe: str, session: dt.date, *,
-             tz: str) -> dict[int, dict]:
+             tz: str) -> dict[int, dict[str, Any]]:
     """{start in Unix ms: bar} of one symbol-session, raw prices, valid bars."""
     rows = conn.execute(intraday_sql(timeframe, adjust="none", include_invalid=False,
                                      fmt="json"),
@@ -463,7 +464,7 @@ def day_bars(conn: Connection[Any], symbol: str, timeframe: str, session: dt.dat
 
 # -- the console chart's reads ---------------------------------------------------
 
-def minute_stats_of(conn: Connection[Any], symbol: str) -> dict | None:
+def minute_stats_of(conn: Connection[Any], symbol: str) -> dict[str, Any] | None:
     """The ``minute_stats`` row of one symbol, or None when it has no minutes."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute("SELECT * FROM minute_stats WHERE symbol = %s", (symbol,)).fetchone()
@@ -484,7 +485,7 @@ def session_page(conn: Connection[Any], symbol: str, end: dt.date | None,
 
 
 def chart_bars(conn: Connection[Any], symbol: str, timeframe: str, start: dt.date, end: dt.date, *,
-               adjust, tz: str) -> list[tuple]:
+               adjust: str | bool | None, tz: str) -> list[tuple[Any, ...]]:
     """(session, minute of the New York day, open, high, low, close, validated)
     of every ``timeframe`` bar in the sessions ``start``..``end``, oldest
     first; invalid 1m bars included."""

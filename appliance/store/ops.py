@@ -14,7 +14,7 @@ from appliance.store.pool import one_row
 
 
 def add_event(conn: Connection[Any], level: str, kind: str, message: str,
-              details: dict | None = None) -> None:
+              details: dict[str, Any] | None = None) -> None:
     """Events can be read without a login: known secrets are redacted first."""
     details = json.loads(json.dumps(details or {}, default=str))
     conn.execute("INSERT INTO events (level, kind, message, details) VALUES (%s, %s, %s, %s)",
@@ -22,7 +22,7 @@ def add_event(conn: Connection[Any], level: str, kind: str, message: str,
 
 
 def recent_events(conn: Connection[Any], *, level: str | None = None, kind: str | None = None,
-                  limit: int = 200, q: str | None = None) -> list[dict]:
+                  limit: int = 200, q: str | None = None) -> list[dict[str, Any]]:
     levels = {"debug": 0, "info": 1, "warning": 2, "error": 3}
     min_level = [k for k, v in levels.items() if v >= levels.get(level or "debug", 0)]
     with conn.cursor(row_factory=dict_row) as cur:
@@ -39,7 +39,7 @@ def event_kinds(conn: Connection[Any]) -> list[str]:
     return [r[0] for r in conn.execute("SELECT DISTINCT kind FROM events ORDER BY 1")]
 
 
-def add_vendor_counts(conn: Connection[Any], counts: dict) -> None:
+def add_vendor_counts(conn: Connection[Any], counts: dict[tuple[str, str, str], int]) -> None:
     """counts: {(provider, kind, label): n}."""
     with conn.cursor() as cur:
         for (prov, kind, label), n in counts.items():
@@ -51,7 +51,7 @@ def add_vendor_counts(conn: Connection[Any], counts: dict) -> None:
                     (prov, kind, str(label), n))
 
 
-def vendor_counts(conn: Connection[Any]) -> list[tuple]:
+def vendor_counts(conn: Connection[Any]) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT provider, kind, label, count FROM vendor_requests "
                         "ORDER BY 1, 2, 3").fetchall()
 
@@ -80,7 +80,7 @@ def checkpoint(conn: Connection[Any], symbol: str, session: dt.date, run_id: int
 
 # --------------------------------------------------------------------------- status helpers
 
-def latest_backup(conn: Connection[Any]) -> dict | None:
+def latest_backup(conn: Connection[Any]) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT id, filename, created_at, size_bytes, sha256, status,
                               restore_test_status, restore_test_at
@@ -88,7 +88,7 @@ def latest_backup(conn: Connection[Any]) -> dict | None:
         return cur.fetchone()
 
 
-def last_restore_test(conn: Connection[Any], *, with_error: bool = False) -> dict | None:
+def last_restore_test(conn: Connection[Any], *, with_error: bool = False) -> dict[str, Any] | None:
     """The newest restore test the catalogue records (with its error: ``with_error``)."""
     error = ", restore_test_result->>'error' AS error" if with_error else ""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -99,7 +99,7 @@ def last_restore_test(conn: Connection[Any], *, with_error: bool = False) -> dic
         return cur.fetchone()
 
 
-def last_config_reload(conn: Connection[Any]) -> dict | None:
+def last_config_reload(conn: Connection[Any]) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT id, ts, source, actor, sha256, ok, error, diff FROM config_reloads
                        ORDER BY ts DESC, id DESC LIMIT 1""")
@@ -108,7 +108,7 @@ def last_config_reload(conn: Connection[Any]) -> dict | None:
 
 def record_config_reload(conn: Connection[Any], *, source: str, actor: str | None,
                          sha256: str | None, ok: bool, error: str | None,
-                         diff: dict | None) -> int:
+                         diff: dict[str, Any] | None) -> int:
     return one_row(conn.execute(
         """INSERT INTO config_reloads (source, actor, sha256, ok, error, diff)
            VALUES (%s, %s, %s, %s, %s, %s) RETURNING id""",
@@ -116,21 +116,21 @@ def record_config_reload(conn: Connection[Any], *, source: str, actor: str | Non
          json.dumps(_redact_obj(json.loads(json.dumps(diff or {}, default=str)))))))[0]
 
 
-def _redact(text):
+def _redact(text: Any) -> Any:
     return redact(text)
 
 
-def _redact_obj(v):
+def _redact_obj(v: Any) -> Any:
     return redact_obj(v)
 
 
-def config_reloads(conn: Connection[Any], limit: int = 20) -> list[dict]:
+def config_reloads(conn: Connection[Any], limit: int = 20) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM config_reloads ORDER BY ts DESC, id DESC LIMIT %s", (limit,))
         return cur.fetchall()
 
 
-def job_run_stats(conn: Connection[Any]) -> list[tuple]:
+def job_run_stats(conn: Connection[Any]) -> list[tuple[Any, ...]]:
     """(job, status, count, sum of durations in seconds) over all recorded runs."""
     return conn.execute(
         """SELECT job, status, count(*),
@@ -144,7 +144,7 @@ def installed_at(conn: Connection[Any]) -> dt.datetime | None:
     return row[0] if row else None
 
 
-def last_vendor_auth_error(conn: Connection[Any]) -> dict | None:
+def last_vendor_auth_error(conn: Connection[Any]) -> dict[str, Any] | None:
     """The newest vendor error event after the last backfill that ended ok
     (ts, message), or None."""
     with conn.cursor(row_factory=dict_row) as cur:

@@ -2,6 +2,7 @@
 and the reads that status, alerts, the scheduler and restores make of it."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -11,7 +12,8 @@ from psycopg.rows import dict_row
 from appliance.store.pool import one_row
 
 
-def claim(conn: Connection[Any], job: str, slot: str, *, trigger: str = "manual", params: dict | None = None,
+def claim(conn: Connection[Any], job: str, slot: str, *, trigger: str = "manual",
+          params: dict[str, Any] | None = None,
           timeout_s: int | None = None, rq_job_id: str | None = None) -> int | None:
     """Claim (job, slot); the run id, or None when someone else has it. A run
     retried by RQ re-takes its own failed row (same RQ job id)."""
@@ -36,7 +38,7 @@ def start(conn: Connection[Any], run_id: int) -> None:
                     attempts = attempts + 1, finished_at = NULL WHERE id = %s""", (run_id,))
 
 
-def progress(conn: Connection[Any], run_id: int, data: dict) -> None:
+def progress(conn: Connection[Any], run_id: int, data: dict[str, Any]) -> None:
     conn.execute("UPDATE job_runs SET progress = %s, heartbeat_at = now() WHERE id = %s",
                  (json.dumps(data, default=str), run_id))
 
@@ -55,13 +57,13 @@ def finish_run(conn: Connection[Any], run_id: int, status: str, result_json: str
         (status, result_json, error, status, status, status, run_id))
 
 
-def get(conn: Connection[Any], run_id: int) -> dict | None:
+def get(conn: Connection[Any], run_id: int) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM job_runs WHERE id = %s", (run_id,))
         return cur.fetchone()
 
 
-def recent(conn: Connection[Any], *, job: str | None = None, limit: int = 50) -> list[dict]:
+def recent(conn: Connection[Any], *, job: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT * FROM job_runs WHERE (%s::text IS NULL OR job = %s)
                        ORDER BY created_at DESC, id DESC LIMIT %s""", (job, job, limit))
@@ -73,7 +75,7 @@ def job_names(conn: Connection[Any]) -> list[str]:
     return [r[0] for r in conn.execute("SELECT DISTINCT job FROM job_runs ORDER BY 1")]
 
 
-def latest_restore_tests(conn: Connection[Any]) -> dict[str, dict]:
+def latest_restore_tests(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
     """backup id (as given, a string) -> the newest restore_test run for it."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT DISTINCT ON (params->>'backup') * FROM job_runs
@@ -81,9 +83,9 @@ def latest_restore_tests(conn: Connection[Any]) -> dict[str, dict]:
         return {r["params"].get("backup"): r for r in cur.fetchall()}
 
 
-def last_by_job(conn: Connection[Any]) -> dict[str, dict]:
+def last_by_job(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
     """Per job: the last run, the last success and the last failure."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT DISTINCT ON (job) * FROM job_runs ORDER BY job, created_at DESC""")
         for r in cur.fetchall():
@@ -121,7 +123,8 @@ def fail_by_rq_id(conn: Connection[Any], rq_job_id: str, error: str) -> list[tup
            RETURNING id, job""", (error, rq_job_id)).fetchall()
 
 
-def fail_in_flight(conn: Connection[Any], own_id: int | None, own_finished_at, own_filename: str | None,
+def fail_in_flight(conn: Connection[Any], own_id: int | None, own_finished_at: dt.datetime | None,
+                   own_filename: str | None,
                    error: str) -> int:
     """In a restored database: the run ``own_id`` (the backup that wrote the
     archive) ended ok, every other queued or running run failed with ``error``.
@@ -140,7 +143,7 @@ def fail_in_flight(conn: Connection[Any], own_id: int | None, own_finished_at, o
     return n
 
 
-def running_recently(conn: Connection[Any]) -> list[tuple]:
+def running_recently(conn: Connection[Any]) -> list[tuple[Any, ...]]:
     """(id, job) of the runs running with a heartbeat in the last five minutes."""
     return conn.execute(
         """SELECT id, job FROM job_runs WHERE status = 'running'
@@ -166,7 +169,7 @@ def recent_outcomes(conn: Connection[Any], n: int) -> dict[str, list[str]]:
         return {r["job"]: r["sts"] for r in cur.fetchall()}
 
 
-def failures_since(conn: Connection[Any], job: str, since) -> tuple[int, object]:
+def failures_since(conn: Connection[Any], job: str, since: dt.datetime | None) -> tuple[int, object]:
     """(how many runs of ``job`` failed after ``since`` (None: ever), when the first ended)."""
     row = one_row(conn.execute(
         """SELECT count(*), min(coalesce(finished_at, created_at))
@@ -175,7 +178,7 @@ def failures_since(conn: Connection[Any], job: str, since) -> tuple[int, object]
     return row[0], row[1]
 
 
-def last_success_result(conn: Connection[Any], job: str) -> dict | None:
+def last_success_result(conn: Connection[Any], job: str) -> dict[str, Any] | None:
     """The result of ``job``'s latest run that ended ok or partial."""
     row = conn.execute("""SELECT result FROM job_runs WHERE job = %s
                             AND status IN ('ok', 'partial')

@@ -3,7 +3,7 @@ after every write so that status and the console never scan market_data."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,9 +14,10 @@ from appliance.store.pool import one_row
 from appliance.store.writes import TIMEFRAME, stored_sessions
 
 
-def refresh_symbol_stats(conn: Connection[Any], symbol: str, *, cal_sessions_fn, score_fn, tz: str,
+def refresh_symbol_stats(conn: Connection[Any], symbol: str, *, cal_sessions_fn: Callable[..., Any],
+                         score_fn: Callable[..., Any], tz: str,
                          timeframe: str = TIMEFRAME,
-                         expected_from: dt.date | None = None) -> dict | None:
+                         expected_from: dt.date | None = None) -> dict[str, Any] | None:
     """Recompute one symbol's running aggregates (and its missing sessions).
 
     ``cal_sessions_fn(first, last)`` returns the calendar's sessions;
@@ -76,7 +77,7 @@ def refresh_symbol_stats(conn: Connection[Any], symbol: str, *, cal_sessions_fn,
             "missing": len(missing), "completeness": completeness, "quality_score": score}
 
 
-def summary(conn: Connection[Any]) -> dict:
+def summary(conn: Connection[Any]) -> dict[str, Any]:
     """The database part of /api/v1/status, from the running aggregates."""
     row = one_row(conn.execute(
         """SELECT count(*), coalesce(sum(records), 0), coalesce(sum(validated), 0),
@@ -104,7 +105,7 @@ def summary(conn: Connection[Any]) -> dict:
     }
 
 
-def symbol_rows(conn: Connection[Any]) -> list[dict]:
+def symbol_rows(conn: Connection[Any]) -> list[dict[str, Any]]:
     """Every configured or stored symbol with its stats."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -123,13 +124,13 @@ def symbol_rows(conn: Connection[Any]) -> list[dict]:
         return cur.fetchall()
 
 
-def symbol_row(conn: Connection[Any], symbol: str) -> dict | None:
+def symbol_row(conn: Connection[Any], symbol: str) -> dict[str, Any] | None:
     for r in symbol_rows_for(conn, [symbol]):
         return r
     return None
 
 
-def symbol_rows_for(conn: Connection[Any], symbols: Sequence[str]) -> list[dict]:
+def symbol_rows_for(conn: Connection[Any], symbols: Sequence[str]) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """SELECT coalesce(s.symbol, st.symbol) AS symbol, coalesce(s.active, false) AS active,
@@ -143,7 +144,7 @@ def symbol_rows_for(conn: Connection[Any], symbols: Sequence[str]) -> list[dict]
         return cur.fetchall()
 
 
-def sync_symbols(conn: Connection[Any], specs) -> dict:
+def sync_symbols(conn: Connection[Any], specs: Iterable[Any]) -> dict[str, Any]:
     """Make the symbols table match the config: add new, reactivate, deactivate
     removed ones (their data stays). Returns ``{"added", "removed"}``."""
     existing = {r[0]: (r[1], r[2]) for r in
@@ -200,7 +201,7 @@ def clear_unknown(conn: Connection[Any], symbol: str) -> None:
                     WHERE symbol = %s AND unknown_at IS NOT NULL""", (symbol,))
 
 
-def unknown_symbols(conn: Connection[Any]) -> list[dict]:
+def unknown_symbols(conn: Connection[Any]) -> list[dict[str, Any]]:
     """Configured (active) symbols the vendor does not know: symbol, since, reason."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT symbol, unknown_at AS since, unknown_reason AS reason FROM symbols

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg import Connection
 
-from appliance.core.candles import Split
+from appliance.core.candles import Bars, Split
 from appliance.store import pool as db
 from appliance.store.pool import one_row
 
@@ -46,7 +46,8 @@ def _fmt_float_col(a: np.ndarray) -> list[str]:
     return res
 
 
-def copy_text(bars, checked, *, issues_of, direct: bool = False, tz: str | None = None) -> bytes:
+def copy_text(bars: Bars, checked: Any, *, issues_of: Callable[..., Any], direct: bool = False,
+              tz: str | None = None) -> bytes:
     """The COPY payload (text format) for one symbol's bars: staging columns
     (``_STAGE_COLS``), or with ``direct`` the columns of market_data itself
     (``_DIRECT_COLS``: bar start as a midnight of the exchange time zone
@@ -92,7 +93,7 @@ def ensure_partitions_for(conn: Connection[Any], first: dt.date, last: dt.date) 
 
 
 def upsert_bars(conn: Connection[Any], payload: bytes, *, symbol: str | None, first: dt.date, last: dt.date,
-                tz: str, run_id: int | None = None, timeframe: str = TIMEFRAME) -> dict:
+                tz: str, run_id: int | None = None, timeframe: str = TIMEFRAME) -> dict[str, Any]:
     """COPY ``payload`` (from ``copy_text``, one symbol's bars; with ``symbol``
     None, the bars of any number of symbols, e.g. a whole-market day) into
     staging, then one upsert.
@@ -162,8 +163,8 @@ def upsert_bars(conn: Connection[Any], payload: bytes, *, symbol: str | None, fi
     return {"inserted": inserted, "updated": affected - inserted, "revised": revised}
 
 
-def write_bars(conn: Connection[Any], bars, checked, *, issues_of, tz: str,
-               run_id: int | None = None) -> dict:
+def write_bars(conn: Connection[Any], bars: Bars, checked: Any, *, issues_of: Callable[..., Any], tz: str,
+               run_id: int | None = None) -> dict[str, Any]:
     """Store one symbol's validated bars; returns ``{"inserted", "updated", "revised"}``.
 
     When none of the bars' sessions is stored yet (a new symbol, a first
@@ -200,7 +201,7 @@ def write_bars(conn: Connection[Any], bars, checked, *, issues_of, tz: str,
 
 
 def last_close_before(conn: Connection[Any], symbol: str, session: dt.date, timeframe: str = TIMEFRAME, *,
-                      tz: str):
+                      tz: str) -> float | None:
     row = conn.execute(
         """SELECT close FROM market_data WHERE symbol = %s AND timeframe = %s
            AND ts < (%s::date::timestamp AT TIME ZONE %s)
@@ -240,7 +241,7 @@ def last_stored_session(conn: Connection[Any], symbol: str, *, tz: str) -> dt.da
 
 # --------------------------------------------------------------------------- splits
 
-def save_splits(conn: Connection[Any], splits: Iterable, source: str) -> int:
+def save_splits(conn: Connection[Any], splits: Iterable[Split], source: str) -> int:
     n = 0
     with conn.cursor() as cur:
         for s in splits:
@@ -255,7 +256,7 @@ def save_splits(conn: Connection[Any], splits: Iterable, source: str) -> int:
     return n
 
 
-def splits_for(conn: Connection[Any], symbol: str):
+def splits_for(conn: Connection[Any], symbol: str) -> list[Split]:
     rows = conn.execute("""SELECT symbol, execution_date, split_from, split_to FROM splits
                            WHERE symbol = %s ORDER BY execution_date""", (symbol,)).fetchall()
     return [Split(*r) for r in rows]
