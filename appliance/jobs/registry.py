@@ -13,8 +13,9 @@ console renders a run's result from those declared keys.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypedDict, is_typeddict
+from typing import Any, TypedDict, is_typeddict
 
 
 class JobResult(TypedDict, total=False):
@@ -87,7 +88,7 @@ def default_schedules() -> dict[str, str]:
     return {j.name: j.schedule for j in JOBS.values()}
 
 
-def job_function(name: str):
+def job_function(name: str) -> Callable[..., JobResult]:
     """The function that runs job ``name``. Raises ValueError for an unknown
     job; an ImportError from the job's module is a broken build and propagates."""
     try:
@@ -119,7 +120,7 @@ def result_keys(name: str) -> tuple[str, ...]:
     return own + COMMON_KEYS
 
 
-def run_now_params(name: str) -> dict:
+def run_now_params(name: str) -> dict[str, Any]:
     """The parameters of a run started now by hand (CLI, API, console): the
     same run the scheduler would start; the restore test tests the latest
     backup."""
