@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from croniter import croniter
 
@@ -31,6 +32,7 @@ from appliance import store
 from appliance.alerts import health as health_mod
 from appliance.alerts import notify as notifier
 from appliance.core import units
+from appliance.jobs.registry import JobResult
 from appliance.runtime.replica import lag_alert
 
 log = logging.getLogger("appliance.alerts")
@@ -537,7 +539,25 @@ def start_watchdog(rt, interval: float = 60.0, **kw) -> tuple[threading.Thread, 
     return t, stop
 
 
-def evaluate_job(rt, run_id, report, now=None) -> dict:
+class AlertsResult(JobResult, total=False):
+    """The ``alerts`` job's result: the rule keys that changed."""
+    opened: list[str]
+    resolved: list[str]
+    pending: list[str]
+    firing: list[str]
+
+
+class DiskCheckResult(JobResult, total=False):
+    """The ``disk_check`` job's result."""
+    #: "data", "backup" -> path, free_bytes, total_bytes, free_pct (or error)
+    disks: dict[str, dict[str, Any]]
+    #: the disks under ``alerts.disk_free_min_pct``
+    low: list[str]
+    alerts_opened: list[str]
+    alerts_resolved: list[str]
+
+
+def evaluate_job(rt, run_id, report, now=None) -> AlertsResult:
     """The ``alerts`` job (every minute): evaluate every alert rule."""
     if isinstance(now, str):
         now = dt.datetime.fromisoformat(now)
@@ -547,7 +567,7 @@ def evaluate_job(rt, run_id, report, now=None) -> dict:
     return {"status": "ok", **res}
 
 
-def disk_check(rt, run_id, report, disk_usage=shutil.disk_usage) -> dict:
+def disk_check(rt, run_id, report, disk_usage=shutil.disk_usage) -> DiskCheckResult:
     """The ``disk_check`` job (hourly): free space on the data directory and the
     backup path, recorded in the run's result, then the disk alert rules."""
     cfg = rt.config

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from appliance import store
@@ -25,6 +26,7 @@ from appliance.ingest import chunks, corpactions
 from appliance.ingest import flatfiles as flat
 from appliance.ingest import minutes as intraday
 from appliance.ingest.daily import SymbolPlan, unknown_among, write_symbol
+from appliance.jobs.registry import JobResult
 from appliance.providers import make_provider
 from appliance.providers.http import MemoryStats
 from appliance.store import demo as dstore
@@ -107,7 +109,36 @@ def make_plan(conn, cfg, provider, symbols: list[str], *, start: dt.date | None,
     return Plan("aggregates", plans, [], per_symbol_cost)
 
 
-def run_backfill(rt, run_id, report, symbols=None, start=None, end=None, now=None) -> dict:
+class BackfillResult(JobResult, total=False):
+    """The ``backfill`` job's result (``runs.execute`` stores it)."""
+    #: how the bars were fetched ("grouped" or per symbol, files, chunks)
+    plan: str
+    symbols: int
+    symbols_ok: int
+    #: what failed -> why ("AAPL", "AAPL (1m)", "flat files", "flat file …")
+    failed: dict[str, str]
+    inserted: int
+    updated: int
+    revised: int
+    rejected: int
+    requests: int
+    retries: int
+    #: fanned out: chunks run and the hosts that ran them (host -> chunks)
+    chunks: int
+    hosts: dict[str, int]
+    #: flat files: total, done, failed, bytes, rows, bars
+    files: dict[str, int]
+    #: the minute phase (``ingest.minutes.backfill``'s totals)
+    minutes: dict[str, Any]
+    #: the universe's sessions after its newest daily file (sessions, rows, …)
+    universe_rest: dict[str, int]
+    unknown_symbols: list[str]
+    #: what was fetched per resolution ("1d", "1m": symbols, start, end, …)
+    fetched: dict[str, dict[str, Any]]
+
+
+def run_backfill(rt, run_id, report, symbols=None, start=None, end=None,
+                 now=None) -> BackfillResult:
     """The backfill job (``runs.execute`` calls it). Returns the run's result."""
     cfg = rt.config
     now = now or dt.datetime.now(dt.UTC)

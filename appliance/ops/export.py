@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from appliance.core import calendar as tcal
 from appliance.core.timeframes import base_of
+from appliance.jobs.registry import JobResult
 from appliance.ops import arrowbars
 from appliance.store import columnar as cstore
 
@@ -179,7 +180,17 @@ def _save(out: Path, manifest: dict) -> None:
     _write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
-def export_dataset(rt, run_id, report, timeframes=None) -> dict:
+class ExportResult(JobResult, total=False):
+    """The ``export`` job's result."""
+    #: why nothing was done (``export.out`` empty)
+    skipped: str
+    files_written: int
+    out: str
+    #: timeframe -> written, rows, unchanged, removed
+    timeframes: dict[str, dict[str, int]]
+
+
+def export_dataset(rt, run_id, report, timeframes=None) -> ExportResult:
     """The ``export`` job (daily by default): brings the Parquet dataset in
     ``export.out`` up to date for each of ``export.timeframes``, from
     ``history.start`` to today, writing only the months whose bars changed

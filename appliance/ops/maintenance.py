@@ -37,10 +37,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from typing import Any
 
 from appliance import store
 from appliance.ingest import minutes as intraday
 from appliance.ingest.daily import refresh_stats
+from appliance.jobs.registry import JobResult
 from appliance.store import maintenance as mnt
 from appliance.store import pool as db
 
@@ -169,7 +171,23 @@ def _index_bloat(conn, report, threshold: float, min_bytes: int, result: dict) -
     result["reindexed"] = reindexed
 
 
-def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None, today=None) -> dict:
+class MaintenanceResult(JobResult, total=False):
+    """The ``maintenance`` job's result."""
+    #: what went wrong in a step that did not stop the rest (status partial)
+    errors: list[str]
+    analyzed: list[str]
+    #: method, threshold_pct, min_index_bytes, indexes (each with its estimate)
+    index_bloat: dict[str, Any]
+    #: the indexes rebuilt, with their bytes before and after
+    reindexed: list[dict[str, Any]]
+    partitions_created: list[str]
+    #: data_years, dropped, note
+    retention: dict[str, Any]
+    bar_retention: dict[str, Any]
+
+
+def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None,
+             today=None) -> MaintenanceResult:
     cfg = rt.config
     threshold = BLOAT_THRESHOLD_PCT if bloat_threshold_pct is None else float(bloat_threshold_pct)
     min_bytes = MIN_INDEX_BYTES if min_index_bytes is None else int(min_index_bytes)

@@ -21,9 +21,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from appliance import store
 from appliance.core import calendar as tcal
+from appliance.jobs.registry import JobResult
 from appliance.store import performance as perf
 
 log = logging.getLogger("appliance.performance")
@@ -80,7 +82,22 @@ def _sizes(conn) -> tuple[list[dict], list[dict]]:
             [{"index": f"{s}.{i}", "table": t, "bytes": int(b)} for s, i, t, b in indexes])
 
 
-def review(rt, run_id, report) -> dict:
+class PerformanceResult(JobResult, total=False):
+    """The ``performance_review`` job's result."""
+    database_bytes: int
+    market_data: dict[str, Any]
+    growth: list[dict[str, Any]]
+    growth_method: str
+    growth_by_market_month: list[dict[str, Any]]
+    projected_bytes_per_month: int | None
+    #: whether pg_stat_statements is there, and why not
+    pg_stat_statements: dict[str, Any]
+    slowest_queries: list[dict[str, Any]]
+    tables: list[dict[str, Any]]
+    indexes: list[dict[str, Any]]
+
+
+def review(rt, run_id, report) -> PerformanceResult:
     with rt.conn() as conn:
         report({"phase": "sizes"}, True)
         database_bytes = store.databases.current_size(conn)

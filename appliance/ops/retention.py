@@ -14,9 +14,20 @@ it drops whole partitions. Backups are pruned by the backup job
 from __future__ import annotations
 
 from appliance import store
+from appliance.jobs.registry import JobResult
 
 
-def prune_history(rt, run_id, report, job_runs_days=None, events_days=None) -> dict:
+class RetentionResult(JobResult, total=False):
+    """The ``retention`` job's result."""
+    job_runs_days: int
+    events_days: int
+    job_runs_deleted: int
+    events_deleted: int
+    alerts_deleted: int
+    config_reloads_deleted: int
+
+
+def prune_history(rt, run_id, report, job_runs_days=None, events_days=None) -> RetentionResult:
     cfg = rt.config
     jr_days = int(job_runs_days if job_runs_days is not None else cfg["retention"]["job_runs_days"])
     ev_days = int(events_days if events_days is not None else cfg["retention"]["events_days"])

@@ -37,6 +37,7 @@ import datetime as dt
 import logging
 import random
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ from appliance import store
 from appliance.core import calendar as tcal
 from appliance.core.errors import ProviderError
 from appliance.ingest import minutes as intraday
+from appliance.jobs.registry import JobResult
 from appliance.providers import make_provider
 from appliance.providers.http import MemoryStats
 
@@ -119,7 +121,27 @@ def compare_closes(sym: str, items, other: dict, factors, other_adjusted: bool, 
     return out
 
 
-def spot_check(rt, run_id, report, samples=None, symbols=None, source=None, seed=None) -> dict:
+class SpotCheckResult(JobResult, total=False):
+    """The ``spot_check`` job's result."""
+    #: the minute bars' rollups compared with the stored daily bars
+    rollups: dict[str, Any] | None
+    source: str
+    samples: int
+    compared: int
+    matches: int
+    close: int
+    mismatches: int
+    mismatch_pct: float
+    match_threshold_pct: float
+    mismatch_threshold_pct: float
+    #: one per compared close: symbol, session, closes, difference, verdict
+    pairs: list[dict[str, Any]]
+    #: symbol, session, reason of each sample not compared
+    unavailable: list[dict[str, Any]]
+
+
+def spot_check(rt, run_id, report, samples=None, symbols=None, source=None,
+               seed=None) -> SpotCheckResult:
     cfg = rt.config
     sc = cfg["spot_check"]
     n = int(samples if samples is not None else sc["samples"])

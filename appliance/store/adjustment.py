@@ -13,7 +13,7 @@ from __future__ import annotations
 from appliance.core.adjustment import NONE, mode_of
 
 
-def steps_cte(adjust) -> str:
+def steps_cte(adjust: str | bool | None) -> str:
     """``adj AS (...)``: the steps of ``%(symbol)s`` in mode ``adjust`` (put it
     in the query's WITH list), or "" for ``none``; the query's parameters
     name the exchange time zone ``%(tz)s``."""
@@ -24,7 +24,7 @@ def steps_cte(adjust) -> str:
             f"FROM adjustment_steps(%(symbol)s, '{mode}', %(tz)s))")
 
 
-def factor_join(adjust, session: str) -> str:
+def factor_join(adjust: str | bool | None, session: str) -> str:
     """A join giving ``f.kp`` (price factor) and ``f.kv`` (volume factor) to
     each row whose exchange session date is the expression ``session``: 1 for
     ``none`` and outside every step."""
@@ -36,6 +36,6 @@ def factor_join(adjust, session: str) -> str:
           FROM adj a WHERE a.span @> ({session})) f"""
 
 
-def adjusted(adjust) -> bool:
+def adjusted(adjust: str | bool | None) -> bool:
     """Whether ``adjust`` changes any value."""
     return mode_of(adjust) != NONE

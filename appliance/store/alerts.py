@@ -3,12 +3,17 @@ alerts opened at once by the code that saw a failure, acknowledgements, and
 the lists status and the console read."""
 from __future__ import annotations
 
+import datetime as dt
 import json
+from typing import Any
 
+from psycopg import Connection
 from psycopg.rows import dict_row
 
+from appliance.store.pool import one_row
 
-def open_alerts(conn) -> list[dict]:
+
+def open_alerts(conn: Connection[Any]) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT id, key, severity, status, message, details, opened_at,
                               acknowledged_at, acknowledged_by
@@ -17,7 +22,7 @@ def open_alerts(conn) -> list[dict]:
         return cur.fetchall()
 
 
-def alerts_list(conn, *, status: str = "open", limit: int = 200) -> list[dict]:
+def alerts_list(conn: Connection[Any], *, status: str = "open", limit: int = 200) -> list[dict[str, Any]]:
     where = {"open": "status = 'open'", "resolved": "status = 'resolved'",
              "all": "status IN ('open', 'resolved')"}[status]
     with conn.cursor(row_factory=dict_row) as cur:
@@ -29,7 +34,7 @@ def alerts_list(conn, *, status: str = "open", limit: int = 200) -> list[dict]:
         return cur.fetchall()
 
 
-def active_rule_alerts(conn) -> list[dict]:
+def active_rule_alerts(conn: Connection[Any]) -> list[dict[str, Any]]:
     """Pending and open alerts of the rules (``backup_failed`` is the backup job's)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM alerts WHERE status IN ('pending', 'open') "
@@ -37,8 +42,9 @@ def active_rule_alerts(conn) -> list[dict]:
         return cur.fetchall()
 
 
-def insert_alert(conn, key: str, severity: str, message: str, details: dict, now, *,
-                 open_now: bool) -> dict:
+def insert_alert(conn: Connection[Any], key: str, severity: str, message: str, details: dict[str, Any],
+                 now: dt.datetime, *,
+                 open_now: bool) -> dict[str, Any]:
     """A new alert row, pending since ``now`` (or open since ``now``)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -47,13 +53,14 @@ def insert_alert(conn, key: str, severity: str, message: str, details: dict, now
                VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *""",
             (key, severity, "open" if open_now else "pending", message,
              json.dumps(details, default=str), now, now if open_now else None))
-        return cur.fetchone()
+        return one_row(cur)
 
 
-def update_alert(conn, alert_id: int, message: str, details: dict | None, *,
-                 status: str | None = None, at=None) -> dict:
+def update_alert(conn: Connection[Any], alert_id: int, message: str, details: dict[str, Any] | None, *,
+                 status: str | None = None, at: dt.datetime | None = None) -> dict[str, Any] | None:
     """New message (and details, unless None); ``status`` 'open' or 'resolved' at ``at``."""
-    sets, args = ["message = %s"], [message]
+    sets: list[str] = ["message = %s"]
+    args: list[Any] = [message]
     if details is not None:
         sets.append("details = %s")
         args.append(json.dumps(details, default=str))
@@ -69,11 +76,11 @@ def update_alert(conn, alert_id: int, message: str, details: dict | None, *,
         return cur.fetchone()
 
 
-def delete_alert(conn, alert_id: int) -> None:
+def delete_alert(conn: Connection[Any], alert_id: int) -> None:
     conn.execute("DELETE FROM alerts WHERE id = %s", (alert_id,))
 
 
-def open_alert(conn, key: str, severity: str, message: str, details: dict) -> None:
+def open_alert(conn: Connection[Any], key: str, severity: str, message: str, details: dict[str, Any]) -> None:
     """``key``'s alert open now (its active row updated, or a new one)."""
     conn.execute(
         """INSERT INTO alerts (key, severity, status, message, details, opened_at)
@@ -85,13 +92,13 @@ def open_alert(conn, key: str, severity: str, message: str, details: dict) -> No
         (key, severity, message, json.dumps(details, default=str)))
 
 
-def resolve_alert(conn, key: str) -> None:
+def resolve_alert(conn: Connection[Any], key: str) -> None:
     """``key``'s active alert resolved now."""
     conn.execute("""UPDATE alerts SET status = 'resolved', resolved_at = now()
                     WHERE key = %s AND status IN ('pending', 'open')""", (key,))
 
 
-def acknowledge_alert(conn, alert_id: int, who: str) -> bool:
+def acknowledge_alert(conn: Connection[Any], alert_id: int, who: str) -> bool:
     """An open, unacknowledged alert acknowledged by ``who``; False if there is none."""
     cur = conn.execute("""UPDATE alerts SET acknowledged_at = now(), acknowledged_by = %s
                           WHERE id = %s AND status = 'open' AND acknowledged_at IS NULL""",
@@ -99,14 +106,14 @@ def acknowledge_alert(conn, alert_id: int, who: str) -> bool:
     return cur.rowcount == 1
 
 
-def delete_resolved_before(conn, days: int) -> int:
+def delete_resolved_before(conn: Connection[Any], days: int) -> int:
     """Alerts resolved more than ``days`` ago deleted; how many."""
     return conn.execute(
         """DELETE FROM alerts WHERE status = 'resolved'
            AND resolved_at < now() - make_interval(days => %s)""", (days,)).rowcount
 
 
-def resolve_opened_before(conn, key: str, before, note: str) -> list[int]:
+def resolve_opened_before(conn: Connection[Any], key: str, before: dt.datetime, note: str) -> list[int]:
     """``key``'s active alert, opened before ``before``, resolved now with
     ``note`` added to its message; the ids resolved."""
     return [r[0] for r in conn.execute(
@@ -117,7 +124,7 @@ def resolve_opened_before(conn, key: str, before, note: str) -> list[int]:
            RETURNING id""", (note, key, before))]
 
 
-def add_note(conn, keys: list[str], since, note: str) -> None:
+def add_note(conn: Connection[Any], keys: list[str], since: dt.datetime, note: str) -> None:
     """``note`` added to the message of the alerts of ``keys`` resolved since ``since``."""
     conn.execute("""UPDATE alerts SET message = message || ' ' || %s
                     WHERE key = ANY(%s) AND status = 'resolved' AND resolved_at >= %s""",

@@ -1,17 +1,21 @@
 """The backup catalogue's SQL (table ``backups``)."""
 from __future__ import annotations
 
+import datetime as dt
 import json
+from typing import Any
 
-from psycopg import sql
+from psycopg import Connection, sql
 from psycopg.rows import dict_row
+
+from appliance.store.pool import one_row
 
 _COLS = ("id, filename, path, created_at, size_bytes, sha256, status, manifest, "
          "restore_test_status, restore_test_at, restore_test_seconds, restore_test_result, "
          "deleted_at")
 
 
-def backup_rows(conn, limit: int = 100) -> list[dict]:
+def backup_rows(conn: Connection[Any], limit: int = 100) -> list[dict[str, Any]]:
     """Catalogue rows, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {_COLS} FROM backups ORDER BY created_at DESC, id DESC LIMIT %s",
@@ -19,23 +23,23 @@ def backup_rows(conn, limit: int = 100) -> list[dict]:
         return cur.fetchall()
 
 
-def backup_row(conn, backup_id: int) -> dict | None:
+def backup_row(conn: Connection[Any], backup_id: int) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {_COLS} FROM backups WHERE id = %s", (backup_id,))
         return cur.fetchone()
 
 
-def backup_status(conn, backup_id: int) -> str | None:
+def backup_status(conn: Connection[Any], backup_id: int) -> str | None:
     row = conn.execute("SELECT status FROM backups WHERE id = %s", (backup_id,)).fetchone()
     return row[0] if row else None
 
 
-def backup_id(conn, filename: str) -> int | None:
+def backup_id(conn: Connection[Any], filename: str) -> int | None:
     row = conn.execute("SELECT id FROM backups WHERE filename = %s", (filename,)).fetchone()
     return row[0] if row else None
 
 
-def backup_id_at(conn, filename: str, path: str) -> int | None:
+def backup_id_at(conn: Connection[Any], filename: str, path: str) -> int | None:
     """The catalogue id of the archive ``filename`` at ``path`` (None: the
     catalogue's ``filename`` is another file, or there is none)."""
     row = conn.execute("SELECT id FROM backups WHERE filename = %s AND path = %s",
@@ -43,20 +47,21 @@ def backup_id_at(conn, filename: str, path: str) -> int | None:
     return row[0] if row else None
 
 
-def backup_statuses(conn) -> dict[str, str]:
+def backup_statuses(conn: Connection[Any]) -> dict[str, str]:
     """filename -> status of every catalogue row."""
     return {r[0]: r[1] for r in conn.execute("SELECT filename, status FROM backups")}
 
 
-def good_backup_paths(conn) -> list[str]:
+def good_backup_paths(conn: Connection[Any]) -> list[str]:
     """Paths of the backups with status ok, newest first."""
     return [r[0] for r in conn.execute(
         "SELECT path FROM backups WHERE status = 'ok' ORDER BY created_at DESC, id DESC")]
 
 
-def upsert_backup(conn, *, filename: str, path: str, created_at, size_bytes: int | None,
-                  sha256: str | None, manifest: dict, status: str = "ok") -> int:
-    return conn.execute(
+def upsert_backup(conn: Connection[Any], *, filename: str, path: str, created_at: dt.datetime | None,
+                  size_bytes: int | None,
+                  sha256: str | None, manifest: dict[str, Any], status: str = "ok") -> int:
+    return one_row(conn.execute(
         """INSERT INTO backups (filename, path, created_at, size_bytes, sha256, status, manifest)
            VALUES (%s, %s, %s, %s, %s, %s, %s)
            ON CONFLICT (filename) DO UPDATE SET path = EXCLUDED.path,
@@ -65,22 +70,22 @@ def upsert_backup(conn, *, filename: str, path: str, created_at, size_bytes: int
              deleted_at = NULL
            RETURNING id""",
         (filename, path, created_at, size_bytes, sha256, status,
-         json.dumps(manifest, default=str))).fetchone()[0]
+         json.dumps(manifest, default=str))))[0]
 
 
-def mark_backup_missing(conn, filename: str) -> None:
+def mark_backup_missing(conn: Connection[Any], filename: str) -> None:
     conn.execute("UPDATE backups SET status = 'missing' WHERE filename = %s", (filename,))
 
 
-def record_restore_test(conn, backup_id: int, *, passed: bool, seconds: float,
-                        result: dict) -> None:
+def record_restore_test(conn: Connection[Any], backup_id: int, *, passed: bool, seconds: float,
+                        result: dict[str, Any]) -> None:
     conn.execute(
         """UPDATE backups SET restore_test_status = %s, restore_test_at = now(),
                   restore_test_seconds = %s, restore_test_result = %s WHERE id = %s""",
         ("passed" if passed else "failed", seconds, json.dumps(result, default=str), backup_id))
 
 
-def restore_test_from_manifest(conn, backup_id: int, rtest: dict) -> None:
+def restore_test_from_manifest(conn: Connection[Any], backup_id: int, rtest: dict[str, Any]) -> None:
     """A restore test the manifest records, unless the catalogue knows a newer one."""
     conn.execute(
         """UPDATE backups SET restore_test_status = %s, restore_test_at = %s,
@@ -92,12 +97,12 @@ def restore_test_from_manifest(conn, backup_id: int, rtest: dict) -> None:
                      "from_manifest": True}), backup_id, rtest["at"]))
 
 
-def last_good_backup_at(conn):
+def last_good_backup_at(conn: Connection[Any]) -> dt.datetime | None:
     """When the newest backup with status ok was made, or None."""
-    return conn.execute("SELECT max(created_at) FROM backups WHERE status = 'ok'").fetchone()[0]
+    return one_row(conn.execute("SELECT max(created_at) FROM backups WHERE status = 'ok'"))[0]
 
 
-def last_archive_and_database_size(conn) -> tuple[int, int] | None:
+def last_archive_and_database_size(conn: Connection[Any]) -> tuple[int, int] | None:
     """(archive bytes, database bytes then) of the newest good backup that
     recorded both, or None."""
     return conn.execute(
@@ -107,39 +112,39 @@ def last_archive_and_database_size(conn) -> tuple[int, int] | None:
            ORDER BY created_at DESC LIMIT 1""").fetchone()
 
 
-def good_backups(conn) -> list[tuple]:
+def good_backups(conn: Connection[Any]) -> list[tuple[Any, ...]]:
     """(id, filename, path, restore_test_status) of the good backups, newest first."""
     return conn.execute(
         """SELECT id, filename, path, restore_test_status FROM backups WHERE status = 'ok'
            ORDER BY created_at DESC, id DESC""").fetchall()
 
 
-def mark_backup_deleted(conn, backup_id: int) -> None:
+def mark_backup_deleted(conn: Connection[Any], backup_id: int) -> None:
     conn.execute("UPDATE backups SET status = 'deleted', deleted_at = now() WHERE id = %s",
                  (backup_id,))
 
 
 # --------------------------------------------------------------------------- the dump's side
 
-def export_snapshot(conn) -> str:
+def export_snapshot(conn: Connection[Any]) -> str:
     """In ``conn``'s (repeatable-read) transaction: export its snapshot, lift
     the timeouts for as long as a dump takes; the snapshot's name."""
     # the snapshot exported by the first statement is the transaction's own
-    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    snapshot = one_row(conn.execute("SELECT pg_export_snapshot()"))[0]
     conn.execute("SET LOCAL statement_timeout = 0")
     conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
     return snapshot
 
 
-def database_facts(conn) -> tuple[str, str, int]:
+def database_facts(conn: Connection[Any]) -> tuple[str, str, int]:
     """(server_version, server_version_num, database bytes)."""
-    return conn.execute(
+    return one_row(conn.execute(
         """SELECT current_setting('server_version'), current_setting('server_version_num'),
                   pg_database_size(current_database())"""
-    ).fetchone()
+    ))
 
 
-def table_and_symbol_counts(conn) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+def table_and_symbol_counts(conn: Connection[Any]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     """Row counts per table (public, not partitions), per symbol, and the candle
     validation summary, in whatever snapshot ``conn``'s transaction has.
     market_data is scanned once."""
@@ -165,6 +170,6 @@ def table_and_symbol_counts(conn) -> tuple[dict[str, int], dict[str, int], dict[
         if t == "market_data":
             counts[t] = val["candles"]
         else:
-            counts[t] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(t))).fetchone()[0]
+            counts[t] = one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(t))))[0]
     return counts, symbols, val

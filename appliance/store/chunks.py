@@ -8,15 +8,19 @@ as long as it has been tried fewer than ``max_attempts`` times.
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from psycopg import Connection
 from psycopg.rows import dict_row
+
+from appliance.store.pool import one_row
 
 _CLAIMABLE = """(status = 'pending'
                  OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => %(stale)s)))
                 AND attempts < %(max)s"""
 
 
-def create_fanout(conn, run_id: int, owner: str, chunks: list[tuple]) -> int:
+def create_fanout(conn: Connection[Any], run_id: int, owner: str, chunks: list[tuple[Any, ...]]) -> int:
     """The run's chunks ``(symbol, timeframe, start, end, full_history)``; a
     run that starts again (an RQ retry) keeps the chunks it already has.
     Returns the number of chunks of the run."""
@@ -29,20 +33,20 @@ def create_fanout(conn, run_id: int, owner: str, chunks: list[tuple]) -> int:
                                             full_history)
                VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
             [(run_id, *c) for c in chunks])
-    n = conn.execute("SELECT count(*) FROM backfill_chunks WHERE run_id = %s",
-                     (run_id,)).fetchone()[0]
+    n = one_row(conn.execute("SELECT count(*) FROM backfill_chunks WHERE run_id = %s",
+                     (run_id,)))[0]
     conn.execute("UPDATE backfill_fanouts SET chunks_total = %s WHERE run_id = %s", (n, run_id))
     return n
 
 
-def chunk_ids(conn, run_id: int, status: str = "pending") -> list[int]:
+def chunk_ids(conn: Connection[Any], run_id: int, status: str = "pending") -> list[int]:
     return [r[0] for r in conn.execute(
         "SELECT id FROM backfill_chunks WHERE run_id = %s AND status = %s ORDER BY id",
         (run_id, status))]
 
 
-def claim(conn, run_id: int, who: str, *, stale_s: float, max_attempts: int,
-          chunk_id: int | None = None) -> dict | None:
+def claim(conn: Connection[Any], run_id: int, who: str, *, stale_s: float, max_attempts: int,
+          chunk_id: int | None = None) -> dict[str, Any] | None:
     """Claim ``chunk_id`` (or, None, the first claimable chunk of the run)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"""UPDATE backfill_chunks SET status = 'running', claimed_by = %(who)s,
@@ -58,14 +62,14 @@ def claim(conn, run_id: int, who: str, *, stale_s: float, max_attempts: int,
         return cur.fetchone()
 
 
-def beat(conn, chunk_id: int, who: str) -> bool:
+def beat(conn: Connection[Any], chunk_id: int, who: str) -> bool:
     """Refresh the heartbeat of a chunk ``who`` holds; False when it lost it."""
     return conn.execute("""UPDATE backfill_chunks SET heartbeat_at = now()
                            WHERE id = %s AND claimed_by = %s AND status = 'running'""",
                         (chunk_id, who)).rowcount == 1
 
 
-def complete(conn, chunk_id: int, who: str, status: str, result: dict,
+def complete(conn: Connection[Any], chunk_id: int, who: str, status: str, result: dict[str, Any],
              error: str | None = None) -> bool:
     """Record the outcome of a chunk ``who`` still holds (done or failed)."""
     return conn.execute(
@@ -75,14 +79,14 @@ def complete(conn, chunk_id: int, who: str, status: str, result: dict,
         (status, json.dumps(result, default=str), error, who, chunk_id, who)).rowcount == 1
 
 
-def release(conn, who: str) -> int:
+def release(conn: Connection[Any], who: str) -> int:
     """Chunks held by ``who`` (a process that died) go back to pending."""
     return conn.execute("""UPDATE backfill_chunks SET status = 'pending', claimed_by = NULL,
                                   error = 'released: its worker died'
                            WHERE status = 'running' AND claimed_by = %s""", (who,)).rowcount
 
 
-def fail_pending(conn, run_id: int, error: str) -> int:
+def fail_pending(conn: Connection[Any], run_id: int, error: str) -> int:
     """Every pending chunk of the run failed with ``error`` (the vendor refused
     the key: every further request would fail the same way)."""
     return conn.execute("""UPDATE backfill_chunks SET status = 'failed', finished_at = now(),
@@ -91,7 +95,7 @@ def fail_pending(conn, run_id: int, error: str) -> int:
                         (error, run_id)).rowcount
 
 
-def give_up(conn, run_id: int, *, stale_s: float, max_attempts: int) -> list[str]:
+def give_up(conn: Connection[Any], run_id: int, *, stale_s: float, max_attempts: int) -> list[str]:
     """Chunks that cannot be claimed again (tried ``max_attempts`` times, and
     their last worker is gone) are failed; returns their symbols."""
     return [r[0] for r in conn.execute(
@@ -103,7 +107,7 @@ def give_up(conn, run_id: int, *, stale_s: float, max_attempts: int) -> list[str
            RETURNING symbol""", (run_id, max_attempts, stale_s))]
 
 
-def counts(conn, run_id: int) -> dict:
+def counts(conn: Connection[Any], run_id: int) -> dict[str, Any]:
     """Progress of the run: chunks by status, symbols, bars, per host."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT count(*) AS total,
@@ -137,7 +141,7 @@ def counts(conn, run_id: int) -> dict:
                               coalesce(sum((result->>'bars')::bigint)
                                        FILTER (WHERE symbol = '*'), 0) AS file_bars
                        FROM backfill_chunks WHERE run_id = %s""", (run_id,))
-        out = cur.fetchone()
+        out = one_row(cur)
         cur.execute("""SELECT split_part(done_by, ':', 1) AS host, count(*) AS n
                        FROM backfill_chunks WHERE run_id = %s AND status = 'done'
                        GROUP BY 1 ORDER BY 1""", (run_id,))
@@ -145,7 +149,7 @@ def counts(conn, run_id: int) -> dict:
         return out
 
 
-def failures(conn, run_id: int) -> dict[str, str]:
+def failures(conn: Connection[Any], run_id: int) -> dict[str, str]:
     """{what failed: why}: a symbol's daily chunk by its name, a month of
     minute bars as ``SYM (1m YYYY-MM)``."""
     return {r[0]: r[1] or "failed" for r in conn.execute(
@@ -158,16 +162,16 @@ def failures(conn, run_id: int) -> dict[str, str]:
            ORDER BY symbol, start_date""", (run_id,))}
 
 
-def minute_symbols(conn, run_id: int) -> list[str]:
+def minute_symbols(conn: Connection[Any], run_id: int) -> list[str]:
     """Symbols with minute-bar chunks in the run."""
     return [r[0] for r in conn.execute(
         """SELECT DISTINCT symbol FROM backfill_chunks WHERE run_id = %s AND timeframe = '1m'
              AND symbol <> '*' ORDER BY 1""", (run_id,))]
 
 
-def file_days(conn, run_id: int) -> dict[str, list]:
+def file_days(conn: Connection[Any], run_id: int) -> dict[str, list[Any]]:
     """{timeframe: [day]} of the flat files the run stored (its file chunks done)."""
-    out: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
     for tf, day in conn.execute(
             """SELECT timeframe, start_date FROM backfill_chunks
                WHERE run_id = %s AND symbol = '*' AND status = 'done'
@@ -176,13 +180,13 @@ def file_days(conn, run_id: int) -> dict[str, list]:
     return out
 
 
-def fanout(conn, run_id: int) -> dict | None:
+def fanout(conn: Connection[Any], run_id: int) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM backfill_fanouts WHERE run_id = %s", (run_id,))
         return cur.fetchone()
 
 
-def take_finish(conn, run_id: int, who: str) -> bool:
+def take_finish(conn: Connection[Any], run_id: int, who: str) -> bool:
     """The finishing step's guard: True for exactly one caller, once every
     chunk is done or failed."""
     return conn.execute(
@@ -193,6 +197,6 @@ def take_finish(conn, run_id: int, who: str) -> bool:
         (who, run_id, run_id)).rowcount == 1
 
 
-def store_result(conn, run_id: int, result: dict) -> None:
+def store_result(conn: Connection[Any], run_id: int, result: dict[str, Any]) -> None:
     conn.execute("UPDATE backfill_fanouts SET result = %s WHERE run_id = %s",
                  (json.dumps(result, default=str), run_id))

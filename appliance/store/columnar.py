@@ -11,8 +11,14 @@ a week for 1w, or NULL), limit (or NULL), tz (the exchange time zone).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from psycopg import Connection
+from psycopg.abc import Buffer
 
 from appliance.store.minutes import _source
+from appliance.store.pool import one_row
 from appliance.store.reads import _historical_select, weekly_sql
 
 #: The value columns of each kind of timeframe, in the order returned.
@@ -35,7 +41,7 @@ def _ny_ms(date_col: str) -> str:
             f" * 1000)::bigint")
 
 
-def bars_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
+def bars_sql(timeframe: str, *, adjust: str | bool | None, include_invalid: bool) -> str:
     """SQL of one symbol's bars as (ms, *COLUMNS[kind])."""
     kind = kind_of(timeframe)
     prices = ", ".join(f"z.{c}::float8" for c in _PRICES)
@@ -53,7 +59,7 @@ def bars_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
                FROM ({src}) z"""
 
 
-def intraday_copy_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
+def intraday_copy_sql(timeframe: str, *, adjust: str | bool | None, include_invalid: bool) -> str:
     """``COPY ... TO STDOUT (FORMAT binary)`` of one symbol's intraday bars,
     every field fixed-width and never NULL (a missing price is NaN, a missing
     trade count -1), so that every row has the same bytes: ``arrowbars``
@@ -65,14 +71,14 @@ def intraday_copy_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
                TO STDOUT (FORMAT binary)"""
 
 
-def copy_out(conn, sql: str, params: dict):
+def copy_out(conn: Connection[Any], sql: str, params: dict[str, Any]) -> Iterator[Buffer]:
     """The bytes of a ``COPY ... TO STDOUT``, block by block."""
     with conn.cursor() as cur:
         with cur.copy(sql, params) as cp:
             yield from cp
 
 
-def count_rows(conn, timeframe: str, symbols: list[str], start: dt.date, end: dt.date,
+def count_rows(conn: Connection[Any], timeframe: str, symbols: list[str], start: dt.date, end: dt.date,
                include_invalid: bool, *, tz: str) -> int:
     """How many bars ``bars_sql`` gives for these symbols (an upper bound for
     1m with include_invalid false, exact otherwise); cheap: it counts array
@@ -97,10 +103,10 @@ def count_rows(conn, timeframe: str, symbols: list[str], start: dt.date, end: dt
                       AND ts >= (%(start)s::date::timestamp AT TIME ZONE %(tz)s)
                       AND ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE %(tz)s)
                       {valid}) q"""
-    return int(conn.execute(sql, p).fetchone()[0])
+    return int(one_row(conn.execute(sql, p))[0])
 
 
-def stored_symbols(conn, timeframe: str) -> list[str]:
+def stored_symbols(conn: Connection[Any], timeframe: str) -> list[str]:
     """Every symbol with bars of ``timeframe``'s stored resolution, sorted."""
     if kind_of(timeframe) == "intraday":
         sql = "SELECT DISTINCT symbol FROM minute_bars ORDER BY 1"
@@ -109,8 +115,8 @@ def stored_symbols(conn, timeframe: str) -> list[str]:
     return [r[0] for r in conn.execute(sql).fetchall()]
 
 
-def month_fingerprints(conn, timeframe: str, start: dt.date, end: dt.date, *,
-                       tz: str) -> dict:
+def month_fingerprints(conn: Connection[Any], timeframe: str, start: dt.date, end: dt.date, *,
+                       tz: str) -> dict[str, Any]:
     """{first day of month: (symbols, bars, latest ingestion)} of the stored
     resolution ``timeframe`` is served from, for the months of start..end.
     A replaced session changes its month's latest ingestion; a deleted one its

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
+
+from psycopg import Connection
+
+from appliance.store.pool import one_row
 
 #: The demo provider's ``source``.
 DEMO = "demo"
@@ -17,7 +22,7 @@ def replacing(provider_name: str | None) -> bool:
     return (provider_name or DEMO) != DEMO
 
 
-def demo_symbols(conn, *, daily: bool = True, minute: bool = True) -> list[str]:
+def demo_symbols(conn: Connection[Any], *, daily: bool = True, minute: bool = True) -> list[str]:
     """Symbols holding any demo bar, daily and/or minute (from the running
     aggregates: no scan of the bars)."""
     return [r[0] for r in conn.execute(
@@ -26,7 +31,7 @@ def demo_symbols(conn, *, daily: bool = True, minute: bool = True) -> list[str]:
            ORDER BY 1""", {"d": DEMO, "daily": daily, "minute": minute})]
 
 
-def demo_counts(conn, symbols: Sequence[str] | None = None) -> dict[str, dict]:
+def demo_counts(conn: Connection[Any], symbols: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """{symbol: {"daily_bars", "minute_sessions", "splits"}} of the demo data
     held by ``symbols`` (None: every symbol the stats label demo)."""
     syms = list(symbols) if symbols is not None else demo_symbols(conn)
@@ -44,17 +49,17 @@ def demo_counts(conn, symbols: Sequence[str] | None = None) -> dict[str, dict]:
             for r in rows if r[1] or r[2] or r[3]}
 
 
-def drop_daily(conn, symbol: str) -> int:
+def drop_daily(conn: Connection[Any], symbol: str) -> int:
     """Delete ``symbol``'s demo daily bars, demo splits and demo dividends
     (never to enter a real vendor's total-return series), and forget how far
     back its history was asked for (the demo's answer says nothing of the
     vendor's). Returns the bars deleted. The caller refreshes the stats.
     Writes nothing for a symbol without demo data (a new symbol)."""
-    held = conn.execute(
+    held = one_row(conn.execute(
         """SELECT EXISTS (SELECT 1 FROM market_data WHERE symbol = %(s)s AND source = %(d)s)
                OR EXISTS (SELECT 1 FROM splits WHERE symbol = %(s)s AND source = %(d)s)
                OR EXISTS (SELECT 1 FROM dividends WHERE symbol = %(s)s AND source = %(d)s)""",
-        {"s": symbol, "d": DEMO}).fetchone()[0]
+        {"s": symbol, "d": DEMO}))[0]
     if not held:
         return 0
     n = conn.execute("DELETE FROM market_data WHERE symbol = %s AND source = %s",
@@ -65,7 +70,7 @@ def drop_daily(conn, symbol: str) -> int:
     return n
 
 
-def forget_demo_months(conn, symbols: Sequence[str]) -> int:
+def forget_demo_months(conn: Connection[Any], symbols: Sequence[str]) -> int:
     """Minute months of ``symbols`` that still hold a demo session are no
     longer counted as fetched, so the next minute backfill asks the vendor
     for them. Returns the months forgotten."""
@@ -79,7 +84,7 @@ def forget_demo_months(conn, symbols: Sequence[str]) -> int:
         {"syms": list(symbols), "d": DEMO}).rowcount
 
 
-def drop_minutes(conn, symbol: str) -> list[dt.date]:
+def drop_minutes(conn: Connection[Any], symbol: str) -> list[dt.date]:
     """Delete ``symbol``'s demo minute sessions, their rollups and the
     months that held them (no longer fetched). Returns the sessions deleted;
     the caller refreshes the minute stats."""

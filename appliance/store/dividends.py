@@ -13,14 +13,17 @@ import datetime as dt
 import json
 import math
 from collections.abc import Iterable
+from typing import Any
 
+import psycopg
+from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from appliance.core.candles import Dividend
 
 
-def problem_of(cash) -> str | None:
+def problem_of(cash: float | None) -> str | None:
     """Why a cash amount cannot be applied, or None when it can."""
     if cash is None:
         return "no cash amount"
@@ -31,22 +34,24 @@ def problem_of(cash) -> str | None:
     return None
 
 
-def _vendor_json(d) -> dict:
+def _vendor_json(d: Dividend) -> dict[str, Any]:
     return json.loads(json.dumps(d.fields(), default=str))
 
 
-def merge(dividends: Iterable) -> list[tuple[object, str | None, dict]]:
+def merge(dividends: Iterable[Dividend]) -> list[tuple[Dividend, str | None, dict[str, Any]]]:
     """One entry per key: (the dividend, its problem or None, its vendor
     record). Records of a key that differ only in other fields than the cash
     amount are merged (the last one sent wins); different cash amounts are a
     conflict."""
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple[str, dt.date, str], list[Dividend]] = {}
     for d in dividends:
         groups.setdefault((d.symbol, d.ex_dividend_date, d.dividend_type), []).append(d)
-    out = []
+    out: list[tuple[Dividend, str | None, dict[str, Any]]] = []
     for recs in groups.values():
         last = recs[-1]
         amounts = sorted({repr(r.cash_amount) for r in recs})
+        problem: str | None
+        vendor: dict[str, Any]
         if len(amounts) > 1:
             problem = (f"the vendor sent {len(amounts)} different cash amounts for this "
                        f"dividend ({', '.join(amounts)})")
@@ -58,12 +63,14 @@ def merge(dividends: Iterable) -> list[tuple[object, str | None, dict]]:
     return out
 
 
-def save_dividends(conn, dividends: Iterable, source: str, run_id: int | None = None) -> dict:
+def save_dividends(conn: psycopg.Connection[Any], dividends: Iterable[Dividend], source: str,
+                   run_id: int | None = None) -> dict[str, Any]:
     """Upsert one vendor answer's dividends (see the module doc). Returns
     ``{"inserted", "revised", "unchanged", "saved": [keys inserted or
     revised], "problems": [(symbol, ex-date, type, cash, problem)] of the
     entries saved with a problem}``."""
-    res = {"inserted": 0, "revised": 0, "unchanged": 0, "saved": [], "problems": []}
+    res: dict[str, Any] = {"inserted": 0, "revised": 0, "unchanged": 0, "saved": [],
+                           "problems": []}
     for d, problem, vendor in merge(dividends):
         key = (d.symbol, d.ex_dividend_date, d.dividend_type)
         row = conn.execute(
@@ -114,7 +121,8 @@ _CLOSE_BEFORE_EX = """SELECT m.close FROM market_data m
              ORDER BY m.ts DESC LIMIT 1"""
 
 
-def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> list[dict]:
+def unapplied(conn: Connection[Any], symbol: str, ex_dates: Iterable[dt.date], *,
+              tz: str) -> list[dict[str, Any]]:
     """Those of ``symbol``'s dividends with these ex-dates that have no
     problem of their own and still cannot be applied: no valid daily bar
     before the ex-date (``reason`` ``no_close_before``) or cash not below that
@@ -132,8 +140,8 @@ def unapplied(conn, symbol: str, ex_dates: Iterable[dt.date], *, tz: str) -> lis
             for r in rows]
 
 
-def dividends_for(conn, symbol: str, start: dt.date | None = None,
-                  end: dt.date | None = None, *, tz: str) -> list[dict]:
+def dividends_for(conn: Connection[Any], symbol: str, start: dt.date | None = None,
+                  end: dt.date | None = None, *, tz: str) -> list[dict[str, Any]]:
     """``symbol``'s stored dividends (ex-dates in ``start``..``end``, None:
     unbounded), oldest first, with the factor each contributes to the total
     return series (``factor``: ``1 - cash / close_before``, None when not
@@ -154,7 +162,7 @@ def dividends_for(conn, symbol: str, start: dt.date | None = None,
             (tz, symbol, start, start, end, end)).fetchall()
 
 
-def applied_dividends(conn, symbol: str):
+def applied_dividends(conn: Connection[Any], symbol: str) -> list[Dividend]:
     """``symbol``'s dividends that enter its total-return factor, as
     ``Dividend`` objects (for quality's dividend rule)."""
     rows = conn.execute(
@@ -164,7 +172,7 @@ def applied_dividends(conn, symbol: str):
     return [Dividend(*r) for r in rows]
 
 
-def revisions(conn, symbol: str, limit: int = 100) -> list[dict]:
+def revisions(conn: Connection[Any], symbol: str, limit: int = 100) -> list[dict[str, Any]]:
     """``symbol``'s dividend revisions, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(

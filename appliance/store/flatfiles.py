@@ -10,16 +10,19 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import Connection
 from psycopg.rows import dict_row
 
 from appliance.core.candles import Split
 from appliance.store.writes import _DIRECT_COLS, ensure_partitions_for, upsert_bars
 
 
-def done(conn, timeframe: str, start: dt.date, end: dt.date) -> dict[dt.date, tuple]:
+def done(conn: Connection[Any], timeframe: str, start: dt.date,
+         end: dt.date) -> dict[dt.date, tuple[Any, ...]]:
     """{day: (ETag, selection)} of the files of ``timeframe`` stored for
     ``start``..``end``."""
     return {r[0]: (r[1], r[2]) for r in conn.execute(
@@ -27,14 +30,14 @@ def done(conn, timeframe: str, start: dt.date, end: dt.date) -> dict[dt.date, tu
            WHERE timeframe = %s AND day BETWEEN %s AND %s""", (timeframe, start, end))}
 
 
-def stored(conn, timeframe: str, day: dt.date) -> tuple | None:
+def stored(conn: Connection[Any], timeframe: str, day: dt.date) -> tuple[Any, ...] | None:
     """(ETag, selection) of ``day``'s file as stored, or None."""
     row = conn.execute("SELECT etag, selection FROM flat_files WHERE timeframe = %s "
                        "AND day = %s", (timeframe, day)).fetchone()
     return (row[0], row[1]) if row else None
 
 
-def record(conn, timeframe: str, day: dt.date, key: str, etag: str, size: int, *,
+def record(conn: Connection[Any], timeframe: str, day: dt.date, key: str, etag: str, size: int, *,
            rows: int, bars: int, tickers: int, skipped: int, revised: int,
            selection: str, run_id: int | None) -> None:
     """The file ``key`` (version ``etag``) is stored: in the bars' transaction."""
@@ -52,7 +55,7 @@ def record(conn, timeframe: str, day: dt.date, key: str, etag: str, size: int, *
          run_id))
 
 
-def newest(conn) -> dict[str, dict]:
+def newest(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
     """Per dataset (1d, 1m): the newest day stored, when, and how many files."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT DISTINCT ON (timeframe) timeframe, day, ingested_at, etag,
@@ -62,7 +65,7 @@ def newest(conn) -> dict[str, dict]:
         return {r["timeframe"]: r for r in cur.fetchall()}
 
 
-def prev_closes(conn, session: dt.date, symbols: Sequence[str], *, tz: str,
+def prev_closes(conn: Connection[Any], session: dt.date, symbols: Sequence[str], *, tz: str,
                 lookback_days: int = 20) -> dict[str, float]:
     """{symbol: the close of its last valid daily bar in the ``lookback_days``
     before ``session``}, for ``symbols``: what a whole-market day's gap check
@@ -80,9 +83,9 @@ def prev_closes(conn, session: dt.date, symbols: Sequence[str], *, tz: str,
         {"s": session, "n": lookback_days, "syms": list(symbols), "tz": tz})}
 
 
-def splits_on(conn, session: dt.date) -> dict[str, list]:
+def splits_on(conn: Connection[Any], session: dt.date) -> dict[str, list[Any]]:
     """{symbol: [Split]} of the splits effective at ``session``'s open."""
-    out: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
     for r in conn.execute("""SELECT symbol, execution_date, split_from, split_to FROM splits
                              WHERE execution_date = %s""", (session,)):
         out.setdefault(r[0], []).append(Split(*r))
@@ -101,9 +104,11 @@ def _num(values: np.ndarray) -> list[str]:
     return out
 
 
-def day_copy_text(session: dt.date, symbols: Sequence[str], o, h, lo, c, v, trades, *,
-                  source: str, valid, score, issues: Sequence[str], gap, gap_kind,
-                  gap_pct, tz: str) -> bytes:
+def day_copy_text(session: dt.date, symbols: Sequence[str], o: np.ndarray, h: np.ndarray, lo: np.ndarray,
+                  c: np.ndarray, v: np.ndarray, trades: np.ndarray, *,
+                  source: str, valid: np.ndarray, score: np.ndarray, issues: Sequence[str], gap: np.ndarray,
+                  gap_kind: np.ndarray,
+                  gap_pct: np.ndarray, tz: str) -> bytes:
     """COPY text (market_data's own columns, ``_DIRECT_COLS``) of one day of
     daily bars of many symbols; vwap is NULL (the files have none)."""
     ts = f"1d\t{session.isoformat()} 00:00 {tz}"
@@ -120,7 +125,8 @@ def day_copy_text(session: dt.date, symbols: Sequence[str], o, h, lo, c, v, trad
     return "".join(lines).encode("utf-8")
 
 
-def write_day(conn, session: dt.date, payload: bytes, run_id: int | None, *, tz: str) -> dict:
+def write_day(conn: Connection[Any], session: dt.date, payload: bytes, run_id: int | None, *,
+              tz: str) -> dict[str, Any]:
     """Store one day of daily bars of many symbols (``day_copy_text``): COPY
     straight into market_data when none of them is stored yet; otherwise the
     upsert that records revisions (``writes.upsert_bars``). Inside the
@@ -152,7 +158,7 @@ def _as_stage(payload: bytes) -> bytes:
     return ("\n".join(out) + "\n").encode("utf-8")
 
 
-def symbols_on(conn, timeframe: str, days: Sequence[dt.date], *, tz: str) -> list[str]:
+def symbols_on(conn: Connection[Any], timeframe: str, days: Sequence[dt.date], *, tz: str) -> list[str]:
     """Symbols with a bar of ``timeframe`` (1d or 1m) on any of ``days``."""
     if not days:
         return []

@@ -4,11 +4,16 @@ and rebuilds, statistics, and dropping whole partitions or chunks of
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from typing import Any
 
-from psycopg import sql
+from psycopg import Connection, sql
+
+from appliance.store.pool import one_row
 
 
-def btree_indexes(conn, tables, default_fillfactor: int) -> list[dict]:
+def btree_indexes(conn: Connection[Any], tables: Iterable[str],
+                  default_fillfactor: int) -> list[dict[str, Any]]:
     """B-tree indexes (leaf, not partitioned parents) of ``tables``, of their
     partitions and chunks, largest first, with what a bloat estimate needs."""
     rows = conn.execute(
@@ -52,13 +57,13 @@ def btree_indexes(conn, tables, default_fillfactor: int) -> list[dict]:
 
 
 
-def leaf_density(conn, index_oid: int) -> tuple:
+def leaf_density(conn: Connection[Any], index_oid: int) -> tuple[Any, ...]:
     """(avg_leaf_density, leaf_pages) by ``pgstatindex`` (pgstattuple)."""
-    return conn.execute("SELECT avg_leaf_density, leaf_pages FROM pgstatindex(%s::regclass)",
-                        (index_oid,)).fetchone()
+    return one_row(conn.execute("SELECT avg_leaf_density, leaf_pages FROM pgstatindex(%s::regclass)",
+                        (index_oid,)))
 
 
-def invalid_rebuild_leftovers(conn) -> list[tuple[str, str]]:
+def invalid_rebuild_leftovers(conn: Connection[Any]) -> list[tuple[str, str]]:
     """(schema, name) of invalid indexes an interrupted concurrent rebuild left."""
     return conn.execute(
         """SELECT n.nspname, c.relname FROM pg_index i
@@ -67,44 +72,44 @@ def invalid_rebuild_leftovers(conn) -> list[tuple[str, str]]:
            WHERE NOT i.indisvalid AND c.relname LIKE %s""", ("%\\_ccnew%",)).fetchall()
 
 
-def drop_index_concurrently(conn, schema: str, name: str) -> None:
+def drop_index_concurrently(conn: Connection[Any], schema: str, name: str) -> None:
     conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
         sql.Identifier(schema, name)))
 
 
-def reindex_concurrently(conn, schema: str, name: str) -> None:
+def reindex_concurrently(conn: Connection[Any], schema: str, name: str) -> None:
     conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(schema, name)))
 
 
-def index_bytes(conn, schema: str, name: str) -> int:
+def index_bytes(conn: Connection[Any], schema: str, name: str) -> int:
     """The index's size now (a rebuilt index is a new relation under the same name)."""
-    return int(conn.execute(
+    return int(one_row(conn.execute(
         "SELECT pg_relation_size(format('%%I.%%I', %s::text, %s::text)::regclass)",
-        (schema, name)).fetchone()[0])
+        (schema, name)))[0])
 
 
-def present_tables(conn, tables) -> list[str]:
+def present_tables(conn: Connection[Any], tables: Iterable[str]) -> list[str]:
     """Those of ``tables`` that exist (plain or partitioned) in the current schema."""
     return [r[0] for r in conn.execute(
         "SELECT relname FROM pg_class WHERE relname = ANY(%s) AND relkind IN ('r', 'p') "
         "AND relnamespace = current_schema()::regnamespace", (list(tables),))]
 
 
-def analyze(conn, tables: list[str]) -> None:
+def analyze(conn: Connection[Any], tables: list[str]) -> None:
     conn.execute(sql.SQL("ANALYZE {}").format(
         sql.SQL(", ").join(sql.Identifier(t) for t in tables)))
 
 
-def symbols_with_data_before(conn, day: dt.date, *, inclusive: bool = False) -> set[str]:
+def symbols_with_data_before(conn: Connection[Any], day: dt.date, *, inclusive: bool = False) -> set[str]:
     """Symbols whose first stored session is before ``day`` (or on it: ``inclusive``)."""
     op = "<=" if inclusive else "<"
     return {r[0] for r in conn.execute(
         f"SELECT symbol FROM symbol_stats WHERE first_session {op} %s", (day,))}
 
 
-def drop_partition(conn, name: str) -> int:
+def drop_partition(conn: Connection[Any], name: str) -> int:
     """Drop the partition table ``name``; the rows it held."""
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-        sql.Identifier(name))).fetchone()[0]
+    rows = one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+        sql.Identifier(name))))[0]
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
     return rows

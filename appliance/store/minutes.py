@@ -9,13 +9,15 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from psycopg import sql
+from psycopg import Connection, Cursor, sql
 from psycopg.rows import dict_row
 
 from appliance.core.timeframes import ROLLUPS
 from appliance.store import adjustment as adj
+from appliance.store.pool import one_row
 
 #: Fewest decimals tried before a day is stored as float8 (``raw``).
 MAX_SCALE = 9
@@ -50,7 +52,8 @@ def _floats(a: np.ndarray) -> str:
     return "{" + ",".join("NULL" if v != v else repr(v) for v in a.tolist()) + "}"
 
 
-def encode_day(minute: np.ndarray, o, h, lo, c, v, vw, n, invalid: Sequence[int]) -> list[str]:
+def encode_day(minute: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
+               v: np.ndarray, vw: np.ndarray, n: np.ndarray, invalid: Sequence[int]) -> list[str]:
     """The COPY text fields (minutes .. invalid) of one session's bars."""
     prices = np.concatenate([o, h, lo, c, v, vw])
     k = _scale_of(prices)
@@ -100,8 +103,8 @@ def stage_row(s: MinuteSession) -> list[str]:
     return [fields[c] for c in _STAGE]
 
 
-def write_days(conn, sessions: Iterable[MinuteSession], *, revisions: bool = False,
-               run_id: int | None = None, stats: dict | None = None,
+def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revisions: bool = False,
+               run_id: int | None = None, stats: dict[str, Any] | None = None,
                tz: str | None = None) -> int:
     """Upsert whole sessions; a stored session is replaced by the new one.
     With ``revisions``, every bar whose prices or volume the new session
@@ -136,7 +139,7 @@ def write_days(conn, sessions: Iterable[MinuteSession], *, revisions: bool = Fal
         return cur.rowcount
 
 
-def _record_revisions(cur, run_id: int | None, tz: str) -> int:
+def _record_revisions(cur: Cursor[Any], run_id: int | None, tz: str) -> int:
     """Bars of the staged sessions (``minute_stage``) that differ from the
     stored ones, in open, high, low, close or volume, recorded in
     ``revisions`` (a bar only on one side has ``{}`` on the other)."""
@@ -177,13 +180,13 @@ _UNNEST = ("CROSS JOIN LATERAL unnest(b.minutes, b.open, b.high, b.low, b.close,
            "b.vwap, b.trades) WITH ORDINALITY u(m, o, h, lo, c, v, vw, n, i)")
 
 
-def refresh_rollups(conn, symbol: str, sessions: Sequence[dt.date]) -> int:
+def refresh_rollups(conn: Connection[Any], symbol: str, sessions: Sequence[dt.date]) -> int:
     """Recompute the 5m..4h rollups of ``symbol`` for ``sessions`` (see
     ``refresh_rollups_of``). Returns rollup rows written."""
     return refresh_rollups_of(conn, [symbol], sessions)
 
 
-def refresh_rollups_of(conn, symbols: Sequence[str], sessions: Sequence[dt.date]) -> int:
+def refresh_rollups_of(conn: Connection[Any], symbols: Sequence[str], sessions: Sequence[dt.date]) -> int:
     """Recompute the 5m..4h rollups of ``symbols`` for ``sessions`` from their
     valid minute bars (a session without minutes loses its rollups). Minutes
     are grouped once, into 5m bars; the wider bars are grouped from those (a
@@ -247,7 +250,7 @@ _FIRST_SESSION = """greatest(%(start)s::date, coalesce(
       (%(after)s::timestamptz AT TIME ZONE %(tz)s)::date, %(start)s::date))"""
 
 
-def _source(timeframe: str, adjust, include_invalid: bool) -> str:
+def _source(timeframe: str, adjust: str | bool | None, include_invalid: bool) -> str:
     """Bars of one symbol (session, minute, ts, prices, trades, validated),
     parameters symbol, start, end (sessions), after (timestamptz or NULL),
     tz (the exchange time zone, ``calendar.exchange_tz``); ``adjust`` a mode of
@@ -302,7 +305,7 @@ INTRADAY_CSV_HEADER = ("time", "session", "open", "high", "low", "close", "volum
                        "trades", "validated")
 
 
-def intraday_sql(timeframe: str, *, adjust, include_invalid: bool, fmt: str) -> str:
+def intraday_sql(timeframe: str, *, adjust: str | bool | None, include_invalid: bool, fmt: str) -> str:
     """SQL returning (epoch_ms, text) per bar: a JSON object or a CSV line."""
     src = _source(timeframe, adjust, include_invalid)
     t = _local_iso()
@@ -323,22 +326,22 @@ def intraday_sql(timeframe: str, *, adjust, include_invalid: bool, fmt: str) -> 
 
 # -- stats, coverage, checkpoints, retention -------------------------------------
 
-def stored_minute_sessions(conn, symbol: str) -> np.ndarray:
+def stored_minute_sessions(conn: Connection[Any], symbol: str) -> np.ndarray:
     rows = conn.execute("SELECT session FROM minute_bars WHERE symbol = %s ORDER BY session",
                         (symbol,)).fetchall()
     return np.array([r[0] for r in rows], dtype="datetime64[D]")
 
 
-def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
-                         inconsistent: int = 0, *, tz: str) -> dict | None:
+def refresh_minute_stats(conn: Connection[Any], symbol: str, expected: np.ndarray,
+                         inconsistent: int = 0, *, tz: str) -> dict[str, Any] | None:
     """Recompute ``minute_stats`` and the 1m missing sessions of ``symbol``;
     ``expected``: the calendar sessions its minute history should cover."""
-    row = conn.execute(
+    row = one_row(conn.execute(
         """SELECT min(session), max(session), count(*),
                   coalesce(sum(cardinality(minutes)), 0),
                   coalesce(sum(cardinality(invalid)), 0),
                   CASE WHEN bool_or(source = 'demo') THEN 'demo' ELSE max(source) END
-           FROM minute_bars WHERE symbol = %s""", (symbol,)).fetchone()
+           FROM minute_bars WHERE symbol = %s""", (symbol,)))
     first, last, n_sessions, n_bars, n_invalid, source = row
     conn.execute("DELETE FROM missing_sessions WHERE symbol = %s AND timeframe = '1m'",
                  (symbol,))
@@ -381,20 +384,20 @@ def refresh_minute_stats(conn, symbol: str, expected: np.ndarray,
             "invalid": int(n_invalid), "missing": len(missing), "completeness": completeness}
 
 
-def minute_stats(conn) -> dict[str, dict]:
+def minute_stats(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("SELECT * FROM minute_stats").fetchall()
     return {r["symbol"]: r for r in rows}
 
 
-def fetched_months(conn, symbols: Sequence[str]) -> dict[tuple[str, dt.date], dt.date]:
+def fetched_months(conn: Connection[Any], symbols: Sequence[str]) -> dict[tuple[str, dt.date], dt.date]:
     """{(symbol, first day of month): stored up to this date}."""
     rows = conn.execute("""SELECT symbol, month, fetched_to FROM minute_months
                            WHERE symbol = ANY(%s)""", (list(symbols),)).fetchall()
     return {(r[0], r[1]): r[2] for r in rows}
 
 
-def record_month(conn, symbol: str, month: dt.date, fetched_to: dt.date,
+def record_month(conn: Connection[Any], symbol: str, month: dt.date, fetched_to: dt.date,
                  run_id: int | None) -> None:
     """The month is stored from its first day up to ``fetched_to``."""
     conn.execute("""INSERT INTO minute_months (symbol, month, fetched_to, run_id)
@@ -405,12 +408,12 @@ def record_month(conn, symbol: str, month: dt.date, fetched_to: dt.date,
                  (symbol, month, fetched_to, run_id))
 
 
-def first_minute_session(conn, symbol: str) -> dt.date | None:
-    return conn.execute("SELECT min(session) FROM minute_bars WHERE symbol = %s",
-                        (symbol,)).fetchone()[0]
+def first_minute_session(conn: Connection[Any], symbol: str) -> dt.date | None:
+    return one_row(conn.execute("SELECT min(session) FROM minute_bars WHERE symbol = %s",
+                        (symbol,)))[0]
 
 
-def delete_bars_before(conn, timeframe: str, cutoff: dt.date) -> int:
+def delete_bars_before(conn: Connection[Any], timeframe: str, cutoff: dt.date) -> int:
     """Retention: drop ``timeframe`` bars (1m, or one rollup) of sessions
     before ``cutoff``. Returns sessions (rows) deleted."""
     if timeframe == "1m":
@@ -421,9 +424,9 @@ def delete_bars_before(conn, timeframe: str, cutoff: dt.date) -> int:
     return cur.rowcount
 
 
-def regular_aggregates(conn, symbol: str, start: dt.date, end: dt.date, open_min: int,
+def regular_aggregates(conn: Connection[Any], symbol: str, start: dt.date, end: dt.date, open_min: int,
                        close_min: int, early: Sequence[dt.date], early_close_min: int
-                       ) -> list[tuple]:
+                       ) -> list[tuple[Any, ...]]:
     """Per session with minute bars: (session, high, low, volume) of its valid
     regular-hours minutes (``open_min`` <= minute < the close:
     ``early_close_min`` on the ``early`` sessions, else ``close_min``),
@@ -441,7 +444,7 @@ def regular_aggregates(conn, symbol: str, start: dt.date, end: dt.date, open_min
          "early": list(early), "eclose": early_close_min}).fetchall()]
 
 
-def sample_days(conn, n: int, seed: float | None = None) -> list[tuple[str, dt.date]]:
+def sample_days(conn: Connection[Any], n: int, seed: float | None = None) -> list[tuple[str, dt.date]]:
     """``n`` random stored (symbol, session) pairs of minute bars."""
     if seed is not None:
         conn.execute("SELECT setseed(%s)", (seed,))
@@ -449,8 +452,8 @@ def sample_days(conn, n: int, seed: float | None = None) -> list[tuple[str, dt.d
         "SELECT symbol, session FROM minute_bars ORDER BY random() LIMIT %s", (n,)).fetchall()]
 
 
-def day_bars(conn, symbol: str, timeframe: str, session: dt.date, *,
-             tz: str) -> dict[int, dict]:
+def day_bars(conn: Connection[Any], symbol: str, timeframe: str, session: dt.date, *,
+             tz: str) -> dict[int, dict[str, Any]]:
     """{start in Unix ms: bar} of one symbol-session, raw prices, valid bars."""
     rows = conn.execute(intraday_sql(timeframe, adjust="none", include_invalid=False,
                                      fmt="json"),
@@ -461,13 +464,13 @@ def day_bars(conn, symbol: str, timeframe: str, session: dt.date, *,
 
 # -- the console chart's reads ---------------------------------------------------
 
-def minute_stats_of(conn, symbol: str) -> dict | None:
+def minute_stats_of(conn: Connection[Any], symbol: str) -> dict[str, Any] | None:
     """The ``minute_stats`` row of one symbol, or None when it has no minutes."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute("SELECT * FROM minute_stats WHERE symbol = %s", (symbol,)).fetchone()
 
 
-def session_page(conn, symbol: str, end: dt.date | None,
+def session_page(conn: Connection[Any], symbol: str, end: dt.date | None,
                  sessions: int) -> tuple[dt.date | None, dt.date | None, bool]:
     """The latest ``sessions`` stored minute sessions of ``symbol`` up to
     ``end`` (None: the latest stored): (first, last, older ones exist)."""
@@ -481,8 +484,8 @@ def session_page(conn, symbol: str, end: dt.date | None,
     return page[-1][0], page[0][0], len(rows) > sessions
 
 
-def chart_bars(conn, symbol: str, timeframe: str, start: dt.date, end: dt.date, *,
-               adjust, tz: str) -> list[tuple]:
+def chart_bars(conn: Connection[Any], symbol: str, timeframe: str, start: dt.date, end: dt.date, *,
+               adjust: str | bool | None, tz: str) -> list[tuple[Any, ...]]:
     """(session, minute of the New York day, open, high, low, close, validated)
     of every ``timeframe`` bar in the sessions ``start``..``end``, oldest
     first; invalid 1m bars included."""
@@ -492,7 +495,7 @@ def chart_bars(conn, symbol: str, timeframe: str, start: dt.date, end: dt.date, 
                               "limit": None, "tz": tz}).fetchall()
 
 
-def missing_sessions_in(conn, symbol: str, timeframe: str, start: dt.date | None,
+def missing_sessions_in(conn: Connection[Any], symbol: str, timeframe: str, start: dt.date | None,
                         end: dt.date | None) -> list[dt.date]:
     """The missing sessions of one stored resolution (``1d`` or ``1m``) in
     ``start``..``end`` (None: unbounded), oldest first."""

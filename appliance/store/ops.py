@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
+from psycopg import Connection
 from psycopg.rows import dict_row
 
 from appliance.config.redaction import redact, redact_obj
+from appliance.store.pool import one_row
 
 
-def add_event(conn, level: str, kind: str, message: str, details: dict | None = None) -> None:
+def add_event(conn: Connection[Any], level: str, kind: str, message: str,
+              details: dict[str, Any] | None = None) -> None:
     """Events can be read without a login: known secrets are redacted first."""
     details = json.loads(json.dumps(details or {}, default=str))
     conn.execute("INSERT INTO events (level, kind, message, details) VALUES (%s, %s, %s, %s)",
                  (level, kind, redact(message), json.dumps(redact_obj(details))))
 
 
-def recent_events(conn, *, level: str | None = None, kind: str | None = None,
-                  limit: int = 200, q: str | None = None) -> list[dict]:
+def recent_events(conn: Connection[Any], *, level: str | None = None, kind: str | None = None,
+                  limit: int = 200, q: str | None = None) -> list[dict[str, Any]]:
     levels = {"debug": 0, "info": 1, "warning": 2, "error": 3}
     min_level = [k for k, v in levels.items() if v >= levels.get(level or "debug", 0)]
     with conn.cursor(row_factory=dict_row) as cur:
@@ -31,11 +35,11 @@ def recent_events(conn, *, level: str | None = None, kind: str | None = None,
         return cur.fetchall()
 
 
-def event_kinds(conn) -> list[str]:
+def event_kinds(conn: Connection[Any]) -> list[str]:
     return [r[0] for r in conn.execute("SELECT DISTINCT kind FROM events ORDER BY 1")]
 
 
-def add_vendor_counts(conn, counts: dict) -> None:
+def add_vendor_counts(conn: Connection[Any], counts: dict[tuple[str, str, str], int]) -> None:
     """counts: {(provider, kind, label): n}."""
     with conn.cursor() as cur:
         for (prov, kind, label), n in counts.items():
@@ -47,12 +51,12 @@ def add_vendor_counts(conn, counts: dict) -> None:
                     (prov, kind, str(label), n))
 
 
-def vendor_counts(conn) -> list[tuple]:
+def vendor_counts(conn: Connection[Any]) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT provider, kind, label, count FROM vendor_requests "
                         "ORDER BY 1, 2, 3").fetchall()
 
 
-def history_coverage(conn, symbol: str) -> tuple[dt.date | None, dt.date | None]:
+def history_coverage(conn: Connection[Any], symbol: str) -> tuple[dt.date | None, dt.date | None]:
     """(first stored session, earliest session the vendor was asked for)."""
     row = conn.execute(
         """SELECT st.first_session, sy.history_from FROM symbols sy
@@ -61,13 +65,13 @@ def history_coverage(conn, symbol: str) -> tuple[dt.date | None, dt.date | None]
     return (row[0], row[1]) if row else (None, None)
 
 
-def mark_history_from(conn, symbol: str, session: dt.date) -> None:
+def mark_history_from(conn: Connection[Any], symbol: str, session: dt.date) -> None:
     """A whole-history fetch from ``session`` completed for ``symbol``."""
     conn.execute("""UPDATE symbols SET history_from = least(coalesce(history_from, %s), %s)
                      WHERE symbol = %s""", (session, session, symbol))
 
 
-def checkpoint(conn, symbol: str, session: dt.date, run_id: int | None) -> None:
+def checkpoint(conn: Connection[Any], symbol: str, session: dt.date, run_id: int | None) -> None:
     conn.execute(
         """INSERT INTO backfill_checkpoints (symbol, last_session, run_id) VALUES (%s, %s, %s)
            ON CONFLICT (symbol) DO UPDATE SET last_session = EXCLUDED.last_session,
@@ -76,7 +80,7 @@ def checkpoint(conn, symbol: str, session: dt.date, run_id: int | None) -> None:
 
 # --------------------------------------------------------------------------- status helpers
 
-def latest_backup(conn) -> dict | None:
+def latest_backup(conn: Connection[Any]) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT id, filename, created_at, size_bytes, sha256, status,
                               restore_test_status, restore_test_at
@@ -84,7 +88,7 @@ def latest_backup(conn) -> dict | None:
         return cur.fetchone()
 
 
-def last_restore_test(conn, *, with_error: bool = False) -> dict | None:
+def last_restore_test(conn: Connection[Any], *, with_error: bool = False) -> dict[str, Any] | None:
     """The newest restore test the catalogue records (with its error: ``with_error``)."""
     error = ", restore_test_result->>'error' AS error" if with_error else ""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -95,37 +99,38 @@ def last_restore_test(conn, *, with_error: bool = False) -> dict | None:
         return cur.fetchone()
 
 
-def last_config_reload(conn) -> dict | None:
+def last_config_reload(conn: Connection[Any]) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT id, ts, source, actor, sha256, ok, error, diff FROM config_reloads
                        ORDER BY ts DESC, id DESC LIMIT 1""")
         return cur.fetchone()
 
 
-def record_config_reload(conn, *, source: str, actor: str | None, sha256: str | None, ok: bool,
-                         error: str | None, diff: dict | None) -> int:
-    return conn.execute(
+def record_config_reload(conn: Connection[Any], *, source: str, actor: str | None,
+                         sha256: str | None, ok: bool, error: str | None,
+                         diff: dict[str, Any] | None) -> int:
+    return one_row(conn.execute(
         """INSERT INTO config_reloads (source, actor, sha256, ok, error, diff)
            VALUES (%s, %s, %s, %s, %s, %s) RETURNING id""",
         (source, actor, sha256, ok, _redact(error),
-         json.dumps(_redact_obj(json.loads(json.dumps(diff or {}, default=str)))))).fetchone()[0]
+         json.dumps(_redact_obj(json.loads(json.dumps(diff or {}, default=str)))))))[0]
 
 
-def _redact(text):
+def _redact(text: Any) -> Any:
     return redact(text)
 
 
-def _redact_obj(v):
+def _redact_obj(v: Any) -> Any:
     return redact_obj(v)
 
 
-def config_reloads(conn, limit: int = 20) -> list[dict]:
+def config_reloads(conn: Connection[Any], limit: int = 20) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM config_reloads ORDER BY ts DESC, id DESC LIMIT %s", (limit,))
         return cur.fetchall()
 
 
-def job_run_stats(conn) -> list[tuple]:
+def job_run_stats(conn: Connection[Any]) -> list[tuple[Any, ...]]:
     """(job, status, count, sum of durations in seconds) over all recorded runs."""
     return conn.execute(
         """SELECT job, status, count(*),
@@ -133,13 +138,13 @@ def job_run_stats(conn) -> list[tuple]:
            FROM job_runs GROUP BY job, status ORDER BY 1, 2""").fetchall()
 
 
-def installed_at(conn) -> dt.datetime | None:
+def installed_at(conn: Connection[Any]) -> dt.datetime | None:
     """When the appliance was installed: its first migration."""
     row = conn.execute("SELECT min(applied_at) FROM schema_migrations").fetchone()
     return row[0] if row else None
 
 
-def last_vendor_auth_error(conn) -> dict | None:
+def last_vendor_auth_error(conn: Connection[Any]) -> dict[str, Any] | None:
     """The newest vendor error event after the last backfill that ended ok
     (ts, message), or None."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -152,19 +157,19 @@ def last_vendor_auth_error(conn) -> dict | None:
         return cur.fetchone()
 
 
-def vendor_429_total(conn) -> int:
+def vendor_429_total(conn: Connection[Any]) -> int:
     """Rate-limited (429) vendor answers ever counted."""
-    return int(conn.execute(
+    return int(one_row(conn.execute(
         """SELECT coalesce(sum(count), 0) FROM vendor_requests
-           WHERE kind = 'request' AND label = '429'""").fetchone()[0])
+           WHERE kind = 'request' AND label = '429'"""))[0])
 
 
-def delete_events_before(conn, days: int) -> int:
+def delete_events_before(conn: Connection[Any], days: int) -> int:
     return conn.execute("DELETE FROM events WHERE ts < now() - make_interval(days => %s)",
                         (days,)).rowcount
 
 
-def delete_config_reloads_before(conn, days: int) -> int:
+def delete_config_reloads_before(conn: Connection[Any], days: int) -> int:
     return conn.execute(
         "DELETE FROM config_reloads WHERE ts < now() - make_interval(days => %s)",
         (days,)).rowcount

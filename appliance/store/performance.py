@@ -2,27 +2,33 @@
 per month and ``pg_stat_statements``."""
 from __future__ import annotations
 
+from typing import Any
 
-def market_data_bytes(conn) -> int:
+from psycopg import Connection
+
+from appliance.store.pool import one_row
+
+
+def market_data_bytes(conn: Connection[Any]) -> int:
     """Bytes of ``market_data`` (table + indexes + TOAST of every partition)."""
-    size = conn.execute(
+    size = one_row(conn.execute(
         """SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)
-           FROM pg_inherits i WHERE i.inhparent = 'market_data'::regclass""").fetchone()[0]
+           FROM pg_inherits i WHERE i.inhparent = 'market_data'::regclass"""))[0]
     return int(size or 0)
 
 
-def market_data_rows(conn) -> int:
-    return int(conn.execute("SELECT count(*) FROM market_data").fetchone()[0])
+def market_data_rows(conn: Connection[Any]) -> int:
+    return int(one_row(conn.execute("SELECT count(*) FROM market_data"))[0])
 
 
-def rows_per_ingestion_month(conn) -> list[tuple[str, int]]:
+def rows_per_ingestion_month(conn: Connection[Any]) -> list[tuple[str, int]]:
     """(YYYY-MM of ingested_at, candles), by month."""
     return conn.execute(
         """SELECT to_char(date_trunc('month', ingested_at), 'YYYY-MM'), count(*)
            FROM market_data GROUP BY 1 ORDER BY 1""").fetchall()
 
 
-def rows_per_market_month(conn, *, tz: str) -> tuple[list[tuple[str, int]], str]:
+def rows_per_market_month(conn: Connection[Any], *, tz: str) -> tuple[list[tuple[str, int]], str]:
     """(YYYY-MM of market time, candles) over the last 12 months, by month, and
     this month in the exchange time zone ``tz``."""
     rows = conn.execute(
@@ -32,12 +38,12 @@ def rows_per_market_month(conn, *, tz: str) -> tuple[list[tuple[str, int]], str]
            WHERE ts >= date_trunc('month', now() AT TIME ZONE %(tz)s)
                        - interval '12 months'
            GROUP BY 1 ORDER BY 1""", {"tz": tz}).fetchall()
-    this_month = conn.execute(
-        "SELECT to_char(now() AT TIME ZONE %s, 'YYYY-MM')", (tz,)).fetchone()[0]
+    this_month = one_row(conn.execute(
+        "SELECT to_char(now() AT TIME ZONE %s, 'YYYY-MM')", (tz,)))[0]
     return rows, this_month
 
 
-def slowest_statements(conn, limit: int) -> list[tuple]:
+def slowest_statements(conn: Connection[Any], limit: int) -> list[tuple[Any, ...]]:
     """(query, calls, total ms, mean ms, rows) of this database's statements,
     slowest on average first (``pg_stat_statements``; raises when it cannot
     be read)."""
@@ -54,7 +60,7 @@ def slowest_statements(conn, limit: int) -> list[tuple]:
                 ORDER BY {mean} DESC LIMIT %s""", (limit,)).fetchall()
 
 
-def largest_tables(conn, limit: int) -> list[tuple]:
+def largest_tables(conn: Connection[Any], limit: int) -> list[tuple[Any, ...]]:
     """(schema, table, total bytes, table bytes, index bytes, rows estimated)."""
     return conn.execute(
         """SELECT n.nspname, c.relname, pg_total_relation_size(c.oid), pg_relation_size(c.oid),
@@ -66,7 +72,7 @@ def largest_tables(conn, limit: int) -> list[tuple]:
            ORDER BY 3 DESC, 2 LIMIT %s""", (limit,)).fetchall()
 
 
-def largest_indexes(conn, limit: int) -> list[tuple]:
+def largest_indexes(conn: Connection[Any], limit: int) -> list[tuple[Any, ...]]:
     """(schema, index, table, bytes)."""
     return conn.execute(
         """SELECT n.nspname, c.relname, t.relname, pg_relation_size(c.oid)

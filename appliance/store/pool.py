@@ -14,8 +14,10 @@ import select
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger("appliance.db")
@@ -25,10 +27,19 @@ _MIGRATION_LOCK = 7_345_001
 _PART_RE = re.compile(r"^market_data_y(\d{4})$")
 
 
+def one_row(cur: psycopg.Cursor[Any]) -> Any:
+    """The row of a query that always returns one (an aggregate, ``SHOW``,
+    ``INSERT … RETURNING``): ``fetchone()`` without the None its type allows."""
+    row = cur.fetchone()
+    if row is None:  # the query broke its promise: a bug, not a state to handle
+        raise LookupError("the query returned no row")
+    return row
+
+
 def connect(url: str, *, autocommit: bool = False, connect_timeout: float = 5,
             statement_timeout_s: float | None = None) -> psycopg.Connection:
     opts = f"-c statement_timeout={int(statement_timeout_s * 1000)}" if statement_timeout_s else None
-    kwargs = {"options": opts} if opts else {}
+    kwargs: dict[str, Any] = {"options": opts} if opts else {}
     return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, int(connect_timeout)),
                            **kwargs)
 
@@ -37,7 +48,7 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float
               connect_timeout: float = 3, statement_timeout_s: float | None = 60,
               name: str = "appliance", application_name: str | None = None) -> ConnectionPool:
     """A pool that is not opened yet: call ``pool.open()`` (and ``wait()``) in the factory."""
-    kwargs: dict = {"connect_timeout": max(1, int(connect_timeout))}
+    kwargs: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout))}
     if application_name:
         kwargs["application_name"] = application_name
     if statement_timeout_s:
@@ -52,14 +63,14 @@ IDLE_CHECK_S = 30.0
 _returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
 
 
-def _reset(conn) -> None:
+def _reset(conn: Connection[Any]) -> None:
     """A connection goes back to the pool as it came out: transactional."""
     if conn.autocommit:
         conn.autocommit = False
     _returned_at[conn] = time.monotonic()
 
 
-def _check_if_idle(conn) -> None:
+def _check_if_idle(conn: Connection[Any]) -> None:
     """Check a connection before handing it out without a round trip when it
     can be helped: an idle connection has nothing to read, so a readable
     socket means the server said something (terminated the session,
@@ -72,7 +83,7 @@ def _check_if_idle(conn) -> None:
         ConnectionPool.check_connection(conn)
         return
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        readable = bool(select.select([conn.fileno()], [], [], 0)[0])
     except (OSError, ValueError):
         readable = True
     if readable:
@@ -119,12 +130,12 @@ def migrate(url: str) -> list[int]:
     return applied_now
 
 
-def schema_version(conn) -> int:
-    row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+def schema_version(conn: Connection[Any]) -> int:
+    row = one_row(conn.execute("SELECT max(version) FROM schema_migrations"))
     return int(row[0] or 0)
 
 
-def existing_partitions(conn) -> set[int]:
+def existing_partitions(conn: Connection[Any]) -> set[int]:
     rows = conn.execute("""SELECT c.relname FROM pg_inherits i
                            JOIN pg_class c ON c.oid = i.inhrelid
                            JOIN pg_class p ON p.oid = i.inhparent
@@ -132,7 +143,7 @@ def existing_partitions(conn) -> set[int]:
     return {int(m.group(1)) for (name,) in rows if (m := _PART_RE.match(name))}
 
 
-def ensure_partitions(conn, first_year: int, last_year: int) -> list[int]:
+def ensure_partitions(conn: Connection[Any], first_year: int, last_year: int) -> list[int]:
     """Create the yearly partitions of market_data that are missing.
     Partition bounds are UTC year boundaries."""
     have = existing_partitions(conn)

@@ -3,14 +3,16 @@ invalid candles and the chart series."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
+from psycopg import Connection
 from psycopg.rows import dict_row
 
 from appliance.store import adjustment as adj
 from appliance.store.writes import TIMEFRAME
 
 
-def _historical_select(adjust, include_invalid: bool, limited: bool = True) -> str:
+def _historical_select(adjust: str | bool | None, include_invalid: bool, limited: bool = True) -> str:
     """Candles of one symbol between two session dates (both inclusive).
 
     ``adjust``: a mode of ``core.adjustment`` (or the older bool: True is
@@ -49,7 +51,7 @@ def _finite(col: str) -> str:
     return f"CASE WHEN {col} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE {col} END"
 
 
-def historical_json_sql(adjust, include_invalid: bool) -> str:
+def historical_json_sql(adjust: str | bool | None, include_invalid: bool) -> str:
     """SQL returning one JSON text per candle, in the API's field order.
 
     PostgreSQL prints float8 with the shortest text that reads back as the
@@ -71,7 +73,7 @@ def _csv_text(col: str) -> str:
             f"ELSE {col} END")
 
 
-def historical_csv_sql(adjust, include_invalid: bool) -> str:
+def historical_csv_sql(adjust: str | bool | None, include_invalid: bool) -> str:
     """SQL returning one CSV line (with its newline) per candle, columns as in
     ``HISTORICAL_CSV_HEADER``; booleans ``true``/``false``, NULL as empty."""
     inner = _historical_select(adjust, include_invalid)
@@ -87,7 +89,7 @@ HISTORICAL_CSV_HEADER = ("time", "open", "high", "low", "close", "volume", "vwap
                          "quality_score", "gap_detected", "gap_kind", "source")
 
 
-def invalid_candles(conn, symbol: str, limit: int = 500, *, tz: str) -> list[dict]:
+def invalid_candles(conn: Connection[Any], symbol: str, limit: int = 500, *, tz: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """SELECT (ts AT TIME ZONE %(tz)s)::date AS time, open, high, low, close,
@@ -98,9 +100,9 @@ def invalid_candles(conn, symbol: str, limit: int = 500, *, tz: str) -> list[dic
         return cur.fetchall()
 
 
-def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
+def gaps(conn: Connection[Any], *, symbol: str | None = None, kind: str | None = None,
          since: dt.date | None = None, until: dt.date | None = None, limit: int = 500,
-         tz: str) -> list[dict]:
+         tz: str) -> list[dict[str, Any]]:
     """Flagged candles (split / jump) and missing sessions, newest first, with
     the vendor split that explains a split gap."""
     params = {"symbol": symbol, "kind": kind, "since": since, "until": until, "limit": limit,
@@ -134,8 +136,8 @@ def gaps(conn, *, symbol: str | None = None, kind: str | None = None,
         return cur.fetchall()
 
 
-def chart_series(conn, symbol: str, *, adjust, limit: int = 5000,
-                 end: dt.date | None = None, tz: str) -> list[dict]:
+def chart_series(conn: Connection[Any], symbol: str, *, adjust: str | bool | None, limit: int = 5000,
+                 end: dt.date | None = None, tz: str) -> list[dict[str, Any]]:
     """The latest ``limit`` daily candles up to ``end`` (None: the latest),
     invalid ones included, oldest first."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -146,7 +148,7 @@ def chart_series(conn, symbol: str, *, adjust, limit: int = 5000,
     return rows[-limit:]
 
 
-def daily_hlv(conn, symbol: str, start: dt.date, end: dt.date, *, tz: str) -> dict:
+def daily_hlv(conn: Connection[Any], symbol: str, start: dt.date, end: dt.date, *, tz: str) -> dict[str, Any]:
     """{session: (high, low, volume)} of the valid daily bars in a range."""
     rows = conn.execute(
         """SELECT (ts AT TIME ZONE %(tz)s)::date, high, low, volume
@@ -158,7 +160,7 @@ def daily_hlv(conn, symbol: str, start: dt.date, end: dt.date, *, tz: str) -> di
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
-def weekly_sql(adjust, include_invalid: bool, fmt: str) -> str:
+def weekly_sql(adjust: str | bool | None, include_invalid: bool, fmt: str) -> str:
     """Weekly bars from the daily ones (weeks start on Sunday, labelled with
     that date), SQL returning (epoch_ms, text) like ``minutes.intraday_sql``.
     Parameters: symbol, tf ('1d'), start, end, after (a week or NULL), limit."""

@@ -2,12 +2,18 @@
 and the reads that status, alerts, the scheduler and restores make of it."""
 from __future__ import annotations
 
+import datetime as dt
 import json
+from typing import Any
 
+from psycopg import Connection
 from psycopg.rows import dict_row
 
+from appliance.store.pool import one_row
 
-def claim(conn, job: str, slot: str, *, trigger: str = "manual", params: dict | None = None,
+
+def claim(conn: Connection[Any], job: str, slot: str, *, trigger: str = "manual",
+          params: dict[str, Any] | None = None,
           timeout_s: int | None = None, rq_job_id: str | None = None) -> int | None:
     """Claim (job, slot); the run id, or None when someone else has it. A run
     retried by RQ re-takes its own failed row (same RQ job id)."""
@@ -23,21 +29,21 @@ def claim(conn, job: str, slot: str, *, trigger: str = "manual", params: dict | 
     return None if row is None else row[0]
 
 
-def set_rq_id(conn, run_id: int, rq_job_id: str) -> None:
+def set_rq_id(conn: Connection[Any], run_id: int, rq_job_id: str) -> None:
     conn.execute("UPDATE job_runs SET rq_job_id = %s WHERE id = %s", (rq_job_id, run_id))
 
 
-def start(conn, run_id: int) -> None:
+def start(conn: Connection[Any], run_id: int) -> None:
     conn.execute("""UPDATE job_runs SET status = 'running', started_at = now(), heartbeat_at = now(),
                     attempts = attempts + 1, finished_at = NULL WHERE id = %s""", (run_id,))
 
 
-def progress(conn, run_id: int, data: dict) -> None:
+def progress(conn: Connection[Any], run_id: int, data: dict[str, Any]) -> None:
     conn.execute("UPDATE job_runs SET progress = %s, heartbeat_at = now() WHERE id = %s",
                  (json.dumps(data, default=str), run_id))
 
 
-def finish_run(conn, run_id: int, status: str, result_json: str, error: str | None) -> None:
+def finish_run(conn: Connection[Any], run_id: int, status: str, result_json: str, error: str | None) -> None:
     """The outcome (``result_json`` already serialized and redacted). The
     progress ends in the run's final state, whatever the job reported last."""
     conn.execute(
@@ -51,25 +57,25 @@ def finish_run(conn, run_id: int, status: str, result_json: str, error: str | No
         (status, result_json, error, status, status, status, run_id))
 
 
-def get(conn, run_id: int) -> dict | None:
+def get(conn: Connection[Any], run_id: int) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM job_runs WHERE id = %s", (run_id,))
         return cur.fetchone()
 
 
-def recent(conn, *, job: str | None = None, limit: int = 50) -> list[dict]:
+def recent(conn: Connection[Any], *, job: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT * FROM job_runs WHERE (%s::text IS NULL OR job = %s)
                        ORDER BY created_at DESC, id DESC LIMIT %s""", (job, job, limit))
         return cur.fetchall()
 
 
-def job_names(conn) -> list[str]:
+def job_names(conn: Connection[Any]) -> list[str]:
     """The jobs that have runs, sorted."""
     return [r[0] for r in conn.execute("SELECT DISTINCT job FROM job_runs ORDER BY 1")]
 
 
-def latest_restore_tests(conn) -> dict[str, dict]:
+def latest_restore_tests(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
     """backup id (as given, a string) -> the newest restore_test run for it."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT DISTINCT ON (params->>'backup') * FROM job_runs
@@ -77,9 +83,9 @@ def latest_restore_tests(conn) -> dict[str, dict]:
         return {r["params"].get("backup"): r for r in cur.fetchall()}
 
 
-def last_by_job(conn) -> dict[str, dict]:
+def last_by_job(conn: Connection[Any]) -> dict[str, dict[str, Any]]:
     """Per job: the last run, the last success and the last failure."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT DISTINCT ON (job) * FROM job_runs ORDER BY job, created_at DESC""")
         for r in cur.fetchall():
@@ -95,7 +101,7 @@ def last_by_job(conn) -> dict[str, dict]:
     return out
 
 
-def fail_stale(conn, default_timeout_s: int) -> list[tuple[int, str]]:
+def fail_stale(conn: Connection[Any], default_timeout_s: int) -> list[tuple[int, str]]:
     """Runs still 'running' past their timeout without a heartbeat (or
     'queued' for over a day) marked failed; their (id, job)."""
     return conn.execute(
@@ -109,7 +115,7 @@ def fail_stale(conn, default_timeout_s: int) -> list[tuple[int, str]]:
            RETURNING id, job""", (default_timeout_s, default_timeout_s)).fetchall()
 
 
-def fail_by_rq_id(conn, rq_job_id: str, error: str) -> list[tuple[int, str]]:
+def fail_by_rq_id(conn: Connection[Any], rq_job_id: str, error: str) -> list[tuple[int, str]]:
     """The queued or running runs of one RQ job marked failed; their (id, job)."""
     return conn.execute(
         """UPDATE job_runs SET status = 'failed', finished_at = now(), error = %s
@@ -117,7 +123,8 @@ def fail_by_rq_id(conn, rq_job_id: str, error: str) -> list[tuple[int, str]]:
            RETURNING id, job""", (error, rq_job_id)).fetchall()
 
 
-def fail_in_flight(conn, own_id: int | None, own_finished_at, own_filename: str | None,
+def fail_in_flight(conn: Connection[Any], own_id: int | None, own_finished_at: dt.datetime | None,
+                   own_filename: str | None,
                    error: str) -> int:
     """In a restored database: the run ``own_id`` (the backup that wrote the
     archive) ended ok, every other queued or running run failed with ``error``.
@@ -136,21 +143,21 @@ def fail_in_flight(conn, own_id: int | None, own_finished_at, own_filename: str 
     return n
 
 
-def running_recently(conn) -> list[tuple]:
+def running_recently(conn: Connection[Any]) -> list[tuple[Any, ...]]:
     """(id, job) of the runs running with a heartbeat in the last five minutes."""
     return conn.execute(
         """SELECT id, job FROM job_runs WHERE status = 'running'
              AND coalesce(heartbeat_at, started_at) > now() - interval '5 minutes'""").fetchall()
 
 
-def last_claimed_slots(conn, slot_pattern: str) -> dict[str, str]:
+def last_claimed_slots(conn: Connection[Any], slot_pattern: str) -> dict[str, str]:
     """Per job, the latest slot matching ``slot_pattern`` (a regular expression)."""
     rows = conn.execute("SELECT job, max(slot) FROM job_runs WHERE slot ~ %s GROUP BY job",
                         (slot_pattern,)).fetchall()
     return {job: slot for job, slot in rows}
 
 
-def recent_outcomes(conn, n: int) -> dict[str, list[str]]:
+def recent_outcomes(conn: Connection[Any], n: int) -> dict[str, list[str]]:
     """Per job, the statuses of its last ``n`` finished runs, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT job, array_agg(status ORDER BY created_at DESC) AS sts
@@ -162,16 +169,16 @@ def recent_outcomes(conn, n: int) -> dict[str, list[str]]:
         return {r["job"]: r["sts"] for r in cur.fetchall()}
 
 
-def failures_since(conn, job: str, since) -> tuple[int, object]:
+def failures_since(conn: Connection[Any], job: str, since: dt.datetime | None) -> tuple[int, object]:
     """(how many runs of ``job`` failed after ``since`` (None: ever), when the first ended)."""
-    row = conn.execute(
+    row = one_row(conn.execute(
         """SELECT count(*), min(coalesce(finished_at, created_at))
            FROM job_runs WHERE job = %s AND status = 'failed'
-             AND created_at > coalesce(%s, '-infinity'::timestamptz)""", (job, since)).fetchone()
+             AND created_at > coalesce(%s, '-infinity'::timestamptz)""", (job, since)))
     return row[0], row[1]
 
 
-def last_success_result(conn, job: str) -> dict | None:
+def last_success_result(conn: Connection[Any], job: str) -> dict[str, Any] | None:
     """The result of ``job``'s latest run that ended ok or partial."""
     row = conn.execute("""SELECT result FROM job_runs WHERE job = %s
                             AND status IN ('ok', 'partial')
@@ -179,7 +186,7 @@ def last_success_result(conn, job: str) -> dict | None:
     return row[0] if row else None
 
 
-def delete_finished_before(conn, days: int) -> int:
+def delete_finished_before(conn: Connection[Any], days: int) -> int:
     """Finished runs older than ``days`` deleted; how many."""
     return conn.execute(
         """DELETE FROM job_runs
@@ -187,7 +194,7 @@ def delete_finished_before(conn, days: int) -> int:
              AND status NOT IN ('queued', 'running')""", (days,)).rowcount
 
 
-def own_run(conn, run_id: int, job: str, rq_job_id: str | None) -> int | None:
+def own_run(conn: Connection[Any], run_id: int, job: str, rq_job_id: str | None) -> int | None:
     """The run an RQ job may execute: ``run_id`` when that row is this job's
     (same job name, and the same RQ job id, or none recorded yet while it is
     queued); else the queued or retried row of ``job`` that carries
@@ -206,7 +213,7 @@ def own_run(conn, run_id: int, job: str, rq_job_id: str | None) -> int | None:
     return found[0] if found else None
 
 
-def runnable_ids_by_rq_id(conn) -> dict[str, tuple[int, str]]:
+def runnable_ids_by_rq_id(conn: Connection[Any]) -> dict[str, tuple[int, str]]:
     """RQ job id -> (run id, job) of every run that records one and may still
     run: queued, or failed and waiting for RQ's retry."""
     return {r[0]: (r[1], r[2]) for r in conn.execute(
@@ -214,7 +221,8 @@ def runnable_ids_by_rq_id(conn) -> dict[str, tuple[int, str]]:
            WHERE status IN ('queued', 'failed') AND rq_job_id IS NOT NULL""")}
 
 
-def fail_queued_without_job(conn, rq_job_ids: list[str], error: str) -> list[tuple[int, str]]:
+def fail_queued_without_job(conn: Connection[Any], rq_job_ids: list[str],
+                            error: str) -> list[tuple[int, str]]:
     """Queued runs whose RQ job is not among ``rq_job_ids`` (nothing will run
     them) marked failed with ``error``; their (id, job). A run that records
     no RQ job id yet is being queued right now and is left alone."""

@@ -3,9 +3,15 @@ restore test's scratch database, a full restore's new database, or a live
 database that may be damaged."""
 from __future__ import annotations
 
+from typing import Any
 
-def has_catalogue(conn) -> bool:
+from psycopg import Connection
+
+from appliance.store.pool import one_row
+
+
+def has_catalogue(conn: Connection[Any]) -> bool:
     """The database has the backup catalogue (table ``public.backups``)."""
-    return bool(conn.execute("SELECT to_regclass('public.backups') IS NOT NULL").fetchone()[0])
+    return bool(one_row(conn.execute("SELECT to_regclass('public.backups') IS NOT NULL"))[0])
 
 

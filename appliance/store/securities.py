@@ -4,7 +4,9 @@ date (``securities``, ``security_tickers``; see
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
+from psycopg import Connection
 from psycopg.rows import dict_row
 
 
@@ -30,7 +32,7 @@ def conflict_of(symbol: str, events: list[tuple[dt.date, str]]) -> str | None:
     return None
 
 
-def save_identity(conn, symbol: str, ident: dict, source: str) -> str | None:
+def save_identity(conn: Connection[Any], symbol: str, ident: dict[str, Any], source: str) -> str | None:
     """Store the security ``symbol`` names and its ticker periods (replacing
     the stored ones). Returns the problem that kept it from being stored
     (conflicting events, or a FIGI another symbol's security has), else None."""
@@ -59,11 +61,11 @@ def save_identity(conn, symbol: str, ident: dict, source: str) -> str | None:
     return None
 
 
-def set_delisted(conn, symbol: str, day: dt.date | None) -> None:
+def set_delisted(conn: Connection[Any], symbol: str, day: dt.date | None) -> None:
     conn.execute("UPDATE securities SET delisted_on = %s WHERE symbol = %s", (day, symbol))
 
 
-def security(conn, symbol: str) -> dict | None:
+def security(conn: Connection[Any], symbol: str) -> dict[str, Any] | None:
     """The security row of ``symbol`` with its ``tickers`` (oldest first), or None."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute("SELECT * FROM securities WHERE symbol = %s", (symbol,)).fetchone()
@@ -75,13 +77,13 @@ def security(conn, symbol: str) -> dict | None:
     return row
 
 
-def delisted(conn) -> dict[str, dt.date]:
+def delisted(conn: Connection[Any]) -> dict[str, dt.date]:
     """{symbol: delisted_on} of the delisted securities."""
     return dict(conn.execute("SELECT symbol, delisted_on FROM securities "
                              "WHERE delisted_on IS NOT NULL").fetchall())
 
 
-def universe(conn, as_of: dt.date) -> list[dict]:
+def universe(conn: Connection[Any], as_of: dt.date) -> list[dict[str, Any]]:
     """The securities that traded on ``as_of`` (listed, not yet delisted),
     with the ticker each had then, by symbol; symbols without ticker events
     count from their first to their last stored daily bar (``basis``

@@ -3,9 +3,13 @@ validated closes (per New York session)."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
+
+from psycopg import Connection
 
 
-def sampling_candidates(conn, timeframe: str, symbols: list[str] | None) -> list[tuple]:
+def sampling_candidates(conn: Connection[Any], timeframe: str,
+                        symbols: list[str] | None) -> list[tuple[Any, ...]]:
     """(symbol, first session, last session, validated candles) of the symbols
     with validated candles (only ``symbols``, unless None), by symbol."""
     return conn.execute(
@@ -16,7 +20,8 @@ def sampling_candidates(conn, timeframe: str, symbols: list[str] | None) -> list
         (timeframe, symbols, symbols)).fetchall()
 
 
-def validated_closes(conn, timeframe: str, symbols: list[str], *, tz: str) -> list[tuple]:
+def validated_closes(conn: Connection[Any], timeframe: str, symbols: list[str], *,
+                     tz: str) -> list[tuple[Any, ...]]:
     """(symbol, session, close) of every validated candle of ``symbols``."""
     return conn.execute(
         """SELECT symbol, (ts AT TIME ZONE %s)::date, close FROM market_data
@@ -24,7 +29,8 @@ def validated_closes(conn, timeframe: str, symbols: list[str], *, tz: str) -> li
         (tz, timeframe, symbols)).fetchall()
 
 
-def validated_close_near(conn, symbol: str, timeframe: str, day: dt.date, *, tz: str):
+def validated_close_near(conn: Connection[Any], symbol: str, timeframe: str, day: dt.date, *,
+                         tz: str) -> tuple[Any, ...] | None:
     """(session, close) of the first validated candle at or after ``day`` (else
     the last before it), or None."""
     params = {"s": symbol, "tf": timeframe, "day": day, "tz": tz}
@@ -42,7 +48,7 @@ def validated_close_near(conn, symbol: str, timeframe: str, day: dt.date, *, tz:
     return row
 
 
-def split_factors(conn, symbol: str, sessions: list[dt.date], *, tz: str) -> list[float]:
+def split_factors(conn: Connection[Any], symbol: str, sessions: list[dt.date], *, tz: str) -> list[float]:
     """The split factor of ``symbol``'s bar of each session, from the one
     home of the adjustment (``adjustment_factor(symbol, day, 'splits', tz)``)."""
     rows = conn.execute(

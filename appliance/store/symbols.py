@@ -3,17 +3,21 @@ after every write so that status and the console never scan market_data."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from psycopg import Connection
 from psycopg.rows import dict_row
 
+from appliance.store.pool import one_row
 from appliance.store.writes import TIMEFRAME, stored_sessions
 
 
-def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn, tz: str,
+def refresh_symbol_stats(conn: Connection[Any], symbol: str, *, cal_sessions_fn: Callable[..., Any],
+                         score_fn: Callable[..., Any], tz: str,
                          timeframe: str = TIMEFRAME,
-                         expected_from: dt.date | None = None) -> dict | None:
+                         expected_from: dt.date | None = None) -> dict[str, Any] | None:
     """Recompute one symbol's running aggregates (and its missing sessions).
 
     ``cal_sessions_fn(first, last)`` returns the calendar's sessions;
@@ -22,7 +26,7 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn, tz: st
     start, when the vendor has not yet been asked from there); None means the
     first stored bar (the vendor had nothing earlier: the listing date).
     """
-    row = conn.execute(
+    row = one_row(conn.execute(
         """SELECT (min(ts) AT TIME ZONE %(tz)s)::date,
                   (max(ts) AT TIME ZONE %(tz)s)::date,
                   count(*), count(*) FILTER (WHERE validated),
@@ -33,7 +37,7 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn, tz: st
                   -- one demo bar makes the symbol's data demo: never labelled real
                   CASE WHEN bool_or(source = 'demo') THEN 'demo' ELSE max(source) END
            FROM market_data WHERE symbol = %(s)s AND timeframe = %(tf)s""",
-        {"s": symbol, "tf": timeframe, "tz": tz}).fetchone()
+        {"s": symbol, "tf": timeframe, "tz": tz}))
     first, last, n, n_valid, gaps, g_split, g_jump, mean_score, source = row
     if n == 0:
         conn.execute("DELETE FROM symbol_stats WHERE symbol = %s", (symbol,))
@@ -73,9 +77,9 @@ def refresh_symbol_stats(conn, symbol: str, *, cal_sessions_fn, score_fn, tz: st
             "missing": len(missing), "completeness": completeness, "quality_score": score}
 
 
-def summary(conn) -> dict:
+def summary(conn: Connection[Any]) -> dict[str, Any]:
     """The database part of /api/v1/status, from the running aggregates."""
-    row = conn.execute(
+    row = one_row(conn.execute(
         """SELECT count(*), coalesce(sum(records), 0), coalesce(sum(validated), 0),
                   coalesce(sum(gaps), 0),
                   -- a delisted security's data ends at its last session: never stale
@@ -83,9 +87,9 @@ def summary(conn) -> dict:
                     SELECT 1 FROM securities se
                     WHERE se.symbol = symbol_stats.symbol AND se.delisted_on IS NOT NULL)),
                   coalesce(sum(missing_sessions), 0), max(last_update)
-           FROM symbol_stats""").fetchone()
+           FROM symbol_stats"""))
     n_sym, total, valid, gaps, latest, missing, last_update = row
-    size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    size = one_row(conn.execute("SELECT pg_database_size(current_database())"))[0]
     total, valid, gaps = int(total), int(valid), int(gaps)
     return {
         "symbols_available": int(n_sym),
@@ -101,7 +105,7 @@ def summary(conn) -> dict:
     }
 
 
-def symbol_rows(conn) -> list[dict]:
+def symbol_rows(conn: Connection[Any]) -> list[dict[str, Any]]:
     """Every configured or stored symbol with its stats."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -120,13 +124,13 @@ def symbol_rows(conn) -> list[dict]:
         return cur.fetchall()
 
 
-def symbol_row(conn, symbol: str) -> dict | None:
+def symbol_row(conn: Connection[Any], symbol: str) -> dict[str, Any] | None:
     for r in symbol_rows_for(conn, [symbol]):
         return r
     return None
 
 
-def symbol_rows_for(conn, symbols: Sequence[str]) -> list[dict]:
+def symbol_rows_for(conn: Connection[Any], symbols: Sequence[str]) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """SELECT coalesce(s.symbol, st.symbol) AS symbol, coalesce(s.active, false) AS active,
@@ -140,7 +144,7 @@ def symbol_rows_for(conn, symbols: Sequence[str]) -> list[dict]:
         return cur.fetchall()
 
 
-def sync_symbols(conn, specs) -> dict:
+def sync_symbols(conn: Connection[Any], specs: Iterable[Any]) -> dict[str, Any]:
     """Make the symbols table match the config: add new, reactivate, deactivate
     removed ones (their data stays). Returns ``{"added", "removed"}``."""
     existing = {r[0]: (r[1], r[2]) for r in
@@ -166,25 +170,25 @@ def sync_symbols(conn, specs) -> dict:
     return {"added": added, "removed": removed}
 
 
-def symbol_known(conn, symbol: str) -> bool:
+def symbol_known(conn: Connection[Any], symbol: str) -> bool:
     """The symbol was ever configured, or has stored candles."""
     return conn.execute("""SELECT 1 FROM symbols WHERE symbol = %s
                            UNION ALL SELECT 1 FROM symbol_stats WHERE symbol = %s LIMIT 1""",
                         (symbol, symbol)).fetchone() is not None
 
 
-def no_symbol_stats(conn) -> bool:
+def no_symbol_stats(conn: Connection[Any]) -> bool:
     """Nothing stored yet: no symbol has statistics."""
-    return bool(conn.execute("SELECT NOT EXISTS (SELECT 1 FROM symbol_stats)").fetchone()[0])
+    return bool(one_row(conn.execute("SELECT NOT EXISTS (SELECT 1 FROM symbol_stats)"))[0])
 
 
-def has_daily_bars(conn, symbol: str) -> bool:
+def has_daily_bars(conn: Connection[Any], symbol: str) -> bool:
     """Any daily candle of ``symbol`` is stored."""
     return conn.execute("SELECT 1 FROM market_data WHERE symbol = %s AND timeframe = %s LIMIT 1",
                         (symbol, TIMEFRAME)).fetchone() is not None
 
 
-def mark_unknown(conn, symbol: str, reason: str) -> None:
+def mark_unknown(conn: Connection[Any], symbol: str, reason: str) -> None:
     """The vendor does not know ``symbol`` (kept until ``clear_unknown``)."""
     conn.execute("""INSERT INTO symbols (symbol, unknown_at, unknown_reason)
                     VALUES (%s, now(), %s)
@@ -192,12 +196,12 @@ def mark_unknown(conn, symbol: str, reason: str) -> None:
                       unknown_at = coalesce(symbols.unknown_at, now())""", (symbol, reason))
 
 
-def clear_unknown(conn, symbol: str) -> None:
+def clear_unknown(conn: Connection[Any], symbol: str) -> None:
     conn.execute("""UPDATE symbols SET unknown_at = NULL, unknown_reason = NULL
                     WHERE symbol = %s AND unknown_at IS NOT NULL""", (symbol,))
 
 
-def unknown_symbols(conn) -> list[dict]:
+def unknown_symbols(conn: Connection[Any]) -> list[dict[str, Any]]:
     """Configured (active) symbols the vendor does not know: symbol, since, reason."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT symbol, unknown_at AS since, unknown_reason AS reason FROM symbols

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import Connection
 
-from appliance.core.candles import Split
+from appliance.core.candles import Bars, Split
 from appliance.store import pool as db
+from appliance.store.pool import one_row
 
 TIMEFRAME = "1d"
 
@@ -43,7 +46,8 @@ def _fmt_float_col(a: np.ndarray) -> list[str]:
     return res
 
 
-def copy_text(bars, checked, *, issues_of, direct: bool = False, tz: str | None = None) -> bytes:
+def copy_text(bars: Bars, checked: Any, *, issues_of: Callable[..., Any], direct: bool = False,
+              tz: str | None = None) -> bytes:
     """The COPY payload (text format) for one symbol's bars: staging columns
     (``_STAGE_COLS``), or with ``direct`` the columns of market_data itself
     (``_DIRECT_COLS``: bar start as a midnight of the exchange time zone
@@ -74,7 +78,7 @@ def copy_text(bars, checked, *, issues_of, direct: bool = False, tz: str | None 
     return "".join(lines).encode("utf-8")
 
 
-def _ensure_stage(conn) -> None:
+def _ensure_stage(conn: Connection[Any]) -> None:
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS md_stage (
         symbol text, session date, open double precision, high double precision,
         low double precision, close double precision, volume double precision,
@@ -83,13 +87,13 @@ def _ensure_stage(conn) -> None:
     ) ON COMMIT DELETE ROWS""")
 
 
-def ensure_partitions_for(conn, first: dt.date, last: dt.date) -> None:
+def ensure_partitions_for(conn: Connection[Any], first: dt.date, last: dt.date) -> None:
     # bar starts are 00:00 New York = 04:00/05:00 UTC of the same date
     db.ensure_partitions(conn, first.year, last.year)
 
 
-def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, last: dt.date,
-                tz: str, run_id: int | None = None, timeframe: str = TIMEFRAME) -> dict:
+def upsert_bars(conn: Connection[Any], payload: bytes, *, symbol: str | None, first: dt.date, last: dt.date,
+                tz: str, run_id: int | None = None, timeframe: str = TIMEFRAME) -> dict[str, Any]:
     """COPY ``payload`` (from ``copy_text``, one symbol's bars; with ``symbol``
     None, the bars of any number of symbols, e.g. a whole-market day) into
     staging, then one upsert.
@@ -111,10 +115,10 @@ def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, las
         # the planner knows nothing of a fresh temp table: without this it may scan
         # all of market_data instead of probing its primary key
         cur.execute("ANALYZE md_stage")
-        n_stage = cur.execute("SELECT count(*) FROM md_stage").fetchone()[0]
+        n_stage = one_row(cur.execute("SELECT count(*) FROM md_stage"))[0]
         one_symbol = "m.symbol = %(symbol)s AND" if symbol is not None else ""
         # one join finds both the bars that exist already and those the vendor revised
-        existing, revised = cur.execute(
+        existing, revised = one_row(cur.execute(
             f"""WITH j AS (
                  SELECT m.symbol, m.timeframe, m.ts, s.open AS s_open, s.high AS s_high,
                         s.low AS s_low, s.close AS s_close, s.volume AS s_volume,
@@ -142,7 +146,7 @@ def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, las
                  RETURNING 1)
                SELECT (SELECT count(*) FROM j), (SELECT count(*) FROM rev)""",
             {"run": run_id, "tf": timeframe, "first": first, "last": last,
-             "symbol": symbol, "tz": tz}).fetchone()
+             "symbol": symbol, "tz": tz}))
         cur.execute(
             f"""INSERT INTO market_data (symbol, timeframe, ts, {', '.join(_VALUE_COLS)})
                SELECT symbol, %(tf)s, (session::timestamp AT TIME ZONE %(tz)s),
@@ -159,7 +163,8 @@ def upsert_bars(conn, payload: bytes, *, symbol: str | None, first: dt.date, las
     return {"inserted": inserted, "updated": affected - inserted, "revised": revised}
 
 
-def write_bars(conn, bars, checked, *, issues_of, tz: str, run_id: int | None = None) -> dict:
+def write_bars(conn: Connection[Any], bars: Bars, checked: Any, *, issues_of: Callable[..., Any], tz: str,
+               run_id: int | None = None) -> dict[str, Any]:
     """Store one symbol's validated bars; returns ``{"inserted", "updated", "revised"}``.
 
     When none of the bars' sessions is stored yet (a new symbol, a first
@@ -173,12 +178,12 @@ def write_bars(conn, bars, checked, *, issues_of, tz: str, run_id: int | None = 
     if conn.autocommit:
         raise RuntimeError("write_bars needs a connection inside a transaction")
     ensure_partitions_for(conn, first, last)
-    overlap = conn.execute(
+    overlap = one_row(conn.execute(
         """SELECT EXISTS (SELECT 1 FROM market_data WHERE symbol = %(s)s AND timeframe = %(tf)s
              AND ts >= (%(first)s::date::timestamp AT TIME ZONE %(tz)s)
              AND ts < ((%(last)s::date + 1)::timestamp AT TIME ZONE %(tz)s))""",
         {"s": bars.symbol, "tf": TIMEFRAME, "first": first, "last": last,
-         "tz": tz}).fetchone()[0]
+         "tz": tz}))[0]
     if not overlap:
         payload = copy_text(bars, checked, issues_of=issues_of, direct=True, tz=tz)
         try:
@@ -195,8 +200,8 @@ def write_bars(conn, bars, checked, *, issues_of, tz: str, run_id: int | None = 
                        run_id=run_id)
 
 
-def last_close_before(conn, symbol: str, session: dt.date, timeframe: str = TIMEFRAME, *,
-                      tz: str):
+def last_close_before(conn: Connection[Any], symbol: str, session: dt.date, timeframe: str = TIMEFRAME, *,
+                      tz: str) -> float | None:
     row = conn.execute(
         """SELECT close FROM market_data WHERE symbol = %s AND timeframe = %s
            AND ts < (%s::date::timestamp AT TIME ZONE %s)
@@ -204,7 +209,7 @@ def last_close_before(conn, symbol: str, session: dt.date, timeframe: str = TIME
     return None if row is None else row[0]
 
 
-def last_session_before(conn, symbol: str, session: dt.date, *, tz: str) -> dt.date | None:
+def last_session_before(conn: Connection[Any], symbol: str, session: dt.date, *, tz: str) -> dt.date | None:
     """The session of the valid daily bar ``last_close_before`` reads."""
     row = conn.execute(
         """SELECT (ts AT TIME ZONE %(tz)s)::date FROM market_data
@@ -215,7 +220,7 @@ def last_session_before(conn, symbol: str, session: dt.date, *, tz: str) -> dt.d
     return None if row is None else row[0]
 
 
-def stored_sessions(conn, symbol: str, timeframe: str = TIMEFRAME, *, tz: str) -> np.ndarray:
+def stored_sessions(conn: Connection[Any], symbol: str, timeframe: str = TIMEFRAME, *, tz: str) -> np.ndarray:
     rows = conn.execute(
         """SELECT (ts AT TIME ZONE %s)::date FROM market_data
            WHERE symbol = %s AND timeframe = %s ORDER BY ts""",
@@ -223,7 +228,7 @@ def stored_sessions(conn, symbol: str, timeframe: str = TIMEFRAME, *, tz: str) -
     return np.array([r[0] for r in rows], dtype="datetime64[D]")
 
 
-def last_stored_session(conn, symbol: str, *, tz: str) -> dt.date | None:
+def last_stored_session(conn: Connection[Any], symbol: str, *, tz: str) -> dt.date | None:
     row = conn.execute("SELECT last_session FROM symbol_stats WHERE symbol = %s",
                        (symbol,)).fetchone()
     if row and row[0]:
@@ -236,7 +241,7 @@ def last_stored_session(conn, symbol: str, *, tz: str) -> dt.date | None:
 
 # --------------------------------------------------------------------------- splits
 
-def save_splits(conn, splits: Iterable, source: str) -> int:
+def save_splits(conn: Connection[Any], splits: Iterable[Split], source: str) -> int:
     n = 0
     with conn.cursor() as cur:
         for s in splits:
@@ -251,7 +256,7 @@ def save_splits(conn, splits: Iterable, source: str) -> int:
     return n
 
 
-def splits_for(conn, symbol: str):
+def splits_for(conn: Connection[Any], symbol: str) -> list[Split]:
     rows = conn.execute("""SELECT symbol, execution_date, split_from, split_to FROM splits
                            WHERE symbol = %s ORDER BY execution_date""", (symbol,)).fetchall()
     return [Split(*r) for r in rows]

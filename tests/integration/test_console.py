@@ -356,6 +356,29 @@ def test_jobs_page_polls_a_running_run_and_stops_when_it_finished(client, runtim
     assert "hx-trigger" not in part and ">ok<" in part and "500" in part
 
 
+def test_a_run_page_renders_the_result_by_the_keys_its_job_declares(client, runtime):
+    from appliance.jobs import registry, runs
+    with runtime.conn() as conn:
+        rid = runs.claim(conn, "backfill", runs.manual_slot())
+        runs.start(conn, rid)
+        # stored in another order than BackfillResult's, with a key it does not declare
+        runs.finish(conn, rid, "partial", {"legacy_total": 7, "requests": 9, "updated": 2,
+                                           "failed": {"ZZZZ": "unknown ticker"},
+                                           "inserted": 40, "plan": "aggregates: 2 symbols"},
+                    "1 symbol(s) failed: ZZZZ: unknown ticker")
+    html = client.get(f"/jobs/{rid}").get_data(as_text=True)
+    row = re.search(rf'<tr id="run-{rid}".*?</tr>', html, re.S).group(0)
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert cells[-2:] == ["42", "9"]  # rows (inserted + updated), requests
+    assert "ZZZZ: unknown ticker" in row
+    result, other = html.split("<h2>Result</h2>", 1)[1].split("keys its job does not declare")
+    shown = re.findall(r"<dt>([^<]+)</dt>", result)
+    declared = [k.replace("_", " ") for k in registry.result_keys("backfill")]
+    assert shown == [k for k in declared if k in shown]  # the declared order
+    assert set(shown) == {"plan", "failed", "inserted", "updated", "requests"}
+    assert re.findall(r"<dt>([^<]+)</dt>", other) == ["legacy total"]
+
+
 def test_restore_test_progress_shows_the_steps_then_a_green_result(client, runtime):
     from appliance.jobs import runs
     with runtime.conn() as conn:

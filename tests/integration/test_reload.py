@@ -131,7 +131,8 @@ def test_a_reload_during_a_run_applies_from_the_next_run(runtime, config_factory
         return {"status": "ok"}
 
     monkeypatch.setitem(registry.JOBS, "probe",
-                        registry.Job("probe", f"{__name__}:_probe", "* * * * *", "test probe"))
+                        registry.Job("probe", f"{__name__}:_probe", "* * * * *", "test probe",
+                                     "appliance.jobs.registry:JobResult"))
     monkeypatch.setattr(sys.modules[__name__], "_probe", probe, raising=False)
     monkeypatch.setenv("APPLIANCE_CONFIG", str(runtime.config.path))
     monkeypatch.setattr(entry, "_rt", None)

@@ -18,7 +18,7 @@ from appliance.core.candles import Bars
 from appliance.core.errors import ProviderError
 from appliance.ingest import daily
 from appliance.ingest.backfill import run_backfill
-from appliance.jobs import runs
+from appliance.jobs import registry, runs
 from appliance.ops.maintenance import maintain
 from appliance.ops.performance import review
 from appliance.ops.retention import prune_history
@@ -33,7 +33,12 @@ SPLIT_DAY = dt.date(2024, 2, 15)
 
 
 def _execute(rt, job, fn, **params):
-    return runs.execute(rt, job, runs.manual_slot(), fn, params=params)
+    """The job run as the worker runs it; its result holds only the keys its
+    job's result type declares (what the console renders)."""
+    res = runs.execute(rt, job, runs.manual_slot(), fn, params=params)
+    undeclared = set(res) - set(registry.result_keys(job)) - {"run_id"}
+    assert not undeclared, f"{job} returns keys its result type does not declare: {undeclared}"
+    return res
 
 
 def _open(path):

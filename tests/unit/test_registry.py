@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import is_typeddict
 
 import pytest
 import yaml
@@ -28,6 +29,32 @@ def test_the_schema_names_exactly_the_registry_jobs():
 def test_every_job_target_is_a_function():
     for name in registry.JOBS:
         assert callable(registry.job_function(name)), name
+
+
+def test_every_job_declares_its_result_type_and_returns_it():
+    for name in registry.JOBS:
+        cls = registry.result_type(name)
+        assert is_typeddict(cls) and issubclass_typeddict(cls, registry.JobResult), name
+        # the function's return annotation names the declared type
+        assert registry.job_function(name).__annotations__["return"] == cls.__name__, name
+        keys = registry.result_keys(name)
+        assert keys[-len(registry.COMMON_KEYS):] == registry.COMMON_KEYS
+        assert len(set(keys)) == len(keys), name
+
+
+def issubclass_typeddict(cls, base) -> bool:
+    """A TypedDict's bases are gone at run time; its keys hold the base's."""
+    return set(base.__annotations__) <= set(cls.__annotations__)
+
+
+def test_a_result_type_that_is_no_typeddict_is_refused(monkeypatch):
+    monkeypatch.setitem(registry.JOBS, "odd", registry.Job(
+        "odd", "appliance.jobs.registry:run_now_params", "* * * * *", "",
+        "appliance.jobs.registry:Job"))
+    with pytest.raises(TypeError, match="Job .the result of job 'odd'. is not a TypedDict"):
+        registry.result_type("odd")
+    with pytest.raises(ValueError, match="unknown job 'nope'"):
+        registry.result_keys("nope")
 
 
 def test_an_unknown_job_is_refused_with_the_known_names():

@@ -19,6 +19,7 @@ from appliance import __version__, store
 from appliance.alerts import rules as alerts
 from appliance.core.errors import ApplianceError, BackupError, LockBusy
 from appliance.core.units import disk_usage, human_bytes
+from appliance.jobs.registry import JobResult
 from appliance.ops.backups.catalogue import backup_dir, upsert_backup
 from appliance.ops.backups.common import (
     ALERT_KEY,
@@ -447,7 +448,22 @@ def _is_older_backup(p: Path, started: dt.datetime) -> bool:
         return True
 
 
-def run_backup(rt, run_id, report) -> dict:
+class BackupResult(JobResult, total=False):
+    """The ``backup`` job's result."""
+    backup_id: int
+    filename: str
+    path: str
+    size_bytes: int
+    sha256: str
+    candles: int
+    dump_seconds: float
+    schema_version: int
+    #: file names retention deleted after this backup
+    retention_deleted: list[str]
+    run_id: int
+
+
+def run_backup(rt, run_id, report) -> BackupResult:
     """The ``backup`` job: one ``pg_dump -Fc`` archive + manifest in
     ``backup.path``, then retention (``create_backup``). Result: status ok with
     backup_id, filename, size_bytes, sha256, run_id, … A failure raises

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from appliance import store
 from appliance.core.errors import BackupError
+from appliance.jobs.registry import JobResult
 from appliance.ops.backups.catalogue import BackupRef, record_restore_test, register, resolve_backup
 from appliance.ops.backups.common import Steps, db_name, sha256_file, tool_target, url_for, utcnow
 from appliance.ops.backups.manifest import compare_with_manifest, note_restore_test, snapshot_counts
@@ -256,7 +258,21 @@ def restore_test(rt, backup="latest", report=None, run_id: int | None = None) ->
     return out
 
 
-def run_restore_test(rt, run_id, report, backup="latest") -> dict:
+class RestoreTestResult(JobResult, total=False):
+    """The ``restore_test`` job's result (the checks themselves are in the
+    catalogue: ``restore_tests``)."""
+    backup_id: int
+    filename: str
+    path: str
+    seconds: float
+    restore_seconds: float | None
+    #: validated, invalid, gaps of the restored candles
+    validation: dict[str, Any] | None
+    #: how many numbers were compared with the manifest
+    checks: int
+
+
+def run_restore_test(rt, run_id, report, backup="latest") -> RestoreTestResult:
     """The ``restore_test`` job: prove one backup restores (``backup``:
     'latest', a catalogue id, a file name or a path). Result: status 'ok' when
     it passed, 'failed' with ``error`` saying exactly what differed when it did

@@ -7,7 +7,7 @@ from flask import Blueprint, abort, render_template, request, url_for
 
 from appliance.core.units import eta_text
 from appliance.jobs import runs
-from appliance.jobs.registry import JOB_NAMES, run_now_params
+from appliance.jobs.registry import JOB_NAMES, result_keys, run_now_params
 from appliance.jobs.runs import duration_s, progress_counts
 from appliance.web.api import MAX_ID
 from appliance.web.console.common import FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt
@@ -17,26 +17,34 @@ log = logging.getLogger("appliance.console")
 bp = Blueprint("jobs", __name__)
 
 
+def declared_keys(job: str) -> tuple[str, ...]:
+    """The keys job ``job``'s result declares (``registry.result_keys``); none
+    for a run of a job the registry no longer lists."""
+    try:
+        return result_keys(job)
+    except ValueError:
+        return ()
+
+
 def run_view(r: dict) -> dict:
+    """A run as the pages show it. Its result is read by the keys its job's
+    result type declares, in their order (``result_obj``); keys the type does
+    not declare (a run stored by an older version) come apart
+    (``result_other``), shown as they are."""
     res = r.get("result") or {}
+    keys = declared_keys(r["job"])
+    declared = {k: res[k] for k in keys if k in res}
+    other = {k: v for k, v in res.items() if k not in declared}
     prog = r.get("progress") or {}
     dur = duration_s(r, running_until_now=True)
     rows = None
-    if "inserted" in res or "updated" in res:
-        rows = (res.get("inserted") or 0) + (res.get("updated") or 0)
+    if "inserted" in declared or "updated" in declared:
+        rows = int(declared.get("inserted") or 0) + int(declared.get("updated") or 0)
     elif "rows" in prog:
         rows = prog.get("rows")
-    elif "rows" in res:
-        rows = res.get("rows")
-    requests_ = res.get("requests", prog.get("requests"))
-    errors = []
-    if r.get("error"):
-        errors.append(r["error"])
-    failed = res.get("failed")
-    if isinstance(failed, dict) and failed:
-        errors.extend(f"{k}: {v}" for k, v in failed.items())
-    elif isinstance(failed, list) and failed:
-        errors.extend(str(x) for x in failed)
+    requests_ = declared["requests"] if "requests" in declared else prog.get("requests")
+    errors = [r["error"]] if r.get("error") else []
+    errors.extend(f"{k}: {v}" for k, v in (declared.get("failed") or {}).items())
     counts = progress_counts(prog)  # the same reading as the CLI's
     pct = counts["pct"] if counts else None
     steps = prog.get("steps") if isinstance(prog.get("steps"), list) else []
@@ -45,7 +53,8 @@ def run_view(r: dict) -> dict:
         pct = round(100 * done / len(steps))
     return {**r, "duration_s": dur, "rows": rows, "requests": requests_, "errors": errors,
             "pct": pct, "eta": eta_text(prog["eta_s"]) if "eta_s" in prog else None, "steps": steps, "running": r["status"] not in FINISHED,  # noqa: E501
-            "progress_obj": prog, "result_obj": res, "counts": counts}
+            "progress_obj": prog, "result_obj": declared, "result_other": other,
+            "counts": counts}
 
 
 @bp.get("/jobs")
