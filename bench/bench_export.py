@@ -128,11 +128,22 @@ def bench_bulk(client, url: str, syms: list[str], tmp: Path) -> dict:
             for block in cstore.copy_out(conn, sql, params):
                 n_bytes += len(block)
     copy_s = time.perf_counter() - t
+    arrays = f"COPY ({cstore.arrays_sql('1m')}) TO STDOUT (FORMAT binary)"
+    t = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for s in syms:
+            params = {"symbol": s, "start": YEAR_START, "end": YEAR_END, "after": None,
+                      "tz": "America/New_York"}
+            for block in cstore.copy_out(conn, arrays, params):
+                n_bytes += len(block)
+    arrays_s = time.perf_counter() - t
     return {"rows": rows, "answer_bytes": len(data),
             "bulk_rows_per_s": round(rows / bulk_s),
             "copy_binary_rows_per_s": round(rows / copy_s),
+            "copy_session_arrays_rows_per_s": round(rows / arrays_s),
             "pyarrow_file_rows_per_s": round(rows / file_s),
-            "bulk_to_copy": round(copy_s / bulk_s, 2), "bulk_to_file": round(file_s / bulk_s, 3)}
+            "bulk_to_copy": round(copy_s / bulk_s, 2),
+            "bulk_to_copy_arrays": round(arrays_s / bulk_s, 2), "bulk_to_file": round(file_s / bulk_s, 3)}
 
 
 def bench_export(rt, url: str, tmp: Path, n_bars: int) -> dict:

@@ -36,6 +36,22 @@ def factor_join(adjust, session: str) -> str:
           FROM adj a WHERE a.span @> ({session})) f"""
 
 
+def steps(conn, symbol: str, adjust, *, tz: str) -> list[tuple]:
+    """The steps of ``symbol`` in mode ``adjust`` as (first session or None,
+    session after the last or None, price factor, volume factor), by their
+    end; none for ``none``. The same factors ``factor_join`` gives in SQL, for
+    reads that apply them outside the database (``ops.arrowbars``)."""
+    mode = mode_of(adjust)
+    if mode == NONE:
+        return []
+    return [tuple(r) for r in conn.execute(
+        """SELECT CASE WHEN lower_inc(span) THEN lower(span) ELSE lower(span) + 1 END,
+                  CASE WHEN upper_inc(span) THEN upper(span) + 1 ELSE upper(span) END,
+                  price_factor, volume_factor
+           FROM adjustment_steps(%s, %s, %s) WHERE NOT isempty(span)
+           ORDER BY upper(span) NULLS LAST""", (symbol, mode, tz)).fetchall()]
+
+
 def adjusted(adjust) -> bool:
     """Whether ``adjust`` changes any value."""
     return mode_of(adjust) != NONE

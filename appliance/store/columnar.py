@@ -11,8 +11,13 @@ a week for 1w, or NULL), limit (or NULL), tz (the exchange time zone).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
-from appliance.store.minutes import _source
+from psycopg.adapt import Loader
+from psycopg.pq import Format
+
+from appliance.core.timeframes import ROLLUPS
+from appliance.store.minutes import _FIRST_SESSION, _source
 from appliance.store.reads import _historical_select, weekly_sql
 
 #: The value columns of each kind of timeframe, in the order returned.
@@ -54,15 +59,81 @@ def bars_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
 
 
 def intraday_copy_sql(timeframe: str, *, adjust, include_invalid: bool) -> str:
-    """``COPY ... TO STDOUT (FORMAT binary)`` of one symbol's intraday bars,
-    every field fixed-width and never NULL (a missing price is NaN, a missing
-    trade count -1), so that every row has the same bytes: ``arrowbars``
-    reads them with one numpy view, no Python object per value."""
+    """``COPY ... TO STDOUT (FORMAT binary)`` of one symbol's intraday bars
+    unpacked in SQL, one row per bar (every field fixed-width and never NULL:
+    a missing price is NaN, a missing trade count -1): the limit of reading
+    bars that way, measured beside the answers by ``bench/bench_export.py``
+    (the answers read ``session_arrays`` instead)."""
     src = _source(timeframe, adjust, include_invalid)
     prices = ", ".join(f"coalesce(z.{c}::float8, 'NaN')" for c in _PRICES)
     return f"""COPY (SELECT (extract(epoch FROM z.ts) * 1000)::bigint, z.session, {prices},
                             coalesce(z.trades::int8, -1), z.validated FROM ({src}) z)
                TO STDOUT (FORMAT binary)"""
+
+
+#: A NULL element of an int8 price array read by ``session_arrays`` (no
+#: stored value: they are below 2**62 in magnitude, see ``minutes._scale_of``).
+NULL_INT8 = -(2 ** 63)
+#: A NULL trade count read by ``session_arrays`` (counts are never negative).
+NULL_TRADES = -1
+#: The array columns of ``session_arrays``' rows, after (session, scale).
+ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
+                 "invalid")
+
+
+def arrays_sql(timeframe: str) -> str:
+    """One row per stored session of ``%(symbol)s`` from the first session a
+    cursor ``%(after)s`` can need to ``%(end)s``, oldest first: (session,
+    scale, *ARRAY_COLUMNS), each array with no NULL element (``NULL_INT8``,
+    ``NULL_TRADES`` or NaN instead) so that its binary form has a fixed width
+    per element. Rollups have no scale (NULL: the floats as they are), no
+    raw and no invalid bar."""
+    if timeframe == "1m":
+        ints = ", ".join(f"array_replace(b.{c}, NULL, '{NULL_INT8}'::int8)"
+                         for c in ("open", "high", "low", "close", "volume", "vwap"))
+        return f"""SELECT b.session, b.scale, b.minutes, {ints},
+                          array_replace(b.raw, NULL, 'NaN'::float8),
+                          array_replace(b.trades, NULL, {NULL_TRADES}), b.invalid
+                   FROM minute_bars b
+                   WHERE b.symbol = %(symbol)s
+                     AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s
+                   ORDER BY b.session"""
+    if timeframe not in ROLLUPS:
+        raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
+    floats = ", ".join(f"array_replace(b.{c}, NULL, 'NaN'::float8)"
+                       for c in ("open", "high", "low", "close", "volume", "vwap"))
+    return f"""SELECT b.session, NULL::int2, b.starts, {floats}, NULL::float8[],
+                      array_replace(b.trades, NULL, {NULL_TRADES}::int8), '{{}}'::int2[]
+               FROM rollup_bars b
+               WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s
+                 AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s
+               ORDER BY b.session"""
+
+
+class _ArrayBytes(Loader):
+    """An array in PostgreSQL's binary form, as its bytes (decoded by numpy
+    in ``ops.arrowbars``, not element by element into Python objects)."""
+
+    format = Format.BINARY
+
+    def load(self, data) -> bytes:
+        return bytes(data)
+
+
+#: int2[], int4[], int8[], float8[]
+_ARRAY_OIDS = (1005, 1007, 1016, 1022)
+
+
+def session_arrays(conn, timeframe: str, params: dict) -> Iterator[tuple]:
+    """The stored sessions of one symbol's intraday ``timeframe`` bars as they
+    are stored, one row per session (see ``arrays_sql``; parameters symbol,
+    start, end, after, tz), each array as the bytes of its binary form,
+    streamed: closing the iterator early cancels the query."""
+    cur = conn.cursor(binary=True)
+    for oid in _ARRAY_OIDS:
+        cur.adapters.register_loader(oid, _ArrayBytes)
+    with cur:
+        yield from cur.stream(arrays_sql(timeframe), {**params, "tf": timeframe})
 
 
 def copy_out(conn, sql: str, params: dict):
