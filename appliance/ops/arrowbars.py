@@ -151,7 +151,9 @@ def _array(data: bytes | None) -> tuple[int, int, int]:
     if has_null:
         raise ValueError("unexpected NULL element in a stored bar array")
     dims = struct.unpack_from(f">{2 * ndim}i", data, 12)
-    n = int(np.prod(dims[0::2]))
+    n = 1
+    for size in dims[0::2]:
+        n *= size
     off = 12 + 8 * ndim
     return n, off, (len(data) - off) // n - 4
 
@@ -181,17 +183,19 @@ def utc_ms(days: np.ndarray, minutes: np.ndarray, tz: str) -> np.ndarray:
     (standard time)."""
     zone = ZoneInfo(tz)
     local = (days.astype(np.int64) * 1440 + minutes) * 60_000
-    offset = np.empty(len(days), np.int64)
     uniq, inverse = np.unique(days, return_inverse=True)
+    per_day = np.empty(len(uniq), np.int64)
+    changes = []
     for i, d in enumerate(uniq.tolist()):
         day = dt.datetime.fromordinal(d + _UNIX_EPOCH_ORDINAL)
-        first, last = _offset_ms(day, zone), _offset_ms(day.replace(hour=23, minute=59), zone)
-        sel = inverse == i
-        if first == last:
-            offset[sel] = first
-        else:  # a DST change on this day: minute by minute
-            offset[sel] = [_offset_ms(day + dt.timedelta(minutes=m), zone)
-                           for m in minutes[sel].tolist()]
+        per_day[i] = _offset_ms(day, zone)
+        if per_day[i] != _offset_ms(day.replace(hour=23, minute=59), zone):
+            changes.append((i, day))
+    offset = per_day[inverse.reshape(-1)]
+    for i, day in changes:  # a DST change on this day: minute by minute
+        sel = np.nonzero(inverse.reshape(-1) == i)[0]
+        offset[sel] = [_offset_ms(day + dt.timedelta(minutes=m), zone)
+                       for m in minutes[sel].tolist()]
     return local - offset
 
 
@@ -296,6 +300,19 @@ def symbol_batches(conn, batches: Batches, symbol: str, timeframe: str, *, adjus
         yield batches.batch(symbol, rows)
 
 
+#: Columns with few distinct values per row group, the only ones worth a
+#: Parquet dictionary (a price or time column has nearly as many values as
+#: rows: its dictionary would be built, found too big and dropped, per page).
+_DICTIONARY = ("symbol", "session", "validated", "gap_detected", "gap_kind", "source")
+
+
+def parquet_writer(where, sch: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer of ``sch`` (zstd) to a path or file, as every Parquet
+    answer and the exported dataset write."""
+    return pq.ParquetWriter(where, sch, compression="zstd",
+                            use_dictionary=[c for c in _DICTIONARY if c in sch.names])
+
+
 class _Sink(io.RawIOBase):
     """A write-only file whose bytes are taken out as they are written."""
 
@@ -329,7 +346,7 @@ def encode(fmt: str, sch: pa.Schema, batches: Iterable[pa.RecordBatch],
     rows) or an Arrow / CSV batch at a time, never the whole answer."""
     sink = _Sink()
     if fmt == "parquet":
-        writer = pq.ParquetWriter(sink, sch, compression="zstd")
+        writer = parquet_writer(sink, sch)
         pending: list[pa.RecordBatch] = []
         n = 0
         for b in batches:
