@@ -81,9 +81,13 @@ ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "r
                  "invalid")
 
 
+_PAST = "AND (%(past)s::date IS NULL OR b.session > %(past)s::date)"
+
+
 def arrays_sql(timeframe: str) -> str:
     """One row per stored session of ``%(symbol)s`` from the first session a
-    cursor ``%(after)s`` can need to ``%(end)s``, oldest first: (session,
+    cursor ``%(after)s`` can need (and after ``%(past)s``, NULL: any) to
+    ``%(end)s``, oldest first, at most ``%(sessions)s`` of them: (session,
     scale, *ARRAY_COLUMNS), each array with no NULL element (``NULL_INT8``,
     ``NULL_TRADES`` or NaN instead) so that its binary form has a fixed width
     per element. Rollups have no scale (NULL: the floats as they are), no
@@ -96,8 +100,8 @@ def arrays_sql(timeframe: str) -> str:
                           array_replace(b.trades, NULL, {NULL_TRADES}), b.invalid
                    FROM minute_bars b
                    WHERE b.symbol = %(symbol)s
-                     AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s
-                   ORDER BY b.session"""
+                     AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
+                   ORDER BY b.session LIMIT %(sessions)s"""
     if timeframe not in ROLLUPS:
         raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
     floats = ", ".join(f"array_replace(b.{c}, NULL, 'NaN'::float8)"
@@ -106,8 +110,8 @@ def arrays_sql(timeframe: str) -> str:
                       array_replace(b.trades, NULL, {NULL_TRADES}::int8), '{{}}'::int2[]
                FROM rollup_bars b
                WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s
-                 AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s
-               ORDER BY b.session"""
+                 AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
+               ORDER BY b.session LIMIT %(sessions)s"""
 
 
 class _ArrayBytes(Loader):
@@ -124,16 +128,36 @@ class _ArrayBytes(Loader):
 _ARRAY_OIDS = (1005, 1007, 1016, 1022)
 
 
+#: Minute sessions read per query by ``session_arrays`` for a page (about
+#: 15,000-40,000 bars); a rollup reads as many bars' worth of sessions.
+SESSIONS_PER_READ = 40
+
+
 def session_arrays(conn, timeframe: str, params: dict) -> Iterator[tuple]:
     """The stored sessions of one symbol's intraday ``timeframe`` bars as they
     are stored, one row per session (see ``arrays_sql``; parameters symbol,
-    start, end, after, tz), each array as the bytes of its binary form,
-    streamed: closing the iterator early cancels the query."""
+    start, end, after, tz, limit), each array as the bytes of its binary form.
+    Without a limit (the bulk answer, the export) one query streamed: the
+    server reads ahead while the caller decodes, and closing the iterator
+    early cancels the query. With a limit (a page) ``SESSIONS_PER_READ``
+    minute sessions' worth per query, each read whole: the page stops after
+    the query that completes it, with no query to cancel."""
+    sql = arrays_sql(timeframe)
     cur = conn.cursor(binary=True)
     for oid in _ARRAY_OIDS:
         cur.adapters.register_loader(oid, _ArrayBytes)
+    base = {**params, "tf": timeframe, "past": None, "sessions": None}
     with cur:
-        yield from cur.stream(arrays_sql(timeframe), {**params, "tf": timeframe})
+        if params.get("limit") is None:
+            yield from cur.stream(sql, base)
+            return
+        per_read = SESSIONS_PER_READ * ROLLUPS.get(timeframe, 1)
+        while True:
+            rows = cur.execute(sql, {**base, "sessions": per_read}).fetchall()
+            yield from rows
+            if len(rows) < per_read:
+                return
+            base["past"] = rows[-1][0]
 
 
 def copy_out(conn, sql: str, params: dict):
