@@ -1,10 +1,13 @@
 """Bars as typed columns, for the Arrow/Parquet answers, the bulk endpoint
-and the exported dataset: the same rows as the JSON answers (same SQL
-underneath, same order, same cursor), but every value in its own column
-instead of one text per bar.
+and the exported dataset: the same rows as the JSON answers (same order,
+same cursor), but every value in its own column instead of one text per bar.
 
-Every query returns ``ms`` first (the bar's start in Unix milliseconds, the
-cursor and the ``time`` column), then the columns of ``COLUMNS[kind]``.
+Intraday bars are read as stored, one row per symbol-session
+(``session_arrays``), and decoded outside the database
+(``ops.arrowbars.decode_sessions``). Daily and weekly bars come from the
+JSON answers' SQL (``bars_sql``): every such query returns ``ms`` first
+(the bar's start in Unix milliseconds, the cursor and the ``time`` column),
+then the columns of ``COLUMNS[kind]``.
 Parameters: symbol, tf ('1d'), start, end (sessions), after (timestamptz,
 a week for 1w, or NULL), limit (or NULL), tz (the exchange time zone).
 """
