@@ -84,7 +84,8 @@ class Batches:
         (``store.minutes._source``), same values computed the same way, the
         bars after ``after`` only, at most ``limit`` of them, oldest first,
         at most ``rows_per_batch`` per batch."""
-        after_ms = None if after is None else int(after.timestamp() * 1000)
+        # whole ms, rounded down: a bar (whole ms) is after ``after`` if after this
+        after_ms = None if after is None else (after - _EPOCH) // dt.timedelta(milliseconds=1)
         left = limit
         group: list[tuple] = []
         n = 0
@@ -135,6 +136,7 @@ class Batches:
 
 _PRICE_COLUMNS = ("open", "high", "low", "close", "volume", "vwap")
 _UNIX_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _array(data: bytes | None) -> tuple[int, int, int]:
