@@ -12,9 +12,12 @@ through ``intraday.write`` (the minute truth of the fakes, no vendor), then:
   2. the bulk endpoint (``/api/v1/bars``, every symbol, Parquet) end to end
      with the client's ``pyarrow`` read, against two limits measured in the
      same run: PostgreSQL's ``COPY (SELECT ...) TO STDOUT (FORMAT binary)``
-     of the same rows (drained by psycopg), and ``pyarrow`` reading the same
-     rows from a local Parquet file;
-  3. ``appliance export`` (``export.export``) of the year: rows/s, and bytes
+     of the same rows (drained by psycopg), one row per bar as the JSON
+     answer's SQL unpacks them and one row per session as the answers read
+     them (``store.columnar.arrays_sql``), and ``pyarrow`` reading the same
+     rows from a local Parquet file; best of the rounds;
+  3. ``appliance export`` (``export.export``) of the year (best of the
+     rounds, each into an empty directory): rows/s, and bytes
      on disk per minute bar next to the store's (``minute_bars`` table,
      TOAST and index).
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -128,11 +132,22 @@ def bench_bulk(client, url: str, syms: list[str], tmp: Path) -> dict:
             for block in cstore.copy_out(conn, sql, params):
                 n_bytes += len(block)
     copy_s = time.perf_counter() - t
+    arrays = f"COPY ({cstore.arrays_sql('1m')}) TO STDOUT (FORMAT binary)"
+    t = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for s in syms:
+            params = {"symbol": s, "start": YEAR_START, "end": YEAR_END, "after": None,
+                      "tz": "America/New_York", "past": None, "sessions": None}
+            for block in cstore.copy_out(conn, arrays, params):
+                n_bytes += len(block)
+    arrays_s = time.perf_counter() - t
     return {"rows": rows, "answer_bytes": len(data),
             "bulk_rows_per_s": round(rows / bulk_s),
             "copy_binary_rows_per_s": round(rows / copy_s),
+            "copy_session_arrays_rows_per_s": round(rows / arrays_s),
             "pyarrow_file_rows_per_s": round(rows / file_s),
-            "bulk_to_copy": round(copy_s / bulk_s, 2), "bulk_to_file": round(file_s / bulk_s, 3)}
+            "bulk_to_copy": round(copy_s / bulk_s, 2),
+            "bulk_to_copy_arrays": round(arrays_s / bulk_s, 2), "bulk_to_file": round(file_s / bulk_s, 3)}
 
 
 def bench_export(rt, url: str, tmp: Path, n_bars: int) -> dict:
@@ -187,9 +202,15 @@ def main() -> int:
         out = {"symbols": len(syms), "bars": n}
         out["symbol_year"] = bench_symbol_year(client, syms[0], a.rounds)
         say(f"one symbol-year of 1m bars: {out['symbol_year']}")
-        out["bulk"] = bench_bulk(client, url, syms, tmp)
+        # best of the rounds (the limits measured in the same round)
+        rounds = [bench_bulk(client, url, syms, tmp) for _ in range(a.rounds)]
+        out["bulk"] = max(rounds, key=lambda r: r["bulk_rows_per_s"])
         say(f"bulk: {out['bulk']}")
-        out["export"] = bench_export(rt, url, tmp, n)
+        exports = []
+        for _ in range(a.rounds):
+            exports.append(bench_export(rt, url, tmp, n))
+            shutil.rmtree(tmp / "dataset")
+        out["export"] = max(exports, key=lambda r: r["rows_per_s"])
         say(f"export: {out['export']}")
         print(json.dumps(out, indent=1))
         rt.close()

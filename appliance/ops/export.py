@@ -28,7 +28,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from appliance.core import calendar as tcal
 from appliance.core.timeframes import base_of
@@ -111,7 +110,7 @@ def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[
     stats = {"rows": 0, "first": None, "last": None}
 
     def write(tmp: Path) -> None:
-        with pq.ParquetWriter(tmp, sch, compression="zstd") as w:
+        with arrowbars.parquet_writer(tmp, sch) as w:
             for b in _month_batches(conn, sch, timeframe, month, symbols, tz):
                 w.write_batch(b)
                 stats["rows"] += b.num_rows

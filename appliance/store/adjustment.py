@@ -10,6 +10,10 @@ before it is written into the SQL).
 """
 from __future__ import annotations
 
+from typing import Any
+
+from psycopg import Connection
+
 from appliance.core.adjustment import NONE, mode_of
 
 
@@ -34,6 +38,23 @@ def factor_join(adjust: str | bool | None, session: str) -> str:
           SELECT coalesce(max(a.price_factor), 1.0) AS kp,
                  coalesce(max(a.volume_factor), 1.0) AS kv
           FROM adj a WHERE a.span @> ({session})) f"""
+
+
+def steps(conn: Connection[Any], symbol: str, adjust: str | bool | None, *,
+          tz: str) -> list[tuple[Any, ...]]:
+    """The steps of ``symbol`` in mode ``adjust`` as (first session or None,
+    session after the last or None, price factor, volume factor), by their
+    end; none for ``none``. The same factors ``factor_join`` gives in SQL, for
+    reads that apply them outside the database (``ops.arrowbars``)."""
+    mode = mode_of(adjust)
+    if mode == NONE:
+        return []
+    return [tuple(r) for r in conn.execute(
+        """SELECT CASE WHEN lower_inc(span) THEN lower(span) ELSE lower(span) + 1 END,
+                  CASE WHEN upper_inc(span) THEN upper(span) + 1 ELSE upper(span) END,
+                  price_factor, volume_factor
+           FROM adjustment_steps(%s, %s, %s) WHERE NOT isempty(span)
+           ORDER BY upper(span) NULLS LAST""", (symbol, mode, tz)).fetchall()]
 
 
 def adjusted(adjust: str | bool | None) -> bool:

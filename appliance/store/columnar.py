@@ -1,10 +1,13 @@
 """Bars as typed columns, for the Arrow/Parquet answers, the bulk endpoint
-and the exported dataset: the same rows as the JSON answers (same SQL
-underneath, same order, same cursor), but every value in its own column
-instead of one text per bar.
+and the exported dataset: the same rows as the JSON answers (same order,
+same cursor), but every value in its own column instead of one text per bar.
 
-Every query returns ``ms`` first (the bar's start in Unix milliseconds, the
-cursor and the ``time`` column), then the columns of ``COLUMNS[kind]``.
+Intraday bars are read as stored, one row per symbol-session
+(``session_arrays``), and decoded outside the database
+(``ops.arrowbars.decode_sessions``). Daily and weekly bars come from the
+JSON answers' SQL (``bars_sql``): every such query returns ``ms`` first
+(the bar's start in Unix milliseconds, the cursor and the ``time`` column),
+then the columns of ``COLUMNS[kind]``.
 Parameters: symbol, tf ('1d'), start, end (sessions), after (timestamptz,
 a week for 1w, or NULL), limit (or NULL), tz (the exchange time zone).
 """
@@ -16,8 +19,11 @@ from typing import Any
 
 from psycopg import Connection
 from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 
-from appliance.store.minutes import _source
+from appliance.core.timeframes import ROLLUPS
+from appliance.store.minutes import _FIRST_SESSION, _source
 from appliance.store.pool import one_row
 from appliance.store.reads import _historical_select, weekly_sql
 
@@ -60,15 +66,106 @@ def bars_sql(timeframe: str, *, adjust: str | bool | None, include_invalid: bool
 
 
 def intraday_copy_sql(timeframe: str, *, adjust: str | bool | None, include_invalid: bool) -> str:
-    """``COPY ... TO STDOUT (FORMAT binary)`` of one symbol's intraday bars,
-    every field fixed-width and never NULL (a missing price is NaN, a missing
-    trade count -1), so that every row has the same bytes: ``arrowbars``
-    reads them with one numpy view, no Python object per value."""
+    """``COPY ... TO STDOUT (FORMAT binary)`` of one symbol's intraday bars
+    unpacked in SQL, one row per bar (every field fixed-width and never NULL:
+    a missing price is NaN, a missing trade count -1): the limit of reading
+    bars that way, measured beside the answers by ``bench/bench_export.py``
+    (the answers read ``session_arrays`` instead)."""
     src = _source(timeframe, adjust, include_invalid)
     prices = ", ".join(f"coalesce(z.{c}::float8, 'NaN')" for c in _PRICES)
     return f"""COPY (SELECT (extract(epoch FROM z.ts) * 1000)::bigint, z.session, {prices},
                             coalesce(z.trades::int8, -1), z.validated FROM ({src}) z)
                TO STDOUT (FORMAT binary)"""
+
+
+#: A NULL element of an int8 price array read by ``session_arrays`` (no
+#: stored value: they are below 2**62 in magnitude, see ``minutes._scale_of``).
+NULL_INT8 = -(2 ** 63)
+#: A NULL trade count read by ``session_arrays`` (counts are never negative).
+NULL_TRADES = -1
+#: The array columns of ``session_arrays``' rows, after (session, scale).
+ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
+                 "invalid")
+
+
+_PAST = "AND (%(past)s::date IS NULL OR b.session > %(past)s::date)"
+
+
+def arrays_sql(timeframe: str) -> str:
+    """One row per stored session of ``%(symbol)s`` from the first session a
+    cursor ``%(after)s`` can need (and after ``%(past)s``, NULL: any) to
+    ``%(end)s``, oldest first, at most ``%(sessions)s`` of them: (session,
+    scale, *ARRAY_COLUMNS), each array with no NULL element (``NULL_INT8``,
+    ``NULL_TRADES`` or NaN instead) so that its binary form has a fixed width
+    per element. Rollups have no scale (NULL: the floats as they are), no
+    raw and no invalid bar."""
+    if timeframe == "1m":
+        ints = ", ".join(f"array_replace(b.{c}, NULL, '{NULL_INT8}'::int8)"
+                         for c in ("open", "high", "low", "close", "volume", "vwap"))
+        return f"""SELECT b.session, b.scale, b.minutes, {ints},
+                          array_replace(b.raw, NULL, 'NaN'::float8),
+                          array_replace(b.trades, NULL, {NULL_TRADES}), b.invalid
+                   FROM minute_bars b
+                   WHERE b.symbol = %(symbol)s
+                     AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
+                   ORDER BY b.session LIMIT %(sessions)s"""
+    if timeframe not in ROLLUPS:
+        raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
+    floats = ", ".join(f"array_replace(b.{c}, NULL, 'NaN'::float8)"
+                       for c in ("open", "high", "low", "close", "volume", "vwap"))
+    return f"""SELECT b.session, NULL::int2, b.starts, {floats}, NULL::float8[],
+                      array_replace(b.trades, NULL, {NULL_TRADES}::int8), '{{}}'::int2[]
+               FROM rollup_bars b
+               WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s
+                 AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
+               ORDER BY b.session LIMIT %(sessions)s"""
+
+
+class _ArrayBytes(Loader):
+    """An array in PostgreSQL's binary form, as its bytes (decoded by numpy
+    in ``ops.arrowbars``, not element by element into Python objects)."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+#: int2[], int4[], int8[], float8[]
+_ARRAY_OIDS = (1005, 1007, 1016, 1022)
+
+
+#: Minute sessions read per query by ``session_arrays`` for a page (about
+#: 15,000-40,000 bars); a rollup reads as many bars' worth of sessions.
+SESSIONS_PER_READ = 40
+
+
+def session_arrays(conn: Connection[Any], timeframe: str,
+                   params: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """The stored sessions of one symbol's intraday ``timeframe`` bars as they
+    are stored, one row per session (see ``arrays_sql``; parameters symbol,
+    start, end, after, tz, limit), each array as the bytes of its binary form.
+    Without a limit (the bulk answer, the export) one query streamed: the
+    server reads ahead while the caller decodes, and closing the iterator
+    early cancels the query. With a limit (a page) ``SESSIONS_PER_READ``
+    minute sessions' worth per query, each read whole: the page stops after
+    the query that completes it, with no query to cancel."""
+    sql = arrays_sql(timeframe)
+    cur = conn.cursor(binary=True)
+    for oid in _ARRAY_OIDS:
+        cur.adapters.register_loader(oid, _ArrayBytes)
+    base = {**params, "tf": timeframe, "past": None, "sessions": None}
+    with cur:
+        if params.get("limit") is None:
+            yield from cur.stream(sql, base)
+            return
+        per_read = SESSIONS_PER_READ * ROLLUPS.get(timeframe, 1)
+        while True:
+            rows = cur.execute(sql, {**base, "sessions": per_read}).fetchall()
+            yield from rows
+            if len(rows) < per_read:
+                return
+            base["past"] = rows[-1][0]
 
 
 def copy_out(conn: Connection[Any], sql: str, params: dict[str, Any]) -> Iterator[Buffer]:

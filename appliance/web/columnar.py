@@ -231,8 +231,8 @@ def _paced(batches, rate: int | None):
 
 
 def _read_batches(conn, sch, a: dict):
-    """Record batches of every symbol in turn, each read as one stream (a
-    binary COPY for intraday bars), at most CHUNK rows in hand."""
+    """Record batches of every symbol in turn, each read as one stream (of
+    its stored sessions for intraday bars), about CHUNK rows in hand."""
     batches = arrowbars.Batches(sch, a["symbols"])
     for sym in a["symbols"]:
         params = {"symbol": sym, "tf": "1d", "start": a["start"], "end": a["end"],
