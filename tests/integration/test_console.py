@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -96,6 +97,26 @@ def test_dashboard_update_sends_nothing_when_nothing_changed_and_only_changed_pa
     assert 'id="dash-poll" hidden hx-swap-oob="true"' in body
     new_poll = re.search(r'hx-get="(/dashboard/update[^"]+)"', body).group(1).replace("&amp;", "&")
     assert client.get(new_poll, headers=HX).status_code == 204
+
+
+def test_a_recent_backup_does_not_make_every_dashboard_poll_send_its_card(client, runtime):
+    """The backup card says how long ago the last backup was; a poll a second
+    later, with nothing else changed, must still send nothing (an age counted
+    in seconds would differ at every poll)."""
+    with runtime.conn() as conn:
+        conn.execute("""INSERT INTO backups (filename, path, created_at, size_bytes, status)
+                        VALUES ('market_data_poll_test.dump', '/nonexistent',
+                                now() - interval '5 seconds', 1, 'ok')""")
+    try:
+        html = client.get("/dashboard").get_data(as_text=True)
+        assert "under a minute ago" in html
+        poll = re.search(r'hx-get="(/dashboard/update[^"]+)"', html).group(1).replace("&amp;", "&")
+        time.sleep(1.5)  # the clock must move for the age to be rendered again
+        r = client.get(poll, headers=HX)
+        assert r.status_code == 204, r.get_data(as_text=True)[:500]
+    finally:
+        with runtime.conn() as conn:
+            conn.execute("DELETE FROM backups WHERE filename = 'market_data_poll_test.dump'")
 
 
 def test_an_htmx_request_gets_the_partial_and_a_plain_one_the_page(client, backfilled):

@@ -226,8 +226,16 @@ def _age_seconds(ts) -> float | None:
 
 
 def f_age(ts) -> str:
+    """How long ago, to the minute ("under a minute ago", "5 min ago",
+    "3 h 12 min ago"): a polled panel that shows it re-renders the same until
+    a minute has passed, so the dashboard's poll sends nothing when nothing
+    changed (a count of seconds would differ at every poll)."""
     s = _age_seconds(ts)
-    return "—" if s is None else f_duration(max(0.0, s)) + " ago"
+    if s is None:
+        return "—"
+    if s < 60:
+        return "under a minute ago"
+    return f_duration(s - s % 60).replace(" 0 s", "") + " ago"
 
 
 def f_duration(s) -> str:
