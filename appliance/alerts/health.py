@@ -98,7 +98,7 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
     def probe():
         try:
             with rt.pool.connection(timeout=timeout) as conn:
-                store.sessions.statement_timeout_local(conn, timeout)
+                store.settings.statement_timeout_local(conn, timeout)
                 out = store.summary(conn)
                 out["open_alerts"] = store.open_alerts(conn)
                 out["unknown_symbols"] = [r["symbol"]

@@ -103,7 +103,7 @@ def _retention(rt, conn, cfg, years: int, today: dt.date) -> dict:
     cutoff = dt.date(cutoff_year, 1, 1)
     dropped: list[str] = []
     affected: set[str] = set()
-    store.sessions.lock_timeout(conn, "60s")
+    store.settings.lock_timeout(conn, "60s")
     for year in sorted(db.existing_partitions(conn)):
         if year >= cutoff_year:
             continue
@@ -115,7 +115,7 @@ def _retention(rt, conn, cfg, years: int, today: dt.date) -> dict:
         _event(conn, f"retention: dropped partition {name} ({rows} candle(s); "
                      f"retention.data_years = {years})",
                {"partition": name, "rows": rows, "cutoff": cutoff.isoformat()})
-    store.sessions.lock_timeout(conn, None)
+    store.settings.lock_timeout(conn, None)
     refreshed = []
     if dropped:
         with rt.conn() as c:

@@ -12,7 +12,7 @@ module of their own are used as ``store.MODULE.NAME``: ``alerts``, ``runs``
 (job_runs), ``history`` (a restore's history merge), ``maintenance``,
 ``performance``, ``spotcheck``, ``databases`` (whole databases on the
 server), ``scratch`` (a database that is not the live one yet), ``locks``
-(advisory locks), ``sessions`` (session settings), ``dividends`` (cash
+(advisory locks), ``settings`` (session settings), ``dividends`` (cash
 dividends and their revisions) and ``securities`` (identity: FIGI, tickers,
 delistings, the universe as of a date).
 
@@ -30,9 +30,9 @@ from appliance.store import (
     runs,
     scratch,
     securities,
+    settings,
     spotcheck,
 )
-from appliance.store import settings as sessions
 from appliance.store.alerts import alerts_list, open_alerts
 from appliance.store.backups import (
     backup_id,
@@ -121,7 +121,7 @@ __all__ = [
     "runs",
     "securities",
     "scratch",
-    "sessions",
+    "settings",
     "spotcheck",
     "database_facts",
     "export_snapshot",
