@@ -101,8 +101,8 @@ def test_dashboard_update_sends_nothing_when_nothing_changed_and_only_changed_pa
 
 def test_a_recent_backup_does_not_make_every_dashboard_poll_send_its_card(client, runtime):
     """The backup card says how long ago the last backup was; a poll a second
-    later, with nothing else changed, must still send nothing (an age counted
-    in seconds would differ at every poll)."""
+    later must not send that card again (an age counted in seconds would differ
+    at every poll)."""
     with runtime.conn() as conn:
         conn.execute("""INSERT INTO backups (filename, path, created_at, size_bytes, status)
                         VALUES ('market_data_poll_test.dump', '/nonexistent',
@@ -113,7 +113,13 @@ def test_a_recent_backup_does_not_make_every_dashboard_poll_send_its_card(client
         poll = re.search(r'hx-get="(/dashboard/update[^"]+)"', html).group(1).replace("&amp;", "&")
         time.sleep(1.5)  # the clock must move for the age to be rendered again
         r = client.get(poll, headers=HX)
-        assert r.status_code == 204, r.get_data(as_text=True)[:500]
+        # Other panels may change meanwhile (the database's size grows with any
+        # write elsewhere on the server); the backup card must not be among them.
+        assert r.status_code in (200, 204)
+        body = r.get_data(as_text=True)
+        assert 'id="card-backup"' not in body, body[:500]
+        if r.status_code == 200:
+            assert 'id="dash-poll"' in body
     finally:
         with runtime.conn() as conn:
             conn.execute("DELETE FROM backups WHERE filename = 'market_data_poll_test.dump'")
