@@ -14,6 +14,13 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
+# The suite runs in parallel under pytest-xdist: one worker per core here
+# (2); each has its own embedded PostgreSQL and Redis (or its own template
+# database and Redis db numbers on external servers). A file's tests stay on
+# one worker, and the deployment journeys never run two at once (the
+# scheduler of tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS)
 
 LOCK    = requirements.lock
 LOCK_ARGS ?=
@@ -49,7 +56,7 @@ up: install
 
 # The whole suite against the embedded PostgreSQL and Redis (the default).
 test: install-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The integration tests again against external servers (CI: the machine's
 # PostgreSQL on 5432 and Redis on 6379).
@@ -58,7 +65,7 @@ APPLIANCE_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 test-external: install-test
 	APPLIANCE_TEST_DATABASE_URL=$(APPLIANCE_TEST_DATABASE_URL) \
 	APPLIANCE_TEST_REDIS_URL=$(APPLIANCE_TEST_REDIS_URL) \
-	$(PY) -m pytest -m "not e2e and not deploy and not slow" tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not e2e and not deploy and not slow" tests/integration $(PYTEST_ARGS)
 
 # Static checks: ruff (style, bugs, imports), the import contracts of
 # pyproject.toml (lint-imports) and mypy (strict where pyproject says).

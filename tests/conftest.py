@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
+from xdist.scheduler import LoadScopeScheduling
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the pytest-xdist worker ("gw0", "gw1", ...; "main" without xdist) and how many there are
@@ -111,6 +112,25 @@ def database_url(pg_server_url, template_db):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+
+
+class _FileGroups(LoadScopeScheduling):
+    """pytest-xdist's scheduling by scope, with the scope a test's file: the
+    tests of one file run on one worker, so that a file's module-scoped
+    fixture (a booted host, a built wheel, a replica pair) is made once; and
+    every file of tests/deploy/ is one scope, so that two deployment journeys
+    (a systemd host, podman stacks) never run at once. (xdist's own
+    ``xdist_group`` marks cannot do this with pytest 9: the group is written
+    into ``item._nodeid``, which pytest 9 no longer reads.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.split("::", 1)[0]
+        return "tests/deploy/" if path.startswith("tests/deploy/") else path
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    return _FileGroups(config, log)
 
 
 def redis_dbs(worker: str = XDIST_WORKER, workers: int = XDIST_WORKERS) -> range:
@@ -220,3 +240,26 @@ ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 @pytest.fixture
 def admin_headers():
     return dict(ADMIN)
+
+
+# -- the reliability scenarios' figures (``survived`` in tests/reliability) ------
+# Here, in the root conftest, because under pytest-xdist the controlling
+# process loads no other conftest: it sees only the workers' reports.
+_SURVIVED: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    """Gathered from the reports, not the fixture: under pytest-xdist the
+    scenarios run in worker processes and only their reports (with
+    ``user_properties``) reach the process that prints the summary."""
+    if report.when != "call":
+        return
+    name = report.nodeid.split("::")[-1].split("@")[0]
+    _SURVIVED.extend(f"{name}: {text}" for key, text in report.user_properties if key == "survived")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SURVIVED:
+        terminalreporter.section("reliability: what survived")
+        for line in _SURVIVED:
+            terminalreporter.write_line(line)
