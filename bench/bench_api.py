@@ -420,12 +420,19 @@ def bench_tail(args, tmp: Path) -> dict:
                 for who, port, prefix in order:
                     workers = _children((appliance if who == "appliance" else small).proc.pid)
                     cpu0 = _cpu_seconds(workers)
+                    pg0 = _backend_cpu(name)
                     r[who] = wrk_tail(f"http://127.0.0.1:{port}", prefix, q, n_sym,
                                       args.connections, args.tail_duration, tmp)
                     # CPU per request of the app's workers: on a machine shared with
                     # other work, the figure that load beside the run disturbs least
+                    n = max(1, r[who]["requests"])
                     r[who]["cpu_ms_per_request"] = round(
-                        (_cpu_seconds(workers) - cpu0) * 1000 / max(1, r[who]["requests"]), 3)
+                        (_cpu_seconds(workers) - cpu0) * 1000 / n, 3)
+                    # and of the PostgreSQL backends serving it (the two apps share
+                    # the database, but only one is under load at a time)
+                    pg1 = _backend_cpu(name)
+                    r[who]["pg_cpu_ms_per_request"] = round(
+                        sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items()) * 1000 / n, 3)
                 r["p99_ratio"] = round(r["appliance"]["p99_ms"] / r["small"]["p99_ms"], 2)
                 r["rps_ratio"] = round(r["appliance"]["rps"] / r["small"]["rps"], 2)
                 rounds.append(r)
@@ -441,20 +448,20 @@ def bench_tail(args, tmp: Path) -> dict:
         finally:
             appliance.stop()
             small.stop()
-        print("| round | app | req/s | p50 ms | p99 ms | max ms | > 1 s | > 2 s | CPU ms/req |\n"
-              "|---|---|---|---|---|---|---|---|---|")
+        print("| round | app | req/s | p50 ms | p99 ms | max ms | > 1 s | > 2 s | CPU ms/req "
+              "| PostgreSQL CPU ms/req |\n|---|---|---|---|---|---|---|---|---|---|")
         for i, r in enumerate(rounds, 1):
             for who in ("appliance", "small"):
                 x = r[who]
                 print(f"| {i} | {who} | {x['rps']:.0f} | {x['p50_ms']:.0f} | {x['p99_ms']:.0f} | "
                       f"{x['max_ms']:.0f} | {x['over_1s']} | {x['over_2s']} | "
-                      f"{x['cpu_ms_per_request']} |")
-            print(f"| {i} | ratio | {r['rps_ratio']} | | {r['p99_ratio']} | | | | |")
+                      f"{x['cpu_ms_per_request']} | {x['pg_cpu_ms_per_request']} |")
+            print(f"| {i} | ratio | {r['rps_ratio']} | | {r['p99_ratio']} | | | | | |")
         med = {}
         for who in ("appliance", "small"):
             med[who] = {k: statistics.median(r[who][k] for r in rounds)
                         for k in ("rps", "p50_ms", "p99_ms", "max_ms", "over_1s", "over_2s",
-                                  "cpu_ms_per_request")}
+                                  "cpu_ms_per_request", "pg_cpu_ms_per_request")}
         return {"symbols": n_sym, "rows_per_request": a["count"], "load_s": load_s,
                 "workers": opts["workers"], "worker_class": opts["worker_class"],
                 "pool_size": args.tail_pool_size, "connections": args.connections,
@@ -482,6 +489,15 @@ def _cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _backend_cpu(dbname: str) -> dict[int, float]:
+    """{pid: CPU seconds} of the PostgreSQL backends connected to ``dbname``
+    (a local server: /proc of this machine)."""
+    with psycopg.connect(SERVER, autocommit=True) as c:
+        pids = [r[0] for r in c.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
+                                        (dbname,)).fetchall()]
+    return {pid: _cpu_seconds([pid]) for pid in pids}
 
 
 def _fetch(port: int, path: str) -> bytes:
