@@ -68,7 +68,8 @@ def _json_value(col: str, kind: str) -> str:
 
 
 def historical_json_sql(adjust: str | bool | None, include_invalid: bool) -> str:
-    """SQL returning one JSON text per candle, in the API's field order.
+    """SQL returning one JSON text per candle, in the API's field order, and
+    the symbol's ticker history (``TICKERS_SQL``) beside it.
 
     PostgreSQL prints float8 with the shortest text that reads back as the
     same double, so a price comes back exactly as the vendor sent it. The
@@ -83,8 +84,18 @@ def historical_json_sql(adjust: str | bool | None, include_invalid: bool) -> str
     for name, kind in _JSON_FIELDS:
         text.append(f"""'{sep}"{name}" : ' || {_json_value(name, kind)}""")
         sep = ", "
-    return f"""SELECT {" || ".join(text)} || '}}'
+    return f"""SELECT {" || ".join(text)} || '}}', {TICKERS_SQL}
                FROM ({inner}) q"""
+
+
+#: The tickers a renamed symbol's security had, as JSON text
+#: (``[{"ticker", "from", "to"}, ...]``, oldest first), or NULL for a symbol
+#: with one ticker or none: the second column of ``historical_json_sql``'s
+#: rows (a subquery on the parameter alone, so the server computes it once
+#: per query), which saves the answer a round trip of its own.
+TICKERS_SQL = """(SELECT json_agg(json_build_object('ticker', ticker, 'from', valid_from,
+                                                  'to', valid_to) ORDER BY valid_from)::text
+                  FROM security_tickers WHERE symbol = %(symbol)s HAVING count(*) > 1)"""
 
 
 def _csv_text(col: str) -> str:

@@ -227,15 +227,22 @@ def historical(symbol: str):
     conn = cm.__enter__()
     released = False
     try:
-        tickers = bars.ticker_history(conn, symbol)  # before a stream holds the connection
         cur = conn.cursor()
         if small:
-            rows, first = None, [r[0] for r in cur.execute(sql_text, params).fetchall()]
+            rows, head_rows = None, cur.execute(sql_text, params).fetchall()
         else:
             rows = cur.stream(sql_text, params, size=STREAM_CHUNK)
-            first = [r[0] for r in itertools.islice(rows, FIRST_CHUNK)]
+            head_rows = list(itertools.islice(rows, FIRST_CHUNK))
+        first = [r[0] for r in head_rows]
         done = len(first) < FIRST_CHUNK or small
         unknown = done and not first and not known_symbol(conn, symbol)
+        # the JSON rows carry the ticker history beside each bar (computed once)
+        if fmt == "csv":
+            tickers = None
+        elif head_rows:
+            tickers = bars.tickers_from_json(head_rows[0][1])
+        else:
+            tickers = bars.ticker_history(conn, symbol)
         if done:  # everything is in hand: give the connection back before answering
             released = True
             cm.__exit__(None, None, None)

@@ -119,6 +119,11 @@ def ticker_history(conn, symbol: str) -> list[dict] | None:
             for t in sec["tickers"]]
 
 
+def tickers_from_json(text: str | None) -> list[dict] | None:
+    """``ticker_history``'s answer from ``store.TICKERS_SQL``'s JSON text."""
+    return json.loads(text) if text else None
+
+
 def ticker_fields(tickers: list[dict] | None) -> str:
     """The answer's ``tickers`` head field (the ticker in force on each date of
     a renamed security), or "" (an answer of any other symbol keeps its bytes)."""
