@@ -226,7 +226,8 @@ def main() -> None:
             out["ratio_copy_over_ingest"] = copy_s / ing["seconds"]
             say(f"COPY: {copy_s:.1f} s; ingest speed = {copy_s / ing['seconds']:.2f} x COPY")
             with psycopg.connect(url) as c:
-                mb = c.execute("SELECT pg_total_relation_size('minute_bars')").fetchone()[0]
+                mb = c.execute("SELECT sum(pg_total_relation_size(relid))::bigint "
+                               "FROM pg_partition_tree('minute_bars')").fetchone()[0]
                 rb = c.execute("SELECT pg_total_relation_size('rollup_bars')").fetchone()[0]
                 syms = [r[0] for r in c.execute("SELECT symbol FROM minute_bars")]
                 from appliance.ingest.flatfiles import ROLLUP_SLICE

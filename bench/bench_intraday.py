@@ -133,11 +133,18 @@ def month_parts(bars: MinuteBars) -> list[MinuteBars]:
 
 
 def sizes(conn, table: str) -> dict:
-    row = conn.execute("""SELECT pg_total_relation_size(%s::regclass),
-                                 pg_relation_size(%s::regclass),
-                                 pg_table_size(%s::regclass) - pg_relation_size(%s::regclass),
-                                 pg_indexes_size(%s::regclass)""", (table,) * 5).fetchone()
-    return dict(zip(("total", "heap", "toast", "index"), row, strict=False))
+    """Bytes of ``table``, summed over its partitions when it has some
+    (minute_bars is partitioned by year)."""
+    row = conn.execute("""WITH t AS (
+                            SELECT relid FROM pg_partition_tree(%(t)s::regclass) WHERE isleaf
+                            UNION ALL
+                            SELECT %(t)s::regclass
+                            WHERE (SELECT relkind FROM pg_class WHERE oid = %(t)s::regclass) <> 'p')
+                          SELECT sum(pg_total_relation_size(relid)), sum(pg_relation_size(relid)),
+                                 sum(pg_table_size(relid) - pg_relation_size(relid)),
+                                 sum(pg_indexes_size(relid))
+                          FROM t""", {"t": table}).fetchone()
+    return dict(zip(("total", "heap", "toast", "index"), (int(x or 0) for x in row), strict=False))
 
 
 def bars_stored(conn) -> int:

@@ -326,6 +326,7 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
                 yield row
 
     stats: dict = {}
+    mstore.ensure_partitions_for(conn, info.day, info.day)  # any year: 2003 as well as today
     mstore.write_days(conn, rows(), revisions=revisions, run_id=run_id, stats=stats,
                       tz=tcal.exchange_tz(cfg["calendar"]))
     out["revised"] += int(stats.get("revised") or 0)

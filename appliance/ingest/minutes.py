@@ -148,6 +148,7 @@ def write(conn, cfg, bars: MinuteBars) -> Counter:
             bars.symbol, day, minute[idx], bars.open[idx], bars.high[idx], bars.low[idx],
             bars.close[idx], bars.volume[idx], bars.vwap[idx], bars.trades[idx],
             np.nonzero(~ok[idx])[0].tolist(), bars.source))
+    mstore.ensure_partitions_for(conn, min(days), max(days))
     mstore.write_days(conn, staged)
     mstore.refresh_rollups(conn, bars.symbol, days)
     out["sessions"] += len(days)
@@ -269,20 +270,30 @@ def drop_demo_leftovers(conn, provider_name: str, symbols, failed=()) -> dict[st
 
 
 def apply_retention(conn, cfg, today: dt.date) -> dict:
-    """``retention.bar_years``: drop 1m bars (or one rollup) of sessions older
-    than that many years; resolutions not listed are kept for ever. Returns
-    {timeframe: sessions deleted}; the stats of the symbols concerned follow."""
+    """``retention.bar_years``: drop the 1m bars (or one rollup's) of sessions
+    older than that many years; resolutions not listed are kept for ever.
+    Minutes go by whole yearly partitions of minute_bars, rows deleted only in
+    the year the cutoff falls in (``store.minutes.drop_minutes_before``); a
+    rollup's rows are deleted (rollup_bars is not partitioned). Returns
+    {timeframe: sessions removed}; one event per resolution (the partitions
+    dropped named); the minute stats of every symbol follow."""
     out = {}
     for tf, years in sorted((cfg.get("retention.bar_years") or {}).items()):
         if not years:
             continue
         cutoff = today.replace(year=today.year - int(years), day=min(today.day, 28))
-        out[tf] = mstore.delete_bars_before(conn, tf, cutoff)
-        if out[tf]:
+        dropped: list[str] = []
+        if tf == "1m":
+            dropped, out[tf] = mstore.drop_minutes_before(conn, cutoff)
+        else:
+            out[tf] = mstore.delete_bars_before(conn, tf, cutoff)
+        if out[tf] or dropped:
+            parts = f"; partition(s) {', '.join(dropped)} dropped" if dropped else ""
             store.add_event(conn, "info", "maintenance",
                             f"retention: {out[tf]} session(s) of {tf} bars before {cutoff} "
-                            f"dropped (retention.bar_years.{tf} = {years})",
-                            {"timeframe": tf, "cutoff": cutoff.isoformat()})
+                            f"removed{parts} (retention.bar_years.{tf} = {years})",
+                            {"timeframe": tf, "cutoff": cutoff.isoformat(),
+                             "sessions": out[tf], "partitions": dropped})
     if out.get("1m"):
         for sym in mstore.minute_stats(conn):
             refresh_stats(conn, cfg, sym)

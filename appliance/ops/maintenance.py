@@ -25,12 +25,16 @@ Steps, each recorded as an event of kind ``maintenance`` and listed in the resul
    nothing. Both can be overridden per run (params ``bloat_threshold_pct``,
    ``min_index_bytes``). Invalid leftovers of an interrupted concurrent rebuild
    (``*_ccnew*``) are dropped first.
-3. Partitions ahead: yearly partitions of ``market_data``
+3. Partitions ahead: yearly partitions of ``market_data`` and ``minute_bars``
    for this year and the next two.
 4. Data retention, only when ``retention.data_years`` is set: whole yearly
    partitions that end before 1 January of
    (this year - data_years) are dropped -- never row-by-row deletes -- and the
    statistics of the symbols that had candles there are recomputed.
+5. Intraday retention, per resolution listed in ``retention.bar_years``
+   (``ingest.minutes.apply_retention``): whole yearly partitions of
+   ``minute_bars`` before the cutoff dropped, rows deleted only in the year
+   the cutoff falls in; rollups deleted row by row.
 """
 from __future__ import annotations
 
@@ -107,7 +111,7 @@ def _retention(rt, conn, cfg, years: int, today: dt.date) -> dict:
     for year in sorted(db.existing_partitions(conn)):
         if year >= cutoff_year:
             continue
-        name = f"market_data_y{year:04d}"
+        name = db.partition_name("market_data", year)
         syms = mnt.symbols_with_data_before(conn, dt.date(year, 12, 31), inclusive=True)
         rows = mnt.drop_partition(conn, name)
         affected |= syms
@@ -212,9 +216,10 @@ def maintain(rt, run_id, report, bloat_threshold_pct=None, min_index_bytes=None,
 
         # 3. partitions ahead
         report({"phase": "partitions"}, True)
-        created = db.ensure_partitions(conn, today.year, today.year + 2)
-        result["partitions_created"] = [f"market_data_y{y:04d}" for y in created]
-        if created:
+        result["partitions_created"] = [
+            db.partition_name(table, y) for table in db.PARTITIONED
+            for y in db.ensure_partitions(conn, today.year, today.year + 2, table)]
+        if result["partitions_created"]:
             _event(conn, f"maintenance: created partitions {result['partitions_created']}",
                    {"partitions": result["partitions_created"]})
 

@@ -107,9 +107,19 @@ def symbols_with_data_before(conn: Connection[Any], day: dt.date, *, inclusive: 
         f"SELECT symbol FROM symbol_stats WHERE first_session {op} %s", (day,))}
 
 
-def drop_partition(conn: Connection[Any], name: str) -> int:
-    """Drop the partition table ``name``; the rows it held."""
-    rows = one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-        sql.Identifier(name))))[0]
-    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+def drop_partition(conn: Connection[Any], name: str, *, detach_from: str | None = None,
+                   lock_timeout: str | None = None) -> int:
+    """Drop the partition table ``name``; the rows it held. With
+    ``detach_from`` (its parent) it is detached first, detach and drop in one
+    transaction (a savepoint inside the caller's); ``lock_timeout`` bounds the
+    wait for their locks (``SET LOCAL``: to the end of the transaction)."""
+    with conn.transaction():
+        if lock_timeout is not None:
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+        rows = one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(name))))[0]
+        if detach_from is not None:
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                sql.Identifier(detach_from), sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
     return rows

@@ -1,7 +1,8 @@
 """Intraday bars in and out: one-minute bars one row per symbol-session
 (``minute_bars``), their 5m..4h rollups (``rollup_bars``), per-symbol minute
 stats and checkpoints. The layout and its exactness rule are described in
-``migrations/0003_intraday.sql``; the labelling rules in ``timeframes``.
+``migrations/0003_intraday.sql``, the yearly partitions of minute_bars (and
+why) in ``0012_minute_partitions.sql``; the labelling rules in ``timeframes``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from psycopg.rows import dict_row
 
 from appliance.core.timeframes import ROLLUPS
 from appliance.store import adjustment as adj
+from appliance.store import maintenance as mnt
+from appliance.store import pool as db
 from appliance.store.pool import one_row
 
 #: Fewest decimals tried before a day is stored as float8 (``raw``).
@@ -103,6 +106,13 @@ def stage_row(s: MinuteSession) -> list[str]:
     return [fields[c] for c in _STAGE]
 
 
+def ensure_partitions_for(conn: Connection[Any], first: dt.date, last: dt.date) -> None:
+    """The yearly partitions of minute_bars for the sessions ``first``..``last``:
+    called before a write reads or writes minute_bars in its transaction
+    (creating a partition locks the table to the end of the transaction)."""
+    db.ensure_partitions(conn, first.year, last.year, "minute_bars")
+
+
 def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revisions: bool = False,
                run_id: int | None = None, stats: dict[str, Any] | None = None,
                tz: str | None = None) -> int:
@@ -125,6 +135,11 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
         with cur.copy(sql.SQL("COPY minute_stage ({}) FROM STDIN").format(cols)) as cp:
             for s in sessions:
                 cp.write(("\t".join(stage_row(s)) + "\n").encode())
+        # the callers ensure their sessions' partitions before this; whatever
+        # they missed is created here rather than failing the write
+        first, last = one_row(cur.execute("SELECT min(session), max(session) FROM minute_stage"))
+        if first is not None:
+            ensure_partitions_for(conn, first, last)
         if revisions:
             if tz is None:
                 raise ValueError("write_days: revisions need the exchange time zone (tz)")
@@ -414,14 +429,31 @@ def first_minute_session(conn: Connection[Any], symbol: str) -> dt.date | None:
 
 
 def delete_bars_before(conn: Connection[Any], timeframe: str, cutoff: dt.date) -> int:
-    """Retention: drop ``timeframe`` bars (1m, or one rollup) of sessions
-    before ``cutoff``. Returns sessions (rows) deleted."""
-    if timeframe == "1m":
-        cur = conn.execute("DELETE FROM minute_bars WHERE session < %s", (cutoff,))
-    else:
-        cur = conn.execute("DELETE FROM rollup_bars WHERE timeframe = %s AND session < %s",
-                           (timeframe, cutoff))
+    """Retention of one rollup (``timeframe``): its bars of sessions before
+    ``cutoff`` deleted (rollup_bars is not partitioned: small rows, no
+    TOAST to speak of). Returns sessions (rows) deleted."""
+    cur = conn.execute("DELETE FROM rollup_bars WHERE timeframe = %s AND session < %s",
+                       (timeframe, cutoff))
     return cur.rowcount
+
+
+def drop_minutes_before(conn: Connection[Any], cutoff: dt.date) -> tuple[list[str], int]:
+    """Retention of the 1m bars: every yearly partition of minute_bars whose
+    sessions are all before ``cutoff`` is detached and dropped, table, TOAST
+    and indexes at once (each in a transaction of its own on an autocommit
+    connection, waiting at most a minute for its lock); the sessions before
+    ``cutoff`` in the year it falls in are deleted. Returns (the partitions
+    dropped, sessions removed in all)."""
+    dropped, removed = [], 0
+    for year in sorted(db.existing_partitions(conn, "minute_bars")):
+        if dt.date(year + 1, 1, 1) > cutoff:
+            continue
+        name = db.partition_name("minute_bars", year)
+        removed += mnt.drop_partition(conn, name, detach_from="minute_bars",
+                                      lock_timeout="60s")
+        dropped.append(name)
+    removed += conn.execute("DELETE FROM minute_bars WHERE session < %s", (cutoff,)).rowcount
+    return dropped, removed
 
 
 def regular_aggregates(conn: Connection[Any], symbol: str, start: dt.date, end: dt.date, open_min: int,

@@ -17,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import Connection
+from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger("appliance.db")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = 7_345_001
-_PART_RE = re.compile(r"^market_data_y(\d{4})$")
+_PARTITION_LOCK = 7_345_002
+#: The tables range-partitioned by year, each with the lower bound of a year's
+#: partition: market_data by its bar start (UTC year boundaries), minute_bars
+#: by its session date. A year's partition is ``<table>_y<year>``.
+PARTITIONED = {"market_data": "{:04d}-01-01 00:00:00+00", "minute_bars": "{:04d}-01-01"}
 
 
 def one_row(cur: psycopg.Cursor[Any]) -> Any:
@@ -116,15 +120,16 @@ def migrate(url: str) -> list[int]:
             for version, name, path in migrations():
                 if version in done:
                     continue
-                sql = path.read_text(encoding="utf-8")
+                script = path.read_text(encoding="utf-8")
                 with conn.transaction():
-                    conn.execute(sql)
+                    conn.execute(script)
                     conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                                  (version, name))
                 log.info("applied migration %04d_%s", version, name)
                 applied_now.append(version)
             year = dt.date.today().year
-            ensure_partitions(conn, year - 1, year + 1)
+            for table in PARTITIONED:
+                ensure_partitions(conn, year - 1, year + 1, table)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied_now
@@ -135,26 +140,50 @@ def schema_version(conn: Connection[Any]) -> int:
     return int(row[0] or 0)
 
 
-def existing_partitions(conn: Connection[Any]) -> set[int]:
+def partition_name(table: str, year: int) -> str:
+    """The name of ``table``'s partition of ``year``, e.g. market_data_y2024."""
+    return f"{table}_y{year:04d}"
+
+
+def existing_partitions(conn: Connection[Any], table: str = "market_data") -> set[int]:
+    """The years ``table`` (one of ``PARTITIONED``) has a partition of."""
     rows = conn.execute("""SELECT c.relname FROM pg_inherits i
                            JOIN pg_class c ON c.oid = i.inhrelid
                            JOIN pg_class p ON p.oid = i.inhparent
-                           WHERE p.relname = 'market_data'""").fetchall()
-    return {int(m.group(1)) for (name,) in rows if (m := _PART_RE.match(name))}
+                           WHERE p.relname = %s
+                             AND p.relnamespace = current_schema()::regnamespace""",
+                        (table,)).fetchall()
+    pattern = re.compile(rf"^{re.escape(table)}_y(\d{{4}})$")
+    return {int(m.group(1)) for (name,) in rows if (m := pattern.match(name))}
 
 
-def ensure_partitions(conn: Connection[Any], first_year: int, last_year: int) -> list[int]:
-    """Create the yearly partitions of market_data that are missing.
-    Partition bounds are UTC year boundaries."""
-    have = existing_partitions(conn)
+def ensure_partitions(conn: Connection[Any], first_year: int, last_year: int,
+                      table: str = "market_data") -> list[int]:
+    """Create the yearly partitions of ``table`` (one of ``PARTITIONED``) that
+    are missing from ``first_year`` to ``last_year``; returns the years created.
+
+    Inside the caller's transaction (a real one on an autocommit connection).
+    Writers that find the same partition missing take turns on an advisory
+    lock held to the end of the transaction that creates it, and look again
+    once they hold it, so that the second sees the first one's partition
+    instead of failing on it. Creating a partition locks the parent table
+    until that transaction ends: callers ensure the partitions a write needs
+    before they read or write the table in that transaction."""
+    bound = PARTITIONED[table]
+    if not set(range(first_year, last_year + 1)) - existing_partitions(conn, table):
+        return []
     created = []
-    for year in range(first_year, last_year + 1):
-        if year in have:
-            continue
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS market_data_y{year:04d} PARTITION OF market_data "
-            f"FOR VALUES FROM ('{year:04d}-01-01 00:00:00+00') TO ('{year + 1:04d}-01-01 00:00:00+00')")
-        created.append(year)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_PARTITION_LOCK, table))
+        have = existing_partitions(conn, table)
+        for year in range(first_year, last_year + 1):
+            if year in have:
+                continue
+            conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} "
+                                 "FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(partition_name(table, year)), sql.Identifier(table),
+                sql.Literal(bound.format(year)), sql.Literal(bound.format(year + 1))))
+            created.append(year)
     if created:
-        log.info("created market_data partitions for %s", created)
+        log.info("created %s partitions for %s", table, created)
     return created

@@ -22,6 +22,7 @@ from appliance.ingest import flatfiles as ingest
 from appliance.providers.flatfiles import COLUMNS, FileInfo, FlatFileError, FlatFiles
 from appliance.runtime.runtime import Runtime
 from appliance.store import minutes as mstore
+from appliance.store import pool as db
 from tests.support import free_port
 
 DAY = dt.date(2024, 3, 5)
@@ -227,6 +228,22 @@ def test_a_minute_file_stores_its_bars_in_new_york_time_per_session(flat, sessio
         assert mstore.day_bars(conn, "ZZZ.WS", "1m", DAY, tz="America/New_York") == {}
     assert res["outside_session"] == (0 if session == "extended" else
                                       sum(1 for r in rows if r["ticker"] != "ZZZ.WS") - res["bars"])
+
+
+def test_a_minute_file_of_2003_creates_the_partition_of_its_year(flat):
+    make, endpoint, bucket = flat
+    rt, ff = make(session="extended", minute_start="2003-01-02")
+    day = dt.date(2003, 3, 4)
+    rows = [r for r in _minute_rows(day) if r["ticker"] == "AAPL"]
+    with rt.conn() as conn:
+        assert 2003 not in db.existing_partitions(conn, "minute_bars")
+    res = ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1m", day, _csv(rows)))
+    assert res["files"] == 1 and res["bars"] == len(rows)
+    with rt.conn() as conn:
+        assert 2003 in db.existing_partitions(conn, "minute_bars")
+        got = mstore.day_bars(conn, "AAPL", "1m", day, tz="America/New_York")
+        held = conn.execute("SELECT symbol, session FROM minute_bars_y2003").fetchall()
+    assert len(got) == len(rows) and held == [("AAPL", day)]
 
 
 def tcal_zone():

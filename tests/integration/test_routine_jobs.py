@@ -232,8 +232,11 @@ def test_maintenance_creates_partitions_ahead_and_keeps_all_data_without_retenti
         parts = db.existing_partitions(conn)
         analyzed = conn.execute("""SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables
                                    WHERE relname = 'job_runs'""").fetchone()[0]
+        minute_parts = db.existing_partitions(conn, "minute_bars")
     assert {year, year + 1, year + 2} <= parts
-    assert f"market_data_y{year + 2}" in res["partitions_created"]
+    assert {year, year + 1, year + 2} <= minute_parts
+    assert {f"market_data_y{year + 2}", f"minute_bars_y{year + 2}"} <= \
+        set(res["partitions_created"])
     assert "market_data" in res["analyzed"] and analyzed
     assert res["retention"]["dropped"] == []
     assert res["reindexed"] == []  # nothing is bloated in a fresh store
