@@ -212,6 +212,12 @@ def historical(symbol: str):
                             cursor=args.get("cursor"), known=lambda c: known_symbol(c, symbol)) \
             or api_error(404, "unknown_symbol",
                          f"symbol {symbol} is not configured and has no stored data")
+    return _daily(symbol, start, end, adjust, include_invalid, limit, fmt)
+
+
+def _daily(symbol: str, start: dt.date, end: dt.date, adjust: str, include_invalid: bool,
+           limit: int | None, fmt: str):
+    """The daily bars as JSON or CSV: read in one go, or streamed."""
     params = {"symbol": symbol, "tf": store.TIMEFRAME, "start": start, "end": end,
               "limit": limit, "tz": bars.exchange_tz()}
     sql_text = (store.historical_csv_sql if fmt == "csv" else store.historical_json_sql)(
