@@ -160,6 +160,9 @@ def _universe_checks(d: Doc, ctx: Reporter) -> None:
 
 
 def _symbol_checks(d: Doc, ctx: Reporter) -> None:
+    if not d["symbols"] and not d["universe"].get("enabled"):
+        ctx.err(("symbols",), "[] should be non-empty: list at least one symbol, or turn on "
+                              "the universe (universe.enabled, from the vendor's flat files)")
     seen: dict[str, int] = {}
     for i, item in enumerate(d["symbols"]):
         sym = item if isinstance(item, str) else item.get("symbol") \

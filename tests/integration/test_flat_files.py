@@ -669,3 +669,27 @@ def test_universe_rules_may_be_shell_patterns(flat):
     rt, ff = make(universe={"exclude": ["glob:BR*"], "include": ["glob:[A-C]*"]})
     ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1d", DAY, _csv(_daily_rows())))
     assert set(_market_rows(rt, DAY)) == {"AAPL", "ACME.WS", "BAD"}  # MSFT: not included
+
+
+def test_a_universe_alone_needs_no_symbol_list(flat):
+    """``symbols: []`` with the universe on: the config loads, the plan and the
+    backfill take the whole market from the files, the API serves it, and the
+    dashboard and status show it (without the universe, [] is refused: the
+    bad-config corpus has that case)."""
+    make, endpoint, bucket = flat
+    rt, _ = make(symbols=[], backfill={"fan_out": False})
+    assert rt.config.symbols == []
+    _put(endpoint, bucket, "1d", DAY, _csv(_daily_rows()))
+    plan = _cli(rt.config.path, "backfill", "--plan", "--end", DAY.isoformat())
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "1d: flat files (1 to ingest of 1" in plan.stdout
+    r = _cli(rt.config.path, "backfill", "--end", DAY.isoformat())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert set(_market_rows(rt, DAY)) == {"AAPL", "MSFT", "BRK.B", "BAD"}
+    from appliance.web import create_app
+    client = create_app(runtime=rt).test_client()
+    d = client.get(f"/api/v1/historical/AAPL?start={DAY}&end={DAY}").get_json()
+    assert d["count"] == 1
+    assert client.get("/dashboard").status_code == 200
+    st = _cli(rt.config.path, "status", "--json")  # no server runs here: "unhealthy", exit 1
+    assert "Traceback" not in st.stderr and json.loads(st.stdout)["status"] == "unhealthy"
