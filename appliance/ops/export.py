@@ -94,12 +94,10 @@ def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols
     nxt = _month_end(month) + dt.timedelta(days=1)
     stop = dt.datetime(nxt.year, nxt.month, 1, tzinfo=ZoneInfo(tz))
     stop_ms = int(stop.timestamp() * 1000)
-    for sym in symbols:
-        params = {"symbol": sym, "tf": "1d", "start": month, "end": end, "after": after,
-                  "limit": None, "tz": tz}
-        yield from arrowbars.symbol_batches(conn, batches, sym, timeframe, adjust="none",
-                                            include_invalid=True, params=params, chunk=CHUNK,
-                                            keep=lambda ms: ms < stop_ms)
+    params = {"tf": "1d", "start": month, "end": end, "after": after, "limit": None, "tz": tz}
+    return arrowbars.read_ahead(conn, batches, symbols, timeframe, adjust="none",
+                                include_invalid=True, params=params, chunk=CHUNK,
+                                keep=lambda ms: ms < stop_ms)
 
 
 def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[str],
