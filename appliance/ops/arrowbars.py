@@ -21,6 +21,7 @@ import queue
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from zoneinfo import ZoneInfo
 
@@ -94,7 +95,7 @@ class Batches:
         n = 0
         for row in rows:
             group.append(row)
-            n += _array(row[2])[0]
+            n += row[-1]  # its bars
             # a session's bars all come after the previous session's (minutes
             # of its day): a group of whole sessions is a run of the answer
             if n < rows_per_batch and (left is None or n < left):
@@ -418,7 +419,7 @@ class _ReadAhead:
                 with closing(session_arrays(conn, timeframe, p)) as rows:
                     for row in rows:
                         group.append(row)
-                        n += _array(row[2])[0]
+                        n += row[-1]  # its bars
                         if n >= chunk:
                             if not self._put(("rows", group)):
                                 return
@@ -491,30 +492,84 @@ def parquet_writer(where, sch: pa.Schema) -> pq.ParquetWriter:
                             use_dictionary=[c for c in _DICTIONARY if c in sch.names])
 
 
+class RowGroups:
+    """Record batches written to a Parquet ``writer`` in row groups of
+    ``rows`` rows, each encoded and compressed by a second thread while the
+    caller reads and decodes the next one (pyarrow works without the GIL);
+    one row group in hand and one being written, whatever the length."""
+
+    def __init__(self, writer: pq.ParquetWriter, rows: int):
+        self.writer, self.rows = writer, rows
+        self.pending: list[pa.RecordBatch] = []
+        self.n = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="parquet-write")
+        self.job: Future | None = None
+
+    def add(self, batch: pa.RecordBatch) -> bool:
+        """Add ``batch``; True when a row group was started and the one
+        before it is written (its bytes are out)."""
+        self.pending.append(batch)
+        self.n += batch.num_rows
+        if self.n < self.rows:
+            return False
+        return self._write()
+
+    def _write(self) -> bool:
+        table = pa.Table.from_batches(self.pending, self.writer.schema)
+        self.pending, self.n = [], 0
+        waited = self.wait()
+        self.job = self.pool.submit(self.writer.write_table, table, row_group_size=self.rows)
+        return waited
+
+    def wait(self) -> bool:
+        """Wait for the row group being written; whether there was one."""
+        job, self.job = self.job, None
+        if job is None:
+            return False
+        job.result()
+        return True
+
+    def flush(self) -> None:
+        """Write what is left and wait for it."""
+        if self.pending:
+            self._write()
+        self.wait()
+
+    def __enter__(self) -> RowGroups:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)  # a row group being written ends before the writer
+
+
 class _Sink(io.RawIOBase):
-    """A write-only file whose bytes are taken out as they are written."""
+    """A write-only file whose bytes are taken out as they are written (by
+    another thread than the one writing, see ``RowGroups``)."""
 
     def __init__(self):
         super().__init__()
         self.parts: list[bytes] = []
         self.pos = 0
+        self.lock = threading.Lock()
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:
         data = bytes(b)
-        self.parts.append(data)
-        self.pos += len(data)
+        with self.lock:
+            self.parts.append(data)
+            self.pos += len(data)
         return len(data)
 
     def tell(self) -> int:
         return self.pos
 
     def take(self) -> bytes:
-        out = b"".join(self.parts)
-        self.parts.clear()
-        return out
+        """The bytes written since the last take, in order."""
+        with self.lock:
+            parts, self.parts = self.parts, []
+        return b"".join(parts)
 
 
 def encode(fmt: str, sch: pa.Schema, batches: Iterable[pa.RecordBatch],
@@ -524,21 +579,11 @@ def encode(fmt: str, sch: pa.Schema, batches: Iterable[pa.RecordBatch],
     rows) or an Arrow / CSV batch at a time, never the whole answer."""
     sink = _Sink()
     if fmt == "parquet":
-        writer = parquet_writer(sink, sch)
-        pending: list[pa.RecordBatch] = []
-        n = 0
-        for b in batches:
-            pending.append(b)
-            n += b.num_rows
-            if n >= rows_per_group:
-                writer.write_table(pa.Table.from_batches(pending, sch),
-                                   row_group_size=rows_per_group)
-                pending, n = [], 0
-                yield sink.take()
-        if pending:
-            writer.write_table(pa.Table.from_batches(pending, sch),
-                               row_group_size=rows_per_group)
-        writer.close()
+        with parquet_writer(sink, sch) as writer, RowGroups(writer, rows_per_group) as groups:
+            for b in batches:
+                if groups.add(b):
+                    yield sink.take()  # the previous row group, written meanwhile
+            groups.flush()
         yield sink.take()
         return
     if fmt == "arrow":

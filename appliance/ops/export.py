@@ -39,6 +39,9 @@ MANIFEST = "manifest.json"
 FILE = "bars.parquet"
 #: Rows fetched per round trip (and per Arrow batch).
 CHUNK = 50_000
+#: Rows per Parquet row group (each written by a second thread while the
+#: next is read).
+ROW_GROUP = 200_000
 
 
 def _months(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -108,14 +111,15 @@ def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[
     stats = {"rows": 0, "first": None, "last": None}
 
     def write(tmp: Path) -> None:
-        with arrowbars.parquet_writer(tmp, sch) as w:
+        with arrowbars.parquet_writer(tmp, sch) as w, arrowbars.RowGroups(w, ROW_GROUP) as groups:
             for b in _month_batches(conn, sch, timeframe, month, symbols, tz):
-                w.write_batch(b)
+                groups.add(b)
                 stats["rows"] += b.num_rows
                 times = b.column("time")
                 lo, hi = pa.compute.min(times).as_py(), pa.compute.max(times).as_py()
                 stats["first"] = min(filter(None, (stats["first"], lo)))
                 stats["last"] = max(filter(None, (stats["last"], hi)))
+            groups.flush()
 
     _write_atomic(path, write)
     return {"file": str(path.relative_to(out)), "rows": stats["rows"], "symbols": symbols,

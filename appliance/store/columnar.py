@@ -14,6 +14,7 @@ a week for 1w, or NULL), limit (or NULL), tz (the exchange time zone).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,13 +96,13 @@ def arrays_sql(timeframe: str) -> str:
     """One row per stored session of ``%(symbol)s`` from the first session a
     cursor ``%(after)s`` can need (and after ``%(past)s``, NULL: any) to
     ``%(end)s``, oldest first, at most ``%(sessions)s`` of them: (session,
-    scale, *ARRAY_COLUMNS), the arrays as stored (a NULL element stays NULL:
+    scale, *ARRAY_COLUMNS, bars), the arrays as stored (a NULL element stays NULL:
     replacing it in SQL would rebuild every array, a quarter of the time of
     the whole read; ``ops.arrowbars`` decodes them). Rollups have no scale
     (NULL: the floats as they are), no raw and no invalid bar."""
     if timeframe == "1m":
         return f"""SELECT b.session, b.scale, b.minutes, b.open, b.high, b.low, b.close,
-                          b.volume, b.vwap, b.raw, b.trades, b.invalid
+                          b.volume, b.vwap, b.raw, b.trades, b.invalid, cardinality(b.minutes)
                    FROM minute_bars b
                    WHERE b.symbol = %(symbol)s
                      AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
@@ -109,7 +110,8 @@ def arrays_sql(timeframe: str) -> str:
     if timeframe not in ROLLUPS:
         raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
     return f"""SELECT b.session, NULL::int2, b.starts, b.open, b.high, b.low, b.close,
-                      b.volume, b.vwap, NULL::float8[], b.trades, '{{}}'::int2[]
+                      b.volume, b.vwap, NULL::float8[], b.trades, '{{}}'::int2[],
+                      cardinality(b.starts)
                FROM rollup_bars b
                WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s
                  AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
@@ -146,8 +148,9 @@ def session_arrays(conn: Connection[Any], timeframe: str,
     Without a limit (the bulk answer, the export) one query streamed: the
     server reads ahead while the caller decodes, and closing the iterator
     early cancels the query. With a limit (a page) ``SESSIONS_PER_READ``
-    minute sessions' worth per query, each read whole: the page stops after
-    the query that completes it, with no query to cancel."""
+    minute sessions' worth first, then as many sessions as the bars still
+    wanted need at the bars per session just read, each read whole: the page
+    stops after the query that completes it, with no query to cancel."""
     sql = arrays_sql(timeframe)
     cur = conn.cursor(binary=True)
     for oid in _ARRAY_OIDS:
@@ -157,13 +160,19 @@ def session_arrays(conn: Connection[Any], timeframe: str,
         if params.get("limit") is None:
             yield from cur.stream(sql, base, size=STREAM_ROWS)
             return
-        per_read = SESSIONS_PER_READ * ROLLUPS.get(timeframe, 1)
+        first = SESSIONS_PER_READ * ROLLUPS.get(timeframe, 1)
+        per_read, left = first, params["limit"]
         while True:
             rows = cur.execute(sql, {**base, "sessions": per_read}).fetchall()
             yield from rows
             if len(rows) < per_read:
                 return
             base["past"] = rows[-1][0]
+            # the next read: the sessions the bars still wanted need, at this
+            # read's bars per session (fewer when some are dropped: one more read)
+            bars = sum(r[-1] for r in rows)
+            left -= bars
+            per_read = max(first, math.ceil(left * len(rows) / max(bars, 1)) + 1)
 
 
 def copy_out(conn: Connection[Any], sql: str, params: dict[str, Any]) -> Iterator[Buffer]:
