@@ -3,7 +3,6 @@ second thread while the next batches come (its bytes taken out as they are
 written), and the binary arrays decoded for many sessions at once."""
 from __future__ import annotations
 
-import datetime as dt
 import io
 import math
 import struct
@@ -63,11 +62,11 @@ def test_arrays_of_many_sessions_decode_at_once_with_nulls_and_empty_ones():
     a = _binary([1, 2, 3], 20, ">q")
     b = _binary([4, 5], 20, ">q", nulls={1})
     empty = struct.pack(">iiI", 0, 0, 20)
-    values, counts = arrowbars._column([a, None, empty, b, a], ">i8", fill=-9)  # noqa: SLF001
+    values, counts = arrowbars._column([a, None, empty, b, a], ">i8", fill=-9)
     assert values.tolist() == [1, 2, 3, 4, -9, 1, 2, 3]
     assert counts.tolist() == [3, 0, 0, 2, 3]
-    values, counts = arrowbars._column([a, empty, a], ">i8")  # noqa: SLF001
+    values, counts = arrowbars._column([a, empty, a], ">i8")
     assert values.tolist() == [1, 2, 3, 1, 2, 3] and counts.tolist() == [3, 0, 3]
     f = _binary([1.5, 2.5], 701, ">d", nulls={0})
-    values, _ = arrowbars._column([f], ">f8", fill=np.nan)  # noqa: SLF001
+    values, _ = arrowbars._column([f], ">f8", fill=np.nan)
     assert np.isnan(values[0]) and values[1] == 2.5
