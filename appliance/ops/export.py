@@ -32,7 +32,7 @@ import pyarrow as pa
 from appliance.core import calendar as tcal
 from appliance.core.timeframes import base_of
 from appliance.jobs.registry import JobResult
-from appliance.ops import arrowbars
+from appliance.ops import arrowbars, readahead
 from appliance.store import columnar as cstore
 
 MANIFEST = "manifest.json"
@@ -98,7 +98,7 @@ def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols
     stop = dt.datetime(nxt.year, nxt.month, 1, tzinfo=ZoneInfo(tz))
     stop_ms = int(stop.timestamp() * 1000)
     params = {"tf": "1d", "start": month, "end": end, "after": after, "limit": None, "tz": tz}
-    return arrowbars.read_ahead(conn, batches, symbols, timeframe, adjust="none",
+    return readahead.read_ahead(conn, batches, symbols, timeframe, adjust="none",
                                 include_invalid=True, params=params, chunk=CHUNK,
                                 keep=lambda ms: ms < stop_ms)
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 from flask import Blueprint, Response, current_app, request
 
 from appliance import store
-from appliance.ops import arrowbars
+from appliance.ops import arrowbars, readahead
 from appliance.store import columnar as cstore
 from appliance.store import minutes as mstore
 from appliance.web import bars
@@ -236,7 +236,7 @@ def _read_batches(conn, sch, a: dict):
     sessions while these are encoded), about CHUNK rows in hand."""
     params = {"tf": "1d", "start": a["start"], "end": a["end"], "after": None, "limit": None,
               "tz": a["tz"]}
-    return arrowbars.read_ahead(conn, arrowbars.Batches(sch, a["symbols"]), a["symbols"],
+    return readahead.read_ahead(conn, arrowbars.Batches(sch, a["symbols"]), a["symbols"],
                                 a["timeframe"], adjust=a["adjust"],
                                 include_invalid=a["include_invalid"], params=params,
                                 chunk=CHUNK)
