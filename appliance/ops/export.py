@@ -32,13 +32,16 @@ import pyarrow as pa
 from appliance.core import calendar as tcal
 from appliance.core.timeframes import base_of
 from appliance.jobs.registry import JobResult
-from appliance.ops import arrowbars
+from appliance.ops import arrowbars, readahead
 from appliance.store import columnar as cstore
 
 MANIFEST = "manifest.json"
 FILE = "bars.parquet"
 #: Rows fetched per round trip (and per Arrow batch).
 CHUNK = 50_000
+#: Rows per Parquet row group (each written by a second thread while the
+#: next is read).
+ROW_GROUP = 200_000
 
 
 def _months(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -94,12 +97,10 @@ def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols
     nxt = _month_end(month) + dt.timedelta(days=1)
     stop = dt.datetime(nxt.year, nxt.month, 1, tzinfo=ZoneInfo(tz))
     stop_ms = int(stop.timestamp() * 1000)
-    for sym in symbols:
-        params = {"symbol": sym, "tf": "1d", "start": month, "end": end, "after": after,
-                  "limit": None, "tz": tz}
-        yield from arrowbars.symbol_batches(conn, batches, sym, timeframe, adjust="none",
-                                            include_invalid=True, params=params, chunk=CHUNK,
-                                            keep=lambda ms: ms < stop_ms)
+    params = {"tf": "1d", "start": month, "end": end, "after": after, "limit": None, "tz": tz}
+    return readahead.read_ahead(conn, batches, symbols, timeframe, adjust="none",
+                                include_invalid=True, params=params, chunk=CHUNK,
+                                keep=lambda ms: ms < stop_ms)
 
 
 def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[str],
@@ -110,14 +111,15 @@ def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[
     stats = {"rows": 0, "first": None, "last": None}
 
     def write(tmp: Path) -> None:
-        with arrowbars.parquet_writer(tmp, sch) as w:
+        with arrowbars.parquet_writer(tmp, sch) as w, arrowbars.RowGroups(w, ROW_GROUP) as groups:
             for b in _month_batches(conn, sch, timeframe, month, symbols, tz):
-                w.write_batch(b)
+                groups.add(b)
                 stats["rows"] += b.num_rows
                 times = b.column("time")
                 lo, hi = pa.compute.min(times).as_py(), pa.compute.max(times).as_py()
                 stats["first"] = min(filter(None, (stats["first"], lo)))
                 stats["last"] = max(filter(None, (stats["last"], hi)))
+            groups.flush()
 
     _write_atomic(path, write)
     return {"file": str(path.relative_to(out)), "rows": stats["rows"], "symbols": symbols,

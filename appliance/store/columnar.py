@@ -14,6 +14,7 @@ a week for 1w, or NULL), limit (or NULL), tz (the exchange time zone).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,10 +79,10 @@ def intraday_copy_sql(timeframe: str, *, adjust: str | bool | None, include_inva
                TO STDOUT (FORMAT binary)"""
 
 
-#: A NULL element of an int8 price array read by ``session_arrays`` (no
+#: A NULL element of an int8 price array as ``ops.arrowbars`` decodes it (no
 #: stored value: they are below 2**62 in magnitude, see ``minutes._scale_of``).
 NULL_INT8 = -(2 ** 63)
-#: A NULL trade count read by ``session_arrays`` (counts are never negative).
+#: A NULL trade count as ``ops.arrowbars`` decodes it (counts are never negative).
 NULL_TRADES = -1
 #: The array columns of ``session_arrays``' rows, after (session, scale).
 ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
@@ -95,26 +96,22 @@ def arrays_sql(timeframe: str) -> str:
     """One row per stored session of ``%(symbol)s`` from the first session a
     cursor ``%(after)s`` can need (and after ``%(past)s``, NULL: any) to
     ``%(end)s``, oldest first, at most ``%(sessions)s`` of them: (session,
-    scale, *ARRAY_COLUMNS), each array with no NULL element (``NULL_INT8``,
-    ``NULL_TRADES`` or NaN instead) so that its binary form has a fixed width
-    per element. Rollups have no scale (NULL: the floats as they are), no
-    raw and no invalid bar."""
+    scale, *ARRAY_COLUMNS, bars), the arrays as stored (a NULL element stays NULL:
+    replacing it in SQL would rebuild every array, a quarter of the time of
+    the whole read; ``ops.arrowbars`` decodes them). Rollups have no scale
+    (NULL: the floats as they are), no raw and no invalid bar."""
     if timeframe == "1m":
-        ints = ", ".join(f"array_replace(b.{c}, NULL, '{NULL_INT8}'::int8)"
-                         for c in ("open", "high", "low", "close", "volume", "vwap"))
-        return f"""SELECT b.session, b.scale, b.minutes, {ints},
-                          array_replace(b.raw, NULL, 'NaN'::float8),
-                          array_replace(b.trades, NULL, {NULL_TRADES}), b.invalid
+        return f"""SELECT b.session, b.scale, b.minutes, b.open, b.high, b.low, b.close,
+                          b.volume, b.vwap, b.raw, b.trades, b.invalid, cardinality(b.minutes)
                    FROM minute_bars b
                    WHERE b.symbol = %(symbol)s
                      AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
                    ORDER BY b.session LIMIT %(sessions)s"""
     if timeframe not in ROLLUPS:
         raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
-    floats = ", ".join(f"array_replace(b.{c}, NULL, 'NaN'::float8)"
-                       for c in ("open", "high", "low", "close", "volume", "vwap"))
-    return f"""SELECT b.session, NULL::int2, b.starts, {floats}, NULL::float8[],
-                      array_replace(b.trades, NULL, {NULL_TRADES}::int8), '{{}}'::int2[]
+    return f"""SELECT b.session, NULL::int2, b.starts, b.open, b.high, b.low, b.close,
+                      b.volume, b.vwap, NULL::float8[], b.trades, '{{}}'::int2[],
+                      cardinality(b.starts)
                FROM rollup_bars b
                WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s
                  AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
@@ -138,6 +135,9 @@ _ARRAY_OIDS = (1005, 1007, 1016, 1022)
 #: Minute sessions read per query by ``session_arrays`` for a page (about
 #: 15,000-40,000 bars); a rollup reads as many bars' worth of sessions.
 SESSIONS_PER_READ = 40
+#: Sessions per result of a streamed read (one result per row costs more
+#: than decoding the row).
+STREAM_ROWS = 32
 
 
 def session_arrays(conn: Connection[Any], timeframe: str,
@@ -148,8 +148,9 @@ def session_arrays(conn: Connection[Any], timeframe: str,
     Without a limit (the bulk answer, the export) one query streamed: the
     server reads ahead while the caller decodes, and closing the iterator
     early cancels the query. With a limit (a page) ``SESSIONS_PER_READ``
-    minute sessions' worth per query, each read whole: the page stops after
-    the query that completes it, with no query to cancel."""
+    minute sessions' worth first, then as many sessions as the bars still
+    wanted need at the bars per session just read, each read whole: the page
+    stops after the query that completes it, with no query to cancel."""
     sql = arrays_sql(timeframe)
     cur = conn.cursor(binary=True)
     for oid in _ARRAY_OIDS:
@@ -157,15 +158,21 @@ def session_arrays(conn: Connection[Any], timeframe: str,
     base = {**params, "tf": timeframe, "past": None, "sessions": None}
     with cur:
         if params.get("limit") is None:
-            yield from cur.stream(sql, base)
+            yield from cur.stream(sql, base, size=STREAM_ROWS)
             return
-        per_read = SESSIONS_PER_READ * ROLLUPS.get(timeframe, 1)
+        first = SESSIONS_PER_READ * ROLLUPS.get(timeframe, 1)
+        per_read, left = first, params["limit"]
         while True:
             rows = cur.execute(sql, {**base, "sessions": per_read}).fetchall()
             yield from rows
             if len(rows) < per_read:
                 return
             base["past"] = rows[-1][0]
+            # the next read: the sessions the bars still wanted need, at this
+            # read's bars per session (fewer when some are dropped: one more read)
+            bars = sum(r[-1] for r in rows)
+            left -= bars
+            per_read = max(first, math.ceil(left * len(rows) / max(bars, 1)) + 1)
 
 
 def copy_out(conn: Connection[Any], sql: str, params: dict[str, Any]) -> Iterator[Buffer]:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from flask import Blueprint, Response, current_app, request
 
 from appliance import store
-from appliance.ops import arrowbars
+from appliance.ops import arrowbars, readahead
 from appliance.store import columnar as cstore
 from appliance.store import minutes as mstore
 from appliance.web import bars
@@ -232,15 +232,14 @@ def _paced(batches, rate: int | None):
 
 def _read_batches(conn, sch, a: dict):
     """Record batches of every symbol in turn, each read as one stream (of
-    its stored sessions for intraday bars), about CHUNK rows in hand."""
-    batches = arrowbars.Batches(sch, a["symbols"])
-    for sym in a["symbols"]:
-        params = {"symbol": sym, "tf": "1d", "start": a["start"], "end": a["end"],
-                  "after": None, "limit": None, "tz": a["tz"]}
-        yield from arrowbars.symbol_batches(conn, batches, sym, a["timeframe"],
-                                            adjust=a["adjust"],
-                                            include_invalid=a["include_invalid"],
-                                            params=params, chunk=CHUNK)
+    its stored sessions for intraday bars, by a thread that reads the next
+    sessions while these are encoded), about CHUNK rows in hand."""
+    params = {"tf": "1d", "start": a["start"], "end": a["end"], "after": None, "limit": None,
+              "tz": a["tz"]}
+    return readahead.read_ahead(conn, arrowbars.Batches(sch, a["symbols"]), a["symbols"],
+                                a["timeframe"], adjust=a["adjust"],
+                                include_invalid=a["include_invalid"], params=params,
+                                chunk=CHUNK)
 
 
 def register(app) -> None:
