@@ -148,8 +148,7 @@ def write(conn, cfg, bars: MinuteBars) -> Counter:
             bars.symbol, day, minute[idx], bars.open[idx], bars.high[idx], bars.low[idx],
             bars.close[idx], bars.volume[idx], bars.vwap[idx], bars.trades[idx],
             np.nonzero(~ok[idx])[0].tolist(), bars.source))
-    mstore.write_days(conn, staged)
-    mstore.refresh_rollups(conn, bars.symbol, days)
+    mstore.write_days(conn, staged, rollups=True)
     out["sessions"] += len(days)
     out["bars"] += len(bars)
     out["invalid"] += int((~ok).sum())
