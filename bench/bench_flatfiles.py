@@ -10,23 +10,29 @@ others thin, 1 to 300 bars at random minutes. Fractional volumes.
 
 Measured in one run, side by side:
   1. the ingest of the day's minute file (``ingest.flatfiles.ingest``:
-     stream, gunzip, parse, filter, validate, encode, COPY, rollups) in a
-     child process: wall time and peak RSS; the same without the rollup
-     refresh is not separable, so the rollups' own time is measured after, on
-     the stored day (``refresh_rollups_of``);
+     stream, gunzip, parse, filter, validate, encode, COPY, rollups computed
+     in numpy and copied) in a child process: wall time and peak RSS;
   2. a bare ``COPY … FROM STDIN (FORMAT csv, HEADER)`` of the same file,
      gunzipped on the fly, into a plain one-row-per-bar table without
-     indexes: the ratio COPY time / ingest time;
+     indexes: the ratio COPY time / ingest time; and the schema's floor: the
+     stored minute_bars rows copied out in binary and timed while copied
+     into an empty table like minute_bars (PostgreSQL's own share);
   3. bytes per stored minute bar: ``minute_bars`` (table, TOAST, index) and
-     ``rollup_bars`` separately; the plain table's bytes per row;
-  4. ``--daily-files`` days of whole-market daily files: seconds per file,
-     and what that makes for 1,250 files (5 years), an extrapolation.
+     ``rollup_bars`` separately, per column, and the prices in other
+     encodings in scratch tables; the plain table's bytes per row; the SQL
+     rollup refresh the ingest no longer runs, timed on the stored day;
+  4. ``--month-files`` minute days (default 21, gzip level 1 to generate them
+     faster) ingested by 1 and 2 worker processes (``--workers 1,2``, files
+     dealt out in turn), each into a fresh database: wall time, rows, disk,
+     each worker's peak RSS;
+  5. ``--daily-files`` whole-market daily files (default 1,250: five years),
+     ingested for real by one worker: wall time, seconds per file.
 
 Uses the PostgreSQL at $APPLIANCE_BENCH_DATABASE_URL (default: the local
 server on 5432); creates and drops its own database.
 
     .venv/bin/python bench/bench_flatfiles.py [--tickers 9000] [--liquid 0.15]
-        [--daily-files 20] [--keep]
+        [--month-files 21] [--workers 1,2] [--daily-files 1250] [--no-day] [--keep]
 """
 from __future__ import annotations
 
@@ -267,7 +273,7 @@ def encodings(c) -> dict:
         "one int8[4][n] of deltas":
             f"ARRAY[{d['open']}, {d['high']}, {d['low']}, {d['close']}] AS ohlc",
         "one int8[4][n]": "ARRAY[open, high, low, close] AS ohlc",
-    }
+    }  # one small column alone stays under TOAST's 2 kB threshold, uncompressed: not comparable
     out = {}
     c.execute("SET default_toast_compression = 'pglz'")
     for name, cols in variants.items():

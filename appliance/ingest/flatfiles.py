@@ -282,7 +282,8 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
              progress=None) -> None:
     """A day of minute bars: streamed block by block into one COPY, one
     session row per ticker (the files hold a ticker's rows together),
-    minutes outside ``session`` dropped, then the day's rollups."""
+    minutes outside ``session`` dropped; the rollups computed from the same
+    arrays and copied after them (``store.minutes.write_days``)."""
     lo_min, hi_min = (int(x[0]) for x in session_window(
         cfg["calendar"], np.array([info.day], dtype="datetime64[D]"), cfg["session"]))
     midnight = tcal.local_midnight_epoch(info.day)
