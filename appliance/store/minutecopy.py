@@ -17,6 +17,7 @@ from appliance.store import pgcopy
 #: Fewest decimals tried before a day is stored as float8 (``raw``).
 MAX_SCALE = 9
 _INT_LIMIT = 2.0 ** 62
+_INT4_MAX = 2 ** 31 - 1
 #: minute_bars' columns in the order ``session_rows`` writes them.
 COLUMNS = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
            "vwap", "raw", "trades", "invalid", "source")
@@ -111,6 +112,8 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
                          else np.zeros(0), off)
     tr = np.concatenate([np.asarray(s.trades, dtype=np.int64) for s in chunk]) if chunk \
         else np.zeros(0, dtype=np.int64)
+    if len(tr) and tr.max() > _INT4_MAX:  # binary int4 would wrap where text COPY refused
+        raise ValueError(f"a trade count of {int(tr.max())} does not fit minute_bars.trades (int4)")
     trades = pgcopy.Arrays("int4", tr, off, tr < 0)
     bad = [np.asarray(s.invalid, dtype=np.int64) for s in chunk]
     invalid = pgcopy.Arrays("int2", np.concatenate(bad) if bad else np.zeros(0),

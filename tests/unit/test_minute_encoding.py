@@ -177,3 +177,10 @@ def test_many_sessions_encoded_together_equal_each_alone(days):
 def test_only_known_intraday_timeframes_reach_sql(tf):
     with pytest.raises(ValueError, match="no intraday timeframe"):
         mstore.intraday_sql(tf, adjust="none", include_invalid=False, fmt="json")
+
+
+def test_a_trade_count_beyond_int4_is_refused_not_wrapped():
+    s = mstore.MinuteSession("AAPL", dt.date(2024, 11, 26), np.array([570]),
+                             *([np.array([1.25])] * 6), np.array([2 ** 31]), [], "polygon")
+    with pytest.raises(ValueError, match="does not fit"):
+        minutecopy.session_rows([s])
