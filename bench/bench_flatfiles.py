@@ -10,23 +10,29 @@ others thin, 1 to 300 bars at random minutes. Fractional volumes.
 
 Measured in one run, side by side:
   1. the ingest of the day's minute file (``ingest.flatfiles.ingest``:
-     stream, gunzip, parse, filter, validate, encode, COPY, rollups) in a
-     child process: wall time and peak RSS; the same without the rollup
-     refresh is not separable, so the rollups' own time is measured after, on
-     the stored day (``refresh_rollups_of``);
+     stream, gunzip, parse, filter, validate, encode, COPY, rollups computed
+     in numpy and copied) in a child process: wall time and peak RSS;
   2. a bare ``COPY … FROM STDIN (FORMAT csv, HEADER)`` of the same file,
      gunzipped on the fly, into a plain one-row-per-bar table without
-     indexes: the ratio COPY time / ingest time;
+     indexes: the ratio COPY time / ingest time; and the schema's floor: the
+     stored minute_bars rows copied out in binary and timed while copied
+     into an empty table like minute_bars (PostgreSQL's own share);
   3. bytes per stored minute bar: ``minute_bars`` (table, TOAST, index) and
-     ``rollup_bars`` separately; the plain table's bytes per row;
-  4. ``--daily-files`` days of whole-market daily files: seconds per file,
-     and what that makes for 1,250 files (5 years), an extrapolation.
+     ``rollup_bars`` separately, per column, and the prices in other
+     encodings in scratch tables; the plain table's bytes per row; the SQL
+     rollup refresh the ingest no longer runs, timed on the stored day;
+  4. ``--month-files`` minute days (default 21, gzip level 1 to generate them
+     faster) ingested by 1 and 2 worker processes (``--workers 1,2``, files
+     dealt out in turn), each into a fresh database: wall time, rows, disk,
+     each worker's peak RSS;
+  5. ``--daily-files`` whole-market daily files (default 1,250: five years),
+     ingested for real by one worker: wall time, seconds per file.
 
 Uses the PostgreSQL at $APPLIANCE_BENCH_DATABASE_URL (default: the local
 server on 5432); creates and drops its own database.
 
     .venv/bin/python bench/bench_flatfiles.py [--tickers 9000] [--liquid 0.15]
-        [--daily-files 20] [--keep]
+        [--month-files 21] [--workers 1,2] [--daily-files 1250] [--no-day] [--keep]
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ import argparse
 import contextlib
 import datetime as dt
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -44,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -64,49 +73,62 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def minute_day(n_tickers: int, liquid: float, seed: int = 26) -> tuple[bytes, int]:
-    """The gzip CSV of a whole-market minute day, and its rows."""
+def _ticker(k: int) -> str:
+    return f"{chr(65 + k % 26)}{chr(65 + k // 26 % 26)}{chr(65 + k // 676 % 26)}{k // 17576 or ''}"
+
+
+def _csv_gz(table: pa.Table, level: int = 6) -> bytes:
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf, pacsv.WriteOptions(quoting_style="none"))
+    return gzip.compress(buf.getvalue(), compresslevel=level)
+
+
+def minute_day(n_tickers: int, liquid: float, seed: int = 26, day: dt.date = DAY,
+               level: int = 6) -> tuple[bytes, int]:
+    """The gzip CSV of a whole-market minute day, and its rows (numpy and
+    pyarrow's CSV writer: a day in seconds)."""
     rng = np.random.default_rng(seed)
-    base = tcal.local_midnight_epoch(DAY)
+    base = tcal.local_midnight_epoch(day)
     n_liquid = int(n_tickers * liquid)
-    parts = [",".join(COLUMNS) + "\n"]
-    rows = 0
+    grid = np.arange(240, 1200)
+    mins = []
     for k in range(n_tickers):
         if k < n_liquid:
-            mins = np.arange(240, 1200)
-            mins = mins[rng.random(len(mins)) > 0.11]
+            mins.append(grid[rng.random(len(grid)) > 0.11])
         else:
-            mins = np.sort(rng.choice(np.arange(240, 1200), size=int(rng.integers(1, 300)),
-                                      replace=False))
-        n = len(mins)
-        p0 = float(rng.uniform(2, 400))
-        c = np.round(p0 * np.exp(np.cumsum(rng.normal(0, 0.0008, n))), 2)
-        o = np.round(c * (1 + rng.normal(0, 0.0003, n)), 2)
-        h = np.round(np.maximum(o, c) * (1 + np.abs(rng.normal(0, 0.0004, n))), 4)
-        lo = np.round(np.minimum(o, c) * (1 - np.abs(rng.normal(0, 0.0004, n))), 4)
-        v = np.round(rng.lognormal(7, 1.2, n), 2)
-        tr = rng.integers(1, 400, n)
-        ns = (base + mins.astype(np.int64) * 60) * 1_000_000_000
-        tk = f"{chr(65 + k % 26)}{chr(65 + k // 26 % 26)}{chr(65 + k // 676 % 26)}{k // 17576 or ''}"
-        parts.append("".join(f"{tk},{v[j]},{o[j]},{c[j]},{h[j]},{lo[j]},{ns[j]},{tr[j]}\n"
-                             for j in range(n)))
-        rows += n
-    return gzip.compress("".join(parts).encode(), compresslevel=6), rows
+            mins.append(np.sort(rng.choice(grid, size=int(rng.integers(1, 300)), replace=False)))
+    counts = np.array([len(m) for m in mins])
+    m = np.concatenate(mins)
+    n = len(m)
+    who = np.repeat(np.arange(n_tickers), counts)
+    steps = rng.normal(0, 0.0008, n)
+    walk = np.cumsum(steps)
+    walk -= np.repeat(walk[np.cumsum(counts) - counts] - steps[np.cumsum(counts) - counts],
+                      counts)
+    c = np.round(rng.uniform(2, 400, n_tickers)[who] * np.exp(walk), 2)
+    o = np.round(c * (1 + rng.normal(0, 0.0003, n)), 2)
+    h = np.round(np.maximum(o, c) * (1 + np.abs(rng.normal(0, 0.0004, n))), 4)
+    lo = np.round(np.minimum(o, c) * (1 - np.abs(rng.normal(0, 0.0004, n))), 4)
+    v = np.round(rng.lognormal(7, 1.2, n), 2)
+    names = pa.array([_ticker(k) for k in range(n_tickers)])
+    table = pa.table({"ticker": names.take(pa.array(who)), "volume": v, "open": o, "close": c,
+                      "high": h, "low": lo,
+                      "window_start": (base + m.astype(np.int64) * 60) * 1_000_000_000,
+                      "transactions": rng.integers(1, 400, n)})
+    return _csv_gz(table.select(list(COLUMNS)), level), n
 
 
 def daily_day(day: dt.date, n_tickers: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
-    ns = tcal.local_midnight_epoch(day) * 1_000_000_000
-    lines = [",".join(COLUMNS)]
-    for k in range(n_tickers):
-        c = round(float(rng.uniform(2, 400)), 2)
-        o = round(c * (1 + float(rng.normal(0, 0.01))), 2)
-        h = round(max(o, c) * 1.01, 2)
-        lo = round(min(o, c) * 0.99, 2)
-        tk = f"{chr(65 + k % 26)}{chr(65 + k // 26 % 26)}{chr(65 + k // 676 % 26)}{k // 17576 or ''}"
-        lines.append(f"{tk},{float(rng.integers(100, 10**7))},{o},{c},{h},{lo},{ns},"
-                     f"{int(rng.integers(1, 10**5))}")
-    return gzip.compress(("\n".join(lines) + "\n").encode())
+    c = np.round(rng.uniform(2, 400, n_tickers), 2)
+    o = np.round(c * (1 + rng.normal(0, 0.01, n_tickers)), 2)
+    table = pa.table({
+        "ticker": [_ticker(k) for k in range(n_tickers)],
+        "volume": rng.integers(100, 10**7, n_tickers).astype(float), "open": o, "close": c,
+        "high": np.round(np.maximum(o, c) * 1.01, 2), "low": np.round(np.minimum(o, c) * 0.99, 2),
+        "window_start": np.full(n_tickers, tcal.local_midnight_epoch(day) * 1_000_000_000),
+        "transactions": rng.integers(1, 10**5, n_tickers)})
+    return _csv_gz(table.select(list(COLUMNS)))
 
 
 def config_text(tmp: Path, url: str, endpoint: str) -> Path:
@@ -115,11 +137,11 @@ def config_text(tmp: Path, url: str, endpoint: str) -> Path:
     path.write_text(yaml.safe_dump({
         "database": {"url": url}, "redis": {"url": "redis://127.0.0.1:6379/14"},
         "data_dir": str(tmp / "var"), "session": "extended", "symbols": ["SPY"],
-        "history": {"start": "2020-01-02"},
+        "history": {"start": "2019-01-02"},
         "provider": {"name": "demo", "polygon": {"flat_files": {
             "enabled": True, "endpoint": endpoint, "bucket": BUCKET, "access_key_id": KEY_ID,
             "secret_access_key": SECRET}}},
-        "universe": {"enabled": True, "exclude": [], "daily_start": "2020-01-02",
+        "universe": {"enabled": True, "exclude": [], "daily_start": "2019-01-02",
                      "minute_start": "2024-01-02"}}))
     return path
 
@@ -156,9 +178,21 @@ def peak_rss_mb() -> float:
 
 
 def run_child(cfg_path, url, tf, days) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", str(cfg_path), url, tf, *days],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_children(cfg_path, url, tf, [days])[0]
+
+
+def run_children(cfg_path, url, tf, shares: list[list[str]]) -> list[dict]:
+    """One child process per share of the files, all at once (workers)."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", str(cfg_path), url, tf,
+                               *days], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for days in shares]
+    outs = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"child failed: {err[-3000:]}")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    return outs
 
 
 def bare_copy(url: str, body: bytes) -> tuple[float, int]:
@@ -170,13 +204,207 @@ def bare_copy(url: str, body: bytes) -> tuple[float, int]:
         t0 = time.perf_counter()
         with c.cursor() as cur:
             with cur.copy("COPY plain_minutes FROM STDIN (FORMAT csv, HEADER)") as cp:
-                with gzip.GzipFile(fileobj=__import__("io").BytesIO(body)) as g:
+                with gzip.GzipFile(fileobj=io.BytesIO(body)) as g:
                     while chunk := g.read(1 << 20):
                         cp.write(chunk)
         c.commit()
         secs = time.perf_counter() - t0
         size = c.execute("SELECT pg_total_relation_size('plain_minutes')").fetchone()[0]
     return secs, size
+
+
+def floor_copy(url: str) -> float:
+    """Seconds PostgreSQL alone takes to store the day's minute_bars rows:
+    the stored rows copied out in binary, then timed while copied into an
+    empty table like minute_bars (arrays parsed, compressed, indexed): the
+    floor of any ingest into this schema, whatever the client does."""
+    with psycopg.connect(url) as c:
+        buf = io.BytesIO()
+        with c.cursor() as cur:
+            with cur.copy("COPY minute_bars TO STDOUT (FORMAT binary)") as cp:
+                for block in cp:
+                    buf.write(block)
+        c.execute("CREATE TABLE floor_minutes (LIKE minute_bars INCLUDING ALL)")
+        c.commit()
+        t0 = time.perf_counter()
+        with c.cursor() as cur:
+            with cur.copy("COPY floor_minutes FROM STDIN (FORMAT binary)") as cp:
+                view = buf.getbuffer()
+                for i in range(0, len(view), 1 << 20):
+                    cp.write(view[i:i + (1 << 20)])
+                del view
+        c.commit()
+        secs = time.perf_counter() - t0
+        c.execute("DROP TABLE floor_minutes")
+        c.commit()
+    return secs
+
+
+#: minute_bars is partitioned by year: its size is its partitions'.
+MINUTE_BARS_SIZE = ("SELECT sum(pg_total_relation_size(relid))::bigint "
+                    "FROM pg_partition_tree('minute_bars')")
+
+
+def column_sizes(c) -> dict:
+    """Bytes per stored minute bar of each minute_bars column (as stored:
+    compressed, TOAST included), and of the row's rest and the index."""
+    cols = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
+            "invalid", "symbol", "session", "scale", "source", "ingested_at")
+    bars = c.execute("SELECT sum(cardinality(minutes)) FROM minute_bars").fetchone()[0]
+    got = c.execute("SELECT " + ", ".join(f"coalesce(sum(pg_column_size({k})), 0)"
+                                          for k in cols) + " FROM minute_bars").fetchone()
+    out = {k: round(float(v) / float(bars), 2) for k, v in zip(cols, got, strict=True)}
+    out["index"] = round(c.execute("SELECT sum(pg_indexes_size(relid))::bigint "
+                                   "FROM pg_partition_tree('minute_bars')").fetchone()[0]
+                         / float(bars), 2)
+    return out
+
+
+_DELTAS = """(SELECT array_agg(CASE WHEN i = 1 THEN x ELSE x - {a}[i - 1] END ORDER BY i)
+               FROM unnest({a}) WITH ORDINALITY u(x, i))"""
+
+
+def encodings(c) -> dict:
+    """Bytes per bar of the stored day's open, high, low and close in other
+    encodings, in a scratch table (not the schema; pglz like minute_bars):
+    what a column change would save, measured."""
+    bars = float(c.execute("SELECT sum(cardinality(minutes)) FROM minute_bars").fetchone()[0])
+    d = {k: _DELTAS.format(a=k) for k in ("open", "high", "low", "close")}
+    variants = {
+        "today: four int8[]": "open, high, low, close",
+        "four int4[]": "open::int4[] AS o, high::int4[] AS h, low::int4[] AS l, "
+                       "close::int4[] AS c",
+        "four int8[] of deltas (first value, then differences)":
+            f"{d['open']} AS o, {d['high']} AS h, {d['low']} AS l, {d['close']} AS c",
+        "one int8[4][n] of deltas":
+            f"ARRAY[{d['open']}, {d['high']}, {d['low']}, {d['close']}] AS ohlc",
+        "one int8[4][n]": "ARRAY[open, high, low, close] AS ohlc",
+    }  # one small column alone stays under TOAST's 2 kB threshold, uncompressed: not comparable
+    out = {}
+    c.execute("SET default_toast_compression = 'pglz'")
+    for name, cols in variants.items():
+        c.execute("DROP TABLE IF EXISTS enc_test")
+        c.execute(f"""CREATE TABLE enc_test AS SELECT {cols} FROM minute_bars
+                      WHERE scale IS NOT NULL""")
+        out[name] = round(c.execute("SELECT pg_total_relation_size('enc_test')").fetchone()[0]
+                          / bars, 2)
+        c.execute("DROP TABLE enc_test")
+    return out
+
+
+def part_day(a, s3, endpoint, tmp: Path, out: dict) -> None:
+    say(f"generating a minute day of {a.tickers} tickers ({a.liquid:.0%} liquid)")
+    body, rows = minute_day(a.tickers, a.liquid)
+    say(f"{rows:,} rows, {len(body) / 1e6:.1f} MB gzipped")
+    s3.put_object(Bucket=BUCKET, Key=f"us_stocks_sip/minute_aggs_v1/2024/03/{DAY}.csv.gz",
+                  Body=body)
+    out.update({"rows": rows, "gzip_bytes": len(body)})
+    url = _fresh_db(DB)
+    try:
+        cfg = config_text(tmp, url, endpoint)
+        say("ingest of the minute day (child process)")
+        ing = run_child(cfg, url, "1m", [DAY.isoformat()])
+        out["ingest"] = ing
+        say(f"ingest: {ing['seconds']:.1f} s, {ing['bars']:,} bars, peak RSS "
+            f"{ing['rss_mb']:.0f} MB")
+        say("bare COPY of the same file")
+        copy_s, plain_size = bare_copy(url, body)
+        out["copy_seconds"] = copy_s
+        out["ratio_copy_over_ingest"] = copy_s / ing["seconds"]
+        say(f"COPY: {copy_s:.1f} s; ingest speed = {copy_s / ing['seconds']:.2f} x COPY")
+        out["floor_seconds"] = floor_copy(url)
+        say(f"the stored rows copied again into a table like minute_bars: "
+            f"{out['floor_seconds']:.1f} s (the schema's floor)")
+        with psycopg.connect(url) as c:
+            mb = c.execute(MINUTE_BARS_SIZE).fetchone()[0]
+            rb = c.execute("SELECT pg_total_relation_size('rollup_bars')").fetchone()[0]
+            out["columns_bytes_per_bar"] = column_sizes(c)
+            out["encodings_bytes_per_bar"] = encodings(c)
+            c.commit()
+            syms = [r[0] for r in c.execute("SELECT symbol FROM minute_bars")]
+            from appliance.store import minutes as mstore
+            t0 = time.perf_counter()
+            for i in range(0, len(syms), 100):  # the SQL refresh the ingest no longer runs
+                mstore.refresh_rollups_of(c, syms[i:i + 100], [DAY])
+            out["sql_rollups_seconds"] = time.perf_counter() - t0
+            c.rollback()
+        out["bytes_per_minute_bar"] = mb / ing["bars"]
+        out["rollup_bytes_per_minute_bar"] = rb / ing["bars"]
+        out["plain_bytes_per_row"] = plain_size / rows
+        say(f"minute_bars {mb / ing['bars']:.1f} B/bar, rollups {rb / ing['bars']:.1f} "
+            f"B/bar, plain table {plain_size / rows:.1f} B/row; the SQL rollup refresh "
+            f"alone {out['sql_rollups_seconds']:.1f} s; columns {out['columns_bytes_per_bar']}; "
+            f"encodings {out['encodings_bytes_per_bar']}")
+    finally:
+        if not a.keep:
+            _drop_db(DB)
+
+
+def part_month(a, s3, endpoint, tmp: Path, out: dict) -> None:
+    days = [d.astype(dt.date) for d in
+            tcal.sessions("XNYS", dt.date(2024, 4, 1), dt.date(2024, 5, 31))[:a.month_files]]
+    say(f"generating {len(days)} minute days (gzip level 1)")
+    t0 = time.perf_counter()
+    rows = 0
+    for i, d in enumerate(days):
+        body, n = minute_day(a.tickers, a.liquid, seed=100 + i, day=d, level=1)
+        rows += n
+        s3.put_object(Bucket=BUCKET, Key=f"us_stocks_sip/minute_aggs_v1/{d:%Y}/{d:%m}/{d}.csv.gz",
+                      Body=body)
+    say(f"{rows:,} rows in {time.perf_counter() - t0:.0f} s")
+    for w in a.workers:
+        url = _fresh_db(DB)
+        try:
+            cfg = config_text(tmp, url, endpoint)
+            say(f"the month with {w} worker process(es)")
+            t0 = time.perf_counter()
+            got = run_children(cfg, url, "1m", [[d.isoformat() for d in days[k::w]]
+                                                for k in range(w)])
+            wall = time.perf_counter() - t0
+            with psycopg.connect(url) as c:
+                mb = c.execute(MINUTE_BARS_SIZE).fetchone()[0]
+                rb = c.execute("SELECT pg_total_relation_size('rollup_bars')").fetchone()[0]
+            bars = sum(g["bars"] for g in got)
+            out[f"month_{w}_workers"] = {
+                "files": len(days), "wall_seconds": wall, "rows": sum(g["rows"] for g in got),
+                "bars": bars, "minute_bars_bytes": mb, "rollup_bars_bytes": rb,
+                "bytes_per_bar": mb / bars, "peak_rss_mb": [g["rss_mb"] for g in got],
+                "worker_seconds": [g["seconds"] for g in got], "load": os.getloadavg()}
+            say(f"{w} worker(s): {wall:.0f} s wall, {bars:,} bars, minute_bars {mb / 1e6:.0f} MB "
+                f"({mb / bars:.1f} B/bar), rollups {rb / 1e6:.0f} MB, peak RSS "
+                f"{[round(g['rss_mb']) for g in got]} MB")
+        finally:
+            if not a.keep:
+                _drop_db(DB)
+
+
+def part_daily(a, s3, endpoint, tmp: Path, out: dict) -> None:
+    sessions = tcal.sessions("XNYS", dt.date(2019, 1, 2), dt.date(2026, 12, 31))
+    days = [d.astype(dt.date) for d in sessions[:a.daily_files]]
+    say(f"generating {len(days)} whole-market daily files")
+    for i, d in enumerate(days):
+        s3.put_object(Bucket=BUCKET, Key=f"us_stocks_sip/day_aggs_v1/{d:%Y}/{d:%m}/{d}.csv.gz",
+                      Body=daily_day(d, a.tickers, i))
+    url = _fresh_db(DB)
+    try:
+        cfg = config_text(tmp, url, endpoint)
+        say(f"ingest of {len(days)} daily files ({days[0]} .. {days[-1]}), one worker")
+        t0 = time.perf_counter()
+        d = run_child(cfg, url, "1d", [x.isoformat() for x in days])
+        wall = time.perf_counter() - t0
+        with psycopg.connect(url) as c:
+            md = c.execute("""SELECT sum(pg_total_relation_size(inhrelid))
+                              FROM pg_inherits WHERE inhparent = 'market_data'::regclass"""
+                           ).fetchone()[0]
+        out["daily"] = {**d, "files": len(days), "wall_seconds": wall,
+                        "seconds_per_file": d["seconds"] / len(days),
+                        "bytes_per_bar": float(md) / d["bars"], "load": os.getloadavg()}
+        say(f"daily: {len(days)} files in {wall / 60:.1f} min wall ({d['seconds'] / len(days):.2f} "
+            f"s per file), {d['bars']:,} bars, peak RSS {d['rss_mb']:.0f} MB, market_data "
+            f"{float(md) / d['bars']:.0f} B per bar")
+    finally:
+        if not a.keep:
+            _drop_db(DB)
 
 
 def main() -> None:
@@ -186,7 +414,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tickers", type=int, default=9000)
     ap.add_argument("--liquid", type=float, default=0.15)
-    ap.add_argument("--daily-files", type=int, default=20)
+    ap.add_argument("--month-files", type=int, default=21, help="0: no month")
+    ap.add_argument("--workers", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2])
+    ap.add_argument("--daily-files", type=int, default=1250, help="0: no daily files")
+    ap.add_argument("--no-day", action="store_true", help="skip the single minute day")
     ap.add_argument("--keep", action="store_true", help="keep the database")
     a = ap.parse_args()
     from moto.server import ThreadedMotoServer
@@ -200,68 +431,17 @@ def main() -> None:
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                       aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
     s3.create_bucket(Bucket=BUCKET)
-    say(f"generating a minute day of {a.tickers} tickers ({a.liquid:.0%} liquid)")
-    body, rows = minute_day(a.tickers, a.liquid)
-    say(f"{rows:,} rows, {len(body) / 1e6:.1f} MB gzipped")
-    s3.put_object(Bucket=BUCKET, Key=f"us_stocks_sip/minute_aggs_v1/2024/03/{DAY}.csv.gz",
-                  Body=body)
-    sessions = tcal.sessions("XNYS", dt.date(2023, 1, 3), dt.date(2023, 12, 29))
-    daily_days = [d.astype(dt.date) for d in sessions[:a.daily_files]]
-    for i, d in enumerate(daily_days):
-        s3.put_object(Bucket=BUCKET, Key=f"us_stocks_sip/day_aggs_v1/{d:%Y}/{d:%m}/{d}.csv.gz",
-                      Body=daily_day(d, a.tickers, i))
-    url = _fresh_db(DB)
-    out: dict = {"tickers": a.tickers, "rows": rows, "gzip_bytes": len(body)}
+    out: dict = {"tickers": a.tickers, "load_average_start": os.getloadavg()}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = config_text(Path(tmp), url, endpoint)
-            say("ingest of the minute day (child process)")
-            ing = run_child(cfg, url, "1m", [DAY.isoformat()])
-            out["ingest"] = ing
-            say(f"ingest: {ing['seconds']:.1f} s, {ing['bars']:,} bars, peak RSS "
-                f"{ing['rss_mb']:.0f} MB")
-            say("bare COPY of the same file")
-            copy_s, plain_size = bare_copy(url, body)
-            out["copy_seconds"] = copy_s
-            out["ratio_copy_over_ingest"] = copy_s / ing["seconds"]
-            say(f"COPY: {copy_s:.1f} s; ingest speed = {copy_s / ing['seconds']:.2f} x COPY")
-            with psycopg.connect(url) as c:
-                mb = c.execute("SELECT sum(pg_total_relation_size(relid))::bigint "
-                               "FROM pg_partition_tree('minute_bars')").fetchone()[0]
-                rb = c.execute("SELECT pg_total_relation_size('rollup_bars')").fetchone()[0]
-                syms = [r[0] for r in c.execute("SELECT symbol FROM minute_bars")]
-                from appliance.ingest.flatfiles import ROLLUP_SLICE
-                from appliance.store import minutes as mstore
-                t0 = time.perf_counter()
-                for i in range(0, len(syms), ROLLUP_SLICE):  # as the ingest does
-                    mstore.refresh_rollups_of(c, syms[i:i + ROLLUP_SLICE], [DAY])
-                out["rollups_seconds"] = time.perf_counter() - t0
-                c.rollback()
-            out["bytes_per_minute_bar"] = mb / ing["bars"]
-            out["rollup_bytes_per_minute_bar"] = rb / ing["bars"]
-            out["plain_bytes_per_row"] = plain_size / rows
-            say(f"minute_bars {mb / ing['bars']:.1f} B/bar, rollups {rb / ing['bars']:.1f} "
-                f"B/bar, plain table {plain_size / rows:.1f} B/row; rollups alone "
-                f"{out['rollups_seconds']:.1f} s")
-            if daily_days:
-                say(f"ingest of {len(daily_days)} whole-market daily files")
-                d = run_child(cfg, url, "1d", [x.isoformat() for x in daily_days])
-                out["daily"] = d
-                per = d["seconds"] / len(daily_days)
-                out["daily_seconds_per_file"] = per
-                out["daily_1250_files_minutes_extrapolated"] = per * 1250 / 60
-                say(f"daily: {per:.2f} s per file, {d['bars']:,} bars; 1,250 files ~ "
-                    f"{per * 1250 / 60:.1f} min (extrapolated)")
-                with psycopg.connect(url) as c:
-                    md = c.execute("""SELECT sum(pg_total_relation_size(inhrelid))
-                                      FROM pg_inherits WHERE inhparent = 'market_data'::regclass"""
-                                   ).fetchone()[0]
-                out["daily_bytes_per_bar"] = md / d["bars"]
-                say(f"market_data {md / d['bars']:.0f} B per daily bar (table and indexes)")
+            if not a.no_day:
+                part_day(a, s3, endpoint, Path(tmp), out)
+            if a.month_files:
+                part_month(a, s3, endpoint, Path(tmp), out)
+            if a.daily_files:
+                part_daily(a, s3, endpoint, Path(tmp), out)
     finally:
         server.stop()
-        if not a.keep:
-            _drop_db(DB)
     out["load_average"] = os.getloadavg()
     print(json.dumps(out, indent=2, default=str))
 

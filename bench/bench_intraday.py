@@ -176,10 +176,13 @@ def bench_ingest(url: str, cfg, truth, syms: list[str], rounds: int) -> dict:
             conn.execute("TRUNCATE minute_bars, rollup_bars")
             conn.commit()
             tm = Timers()
-            tm.patch(mstore, "encode_day")
+            tm.patch(mstore, "session_rows", "encode")
             tm.patch(mstore, "write_days")
-            tm.patch(mstore, "refresh_rollups",
-                     replace=None if rollups else (lambda *a, **k: 0))
+            # the rollups: computed and encoded in numpy, then copied
+            tm.patch(mstore, "rollup_rows", "refresh_rollups",
+                     replace=None if rollups else (lambda *a, **k: b""))
+            tm.patch(mstore, "_replace_rollups", "refresh_rollups",
+                     replace=None if rollups else (lambda *a, **k: None))
             t0 = time.perf_counter()
             try:
                 for p in parts:
@@ -274,9 +277,10 @@ def recompressed(conn, method: str) -> dict:
 
 def bulk_load(url: str, cfg, truth, syms: list[str], skip: set) -> dict:
     tm = Timers()
-    tm.patch(mstore, "encode_day")
+    tm.patch(mstore, "session_rows", "encode")
     tm.patch(mstore, "write_days")
-    tm.patch(mstore, "refresh_rollups")
+    tm.patch(mstore, "rollup_rows", "refresh_rollups")
+    tm.patch(mstore, "_replace_rollups", "refresh_rollups")
     t0 = time.perf_counter()
     n = 0
     todo = [s for s in syms if s not in skip]
@@ -419,9 +423,10 @@ def bench_daily_update(rt, syms: list[str]) -> dict:
         provider = make_provider(pcfg, stats=stats, redis=rt.redis)
         tm = Timers()
         tm.patch(provider, "minute_bars", "fetch (vendor, 1 request per symbol)")
-        tm.patch(mstore, "encode_day", "encode")
+        tm.patch(mstore, "session_rows", "encode")
         tm.patch(mstore, "write_days", "stage + upsert")
-        tm.patch(mstore, "refresh_rollups", "rollup refresh")
+        tm.patch(mstore, "rollup_rows", "rollup refresh")  # numpy rollups, then their COPY
+        tm.patch(mstore, "_replace_rollups", "rollup refresh")
         tm.patch(intraday, "refresh_stats", "minute stats + consistency")
         now = dt.datetime.combine(NEXT_DAY, dt.time(23, 0), dt.UTC)  # noqa: F841
         t0 = time.perf_counter()

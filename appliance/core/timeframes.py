@@ -1,8 +1,9 @@
 """Bar resolutions and the rules that label intraday bars.
 
-Stored: ``1m`` (raw from the vendor) and ``1d``. Derived inside PostgreSQL:
-``5m 15m 30m 1h 4h`` from ``1m`` (rollup tables refreshed for the sessions a
-write touched) and ``1w`` from ``1d`` (on read).
+Stored: ``1m`` (raw from the vendor) and ``1d``. Derived: ``5m 15m 30m 1h
+4h`` from ``1m`` (rollup tables written with the sessions a write stores,
+computed in numpy by ``rollups``; ``store.minutes.refresh_rollups_of``
+recomputes them in PostgreSQL) and ``1w`` from ``1d`` (on read).
 
 Labelling, the vendor's own rules so that our rollups and its multi-minute
 aggregates line up bar for bar:

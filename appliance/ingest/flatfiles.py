@@ -7,7 +7,8 @@ One file is one trading day of every ticker. It is streamed
 with the REST bars' rules (``quality.validate_day`` for daily bars,
 ``quality.minute_rules`` for minutes) and written through the same store:
 daily rows into market_data (revisions recorded for changed bars), minute
-sessions into minute_bars with their rollups. The file's ``flat_files`` row
+sessions into minute_bars with their rollups (computed in numpy from the
+session arrays, ``core.rollups``, and copied beside them). The file's ``flat_files`` row
 (its ETag and size) is written in the same transaction as its bars: a file
 that fails leaves none of its bars and no row, and is tried again; a file
 whose ETag changed (re-published) is read again, its changed bars recorded
@@ -45,8 +46,6 @@ log = logging.getLogger("appliance.ingest.flatfiles")
 
 #: How many odd tickers a file's result names (the count has them all).
 ODD_SHOWN = 10
-#: Symbols per rollup refresh of a minute file's day.
-ROLLUP_SLICE = 100
 
 
 def enabled(cfg) -> bool:
@@ -283,7 +282,8 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
              progress=None) -> None:
     """A day of minute bars: streamed block by block into one COPY, one
     session row per ticker (the files hold a ticker's rows together),
-    minutes outside ``session`` dropped, then the day's rollups."""
+    minutes outside ``session`` dropped; the rollups computed from the same
+    arrays and copied after them (``store.minutes.write_days``)."""
     lo_min, hi_min = (int(x[0]) for x in session_window(
         cfg["calendar"], np.array([info.day], dtype="datetime64[D]"), cfg["session"]))
     midnight = tcal.local_midnight_epoch(info.day)
@@ -327,13 +327,10 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
 
     stats: dict = {}
     mstore.ensure_partitions_for(conn, info.day, info.day)  # any year: 2003 as well as today
+    # the rollups computed from the arrays in hand (core.rollups), copied with them
     mstore.write_days(conn, rows(), revisions=revisions, run_id=run_id, stats=stats,
-                      tz=tcal.exchange_tz(cfg["calendar"]))
+                      tz=tcal.exchange_tz(cfg["calendar"]), rollups=True)
     out["revised"] += int(stats.get("revised") or 0)
-    # in slices: one statement over thousands of symbols plans worse (measured
-    # 1.5x slower at 3,000 symbols, bench/README.md "Flat files")
-    for i in range(0, len(written), ROLLUP_SLICE):
-        mstore.refresh_rollups_of(conn, written[i:i + ROLLUP_SLICE], [info.day])
     out["tickers"] += len(written)
     out["sessions"] += len(written)
 

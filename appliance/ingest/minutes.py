@@ -149,8 +149,7 @@ def write(conn, cfg, bars: MinuteBars) -> Counter:
             bars.close[idx], bars.volume[idx], bars.vwap[idx], bars.trades[idx],
             np.nonzero(~ok[idx])[0].tolist(), bars.source))
     mstore.ensure_partitions_for(conn, min(days), max(days))
-    mstore.write_days(conn, staged)
-    mstore.refresh_rollups(conn, bars.symbol, days)
+    mstore.write_days(conn, staged, rollups=True)
     out["sessions"] += len(days)
     out["bars"] += len(bars)
     out["invalid"] += int((~ok).sum())

@@ -79,8 +79,8 @@ def intraday_copy_sql(timeframe: str, *, adjust: str | bool | None, include_inva
                TO STDOUT (FORMAT binary)"""
 
 
-#: A NULL element of an int8 price array as ``ops.arrowbars`` decodes it (no
-#: stored value: they are below 2**62 in magnitude, see ``minutes._scale_of``).
+#: A NULL element of an int8 price array read by ``session_arrays`` (no
+#: stored value: they are below 2**62 in magnitude, see ``minutecopy._scale_of``).
 NULL_INT8 = -(2 ** 63)
 #: A NULL trade count as ``ops.arrowbars`` decodes it (counts are never negative).
 NULL_TRADES = -1

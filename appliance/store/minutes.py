@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
 from psycopg import Connection, Cursor, sql
@@ -19,91 +19,28 @@ from psycopg.rows import dict_row
 from appliance.core.timeframes import ROLLUPS
 from appliance.store import adjustment as adj
 from appliance.store import maintenance as mnt
+from appliance.store import pgcopy
 from appliance.store import pool as db
+from appliance.store.minutecopy import COLUMNS as _STAGE
+from appliance.store.minutecopy import ROLLUP_COLUMNS, MinuteSession, rollup_rows, session_rows
 from appliance.store.pool import one_row
 
-#: Fewest decimals tried before a day is stored as float8 (``raw``).
-MAX_SCALE = 9
-_INT_LIMIT = 2.0 ** 62
+#: Sessions, and bars, per chunk encoded together (``minutecopy``): bounded memory.
+CHUNK, CHUNK_BARS = 500, 100_000
+SPOOL_BLOCK = 1 << 20
 
 
-def _scale_of(values: np.ndarray) -> int | None:
-    """The fewest decimals ``k`` with ``round(x * 10^k) / 10^k == x`` for every
-    finite value, or None when no ``k <= MAX_SCALE`` gives every value back."""
-    x = values[np.isfinite(values)]
-    if x.size == 0:
-        return 0
-    for k in range(MAX_SCALE + 1):
-        p = 10.0 ** k
-        r = np.rint(x * p)
-        if np.abs(r).max() < _INT_LIMIT and np.array_equal(r / p, x):
-            return k
-    return None
-
-
-def _ints(a: np.ndarray, p: float) -> str:
-    ok = np.isfinite(a)
-    r = np.rint(np.where(ok, a, 0.0) * p).astype(np.int64)
-    out = list(map(str, r.tolist()))
-    if not ok.all():
-        for i in np.nonzero(~ok)[0].tolist():
-            out[i] = "NULL"
-    return "{" + ",".join(out) + "}"
-
-
-def _floats(a: np.ndarray) -> str:
-    return "{" + ",".join("NULL" if v != v else repr(v) for v in a.tolist()) + "}"
-
-
-def encode_day(minute: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
-               v: np.ndarray, vw: np.ndarray, n: np.ndarray, invalid: Sequence[int]) -> list[str]:
-    """The COPY text fields (minutes .. invalid) of one session's bars."""
-    prices = np.concatenate([o, h, lo, c, v, vw])
-    k = _scale_of(prices)
-    mins = "{" + ",".join(map(str, minute.tolist())) + "}"
-    trades = "{" + ",".join("NULL" if t < 0 else str(t) for t in n.tolist()) + "}"
-    bad = "{" + ",".join(map(str, invalid)) + "}"
-    if k is None:
-        raw = "{" + ",".join(_floats(a) for a in (o, h, lo, c, v, vw)) + "}"
-        return [mins, r"\N", *([r"\N"] * 6), raw, trades, bad]
-    p = 10.0 ** k
-    return [mins, str(k), *(_ints(a, p) for a in (o, h, lo, c, v, vw)), r"\N", trades, bad]
-
-
-#: The staged columns, in COPY order; ``stage_row`` builds a row by these names.
-_STAGE = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
-          "vwap", "raw", "trades", "invalid", "source")
-_ENCODED = _STAGE[2:-1]  # what ``encode_day`` returns, in its order
-
-
-@dataclass(frozen=True)
-class MinuteSession:
-    """One symbol-session of minute bars, as ``write_days`` stores it.
-
-    ``minute``: minute of the exchange day each bar starts; the price arrays
-    are float (NaN: none); ``trades`` is -1 where the vendor sent none;
-    ``invalid``: 0-based positions of the bars failing validation."""
-    symbol: str
-    session: dt.date
-    minute: np.ndarray
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    volume: np.ndarray
-    vwap: np.ndarray
-    trades: np.ndarray
-    invalid: Sequence[int]
-    source: str
-
-
-def stage_row(s: MinuteSession) -> list[str]:
-    """The COPY text fields of one session, in ``_STAGE`` order."""
-    encoded = encode_day(s.minute, s.open, s.high, s.low, s.close, s.volume, s.vwap,
-                         s.trades, s.invalid)
-    fields = {"symbol": s.symbol, "session": s.session.isoformat(), "source": s.source,
-              **dict(zip(_ENCODED, encoded, strict=True))}
-    return [fields[c] for c in _STAGE]
+def _chunks(sessions: Iterable[MinuteSession]) -> Iterator[list[MinuteSession]]:
+    chunk: list[MinuteSession] = []
+    bars = 0
+    for s in sessions:
+        chunk.append(s)
+        bars += len(s.minute)
+        if len(chunk) >= CHUNK or bars >= CHUNK_BARS:
+            yield chunk
+            chunk, bars = [], 0
+    if chunk:
+        yield chunk
 
 
 def ensure_partitions_for(conn: Connection[Any], first: dt.date, last: dt.date) -> None:
@@ -115,12 +52,15 @@ def ensure_partitions_for(conn: Connection[Any], first: dt.date, last: dt.date) 
 
 def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revisions: bool = False,
                run_id: int | None = None, stats: dict[str, Any] | None = None,
-               tz: str | None = None) -> int:
+               tz: str | None = None, rollups: bool = False) -> int:
     """Upsert whole sessions; a stored session is replaced by the new one.
     With ``revisions``, every bar whose prices or volume the new session
     changes (or adds, or drops) is first recorded in ``revisions``
     (``_record_revisions``, at the exchange time zone ``tz``; their number
-    goes to ``stats["revised"]``).
+    goes to ``stats["revised"]``). With ``rollups``, the sessions' 5m..4h
+    rollups are replaced by those computed from the sessions' arrays
+    (``core.rollups``: the bars ``refresh_rollups_of`` would give).
+    Sessions are encoded ``CHUNK`` at a time into one binary COPY.
     Returns sessions written."""
     # the stage compresses like minute_bars: INSERT ... SELECT moves the
     # compressed values as they are
@@ -131,15 +71,27 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
     cols = sql.SQL(", ").join(map(sql.Identifier, _STAGE))
     updates = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
                                  for c in _STAGE[2:])
-    with conn.cursor() as cur:
-        with cur.copy(sql.SQL("COPY minute_stage ({}) FROM STDIN").format(cols)) as cp:
-            for s in sessions:
-                cp.write(("\t".join(stage_row(s)) + "\n").encode())
+    with conn.cursor() as cur, tempfile.TemporaryFile() as spool:
+        # one COPY, the server storing a chunk while the next is encoded; the
+        # rollups wait in a file (bounded memory) for their own COPY
+        keys: list[tuple[str, dt.date]] = []
+        with cur.copy(sql.SQL("COPY minute_stage ({}) FROM STDIN (FORMAT binary)")
+                      .format(cols)) as cp:
+            cp.write(pgcopy.SIGNATURE)
+            for chunk in _chunks(sessions):
+                rows, stored, _ = session_rows(chunk)
+                cp.write(rows)
+                if rollups:
+                    keys += [(s.symbol, s.session) for s in chunk]
+                    spool.write(rollup_rows(chunk, stored))
+            cp.write(pgcopy.TRAILER)
         # the callers ensure their sessions' partitions before this; whatever
         # they missed is created here rather than failing the write
         first, last = one_row(cur.execute("SELECT min(session), max(session) FROM minute_stage"))
         if first is not None:
             ensure_partitions_for(conn, first, last)
+        if rollups:
+            _replace_rollups(cur, keys, spool)
         if revisions:
             if tz is None:
                 raise ValueError("write_days: revisions need the exchange time zone (tz)")
@@ -152,6 +104,26 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
                                  {updates}, ingested_at = now()""").format(
             cols=cols, updates=updates))
         return cur.rowcount
+
+
+def _replace_rollups(cur: Cursor[Any], keys: Sequence[tuple[str, dt.date]],
+                     spool: IO[bytes]) -> None:
+    """The rollups of the sessions ``keys`` replaced by the binary COPY rows
+    in ``spool`` (``minutecopy.rollup_rows``; a session without a valid
+    minute has none)."""
+    cur.execute("""DELETE FROM rollup_bars r
+                   USING unnest(%s::text[], %s::date[]) k(symbol, session),
+                         unnest(%s::text[]) tf(name)
+                   WHERE r.symbol = k.symbol AND r.timeframe = tf.name
+                     AND r.session = k.session""",
+                [[k[0] for k in keys], [k[1] for k in keys], list(ROLLUPS)])
+    cols = sql.SQL(", ").join(map(sql.Identifier, ROLLUP_COLUMNS))
+    spool.seek(0)
+    with cur.copy(sql.SQL("COPY rollup_bars ({}) FROM STDIN (FORMAT binary)").format(cols)) as cp:
+        cp.write(pgcopy.SIGNATURE)
+        while block := spool.read(SPOOL_BLOCK):
+            cp.write(block)
+        cp.write(pgcopy.TRAILER)
 
 
 def _record_revisions(cur: Cursor[Any], run_id: int | None, tz: str) -> int:

@@ -16,6 +16,7 @@ import pytest
 from appliance.core import calendar as tcal
 from appliance.core.candles import MinuteBars
 from appliance.ingest import minutes as intraday
+from appliance.store import minutecopy, pgcopy
 from appliance.store import minutes as mstore
 from appliance.store import pool as db
 from tests.conftest import _as_url, _replace_db
@@ -94,9 +95,9 @@ def test_migration_partitions_minute_bars_keeping_every_row_as_it_was(empty_db):
     with psycopg.connect(empty_db) as conn:
         assert _relkind(conn, "minute_bars") == "r"
         cols = ", ".join(mstore._STAGE)
-        with conn.cursor() as cur, cur.copy(f"COPY minute_bars ({cols}) FROM STDIN") as cp:
-            for s in sessions:
-                cp.write(("\t".join(mstore.stage_row(s)) + "\n").encode())
+        with conn.cursor() as cur, \
+                cur.copy(f"COPY minute_bars ({cols}) FROM STDIN (FORMAT binary)") as cp:
+            cp.write(pgcopy.SIGNATURE + minutecopy.session_rows(sessions)[0] + pgcopy.TRAILER)
         conn.commit()
         before = _rows(conn)
     # scaled, raw, scaled, and a session too small to be compressed

@@ -1,56 +1,85 @@
-"""The minute store's encoding (``store.minutes``): what ``encode_day`` writes
-as COPY text decodes back to the very bars it was given, and ``_scale_of``
+"""The minute store's encoding (``store.minutecopy``): what ``session_rows``
+writes as binary COPY decodes back to the very bars it was given, and ``_scale_of``
 finds the fewest decimals that hold every price exactly."""
 from __future__ import annotations
 
 import datetime as dt
+import struct
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from appliance.store import minutecopy
 from appliance.store import minutes as mstore
 
 
-def _array(text: str) -> list[str]:
-    assert text.startswith("{") and text.endswith("}"), text
-    inner = text[1:-1]
-    return inner.split(",") if inner else []
+def _field(buf: bytes, at: int) -> tuple[bytes | None, int]:
+    (n,) = struct.unpack_from("!i", buf, at)
+    if n < 0:
+        return None, at + 4
+    return buf[at + 4:at + 4 + n], at + 4 + n
 
 
-def _raw_rows(text: str) -> list[list[str]]:
-    assert text.startswith("{") and text.endswith("}"), text
-    inner = text[1:-1]
-    rows = []
-    while inner:
-        assert inner[0] == "{", inner
-        end = inner.index("}")
-        rows.append(_array(inner[:end + 1]))
-        inner = inner[end + 1:].lstrip(",")
+def _rows(buf: bytes) -> list[list[bytes | None]]:
+    """The fields of every row of a binary COPY body (no signature)."""
+    rows, at = [], 0
+    while at < len(buf):
+        (nf,) = struct.unpack_from("!h", buf, at)
+        at += 2
+        row = []
+        for _ in range(nf):
+            f, at = _field(buf, at)
+            row.append(f)
+        rows.append(row)
     return rows
 
 
-def _decode(fields: list[str]) -> dict:
+_FMT = {21: "!h", 23: "!i", 20: "!q", 701: "!d"}
+
+
+def _array(data: bytes) -> tuple[list[int], list]:
+    """A binary array: (its dimensions, its elements in order, None for NULL)."""
+    ndim, _, oid = struct.unpack_from("!iii", data, 0)
+    dims = [struct.unpack_from("!ii", data, 12 + 8 * d)[0] for d in range(ndim)]
+    at, out = 12 + 8 * ndim, []
+    while at < len(data):
+        f, at = _field(data, at)
+        out.append(None if f is None else struct.unpack(_FMT[oid], f)[0])
+    assert len(out) == (int(np.prod(dims)) if dims else 0)
+    return dims, out
+
+
+def _decode(row: list) -> dict:
     """The arrays of one encoded session, as PostgreSQL would read them back
     (NULL elements: NaN prices, -1 trades)."""
-    mins, scale, o, h, lo, c, v, vw, raw, trades, bad = fields
-    out = {"minute": [int(x) for x in _array(mins)],
-           "trades": [-1 if x == "NULL" else int(x) for x in _array(trades)],
-           "invalid": [int(x) for x in _array(bad)]}
+    named = dict(zip(minutecopy.COLUMNS, row, strict=True))
+    out = {"minute": _array(named["minutes"])[1],
+           "trades": [-1 if x is None else x for x in _array(named["trades"])[1]],
+           "invalid": _array(named["invalid"])[1]}
     names = ("open", "high", "low", "close", "volume", "vwap")
-    if scale == r"\N":
-        assert (o, h, lo, c, v, vw) == (r"\N",) * 6 and raw != r"\N"
-        rows = _raw_rows(raw)
-        assert len(rows) == 6
-        for name, row in zip(names, rows, strict=True):
-            out[name] = [float("nan") if x == "NULL" else float(x) for x in row]
+    if named["scale"] is None:
+        assert all(named[k] is None for k in names) and named["raw"] is not None
+        dims, flat = _array(named["raw"])
+        n = len(out["minute"])
+        assert dims == ([6, n] if n else [])
+        for j, name in enumerate(names):
+            out[name] = [float("nan") if x is None else x for x in flat[j * n:(j + 1) * n]]
     else:
-        assert raw == r"\N"
-        p = 10.0 ** int(scale)
-        for name, a in zip(names, (o, h, lo, c, v, vw), strict=True):
-            out[name] = [float("nan") if x == "NULL" else int(x) / p for x in _array(a)]
+        assert named["raw"] is None
+        p = 10.0 ** struct.unpack("!h", named["scale"])[0]
+        for name in names:
+            out[name] = [float("nan") if x is None else x / p
+                         for x in _array(named[name])[1]]
     return out
+
+
+def _encode(minute, cols, trades, invalid) -> dict:
+    s = mstore.MinuteSession("AAPL", dt.date(2024, 11, 26), minute, *cols, trades, invalid, "x")
+    body, _, _ = minutecopy.session_rows([s])
+    (row,) = _rows(body)
+    return _decode(row)
 
 
 def _same(a, b) -> bool:
@@ -80,9 +109,7 @@ def sessions(draw, values=price):
 @given(sessions())
 def test_encode_day_round_trips_every_bar(day):
     minute, cols, trades, invalid = day
-    fields = mstore.encode_day(minute, *cols, trades, invalid)
-    assert len(fields) == 11
-    got = _decode(fields)
+    got = _encode(minute, cols, trades, invalid)
     assert got["minute"] == minute.tolist()
     assert got["trades"] == trades.tolist()
     assert got["invalid"] == invalid
@@ -93,7 +120,7 @@ def test_encode_day_round_trips_every_bar(day):
 @settings(max_examples=150, deadline=None)
 @given(st.lists(cents, min_size=1, max_size=30))
 def test_cent_prices_are_stored_scaled_with_at_most_two_decimals(values):
-    k = mstore._scale_of(np.array(values))
+    k = minutecopy._scale_of(np.array(values))
     assert k is not None and k <= 2
 
 
@@ -102,7 +129,7 @@ def test_cent_prices_are_stored_scaled_with_at_most_two_decimals(values):
 def test_scale_of_is_the_fewest_decimals_that_give_every_value_back(values):
     x = np.array(values, dtype=float)
     finite = x[np.isfinite(x)]
-    k = mstore._scale_of(x)
+    k = minutecopy._scale_of(x)
 
     def exact(j: int) -> bool:
         p = 10.0 ** j
@@ -110,29 +137,50 @@ def test_scale_of_is_the_fewest_decimals_that_give_every_value_back(values):
         return bool(np.all(np.abs(r) < 2.0 ** 62)) and np.array_equal(r / p, finite)
 
     if k is None:
-        assert finite.size and not any(exact(j) for j in range(mstore.MAX_SCALE + 1))
+        assert finite.size and not any(exact(j) for j in range(minutecopy.MAX_SCALE + 1))
     else:
         assert exact(k) and not any(exact(j) for j in range(k))
 
 
 def test_a_value_no_scale_holds_sends_the_whole_day_raw():
     x = np.array([1.5, 0.1 + 0.2])  # 0.30000000000000004 needs 17 decimals
-    assert mstore._scale_of(x) is None
-    fields = mstore.encode_day(np.array([570, 571]), *([x] * 6), np.array([3, -1]), [])
-    assert fields[1] == r"\N" and fields[8].startswith("{{1.5,0.30000000000000004}")
+    assert minutecopy._scale_of(x) is None
+    got = _encode(np.array([570, 571]), [x] * 6, np.array([3, -1]), [])
+    assert got["high"] == [1.5, 0.30000000000000004] and got["trades"] == [3, -1]
 
 
-def test_stage_row_puts_each_field_under_its_column():
+def test_a_sessions_fields_sit_under_their_columns():
     s = mstore.MinuteSession("AAPL", dt.date(2024, 11, 26), np.array([570]),
                              *([np.array([1.25])] * 6), np.array([7]), [0], "polygon")
-    row = dict(zip(mstore._STAGE, mstore.stage_row(s), strict=True))
-    assert row == {"symbol": "AAPL", "session": "2024-11-26", "minutes": "{570}",
-                   "scale": "2", "open": "{125}", "high": "{125}", "low": "{125}",
-                   "close": "{125}", "volume": "{125}", "vwap": "{125}", "raw": r"\N",
-                   "trades": "{7}", "invalid": "{0}", "source": "polygon"}
+    body, _, scales = minutecopy.session_rows([s])
+    (row,) = _rows(body)
+    named = dict(zip(minutecopy.COLUMNS, row, strict=True))
+    assert named["symbol"] == b"AAPL" and named["source"] == b"polygon"
+    assert struct.unpack("!i", named["session"])[0] == (dt.date(2024, 11, 26)
+                                                         - dt.date(2000, 1, 1)).days
+    assert struct.unpack("!h", named["scale"])[0] == 2 and scales.tolist() == [2]
+    assert _array(named["open"]) == ([1], [125]) and named["raw"] is None
+    assert _array(named["minutes"]) == ([1], [570]) and _array(named["invalid"]) == ([1], [0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(sessions(), min_size=1, max_size=6))
+def test_many_sessions_encoded_together_equal_each_alone(days):
+    chunk = [mstore.MinuteSession(f"S{i}", dt.date(2024, 11, 26), m, *cols, t, inv, "x")
+             for i, (m, cols, t, inv) in enumerate(days)]
+    together = _rows(minutecopy.session_rows(chunk)[0])
+    alone = [_rows(minutecopy.session_rows([s])[0])[0] for s in chunk]
+    assert together == alone
 
 
 @pytest.mark.parametrize("tf", ["1d", "5m'; --", "2m"])
 def test_only_known_intraday_timeframes_reach_sql(tf):
     with pytest.raises(ValueError, match="no intraday timeframe"):
         mstore.intraday_sql(tf, adjust="none", include_invalid=False, fmt="json")
+
+
+def test_a_trade_count_beyond_int4_is_refused_not_wrapped():
+    s = mstore.MinuteSession("AAPL", dt.date(2024, 11, 26), np.array([570]),
+                             *([np.array([1.25])] * 6), np.array([2 ** 31]), [], "polygon")
+    with pytest.raises(ValueError, match="does not fit"):
+        minutecopy.session_rows([s])

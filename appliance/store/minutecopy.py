@@ -1,0 +1,168 @@
+"""Minute sessions and their rollups as binary COPY rows (``pgcopy``), many
+sessions at a time: the rows of ``minute_stage`` (``minute_bars``' columns)
+and of ``rollup_bars``. The layout and its exactness rule (integers times
+10^-scale, or float8 ``raw``) are described in ``migrations/0003_intraday.sql``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.core.rollups import rollups
+from appliance.store import pgcopy
+
+#: Fewest decimals tried before a day is stored as float8 (``raw``).
+MAX_SCALE = 9
+_INT_LIMIT = 2.0 ** 62
+_INT4_MAX = 2 ** 31 - 1
+#: minute_bars' columns in the order ``session_rows`` writes them.
+COLUMNS = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
+           "vwap", "raw", "trades", "invalid", "source")
+ROLLUP_COLUMNS = ("symbol", "timeframe", "session", "starts", "open", "high", "low", "close",
+                  "volume", "vwap", "trades")
+
+
+@dataclass(frozen=True)
+class MinuteSession:
+    """One symbol-session of minute bars, as ``store.minutes.write_days`` stores it.
+
+    ``minute``: minute of the exchange day each bar starts; the price arrays
+    are float (NaN: none); ``trades`` is -1 where the vendor sent none;
+    ``invalid``: 0-based positions of the bars failing validation."""
+    symbol: str
+    session: dt.date
+    minute: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    vwap: np.ndarray
+    trades: np.ndarray
+    invalid: Sequence[int]
+    source: str
+
+
+def _scale_of(values: np.ndarray) -> int | None:
+    """The fewest decimals ``k`` with ``round(x * 10^k) / 10^k == x`` for every
+    finite value, or None when no ``k <= MAX_SCALE`` gives every value back."""
+    x = np.asarray(values, dtype=np.float64).reshape(1, -1)
+    k = scales(x, np.array([0, x.shape[1]]))[0]
+    return None if k < 0 else int(k)
+
+
+def scales(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per group of columns of ``x`` (rows: values; ``offsets``: where each
+    group starts): ``_scale_of`` of its values, -1 for None."""
+    n = len(offsets) - 1
+    out = np.full(n, -1, dtype=np.int64)
+    group = np.arange(n)
+    sizes = np.diff(offsets)
+    with np.errstate(invalid="ignore", over="ignore"):
+        xs = np.where(np.isfinite(x), x, 0.0)
+        for k in range(MAX_SCALE + 1):
+            p = 10.0 ** k
+            r = np.rint(xs * p)
+            bad = ((np.abs(r) >= _INT_LIMIT) | (r / p != xs)).any(axis=0)
+            cum = np.concatenate(([0], np.cumsum(bad)))
+            bounds = np.concatenate(([0], np.cumsum(sizes)))
+            ok = cum[bounds[1:]] == cum[bounds[:-1]]
+            out[group[ok]] = k
+            if ok.all():
+                break
+            # only the groups left go on to the next scale
+            left = np.repeat(~ok, sizes)
+            xs, group, sizes = xs[:, left], group[~ok], sizes[~ok]
+    return out
+
+
+def _columns(chunk: Sequence[MinuteSession]) -> np.ndarray:
+    """Open, high, low, close, volume and vwap of every session, one session
+    after another: six rows."""
+    x = np.empty((6, sum(len(s.minute) for s in chunk)))
+    for j, name in enumerate(("open", "high", "low", "close", "volume", "vwap")):
+        if chunk:
+            np.concatenate([getattr(s, name) for s in chunk], out=x[j])
+    return x
+
+
+def _ints(x: np.ndarray, null: np.ndarray, off: np.ndarray) -> pgcopy.Arrays:
+    if null.all():  # a column the vendor never sends (flat files' vwap)
+        return pgcopy.Arrays("int8", np.zeros(len(x), dtype=np.int64), off, null)
+    return pgcopy.Arrays("int8", x.astype(np.int64), off, null if null.any() else None)
+
+
+def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The binary COPY rows (``COLUMNS``) of ``chunk``; also the values as
+    stored (six rows, NaN: NULL) and the scales (-1: raw), for the rollups."""
+    n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
+    off = pgcopy.offsets_of(n)
+    x = _columns(chunk)
+    k = scales(x, off)
+    finite = np.isfinite(x)
+    scaled = np.repeat(k >= 0, n)
+    p = np.repeat(10.0 ** np.maximum(k, 0), n)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ints = np.rint(np.where(finite & scaled, x, 0.0) * p)
+    cols = [_ints(ints[j], ~finite[j], off) for j in range(6)]
+    mins = pgcopy.Arrays("int2", np.concatenate([s.minute for s in chunk]) if chunk
+                         else np.zeros(0), off)
+    tr = np.concatenate([np.asarray(s.trades, dtype=np.int64) for s in chunk]) if chunk \
+        else np.zeros(0, dtype=np.int64)
+    if len(tr) and tr.max() > _INT4_MAX:  # binary int4 would wrap where text COPY refused
+        raise ValueError(f"a trade count of {int(tr.max())} does not fit minute_bars.trades (int4)")
+    trades = pgcopy.Arrays("int4", tr, off, tr < 0)
+    bad = [np.asarray(s.invalid, dtype=np.int64) for s in chunk]
+    invalid = pgcopy.Arrays("int2", np.concatenate(bad) if bad else np.zeros(0),
+                            pgcopy.offsets_of([len(b) for b in bad]))
+    rows = []
+    for i, s in enumerate(chunk):
+        if k[i] >= 0:
+            values = [pgcopy.int2(int(k[i])), *(c.field(i) for c in cols), pgcopy.NULL]
+        else:
+            raw = x[:, off[i]:off[i + 1]].ravel()
+            values = [pgcopy.NULL, *([pgcopy.NULL] * 6),
+                      pgcopy.Arrays("float8", raw, np.array([0, len(raw)]), np.isnan(raw))
+                      .field(0, dims=(6, int(n[i])))]
+        rows.append(pgcopy.row([pgcopy.text(s.symbol), pgcopy.date(s.session), mins.field(i),
+                                *values, trades.field(i), invalid.field(i),
+                                pgcopy.text(s.source)]))
+    stored = np.where(finite | ~scaled, x, np.nan)  # a scaled day keeps no inf: NULL
+    return b"".join(rows), stored, k
+
+
+def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray) -> bytes:
+    """The binary COPY rows (``ROLLUP_COLUMNS``) of the chunk's rollups, from
+    its valid minutes (``stored``: the values as ``session_rows`` stores them)."""
+    if not chunk:
+        return b""
+    n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
+    sess = np.repeat(np.arange(len(chunk)), n)
+    valid = np.ones(int(n.sum()), dtype=bool)
+    base = pgcopy.offsets_of(n)[:-1]
+    for i, s in enumerate(chunk):
+        if len(s.invalid):
+            valid[base[i] + np.asarray(s.invalid, dtype=np.int64)] = False
+    minute = np.concatenate([s.minute for s in chunk])
+    trades = np.concatenate([np.asarray(s.trades, dtype=np.int64) for s in chunk])
+    if not valid.all():
+        sess, minute, stored, trades = sess[valid], minute[valid], stored[:, valid], trades[valid]
+    o, h, lo, c, v, vw = stored
+    got = rollups(sess, minute, o, h, lo, c, v, vw, trades)
+    out = []
+    for tf, b in got.items():
+        counts = np.bincount(b.session, minlength=len(chunk))
+        off = pgcopy.offsets_of(counts)
+        arrays = [pgcopy.Arrays("int2", b.start, off)]
+        for a in (b.open, b.high, b.low, b.close, b.volume, b.vwap):
+            null = np.isnan(a)
+            arrays.append(pgcopy.Arrays("float8", a, off, null if null.any() else None))
+        arrays.append(pgcopy.Arrays("int8", b.trades, off, b.trades < 0))
+        for i in np.flatnonzero(counts).tolist():
+            s = chunk[i]
+            out.append(pgcopy.row([pgcopy.text(s.symbol), pgcopy.text(tf),
+                                   pgcopy.date(s.session), *(a.field(i) for a in arrays)]))
+    return b"".join(out)
