@@ -114,6 +114,18 @@ def database_url(pg_server_url, template_db):
 
 
 
+@pytest.fixture
+def empty_db(pg_server_url):
+    """A reachable database with no schema at all (not migrated, not a standby
+    of anything); dropped afterwards."""
+    name = "appl_e_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _as_url(_replace_db(pg_server_url, name))
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 class _FileGroups(LoadScopeScheduling):
     """pytest-xdist's scheduling by scope, with the scope a test's file: the
     tests of one file run on one worker, so that a file's module-scoped

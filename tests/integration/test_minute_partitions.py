@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import uuid
 
 import numpy as np
 import psycopg
@@ -19,7 +18,6 @@ from appliance.ingest import minutes as intraday
 from appliance.store import minutecopy, pgcopy
 from appliance.store import minutes as mstore
 from appliance.store import pool as db
-from tests.conftest import _as_url, _replace_db
 
 CFG = {"calendar": "XNYS", "session": "regular"}
 TZ = "America/New_York"
@@ -60,17 +58,6 @@ def _rows(conn) -> list[tuple]:
 def _relkind(conn, name: str) -> str | None:
     row = conn.execute("SELECT relkind FROM pg_class WHERE relname = %s", (name,)).fetchone()
     return row[0] if row else None
-
-
-@pytest.fixture
-def empty_db(pg_server_url):
-    """A database with no schema at all (dropped afterwards)."""
-    name = "appl_p_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield _as_url(_replace_db(pg_server_url, name))
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _migrate_up_to(url: str, last: int) -> None:

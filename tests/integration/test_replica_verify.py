@@ -4,27 +4,13 @@ migrations present); else /health says why, never ``ok``, and the reads go to
 the primary without an error."""
 from __future__ import annotations
 
-import uuid
-
-import psycopg
 import pytest
 
 from appliance.runtime import replica
 from appliance.runtime.runtime import Runtime
-from tests.conftest import _as_url, _replace_db, write_config
+from tests.conftest import write_config
 
 AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
-
-
-@pytest.fixture
-def empty_db(pg_server_url):
-    """A reachable, empty database that is not a standby of anything."""
-    name = "appl_e_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_server_url, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    yield _as_url(_replace_db(pg_server_url, name))
-    with psycopg.connect(pg_server_url, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
