@@ -2,10 +2,10 @@
 
 Steps, each recorded as an event of kind ``maintenance`` and listed in the result:
 
-1. ``ANALYZE`` of the appliance's tables (on a partitioned ``market_data`` this
-   also analyzes every partition).
+1. ``ANALYZE`` of the appliance's tables (on the partitioned ``market_data``
+   and ``minute_bars`` this also analyzes every partition).
 2. Index bloat, for every B-tree index of the appliance's tables and of
-   ``market_data``'s partitions:
+   their partitions:
 
    * when the ``pgstattuple`` extension is installed in the database,
      ``pgstatindex()`` measures it: ``bloat = 1 - avg_leaf_density / fillfactor``;
@@ -59,7 +59,12 @@ DEFAULT_FILLFACTOR = 90
 
 TABLES = ("market_data", "symbols", "symbol_stats", "splits", "missing_sessions", "revisions",
           "job_runs", "backfill_checkpoints", "backups", "alerts", "events", "config_reloads",
-          "vendor_requests")
+          "vendor_requests",
+          # intraday (minute_bars partitioned by year, like market_data), flat
+          # files, corporate actions and identity
+          "minute_bars", "rollup_bars", "minute_stats", "minute_months", "backfill_chunks",
+          "backfill_fanouts", "flat_files", "dividends", "dividend_revisions", "securities",
+          "security_tickers")
 
 
 def _event(conn, message: str, details: dict, level: str = "info") -> None:

@@ -233,11 +233,20 @@ def test_maintenance_creates_partitions_ahead_and_keeps_all_data_without_retenti
         analyzed = conn.execute("""SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables
                                    WHERE relname = 'job_runs'""").fetchone()[0]
         minute_parts = db.existing_partitions(conn, "minute_bars")
+        minute_analyzed = conn.execute(
+            """SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables
+               WHERE relname IN (%s, 'security_tickers')""", (f"minute_bars_y{year}",)).fetchall()
     assert {year, year + 1, year + 2} <= parts
     assert {year, year + 1, year + 2} <= minute_parts
     assert {f"market_data_y{year + 2}", f"minute_bars_y{year + 2}"} <= \
         set(res["partitions_created"])
     assert "market_data" in res["analyzed"] and analyzed
+    # the intraday, flat-file and corporate-action tables too, their partitions included
+    assert {"minute_bars", "rollup_bars", "flat_files", "security_tickers"} <= \
+        set(res["analyzed"])
+    assert sorted(minute_analyzed) == [(f"minute_bars_y{year}", True), ("security_tickers", True)]
+    assert any(i["table"].startswith("minute_bars_y") for i in res["index_bloat"]["indexes"]), \
+        res["index_bloat"]["indexes"]
     assert res["retention"]["dropped"] == []
     assert res["reindexed"] == []  # nothing is bloated in a fresh store
     assert res["index_bloat"]["method"] in ("estimate", "pgstatindex")
