@@ -26,13 +26,21 @@ Measured in one run, side by side:
      dealt out in turn), each into a fresh database: wall time, rows, disk,
      each worker's peak RSS;
   5. ``--daily-files`` whole-market daily files (default 1,250: five years),
-     ingested for real by one worker: wall time, seconds per file.
+     ingested for real by one worker: wall time, seconds per file;
+  6. with ``--reads N``: after the month's load by the first worker count,
+     ``--reads-daily`` daily files (default 252: the year ending at the
+     month's last session) ingested into the same database, then the API's
+     reads through the appliance's own app (Flask test client of
+     ``create_app`` on a Runtime on that database), N of each, interleaved,
+     random liquid tickers and month sessions: a symbol-day of 1m, the year
+     of 1h (the month is all there is of it), the year of 1d; p50/p95/max.
 
 Uses the PostgreSQL at $APPLIANCE_BENCH_DATABASE_URL (default: the local
 server on 5432); creates and drops its own database.
 
     .venv/bin/python bench/bench_flatfiles.py [--tickers 9000] [--liquid 0.15]
         [--month-files 21] [--workers 1,2] [--daily-files 1250] [--no-day] [--keep]
+        [--reads 50] [--reads-daily 252]
 """
 from __future__ import annotations
 
@@ -43,6 +51,8 @@ import gzip
 import io
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +69,8 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.core import calendar as tcal  # noqa: E402
 from appliance.providers.flatfiles import COLUMNS  # noqa: E402
+from appliance.runtime.runtime import Runtime  # noqa: E402
+from appliance.web import create_app  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_api import _drop_db, _fresh_db  # noqa: E402 - one place for bench databases
@@ -373,6 +385,8 @@ def part_month(a, s3, endpoint, tmp: Path, out: dict) -> None:
             say(f"{w} worker(s): {wall:.0f} s wall, {bars:,} bars, minute_bars {mb / 1e6:.0f} MB "
                 f"({mb / bars:.1f} B/bar), rollups {rb / 1e6:.0f} MB, peak RSS "
                 f"{[round(g['rss_mb']) for g in got]} MB")
+            if a.reads and w == a.workers[0]:
+                part_reads(a, s3, cfg, url, days, out)
         finally:
             if not a.keep:
                 _drop_db(DB)
@@ -407,6 +421,67 @@ def part_daily(a, s3, endpoint, tmp: Path, out: dict) -> None:
             _drop_db(DB)
 
 
+def part_reads(a, s3, cfg, url: str, month: list[dt.date], out: dict) -> None:
+    """The API's reads on the month's database, with a year of daily files
+    (ending at the month's last session) ingested beside it."""
+    sessions = [d.astype(dt.date) for d in
+                tcal.sessions("XNYS", month[-1] - dt.timedelta(days=400), month[-1])]
+    daily = sessions[-a.reads_daily:] if a.reads_daily else []
+    for i, d in enumerate(daily):
+        s3.put_object(Bucket=BUCKET, Key=f"us_stocks_sip/day_aggs_v1/{d:%Y}/{d:%m}/{d}.csv.gz",
+                      Body=daily_day(d, a.tickers, 500 + i))
+    if daily:
+        say(f"reads: ingest of {len(daily)} daily files ({daily[0]} .. {daily[-1]})")
+        got = run_child(cfg, url, "1d", [d.isoformat() for d in daily])
+        say(f"reads: {got['bars']:,} daily bars in {got['seconds']:.0f} s")
+    rt = Runtime.from_path(cfg)
+    rt.open()
+    try:
+        out["reads"] = {"month_sessions": [str(month[0]), str(month[-1])],
+                        "daily_sessions": [str(daily[0]), str(daily[-1])] if daily else None,
+                        "load_before": os.getloadavg(),
+                        **api_reads(create_app(runtime=rt).test_client(), a, month)}
+        out["reads"]["load_after"] = os.getloadavg()
+    finally:
+        rt.close()
+    for k, v in out["reads"].items():
+        say(f"read {k}: {v}")
+
+
+def api_reads(client, a, month: list[dt.date]) -> dict:
+    rnd = random.Random(26)
+    liquid = [_ticker(k) for k in range(int(a.tickers * a.liquid))]
+    year = f"start={month[-1] - dt.timedelta(days=364)}&end={month[-1]}"
+    kinds = {
+        "1m one symbol-day": lambda s, d: f"/api/v1/historical/{s}?start={d}&end={d}"
+                                          "&timeframe=1m",
+        "1h one year (the month stored)": lambda s, d: f"/api/v1/historical/{s}?{year}"
+                                                       "&timeframe=1h",
+        "1d one year": lambda s, d: f"/api/v1/historical/{s}?{year}&timeframe=1d",
+    }
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    bars: dict[str, list[int]] = {k: [] for k in kinds}
+    for k, f in kinds.items():  # warm: pools, prepared statements
+        r = client.get(f(liquid[0], month[0]))
+        assert r.status_code == 200, (k, r.status_code, r.get_data(as_text=True)[:300])
+    for _ in range(a.reads):
+        s, d = rnd.choice(liquid), rnd.choice(month)
+        for k, f in kinds.items():
+            t0 = time.perf_counter()
+            r = client.get(f(s, d))
+            body = r.get_data()
+            times[k].append((time.perf_counter() - t0) * 1000)
+            assert r.status_code == 200, (k, r.status_code, body[:300])
+            bars[k].append(json.loads(body)["count"])
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return round(xs[int(q * (len(xs) - 1))], 2)
+    return {k: {"n": len(v), "bars_median": statistics.median(bars[k]),
+                "p50_ms": round(statistics.median(v), 2), "p95_ms": pct(v, 0.95),
+                "max_ms": round(max(v), 2)} for k, v in times.items()}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_ingest(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
@@ -419,6 +494,10 @@ def main() -> None:
     ap.add_argument("--daily-files", type=int, default=1250, help="0: no daily files")
     ap.add_argument("--no-day", action="store_true", help="skip the single minute day")
     ap.add_argument("--keep", action="store_true", help="keep the database")
+    ap.add_argument("--reads", type=int, default=0,
+                    help="API reads of each kind on the month's database (0: none)")
+    ap.add_argument("--reads-daily", type=int, default=252,
+                    help="daily files ingested beside the month before the reads")
     a = ap.parse_args()
     from moto.server import ThreadedMotoServer
 
