@@ -52,8 +52,6 @@ from appliance.store import pool as db
 
 log = logging.getLogger("appliance.backups")
 
-log = logging.getLogger("appliance.backups")
-
 
 def clean_leftovers(conn, bdir: Path) -> list[str]:
     """Remove what an interrupted backup left: hidden ``*.partial`` files and

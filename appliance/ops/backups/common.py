@@ -14,8 +14,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 log = logging.getLogger("appliance.backups")
 
-log = logging.getLogger("appliance.backups")
-
 
 BACKUP_LOCK = 7_345_200           # one backup at a time (pg advisory lock, live database)
 SUSPEND_KEY = "appliance:jobs:suspended"

@@ -32,8 +32,6 @@ from appliance.ops.backups.tools import (
 
 log = logging.getLogger("appliance.backups")
 
-log = logging.getLogger("appliance.backups")
-
 
 RESTORE_TEST_STEPS = [
     ("verify sha256", "verifying sha256"),

@@ -12,8 +12,6 @@ from appliance.ops.backups.manifest import manifest_path_for
 
 log = logging.getLogger("appliance.backups")
 
-log = logging.getLogger("appliance.backups")
-
 
 def apply_retention(conn, cfg) -> list[str]:
     """Keep the newest ``retention.backups_keep`` good backups, and also the
