@@ -18,8 +18,8 @@ Measured in one run, side by side:
      stored minute_bars rows copied out in binary and timed while copied
      into an empty table like minute_bars (PostgreSQL's own share);
   3. bytes per stored minute bar: ``minute_bars`` (table, TOAST, index) and
-     ``rollup_bars`` separately, per column, and the prices in other
-     encodings in scratch tables; the plain table's bytes per row; the SQL
+     ``rollup_bars`` separately, and per column of minute_bars (the
+     candles' body and wicks, 0013); the plain table's bytes per row; the SQL
      rollup refresh the ingest no longer runs, timed on the stored day;
   4. ``--month-files`` minute days (default 21, gzip level 1 to generate them
      faster) ingested by 1 and 2 worker processes (``--workers 1,2``, files
@@ -233,7 +233,7 @@ def floor_copy(url: str) -> float:
     with psycopg.connect(url) as c:
         buf = io.BytesIO()
         with c.cursor() as cur:
-            with cur.copy("COPY minute_bars TO STDOUT (FORMAT binary)") as cp:
+            with cur.copy("COPY (SELECT * FROM minute_bars) TO STDOUT (FORMAT binary)") as cp:
                 for block in cp:
                     buf.write(block)
         c.execute("CREATE TABLE floor_minutes (LIKE minute_bars INCLUDING ALL)")
@@ -261,7 +261,8 @@ def column_sizes(c) -> dict:
     """Bytes per stored minute bar of each minute_bars column (as stored:
     compressed, TOAST included), and of the row's rest and the index."""
     cols = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
-            "invalid", "symbol", "session", "scale", "source", "ingested_at")
+            "invalid", "body", "upper_wick", "lower_wick", "symbol", "session", "scale",
+            "source", "ingested_at", "volume_scale")
     bars = c.execute("SELECT sum(cardinality(minutes)) FROM minute_bars").fetchone()[0]
     got = c.execute("SELECT " + ", ".join(f"coalesce(sum(pg_column_size({k})), 0)"
                                           for k in cols) + " FROM minute_bars").fetchone()
@@ -269,38 +270,6 @@ def column_sizes(c) -> dict:
     out["index"] = round(c.execute("SELECT sum(pg_indexes_size(relid))::bigint "
                                    "FROM pg_partition_tree('minute_bars')").fetchone()[0]
                          / float(bars), 2)
-    return out
-
-
-_DELTAS = """(SELECT array_agg(CASE WHEN i = 1 THEN x ELSE x - {a}[i - 1] END ORDER BY i)
-               FROM unnest({a}) WITH ORDINALITY u(x, i))"""
-
-
-def encodings(c) -> dict:
-    """Bytes per bar of the stored day's open, high, low and close in other
-    encodings, in a scratch table (not the schema; pglz like minute_bars):
-    what a column change would save, measured."""
-    bars = float(c.execute("SELECT sum(cardinality(minutes)) FROM minute_bars").fetchone()[0])
-    d = {k: _DELTAS.format(a=k) for k in ("open", "high", "low", "close")}
-    variants = {
-        "today: four int8[]": "open, high, low, close",
-        "four int4[]": "open::int4[] AS o, high::int4[] AS h, low::int4[] AS l, "
-                       "close::int4[] AS c",
-        "four int8[] of deltas (first value, then differences)":
-            f"{d['open']} AS o, {d['high']} AS h, {d['low']} AS l, {d['close']} AS c",
-        "one int8[4][n] of deltas":
-            f"ARRAY[{d['open']}, {d['high']}, {d['low']}, {d['close']}] AS ohlc",
-        "one int8[4][n]": "ARRAY[open, high, low, close] AS ohlc",
-    }  # one small column alone stays under TOAST's 2 kB threshold, uncompressed: not comparable
-    out = {}
-    c.execute("SET default_toast_compression = 'pglz'")
-    for name, cols in variants.items():
-        c.execute("DROP TABLE IF EXISTS enc_test")
-        c.execute(f"""CREATE TABLE enc_test AS SELECT {cols} FROM minute_bars
-                      WHERE scale IS NOT NULL""")
-        out[name] = round(c.execute("SELECT pg_total_relation_size('enc_test')").fetchone()[0]
-                          / bars, 2)
-        c.execute("DROP TABLE enc_test")
     return out
 
 
@@ -331,7 +300,6 @@ def part_day(a, s3, endpoint, tmp: Path, out: dict) -> None:
             mb = c.execute(MINUTE_BARS_SIZE).fetchone()[0]
             rb = c.execute("SELECT pg_total_relation_size('rollup_bars')").fetchone()[0]
             out["columns_bytes_per_bar"] = column_sizes(c)
-            out["encodings_bytes_per_bar"] = encodings(c)
             c.commit()
             syms = [r[0] for r in c.execute("SELECT symbol FROM minute_bars")]
             from appliance.store import minutes as mstore
@@ -345,8 +313,7 @@ def part_day(a, s3, endpoint, tmp: Path, out: dict) -> None:
         out["plain_bytes_per_row"] = plain_size / rows
         say(f"minute_bars {mb / ing['bars']:.1f} B/bar, rollups {rb / ing['bars']:.1f} "
             f"B/bar, plain table {plain_size / rows:.1f} B/row; the SQL rollup refresh "
-            f"alone {out['sql_rollups_seconds']:.1f} s; columns {out['columns_bytes_per_bar']}; "
-            f"encodings {out['encodings_bytes_per_bar']}")
+            f"alone {out['sql_rollups_seconds']:.1f} s; columns {out['columns_bytes_per_bar']}")
     finally:
         if not a.keep:
             _drop_db(DB)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from appliance.ingest import minutes as intraday
+from appliance.store import minutecopy
 from tests.fakes.minute_truth import make_minute_truth
 
 CFG = {"calendar": "XNYS", "session": "extended"}
@@ -30,3 +31,30 @@ def store_minutes(runtime, symbol: str, start: str, end: str, *, drop=(), invali
         intraday.write(conn, CFG, bars)
         intraday.refresh_stats(conn, CFG, symbol)
     return bars
+
+
+def store_as_before_0013(conn, s: minutecopy.MinuteSession, raw: bool = False) -> None:
+    """The ``MinuteSession`` ``s`` stored as every session was before
+    migration 0013: one scale for prices and volume, absolute integers (or,
+    ``raw``, float8), by plain SQL (not the store's writer)."""
+    x = np.stack([getattr(s, c) for c in ("open", "high", "low", "close", "volume", "vwap")])
+    k = minutecopy._scale_of(x.ravel())
+
+    def ints(a):
+        return [None if np.isnan(v) else int(round(v * 10 ** k)) for v in a]
+
+    if raw:
+        rows = [[None if np.isnan(v) else float(v) for v in a] for a in x]
+        conn.execute("""INSERT INTO minute_bars (symbol, session, minutes, raw, trades, invalid,
+                        source) VALUES (%s, %s, %s, %s::float8[], %s, %s, 'test')""",
+                     (s.symbol, s.session, s.minute.tolist(), rows,
+                      [None if t < 0 else int(t) for t in s.trades], list(s.invalid)))
+        return
+    assert k is not None, "a session no decimal scale holds is stored raw"
+    conn.execute(
+        """INSERT INTO minute_bars (symbol, session, minutes, scale, open, high, low, close,
+                                    volume, vwap, trades, invalid, source)
+           VALUES (%s, %s, %s, %s, %s::int8[], %s::int8[], %s::int8[], %s::int8[],
+                   %s::int8[], %s::int8[], %s, %s, 'test')""",
+        (s.symbol, s.session, s.minute.tolist(), k, *(ints(a) for a in x),
+         [None if t < 0 else int(t) for t in s.trades], list(s.invalid)))

@@ -294,26 +294,64 @@ def _column(arrays: Sequence[bytes | None], dtype: str,
     return np.frombuffer(body, rec)["v"].astype(dtype.replace(">", "=")), n
 
 
-def _prices(rows: Sequence[tuple], sizes: np.ndarray, j: int, rollup: bool,
-            scales: np.ndarray) -> np.ndarray:
-    """Price column ``j`` (of _PRICE_COLUMNS) of the sessions, as stored: a
-    rollup's floats; a minute session's integers / 10**scale (as the SQL
-    decodes them, NULL: NaN), or its raw floats (scale NULL, ``scales`` -1)."""
+def _minute_ints(rows: Sequence[tuple], sizes: np.ndarray) -> np.ndarray:
+    """The scaled minute sessions' integers as the prices and volume they
+    stand for (six rows, NULL_INT8: none): close, high and low rebuilt from
+    the candle's body and wicks where the session has them
+    (``0013_minute_offsets.sql``; as ``store.minutes._decoded`` in SQL)."""
+    ints = np.zeros((len(_PRICE_COLUMNS), int(sizes.sum())), np.int64)
+    candle = np.fromiter((r[12] is not None for r in rows), bool, len(rows))
+    sel = np.repeat(candle, sizes)
+    for j in range(len(_PRICE_COLUMNS)):
+        have = rows if j in (0, 4, 5) else [r for r in rows if r[12] is None]
+        if have:
+            v = _column([r[3 + j] for r in have], ">i8", NULL_INT8)[0]
+            if len(have) == len(rows):
+                ints[j] = v
+            else:
+                ints[j, ~sel] = v
+    if candle.any():
+        kept = [r for r in rows if r[12] is not None]
+        o = ints[0, sel]
+        body, upper, lower = (_column([r[k] for r in kept], ">i2")[0].astype(np.int64)
+                              for k in (12, 13, 14))
+        close = o + body
+        ints[3, sel] = close
+        ints[1, sel] = np.maximum(o, close) + upper
+        ints[2, sel] = np.minimum(o, close) - lower
+    return ints
+
+
+def _prices(rows: Sequence[tuple], sizes: np.ndarray, rollup: bool,
+            scales: np.ndarray) -> dict[str, np.ndarray]:
+    """The price columns (_PRICE_COLUMNS) of the sessions, as stored: a
+    rollup's floats; a minute session's integers / 10**scale (the volume's
+    / 10**volume_scale when set; as the SQL decodes them, NULL: NaN), or its
+    raw floats (scale NULL, ``scales`` -1)."""
     if rollup:
-        return _column([r[3 + j] for r in rows], ">f8", np.nan)[0]
+        return {c: _column([r[3 + j] for r in rows], ">f8", np.nan)[0]
+                for j, c in enumerate(_PRICE_COLUMNS)}
     is_scaled = scales >= 0
-    ints = _column([r[3 + j] for r in rows if r[1] is not None], ">i8", NULL_INT8)[0]
+    kept = [r for r in rows if r[1] is not None]
+    ints = _minute_ints(kept, sizes[is_scaled])
     p = np.repeat(10.0 ** scales[is_scaled], sizes[is_scaled])
-    decoded = np.where(ints == NULL_INT8, np.nan, ints.astype(np.float64) / p)
-    if is_scaled.all():  # the rule: a raw session is one whose prices have no scale
-        return decoded
-    v = np.empty(int(sizes.sum()))
-    scaled = np.repeat(is_scaled, sizes)
-    v[scaled] = decoded
-    v[~scaled] = _values([_elements(r[9], j * n, n, np.nan)
-                          for r, n in zip(rows, sizes.tolist(), strict=True) if r[1] is None],
-                         ">f8")
-    return v
+    vscales = np.fromiter((r[1] if r[15] is None else r[15] for r in kept), np.int64, len(kept))
+    pv = np.repeat(10.0 ** vscales, sizes[is_scaled])
+    out = {}
+    for j, c in enumerate(_PRICE_COLUMNS):
+        decoded = np.where(ints[j] == NULL_INT8, np.nan,
+                           ints[j].astype(np.float64) / (pv if c == "volume" else p))
+        if is_scaled.all():  # the rule: a raw session is one whose prices have no scale
+            out[c] = decoded
+            continue
+        v = np.empty(int(sizes.sum()))
+        scaled = np.repeat(is_scaled, sizes)
+        v[scaled] = decoded
+        v[~scaled] = _values([_elements(r[9], j * n, n, np.nan)
+                              for r, n in zip(rows, sizes.tolist(), strict=True)
+                              if r[1] is None], ">f8")
+        out[c] = v
+    return out
 
 
 def decode_sessions(rows: Sequence[tuple], steps: Sequence[tuple], tz: str) -> dict:
@@ -332,8 +370,7 @@ def decode_sessions(rows: Sequence[tuple], steps: Sequence[tuple], tz: str) -> d
     scales = np.fromiter((-1 if r[1] is None else r[1] for r in rows), np.int64, len(rows))
     kp, kv = _factors(sdays, steps)
     kp, kv = np.repeat(kp, sizes), np.repeat(kv, sizes)
-    for j, c in enumerate(_PRICE_COLUMNS):
-        v = _prices(rows, sizes, j, rollup, scales)
+    for c, v in _prices(rows, sizes, rollup, scales).items():
         if steps:  # without steps (mode none, or none stored): the stored values
             v = v / kv if c == "volume" else v * kp
         out[c] = v

@@ -84,9 +84,10 @@ def intraday_copy_sql(timeframe: str, *, adjust: str | bool | None, include_inva
 NULL_INT8 = -(2 ** 63)
 #: A NULL trade count as ``ops.arrowbars`` decodes it (counts are never negative).
 NULL_TRADES = -1
-#: The array columns of ``session_arrays``' rows, after (session, scale).
+#: The array columns of ``session_arrays``' rows, after (session, scale);
+#: then (volume_scale, bars).
 ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
-                 "invalid")
+                 "invalid", "body", "upper_wick", "lower_wick")
 
 
 _PAST = "AND (%(past)s::date IS NULL OR b.session > %(past)s::date)"
@@ -96,13 +97,14 @@ def arrays_sql(timeframe: str) -> str:
     """One row per stored session of ``%(symbol)s`` from the first session a
     cursor ``%(after)s`` can need (and after ``%(past)s``, NULL: any) to
     ``%(end)s``, oldest first, at most ``%(sessions)s`` of them: (session,
-    scale, *ARRAY_COLUMNS, bars), the arrays as stored (a NULL element stays NULL:
+    scale, *ARRAY_COLUMNS, volume_scale, bars), the arrays as stored (a NULL element stays NULL:
     replacing it in SQL would rebuild every array, a quarter of the time of
     the whole read; ``ops.arrowbars`` decodes them). Rollups have no scale
-    (NULL: the floats as they are), no raw and no invalid bar."""
+    (NULL: the floats as they are), no raw, no invalid bar and no candle."""
     if timeframe == "1m":
         return f"""SELECT b.session, b.scale, b.minutes, b.open, b.high, b.low, b.close,
-                          b.volume, b.vwap, b.raw, b.trades, b.invalid, cardinality(b.minutes)
+                          b.volume, b.vwap, b.raw, b.trades, b.invalid, b.body,
+                          b.upper_wick, b.lower_wick, b.volume_scale, cardinality(b.minutes)
                    FROM minute_bars b
                    WHERE b.symbol = %(symbol)s
                      AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
@@ -111,6 +113,7 @@ def arrays_sql(timeframe: str) -> str:
         raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
     return f"""SELECT b.session, NULL::int2, b.starts, b.open, b.high, b.low, b.close,
                       b.volume, b.vwap, NULL::float8[], b.trades, '{{}}'::int2[],
+                      NULL::int2[], NULL::int2[], NULL::int2[], NULL::int2,
                       cardinality(b.starts)
                FROM rollup_bars b
                WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s

@@ -1,7 +1,8 @@
 """Minute sessions and their rollups as binary COPY rows (``pgcopy``), many
 sessions at a time: the rows of ``minute_stage`` (``minute_bars``' columns)
 and of ``rollup_bars``. The layout and its exactness rule (integers times
-10^-scale, or float8 ``raw``) are described in ``migrations/0003_intraday.sql``.
+10^-scale, or float8 ``raw``) are described in ``migrations/0003_intraday.sql``,
+the candle's body and wicks and the volume's own scale in ``0013_minute_offsets.sql``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ _INT_LIMIT = 2.0 ** 62
 _INT4_MAX = 2 ** 31 - 1
 #: minute_bars' columns in the order ``session_rows`` writes them.
 COLUMNS = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
-           "vwap", "raw", "trades", "invalid", "source")
+           "vwap", "raw", "trades", "invalid", "source", "body", "upper_wick", "lower_wick",
+           "volume_scale")
 ROLLUP_COLUMNS = ("symbol", "timeframe", "session", "starts", "open", "high", "low", "close",
                   "volume", "vwap", "trades")
 
@@ -89,24 +91,54 @@ def _columns(chunk: Sequence[MinuteSession]) -> np.ndarray:
     return x
 
 
+#: The rows of ``_columns`` holding prices (open, high, low, close, vwap): one
+#: decimal scale for them, another for the volume (row 4).
+_PRICE_ROWS = [0, 1, 2, 3, 5]
+
+
 def _ints(x: np.ndarray, null: np.ndarray, off: np.ndarray) -> pgcopy.Arrays:
     if null.all():  # a column the vendor never sends (flat files' vwap)
         return pgcopy.Arrays("int8", np.zeros(len(x), dtype=np.int64), off, null)
-    return pgcopy.Arrays("int8", x.astype(np.int64), off, null if null.any() else None)
+    return pgcopy.Arrays("int8", x, off, null if null.any() else None)
+
+
+_INT2 = 2 ** 15
+
+
+def _candles(ints: np.ndarray, finite: np.ndarray, off: np.ndarray,
+             scaled: np.ndarray) -> tuple[np.ndarray, list[pgcopy.Arrays]]:
+    """Which sessions store their bars as candles (0013: scaled, open, high,
+    low and close all present, every difference a smallint), and the body
+    (close - open), upper wick (high - greatest(open, close)) and lower wick
+    (least(open, close) - low) of every bar, exact, being integers."""
+    o, h, lo, c = ints[:4]
+    parts = np.stack([c - o, h - np.maximum(o, c), np.minimum(o, c) - lo])
+    fits = finite[:4].all(axis=0) & (np.abs(parts) < _INT2).all(axis=0)
+    cum = np.concatenate(([0], np.cumsum(fits)))
+    n = np.diff(off)
+    ok = scaled & (n > 0) & (cum[off[1:]] - cum[off[:-1]] == n)
+    parts = np.where(np.repeat(ok, n), parts, 0).astype(np.int16)
+    return ok, [pgcopy.Arrays("int2", part, off) for part in parts]
 
 
 def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.ndarray]:
     """The binary COPY rows (``COLUMNS``) of ``chunk``; also the values as
-    stored (six rows, NaN: NULL) and the scales (-1: raw), for the rollups."""
+    stored (six rows, NaN: NULL) and the scales (-1: raw), for the rollups.
+    The prices' scale and the volume's are found apart; a session with no
+    scale for either is raw."""
     n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
     off = pgcopy.offsets_of(n)
     x = _columns(chunk)
-    k = scales(x, off)
+    kp = scales(x[_PRICE_ROWS], off)
+    kv = scales(x[4:5], off)
+    k = np.where((kp >= 0) & (kv >= 0), kp, -1)
     finite = np.isfinite(x)
     scaled = np.repeat(k >= 0, n)
-    p = np.repeat(10.0 ** np.maximum(k, 0), n)
+    p = np.repeat(10.0 ** np.maximum(k, 0), n)[None, :].repeat(6, axis=0)
+    p[4] = np.repeat(10.0 ** np.maximum(kv, 0), n)
     with np.errstate(invalid="ignore", over="ignore"):
-        ints = np.rint(np.where(finite & scaled, x, 0.0) * p)
+        ints = np.rint(np.where(finite & scaled, x, 0.0) * p).astype(np.int64)
+    candle, parts = _candles(ints, finite, off, k >= 0)
     cols = [_ints(ints[j], ~finite[j], off) for j in range(6)]
     mins = pgcopy.Arrays("int2", np.concatenate([s.minute for s in chunk]) if chunk
                          else np.zeros(0), off)
@@ -120,16 +152,22 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
                             pgcopy.offsets_of([len(b) for b in bad]))
     rows = []
     for i, s in enumerate(chunk):
-        if k[i] >= 0:
+        if candle[i]:  # open, then high, low and close NULL for the body and wicks
+            o, _, _, _, v, vw = (c.field(i) for c in cols)
+            values = [pgcopy.int2(int(k[i])), o, *([pgcopy.NULL] * 3), v, vw, pgcopy.NULL]
+            extra = [*(part.field(i) for part in parts), pgcopy.int2(int(kv[i]))]
+        elif k[i] >= 0:
             values = [pgcopy.int2(int(k[i])), *(c.field(i) for c in cols), pgcopy.NULL]
+            extra = [*([pgcopy.NULL] * 3), pgcopy.int2(int(kv[i]))]
         else:
             raw = x[:, off[i]:off[i + 1]].ravel()
             values = [pgcopy.NULL, *([pgcopy.NULL] * 6),
                       pgcopy.Arrays("float8", raw, np.array([0, len(raw)]), np.isnan(raw))
                       .field(0, dims=(6, int(n[i])))]
+            extra = [pgcopy.NULL] * 4
         rows.append(pgcopy.row([pgcopy.text(s.symbol), pgcopy.date(s.session), mins.field(i),
                                 *values, trades.field(i), invalid.field(i),
-                                pgcopy.text(s.source)]))
+                                pgcopy.text(s.source), *extra]))
     stored = np.where(finite | ~scaled, x, np.nan)  # a scaled day keeps no inf: NULL
     return b"".join(rows), stored, k
 

@@ -1,8 +1,9 @@
 """Intraday bars in and out: one-minute bars one row per symbol-session
 (``minute_bars``), their 5m..4h rollups (``rollup_bars``), per-symbol minute
 stats and checkpoints. The layout and its exactness rule are described in
-``migrations/0003_intraday.sql``, the yearly partitions of minute_bars (and
-why) in ``0012_minute_partitions.sql``; the labelling rules in ``timeframes``.
+``migrations/0003_intraday.sql``, its candles in ``0013_minute_offsets.sql``,
+the yearly partitions of minute_bars (and why) in
+``0012_minute_partitions.sql``; the labelling rules in ``timeframes``.
 """
 from __future__ import annotations
 
@@ -151,20 +152,32 @@ def _record_revisions(cur: Cursor[Any], run_id: int | None, tz: str) -> int:
 
 
 def _decoded(alias: str = "b") -> str:
-    """Per-bar decoded columns of ``unnest(...) WITH ORDINALITY u``."""
-    p = f"power(10::float8, {alias}.scale)"
+    """Per-bar decoded columns of ``unnest(...) WITH ORDINALITY u`` (``_UNNEST``):
+    a scaled session's integers over 10^scale (close, high and low rebuilt
+    from the candle's body and wicks where the session has them; the volume
+    over 10^volume_scale, NULL: the prices' scale; ``0013_minute_offsets.sql``),
+    or a raw session's floats."""
+    b = alias
+    p = f"power(10::float8, {b}.scale)"
+    pv = f"power(10::float8, coalesce({b}.volume_scale, {b}.scale))"
+    close = "(u.o + u.bd)"
+    ints = {"o": "u.o", "c": f"coalesce(u.c, {close})",
+            "h": f"coalesce(u.h, greatest(u.o, {close}) + u.uw)",
+            "lo": f"coalesce(u.lo, least(u.o, {close}) - u.lw)", "vw": "u.vw"}
 
     def col(name: str, row: int) -> str:
-        return (f"CASE WHEN {alias}.scale IS NULL THEN {alias}.raw[{row}][u.i] "
-                f"ELSE u.{name}::float8 / {p} END")
+        return (f"CASE WHEN {b}.scale IS NULL THEN {b}.raw[{row}][u.i] "
+                f"ELSE {ints[name]}::float8 / {p} END")
 
+    volume = f"CASE WHEN {b}.scale IS NULL THEN {b}.raw[5][u.i] ELSE u.v::float8 / {pv} END"
     return (f"{col('o', 1)} AS open, {col('h', 2)} AS high, {col('lo', 3)} AS low, "
-            f"{col('c', 4)} AS close, {col('v', 5)} AS volume, {col('vw', 6)} AS vwap, "
-            f"u.n AS trades, NOT ((u.i - 1)::smallint = ANY({alias}.invalid)) AS validated")
+            f"{col('c', 4)} AS close, {volume} AS volume, {col('vw', 6)} AS vwap, "
+            f"u.n AS trades, NOT ((u.i - 1)::smallint = ANY({b}.invalid)) AS validated")
 
 
 _UNNEST = ("CROSS JOIN LATERAL unnest(b.minutes, b.open, b.high, b.low, b.close, b.volume, "
-           "b.vwap, b.trades) WITH ORDINALITY u(m, o, h, lo, c, v, vw, n, i)")
+           "b.vwap, b.trades, b.body, b.upper_wick, b.lower_wick) "
+           "WITH ORDINALITY u(m, o, h, lo, c, v, vw, n, bd, uw, lw, i)")
 
 
 def refresh_rollups(conn: Connection[Any], symbol: str, sessions: Sequence[dt.date]) -> int:

@@ -15,13 +15,14 @@ import pytest
 from appliance.core import calendar as tcal
 from appliance.core.candles import MinuteBars
 from appliance.ingest import minutes as intraday
-from appliance.store import minutecopy, pgcopy
 from appliance.store import minutes as mstore
 from appliance.store import pool as db
+from tests.minute_store import store_as_before_0013
 
 CFG = {"calendar": "XNYS", "session": "regular"}
 TZ = "America/New_York"
-ARRAYS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades")
+ARRAYS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades", "body",
+          "upper_wick", "lower_wick")
 
 
 def _session(symbol: str, day: dt.date, n: int = 300, seed: int = 0, raw: bool = False
@@ -81,10 +82,8 @@ def test_migration_partitions_minute_bars_keeping_every_row_as_it_was(empty_db):
                 _session("MSFT", dt.date(2024, 1, 2), n=10, seed=4)]
     with psycopg.connect(empty_db) as conn:
         assert _relkind(conn, "minute_bars") == "r"
-        cols = ", ".join(mstore._STAGE)
-        with conn.cursor() as cur, \
-                cur.copy(f"COPY minute_bars ({cols}) FROM STDIN (FORMAT binary)") as cp:
-            cp.write(pgcopy.SIGNATURE + minutecopy.session_rows(sessions)[0] + pgcopy.TRAILER)
+        for s in sessions:
+            store_as_before_0013(conn, s, raw=s.session == dt.date(2019, 12, 31))
         conn.commit()
         before = _rows(conn)
     # scaled, raw, scaled, and a session too small to be compressed
@@ -104,7 +103,8 @@ def test_migration_partitions_minute_bars_keeping_every_row_as_it_was(empty_db):
         checks = {r[0] for r in conn.execute(
             """SELECT conname FROM pg_constraint
                WHERE conrelid = 'minute_bars'::regclass AND contype = 'c'""")}
-        assert checks == {"minute_bars_scaled_xor_raw", "minute_bars_equal_lengths"}
+        assert checks == {"minute_bars_scaled_xor_raw", "minute_bars_equal_lengths",
+                          "minute_bars_candle_lengths"}  # and 0013's
         pk = conn.execute("""SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i
                              JOIN pg_class c ON c.oid = i.indexrelid
                              WHERE i.indrelid = 'minute_bars'::regclass""").fetchall()

@@ -69,9 +69,22 @@ def _decode(row: list) -> dict:
     else:
         assert named["raw"] is None
         p = 10.0 ** struct.unpack("!h", named["scale"])[0]
+        pv = 10.0 ** struct.unpack("!h", named["volume_scale"])[0]
+        ints = {name: _array(named[name])[1] for name in ("open", "volume", "vwap")}
+        if named["body"] is not None:  # 0013: close, high and low as body and wicks
+            assert named["high"] is None and named["low"] is None and named["close"] is None
+            o = ints["open"]
+            body, upper, lower = (_array(named[k])[1]
+                                  for k in ("body", "upper_wick", "lower_wick"))
+            ints["close"] = c = [a + d for a, d in zip(o, body, strict=True)]
+            ints["high"] = [max(a, b) + d for a, b, d in zip(o, c, upper, strict=True)]
+            ints["low"] = [min(a, b) - d for a, b, d in zip(o, c, lower, strict=True)]
+        else:
+            assert named["upper_wick"] is None and named["lower_wick"] is None
+            ints.update({name: _array(named[name])[1] for name in ("high", "low", "close")})
         for name in names:
-            out[name] = [float("nan") if x is None else x / p
-                         for x in _array(named[name])[1]]
+            q = pv if name == "volume" else p
+            out[name] = [float("nan") if x is None else x / q for x in ints[name]]
     return out
 
 
@@ -113,6 +126,49 @@ def test_encode_day_round_trips_every_bar(day):
     assert got["minute"] == minute.tolist()
     assert got["trades"] == trades.tolist()
     assert got["invalid"] == invalid
+    for name, want in zip(("open", "high", "low", "close", "volume", "vwap"), cols, strict=True):
+        assert _same(got[name], want), name
+
+
+small = st.integers(-40_000, 40_000)
+
+
+@st.composite
+def near_prices(draw):
+    """A session of prices near each other, in cents: open, high, low, close
+    within a few hundred dollars of a base (an invalid bar's high may be
+    below its open), whole or fractional volumes, a vwap sometimes missing."""
+    n = draw(st.integers(1, 30))
+    base = draw(st.integers(0, 10**8))
+    o = np.array([base + draw(small) for _ in range(n)], dtype=float)
+    c = o + [draw(small) for _ in range(n)]
+    h = np.maximum(o, c) + [draw(small) for _ in range(n)]
+    lo = np.minimum(o, c) - [draw(small) for _ in range(n)]
+    v = np.array([draw(st.integers(0, 10**9)) for _ in range(n)], dtype=float) / \
+        draw(st.sampled_from([1, 100]))
+    vw = np.where([draw(st.booleans()) for _ in range(n)], np.nan, (h + lo) / 2)
+    return [x / 100 for x in (o, h, lo, c)] + [v, vw / 100]
+
+
+@settings(max_examples=200, deadline=None)
+@given(near_prices())
+def test_near_prices_round_trip_as_candles_or_as_they_are(cols):
+    """Body and wicks (0013) when every difference fits a smallint (32,767
+    units of the session's scale), the absolute integers otherwise; the same
+    bars either way."""
+    n = len(cols[0])
+    s = mstore.MinuteSession("AAPL", dt.date(2024, 11, 26), np.arange(n), *cols,
+                             np.arange(n), [], "x")
+    (row,) = _rows(minutecopy.session_rows([s])[0])
+    named = dict(zip(minutecopy.COLUMNS, row, strict=True))
+    assert named["scale"] is not None and named["raw"] is None
+    p = 10 ** struct.unpack("!h", named["scale"])[0]  # 2, or 3 for a half-cent vwap
+    o, h, lo, c = (np.rint(np.asarray(x) * p) for x in cols[:4])
+    parts = np.concatenate([c - o, h - np.maximum(o, c), np.minimum(o, c) - lo])
+    assert (named["body"] is not None) == bool((np.abs(parts) <= 32767).all())
+    # the volume at its own decimals, not the prices' (0 for whole shares)
+    assert struct.unpack("!h", named["volume_scale"])[0] == minutecopy._scale_of(cols[4])
+    got = _decode(row)
     for name, want in zip(("open", "high", "low", "close", "volume", "vwap"), cols, strict=True):
         assert _same(got[name], want), name
 

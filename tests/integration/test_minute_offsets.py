@@ -1,0 +1,125 @@
+"""Minute sessions as candles (migration 0013) on real PostgreSQL: a store
+written before the migration is not rewritten by it and reads as it did;
+a session written after it stores close, high and low as the candle's body
+and wicks (smallints) and its volume at its own scale, and reads back bar
+for bar, in SQL (the JSON answers) and in numpy (the Arrow answers), the
+same values as before; a session with a missing price or a wider candle is
+stored as before."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import psycopg
+import pytest
+
+from appliance.ops import arrowbars
+from appliance.store import columnar
+from appliance.store import minutes as mstore
+from appliance.store import pool as db
+from tests.integration.test_minute_partitions import _migrate_up_to
+from tests.minute_store import store_as_before_0013
+
+TZ = "America/New_York"
+NAMES = ("open", "high", "low", "close", "volume", "vwap")
+
+
+def _session(symbol: str, day: dt.date, n: int = 200, seed: int = 0) -> mstore.MinuteSession:
+    """Four-decimal highs and lows around two-decimal opens and closes, whole
+    volumes, a missing vwap and trade count, one invalid bar."""
+    rng = np.random.default_rng(seed)
+    c = np.round(50 + np.cumsum(rng.normal(0, 0.05, n)), 2)
+    o = np.round(c + rng.normal(0, 0.02, n), 2)
+    h = np.round(np.maximum(o, c) + np.abs(rng.normal(0, 0.01, n)), 4)
+    lo = np.round(np.minimum(o, c) - np.abs(rng.normal(0, 0.01, n)), 4)
+    vw = np.round((h + lo) / 2, 4)
+    vw[3] = np.nan
+    k = rng.integers(1, 300, n)
+    k[5] = -1
+    return mstore.MinuteSession(symbol, day, np.arange(570, 570 + n), o, h, lo, c,
+                                rng.integers(1, 90_000, n).astype(float), vw, k, [7], "test")
+
+
+def _read_sql(conn, symbol: str, day: dt.date) -> dict[str, np.ndarray]:
+    rows = conn.execute(mstore.intraday_sql("1m", adjust="none", include_invalid=True,
+                                            fmt="json"),
+                        {"symbol": symbol, "start": day, "end": day, "after": None,
+                         "limit": None, "tz": TZ}).fetchall()
+    bars = [json.loads(t) for _, t in rows]
+    return {c: np.array([np.nan if b[c] is None else b[c] for b in bars], float) for c in NAMES}
+
+
+def _read_numpy(conn, symbol: str, day: dt.date) -> dict[str, np.ndarray]:
+    rows = list(columnar.session_arrays(conn, "1m", {"symbol": symbol, "start": day, "end": day,
+                                                     "after": None, "limit": None, "tz": TZ}))
+    got = arrowbars.decode_sessions(rows, [], TZ)
+    return {c: got[c] for c in NAMES}
+
+
+def _equal(got: dict, s: mstore.MinuteSession) -> None:
+    for c in NAMES:
+        want = getattr(s, c)
+        same = (got[c] == want) | (np.isnan(got[c]) & np.isnan(want))
+        assert same.all(), (c, got[c][~same][:3], want[~same][:3])
+
+
+def test_a_store_written_before_reads_as_it_did_and_is_not_rewritten(empty_db):
+    _migrate_up_to(empty_db, 12)
+    old = _session("AAPL", dt.date(2024, 3, 4), seed=1)
+    raw = _session("RAW", dt.date(2024, 3, 4), n=30, seed=2)
+    with psycopg.connect(empty_db) as conn:
+        db.ensure_partitions(conn, 2024, 2024, "minute_bars")
+        store_as_before_0013(conn, old)
+        store_as_before_0013(conn, raw, raw=True)
+        conn.commit()
+        before = conn.execute("SELECT md5(string_agg(b::text, '|' ORDER BY symbol)) "
+                              "FROM minute_bars b").fetchone()[0]
+    assert 13 in db.migrate(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        layout = conn.execute("SELECT symbol, body IS NULL, volume_scale FROM minute_bars "
+                              "ORDER BY symbol").fetchall()
+        assert layout == [("AAPL", True, None), ("RAW", True, None)]
+        after = conn.execute("""SELECT md5(string_agg((b.symbol, b.session, b.minutes, b.scale,
+                                  b.open, b.high, b.low, b.close, b.volume, b.vwap, b.raw,
+                                  b.trades, b.invalid, b.source, b.ingested_at)::text, '|'
+                                  ORDER BY symbol)) FROM minute_bars b""").fetchone()[0]
+        assert after == before
+        for s in (old, raw):
+            _equal(_read_sql(conn, s.symbol, s.session), s)
+            _equal(_read_numpy(conn, s.symbol, s.session), s)
+
+
+def test_a_session_written_now_is_stored_as_a_candle_and_reads_the_same(empty_db):
+    db.migrate(empty_db)
+    s = _session("AAPL", dt.date(2024, 3, 5), seed=3)
+    gap = _session("GAP", dt.date(2024, 3, 5), n=20, seed=4)
+    gap.open[4] = np.nan  # a price missing: stored as before
+    wide = _session("WIDE", dt.date(2024, 3, 5), n=20, seed=5)
+    wide.high[9] += 3.2768  # a wick of 32,768 ten-thousandths: no smallint
+    with psycopg.connect(empty_db) as conn:
+        assert mstore.write_days(conn, [s, gap, wide]) == 3
+        conn.commit()
+        got = {r[0]: r[1:] for r in conn.execute(
+            """SELECT symbol, scale, volume_scale, high IS NULL, low IS NULL, close IS NULL,
+                      body[1:3], upper_wick[1:3], lower_wick[1:3], high[1:3]
+               FROM minute_bars""")}
+        assert got["AAPL"][:5] == (4, 0, True, True, True)  # the volume at its own scale
+        o, c = np.rint(s.open[:3] * 1e4), np.rint(s.close[:3] * 1e4)
+        assert got["AAPL"][5] == (c - o).tolist()
+        assert got["AAPL"][6] == (np.rint(s.high[:3] * 1e4) - np.maximum(o, c)).tolist()
+        assert got["AAPL"][7] == (np.minimum(o, c) - np.rint(s.low[:3] * 1e4)).tolist()
+        for other in ("GAP", "WIDE"):
+            assert got[other][:5] == (4, 0, False, False, False)
+            assert got[other][5:8] == (None, None, None)
+        assert got["GAP"][8] == np.rint(gap.high[:3] * 1e4).tolist()
+        for x in (s, gap, wide):
+            _equal(_read_sql(conn, x.symbol, x.session), x)
+            _equal(_read_numpy(conn, x.symbol, x.session), x)
+        with psycopg.connect(empty_db) as other:  # the database holds the layout's rules
+            for bad in ("SET high = open WHERE symbol = 'AAPL'",  # both forms at once
+                        "SET body = body[1:3] WHERE symbol = 'AAPL'",
+                        "SET volume_scale = 12 WHERE symbol = 'AAPL'"):
+                with pytest.raises(psycopg.errors.CheckViolation):
+                    other.execute(f"UPDATE minute_bars {bad}")
+                other.rollback()
