@@ -90,6 +90,22 @@ ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "r
                  "invalid", "body", "upper_wick", "lower_wick")
 
 
+#: A candle row of rollup_bars (0014) as the float arrays of a float row,
+#: decoded in SQL as ``store.minutes._source`` decodes each bar (rollups are
+#: a fifth of the minutes or fewer; the minute sessions are decoded by numpy).
+_ROLLUP_FLOATS = """LEFT JOIN LATERAL (
+      SELECT array_agg(u.oi::float8 / p.p ORDER BY u.i) AS open,
+             array_agg((greatest(u.oi, u.oi + u.bd) + u.uw)::float8 / p.p ORDER BY u.i) AS high,
+             array_agg((least(u.oi, u.oi + u.bd) - u.lw)::float8 / p.p ORDER BY u.i) AS low,
+             array_agg((u.oi + u.bd)::float8 / p.p ORDER BY u.i) AS close,
+             array_agg(u.vi::float8 / p.pv ORDER BY u.i) AS volume
+      FROM unnest(b.open_scaled, b.body, b.upper_wick, b.lower_wick, b.volume_scaled)
+           WITH ORDINALITY u(oi, bd, uw, lw, vi, i),
+           LATERAL (SELECT power(10::float8, b.scale) AS p,
+                           power(10::float8, b.volume_scale) AS pv) p
+      WHERE b.scale IS NOT NULL) d ON true"""
+
+
 _PAST = "AND (%(past)s::date IS NULL OR b.session > %(past)s::date)"
 
 
@@ -111,11 +127,13 @@ def arrays_sql(timeframe: str) -> str:
                    ORDER BY b.session LIMIT %(sessions)s"""
     if timeframe not in ROLLUPS:
         raise ValueError(f"{timeframe!r} is no intraday timeframe (1m, {', '.join(ROLLUPS)})")
-    return f"""SELECT b.session, NULL::int2, b.starts, b.open, b.high, b.low, b.close,
-                      b.volume, b.vwap, NULL::float8[], b.trades, '{{}}'::int2[],
+    return f"""SELECT b.session, NULL::int2, b.starts, coalesce(b.open, d.open),
+                      coalesce(b.high, d.high), coalesce(b.low, d.low),
+                      coalesce(b.close, d.close), coalesce(b.volume, d.volume), b.vwap,
+                      NULL::float8[], b.trades, '{{}}'::int2[],
                       NULL::int2[], NULL::int2[], NULL::int2[], NULL::int2,
                       cardinality(b.starts)
-               FROM rollup_bars b
+               FROM rollup_bars b {_ROLLUP_FLOATS}
                WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s
                  AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
                ORDER BY b.session LIMIT %(sessions)s"""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.core.rollups import rollups
+from appliance.core.rollups import Buckets, rollups
 from appliance.store import pgcopy
 
 #: Fewest decimals tried before a day is stored as float8 (``raw``).
@@ -24,7 +24,8 @@ COLUMNS = ("symbol", "session", "minutes", "scale", "open", "high", "low", "clos
            "vwap", "raw", "trades", "invalid", "source", "body", "upper_wick", "lower_wick",
            "volume_scale")
 ROLLUP_COLUMNS = ("symbol", "timeframe", "session", "starts", "open", "high", "low", "close",
-                  "volume", "vwap", "trades")
+                  "volume", "vwap", "trades", "scale", "volume_scale", "open_scaled",
+                  "volume_scaled", "body", "upper_wick", "lower_wick")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def _ints(x: np.ndarray, null: np.ndarray, off: np.ndarray) -> pgcopy.Arrays:
 
 
 _INT2 = 2 ** 15
+#: Integers a float8 holds exactly.
+_EXACT = 2 ** 53
 
 
 def _candles(ints: np.ndarray, finite: np.ndarray, off: np.ndarray,
@@ -123,7 +126,8 @@ def _candles(ints: np.ndarray, finite: np.ndarray, off: np.ndarray,
 
 def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.ndarray]:
     """The binary COPY rows (``COLUMNS``) of ``chunk``; also the values as
-    stored (six rows, NaN: NULL) and the scales (-1: raw), for the rollups.
+    stored (six rows, NaN: NULL) and the scales, for the rollups: two rows,
+    the prices' and the volume's, of each session (-1: raw).
     The prices' scale and the volume's are found apart; a session with no
     scale for either is raw."""
     n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
@@ -169,12 +173,41 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
                                 *values, trades.field(i), invalid.field(i),
                                 pgcopy.text(s.source), *extra]))
     stored = np.where(finite | ~scaled, x, np.nan)  # a scaled day keeps no inf: NULL
-    return b"".join(rows), stored, k
+    return b"".join(rows), stored, np.stack([k, np.where(k >= 0, kv, -1)])
 
 
-def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray) -> bytes:
+def _rollup_candles(b: Buckets, off: np.ndarray, kv: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, list[pgcopy.Arrays]]:
+    """Which of one width's rollup rows (one per session, bars at ``off``)
+    are stored as candles (0014: prices present, a decimal scale for them and
+    one for the volumes, every difference a smallint), their two scales, and
+    their open_scaled, volume_scaled, body, upper_wick and lower_wick arrays.
+    The prices' scale is the row's own (fewer decimals than its session's
+    when the vwap has more: the candles fit a smallint more often); the
+    volumes' is the session's (``kv``, -1: raw), their sums being exact at it
+    (a float sum is not: it is rounded to the session's decimals here)."""
+    prices = np.stack([b.open, b.high, b.low, b.close])
+    k = scales(prices, off)
+    n = np.diff(off)
+    p, pv = np.repeat(10.0 ** np.maximum(k, 0), n), np.repeat(10.0 ** np.maximum(kv, 0), n)
+    with np.errstate(invalid="ignore", over="ignore"):
+        o, h, lo, c = np.rint(np.nan_to_num(prices) * p).astype(np.int64)
+        units = np.rint(np.nan_to_num(b.volume) * pv)
+        vol = units.astype(np.int64)
+    parts = np.stack([c - o, h - np.maximum(o, c), np.minimum(o, c) - lo])
+    fits = np.isfinite(np.vstack([prices, b.volume])).all(axis=0) & \
+        (np.abs(parts) < _INT2).all(axis=0) & (np.abs(units) < _EXACT)
+    cum = np.concatenate(([0], np.cumsum(fits)))
+    ok = (n > 0) & (k >= 0) & (kv >= 0) & (cum[off[1:]] - cum[off[:-1]] == n)
+    parts = np.where(np.repeat(ok, n), parts, 0).astype(np.int16)
+    return ok, np.stack([k, kv]), [pgcopy.Arrays("int8", o, off), pgcopy.Arrays("int8", vol, off),
+                                   *(pgcopy.Arrays("int2", part, off) for part in parts)]
+
+
+def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray, scales_: np.ndarray) -> bytes:
     """The binary COPY rows (``ROLLUP_COLUMNS``) of the chunk's rollups, from
-    its valid minutes (``stored``: the values as ``session_rows`` stores them)."""
+    its valid minutes (``stored`` and ``scales_``: the values and the scales
+    as ``session_rows`` stores them), as candles where they can be (0014)."""
     if not chunk:
         return b""
     n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
@@ -194,13 +227,25 @@ def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray) -> bytes:
     for tf, b in got.items():
         counts = np.bincount(b.session, minlength=len(chunk))
         off = pgcopy.offsets_of(counts)
-        arrays = [pgcopy.Arrays("int2", b.start, off)]
-        for a in (b.open, b.high, b.low, b.close, b.volume, b.vwap):
+        floats = []
+        for a in (b.open, b.high, b.low, b.close, b.volume):
             null = np.isnan(a)
-            arrays.append(pgcopy.Arrays("float8", a, off, null if null.any() else None))
-        arrays.append(pgcopy.Arrays("int8", b.trades, off, b.trades < 0))
+            floats.append(pgcopy.Arrays("float8", a, off, null if null.any() else None))
+        null = np.isnan(b.vwap)
+        vwap = pgcopy.Arrays("float8", b.vwap, off, null if null.any() else None)
+        starts = pgcopy.Arrays("int2", b.start, off)
+        counted = pgcopy.Arrays("int8", b.trades, off, b.trades < 0)
+        candle, ks, ints = _rollup_candles(b, off, scales_[1])
         for i in np.flatnonzero(counts).tolist():
             s = chunk[i]
-            out.append(pgcopy.row([pgcopy.text(s.symbol), pgcopy.text(tf),
-                                   pgcopy.date(s.session), *(a.field(i) for a in arrays)]))
+            head = [pgcopy.text(s.symbol), pgcopy.text(tf), pgcopy.date(s.session),
+                    starts.field(i)]
+            if candle[i]:
+                out.append(pgcopy.row([*head, *([pgcopy.NULL] * 5), vwap.field(i),
+                                       counted.field(i), pgcopy.int2(int(ks[0][i])),
+                                       pgcopy.int2(int(ks[1][i])),
+                                       *(a.field(i) for a in ints)]))
+            else:
+                out.append(pgcopy.row([*head, *(a.field(i) for a in floats), vwap.field(i),
+                                       counted.field(i), *([pgcopy.NULL] * 7)]))
     return b"".join(out)

@@ -80,11 +80,11 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
                       .format(cols)) as cp:
             cp.write(pgcopy.SIGNATURE)
             for chunk in _chunks(sessions):
-                rows, stored, _ = session_rows(chunk)
+                rows, stored, scales = session_rows(chunk)
                 cp.write(rows)
                 if rollups:
                     keys += [(s.symbol, s.session) for s in chunk]
-                    spool.write(rollup_rows(chunk, stored))
+                    spool.write(rollup_rows(chunk, stored, scales))
             cp.write(pgcopy.TRAILER)
         # the callers ensure their sessions' partitions before this; whatever
         # they missed is created here rather than failing the write
@@ -180,6 +180,29 @@ _UNNEST = ("CROSS JOIN LATERAL unnest(b.minutes, b.open, b.high, b.low, b.close,
            "WITH ORDINALITY u(m, o, h, lo, c, v, vw, n, bd, uw, lw, i)")
 
 
+_ROLLUP_UNNEST = ("CROSS JOIN LATERAL unnest(b.starts, b.open, b.high, b.low, b.close, "
+                  "b.volume, b.vwap, b.trades, b.open_scaled, b.volume_scaled, b.body, "
+                  "b.upper_wick, b.lower_wick) u(m, o, h, lo, c, v, vw, n, oi, vi, bd, uw, lw)")
+
+
+def _rollup_decoded() -> str:
+    """Per-bar prices of ``_ROLLUP_UNNEST``: a float row's as they are, a
+    candle row's rebuilt from its integers (``0014_rollup_candles.sql``)."""
+    p = "power(10::float8, b.scale)"
+    close = "(u.oi + u.bd)"
+    ints = {"open": "u.oi", "high": f"greatest(u.oi, {close}) + u.uw",
+            "low": f"least(u.oi, {close}) - u.lw", "close": close}
+    cols = [f"CASE WHEN b.scale IS NULL THEN u.{f} ELSE ({ints[name]})::float8 / {p} END "
+            f"AS {name}" for name, f in (("open", "o"), ("high", "h"), ("low", "lo"),
+                                         ("close", "c"))]
+    cols.append("CASE WHEN b.scale IS NULL THEN u.v "
+                "ELSE u.vi::float8 / power(10::float8, b.volume_scale) END AS volume")
+    return ", ".join(cols) + ", u.vw AS vwap"
+
+
+_ROLLUP_DECODED = _rollup_decoded()
+
+
 def refresh_rollups(conn: Connection[Any], symbol: str, sessions: Sequence[dt.date]) -> int:
     """Recompute the 5m..4h rollups of ``symbol`` for ``sessions`` (see
     ``refresh_rollups_of``). Returns rollup rows written."""
@@ -265,13 +288,9 @@ def _source(timeframe: str, adjust: str | bool | None, include_invalid: bool) ->
                     WHERE b.symbol = %(symbol)s
                       AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s"""
     else:
-        inner = f"""SELECT b.session, u.m, f.kp, f.kv, u.o AS open, u.h AS high, u.lo AS low,
-                           u.c AS close, u.v AS volume, u.vw AS vwap, u.n AS trades,
+        inner = f"""SELECT b.session, u.m, f.kp, f.kv, {_ROLLUP_DECODED}, u.n AS trades,
                            true AS validated
-                    FROM rollup_bars b {factor}
-                    CROSS JOIN LATERAL unnest(b.starts, b.open, b.high, b.low, b.close,
-                                              b.volume, b.vwap, b.trades)
-                         u(m, o, h, lo, c, v, vw, n)
+                    FROM rollup_bars b {factor} {_ROLLUP_UNNEST}
                     WHERE b.symbol = %(symbol)s AND b.timeframe = {tf}
                       AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s"""
     valid = "" if include_invalid else "WHERE q.validated"

@@ -211,8 +211,12 @@ def _spot_check_rollups(rt):
     res = intraday.rollup_check(rt.conn, rt.config, provider, 4, tolerance_pct=0.2, seed=0.5)
     assert res["days"] == 4 and res["compared"] > 100 and res["mismatches"] == 0, res
     with rt.conn() as conn:
+        # the third 5m bar of each session 5 % higher: a float row's high, a
+        # candle row's open (0014: high, low and close follow it)
         conn.execute("""UPDATE rollup_bars SET high[3] = high[3] * 1.05
-                        WHERE timeframe = '5m'""")
+                        WHERE timeframe = '5m' AND scale IS NULL""")
+        conn.execute("""UPDATE rollup_bars SET open_scaled[3] = open_scaled[3] * 105 / 100
+                        WHERE timeframe = '5m' AND scale IS NOT NULL""")
     res = intraday.rollup_check(rt.conn, rt.config, provider, 4, tolerance_pct=0.2, seed=0.5)
     assert res["mismatches"] == 4 and res["pairs"][0]["timeframe"] == "5m", res
 

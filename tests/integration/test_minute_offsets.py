@@ -123,3 +123,29 @@ def test_a_session_written_now_is_stored_as_a_candle_and_reads_the_same(empty_db
                 with pytest.raises(psycopg.errors.CheckViolation):
                     other.execute(f"UPDATE minute_bars {bad}")
                 other.rollback()
+
+
+def test_rollups_are_stored_as_candles_and_the_database_holds_their_form(empty_db):
+    db.migrate(empty_db)
+    s = _session("AAPL", dt.date(2024, 3, 5), seed=6)
+    with psycopg.connect(empty_db) as conn:
+        mstore.write_days(conn, [s], rollups=True)
+        conn.commit()
+        forms = conn.execute("""SELECT timeframe, scale, volume_scale, open IS NULL,
+                                       cardinality(body) = cardinality(starts)
+                                FROM rollup_bars ORDER BY timeframe""").fetchall()
+        # the rows' own scales: four decimals of the highs and lows, whole volumes
+        assert forms == [(tf, 4, 0, True, True) for tf in sorted(mstore.ROLLUPS)]
+        hour = {int(t): b for t, b in mstore.day_bars(conn, "AAPL", "1h", s.session,
+                                                      tz=TZ).items()}
+        first = hour[min(hour)]  # 09:30-10:00: minutes 570..599 but the invalid one
+        bars = [i for i in range(30) if i != 7]
+        assert first["open"] == s.open[0] and first["close"] == s.close[29]
+        assert first["high"] == max(s.high[bars]) and first["low"] == min(s.low[bars])
+        assert first["volume"] == sum(s.volume[bars])
+        for bad in ("SET open = ARRAY[1.0] WHERE timeframe = '5m'",
+                    "SET body = body[1:2] WHERE timeframe = '5m'",
+                    "SET scale = NULL WHERE timeframe = '5m'"):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(f"UPDATE rollup_bars {bad}")
+            conn.rollback()
