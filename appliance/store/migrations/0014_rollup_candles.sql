@@ -3,19 +3,19 @@
 -- rollup_bars (0003) holds float8 arrays: pglz finds little in them, and a
 -- whole-market day's rollups took 41 bytes per minute bar, twice the minutes
 -- themselves. A rollup's open, high, low and close are prices of its minute
--- session, exact at that session's decimal scale, and its volume a sum of
--- its volumes, exact at theirs. So a rollup row whose minute session is
--- scaled, and whose bars' differences all fit a smallint, is stored as
---   scale          the minute session's scale
+-- session, exact at a decimal scale, and its volume a sum of its minutes'
+-- volumes, exact at theirs. So a rollup row whose minute session is scaled,
+-- and whose bars' differences all fit a smallint, is stored as
+--   scale          the fewest decimals of the row's open, high, low, close
 --   open_scaled    open * 10^scale                       (int8)
 --   body           (close - open) * 10^scale             (int2)
 --   upper_wick     (high - greatest(open, close)) * 10^scale
 --   lower_wick     (least(open, close) - low) * 10^scale
---   volume_scale   the minute session's volume scale
+--   volume_scale   the minute session's volume scale (0013)
 --   volume_scaled  volume * 10^volume_scale               (int8)
 -- with open, high, low, close and volume NULL; vwap (a quotient) and trades
 -- stay as they are. Measured on a generated whole-market day (bench/README.md,
--- run 7): 41.3 -> 27 bytes of rollups per minute bar. Other rows (a raw
+-- run 7): 41 -> 27.6 bytes of rollups per minute bar. Other rows (a raw
 -- minute session, a wider candle: a 4h bar of a volatile name at four
 -- decimals) keep the float8 form, and the rows stored before this migration
 -- too: both forms are read alike (store.minutes._source), so nothing is
