@@ -326,7 +326,8 @@ def _prices(rows: Sequence[tuple], sizes: np.ndarray, rollup: bool,
             scales: np.ndarray) -> dict[str, np.ndarray]:
     """The price columns (_PRICE_COLUMNS) of the sessions, as stored: a
     rollup's floats; a minute session's integers / 10**scale (the volume's
-    / 10**volume_scale when set; as the SQL decodes them, NULL: NaN), or its
+    and vwap's / 10**volume_scale and 10**vwap_scale when set; as the SQL
+    decodes them, NULL: NaN), or its
     raw floats (scale NULL, ``scales`` -1)."""
     if rollup:
         return {c: _column([r[3 + j] for r in rows], ">f8", np.nan)[0]
@@ -335,12 +336,13 @@ def _prices(rows: Sequence[tuple], sizes: np.ndarray, rollup: bool,
     kept = [r for r in rows if r[1] is not None]
     ints = _minute_ints(kept, sizes[is_scaled])
     p = np.repeat(10.0 ** scales[is_scaled], sizes[is_scaled])
-    vscales = np.fromiter((r[1] if r[15] is None else r[15] for r in kept), np.int64, len(kept))
-    pv = np.repeat(10.0 ** vscales, sizes[is_scaled])
+    pv, pw = (np.repeat(10.0 ** np.fromiter((r[1] if r[j] is None else r[j] for r in kept),
+                                            np.int64, len(kept)), sizes[is_scaled])
+              for j in (15, 16))  # volume_scale, vwap_scale (NULL: the prices')
     out = {}
     for j, c in enumerate(_PRICE_COLUMNS):
         decoded = np.where(ints[j] == NULL_INT8, np.nan,
-                           ints[j].astype(np.float64) / (pv if c == "volume" else p))
+                           ints[j].astype(np.float64) / {"volume": pv, "vwap": pw}.get(c, p))
         if is_scaled.all():  # the rule: a raw session is one whose prices have no scale
             out[c] = decoded
             continue

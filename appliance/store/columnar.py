@@ -85,7 +85,7 @@ NULL_INT8 = -(2 ** 63)
 #: A NULL trade count as ``ops.arrowbars`` decodes it (counts are never negative).
 NULL_TRADES = -1
 #: The array columns of ``session_arrays``' rows, after (session, scale);
-#: then (volume_scale, bars).
+#: then (volume_scale, vwap_scale, bars).
 ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
                  "invalid", "body", "upper_wick", "lower_wick")
 
@@ -113,14 +113,15 @@ def arrays_sql(timeframe: str) -> str:
     """One row per stored session of ``%(symbol)s`` from the first session a
     cursor ``%(after)s`` can need (and after ``%(past)s``, NULL: any) to
     ``%(end)s``, oldest first, at most ``%(sessions)s`` of them: (session,
-    scale, *ARRAY_COLUMNS, volume_scale, bars), the arrays as stored (a NULL element stays NULL:
+    scale, *ARRAY_COLUMNS, volume_scale, vwap_scale, bars), the arrays as stored (a NULL element stays NULL:
     replacing it in SQL would rebuild every array, a quarter of the time of
     the whole read; ``ops.arrowbars`` decodes them). Rollups have no scale
     (NULL: the floats as they are), no raw, no invalid bar and no candle."""
     if timeframe == "1m":
         return f"""SELECT b.session, b.scale, b.minutes, b.open, b.high, b.low, b.close,
                           b.volume, b.vwap, b.raw, b.trades, b.invalid, b.body,
-                          b.upper_wick, b.lower_wick, b.volume_scale, cardinality(b.minutes)
+                          b.upper_wick, b.lower_wick, b.volume_scale, b.vwap_scale,
+                          cardinality(b.minutes)
                    FROM minute_bars b
                    WHERE b.symbol = %(symbol)s
                      AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
@@ -131,7 +132,7 @@ def arrays_sql(timeframe: str) -> str:
                       coalesce(b.high, d.high), coalesce(b.low, d.low),
                       coalesce(b.close, d.close), coalesce(b.volume, d.volume), b.vwap,
                       NULL::float8[], b.trades, '{{}}'::int2[],
-                      NULL::int2[], NULL::int2[], NULL::int2[], NULL::int2,
+                      NULL::int2[], NULL::int2[], NULL::int2[], NULL::int2, NULL::int2,
                       cardinality(b.starts)
                FROM rollup_bars b {_ROLLUP_FLOATS}
                WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s

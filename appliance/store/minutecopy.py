@@ -22,7 +22,7 @@ _INT4_MAX = 2 ** 31 - 1
 #: minute_bars' columns in the order ``session_rows`` writes them.
 COLUMNS = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
            "vwap", "raw", "trades", "invalid", "source", "body", "upper_wick", "lower_wick",
-           "volume_scale")
+           "volume_scale", "vwap_scale")
 ROLLUP_COLUMNS = ("symbol", "timeframe", "session", "starts", "open", "high", "low", "close",
                   "volume", "vwap", "trades", "scale", "volume_scale", "open_scaled",
                   "volume_scaled", "body", "upper_wick", "lower_wick")
@@ -92,11 +92,6 @@ def _columns(chunk: Sequence[MinuteSession]) -> np.ndarray:
     return x
 
 
-#: The rows of ``_columns`` holding prices (open, high, low, close, vwap): one
-#: decimal scale for them, another for the volume (row 4).
-_PRICE_ROWS = [0, 1, 2, 3, 5]
-
-
 def _ints(x: np.ndarray, null: np.ndarray, off: np.ndarray) -> pgcopy.Arrays:
     if null.all():  # a column the vendor never sends (flat files' vwap)
         return pgcopy.Arrays("int8", np.zeros(len(x), dtype=np.int64), off, null)
@@ -128,18 +123,19 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
     """The binary COPY rows (``COLUMNS``) of ``chunk``; also the values as
     stored (six rows, NaN: NULL) and the scales, for the rollups: two rows,
     the prices' and the volume's, of each session (-1: raw).
-    The prices' scale and the volume's are found apart; a session with no
-    scale for either is raw."""
+    The decimal scales of open, high, low and close, of the volume and of the
+    vwap are found apart (0013: a vendor's vwap has four decimals where its
+    prices have two); a session with no scale for one of them is raw."""
     n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
     off = pgcopy.offsets_of(n)
     x = _columns(chunk)
-    kp = scales(x[_PRICE_ROWS], off)
-    kv = scales(x[4:5], off)
-    k = np.where((kp >= 0) & (kv >= 0), kp, -1)
+    kp, kv, kw = scales(x[:4], off), scales(x[4:5], off), scales(x[5:6], off)
+    k = np.where((kp >= 0) & (kv >= 0) & (kw >= 0), kp, -1)
     finite = np.isfinite(x)
     scaled = np.repeat(k >= 0, n)
     p = np.repeat(10.0 ** np.maximum(k, 0), n)[None, :].repeat(6, axis=0)
     p[4] = np.repeat(10.0 ** np.maximum(kv, 0), n)
+    p[5] = np.repeat(10.0 ** np.maximum(kw, 0), n)
     with np.errstate(invalid="ignore", over="ignore"):
         ints = np.rint(np.where(finite & scaled, x, 0.0) * p).astype(np.int64)
     candle, parts = _candles(ints, finite, off, k >= 0)
@@ -159,16 +155,17 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
         if candle[i]:  # open, then high, low and close NULL for the body and wicks
             o, _, _, _, v, vw = (c.field(i) for c in cols)
             values = [pgcopy.int2(int(k[i])), o, *([pgcopy.NULL] * 3), v, vw, pgcopy.NULL]
-            extra = [*(part.field(i) for part in parts), pgcopy.int2(int(kv[i]))]
+            extra = [*(part.field(i) for part in parts), pgcopy.int2(int(kv[i])),
+                     pgcopy.int2(int(kw[i]))]
         elif k[i] >= 0:
             values = [pgcopy.int2(int(k[i])), *(c.field(i) for c in cols), pgcopy.NULL]
-            extra = [*([pgcopy.NULL] * 3), pgcopy.int2(int(kv[i]))]
+            extra = [*([pgcopy.NULL] * 3), pgcopy.int2(int(kv[i])), pgcopy.int2(int(kw[i]))]
         else:
             raw = x[:, off[i]:off[i + 1]].ravel()
             values = [pgcopy.NULL, *([pgcopy.NULL] * 6),
                       pgcopy.Arrays("float8", raw, np.array([0, len(raw)]), np.isnan(raw))
                       .field(0, dims=(6, int(n[i])))]
-            extra = [pgcopy.NULL] * 4
+            extra = [pgcopy.NULL] * 5
         rows.append(pgcopy.row([pgcopy.text(s.symbol), pgcopy.date(s.session), mins.field(i),
                                 *values, trades.field(i), invalid.field(i),
                                 pgcopy.text(s.source), *extra]))

@@ -155,11 +155,12 @@ def _decoded(alias: str = "b") -> str:
     """Per-bar decoded columns of ``unnest(...) WITH ORDINALITY u`` (``_UNNEST``):
     a scaled session's integers over 10^scale (close, high and low rebuilt
     from the candle's body and wicks where the session has them; the volume
-    over 10^volume_scale, NULL: the prices' scale; ``0013_minute_offsets.sql``),
-    or a raw session's floats."""
+    and vwap over 10^volume_scale and 10^vwap_scale, NULL: the prices' scale;
+    ``0013_minute_offsets.sql``), or a raw session's floats."""
     b = alias
     p = f"power(10::float8, {b}.scale)"
     pv = f"power(10::float8, coalesce({b}.volume_scale, {b}.scale))"
+    pw = f"power(10::float8, coalesce({b}.vwap_scale, {b}.scale))"
     close = "(u.o + u.bd)"
     ints = {"o": "u.o", "c": f"coalesce(u.c, {close})",
             "h": f"coalesce(u.h, greatest(u.o, {close}) + u.uw)",
@@ -167,7 +168,7 @@ def _decoded(alias: str = "b") -> str:
 
     def col(name: str, row: int) -> str:
         return (f"CASE WHEN {b}.scale IS NULL THEN {b}.raw[{row}][u.i] "
-                f"ELSE {ints[name]}::float8 / {p} END")
+                f"ELSE {ints[name]}::float8 / {pw if name == 'vw' else p} END")
 
     volume = f"CASE WHEN {b}.scale IS NULL THEN {b}.raw[5][u.i] ELSE u.v::float8 / {pv} END"
     return (f"{col('o', 1)} AS open, {col('h', 2)} AS high, {col('lo', 3)} AS low, "

@@ -97,13 +97,18 @@ def test_a_session_written_now_is_stored_as_a_candle_and_reads_the_same(empty_db
     gap.open[4] = np.nan  # a price missing: stored as before
     wide = _session("WIDE", dt.date(2024, 3, 5), n=20, seed=5)
     wide.high[9] += 3.2768  # a wick of 32,768 ten-thousandths: no smallint
+    cents = _session("CENTS", dt.date(2024, 3, 5), n=20, seed=7)
+    for name in ("high", "low"):  # prices in cents, the vwap in four decimals
+        getattr(cents, name)[:] = np.round(getattr(cents, name), 2)
     with psycopg.connect(empty_db) as conn:
-        assert mstore.write_days(conn, [s, gap, wide]) == 3
+        assert mstore.write_days(conn, [s, gap, wide, cents]) == 4
+        assert conn.execute("SELECT scale, volume_scale, vwap_scale FROM minute_bars "
+                            "WHERE symbol = 'CENTS'").fetchone() == (2, 0, 4)
         conn.commit()
         got = {r[0]: r[1:] for r in conn.execute(
             """SELECT symbol, scale, volume_scale, high IS NULL, low IS NULL, close IS NULL,
                       body[1:3], upper_wick[1:3], lower_wick[1:3], high[1:3]
-               FROM minute_bars""")}
+               FROM minute_bars WHERE symbol <> 'CENTS'""")}
         assert got["AAPL"][:5] == (4, 0, True, True, True)  # the volume at its own scale
         o, c = np.rint(s.open[:3] * 1e4), np.rint(s.close[:3] * 1e4)
         assert got["AAPL"][5] == (c - o).tolist()
@@ -113,7 +118,7 @@ def test_a_session_written_now_is_stored_as_a_candle_and_reads_the_same(empty_db
             assert got[other][:5] == (4, 0, False, False, False)
             assert got[other][5:8] == (None, None, None)
         assert got["GAP"][8] == np.rint(gap.high[:3] * 1e4).tolist()
-        for x in (s, gap, wide):
+        for x in (s, gap, wide, cents):
             _equal(_read_sql(conn, x.symbol, x.session), x)
             _equal(_read_numpy(conn, x.symbol, x.session), x)
         with psycopg.connect(empty_db) as other:  # the database holds the layout's rules

@@ -70,6 +70,7 @@ def _decode(row: list) -> dict:
         assert named["raw"] is None
         p = 10.0 ** struct.unpack("!h", named["scale"])[0]
         pv = 10.0 ** struct.unpack("!h", named["volume_scale"])[0]
+        pw = 10.0 ** struct.unpack("!h", named["vwap_scale"])[0]
         ints = {name: _array(named[name])[1] for name in ("open", "volume", "vwap")}
         if named["body"] is not None:  # 0013: close, high and low as body and wicks
             assert named["high"] is None and named["low"] is None and named["close"] is None
@@ -83,7 +84,7 @@ def _decode(row: list) -> dict:
             assert named["upper_wick"] is None and named["lower_wick"] is None
             ints.update({name: _array(named[name])[1] for name in ("high", "low", "close")})
         for name in names:
-            q = pv if name == "volume" else p
+            q = {"volume": pv, "vwap": pw}.get(name, p)
             out[name] = [float("nan") if x is None else x / q for x in ints[name]]
     return out
 
@@ -162,7 +163,7 @@ def test_near_prices_round_trip_as_candles_or_as_they_are(cols):
     (row,) = _rows(minutecopy.session_rows([s])[0])
     named = dict(zip(minutecopy.COLUMNS, row, strict=True))
     assert named["scale"] is not None and named["raw"] is None
-    p = 10 ** struct.unpack("!h", named["scale"])[0]  # 2, or 3 for a half-cent vwap
+    p = 10 ** struct.unpack("!h", named["scale"])[0]  # 2 (the vwap has its own)
     o, h, lo, c = (np.rint(np.asarray(x) * p) for x in cols[:4])
     parts = np.concatenate([c - o, h - np.maximum(o, c), np.minimum(o, c) - lo])
     assert (named["body"] is not None) == bool((np.abs(parts) <= 32767).all())
