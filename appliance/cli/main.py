@@ -386,6 +386,20 @@ def export_cmd(ctx, timeframe, start, end, out):
                f"{len(res['removed'])} removed")
 
 
+@main.command("repack")
+@click.option("--limit", type=click.IntRange(min=1), help="at most this many sessions")
+@click.pass_context
+def repack_cmd(ctx, limit):
+    """Write the minute sessions stored before migrations 0013/0014 again as
+    candles (the same bars, less disk); safe to stop and run again."""
+    from appliance.ops import repack as repack_mod
+    rt = _runtime(ctx, migrate=True)
+    res = repack_mod.repack(rt.conn, limit,
+                            on_batch=lambda n: click.echo(f"repacked {n} session(s)"))
+    click.echo(f"repack: {res['sessions']} minute session(s) and their rollups written "
+               f"again as candles")
+
+
 @main.command("run")
 @click.argument("job")
 @click.option("--enqueue", is_flag=True, help="queue it for the worker instead")

@@ -461,6 +461,45 @@ def drop_minutes_before(conn: Connection[Any], cutoff: dt.date) -> tuple[list[st
     return dropped, removed
 
 
+def old_layout_keys(conn: Connection[Any], limit: int) -> list[tuple[str, dt.date]]:
+    """Up to ``limit`` scaled minute sessions stored before migration 0013
+    (no ``volume_scale``), oldest first: what ``ops.repack`` writes again."""
+    return [(r[0], r[1]) for r in conn.execute(
+        """SELECT symbol, session FROM minute_bars
+           WHERE scale IS NOT NULL AND volume_scale IS NULL
+           ORDER BY session, symbol LIMIT %s""", (limit,))]
+
+
+def sessions_as_stored(conn: Connection[Any], keys: Sequence[tuple[str, dt.date]]
+                       ) -> list[MinuteSession]:
+    """The stored sessions ``keys`` as ``write_days`` takes them: every bar
+    as decoded for the answers (``_decoded``), invalid ones included."""
+    rows = conn.execute(
+        f"""SELECT b.symbol, b.session, b.source, u.m, {_decoded()}
+            FROM minute_bars b
+            JOIN unnest(%s::text[], %s::date[]) k(symbol, session)
+              ON k.symbol = b.symbol AND k.session = b.session
+            {_UNNEST}
+            ORDER BY b.symbol, b.session, u.i""",
+        ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
+    out = []
+    i = 0
+    while i < len(rows):
+        j = i
+        while j < len(rows) and rows[j][:2] == rows[i][:2]:
+            j += 1
+        part = rows[i:j]
+        o, h, lo, c, v, vw = (np.array([np.nan if r[k] is None else r[k] for r in part],
+                                       dtype=float) for k in range(4, 10))
+        out.append(MinuteSession(
+            part[0][0], part[0][1], np.array([r[3] for r in part], dtype=np.int64),
+            o, h, lo, c, v, vw,
+            np.array([-1 if r[10] is None else r[10] for r in part], dtype=np.int64),
+            [k for k, r in enumerate(part) if not r[11]], part[0][2]))
+        i = j
+    return out
+
+
 def regular_aggregates(conn: Connection[Any], symbol: str, start: dt.date, end: dt.date, open_min: int,
                        close_min: int, early: Sequence[dt.date], early_close_min: int
                        ) -> list[tuple[Any, ...]]:
