@@ -24,7 +24,7 @@ from psycopg.adapt import Loader
 from psycopg.pq import Format
 
 from appliance.core.timeframes import ROLLUPS
-from appliance.store.minutes import _FIRST_SESSION, _source
+from appliance.store.minutes import _FIRST_SESSION, _source, candle_sql
 from appliance.store.pool import one_row
 from appliance.store.reads import _historical_select, weekly_sql
 
@@ -93,11 +93,12 @@ ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "r
 #: A candle row of rollup_bars (0014) as the float arrays of a float row,
 #: decoded in SQL as ``store.minutes._source`` decodes each bar (rollups are
 #: a fifth of the minutes or fewer; the minute sessions are decoded by numpy).
-_ROLLUP_FLOATS = """LEFT JOIN LATERAL (
+_CANDLE = candle_sql("u.oi", "u.bd", "u.uw", "u.lw")
+_ROLLUP_FLOATS = f"""LEFT JOIN LATERAL (
       SELECT array_agg(u.oi::float8 / p.p ORDER BY u.i) AS open,
-             array_agg((greatest(u.oi, u.oi + u.bd) + u.uw)::float8 / p.p ORDER BY u.i) AS high,
-             array_agg((least(u.oi, u.oi + u.bd) - u.lw)::float8 / p.p ORDER BY u.i) AS low,
-             array_agg((u.oi + u.bd)::float8 / p.p ORDER BY u.i) AS close,
+             array_agg({_CANDLE['high']}::float8 / p.p ORDER BY u.i) AS high,
+             array_agg({_CANDLE['low']}::float8 / p.p ORDER BY u.i) AS low,
+             array_agg({_CANDLE['close']}::float8 / p.p ORDER BY u.i) AS close,
              array_agg(u.vi::float8 / p.pv ORDER BY u.i) AS volume
       FROM unnest(b.open_scaled, b.body, b.upper_wick, b.lower_wick, b.volume_scaled)
            WITH ORDINALITY u(oi, bd, uw, lw, vi, i),

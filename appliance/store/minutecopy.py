@@ -103,26 +103,25 @@ _INT2 = 2 ** 15
 _EXACT = 2 ** 53
 
 
-def _candles(ints: np.ndarray, finite: np.ndarray, off: np.ndarray,
-             scaled: np.ndarray) -> tuple[np.ndarray, list[pgcopy.Arrays]]:
-    """Which sessions store their bars as candles (0013: scaled, open, high,
-    low and close all present, every difference a smallint), and the body
-    (close - open), upper wick (high - greatest(open, close)) and lower wick
-    (least(open, close) - low) of every bar, exact, being integers."""
-    o, h, lo, c = ints[:4]
+def _candles(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, good: np.ndarray,
+             off: np.ndarray) -> tuple[np.ndarray, list[pgcopy.Arrays]]:
+    """Which rows (bars at ``off``) can be stored as candles (0013, 0014):
+    every bar ``good`` and its body (close - open), upper wick (high -
+    greatest(open, close)) and lower wick (least(open, close) - low) each a
+    smallint; and those three ``int2`` arrays (exact, being integers)."""
     parts = np.stack([c - o, h - np.maximum(o, c), np.minimum(o, c) - lo])
-    fits = finite[:4].all(axis=0) & (np.abs(parts) < _INT2).all(axis=0)
+    fits = good & (np.abs(parts) < _INT2).all(axis=0)
     cum = np.concatenate(([0], np.cumsum(fits)))
     n = np.diff(off)
-    ok = scaled & (n > 0) & (cum[off[1:]] - cum[off[:-1]] == n)
+    ok = (n > 0) & (cum[off[1:]] - cum[off[:-1]] == n)
     parts = np.where(np.repeat(ok, n), parts, 0).astype(np.int16)
     return ok, [pgcopy.Arrays("int2", part, off) for part in parts]
 
 
 def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.ndarray]:
     """The binary COPY rows (``COLUMNS``) of ``chunk``; also the values as
-    stored (six rows, NaN: NULL) and the scales, for the rollups: two rows,
-    the prices' and the volume's, of each session (-1: raw).
+    stored (six rows, NaN: NULL) and each session's volume scale (-1: raw),
+    for the rollups.
     The decimal scales of open, high, low and close, of the volume and of the
     vwap are found apart (0013: a vendor's vwap has four decimals where its
     prices have two); a session with no scale for one of them is raw."""
@@ -138,7 +137,8 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
     p[5] = np.repeat(10.0 ** np.maximum(kw, 0), n)
     with np.errstate(invalid="ignore", over="ignore"):
         ints = np.rint(np.where(finite & scaled, x, 0.0) * p).astype(np.int64)
-    candle, parts = _candles(ints, finite, off, k >= 0)
+    o, h, lo, c = ints[:4]
+    candle, parts = _candles(o, h, lo, c, finite[:4].all(axis=0) & scaled, off)
     cols = [_ints(ints[j], ~finite[j], off) for j in range(6)]
     mins = pgcopy.Arrays("int2", np.concatenate([s.minute for s in chunk]) if chunk
                          else np.zeros(0), off)
@@ -153,8 +153,8 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
     rows = []
     for i, s in enumerate(chunk):
         if candle[i]:  # open, then high, low and close NULL for the body and wicks
-            o, _, _, _, v, vw = (c.field(i) for c in cols)
-            values = [pgcopy.int2(int(k[i])), o, *([pgcopy.NULL] * 3), v, vw, pgcopy.NULL]
+            fo, _, _, _, fv, fvw = (a.field(i) for a in cols)
+            values = [pgcopy.int2(int(k[i])), fo, *([pgcopy.NULL] * 3), fv, fvw, pgcopy.NULL]
             extra = [*(part.field(i) for part in parts), pgcopy.int2(int(kv[i])),
                      pgcopy.int2(int(kw[i]))]
         elif k[i] >= 0:
@@ -170,7 +170,7 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
                                 *values, trades.field(i), invalid.field(i),
                                 pgcopy.text(s.source), *extra]))
     stored = np.where(finite | ~scaled, x, np.nan)  # a scaled day keeps no inf: NULL
-    return b"".join(rows), stored, np.stack([k, np.where(k >= 0, kv, -1)])
+    return b"".join(rows), stored, np.where(k >= 0, kv, -1)
 
 
 def _rollup_candles(b: Buckets, off: np.ndarray, kv: np.ndarray
@@ -191,20 +191,19 @@ def _rollup_candles(b: Buckets, off: np.ndarray, kv: np.ndarray
         o, h, lo, c = np.rint(np.nan_to_num(prices) * p).astype(np.int64)
         units = np.rint(np.nan_to_num(b.volume) * pv)
         vol = units.astype(np.int64)
-    parts = np.stack([c - o, h - np.maximum(o, c), np.minimum(o, c) - lo])
-    fits = np.isfinite(np.vstack([prices, b.volume])).all(axis=0) & \
-        (np.abs(parts) < _INT2).all(axis=0) & (np.abs(units) < _EXACT)
-    cum = np.concatenate(([0], np.cumsum(fits)))
-    ok = (n > 0) & (k >= 0) & (kv >= 0) & (cum[off[1:]] - cum[off[:-1]] == n)
-    parts = np.where(np.repeat(ok, n), parts, 0).astype(np.int16)
+    good = np.isfinite(np.vstack([prices, b.volume])).all(axis=0) & (np.abs(units) < _EXACT) \
+        & np.repeat((k >= 0) & (kv >= 0), n)
+    ok, parts = _candles(o, h, lo, c, good, off)
     return ok, np.stack([k, kv]), [pgcopy.Arrays("int8", o, off), pgcopy.Arrays("int8", vol, off),
-                                   *(pgcopy.Arrays("int2", part, off) for part in parts)]
+                                   *parts]
 
 
-def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray, scales_: np.ndarray) -> bytes:
+def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray,
+                volume_scales: np.ndarray) -> bytes:
     """The binary COPY rows (``ROLLUP_COLUMNS``) of the chunk's rollups, from
-    its valid minutes (``stored`` and ``scales_``: the values and the scales
-    as ``session_rows`` stores them), as candles where they can be (0014)."""
+    its valid minutes (``stored`` and ``volume_scales``: the values and the
+    volumes' scales as ``session_rows`` stores them), as candles where they
+    can be (0014)."""
     if not chunk:
         return b""
     n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
@@ -232,7 +231,7 @@ def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray, scales_: np.
         vwap = pgcopy.Arrays("float8", b.vwap, off, null if null.any() else None)
         starts = pgcopy.Arrays("int2", b.start, off)
         counted = pgcopy.Arrays("int8", b.trades, off, b.trades < 0)
-        candle, ks, ints = _rollup_candles(b, off, scales_[1])
+        candle, ks, ints = _rollup_candles(b, off, volume_scales)
         for i in np.flatnonzero(counts).tolist():
             s = chunk[i]
             head = [pgcopy.text(s.symbol), pgcopy.text(tf), pgcopy.date(s.session),

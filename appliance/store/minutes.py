@@ -80,11 +80,11 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
                       .format(cols)) as cp:
             cp.write(pgcopy.SIGNATURE)
             for chunk in _chunks(sessions):
-                rows, stored, scales = session_rows(chunk)
+                rows, stored, volume_scales = session_rows(chunk)
                 cp.write(rows)
                 if rollups:
                     keys += [(s.symbol, s.session) for s in chunk]
-                    spool.write(rollup_rows(chunk, stored, scales))
+                    spool.write(rollup_rows(chunk, stored, volume_scales))
             cp.write(pgcopy.TRAILER)
         # the callers ensure their sessions' partitions before this; whatever
         # they missed is created here rather than failing the write
@@ -151,6 +151,14 @@ def _record_revisions(cur: Cursor[Any], run_id: int | None, tz: str) -> int:
     return cur.rowcount
 
 
+def candle_sql(open_: str, body: str, upper: str, lower: str) -> dict[str, str]:
+    """SQL of a stored candle's close, high and low (integers, 0013 and 0014)
+    from its open, body and wicks: the one place the layout is undone in SQL."""
+    close = f"({open_} + {body})"
+    return {"close": close, "high": f"(greatest({open_}, {close}) + {upper})",
+            "low": f"(least({open_}, {close}) - {lower})"}
+
+
 def _decoded(alias: str = "b") -> str:
     """Per-bar decoded columns of ``unnest(...) WITH ORDINALITY u`` (``_UNNEST``):
     a scaled session's integers over 10^scale (close, high and low rebuilt
@@ -161,10 +169,10 @@ def _decoded(alias: str = "b") -> str:
     p = f"power(10::float8, {b}.scale)"
     pv = f"power(10::float8, coalesce({b}.volume_scale, {b}.scale))"
     pw = f"power(10::float8, coalesce({b}.vwap_scale, {b}.scale))"
-    close = "(u.o + u.bd)"
-    ints = {"o": "u.o", "c": f"coalesce(u.c, {close})",
-            "h": f"coalesce(u.h, greatest(u.o, {close}) + u.uw)",
-            "lo": f"coalesce(u.lo, least(u.o, {close}) - u.lw)", "vw": "u.vw"}
+    candle = candle_sql("u.o", "u.bd", "u.uw", "u.lw")
+    ints = {"o": "u.o", "c": f"coalesce(u.c, {candle['close']})",
+            "h": f"coalesce(u.h, {candle['high']})",
+            "lo": f"coalesce(u.lo, {candle['low']})", "vw": "u.vw"}
 
     def col(name: str, row: int) -> str:
         return (f"CASE WHEN {b}.scale IS NULL THEN {b}.raw[{row}][u.i] "
@@ -190,9 +198,7 @@ def _rollup_decoded() -> str:
     """Per-bar prices of ``_ROLLUP_UNNEST``: a float row's as they are, a
     candle row's rebuilt from its integers (``0014_rollup_candles.sql``)."""
     p = "power(10::float8, b.scale)"
-    close = "(u.oi + u.bd)"
-    ints = {"open": "u.oi", "high": f"greatest(u.oi, {close}) + u.uw",
-            "low": f"least(u.oi, {close}) - u.lw", "close": close}
+    ints = {"open": "u.oi", **candle_sql("u.oi", "u.bd", "u.uw", "u.lw")}
     cols = [f"CASE WHEN b.scale IS NULL THEN u.{f} ELSE ({ints[name]})::float8 / {p} END "
             f"AS {name}" for name, f in (("open", "o"), ("high", "h"), ("low", "lo"),
                                          ("close", "c"))]

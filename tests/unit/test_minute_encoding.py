@@ -215,7 +215,7 @@ def test_a_sessions_fields_sit_under_their_columns():
     assert named["symbol"] == b"AAPL" and named["source"] == b"polygon"
     assert struct.unpack("!i", named["session"])[0] == (dt.date(2024, 11, 26)
                                                          - dt.date(2000, 1, 1)).days
-    assert struct.unpack("!h", named["scale"])[0] == 2 and scales.tolist() == [[2], [2]]
+    assert struct.unpack("!h", named["scale"])[0] == 2 and scales.tolist() == [2]
     assert _array(named["open"]) == ([1], [125]) and named["raw"] is None
     assert _array(named["minutes"]) == ([1], [570]) and _array(named["invalid"]) == ([1], [0])
 
