@@ -24,6 +24,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -42,6 +44,11 @@ CHUNK = 50_000
 #: Rows per Parquet row group (each written by a second thread while the
 #: next is read).
 ROW_GROUP = 200_000
+#: Months written at once, each on a connection of its own: one month's
+#: reading, decoding and Parquet encoding leave the two cores of a small box
+#: idle part of the time (a month of a few symbols is a single row group,
+#: read whole before it is written), two keep them busy.
+WORKERS = 2
 
 
 def _months(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -81,8 +88,12 @@ def load_manifest(out: Path) -> dict:
 
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols: list[str],
@@ -103,16 +114,23 @@ def _month_batches(conn, sch: pa.Schema, timeframe: str, month: dt.date, symbols
                                 keep=lambda ms: ms < stop_ms)
 
 
+class Stopped(Exception):
+    """A month's writing given up: another month failed or the run was stopped."""
+
+
 def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[str],
-                 tz: str) -> dict:
+                 tz: str, stop: threading.Event) -> dict:
     sch = arrowbars.schema(timeframe, tz=tz)
     path = out / partition(timeframe, month) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     stats = {"rows": 0, "first": None, "last": None}
 
     def write(tmp: Path) -> None:
-        with arrowbars.parquet_writer(tmp, sch) as w, arrowbars.RowGroups(w, ROW_GROUP) as groups:
+        with arrowbars.parquet_writer(tmp, sch, arrowbars.DATASET_COMPRESSION) as w, \
+                arrowbars.RowGroups(w, ROW_GROUP) as groups:
             for b in _month_batches(conn, sch, timeframe, month, symbols, tz):
+                if stop.is_set():
+                    raise Stopped(month)
                 groups.add(b)
                 stats["rows"] += b.num_rows
                 times = b.column("time")
@@ -129,9 +147,10 @@ def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[
 
 
 def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
-           progress=None, *, tz: str) -> dict:
+           progress=None, *, tz: str, workers: int = WORKERS) -> dict:
     """Bring ``out`` up to date for ``timeframe`` and the months of
-    start..end; ``conn_cm()`` gives a connection (a context manager).
+    start..end; ``conn_cm()`` gives a connection (a context manager), one to
+    each of ``workers`` threads writing a month each.
     Returns {"written": [partitions], "unchanged": n, "removed": [...],
     "rows": rows written}."""
     if start > end:
@@ -147,6 +166,7 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
         fps = cstore.month_fingerprints(conn, timeframe, months[0], _month_end(months[-1]),
                                         tz=tz)
     result = {"written": [], "unchanged": 0, "removed": [], "rows": 0}
+    todo = []
     for month in months:
         key = partition(timeframe, month)
         have = parts.get(key)
@@ -161,16 +181,33 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
         if have is not None and have.get("fingerprint") == fp and (out / have["file"]).exists():
             result["unchanged"] += 1
             continue
+        todo.append((key, month, symbols, fp))
+
+    stop = threading.Event()
+
+    def write(month: dt.date, symbols: list[str]) -> dict:
         with conn_cm() as conn:
-            entry = _write_month(conn, out, timeframe, month, symbols, tz)
-        entry.update(fingerprint=fp, timeframe=timeframe, month=month.isoformat()[:7],
-                     written_at=dt.datetime.now(dt.UTC).isoformat())
-        parts[key] = entry
-        result["written"].append(key)
-        result["rows"] += entry["rows"]
-        _save(out, manifest)  # a long run keeps what it has done
-        if progress:
-            progress(key, entry)
+            return _write_month(conn, out, timeframe, month, symbols, tz, stop)
+
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="export")
+    try:
+        jobs = [(key, month, fp, pool.submit(write, month, symbols))
+                for key, month, symbols, fp in todo]
+        for key, month, fp, job in jobs:  # in month order, whichever ends first
+            entry = job.result()
+            entry.update(fingerprint=fp, timeframe=timeframe, month=month.isoformat()[:7],
+                         written_at=dt.datetime.now(dt.UTC).isoformat())
+            parts[key] = entry
+            result["written"].append(key)
+            result["rows"] += entry["rows"]
+            _save(out, manifest)  # a long run keeps what it has done
+            if progress:
+                progress(key, entry)
+    except BaseException:  # an error or Ctrl-C: the months being written stop
+        stop.set()         # at their next batch (their files as they were)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     manifest["exchange_timezone"] = tz
     _save(out, manifest)
     return result

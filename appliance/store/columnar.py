@@ -186,8 +186,20 @@ def session_arrays(conn: Connection[Any], timeframe: str,
         first = SESSIONS_PER_READ * ROLLUPS.get(timeframe, 1)
         per_read, left = first, params["limit"]
         while True:
-            rows = cur.execute(sql, {**base, "sessions": per_read}).fetchall()
-            yield from rows
+            rows = []
+            stream = cur.stream(sql, {**base, "sessions": per_read}, size=STREAM_ROWS)
+            try:
+                for row in stream:
+                    rows.append(row)
+                    yield row
+            except GeneratorExit:
+                # the page is full: the sessions left of this read are few
+                # (it asks for about as many as the page needs), so they are
+                # received rather than the query cancelled (a connection of
+                # its own to the server)
+                for _ in stream:
+                    pass
+                raise
             if len(rows) < per_read:
                 return
             base["past"] = rows[-1][0]

@@ -38,6 +38,9 @@ EXPORT = "export"
 CHUNK = 10_000
 #: Rows per Parquet row group of the bulk answer (each sent when complete).
 ROW_GROUP = 100_000
+#: Bars per Parquet row group of a historical page (a page of 50,000 bars is
+#: two: the first encoded while the second is read).
+PAGE_GROUP = 25_000
 MAX_SYMBOLS = 20_000
 BULK_FORMATS = ("parquet", "arrow", "csv")
 
@@ -71,42 +74,47 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
                adjust: str, include_invalid: bool, fmt: str, limit: int | None,
                cursor: str | None, known) -> Response | None:
     """One page of ``symbol``'s bars as Parquet or Arrow, or None when the
-    symbol is unknown."""
+    symbol is unknown. A Parquet page is written as it is read (row groups
+    of ``PAGE_GROUP`` bars, encoded by a second thread), its count and next
+    link put in the footer once known; an Arrow stream starts with its schema,
+    so its page is read whole first."""
     daily = timeframe == "1d"
     page = limit if daily else min(limit or bars.PAGE_MAX, bars.PAGE_MAX)
     after = None if daily else bars._cursor(cursor, timeframe == "1w")  # noqa: SLF001
+    tz = bars.exchange_tz()
     params = {"symbol": symbol, "tf": "1d", "start": start, "end": end, "after": after,
-              "limit": page + 1 if page else None, "tz": bars.exchange_tz()}
+              "limit": page + 1 if page else None, "tz": tz}
+    sch = arrowbars.schema(timeframe, tz=tz)
     with conn_cm as conn:
-        table = _read_table(conn, symbol, timeframe, adjust, include_invalid, params)
-        if not table.num_rows and not known(conn):
-            return None
         source = _source_of(conn, symbol, timeframe)
         tickers = bars.ticker_history(conn, symbol)
-    more = page is not None and table.num_rows > page
-    if more:
-        table = table.slice(0, page)
-    nxt = bars._next_link(table.column("time")[-1].value) if more and not daily else None  # noqa: SLF001
-    meta = {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
-            "adjusted": adjust != "none", "adjust": adjust, "include_invalid": include_invalid,
-            "source": source, "tickers": tickers,
-            "cursor": cursor, "count": table.num_rows, "next": nxt}
-    table = table.replace_schema_metadata(arrowbars.schema(timeframe, meta, tz=params["tz"]).metadata)
-    body = list(arrowbars.encode(fmt, table.schema, table.to_batches()))
+        rows = arrowbars.FirstRows(arrowbars.symbol_batches(
+            conn, arrowbars.Batches(sch, [symbol]), symbol, timeframe, adjust=adjust,
+            include_invalid=include_invalid, params=params,
+            chunk=PAGE_GROUP if fmt == "parquet" else 65536), page)
+
+        def nxt() -> str | None:
+            return bars._next_link(rows.last) if rows.more and not daily else None  # noqa: SLF001
+
+        def answer_schema() -> pa.Schema:
+            return arrowbars.schema(timeframe, {
+                "symbol": symbol, "timeframe": timeframe, "start": start, "end": end,
+                "adjusted": adjust != "none", "adjust": adjust,
+                "include_invalid": include_invalid, "source": source, "tickers": tickers,
+                "cursor": cursor, "count": rows.rows, "next": nxt()}, tz=tz)
+
+        if fmt == "parquet":
+            body = [arrowbars.parquet_file(sch, rows, answer_schema, PAGE_GROUP)]
+        else:
+            table = pa.Table.from_batches(list(rows), sch)
+            body = list(arrowbars.encode(fmt, answer_schema(), table.to_batches()))
+        if not rows.rows and not known(conn):
+            return None
     headers = {"Content-Disposition": f'attachment; filename="{symbol}_{timeframe}_{start}_'
                                       f'{end}.{arrowbars.SUFFIX[fmt]}"'}
-    if nxt:
-        headers["Link"] = f'<{nxt}>; rel="next"'
+    if nxt():
+        headers["Link"] = f'<{nxt()}>; rel="next"'
     return Response(body, mimetype=arrowbars.MIMETYPES[fmt], headers=headers)
-
-
-def _read_table(conn, symbol: str, timeframe: str, adjust: str, include_invalid: bool,
-                params: dict) -> pa.Table:
-    sch = arrowbars.schema(timeframe, tz=params["tz"])
-    b = arrowbars.Batches(sch, [symbol])
-    return pa.Table.from_batches(list(arrowbars.symbol_batches(
-        conn, b, symbol, timeframe, adjust=adjust, include_invalid=include_invalid,
-        params=params)), sch)
 
 
 # --------------------------------------------------------------------------- bulk

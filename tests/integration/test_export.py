@@ -144,3 +144,30 @@ def test_bad_ranges_are_refused_by_name(stocked, tmp_path):
         ["--config", str(stocked.config.path), "export", "--timeframe", "1d",
          "--start", "2024-01-01", "--end", "9999-12-31", "--out", str(tmp_path / "d")])
     assert r.exit_code == 1 and "must be before 9999-12-01" in r.output
+
+
+def test_a_month_that_cannot_be_written_fails_the_run_by_name_and_leaves_no_half_file(
+        stocked, tmp_path):
+    out = tmp_path / "ds"
+    start, end = dt.date.fromisoformat(START), dt.date.fromisoformat(END)
+    # June's file cannot replace a directory of the same name: a real error
+    # of the file system, while May is written by the other worker
+    blocked = out / "timeframe=1m/year=2024/month=6" / export.FILE
+    blocked.mkdir(parents=True)
+    try:
+        export.export(stocked.read_conn, "1m", start, end, out, tz="America/New_York")
+    except OSError as e:
+        assert "month=6" in str(e)
+    else:
+        raise AssertionError("a month that could not be written was not an error")
+    assert not list(out.rglob("*.tmp"))  # nothing half-written is left
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["partitions"]) == {"timeframe=1m/year=2024/month=5"}
+    may = _files(out)["timeframe=1m/year=2024/month=5/bars.parquet"]
+
+    blocked.rmdir()
+    again = export.export(stocked.read_conn, "1m", start, end, out, tz="America/New_York")
+    assert again["written"] == ["timeframe=1m/year=2024/month=6"] and again["unchanged"] == 1
+    assert _files(out)["timeframe=1m/year=2024/month=5/bars.parquet"] == may
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/**/*.parquet')").fetchall()[0][0]
+    assert n == again["rows"] + manifest["partitions"]["timeframe=1m/year=2024/month=5"]["rows"]

@@ -48,6 +48,45 @@ def test_parquet_written_by_a_second_thread_reads_back_whole_and_in_order():
     assert f.schema_arrow.metadata[b"appliance"] == b'{"x": 1}'
 
 
+def test_metadata_known_after_the_rows_reaches_every_reader_from_the_footer(tmp_path):
+    import duckdb
+    import polars as pl
+    sch, batches = _batches(6, 4_000)
+    seen = arrowbars.FirstRows(iter(batches), 10_000)
+    final = {}
+
+    def finish() -> pa.Schema:  # called once every row is written
+        final["schema"] = arrowbars.schema("1m", {"count": seen.rows, "more": seen.more},
+                                           tz="America/New_York")
+        return final["schema"]
+
+    data = arrowbars.parquet_file(sch, seen, finish, 3_000)
+    assert (seen.rows, seen.more) == (10_000, True)
+    assert seen.last == batches[2].column("time")[1_999].value
+    f = pq.ParquetFile(io.BytesIO(data))
+    assert f.metadata.num_row_groups >= 4  # written as read, not at the end
+    assert f.schema_arrow == final["schema"]  # the fields and the metadata
+    assert f.schema_arrow.metadata[b"appliance"] == b'{"count": 10000, "more": true}'
+    got = f.read()
+    assert got.column("time").equals(pa.Table.from_batches(batches, sch).column("time")
+                                     .slice(0, 10_000))
+    assert got.schema.field("symbol").type == arrowbars.SYMBOL_TYPE  # ARROW:schema is read
+    path = tmp_path / "page.parquet"
+    path.write_bytes(data)
+    kv = dict(duckdb.sql(f"SELECT decode(key), decode(value) FROM parquet_kv_metadata('{path}')")
+              .fetchall())
+    assert kv["appliance"] == '{"count": 10000, "more": true}'
+    assert pl.read_parquet(path).height == 10_000
+
+
+def test_first_rows_keeps_all_without_a_limit_and_says_nothing_was_cut():
+    sch, batches = _batches(3, 100)
+    seen = arrowbars.FirstRows(iter(batches), None)
+    assert sum(b.num_rows for b in seen) == 300 and (seen.rows, seen.more) == (300, False)
+    exact = arrowbars.FirstRows(iter(batches), 300)
+    assert sum(b.num_rows for b in exact) == 300 and not exact.more
+
+
 def _binary(values, oid: int, code: str, nulls=()) -> bytes:
     """An int or float array in PostgreSQL's binary form."""
     width = struct.calcsize(code)
