@@ -51,8 +51,6 @@ from tests.fakes.minute_truth import make_minute_truth  # noqa: E402
 
 DB = "appliance_bench_export_rss"
 BASE_SYMBOLS = 5
-COLUMNS = ("session, minutes, scale, open, high, low, close, volume, vwap, raw, trades, invalid, "
-           "source, ingested_at")
 
 
 def peak_rss_mb() -> float:
@@ -86,9 +84,14 @@ def generate(url: str, path: Path, rows: int) -> int:
         rt.close()
     copies = -(-rows // base) - 1
     with psycopg.connect(url, autocommit=True) as conn:
+        # every column but the symbol, as the migrations left them
+        columns = ", ".join(r[0] for r in conn.execute(
+            """SELECT quote_ident(attname) FROM pg_attribute
+               WHERE attrelid = 'minute_bars'::regclass AND attnum > 0
+                 AND NOT attisdropped AND attname <> 'symbol' ORDER BY attnum"""))
         for k in range(1, copies + 1):
-            conn.execute(f"""INSERT INTO minute_bars (symbol, {COLUMNS})
-                             SELECT symbol || 'C' || lpad(%s::text, 4, '0'), {COLUMNS}
+            conn.execute(f"""INSERT INTO minute_bars (symbol, {columns})
+                             SELECT symbol || 'C' || lpad(%s::text, 4, '0'), {columns}
                              FROM minute_bars WHERE symbol = ANY(%s)""", (k, syms))
             if k % 20 == 0:
                 say(f"  {k}/{copies} copies")

@@ -420,11 +420,14 @@ def symbol_batches(conn, batches: Batches, symbol: str, timeframe: str, *, adjus
 _DICTIONARY = ("symbol", "session", "validated", "gap_detected", "gap_kind", "source")
 
 
-#: The Parquet compression of the API's answers (a page, the bulk answer):
-#: LZ4 (raw) writes a page of minute bars in about a third of zstd's time and
-#: reads faster, at about 1.5 times its bytes, which an answer on its way
-#: into a client's memory can spare.
+#: The Parquet compression of the API's answers (a page, the bulk answer)
+#: unless the request names one (``compression=``): LZ4 (raw) writes a page
+#: of minute bars in about a third of zstd's time and reads faster, at about
+#: 1.5 times its bytes, which an answer on a local network can spare; zstd
+#: is the choice for a slow link.
 ANSWER_COMPRESSION = "lz4"
+#: The compressions an answer may ask for.
+COMPRESSIONS = ("lz4", "zstd", "snappy", "none")
 #: The Parquet compression of the exported dataset, kept on disk for years:
 #: zstd, the smallest files every reader knows.
 DATASET_COMPRESSION = "zstd"
@@ -505,13 +508,13 @@ def footer_schema(writer: pq.ParquetWriter, sch: pa.Schema) -> None:
 
 
 def parquet_file(sch: pa.Schema, batches: Iterable[pa.RecordBatch], finish,
-                 rows_per_group: int) -> bytes:
+                 rows_per_group: int, compression: str = ANSWER_COMPRESSION) -> bytes:
     """``batches`` as one Parquet file of ``sch``'s fields, in memory: each
     row group of ``rows_per_group`` rows encoded by a second thread while the
     next batches are read (``RowGroups``), and ``finish()`` (called once every
     row is written) the schema in its footer (``footer_schema``)."""
     sink = _Sink()
-    with parquet_writer(sink, sch, ANSWER_COMPRESSION) as writer:
+    with parquet_writer(sink, sch, compression) as writer:
         with RowGroups(writer, rows_per_group) as groups:
             for b in batches:
                 groups.add(b)
@@ -579,13 +582,15 @@ class _Sink(io.RawIOBase):
 
 
 def encode(fmt: str, sch: pa.Schema, batches: Iterable[pa.RecordBatch],
-           rows_per_group: int = 65536) -> Iterator[bytes]:
+           rows_per_group: int = 65536,
+           compression: str = ANSWER_COMPRESSION) -> Iterator[bytes]:
     """The bytes of ``batches`` in ``fmt`` (parquet, arrow or csv), yielded
     as they are written: a Parquet row group (of up to ``rows_per_group``
-    rows) or an Arrow / CSV batch at a time, never the whole answer."""
+    rows, ``compression``) or an Arrow / CSV batch at a time, never the
+    whole answer."""
     sink = _Sink()
     if fmt == "parquet":
-        with parquet_writer(sink, sch, ANSWER_COMPRESSION) as writer, \
+        with parquet_writer(sink, sch, compression) as writer, \
                 RowGroups(writer, rows_per_group) as groups:
             for b in batches:
                 if groups.add(b):

@@ -200,16 +200,19 @@ def _historical_args(args) -> tuple:
 @require_read
 def historical(symbol: str):
     args = query_args({"start", "end", "adjusted", "adjust", "format", "limit", "include_invalid",
-                       "timeframe", "cursor"})
+                       "timeframe", "cursor", "compression"})
     symbol = symbol_arg(symbol)
     timeframe = bars.timeframe_arg(args)
     start, end, adjust, include_invalid, limit, fmt = _historical_args(args)
+    compression = columnar.compression_arg(args)  # checked for every format, used by Parquet
     if fmt in ("parquet", "arrow") or timeframe != "1d":
+        kw = {"compression": compression} if fmt in ("parquet", "arrow") else {}
         answer = columnar.historical if fmt in ("parquet", "arrow") else bars.respond
         return answer(rt().read_conn(), symbol=symbol, timeframe=timeframe,
-                            start=start, end=end, adjust=adjust,
-                            include_invalid=include_invalid, fmt=fmt, limit=limit,
-                            cursor=args.get("cursor"), known=lambda c: known_symbol(c, symbol)) \
+                      start=start, end=end, adjust=adjust,
+                      include_invalid=include_invalid, fmt=fmt, limit=limit,
+                      cursor=args.get("cursor"), known=lambda c: known_symbol(c, symbol),
+                      **kw) \
             or api_error(404, "unknown_symbol",
                          f"symbol {symbol} is not configured and has no stored data")
     return _daily(symbol, start, end, adjust, include_invalid, limit, fmt)

@@ -64,6 +64,17 @@ def negotiate(args) -> str:
     return fmt
 
 
+def compression_arg(args) -> str:
+    """The Parquet compression asked for (``compression=``), by default
+    ``arrowbars.ANSWER_COMPRESSION``."""
+    c = args.get("compression", arrowbars.ANSWER_COMPRESSION)
+    if c not in arrowbars.COMPRESSIONS:
+        raise BadRequest(f"compression={c[:40]!r} is not a Parquet compression; "
+                         f"compressions: {', '.join(arrowbars.COMPRESSIONS)}",
+                         "bad_compression")
+    return c
+
+
 def _source_of(conn, symbol: str, timeframe: str) -> str | None:
     if cstore.kind_of(timeframe) == "intraday":
         return (mstore.minute_stats_of(conn, symbol) or {}).get("source")
@@ -72,9 +83,10 @@ def _source_of(conn, symbol: str, timeframe: str) -> str | None:
 
 def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.date,
                adjust: str, include_invalid: bool, fmt: str, limit: int | None,
-               cursor: str | None, known) -> Response | None:
-    """One page of ``symbol``'s bars as Parquet or Arrow, or None when the
-    symbol is unknown. A Parquet page is written as it is read (row groups
+               cursor: str | None, known,
+               compression: str = arrowbars.ANSWER_COMPRESSION) -> Response | None:
+    """One page of ``symbol``'s bars as Parquet (``compression``) or Arrow,
+    or None when the symbol is unknown. A Parquet page is written as it is read (row groups
     of ``PAGE_GROUP`` bars, encoded by a second thread), its count and next
     link put in the footer once known; an Arrow stream starts with its schema,
     so its page is read whole first."""
@@ -104,7 +116,7 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
                 "cursor": cursor, "count": rows.rows, "next": nxt()}, tz=tz)
 
         if fmt == "parquet":
-            body = [arrowbars.parquet_file(sch, rows, answer_schema, PAGE_GROUP)]
+            body = [arrowbars.parquet_file(sch, rows, answer_schema, PAGE_GROUP, compression)]
         else:
             table = pa.Table.from_batches(list(rows), sch)
             body = list(arrowbars.encode(fmt, answer_schema(), table.to_batches()))
@@ -168,7 +180,8 @@ def _bulk_args(args) -> dict:
     return {"timeframe": timeframe, "start": start, "end": end, "format": fmt,
             "adjust": adjust_arg(args),
             "include_invalid": bool_arg(args, "include_invalid", False),
-            "symbols": _symbols(args), "tz": tz, "as_of": date_arg(args, "as_of", None)}
+            "symbols": _symbols(args), "tz": tz, "as_of": date_arg(args, "as_of", None),
+            "compression": compression_arg(args)}
 
 
 def _over_limit(n: int, limit: int, a: dict) -> Response:
@@ -185,7 +198,7 @@ def bulk():
     if refused is not None:
         return refused
     args = query_args({"symbols", "universe", "timeframe", "start", "end", "format",
-                       "adjusted", "adjust", "include_invalid", "as_of"})
+                       "adjusted", "adjust", "include_invalid", "as_of", "compression"})
     a = _bulk_args(args)
     limit = int(rt().config["server"]["export"]["max_rows"])
     cm = rt().read_conn()
@@ -209,7 +222,7 @@ def bulk():
     meta["symbols"] = len(a["symbols"])
     sch = arrowbars.schema(a["timeframe"], meta, tz=a["tz"])
     body = arrowbars.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
-                            ROW_GROUP)
+                            ROW_GROUP, a["compression"])
     name = f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}.{arrowbars.SUFFIX[a["format"]]}'
     return Response(Stream(body, conn, cm, "bulk bars"),
                     mimetype=arrowbars.MIMETYPES[a["format"]],

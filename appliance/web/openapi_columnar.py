@@ -34,6 +34,14 @@ FORMAT_PARAM = _q("format", {"type": "string", "enum": ["json", "csv", "parquet"
                              "default": "json"}, FORMAT_DOC)
 
 
+#: The ``compression`` parameter of every Parquet answer.
+COMPRESSION_PARAM = _q("compression", {"type": "string", "enum": list(arrowbars.COMPRESSIONS),
+                                       "default": arrowbars.ANSWER_COMPRESSION},
+                       "The Parquet answer's compression: lz4 (fast to write and to read), "
+                       "zstd (fewer bytes, for a slow link), snappy or none. Other formats "
+                       "ignore it.")
+
+
 def _error(description: str) -> dict:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -81,6 +89,7 @@ def paths(symbol_pattern: str, date_pattern: str) -> dict:
             _q("end", date, "Last session (inclusive); default today (New York)."),
             _q("format", {"type": "string", "enum": ["parquet", "arrow", "csv"],
                           "default": "parquet"}, "parquet, arrow (IPC stream) or csv."),
+            COMPRESSION_PARAM,
             *ADJUST_PARAMS,
             _q("include_invalid", {"type": "boolean", "default": False},
                "Also bars that failed validation."),

@@ -200,6 +200,30 @@ def test_accept_header_and_unknown_format(client, stocked):
     assert all(f in msg for f in ("json", "csv", "parquet", "arrow"))
 
 
+def _codecs(data: bytes) -> set[str]:
+    md = pq.ParquetFile(io.BytesIO(data)).metadata
+    return {md.row_group(g).column(c).compression for g in range(md.num_row_groups)
+            for c in range(md.num_columns)}
+
+
+def test_parquet_answers_are_lz4_unless_the_request_names_a_compression(client, stocked):
+    url = f"/api/v1/historical/NVDA?timeframe=1m&start={START}&end={END}&format=parquet"
+    default = _get(client, url).get_data()
+    assert _codecs(default) == {"LZ4"}
+    small = _get(client, url + "&compression=zstd").get_data()
+    assert _codecs(small) == {"ZSTD"} and len(small) < len(default)
+    assert pq.read_table(io.BytesIO(small)).equals(pq.read_table(io.BytesIO(default)))
+    bulk = f"/api/v1/bars?symbols=AAPL,NVDA&timeframe=1h&start={START}&end={END}"
+    assert _codecs(_get(client, bulk + "&compression=zstd", **_auth(EXPORT_KEY))
+                   .get_data()) == {"ZSTD"}
+    assert _codecs(_get(client, bulk, **_auth(EXPORT_KEY)).get_data()) == {"LZ4"}
+    for u, h in ((url, {}), (bulk, _auth(EXPORT_KEY)), (url.replace("parquet", "json"), {})):
+        r = client.get(u + "&compression=brotli", headers=h)
+        err = r.get_json()["error"]
+        assert r.status_code == 400 and err["code"] == "bad_compression", u
+        assert all(c in err["message"] for c in ("lz4", "zstd", "snappy", "none"))
+
+
 # --------------------------------------------------------------------------- bulk
 
 def _auth(key: str) -> dict:
