@@ -172,8 +172,10 @@ def session_arrays(conn: Connection[Any], timeframe: str,
     server reads ahead while the caller decodes, and closing the iterator
     early cancels the query. With a limit (a page) ``SESSIONS_PER_READ``
     minute sessions' worth first, then as many sessions as the bars still
-    wanted need at the bars per session just read, each read whole: the page
-    stops after the query that completes it, with no query to cancel."""
+    wanted need at the bars per session just read, each query streamed too
+    (the caller decodes and encodes while the server sends the rest): the
+    page stops after the query that completes it, whose few sessions left
+    are received rather than the query cancelled."""
     sql = arrays_sql(timeframe)
     cur = conn.cursor(binary=True)
     for oid in _ARRAY_OIDS:
