@@ -34,7 +34,7 @@ import pyarrow as pa
 from appliance.core import calendar as tcal
 from appliance.core.timeframes import base_of
 from appliance.jobs.registry import JobResult
-from appliance.ops import arrowbars, readahead
+from appliance.ops import arrowbars, arrowfiles, readahead
 from appliance.store import columnar as cstore
 
 MANIFEST = "manifest.json"
@@ -126,8 +126,8 @@ def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[
     stats = {"rows": 0, "first": None, "last": None}
 
     def write(tmp: Path) -> None:
-        with arrowbars.parquet_writer(tmp, sch, arrowbars.DATASET_COMPRESSION) as w, \
-                arrowbars.RowGroups(w, ROW_GROUP) as groups:
+        with arrowfiles.parquet_writer(tmp, sch, arrowfiles.DATASET_COMPRESSION) as w, \
+                arrowfiles.RowGroups(w, ROW_GROUP) as groups:
             for b in _month_batches(conn, sch, timeframe, month, symbols, tz):
                 if stop.is_set():
                     raise Stopped(month)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from flask import Blueprint, Response, current_app, request
 
 from appliance import store
-from appliance.ops import arrowbars, readahead
+from appliance.ops import arrowbars, arrowfiles, readahead
 from appliance.store import columnar as cstore
 from appliance.store import minutes as mstore
 from appliance.web import bars
@@ -66,11 +66,11 @@ def negotiate(args) -> str:
 
 def compression_arg(args) -> str:
     """The Parquet compression asked for (``compression=``), by default
-    ``arrowbars.ANSWER_COMPRESSION``."""
-    c = args.get("compression", arrowbars.ANSWER_COMPRESSION)
-    if c not in arrowbars.COMPRESSIONS:
+    ``arrowfiles.ANSWER_COMPRESSION``."""
+    c = args.get("compression", arrowfiles.ANSWER_COMPRESSION)
+    if c not in arrowfiles.COMPRESSIONS:
         raise BadRequest(f"compression={c[:40]!r} is not a Parquet compression; "
-                         f"compressions: {', '.join(arrowbars.COMPRESSIONS)}",
+                         f"compressions: {', '.join(arrowfiles.COMPRESSIONS)}",
                          "bad_compression")
     return c
 
@@ -84,7 +84,7 @@ def _source_of(conn, symbol: str, timeframe: str) -> str | None:
 def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.date,
                adjust: str, include_invalid: bool, fmt: str, limit: int | None,
                cursor: str | None, known,
-               compression: str = arrowbars.ANSWER_COMPRESSION) -> Response | None:
+               compression: str = arrowfiles.ANSWER_COMPRESSION) -> Response | None:
     """One page of ``symbol``'s bars as Parquet (``compression``) or Arrow,
     or None when the symbol is unknown. A Parquet page is written as it is read (row groups
     of ``PAGE_GROUP`` bars, encoded by a second thread), its count and next
@@ -100,7 +100,7 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
     with conn_cm as conn:
         source = _source_of(conn, symbol, timeframe)
         tickers = bars.ticker_history(conn, symbol)
-        rows = arrowbars.FirstRows(arrowbars.symbol_batches(
+        rows = arrowfiles.FirstRows(arrowbars.symbol_batches(
             conn, arrowbars.Batches(sch, [symbol]), symbol, timeframe, adjust=adjust,
             include_invalid=include_invalid, params=params,
             chunk=PAGE_GROUP if fmt == "parquet" else 65536), page)
@@ -116,10 +116,10 @@ def historical(conn_cm, *, symbol: str, timeframe: str, start: dt.date, end: dt.
                 "cursor": cursor, "count": rows.rows, "next": nxt()}, tz=tz)
 
         if fmt == "parquet":
-            body = [arrowbars.parquet_file(sch, rows, answer_schema, PAGE_GROUP, compression)]
+            body = [arrowfiles.parquet_file(sch, rows, answer_schema, PAGE_GROUP, compression)]
         else:
             table = pa.Table.from_batches(list(rows), sch)
-            body = list(arrowbars.encode(fmt, answer_schema(), table.to_batches()))
+            body = list(arrowfiles.encode(fmt, answer_schema(), table.to_batches()))
         if not rows.rows and not known(conn):
             return None
     headers = {"Content-Disposition": f'attachment; filename="{symbol}_{timeframe}_{start}_'
@@ -221,7 +221,7 @@ def bulk():
     meta["adjusted"] = a["adjust"] != "none"
     meta["symbols"] = len(a["symbols"])
     sch = arrowbars.schema(a["timeframe"], meta, tz=a["tz"])
-    body = arrowbars.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
+    body = arrowfiles.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
                             ROW_GROUP, a["compression"])
     name = f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}.{arrowbars.SUFFIX[a["format"]]}'
     return Response(Stream(body, conn, cm, "bulk bars"),

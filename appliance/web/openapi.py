@@ -461,8 +461,7 @@ def _data_paths() -> dict:
              _date_param("end", "Last session (inclusive); default today (New York); "
                                 "start after end is a 400.", "2025-10-31"),
              *openapi_columnar.ADJUST_PARAMS,
-             openapi_columnar.FORMAT_PARAM,
-             openapi_columnar.COMPRESSION_PARAM,
+             *openapi_columnar.FORMAT_PARAMS,
              _q("limit", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                 "At most this many candles (the earliest)."),
              _q("include_invalid", {"type": "boolean", "default": False},

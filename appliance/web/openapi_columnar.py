@@ -4,7 +4,7 @@ endpoint ``/api/v1/bars``. ``openapi.py`` merges them into the document."""
 from __future__ import annotations
 
 from appliance.core import timeframes
-from appliance.ops import arrowbars
+from appliance.ops import arrowbars, arrowfiles
 
 BINARY = {"type": "string", "format": "binary"}
 COLUMNS_NOTE = ("Columns: symbol (dictionary-encoded), time (UTC timestamp of the bar's "
@@ -35,11 +35,14 @@ FORMAT_PARAM = _q("format", {"type": "string", "enum": ["json", "csv", "parquet"
 
 
 #: The ``compression`` parameter of every Parquet answer.
-COMPRESSION_PARAM = _q("compression", {"type": "string", "enum": list(arrowbars.COMPRESSIONS),
-                                       "default": arrowbars.ANSWER_COMPRESSION},
+COMPRESSION_PARAM = _q("compression", {"type": "string", "enum": list(arrowfiles.COMPRESSIONS),
+                                       "default": arrowfiles.ANSWER_COMPRESSION},
                        "The Parquet answer's compression: lz4 (fast to write and to read), "
                        "zstd (fewer bytes, for a slow link), snappy or none. Other formats "
                        "ignore it.")
+
+#: The format parameters of the historical answer.
+FORMAT_PARAMS = [FORMAT_PARAM, COMPRESSION_PARAM]
 
 
 def _error(description: str) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from appliance.ops import arrowbars
+from appliance.ops import arrowbars, arrowfiles
 
 
 def _batches(n_batches: int, rows: int):
@@ -33,7 +33,7 @@ def _batches(n_batches: int, rows: int):
 
 def test_parquet_written_by_a_second_thread_reads_back_whole_and_in_order():
     sch, batches = _batches(40, 9_973)
-    pieces = list(arrowbars.encode("parquet", sch, iter(batches), rows_per_group=20_000))
+    pieces = list(arrowfiles.encode("parquet", sch, iter(batches), rows_per_group=20_000))
     assert len(pieces) > 5  # sent row group by row group, not at the end
     data = b"".join(pieces)
     f = pq.ParquetFile(io.BytesIO(data))
@@ -52,7 +52,7 @@ def test_metadata_known_after_the_rows_reaches_every_reader_from_the_footer(tmp_
     import duckdb
     import polars as pl
     sch, batches = _batches(6, 4_000)
-    seen = arrowbars.FirstRows(iter(batches), 10_000)
+    seen = arrowfiles.FirstRows(iter(batches), 10_000)
     final = {}
 
     def finish() -> pa.Schema:  # called once every row is written
@@ -60,7 +60,7 @@ def test_metadata_known_after_the_rows_reaches_every_reader_from_the_footer(tmp_
                                            tz="America/New_York")
         return final["schema"]
 
-    data = arrowbars.parquet_file(sch, seen, finish, 3_000)
+    data = arrowfiles.parquet_file(sch, seen, finish, 3_000)
     assert (seen.rows, seen.more) == (10_000, True)
     assert seen.last == batches[2].column("time")[1_999].value
     f = pq.ParquetFile(io.BytesIO(data))
@@ -81,9 +81,9 @@ def test_metadata_known_after_the_rows_reaches_every_reader_from_the_footer(tmp_
 
 def test_first_rows_keeps_all_without_a_limit_and_says_nothing_was_cut():
     sch, batches = _batches(3, 100)
-    seen = arrowbars.FirstRows(iter(batches), None)
+    seen = arrowfiles.FirstRows(iter(batches), None)
     assert sum(b.num_rows for b in seen) == 300 and (seen.rows, seen.more) == (300, False)
-    exact = arrowbars.FirstRows(iter(batches), 300)
+    exact = arrowfiles.FirstRows(iter(batches), 300)
     assert sum(b.num_rows for b in exact) == 300 and not exact.more
 
 
