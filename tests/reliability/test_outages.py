@@ -48,6 +48,10 @@ def _serve(app):
     return srv, f"http://127.0.0.1:{srv.server_port}"
 
 
+#: The least time PostgreSQL stays down in test_postgres_restarted_while_serving.
+OUTAGE_S = 8.0
+
+
 def _get(url: str, timeout: float = 8.0):
     t0 = time.monotonic()
     try:
@@ -123,7 +127,10 @@ def test_postgres_restarted_while_serving(own_services, tmp_path, survived):
             stopped_at = time.monotonic()
             writer.join(30)
             assert not writer.is_alive(), "the backfill hung on the lost database"
-            time.sleep(max(0.0, 2.0 - (time.monotonic() - stopped_at)))
+            # down long enough for a request to start and end within the outage:
+            # one in flight at the stop waits out the pool's 5 s acquire timeout (a
+            # 503 then), so a backfill that fails fast must not end the outage sooner
+            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
             restart_at = time.monotonic()
             services.embedded_postgres(d)
             up_at = time.monotonic()
