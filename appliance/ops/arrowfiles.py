@@ -115,14 +115,7 @@ def parquet_file(sch: pa.Schema, batches: Iterable[pa.RecordBatch], finish,
     row group of ``rows_per_group`` rows encoded by a second thread while the
     next batches are read (``RowGroups``), and ``finish()`` (called once every
     row is written) the schema in its footer (``footer_schema``)."""
-    sink = _Sink()
-    with parquet_writer(sink, sch, compression) as writer:
-        with RowGroups(writer, rows_per_group) as groups:
-            for b in batches:
-                groups.add(b)
-            groups.flush()
-        footer_schema(writer, finish())
-    return sink.take()
+    return b"".join(encode("parquet", sch, batches, rows_per_group, compression, finish))
 
 
 class FirstRows:
@@ -184,12 +177,13 @@ class _Sink(io.RawIOBase):
 
 
 def encode(fmt: str, sch: pa.Schema, batches: Iterable[pa.RecordBatch],
-           rows_per_group: int = 65536,
-           compression: str = ANSWER_COMPRESSION) -> Iterator[bytes]:
+           rows_per_group: int = 65536, compression: str = ANSWER_COMPRESSION,
+           finish=None) -> Iterator[bytes]:
     """The bytes of ``batches`` in ``fmt`` (parquet, arrow or csv), yielded
     as they are written: a Parquet row group (of up to ``rows_per_group``
-    rows, ``compression``) or an Arrow / CSV batch at a time, never the
-    whole answer."""
+    rows, ``compression``; ``finish()``, when given, the schema put in the
+    footer once every row is written) or an Arrow / CSV batch at a time,
+    never the whole answer."""
     sink = _Sink()
     if fmt == "parquet":
         with parquet_writer(sink, sch, compression) as writer, \
@@ -198,6 +192,8 @@ def encode(fmt: str, sch: pa.Schema, batches: Iterable[pa.RecordBatch],
                 if groups.add(b):
                     yield sink.take()  # the previous row group, written meanwhile
             groups.flush()
+            if finish is not None:
+                footer_schema(writer, finish())
         yield sink.take()
         return
     if fmt == "arrow":
