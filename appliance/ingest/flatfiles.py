@@ -29,6 +29,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -295,19 +296,19 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
         pending = None  # the last ticker of a block: it may go on in the next
         for b in files.batches(info, counter):
             out["rows"] += len(b)
-            tk = b.ticker
-            cut = np.nonzero(tk[1:] != tk[:-1])[0] + 1
-            bounds = np.concatenate(([0], cut, [len(b)]))
+            codes, names = b.codes, b.names
+            cut = np.nonzero(codes[1:] != codes[:-1])[0] + 1
+            bounds = np.concatenate(([0], cut, [len(b)])).tolist()
+            pre = _Minutes.of(b, midnight, lo_min, hi_min)
             for j in range(len(bounds) - 1):
-                a, z = int(bounds[j]), int(bounds[j + 1])
-                name = tk[a]
-                part = (b, a, z)
+                a, z = bounds[j], bounds[j + 1]
+                name = names[codes[a]]
+                part = (pre, a, z)
                 if pending is not None and pending[0] == name:
                     pending[1].append(part)
                     continue
                 if pending is not None:
-                    row = _session_row(pending, info, sel, out, odd, midnight, lo_min, hi_min,
-                                       day_iso)
+                    row = _session_row(pending, info, sel, out, odd, day_iso)
                     done.add(pending[0])
                     if row is not None:
                         written.append(pending[0])
@@ -320,22 +321,49 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
             if progress is not None:
                 progress(counter["bytes"], out["rows"])
         if pending is not None:
-            row = _session_row(pending, info, sel, out, odd, midnight, lo_min, hi_min, day_iso)
+            row = _session_row(pending, info, sel, out, odd, day_iso)
             if row is not None:
                 written.append(pending[0])
                 yield row
 
     stats: dict = {}
     mstore.ensure_partitions_for(conn, info.day, info.day)  # any year: 2003 as well as today
+    # the tickers without a session that day (most of a file, the first time)
+    # are copied straight into minute_bars; a re-published file's sessions
+    # all go through the upsert, which records their revisions
+    have = None if revisions else mstore.symbols_on(conn, info.day)
     # the rollups computed from the arrays in hand (core.rollups), copied with them
     mstore.write_days(conn, rows(), revisions=revisions, run_id=run_id, stats=stats,
-                      tz=tcal.exchange_tz(cfg["calendar"]), rollups=True)
+                      tz=tcal.exchange_tz(cfg["calendar"]), rollups=True,
+                      new=None if have is None else (lambda s: s.symbol not in have))
     out["revised"] += int(stats.get("revised") or 0)
     out["tickers"] += len(written)
     out["sessions"] += len(written)
 
 
-def _session_row(pending, info, sel, out, odd, midnight, lo_min, hi_min, day_iso):
+@dataclass
+class _Minutes:
+    """A block's minute bars with what every kept ticker needs worked out
+    once for the whole block (thousands of tickers), not per ticker: the
+    minute of the day, whether the start is a minute of the day at all,
+    whether it is in the session, whether the bar passes the minute rules."""
+
+    block: Any
+    minute: np.ndarray
+    off_grid: np.ndarray
+    in_session: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def of(cls, b, midnight: int, lo_min: int, hi_min: int) -> _Minutes:
+        rel = b.t - midnight
+        minute = rel // 60
+        return cls(b, minute, (rel % 60 != 0) | (minute < 0) | (minute >= 1440),
+                   (minute >= lo_min) & (minute < hi_min),
+                   quality.minute_rules(b.open, b.high, b.low, b.close, b.volume))
+
+
+def _session_row(pending, info, sel, out, odd, day_iso):
     """One ticker's minute bars of the day as a ``MinuteSession``, or
     None when the ticker is not kept or has no bar in the session."""
     name, parts = pending
@@ -344,33 +372,37 @@ def _session_row(pending, info, sel, out, odd, midnight, lo_min, hi_min, day_iso
         out["skipped"] += n_rows
         return None
 
-    def col(attr):
-        return np.concatenate([getattr(b, attr)[a:z] for b, a, z in parts]) \
-            if len(parts) > 1 else getattr(parts[0][0], attr)[parts[0][1]:parts[0][2]]
+    def col(attr, of_block=True):
+        if len(parts) == 1:
+            p, a, z = parts[0]
+            return getattr(p.block if of_block else p, attr)[a:z]
+        return np.concatenate([getattr(p.block if of_block else p, attr)[a:z]
+                               for p, a, z in parts])
 
-    t = col("t")
-    minute = (t - midnight) // 60
-    if ((t - midnight) % 60 != 0).any() or (minute < 0).any() or (minute >= 1440).any():
-        bad = int(t[((t - midnight) % 60 != 0) | (minute < 0) | (minute >= 1440)][0])
+    off_grid = col("off_grid", False)
+    if off_grid.any():
+        bad = int(col("t")[off_grid][0])
         raise FlatFileError(f"{info.key}: {name} has a bar starting at {bad} (Unix s), not a "
                             f"minute of {info.day} in New York", permanent=True)
-    keep = (minute >= lo_min) & (minute < hi_min)
-    out["outside_session"] += int((~keep).sum())
-    if not keep.any():
+    minute = col("minute", False)
+    keep = col("in_session", False)
+    n_keep = int(keep.sum())
+    out["outside_session"] += len(keep) - n_keep
+    if not n_keep:
         return None
-    idx = np.nonzero(keep)[0]
+    idx = slice(None) if n_keep == len(keep) else np.flatnonzero(keep)
     m = minute[idx]
     if (np.diff(m) <= 0).any():  # out of order or repeated: the last of a minute wins
+        idx = np.arange(len(keep))[idx]
         _, last = np.unique(m[::-1], return_index=True)
         idx = idx[len(idx) - 1 - last]
         m = minute[idx]
     o, h, lo, c, v = (col(k)[idx] for k in ("open", "high", "low", "close", "volume"))
     n = col("trades")[idx]
-    ok = quality.minute_rules(o, h, lo, c, v)
-    bad = np.nonzero(~ok)[0].tolist()
+    bad = np.flatnonzero(~col("valid", False)[idx]).tolist()
     out["invalid"] += len(bad)
-    out["bars"] += len(idx)
-    vw = np.full(len(idx), np.nan)
+    out["bars"] += len(m)
+    vw = np.full(len(m), np.nan)
     return mstore.MinuteSession(name, info.day, m, o, h, lo, c, v, vw, n, bad, SOURCE)
 
 

@@ -10,7 +10,7 @@ vwap, and recent files carry a fractional volume.
 ``FlatFiles.list`` asks ``ListObjectsV2`` which days exist (a holiday has no
 file; a day's file appears the next morning) with each file's ETag and size;
 ``FlatFiles.batches`` streams one file: the S3 body is gunzipped as it comes
-(``gzip.GzipFile`` over the body) and parsed by pyarrow's streaming CSV reader
+(by Arrow's zlib, outside the GIL) and parsed by pyarrow's streaming CSV reader
 in blocks, by header name (a reordered file reads the same; a missing column
 is an error), so a file of millions of rows is never held whole, neither its
 bytes nor its rows.
@@ -22,7 +22,6 @@ signing (signature v4), retries and a C-speed CSV parser are theirs.
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -56,9 +55,13 @@ class FileInfo:
 
 @dataclass
 class Block:
-    """Parsed rows of one file, as columns (``window_start`` in Unix seconds)."""
+    """Parsed rows of one file, as columns (``window_start`` in Unix seconds).
+    The tickers come dictionary-encoded: ``codes`` into ``names`` (no Python
+    string per row: a minute file has millions of rows and thousands of
+    tickers)."""
 
-    ticker: np.ndarray  # object (str)
+    codes: np.ndarray  # int32: the row's ticker, in ``names``
+    names: list[str]
     t: np.ndarray  # int64 Unix seconds of the bar's start
     open: np.ndarray
     high: np.ndarray
@@ -69,6 +72,11 @@ class Block:
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
+
+    @property
+    def ticker(self) -> np.ndarray:
+        """Each row's ticker (object array of str)."""
+        return np.asarray(self.names, dtype=object)[self.codes]
 
 
 class FlatFileError(ProviderDataError):
@@ -173,8 +181,12 @@ class FlatFiles:
         obj = self._call("get", f.key, lambda: self._client.get_object(
             Bucket=self.bucket, Key=f.key, IfMatch=f'"{f.etag}"'), day=f.day)
         body = _Counting(obj["Body"], counter if counter is not None else {})
-        text = gzip.GzipFile(fileobj=body, mode="rb")
-        types = {"ticker": pa.string(), "volume": pa.float64(), "open": pa.float64(),
+        # gunzipped by Arrow's own zlib, in its reader thread, outside the GIL
+        # (Python's GzipFile held it for a third of the file's parse);
+        # truncated or not gzip raise OSError like it
+        text = pa.CompressedInputStream(pa.PythonFile(body, mode="r"), "gzip")
+        types = {"ticker": pa.dictionary(pa.int32(), pa.string()), "volume": pa.float64(),
+                 "open": pa.float64(),
                  "close": pa.float64(), "high": pa.float64(), "low": pa.float64(),
                  "window_start": pa.int64(), "transactions": pa.int64()}
         try:
@@ -267,6 +279,7 @@ class _Counting:
     def __init__(self, body, counter: dict):
         self._body = body
         self._counter = counter
+        self._closed = False
         counter.setdefault("bytes", 0)
 
     def read(self, n: int = -1) -> bytes:
@@ -277,7 +290,15 @@ class _Counting:
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        self._closed = True
         try:
             self._body.close()
         except Exception:  # noqa: BLE001 - closing a half-read body may complain
@@ -297,6 +318,9 @@ def _block(batch, f: FileInfo) -> Block:
     ns = cols["window_start"].to_numpy()
     t = ns // 1_000_000_000
     trades = pc.fill_null(cols["transactions"], -1).to_numpy()
-    return Block(np.asarray(cols["ticker"].to_numpy(zero_copy_only=False), dtype=object), t,
+    tickers = cols["ticker"]
+    if isinstance(tickers, pa.ChunkedArray):
+        tickers = tickers.combine_chunks()
+    return Block(tickers.indices.to_numpy(), tickers.dictionary.to_pylist(), t,
                  cols["open"].to_numpy(), cols["high"].to_numpy(), cols["low"].to_numpy(),
                  cols["close"].to_numpy(), cols["volume"].to_numpy(), trades.astype(np.int64))

@@ -1,18 +1,23 @@
 """Minute sessions and their rollups as binary COPY rows (``pgcopy``), many
-sessions at a time: the rows of ``minute_stage`` (``minute_bars``' columns)
-and of ``rollup_bars``. The layout and its exactness rule (integers times
+sessions at a time, and their COPYs: the rows of ``minute_bars`` (or of its
+stage, ``minute_stage``) and of ``rollup_bars``. The layout and its exactness rule (integers times
 10^-scale, or float8 ``raw``) are described in ``migrations/0003_intraday.sql``,
 the candle's body and wicks and the volume's own scale in ``0013_minute_offsets.sql``.
 """
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO, Any
 
 import numpy as np
+from psycopg import Cursor, sql
 
 from appliance.core.rollups import Buckets, rollups
+from appliance.core.timeframes import ROLLUPS
 from appliance.store import pgcopy
 
 #: Fewest decimals tried before a day is stored as float8 (``raw``).
@@ -198,50 +203,197 @@ def _rollup_candles(b: Buckets, off: np.ndarray, kv: np.ndarray
                                    *parts]
 
 
+@dataclass(frozen=True)
+class RollupInputs:
+    """What the rollups of a chunk of sessions are computed from: each
+    session's key, its valid minutes (``minute``, ``trades`` and the six
+    rows of ``stored``, one session after another; ``sess``: the session of
+    each) and its volumes' scale (``session_rows``' values as stored)."""
+    keys: list[tuple[str, dt.date]]
+    sess: np.ndarray
+    minute: np.ndarray
+    trades: np.ndarray
+    stored: np.ndarray
+    volume_scales: np.ndarray
+
+    @classmethod
+    def of(cls, chunk: Sequence[MinuteSession], stored: np.ndarray,
+           volume_scales: np.ndarray) -> RollupInputs:
+        n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
+        sess = np.repeat(np.arange(len(chunk), dtype=np.int32), n)
+        valid = np.ones(int(n.sum()), dtype=bool)
+        base = pgcopy.offsets_of(n)[:-1]
+        for i, s in enumerate(chunk):
+            if len(s.invalid):
+                valid[base[i] + np.asarray(s.invalid, dtype=np.int64)] = False
+        minute = np.concatenate([s.minute for s in chunk]).astype(np.int16) if chunk \
+            else np.zeros(0, dtype=np.int16)
+        trades = np.concatenate([np.asarray(s.trades, dtype=np.int64) for s in chunk]) \
+            if chunk else np.zeros(0, dtype=np.int64)
+        if not valid.all():
+            sess, minute, stored, trades = sess[valid], minute[valid], stored[:, valid], \
+                trades[valid]
+        return cls([(s.symbol, s.session) for s in chunk], sess, minute, trades, stored,
+                   volume_scales)
+
+
 def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray,
                 volume_scales: np.ndarray) -> bytes:
     """The binary COPY rows (``ROLLUP_COLUMNS``) of the chunk's rollups, from
     its valid minutes (``stored`` and ``volume_scales``: the values and the
     volumes' scales as ``session_rows`` stores them), as candles where they
     can be (0014)."""
-    if not chunk:
+    return rollup_rows_of(RollupInputs.of(chunk, stored, volume_scales))
+
+
+def rollup_rows_of(r: RollupInputs) -> bytes:
+    """``rollup_rows`` of the inputs ``r``."""
+    if not r.keys:
         return b""
-    n = np.array([len(s.minute) for s in chunk], dtype=np.int64)
-    sess = np.repeat(np.arange(len(chunk)), n)
-    valid = np.ones(int(n.sum()), dtype=bool)
-    base = pgcopy.offsets_of(n)[:-1]
-    for i, s in enumerate(chunk):
-        if len(s.invalid):
-            valid[base[i] + np.asarray(s.invalid, dtype=np.int64)] = False
-    minute = np.concatenate([s.minute for s in chunk])
-    trades = np.concatenate([np.asarray(s.trades, dtype=np.int64) for s in chunk])
-    if not valid.all():
-        sess, minute, stored, trades = sess[valid], minute[valid], stored[:, valid], trades[valid]
-    o, h, lo, c, v, vw = stored
-    got = rollups(sess, minute, o, h, lo, c, v, vw, trades)
+    volume_scales = r.volume_scales
+    o, h, lo, c, v, vw = r.stored
+    got = rollups(r.sess, r.minute.astype(np.int64), o, h, lo, c, v, vw, r.trades)
     out = []
     for tf, b in got.items():
-        counts = np.bincount(b.session, minlength=len(chunk))
+        counts = np.bincount(b.session, minlength=len(r.keys))
         off = pgcopy.offsets_of(counts)
-        floats = []
-        for a in (b.open, b.high, b.low, b.close, b.volume):
-            null = np.isnan(a)
-            floats.append(pgcopy.Arrays("float8", a, off, null if null.any() else None))
         null = np.isnan(b.vwap)
         vwap = pgcopy.Arrays("float8", b.vwap, off, null if null.any() else None)
         starts = pgcopy.Arrays("int2", b.start, off)
         counted = pgcopy.Arrays("int8", b.trades, off, b.trades < 0)
         candle, ks, ints = _rollup_candles(b, off, volume_scales)
+        # the float arrays of the rows that are no candle (most rows are)
+        floats = []
+        rest = ~candle & (counts > 0)
+        if rest.any():
+            bars = np.repeat(rest, counts)
+            sub = pgcopy.offsets_of(counts[rest])
+            for a in (b.open, b.high, b.low, b.close, b.volume):
+                a = a[bars]
+                null = np.isnan(a)
+                floats.append(pgcopy.Arrays("float8", a, sub, null if null.any() else None))
+        at = np.cumsum(rest) - 1  # row i's place among them
+        k0, k1 = ks[0].tolist(), ks[1].tolist()
         for i in np.flatnonzero(counts).tolist():
-            s = chunk[i]
-            head = [pgcopy.text(s.symbol), pgcopy.text(tf), pgcopy.date(s.session),
+            symbol, session = r.keys[i]
+            head = [pgcopy.text(symbol), pgcopy.text(tf), pgcopy.date(session),
                     starts.field(i)]
             if candle[i]:
-                out.append(pgcopy.row([*head, *([pgcopy.NULL] * 5), vwap.field(i),
-                                       counted.field(i), pgcopy.int2(int(ks[0][i])),
-                                       pgcopy.int2(int(ks[1][i])),
+                out.append(pgcopy.row([*head, *_NULL5, vwap.field(i), counted.field(i),
+                                       pgcopy.int2(k0[i]), pgcopy.int2(k1[i]),
                                        *(a.field(i) for a in ints)]))
             else:
-                out.append(pgcopy.row([*head, *(a.field(i) for a in floats), vwap.field(i),
-                                       counted.field(i), *([pgcopy.NULL] * 7)]))
+                j = int(at[i])
+                out.append(pgcopy.row([*head, *(a.field(j) for a in floats), vwap.field(i),
+                                       counted.field(i), *_NULL7]))
     return b"".join(out)
+
+
+_NULL5, _NULL7 = [pgcopy.NULL] * 5, [pgcopy.NULL] * 7
+
+
+#: Sessions, and bars, per chunk encoded together: bounded memory.
+CHUNK, CHUNK_BARS = 500, 100_000
+SPOOL_BLOCK = 1 << 20
+_COPY = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)")
+
+
+def chunks(sessions: Iterable[MinuteSession]) -> Iterator[list[MinuteSession]]:
+    chunk: list[MinuteSession] = []
+    bars = 0
+    for s in sessions:
+        chunk.append(s)
+        bars += len(s.minute)
+        if len(chunk) >= CHUNK or bars >= CHUNK_BARS:
+            yield chunk
+            chunk, bars = [], 0
+    if chunk:
+        yield chunk
+
+
+class RollupSpool:
+    """The ``RollupInputs`` of every chunk copied, kept in a file (bounded
+    memory: about 60 bytes a minute bar) until the minutes are copied; the
+    rollups are then computed chunk by chunk while their own COPY runs, so
+    that the server stores one chunk's rollups while the next are computed
+    (computed during the minutes' COPY instead, they left the server alone
+    with the rollups' COPY after it)."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] = tempfile.TemporaryFile()
+        self.keys: list[tuple[str, dt.date]] = []
+
+    def add(self, inputs: RollupInputs) -> None:
+        self.keys += inputs.keys
+        pickle.dump(inputs, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def __iter__(self) -> Iterator[RollupInputs]:
+        self.file.seek(0)
+        while True:
+            try:
+                yield pickle.load(self.file)
+            except EOFError:
+                return
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def copy_sessions(cur: Cursor[Any], sessions: Iterable[MinuteSession], *,
+                  new: Callable[[MinuteSession], bool] | None,
+                  spool: RollupSpool | None) -> int:
+    """COPY ``sessions`` into ``minute_stage``, or with ``new`` those it says
+    are new straight into ``minute_bars`` and the others into the stage
+    after them; the inputs of their rollups into ``spool`` (None: no
+    rollups). One COPY streamed, the server storing a chunk while the next
+    is encoded (the sends in a thread of their own, ``pgcopy.queued``).
+    Returns the sessions copied straight into minute_bars."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    direct = 0
+    with tempfile.TemporaryFile() as staged:
+        with cur.copy(_COPY.format(sql.SQL("minute_stage" if new is None else "minute_bars"),
+                                   cols), writer=pgcopy.queued(cur)) as cp:
+            cp.write(pgcopy.SIGNATURE)
+            for chunk in chunks(sessions):
+                parts = [chunk] if new is None else [[s for s in chunk if new(s)],
+                                                     [s for s in chunk if not new(s)]]
+                for k, part in enumerate(parts):
+                    if not part:
+                        continue
+                    rows, stored, volume_scales = session_rows(part)
+                    (cp if k == 0 else staged).write(rows)
+                    if spool is not None:
+                        spool.add(RollupInputs.of(part, stored, volume_scales))
+                if new is not None:
+                    direct += len(parts[0])
+            cp.write(pgcopy.TRAILER)
+        if staged.tell():
+            staged.seek(0)
+            _copy_file(cur, "minute_stage", cols, staged)
+    return direct
+
+
+def _copy_file(cur: Cursor[Any], table: str, cols: sql.Composable, f: IO[bytes]) -> None:
+    with cur.copy(_COPY.format(sql.SQL(table), cols), writer=pgcopy.queued(cur)) as cp:
+        cp.write(pgcopy.SIGNATURE)
+        while block := f.read(SPOOL_BLOCK):
+            cp.write(block)
+        cp.write(pgcopy.TRAILER)
+
+
+def copy_rollups(cur: Cursor[Any], spool: RollupSpool) -> None:
+    """The rollups of the sessions in ``spool`` replaced by those computed
+    from its inputs (a session without a valid minute has none)."""
+    keys = spool.keys
+    cur.execute("""DELETE FROM rollup_bars r
+                   USING unnest(%s::text[], %s::date[]) k(symbol, session),
+                         unnest(%s::text[]) tf(name)
+                   WHERE r.symbol = k.symbol AND r.timeframe = tf.name
+                     AND r.session = k.session""",
+                [[k[0] for k in keys], [k[1] for k in keys], list(ROLLUPS)])
+    cols = sql.SQL(", ").join(map(sql.Identifier, ROLLUP_COLUMNS))
+    with cur.copy(_COPY.format(sql.SQL("rollup_bars"), cols), writer=pgcopy.queued(cur)) as cp:
+        cp.write(pgcopy.SIGNATURE)
+        for inputs in spool:
+            cp.write(rollup_rows_of(inputs))
+        cp.write(pgcopy.TRAILER)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from psycopg import Connection, Cursor, sql
@@ -20,28 +19,11 @@ from psycopg.rows import dict_row
 from appliance.core.timeframes import ROLLUPS
 from appliance.store import adjustment as adj
 from appliance.store import maintenance as mnt
-from appliance.store import pgcopy
+from appliance.store import minutecopy
 from appliance.store import pool as db
 from appliance.store.minutecopy import COLUMNS as _STAGE
-from appliance.store.minutecopy import ROLLUP_COLUMNS, MinuteSession, rollup_rows, session_rows
+from appliance.store.minutecopy import MinuteSession
 from appliance.store.pool import one_row
-
-#: Sessions, and bars, per chunk encoded together (``minutecopy``): bounded memory.
-CHUNK, CHUNK_BARS = 500, 100_000
-SPOOL_BLOCK = 1 << 20
-
-
-def _chunks(sessions: Iterable[MinuteSession]) -> Iterator[list[MinuteSession]]:
-    chunk: list[MinuteSession] = []
-    bars = 0
-    for s in sessions:
-        chunk.append(s)
-        bars += len(s.minute)
-        if len(chunk) >= CHUNK or bars >= CHUNK_BARS:
-            yield chunk
-            chunk, bars = [], 0
-    if chunk:
-        yield chunk
 
 
 def ensure_partitions_for(conn: Connection[Any], first: dt.date, last: dt.date) -> None:
@@ -53,7 +35,8 @@ def ensure_partitions_for(conn: Connection[Any], first: dt.date, last: dt.date) 
 
 def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revisions: bool = False,
                run_id: int | None = None, stats: dict[str, Any] | None = None,
-               tz: str | None = None, rollups: bool = False) -> int:
+               tz: str | None = None, rollups: bool = False,
+               new: Callable[[MinuteSession], bool] | None = None) -> int:
     """Upsert whole sessions; a stored session is replaced by the new one.
     With ``revisions``, every bar whose prices or volume the new session
     changes (or adds, or drops) is first recorded in ``revisions``
@@ -61,8 +44,17 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
     goes to ``stats["revised"]``). With ``rollups``, the sessions' 5m..4h
     rollups are replaced by those computed from the sessions' arrays
     (``core.rollups``: the bars ``refresh_rollups_of`` would give).
-    Sessions are encoded ``CHUNK`` at a time into one binary COPY.
-    Returns sessions written."""
+    Sessions are encoded ``minutecopy.CHUNK`` at a time into one binary COPY
+    (``minutecopy.copy_sessions``), their rollups computed during their own
+    (``minutecopy.copy_rollups``).
+
+    ``new`` (without ``revisions``): the sessions it says are not stored
+    are copied straight into minute_bars, the others through the stage's
+    upsert; their partitions must exist (``ensure_partitions_for``). A
+    session it wrongly calls new fails the write (a unique violation) and
+    nothing of it is stored. Returns sessions written."""
+    if new is not None and revisions:
+        raise ValueError("write_days: sessions copied straight in have no revisions")
     # the stage compresses like minute_bars: INSERT ... SELECT moves the
     # compressed values as they are
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS minute_stage
@@ -72,59 +64,35 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
     cols = sql.SQL(", ").join(map(sql.Identifier, _STAGE))
     updates = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
                                  for c in _STAGE[2:])
-    with conn.cursor() as cur, tempfile.TemporaryFile() as spool:
-        # one COPY, the server storing a chunk while the next is encoded; the
-        # rollups wait in a file (bounded memory) for their own COPY
-        keys: list[tuple[str, dt.date]] = []
-        with cur.copy(sql.SQL("COPY minute_stage ({}) FROM STDIN (FORMAT binary)")
-                      .format(cols)) as cp:
-            cp.write(pgcopy.SIGNATURE)
-            for chunk in _chunks(sessions):
-                rows, stored, volume_scales = session_rows(chunk)
-                cp.write(rows)
-                if rollups:
-                    keys += [(s.symbol, s.session) for s in chunk]
-                    spool.write(rollup_rows(chunk, stored, volume_scales))
-            cp.write(pgcopy.TRAILER)
-        # the callers ensure their sessions' partitions before this; whatever
-        # they missed is created here rather than failing the write
-        first, last = one_row(cur.execute("SELECT min(session), max(session) FROM minute_stage"))
-        if first is not None:
-            ensure_partitions_for(conn, first, last)
-        if rollups:
-            _replace_rollups(cur, keys, spool)
-        if revisions:
-            if tz is None:
-                raise ValueError("write_days: revisions need the exchange time zone (tz)")
-            n = _record_revisions(cur, run_id, tz)
-            if stats is not None:
-                stats["revised"] = n
-        cur.execute(sql.SQL("""INSERT INTO minute_bars ({cols})
-                               SELECT {cols} FROM minute_stage
-                               ON CONFLICT (symbol, session) DO UPDATE SET
-                                 {updates}, ingested_at = now()""").format(
-            cols=cols, updates=updates))
-        return cur.rowcount
-
-
-def _replace_rollups(cur: Cursor[Any], keys: Sequence[tuple[str, dt.date]],
-                     spool: IO[bytes]) -> None:
-    """The rollups of the sessions ``keys`` replaced by the binary COPY rows
-    in ``spool`` (``minutecopy.rollup_rows``; a session without a valid
-    minute has none)."""
-    cur.execute("""DELETE FROM rollup_bars r
-                   USING unnest(%s::text[], %s::date[]) k(symbol, session),
-                         unnest(%s::text[]) tf(name)
-                   WHERE r.symbol = k.symbol AND r.timeframe = tf.name
-                     AND r.session = k.session""",
-                [[k[0] for k in keys], [k[1] for k in keys], list(ROLLUPS)])
-    cols = sql.SQL(", ").join(map(sql.Identifier, ROLLUP_COLUMNS))
-    spool.seek(0)
-    with cur.copy(sql.SQL("COPY rollup_bars ({}) FROM STDIN (FORMAT binary)").format(cols)) as cp:
-        cp.write(pgcopy.SIGNATURE)
-        while block := spool.read(SPOOL_BLOCK):
-            cp.write(block)
-        cp.write(pgcopy.TRAILER)
+    spool = minutecopy.RollupSpool() if rollups else None
+    try:
+        with conn.cursor() as cur:
+            direct = minutecopy.copy_sessions(cur, sessions, new=new, spool=spool)
+            # the callers ensure their sessions' partitions before this;
+            # whatever they missed is created here rather than failing the write
+            first, last = one_row(cur.execute(
+                "SELECT min(session), max(session) FROM minute_stage"))
+            if first is not None:
+                ensure_partitions_for(conn, first, last)
+            if spool is not None:
+                minutecopy.copy_rollups(cur, spool)
+            if revisions:
+                if tz is None:
+                    raise ValueError("write_days: revisions need the exchange time zone (tz)")
+                n = _record_revisions(cur, run_id, tz)
+                if stats is not None:
+                    stats["revised"] = n
+            if first is None:
+                return direct
+            cur.execute(sql.SQL("""INSERT INTO minute_bars ({cols})
+                                   SELECT {cols} FROM minute_stage
+                                   ON CONFLICT (symbol, session) DO UPDATE SET
+                                     {updates}, ingested_at = now()""").format(
+                cols=cols, updates=updates))
+            return direct + cur.rowcount
+    finally:
+        if spool is not None:
+            spool.close()
 
 
 def _record_revisions(cur: Cursor[Any], run_id: int | None, tz: str) -> int:
@@ -465,6 +433,12 @@ def drop_minutes_before(conn: Connection[Any], cutoff: dt.date) -> tuple[list[st
         dropped.append(name)
     removed += conn.execute("DELETE FROM minute_bars WHERE session < %s", (cutoff,)).rowcount
     return dropped, removed
+
+
+def symbols_on(conn: Connection[Any], session: dt.date) -> set[str]:
+    """The symbols with ``session`` stored (the session index of 0015)."""
+    return {r[0] for r in conn.execute("SELECT symbol FROM minute_bars WHERE session = %s",
+                                       (session,))}
 
 
 def old_layout_keys(conn: Connection[Any], limit: int) -> list[tuple[str, dt.date]]:

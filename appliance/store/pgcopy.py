@@ -13,8 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from psycopg import Cursor
+from psycopg.copy import QueuedLibpqWriter
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 TRAILER = struct.pack("!h", -1)
@@ -93,3 +96,25 @@ def int2(value: int | None) -> bytes:
 
 def row(fields: Sequence[bytes]) -> bytes:
     return _H.pack(len(fields)) + b"".join(fields)
+
+
+#: Blocks (up to 128 KiB each, psycopg's) a ``queued`` writer holds before
+#: the encoder waits: 8 MiB at most, where psycopg's own queue takes 128 MiB.
+QUEUE_BLOCKS = 64
+
+
+class _Queued(QueuedLibpqWriter):
+    """psycopg's ``QueuedLibpqWriter`` with its queue bounded by ``QUEUE_BLOCKS``."""
+
+    def __init__(self, cursor: Cursor[Any]):
+        super().__init__(cursor)
+        # psycopg's own queue class (its get() can be interrupted), smaller
+        self._queue = type(self._queue)(maxsize=QUEUE_BLOCKS)
+
+
+def queued(cursor: Cursor[Any]) -> QueuedLibpqWriter:
+    """A COPY writer whose sends run in a thread of their own (psycopg's
+    ``QueuedLibpqWriter``, its queue bounded by ``QUEUE_BLOCKS``): the
+    encoder goes on with the next rows while the server stores these,
+    instead of waiting for the server each time libpq's buffer is full."""
+    return _Queued(cursor)

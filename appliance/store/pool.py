@@ -130,6 +130,7 @@ def migrate(url: str) -> list[int]:
             year = dt.date.today().year
             for table in PARTITIONED:
                 ensure_partitions(conn, year - 1, year + 1, table)
+            toast_compression(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied_now
@@ -187,3 +188,59 @@ def ensure_partitions(conn: Connection[Any], first_year: int, last_year: int,
     if created:
         log.info("created %s partitions for %s", table, created)
     return created
+
+
+#: The array columns stored with LZ4 rather than pglz where the server has
+#: LZ4 (a build option: Debian's PostgreSQL has it, the embedded one from
+#: PyPI does not). pglz is slowest on these (int8 volumes with random low
+#: bytes, int4 trade counts, the rollups' integers): measured on a generated
+#: whole-market day (bench/README.md, issue 26), the server stores a day's
+#: minute sessions several times faster with them LZ4, for a little more
+#: disk. A column's method only applies to values written after it is set:
+#: rows stored before keep theirs, and both read alike.
+LZ4_COLUMNS = {
+    "minute_bars": ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
+                    "invalid", "body", "upper_wick", "lower_wick"),
+    "rollup_bars": ("starts", "open", "high", "low", "close", "volume", "vwap", "trades",
+                    "open_scaled", "volume_scaled", "body", "upper_wick", "lower_wick"),
+}
+
+
+def lz4_available(conn: Connection[Any]) -> bool:
+    """Whether the server was built with LZ4 (``default_toast_compression``
+    accepts it only then)."""
+    with conn.transaction():
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL default_toast_compression = lz4")
+        except (psycopg.errors.InvalidParameterValue, psycopg.errors.FeatureNotSupported):
+            return False
+    return True
+
+
+def toast_compression(conn: Connection[Any]) -> list[str]:
+    """Set ``LZ4_COLUMNS`` to LZ4 on their tables and every partition where
+    the server has LZ4 and they are not yet (at each migration: a database
+    restored from a server without LZ4, or onto one, gets what its server
+    can do); returns the columns changed, as ``table.column``."""
+    if not lz4_available(conn):
+        return []
+    rows = conn.execute("""
+        SELECT c.oid::regclass::text, a.attname
+        FROM pg_class c
+        JOIN pg_attribute a ON a.attrelid = c.oid
+        JOIN LATERAL unnest(%s::text[], %s::text[]) k(tab, col)
+          ON a.attname = k.col
+             AND (c.oid = k.tab::regclass  -- a plain table has no partition tree
+                  OR c.oid IN (SELECT relid FROM pg_partition_tree(k.tab::regclass)))
+        WHERE NOT a.attisdropped AND a.attcompression IS DISTINCT FROM 'l'
+        ORDER BY 1, 2""",
+        [[t for t, cols in LZ4_COLUMNS.items() for _ in cols],
+         [c for cols in LZ4_COLUMNS.values() for c in cols]]).fetchall()
+    with conn.transaction():
+        for table, column in rows:
+            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET COMPRESSION lz4").format(
+                sql.SQL(table), sql.Identifier(column)))
+    if rows:
+        log.info("LZ4 compression set on %d column(s)", len(rows))
+    return [f"{t}.{c}" for t, c in rows]

@@ -230,6 +230,41 @@ def test_a_minute_file_stores_its_bars_in_new_york_time_per_session(flat, sessio
                                       sum(1 for r in rows if r["ticker"] != "ZZZ.WS") - res["bars"])
 
 
+def test_a_minute_file_replaces_a_session_stored_before_and_copies_the_rest(flat):
+    """A ticker whose session of the day REST stored first goes through the
+    upsert (``symbols_on``); the file's other tickers are copied straight
+    into minute_bars; both end up as the file has them."""
+    make, endpoint, bucket = flat
+    rt, ff = make()
+    rows = _minute_rows()
+    n = 5
+    earlier = mstore.MinuteSession("AAPL", DAY, np.arange(570, 570 + n), *(np.full(n, 9.5),) * 4,
+                                   np.full(n, 100.0), np.full(n, np.nan),
+                                   np.full(n, 1, dtype=np.int64), [], "polygon")
+    with rt.conn() as conn:
+        mstore.ensure_partitions_for(conn, DAY, DAY)
+        mstore.write_days(conn, [earlier], rollups=True)
+    with rt.conn() as conn:
+        assert mstore.symbols_on(conn, DAY) == {"AAPL"}
+    res = ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1m", DAY, _csv(rows)))
+    assert res["files"] == 1 and res["revised"] == 0
+    midnight = tcal.local_midnight_epoch(DAY)
+    for tk in ("AAPL", "THIN"):
+        want = {r["window_start"] // 1_000_000: r for r in rows if r["ticker"] == tk
+                and 240 <= (r["window_start"] // 10**9 - midnight) // 60 < 1200}
+        with rt.conn() as conn:
+            got = mstore.day_bars(conn, tk, "1m", DAY, tz="America/New_York")
+        assert set(got) == set(want), tk
+        assert all(got[t]["close"] == r["close"] and got[t]["volume"] == r["volume"]
+                   for t, r in want.items()), tk
+    with rt.conn() as conn:
+        sources = dict(conn.execute("SELECT symbol, source FROM minute_bars").fetchall())
+        rolled = conn.execute("""SELECT count(*) FROM rollup_bars WHERE symbol = 'AAPL'
+                                 AND timeframe = '4h' AND session = %s""", (DAY,)).fetchone()
+    assert sources == {"AAPL": "polygon-flatfile", "THIN": "polygon-flatfile"}
+    assert rolled == (1,)
+
+
 def test_a_minute_file_of_2003_creates_the_partition_of_its_year(flat):
     make, endpoint, bucket = flat
     rt, ff = make(session="extended", minute_start="2003-01-02")
@@ -553,7 +588,7 @@ def test_a_worker_killed_mid_file_leaves_nothing_and_the_file_is_taken_over(flat
         def copying():
             with rt.conn() as conn:
                 return conn.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE "
-                                    "'COPY minute_stage%%'").fetchone()
+                                    "'COPY minute_%%'").fetchone()
         wait_until(copying, 60, "the worker streaming the file into its COPY", step=0.05)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)

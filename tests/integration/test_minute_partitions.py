@@ -107,7 +107,8 @@ def test_migration_partitions_minute_bars_keeping_every_row_as_it_was(empty_db):
                           "minute_bars_candle_lengths"}  # and 0013's
         pk = conn.execute("""SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i
                              JOIN pg_class c ON c.oid = i.indexrelid
-                             WHERE i.indrelid = 'minute_bars'::regclass""").fetchall()
+                             WHERE i.indrelid = 'minute_bars'::regclass
+                               AND i.indisprimary""").fetchall()
         assert pk == [("minute_bars_pkey", "CREATE UNIQUE INDEX minute_bars_pkey ON ONLY "
                                            "public.minute_bars USING btree (symbol, session)")]
         for table in ("minute_bars", "minute_bars_y2019", f"minute_bars_y{this_year + 1}"):

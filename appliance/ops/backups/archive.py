@@ -380,8 +380,13 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
         snapshot = _export_snapshot(snap_conn)
         target, env = tool_target(url)
         td = time.monotonic()
+        # without the columns' TOAST compression methods: an archive of a
+        # server with LZ4 restores onto one without it (the embedded
+        # PostgreSQL), and migrating the restored database sets LZ4 again
+        # where its server has it (store.pool.toast_compression)
         proc = subprocess.Popen(
             [tools("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
+             "--no-toast-compression",
              f"--file={tmp}", f"--dbname={target}"],
             env=env, stdout=subprocess.DEVNULL, stderr=errf, preexec_fn=_die_with_parent,
             umask=0o077)  # the archive is 0600 whatever the umask
