@@ -111,12 +111,15 @@ def test_migration_partitions_minute_bars_keeping_every_row_as_it_was(empty_db):
                                AND i.indisprimary""").fetchall()
         assert pk == [("minute_bars_pkey", "CREATE UNIQUE INDEX minute_bars_pkey ON ONLY "
                                            "public.minute_bars USING btree (symbol, session)")]
+        # pglz as 0003 set it, carried to every partition by 0012, and LZ4
+        # instead where the server has it (set after the migrations)
+        want = "l" if db.lz4_available(conn) else "p"
         for table in ("minute_bars", "minute_bars_y2019", f"minute_bars_y{this_year + 1}"):
             compression = dict(conn.execute(
                 """SELECT attname, attcompression FROM pg_attribute
                    WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped""",
                 (table,)).fetchall())
-            assert {compression[c] for c in ARRAYS} == {"p"}, table
+            assert {compression[c] for c in ARRAYS} == {want}, table
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE minute_bars SET scale = NULL WHERE symbol = 'MSFT'")
         conn.rollback()
