@@ -288,7 +288,6 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
     lo_min, hi_min = (int(x[0]) for x in session_window(
         cfg["calendar"], np.array([info.day], dtype="datetime64[D]"), cfg["session"]))
     midnight = tcal.local_midnight_epoch(info.day)
-    day_iso = info.day.isoformat()
     written: list[str] = []
 
     def rows():
@@ -308,7 +307,7 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
                     pending[1].append(part)
                     continue
                 if pending is not None:
-                    row = _session_row(pending, info, sel, out, odd, day_iso)
+                    row = _session_row(pending, info, sel, out, odd)
                     done.add(pending[0])
                     if row is not None:
                         written.append(pending[0])
@@ -321,7 +320,7 @@ def _minutes(conn, cfg, files, info, sel, out, odd, counter, run_id, *, revision
             if progress is not None:
                 progress(counter["bytes"], out["rows"])
         if pending is not None:
-            row = _session_row(pending, info, sel, out, odd, day_iso)
+            row = _session_row(pending, info, sel, out, odd)
             if row is not None:
                 written.append(pending[0])
                 yield row
@@ -363,7 +362,7 @@ class _Minutes:
                    quality.minute_rules(b.open, b.high, b.low, b.close, b.volume))
 
 
-def _session_row(pending, info, sel, out, odd, day_iso):
+def _session_row(pending, info, sel, out, odd):
     """One ticker's minute bars of the day as a ``MinuteSession``, or
     None when the ticker is not kept or has no bar in the session."""
     name, parts = pending
