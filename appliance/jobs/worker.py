@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -64,9 +65,41 @@ def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
 PUBSUB_WAIT_SECONDS = 1.0
 
 
-def _worker_class():
+class EarlyStop:
+    """SIGTERM/SIGINT that arrive before RQ installs its own handlers.
+
+    ``Worker.work`` installs them only after it has subscribed to its channel
+    and forked its scheduler. A signal in that window used to kill the worker
+    outright and leave the scheduler process running on its own; now it is
+    kept, and the worker stops as soon as its loop begins (tearing down the
+    scheduler with it). A forked child that receives one before installing its
+    own handlers gets the default action."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        log.info("got %s while starting: stopping once started", signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _worker_class(early: EarlyStop):
 
     class AppWorker(Worker):
+        def _install_signal_handlers(self):
+            super()._install_signal_handlers()
+            if early.signum is not None:
+                self._stop_requested = True  # the loop's first check ends it
+
         def subscribe(self):
             """RQ's subscribe, with a short wait (see PUBSUB_WAIT_SECONDS)."""
             self.log.info("Worker %s: subscribing to channel %s", self.name,
@@ -90,7 +123,9 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     name = name or f"appliance-{socket.gethostname()}-{os.getpid()}"
     conn = _rq_connection(rt.endpoints.redis_url)
     q = Queue(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])
-    worker = _worker_class()([q], connection=conn, name=name,
+    early = EarlyStop()
+    early.install()
+    worker = _worker_class(early)([q], connection=conn, name=name,
                     work_horse_killed_handler=lambda *a: _mark_killed(rt, *a))
 
     stop = threading.Event()

@@ -147,6 +147,28 @@ def test_idle_workers_stop_soon_after_sigterm(config_factory, procs):
     rt.close()
 
 
+def test_a_sigterm_while_the_worker_starts_stops_it_and_its_scheduler(config_factory, procs):
+    """A signal between the worker's start and RQ's own handlers (subscribing,
+    forking RQ's scheduler) used to kill the worker and leave the scheduler
+    process behind, holding the worker's output open. Each worker here is
+    signalled the moment its first heartbeat is seen, so in its start-up."""
+    from appliance.runtime.runtime import K_HEARTBEAT
+    path = config_factory(schedules=QUIET)
+    rt = _rt(path)
+    for i in range(3):
+        name = f"w-early{i}"
+        w = cli(path, "worker", "--name", name)
+        procs.append(w)
+        wait_until(lambda n=name: rt.redis.exists(K_HEARTBEAT.format(f"worker:{n}")), 60,
+                   f"worker {name}'s first heartbeat", step=0.01)
+        w.send_signal(signal.SIGTERM)
+        # the output closes only once every process holding it (the scheduler) is gone
+        out = w.communicate(timeout=30)[0]
+        assert w.returncode == 0, out
+        assert f"worker {name} stopped" in out, out
+    rt.close()
+
+
 def _logged_at(out: str, text: str) -> datetime:
     line = next(ln for ln in out.splitlines() if text in ln)
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
