@@ -7,6 +7,7 @@ the candle's body and wicks and the volume's own scale in ``0013_minute_offsets.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,9 +63,73 @@ def _scale_of(values: np.ndarray) -> int | None:
     return None if k < 0 else int(k)
 
 
+#: Values of each group whose fewest decimals are found first (``scales``).
+SAMPLE = 8
+
+
+def _bad(xs: np.ndarray, p, top: float, pmax: float) -> np.ndarray:
+    """Per column of ``xs``: some value not given back at the scale ``p``
+    (a number, or one per column), or too big for it (``top``, ``pmax``:
+    the largest value and scale, the bound checked only when reachable)."""
+    r = np.multiply(xs, p)
+    np.rint(r, out=r)
+    bad = np.not_equal(np.divide(r, p), xs)
+    if top * pmax >= _INT_LIMIT:
+        bad |= np.abs(r) >= _INT_LIMIT
+    # row by row: numpy's any(axis=0) over a few long rows is slow
+    return functools.reduce(np.logical_or, bad)
+
+
 def scales(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Per group of columns of ``x`` (rows: values; ``offsets``: where each
-    group starts): ``_scale_of`` of its values, -1 for None."""
+    group starts): ``_scale_of`` of its values, -1 for None.
+
+    The first ``SAMPLE`` values of each group are tried at 0, 1, 2, ...
+    decimals; the fewest that give them back are the group's whenever every
+    value of it is given back at them (fewer fail on the sample, so on the
+    group), which one pass over the whole of ``x`` checks. The rare group
+    whose later values need more decimals than its first is tried again
+    scale by scale (``_scales_by_pass``)."""
+    n = len(offsets) - 1
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return out
+    rows = x.shape[0]
+    sizes = np.diff(offsets)
+    with np.errstate(invalid="ignore", over="ignore"):
+        xs = np.where(np.isfinite(x), x, 0.0)
+        top = float(np.abs(xs).max()) if xs.size else 0.0
+        m = np.minimum(sizes, SAMPLE)
+        take = offsets[:-1, None] + np.minimum(np.arange(SAMPLE), np.maximum(m - 1, 0)[:, None])
+        sample = (xs[:, np.minimum(take, max(xs.shape[1] - 1, 0)).ravel()] if xs.shape[1]
+                  else np.zeros((rows, n * SAMPLE)))
+        sample[:, np.repeat(m == 0, SAMPLE)] = 0.0  # an empty group: any scale
+        sample = sample.reshape(rows, n, SAMPLE)
+        first = np.full(n, -1, dtype=np.int64)
+        todo = np.arange(n)
+        for k in range(MAX_SCALE + 1):
+            p = 10.0 ** k
+            part = sample[:, todo, :].reshape(rows, -1)
+            ok = ~_bad(part, p, top, p).reshape(len(todo), SAMPLE).any(axis=1)
+            first[todo[ok]] = k
+            todo = todo[~ok]
+            if not len(todo):
+                break
+        has = first >= 0
+        p = np.repeat(10.0 ** np.where(has, first, 0), sizes)
+        bad = _bad(xs, p, top, 10.0 ** first.max()) & np.repeat(has, sizes)
+        cum = np.concatenate(([0], np.cumsum(bad)))
+        ok = has & (cum[offsets[1:]] == cum[offsets[:-1]])
+        out[ok] = first[ok]
+    again = np.nonzero(has & ~ok)[0]
+    if len(again):
+        cols = np.concatenate([np.arange(offsets[g], offsets[g + 1]) for g in again])
+        out[again] = _scales_by_pass(x[:, cols], pgcopy.offsets_of(sizes[again]))
+    return out
+
+
+def _scales_by_pass(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``scales`` one scale at a time over every value of the groups left."""
     n = len(offsets) - 1
     out = np.full(n, -1, dtype=np.int64)
     group = np.arange(n)
@@ -74,14 +139,7 @@ def scales(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         top = float(np.abs(xs).max()) if xs.size else 0.0
         for k in range(MAX_SCALE + 1):
             p = 10.0 ** k
-            # in place, into buffers of this scale: fewer passes and
-            # allocations than the expression (a day's chunks are big)
-            r = np.multiply(xs, p)
-            np.rint(r, out=r)
-            bad2 = np.not_equal(np.divide(r, p), xs)
-            if top * p >= _INT_LIMIT:  # only then can a value be too big
-                bad2 |= np.abs(r) >= _INT_LIMIT
-            bad = bad2.any(axis=0)
+            bad = _bad(xs, p, top, p)
             cum = np.concatenate(([0], np.cumsum(bad)))
             bounds = np.concatenate(([0], np.cumsum(sizes)))
             ok = cum[bounds[1:]] == cum[bounds[:-1]]

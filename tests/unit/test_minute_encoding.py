@@ -199,6 +199,25 @@ def test_scale_of_is_the_fewest_decimals_that_give_every_value_back(values):
         assert exact(k) and not any(exact(j) for j in range(k))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(price, max_size=20), st.lists(price, max_size=20)),
+                max_size=12), st.integers(1, 4))
+def test_scales_of_many_groups_equal_each_scale_tried_in_turn(groups, rows):
+    """``scales`` finds each group's decimals from its first values and checks
+    the rest in one pass; groups whose later values need more decimals than
+    their first (the second list) are tried again. It gives what trying every
+    scale in turn on every value gives."""
+    cols = [np.array(a + b, dtype=float) for a, b in groups]
+    off = np.concatenate(([0], np.cumsum([len(c) for c in cols]))).astype(np.int64)
+    flat = np.concatenate(cols) if cols else np.zeros(0)
+    x = np.stack([np.roll(flat, j) for j in range(rows)])  # rows with other values
+    got = minutecopy.scales(x, off)
+    assert got.tolist() == minutecopy._scales_by_pass(x, off).tolist()
+    for i in range(len(cols)):  # and each alone
+        one = x[:, off[i]:off[i + 1]]
+        assert got[i] == minutecopy.scales(one, np.array([0, one.shape[1]]))[0]
+
+
 def test_a_value_no_scale_holds_sends_the_whole_day_raw():
     x = np.array([1.5, 0.1 + 0.2])  # 0.30000000000000004 needs 17 decimals
     assert minutecopy._scale_of(x) is None
