@@ -67,7 +67,7 @@ def _scale_of(values: np.ndarray) -> int | None:
 SAMPLE = 8
 
 
-def _bad(xs: np.ndarray, p, top: float, pmax: float) -> np.ndarray:
+def _bad(xs: np.ndarray, p: float | np.ndarray, top: float, pmax: float) -> np.ndarray:
     """Per column of ``xs``: some value not given back at the scale ``p``
     (a number, or one per column), or too big for it (``top``, ``pmax``:
     the largest value and scale, the bound checked only when reachable)."""
@@ -116,8 +116,8 @@ def scales(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
             if not len(todo):
                 break
         has = first >= 0
-        p = np.repeat(10.0 ** np.where(has, first, 0), sizes)
-        bad = _bad(xs, p, top, 10.0 ** first.max()) & np.repeat(has, sizes)
+        each = np.repeat(10.0 ** np.where(has, first, 0), sizes)
+        bad = _bad(xs, each, top, 10.0 ** first.max()) & np.repeat(has, sizes)
         cum = np.concatenate(([0], np.cumsum(bad)))
         ok = has & (cum[offsets[1:]] == cum[offsets[:-1]])
         out[ok] = first[ok]
