@@ -58,6 +58,7 @@ from appliance.core import calendar as tcal  # noqa: E402
 from appliance.core import quality, units  # noqa: E402
 from appliance.core.candles import MinuteBars  # noqa: E402
 from appliance.ingest import minutes as intraday  # noqa: E402
+from appliance.store import minutecopy  # noqa: E402
 from appliance.store import minutes as mstore  # noqa: E402
 from tests.fakes.minute_truth import make_minute_truth  # noqa: E402
 from tests.fakes.polygon_fake import PolygonFake  # noqa: E402
@@ -176,12 +177,10 @@ def bench_ingest(url: str, cfg, truth, syms: list[str], rounds: int) -> dict:
             conn.execute("TRUNCATE minute_bars, rollup_bars")
             conn.commit()
             tm = Timers()
-            tm.patch(mstore, "session_rows", "encode")
+            tm.patch(minutecopy, "session_rows", "encode")
             tm.patch(mstore, "write_days")
-            # the rollups: computed and encoded in numpy, then copied
-            tm.patch(mstore, "rollup_rows", "refresh_rollups",
-                     replace=None if rollups else (lambda *a, **k: b""))
-            tm.patch(mstore, "_replace_rollups", "refresh_rollups",
+            # the rollups: computed and encoded in numpy during their own COPY
+            tm.patch(minutecopy, "copy_rollups", "refresh_rollups",
                      replace=None if rollups else (lambda *a, **k: None))
             t0 = time.perf_counter()
             try:
@@ -242,7 +241,8 @@ def bench_ingest(url: str, cfg, truth, syms: list[str], rounds: int) -> dict:
                                   round(lz4["total"] / n, 1)}}
 
 
-ARRAYS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades")
+ARRAYS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades", "body",
+          "upper_wick", "lower_wick")
 
 
 def recompressed(conn, method: str) -> dict:
@@ -256,8 +256,7 @@ def recompressed(conn, method: str) -> dict:
         conn.execute(f"ALTER TABLE minute_bars_re ALTER COLUMN {c} SET COMPRESSION {method}")
     fresh = {c: f"CASE WHEN {c} IS NULL THEN NULL ELSE array_cat({c}, '{{}}') END"
              for c in ARRAYS}
-    cols = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
-            "vwap", "raw", "trades", "invalid", "source", "ingested_at")
+    cols = (*minutecopy.COLUMNS, "ingested_at")
     conn.execute(f"INSERT INTO minute_bars_re ({', '.join(cols)}) "
                  f"SELECT {', '.join(fresh.get(c, c) for c in cols)} FROM minute_bars")
     conn.commit()
@@ -277,10 +276,9 @@ def recompressed(conn, method: str) -> dict:
 
 def bulk_load(url: str, cfg, truth, syms: list[str], skip: set) -> dict:
     tm = Timers()
-    tm.patch(mstore, "session_rows", "encode")
+    tm.patch(minutecopy, "session_rows", "encode")
     tm.patch(mstore, "write_days")
-    tm.patch(mstore, "rollup_rows", "refresh_rollups")
-    tm.patch(mstore, "_replace_rollups", "refresh_rollups")
+    tm.patch(minutecopy, "copy_rollups", "refresh_rollups")
     t0 = time.perf_counter()
     n = 0
     todo = [s for s in syms if s not in skip]
@@ -423,10 +421,9 @@ def bench_daily_update(rt, syms: list[str]) -> dict:
         provider = make_provider(pcfg, stats=stats, redis=rt.redis)
         tm = Timers()
         tm.patch(provider, "minute_bars", "fetch (vendor, 1 request per symbol)")
-        tm.patch(mstore, "session_rows", "encode")
+        tm.patch(minutecopy, "session_rows", "encode")
         tm.patch(mstore, "write_days", "stage + upsert")
-        tm.patch(mstore, "rollup_rows", "rollup refresh")  # numpy rollups, then their COPY
-        tm.patch(mstore, "_replace_rollups", "rollup refresh")
+        tm.patch(minutecopy, "copy_rollups", "rollup refresh")  # numpy rollups, their COPY
         tm.patch(intraday, "refresh_stats", "minute stats + consistency")
         now = dt.datetime.combine(NEXT_DAY, dt.time(23, 0), dt.UTC)  # noqa: F841
         t0 = time.perf_counter()
