@@ -22,8 +22,6 @@ signing (signature v4), retries and a C-speed CSV parser are theirs.
 from __future__ import annotations
 
 import datetime as dt
-import queue
-import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
 from appliance.core.errors import ProviderAuthError, ProviderDataError, ProviderError
+from appliance.core.prefetch import ahead
 
 #: The stored resolution each dataset holds.
 DATASETS = {"1d": "day_aggs_v1", "1m": "minute_aggs_v1"}
@@ -204,7 +203,8 @@ class FlatFiles:
                     f"{f.key}: the header lacks column(s) {', '.join(missing)} (it has "
                     f"{','.join(names)}; expected {','.join(COLUMNS)} in any order)",
                     permanent=True)
-            yield from _ahead(reader, f)
+            yield from ahead((_block(batch, f) for batch in reader), AHEAD,
+                             "flat-file-read-ahead", join_timeout=5)
         except FlatFileError:
             raise
         except (EOFError, OSError, zlib.error) as e:
@@ -306,51 +306,12 @@ class _Counting:
             pass
 
 
-#: Blocks parsed ahead of the caller (about 45,000 rows each).
+#: Blocks parsed ahead of the caller (about 45,000 rows each): Arrow's
+#: streaming CSV reader parses a block only when asked for it, so without a
+#: thread asking ahead the ingest waited for every block's download, gunzip
+#: and parse (a fifth of a minute file's time), all of them work done
+#: outside the GIL.
 AHEAD = 2
-
-
-def _ahead(reader, f: FileInfo) -> Iterator[Block]:
-    """The reader's blocks, parsed by a thread ``AHEAD`` blocks ahead of the
-    caller: Arrow's streaming CSV reader parses a block only when asked for
-    it, so without this the ingest waited for every block's download,
-    gunzip and parse (a fifth of a minute file's time), all of them work
-    done outside the GIL. An error of the reader's is raised here; closing
-    this generator stops the thread."""
-    blocks: queue.Queue = queue.Queue(AHEAD)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                blocks.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read() -> None:
-        try:
-            for batch in reader:
-                if not put((_block(batch, f), None)):
-                    return
-            put((None, None))
-        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
-            put((None, e))
-
-    thread = threading.Thread(target=read, name="flat-file-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            block, error = blocks.get()
-            if error is not None:
-                raise error
-            if block is None:
-                return
-            yield block
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 def _short(e: Exception) -> str:

@@ -11,6 +11,7 @@ import functools
 import pickle
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -302,17 +303,10 @@ class RollupInputs:
                    volume_scales)
 
 
-def rollup_rows(chunk: Sequence[MinuteSession], stored: np.ndarray,
-                volume_scales: np.ndarray) -> bytes:
-    """The binary COPY rows (``ROLLUP_COLUMNS``) of the chunk's rollups, from
-    its valid minutes (``stored`` and ``volume_scales``: the values and the
-    volumes' scales as ``session_rows`` stores them), as candles where they
-    can be (0014)."""
-    return rollup_rows_of(RollupInputs.of(chunk, stored, volume_scales))
-
-
 def rollup_rows_of(r: RollupInputs) -> bytes:
-    """``rollup_rows`` of the inputs ``r``."""
+    """The binary COPY rows (``ROLLUP_COLUMNS``) of the rollups of a chunk's
+    valid minutes (``RollupInputs.of``: the values and the volumes' scales as
+    ``session_rows`` stores them), as candles where they can be (0014)."""
     if not r.keys:
         return b""
     volume_scales = r.volume_scales
@@ -406,6 +400,17 @@ class RollupSpool:
         self.file.close()
 
 
+@contextmanager
+def _binary_copy(cur: Cursor[Any], table: str, columns: Sequence[str]) -> Iterator[Any]:
+    """A binary COPY into ``table`` (its signature and trailer written
+    here), its sends in a thread of their own (``pgcopy.queued``)."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    with cur.copy(_COPY.format(sql.SQL(table), cols), writer=pgcopy.queued(cur)) as cp:
+        cp.write(pgcopy.SIGNATURE)
+        yield cp
+        cp.write(pgcopy.TRAILER)
+
+
 def copy_sessions(cur: Cursor[Any], sessions: Iterable[MinuteSession], *,
                   new: Callable[[MinuteSession], bool] | None,
                   spool: RollupSpool | None) -> int:
@@ -413,17 +418,18 @@ def copy_sessions(cur: Cursor[Any], sessions: Iterable[MinuteSession], *,
     are new straight into ``minute_bars`` and the others into the stage
     after them; the inputs of their rollups into ``spool`` (None: no
     rollups). One COPY streamed, the server storing a chunk while the next
-    is encoded (the sends in a thread of their own, ``pgcopy.queued``).
-    Returns the sessions copied straight into minute_bars."""
-    cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    is encoded. Returns the sessions copied straight into minute_bars."""
     direct = 0
     with tempfile.TemporaryFile() as staged:
-        with cur.copy(_COPY.format(sql.SQL("minute_stage" if new is None else "minute_bars"),
-                                   cols), writer=pgcopy.queued(cur)) as cp:
-            cp.write(pgcopy.SIGNATURE)
+        with _binary_copy(cur, "minute_stage" if new is None else "minute_bars", COLUMNS) as cp:
             for chunk in chunks(sessions):
-                parts = [chunk] if new is None else [[s for s in chunk if new(s)],
-                                                     [s for s in chunk if not new(s)]]
+                if new is None:
+                    parts = [chunk]
+                else:
+                    fresh = [new(s) for s in chunk]
+                    parts = [[s for s, f in zip(chunk, fresh, strict=True) if f],
+                             [s for s, f in zip(chunk, fresh, strict=True) if not f]]
+                    direct += len(parts[0])
                 for k, part in enumerate(parts):
                     if not part:
                         continue
@@ -431,21 +437,12 @@ def copy_sessions(cur: Cursor[Any], sessions: Iterable[MinuteSession], *,
                     (cp if k == 0 else staged).write(rows)
                     if spool is not None:
                         spool.add(RollupInputs.of(part, stored, volume_scales))
-                if new is not None:
-                    direct += len(parts[0])
-            cp.write(pgcopy.TRAILER)
         if staged.tell():
             staged.seek(0)
-            _copy_file(cur, "minute_stage", cols, staged)
+            with _binary_copy(cur, "minute_stage", COLUMNS) as cp:
+                while block := staged.read(SPOOL_BLOCK):
+                    cp.write(block)
     return direct
-
-
-def _copy_file(cur: Cursor[Any], table: str, cols: sql.Composable, f: IO[bytes]) -> None:
-    with cur.copy(_COPY.format(sql.SQL(table), cols), writer=pgcopy.queued(cur)) as cp:
-        cp.write(pgcopy.SIGNATURE)
-        while block := f.read(SPOOL_BLOCK):
-            cp.write(block)
-        cp.write(pgcopy.TRAILER)
 
 
 def copy_rollups(cur: Cursor[Any], spool: RollupSpool) -> None:
@@ -458,9 +455,6 @@ def copy_rollups(cur: Cursor[Any], spool: RollupSpool) -> None:
                    WHERE r.symbol = k.symbol AND r.timeframe = tf.name
                      AND r.session = k.session""",
                 [[k[0] for k in keys], [k[1] for k in keys], list(ROLLUPS)])
-    cols = sql.SQL(", ").join(map(sql.Identifier, ROLLUP_COLUMNS))
-    with cur.copy(_COPY.format(sql.SQL("rollup_bars"), cols), writer=pgcopy.queued(cur)) as cp:
-        cp.write(pgcopy.SIGNATURE)
+    with _binary_copy(cur, "rollup_bars", ROLLUP_COLUMNS) as cp:
         for inputs in spool:
             cp.write(rollup_rows_of(inputs))
-        cp.write(pgcopy.TRAILER)
