@@ -63,6 +63,9 @@ def _mark_killed(rt, job, retpid, ret_val, rusage) -> None:
 # and with redis-py 8 stopping the worker joins that thread: a worker could
 # then take up to a minute to exit after SIGTERM or at the end of a burst.
 PUBSUB_WAIT_SECONDS = 1.0
+#: How long a stopping worker waits for RQ's scheduler process (it checks
+#: for a stop every second) before it kills it.
+SCHEDULER_STOP_SECONDS = 10.0
 
 
 class EarlyStop:
@@ -95,6 +98,27 @@ class EarlyStop:
 def _worker_class(early: EarlyStop):
 
     class AppWorker(Worker):
+        def stop_scheduler(self):
+            """RQ's, with its wait bounded: RQ sends RQ's scheduler process
+            SIGTERM and waits for it without end. A scheduler process that
+            does not stop within ``SCHEDULER_STOP_SECONDS`` (one caught in
+            its start-up when the worker stopped) is killed, so the worker
+            always exits and leaves no process of its own behind."""
+            # RQ keeps the process in a private attribute, as its own stop_scheduler reads it
+            proc = self.scheduler._process if self.scheduler else None  # noqa: SLF001
+            if proc is None or not proc.pid:
+                return
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            proc.join(SCHEDULER_STOP_SECONDS)
+            if proc.is_alive():
+                log.warning("RQ's scheduler process %s did not stop within %s s of SIGTERM: "
+                            "killed", proc.pid, SCHEDULER_STOP_SECONDS)
+                proc.kill()
+                proc.join()
+
         def _install_signal_handlers(self):
             super()._install_signal_handlers()
             if early.signum is not None:

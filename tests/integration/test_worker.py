@@ -169,6 +169,40 @@ def test_a_sigterm_while_the_worker_starts_stops_it_and_its_scheduler(config_fac
     rt.close()
 
 
+def _deaf() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import time
+    time.sleep(120)
+
+
+def test_a_scheduler_process_that_ignores_sigterm_is_killed_and_the_worker_goes_on(
+        redis_url, monkeypatch, caplog):
+    """RQ waits for its scheduler process without end once it has sent it
+    SIGTERM; the worker bounds that wait and kills a process that stays."""
+    import multiprocessing
+    import types
+
+    import redis as redis_lib
+
+    from appliance.jobs import worker as worker_mod
+    monkeypatch.setattr(worker_mod, "SCHEDULER_STOP_SECONDS", 1.0)
+    conn = redis_lib.Redis.from_url(redis_url)
+    w = worker_mod._worker_class(worker_mod.EarlyStop())(
+        [Queue("appliance-deaf", connection=conn)], connection=conn, name="w-deaf")
+    proc = multiprocessing.get_context("fork").Process(target=_deaf, daemon=True)
+    proc.start()
+    w.scheduler = types.SimpleNamespace(_process=proc)
+    import time
+    time.sleep(0.3)  # its SIGTERM ignored from here on
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="appliance.worker"):
+        w.stop_scheduler()
+    assert not proc.is_alive() and proc.exitcode == -signal.SIGKILL
+    assert time.monotonic() - t0 < 10
+    assert "did not stop within 1.0 s of SIGTERM: killed" in caplog.text
+    conn.close()
+
+
 def _logged_at(out: str, text: str) -> datetime:
     line = next(ln for ln in out.splitlines() if text in ln)
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
