@@ -72,6 +72,7 @@ class Runtime:
         self._pool_size = pool_size
         self._endpoints = endpoints
         self._pool: ConnectionPool | None = None
+        self._outage = db.Outage()  # the primary's, for reads (``_pooled_read``)
         self._replica: replica_mod.Replica | None = None
         self._replica_made = False
         self._redis: redis.Redis | None = None
@@ -172,10 +173,32 @@ class Runtime:
         transactional again when it comes back)."""
         if not self._opened:
             self.open()
-        with self.pool.connection() as c:
+        with self._pooled_read() as c:
             c.autocommit = True
             replica_mod.READS.labels("primary").inc()
             yield c
+
+    @contextmanager
+    def _pooled_read(self):
+        """A connection of the primary's pool for a read; refused at once
+        (PoolTimeout) while the database is known unreachable (``db.Outage``)
+        rather than after the pool's acquire timeout."""
+        pool = self.pool
+        probe = self._outage.admit(pool)
+        cm = pool.connection()
+        try:
+            c = cm.__enter__()
+        except BaseException as e:
+            self._outage.failed(pool, probe, e)
+            raise
+        self._outage.given(pool, probe)
+        try:
+            yield c
+        except BaseException:
+            if not cm.__exit__(*sys.exc_info()):
+                raise
+        else:
+            cm.__exit__(None, None, None)
 
     @contextmanager
     def read_conn(self):

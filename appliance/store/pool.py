@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import re
 import select
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import Connection, sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 log = logging.getLogger("appliance.db")
 
@@ -61,6 +62,76 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float
                           kwargs=kwargs, name=name, check=_check_if_idle, reset=_reset,
                           reconnect_timeout=30)
 
+
+
+#: While the primary is known unreachable (``Outage``), one read waits for a
+#: connection this long after the last such wait ended; the others are
+#: refused at once.
+PROBE_S = 2.0
+
+
+class Outage:
+    """Whether a pool's server is known unreachable, so that reads answer at
+    once (PoolTimeout, a 503) instead of each waiting out the pool's acquire
+    timeout during an outage, holding a web thread for it.
+
+    Known unreachable: a wait for a connection ran out while the pool's own
+    connection attempts were failing (its ``connections_errors`` grew since
+    the last connection it gave). A busy pool whose server answers is never
+    taken for one. While known, one caller at a time, ``probe_s`` after the
+    last such wait ended, waits as usual (the probe: a waiting request makes the pool
+    try to connect again, also after its own retries gave up); the others are
+    refused at once. A connection given, or one idle in the pool (the pool's
+    retries reached the server), ends it."""
+
+    def __init__(self, probe_s: float = PROBE_S):
+        self.probe_s = probe_s
+        self._lock = threading.Lock()
+        self.since: float | None = None  # time.monotonic() when it became known
+        self._probing = False
+        self._probe_at = 0.0
+        self._errors = 0  # the pool's connections_errors at the last connection given
+
+    def admit(self, pool: ConnectionPool) -> bool:
+        """Whether this caller may wait for a connection: False when nothing
+        is known wrong, True for the probe; raises PoolTimeout otherwise."""
+        with self._lock:
+            if self.since is None:
+                return False
+            now = time.monotonic()
+            if pool.get_stats().get("pool_available", 0) > 0:
+                self.since = None  # the pool's retries reached the server
+                return False
+            if not self._probing and now - self._probe_at >= self.probe_s:
+                self._probing = True
+                return True
+            down = now - self.since
+        raise PoolTimeout(f"the database has been unreachable for {down:.0f} s "
+                          f"(not waiting for a connection; it is tried every {self.probe_s:g} s)")
+
+    def given(self, pool: ConnectionPool, probe: bool) -> None:
+        """A connection was given: the server answers."""
+        errors = pool.get_stats().get("connections_errors", 0)
+        if self.since is None and not probe:  # the rule: no lock taken
+            self._errors = errors
+            return
+        with self._lock:
+            self.since = None
+            self._probing = self._probing and not probe
+            self._errors = errors
+
+    def failed(self, pool: ConnectionPool, probe: bool, exc: BaseException) -> None:
+        """No connection was given (``exc``: why)."""
+        with self._lock:
+            if probe:  # the next one probe_s after this one ended
+                self._probing, self._probe_at = False, time.monotonic()
+            if not isinstance(exc, PoolTimeout):
+                return
+            errors = pool.get_stats().get("connections_errors", 0)
+            if errors != self._errors and self.since is None:
+                self.since = self._probe_at = time.monotonic()
+                log.warning("database unreachable: reads are refused at once, one tried "
+                            "every %g s", self.probe_s)
 
 IDLE_CHECK_S = 30.0
 #: when each pooled connection last came back (kept here, not on the connection)

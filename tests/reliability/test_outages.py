@@ -154,6 +154,15 @@ def test_postgres_restarted_while_serving(own_services, tmp_path, survived):
         assert status == 503, (url, status, body)
         assert ("error" in body) if "/historical/" in url else body["status"] == "unhealthy"
     assert max(r[4] for r in results) < 6.0, "a request hung"
+    # once a read has waited out the pool's timeout, the database is known
+    # unreachable: reads are refused at once, bar one probe at a time
+    hist = [r for r in results if "/historical/" in r[1]]
+    noticed = min((r[0] + r[4] for r in hist if r[2] == 503 and r[4] >= 4.0), default=None)
+    assert noticed is not None, "no read waited out the pool's timeout"
+    after_noticed = [r for r in hist if r[0] > noticed and r[0] + r[4] < restart_at]
+    quick = [r for r in after_noticed if r[4] < 1.0]
+    assert len(quick) >= 0.8 * len(after_noticed) > 0, \
+        (len(quick), len(after_noticed), sorted(r[4] for r in after_noticed)[-5:])
     # recovered within 5 s of PostgreSQL being back
     assert all(r[2] == 200 for r in after), [r[1:4] for r in after if r[2] != 200][:3]
     with rt.conn() as conn:  # a run left 'running' by the outage is failed after its timeout
@@ -176,7 +185,9 @@ def test_postgres_restarted_while_serving(own_services, tmp_path, survived):
     how = (f"raised {bf['error'].__class__.__name__}" if "error" in bf
            else f"ended {bf['result']['status']}")
     survived(f"{len(results)} requests: {len(before)} before the stop all 200; "
-             f"{len(during)} during the {restart_at - stopped_at:.1f} s outage all 503 JSON; "
+             f"{len(during)} during the {restart_at - stopped_at:.1f} s outage all 503 JSON "
+             f"({len(quick)} of the {len(after_noticed)} reads after the first wait ran out "
+             f"refused within 1 s); "
              f"slowest answer {max(r[4] for r in results):.2f} s (none hung); every request "
              f"started {recovered:.1f} s after the restart on was 200; the backfill in flight "
              f"({at_stop} candles stored when PostgreSQL stopped) {how}, {stale} run marked "
