@@ -30,13 +30,21 @@ LOCK_ARGS ?=
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# One lock for the service, the tests and the deployment tools.
+# One lock for the service, the tests and the deployment tools. `make up`
+# installs the service's own dependencies only (pyproject.toml's, each at the
+# lock's pin and hash: the lock as constraints, as the container image does),
+# the tests the whole lock. pip is pinned to a release that reads the hashes
+# of a constraints file.
+PIP_VERSION = 26.3
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(VENV)/bin/python
-	$(PIP) install --require-hashes -r $(LOCK)
+	$(PIP) install "pip==$(PIP_VERSION)"
+	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > $(VENV)/runtime-deps.txt
+	$(PIP) install --require-hashes -c $(LOCK) -r $(VENV)/runtime-deps.txt
 	$(PIP) install --no-deps -e .
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --require-hashes -r $(LOCK)
 	@touch $@
 
 install: $(VENV)/.installed

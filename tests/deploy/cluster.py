@@ -63,6 +63,12 @@ def _build_requires() -> list[str]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
 
 
+def _pip_version() -> str:
+    """The pip the appliance role installs first (its default)."""
+    return yaml.safe_load((ROLES_DIR / "appliance" / "defaults" / "main.yml").read_text()
+                          )["appliance_pip_version"]
+
+
 def _build_script(packages: list[str]) -> str:
     """What runs in the builder (the cache is keyed on it)."""
     backend = " ".join(shlex.quote(r) for r in _build_requires())
@@ -85,8 +91,10 @@ def _build_script(packages: list[str]) -> str:
         f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --require-hashes"
         " -r /opt/appliance/src/requirements.lock",
         f"/tmp/wheel-build/bin/pip wheel -q --no-deps --wheel-dir {WHEELHOUSE} /opt/appliance/src",
-        # the build backend, for `pip install --no-index` of the source tree
-        f"/tmp/wheel-build/bin/pip download -q --dest {WHEELHOUSE} {backend}",
+        # the build backend, for `pip install --no-index` of the source tree,
+        # and the pip the role installs first
+        f"/tmp/wheel-build/bin/pip download -q --dest {WHEELHOUSE} {backend} "
+        f"pip=={_pip_version()}",
         "rm -rf /tmp/wheel-build /opt/appliance/src /var/lib/apt/lists/partial",
     ])
 

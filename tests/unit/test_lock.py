@@ -87,12 +87,21 @@ def test_the_installed_versions_are_the_locked_ones():
     assert not wrong, "installed differs from requirements.lock (make install-test): " + ", ".join(wrong)
 
 
+def _recipe(mk: str, target: str) -> str:
+    recipe = mk[mk.index(target):]
+    return recipe[:recipe.index("\n\n")]
+
+
 def test_make_installs_from_the_lock_and_ci_goes_through_make():
+    """`make up` installs pyproject's dependencies at the lock's pins and
+    hashes (the lock as constraints), the tests the whole lock."""
     mk = (ROOT / "Makefile").read_text()
-    recipe = mk[mk.index("$(VENV)/.installed:"):]
-    recipe = recipe[:recipe.index("\n\n")]
-    assert "install --require-hashes -r $(LOCK)" in recipe
+    recipe = _recipe(mk, "$(VENV)/.installed:")
+    assert 'install "pip==$(PIP_VERSION)"' in recipe
+    assert '["project"]["dependencies"]' in recipe
+    assert "install --require-hashes -c $(LOCK) -r $(VENV)/runtime-deps.txt" in recipe
     assert "install --no-deps -e ." in recipe
+    assert "install --require-hashes -r $(LOCK)" in _recipe(mk, "$(VENV)/.installed-test:")
     assert re.search(r"^LOCK\s*=\s*requirements\.lock$", mk, re.M)
     assert re.search(r"^lock:", mk, re.M), "no `make lock` target"
     # no other pip install of a project requirement
@@ -106,9 +115,21 @@ def test_the_ansible_role_installs_the_lock_with_hashes_then_the_package_alone()
     tasks = yaml.safe_load((ROOT / "ansible/roles/appliance/tasks/install.yml").read_text())
     pips = [t for t in tasks if "/bin/pip'" in str(t.get("ansible.builtin.command", {}).get("argv", ""))]
     argvs = [t["ansible.builtin.command"]["argv"] for t in pips]
-    assert len(argvs) == 2, argvs
-    assert "'--require-hashes'" in argvs[0] and "/requirements.lock'" in argvs[0]
-    assert "'--no-deps'" in argvs[1]
+    assert len(argvs) == 3, argvs
+    assert "'pip==' ~ appliance_pip_version" in argvs[0]
+    assert "'--require-hashes'" in argvs[1] and "'-c', appliance_source_dir ~ '/requirements.lock'" \
+        in argvs[1] and "/runtime-deps.txt'" in argvs[1]
+    assert "'--no-deps'" in argvs[2]
     defaults = yaml.safe_load((ROOT / "ansible/roles/appliance/defaults/main.yml").read_text())
     # a new lock reinstalls
     assert "requirements.lock" in defaults["appliance_source_fingerprint_paths"]
+
+
+def test_one_pip_version_for_make_the_role_and_the_image():
+    """The pip that reads a constraints file's hashes, pinned alike in the
+    three installs that use the lock as constraints."""
+    mk = re.search(r"^PIP_VERSION\s*=\s*(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    image = re.search(r"^ARG PIP_VERSION=(\S+)$", (ROOT / "Containerfile").read_text(), re.M)
+    role = yaml.safe_load((ROOT / "ansible/roles/appliance/defaults/main.yml").read_text())
+    assert mk and image
+    assert mk.group(1) == image.group(1) == str(role["appliance_pip_version"])
