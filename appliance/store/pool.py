@@ -63,7 +63,6 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float
                           reconnect_timeout=30)
 
 
-
 #: While the primary is known unreachable (``Outage``), one read waits for a
 #: connection this long after the last such wait ended; the others are
 #: refused at once.
@@ -79,10 +78,10 @@ class Outage:
     connection attempts were failing (its ``connections_errors`` grew since
     the last connection it gave). A busy pool whose server answers is never
     taken for one. While known, one caller at a time, ``probe_s`` after the
-    last such wait ended, waits as usual (the probe: a waiting request makes the pool
-    try to connect again, also after its own retries gave up); the others are
-    refused at once. A connection given, or one idle in the pool (the pool's
-    retries reached the server), ends it."""
+    last such wait ended, waits as usual (the probe: a waiting request makes
+    the pool try to connect again, also after its own retries gave up); the
+    others are refused at once. A connection given, or one idle in the pool
+    (the pool's retries reached the server), ends it."""
 
     def __init__(self, probe_s: float = PROBE_S):
         self.probe_s = probe_s
@@ -132,6 +131,7 @@ class Outage:
                 self.since = self._probe_at = time.monotonic()
                 log.warning("database unreachable: reads are refused at once, one tried "
                             "every %g s", self.probe_s)
+
 
 IDLE_CHECK_S = 30.0
 #: when each pooled connection last came back (kept here, not on the connection)
