@@ -170,35 +170,46 @@ def bench_export(rt, url: str, tmp: Path, n_bars: int) -> dict:
             "store_bytes_per_bar": round(store_bytes / n_bars, 2)}
 
 
+def stored_year(db: str, n_symbols: int, tmp: Path, server: dict | None = None):
+    """(url, runtime (open), symbols, bars): a fresh database ``db`` holding
+    the regular-session 1m bars of ``n_symbols`` symbols over the bench's
+    year, stored through ``intraday.write``; the config in ``tmp`` (with
+    ``server`` as its server section when given). The caller drops ``db``."""
+    import yaml
+
+    from appliance.runtime.runtime import Runtime
+    syms = symbols(n_symbols)
+    truth = make_minute_truth(syms, YEAR_START, YEAR_END, seed=7, session="regular", missing=0,
+                              keep_minutes=False, cache_symbols=2)
+    url = _fresh_db(db)
+    path = write_config(tmp / "appliance.yaml", url, "http://127.0.0.1:9", syms)
+    if server is not None:
+        cfg = yaml.safe_load(path.read_text())
+        cfg["server"] = server
+        path.write_text(yaml.safe_dump(cfg))
+    rt = Runtime.from_path(path)
+    rt.open()
+    t = time.perf_counter()
+    n = load(url, rt.config, truth, syms)
+    say(f"stored {n:,} 1m bars of {len(syms)} symbols ({time.perf_counter() - t:.0f} s)")
+    return url, rt, syms, n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--symbols", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    syms = symbols(a.symbols)
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    truth = make_minute_truth(syms, YEAR_START, YEAR_END, seed=7, session="regular", missing=0,
-                              keep_minutes=False, cache_symbols=2)
     import hashlib
 
-    import yaml
-
-    from appliance.runtime.runtime import Runtime
     from appliance.web import create_app
-    url = _fresh_db(DB)
+    server = {"admin_token": "bench-admin-token-0123456789", "secret_key": "bench",
+              "api_keys": [{"name": "bench", "scopes": ["read", "export"],
+                            "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+              "export": {"max_rows": 10**9}}
     try:
-        path = write_config(tmp / "appliance.yaml", url, "http://127.0.0.1:9", syms)
-        cfg = yaml.safe_load(path.read_text())
-        cfg["server"] = {"admin_token": "bench-admin-token-0123456789", "secret_key": "bench",
-                         "api_keys": [{"name": "bench", "scopes": ["read", "export"],
-                                       "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
-                         "export": {"max_rows": 10**9}}
-        path.write_text(yaml.safe_dump(cfg))
-        rt = Runtime.from_path(path)
-        rt.open()
-        t = time.perf_counter()
-        n = load(url, rt.config, truth, syms)
-        say(f"stored {n:,} 1m bars of {len(syms)} symbols ({time.perf_counter() - t:.0f} s)")
+        url, rt, syms, n = stored_year(DB, a.symbols, tmp, server)
         client = create_app(runtime=rt).test_client()
         out = {"symbols": len(syms), "bars": n}
         out["symbol_year"] = bench_symbol_year(client, syms[0], a.rounds)

@@ -37,13 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_api import _drop_db, _fresh_db  # noqa: E402
-from bench_export import load  # noqa: E402
-from bench_intraday import YEAR_END, YEAR_START, say, symbols, write_config  # noqa: E402
+from bench_api import _drop_db  # noqa: E402
+from bench_export import stored_year  # noqa: E402
 
 from appliance.ops import arrowbars  # noqa: E402
 from appliance.store import columnar  # noqa: E402
-from tests.fakes.minute_truth import make_minute_truth  # noqa: E402
 
 DB = "appliance_bench_packed"
 #: (column, PostgreSQL send function, numpy big-endian type) of a candle session
@@ -97,19 +95,10 @@ def main() -> int:
     ap.add_argument("--symbols", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
-    syms = symbols(a.symbols)
     tmp = Path(tempfile.mkdtemp(prefix="bench-packed-"))
-    truth = make_minute_truth(syms, YEAR_START, YEAR_END, seed=7, session="regular", missing=0,
-                              keep_minutes=False, cache_symbols=2)
-    from appliance.runtime.runtime import Runtime
-    url = _fresh_db(DB)
     try:
-        path = write_config(tmp / "appliance.yaml", url, "http://127.0.0.1:9", syms)
-        rt = Runtime.from_path(path)
-        rt.open()
-        n = load(url, rt.config, truth, syms)
+        url, rt, _syms, n = stored_year(DB, a.symbols, tmp)
         rt.close()
-        say(f"stored {n:,} 1m bars of {len(syms)} symbols")
         with psycopg.connect(url, autocommit=True) as conn:
             build(conn)
             out = measure(conn, a.rounds, n)
