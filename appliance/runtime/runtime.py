@@ -185,20 +185,16 @@ class Runtime:
         rather than after the pool's acquire timeout."""
         pool = self.pool
         probe = self._outage.admit(pool)
-        cm = pool.connection()
+        given = False
         try:
-            c = cm.__enter__()
+            with pool.connection() as c:
+                given = True
+                self._outage.given(pool, probe)
+                yield c
         except BaseException as e:
-            self._outage.failed(pool, probe, e)
+            if not given:
+                self._outage.failed(pool, probe, e)
             raise
-        self._outage.given(pool, probe)
-        try:
-            yield c
-        except BaseException:
-            if not cm.__exit__(*sys.exc_info()):
-                raise
-        else:
-            cm.__exit__(None, None, None)
 
     @contextmanager
     def read_conn(self):
