@@ -187,7 +187,7 @@ class Runtime:
         probe = self._outage.admit(pool)
         given = False
         try:
-            with pool.connection() as c:
+            with pool.connection(timeout=db.PROBE_WAIT_S if probe else None) as c:
                 given = True
                 self._outage.given(pool, probe)
                 yield c

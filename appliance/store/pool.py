@@ -64,9 +64,14 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, timeout: float
 
 
 #: While the primary is known unreachable (``Outage``), one read waits for a
-#: connection this long after the last such wait ended; the others are
-#: refused at once.
+#: connection this long after the last such wait ended (at most
+#: ``PROBE_WAIT_S``); the others are refused at once.
 PROBE_S = 2.0
+#: How long that read (the probe) waits: enough for the pool to connect once
+#: the server is back, short enough that a client whose reads keep landing
+#: on the probe (each web worker process probes on its own) is not held up
+#: for the pool's whole acquire timeout each time.
+PROBE_WAIT_S = 1.0
 
 
 class Outage:
@@ -78,8 +83,9 @@ class Outage:
     connection attempts were failing (its ``connections_errors`` grew since
     the last connection it gave). A busy pool whose server answers is never
     taken for one. While known, one caller at a time, ``probe_s`` after the
-    last such wait ended, waits as usual (the probe: a waiting request makes
-    the pool try to connect again, also after its own retries gave up); the
+    last such wait ended, waits up to ``PROBE_WAIT_S`` (the probe: a waiting
+    request makes the pool try to connect again, also after its own retries
+    gave up); the
     others are refused at once. A connection given, or one idle in the pool
     (the pool's retries reached the server), ends it."""
 
