@@ -3,7 +3,8 @@
 Starts (or attaches to) the embedded PostgreSQL and Redis when no URLs are
 configured, migrates, then runs the web server, one worker and the scheduler
 as child processes. A child that dies is restarted (with a growing delay) and
-logged. SIGHUP reloads the config (same path as ``appliance reload``).
+logged; so is an embedded server that dies (killed, not stopped: see
+``services.crashed``). SIGHUP reloads the config (same path as ``appliance reload``).
 SIGTERM or Ctrl-C stops the children, then the embedded servers.
 """
 from __future__ import annotations
@@ -39,6 +40,10 @@ CHILDREN = ("serve", "worker", "scheduler")
 #: stops and exits non-zero with that child's last error lines.
 START_LIMIT_BURST = 5
 START_FAST_S = 10.0
+#: How often ``up`` looks whether an embedded server has died, and the longest
+#: wait between two tries to start one that does not come back.
+WATCH_S = 2.0
+REVIVE_MAX_DELAY_S = 60.0
 #: How long ``up`` waits for the web server to answer /health before it says so.
 READY_TIMEOUT_S = 120.0
 ERROR_LINES = 80
@@ -185,6 +190,8 @@ class Supervisor:
         self.code = 0
         self.rt = None
         self.children = {role: Child(role) for role in CHILDREN}
+        #: embedded servers found dead: name -> [found at, next try, tries]
+        self.dead: dict[str, list] = {}
 
     def _on_term(self, signum, _frame):
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -268,7 +275,7 @@ class Supervisor:
         from appliance.ops.statusview import web_url
         health_url = web_url(self.cfg)
         ready = False
-        next_probe = next_publish = 0.0
+        next_probe = next_publish = next_watch = 0.0
         log.info("children started; waiting for the web server to answer %s", health_url)
         while not self.stopping:
             now = time.monotonic()
@@ -285,6 +292,9 @@ class Supervisor:
             if now >= next_publish:
                 next_publish = now + 5
                 publish_processes(self.rt, self.children)
+            if now >= next_watch:
+                next_watch = now + WATCH_S
+                self._revive(now)
             if self.reload_requested:
                 self.reload_requested = False
                 _reload(self.rt)
@@ -296,6 +306,36 @@ class Supervisor:
                     c.started_at = now
                     log.info("restarted %s (pid %d)", c.role, c.proc.pid)
             time.sleep(0.2)
+
+    def _revive(self, now: float) -> None:
+        """Start again the embedded servers that died (tried at once, then
+        with a growing delay while one will not start)."""
+        for name in services.crashed(self.cfg):
+            if name not in self.dead:
+                self.dead[name] = [now, now, 0]
+                log.error("embedded %s has died (its process is gone, its pid file left "
+                          "behind); starting it again", name)
+        for name, (found, next_try, tries) in list(self.dead.items()):
+            if now < next_try or self.stopping:
+                continue
+            try:
+                services.restart_crashed(self.cfg, name)
+            except Exception as e:  # noqa: BLE001 - logged, tried again
+                delay = min(REVIVE_MAX_DELAY_S, WATCH_S * 2.0 ** tries)
+                self.dead[name] = [found, now + delay, tries + 1]
+                log.error("embedded %s did not start again (%s); next try in %.0f s", name,
+                          " ".join(str(getattr(e, "message", e)).split())[:500], delay)
+                continue
+            del self.dead[name]
+            took = time.monotonic() - found
+            log.warning("embedded %s started again, %.1f s after it was found dead", name, took)
+            try:
+                with self.rt.conn() as conn:
+                    store.add_event(conn, "error", "service",
+                                    f"embedded {name} had died; started again in {took:.0f} s",
+                                    {"service": name, "tries": tries + 1})
+            except Exception:  # noqa: BLE001 - Redis back, PostgreSQL still down: logged
+                pass
 
     def _exited(self, c: Child, now: float) -> bool:
         """Record a child's exit and plan its restart; False when it keeps

@@ -141,12 +141,16 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
         raise ServiceError(f"embedded PostgreSQL in {pgdata} is not running")
     try:
         if info is None:
-            # a new handle each time it is not running: pgserver's get_server()
-            # would hand back a cached handle of a server stopped since
-            from pgserver.postgres_server import PostgresServer
-            with _search_only_prefixes():
-                info = PostgresServer(pgdata.resolve(), cleanup_mode=None).get_postmaster_info()
-            _started.add(("pg", Path(data_dir)))
+            with _starting(data_dir, "pg"):
+                info = _postmaster_info(pgdata)  # another process may have started it
+                if info is None:
+                    # a new handle each time it is not running: pgserver's get_server()
+                    # would hand back a cached handle of a server stopped since
+                    from pgserver.postgres_server import PostgresServer
+                    with _search_only_prefixes():
+                        info = PostgresServer(pgdata.resolve(),
+                                              cleanup_mode=None).get_postmaster_info()
+                    _started.add(("pg", Path(data_dir)))
     except subprocess.CalledProcessError as e:
         logtail = _tail(pgdata / "log")
         raise ServiceError(f"embedded PostgreSQL in {pgdata} failed to start: {e}. "
@@ -160,6 +164,18 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
         raise ServiceError(f"embedded PostgreSQL in {pgdata} could not be started: {e}") from None
     _ensure_database(info.get_uri(), dbname)
     return info.get_uri(database=dbname)
+
+
+@contextlib.contextmanager
+def _starting(data_dir: Path, kind: str):
+    """One process at a time looks whether an embedded server runs and starts
+    it: ``up`` starting one that died and a child process of it restarted at
+    that moment would otherwise both start one (two Redis servers on one
+    socket, the first one left running unseen)."""
+    import fcntl
+    with open(Path(data_dir) / f".{kind}-start.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager
@@ -199,7 +215,9 @@ def _postmaster_info(pgdata: Path):
     try:
         from pgserver.utils import PostmasterInfo
         info = PostmasterInfo.read_from_pgdata(pgdata)
-        return info if info is not None and info.is_running() else None
+        if info is None or not info.is_running() or _dead_pid(pgdata / "postmaster.pid"):
+            return None  # is_running() is true of a killed postmaster's zombie
+        return info
     except Exception:  # a half-written pid file: treat as not running  # noqa: BLE001
         return None
 
@@ -296,11 +314,16 @@ def embedded_redis(data_dir: Path, *, start: bool = True) -> str:
         return url
     if not start:
         raise ServiceError(f"embedded Redis in {rdir} is not running")
+    with _starting(data_dir, "redis"):
+        return url if _redis_alive(url) else _start_redis(Path(data_dir), rdir, sock, url)
+
+
+def _start_redis(data_dir: Path, rdir: Path, sock: Path, url: str) -> str:
     pidfile = rdir / "redis.pid"
     if pidfile.exists():
         try:
             pid = int(pidfile.read_text().strip() or 0)
-            if pid and _pid_alive(pid):
+            if pid and _pid_alive(pid) and not _dead_pid(pidfile):
                 # a live server that does not answer on our socket: not ours to kill
                 raise ServiceError(f"process {pid} from {pidfile} is alive but does not answer "
                                    f"on {sock}; stop it or remove the pid file")
@@ -384,6 +407,51 @@ def stop_started_here(keep: frozenset = frozenset()) -> None:
 def started_here() -> frozenset:
     """The embedded servers this process has started so far."""
     return frozenset(_started)
+
+
+def _dead_pid(pidfile: Path) -> int | None:
+    """The pid in ``pidfile`` when that process is gone (or a zombie no one
+    has reaped): a server killed, not stopped, leaves its pid file behind; a
+    clean stop removes it. None when there is no pid file or its process
+    lives."""
+    import psutil
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        return pid if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE else None
+    except psutil.NoSuchProcess:
+        return pid
+    except psutil.Error:  # another user's live process
+        return None
+
+
+def crashed(cfg) -> list[str]:
+    """The embedded servers (``"PostgreSQL"``, ``"Redis"``) that died without
+    being stopped: their pid file names a process that is gone. A server
+    stopped on purpose (``pg_ctl stop``, Redis' SHUTDOWN or SIGTERM) removes
+    its pid file and is not listed, as systemd's Restart=on-failure leaves a
+    unit stopped cleanly alone."""
+    data_dir = Path(cfg["data_dir"])
+    out = []
+    if not cfg["database"]["url"] and _dead_pid(data_dir / "pg" / "postmaster.pid"):
+        out.append("PostgreSQL")
+    if not cfg["redis"]["url"] and _dead_pid(data_dir / "redis" / "redis.pid"):
+        out.append("Redis")
+    return out
+
+
+def restart_crashed(cfg, which: str) -> None:
+    """Start again an embedded server that ``crashed`` lists (its data as the
+    crash left it: PostgreSQL replays its WAL, Redis its append-only file).
+    Raises ServiceError when it does not start (backends of the dead
+    postmaster still holding its shared memory, for a second or two)."""
+    data_dir = Path(cfg["data_dir"])
+    if which == "PostgreSQL":
+        embedded_postgres(data_dir)
+    else:
+        embedded_redis(data_dir)
 
 
 def stop_embedded(cfg) -> None:

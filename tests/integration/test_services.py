@@ -136,6 +136,85 @@ def test_up_serves_with_embedded_services_and_stops_cleanly_on_sigterm(short_dir
     assert not services._redis_alive(f"unix://{short_dir}/var/redis/redis.sock")
 
 
+def _pid_of(pidfile: Path) -> int:
+    return int(pidfile.read_text().split()[0])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+
+
+def test_up_starts_again_an_embedded_server_that_was_killed_but_not_one_stopped(short_dir):
+    """`make up`'s embedded PostgreSQL and Redis killed (as the OOM killer
+    would) while the appliance runs: `up` finds them dead and starts them
+    again, the data as it was; one stopped on purpose stays stopped."""
+    from appliance.cli.supervisor import WATCH_S
+    port = free_port()
+    cfg = _write_cfg(short_dir, port)
+    var = short_dir / "var"
+    log_file = var / "log" / "appliance.log"
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg), "up"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def health(**want):
+        try:
+            body = _get(f"{base}/health", timeout=5)[1]
+        except (OSError, ValueError):
+            return None
+        return body if all(body.get(k) == v for k, v in want.items()) else None
+
+    def bars() -> list:
+        return _get(f"{base}/api/v1/historical/AAPL?start=2025-06-02", timeout=5)[1]["data"]
+
+    try:
+        wait_until(lambda: (h := health(database="ok", redis="ok")) and h.get("latest_data"),
+                   90, "/health with the first stored data", 0.5)
+        wait_until(lambda: len(bars()) > 0 or None, 60, "AAPL's bars served", 0.5)
+        before = bars()
+
+        pg_pid = _pid_of(var / "pg" / "postmaster.pid")
+        os.kill(pg_pid, signal.SIGKILL)
+        wait_until(lambda: _gone(pg_pid), 10, "the killed postmaster to be gone", 0.05)
+        wait_until(lambda: "embedded PostgreSQL started again" in log_file.read_text(), 60,
+                   "up to start PostgreSQL again", 0.5)
+        assert "embedded PostgreSQL has died" in log_file.read_text()
+        assert _pid_of(var / "pg" / "postmaster.pid") != pg_pid
+        wait_until(lambda: health(database="ok", redis="ok"), 30, "/health ok again", 0.5)
+        assert bars() == before  # nothing lost, served again
+
+        rd_pid = _pid_of(var / "redis" / "redis.pid")
+        os.kill(rd_pid, signal.SIGKILL)
+        wait_until(lambda: "embedded Redis started again" in log_file.read_text(), 60,
+                   "up to start Redis again", 0.5)
+        wait_until(lambda: health(database="ok", redis="ok"), 30, "/health ok again", 0.5)
+        assert _pid_of(var / "redis" / "redis.pid") != rd_pid
+
+        with psycopg.connect(services.embedded_postgres(var, start=False)) as c:
+            events = [r[0] for r in c.execute(
+                "SELECT message FROM events WHERE kind = 'service' ORDER BY id")]
+        assert [e.split(";")[0] for e in events] == ["embedded PostgreSQL had died",
+                                                    "embedded Redis had died"], events
+
+        # stopped on purpose (its pid file removed): left stopped
+        services.stop_embedded_redis(var)
+        redis_url = f"unix://{var}/redis/redis.sock"
+        assert not services._redis_alive(redis_url), log_file.read_text()[-3000:]
+        import time
+        time.sleep(3 * WATCH_S)
+        assert not services._redis_alive(redis_url)
+        assert log_file.read_text().count("embedded Redis started again") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert services._postmaster_info(var / "pg") is None
+
+
 def test_up_gives_up_on_a_child_that_keeps_failing_at_start_and_says_why(short_dir):
     # the web server's worker class cannot be imported: the defect a missing
     # runtime dependency caused (gunicorn's gevent worker without `packaging`)
