@@ -59,7 +59,12 @@ lock: install-test
 	$(PIP) install --require-hashes -r $(LOCK)
 	@touch $(VENV)/.installed $(VENV)/.installed-test
 
-up: install
+# The operator's config, made once from the example and theirs from then on
+# (git does not track it: `git pull` never touches it).
+config/appliance.yaml:
+	cp config/appliance.example.yaml $@
+
+up: install config/appliance.yaml
 	$(VENV)/bin/appliance up
 
 # The whole suite against the embedded PostgreSQL and Redis (the default).
@@ -90,7 +95,7 @@ test-unit: install-test
 test-quick: install-test
 	$(PY) -m pytest -m "not e2e and not deploy and not slow" $(PYTEST_ARGS)
 
-check-config: install
+check-config: install config/appliance.yaml
 	$(VENV)/bin/appliance check-config
 
 bench: install-test

@@ -138,6 +138,7 @@ def _print_diff(ctx, cfg) -> int:
             click.echo("the running appliance would refuse this config", err=True)
             return 1
         click.echo(json.dumps(res["diff"], indent=2, default=str))
+        _say_notes(res["diff"], res.get("warnings", []))
         return 0
     if got is None:
         click.echo("no running config to compare with (the appliance has not run)", err=True)
@@ -146,8 +147,21 @@ def _print_diff(ctx, cfg) -> int:
     running = load_config(cfg.path, text=got[1])
     click.echo(f"the appliance is not running; compared with the config it last ran "
                f"(version {got[0]})", err=True)
-    click.echo(json.dumps(diff_configs(running, cfg), indent=2, default=str))
+    diff = diff_configs(running, cfg)
+    click.echo(json.dumps(diff, indent=2, default=str))
+    _say_notes(diff, [])
     return 0
+
+
+def _say_notes(diff: dict, warnings: list[str]) -> None:
+    """On stderr, beside a diff: what removing symbols does, and the
+    variables the operator's shell sets that the appliance does not have."""
+    removed = diff.get("symbols_removed") or []
+    if removed:
+        click.echo(f"symbols removed: {', '.join(removed)}: no longer fetched; their data is "
+                   f"kept (add them again to fetch them again)", err=True)
+    for line in warnings:
+        click.echo(line, err=True)
 
 
 @main.group("api-key")
@@ -218,7 +232,10 @@ def reload(ctx):
         click.echo(f"restart required: {', '.join(res['diff']['restart_required'])} keep their "
                    f"old value until the appliance restarts (systemctl restart "
                    f"market-data-api.target, or stop and start appliance up)", err=True)
+    _say_notes(res["diff"], [])
     click.echo(f"reloaded: config {res['sha256'][:12]} is running (version {res['version']})")
+    for line in res.get("warnings", []):  # last: the line the operator reads
+        click.echo(line, err=True)
 
 
 # --------------------------------------------------------------------------- database
@@ -528,9 +545,9 @@ def restore(ctx, backup, yes):
     if not yes:
         text = bk.restore_plan_text(rt, backup)
         click.echo(text)
-        click.echo("\nNothing was changed." + ("" if text.startswith(bk.RESTORE_CANNOT) else
-                                               " Run again with --yes to do it."))
-        sys.exit(1)
+        cannot = text.startswith(bk.RESTORE_CANNOT)
+        click.echo("\nNothing was changed." + ("" if cannot else " Run again with --yes to do it."))
+        sys.exit(1 if cannot else 0)  # 0: the plan can be carried out
     try:
         res = bk.full_restore(rt, backup, progress=lambda m: click.echo(m, err=True))
     except ApplianceError as e:

@@ -224,6 +224,31 @@ def _secret_from_env(name: str, env: Mapping[str, str], ctx: _Ctx,
     return None
 
 
+def variable_values(text: str, env: Mapping[str, str]) -> dict[str, str | None]:
+    """The value each ``${VAR}`` in ``text``'s settings (not its comments)
+    takes in ``env``: VAR, else the content of the file VAR_FILE names; None
+    when unset or empty (its default applies). ``{}`` for text that is not
+    YAML."""
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except Exception:  # noqa: BLE001 - not YAML: nothing to say of it
+        return {}
+    names: set[str] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str):
+            names.update(m.group(1) for m in _ENV_RE.finditer(v))
+    walk(raw)
+    ctx = _Ctx("", {}, [])
+    return {n: _secret_from_env(n, env, ctx, ()) or None for n in sorted(names)}
+
+
 def _interpolate(value: Any, path: ConfigPath, env: Mapping[str, str], ctx: _Ctx) -> Any:
     if isinstance(value, dict):
         return {k: _interpolate(v, path + (k,), env, ctx) for k, v in value.items()}
@@ -430,7 +455,10 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
                                    f"more than the {MAX_CONFIG_BYTES} allowed"])
             raw = p.read_bytes()
         except FileNotFoundError:
-            raise ConfigError([f"{shown}:1: at $: file not found"]) from None
+            example = p.with_name("appliance.example.yaml")
+            hint = (f" (copy {example} to it and edit it; `make up` does that the first time)"
+                    if example.exists() else "")
+            raise ConfigError([f"{shown}:1: at $: file not found{hint}"]) from None
         except IsADirectoryError:
             raise ConfigError([f"{shown}:1: at $: is a directory, not a file"]) from None
         except PermissionError as e:
@@ -569,6 +597,33 @@ def _close_match(word: str, options: Iterable[str]) -> str | None:
     return m[0] if m else None
 
 
+def _top_level_blocks(text: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``keys``' values from a file that is not valid YAML as a whole (a
+    broken line elsewhere), each top-level block (its ``key:`` line at the
+    left margin and the indented lines under it) parsed on its own."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        head = re.match(r"([A-Za-z_][\w-]*)\s*:", line)
+        if head:
+            current = blocks.setdefault(head.group(1), []) if head.group(1) in keys else None
+            if current is not None:
+                current.clear()
+        elif line[:1] not in (" ", "\t", "#", "") and not line.startswith("-"):
+            current = None
+        if current is not None:
+            current.append(line)
+    out: dict[str, Any] = {}
+    for key, lines in blocks.items():
+        try:
+            part = yaml.load("\n".join(lines), Loader=_Loader)
+        except Exception:  # noqa: BLE001 - this block is the broken one
+            continue
+        if isinstance(part, dict) and key in part:
+            out[key] = part[key]
+    return out
+
+
 def salvage_connection_settings(path: str | os.PathLike[str],
                                 env: Mapping[str, str] | None = None) -> Config:
     """A config holding only the connection settings of a file that does not
@@ -583,9 +638,13 @@ def salvage_connection_settings(path: str | os.PathLike[str],
             env = os.environ
     picked: Doc = {}
     try:
-        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
-    except Exception:  # noqa: BLE001 - broken YAML: defaults only
-        raw = None
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except Exception:  # noqa: BLE001 - broken YAML: the blocks that still parse
+        raw = _top_level_blocks(text, ("database", "redis", "data_dir"))
     if isinstance(raw, dict):
         ctx = _Ctx(str(p), {}, [])
         for key in ("database", "redis", "data_dir"):

@@ -53,7 +53,9 @@ def reload_config(rt, *, source: str, actor: str | None = None,
     Never raises for a bad file. While processes of the appliance run, each
     one validates the new config in its own environment (configsync); with
     none running, it is validated here. ``caller_env``: the environment of
-    the command that asked (a CLI's shell), for the hints of a refusal."""
+    the command that asked (a CLI's shell), for the hints of a refusal and
+    the ``warnings`` of a reload (a variable its shell sets that the
+    processes do not have, ``configsync.shell_warnings``)."""
     with _lock:
         old = running_config(rt)
         try:
@@ -66,11 +68,12 @@ def reload_config(rt, *, source: str, actor: str | None = None,
         except UnicodeDecodeError:
             return _refuse(rt, source, actor, [f"{old.path}:1: at $: not valid UTF-8"], None)
         peers = configsync.live(rt, old.path)
+        warnings: list[str] = []
         if peers:
             res = _agreed_by(rt, peers, text, caller_env)
             if not res["ok"]:
                 return _refuse(rt, source, actor, res["errors"], None, status=res["status"])
-            diff, symbols = res["diff"], res["symbols"]
+            diff, symbols, warnings = res["diff"], res["symbols"], res["warnings"]
             sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
             version = rt.publish_text(text)
             behind = configsync.confirmations(rt, peers, version)
@@ -89,7 +92,8 @@ def reload_config(rt, *, source: str, actor: str | None = None,
                 return _refuse(rt, source, actor, [why], None)
             diff, symbols, sha = diff_configs(old, new), new.symbols, new.sha256
             version = rt.publish_config(new)
-        return _applied(rt, source, actor, diff, symbols, sha, version)
+        return {**_applied(rt, source, actor, diff, symbols, sha, version),
+                "warnings": warnings}
 
 
 def _agreed_by(rt, peers, text: str, caller_env) -> dict:
@@ -113,7 +117,8 @@ def _agreed_by(rt, peers, text: str, caller_env) -> dict:
     first = answers[sorted(answers)[0]]
     symbols = [SymbolSpec(s, dt.date.fromisoformat(since), active, tuple(tfs))
                for s, since, active, tfs in first["symbols"]]
-    return {"ok": True, "diff": first["diff"], "symbols": symbols}
+    return {"ok": True, "diff": first["diff"], "symbols": symbols,
+            "warnings": configsync.shell_warnings(text, cid, answers, caller_env)}
 
 
 def dry_run(rt, peers, text: str, caller_env) -> dict:

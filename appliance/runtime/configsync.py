@@ -26,6 +26,7 @@ appliance is running" means.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -39,7 +40,8 @@ from dataclasses import dataclass
 import redis
 
 from appliance.config.diff import diff_configs
-from appliance.config.loader import Config, load_config
+from appliance.config.env import appliance_env
+from appliance.config.loader import Config, load_config, variable_values
 from appliance.core.errors import ConfigError
 from appliance.runtime import replica
 from appliance.runtime.runtime import K_CONFIG_VERSION, K_RESTART_SINCE
@@ -172,13 +174,21 @@ class Watcher:
             cand = r.hgetall(K_CANDIDATE + cid)
             if not cand or cand.get(b"path", b"").decode() != str(self.rt.config_path):
                 continue
-            r.hset(K_ACK + cid, self.ident, json.dumps(validate(self.rt, cand[b"sealed"])))
+            r.hset(K_ACK + cid, self.ident,
+                   json.dumps(validate(self.rt, cand[b"sealed"], salt=cid)))
             r.expire(K_ACK + cid, 120)
 
 
-def validate(rt, sealed: bytes) -> dict:
+def digest(salt: str, value: str | None) -> str | None:
+    """A variable's value as the processes compare it (never the value: the
+    answers pass through Redis), salted by the candidate's id."""
+    return None if value is None else hashlib.sha256(f"{salt}\0{value}".encode()).hexdigest()
+
+
+def validate(rt, sealed: bytes, salt: str = "") -> dict:
     """A candidate checked as this process would run it: ``{"ok": True,
-    "diff", "symbols"}`` or ``{"ok": False, "errors"}``."""
+    "diff", "symbols", "vars"}`` or ``{"ok": False, "errors"}``; ``vars``:
+    each ``${VAR}`` of the candidate -> ``digest`` of its value here."""
     try:
         text = rt.unseal(sealed)
         new = load_config(rt.config_path, text=text)
@@ -196,9 +206,11 @@ def validate(rt, sealed: bytes) -> dict:
     why = read_url_refusal(rt, new)
     if why:
         return {"ok": False, "errors": [why]}
+    env = appliance_env(rt.config_path)
     return {"ok": True, "diff": diff_configs(rt.current_config(), new),
             "symbols": [[s.symbol, s.since.isoformat(), s.active, list(s.timeframes)]
-                        for s in new.symbols]}
+                        for s in new.symbols],
+            "vars": {n: digest(salt, v) for n, v in variable_values(text, env).items()}}
 
 
 def read_url_refusal(rt, new: Config) -> str | None:
@@ -301,6 +313,28 @@ def start_service(rt, file_cfg: Config | None, *, join: bool = False) -> str:
 def file_differs(rt, file_cfg: Config | None) -> bool:
     """Whether appliance.yaml differs from the config the appliance runs."""
     return file_cfg is None or file_cfg.sha256 != rt.current_config().sha256
+
+
+def shell_warnings(text: str, salt: str, answers: dict[str, dict], caller_env) -> list[str]:
+    """The variables of ``text`` the caller's shell sets (VAR or VAR_FILE)
+    to a value the running processes do not have (they have none and use the
+    default, or another one): a value exported only in the operator's shell
+    does not reach the appliance, and the command says so."""
+    if not caller_env:
+        return []
+    mine = variable_values(text, {k: v for k, v in caller_env.items()})
+    out = []
+    for name, value in mine.items():
+        if name not in caller_env and name + "_FILE" not in caller_env:
+            continue
+        theirs = {a.get("vars", {}).get(name, "?") for a in answers.values()}
+        if theirs != {digest(salt, value)}:
+            how = ("do not have it and use the default" if theirs == {None}
+                   else "have another value")
+            out.append(f"warning: {name} is set in your shell, but the appliance's processes "
+                       f"{how}; your shell's value is not used: put it in appliance.env "
+                       f"(beside appliance.yaml) or use {name}_FILE, then reload again")
+    return out
 
 
 def hints(errors: list[str], caller_env) -> list[str]:

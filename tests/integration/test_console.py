@@ -78,6 +78,36 @@ def test_dashboard_polls_at_the_configured_interval_and_a_reload_changes_it(
     assert 'hx-trigger="every 3s"' in html
 
 
+def test_jobs_page_shows_each_schedules_next_run_and_a_reload_moves_it(client, runtime,
+                                                                       config_factory):
+    """OPERATIONS.md, "Change the backfill schedule": the console shows the
+    next run; to anyone who may read the console, the Run now buttons to admins."""
+    import datetime as dt
+
+    from appliance.jobs.reload import reload_config
+
+    def next_runs() -> dict[str, str]:
+        html = client.get("/jobs").get_data(as_text=True)
+        return dict(re.findall(r'data-next-run="(\w+)">([^<]+)<', html))
+
+    config_factory(schedules={"backfill": "30 3 * * *", "backup": "15 4 * * 0"})
+    assert reload_config(runtime, source="cli")["ok"]
+    today = dt.datetime.now(dt.UTC)
+    shown = next_runs()
+    assert set(shown) == set(runtime.config["schedules"])
+    for job, cron_time in (("backfill", dt.time(3, 30)), ("backup", dt.time(4, 15))):
+        when = dt.datetime.strptime(shown[job], "%Y-%m-%d %H:%M").replace(tzinfo=dt.UTC)
+        assert when.time() == cron_time and today < when <= today + dt.timedelta(days=7), shown
+    assert dt.datetime.strptime(shown["backup"], "%Y-%m-%d %H:%M").weekday() == 6  # Sunday
+    assert "data-job=" not in client.get("/jobs").get_data(as_text=True)  # no login
+
+    config_factory(schedules={"backfill": "45 22 * * *"})
+    assert reload_config(runtime, source="cli")["ok"]
+    assert next_runs()["backfill"].endswith(" 22:45")
+    login(client)
+    assert 'data-job="backfill"' in client.get("/jobs").get_data(as_text=True)
+
+
 def test_dashboard_update_sends_nothing_when_nothing_changed_and_only_changed_panels_otherwise(
         client, runtime):
     html = client.get("/dashboard").get_data(as_text=True)

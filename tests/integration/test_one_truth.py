@@ -310,6 +310,65 @@ def test_a_short_token_is_refused_by_reload_and_by_up(config_factory, runtime, c
     assert "abc" not in res.stderr.replace("characters", "")
 
 
+# --------------------------------------------------------------------------- a value in the shell
+
+READ_X = "shell-read-token-" + "x" * 30
+READ_Y = "env-file-read-token-" + "y" * 30
+
+
+def test_a_value_in_the_shell_the_processes_lack_is_reported_by_reload_and_diff(appliance,
+                                                                                  tmp_path):
+    """A variable with a default (``${VAR:-}``) is valid without the shell's
+    value, so nothing refuses it: the reload and the diff say that the
+    shell's value is not what the appliance uses (OPERATIONS.md, "Rotating
+    tokens and keys")."""
+    up = appliance(server={"read_token": "${APPLIANCE_READ_TOKEN:-}"})
+    shell = _shell_env(APPLIANCE_READ_TOKEN=READ_X)
+    res = _cli(up.path, "reload", env=shell)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert ("warning: APPLIANCE_READ_TOKEN is set in your shell, but the appliance's processes "
+            "do not have it and use the default; your shell's value is not used") in res.stderr
+    assert res.stderr.rstrip().endswith("then reload again"), res.stderr  # the last line
+    assert READ_X not in res.stdout + res.stderr
+    assert requests.get(up.base + "/api/v1/symbols", timeout=10).status_code == 200  # still open
+
+    (tmp_path / "appliance.env").write_text(f"APPLIANCE_READ_TOKEN={READ_Y}\n")
+    res = _cli(up.path, "check-config", "--diff", env=shell)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["changed"]["server.read_token"]["secret"] is True
+    assert "APPLIANCE_READ_TOKEN is set in your shell, but the appliance's processes have " \
+           "another value" in res.stderr
+    res = _cli(up.path, "reload", env=shell)
+    assert res.returncode == 0 and "have another value" in res.stderr, res.stderr
+    assert requests.get(up.base + "/api/v1/symbols", timeout=10).status_code == 401
+    assert requests.get(up.base + "/api/v1/symbols", timeout=10,
+                        headers={"Authorization": f"Bearer {READ_Y}"}).status_code == 200
+
+    # the shell holding the appliance's own value (appliance.env sourced): nothing to say
+    res = _cli(up.path, "reload", env=_shell_env(APPLIANCE_READ_TOKEN=READ_Y))
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
+    # a removed symbol: its data stays, and the diff says so
+    _edit(up.path, lambda d: d.update(symbols=["AAPL"]))
+    res = _cli(up.path, "check-config", "--diff")
+    assert json.loads(res.stdout)["symbols_removed"] == ["MSFT"]
+    assert "symbols removed: MSFT: no longer fetched; their data is kept" in res.stderr
+
+
+def test_a_reload_of_a_file_that_is_not_yaml_names_the_line_while_the_appliance_runs(appliance):
+    up = appliance()
+    good = up.path.read_text()
+    up.path.write_text(good + 'extra: "unterminated\n')
+    res = _cli(up.path, "reload")
+    assert res.returncode == 1
+    assert f"{up.path}:" in res.stderr and "extra" not in res.stdout
+    assert "reload refused; the running config is unchanged" in res.stderr, res.stderr
+    assert "not reachable" not in res.stderr
+    up.path.write_text(good)
+    # recorded as a refused reload (/health serves a probe up to a second old)
+    wait_until(lambda: up.health().get("config_last_reload_successful") is False, 5,
+               "/health after the refusal")
+
+
 # --------------------------------------------------------------------------- finding 8
 
 def test_check_config_reports_every_problem_at_once(tmp_path):

@@ -193,6 +193,24 @@ def test_a_restore_of_a_missing_or_unusable_archive_says_it_cannot(runtime, conf
     out = p.stdout + p.stderr
     assert p.returncode == 1 and "Cannot restore" in out and "truncated" in out, out
     assert "--yes" not in out, out
+    # with --yes: refused before any job is suspended or waited for
+    p = _cli(config_path, "restore", str(src), "--yes")
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and "Cannot restore" in out and "truncated" in out, out
+    assert "suspended" not in out and "backfill lock" not in out, out
+
+    # the same size, other bytes: the plan reads the whole file and says so
+    b = _archive(runtime)
+    src = Path(b["path"])
+    with open(src, "r+b") as f:
+        f.seek(src.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    p = _cli(config_path, "restore", str(src))
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and "Cannot restore" in out and "damaged" in out, out
+    assert "sha256 mismatch" in out and "--yes" not in out, out
 
 
 def test_a_failing_alert_evaluation_fails_the_restore_loudly(runtime, fresh_host):

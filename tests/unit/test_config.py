@@ -49,7 +49,7 @@ def test_each_good_file_loads(path):
 
 
 def test_the_shipped_config_runs_as_it_is_with_the_demo_provider():
-    cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "appliance.yaml", env={})
+    cfg = load_config(Path(__file__).resolve().parents[2] / "config" / "appliance.example.yaml", env={})
     assert cfg["provider"]["name"] == "demo"
     assert cfg["database"]["url"] == "" and cfg["redis"]["url"] == ""
     assert cfg["server"]["bind"] == "127.0.0.1:8000"

@@ -77,7 +77,7 @@ def test_the_docs_show_the_registry_schedules():
 
 
 def test_the_example_config_shows_the_default_schedules():
-    example = yaml.safe_load((ROOT / "config" / "appliance.yaml").read_text())
+    example = yaml.safe_load((ROOT / "config" / "appliance.example.yaml").read_text())
     for name, expr in (example.get("schedules") or {}).items():
         assert name in registry.JOBS
         assert expr == registry.JOBS[name].schedule, (name, expr)

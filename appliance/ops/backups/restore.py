@@ -103,7 +103,7 @@ def restore_plan_text(rt, backup) -> str:
         f"  7. Resume jobs (delete {SUSPEND_KEY}).",
         "",
         f"The previous database is kept as {live}_old_{stamp} until you drop it "
-        f"(DROP DATABASE \"{live}_old_{stamp}\").",
+        f"(appliance kept-databases --drop {live}_old_{stamp} --yes).",
         "Data written after this backup was made is not in it: a backfill after the restore "
         "fetches the missing sessions again.",
     ]
@@ -114,9 +114,10 @@ def restore_plan_text(rt, backup) -> str:
 CANNOT = "Cannot restore:"
 
 
-def _unusable(ref) -> str | None:
-    """Why the archive cannot be restored at all (missing, or not the size its
-    manifest says), from the file alone; None when it looks whole."""
+def _unusable(ref, *, read: bool = True) -> str | None:
+    """Why the archive cannot be restored at all, from the file alone:
+    missing, not the size its manifest says, or (``read``: the whole file is
+    read) not its sha256; None when it is whole."""
     if not ref.archive.exists():
         return f"the archive {ref.archive} is missing"
     want = (ref.manifest.get("archive") or {}).get("size_bytes")
@@ -125,6 +126,11 @@ def _unusable(ref) -> str | None:
         kind = "truncated" if have < want else "longer than it should be"
         return (f"the archive {ref.archive} is {human_bytes(have)} ({have} bytes), its manifest "
                 f"says {want} bytes: {kind}, it cannot be restored")
+    if read:
+        try:
+            verify_archive_file(ref)
+        except CheckFailed as e:
+            return f"the archive {ref.archive} is damaged ({e.reason}); it cannot be restored"
     return None
 
 
@@ -338,6 +344,11 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
     if live_conn is not None:
         live_conn.autocommit = True
     ref = resolve_backup(cfg, backup, live_conn if has_cat else None)
+    if (why := _unusable(ref, read=False)) is not None:  # before any job is suspended
+        if live_conn is not None:
+            live_conn.close()
+        mconn.close()
+        raise BackupError(f"{CANNOT} {why}")
     say(f"restoring {ref.archive} into {live!r}")
     suspended = created = swapped = conns_blocked = False
     try:
