@@ -218,6 +218,8 @@ def reload(ctx):
     process validates it in its own environment first; one refusal and
     nothing changes."""
     from appliance.jobs import reload as reload_mod
+    # this command says which config runs; the runtime's own line is for the services' logs
+    logging.getLogger("appliance.runtime").setLevel(logging.WARNING)
     rt = _runtime(ctx, broken_file_ok=True, announce=False)
     res = reload_mod.reload_config(rt, source="cli", actor=os.environ.get("USER"),
                                    caller_env=os.environ)

@@ -70,12 +70,17 @@ def test_dashboard_shows_cards_badge_and_demo_banner(client, backfilled):
 def test_dashboard_polls_at_the_configured_interval_and_a_reload_changes_it(
         client, runtime, config_factory):
     html = client.get("/dashboard").get_data(as_text=True)
-    assert 'hx-trigger="every 10s"' in html
+    assert 'hx-trigger="every 10s"' in html and "Panels refresh every 10 s" in html
+    poll = re.search(r'id="dash-poll"[^>]*hx-get="([^"]+)"', html).group(1).replace("&amp;", "&")
     config_factory(dashboard={"refresh_seconds": 3})
     from appliance.jobs.reload import reload_config
     assert reload_config(runtime, source="cli")["ok"]
+    # an open dashboard's next poll switches its poller and its header
+    upd = client.get(poll, headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert 'hx-trigger="every 3s"' in upd
+    assert re.search(r'id="dash-refresh" hx-swap-oob="true">Panels refresh every 3 s', upd), upd
     html = client.get("/dashboard").get_data(as_text=True)
-    assert 'hx-trigger="every 3s"' in html
+    assert 'hx-trigger="every 3s"' in html and "Panels refresh every 3 s" in html
 
 
 def test_jobs_page_shows_each_schedules_next_run_and_a_reload_moves_it(client, runtime,

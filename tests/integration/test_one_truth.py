@@ -329,6 +329,7 @@ def test_a_value_in_the_shell_the_processes_lack_is_reported_by_reload_and_diff(
     assert ("warning: APPLIANCE_READ_TOKEN is set in your shell, but the appliance's processes "
             "do not have it and use the default; your shell's value is not used") in res.stderr
     assert res.stderr.rstrip().endswith("then reload again"), res.stderr  # the last line
+    assert "swapped in" not in res.stderr  # the services' log line, not the command's
     assert READ_X not in res.stdout + res.stderr
     assert requests.get(up.base + "/api/v1/symbols", timeout=10).status_code == 200  # still open
 

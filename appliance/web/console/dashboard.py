@@ -98,6 +98,8 @@ def dashboard_update():
     html = [render_template(PANELS[p], oob=True, **data) for p in changed]
     html.append(render_template("partials/dash_poller.html", oob=True,
                                 poll_url=poll_url(digests, refresh), refresh_seconds=refresh))
+    if old_refresh != str(refresh):  # the header says how often, and which provider
+        html.append(render_template("partials/dash_refresh.html", oob=True, **data))
     return "\n".join(html)
 
 
