@@ -80,7 +80,7 @@ def _salvaged_runtime(ctx, path, file_errors, **kw):
     """A Runtime on the servers an invalid file still names, never starting
     one (an invalid file starts nothing); the file's errors and exit 1 when
     none answers."""
-    from appliance.config.loader import salvage_connection_settings
+    from appliance.config.salvage import salvage_connection_settings
     from appliance.runtime import services
     from appliance.runtime.runtime import Runtime
     base = salvage_connection_settings(path)
@@ -100,7 +100,7 @@ def _salvaged_runtime(ctx, path, file_errors, **kw):
 def _running_without(ctx, path, file_errors) -> bool:
     """Whether the appliance runs although ``path`` does not validate (its
     servers found from the file's readable connection settings)."""
-    from appliance.config.loader import salvage_connection_settings
+    from appliance.config.salvage import salvage_connection_settings
     from appliance.runtime import configsync
     from appliance.runtime.runtime import Runtime
     rt = None
@@ -180,3 +180,10 @@ def _say_which_config(ctx, rt, file_cfg, file_errors) -> None:
                    f"config", err=True)
 
 
+def say_notes(diff: dict, warnings: list[str]) -> None:
+    """Beside a diff (stderr): what removing symbols does, then ``warnings``."""
+    if diff.get("symbols_removed"):
+        warnings = [f"symbols removed: {', '.join(diff['symbols_removed'])}: no longer "
+                    f"fetched; their data is kept (add them again to fetch them again)", *warnings]
+    for line in warnings:
+        click.echo(line, err=True)

@@ -18,7 +18,7 @@ import click
 
 from appliance import __version__
 from appliance.cli import progress
-from appliance.cli.commandruntime import _config_path
+from appliance.cli.commandruntime import _config_path, say_notes
 from appliance.cli.commandruntime import command_runtime as _runtime
 from appliance.config.diff import diff_configs
 from appliance.config.loader import load_config
@@ -138,7 +138,7 @@ def _print_diff(ctx, cfg) -> int:
             click.echo("the running appliance would refuse this config", err=True)
             return 1
         click.echo(json.dumps(res["diff"], indent=2, default=str))
-        _say_notes(res["diff"], res.get("warnings", []))
+        say_notes(res["diff"], res.get("warnings", []))
         return 0
     if got is None:
         click.echo("no running config to compare with (the appliance has not run)", err=True)
@@ -149,19 +149,8 @@ def _print_diff(ctx, cfg) -> int:
                f"(version {got[0]})", err=True)
     diff = diff_configs(running, cfg)
     click.echo(json.dumps(diff, indent=2, default=str))
-    _say_notes(diff, [])
+    say_notes(diff, [])
     return 0
-
-
-def _say_notes(diff: dict, warnings: list[str]) -> None:
-    """On stderr, beside a diff: what removing symbols does, and the
-    variables the operator's shell sets that the appliance does not have."""
-    removed = diff.get("symbols_removed") or []
-    if removed:
-        click.echo(f"symbols removed: {', '.join(removed)}: no longer fetched; their data is "
-                   f"kept (add them again to fetch them again)", err=True)
-    for line in warnings:
-        click.echo(line, err=True)
 
 
 @main.group("api-key")
@@ -234,10 +223,9 @@ def reload(ctx):
         click.echo(f"restart required: {', '.join(res['diff']['restart_required'])} keep their "
                    f"old value until the appliance restarts (systemctl restart "
                    f"market-data-api.target, or stop and start appliance up)", err=True)
-    _say_notes(res["diff"], [])
+    say_notes(res["diff"], [])
     click.echo(f"reloaded: config {res['sha256'][:12]} is running (version {res['version']})")
-    for line in res.get("warnings", []):  # last: the line the operator reads
-        click.echo(line, err=True)
+    say_notes({}, res.get("warnings", []))  # last: the line the operator reads
 
 
 # --------------------------------------------------------------------------- database

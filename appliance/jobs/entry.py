@@ -11,7 +11,7 @@ from rq import get_current_job
 
 from appliance import store
 from appliance.alerts import rules as alerts
-from appliance.config.loader import salvage_connection_settings
+from appliance.config.salvage import salvage_connection_settings
 from appliance.core.errors import ConfigError
 from appliance.ingest import chunks
 from appliance.jobs import runs

@@ -21,7 +21,8 @@ from pathlib import Path
 from appliance import store
 from appliance.alerts import rules as alerts
 from appliance.config.diff import diff_configs, diff_is_empty
-from appliance.config.loader import Config, SymbolSpec, load_config, salvage_connection_settings
+from appliance.config.loader import Config, SymbolSpec, load_config
+from appliance.config.salvage import salvage_connection_settings
 from appliance.core.errors import ConfigError
 from appliance.ingest import demodata
 from appliance.jobs.queue import enqueue

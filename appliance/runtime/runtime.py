@@ -28,9 +28,9 @@ from appliance.config.loader import (
     Config,
     default_config_path,
     load_config,
-    salvage_connection_settings,
     with_boot_values,
 )
+from appliance.config.salvage import salvage_connection_settings
 from appliance.core.errors import ConfigError
 from appliance.runtime import replica as replica_mod
 from appliance.runtime import services

@@ -11,6 +11,7 @@ starts them, the others attach.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import psutil
 import psycopg
 import redis
 
@@ -172,7 +174,6 @@ def _starting(data_dir: Path, kind: str):
     it: ``up`` starting one that died and a child process of it restarted at
     that moment would otherwise both start one (two Redis servers on one
     socket, the first one left running unseen)."""
-    import fcntl
     with open(Path(data_dir) / f".{kind}-start.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
@@ -414,7 +415,6 @@ def _dead_pid(pidfile: Path) -> int | None:
     has reaped): a server killed, not stopped, leaves its pid file behind; a
     clean stop removes it. None when there is no pid file or its process
     lives."""
-    import psutil
     try:
         pid = int(pidfile.read_text().split()[0])
     except (OSError, ValueError, IndexError):

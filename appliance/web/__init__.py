@@ -107,7 +107,7 @@ def _open_at_first_request(app: Flask, runtime: Runtime, *, adopt: bool, wait: b
 def _service_runtime(config) -> Runtime:
     import atexit
 
-    from appliance.config.loader import salvage_connection_settings
+    from appliance.config.salvage import salvage_connection_settings
     from appliance.core.errors import ConfigError
     from appliance.runtime import configsync
     from appliance.runtime.runtime import Runtime

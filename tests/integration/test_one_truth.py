@@ -17,7 +17,8 @@ import pytest
 import requests
 import yaml
 
-from appliance.config.loader import appliance_env, load_config, salvage_connection_settings
+from appliance.config.loader import appliance_env, load_config
+from appliance.config.salvage import salvage_connection_settings
 from appliance.runtime.runtime import Runtime
 from tests.security.helpers import csrf_of
 from tests.support import free_port, wait_until

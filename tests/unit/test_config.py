@@ -187,3 +187,17 @@ def test_check_config_uses_appliance_config_when_no_path_is_given():
     r = _cli("check-config", env={"APPLIANCE_CONFIG": str(path)})
     assert r.returncode == 1
     assert f"{path}:" in r.stdout
+
+
+def test_a_file_that_is_not_yaml_still_gives_its_connection_settings(tmp_path):
+    """A broken line elsewhere (an unterminated quote) does not hide where the
+    servers are: each top-level block is read on its own."""
+    from appliance.config.salvage import salvage_connection_settings
+    p = tmp_path / "appliance.yaml"
+    p.write_text("# the servers\ndatabase:\n  url: postgresql://u@db.example:5432/md\n"
+                 "  pool_size: 4\nsymbols:\n  - AAPL\n  - \"MSFT\nredis:\n"
+                 "  url: redis://cache.example:6379\ndata_dir: ../var\n")
+    cfg = salvage_connection_settings(p, env={})
+    assert cfg["database"]["url"] == "postgresql://u@db.example:5432/md"
+    assert cfg["redis"]["url"] == "redis://cache.example:6379"
+    assert cfg["data_dir"] == str(tmp_path.resolve() / "../var")  # beside the file's folder
