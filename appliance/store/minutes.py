@@ -74,8 +74,11 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
                 "SELECT min(session), max(session) FROM minute_stage"))
             if first is not None:
                 ensure_partitions_for(conn, first, last)
+            kept = _keep_richer(cur) if first is not None else []
             if spool is not None:
                 minutecopy.copy_rollups(cur, spool)
+                for sym in {k[0] for k in kept}:  # theirs, from their stored minutes
+                    refresh_rollups_of(conn, [sym], [k[1] for k in kept if k[0] == sym])
             if revisions:
                 if tz is None:
                     raise ValueError("write_days: revisions need the exchange time zone (tz)")
@@ -93,6 +96,35 @@ def write_days(conn: Connection[Any], sessions: Iterable[MinuteSession], *, revi
     finally:
         if spool is not None:
             spool.close()
+
+
+def _keep_richer(cur: Cursor[Any]) -> list[tuple[str, dt.date]]:
+    """Drop from the stage the sessions that say less than the stored ones
+    (``writes._SAYS_LESS`` for minutes: a flat file's session, without vwap,
+    of a session stored from the REST API with it): every bar's open, high,
+    low, close and volume the same, and a vwap or trade count only the stored
+    one has. Returns their (symbol, session): they stay as stored."""
+    return cur.execute(f"""
+        WITH k AS (SELECT b.symbol, b.session FROM minute_bars b
+                   JOIN minute_stage s ON s.symbol = b.symbol AND s.session = b.session),
+        o AS (SELECT b.symbol, b.session, u.m, {_decoded()} FROM minute_bars b
+              JOIN k ON k.symbol = b.symbol AND k.session = b.session {_UNNEST}),
+        n AS (SELECT b.symbol, b.session, u.m, {_decoded()} FROM minute_stage b
+              JOIN k ON k.symbol = b.symbol AND k.session = b.session {_UNNEST}),
+        j AS (SELECT coalesce(o.symbol, n.symbol) AS symbol,
+                     coalesce(o.session, n.session) AS session,
+                     (o.open, o.high, o.low, o.close, o.volume)
+                       IS DISTINCT FROM (n.open, n.high, n.low, n.close, n.volume) AS differs,
+                     o.vwap IS NOT NULL AS ov, n.vwap IS NOT NULL AS nv,
+                     o.trades IS NOT NULL AS ot, n.trades IS NOT NULL AS nt
+              FROM o FULL JOIN n ON o.symbol = n.symbol AND o.session = n.session
+                                AND o.m = n.m),
+        keep AS (SELECT symbol, session FROM j GROUP BY 1, 2
+                 HAVING NOT bool_or(differs) AND ((bool_or(ov) AND NOT bool_or(nv))
+                                                  OR (bool_or(ot) AND NOT bool_or(nt))))
+        DELETE FROM minute_stage s USING keep
+        WHERE s.symbol = keep.symbol AND s.session = keep.session
+        RETURNING s.symbol, s.session""").fetchall()
 
 
 def _record_revisions(cur: Cursor[Any], run_id: int | None, tz: str) -> int:

@@ -27,6 +27,15 @@ _DIRECT_COLS = ("symbol", "timeframe", "ts", "open", "high", "low", "close", "vo
 _VALUE_COLS = ("open", "high", "low", "close", "volume", "vwap", "trades", "source", "validated",
                "quality_score", "issues", "gap_detected", "gap_kind", "gap_pct")
 _PRICE_COLS = ("open", "high", "low", "close", "volume", "vwap", "trades")
+#: A new row that says less of the same bar than the stored one (a vendor's
+#: flat file has no vwap; the REST bar stored before has it): the same open,
+#: high, low, close and volume, without a vwap or trade count the stored row
+#: has. It is not written: the stored row stays, and nothing was revised.
+_SAYS_LESS = ("((market_data.open, market_data.high, market_data.low, market_data.close, "
+              "market_data.volume) IS NOT DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, "
+              "EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume) "
+              "AND ((EXCLUDED.vwap IS NULL AND market_data.vwap IS NOT NULL) "
+              "OR (EXCLUDED.trades IS NULL AND market_data.trades IS NOT NULL)))")
 
 
 
@@ -156,7 +165,8 @@ def upsert_bars(conn: Connection[Any], payload: bytes, *, symbol: str | None, fi
                  {', '.join(f'{c} = EXCLUDED.{c}' for c in _VALUE_COLS)},
                  ingested_at = now()
                WHERE ({', '.join('market_data.' + c for c in _VALUE_COLS)})
-                     IS DISTINCT FROM ({', '.join('EXCLUDED.' + c for c in _VALUE_COLS)})""",
+                     IS DISTINCT FROM ({', '.join('EXCLUDED.' + c for c in _VALUE_COLS)})
+                 AND NOT {_SAYS_LESS}""",
             {"tf": timeframe, "tz": tz})
         affected = cur.rowcount
     inserted = n_stage - existing

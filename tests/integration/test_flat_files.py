@@ -200,6 +200,28 @@ def test_a_republished_daily_file_records_the_one_changed_bar_as_a_revision(flat
     assert _file_row(rt, "1d", DAY)[0] == info2.etag
 
 
+def test_a_file_bar_without_the_vwap_a_stored_rest_bar_has_leaves_it_as_it_is(flat):
+    """A day's file read while REST bars of it are stored (OPERATIONS.md,
+    "Load the whole market"): the same prices and volume without a vwap do
+    not erase the stored vwap; a bar the file changes is replaced and revised."""
+    make, endpoint, bucket = flat
+    rt, ff = make()
+    ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1d", DAY, _csv(_daily_rows())))
+    with rt.conn() as conn:  # as the REST API stored it: with the vendor's vwap
+        conn.execute("""UPDATE market_data SET vwap = 170.9876, source = 'polygon'
+                        WHERE symbol IN ('AAPL', 'MSFT') AND timeframe = '1d'""")
+    before = _market_rows(rt, DAY)
+    rows = _daily_rows()
+    rows[1]["close"] = 401.75  # MSFT revised by the vendor
+    res = ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1d", DAY, _csv(rows)))
+    assert res["revised"] == 1
+    after = _market_rows(rt, DAY)
+    assert after["AAPL"] == before["AAPL"]  # vwap 170.9876, source polygon: kept
+    assert after["AAPL"][5] == 170.9876 and after["AAPL"][7] == "polygon"
+    assert after["MSFT"][3] == 401.75 and after["MSFT"][5] is None  # the file's bar
+    assert after["MSFT"][7] == "polygon-flatfile"
+
+
 # --------------------------------------------------------------------------- minutes
 
 @pytest.mark.parametrize("session", ["extended", "regular"])
@@ -263,6 +285,48 @@ def test_a_minute_file_replaces_a_session_stored_before_and_copies_the_rest(flat
                                  AND timeframe = '4h' AND session = %s""", (DAY,)).fetchone()
     assert sources == {"AAPL": "polygon-flatfile", "THIN": "polygon-flatfile"}
     assert rolled == (1,)
+
+
+def test_a_minute_file_session_without_the_vwap_of_a_stored_one_leaves_it_as_it_is(flat):
+    """The same minutes, prices and volumes as a session REST stored with its
+    vwap: the file's session (no vwap) is not written over it, nor its
+    rollups; a session the file changes is replaced."""
+    make, endpoint, bucket = flat
+    rt, ff = make()
+    rows = _minute_rows()
+    midnight = tcal.local_midnight_epoch(DAY)
+    mine = [r for r in rows if r["ticker"] == "AAPL"]
+    minutes = np.array([(r["window_start"] // 10**9 - midnight) // 60 for r in mine])
+    col = {k: np.array([r[k] for r in mine]) for k in ("open", "high", "low", "close", "volume")}
+    stored = mstore.MinuteSession("AAPL", DAY, minutes, col["open"], col["high"], col["low"],
+                                  col["close"], col["volume"], np.round(col["close"] + 0.0012, 4),
+                                  np.array([r["transactions"] for r in mine], dtype=np.int64),
+                                  [], "polygon")
+    thin = [r for r in rows if r["ticker"] == "THIN"]
+    n = len(thin)
+    other = mstore.MinuteSession(
+        "THIN", DAY, np.array([(r["window_start"] // 10**9 - midnight) // 60 for r in thin]),
+        *(np.full(n, 9.5),) * 4, np.full(n, 100.0), np.full(n, 9.51),
+        np.full(n, 1, dtype=np.int64), [], "polygon")
+    with rt.conn() as conn:
+        mstore.ensure_partitions_for(conn, DAY, DAY)
+        mstore.write_days(conn, [stored, other], rollups=True)
+        before = mstore.day_bars(conn, "AAPL", "1m", DAY, tz="America/New_York")
+        rolled = conn.execute("""SELECT vwap FROM rollup_bars WHERE symbol = 'AAPL'
+                                 AND timeframe = '1h' AND session = %s""", (DAY,)).fetchone()
+    assert all(b["vwap"] is not None for b in before.values())
+    res = ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1m", DAY, _csv(rows)))
+    assert res["files"] == 1 and res["revised"] == 0
+    with rt.conn() as conn:
+        assert mstore.day_bars(conn, "AAPL", "1m", DAY, tz="America/New_York") == before
+        sources = dict(conn.execute("SELECT symbol, source FROM minute_bars").fetchall())
+        # recomputed from the stored minutes (in SQL: the same sums in another order)
+        assert conn.execute("""SELECT vwap FROM rollup_bars WHERE symbol = 'AAPL'
+                               AND timeframe = '1h' AND session = %s""", (DAY,)).fetchone()[0] \
+            == pytest.approx(rolled[0], rel=1e-12)
+        thin_now = mstore.day_bars(conn, "THIN", "1m", DAY, tz="America/New_York")
+    assert sources == {"AAPL": "polygon", "THIN": "polygon-flatfile"}
+    assert {b["close"] for b in thin_now.values()} == {r["close"] for r in thin}  # replaced
 
 
 def test_a_minute_file_of_2003_creates_the_partition_of_its_year(flat):
