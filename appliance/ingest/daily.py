@@ -141,9 +141,14 @@ def unknown_among(rt, symbols) -> list[str]:
 def expected_from(conn, cfg, symbol: str) -> dt.date | None:
     """Where completeness counts from: the configured start until the vendor
     has been asked from there; after that the first stored bar (the vendor
-    had nothing earlier, so that is the listing date)."""
+    had nothing earlier, so that is the listing date). A symbol not in
+    ``symbols:`` (one of the universe, from the whole-market files, or one
+    removed) counts from its first stored bar: a day's file holds every
+    ticker that traded, so one listed later is absent before, not missing."""
     specs = {s.symbol: s.since for s in cfg.symbols}
-    since = specs.get(symbol) or cfg.history_start("1d")
+    if symbol not in specs:
+        return None
+    since = specs[symbol] or cfg.history_start("1d")
     _first, asked_from = store.history_coverage(conn, symbol)
     return since if asked_from is None or asked_from > since else None
 

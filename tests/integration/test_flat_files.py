@@ -222,6 +222,25 @@ def test_a_file_bar_without_the_vwap_a_stored_rest_bar_has_leaves_it_as_it_is(fl
     assert after["MSFT"][7] == "polygon-flatfile"
 
 
+def test_a_ticker_listed_after_the_first_file_counts_its_sessions_from_its_first_bar(flat):
+    """README, "Data quality": completeness counts from the symbol's first
+    bar; a universe ticker absent from the first day's file was not listed
+    yet, so it has no missing session and no gap before it."""
+    from appliance.ingest import daily
+    make, endpoint, bucket = flat
+    rt, ff = make()
+    first = [r for r in _daily_rows(DAY) if r["ticker"] != "BRK.B"]
+    ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1d", DAY, _csv(first)))
+    ingest.ingest(rt.conn, rt.config, ff, _put(endpoint, bucket, "1d", DAY2,
+                                                _csv(_daily_rows(DAY2))))
+    with rt.conn() as conn:
+        stats = daily.refresh_stats(conn, rt.config, "BRK.B")
+        missing = conn.execute("SELECT count(*) FROM missing_sessions WHERE symbol = 'BRK.B'"
+                               ).fetchone()[0]
+    assert stats is not None and stats["completeness"] == 1.0, stats
+    assert missing == 0
+
+
 # --------------------------------------------------------------------------- minutes
 
 @pytest.mark.parametrize("session", ["extended", "regular"])
