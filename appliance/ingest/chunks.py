@@ -29,6 +29,8 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
+from rq.job import Job
+
 from appliance import store
 from appliance.core import calendar as tcal
 from appliance.core.errors import ProviderAuthError, ProviderError
@@ -84,9 +86,9 @@ def run_parent(rt, cfg, plan, run_id: int, report, windows=(), files=(),
     with rt.conn() as conn:
         total = chunk_store.create_fanout(conn, run_id, me(), chunks)
         pending = chunk_store.chunk_ids(conn, run_id)
-    if enqueue:
-        _enqueue(rt, cfg, run_id, pending)
-    log.info("backfill run %s: %d chunk(s) for %d worker(s)", run_id, total, len(pending))
+    queued = _enqueue(rt, cfg, run_id, pending) if enqueue else []
+    log.info("backfill run %s: %d chunk(s), %d queued for the other workers", run_id, total,
+             len(queued))
     t0 = time.monotonic()
     lim = _limits(cfg)
     while True:
@@ -98,23 +100,44 @@ def run_parent(rt, cfg, plan, run_id: int, report, windows=(), files=(),
         if c["done"] + c["failed"] >= c["total"]:
             res = finish(rt, run_id)
             if res is not None:
+                _unqueue(rt, run_id, queued)
                 return res
         if not did:
             time.sleep(WAIT_S)
 
 
-def _enqueue(rt, cfg, run_id: int, chunk_ids: list[int]) -> None:
-    """One RQ job per chunk, for the other workers; Redis away: this process
-    does them all."""
+def _unqueue(rt, run_id: int, job_ids: list[str]) -> None:
+    """The run's chunk jobs no worker took (this process did their chunks)
+    out of the queue: each would only find its chunk done, and the jobs
+    queued behind them (the alerts every minute) would wait for them all."""
+    if not job_ids:
+        return
+    try:
+        q = queue(rt)
+        pipe = rt.redis.pipeline()
+        for jid in job_ids:
+            q.remove(jid, pipeline=pipe)
+            pipe.delete(Job.key_for(jid))
+        pipe.execute()
+    except Exception as e:  # noqa: BLE001 - they run as no-ops then
+        log.warning("backfill run %s: its leftover chunk jobs stay queued (%s)", run_id, e)
+
+
+def _enqueue(rt, cfg, run_id: int, chunk_ids: list[int]) -> list[str]:
+    """One RQ job per chunk, for the other workers (their ids); Redis away:
+    this process does them all."""
+    ids: list[str] = []
     try:
         q = queue(rt)
         for cid in chunk_ids:
-            q.enqueue(CHUNK_FUNC, run_id, cid, job_timeout=cfg["jobs"]["timeout_seconds"],
-                      result_ttl=RESULT_TTL // 24, failure_ttl=FAILURE_TTL,
-                      description=f"backfill run {run_id} chunk {cid}")
+            job = q.enqueue(CHUNK_FUNC, run_id, cid, job_timeout=cfg["jobs"]["timeout_seconds"],
+                            result_ttl=RESULT_TTL // 24, failure_ttl=FAILURE_TTL,
+                            description=f"backfill run {run_id} chunk {cid}")
+            ids.append(job.id)
     except Exception as e:  # noqa: BLE001
         log.warning("backfill run %s: chunks not queued for other workers (%s); this worker "
                     "does them", run_id, e)
+    return ids
 
 
 def _progress(rt, run_id: int, report, t0: float, c: dict | None = None) -> None:

@@ -86,6 +86,15 @@ def test_minute_backfill_stores_the_vendor_exactly_and_rolls_up_like_it(
             assert m["requests_planned"] == m["months_done"] == 2 * len(SYMS)
             assert res["chunks"] == 3 * len(SYMS) and m["bars"] == sum(
                 len(truth.minutes[s]) for s in SYMS)
+            # no worker took a chunk (this process did them all): none is left
+            # queued for a worker to find done while later jobs wait behind it
+            from appliance.jobs.queue import queue
+            with rt.conn() as conn:
+                run_id = conn.execute("SELECT max(id) FROM job_runs WHERE job = 'backfill'"
+                                      ).fetchone()[0]
+            left = [j.description for j in queue(rt).jobs
+                    if (j.description or "").startswith(f"backfill run {run_id} chunk")]
+            assert left == [], left[:3]
             assert fake.count("/v2/aggs/ticker/AAPL/range/1/minute") == 2
             for sym in SYMS:
                 want = truth.minutes[sym].to_candles()
