@@ -20,6 +20,15 @@ from typing import Any
 import psycopg
 from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
+
+# A pool that lost its server tries to connect again after 1 s, then 2, 4,
+# 8, 16 s...: a database back after a 10 s outage was reached only at the
+# 15 s attempt, reads refused for 5 s more (and after a minute's outage, up to
+# a minute more). psycopg_pool has no setting for it; its attempts' delays are
+# these class constants: one attempt a second (a refused connection costs the
+# server nothing; ``reconnect_timeout`` still ends a pool's attempt).
+AttemptWithBackoff.DELAY_BACKOFF = 1.0
 
 log = logging.getLogger("appliance.db")
 

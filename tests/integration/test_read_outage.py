@@ -149,10 +149,13 @@ def test_reads_are_refused_at_once_while_the_database_is_unreachable(forwarded, 
     status, _, took = _timed_get(client, url, admin_headers)
     assert status == 503 and took < 1.0, took
 
-    # back: the pool's own retries or the next probe reconnect, and reads answer
+    # back after some 10 s: the pool tries to connect every second (not 1, 2,
+    # 4, 8, 16 s after the cut: its next try would be 5 s away), and reads answer
     fwd.open()
+    back = time.monotonic()
     wait_until(lambda: client.get(url, headers=admin_headers).status_code == 200, 30,
-               "reads to answer once the database is reachable again")
+               "reads to answer once the database is reachable again", 0.1)
+    assert time.monotonic() - back < 3.5, time.monotonic() - back
     assert rt._outage.since is None
     assert client.get(url, headers=admin_headers).status_code == 200
 
