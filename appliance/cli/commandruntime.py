@@ -131,8 +131,8 @@ def _start_service(ctx, rt, role: str, file_cfg, file_errors) -> None:
     try:
         how = configsync.start_service(rt, file_cfg,
                                        join=os.environ.get("APPLIANCE_JOIN") == "1")
-    except ConfigError:
-        for line in file_errors:
+    except ConfigError as e:
+        for line in dict.fromkeys([*e.errors, *file_errors]):
             click.echo(line, err=True)
         ctx.exit(1)
     log.info("%s %s config %s (version %d)", role, "joined the running appliance with" if

@@ -301,7 +301,11 @@ class Runtime:
     def adopt_running_config(self) -> None:
         """Take the running config (a process joining the running appliance):
         the one last accepted, with the restart-only keys at the values the
-        appliance started with."""
+        appliance started with. Raises ConfigError when it does not validate
+        here (an environment that lost a variable since): the process must
+        not go on with the config it was made with (a broken file's
+        defaults: other symbols, a relative backup path, reads without a
+        token)."""
         try:
             self._maybe_swap(force=True)
         except redis.RedisError as e:
@@ -371,6 +375,10 @@ class Runtime:
             try:
                 cfg = load_config(self._config.path, text=got[1])
             except ConfigError as e:  # every process accepted it; only a changed env gets here
+                if force:  # joining: what this process has is no config of the appliance's
+                    raise ConfigError([f"the running config (version {v}) does not validate "
+                                       f"in this process's environment: {err}"
+                                       for err in e.errors]) from None
                 log.error("running config from Redis no longer validates here; keeping "
                           "version %d: %s", self._config_version, e)
                 self._config_version = v

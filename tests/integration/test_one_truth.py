@@ -356,6 +356,33 @@ def test_a_value_in_the_shell_the_processes_lack_is_reported_by_reload_and_diff(
     assert "symbols removed: MSFT: no longer fetched; their data is kept" in res.stderr
 
 
+def test_a_process_whose_environment_lost_a_variable_does_not_run_on_defaults(appliance,
+                                                                              tmp_path):
+    """appliance.env loses a variable the running config needs: a process
+    started then (a worker, a command) refuses with the variable's name
+    instead of running on the broken file's defaults (the default symbols,
+    a relative backup path, reads without a token)."""
+    (tmp_path / "appliance.env").write_text(f"APPLIANCE_READ_TOKEN={READ_Y}\n")
+    up = appliance(server={"read_token": "${APPLIANCE_READ_TOKEN}"})
+    assert requests.get(up.base + "/api/v1/symbols", timeout=10).status_code == 401
+    (tmp_path / "appliance.env").write_text("# the line was lost\n")
+    for args in (("worker", "--burst"), ("backfill", "--enqueue")):
+        res = _cli(up.path, *args, timeout=60)
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        assert "does not validate in this process's environment" in res.stderr, res.stderr
+        assert "APPLIANCE_READ_TOKEN" in res.stderr
+        assert "joined the running appliance" not in res.stderr
+    rt = _runtime(up.path)
+    try:
+        with rt.conn() as c:
+            assert c.execute("SELECT count(*) FROM job_runs WHERE job = 'backfill'"
+                             ).fetchone()[0] == 0  # nothing queued on other settings
+    finally:
+        rt.close()
+    # the processes already running keep the config they validated
+    assert requests.get(up.base + "/api/v1/symbols", timeout=10).status_code == 401
+
+
 def test_a_reload_of_a_file_that_is_not_yaml_names_the_line_while_the_appliance_runs(appliance):
     up = appliance()
     good = up.path.read_text()
