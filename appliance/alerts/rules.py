@@ -290,13 +290,16 @@ RULES: list[Rule] = [
     Rule("scheduler_stopped", "critical", 120, "Scheduler stopped",
          "1. 'systemctl status appliance-scheduler' (or 'appliance status'). 2. "
          "'journalctl -u appliance-scheduler -n 50'. 3. 'systemctl restart appliance-scheduler'"
-         " (everything: 'systemctl restart market-data-api.target'). 4. Verify: "
-         "'appliance status' shows Scheduler running. 5. Still failing: check PostgreSQL and "
-         "Redis ('appliance status').", _scheduler),
+         " (everything: 'systemctl restart market-data-api.target'); under 'make up': stop "
+         "it (Ctrl-C) and start it again. 4. Verify: 'appliance status' shows Scheduler "
+         "running. 5. Still failing: check PostgreSQL and Redis ('appliance status').",
+         _scheduler),
     Rule("worker_down", "critical", 120, "No worker alive",
          "Jobs are queued but nothing runs them. 1. \"systemctl status 'appliance-worker@*'\". "
          "2. \"journalctl -u 'appliance-worker@*' -n 50\". 3. 'systemctl restart "
-         "market-data-api.target'. 4. Verify: 'appliance status' shows worker alive.", _worker),
+         "market-data-api.target'; under 'make up': stop it (Ctrl-C) and start it again, or "
+         "start one more beside it with 'appliance worker'. 4. Verify: 'appliance status' "
+         "shows worker alive.", _worker),
     Rule("job_failing", "warning", 0, "Jobs failing repeatedly",
          "1. Console Jobs: each failed run shows its error and progress. 2. Console Events "
          "for the same period. 3. Fix the cause, then Run now from the console.",

@@ -91,6 +91,8 @@ GAP_SPLIT = "split"
 GAP_JUMP = "jump"
 GAP_DIVIDEND = "dividend"
 GAP_MISSING = "missing"
+#: every kind a gap has (the API's and the console's ``kind`` filter)
+GAP_KINDS = (GAP_SPLIT, GAP_DIVIDEND, GAP_JUMP, GAP_MISSING)
 
 
 def _score_table() -> np.ndarray:

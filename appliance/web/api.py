@@ -22,6 +22,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from appliance import store
 from appliance.alerts import health as health_mod
+from appliance.core.quality import GAP_KINDS
 from appliance.jobs import reload as reload_mod
 from appliance.jobs import runs
 from appliance.jobs.queue import enqueue
@@ -315,9 +316,9 @@ def gaps():
     args = query_args({"symbol", "kind", "since", "until", "limit"})
     sym = symbol_arg(args["symbol"]) if "symbol" in args else None
     kind = args.get("kind")
-    if kind not in (None, "split", "dividend", "jump", "missing"):
-        raise BadRequest(f"kind={kind[:40]!r} must be split, dividend, jump or missing",
-                         "bad_kind")
+    if kind is not None and kind not in GAP_KINDS:
+        raise BadRequest(f"kind={kind[:40]!r} must be {', '.join(GAP_KINDS[:-1])} or "
+                         f"{GAP_KINDS[-1]}", "bad_kind")
     since = date_arg(args, "since", None)
     until = date_arg(args, "until", None)
     if since and until and since > until:

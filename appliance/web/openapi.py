@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from appliance import __version__ as APP_VERSION
 from appliance.config.loader import SYMBOL_RE
-from appliance.core import timeframes
+from appliance.core import quality, timeframes
 from appliance.jobs.registry import JOB_NAMES
 from appliance.web import openapi_columnar, openapi_dividends
 
@@ -292,7 +292,7 @@ def _market_schemas() -> dict:
 def _schemas() -> dict:
     gap = _obj({
         "symbol": STR, "session": DATE,
-        "kind": {"type": "string", "enum": ["split", "dividend", "jump", "missing"]},
+        "kind": {"type": "string", "enum": list(quality.GAP_KINDS)},
         "timeframe": {"type": "string", "enum": ["1d", "1m"],
                       "description": "1m: a session without any minute bar."},
         "jump_pct": _n(NUM), "open": _n(NUM), "close": _n(NUM),

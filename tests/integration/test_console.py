@@ -501,6 +501,11 @@ def test_gaps_page_filters_by_kind_and_shows_the_explaining_split(client, runtim
     assert "unexplained" in html
     part = client.get("/gaps?kind=missing", headers={**HX, "HX-Target": "gaps-table"})
     assert "<nav" not in part.get_data(as_text=True)
+    # the dividend kind too, as the API has it: filtered, not all rows
+    html = client.get("/gaps?kind=dividend").get_data(as_text=True)
+    assert '<option value="dividend" selected>' in html
+    assert re.search(r"0 split · \d+ dividend · 0 jump", html), html[:2000]
+    assert "explained by the split" not in html
 
 
 def test_events_page_filters_by_level_kind_and_text(client, runtime):

@@ -227,7 +227,11 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
             try:
                 with rt.conn() as conn:
                     sev = "critical" if getattr(e, "permanent", False) else "warning"
-                    alerts.open_now(conn, ALERT_KEY, sev, f"backup failed: {msg}",
+                    alerts.open_now(conn, ALERT_KEY, sev,
+                                    f"backup failed: {msg}. Response: 1. Fix what the message "
+                                    f"names (the drive mounted, free space, backup.path). 2. "
+                                    f"'appliance backup' (or Back up now in the console); "
+                                    f"the alert resolves with the next good backup.",
                                     {"path": str(backup_dir(cfg))})
             except Exception:  # the database may be what failed
                 log.exception("could not open the backup alert")

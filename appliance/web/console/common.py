@@ -43,7 +43,6 @@ log = logging.getLogger("appliance.console")
 
 SORT_KEYS = ("symbol", "first_session", "last_session", "records", "completeness",
              "quality_score", "gaps", "missing_sessions", "last_update")
-GAP_KINDS = ("split", "jump", "missing")
 EVENT_LEVELS = ("debug", "info", "warning", "error")
 FINISHED = ("ok", "partial", "failed")
 

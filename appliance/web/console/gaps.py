@@ -7,8 +7,9 @@ from flask import Blueprint, request
 
 from appliance import store
 from appliance.config.loader import SYMBOL_RE
+from appliance.core.quality import GAP_KINDS
 from appliance.web.bars import exchange_tz
-from appliance.web.console.common import GAP_KINDS, _date_arg, _float_arg, page, rt
+from appliance.web.console.common import _date_arg, _float_arg, page, rt
 
 log = logging.getLogger("appliance.console")
 
