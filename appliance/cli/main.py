@@ -306,6 +306,10 @@ def backfill(ctx, symbols, start, end, enqueue, show_plan):
     if start and end and start > end:
         _fail("--start is after --end", 2)
     rt = _runtime(ctx, migrate=True)
+    extra = sorted(set(symbols) - {s.symbol for s in rt.config.symbols})
+    if extra:  # a typo, or on purpose: fetched now, never again by the schedule
+        click.echo(f"warning: {', '.join(extra)} not in symbols: of {_config_path(ctx)}: "
+                   f"fetched this once, not kept up to date", err=True)
     params = {"symbols": list(symbols) or None, "start": start.isoformat() if start else None,
               "end": end.isoformat() if end else None}
     if show_plan:

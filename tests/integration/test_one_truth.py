@@ -460,3 +460,14 @@ def test_a_job_that_cannot_load_its_config_is_recorded_failed_with_an_alert(conf
                                 AND status = 'open'""").fetchone()[0] == 0
     finally:
         rt.close()
+
+
+def test_a_backfill_of_a_symbol_not_configured_says_it_is_fetched_once(config_factory, runtime):
+    """A typo (ZZZZ for ZZZ) or a one-off: the backfill runs, and says that
+    the schedule will not keep that symbol up to date."""
+    path = config_factory()
+    res = _cli(path, "backfill", "ZZZZ", "AAPL", "--enqueue")
+    assert res.returncode == 0, res.stderr
+    assert "warning: ZZZZ not in symbols: of" in res.stderr, res.stderr
+    assert "fetched this once, not kept up to date" in res.stderr
+    assert "AAPL" not in res.stderr.split("warning:", 1)[1].split("\n", 1)[0]
