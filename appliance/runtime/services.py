@@ -65,7 +65,12 @@ class Endpoints:
 
 
 def resolve(cfg, *, start: bool = True) -> Endpoints:
-    """The URLs to use; starts (or attaches to) embedded servers when a URL is empty."""
+    """The URLs to use; starts (or attaches to) embedded servers when a URL is
+    empty. A process ``appliance up`` started (``APPLIANCE_JOIN``) only
+    attaches: ``up`` owns the embedded servers and starts again one that died;
+    one stopped on purpose is not started behind its back by a child that
+    happens to restart."""
+    start = start and os.environ.get("APPLIANCE_JOIN") != "1"
     db_url = cfg["database"]["url"]
     rd_url = cfg["redis"]["url"]
     data_dir = Path(cfg["data_dir"])

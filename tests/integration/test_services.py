@@ -200,13 +200,21 @@ def test_up_starts_again_an_embedded_server_that_was_killed_but_not_one_stopped(
         assert [e.split(";")[0] for e in events] == ["embedded PostgreSQL had died",
                                                     "embedded Redis had died"], events
 
-        # stopped on purpose (its pid file removed): left stopped
+        # stopped on purpose (its pid file removed): left stopped, by up and by
+        # its children (a worker restarted meanwhile attaches, never starts one)
+        import psutil
         services.stop_embedded_redis(var)
         redis_url = f"unix://{var}/redis/redis.sock"
         assert not services._redis_alive(redis_url), log_file.read_text()[-3000:]
+        worker = next(c for c in psutil.Process(proc.pid).children()
+                      if " worker" in " ".join(c.cmdline()))
+        restarts = log_file.read_text().count("restarted worker")
+        worker.kill()
+        wait_until(lambda: log_file.read_text().count("restarted worker") > restarts, 30,
+                   "up to restart the worker", 0.2)
         import time
         time.sleep(3 * WATCH_S)
-        assert not services._redis_alive(redis_url)
+        assert not services._redis_alive(redis_url), log_file.read_text()[-3000:]
         assert log_file.read_text().count("embedded Redis started again") == 1
     finally:
         proc.send_signal(signal.SIGTERM)
