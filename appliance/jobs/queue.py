@@ -4,6 +4,7 @@ from __future__ import annotations
 from rq import Queue, Retry
 
 from appliance.jobs import runs
+from appliance.jobs.registry import JOBS
 
 QUEUE_NAME = "appliance"
 #: what RQ runs for every job, scheduled or manual
@@ -17,6 +18,11 @@ def retry(cfg) -> Retry | None:
     """RQ's retry policy for a run under ``cfg`` (``jobs.retries``, ``jobs.retry_interval_seconds``)."""
     retries = cfg["jobs"]["retries"]
     return Retry(max=retries, interval=cfg["jobs"]["retry_interval_seconds"]) if retries else None
+
+
+def first_in_queue(job: str) -> bool:
+    """Whether ``job`` goes to the head of the queue (``registry.Job.first``)."""
+    return job in JOBS and JOBS[job].first
 
 
 def queue(rt) -> Queue:
@@ -40,7 +46,7 @@ def enqueue(rt, job: str, params: dict | None = None, *, trigger: str = "manual"
                            job_timeout=cfg["jobs"]["timeout_seconds"],
                            retry=retry(cfg),
                            result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                           description=f"{job} ({trigger})")
+                           description=f"{job} ({trigger})", at_front=first_in_queue(job))
     except Exception as e:
         # nothing will ever run it (Redis unreachable): the run must not stay 'queued'
         with rt.conn() as conn:

@@ -43,6 +43,10 @@ class Job:
     description: str
     #: ``"module:TypedDict"``: the shape of the function's result
     result: str
+    #: put at the head of the queue, before the jobs already waiting: short,
+    #: time-bound work (the alert rules, the disk check) that a long
+    #: backfill's queued chunks must not hold back for hours
+    first: bool = False
 
 
 #: name -> Job, in the order the console and the docs list them
@@ -64,13 +68,13 @@ JOBS: dict[str, Job] = {j.name: j for j in (
         "appliance.ops.maintenance:MaintenanceResult"),
     Job("disk_check", "appliance.alerts.rules:disk_check", "0 * * * *",
         "free space on the data directory and the backup path",
-        "appliance.alerts.rules:DiskCheckResult"),
+        "appliance.alerts.rules:DiskCheckResult", first=True),
     Job("retention", "appliance.ops.retention:prune_history", "30 1 * * *",
         "delete old job history, events and resolved alerts",
         "appliance.ops.retention:RetentionResult"),
     Job("alerts", "appliance.alerts.rules:evaluate_job", "* * * * *",
         "evaluate every alert rule",
-        "appliance.alerts.rules:AlertsResult"),
+        "appliance.alerts.rules:AlertsResult", first=True),
     Job("performance_review", "appliance.ops.performance:review", "0 7 1 */3 *",
         "database size and growth, slowest queries, table and index sizes",
         "appliance.ops.performance:PerformanceResult"),

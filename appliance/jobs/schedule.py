@@ -41,7 +41,15 @@ from rq_scheduler.utils import to_unix
 from appliance import store
 from appliance.alerts.rules import start_watchdog
 from appliance.jobs import runs
-from appliance.jobs.queue import FAILURE_TTL, QUEUE_NAME, RESULT_TTL, RUN_FUNC, enqueue, retry
+from appliance.jobs.queue import (
+    FAILURE_TTL,
+    QUEUE_NAME,
+    RESULT_TTL,
+    RUN_FUNC,
+    enqueue,
+    first_in_queue,
+    retry,
+)
 from appliance.jobs.registry import JOBS
 from appliance.runtime.runtime import K_CONFIG_VERSION, K_HEARTBEAT
 
@@ -190,7 +198,8 @@ class UTCScheduler(Scheduler):
                             unique=True, job_timeout=timeout,
                             retry=retry(cfg) if cfg else None,
                             result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                            description=f"{name} (scheduled {slot})")
+                            description=f"{name} (scheduled {slot})",
+                            at_front=first_in_queue(name))
         except DuplicateJobError:
             log.info("%s slot %s was already enqueued (another scheduler?)", name, slot)
             return None

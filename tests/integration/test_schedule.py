@@ -170,6 +170,35 @@ def test_a_changed_schedule_is_re_registered_on_the_next_tick_after_a_reload(con
         rt.close()
 
 
+def test_the_alert_rules_and_the_disk_check_go_ahead_of_the_work_already_queued(config_factory):
+    """A long backfill's chunk jobs fill the queue; the every-minute alert
+    rules and the hourly disk check must not wait behind all of them."""
+    from appliance.jobs import queue as jq
+    path = config_factory(schedules={**QUIET, "alerts": "* * * * *", "disk_check": "0 * * * *",
+                                     "backfill": "0 2 * * *"})
+    rt = _rt(path)
+    q = Queue("appliance", connection=rt.redis)
+    waiting = [q.enqueue("appliance.jobs.entry.run_chunk", 1, i, description=f"chunk {i}").id
+               for i in range(25)]
+    clock = Clock(dt.datetime(2026, 11, 28, 1, 59, 30, tzinfo=UTC))
+    proc = schedule.SchedulerProcess(rt, clock=clock)
+    proc.start(now=clock.t)
+    clock.t = dt.datetime(2026, 11, 28, 2, 0, 1, tzinfo=UTC)
+    fired = {j.args[0]: j.id for j in proc.tick()}
+    assert set(fired) == {"alerts", "disk_check", "backfill"}, fired
+    ids = q.job_ids
+    assert set(ids[:2]) == {fired["alerts"], fired["disk_check"]}, ids[:3]
+    assert ids[2:27] == waiting and ids[27] == fired["backfill"]
+    # and so does a run asked for by hand, where any other job queues last
+    first = jq.enqueue(rt, "alerts")
+    last = jq.enqueue(rt, "retention")
+    with rt.conn() as conn:
+        first_rq, last_rq = (runs.get(conn, r)["rq_job_id"] for r in (first, last))
+    assert q.job_ids[0] == first_rq and q.job_ids[-1] == last_rq
+    proc.shutdown()
+    rt.close()
+
+
 def test_an_unscheduled_or_unknown_job_is_not_registered_and_a_removed_one_is_cancelled(
         config_factory, monkeypatch):
     from appliance.jobs import registry
