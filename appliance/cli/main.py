@@ -182,6 +182,9 @@ def api_key_new(name, scopes, requests_per_minute):
     click.echo(f"API key for {name} (shown only now; give it to the client):\n\n  {key}\n")
     click.echo("Paste under server.api_keys in appliance.yaml, then run 'appliance reload':\n")
     click.echo("server:\n  api_keys:\n" + entry)
+    if "export" in scopes and "read" not in scopes:
+        click.echo("\nnote: export without read: wherever reading needs a credential, the "
+                   "bulk endpoint refuses this key (401); add --scope read", err=True)
 
 
 @main.command()

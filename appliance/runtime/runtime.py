@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool
 from appliance.config.loader import (
     Config,
     default_config_path,
+    env_file_path,
     load_config,
     with_boot_values,
 )
@@ -376,8 +377,12 @@ class Runtime:
                 cfg = load_config(self._config.path, text=got[1])
             except ConfigError as e:  # every process accepted it; only a changed env gets here
                 if force:  # joining: what this process has is no config of the appliance's
+                    env = env_file_path(self._config.path)
                     raise ConfigError([f"the running config (version {v}) does not validate "
-                                       f"in this process's environment: {err}"
+                                       f"in this process's environment (its variables, as read "
+                                       f"from {env} and the environment this process was "
+                                       f"started with): {err}; fix the variable there, the "
+                                       f"running processes still use their values"
                                        for err in e.errors]) from None
                 log.error("running config from Redis no longer validates here; keeping "
                           "version %d: %s", self._config_version, e)

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -154,6 +155,7 @@ def embedded_postgres(data_dir: Path, *, start: bool = True, dbname: str = DB_NA
                     # a new handle each time it is not running: pgserver's get_server()
                     # would hand back a cached handle of a server stopped since
                     from pgserver.postgres_server import PostgresServer
+                    ensure_server_user()
                     with _search_only_prefixes():
                         info = PostgresServer(pgdata.resolve(),
                                               cleanup_mode=None).get_postmaster_info()
@@ -182,6 +184,37 @@ def _starting(data_dir: Path, kind: str):
     with open(Path(data_dir) / f".{kind}-start.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+#: the user pgserver runs PostgreSQL as when started by root (PostgreSQL refuses root)
+SERVER_USER = "pgserver"
+
+
+def ensure_server_user(name: str = SERVER_USER, sbin: tuple[str, ...] = ("/usr/sbin", "/sbin")
+                       ) -> None:
+    """As root, make sure the user PostgreSQL runs as exists. pgserver would
+    run ``useradd`` from PATH, and ``su`` without ``-`` (or a service's bare
+    environment) leaves /usr/sbin off PATH: it failed with "No such file or
+    directory: 'useradd'". Looked for in ``sbin`` too; when it is nowhere, the
+    error says how to make the user by hand."""
+    if os.geteuid() != 0:
+        return
+    try:
+        pwd.getpwnam(name)
+        return
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd", path=os.pathsep.join([os.environ.get("PATH", ""), *sbin]))
+    if useradd is None:
+        raise ServiceError(f"run as root, the embedded PostgreSQL runs as a user {name!r}, which "
+                           f"does not exist, and useradd is neither on PATH nor in "
+                           f"{' or '.join(sbin) or 'sbin'}: create the user "
+                           f"(useradd -s /bin/bash {name}) or run as another user than root")
+    done = subprocess.run([useradd, "-s", "/bin/bash", name], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ServiceError(f"could not create the user {name!r} the embedded PostgreSQL runs as "
+                           f"(run as root): {useradd}: {done.stderr.strip()}")
+    log.info("created the user %s the embedded PostgreSQL runs as", name)
 
 
 @contextlib.contextmanager
@@ -240,7 +273,7 @@ def stop_embedded_postgres(data_dir: Path) -> None:
     pgdata = Path(data_dir) / "pg"
     if _postmaster_info(pgdata) is None:
         return
-    user = "pgserver" if os.geteuid() == 0 else None
+    user = SERVER_USER if os.geteuid() == 0 else None
     if user:  # var/ may have been made 0700 again since the start (secure_dir)
         _search_only(pgdata.resolve())
     cmd = [str(pg_bin_dir_embedded() / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]

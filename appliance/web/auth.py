@@ -426,8 +426,10 @@ def require_admin(fn):
         if not admin_token() and not any(ADMIN in (k.get("scopes") or ())
                                          for k in _server().get("api_keys") or ()):
             return api_error(403, "admin_disabled",
-                             "admin endpoints are disabled: set server.admin_token in "
-                             "appliance.yaml (e.g. admin_token: ${APPLIANCE_ADMIN_TOKEN}) and reload")
+                             "admin endpoints are disabled: server.admin_token is empty; put "
+                             "APPLIANCE_ADMIN_TOKEN=<at least 24 characters> in appliance.env "
+                             "(beside appliance.yaml, whose admin_token line reads it) and run "
+                             "'appliance reload'")
         p = identify(_token_from_header())  # the API takes no cookies: no CSRF to fear
         if p is None:
             return api_error(401, "unauthorized",

@@ -5,7 +5,8 @@ under a key derived from the id with the secret key (a copy of Redis yields
 no usable cookie), so every web worker sees the same sessions and a logout
 deletes the session for good: a cookie saved before the logout is worthless
 after it. A session ends after ``server.session_idle_minutes`` without a
-request (the key's expiry, renewed by each request) and, used or not,
+request (the key's expiry, renewed by each request; a reload that lowers it
+ends at once the sessions idle for longer) and, used or not,
 ``server.session_max_hours`` after it began. Logging in issues a new id.
 Nothing is stored before a login: a session without one (no ``fp``) is never
 written, so anonymous visitors cannot fill Redis (the login form's CSRF token
@@ -39,6 +40,10 @@ log = logging.getLogger("appliance.sessions")
 
 PREFIX = "appliance:session:"
 CREATED = "_created"
+#: the idle limit (seconds) the key's expiry was last set with: a reload that
+#: lowers ``session_idle_minutes`` ends the sessions idle longer than the new
+#: limit at once, not when the old expiry runs out
+IDLE = "_idle"
 
 
 class ServerSession(SecureCookieSession):
@@ -73,7 +78,7 @@ class RedisSessionInterface(SessionInterface):
             return ServerSession()
         key = self._key(app, sid)
         try:
-            raw = self.rt.redis.get(key)
+            raw, ttl_ms = self.rt.redis.pipeline().get(key).pttl(key).execute()
         except redis.RedisError as e:
             log.warning("sessions unavailable (Redis): %s", e)
             return ServerSession()
@@ -83,8 +88,9 @@ class RedisSessionInterface(SessionInterface):
             data = json.loads(raw)
         except ValueError:
             return ServerSession()
-        _idle, max_age = self._limits()
-        if not isinstance(data, dict) or time.time() - float(data.get(CREATED, 0)) > max_age:
+        idle, max_age = self._limits()
+        if not isinstance(data, dict) or time.time() - float(data.get(CREATED, 0)) > max_age \
+                or float(data.get(IDLE, idle)) - max(ttl_ms, 0) / 1000 > idle:
             try:
                 self.rt.redis.delete(key)
             except redis.RedisError:
@@ -119,7 +125,11 @@ class RedisSessionInterface(SessionInterface):
                 new_cookie = True
             key = self._key(app, session.sid)
             if session.modified or new_cookie:
+                session[IDLE] = idle
                 r.set(key, json.dumps(dict(session)), ex=idle)
+            elif session.get(IDLE, idle) != idle:  # the limit was changed by a reload
+                session[IDLE] = idle
+                r.set(key, json.dumps(dict(session)), ex=idle, xx=True)  # not if logged out
             else:
                 r.expire(key, idle)  # each request renews the idle timeout
         except redis.RedisError as e:

@@ -679,11 +679,25 @@ def test_full_restore_of_a_corrupted_archive_changes_nothing(loaded, database_ur
     damaged = _fingerprint(database_url)
     live = backups.db_name(database_url)
     _flip_byte(Path(b["path"]), 100)
+    with rt.conn() as c:
+        before = c.execute("SELECT status, restore_test_status FROM backups WHERE filename = %s",
+                           (b["filename"],)).fetchone()
+    assert before == ("ok", None)
     with pytest.raises(BackupError, match="sha256 mismatch"):
         backups.full_restore(rt, b["filename"])
     assert _fingerprint(database_url) == damaged
     assert _databases(database_url, f"{live}_%") == []
     assert rt.redis.get(backups.SUSPEND_KEY) is None
+    # what it found is kept: the catalogue, the events and the alert say so
+    with rt.conn() as c:
+        status, err = c.execute("""SELECT restore_test_status, restore_test_result->>'error'
+                                   FROM backups WHERE filename = %s""",
+                                (b["filename"],)).fetchone()
+        ev = [r[0] for r in c.execute("SELECT message FROM events WHERE kind = 'restore_test'")]
+    assert status == "failed" and "sha256 mismatch" in err and "found by a restore" in err, err
+    assert any(b["filename"] in m and "sha256 mismatch" in m for m in ev), ev
+    from appliance.alerts import rules
+    assert "restore_test_failed" in rules.evaluate(rt)["opened"]
 
 
 def test_the_backfill_lock_is_held_during_a_restore(loaded, database_url):

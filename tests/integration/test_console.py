@@ -265,6 +265,14 @@ def test_login_with_the_admin_token_sets_a_session_that_shows_the_actions(client
     assert "Run backfill now" in client.get("/jobs").get_data(as_text=True)
 
 
+def test_the_login_page_answers_head_as_get(client):
+    """A probe of the login page by HEAD got 403 (taken for a form post
+    without its CSRF token)."""
+    got, head = client.get("/login"), client.head("/login")
+    assert got.status_code == head.status_code == 200
+    assert head.headers["Content-Type"] == got.headers["Content-Type"] and head.data == b""
+
+
 def test_login_refuses_an_offsite_next(client):
     tok = csrf_of(client)
     r = client.post("/login", data={"token": "test-admin-token-0123456789", "csrf_token": tok,

@@ -211,6 +211,9 @@ def test_a_restore_of_a_missing_or_unusable_archive_says_it_cannot(runtime, conf
     out = p.stdout + p.stderr
     assert p.returncode == 1 and "Cannot restore" in out and "damaged" in out, out
     assert "sha256 mismatch" in out and "--yes" not in out, out
+    # and the catalogue no longer calls it fine
+    listed = [ln for ln in _cli(config_path, "backups").stdout.splitlines() if b["filename"] in ln]
+    assert len(listed) == 1 and "restore test: failed" in listed[0], listed
 
 
 def test_a_failing_alert_evaluation_fails_the_restore_loudly(runtime, fresh_host):

@@ -275,3 +275,21 @@ def test_as_root_the_embedded_postgres_opens_no_folder_to_reading(tmp_path):
     finally:
         services.stop_embedded_postgres(var)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes the user PostgreSQL runs as")
+def test_the_server_user_is_made_with_useradd_from_sbin_when_path_lacks_it(monkeypatch):
+    """``su`` without ``-`` leaves /usr/sbin off PATH: the embedded PostgreSQL
+    could not start as root ("No such file or directory: 'useradd'")."""
+    import pwd
+    name = f"apptest{os.getpid() % 100000}"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    try:
+        with pytest.raises(services.ServiceError) as e:
+            services.ensure_server_user(name, sbin=())
+        assert f"useradd -s /bin/bash {name}" in str(e.value)
+        services.ensure_server_user(name)
+        assert pwd.getpwnam(name).pw_shell == "/bin/bash"
+        services.ensure_server_user(name)  # there already: nothing to do
+    finally:
+        subprocess.run(["/usr/sbin/userdel", name], capture_output=True)

@@ -264,3 +264,30 @@ def test_an_unreachable_redis_costs_logins_not_service(config_factory):
         assert c.get("/symbols").status_code == 302  # no session store: not logged in
     finally:
         rt.close()
+
+
+def test_a_reload_that_lowers_the_idle_limit_ends_the_sessions_idle_for_longer(config_factory,
+                                                                               redis_url):
+    from appliance.jobs import reload as reload_mod
+    app, rt = app_for(config_factory(server=secured(session_idle_minutes=60)))
+    try:
+        r = redis.Redis.from_url(redis_url)
+        clients, keys = [], []
+        for _ in range(2):
+            c = app.test_client()
+            before = set(r.keys(PREFIX + "*"))
+            tok = csrf_of(c.get("/login").get_data(as_text=True))
+            c.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": tok})
+            (key,) = set(r.keys(PREFIX + "*")) - before
+            clients.append(c)
+            keys.append(key)
+        idle, busy = clients
+        r.expire(keys[0], 3600 - 120)  # last request two minutes ago
+        config_factory(server=secured(session_idle_minutes=1))
+        assert reload_mod.reload_config(rt, source="cli", actor="test")["ok"]
+        assert "Log out" not in idle.get("/dashboard").get_data(as_text=True)
+        assert "Log out" in busy.get("/dashboard").get_data(as_text=True)
+        assert 0 < r.ttl(keys[1]) <= 60  # renewed under the new limit
+        assert json.loads(r.get(keys[1]))["_idle"] == 60
+    finally:
+        rt.close()

@@ -175,6 +175,24 @@ def _record_outcome(rt, ref: BackupRef, result: dict, run_id: int | None) -> Non
                              "error": error})
 
 
+def record_damage(rt, ref: BackupRef, reason: str, found_by: str) -> None:
+    """``found_by`` (a restore, its plan) found the archive of ``ref`` not
+    whole: recorded as a failed restore test of it, so that the catalogue,
+    the console, the manifest on the drive and the ``restore_test_failed``
+    alert say so instead of 'ok'. Not recorded when the database cannot be
+    reached (a recovery: the operator reads the reason on the terminal)."""
+    steps = [{"name": n, "status": "failed" if n == "verify sha256" else "skipped",
+              "detail": reason if n == "verify sha256" else ""} for n, _ in RESTORE_TEST_STEPS]
+    result = {"backup_id": ref.id, "filename": ref.filename, "path": str(ref.archive),
+              "checks": [], "started_at": utcnow().isoformat(), "passed": False, "seconds": 0.0,
+              "error": f"{reason} (found by {found_by})", "scratch_database": None,
+              "steps": steps}
+    try:
+        _record_outcome(rt, ref, result, None)
+    except Exception as e:  # noqa: BLE001 - the refusal itself is what matters
+        log.warning("could not record that %s is damaged: %s", ref.filename, e)
+
+
 def restore_test(rt, backup="latest", report=None, run_id: int | None = None) -> dict:
     """The restore test of one backup (see module doc). Never touches the live
     database except to record the outcome in the catalogue. Returns a dict

@@ -31,7 +31,7 @@ def _safe_next(target: str | None) -> str:
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     nxt = _safe_next(request.values.get("next"))
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):  # Flask answers HEAD with the GET view
         return render_template("login.html", next=nxt, error=None)
     if not _csrf_ok():
         return _refused("Missing or wrong CSRF token: reload the login page and try again.")
