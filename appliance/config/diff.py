@@ -60,7 +60,11 @@ def diff_configs(old: Config | None, new: Config) -> dict[str, Any]:
     tfs_changed = {s.symbol: {"old": list(o_tfs[s.symbol]), "new": list(s.timeframes)}
                    for s in new.symbols
                    if s.symbol in o_tfs and set(o_tfs[s.symbol]) != set(s.timeframes)}
+    # the effective start of each stored resolution (one date, or one per resolution)
+    starts = {tf: (old.history_start(tf), new.history_start(tf)) for tf in ("1d", "1m")}
     return {
+        "history_start_changed": {tf: {"old": o.isoformat(), "new": n.isoformat()}
+                                  for tf, (o, n) in starts.items() if o != n},
         "symbols_timeframes_changed": tfs_changed,
         "symbols_added": [s for s in n_syms if s not in o_syms],
         "symbols_removed": [s for s in o_syms if s not in n_syms],

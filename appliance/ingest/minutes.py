@@ -178,19 +178,40 @@ def inconsistent_sessions(conn, cfg, symbol: str, start: dt.date, end: dt.date) 
     return out
 
 
+def expected_span(conn, cfg, symbol: str) -> tuple[dt.date, dt.date] | None:
+    """The sessions ``symbol``'s minute history should cover. From the first
+    stored session (the vendor's minute history can start later than asked,
+    and retention drops the oldest); for a symbol that keeps minute bars
+    (``1m`` in its timeframes) and has none yet, from its ``minute_start``
+    or its first daily bar if later. To the last stored session, or for a
+    symbol that keeps minute bars to the last day fetched from the vendor if
+    later: sessions the vendor answered without minutes are missing ones
+    (a symbol the vendor has no minutes for showed as complete)."""
+    first, last, fetched = mstore.minute_span(conn, symbol)
+    # a bare mapping of settings (no Config) declares no symbols
+    spec = next((s for s in getattr(cfg, "symbols", ()) if s.symbol == symbol), None)
+    if spec is None or "1m" not in (spec.timeframes or ()):
+        return None if first is None or last is None else (first, last)
+    if first is None:
+        row = store.symbol_row(conn, symbol)
+        daily_first = row["first_session"] if row else None
+        first = max(minute_start(cfg, symbol), daily_first or dt.date.min)
+    ends = [d for d in (last, fetched) if d is not None]
+    return (first, max(ends)) if ends and first <= max(ends) else None
+
+
 def refresh_stats(conn, cfg, symbol: str) -> dict | None:
-    """Minute stats and 1m missing sessions of ``symbol``: expected sessions
-    run from the first stored session (the vendor's minute history can start
-    later than asked, and retention drops the oldest) to the last stored."""
-    start = mstore.first_minute_session(conn, symbol)
-    if start is None:
+    """Minute stats and 1m missing sessions of ``symbol`` over its
+    ``expected_span``."""
+    tz = tcal.exchange_tz(cfg["calendar"])
+    span = expected_span(conn, cfg, symbol)
+    if span is None:
         return mstore.refresh_minute_stats(conn, symbol, np.empty(0, dtype="datetime64[D]"),
-                                           tz=tcal.exchange_tz(cfg["calendar"]))
-    last = mstore.stored_minute_sessions(conn, symbol)[-1].astype(dt.date)
+                                           tz=tz)
+    start, last = span
     expected = tcal.sessions(cfg["calendar"], start, last)
     bad = inconsistent_sessions(conn, cfg, symbol, start, last)
-    return mstore.refresh_minute_stats(conn, symbol, expected, len(bad),
-                                       tz=tcal.exchange_tz(cfg["calendar"]))
+    return mstore.refresh_minute_stats(conn, symbol, expected, len(bad), tz=tz)
 
 
 def backfill(rt, cfg, provider, stats, run_id, report, symbols: list[str],

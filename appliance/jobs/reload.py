@@ -160,11 +160,16 @@ def _applied(rt, source, actor, diff, symbols, sha, version) -> dict:
     # diff compares the file with itself; the symbols table knows better.
     for key, syms in (("symbols_added", sync["added"]), ("symbols_removed", sync["removed"])):
         diff[key] += [s for s in syms if s not in diff[key]]
-    # new symbols, an earlier `since`, a resolution added (timeframes: [1m, 1d])
+    # new symbols, an earlier `since`, a resolution added (timeframes: [1m, 1d]),
+    # a resolution's history.start moved earlier (its symbols)
+    earlier = {tf for tf, c in diff.get("history_start_changed", {}).items()
+               if c["new"] < c["old"]}
     added = sorted(set(diff["symbols_added"]) | set(sync["added"]) |
-                   set(diff.get("symbols_since_changed", {})) |
+                   {s for s, c in diff.get("symbols_since_changed", {}).items()
+                    if c["new"] < c["old"]} |
                    {s for s, c in diff.get("symbols_timeframes_changed", {}).items()
-                    if set(c["new"]) - set(c["old"])})
+                    if set(c["new"]) - set(c["old"])} |
+                   {s.symbol for s in symbols if s.active and earlier & set(s.timeframes)})
     if "provider.name" in diff["changed"]:
         # away from demo: the demo history is replaced by the vendor's (demodata)
         added = _with_demo_replacement(rt, diff["changed"]["provider.name"]["new"],

@@ -371,7 +371,7 @@ def refresh_minute_stats(conn: Connection[Any], symbol: str, expected: np.ndarra
     first, last, n_sessions, n_bars, n_invalid, source = row
     conn.execute("DELETE FROM missing_sessions WHERE symbol = %s AND timeframe = '1m'",
                  (symbol,))
-    if not n_sessions:
+    if not n_sessions and not len(expected):
         conn.execute("DELETE FROM minute_stats WHERE symbol = %s", (symbol,))
         return None
     present = stored_minute_sessions(conn, symbol)
@@ -434,9 +434,13 @@ def record_month(conn: Connection[Any], symbol: str, month: dt.date, fetched_to:
                  (symbol, month, fetched_to, run_id))
 
 
-def first_minute_session(conn: Connection[Any], symbol: str) -> dt.date | None:
-    return one_row(conn.execute("SELECT min(session) FROM minute_bars WHERE symbol = %s",
-                        (symbol,)))[0]
+def minute_span(conn: Connection[Any], symbol: str) -> tuple[dt.date | None, ...]:
+    """First and last stored minute session, last day asked of the vendor."""
+    return tuple(one_row(conn.execute(
+        """SELECT (SELECT min(session) FROM minute_bars WHERE symbol = %(s)s),
+                  (SELECT max(session) FROM minute_bars WHERE symbol = %(s)s),
+                  (SELECT max(fetched_to) FROM minute_months WHERE symbol = %(s)s)""",
+        {"s": symbol})))
 
 
 def delete_bars_before(conn: Connection[Any], timeframe: str, cutoff: dt.date) -> int:

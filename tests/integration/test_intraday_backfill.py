@@ -9,12 +9,15 @@ import json
 import pytest
 import requests
 
+from appliance.core import calendar as tcal
 from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
 from appliance.runtime.runtime import Runtime
 from appliance.store import minutes as mstore
+from appliance.web import create_app
 from tests.fakes.minute_truth import make_minute_truth
 from tests.fakes.polygon_fake import PolygonFake
+from tests.fakes.vendor_minutes import VendorMinutes
 
 SYMS = ["AAPL", "MSFT", "SPY"]
 START, END = dt.date(2024, 6, 3), dt.date(2024, 7, 31)  # 07-03: early close
@@ -258,3 +261,36 @@ def _daily_versus_minutes(rt):
         stats = mstore.minute_stats(conn)
     assert stats["SPY"]["inconsistent_sessions"] == 1
     assert stats["MSFT"]["inconsistent_sessions"] == 0
+
+
+def test_sessions_the_vendor_answered_without_minutes_are_missing(config_factory, truth,
+                                                                   frozen_now):
+    """MSFT keeps minute bars but the vendor has none; AAPL's stop at the end
+    of June. Both showed as complete (the span ran from the first to the last
+    stored session, and a symbol without any had no stats at all)."""
+    july = int(dt.datetime(2024, 7, 1, 4, tzinfo=dt.UTC).timestamp() * 1000)
+    aapl = truth.minutes["AAPL"]
+    minutes = {"AAPL": aapl.between(0, july - 1), "MSFT": VendorMinutes.empty("MSFT"),
+               "SPY": truth.minutes["SPY"]}
+    with PolygonFake(truth.bars, truth.splits, minutes=minutes) as fake:
+        rt = Runtime.from_path(_cfg(config_factory, fake))
+        rt.open()
+        try:
+            assert _run(rt)["status"] == "ok"
+            sessions = tcal.sessions("XNYS", START, END).astype(object).tolist()
+            with rt.conn() as conn:
+                stats = mstore.minute_stats(conn)
+                missing = {s: [r[0] for r in conn.execute(
+                    """SELECT session FROM missing_sessions WHERE symbol = %s
+                       AND timeframe = '1m' ORDER BY session""", (s,))] for s in SYMS}
+            assert missing["MSFT"] == sessions
+            assert (stats["MSFT"]["sessions"], stats["MSFT"]["completeness"]) == (0, 0.0)
+            assert missing["AAPL"] == [d for d in sessions if d >= dt.date(2024, 7, 1)]
+            assert 0.4 < stats["AAPL"]["completeness"] < 0.6
+            assert missing["SPY"] == [] and stats["SPY"]["completeness"] == 1.0
+            body = create_app(runtime=rt).test_client().get("/api/v1/symbols").get_json()
+            msft = next(s for s in body["symbols"] if s["symbol"] == "MSFT")
+            assert [(r["timeframe"], r["bars"], r["completeness"])
+                    for r in msft["resolutions"] if r["timeframe"] == "1m"] == [("1m", 0, 0.0)]
+        finally:
+            rt.close()

@@ -91,6 +91,35 @@ def test_a_reload_adds_a_symbol_that_then_gets_backfilled(runtime, config_factor
     assert active == (True,)
 
 
+def test_a_history_start_moved_earlier_queues_the_backfill_of_its_symbols(runtime,
+                                                                         config_factory):
+    """Moving only the 1m start earlier queued nothing: the months before it
+    waited for the nightly backfill. A later start fetches nothing new."""
+    schedule.ensure_baseline(runtime)
+    syms = ["AAPL", {"symbol": "MSFT", "timeframes": ["1m", "1d"]}]
+    config_factory(**{**BASE, "symbols": syms,
+                      "history": {"start": {"1d": "2026-11-02", "1m": "2026-11-16"}}})
+    assert run_cli(runtime.config.path, "reload")[0] == 0
+
+    def queued():
+        with runtime.conn() as conn:
+            return [r["params"]["symbols"] for r in runs.recent(conn, job="backfill")
+                    if r["trigger"] == "reload"]
+    before = queued()
+    config_factory(**{**BASE, "symbols": syms,
+                      "history": {"start": {"1d": "2026-11-02", "1m": "2026-11-09"}}})
+    code, out, err = run_cli(runtime.config.path, "reload")
+    assert code == 0, err
+    assert '"1m": {' in out and '"new": "2026-11-09"' in out, out
+    assert queued()[: len(queued()) - len(before)] == [["MSFT"]]
+    config_factory(**{**BASE, "symbols": syms,
+                      "history": {"start": {"1d": "2026-11-09", "1m": "2026-11-09"}}})
+    n = len(queued())
+    code, out, err = run_cli(runtime.config.path, "reload")
+    assert code == 0, err
+    assert len(queued()) == n, out  # later: nothing to fetch
+
+
 def test_a_removed_symbol_stops_being_fetched_but_keeps_its_data(runtime, config_factory, client,
                                                                  admin_headers):
     schedule.ensure_baseline(runtime)
