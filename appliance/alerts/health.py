@@ -326,7 +326,8 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
         latest, rate = snap["latest_data"], snap["validation_rate_pct"]
         behind = sessions_behind(cfg, latest, now)
         status = _status(cfg["alerts"], snap, rd, scheduler_running, rate, behind, reasons)
-        demo = demo_reason(cfg["provider"]["name"], snap.get("demo_symbols"))
+        demo = demo_reason(cfg["provider"]["name"], snap.get("demo_symbols"),
+                           {s.symbol for s in cfg.symbols})
         if demo:
             reasons.append(demo)
             status = "degraded" if status == "healthy" else status
@@ -370,15 +371,28 @@ def flat_files_brief(cfg, snap: dict) -> dict | None:
             for tf, r in (snap.get("flat_files") or {}).items()}
 
 
-def demo_reason(provider: str, demo_symbols: list[str] | None) -> str | None:
+def demo_reason(provider: str, demo_symbols: list[str] | None,
+                configured: set[str] | frozenset[str] = frozenset()) -> str | None:
     """``demo_data_present``: a real vendor is configured but symbols still
-    hold the demo provider's synthetic bars (``demodata``)."""
+    hold the demo provider's synthetic bars (``demodata``). The backfill
+    replaces those of configured symbols only: the others' stay until
+    ``appliance demo-data --delete``."""
     if not demo_symbols or not dstore.replacing(provider):
         return None
     names = ", ".join(demo_symbols[:5]) + (", …" if len(demo_symbols) > 5 else "")
+    kept = [s for s in demo_symbols if s not in configured]
+    if not kept:
+        fix = (f"the next backfill replaces them with {provider}'s history, or "
+               f"`appliance demo-data --delete` deletes them")
+    else:
+        fix = (f"{', '.join(kept[:5])}{', …' if len(kept) > 5 else ''} "
+               f"{'is' if len(kept) == 1 else 'are'} not in symbols: and no backfill replaces "
+               f"{'it' if len(kept) == 1 else 'them'}: `appliance demo-data --delete` deletes "
+               f"{'it' if len(kept) == 1 else 'them'}"
+               + (f"; the next backfill replaces the others with {provider}'s history"
+                  if len(kept) < len(demo_symbols) else ""))
     return (f"demo_data_present: {len(demo_symbols)} symbol(s) still hold synthetic demo bars "
-            f"({names}); the next backfill replaces them with {provider}'s history, or "
-            f"`appliance demo-data --delete` deletes them")
+            f"({names}); {fix}")
 
 
 # /health is open to anyone: it probes at most once per HEALTH_INTERVAL_S in

@@ -17,11 +17,10 @@ from pathlib import Path
 import click
 
 from appliance import __version__
-from appliance.cli import progress
+from appliance.cli import configcheck, progress
 from appliance.cli.commandruntime import _config_path, say_notes
 from appliance.cli.commandruntime import command_runtime as _runtime
-from appliance.config.diff import diff_configs
-from appliance.config.loader import load_config
+from appliance.config.loader import env_file_path, load_config
 from appliance.core.errors import ApplianceError, ConfigError
 
 log = logging.getLogger("appliance.cli")
@@ -111,46 +110,13 @@ def check_config(ctx, path, show_diff):
                f"{len(cfg['schedules'])} schedules, sha256 {cfg.sha256[:12]} "
                f"({(time.monotonic() - t0) * 1000:.0f} ms)", err=show_diff)
     if show_diff:
-        sys.exit(_print_diff(ctx, cfg))
-
-
-def _print_diff(ctx, cfg) -> int:
-    """``check-config --diff``: what a reload would change, as the running
-    processes compute it (a dry run of the reload: nothing is applied)."""
-    from appliance.jobs import reload as reload_mod
-    from appliance.runtime import configsync, services
-    from appliance.runtime.runtime import Runtime
-    ctx.call_on_close(services.stop_started_here)
-    try:
-        rt = Runtime(cfg, pool_size=1)
-        ctx.call_on_close(rt.close)
-        peers = configsync.live(rt, cfg.path)
-        got = rt.running_text()
-    except Exception as e:  # noqa: BLE001 - nothing running is a normal answer
-        click.echo(f"no running config to compare with: {e}", err=True)
-        click.echo(json.dumps(None))
-        return 0
-    if peers:
-        res = reload_mod.dry_run(rt, peers, cfg.text, os.environ)
-        if not res["ok"]:
-            for line in res["errors"]:
-                click.echo(line, err=True)
-            click.echo("the running appliance would refuse this config", err=True)
-            return 1
-        click.echo(json.dumps(res["diff"], indent=2, default=str))
-        say_notes(res["diff"], res.get("warnings", []))
-        return 0
-    if got is None:
-        click.echo("no running config to compare with (the appliance has not run)", err=True)
-        click.echo(json.dumps(None))
-        return 0
-    running = load_config(cfg.path, text=got[1])
-    click.echo(f"the appliance is not running; compared with the config it last ran "
-               f"(version {got[0]})", err=True)
-    diff = diff_configs(running, cfg)
-    click.echo(json.dumps(diff, indent=2, default=str))
-    say_notes(diff, [])
-    return 0
+        sys.exit(configcheck.print_diff(ctx, cfg))
+    for name in configcheck.from_this_shell_only(cfg):
+        click.echo(f"note: {name} is set in this shell but not in {env_file_path(cfg.path)}: "
+                   f"the appliance's processes have it only if they were started from a shell "
+                   f"that had it (systemd's and the containers' are not), else the reload "
+                   f"refuses or ignores it; put it in that file, or ask the running processes "
+                   f"with 'appliance check-config --diff'", err=True)
 
 
 @main.group("api-key")

@@ -148,6 +148,11 @@ def test_a_key_only_in_the_operators_shell_is_refused_and_jobs_go_on(appliance):
 
 def _switch_with_the_key_in_the_shell_only(up: Up) -> None:
     _edit(up.path, lambda d: d["provider"].update(name="polygon"))
+    # check-config validates in the shell's environment: it passes, and says
+    # where the key comes from (the yaml's own steps: check-config && reload)
+    res = _cli(up.path, "check-config", env=_shell_env(POLYGON_API_KEY=POLY_KEY))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "note: POLYGON_API_KEY is set in this shell but not in" in res.stderr, res.stderr
     # the README's steps as an operator types them: export in the shell, reload
     res = _cli(up.path, "reload", env=_shell_env(POLYGON_API_KEY=POLY_KEY))
     assert res.returncode == 1, res.stdout + res.stderr
@@ -173,6 +178,8 @@ def _switch_with_the_key_in_the_shell_only(up: Up) -> None:
 def _switch_with_the_key_in_appliance_env(up: Up, fake, truth) -> None:
     # put where the appliance reads it, the same reload applies, everywhere
     (up.path.parent / "appliance.env").write_text(f"POLYGON_API_KEY={POLY_KEY}\n")
+    res = _cli(up.path, "check-config", env=_shell_env(POLYGON_API_KEY=POLY_KEY))
+    assert res.returncode == 0 and "note:" not in res.stderr, res.stdout + res.stderr
     res = _cli(up.path, "reload")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "reloaded: config" in res.stdout

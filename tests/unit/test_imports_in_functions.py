@@ -29,6 +29,8 @@ ALLOWED_MODULES = {
     "appliance/cli/main.py":
         "each command imports what it runs: `appliance --help`, `check-config` and the gunicorn "
         "master started by `appliance serve` must not load psycopg, RQ or the web app",
+    "appliance/cli/configcheck.py":
+        "`check-config` without --diff must not load psycopg, RQ or the runtime (as main.py)",
     "appliance/cli/commandruntime.py":
         "the commands' shared Runtime; imported by every command, also those that need no database",
     "appliance/cli/supervisor.py":
