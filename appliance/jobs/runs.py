@@ -161,7 +161,11 @@ def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = 
         return {"run_id": run_id, "status": status, **result}
     except BaseException as e:  # recorded, then re-raised
         msg = e.message if isinstance(e, ApplianceError) else f"{e.__class__.__name__}: {e}"
-        if not isinstance(e, ApplianceError):
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C on a command: no fault to trace
+            msg = ("interrupted (Ctrl-C): what it stored is kept, the next run goes on from "
+                   "there")
+            log.warning("%s run %s %s", job, run_id, msg)
+        elif not isinstance(e, ApplianceError):
             log.error("%s run %s failed:\n%s", job, run_id, traceback.format_exc())
         try:
             with rt.conn() as conn:

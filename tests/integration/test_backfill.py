@@ -195,3 +195,36 @@ def test_a_daily_update_uses_grouped_daily_one_request_per_missing_session(confi
             rt.close()
     assert res["plan"].startswith("grouped daily")
     assert grouped == 1
+
+
+def test_ctrl_c_on_a_cli_backfill_records_an_interruption_not_a_traceback(config_factory,
+                                                                         truth):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support import wait_until
+    with PolygonFake(truth.bars, truth.splits, faults=["hang"] * 50, hang_seconds=60) as fake:
+        path = _polygon_cfg(config_factory, fake, timeout_seconds=30)
+        rt = _runtime_for(path)
+        try:
+            p = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config",
+                                  str(path), "backfill"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+
+            def running():
+                with rt.conn() as conn:
+                    return [r for r in runs.recent(conn, job="backfill")
+                            if r["status"] == "running"] or None
+            (run,) = wait_until(running, 60, "the backfill to run")
+            wait_until(lambda: fake.log or fake.faults_served["hang"], 30, "a request")
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=60)
+            assert p.returncode != 0
+            assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+            assert "interrupted (Ctrl-C)" in err, err
+            with rt.conn() as conn:
+                done = runs.get(conn, run["id"])
+            assert done["status"] == "failed" and done["error"].startswith("interrupted"), done
+        finally:
+            rt.close()
