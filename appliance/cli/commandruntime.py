@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -29,7 +30,7 @@ def _file_config(ctx):
 
 def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
              service: str | None = None, broken_file_ok: bool = False, announce: bool = True,
-             **kw):
+             on_error: Callable[[str], int] | None = None, **kw):
     """A Runtime for this command, with the config the rule in ``configsync``
     gives it: a long-running ``service`` joins the running appliance or starts
     it from the file; a one-shot command uses the running config while the
@@ -38,7 +39,9 @@ def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
     had to start are stopped again when it ends. ``migrate``: bring the schema
     up to date first (a fresh host has none yet); ``"try"``: a failure is only
     a warning (the restore of a damaged database must still run).
-    ``broken_file_ok``: an invalid file only finds the servers (status, reload)."""
+    ``broken_file_ok``: an invalid file only finds the servers (status, reload).
+    ``on_error``: says an error its own way and gives the exit code (else
+    ``error: …`` and 1)."""
     from appliance.runtime import configsync, services
     from appliance.runtime.runtime import Runtime
     path = _config_path(ctx)
@@ -72,6 +75,8 @@ def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
             rt.pin_config()  # one command, one config
         return rt
     except ApplianceError as e:
+        if on_error is not None:
+            ctx.exit(on_error(e.message))
         click.echo(f"error: {e.message}", err=True)
         ctx.exit(1)
 

@@ -556,9 +556,11 @@ def kept_databases(ctx, drop, yes):
 @click.option("--interval", default=5.0, show_default=True)
 @click.pass_context
 def status(ctx, as_json, watch, interval):
-    """Health, alerts, jobs, backups and freshness (exit 0 healthy, 1 degraded, 2 unhealthy)."""
-    from appliance.ops.statusview import run_status
-    rt = _runtime(ctx, broken_file_ok=True, pool_size=2)
+    """Health, alerts, jobs, backups and freshness (exit 0 ok, 1 warning, 2 critical).
+    Starts no embedded server: one that is not running is the answer."""
+    from appliance.ops.statusview import run_status, unreachable
+    rt = _runtime(ctx, broken_file_ok=True, pool_size=2, start_servers=False,
+                  on_error=lambda message: unreachable(message, as_json=as_json))
     sys.exit(run_status(rt, as_json=as_json, watch=watch, interval=interval))
 
 

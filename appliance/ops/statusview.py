@@ -71,7 +71,31 @@ def snapshot(rt) -> dict:
         st["status"] = "unhealthy"
         st["reasons"] = [f"web server not answering at {web['url']}: {web['error']}",
                          *st["reasons"]]
+    # the severity follows what the status became here
+    if st["status"] == "unhealthy":
+        st["severity"] = "critical"
+    elif st["status"] == "degraded" and st.get("severity") == "ok":
+        st["severity"] = "warning"
     return st
+
+
+def exit_code(st: dict) -> int:
+    """As a Nagios check reads it: 0 ok, 1 warning, 2 critical (unhealthy,
+    or degraded by a critical alert: a dead worker pages as critical)."""
+    return {"ok": 0, "warning": 1}.get(st.get("severity") or "", 2)
+
+
+def unreachable(message: str, *, as_json: bool) -> int:
+    """What ``status`` says when it cannot even find the servers (an
+    embedded PostgreSQL or Redis that is not running: ``status`` never
+    starts one, it would hide the outage it is asked about); exit 2."""
+    if as_json:
+        print(json.dumps({"status": "unhealthy", "severity": "critical", "database": "error",
+                          "reasons": [message]}, indent=2))
+    else:
+        print("Market Data Appliance: UNHEALTHY (critical)")
+        print(f"  {message}")
+    return 2
 
 
 def _age(ts) -> str:
@@ -165,12 +189,12 @@ def run_status(rt, *, as_json: bool = False, watch: bool = False, interval: floa
         if as_json:
             st = snapshot(rt)
             print(json.dumps(st, default=str, indent=2))
-            return health_mod.exit_code(st["status"])
+            return exit_code(st)
         tty = sys.stdout.isatty()
         if not watch:
             st = snapshot(rt)
             _print(render_lines(st), tty)
-            return health_mod.exit_code(st["status"])
+            return exit_code(st)
         return _watch(rt, interval, tty)
     finally:
         rt.close()
@@ -204,7 +228,7 @@ def _watch(rt, interval: float, tty: bool) -> int:
             with Live(refresh_per_second=4, screen=False) as live:
                 while True:
                     st = snapshot(rt)
-                    code = health_mod.exit_code(st["status"])
+                    code = exit_code(st)
                     t = Text()
                     for style, text in render_lines(st):
                         t.append(text + "\n", style=style or None)
@@ -212,7 +236,7 @@ def _watch(rt, interval: float, tty: bool) -> int:
                     time.sleep(interval)
         while True:
             st = snapshot(rt)
-            code = health_mod.exit_code(st["status"])
+            code = exit_code(st)
             _print(render_lines(st), False)
             print("", flush=True)
             time.sleep(interval)

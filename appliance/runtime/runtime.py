@@ -61,8 +61,12 @@ class Runtime:
     ``endpoints``, ``pool``, ``replica`` or ``redis``."""
 
     def __init__(self, config: Config, *, endpoints: services.Endpoints | None = None,
-                 pool_size: int | None = None, check_interval: float = 1.0):
+                 pool_size: int | None = None, check_interval: float = 1.0,
+                 start_servers: bool = True):
         self._config = config
+        #: False: attach to embedded servers that run, never start one (a
+        #: command that only looks, like ``status``, must see them down)
+        self._start_servers = start_servers
         self._boot: Config | None = None
         self._pinned = False
         self._config_version = 0
@@ -86,7 +90,8 @@ class Runtime:
         if self._endpoints is None:
             with self._resolve_lock:
                 if self._endpoints is None:
-                    self._endpoints = services.resolve(self._config)
+                    self._endpoints = services.resolve(self._config,
+                                                       start=self._start_servers)
         return self._endpoints
 
     @property

@@ -94,16 +94,19 @@ def test_status_exits_0_when_healthy(web_config, database_url, redis_url):
     assert body["web"]["status"] == "ok" and body["web"]["reported"] == "healthy"
 
 
-def test_status_exits_1_when_degraded_and_prints_plain_text_when_piped(web_config):
+def test_status_exits_2_when_the_scheduler_is_down_and_prints_plain_text_when_piped(
+        web_config):
     with serving(web_config):
         r = _cli(web_config, "--json")
         plain = _cli(web_config)
-    assert r.returncode == 1, r.stderr          # no scheduler, no data: degraded
+    # no scheduler, no data: degraded, and critical (Nagios: a dead scheduler pages as such)
+    assert r.returncode == 2, r.stderr
     body = json.loads(r.stdout)
     assert body["status"] == "degraded" and body["database"]["status"] == "ok"
+    assert body["severity"] == "critical"
     assert "scheduler not running" in body["reasons"]
-    assert plain.returncode == 1
-    assert "Market Data Appliance: DEGRADED" in plain.stdout
+    assert plain.returncode == 2
+    assert "Market Data Appliance: DEGRADED (critical)" in plain.stdout
     assert "Web        answering at http://127.0.0.1:" in plain.stdout
     assert "Scheduler  STOPPED, worker DOWN" in plain.stdout
     assert "Alerts     0 open" in plain.stdout
@@ -155,6 +158,18 @@ def test_status_exits_2_when_postgresql_is_down(tmp_path, redis_url):
     assert "Database   ERROR" in plain.stdout
 
 
+def test_status_reports_a_stopped_embedded_server_and_does_not_start_it(tmp_path, redis_url):
+    """It started the embedded PostgreSQL for itself: the web server saw a
+    database meanwhile, and status said 'database ok' during an outage."""
+    cfg = write_config(tmp_path / "embedded.yaml", "", redis_url)
+    for args in (("--json",), ()):
+        r = _cli(cfg, *args)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "embedded PostgreSQL in" in r.stdout and "is not running" in r.stdout, r.stdout
+    assert json.loads(_cli(cfg, "--json").stdout)["severity"] == "critical"
+    assert not (tmp_path / "var" / "pg" / "postmaster.pid").exists()
+
+
 def test_status_still_answers_when_redis_is_down(web_config, tmp_path, database_url):
     _current_data(database_url)
     bind = yaml.safe_load(web_config.read_text())["server"]["bind"]
@@ -162,7 +177,7 @@ def test_status_still_answers_when_redis_is_down(web_config, tmp_path, database_
                        f"redis://127.0.0.1:{free_port()}/0", server={"bind": bind})
     with serving(web_config):
         r = _cli(cfg, "--json")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr  # the scheduler's state unknown: critical
     body = json.loads(r.stdout)
     assert body["status"] == "degraded"
     why = [x for x in body["reasons"] if x.startswith("redis unreachable: scheduler state unknown")]
