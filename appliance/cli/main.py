@@ -393,14 +393,12 @@ def run_job(ctx, job, enqueue, params):
     from appliance.jobs import registry
     if job not in registry.JOBS:
         _fail(f"unknown job {job!r}; jobs: {', '.join(registry.JOBS)}", 2)
-    kv = {}
-    for p in params:
-        k, sep, v = p.partition("=")
-        if not sep or not k:
-            _fail(f"--param {p!r}: expected KEY=VALUE", 2)
-        kv[k] = v
-    kv = {**registry.run_now_params(job), **kv}
+    kv = {**registry.run_now_params(job), **_job_params(job, params)}
     rt = _runtime(ctx, migrate=True)
+    extra = sorted(set(kv.get("symbols") or ()) - {s.symbol for s in rt.config.symbols})
+    if extra:
+        click.echo(f"warning: {', '.join(extra)} not in symbols: of {_config_path(ctx)}: "
+                   f"fetched this once, not kept up to date", err=True)
     if enqueue:
         from appliance.jobs.queue import enqueue as enq
         click.echo(f"queued {job} run {enq(rt, job, kv)}")
@@ -408,6 +406,34 @@ def run_job(ctx, job, enqueue, params):
     res = _run_with_progress(rt, job, registry.job_function(job), kv)
     click.echo(json.dumps(res, indent=2, default=str))
     sys.exit(0 if res.get("status") in ("ok", None) else 1)
+
+
+def _job_params(job: str, params) -> dict:
+    """``-p KEY=VALUE`` of ``appliance run JOB``: only the parameters the job
+    takes (an unknown one failed the run with a traceback); ``symbols`` and
+    ``timeframes`` comma-separated lists (``symbols=AAPL`` backfilled A, P, L)."""
+    import inspect
+
+    from appliance.config.loader import SYMBOL_RE
+    from appliance.jobs import registry
+    takes = [n for n, x in inspect.signature(registry.job_function(job)).parameters.items()
+             if n not in ("rt", "run_id", "report", "now") and not callable(x.default)]
+    kv: dict = {}
+    for p in params:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            _fail(f"--param {p!r}: expected KEY=VALUE", 2)
+        if k not in takes:
+            _fail(f"--param {k}: {job} takes " + (", ".join(takes) or "no parameter"), 2)
+        kv[k] = v
+    for k in ("symbols", "timeframes"):  # the list parameters
+        if k in kv:
+            kv[k] = [x for x in kv[k].replace(" ", ",").split(",") if x]
+    if "symbols" in kv:
+        if bad := [x for x in kv["symbols"] if not SYMBOL_RE.match(x)]:
+            _fail(f"--param symbols: not a valid symbol: {', '.join(bad)} (a comma-separated "
+                  f"list: symbols=AAPL,MSFT)", 2)
+    return kv
 
 
 # --------------------------------------------------------------------------- processes

@@ -228,3 +228,32 @@ def test_ctrl_c_on_a_cli_backfill_records_an_interruption_not_a_traceback(config
             assert done["status"] == "failed" and done["error"].startswith("interrupted"), done
         finally:
             rt.close()
+
+
+def test_appliance_run_takes_the_parameters_a_job_has_and_symbols_as_a_list(runtime):
+    """``-p symbols=AAPL`` backfilled A, P and L; an unknown key failed the
+    run with a traceback."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config",
+                               str(runtime.config.path), "run", *args],
+                              capture_output=True, text=True, timeout=300)
+    r = cli("disk_check", "-p", "foo=1")
+    assert r.returncode == 2 and "--param foo: disk_check takes no parameter" in r.stderr, r.stderr
+    r = cli("backfill", "-p", "symbolz=AAPL")
+    assert r.returncode == 2 and "backfill takes symbols, start, end" in r.stderr, r.stderr
+    r = cli("backfill", "-p", "symbols=AAPL,aapl")
+    assert r.returncode == 2 and "not a valid symbol: aapl" in r.stderr, r.stderr
+    with runtime.conn() as conn:
+        assert runs.recent(conn) == []  # none of those ran, or was recorded
+    r = cli("backfill", "-p", "symbols=AAPL", "-p", "start=2024-01-02", "-p", "end=2024-01-31")
+    assert r.returncode == 0, r.stderr
+    with runtime.conn() as conn:
+        stored = [row[0] for row in conn.execute("SELECT DISTINCT symbol FROM market_data")]
+        (run,) = runs.recent(conn, job="backfill")
+    assert stored == ["AAPL"] and run["params"]["symbols"] == ["AAPL"]
+    r = cli("backfill", "-p", "symbols=AAPL,ZZZZ", "-p", "start=2024-01-02",
+            "-p", "end=2024-01-05")
+    assert "warning: ZZZZ not in symbols:" in r.stderr, r.stderr
