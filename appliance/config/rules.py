@@ -101,9 +101,26 @@ def _cron_checks(d: Doc, ctx: Reporter) -> None:
     for job, expr in d["schedules"].items():
         if not isinstance(expr, str):
             continue
-        if len(expr.split()) != 5 or not croniter.is_valid(expr):
-            ctx.err(("schedules", job), f"invalid cron expression {expr!r} (expected five fields: "
-                                        f"minute hour day-of-month month day-of-week, in UTC)")
+        fields = expr.split()
+        if len(fields) != 5:
+            ctx.err(("schedules", job), f"invalid cron expression {expr!r}: {len(fields)} "
+                                        f"field(s), expected five: {CRON_FIELDS}, in UTC")
+        elif not croniter.is_valid(expr):
+            ctx.err(("schedules", job), f"invalid cron expression {expr!r}: {_bad_field(fields)} "
+                                        f"(five fields: {CRON_FIELDS}, in UTC)")
+
+
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+_CRON_RANGES = (("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"),
+                ("month", "1-12 or jan-dec"), ("day-of-week", "0-7 or sun-sat"))
+
+
+def _bad_field(fields: list[str]) -> str:
+    """Which field of an invalid five-field cron expression is wrong."""
+    bad = [f"the {name} field {fields[i]!r} is not valid ({rng})"
+           for i, (name, rng) in enumerate(_CRON_RANGES)
+           if not croniter.is_valid(" ".join(f if j == i else "*" for j, f in enumerate(fields)))]
+    return "; ".join(bad) or "its fields do not combine into any time"
 
 
 def _check_date(ctx: Reporter, path: ConfigPath, value: object) -> dt.date | None:
