@@ -118,6 +118,13 @@ def test_a_history_start_moved_earlier_queues_the_backfill_of_its_symbols(runtim
     code, out, err = run_cli(runtime.config.path, "reload")
     assert code == 0, err
     assert len(queued()) == n, out  # later: nothing to fetch
+    # a resolution taken away: said, nothing queued, nothing deleted
+    config_factory(**{**BASE, "symbols": ["AAPL", "MSFT"],
+                      "history": {"start": {"1d": "2026-11-09", "1m": "2026-11-09"}}})
+    code, out, err = run_cli(runtime.config.path, "reload")
+    assert code == 0 and len(queued()) == n, err
+    assert ("resolutions removed (MSFT: 1m): no longer fetched; the bars stored are kept "
+            "and still served") in err, err
 
 
 def test_a_removed_symbol_stops_being_fetched_but_keeps_its_data(runtime, config_factory, client,
