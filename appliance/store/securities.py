@@ -87,7 +87,9 @@ def universe(conn: Connection[Any], as_of: dt.date) -> list[dict[str, Any]]:
     """The securities that traded on ``as_of`` (listed, not yet delisted),
     with the ticker each had then, by symbol; symbols without ticker events
     count from their first to their last stored daily bar (``basis``
-    ``stored_bars``)."""
+    ``stored_bars``), unless a security's ticker history gives their ticker
+    to it on that date (FB's own bars, stored before the rename, are META's
+    company: listed once, as META)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             """SELECT s.symbol, t.ticker, s.composite_figi, s.name, t.valid_from AS ticker_since,
@@ -100,6 +102,9 @@ def universe(conn: Connection[Any], as_of: dt.date) -> list[dict[str, Any]]:
                       'stored_bars'
                FROM symbol_stats st LEFT JOIN securities s USING (symbol)
                WHERE NOT EXISTS (SELECT 1 FROM security_tickers t WHERE t.symbol = st.symbol)
+                 AND NOT EXISTS (SELECT 1 FROM security_tickers t
+                                 WHERE t.ticker = st.symbol AND t.valid_from <= %(d)s
+                                   AND (t.valid_to IS NULL OR t.valid_to > %(d)s))
                  AND st.first_session <= %(d)s AND st.last_session >= %(d)s
                  AND (s.delisted_on IS NULL OR s.delisted_on > %(d)s)
                ORDER BY 1""", {"d": as_of}).fetchall()

@@ -172,6 +172,16 @@ def test_the_universe_as_of_three_dates(served):
     assert members("2022-10-03") == {("META", "META"), ("ZZ", "ZZ")}
     r = client.get("/api/v1/universe?as_of=2022-13-01", headers=H)
     assert r.status_code == 400
+    # the old ticker's own bars, stored before the rename (FB was configured
+    # then): the company is META's, which held the ticker FB on those dates;
+    # it was listed twice, as ("FB", "FB") too
+    rt = served[0]
+    res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill,
+                       params={"symbols": ["FB"]})
+    assert res["status"] in ("ok", "partial"), res
+    with rt.conn() as conn:
+        assert conn.execute("SELECT count(*) FROM market_data WHERE symbol = 'FB'").fetchone()[0]
+    assert members("2022-03-01") == {("META", "FB"), ("OLD", "OLD")}
 
 
 def test_conflicting_ticker_events_and_a_shared_figi_are_said_and_change_nothing(served):
