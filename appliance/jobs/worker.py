@@ -25,6 +25,7 @@ from appliance.ingest.chunks import release_dead
 from appliance.jobs import entry
 from appliance.jobs.queue import QUEUE_NAME
 from appliance.jobs.schedule import heartbeat_settings
+from appliance.runtime.children import forking_children_that_die_with_us
 from appliance.runtime.runtime import K_HEARTBEAT
 from appliance.store import pool as db
 
@@ -118,6 +119,23 @@ def _worker_class(early: EarlyStop):
                             "killed", proc.pid, SCHEDULER_STOP_SECONDS)
                 proc.kill()
                 proc.join()
+
+        def _start_scheduler(self, *args, **kwargs):
+            """RQ's, with RQ's scheduler process dying with this worker: a
+            worker killed outright left it running, moving jobs unseen. RQ
+            forks it here, and again from its maintenance (the scheduler's
+            ``start``, when it takes the lock over): both are armed; the work
+            horses, forked elsewhere, finish their job as before."""
+            with forking_children_that_die_with_us():
+                super()._start_scheduler(*args, **kwargs)
+            scheduler = self.scheduler
+            if scheduler is not None:
+                start = scheduler.start
+
+                def start_armed():
+                    with forking_children_that_die_with_us():
+                        return start()
+                scheduler.start = start_armed
 
         def _install_signal_handlers(self):
             super()._install_signal_handlers()

@@ -169,6 +169,30 @@ def test_a_sigterm_while_the_worker_starts_stops_it_and_its_scheduler(config_fac
     rt.close()
 
 
+def test_a_worker_killed_outright_takes_rq_s_scheduler_process_with_it(config_factory, procs):
+    """SIGKILL (the OOM killer, kill -9) left RQ's scheduler process running
+    on its own, still moving jobs, until the next stop printed its errors."""
+    import psutil
+    path = config_factory(schedules=QUIET)
+    rt = _rt(path)
+    w = cli(path, "worker", "--name", "w-kill9")
+    procs.append(w)
+    wait_until(lambda: _subscribed(rt, "w-kill9"), 60, "the worker to subscribe")
+    children = wait_until(lambda: psutil.Process(w.pid).children(), 30,
+                          "RQ's scheduler process to start")
+    w.kill()
+    w.wait(timeout=10)
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    wait_until(lambda: all(gone(c.pid) for c in children), 10,
+               f"the worker's children {[c.pid for c in children]} to end with it")
+    rt.close()
+
+
 def _deaf() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import time

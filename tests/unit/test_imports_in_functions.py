@@ -21,7 +21,8 @@ ALLOWED_LIBRARIES = {
     "rich": "only the terminal status view draws with it (`appliance status`)",
     "boto3": "only the vendor's flat files need an S3 client, and it takes a third of a second to import",
     "botocore": "boto3's own modules, loaded with it (see boto3)",
-    "ctypes": "in the forked pg_dump/pg_restore child only: prctl(PR_SET_PDEATHSIG)",
+    "ctypes": "in a forked child only (pg_dump, pg_restore, RQ's scheduler process): "
+              "prctl(PR_SET_PDEATHSIG)",
 }
 
 #: module -> why its functions import what they run

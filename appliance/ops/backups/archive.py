@@ -30,7 +30,6 @@ from appliance.ops.backups.common import (
     SUSPEND_KEY,
     SUSPEND_TTL_S,
     Steps,
-    _die_with_parent,
     _fsync_dir,
     _fsync_file,
     db_name,
@@ -47,6 +46,7 @@ from appliance.ops.backups.tools import (
     read_archive,
     server_major,
 )
+from appliance.runtime.children import die_with_parent
 from appliance.runtime.replica import primary_identifier, probe
 from appliance.store import pool as db
 
@@ -392,7 +392,7 @@ def _dump(rt, cfg, url, bdir, steps: Steps, lock_conn, space: dict, t0: float,
             [tools("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
              "--no-toast-compression",
              f"--file={tmp}", f"--dbname={target}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=errf, preexec_fn=_die_with_parent,
+            env=env, stdout=subprocess.DEVNULL, stderr=errf, preexec_fn=die_with_parent,
             umask=0o077)  # the archive is 0600 whatever the umask
         steps.start("count rows")
         counts = snapshot_counts(snap_conn)

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import os
 import re
-import signal
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -84,17 +83,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """pg_dump/pg_restore die when the process that started them dies (Linux),
-    so a killed worker never leaves a dump running into the backup directory."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def _emit(report, data: dict) -> None:

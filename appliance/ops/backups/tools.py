@@ -16,8 +16,9 @@ import psycopg
 
 from appliance import store
 from appliance.core.errors import BackupError
-from appliance.ops.backups.common import _MAX_IDENT, _die_with_parent, url_for
+from appliance.ops.backups.common import _MAX_IDENT, url_for
 from appliance.runtime import services
+from appliance.runtime.children import die_with_parent
 
 log = logging.getLogger("appliance.backups")
 
@@ -84,7 +85,7 @@ def find_tools(rt, major: int) -> Tools:
 
 def _run_tool(args: list[str], env: dict, timeout: float | None = None) -> tuple[int, str, str]:
     p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout,
-                       preexec_fn=_die_with_parent)
+                       preexec_fn=die_with_parent)
     return p.returncode, p.stdout, p.stderr
 
 
