@@ -289,7 +289,8 @@ def backfill(ctx, symbols, start, end, enqueue, show_plan):
     if enqueue:
         from appliance.jobs.queue import enqueue as enq
         run_id = enq(rt, "backfill", params)
-        click.echo(f"queued backfill run {run_id}")
+        click.echo(f"queued backfill run {run_id} (follow it: the console's Jobs page, or "
+                   f"GET /api/v1/jobs/{run_id})")
         return
     from appliance.ingest.backfill import run_backfill
     res = _run_with_progress(rt, "backfill", run_backfill, params)
@@ -401,7 +402,9 @@ def run_job(ctx, job, enqueue, params):
                    f"fetched this once, not kept up to date", err=True)
     if enqueue:
         from appliance.jobs.queue import enqueue as enq
-        click.echo(f"queued {job} run {enq(rt, job, kv)}")
+        run_id = enq(rt, job, kv)
+        click.echo(f"queued {job} run {run_id} (follow it: the console's Jobs page, or "
+                   f"GET /api/v1/jobs/{run_id})")
         return
     res = _run_with_progress(rt, job, registry.job_function(job), kv)
     click.echo(json.dumps(res, indent=2, default=str))
@@ -409,9 +412,8 @@ def run_job(ctx, job, enqueue, params):
 
 
 def _job_params(job: str, params) -> dict:
-    """``-p KEY=VALUE`` of ``appliance run JOB``: only the parameters the job
-    takes (an unknown one failed the run with a traceback); ``symbols`` and
-    ``timeframes`` comma-separated lists (``symbols=AAPL`` backfilled A, P, L)."""
+    """``appliance run``'s ``-p KEY=VALUE``: the job's own parameters only, ``symbols``
+    and ``timeframes`` as comma-separated lists (``symbols=AAPL`` was A, P, L)."""
     import inspect
 
     from appliance.config.loader import SYMBOL_RE
@@ -506,8 +508,11 @@ def backups(ctx, rescan, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
-    for r in rows:
-        click.echo(f"{r['id']:>5}  {r['filename']}  {r.get('size_bytes') or 0:>12} B  "
+    for i, r in enumerate(rows):
+        if i == 0:
+            click.echo(f"{'id':>5}  {'taken (UTC)':<16}  {'file':<32}  {'size':>14}  status")
+        click.echo(f"{r['id']:>5}  {str(r.get('created_at') or '-')[:16].replace('T', ' '):<16}  "
+                   f"{r['filename']:<32}  {r.get('size_bytes') or 0:>12} B  "
                    f"{r['status']:<8} restore test: {r.get('restore_test_status') or '-'}")
 
 
@@ -585,6 +590,7 @@ def status(ctx, as_json, watch, interval):
     """Health, alerts, jobs, backups and freshness (exit 0 ok, 1 warning, 2 critical).
     Starts no embedded server: one that is not running is the answer."""
     from appliance.ops.statusview import run_status, unreachable
+    logging.getLogger("appliance.runtime").setLevel(logging.WARNING)  # its lines: the services'
     rt = _runtime(ctx, broken_file_ok=True, pool_size=2, start_servers=False,
                   on_error=lambda message: unreachable(message, as_json=as_json))
     sys.exit(run_status(rt, as_json=as_json, watch=watch, interval=interval))

@@ -344,6 +344,13 @@ class Supervisor:
         time.sleep(0.1)  # let the pump thread copy the last lines
         c.last_code = c.proc.returncode
         c.last_error = error_lines(c.tail)
+        if c.last_code < 0:  # killed: its last lines are no error of its own
+            try:
+                sig = signal.Signals(-c.last_code).name
+            except ValueError:
+                sig = f"signal {-c.last_code}"
+            c.last_error = [*c.last_error, f"killed by {sig} (the lines before: its last "
+                                           f"output, no error of its own)"]
         c.proc = None
         lived = now - c.started_at
         c.restarts += 1

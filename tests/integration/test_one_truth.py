@@ -263,7 +263,7 @@ def test_commands_say_when_the_file_is_not_what_runs(appliance):
     res = _cli(up.path, "status", "--json")
     st = json.loads(res.stdout)
     assert "does not validate" in res.stderr and "wokers" in res.stderr
-    assert res.returncode == {"healthy": 0, "degraded": 1, "unhealthy": 2}[st["status"]]
+    assert res.returncode == {"ok": 0, "warning": 1, "critical": 2}[st["severity"]]
     # read_url is set in the appliance's environment only: the replica it
     # reads from is down, and status says so as /health does (not "off")
     assert up.health()["replica"]["state"] == "down"
