@@ -5,8 +5,10 @@ children running unseen: a pg_dump still writing into the backup directory,
 RQ's scheduler process still moving jobs."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 
 #: set while ``forking_children_that_die_with_us`` is active; a child forked
 #: meanwhile inherits it as True and arms itself (``os.register_at_fork``)
@@ -32,15 +34,14 @@ def _after_fork_in_child() -> None:  # pragma: no cover - runs in the child
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class forking_children_that_die_with_us:
+@contextlib.contextmanager
+def forking_children_that_die_with_us() -> Iterator[None]:
     """``with forking_children_that_die_with_us(): library.start()``: the
     processes forked inside die with this one; those forked elsewhere (RQ's
     work horses, which finish their job) do not."""
-
-    def __enter__(self) -> None:
-        global _ARMED
-        _ARMED = True
-
-    def __exit__(self, *exc) -> None:
-        global _ARMED
+    global _ARMED
+    _ARMED = True
+    try:
+        yield
+    finally:
         _ARMED = False
