@@ -275,10 +275,7 @@ def backfill(ctx, symbols, start, end, enqueue, show_plan):
     if start and end and start > end:
         _fail("--start is after --end", 2)
     rt = _runtime(ctx, migrate=True)
-    extra = sorted(set(symbols) - {s.symbol for s in rt.config.symbols})
-    if extra:  # a typo, or on purpose: fetched now, never again by the schedule
-        click.echo(f"warning: {', '.join(extra)} not in symbols: of {_config_path(ctx)}: "
-                   f"fetched this once, not kept up to date", err=True)
+    _warn_unconfigured(ctx, rt, symbols)
     params = {"symbols": list(symbols) or None, "start": start.isoformat() if start else None,
               "end": end.isoformat() if end else None}
     if show_plan:
@@ -396,10 +393,7 @@ def run_job(ctx, job, enqueue, params):
         _fail(f"unknown job {job!r}; jobs: {', '.join(registry.JOBS)}", 2)
     kv = {**registry.run_now_params(job), **_job_params(job, params)}
     rt = _runtime(ctx, migrate=True)
-    extra = sorted(set(kv.get("symbols") or ()) - {s.symbol for s in rt.config.symbols})
-    if extra:
-        click.echo(f"warning: {', '.join(extra)} not in symbols: of {_config_path(ctx)}: "
-                   f"fetched this once, not kept up to date", err=True)
+    _warn_unconfigured(ctx, rt, kv.get("symbols") or ())
     if enqueue:
         from appliance.jobs.queue import enqueue as enq
         run_id = enq(rt, job, kv)
@@ -409,6 +403,12 @@ def run_job(ctx, job, enqueue, params):
     res = _run_with_progress(rt, job, registry.job_function(job), kv)
     click.echo(json.dumps(res, indent=2, default=str))
     sys.exit(0 if res.get("status") in ("ok", None) else 1)
+
+
+def _warn_unconfigured(ctx, rt, symbols) -> None:  # a typo? fetched now, never again
+    if extra := sorted(set(symbols) - {s.symbol for s in rt.config.symbols}):
+        click.echo(f"warning: {', '.join(extra)} not in symbols: of {_config_path(ctx)}: "
+                   f"fetched this once, not kept up to date", err=True)
 
 
 def _job_params(job: str, params) -> dict:
@@ -508,9 +508,9 @@ def backups(ctx, rescan, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
-    for i, r in enumerate(rows):
-        if i == 0:
-            click.echo(f"{'id':>5}  {'taken (UTC)':<16}  {'file':<32}  {'size':>14}  status")
+    if rows:
+        click.echo(f"{'id':>5}  {'taken (UTC)':<16}  {'file':<32}  {'size':>14}  status")
+    for r in rows:
         click.echo(f"{r['id']:>5}  {str(r.get('created_at') or '-')[:16].replace('T', ' '):<16}  "
                    f"{r['filename']:<32}  {r.get('size_bytes') or 0:>12} B  "
                    f"{r['status']:<8} restore test: {r.get('restore_test_status') or '-'}")
