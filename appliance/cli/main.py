@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from appliance import __version__
-from appliance.cli import configcheck, progress
+from appliance.cli import configcheck, jobargs, progress
 from appliance.cli.commandruntime import _config_path, say_notes
 from appliance.cli.commandruntime import command_runtime as _runtime
 from appliance.config.loader import env_file_path, load_config
@@ -275,7 +275,7 @@ def backfill(ctx, symbols, start, end, enqueue, show_plan):
     if start and end and start > end:
         _fail("--start is after --end", 2)
     rt = _runtime(ctx, migrate=True)
-    _warn_unconfigured(ctx, rt, symbols)
+    jobargs.warn_unconfigured(_config_path(ctx), rt, symbols)
     params = {"symbols": list(symbols) or None, "start": start.isoformat() if start else None,
               "end": end.isoformat() if end else None}
     if show_plan:
@@ -391,9 +391,12 @@ def run_job(ctx, job, enqueue, params):
     from appliance.jobs import registry
     if job not in registry.JOBS:
         _fail(f"unknown job {job!r}; jobs: {', '.join(registry.JOBS)}", 2)
-    kv = {**registry.run_now_params(job), **_job_params(job, params)}
+    try:
+        kv = {**registry.run_now_params(job), **jobargs.job_params(job, params)}
+    except ValueError as e:
+        _fail(str(e), 2)
     rt = _runtime(ctx, migrate=True)
-    _warn_unconfigured(ctx, rt, kv.get("symbols") or ())
+    jobargs.warn_unconfigured(_config_path(ctx), rt, kv.get("symbols") or ())
     if enqueue:
         from appliance.jobs.queue import enqueue as enq
         run_id = enq(rt, job, kv)
@@ -403,39 +406,6 @@ def run_job(ctx, job, enqueue, params):
     res = _run_with_progress(rt, job, registry.job_function(job), kv)
     click.echo(json.dumps(res, indent=2, default=str))
     sys.exit(0 if res.get("status") in ("ok", None) else 1)
-
-
-def _warn_unconfigured(ctx, rt, symbols) -> None:  # a typo? fetched now, never again
-    if extra := sorted(set(symbols) - {s.symbol for s in rt.config.symbols}):
-        click.echo(f"warning: {', '.join(extra)} not in symbols: of {_config_path(ctx)}: "
-                   f"fetched this once, not kept up to date", err=True)
-
-
-def _job_params(job: str, params) -> dict:
-    """``appliance run``'s ``-p KEY=VALUE``: the job's own parameters only, ``symbols``
-    and ``timeframes`` as comma-separated lists (``symbols=AAPL`` was A, P, L)."""
-    import inspect
-
-    from appliance.config.loader import SYMBOL_RE
-    from appliance.jobs import registry
-    takes = [n for n, x in inspect.signature(registry.job_function(job)).parameters.items()
-             if n not in ("rt", "run_id", "report", "now") and not callable(x.default)]
-    kv: dict = {}
-    for p in params:
-        k, sep, v = p.partition("=")
-        if not sep or not k:
-            _fail(f"--param {p!r}: expected KEY=VALUE", 2)
-        if k not in takes:
-            _fail(f"--param {k}: {job} takes " + (", ".join(takes) or "no parameter"), 2)
-        kv[k] = v
-    for k in ("symbols", "timeframes"):  # the list parameters
-        if k in kv:
-            kv[k] = [x for x in kv[k].replace(" ", ",").split(",") if x]
-    if "symbols" in kv:
-        if bad := [x for x in kv["symbols"] if not SYMBOL_RE.match(x)]:
-            _fail(f"--param symbols: not a valid symbol: {', '.join(bad)} (a comma-separated "
-                  f"list: symbols=AAPL,MSFT)", 2)
-    return kv
 
 
 # --------------------------------------------------------------------------- processes
@@ -521,8 +491,13 @@ def backups(ctx, rescan, as_json):
 @click.pass_context
 def restore_test(ctx, backup):
     """Prove a backup restores: into a scratch database, compared with its manifest."""
-    from appliance.ops.backups import run_restore_test
+    from appliance.ops.backups import run_restore_test, testable_backup
     rt = _runtime(ctx, migrate=True)
+    with rt.conn() as conn:
+        try:
+            testable_backup(conn, rt.config, backup)
+        except ApplianceError as e:
+            _fail(e.message, 2)
     res = _run_with_progress(rt, "restore_test", run_restore_test, {"backup": backup})
     click.echo(json.dumps(res, indent=2, default=str))
     sys.exit(0 if res.get("status") == "ok" else 1)

@@ -611,6 +611,25 @@ def test_restore_test_of_an_unknown_backup_is_an_error(loaded):
         _restore_test(loaded, 999)
 
 
+def test_the_command_refuses_a_backup_it_cannot_test_and_records_nothing(loaded):
+    """``appliance restore-test 999`` (a typo) or a deleted backup's id
+    recorded a failed run, and restore_test_failed paged as critical."""
+    rt = loaded
+    b = _backup(rt)
+    with rt.conn() as conn:
+        conn.execute("UPDATE backups SET status = 'deleted' WHERE id = %s", (b["backup_id"],))
+    for arg, says in (("999", "no backup 999 in the catalogue"),
+                      (str(b["backup_id"]), "is deleted; only a backup with status ok")):
+        r = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config",
+                            str(rt.config.path), "restore-test", arg],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and says in r.stderr, (arg, r.stderr)
+    with rt.conn() as conn:
+        assert runs.recent(conn, job="restore_test") == []
+        tested = conn.execute("SELECT count(*) FROM backups WHERE restore_test_at IS NOT NULL")
+        assert tested.fetchone()[0] == 0
+
+
 # --------------------------------------------------------------------------- full restore
 
 def test_full_restore_brings_back_every_row_after_the_live_database_was_dropped(

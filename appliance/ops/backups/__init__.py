@@ -49,6 +49,7 @@ from appliance.ops.backups.catalogue import (
                       register,
                       rescan,
                       resolve_backup,
+                      testable_backup,
 )
 from appliance.ops.backups.common import (
                       ALERT_KEY,
@@ -92,7 +93,7 @@ __all__ = [
     "drop_kept_database", "estimate_archive_size", "find_tools", "full_restore", "get_backup",
     "jobs_suspended", "kept_databases", "list_backups", "manifest_path_for", "note_restore_test",
     "read_manifest", "register", "rescan", "resolve_backup", "restore_plan_text", "restore_test",
-    "run_backup", "run_restore_test",
+    "run_backup", "run_restore_test", "testable_backup",
     "scratch_name", "server_major", "tool_target", "url_for", "verify_archive_file",
     "wait_while_suspended",
 ]

@@ -147,6 +147,20 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
     return ref
 
 
+def testable_backup(conn, cfg, backup: str) -> BackupRef:
+    """The backup ``backup`` names, when it can be restore-tested at all.
+    Raises BackupError when there is no such backup, or the catalogue holds
+    it as deleted or missing: said before any run is recorded, so a typo
+    (``restore-test 999``) does not open ``restore_test_failed``. A backup the
+    catalogue holds as ok whose file is gone is tested, and fails."""
+    ref = resolve_backup(cfg, backup, conn)
+    status = store.backup_status(conn, ref.id) if ref.id is not None else None
+    if status not in (None, "ok"):
+        raise BackupError(f"backup {backup} ({ref.filename}) is {status}; only a backup with "
+                          f"status ok can be restore-tested (appliance backups lists them)")
+    return ref
+
+
 def in_backup_dir(cfg, ref: BackupRef) -> bool:
     """Whether ``ref``'s archive lies in ``backup.path`` (the catalogue's files)."""
     try:
