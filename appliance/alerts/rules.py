@@ -484,15 +484,32 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
             "pending": [r["key"] for r in pending], "firing": firing}
 
 
-def open_now(conn, key: str, severity: str, message: str, details: dict) -> None:
-    """An alert opened at once by the code that saw the failure (a backup
-    that failed says so itself; the rules only add for-durations)."""
-    store.alerts.open_alert(conn, key, severity, message, details)
+def open_now(conn, key: str, severity: str, message: str, details: dict) -> dict | None:
+    """An alert opened at once by the code that saw the failure (a failed
+    backup), with its event; the row when this opened it, for ``announce``."""
+    row = store.alerts.open_alert(conn, key, severity, message, details)
+    if row is not None:
+        store.add_event(conn, "warning" if severity == "warning" else "error", "alert",
+                        f"alert {key} opened: {message}", {"alert_id": row["id"]})
+    return row
 
 
-def resolve_now(conn, key: str) -> None:
-    """Resolve ``key``'s active alert (the next good backup resolves backup_failed)."""
-    store.alerts.resolve_alert(conn, key)
+def resolve_now(conn, key: str) -> dict | None:
+    """Resolve ``key``'s active alert; the row when an open one was (``announce``)."""
+    row = store.alerts.resolve_alert(conn, key)
+    if row is not None:
+        store.add_event(conn, "info", "alert", f"alert {key} resolved", {"alert_id": row["id"]})
+    return row
+
+
+def announce(rt, event: str, row: dict | None) -> None:
+    """After the commit: the webhook and e-mail of ``open_now``'s or ``resolve_now``'s
+    row (None: nothing changed), as ``evaluate`` sends the rules'."""
+    if row is not None:
+        try:
+            notifier.send(rt, event, row)
+        except Exception:  # a notifier never fails what it reports on
+            log.exception("could not send the %s notification of %s", event, row.get("key"))
 
 
 def acknowledge(conn, alert_id: int, who: str) -> bool:

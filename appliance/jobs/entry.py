@@ -57,10 +57,11 @@ def _config_failed(name: str, run_id: int | None, e: ConfigError) -> None:
                 runs.start(conn, run_id)
                 runs.finish(conn, run_id, "failed", {}, msg)
             store.add_event(conn, "error", name, f"{name} failed: {msg}", {"run_id": run_id})
-            alerts.open_now(conn, "config_invalid", "critical",
-                            f"A job could not load the config: {msg}. Response: run "
-                            f"appliance check-config, fix the file or appliance.env, then "
-                            f"appliance reload", {"job": name, "run_id": run_id})
+            opened = alerts.open_now(conn, "config_invalid", "critical",
+                                     f"A job could not load the config: {msg}. Response: run "
+                                     f"appliance check-config, fix the file or appliance.env, "
+                                     f"then appliance reload", {"job": name, "run_id": run_id})
+        alerts.announce(rt, "open", opened)
     finally:
         rt.close()
 
@@ -82,7 +83,8 @@ def _config_loaded(rt) -> None:
     """A job that loads its config again resolves ``config_invalid``."""
     try:
         with rt.conn() as conn:
-            alerts.resolve_now(conn, "config_invalid")
+            resolved = alerts.resolve_now(conn, "config_invalid")
+        alerts.announce(rt, "resolved", resolved)
     except Exception:  # noqa: BLE001 - the job itself reports a database problem
         pass
 

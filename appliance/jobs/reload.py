@@ -181,7 +181,8 @@ def _applied(rt, source, actor, diff, symbols, sha, version) -> dict:
             log.warning("could not queue the backfill of added symbols: %s", e)
     since = configsync.mark_restart_required(rt) if diff["restart_required"] else None
     with rt.conn() as conn:  # every process accepted it: jobs load it again
-        alerts.resolve_now(conn, "config_invalid")
+        resolved = alerts.resolve_now(conn, "config_invalid")
+    alerts.announce(rt, "resolved", resolved)
     _record(rt, source, actor, sha, True, None, diff)
     summary = ("no changes" if diff_is_empty(diff) else
                f"+{len(diff['symbols_added'])}/-{len(diff['symbols_removed'])} symbols, "

@@ -80,22 +80,35 @@ def delete_alert(conn: Connection[Any], alert_id: int) -> None:
     conn.execute("DELETE FROM alerts WHERE id = %s", (alert_id,))
 
 
-def open_alert(conn: Connection[Any], key: str, severity: str, message: str, details: dict[str, Any]) -> None:
-    """``key``'s alert open now (its active row updated, or a new one)."""
-    conn.execute(
-        """INSERT INTO alerts (key, severity, status, message, details, opened_at)
-           VALUES (%s, %s, 'open', %s, %s, now())
-           ON CONFLICT (key) WHERE status IN ('pending', 'open')
-           DO UPDATE SET message = EXCLUDED.message, details = EXCLUDED.details,
-                         severity = EXCLUDED.severity, status = 'open',
-                         opened_at = coalesce(alerts.opened_at, now())""",
-        (key, severity, message, json.dumps(details, default=str)))
+def open_alert(conn: Connection[Any], key: str, severity: str, message: str,
+               details: dict[str, Any]) -> dict[str, Any] | None:
+    """``key``'s alert open now (its active row updated, or a new one); the
+    row when this opened it (it was not open before), else None."""
+    was = conn.execute("""SELECT status FROM alerts WHERE key = %s
+                          AND status IN ('pending', 'open') FOR UPDATE""", (key,)).fetchone()
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            """INSERT INTO alerts (key, severity, status, message, details, opened_at)
+               VALUES (%s, %s, 'open', %s, %s, now())
+               ON CONFLICT (key) WHERE status IN ('pending', 'open')
+               DO UPDATE SET message = EXCLUDED.message, details = EXCLUDED.details,
+                             severity = EXCLUDED.severity, status = 'open',
+                             opened_at = coalesce(alerts.opened_at, now())
+               RETURNING *""",
+            (key, severity, message, json.dumps(details, default=str))).fetchone()
+    return row if was is None or was[0] != "open" else None
 
 
-def resolve_alert(conn: Connection[Any], key: str) -> None:
-    """``key``'s active alert resolved now."""
-    conn.execute("""UPDATE alerts SET status = 'resolved', resolved_at = now()
-                    WHERE key = %s AND status IN ('pending', 'open')""", (key,))
+def resolve_alert(conn: Connection[Any], key: str) -> dict[str, Any] | None:
+    """``key``'s active alert resolved now; the row when an open one was."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            """WITH old AS (SELECT id, status FROM alerts
+                            WHERE key = %s AND status IN ('pending', 'open') FOR UPDATE)
+               UPDATE alerts a SET status = 'resolved', resolved_at = now()
+               FROM old WHERE a.id = old.id RETURNING a.*, old.status AS was""",
+            (key,)).fetchone()
+    return row if row is not None and row.pop("was") == "open" else None
 
 
 def acknowledge_alert(conn: Connection[Any], alert_id: int, who: str) -> bool:

@@ -306,6 +306,47 @@ def test_webhook_and_email_receive_open_and_resolve(config_factory):
     assert "Subject: [CRITICAL] validation_rate_critical resolved" in _SMTP.mails[1]
 
 
+def test_a_failed_backup_is_told_to_the_webhook_when_it_opens_and_when_it_resolves(
+        config_factory, tmp_path):
+    """backup_failed is opened by the backup itself, not by the rules: it
+    told nobody (no webhook, no e-mail, no event) until backup_failing, days
+    later."""
+    from appliance.core.errors import BackupError
+    from appliance.ops.backups import run_backup
+    _Hook.got = []
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    (tmp_path / "notadir").write_text("a file where the backup folder should be")
+    url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+    try:
+        path = config_factory(alerts={"webhook": {"url": url}},
+                              backup={"path": str(tmp_path / "notadir" / "backups"),
+                                      "min_free_pct": 1})
+        rt = _rt(path)
+        try:
+            with pytest.raises(BackupError):
+                runs.execute(rt, "backup", runs.manual_slot(), run_backup)
+            with pytest.raises(BackupError):  # still failing: told once
+                runs.execute(rt, "backup", runs.manual_slot(), run_backup)
+            config_factory(alerts={"webhook": {"url": url}},
+                           backup={"path": str(tmp_path / "backups"), "min_free_pct": 1})
+            rt.close()
+            rt = _rt(path)
+            assert runs.execute(rt, "backup", runs.manual_slot(), run_backup)["status"] == "ok"
+            with rt.conn() as conn:
+                ev = [r[0] for r in conn.execute(
+                    "SELECT message FROM events WHERE kind = 'alert' ORDER BY id")]
+        finally:
+            rt.close()
+    finally:
+        hook.shutdown()
+    assert [(m["event"], m["key"]) for m in _Hook.got] == [("open", "backup_failed"),
+                                                          ("resolved", "backup_failed")]
+    assert "backup failed: " in _Hook.got[0]["message"]
+    assert [e.split(":")[0] for e in ev] == ["alert backup_failed opened",
+                                            "alert backup_failed resolved"], ev
+
+
 def test_a_failing_notifier_never_blocks_the_rules(config_factory):
     rt = _rt(config_factory(alerts={"webhook": {"url": "http://127.0.0.1:9/nothing",
                                                 "timeout_seconds": 1}}))

@@ -228,7 +228,8 @@ def test_a_failing_alert_evaluation_fails_the_restore_loudly(runtime, fresh_host
         c.execute("""CREATE FUNCTION no_alert_events() RETURNS trigger LANGUAGE plpgsql AS
                      $$ BEGIN RAISE EXCEPTION 'alert events refused'; END $$""")
         c.execute("""CREATE TRIGGER no_alert_events BEFORE INSERT ON events FOR EACH ROW
-                     WHEN (NEW.kind = 'alert') EXECUTE FUNCTION no_alert_events()""")
+                     WHEN (NEW.kind = 'alert' AND NEW.message LIKE 'alert disk_low_data %')
+                     EXECUTE FUNCTION no_alert_events()""")
     _archive(rt)
     path, url = fresh_host
     second = Runtime.from_path(path)

@@ -214,8 +214,9 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
                     source=source)
         steps.start("retention")
         with rt.conn() as conn:
-            alerts.resolve_now(conn, ALERT_KEY)
+            resolved = alerts.resolve_now(conn, ALERT_KEY)
             deleted = apply_retention(conn, cfg)
+        alerts.announce(rt, "resolved", resolved)
         steps.ok("retention", f"deleted {len(deleted)}" if deleted else "nothing to delete")
         res["retention_deleted"] = deleted
         steps.done()
@@ -227,12 +228,13 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
             try:
                 with rt.conn() as conn:
                     sev = "critical" if getattr(e, "permanent", False) else "warning"
-                    alerts.open_now(conn, ALERT_KEY, sev,
+                    opened = alerts.open_now(conn, ALERT_KEY, sev,
                                     f"backup failed: {msg}. Response: 1. Fix what the message "
                                     f"names (the drive mounted, free space, backup.path). 2. "
                                     f"'appliance backup' (or Back up now in the console); "
                                     f"the alert resolves with the next good backup.",
                                     {"path": str(backup_dir(cfg))})
+                alerts.announce(rt, "open", opened)
             except Exception:  # the database may be what failed
                 log.exception("could not open the backup alert")
         if isinstance(e, (ApplianceError, KeyboardInterrupt, SystemExit)):
