@@ -478,7 +478,10 @@ def backups(ctx, rescan, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
-    if rows:
+    if not rows:
+        click.echo("no backups in the catalogue ('appliance backup' takes one; "
+                   "'appliance backups --rescan' reads the manifests in backup.path)")
+    else:
         click.echo(f"{'id':>5}  {'taken (UTC)':<16}  {'file':<32}  {'size':>14}  status")
     for r in rows:
         click.echo(f"{r['id']:>5}  {str(r.get('created_at') or '-')[:16].replace('T', ' '):<16}  "

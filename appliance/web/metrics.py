@@ -198,7 +198,7 @@ def register(app) -> None:
             registry.register(_LocalHistograms())
         registry.register(StoreCollector(current_app.config["RUNTIME"]))
         registry.register(AuthCollector(current_app.config["RUNTIME"]))
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)  # as is
 
 
 class AuthCollector:

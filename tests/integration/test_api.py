@@ -716,6 +716,7 @@ def test_metrics_is_prometheus_text_with_every_family(loaded, runtime, admin_hea
     loaded.get("/api/v1/historical/AAPL")
     r = loaded.get("/metrics")
     assert r.status_code == 200 and r.content_type.startswith("text/plain")
+    assert r.headers["Content-Type"].count("charset") == 1, r.headers["Content-Type"]
     fams = {f.name: f for f in text_string_to_metric_families(r.get_data(as_text=True))}
     want = ["appliance_records", "appliance_validated_records", "appliance_symbols",
             "appliance_validation_rate_pct", "appliance_latest_data_age_sessions",
