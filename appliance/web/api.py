@@ -22,6 +22,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from appliance import store
 from appliance.alerts import health as health_mod
+from appliance.core.errors import BackupError
 from appliance.core.quality import GAP_KINDS
 from appliance.jobs import reload as reload_mod
 from appliance.jobs import runs
@@ -512,16 +513,16 @@ def post_backup():
 def post_restore_test(backup_id: int):
     query_args(set())
     json_body(set())
-    status = None
-    if backup_id <= MAX_ID:
-        with rt().conn() as conn:
-            status = store.backup_status(conn, backup_id)
-    if status is None:
+    if backup_id > MAX_ID:
         return api_error(404, "unknown_backup", f"no backup {backup_id}")
-    if status != "ok":
-        return api_error(409, "backup_unusable",
-                         f"backup {backup_id} is {status}; only a backup with status ok "
-                         f"can be restore-tested")
+    with rt().conn() as conn:
+        status = store.backup_status(conn, backup_id)
+        if status is None:
+            return api_error(404, "unknown_backup", f"no backup {backup_id}")
+        try:  # the rule the command applies too
+            backups_mod.testable_backup(conn, rt().config, str(backup_id))
+        except BackupError as e:
+            return api_error(409, "backup_unusable", e.message)
     return _queued(enqueue(rt(), "restore_test", {"backup": str(backup_id)}))
 
 

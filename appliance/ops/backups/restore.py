@@ -66,8 +66,7 @@ def restore_plan_text(rt, backup) -> str:
         return f"{CANNOT} {e.message}"
     m = ref.manifest
     if (why := _unusable(ref)) is not None:
-        if ref.archive.exists():
-            record_damage(rt, ref, why, "the restore plan")
+        record_damage(rt, ref, why, "the restore plan")
         return f"{CANNOT} {why}"
     rc = m.get("row_counts") or {}
     state = "does not exist (it will simply be created)"
@@ -253,8 +252,7 @@ def _verified(rt, mconn, ref):
     try:
         verify_archive_file(ref)
     except CheckFailed as e:
-        if ref.archive.exists():
-            record_damage(rt, ref, e.reason, "a restore")
+        record_damage(rt, ref, e.reason, "a restore")
         raise BackupError(e.reason) from None
     tools = find_tools(rt, server_major(mconn))
     list_archive(tools, ref.archive)
@@ -353,8 +351,7 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
         if live_conn is not None:
             live_conn.close()
         mconn.close()
-        if ref.archive.exists():
-            record_damage(rt, ref, why, "a restore")
+        record_damage(rt, ref, why, "a restore")
         raise BackupError(f"{CANNOT} {why}")
     say(f"restoring {ref.archive} into {live!r}")
     suspended = created = swapped = conns_blocked = False

@@ -180,7 +180,10 @@ def record_damage(rt, ref: BackupRef, reason: str, found_by: str) -> None:
     whole: recorded as a failed restore test of it, so that the catalogue,
     the console, the manifest on the drive and the ``restore_test_failed``
     alert say so instead of 'ok'. Not recorded when the database cannot be
-    reached (a recovery: the operator reads the reason on the terminal)."""
+    reached (a recovery: the operator reads the reason on the terminal), nor
+    for an archive that is not there (missing is the catalogue's word for it)."""
+    if not ref.archive.exists():
+        return
     steps = [{"name": n, "status": "failed" if n == "verify sha256" else "skipped",
               "detail": reason if n == "verify sha256" else ""} for n, _ in RESTORE_TEST_STEPS]
     result = {"backup_id": ref.id, "filename": ref.filename, "path": str(ref.archive),
