@@ -528,5 +528,8 @@ def job_overview(rt, last_runs: dict) -> dict:
     return out
 
 
-def exit_code(status: str) -> int:
+def status_number(status: str) -> int:
+    """The status as ``appliance_health_status`` counts it: 0 healthy, 1
+    degraded, 2 unhealthy (``appliance status`` exits by severity instead:
+    ``ops.statusview.exit_code``)."""
     return {"healthy": 0, "degraded": 1}.get(status, 2)

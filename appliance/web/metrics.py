@@ -61,7 +61,7 @@ class StoreCollector:
         up.add_metric(["worker"], 1 if h.worker_alive else 0)
         yield up
         hs = GaugeMetricFamily("appliance_health_status", "0 healthy, 1 degraded, 2 unhealthy")
-        hs.add_metric([], health_mod.exit_code(h.status))
+        hs.add_metric([], health_mod.status_number(h.status))
         yield hs
         cfg_ok = GaugeMetricFamily("appliance_config_last_reload_successful",
                                    "1 when the last config reload succeeded")

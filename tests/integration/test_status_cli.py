@@ -237,6 +237,6 @@ def test_watch_on_a_terminal_redraws_in_place_with_colour(config_path):
 
 
 @pytest.mark.parametrize("status,code", [("healthy", 0), ("degraded", 1), ("unhealthy", 2)])
-def test_exit_codes_map_health(status, code):
+def test_the_health_gauge_numbers_each_status(status, code):
     from appliance.alerts import health
-    assert health.exit_code(status) == code
+    assert health.status_number(status) == code
