@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 from appliance import store
 from appliance.core import calendar as tcal
 from appliance.core.errors import ServiceError
+from appliance.jobs.registry import OFF, is_off
 from appliance.jobs.runs import duration_s, last_by_job
 from appliance.runtime.runtime import K_PROCESSES
 from appliance.runtime.services import connection_problem
@@ -517,11 +518,11 @@ def job_overview(rt, last_runs: dict) -> dict:
     out = {}
     for job, expr in rt.config["schedules"].items():
         try:
-            nxt = croniter(expr, now).get_next(dt.datetime)
+            nxt = None if is_off(expr) else croniter(expr, now).get_next(dt.datetime)
         except Exception:  # noqa: BLE001
             nxt = None
         lr = last_runs.get(job, {})
-        out[job] = {"schedule": expr, "next_run": nxt,
+        out[job] = {"schedule": OFF if is_off(expr) else expr, "next_run": nxt,
                     "last_run": _run_brief(lr.get("last")),
                     "last_success": _run_brief(lr.get("last_success")),
                     "last_failure": _run_brief(lr.get("last_failure"))}

@@ -32,7 +32,7 @@ from appliance import store
 from appliance.alerts import health as health_mod
 from appliance.alerts import notify as notifier
 from appliance.core import units
-from appliance.jobs.registry import JobResult
+from appliance.jobs.registry import JobResult, active_schedules
 from appliance.runtime.replica import lag_alert
 
 log = logging.getLogger("appliance.alerts")
@@ -157,7 +157,7 @@ def _rare_jobs(schedules: tuple) -> frozenset:
 
 def _jobs_failing(m: Measures, cfg):
     n = cfg["alerts"]["job_failures_max"]
-    rare = rare_jobs(cfg["schedules"])
+    rare = rare_jobs(active_schedules(cfg["schedules"]))
     bad = sorted(job for job, sts in m.job_history.items()
                  if (len(sts) >= n and all(s == "failed" for s in sts[:n]))
                  or (job in rare and sts and sts[0] == "failed"))
@@ -314,7 +314,7 @@ RULES: list[Rule] = [
          "run 'appliance backup'; the alert resolves with the first good backup.",
          _backup_failing),
     Rule("restore_test_failed", "critical", 0, "Restore test failed",
-         "Escalate: the latest backup may not be usable. 1. Console Backups: the test's "
+         "Escalate: the backup it tested may not be usable. 1. Console Backups: the test's "
          "result says what differed. 2. Take a new backup ('appliance backup') and test it "
          "('appliance restore-test'). 3. Keep the failed archive for analysis.",
          _restore_test),

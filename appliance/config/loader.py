@@ -584,6 +584,8 @@ _PATTERN_HINTS = {
 
 
 def _friendly(e: Any) -> str:
+    if tuple(e.path)[:1] == ("schedules",) and e.validator in ("anyOf", "type"):
+        return configrules.not_a_schedule(tuple(e.path), e.instance)
     if e.validator == "enum" and tuple(e.path) == ("calendar",):
         return (f"{e.instance!r} is not a supported exchange calendar (supported: "
                 f"{', '.join(e.validator_value)}; session hours and time zone are New York's)")

@@ -14,6 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from croniter import croniter
 
+from appliance.jobs.registry import OFF
+
 #: a parsed config document (YAML mapping) and a path in it
 Doc = dict[str, Any]
 ConfigPath = tuple[str | int, ...]
@@ -99,7 +101,10 @@ def _token_checks(d: Doc, ctx: Reporter) -> None:
 def _cron_checks(d: Doc, ctx: Reporter) -> None:
 
     for job, expr in d["schedules"].items():
-        if not isinstance(expr, str):
+        if job == "alerts" and (expr is False or expr == OFF):
+            ctx.err(("schedules", job), ALERTS_ALWAYS)
+            continue
+        if not isinstance(expr, str) or expr == OFF:
             continue
         fields = expr.split()
         if len(fields) != 5:
@@ -111,6 +116,17 @@ def _cron_checks(d: Doc, ctx: Reporter) -> None:
 
 
 CRON_FIELDS = "minute hour day-of-month month day-of-week"
+ALERTS_ALWAYS = ("the alerts job cannot be turned off: it raises every other alert (give it a "
+                 "cron expression, e.g. '* * * * *')")
+
+
+def not_a_schedule(path: tuple, value: object) -> str:
+    """The message for a ``schedules`` value that is neither a cron string nor off."""
+    alerts = path == ("schedules", "alerts")
+    if alerts and value is False:
+        return ALERTS_ALWAYS
+    return (f"{value!r} is not a schedule: expected a five-field cron expression "
+            f"({CRON_FIELDS}, in UTC) in quotes" + ("" if alerts else ", or off"))
 _CRON_RANGES = (("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"),
                 ("month", "1-12 or jan-dec"), ("day-of-week", "0-7 or sun-sat"))
 

@@ -106,8 +106,11 @@ def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
     current = get_current_job()
     rq_id = current.id if current is not None else None
     if slot is None and run_id is None:
-        slot = current_slot(rt.config, name)
-        trigger = "scheduled"
+        try:
+            slot = current_slot(rt.config, name)
+            trigger = "scheduled"
+        except KeyError:  # its schedule was turned off since it was queued: a run by hand
+            pass
     return runs.execute(rt, name, slot or runs.manual_slot(), fn, trigger=trigger,
                         params=params or {}, run_id=run_id, rq_job_id=rq_id)
 

@@ -13,7 +13,7 @@ console renders a run's result from those declared keys.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, is_typeddict
 
@@ -90,6 +90,21 @@ JOB_NAMES: tuple[str, ...] = tuple(JOBS)
 def default_schedules() -> dict[str, str]:
     """``{job: cron}``: the ``schedules`` section when the config says nothing."""
     return {j.name: j.schedule for j in JOBS.values()}
+
+
+#: A schedule turned off: the job runs only when asked. YAML reads a bare
+#: ``off`` as false, so both spellings mean it.
+OFF = "off"
+
+
+def is_off(expr: object) -> bool:
+    """Whether a ``schedules`` value turns its job's schedule off."""
+    return expr is False or expr == OFF
+
+
+def active_schedules(schedules: Mapping[str, object]) -> dict[str, str]:
+    """``{job: cron}`` of the jobs that run on a schedule (not turned off)."""
+    return {job: str(expr) for job, expr in schedules.items() if not is_off(expr)}
 
 
 def job_function(name: str) -> Callable[..., JobResult]:

@@ -1,9 +1,10 @@
 """Cron schedules from ``appliance.yaml``, in UTC, through rq-scheduler.
 
-Every job named in ``schedules`` that is in the registry (``jobs.registry``) is
-registered with rq-scheduler as a cron job with the id ``appliance-cron-<job>``,
-function ``appliance.jobs.entry.run_job`` and args ``(job, {})``. When a cron
-job falls due, the scheduler enqueues one RQ job per slot, with the id
+Every job named in ``schedules`` that is in the registry (``jobs.registry``),
+and whose schedule is not ``off``, is registered with rq-scheduler as a cron
+job with the id ``appliance-cron-<job>``, function
+``appliance.jobs.entry.run_job`` and args ``(job, {})``. When a cron job
+falls due, the scheduler enqueues one RQ job per slot, with the id
 ``appliance-run-<job>-<slot>`` and ``slot`` passed explicitly, so the run claims
 exactly the ``(job, slot)`` row it was scheduled for, however late a worker
 picks it up. Two schedulers (or an expired lock) may still enqueue a slot
@@ -50,7 +51,7 @@ from appliance.jobs.queue import (
     first_in_queue,
     retry,
 )
-from appliance.jobs.registry import JOBS
+from appliance.jobs.registry import JOBS, active_schedules
 from appliance.runtime.runtime import K_CONFIG_VERSION, K_HEARTBEAT
 
 log = logging.getLogger("appliance.schedule")
@@ -108,8 +109,8 @@ def next_time(expr: str, after: dt.datetime | None = None) -> dt.datetime:
 def current_slot(cfg, job: str, now: dt.datetime | None = None) -> str:
     """The slot a scheduled run of ``job`` belongs to: the latest time <= ``now``
     matching ``cfg["schedules"][job]``, evaluated in UTC whatever the machine's
-    time zone. Raises KeyError for a job without a schedule."""
-    return slot_str(due_time(cfg["schedules"][job], now))
+    time zone. Raises KeyError for a job without a schedule (or turned off)."""
+    return slot_str(due_time(active_schedules(cfg["schedules"])[job], now))
 
 
 def cron_id(job: str) -> str:
@@ -250,7 +251,8 @@ def make_scheduler(rt, *, interval: float = TICK_SECONDS, clock=None, name=None,
 # --------------------------------------------------------------------------- reconcile
 
 def wanted_schedules(cfg) -> dict[str, str]:
-    return {job: expr for job, expr in cfg["schedules"].items() if job in JOBS}
+    return {job: expr for job, expr in active_schedules(cfg["schedules"]).items()
+            if job in JOBS}
 
 
 def reconcile(rt, scheduler: UTCScheduler | None = None, *, reset_overdue: bool = False) -> dict:

@@ -160,7 +160,7 @@ def render_lines(st: dict) -> list[tuple[str, str]]:
         nxt = j.get("next_run")
         out.append(("", f"  {job:<19} last {last.get('status') or '-':<8} "
                         f"{_age(last.get('finished_at') or last.get('started_at')):<12} "
-                        f"next {str(nxt)[:16] if nxt else '-'}"))
+                        f"next {str(nxt)[:16] if nxt else ('off' if j.get('schedule') == 'off' else '-')}"))
     b = st.get("backups") or {}
     lb = b.get("latest")
     rtst = b.get("last_restore_test") or {}

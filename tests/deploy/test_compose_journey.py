@@ -324,7 +324,7 @@ def test_6_down_then_up_keeps_the_data_and_the_operations_history(stack):
     # A run still in progress when the stack went down (the alerts job runs every
     # minute) may have finished or been marked interrupted since: only its row must stay.
     assert [h[:2] for h in after] == [h[:2] for h in history], "job runs lost across down/up"
-    changed = [(old, new) for old, new in zip(history, after) if old != new]
+    changed = [(old, new) for old, new in zip(history, after, strict=True) if old != new]
     assert all(old[2] == "running" for old, _ in changed), \
         f"finished job runs changed across down/up: {changed}"
     assert [b["filename"] for b in stack.api("/api/v1/backups")["backups"]] == backups

@@ -106,9 +106,10 @@ def test_jobs_page_shows_each_schedules_next_run_and_a_reload_moves_it(client, r
     assert dt.datetime.strptime(shown["backup"], "%Y-%m-%d %H:%M").weekday() == 6  # Sunday
     assert "data-job=" not in client.get("/jobs").get_data(as_text=True)  # no login
 
-    config_factory(schedules={"backfill": "45 22 * * *"})
+    config_factory(schedules={"backfill": "45 22 * * *", "spot_check": False})
     assert reload_config(runtime, source="cli")["ok"]
     assert next_runs()["backfill"].endswith(" 22:45")
+    assert next_runs()["spot_check"] == "only when asked"
     login(client)
     assert 'data-job="backfill"' in client.get("/jobs").get_data(as_text=True)
 

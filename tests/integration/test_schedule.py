@@ -217,6 +217,48 @@ def test_an_unscheduled_or_unknown_job_is_not_registered_and_a_removed_one_is_ca
     rt.close()
 
 
+def test_a_schedule_turned_off_is_cancelled_never_caught_up_and_shown_as_off(config_factory):
+    """``spot_check: off`` (YAML reads it as false) on a host that cannot reach
+    a second source: by reload its cron job goes, no catch-up is queued for it,
+    the failure rules do not count it as a rare job, and the overview says off."""
+    from appliance.alerts import health, rules
+    from appliance.jobs import reload as reload_mod
+    path = config_factory(schedules={**QUIET, "spot_check": "0 5 2 * *",
+                                     "maintenance": "0 4 * * 0"})
+    admin_rt = _rt(path)
+    sched_rt = _rt(path, check_interval=0)
+    clock = Clock(dt.datetime(2026, 11, 28, 12, 0, tzinfo=UTC))
+    proc = schedule.SchedulerProcess(sched_rt, clock=clock)
+    proc.start(now=clock.t)
+    assert "spot_check" in proc.sch.registered()
+    assert "spot_check" in rules.rare_jobs(rules.active_schedules(admin_rt.config["schedules"]))
+
+    text = path.read_text()
+    assert "spot_check: 0 5 2 * *" in text
+    path.write_text(text.replace("spot_check: 0 5 2 * *", "spot_check: off"))
+    res = reload_mod.reload_config(admin_rt, source="cli", actor="test")
+    assert res["ok"], res
+    assert admin_rt.config["schedules"]["spot_check"] is False
+    proc.tick()
+    assert "spot_check" not in proc.sch.registered()
+    assert not admin_rt.redis.exists("rq:job:appliance-cron-spot_check")
+    assert proc.sch.registered()["maintenance"]["cron"] == "0 4 * * 0"
+
+    _insert_run(admin_rt, "spot_check", "2026-10-02T05:00Z")  # months ago
+    later = dt.datetime(2026, 12, 20, 9, 0, tzinfo=UTC)
+    assert [c for c in schedule.catch_up(admin_rt, later) if c["job"] == "spot_check"] == []
+    assert "spot_check" not in rules.rare_jobs(
+        rules.active_schedules(admin_rt.config["schedules"]))
+    with pytest.raises(KeyError):  # a run queued before the reload runs as one by hand
+        schedule.current_slot(admin_rt.config, "spot_check")
+    overview = health.job_overview(admin_rt, {})
+    assert (overview["spot_check"]["schedule"], overview["spot_check"]["next_run"]) == ("off", None)
+    assert overview["maintenance"]["schedule"] == "0 4 * * 0"
+    proc.shutdown()
+    for rt in (sched_rt, admin_rt):
+        rt.close()
+
+
 # --------------------------------------------------------------------------- claims
 
 def test_two_schedulers_never_run_the_same_slot_twice(config_factory):
