@@ -120,7 +120,7 @@ ALERTS_ALWAYS = ("the alerts job cannot be turned off: it raises every other ale
                  "cron expression, e.g. '* * * * *')")
 
 
-def not_a_schedule(path: tuple, value: object) -> str:
+def not_a_schedule(path: tuple[object, ...], value: object) -> str:
     """The message for a ``schedules`` value that is neither a cron string nor off."""
     alerts = path == ("schedules", "alerts")
     if alerts and value is False:
