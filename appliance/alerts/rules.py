@@ -32,7 +32,7 @@ from appliance import store
 from appliance.alerts import health as health_mod
 from appliance.alerts import notify as notifier
 from appliance.core import units
-from appliance.jobs.registry import JobResult, active_schedules
+from appliance.jobs.registry import JobResult, active_schedules, is_off
 from appliance.runtime.replica import lag_alert
 
 log = logging.getLogger("appliance.alerts")
@@ -156,11 +156,11 @@ def _rare_jobs(schedules: tuple) -> frozenset:
 
 
 def _jobs_failing(m: Measures, cfg):
-    n = cfg["alerts"]["job_failures_max"]
-    rare = rare_jobs(active_schedules(cfg["schedules"]))
-    bad = sorted(job for job, sts in m.job_history.items()
-                 if (len(sts) >= n and all(s == "failed" for s in sts[:n]))
-                 or (job in rare and sts and sts[0] == "failed"))
+    n, rare = cfg["alerts"]["job_failures_max"], rare_jobs(active_schedules(cfg["schedules"]))
+    bad = sorted(job for job, sts in m.job_history.items()  # a job turned off: no alert
+                 if not is_off(cfg["schedules"].get(job)) and (
+                     (len(sts) >= n and all(s == "failed" for s in sts[:n]))
+                     or (job in rare and sts and sts[0] == "failed")))
     what = "; ".join(f"the last run of {j} failed" if j in rare else f"the last {n} runs of {j} "
                      f"failed" for j in bad)
     return (bool(bad), what, {"jobs": bad})

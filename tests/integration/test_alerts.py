@@ -400,6 +400,31 @@ def test_repeatedly_failing_jobs_resolve_when_the_job_succeeds_again(rt):
     assert _eval(rt, T0 + dt.timedelta(seconds=120))["resolved"] == ["job_failing"]
 
 
+def test_a_job_turned_off_raises_no_job_failing(rt, config_factory):
+    """OPERATIONS.md, the spot-check on a host without internet: its monthly
+    run fails and opens job_failing (a rare job: its first failure counts);
+    ``spot_check: off`` and a reload resolve it, and runs by hand that fail
+    do not open it again."""
+    from appliance.jobs.reload import reload_config
+    _stats(rt)
+    with rt.conn() as conn:
+        conn.execute("""INSERT INTO job_runs (job, slot, status, created_at)
+                        VALUES ('spot_check', '2026-11-02T05:00Z', 'failed', now())""")
+    r = _eval(rt, T0)
+    assert r["opened"] == ["job_failing"]
+    config_factory(alerts={"scheduler_heartbeat_max_seconds": 60},
+                   schedules={"spot_check": False})
+    assert reload_config(rt, source="cli")["ok"]
+    assert _eval(rt, T0 + dt.timedelta(seconds=60))["resolved"] == ["job_failing"]
+    with rt.conn() as conn:
+        for i in range(4):
+            conn.execute("""INSERT INTO job_runs (job, slot, status, created_at)
+                            VALUES ('spot_check', %s, 'failed', now() + %s * interval '1 s')""",
+                         (f"manual-{i}", i + 1))
+    assert "job_failing" not in _eval(rt, T0 + dt.timedelta(seconds=120))["opened"]
+    assert "job_failing" not in _active(rt)
+
+
 def _backup(rt, name, created_at, status="ok"):
     with rt.conn() as conn:
         conn.execute("""INSERT INTO backups (filename, path, created_at, status)
