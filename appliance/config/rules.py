@@ -127,6 +127,8 @@ def not_a_schedule(path: tuple[object, ...], value: object) -> str:
         return ALERTS_ALWAYS
     return (f"{value!r} is not a schedule: expected a five-field cron expression "
             f"({CRON_FIELDS}, in UTC) in quotes" + ("" if alerts else ", or off"))
+
+
 _CRON_RANGES = (("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"),
                 ("month", "1-12 or jan-dec"), ("day-of-week", "0-7 or sun-sat"))
 
