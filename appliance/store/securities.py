@@ -87,7 +87,8 @@ def universe(conn: Connection[Any], as_of: dt.date) -> list[dict[str, Any]]:
     """The securities that traded on ``as_of`` (listed, not yet delisted),
     with the ticker each had then, by symbol; symbols without ticker events
     count from their first to their last stored daily bar (``basis``
-    ``stored_bars``), unless a security's ticker history gives their ticker
+    ``stored_bars``; after the latest stored session, such as a weekend or a
+    day whose bars are not fetched yet, those that traded on it), unless a security's ticker history gives their ticker
     to it on that date (FB's own bars, stored before the rename, are META's
     company: listed once, as META)."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -105,6 +106,8 @@ def universe(conn: Connection[Any], as_of: dt.date) -> list[dict[str, Any]]:
                  AND NOT EXISTS (SELECT 1 FROM security_tickers t
                                  WHERE t.ticker = st.symbol AND t.valid_from <= %(d)s
                                    AND (t.valid_to IS NULL OR t.valid_to > %(d)s))
-                 AND st.first_session <= %(d)s AND st.last_session >= %(d)s
+                 AND st.first_session <= %(d)s
+                 AND st.last_session >= LEAST(%(d)s, (SELECT max(last_session)
+                                                      FROM symbol_stats))
                  AND (s.delisted_on IS NULL OR s.delisted_on > %(d)s)
                ORDER BY 1""", {"d": as_of}).fetchall()

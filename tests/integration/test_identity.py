@@ -184,6 +184,29 @@ def test_the_universe_as_of_three_dates(served):
     assert members("2022-03-01") == {("META", "FB"), ("OLD", "OLD")}
 
 
+def test_after_the_latest_stored_session_the_universe_is_that_sessions(runtime, client):
+    """A weekend, or a trading day before its bars are fetched (the default
+    as_of is today): the symbols known only by their stored bars are the ones
+    that traded on the latest stored session, not none; a symbol whose bars
+    stopped earlier is not listed."""
+    with runtime.conn() as conn:
+        for sym, last in (("AAA", "2024-03-08"), ("BBB", "2024-02-01")):
+            conn.execute("""INSERT INTO symbol_stats (symbol, first_session, last_session,
+                            records, validated, quality_score, completeness)
+                            VALUES (%s, '2024-01-02', %s, 40, 40, 1.0, 1.0)""", (sym, last))
+
+    def members(day):
+        r = client.get(f"/api/v1/universe?as_of={day}", headers=H)
+        assert r.status_code == 200, r.get_data(as_text=True)
+        return [m["symbol"] for m in r.get_json()["securities"]]
+    assert members("2024-01-31") == ["AAA", "BBB"]
+    assert members("2024-02-15") == ["AAA"]
+    assert members("2024-03-08") == ["AAA"]            # Friday, the latest stored session
+    assert members("2024-03-09") == ["AAA"]            # Saturday
+    assert members("2024-03-11") == ["AAA"]            # Monday, its bars not fetched yet
+    assert members("2023-12-29") == []                 # before any bar
+
+
 def test_conflicting_ticker_events_and_a_shared_figi_are_said_and_change_nothing(served):
     rt, _, _ = served
     with rt.conn() as conn:
