@@ -88,9 +88,9 @@ def universe(conn: Connection[Any], as_of: dt.date) -> list[dict[str, Any]]:
     with the ticker each had then, by symbol; symbols without ticker events
     count from their first to their last stored daily bar (``basis``
     ``stored_bars``; after the latest stored session, such as a weekend or a
-    day whose bars are not fetched yet, those that traded on it), unless a security's ticker history gives their ticker
-    to it on that date (FB's own bars, stored before the rename, are META's
-    company: listed once, as META)."""
+    day whose bars are not fetched yet, those that traded on it), unless a
+    security's ticker history gives their ticker to it on that date (FB's own
+    bars, stored before the rename, are META's company: listed once, as META)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             """SELECT s.symbol, t.ticker, s.composite_figi, s.name, t.valid_from AS ticker_since,
