@@ -10,6 +10,7 @@ import click
 from appliance.cli.commandruntime import say_notes
 from appliance.config.diff import diff_configs
 from appliance.config.loader import env_file_path, load_config, read_env_file, variable_values
+from appliance.jobs.registry import active_schedules
 
 
 def from_this_shell_only(cfg) -> list[str]:
@@ -57,3 +58,9 @@ def print_diff(ctx, cfg) -> int:
     click.echo(json.dumps(diff, indent=2, default=str))
     say_notes(diff, [])
     return 0
+
+
+def schedules_text(cfg) -> str:
+    """"10 schedules" as check-config says it, with how many are off."""
+    off = len(cfg["schedules"]) - len(active_schedules(cfg["schedules"]))
+    return f"{len(cfg['schedules'])} schedules" + (f" ({off} off)" if off else "")

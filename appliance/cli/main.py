@@ -107,7 +107,7 @@ def check_config(ctx, path, show_diff):
         sys.exit(1)
     syms = cfg.symbols
     click.echo(f"SUCCESS: {p} is valid: {len(syms)} symbols, provider {cfg['provider']['name']}, "
-               f"{len(cfg['schedules'])} schedules, sha256 {cfg.sha256[:12]} "
+               f"{configcheck.schedules_text(cfg)}, sha256 {cfg.sha256[:12]} "
                f"({(time.monotonic() - t0) * 1000:.0f} ms)", err=show_diff)
     if show_diff:
         sys.exit(configcheck.print_diff(ctx, cfg))
@@ -387,7 +387,7 @@ def repack_cmd(ctx, limit):
 def run_job(ctx, job, enqueue, params):
     """Run any job now, the same run the scheduler would start (JOB: backfill,
     backup, restore_test, spot_check, maintenance, disk_check, retention,
-    alerts, performance_review)."""
+    alerts, performance_review, export); also one whose schedule is off."""
     from appliance.jobs import registry
     if job not in registry.JOBS:
         _fail(f"unknown job {job!r}; jobs: {', '.join(registry.JOBS)}", 2)

@@ -38,7 +38,7 @@ from appliance.config.redaction import (
 )
 from appliance.config.rules import MIN_TOKEN_LENGTH, TOKEN_PATHS, ConfigPath, Doc  # noqa: F401 (the token rules' home is rules)
 from appliance.core.errors import ConfigError
-from appliance.jobs.registry import default_schedules
+from appliance.jobs.registry import OFF, default_schedules
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_EXPANDED_NODES = 200_000  # aliases can make a small file huge ("billion laughs")
@@ -513,6 +513,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
     configrules.semantic_checks(merged, ctx, base=p.resolve().parent)
     if ctx.errors:
         raise ConfigError([redact(e) for e in ctx.errors])
+    merged["schedules"] = {j: OFF if v is False else v for j, v in merged["schedules"].items()}
     cfg = Config(merged, path=p.resolve(), text=src)
     remember_secrets(cfg)
     return cfg

@@ -109,7 +109,9 @@ def _cron_checks(d: Doc, ctx: Reporter) -> None:
         fields = expr.split()
         if len(fields) != 5:
             ctx.err(("schedules", job), f"invalid cron expression {expr!r}: {len(fields)} "
-                                        f"field(s), expected five: {CRON_FIELDS}, in UTC")
+                                        f"field(s), expected five: {CRON_FIELDS}, in UTC"
+                                        + (", or off" if len(fields) == 1 and job != "alerts"
+                                           else ""))
         elif not croniter.is_valid(expr):
             ctx.err(("schedules", job), f"invalid cron expression {expr!r}: {_bad_field(fields)} "
                                         f"(five fields: {CRON_FIELDS}, in UTC)")
@@ -125,7 +127,9 @@ def not_a_schedule(path: tuple[object, ...], value: object) -> str:
     alerts = path == ("schedules", "alerts")
     if alerts and value is False:
         return ALERTS_ALWAYS
-    return (f"{value!r} is not a schedule: expected a five-field cron expression "
+    shown = ("true (YAML reads on and yes so)" if value is True
+             else "an empty value" if value is None else repr(value))
+    return (f"{shown} is not a schedule: expected a five-field cron expression "
             f"({CRON_FIELDS}, in UTC) in quotes" + ("" if alerts else ", or off"))
 
 

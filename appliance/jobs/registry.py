@@ -93,7 +93,7 @@ def default_schedules() -> dict[str, str]:
 
 
 #: A schedule turned off: the job runs only when asked. YAML reads a bare
-#: ``off`` as false, so both spellings mean it.
+#: ``off`` (and ``false``, ``no``) as false: the loaded config says "off".
 OFF = "off"
 
 

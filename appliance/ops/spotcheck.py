@@ -140,6 +140,62 @@ class SpotCheckResult(JobResult, total=False):
     unavailable: list[dict[str, Any]]
 
 
+#: The first symbols whose requests found no answer at all (no HTTP status:
+#: DNS, connection refused, timeouts), every retry spent, after which the
+#: rest are not asked: on a host that cannot reach the source each symbol
+#: would spend its retries on the same failure.
+UNREACHABLE_AFTER = 2
+
+
+def _ask(provider, source: str, by_symbol: dict, factors_of: dict, other_adjusted: bool,
+         thresholds: tuple[float, float], report) -> tuple[list[dict], list[dict]]:
+    """Each sampled symbol's closes from the second source, compared: (pairs,
+    unavailable). Raises ProviderError when no symbol could be had from it."""
+    match_pct, mismatch_pct = thresholds
+    out_pairs: list[dict] = []
+    unavailable: list[dict] = []
+    failed_symbols: list[str] = []
+    errors: list[str] = []
+    answered, no_answer = False, 0
+    for i, (sym, items) in enumerate(sorted(by_symbol.items())):
+        report({"phase": "comparing", "symbols_done": i, "symbols": len(by_symbol),
+                "source": source})
+        if no_answer >= UNREACHABLE_AFTER and not answered:
+            failed_symbols.append(sym)
+            unavailable.extend({"symbol": sym, "session": d.isoformat(),
+                                "reason": f"not asked: {source} is unreachable"}
+                               for d, _ in items)
+            continue
+        lo, hi = min(d for d, _ in items), max(d for d, _ in items)
+        try:
+            bars = provider.daily_bars(sym, lo, hi)
+        except ProviderError as e:
+            log.warning("spot-check: %s from %s failed: %s", sym, source, e.message)
+            answered = answered or e.status is not None
+            no_answer += e.status is None
+            failed_symbols.append(sym)
+            errors.append(e.message)
+            unavailable.extend({"symbol": sym, "session": d.isoformat(),
+                                "reason": f"{source} error: {e.message}"} for d, _ in items)
+            continue
+        answered = True
+        other = {s: float(c) for s, c in zip(bars.session.astype(object).tolist(),
+                                             bars.close.tolist(), strict=False)}
+        out_pairs.extend(compare_closes(sym, items, other, factors_of[sym], other_adjusted,
+                                        source, match_pct, mismatch_pct, unavailable))
+
+    report({"phase": "comparing", "symbols_done": len(by_symbol), "symbols": len(by_symbol),
+            "source": source}, force=True)
+    if by_symbol and len(failed_symbols) == len(by_symbol):
+        asked = len(errors)
+        raise ProviderError(f"spot-check: every request to {source} failed "
+                            f"({asked} symbol(s) asked"
+                            + (f", the other {len(failed_symbols) - asked} not: the source is "
+                               f"unreachable" if asked < len(failed_symbols) else "")
+                            + f"): {errors[0]}")
+    return out_pairs, unavailable
+
+
 def spot_check(rt, run_id, report, samples=None, symbols=None, source=None,
                seed=None) -> SpotCheckResult:
     cfg = rt.config
@@ -162,31 +218,8 @@ def spot_check(rt, run_id, report, samples=None, symbols=None, source=None,
             conn, sym, [d for d, _ in items], tz=tcal.exchange_tz(cfg["calendar"])))
             for sym, items in by_symbol.items()}
 
-    out_pairs: list[dict] = []
-    unavailable: list[dict] = []
-    failed_symbols: list[str] = []
-    errors: list[str] = []
-    for i, (sym, items) in enumerate(sorted(by_symbol.items())):
-        report({"phase": "comparing", "symbols_done": i, "symbols": len(by_symbol),
-                "source": source})
-        lo, hi = min(d for d, _ in items), max(d for d, _ in items)
-        try:
-            bars = provider.daily_bars(sym, lo, hi)
-        except ProviderError as e:
-            log.warning("spot-check: %s from %s failed: %s", sym, source, e.message)
-            failed_symbols.append(sym)
-            errors.append(e.message)
-            unavailable.extend({"symbol": sym, "session": d.isoformat(),
-                                "reason": f"{source} error: {e.message}"} for d, _ in items)
-            continue
-        other = {s: float(c) for s, c in zip(bars.session.astype(object).tolist(),
-                                             bars.close.tolist(), strict=False)}
-        out_pairs.extend(compare_closes(sym, items, other, factors_of[sym], other_adjusted,
-                                        source, match_pct, mismatch_pct, unavailable))
-
-    if by_symbol and len(failed_symbols) == len(by_symbol):
-        raise ProviderError(f"spot-check: every request to {source} failed "
-                            f"({len(failed_symbols)} symbol(s)): {errors[0]}")
+    out_pairs, unavailable = _ask(provider, source, by_symbol, factors_of, other_adjusted,
+                                  (match_pct, mismatch_pct), report)
 
     compared = len(out_pairs)
     counts = {v: sum(1 for p in out_pairs if p["verdict"] == v)

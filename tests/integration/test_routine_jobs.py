@@ -196,13 +196,31 @@ def test_spot_check_lists_a_symbol_the_source_does_not_know_as_unavailable(store
 
 
 def test_spot_check_fails_when_the_source_fails_for_every_symbol(stored, truth):
-    with YahooFake({}, []) as yahoo:
+    with YahooFake({}, []) as yahoo:  # it answers, with an error, for each symbol
         rt = stored(yahoo.base_url, samples=10)
-        with pytest.raises(ProviderError):
+        with pytest.raises(ProviderError) as e:
             _execute(rt, "spot_check", spot_check)
+    assert "every request to yahoo failed (2 symbol(s) asked)" in e.value.message
     with rt.conn() as conn:
         status = conn.execute("SELECT status FROM job_runs WHERE job = 'spot_check'").fetchone()[0]
     assert status == "failed"
+
+
+def test_spot_check_stops_asking_a_source_that_never_answers(stored, monkeypatch):
+    """An offline host: once the first symbols found no answer at all (here
+    the first: UNREACHABLE_AFTER lowered to 1 for two stored symbols), the
+    rest are not asked, and the run says so; its progress ends complete."""
+    from appliance.ops import spotcheck as sc
+    monkeypatch.setattr(sc, "UNREACHABLE_AFTER", 1)
+    rt = stored("http://127.0.0.1:9")  # connection refused: no HTTP status
+    with pytest.raises(ProviderError) as e:
+        _execute(rt, "spot_check", spot_check)
+    msg = e.value.message
+    assert "every request to yahoo failed (1 symbol(s) asked, the other 1 not: the source " \
+           "is unreachable): yahoo: connection error" in msg, msg
+    with rt.conn() as conn:
+        prog = conn.execute("SELECT progress FROM job_runs WHERE job = 'spot_check'").fetchone()[0]
+    assert (prog["symbols_done"], prog["symbols"]) == (2, 2), prog
 
 
 # --------------------------------------------------------------------------- maintenance

@@ -238,7 +238,7 @@ def test_a_schedule_turned_off_is_cancelled_never_caught_up_and_shown_as_off(con
     path.write_text(text.replace("spot_check: 0 5 2 * *", "spot_check: off"))
     res = reload_mod.reload_config(admin_rt, source="cli", actor="test")
     assert res["ok"], res
-    assert admin_rt.config["schedules"]["spot_check"] is False
+    assert admin_rt.config["schedules"]["spot_check"] == "off"  # YAML's false, said as off
     proc.tick()
     assert "spot_check" not in proc.sch.registered()
     assert not admin_rt.redis.exists("rq:job:appliance-cron-spot_check")
