@@ -450,6 +450,28 @@ def test_a_run_page_renders_the_result_by_the_keys_its_job_declares(client, runt
     assert re.findall(r"<dt>([^<]+)</dt>", other) == ["legacy total"]
 
 
+def test_a_retried_run_says_its_attempt_and_that_the_error_was_the_last_attempts(
+        client, runtime):
+    """RQ retries a failed run under the same run (jobs.retries): while the
+    second attempt runs, the error shown is the first's, said so."""
+    from appliance.jobs import runs
+    with runtime.conn() as conn:
+        rid = runs.claim(conn, "spot_check", runs.manual_slot())
+        runs.start(conn, rid)
+        runs.finish(conn, rid, "failed", {}, "every request to yahoo failed")
+        runs.start(conn, rid)  # RQ's retry
+    row = re.search(rf'<tr id="run-{rid}".*?</tr>',
+                    client.get(f"/jobs/{rid}").get_data(as_text=True), re.S).group(0)
+    assert ">running</span>" in row and "attempt 2</span>" in row, row
+    assert "attempt 1 failed: every request to yahoo failed" in row, row
+    with runtime.conn() as conn:
+        runs.finish(conn, rid, "failed", {}, "every request to yahoo failed again")
+    row = re.search(rf'<tr id="run-{rid}".*?</tr>',
+                    client.get(f"/jobs/{rid}").get_data(as_text=True), re.S).group(0)
+    assert ">failed</span>" in row and "attempt 2</span>" in row
+    assert "<div>every request to yahoo failed again</div>" in row, row
+
+
 def test_restore_test_progress_shows_the_steps_then_a_green_result(client, runtime):
     from appliance.jobs import runs
     with runtime.conn() as conn:

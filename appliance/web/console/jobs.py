@@ -43,7 +43,11 @@ def run_view(r: dict) -> dict:
     elif "rows" in prog:
         rows = prog.get("rows")
     requests_ = declared["requests"] if "requests" in declared else prog.get("requests")
+    attempt = int(r.get("attempts") or 0)
+    running = r["status"] not in FINISHED
     errors = [r["error"]] if r.get("error") else []
+    if errors and running and attempt > 1:  # RQ's retry: the error is the last attempt's
+        errors = [f"attempt {attempt - 1} failed: {r['error']}"]
     errors.extend(f"{k}: {v}" for k, v in (declared.get("failed") or {}).items())
     counts = progress_counts(prog)  # the same reading as the CLI's
     pct = counts["pct"] if counts else None
@@ -52,9 +56,9 @@ def run_view(r: dict) -> dict:
         done = sum(1 for s in steps if isinstance(s, dict) and s.get("status") in ("ok", "failed"))
         pct = round(100 * done / len(steps))
     return {**r, "duration_s": dur, "rows": rows, "requests": requests_, "errors": errors,
-            "pct": pct, "eta": eta_text(prog["eta_s"]) if "eta_s" in prog else None, "steps": steps, "running": r["status"] not in FINISHED,  # noqa: E501
+            "pct": pct, "eta": eta_text(prog["eta_s"]) if "eta_s" in prog else None, "steps": steps, "running": running,  # noqa: E501
             "progress_obj": prog, "result_obj": declared, "result_other": other,
-            "counts": counts}
+            "counts": counts, "attempt": attempt}
 
 
 @bp.get("/jobs")
