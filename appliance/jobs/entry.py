@@ -12,7 +12,7 @@ from rq import get_current_job
 from appliance import store
 from appliance.alerts import rules as alerts
 from appliance.config.salvage import salvage_connection_settings
-from appliance.core.errors import ConfigError
+from appliance.core.errors import ApplianceError, ConfigError
 from appliance.ingest import chunks
 from appliance.jobs import runs
 from appliance.jobs.registry import job_function
@@ -111,8 +111,16 @@ def run_job(name: str, params: dict | None = None, *, slot: str | None = None,
             trigger = "scheduled"
         except KeyError:  # its schedule was turned off since it was queued: a run by hand
             pass
-    return runs.execute(rt, name, slot or runs.manual_slot(), fn, trigger=trigger,
-                        params=params or {}, run_id=run_id, rq_job_id=rq_id)
+    try:
+        return runs.execute(rt, name, slot or runs.manual_slot(), fn, trigger=trigger,
+                            params=params or {}, run_id=run_id, rq_job_id=rq_id)
+    except ApplianceError as e:
+        if e.permanent and current is not None and current.retries_left:
+            # retrying will not help (core.errors): RQ fails it now, the
+            # worker is free and the alert rules see the failure at once
+            log.info("%s failed with an error retrying will not help: no retry", name)
+            current.retries_left = 0
+        raise
 
 
 def run_chunk(run_id: int, chunk_id: int) -> dict:

@@ -98,6 +98,30 @@ def test_a_failing_job_is_retried_as_often_as_configured_then_left_failed(config
     rt.close()
 
 
+def test_an_error_retrying_cannot_help_is_not_retried(config_factory):
+    """A backup to a drive that is not mounted (a permanent error, as bad
+    credentials or an invalid config are): RQ does not try it again
+    ``jobs.retries`` times, so the worker is free and the run failed at once."""
+    path = config_factory(schedules=QUIET, jobs={"retries": 2, "retry_interval_seconds": 1},
+                          backup={"path": "/nonexistent-mda-drive/backups",
+                                  "require_mount": True})
+    rt = _rt(path)
+    bad = queue_mod.enqueue(rt, "backup")
+    rq_id = _run(rt, bad)["rq_job_id"]
+    assert Job.fetch(rq_id, connection=rt.redis).retries_left == 2
+    p = cli(path, "worker", "--burst")
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    job = Job.fetch(rq_id, connection=rt.redis)
+    assert job.get_status() == "failed", job.get_status()
+    row = _run(rt, bad)
+    assert (row["status"], row["attempts"]) == ("failed", 1), row
+    assert "is the backup drive mounted?" in row["error"]
+    assert "no retry" in out
+    assert Queue("appliance", connection=rt.redis).count == 0
+    rt.close()
+
+
 def test_a_work_horse_that_dies_without_raising_has_its_run_marked_failed(config_factory):
     path = config_factory(schedules=QUIET)
     rt = _rt(path)
