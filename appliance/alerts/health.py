@@ -22,7 +22,7 @@ from psycopg_pool import PoolTimeout
 from appliance import store
 from appliance.core import calendar as tcal
 from appliance.core.errors import ServiceError
-from appliance.jobs.registry import OFF, is_off
+from appliance.jobs.registry import is_off
 from appliance.jobs.runs import duration_s, last_by_job
 from appliance.runtime.runtime import K_PROCESSES
 from appliance.runtime.services import connection_problem
@@ -522,7 +522,7 @@ def job_overview(rt, last_runs: dict) -> dict:
         except Exception:  # noqa: BLE001
             nxt = None
         lr = last_runs.get(job, {})
-        out[job] = {"schedule": OFF if is_off(expr) else expr, "next_run": nxt,
+        out[job] = {"schedule": expr, "next_run": nxt,
                     "last_run": _run_brief(lr.get("last")),
                     "last_success": _run_brief(lr.get("last_success")),
                     "last_failure": _run_brief(lr.get("last_failure"))}

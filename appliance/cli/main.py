@@ -286,8 +286,7 @@ def backfill(ctx, symbols, start, end, enqueue, show_plan):
     if enqueue:
         from appliance.jobs.queue import enqueue as enq
         run_id = enq(rt, "backfill", params)
-        click.echo(f"queued backfill run {run_id} (follow it: the console's Jobs page, or "
-                   f"GET /api/v1/jobs/{run_id})")
+        _say_queued("backfill", run_id)
         return
     from appliance.ingest.backfill import run_backfill
     res = _run_with_progress(rt, "backfill", run_backfill, params)
@@ -378,6 +377,11 @@ def repack_cmd(ctx, limit):
                f"again as candles")
 
 
+def _say_queued(job: str, run_id: int) -> None:
+    click.echo(f"queued {job} run {run_id} (follow it: the console's Jobs page, or "
+               f"GET /api/v1/jobs/{run_id})")
+
+
 @main.command("run")
 @click.argument("job")
 @click.option("--enqueue", is_flag=True, help="queue it for the worker instead")
@@ -399,9 +403,7 @@ def run_job(ctx, job, enqueue, params):
     jobargs.warn_unconfigured(_config_path(ctx), rt, kv.get("symbols") or ())
     if enqueue:
         from appliance.jobs.queue import enqueue as enq
-        run_id = enq(rt, job, kv)
-        click.echo(f"queued {job} run {run_id} (follow it: the console's Jobs page, or "
-                   f"GET /api/v1/jobs/{run_id})")
+        _say_queued(job, enq(rt, job, kv))
         return
     res = _run_with_progress(rt, job, registry.job_function(job), kv)
     click.echo(json.dumps(res, indent=2, default=str))

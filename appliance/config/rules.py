@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from croniter import croniter
 
-from appliance.jobs.registry import OFF
+from appliance.jobs.registry import is_off
 
 #: a parsed config document (YAML mapping) and a path in it
 Doc = dict[str, Any]
@@ -101,10 +101,10 @@ def _token_checks(d: Doc, ctx: Reporter) -> None:
 def _cron_checks(d: Doc, ctx: Reporter) -> None:
 
     for job, expr in d["schedules"].items():
-        if job == "alerts" and (expr is False or expr == OFF):
+        if job == "alerts" and is_off(expr):
             ctx.err(("schedules", job), ALERTS_ALWAYS)
             continue
-        if not isinstance(expr, str) or expr == OFF:
+        if not isinstance(expr, str) or is_off(expr):
             continue
         fields = expr.split()
         if len(fields) != 5:

@@ -228,12 +228,12 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
             try:
                 with rt.conn() as conn:
                     sev = "critical" if getattr(e, "permanent", False) else "warning"
-                    opened = alerts.open_now(conn, ALERT_KEY, sev,
-                                    f"backup failed: {msg}. Response: 1. Fix what the message "
-                                    f"names (the drive mounted, free space, backup.path). 2. "
-                                    f"'appliance backup' (or Back up now in the console); "
-                                    f"the alert resolves with the next good backup.",
-                                    {"path": str(backup_dir(cfg))})
+                    opened = alerts.open_now(
+                        conn, ALERT_KEY, sev,
+                        f"backup failed: {msg}. Response: 1. Fix what the message names (the "
+                        f"drive mounted, free space, backup.path). 2. 'appliance backup' (or "
+                        f"Back up now in the console); the alert resolves with the next good "
+                        f"backup.", {"path": str(backup_dir(cfg))})
                 alerts.announce(rt, "open", opened)
             except Exception:  # the database may be what failed
                 log.exception("could not open the backup alert")

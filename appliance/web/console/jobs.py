@@ -7,7 +7,7 @@ from flask import Blueprint, abort, render_template, request, url_for
 
 from appliance.core.units import eta_text
 from appliance.jobs import runs, schedule
-from appliance.jobs.registry import JOB_NAMES, OFF, is_off, result_keys, run_now_params
+from appliance.jobs.registry import JOB_NAMES, is_off, result_keys, run_now_params
 from appliance.jobs.runs import duration_s, progress_counts
 from appliance.web.api import MAX_ID
 from appliance.web.console.common import FINISHED, _done, _enqueue, admin_post, is_htmx, page, rt
@@ -70,7 +70,7 @@ def jobs():
     views = [run_view(r) for r in rows]
     return page("jobs.html", "partials/jobs_table.html", "jobs-table", runs=views, job=job,
                 job_names=names, schedules={
-                    name: (OFF, None) if is_off(expr) else (expr, schedule.next_time(expr))
+                    name: (expr, None if is_off(expr) else schedule.next_time(expr))
                     for name, expr in rt().config["schedules"].items()})
 
 
