@@ -358,6 +358,8 @@ def export_cmd(ctx, timeframe, start, end, out):
                                 tz=exchange_tz(rt.config["calendar"]))
     except ValueError as e:
         _fail(str(e))
+    except ApplianceError as e:
+        _fail(e.message)
     click.echo(f"export {timeframe} {start}..{end} to {out}: {len(res['written'])} file(s) "
                f"written ({res['rows']} bars), {res['unchanged']} unchanged, "
                f"{len(res['removed'])} removed")

@@ -84,3 +84,12 @@ class LockBusy(JobError):
 
 class BackupError(ApplianceError):
     code = "backup_error"
+
+
+class ExportError(ApplianceError):
+    """The Parquet dataset could not be written (a full disk, a directory
+    that is not writable): retrying at once will not help; the next run
+    writes what is missing."""
+
+    permanent = True
+    code = "export_error"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -34,7 +35,9 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 
 from appliance.core import calendar as tcal
+from appliance.core.errors import ExportError
 from appliance.core.timeframes import base_of
+from appliance.core.units import disk_usage, human_bytes
 from appliance.jobs.registry import JobResult
 from appliance.ops import arrowbars, arrowfiles, readahead
 from appliance.store import columnar as cstore
@@ -125,11 +128,35 @@ class Stopped(Exception):
     """A month's writing given up: another month failed or the run was stopped."""
 
 
+def _cannot_write(what: Path, e: OSError, out: Path) -> ExportError:
+    """The error of a file of the dataset that could not be written, naming
+    it and why (a full disk: how much is free)."""
+    why = os.strerror(e.errno) if e.errno else str(e)
+    if e.errno == errno.ENOSPC:
+        with contextlib.suppress(OSError):
+            why += f" ({human_bytes(disk_usage(out).free)} free)"
+    return ExportError(f"cannot write {what}: {why}")
+
+
+def _prune(d: Path, out: Path) -> None:
+    """Remove ``d`` and its parents up to ``out`` while they are empty (the
+    directories of a month that could not be written)."""
+    while d != out and out in d.parents:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        d = d.parent
+
+
 def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[str],
                  tz: str, stop: threading.Event) -> dict:
     sch = arrowbars.schema(timeframe, tz=tz)
     path = out / partition(timeframe, month) / FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_write(path.parent, e, out) from e
     stats = {"rows": 0, "first": None, "last": None}
 
     def write(tmp: Path) -> None:
@@ -146,7 +173,14 @@ def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[
                 stats["last"] = max(filter(None, (stats["last"], hi)))
             groups.flush()
 
-    _write_atomic(path, write)
+    try:
+        _write_atomic(path, write)
+    except OSError as e:
+        _prune(path.parent, out)
+        raise _cannot_write(path, e, out) from e
+    except BaseException:
+        _prune(path.parent, out)
+        raise
     return {"file": str(path.relative_to(out)), "rows": stats["rows"], "symbols": symbols,
             "first": stats["first"].isoformat() if stats["first"] else None,
             "last": stats["last"].isoformat() if stats["last"] else None,
@@ -165,7 +199,10 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
     if end >= dt.date(9999, 12, 1):
         raise ValueError(f"end ({end}) must be before 9999-12-01")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_write(out, e, out) from e
     manifest = load_manifest(out)
     parts = manifest["partitions"]
     months = _months(start, end)
@@ -213,10 +250,9 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
                 saved = time.monotonic()
             if progress:
                 progress(key, entry)
-    except BaseException:  # an error or Ctrl-C: the months being written stop
-        stop.set()         # at their next batch (their files as they were)
-        with contextlib.suppress(OSError):  # and the months done are kept
-            _save(out, manifest)
+    except BaseException as e:  # an error or Ctrl-C: the months being written stop
+        stop.set()              # at their next batch (their files as they were)
+        _keep_done(out, manifest, e, len(result["written"]))
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -225,9 +261,28 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
     return result
 
 
+def _keep_done(out: Path, manifest: dict, e: BaseException, done: int) -> None:
+    """Save the manifest of a run that stops on ``e`` (the months done are
+    kept); a file that could not be written is said again with that."""
+    kept = True
+    try:
+        _save(out, manifest)
+    except ExportError:
+        kept = False
+    if isinstance(e, ExportError):
+        raise ExportError(f"{e.message}; " + (
+            f"the {done} month file(s) written before are kept (manifest.json)"
+            if kept else "the manifest could not be saved either") +
+            ", and the next run writes only what is missing") from e
+
+
 def _save(out: Path, manifest: dict) -> None:
     data = {**manifest, "partitions": dict(sorted(manifest["partitions"].items()))}
-    _write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    try:
+        _write_atomic(out / MANIFEST,
+                      lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    except OSError as e:
+        raise _cannot_write(out / MANIFEST, e, out) from e
 
 
 class ExportResult(JobResult, total=False):

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
 
 import duckdb
 import pandas as pd
 import polars as pl
+import pytest
 import yaml
 from click.testing import CliRunner
 
+from appliance.core.errors import ExportError
 from appliance.ops import export
 from tests.integration.test_columnar import END, START, _json_bars, stocked  # noqa: F401
 from tests.minute_store import store_minutes
@@ -156,8 +160,9 @@ def test_a_month_that_cannot_be_written_fails_the_run_by_name_and_leaves_no_half
     blocked.mkdir(parents=True)
     try:
         export.export(stocked.read_conn, "1m", start, end, out, tz="America/New_York")
-    except OSError as e:
-        assert "month=6" in str(e)
+    except ExportError as e:
+        assert f"cannot write {blocked}: Is a directory" in e.message, e.message
+        assert "the 1 month file(s) written before are kept" in e.message, e.message
     else:
         raise AssertionError("a month that could not be written was not an error")
     assert not list(out.rglob("*.tmp"))  # nothing half-written is left
@@ -171,3 +176,44 @@ def test_a_month_that_cannot_be_written_fails_the_run_by_name_and_leaves_no_half
     assert _files(out)["timeframe=1m/year=2024/month=5/bars.parquet"] == may
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/**/*.parquet')").fetchall()[0][0]
     assert n == again["rows"] + manifest["partitions"]["timeframe=1m/year=2024/month=5"]["rows"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs of the test's own (root needed; skipped otherwise)."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_a_full_disk_is_named_with_what_is_free_and_the_next_run_writes_the_rest(
+        stocked, small_disk):
+    out = small_disk / "ds"
+    st = os.statvfs(small_disk)
+    filler = small_disk / "filler"  # leaves 64 KiB: the manifest fits, no month does
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 64 * 1024))
+    r = CliRunner().invoke(
+        __import__("appliance.cli.main", fromlist=["main"]).main,
+        ["--config", str(stocked.config.path), "export", "--timeframe", "1m",
+         "--start", START, "--end", END, "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output, r.output
+    assert f"error: cannot write {out}/timeframe=1m/year=2024/month=" in r.output, r.output
+    assert "No space left on device (" in r.output and " KiB free)" in r.output, r.output
+    assert "the next run writes only what is missing" in r.output, r.output
+    # no half-written file, no empty directory of a month not written
+    assert sorted(p.name for p in out.rglob("*")) == ["manifest.json"], list(out.rglob("*"))
+    assert json.loads((out / "manifest.json").read_text())["partitions"] == {}
+
+    filler.unlink()
+    again = export.export(stocked.read_conn, "1m", dt.date.fromisoformat(START),
+                          dt.date.fromisoformat(END), out, tz="America/New_York")
+    assert again["written"] == ["timeframe=1m/year=2024/month=5",
+                                "timeframe=1m/year=2024/month=6"], again
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/**/*.parquet')").fetchall()[0][0]
+    assert n == again["rows"] > 0
