@@ -200,11 +200,30 @@ def bulk():
     args = query_args({"symbols", "universe", "timeframe", "start", "end", "format",
                        "adjusted", "adjust", "include_invalid", "as_of", "compression"})
     a = _bulk_args(args)
+    return _bars_answer(a, f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}',
+                        stored=args.get("universe") == "stored")
+
+
+def symbol_download(symbol: str) -> Response:
+    """One symbol's bars of start..end (the request's parameters as the bulk
+    endpoint takes them, without symbols) in one streamed file, however many
+    pages of ``/api/v1/historical`` they fill: the console's Download links.
+    Bounded by ``server.export.max_rows`` as the bulk answer; a read, not an
+    export (the same bars the reader may page through)."""
+    args = query_args({"timeframe", "start", "end", "format", "adjusted", "adjust",
+                       "include_invalid", "compression"})
+    a = _bulk_args({**args.to_dict(), "symbols": symbol})
+    return _bars_answer(a, f'{symbol}_{a["timeframe"]}_{a["start"]}_{a["end"]}')
+
+
+def _bars_answer(a: dict, name: str, *, stored: bool = False) -> Response:
+    """The bars ``a`` (``_bulk_args``; every stored symbol when ``stored``)
+    as one streamed file named ``name``, or 413 over ``server.export.max_rows``."""
     limit = int(rt().config["server"]["export"]["max_rows"])
     cm = rt().read_conn()
     conn = cm.__enter__()
     try:
-        if args.get("universe") == "stored":
+        if stored:
             a["symbols"] = cstore.stored_symbols(conn, a["timeframe"])
         if a["as_of"] is not None:  # only the securities that traded that day
             members = {m["symbol"] for m in store.securities.universe(conn, a["as_of"])}
@@ -223,7 +242,7 @@ def bulk():
     sch = arrowbars.schema(a["timeframe"], meta, tz=a["tz"])
     body = arrowfiles.encode(a["format"], sch, _paced(_read_batches(conn, sch, a), _rate()),
                             ROW_GROUP, a["compression"])
-    name = f'bars_{a["timeframe"]}_{a["start"]}_{a["end"]}.{arrowbars.SUFFIX[a["format"]]}'
+    name = f'{name}.{arrowbars.SUFFIX[a["format"]]}'
     return Response(Stream(body, conn, cm, "bulk bars"),
                     mimetype=arrowbars.MIMETYPES[a["format"]],
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -372,9 +372,47 @@ def test_the_symbol_page_downloads_csv_and_parquet_of_its_range(client, stocked,
     tf = "15m" if query else "1d"
     assert f"timeframe={tf}" in links["csv"]
     assert ("adjusted=true" if query else "adjusted=false") in links["csv"]
-    want = _json_bars(client, links["csv"].replace("format=csv", "format=json"))
+    assert "include_invalid=true" in links["csv"]  # the range shown: invalid bars flagged
+    assert links["csv"].startswith("/symbols/NVDA/download?")
+    want = _json_bars(client, links["csv"].replace("/symbols/NVDA/download",
+                                                   "/api/v1/historical/NVDA")
+                      .replace("format=csv", "format=json"))
     assert want
-    t = pq.read_table(io.BytesIO(_get(client, links["parquet"]).get_data()))
+    r = _get(client, links["parquet"])
+    assert r.headers["Content-Disposition"].startswith(f'attachment; filename="NVDA_{tf}_')
+    t = pq.read_table(io.BytesIO(r.get_data()))
+    assert set(t.column("symbol").to_pylist()) == {"NVDA"}
     _same(want, t, tf)
     csv = _get(client, links["csv"]).get_data(as_text=True).splitlines()
     assert len(csv) == len(want) + 1
+
+
+def test_a_download_holds_the_whole_range_not_the_apis_first_page(client, stocked,
+                                                                   monkeypatch):
+    from appliance.jobs.reload import reload_config
+    from appliance.web import bars
+    monkeypatch.setattr(bars, "PAGE_MAX", 1000)  # the API's page: 1,000 bars
+    q = f"timeframe=1m&start={START}&end={END}&adjusted=true"
+    first = _get(client, f"/api/v1/historical/NVDA?{q}&format=parquet")
+    assert pq.read_table(io.BytesIO(first.get_data())).num_rows == 1000 and _next_of(first)
+    want = _json_bars(client, f"/api/v1/historical/NVDA?{q}")
+    assert len(want) > 2000  # several pages
+    for fmt in ("parquet", "csv"):
+        r = _get(client, f"/symbols/NVDA/download?{q}&format={fmt}")
+        assert "Link" not in r.headers
+        if fmt == "parquet":
+            _same(want, pq.read_table(io.BytesIO(r.get_data())), "1m")
+        else:
+            assert len(r.get_data(as_text=True).splitlines()) == len(want) + 1
+    assert client.get(f"/symbols/ZZZZ/download?{q}&format=csv").status_code == 404
+    r = client.get(f"/symbols/NVDA/download?{q}&format=xlsx")
+    assert r.status_code == 400 and "xlsx" in r.get_json()["error"]["message"]
+    # a range over server.export.max_rows: 413 saying the limit, nothing streamed
+    path = stocked.config.path
+    data = yaml.safe_load(path.read_text())
+    data["server"]["export"] = {"max_rows": 1000}
+    path.write_text(yaml.safe_dump(data))
+    assert reload_config(stocked, source="cli")["ok"]
+    r = client.get(f"/symbols/NVDA/download?{q}&format=parquet")
+    assert r.status_code == 413
+    assert "server.export.max_rows (1000)" in r.get_json()["error"]["message"]

@@ -12,6 +12,7 @@ from appliance.config.loader import SYMBOL_RE
 from appliance.core import timeframes
 from appliance.core.adjustment import MODES, BadMode, mode_of
 from appliance.store import minutes as mstore
+from appliance.web import columnar
 from appliance.web.bars import exchange_tz, exchange_zone
 from appliance.web.console import chart
 from appliance.web.console.common import (
@@ -135,6 +136,18 @@ def symbol_page(symbol: str):
                            configured=configured, minutes=minutes,
                            timeframe=timeframe, timeframes=offered,
                            qclass=quality_class(row["quality_score"] if row["records"] else None))
+
+
+@bp.get("/symbols/<symbol>/download")
+def download(symbol: str):
+    """The Download links: the symbol's bars of the range shown (``start``,
+    ``end``, ``timeframe``, prices, ``format`` csv or parquet) in one file,
+    not the first page of the API's answer."""
+    symbol = _check_symbol(symbol)
+    with rt().read_conn() as conn:
+        if store.symbol_row(conn, symbol) is None:
+            abort(404)
+    return columnar.symbol_download(symbol)
 
 
 def _adjust_arg(a) -> str:
