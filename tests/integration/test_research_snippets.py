@@ -36,8 +36,9 @@ def test_the_readme_has_pandas_polars_and_duckdb_snippets():
 
 def test_the_research_snippets_run_as_written(app, stocked, tmp_path):
     dataset = tmp_path / "dataset"
-    export.export(stocked.read_conn, "1m", dt.date(2024, 6, 3), dt.date(2024, 6, 14), dataset,
-                  tz="America/New_York")
+    for tf in ("1m", "1d"):  # both, as the export job keeps them by default
+        export.export(stocked.read_conn, tf, dt.date(2024, 6, 3), dt.date(2024, 6, 14), dataset,
+                      tz="America/New_York")
     with served(app) as base:
         env = {**os.environ, "APPLIANCE_URL": base, "APPLIANCE_API_KEY": EXPORT_KEY,
                "APPLIANCE_DATASET": str(dataset)}
