@@ -225,26 +225,54 @@ def count_rows(conn: Connection[Any], timeframe: str, symbols: list[str], start:
     1m with include_invalid false, exact otherwise); cheap: it counts array
     lengths and index entries, it decodes no bar."""
     p = {"symbols": symbols, "start": start, "end": end, "tf": timeframe, "tz": tz}
+    return int(one_row(conn.execute(_count_sql(timeframe, include_invalid), p))[0])
+
+
+def last_day_within(conn: Connection[Any], timeframe: str, symbols: list[str],
+                    start: dt.date, end: dt.date, include_invalid: bool, limit: int, *,
+                    tz: str) -> tuple[dt.date, int] | None:
+    """(the last day d of start..end whose bars of start..d are at most
+    ``limit``, counted as ``count_rows`` does, and their number), or None
+    when the first day with bars alone has more: how a request over a limit
+    can be cut (a week counts on its Sunday)."""
+    p = {"symbols": symbols, "start": start, "end": end, "tf": timeframe, "tz": tz}
+    sql = f"SELECT day, n FROM ({_count_sql(timeframe, include_invalid, per_day=True)}) c " \
+          "ORDER BY day"
+    total, last = 0, None
+    for day, n in conn.execute(sql, p):
+        if total + n > limit:
+            break
+        total, last = total + n, (day, total + n)
+    return last
+
+
+def _count_sql(timeframe: str, include_invalid: bool, per_day: bool = False) -> str:
+    """The count of ``count_rows`` (``per_day``: by day, columns day and n)."""
     if timeframe == "1m":
         bad = "" if include_invalid else " - cardinality(invalid)"
-        sql = f"""SELECT coalesce(sum(cardinality(minutes){bad}), 0) FROM minute_bars
-                  WHERE symbol = ANY(%(symbols)s) AND session BETWEEN %(start)s AND %(end)s"""
-    elif kind_of(timeframe) == "intraday":
-        sql = """SELECT coalesce(sum(cardinality(starts)), 0) FROM rollup_bars
-                 WHERE symbol = ANY(%(symbols)s) AND timeframe = %(tf)s
-                   AND session BETWEEN %(start)s AND %(end)s"""
-    else:
-        valid = "" if include_invalid else "AND validated"
-        what = ("count(*)" if timeframe == "1d" else
-                "count(DISTINCT (symbol, d - extract(dow FROM d)::int))")
-        sql = f"""SELECT {what} FROM (
-                    SELECT symbol, (ts AT TIME ZONE %(tz)s)::date AS d
-                    FROM market_data
-                    WHERE symbol = ANY(%(symbols)s) AND timeframe = '1d'
-                      AND ts >= (%(start)s::date::timestamp AT TIME ZONE %(tz)s)
-                      AND ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE %(tz)s)
-                      {valid}) q"""
-    return int(one_row(conn.execute(sql, p))[0])
+        n = f"sum(cardinality(minutes){bad})"
+        return (f"""SELECT session AS day, {n} AS n FROM minute_bars
+                    WHERE symbol = ANY(%(symbols)s) AND session BETWEEN %(start)s AND %(end)s
+                    GROUP BY session""" if per_day else
+                f"""SELECT coalesce({n}, 0) FROM minute_bars
+                    WHERE symbol = ANY(%(symbols)s) AND session BETWEEN %(start)s AND %(end)s""")
+    if kind_of(timeframe) == "intraday":
+        return f"""SELECT {"session AS day, sum(cardinality(starts)) AS n" if per_day
+                           else "coalesce(sum(cardinality(starts)), 0)"} FROM rollup_bars
+                   WHERE symbol = ANY(%(symbols)s) AND timeframe = %(tf)s
+                     AND session BETWEEN %(start)s AND %(end)s
+                   {"GROUP BY session" if per_day else ""}"""
+    valid = "" if include_invalid else "AND validated"
+    day = "d" if timeframe == "1d" else "d - extract(dow FROM d)::int"
+    what = ("count(*)" if timeframe == "1d" else "count(DISTINCT (symbol, w))")
+    return f"""SELECT {f"w AS day, {what} AS n" if per_day else what} FROM (
+                 SELECT symbol, {day} AS w FROM (
+                   SELECT symbol, (ts AT TIME ZONE %(tz)s)::date AS d
+                   FROM market_data
+                   WHERE symbol = ANY(%(symbols)s) AND timeframe = '1d'
+                     AND ts >= (%(start)s::date::timestamp AT TIME ZONE %(tz)s)
+                     AND ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE %(tz)s)
+                     {valid}) q) q2 {"GROUP BY w" if per_day else ""}"""
 
 
 def stored_symbols(conn: Connection[Any], timeframe: str) -> list[str]:

@@ -184,12 +184,16 @@ def _bulk_args(args) -> dict:
             "compression": compression_arg(args)}
 
 
-def _over_limit(n: int, limit: int, a: dict) -> Response:
+def _over_limit(conn, n: int, limit: int, a: dict) -> Response:
+    """413, saying which first part of the request fits one answer."""
+    cut = cstore.last_day_within(conn, a["timeframe"], a["symbols"], a["start"], a["end"],
+                                 a["include_invalid"], limit, tz=a["tz"])
+    how = ("a single day of it is over the limit: ask for fewer symbols" if cut is None else
+           f"ask for fewer symbols or a shorter start..end (start={a['start']}&end={cut[0]} "
+           f"holds {cut[1]} of them, then from the day after)")
     return api_error(413, "too_many_rows",
-                     f"{n} bars asked for, over server.export.max_rows ({limit}): ask for "
-                     f"fewer symbols or a shorter start..end (e.g. one month per request, "
-                     f"timeframe={a['timeframe']}), or run 'appliance export' for a whole "
-                     f"dataset", max_rows=limit, rows=n)
+                     f"{n} bars asked for, over server.export.max_rows ({limit}): {how}; "
+                     f"or run 'appliance export' for a whole dataset", max_rows=limit, rows=n)
 
 
 @bp.get("/api/v1/bars")
@@ -230,12 +234,14 @@ def _bars_answer(a: dict, name: str, *, stored: bool = False) -> Response:
             a["symbols"] = [s for s in a["symbols"] if s in members]
         n = cstore.count_rows(conn, a["timeframe"], a["symbols"], a["start"], a["end"],
                               a["include_invalid"], tz=a["tz"])
+        if n > limit:
+            over = _over_limit(conn, n, limit, a)
     except BaseException:
         cm.__exit__(*sys.exc_info())
         raise
     if n > limit:
         cm.__exit__(None, None, None)
-        return _over_limit(n, limit, a)
+        return over
     meta = {k: a[k] for k in ("timeframe", "start", "end", "adjust", "include_invalid")}
     meta["adjusted"] = a["adjust"] != "none"
     meta["symbols"] = len(a["symbols"])

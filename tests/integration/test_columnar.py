@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import re
 import time
 from zoneinfo import ZoneInfo
 
@@ -307,6 +308,35 @@ def test_bulk_over_max_rows_is_413_saying_how_to_page(client, stocked):
     err = r.get_json()["error"]
     assert err["max_rows"] == 1000 and err["rows"] > 1000
     assert "server.export.max_rows (1000)" in err["message"] and "shorter" in err["message"]
+    # the first part of the request that fits, and how many bars it holds
+    m = re.search(r"start=(\S+)&end=(\S+) holds (\d+) of them, then from the day after",
+                  err["message"])
+    assert m and m.group(1) == START, err
+    end, held = m.group(2), int(m.group(3))
+    assert 0 < held <= 1000
+    r = client.get(f"/api/v1/bars?symbols=NVDA&timeframe=1m&start={START}&end={end}",
+                   headers=_auth(EXPORT_KEY))
+    assert r.status_code == 200, r.get_json()
+    assert pq.read_table(io.BytesIO(r.get_data())).num_rows == held
+    nxt = (dt.date.fromisoformat(end) + dt.timedelta(days=1)).isoformat()
+    r = client.get(f"/api/v1/bars?symbols=NVDA&timeframe=1m&start={nxt}&end={END}",
+                   headers=_auth(EXPORT_KEY))
+    rest = (r.get_json()["error"]["rows"] if r.status_code == 413  # cut again, as said
+            else pq.read_table(io.BytesIO(r.get_data())).num_rows)
+    assert held + rest == err["rows"]
+    # a day alone over the limit: fewer symbols is the only way
+    data["server"]["export"] = {"max_rows": 10}
+    path.write_text(yaml.safe_dump(data))
+    assert reload_config(stocked, source="cli")["ok"]
+    r = client.get(f"/api/v1/bars?symbols=NVDA&timeframe=1m&start={START}&end={END}",
+                   headers=_auth(EXPORT_KEY))
+    assert r.status_code == 413
+    assert "a single day of it is over the limit" in r.get_json()["error"]["message"]
+    r = client.get(f"/api/v1/bars?symbols=NVDA,AAPL&timeframe=1d&start={START}&end={END}",
+                   headers=_auth(EXPORT_KEY))
+    assert r.status_code == 413 and r.get_json()["error"]["rows"] > 10
+    m = re.search(r"end=(\S+) holds (\d+) of them", r.get_json()["error"]["message"])
+    assert m and 8 <= int(m.group(2)) <= 10, r.get_json()
 
 
 def test_bad_bulk_requests_say_what_is_wrong(client, stocked):
