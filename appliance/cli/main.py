@@ -146,8 +146,9 @@ def api_key_new(name, scopes, requests_per_minute):
         entry += f", requests_per_minute: {requests_per_minute}"
     entry += "}"
     click.echo(f"API key for {name} (shown only now; give it to the client):\n\n  {key}\n")
-    click.echo("Paste under server.api_keys in appliance.yaml, then run 'appliance reload':\n")
-    click.echo("server:\n  api_keys:\n" + entry)
+    click.echo("Paste into appliance.yaml, under its 'server:' line (the 'api_keys:' line "
+               "only when the file has none yet), then run 'appliance reload':\n")
+    click.echo("  api_keys:\n" + entry)
     if "export" in scopes and "read" not in scopes:
         click.echo("\nnote: export without read: wherever reading needs a credential, the "
                    "bulk endpoint refuses this key (401); add --scope read", err=True)
@@ -194,6 +195,8 @@ def reload(ctx):
                    f"market-data-api.target, or stop and start appliance up)", err=True)
     say_notes(res["diff"], [])
     click.echo(f"reloaded: config {res['sha256'][:12]} is running (version {res['version']})")
+    if res.get("backfill_run_id"):  # symbols, minute bars or history added
+        _say_queued("backfill", res["backfill_run_id"])
     say_notes({}, res.get("warnings", []))  # last: the line the operator reads
 
 

@@ -256,8 +256,10 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    manifest["exchange_timezone"] = tz
-    _save(out, manifest)
+    if result["written"] or result["removed"] or manifest.get("exchange_timezone") != tz \
+            or not (out / MANIFEST).exists():  # a run that changed nothing leaves it as it is
+        manifest["exchange_timezone"] = tz
+        _save(out, manifest)
     return result
 
 
@@ -290,6 +292,8 @@ class ExportResult(JobResult, total=False):
     #: why nothing was done (``export.out`` empty)
     skipped: str
     files_written: int
+    #: bars written, every timeframe
+    rows: int
     out: str
     #: timeframe -> written, rows, unchanged, removed
     timeframes: dict[str, dict[str, int]]
@@ -307,7 +311,7 @@ def export_dataset(rt, run_id, report, timeframes=None) -> ExportResult:
         return {"status": "ok", "skipped": "export.out is empty: no dataset configured"}
     today = dt.datetime.now(dt.UTC).date()
     result = {"out": out, "timeframes": {}}
-    written = 0
+    written = rows = 0
     for tf in timeframes or cfg["export"]["timeframes"]:
         res = export(rt.read_conn, tf, cfg.history_start(base_of(tf)), today, Path(out),
                      tz=tcal.exchange_tz(cfg["calendar"]))
@@ -315,5 +319,6 @@ def export_dataset(rt, run_id, report, timeframes=None) -> ExportResult:
                                     "unchanged": res["unchanged"],
                                     "removed": len(res["removed"])}
         written += len(res["written"])
-        report({"timeframe": tf, "files_written": written})
-    return {"status": "ok", "files_written": written, **result}
+        rows += res["rows"]
+        report({"timeframe": tf, "files_written": written, "rows": rows})
+    return {"status": "ok", "files_written": written, "rows": rows, **result}

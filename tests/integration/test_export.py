@@ -71,10 +71,12 @@ def test_a_second_export_writes_nothing_and_a_changed_session_one_file(stocked, 
     assert len(first["written"]) == 2
     files = _files(out)
     manifest = (out / "manifest.json").read_text()
+    saved = (out / "manifest.json").stat().st_mtime_ns
 
     again = export.export(stocked.read_conn, "5m", start, end, out, tz="America/New_York")
     assert again == {"written": [], "unchanged": 2, "removed": [], "rows": 0}
     assert _files(out) == files and (out / "manifest.json").read_text() == manifest
+    assert (out / "manifest.json").stat().st_mtime_ns == saved  # not even written again
 
     store_minutes(stocked, "AAPL", "2024-06-12", "2024-06-12", seed=11)  # one session again
     third = export.export(stocked.read_conn, "5m", start, end, out, tz="America/New_York")
@@ -132,6 +134,12 @@ def test_the_scheduled_export_job_keeps_the_configured_dataset_up_to_date(stocke
     assert first["status"] == "ok", first
     r = first
     assert r["timeframes"]["1m"]["written"] == 2 and r["timeframes"]["1d"]["written"] > 2
+    assert r["rows"] == r["timeframes"]["1m"]["rows"] + r["timeframes"]["1d"]["rows"] > 0
+    # the console's Jobs table shows the bars written in its Rows column
+    from appliance.store import runs as runs_sql
+    from appliance.web.console.jobs import run_view
+    with stocked.conn() as conn:
+        assert run_view(runs_sql.get(conn, first["run_id"]))["rows"] == r["rows"]
     assert (out / "timeframe=1d").is_dir() and (out / "timeframe=1m").is_dir()
     again = runs.execute(stocked, "export", runs.manual_slot(), export_dataset, params={})
     assert again["status"] == "ok" and again["files_written"] == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,6 +184,8 @@ def _switch_with_the_key_in_appliance_env(up: Up, fake, truth) -> None:
     res = _cli(up.path, "reload")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "reloaded: config" in res.stdout
+    queued = re.search(r"queued backfill run (\d+) \(follow it", res.stdout)
+    assert queued, res.stdout  # the reload says the backfill it queued
     h = wait_until(lambda: (lambda h: h if h.get("provider") == "polygon" else None)(
         up.health()), 5, "/health with the new provider")  # a probe up to a second old
     assert h["config_last_reload_successful"] is True
@@ -195,6 +198,9 @@ def _switch_with_the_key_in_appliance_env(up: Up, fake, truth) -> None:
                                     AND trigger = 'reload' ORDER BY id DESC LIMIT 1""").fetchone()
         wait_until(lambda: (replaced() or ("",))[0] in ("ok", "failed", "partial"), 120,
                    "the backfill the reload queued")
+        with rt.conn() as c:
+            assert c.execute("""SELECT max(id) FROM job_runs WHERE job = 'backfill'
+                                AND trigger = 'reload'""").fetchone()[0] == int(queued[1])
         assert replaced()[0] == "ok"
         with rt.conn() as c:
             sources = dict(c.execute("SELECT source, count(*) FROM market_data GROUP BY 1"))

@@ -21,8 +21,9 @@ def new_key(name: str, *args: str) -> tuple[str, dict]:
     res = CliRunner().invoke(main, ["api-key", "new", name, *args])
     assert res.exit_code == 0, res.output
     key = re.search(r"^\s+(mda_\S+)$", res.output, re.M).group(1)
-    snippet = res.output[res.output.index("server:"):]
-    entry = yaml.safe_load(snippet)["server"]["api_keys"][0]
+    snippet = res.output[res.output.index("  api_keys:"):].split("\n\n")[0]
+    # pasted as printed under the file's server: line
+    entry = yaml.safe_load("server:\n  bind: 127.0.0.1:8000\n" + snippet)["server"]["api_keys"][0]
     assert key not in snippet  # only the hash goes into the file
     return key, entry
 
