@@ -302,7 +302,7 @@ class ExportResult(JobResult, total=False):
 def export_dataset(rt, run_id, report, timeframes=None) -> ExportResult:
     """The ``export`` job (daily by default): brings the Parquet dataset in
     ``export.out`` up to date for each of ``export.timeframes``, from
-    ``history.start`` to today, writing only the months whose bars changed
+    ``history.start`` (or the earliest ``since`` of a symbol, when earlier) to today, writing only the months whose bars changed
     since the last run. With ``export.out`` empty (the default) it does
     nothing."""
     cfg = rt.config
@@ -313,7 +313,9 @@ def export_dataset(rt, run_id, report, timeframes=None) -> ExportResult:
     result = {"out": out, "timeframes": {}}
     written = rows = 0
     for tf in timeframes or cfg["export"]["timeframes"]:
-        res = export(rt.read_conn, tf, cfg.history_start(base_of(tf)), today, Path(out),
+        # a symbol's since may reach before history.start: its bars are stored
+        first = min([cfg.history_start(base_of(tf)), *(s.since for s in cfg.symbols)])
+        res = export(rt.read_conn, tf, first, today, Path(out),
                      tz=tcal.exchange_tz(cfg["calendar"]))
         result["timeframes"][tf] = {"written": len(res["written"]), "rows": res["rows"],
                                     "unchanged": res["unchanged"],

@@ -144,6 +144,21 @@ def test_the_scheduled_export_job_keeps_the_configured_dataset_up_to_date(stocke
     again = runs.execute(stocked, "export", runs.manual_slot(), export_dataset, params={})
     assert again["status"] == "ok" and again["files_written"] == 0
 
+    # history.start moved later, one symbol's since before it: a new dataset
+    # still holds that symbol's bars stored before the start
+    def first_month(d):
+        return min((int(p.parent.name[5:]), int(p.name[6:]))
+                   for p in (d / "timeframe=1d").glob("year=*/month=*"))
+    start = stocked.config.history_start("1d")
+    data["history"] = {"start": "2024-06-03"}
+    data["symbols"] = [{"symbol": "NVDA", "since": start.isoformat()}, "AAPL", "MSFT"]
+    data["export"] = {"out": str(tmp_path / "fresh"), "timeframes": ["1d"]}
+    stocked.config.path.write_text(yaml.safe_dump(data))
+    assert reload_config(stocked, source="cli")["ok"]
+    fresh = runs.execute(stocked, "export", runs.manual_slot(), export_dataset, params={})
+    assert fresh["status"] == "ok", fresh
+    assert first_month(tmp_path / "fresh") == first_month(out) < (2024, 6)
+
 
 def test_bad_ranges_are_refused_by_name(stocked, tmp_path):
     r = CliRunner().invoke(
