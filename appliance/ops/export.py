@@ -302,9 +302,9 @@ class ExportResult(JobResult, total=False):
 def export_dataset(rt, run_id, report, timeframes=None) -> ExportResult:
     """The ``export`` job (daily by default): brings the Parquet dataset in
     ``export.out`` up to date for each of ``export.timeframes``, from
-    ``history.start`` (or the earliest ``since`` of a symbol, when earlier) to today, writing only the months whose bars changed
-    since the last run. With ``export.out`` empty (the default) it does
-    nothing."""
+    ``history.start`` (or the earliest ``since`` of a symbol, when earlier) to
+    today, writing only the months whose bars changed since the last run.
+    With ``export.out`` empty (the default) it does nothing."""
     cfg = rt.config
     out = cfg["export"]["out"]
     if not out:
