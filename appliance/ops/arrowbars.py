@@ -305,9 +305,15 @@ def _minute_ints(rows: Sequence[tuple], sizes: np.ndarray) -> np.ndarray:
                 ints[j, ~sel] = v
     if candle.any():
         kept = [r for r in rows if r[12] is not None]
-        o = ints[0, sel]
         body, upper, lower = (_column([r[k] for r in kept], ">i2")[0].astype(np.int64)
                               for k in (12, 13, 14))
+        if candle.all():  # the rule: every session a candle, written in place
+            o, close = ints[0], ints[3]
+            np.add(o, body, out=close)
+            np.add(np.maximum(o, close, out=ints[1]), upper, out=ints[1])
+            np.subtract(np.minimum(o, close, out=ints[2]), lower, out=ints[2])
+            return ints
+        o = ints[0, sel]
         close = o + body
         ints[3, sel] = close
         ints[1, sel] = np.maximum(o, close) + upper
@@ -334,8 +340,10 @@ def _prices(rows: Sequence[tuple], sizes: np.ndarray, rollup: bool,
               for j in (15, 16))  # volume_scale, vwap_scale (NULL: the prices')
     out = {}
     for j, c in enumerate(_PRICE_COLUMNS):
-        decoded = np.where(ints[j] == NULL_INT8, np.nan,
-                           ints[j].astype(np.float64) / {"volume": pv, "vwap": pw}.get(c, p))
+        decoded = ints[j] / {"volume": pv, "vwap": pw}.get(c, p)  # as float64, then divided
+        nulls = ints[j] == NULL_INT8
+        if nulls.any():
+            decoded[nulls] = np.nan
         if is_scaled.all():  # the rule: a raw session is one whose prices have no scale
             out[c] = decoded
             continue
