@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -237,7 +238,6 @@ def client(app):
 @pytest.fixture
 def procs():
     """Processes a test starts; any still running at the end are killed."""
-    import subprocess
     started: list[subprocess.Popen] = []
     yield started
     for p in started:
@@ -275,3 +275,24 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("reliability: what survived")
         for line in _SURVIVED:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A function size -> a tmpfs of that size mounted for the test (a full
+    disk made real; root is needed, the test is skipped otherwise)."""
+    mounted = []
+
+    def make(size: str) -> Path:
+        d = tmp_path / f"tmpfs{len(mounted)}"
+        d.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+        mounted.append(d)
+        return d
+
+    yield make
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)

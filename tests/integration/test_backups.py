@@ -99,26 +99,6 @@ def loaded(runtime):
     return runtime
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a small tmpfs; yields a function size -> mounted dir."""
-    mounted = []
-
-    def make(size: str) -> Path:
-        d = tmp_path / f"tmpfs{len(mounted)}"
-        d.mkdir()
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-        mounted.append(d)
-        return d
-
-    yield make
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 def _runtime_with(config_factory, **overrides) -> Runtime:
     rt = Runtime.from_path(config_factory(**overrides))
     rt.open()

@@ -290,18 +290,22 @@ def test_a_key_with_export_rows_per_second_is_paced(client, stocked):
     assert elapsed >= (table.num_rows - sizes[-1]) / SLOW_RATE
 
 
+def _max_rows(rt, n: int) -> None:
+    """server.export.max_rows set to ``n`` in the file and reloaded."""
+    from appliance.jobs.reload import reload_config
+    data = yaml.safe_load(rt.config.path.read_text())
+    data["server"]["export"] = {"max_rows": n}
+    rt.config.path.write_text(yaml.safe_dump(data))
+    assert reload_config(rt, source="cli")["ok"]
+
+
 def test_bulk_over_max_rows_is_413_saying_how_to_page(client, stocked):
     r = client.get(f"/api/v1/bars?universe=stored&timeframe=1m&start=2024-01-01&end={END}",
                    headers=_auth(EXPORT_KEY))
     assert r.status_code == 200
     assert {"AAPL", "NVDA"} == set(pq.read_table(io.BytesIO(r.get_data()))
                                    .column("symbol").to_pylist())
-    from appliance.jobs.reload import reload_config
-    path = stocked.config.path
-    data = yaml.safe_load(path.read_text())
-    data["server"]["export"] = {"max_rows": 1000}
-    path.write_text(yaml.safe_dump(data))
-    assert reload_config(stocked, source="cli")["ok"]
+    _max_rows(stocked, 1000)
     r = client.get(f"/api/v1/bars?symbols=NVDA&timeframe=1m&start={START}&end={END}",
                    headers=_auth(EXPORT_KEY))
     assert r.status_code == 413
@@ -325,9 +329,7 @@ def test_bulk_over_max_rows_is_413_saying_how_to_page(client, stocked):
             else pq.read_table(io.BytesIO(r.get_data())).num_rows)
     assert held + rest == err["rows"]
     # a day alone over the limit: fewer symbols is the only way
-    data["server"]["export"] = {"max_rows": 10}
-    path.write_text(yaml.safe_dump(data))
-    assert reload_config(stocked, source="cli")["ok"]
+    _max_rows(stocked, 10)
     r = client.get(f"/api/v1/bars?symbols=NVDA&timeframe=1m&start={START}&end={END}",
                    headers=_auth(EXPORT_KEY))
     assert r.status_code == 413
@@ -419,7 +421,6 @@ def test_the_symbol_page_downloads_csv_and_parquet_of_its_range(client, stocked,
 
 def test_a_download_holds_the_whole_range_not_the_apis_first_page(client, stocked,
                                                                    monkeypatch):
-    from appliance.jobs.reload import reload_config
     from appliance.web import bars
     monkeypatch.setattr(bars, "PAGE_MAX", 1000)  # the API's page: 1,000 bars
     q = f"timeframe=1m&start={START}&end={END}&adjusted=true"
@@ -438,11 +439,7 @@ def test_a_download_holds_the_whole_range_not_the_apis_first_page(client, stocke
     r = client.get(f"/symbols/NVDA/download?{q}&format=xlsx")
     assert r.status_code == 400 and "xlsx" in r.get_json()["error"]["message"]
     # a range over server.export.max_rows: 413 saying the limit, nothing streamed
-    path = stocked.config.path
-    data = yaml.safe_load(path.read_text())
-    data["server"]["export"] = {"max_rows": 1000}
-    path.write_text(yaml.safe_dump(data))
-    assert reload_config(stocked, source="cli")["ok"]
+    _max_rows(stocked, 1000)
     r = client.get(f"/symbols/NVDA/download?{q}&format=parquet")
     assert r.status_code == 413
     assert "server.export.max_rows (1000)" in r.get_json()["error"]["message"]

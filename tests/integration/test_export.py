@@ -7,12 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 
 import duckdb
 import pandas as pd
 import polars as pl
-import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -201,21 +199,9 @@ def test_a_month_that_cannot_be_written_fails_the_run_by_name_and_leaves_no_half
     assert n == again["rows"] + manifest["partitions"]["timeframe=1m/year=2024/month=5"]["rows"]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs of the test's own (root needed; skipped otherwise)."""
-    d = tmp_path / "disk"
-    d.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 def test_a_full_disk_is_named_with_what_is_free_and_the_next_run_writes_the_rest(
-        stocked, small_disk):
+        stocked, tmpfs):
+    small_disk = tmpfs("4m")
     out = small_disk / "ds"
     st = os.statvfs(small_disk)
     filler = small_disk / "filler"  # leaves 64 KiB: the manifest fits, no month does

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 
 import psycopg
@@ -30,16 +29,9 @@ pytestmark = pytest.mark.reliability
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    """A small tmpfs of the test's own (root needed; skipped otherwise)."""
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(d)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+def tmpfs(tmpfs):
+    """A 32 MiB tmpfs of the test's own (tests/conftest.py's)."""
+    return tmpfs("32m")
 
 
 def _hashes(d: Path) -> dict[str, str]:
