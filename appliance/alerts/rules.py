@@ -31,7 +31,7 @@ from croniter import croniter
 from appliance import store
 from appliance.alerts import health as health_mod
 from appliance.alerts import notify as notifier
-from appliance.core import units
+from appliance.alerts.disks import disks
 from appliance.jobs.registry import JobResult, active_schedules, is_off
 from appliance.runtime.replica import lag_alert
 
@@ -364,20 +364,10 @@ def rule_keys() -> list[str]:
 
 # --------------------------------------------------------------------------- measuring
 
-def disk_free(path: str, disk_usage=shutil.disk_usage) -> dict:
-    try:
-        u = units.disk_usage(path, disk_usage)
-    except OSError as e:
-        return {"path": path, "error": str(e)}
-    return {"path": path, "free_pct": 100.0 * u.free / u.total if u.total else 0.0,
-            "free_bytes": u.free, "total_bytes": u.total}
-
-
 def measure(rt, now: dt.datetime, disk_usage=shutil.disk_usage) -> Measures:
     cfg = rt.config
     h = health_mod.compute(rt, now=now)
-    disk = {"data": disk_free(cfg["data_dir"], disk_usage),
-            "backup": disk_free(cfg["backup"]["path"], disk_usage)}
+    disk = disks(cfg, disk_usage)
     jobs, last_ok, fails, first_fail, lrt, spot, auth = {}, None, 0, None, None, None, None
     rate, installed = None, None
     if h.db.get("status") == "ok":
@@ -591,10 +581,9 @@ def disk_check(rt, run_id, report, disk_usage=shutil.disk_usage) -> DiskCheckRes
     """The ``disk_check`` job (hourly): free space on the data directory and the
     backup path, recorded in the run's result, then the disk alert rules."""
     cfg = rt.config
-    disks = {"data": disk_free(cfg["data_dir"], disk_usage),
-             "backup": disk_free(cfg["backup"]["path"], disk_usage)}
+    measured = disks(cfg, disk_usage)
     res = evaluate(rt, disk_usage=disk_usage)
-    low = [name for name, d in disks.items()
+    low = [name for name, d in measured.items()
            if d.get("free_pct", 100) < cfg["alerts"]["disk_free_min_pct"]]
-    return {"status": "ok", "disks": disks, "low": low,
+    return {"status": "ok", "disks": measured, "low": low,
             "alerts_opened": res.get("opened", []), "alerts_resolved": res.get("resolved", [])}

@@ -241,8 +241,8 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - say what failed, no traceback
             log.error("migration failed: %s", e)
             return None
-        if applied:
-            log.info("applied migrations %s", applied)
+        log.info("database schema version %s: %s", db.latest_version(),
+                 f"applied migrations {applied}" if applied else "up to date")
         self.rt = Runtime(cfg, endpoints=ep, pool_size=3)
         self.rt.open()
         with self.rt.conn() as conn:

@@ -2,6 +2,7 @@
 archive's size reads the same in events, the CLI and the console."""
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,31 @@ def nearest_existing(path: str | Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+def mount_point_of(path: str | Path) -> Path | None:
+    """The mount point of the filesystem holding ``path`` (None: path missing)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    p = p.resolve()
+    while not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
+def drive_missing(path: str | Path, data_dir: str | Path) -> str | None:
+    """Why ``path``, which must be on a drive of its own (``backup.require_mount``),
+    is not (it does not exist, or is on the root filesystem or the one of
+    ``data_dir``, as an empty mount point of an unmounted drive is), or None."""
+    mount = mount_point_of(path)
+    if mount is None:
+        return "it does not exist"
+    if mount == Path("/"):
+        return "it is on the root filesystem"
+    if mount == mount_point_of(nearest_existing(data_dir)):
+        return f"it is on the filesystem of data_dir, {mount}"
+    return None
 
 
 def disk_usage(path: str | Path,

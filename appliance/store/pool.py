@@ -22,6 +22,8 @@ from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
+from appliance.core.errors import ServiceError
+
 # A pool that lost its server tries to connect again after 1 s, then 2, 4,
 # 8, 16 s...: a database back after a 10 s outage was reached only at the
 # 15 s attempt, reads refused for 5 s more (and after a minute's outage, up to
@@ -203,6 +205,12 @@ def migrate(url: str) -> list[int]:
                 version integer PRIMARY KEY, name text NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now())""")
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            if done and max(done) > latest_version():  # a rollback without its restore
+                raise ServiceError(
+                    f"the database's schema is version {max(done)}, newer than this "
+                    f"appliance's {latest_version()}: a newer version of the appliance "
+                    f"migrated it. Run that version, or restore the backup made before the "
+                    f"update (OPERATIONS.md, Software update); nothing was changed")
             for version, name, path in migrations():
                 if version in done:
                     continue

@@ -23,6 +23,7 @@ from appliance.ingest.backfill import run_backfill
 from appliance.jobs import runs
 from appliance.ops import backups
 from appliance.ops.backups import run_backup, run_restore_test
+from appliance.ops.backups.catalogue import resolve_backup
 from appliance.runtime.runtime import Runtime
 from appliance.store.locks import BACKFILL_LOCK
 from tests.minute_store import store_minutes
@@ -196,6 +197,34 @@ def test_backup_refuses_an_unmounted_path_when_a_mount_is_required(config_factor
             _backup(rt)
         assert not target.exists()
         assert any(k == "backup_failed" for k, _, _ in _open_alerts(rt))
+    finally:
+        rt.close()
+
+
+def test_an_empty_mount_point_on_the_data_disk_is_no_drive(config_factory, tmpfs):
+    # /srv (or /var) a partition of its own holding data_dir, the backup
+    # drive's mount point an empty folder on it: the drive is not mounted
+    disk = tmpfs("16m")
+    mount_point = disk / "backup-drive"
+    mount_point.mkdir()
+    rt = _runtime_with(config_factory, data_dir=str(disk / "data"),
+                       backup={"path": str(mount_point), "require_mount": True})
+    try:
+        with pytest.raises(BackupError, match="is on the filesystem of data_dir") as e:
+            _backup(rt)
+        assert "is the backup drive mounted?" in e.value.message
+        assert not os.listdir(mount_point)  # nothing written on the system disk
+        # the disk check and the console say so, not the system disk's free space
+        from appliance.alerts.rules import disk_check
+        checked = runs.execute(rt, "disk_check", runs.manual_slot(), disk_check, params={})
+        assert "the backup drive is not mounted" in checked["disks"]["backup"]["error"]
+        assert "free_pct" not in checked["disks"]["backup"]
+        from appliance.web import create_app
+        page = create_app(runtime=rt).test_client().get("/backups").get_data(as_text=True)
+        assert "the backup drive is not mounted" in page and "not created yet" not in page
+        # a restore of an archive the catalogue lists names the missing drive too
+        with pytest.raises(BackupError, match="the backup drive is not mounted"):
+            resolve_backup(rt.config, str(mount_point / "market_data_20240101_000000.dump"))
     finally:
         rt.close()
 
@@ -637,6 +666,29 @@ def test_full_restore_brings_back_every_row_after_the_live_database_was_dropped(
         assert _databases(database_url, f"{live}%") == [live]
     finally:
         rt2.close()
+
+
+def test_going_back_a_version_restores_the_backup_made_before_the_update(
+        loaded, database_url, config_path):
+    # OPERATIONS.md, Software update: a backup, then a newer version migrates
+    # the live database (here: a migration this code does not know); going
+    # back, the older code refuses that schema and restores the backup
+    from appliance.core.errors import ServiceError
+    from appliance.store import pool as db
+    rt = loaded
+    b = _backup(rt)
+    before = _fingerprint(database_url)
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, 'from_later')",
+                  (db.latest_version() + 1,))
+    with pytest.raises(ServiceError, match="newer than this appliance's"):
+        db.migrate(database_url)
+    res = backups.full_restore(rt, b["filename"])
+    assert res["status"] == "ok" and res["old_database"], res
+    assert _fingerprint(database_url) == before
+    assert db.migrate(database_url) == []  # the schema is this version's again
+    with psycopg.connect(database_url) as c:
+        assert db.schema_version(c) == db.latest_version()
 
 
 def test_full_restore_replaces_a_damaged_database_and_keeps_the_old_one(

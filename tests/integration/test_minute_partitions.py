@@ -217,3 +217,19 @@ def test_retention_drops_whole_old_years_and_deletes_only_in_the_boundary_year(r
     assert event[1]["sessions"] == 7 and event[1]["cutoff"] == "2023-11-28"
     assert "minute_bars_y2021, minute_bars_y2022" in event[0] and "7 session(s)" in event[0]
     assert stats == {"AAPL": 3, "MSFT": 1}
+
+
+def test_a_database_a_newer_version_migrated_is_refused_by_name(database_url):
+    # a rollback of the code without the restore of its backup: the older
+    # code does not run on a schema it does not know
+    from appliance.core.errors import ServiceError
+    from appliance.store import pool as db
+    newest = db.latest_version()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, 'from_later')",
+                     (newest + 1,))
+    with pytest.raises(ServiceError) as e:
+        db.migrate(database_url)
+    assert (f"the database's schema is version {newest + 1}, newer than this appliance's "
+            f"{newest}") in e.value.message
+    assert "restore the backup made before the update" in e.value.message

@@ -18,7 +18,7 @@ import psycopg
 from appliance import __version__, store
 from appliance.alerts import rules as alerts
 from appliance.core.errors import ApplianceError, BackupError, LockBusy
-from appliance.core.units import disk_usage, human_bytes
+from appliance.core.units import disk_usage, drive_missing, human_bytes
 from appliance.jobs.registry import JobResult
 from appliance.ops.backups.catalogue import backup_dir, upsert_backup
 from appliance.ops.backups.common import (
@@ -105,32 +105,22 @@ def check_free_space(conn, cfg, bdir: Path) -> dict:
     return info
 
 
-def _mount_point_of(path: Path) -> Path | None:
-    """The mount point of the filesystem holding ``path`` (None: path missing)."""
-    if not path.exists():
-        return None
-    p = path.resolve()
-    while not os.path.ismount(p):
-        p = p.parent
-    return p
-
-
 def check_backup_path(cfg) -> Path:
     """The backup directory, created when missing, unless ``backup.require_mount``:
     then ``backup.path`` must already exist on a mounted filesystem other than
-    the root one (the path itself or a folder on the drive, as the Ansible
-    role lays it out), so that an unmounted external drive fails loudly
-    instead of filling the system disk. A missing path is never created then:
-    on an unmounted drive it would land on the system disk."""
+    the root one and the data directory's (the path itself or a folder on the
+    drive, as the Ansible role lays it out), so that an unmounted external
+    drive fails loudly instead of filling the system disk (an empty mount
+    point on a /srv or /var partition too). A missing path is never created
+    then: on an unmounted drive it would land on the system disk."""
     bdir = backup_dir(cfg)
     if cfg["backup"].get("require_mount"):
-        mount = _mount_point_of(bdir)
-        if mount is None or mount == Path("/"):
-            where = "does not exist" if mount is None else "is on the root filesystem"
+        why = drive_missing(bdir, cfg["data_dir"])
+        if why:
             raise BackupError(
-                f"backup.path {bdir} is not a mount point nor a folder on one (it {where}) and "
+                f"backup.path {bdir} is not a mount point nor a folder on one ({why}) and "
                 f"backup.require_mount is true: is the backup drive mounted? Nothing was "
-                f"written.", permanent=True)
+                f"written", permanent=True)
     else:
         try:
             bdir.mkdir(mode=0o700, parents=True, exist_ok=True)

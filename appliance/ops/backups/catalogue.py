@@ -9,6 +9,7 @@ from pathlib import Path
 
 from appliance import store
 from appliance.core.errors import BackupError
+from appliance.core.units import drive_missing
 from appliance.ops.backups.common import NAME_RE
 from appliance.ops.backups.manifest import (
     _jsonable,
@@ -134,9 +135,11 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
         else:
             a, mp = p, manifest_path_for(p)
             if not a.exists():
+                why = cfg["backup"].get("require_mount") and drive_missing(bdir, cfg["data_dir"])
                 raise BackupError(f"no archive at {a}" + (" (its manifest is there)"
                                                           if mp.exists() else
-                                                          " (nor its manifest)"))
+                                                          " (nor its manifest)") +
+                                  (f"; the backup drive is not mounted ({why})" if why else ""))
             m = read_manifest(mp)
         ref = BackupRef(a, mp, m)
     if ref.id is None and conn is not None:

@@ -108,6 +108,9 @@ def restore_plan_text(rt, backup) -> str:
         f"(appliance kept-databases --drop {live}_old_{stamp} --yes).",
         "Data written after this backup was made is not in it: a backfill after the restore "
         "fetches the missing sessions again.",
+        "The operations history (job runs, events, alerts) is not rewound: the live "
+        "database's is kept (OPERATIONS.md, 'Why a restore never rewinds the operations "
+        "history').",
     ]
     return "\n".join(lines)
 

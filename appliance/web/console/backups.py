@@ -20,9 +20,12 @@ log = logging.getLogger("appliance.console")
 bp = Blueprint("backups", __name__)
 
 
-def _disk(path) -> dict | None:
+def _disk(path, cfg) -> dict | None:
     """Free space where backups go (the nearest existing parent when the
-    folder is not created yet)."""
+    folder is not created yet); a drive that must be mounted and is not, said."""
+    why = cfg["backup"].get("require_mount") and units.drive_missing(path, cfg["data_dir"])
+    if why:
+        return {"error": f"the backup drive is not mounted ({why}): a backup is refused"}
     p = units.nearest_existing(path)
     try:
         u = shutil.disk_usage(p)
@@ -39,7 +42,7 @@ def backups():
         rows = backups_mod.list_backups(conn, limit=100)
         running = {k: run_view(v) for k, v in runs.latest_restore_tests(conn).items()
                    if v["status"] not in FINISHED}
-    disk = _disk(cfg["backup"]["path"])
+    disk = _disk(cfg["backup"]["path"], cfg)
     return page("backups.html", "partials/backups_table.html", "backups-table",
                 rows=rows, running=running, disk=disk,
                 backup_path=cfg["backup"]["path"], min_free_pct=cfg["backup"]["min_free_pct"])
