@@ -184,16 +184,21 @@ def _bulk_args(args) -> dict:
             "compression": compression_arg(args)}
 
 
-def _over_limit(conn, n: int, limit: int, a: dict) -> Response:
-    """413, saying which first part of the request fits one answer."""
+def _over_limit(conn, n: int, limit: int, a: dict, *, one_symbol: bool = False) -> Response:
+    """413, saying which first part of the request fits one answer (also as
+    ``fits``: start, end, rows; null when a single day is over the limit)."""
     cut = cstore.last_day_within(conn, a["timeframe"], a["symbols"], a["start"], a["end"],
                                  a["include_invalid"], limit, tz=a["tz"])
-    how = ("a single day of it is over the limit: ask for fewer symbols" if cut is None else
-           f"ask for fewer symbols or a shorter start..end (start={a['start']}&end={cut[0]} "
-           f"holds {cut[1]} of them, then from the day after)")
+    fewer = "zoom in" if one_symbol else "ask for fewer symbols"
+    how = (f"a single day of it is over the limit: {fewer}" if cut is None else
+           f"{fewer} or a shorter start..end (start {a['start']} to end {cut[0]} holds "
+           f"{cut[1]} of them, then from the day after)")
+    fits = None if cut is None else {"start": a["start"].isoformat(),
+                                     "end": cut[0].isoformat(), "rows": cut[1]}
     return api_error(413, "too_many_rows",
                      f"{n} bars asked for, over server.export.max_rows ({limit}): {how}; "
-                     f"or run 'appliance export' for a whole dataset", max_rows=limit, rows=n)
+                     f"or run 'appliance export' for a whole dataset", max_rows=limit, rows=n,
+                     fits=fits)
 
 
 @bp.get("/api/v1/bars")
@@ -217,10 +222,12 @@ def symbol_download(symbol: str) -> Response:
     args = query_args({"timeframe", "start", "end", "format", "adjusted", "adjust",
                        "include_invalid", "compression"})
     a = _bulk_args({**args.to_dict(), "symbols": symbol})
-    return _bars_answer(a, f'{symbol}_{a["timeframe"]}_{a["start"]}_{a["end"]}')
+    return _bars_answer(a, f'{symbol}_{a["timeframe"]}_{a["start"]}_{a["end"]}',
+                        one_symbol=True)
 
 
-def _bars_answer(a: dict, name: str, *, stored: bool = False) -> Response:
+def _bars_answer(a: dict, name: str, *, stored: bool = False,
+                 one_symbol: bool = False) -> Response:
     """The bars ``a`` (``_bulk_args``; every stored symbol when ``stored``)
     as one streamed file named ``name``, or 413 over ``server.export.max_rows``."""
     limit = int(rt().config["server"]["export"]["max_rows"])
@@ -235,7 +242,7 @@ def _bars_answer(a: dict, name: str, *, stored: bool = False) -> Response:
         n = cstore.count_rows(conn, a["timeframe"], a["symbols"], a["start"], a["end"],
                               a["include_invalid"], tz=a["tz"])
         if n > limit:
-            over = _over_limit(conn, n, limit, a)
+            over = _over_limit(conn, n, limit, a, one_symbol=one_symbol)
     except BaseException:
         cm.__exit__(*sys.exc_info())
         raise

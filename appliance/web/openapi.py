@@ -317,8 +317,8 @@ def _schemas() -> dict:
         "error": _obj({
             "code": {"type": "string", "description": "Stable, machine-readable."},
             "message": {"type": "string", "description": "What went wrong and what to do."},
-            "errors": {"type": "array", "items": STR,
-                       "description": "Every problem found (config reload only)."}},
+            "errors": {"type": "array", "items": STR, "description": "Every problem found "
+                       "(config reload only)."}, **openapi_columnar.TOO_MANY_ROWS},
             required=["code", "message"])})
     return {
         "Error": error, **_status_schemas(),

@@ -24,6 +24,18 @@ FORMAT_DOC = ("json, csv, parquet or arrow (an Arrow IPC stream); without it, an
               "those. Parquet and Arrow pages carry the next page in a Link header.")
 
 
+#: The fields of a too_many_rows error (413) besides code and message.
+TOO_MANY_ROWS = {
+    "max_rows": {"type": "integer", "description": "server.export.max_rows (too_many_rows only)."},
+    "rows": {"type": "integer", "description": "Bars asked for (too_many_rows only)."},
+    "fits": {"type": ["object", "null"], "description":
+             "The first part of the request that fits one answer (too_many_rows only; null "
+             "when a single day is over the limit).",
+             "properties": {"start": {"type": "string", "format": "date"},
+                            "end": {"type": "string", "format": "date"},
+                            "rows": {"type": "integer"}},
+             "required": ["start", "end", "rows"], "additionalProperties": False}}
+
 def _q(name: str, schema: dict, description: str) -> dict:
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
@@ -73,7 +85,7 @@ def paths(symbol_pattern: str, date_pattern: str) -> dict:
         "description": "Sorted by symbol then time, sent row group by row group as read. "
                        "Needs the export scope (an API key with scopes [read, export]) or "
                        "the admin token. At most server.export.max_rows bars per answer "
-                       "(413 beyond: ask for fewer symbols or a shorter range). "
+                       "(413 beyond: ask for fewer symbols or a shorter range, as its fits says). "
                        + COLUMNS_NOTE,
         "security": [{"bearerAuth": []}],
         "parameters": [
@@ -107,7 +119,8 @@ def paths(symbol_pattern: str, date_pattern: str) -> dict:
                           "scope."),
             "403": _error("The credential has no export scope."),
             "413": _error("More bars than server.export.max_rows; the error has max_rows, "
-                          "rows and says how to page."),
+                          "rows and fits (the first part of the request that fits one "
+                          "answer), and says how to page."),
             "429": {"$ref": "#/components/responses/TooManyRequests"},
             "503": {"$ref": "#/components/responses/Unavailable"},
         }}}}

@@ -9,7 +9,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import re
 import time
 from zoneinfo import ZoneInfo
 
@@ -312,12 +311,16 @@ def test_bulk_over_max_rows_is_413_saying_how_to_page(client, stocked):
     err = r.get_json()["error"]
     assert err["max_rows"] == 1000 and err["rows"] > 1000
     assert "server.export.max_rows (1000)" in err["message"] and "shorter" in err["message"]
+    # the answer is the API's Error as /api/v1/openapi.json describes it
+    import jsonschema
+    jsonschema.validate(r.get_json(), client.get("/api/v1/openapi.json").get_json()
+                        ["components"]["schemas"]["Error"])
     # the first part of the request that fits, and how many bars it holds
-    m = re.search(r"start=(\S+)&end=(\S+) holds (\d+) of them, then from the day after",
-                  err["message"])
-    assert m and m.group(1) == START, err
-    end, held = m.group(2), int(m.group(3))
-    assert 0 < held <= 1000
+    fits = err["fits"]
+    end, held = fits["end"], fits["rows"]
+    assert fits["start"] == START and 0 < held <= 1000, err
+    assert (f"ask for fewer symbols or a shorter start..end (start {START} to end {end} holds "
+            f"{held} of them, then from the day after)") in err["message"], err
     r = client.get(f"/api/v1/bars?symbols=NVDA&timeframe=1m&start={START}&end={end}",
                    headers=_auth(EXPORT_KEY))
     assert r.status_code == 200, r.get_json()
@@ -332,13 +335,13 @@ def test_bulk_over_max_rows_is_413_saying_how_to_page(client, stocked):
     _max_rows(stocked, 10)
     r = client.get(f"/api/v1/bars?symbols=NVDA&timeframe=1m&start={START}&end={END}",
                    headers=_auth(EXPORT_KEY))
-    assert r.status_code == 413
-    assert "a single day of it is over the limit" in r.get_json()["error"]["message"]
+    assert r.status_code == 413 and r.get_json()["error"]["fits"] is None
+    assert ("a single day of it is over the limit: ask for fewer symbols"
+            in r.get_json()["error"]["message"])
     r = client.get(f"/api/v1/bars?symbols=NVDA,AAPL&timeframe=1d&start={START}&end={END}",
                    headers=_auth(EXPORT_KEY))
     assert r.status_code == 413 and r.get_json()["error"]["rows"] > 10
-    m = re.search(r"end=(\S+) holds (\d+) of them", r.get_json()["error"]["message"])
-    assert m and 8 <= int(m.group(2)) <= 10, r.get_json()
+    assert 8 <= r.get_json()["error"]["fits"]["rows"] <= 10, r.get_json()
 
 
 def test_bad_bulk_requests_say_what_is_wrong(client, stocked):
@@ -442,4 +445,6 @@ def test_a_download_holds_the_whole_range_not_the_apis_first_page(client, stocke
     _max_rows(stocked, 1000)
     r = client.get(f"/symbols/NVDA/download?{q}&format=parquet")
     assert r.status_code == 413
-    assert "server.export.max_rows (1000)" in r.get_json()["error"]["message"]
+    msg = r.get_json()["error"]["message"]
+    assert "server.export.max_rows (1000)" in msg and "zoom in or a shorter start..end" in msg
+    assert "fewer symbols" not in msg
