@@ -187,6 +187,30 @@ def _write_month(conn, out: Path, timeframe: str, month: dt.date, symbols: list[
             "bytes": path.stat().st_size}
 
 
+def _todo(out: Path, parts: dict, timeframe: str, months: list[dt.date], fps: dict,
+          result: dict) -> list[tuple]:
+    """The months to write (key, month, symbols, fingerprint): those whose
+    fingerprint changed or whose file is gone; a month without bars loses its
+    file (``result``: removed, unchanged)."""
+    todo = []
+    for month in months:
+        key = partition(timeframe, month)
+        have = parts.get(key)
+        if month not in fps:
+            if have is not None:
+                (out / have["file"]).unlink(missing_ok=True)
+                del parts[key]
+                result["removed"].append(key)
+            continue
+        symbols, bars, latest = fps[month]
+        fp = fingerprint(symbols, bars, latest)
+        if have is not None and have.get("fingerprint") == fp and (out / have["file"]).exists():
+            result["unchanged"] += 1
+            continue
+        todo.append((key, month, symbols, fp))
+    return todo
+
+
 def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
            progress=None, *, tz: str, workers: int = WORKERS) -> dict:
     """Bring ``out`` up to date for ``timeframe`` and the months of
@@ -210,48 +234,40 @@ def export(conn_cm, timeframe: str, start: dt.date, end: dt.date, out: Path,
         fps = cstore.month_fingerprints(conn, timeframe, months[0], _month_end(months[-1]),
                                         tz=tz)
     result = {"written": [], "unchanged": 0, "removed": [], "rows": 0}
-    todo = []
-    for month in months:
-        key = partition(timeframe, month)
-        have = parts.get(key)
-        if month not in fps:
-            if have is not None:
-                (out / have["file"]).unlink(missing_ok=True)
-                del parts[key]
-                result["removed"].append(key)
-            continue
-        symbols, bars, latest = fps[month]
-        fp = fingerprint(symbols, bars, latest)
-        if have is not None and have.get("fingerprint") == fp and (out / have["file"]).exists():
-            result["unchanged"] += 1
-            continue
-        todo.append((key, month, symbols, fp))
-
+    todo = _todo(out, parts, timeframe, months, fps, result)
     stop = threading.Event()
 
     def write(month: dt.date, symbols: list[str]) -> dict:
         with conn_cm() as conn:
             return _write_month(conn, out, timeframe, month, symbols, tz, stop)
 
+    def record(key: str, month: dt.date, fp: str, entry: dict) -> None:
+        entry.update(fingerprint=fp, timeframe=timeframe, month=month.isoformat()[:7],
+                     written_at=dt.datetime.now(dt.UTC).isoformat())
+        parts[key] = entry
+        result["written"].append(key)
+        result["rows"] += entry["rows"]
+
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="export")
     saved = time.monotonic()
+    jobs: list[tuple] = []
     try:
         jobs = [(key, month, fp, pool.submit(write, month, symbols))
                 for key, month, symbols, fp in todo]
         for key, month, fp, job in jobs:  # in month order, whichever ends first
-            entry = job.result()
-            entry.update(fingerprint=fp, timeframe=timeframe, month=month.isoformat()[:7],
-                         written_at=dt.datetime.now(dt.UTC).isoformat())
-            parts[key] = entry
-            result["written"].append(key)
-            result["rows"] += entry["rows"]
+            record(key, month, fp, job.result())
             if time.monotonic() - saved >= SAVE_EVERY_S:
                 _save(out, manifest)  # a long run keeps what it has done
                 saved = time.monotonic()
             if progress:
-                progress(key, entry)
+                progress(key, parts[key])
     except BaseException as e:  # an error or Ctrl-C: the months being written stop
         stop.set()              # at their next batch (their files as they were)
+        pool.shutdown(wait=True, cancel_futures=True)
+        for key, month, fp, job in jobs:  # a later month that ended meanwhile is kept too
+            if key not in result["written"] and job.done() and not job.cancelled() \
+                    and job.exception() is None:
+                record(key, month, fp, job.result())
         _keep_done(out, manifest, e, len(result["written"]))
         raise
     finally:
@@ -273,7 +289,7 @@ def _keep_done(out: Path, manifest: dict, e: BaseException, done: int) -> None:
         kept = False
     if isinstance(e, ExportError):
         raise ExportError(f"{e.message}; " + (
-            f"the {done} month file(s) written before are kept (manifest.json)"
+            f"the {done} month file(s) written are kept (manifest.json)"
             if kept else "the manifest could not be saved either") +
             ", and the next run writes only what is missing") from e
 

@@ -183,7 +183,7 @@ def test_a_month_that_cannot_be_written_fails_the_run_by_name_and_leaves_no_half
         export.export(stocked.read_conn, "1m", start, end, out, tz="America/New_York")
     except ExportError as e:
         assert f"cannot write {blocked}: Is a directory" in e.message, e.message
-        assert "the 1 month file(s) written before are kept" in e.message, e.message
+        assert "the 1 month file(s) written are kept" in e.message, e.message
     else:
         raise AssertionError("a month that could not be written was not an error")
     assert not list(out.rglob("*.tmp"))  # nothing half-written is left
@@ -226,3 +226,22 @@ def test_a_full_disk_is_named_with_what_is_free_and_the_next_run_writes_the_rest
                                 "timeframe=1m/year=2024/month=6"], again
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/**/*.parquet')").fetchall()[0][0]
     assert n == again["rows"] > 0
+
+
+def test_every_file_a_failed_run_leaves_is_in_its_manifest(stocked, tmp_path):
+    # May cannot be written while June, written at the same time, may end
+    # first: whatever the order, a file on disk is a file the manifest lists
+    start, end = dt.date.fromisoformat(START), dt.date.fromisoformat(END)
+    for i in range(8):
+        out = tmp_path / f"ds{i}"
+        (out / "timeframe=1m/year=2024/month=5" / export.FILE).mkdir(parents=True)
+        try:
+            export.export(stocked.read_conn, "1m", start, end, out, tz="America/New_York")
+        except ExportError as e:
+            assert "month=5" in e.message
+        else:
+            raise AssertionError("a month that could not be written was not an error")
+        listed = {p["file"] for p in json.loads((out / "manifest.json").read_text())
+                  ["partitions"].values()}
+        on_disk = {f for f in _files(out) if not (out / f).is_dir()}
+        assert on_disk == listed, (i, on_disk, listed)
