@@ -556,3 +556,30 @@ def test_pages_send_a_strict_content_security_policy(client):
     r = client.get("/symbols/AAPL" if False else "/dashboard")
     csp = r.headers["Content-Security-Policy"]
     assert "default-src 'self'" in csp and "script-src 'self' 'nonce-" in csp
+
+
+def test_a_minute_backfill_shows_its_bars_and_a_table_of_unlike_items_lines_up(client, runtime):
+    from appliance.jobs import runs
+
+    def job(rt, run_id, report):  # what a backfill of daily and minute bars returns
+        return {"inserted": 10, "updated": 2, "requests": 3,
+                "minutes": {"symbols": 2, "sessions": 4, "bars": 1560},
+                "fetched": {"1d": {"symbols": 3, "start": "2024-01-02", "end": "2024-06-14"},
+                            "1m": {"symbols": 2, "bars": 1560, "start": "2024-06-03",
+                                   "end": "2024-06-14"}}}
+    res = runs.execute(runtime, "backfill", runs.manual_slot(), job)
+    page = client.get("/jobs").get_data(as_text=True)
+    row = re.search(rf'<tr id="run-{res["run_id"]}".*?</tr>', page, re.S).group(0)
+    assert [c.strip() for c in re.findall(r'<td class="num">(.*?)</td>', row, re.S)][2] \
+        == "1,572"  # the daily bars and the minute bars stored
+    page = client.get(f"/jobs/{res['run_id']}").get_data(as_text=True)
+    table = page[page.index("<dt>fetched</dt>"):]
+    table = table[:table.index("</table>")]
+    head = re.findall(r"<th>(.*?)</th>", table)
+    assert sorted(head) == ["bars", "end", "item", "start", "symbols"], head
+    rows = [dict(zip(head, re.findall(r"<td>(.*?)</td>", tr), strict=True))
+            for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S) if "<td>" in tr]
+    assert {"item": "1d", "symbols": "3", "start": "2024-01-02", "end": "2024-06-14",
+            "bars": ""} in rows, rows
+    assert {"item": "1m", "symbols": "2", "start": "2024-06-03", "end": "2024-06-14",
+            "bars": "1560"} in rows, rows

@@ -40,6 +40,8 @@ def run_view(r: dict) -> dict:
     rows = None
     if "inserted" in declared or "updated" in declared:
         rows = int(declared.get("inserted") or 0) + int(declared.get("updated") or 0)
+        if isinstance(declared.get("minutes"), dict):  # a backfill's minute bars stored
+            rows += int(declared["minutes"].get("bars") or 0)
     elif "rows" in declared:
         rows = declared["rows"]
     elif "rows" in prog:
