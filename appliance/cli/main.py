@@ -16,12 +16,12 @@ from pathlib import Path
 
 import click
 
-from appliance import __version__
 from appliance.cli import configcheck, jobargs, progress
 from appliance.cli.commandruntime import _config_path, say_notes
 from appliance.cli.commandruntime import command_runtime as _runtime
 from appliance.config.loader import env_file_path, load_config
 from appliance.core.errors import ApplianceError, ConfigError
+from appliance.core.version import describe
 
 log = logging.getLogger("appliance.cli")
 
@@ -69,7 +69,7 @@ def _config_or_none(ctx):
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
 @click.option("--use-file", is_flag=True,
               help="use appliance.yaml as it is on disk, not the running config")
-@click.version_option(__version__, prog_name="appliance")
+@click.version_option(describe(), prog_name="appliance")
 @click.pass_context
 def main(ctx, config, log_level, use_file):
     """Market Data Appliance: verified OHLCV candles, backed up and served."""

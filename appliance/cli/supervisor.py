@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import store
+from appliance.core import version
 from appliance.core.errors import ApplianceError
 from appliance.runtime import services
 from appliance.runtime.logs import PrivateRotatingFileHandler
@@ -235,7 +236,7 @@ class Supervisor:
             log.info("logging to %s", open_log_file(cfg))
         except OSError as e:
             log.warning("no log file (%s); the log goes to this terminal only", e)
-        log.info("using %s", ep.describe())
+        log.info("appliance %s, using %s", version.describe(), ep.describe())
         try:
             applied = db.migrate(ep.database_url)
         except Exception as e:  # noqa: BLE001 - say what failed, no traceback

@@ -19,6 +19,7 @@ from appliance import __version__, store
 from appliance.alerts import rules as alerts
 from appliance.core.errors import ApplianceError, BackupError, LockBusy
 from appliance.core.units import disk_usage, drive_missing, human_bytes
+from appliance.core.version import source_commit
 from appliance.jobs.registry import JobResult
 from appliance.ops.backups.catalogue import backup_dir, upsert_backup
 from appliance.ops.backups.common import (
@@ -345,6 +346,7 @@ def _manifest(cfg, url: str, name: str, started: dt.datetime, t0: float, dump_s:
         "postgres": {"server_version": info[0], "server_version_num": int(info[1]),
                      "pg_dump_version": tools.version},
         "appliance_version": __version__,
+        "appliance_commit": source_commit(),  # a source checkout's; null for a package
         "schema_version": counts["schema_version"],
         "database": {"name": db_name(url), "size_bytes": int(info[2])},
         "row_counts": {"tables": counts["tables"], "symbols": counts["symbols"]},

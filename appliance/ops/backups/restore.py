@@ -81,7 +81,8 @@ def restore_plan_text(rt, backup) -> str:
         f"Restore of {ref.archive}",
         f"  made {m.get('created_at')}, {human_bytes(m['archive'].get('size_bytes'))}, "
         f"sha256 {m['archive'].get('sha256')}",
-        f"  schema version {m.get('schema_version')}, appliance {m.get('appliance_version')}, "
+        f"  schema version {m.get('schema_version')}, appliance {m.get('appliance_version')}"
+        + (f" (commit {m['appliance_commit']})" if m.get("appliance_commit") else "") + ", "
         f"PostgreSQL {(m.get('postgres') or {}).get('server_version')}",
         f"  {(rc.get('tables') or {}).get('market_data', 0)} candles for "
         f"{len(rc.get('symbols') or {})} symbols, {len(rc.get('tables') or {})} tables",
