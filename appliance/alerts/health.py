@@ -221,15 +221,19 @@ def _redis_result(fut: cf.Future, timeout: float) -> dict:
                 "worker_heartbeat_age_s": None}
 
 
-def _status(a, snap: dict, rd: dict, scheduler_running: bool, rate, behind,
+def _status(a, snap: dict, rd: dict, running: tuple[bool, bool], rate, behind,
             reasons: list[str]) -> str:
     """healthy or degraded, with a reason added for each thing wrong (the
-    database answers)."""
+    database answers); ``running``: the scheduler's and a worker's heartbeat
+    are fresh."""
     before = len(reasons)
-    if not scheduler_running:
+    if not running[0]:
         reasons.append("scheduler not running" if rd["status"] == "ok"
                        else "redis unreachable: scheduler state unknown"
                        + (f" ({rd['error']})" if rd.get("error") else ""))
+    if not running[1] and rd["status"] == "ok":  # no job runs until one is back
+        reasons.append("no worker running (no heartbeat for "
+                       f"{a['scheduler_heartbeat_max_seconds']} s)")
     if snap["total_records"] and rate < a["validation_rate_warn_pct"]:
         reasons.append(f"validation rate {rate}% below {a['validation_rate_warn_pct']}%")
     if behind is not None and behind > a["stale_after_sessions"]:
@@ -246,11 +250,12 @@ def _status(a, snap: dict, rd: dict, scheduler_running: bool, rate, behind,
     return "degraded" if len(reasons) > before else "healthy"
 
 
-def _severity(a, snap: dict, status: str, scheduler_running: bool, rate,
+def _severity(a, snap: dict, status: str, running: tuple[bool, bool], rate,
               reasons: list[str]) -> str:
     """One severity for every view (/health, the console badge, status): the
-    status says whether it works, the severity how urgent what is wrong is."""
-    critical = status == "unhealthy" or not scheduler_running
+    status says whether it works, the severity how urgent what is wrong is
+    (no scheduler or no worker: critical, as their alerts)."""
+    critical = status == "unhealthy" or not all(running)
     if snap["status"] == "ok":
         if snap["total_records"] and rate is not None and rate < a["validation_rate_critical_pct"]:
             critical = True
@@ -326,7 +331,8 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
     else:
         latest, rate = snap["latest_data"], snap["validation_rate_pct"]
         behind = sessions_behind(cfg, latest, now)
-        status = _status(cfg["alerts"], snap, rd, scheduler_running, rate, behind, reasons)
+        status = _status(cfg["alerts"], snap, rd, (scheduler_running, worker_alive), rate,
+                         behind, reasons)
         demo = demo_reason(cfg["provider"]["name"], snap.get("demo_symbols"),
                            {s.symbol for s in cfg.symbols})
         if demo:
@@ -347,7 +353,8 @@ def compute(rt, now: dt.datetime | None = None) -> Health:
     if restart:
         reasons.append(f"restart required since {restart['since']}: "
                        f"{', '.join(restart['keys'])} keep their old value until then")
-    severity = _severity(cfg["alerts"], snap, status, scheduler_running, rate, reasons)
+    severity = _severity(cfg["alerts"], snap, status, (scheduler_running, worker_alive), rate,
+                         reasons)
     last_reload = snap.get("last_reload") if snap["status"] == "ok" else None
     return Health(
         status=status, severity=severity,

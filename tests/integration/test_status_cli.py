@@ -113,6 +113,25 @@ def test_status_exits_2_when_the_scheduler_is_down_and_prints_plain_text_when_pi
     assert "\x1b[" not in plain.stdout           # no colour codes into a pipe
 
 
+def test_status_exits_2_at_once_when_no_worker_runs(web_config, database_url, redis_url):
+    # a worker frozen or gone: its heartbeat stale while the scheduler's is
+    # fresh; no job would run, which is critical now, not once worker_down opens
+    _current_data(database_url)
+    _heartbeats(redis_url)
+    r = redis_lib.Redis.from_url(redis_url)
+    r.set("appliance:heartbeat:worker", str(time.time() - 3600))
+    r.close()
+    with serving(web_config):
+        res = _cli(web_config, "--json")
+        plain = _cli(web_config)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    body = json.loads(res.stdout)
+    assert body["status"] == "degraded" and body["severity"] == "critical", body
+    assert any(x.startswith("no worker running (no heartbeat for ") for x in body["reasons"])
+    assert body["alerts"] == []  # before worker_down has held for its duration
+    assert plain.returncode == 2 and "Scheduler  running, worker DOWN" in plain.stdout
+
+
 def test_status_lists_open_alerts_and_counts_them_as_degraded(web_config, database_url,
                                                               redis_url):
     import psycopg
