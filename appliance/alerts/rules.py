@@ -326,9 +326,11 @@ RULES: list[Rule] = [
          "1. 'df -h' on backup.path. 2. Lower retention.backups_keep or rotate the backup "
          "drive. 3. Backups refuse to start below backup.min_free_pct.", _disk("backup")),
     Rule("gaps_high", "warning", 0, "Many gaps flagged",
-         "Review the console's Gaps page now (the monthly gap review): splits show as 50 %+ "
-         "jumps with a matching split, halts as unusual gaps, corruption as random ones. "
-         "Re-fetch suspicious sessions with 'appliance backfill SYMBOL --start D --end D'.",
+         "Review the console's Gaps page now (the monthly gap review): kind split or dividend "
+         "is explained, jump is a move over quality.gap_threshold_pct nothing explains, "
+         "missing a session without a candle. Re-fetch suspicious sessions with 'appliance "
+         "backfill SYMBOL --start D --end D'. Every flag counts, explained ones too: when "
+         "the review finds them sound, raise alerts.gaps_flagged_max_pct and reload.",
          _gaps),
     Rule("spot_check_mismatch", "warning", 0, "Spot-check mismatch",
          "The pairs are listed. 1. Re-fetch them: 'appliance backfill SYMBOL --start D "
