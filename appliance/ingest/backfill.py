@@ -440,14 +440,15 @@ def _run_here(rt, cfg, provider, stats, run_id, report, plan: Plan, today) -> di
     done = 0
     n = len(plan.symbols)
 
-    def progress(current: str | None = None):
+    def progress(current: str | None = None, force: bool = False):
         elapsed = time.monotonic() - t0
         eta = (elapsed / done * (n - done)) if done else None
         report({"symbols_total": n, "symbols_done": done, "current": current,
                 "rows": totals["inserted"] + totals["updated"], "inserted": totals["inserted"],
                 "updated": totals["updated"], "rejected": totals["rejected"],
                 "requests": stats.total("request"), "retries": stats.total("retry"),
-                "eta_s": round(eta, 1) if eta is not None else None, "plan": plan.describe()})
+                "eta_s": round(eta, 1) if eta is not None else None, "plan": plan.describe()},
+               force)
 
     progress()
     grouped = _fetch_grouped(provider, plan, report, stats) if plan.method == "grouped" else {}
@@ -489,7 +490,7 @@ def _run_here(rt, cfg, provider, stats, run_id, report, plan: Plan, today) -> di
         store.add_vendor_counts(conn, stats.drain())
         for sym, msg in failed.items():
             store.add_event(conn, "error", "backfill", f"{sym}: {msg}", {"symbol": sym})
-    progress()
+    progress(force=True)  # the last report is never throttled away: n of n
     status = "ok" if not failed else ("failed" if len(failed) == n else "partial")
     return {"status": status, "plan": plan.describe(), "symbols": n,
             "symbols_ok": n - len(failed), "failed": failed, "inserted": totals["inserted"],

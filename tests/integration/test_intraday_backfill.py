@@ -204,6 +204,9 @@ def test_cli_backfill_shows_the_minute_phase_with_its_eta(config_factory, truth)
     # not a terminal: plain progress lines, the last one forced at the end
     assert f"progress: {months}/{months} months of 1m" in res.stderr, res.stderr
     assert "ETA 0m00s" in res.stderr
+    # the daily phase's last report is forced too: every symbol done, not 0 of them
+    n = len(SYMS)
+    assert f"progress: {n}/{n} symbols" in res.stderr, res.stderr
     assert f"1m: {months} month(s) fetched" in res.stdout
 
 
