@@ -193,6 +193,7 @@ class Supervisor:
         self.children = {role: Child(role) for role in CHILDREN}
         #: embedded servers found dead: name -> [found at, next try, tries]
         self.dead: dict[str, list] = {}
+        self.stopped: set[str] = set()
 
     def _on_term(self, signum, _frame):
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -311,6 +312,12 @@ class Supervisor:
     def _revive(self, now: float) -> None:
         """Start again the embedded servers that died (tried at once, then
         with a growing delay while one will not start)."""
+        now_stopped = set(services.stopped(self.cfg))
+        for name in now_stopped - self.stopped:  # said once per stop
+            log.error("embedded %s was stopped (not killed: it removed its pid file) while "
+                      "appliance up runs; it is not started again: nothing works without it. "
+                      "Stop appliance up (Ctrl-C) and start it again", name)
+        self.stopped = now_stopped
         for name in services.crashed(self.cfg):
             if name not in self.dead:
                 self.dead[name] = [now, now, 0]

@@ -480,6 +480,17 @@ def crashed(cfg) -> list[str]:
     return out
 
 
+def stopped(cfg) -> list[str]:
+    """The embedded servers that are not running and were stopped cleanly
+    (no pid file): not started again, as ``crashed`` explains; ``appliance
+    up`` says so."""
+    data_dir = Path(cfg["data_dir"])
+    return [name for name, url, pidfile in (
+        ("PostgreSQL", cfg["database"]["url"], data_dir / "pg" / "postmaster.pid"),
+        ("Redis", cfg["redis"]["url"], data_dir / "redis" / "redis.pid"))
+        if not url and not pidfile.exists()]
+
+
 def restart_crashed(cfg, which: str) -> None:
     """Start again an embedded server that ``crashed`` lists (its data as the
     crash left it: PostgreSQL replays its WAL, Redis its append-only file).

@@ -219,6 +219,9 @@ def test_up_starts_again_an_embedded_server_that_was_killed_but_not_one_stopped(
         time.sleep(3 * WATCH_S)
         assert not services._redis_alive(redis_url), log_file.read_text()[-3000:]
         assert log_file.read_text().count("embedded Redis started again") == 1
+        # and says so, once: nothing works without it until up is started again
+        said = "embedded Redis was stopped (not killed: it removed its pid file)"
+        assert log_file.read_text().count(said) == 1, log_file.read_text()[-3000:]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
