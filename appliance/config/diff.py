@@ -46,7 +46,9 @@ def diff_configs(old: Config | None, new: Config) -> dict[str, Any]:
         if k in restart_keys:
             restart.append(".".join(k))  # not "changed": the old value stays in force
         elif k in SECRET_PATHS:
-            changed[".".join(k)] = {"old": "********", "new": "********", "secret": True}
+            changed[".".join(k)] = {  # an empty secret is none: said as empty
+                "old": "********" if o_flat.get(k) else "", "new": "********" if n_flat.get(k)
+                else "", "secret": True}
         else:
             changed[".".join(k)] = {"old": _jsonable(o_shown.get(k)),
                                     "new": _jsonable(n_shown.get(k))}

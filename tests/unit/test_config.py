@@ -155,7 +155,8 @@ def test_diff_names_added_and_removed_symbols_and_changed_schedules(tmp_path):
     assert d["schedules_changed"] == {"backfill": {"old": "0 2 * * *", "new": "30 3 * * *"}}
     assert d["restart_required"] == ["server.bind"]
     assert "server.bind" not in d["changed"]  # its old value stays in force until a restart
-    assert d["changed"]["server.admin_token"] == {"old": "********", "new": "********",
+    # none before (empty) is said as empty, a value as the mask
+    assert d["changed"]["server.admin_token"] == {"old": "", "new": "********",
                                                   "secret": True}
 
 
