@@ -225,7 +225,8 @@ def count_rows(conn: Connection[Any], timeframe: str, symbols: list[str], start:
     1m with include_invalid false, exact otherwise); cheap: it counts array
     lengths and index entries, it decodes no bar."""
     p = {"symbols": symbols, "start": start, "end": end, "tf": timeframe, "tz": tz}
-    return int(one_row(conn.execute(_count_sql(timeframe, include_invalid), p))[0])
+    sql = f"SELECT coalesce(sum(n), 0) FROM ({_per_day_sql(timeframe, include_invalid)}) c"
+    return int(one_row(conn.execute(sql, p))[0])
 
 
 def last_day_within(conn: Connection[Any], timeframe: str, symbols: list[str],
@@ -236,8 +237,7 @@ def last_day_within(conn: Connection[Any], timeframe: str, symbols: list[str],
     when the first day with bars alone has more: how a request over a limit
     can be cut (a week counts on its Sunday)."""
     p = {"symbols": symbols, "start": start, "end": end, "tf": timeframe, "tz": tz}
-    sql = f"SELECT day, n FROM ({_count_sql(timeframe, include_invalid, per_day=True)}) c " \
-          "ORDER BY day"
+    sql = f"SELECT day, n FROM ({_per_day_sql(timeframe, include_invalid)}) c ORDER BY day"
     total, last = 0, None
     for day, n in conn.execute(sql, p):
         if total + n > limit:
@@ -246,33 +246,30 @@ def last_day_within(conn: Connection[Any], timeframe: str, symbols: list[str],
     return last
 
 
-def _count_sql(timeframe: str, include_invalid: bool, per_day: bool = False) -> str:
-    """The count of ``count_rows`` (``per_day``: by day, columns day and n)."""
+def _per_day_sql(timeframe: str, include_invalid: bool) -> str:
+    """The bars of ``count_rows`` by day (columns day and n; a week on its Sunday)."""
     if timeframe == "1m":
         bad = "" if include_invalid else " - cardinality(invalid)"
-        n = f"sum(cardinality(minutes){bad})"
-        return (f"""SELECT session AS day, {n} AS n FROM minute_bars
-                    WHERE symbol = ANY(%(symbols)s) AND session BETWEEN %(start)s AND %(end)s
-                    GROUP BY session""" if per_day else
-                f"""SELECT coalesce({n}, 0) FROM minute_bars
-                    WHERE symbol = ANY(%(symbols)s) AND session BETWEEN %(start)s AND %(end)s""")
+        return f"""SELECT session AS day, sum(cardinality(minutes){bad}) AS n FROM minute_bars
+                   WHERE symbol = ANY(%(symbols)s) AND session BETWEEN %(start)s AND %(end)s
+                   GROUP BY session"""
     if kind_of(timeframe) == "intraday":
-        return f"""SELECT {"session AS day, sum(cardinality(starts)) AS n" if per_day
-                           else "coalesce(sum(cardinality(starts)), 0)"} FROM rollup_bars
-                   WHERE symbol = ANY(%(symbols)s) AND timeframe = %(tf)s
-                     AND session BETWEEN %(start)s AND %(end)s
-                   {"GROUP BY session" if per_day else ""}"""
+        return """SELECT session AS day, sum(cardinality(starts)) AS n FROM rollup_bars
+                  WHERE symbol = ANY(%(symbols)s) AND timeframe = %(tf)s
+                    AND session BETWEEN %(start)s AND %(end)s
+                  GROUP BY session"""
     valid = "" if include_invalid else "AND validated"
     day = "d" if timeframe == "1d" else "d - extract(dow FROM d)::int"
-    what = ("count(*)" if timeframe == "1d" else "count(DISTINCT (symbol, w))")
-    return f"""SELECT {f"w AS day, {what} AS n" if per_day else what} FROM (
+    what = "count(*)" if timeframe == "1d" else "count(DISTINCT symbol)"  # a bar a week
+    return f"""SELECT w AS day, {what} AS n FROM (
                  SELECT symbol, {day} AS w FROM (
                    SELECT symbol, (ts AT TIME ZONE %(tz)s)::date AS d
                    FROM market_data
                    WHERE symbol = ANY(%(symbols)s) AND timeframe = '1d'
                      AND ts >= (%(start)s::date::timestamp AT TIME ZONE %(tz)s)
                      AND ts < ((%(end)s::date + 1)::timestamp AT TIME ZONE %(tz)s)
-                     {valid}) q) q2 {"GROUP BY w" if per_day else ""}"""
+                     {valid}) q) q2
+               GROUP BY w"""
 
 
 def stored_symbols(conn: Connection[Any], timeframe: str) -> list[str]:

@@ -17,8 +17,9 @@ import psycopg
 
 from appliance import __version__, store
 from appliance.alerts import rules as alerts
+from appliance.alerts.disks import backup_drive_missing
 from appliance.core.errors import ApplianceError, BackupError, LockBusy
-from appliance.core.units import disk_usage, drive_missing, human_bytes
+from appliance.core.units import disk_usage, human_bytes
 from appliance.core.version import source_commit
 from appliance.jobs.registry import JobResult
 from appliance.ops.backups.catalogue import backup_dir, upsert_backup
@@ -116,8 +117,7 @@ def check_backup_path(cfg) -> Path:
     then: on an unmounted drive it would land on the system disk."""
     bdir = backup_dir(cfg)
     if cfg["backup"].get("require_mount"):
-        why = drive_missing(bdir, cfg["data_dir"])
-        if why:
+        if why := backup_drive_missing(cfg):
             raise BackupError(
                 f"backup.path {bdir} is not a mount point nor a folder on one ({why}) and "
                 f"backup.require_mount is true: is the backup drive mounted? Nothing was "

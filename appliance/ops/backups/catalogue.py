@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import store
+from appliance.alerts.disks import backup_drive_missing
 from appliance.core.errors import BackupError
-from appliance.core.units import drive_missing
 from appliance.ops.backups.common import NAME_RE
 from appliance.ops.backups.manifest import (
     _jsonable,
@@ -135,7 +135,7 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
         else:
             a, mp = p, manifest_path_for(p)
             if not a.exists():
-                why = cfg["backup"].get("require_mount") and drive_missing(bdir, cfg["data_dir"])
+                why = backup_drive_missing(cfg)
                 raise BackupError(f"no archive at {a}" + (" (its manifest is there)"
                                                           if mp.exists() else
                                                           " (nor its manifest)") +

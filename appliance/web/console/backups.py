@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, redirect, render_template, url_for
 
 from appliance import store
+from appliance.alerts.disks import backup_drive_missing
 from appliance.core import units
 from appliance.jobs import runs
 from appliance.ops import backups as backups_mod
@@ -23,7 +24,7 @@ bp = Blueprint("backups", __name__)
 def _disk(path, cfg) -> dict | None:
     """Free space where backups go (the nearest existing parent when the
     folder is not created yet); a drive that must be mounted and is not, said."""
-    why = cfg["backup"].get("require_mount") and units.drive_missing(path, cfg["data_dir"])
+    why = backup_drive_missing(cfg)
     if why:
         return {"error": f"the backup drive is not mounted ({why}): a backup is refused"}
     p = units.nearest_existing(path)
