@@ -11,14 +11,18 @@ registry); it never ends the worker. A work horse that dies without raising
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import redis
 from rq import Queue, Worker
+from rq.exceptions import DequeueTimeout, StopRequested
+from rq.worker import WorkerStatus
 
 from appliance import store
 from appliance.ingest.chunks import release_dead
@@ -77,11 +81,16 @@ class EarlyStop:
     outright and leave the scheduler process running on its own; now it is
     kept, and the worker stops as soon as its loop begins (tearing down the
     scheduler with it). A forked child that receives one before installing its
-    own handlers gets the default action."""
+    own handlers gets the default action.
+
+    ``requested`` is also set by a stop that comes later, while the worker is
+    idle (``AppWorker._shutdown``): the queue reads it between its one-second
+    waits for a job (``_queue_class``)."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.signum: int | None = None
+        self.requested = False
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,6 +103,53 @@ class EarlyStop:
             return
         log.info("got %s while starting: stopping once started", signal.Signals(signum).name)
         self.signum = signum
+        self.requested = True
+
+
+#: The longest a stopping idle worker waits on the queue before it sees the stop.
+QUEUE_WAIT_SECONDS = 1
+
+
+def _queue_class(early: EarlyStop) -> type[Queue]:
+
+    class AppQueue(Queue):
+        """RQ's queue, whose blocking wait for a job is cut into waits of
+        ``QUEUE_WAIT_SECONDS``, with a look at ``early.requested`` before
+        each: a stop asked for while the worker is idle ends the wait from
+        ordinary code, not by an exception raised inside a signal handler."""
+
+        @classmethod
+        def lmove(cls, connection, queue_key, timeout):
+            def once(wait):
+                return super(AppQueue, cls).lmove(connection, queue_key, wait)
+            return _waiting(once, timeout, queue_key, early)
+
+        @classmethod
+        def lpop(cls, queue_keys, timeout, connection=None):
+            def once(wait):
+                return super(AppQueue, cls).lpop(queue_keys, wait, connection=connection)
+            return _waiting(once, timeout, queue_keys, early)
+
+    return AppQueue
+
+
+def _waiting(once, timeout, keys, early: EarlyStop):
+    """RQ's blocking pop of up to ``timeout`` seconds, as one-second pops that
+    stop (StopRequested, which the work loop takes as its end) once a stop is
+    requested; RQ's DequeueTimeout when the whole timeout passed."""
+    if timeout is None:  # the non-blocking pop of a burst
+        return once(None)
+    deadline = time.monotonic() + timeout
+    while True:
+        if early.requested:
+            raise StopRequested()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DequeueTimeout(timeout, keys)
+        try:
+            return once(max(1, min(QUEUE_WAIT_SECONDS, math.ceil(left))))
+        except DequeueTimeout:
+            continue
 
 
 def _worker_class(early: EarlyStop):
@@ -142,6 +198,18 @@ def _worker_class(early: EarlyStop):
             if early.signum is not None:
                 self._stop_requested = True  # the loop's first check ends it
 
+        def _shutdown(self):
+            """RQ's, for a worker running a job; an idle one is stopped by
+            a flag the loop and the queue's waits read. RQ raised its
+            StopRequested here, inside whatever code the signal interrupted:
+            in a log call (RQ logs as its loop starts), the log handler
+            caught it and the worker ran on, deaf to the signal."""
+            if self.get_state() == WorkerStatus.BUSY:
+                super()._shutdown()
+                return
+            self._stop_requested = True
+            early.requested = True
+
         def subscribe(self):
             """RQ's subscribe, with a short wait (see PUBSUB_WAIT_SECONDS)."""
             self.log.info("Worker %s: subscribing to channel %s", self.name,
@@ -164,11 +232,12 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     entry.parent = rt  # work horses start from this process's config
     name = name or f"appliance-{socket.gethostname()}-{os.getpid()}"
     conn = _rq_connection(rt.endpoints.redis_url)
-    q = Queue(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])
     early = EarlyStop()
     early.install()
-    worker = _worker_class(early)([q], connection=conn, name=name,
-                    work_horse_killed_handler=lambda *a: _mark_killed(rt, *a))
+    queue_class = _queue_class(early)
+    q = queue_class(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])
+    worker = _worker_class(early)([q], connection=conn, name=name, queue_class=queue_class,
+                                  work_horse_killed_handler=lambda *a: _mark_killed(rt, *a))
 
     stop = threading.Event()
     # beat often enough for the configured staleness limit (the one /health

@@ -193,6 +193,49 @@ def test_a_sigterm_while_the_worker_starts_stops_it_and_its_scheduler(config_fac
     rt.close()
 
 
+# Run as ``python -c``: a worker whose log handler sends the process SIGTERM
+# in the middle of writing a record, once RQ's own handlers are in place. The
+# handler catches what writing raises, as logging's StreamHandler does.
+_SIGTERM_MID_LOG = """
+import logging, os, signal, sys
+from appliance.jobs.worker import run_worker
+from appliance.runtime.runtime import Runtime
+
+class SignalMidRecord(logging.StreamHandler):
+    sent = False
+    def emit(self, record):
+        try:
+            if not self.sent and 'request_stop' in repr(signal.getsignal(signal.SIGTERM)):
+                SignalMidRecord.sent = True
+                print('SIGTERM sent while logging: ' + record.getMessage(), flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+            super().emit(record)
+        except Exception as e:
+            print('the log handler caught ' + type(e).__name__, flush=True)
+
+logging.basicConfig(level=logging.INFO, handlers=[SignalMidRecord(sys.stdout)])
+rt = Runtime.from_path(sys.argv[1])
+rt.open()
+sys.exit(run_worker(rt, name='w-midlog'))
+"""
+
+
+def test_a_sigterm_while_the_worker_logs_still_stops_it(config_factory, procs):
+    """RQ's handler raised its stop into whatever code the signal interrupted;
+    in a log call (RQ logs as its loop starts) the log handler swallowed it and
+    the worker ran on, deaf to the signal. The stop is now a flag the loop
+    reads, also between the queue's one-second waits for a job."""
+    path = config_factory(schedules=QUIET)
+    w = subprocess.Popen([sys.executable, "-c", _SIGTERM_MID_LOG, str(path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs.append(w)
+    out = w.communicate(timeout=30)[0]
+    assert "SIGTERM sent while logging" in out, out
+    assert "the log handler caught" not in out, out
+    assert w.returncode == 0, out
+    assert "worker w-midlog stopped" in out, out
+
+
 def test_a_worker_killed_outright_takes_rq_s_scheduler_process_with_it(config_factory, procs):
     """SIGKILL (the OOM killer, kill -9) left RQ's scheduler process running
     on its own, still moving jobs, until the next stop printed its errors."""
