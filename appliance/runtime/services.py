@@ -81,10 +81,25 @@ def resolve(cfg, *, start: bool = True) -> Endpoints:
     # data_dir to reach data_dir/pg (itself 0700): traverse only, no listing.
     secure_dir(data_dir, 0o711 if emb_pg and os.geteuid() == 0 else 0o700)
     emb_rd = not rd_url
+    # without starting, every embedded server that is not running is named,
+    # not only the first (``appliance status`` with both stopped)
+    missing = []
     if emb_pg:
-        db_url = embedded_postgres(data_dir, start=start)
+        try:
+            db_url = embedded_postgres(data_dir, start=start)
+        except ServiceError as e:
+            if start:
+                raise
+            missing.append(e.message)
     if emb_rd:
-        rd_url = embedded_redis(data_dir, start=start)
+        try:
+            rd_url = embedded_redis(data_dir, start=start)
+        except ServiceError as e:
+            if start:
+                raise
+            missing.append(e.message)
+    if missing:
+        raise ServiceError("; ".join(missing))
     return Endpoints(db_url, rd_url, emb_pg, emb_rd)
 
 

@@ -189,6 +189,16 @@ def test_status_reports_a_stopped_embedded_server_and_does_not_start_it(tmp_path
     assert not (tmp_path / "var" / "pg" / "postmaster.pid").exists()
 
 
+def test_status_names_both_embedded_servers_when_both_are_stopped(tmp_path):
+    """It named only PostgreSQL: the operator started it and found Redis next."""
+    cfg = write_config(tmp_path / "embedded.yaml", "", "")
+    r = _cli(cfg)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "embedded PostgreSQL in" in r.stdout and "embedded Redis in" in r.stdout, r.stdout
+    assert r.stdout.count("is not running") == 2, r.stdout
+    assert not (tmp_path / "var" / "redis" / "redis.pid").exists()
+
+
 def test_status_still_answers_when_redis_is_down(web_config, tmp_path, database_url):
     _current_data(database_url)
     bind = yaml.safe_load(web_config.read_text())["server"]["bind"]
