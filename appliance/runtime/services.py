@@ -83,21 +83,20 @@ def resolve(cfg, *, start: bool = True) -> Endpoints:
     emb_rd = not rd_url
     # without starting, every embedded server that is not running is named,
     # not only the first (``appliance status`` with both stopped)
-    missing = []
+    missing: list[str] = []
+
+    def embedded(server, url: str) -> str:
+        try:
+            return server(data_dir, start=start)
+        except ServiceError as e:
+            if start:
+                raise
+            missing.append(e.message)
+            return url
     if emb_pg:
-        try:
-            db_url = embedded_postgres(data_dir, start=start)
-        except ServiceError as e:
-            if start:
-                raise
-            missing.append(e.message)
+        db_url = embedded(embedded_postgres, db_url)
     if emb_rd:
-        try:
-            rd_url = embedded_redis(data_dir, start=start)
-        except ServiceError as e:
-            if start:
-                raise
-            missing.append(e.message)
+        rd_url = embedded(embedded_redis, rd_url)
     if missing:
         raise ServiceError("; ".join(missing))
     return Endpoints(db_url, rd_url, emb_pg, emb_rd)
