@@ -30,7 +30,7 @@ def _file_config(ctx):
 
 def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
              service: str | None = None, broken_file_ok: bool = False, announce: bool = True,
-             on_error: Callable[[str], int] | None = None, **kw):
+             adopt: bool = True, on_error: Callable[[str], int] | None = None, **kw):
     """A Runtime for this command, with the config the rule in ``configsync``
     gives it: a long-running ``service`` joins the running appliance or starts
     it from the file; a one-shot command uses the running config while the
@@ -41,7 +41,9 @@ def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
     a warning (the restore of a damaged database must still run).
     ``broken_file_ok``: an invalid file only finds the servers (status, reload).
     ``on_error``: says an error its own way and gives the exit code (else
-    ``error: …`` and 1)."""
+    ``error: …`` and 1). ``adopt=False`` (with ``announce=False``): the
+    command takes the running config itself (``reload``, which refuses, and
+    records, a running config this environment cannot resolve)."""
     from appliance.runtime import configsync, services
     from appliance.runtime.runtime import Runtime
     path = _config_path(ctx)
@@ -69,7 +71,7 @@ def command_runtime(ctx, *, one_shot: bool = True, migrate: bool | str = False,
             _start_service(ctx, rt, service, file_cfg, file_errors)
         elif not use_file and announce:
             _say_which_config(ctx, rt, file_cfg, file_errors)
-        elif not use_file and configsync.running(rt):
+        elif not use_file and adopt and configsync.running(rt):
             rt.adopt_running_config()
         if service is None and announce:
             rt.pin_config()  # one command, one config

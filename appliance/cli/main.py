@@ -19,6 +19,7 @@ import click
 from appliance.cli import configcheck, jobargs, progress
 from appliance.cli.commandruntime import _config_path, say_notes
 from appliance.cli.commandruntime import command_runtime as _runtime
+from appliance.config import variables
 from appliance.config.loader import env_file_path, load_config
 from appliance.core.errors import ApplianceError, ConfigError
 from appliance.core.version import describe
@@ -111,6 +112,8 @@ def check_config(ctx, path, show_diff):
                f"({(time.monotonic() - t0) * 1000:.0f} ms)", err=show_diff)
     if show_diff:
         sys.exit(configcheck.print_diff(ctx, cfg))
+    for line in variables.unused(cfg.text, cfg.path):
+        click.echo(line, err=True)
     for name in configcheck.from_this_shell_only(cfg):
         click.echo(f"note: {name} is set in this shell but not in {env_file_path(cfg.path)}: "
                    f"the appliance's processes have it only if they were started from a shell "
@@ -160,7 +163,15 @@ def api_key_new(name, scopes, requests_per_minute):
 def unlock(ctx, address):
     """End the lockout of ADDRESS (the client address the auth events name)
     and clear its count of failed attempts."""
+    import ipaddress
+
     from appliance.web.auth import unlock as unlock_addr
+    try:
+        address = str(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        raise click.BadParameter(f"{address!r} is not an IP address: give the address the "
+                                 f"auth events name (e.g. 203.0.113.7)",
+                                 param_hint="ADDRESS") from None
     rt = _runtime(ctx)
     try:
         res = unlock_addr(rt, address)
@@ -179,7 +190,7 @@ def reload(ctx):
     from appliance.jobs import reload as reload_mod
     # this command says which config runs; the runtime's own line is for the services' logs
     logging.getLogger("appliance.runtime").setLevel(logging.WARNING)
-    rt = _runtime(ctx, broken_file_ok=True, announce=False)
+    rt = _runtime(ctx, broken_file_ok=True, announce=False, adopt=False)
     res = reload_mod.reload_config(rt, source="cli", actor=os.environ.get("USER"),
                                    caller_env=os.environ)
     if not res["ok"]:

@@ -537,9 +537,8 @@ def _validate_schema(data: Doc, ctx: _Ctx) -> None:
         if e.validator == "additionalProperties" and isinstance(e.instance, dict):
             allowed = set(e.schema.get("properties", {}))
             for extra in sorted(k for k in e.instance if k not in allowed):
-                hint = _close_match(extra, allowed)
-                ctx.err(path + (extra,), f"unknown key {extra!r}"
-                        + (f" (did you mean {hint!r}?)" if hint else ""))
+                ctx.err(path + (extra,), configrules.unknown_key(
+                    extra, _close_match(extra, allowed), _validator.schema))
             continue
         if e.validator == "oneOf" and path and path[0] == "symbols":
             val = e.instance

@@ -1,6 +1,7 @@
 """The config checks JSON Schema cannot express (cron syntax, dates not in
 the future, duplicate symbols, thresholds in the right order, credentials for
-the chosen vendor), and the clear messages for ``history.start``."""
+the chosen vendor), and the clear messages for ``history.start`` and for a
+key in the wrong section."""
 from __future__ import annotations
 
 import datetime as dt
@@ -372,3 +373,27 @@ def _absolutize_paths(d: Doc, ctx: Ctx, base: Path) -> None:
         if not Path(d["alerts"]["email"]["ca_file"]).is_file():
             ctx.err(("alerts", "email", "ca_file"), f"{d['alerts']['email']['ca_file']} is not a "
                                                     f"file (a PEM file of the CA)")
+
+
+def unknown_key(key: str, close: str | None, schema_doc: Doc) -> str:
+    """The message for an unknown ``key``: the close name of its section, or
+    where the schema has such a setting (a block pasted under the wrong
+    section: ``api_keys`` at the end of the file lands under ``dashboard``)."""
+    if close:
+        return f"unknown key {key!r} (did you mean {close!r}?)"
+    homes: list[str] = []
+
+    def walk(node: Any, at: str) -> None:
+        if isinstance(node, dict):
+            for name, sub in (node.get("properties") or {}).items():
+                if name == key:
+                    homes.append(f"{at}{name}")
+                walk(sub, f"{at}{name}.")
+            for sub in (node.get("$defs") or {}).values():
+                walk(sub, at)
+    walk(schema_doc, "")
+    if not homes:
+        return f"unknown key {key!r}"
+    where = " or ".join(f"under {h.rsplit('.', 1)[0]}:" if "." in h else "at the top level"
+                        for h in homes)
+    return f"unknown key {key!r} here: it belongs {where} ({', '.join(homes)}); check the indentation"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from appliance import store
 from appliance.alerts import rules as alerts
+from appliance.config import variables
 from appliance.config.diff import diff_configs, diff_is_empty
 from appliance.config.loader import Config, SymbolSpec, load_config
 from appliance.config.salvage import salvage_connection_settings
@@ -58,7 +59,10 @@ def reload_config(rt, *, source: str, actor: str | None = None,
     the ``warnings`` of a reload (a variable its shell sets that the
     processes do not have, ``configsync.shell_warnings``)."""
     with _lock:
-        old = running_config(rt)
+        try:
+            old = running_config(rt)
+        except ConfigError as e:  # the asker's environment no longer resolves the running config
+            return _refuse(rt, source, actor, e.errors, None)
         try:
             if text is None:
                 text = _file_text(old.path)
@@ -93,6 +97,8 @@ def reload_config(rt, *, source: str, actor: str | None = None,
                 return _refuse(rt, source, actor, [why], None)
             diff, symbols, sha = diff_configs(old, new), new.symbols, new.sha256
             version = rt.publish_config(new)
+        # before the shell's warnings, whose line is the last the operator reads
+        warnings = variables.emptied(diff) + variables.unused(text, old.path) + warnings
         return {**_applied(rt, source, actor, diff, symbols, sha, version),
                 "warnings": warnings}
 
@@ -124,7 +130,11 @@ def _agreed_by(rt, peers, text: str, caller_env) -> dict:
 
 def dry_run(rt, peers, text: str, caller_env) -> dict:
     """What the running processes say of ``text``, nothing applied."""
-    return _agreed_by(rt, peers, text, caller_env)
+    res = _agreed_by(rt, peers, text, caller_env)
+    if res["ok"]:
+        res["warnings"] = (variables.emptied(res["diff"]) + variables.unused(text, rt.config.path)
+                           + res["warnings"])
+    return res
 
 
 def preview(rt, caller_env=None) -> dict:

@@ -74,6 +74,16 @@ class Principal:
         return scope in self.scopes or (scope == READ and ADMIN in self.scopes) or \
             (scope == METRICS and bool({READ, ADMIN} & self.scopes))
 
+    @property
+    def label(self) -> str:
+        """As an error message names it: ``server.read_token``, ``the API key
+        'notebook'``, ``the console reader``."""
+        if self.kind == "api_key":
+            return f"the API key {self.name!r}"
+        if self.kind == "session":
+            return f"the {self.name}'s login"
+        return f"server.{self.kind}"
+
 
 def _rt():
     return current_app.config["RUNTIME"]
@@ -415,6 +425,10 @@ def gate():
         if (s.get("metrics_token") or read_gated()) and not (p and p.can(METRICS)):
             return _unauthorized(METRICS)
         return None
+    if _admin_view():
+        # require_admin answers: 403 while admin is off (not the read gate's
+        # 401, which sent the operator to the read token), 401, or 403
+        return None
     if read_gated() and not (p and p.can(READ)):
         return _unauthorized(READ)
     return None
@@ -437,7 +451,7 @@ def require_admin(fn):
                              "or an API key with the admin scope")
         if not p.can(ADMIN):
             return api_error(403, "forbidden",
-                             f"{p.name} ({p.kind}) has no admin scope: this endpoint needs "
+                             f"{p.label} has no admin scope: this endpoint needs "
                              f"server.admin_token or an API key with the admin scope")
         return fn(*a, **kw)
     wrapper.requires_admin = True

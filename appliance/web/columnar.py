@@ -143,7 +143,7 @@ def _refused() -> Response | None:
         return resp
     if EXPORT not in p.scopes and ADMIN not in p.scopes:
         return api_error(403, "export_not_allowed",
-                         f"{p.name} has no export scope; bulk export needs {how}")
+                         f"{p.label} has no export scope; bulk export needs {how}")
     return None
 
 

@@ -252,6 +252,49 @@ def test_rotating_the_admin_token_in_appliance_env_or_a_file_takes_effect(applia
     assert _run_job(up, TOKEN_C).status_code == 202
 
 
+def test_a_misspelt_variable_in_appliance_env_is_named_and_an_emptied_token_warned(appliance,
+                                                                                  tmp_path):
+    """A typo in a variable's name in appliance.env left server.admin_token
+    empty: the reload went through without a word, admin was off, and an
+    admin call then got the read gate's 401, which pointed at the read token.
+    A short token in the file made the reload fail before it was asked (and
+    recorded) as a reload."""
+    env = tmp_path / "appliance.env"
+    env.write_text(f"APPLIANCE_ADMIN_TOKEN={TOKEN_A}\nAPPLIANCE_READ_TOKEN={READ_Y}\n")
+    up = appliance(server={"admin_token": "${APPLIANCE_ADMIN_TOKEN:-}",
+                           "read_token": "${APPLIANCE_READ_TOKEN:-}"})
+    assert _run_job(up, TOKEN_A).status_code == 202
+
+    env.write_text(f"APPLIANCE_ADMN_TOKEN={TOKEN_B}\nAPPLIANCE_READ_TOKEN={READ_Y}\n")
+    typo = ("warning: appliance.env sets APPLIANCE_ADMN_TOKEN, which appliance.yaml does not "
+            "use: did you mean APPLIANCE_ADMIN_TOKEN?")
+    res = _cli(up.path, "check-config")
+    assert res.returncode == 0 and typo in res.stderr, res.stderr
+    res = _cli(up.path, "reload")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert typo in res.stderr
+    assert ("warning: server.admin_token is now empty (its variable is unset or empty in "
+            "appliance.env): admin calls and the console's buttons are refused") in res.stderr
+    assert "APPLIANCE_READ_TOKEN, which" not in res.stderr  # a variable in use is no warning
+    assert TOKEN_B not in res.stdout + res.stderr
+    r = _run_job(up, TOKEN_A)  # admin off: said as such, not as the read gate's 401
+    assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled", r.text
+
+    env.write_text(f"APPLIANCE_ADMIN_TOKEN=short-token-123\nAPPLIANCE_READ_TOKEN={READ_Y}\n")
+    res = _cli(up.path, "reload")
+    assert res.returncode == 1
+    assert "$.server.admin_token: the token is 15 characters" in res.stderr
+    assert res.stderr.rstrip().endswith("reload refused; the running config is unchanged")
+    rt = _runtime(up.path)
+    try:
+        with rt.conn() as c:
+            row = c.execute("SELECT ok, error FROM config_reloads ORDER BY id DESC "
+                            "LIMIT 1").fetchone()
+    finally:
+        rt.close()
+    assert row[0] is False and "the token is 15 characters" in row[1]
+
+
 # --------------------------------------------------------------------------- findings 6, 7
 
 def test_commands_say_when_the_file_is_not_what_runs(appliance):

@@ -59,6 +59,11 @@ def test_correct_credentials_never_count_and_unlock_clears_the_lock_and_the_coun
                               "unlock", "127.0.0.1"], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "127.0.0.1: lockout ended; 3 failed attempt(s) cleared" in res.stdout
+        # a mistyped address is said to be one, not "was not locked out"
+        res = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config", str(cfg),
+                              "unlock", "127.0.0.l"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "'127.0.0.l' is not an IP address" in res.stderr
         assert c.get("/api/v1/symbols", headers=_h(ADMIN_TOKEN)).status_code == 200
         # the failure count went with the lock: one more wrong token does not re-lock
         assert c.get("/api/v1/symbols", headers=_h("wrong-again")).status_code == 401
