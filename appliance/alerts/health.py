@@ -232,7 +232,7 @@ def _status(a, snap: dict, rd: dict, running: tuple[bool, bool], rate, behind,
                        else "redis unreachable: scheduler state unknown"
                        + (f" ({rd['error']})" if rd.get("error") else ""))
     if not running[1] and rd["status"] == "ok":  # no job runs until one is back
-        reasons.append("no worker running (no heartbeat for "
+        reasons.append("no worker running (no heartbeat in the last "
                        f"{a['scheduler_heartbeat_max_seconds']} s)")
     if snap["total_records"] and rate < a["validation_rate_warn_pct"]:
         reasons.append(f"validation rate {rate}% below {a['validation_rate_warn_pct']}%")

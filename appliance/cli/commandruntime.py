@@ -141,6 +141,7 @@ def _start_service(ctx, rt, role: str, file_cfg, file_errors) -> None:
     except ConfigError as e:
         for line in dict.fromkeys([*e.errors, *file_errors]):
             click.echo(line, err=True)
+        _refused_to_join(rt, role, e.errors)
         ctx.exit(1)
     log.info("%s %s config %s (version %d)", role, "joined the running appliance with" if
              how == "joined" else "started the appliance from its file:",
@@ -149,6 +150,24 @@ def _start_service(ctx, rt, role: str, file_cfg, file_errors) -> None:
         _record_boot(rt, role)
     watcher = configsync.Watcher(rt, role).start()
     ctx.call_on_close(watcher.close)
+
+
+def _refused_to_join(rt, role: str, errors: list[str]) -> None:
+    """A process that cannot join the running appliance (its environment
+    lost a variable the running config needs) opens ``config_invalid``: the
+    others run on, and the operator learns why this one does not."""
+    from appliance.alerts import rules as alerts
+    from appliance.jobs.entry import open_config_invalid
+    from appliance.runtime import configsync
+    try:
+        if not configsync.running(rt):
+            return  # a cold start: the command's own error is the answer
+        with rt.conn() as conn:
+            opened = open_config_invalid(rt, conn, f"The {role} process", errors,
+                                         {"process": role, "pid": os.getpid()})
+        alerts.announce(rt, "open", opened)
+    except Exception as e:  # noqa: BLE001 - the error above is said; the alert is a bonus
+        log.warning("could not open the config_invalid alert: %s", e)
 
 
 def _record_boot(rt, role: str) -> None:

@@ -205,7 +205,9 @@ def reload(ctx):
                    f"old value until the appliance restarts (systemctl restart "
                    f"market-data-api.target, or stop and start appliance up)", err=True)
     say_notes(res["diff"], [])
-    click.echo(f"reloaded: config {res['sha256'][:12]} is running (version {res['version']})")
+    how, tail = ("is running", "") if res.get("running") else (
+        "published", "; no process of the appliance is running: it starts from appliance.yaml")
+    click.echo(f"reloaded: config {res['sha256'][:12]} {how} (version {res['version']}){tail}")
     if res.get("backfill_run_id"):  # symbols, minute bars or history added
         _say_queued("backfill", res["backfill_run_id"])
     say_notes({}, res.get("warnings", []))  # last: the line the operator reads

@@ -38,9 +38,14 @@ CHILDREN = ("serve", "worker", "scheduler")
 
 #: Like systemd's StartLimitBurst: a child that exits this many times in a row,
 #: each within START_FAST_S of starting, will not come up by retrying; ``up``
-#: stops and exits non-zero with that child's last error lines.
+#: stops and exits non-zero with that child's last error lines. Only while
+#: starting: a child that had come up (lived START_FAST_S) and then cannot
+#: start again (its environment lost a variable, its port was taken) is
+#: tried again every RETRY_MAX_S at most, and the rest of the appliance runs
+#: on (stopping the web server and the scheduler with it helped nobody).
 START_LIMIT_BURST = 5
 START_FAST_S = 10.0
+RETRY_MAX_S = 60.0
 #: How often ``up`` looks whether an embedded server has died, and the longest
 #: wait between two tries to start one that does not come back.
 WATCH_S = 2.0
@@ -58,6 +63,7 @@ class Child:
     restarts: int = 0
     fast_exits: int = 0
     started_at: float = 0.0
+    came_up: bool = False  # lived START_FAST_S once: not given up on any more
     next_start: float = 0.0
     last_code: int | None = None
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=ERROR_LINES))
@@ -331,8 +337,10 @@ class Supervisor:
             except Exception as e:  # noqa: BLE001 - logged, tried again
                 delay = min(REVIVE_MAX_DELAY_S, WATCH_S * 2.0 ** tries)
                 self.dead[name] = [found, now + delay, tries + 1]
-                log.error("embedded %s did not start again (%s); next try in %.0f s", name,
-                          " ".join(str(getattr(e, "message", e)).split())[:500], delay)
+                # the first tries often meet a server still shutting down: not yet an error
+                (log.warning if tries < 2 else log.error)(
+                    "embedded %s did not start again (%s); next try in %.0f s", name,
+                    " ".join(str(getattr(e, "message", e)).split())[:500], delay)
                 continue
             del self.dead[name]
             took = time.monotonic() - found
@@ -363,8 +371,16 @@ class Supervisor:
         lived = now - c.started_at
         c.restarts += 1
         c.fast_exits = c.fast_exits + 1 if lived < START_FAST_S else 0
+        c.came_up = c.came_up or lived >= START_FAST_S
         publish_processes(self.rt, self.children)
         _record_exit(self.rt, c, lived)
+        if c.fast_exits >= START_LIMIT_BURST and c.came_up:
+            c.next_start = now + RETRY_MAX_S
+            log.error("%s could not start again %d times in a row; the rest of the appliance "
+                      "runs on, and %s is tried again every %.0f s. Its last error lines:\n%s",
+                      c.role, c.fast_exits, c.role, RETRY_MAX_S,
+                      "\n".join("  " + ln for ln in c.last_error) or "  (it printed nothing)")
+            return True
         if c.fast_exits >= START_LIMIT_BURST:
             log.error("%s exited %d times in a row within %.0f s of starting; giving up. "
                       "Its last error lines:\n%s", c.role, c.fast_exits, START_FAST_S,

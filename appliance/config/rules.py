@@ -349,6 +349,15 @@ def _unreadable(p: Path) -> str | None:
     return None
 
 
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing part of ``folder`` (itself or a parent) when it is
+    not a directory: a folder cannot be made there. None when it can."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
 def listens_beyond_loopback(server: Doc) -> bool:
     """The web server can be reached from the network: it binds an address other
     than loopback, or a reverse proxy (the TLS front) forwards to it."""
@@ -367,6 +376,11 @@ def _absolutize_paths(d: Doc, ctx: Ctx, base: Path) -> None:
 
     absolutize(d, "data_dir", ("data_dir",))
     absolutize(d["backup"], "path", ("backup", "path"))
+    for path, folder in ((("data_dir",), d["data_dir"]), (("backup", "path"), d["backup"]["path"])):
+        blocker = _file_in_the_way(Path(folder))
+        if blocker is not None:
+            ctx.err(path, f"{blocker} is a file, not a folder: nothing can be written "
+                          f"{'there' if blocker == Path(folder) else 'under it'}")
     absolutize(d["provider"]["csv"], "path", ("provider", "csv", "path"))
     if d["alerts"]["email"]["ca_file"]:
         absolutize(d["alerts"]["email"], "ca_file", ("alerts", "email", "ca_file"))

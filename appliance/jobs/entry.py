@@ -42,6 +42,16 @@ def runtime():
     return _rt
 
 
+def open_config_invalid(rt, conn, who: str, errors: list[str], details: dict) -> dict | None:
+    """Open ``config_invalid`` for ``who`` (``the job backfill``, ``the
+    worker process``), naming the first errors; the row for ``announce``."""
+    return alerts.open_now(conn, "config_invalid", "critical",
+                           f"{who} could not load the config: {'; '.join(errors[:3])}. "
+                           f"Response: run appliance check-config, fix appliance.yaml or "
+                           f"appliance.env, then appliance reload (a process that could not "
+                           f"start is started again by its supervisor)", details)
+
+
 def _config_failed(name: str, run_id: int | None, e: ConfigError) -> None:
     """A job that cannot load its config is recorded as failed, with the
     reason, and opens ``config_invalid``: no run stays queued for ever."""
@@ -57,10 +67,8 @@ def _config_failed(name: str, run_id: int | None, e: ConfigError) -> None:
                 runs.start(conn, run_id)
                 runs.finish(conn, run_id, "failed", {}, msg)
             store.add_event(conn, "error", name, f"{name} failed: {msg}", {"run_id": run_id})
-            opened = alerts.open_now(conn, "config_invalid", "critical",
-                                     f"A job could not load the config: {msg}. Response: run "
-                                     f"appliance check-config, fix the file or appliance.env, "
-                                     f"then appliance reload", {"job": name, "run_id": run_id})
+            opened = open_config_invalid(rt, conn, f"The job {name}", e.errors,
+                                         {"job": name, "run_id": run_id})
         alerts.announce(rt, "open", opened)
     finally:
         rt.close()

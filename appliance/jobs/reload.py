@@ -100,7 +100,7 @@ def reload_config(rt, *, source: str, actor: str | None = None,
         # before the shell's warnings, whose line is the last the operator reads
         warnings = variables.emptied(diff) + variables.unused(text, old.path) + warnings
         return {**_applied(rt, source, actor, diff, symbols, sha, version),
-                "warnings": warnings}
+                "warnings": warnings, "running": bool(peers)}
 
 
 def _agreed_by(rt, peers, text: str, caller_env) -> dict:

@@ -267,6 +267,11 @@ def test_backup_on_a_full_path_writes_nothing_and_raises_an_alert(config_factory
         alerts = _open_alerts(rt)
         assert [(k, s) for k, s, _ in alerts] == [("backup_failed", "critical")]
         assert any("not enough free space" in m for m in _events(rt, "backup"))
+        # the Backups page says it too, not only the Alerts page
+        from appliance.web import create_app
+        page = create_app(runtime=rt).test_client().get("/backups").get_data(as_text=True)
+        assert "Alert <code>backup_failed</code> (critical):" in page, page
+        assert "not enough free space" in page
     finally:
         rt.close()
 

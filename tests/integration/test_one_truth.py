@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -437,6 +438,53 @@ def test_a_process_whose_environment_lost_a_variable_does_not_run_on_defaults(ap
         rt.close()
     # the processes already running keep the config they validated
     assert requests.get(up.base + "/api/v1/symbols", timeout=10).status_code == 401
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_again_leaves_the_rest_running_and_opens_the_alert(
+        appliance, tmp_path):
+    """The worker of ``appliance up`` restarted (here: killed) after
+    appliance.env lost a variable: it refused five times, and ``up`` then
+    stopped everything, web server and scheduler included, and no alert said
+    why. Now the rest runs on, config_invalid names the worker and the
+    variable, and the worker comes back once the file is fixed."""
+    import psutil
+    env = tmp_path / "appliance.env"
+    env.write_text(f"APPLIANCE_READ_TOKEN={READ_Y}\n")
+    up = appliance(server={"read_token": "${APPLIANCE_READ_TOKEN}"})
+    read = {"Authorization": f"Bearer {READ_Y}"}
+    time.sleep(11)  # the worker has come up (lived START_FAST_S)
+    worker = next(p for p in psutil.Process(up.proc.pid).children()
+                  if "worker" in p.cmdline())
+    env.write_text("# the line was lost\n")
+    worker.kill()
+    rt = _runtime(up.path)
+    try:
+        def failures():
+            with rt.conn() as c:
+                return c.execute("SELECT count(*) FROM events WHERE kind = 'process' AND "
+                                 "message LIKE 'worker exited with code 1 %%'").fetchone()[0]
+        wait_until(lambda: failures() >= 5, 150, "five failed starts of the worker", step=1)
+        time.sleep(2)
+        assert up.proc.poll() is None, "appliance up gave up"
+        assert requests.get(up.base + "/api/v1/symbols", headers=read,
+                            timeout=10).status_code == 200  # the web server runs on
+        with rt.conn() as c:
+            msg = c.execute("SELECT message FROM alerts WHERE key = 'config_invalid' AND "
+                            "resolved_at IS NULL").fetchone()
+        assert msg and msg[0].startswith("The worker process could not load the config"), msg
+        assert "APPLIANCE_READ_TOKEN" in msg[0]
+        env.write_text(f"APPLIANCE_READ_TOKEN={READ_Y}\n")
+        wait_until(lambda: any("worker" in p.cmdline() and p.is_running()
+                               and time.time() - p.create_time() > 12
+                               for p in psutil.Process(up.proc.pid).children()),
+                   120, "the worker to start again and stay up")
+    finally:
+        rt.close()
+    out = up.stop()
+    assert "worker could not start again 5 times in a row; the rest of the appliance runs on" \
+        in out, out[-3000:]
+    assert "a process would not start" not in out
 
 
 def test_a_reload_of_a_file_that_is_not_yaml_names_the_line_while_the_appliance_runs(appliance):

@@ -70,6 +70,8 @@ def test_a_reload_adds_a_symbol_that_then_gets_backfilled(runtime, config_factor
     code, out, err = run_cli(path, "reload")
     assert code == 0, err
     assert "NVDA" in out and "reloaded" in out
+    # nothing of the appliance runs here: the command does not claim it does
+    assert "no process of the appliance is running: it starts from appliance.yaml" in out, out
 
     (source, ok, error, diff, sha), = _reloads(runtime)[1:]
     assert (source, ok, error) == ("cli", True, None)

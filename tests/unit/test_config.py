@@ -24,7 +24,8 @@ def _meta(path: Path):
         if m := re.match(r"# env: (\w+)=(.*)$", line):
             env[m.group(1)] = m.group(2).replace("{dir}", str(path.parent))
         if m := re.match(r"# expect: (.*)$", line):
-            expect.append(m.group(1).replace("{path}", str(path)))
+            expect.append(m.group(1).replace("{path}", str(path))
+                          .replace("{dir}", str(path.parent)))
     return env, expect
 
 

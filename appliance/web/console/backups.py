@@ -43,9 +43,12 @@ def backups():
         rows = backups_mod.list_backups(conn, limit=100)
         running = {k: run_view(v) for k, v in runs.latest_restore_tests(conn).items()
                    if v["status"] not in FINISHED}
+        # a failing backup is said here too, not only on the Alerts page
+        alerts = [a for a in store.alerts.open_alerts(conn)
+                  if a["key"].startswith(("backup_", "restore_test"))]
     disk = _disk(cfg["backup"]["path"], cfg)
     return page("backups.html", "partials/backups_table.html", "backups-table",
-                rows=rows, running=running, disk=disk,
+                rows=rows, running=running, disk=disk, alerts=alerts,
                 backup_path=cfg["backup"]["path"], min_free_pct=cfg["backup"]["min_free_pct"])
 
 
