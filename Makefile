@@ -27,8 +27,11 @@ LOCK_ARGS ?=
 
 .PHONY: up install install-test lock lint test test-unit test-external test-quick check-config bench clean
 
+# umask 022: the packages must be readable by other users: as root, the
+# embedded PostgreSQL (pgserver) runs its binaries as a user of its own, and
+# under root's umask 077 initdb failed on a library it could not read.
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
+	umask 022; $(PYTHON) -m venv $(VENV)
 
 # One lock for the service, the tests and the deployment tools. `make up`
 # installs the service's own dependencies only (pyproject.toml's, each at the
@@ -37,14 +40,14 @@ $(VENV)/bin/python:
 # of a constraints file.
 PIP_VERSION = 26.3
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(VENV)/bin/python
-	$(PIP) install "pip==$(PIP_VERSION)"
+	umask 022; $(PIP) install "pip==$(PIP_VERSION)"
 	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > $(VENV)/runtime-deps.txt
-	$(PIP) install --require-hashes -c $(LOCK) -r $(VENV)/runtime-deps.txt
-	$(PIP) install --no-deps -e .
+	umask 022; $(PIP) install --require-hashes -c $(LOCK) -r $(VENV)/runtime-deps.txt
+	umask 022; $(PIP) install --no-deps -e .
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --require-hashes -r $(LOCK)
+	umask 022; $(PIP) install --require-hashes -r $(LOCK)
 	@touch $@
 
 install: $(VENV)/.installed
@@ -56,7 +59,7 @@ install-test: $(VENV)/.installed-test
 lock: install-test
 	UV_CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/uv pip compile --quiet --all-extras \
 	  --generate-hashes --universal --python-version 3.11 $(LOCK_ARGS) -o $(LOCK) pyproject.toml
-	$(PIP) install --require-hashes -r $(LOCK)
+	umask 022; $(PIP) install --require-hashes -r $(LOCK)
 	@touch $(VENV)/.installed $(VENV)/.installed-test
 
 # The operator's config, made once from the example and theirs from then on
