@@ -163,7 +163,7 @@ def _refused_to_join(rt, role: str, errors: list[str]) -> None:
         if not configsync.running(rt):
             return  # a cold start: the command's own error is the answer
         with rt.conn() as conn:
-            opened = open_config_invalid(rt, conn, f"The {role} process", errors,
+            opened = open_config_invalid(conn, f"The {role} process", errors,
                                          {"process": role, "pid": os.getpid()})
         alerts.announce(rt, "open", opened)
     except Exception as e:  # noqa: BLE001 - the error above is said; the alert is a bonus

@@ -42,9 +42,10 @@ def runtime():
     return _rt
 
 
-def open_config_invalid(rt, conn, who: str, errors: list[str], details: dict) -> dict | None:
-    """Open ``config_invalid`` for ``who`` (``the job backfill``, ``the
-    worker process``), naming the first errors; the row for ``announce``."""
+def open_config_invalid(conn, who: str, errors: list[str], details: dict) -> dict | None:
+    """Open ``config_invalid`` for ``who`` (``The job backfill``, ``The
+    worker process``), naming the first errors; the row for ``announce``
+    (None when it was open already)."""
     return alerts.open_now(conn, "config_invalid", "critical",
                            f"{who} could not load the config: {'; '.join(errors[:3])}. "
                            f"Response: run appliance check-config, fix appliance.yaml or "
@@ -67,7 +68,7 @@ def _config_failed(name: str, run_id: int | None, e: ConfigError) -> None:
                 runs.start(conn, run_id)
                 runs.finish(conn, run_id, "failed", {}, msg)
             store.add_event(conn, "error", name, f"{name} failed: {msg}", {"run_id": run_id})
-            opened = open_config_invalid(rt, conn, f"The job {name}", e.errors,
+            opened = open_config_invalid(conn, f"The job {name}", e.errors,
                                          {"job": name, "run_id": run_id})
         alerts.announce(rt, "open", opened)
     finally:
