@@ -552,6 +552,8 @@ def test_a_job_that_cannot_load_its_config_is_recorded_failed_with_an_alert(conf
         assert status == "failed" and "could not load its config" in error
         assert "provider is polygon but the API key is empty" in error
         assert alert is not None and alert[0] == "critical"
+        # it names the job, once, and the error once (it repeated itself)
+        assert alert[1].startswith("The job ") and alert[1].count("could not load") == 1, alert
         # fixed: the next job that loads its config resolves the alert
         path.write_text(path.read_text().replace("provider:\n  name: polygon",
                                                  "provider:\n  name: demo"))
