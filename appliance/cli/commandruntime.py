@@ -99,8 +99,8 @@ def _salvaged_runtime(ctx, path, file_errors, **kw):
     except Exception:  # noqa: BLE001 - nothing to reach: the file's errors are the answer
         for line in file_errors:
             click.echo(line, err=True)
-        click.echo("the appliance's servers are not reachable with this file; nothing was "
-                   "changed", err=True)
+        click.echo("nothing was changed: the file does not validate (above), and no running "
+                   "appliance answers with the servers it names", err=True)
         ctx.exit(1)
 
 

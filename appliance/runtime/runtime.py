@@ -383,12 +383,15 @@ class Runtime:
             except ConfigError as e:  # every process accepted it; only a changed env gets here
                 if force:  # joining: what this process has is no config of the appliance's
                     env = env_file_path(self._config.path)
+                    # one line, the errors in it: each error with the whole preamble
+                    # repeated it, and an alert or a log's last line named only the
+                    # knock-on error (the empty setting), not the missing variable
                     raise ConfigError([f"the running config (version {v}) does not validate "
                                        f"in this process's environment (its variables, as read "
                                        f"from {env} and the environment this process was "
-                                       f"started with): {err}; fix the variable there, the "
-                                       f"running processes still use their values"
-                                       for err in e.errors]) from None
+                                       f"started with): {'; '.join(e.errors)}; fix the "
+                                       f"variable there, the running processes still use "
+                                       f"their values"]) from None
                 log.error("running config from Redis no longer validates here; keeping "
                           "version %d: %s", self._config_version, e)
                 self._config_version = v

@@ -75,3 +75,24 @@ def test_correct_credentials_never_count_and_unlock_clears_the_lock_and_the_coun
         assert any("unlocked" in m and "127.0.0.1" in m for m in msgs), msgs
     finally:
         rt.close()
+
+
+def test_a_console_login_while_admin_is_off_says_so(config_factory):
+    """server.admin_token empty (its variable misspelt in appliance.env) and a
+    read token set: the former admin token got only "Wrong token." while the
+    API said admin_disabled and how to enable it."""
+    from .helpers import csrf_of
+    cfg = config_factory(server=secured(admin_token="", read_token="r" * 32))
+    app, rt = app_for(cfg)
+    try:
+        c = app.test_client()
+        tok = csrf_of(c.get("/login").get_data(as_text=True))
+        r = c.post("/login", data={"token": ADMIN_TOKEN, "csrf_token": tok})
+        assert r.status_code == 403
+        page = r.get_data(as_text=True)
+        assert "Admin logins are off (server.admin_token is empty)" in page, page
+        assert "APPLIANCE_ADMIN_TOKEN" in page
+        r = c.post("/login", data={"token": "r" * 32, "csrf_token": tok})
+        assert r.status_code == 303  # the read token still logs in
+    finally:
+        rt.close()

@@ -45,17 +45,21 @@ def login():
         return resp
     cfg = rt().config["server"]
     expected, reader = admin_token(), cfg["read_token"]
+    enable = ("put APPLIANCE_ADMIN_TOKEN=<at least 24 characters> in appliance.env (beside "
+              "appliance.yaml, whose admin_token line reads it) and run appliance reload")
     if not expected and not reader:
         return render_template("login.html", next=nxt,
-                               error="Login is disabled: set server.admin_token in "
-                                     "appliance.yaml and reload."), 403
+                               error=f"Login is disabled: server.admin_token is empty; "
+                                     f"{enable}."), 403
     given = request.form.get("token") or ""
     as_admin = token_matches(given, expected)
     if not as_admin and not token_matches(given, reader):
         # no sleep: under gevent it would not serialise guesses; the lockout does
         auth.record_failure(addr, "login", "a console login")
-        return render_template("login.html", next=nxt,
-                               error="Wrong token." if reader else "Wrong admin token."), 403
+        error = ("Wrong token." if expected else
+                 f"Wrong token. Admin logins are off (server.admin_token is empty): {enable}."
+                 ) if reader else "Wrong admin token."
+        return render_template("login.html", next=nxt, error=error), 403
     session.clear()
     session.regenerate()  # a new session id: one planted before the login is worthless
     session["admin" if as_admin else "read"] = True
