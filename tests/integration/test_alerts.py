@@ -316,13 +316,14 @@ def test_a_failed_backup_is_told_to_the_webhook_when_it_opens_and_when_it_resolv
     _Hook.got = []
     hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    (tmp_path / "notadir").write_text("a file where the backup folder should be")
     url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
     try:
         path = config_factory(alerts={"webhook": {"url": url}},
                               backup={"path": str(tmp_path / "notadir" / "backups"),
                                       "min_free_pct": 1})
         rt = _rt(path)
+        # after the config was validated (which refuses a file in the way)
+        (tmp_path / "notadir").write_text("a file where the backup folder should be")
         try:
             with pytest.raises(BackupError):
                 runs.execute(rt, "backup", runs.manual_slot(), run_backup)
