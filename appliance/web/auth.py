@@ -61,6 +61,9 @@ REDIS_DOWN_BACKOFF_S = 10.0
 #: endpoints anyone may reach: liveness for load balancers, the login itself
 #: and the static assets (CSS, JS, no data)
 OPEN_ENDPOINTS = {"api.health", "static", "console.auth.login", "console.auth.logout"}
+#: How admin is turned on, for the API's and the console's refusals while it is off.
+ENABLE_ADMIN = ("put APPLIANCE_ADMIN_TOKEN=<at least 24 characters> in appliance.env (beside "
+                "appliance.yaml, whose admin_token line reads it) and run 'appliance reload'")
 
 
 @dataclass(frozen=True)
@@ -440,10 +443,8 @@ def require_admin(fn):
         if not admin_token() and not any(ADMIN in (k.get("scopes") or ())
                                          for k in _server().get("api_keys") or ()):
             return api_error(403, "admin_disabled",
-                             "admin endpoints are disabled: server.admin_token is empty; put "
-                             "APPLIANCE_ADMIN_TOKEN=<at least 24 characters> in appliance.env "
-                             "(beside appliance.yaml, whose admin_token line reads it) and run "
-                             "'appliance reload'")
+                             f"admin endpoints are disabled: server.admin_token is empty; "
+                             f"{ENABLE_ADMIN}")
         p = identify(_token_from_header())  # the API takes no cookies: no CSRF to fear
         if p is None:
             return api_error(401, "unauthorized",

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, redirect, render_template, request, session, url_for
 
 from appliance.web import auth
-from appliance.web.auth import admin_token, fingerprint, token_matches
+from appliance.web.auth import ENABLE_ADMIN, admin_token, fingerprint, token_matches
 from appliance.web.console.common import _csrf_ok, _refused, rt
 
 log = logging.getLogger("appliance.console")
@@ -45,20 +45,17 @@ def login():
         return resp
     cfg = rt().config["server"]
     expected, reader = admin_token(), cfg["read_token"]
-    enable = ("put APPLIANCE_ADMIN_TOKEN=<at least 24 characters> in appliance.env (beside "
-              "appliance.yaml, whose admin_token line reads it) and run appliance reload")
     if not expected and not reader:
         return render_template("login.html", next=nxt,
                                error=f"Login is disabled: server.admin_token is empty; "
-                                     f"{enable}."), 403
+                                     f"{ENABLE_ADMIN}."), 403
     given = request.form.get("token") or ""
     as_admin = token_matches(given, expected)
     if not as_admin and not token_matches(given, reader):
         # no sleep: under gevent it would not serialise guesses; the lockout does
         auth.record_failure(addr, "login", "a console login")
-        error = ("Wrong token." if expected else
-                 f"Wrong token. Admin logins are off (server.admin_token is empty): {enable}."
-                 ) if reader else "Wrong admin token."
+        error = "Wrong admin token." if not reader else "Wrong token." if expected else \
+            f"Wrong token. Admin logins are off (server.admin_token is empty): {ENABLE_ADMIN}."
         return render_template("login.html", next=nxt, error=error), 403
     session.clear()
     session.regenerate()  # a new session id: one planted before the login is worthless
