@@ -37,6 +37,10 @@ log = logging.getLogger("appliance.worker")
 
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT_TTL = 30
+#: The longest an idle worker waits between two tries of a Redis that does not answer.
+REDIS_RETRY_MAX_S = 30.0
+#: A failure that repeats (Redis down) is logged once, then at most this often.
+REPEAT_LOG_S = 60.0
 
 
 def _rq_connection(url: str) -> redis.Redis:
@@ -152,9 +156,90 @@ def _waiting(once, timeout, keys, early: EarlyStop):
             continue
 
 
+class Repeats:
+    """Whether to log a failure that repeats: the first one, then at most
+    every ``REPEAT_LOG_S`` until ``clear()`` (it passed). With Redis down,
+    RQ's pub/sub thread logged an error every 2 s and the heartbeat a warning
+    every 5 s. (The standard logging has no rate limit of its own.)"""
+
+    def __init__(self) -> None:
+        self.next: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self.next is not None and now < self.next:
+            return False
+        self.next = now + REPEAT_LOG_S
+        return True
+
+    def clear(self) -> None:
+        self.next = None
+
+
+def _pause(seconds: float, early: EarlyStop) -> None:
+    """Sleep ``seconds`` in short steps; StopRequested once a stop is asked for."""
+    end = time.monotonic() + seconds
+    while not early.requested and time.monotonic() < end:
+        time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+    if early.requested:
+        raise StopRequested()
+
+
+class PatientWorker(Worker):
+    """RQ's worker, waiting for a Redis that does not answer in a way a stop
+    ends (``early``: the stop asked for while idle; ``repeats``: when to say
+    the outage again)."""
+
+    early: EarlyStop
+    repeats: Repeats
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        """RQ's. An idle worker whose Redis does not answer waits for it
+        here, in steps that see a stop: RQ's own retry loop sleeps up to
+        a minute at a time and never looks at a stop, so Ctrl-C of
+        ``appliance up`` with its Redis down waited 25 s and then killed
+        the worker. A busy worker keeps RQ's behaviour."""
+        if self.early.requested:
+            raise StopRequested()
+        if pipeline is not None or self.get_state() == WorkerStatus.BUSY:
+            return super().heartbeat(timeout, pipeline)
+        wait, waited = 1.0, 0.0
+        while True:
+            try:
+                beat = super().heartbeat(timeout, pipeline)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if not waited:
+                    log.error("Redis does not answer (%s); the worker waits for it", e)
+                _pause(wait, self.early)
+                waited += wait
+                wait = min(wait * 2, REDIS_RETRY_MAX_S)
+                continue
+            if waited:
+                self.repeats.clear()
+                log.info("Redis answers again (after %.0f s); the worker goes on", waited)
+            return beat
+
+    def teardown(self):
+        """RQ's; a Redis that does not answer made it end the worker with
+        a traceback. The worker's entry there expires by itself."""
+        try:
+            super().teardown()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("could not record the worker's stop in Redis (%s); its entry "
+                        "there expires by itself", e)
+
+    def _pubsub_exception_handler(self, exc, pubsub, pubsub_thread):
+        """RQ's, saying a Redis that does not answer once a minute, not
+        at every try (every 2 s)."""
+        if isinstance(exc, redis.ConnectionError) and not self.repeats.due():
+            time.sleep(2.0)
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+
 def _worker_class(early: EarlyStop):
 
-    class AppWorker(Worker):
+    class AppWorker(PatientWorker):
         def stop_scheduler(self):
             """RQ's, with its wait bounded: RQ sends RQ's scheduler process
             SIGTERM and waits for it without end. A scheduler process that
@@ -220,6 +305,7 @@ def _worker_class(early: EarlyStop):
                 sleep_time=PUBSUB_WAIT_SECONDS, daemon=True,
                 exception_handler=self._pubsub_exception_handler)
 
+    AppWorker.early, AppWorker.repeats = early, Repeats()
     return AppWorker
 
 
@@ -245,12 +331,16 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     every, ttl = heartbeat_settings(cfg)
     every = min(every, HEARTBEAT_SECONDS)
 
+    failing = Repeats()
+
     def beat():
         while True:
             try:
                 rt.heartbeat("worker", ttl=max(ttl, HEARTBEAT_TTL), ident=name)
+                failing.clear()
             except redis.RedisError as e:
-                log.warning("worker heartbeat failed: %s", e)
+                if failing.due():
+                    log.warning("worker heartbeat failed: %s", e)
             if stop.wait(every):
                 return
 

@@ -311,3 +311,42 @@ def test_a_burst_worker_on_an_empty_queue_exits_within_5_s_of_subscribing(config
     took = (_logged_at(out, "worker w-burst stopped")
             - _logged_at(out, "subscribing to channel")).total_seconds()
     assert took < 5, f"worker --burst took {took:.1f} s to quit:\n{out}"
+
+
+def test_a_stop_while_redis_does_not_answer_ends_the_worker_at_once(tmp_path, database_url, procs):
+    """With its Redis down, an idle worker sat in RQ's retry loop, which
+    sleeps up to a minute at a time and never looks at a stop: SIGTERM (Ctrl-C
+    of ``appliance up``) waited until ``up`` killed it 25 s later. It now waits
+    for Redis in steps that see the stop, exits 0, and says the outage once,
+    not at every try."""
+    from appliance.runtime.services import redis_server_binary
+    from tests.conftest import write_config
+    sock = tmp_path / "r.sock"
+    server = subprocess.Popen([str(redis_server_binary()), "--port", "0", "--unixsocket",
+                               str(sock), "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(server)
+    import redis as redis_lib
+    own = redis_lib.Redis(unix_socket_path=str(sock))
+    wait_until(lambda: sock.exists() and own.ping(), 20, "the test's own Redis to answer")
+    path = write_config(tmp_path / "appliance.yaml", database_url, f"unix://{sock}?db=0",
+                        schedules=QUIET)
+    rt = _rt(path)
+    w = cli(path, "worker", "--name", "w-noredis")
+    procs.append(w)
+    wait_until(lambda: _subscribed(rt, "w-noredis"), 60, "the worker to subscribe")
+    rt.close()
+    server.terminate()
+    server.wait(timeout=10)
+    import time
+    time.sleep(8)  # past RQ's first retries: its sleeps had grown to 4 and 8 s
+    w.send_signal(signal.SIGTERM)
+    out = w.communicate(timeout=6)[0]  # RQ's loop never stopped; `up` killed it after 25 s
+    assert w.returncode == 0, out
+    assert "worker w-noredis stopped" in out, out
+    assert out.count("the worker waits for it") == 1, out
+    # RQ's: the wait for a job that Redis's end cut, and its pub/sub thread (once a minute)
+    assert out.count("could not connect to Redis instance") <= 2, out
+    # the stop itself prints no traceback (RQ's scheduler process, which dies
+    # with the connection before, is started again by RQ once Redis answers)
+    assert "Traceback" not in out.split("warm shut down requested")[1], out
