@@ -696,6 +696,33 @@ def test_going_back_a_version_restores_the_backup_made_before_the_update(
         assert db.schema_version(c) == db.latest_version()
 
 
+def test_a_backup_a_newer_version_made_is_refused_by_the_plan_and_before_any_step(
+        loaded, database_url):
+    # going back a version, ``latest`` is the newer version's backup: the plan
+    # said it could be done and ``--yes`` refused it only after pg_restore
+    from appliance.store import pool as db
+    rt = loaded
+    newer = db.latest_version() + 1
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, 'from_later')",
+                  (newer,))
+    b = _backup(rt)
+    with psycopg.connect(database_url, autocommit=True) as c:
+        c.execute("DELETE FROM schema_migrations WHERE version = %s", (newer,))
+    before = _fingerprint(database_url)
+    plan = backups.restore_plan_text(rt, b["filename"])
+    assert plan.startswith(f"Cannot restore: the backup {b['filename']} has schema version "
+                           f"{newer}, newer than this appliance's {newer - 1}"), plan
+    assert "Restore it with that version or a later one" in plan
+    with pytest.raises(BackupError, match=f"^Cannot restore: .* schema version {newer}, newer"):
+        backups.full_restore(rt, b["filename"])
+    assert _fingerprint(database_url) == before
+    assert _databases(database_url, f"{backups.db_name(database_url)}_%") == []
+    assert rt.redis.get(backups.SUSPEND_KEY) is None
+    with rt.conn() as c:  # a whole archive: no failed restore test recorded against it
+        assert backups.get_backup(c, b["backup_id"])["restore_test_status"] != "failed"
+
+
 def test_full_restore_replaces_a_damaged_database_and_keeps_the_old_one(
         loaded, database_url):
     rt = loaded

@@ -65,6 +65,8 @@ def restore_plan_text(rt, backup) -> str:
     except BackupError as e:
         return f"{CANNOT} {e.message}"
     m = ref.manifest
+    if (why := _too_new(ref)) is not None:
+        return f"{CANNOT} {why}"
     if (why := _unusable(ref)) is not None:
         record_damage(rt, ref, why, "the restore plan")
         return f"{CANNOT} {why}"
@@ -118,6 +120,22 @@ def restore_plan_text(rt, backup) -> str:
 
 #: how ``restore_plan_text`` begins when the restore cannot be done
 CANNOT = "Cannot restore:"
+
+
+def _too_new(ref) -> str | None:
+    """Why this code cannot restore an archive a newer version made (its
+    schema has migrations this code does not know); None when it can. The
+    plan said yes to one, and the restore refused it only after pg_restore."""
+    m = ref.manifest
+    have, known = m.get("schema_version"), db.latest_version()
+    if not isinstance(have, int) or have <= known:
+        return None
+    made = f"appliance {m.get('appliance_version')}" + (
+        f" (commit {m['appliance_commit']})" if m.get("appliance_commit") else "")
+    return (f"the backup {ref.filename} has schema version {have}, newer than this "
+            f"appliance's {known}: {made} made it. Restore it with that version or a later "
+            f"one, or restore a backup this version made (the plan of each says its schema "
+            f"version)")
 
 
 def _unusable(ref, *, read: bool = True) -> str | None:
@@ -351,10 +369,14 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
     if live_conn is not None:
         live_conn.autocommit = True
     ref = resolve_backup(cfg, backup, live_conn if has_cat else None)
-    if (why := _unusable(ref, read=False)) is not None:  # before any job is suspended
+    too_new = _too_new(ref)
+    if too_new is not None or (why := _unusable(ref, read=False)) is not None:
+        # before any job is suspended
         if live_conn is not None:
             live_conn.close()
         mconn.close()
+        if too_new is not None:  # a whole archive, for another version
+            raise BackupError(f"{CANNOT} {too_new}")
         record_damage(rt, ref, why, "a restore")
         raise BackupError(f"{CANNOT} {why}")
     say(f"restoring {ref.archive} into {live!r}")
