@@ -139,8 +139,12 @@ def _start_service(ctx, rt, role: str, file_cfg, file_errors) -> None:
         how = configsync.start_service(rt, file_cfg,
                                        join=os.environ.get("APPLIANCE_JOIN") == "1")
     except ConfigError as e:
-        for line in dict.fromkeys([*e.errors, *file_errors]):
+        # the running config's errors hold the file's when a variable is
+        # missing: each said once (a refused worker said it three times a try)
+        for line in [*e.errors, *(f for f in dict.fromkeys(file_errors)
+                                   if not any(f in x for x in e.errors))]:
             click.echo(line, err=True)
+        rt.pin_config()  # refused: no later look at the running config to log again
         _refused_to_join(rt, role, e.errors)
         ctx.exit(1)
     log.info("%s %s config %s (version %d)", role, "joined the running appliance with" if

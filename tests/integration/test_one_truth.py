@@ -429,6 +429,10 @@ def test_a_process_whose_environment_lost_a_variable_does_not_run_on_defaults(ap
         assert "does not validate in this process's environment" in res.stderr, res.stderr
         assert "APPLIANCE_READ_TOKEN" in res.stderr
         assert "joined the running appliance" not in res.stderr
+        # said once: the file's own error is inside the running config's, and
+        # the refused process looks at the running config no more
+        assert res.stderr.count("APPLIANCE_READ_TOKEN is not set") == 1, res.stderr
+        assert "no longer validates here" not in res.stderr, res.stderr
     rt = _runtime(up.path)
     try:
         with rt.conn() as c:
