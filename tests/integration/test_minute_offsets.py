@@ -211,3 +211,51 @@ def test_repack_writes_a_store_of_before_0013_again_as_candles_with_the_same_bar
                 {f: bar[f] for f in bar if f not in sums}, (k, t)
             for f in sums:
                 assert g[f] == pytest.approx(bar[f], rel=1e-12, nan_ok=True), (k, t, f)
+
+
+#: 0013 as it was released first: no vwap_scale (the vwap at the prices' scale)
+_FIRST_0013_CHANGES = (
+    (",\n  ADD COLUMN vwap_scale   smallint;", ";"),
+    ("\n     AND (vwap_scale IS NULL OR vwap_scale BETWEEN 0 AND 9))", ")"),
+    (" AND volume_scale IS NULL AND vwap_scale IS NULL", " AND volume_scale IS NULL"),
+)
+
+
+def test_a_database_that_applied_0013_before_it_had_vwap_scale_gets_it(empty_db):
+    """0013 gained vwap_scale after its release; a database that had applied
+    it (schema 15, "up to date") failed every 1m read and minute write with
+    "column vwap_scale does not exist". 0016 adds it and 0013's constraint."""
+    _migrate_up_to(empty_db, 12)
+    first = (db.MIGRATIONS_DIR / "0013_minute_offsets.sql").read_text(encoding="utf-8")
+    for now, then in _FIRST_0013_CHANGES:
+        assert now in first
+        first = first.replace(now, then)
+    old = _session("OLD", dt.date(2024, 3, 4), seed=8)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(first)
+        conn.execute("INSERT INTO schema_migrations VALUES (13, '0013_minute_offsets')")
+        db.ensure_partitions(conn, 2024, 2024, "minute_bars")
+        store_as_before_0013(conn, old)
+        assert not conn.execute("SELECT 1 FROM pg_attribute WHERE attname = 'vwap_scale' "
+                                "AND attrelid = 'minute_bars'::regclass").fetchone()
+        for version, name, path in db.migrations():  # then 14 and 15, as released
+            if version in (14, 15):
+                conn.execute(path.read_text(encoding="utf-8"))
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, name))
+        with pytest.raises(psycopg.errors.UndefinedColumn):  # schema 15, and broken
+            _read_sql(conn, old.symbol, old.session)
+    assert db.migrate(empty_db) == [16]
+    cents = _session("CENTS", dt.date(2024, 3, 5), n=20, seed=7)
+    for name in ("high", "low"):
+        getattr(cents, name)[:] = np.round(getattr(cents, name), 2)
+    with psycopg.connect(empty_db) as conn:
+        assert mstore.write_days(conn, [cents]) == 1  # the stage has the column too
+        conn.commit()
+        assert conn.execute("SELECT scale, vwap_scale FROM minute_bars WHERE symbol = 'CENTS'"
+                            ).fetchone() == (2, 4)
+        for s in (old, cents):
+            _equal(_read_sql(conn, s.symbol, s.session), s)
+            _equal(_read_numpy(conn, s.symbol, s.session), s)
+        with pytest.raises(psycopg.errors.CheckViolation):  # 0013's constraint, as now
+            conn.execute("UPDATE minute_bars SET vwap_scale = 12 WHERE symbol = 'CENTS'")
+        conn.rollback()

@@ -369,15 +369,13 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
     if live_conn is not None:
         live_conn.autocommit = True
     ref = resolve_backup(cfg, backup, live_conn if has_cat else None)
-    too_new = _too_new(ref)
-    if too_new is not None or (why := _unusable(ref, read=False)) is not None:
+    if (why := _too_new(ref) or _unusable(ref, read=False)) is not None:
         # before any job is suspended
         if live_conn is not None:
             live_conn.close()
         mconn.close()
-        if too_new is not None:  # a whole archive, for another version
-            raise BackupError(f"{CANNOT} {too_new}")
-        record_damage(rt, ref, why, "a restore")
+        if _too_new(ref) is None:  # a whole archive for a newer version is no damage
+            record_damage(rt, ref, why, "a restore")
         raise BackupError(f"{CANNOT} {why}")
     say(f"restoring {ref.archive} into {live!r}")
     suspended = created = swapped = conns_blocked = False
