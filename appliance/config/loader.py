@@ -306,6 +306,7 @@ class SymbolSpec:
     since: dt.date
     active: bool = True
     timeframes: tuple[str, ...] = ("1d",)
+    own_since: dt.date | None = None  # its own since:, not history.start's 1d (``since``)
 
 
 class Config:
@@ -362,9 +363,9 @@ class Config:
             if isinstance(item, str):
                 out.append(SymbolSpec(item, start, True, default_tfs))
             else:
-                since = dt.date.fromisoformat(item["since"]) if item.get("since") else start
-                out.append(SymbolSpec(item["symbol"], since, item.get("active", True),
-                                      tuple(item.get("timeframes") or default_tfs)))
+                since = dt.date.fromisoformat(item["since"]) if item.get("since") else None
+                out.append(SymbolSpec(item["symbol"], since or start, item.get("active", True),
+                                      tuple(item.get("timeframes") or default_tfs), since))
         return out
 
     def symbols_with(self, timeframe: str) -> list[str]:

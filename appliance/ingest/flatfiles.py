@@ -108,7 +108,8 @@ def universe_start(cfg, timeframe: str) -> dt.date | None:
 
 def _symbol_start(cfg, spec, timeframe: str) -> dt.date:
     base = cfg.history_start(timeframe)
-    return max(base, spec.since) if timeframe == "1m" else spec.since
+    # 1m: the symbol's own since only (``ingest.minutes.minute_start``)
+    return max(base, spec.own_since or base) if timeframe == "1m" else spec.since
 
 
 def selection(cfg, timeframe: str, day: dt.date) -> Selection:

@@ -55,10 +55,12 @@ def _month_end(d: dt.date) -> dt.date:
 
 def minute_start(cfg, symbol: str) -> dt.date:
     """Where ``symbol``'s minute history starts: ``history.start`` (its 1m
-    entry), or the symbol's own ``since`` when that is later."""
+    entry), or the symbol's own ``since`` when that is later. Not the daily
+    start a symbol without ``since`` takes: a 1m start before it was cut
+    back to it, silently."""
     base = cfg.history_start("1m")
     spec = next((s for s in cfg.symbols if s.symbol == symbol), None)
-    return max(base, spec.since) if spec is not None and spec.since else base
+    return max(base, spec.own_since) if spec is not None and spec.own_since else base
 
 
 def plan(conn, cfg, symbols: list[str], *, end: dt.date,

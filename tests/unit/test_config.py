@@ -203,3 +203,27 @@ def test_a_file_that_is_not_yaml_still_gives_its_connection_settings(tmp_path):
     assert cfg["database"]["url"] == "postgresql://u@db.example:5432/md"
     assert cfg["redis"]["url"] == "redis://cache.example:6379"
     assert cfg["data_dir"] == str(tmp_path.resolve() / "../var")  # beside the file's folder
+
+
+def test_minute_history_starts_at_its_own_start_not_the_daily_one(tmp_path):
+    """A 1m start before the 1d start was cut back to the 1d start, silently
+    (a symbol without ``since`` took the daily start as its own); a symbol's
+    own ``since`` still bounds both."""
+    import datetime as dt
+
+    from appliance.ingest import flatfiles, minutes
+    p = tmp_path / "a.yaml"
+    p.write_text("history: {start: {1d: 2021-01-04, 1m: 2010-01-04}}\n"
+                 "symbols:\n"
+                 "  - {symbol: SPY, timeframes: [1m, 1d]}\n"
+                 "  - {symbol: QQQ, timeframes: [1m, 1d], since: 2015-01-02}\n"
+                 "  - {symbol: DIA, timeframes: [1m, 1d], since: 2008-01-02}\n")
+    cfg = load_config(p, env={})
+    got = {s: minutes.minute_start(cfg, s) for s in ("SPY", "QQQ", "DIA")}
+    assert got == {"SPY": dt.date(2010, 1, 4), "QQQ": dt.date(2015, 1, 2),
+                   "DIA": dt.date(2010, 1, 4)}
+    specs = {s.symbol: s for s in cfg.symbols}
+    assert specs["SPY"].since == dt.date(2021, 1, 4)  # the daily history, as before
+    assert flatfiles._symbol_start(cfg, specs["SPY"], "1m") == dt.date(2010, 1, 4)
+    assert flatfiles._symbol_start(cfg, specs["SPY"], "1d") == dt.date(2021, 1, 4)
+    assert flatfiles._symbol_start(cfg, specs["QQQ"], "1m") == dt.date(2015, 1, 2)
