@@ -82,6 +82,15 @@ class LockBusy(JobError):
     code = "lock_busy"
 
 
+class HandedOver(JobError):
+    """A fanned-out backfill's parent stopped by its worker's stop (Ctrl-C of
+    ``appliance up``, a restart): the chunks it leaves are queued for any
+    worker, and the last one ends the run. Not a failure: the run stays
+    running and RQ does not retry the parent."""
+
+    code = "handed_over"
+
+
 class BackupError(ApplianceError):
     code = "backup_error"
 

@@ -33,7 +33,7 @@ from rq.job import Job
 
 from appliance import store
 from appliance.core import calendar as tcal
-from appliance.core.errors import ProviderAuthError, ProviderError
+from appliance.core.errors import HandedOver, ProviderAuthError, ProviderError
 from appliance.ingest import flatfiles as flat
 from appliance.ingest import minutes as intraday
 from appliance.ingest.daily import SymbolPlan, backfill_symbol, refresh_stats
@@ -52,6 +52,10 @@ CHUNK_FUNC = "appliance.jobs.entry.run_chunk"
 DAILY = "1d"
 MINUTE = "1m"
 WAIT_S = 0.5
+#: Set in a work horse when its worker is asked to stop (``jobs.worker``):
+#: the chunk being fetched is finished, no other is claimed. A chunk's own
+#: job still does its first chunk, so that every chunk left has a job queued.
+STOPPING = threading.Event()
 
 
 def me() -> str:
@@ -102,8 +106,32 @@ def run_parent(rt, cfg, plan, run_id: int, report, windows=(), files=(),
             if res is not None:
                 _unqueue(rt, run_id, queued)
                 return res
+        elif STOPPING.is_set() and queued:
+            # the worker is stopping: the chunks left go to their queued jobs
+            # (the last one ends the run, ``_close_orphan_run``) instead of
+            # holding the worker until ``appliance up`` kills it mid-chunk
+            _progress(rt, run_id, lambda d, _final: report({**d, "handed_over": True}, True),
+                      t0, c)
+            raise HandedOver(f"backfill run {run_id}: its worker is stopping; the "
+                             f"{c['total'] - c['done'] - c['failed']} chunk(s) left are queued "
+                             f"and go on with the next worker, the last one ends the run")
         if not did:
             time.sleep(WAIT_S)
+
+
+def handed_over_progress(rt, run_id: int):
+    """For a chunk's job: a report keeping the run's progress (and its
+    heartbeat) current after its parent handed it over, since no parent
+    reports it any more; None while a parent does."""
+    with rt.conn() as conn:
+        r = runs.get(conn, run_id)
+    if not ((r or {}).get("progress") or {}).get("handed_over"):
+        return None
+
+    def write(d: dict, _final: bool) -> None:
+        with rt.conn() as conn:
+            runs.progress(conn, run_id, {**d, "eta_s": None, "handed_over": True})
+    return lambda: _progress(rt, run_id, write, time.monotonic())
 
 
 def _unqueue(rt, run_id: int, job_ids: list[str]) -> None:
@@ -177,6 +205,8 @@ def work(rt, cfg, run_id: int, *, first: int | None = None, limits: dict | None 
     n = 0
     want = first
     while True:
+        if STOPPING.is_set() and (n or first is None):  # a chunk's job does its own first
+            return n
         with rt.conn() as conn:
             chunk = chunk_store.claim(conn, run_id, who, chunk_id=want, **lim)
             if chunk is None and want is not None:
@@ -347,6 +377,8 @@ def _close_orphan_run(conn, run_id: int, res: dict, stale_s: float) -> None:
     beat = (r or {}).get("heartbeat_at") or (r or {}).get("started_at")
     silent = beat is None or \
         (dt.datetime.now(dt.UTC) - beat).total_seconds() > stale_s
-    if r is not None and (r["status"] == "failed" or (r["status"] == "running" and silent)):
+    handed = bool(((r or {}).get("progress") or {}).get("handed_over"))
+    if r is not None and (r["status"] == "failed" or (r["status"] == "running"
+                                                      and (silent or handed))):
         runs.finish(conn, run_id, res["status"], {k: v for k, v in res.items() if k != "status"},
                     res.get("error"))

@@ -139,6 +139,7 @@ def run_chunk(run_id: int, chunk_id: int) -> dict:
     progress."""
     wait_while_suspended(runtime())  # a full restore is swapping the database
     rt = JobRuntime(runtime())
-    n = chunks.work(rt, rt.config, run_id, first=chunk_id)
+    n = chunks.work(rt, rt.config, run_id, first=chunk_id,
+                    report=chunks.handed_over_progress(rt, run_id))
     chunks.finish(rt, run_id)  # the last chunk ends the run, also when its parent died
     return {"run_id": run_id, "chunks_done_here": n}

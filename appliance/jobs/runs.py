@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from appliance import store
 from appliance.config.redaction import redact, redact_obj
-from appliance.core.errors import ApplianceError
+from appliance.core.errors import ApplianceError, HandedOver
 from appliance.core.units import human_bytes
 from appliance.store import runs as runs_sql
 
@@ -159,6 +159,14 @@ def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = 
                             {"run_id": run_id, **{k: v for k, v in result.items()
                                                   if isinstance(v, (int, float, str))}})
         return {"run_id": run_id, "status": status, **result}
+    except HandedOver as e:  # no failure: the run goes on without this job
+        log.info("%s", e.message)
+        try:
+            with rt.conn() as conn:
+                store.add_event(conn, "info", job, e.message, {"run_id": run_id})
+        except Exception:  # noqa: BLE001 - the log line says it
+            pass
+        return {"run_id": run_id, "status": "handed_over"}
     except BaseException as e:  # recorded, then re-raised
         msg = e.message if isinstance(e, ApplianceError) else f"{e.__class__.__name__}: {e}"
         if isinstance(e, KeyboardInterrupt):  # Ctrl-C on a command: no fault to trace

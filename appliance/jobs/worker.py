@@ -10,6 +10,7 @@ registry); it never ends the worker. A work horse that dies without raising
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from rq.exceptions import DequeueTimeout, StopRequested
 from rq.worker import WorkerStatus
 
 from appliance import store
+from appliance.ingest import chunks
 from appliance.ingest.chunks import release_dead
 from appliance.jobs import entry
 from appliance.jobs.queue import QUEUE_NAME
@@ -291,6 +293,11 @@ def _worker_class(early: EarlyStop):
             caught it and the worker ran on, deaf to the signal."""
             if self.get_state() == WorkerStatus.BUSY:
                 super()._shutdown()
+                # a fanned-out backfill in the work horse ends after its chunk
+                # (``ingest.chunks.STOPPING``), its other chunks stay queued
+                if self.horse_pid:
+                    with contextlib.suppress(OSError):
+                        os.kill(self.horse_pid, signal.SIGUSR1)
                 return
             self._stop_requested = True
             early.requested = True
@@ -320,6 +327,8 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     conn = _rq_connection(rt.endpoints.redis_url)
     early = EarlyStop()
     early.install()
+    # before any fork: every work horse inherits it (see AppWorker._shutdown)
+    signal.signal(signal.SIGUSR1, lambda _s, _f: chunks.STOPPING.set())
     queue_class = _queue_class(early)
     q = queue_class(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])
     worker = _worker_class(early)([q], connection=conn, name=name, queue_class=queue_class,

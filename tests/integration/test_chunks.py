@@ -151,3 +151,76 @@ def _kill_leftovers(config_path: str) -> None:
                 os.kill(int(pid_dir.name), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_stopped_worker_hands_its_backfill_over_after_the_chunk_it_is_fetching(
+        config_factory, procs, tmp_path):
+    """SIGTERM (Ctrl-C of ``appliance up``) to a worker running a fanned-out
+    backfill waited for the whole backfill, until ``up`` killed it 25 s later
+    and the run was recorded failed (the database stopped under it). Now the
+    work horse ends after the chunk it is fetching: the worker exits at once,
+    the run stays running with its chunks queued, and the next worker
+    finishes it: every bar stored once, the run ok, its parent not run again."""
+    syms = [f"H{i:02d}" for i in range(15)]
+    truth = make_truth(syms, START, END, seed=7)
+    fake = PolygonFake(truth.bars, truth.splits, faults=["hang"] * len(syms),
+                       fault_paths="/v2/aggs/ticker/H", hang_seconds=2)
+    with fake:
+        path = config_factory(
+            schedules=QUIET, symbols=syms,
+            history={"start": START.isoformat(), "lookback_sessions": 5},
+            provider={"name": "polygon",
+                      "polygon": {"api_key": "test-key", "base_url": fake.base_url,
+                                  "requests_per_minute": 6000, "timeout_seconds": 30,
+                                  "max_retries": 3, "retry_backoff_seconds": 0.01}},
+            backfill={"fan_out": True, "chunk_stale_seconds": 60, "chunk_attempts": 3})
+        rt = Runtime.from_path(path)
+        rt.open()
+        logs = [open(tmp_path / f"h{i}.log", "w") for i in range(2)]
+        try:
+            first = _worker(path, "h-first", logs[0])
+            procs.append(first)
+            run_id = queue_mod.enqueue(rt, "backfill", {"end": END.isoformat()})
+
+            def started():
+                done = [c for c in _chunks(rt, run_id) if c[1] == "done"]
+                return len(done) >= 2 or None
+            wait_until(started, 60, "two chunks of the backfill done")
+            first.send_signal(signal.SIGTERM)
+            # fifteen 2-second chunks: waiting for the backfill took over 20 s more
+            first.wait(timeout=10)
+            assert first.returncode == 0
+            with rt.conn() as conn:
+                r = runs.get(conn, run_id)
+            left = [c for c in _chunks(rt, run_id) if c[1] != "done"]
+            assert r["status"] == "running" and r["progress"]["handed_over"] is True, r
+            assert left and all(c[1] == "pending" for c in left), left
+            from appliance.web import create_app
+            html = create_app(runtime=rt).test_client().get("/jobs").get_data(as_text=True)
+            assert "its first worker stopped: any worker takes the chunks left" in html
+
+            second = _worker(path, "h-second", logs[1])
+            procs.append(second)
+
+            def finished():
+                with rt.conn() as conn:
+                    x = runs.get(conn, run_id)
+                return x if x["status"] not in ("queued", "running") else None
+            run = wait_until(finished, 120, "the next worker to finish the run")
+            assert run["status"] == "ok", (run, [p.read_text() for p in tmp_path.glob("h*.log")])
+            assert all(c[1] == "done" and c[4] == 1 for c in _chunks(rt, run_id))
+            for s in syms:
+                assert _stored(rt, s) == truth.rows(s), s
+            assert run["result"]["symbols_ok"] == len(syms)
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=20)
+            out = (tmp_path / "h0.log").read_text() + (tmp_path / "h1.log").read_text()
+            assert "its worker is stopping; the " in out, out
+            assert f"backfill run {run_id} failed" not in out, out
+            with rt.conn() as conn:  # the parent was not run again: one start of the run
+                assert runs.get(conn, run_id)["attempts"] == 1
+        finally:
+            rt.close()
+            for f in logs:
+                f.close()
+            _kill_leftovers(str(path))
