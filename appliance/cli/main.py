@@ -315,9 +315,9 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
     from appliance.jobs import runs
     interactive = sys.stderr.isatty()
     state = {"last": None}
-    from rich.progress import BarColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     prog = Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"),
+                    MofNCompleteColumn(),  # "0/?" before the total is known, not "0/None"
                     TextColumn("{task.fields[info]}"),
                     disable=not interactive, transient=False)
 
