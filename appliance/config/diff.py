@@ -53,11 +53,11 @@ def diff_configs(old: Config | None, new: Config) -> dict[str, Any]:
             changed[".".join(k)] = {"old": _jsonable(o_shown.get(k)),
                                     "new": _jsonable(n_shown.get(k))}
     since_changed = {}
-    o_since = {s.symbol: s.since for s in old.symbols}
-    for s in new.symbols:
-        if s.symbol in o_since and o_since[s.symbol] != s.since:
-            since_changed[s.symbol] = {"old": o_since[s.symbol].isoformat(),
-                                       "new": s.since.isoformat()}
+    o_spec = {s.symbol: s for s in old.symbols}
+    for s in new.symbols:  # a symbol's own since: (history.start's is said once, below)
+        o = o_spec.get(s.symbol)
+        if o is not None and (o.own_since or s.own_since) and o.since != s.since:
+            since_changed[s.symbol] = {"old": o.since.isoformat(), "new": s.since.isoformat()}
     o_tfs = {s.symbol: s.timeframes for s in old.symbols}
     tfs_changed = {s.symbol: {"old": list(o_tfs[s.symbol]), "new": list(s.timeframes)}
                    for s in new.symbols

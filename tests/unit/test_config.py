@@ -227,3 +227,23 @@ def test_minute_history_starts_at_its_own_start_not_the_daily_one(tmp_path):
     assert flatfiles._symbol_start(cfg, specs["SPY"], "1m") == dt.date(2010, 1, 4)
     assert flatfiles._symbol_start(cfg, specs["SPY"], "1d") == dt.date(2021, 1, 4)
     assert flatfiles._symbol_start(cfg, specs["QQQ"], "1m") == dt.date(2015, 1, 2)
+
+
+def test_the_diff_lists_a_symbol_whose_own_since_changed_not_every_symbol_of_a_new_start(
+        tmp_path):
+    """A new history.start listed every symbol without ``since`` under
+    symbols_since_changed too; it is said once, as history_start_changed."""
+    def cfg(start: str, qqq: str, dia: str):
+        p = tmp_path / f"{start}{qqq}{dia}.yaml"
+        p.write_text(f"history: {{start: {start}}}\nsymbols:\n  - SPY\n"
+                     f"  - {{symbol: QQQ{qqq}}}\n  - {{symbol: DIA{dia}}}\n")
+        return load_config(p, env={})
+    d = diff_configs(cfg("2021-01-04", "", ", since: 2022-01-03"),
+                     cfg("2020-01-02", "", ", since: 2022-01-03"))
+    assert d["history_start_changed"]["1d"] == {"old": "2021-01-04", "new": "2020-01-02"}
+    assert d["symbols_since_changed"] == {}
+    d = diff_configs(cfg("2021-01-04", ", since: 2023-01-03", ", since: 2022-01-03"),
+                     cfg("2021-01-04", ", since: 2022-06-01", ""))
+    assert d["symbols_since_changed"] == {
+        "QQQ": {"old": "2023-01-03", "new": "2022-06-01"},
+        "DIA": {"old": "2022-01-03", "new": "2021-01-04"}}  # its own since removed
