@@ -212,15 +212,7 @@ def _say_which_config(ctx, rt, file_cfg, file_errors) -> None:
 
 def say_notes(diff: dict, warnings: list[str]) -> None:
     """Beside a diff (stderr): what removing symbols or a symbol's resolution
-    does, then ``warnings``."""
-    dropped = [f"{sym}: {', '.join(sorted(set(c['old']) - set(c['new'])))}"
-               for sym, c in (diff.get("symbols_timeframes_changed") or {}).items()
-               if set(c["old"]) - set(c["new"])]
-    if dropped:
-        warnings = [f"resolutions removed ({'; '.join(dropped)}): no longer fetched; the bars "
-                    f"stored are kept and still served", *warnings]
-    if diff.get("symbols_removed"):
-        warnings = [f"symbols removed: {', '.join(diff['symbols_removed'])}: no longer "
-                    f"fetched; their data is kept (add them again to fetch them again)", *warnings]
-    for line in warnings:
+    does (``config.diff.notes``, the console says the same), then ``warnings``."""
+    from appliance.config.diff import notes
+    for line in [*notes(diff), *warnings]:
         click.echo(line, err=True)

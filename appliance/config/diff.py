@@ -89,3 +89,19 @@ def _jsonable(v: Any) -> Any:
 def diff_is_empty(diff: dict[str, Any]) -> bool:
     return not (diff["symbols_added"] or diff["symbols_removed"] or diff["changed"]
                 or diff.get("symbols_since_changed") or diff.get("symbols_timeframes_changed"))
+
+
+def notes(diff: dict[str, Any]) -> list[str]:
+    """What a diff's removals do, for the CLI and the console alike: the
+    bars of a removed symbol or resolution are kept and still served."""
+    out = []
+    if diff.get("symbols_removed"):
+        out.append(f"symbols removed: {', '.join(diff['symbols_removed'])}: no longer fetched; "
+                   f"their data is kept (add them again to fetch them again)")
+    dropped = [f"{sym}: {', '.join(sorted(set(c['old']) - set(c['new'])))}"
+               for sym, c in (diff.get("symbols_timeframes_changed") or {}).items()
+               if set(c["old"]) - set(c["new"])]
+    if dropped:
+        out.append(f"resolutions removed ({'; '.join(dropped)}): no longer fetched; the bars "
+                   f"stored are kept and still served")
+    return out

@@ -396,6 +396,23 @@ def test_config_reload_shows_the_diff_it_applied(client, runtime, config_factory
     assert runtime.config["quality"]["gap_threshold_pct"] == 25
 
 
+def test_config_check_says_what_removing_a_symbol_and_a_resolution_keeps(
+        client, runtime, config_factory):
+    # the CLI said it, the console showed only the diff lines
+    tok = login(client)
+    config_factory(symbols=[{"symbol": "AAPL", "timeframes": ["1d"]}])
+    r = client.post("/config/check", headers={**HX, "X-CSRFToken": tok})
+    body = r.get_data(as_text=True)
+    assert "symbols removed: MSFT: no longer fetched; their data is kept" in body, body
+    config_factory(symbols=["AAPL", "MSFT"], timeframes=["1m", "1d"])
+    assert client.post("/config/reload", headers={**HX, "X-CSRFToken": tok}).status_code == 200
+    config_factory(symbols=["AAPL", {"symbol": "MSFT", "timeframes": ["1d"]}],
+                   timeframes=["1m", "1d"])
+    body = client.post("/config/reload", headers={**HX, "X-CSRFToken": tok}).get_data(
+        as_text=True)
+    assert "resolutions removed (MSFT: 1m): no longer fetched; the bars stored are kept" in body
+
+
 def test_alert_acknowledge_records_who_and_when(client, runtime):
     with runtime.conn() as conn:
         aid = conn.execute("""INSERT INTO alerts (key, severity, status, message, opened_at)

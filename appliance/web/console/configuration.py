@@ -8,6 +8,7 @@ import yaml
 from flask import Blueprint, Response, render_template
 
 from appliance import store
+from appliance.config import diff as diff_mod
 from appliance.jobs import reload as reload_mod
 from appliance.web import auth
 from appliance.web.console.common import _actor, admin_post, f_json, is_htmx, rt
@@ -70,7 +71,8 @@ def config_check():
         ctx = {"ok": False, "errors": list(res["errors"]), "action": "check"}
     else:
         ctx = {"ok": True, "action": "check", "sha256": res["sha256"],
-               "diff_lines": _diff_lines(res["diff"]), "restart": res["diff"]["restart_required"]}
+               "diff_lines": _diff_lines(res["diff"]), "restart": res["diff"]["restart_required"],
+               "notes": diff_mod.notes(res["diff"])}
     if is_htmx():
         return render_template("partials/config_result.html", res=ctx)
     return render_template("config.html", result=ctx, **_config_ctx()), (200 if ctx["ok"] else 422)
@@ -84,7 +86,7 @@ def config_reload():
         ctx = {"ok": True, "action": "reload", "sha256": res["sha256"],
                "diff_lines": _diff_lines(res["diff"]), "version": res["version"],
                "backfill_run_id": res.get("backfill_run_id"),
-               "restart": res["diff"]["restart_required"]}
+               "restart": res["diff"]["restart_required"], "notes": diff_mod.notes(res["diff"])}
     else:
         ctx = {"ok": False, "action": "reload", "errors": list(res["errors"]),
                "diff_lines": _diff_lines(res.get("diff") or {})}
