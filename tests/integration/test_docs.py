@@ -33,9 +33,9 @@ def _commands(prefix: str) -> list[tuple[str, str]]:
     found = []
     for doc in DOCS:
         for line in _code_lines(doc):
-            line = line.split("  #")[0].strip()
-            if line.startswith(prefix):
-                found.append((doc.name, line))
+            for part in line.split("  #")[0].split(" && "):  # each command of a chain
+                if part.strip().startswith(prefix):
+                    found.append((doc.name, part.strip()))
     return found
 
 
