@@ -413,11 +413,19 @@ def _run_locked(rt, cfg, provider, stats, run_id, report, syms, start, end, now,
         return chunks.run_parent(rt, cfg, plan, run_id, report, windows, files)
     if chunks.wanted(cfg, plan, windows):  # chunks for every worker (chunks.py)
         return chunks.run_parent(rt, cfg, plan, run_id, report, windows)
+    if plan.method == "grouped" and cfg["backfill"]["fan_out"] and len(windows) > 1:
+        # the grouped daily here (a few requests), the minute months as chunks:
+        # every worker takes them, and a stopped worker hands them over
+        daily = _run_here(rt, cfg, provider, stats, run_id, report, plan, today) \
+            if plan.symbols else None
+        return _merged(daily, chunks.run_parent(rt, cfg, Plan("aggregates", []), run_id,
+                                                report, windows))
     return _run_here(rt, cfg, provider, stats, run_id, report, plan, today)
 
 
 def _merged(daily: dict | None, res: dict) -> dict:
-    """A daily phase run here and the fanned-out files' result, as one."""
+    """A daily phase run here and the fanned-out files' or minute months'
+    result, as one."""
     if daily is None:
         return res
     out = dict(res)

@@ -29,6 +29,7 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
+from rq import get_current_job
 from rq.job import Job
 
 from appliance import store
@@ -158,7 +159,8 @@ def _enqueue(rt, cfg, run_id: int, chunk_ids: list[int]) -> list[str]:
     try:
         q = queue(rt)
         for cid in chunk_ids:
-            job = q.enqueue(CHUNK_FUNC, run_id, cid, job_timeout=cfg["jobs"]["timeout_seconds"],
+            job = q.enqueue(CHUNK_FUNC, run_id, cid, job_id=chunk_job_id(run_id, cid),
+                            job_timeout=cfg["jobs"]["timeout_seconds"],
                             result_ttl=RESULT_TTL // 24, failure_ttl=FAILURE_TTL,
                             description=f"backfill run {run_id} chunk {cid}")
             ids.append(job.id)
@@ -166,6 +168,12 @@ def _enqueue(rt, cfg, run_id: int, chunk_ids: list[int]) -> list[str]:
         log.warning("backfill run %s: chunks not queued for other workers (%s); this worker "
                     "does them", run_id, e)
     return ids
+
+
+def chunk_job_id(run_id: int, chunk_id: int) -> str:
+    """A chunk's RQ job id: known from the chunk alone, so that whoever ends
+    a handed-over run can take its leftover jobs out of the queue."""
+    return f"appliance-backfill-{run_id}-chunk-{chunk_id}"
 
 
 def _progress(rt, run_id: int, report, t0: float, c: dict | None = None) -> None:
@@ -328,10 +336,18 @@ def finish(rt, run_id: int) -> dict | None:
                             f"{', '.join(f'{h} ({n})' for h, n in res['hosts'].items()) or '-'}",
                             {"run_id": run_id, "hosts": res["hosts"]})
             chunk_store.store_result(conn, run_id, res)
-            _close_orphan_run(conn, run_id, res, _limits(rt.config)["stale_s"])
-            return res
-        f = chunk_store.fanout(conn, run_id)
-    return f["result"] if f and f.get("result") else None
+            handed = _close_orphan_run(conn, run_id, res, _limits(rt.config)["stale_s"])
+            left = [chunk_job_id(run_id, c) for st in ("done", "failed")
+                    for c in chunk_store.chunk_ids(conn, run_id, st)] if handed else []
+        else:
+            f = chunk_store.fanout(conn, run_id)
+            return f["result"] if f and f.get("result") else None
+    # a handed-over run has no parent to take its leftover chunk jobs out of the
+    # queue: each would only find nothing to do, ahead of the jobs queued after
+    # (the job running this, if any, is RQ's to finish)
+    current = get_current_job()
+    _unqueue(rt, run_id, [j for j in left if current is None or j != current.id])
+    return res
 
 
 def _refresh_file_symbols(conn, cfg, days: dict[str, list], done=()) -> None:
@@ -369,10 +385,11 @@ def _result(conn, run_id: int) -> dict:
             if failed else None}
 
 
-def _close_orphan_run(conn, run_id: int, res: dict, stale_s: float) -> None:
+def _close_orphan_run(conn, run_id: int, res: dict, stale_s: float) -> bool:
     """The parent died (its run marked failed, or still 'running' with no
-    heartbeat for ``stale_s``: its host went away) but every chunk ended: the
-    run gets the chunks' outcome. A live parent records it itself."""
+    heartbeat for ``stale_s``: its host went away) or handed the run over (a
+    stopped worker) but every chunk ended: the run gets the chunks' outcome.
+    A live parent records it itself. Whether the run was handed over."""
     r = runs.get(conn, run_id)
     beat = (r or {}).get("heartbeat_at") or (r or {}).get("started_at")
     silent = beat is None or \
@@ -382,3 +399,4 @@ def _close_orphan_run(conn, run_id: int, res: dict, stale_s: float) -> None:
                                                       and (silent or handed))):
         runs.finish(conn, run_id, res["status"], {k: v for k, v in res.items() if k != "status"},
                     res.get("error"))
+    return handed

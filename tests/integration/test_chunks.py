@@ -24,6 +24,22 @@ SYMS = [f"S{i:02d}" for i in range(12)] + SLOW
 START, END = dt.date(2024, 1, 2), dt.date(2024, 6, 28)
 
 
+def _fanned_out(config_factory, fake, symbols, stale_s: int) -> tuple[Path, Runtime]:
+    """A config of ``symbols`` from the Polygon ``fake``, backfills fanned
+    out, and an open runtime on it."""
+    path = config_factory(
+        schedules=QUIET, symbols=symbols,
+        history={"start": START.isoformat(), "lookback_sessions": 5},
+        provider={"name": "polygon",
+                  "polygon": {"api_key": "test-key", "base_url": fake.base_url,
+                              "requests_per_minute": 6000, "timeout_seconds": 30,
+                              "max_retries": 3, "retry_backoff_seconds": 0.01}},
+        backfill={"fan_out": True, "chunk_stale_seconds": stale_s, "chunk_attempts": 3})
+    rt = Runtime.from_path(path)
+    rt.open()
+    return path, rt
+
+
 def _worker(path, name, log) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config", str(path),
                              "worker", "--name", name],
@@ -60,16 +76,7 @@ def test_three_workers_share_a_backfill_and_survive_a_killed_one(config_factory,
     fake = PolygonFake(truth.bars, truth.splits, faults=["hang"] * len(SLOW),
                        fault_paths="/v2/aggs/ticker/Z", hang_seconds=6)
     with fake:
-        path = config_factory(
-            schedules=QUIET, symbols=SYMS,
-            history={"start": START.isoformat(), "lookback_sessions": 5},
-            provider={"name": "polygon",
-                      "polygon": {"api_key": "test-key", "base_url": fake.base_url,
-                                  "requests_per_minute": 6000, "timeout_seconds": 30,
-                                  "max_retries": 3, "retry_backoff_seconds": 0.01}},
-            backfill={"fan_out": True, "chunk_stale_seconds": 5, "chunk_attempts": 3})
-        rt = Runtime.from_path(path)
-        rt.open()
+        path, rt = _fanned_out(config_factory, fake, SYMS, stale_s=5)
         try:
             logs = [open(tmp_path / f"w{i}.log", "w") for i in range(3)]
             workers = [_worker(path, f"w{i}", logs[i]) for i in range(3)]
@@ -166,16 +173,7 @@ def test_a_stopped_worker_hands_its_backfill_over_after_the_chunk_it_is_fetching
     fake = PolygonFake(truth.bars, truth.splits, faults=["hang"] * len(syms),
                        fault_paths="/v2/aggs/ticker/H", hang_seconds=2)
     with fake:
-        path = config_factory(
-            schedules=QUIET, symbols=syms,
-            history={"start": START.isoformat(), "lookback_sessions": 5},
-            provider={"name": "polygon",
-                      "polygon": {"api_key": "test-key", "base_url": fake.base_url,
-                                  "requests_per_minute": 6000, "timeout_seconds": 30,
-                                  "max_retries": 3, "retry_backoff_seconds": 0.01}},
-            backfill={"fan_out": True, "chunk_stale_seconds": 60, "chunk_attempts": 3})
-        rt = Runtime.from_path(path)
-        rt.open()
+        path, rt = _fanned_out(config_factory, fake, syms, stale_s=60)
         logs = [open(tmp_path / f"h{i}.log", "w") for i in range(2)]
         try:
             first = _worker(path, "h-first", logs[0])
@@ -212,6 +210,9 @@ def test_a_stopped_worker_hands_its_backfill_over_after_the_chunk_it_is_fetching
             for s in syms:
                 assert _stored(rt, s) == truth.rows(s), s
             assert run["result"]["symbols_ok"] == len(syms)
+            # whoever ended it took the leftover chunk jobs out of the queue
+            assert not [j for j in queue_mod.queue(rt).job_ids
+                        if j.startswith(f"appliance-backfill-{run_id}-chunk-")]
             second.send_signal(signal.SIGTERM)
             second.wait(timeout=20)
             out = (tmp_path / "h0.log").read_text() + (tmp_path / "h1.log").read_text()
@@ -224,3 +225,28 @@ def test_a_stopped_worker_hands_its_backfill_over_after_the_chunk_it_is_fetching
             for f in logs:
                 f.close()
             _kill_leftovers(str(path))
+
+
+def test_a_grouped_daily_plan_fans_its_minute_months_out(config_factory):
+    """A grouped daily plan (symbols with daily bars, a few sessions missing)
+    ran its minute months in the parent, one after the other, where no other
+    worker could help and a stopped worker could not hand them over."""
+    from appliance.ingest.backfill import run_backfill
+    syms = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "SPY", "QQQ"]
+    history = {"start": "2026-09-01", "lookback_sessions": 5}
+    path = config_factory(schedules=QUIET, symbols=syms, history=history)
+    for step in ("daily", "minutes"):
+        if step == "minutes":
+            path = config_factory(schedules=QUIET, history={**history, "start": {
+                "1d": "2026-09-01", "1m": "2026-10-01"}},
+                symbols=[{"symbol": s, "timeframes": ["1m", "1d"]} for s in syms])
+        rt = Runtime.from_path(path)
+        rt.open()
+        try:
+            res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params={})
+        finally:
+            rt.close()
+        assert res["status"] == "ok", res
+    assert "grouped" in res["plan"] and "fanned out" in res["plan"], res["plan"]
+    months = res["minutes"]["months_done"]
+    assert months >= 2 * len(syms) and res["fetched"]["1m"]["months"] == months, res
