@@ -39,6 +39,7 @@ from appliance.config.loader import SYMBOL_RE
 from appliance.core import calendar as tcal
 from appliance.core import quality
 from appliance.core.timeframes import session_window
+from appliance.ingest import minutes as intraday
 from appliance.providers.flatfiles import SOURCE, FileInfo, FlatFileError, FlatFiles
 from appliance.store import flatfiles as fstore
 from appliance.store import minutes as mstore
@@ -107,9 +108,7 @@ def universe_start(cfg, timeframe: str) -> dt.date | None:
 
 
 def _symbol_start(cfg, spec, timeframe: str) -> dt.date:
-    base = cfg.history_start(timeframe)
-    # 1m: the symbol's own since only (``ingest.minutes.minute_start``)
-    return max(base, spec.own_since or base) if timeframe == "1m" else spec.since
+    return intraday.spec_minute_start(cfg, spec) if timeframe == "1m" else spec.since
 
 
 def selection(cfg, timeframe: str, day: dt.date) -> Selection:

@@ -58,8 +58,12 @@ def minute_start(cfg, symbol: str) -> dt.date:
     entry), or the symbol's own ``since`` when that is later. Not the daily
     start a symbol without ``since`` takes: a 1m start before it was cut
     back to it, silently."""
+    return spec_minute_start(cfg, next((s for s in cfg.symbols if s.symbol == symbol), None))
+
+
+def spec_minute_start(cfg, spec) -> dt.date:
+    """``minute_start`` of a symbol's spec (None: a symbol not configured)."""
     base = cfg.history_start("1m")
-    spec = next((s for s in cfg.symbols if s.symbol == symbol), None)
     return max(base, spec.own_since) if spec is not None and spec.own_since else base
 
 
