@@ -10,6 +10,7 @@ SIGTERM or Ctrl-C stops the children, then the embedded servers.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from appliance import store
 from appliance.core import version
@@ -52,6 +55,9 @@ WATCH_S = 2.0
 REVIVE_MAX_DELAY_S = 60.0
 #: How long ``up`` waits for the web server to answer /health before it says so.
 READY_TIMEOUT_S = 120.0
+#: How long ``up`` waits for its processes to stop before it kills them (a
+#: worker's job is interrupted well within it: ``jobs.worker.HORSE_STOP_GRACE_S``).
+STOP_WAIT_S = 25.0
 ERROR_LINES = 80
 _ERRORISH = re.compile(r"Error|Exception|error:|invalid|not found|denied|refused")
 
@@ -441,14 +447,27 @@ def _stop_children(children: dict) -> None:
             p.send_signal(signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + 25
+    deadline = time.monotonic() + STOP_WAIT_S
     for p in procs:
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             log.warning("pid %d did not stop in time: killing it", p.pid)
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            for group in _groups_of(p.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signal.SIGKILL)
             p.wait()
+
+
+def _groups_of(pid: int) -> list[int]:
+    """The process groups of ``pid`` and of everything it started, its own
+    first: RQ runs a job's work horse in a group of its own, which a kill of
+    the worker's group alone left running, orphaned, on a stopped database."""
+    groups = [pid]
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(OSError):
+                g = os.getpgid(child.pid)
+                if g not in groups:
+                    groups.append(g)
+    return groups

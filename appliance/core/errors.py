@@ -91,6 +91,21 @@ class HandedOver(JobError):
     code = "handed_over"
 
 
+class WorkerStopping(BaseException):
+    """Raised in a work horse whose worker was asked to stop (Ctrl-C of
+    ``appliance up``, a restart) when its job did not end within the grace
+    (``jobs.worker.HORSE_STOP_GRACE_S``). A BaseException, like Ctrl-C's
+    KeyboardInterrupt: no ``except Exception`` on the way takes it for a
+    failure of its own; ``runs.execute`` records the run as interrupted and
+    RQ's retry policy (``jobs.retries``) runs it again once a worker is back."""
+
+    code = "worker_stopping"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 class BackupError(ApplianceError):
     code = "backup_error"
 

@@ -57,6 +57,10 @@ WAIT_S = 0.5
 #: the chunk being fetched is finished, no other is claimed. A chunk's own
 #: job still does its first chunk, so that every chunk left has a job queued.
 STOPPING = threading.Event()
+#: Set in a work horse once its job is in ``work``, which honours STOPPING:
+#: the worker then lets it end on its own instead of interrupting it
+#: (``jobs.worker``).
+STOP_AWARE = threading.Event()
 
 
 def me() -> str:
@@ -208,6 +212,7 @@ def work(rt, cfg, run_id: int, *, first: int | None = None, limits: dict | None 
          report=None) -> int:
     """Claim and do chunks of ``run_id`` (``first`` before any other) until
     none is claimable here; returns how many this process did."""
+    STOP_AWARE.set()
     lim = limits or _limits(cfg)
     who = me()
     n = 0

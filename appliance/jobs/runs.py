@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from appliance import store
 from appliance.config.redaction import redact, redact_obj
-from appliance.core.errors import ApplianceError, HandedOver
+from appliance.core.errors import ApplianceError, HandedOver, WorkerStopping
 from appliance.core.units import human_bytes
 from appliance.store import runs as runs_sql
 
@@ -168,8 +168,11 @@ def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = 
             pass
         return {"run_id": run_id, "status": "handed_over"}
     except BaseException as e:  # recorded, then re-raised
-        msg = e.message if isinstance(e, ApplianceError) else f"{e.__class__.__name__}: {e}"
-        if isinstance(e, KeyboardInterrupt):  # Ctrl-C on a command: no fault to trace
+        msg = (e.message if isinstance(e, (ApplianceError, WorkerStopping))
+               else f"{e.__class__.__name__}: {e}")
+        if isinstance(e, WorkerStopping):  # the appliance stopping: no fault to trace
+            log.warning("%s run %s %s", job, run_id, msg)
+        elif isinstance(e, KeyboardInterrupt):  # Ctrl-C on a command: no fault to trace
             msg = ("interrupted (Ctrl-C): what it stored is kept, the next run goes on from "
                    "there")
             log.warning("%s run %s %s", job, run_id, msg)
@@ -179,7 +182,8 @@ def execute(rt, job: str, slot: str, fn: Callable[..., dict], *, trigger: str = 
             with rt.conn() as conn:
                 finish(conn, run_id, "failed", {"duration_s": round(time.monotonic() - t0, 3)},
                        msg)
-                store.add_event(conn, "error", job, f"{job} failed: {msg}", {"run_id": run_id})
+                store.add_event(conn, "warning" if isinstance(e, WorkerStopping) else "error",
+                                job, f"{job} failed: {msg}", {"run_id": run_id})
         except Exception:  # the database itself may be what failed
             log.exception("could not record the failure of %s run %s", job, run_id)
         raise

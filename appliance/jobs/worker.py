@@ -26,6 +26,7 @@ from rq.exceptions import DequeueTimeout, StopRequested
 from rq.worker import WorkerStatus
 
 from appliance import store
+from appliance.core.errors import WorkerStopping
 from appliance.ingest import chunks
 from appliance.ingest.chunks import release_dead
 from appliance.jobs import entry
@@ -43,6 +44,12 @@ HEARTBEAT_TTL = 30
 REDIS_RETRY_MAX_S = 30.0
 #: A failure that repeats (Redis down) is logged once, then at most this often.
 REPEAT_LOG_S = 60.0
+#: How long a job goes on in its work horse after the worker was asked to
+#: stop before it is interrupted (``WorkerStopping``): within the time the
+#: stopper waits before it kills (``appliance up`` 25 s, a container's stop
+#: 10 s, the systemd unit 120 s), so that the run is recorded as interrupted
+#: and its files and child processes are cleaned up.
+HORSE_STOP_GRACE_S = 5.0
 
 
 def _rq_connection(url: str) -> redis.Redis:
@@ -238,6 +245,14 @@ class PatientWorker(Worker):
             return
         super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
 
+    def handle_exception(self, job, *exc_info):
+        """RQ's, which logs the traceback of a job's exception; a job
+        interrupted by its worker's stop gets one line: no fault of its own."""
+        if isinstance(exc_info[1], WorkerStopping):
+            self.log.warning("Worker %s: job %s %s", self.name, job.id, exc_info[1].message)
+            return
+        super().handle_exception(job, *exc_info)
+
 
 def _worker_class(early: EarlyStop):
 
@@ -294,7 +309,8 @@ def _worker_class(early: EarlyStop):
             if self.get_state() == WorkerStatus.BUSY:
                 super()._shutdown()
                 # a fanned-out backfill in the work horse ends after its chunk
-                # (``ingest.chunks.STOPPING``), its other chunks stay queued
+                # (``ingest.chunks.STOPPING``), its other chunks stay queued;
+                # any other job is interrupted if it runs on (_horse_asked_to_stop)
                 if self.horse_pid:
                     with contextlib.suppress(OSError):
                         os.kill(self.horse_pid, signal.SIGUSR1)
@@ -316,6 +332,30 @@ def _worker_class(early: EarlyStop):
     return AppWorker
 
 
+def _horse_asked_to_stop(_signum, _frame) -> None:
+    """SIGUSR1 in a work horse (sent by ``AppWorker._shutdown``): a
+    fanned-out backfill ends after the chunk it is fetching
+    (``chunks.STOPPING``); any other job still running HORSE_STOP_GRACE_S
+    later is interrupted."""
+    if chunks.STOPPING.is_set():
+        return
+    chunks.STOPPING.set()
+    main = threading.main_thread().ident
+
+    def interrupt() -> None:
+        if main is not None and not chunks.STOP_AWARE.is_set():
+            signal.pthread_kill(main, signal.SIGUSR2)  # wakes a blocking call too
+    timer = threading.Timer(HORSE_STOP_GRACE_S, interrupt)
+    timer.daemon = True
+    timer.start()
+
+
+def _interrupt_job(_signum, _frame) -> None:
+    raise WorkerStopping(
+        f"interrupted: its worker was stopped (the appliance stopped or restarted) and the job "
+        f"had not ended {HORSE_STOP_GRACE_S:.0f} s later; what it stored is kept")
+
+
 def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     """Work the ``appliance`` queue until SIGTERM/SIGINT (or, with ``burst``,
     until it is empty). Returns the exit code (0)."""
@@ -327,8 +367,9 @@ def run_worker(rt, burst: bool = False, name: str | None = None) -> int:
     conn = _rq_connection(rt.endpoints.redis_url)
     early = EarlyStop()
     early.install()
-    # before any fork: every work horse inherits it (see AppWorker._shutdown)
-    signal.signal(signal.SIGUSR1, lambda _s, _f: chunks.STOPPING.set())
+    # before any fork: every work horse inherits them (see AppWorker._shutdown)
+    signal.signal(signal.SIGUSR1, _horse_asked_to_stop)
+    signal.signal(signal.SIGUSR2, _interrupt_job)
     queue_class = _queue_class(early)
     q = queue_class(QUEUE_NAME, connection=conn, default_timeout=cfg["jobs"]["timeout_seconds"])
     worker = _worker_class(early)([q], connection=conn, name=name, queue_class=queue_class,

@@ -350,3 +350,84 @@ def test_a_stop_while_redis_does_not_answer_ends_the_worker_at_once(tmp_path, da
     # the stop itself prints no traceback (RQ's scheduler process, which dies
     # with the connection before, is started again by RQ once Redis answers)
     assert "Traceback" not in out.split("warm shut down requested")[1], out
+
+
+def _processes_of(config_path) -> list[int]:
+    """Every process started with this config (a work horse runs in a
+    session of its own: it outlived a worker killed outright)."""
+    from pathlib import Path
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and str(config_path).encode() in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stopped_worker_interrupts_a_long_job_records_it_and_rq_runs_it_again(
+        config_factory, procs, tmp_path):
+    """SIGTERM (Ctrl-C of ``appliance up``, a restart) to a worker whose job
+    is not a fanned-out backfill waited for the whole job: ``up`` killed the
+    worker 25 s later and the work horse, in a session of its own, ran on
+    against a stopped database, its run left 'running'. Now the job is
+    interrupted a few seconds after the stop: the run is recorded as
+    interrupted, no process is left, and RQ's retry runs it again."""
+    from tests.fakes.polygon_fake import PolygonFake, make_truth
+    start, end = datetime(2024, 1, 2).date(), datetime(2024, 3, 28).date()
+    truth = make_truth(["AAPL"], start, end, seed=11)
+    # the first request for the bars answers only after 120 s
+    fake = PolygonFake(truth.bars, truth.splits, faults=["hang"],
+                       fault_paths="/v2/aggs/ticker/AAPL", hang_seconds=120)
+    with fake:
+        path = config_factory(
+            schedules=QUIET, symbols=["AAPL"],
+            history={"start": start.isoformat(), "lookback_sessions": 5},
+            jobs={"retries": 1, "retry_interval_seconds": 1},
+            provider={"name": "polygon",
+                      "polygon": {"api_key": "test-key", "base_url": fake.base_url,
+                                  "requests_per_minute": 6000, "timeout_seconds": 300,
+                                  "max_retries": 0, "retry_backoff_seconds": 0.01}},
+            backfill={"fan_out": False})
+        rt = _rt(path)
+        try:
+            log1 = open(tmp_path / "w1.log", "w+")
+            w1 = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "--config",
+                                   str(path), "worker", "--name", "w-stopped"],
+                                  env={**os.environ, "APPLIANCE_LOG_LEVEL": "INFO"},
+                                  stdout=log1, stderr=subprocess.STDOUT)
+            procs.append(w1)
+            run_id = queue_mod.enqueue(rt, "backfill", {"end": end.isoformat()})
+            wait_until(lambda: fake.faults_served["hang"] >= 1 or None, 60,
+                       "the backfill to wait on the hanging vendor")
+            w1.send_signal(signal.SIGTERM)
+            # it waited for the job (120 s more) before
+            w1.wait(timeout=20)
+            log1.seek(0)
+            out = log1.read()
+            assert w1.returncode == 0, out
+            assert _processes_of(path) == [], out  # no work horse left behind
+            row = _run(rt, run_id)
+            assert row["status"] == "failed", row
+            assert row["error"].startswith("interrupted: its worker was stopped"), row
+            with rt.conn() as conn:
+                ev = conn.execute("""SELECT level, message FROM events WHERE kind = 'backfill'
+                                     AND details->>'run_id' = %s""", (str(run_id),)).fetchall()
+            assert [lvl for lvl, m in ev if "interrupted" in m] == ["warning"], ev
+            assert "Traceback" not in out, out
+
+            # RQ's retry (jobs.retries) runs it again on the next worker
+            w2 = cli(path, "worker", "--name", "w-next")
+            procs.append(w2)
+            done = wait_until(lambda: (r := _run(rt, run_id))["status"] == "ok" and r or None,
+                              90, "the retried run to finish")
+            assert done["attempts"] == 2, done
+            with rt.conn() as conn:
+                n = conn.execute("SELECT count(*) FROM market_data WHERE symbol = 'AAPL'"
+                                 ).fetchone()[0]
+            assert n == len(truth.rows("AAPL"))
+            w2.send_signal(signal.SIGTERM)
+            w2.communicate(timeout=20)
+        finally:
+            rt.close()
