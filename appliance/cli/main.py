@@ -507,6 +507,8 @@ def backups(ctx, rescan, as_json):
         click.echo(f"{r['id']:>5}  {str(r.get('created_at') or '-')[:16].replace('T', ' '):<16}  "
                    f"{r['filename']:<32}  {r.get('size_bytes') or 0:>12} B  "
                    f"{r['status']:<8} restore test: {r.get('restore_test_status') or '-'}")
+        if r.get("restore_test_status") == "failed":
+            click.echo(f"{'':>7}why: {(r.get('restore_test_result') or {}).get('error') or '?'}")
 
 
 @main.command("restore-test")

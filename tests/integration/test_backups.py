@@ -189,6 +189,40 @@ def test_rescan_rebuilds_the_catalogue_from_the_manifests_alone(loaded):
     assert all(r["status"] == "ok" and r["sha256"] for r in rows)
 
 
+def test_rescan_calls_a_cut_short_archive_damaged_not_missing(loaded):
+    """A truncated archive on disk was 'missing' after a rescan, which said
+    it had marked none missing."""
+    rt = loaded
+    b = _backup(rt)
+    src = Path(b["path"])
+    with open(src, "r+b") as f:
+        f.truncate(src.stat().st_size // 2)
+    with rt.conn() as c:
+        res = backups.rescan(c, rt.config)
+        row = next(r for r in backups.list_backups(c) if r["filename"] == b["filename"])
+        ev = c.execute("SELECT level, message FROM events WHERE kind = 'backup' "
+                       "ORDER BY id DESC LIMIT 1").fetchone()
+    assert (res["marked_damaged"], res["marked_missing"], row["status"]) == (1, 0, "damaged")
+    assert ev[0] == "warning" and "1 damaged (size differs from the manifest)" in ev[1], ev
+    src.unlink()
+    with rt.conn() as c:
+        res = backups.rescan(c, rt.config)
+        row = next(r for r in backups.list_backups(c) if r["filename"] == b["filename"])
+    assert (res["marked_damaged"], res["marked_missing"], row["status"]) == (0, 1, "missing")
+
+
+def test_latest_on_an_unmounted_drive_says_the_drive_is_not_mounted(config_factory, tmp_path):
+    target = tmp_path / "drive"
+    target.mkdir()  # a folder on the root filesystem where the drive should be
+    rt = _runtime_with(config_factory, backup={"path": str(target), "require_mount": True})
+    try:
+        with pytest.raises(BackupError, match="no backup found .*; the backup drive is not "
+                                              "mounted"):
+            resolve_backup(rt.config, "latest", None)
+    finally:
+        rt.close()
+
+
 def test_backup_refuses_an_unmounted_path_when_a_mount_is_required(config_factory, tmp_path):
     target = tmp_path / "not-mounted"
     rt = _runtime_with(config_factory, backup={"path": str(target), "require_mount": True})

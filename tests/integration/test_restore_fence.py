@@ -185,6 +185,9 @@ def test_a_restore_of_a_missing_or_unusable_archive_says_it_cannot(runtime, conf
     assert p.returncode == 1
     assert "Cannot restore" in out and "no archive" in out and str(gone) in out, out
     assert "no manifest" not in out and "--yes" not in out, out
+    p = _cli(config_path, "restore", str(gone), "--yes")  # said as the plan says it
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and f"Cannot restore: no archive at {gone}" in out, out
     b = _archive(runtime)
     src = Path(b["path"])
     with open(src, "r+b") as f:
@@ -212,8 +215,16 @@ def test_a_restore_of_a_missing_or_unusable_archive_says_it_cannot(runtime, conf
     assert p.returncode == 1 and "Cannot restore" in out and "damaged" in out, out
     assert "sha256 mismatch" in out and "--yes" not in out, out
     # and the catalogue no longer calls it fine
-    listed = [ln for ln in _cli(config_path, "backups").stdout.splitlines() if b["filename"] in ln]
-    assert len(listed) == 1 and "restore test: failed" in listed[0], listed
+    lines = _cli(config_path, "backups").stdout.splitlines()
+    listed = [i for i, ln in enumerate(lines) if b["filename"] in ln
+              and not ln.strip().startswith("why:")]
+    assert len(listed) == 1 and "restore test: failed" in lines[listed[0]], lines
+    # with the reason, there and on the console's Backups page
+    why = lines[listed[0] + 1].strip()
+    assert why.startswith("why: ") and "sha256 mismatch" in why, lines
+    from appliance.web import create_app
+    html = create_app(runtime=runtime).test_client().get("/backups").get_data(as_text=True)
+    assert why[len("why: "):][:60] in html.replace("&#39;", "'"), html
 
 
 def test_a_failing_alert_evaluation_fails_the_restore_loudly(runtime, fresh_host):

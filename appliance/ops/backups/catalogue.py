@@ -46,17 +46,21 @@ def backup_dir(cfg) -> Path:
 
 def rescan(conn, cfg) -> dict:
     """Rebuild the catalogue from the manifests in ``backup.path`` alone.
-    Rows whose files are gone become 'missing' (or stay 'deleted')."""
+    Rows whose files are gone become 'missing' (or stay 'deleted'); an
+    archive whose size is not its manifest's (cut short) is 'damaged'."""
     bdir = backup_dir(cfg)
     found = disk_manifests(bdir)
     have = store.backup_statuses(conn)
-    added = updated = 0
+    added = updated = damaged = missing = 0
     seen = set()
     for archive, _mpath, m in found:
         fn = archive.name
         seen.add(fn)
         size = archive.stat().st_size if archive.exists() else None
-        status = "ok" if size is not None and size == m["archive"].get("size_bytes") else "missing"
+        status = ("missing" if size is None else
+                  "ok" if size == m["archive"].get("size_bytes") else "damaged")
+        damaged += status == "damaged"
+        missing += status == "missing" and have.get(fn) not in ("deleted", "missing")
         bid = upsert_backup(conn, filename=fn, path=str(archive), created_at=m.get("created_at"),
                             size_bytes=m["archive"].get("size_bytes"),
                             sha256=m["archive"].get("sha256"), manifest=m, status=status)
@@ -66,7 +70,6 @@ def rescan(conn, cfg) -> dict:
             updated += 1
         else:
             added += 1
-    missing = 0
     for fn, status in have.items():
         if fn not in seen and status not in ("deleted", "missing"):
             store.mark_backup_missing(conn, fn)
@@ -74,9 +77,13 @@ def rescan(conn, cfg) -> dict:
     orphans = sorted(p.name for p in bdir.iterdir() if NAME_RE.match(p.name)
                      and not manifest_path_for(p).exists()) if bdir.is_dir() else []
     res = {"path": str(bdir), "manifests": len(found), "added": added, "updated": updated,
-           "marked_missing": missing, "archives_without_manifest": orphans}
-    store.add_event(conn, "info", "backup", f"catalogue rescanned from {bdir}: "
-                    f"{len(found)} manifest(s), {added} added, {missing} marked missing", res)
+           "marked_missing": missing, "marked_damaged": damaged,
+           "archives_without_manifest": orphans}
+    store.add_event(conn, "warning" if damaged else "info", "backup",
+                    f"catalogue rescanned from {bdir}: {len(found)} manifest(s), {added} added, "
+                    f"{missing} marked missing"
+                    + (f", {damaged} damaged (size differs from the manifest)" if damaged else ""),
+                    res)
     return res
 
 
@@ -112,7 +119,9 @@ def resolve_backup(cfg, backup: str | int | None, conn=None) -> BackupRef:
                     ref = BackupRef(a, mp, m)
                     break
         if ref is None:
-            raise BackupError(f"no backup found (catalogue and {bdir})")
+            why = backup_drive_missing(cfg)
+            raise BackupError(f"no backup found (catalogue and {bdir})"
+                              + (f"; the backup drive is not mounted ({why})" if why else ""))
     elif b.isdigit():
         if conn is None:
             raise BackupError(f"backup id {b} needs the catalogue, which is unavailable: "

@@ -17,7 +17,7 @@ from appliance.config.redaction import mask_url
 from appliance.core.errors import BackupError
 from appliance.core.units import human_bytes
 from appliance.ops import history
-from appliance.ops.backups.catalogue import rescan, resolve_backup
+from appliance.ops.backups.catalogue import BackupRef, rescan, resolve_backup
 from appliance.ops.backups.common import (
     _MAX_IDENT,
     ALERT_KEY,
@@ -97,21 +97,23 @@ def restore_plan_text(rt, backup) -> str:
         f"  3. Create a new database {live}_restore_{stamp} and pg_restore the archive into it "
         f"(--exit-on-error --jobs={cfg['backup'].get('parallel_jobs')} --no-owner).",
         "  4. Check it like the restore test: schema version, row counts per table and per "
-        "symbol against the manifest. On any difference: drop it and stop; nothing else changes.",
+        "symbol against the manifest. On any difference: drop it and stop; nothing else changes. "
+        "Then bring its schema up to date (migrations) and merge the live operations history "
+        "into it.",
         f"  5. Swap: refuse new connections to {live!r}, end its open connections, then in one "
         f"transaction rename {live!r} -> {live}_old_{stamp} and the new database -> {live!r}.",
         "     Before it, the queue is fenced: jobs waiting in Redis that point into the history "
         "are pointed at their restored runs, or cancelled.",
-        "  6. Bring the schema up to date (migrations), rebuild the backup catalogue from "
-        "the manifests on disk and evaluate the alerts against the restored state (a failure "
-        "here fails the restore).",
+        "  6. Rebuild the backup catalogue from the manifests on disk and evaluate the alerts "
+        "against the restored state (a failure here fails the restore).",
         f"  7. Resume jobs (delete {SUSPEND_KEY}).",
         "",
         f"The previous database is kept as {live}_old_{stamp} until you drop it "
         f"(appliance kept-databases --drop {live}_old_{stamp} --yes).",
         "Data written after this backup was made is not in it: a backfill after the restore "
         "fetches the missing sessions again.",
-        "The operations history (job runs, events, alerts) is not rewound: the live "
+        "The operations history (job runs, events, alerts, config reloads, the backup "
+        "catalogue and its restore-test results) is not rewound: the live "
         "database's is kept (OPERATIONS.md, 'Why a restore never rewinds the operations "
         "history').",
     ]
@@ -347,6 +349,20 @@ def _undo(mconn, live: str, drop: str | None, allow: str | None) -> None:
     mconn.close()
 
 
+def _restorable(rt, backup, catalogue_conn) -> BackupRef:
+    """The backup ``backup`` names, or BackupError("Cannot restore: …"), as
+    the plan says it: no such archive, a damaged one, one for a newer version."""
+    try:
+        ref = resolve_backup(rt.config, backup, catalogue_conn)
+    except BackupError as e:
+        raise BackupError(f"{CANNOT} {e.message}") from None
+    if (why := _too_new(ref) or _unusable(ref, read=False)) is not None:
+        if _too_new(ref) is None:  # a whole archive for a newer version is no damage
+            record_damage(rt, ref, why, "a restore")
+        raise BackupError(f"{CANNOT} {why}")
+    return ref
+
+
 def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
                  wait_s: float = 120) -> dict:
     """Recover the live database from ``backup`` (see ``restore_plan_text``).
@@ -368,15 +384,13 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
     has_cat = _has_catalogue(live_conn)
     if live_conn is not None:
         live_conn.autocommit = True
-    ref = resolve_backup(cfg, backup, live_conn if has_cat else None)
-    if (why := _too_new(ref) or _unusable(ref, read=False)) is not None:
-        # before any job is suspended
+    try:  # before any job is suspended
+        ref = _restorable(rt, backup, live_conn if has_cat else None)
+    except BackupError:
         if live_conn is not None:
             live_conn.close()
         mconn.close()
-        if _too_new(ref) is None:  # a whole archive for a newer version is no damage
-            record_damage(rt, ref, why, "a restore")
-        raise BackupError(f"{CANNOT} {why}")
+        raise
     say(f"restoring {ref.archive} into {live!r}")
     suspended = created = swapped = conns_blocked = False
     try:
