@@ -755,6 +755,15 @@ def test_a_backup_a_newer_version_made_is_refused_by_the_plan_and_before_any_ste
     assert rt.redis.get(backups.SUSPEND_KEY) is None
     with rt.conn() as c:  # a whole archive: no failed restore test recorded against it
         assert backups.get_backup(c, b["backup_id"])["restore_test_status"] != "failed"
+    # its restore test passes (the archive is whole) and says this version cannot restore it
+    res = run_restore_test(rt, None, None, backup=b["filename"])
+    assert res["status"] == "ok", res
+    assert res["note"].startswith("the archive restores, but this appliance's restore refuses "
+                                  f"it: the backup {b['filename']} has schema version {newer}")
+    with rt.conn() as c:
+        ev = c.execute("SELECT level, message FROM events WHERE kind = 'restore_test' "
+                       "ORDER BY id DESC LIMIT 1").fetchone()
+    assert ev == ("warning", res["note"]), ev
 
 
 def test_full_restore_replaces_a_damaged_database_and_keeps_the_old_one(

@@ -33,6 +33,7 @@ from appliance.ops.backups.restore_test import (
     check_restored,
     record_damage,
     restore_into,
+    too_new,
     verify_archive_file,
 )
 from appliance.ops.backups.tools import (
@@ -65,7 +66,7 @@ def restore_plan_text(rt, backup) -> str:
     except BackupError as e:
         return f"{CANNOT} {e.message}"
     m = ref.manifest
-    if (why := _too_new(ref)) is not None:
+    if (why := too_new(ref)) is not None:
         return f"{CANNOT} {why}"
     if (why := _unusable(ref)) is not None:
         record_damage(rt, ref, why, "the restore plan")
@@ -122,22 +123,6 @@ def restore_plan_text(rt, backup) -> str:
 
 #: how ``restore_plan_text`` begins when the restore cannot be done
 CANNOT = "Cannot restore:"
-
-
-def _too_new(ref) -> str | None:
-    """Why this code cannot restore an archive a newer version made (its
-    schema has migrations this code does not know); None when it can. The
-    plan said yes to one, and the restore refused it only after pg_restore."""
-    m = ref.manifest
-    have, known = m.get("schema_version"), db.latest_version()
-    if not isinstance(have, int) or have <= known:
-        return None
-    made = f"appliance {m.get('appliance_version')}" + (
-        f" (commit {m['appliance_commit']})" if m.get("appliance_commit") else "")
-    return (f"the backup {ref.filename} has schema version {have}, newer than this "
-            f"appliance's {known}: {made} made it. Restore it with that version or a later "
-            f"one, or restore a backup this version made (the plan of each says its schema "
-            f"version)")
 
 
 def _unusable(ref, *, read: bool = True) -> str | None:
@@ -356,8 +341,8 @@ def _restorable(rt, backup, catalogue_conn) -> BackupRef:
         ref = resolve_backup(rt.config, backup, catalogue_conn)
     except BackupError as e:
         raise BackupError(f"{CANNOT} {e.message}") from None
-    if (why := _too_new(ref) or _unusable(ref, read=False)) is not None:
-        if _too_new(ref) is None:  # a whole archive for a newer version is no damage
+    if (why := too_new(ref) or _unusable(ref, read=False)) is not None:
+        if too_new(ref) is None:  # a whole archive for a newer version is no damage
             record_damage(rt, ref, why, "a restore")
         raise BackupError(f"{CANNOT} {why}")
     return ref

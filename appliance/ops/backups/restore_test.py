@@ -29,6 +29,7 @@ from appliance.ops.backups.tools import (
     scratch_name,
     server_major,
 )
+from appliance.store import pool as db
 
 log = logging.getLogger("appliance.backups")
 
@@ -175,6 +176,22 @@ def _record_outcome(rt, ref: BackupRef, result: dict, run_id: int | None) -> Non
                              "error": error})
 
 
+def too_new(ref) -> str | None:
+    """Why this code cannot restore an archive a newer version made (its
+    schema has migrations this code does not know); None when it can. The
+    plan said yes to one, and the restore refused it only after pg_restore."""
+    m = ref.manifest
+    have, known = m.get("schema_version"), db.latest_version()
+    if not isinstance(have, int) or have <= known:
+        return None
+    made = f"appliance {m.get('appliance_version')}" + (
+        f" (commit {m['appliance_commit']})" if m.get("appliance_commit") else "")
+    return (f"the backup {ref.filename} has schema version {have}, newer than this "
+            f"appliance's {known}: {made} made it. Restore it with that version or a later "
+            f"one, or restore a backup this version made (the plan of each says its schema "
+            f"version)")
+
+
 def record_damage(rt, ref: BackupRef, reason: str, found_by: str) -> None:
     """``found_by`` (a restore, its plan) found the archive of ``ref`` not
     whole: recorded as a failed restore test of it, so that the catalogue,
@@ -268,12 +285,23 @@ def restore_test(rt, backup="latest", report=None, run_id: int | None = None) ->
                    "scratch_database": scratch, "steps": steps.items})
     _record_outcome(rt, ref, result, run_id)
     steps.done("passed" if passed else "failed")
+    return _answer(rt, ref, result)
+
+
+def _answer(rt, ref: BackupRef, result: dict) -> dict:
+    """The job's result from the test's ``result``."""
+    passed = result["passed"]
     out = {"status": "ok" if passed else "failed", "backup_id": ref.id,
-           "filename": ref.filename, "path": str(ref.archive), "seconds": seconds,
+           "filename": ref.filename, "path": str(ref.archive), "seconds": result["seconds"],
            "restore_seconds": result.get("restore_seconds"),
            "validation": result.get("validation"), "checks": len(result["checks"])}
     if not passed:
-        out["error"] = error
+        out["error"] = result["error"]
+    elif (why := too_new(ref)) is not None:  # whole, but not for this version's restore
+        out["note"] = f"the archive restores, but this appliance's restore refuses it: {why}"
+        with rt.conn() as conn:
+            store.add_event(conn, "warning", "restore_test", out["note"],
+                            {"backup_id": ref.id, "path": str(ref.archive)})
     return out
 
 
@@ -289,6 +317,8 @@ class RestoreTestResult(JobResult, total=False):
     validation: dict[str, Any] | None
     #: how many numbers were compared with the manifest
     checks: int
+    #: a passed test of an archive a newer version made: this version's restore refuses it
+    note: str
 
 
 def run_restore_test(rt, run_id, report, backup="latest") -> RestoreTestResult:
