@@ -37,6 +37,9 @@ DATA_TABLES = ("market_data", "symbols", "symbol_stats", "splits", "missing_sess
 # --------------------------------------------------------------------------- helpers
 
 def _backfill(rt):
+    from appliance import store
+    with rt.conn() as c:  # the symbols table as `appliance up` leaves it (a restore syncs it)
+        store.sync_symbols(c, rt.config.symbols)
     res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params={})
     assert res["status"] == "ok", res
     return res
@@ -764,6 +767,31 @@ def test_a_backup_a_newer_version_made_is_refused_by_the_plan_and_before_any_ste
         ev = c.execute("SELECT level, message FROM events WHERE kind = 'restore_test' "
                        "ORDER BY id DESC LIMIT 1").fetchone()
     assert ev == ("warning", res["note"]), ev
+
+
+def test_a_restore_adds_the_symbols_configured_after_the_backup_and_queues_their_backfill(
+        loaded):
+    """The restored symbols table is the archive's: a symbol configured after
+    the backup was listed only at the next reload, which then called it new."""
+    from appliance import store
+    from appliance.jobs import runs as runs_mod
+    rt = loaded
+    late = rt.config.symbols[-1].symbol
+    with rt.conn() as c:  # the backup is made before ``late`` was configured
+        store.sync_symbols(c, rt.config.symbols)
+        c.execute("DELETE FROM market_data WHERE symbol = %s", (late,))
+        c.execute("DELETE FROM symbols WHERE symbol = %s", (late,))
+    b = _backup(rt)
+    with rt.conn() as c:  # then it was: a reload put it in the table
+        assert store.sync_symbols(c, rt.config.symbols)["added"] == [late]
+    res = backups.full_restore(rt, b["filename"])
+    assert res["symbols"]["added"] == [late] and res["symbols"]["removed"] == [], res
+    with rt.conn() as c:
+        active = c.execute("SELECT active FROM symbols WHERE symbol = %s", (late,)).fetchone()
+        run = runs_mod.get(c, res["symbols"]["backfill_run"])
+    assert active == (True,)
+    assert (run["job"], run["status"], run["trigger"], run["params"]) == (
+        "backfill", "queued", "restore", {"symbols": [late]}), run
 
 
 def test_full_restore_replaces_a_damaged_database_and_keeps_the_old_one(

@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _backfill(rt, **params):
+    from appliance import store
+    with rt.conn() as c:  # the symbols table as `appliance up` leaves it (a restore syncs it)
+        store.sync_symbols(c, rt.config.symbols)
     res = runs.execute(rt, "backfill", runs.manual_slot(), run_backfill, params=params)
     assert res["status"] == "ok", res
     return res

@@ -16,6 +16,7 @@ from appliance.alerts import rules as alerts
 from appliance.config.redaction import mask_url
 from appliance.core.errors import BackupError
 from appliance.core.units import human_bytes
+from appliance.jobs import queue as queue_mod
 from appliance.ops import history
 from appliance.ops.backups.catalogue import BackupRef, rescan, resolve_backup
 from appliance.ops.backups.common import (
@@ -105,8 +106,10 @@ def restore_plan_text(rt, backup) -> str:
         f"transaction rename {live!r} -> {live}_old_{stamp} and the new database -> {live!r}.",
         "     Before it, the queue is fenced: jobs waiting in Redis that point into the history "
         "are pointed at their restored runs, or cancelled.",
-        "  6. Rebuild the backup catalogue from the manifests on disk and evaluate the alerts "
-        "against the restored state (a failure here fails the restore).",
+        "  6. Rebuild the backup catalogue from the manifests on disk, make the symbols table "
+        "match the running config (a symbol configured after the backup gets its backfill "
+        "queued) and evaluate the alerts against the restored state (a failure here fails the "
+        "restore).",
         f"  7. Resume jobs (delete {SUSPEND_KEY}).",
         "",
         f"The previous database is kept as {live}_old_{stamp} until you drop it "
@@ -307,6 +310,27 @@ def _after_swap(cfg, url: str, ref, old: str | None, t0: float) -> dict:
     return scan
 
 
+def _configured_symbols(rt, url: str, say: Callable[[str], None]) -> dict:
+    """The restored symbols table made to match the running config, as a
+    reload does: a symbol configured after the backup was made is added and
+    its backfill queued (it starts once jobs resume), one removed since is
+    marked inactive. Without it, the symbols list showed an added symbol
+    only at the next reload, which then said it was new."""
+    with psycopg.connect(url, connect_timeout=10) as c:
+        sync = store.sync_symbols(c, rt.config.symbols)
+        c.commit()
+    out: dict = {**sync, "backfill_run": None}
+    if sync["added"]:
+        out["backfill_run"] = queue_mod.enqueue(rt, "backfill", {"symbols": sync["added"]},
+                                                trigger="restore")
+        say(f"configured symbols the backup does not have: {', '.join(sync['added'])}; "
+            f"backfill run {out['backfill_run']} queued, it starts once jobs resume")
+    if sync["removed"]:
+        say(f"symbols in the backup no longer configured, marked inactive (their data stays): "
+            f"{', '.join(sync['removed'])}")
+    return out
+
+
 def _swap(mconn, live: str, new: str, old: str | None) -> None:
     """In one transaction: live -> old (when there is a live database), new ->
     live; then the kept one takes connections again."""
@@ -414,6 +438,7 @@ def full_restore(rt, backup, progress: Callable[[str], None] | None = None,
                 "restore_seconds": round(secs, 3), "seconds": round(time.monotonic() - t0, 3),
                 "candles": chk["validation"]["candles"], "migrations_applied": applied,
                 "catalogue": scan, "history": merged, "fence": fence,
+                "symbols": _configured_symbols(rt, url, say),
                 "alerts": _reevaluate_alerts(rt, ref)}
     finally:
         if live_conn is not None:
