@@ -526,14 +526,18 @@ def watchdog(rt, stop: threading.Event, interval: float = 60.0,
 
     The ``alerts`` job is enqueued by the scheduler and run by a worker, so a
     dead scheduler or a dead worker would silence exactly the alerts that say
-    so. This loop evaluates the rules itself whenever no evaluation happened
-    for two intervals (normally the every-minute job keeps it idle).
+    so. This loop looks four times an interval and evaluates the rules itself
+    once no evaluation happened for 1.1 intervals, so that without the job
+    they are still evaluated about once an interval (normally the
+    every-minute job keeps it idle). It waited for two intervals, looking
+    once an interval: evaluations came every three, and an alert's ``for``
+    (worker_down's 120 s) took two of them, 5-6 minutes, to open.
     Evaluations take turns on an advisory lock, so any number of watchdogs is
     safe. Returns when ``stop`` is set."""
-    while not stop.wait(interval):
+    while not stop.wait(interval / 4):
         try:
             age = last_evaluation_age(rt)
-            if age is None or age > 2 * interval:
+            if age is None or age > 1.1 * interval:
                 res = evaluate(rt, disk_usage=disk_usage)
                 if res.get("opened") or res.get("resolved"):
                     log.info("alerts watchdog: opened %s, resolved %s",

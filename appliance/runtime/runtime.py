@@ -400,7 +400,10 @@ class Runtime:
                 self._boot = self._load_boot() or self._boot
             cfg = with_boot_values(cfg, self._boot)
             if cfg.sha256 != self._config.sha256:
-                log.info("config %s swapped in (version %d)", cfg.sha256[:12], v)
+                # joining (a command, a process starting) takes the running config
+                # rather than the file: expected, and no news on a command's terminal
+                log.log(logging.DEBUG if force else logging.INFO,
+                        "config %s swapped in (version %d)", cfg.sha256[:12], v)
             self._config = cfg
             self._config_version = v
 

@@ -554,6 +554,15 @@ def test_gaps_page_filters_by_kind_and_shows_the_explaining_split(client, runtim
     assert '<option value="dividend" selected>' in html
     assert re.search(r"0 split · \d+ dividend · 0 jump", html), html[:2000]
     assert "explained by the split" not in html
+    # a dividend row says what explains it (it said "no candle for this session")
+    with runtime.conn() as conn:
+        conn.execute("""UPDATE market_data SET gap_detected = true, gap_kind = 'dividend',
+                               gap_pct = -22.0
+                        WHERE symbol = 'AAPL' AND ts = (SELECT max(ts) FROM market_data
+                                                        WHERE symbol = 'AAPL')""")
+    html = client.get("/gaps?kind=dividend").get_data(as_text=True)
+    assert "explained by a cash dividend going ex this session" in html
+    assert "no candle for this session" not in html
 
 
 def test_events_page_filters_by_level_kind_and_text(client, runtime):
