@@ -315,13 +315,13 @@ def _run_with_progress(rt, job: str, fn, params: dict) -> dict:
     from appliance.jobs import runs
     interactive = sys.stderr.isatty()
     state = {"last": None}
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     prog = Progress(TextColumn("{task.description}"), BarColumn(),
                     MofNCompleteColumn(),  # "0/?" before the total is known, not "0/None"
-                    TextColumn("{task.fields[info]}"),
+                    TextColumn("{task.fields[info]}"), console=Console(stderr=True),
                     disable=not interactive, transient=False)
-
-    with prog:
+    with prog, progress.logs_above(prog):
         task = prog.add_task(job, total=None, info="")
 
         def wrapped(rt_, run_id, report, **kw):

@@ -2,7 +2,31 @@
 the progress line of a running one (symbols, months of 1m, chunks, flat files)."""
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
 from appliance.core.units import eta_text, human_bytes
+
+
+@contextlib.contextmanager
+def logs_above(prog) -> Iterator[None]:
+    """While rich's progress bar ``prog`` is live on the terminal, log lines
+    are printed above it: the log handlers wrote to the terminal's stderr
+    directly, through the bar, which the next refresh then drew again in the
+    middle of them. rich redirects ``sys.stderr`` while it is live; the
+    handlers are pointed at that for as long."""
+    swapped = []
+    if prog.live.is_started:
+        for h in logging.getLogger().handlers:
+            if type(h) is logging.StreamHandler and h.stream is not sys.stderr:
+                swapped.append((h, h.setStream(sys.stderr)))
+    try:
+        yield
+    finally:
+        for h, old in swapped:
+            h.setStream(old)
 
 
 def summary_line(res: dict) -> str:
