@@ -24,10 +24,11 @@ def open_alerts(conn: Connection[Any]) -> list[dict[str, Any]]:
 
 def alerts_list(conn: Connection[Any], *, status: str = "open", limit: int = 200) -> list[dict[str, Any]]:
     where = {"open": "status = 'open'", "resolved": "status = 'resolved'",
-             "all": "status IN ('open', 'resolved')"}[status]
+             "pending": "status = 'pending'",
+             "all": "status IN ('pending', 'open', 'resolved')"}[status]
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"""SELECT id, key, severity, status, message, details, opened_at,
-                               resolved_at, acknowledged_at, acknowledged_by
+                               resolved_at, acknowledged_at, acknowledged_by, pending_since
                         FROM alerts WHERE {where}
                         ORDER BY coalesce(resolved_at, opened_at) DESC, id DESC LIMIT %s""",
                     (limit,))

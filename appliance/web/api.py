@@ -536,8 +536,9 @@ _ALERT_FIELDS = openapi_doc.stored_fields("Alert")
 def alerts():
     args = query_args({"status", "limit"})
     st = args.get("status", "open")
-    if st not in ("open", "resolved", "all"):
-        raise BadRequest(f"status={st[:40]!r} must be open, resolved or all", "bad_status")
+    if st not in ("open", "pending", "resolved", "all"):
+        raise BadRequest(f"status={st[:40]!r} must be open, pending, resolved or all",
+                         "bad_status")
     limit = int_arg(args, "limit", 200, 1, 10000)
     with rt().read_conn() as conn:
         rows = store.alerts_list(conn, status=st, limit=limit)

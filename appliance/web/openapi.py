@@ -546,8 +546,8 @@ def _ops_paths() -> dict:
             errors=("400", "401", "403", "404", "409", "413", "503"))},
         "/api/v1/alerts": {"get": _read(
             "Alerts", _json(_ref("AlertList"), "Alerts."),
-            [_q("status", {"type": "string", "enum": ["open", "resolved", "all"],
-                           "default": "open"}, "Which alerts."),
+            [_q("status", {"type": "string", "enum": ["open", "pending", "resolved", "all"],
+                           "default": "open"}, "Which alerts (pending: not yet for its `for`)."),
              _limit(200, 10000)])},
         "/api/v1/openapi.json": {"get": {
             "summary": "This document", "description": READ_NOTE,

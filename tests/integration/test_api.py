@@ -694,6 +694,17 @@ def test_alerts_lists_open_and_resolved(loaded, runtime):
     assert loaded.get("/api/v1/alerts?status=all").get_json()["count"] == 2
     st = loaded.get("/api/v1/status").get_json()
     assert [a["key"] for a in st["alerts"]] == ["backup_age"]
+    # a firing rule waiting for its `for` duration: listed as pending, and by all
+    with runtime.conn() as conn:
+        conn.execute("""INSERT INTO alerts (key, severity, status, message, details)
+                        VALUES ('worker_down', 'critical', 'pending', 'no worker', '{}')""")
+    pending = loaded.get("/api/v1/alerts?status=pending").get_json()
+    assert [(a["key"], a["status"]) for a in pending["alerts"]] == [("worker_down", "pending")]
+    assert loaded.get("/api/v1/alerts?status=all").get_json()["count"] == 3
+    assert [a["key"] for a in loaded.get("/api/v1/alerts").get_json()["alerts"]] == ["backup_age"]
+    bad = loaded.get("/api/v1/alerts?status=firing")
+    assert bad.status_code == 400
+    assert "open, pending, resolved or all" in bad.get_json()["error"]["message"]
 
 
 def test_unknown_job_run_is_404(api, admin_headers):

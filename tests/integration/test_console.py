@@ -65,6 +65,13 @@ def test_dashboard_shows_cards_badge_and_demo_banner(client, backfilled):
     with backfilled.conn() as conn:
         total = store.summary(conn)["total_records"]
     assert f"{total:,}" in html
+    assert "Pending (they open" not in html
+    # a rule firing but waiting for its `for` duration is shown as such
+    with backfilled.conn() as conn:
+        conn.execute("""INSERT INTO alerts (key, severity, status, message, details)
+                        VALUES ('worker_down', 'critical', 'pending', 'no worker', '{}')""")
+    html = client.get("/dashboard").get_data(as_text=True)
+    assert re.search(r"Pending \(they open .*<strong>worker_down</strong> since", html), html
 
 
 def test_dashboard_polls_at_the_configured_interval_and_a_reload_changes_it(
