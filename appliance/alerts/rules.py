@@ -49,7 +49,7 @@ class Rule:
     for_seconds: int       # default; alerts.for_seconds[key] overrides
     summary: str
     response: str
-    check: Callable        # (m: Measures, cfg) -> (firing: bool, message: str, details: dict)
+    check: Callable  # (m, cfg) -> (firing, message, details); firing None: left as it is
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _validation(level: str):
         limit = a["validation_rate_critical_pct"] if level == "critical" else \
             a["validation_rate_warn_pct"]
         if level == "warning" and rate < a["validation_rate_critical_pct"]:
-            return False, "", {}  # the critical rule speaks for it
+            return None, "", {}  # the critical rule speaks; an open warning stays open
         return (rate < limit,
                 f"validation rate {rate}% is below {limit}%",
                 {"validation_rate_pct": rate, "threshold_pct": limit})
@@ -270,14 +270,16 @@ RULES: list[Rule] = [
     # "Escalation" sections, with the appliance's own commands and pages.
     Rule("validation_rate_critical", "critical", 0, "Validation rate critically low",
          "1. Escalate now (validation below the critical threshold). 2. Console Symbols: open "
-         "the red rows; each failed candle names the check it failed. 3. Console Events "
-         "(kind vendor/backfill): vendor errors, timeouts. 4. Check the vendor's status page "
+         "the red rows; each failed candle names the check it failed. 3. The log "
+         "('grep -i retry var/log/appliance.log', journalctl on a host) and the Jobs page's "
+         "backfill run: vendor errors, timeouts. 4. Check the vendor's status page "
          "and that the API key is still valid. 5. Re-fetch one symbol: 'appliance backfill "
          "SYMBOL --start D --end D'.", _validation("critical")),
     Rule("validation_rate_low", "warning", 300, "Low validation rate",
          "1. Console Symbols: open the red rows; each failed candle names the check it failed "
-         "(a new symbol with incomplete data is a common cause). 2. Console Events (kind "
-         "vendor/backfill): vendor degradation or timeouts during the backfill. 3. Check the "
+         "(a new symbol with incomplete data is a common cause). 2. The log "
+         "('grep -i retry var/log/appliance.log') and the Jobs page's backfill run: vendor "
+         "degradation or timeouts during the backfill. 3. Check the "
          "vendor's status page and that the API key is still valid. 4. A vendor outage "
          "recovers with the next backfill: no action needed once it resolves.",
          _validation("warning")),
@@ -316,15 +318,17 @@ RULES: list[Rule] = [
     Rule("restore_test_failed", "critical", 0, "Restore test failed",
          "Escalate: the backup it tested may not be usable. 1. Console Backups: the test's "
          "result says what differed. 2. Take a new backup ('appliance backup') and test it "
-         "('appliance restore-test'). 3. Keep the failed archive for analysis.",
+         "('appliance restore-test'). 3. Copy the failed archive elsewhere to analyse it: "
+         "retention deletes it in time.",
          _restore_test),
     Rule("disk_low_data", "warning", 0, "Low disk space (data)",
          "1. 'df -h' on data_dir. 2. Free space or grow the disk. 3. Large old history: set "
          "retention.data_years (the maintenance job drops whole old partitions).",
          _disk("data")),
     Rule("disk_low_backup", "warning", 0, "Low disk space (backups)",
-         "1. 'df -h' on backup.path. 2. Lower retention.backups_keep or rotate the backup "
-         "drive. 3. Backups refuse to start below backup.min_free_pct.", _disk("backup")),
+         "1. 'df -h' on backup.path. 2. Lower retention.backups_keep and 'appliance reload': "
+         "the next backup ('appliance backup' now) deletes the oldest archives first; or "
+         "rotate the backup drive. 3. Backups refuse to start below backup.min_free_pct.", _disk("backup")),
     Rule("gaps_high", "warning", 0, "Many gaps flagged",
          "Review the console's Gaps page now (the monthly gap review): kind split or dividend "
          "is explained, jump is a move over quality.gap_threshold_pct nothing explains, "
@@ -343,7 +347,9 @@ RULES: list[Rule] = [
          "'appliance backfill'; the alert resolves when a backfill succeeds.", _vendor_auth),
     Rule("vendor_rate_limited", "warning", 0, "Vendor rate limiting",
          "1. Lower provider.polygon.requests_per_minute to the plan's limit and 'appliance "
-         "reload'. 2. Console Events (kind vendor): retries and waits.", _rate_limited),
+         "reload'. 2. The log shows the retries and waits ('grep -i retry "
+         "var/log/appliance.log', journalctl on a host), /metrics counts them "
+         "(appliance_vendor_requests_total{kind=\"retry\"}).", _rate_limited),
     Rule("symbol_unknown", "warning", 0, "Symbol unknown to the vendor",
          "1. Check the ticker's spelling (and whether it was renamed or delisted). 2. Correct "
          "it, or remove it from symbols: in appliance.yaml, and 'appliance reload'. The alert "
@@ -433,6 +439,8 @@ def evaluate(rt, now: dt.datetime | None = None, *, disk_usage=shutil.disk_usage
                 continue
             row = active.get(rule.key)
             for_s = int(overrides.get(rule.key, rule.for_seconds))
+            if is_firing is None:
+                continue
             if is_firing:
                 firing.append(rule.key)
                 text = f"{rule.summary}: {message}. Response: {rule.response}"
@@ -527,13 +535,9 @@ def watchdog(rt, stop: threading.Event, interval: float = 60.0,
     The ``alerts`` job is enqueued by the scheduler and run by a worker, so a
     dead scheduler or a dead worker would silence exactly the alerts that say
     so. This loop looks four times an interval and evaluates the rules itself
-    once no evaluation happened for 1.1 intervals, so that without the job
-    they are still evaluated about once an interval (normally the
-    every-minute job keeps it idle). It waited for two intervals, looking
-    once an interval: evaluations came every three, and an alert's ``for``
-    (worker_down's 120 s) took two of them, 5-6 minutes, to open.
-    Evaluations take turns on an advisory lock, so any number of watchdogs is
-    safe. Returns when ``stop`` is set."""
+    once none happened for 1.1 intervals (it waited two, and worker_down's
+    120 s ``for`` took 5-6 minutes); the every-minute job keeps it idle.
+    Evaluations take turns on an advisory lock. Returns when ``stop`` is set."""
     while not stop.wait(interval / 4):
         try:
             age = last_evaluation_age(rt)

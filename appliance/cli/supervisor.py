@@ -396,8 +396,10 @@ class Supervisor:
             return False
         delay = 1.0 if lived > 60 else min(30.0, 2.0 ** min(c.restarts, 5))
         c.next_start = now + delay
-        log.error("%s exited with code %s after %.0f s; restarting in %.0f s (last line: %s)",
-                  c.role, c.last_code, lived, delay, c.last_error[-1] if c.last_error else "-")
+        # exit 0: stopped on purpose (SIGTERM by hand, a restart), no failure of its own
+        log.log(logging.WARNING if c.last_code == 0 else logging.ERROR,
+                "%s exited with code %s after %.0f s; restarting in %.0f s (last line: %s)",
+                c.role, c.last_code, lived, delay, c.last_error[-1] if c.last_error else "-")
         return True
 
     def _stop(self) -> None:
@@ -422,7 +424,7 @@ class Supervisor:
 def _record_exit(rt, c: Child, lived: float) -> None:
     try:
         with rt.conn() as conn:
-            store.add_event(conn, "error", "process",
+            store.add_event(conn, "warning" if c.last_code == 0 else "error", "process",
                             f"{c.role} exited with code {c.last_code} after {lived:.0f} s",
                             {"role": c.role, "code": c.last_code,
                              "last_error": c.last_error[-5:]})

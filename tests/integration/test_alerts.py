@@ -100,6 +100,21 @@ def test_validation_rate_alerts_open_at_their_thresholds_and_resolve(rt):
                     ("validation_rate_low", "resolved", True, True)]
 
 
+def test_an_open_warning_stays_open_when_validation_gets_critical(rt):
+    """It was resolved as the critical alert opened: a webhook was told
+    "resolved" as things got worse."""
+    _stats(rt, records=100, validated=80)
+    _eval(rt, T0)
+    assert _eval(rt, T0 + dt.timedelta(seconds=301))["opened"] == ["validation_rate_low"]
+    _stats(rt, records=100, validated=30)
+    r = _eval(rt, T0 + dt.timedelta(seconds=360))
+    assert r["opened"] == ["validation_rate_critical"] and r["resolved"] == [], r
+    assert _active(rt) == {"validation_rate_low": "open", "validation_rate_critical": "open"}
+    _stats(rt, records=100, validated=100)
+    r = _eval(rt, T0 + dt.timedelta(seconds=420))
+    assert sorted(r["resolved"]) == ["validation_rate_critical", "validation_rate_low"]
+
+
 def test_a_flapping_condition_never_opens(rt):
     _stats(rt, records=100, validated=80)
     _eval(rt, T0)

@@ -313,6 +313,39 @@ def test_backup_on_a_full_path_writes_nothing_and_raises_an_alert(config_factory
         rt.close()
 
 
+def test_a_lowered_backups_keep_frees_a_full_drive_for_the_next_backup(config_factory, tmpfs):
+    """The disk_low_backup response: lower retention.backups_keep. Retention
+    ran only after a backup, which the full drive refused first: nothing was
+    freed. Now a backup short of space applies retention first."""
+    d = tmpfs("64m")
+    backup = {"path": str(d), "min_free_pct": 1}
+    rt = _runtime_with(config_factory, backup=backup, retention={"backups_keep": 20})
+    made = []
+    try:
+        _backfill(rt)
+        made.append(_backup(rt)["filename"])  # the first is estimated from the database
+        # then the drive nearly full: room for a few archives
+        size = (d / made[0]).stat().st_size
+        free = os.statvfs(d).f_bavail * os.statvfs(d).f_frsize
+        (d / "filler").write_bytes(b"\0" * (free - 5 * size - 700_000))
+        with pytest.raises(BackupError, match="not enough free space"):
+            for _ in range(20):
+                made.append(_backup(rt)["filename"])
+    finally:
+        rt.close()
+    assert len(made) >= 3, made
+    rt = _runtime_with(config_factory, backup=backup, retention={"backups_keep": 2})
+    try:
+        res = _backup(rt)
+        assert res["status"] == "ok", res
+        kept = sorted(f for f in _files(d) if f.endswith(".dump"))
+        assert kept == sorted([made[-1], res["filename"]]), (kept, made)
+        assert sorted(res["retention_deleted"]) == sorted(made[:-1])
+        assert not [k for k, _, _ in _open_alerts(rt) if k == "backup_failed"]
+    finally:
+        rt.close()
+
+
 def test_disk_filling_up_midway_leaves_nothing_and_older_backups_intact(
         config_factory, tmpfs, monkeypatch):
     """The estimate is wrong (the free-space check passes), the disk fills

@@ -616,3 +616,15 @@ def test_a_minute_backfill_shows_its_bars_and_a_table_of_unlike_items_lines_up(c
             "bars": ""} in rows, rows
     assert {"item": "1m", "symbols": "2", "start": "2024-06-03", "end": "2024-06-14",
             "bars": "1560"} in rows, rows
+
+
+def test_the_alerts_panel_does_not_say_none_when_it_cannot_read_them(app):
+    """With PostgreSQL stopped it said "No open alerts." (the badge was red)."""
+    from flask import render_template
+    with app.test_request_context("/dashboard"):
+        down = render_template("partials/dash_alerts.html", alerts=[], pending=[], oob=False,
+                               snap={"status": "error"}, is_admin=False)
+        up = render_template("partials/dash_alerts.html", alerts=[], pending=[], oob=False,
+                             snap={"status": "ok"}, is_admin=False)
+    assert "No open alerts" not in down and "The alerts cannot be read" in down
+    assert "No open alerts" in up

@@ -107,6 +107,23 @@ def check_free_space(conn, cfg, bdir: Path) -> dict:
     return info
 
 
+def _free_space(rt, cfg, lock_conn, bdir: Path) -> tuple[dict, list[str]]:
+    """``check_free_space``; when the space is short, retention is applied
+    first (it deletes only archives it would delete after this backup anyway)
+    and the space checked again: lowering ``retention.backups_keep`` on a full
+    drive freed nothing, since retention ran only after a backup the full
+    drive refused. Returns (the space, the file names retention deleted)."""
+    try:
+        return check_free_space(lock_conn, cfg, bdir), []
+    except BackupError:
+        with rt.conn() as conn:
+            early = apply_retention(conn, cfg)
+        if not early:
+            raise
+        log.info("backup: not enough free space; retention deleted %s first", early)
+        return check_free_space(lock_conn, cfg, bdir), early
+
+
 def check_backup_path(cfg) -> Path:
     """The backup directory, created when missing, unless ``backup.require_mount``:
     then ``backup.path`` must already exist on a mounted filesystem other than
@@ -197,9 +214,10 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
         steps.ok("check backup path", f"{bdir}" + (f"; removed leftovers {removed}" if removed
                                                    else ""))
         steps.start("check free space")
-        space = check_free_space(lock_conn, cfg, bdir)
+        space, early = _free_space(rt, cfg, lock_conn, bdir)
         steps.ok("check free space", f"{human_bytes(space['free_bytes'])} free, "
-                                     f"{human_bytes(space['needed_bytes'])} needed")
+                                     f"{human_bytes(space['needed_bytes'])} needed"
+                 + (f" after retention deleted {len(early)}" if early else ""))
         dump_url, source = dump_source(rt, cfg)
         res = _dump(rt, cfg, dump_url, bdir, steps, lock_conn, space, t0, run_id,
                     source=source)
@@ -209,7 +227,7 @@ def create_backup(rt, report=None, run_id: int | None = None) -> dict:
             deleted = apply_retention(conn, cfg)
         alerts.announce(rt, "resolved", resolved)
         steps.ok("retention", f"deleted {len(deleted)}" if deleted else "nothing to delete")
-        res["retention_deleted"] = deleted
+        res["retention_deleted"] = early + deleted
         steps.done()
         return res
     except BaseException as e:
