@@ -115,7 +115,8 @@ def _worker(m: Measures, cfg):
         return False, "", {}  # scheduler_stopped already says Redis is down
     age = m.health.queue.get("worker_heartbeat_age_s")
     return (not m.health.worker_alive,
-            "no worker heartbeat" + (f" for {age:.0f} s" if age is not None else ""),
+            "no worker heartbeat" + (f" for {age:.0f} s" if age is not None else
+                                     f" in the last {cfg['alerts']['scheduler_heartbeat_max_seconds']} s"),
             {"heartbeat_age_s": age})
 
 
