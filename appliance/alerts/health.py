@@ -102,6 +102,7 @@ def _start_db_probe(rt, timeout: float) -> cf.Future:
                 store.settings.statement_timeout_local(conn, timeout)
                 out = store.summary(conn)
                 out["open_alerts"] = store.open_alerts(conn)
+                out["pending_alerts"] = store.alerts_list(conn, status="pending", limit=20)
                 out["unknown_symbols"] = [r["symbol"]
                                           for r in store.symbols.unknown_symbols(conn)]
                 out["last_runs"] = _last_runs(conn)
