@@ -670,8 +670,11 @@ def test_a_worker_killed_mid_file_leaves_nothing_and_the_file_is_taken_over(flat
     try:
         def copying():
             with rt.conn() as conn:
+                # this test's database only: another test's COPY (a parallel
+                # worker) had the victim killed before it claimed the file
                 return conn.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE "
-                                    "'COPY minute_%%'").fetchone()
+                                    "'COPY minute_%%' AND datname = current_database()"
+                                    ).fetchone()
         wait_until(copying, 60, "the worker streaming the file into its COPY", step=0.05)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
