@@ -23,8 +23,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pyarrow as pa
 
-from appliance.store import adjustment
-from appliance.store.columnar import COLUMNS, NULL_INT8, NULL_TRADES, bars_sql, kind_of, session_arrays
+from appliance.store import adjustment, packed
+from appliance.store.columnar import COLUMNS, bars_sql, kind_of, session_arrays
+from appliance.store.packed import NULL_INT8, NULL_TRADES
 
 FORMATS = ("json", "csv", "parquet", "arrow")
 MIMETYPES = {"parquet": "application/vnd.apache.parquet",
@@ -290,8 +291,53 @@ def _column(arrays: Sequence[bytes | None], dtype: str,
 def _minute_ints(rows: Sequence[tuple], sizes: np.ndarray) -> np.ndarray:
     """The scaled minute sessions' integers as the prices and volume they
     stand for (six rows, NULL_INT8: none): close, high and low rebuilt from
-    the candle's body and wicks where the session has them
-    (``0013_minute_offsets.sql``; as ``store.minutes._decoded`` in SQL)."""
+    the candle's body and wicks where the session has them, packed (0017,
+    the rule) or as arrays (0013; as ``store.minutes._decoded`` in SQL)."""
+    is_packed = np.fromiter((r[17] is not None for r in rows), bool, len(rows))
+    if is_packed.all():
+        return _packed_ints([r[17] for r in rows], sizes)
+    if not is_packed.any():
+        return _array_ints(rows, sizes)
+    ints = np.empty((len(_PRICE_COLUMNS), int(sizes.sum())), np.int64)
+    sel = np.repeat(is_packed, sizes)
+    ints[:, sel] = _packed_ints([r[17] for r in rows if r[17] is not None], sizes[is_packed])
+    ints[:, ~sel] = _array_ints([r for r in rows if r[17] is None], sizes[~is_packed])
+    return ints
+
+
+def _packed_ints(blobs: Sequence[bytes], sizes: np.ndarray) -> np.ndarray:
+    """``_minute_ints`` of packed sessions (``store.packed``)."""
+    ints = np.empty((len(_PRICE_COLUMNS), int(sizes.sum())), np.int64)
+    o, close = ints[0], ints[3]
+    o[:] = packed.unpack(blobs, sizes, "open")
+    np.add(o, packed.unpack(blobs, sizes, "body"), out=close)
+    np.add(np.maximum(o, close, out=ints[1]), packed.unpack(blobs, sizes, "upper_wick"),
+           out=ints[1])
+    np.subtract(np.minimum(o, close, out=ints[2]), packed.unpack(blobs, sizes, "lower_wick"),
+                out=ints[2])
+    ints[4] = packed.unpack(blobs, sizes, "volume")
+    ints[5] = packed.unpack(blobs, sizes, "vwap")
+    return ints
+
+
+def _trades(rows: Sequence[tuple], sizes: np.ndarray, rollup: bool) -> np.ndarray:
+    """The trade counts of the sessions (NULL_TRADES: none), packed or arrays."""
+    is_packed = np.fromiter((r[17] is not None for r in rows), bool, len(rows))
+    if not is_packed.any():
+        return _column([r[10] for r in rows], ">i8" if rollup else ">i4",
+                       NULL_TRADES)[0].astype(np.int64)
+    if is_packed.all():
+        return packed.unpack([r[17] for r in rows], sizes, "trades")
+    out = np.empty(int(sizes.sum()), np.int64)
+    sel = np.repeat(is_packed, sizes)
+    out[sel] = packed.unpack([r[17] for r in rows if r[17] is not None], sizes[is_packed],
+                             "trades")
+    out[~sel] = _column([r[10] for r in rows if r[17] is None], ">i4", NULL_TRADES)[0]
+    return out
+
+
+def _array_ints(rows: Sequence[tuple], sizes: np.ndarray) -> np.ndarray:
+    """``_minute_ints`` of sessions stored as arrays."""
     ints = np.zeros((len(_PRICE_COLUMNS), int(sizes.sum())), np.int64)
     candle = np.fromiter((r[12] is not None for r in rows), bool, len(rows))
     sel = np.repeat(candle, sizes)
@@ -377,8 +423,7 @@ def decode_sessions(rows: Sequence[tuple], steps: Sequence[tuple], tz: str) -> d
         if steps:  # without steps (mode none, or none stored): the stored values
             v = v / kv if c == "volume" else v * kp
         out[c] = v
-    out["trades"] = _column([r[10] for r in rows], ">i8" if rollup else ">i4",
-                            NULL_TRADES)[0].astype(np.int64)
+    out["trades"] = _trades(rows, sizes, rollup)
     starts = np.cumsum(sizes) - sizes
     bad, n_bad = _column([r[11] for r in rows], ">i2")
     validated = np.ones(len(day), bool)

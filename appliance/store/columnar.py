@@ -79,13 +79,8 @@ def intraday_copy_sql(timeframe: str, *, adjust: str | bool | None, include_inva
                TO STDOUT (FORMAT binary)"""
 
 
-#: A NULL element of an int8 price array read by ``session_arrays`` (no
-#: stored value: they are below 2**62 in magnitude, see ``minutecopy._scale_of``).
-NULL_INT8 = -(2 ** 63)
-#: A NULL trade count as ``ops.arrowbars`` decodes it (counts are never negative).
-NULL_TRADES = -1
 #: The array columns of ``session_arrays``' rows, after (session, scale);
-#: then (volume_scale, vwap_scale, bars).
+#: then (volume_scale, vwap_scale, packed, bars).
 ARRAY_COLUMNS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
                  "invalid", "body", "upper_wick", "lower_wick")
 
@@ -114,7 +109,8 @@ def arrays_sql(timeframe: str) -> str:
     """One row per stored session of ``%(symbol)s`` from the first session a
     cursor ``%(after)s`` can need (and after ``%(past)s``, NULL: any) to
     ``%(end)s``, oldest first, at most ``%(sessions)s`` of them: (session,
-    scale, *ARRAY_COLUMNS, volume_scale, vwap_scale, bars), the arrays as stored (a NULL element stays NULL:
+    scale, *ARRAY_COLUMNS, volume_scale, vwap_scale, packed, bars), the arrays
+    and the packed numbers (``store.packed``) as stored (a NULL element stays NULL:
     replacing it in SQL would rebuild every array, a quarter of the time of
     the whole read; ``ops.arrowbars`` decodes them). Rollups have no scale
     (NULL: the floats as they are), no raw, no invalid bar and no candle."""
@@ -122,7 +118,7 @@ def arrays_sql(timeframe: str) -> str:
         return f"""SELECT b.session, b.scale, b.minutes, b.open, b.high, b.low, b.close,
                           b.volume, b.vwap, b.raw, b.trades, b.invalid, b.body,
                           b.upper_wick, b.lower_wick, b.volume_scale, b.vwap_scale,
-                          cardinality(b.minutes)
+                          b.packed, cardinality(b.minutes)
                    FROM minute_bars b
                    WHERE b.symbol = %(symbol)s
                      AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}
@@ -134,7 +130,7 @@ def arrays_sql(timeframe: str) -> str:
                       coalesce(b.close, d.close), coalesce(b.volume, d.volume), b.vwap,
                       NULL::float8[], b.trades, '{{}}'::int2[],
                       NULL::int2[], NULL::int2[], NULL::int2[], NULL::int2, NULL::int2,
-                      cardinality(b.starts)
+                      NULL::bytea, cardinality(b.starts)
                FROM rollup_bars b {_ROLLUP_FLOATS}
                WHERE b.symbol = %(symbol)s AND b.timeframe = %(tf)s
                  AND b.session BETWEEN {_FIRST_SESSION} AND %(end)s {_PAST}

@@ -20,7 +20,7 @@ from psycopg import Cursor, sql
 
 from appliance.core.rollups import Buckets, rollups
 from appliance.core.timeframes import ROLLUPS
-from appliance.store import pgcopy
+from appliance.store import packed, pgcopy
 
 #: Fewest decimals tried before a day is stored as float8 (``raw``).
 MAX_SCALE = 9
@@ -29,7 +29,7 @@ _INT4_MAX = 2 ** 31 - 1
 #: minute_bars' columns in the order ``session_rows`` writes them.
 COLUMNS = ("symbol", "session", "minutes", "scale", "open", "high", "low", "close", "volume",
            "vwap", "raw", "trades", "invalid", "source", "body", "upper_wick", "lower_wick",
-           "volume_scale", "vwap_scale")
+           "volume_scale", "vwap_scale", "packed")
 ROLLUP_COLUMNS = ("symbol", "timeframe", "session", "starts", "open", "high", "low", "close",
                   "volume", "vwap", "trades", "scale", "volume_scale", "open_scaled",
                   "volume_scaled", "body", "upper_wick", "lower_wick")
@@ -175,18 +175,17 @@ _EXACT = 2 ** 53
 
 
 def _candles(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, good: np.ndarray,
-             off: np.ndarray) -> tuple[np.ndarray, list[pgcopy.Arrays]]:
+             off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which rows (bars at ``off``) can be stored as candles (0013, 0014):
     every bar ``good`` and its body (close - open), upper wick (high -
     greatest(open, close)) and lower wick (least(open, close) - low) each a
-    smallint; and those three ``int2`` arrays (exact, being integers)."""
+    smallint; and those three rows of ``int16`` (exact, being integers)."""
     parts = np.stack([c - o, h - np.maximum(o, c), np.minimum(o, c) - lo])
     fits = good & (np.abs(parts) < _INT2).all(axis=0)
     cum = np.concatenate(([0], np.cumsum(fits)))
     n = np.diff(off)
     ok = (n > 0) & (cum[off[1:]] - cum[off[:-1]] == n)
-    parts = np.where(np.repeat(ok, n), parts, 0).astype(np.int16)
-    return ok, [pgcopy.Arrays("int2", part, off) for part in parts]
+    return ok, np.where(np.repeat(ok, n), parts, 0).astype(np.int16)
 
 
 def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.ndarray]:
@@ -218,27 +217,35 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
     if len(tr) and tr.max() > _INT4_MAX:  # binary int4 would wrap where text COPY refused
         raise ValueError(f"a trade count of {int(tr.max())} does not fit minute_bars.trades (int4)")
     trades = pgcopy.Arrays("int4", tr, off, tr < 0)
+    packs = dict(zip(np.nonzero(candle)[0].tolist(), packed.pack(
+        {"open": o, "body": parts[0], "upper_wick": parts[1], "lower_wick": parts[2],
+         "volume": np.where(finite[4], ints[4], packed.NULL_INT8),
+         "vwap": np.where(finite[5], ints[5], packed.NULL_INT8),
+         "trades": np.where(tr < 0, packed.NULL_TRADES, tr)}, off, np.nonzero(candle)[0]),
+        strict=True)) if candle.any() else {}
     bad = [np.asarray(s.invalid, dtype=np.int64) for s in chunk]
     invalid = pgcopy.Arrays("int2", np.concatenate(bad) if bad else np.zeros(0),
                             pgcopy.offsets_of([len(b) for b in bad]))
     rows = []
     for i, s in enumerate(chunk):
-        if candle[i]:  # open, then high, low and close NULL for the body and wicks
-            fo, _, _, _, fv, fvw = (a.field(i) for a in cols)
-            values = [pgcopy.int2(int(k[i])), fo, *([pgcopy.NULL] * 3), fv, fvw, pgcopy.NULL]
-            extra = [*(part.field(i) for part in parts), pgcopy.int2(int(kv[i])),
-                     pgcopy.int2(int(kw[i]))]
+        tr_i = trades.field(i)
+        if candle[i]:  # the numbers packed (0017), the arrays NULL
+            values = [pgcopy.int2(int(k[i])), *([pgcopy.NULL] * 7)]
+            tr_i = pgcopy.NULL
+            extra = [*([pgcopy.NULL] * 3), pgcopy.int2(int(kv[i])), pgcopy.int2(int(kw[i])),
+                     pgcopy.binary(packs[i])]
         elif k[i] >= 0:
             values = [pgcopy.int2(int(k[i])), *(c.field(i) for c in cols), pgcopy.NULL]
-            extra = [*([pgcopy.NULL] * 3), pgcopy.int2(int(kv[i])), pgcopy.int2(int(kw[i]))]
+            extra = [*([pgcopy.NULL] * 3), pgcopy.int2(int(kv[i])), pgcopy.int2(int(kw[i])),
+                     pgcopy.NULL]
         else:
             raw = x[:, off[i]:off[i + 1]].ravel()
             values = [pgcopy.NULL, *([pgcopy.NULL] * 6),
                       pgcopy.Arrays("float8", raw, np.array([0, len(raw)]), np.isnan(raw))
                       .field(0, dims=(6, int(n[i])))]
-            extra = [pgcopy.NULL] * 5
+            extra = [pgcopy.NULL] * 6
         rows.append(pgcopy.row([pgcopy.text(s.symbol), pgcopy.date(s.session), mins.field(i),
-                                *values, trades.field(i), invalid.field(i),
+                                *values, tr_i, invalid.field(i),
                                 pgcopy.text(s.source), *extra]))
     stored = np.where(finite | ~scaled, x, np.nan)  # a scaled day keeps no inf: NULL
     return b"".join(rows), stored, np.where(k >= 0, kv, -1)
@@ -266,7 +273,7 @@ def _rollup_candles(b: Buckets, off: np.ndarray, kv: np.ndarray
         & np.repeat((k >= 0) & (kv >= 0), n)
     ok, parts = _candles(o, h, lo, c, good, off)
     return ok, np.stack([k, kv]), [pgcopy.Arrays("int8", o, off), pgcopy.Arrays("int8", vol, off),
-                                   *parts]
+                                   *(pgcopy.Arrays("int2", part, off) for part in parts)]
 
 
 @dataclass(frozen=True)

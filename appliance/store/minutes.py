@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from appliance.core.timeframes import ROLLUPS
 from appliance.store import adjustment as adj
 from appliance.store import maintenance as mnt
-from appliance.store import minutecopy
+from appliance.store import minutecopy, packed
 from appliance.store import pool as db
 from appliance.store.minutecopy import COLUMNS as _STAGE
 from appliance.store.minutecopy import MinuteSession
@@ -184,9 +184,8 @@ def _decoded(alias: str = "b") -> str:
             f"u.n AS trades, NOT ((u.i - 1)::smallint = ANY({b}.invalid)) AS validated")
 
 
-_UNNEST = ("CROSS JOIN LATERAL unnest(b.minutes, b.open, b.high, b.low, b.close, b.volume, "
-           "b.vwap, b.trades, b.body, b.upper_wick, b.lower_wick) "
-           "WITH ORDINALITY u(m, o, h, lo, c, v, vw, n, bd, uw, lw, i)")
+#: Each bar of the sessions ``b`` as ``u`` (``_decoded``), arrays or packed.
+_UNNEST = packed.UNNEST
 
 
 _ROLLUP_UNNEST = ("CROSS JOIN LATERAL unnest(b.starts, b.open, b.high, b.low, b.close, "
@@ -479,10 +478,11 @@ def symbols_on(conn: Connection[Any], session: dt.date) -> set[str]:
 
 def old_layout_keys(conn: Connection[Any], limit: int) -> list[tuple[str, dt.date]]:
     """Up to ``limit`` scaled minute sessions stored before migration 0013
-    (no ``volume_scale``), oldest first: what ``ops.repack`` writes again."""
+    (no ``volume_scale``) or as array candles before 0017 (``body``), oldest
+    first: what ``ops.repack`` writes again."""
     return [(r[0], r[1]) for r in conn.execute(
         """SELECT symbol, session FROM minute_bars
-           WHERE scale IS NOT NULL AND volume_scale IS NULL
+           WHERE scale IS NOT NULL AND (volume_scale IS NULL OR body IS NOT NULL)
            ORDER BY session, symbol LIMIT %s""", (limit,))]
 
 

@@ -86,6 +86,11 @@ def text(value: str | None) -> bytes:
     return _I.pack(len(b)) + b
 
 
+def binary(value: bytes) -> bytes:
+    """A ``bytea`` field."""
+    return _I.pack(len(value)) + value
+
+
 def date(value: dt.date) -> bytes:
     return _DATE.pack(4, value.toordinal() - _PG_EPOCH)
 

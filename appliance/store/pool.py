@@ -294,7 +294,7 @@ def ensure_partitions(conn: Connection[Any], first_year: int, last_year: int,
 #: rows stored before keep theirs, and both read alike.
 LZ4_COLUMNS = {
     "minute_bars": ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
-                    "invalid", "body", "upper_wick", "lower_wick"),
+                    "invalid", "body", "upper_wick", "lower_wick", "packed"),
     "rollup_bars": ("starts", "open", "high", "low", "close", "volume", "vwap", "trades",
                     "open_scaled", "volume_scaled", "body", "upper_wick", "lower_wick"),
 }

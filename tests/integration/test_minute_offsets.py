@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from appliance.ops import arrowbars, repack
-from appliance.store import columnar
+from appliance.store import columnar, packed
 from appliance.store import minutes as mstore
 from appliance.store import pool as db
 from tests.integration.test_minute_partitions import _migrate_up_to
@@ -108,23 +108,27 @@ def test_a_session_written_now_is_stored_as_a_candle_and_reads_the_same(empty_db
         conn.commit()
         got = {r[0]: r[1:] for r in conn.execute(
             """SELECT symbol, scale, volume_scale, high IS NULL, low IS NULL, close IS NULL,
-                      body[1:3], upper_wick[1:3], lower_wick[1:3], high[1:3]
+                      packed, high[1:3]
                FROM minute_bars WHERE symbol <> 'CENTS'""")}
         assert got["AAPL"][:5] == (4, 0, True, True, True)  # the volume at its own scale
-        o, c = np.rint(s.open[:3] * 1e4), np.rint(s.close[:3] * 1e4)
-        assert got["AAPL"][5] == (c - o).tolist()
-        assert got["AAPL"][6] == (np.rint(s.high[:3] * 1e4) - np.maximum(o, c)).tolist()
-        assert got["AAPL"][7] == (np.minimum(o, c) - np.rint(s.low[:3] * 1e4)).tolist()
+        # the candle (0013), packed (0017): body and wicks after the opens
+        o, c = np.rint(s.open * 1e4), np.rint(s.close * 1e4)
+        n, blob = len(s.open), got["AAPL"][5]
+        parts = [packed.unpack([blob], np.array([n]), f) for f in
+                 ("open", "body", "upper_wick", "lower_wick")]
+        assert parts[0].tolist() == o.tolist() and parts[1].tolist() == (c - o).tolist()
+        assert parts[2].tolist() == (np.rint(s.high * 1e4) - np.maximum(o, c)).tolist()
+        assert parts[3].tolist() == (np.minimum(o, c) - np.rint(s.low * 1e4)).tolist()
         for other in ("GAP", "WIDE"):
-            assert got[other][:5] == (4, 0, False, False, False)
-            assert got[other][5:8] == (None, None, None)
-        assert got["GAP"][8] == np.rint(gap.high[:3] * 1e4).tolist()
+            assert got[other][:6] == (4, 0, False, False, False, None)
+        assert got["GAP"][6] == np.rint(gap.high[:3] * 1e4).tolist()
         for x in (s, gap, wide, cents):
             _equal(_read_sql(conn, x.symbol, x.session), x)
             _equal(_read_numpy(conn, x.symbol, x.session), x)
         with psycopg.connect(empty_db) as other:  # the database holds the layout's rules
-            for bad in ("SET high = open WHERE symbol = 'AAPL'",  # both forms at once
-                        "SET body = body[1:3] WHERE symbol = 'AAPL'",
+            for bad in ("SET packed = '\\x00'::bytea WHERE symbol = 'GAP'",  # two forms
+                        "SET open = minutes::int8[] WHERE symbol = 'AAPL'",
+                        "SET packed = substring(packed FROM 1 FOR 34) WHERE symbol = 'AAPL'",
                         "SET volume_scale = 12 WHERE symbol = 'AAPL'"):
                 with pytest.raises(psycopg.errors.CheckViolation):
                     other.execute(f"UPDATE minute_bars {bad}")
@@ -193,7 +197,7 @@ def test_repack_writes_a_store_of_before_0013_again_as_candles_with_the_same_bar
     assert repack.repack(conn_cm, on_batch=seen.append) == {"sessions": 1}  # the raw stays
     assert repack.repack(conn_cm) == {"sessions": 0} and seen == [2, 1]
     with psycopg.connect(empty_db) as conn:
-        forms = dict(conn.execute("SELECT symbol || session, body IS NOT NULL "
+        forms = dict(conn.execute("SELECT symbol || session, packed IS NOT NULL "
                                   "FROM minute_bars").fetchall())
         assert sorted(forms.values()) == [False, True, True, True]  # all but the raw one
         assert conn.execute("SELECT count(*) FROM rollup_bars WHERE scale IS NOT NULL"
@@ -244,7 +248,7 @@ def test_a_database_that_applied_0013_before_it_had_vwap_scale_gets_it(empty_db)
                 conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, name))
         with pytest.raises(psycopg.errors.UndefinedColumn):  # schema 15, and broken
             _read_sql(conn, old.symbol, old.session)
-    assert db.migrate(empty_db) == [16]
+    assert db.migrate(empty_db) == [16, 17]
     cents = _session("CENTS", dt.date(2024, 3, 5), n=20, seed=7)
     for name in ("high", "low"):
         getattr(cents, name)[:] = np.round(getattr(cents, name), 2)

@@ -28,6 +28,7 @@ RELEASED = {
     "0014_rollup_candles.sql": "d429a9730aaafe8e",
     "0015_minute_session_index.sql": "5dbac49a238823a7",
     "0016_minute_vwap_scale.sql": "f4711ceaccdbf7f0",
+    "0017_minute_packed.sql": "37f64b489f58b82d",
 }
 
 

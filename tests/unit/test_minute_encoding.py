@@ -55,9 +55,10 @@ def _decode(row: list) -> dict:
     """The arrays of one encoded session, as PostgreSQL would read them back
     (NULL elements: NaN prices, -1 trades)."""
     named = dict(zip(minutecopy.COLUMNS, row, strict=True))
-    out = {"minute": _array(named["minutes"])[1],
-           "trades": [-1 if x is None else x for x in _array(named["trades"])[1]],
-           "invalid": _array(named["invalid"])[1]}
+    out = {"minute": _array(named["minutes"])[1], "invalid": _array(named["invalid"])[1]}
+    if named["packed"] is not None:  # 0017: the candle's numbers in one bytea
+        return _decode_packed(named, out)
+    out["trades"] = [-1 if x is None else x for x in _array(named["trades"])[1]]
     names = ("open", "high", "low", "close", "volume", "vwap")
     if named["scale"] is None:
         assert all(named[k] is None for k in names) and named["raw"] is not None
@@ -86,6 +87,33 @@ def _decode(row: list) -> dict:
         for name in names:
             q = {"volume": pv, "vwap": pw}.get(name, p)
             out[name] = [float("nan") if x is None else x / q for x in ints[name]]
+    return out
+
+
+def _decode_packed(named: dict, out: dict) -> dict:
+    """A packed session (``store.packed``), read by struct: open, body, the
+    two wicks, volume, vwap and trades, one column after the other."""
+    for k in ("open", "high", "low", "close", "volume", "vwap", "trades", "body", "raw"):
+        assert named[k] is None, k
+    n, data, at = len(out["minute"]), named["packed"], 0
+    assert len(data) == 34 * n
+    cols = {}
+    for name, code in (("open", "q"), ("body", "h"), ("upper", "h"), ("lower", "h"),
+                       ("volume", "q"), ("vwap", "q"), ("trades", "i")):
+        cols[name] = list(struct.unpack_from(f"!{n}{code}", data, at))
+        at += struct.calcsize(f"!{code}") * n
+    p, pv, pw = (10.0 ** struct.unpack("!h", named[k])[0]
+                 for k in ("scale", "volume_scale", "vwap_scale"))
+    o = cols["open"]
+    c = [a + d for a, d in zip(o, cols["body"], strict=True)]
+    ints = {"open": o, "close": c,
+            "high": [max(a, b) + d for a, b, d in zip(o, c, cols["upper"], strict=True)],
+            "low": [min(a, b) - d for a, b, d in zip(o, c, cols["lower"], strict=True)]}
+    for name in ("open", "high", "low", "close"):
+        out[name] = [x / p for x in ints[name]]
+    for name, q in (("volume", pv), ("vwap", pw)):
+        out[name] = [float("nan") if x == -(2 ** 63) else x / q for x in cols[name]]
+    out["trades"] = cols["trades"]
     return out
 
 
@@ -154,9 +182,9 @@ def near_prices(draw):
 @settings(max_examples=200, deadline=None)
 @given(near_prices())
 def test_near_prices_round_trip_as_candles_or_as_they_are(cols):
-    """Body and wicks (0013) when every difference fits a smallint (32,767
-    units of the session's scale), the absolute integers otherwise; the same
-    bars either way."""
+    """Body and wicks (0013), packed (0017), when every difference fits a
+    smallint (32,767 units of the session's scale), the absolute integers
+    as arrays otherwise; the same bars either way."""
     n = len(cols[0])
     s = mstore.MinuteSession("AAPL", dt.date(2024, 11, 26), np.arange(n), *cols,
                              np.arange(n), [], "x")
@@ -166,7 +194,8 @@ def test_near_prices_round_trip_as_candles_or_as_they_are(cols):
     p = 10 ** struct.unpack("!h", named["scale"])[0]  # 2 (the vwap has its own)
     o, h, lo, c = (np.rint(np.asarray(x) * p) for x in cols[:4])
     parts = np.concatenate([c - o, h - np.maximum(o, c), np.minimum(o, c) - lo])
-    assert (named["body"] is not None) == bool((np.abs(parts) <= 32767).all())
+    assert (named["packed"] is not None) == bool((np.abs(parts) <= 32767).all())
+    assert named["body"] is None
     # the volume at its own decimals, not the prices' (0 for whole shares)
     assert struct.unpack("!h", named["volume_scale"])[0] == minutecopy._scale_of(cols[4])
     got = _decode(row)
@@ -235,7 +264,9 @@ def test_a_sessions_fields_sit_under_their_columns():
     assert struct.unpack("!i", named["session"])[0] == (dt.date(2024, 11, 26)
                                                          - dt.date(2000, 1, 1)).days
     assert struct.unpack("!h", named["scale"])[0] == 2 and scales.tolist() == [2]
-    assert _array(named["open"]) == ([1], [125]) and named["raw"] is None
+    assert named["open"] is None and named["raw"] is None
+    # packed (0017): open 125, body and wicks 0, volume 125, vwap 125, trades 7
+    assert named["packed"] == struct.pack("!qhhhqqi", 125, 0, 0, 0, 125, 125, 7)
     assert _array(named["minutes"]) == ([1], [570]) and _array(named["invalid"]) == ([1], [0])
 
 
