@@ -385,8 +385,8 @@ def export_cmd(ctx, timeframe, start, end, out):
 @click.option("--limit", type=click.IntRange(min=1), help="at most this many sessions")
 @click.pass_context
 def repack_cmd(ctx, limit):
-    """Write the minute sessions stored before migrations 0013/0014 again as
-    candles (the same bars, less disk); safe to stop and run again."""
+    """Write the minute sessions stored before migrations 0013/0014/0017 again
+    as packed candles (the same bars, less disk); safe to stop and rerun."""
     from appliance.ops import repack as repack_mod
     rt = _runtime(ctx, migrate=True)
     res = repack_mod.repack(rt.conn, limit,

@@ -1,8 +1,10 @@
-"""Minute sessions stored before migrations 0013 and 0014 written again in
-the layout of those migrations: the candles' body and wicks, the volume and
-vwap at their own scales, and the rollups as candles too. The same bars
-(every price is the same integer at the same scale), about a fifth less disk
-for the minutes and a third less for their rollups. ``appliance repack``;
+"""Minute sessions stored before migrations 0013, 0014 and 0017 written
+again in the layout of those migrations: the candles' body and wicks, the
+volume and vwap at their own scales, the seven numbers of a bar packed in
+one ``bytea`` (0017: sent to the columnar answers and the export as stored),
+and the rollups as candles too. The same bars (every price is the same
+integer at the same scale), about a fifth less disk for the minutes and a
+third less for their rollups than before 0013. ``appliance repack``;
 safe to stop and run again: each batch is one transaction, and a session
 written again is no longer found."""
 from __future__ import annotations
@@ -18,7 +20,7 @@ BATCH = 200
 
 def repack(conn_cm: Callable[[], Any], limit: int | None = None,
            on_batch: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Write up to ``limit`` (None: all) old-layout minute sessions again,
+    """Write up to ``limit`` (None: all) older-layout minute sessions again,
     ``BATCH`` per transaction on ``conn_cm()``; ``on_batch(done)`` after each.
     Returns {"sessions": written}."""
     done = 0

@@ -217,12 +217,12 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
     if len(tr) and tr.max() > _INT4_MAX:  # binary int4 would wrap where text COPY refused
         raise ValueError(f"a trade count of {int(tr.max())} does not fit minute_bars.trades (int4)")
     trades = pgcopy.Arrays("int4", tr, off, tr < 0)
-    packs = dict(zip(np.nonzero(candle)[0].tolist(), packed.pack(
+    which = np.nonzero(candle)[0].tolist()
+    packs = dict(zip(which, packed.pack(
         {"open": o, "body": parts[0], "upper_wick": parts[1], "lower_wick": parts[2],
          "volume": np.where(finite[4], ints[4], packed.NULL_INT8),
          "vwap": np.where(finite[5], ints[5], packed.NULL_INT8),
-         "trades": np.where(tr < 0, packed.NULL_TRADES, tr)}, off, np.nonzero(candle)[0]),
-        strict=True)) if candle.any() else {}
+         "trades": np.where(tr < 0, packed.NULL_TRADES, tr)}, off, which), strict=True))
     bad = [np.asarray(s.invalid, dtype=np.int64) for s in chunk]
     invalid = pgcopy.Arrays("int2", np.concatenate(bad) if bad else np.zeros(0),
                             pgcopy.offsets_of([len(b) for b in bad]))
