@@ -59,21 +59,23 @@ def unpack(blobs: Sequence[bytes], sizes: np.ndarray, name: str) -> np.ndarray:
 def sql_field(name: str, blob: str, n: str, i: str) -> str:
     """SQL of field ``name`` of the ``i``-th bar (1-based) of a packed
     session ``blob`` of ``n`` bars, NULL for its NULL (and for a NULL blob).
-    PostgreSQL has no function reading a number out of a ``bytea``: one
-    ``get_byte`` a byte (``blob`` should be detoasted once a row, see
-    ``store.minutes._UNNEST``, or each call decompresses the whole value)."""
+    PostgreSQL has no function reading a number out of a ``bytea``: an int8
+    or int4 goes through its hex digits and a bit string (0.2 µs an int8,
+    against 0.3 for eight ``get_byte``), an int2 is two ``get_byte`` (the
+    faster way for two bytes). ``blob`` should be detoasted once a row (see
+    ``UNNEST``), or each call decompresses the whole value."""
     w = _WIDTH[name]
     at = f"({_START[name]} * {n} + {w} * ({i} - 1))::int"
-    parts = " | ".join(f"(get_byte({blob}, {at} + {k})::int8 << {8 * (w - 1 - k)})"
-                       for k in range(w))
-    if w == 8:  # the top byte's shift gives the sign (int8 wraps)
-        value = f"({parts})"
+    if w == 2:  # unsigned, then its sign: (u XOR 0x8000) - 0x8000
+        value = (f"((((get_byte({blob}, {at}) << 8) | get_byte({blob}, {at} + 1)) # 32768)"
+                 f" - 32768)")
     else:
-        value = f"(({parts}) - CASE WHEN get_byte({blob}, {at}) >= 128 THEN {2 ** (8 * w)} ELSE 0 END)"
+        value = (f"('x' || encode(substring({blob} FROM {at} + 1 FOR {w}), 'hex'))"
+                 f"::bit({8 * w})::int{w}")
     null = {"volume": NULL_INT8, "vwap": NULL_INT8, "trades": NULL_TRADES}.get(name)
     if null is None:
         return value
-    return f"nullif({value}, ({null})::int8)"
+    return f"nullif({value}, ({null})::int{w})"
 
 
 def _unnest() -> str:
