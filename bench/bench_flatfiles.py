@@ -265,7 +265,7 @@ def column_sizes(c) -> dict:
     compressed, TOAST included), and of the row's rest and the index."""
     cols = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "trades",
             "invalid", "body", "upper_wick", "lower_wick", "symbol", "session", "scale",
-            "source", "ingested_at", "volume_scale")
+            "source", "ingested_at", "volume_scale", "packed")
     bars = c.execute("SELECT sum(cardinality(minutes)) FROM minute_bars").fetchone()[0]
     got = c.execute("SELECT " + ", ".join(f"coalesce(sum(pg_column_size({k})), 0)"
                                           for k in cols) + " FROM minute_bars").fetchone()

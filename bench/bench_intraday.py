@@ -247,15 +247,18 @@ ARRAYS = ("minutes", "open", "high", "low", "close", "volume", "vwap", "raw", "t
 
 def recompressed(conn, method: str) -> dict:
     """The slice's minute_bars copied into a table whose arrays are compressed
-    anew with ``method`` (array_cat with an empty array hands INSERT a fresh,
-    uncompressed value; a plain INSERT ... SELECT would keep the stored
+    anew with ``method`` (array_cat with an empty array, or a packed session
+    joined to nothing, hands INSERT a fresh, uncompressed value; a plain
+    INSERT ... SELECT would keep the stored
     compression). Sizes and the compression each value got."""
     conn.execute("DROP TABLE IF EXISTS minute_bars_re")
     conn.execute("CREATE TABLE minute_bars_re (LIKE minute_bars INCLUDING ALL)")
     for c in ARRAYS:
         conn.execute(f"ALTER TABLE minute_bars_re ALTER COLUMN {c} SET COMPRESSION {method}")
+    conn.execute(f"ALTER TABLE minute_bars_re ALTER COLUMN packed SET COMPRESSION {method}")
     fresh = {c: f"CASE WHEN {c} IS NULL THEN NULL ELSE array_cat({c}, '{{}}') END"
              for c in ARRAYS}
+    fresh["packed"] = "packed || ''::bytea"  # a fresh value too (0017)
     cols = (*minutecopy.COLUMNS, "ingested_at")
     conn.execute(f"INSERT INTO minute_bars_re ({', '.join(cols)}) "
                  f"SELECT {', '.join(fresh.get(c, c) for c in cols)} FROM minute_bars")
@@ -265,7 +268,8 @@ def recompressed(conn, method: str) -> dict:
     conn.autocommit = False
     out = sizes(conn, "minute_bars_re")
     out["applied"] = dict(conn.execute(
-        "SELECT coalesce(pg_column_compression(open), 'none'), count(*) FROM minute_bars_re "
+        "SELECT coalesce(pg_column_compression(packed), pg_column_compression(open), 'none'), "
+        "count(*) FROM minute_bars_re "
         "GROUP BY 1").fetchall())
     conn.execute("DROP TABLE minute_bars_re")
     conn.commit()
@@ -337,11 +341,13 @@ def storage(url: str) -> dict:
         mb, rb = sizes(conn, "minute_bars"), sizes(conn, "rollup_bars")
         comp = dict(conn.execute(
             """SELECT attname, coalesce(nullif(attcompression, ''), '-') FROM pg_attribute
-               WHERE attrelid = 'minute_bars'::regclass AND attname IN ('open', 'minutes')"""
+               WHERE attrelid = 'minute_bars'::regclass
+                 AND attname IN ('open', 'minutes', 'packed')"""
         ).fetchall())
         applied = conn.execute(
-            """SELECT coalesce(pg_column_compression(open), 'none'), count(*)
-               FROM (SELECT open FROM minute_bars TABLESAMPLE SYSTEM (5)) s GROUP BY 1"""
+            """SELECT coalesce(pg_column_compression(packed), pg_column_compression(open), 'none'),
+                      count(*)
+               FROM (SELECT open, packed FROM minute_bars TABLESAMPLE SYSTEM (5)) s GROUP BY 1"""
         ).fetchall()
         raw_days = conn.execute("SELECT count(*) FILTER (WHERE scale IS NULL), count(*) "
                                 "FROM minute_bars").fetchone()

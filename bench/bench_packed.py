@@ -1,5 +1,9 @@
 """A stored form for minute sessions measured on the side: each column of a
 session as one ``bytea`` of packed big-endian numbers instead of an array.
+(Measured before migration 0017 made it the store's form, minus the minutes,
+which stay an array: ``appliance/store/packed.py``. Run on a store written
+since, it compares the packed copy with the arrays of sessions written as
+0013 wrote them; see bench/README.md, issue 27.)
 
 Why: the export and the bulk answer send each session's arrays through
 PostgreSQL's ``array_send``, one call of the element's send function per
@@ -42,6 +46,7 @@ from bench_export import stored_year  # noqa: E402
 
 from appliance.ops import arrowbars  # noqa: E402
 from appliance.store import columnar  # noqa: E402
+from tests.minute_store import store_as_before_0017  # noqa: E402
 
 DB = "appliance_bench_packed"
 #: (column, PostgreSQL send function, numpy big-endian type) of a candle session
@@ -55,6 +60,8 @@ _SQL = {">i2": "int2", ">i4": "int4", ">i8": "int8"}
 
 def build(conn) -> None:
     """The packed copy: a NULL element as the type's smallest number."""
+    store_as_before_0017(conn)  # the sessions' candles as arrays, as before 0017
+    conn.execute("VACUUM ANALYZE minute_bars")
     cols = ", ".join(
         f"(SELECT string_agg({fn}(coalesce(x, ({_NULL[t]})::{_SQL[t]})), ''::bytea ORDER BY i)"
         f" FROM unnest(b.{c}) WITH ORDINALITY u(x, i)) AS {c}" for c, fn, t in COLUMNS)

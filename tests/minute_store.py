@@ -8,6 +8,7 @@ import numpy as np
 
 from appliance.ingest import minutes as intraday
 from appliance.store import minutecopy
+from appliance.store import minutes as mstore
 from tests.fakes.minute_truth import make_minute_truth
 
 CFG = {"calendar": "XNYS", "session": "extended"}
@@ -58,3 +59,21 @@ def store_as_before_0013(conn, s: minutecopy.MinuteSession, raw: bool = False) -
                    %s::int8[], %s::int8[], %s, %s, 'test')""",
         (s.symbol, s.session, s.minute.tolist(), k, *(ints(a) for a in x),
          [None if t < 0 else int(t) for t in s.trades], list(s.invalid)))
+
+
+def store_as_before_0017(conn, symbol: str | None = None, session=None) -> None:
+    """The packed sessions (0017) of ``symbol`` on ``session`` (None: every
+    one) stored as 0013 to 0016 stored them, their candles as arrays, from
+    their numbers as SQL reads them (``store.minutes._UNNEST``)."""
+    conn.execute(f"""
+        UPDATE minute_bars m SET open = d.o, body = d.bd, upper_wick = d.uw,
+               lower_wick = d.lw, volume = d.v, vwap = d.vw, trades = d.n, packed = NULL
+        FROM (SELECT b.symbol, b.session, array_agg(u.o ORDER BY u.i) o,
+                     array_agg(u.bd ORDER BY u.i) bd, array_agg(u.uw ORDER BY u.i) uw,
+                     array_agg(u.lw ORDER BY u.i) lw, array_agg(u.v ORDER BY u.i) v,
+                     array_agg(u.vw ORDER BY u.i) vw, array_agg(u.n ORDER BY u.i) n
+              FROM minute_bars b {mstore._UNNEST}
+              WHERE b.packed IS NOT NULL AND (%(s)s::text IS NULL OR b.symbol = %(s)s)
+                AND (%(d)s::date IS NULL OR b.session = %(d)s)
+              GROUP BY 1, 2) d
+        WHERE m.symbol = d.symbol AND m.session = d.session""", {"s": symbol, "d": session})

@@ -80,10 +80,11 @@ def sql_field(name: str, blob: str, n: str, i: str) -> str:
 
 def _unnest() -> str:
     """Each bar of the minute sessions ``b`` as ``u`` (for
-    ``store.minutes._decoded``): the
-    arrays unnested, or a packed session's numbers (0017) read once each,
-    from its bytes detoasted once a row (``pk``; read in an expression, each
-    ``get_byte`` would decompress the whole value)."""
+    ``store.minutes._decoded``): the arrays unnested, or a packed session's
+    numbers (0017) read once each (the ``OFFSET 0`` keeps the planner from
+    copying their expressions into every use; the numbers a query does not
+    use are not read), from its bytes detoasted once a row (``pk``; read in
+    an expression, each ``get_byte`` would decompress the whole value)."""
     f = {name: sql_field(name, "pk.p", "pk.n", "a.i") for name, _ in FIELDS}
     return f"""CROSS JOIN LATERAL (SELECT b.packed || ''::bytea AS p,
                                           cardinality(b.minutes) AS n OFFSET 0) pk
@@ -93,11 +94,11 @@ def _unnest() -> str:
                         WITH ORDINALITY a(m, o, h, lo, c, v, vw, n, bd, uw, lw, i)
           WHERE pk.p IS NULL
           UNION ALL
-          SELECT a.m, {f['open']}, NULL::int8, NULL::int8, NULL::int8, {f['volume']},
-                 {f['vwap']}, {f['trades']}::int4, {f['body']}::int2,
-                 {f['upper_wick']}::int2, {f['lower_wick']}::int2, a.i
-          FROM unnest(b.minutes) WITH ORDINALITY a(m, i) WHERE pk.p IS NOT NULL
-          OFFSET 0) u"""
+          (SELECT a.m, {f['open']}, NULL::int8, NULL::int8, NULL::int8, {f['volume']},
+                  {f['vwap']}, {f['trades']}::int4, {f['body']}::int2,
+                  {f['upper_wick']}::int2, {f['lower_wick']}::int2, a.i
+           FROM unnest(b.minutes) WITH ORDINALITY a(m, i) WHERE pk.p IS NOT NULL
+           OFFSET 0)) u"""
 
 
 UNNEST = _unnest()

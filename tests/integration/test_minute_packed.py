@@ -17,23 +17,9 @@ from appliance.store import columnar, packed
 from appliance.store import minutes as mstore
 from appliance.store import pool as db
 from tests.integration.test_minute_offsets import NAMES, TZ, _equal, _session
+from tests.minute_store import store_as_before_0017
 
 DAYS = (dt.date(2024, 3, 4), dt.date(2024, 3, 5))
-
-
-def unpack_to_arrays(conn, symbol: str, session: dt.date) -> None:
-    """Store a packed session as 0013 to 0016 stored it (its candle as
-    arrays), from its numbers as SQL reads them."""
-    conn.execute(f"""
-        UPDATE minute_bars m SET open = d.o, body = d.bd, upper_wick = d.uw,
-               lower_wick = d.lw, volume = d.v, vwap = d.vw, trades = d.n, packed = NULL
-        FROM (SELECT b.symbol, b.session, array_agg(u.o ORDER BY u.i) o,
-                     array_agg(u.bd ORDER BY u.i) bd, array_agg(u.uw ORDER BY u.i) uw,
-                     array_agg(u.lw ORDER BY u.i) lw, array_agg(u.v ORDER BY u.i) v,
-                     array_agg(u.vw ORDER BY u.i) vw, array_agg(u.n ORDER BY u.i) n
-              FROM minute_bars b {mstore._UNNEST}
-              WHERE b.symbol = %(s)s AND b.session = %(d)s GROUP BY 1, 2) d
-        WHERE m.symbol = d.symbol AND m.session = d.session""", {"s": symbol, "d": session})
 
 
 def _sql_bars(conn, symbol: str) -> list[dict]:
@@ -102,7 +88,7 @@ def test_packed_and_array_sessions_read_alike_and_repack_packs_the_arrays(empty_
             valid = np.setdiff1d(np.arange(len(s.open)), s.invalid)
             firsts = [valid[(s.minute[valid] // width) * width == st][0] for st in starts]
             assert np.allclose(opens, s.open[firsts], rtol=0, atol=1e-9), tf
-        unpack_to_arrays(conn, "AAPL", DAYS[0])
+        store_as_before_0017(conn, "AAPL", DAYS[0])
         conn.commit()
         assert conn.execute("SELECT session FROM minute_bars WHERE packed IS NULL "
                             "AND body IS NOT NULL").fetchall() == [(DAYS[0],)]
