@@ -23,15 +23,15 @@ def repack(conn_cm: Callable[[], Any], limit: int | None = None,
     """Write up to ``limit`` (None: all) older-layout minute sessions again,
     ``BATCH`` per transaction on ``conn_cm()``; ``on_batch(done)`` after each.
     Returns {"sessions": written}."""
-    done = 0
+    done, after = 0, None
     while limit is None or done < limit:
         with conn_cm() as conn:
             keys = mstore.old_layout_keys(conn, BATCH if limit is None
-                                          else min(BATCH, limit - done))
+                                          else min(BATCH, limit - done), after)
             if not keys:
                 break
             mstore.write_days(conn, mstore.sessions_as_stored(conn, keys), rollups=True)
-        done += len(keys)
+        done, after = done + len(keys), keys[-1]
         if on_batch is not None:
             on_batch(done)
     return {"sessions": done}

@@ -184,10 +184,7 @@ def _decoded(alias: str = "b") -> str:
             f"u.n AS trades, NOT ((u.i - 1)::smallint = ANY({b}.invalid)) AS validated")
 
 
-#: Each bar of the sessions ``b`` as ``u`` (``_decoded``), arrays or packed.
-_UNNEST = packed.UNNEST
-
-
+_UNNEST = packed.UNNEST  # each bar of the sessions b as u (for _decoded)
 _ROLLUP_UNNEST = ("CROSS JOIN LATERAL unnest(b.starts, b.open, b.high, b.low, b.close, "
                   "b.volume, b.vwap, b.trades, b.open_scaled, b.volume_scaled, b.body, "
                   "b.upper_wick, b.lower_wick) u(m, o, h, lo, c, v, vw, n, oi, vi, bd, uw, lw)")
@@ -476,14 +473,17 @@ def symbols_on(conn: Connection[Any], session: dt.date) -> set[str]:
                                        (session,))}
 
 
-def old_layout_keys(conn: Connection[Any], limit: int) -> list[tuple[str, dt.date]]:
-    """Up to ``limit`` scaled minute sessions stored before migration 0013
-    (no ``volume_scale``) or as array candles before 0017 (``body``), oldest
-    first: what ``ops.repack`` writes again."""
+def old_layout_keys(conn: Connection[Any], limit: int,
+                    after: tuple[str, dt.date] | None = None) -> list[tuple[str, dt.date]]:
+    """Up to ``limit`` scaled minute sessions stored before 0013 (no
+    ``volume_scale``) or 0017 (``body``), oldest first, after ``after`` (the
+    last key of ``ops.repack``'s batch before: not from the start each time)."""
+    sym, day = after or (None, None)
     return [(r[0], r[1]) for r in conn.execute(
         """SELECT symbol, session FROM minute_bars
            WHERE scale IS NOT NULL AND (volume_scale IS NULL OR body IS NOT NULL)
-           ORDER BY session, symbol LIMIT %s""", (limit,))]
+             AND (%(d)s::date IS NULL OR (session, symbol) > (%(d)s::date, %(s)s::text))
+           ORDER BY session, symbol LIMIT %(n)s""", {"d": day, "s": sym, "n": limit})]
 
 
 def sessions_as_stored(conn: Connection[Any], keys: Sequence[tuple[str, dt.date]]

@@ -58,7 +58,7 @@ class _Want:
         self.__dict__.update(cols)
 
 
-def test_packed_and_array_sessions_read_alike_and_repack_packs_the_arrays(empty_db):
+def test_packed_and_array_sessions_read_alike_and_repack_packs_the_arrays(empty_db, monkeypatch):
     db.migrate(empty_db)
     sessions = [_session("AAPL", day, seed=20 + i) for i, day in enumerate(DAYS)]
     with psycopg.connect(empty_db) as conn:
@@ -94,13 +94,19 @@ def test_packed_and_array_sessions_read_alike_and_repack_packs_the_arrays(empty_
                             "AND body IS NOT NULL").fetchall() == [(DAYS[0],)]
         _check(conn, sessions)  # one answer, one session of each form
         assert mstore.old_layout_keys(conn, 10) == [("AAPL", DAYS[0])]
+        store_as_before_0017(conn)  # both
+        conn.commit()
+        assert mstore.old_layout_keys(conn, 10) == [("AAPL", d) for d in DAYS]
+        assert mstore.old_layout_keys(conn, 10, ("AAPL", DAYS[0])) == [("AAPL", DAYS[1])]
 
     @contextlib.contextmanager
     def conn_cm():
         with psycopg.connect(empty_db) as c:
             yield c
 
-    assert repack.repack(conn_cm) == {"sessions": 1}
+    monkeypatch.setattr(repack, "BATCH", 1)  # batches that go on from the last one
+    seen = []
+    assert repack.repack(conn_cm, on_batch=seen.append) == {"sessions": 2} and seen == [1, 2]
     assert repack.repack(conn_cm) == {"sessions": 0}
     with psycopg.connect(empty_db) as conn:
         assert conn.execute("SELECT count(*) FROM minute_bars WHERE packed IS NOT NULL"
