@@ -392,7 +392,7 @@ def repack_cmd(ctx, limit):
     res = repack_mod.repack(rt.conn, limit,
                             on_batch=lambda n: click.echo(f"repacked {n} session(s)"))
     click.echo(f"repack: {res['sessions']} minute session(s) and their rollups written "
-               f"again as candles")
+               f"again as packed candles")
 
 
 def _say_queued(job: str, run_id: int) -> None:
