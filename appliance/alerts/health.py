@@ -20,6 +20,7 @@ from croniter import croniter
 from psycopg_pool import PoolTimeout
 
 from appliance import store
+from appliance.alerts.disks import backup_drive_missing
 from appliance.core import calendar as tcal
 from appliance.core.errors import ServiceError
 from appliance.jobs.registry import is_off
@@ -482,6 +483,8 @@ def status_body(rt, h: dict) -> dict:
                    "age_hours": (round((dt.datetime.now(dt.UTC) - lb["created_at"])
                                        .total_seconds() / 3600, 2) if lb else None)}
         backups["last_restore_test"] = snap.get("last_restore_test")
+    why = backup_drive_missing(cfg)  # its archives are listed, not readable
+    backups["drive_error"] = f"the backup drive is not mounted ({why})" if why else None
     return {
         "api_version": API_VERSION,
         "status": h.status,

@@ -42,9 +42,9 @@ def _fail(msg: str, code: int = 1):
 
 
 class _Commands(click.Group):
-    """The command group: a PostgreSQL or Redis that cannot be reached (a
-    certificate that does not verify, a TLS-only server asked in clear) ends
-    any command with one line that says what to fix, not a traceback."""
+    """The command group: a PostgreSQL or Redis that cannot be reached (a bad
+    certificate, a TLS-only server asked in clear) ends any command with one
+    line saying what to fix, not a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -161,8 +161,7 @@ def api_key_new(name, scopes, requests_per_minute):
 @click.argument("address")
 @click.pass_context
 def unlock(ctx, address):
-    """End the lockout of ADDRESS (the client address the auth events name)
-    and clear its count of failed attempts."""
+    """End the lockout of ADDRESS (as the auth events name it); clear its failures."""
     import ipaddress
 
     from appliance.web.auth import unlock as unlock_addr
@@ -184,9 +183,8 @@ def unlock(ctx, address):
 @main.command()
 @click.pass_context
 def reload(ctx):
-    """Make appliance.yaml the running config of every process: each running
-    process validates it in its own environment first; one refusal and
-    nothing changes."""
+    """Make appliance.yaml the running config of every process: each validates
+    it in its own environment first; one refusal and nothing changes."""
     from appliance.jobs import reload as reload_mod
     # this command says which config runs; the runtime's own line is for the services' logs
     logging.getLogger("appliance.runtime").setLevel(logging.WARNING)
@@ -488,6 +486,7 @@ def backup(ctx):
 @click.pass_context
 def backups(ctx, rescan, as_json):
     """List backups (newest first)."""
+    from appliance.alerts.disks import backup_drive_missing
     from appliance.ops import backups as bk
     rt = _runtime(ctx, migrate=True)
     with rt.conn() as conn:
@@ -496,11 +495,12 @@ def backups(ctx, rescan, as_json):
             click.echo(f"rescan: {json.dumps(res, default=str)}")
         rows = bk.list_backups(conn)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
-        return
+        return click.echo(json.dumps(rows, indent=2, default=str))
+    if why := backup_drive_missing(rt.config):  # listed from the catalogue, not readable
+        click.echo(f"the backup drive is not mounted ({why}): these archives cannot be read")
     if not rows:
-        click.echo("no backups in the catalogue ('appliance backup' takes one; "
-                   "'appliance backups --rescan' reads the manifests in backup.path)")
+        click.echo("no backups in the catalogue ('appliance backup' takes one; 'appliance "
+                   "backups --rescan' reads the manifests in backup.path)")
     else:
         click.echo(f"{'id':>5}  {'taken (UTC)':<16}  {'file':<32}  {'size':>14}  status")
     for r in rows:

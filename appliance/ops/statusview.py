@@ -169,6 +169,9 @@ def render_lines(st: dict) -> list[tuple[str, str]]:
     out.append(("", f"Backups    latest {lb['filename'] if lb else 'none'}"
                     + (f" ({_age(lb['created_at'])}), its restore test "
                        f"{lb.get('restore_test_status') or 'not run yet'}" if lb else "")))
+    if b.get("drive_error"):
+        out.append(("bold red", f"           {b['drive_error']}: its archives cannot be "
+                                f"read, tested or restored until it is"))
     if rtst:
         out.append(("" if rtst.get("status") == "passed" else "bold red",
                     f"           last restore test {rtst.get('status')} for "

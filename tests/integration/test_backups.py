@@ -24,6 +24,7 @@ from appliance.jobs import runs
 from appliance.ops import backups
 from appliance.ops.backups import run_backup, run_restore_test
 from appliance.ops.backups.catalogue import resolve_backup
+from appliance.ops.statusview import render_lines, snapshot
 from appliance.runtime.runtime import Runtime
 from appliance.store.locks import BACKFILL_LOCK
 from tests.minute_store import store_minutes
@@ -222,6 +223,24 @@ def test_latest_on_an_unmounted_drive_says_the_drive_is_not_mounted(config_facto
         with pytest.raises(BackupError, match="no backup found .*; the backup drive is not "
                                               "mounted"):
             resolve_backup(rt.config, "latest", None)
+        # the catalogue still lists an archive taken while the drive was there:
+        # the listing, /api/v1/status and `appliance status` say it is unreadable
+        with rt.conn() as conn:
+            conn.execute("""INSERT INTO backups (filename, path, created_at, size_bytes, status,
+                                                 restore_test_status)
+                            VALUES ('md-20261201T000000Z.dump', %s, now(), 1, 'ok', 'passed')""",
+                         (str(target / "md-20261201T000000Z.dump"),))
+        r = subprocess.run([sys.executable, "-m", "appliance.cli.main", "--config",
+                            str(rt.config.path), "backups"], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("the backup drive is not mounted ("), r.stdout
+        assert "md-20261201T000000Z.dump" in r.stdout
+        st = snapshot(rt)
+        assert st["backups"]["drive_error"].startswith("the backup drive is not mounted (")
+        lines = [t for _, t in render_lines(st)]
+        at = next(i for i, t in enumerate(lines) if t.startswith("Backups    latest md-"))
+        assert "cannot be read, tested or restored" in lines[at + 1], lines
     finally:
         rt.close()
 
