@@ -241,6 +241,12 @@ def test_latest_on_an_unmounted_drive_says_the_drive_is_not_mounted(config_facto
         lines = [t for _, t in render_lines(st)]
         at = next(i for i, t in enumerate(lines) if t.startswith("Backups    latest md-"))
         assert "cannot be read, tested or restored" in lines[at + 1], lines
+        from appliance.web import create_app
+        html = create_app(runtime=rt).test_client().get("/dashboard").get_data(as_text=True)
+        card = html[html.index('id="card-backup"'):][:600]
+        assert "the backup drive is not mounted (" in card and "degraded" in html[
+            html.rindex('<div class="card', 0, html.index('id="card-backup"')):
+            html.index('id="card-backup"')], card
     finally:
         rt.close()
 
