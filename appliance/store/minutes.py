@@ -491,11 +491,9 @@ def sessions_as_stored(conn: Connection[Any], keys: Sequence[tuple[str, dt.date]
     """The stored sessions ``keys`` as ``write_days`` takes them: every bar
     as decoded for the answers (``_decoded``), invalid ones included."""
     rows = conn.execute(
-        f"""SELECT b.symbol, b.session, b.source, u.m, {_decoded()}
-            FROM minute_bars b
+        f"""SELECT b.symbol, b.session, b.source, u.m, {_decoded()} FROM minute_bars b
             JOIN unnest(%s::text[], %s::date[]) k(symbol, session)
-              ON k.symbol = b.symbol AND k.session = b.session
-            {_UNNEST}
+              ON k.symbol = b.symbol AND k.session = b.session {_UNNEST}
             ORDER BY b.symbol, b.session, u.i""",
         ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
     out = []
@@ -520,20 +518,22 @@ def regular_aggregates(conn: Connection[Any], symbol: str, start: dt.date, end: 
                        close_min: int, early: Sequence[dt.date], early_close_min: int
                        ) -> list[tuple[Any, ...]]:
     """Per session with minute bars: (session, high, low, volume) of its valid
-    regular-hours minutes (``open_min`` <= minute < the close:
-    ``early_close_min`` on the ``early`` sessions, else ``close_min``),
-    aggregated in the database."""
-    return [tuple(r) for r in conn.execute(
+    regular-hours minutes (``open_min`` <= minute < the close: ``early_close_min``
+    on the ``early`` sessions, else ``close_min``): packed ones in numpy
+    (``packed.regular_aggregates``), those stored as arrays in the database."""
+    arrays = [tuple(r) for r in conn.execute(
         f"""SELECT q.session, max(q.high), min(q.low), sum(q.volume)
-            FROM (SELECT b.session, u.m, {_decoded()}
-                  FROM minute_bars b {_UNNEST}
-                  WHERE b.symbol = %(s)s AND b.session BETWEEN %(a)s AND %(b)s) q
+            FROM (SELECT b.session, u.m, {_decoded()} FROM minute_bars b {_UNNEST}
+                  WHERE b.symbol = %(s)s AND b.session BETWEEN %(a)s AND %(b)s
+                    AND b.packed IS NULL) q
             WHERE q.validated AND q.m >= %(open)s
               AND q.m < CASE WHEN q.session = ANY(%(early)s::date[]) THEN %(eclose)s
                              ELSE %(close)s END
-            GROUP BY q.session ORDER BY q.session""",
+            GROUP BY q.session""",
         {"s": symbol, "a": start, "b": end, "open": open_min, "close": close_min,
          "early": list(early), "eclose": early_close_min}).fetchall()]
+    return sorted(arrays + packed.regular_aggregates(conn, symbol, start, end, open_min,
+                                                     close_min, early, early_close_min))
 
 
 def sample_days(conn: Connection[Any], n: int, seed: float | None = None) -> list[tuple[str, dt.date]]:

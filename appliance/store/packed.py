@@ -17,7 +17,9 @@ share (bench/README.md, issue 27); a ``bytea`` is sent as it is stored.
 """
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,3 +104,47 @@ def _unnest() -> str:
 
 
 UNNEST = _unnest()
+
+
+def regular_aggregates(conn: Any, symbol: str, start: dt.date, end: dt.date, open_min: int,
+                       close_min: int, early: Sequence[dt.date], early_close_min: int
+                       ) -> list[tuple[dt.date, float, float, float | None]]:
+    """``store.minutes.regular_aggregates`` of the packed sessions of
+    ``symbol`` in ``start``..``end``: (session, high, low, volume) of each
+    one's valid regular-hours minutes, the same numbers as in SQL (the
+    integers over 10^scale; a NULL volume left out of the sum), read by numpy
+    (the consistency check reads every stored session of a symbol on each
+    update: in SQL, each bar's numbers cost ``get_byte`` calls)."""
+    rows = conn.execute("""SELECT session, scale, volume_scale, minutes, invalid, packed
+                           FROM minute_bars WHERE symbol = %s AND session BETWEEN %s AND %s
+                             AND packed IS NOT NULL ORDER BY session""",
+                        (symbol, start, end)).fetchall()
+    if not rows:
+        return []
+    sizes = np.array([len(r[3]) for r in rows], np.int64)
+    blobs = [r[5] for r in rows]
+    o = unpack(blobs, sizes, "open")
+    c = o + unpack(blobs, sizes, "body")
+    p = np.repeat(10.0 ** np.array([r[1] for r in rows], np.float64), sizes)
+    high = (np.maximum(o, c) + unpack(blobs, sizes, "upper_wick")) / p
+    low = (np.minimum(o, c) - unpack(blobs, sizes, "lower_wick")) / p
+    vol = unpack(blobs, sizes, "volume")
+    minute = np.concatenate([np.asarray(r[3], np.int64) for r in rows])
+    first = np.cumsum(sizes) - sizes
+    keep = np.ones(len(minute), bool)
+    for i, r in enumerate(rows):
+        if r[4]:
+            keep[first[i] + np.asarray(r[4], np.int64)] = False
+    short = set(early)
+    closes = np.array([early_close_min if r[0] in short else close_min for r in rows])
+    keep &= (minute >= open_min) & (minute < np.repeat(closes, sizes))
+    out = []
+    for i, r in enumerate(rows):  # a few hundred sessions a year: numpy within each
+        sel = np.nonzero(keep[first[i]:first[i] + sizes[i]])[0] + first[i]
+        if len(sel) == 0:
+            continue
+        v = vol[sel]
+        v = v[v != NULL_INT8] / 10.0 ** r[2]  # each bar's volume, then their sum, as SQL
+        out.append((r[0], float(high[sel].max()), float(low[sel].min()),
+                    float(v.sum()) if len(v) else None))
+    return out

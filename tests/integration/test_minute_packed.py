@@ -112,3 +112,33 @@ def test_packed_and_array_sessions_read_alike_and_repack_packs_the_arrays(empty_
         assert conn.execute("SELECT count(*) FROM minute_bars WHERE packed IS NOT NULL"
                             ).fetchone()[0] == 2
         _check(conn, sessions)
+
+
+def test_regular_aggregates_of_packed_sessions_equal_those_sql_gives_for_arrays(empty_db):
+    """The daily/minute consistency check's aggregates (valid regular-hours
+    minutes' high, low and volume, an early close honoured, a NULL volume
+    left out of the sum), read by numpy from packed sessions, equal the
+    database's of the same sessions stored as arrays."""
+    db.migrate(empty_db)
+    sessions = [_session("AAPL", day, n=300, seed=30 + i) for i, day in enumerate(DAYS)]
+    sessions[1].volume[12] = np.nan  # a bar without a volume
+    sessions.append(_session("AAPL", dt.date(2024, 3, 6), n=10, seed=40))  # before the open
+    sessions[2].minute[:] = np.arange(500, 510)
+    args = ("AAPL", DAYS[0], dt.date(2024, 3, 6), 575, 840, [DAYS[1]], 780)
+    with psycopg.connect(empty_db) as conn:
+        mstore.write_days(conn, sessions)
+        assert conn.execute("SELECT count(*) FROM minute_bars WHERE packed IS NOT NULL"
+                            ).fetchone()[0] == 3
+        got = mstore.regular_aggregates(conn, *args)
+        assert got == packed.regular_aggregates(conn, *args)  # all of them packed
+        store_as_before_0017(conn)
+        assert conn.execute("SELECT count(*) FROM minute_bars WHERE packed IS NULL"
+                            ).fetchone()[0] == 3
+        want = mstore.regular_aggregates(conn, *args)  # all in SQL
+    assert [g[0] for g in got] == list(DAYS)  # the third has no regular-hours bar
+    assert got == want
+    for (day, hi, lo, vol), s in zip(got, sessions, strict=False):
+        close = 780 if day == DAYS[1] else 840
+        sel = [i for i, m in enumerate(s.minute) if 575 <= m < close and i not in s.invalid]
+        assert (hi, lo) == (max(s.high[sel]), min(s.low[sel]))
+        assert vol == np.nansum(s.volume[sel])
