@@ -1,6 +1,7 @@
 """A minute session's candle packed into one ``bytea`` (migration 0017): its
 one home, packed by numpy for the writer, unpacked by numpy for the columnar
-answers and the export, and in SQL for the rest.
+answers, the export and the daily/minute consistency check, and in SQL for
+the rest.
 
 ``minute_bars.packed`` holds, one column after the other, each value
 big-endian: open (int8), body, upper wick, lower wick (int2; the candle of
