@@ -214,8 +214,8 @@ def _status_schemas() -> dict:
             "jobs": {"type": "object", "additionalProperties": _ref("JobSchedule")}}),
         "backups": _obj({
             "latest": _n(_ref("BackupBrief")), "age_hours": _n(NUM),
-            "last_restore_test": _n(_ref("RestoreTest"))}, required=[],
-            description="Empty when the database is unreachable."),
+            "last_restore_test": _n(_ref("RestoreTest")), "drive_error": _n(STR)}, required=[],
+            description="drive_error: the backup drive is not mounted (null: it is)."),
         "alerts": {"type": "array", "items": _ref("Alert")},
         "flat_files": _FLAT_FILES,
         "config": _obj({
