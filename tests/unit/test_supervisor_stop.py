@@ -29,9 +29,19 @@ def test_a_process_killed_at_the_deadline_takes_what_it_started_in_other_session
     started = []
     try:
         deadline = time.monotonic() + 20
-        while not psutil.Process(p.pid).children() and time.monotonic() < deadline:
+
+        def execed() -> list[psutil.Process]:
+            # the child as it runs its own command line: forked, not yet in
+            # its own session, it still has the parent's process group
+            try:
+                return [c for c in psutil.Process(p.pid).children()
+                        if c.cmdline()[-2:-1] == ["child"]]
+            except psutil.Error:
+                return []
+
+        while not execed() and time.monotonic() < deadline:
             time.sleep(0.05)
-        (child,) = started[:] = psutil.Process(p.pid).children()
+        (child,) = started[:] = execed()
         assert os.getpgid(child.pid) not in (p.pid, os.getpgid(0))
         monkeypatch.setattr(supervisor, "STOP_WAIT_S", 0.5)
         supervisor._stop_children({"worker": supervisor.Child("worker", proc=p)})
