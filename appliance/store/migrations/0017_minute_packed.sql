@@ -20,10 +20,11 @@
 -- with them. open, high, low, close, volume, vwap, trades, body and the
 -- wicks are NULL in such a row.
 --
--- SQL reads a packed number with get_byte (PostgreSQL has nothing faster),
--- about 3.6 times the cost of unnesting an array: the JSON answers, the
--- revisions, the rollups refreshed in SQL and the checks pay that, measured
--- in bench/README.md.
+-- SQL reads a packed number with get_byte or through its hex digits
+-- (PostgreSQL has no function for it), dearer than unnesting an array: the
+-- JSON and CSV answers, the revisions and the rollups refreshed in SQL pay
+-- that (a page of JSON 10-15 % slower; the daily/minute consistency check
+-- reads packed sessions by numpy instead), measured in bench/README.md.
 --
 -- Every value is the same integer as before: a read is bit for bit the one
 -- of the arrays. Rows stored before keep their arrays (both read alike), so
