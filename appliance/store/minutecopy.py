@@ -209,14 +209,16 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
         ints = np.rint(np.where(finite & scaled, x, 0.0) * p).astype(np.int64)
     o, h, lo, c = ints[:4]
     candle, parts = _candles(o, h, lo, c, finite[:4].all(axis=0) & scaled, off)
-    cols = [_ints(ints[j], ~finite[j], off) for j in range(6)]
+    # the arrays only where a session is stored as arrays (a packed candle is the rule)
+    cols = [_ints(ints[j], ~finite[j], off) for j in range(6)] \
+        if (~candle & (k >= 0)).any() else []
     mins = pgcopy.Arrays("int2", np.concatenate([s.minute for s in chunk]) if chunk
                          else np.zeros(0), off)
     tr = np.concatenate([np.asarray(s.trades, dtype=np.int64) for s in chunk]) if chunk \
         else np.zeros(0, dtype=np.int64)
     if len(tr) and tr.max() > _INT4_MAX:  # binary int4 would wrap where text COPY refused
         raise ValueError(f"a trade count of {int(tr.max())} does not fit minute_bars.trades (int4)")
-    trades = pgcopy.Arrays("int4", tr, off, tr < 0)
+    trades = pgcopy.Arrays("int4", tr, off, tr < 0) if not candle.all() else None
     which = np.nonzero(candle)[0].tolist()
     packs = dict(zip(which, packed.pack(
         {"open": o, "body": parts[0], "upper_wick": parts[1], "lower_wick": parts[2],
@@ -228,14 +230,13 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
                             pgcopy.offsets_of([len(b) for b in bad]))
     rows = []
     for i, s in enumerate(chunk):
-        tr_i = trades.field(i)
         if candle[i]:  # the numbers packed (0017), the arrays NULL
-            values = [pgcopy.int2(int(k[i])), *([pgcopy.NULL] * 7)]
-            tr_i = pgcopy.NULL
+            values, tr_i = [pgcopy.int2(int(k[i])), *([pgcopy.NULL] * 7)], pgcopy.NULL
             extra = [*([pgcopy.NULL] * 3), pgcopy.int2(int(kv[i])), pgcopy.int2(int(kw[i])),
                      pgcopy.binary(packs[i])]
         elif k[i] >= 0:
             values = [pgcopy.int2(int(k[i])), *(c.field(i) for c in cols), pgcopy.NULL]
+            tr_i = trades.field(i)  # type: ignore[union-attr]  # built: not every row a candle
             extra = [*([pgcopy.NULL] * 3), pgcopy.int2(int(kv[i])), pgcopy.int2(int(kw[i])),
                      pgcopy.NULL]
         else:
@@ -243,6 +244,7 @@ def session_rows(chunk: Sequence[MinuteSession]) -> tuple[bytes, np.ndarray, np.
             values = [pgcopy.NULL, *([pgcopy.NULL] * 6),
                       pgcopy.Arrays("float8", raw, np.array([0, len(raw)]), np.isnan(raw))
                       .field(0, dims=(6, int(n[i])))]
+            tr_i = trades.field(i)  # type: ignore[union-attr]
             extra = [pgcopy.NULL] * 6
         rows.append(pgcopy.row([pgcopy.text(s.symbol), pgcopy.date(s.session), mins.field(i),
                                 *values, tr_i, invalid.field(i),
